@@ -1,0 +1,166 @@
+//! Every limit trove has, in one place.
+//!
+//! TigerBeetle's rule: put a limit on everything. Every queue, table and buffer in trove is
+//! bounded by a constant from this file, named `*_max` (units and qualifiers last), and the
+//! worst-case memory of a node is written below as a sum with one reason per term, tied to the
+//! limits by `const` assertions. A limit that is configurable at run time has its hard ceiling
+//! here; configuration may lower it, never raise it.
+//!
+//! This module is the innermost layer: it depends on nothing.
+
+// ---------------------------------------------------------------------------------------------
+// Wire format (see `core::codec`).
+// ---------------------------------------------------------------------------------------------
+
+/// The four bytes every frame starts with.
+pub const FRAME_MAGIC: [u8; 4] = *b"TROV";
+/// The wire version this build speaks. A frame with another version is rejected.
+pub const FRAME_VERSION: u8 = 1;
+/// Size of the fixed frame header. A multiple of [`ARCHIVE_ALIGN`] so that bodies that start
+/// right after a header in an aligned buffer are themselves aligned.
+pub const FRAME_HEADER_BYTES: usize = 32;
+/// Every rkyv archive on the wire starts at a multiple of this, relative to an aligned buffer.
+pub const ARCHIVE_ALIGN: usize = 16;
+/// Largest frame body a peer may send. Bounds every receive buffer.
+pub const FRAME_BODY_BYTES_MAX: usize = 128 * 1024;
+/// Largest frame, header included.
+pub const FRAME_BYTES_MAX: usize = FRAME_HEADER_BYTES + FRAME_BODY_BYTES_MAX;
+/// Most records (events, replies) one frame may carry.
+pub const FRAME_RECORDS_MAX: usize = 4096;
+/// Largest archived event. A `CreateHunt` with every waypoint and treasure fits well inside.
+pub const EVENT_BYTES_MAX: usize = 4096;
+/// Largest archived reply: a leaderboard of `LEADERBOARD_TOP_K_MAX` entries fits inside.
+pub const REPLY_BYTES_MAX: usize = 512;
+/// Longest secret code a claim may carry.
+pub const CLAIM_CODE_BYTES_MAX: usize = 64;
+/// Longest human-readable message in an error frame.
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 256;
+
+// ---------------------------------------------------------------------------------------------
+// Partitions, shards, connections.
+// ---------------------------------------------------------------------------------------------
+
+/// Partition count of a node unless configured otherwise.
+pub const PARTITIONS_DEFAULT: u32 = 1024;
+/// Most partitions a node may have (its owner table must fit one map frame).
+pub const PARTITIONS_MAX: u32 = 16_384;
+/// Most shards (cores) a node may run.
+pub const SHARDS_MAX: usize = 256;
+/// Most open client connections one shard serves; one more is answered with an error frame.
+pub const CONNECTIONS_PER_SHARD_MAX: usize = 256;
+/// Default TCP port every shard accepts on (SO_REUSEPORT).
+pub const PORT_DEFAULT: u16 = 7700;
+
+// ---------------------------------------------------------------------------------------------
+// Treasure-hunt state (see `core::hunt`). A full table is a `Rejected` reason, never growth.
+// ---------------------------------------------------------------------------------------------
+
+/// Most hunts one partition holds.
+pub const HUNTS_PER_PARTITION_MAX: usize = 16;
+/// Most players who may join one hunt.
+pub const PLAYERS_PER_HUNT_MAX: usize = 1024;
+/// Most waypoints in one hunt (a player's visits are a `u64` bit set).
+pub const WAYPOINTS_PER_HUNT_MAX: usize = 64;
+/// Most treasures in one hunt.
+pub const TREASURES_PER_HUNT_MAX: usize = 64;
+/// Longest leaderboard a hunt keeps and a query may ask for.
+pub const LEADERBOARD_TOP_K_MAX: usize = 16;
+/// Largest radius a waypoint may have, in metres (a hunt is a city, not a continent).
+pub const WAYPOINT_RADIUS_M_MAX: u32 = 100_000;
+
+// ---------------------------------------------------------------------------------------------
+// Back-pressure budgets (see `core::credit`). Configuration may lower them.
+// ---------------------------------------------------------------------------------------------
+
+/// Events a shard accepts from its sockets before their replies are written back.
+pub const SHARD_EVENTS_INFLIGHT_MAX: u32 = 16_384;
+/// Event bytes a shard accepts from its sockets before their replies are written back.
+pub const SHARD_BYTES_INFLIGHT_MAX: u32 = 8 * 1024 * 1024;
+/// Events one connection may have in flight, so one greedy client cannot hold a whole shard.
+pub const CONNECTION_EVENTS_INFLIGHT_MAX: u32 = 8192;
+/// Events a receiving shard holds for all other shards together; each source shard gets an
+/// equal share, so the mesh's memory grows with the shard count, not with its square.
+pub const MESH_EVENTS_INFLIGHT_MAX: u32 = 16_384;
+/// Event bytes a receiving shard holds for all other shards together, shared out like
+/// [`MESH_EVENTS_INFLIGHT_MAX`].
+pub const MESH_BYTES_INFLIGHT_MAX: u32 = 4 * 1024 * 1024;
+/// Events in one cross-shard batch; a batch is flushed when full or at the end of a loop pass.
+pub const MESH_BATCH_EVENTS_MAX: usize = 256;
+/// Batches one cross-shard channel holds. Senders wait for room; the credits above already
+/// bound what the batches can contain.
+pub const MESH_CHANNEL_BATCHES_MAX: usize = 64;
+
+// ---------------------------------------------------------------------------------------------
+// Buffers of the network layer.
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes a connection asks the kernel for in one read.
+pub const READ_CHUNK_BYTES: usize = 32 * 1024;
+/// A connection's receive buffer: one whole frame plus one read chunk.
+pub const READ_BUFFER_BYTES_MAX: usize = FRAME_BYTES_MAX + READ_CHUNK_BYTES;
+/// Capacity a connection's reply buffer keeps between bursts; anything larger is released.
+pub const WRITE_BUFFER_RETAINED_BYTES_MAX: usize = 64 * 1024;
+/// io_uring buffer memory glommio registers per shard (glommio's minimum).
+pub const SHARD_IO_MEMORY_BYTES: usize = 64 * 1024;
+/// RLIMIT_MEMLOCK glommio insists on before it creates one executor.
+pub const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Time.
+// ---------------------------------------------------------------------------------------------
+
+/// How long a stopping node waits for work in flight to drain before it closes anyway.
+pub const SHUTDOWN_GRACE_MS_MAX: u64 = 5_000;
+
+// ---------------------------------------------------------------------------------------------
+// Worst-case memory of a node, as a sum. Estimates of container overhead are stated as such.
+// ---------------------------------------------------------------------------------------------
+
+/// One player's entry in a hunt: id (8) + score (4) + visited set (8), rounded up to 32 for
+/// the hash table's control bytes and its load factor of 7/8.
+pub const PLAYER_ENTRY_BYTES: usize = 32;
+
+/// Worst-case bytes of one hunt's state.
+pub const HUNT_STATE_BYTES_MAX: usize = PLAYERS_PER_HUNT_MAX * PLAYER_ENTRY_BYTES // players and scores
+    + WAYPOINTS_PER_HUNT_MAX * 16 // waypoint: position 8, radius 4, points 4
+    + TREASURES_PER_HUNT_MAX * 24 // treasure: code hash 8, points 4, winner 8, padding 4
+    + LEADERBOARD_TOP_K_MAX * 16 // leaderboard entry: player 8, score 4, padding 4
+    + 256; // the hunt's own fields and table headers
+
+/// Worst-case bytes of one partition's state machine.
+pub const PARTITION_STATE_BYTES_MAX: usize = HUNTS_PER_PARTITION_MAX * HUNT_STATE_BYTES_MAX // hunts
+    + HUNTS_PER_PARTITION_MAX * 16 // the partition's hunt index
+    + 64; // the partition's own fields
+
+/// Worst-case bytes of one shard's network and back-pressure buffers (not its hunt state).
+pub const SHARD_IO_BYTES_MAX: usize = CONNECTIONS_PER_SHARD_MAX * READ_BUFFER_BYTES_MAX // a receive buffer per connection
+    + CONNECTIONS_PER_SHARD_MAX * 2 * WRITE_BUFFER_RETAINED_BYTES_MAX // two reply buffers per connection, kept between bursts
+    + SHARD_EVENTS_INFLIGHT_MAX as usize * REPLY_BYTES_MAX // replies to every event in flight, waiting for their socket
+    + MESH_BYTES_INFLIGHT_MAX as usize // events other shards forwarded here, waiting to be applied
+    + MESH_EVENTS_INFLIGHT_MAX as usize * REPLY_BYTES_MAX // replies to those, waiting to go back
+    + MESH_CHANNEL_BATCHES_MAX * 64 // one channel slot per batch, per source (times shards below)
+    + SHARD_IO_MEMORY_BYTES; // glommio's registered io_uring buffers
+
+/// Worst-case resident bytes of a node with `partitions` partitions and `shards` shards.
+pub const fn node_memory_bytes_max(partitions: usize, shards: usize) -> usize {
+    partitions * PARTITION_STATE_BYTES_MAX // every partition's hunts, wherever it lives
+        + shards * SHARD_IO_BYTES_MAX // every shard's buffers
+        + shards * shards * MESH_CHANNEL_BATCHES_MAX * 64 // channel rings of the full mesh
+}
+
+// The budgets must be able to carry at least one frame's worth of work, or a shard could wait
+// forever for credit it can never get.
+const _: () = assert!(SHARD_EVENTS_INFLIGHT_MAX as usize >= FRAME_RECORDS_MAX);
+const _: () = assert!(SHARD_BYTES_INFLIGHT_MAX as usize >= FRAME_BODY_BYTES_MAX);
+const _: () = assert!(CONNECTION_EVENTS_INFLIGHT_MAX as usize >= FRAME_RECORDS_MAX);
+const _: () = assert!(CONNECTION_EVENTS_INFLIGHT_MAX <= SHARD_EVENTS_INFLIGHT_MAX);
+const _: () = assert!(MESH_EVENTS_INFLIGHT_MAX as usize >= SHARDS_MAX);
+const _: () = assert!(MESH_BYTES_INFLIGHT_MAX as usize >= SHARDS_MAX * EVENT_BYTES_MAX);
+const _: () = assert!(FRAME_HEADER_BYTES % ARCHIVE_ALIGN == 0);
+const _: () = assert!(FRAME_BODY_BYTES_MAX % ARCHIVE_ALIGN == 0);
+const _: () = assert!(EVENT_BYTES_MAX <= FRAME_BODY_BYTES_MAX);
+const _: () = assert!(PARTITIONS_DEFAULT.is_power_of_two() && PARTITIONS_MAX.is_power_of_two());
+const _: () = assert!(WAYPOINTS_PER_HUNT_MAX <= 64, "visits are a u64 bit set");
+const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
+// A default node (1024 partitions) on a 64-core machine stays inside 8 GiB even at its worst.
+const _: () = assert!(node_memory_bytes_max(PARTITIONS_DEFAULT as usize, 64) < 8 << 30);

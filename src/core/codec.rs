@@ -1,0 +1,980 @@
+//! The frame codec: how messages are laid out on a TCP stream, and the one place where bytes
+//! from outside the process are checked.
+//!
+//! ```text
+//! frame   := header(32) body(body_len)
+//! header  := magic "TROV" | version u8 | kind u8 | flags u16 = 0 | body_len u32 | epoch u32
+//!            | xxh3_64(body) u64 | xxh3_64(header[0..24]) u64            (little-endian)
+//! body    := record* trailer                                 body_len % 16 == 0
+//! record  := one rkyv archive, zero-padded to a multiple of 16
+//! trailer := zero padding | len u32 × count | count u32      padded at the front to 16
+//! ```
+//!
+//! Every record is an independent rkyv archive that starts 16-byte aligned when the frame
+//! starts 16-byte aligned, so one event can be routed to another core by moving its bytes.
+//! Frames carry exact lengths (an rkyv root sits at the end of its bytes), and the lengths sit
+//! in a trailer so that a writer can append records without knowing in advance how many a
+//! frame will hold. The header checks itself, so a corrupted length is reported as such
+//! instead of leaving the reader waiting for bytes that never come.
+//!
+//! Decoding is sans-IO: [`decode_frame`] looks at the front of a buffer and says "need more",
+//! "here is a frame" or what is wrong with it. Records are validated with bytecheck exactly
+//! once, by [`access_record`], where bytes enter the process; after that they are read in
+//! place with [`access_validated`]. Every malformed input is a typed [`FrameError`].
+//! Types here are plain values; a [`FrameBuilder`] lives on the one thread that fills it.
+
+use std::fmt;
+
+use rkyv::api::low::{self, LowSerializer, LowValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor::{BoxedError, Failure};
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::util::AlignedVec;
+use rkyv::{Portable, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::constants::{
+    ARCHIVE_ALIGN, ERROR_MESSAGE_BYTES_MAX, EVENT_BYTES_MAX, FRAME_BODY_BYTES_MAX,
+    FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_RECORDS_MAX, FRAME_VERSION, REPLY_BYTES_MAX,
+};
+use crate::core::message::ErrorMessage;
+
+/// What a frame carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// Client → node: archived `Event`s.
+    Events = 1,
+    /// Node → client: archived `Reply`s.
+    Replies = 2,
+    /// Client → node: no records; asks for the partition map.
+    MapRequest = 3,
+    /// Node → client: one archived `PartitionMapMessage`.
+    MapReply = 4,
+    /// Node → client, before closing: one archived `ErrorMessage`.
+    Error = 5,
+}
+
+impl FrameKind {
+    fn from_u8(byte: u8) -> Option<FrameKind> {
+        Some(match byte {
+            1 => FrameKind::Events,
+            2 => FrameKind::Replies,
+            3 => FrameKind::MapRequest,
+            4 => FrameKind::MapReply,
+            5 => FrameKind::Error,
+            _ => return None,
+        })
+    }
+
+    /// Largest record a frame of this kind may carry.
+    pub fn record_bytes_max(self) -> usize {
+        match self {
+            FrameKind::Events => EVENT_BYTES_MAX,
+            FrameKind::Replies => REPLY_BYTES_MAX,
+            FrameKind::MapRequest => 0,
+            FrameKind::MapReply => FRAME_BODY_BYTES_MAX - ARCHIVE_ALIGN,
+            FrameKind::Error => ERROR_MESSAGE_BYTES_MAX + 64,
+        }
+    }
+
+    /// Most records a frame of this kind may carry.
+    pub fn records_max(self) -> usize {
+        match self {
+            FrameKind::Events | FrameKind::Replies => FRAME_RECORDS_MAX,
+            FrameKind::MapRequest => 0,
+            FrameKind::MapReply | FrameKind::Error => 1,
+        }
+    }
+}
+
+/// The decoded fixed header of a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub kind: FrameKind,
+    pub body_len: u32,
+    /// The sender's partition-map epoch (0 when it has none).
+    pub epoch: u32,
+    pub body_hash: u64,
+}
+
+/// Everything that can be wrong with bytes that claim to be frames.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// The stream does not start with `TROV`: not a trove client, or out of step.
+    BadMagic { found: [u8; 4] },
+    /// A frame of a wire version this build does not speak.
+    UnsupportedVersion { found: u8 },
+    /// The header's own checksum does not match: corrupted in transit.
+    HeaderChecksum,
+    /// A frame kind this build does not know.
+    UnknownKind { found: u8 },
+    /// Reserved header bits are set.
+    NonZeroFlags { found: u16 },
+    /// The body is larger than `FRAME_BODY_BYTES_MAX`.
+    BodyTooLarge { body_len: u32 },
+    /// The body length is not a multiple of 16.
+    BodyMisaligned { body_len: u32 },
+    /// The body's checksum does not match: corrupted in transit.
+    BodyChecksum,
+    /// The stream ended in the middle of a frame.
+    Truncated { have: usize, need: usize },
+    /// The body's trailer is missing or does not fit the body.
+    BadTrailer,
+    /// More records than the frame kind allows.
+    TooManyRecords { kind: FrameKind, count: u32 },
+    /// A record of zero bytes, or larger than the frame kind allows.
+    BadRecordLength { index: u32, len: u32 },
+    /// The record lengths do not add up to the body.
+    RecordsMismatch,
+    /// A record is not a valid archive of the type the frame kind promises.
+    InvalidArchive { index: u32, reason: String },
+    /// A frame of a kind this side does not accept (a node receiving replies, say).
+    UnexpectedKind { kind: FrameKind },
+}
+
+impl FrameError {
+    /// A stable number for the error, sent in error frames.
+    pub fn code(&self) -> u16 {
+        match self {
+            FrameError::BadMagic { .. } => 1,
+            FrameError::UnsupportedVersion { .. } => 2,
+            FrameError::HeaderChecksum => 3,
+            FrameError::UnknownKind { .. } => 4,
+            FrameError::NonZeroFlags { .. } => 5,
+            FrameError::BodyTooLarge { .. } => 6,
+            FrameError::BodyMisaligned { .. } => 7,
+            FrameError::BodyChecksum => 8,
+            FrameError::Truncated { .. } => 9,
+            FrameError::BadTrailer => 10,
+            FrameError::TooManyRecords { .. } => 11,
+            FrameError::BadRecordLength { .. } => 12,
+            FrameError::RecordsMismatch => 13,
+            FrameError::InvalidArchive { .. } => 14,
+            FrameError::UnexpectedKind { .. } => 15,
+        }
+    }
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::BadMagic { found } => write!(
+                f,
+                "bad magic {found:02x?}: expected \"TROV\"; the peer does not speak the trove protocol or the stream is out of step"
+            ),
+            FrameError::UnsupportedVersion { found } => write!(
+                f,
+                "wire version {found} is not supported (this build speaks version {FRAME_VERSION}); upgrade the older side"
+            ),
+            FrameError::HeaderChecksum => {
+                write!(
+                    f,
+                    "frame header checksum mismatch: the header was corrupted in transit"
+                )
+            }
+            FrameError::UnknownKind { found } => write!(f, "unknown frame kind {found}"),
+            FrameError::NonZeroFlags { found } => {
+                write!(
+                    f,
+                    "reserved header flags are set ({found:#06x}); they must be zero"
+                )
+            }
+            FrameError::BodyTooLarge { body_len } => write!(
+                f,
+                "frame body of {body_len} bytes exceeds the limit of {FRAME_BODY_BYTES_MAX}; send fewer events per frame"
+            ),
+            FrameError::BodyMisaligned { body_len } => write!(
+                f,
+                "frame body of {body_len} bytes is not a multiple of {ARCHIVE_ALIGN}"
+            ),
+            FrameError::BodyChecksum => {
+                write!(
+                    f,
+                    "frame body checksum mismatch: the body was corrupted in transit"
+                )
+            }
+            FrameError::Truncated { have, need } => write!(
+                f,
+                "the stream ended inside a frame ({have} of {need} bytes arrived)"
+            ),
+            FrameError::BadTrailer => write!(f, "the frame's record trailer does not fit its body"),
+            FrameError::TooManyRecords { kind, count } => write!(
+                f,
+                "{count} records in one {kind:?} frame exceed the limit of {}",
+                kind.records_max()
+            ),
+            FrameError::BadRecordLength { index, len } => {
+                write!(f, "record {index} has an invalid length of {len} bytes")
+            }
+            FrameError::RecordsMismatch => {
+                write!(
+                    f,
+                    "the record lengths in the trailer do not add up to the body"
+                )
+            }
+            FrameError::InvalidArchive { index, reason } => {
+                write!(f, "record {index} is not a valid archive: {reason}")
+            }
+            FrameError::UnexpectedKind { kind } => {
+                write!(f, "a {kind:?} frame is not accepted here")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Offsets of the header fields.
+mod layout {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 4;
+    pub const KIND: usize = 5;
+    pub const FLAGS: usize = 6;
+    pub const BODY_LEN: usize = 8;
+    pub const EPOCH: usize = 12;
+    pub const BODY_HASH: usize = 16;
+    pub const HEADER_HASH: usize = 24;
+}
+
+fn read_u16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Rounds `len` up to the next multiple of [`ARCHIVE_ALIGN`].
+pub const fn align_up(len: usize) -> usize {
+    (len + ARCHIVE_ALIGN - 1) & !(ARCHIVE_ALIGN - 1)
+}
+
+/// What [`decode_frame`] found at the front of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// Not a whole frame yet. `frame_len` is the whole frame's size once the header is in.
+    NeedMore { frame_len: Option<usize> },
+    /// A whole frame whose header and body checksums match.
+    Frame {
+        header: FrameHeader,
+        body: &'a [u8],
+        /// Bytes the frame takes from the front of the buffer.
+        frame_len: usize,
+    },
+}
+
+/// Parses and checks the header at the front of `buf`.
+pub fn decode_header(buf: &[u8]) -> Result<Option<FrameHeader>, FrameError> {
+    // Magic first, even on a partial header, so that garbage is reported at once.
+    let magic_have = buf.len().min(4);
+    if buf[..magic_have] != FRAME_MAGIC[..magic_have] {
+        let mut found = [0u8; 4];
+        found[..magic_have].copy_from_slice(&buf[..magic_have]);
+        return Err(FrameError::BadMagic { found });
+    }
+    if buf.len() < FRAME_HEADER_BYTES {
+        return Ok(None);
+    }
+    let version = buf[layout::VERSION];
+    if version != FRAME_VERSION {
+        return Err(FrameError::UnsupportedVersion { found: version });
+    }
+    if xxh3_64(&buf[..layout::HEADER_HASH]) != read_u64(buf, layout::HEADER_HASH) {
+        return Err(FrameError::HeaderChecksum);
+    }
+    let kind = FrameKind::from_u8(buf[layout::KIND]).ok_or(FrameError::UnknownKind {
+        found: buf[layout::KIND],
+    })?;
+    let flags = read_u16(buf, layout::FLAGS);
+    if flags != 0 {
+        return Err(FrameError::NonZeroFlags { found: flags });
+    }
+    let body_len = read_u32(buf, layout::BODY_LEN);
+    if body_len as usize > FRAME_BODY_BYTES_MAX {
+        return Err(FrameError::BodyTooLarge { body_len });
+    }
+    if body_len as usize % ARCHIVE_ALIGN != 0 {
+        return Err(FrameError::BodyMisaligned { body_len });
+    }
+    Ok(Some(FrameHeader {
+        kind,
+        body_len,
+        epoch: read_u32(buf, layout::EPOCH),
+        body_hash: read_u64(buf, layout::BODY_HASH),
+    }))
+}
+
+/// Looks for one whole, checksummed frame at the front of `buf`.
+pub fn decode_frame(buf: &[u8]) -> Result<Decoded<'_>, FrameError> {
+    let Some(header) = decode_header(buf)? else {
+        return Ok(Decoded::NeedMore { frame_len: None });
+    };
+    let frame_len = FRAME_HEADER_BYTES + header.body_len as usize;
+    if buf.len() < frame_len {
+        return Ok(Decoded::NeedMore {
+            frame_len: Some(frame_len),
+        });
+    }
+    let body = &buf[FRAME_HEADER_BYTES..frame_len];
+    if xxh3_64(body) != header.body_hash {
+        return Err(FrameError::BodyChecksum);
+    }
+    Ok(Decoded::Frame {
+        header,
+        body,
+        frame_len,
+    })
+}
+
+/// Reports what is wrong with bytes left over when a stream ends: nothing if there are none.
+pub fn check_stream_end(leftover: &[u8]) -> Result<(), FrameError> {
+    if leftover.is_empty() {
+        return Ok(());
+    }
+    let need = match decode_header(leftover)? {
+        Some(header) => FRAME_HEADER_BYTES + header.body_len as usize,
+        None => FRAME_HEADER_BYTES,
+    };
+    Err(FrameError::Truncated {
+        have: leftover.len(),
+        need,
+    })
+}
+
+/// The records of one frame body, checked for layout (not yet for content).
+#[derive(Clone, Copy, Debug)]
+pub struct Records<'a> {
+    records: &'a [u8],
+    lens: &'a [u8],
+    count: u32,
+}
+
+impl<'a> Records<'a> {
+    /// Checks the trailer and the record lengths of a `kind` frame's body.
+    pub fn parse(kind: FrameKind, body: &'a [u8]) -> Result<Records<'a>, FrameError> {
+        if body.len() < ARCHIVE_ALIGN || body.len() % ARCHIVE_ALIGN != 0 {
+            return Err(FrameError::BadTrailer);
+        }
+        let count = read_u32(body, body.len() - 4);
+        if count as usize > kind.records_max() {
+            return Err(FrameError::TooManyRecords { kind, count });
+        }
+        let trailer_len = align_up(4 * (count as usize + 1));
+        if trailer_len > body.len() {
+            return Err(FrameError::BadTrailer);
+        }
+        let lens_start = body.len() - 4 - 4 * count as usize;
+        let trailer_start = body.len() - trailer_len;
+        if body[trailer_start..lens_start].iter().any(|&b| b != 0) {
+            return Err(FrameError::BadTrailer);
+        }
+        let records = Records {
+            records: &body[..trailer_start],
+            lens: &body[lens_start..body.len() - 4],
+            count,
+        };
+        let record_max = kind.record_bytes_max();
+        let mut total = 0usize;
+        for index in 0..count {
+            let len = records.len_of(index);
+            if len == 0 || len as usize > record_max {
+                return Err(FrameError::BadRecordLength { index, len });
+            }
+            total += align_up(len as usize);
+        }
+        if total != records.records.len() {
+            return Err(FrameError::RecordsMismatch);
+        }
+        Ok(records)
+    }
+
+    fn len_of(&self, index: u32) -> u32 {
+        read_u32(self.lens, 4 * index as usize)
+    }
+
+    /// How many records the frame holds.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The records' bytes, in order, each starting at a multiple of 16 from the body start.
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let records = self.records;
+        let lens = self.lens;
+        let mut offset = 0usize;
+        lens.chunks_exact(4).map(move |len| {
+            let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+            let record = &records[offset..offset + len];
+            offset += align_up(len);
+            record
+        })
+    }
+}
+
+/// Validates one record as an archived `T`: the only place untrusted bytes become typed.
+pub fn access_record<T>(index: u32, bytes: &[u8]) -> Result<&T, FrameError>
+where
+    T: Portable
+        + for<'a> CheckBytes<LowValidator<'a, Failure>>
+        + for<'a> CheckBytes<LowValidator<'a, BoxedError>>,
+{
+    // The fast path learns only "invalid"; the slow path runs again to say why. rkyv's own
+    // error type hides the reason in release builds, so the boundary uses a boxed one.
+    match low::access::<T, Failure>(bytes) {
+        Ok(archived) => Ok(archived),
+        Err(Failure) => {
+            let reason = match low::access::<T, BoxedError>(bytes) {
+                Ok(_) => "rejected by validation".to_owned(),
+                Err(error) => error.to_string(),
+            };
+            Err(FrameError::InvalidArchive { index, reason })
+        }
+    }
+}
+
+/// Reads a record that [`access_record`] has validated before, without checking it again.
+///
+/// # Safety
+///
+/// `bytes` must be exactly the bytes of a record that `access_record::<T>` accepted, still
+/// 16-byte aligned (moving them into another aligned buffer at an aligned offset is fine).
+pub unsafe fn access_validated<T: Portable>(bytes: &[u8]) -> &T {
+    // SAFETY: the caller guarantees these bytes passed bytecheck as a `T` and are aligned.
+    unsafe { rkyv::access_unchecked::<T>(bytes) }
+}
+
+/// Why a record could not be encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The archive is larger than the frame kind allows.
+    RecordTooLarge { len: usize, max: usize },
+    /// rkyv could not serialize the value.
+    Serialize,
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::RecordTooLarge { len, max } => {
+                write!(f, "record of {len} bytes exceeds the limit of {max}")
+            }
+            EncodeError::Serialize => write!(f, "the value could not be serialized"),
+        }
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+/// The serializer strategy records are written with.
+pub type RecordSerializer<'b, 'a> = LowSerializer<&'b mut AlignedVec, ArenaHandle<'a>, Failure>;
+
+/// Appends frames to an aligned buffer: open a frame, push records, finish it, repeat.
+///
+/// Lives on one thread (a shard or a client thread). The buffer may hold several finished
+/// frames back to back, ready for one write.
+pub struct FrameBuilder {
+    buf: AlignedVec,
+    /// Offset of the header of the frame being built.
+    open_frame: Option<OpenFrame>,
+    lens: Vec<u32>,
+}
+
+#[derive(Clone, Copy)]
+struct OpenFrame {
+    start: usize,
+    kind: FrameKind,
+    body_bytes: usize,
+}
+
+impl Default for FrameBuilder {
+    fn default() -> Self {
+        FrameBuilder::new()
+    }
+}
+
+impl FrameBuilder {
+    pub fn new() -> FrameBuilder {
+        FrameBuilder {
+            buf: AlignedVec::new(),
+            open_frame: None,
+            lens: Vec::new(),
+        }
+    }
+
+    /// The finished frames (and the open one, if any, which is not yet valid).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// True when the buffer holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Bytes held, finished or not.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Forgets every frame, keeping at most `retain_bytes` of capacity.
+    pub fn clear(&mut self, retain_bytes: usize) {
+        self.buf.clear();
+        self.lens.clear();
+        self.open_frame = None;
+        if self.buf.capacity() > retain_bytes {
+            self.buf = AlignedVec::with_capacity(retain_bytes);
+        }
+    }
+
+    /// True if a frame is open.
+    pub fn is_open(&self) -> bool {
+        self.open_frame.is_some()
+    }
+
+    /// Records in the open frame.
+    pub fn open_records(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Body bytes in the open frame so far (without its trailer).
+    pub fn open_body_bytes(&self) -> usize {
+        self.open_frame.map_or(0, |frame| frame.body_bytes)
+    }
+
+    /// Starts a frame of `kind`. The previous frame must be finished.
+    pub fn begin(&mut self, kind: FrameKind) {
+        assert!(self.open_frame.is_none(), "a frame is already open");
+        debug_assert!(self.buf.len() % ARCHIVE_ALIGN == 0);
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+        self.open_frame = Some(OpenFrame {
+            start,
+            kind,
+            body_bytes: 0,
+        });
+    }
+
+    /// True if one more record of `len` bytes fits the open frame.
+    pub fn fits(&self, len: usize) -> bool {
+        let Some(frame) = self.open_frame else {
+            return false;
+        };
+        let records = self.lens.len() + 1;
+        records <= frame.kind.records_max()
+            && frame.body_bytes + align_up(len) + align_up(4 * (records + 1))
+                <= FRAME_BODY_BYTES_MAX
+    }
+
+    /// Archives `value` as the next record of the open frame. On error nothing is added.
+    pub fn push<T>(&mut self, value: &T) -> Result<(), EncodeError>
+    where
+        T: for<'b, 'a> Serialize<RecordSerializer<'b, 'a>>,
+    {
+        let frame = self.open_frame.expect("push needs an open frame");
+        let start = self.buf.len();
+        let result = rkyv::util::with_arena(|arena| {
+            low::to_bytes_in_with_alloc::<_, _, Failure>(value, &mut self.buf, arena.acquire())
+                .map(|_| ())
+        });
+        if result.is_err() {
+            self.buf.resize(start, 0);
+            return Err(EncodeError::Serialize);
+        }
+        let len = self.buf.len() - start;
+        let max = frame.kind.record_bytes_max();
+        if len > max || !self.fits(len) {
+            self.buf.resize(start, 0);
+            return Err(EncodeError::RecordTooLarge { len, max });
+        }
+        self.seal_record(len);
+        Ok(())
+    }
+
+    /// Copies an archive that was validated before (a reply from another shard) into the
+    /// open frame as its next record.
+    pub fn push_archived(&mut self, archive: &[u8]) -> Result<(), EncodeError> {
+        let frame = self.open_frame.expect("push needs an open frame");
+        let max = frame.kind.record_bytes_max();
+        if archive.len() > max || archive.is_empty() || !self.fits(archive.len()) {
+            return Err(EncodeError::RecordTooLarge {
+                len: archive.len(),
+                max,
+            });
+        }
+        self.buf.extend_from_slice(archive);
+        self.seal_record(archive.len());
+        Ok(())
+    }
+
+    fn seal_record(&mut self, len: usize) {
+        let padded = align_up(len);
+        self.buf.resize(self.buf.len() + padded - len, 0);
+        self.lens.push(len as u32);
+        if let Some(frame) = self.open_frame.as_mut() {
+            frame.body_bytes += padded;
+        }
+    }
+
+    /// Closes the open frame: writes its trailer and fills in its header.
+    pub fn finish(&mut self, epoch: u32) {
+        let frame = self.open_frame.take().expect("finish needs an open frame");
+        let count = self.lens.len();
+        let trailer_len = align_up(4 * (count + 1));
+        let padding = trailer_len - 4 * (count + 1);
+        self.buf.resize(self.buf.len() + padding, 0);
+        for len in self.lens.drain(..) {
+            self.buf.extend_from_slice(&len.to_le_bytes());
+        }
+        self.buf.extend_from_slice(&(count as u32).to_le_bytes());
+        let body_start = frame.start + FRAME_HEADER_BYTES;
+        let body_len = self.buf.len() - body_start;
+        debug_assert!(body_len <= FRAME_BODY_BYTES_MAX && body_len % ARCHIVE_ALIGN == 0);
+        let body_hash = xxh3_64(&self.buf[body_start..]);
+        let header = &mut self.buf[frame.start..body_start];
+        header[layout::MAGIC..layout::MAGIC + 4].copy_from_slice(&FRAME_MAGIC);
+        header[layout::VERSION] = FRAME_VERSION;
+        header[layout::KIND] = frame.kind as u8;
+        header[layout::FLAGS..layout::FLAGS + 2].copy_from_slice(&0u16.to_le_bytes());
+        header[layout::BODY_LEN..layout::BODY_LEN + 4]
+            .copy_from_slice(&(body_len as u32).to_le_bytes());
+        header[layout::EPOCH..layout::EPOCH + 4].copy_from_slice(&epoch.to_le_bytes());
+        header[layout::BODY_HASH..layout::BODY_HASH + 8].copy_from_slice(&body_hash.to_le_bytes());
+        let header_hash = xxh3_64(&header[..layout::HEADER_HASH]);
+        header[layout::HEADER_HASH..].copy_from_slice(&header_hash.to_le_bytes());
+    }
+
+    /// Appends a whole frame holding one record, or none when `value` is `None`.
+    pub fn single<T>(
+        &mut self,
+        kind: FrameKind,
+        epoch: u32,
+        value: Option<&T>,
+    ) -> Result<(), EncodeError>
+    where
+        T: for<'b, 'a> Serialize<RecordSerializer<'b, 'a>>,
+    {
+        self.begin(kind);
+        if let Some(value) = value {
+            if let Err(error) = self.push(value) {
+                let start = self.open_frame.take().map_or(0, |frame| frame.start);
+                self.buf.resize(start, 0);
+                self.lens.clear();
+                return Err(error);
+            }
+        }
+        self.finish(epoch);
+        Ok(())
+    }
+
+    /// Appends an error frame that tells the peer what was wrong.
+    pub fn error(&mut self, epoch: u32, error: &FrameError) {
+        let mut message = error.to_string();
+        truncate_to_char_boundary(&mut message, ERROR_MESSAGE_BYTES_MAX);
+        let message = ErrorMessage {
+            code: error.code(),
+            message,
+        };
+        self.single(FrameKind::Error, epoch, Some(&message))
+            .expect("an error message is bounded and always fits its frame");
+    }
+}
+
+fn truncate_to_char_boundary(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::ids::{HuntId, PlayerId, TreasureId};
+    use crate::core::message::{ArchivedEvent, ArchivedEventKind, Event, EventKind};
+    use proptest::prelude::*;
+
+    fn claim(seq: u64, code: &str) -> Event {
+        Event {
+            hunt: HuntId(7),
+            player: PlayerId(9),
+            client_seq: seq,
+            client_ts: seq * 10,
+            kind: EventKind::Claim {
+                treasure: TreasureId(3),
+                code: code.to_owned(),
+            },
+        }
+    }
+
+    fn events_frame(events: &[Event]) -> Vec<u8> {
+        let mut builder = FrameBuilder::new();
+        builder.begin(FrameKind::Events);
+        for event in events {
+            builder.push(event).unwrap();
+        }
+        builder.finish(5);
+        builder.bytes().to_vec()
+    }
+
+    fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, FrameError> {
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(bytes);
+        let Decoded::Frame {
+            header,
+            body,
+            frame_len,
+        } = decode_frame(&aligned)?
+        else {
+            return Err(FrameError::Truncated {
+                have: bytes.len(),
+                need: 0,
+            });
+        };
+        assert_eq!(frame_len, bytes.len());
+        assert_eq!(header.kind, FrameKind::Events);
+        let records = Records::parse(header.kind, body)?;
+        records
+            .iter()
+            .enumerate()
+            .map(|(index, bytes)| {
+                assert_eq!(
+                    bytes.as_ptr() as usize % ARCHIVE_ALIGN,
+                    0,
+                    "records are aligned"
+                );
+                let archived = access_record::<ArchivedEvent>(index as u32, bytes)?;
+                Ok(rkyv::deserialize::<Event, rkyv::rancor::Error>(archived).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_frame_round_trips() {
+        let events = vec![
+            claim(1, "short"),
+            claim(2, "a much longer secret code than eight bytes"),
+        ];
+        let bytes = events_frame(&events);
+        assert_eq!(decode_events(&bytes).unwrap(), events);
+    }
+
+    #[test]
+    fn an_empty_map_request_round_trips() {
+        let mut builder = FrameBuilder::new();
+        builder
+            .single::<Event>(FrameKind::MapRequest, 0, None)
+            .unwrap();
+        let Decoded::Frame { header, body, .. } = decode_frame(builder.bytes()).unwrap() else {
+            panic!("expected a frame");
+        };
+        assert_eq!(header.kind, FrameKind::MapRequest);
+        assert_eq!(Records::parse(header.kind, body).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn partial_frames_ask_for_more() {
+        let bytes = events_frame(&[claim(1, "x")]);
+        for cut in 0..bytes.len() {
+            match decode_frame(&bytes[..cut]).unwrap() {
+                Decoded::NeedMore { frame_len } => {
+                    if cut >= FRAME_HEADER_BYTES {
+                        assert_eq!(frame_len, Some(bytes.len()));
+                    }
+                }
+                Decoded::Frame { .. } => panic!("a frame cut at {cut} decoded"),
+            }
+            if cut > 0 {
+                assert!(matches!(
+                    check_stream_end(&bytes[..cut]),
+                    Err(FrameError::Truncated { .. })
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_is_bad_magic_at_once() {
+        assert!(matches!(
+            decode_frame(b"GET / HTTP/1.1\r\n"),
+            Err(FrameError::BadMagic { .. })
+        ));
+        assert!(matches!(
+            decode_frame(b"X"),
+            Err(FrameError::BadMagic { .. })
+        ));
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_before_reading_the_body() {
+        let mut bytes = events_frame(&[claim(1, "x")]);
+        bytes[layout::BODY_LEN..layout::BODY_LEN + 4]
+            .copy_from_slice(&(FRAME_BODY_BYTES_MAX as u32 + 16).to_le_bytes());
+        let hash = xxh3_64(&bytes[..layout::HEADER_HASH]);
+        bytes[layout::HEADER_HASH..FRAME_HEADER_BYTES].copy_from_slice(&hash.to_le_bytes());
+        assert!(matches!(
+            decode_frame(&bytes[..FRAME_HEADER_BYTES]),
+            Err(FrameError::BodyTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_corrupted_length_fails_the_header_checksum() {
+        let mut bytes = events_frame(&[claim(1, "x")]);
+        bytes[layout::BODY_LEN] ^= 0x10;
+        assert_eq!(
+            decode_frame(&bytes[..FRAME_HEADER_BYTES]),
+            Err(FrameError::HeaderChecksum)
+        );
+    }
+
+    #[test]
+    fn a_wrong_version_is_named() {
+        let mut bytes = events_frame(&[claim(1, "x")]);
+        bytes[layout::VERSION] = 9;
+        assert_eq!(
+            decode_frame(&bytes),
+            Err(FrameError::UnsupportedVersion { found: 9 })
+        );
+    }
+
+    #[test]
+    fn a_record_that_is_not_an_event_is_an_invalid_archive() {
+        let mut builder = FrameBuilder::new();
+        builder.begin(FrameKind::Events);
+        // 32 bytes of 0xff: no valid `ArchivedEvent` (the kind tag is out of range).
+        builder.push_archived(&[0xffu8; 64]).unwrap();
+        builder.finish(0);
+        match decode_events(builder.bytes()) {
+            Err(FrameError::InvalidArchive { index: 0, reason }) => assert!(!reason.is_empty()),
+            other => panic!("expected an invalid archive, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_oversized_record_is_not_encoded() {
+        let mut builder = FrameBuilder::new();
+        builder.begin(FrameKind::Events);
+        let huge = claim(1, &"x".repeat(EVENT_BYTES_MAX));
+        assert!(matches!(
+            builder.push(&huge),
+            Err(EncodeError::RecordTooLarge { .. })
+        ));
+        builder.push(&claim(2, "ok")).unwrap();
+        builder.finish(0);
+        assert_eq!(
+            decode_events(builder.bytes()).unwrap(),
+            vec![claim(2, "ok")]
+        );
+    }
+
+    #[test]
+    fn error_frames_carry_code_and_message() {
+        let mut builder = FrameBuilder::new();
+        builder.error(3, &FrameError::BodyChecksum);
+        let Decoded::Frame { header, body, .. } = decode_frame(builder.bytes()).unwrap() else {
+            panic!("expected a frame");
+        };
+        assert_eq!(header.kind, FrameKind::Error);
+        let records = Records::parse(header.kind, body).unwrap();
+        let record = records.iter().next().unwrap();
+        let message =
+            access_record::<crate::core::message::ArchivedErrorMessage>(0, record).unwrap();
+        assert_eq!(message.code, FrameError::BodyChecksum.code());
+        assert!(message.message.as_str().contains("checksum"));
+    }
+
+    #[test]
+    fn an_archived_event_reads_in_place() {
+        let bytes = events_frame(&[claim(4, "gold")]);
+        let Decoded::Frame { header, body, .. } = decode_frame(&bytes).unwrap() else {
+            panic!()
+        };
+        let records = Records::parse(header.kind, body).unwrap();
+        let event = access_record::<ArchivedEvent>(0, records.iter().next().unwrap()).unwrap();
+        assert_eq!(event.client_seq, 4);
+        match &event.kind {
+            ArchivedEventKind::Claim { treasure, code } => {
+                assert_eq!(treasure.get(), TreasureId(3));
+                assert_eq!(code.as_str(), "gold");
+            }
+            other => panic!("unexpected kind {other:?}"),
+        }
+    }
+
+    fn arb_event() -> impl Strategy<Value = Event> {
+        (any::<u64>(), any::<u64>(), any::<u64>(), ".{0,40}").prop_map(
+            |(hunt, player, seq, code)| Event {
+                hunt: HuntId(hunt),
+                player: PlayerId(player),
+                client_seq: seq,
+                client_ts: seq.wrapping_mul(3),
+                kind: EventKind::Claim {
+                    treasure: TreasureId(seq as u32),
+                    code,
+                },
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn codec_round_trips(events in prop::collection::vec(arb_event(), 0..40)) {
+            let bytes = events_frame(&events);
+            prop_assert_eq!(decode_events(&bytes).unwrap(), events);
+        }
+
+        #[test]
+        fn every_corrupted_byte_is_rejected(
+            events in prop::collection::vec(arb_event(), 1..8),
+            position in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let mut bytes = events_frame(&events);
+            let at = position.index(bytes.len());
+            bytes[at] ^= flip;
+            prop_assert!(decode_events(&bytes).is_err(), "a flip at byte {} went unnoticed", at);
+        }
+
+        #[test]
+        fn every_truncation_is_incomplete(
+            events in prop::collection::vec(arb_event(), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let bytes = events_frame(&events);
+            let cut = cut.index(bytes.len());
+            let incomplete = matches!(decode_frame(&bytes[..cut]), Ok(Decoded::NeedMore { .. }));
+            prop_assert!(incomplete);
+            prop_assert!(check_stream_end(&bytes[..cut]).is_err() || cut == 0);
+        }
+
+        #[test]
+        fn every_oversized_length_is_rejected(excess in 1u32..1 << 30) {
+            let mut bytes = events_frame(&[claim(1, "x")]);
+            let body_len = (FRAME_BODY_BYTES_MAX as u32).saturating_add(excess);
+            bytes[layout::BODY_LEN..layout::BODY_LEN + 4].copy_from_slice(&body_len.to_le_bytes());
+            let hash = xxh3_64(&bytes[..layout::HEADER_HASH]);
+            bytes[layout::HEADER_HASH..FRAME_HEADER_BYTES].copy_from_slice(&hash.to_le_bytes());
+            let rejected = matches!(
+                decode_frame(&bytes),
+                Err(FrameError::BodyTooLarge { .. }) | Err(FrameError::BodyMisaligned { .. })
+            );
+            prop_assert!(rejected);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let mut framed = FRAME_MAGIC.to_vec();
+            framed.extend_from_slice(&bytes);
+            let _ = decode_events(&framed);
+            let _ = decode_events(&bytes);
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Every message on the wire, as rkyv types: events (client → node), replies (node → client),
+//! the partition map and error reports.
+//!
+//! A client archives each event once; the archive's bytes then travel unchanged to the shard
+//! that owns the event's partition, where the state machine reads them in place. Replies are
+//! archived once by the shard that applied the event and travel back the same way. The types
+//! here are plain data, valid on any core; their archived forms are read wherever bytes land.
+
+use rkyv::{Archive, Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+use crate::core::ids::{HuntId, PlayerId, TreasureId};
+
+/// A point on the earth, in units of 1e-7 degrees (about 1 cm), as GPS receivers report it.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Position {
+    /// Latitude in 1e-7 degrees, −90° to +90°.
+    pub lat_e7: i32,
+    /// Longitude in 1e-7 degrees, −180° to +180°.
+    pub lon_e7: i32,
+}
+
+/// A place a player must visit: checking in inside its radius scores its points, once.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WaypointSpec {
+    /// Centre of the waypoint.
+    pub position: Position,
+    /// A check-in counts within this distance of the centre.
+    pub radius_m: u32,
+    /// Points for the first check-in of each player.
+    pub points: u32,
+}
+
+/// A treasure: whoever first presents the code whose hash this is wins its points.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TreasureSpec {
+    /// [`claim_code_hash`] of the secret code; the code itself never reaches the engine
+    /// before a player finds it.
+    pub code_hash: u64,
+    /// Points for the winner.
+    pub points: u32,
+}
+
+/// The content of a new hunt.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct HuntSpec {
+    pub waypoints: Vec<WaypointSpec>,
+    pub treasures: Vec<TreasureSpec>,
+}
+
+/// What an event asks for.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum EventKind {
+    /// Create the hunt; the event's player is its organiser.
+    CreateHunt(HuntSpec),
+    /// Enter the event's player in the hunt.
+    Join,
+    /// The player is here; scores the first waypoint not yet visited whose radius holds it.
+    CheckIn { position: Position },
+    /// The player presents a code for a treasure.
+    Claim { treasure: TreasureId, code: String },
+    /// The hunt's best `top_k` players.
+    Leaderboard { top_k: u16 },
+}
+
+/// One event. Every event is keyed by its hunt, which decides the partition that applies it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Event {
+    pub hunt: HuntId,
+    pub player: PlayerId,
+    /// Chosen by the client, echoed in the reply, so the client can match them.
+    pub client_seq: u64,
+    /// Opaque to the engine and echoed in the reply: the client puts its send time here.
+    pub client_ts: u64,
+    pub kind: EventKind,
+}
+
+/// Why an event was refused. Refusals are answers, not errors: the event was well formed.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[rkyv(derive(Debug, PartialEq, Eq, Hash, Clone, Copy))]
+#[repr(u8)]
+pub enum RejectReason {
+    /// No hunt with this id exists.
+    UnknownHunt = 1,
+    /// A hunt with this id exists already.
+    HuntExists = 2,
+    /// The player has not joined the hunt.
+    UnknownPlayer = 3,
+    /// The player has joined the hunt already.
+    AlreadyJoined = 4,
+    /// The hunt has no treasure with this id.
+    UnknownTreasure = 5,
+    /// The code does not open the treasure.
+    WrongCode = 6,
+    /// The position is inside no waypoint's radius.
+    OutsideRadius = 7,
+    /// The player has checked in at every waypoint whose radius holds the position.
+    AlreadyCheckedIn = 8,
+    /// The partition holds `HUNTS_PER_PARTITION_MAX` hunts already.
+    HuntTableFull = 9,
+    /// The hunt holds `PLAYERS_PER_HUNT_MAX` players already.
+    PlayerTableFull = 10,
+    /// The hunt spec breaks a limit (too many waypoints or treasures, radius too large).
+    InvalidHuntSpec = 11,
+    /// The claim's code is longer than `CLAIM_CODE_BYTES_MAX`.
+    CodeTooLong = 12,
+    /// The leaderboard query asks for more than `LEADERBOARD_TOP_K_MAX` or for none.
+    InvalidTopK = 13,
+    /// The position is not a point on the earth.
+    InvalidPosition = 14,
+}
+
+/// An event the engine could not process. Unlike a rejection, the client did nothing wrong
+/// in the hunt's terms; the event may be retried.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[rkyv(derive(Debug, PartialEq, Eq, Hash, Clone, Copy))]
+#[repr(u8)]
+pub enum EventError {
+    /// The node is stopping and did not apply the event.
+    ShuttingDown = 1,
+    /// The shard that owns the event's partition is gone.
+    OwnerUnavailable = 2,
+}
+
+/// One line of a leaderboard.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct LeaderboardEntry {
+    pub player: PlayerId,
+    pub score: u32,
+}
+
+/// The result of one event.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum Outcome {
+    /// Applied. `score` is the player's score afterwards (0 for a new hunt or player).
+    Accepted { score: u32 },
+    /// Well formed but refused.
+    Rejected { reason: RejectReason },
+    /// The player won the treasure.
+    Claimed { points: u32, score: u32 },
+    /// Somebody won the treasure before.
+    AlreadyClaimed { winner: PlayerId },
+    /// The hunt's best players, best first.
+    Leaderboard { entries: Vec<LeaderboardEntry> },
+    /// The node is at its limit and runs in fail-fast mode: the event was not applied.
+    Busy,
+    /// The event could not be processed.
+    Error { error: EventError },
+}
+
+/// The reply to one event, matched to it by `client_seq`.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Reply {
+    pub client_seq: u64,
+    pub client_ts: u64,
+    pub outcome: Outcome,
+}
+
+/// The partition map a node sends a client that asks for it: which shard owns each partition
+/// and on which port each shard listens.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct PartitionMapMessage {
+    /// Bumped whenever ownership changes.
+    pub epoch: u32,
+    /// The owning shard of partition `i` is `owners[i]`; its length is the partition count.
+    pub owners: Vec<u16>,
+    /// Shard `s` accepts connections on port `shard_ports[s]`.
+    pub shard_ports: Vec<u16>,
+}
+
+/// Sent by a node before it closes a connection whose input it cannot accept.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ErrorMessage {
+    /// A stable code: `FrameError::code` of what was wrong.
+    pub code: u16,
+    /// What was wrong and what to do about it, for a human.
+    pub message: String,
+}
+
+/// The hash a treasure stores in place of its secret code.
+pub fn claim_code_hash(code: &[u8]) -> u64 {
+    // A fixed seed keeps treasure hashes apart from the partitioner's hashes of hunt ids.
+    const CLAIM_CODE_SEED: u64 = 0x7472_6f76_6563_6f64; // "trovecod"
+    xxh3_64_with_seed(code, CLAIM_CODE_SEED)
+}
