@@ -1,4 +1,31 @@
-//! Command-line entry point (being built).
+//! The command line: flags are parsed here (clap) and handed to each tool, which turns them
+//! into its own configuration. Wiring only; no tool logic lives here.
+//!
+//! Exit codes are each tool's own and documented in its `--help`; a usage error is 2.
+
+use clap::{Parser, Subcommand};
+
+/// trove: a thread-per-core, io_uring event engine for live treasure hunts.
+#[derive(Parser, Debug)]
+#[command(name = "trove", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// One subcommand per tool.
+#[derive(Subcommand, Debug)]
+pub enum Command {}
+
+/// Parses the command line, runs the tool and returns the process exit code.
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let code = if error.use_stderr() { 2 } else { 0 };
+            let _ = error.print();
+            return code;
+        }
+    };
+    match cli.command {}
 }
