@@ -29,3 +29,4 @@
 pub mod cli;
 pub mod constants;
 pub mod core;
+pub mod runtime;
