@@ -27,6 +27,8 @@
 //! - [`bench`] and [`cli`]: the tools built on top.
 
 pub mod cli;
+pub mod client;
 pub mod constants;
 pub mod core;
+pub mod net;
 pub mod runtime;
