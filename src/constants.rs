@@ -116,6 +116,24 @@ pub const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
 pub const CLIENT_REPLY_FRAMES_QUEUED_MAX: usize = 256;
 
 // ---------------------------------------------------------------------------------------------
+// The load generator (`trove bench`).
+// ---------------------------------------------------------------------------------------------
+
+/// Most hunts a benchmark workload may create (its Zipf table is 8 bytes a hunt).
+pub const WORKLOAD_HUNTS_MAX: u64 = 1_000_000;
+/// Longest measured phase of a benchmark run: one interval histogram per second is kept.
+pub const BENCH_DURATION_S_MAX: u64 = 600;
+/// Most load-generator threads (connections) one run may use.
+pub const BENCH_CONNECTIONS_MAX: usize = 256;
+/// Events one generator connection may have in flight in a closed-loop run.
+pub const BENCH_WINDOW_MAX: u32 = 65_536;
+/// Bytes a generator connection buffers for a socket that does not take them; past this it
+/// stops making events and falls behind schedule (which the lag histogram shows).
+pub const BENCH_SEND_BACKLOG_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest latency a histogram records: anything slower is clamped to it.
+pub const BENCH_LATENCY_NS_MAX: u64 = 60_000_000_000;
+
+// ---------------------------------------------------------------------------------------------
 // Time.
 // ---------------------------------------------------------------------------------------------
 

@@ -93,7 +93,8 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> ClientError {
     move |error| ClientError::Io { what, error }
 }
 
-fn connect_stream(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ClientError> {
+/// Opens a TCP connection with TCP_NODELAY set.
+pub fn connect_stream(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ClientError> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(io_error("cannot create a socket"))?;
     socket
@@ -161,7 +162,7 @@ fn node_error(body: &[u8]) -> ClientError {
 }
 
 /// Asks the node for its partition map and the port of each shard.
-fn fetch_map(
+pub fn fetch_map(
     stream: &mut TcpStream,
     timeout: Duration,
 ) -> Result<(PartitionMap, Vec<u16>), ClientError> {
