@@ -3,6 +3,8 @@
 //!
 //! Exit codes are each tool's own and documented in its `--help`; a usage error is 2.
 
+mod node;
+
 use clap::{Parser, Subcommand};
 
 /// trove: a thread-per-core, io_uring event engine for live treasure hunts.
@@ -15,7 +17,9 @@ pub struct Cli {
 
 /// One subcommand per tool.
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    Node(node::NodeArgs),
+}
 
 /// Parses the command line, runs the tool and returns the process exit code.
 pub fn main() -> i32 {
@@ -27,5 +31,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    match cli.command {}
+    match cli.command {
+        Command::Node(args) => node::run(&args),
+    }
 }

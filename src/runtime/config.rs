@@ -163,6 +163,16 @@ impl RuntimeConfig {
     }
 }
 
+/// One CPU per shard: the first `shards` CPUs of the affinity mask, starting over when there
+/// are more shards than CPUs; every CPU of the mask when `shards` is not given.
+pub fn shard_cpus(shards: Option<usize>) -> Vec<usize> {
+    let allowed = allowed_cpus();
+    match shards {
+        Some(shards) => allowed.iter().copied().cycle().take(shards).collect(),
+        None => allowed,
+    }
+}
+
 /// The CPUs in this process's affinity mask, in order.
 pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it in.
@@ -228,6 +238,34 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Reads a CPU list the way the kernel writes it: `0-3,8,10-11`. Sorted, without repeats.
+pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let parse = |number: &str| {
+            number.trim().parse::<usize>().map_err(|_| {
+                format!("`{text}` is not a CPU list: `{number}` is not a CPU number (write it like 0-3,8,10-11)")
+            })
+        };
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last) = (parse(first)?, parse(last)?);
+                if first > last {
+                    return Err(format!("`{text}` is not a CPU list: the range {part} runs backwards"));
+                }
+                cpus.extend(first..=last);
+            }
+            None => cpus.push(parse(part)?),
+        }
+    }
+    if cpus.iter().any(|&cpu| cpu >= libc::CPU_SETSIZE as usize) {
+        return Err(format!("`{text}` names a CPU past {}", libc::CPU_SETSIZE - 1));
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
 /// Writes CPUs the way the kernel does: `0-3,8,10-11`.
 pub fn format_cpu_list(cpus: &[usize]) -> String {
     let mut parts = Vec::new();
@@ -258,6 +296,16 @@ mod tests {
         assert_eq!(format_cpu_list(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11");
         assert_eq!(format_cpu_list(&[5]), "5");
         assert_eq!(format_cpu_list(&[]), "");
+    }
+
+    #[test]
+    fn cpu_lists_are_read_like_the_kernel_writes_them() {
+        assert_eq!(parse_cpu_list("0-3,8,10-11").unwrap(), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(parse_cpu_list("3,1,1").unwrap(), vec![1, 3]);
+        assert!(parse_cpu_list("3-1").unwrap_err().contains("backwards"));
+        assert!(parse_cpu_list("a").unwrap_err().contains("not a CPU number"));
+        assert!(parse_cpu_list("").is_err());
+        assert!(parse_cpu_list("99999").is_err());
     }
 
     #[test]
