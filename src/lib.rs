@@ -26,6 +26,7 @@
 //! - [`runtime`], [`net`], [`client`]: the glommio shell, the sockets and the client;
 //! - [`bench`] and [`cli`]: the tools built on top.
 
+pub mod bench;
 pub mod cli;
 pub mod constants;
 pub mod core;
