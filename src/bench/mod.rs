@@ -2,6 +2,7 @@
 //! its peers, and the reports performance engineers read.
 
 pub mod generator;
+pub mod report;
 pub mod run;
 pub mod trove_protocol;
 pub mod workload;

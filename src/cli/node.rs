@@ -9,7 +9,7 @@ use crate::constants::{
     SHARD_EVENTS_INFLIGHT_MAX,
 };
 use crate::net::{Node, NodeConfig};
-use crate::runtime::config::{format_cpu_list, parse_cpu_list, shard_cpus, Budget, RuntimeConfig};
+use crate::runtime::config::{Budget, RuntimeConfig, format_cpu_list, parse_cpu_list, shard_cpus};
 
 /// Run a trove node: one shard per CPU, until SIGINT or SIGTERM.
 ///
@@ -62,8 +62,18 @@ impl NodeArgs {
             connection_events: self.connection_events_max.min(self.shard_events_max),
             ..Budget::default()
         };
-        let runtime = RuntimeConfig { partitions: self.partitions, budget, fail_fast: self.fail_fast, ..RuntimeConfig::on_cpus(cpus) };
-        Ok(NodeConfig { runtime, listen: self.listen, port: self.port, shard_port_base: self.shard_port_base })
+        let runtime = RuntimeConfig {
+            partitions: self.partitions,
+            budget,
+            fail_fast: self.fail_fast,
+            ..RuntimeConfig::on_cpus(cpus)
+        };
+        Ok(NodeConfig {
+            runtime,
+            listen: self.listen,
+            port: self.port,
+            shard_port_base: self.shard_port_base,
+        })
     }
 }
 
@@ -105,7 +115,11 @@ pub fn run(args: &NodeArgs) -> i32 {
             return 1;
         }
     };
-    let shard_ports: Vec<String> = node.shard_addrs().iter().map(|addr| addr.port().to_string()).collect();
+    let shard_ports: Vec<String> = node
+        .shard_addrs()
+        .iter()
+        .map(|addr| addr.port().to_string())
+        .collect();
     println!(
         "trove node listening on {} with {} shards on CPUs {} (shard ports {}); stop with Ctrl-C",
         node.addr(),

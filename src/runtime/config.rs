@@ -251,7 +251,9 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
             Some((first, last)) => {
                 let (first, last) = (parse(first)?, parse(last)?);
                 if first > last {
-                    return Err(format!("`{text}` is not a CPU list: the range {part} runs backwards"));
+                    return Err(format!(
+                        "`{text}` is not a CPU list: the range {part} runs backwards"
+                    ));
                 }
                 cpus.extend(first..=last);
             }
@@ -259,7 +261,10 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
         }
     }
     if cpus.iter().any(|&cpu| cpu >= libc::CPU_SETSIZE as usize) {
-        return Err(format!("`{text}` names a CPU past {}", libc::CPU_SETSIZE - 1));
+        return Err(format!(
+            "`{text}` names a CPU past {}",
+            libc::CPU_SETSIZE - 1
+        ));
     }
     cpus.sort_unstable();
     cpus.dedup();
@@ -300,10 +305,17 @@ mod tests {
 
     #[test]
     fn cpu_lists_are_read_like_the_kernel_writes_them() {
-        assert_eq!(parse_cpu_list("0-3,8,10-11").unwrap(), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11").unwrap(),
+            vec![0, 1, 2, 3, 8, 10, 11]
+        );
         assert_eq!(parse_cpu_list("3,1,1").unwrap(), vec![1, 3]);
         assert!(parse_cpu_list("3-1").unwrap_err().contains("backwards"));
-        assert!(parse_cpu_list("a").unwrap_err().contains("not a CPU number"));
+        assert!(
+            parse_cpu_list("a")
+                .unwrap_err()
+                .contains("not a CPU number")
+        );
         assert!(parse_cpu_list("").is_err());
         assert!(parse_cpu_list("99999").is_err());
     }

@@ -1,0 +1,122 @@
+//! Synthetic reports for the report and gate tests: deterministic histograms shaped like a
+//! real run (a body around a few tens of µs and a tail), built without a load generator.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hdrhistogram::Histogram;
+
+use super::{Calibration, IntervalSample, LoadModel, Report, RunRecord, Sweep, SweepStep};
+
+/// A histogram of ns with `count` values: a body near `body_ns` and a 1% tail up to
+/// `tail_factor` times the body, spread by a fixed xorshift sequence seeded with `seed`.
+pub fn latency_histogram(count: u64, body_ns: u64, tail_factor: u64, seed: u64) -> Histogram<u64> {
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    let mut state = seed | 1;
+    for index in 0..count {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let spread = state % body_ns;
+        let value = if index % 100 == 99 {
+            body_ns * (1 + state % tail_factor.max(1)) + spread
+        } else {
+            body_ns / 2 + spread
+        };
+        histogram.record(value).unwrap();
+    }
+    histogram
+}
+
+/// An open-loop run of `seconds` one-second intervals against `target`.
+pub fn run_record(target: &str, rate_per_s: f64, body_ns: u64, seed: u64) -> RunRecord {
+    let seconds = 3;
+    let per_second = 2_000;
+    let mut corrected = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    let mut uncorrected = corrected.clone();
+    let mut intervals = Vec::new();
+    for second in 0..seconds {
+        let interval_corrected = latency_histogram(per_second, body_ns, 20, seed + second);
+        let interval_uncorrected = latency_histogram(per_second, body_ns, 4, seed + second);
+        corrected.add(&interval_corrected).unwrap();
+        uncorrected.add(&interval_uncorrected).unwrap();
+        intervals.push(IntervalSample {
+            start_offset_s: second as f64,
+            duration_s: 1.0,
+            corrected_ns: interval_corrected,
+            uncorrected_ns: interval_uncorrected,
+        });
+    }
+    let sent = seconds * per_second;
+    RunRecord {
+        target: target.to_string(),
+        load: LoadModel::Open { rate_per_s },
+        started_unix_ms: 1_790_000_000_000,
+        duration_s: seconds as f64,
+        sent,
+        acknowledged: sent - 30,
+        rejected: 20,
+        busy: 10,
+        errors: 0,
+        bytes_sent: sent * 96,
+        bytes_received: sent * 48,
+        corrected_ns: corrected,
+        uncorrected_ns: uncorrected,
+        lag_ns: latency_histogram(sent, 2_000, 5, seed ^ 0xabcd),
+        intervals,
+    }
+}
+
+/// trove alone: no peer, calibration or sweep.
+pub fn simple_report() -> Report {
+    Report {
+        config: serde_json::json!({"rate": 2000.0, "hunts": 64, "mix": {"join": 10, "check_in": 70}}),
+        seed: 7,
+        main: run_record("trove", 2_000.0, 40_000, 11),
+        peer: None,
+        calibration: None,
+        sweep: None,
+    }
+}
+
+/// trove with a Redis peer, a loopback calibration and a three-step sweep.
+pub fn report_with_everything() -> Report {
+    let mut report = simple_report();
+    report.peer = Some(run_record("redis", 2_000.0, 90_000, 23));
+    report.calibration = Some(Calibration {
+        loopback_rtt_ns: latency_histogram(5_000, 15_000, 3, 5),
+        loopback_bytes_per_s: 2.5e9,
+        cpus: vec![0, 1],
+    });
+    let steps = [
+        (1_000.0, 30_000, true),
+        (2_000.0, 45_000, true),
+        (4_000.0, 400_000, false),
+    ]
+    .into_iter()
+    .map(|(rate, body_ns, met_slo)| SweepStep {
+        offered_rate_per_s: rate,
+        record: run_record("trove", rate, body_ns, rate as u64),
+        met_slo,
+    })
+    .collect();
+    report.sweep = Some(Sweep {
+        slo_p99_us: 1_000.0,
+        steps,
+        best_rate_per_s: Some(2_000.0),
+    });
+    report
+}
+
+/// A fresh, empty directory under the system's temporary directory.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let unique = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "trove-report-{}-{name}-{unique}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
