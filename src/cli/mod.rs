@@ -15,7 +15,10 @@ pub struct Cli {
 
 /// One subcommand per tool.
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Check this host for a pinned node, measure its CPUs' jitter, print fixes.
+    Tune(crate::tune::TuneArgs),
+}
 
 /// Parses the command line, runs the tool and returns the process exit code.
 pub fn main() -> i32 {
@@ -27,5 +30,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    match cli.command {}
+    match cli.command {
+        Command::Tune(args) => crate::tune::run(args),
+    }
 }
