@@ -202,8 +202,10 @@ mod tests {
     fn a_root_without_proc_and_sys_is_refused() {
         let error = Host::open(Path::new("/definitely/not/here")).unwrap_err();
         assert!(error.contains("cannot open --root"), "{error}");
-        let empty = std::env::temp_dir();
+        let empty = std::env::temp_dir().join(format!("trove-tune-empty-{}", std::process::id()));
+        fs::create_dir_all(&empty).unwrap();
         let error = Host::open(&empty).unwrap_err();
+        fs::remove_dir(&empty).unwrap();
         assert!(error.contains("has no proc/"), "{error}");
     }
 

@@ -177,6 +177,37 @@ mod tests {
         assert!(jitter.hiccup_us_p999 <= jitter.hiccup_us_max);
     }
 
+    fn report(max_us: &[f64], errors: &[&str]) -> JitterReport {
+        let cpus = max_us.iter().enumerate().map(|(cpu, &max)| CpuJitter {
+            cpu,
+            hiccups: 1,
+            hiccup_us_p99: max,
+            hiccup_us_p999: max,
+            hiccup_us_max: max,
+            lost_percent: 0.0,
+        });
+        JitterReport {
+            config: JitterConfig {
+                duration_ms: 10,
+                threshold_ns: 1000,
+                allowed_hiccup_us_max: 50,
+            },
+            cpus: cpus.collect(),
+            errors: errors.iter().map(|error| error.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_check_fails_on_the_worst_cpu_or_an_unmeasured_one() {
+        assert!(report(&[3.0, 50.0], &[]).check().passed);
+        let slow = report(&[3.0, 80.5], &[]).check();
+        assert!(!slow.passed);
+        assert_eq!(slow.current, "max 80.5 µs on cpu 1 (p99.9 80.5 µs)");
+        let unpinned = report(&[3.0], &["cpu 7: cannot pin a thread to it"]).check();
+        assert!(!unpinned.passed);
+        assert!(unpinned.current.contains("cannot pin"));
+    }
+
     #[test]
     fn a_cpu_that_cannot_be_pinned_is_reported_not_measured() {
         let config = JitterConfig {

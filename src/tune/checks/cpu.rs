@@ -22,7 +22,7 @@ pub fn checks(context: &Context) -> Vec<Check> {
 
 /// The value of a kernel command-line parameter: `Some(Some(v))` for `name=v`, `Some(None)`
 /// for a bare `name`. Only the kernel's part counts: what follows `--` is init's.
-pub fn kernel_param<'t>(cmdline: &'t str, name: &str) -> Option<Option<&'t str>> {
+fn kernel_param<'t>(cmdline: &'t str, name: &str) -> Option<Option<&'t str>> {
     cmdline
         .split_whitespace()
         .take_while(|word| *word != "--")
@@ -297,7 +297,10 @@ fn steal(context: &Context) -> Check {
             format!("{}.{}% since boot", permille / 10, permille % 10),
             permille <= STEAL_PERMILLE_MAX,
         ),
-        _ => ("unreadable (proc/stat)".to_string(), false),
+        _ => (
+            "unreadable (no proc/stat line for a shard CPU)".to_string(),
+            false,
+        ),
     };
     Check::new(
         "steal time",
@@ -332,7 +335,7 @@ fn worst_steal_permille(stat: &str, cpus: &CpuSet) -> Option<u64> {
             .collect();
         let total: u64 = ticks.iter().sum();
         let stolen = ticks.get(7).copied().unwrap_or(0);
-        worst = worst.max((stolen * 1000).checked_div(total).unwrap_or(0));
+        worst = worst.max(stolen.saturating_mul(1000).checked_div(total).unwrap_or(0));
     }
     Some(worst)
 }
