@@ -46,6 +46,8 @@ pub const ERROR_MESSAGE_BYTES_MAX: usize = 256;
 pub const PARTITIONS_DEFAULT: u32 = 1024;
 /// Most partitions a node may have (its owner table must fit one map frame).
 pub const PARTITIONS_MAX: u32 = 16_384;
+/// Highest CPU number a CPU list may name: the kernel's own ceiling (NR_CPUS with MAXSMP is 8192).
+pub const CPU_ID_MAX: usize = 8191;
 /// Most shards (cores) a node may run.
 pub const SHARDS_MAX: usize = 256;
 /// Most open client connections one shard serves; one more is answered with an error frame.
@@ -193,3 +195,38 @@ const _: () = assert!(WAYPOINTS_PER_HUNT_MAX <= 64, "visits are a u64 bit set");
 const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
 // A default node (1024 partitions) on a 64-core machine stays inside 8 GiB even at its worst.
 const _: () = assert!(node_memory_bytes_max(PARTITIONS_DEFAULT as usize, 64) < 8 << 30);
+
+// ---------------------------------------------------------------------------------------------
+// Host checks (`trove tune`): what a host must offer a node, and bounds on what the checks read
+// and measure. "Required" values are the checks' pass marks; `--jitter-*` flags may change the
+// jitter ones for one run.
+// ---------------------------------------------------------------------------------------------
+
+/// Oldest kernel (major, minor) glommio runs on: the io_uring operations it issues arrived in 5.8.
+pub const KERNEL_VERSION_MIN: (u32, u32) = (5, 8);
+/// Largest `vm.swappiness` that keeps the kernel from swapping a node's anonymous memory out
+/// under page-cache pressure.
+pub const SWAPPINESS_MAX: u64 = 10;
+/// Smallest `net.core.somaxconn`: the accept backlog of one shard's listener is capped by it.
+pub const SOMAXCONN_MIN: u64 = 4096;
+/// Smallest `net.ipv4.tcp_max_syn_backlog`, so a burst of connecting clients is not dropped.
+pub const TCP_MAX_SYN_BACKLOG_MIN: u64 = 4096;
+/// Largest share of a shard CPU's time the hypervisor may have stolen since boot, in per-mille.
+pub const STEAL_PERMILLE_MAX: u64 = 10;
+/// Largest file a check reads from /proc or /sys (a large host's /proc/interrupts is ~1 MiB).
+pub const HOST_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Default spin per shard CPU for the measured-jitter check, in milliseconds.
+pub const JITTER_MS_DEFAULT: u64 = 200;
+/// Longest spin per shard CPU the measured-jitter check may be asked for, in milliseconds.
+pub const JITTER_MS_MAX: u64 = 60_000;
+/// A gap between two successive clock reads of a spinning thread longer than this is a hiccup.
+pub const HICCUP_THRESHOLD_NS_DEFAULT: u64 = 1_000;
+/// Longest hiccup the histogram tells apart; longer ones are recorded as this.
+pub const HICCUP_NS_MAX: u64 = 10_000_000_000;
+/// Default pass mark of the jitter check: the longest hiccup a shard CPU may suffer.
+pub const HICCUP_US_MAX_DEFAULT: u64 = 50;
+
+const _: () = assert!(SHARDS_MAX <= CPU_ID_MAX + 1);
+const _: () = assert!(JITTER_MS_DEFAULT <= JITTER_MS_MAX);
+const _: () = assert!(HICCUP_THRESHOLD_NS_DEFAULT < HICCUP_NS_MAX);
+const _: () = assert!(HICCUP_US_MAX_DEFAULT * 1000 < HICCUP_NS_MAX);

@@ -33,3 +33,4 @@ pub mod constants;
 pub mod core;
 pub mod net;
 pub mod runtime;
+pub mod tune;

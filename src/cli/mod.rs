@@ -19,6 +19,8 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     Node(node::NodeArgs),
+    /// Check this host for a pinned node, measure its CPUs' jitter, print fixes.
+    Tune(crate::tune::TuneArgs),
 }
 
 /// Parses the command line, runs the tool and returns the process exit code.
@@ -33,5 +35,6 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Node(args) => node::run(&args),
+        Command::Tune(args) => crate::tune::run(args),
     }
 }

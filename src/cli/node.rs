@@ -9,7 +9,8 @@ use crate::constants::{
     SHARD_EVENTS_INFLIGHT_MAX,
 };
 use crate::net::{Node, NodeConfig};
-use crate::runtime::config::{Budget, RuntimeConfig, format_cpu_list, parse_cpu_list, shard_cpus};
+use crate::runtime::config::{Budget, RuntimeConfig, shard_cpus};
+use crate::runtime::cpuset::CpuSet;
 
 /// Run a trove node: one shard per CPU, until SIGINT or SIGTERM.
 ///
@@ -53,7 +54,7 @@ impl NodeArgs {
     /// The node configuration these flags describe.
     pub fn to_config(&self) -> Result<NodeConfig, String> {
         let cpus = match &self.cpus {
-            Some(list) => parse_cpu_list(list)?,
+            Some(list) => parse_shard_cpus(list)?,
             None => shard_cpus(self.shards),
         };
         let budget = Budget {
@@ -75,6 +76,15 @@ impl NodeArgs {
             shard_port_base: self.shard_port_base,
         })
     }
+}
+
+/// The CPUs of a `--cpus` list, one shard each.
+pub fn parse_shard_cpus(list: &str) -> Result<Vec<usize>, String> {
+    let cpus = CpuSet::parse(list).map_err(|error| error.to_string())?;
+    if cpus.is_empty() {
+        return Err("--cpus names no CPU; give at least one, e.g. --cpus 0-3".into());
+    }
+    Ok(cpus.iter().collect())
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and so in every thread it starts), so that
@@ -124,7 +134,7 @@ pub fn run(args: &NodeArgs) -> i32 {
         "trove node listening on {} with {} shards on CPUs {} (shard ports {}); stop with Ctrl-C",
         node.addr(),
         config.runtime.shards(),
-        format_cpu_list(&config.runtime.cpus),
+        CpuSet::from_cpus(config.runtime.cpus.iter().copied()),
         shard_ports.join(","),
     );
     let signal = wait_for_stop_signal(&signals);

@@ -14,6 +14,7 @@ use crate::constants::{
 use crate::core::credit::Credit;
 use crate::core::ids::ShardId;
 use crate::core::partition::{MapError, Partitioner};
+use crate::runtime::cpuset::CpuSet;
 
 /// Budgets of work in flight. Each is at most its `*_MAX` in `constants` and at least one
 /// event of the largest size, so no single event can wait for credit that never comes.
@@ -218,7 +219,7 @@ impl fmt::Display for ConfigError {
             ConfigError::CpuNotAllowed { cpu, allowed } => write!(
                 f,
                 "CPU {cpu} is not in this process's affinity mask ({}); pick CPUs from it, or widen the mask (taskset, systemd CPUAffinity=)",
-                format_cpu_list(allowed)
+                CpuSet::from_cpus(allowed.iter().copied())
             ),
             ConfigError::Partitions(error) => write!(f, "{error}"),
             ConfigError::BudgetOutOfRange {
@@ -238,87 +239,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Reads a CPU list the way the kernel writes it: `0-3,8,10-11`. Sorted, without repeats.
-pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
-    let mut cpus = Vec::new();
-    for part in text.split(',').map(str::trim) {
-        let parse = |number: &str| {
-            number.trim().parse::<usize>().map_err(|_| {
-                format!("`{text}` is not a CPU list: `{number}` is not a CPU number (write it like 0-3,8,10-11)")
-            })
-        };
-        match part.split_once('-') {
-            Some((first, last)) => {
-                let (first, last) = (parse(first)?, parse(last)?);
-                if first > last {
-                    return Err(format!(
-                        "`{text}` is not a CPU list: the range {part} runs backwards"
-                    ));
-                }
-                cpus.extend(first..=last);
-            }
-            None => cpus.push(parse(part)?),
-        }
-    }
-    if cpus.iter().any(|&cpu| cpu >= libc::CPU_SETSIZE as usize) {
-        return Err(format!(
-            "`{text}` names a CPU past {}",
-            libc::CPU_SETSIZE - 1
-        ));
-    }
-    cpus.sort_unstable();
-    cpus.dedup();
-    Ok(cpus)
-}
-
-/// Writes CPUs the way the kernel does: `0-3,8,10-11`.
-pub fn format_cpu_list(cpus: &[usize]) -> String {
-    let mut parts = Vec::new();
-    let mut index = 0;
-    while index < cpus.len() {
-        let start = cpus[index];
-        let mut end = start;
-        while index + 1 < cpus.len() && cpus[index + 1] == end + 1 {
-            index += 1;
-            end = cpus[index];
-        }
-        parts.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
-        });
-        index += 1;
-    }
-    parts.join(",")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_lists_are_written_like_the_kernel_writes_them() {
-        assert_eq!(format_cpu_list(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11");
-        assert_eq!(format_cpu_list(&[5]), "5");
-        assert_eq!(format_cpu_list(&[]), "");
-    }
-
-    #[test]
-    fn cpu_lists_are_read_like_the_kernel_writes_them() {
-        assert_eq!(
-            parse_cpu_list("0-3,8,10-11").unwrap(),
-            vec![0, 1, 2, 3, 8, 10, 11]
-        );
-        assert_eq!(parse_cpu_list("3,1,1").unwrap(), vec![1, 3]);
-        assert!(parse_cpu_list("3-1").unwrap_err().contains("backwards"));
-        assert!(
-            parse_cpu_list("a")
-                .unwrap_err()
-                .contains("not a CPU number")
-        );
-        assert!(parse_cpu_list("").is_err());
-        assert!(parse_cpu_list("99999").is_err());
-    }
 
     #[test]
     fn budgets_outside_their_limits_are_refused_by_name() {

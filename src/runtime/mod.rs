@@ -8,6 +8,7 @@
 //! state is `Rc`/`RefCell` on its own core, and only [`mesh::MeshBatch`]es cross cores.
 
 pub mod config;
+pub mod cpuset;
 pub mod executors;
 pub mod mesh;
 pub mod preflight;
