@@ -132,6 +132,8 @@ pub const BENCH_WINDOW_MAX: u32 = 65_536;
 /// Bytes a generator connection buffers for a socket that does not take them; past this it
 /// stops making events and falls behind schedule (which the lag histogram shows).
 pub const BENCH_SEND_BACKLOG_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Most steps a rate sweep runs (rising steps and the bisection after the knee together).
+pub const SWEEP_STEPS_MAX: usize = 24;
 /// Largest latency a histogram records: anything slower is clamped to it.
 pub const BENCH_LATENCY_NS_MAX: u64 = 60_000_000_000;
 

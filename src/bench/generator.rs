@@ -68,8 +68,10 @@ pub trait Protocol {
 /// Open or closed loop, for one thread.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Load {
-    /// Events at a constant rate, whatever the target does.
-    Open { rate_per_s: f64 },
+    /// Events at a constant rate, whatever the target does, as long as fewer than
+    /// `inflight_max` are unanswered; past that the thread falls behind schedule, as a real
+    /// client with a bounded number of outstanding requests would.
+    Open { rate_per_s: f64, inflight_max: u32 },
     /// A fixed number of events in flight.
     Closed { window: u32 },
 }
@@ -323,8 +325,9 @@ impl<P: Protocol> Generator<'_, P> {
         let mut made = 0;
         loop {
             let intended = match self.load {
-                Load::Open { rate_per_s } => {
-                    if self.next_due_ns > now || self.next_due_ns >= self.schedule.end_ns {
+                Load::Open { rate_per_s, inflight_max } => {
+                    let due = self.next_due_ns <= now && self.next_due_ns < self.schedule.end_ns;
+                    if !due || self.recorder.inflight >= u64::from(inflight_max) {
                         break;
                     }
                     let due = self.next_due_ns;
@@ -436,7 +439,11 @@ impl<P: Protocol> Generator<'_, P> {
         let mut wake_ns = self.schedule.end_ns.max(now) + self.schedule.drain_ns;
         if now < self.schedule.end_ns {
             wake_ns = wake_ns.min(self.schedule.end_ns);
-            if let Load::Open { .. } = self.load {
+            let window_open = match self.load {
+                Load::Open { inflight_max, .. } => self.recorder.inflight < u64::from(inflight_max),
+                Load::Closed { .. } => false,
+            };
+            if window_open {
                 wake_ns = wake_ns.min(self.next_due_ns);
             }
         }

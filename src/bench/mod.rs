@@ -1,6 +1,8 @@
 //! `trove bench`: an open-loop, coordinated-omission-correct load generator for trove and
 //! its peers, and the reports performance engineers read.
 
+pub mod args;
+pub mod config;
 pub mod generator;
 pub mod report;
 pub mod run;

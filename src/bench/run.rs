@@ -19,8 +19,9 @@ use crate::constants::BENCH_DURATION_S_MAX;
 /// How to load the target.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LoadSpec {
-    /// Open loop at this many events per second in total.
-    Open { rate_per_s: f64 },
+    /// Open loop at this many events per second in total, with at most `inflight_max`
+    /// unanswered events per connection.
+    Open { rate_per_s: f64, inflight_max: u32 },
     /// Closed loop with this many events in flight per connection.
     Closed { window: u32 },
 }
@@ -78,8 +79,9 @@ impl RunPlan {
 
     fn load_per_thread(&self) -> Load {
         match self.load {
-            LoadSpec::Open { rate_per_s } => Load::Open {
+            LoadSpec::Open { rate_per_s, inflight_max } => Load::Open {
                 rate_per_s: rate_per_s / self.connections as f64,
+                inflight_max,
             },
             LoadSpec::Closed { window } => Load::Closed { window },
         }
@@ -155,7 +157,7 @@ where
         for (index, (protocol, streams)) in sessions.into_iter().enumerate() {
             let maker = EventMaker::new(&plan.workload, picker.clone(), index as u32);
             let offset_ns = match load {
-                Load::Open { rate_per_s } => {
+                Load::Open { rate_per_s, .. } => {
                     (index as f64 * 1e9 / rate_per_s / plan.connections as f64) as u64
                 }
                 Load::Closed { .. } => 0,

@@ -1,0 +1,116 @@
+//! The flags of `trove bench`, as parsed by clap. [`crate::bench::config`] turns them into a
+//! checked [`crate::bench::config::BenchConfig`]; nothing else reads them.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// Drive a treasure-hunt workload against trove (and optionally Redis) and report latency and
+/// throughput.
+///
+/// With no arguments: starts a node in this process on every CPU, drives it over loopback in
+/// a closed loop for a few seconds, and prints events/s and latency percentiles.
+///
+/// Exit codes: 0 when the run completed; 1 when it could not run or failed (the message says
+/// why); 2 for a usage error (a bad flag or workload file).
+#[derive(Args, Debug, Default)]
+pub struct BenchArgs {
+    /// Drive a node that is already running at HOST:PORT instead of starting one
+    #[arg(long, value_name = "HOST:PORT")]
+    pub target: Option<String>,
+    /// CPUs of the embedded node's shards, one shard each [default: every CPU this process may use]
+    #[arg(long, value_name = "LIST")]
+    pub node_cpus: Option<String>,
+    /// CPUs the load-generator threads are pinned to, in turn [default: not pinned]
+    #[arg(long, value_name = "LIST")]
+    pub client_cpus: Option<String>,
+    /// Partitions of the embedded node (a power of two)
+    #[arg(long, value_name = "N")]
+    pub partitions: Option<u32>,
+    /// The embedded node answers Busy when out of credit instead of making clients wait
+    #[arg(long)]
+    pub fail_fast: bool,
+
+    /// Open loop: send this many events per second in total, whatever the replies do
+    #[arg(long, value_name = "EVENTS_PER_S", conflicts_with_all = ["closed", "sweep"])]
+    pub rate: Option<f64>,
+    /// Open loop: most events in flight per connection before the generator falls behind schedule
+    #[arg(long, value_name = "N")]
+    pub inflight_max: Option<u32>,
+    /// Closed loop: keep this many events in flight per connection [the default load: 1024]
+    #[arg(long, value_name = "N", conflicts_with = "sweep")]
+    pub closed: Option<u32>,
+    /// Step the open-loop rate up to find the highest rate whose p99 holds --slo-p99-us
+    #[arg(long)]
+    pub sweep: bool,
+    /// The p99 objective of a sweep, in microseconds (corrected latency)
+    #[arg(long, value_name = "US")]
+    pub slo_p99_us: Option<f64>,
+    /// The first rate a sweep tries, events/s
+    #[arg(long, value_name = "EVENTS_PER_S")]
+    pub sweep_start: Option<f64>,
+    /// Each sweep step multiplies the rate by this until the objective breaks
+    #[arg(long, value_name = "FACTOR")]
+    pub sweep_factor: Option<f64>,
+    /// Measured seconds of each sweep step
+    #[arg(long, value_name = "S")]
+    pub sweep_step_s: Option<f64>,
+
+    /// Read the workload (hunts, skew, players, mix, seed…) from a TOML file; flags override it
+    #[arg(long, value_name = "FILE")]
+    pub workload: Option<PathBuf>,
+    /// Hunts created before the run
+    #[arg(long, value_name = "N")]
+    pub hunts: Option<u32>,
+    /// Zipf exponent of hunt popularity (0 = uniform)
+    #[arg(long, value_name = "S")]
+    pub zipf: Option<f64>,
+    /// Players who join each hunt before the run
+    #[arg(long, value_name = "N")]
+    pub players: Option<u32>,
+    /// Event mix in percent, e.g. join=5,checkin=60,claim=30,leaderboard=5
+    #[arg(long, value_name = "MIX")]
+    pub mix: Option<String>,
+    /// Seed of the workload: the same seed sends the same events
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// Load-generator connections (one thread each)
+    #[arg(long, value_name = "N")]
+    pub connections: Option<usize>,
+    /// Most events per frame
+    #[arg(long, value_name = "N")]
+    pub events_per_frame: Option<usize>,
+    /// Send every event to the shared port and let the node forward it between cores
+    #[arg(long)]
+    pub no_shard_aware: bool,
+    /// Seconds of warm-up, measured but discarded
+    #[arg(long, value_name = "S")]
+    pub warmup: Option<f64>,
+    /// Seconds of the measured phase
+    #[arg(long, value_name = "S")]
+    pub duration: Option<f64>,
+
+    /// Write the reports (summary JSON, .hgrm, .hlog, CSV, Bencher and github-action-benchmark JSON, SVG plots) into DIR
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// No progress bar (there is none when stdout is not a terminal either)
+    #[arg(long)]
+    pub quiet: bool,
+
+    /// Send the same event stream to a peer as well: `redis`
+    #[arg(long, value_name = "PEER")]
+    pub peer: Option<String>,
+    /// Address of the Redis server for --peer redis
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:6379")]
+    pub redis_addr: String,
+    /// Let --peer redis empty a Redis database that holds keys already
+    #[arg(long)]
+    pub redis_flush: bool,
+    /// Also measure the loopback round trip and byte rate on the same CPUs, and state results as ratios of them
+    #[arg(long)]
+    pub calibrate: bool,
+    /// Measure only the generator: make and encode events into nothing, to show it is not the bottleneck
+    #[arg(long)]
+    pub null_sink: bool,
+}

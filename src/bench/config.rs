@@ -1,0 +1,306 @@
+//! A benchmark's configuration: built from the flags (and a workload file), checked against
+//! trove's limits, and recorded whole in the summary so a run can be repeated.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::bench::args::BenchArgs;
+use crate::bench::run::LoadSpec;
+use crate::bench::workload::{Mix, Workload};
+use crate::constants::{
+    BENCH_CONNECTIONS_MAX, BENCH_DURATION_S_MAX, BENCH_WINDOW_MAX, FRAME_RECORDS_MAX,
+    PARTITIONS_DEFAULT, SWEEP_STEPS_MAX,
+};
+use crate::runtime::config::allowed_cpus;
+use crate::runtime::cpuset::CpuSet;
+
+/// Events in flight per connection of the default closed loop.
+pub const CLOSED_WINDOW_DEFAULT: u32 = 1024;
+/// Events in flight per connection before an open-loop generator falls behind schedule.
+pub const OPEN_INFLIGHT_DEFAULT: u32 = 1024;
+const DURATION_S_DEFAULT: f64 = 5.0;
+const WARMUP_S_DEFAULT: f64 = 1.0;
+const EVENTS_PER_FRAME_DEFAULT: usize = 64;
+const SLO_P99_US_DEFAULT: f64 = 1_000.0;
+const SWEEP_START_DEFAULT: f64 = 50_000.0;
+const SWEEP_FACTOR_DEFAULT: f64 = 2.0;
+const SWEEP_STEP_S_DEFAULT: f64 = 2.0;
+
+/// Where the load goes.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TargetConfig {
+    /// A node started in this process for the run.
+    Embedded { node_cpus: Vec<usize>, partitions: u32, fail_fast: bool },
+    /// A node already running.
+    Remote { addr: SocketAddr },
+}
+
+/// How the load is paced.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LoadConfig {
+    Open { rate_per_s: f64, inflight_max: u32 },
+    Closed { window: u32 },
+    Sweep { slo_p99_us: f64, start_rate_per_s: f64, factor: f64, step_s: f64, inflight_max: u32 },
+}
+
+/// A peer driven with the same events.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PeerConfig {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub flush: bool,
+}
+
+/// Everything a `trove bench` run does, checked.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct BenchConfig {
+    pub target: TargetConfig,
+    pub load: LoadConfig,
+    pub workload: Workload,
+    pub connections: usize,
+    pub events_per_frame: usize,
+    pub shard_aware: bool,
+    pub warmup_s: f64,
+    pub duration_s: f64,
+    pub client_cpus: Vec<usize>,
+    pub peer: Option<PeerConfig>,
+    pub calibrate: bool,
+    pub null_sink: bool,
+    #[serde(skip)]
+    pub out: Option<PathBuf>,
+    #[serde(skip)]
+    pub quiet: bool,
+}
+
+fn cpu_list(flag: &str, list: &str) -> Result<Vec<usize>, String> {
+    let cpus = CpuSet::parse(list).map_err(|error| format!("--{flag}: {error}"))?;
+    if cpus.is_empty() {
+        return Err(format!("--{flag} names no CPU"));
+    }
+    Ok(cpus.iter().collect())
+}
+
+fn seconds(flag: &str, value: f64, allow_zero: bool) -> Result<f64, String> {
+    let max = BENCH_DURATION_S_MAX as f64;
+    let low_ok = if allow_zero { value >= 0.0 } else { value > 0.0 };
+    if !(value.is_finite() && low_ok && value <= max) {
+        let low = if allow_zero { "0" } else { "more than 0" };
+        return Err(format!("--{flag} {value}: it must be {low} and at most {max} seconds"));
+    }
+    Ok(value)
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(flag: &str, value: T, min: T, max: T) -> Result<T, String> {
+    if value < min || value > max {
+        return Err(format!("--{flag} {value}: it must be from {min} to {max}"));
+    }
+    Ok(value)
+}
+
+fn resolve(flag: &str, addr: &str) -> Result<SocketAddr, String> {
+    addr.to_socket_addrs()
+        .map_err(|error| format!("--{flag} {addr}: {error}; write it as HOST:PORT"))?
+        .next()
+        .ok_or_else(|| format!("--{flag} {addr}: the name resolves to no address"))
+}
+
+/// Reads a workload file (TOML with the fields of [`Workload`]).
+pub fn read_workload_file(path: &Path) -> Result<Workload, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read the workload file {}: {error}", path.display()))?;
+    toml::from_str(&text).map_err(|error| format!("the workload file {} is not valid: {error}", path.display()))
+}
+
+impl BenchConfig {
+    /// The configuration the flags describe, or what is wrong with them.
+    pub fn from_args(args: &BenchArgs) -> Result<BenchConfig, String> {
+        let workload = BenchConfig::workload(args)?;
+        let target = match &args.target {
+            Some(addr) => TargetConfig::Remote { addr: resolve("target", addr)? },
+            None => TargetConfig::Embedded {
+                node_cpus: match &args.node_cpus {
+                    Some(list) => cpu_list("node-cpus", list)?,
+                    None => allowed_cpus(),
+                },
+                partitions: args.partitions.unwrap_or(PARTITIONS_DEFAULT),
+                fail_fast: args.fail_fast,
+            },
+        };
+        let peer = match args.peer.as_deref() {
+            None => None,
+            Some("redis") => Some(PeerConfig {
+                name: "redis".into(),
+                addr: resolve("redis-addr", &args.redis_addr)?,
+                flush: args.redis_flush,
+            }),
+            Some(other) => return Err(format!("--peer {other}: the only peer trove knows is `redis`")),
+        };
+        let config = BenchConfig {
+            target,
+            load: BenchConfig::load(args)?,
+            workload,
+            connections: in_range(
+                "connections",
+                args.connections.unwrap_or_else(|| allowed_cpus().len()),
+                1,
+                BENCH_CONNECTIONS_MAX,
+            )?,
+            events_per_frame: in_range(
+                "events-per-frame",
+                args.events_per_frame.unwrap_or(EVENTS_PER_FRAME_DEFAULT),
+                1,
+                FRAME_RECORDS_MAX,
+            )?,
+            shard_aware: !args.no_shard_aware,
+            warmup_s: seconds("warmup", args.warmup.unwrap_or(WARMUP_S_DEFAULT), true)?,
+            duration_s: seconds("duration", args.duration.unwrap_or(DURATION_S_DEFAULT), false)?,
+            client_cpus: match &args.client_cpus {
+                Some(list) => cpu_list("client-cpus", list)?,
+                None => Vec::new(),
+            },
+            peer,
+            calibrate: args.calibrate,
+            null_sink: args.null_sink,
+            out: args.out.clone(),
+            quiet: args.quiet,
+        };
+        if let TargetConfig::Embedded { partitions, .. } = config.target {
+            crate::core::partition::Partitioner::new(partitions)
+                .map_err(|error| format!("--partitions: {error}"))?;
+        }
+        Ok(config)
+    }
+
+    fn workload(args: &BenchArgs) -> Result<Workload, String> {
+        let mut workload = match &args.workload {
+            Some(path) => read_workload_file(path)?,
+            None => Workload::default(),
+        };
+        if let Some(hunts) = args.hunts {
+            workload.hunts = hunts;
+        }
+        if let Some(zipf) = args.zipf {
+            workload.zipf = zipf;
+        }
+        if let Some(players) = args.players {
+            workload.players_per_hunt = players;
+        }
+        if let Some(mix) = &args.mix {
+            workload.mix = Mix::parse(mix).map_err(|error| format!("--mix: {error}"))?;
+        }
+        if let Some(seed) = args.seed {
+            workload.seed = seed;
+        }
+        workload.check()?;
+        Ok(workload)
+    }
+
+    fn load(args: &BenchArgs) -> Result<LoadConfig, String> {
+        let inflight_max = in_range("inflight-max", args.inflight_max.unwrap_or(OPEN_INFLIGHT_DEFAULT), 1, BENCH_WINDOW_MAX)?;
+        if args.sweep {
+            let slo_p99_us = args.slo_p99_us.unwrap_or(SLO_P99_US_DEFAULT);
+            let start = args.sweep_start.unwrap_or(SWEEP_START_DEFAULT);
+            let factor = args.sweep_factor.unwrap_or(SWEEP_FACTOR_DEFAULT);
+            if !(slo_p99_us.is_finite() && slo_p99_us > 0.0) {
+                return Err(format!("--slo-p99-us {slo_p99_us}: it must be more than 0"));
+            }
+            if !(start.is_finite() && start > 0.0) {
+                return Err(format!("--sweep-start {start}: a rate must be more than 0 events/s"));
+            }
+            if !(factor.is_finite() && factor > 1.0) {
+                return Err(format!("--sweep-factor {factor}: it must be more than 1"));
+            }
+            let step_s = seconds("sweep-step-s", args.sweep_step_s.unwrap_or(SWEEP_STEP_S_DEFAULT), false)?;
+            return Ok(LoadConfig::Sweep { slo_p99_us, start_rate_per_s: start, factor, step_s, inflight_max });
+        }
+        if let Some(rate) = args.rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(format!("--rate {rate}: a rate must be more than 0 events/s"));
+            }
+            return Ok(LoadConfig::Open { rate_per_s: rate, inflight_max });
+        }
+        let window = in_range("closed", args.closed.unwrap_or(CLOSED_WINDOW_DEFAULT), 1, BENCH_WINDOW_MAX)?;
+        Ok(LoadConfig::Closed { window })
+    }
+
+    /// The load of a single (non-sweep) run.
+    pub fn load_spec(&self) -> Option<LoadSpec> {
+        match self.load {
+            LoadConfig::Open { rate_per_s, inflight_max } => Some(LoadSpec::Open { rate_per_s, inflight_max }),
+            LoadConfig::Closed { window } => Some(LoadSpec::Closed { window }),
+            LoadConfig::Sweep { .. } => None,
+        }
+    }
+
+    pub fn warmup(&self) -> Duration {
+        Duration::from_secs_f64(self.warmup_s)
+    }
+
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.duration_s)
+    }
+}
+
+// A sweep never runs more steps than this; the limit lives with the others.
+const _: () = assert!(SWEEP_STEPS_MAX > 2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configure(edit: impl FnOnce(&mut BenchArgs)) -> Result<BenchConfig, String> {
+        let mut args = BenchArgs { redis_addr: "127.0.0.1:6379".into(), ..BenchArgs::default() };
+        edit(&mut args);
+        BenchConfig::from_args(&args)
+    }
+
+    #[test]
+    fn no_flags_mean_an_embedded_closed_loop() {
+        let config = configure(|_| {}).unwrap();
+        assert!(matches!(config.target, TargetConfig::Embedded { .. }));
+        assert_eq!(config.load, LoadConfig::Closed { window: CLOSED_WINDOW_DEFAULT });
+        assert!(config.shard_aware);
+    }
+
+    #[test]
+    fn bad_flags_say_what_is_wrong() {
+        let negative = configure(|args| args.rate = Some(-5.0)).unwrap_err();
+        assert!(negative.contains("--rate -5"), "{negative}");
+        let zipf = configure(|args| args.zipf = Some(-0.1)).unwrap_err();
+        assert!(zipf.contains("zipf"), "{zipf}");
+        let mix = configure(|args| args.mix = Some("teleport=100".into())).unwrap_err();
+        assert!(mix.contains("unknown event kind `teleport`"), "{mix}");
+        let peer = configure(|args| args.peer = Some("memcached".into())).unwrap_err();
+        assert!(peer.contains("redis"), "{peer}");
+        let target = configure(|args| args.target = Some("no-port".into())).unwrap_err();
+        assert!(target.contains("HOST:PORT"), "{target}");
+        let frames = configure(|args| args.events_per_frame = Some(0)).unwrap_err();
+        assert!(frames.contains("--events-per-frame 0"), "{frames}");
+    }
+
+    #[test]
+    fn flags_override_the_workload_file() {
+        let dir = std::env::temp_dir().join(format!("trove-workload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("hunts.toml");
+        std::fs::write(&file, "hunts = 50\nzipf = 0.8\nseed = 9\n[mix]\njoin = 0\ncheckin = 50\nclaim = 50\nleaderboard = 0\n").unwrap();
+        let config = configure(|args| {
+            args.workload = Some(file.clone());
+            args.seed = Some(10);
+        })
+        .unwrap();
+        assert_eq!((config.workload.hunts, config.workload.zipf, config.workload.seed), (50, 0.8, 10));
+        assert_eq!(config.workload.mix.claim, 50);
+        std::fs::write(&file, "hunts = 50\ncolour = \"red\"\n").unwrap();
+        let typo = configure(|args| args.workload = Some(file.clone())).unwrap_err();
+        assert!(typo.contains("colour"), "{typo}");
+        let missing = configure(|args| args.workload = Some(dir.join("absent.toml"))).unwrap_err();
+        assert!(missing.contains("absent.toml"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
