@@ -30,3 +30,4 @@ pub mod cli;
 pub mod constants;
 pub mod core;
 pub mod runtime;
+pub mod sim;

@@ -15,7 +15,9 @@ pub struct Cli {
 
 /// One subcommand per tool.
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    Sim(crate::sim::SimArgs),
+}
 
 /// Parses the command line, runs the tool and returns the process exit code.
 pub fn main() -> i32 {
@@ -27,5 +29,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    match cli.command {}
+    match cli.command {
+        Command::Sim(args) => crate::sim::run(args),
+    }
 }
