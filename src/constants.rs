@@ -193,3 +193,5 @@ pub const SIM_VIOLATION_EXAMPLES_MAX: usize = 8;
 
 const _: () = assert!(SIM_NODES_MAX <= u32::MAX as usize);
 const _: () = assert!(SIM_QUEUE_EVENTS_MAX as usize >= 1);
+// A queue's byte budget is its event budget times the largest event, and must fit a credit.
+const _: () = assert!(SIM_QUEUE_EVENTS_MAX as u64 * EVENT_BYTES_MAX as u64 <= u32::MAX as u64);

@@ -35,11 +35,14 @@ use std::collections::BinaryHeap;
 
 use rkyv::util::AlignedVec;
 
-use crate::constants::SIM_DRAIN_MS_MAX;
+use crate::constants::{EVENT_BYTES_MAX, SIM_DRAIN_MS_MAX};
 use crate::core::codec::{Decoded, FrameBuilder, FrameKind, Records, access_record, decode_frame};
 use crate::core::credit::Credit;
 use crate::core::ids::{PartitionId, ShardId, TreasureId};
-use crate::core::message::{ArchivedEvent, ArchivedEventKind, Outcome, PartitionMapMessage, Reply};
+use crate::core::message::{
+    ArchivedEvent, ArchivedEventKind, ArchivedPartitionMapMessage, Outcome, PartitionMapMessage,
+    Reply,
+};
 use crate::core::partition::PartitionMap;
 use crate::core::shard::{Route, ShardCore};
 use crate::sim::config::{Costs, RunConfig, Strategy};
@@ -274,11 +277,8 @@ fn node_map(partitions: u32, nodes: usize, shards: usize) -> PartitionMap {
         shard_ports: (0..shards as u16).collect(),
     };
     let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&message).expect("a map archives");
-    let archived = rkyv::access::<
-        crate::core::message::ArchivedPartitionMapMessage,
-        rkyv::rancor::Error,
-    >(&bytes)
-    .expect("a map just archived is valid");
+    let archived = rkyv::access::<ArchivedPartitionMapMessage, rkyv::rancor::Error>(&bytes)
+        .expect("a map just archived is valid");
     PartitionMap::from_message(archived).expect("the simulated map is well formed")
 }
 
@@ -287,7 +287,11 @@ impl Sim {
         let model = &config.model;
         let (nodes, shards) = (config.nodes, model.shards);
         let map = node_map(model.partitions, nodes, shards);
-        let capacity = Credit::new(model.queue_events, u32::MAX);
+        // The queue is bounded in events; its bytes follow, since no event exceeds the limit.
+        let capacity = Credit::new(
+            model.queue_events,
+            model.queue_events * EVENT_BYTES_MAX as u32,
+        );
         let cluster = (0..nodes)
             .map(|_| Node {
                 cores: (0..shards)

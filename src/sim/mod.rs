@@ -40,7 +40,7 @@ pub use args::SimArgs;
 
 use crate::sim::args::Plan;
 use crate::sim::config::{Faults, RunConfig};
-use crate::sim::report::SimReport;
+use crate::sim::report::{RunReport, SimReport};
 
 /// Exit code when an oracle failed.
 const EXIT_ORACLE_FAILED: i32 = 1;
@@ -100,25 +100,29 @@ pub fn run(args: SimArgs) -> i32 {
     let mut failed = false;
     for run in report.failures() {
         failed = true;
-        eprintln!(
-            "trove sim: {} on {} nodes broke {} with seed {}; reproduce with:\n  {}",
-            run.strategy,
-            run.nodes,
-            run.oracles_failed
-                .iter()
-                .map(|oracle| oracle.name())
-                .collect::<Vec<_>>()
-                .join(", "),
-            run.seed,
-            run.command
-        );
-        for oracle in &run.oracles_failed {
-            for example in &run.findings.of(*oracle).examples {
-                eprintln!("    {oracle}: {example}");
-            }
-        }
+        eprint!("{}", failure_report(run));
     }
     if failed { EXIT_ORACLE_FAILED } else { 0 }
+}
+
+/// What a run that broke an oracle says: the oracles, the seed, the command that reproduces
+/// it, and the first few violations of each oracle.
+pub fn failure_report(run: &RunReport) -> String {
+    let names: Vec<&str> = run.oracles_failed.iter().map(|o| o.name()).collect();
+    let mut text = format!(
+        "trove sim: {} on {} nodes broke {} with seed {}; reproduce with:\n  {}\n",
+        run.strategy,
+        run.nodes,
+        names.join(", "),
+        run.seed,
+        run.command
+    );
+    for oracle in &run.oracles_failed {
+        for example in &run.findings.of(*oracle).examples {
+            text.push_str(&format!("    {oracle}: {example}\n"));
+        }
+    }
+    text
 }
 
 fn write(path: &Path, contents: &str) -> Result<(), String> {
@@ -128,4 +132,35 @@ fn write(path: &Path, contents: &str) -> Result<(), String> {
             path.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::config::{Model, Strategy};
+
+    #[test]
+    fn a_failing_run_names_its_seed_and_the_command_that_reproduces_it() {
+        let config = RunConfig {
+            model: Model {
+                duration_ms: 10,
+                ..Model::default()
+            },
+            strategy: Strategy::Forward,
+            nodes: 3,
+            seed: 99,
+            faults: Faults {
+                leak_credit_every: 10,
+                ..Faults::default()
+            },
+        };
+        let run = engine::run(&config);
+        let text = failure_report(&run);
+        assert!(
+            text.contains("forward on 3 nodes broke credits with seed 99"),
+            "{text}"
+        );
+        assert!(text.contains(&config.command()), "{text}");
+        assert!(text.contains("credits: node "), "{text}");
+    }
 }
