@@ -40,8 +40,8 @@ use crate::core::codec::{Decoded, FrameBuilder, FrameKind, Records, access_recor
 use crate::core::credit::Credit;
 use crate::core::ids::{PartitionId, ShardId, TreasureId};
 use crate::core::message::{
-    ArchivedEvent, ArchivedEventKind, ArchivedPartitionMapMessage, Outcome, PartitionMapMessage,
-    Reply,
+    ArchivedEvent, ArchivedEventKind, ArchivedPartitionMapMessage, Event, Outcome,
+    PartitionMapMessage, Reply,
 };
 use crate::core::partition::PartitionMap;
 use crate::core::shard::{Route, ShardCore};
@@ -421,31 +421,11 @@ impl Sim {
         if next.send_ns >= self.load_end_ns {
             return;
         }
-        let hunt = &self.workload.hunts[self.workload.sessions[session as usize].hunt as usize];
-        let partition = hunt.partition;
+        let hunt = self.workload.sessions[session as usize].hunt;
+        let partition = self.workload.hunts[hunt as usize].partition;
         let owner = self.owner_of(partition);
-        let home = match self.strategy {
-            Strategy::Broadcast | Strategy::Forward => {
-                let entry = self.workload.sessions[session as usize].entry_node;
-                ShardAddr {
-                    node: entry,
-                    shard: (session as usize % self.shards) as u16,
-                }
-            }
-            Strategy::Router => ShardAddr {
-                node: 0,
-                shard: (session as usize % self.shards) as u16,
-            },
-            Strategy::ShardAware => owner,
-        };
-        self.frames.begin(FrameKind::Events);
-        self.frames
-            .push(&next.event)
-            .expect("a simulated event fits a frame");
-        self.frames.finish(MAP_EPOCH);
-        let mut frame = AlignedVec::new();
-        frame.extend_from_slice(self.frames.bytes());
-        self.frames.clear(0);
+        let home = self.home_of(session, owner);
+        let frame = self.client_frame(&next.event);
         let index = self.events.len() as u32;
         self.events.push(EventRecord {
             session,
@@ -462,6 +442,32 @@ impl Sim {
         });
         self.agenda
             .at(next.send_ns, Action::ClientSend { event: index });
+    }
+
+    /// The shard a session's client is connected to, which holds its events' credit.
+    fn home_of(&self, session: u32, owner: ShardAddr) -> ShardAddr {
+        let shard = (session as usize % self.shards) as u16;
+        match self.strategy {
+            Strategy::Broadcast | Strategy::Forward => ShardAddr {
+                node: self.workload.sessions[session as usize].entry_node,
+                shard,
+            },
+            Strategy::Router => ShardAddr { node: 0, shard },
+            Strategy::ShardAware => owner,
+        }
+    }
+
+    /// The frame a client sends: one event, archived with rkyv.
+    fn client_frame(&mut self, event: &Event) -> AlignedVec {
+        self.frames.begin(FrameKind::Events);
+        self.frames
+            .push(event)
+            .expect("a simulated event fits a frame");
+        self.frames.finish(MAP_EPOCH);
+        let mut frame = AlignedVec::new();
+        frame.extend_from_slice(self.frames.bytes());
+        self.frames.clear(0);
+        frame
     }
 
     /// The shard that owns `partition`: node `p % nodes`, and that node's map for the shard.
@@ -481,7 +487,8 @@ impl Sim {
         let (session, home) = (record.session, record.home);
         let bytes = record.frame.len() as u64;
         self.stats.on_sent(record.sent_ns);
-        let copies = if self.fault_hits(self.duplicate_client_event_every, event) {
+        let every = self.duplicate_client_event_every;
+        let copies = if every > 0 && (u64::from(event) + 1) % every == 0 {
             2
         } else {
             1
@@ -511,11 +518,6 @@ impl Sim {
             self.stats
                 .on_reply(record.sent_ns, self.now - record.sent_ns);
         }
-    }
-
-    /// True for every `every`-th event (a fault that is off when `every` is 0).
-    fn fault_hits(&self, every: u64, event: u32) -> bool {
-        every > 0 && (u64::from(event) + 1) % every == 0
     }
 
     // --- The network ---------------------------------------------------------------------
@@ -752,7 +754,7 @@ impl Sim {
             step,
             release: credit,
         };
-        debug_assert_eq!(step, Step::Apply, "{at:?} hops to the owner itself");
+        debug_assert_eq!(step, Step::Apply, "a hop from {at:?} lands on the owner");
         self.enqueue(owner, cost, job);
     }
 
