@@ -53,11 +53,6 @@ impl Strategy {
     pub fn from_name(name: &str) -> Option<Strategy> {
         Strategy::ALL.into_iter().find(|s| s.name() == name)
     }
-
-    /// True for the strategies that send each event only toward its owner.
-    pub fn is_partitioned(self) -> bool {
-        matches!(self, Strategy::Forward | Strategy::ShardAware)
-    }
 }
 
 impl fmt::Display for Strategy {
