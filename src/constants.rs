@@ -232,3 +232,32 @@ const _: () = assert!(SHARDS_MAX <= CPU_ID_MAX + 1);
 const _: () = assert!(JITTER_MS_DEFAULT <= JITTER_MS_MAX);
 const _: () = assert!(HICCUP_THRESHOLD_NS_DEFAULT < HICCUP_NS_MAX);
 const _: () = assert!(HICCUP_US_MAX_DEFAULT * 1000 < HICCUP_NS_MAX);
+// The simulator (see `sim`). What one `trove sim` may ask for, so that a slip of the finger in a
+// flag is refused with a sentence instead of filling the memory or running for an hour.
+// ---------------------------------------------------------------------------------------------
+
+/// Most nodes one simulated cluster may have.
+pub const SIM_NODES_MAX: usize = 1024;
+/// Most node counts one `trove sim --nodes` list may hold.
+pub const SIM_NODE_COUNTS_MAX: usize = 64;
+/// Most client sessions per simulated node.
+pub const SIM_SESSIONS_PER_NODE_MAX: usize = 4096;
+/// Most events all clients of one simulated run may send: bounds the run's event table.
+pub const SIM_EVENTS_PER_RUN_MAX: u64 = 4_000_000;
+/// Most network messages one run may be expected to send (the broadcast strategy sends one
+/// per node per event): bounds the work, and so the wall-clock time, of one run.
+pub const SIM_MESSAGES_PER_RUN_MAX: u64 = 200_000_000;
+/// Most events a simulated shard's queue may hold, which is its credit budget in events.
+pub const SIM_QUEUE_EVENTS_MAX: u32 = SHARD_EVENTS_INFLIGHT_MAX;
+/// Longest simulated load (warm-up plus measured window), in virtual milliseconds.
+pub const SIM_LOAD_MS_MAX: u64 = 60_000;
+/// Longest a run may take to drain after its clients stop, in virtual milliseconds; a run that
+/// has not drained by then is reported as stuck.
+pub const SIM_DRAIN_MS_MAX: u64 = 60_000;
+/// Most examples each oracle keeps of what it found wrong in one run (it counts them all).
+pub const SIM_VIOLATION_EXAMPLES_MAX: usize = 8;
+
+const _: () = assert!(SIM_NODES_MAX <= u32::MAX as usize);
+const _: () = assert!(SIM_QUEUE_EVENTS_MAX as usize >= 1);
+// A queue's byte budget is its event budget times the largest event, and must fit a credit.
+const _: () = assert!(SIM_QUEUE_EVENTS_MAX as u64 * EVENT_BYTES_MAX as u64 <= u32::MAX as u64);

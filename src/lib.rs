@@ -33,4 +33,5 @@ pub mod constants;
 pub mod core;
 pub mod net;
 pub mod runtime;
+pub mod sim;
 pub mod tune;

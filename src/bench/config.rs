@@ -34,7 +34,11 @@ const SWEEP_STEP_S_DEFAULT: f64 = 2.0;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TargetConfig {
     /// A node started in this process for the run.
-    Embedded { node_cpus: Vec<usize>, partitions: u32, fail_fast: bool },
+    Embedded {
+        node_cpus: Vec<usize>,
+        partitions: u32,
+        fail_fast: bool,
+    },
     /// A node already running.
     Remote { addr: SocketAddr },
 }
@@ -43,9 +47,20 @@ pub enum TargetConfig {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LoadConfig {
-    Open { rate_per_s: f64, inflight_max: u32 },
-    Closed { window: u32 },
-    Sweep { slo_p99_us: f64, start_rate_per_s: f64, factor: f64, step_s: f64, inflight_max: u32 },
+    Open {
+        rate_per_s: f64,
+        inflight_max: u32,
+    },
+    Closed {
+        window: u32,
+    },
+    Sweep {
+        slo_p99_us: f64,
+        start_rate_per_s: f64,
+        factor: f64,
+        step_s: f64,
+        inflight_max: u32,
+    },
 }
 
 /// A peer driven with the same events.
@@ -87,15 +102,26 @@ fn cpu_list(flag: &str, list: &str) -> Result<Vec<usize>, String> {
 
 fn seconds(flag: &str, value: f64, allow_zero: bool) -> Result<f64, String> {
     let max = BENCH_DURATION_S_MAX as f64;
-    let low_ok = if allow_zero { value >= 0.0 } else { value > 0.0 };
+    let low_ok = if allow_zero {
+        value >= 0.0
+    } else {
+        value > 0.0
+    };
     if !(value.is_finite() && low_ok && value <= max) {
         let low = if allow_zero { "0" } else { "more than 0" };
-        return Err(format!("--{flag} {value}: it must be {low} and at most {max} seconds"));
+        return Err(format!(
+            "--{flag} {value}: it must be {low} and at most {max} seconds"
+        ));
     }
     Ok(value)
 }
 
-fn in_range<T: PartialOrd + std::fmt::Display + Copy>(flag: &str, value: T, min: T, max: T) -> Result<T, String> {
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    flag: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, String> {
     if value < min || value > max {
         return Err(format!("--{flag} {value}: it must be from {min} to {max}"));
     }
@@ -113,7 +139,8 @@ fn resolve(flag: &str, addr: &str) -> Result<SocketAddr, String> {
 pub fn read_workload_file(path: &Path) -> Result<Workload, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| format!("cannot read the workload file {}: {error}", path.display()))?;
-    toml::from_str(&text).map_err(|error| format!("the workload file {} is not valid: {error}", path.display()))
+    toml::from_str(&text)
+        .map_err(|error| format!("the workload file {} is not valid: {error}", path.display()))
 }
 
 impl BenchConfig {
@@ -121,7 +148,9 @@ impl BenchConfig {
     pub fn from_args(args: &BenchArgs) -> Result<BenchConfig, String> {
         let workload = BenchConfig::workload(args)?;
         let target = match &args.target {
-            Some(addr) => TargetConfig::Remote { addr: resolve("target", addr)? },
+            Some(addr) => TargetConfig::Remote {
+                addr: resolve("target", addr)?,
+            },
             None => TargetConfig::Embedded {
                 node_cpus: match &args.node_cpus {
                     Some(list) => cpu_list("node-cpus", list)?,
@@ -138,7 +167,11 @@ impl BenchConfig {
                 addr: resolve("redis-addr", &args.redis_addr)?,
                 flush: args.redis_flush,
             }),
-            Some(other) => return Err(format!("--peer {other}: the only peer trove knows is `redis`")),
+            Some(other) => {
+                return Err(format!(
+                    "--peer {other}: the only peer trove knows is `redis`"
+                ));
+            }
         };
         let config = BenchConfig {
             target,
@@ -158,7 +191,11 @@ impl BenchConfig {
             )?,
             shard_aware: !args.no_shard_aware,
             warmup_s: seconds("warmup", args.warmup.unwrap_or(WARMUP_S_DEFAULT), true)?,
-            duration_s: seconds("duration", args.duration.unwrap_or(DURATION_S_DEFAULT), false)?,
+            duration_s: seconds(
+                "duration",
+                args.duration.unwrap_or(DURATION_S_DEFAULT),
+                false,
+            )?,
             client_cpus: match &args.client_cpus {
                 Some(list) => cpu_list("client-cpus", list)?,
                 None => Vec::new(),
@@ -201,7 +238,12 @@ impl BenchConfig {
     }
 
     fn load(args: &BenchArgs) -> Result<LoadConfig, String> {
-        let inflight_max = in_range("inflight-max", args.inflight_max.unwrap_or(OPEN_INFLIGHT_DEFAULT), 1, BENCH_WINDOW_MAX)?;
+        let inflight_max = in_range(
+            "inflight-max",
+            args.inflight_max.unwrap_or(OPEN_INFLIGHT_DEFAULT),
+            1,
+            BENCH_WINDOW_MAX,
+        )?;
         if args.sweep {
             let slo_p99_us = args.slo_p99_us.unwrap_or(SLO_P99_US_DEFAULT);
             let start = args.sweep_start.unwrap_or(SWEEP_START_DEFAULT);
@@ -210,28 +252,56 @@ impl BenchConfig {
                 return Err(format!("--slo-p99-us {slo_p99_us}: it must be more than 0"));
             }
             if !(start.is_finite() && start > 0.0) {
-                return Err(format!("--sweep-start {start}: a rate must be more than 0 events/s"));
+                return Err(format!(
+                    "--sweep-start {start}: a rate must be more than 0 events/s"
+                ));
             }
             if !(factor.is_finite() && factor > 1.0) {
                 return Err(format!("--sweep-factor {factor}: it must be more than 1"));
             }
-            let step_s = seconds("sweep-step-s", args.sweep_step_s.unwrap_or(SWEEP_STEP_S_DEFAULT), false)?;
-            return Ok(LoadConfig::Sweep { slo_p99_us, start_rate_per_s: start, factor, step_s, inflight_max });
+            let step_s = seconds(
+                "sweep-step-s",
+                args.sweep_step_s.unwrap_or(SWEEP_STEP_S_DEFAULT),
+                false,
+            )?;
+            return Ok(LoadConfig::Sweep {
+                slo_p99_us,
+                start_rate_per_s: start,
+                factor,
+                step_s,
+                inflight_max,
+            });
         }
         if let Some(rate) = args.rate {
             if !(rate.is_finite() && rate > 0.0) {
-                return Err(format!("--rate {rate}: a rate must be more than 0 events/s"));
+                return Err(format!(
+                    "--rate {rate}: a rate must be more than 0 events/s"
+                ));
             }
-            return Ok(LoadConfig::Open { rate_per_s: rate, inflight_max });
+            return Ok(LoadConfig::Open {
+                rate_per_s: rate,
+                inflight_max,
+            });
         }
-        let window = in_range("closed", args.closed.unwrap_or(CLOSED_WINDOW_DEFAULT), 1, BENCH_WINDOW_MAX)?;
+        let window = in_range(
+            "closed",
+            args.closed.unwrap_or(CLOSED_WINDOW_DEFAULT),
+            1,
+            BENCH_WINDOW_MAX,
+        )?;
         Ok(LoadConfig::Closed { window })
     }
 
     /// The load of a single (non-sweep) run.
     pub fn load_spec(&self) -> Option<LoadSpec> {
         match self.load {
-            LoadConfig::Open { rate_per_s, inflight_max } => Some(LoadSpec::Open { rate_per_s, inflight_max }),
+            LoadConfig::Open {
+                rate_per_s,
+                inflight_max,
+            } => Some(LoadSpec::Open {
+                rate_per_s,
+                inflight_max,
+            }),
             LoadConfig::Closed { window } => Some(LoadSpec::Closed { window }),
             LoadConfig::Sweep { .. } => None,
         }
@@ -254,7 +324,10 @@ mod tests {
     use super::*;
 
     fn configure(edit: impl FnOnce(&mut BenchArgs)) -> Result<BenchConfig, String> {
-        let mut args = BenchArgs { redis_addr: "127.0.0.1:6379".into(), ..BenchArgs::default() };
+        let mut args = BenchArgs {
+            redis_addr: "127.0.0.1:6379".into(),
+            ..BenchArgs::default()
+        };
         edit(&mut args);
         BenchConfig::from_args(&args)
     }
@@ -263,7 +336,12 @@ mod tests {
     fn no_flags_mean_an_embedded_closed_loop() {
         let config = configure(|_| {}).unwrap();
         assert!(matches!(config.target, TargetConfig::Embedded { .. }));
-        assert_eq!(config.load, LoadConfig::Closed { window: CLOSED_WINDOW_DEFAULT });
+        assert_eq!(
+            config.load,
+            LoadConfig::Closed {
+                window: CLOSED_WINDOW_DEFAULT
+            }
+        );
         assert!(config.shard_aware);
     }
 
@@ -294,7 +372,14 @@ mod tests {
             args.seed = Some(10);
         })
         .unwrap();
-        assert_eq!((config.workload.hunts, config.workload.zipf, config.workload.seed), (50, 0.8, 10));
+        assert_eq!(
+            (
+                config.workload.hunts,
+                config.workload.zipf,
+                config.workload.seed
+            ),
+            (50, 0.8, 10)
+        );
         assert_eq!(config.workload.mix.claim, 50);
         std::fs::write(&file, "hunts = 50\ncolour = \"red\"\n").unwrap();
         let typo = configure(|args| args.workload = Some(file.clone())).unwrap_err();

@@ -325,7 +325,10 @@ impl<P: Protocol> Generator<'_, P> {
         let mut made = 0;
         loop {
             let intended = match self.load {
-                Load::Open { rate_per_s, inflight_max } => {
+                Load::Open {
+                    rate_per_s,
+                    inflight_max,
+                } => {
                     let due = self.next_due_ns <= now && self.next_due_ns < self.schedule.end_ns;
                     if !due || self.recorder.inflight >= u64::from(inflight_max) {
                         break;

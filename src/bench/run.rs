@@ -79,7 +79,10 @@ impl RunPlan {
 
     fn load_per_thread(&self) -> Load {
         match self.load {
-            LoadSpec::Open { rate_per_s, inflight_max } => Load::Open {
+            LoadSpec::Open {
+                rate_per_s,
+                inflight_max,
+            } => Load::Open {
                 rate_per_s: rate_per_s / self.connections as f64,
                 inflight_max,
             },

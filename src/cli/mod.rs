@@ -21,6 +21,7 @@ pub enum Command {
     Node(node::NodeArgs),
     /// Check this host for a pinned node, measure its CPUs' jitter, print fixes.
     Tune(crate::tune::TuneArgs),
+    Sim(crate::sim::SimArgs),
 }
 
 /// Parses the command line, runs the tool and returns the process exit code.
@@ -36,5 +37,6 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Node(args) => node::run(&args),
         Command::Tune(args) => crate::tune::run(args),
+        Command::Sim(args) => crate::sim::run(args),
     }
 }
