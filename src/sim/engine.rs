@@ -44,12 +44,12 @@ use crate::core::message::{
     PartitionMapMessage, Reply,
 };
 use crate::core::partition::PartitionMap;
+use crate::core::rng::Rng;
 use crate::core::shard::{Route, ShardCore};
 use crate::sim::config::{Costs, RunConfig, Strategy};
 use crate::sim::network::{Link, Network};
 use crate::sim::oracle::{EventFate, Findings, Oracle, OrderOracle, WinnerOracle};
 use crate::sim::report::{RunReport, RunStats};
-use crate::sim::rng::Rng;
 use crate::sim::shard::ShardQueue;
 use crate::sim::workload::{STREAM_HEARTBEAT, STREAM_NETWORK, Workload};
 

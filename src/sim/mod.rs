@@ -30,7 +30,6 @@ pub mod network;
 pub mod oracle;
 pub mod plot;
 pub mod report;
-pub mod rng;
 pub mod shard;
 pub mod workload;
 

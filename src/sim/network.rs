@@ -13,8 +13,8 @@
 //! buffer would block the sender instead. At the default load the CPUs saturate long before
 //! the links do (see `README.md`).
 
+use crate::core::rng::Rng;
 use crate::sim::config::NetworkModel;
-use crate::sim::rng::Rng;
 
 /// Which link a message travels on, for its FIFO order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

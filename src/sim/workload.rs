@@ -19,8 +19,8 @@ use crate::core::message::{
     Event, EventKind, HuntSpec, Position, TreasureSpec, WaypointSpec, claim_code_hash,
 };
 use crate::core::partition::Partitioner;
+use crate::core::rng::Rng;
 use crate::sim::config::Model;
-use crate::sim::rng::Rng;
 
 /// Waypoints in every simulated hunt.
 const WAYPOINTS_PER_HUNT: usize = 6;
