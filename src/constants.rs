@@ -164,3 +164,18 @@ const _: () = assert!(WAYPOINTS_PER_HUNT_MAX <= 64, "visits are a u64 bit set");
 const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
 // A default node (1024 partitions) on a 64-core machine stays inside 8 GiB even at its worst.
 const _: () = assert!(node_memory_bytes_max(PARTITIONS_DEFAULT as usize, 64) < 8 << 30);
+
+// ---------------------------------------------------------------------------------------------
+// Regression gate (see `gate`). Inputs are files a user commits; these bound what one gate
+// invocation reads and holds.
+// ---------------------------------------------------------------------------------------------
+
+/// Most benchmark runs `trove gate --runs N` performs.
+pub const GATE_RUNS_MAX: u32 = 100;
+/// Most runs one baseline file, or all `--current` files together, may hold.
+pub const GATE_RUNS_PER_SIDE_MAX: usize = 1_000;
+/// Most `--current` files one invocation reads.
+pub const GATE_CURRENT_FILES_MAX: usize = 1_000;
+/// Largest baseline or summary file the gate reads, in bytes. A summary is a few KiB; a
+/// baseline of `GATE_RUNS_PER_SIDE_MAX` runs stays well below this.
+pub const GATE_INPUT_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;

@@ -30,4 +30,5 @@ pub mod bench;
 pub mod cli;
 pub mod constants;
 pub mod core;
+pub mod gate;
 pub mod runtime;

@@ -15,7 +15,10 @@ pub struct Cli {
 
 /// One subcommand per tool.
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Judge benchmark runs against a committed baseline; fail CI on a latency regression.
+    Gate(crate::gate::GateArgs),
+}
 
 /// Parses the command line, runs the tool and returns the process exit code.
 pub fn main() -> i32 {
@@ -27,5 +30,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    match cli.command {}
+    match cli.command {
+        Command::Gate(args) => crate::gate::run(args),
+    }
 }
