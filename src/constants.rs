@@ -31,6 +31,8 @@ pub const FRAME_RECORDS_MAX: usize = 4096;
 pub const EVENT_BYTES_MAX: usize = 4096;
 /// Largest archived reply: a leaderboard of `LEADERBOARD_TOP_K_MAX` entries fits inside.
 pub const REPLY_BYTES_MAX: usize = 512;
+/// Size of an archived reply without a leaderboard (`Busy`, `Accepted`…); checked by a test.
+pub const REPLY_FIXED_BYTES: usize = 32;
 /// Longest secret code a claim may carry.
 pub const CLAIM_CODE_BYTES_MAX: usize = 64;
 /// Longest human-readable message in an error frame.
@@ -47,9 +49,11 @@ pub const PARTITIONS_MAX: u32 = 16_384;
 /// Most shards (cores) a node may run.
 pub const SHARDS_MAX: usize = 256;
 /// Most open client connections one shard serves; one more is answered with an error frame.
-pub const CONNECTIONS_PER_SHARD_MAX: usize = 256;
+pub const CONNECTIONS_PER_SHARD_MAX: usize = 128;
 /// Default TCP port every shard accepts on (SO_REUSEPORT).
 pub const PORT_DEFAULT: u16 = 7700;
+/// Connections the kernel queues on a listening socket before the shard accepts them.
+pub const LISTEN_BACKLOG_MAX: i32 = 1024;
 
 // ---------------------------------------------------------------------------------------------
 // Treasure-hunt state (see `core::hunt`). A full table is a `Rejected` reason, never growth.
@@ -98,12 +102,36 @@ pub const MESH_CHANNEL_BATCHES_MAX: usize = 64;
 pub const READ_CHUNK_BYTES: usize = 32 * 1024;
 /// A connection's receive buffer: one whole frame plus one read chunk.
 pub const READ_BUFFER_BYTES_MAX: usize = FRAME_BYTES_MAX + READ_CHUNK_BYTES;
+/// Reply bytes a connection may have waiting for its socket before it stops reading: what
+/// credit does not bound (`Busy` answers in fail-fast mode, map replies) is bounded by this.
+pub const CONNECTION_BACKLOG_BYTES_MAX: usize = 64 * 1024;
 /// Capacity a connection's reply buffer keeps between bursts; anything larger is released.
 pub const WRITE_BUFFER_RETAINED_BYTES_MAX: usize = 64 * 1024;
 /// io_uring buffer memory glommio registers per shard (glommio's minimum).
 pub const SHARD_IO_MEMORY_BYTES: usize = 64 * 1024;
 /// RLIMIT_MEMLOCK glommio insists on before it creates one executor.
 pub const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
+
+/// Reply frames a client's reader threads queue for the caller before they stop reading.
+pub const CLIENT_REPLY_FRAMES_QUEUED_MAX: usize = 256;
+
+// ---------------------------------------------------------------------------------------------
+// The load generator (`trove bench`).
+// ---------------------------------------------------------------------------------------------
+
+/// Most hunts a benchmark workload may create (its Zipf table is 8 bytes a hunt).
+pub const WORKLOAD_HUNTS_MAX: u64 = 1_000_000;
+/// Longest measured phase of a benchmark run: one interval histogram per second is kept.
+pub const BENCH_DURATION_S_MAX: u64 = 600;
+/// Most load-generator threads (connections) one run may use.
+pub const BENCH_CONNECTIONS_MAX: usize = 256;
+/// Events one generator connection may have in flight in a closed-loop run.
+pub const BENCH_WINDOW_MAX: u32 = 65_536;
+/// Bytes a generator connection buffers for a socket that does not take them; past this it
+/// stops making events and falls behind schedule (which the lag histogram shows).
+pub const BENCH_SEND_BACKLOG_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest latency a histogram records: anything slower is clamped to it.
+pub const BENCH_LATENCY_NS_MAX: u64 = 60_000_000_000;
 
 // ---------------------------------------------------------------------------------------------
 // Time.
@@ -135,6 +163,7 @@ pub const PARTITION_STATE_BYTES_MAX: usize = HUNTS_PER_PARTITION_MAX * HUNT_STAT
 /// Worst-case bytes of one shard's network and back-pressure buffers (not its hunt state).
 pub const SHARD_IO_BYTES_MAX: usize = CONNECTIONS_PER_SHARD_MAX * READ_BUFFER_BYTES_MAX // a receive buffer per connection
     + CONNECTIONS_PER_SHARD_MAX * 2 * WRITE_BUFFER_RETAINED_BYTES_MAX // two reply buffers per connection, kept between bursts
+    + CONNECTIONS_PER_SHARD_MAX * (CONNECTION_BACKLOG_BYTES_MAX + FRAME_RECORDS_MAX * REPLY_FIXED_BYTES) // uncredited answers (Busy, maps): the backlog, plus one frame's worth past it
     + SHARD_EVENTS_INFLIGHT_MAX as usize * REPLY_BYTES_MAX // replies to every event in flight, waiting for their socket
     + MESH_BYTES_INFLIGHT_MAX as usize // events other shards forwarded here, waiting to be applied
     + MESH_EVENTS_INFLIGHT_MAX as usize * REPLY_BYTES_MAX // replies to those, waiting to go back

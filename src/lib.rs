@@ -28,7 +28,9 @@
 
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod constants;
 pub mod core;
 pub mod gate;
+pub mod net;
 pub mod runtime;

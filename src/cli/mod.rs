@@ -3,6 +3,8 @@
 //!
 //! Exit codes are each tool's own and documented in its `--help`; a usage error is 2.
 
+mod node;
+
 use clap::{Parser, Subcommand};
 
 /// trove: a thread-per-core, io_uring event engine for live treasure hunts.
@@ -16,6 +18,7 @@ pub struct Cli {
 /// One subcommand per tool.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    Node(node::NodeArgs),
     /// Judge benchmark runs against a committed baseline; fail CI on a latency regression.
     Gate(crate::gate::GateArgs),
 }
@@ -31,6 +34,7 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
+        Command::Node(args) => node::run(&args),
         Command::Gate(args) => crate::gate::run(args),
     }
 }

@@ -35,9 +35,14 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::constants::{
     ARCHIVE_ALIGN, ERROR_MESSAGE_BYTES_MAX, EVENT_BYTES_MAX, FRAME_BODY_BYTES_MAX,
-    FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_RECORDS_MAX, FRAME_VERSION, REPLY_BYTES_MAX,
+    FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_RECORDS_MAX, FRAME_VERSION, READ_BUFFER_BYTES_MAX,
+    READ_CHUNK_BYTES, REPLY_BYTES_MAX,
 };
 use crate::core::message::ErrorMessage;
+
+/// Error code a node sends when a shard already serves `CONNECTIONS_PER_SHARD_MAX`
+/// connections. Codes below 100 are [`FrameError::code`]s.
+pub const ERROR_CODE_CONNECTION_LIMIT: u16 = 100;
 
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -331,6 +336,80 @@ pub fn decode_frame(buf: &[u8]) -> Result<Decoded<'_>, FrameError> {
     })
 }
 
+/// A receive buffer for a byte stream of frames: aligned, so a frame that starts at offset 0
+/// (or after whole frames, which are multiples of 16 long) keeps its records 16-byte aligned.
+/// Starts at one read chunk and grows to one whole frame plus a chunk at most.
+pub struct ReceiveBuffer {
+    buf: AlignedVec,
+    start: usize,
+    end: usize,
+}
+
+impl Default for ReceiveBuffer {
+    fn default() -> Self {
+        ReceiveBuffer::new()
+    }
+}
+
+impl ReceiveBuffer {
+    pub fn new() -> ReceiveBuffer {
+        let mut buf = AlignedVec::with_capacity(READ_CHUNK_BYTES);
+        buf.resize(READ_CHUNK_BYTES, 0);
+        ReceiveBuffer {
+            buf,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Bytes received and not yet consumed.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Drops `len` bytes (whole frames) from the front.
+    pub fn consume(&mut self, len: usize) {
+        assert!(
+            len <= self.end - self.start,
+            "consumed more than was received"
+        );
+        self.start += len;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Room to receive into: at least half a chunk, and the rest of a frame of `frame_len`
+    /// bytes when [`decode_frame`] said how long the pending one is.
+    pub fn spare(&mut self, frame_len: Option<usize>) -> &mut [u8] {
+        let wanted = frame_len
+            .unwrap_or(0)
+            .max(self.end - self.start + READ_CHUNK_BYTES);
+        if self.buf.len() - self.end < READ_CHUNK_BYTES / 2 || self.buf.len() - self.start < wanted
+        {
+            self.buf.as_mut_slice().copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            let wanted = wanted.min(READ_BUFFER_BYTES_MAX);
+            if self.buf.len() < wanted {
+                self.buf.resize(wanted, 0);
+            }
+        }
+        debug_assert!(
+            self.end < self.buf.len(),
+            "a receive buffer always has room"
+        );
+        &mut self.buf.as_mut_slice()[self.end..]
+    }
+
+    /// Records that `len` bytes were received into [`Self::spare`].
+    pub fn filled(&mut self, len: usize) {
+        assert!(self.end + len <= self.buf.len());
+        self.end += len;
+    }
+}
+
 /// Reports what is wrong with bytes left over when a stream ends: nothing if there are none.
 pub fn check_stream_end(leftover: &[u8]) -> Result<(), FrameError> {
     if leftover.is_empty() {
@@ -403,7 +482,7 @@ impl<'a> Records<'a> {
     }
 
     /// The records' bytes, in order, each starting at a multiple of 16 from the body start.
-    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+    pub fn iter(self) -> impl Iterator<Item = &'a [u8]> + 'a {
         let records = self.records;
         let lens = self.lens;
         let mut offset = 0usize;
@@ -472,6 +551,25 @@ impl std::error::Error for EncodeError {}
 
 /// The serializer strategy records are written with.
 pub type RecordSerializer<'b, 'a> = LowSerializer<&'b mut AlignedVec, ArenaHandle<'a>, Failure>;
+
+/// Archives `value` at the end of `buf`, starting at a multiple of 16 (zero padding first),
+/// and returns the archive's offset and length. On error `buf` is left as it was.
+pub fn archive_aligned<T>(buf: &mut AlignedVec, value: &T) -> Result<(usize, usize), EncodeError>
+where
+    T: for<'b, 'a> Serialize<RecordSerializer<'b, 'a>>,
+{
+    let before = buf.len();
+    buf.resize(align_up(before), 0);
+    let start = buf.len();
+    let result = rkyv::util::with_arena(|arena| {
+        low::to_bytes_in_with_alloc::<_, _, Failure>(value, &mut *buf, arena.acquire()).map(|_| ())
+    });
+    if result.is_err() {
+        buf.resize(before, 0);
+        return Err(EncodeError::Serialize);
+    }
+    Ok((start, buf.len() - start))
+}
 
 /// Appends frames to an aligned buffer: open a frame, push records, finish it, repeat.
 ///
@@ -577,15 +675,7 @@ impl FrameBuilder {
     {
         let frame = self.open_frame.expect("push needs an open frame");
         let start = self.buf.len();
-        let result = rkyv::util::with_arena(|arena| {
-            low::to_bytes_in_with_alloc::<_, _, Failure>(value, &mut self.buf, arena.acquire())
-                .map(|_| ())
-        });
-        if result.is_err() {
-            self.buf.resize(start, 0);
-            return Err(EncodeError::Serialize);
-        }
-        let len = self.buf.len() - start;
+        let (_, len) = archive_aligned(&mut self.buf, value)?;
         let max = frame.kind.record_bytes_max();
         if len > max || !self.fits(len) {
             self.buf.resize(start, 0);
@@ -671,16 +761,27 @@ impl FrameBuilder {
         Ok(())
     }
 
-    /// Appends an error frame that tells the peer what was wrong.
+    /// Appends an error frame that tells the peer what was wrong with its input.
     pub fn error(&mut self, epoch: u32, error: &FrameError) {
-        let mut message = error.to_string();
+        self.error_message(epoch, error.code(), error.to_string());
+    }
+
+    /// Appends an error frame with a code and a message for a human (cut to the limit).
+    pub fn error_message(&mut self, epoch: u32, code: u16, mut message: String) {
         truncate_to_char_boundary(&mut message, ERROR_MESSAGE_BYTES_MAX);
-        let message = ErrorMessage {
-            code: error.code(),
-            message,
-        };
+        let message = ErrorMessage { code, message };
         self.single(FrameKind::Error, epoch, Some(&message))
             .expect("an error message is bounded and always fits its frame");
+    }
+
+    /// Appends whole frames encoded elsewhere (a cached map reply, say).
+    pub fn append_frames(&mut self, frames: &[u8]) {
+        assert!(self.open_frame.is_none(), "finish the open frame first");
+        assert!(
+            frames.len() % ARCHIVE_ALIGN == 0,
+            "frames are whole and aligned"
+        );
+        self.buf.extend_from_slice(frames);
     }
 }
 
@@ -797,6 +898,46 @@ mod tests {
                     Err(FrameError::Truncated { .. })
                 ));
             }
+        }
+    }
+
+    #[test]
+    fn a_receive_buffer_reassembles_frames_split_anywhere() {
+        let mut stream = Vec::new();
+        for seq in 0..50 {
+            stream.extend_from_slice(&events_frame(&[claim(seq, "code")]));
+        }
+        let big = vec![claim(99, &"y".repeat(60)); 900];
+        stream.extend_from_slice(&events_frame(&big));
+        for chunk in [1usize, 7, 100, 4096, 70_000] {
+            let mut input = ReceiveBuffer::new();
+            let mut frames = 0;
+            let mut expected_len = None;
+            let mut fed = 0;
+            while fed < stream.len() {
+                let spare = input.spare(expected_len);
+                let take = chunk.min(spare.len()).min(stream.len() - fed);
+                spare[..take].copy_from_slice(&stream[fed..fed + take]);
+                input.filled(take);
+                fed += take;
+                loop {
+                    match decode_frame(input.pending()).unwrap() {
+                        Decoded::NeedMore { frame_len } => {
+                            expected_len = frame_len;
+                            break;
+                        }
+                        Decoded::Frame {
+                            body, frame_len, ..
+                        } => {
+                            assert_eq!(body.as_ptr() as usize % ARCHIVE_ALIGN, 0);
+                            input.consume(frame_len);
+                            frames += 1;
+                        }
+                    }
+                }
+            }
+            assert_eq!(frames, 51, "chunks of {chunk}");
+            assert!(input.pending().is_empty());
         }
     }
 

@@ -194,3 +194,29 @@ pub fn claim_code_hash(code: &[u8]) -> u64 {
     const CLAIM_CODE_SEED: u64 = 0x7472_6f76_6563_6f64; // "trovecod"
     xxh3_64_with_seed(code, CLAIM_CODE_SEED)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::constants::{REPLY_BYTES_MAX, REPLY_FIXED_BYTES};
+
+    #[test]
+    fn reply_sizes_match_the_limits_memory_is_computed_from() {
+        assert_eq!(std::mem::size_of::<ArchivedReply>(), REPLY_FIXED_BYTES);
+        let full_board = Reply {
+            client_seq: u64::MAX,
+            client_ts: u64::MAX,
+            outcome: Outcome::Leaderboard {
+                entries: vec![
+                    LeaderboardEntry {
+                        player: PlayerId(u64::MAX),
+                        score: u32::MAX
+                    };
+                    crate::constants::LEADERBOARD_TOP_K_MAX
+                ],
+            },
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&full_board).unwrap();
+        assert!(bytes.len() <= REPLY_BYTES_MAX, "{} bytes", bytes.len());
+    }
+}

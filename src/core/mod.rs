@@ -12,4 +12,5 @@ pub mod hunt;
 pub mod ids;
 pub mod message;
 pub mod partition;
+pub mod rng;
 pub mod shard;

@@ -1,0 +1,146 @@
+//! `trove node`: run a node until SIGINT or SIGTERM, then stop it cleanly.
+
+use std::net::IpAddr;
+
+use clap::Args;
+
+use crate::constants::{
+    CONNECTION_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT, PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
+    SHARD_EVENTS_INFLIGHT_MAX,
+};
+use crate::net::{Node, NodeConfig};
+use crate::runtime::config::{Budget, RuntimeConfig, format_cpu_list, parse_cpu_list, shard_cpus};
+
+/// Run a trove node: one shard per CPU, until SIGINT or SIGTERM.
+///
+/// Exit codes: 0 after a clean stop; 1 when the node cannot start (the message says what to
+/// change); 2 for a usage error.
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// CPUs to run shards on, one shard each, in the kernel's list syntax (0-3,8) [default: every CPU this process may use]
+    #[arg(long, value_name = "LIST", conflicts_with = "shards")]
+    pub cpus: Option<String>,
+    /// Number of shards, on the first CPUs this process may use
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Address to listen on
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    pub listen: IpAddr,
+    /// Port every shard accepts on (SO_REUSEPORT); 0 picks a free one
+    #[arg(long, value_name = "N", default_value_t = PORT_DEFAULT)]
+    pub port: u16,
+    /// Shard i also listens on this port + i [default: the ports right after --port]
+    #[arg(long, value_name = "N")]
+    pub shard_port_base: Option<u16>,
+    /// Partitions (a power of two, fixed for the life of the data)
+    #[arg(long, value_name = "N", default_value_t = PARTITIONS_DEFAULT)]
+    pub partitions: u32,
+    /// Events a shard accepts before their replies are written (its back-pressure budget)
+    #[arg(long, value_name = "N", default_value_t = SHARD_EVENTS_INFLIGHT_MAX)]
+    pub shard_events_max: u32,
+    /// Event bytes a shard accepts before their replies are written
+    #[arg(long, value_name = "BYTES", default_value_t = SHARD_BYTES_INFLIGHT_MAX)]
+    pub shard_bytes_max: u32,
+    /// Events one connection may have in flight
+    #[arg(long, value_name = "N", default_value_t = CONNECTION_EVENTS_INFLIGHT_MAX)]
+    pub connection_events_max: u32,
+    /// Answer Busy when out of credit instead of making the client wait
+    #[arg(long)]
+    pub fail_fast: bool,
+}
+
+impl NodeArgs {
+    /// The node configuration these flags describe.
+    pub fn to_config(&self) -> Result<NodeConfig, String> {
+        let cpus = match &self.cpus {
+            Some(list) => parse_cpu_list(list)?,
+            None => shard_cpus(self.shards),
+        };
+        let budget = Budget {
+            shard_events: self.shard_events_max,
+            shard_bytes: self.shard_bytes_max,
+            connection_events: self.connection_events_max.min(self.shard_events_max),
+            ..Budget::default()
+        };
+        let runtime = RuntimeConfig {
+            partitions: self.partitions,
+            budget,
+            fail_fast: self.fail_fast,
+            ..RuntimeConfig::on_cpus(cpus)
+        };
+        Ok(NodeConfig {
+            runtime,
+            listen: self.listen,
+            port: self.port,
+            shard_port_base: self.shard_port_base,
+        })
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and so in every thread it starts), so that
+/// [`wait_for_stop_signal`] receives them instead of the default handler killing the process.
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise a sigset_t we own; pthread_sigmask changes
+    // only this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
+    let mut signal = 0;
+    // SAFETY: `set` holds signals blocked in every thread of the process, as sigwait requires.
+    unsafe { libc::sigwait(set, &mut signal) };
+    signal
+}
+
+pub fn run(args: &NodeArgs) -> i32 {
+    let config = match args.to_config() {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("trove node: {message}");
+            return 2;
+        }
+    };
+    let signals = block_stop_signals();
+    let node = match Node::start(&config) {
+        Ok(node) => node,
+        Err(error) => {
+            eprintln!("trove node: cannot start: {error}");
+            return 1;
+        }
+    };
+    let shard_ports: Vec<String> = node
+        .shard_addrs()
+        .iter()
+        .map(|addr| addr.port().to_string())
+        .collect();
+    println!(
+        "trove node listening on {} with {} shards on CPUs {} (shard ports {}); stop with Ctrl-C",
+        node.addr(),
+        config.runtime.shards(),
+        format_cpu_list(&config.runtime.cpus),
+        shard_ports.join(","),
+    );
+    let signal = wait_for_stop_signal(&signals);
+    println!("trove node: signal {signal} received, stopping");
+    let report = node.stop();
+    for shard in &report.shards {
+        println!(
+            "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections, {} frames rejected",
+            shard.shard,
+            shard.cpu,
+            shard.events_applied,
+            shard.events_forwarded,
+            shard.events_applied_for_peers,
+            shard.connections_accepted,
+            shard.frames_rejected,
+        );
+    }
+    0
+}

@@ -1,0 +1,208 @@
+//! A node: shards plus their listening sockets.
+//!
+//! [`Node::start`] binds every socket on the calling thread first (so "address in use" is
+//! reported before any shard starts, and port 0 resolves to one port for all shards), then
+//! starts the shards and gives each its two listeners: the shared port, on which every shard
+//! accepts (SO_REUSEPORT lets the kernel spread connections), and the shard's own port, which
+//! shard-aware clients use to reach the owner of a partition directly.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::future::or;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::constants::{LISTEN_BACKLOG_MAX, PORT_DEFAULT};
+use crate::core::codec::{FrameBuilder, FrameKind};
+use crate::core::partition::PartitionMap;
+use crate::net::connection;
+use crate::runtime::config::{ConfigError, RuntimeConfig};
+use crate::runtime::executors::{Shards, StartError, spawn_shards};
+use crate::runtime::shard::{Shard, ShardStats};
+
+/// Where a node listens, and its runtime configuration.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub runtime: RuntimeConfig,
+    /// Address to listen on.
+    pub listen: IpAddr,
+    /// The port every shard accepts on; 0 picks a free one.
+    pub port: u16,
+    /// Shard `i` also listens on `shard_port_base + i`. Unset: the ports right after `port`,
+    /// or free ones when `port` is 0.
+    pub shard_port_base: Option<u16>,
+}
+
+impl NodeConfig {
+    /// A node on loopback, on free ports, with a shard on each of `cpus`.
+    pub fn loopback(cpus: Vec<usize>) -> NodeConfig {
+        NodeConfig {
+            runtime: RuntimeConfig::on_cpus(cpus),
+            listen: IpAddr::from([127, 0, 0, 1]),
+            port: 0,
+            shard_port_base: None,
+        }
+    }
+
+    /// A node on every address, on the default port.
+    pub fn public(cpus: Vec<usize>) -> NodeConfig {
+        NodeConfig {
+            listen: IpAddr::from([0, 0, 0, 0]),
+            port: PORT_DEFAULT,
+            ..NodeConfig::loopback(cpus)
+        }
+    }
+
+    fn shard_port(&self, shard: usize) -> Result<u16, StartError> {
+        let port = match (self.shard_port_base, self.port) {
+            (Some(base), _) => u32::from(base) + shard as u32,
+            (None, 0) => 0,
+            (None, port) => u32::from(port) + 1 + shard as u32,
+        };
+        u16::try_from(port).map_err(|_| StartError::Io {
+            what: format!("shard {shard} would listen on port {port}"),
+            error: io::Error::other("past 65535; choose a lower --port or --shard-port-base"),
+        })
+    }
+}
+
+/// A running node.
+pub struct Node {
+    shards: Shards,
+    addr: SocketAddr,
+    shard_addrs: Vec<SocketAddr>,
+}
+
+/// What every shard counted, in shard order.
+#[derive(Clone, Debug, Default)]
+pub struct NodeReport {
+    pub shards: Vec<ShardStats>,
+}
+
+/// What each shard gets from the thread that starts the node.
+struct ShardSockets {
+    shared: Socket,
+    own: Socket,
+    /// The map reply frame, encoded once.
+    map_reply: Vec<u8>,
+}
+
+fn listen(addr: SocketAddr, reuse_port: bool) -> Result<Socket, StartError> {
+    let bind = || -> io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(reuse_port)?;
+        // Inherited by accepted sockets: replies must not wait for Nagle.
+        socket.set_nodelay(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG_MAX)?;
+        Ok(socket)
+    };
+    bind().map_err(|error| StartError::Io {
+        what: format!("cannot listen on {addr} (is another process using it? pick another port)"),
+        error,
+    })
+}
+
+fn local_addr(socket: &Socket) -> SocketAddr {
+    socket
+        .local_addr()
+        .ok()
+        .and_then(|addr| addr.as_socket())
+        .expect("a bound TCP socket has an address")
+}
+
+impl Node {
+    /// Binds the node's sockets and starts its shards.
+    pub fn start(config: &NodeConfig) -> Result<Node, StartError> {
+        config.runtime.check()?;
+        let shards = config.runtime.shards();
+        let map = PartitionMap::round_robin(config.runtime.partitions, shards)
+            .map_err(|error| StartError::Config(ConfigError::Partitions(error)))?;
+        let first = listen(SocketAddr::new(config.listen, config.port), true)?;
+        let addr = local_addr(&first);
+        let mut shared = vec![first];
+        for _ in 1..shards {
+            shared.push(listen(addr, true)?);
+        }
+        let mut own = Vec::with_capacity(shards);
+        for shard in 0..shards {
+            own.push(listen(
+                SocketAddr::new(config.listen, config.shard_port(shard)?),
+                false,
+            )?);
+        }
+        let shard_addrs: Vec<SocketAddr> = own.iter().map(local_addr).collect();
+        let ports: Vec<u16> = shard_addrs.iter().map(|addr| addr.port()).collect();
+        let mut map_reply = FrameBuilder::new();
+        map_reply
+            .single(
+                FrameKind::MapReply,
+                map.epoch(),
+                Some(&map.to_message(&ports)),
+            )
+            .expect("a partition map of at most PARTITIONS_MAX entries fits one frame");
+        let payloads = shared
+            .into_iter()
+            .zip(own)
+            .map(|(shared, own)| ShardSockets {
+                shared,
+                own,
+                map_reply: map_reply.bytes().to_vec(),
+            })
+            .collect();
+        let shards = spawn_shards(&config.runtime, &map, payloads, serve_shard)?;
+        Ok(Node {
+            shards,
+            addr,
+            shard_addrs,
+        })
+    }
+
+    /// The shared address every shard accepts on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Each shard's own address, in shard order.
+    pub fn shard_addrs(&self) -> &[SocketAddr] {
+        &self.shard_addrs
+    }
+
+    /// Stops the node cleanly: no new connections or reads, work in flight drains (within the
+    /// grace period), connections close, shards exit.
+    pub fn stop(self) -> NodeReport {
+        NodeReport {
+            shards: self.shards.stop(),
+        }
+    }
+}
+
+/// Runs on each shard's executor: starts accepting on both of its listeners.
+fn serve_shard(shard: Rc<Shard>, sockets: ShardSockets) {
+    let map_reply: Rc<[u8]> = sockets.map_reply.into();
+    for socket in [sockets.shared, sockets.own] {
+        // SAFETY: the descriptor comes from a listening socket this shard alone now owns.
+        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };
+        glommio::spawn_local(accept_loop(shard.clone(), listener, map_reply.clone())).detach();
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener, map_reply: Rc<[u8]>) {
+    loop {
+        let accepted = or(async { Some(listener.accept().await) }, async {
+            shard.stopping().await;
+            None
+        });
+        match accepted.await {
+            None => return,
+            Some(Ok(stream)) => connection::serve(shard.clone(), stream, map_reply.clone()),
+            // Out of descriptors or memory: the kernel keeps the connection queued; pause
+            // instead of spinning on the same error.
+            Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}

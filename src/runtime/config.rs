@@ -1,0 +1,355 @@
+//! How shards are laid out and budgeted: the runtime's half of a node's configuration.
+//!
+//! Built once on the thread that starts a node, checked against the limits in `constants`,
+//! then copied into every shard.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::constants::{
+    CONNECTION_EVENTS_INFLIGHT_MAX, EVENT_BYTES_MAX, MESH_BYTES_INFLIGHT_MAX,
+    MESH_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
+    SHARD_EVENTS_INFLIGHT_MAX, SHARDS_MAX,
+};
+use crate::core::credit::Credit;
+use crate::core::ids::ShardId;
+use crate::core::partition::{MapError, Partitioner};
+
+/// Budgets of work in flight. Each is at most its `*_MAX` in `constants` and at least one
+/// event of the largest size, so no single event can wait for credit that never comes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Events a shard accepts from its sockets before their replies are written.
+    pub shard_events: u32,
+    /// Event bytes a shard accepts from its sockets before their replies are written.
+    pub shard_bytes: u32,
+    /// Events one connection may have in flight.
+    pub connection_events: u32,
+    /// Events a receiving shard holds for all other shards together.
+    pub mesh_events: u32,
+    /// Event bytes a receiving shard holds for all other shards together.
+    pub mesh_bytes: u32,
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget {
+            shard_events: SHARD_EVENTS_INFLIGHT_MAX,
+            shard_bytes: SHARD_BYTES_INFLIGHT_MAX,
+            connection_events: CONNECTION_EVENTS_INFLIGHT_MAX,
+            mesh_events: MESH_EVENTS_INFLIGHT_MAX,
+            mesh_bytes: MESH_BYTES_INFLIGHT_MAX,
+        }
+    }
+}
+
+impl Budget {
+    /// The shard's socket budget.
+    pub fn shard(&self) -> Credit {
+        Credit::new(self.shard_events, self.shard_bytes)
+    }
+
+    /// One connection's share of the socket budget.
+    pub fn connection(&self) -> Credit {
+        Credit::new(self.connection_events, self.shard_bytes)
+    }
+
+    /// What one source shard may have in flight at a receiving shard of a node with `shards`
+    /// shards: an equal share of the receiver's mesh budget.
+    pub fn mesh_per_source(&self, shards: usize) -> Credit {
+        let sources = shards.saturating_sub(1).max(1) as u32;
+        Credit::new(
+            (self.mesh_events / sources).max(1),
+            (self.mesh_bytes / sources).max(EVENT_BYTES_MAX as u32),
+        )
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let checks = [
+            (
+                "shard events in flight",
+                self.shard_events,
+                1,
+                SHARD_EVENTS_INFLIGHT_MAX,
+            ),
+            (
+                "shard bytes in flight",
+                self.shard_bytes,
+                EVENT_BYTES_MAX as u32,
+                SHARD_BYTES_INFLIGHT_MAX,
+            ),
+            (
+                "connection events in flight",
+                self.connection_events,
+                1,
+                CONNECTION_EVENTS_INFLIGHT_MAX,
+            ),
+            (
+                "mesh events in flight",
+                self.mesh_events,
+                SHARDS_MAX as u32,
+                MESH_EVENTS_INFLIGHT_MAX,
+            ),
+            (
+                "mesh bytes in flight",
+                self.mesh_bytes,
+                (SHARDS_MAX * EVENT_BYTES_MAX) as u32,
+                MESH_BYTES_INFLIGHT_MAX,
+            ),
+        ];
+        for (name, value, min, max) in checks {
+            if !(min..=max).contains(&value) {
+                return Err(ConfigError::BudgetOutOfRange {
+                    name,
+                    value,
+                    min,
+                    max,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A deliberate slowdown of one shard, for tests of back-pressure: it spins this long per
+/// event it applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApplyDelay {
+    pub shard: ShardId,
+    pub per_event: Duration,
+}
+
+/// The runtime's configuration: where shards run and how much they take on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// One shard per entry, pinned to that CPU. A CPU may appear twice (two shards share it).
+    pub cpus: Vec<usize>,
+    /// Partition count: a power of two.
+    pub partitions: u32,
+    pub budget: Budget,
+    /// Answer `Busy` when out of credit instead of waiting.
+    pub fail_fast: bool,
+    /// For back-pressure tests only: slow one shard down.
+    pub apply_delay: Option<ApplyDelay>,
+}
+
+impl RuntimeConfig {
+    /// A shard on each CPU this process may run on.
+    pub fn on_cpus(cpus: Vec<usize>) -> RuntimeConfig {
+        RuntimeConfig {
+            cpus,
+            partitions: PARTITIONS_DEFAULT,
+            budget: Budget::default(),
+            fail_fast: false,
+            apply_delay: None,
+        }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.cpus.len()
+    }
+
+    /// Checks the configuration against the limits and this process's CPUs.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.cpus.is_empty() || self.cpus.len() > SHARDS_MAX {
+            return Err(ConfigError::ShardCount(self.cpus.len()));
+        }
+        let allowed = allowed_cpus();
+        if let Some(&cpu) = self.cpus.iter().find(|cpu| !allowed.contains(cpu)) {
+            return Err(ConfigError::CpuNotAllowed { cpu, allowed });
+        }
+        Partitioner::new(self.partitions).map_err(ConfigError::Partitions)?;
+        self.budget.check()
+    }
+}
+
+/// One CPU per shard: the first `shards` CPUs of the affinity mask, starting over when there
+/// are more shards than CPUs; every CPU of the mask when `shards` is not given.
+pub fn shard_cpus(shards: Option<usize>) -> Vec<usize> {
+    let allowed = allowed_cpus();
+    match shards {
+        Some(shards) => allowed.iter().copied().cycle().take(shards).collect(),
+        None => allowed,
+    }
+}
+
+/// The CPUs in this process's affinity mask, in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it in.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    let result =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if result != 0 {
+        return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads one bit of a valid set, for an index below CPU_SETSIZE.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// A configuration that cannot run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    ShardCount(usize),
+    CpuNotAllowed {
+        cpu: usize,
+        allowed: Vec<usize>,
+    },
+    Partitions(MapError),
+    BudgetOutOfRange {
+        name: &'static str,
+        value: u32,
+        min: u32,
+        max: u32,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::ShardCount(count) => {
+                write!(
+                    f,
+                    "{count} shards: a node runs from 1 to {SHARDS_MAX} shards"
+                )
+            }
+            ConfigError::CpuNotAllowed { cpu, allowed } => write!(
+                f,
+                "CPU {cpu} is not in this process's affinity mask ({}); pick CPUs from it, or widen the mask (taskset, systemd CPUAffinity=)",
+                format_cpu_list(allowed)
+            ),
+            ConfigError::Partitions(error) => write!(f, "{error}"),
+            ConfigError::BudgetOutOfRange {
+                name,
+                value,
+                min,
+                max,
+            } => {
+                write!(
+                    f,
+                    "{name} = {value} is out of range: it must be from {min} to {max}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads a CPU list the way the kernel writes it: `0-3,8,10-11`. Sorted, without repeats.
+pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let parse = |number: &str| {
+            number.trim().parse::<usize>().map_err(|_| {
+                format!("`{text}` is not a CPU list: `{number}` is not a CPU number (write it like 0-3,8,10-11)")
+            })
+        };
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last) = (parse(first)?, parse(last)?);
+                if first > last {
+                    return Err(format!(
+                        "`{text}` is not a CPU list: the range {part} runs backwards"
+                    ));
+                }
+                cpus.extend(first..=last);
+            }
+            None => cpus.push(parse(part)?),
+        }
+    }
+    if cpus.iter().any(|&cpu| cpu >= libc::CPU_SETSIZE as usize) {
+        return Err(format!(
+            "`{text}` names a CPU past {}",
+            libc::CPU_SETSIZE - 1
+        ));
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// Writes CPUs the way the kernel does: `0-3,8,10-11`.
+pub fn format_cpu_list(cpus: &[usize]) -> String {
+    let mut parts = Vec::new();
+    let mut index = 0;
+    while index < cpus.len() {
+        let start = cpus[index];
+        let mut end = start;
+        while index + 1 < cpus.len() && cpus[index + 1] == end + 1 {
+            index += 1;
+            end = cpus[index];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        index += 1;
+    }
+    parts.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_are_written_like_the_kernel_writes_them() {
+        assert_eq!(format_cpu_list(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11");
+        assert_eq!(format_cpu_list(&[5]), "5");
+        assert_eq!(format_cpu_list(&[]), "");
+    }
+
+    #[test]
+    fn cpu_lists_are_read_like_the_kernel_writes_them() {
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11").unwrap(),
+            vec![0, 1, 2, 3, 8, 10, 11]
+        );
+        assert_eq!(parse_cpu_list("3,1,1").unwrap(), vec![1, 3]);
+        assert!(parse_cpu_list("3-1").unwrap_err().contains("backwards"));
+        assert!(
+            parse_cpu_list("a")
+                .unwrap_err()
+                .contains("not a CPU number")
+        );
+        assert!(parse_cpu_list("").is_err());
+        assert!(parse_cpu_list("99999").is_err());
+    }
+
+    #[test]
+    fn budgets_outside_their_limits_are_refused_by_name() {
+        let mut config = RuntimeConfig::on_cpus(vec![allowed_cpus()[0]]);
+        assert_eq!(config.check(), Ok(()));
+        config.budget.shard_events = SHARD_EVENTS_INFLIGHT_MAX + 1;
+        match config.check() {
+            Err(ConfigError::BudgetOutOfRange { name, .. }) => {
+                assert_eq!(name, "shard events in flight")
+            }
+            other => panic!("expected a budget error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cpus_outside_the_mask_are_refused() {
+        let config = RuntimeConfig::on_cpus(vec![libc::CPU_SETSIZE as usize - 1]);
+        assert!(matches!(
+            config.check(),
+            Err(ConfigError::CpuNotAllowed { .. })
+        ));
+    }
+
+    #[test]
+    fn mesh_shares_shrink_with_the_shard_count() {
+        let budget = Budget::default();
+        assert_eq!(budget.mesh_per_source(2).events, MESH_EVENTS_INFLIGHT_MAX);
+        assert_eq!(
+            budget.mesh_per_source(5).events,
+            MESH_EVENTS_INFLIGHT_MAX / 4
+        );
+        assert!(budget.mesh_per_source(SHARDS_MAX).bytes >= EVENT_BYTES_MAX as u32);
+    }
+}
