@@ -201,26 +201,7 @@ fn gate(args: &GateArgs, runner: Runner<'_>, out: &mut dyn Write) -> Result<i32,
         current: describe_current(args, &current),
         warnings: Vec::new(),
     };
-    let host_lines = host_differences(&baseline, &current);
-    let hosts_alike = host_lines.is_empty();
-    if !hosts_alike {
-        if !args.allow_unlike_hosts && !args.normalize_by_loopback {
-            return Err(unlike_hosts_failure(&host_lines, &baseline, &current));
-        }
-        context.warnings.push(format!(
-            "the runs come from unlike hosts ({}); compared because {}",
-            host_lines.join("; "),
-            if args.normalize_by_loopback {
-                "--normalize-by-loopback was given"
-            } else {
-                "--allow-unlike-hosts was given"
-            }
-        ));
-    }
-    if args.normalize_by_loopback {
-        require_calibration(&baseline)?;
-        require_calibration(&current)?;
-    }
+    let hosts_alike = check_hosts(args, &baseline, &current, &mut context)?;
     if let Some(warning) = config_warning(&baseline, &current) {
         context.warnings.push(warning);
     }
@@ -236,10 +217,43 @@ fn gate(args: &GateArgs, runner: Runner<'_>, out: &mut dyn Write) -> Result<i32,
     } else {
         EXIT_REGRESSION
     };
-    write_reports(args, &judgement, &context, code)?;
+    // The table first, so the verdict is on the terminal even if a report file cannot be
+    // written.
     out.write_all(render::terminal(&judgement, &context).as_bytes())
         .map_err(|error| Failure::usage(format!("cannot write to the terminal ({error})")))?;
+    write_reports(args, &judgement, &context, code)?;
     Ok(code)
+}
+
+/// Refuses unlike hosts unless the flags allow them, and checks calibration when latency is
+/// normalised. Returns whether the hosts are alike; notes any allowance in the warnings.
+fn check_hosts(
+    args: &GateArgs,
+    baseline: &RunSet,
+    current: &RunSet,
+    context: &mut Context,
+) -> Result<bool, Failure> {
+    let host_lines = host_differences(baseline, current);
+    let hosts_alike = host_lines.is_empty();
+    if !hosts_alike {
+        if !args.allow_unlike_hosts && !args.normalize_by_loopback {
+            return Err(unlike_hosts_failure(&host_lines, baseline, current));
+        }
+        let allowed_by = if args.normalize_by_loopback {
+            "--normalize-by-loopback"
+        } else {
+            "--allow-unlike-hosts"
+        };
+        context.warnings.push(format!(
+            "the runs come from unlike hosts ({}); compared because {allowed_by} was given",
+            host_lines.join("; ")
+        ));
+    }
+    if args.normalize_by_loopback {
+        require_calibration(baseline)?;
+        require_calibration(current)?;
+    }
+    Ok(hosts_alike)
 }
 
 /// The runs to judge: the --current files, or `--runs` runs from the runner.
