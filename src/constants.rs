@@ -261,3 +261,16 @@ const _: () = assert!(SIM_NODES_MAX <= u32::MAX as usize);
 const _: () = assert!(SIM_QUEUE_EVENTS_MAX as usize >= 1);
 // A queue's byte budget is its event budget times the largest event, and must fit a credit.
 const _: () = assert!(SIM_QUEUE_EVENTS_MAX as u64 * EVENT_BYTES_MAX as u64 <= u32::MAX as u64);
+// Regression gate (see `gate`). Inputs are files a user commits; these bound what one gate
+// invocation reads and holds.
+// ---------------------------------------------------------------------------------------------
+
+/// Most benchmark runs `trove gate --runs N` performs.
+pub const GATE_RUNS_MAX: u32 = 100;
+/// Most runs one baseline file, or all `--current` files together, may hold.
+pub const GATE_RUNS_PER_SIDE_MAX: usize = 1_000;
+/// Most `--current` files one invocation reads.
+pub const GATE_CURRENT_FILES_MAX: usize = 1_000;
+/// Largest baseline or summary file the gate reads, in bytes. A summary is a few KiB; a
+/// baseline of `GATE_RUNS_PER_SIDE_MAX` runs stays well below this.
+pub const GATE_INPUT_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;

@@ -31,6 +31,7 @@ pub mod cli;
 pub mod client;
 pub mod constants;
 pub mod core;
+pub mod gate;
 pub mod net;
 pub mod runtime;
 pub mod sim;

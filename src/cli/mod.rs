@@ -22,6 +22,8 @@ pub enum Command {
     /// Check this host for a pinned node, measure its CPUs' jitter, print fixes.
     Tune(crate::tune::TuneArgs),
     Sim(crate::sim::SimArgs),
+    /// Judge benchmark runs against a committed baseline; fail CI on a latency regression.
+    Gate(crate::gate::GateArgs),
 }
 
 /// Parses the command line, runs the tool and returns the process exit code.
@@ -38,5 +40,6 @@ pub fn main() -> i32 {
         Command::Node(args) => node::run(&args),
         Command::Tune(args) => crate::tune::run(args),
         Command::Sim(args) => crate::sim::run(args),
+        Command::Gate(args) => crate::gate::run(args),
     }
 }

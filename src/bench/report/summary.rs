@@ -214,7 +214,13 @@ impl Summary {
                 ));
             }
         }
-        serde_json::from_value(value).map_err(|error| format!("it is not a valid summary: {error}"))
+        serde_path_to_error::deserialize(value).map_err(|error| {
+            format!(
+                "it is not a valid summary: at {}: {}",
+                error.path(),
+                error.inner()
+            )
+        })
     }
 }
 
