@@ -189,6 +189,15 @@ fn unpack_ts(ts: u64) -> (u64, u64) {
     (ts >> 24, (ts & ((1 << 24) - 1)) * 1_000)
 }
 
+/// Nothing to do now, try again later: the socket is not ready, or a signal interrupted the
+/// call.
+fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
 /// One connection's socket and receive state.
 struct LinkIo {
     stream: TcpStream,
@@ -382,7 +391,7 @@ impl<P: Protocol> Generator<'_, P> {
                     link.wants_write = !self.protocol.pending_output(index).is_empty();
                     wrote += len;
                 }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => link.wants_write = true,
+                Err(error) if is_transient(&error) => link.wants_write = true,
                 Err(error) => return Err(format!("cannot send to the target: {error}")),
             }
         }
@@ -406,7 +415,7 @@ impl<P: Protocol> Generator<'_, P> {
             let read = match link.stream.read(spare) {
                 Ok(0) => return Err("the target closed the connection".into()),
                 Ok(len) => len,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(replies),
+                Err(error) if is_transient(&error) => return Ok(replies),
                 Err(error) => return Err(format!("cannot read from the target: {error}")),
             };
             link.input.filled(read);

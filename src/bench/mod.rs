@@ -1,10 +1,115 @@
 //! `trove bench`: an open-loop, coordinated-omission-correct load generator for trove and
 //! its peers, and the reports performance engineers read.
+//!
+//! [`args`] holds the flags, [`config`] turns them into a checked configuration, [`session`]
+//! runs it (embedded node, set-up, the run or sweep, the peer), [`generator`] is one load
+//! thread, and [`report`] writes what was measured. [`run`] below is the command itself.
 
 pub mod args;
 pub mod config;
 pub mod generator;
+pub mod null_sink;
+pub mod progress;
 pub mod report;
 pub mod run;
+pub mod session;
 pub mod trove_protocol;
 pub mod workload;
+
+use std::io::Write;
+
+use args::BenchArgs;
+use config::BenchConfig;
+use progress::Progress;
+
+/// One line that says what was run, above the results.
+fn describe(config: &BenchConfig) -> String {
+    use config::{LoadConfig, TargetConfig};
+    let target = match &config.target {
+        TargetConfig::Embedded { node_cpus, .. } => format!(
+            "embedded node, {} shards on CPUs {}",
+            node_cpus.len(),
+            crate::runtime::cpuset::CpuSet::from_cpus(node_cpus.iter().copied())
+        ),
+        TargetConfig::Remote { addr } => format!("node at {addr}"),
+    };
+    let load = match config.load {
+        LoadConfig::Open { rate_per_s, .. } => format!("open loop at {rate_per_s:.0} events/s"),
+        LoadConfig::Closed { window } => format!("closed loop, {window} in flight per connection"),
+        LoadConfig::Sweep { slo_p99_us, .. } => format!("rate sweep for p99 <= {slo_p99_us} µs"),
+    };
+    let workload = &config.workload;
+    let mix = workload.mix;
+    format!(
+        "trove bench: {target}; {load}; {} connections{}; {} s after {} s warm-up\nworkload: {} hunts (zipf {}), {} players each, mix join {}% checkin {}% claim {}% leaderboard {}%, seed {}",
+        config.connections,
+        if config.shard_aware {
+            ", shard-aware"
+        } else {
+            ""
+        },
+        config.duration_s,
+        config.warmup_s,
+        workload.hunts,
+        workload.zipf,
+        workload.players_per_hunt,
+        mix.join,
+        mix.checkin,
+        mix.claim,
+        mix.leaderboard,
+        workload.seed,
+    )
+}
+
+/// `trove bench`: runs the benchmark the flags describe and returns the exit code.
+pub fn run(args: &BenchArgs) -> i32 {
+    let config = match BenchConfig::from_args(args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("trove bench: {message}");
+            return 2;
+        }
+    };
+    if config.null_sink {
+        let rate = session::null_sink_rate(&config);
+        println!(
+            "null sink: {rate:.0} events/s made and encoded by {} generator threads ({} events per frame, no network)",
+            config.connections, config.events_per_frame
+        );
+        return 0;
+    }
+    let mut progress = Progress::new(config.quiet);
+    let report = match session::execute(&config, &mut progress) {
+        Ok(report) => report,
+        Err(message) => {
+            eprintln!("trove bench: {message}");
+            return 1;
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{}", describe(&config));
+    if let Err(error) = report::print_summary(&report, &mut stdout) {
+        eprintln!("trove bench: cannot print the summary: {error}");
+        return 1;
+    }
+    if let Some(out) = &config.out {
+        match report::write_all(out, &report) {
+            Ok(files) => {
+                let _ = writeln!(
+                    stdout,
+                    "reports written to {} ({} files)",
+                    out.display(),
+                    files.len()
+                );
+            }
+            Err(error) => {
+                eprintln!(
+                    "trove bench: cannot write the reports into {}: {error}",
+                    out.display()
+                );
+                return 1;
+            }
+        }
+    }
+    0
+}

@@ -19,6 +19,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     Node(node::NodeArgs),
+    Bench(crate::bench::args::BenchArgs),
     /// Check this host for a pinned node, measure its CPUs' jitter, print fixes.
     Tune(crate::tune::TuneArgs),
     Sim(crate::sim::SimArgs),
@@ -38,6 +39,7 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Node(args) => node::run(&args),
+        Command::Bench(args) => crate::bench::run(&args),
         Command::Tune(args) => crate::tune::run(args),
         Command::Sim(args) => crate::sim::run(args),
         Command::Gate(args) => crate::gate::run(args),

@@ -134,9 +134,11 @@ fn read_frame(
             input.consume(len);
             return Ok((kind, body));
         }
-        let read = stream
-            .read(input.spare(frame_len))
-            .map_err(io_error("cannot read from the node"))?;
+        let read = match stream.read(input.spare(frame_len)) {
+            // A signal landed on this thread mid-read (glommio's executors use signals): retry.
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            read => read.map_err(io_error("cannot read from the node"))?,
+        };
         if read == 0 {
             check_stream_end(input.pending()).map_err(ClientError::Protocol)?;
             return Err(ClientError::Io {

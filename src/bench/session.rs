@@ -1,0 +1,335 @@
+//! One `trove bench` invocation from start to finish: start the embedded node (unless a target
+//! is given), calibrate, set the hunts up, run the load (once, or as a sweep), drive the peer
+//! with the same events, stop the node, and hand back a [`Report`].
+//!
+//! Runs on the thread that invoked the benchmark; the node's shards and the generator threads
+//! are started and joined from here.
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use crate::bench::config::{BenchConfig, LoadConfig, PeerConfig, TargetConfig};
+use crate::bench::progress::Progress;
+use crate::bench::report::{IntervalSample, LoadModel, Report, RunRecord, Sweep, SweepStep};
+use crate::bench::run::{LoadSpec, Measurement, RunPlan, measure, set_up_hunts};
+use crate::bench::trove_protocol::TroveProtocol;
+use crate::client::{connect_stream, fetch_map};
+use crate::constants::SWEEP_STEPS_MAX;
+use crate::net::{Node, NodeConfig};
+use crate::runtime::config::RuntimeConfig;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Warm-up of each sweep step: enough for connections and caches, short enough for many steps.
+const SWEEP_WARMUP: Duration = Duration::from_millis(500);
+/// Bisection steps after a sweep finds the first rate that breaks the objective.
+const SWEEP_REFINE_STEPS: usize = 3;
+
+/// The embedded node, when the benchmark started one.
+struct Embedded(Node);
+
+fn start_target(config: &BenchConfig) -> Result<(SocketAddr, Option<Embedded>), String> {
+    match &config.target {
+        TargetConfig::Remote { addr } => Ok((*addr, None)),
+        TargetConfig::Embedded {
+            node_cpus,
+            partitions,
+            fail_fast,
+        } => {
+            let runtime = RuntimeConfig {
+                partitions: *partitions,
+                fail_fast: *fail_fast,
+                ..RuntimeConfig::on_cpus(node_cpus.clone())
+            };
+            let node = Node::start(&NodeConfig {
+                runtime,
+                ..NodeConfig::loopback(node_cpus.clone())
+            })
+            .map_err(|error| format!("cannot start the embedded node: {error}"))?;
+            Ok((node.addr(), Some(Embedded(node))))
+        }
+    }
+}
+
+/// The connections of one generator thread to a trove node: one per shard when shard-aware.
+fn connect_trove(
+    addr: SocketAddr,
+    shard_aware: bool,
+    events_per_frame: usize,
+) -> Result<(TroveProtocol, Vec<TcpStream>), String> {
+    let mut first = connect_stream(addr, CONNECT_TIMEOUT).map_err(|error| error.to_string())?;
+    let (map, ports) = fetch_map(&mut first, CONNECT_TIMEOUT).map_err(|error| error.to_string())?;
+    let streams = if shard_aware {
+        ports
+            .iter()
+            .map(|&port| connect_stream(SocketAddr::new(addr.ip(), port), CONNECT_TIMEOUT))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| error.to_string())?
+    } else {
+        vec![first]
+    };
+    Ok((
+        TroveProtocol::new(map, shard_aware, events_per_frame),
+        streams,
+    ))
+}
+
+fn plan(config: &BenchConfig, load: LoadSpec, warmup: Duration, duration: Duration) -> RunPlan {
+    RunPlan {
+        workload: config.workload.clone(),
+        load,
+        connections: config.connections,
+        events_per_frame: config.events_per_frame,
+        shard_aware: config.shard_aware,
+        warmup,
+        duration,
+        client_cpus: config.client_cpus.clone(),
+    }
+}
+
+/// Runs one measured phase against trove, showing progress.
+fn measure_trove(
+    addr: SocketAddr,
+    config: &BenchConfig,
+    plan: &RunPlan,
+    label: &str,
+    progress: &mut Progress,
+) -> Result<Measurement, String> {
+    progress.start_phase(
+        label,
+        plan.warmup.as_secs_f64(),
+        plan.duration.as_secs_f64(),
+    );
+    let result = measure(
+        plan,
+        |_| connect_trove(addr, config.shard_aware, config.events_per_frame),
+        &mut |second, latencies, replies| progress.interval(second, latencies, replies),
+    );
+    progress.finish_phase();
+    result
+}
+
+/// The report form of a measurement.
+pub fn run_record(target: &str, measurement: &Measurement) -> RunRecord {
+    let counts = &measurement.counts;
+    RunRecord {
+        target: target.to_owned(),
+        load: match measurement.load {
+            LoadSpec::Open { rate_per_s, .. } => LoadModel::Open { rate_per_s },
+            LoadSpec::Closed { window } => LoadModel::Closed {
+                inflight_per_connection: window,
+            },
+        },
+        started_unix_ms: measurement.started_unix_ms,
+        duration_s: measurement.duration_s,
+        sent: counts.sent,
+        acknowledged: counts.ok,
+        rejected: counts.rejected,
+        busy: counts.busy,
+        errors: counts.errors + measurement.missing,
+        bytes_sent: counts.bytes_sent,
+        bytes_received: counts.bytes_received,
+        corrected_ns: measurement.latencies.corrected_ns.clone(),
+        uncorrected_ns: measurement.latencies.uncorrected_ns.clone(),
+        lag_ns: measurement.lag_ns.clone(),
+        intervals: measurement
+            .intervals
+            .iter()
+            .enumerate()
+            .map(|(second, latencies)| IntervalSample {
+                start_offset_s: second as f64,
+                duration_s: 1.0,
+                corrected_ns: latencies.corrected_ns.clone(),
+                uncorrected_ns: latencies.uncorrected_ns.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// True if an open-loop step kept up with its rate and held the p99 objective.
+fn held_objective(measurement: &Measurement, rate_per_s: f64, slo_p99_us: f64) -> bool {
+    let p99_us = measurement.latencies.corrected_ns.value_at_quantile(0.99) as f64 / 1_000.0;
+    let counts = &measurement.counts;
+    p99_us <= slo_p99_us
+        && measurement.achieved_rate() >= 0.95 * rate_per_s
+        && counts.errors == 0
+        && counts.busy == 0
+        && measurement.missing == 0
+}
+
+/// Steps the rate up by `factor` until the objective breaks, then bisects between the last
+/// rate that held and the first that did not (the way the OpenMessaging Benchmark searches
+/// for its maximum rate).
+fn sweep(
+    slo_p99_us: f64,
+    start_rate_per_s: f64,
+    factor: f64,
+    mut step: impl FnMut(f64, usize) -> Result<Measurement, String>,
+) -> Result<(Sweep, Measurement), String> {
+    let mut steps = Vec::new();
+    let mut best: Option<(f64, Measurement)> = None;
+    let mut last_failed: Option<(f64, Measurement)> = None;
+    let mut rate = start_rate_per_s;
+    while steps.len() < SWEEP_STEPS_MAX {
+        let measurement = step(rate, steps.len())?;
+        let met = held_objective(&measurement, rate, slo_p99_us);
+        steps.push(SweepStep {
+            offered_rate_per_s: rate,
+            record: run_record("trove", &measurement),
+            met_slo: met,
+        });
+        if !met {
+            last_failed = Some((rate, measurement));
+            break;
+        }
+        best = Some((rate, measurement));
+        rate *= factor;
+    }
+    let bounds = best
+        .as_ref()
+        .map(|(rate, _)| *rate)
+        .zip(last_failed.as_ref().map(|(rate, _)| *rate));
+    if let Some((mut low, mut high)) = bounds {
+        for _ in 0..SWEEP_REFINE_STEPS {
+            if steps.len() >= SWEEP_STEPS_MAX {
+                break;
+            }
+            let middle = (low * high).sqrt();
+            let measurement = step(middle, steps.len())?;
+            let met = held_objective(&measurement, middle, slo_p99_us);
+            steps.push(SweepStep {
+                offered_rate_per_s: middle,
+                record: run_record("trove", &measurement),
+                met_slo: met,
+            });
+            if met {
+                low = middle;
+                best = Some((middle, measurement));
+            } else {
+                high = middle;
+            }
+        }
+    }
+    let best_rate_per_s = best.as_ref().map(|(rate, _)| *rate);
+    let headline = best
+        .or(last_failed)
+        .map(|(_, measurement)| measurement)
+        .expect("a sweep runs at least one step");
+    Ok((
+        Sweep {
+            slo_p99_us,
+            steps,
+            best_rate_per_s,
+        },
+        headline,
+    ))
+}
+
+/// The main measurement: one run, or a sweep whose best step stands for it.
+fn run_main(
+    addr: SocketAddr,
+    config: &BenchConfig,
+    progress: &mut Progress,
+) -> Result<(Measurement, Option<Sweep>), String> {
+    match config.load {
+        LoadConfig::Sweep {
+            slo_p99_us,
+            start_rate_per_s,
+            factor,
+            step_s,
+            inflight_max,
+        } => {
+            let step_duration = Duration::from_secs_f64(step_s);
+            let (sweep, headline) =
+                sweep(slo_p99_us, start_rate_per_s, factor, |rate_per_s, index| {
+                    let load = LoadSpec::Open {
+                        rate_per_s,
+                        inflight_max,
+                    };
+                    let step_plan = plan(config, load, SWEEP_WARMUP, step_duration);
+                    let label = format!("step {} {:.0}/s", index + 1, rate_per_s);
+                    measure_trove(addr, config, &step_plan, &label, progress)
+                })?;
+            Ok((headline, Some(sweep)))
+        }
+        _ => {
+            let load = config.load_spec().expect("a single run has a load");
+            let main_plan = plan(config, load, config.warmup(), config.duration());
+            Ok((
+                measure_trove(addr, config, &main_plan, "trove", progress)?,
+                None,
+            ))
+        }
+    }
+}
+
+/// Runs a whole benchmark as `config` says.
+pub fn execute(config: &BenchConfig, progress: &mut Progress) -> Result<Report, String> {
+    let (addr, embedded) = start_target(config)?;
+    let result = execute_against(addr, config, progress);
+    if let Some(Embedded(node)) = embedded {
+        node.stop();
+    }
+    result
+}
+
+fn execute_against(
+    addr: SocketAddr,
+    config: &BenchConfig,
+    progress: &mut Progress,
+) -> Result<Report, String> {
+    let calibration = if config.calibrate {
+        progress.note("measuring the loopback round trip and byte rate…");
+        let _ = embedded_cpu(config);
+        return Err("--calibrate is being built".into());
+    } else {
+        None
+    };
+    progress.note(&format!(
+        "setting up {} hunts with {} players each…",
+        config.workload.hunts, config.workload.players_per_hunt
+    ));
+    set_up_hunts(addr, &config.workload)
+        .map_err(|error| format!("cannot set the hunts up on {addr}: {error}"))?;
+    let (main, sweep) = run_main(addr, config, progress)?;
+    let peer = match &config.peer {
+        Some(peer) => Some(run_peer(peer, config, main.load, progress)?),
+        None => None,
+    };
+    Ok(Report {
+        config: serde_json::to_value(config).expect("the configuration serializes"),
+        seed: config.workload.seed,
+        main: run_record("trove", &main),
+        peer,
+        calibration,
+        sweep,
+    })
+}
+
+/// The CPU of the embedded node's first shard, where calibration's server side runs too.
+fn embedded_cpu(config: &BenchConfig) -> Option<usize> {
+    match &config.target {
+        TargetConfig::Embedded { node_cpus, .. } => node_cpus.first().copied(),
+        TargetConfig::Remote { .. } => None,
+    }
+}
+
+/// Drives the peer with the same event stream and load as the main run.
+fn run_peer(
+    peer: &PeerConfig,
+    _config: &BenchConfig,
+    _load: LoadSpec,
+    _progress: &mut Progress,
+) -> Result<RunRecord, String> {
+    Err(format!("--peer {} is being built", peer.name))
+}
+
+/// The generator alone, into nothing: events made and encoded per second, per thread summed.
+pub fn null_sink_rate(config: &BenchConfig) -> f64 {
+    crate::bench::null_sink::rate(
+        &config.workload,
+        config.connections,
+        config.events_per_frame,
+        config.duration(),
+        &config.client_cpus,
+    )
+}
