@@ -22,6 +22,20 @@ use args::BenchArgs;
 use config::BenchConfig;
 use progress::Progress;
 
+/// One benchmark run for `trove gate`: the default configuration (embedded node, closed loop)
+/// with the gate's workload file and loopback calibration, returned as a summary JSON.
+pub fn run_for_gate(workload: Option<&std::path::Path>) -> Result<serde_json::Value, String> {
+    let args = BenchArgs {
+        workload: workload.map(std::path::Path::to_path_buf),
+        calibrate: true,
+        quiet: true,
+        ..BenchArgs::default()
+    };
+    let config = BenchConfig::from_args(&args)?;
+    let report = session::execute(&config, &mut Progress::silent())?;
+    serde_json::to_value(report::Summary::of_report(&report)).map_err(|error| error.to_string())
+}
+
 /// One line that says what was run, above the results.
 fn describe(config: &BenchConfig) -> String {
     use config::{LoadConfig, TargetConfig};

@@ -42,6 +42,11 @@ pub fn main() -> i32 {
         Command::Bench(args) => crate::bench::run(&args),
         Command::Tune(args) => crate::tune::run(args),
         Command::Sim(args) => crate::sim::run(args),
-        Command::Gate(args) => crate::gate::run(args),
+        Command::Gate(args) => {
+            let runner = |request: &crate::gate::GateRunRequest| {
+                crate::bench::run_for_gate(request.workload.as_deref())
+            };
+            crate::gate::run(args, &runner)
+        }
     }
 }
