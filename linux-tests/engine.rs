@@ -1,19 +1,45 @@
-//! The engine over real loopback sockets: a node, clients, and everything between.
+//! The engine over real loopback sockets: a node in this process, clients on plain threads.
+//!
+//! What must hold: N events in, N replies out, each exactly once, in order per partition, with
+//! one shard or two, with shard-aware clients and with clients that make the mesh carry the
+//! traffic; a shard slowed on purpose fills its budget and blocks senders without losing
+//! anything or growing; malformed input gets a clear error while other connections carry on.
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
-use trove::client::{self, ClientConfig, Incoming};
-use trove::core::ids::{HuntId, PlayerId, TreasureId};
-use trove::core::message::{
-    ArchivedOutcome, Event, EventKind, HuntSpec, TreasureSpec, claim_code_hash,
+use trove::client::{self, ClientConfig, EventSender, Incoming, ReplyReceiver};
+use trove::core::codec::access_record;
+use trove::core::codec::{
+    Decoded, ERROR_CODE_CONNECTION_LIMIT, FrameBuilder, FrameKind, Records, decode_frame,
 };
-use trove::net::{Node, NodeConfig};
-use trove::runtime::config::allowed_cpus;
+use trove::core::ids::{HuntId, PlayerId, ShardId, TreasureId};
+use trove::core::message::{
+    ArchivedErrorMessage, ArchivedOutcome, Event, EventKind, HuntSpec, TreasureSpec,
+    claim_code_hash,
+};
+use trove::net::{Node, NodeConfig, NodeReport};
+use trove::runtime::config::{ApplyDelay, Budget, allowed_cpus};
 
-fn two_shards() -> Vec<usize> {
-    let cpus = allowed_cpus();
-    vec![cpus[0], *cpus.get(1).unwrap_or(&cpus[0])]
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn cpus(shards: usize) -> Vec<usize> {
+    allowed_cpus().into_iter().cycle().take(shards).collect()
+}
+
+fn start(shards: usize, edit: impl FnOnce(&mut NodeConfig)) -> Node {
+    let mut config = NodeConfig::loopback(cpus(shards));
+    edit(&mut config);
+    Node::start(&config).expect("the node starts")
+}
+
+fn connect(node: &Node, shard_aware: bool) -> (EventSender, ReplyReceiver) {
+    let mut config = ClientConfig::new(node.addr());
+    config.shard_aware = shard_aware;
+    config.events_per_frame = 32;
+    client::connect(&config).expect("the client connects")
 }
 
 fn event(seq: u64, hunt: u64, player: u64, kind: EventKind) -> Event {
@@ -26,60 +52,598 @@ fn event(seq: u64, hunt: u64, player: u64, kind: EventKind) -> Event {
     }
 }
 
-#[test]
-fn smoke() {
-    let node = Node::start(&NodeConfig::loopback(two_shards())).expect("node starts");
-    let mut config = ClientConfig::new(node.addr());
-    config.shard_aware = false;
-    let (mut sender, mut receiver) = client::connect(&config).expect("client connects");
-    let spec = HuntSpec {
+fn spec() -> HuntSpec {
+    HuntSpec {
         waypoints: vec![],
-        treasures: vec![TreasureSpec {
-            code_hash: claim_code_hash(b"gold"),
-            points: 5,
-        }],
-    };
+        treasures: (0..4)
+            .map(|t| TreasureSpec {
+                code_hash: claim_code_hash(format!("code-{t}").as_bytes()),
+                points: 10,
+            })
+            .collect(),
+    }
+}
+
+/// The outcome of each reply, as text, by sequence number; panics on a duplicate.
+type Outcomes = BTreeMap<u64, String>;
+
+fn collect(
+    receiver: &mut ReplyReceiver,
+    expected: usize,
+    outcomes: &mut Outcomes,
+    order: &mut Vec<u64>,
+) {
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    while outcomes.len() < expected {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match receiver.recv_timeout(left) {
+            Ok(Incoming::Replies(frame)) => {
+                for reply in frame.replies() {
+                    let seq = reply.client_seq.to_native();
+                    let previous = outcomes.insert(seq, format!("{:?}", reply.outcome));
+                    assert!(previous.is_none(), "event {seq} was answered twice");
+                    order.push(seq);
+                }
+            }
+            Ok(Incoming::NodeError { message, .. }) => panic!("the node refused: {message}"),
+            Ok(Incoming::Closed { error, .. }) => panic!("a connection closed: {error:?}"),
+            Err(error) => panic!("{error:?} after {} of {expected} replies", outcomes.len()),
+        }
+    }
+}
+
+/// Creates `hunts` hunts with `players` players, then sends `rounds` rounds of claims and
+/// check-ins over all of them; returns every event sent, by sequence number.
+fn drive(
+    node: &Node,
+    shard_aware: bool,
+    hunts: u64,
+    players: u64,
+    rounds: u64,
+) -> (BTreeMap<u64, Event>, Outcomes, Vec<u64>) {
+    let (mut sender, mut receiver) = connect(node, shard_aware);
+    let mut sent = BTreeMap::new();
     let mut seq = 0;
-    for hunt in 0..20 {
+    let send = |sender: &mut EventSender, event: Event, sent: &mut BTreeMap<u64, Event>| {
+        sender.send(&event).unwrap();
+        sent.insert(event.client_seq, event);
+    };
+    for hunt in 0..hunts {
+        seq += 1;
+        send(
+            &mut sender,
+            event(seq, hunt, 0, EventKind::CreateHunt(spec())),
+            &mut sent,
+        );
+        for player in 1..=players {
+            seq += 1;
+            send(
+                &mut sender,
+                event(seq, hunt, player, EventKind::Join),
+                &mut sent,
+            );
+        }
+    }
+    for round in 0..rounds {
+        for hunt in 0..hunts {
+            seq += 1;
+            let player = 1 + (round + hunt) % players;
+            let treasure = (round % 4) as u32;
+            let kind = EventKind::Claim {
+                treasure: TreasureId(treasure),
+                code: format!("code-{treasure}"),
+            };
+            send(&mut sender, event(seq, hunt, player, kind), &mut sent);
+        }
+    }
+    sender.flush().unwrap();
+    let mut outcomes = Outcomes::new();
+    let mut order = Vec::new();
+    collect(&mut receiver, sent.len(), &mut outcomes, &mut order);
+    sender.finish().unwrap();
+    (sent, outcomes, order)
+}
+
+fn assert_every_event_answered_once_in_partition_order(
+    sent: &BTreeMap<u64, Event>,
+    outcomes: &Outcomes,
+    order: &[u64],
+) {
+    assert_eq!(outcomes.len(), sent.len(), "every event answered");
+    assert!(
+        sent.keys().eq(outcomes.keys()),
+        "the replies answer exactly the events sent"
+    );
+    // Events of one partition are applied in the order they were sent, so their replies come
+    // back in that order; across partitions there is no order to keep.
+    let partitioner = trove::core::partition::Partitioner::new(1024).unwrap();
+    let mut last_seen: HashMap<u32, u64> = HashMap::new();
+    for &seq in order {
+        let partition = partitioner.partition_of(sent[&seq].hunt).0;
+        if let Some(previous) = last_seen.insert(partition, seq) {
+            assert!(
+                previous < seq,
+                "partition {partition}: reply {seq} came after {previous}"
+            );
+        }
+    }
+}
+
+fn assert_one_winner_per_treasure(sent: &BTreeMap<u64, Event>, outcomes: &Outcomes) {
+    let mut winners: HashMap<(HuntId, u32), u64> = HashMap::new();
+    for (seq, outcome) in outcomes {
+        if let EventKind::Claim { treasure, .. } = &sent[seq].kind {
+            if outcome.starts_with("Claimed") {
+                let previous = winners.insert((sent[seq].hunt, treasure.0), *seq);
+                assert!(
+                    previous.is_none(),
+                    "treasure {treasure:?} of {:?} won twice",
+                    sent[seq].hunt
+                );
+            } else {
+                assert!(
+                    outcome.starts_with("AlreadyClaimed"),
+                    "claim {seq}: {outcome}"
+                );
+            }
+        }
+    }
+    assert!(!winners.is_empty());
+}
+
+fn forwarded(report: &NodeReport) -> (u64, u64) {
+    let forwarded = report
+        .shards
+        .iter()
+        .map(|shard| shard.events_forwarded)
+        .sum();
+    let applied_for_peers = report
+        .shards
+        .iter()
+        .map(|shard| shard.events_applied_for_peers)
+        .sum();
+    (forwarded, applied_for_peers)
+}
+
+#[test]
+fn one_shard_answers_every_event_once_in_order() {
+    let node = start(1, |_| {});
+    let (sent, outcomes, order) = drive(&node, true, 40, 5, 50);
+    assert_every_event_answered_once_in_partition_order(&sent, &outcomes, &order);
+    assert_one_winner_per_treasure(&sent, &outcomes);
+    let report = node.stop();
+    assert_eq!(forwarded(&report), (0, 0));
+    assert_eq!(report.shards[0].events_applied as usize, sent.len());
+}
+
+#[test]
+fn two_shards_with_a_shard_aware_client_cross_no_core() {
+    let node = start(2, |_| {});
+    let (sent, outcomes, order) = drive(&node, true, 60, 5, 50);
+    assert_every_event_answered_once_in_partition_order(&sent, &outcomes, &order);
+    assert_one_winner_per_treasure(&sent, &outcomes);
+    let report = node.stop();
+    assert_eq!(
+        forwarded(&report),
+        (0, 0),
+        "shard-aware clients reach every owner directly"
+    );
+    assert!(report.shards.iter().all(|shard| shard.events_applied > 0));
+}
+
+#[test]
+fn two_shards_with_a_plain_client_carry_events_over_the_mesh() {
+    let node = start(2, |_| {});
+    let (sent, outcomes, order) = drive(&node, false, 60, 5, 80);
+    assert_every_event_answered_once_in_partition_order(&sent, &outcomes, &order);
+    assert_one_winner_per_treasure(&sent, &outcomes);
+    let report = node.stop();
+    let (forwarded, applied_for_peers) = forwarded(&report);
+    assert!(
+        forwarded > sent.len() as u64 / 4,
+        "only {forwarded} of {} events crossed the mesh",
+        sent.len()
+    );
+    assert_eq!(
+        forwarded, applied_for_peers,
+        "every forwarded event was applied exactly once"
+    );
+    let applied: u64 = report
+        .shards
+        .iter()
+        .map(|shard| shard.events_applied + shard.events_applied_for_peers)
+        .sum();
+    assert_eq!(applied as usize, sent.len());
+}
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+#[test]
+fn a_slow_shard_fills_its_budget_blocks_senders_and_loses_nothing() {
+    let budget = Budget {
+        shard_events: 512,
+        connection_events: 512,
+        mesh_events: 256,
+        ..Budget::default()
+    };
+    let node = start(2, |config| {
+        config.runtime.budget = budget;
+        config.runtime.apply_delay = Some(ApplyDelay {
+            shard: ShardId(1),
+            per_event: Duration::from_micros(20),
+        });
+    });
+    let (mut sender, mut receiver) = connect(&node, false);
+    let hunts = 64u64;
+    let mut seq = 0;
+    let mut expected = 0usize;
+    for hunt in 0..hunts {
+        seq += 1;
         sender
-            .send(&event(seq, hunt, 0, EventKind::CreateHunt(spec.clone())))
+            .send(&event(seq, hunt, 0, EventKind::CreateHunt(spec())))
             .unwrap();
         seq += 1;
         sender.send(&event(seq, hunt, 1, EventKind::Join)).unwrap();
+        expected += 2;
+    }
+    // Far more events than the budgets hold, sent as fast as the node lets us.
+    let total = 40_000usize;
+    let collector = std::thread::spawn(move || {
+        let mut outcomes = Outcomes::new();
+        let mut order = Vec::new();
+        collect(&mut receiver, expected + total, &mut outcomes, &mut order);
+        outcomes
+    });
+    let mut rss_at_quarter = 0;
+    for index in 0..total {
+        seq += 1;
+        let hunt = index as u64 % hunts;
+        sender
+            .send(&event(seq, hunt, 1, EventKind::Leaderboard { top_k: 3 }))
+            .unwrap();
+        if index == total / 4 {
+            rss_at_quarter = resident_bytes();
+        }
+    }
+    sender.flush().unwrap();
+    let rss_at_end = resident_bytes();
+    let outcomes = collector.join().unwrap();
+    assert_eq!(
+        outcomes.len(),
+        expected + total,
+        "every event answered, none lost"
+    );
+    assert!(
+        outcomes
+            .values()
+            .all(|outcome| !outcome.contains("Busy") && !outcome.contains("Error"))
+    );
+    let report = node.stop();
+    for shard in &report.shards {
+        assert!(
+            shard.socket_inflight_peak.events <= budget.shard_events,
+            "{shard:?}"
+        );
+    }
+    let origin = report
+        .shards
+        .iter()
+        .max_by_key(|shard| shard.events_forwarded)
+        .unwrap();
+    assert!(origin.mesh_inflight_peak.events <= budget.mesh_per_source(2).events);
+    let waits: u64 = report
+        .shards
+        .iter()
+        .map(|shard| shard.socket_credit_waits + shard.mesh_credit_waits)
+        .sum();
+    assert!(
+        waits > 0,
+        "the slow shard never made a sender wait: {report:?}"
+    );
+    assert!(
+        report.shards.iter().any(
+            |shard| shard.socket_inflight_peak.events == budget.shard_events
+                || shard.mesh_inflight_peak.events == budget.mesh_per_source(2).events
+        ),
+        "no budget was ever full: {report:?}"
+    );
+    // Bounded queues: the last three quarters of the flood did not grow the process.
+    let growth = rss_at_end.saturating_sub(rss_at_quarter);
+    assert!(
+        growth < 32 << 20,
+        "resident memory grew by {} MiB while the node was saturated",
+        growth >> 20
+    );
+}
+
+#[test]
+fn fail_fast_answers_busy_instead_of_waiting() {
+    let node = start(2, |config| {
+        config.runtime.fail_fast = true;
+        config.runtime.budget = Budget {
+            shard_events: 64,
+            connection_events: 64,
+            mesh_events: 256,
+            ..Budget::default()
+        };
+        config.runtime.apply_delay = Some(ApplyDelay {
+            shard: ShardId(1),
+            per_event: Duration::from_micros(50),
+        });
+    });
+    let (mut sender, mut receiver) = connect(&node, false);
+    let mut seq = 0;
+    for hunt in 0..32 {
+        seq += 1;
+        sender
+            .send(&event(seq, hunt, 0, EventKind::CreateHunt(spec())))
+            .unwrap();
+    }
+    sender.flush().unwrap();
+    let mut outcomes = Outcomes::new();
+    let mut order = Vec::new();
+    collect(&mut receiver, seq as usize, &mut outcomes, &mut order);
+    for index in 0..20_000u64 {
         seq += 1;
         sender
             .send(&event(
                 seq,
-                hunt,
-                1,
-                EventKind::Claim {
-                    treasure: TreasureId(0),
-                    code: "gold".into(),
-                },
+                index % 32,
+                0,
+                EventKind::Leaderboard { top_k: 1 },
             ))
             .unwrap();
-        seq += 1;
     }
     sender.flush().unwrap();
-    let mut outcomes = HashMap::new();
-    while outcomes.len() < seq as usize {
-        match receiver.recv_timeout(Duration::from_secs(10)) {
-            Ok(Incoming::Replies(frame)) => {
-                for reply in frame.replies() {
-                    outcomes.insert(reply.client_seq.to_native(), format!("{:?}", reply.outcome));
+    collect(&mut receiver, seq as usize, &mut outcomes, &mut order);
+    let busy = outcomes
+        .values()
+        .filter(|outcome| outcome.contains("Busy"))
+        .count();
+    assert!(
+        busy > 0,
+        "a saturated fail-fast node answered nothing with Busy"
+    );
+    assert!(busy < outcomes.len(), "every event was refused");
+    let report = node.stop();
+    let counted: u64 = report.shards.iter().map(|shard| shard.busy_replies).sum();
+    assert_eq!(counted as usize, busy);
+}
+
+/// Reads a raw connection to its end and returns the error frame it got, if any, and the
+/// sequence numbers of the replies that came before it.
+fn read_to_end(stream: &mut TcpStream) -> (Option<(u16, String)>, Vec<u64>) {
+    stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    let mut bytes = Vec::new();
+    stream
+        .read_to_end(&mut bytes)
+        .expect("the node closes the connection");
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    aligned.extend_from_slice(&bytes);
+    let mut rest: &[u8] = &aligned;
+    let mut replies = Vec::new();
+    let mut error = None;
+    while let Ok(Decoded::Frame {
+        header,
+        body,
+        frame_len,
+    }) = decode_frame(rest)
+    {
+        let records = Records::parse(header.kind, body).unwrap();
+        match header.kind {
+            FrameKind::Replies => {
+                for (index, record) in records.iter().enumerate() {
+                    let reply =
+                        access_record::<trove::core::message::ArchivedReply>(index as u32, record)
+                            .unwrap();
+                    replies.push(reply.client_seq.to_native());
                 }
             }
-            Ok(Incoming::NodeError { message, .. }) => panic!("node error {message}"),
-            Ok(Incoming::Closed { error, .. }) => panic!("closed {error:?}"),
-            Err(error) => panic!("{error:?} with {} of {seq} replies", outcomes.len()),
+            FrameKind::Error => {
+                let message =
+                    access_record::<ArchivedErrorMessage>(0, records.iter().next().unwrap())
+                        .unwrap();
+                error = Some((message.code.to_native(), message.message.to_string()));
+            }
+            kind => panic!("unexpected {kind:?} frame"),
         }
+        rest = &rest[frame_len..];
     }
-    for s in (2..seq).step_by(3) {
-        assert!(outcomes[&s].contains("Claimed"), "{}", outcomes[&s]);
+    assert!(rest.is_empty(), "the node sent a partial frame");
+    (error, replies)
+}
+
+fn good_frame(first_seq: u64, events: u64) -> Vec<u8> {
+    let mut frames = FrameBuilder::new();
+    frames.begin(FrameKind::Events);
+    for seq in first_seq..first_seq + events {
+        frames
+            .push(&event(seq, seq % 7, 1, EventKind::Leaderboard { top_k: 1 }))
+            .unwrap();
     }
-    let _ = ArchivedOutcome::Busy;
-    sender.finish().unwrap();
+    frames.finish(1);
+    frames.bytes().to_vec()
+}
+
+fn with_valid_header_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    let hash = xxhash_rust::xxh3::xxh3_64(&frame[..24]);
+    frame[24..32].copy_from_slice(&hash.to_le_bytes());
+    frame
+}
+
+#[test]
+fn malformed_input_gets_a_clear_error_and_other_connections_carry_on() {
+    let node = start(2, |_| {});
+    let (mut sender, mut receiver) = connect(&node, false);
+    let oversized = {
+        let mut frame = good_frame(1, 1);
+        frame[8..12].copy_from_slice(&(1u32 << 30).to_le_bytes());
+        with_valid_header_checksum(frame)
+    };
+    let wrong_checksum = {
+        let mut frame = good_frame(1, 3);
+        let last = frame.len() - 20;
+        frame[last] ^= 0xff;
+        frame
+    };
+    let wrong_magic = {
+        let mut frame = good_frame(1, 1);
+        frame[0] = b'X';
+        frame
+    };
+    let truncated = good_frame(1, 5)[..100].to_vec();
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        (
+            "garbage",
+            b"GET / HTTP/1.1\r\nHost: trove\r\n\r\n".to_vec(),
+            "bad magic",
+        ),
+        ("truncated frame", truncated, "ended inside a frame"),
+        ("oversized length", oversized, "exceeds the limit"),
+        ("wrong magic", wrong_magic, "bad magic"),
+        ("wrong checksum", wrong_checksum, "checksum"),
+    ];
+    let mut seq = 1_000_000;
+    for (name, bad, expected) in cases {
+        // Two good events first: their replies must come back before the error.
+        let mut raw = TcpStream::connect(node.addr()).unwrap();
+        raw.write_all(&good_frame(7, 2)).unwrap();
+        raw.write_all(&bad).unwrap();
+        raw.shutdown(Shutdown::Write).unwrap();
+        let (error, mut replies) = read_to_end(&mut raw);
+        let (_, message) = error.unwrap_or_else(|| panic!("{name}: no error frame"));
+        // Two hunts, maybe two shards: their replies may come back in either order.
+        replies.sort_unstable();
+        assert!(
+            message.contains(expected),
+            "{name}: `{message}` does not say `{expected}`"
+        );
+        assert_eq!(
+            replies,
+            vec![7, 8],
+            "{name}: events accepted before the bad input were answered"
+        );
+        // Meanwhile a well-behaved client is still served.
+        seq += 1;
+        sender
+            .send(&event(seq, 3, 1, EventKind::Leaderboard { top_k: 1 }))
+            .unwrap();
+        sender.flush().unwrap();
+        let mut outcomes = Outcomes::new();
+        collect(&mut receiver, 1, &mut outcomes, &mut Vec::new());
+        assert!(
+            outcomes.contains_key(&seq),
+            "{name}: the other connection went unanswered"
+        );
+    }
     let report = node.stop();
-    let forwarded: u64 = report.shards.iter().map(|s| s.events_forwarded).sum();
-    assert!(forwarded > 0);
+    let rejected: u64 = report
+        .shards
+        .iter()
+        .map(|shard| shard.frames_rejected)
+        .sum();
+    assert_eq!(rejected, 5);
+}
+
+#[test]
+fn a_shard_refuses_connections_past_its_limit_with_a_message() {
+    let node = start(1, |_| {});
+    let addr: SocketAddr = node.shard_addrs()[0];
+    let limit = trove::constants::CONNECTIONS_PER_SHARD_MAX;
+    let mut open: Vec<TcpStream> = Vec::new();
+    // A map request on each proves the connection is being served.
+    let mut map_request = FrameBuilder::new();
+    map_request
+        .single::<Event>(FrameKind::MapRequest, 0, None)
+        .unwrap();
+    for _ in 0..limit {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(map_request.bytes()).unwrap();
+        let mut header = [0u8; 32];
+        stream.read_exact(&mut header).unwrap();
+        open.push(stream);
+    }
+    let mut refused = TcpStream::connect(addr).unwrap();
+    let (error, _) = read_to_end(&mut refused);
+    let (code, message) = error.expect("an error frame");
+    assert_eq!(code, ERROR_CODE_CONNECTION_LIMIT);
+    assert!(message.contains("as many connections"), "{message}");
+    drop(open);
+    node.stop();
+}
+
+#[test]
+fn stopping_answers_every_event_the_node_accepted() {
+    let node = start(2, |_| {});
+    let (mut sender, mut receiver) = connect(&node, false);
+    for hunt in 0..16 {
+        sender
+            .send(&event(hunt + 1, hunt, 0, EventKind::CreateHunt(spec())))
+            .unwrap();
+    }
+    let mut seq = 16;
+    let feeder = std::thread::spawn(move || {
+        // Keep sending until the node stops reading and closes.
+        loop {
+            seq += 1;
+            if sender
+                .send(&event(
+                    seq,
+                    seq % 16,
+                    0,
+                    EventKind::Leaderboard { top_k: 1 },
+                ))
+                .is_err()
+            {
+                return;
+            }
+            if seq % 512 == 0 && sender.flush().is_err() {
+                return;
+            }
+        }
+    });
+    // The client reads its replies all along, as a client must for the node to drain.
+    let collector = std::thread::spawn(move || {
+        let mut answered = 0u64;
+        while let Some(incoming) = receiver.recv() {
+            match incoming {
+                Incoming::Replies(frame) => {
+                    answered += frame
+                        .replies()
+                        .filter(|reply| !matches!(reply.outcome, ArchivedOutcome::Error { .. }))
+                        .count() as u64
+                }
+                Incoming::NodeError { message, .. } => panic!("{message}"),
+                Incoming::Closed { .. } => {}
+            }
+        }
+        answered
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let report = node.stop();
+    let force_closed: u64 = report
+        .shards
+        .iter()
+        .map(|shard| shard.connections_force_closed)
+        .sum();
+    assert_eq!(
+        force_closed, 0,
+        "a client that reads its replies is drained, not cut off"
+    );
+    let answered = collector.join().unwrap();
+    feeder.join().unwrap();
+    let applied: u64 = report
+        .shards
+        .iter()
+        .map(|shard| shard.events_applied + shard.events_applied_for_peers)
+        .sum();
+    assert!(applied > 16, "the node applied only {applied} events");
+    assert_eq!(
+        answered, applied,
+        "every applied event's reply reached the client before the close"
+    );
 }

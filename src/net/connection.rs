@@ -346,13 +346,21 @@ async fn write_loop(
         connection.out_changed.wake_all();
         if !broken {
             let written = or(
-                async { stream.write_all(spare.bytes()).await.is_ok() },
+                async { Some(stream.write_all(spare.bytes()).await.is_ok()) },
                 async {
                     shard.force_closing().await;
-                    false
+                    None
                 },
             );
-            broken = !written.await;
+            match written.await {
+                Some(true) => {}
+                Some(false) => broken = true,
+                None => {
+                    // The client did not read its replies within the shutdown grace period.
+                    shard.stats().connections_force_closed += 1;
+                    broken = true;
+                }
+            }
         }
         // Written, or never will be: either way the work is done and its credit returns.
         shard.release(sink, credit);

@@ -126,6 +126,8 @@ pub struct ShardStats {
     pub mesh_batches_received: u64,
     pub connections_accepted: u64,
     pub connections_refused: u64,
+    /// Connections cut at shutdown because their replies could not be written in time.
+    pub connections_force_closed: u64,
     pub frames_received: u64,
     pub frames_rejected: u64,
     pub busy_replies: u64,

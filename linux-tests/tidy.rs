@@ -1,0 +1,160 @@
+//! Keeps the architecture of DESIGN.md true in the source itself:
+//! - `src/core` and `src/sim` are sans-IO: no glommio, sockets, threads or clocks;
+//! - `src/runtime` and `src/net` hold no Mutex, RwLock or atomics (nothing shared between
+//!   shards on the data path);
+//! - dependencies point inward: no layer names a layer outside it;
+//! - every limit is named `*_MAX` (or is a `*_DEFAULT`/`*_MIN` beside one) in `constants.rs`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).unwrap_or_else(|error| panic!("{}: {error}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|extension| extension == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Lines of code (not comments) under `dir` that contain any of `needles`.
+fn offending_lines(dir: &str, needles: &[&str]) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut hits = Vec::new();
+    for file in rust_files(&root) {
+        let text = fs::read_to_string(&file).unwrap();
+        for (number, line) in text.lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            if let Some(needle) = needles.iter().find(|needle| code.contains(*needle)) {
+                hits.push(format!(
+                    "{}:{}: {needle}: {}",
+                    file.display(),
+                    number + 1,
+                    code
+                ));
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn the_core_and_the_simulator_are_sans_io() {
+    let banned = [
+        "glommio",
+        "std::net",
+        "std::thread",
+        "Instant::now",
+        "SystemTime::now",
+    ];
+    for dir in ["src/core", "src/sim"] {
+        let hits = offending_lines(dir, &banned);
+        assert!(
+            hits.is_empty(),
+            "{dir} must stay sans-IO:\n{}",
+            hits.join("\n")
+        );
+    }
+}
+
+#[test]
+fn the_runtime_and_the_network_share_nothing_between_shards() {
+    let banned = ["Mutex", "RwLock", "std::sync::atomic", "Atomic"];
+    for dir in ["src/runtime", "src/net"] {
+        let hits = offending_lines(dir, &banned);
+        assert!(
+            hits.is_empty(),
+            "{dir} must hold no locks or atomics:\n{}",
+            hits.join("\n")
+        );
+    }
+}
+
+#[test]
+fn dependencies_point_inward() {
+    // Each layer, and the layers further out that it must not name.
+    let layers: [(&str, &[&str]); 6] = [
+        (
+            "src/core",
+            &[
+                "runtime", "net", "client", "sim", "bench", "gate", "tune", "cli",
+            ],
+        ),
+        (
+            "src/sim",
+            &["runtime", "net", "client", "bench", "gate", "tune", "cli"],
+        ),
+        (
+            "src/runtime",
+            &["net", "client", "sim", "bench", "gate", "tune", "cli"],
+        ),
+        (
+            "src/net",
+            &["client", "sim", "bench", "gate", "tune", "cli"],
+        ),
+        (
+            "src/client",
+            &["runtime", "net", "sim", "bench", "gate", "tune", "cli"],
+        ),
+        (
+            "src/gate",
+            &["runtime", "net", "client", "sim", "tune", "cli"],
+        ),
+    ];
+    for (dir, outer) in layers {
+        let needles: Vec<String> = outer
+            .iter()
+            .map(|layer| format!("crate::{layer}"))
+            .collect();
+        let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+        let hits = offending_lines(dir, &needles);
+        assert!(
+            hits.is_empty(),
+            "{dir} names a layer outside it:\n{}",
+            hits.join("\n")
+        );
+    }
+    let constants =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/constants.rs")).unwrap();
+    assert!(
+        !constants.contains("use crate::"),
+        "constants.rs depends on nothing"
+    );
+}
+
+#[test]
+fn limits_are_named_for_what_they_are() {
+    let constants =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/constants.rs")).unwrap();
+    let mut unnamed = Vec::new();
+    for line in constants.lines() {
+        let Some(rest) = line
+            .strip_prefix("pub const ")
+            .filter(|rest| !rest.starts_with("fn "))
+        else {
+            continue;
+        };
+        let name = rest.split(':').next().unwrap();
+        // A limit ends in _MAX; its companions say what they are: a floor (_MIN), a default
+        // (_DEFAULT), a fixed size of the wire format (_BYTES, _ALIGN, MAGIC, VERSION).
+        let described = [
+            "_MAX", "_MIN", "_DEFAULT", "_BYTES", "_ALIGN", "_MAGIC", "_VERSION",
+        ]
+        .iter()
+        .any(|suffix| name.ends_with(suffix) || name.contains(&format!("{suffix}_")));
+        if !described {
+            unnamed.push(name.to_owned());
+        }
+    }
+    assert!(
+        unnamed.is_empty(),
+        "constants that do not say what kind of limit they are: {unnamed:?}"
+    );
+}
