@@ -32,7 +32,7 @@ pub struct BenchArgs {
     pub fail_fast: bool,
 
     /// Open loop: send this many events per second in total, whatever the replies do
-    #[arg(long, value_name = "EVENTS_PER_S", conflicts_with_all = ["closed", "sweep"])]
+    #[arg(long, value_name = "EVENTS_PER_S", conflicts_with_all = ["closed", "sweep"], allow_negative_numbers = true)]
     pub rate: Option<f64>,
     /// Open loop: most events in flight per connection before the generator falls behind schedule
     #[arg(long, value_name = "N")]
@@ -44,16 +44,16 @@ pub struct BenchArgs {
     #[arg(long)]
     pub sweep: bool,
     /// The p99 objective of a sweep, in microseconds (corrected latency)
-    #[arg(long, value_name = "US")]
+    #[arg(long, value_name = "US", allow_negative_numbers = true)]
     pub slo_p99_us: Option<f64>,
     /// The first rate a sweep tries, events/s
-    #[arg(long, value_name = "EVENTS_PER_S")]
+    #[arg(long, value_name = "EVENTS_PER_S", allow_negative_numbers = true)]
     pub sweep_start: Option<f64>,
     /// Each sweep step multiplies the rate by this until the objective breaks
-    #[arg(long, value_name = "FACTOR")]
+    #[arg(long, value_name = "FACTOR", allow_negative_numbers = true)]
     pub sweep_factor: Option<f64>,
     /// Measured seconds of each sweep step
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
     pub sweep_step_s: Option<f64>,
 
     /// Read the workload (hunts, skew, players, mix, seed…) from a TOML file; flags override it
@@ -63,7 +63,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub hunts: Option<u32>,
     /// Zipf exponent of hunt popularity (0 = uniform)
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
     pub zipf: Option<f64>,
     /// Players who join each hunt before the run
     #[arg(long, value_name = "N")]
@@ -85,10 +85,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_shard_aware: bool,
     /// Seconds of warm-up, measured but discarded
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
     pub warmup: Option<f64>,
     /// Seconds of the measured phase
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
     pub duration: Option<f64>,
 
     /// Write the reports (summary JSON, .hgrm, .hlog, CSV, Bencher and github-action-benchmark JSON, SVG plots) into DIR

@@ -86,9 +86,11 @@ pub fn run(args: &BenchArgs) -> i32 {
     };
     if config.null_sink {
         let rate = session::null_sink_rate(&config);
-        println!(
+        let _ = writeln!(
+            std::io::stdout(),
             "null sink: {rate:.0} events/s made and encoded by {} generator threads ({} events per frame, no network)",
-            config.connections, config.events_per_frame
+            config.connections,
+            config.events_per_frame
         );
         return 0;
     }

@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 
+use std::io::Write;
+
 use clap::Args;
 
 use crate::constants::{
@@ -130,7 +132,10 @@ pub fn run(args: &NodeArgs) -> i32 {
         .iter()
         .map(|addr| addr.port().to_string())
         .collect();
-    println!(
+    // Writes to stdout may fail (a supervisor closed it): the node runs on regardless.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(
+        stdout,
         "trove node listening on {} with {} shards on CPUs {} (shard ports {}); stop with Ctrl-C",
         node.addr(),
         config.runtime.shards(),
@@ -138,10 +143,11 @@ pub fn run(args: &NodeArgs) -> i32 {
         shard_ports.join(","),
     );
     let signal = wait_for_stop_signal(&signals);
-    println!("trove node: signal {signal} received, stopping");
+    let _ = writeln!(stdout, "trove node: signal {signal} received, stopping");
     let report = node.stop();
     for shard in &report.shards {
-        println!(
+        let _ = writeln!(
+            stdout,
             "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections, {} frames rejected",
             shard.shard,
             shard.cpu,

@@ -82,7 +82,8 @@ pub fn run(args: SimArgs) -> i32 {
         }
     };
     let report = simulate(&plan);
-    print!("{}", report.table());
+    // A closed stdout (`trove sim | head`) is not an error of the simulation.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), report.table().as_bytes());
     if let Some(path) = &plan.json {
         if let Err(message) = write(path, &report.to_json()) {
             eprintln!("trove sim: {message}");

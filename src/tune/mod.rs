@@ -228,11 +228,16 @@ fn run_check(args: &CheckArgs) -> Result<i32, String> {
         exit_code: exit_code(verdict),
     };
     if args.json {
-        println!("{}", report.to_json());
+        print_stdout(&format!("{}\n", report.to_json()));
     } else {
-        print!("{}", report.to_table());
+        print_stdout(&report.to_table());
     }
     Ok(report.exit_code)
+}
+
+/// Writes to stdout; a reader that went away (`trove tune check | head`) is not an error.
+fn print_stdout(text: &str) {
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
 }
 
 fn exit_code(verdict: Verdict) -> i32 {
@@ -252,14 +257,14 @@ fn run_script(args: &ScriptArgs) -> Result<i32, String> {
         shard_cpus: &target.shards.to_string(),
         housekeeping_cpus: &context.housekeeping.to_string(),
     };
-    print!("{}", script::render(&checks, &script_target));
+    print_stdout(&script::render(&checks, &script_target));
     Ok(EXIT_READY)
 }
 
 fn run_cpus(args: &CpusArgs) -> Result<i32, String> {
     let host = Host::open(&args.root.root)?;
     let topology = Topology::read(&host)?;
-    print!("{}", cpus_text(&topology, host.root()));
+    print_stdout(&cpus_text(&topology, host.root()));
     Ok(EXIT_READY)
 }
 
