@@ -13,11 +13,12 @@ use crate::constants::{
 use crate::net::{Node, NodeConfig};
 use crate::runtime::config::{Budget, RuntimeConfig, shard_cpus};
 use crate::runtime::cpuset::CpuSet;
+use crate::runtime::executors::StartError;
 
 /// Run a trove node: one shard per CPU, until SIGINT or SIGTERM.
 ///
-/// Exit codes: 0 after a clean stop; 1 when the node cannot start (the message says what to
-/// change); 2 for a usage error.
+/// Exit codes: 0 after a clean stop; 1 when this host cannot run the node (the message says what
+/// to change); 2 for a usage error (a bad flag or a configuration that cannot work).
 #[derive(Args, Debug)]
 pub struct NodeArgs {
     /// CPUs to run shards on, one shard each, in the kernel's list syntax (0-3,8) [default: every CPU this process may use]
@@ -124,7 +125,12 @@ pub fn run(args: &NodeArgs) -> i32 {
         Ok(node) => node,
         Err(error) => {
             eprintln!("trove node: cannot start: {error}");
-            return 1;
+            // A configuration that cannot work is a usage error; a host that cannot run it is not.
+            return if matches!(error, StartError::Config(_)) {
+                2
+            } else {
+                1
+            };
         }
     };
     let shard_ports: Vec<String> = node

@@ -1,0 +1,117 @@
+//! `trove node` as an operator runs it: it serves until SIGTERM or SIGINT and then stops
+//! cleanly, and on a host that cannot run it, it says what to change instead of panicking.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use trove::client::{self, ClientConfig, Incoming};
+use trove::core::ids::{HuntId, PlayerId};
+use trove::core::message::{Event, EventKind, HuntSpec};
+
+fn trove() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_trove"))
+}
+
+#[test]
+fn a_node_serves_until_sigterm_then_stops_cleanly() {
+    let mut node = trove()
+        .args([
+            "node",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--shards",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(node.stdout.take().unwrap());
+    let mut banner = String::new();
+    stdout.read_line(&mut banner).unwrap();
+    let addr = banner
+        .split_whitespace()
+        .find(|word| word.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no address in `{banner}`"))
+        .parse()
+        .unwrap();
+    let (mut sender, mut receiver) = client::connect(&ClientConfig::new(addr)).unwrap();
+    for hunt in 0..50u64 {
+        let kind = EventKind::CreateHunt(HuntSpec::default());
+        sender
+            .send(&Event {
+                hunt: HuntId(hunt),
+                player: PlayerId(1),
+                client_seq: hunt,
+                client_ts: 0,
+                kind,
+            })
+            .unwrap();
+    }
+    sender.flush().unwrap();
+    let mut answered = 0;
+    while answered < 50 {
+        match receiver.recv_timeout(Duration::from_secs(10)) {
+            Ok(Incoming::Replies(frame)) => answered += frame.replies().count(),
+            other => panic!("unexpected {:?}", other.map(|_| ())),
+        }
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(node.id() as i32, libc::SIGTERM) };
+    let status = node.wait().unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "the node exited with {status}: {rest}");
+    assert!(rest.contains("stopping"), "{rest}");
+    let applied: u64 = rest
+        .lines()
+        .filter_map(|line| {
+            line.split(": ")
+                .nth(1)?
+                .split(" events applied")
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(
+        applied, 50,
+        "the shards' report does not add up to the events sent:\n{rest}"
+    );
+}
+
+#[test]
+fn a_memlock_limit_too_low_is_explained_not_panicked() {
+    for tool in ["node --port 0", "bench --duration 1"] {
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -l 64 && exec \"$0\" {tool}"))
+            .arg(env!("CARGO_BIN_EXE_trove"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{tool}: {text}");
+        assert!(
+            text.contains("RLIMIT_MEMLOCK is 64 KiB") && text.contains("ulimit -l"),
+            "{tool}: {text}"
+        );
+        assert!(!text.contains("panicked"), "{tool}: {text}");
+    }
+}
+
+#[test]
+fn bad_node_flags_are_usage_errors() {
+    for (flags, expected) in [
+        (vec!["--partitions", "1000"], "power of two"),
+        (vec!["--cpus", "1000"], "affinity mask"),
+        (vec!["--cpus", "3-1"], "CPU list"),
+    ] {
+        let output = trove().arg("node").args(&flags).output().unwrap();
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flags:?}: {text}");
+        assert!(text.contains(expected), "{flags:?}: {text}");
+    }
+}
