@@ -647,3 +647,43 @@ fn stopping_answers_every_event_the_node_accepted() {
         "every applied event's reply reached the client before the close"
     );
 }
+
+#[test]
+fn a_client_that_never_reads_its_replies_is_cut_off_at_shutdown() {
+    let node = start(1, |config| {
+        config.runtime.budget = Budget {
+            shard_events: 4096,
+            connection_events: 4096,
+            ..Budget::default()
+        };
+    });
+    let mut raw = TcpStream::connect(node.addr()).unwrap();
+    // Leaderboard replies are larger than the events asking for them: the socket buffers fill
+    // with replies nobody reads, and the node's writer can no longer make progress.
+    let mut frames = FrameBuilder::new();
+    frames.begin(FrameKind::Events);
+    frames
+        .push(&event(1, 1, 0, EventKind::CreateHunt(spec())))
+        .unwrap();
+    frames.finish(1);
+    raw.write_all(frames.bytes()).unwrap();
+    raw.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut seq = 1;
+    'flood: for _ in 0..2_000 {
+        let mut frames = FrameBuilder::new();
+        frames.begin(FrameKind::Events);
+        for _ in 0..256 {
+            seq += 1;
+            frames
+                .push(&event(seq, 1, 0, EventKind::Leaderboard { top_k: 16 }))
+                .unwrap();
+        }
+        frames.finish(1);
+        if raw.write_all(frames.bytes()).is_err() {
+            break 'flood; // the node stopped reading: its budget is held by unread replies
+        }
+    }
+    let report = node.stop();
+    assert_eq!(report.shards[0].connections_force_closed, 1, "{report:?}");
+}
