@@ -141,6 +141,8 @@ pub const BENCH_LATENCY_NS_MAX: u64 = 60_000_000_000;
 // Time.
 // ---------------------------------------------------------------------------------------------
 
+/// Longest stage latency a shard's histograms record; anything slower is clamped to it.
+pub const STAGE_LATENCY_NS_MAX: u64 = 60_000_000_000;
 /// How long a stopping node waits for work in flight to drain before it closes anyway.
 pub const SHUTDOWN_GRACE_MS_MAX: u64 = 5_000;
 

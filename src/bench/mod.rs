@@ -32,7 +32,7 @@ pub fn run_for_gate(workload: Option<&std::path::Path>) -> Result<serde_json::Va
         ..BenchArgs::default()
     };
     let config = BenchConfig::from_args(&args)?;
-    let report = session::execute(&config, &mut Progress::silent())?;
+    let (report, _) = session::execute(&config, &mut Progress::silent())?;
     serde_json::to_value(report::Summary::of_report(&report)).map_err(|error| error.to_string())
 }
 
@@ -95,8 +95,8 @@ pub fn run(args: &BenchArgs) -> i32 {
         return 0;
     }
     let mut progress = Progress::new(config.quiet);
-    let report = match session::execute(&config, &mut progress) {
-        Ok(report) => report,
+    let (report, node_report) = match session::execute(&config, &mut progress) {
+        Ok(done) => done,
         Err(message) => {
             eprintln!("trove bench: {message}");
             return 1;
@@ -107,6 +107,9 @@ pub fn run(args: &BenchArgs) -> i32 {
     if let Err(error) = report::print_summary(&report, &mut stdout) {
         eprintln!("trove bench: cannot print the summary: {error}");
         return 1;
+    }
+    if let Some(node_report) = node_report {
+        let _ = write!(stdout, "embedded node:\n{}", node_report.describe());
     }
     if let Some(out) = &config.out {
         match report::write_all(out, &report) {

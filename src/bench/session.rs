@@ -15,7 +15,7 @@ use crate::bench::run::{LoadSpec, Measurement, RunPlan, measure, set_up_hunts};
 use crate::bench::trove_protocol::TroveProtocol;
 use crate::client::{connect_stream, fetch_map};
 use crate::constants::SWEEP_STEPS_MAX;
-use crate::net::{Node, NodeConfig};
+use crate::net::{Node, NodeConfig, NodeReport};
 use crate::runtime::config::RuntimeConfig;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -262,14 +262,16 @@ fn run_main(
     }
 }
 
-/// Runs a whole benchmark as `config` says.
-pub fn execute(config: &BenchConfig, progress: &mut Progress) -> Result<Report, String> {
+/// Runs a whole benchmark as `config` says. With an embedded node, also returns what the
+/// node's shards counted and how long their stages took.
+pub fn execute(
+    config: &BenchConfig,
+    progress: &mut Progress,
+) -> Result<(Report, Option<NodeReport>), String> {
     let (addr, embedded) = start_target(config)?;
     let result = execute_against(addr, config, progress);
-    if let Some(Embedded(node)) = embedded {
-        node.stop();
-    }
-    result
+    let node_report = embedded.map(|Embedded(node)| node.stop());
+    Ok((result?, node_report))
 }
 
 fn execute_against(

@@ -151,18 +151,6 @@ pub fn run(args: &NodeArgs) -> i32 {
     let signal = wait_for_stop_signal(&signals);
     let _ = writeln!(stdout, "trove node: signal {signal} received, stopping");
     let report = node.stop();
-    for shard in &report.shards {
-        let _ = writeln!(
-            stdout,
-            "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections, {} frames rejected",
-            shard.shard,
-            shard.cpu,
-            shard.events_applied,
-            shard.events_forwarded,
-            shard.events_applied_for_peers,
-            shard.connections_accepted,
-            shard.frames_rejected,
-        );
-    }
+    let _ = write!(stdout, "{}", report.describe());
     0
 }

@@ -276,6 +276,7 @@ async fn handle_events(
     sink: SinkId,
     body: &[u8],
 ) -> Result<(), FrameError> {
+    let arrived = std::time::Instant::now();
     let records = Records::parse(FrameKind::Events, body)?;
     for (index, record) in records.iter().enumerate() {
         access_record::<ArchivedEvent>(index as u32, record)?;
@@ -302,6 +303,7 @@ async fn handle_events(
             connection.push_busy(event);
         }
     }
+    shard.record_frame_dispatch(arrived.elapsed());
     Ok(())
 }
 

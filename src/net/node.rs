@@ -82,6 +82,47 @@ pub struct NodeReport {
     pub shards: Vec<ShardStats>,
 }
 
+fn percentiles_us(histogram: &hdrhistogram::Histogram<u64>) -> String {
+    if histogram.is_empty() {
+        return "none".into();
+    }
+    let us = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1_000.0;
+    format!(
+        "p50 {:.1} / p99 {:.1} / max {:.1} µs",
+        us(0.5),
+        us(0.99),
+        histogram.max() as f64 / 1_000.0
+    )
+}
+
+impl NodeReport {
+    /// One paragraph per shard: what it applied and forwarded, how often it ran out of credit,
+    /// and how long its stages took.
+    pub fn describe(&self) -> String {
+        let mut text = String::new();
+        for shard in &self.shards {
+            text.push_str(&format!(
+                "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections, {} frames rejected, {} credit waits, {} Busy\n",
+                shard.shard,
+                shard.cpu,
+                shard.events_applied,
+                shard.events_forwarded,
+                shard.events_applied_for_peers,
+                shard.connections_accepted,
+                shard.frames_rejected,
+                shard.socket_credit_waits + shard.mesh_credit_waits,
+                shard.busy_replies,
+            ));
+            text.push_str(&format!(
+                "  frame dispatch {}; mesh round trip {}\n",
+                percentiles_us(&shard.stages.frame_dispatch_ns),
+                percentiles_us(&shard.stages.mesh_round_trip_ns),
+            ));
+        }
+        text
+    }
+}
+
 /// What each shard gets from the thread that starts the node.
 struct ShardSockets {
     shared: Socket,

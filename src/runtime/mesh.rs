@@ -7,6 +7,8 @@
 //! A batch is built on its source shard and handed, whole, to its destination shard: the only
 //! values in trove that change cores, and they say so by being `Send`.
 
+use std::time::Instant;
+
 use rkyv::util::AlignedVec;
 
 use crate::core::codec::{EncodeError, RecordSerializer, align_up, archive_aligned};
@@ -22,6 +24,9 @@ pub struct BatchEntry {
     pub sink: SinkId,
     /// Credit the event holds on its source shard, released when its reply is written.
     pub credit: Credit,
+    /// When the source shard forwarded the event (a reply carries its event's time back), for
+    /// the mesh round-trip histogram. Monotonic time is the same clock on every core.
+    pub forwarded_at: Instant,
 }
 
 /// Archives packed back to back, each starting 16-byte aligned.
@@ -41,7 +46,13 @@ impl ArchiveBatch {
     }
 
     /// Copies a validated archive into the batch.
-    pub fn push_archive(&mut self, archive: &[u8], sink: SinkId, credit: Credit) {
+    pub fn push_archive(
+        &mut self,
+        archive: &[u8],
+        sink: SinkId,
+        credit: Credit,
+        forwarded_at: Instant,
+    ) {
         let offset = align_up(self.bytes.len());
         self.bytes.resize(offset, 0);
         self.bytes.extend_from_slice(archive);
@@ -50,6 +61,7 @@ impl ArchiveBatch {
             len: archive.len() as u32,
             sink,
             credit,
+            forwarded_at,
         });
     }
 
@@ -59,6 +71,7 @@ impl ArchiveBatch {
         value: &T,
         sink: SinkId,
         credit: Credit,
+        forwarded_at: Instant,
     ) -> Result<(), EncodeError>
     where
         T: for<'b, 'a> rkyv::Serialize<RecordSerializer<'b, 'a>>,
@@ -69,6 +82,7 @@ impl ArchiveBatch {
             len: len as u32,
             sink,
             credit,
+            forwarded_at,
         });
         Ok(())
     }
@@ -109,17 +123,21 @@ mod tests {
     fn archives_stay_aligned_and_keep_their_entries() {
         let mut batch = ArchiveBatch::default();
         let sink = SinkId::new(3, 7);
-        batch.push_archive(&[1, 2, 3], sink, Credit::new(1, 3));
+        let now = Instant::now();
+        batch.push_archive(&[1, 2, 3], sink, Credit::new(1, 3), now);
         let reply = Reply {
             client_seq: 5,
             client_ts: 6,
             outcome: Outcome::Busy,
         };
-        batch.push_value(&reply, sink, Credit::new(1, 40)).unwrap();
+        batch
+            .push_value(&reply, sink, Credit::new(1, 40), now)
+            .unwrap();
         let items: Vec<_> = batch.iter().collect();
         assert_eq!(items.len(), 2);
         assert_eq!(items[0].0, &[1, 2, 3]);
         assert_eq!(items[1].1.credit, Credit::new(1, 40));
+        assert_eq!(items[1].1.forwarded_at, now);
         for (bytes, entry) in &items {
             assert_eq!(bytes.as_ptr() as usize % 16, 0);
             assert_eq!(entry.sink, sink);

@@ -22,8 +22,11 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
+use hdrhistogram::Histogram;
 
-use crate::constants::{CONNECTIONS_PER_SHARD_MAX, EVENT_BYTES_MAX, MESH_BATCH_EVENTS_MAX};
+use crate::constants::{
+    CONNECTIONS_PER_SHARD_MAX, EVENT_BYTES_MAX, MESH_BATCH_EVENTS_MAX, STAGE_LATENCY_NS_MAX,
+};
 use crate::core::codec::access_validated;
 use crate::core::credit::{Acquire, Credit, CreditPool};
 use crate::core::ids::ShardId;
@@ -114,8 +117,29 @@ pub enum Dispatched {
     Busy,
 }
 
+/// How long the stages of a shard's data path took, as HdrHistograms of nanoseconds.
+#[derive(Clone, Debug)]
+pub struct StageLatencies {
+    /// From a frame's arrival to the dispatch of its last event: credit waits included.
+    pub frame_dispatch_ns: Histogram<u64>,
+    /// From forwarding an event to another shard to its reply arriving back: the cross-core hop.
+    pub mesh_round_trip_ns: Histogram<u64>,
+}
+
+impl Default for StageLatencies {
+    fn default() -> StageLatencies {
+        let histogram = || {
+            Histogram::new_with_bounds(1, STAGE_LATENCY_NS_MAX, 3).expect("valid histogram bounds")
+        };
+        StageLatencies {
+            frame_dispatch_ns: histogram(),
+            mesh_round_trip_ns: histogram(),
+        }
+    }
+}
+
 /// Counters of one shard, reported when it stops. Shard-local; never shared while running.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct ShardStats {
     pub shard: u16,
     pub cpu: usize,
@@ -139,6 +163,7 @@ pub struct ShardStats {
     pub socket_inflight_peak: Credit,
     /// The most mesh credit ever held at once at any one peer.
     pub mesh_inflight_peak: Credit,
+    pub stages: StageLatencies,
 }
 
 /// This shard's view of one other shard.
@@ -440,9 +465,12 @@ impl Shard {
             stats.mesh_inflight_peak.bytes = stats.mesh_inflight_peak.bytes.max(peak.bytes);
             stats.events_forwarded += 1;
         }
-        peer.filling(|batch| &batch.events)
-            .events
-            .push_archive(archive, id, credit);
+        peer.filling(|batch| &batch.events).events.push_archive(
+            archive,
+            id,
+            credit,
+            Instant::now(),
+        );
         Dispatched::Forwarded
     }
 
@@ -545,8 +573,10 @@ impl Shard {
         while let Some(batch) = receiver.recv().await {
             self.stats().mesh_batches_received += 1;
             self.apply_forwarded(peer, &batch.events);
+            let arrived = Instant::now();
             for (archive, entry) in batch.replies.iter() {
                 peer.release_credit(entry.credit);
+                self.record_round_trip(arrived.saturating_duration_since(entry.forwarded_at));
                 self.deliver_reply(entry.sink, archive, entry.credit);
             }
             if batch.no_more_events {
@@ -566,10 +596,27 @@ impl Shard {
             let reply = self.apply(event);
             peer.filling(|batch| &batch.replies)
                 .replies
-                .push_value(&reply, entry.sink, entry.credit)
+                .push_value(&reply, entry.sink, entry.credit, entry.forwarded_at)
                 .expect("a reply always fits its archive limits");
         }
         self.stats().events_applied_for_peers += events.len() as u64;
+    }
+
+    fn record_round_trip(&self, elapsed: Duration) {
+        let nanos = elapsed.as_nanos() as u64;
+        self.stats()
+            .stages
+            .mesh_round_trip_ns
+            .saturating_record(nanos.max(1));
+    }
+
+    /// Records how long a frame took from arrival to the dispatch of its last event.
+    pub fn record_frame_dispatch(&self, elapsed: Duration) {
+        let nanos = elapsed.as_nanos() as u64;
+        self.stats()
+            .stages
+            .frame_dispatch_ns
+            .saturating_record(nanos.max(1));
     }
 
     fn deliver_reply(&self, id: SinkId, archive: &[u8], credit: Credit) {
