@@ -230,3 +230,44 @@ const _: () = assert!(SHARDS_MAX <= CPU_ID_MAX + 1);
 const _: () = assert!(JITTER_MS_DEFAULT <= JITTER_MS_MAX);
 const _: () = assert!(HICCUP_THRESHOLD_NS_DEFAULT < HICCUP_NS_MAX);
 const _: () = assert!(HICCUP_US_MAX_DEFAULT * 1000 < HICCUP_NS_MAX);
+
+// ---------------------------------------------------------------------------------------------
+// The Redis peer (`bench::redis`, `bench::resp`) and the loopback calibration
+// (`bench::calibrate`): what the generator holds for a Redis connection, how large a reply it
+// accepts, and how long the calibration runs.
+// ---------------------------------------------------------------------------------------------
+
+/// Events one Redis connection may have in flight. Redis answers in order, so each one waits
+/// in a FIFO (32 bytes an entry: 8 MiB a connection at most). The send backlog (4 MiB) and the
+/// kernel's loopback socket buffers (~6 MiB) hold ~130 000 of the smallest commands (~80
+/// bytes); twice that is reached only when Redis stops answering, and ends the run.
+pub const REDIS_EVENTS_INFLIGHT_PER_CONNECTION_MAX: usize = 262_144;
+/// Largest single Redis reply the generator parses (a leaderboard of
+/// `LEADERBOARD_TOP_K_MAX` entries is well under 1 KiB); one must fit a receive buffer.
+pub const REDIS_REPLY_BYTES_MAX: usize = 64 * 1024;
+/// Most elements one array of a Redis reply may have (a leaderboard has two per entry).
+pub const REDIS_REPLY_ELEMENTS_MAX: usize = 1024;
+/// Deepest nesting of arrays in a Redis reply (the claim function answers a flat array).
+pub const REDIS_REPLY_DEPTH_MAX: usize = 4;
+/// Commands the Redis set-up writes before it reads their replies.
+pub const REDIS_SETUP_BATCH_COMMANDS_MAX: usize = 1024;
+/// How long a blocking Redis call (set-up, read-back) waits to connect or for a reply, in seconds.
+pub const REDIS_CALL_WAIT_S_MAX: u64 = 30;
+
+/// Length of each of the calibration's two measurements (round trips, then a one-way stream)
+/// unless asked otherwise, in milliseconds: short, since it runs inside a benchmark.
+pub const CALIBRATION_MS_DEFAULT: u64 = 200;
+/// Longest each calibration measurement may be asked to run, in milliseconds.
+pub const CALIBRATION_MS_MAX: u64 = 10_000;
+/// Round trips the calibration makes before it records any (wakes the CPUs, warms caches).
+pub const CALIBRATION_WARMUP_ROUND_TRIPS: u32 = 1_000;
+/// Size of the message the calibration's ping-pong bounces: about one small event frame.
+pub const CALIBRATION_PING_BYTES: usize = 64;
+/// Size of each write of the calibration's one-way stream.
+pub const CALIBRATION_STREAM_WRITE_BYTES: usize = 256 * 1024;
+/// How long a calibration thread waits on its socket before it gives up, in milliseconds.
+pub const CALIBRATION_IO_WAIT_MS_MAX: u64 = 5_000;
+
+const _: () = assert!(REDIS_REPLY_BYTES_MAX <= READ_BUFFER_BYTES_MAX);
+const _: () = assert!(REDIS_REPLY_ELEMENTS_MAX >= 2 * LEADERBOARD_TOP_K_MAX);
+const _: () = assert!(CALIBRATION_MS_DEFAULT <= CALIBRATION_MS_MAX);
