@@ -217,7 +217,11 @@ fn redis_answers_every_event_and_agrees_with_its_replies() {
         counts.rejected > 0 && counts.ok > counts.rejected,
         "wrong codes are refused, the rest applied: {counts:?}"
     );
-    assert!(measurement.latencies.corrected_ns.len() == counts.acknowledged);
+    assert_eq!(
+        measurement.latencies.corrected_ns.len(),
+        counts.acknowledged,
+        "every measured reply has its latency recorded"
+    );
 
     // What the replies said, warm-up included: every treasure won at most once.
     let mut won: HashMap<(HuntId, TreasureId), PlayerId> = HashMap::new();

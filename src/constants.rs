@@ -271,3 +271,5 @@ pub const CALIBRATION_IO_WAIT_MS_MAX: u64 = 5_000;
 const _: () = assert!(REDIS_REPLY_BYTES_MAX <= READ_BUFFER_BYTES_MAX);
 const _: () = assert!(REDIS_REPLY_ELEMENTS_MAX >= 2 * LEADERBOARD_TOP_K_MAX);
 const _: () = assert!(CALIBRATION_MS_DEFAULT <= CALIBRATION_MS_MAX);
+// A closed-loop window never fills a Redis connection's FIFO.
+const _: () = assert!(REDIS_EVENTS_INFLIGHT_PER_CONNECTION_MAX >= BENCH_WINDOW_MAX as usize);

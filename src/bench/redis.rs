@@ -84,7 +84,8 @@ pub struct Key {
 }
 
 impl Key {
-    /// Joins `parts`; the longest key (two 20-digit ids and the prefixes) is 53 bytes.
+    /// Joins `parts`; the longest key (a 20-digit hunt id, a 10-digit treasure id and the
+    /// prefixes) is 53 bytes.
     fn of(parts: &[&[u8]]) -> Key {
         let mut key = Key {
             bytes: [0; 64],
@@ -555,7 +556,7 @@ impl Batch {
 }
 
 /// Reads an integer reply, such as DBSIZE's.
-pub fn integer(reply: Reply<'_>) -> Result<u64, String> {
+fn integer(reply: Reply<'_>) -> Result<u64, String> {
     match reply {
         Reply::Integer(value) if value >= 0 => Ok(value as u64),
         other => Err(format!("expected a count, got {}", other.describe())),
