@@ -142,14 +142,15 @@ impl Command {
     }
 }
 
-/// An event sent and not yet answered.
+/// An event sent and not yet answered: its timestamp and what it became.
 #[derive(Clone, Copy, Debug)]
 struct InFlight {
     ts: u64,
-    hunt: HuntId,
-    player: PlayerId,
     command: Command,
 }
+
+// The bound on the FIFO is stated in bytes in `constants.rs`.
+const _: () = assert!(std::mem::size_of::<InFlight>() == 16);
 
 /// A change of score a Redis reply reported: what a run did, to check against the database
 /// afterwards (the peer integration test does).
@@ -171,7 +172,44 @@ pub struct RedisProtocol {
     inflight: VecDeque<InFlight>,
     /// What a check-in adds to a score: a waypoint's points in the workload.
     checkin_points: u32,
-    score_log: Option<flume::Sender<ScoreChange>>,
+    score_log: Option<ScoreLog>,
+}
+
+/// Where changes of score go, and whose events are in flight (in the order of the FIFO).
+struct ScoreLog {
+    changes: flume::Sender<ScoreChange>,
+    players: VecDeque<(HuntId, PlayerId)>,
+}
+
+impl ScoreLog {
+    fn record(&mut self, scored: Option<Scored>) -> Result<(), String> {
+        let (hunt, player) = self
+            .players
+            .pop_front()
+            .expect("one entry per event in flight");
+        let Some(Scored { points, won }) = scored else {
+            return Ok(());
+        };
+        let change = ScoreChange {
+            hunt,
+            player,
+            points,
+            won,
+        };
+        match self.changes.try_send(change) {
+            Ok(()) | Err(flume::TrySendError::Disconnected(_)) => Ok(()),
+            Err(flume::TrySendError::Full(_)) => Err(format!(
+                "the score log is full ({} entries); give it room for every event of the run",
+                self.changes.capacity().unwrap_or(0)
+            )),
+        }
+    }
+}
+
+/// What a reply says an event added to a score.
+struct Scored {
+    points: u32,
+    won: Option<TreasureId>,
 }
 
 impl RedisProtocol {
@@ -188,8 +226,16 @@ impl RedisProtocol {
 
     /// Reports every change of score a reply tells of into `log`. A full log ends the run
     /// with an error rather than losing an entry; a log whose receiver is gone is ignored.
+    /// Attach it before any event is sent.
     pub fn with_score_log(mut self, log: flume::Sender<ScoreChange>) -> RedisProtocol {
-        self.score_log = Some(log);
+        assert!(
+            self.inflight.is_empty(),
+            "a score log is attached before any event is sent"
+        );
+        self.score_log = Some(ScoreLog {
+            changes: log,
+            players: VecDeque::new(),
+        });
         self
     }
 
@@ -260,48 +306,28 @@ impl RedisProtocol {
         }
     }
 
-    /// Classifies the reply to `sent`, logging any change of score it reports.
-    fn answer(&mut self, sent: InFlight, reply: Reply<'_>) -> Result<ReplyClass, String> {
-        match (sent.command, reply) {
-            (_, Reply::Error(message)) => error_class(sent.command, message),
-            (Command::Join, Reply::Integer(1)) => Ok(ReplyClass::Ok),
-            (Command::Join, Reply::Integer(0)) => Ok(ReplyClass::Rejected),
-            (Command::CheckIn, Reply::Bulk(Some(_))) => {
-                self.log(sent, self.checkin_points, None)?;
-                Ok(ReplyClass::Ok)
-            }
-            (Command::Leaderboard, Reply::Array(Some(_))) => Ok(ReplyClass::Ok),
+    /// Classifies the reply to `command`, and says what it added to a score.
+    fn answer(
+        &self,
+        command: Command,
+        reply: Reply<'_>,
+    ) -> Result<(ReplyClass, Option<Scored>), String> {
+        let applied = |points, won| Ok((ReplyClass::Ok, Some(Scored { points, won })));
+        match (command, reply) {
+            (_, Reply::Error(message)) => Ok((error_class(command, message)?, None)),
+            (Command::Join, Reply::Integer(1)) => Ok((ReplyClass::Ok, None)),
+            (Command::Join, Reply::Integer(0)) => Ok((ReplyClass::Rejected, None)),
+            (Command::CheckIn, Reply::Bulk(Some(_))) => applied(self.checkin_points, None),
+            (Command::Leaderboard, Reply::Array(Some(_))) => Ok((ReplyClass::Ok, None)),
             (Command::Claim { treasure }, Reply::Array(Some(fields))) => {
                 match claim_outcome(fields) {
-                    Some(ClaimOutcome::Claimed { points }) => {
-                        self.log(sent, points, Some(treasure))?;
-                        Ok(ReplyClass::Ok)
-                    }
-                    Some(ClaimOutcome::AlreadyClaimed) => Ok(ReplyClass::Ok),
-                    Some(ClaimOutcome::Refused) => Ok(ReplyClass::Rejected),
-                    None => Err(unexpected(sent.command, &reply)),
+                    Some(ClaimOutcome::Claimed { points }) => applied(points, Some(treasure)),
+                    Some(ClaimOutcome::AlreadyClaimed) => Ok((ReplyClass::Ok, None)),
+                    Some(ClaimOutcome::Refused) => Ok((ReplyClass::Rejected, None)),
+                    None => Err(unexpected(command, &reply)),
                 }
             }
-            _ => Err(unexpected(sent.command, &reply)),
-        }
-    }
-
-    fn log(&self, sent: InFlight, points: u32, won: Option<TreasureId>) -> Result<(), String> {
-        let Some(log) = &self.score_log else {
-            return Ok(());
-        };
-        let change = ScoreChange {
-            hunt: sent.hunt,
-            player: sent.player,
-            points,
-            won,
-        };
-        match log.try_send(change) {
-            Ok(()) | Err(flume::TrySendError::Disconnected(_)) => Ok(()),
-            Err(flume::TrySendError::Full(_)) => Err(format!(
-                "the score log is full ({} entries); give it room for every event of the run",
-                log.capacity().unwrap_or(0)
-            )),
+            _ => Err(unexpected(command, &reply)),
         }
     }
 }
@@ -373,12 +399,10 @@ impl Protocol for RedisProtocol {
             ));
         }
         let command = self.push_event(event)?;
-        self.inflight.push_back(InFlight {
-            ts,
-            hunt: event.hunt,
-            player: event.player,
-            command,
-        });
+        self.inflight.push_back(InFlight { ts, command });
+        if let Some(log) = &mut self.score_log {
+            log.players.push_back((event.hunt, event.player));
+        }
         Ok(())
     }
 
@@ -411,7 +435,10 @@ impl Protocol for RedisProtocol {
                     reply.describe()
                 ));
             };
-            let class = self.answer(sent, reply)?;
+            let (class, scored) = self.answer(sent.command, reply)?;
+            if let Some(log) = &mut self.score_log {
+                log.record(scored)?;
+            }
             on_reply(sent.ts, class);
             consumed += len;
         }
@@ -867,6 +894,9 @@ mod tests {
         let join = event(EventKind::Join);
         for ts in 0..REDIS_EVENTS_INFLIGHT_PER_CONNECTION_MAX as u64 {
             protocol.encode(0, &join, ts).unwrap();
+            // As if written: only the FIFO fills, not the output buffer.
+            let written = protocol.pending_output(0).len();
+            protocol.consumed_output(0, written);
         }
         let error = protocol.encode(0, &join, 0).unwrap_err();
         assert!(error.contains("events behind"), "{error}");
