@@ -276,3 +276,48 @@ pub const GATE_CURRENT_FILES_MAX: usize = 1_000;
 /// Largest baseline or summary file the gate reads, in bytes. A summary is a few KiB; a
 /// baseline of `GATE_RUNS_PER_SIDE_MAX` runs stays well below this.
 pub const GATE_INPUT_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// The Redis peer (`bench::redis`, `bench::resp`) and the loopback calibration
+// (`bench::calibrate`): what the generator holds for a Redis connection, how large a reply it
+// accepts, and how long the calibration runs.
+// ---------------------------------------------------------------------------------------------
+
+/// Events one Redis connection may have in flight. Redis answers in order, so each one waits
+/// in a FIFO (16 bytes an entry: 32 MiB a connection at most). Open loop beyond what Redis
+/// sustains fills every buffer on the way: the send backlog (4 MiB), the client's socket send
+/// buffer (`tcp_wmem`, 4 MiB) and Redis's receive buffer (`tcp_rmem`, up to 32 MiB on current
+/// kernels): ~800 000 commands were in flight at 250 000 events/s offered on a 2-vCPU VM. This
+/// leaves 2.5 times that; a run that still reaches it ends with a message.
+pub const REDIS_EVENTS_INFLIGHT_PER_CONNECTION_MAX: usize = 1 << 21;
+/// Largest single Redis reply the generator parses (a leaderboard of
+/// `LEADERBOARD_TOP_K_MAX` entries is well under 1 KiB); one must fit a receive buffer.
+pub const REDIS_REPLY_BYTES_MAX: usize = 64 * 1024;
+/// Most elements one array of a Redis reply may have (a leaderboard has two per entry).
+pub const REDIS_REPLY_ELEMENTS_MAX: usize = 1024;
+/// Deepest nesting of arrays in a Redis reply (the claim function answers a flat array).
+pub const REDIS_REPLY_DEPTH_MAX: usize = 4;
+/// Commands the Redis set-up writes before it reads their replies.
+pub const REDIS_SETUP_BATCH_COMMANDS_MAX: usize = 1024;
+/// How long a blocking Redis call (set-up, read-back) waits to connect or for a reply, in seconds.
+pub const REDIS_CALL_WAIT_S_MAX: u64 = 30;
+
+/// Length of each of the calibration's two measurements (round trips, then a one-way stream)
+/// unless asked otherwise, in milliseconds: short, since it runs inside a benchmark.
+pub const CALIBRATION_MS_DEFAULT: u64 = 200;
+/// Longest each calibration measurement may be asked to run, in milliseconds.
+pub const CALIBRATION_MS_MAX: u64 = 10_000;
+/// Round trips the calibration makes before it records any (wakes the CPUs, warms caches).
+pub const CALIBRATION_WARMUP_ROUND_TRIPS: u32 = 1_000;
+/// Size of the message the calibration's ping-pong bounces: about one small event frame.
+pub const CALIBRATION_PING_BYTES: usize = 64;
+/// Size of each write of the calibration's one-way stream.
+pub const CALIBRATION_STREAM_WRITE_BYTES: usize = 256 * 1024;
+/// How long a calibration thread waits on its socket before it gives up, in milliseconds.
+pub const CALIBRATION_IO_WAIT_MS_MAX: u64 = 5_000;
+
+const _: () = assert!(REDIS_REPLY_BYTES_MAX <= READ_BUFFER_BYTES_MAX);
+const _: () = assert!(REDIS_REPLY_ELEMENTS_MAX >= 2 * LEADERBOARD_TOP_K_MAX);
+const _: () = assert!(CALIBRATION_MS_DEFAULT <= CALIBRATION_MS_MAX);
+// A closed-loop window never fills a Redis connection's FIFO.
+const _: () = assert!(REDIS_EVENTS_INFLIGHT_PER_CONNECTION_MAX >= BENCH_WINDOW_MAX as usize);

@@ -6,11 +6,14 @@
 //! thread, and [`report`] writes what was measured. [`run`] below is the command itself.
 
 pub mod args;
+pub mod calibrate;
 pub mod config;
 pub mod generator;
 pub mod null_sink;
 pub mod progress;
+pub mod redis;
 pub mod report;
+pub mod resp;
 pub mod run;
 pub mod session;
 pub mod trove_protocol;

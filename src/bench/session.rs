@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use crate::bench::config::{BenchConfig, LoadConfig, PeerConfig, TargetConfig};
 use crate::bench::progress::Progress;
+use crate::bench::redis::{connect_redis, set_up_hunts_redis};
 use crate::bench::report::{IntervalSample, LoadModel, Report, RunRecord, Sweep, SweepStep};
 use crate::bench::run::{LoadSpec, Measurement, RunPlan, measure, set_up_hunts};
 use crate::bench::trove_protocol::TroveProtocol;
 use crate::client::{connect_stream, fetch_map};
-use crate::constants::SWEEP_STEPS_MAX;
+use crate::constants::{CALIBRATION_MS_DEFAULT, SWEEP_STEPS_MAX};
 use crate::net::{Node, NodeConfig, NodeReport};
 use crate::runtime::config::RuntimeConfig;
 
@@ -281,8 +282,11 @@ fn execute_against(
 ) -> Result<Report, String> {
     let calibration = if config.calibrate {
         progress.note("measuring the loopback round trip and byte rate…");
-        let _ = embedded_cpu(config);
-        return Err("--calibrate is being built".into());
+        Some(crate::bench::calibrate::calibrate(
+            config.client_cpus.first().copied(),
+            embedded_cpu(config),
+            Duration::from_millis(CALIBRATION_MS_DEFAULT),
+        )?)
     } else {
         None
     };
@@ -318,11 +322,28 @@ fn embedded_cpu(config: &BenchConfig) -> Option<usize> {
 /// Drives the peer with the same event stream and load as the main run.
 fn run_peer(
     peer: &PeerConfig,
-    _config: &BenchConfig,
-    _load: LoadSpec,
-    _progress: &mut Progress,
+    config: &BenchConfig,
+    load: LoadSpec,
+    progress: &mut Progress,
 ) -> Result<RunRecord, String> {
-    Err(format!("--peer {} is being built", peer.name))
+    progress.note(&format!(
+        "setting the same hunts up on {} at {}…",
+        peer.name, peer.addr
+    ));
+    set_up_hunts_redis(peer.addr, &config.workload, peer.flush)?;
+    let peer_plan = plan(config, load, config.warmup(), config.duration());
+    progress.start_phase(
+        &peer.name,
+        peer_plan.warmup.as_secs_f64(),
+        peer_plan.duration.as_secs_f64(),
+    );
+    let measurement = measure(
+        &peer_plan,
+        |_| connect_redis(peer.addr, &config.workload),
+        &mut |second, latencies, replies| progress.interval(second, latencies, replies),
+    );
+    progress.finish_phase();
+    Ok(run_record(&peer.name, &measurement?))
 }
 
 /// The generator alone, into nothing: events made and encoded per second, per thread summed.
