@@ -187,6 +187,7 @@ fn redis_answers_every_event_and_agrees_with_its_replies() {
         workload: workload.clone(),
         load: LoadSpec::Open {
             rate_per_s: 2_000.0,
+            inflight_max: 1024,
         },
         connections: 2,
         events_per_frame: 16,

@@ -307,8 +307,6 @@ pub const REDIS_CALL_WAIT_S_MAX: u64 = 30;
 pub const CALIBRATION_MS_DEFAULT: u64 = 200;
 /// Longest each calibration measurement may be asked to run, in milliseconds.
 pub const CALIBRATION_MS_MAX: u64 = 10_000;
-/// Round trips the calibration makes before it records any (wakes the CPUs, warms caches).
-pub const CALIBRATION_WARMUP_ROUND_TRIPS: u32 = 1_000;
 /// Size of the message the calibration's ping-pong bounces: about one small event frame.
 pub const CALIBRATION_PING_BYTES: usize = 64;
 /// Size of each write of the calibration's one-way stream.

@@ -18,9 +18,13 @@ use crate::bench::generator::new_histogram;
 use crate::bench::report::Calibration;
 use crate::constants::{
     CALIBRATION_IO_WAIT_MS_MAX, CALIBRATION_MS_MAX, CALIBRATION_PING_BYTES,
-    CALIBRATION_STREAM_WRITE_BYTES, CALIBRATION_WARMUP_ROUND_TRIPS,
+    CALIBRATION_STREAM_WRITE_BYTES,
 };
 use crate::runtime::config::allowed_cpus;
+
+/// Round trips the calibration makes before it records any (wakes the CPUs, warms caches):
+/// a parameter of the measurement, not a limit.
+const CALIBRATION_WARMUP_ROUND_TRIPS: u32 = 1_000;
 
 /// Measures loopback round trips for `duration`, then the one-way byte rate for `duration`,
 /// with the client thread on `client_cpu` and the server thread on `server_cpu` (either may
