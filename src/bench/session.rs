@@ -166,42 +166,42 @@ fn sweep(
     factor: f64,
     mut step: impl FnMut(f64, usize) -> Result<Measurement, String>,
 ) -> Result<(Sweep, Measurement), String> {
-    let mut steps = Vec::new();
+    let mut steps: Vec<SweepStep> = Vec::new();
+    let mut run_step =
+        |rate: f64, steps: &mut Vec<SweepStep>| -> Result<(bool, Measurement), String> {
+            let measurement = step(rate, steps.len())?;
+            let met = held_objective(&measurement, rate, slo_p99_us);
+            steps.push(SweepStep {
+                offered_rate_per_s: rate,
+                record: run_record("trove", &measurement),
+                met_slo: met,
+            });
+            Ok((met, measurement))
+        };
     let mut best: Option<(f64, Measurement)> = None;
-    let mut last_failed: Option<(f64, Measurement)> = None;
+    let mut broke: Option<(f64, Measurement)> = None;
     let mut rate = start_rate_per_s;
-    while steps.len() < SWEEP_STEPS_MAX {
-        let measurement = step(rate, steps.len())?;
-        let met = held_objective(&measurement, rate, slo_p99_us);
-        steps.push(SweepStep {
-            offered_rate_per_s: rate,
-            record: run_record("trove", &measurement),
-            met_slo: met,
-        });
-        if !met {
-            last_failed = Some((rate, measurement));
-            break;
+    while broke.is_none() && steps.len() < SWEEP_STEPS_MAX {
+        let (met, measurement) = run_step(rate, &mut steps)?;
+        if met {
+            best = Some((rate, measurement));
+            rate *= factor;
+        } else {
+            broke = Some((rate, measurement));
         }
-        best = Some((rate, measurement));
-        rate *= factor;
     }
+    // Between the last rate that held and the first that broke.
     let bounds = best
         .as_ref()
-        .map(|(rate, _)| *rate)
-        .zip(last_failed.as_ref().map(|(rate, _)| *rate));
+        .zip(broke.as_ref())
+        .map(|((low, _), (high, _))| (*low, *high));
     if let Some((mut low, mut high)) = bounds {
         for _ in 0..SWEEP_REFINE_STEPS {
             if steps.len() >= SWEEP_STEPS_MAX {
                 break;
             }
             let middle = (low * high).sqrt();
-            let measurement = step(middle, steps.len())?;
-            let met = held_objective(&measurement, middle, slo_p99_us);
-            steps.push(SweepStep {
-                offered_rate_per_s: middle,
-                record: run_record("trove", &measurement),
-                met_slo: met,
-            });
+            let (met, measurement) = run_step(middle, &mut steps)?;
             if met {
                 low = middle;
                 best = Some((middle, measurement));
@@ -212,7 +212,7 @@ fn sweep(
     }
     let best_rate_per_s = best.as_ref().map(|(rate, _)| *rate);
     let headline = best
-        .or(last_failed)
+        .or(broke)
         .map(|(_, measurement)| measurement)
         .expect("a sweep runs at least one step");
     Ok((
