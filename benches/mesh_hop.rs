@@ -22,7 +22,13 @@
 //! One iteration is `MESH_BATCH_EVENTS_MAX` events (a batch; for the round trip, a frame of
 //! that many that the driver dispatches before it yields, as a connection yields to read
 //! again), and throughput is in events. The time is taken on the executors, so criterion's
-//! thread only waits; `iter_custom` reports it.
+//! thread only waits; `iter_custom` reports it. Criterion writes each bench's median to
+//! `target/criterion/mesh_hop/NAME/new/estimates.json`.
+//!
+//! Wall-clock figures on a shared machine fall whenever another process takes one of the two
+//! CPUs, so each bench also reports the CPU time each executor's thread spent per event over
+//! the whole bench (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`): what the hop costs each core,
+//! whatever else runs, and so the most events per second the busier side could carry.
 //!
 //! Run: `cargo bench --bench mesh_hop`.
 
@@ -89,6 +95,103 @@ fn validated_frames(frames: &[AlignedVec]) -> Vec<Vec<&[u8]>> {
         .collect()
 }
 
+/// CPU time the calling thread has run, in user and kernel mode.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for clock_gettime to fill in.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    assert_eq!(result, 0, "every Linux thread has a CPU-time clock");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// Reads, from criterion's thread, the CPU time of an executor's thread.
+struct CpuMeter {
+    requests: flume::Sender<()>,
+    readings: flume::Receiver<Duration>,
+}
+
+/// The executor's end of a [`CpuMeter`]: a task that answers each request.
+struct CpuMeterTask {
+    requests: flume::Receiver<()>,
+    readings: flume::Sender<Duration>,
+}
+
+impl CpuMeter {
+    fn new() -> (CpuMeter, CpuMeterTask) {
+        let (requests, requests_rx) = flume::unbounded();
+        let (readings_tx, readings) = flume::unbounded();
+        let task = CpuMeterTask {
+            requests: requests_rx,
+            readings: readings_tx,
+        };
+        (CpuMeter { requests, readings }, task)
+    }
+
+    fn read(&self) -> Duration {
+        self.requests.send(()).expect("the executor is running");
+        self.readings.recv().expect("the executor is running")
+    }
+}
+
+impl CpuMeterTask {
+    /// Spawns the task on the calling executor.
+    fn spawn(self) {
+        glommio::spawn_local(async move {
+            while self.requests.recv_async().await.is_ok() {
+                if self.readings.send(thread_cpu_time()).is_err() {
+                    break;
+                }
+            }
+        })
+        .detach();
+    }
+}
+
+/// The CPU time both executors of a bench spend on the events it moves.
+struct HopCpu {
+    sides: [(&'static str, CpuMeter, Duration); 2],
+    events: Cell<u64>,
+}
+
+impl HopCpu {
+    /// Starts counting from now; `sides` names each executor.
+    fn start(sides: [(&'static str, CpuMeter); 2]) -> HopCpu {
+        HopCpu {
+            sides: sides.map(|(name, meter)| {
+                let started = meter.read();
+                (name, meter, started)
+            }),
+            events: Cell::new(0),
+        }
+    }
+
+    fn add_events(&self, events: u64) {
+        self.events.set(self.events.get() + events);
+    }
+
+    fn report(&self, bench: &str) {
+        let events = self.events.get().max(1) as f64;
+        let per_event: Vec<f64> = self
+            .sides
+            .iter()
+            .map(|(_, meter, started)| (meter.read() - *started).as_nanos() as f64 / events)
+            .collect();
+        let busiest = per_event.iter().copied().fold(0.0, f64::max);
+        eprintln!(
+            "mesh_hop/{bench}: CPU per event: {} {:.1} ns, {} {:.1} ns; the busier side could \
+             carry {:.2} M events/s",
+            self.sides[0].0,
+            per_event[0],
+            self.sides[1].0,
+            per_event[1],
+            1e3 / busiest
+        );
+    }
+}
+
 // ---- one way: the transport ---------------------------------------------------------------
 
 /// Two pinned executors and the channel between them, waiting for batches to move.
@@ -99,6 +202,7 @@ struct OneWay {
     receive_armed: flume::Receiver<()>,
     receive_finished: flume::Receiver<Instant>,
     executors: Vec<ExecutorJoinHandle<()>>,
+    cpu: HopCpu,
 }
 
 fn executor(cpu: usize, name: &str) -> LocalExecutorBuilder {
@@ -115,8 +219,11 @@ impl OneWay {
         let (receive_commands, receive_commands_rx) = flume::unbounded::<u64>();
         let (receive_armed_tx, receive_armed) = flume::unbounded();
         let (receive_finished_tx, receive_finished) = flume::unbounded();
+        let (send_meter, send_meter_task) = CpuMeter::new();
+        let (receive_meter, receive_meter_task) = CpuMeter::new();
         let sending = executor(cpus[0], "hop-send")
             .spawn(move || async move {
+                send_meter_task.spawn();
                 let sender = sender.connect().await;
                 let records: Vec<&[u8]> = validated_frames(&frames).concat();
                 let mut archives = records.iter().cycle();
@@ -139,6 +246,7 @@ impl OneWay {
             .unwrap_or_else(|error| fail("cannot start the sending executor", error));
         let receiving = executor(cpus[1], "hop-receive")
             .spawn(move || async move {
+                receive_meter_task.spawn();
                 let receiver = receiver.connect().await;
                 while let Ok(batches) = receive_commands_rx.recv_async().await {
                     let _ = receive_armed_tx.send(());
@@ -167,6 +275,7 @@ impl OneWay {
             receive_armed,
             receive_finished,
             executors: vec![sending, receiving],
+            cpu: HopCpu::start([("sender", send_meter), ("receiver", receive_meter)]),
         }
     }
 
@@ -179,10 +288,12 @@ impl OneWay {
         self.send_commands.send(batches).expect("sender alive");
         let started = self.send_started.recv().expect("sender alive");
         let finished = self.receive_finished.recv().expect("receiver alive");
+        self.cpu.add_events(batches * MESH_BATCH_EVENTS_MAX as u64);
         finished.duration_since(started)
     }
 
     fn stop(self) {
+        self.cpu.report("one_way");
         drop(self.send_commands);
         drop(self.receive_commands);
         for executor in self.executors {
@@ -303,11 +414,18 @@ async fn drive(shard: Rc<Shard>, payload: DriverPayload) {
     sink.changed.wake_all();
 }
 
+/// What each shard gets: a CPU meter, and on shard 0 the driver's payload.
+struct ShardPayload {
+    meter: CpuMeterTask,
+    driver: Option<DriverPayload>,
+}
+
 /// Two real shards with a driver on shard 0, set up and waiting for commands.
 struct RoundTrip {
     shards: Shards,
     commands: flume::Sender<u64>,
     results: flume::Receiver<Duration>,
+    cpu: HopCpu,
 }
 
 impl RoundTrip {
@@ -318,41 +436,56 @@ impl RoundTrip {
         let owned = |event: &&Event| map.route(event.hunt).1 == OWNER;
         let workload = Workload::default();
         let setup: Vec<Event> = workload.setup_events().filter(|e| owned(&e)).collect();
-        let measured = support::events(&workload, EVENTS_DRAWN);
+        let drawn = support::events(&workload, EVENTS_DRAWN);
+        let mut measured: Vec<&Event> = drawn.iter().filter(owned).collect();
+        // Whole frames only: every iteration is exactly one frame's worth of events.
+        measured.truncate(measured.len() / MESH_BATCH_EVENTS_MAX * MESH_BATCH_EVENTS_MAX);
         let (commands, commands_rx) = flume::unbounded();
         let (results_tx, results) = flume::unbounded();
-        let payload = DriverPayload {
+        let driver = DriverPayload {
             setup: support::frames(&setup, MESH_BATCH_EVENTS_MAX),
-            measured: support::frames(measured.iter().filter(owned), MESH_BATCH_EVENTS_MAX),
+            measured: support::frames(measured, MESH_BATCH_EVENTS_MAX),
             commands: commands_rx,
             results: results_tx,
         };
-        let shards = spawn_shards(
-            &config,
-            &map,
-            vec![Some(payload), None],
-            |shard, payload| {
-                if let Some(payload) = payload {
-                    glommio::spawn_local(drive(shard, payload)).detach();
-                }
+        let (origin_meter, origin_meter_task) = CpuMeter::new();
+        let (owner_meter, owner_meter_task) = CpuMeter::new();
+        let payloads = vec![
+            ShardPayload {
+                meter: origin_meter_task,
+                driver: Some(driver),
             },
-        )
+            ShardPayload {
+                meter: owner_meter_task,
+                driver: None,
+            },
+        ];
+        let shards = spawn_shards(&config, &map, payloads, |shard, payload| {
+            payload.meter.spawn();
+            if let Some(driver) = payload.driver {
+                glommio::spawn_local(drive(shard, driver)).detach();
+            }
+        })
         .unwrap_or_else(|error| fail("cannot start the shards", error));
         results.recv().expect("the driver sets the hunts up");
         RoundTrip {
             shards,
             commands,
             results,
+            cpu: HopCpu::start([("shard 0", origin_meter), ("shard 1", owner_meter)]),
         }
     }
 
     /// Sends `frames` frames of events across and waits for every reply; the time it took.
     fn run(&self, frames: u64) -> Duration {
         self.commands.send(frames).expect("driver alive");
-        self.results.recv().expect("driver alive")
+        let took = self.results.recv().expect("driver alive");
+        self.cpu.add_events(frames * MESH_BATCH_EVENTS_MAX as u64);
+        took
     }
 
     fn stop(self) -> Vec<ShardStats> {
+        self.cpu.report("round_trip");
         drop(self.commands);
         self.shards.stop()
     }
