@@ -40,7 +40,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use glommio::channels::shared_channel;
+use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use rkyv::util::AlignedVec;
 use trove::bench::workload::Workload;
@@ -172,8 +172,12 @@ impl HopCpu {
         self.events.set(self.events.get() + events);
     }
 
+    /// Says what each side spent per event, unless the bench did not run (filtered out).
     fn report(&self, bench: &str) {
-        let events = self.events.get().max(1) as f64;
+        if self.events.get() == 0 {
+            return;
+        }
+        let events = self.events.get() as f64;
         let per_event: Vec<f64> = self
             .sides
             .iter()
@@ -222,50 +226,25 @@ impl OneWay {
         let (send_meter, send_meter_task) = CpuMeter::new();
         let (receive_meter, receive_meter_task) = CpuMeter::new();
         let sending = executor(cpus[0], "hop-send")
-            .spawn(move || async move {
-                send_meter_task.spawn();
-                let sender = sender.connect().await;
-                let records: Vec<&[u8]> = validated_frames(&frames).concat();
-                let mut archives = records.iter().cycle();
-                let sink = SinkId::new(0, 0);
-                while let Ok(batches) = send_commands_rx.recv_async().await {
-                    let started = Instant::now();
-                    for _ in 0..batches {
-                        let mut batch = MeshBatch::default();
-                        for archive in archives.by_ref().take(MESH_BATCH_EVENTS_MAX) {
-                            let credit = Credit::new(1, archive.len() as u32);
-                            batch.events.push_archive(archive, sink, credit);
-                        }
-                        if sender.send(batch).await.is_err() {
-                            return;
-                        }
-                    }
-                    let _ = send_started_tx.send(started);
-                }
+            .spawn(move || {
+                send_batches(
+                    sender,
+                    frames,
+                    send_commands_rx,
+                    send_started_tx,
+                    send_meter_task,
+                )
             })
             .unwrap_or_else(|error| fail("cannot start the sending executor", error));
         let receiving = executor(cpus[1], "hop-receive")
-            .spawn(move || async move {
-                receive_meter_task.spawn();
-                let receiver = receiver.connect().await;
-                while let Ok(batches) = receive_commands_rx.recv_async().await {
-                    let _ = receive_armed_tx.send(());
-                    let mut read = 0u64;
-                    for _ in 0..batches {
-                        let Some(batch) = receiver.recv().await else {
-                            return;
-                        };
-                        for (archive, _entry) in batch.events.iter() {
-                            // SAFETY: the sender pushed records that `access_record` accepted,
-                            // and `ArchiveBatch` keeps them 16-byte aligned.
-                            let event = unsafe { access_validated::<ArchivedEvent>(archive) };
-                            read = read
-                                .wrapping_add(event.hunt.get().0 ^ event.client_seq.to_native());
-                        }
-                    }
-                    black_box(read);
-                    let _ = receive_finished_tx.send(Instant::now());
-                }
+            .spawn(move || {
+                receive_batches(
+                    receiver,
+                    receive_commands_rx,
+                    receive_armed_tx,
+                    receive_finished_tx,
+                    receive_meter_task,
+                )
             })
             .unwrap_or_else(|error| fail("cannot start the receiving executor", error));
         OneWay {
@@ -299,6 +278,66 @@ impl OneWay {
         for executor in self.executors {
             executor.join().expect("a hop executor panicked");
         }
+    }
+}
+
+/// The sending executor: on each command, fills that many batches with the frames' events
+/// (a new batch each time, as a shard's outbox does) and sends them; reports when it began.
+async fn send_batches(
+    sender: SharedSender<MeshBatch>,
+    frames: Vec<AlignedVec>,
+    commands: flume::Receiver<u64>,
+    started: flume::Sender<Instant>,
+    meter: CpuMeterTask,
+) {
+    meter.spawn();
+    let sender = sender.connect().await;
+    let records: Vec<&[u8]> = validated_frames(&frames).concat();
+    let mut archives = records.iter().cycle();
+    let sink = SinkId::new(0, 0);
+    while let Ok(batches) = commands.recv_async().await {
+        let began = Instant::now();
+        for _ in 0..batches {
+            let mut batch = MeshBatch::default();
+            for archive in archives.by_ref().take(MESH_BATCH_EVENTS_MAX) {
+                let credit = Credit::new(1, archive.len() as u32);
+                batch.events.push_archive(archive, sink, credit);
+            }
+            if sender.send(batch).await.is_err() {
+                return;
+            }
+        }
+        let _ = started.send(began);
+    }
+}
+
+/// The receiving executor: on each command, says it is waiting, receives that many batches,
+/// reads every event in place and drops each batch, as a shard does; reports when it ended.
+async fn receive_batches(
+    receiver: SharedReceiver<MeshBatch>,
+    commands: flume::Receiver<u64>,
+    armed: flume::Sender<()>,
+    finished: flume::Sender<Instant>,
+    meter: CpuMeterTask,
+) {
+    meter.spawn();
+    let receiver = receiver.connect().await;
+    while let Ok(batches) = commands.recv_async().await {
+        let _ = armed.send(());
+        let mut read = 0u64;
+        for _ in 0..batches {
+            let Some(batch) = receiver.recv().await else {
+                return;
+            };
+            for (archive, _entry) in batch.events.iter() {
+                // SAFETY: the sender pushed records that `access_record` accepted, and
+                // `ArchiveBatch` keeps them 16-byte aligned.
+                let event = unsafe { access_validated::<ArchivedEvent>(archive) };
+                read = read.wrapping_add(event.hunt.get().0 ^ event.client_seq.to_native());
+            }
+        }
+        black_box(read);
+        let _ = finished.send(Instant::now());
     }
 }
 
@@ -484,11 +523,30 @@ impl RoundTrip {
         took
     }
 
-    fn stop(self) -> Vec<ShardStats> {
+    /// Stops both shards and says what crossed the mesh, if the bench ran.
+    fn stop(self) {
+        let measured = self.cpu.events.get() > 0;
         self.cpu.report("round_trip");
         drop(self.commands);
-        self.shards.stop()
+        let stats = self.shards.stop();
+        if measured {
+            report_traffic(&stats[0], &stats[OWNER.index()]);
+        }
     }
+}
+
+/// How full the batches were each way, and the most events in flight at the owner.
+fn report_traffic(origin: &ShardStats, owner: &ShardStats) {
+    eprintln!(
+        "mesh_hop/round_trip: {} events crossed in {} batches ({:.1} a batch), {} replies \
+         came back in {} batches; at most {} events were in flight at the owner",
+        origin.events_forwarded,
+        origin.mesh_batches_sent,
+        origin.events_forwarded as f64 / origin.mesh_batches_sent.max(1) as f64,
+        owner.events_applied_for_peers,
+        owner.mesh_batches_sent,
+        origin.mesh_inflight_peak.events,
+    );
 }
 
 fn bench_hop(c: &mut Criterion) {
@@ -508,19 +566,8 @@ fn bench_hop(c: &mut Criterion) {
     group.bench_function("round_trip", |b| {
         b.iter_custom(|frames| round_trip.run(frames))
     });
-    let stats = round_trip.stop();
+    round_trip.stop();
     group.finish();
-    let (origin, owner) = (&stats[0], &stats[OWNER.index()]);
-    eprintln!(
-        "mesh_hop: round trip moved {} events in {} batches ({:.1} events a batch) and {} \
-         replies in {} batches; the most events in flight at the owner was {}",
-        origin.events_forwarded,
-        origin.mesh_batches_sent,
-        origin.events_forwarded as f64 / origin.mesh_batches_sent.max(1) as f64,
-        owner.events_applied_for_peers,
-        owner.mesh_batches_sent,
-        origin.mesh_inflight_peak.events,
-    );
 }
 
 fn config() -> Criterion {
