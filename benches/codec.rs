@@ -5,7 +5,8 @@
 //! and applying (`ShardCore::apply`, the state machine) are here too, for scale.
 //!
 //! Events are the load generator's (`trove bench`'s default workload and mix); frames hold
-//! `FRAME_EVENTS` of them unless a bench says otherwise. Throughput is in events.
+//! `FRAME_EVENTS` of them unless a bench says otherwise. Throughput is in events; criterion
+//! writes each bench's median to `target/criterion/GROUP/NAME/new/estimates.json`.
 //!
 //! Run: `cargo bench --bench codec`.
 
@@ -138,43 +139,22 @@ impl Framed {
     }
 }
 
-fn bench_stages(c: &mut Criterion) {
-    let workload = Workload::default();
-    let events = support::events(&workload, EVENTS_DRAWN);
+/// Benches one stage in a group of its own: each call of `routine` handles one frame's worth
+/// (`FRAME_EVENTS`) of events.
+fn bench_stage<R>(c: &mut Criterion, group: &str, name: &str, mut routine: impl FnMut() -> R) {
+    let mut group = c.benchmark_group(group);
+    group.throughput(Throughput::Elements(FRAME_EVENTS as u64));
+    group.bench_function(name, |b| b.iter(&mut routine));
+    group.finish();
+}
+
+/// The checks of bytes that arrive, one stage at a time, and validation with routing: the
+/// figure the target of well under 100 ns an event is about.
+fn bench_checks(c: &mut Criterion) {
+    let events = support::events(&Workload::default(), EVENTS_DRAWN);
     let framed = Framed::new(&events);
     let records = framed.records();
     let archived = framed.events();
-    let core = routing_core();
-    let per_frame = Throughput::Elements(FRAME_EVENTS as u64);
-
-    let mut group = c.benchmark_group("validate_route");
-    group.throughput(per_frame.clone());
-    group.bench_function("access_record+route", |b| {
-        let mut next = cycle(&records);
-        b.iter(|| {
-            next()
-                .iter()
-                .enumerate()
-                .filter(|(index, record)| {
-                    let event = access_record::<ArchivedEvent>(*index as u32, black_box(record))
-                        .expect("a bench event validates");
-                    matches!(core.route(event), Route::Local(_))
-                })
-                .count()
-        })
-    });
-    group.finish();
-
-    let mut group = c.benchmark_group("decode_frame");
-    group.throughput(per_frame.clone());
-    group.bench_function("header+xxh3", |b| {
-        let mut next = cycle(&framed.frames);
-        b.iter(|| decode_frame(black_box(next())).expect("a valid frame"))
-    });
-    group.finish();
-
-    let mut group = c.benchmark_group("parse_records");
-    group.throughput(per_frame.clone());
     let bodies: Vec<&[u8]> = framed
         .frames
         .iter()
@@ -183,83 +163,70 @@ fn bench_stages(c: &mut Criterion) {
             _ => panic!("a bench frame is one whole, valid frame"),
         })
         .collect();
-    group.bench_function("trailer+lengths", |b| {
-        let mut next = cycle(&bodies);
-        b.iter(|| Records::parse(FrameKind::Events, black_box(next())).expect("records parse"))
-    });
-    group.finish();
+    let core = routing_core();
 
-    let mut group = c.benchmark_group("validate");
-    group.throughput(per_frame.clone());
-    group.bench_function("access_record", |b| {
-        let mut next = cycle(&records);
-        b.iter(|| {
-            for (index, record) in next().iter().enumerate() {
-                black_box(
-                    access_record::<ArchivedEvent>(index as u32, black_box(record))
-                        .expect("a bench event validates"),
-                );
-            }
-        })
+    let mut next = cycle(&records);
+    bench_stage(c, "validate_route", "access_record+route", || {
+        let local = next().iter().enumerate().filter(|(index, record)| {
+            let event = access_record::<ArchivedEvent>(*index as u32, black_box(record))
+                .expect("a bench event validates");
+            matches!(core.route(event), Route::Local(_))
+        });
+        local.count()
     });
-    group.finish();
-
-    let mut group = c.benchmark_group("route");
-    group.throughput(per_frame.clone());
-    group.bench_function("ShardCore::route", |b| {
-        let mut next = cycle(&archived);
-        b.iter(|| {
-            for event in next() {
-                black_box(core.route(black_box(event)));
-            }
-        })
+    let mut next = cycle(&framed.frames);
+    bench_stage(c, "decode_frame", "header+xxh3", || {
+        decode_frame(black_box(next())).expect("a valid frame")
     });
-    group.finish();
-
-    let mut group = c.benchmark_group("encode");
-    group.throughput(per_frame.clone());
-    group.bench_function("FrameBuilder::push", |b| {
-        let chunks: Vec<&[Event]> = events.chunks(FRAME_EVENTS).collect();
-        let mut next = cycle(&chunks);
-        let mut builder = FrameBuilder::new();
-        b.iter(|| {
-            builder.clear(usize::MAX);
-            builder.begin(FrameKind::Events);
-            for event in next().iter() {
-                builder.push(black_box(event)).expect("a bench event fits");
-            }
-            builder.finish(1);
-            black_box(builder.bytes());
-        })
+    let mut next = cycle(&bodies);
+    bench_stage(c, "parse_records", "trailer+lengths", || {
+        Records::parse(FrameKind::Events, black_box(next())).expect("records parse")
     });
-    group.finish();
-
-    let mut group = c.benchmark_group("apply");
-    group.throughput(per_frame);
-    group.bench_function("ShardCore::apply", |b| {
-        let mut core = core_with_hunts(&workload);
-        let mut next = cycle(&archived);
-        b.iter(|| {
-            for event in next() {
-                black_box(core.apply(black_box(event)));
-            }
-        })
+    let mut next = cycle(&records);
+    bench_stage(c, "validate", "access_record", || {
+        for (index, record) in next().iter().enumerate() {
+            let event = access_record::<ArchivedEvent>(index as u32, black_box(record));
+            black_box(event.expect("a bench event validates"));
+        }
     });
-    group.finish();
+    let mut next = cycle(&archived);
+    bench_stage(c, "route", "ShardCore::route", || {
+        for event in next() {
+            black_box(core.route(black_box(event)));
+        }
+    });
 }
 
-fn config() -> Criterion {
-    // The machines here are small and shared: fewer, longer samples than criterion's default.
-    Criterion::default()
-        .sample_size(50)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .configure_from_args()
+/// For scale: a client's side of the codec, and the state machine a shard feeds.
+fn bench_encode_apply(c: &mut Criterion) {
+    let workload = Workload::default();
+    let events = support::events(&workload, EVENTS_DRAWN);
+    let chunks: Vec<&[Event]> = events.chunks(FRAME_EVENTS).collect();
+    let mut next = cycle(&chunks);
+    let mut builder = FrameBuilder::new();
+    bench_stage(c, "encode", "FrameBuilder::push", || {
+        builder.clear(usize::MAX);
+        builder.begin(FrameKind::Events);
+        for event in next().iter() {
+            builder.push(black_box(event)).expect("a bench event fits");
+        }
+        builder.finish(1);
+        black_box(builder.bytes().len())
+    });
+    let framed = Framed::new(&events);
+    let archived = framed.events();
+    let mut core = core_with_hunts(&workload);
+    let mut next = cycle(&archived);
+    bench_stage(c, "apply", "ShardCore::apply", || {
+        for event in next() {
+            black_box(core.apply(black_box(event)));
+        }
+    });
 }
 
 criterion_group! {
     name = benches;
-    config = config();
-    targets = bench_ingest, bench_stages
+    config = support::criterion(50, Duration::from_secs(1), Duration::from_secs(3));
+    targets = bench_ingest, bench_checks, bench_encode_apply
 }
 criterion_main!(benches);

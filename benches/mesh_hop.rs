@@ -570,18 +570,9 @@ fn bench_hop(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    // The machines here are small and shared: fewer, longer samples than criterion's default.
-    Criterion::default()
-        .sample_size(30)
-        .warm_up_time(Duration::from_secs(2))
-        .measurement_time(Duration::from_secs(6))
-        .configure_from_args()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = support::criterion(30, Duration::from_secs(2), Duration::from_secs(6));
     targets = bench_hop
 }
 criterion_main!(benches);

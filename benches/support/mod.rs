@@ -5,6 +5,9 @@
 //! Everything here is set-up, done once before any measurement; a failure is a broken
 //! benchmark, not bad input, so it panics with what went wrong.
 
+use std::time::Duration;
+
+use criterion::Criterion;
 use rkyv::util::AlignedVec;
 use trove::bench::workload::{EventMaker, HuntPicker, Workload};
 use trove::core::codec::{Decoded, FrameBuilder, FrameKind, Records, access_record, decode_frame};
@@ -57,4 +60,14 @@ pub fn validated_records(frame: &[u8]) -> Vec<&[u8]> {
             record
         })
         .collect()
+}
+
+/// Criterion as these benches run it. The machines here are small and shared by other work:
+/// fewer, longer samples than criterion's default, and flags on the command line still win.
+pub fn criterion(samples: usize, warm_up: Duration, measurement: Duration) -> Criterion {
+    Criterion::default()
+        .sample_size(samples)
+        .warm_up_time(warm_up)
+        .measurement_time(measurement)
+        .configure_from_args()
 }
