@@ -1,0 +1,578 @@
+//! The cross-shard hop, as the runtime performs it, in events per second.
+//!
+//! Two glommio executors pinned to the first two CPUs of the affinity mask (both to the one
+//! CPU of a one-CPU machine, which the bench then says), joined by the runtime's channel: a
+//! bounded `shared_channel` of `MeshBatch`es that holds `MESH_CHANNEL_BATCHES_MAX` of them.
+//! Events are the load generator's (`trove bench`'s default workload and mix), validated once
+//! with `access_record` before any measurement, as a connection validates them.
+//!
+//! - `one_way`, the transport: one executor fills batches of `MESH_BATCH_EVENTS_MAX` event
+//!   archives with `ArchiveBatch::push_archive`, a new batch each time as a shard's outbox
+//!   does, and sends them; the other receives them and reads every event in place with
+//!   `access_validated`, then drops the batch, as `Shard::receive_from` does. Timed from the
+//!   first push to the last event read.
+//! - `round_trip`, the runtime itself: `spawn_shards` starts two real shards, mesh included.
+//!   A driver on shard 0 admits and dispatches events the way a connection does, all of them
+//!   owned by shard 1, so each is forwarded (`forward_to_owner`), flushed (`flush_to`),
+//!   applied by shard 1 (`receive_from` and `apply_forwarded`, the state machine included)
+//!   and answered by a reply that returns in shard 1's next batch and is delivered to the
+//!   driver's sink, whose credit is then released as a connection's writer releases it. Timed
+//!   from the first admission to the last reply delivered.
+//!
+//! One iteration is `MESH_BATCH_EVENTS_MAX` events (a batch; for the round trip, a frame of
+//! that many that the driver dispatches before it yields, as a connection yields to read
+//! again), and throughput is in events. The time is taken on the executors, so criterion's
+//! thread only waits; `iter_custom` reports it. Criterion writes each bench's median to
+//! `target/criterion/mesh_hop/NAME/new/estimates.json`.
+//!
+//! Wall-clock figures on a shared machine fall whenever another process takes one of the two
+//! CPUs, so each bench also reports the CPU time each executor's thread spent per event over
+//! the whole bench (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`): what the hop costs each core,
+//! whatever else runs, and so the most events per second the busier side could carry.
+//!
+//! Run: `cargo bench --bench mesh_hop`.
+
+mod support;
+
+use std::cell::Cell;
+use std::hint::black_box;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use rkyv::util::AlignedVec;
+use trove::bench::workload::Workload;
+use trove::constants::{MESH_BATCH_EVENTS_MAX, MESH_CHANNEL_BATCHES_MAX, SHARD_IO_MEMORY_BYTES};
+use trove::core::codec::access_validated;
+use trove::core::credit::Credit;
+use trove::core::ids::ShardId;
+use trove::core::message::{ArchivedEvent, Event, Reply};
+use trove::core::partition::PartitionMap;
+use trove::runtime::config::{RuntimeConfig, allowed_cpus};
+use trove::runtime::executors::{Shards, spawn_shards};
+use trove::runtime::mesh::MeshBatch;
+use trove::runtime::preflight::preflight;
+use trove::runtime::shard::{Admission, Dispatched, ReplySink, Shard, ShardStats, SinkId};
+use trove::runtime::wait::WaitQueue;
+
+/// Events drawn from the workload for the measured traffic.
+const EVENTS_DRAWN: usize = 16_384;
+/// The shard that owns every event the round trip's driver (on shard 0) dispatches.
+const OWNER: ShardId = ShardId(1);
+
+/// Ends the bench with a sentence when this host cannot run it.
+fn fail(what: &str, error: impl std::fmt::Display) -> ! {
+    eprintln!("mesh_hop: {what}: {error}");
+    std::process::exit(1);
+}
+
+/// The two CPUs the hop runs between: the first two of the affinity mask.
+fn hop_cpus() -> [usize; 2] {
+    let cpus = allowed_cpus();
+    match cpus.as_slice() {
+        [] => fail("no CPU to run on", "the affinity mask is empty"),
+        [only] => {
+            eprintln!(
+                "mesh_hop: one CPU ({only}) in the affinity mask: both executors share it, so \
+                 this measures a hop between two executors taking turns on one core"
+            );
+            [*only, *only]
+        }
+        [first, second, ..] => {
+            eprintln!("mesh_hop: executors pinned to CPUs {first} and {second}");
+            [*first, *second]
+        }
+    }
+}
+
+/// The records of the frames, validated, one list a frame.
+fn validated_frames(frames: &[AlignedVec]) -> Vec<Vec<&[u8]>> {
+    frames
+        .iter()
+        .map(|frame| support::validated_records(frame))
+        .collect()
+}
+
+/// CPU time the calling thread has run, in user and kernel mode.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for clock_gettime to fill in.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    assert_eq!(result, 0, "every Linux thread has a CPU-time clock");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// Reads, from criterion's thread, the CPU time of an executor's thread.
+struct CpuMeter {
+    requests: flume::Sender<()>,
+    readings: flume::Receiver<Duration>,
+}
+
+/// The executor's end of a [`CpuMeter`]: a task that answers each request.
+struct CpuMeterTask {
+    requests: flume::Receiver<()>,
+    readings: flume::Sender<Duration>,
+}
+
+impl CpuMeter {
+    fn new() -> (CpuMeter, CpuMeterTask) {
+        let (requests, requests_rx) = flume::unbounded();
+        let (readings_tx, readings) = flume::unbounded();
+        let task = CpuMeterTask {
+            requests: requests_rx,
+            readings: readings_tx,
+        };
+        (CpuMeter { requests, readings }, task)
+    }
+
+    fn read(&self) -> Duration {
+        self.requests.send(()).expect("the executor is running");
+        self.readings.recv().expect("the executor is running")
+    }
+}
+
+impl CpuMeterTask {
+    /// Spawns the task on the calling executor.
+    fn spawn(self) {
+        glommio::spawn_local(async move {
+            while self.requests.recv_async().await.is_ok() {
+                if self.readings.send(thread_cpu_time()).is_err() {
+                    break;
+                }
+            }
+        })
+        .detach();
+    }
+}
+
+/// The CPU time both executors of a bench spend on the events it moves.
+struct HopCpu {
+    sides: [(&'static str, CpuMeter, Duration); 2],
+    events: Cell<u64>,
+}
+
+impl HopCpu {
+    /// Starts counting from now; `sides` names each executor.
+    fn start(sides: [(&'static str, CpuMeter); 2]) -> HopCpu {
+        HopCpu {
+            sides: sides.map(|(name, meter)| {
+                let started = meter.read();
+                (name, meter, started)
+            }),
+            events: Cell::new(0),
+        }
+    }
+
+    fn add_events(&self, events: u64) {
+        self.events.set(self.events.get() + events);
+    }
+
+    /// Says what each side spent per event, unless the bench did not run (filtered out).
+    fn report(&self, bench: &str) {
+        if self.events.get() == 0 {
+            return;
+        }
+        let events = self.events.get() as f64;
+        let per_event: Vec<f64> = self
+            .sides
+            .iter()
+            .map(|(_, meter, started)| (meter.read() - *started).as_nanos() as f64 / events)
+            .collect();
+        let busiest = per_event.iter().copied().fold(0.0, f64::max);
+        eprintln!(
+            "mesh_hop/{bench}: CPU per event: {} {:.1} ns, {} {:.1} ns; the busier side could \
+             carry {:.2} M events/s",
+            self.sides[0].0,
+            per_event[0],
+            self.sides[1].0,
+            per_event[1],
+            1e3 / busiest
+        );
+    }
+}
+
+// ---- one way: the transport ---------------------------------------------------------------
+
+/// Two pinned executors and the channel between them, waiting for batches to move.
+struct OneWay {
+    send_commands: flume::Sender<u64>,
+    send_started: flume::Receiver<Instant>,
+    receive_commands: flume::Sender<u64>,
+    receive_armed: flume::Receiver<()>,
+    receive_finished: flume::Receiver<Instant>,
+    executors: Vec<ExecutorJoinHandle<()>>,
+    cpu: HopCpu,
+}
+
+fn executor(cpu: usize, name: &str) -> LocalExecutorBuilder {
+    LocalExecutorBuilder::new(Placement::Fixed(cpu))
+        .name(name)
+        .io_memory(SHARD_IO_MEMORY_BYTES)
+}
+
+impl OneWay {
+    fn start(cpus: [usize; 2], frames: Vec<AlignedVec>) -> OneWay {
+        let (sender, receiver) = shared_channel::new_bounded(MESH_CHANNEL_BATCHES_MAX);
+        let (send_commands, send_commands_rx) = flume::unbounded::<u64>();
+        let (send_started_tx, send_started) = flume::unbounded();
+        let (receive_commands, receive_commands_rx) = flume::unbounded::<u64>();
+        let (receive_armed_tx, receive_armed) = flume::unbounded();
+        let (receive_finished_tx, receive_finished) = flume::unbounded();
+        let (send_meter, send_meter_task) = CpuMeter::new();
+        let (receive_meter, receive_meter_task) = CpuMeter::new();
+        let sending = executor(cpus[0], "hop-send")
+            .spawn(move || {
+                send_batches(
+                    sender,
+                    frames,
+                    send_commands_rx,
+                    send_started_tx,
+                    send_meter_task,
+                )
+            })
+            .unwrap_or_else(|error| fail("cannot start the sending executor", error));
+        let receiving = executor(cpus[1], "hop-receive")
+            .spawn(move || {
+                receive_batches(
+                    receiver,
+                    receive_commands_rx,
+                    receive_armed_tx,
+                    receive_finished_tx,
+                    receive_meter_task,
+                )
+            })
+            .unwrap_or_else(|error| fail("cannot start the receiving executor", error));
+        OneWay {
+            send_commands,
+            send_started,
+            receive_commands,
+            receive_armed,
+            receive_finished,
+            executors: vec![sending, receiving],
+            cpu: HopCpu::start([("sender", send_meter), ("receiver", receive_meter)]),
+        }
+    }
+
+    /// Moves `batches` full batches across; the time from the first push to the last read.
+    fn run(&self, batches: u64) -> Duration {
+        // The receiver waits on the channel before the sender starts, so a slow wake of the
+        // receiver's executor from this thread is never timed.
+        self.receive_commands.send(batches).expect("receiver alive");
+        self.receive_armed.recv().expect("receiver alive");
+        self.send_commands.send(batches).expect("sender alive");
+        let started = self.send_started.recv().expect("sender alive");
+        let finished = self.receive_finished.recv().expect("receiver alive");
+        self.cpu.add_events(batches * MESH_BATCH_EVENTS_MAX as u64);
+        finished.duration_since(started)
+    }
+
+    fn stop(self) {
+        self.cpu.report("one_way");
+        drop(self.send_commands);
+        drop(self.receive_commands);
+        for executor in self.executors {
+            executor.join().expect("a hop executor panicked");
+        }
+    }
+}
+
+/// The sending executor: on each command, fills that many batches with the frames' events
+/// (a new batch each time, as a shard's outbox does) and sends them; reports when it began.
+async fn send_batches(
+    sender: SharedSender<MeshBatch>,
+    frames: Vec<AlignedVec>,
+    commands: flume::Receiver<u64>,
+    started: flume::Sender<Instant>,
+    meter: CpuMeterTask,
+) {
+    meter.spawn();
+    let sender = sender.connect().await;
+    let records: Vec<&[u8]> = validated_frames(&frames).concat();
+    let mut archives = records.iter().cycle();
+    let sink = SinkId::new(0, 0);
+    while let Ok(batches) = commands.recv_async().await {
+        let began = Instant::now();
+        for _ in 0..batches {
+            let mut batch = MeshBatch::default();
+            for archive in archives.by_ref().take(MESH_BATCH_EVENTS_MAX) {
+                let credit = Credit::new(1, archive.len() as u32);
+                batch.events.push_archive(archive, sink, credit);
+            }
+            if sender.send(batch).await.is_err() {
+                return;
+            }
+        }
+        let _ = started.send(began);
+    }
+}
+
+/// The receiving executor: on each command, says it is waiting, receives that many batches,
+/// reads every event in place and drops each batch, as a shard does; reports when it ended.
+async fn receive_batches(
+    receiver: SharedReceiver<MeshBatch>,
+    commands: flume::Receiver<u64>,
+    armed: flume::Sender<()>,
+    finished: flume::Sender<Instant>,
+    meter: CpuMeterTask,
+) {
+    meter.spawn();
+    let receiver = receiver.connect().await;
+    while let Ok(batches) = commands.recv_async().await {
+        let _ = armed.send(());
+        let mut read = 0u64;
+        for _ in 0..batches {
+            let Some(batch) = receiver.recv().await else {
+                return;
+            };
+            for (archive, _entry) in batch.events.iter() {
+                // SAFETY: the sender pushed records that `access_record` accepted, and
+                // `ArchiveBatch` keeps them 16-byte aligned.
+                let event = unsafe { access_validated::<ArchivedEvent>(archive) };
+                read = read.wrapping_add(event.hunt.get().0 ^ event.client_seq.to_native());
+            }
+        }
+        black_box(read);
+        let _ = finished.send(Instant::now());
+    }
+}
+
+// ---- round trip: the runtime --------------------------------------------------------------
+
+/// The driver's connection, as far as the shard can tell: it counts the replies delivered to
+/// it and holds their credit until its "writer" gives it back.
+#[derive(Default)]
+struct CountingSink {
+    replies: Cell<u64>,
+    unreleased: Cell<Credit>,
+    /// Woken when a reply arrives and when the driver is done.
+    changed: WaitQueue,
+    closing: Cell<bool>,
+}
+
+impl ReplySink for CountingSink {
+    fn push_reply(&self, _reply: &Reply, _credit: Credit) {
+        unreachable!("the driver dispatches only events that the other shard owns");
+    }
+
+    fn push_archived_reply(&self, _archive: &[u8], credit: Credit) {
+        let held = self.unreleased.get();
+        self.unreleased.set(Credit::new(
+            held.events + credit.events,
+            held.bytes + credit.bytes,
+        ));
+        self.replies.set(self.replies.get() + 1);
+        self.changed.wake_all();
+    }
+}
+
+/// What shard 0's driver gets: the frames it dispatches and its line to criterion's thread.
+struct DriverPayload {
+    setup: Vec<AlignedVec>,
+    measured: Vec<AlignedVec>,
+    commands: flume::Receiver<u64>,
+    results: flume::Sender<Duration>,
+}
+
+/// Gives the sink's credit back as replies arrive, as a connection's writer does once they
+/// are written; closes the sink when the driver is done.
+async fn release_replied(shard: Rc<Shard>, sink: Rc<CountingSink>, id: SinkId) {
+    loop {
+        let done = sink
+            .changed
+            .until(|| {
+                let pending = sink.unreleased.get() != Credit::ZERO;
+                (pending || sink.closing.get()).then_some(!pending)
+            })
+            .await;
+        if done {
+            break;
+        }
+        shard.release(id, sink.unreleased.take());
+    }
+    shard.close_sink(id);
+}
+
+/// Admits and dispatches every event of `frames` as a connection does, yielding after each
+/// frame as a connection yields to read again, then waits for all their replies.
+async fn dispatch_frames<'a>(
+    shard: &Shard,
+    sink: &CountingSink,
+    id: SinkId,
+    frames: impl Iterator<Item = &'a Vec<&'a [u8]>>,
+) {
+    let mut replies_expected = sink.replies.get();
+    for records in frames {
+        for record in records {
+            // SAFETY: the payload's records passed `access_record` in `validated_frames`.
+            let event = unsafe { access_validated::<ArchivedEvent>(record) };
+            let credit = Credit::new(1, record.len() as u32);
+            let admitted = shard.admit(id, credit).await;
+            assert_eq!(admitted, Admission::Granted, "the driver's shard waits");
+            let dispatched = shard.dispatch(id, record, event, credit).await;
+            assert_eq!(
+                dispatched,
+                Dispatched::Forwarded,
+                "{OWNER} owns every event"
+            );
+            replies_expected += 1;
+        }
+        futures_lite::future::yield_now().await;
+    }
+    sink.changed
+        .until(|| (sink.replies.get() >= replies_expected).then_some(()))
+        .await;
+}
+
+/// Runs on shard 0: sets the owner's hunts up, then dispatches frames on command and reports
+/// how long each command took, until criterion's thread hangs up.
+async fn drive(shard: Rc<Shard>, payload: DriverPayload) {
+    let sink = Rc::new(CountingSink::default());
+    let id = shard
+        .register_sink(sink.clone())
+        .expect("a new shard has room for a connection");
+    glommio::spawn_local(release_replied(shard.clone(), sink.clone(), id)).detach();
+    let setup = validated_frames(&payload.setup);
+    dispatch_frames(&shard, &sink, id, setup.iter()).await;
+    let measured = validated_frames(&payload.measured);
+    let mut frames = measured.iter().cycle();
+    if payload.results.send(Duration::ZERO).is_ok() {
+        while let Ok(count) = payload.commands.recv_async().await {
+            let started = Instant::now();
+            dispatch_frames(&shard, &sink, id, frames.by_ref().take(count as usize)).await;
+            if payload.results.send(started.elapsed()).is_err() {
+                break;
+            }
+        }
+    }
+    sink.closing.set(true);
+    sink.changed.wake_all();
+}
+
+/// What each shard gets: a CPU meter, and on shard 0 the driver's payload.
+struct ShardPayload {
+    meter: CpuMeterTask,
+    driver: Option<DriverPayload>,
+}
+
+/// Two real shards with a driver on shard 0, set up and waiting for commands.
+struct RoundTrip {
+    shards: Shards,
+    commands: flume::Sender<u64>,
+    results: flume::Receiver<Duration>,
+    cpu: HopCpu,
+}
+
+impl RoundTrip {
+    fn start(cpus: [usize; 2]) -> RoundTrip {
+        let config = RuntimeConfig::on_cpus(cpus.to_vec());
+        let map = PartitionMap::round_robin(config.partitions, cpus.len())
+            .unwrap_or_else(|error| fail("cannot build the partition map", error));
+        let owned = |event: &&Event| map.route(event.hunt).1 == OWNER;
+        let workload = Workload::default();
+        let setup: Vec<Event> = workload.setup_events().filter(|e| owned(&e)).collect();
+        let drawn = support::events(&workload, EVENTS_DRAWN);
+        let mut measured: Vec<&Event> = drawn.iter().filter(owned).collect();
+        // Whole frames only: every iteration is exactly one frame's worth of events.
+        measured.truncate(measured.len() / MESH_BATCH_EVENTS_MAX * MESH_BATCH_EVENTS_MAX);
+        let (commands, commands_rx) = flume::unbounded();
+        let (results_tx, results) = flume::unbounded();
+        let driver = DriverPayload {
+            setup: support::frames(&setup, MESH_BATCH_EVENTS_MAX),
+            measured: support::frames(measured, MESH_BATCH_EVENTS_MAX),
+            commands: commands_rx,
+            results: results_tx,
+        };
+        let (origin_meter, origin_meter_task) = CpuMeter::new();
+        let (owner_meter, owner_meter_task) = CpuMeter::new();
+        let payloads = vec![
+            ShardPayload {
+                meter: origin_meter_task,
+                driver: Some(driver),
+            },
+            ShardPayload {
+                meter: owner_meter_task,
+                driver: None,
+            },
+        ];
+        let shards = spawn_shards(&config, &map, payloads, |shard, payload| {
+            payload.meter.spawn();
+            if let Some(driver) = payload.driver {
+                glommio::spawn_local(drive(shard, driver)).detach();
+            }
+        })
+        .unwrap_or_else(|error| fail("cannot start the shards", error));
+        results.recv().expect("the driver sets the hunts up");
+        RoundTrip {
+            shards,
+            commands,
+            results,
+            cpu: HopCpu::start([("shard 0", origin_meter), ("shard 1", owner_meter)]),
+        }
+    }
+
+    /// Sends `frames` frames of events across and waits for every reply; the time it took.
+    fn run(&self, frames: u64) -> Duration {
+        self.commands.send(frames).expect("driver alive");
+        let took = self.results.recv().expect("driver alive");
+        self.cpu.add_events(frames * MESH_BATCH_EVENTS_MAX as u64);
+        took
+    }
+
+    /// Stops both shards and says what crossed the mesh, if the bench ran.
+    fn stop(self) {
+        let measured = self.cpu.events.get() > 0;
+        self.cpu.report("round_trip");
+        drop(self.commands);
+        let stats = self.shards.stop();
+        if measured {
+            report_traffic(&stats[0], &stats[OWNER.index()]);
+        }
+    }
+}
+
+/// How full the batches were each way, and the most events in flight at the owner.
+fn report_traffic(origin: &ShardStats, owner: &ShardStats) {
+    eprintln!(
+        "mesh_hop/round_trip: {} events crossed in {} batches ({:.1} a batch), {} replies \
+         came back in {} batches; at most {} events were in flight at the owner",
+        origin.events_forwarded,
+        origin.mesh_batches_sent,
+        origin.events_forwarded as f64 / origin.mesh_batches_sent.max(1) as f64,
+        owner.events_applied_for_peers,
+        owner.mesh_batches_sent,
+        origin.mesh_inflight_peak.events,
+    );
+}
+
+fn bench_hop(c: &mut Criterion) {
+    if let Err(error) = preflight(2) {
+        fail("cannot run two executors", error);
+    }
+    let cpus = hop_cpus();
+    let mut group = c.benchmark_group("mesh_hop");
+    group.throughput(Throughput::Elements(MESH_BATCH_EVENTS_MAX as u64));
+
+    let events = support::events(&Workload::default(), EVENTS_DRAWN);
+    let one_way = OneWay::start(cpus, support::frames(&events, MESH_BATCH_EVENTS_MAX));
+    group.bench_function("one_way", |b| b.iter_custom(|batches| one_way.run(batches)));
+    one_way.stop();
+
+    let round_trip = RoundTrip::start(cpus);
+    group.bench_function("round_trip", |b| {
+        b.iter_custom(|frames| round_trip.run(frames))
+    });
+    round_trip.stop();
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = support::criterion(30, Duration::from_secs(2), Duration::from_secs(6));
+    targets = bench_hop
+}
+criterion_main!(benches);

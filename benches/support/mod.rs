@@ -1,0 +1,73 @@
+//! What both benchmarks start from: the load generator's events (`trove bench`'s default
+//! workload and mix), framed the way a client frames them, and their records checked the way
+//! a connection checks them before a shard touches them.
+//!
+//! Everything here is set-up, done once before any measurement; a failure is a broken
+//! benchmark, not bad input, so it panics with what went wrong.
+
+use std::time::Duration;
+
+use criterion::Criterion;
+use rkyv::util::AlignedVec;
+use trove::bench::workload::{EventMaker, HuntPicker, Workload};
+use trove::core::codec::{Decoded, FrameBuilder, FrameKind, Records, access_record, decode_frame};
+use trove::core::message::{ArchivedEvent, Event};
+
+/// `count` events of the workload's mix, as load-generator thread 0 makes them.
+pub fn events(workload: &Workload, count: usize) -> Vec<Event> {
+    let picker = HuntPicker::new(workload.hunts, workload.zipf);
+    let mut maker = EventMaker::new(workload, picker, 0);
+    (0..count as u64)
+        .map(|seq| maker.next(seq, seq * 1_000).clone())
+        .collect()
+}
+
+/// The events, `per_frame` to a frame, each frame in its own 16-byte-aligned buffer (as a
+/// frame sits in a connection's receive buffer).
+pub fn frames<'a>(
+    events: impl IntoIterator<Item = &'a Event>,
+    per_frame: usize,
+) -> Vec<AlignedVec> {
+    let events: Vec<&Event> = events.into_iter().collect();
+    events
+        .chunks(per_frame)
+        .map(|chunk| {
+            let mut builder = FrameBuilder::new();
+            builder.begin(FrameKind::Events);
+            for event in chunk {
+                builder.push(*event).expect("a workload event fits a frame");
+            }
+            builder.finish(1);
+            let mut frame = AlignedVec::new();
+            frame.extend_from_slice(builder.bytes());
+            frame
+        })
+        .collect()
+}
+
+/// The records of one whole events frame, each validated with `access_record` as a
+/// connection validates them: afterwards they may be read with `access_validated`.
+pub fn validated_records(frame: &[u8]) -> Vec<&[u8]> {
+    let Ok(Decoded::Frame { header, body, .. }) = decode_frame(frame) else {
+        panic!("a bench frame is one whole, valid frame");
+    };
+    let records = Records::parse(header.kind, body).expect("a bench frame's records parse");
+    records
+        .iter()
+        .enumerate()
+        .map(|(index, record)| {
+            access_record::<ArchivedEvent>(index as u32, record).expect("a bench event validates");
+            record
+        })
+        .collect()
+}
+
+/// Criterion as these benches run it. The machines here are small and shared by other work:
+/// fewer, longer samples than criterion's default, and flags on the command line still win.
+pub fn criterion(samples: usize, warm_up: Duration, measurement: Duration) -> Criterion {
+    Criterion::default()
+        .sample_size(samples)
+        .warm_up_time(warm_up)
+        .measurement_time(measurement)
+        .configure_from_args()
+}
