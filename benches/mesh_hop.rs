@@ -298,10 +298,13 @@ async fn send_batches(
     while let Ok(batches) = commands.recv_async().await {
         let began = Instant::now();
         for _ in 0..batches {
-            let mut batch = MeshBatch::default();
+            let mut batch = MeshBatch::new();
+            let forwarded_at = batch.opened_at;
             for archive in archives.by_ref().take(MESH_BATCH_EVENTS_MAX) {
                 let credit = Credit::new(1, archive.len() as u32);
-                batch.events.push_archive(archive, sink, credit);
+                batch
+                    .events
+                    .push_archive(archive, sink, credit, forwarded_at);
             }
             if sender.send(batch).await.is_err() {
                 return;

@@ -97,7 +97,6 @@ impl ArchiveBatch {
 }
 
 /// One message on a cross-shard channel.
-#[derive(Default)]
 pub struct MeshBatch {
     /// Events for the receiving shard to apply.
     pub events: ArchiveBatch,
@@ -105,9 +104,28 @@ pub struct MeshBatch {
     pub replies: ArchiveBatch,
     /// The sender's connections are done: it forwards no more events (shutdown).
     pub no_more_events: bool,
+    /// When the batch was opened: the forwarding time of the events in it, read once per
+    /// batch rather than once per event.
+    pub opened_at: Instant,
+}
+
+impl Default for MeshBatch {
+    fn default() -> MeshBatch {
+        MeshBatch::new()
+    }
 }
 
 impl MeshBatch {
+    /// An empty batch, opened now.
+    pub fn new() -> MeshBatch {
+        MeshBatch {
+            events: ArchiveBatch::default(),
+            replies: ArchiveBatch::default(),
+            no_more_events: false,
+            opened_at: Instant::now(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.events.is_empty() && self.replies.is_empty() && !self.no_more_events
     }

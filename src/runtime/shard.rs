@@ -199,7 +199,7 @@ impl Peer {
             .back()
             .is_none_or(|batch| part(batch).len() >= MESH_BATCH_EVENTS_MAX || batch.no_more_events);
         if full {
-            outbox.push_back(MeshBatch::default());
+            outbox.push_back(MeshBatch::new());
         }
         self.outbox_filled.wake_all();
         RefMut::map(outbox, |outbox| outbox.back_mut().expect("just ensured"))
@@ -465,12 +465,9 @@ impl Shard {
             stats.mesh_inflight_peak.bytes = stats.mesh_inflight_peak.bytes.max(peak.bytes);
             stats.events_forwarded += 1;
         }
-        peer.filling(|batch| &batch.events).events.push_archive(
-            archive,
-            id,
-            credit,
-            Instant::now(),
-        );
+        let mut batch = peer.filling(|batch| &batch.events);
+        let forwarded_at = batch.opened_at;
+        batch.events.push_archive(archive, id, credit, forwarded_at);
         Dispatched::Forwarded
     }
 
@@ -551,7 +548,7 @@ impl Shard {
             peer.done_sending.set(true);
             peer.outbox.borrow_mut().push_back(MeshBatch {
                 no_more_events: true,
-                ..MeshBatch::default()
+                ..MeshBatch::new()
             });
             peer.outbox_filled.wake_all();
         }
