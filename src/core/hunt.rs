@@ -67,20 +67,38 @@ fn native_position(position: &ArchivedPosition) -> Position {
     }
 }
 
+fn lat_radians(position: Position) -> f64 {
+    f64::from(position.lat_e7) * 1e-7_f64.to_radians()
+}
+
+/// Squared north-south distance in square metres: a lower bound of [`distance_m_squared`]
+/// that needs no cosine.
+fn latitude_gap_m_squared(a: Position, b: Position) -> f64 {
+    let y = lat_radians(b) - lat_radians(a);
+    y * y * EARTH_RADIUS_M * EARTH_RADIUS_M
+}
+
 /// Squared distance in square metres between two points, by the equirectangular
 /// approximation: exact enough within a city, and cheap.
 fn distance_m_squared(a: Position, b: Position) -> f64 {
-    let to_radians = |e7: i32| f64::from(e7) * 1e-7_f64.to_radians();
     let mut dlon_e7 = i64::from(b.lon_e7) - i64::from(a.lon_e7);
     if dlon_e7 > 1_800_000_000 {
         dlon_e7 -= 3_600_000_000;
     } else if dlon_e7 < -1_800_000_000 {
         dlon_e7 += 3_600_000_000;
     }
-    let mean_lat = (to_radians(a.lat_e7) + to_radians(b.lat_e7)) / 2.0;
+    let mean_lat = (lat_radians(a) + lat_radians(b)) / 2.0;
     let x = dlon_e7 as f64 * 1e-7_f64.to_radians() * mean_lat.cos();
-    let y = to_radians(b.lat_e7) - to_radians(a.lat_e7);
+    let y = lat_radians(b) - lat_radians(a);
     (x * x + y * y) * EARTH_RADIUS_M * EARTH_RADIUS_M
+}
+
+/// True if `b` lies within `radius_m` of `a`. The latitude gap alone rules most waypoints out,
+/// without a cosine; it never rules out one the full distance would accept, because
+/// `x² + y² >= y²` survives rounding.
+fn within(a: Position, b: Position, radius_m: u32) -> bool {
+    let radius_squared = f64::from(radius_m) * f64::from(radius_m);
+    latitude_gap_m_squared(a, b) <= radius_squared && distance_m_squared(a, b) <= radius_squared
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -219,8 +237,7 @@ impl Hunt {
         };
         let mut inside_any = false;
         for (index, waypoint) in self.waypoints.iter().enumerate() {
-            let radius = f64::from(waypoint.radius_m);
-            if distance_m_squared(waypoint.position, position) > radius * radius {
+            if !within(waypoint.position, position, waypoint.radius_m) {
                 continue;
             }
             inside_any = true;
@@ -693,6 +710,17 @@ mod tests {
             for treasure in 0..4u32 {
                 prop_assert_eq!(state.winner_of(HUNT, TreasureId(treasure)), first_winner[treasure as usize]);
             }
+        }
+
+        #[test]
+        fn the_latitude_shortcut_never_changes_a_check_in(
+            lat in -900_000_000i32..=900_000_000, lon in -1_800_000_000i32..=1_800_000_000,
+            dlat in -2_000_000i32..2_000_000, dlon in -2_000_000i32..2_000_000, radius in 0u32..=WAYPOINT_RADIUS_M_MAX,
+        ) {
+            let a = Position { lat_e7: lat, lon_e7: lon };
+            let b = Position { lat_e7: (lat + dlat).clamp(-900_000_000, 900_000_000), lon_e7: (lon + dlon).clamp(-1_800_000_000, 1_800_000_000) };
+            let full = distance_m_squared(a, b) <= f64::from(radius) * f64::from(radius);
+            prop_assert_eq!(within(a, b, radius), full);
         }
 
         #[test]
