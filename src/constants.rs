@@ -143,6 +143,8 @@ pub const BENCH_LATENCY_NS_MAX: u64 = 60_000_000_000;
 
 /// Longest stage latency a shard's histograms record; anything slower is clamped to it.
 pub const STAGE_LATENCY_NS_MAX: u64 = 60_000_000_000;
+/// Longest an idle shard may spin before it parks (`trove node --spin-before-park-us`).
+pub const SPIN_BEFORE_PARK_US_MAX: u64 = 10_000;
 /// How long a stopping node waits for work in flight to drain before it closes anyway.
 pub const SHUTDOWN_GRACE_MS_MAX: u64 = 5_000;
 

@@ -166,9 +166,13 @@ where
         })?;
         let theirs = theirs.into_raw_fd();
         let (map, config, serve) = (map.clone(), config.clone(), serve.clone());
-        let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("trove-shard-{index}"))
-            .io_memory(SHARD_IO_MEMORY_BYTES)
+            .io_memory(SHARD_IO_MEMORY_BYTES);
+        if let Some(spin) = config.spin_before_park {
+            builder = builder.spin_before_park(spin);
+        }
+        let join = builder
             .spawn(move || async move {
                 let mut stop = Box::pin(stop_signal(theirs));
                 // A node that fails to start a later shard stops the earlier ones, which may
