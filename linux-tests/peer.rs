@@ -190,8 +190,6 @@ fn redis_answers_every_event_and_agrees_with_its_replies() {
             inflight_max: 1024,
         },
         connections: 2,
-        events_per_frame: 16,
-        shard_aware: false,
         warmup: Duration::from_millis(200),
         duration: Duration::from_secs(1),
         client_cpus: Vec::new(),

@@ -32,8 +32,6 @@ pub struct RunPlan {
     pub workload: Workload,
     pub load: LoadSpec,
     pub connections: usize,
-    pub events_per_frame: usize,
-    pub shard_aware: bool,
     pub warmup: Duration,
     pub duration: Duration,
     /// Generator threads are pinned to these CPUs in turn; empty: not pinned.
@@ -61,7 +59,7 @@ impl Measurement {
 }
 
 /// Called once a second with the interval just finished (merged over threads).
-pub type Progress<'a> = &'a mut dyn FnMut(u32, &Latencies, u64);
+pub type OnInterval<'a> = &'a mut dyn FnMut(u32, &Latencies, u64);
 
 impl RunPlan {
     pub fn check(&self) -> Result<(), String> {
@@ -133,7 +131,7 @@ pub fn set_up_hunts(addr: SocketAddr, workload: &Workload) -> Result<(), String>
 pub fn measure<P, C>(
     plan: &RunPlan,
     mut connect: C,
-    progress: Progress<'_>,
+    on_interval: OnInterval<'_>,
 ) -> Result<Measurement, String>
 where
     P: Protocol + Send,
@@ -188,7 +186,7 @@ where
             );
         }
         drop(intervals_tx);
-        let intervals = collect_intervals(&intervals_rx, progress);
+        let intervals = collect_intervals(&intervals_rx, on_interval);
         let results: Vec<ThreadResult> = threads
             .into_iter()
             .map(|thread| thread.join().expect("a generator thread panicked"))
@@ -201,7 +199,7 @@ where
 /// Merges interval reports as they arrive; returns them by second.
 fn collect_intervals(
     reports: &flume::Receiver<IntervalReport>,
-    progress: Progress<'_>,
+    on_interval: OnInterval<'_>,
 ) -> Vec<(Latencies, u64)> {
     let mut intervals: Vec<(Latencies, u64)> = Vec::new();
     let mut shown = 0u32;
@@ -215,7 +213,7 @@ fn collect_intervals(
         // A second is shown once a later one has begun: every thread has moved past it.
         while (shown as usize) + 1 < intervals.len() {
             let (latencies, replies) = &intervals[shown as usize];
-            progress(shown, latencies, *replies);
+            on_interval(shown, latencies, *replies);
             shown += 1;
         }
     }

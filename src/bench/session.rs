@@ -79,8 +79,6 @@ fn plan(config: &BenchConfig, load: LoadSpec, warmup: Duration, duration: Durati
         workload: config.workload.clone(),
         load,
         connections: config.connections,
-        events_per_frame: config.events_per_frame,
-        shard_aware: config.shard_aware,
         warmup,
         duration,
         client_cpus: config.client_cpus.clone(),
