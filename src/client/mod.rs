@@ -20,7 +20,7 @@ use std::time::Duration;
 use rkyv::util::AlignedVec;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::constants::{CLIENT_REPLY_FRAMES_QUEUED_MAX, FRAME_HEADER_BYTES, FRAME_RECORDS_MAX};
+use crate::constants::{CLIENT_REPLY_FRAMES_QUEUED_MAX, FRAME_RECORDS_MAX};
 use crate::core::codec::{
     Decoded, EncodeError, FrameBuilder, FrameError, FrameKind, ReceiveBuffer, Records,
     access_record, access_validated, check_stream_end, decode_frame,
@@ -253,14 +253,12 @@ pub fn connect(config: &ClientConfig) -> Result<(EventSender, ReplyReceiver), Cl
         links,
         shard_aware: config.shard_aware,
         events_per_frame: config.events_per_frame,
-        bytes_sent: 0,
     };
     Ok((
         sender,
         ReplyReceiver {
             incoming: receiver,
             readers,
-            bytes_received: 0,
         },
     ))
 }
@@ -294,7 +292,6 @@ pub struct EventSender {
     links: Vec<Link>,
     shard_aware: bool,
     events_per_frame: usize,
-    bytes_sent: u64,
 }
 
 impl EventSender {
@@ -306,11 +303,6 @@ impl EventSender {
     /// How many connections the client holds (one per shard when shard-aware).
     pub fn links(&self) -> usize {
         self.links.len()
-    }
-
-    /// Bytes written to the node so far.
-    pub fn bytes_sent(&self) -> u64 {
-        self.bytes_sent
     }
 
     /// Queues an event in the frame of the connection that reaches its owner, writing the
@@ -331,13 +323,13 @@ impl EventSender {
                 return Err(ClientError::Encode(error));
             }
             // The frame is full in bytes: send it and start the next one.
-            self.bytes_sent += self.links[link].flush(epoch)? as u64;
+            self.links[link].flush(epoch)?;
             let frames = &mut self.links[link].frames;
             frames.begin(FrameKind::Events);
             frames.push(event).map_err(ClientError::Encode)?;
         }
         if self.links[link].frames.open_records() >= self.events_per_frame {
-            self.bytes_sent += self.links[link].flush(epoch)? as u64;
+            self.links[link].flush(epoch)?;
         }
         Ok(())
     }
@@ -346,17 +338,9 @@ impl EventSender {
     pub fn flush(&mut self) -> Result<(), ClientError> {
         let epoch = self.map.epoch();
         for link in &mut self.links {
-            self.bytes_sent += link.flush(epoch)? as u64;
+            link.flush(epoch)?;
         }
         Ok(())
-    }
-
-    /// Sends raw bytes on one connection, bypassing the codec: for tests of malformed input.
-    pub fn send_raw(&mut self, link: usize, bytes: &[u8]) -> Result<(), ClientError> {
-        self.links[link]
-            .stream
-            .write_all(bytes)
-            .map_err(io_error("cannot send to the node"))
     }
 
     /// Closes the sending side of every connection; replies still arrive.
@@ -385,11 +369,6 @@ impl ReplyFrame {
         records
             .iter()
             .map(|record| unsafe { access_validated::<ArchivedReply>(record) })
-    }
-
-    /// Body bytes of the frame (what crossed the network, less the 32-byte header).
-    pub fn body_len(&self) -> usize {
-        self.body.len()
     }
 }
 
@@ -422,38 +401,22 @@ pub enum RecvError {
 pub struct ReplyReceiver {
     incoming: flume::Receiver<Incoming>,
     readers: Vec<JoinHandle<()>>,
-    bytes_received: u64,
 }
 
 impl ReplyReceiver {
     /// The next frame of replies or connection event; `None` once every connection has ended.
     pub fn recv(&mut self) -> Option<Incoming> {
-        let incoming = self.incoming.recv().ok()?;
-        self.count(&incoming);
-        Some(incoming)
-    }
-
-    fn count(&mut self, incoming: &Incoming) {
-        if let Incoming::Replies(frame) = incoming {
-            self.bytes_received += (FRAME_HEADER_BYTES + frame.body_len()) as u64;
-        }
+        self.incoming.recv().ok()
     }
 
     /// Like [`Self::recv`], giving up after `timeout`.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Incoming, RecvError> {
-        match self.incoming.recv_timeout(timeout) {
-            Ok(incoming) => {
-                self.count(&incoming);
-                Ok(incoming)
-            }
-            Err(flume::RecvTimeoutError::Timeout) => Err(RecvError::Timeout),
-            Err(flume::RecvTimeoutError::Disconnected) => Err(RecvError::Ended),
-        }
-    }
-
-    /// Bytes of reply frames received so far.
-    pub fn bytes_received(&self) -> u64 {
-        self.bytes_received
+        self.incoming
+            .recv_timeout(timeout)
+            .map_err(|error| match error {
+                flume::RecvTimeoutError::Timeout => RecvError::Timeout,
+                flume::RecvTimeoutError::Disconnected => RecvError::Ended,
+            })
     }
 
     /// Waits for every reader thread to end (after the node closed every connection).
