@@ -7,9 +7,20 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::Value;
+
+/// The tests of this file run one at a time: each starts nodes and load generators that would
+/// otherwise compete for the same two CPUs and blur what the others measure (a stall, a knee).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn trove() -> Command {
     Command::new(env!("CARGO_BIN_EXE_trove"))
@@ -91,6 +102,7 @@ impl Drop for ChildNode {
 
 #[test]
 fn a_stall_shows_in_corrected_latency_and_not_in_uncorrected() {
+    let _serial = one_at_a_time();
     let node = ChildNode::start();
     let dir = out_dir("stall");
     let target = format!("127.0.0.1:{}", node.port);
@@ -152,6 +164,7 @@ fn a_stall_shows_in_corrected_latency_and_not_in_uncorrected() {
 
 #[test]
 fn a_short_sweep_finds_a_knee() {
+    let _serial = one_at_a_time();
     let dir = out_dir("sweep");
     // A generous objective that low rates hold on any machine; rates far past what the
     // machine can carry cannot keep up, so the sweep must find where it bends.
@@ -196,6 +209,7 @@ fn a_short_sweep_finds_a_knee() {
 
 #[test]
 fn the_default_run_reports_rate_and_percentiles_and_its_summary_matches_the_schema() {
+    let _serial = one_at_a_time();
     let dir = out_dir("default");
     let output = run(trove()
         .args(["bench", "--duration", "1", "--warmup", "0.2", "--quiet"])
@@ -234,6 +248,7 @@ fn the_default_run_reports_rate_and_percentiles_and_its_summary_matches_the_sche
 
 #[test]
 fn bad_flags_fail_with_a_clear_message() {
+    let _serial = one_at_a_time();
     let cases: [(&[&str], &str); 6] = [
         (&["--rate", "-5"], "--rate -5"),
         (&["--zipf", "-1"], "zipf"),
@@ -265,6 +280,7 @@ fn bad_flags_fail_with_a_clear_message() {
 
 #[test]
 fn the_null_sink_measures_the_generator_alone() {
+    let _serial = one_at_a_time();
     let output = run(trove().args([
         "bench",
         "--null-sink",

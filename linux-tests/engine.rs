@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use trove::client::{self, ClientConfig, EventSender, Incoming, ReplyReceiver};
@@ -24,6 +25,16 @@ use trove::net::{Node, NodeConfig, NodeReport};
 use trove::runtime::config::{ApplyDelay, Budget, allowed_cpus};
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The tests of this file run one at a time: one measures the process's resident memory, and
+/// nodes started by other tests in the same process would move it.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn cpus(shards: usize) -> Vec<usize> {
     allowed_cpus().into_iter().cycle().take(shards).collect()
@@ -207,6 +218,7 @@ fn forwarded(report: &NodeReport) -> (u64, u64) {
 
 #[test]
 fn one_shard_answers_every_event_once_in_order() {
+    let _serial = one_at_a_time();
     let node = start(1, |_| {});
     let (sent, outcomes, order) = drive(&node, true, 40, 5, 50);
     assert_every_event_answered_once_in_partition_order(&sent, &outcomes, &order);
@@ -218,6 +230,7 @@ fn one_shard_answers_every_event_once_in_order() {
 
 #[test]
 fn two_shards_with_a_shard_aware_client_cross_no_core() {
+    let _serial = one_at_a_time();
     let node = start(2, |_| {});
     let (sent, outcomes, order) = drive(&node, true, 60, 5, 50);
     assert_every_event_answered_once_in_partition_order(&sent, &outcomes, &order);
@@ -233,6 +246,7 @@ fn two_shards_with_a_shard_aware_client_cross_no_core() {
 
 #[test]
 fn two_shards_with_a_plain_client_carry_events_over_the_mesh() {
+    let _serial = one_at_a_time();
     let node = start(2, |_| {});
     let (sent, outcomes, order) = drive(&node, false, 60, 5, 80);
     assert_every_event_answered_once_in_partition_order(&sent, &outcomes, &order);
@@ -264,6 +278,7 @@ fn resident_bytes() -> u64 {
 
 #[test]
 fn a_slow_shard_fills_its_budget_blocks_senders_and_loses_nothing() {
+    let _serial = one_at_a_time();
     let budget = Budget {
         shard_events: 512,
         connection_events: 512,
@@ -362,6 +377,7 @@ fn a_slow_shard_fills_its_budget_blocks_senders_and_loses_nothing() {
 
 #[test]
 fn fail_fast_answers_busy_instead_of_waiting() {
+    let _serial = one_at_a_time();
     let node = start(2, |config| {
         config.runtime.fail_fast = true;
         config.runtime.budget = Budget {
@@ -477,6 +493,7 @@ fn with_valid_header_checksum(mut frame: Vec<u8>) -> Vec<u8> {
 
 #[test]
 fn malformed_input_gets_a_clear_error_and_other_connections_carry_on() {
+    let _serial = one_at_a_time();
     let node = start(2, |_| {});
     let (mut sender, mut receiver) = connect(&node, false);
     let oversized = {
@@ -551,6 +568,7 @@ fn malformed_input_gets_a_clear_error_and_other_connections_carry_on() {
 
 #[test]
 fn a_shard_refuses_connections_past_its_limit_with_a_message() {
+    let _serial = one_at_a_time();
     let node = start(1, |_| {});
     let addr: SocketAddr = node.shard_addrs()[0];
     let limit = trove::constants::CONNECTIONS_PER_SHARD_MAX;
@@ -578,6 +596,7 @@ fn a_shard_refuses_connections_past_its_limit_with_a_message() {
 
 #[test]
 fn stopping_answers_every_event_the_node_accepted() {
+    let _serial = one_at_a_time();
     let node = start(2, |_| {});
     let (mut sender, mut receiver) = connect(&node, false);
     for hunt in 0..16 {
@@ -650,6 +669,7 @@ fn stopping_answers_every_event_the_node_accepted() {
 
 #[test]
 fn a_client_that_never_reads_its_replies_is_cut_off_at_shutdown() {
+    let _serial = one_at_a_time();
     let node = start(1, |config| {
         config.runtime.budget = Budget {
             shard_events: 4096,
