@@ -205,6 +205,7 @@ fn a_short_sweep_finds_a_knee() {
         "no step above the best rate failed: {sweep}"
     );
     assert!(dir.join("sweep-p99-vs-throughput.svg").exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -244,6 +245,7 @@ fn the_default_run_reports_rate_and_percentiles_and_its_summary_matches_the_sche
     ] {
         assert!(dir.join(file).exists(), "{file} was not written");
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
