@@ -160,6 +160,7 @@ fn a_stall_shows_in_corrected_latency_and_not_in_uncorrected() {
         lag >= 100_000.0,
         "the generator fell behind during the stall, yet its lag max is {lag} µs"
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
