@@ -668,7 +668,7 @@ fn stopping_answers_every_event_the_node_accepted() {
 }
 
 #[test]
-fn a_client_that_never_reads_its_replies_is_cut_off_at_shutdown() {
+fn a_client_that_never_reads_its_replies_cannot_hold_the_node_at_shutdown() {
     let _serial = one_at_a_time();
     let node = start(1, |config| {
         config.runtime.budget = Budget {
@@ -705,5 +705,45 @@ fn a_client_that_never_reads_its_replies_is_cut_off_at_shutdown() {
         }
     }
     let report = node.stop();
-    assert_eq!(report.shards[0].connections_force_closed, 1, "{report:?}");
+    let shard = &report.shards[0];
+    // Either the node cut the connection off after its grace period, or the kernel's buffers
+    // held every reply and the node wrote them all: then every one of them must be readable.
+    if shard.connections_force_closed == 0 {
+        let replies = count_replies_until_closed(&mut raw);
+        assert_eq!(
+            replies, shard.events_applied,
+            "replies were lost without the connection being cut off"
+        );
+    } else {
+        assert_eq!(shard.connections_force_closed, 1);
+    }
+}
+
+/// Reads a connection until it ends (cleanly or not) and counts the replies in whole frames.
+fn count_replies_until_closed(stream: &mut TcpStream) -> u64 {
+    stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    while let Ok(read) = stream.read(&mut chunk) {
+        if read == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&chunk[..read]);
+    }
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    aligned.extend_from_slice(&bytes);
+    let mut rest: &[u8] = &aligned;
+    let mut replies = 0;
+    while let Ok(Decoded::Frame {
+        header,
+        body,
+        frame_len,
+    }) = decode_frame(rest)
+    {
+        if header.kind == FrameKind::Replies {
+            replies += u64::from(Records::parse(header.kind, body).unwrap().count());
+        }
+        rest = &rest[frame_len..];
+    }
+    replies
 }

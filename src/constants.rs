@@ -145,6 +145,9 @@ pub const BENCH_LATENCY_NS_MAX: u64 = 60_000_000_000;
 pub const STAGE_LATENCY_NS_MAX: u64 = 60_000_000_000;
 /// Longest an idle shard may spin before it parks (`trove node --spin-before-park-us`).
 pub const SPIN_BEFORE_PARK_US_MAX: u64 = 10_000;
+/// How long a closing connection keeps reading (and dropping) what its client still sends, so
+/// that closing does not reset the connection under replies the client has yet to read.
+pub const CONNECTION_LINGER_MS_MAX: u64 = 1_000;
 /// How long a stopping node waits for work in flight to drain before it closes anyway.
 pub const SHUTDOWN_GRACE_MS_MAX: u64 = 5_000;
 

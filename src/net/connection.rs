@@ -18,7 +18,9 @@ use futures_lite::future::or;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::constants::{CONNECTION_BACKLOG_BYTES_MAX, WRITE_BUFFER_RETAINED_BYTES_MAX};
+use crate::constants::{
+    CONNECTION_BACKLOG_BYTES_MAX, CONNECTION_LINGER_MS_MAX, WRITE_BUFFER_RETAINED_BYTES_MAX,
+};
 use crate::core::codec::{
     Decoded, ERROR_CODE_CONNECTION_LIMIT, EncodeError, FrameBuilder, FrameError, FrameKind,
     ReceiveBuffer, Records, access_record, access_validated, check_stream_end, decode_frame,
@@ -368,6 +370,35 @@ async fn write_loop(
         shard.release(sink, credit);
         spare.clear(WRITE_BUFFER_RETAINED_BYTES_MAX);
     }
+    // FIN after the last reply; then the lingering close.
     let _ = stream.close().await;
+    if !broken {
+        linger(&shard, &mut stream).await;
+    }
     shard.close_sink(sink);
+}
+
+/// Reads and drops whatever the client still sends, until it closes its side or
+/// `CONNECTION_LINGER_MS_MAX` passes. Closing a socket with unread input makes the kernel
+/// reset the connection, and a reset can destroy replies the client has not read yet; so,
+/// like HTTP servers' lingering close, the socket closes only once its input is drained.
+async fn linger(shard: &Shard, stream: &mut TcpStream) {
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_millis(CONNECTION_LINGER_MS_MAX);
+    let mut scratch = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let read = or(async { Some(stream.read(&mut scratch).await) }, async {
+            glommio::timer::sleep(left).await;
+            None
+        });
+        let drained = or(read, async {
+            shard.force_closing().await;
+            None
+        });
+        match drained.await {
+            Some(Ok(len)) if len > 0 => continue,
+            _ => return,
+        }
+    }
 }
