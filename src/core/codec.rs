@@ -639,11 +639,6 @@ impl FrameBuilder {
         self.lens.len()
     }
 
-    /// Body bytes in the open frame so far (without its trailer).
-    pub fn open_body_bytes(&self) -> usize {
-        self.open_frame.map_or(0, |frame| frame.body_bytes)
-    }
-
     /// Starts a frame of `kind`. The previous frame must be finished.
     pub fn begin(&mut self, kind: FrameKind) {
         assert!(self.open_frame.is_none(), "a frame is already open");

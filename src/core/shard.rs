@@ -25,7 +25,6 @@ pub struct ShardCore {
     map: PartitionMap,
     /// Indexed by partition; `Some` exactly for the partitions this shard owns.
     partitions: Vec<Option<PartitionState>>,
-    applied: u64,
 }
 
 impl ShardCore {
@@ -39,7 +38,6 @@ impl ShardCore {
             shard,
             map,
             partitions,
-            applied: 0,
         }
     }
 
@@ -74,17 +72,11 @@ impl ShardCore {
                 )
             });
         let outcome = state.apply(event);
-        self.applied += 1;
         Reply {
             client_seq: event.client_seq.to_native(),
             client_ts: event.client_ts.to_native(),
             outcome,
         }
-    }
-
-    /// Events applied so far.
-    pub fn applied(&self) -> u64 {
-        self.applied
     }
 
     /// The state of a partition this shard owns.
@@ -149,6 +141,5 @@ mod tests {
         let reply = shard.apply(event);
         assert_eq!((reply.client_seq, reply.client_ts), (77, 1234));
         assert_eq!(reply.outcome, Outcome::Accepted { score: 0 });
-        assert_eq!(shard.applied(), 1);
     }
 }

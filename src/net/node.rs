@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_lite::future::or;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::constants::{LISTEN_BACKLOG_MAX, PORT_DEFAULT};
+use crate::constants::LISTEN_BACKLOG_MAX;
 use crate::core::codec::{FrameBuilder, FrameKind};
 use crate::core::partition::PartitionMap;
 use crate::net::connection;
@@ -44,15 +44,6 @@ impl NodeConfig {
             listen: IpAddr::from([127, 0, 0, 1]),
             port: 0,
             shard_port_base: None,
-        }
-    }
-
-    /// A node on every address, on the default port.
-    pub fn public(cpus: Vec<usize>) -> NodeConfig {
-        NodeConfig {
-            listen: IpAddr::from([0, 0, 0, 0]),
-            port: PORT_DEFAULT,
-            ..NodeConfig::loopback(cpus)
         }
     }
 

@@ -479,19 +479,11 @@ impl Shard {
 
     // ---- lifecycle ---------------------------------------------------------------------
 
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.get()
-    }
-
     /// Resolves when the shard starts stopping: connections stop reading, acceptors stop.
     pub async fn stopping(&self) {
         self.lifecycle
             .until(|| self.stopping.get().then_some(()))
             .await
-    }
-
-    pub fn is_force_closing(&self) -> bool {
-        self.force_closing.get()
     }
 
     /// Resolves when the shutdown grace period is over: connections close now.

@@ -10,6 +10,8 @@
 
 use std::fs;
 
+use crate::runtime::cpuset::CpuSet;
+
 use serde::{Deserialize, Serialize};
 
 /// What a bench summary records about the machine it ran on.
@@ -169,17 +171,8 @@ fn trimmed(text: &Option<String>) -> Option<String> {
 
 /// Counts the CPUs of a kernel CPU list such as `0-3,8,10-11`.
 pub fn count_cpu_list(list: &str) -> u32 {
-    list.trim()
-        .split(',')
-        .filter(|part| !part.is_empty())
-        .map(|part| match part.split_once('-') {
-            Some((first, last)) => match (first.parse::<u32>(), last.parse::<u32>()) {
-                (Ok(first), Ok(last)) if last >= first => last - first + 1,
-                _ => 0,
-            },
-            None => u32::from(part.parse::<u32>().is_ok()),
-        })
-        .sum()
+    // The project's one CPU-list parser; an unreadable list counts as none.
+    CpuSet::parse(list).map_or(0, |cpus| cpus.len() as u32)
 }
 
 /// The values of `key : value` lines of /proc/cpuinfo.
