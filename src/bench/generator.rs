@@ -52,6 +52,9 @@ pub trait Protocol {
     fn link_for(&self, event: &Event) -> usize;
     /// Encodes one event for `link`, stamped with `ts` (which the reply must give back).
     fn encode(&mut self, link: usize, event: &Event, ts: u64) -> Result<(), String>;
+    /// Bytes encoded for `link` and not yet written, a batch still open included. Unlike
+    /// [`Self::pending_output`] it closes nothing, so asking does not cut frames short.
+    fn backlog_bytes(&self, link: usize) -> usize;
     /// Bytes ready to be written on `link` (closing any partial batch).
     fn pending_output(&mut self, link: usize) -> &[u8];
     /// `len` bytes of [`Self::pending_output`] were written.
@@ -324,9 +327,9 @@ impl<P: Protocol> Generator<'_, P> {
         }
     }
 
-    fn backlog_full(&mut self) -> bool {
+    fn backlog_full(&self) -> bool {
         (0..self.links.len())
-            .any(|link| self.protocol.pending_output(link).len() >= BENCH_SEND_BACKLOG_BYTES_MAX)
+            .any(|link| self.protocol.backlog_bytes(link) >= BENCH_SEND_BACKLOG_BYTES_MAX)
     }
 
     /// Makes every event that is due (open loop) or that the window allows (closed loop).

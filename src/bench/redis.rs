@@ -406,6 +406,10 @@ impl Protocol for RedisProtocol {
         Ok(())
     }
 
+    fn backlog_bytes(&self, _link: usize) -> usize {
+        self.output.len() - self.written
+    }
+
     fn pending_output(&mut self, _link: usize) -> &[u8] {
         &self.output[self.written..]
     }

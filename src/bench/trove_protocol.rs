@@ -79,6 +79,11 @@ impl Protocol for TroveProtocol {
         Ok(())
     }
 
+    fn backlog_bytes(&self, link: usize) -> usize {
+        let link = &self.links[link];
+        link.frames.len() - link.written
+    }
+
     fn pending_output(&mut self, link: usize) -> &[u8] {
         let epoch = self.map.epoch();
         let link = &mut self.links[link];
