@@ -132,6 +132,8 @@ pub struct RuntimeConfig {
     pub fail_fast: bool,
     /// For back-pressure tests only: slow one shard down.
     pub apply_delay: Option<ApplyDelay>,
+    /// For fail-stop tests only: this shard panics as soon as it serves.
+    pub panic_shard: Option<ShardId>,
     /// An idle shard spins this long before it parks in io_uring: lower wake-up latency for
     /// cores that have nothing else to do (isolated CPUs), stolen time on shared ones.
     pub spin_before_park: Option<Duration>,
@@ -146,6 +148,7 @@ impl RuntimeConfig {
             budget: Budget::default(),
             fail_fast: false,
             apply_delay: None,
+            panic_shard: None,
             spin_before_park: None,
         }
     }

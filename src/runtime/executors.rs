@@ -6,6 +6,11 @@
 //! `serve` function (the network layer starts its listeners there) and runs the shard until
 //! the [`Shards`] handle stops it. The stop signal is one end of a socket pair per shard:
 //! closing it wakes the shard's executor through io_uring, the same way any socket would.
+//!
+//! Shards fail-stop: a shard thread that panics takes the whole process down at once, with one
+//! line that names the shard and the reason ([`install_fail_stop`]). A node with a dead shard
+//! would otherwise stay half alive: its share of the shared port accepting connections nobody
+//! serves, its partitions unanswered, its lease (in a cluster) still renewed.
 
 use std::io;
 use std::os::fd::IntoRawFd;
@@ -120,6 +125,56 @@ async fn connect_mesh(
     mesh
 }
 
+/// The exit code of a process whose shard thread died (EX_SOFTWARE, as sysexits.h names it).
+pub const EXIT_SHARD_DIED: i32 = 70;
+
+/// The name of shard `index`'s executor; glommio names its thread after it (adding `-` and
+/// a number), and [`install_fail_stop`] recognises shard threads by it.
+fn shard_thread_name(index: usize) -> String {
+    format!("{SHARD_THREAD_PREFIX}{index}")
+}
+
+const SHARD_THREAD_PREFIX: &str = "trove-shard-";
+
+/// Makes a panic on any shard thread end the process at once, with exit code
+/// [`EXIT_SHARD_DIED`] and one line on stderr naming the shard and the reason, so that a
+/// supervisor restarts the node. Panics on other threads keep the hook they had. Installed
+/// once per process, by the first [`spawn_shards`].
+fn install_fail_stop() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            let Some(shard) = thread
+                .name()
+                .and_then(|name| name.strip_prefix(SHARD_THREAD_PREFIX))
+                .and_then(|rest| rest.split('-').next())
+            else {
+                return previous(info);
+            };
+            if std::env::var_os("RUST_BACKTRACE").is_some() {
+                previous(info);
+            }
+            let reason = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic with no message".into());
+            let place = info
+                .location()
+                .map(|at| format!(" at {}:{}", at.file(), at.line()))
+                .unwrap_or_default();
+            eprintln!(
+                "trove: shard {shard} died: {reason}{place}; the node stops (fail-stop, exit \
+                 {EXIT_SHARD_DIED}) so that its supervisor can restart it"
+            );
+            std::process::exit(EXIT_SHARD_DIED);
+        }));
+    });
+}
+
 /// Resolves when the other end of the shard's stop socket closes.
 async fn stop_signal(fd: std::os::fd::RawFd) {
     use std::os::fd::FromRawFd;
@@ -151,6 +206,7 @@ where
         config.shards(),
         "the map spreads partitions over these shards"
     );
+    install_fail_stop();
     let mesh = build_mesh(config.shards());
     let grace = Duration::from_millis(SHUTDOWN_GRACE_MS_MAX);
     let mut shards = Shards {
@@ -167,7 +223,7 @@ where
         let theirs = theirs.into_raw_fd();
         let (map, config, serve) = (map.clone(), config.clone(), serve.clone());
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-            .name(&format!("trove-shard-{index}"))
+            .name(&shard_thread_name(index))
             .io_memory(SHARD_IO_MEMORY_BYTES);
         if let Some(spin) = config.spin_before_park {
             builder = builder.spin_before_park(spin);
@@ -190,6 +246,9 @@ where
                 };
                 let shard = Rc::new(Shard::new(ShardId(index as u16), cpu, map, &config));
                 serve(shard.clone(), payload);
+                if config.panic_shard == Some(ShardId(index as u16)) {
+                    panic!("an injected fault (RuntimeConfig::panic_shard, for tests only)");
+                }
                 shard.run(mesh, stop, grace).await
             })
             .map_err(|error| StartError::Io {

@@ -35,7 +35,7 @@ use crate::core::partition::PartitionMap;
 use crate::core::shard::{Route, ShardCore};
 use crate::runtime::config::RuntimeConfig;
 use crate::runtime::mesh::{ArchiveBatch, MeshBatch};
-use crate::runtime::wait::WaitQueue;
+use crate::runtime::wait::{Latch, WaitQueue};
 
 /// Where a shard delivers replies for one connection. Implemented by the network layer.
 pub trait ReplySink {
@@ -239,11 +239,13 @@ pub struct Shard {
     peers: Vec<Option<Peer>>,
     fail_fast: bool,
     apply_delay: Option<Duration>,
-    stopping: Cell<bool>,
-    force_closing: Cell<bool>,
-    /// Woken when the shard starts stopping, when a connection goes away and when a peer says
-    /// it is done: whatever shutdown waits for.
-    lifecycle: WaitQueue,
+    /// Set once, when the shard starts stopping: acceptors and readers stop.
+    stop_started: Latch,
+    /// Set once, when the shutdown grace period is over: connections close now.
+    force_close: Latch,
+    /// Woken when a connection goes away and when a peer says it is done: what draining waits
+    /// for. Only [`Shard::run`] waits here, never a task with I/O pending (see [`Latch`]).
+    drain_progress: WaitQueue,
     stats: RefCell<ShardStats>,
 }
 
@@ -269,9 +271,9 @@ impl Shard {
             peers,
             fail_fast: config.fail_fast,
             apply_delay,
-            stopping: Cell::new(false),
-            force_closing: Cell::new(false),
-            lifecycle: WaitQueue::new(),
+            stop_started: Latch::new(),
+            force_close: Latch::new(),
+            drain_progress: WaitQueue::new(),
             stats: RefCell::new(ShardStats {
                 shard: id.0,
                 cpu,
@@ -334,7 +336,7 @@ impl Shard {
         if entry.credit.is_idle() {
             sinks.remove(id);
         }
-        self.lifecycle.wake_all();
+        self.drain_progress.wake_all();
     }
 
     /// Takes socket credit for one event of a connection, waiting while there is none (or,
@@ -393,7 +395,7 @@ impl Shard {
         let remove = entry.closed && entry.credit.is_idle();
         if remove {
             sinks.remove(id);
-            self.lifecycle.wake_all();
+            self.drain_progress.wake_all();
         }
         self.socket_credit.borrow_mut().release(credit);
         self.socket_credit_freed.wake_all();
@@ -480,17 +482,15 @@ impl Shard {
     // ---- lifecycle ---------------------------------------------------------------------
 
     /// Resolves when the shard starts stopping: connections stop reading, acceptors stop.
+    /// Safe to race against pending I/O: it wakes its waiter once.
     pub async fn stopping(&self) {
-        self.lifecycle
-            .until(|| self.stopping.get().then_some(()))
-            .await
+        self.stop_started.wait().await
     }
 
-    /// Resolves when the shutdown grace period is over: connections close now.
+    /// Resolves when the shutdown grace period is over: connections close now. Safe to race
+    /// against pending I/O: it wakes its waiter once.
     pub async fn force_closing(&self) {
-        self.lifecycle
-            .until(|| self.force_closing.get().then_some(()))
-            .await
+        self.force_close.wait().await
     }
 
     fn connections_drained(&self) -> bool {
@@ -514,11 +514,10 @@ impl Shard {
             tasks.push(glommio::spawn_local(self.clone().flush_to(peer, sender)));
         }
         stop.await;
-        self.stopping.set(true);
-        self.lifecycle.wake_all();
+        self.stop_started.set();
         let drained = futures_lite::future::or(
             async {
-                self.lifecycle
+                self.drain_progress
                     .until(|| self.connections_drained().then_some(()))
                     .await;
                 true
@@ -530,9 +529,8 @@ impl Shard {
         )
         .await;
         if !drained {
-            self.force_closing.set(true);
-            self.lifecycle.wake_all();
-            self.lifecycle
+            self.force_close.set();
+            self.drain_progress
                 .until(|| self.connections_drained().then_some(()))
                 .await;
         }
@@ -571,7 +569,7 @@ impl Shard {
             if batch.no_more_events {
                 peer.done_receiving.set(true);
                 peer.outbox_filled.wake_all();
-                self.lifecycle.wake_all();
+                self.drain_progress.wake_all();
             }
             glommio::yield_if_needed().await;
         }
