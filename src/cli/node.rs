@@ -19,7 +19,9 @@ use crate::runtime::executors::StartError;
 /// Run a trove node: one shard per CPU, until SIGINT or SIGTERM.
 ///
 /// Exit codes: 0 after a clean stop; 1 when this host cannot run the node (the message says what
-/// to change); 2 for a usage error (a bad flag or a configuration that cannot work).
+/// to change); 2 for a usage error (a bad flag or a configuration that cannot work); 70 when a
+/// shard thread died (fail-stop: one line on stderr names the shard and the reason, and the
+/// whole node exits at once so that its supervisor restarts it).
 #[derive(Args, Debug)]
 pub struct NodeArgs {
     /// CPUs to run shards on, one shard each, in the kernel's list syntax (0-3,8) [default: every CPU this process may use]
