@@ -313,7 +313,7 @@ impl EventSender {
         } else {
             0
         };
-        let epoch = self.map.epoch();
+        let epoch = self.map.epoch().get();
         let frames = &mut self.links[link].frames;
         if !frames.is_open() {
             frames.begin(FrameKind::Events);
@@ -336,7 +336,7 @@ impl EventSender {
 
     /// Writes every partly filled frame.
     pub fn flush(&mut self) -> Result<(), ClientError> {
-        let epoch = self.map.epoch();
+        let epoch = self.map.epoch().get();
         for link in &mut self.links {
             link.flush(epoch)?;
         }
