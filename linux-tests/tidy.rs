@@ -143,9 +143,9 @@ fn limits_are_named_for_what_they_are() {
         };
         let name = rest.split(':').next().unwrap();
         // A limit ends in _MAX; its companions say what they are: a floor (_MIN), a default
-        // (_DEFAULT), a fixed size of the wire format (_BYTES, _ALIGN, MAGIC, VERSION).
+        // (_DEFAULT), a fixed size of the wire format (_BYTES, _BITS, _ALIGN, MAGIC, VERSION).
         let described = [
-            "_MAX", "_MIN", "_DEFAULT", "_BYTES", "_ALIGN", "_MAGIC", "_VERSION",
+            "_MAX", "_MIN", "_DEFAULT", "_BYTES", "_BITS", "_ALIGN", "_MAGIC", "_VERSION",
         ]
         .iter()
         .any(|suffix| name.ends_with(suffix) || name.contains(&format!("{suffix}_")));

@@ -5,7 +5,7 @@
 //! receiver forwarded earlier; each archive's bytes are copied once into the batch and read in
 //! place at the other end, where they were validated before (when they entered the process).
 //! A batch is built on its source shard and handed, whole, to its destination shard: the only
-//! values in trove that change cores, and they say so by being `Send`.
+//! values that change cores on the data path, and they say so by being `Send`.
 
 use std::time::Instant;
 

@@ -2,9 +2,10 @@
 //! the shard loop that feeds the core and drains its outputs, and the start-up checks that
 //! say what to change when a host cannot run it.
 //!
-//! Nothing here knows about sockets: the network layer (`net`) hands each shard its listeners
-//! through [`executors::spawn_shards`] and talks to it through [`shard::Shard`]'s methods and
-//! the [`shard::ReplySink`] trait. No locks and no atomics shared between shards: a shard's
+//! Nothing here reads or writes client sockets (the only socket is each shard's stop signal):
+//! the network layer (`net`) hands each shard its listeners through
+//! [`executors::spawn_shards`] and talks to it through [`shard::Shard`]'s methods and the
+//! [`shard::ReplySink`] trait. No locks and no atomics shared between shards: a shard's
 //! state is `Rc`/`RefCell` on its own core, and only [`mesh::MeshBatch`]es cross cores.
 
 pub mod config;
