@@ -50,10 +50,11 @@ use trove::core::credit::Credit;
 use trove::core::ids::ShardId;
 use trove::core::message::{ArchivedEvent, Event, Reply};
 use trove::core::partition::PartitionMap;
-use trove::runtime::config::{RuntimeConfig, allowed_cpus};
+use trove::host::affinity::allowed_cpus;
+use trove::host::preflight::preflight;
+use trove::runtime::config::RuntimeConfig;
 use trove::runtime::executors::{Shards, spawn_shards};
 use trove::runtime::mesh::MeshBatch;
-use trove::runtime::preflight::preflight;
 use trove::runtime::shard::{Admission, Dispatched, ReplySink, Shard, ShardStats, SinkId};
 use trove::runtime::wait::WaitQueue;
 

@@ -24,6 +24,7 @@
 //! - [`constants`]: every limit, and the node's worst-case memory as a sum;
 //! - [`core`]: sans-IO: messages, codec, partitioner, state machine, credits;
 //! - [`runtime`], [`net`], [`client`]: the glommio shell, the sockets and the client;
+//! - [`host`]: facts about the machine (CPU sets, affinity, io_uring and memlock, topology);
 //! - [`bench`] and [`cli`]: the tools built on top.
 
 pub mod bench;
@@ -32,6 +33,7 @@ pub mod client;
 pub mod constants;
 pub mod core;
 pub mod gate;
+pub mod host;
 pub mod net;
 pub mod runtime;
 pub mod sim;

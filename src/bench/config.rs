@@ -14,8 +14,8 @@ use crate::constants::{
     BENCH_CONNECTIONS_MAX, BENCH_DURATION_S_MAX, BENCH_SCHEDULE_S_MAX, BENCH_TS_INTENDED_NS_BITS,
     BENCH_WINDOW_MAX, FRAME_RECORDS_MAX, PARTITIONS_DEFAULT, SWEEP_STEPS_MAX,
 };
-use crate::runtime::config::allowed_cpus;
-use crate::runtime::cpuset::CpuSet;
+use crate::host::affinity::allowed_cpus;
+use crate::host::cpuset::CpuSet;
 
 /// Events in flight per connection of the default closed loop.
 pub const CLOSED_WINDOW_DEFAULT: u32 = 1024;

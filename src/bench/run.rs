@@ -184,7 +184,7 @@ where
                     .name(format!("trove-load-{index}"))
                     .spawn_scoped(scope, move || {
                         if let Some(cpu) = cpu {
-                            core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                            crate::host::affinity::pin_current_thread(cpu);
                         }
                         generator::run(protocol, streams, maker, load, schedule, &intervals)
                     })

@@ -14,7 +14,8 @@ use crate::constants::{
 use crate::core::credit::Credit;
 use crate::core::ids::ShardId;
 use crate::core::partition::{MapError, Partitioner};
-use crate::runtime::cpuset::CpuSet;
+use crate::host::affinity::allowed_cpus;
+use crate::host::cpuset::CpuSet;
 
 /// Budgets of work in flight. Each is at most its `*_MAX` in `constants` and at least one
 /// event of the largest size, so no single event can wait for credit that never comes.
@@ -181,22 +182,6 @@ pub fn shard_cpus(shards: Option<usize>) -> Vec<usize> {
         Some(shards) => allowed.iter().copied().cycle().take(shards).collect(),
         None => allowed,
     }
-}
-
-/// The CPUs in this process's affinity mask, in order.
-pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it in.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed.
-    let result =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if result != 0 {
-        return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
-    }
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: CPU_ISSET reads one bit of a valid set, for an index below CPU_SETSIZE.
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect()
 }
 
 /// A configuration that cannot run.

@@ -20,9 +20,9 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use crate::constants::{MESH_CHANNEL_BATCHES_MAX, SHARD_IO_MEMORY_BYTES, SHUTDOWN_GRACE_MS_MAX};
 use crate::core::ids::ShardId;
 use crate::core::partition::PartitionMap;
+use crate::host::preflight::{PreflightError, preflight};
 use crate::runtime::config::{ConfigError, RuntimeConfig};
 use crate::runtime::mesh::MeshBatch;
-use crate::runtime::preflight::{PreflightError, preflight};
 use crate::runtime::shard::{Shard, ShardMesh, ShardStats};
 
 /// Why shards could not start.

@@ -9,9 +9,7 @@
 //! state is `Rc`/`RefCell` on its own core, and only [`mesh::MeshBatch`]es cross cores.
 
 pub mod config;
-pub mod cpuset;
 pub mod executors;
 pub mod mesh;
-pub mod preflight;
 pub mod shard;
 pub mod wait;
