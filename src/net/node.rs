@@ -22,6 +22,7 @@ use crate::net::connection;
 use crate::runtime::config::{ConfigError, RuntimeConfig};
 use crate::runtime::executors::{Shards, StartError, spawn_shards};
 use crate::runtime::shard::{Shard, ShardStats};
+use crate::runtime::stall::Stalls;
 
 /// Where a node listens, and its runtime configuration.
 #[derive(Clone, Debug)]
@@ -86,6 +87,18 @@ fn percentiles_us(histogram: &hdrhistogram::Histogram<u64>) -> String {
     )
 }
 
+/// "no stalls", or how many and the worst overage past the time slice.
+fn describe_stalls(stalls: Stalls) -> String {
+    match stalls.count {
+        0 => "no stalls".into(),
+        count => format!(
+            "{count} stall{} (worst {:.1} ms past the time slice)",
+            if count == 1 { "" } else { "s" },
+            stalls.worst_overage_ns as f64 / 1e6
+        ),
+    }
+}
+
 impl NodeReport {
     /// One paragraph per shard: what it applied and forwarded, how often it ran out of credit,
     /// and how long its stages took.
@@ -105,9 +118,10 @@ impl NodeReport {
                 shard.busy_replies,
             ));
             text.push_str(&format!(
-                "  frame dispatch {}; mesh round trip {}\n",
+                "  frame dispatch {}; mesh round trip {}; {}\n",
                 percentiles_us(&shard.stages.frame_dispatch_ns),
                 percentiles_us(&shard.stages.mesh_round_trip_ns),
+                describe_stalls(shard.stalls),
             ));
         }
         text

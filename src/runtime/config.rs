@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::constants::{
     CONNECTION_EVENTS_INFLIGHT_MAX, EVENT_BYTES_MAX, MESH_BYTES_INFLIGHT_MAX,
     MESH_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
-    SHARD_EVENTS_INFLIGHT_MAX, SHARDS_MAX, SPIN_BEFORE_PARK_US_MAX,
+    SHARD_EVENTS_INFLIGHT_MAX, SHARDS_MAX, SPIN_BEFORE_PARK_US_MAX, STALL_THRESHOLD_MS_DEFAULT,
+    STALL_THRESHOLD_MS_MAX,
 };
 use crate::core::credit::Credit;
 use crate::core::ids::ShardId;
@@ -136,6 +137,9 @@ pub struct RuntimeConfig {
     /// An idle shard spins this long before it parks in io_uring: lower wake-up latency for
     /// cores that have nothing else to do (isolated CPUs), stolen time on shared ones.
     pub spin_before_park: Option<Duration>,
+    /// A task queue that runs this long past its time slice counts as a stall (see
+    /// [`crate::runtime::stall`]); `None` turns stall detection off.
+    pub stall_threshold: Option<Duration>,
 }
 
 impl RuntimeConfig {
@@ -148,6 +152,7 @@ impl RuntimeConfig {
             fail_fast: false,
             apply_delay: None,
             spin_before_park: None,
+            stall_threshold: Some(Duration::from_millis(STALL_THRESHOLD_MS_DEFAULT)),
         }
     }
 
@@ -168,6 +173,11 @@ impl RuntimeConfig {
         if let Some(spin) = self.spin_before_park {
             if spin > Duration::from_micros(SPIN_BEFORE_PARK_US_MAX) {
                 return Err(ConfigError::SpinTooLong(spin));
+            }
+        }
+        if let Some(threshold) = self.stall_threshold {
+            if threshold > Duration::from_millis(STALL_THRESHOLD_MS_MAX) {
+                return Err(ConfigError::StallThresholdTooLong(threshold));
             }
         }
         self.budget.check()
@@ -200,6 +210,7 @@ pub enum ConfigError {
         max: u32,
     },
     SpinTooLong(Duration),
+    StallThresholdTooLong(Duration),
 }
 
 impl fmt::Display for ConfigError {
@@ -221,6 +232,11 @@ impl fmt::Display for ConfigError {
                 f,
                 "spinning {} µs before parking is more than the limit of {SPIN_BEFORE_PARK_US_MAX} µs",
                 spin.as_micros()
+            ),
+            ConfigError::StallThresholdTooLong(threshold) => write!(
+                f,
+                "a stall threshold of {} ms is more than the limit of {STALL_THRESHOLD_MS_MAX} ms",
+                threshold.as_millis()
             ),
             ConfigError::BudgetOutOfRange {
                 name,

@@ -24,6 +24,7 @@ use crate::host::preflight::{PreflightError, preflight};
 use crate::runtime::config::{ConfigError, RuntimeConfig};
 use crate::runtime::mesh::MeshBatch;
 use crate::runtime::shard::{Shard, ShardMesh, ShardStats};
+use crate::runtime::stall::{StallCounter, stalls_after_this_run};
 
 /// Why shards could not start.
 #[derive(Debug)]
@@ -172,6 +173,9 @@ where
         if let Some(spin) = config.spin_before_park {
             builder = builder.spin_before_park(spin);
         }
+        if let Some(threshold) = config.stall_threshold {
+            builder = builder.detect_stalls(Some(Box::new(StallCounter::new(threshold))));
+        }
         let join = builder
             .spawn(move || async move {
                 let mut stop = Box::pin(stop_signal(theirs));
@@ -190,7 +194,9 @@ where
                 };
                 let shard = Rc::new(Shard::new(ShardId(index as u16), cpu, map, &config));
                 serve(shard.clone(), payload);
-                shard.run(mesh, stop, grace).await
+                let mut stats = shard.run(mesh, stop, grace).await;
+                stats.stalls = stalls_after_this_run().await;
+                stats
             })
             .map_err(|error| StartError::Io {
                 what: format!("cannot start the executor of shard {index} on CPU {cpu}"),

@@ -35,6 +35,7 @@ use crate::core::partition::PartitionMap;
 use crate::core::shard::{Route, ShardCore};
 use crate::runtime::config::RuntimeConfig;
 use crate::runtime::mesh::{ArchiveBatch, MeshBatch};
+use crate::runtime::stall::Stalls;
 use crate::runtime::wait::WaitQueue;
 
 /// Where a shard delivers replies for one connection. Implemented by the network layer.
@@ -164,6 +165,8 @@ pub struct ShardStats {
     /// The most mesh credit ever held at once at any one peer.
     pub mesh_inflight_peak: Credit,
     pub stages: StageLatencies,
+    /// Task-queue runs of this shard's executor that went far past their time slice.
+    pub stalls: Stalls,
 }
 
 /// This shard's view of one other shard.
