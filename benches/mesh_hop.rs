@@ -53,9 +53,10 @@ use trove::core::ids::{ConnectionId, ShardId};
 use trove::core::message::{ArchivedEvent, Event};
 use trove::core::partition::PartitionMap;
 use trove::core::shard::{CloseReason, FrameProgress, MeshBatch, Readable, ShardStats};
-use trove::runtime::config::{RuntimeConfig, allowed_cpus};
+use trove::host::affinity::allowed_cpus;
+use trove::host::preflight::preflight;
+use trove::runtime::config::RuntimeConfig;
 use trove::runtime::executors::{Shards, spawn_shards};
-use trove::runtime::preflight::preflight;
 use trove::runtime::shard::{Shard, WriteStep};
 use trove::runtime::wait::WaitQueue;
 

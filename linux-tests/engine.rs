@@ -21,8 +21,9 @@ use trove::core::message::{
     ArchivedErrorMessage, ArchivedOutcome, Event, EventKind, HuntSpec, TreasureSpec,
     claim_code_hash,
 };
+use trove::host::affinity::allowed_cpus;
 use trove::node::{Node, NodeConfig, NodeReport};
-use trove::runtime::config::{ApplyDelay, Budget, allowed_cpus};
+use trove::runtime::config::{ApplyDelay, Budget};
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -11,8 +11,8 @@ use trove::client::{self, ClientConfig, Incoming};
 use trove::core::codec::{FrameBuilder, FrameKind};
 use trove::core::ids::{HuntId, PlayerId, ShardId};
 use trove::core::message::{Event, EventKind, HuntSpec};
+use trove::host::affinity::allowed_cpus;
 use trove::node::{Node, NodeConfig};
-use trove::runtime::config::allowed_cpus;
 use trove::runtime::executors::EXIT_SHARD_DIED;
 
 /// glommio 0.9 counts a task's wakers in 16 bits: 32,767 re-polls of one pending I/O future

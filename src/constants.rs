@@ -136,6 +136,19 @@ pub const BENCH_SEND_BACKLOG_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const SWEEP_STEPS_MAX: usize = 24;
 /// Largest latency a histogram records: anything slower is clamped to it.
 pub const BENCH_LATENCY_NS_MAX: u64 = 60_000_000_000;
+/// Bits of an event's 64-bit timestamp that carry its intended send time, in nanoseconds since
+/// the run started: 2^40 ns is about 18 minutes, which bounds a run's warm-up plus duration.
+pub const BENCH_TS_INTENDED_NS_BITS: u32 = 40;
+/// Bits of an event's timestamp that carry how late it was made, in microseconds (clamped):
+/// 2^24 µs is about 16 s.
+pub const BENCH_TS_LAG_US_BITS: u32 = 24;
+/// Longest warm-up plus measured phase of one benchmark run, in seconds: every intended send
+/// time must fit [`BENCH_TS_INTENDED_NS_BITS`].
+pub const BENCH_SCHEDULE_S_MAX: u64 = 1_000;
+
+const _: () = assert!(BENCH_TS_INTENDED_NS_BITS + BENCH_TS_LAG_US_BITS == u64::BITS);
+const _: () = assert!(BENCH_SCHEDULE_S_MAX * 1_000_000_000 < 1 << BENCH_TS_INTENDED_NS_BITS);
+const _: () = assert!(BENCH_DURATION_S_MAX <= BENCH_SCHEDULE_S_MAX);
 
 // ---------------------------------------------------------------------------------------------
 // Time.
@@ -150,6 +163,14 @@ pub const SPIN_BEFORE_PARK_US_MAX: u64 = 10_000;
 pub const CONNECTION_LINGER_MS_MAX: u64 = 1_000;
 /// How long a stopping node waits for work in flight to drain before it closes anyway.
 pub const SHUTDOWN_GRACE_MS_MAX: u64 = 5_000;
+/// A shard's task queue that runs this long past its time slice (glommio's preempt timer,
+/// 100 ms) without yielding counts as a stall.
+pub const STALL_THRESHOLD_MS_DEFAULT: u64 = 10;
+/// Largest stall threshold a configuration may set.
+pub const STALL_THRESHOLD_MS_MAX: u64 = 60_000;
+/// Bytes of glommio's stall report read for its figures (they come first; the backtrace after
+/// them is never formatted).
+pub const STALL_REPORT_HEAD_BYTES_MAX: usize = 512;
 
 // ---------------------------------------------------------------------------------------------
 // Worst-case memory of a node, as a sum. Estimates of container overhead are stated as such.

@@ -25,6 +25,7 @@
 //! - [`core`]: sans-IO: messages, codec, placement, state machine, credits, the shard protocol;
 //! - [`runtime`], [`net`], [`client`]: the glommio shell, the sockets and the client;
 //! - [`node`]: a node's composition root: shards and listeners from a config, and its report;
+//! - [`host`]: facts about the machine (CPU sets, affinity, io_uring and memlock, topology);
 //! - [`bench`] and [`cli`]: the tools built on top.
 
 pub mod bench;
@@ -33,6 +34,7 @@ pub mod client;
 pub mod constants;
 pub mod core;
 pub mod gate;
+pub mod host;
 pub mod net;
 pub mod node;
 pub mod runtime;

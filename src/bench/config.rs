@@ -11,11 +11,11 @@ use crate::bench::args::BenchArgs;
 use crate::bench::run::LoadSpec;
 use crate::bench::workload::{Mix, Workload};
 use crate::constants::{
-    BENCH_CONNECTIONS_MAX, BENCH_DURATION_S_MAX, BENCH_WINDOW_MAX, FRAME_RECORDS_MAX,
-    PARTITIONS_DEFAULT, SWEEP_STEPS_MAX,
+    BENCH_CONNECTIONS_MAX, BENCH_DURATION_S_MAX, BENCH_SCHEDULE_S_MAX, BENCH_TS_INTENDED_NS_BITS,
+    BENCH_WINDOW_MAX, FRAME_RECORDS_MAX, PARTITIONS_DEFAULT, SWEEP_STEPS_MAX,
 };
-use crate::runtime::config::allowed_cpus;
-use crate::runtime::cpuset::CpuSet;
+use crate::host::affinity::allowed_cpus;
+use crate::host::cpuset::CpuSet;
 
 /// Events in flight per connection of the default closed loop.
 pub const CLOSED_WINDOW_DEFAULT: u32 = 1024;
@@ -116,6 +116,19 @@ fn seconds(flag: &str, value: f64, allow_zero: bool) -> Result<f64, String> {
     Ok(value)
 }
 
+/// A run's warm-up and measured phase together must fit the intended send time every event
+/// carries (see [`BENCH_TS_INTENDED_NS_BITS`]).
+fn schedule_fits(warmup_s: f64, duration_s: f64) -> Result<(), String> {
+    if warmup_s + duration_s > BENCH_SCHEDULE_S_MAX as f64 {
+        return Err(format!(
+            "--warmup {warmup_s} --duration {duration_s}: together they must be at most \
+             {BENCH_SCHEDULE_S_MAX} seconds (each event carries its intended send time in \
+             {BENCH_TS_INTENDED_NS_BITS} bits of nanoseconds); shorten one of them"
+        ));
+    }
+    Ok(())
+}
+
 fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
     flag: &str,
     value: T,
@@ -206,6 +219,7 @@ impl BenchConfig {
             out: args.out.clone(),
             quiet: args.quiet,
         };
+        schedule_fits(config.warmup_s, config.duration_s)?;
         if let TargetConfig::Embedded { partitions, .. } = config.target {
             crate::core::partition::Partitioner::new(partitions)
                 .map_err(|error| format!("--partitions: {error}"))?;
@@ -359,6 +373,26 @@ mod tests {
         assert!(target.contains("HOST:PORT"), "{target}");
         let frames = configure(|args| args.events_per_frame = Some(0)).unwrap_err();
         assert!(frames.contains("--events-per-frame 0"), "{frames}");
+    }
+
+    #[test]
+    fn warmup_and_duration_together_must_fit_the_timestamp() {
+        let longest = BENCH_DURATION_S_MAX as f64;
+        let too_long = configure(|args| {
+            args.warmup = Some(longest);
+            args.duration = Some(longest);
+        })
+        .unwrap_err();
+        assert!(
+            too_long.contains("--warmup 600 --duration 600"),
+            "{too_long}"
+        );
+        assert!(too_long.contains("at most 1000 seconds"), "{too_long}");
+        let fits = configure(|args| {
+            args.warmup = Some(BENCH_SCHEDULE_S_MAX as f64 - longest);
+            args.duration = Some(longest);
+        });
+        assert!(fits.is_ok(), "{fits:?}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::bench::generator::{
 };
 use crate::bench::workload::{EventMaker, HuntPicker, Workload};
 use crate::client::{self, ClientConfig, Incoming};
-use crate::constants::BENCH_DURATION_S_MAX;
+use crate::constants::{BENCH_DURATION_S_MAX, BENCH_SCHEDULE_S_MAX, BENCH_TS_INTENDED_NS_BITS};
 
 /// How to load the target.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -67,6 +67,12 @@ impl RunPlan {
         if self.duration.is_zero() || self.duration.as_secs() > BENCH_DURATION_S_MAX {
             return Err(format!(
                 "the duration must be more than 0 s and at most {BENCH_DURATION_S_MAX} s"
+            ));
+        }
+        if (self.warmup + self.duration).as_secs_f64() > BENCH_SCHEDULE_S_MAX as f64 {
+            return Err(format!(
+                "warm-up and duration together must be at most {BENCH_SCHEDULE_S_MAX} s, so \
+                 every intended send time fits its {BENCH_TS_INTENDED_NS_BITS}-bit field"
             ));
         }
         if self.connections == 0 {
@@ -178,7 +184,7 @@ where
                     .name(format!("trove-load-{index}"))
                     .spawn_scoped(scope, move || {
                         if let Some(cpu) = cpu {
-                            core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                            crate::host::affinity::pin_current_thread(cpu);
                         }
                         generator::run(protocol, streams, maker, load, schedule, &intervals)
                     })

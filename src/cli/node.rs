@@ -11,9 +11,9 @@ use crate::constants::{
     CONNECTION_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT, PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
     SHARD_EVENTS_INFLIGHT_MAX,
 };
+use crate::host::cpuset::CpuSet;
 use crate::node::{Node, NodeConfig};
 use crate::runtime::config::{Budget, RuntimeConfig, shard_cpus};
-use crate::runtime::cpuset::CpuSet;
 use crate::runtime::executors::StartError;
 
 /// Run a trove node: one shard per CPU, until SIGINT or SIGTERM.

@@ -577,7 +577,7 @@ where
 /// frames back to back, ready for one write.
 pub struct FrameBuilder {
     buf: AlignedVec,
-    /// Offset of the header of the frame being built.
+    /// The frame being built, if one is open: where its header starts, its kind, its body size.
     open_frame: Option<OpenFrame>,
     lens: Vec<u32>,
 }
@@ -985,7 +985,7 @@ mod tests {
     fn a_record_that_is_not_an_event_is_an_invalid_archive() {
         let mut builder = FrameBuilder::new();
         builder.begin(FrameKind::Events);
-        // 32 bytes of 0xff: no valid `ArchivedEvent` (the kind tag is out of range).
+        // 64 bytes of 0xff: no valid `ArchivedEvent` (the kind tag is out of range).
         builder.push_archived(&[0xffu8; 64]).unwrap();
         builder.finish(0);
         match decode_events(builder.bytes()) {

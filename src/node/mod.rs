@@ -14,7 +14,7 @@ use std::rc::Rc;
 use socket2::Socket;
 
 use crate::core::partition::Placement;
-use crate::core::shard::ShardStats;
+use crate::core::shard::{ShardStats, Stalls};
 use crate::net::listener::{listen, local_addr, serve_listeners};
 use crate::runtime::config::{ConfigError, RuntimeConfig};
 use crate::runtime::executors::{Shards, StartError, spawn_shards};
@@ -83,6 +83,18 @@ fn percentiles_us(histogram: &hdrhistogram::Histogram<u64>) -> String {
     )
 }
 
+/// "no stalls", or how many and the worst overage past the time slice.
+fn describe_stalls(stalls: Stalls) -> String {
+    match stalls.count {
+        0 => "no stalls".into(),
+        count => format!(
+            "{count} stall{} (worst {:.1} ms past the time slice)",
+            if count == 1 { "" } else { "s" },
+            stalls.worst_overage_ns as f64 / 1e6
+        ),
+    }
+}
+
 impl NodeReport {
     /// One paragraph per shard: what it applied and forwarded, how often it ran out of credit,
     /// and how long its stages took.
@@ -102,9 +114,10 @@ impl NodeReport {
                 shard.busy_replies,
             ));
             text.push_str(&format!(
-                "  frame dispatch {}; mesh round trip {}\n",
+                "  frame dispatch {}; mesh round trip {}; {}\n",
                 percentiles_us(&shard.stages.frame_dispatch_ns),
                 percentiles_us(&shard.stages.mesh_round_trip_ns),
+                describe_stalls(shard.stalls),
             ));
         }
         text

@@ -25,10 +25,11 @@ use crate::constants::{SHARD_IO_MEMORY_BYTES, SHUTDOWN_GRACE_MS_MAX};
 use crate::core::ids::ShardId;
 use crate::core::partition::PartitionMap;
 use crate::core::shard::ShardStats;
+use crate::host::preflight::{PreflightError, preflight};
 use crate::runtime::config::{ConfigError, RuntimeConfig};
 use crate::runtime::mesh::{build_mesh, connect_mesh};
-use crate::runtime::preflight::{PreflightError, preflight};
 use crate::runtime::shard::Shard;
+use crate::runtime::stall::{StallCounter, stalls_after_this_run};
 
 /// Why shards could not start.
 #[derive(Debug)]
@@ -180,6 +181,9 @@ where
         if let Some(spin) = config.spin_before_park {
             builder = builder.spin_before_park(spin);
         }
+        if let Some(threshold) = config.stall_threshold {
+            builder = builder.detect_stalls(Some(Box::new(StallCounter::new(threshold))));
+        }
         let join = builder
             .spawn(move || async move {
                 let mut stop = Box::pin(stop_signal(theirs));
@@ -199,7 +203,9 @@ where
                 if config.panic_shard == Some(ShardId(index as u16)) {
                     panic!("an injected fault (RuntimeConfig::panic_shard, for tests only)");
                 }
-                shard.run(mesh, stop, grace).await
+                let mut stats = shard.run(mesh, stop, grace).await;
+                stats.stalls = stalls_after_this_run().await;
+                stats
             })
             .map_err(|error| StartError::Io {
                 what: format!("cannot start the executor of shard {index} on CPU {cpu}"),

@@ -10,9 +10,8 @@
 //! core, and only `MeshBatch`es cross cores, on the channels of [`mesh`].
 
 pub mod config;
-pub mod cpuset;
 pub mod executors;
 pub mod mesh;
-pub mod preflight;
 pub mod shard;
+pub mod stall;
 pub mod wait;

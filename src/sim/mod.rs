@@ -11,7 +11,7 @@
 //! The parts:
 //! - [`config`]: the model's parameters, their defaults, and the faults tests inject;
 //! - [`args`]: the command line, turned into a [`args::Plan`];
-//! - [`rng`]: the seeded random streams;
+//! - [`crate::core::rng`]: the seeded random streams (in `core`, shared with the bench);
 //! - [`workload`]: hunts, player sessions and the events they send;
 //! - [`network`]: latency, bandwidth and FIFO links;
 //! - [`shard`]: a shard's CPU and its credit-bounded queue;

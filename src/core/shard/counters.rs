@@ -59,4 +59,15 @@ pub struct ShardStats {
     /// The most mesh credit ever held at once at any one peer.
     pub mesh_inflight_peak: Credit,
     pub stages: StageLatencies,
+    /// What the executor's stall detector saw (filled in by the shell, like `cpu`).
+    pub stalls: Stalls,
+}
+
+/// What the stall detector saw on one shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stalls {
+    /// Task-queue runs that went past their time slice by more than the threshold.
+    pub count: u64,
+    /// The largest overage past the time slice, in nanoseconds.
+    pub worst_overage_ns: u64,
 }

@@ -40,7 +40,7 @@ use crate::core::partition::Placement;
 
 pub use admission::{FrameProgress, Readable};
 pub use connections::CloseReason;
-pub use counters::{ShardStats, StageLatencies};
+pub use counters::{ShardStats, StageLatencies, Stalls};
 pub use mesh::{ArchiveBatch, BatchEntry, MeshBatch, MeshOutput};
 pub use routing::{LocalEvent, Route};
 
