@@ -3,6 +3,7 @@
 //!
 //! Exit codes are each tool's own and documented in its `--help`; a usage error is 2.
 
+mod cluster;
 mod node;
 
 use clap::{Parser, Subcommand};

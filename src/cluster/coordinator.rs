@@ -482,6 +482,11 @@ impl Coordinator {
         }
     }
 
+    /// Something under the cluster's prefix changed (a watch said so): read it back now.
+    pub fn handle_changed(&mut self, now_ns: u64) {
+        self.read_due_ns = self.read_due_ns.min(now_ns);
+    }
+
     /// The request in flight failed (no answer, a timeout, an error status).
     pub fn handle_failure(&mut self, now_ns: u64, reason: &str) {
         if self.in_flight.take().is_some() {

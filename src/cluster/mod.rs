@@ -14,7 +14,9 @@
 //! client and the control thread are the I/O shell and live on the control thread only, which
 //! is not a shard and never waits on one.
 
+pub mod control;
 pub mod coordinator;
+pub mod etcd;
 pub mod keys;
 pub mod model;
 pub mod placement;

@@ -1,0 +1,208 @@
+//! The cluster's command line: `trove node`'s cluster flags (`--cluster` and its companions),
+//! which start the node's control thread, and the report of what it decides.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::thread::JoinHandle;
+
+use clap::Args;
+
+use crate::cluster::control::{ControlConfig, ControlHandle};
+use crate::cluster::coordinator::{CoordinatorConfig, CoordinatorEvent};
+use crate::cluster::etcd::parse_endpoints;
+use crate::cluster::keys::{ClusterKeys, NodeInfo};
+use crate::cluster::placement::{OwnerState, Placement};
+use crate::constants::{
+    CLUSTER_LEASE_TTL_S_DEFAULT, CLUSTER_LEASE_TTL_S_MAX, CLUSTER_LEASE_TTL_S_MIN,
+    CLUSTER_POLL_MS_DEFAULT, CLUSTER_SETTLE_MS_DEFAULT,
+};
+use crate::core::ids::NodeId;
+
+/// `trove node`'s cluster flags. Without `--cluster` the node runs alone, as before.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterNodeArgs {
+    /// Join a cluster coordinated by this etcd (its client URLs: http://HOST:2379[,…])
+    #[arg(long, value_name = "URLS")]
+    pub cluster: Option<String>,
+    /// The cluster's name: its keys live under /trove/NAME/ in etcd
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "trove",
+        requires = "cluster"
+    )]
+    pub cluster_name: String,
+    /// This node's id in the cluster, unique and kept across restarts (its partitions follow it)
+    #[arg(long, value_name = "ID", requires = "cluster")]
+    pub node_id: Option<u32>,
+    /// The host other nodes and clients reach this node at [default: --listen, unless it is 0.0.0.0 or ::]
+    #[arg(long, value_name = "HOST", requires = "cluster")]
+    pub advertise: Option<String>,
+    /// The node's lease TTL in seconds: it is declared dead this long after its last keepalive
+    #[arg(long, value_name = "S", default_value_t = CLUSTER_LEASE_TTL_S_DEFAULT, requires = "cluster")]
+    pub lease_ttl_s: u64,
+}
+
+/// What `--cluster` asks for, checked; `None` when the node runs alone.
+pub struct ClusterPlan {
+    endpoints: Vec<String>,
+    keys: ClusterKeys,
+    node: NodeId,
+    advertise: String,
+    lease_ttl_s: u64,
+}
+
+impl ClusterNodeArgs {
+    /// Checks the flags; `Ok(None)` without `--cluster`.
+    pub fn plan(&self, listen: IpAddr) -> Result<Option<ClusterPlan>, String> {
+        let Some(list) = &self.cluster else {
+            return Ok(None);
+        };
+        let endpoints = parse_endpoints(list).map_err(|error| format!("--cluster {error}"))?;
+        let keys = ClusterKeys::new(&self.cluster_name)
+            .map_err(|error| format!("--cluster-name: {error}"))?;
+        let node = self.node_id.ok_or(
+            "--cluster needs --node-id ID: a number unique in the cluster, kept across restarts",
+        )?;
+        if !(CLUSTER_LEASE_TTL_S_MIN..=CLUSTER_LEASE_TTL_S_MAX).contains(&self.lease_ttl_s) {
+            return Err(format!(
+                "--lease-ttl-s {}: give {CLUSTER_LEASE_TTL_S_MIN} to {CLUSTER_LEASE_TTL_S_MAX} seconds",
+                self.lease_ttl_s
+            ));
+        }
+        let advertise = match &self.advertise {
+            Some(host) if !host.trim().is_empty() => host.trim().to_owned(),
+            Some(_) => {
+                return Err("--advertise is empty; give the host others reach this node at".into());
+            }
+            None if listen.is_unspecified() => {
+                return Err(format!(
+                    "--cluster needs --advertise HOST: this node listens on {listen}, which \
+                     other nodes cannot dial"
+                ));
+            }
+            None => listen.to_string(),
+        };
+        Ok(Some(ClusterPlan {
+            endpoints,
+            keys,
+            node: NodeId(node),
+            advertise,
+            lease_ttl_s: self.lease_ttl_s,
+        }))
+    }
+}
+
+impl ClusterPlan {
+    /// Starts the control thread of a node listening on `addr` and `shard_addrs`.
+    pub fn start(
+        &self,
+        partitions: u32,
+        addr: SocketAddr,
+        shard_addrs: &[SocketAddr],
+    ) -> Result<ControlHandle, String> {
+        let info = NodeInfo {
+            address: self.advertise.clone(),
+            port: addr.port(),
+            shard_ports: shard_addrs.iter().map(SocketAddr::port).collect(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let coordinator = CoordinatorConfig {
+            keys: self.keys.clone(),
+            node: self.node,
+            info,
+            partitions,
+            lease_ttl_s: self.lease_ttl_s,
+            poll_ns: CLUSTER_POLL_MS_DEFAULT * 1_000_000,
+            settle_ns: CLUSTER_SETTLE_MS_DEFAULT * 1_000_000,
+        };
+        ControlHandle::start(ControlConfig {
+            endpoints: self.endpoints.clone(),
+            coordinator,
+        })
+    }
+
+    /// This node's id in the cluster.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// The line `trove node` prints once the control thread runs.
+    pub fn describe(&self) -> String {
+        format!(
+            "trove node: {} joining cluster {:?} through etcd {} (lease TTL {} s)",
+            self.node,
+            self.keys
+                .prefix()
+                .trim_start_matches("/trove/")
+                .trim_end_matches('/'),
+            self.endpoints.join(","),
+            self.lease_ttl_s
+        )
+    }
+}
+
+/// Prints every coordination event of `control` on stdout, one line each, until the control
+/// thread stops.
+pub fn spawn_reporter(control: &ControlHandle, node: NodeId) -> std::io::Result<JoinHandle<()>> {
+    let events = control.events().clone();
+    std::thread::Builder::new()
+        .name("trove-cluster-report".into())
+        .spawn(move || {
+            let mut stdout = std::io::stdout();
+            for event in events.iter() {
+                // A closed stdout must not stop the node.
+                let _ = writeln!(stdout, "trove node: {}", describe_event(&event, node));
+            }
+        })
+}
+
+/// One line about a coordination event, as seen by `node`.
+pub fn describe_event(event: &CoordinatorEvent, node: NodeId) -> String {
+    match event {
+        CoordinatorEvent::Registered { revision } => {
+            format!("registered in the cluster at revision {revision}")
+        }
+        CoordinatorEvent::LeaseLost => {
+            "lease lost (paused or cut off past its TTL): serving nothing \
+             until registered again and confirmed by the controller"
+                .into()
+        }
+        CoordinatorEvent::BecameController => "this node is now the controller".into(),
+        CoordinatorEvent::NoLongerController => "this node is no longer the controller".into(),
+        CoordinatorEvent::PlacementChanged(placement) => describe_placement(placement, node),
+        CoordinatorEvent::EtcdUnreachable { reason } => {
+            format!("etcd unreachable, keeping the current placement: {reason}")
+        }
+        CoordinatorEvent::EtcdReachable => "etcd reachable again".into(),
+        CoordinatorEvent::RecordRejected { key, reason } => {
+            format!("ignoring {key}: {reason}")
+        }
+    }
+}
+
+/// `placement epoch E: P partitions, N here (shard s: n, …), O offline`.
+pub fn describe_placement(placement: &Placement, node: NodeId) -> String {
+    let counts = placement.counts();
+    let here: Vec<String> = counts
+        .iter()
+        .filter(|((owner, _), (serving, _))| *owner == node && *serving > 0)
+        .map(|((_, shard), (serving, _))| format!("{shard}: {serving}"))
+        .collect();
+    let here_total = placement
+        .owners
+        .iter()
+        .filter(|owner| owner.node == node && owner.state == OwnerState::Serving)
+        .count();
+    format!(
+        "placement epoch {}: {} partitions, {here_total} served here ({}), {} offline",
+        placement.epoch,
+        placement.partitions(),
+        if here.is_empty() {
+            "none".to_owned()
+        } else {
+            here.join(", ")
+        },
+        placement.offline().count()
+    )
+}
