@@ -360,6 +360,14 @@ pub const CLUSTER_REPLY_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// Most coordination events (placement changes, lease lost…) queued for a reader before the
 /// oldest are dropped; the latest placement is always kept apart from this queue.
 pub const CLUSTER_EVENTS_QUEUED_MAX: usize = 64;
+/// Most offline partitions `trove cluster status` names on one line; it always gives the count.
+pub const CLUSTER_STATUS_OFFLINE_LISTED_MAX: usize = 32;
+/// Most nodes `trove cluster up` starts on one machine.
+pub const CLUSTER_UP_NODES_MAX: usize = 64;
+/// How long `trove cluster up` waits for its etcd, and for each node to print its address, in ms.
+pub const CLUSTER_UP_START_MS_MAX: u64 = 15_000;
+/// How long `trove cluster up` waits for a node or etcd to stop after SIGTERM before SIGKILL, in ms.
+pub const CLUSTER_UP_STOP_MS_MAX: u64 = 10_000;
 
 const _: () = assert!(CLUSTER_LEASE_TTL_S_MIN <= CLUSTER_LEASE_TTL_S_DEFAULT);
 const _: () = assert!(CLUSTER_LEASE_TTL_S_DEFAULT <= CLUSTER_LEASE_TTL_S_MAX);

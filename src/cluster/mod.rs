@@ -8,7 +8,10 @@
 //! - [`model`]: a sans-IO model of etcd for tests and the simulator;
 //! - [`etcd`]: the HTTP/1.1 client of etcd's JSON gateway (ureq, blocking);
 //! - [`control`]: the node's control thread, which drives a coordinator against etcd and
-//!   publishes what the node may serve.
+//!   publishes what the node may serve;
+//! - [`status`]: what `trove cluster status` reads and shows;
+//! - [`local`]: a local cluster on loopback (an etcd and node processes) for `trove cluster up`
+//!   and the integration tests.
 //!
 //! The coordinator, placement, keys and model are plain values usable on any thread; the etcd
 //! client and the control thread are the I/O shell and live on the control thread only, which
@@ -18,5 +21,7 @@ pub mod control;
 pub mod coordinator;
 pub mod etcd;
 pub mod keys;
+pub mod local;
 pub mod model;
 pub mod placement;
+pub mod status;
