@@ -302,11 +302,18 @@ fn an_etcd_outage_moves_nothing_and_the_nodes_carry_on_when_it_returns() {
     }
     // Longer than the TTL: the nodes fence themselves, but nobody can declare them dead.
     std::thread::sleep(Duration::from_secs(ttl_s + 1));
+    for node in 1..=3 {
+        assert!(
+            nodes.printed(NodeId(node), "serving nothing"),
+            "node {node} fenced itself"
+        );
+    }
     etcd.start_again().expect("etcd restarts on its data");
     for node in 1..=3 {
         let node = NodeId(node);
         wait_for(&mut nodes, Duration::from_secs(10), "etcd back", |nodes| {
-            nodes.printed(node, "etcd reachable again").then_some(())
+            (nodes.printed(node, "etcd reachable again") && nodes.printed(node, "lease confirmed"))
+                .then_some(())
         });
     }
     // Time for a keepalive round and a controller pass: still the same placement.
@@ -319,6 +326,41 @@ fn an_etcd_outage_moves_nothing_and_the_nodes_carry_on_when_it_returns() {
             "node {node} kept its lease"
         );
     }
+}
+
+#[test]
+fn a_watch_reports_a_change_as_it_happens() {
+    let Some(etcd) = etcd_or_skip("watch") else {
+        return;
+    };
+    let (changed_tx, changed) = flume::bounded(1);
+    let endpoint = etcd.endpoint();
+    let watcher = std::thread::spawn(move || {
+        EtcdClient::watch_prefix(&endpoint, "/trove/watched/", 0, |revision| {
+            let _ = changed_tx.try_send(revision);
+            false
+        })
+    });
+    let mut client = EtcdClient::new(vec![etcd.endpoint()], Duration::from_secs(2));
+    // Keep writing until the watch (which may not be open yet) reports one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let revision = loop {
+        let put = Request::Put {
+            key: "/trove/watched/key".into(),
+            value: b"v".to_vec(),
+            lease: 0,
+        };
+        let Ok(Response::Put { revision }) = client.execute(&put) else {
+            panic!("etcd refused a put");
+        };
+        if let Ok(seen) = changed.recv_timeout(Duration::from_millis(200)) {
+            assert!(seen <= revision && seen > 1);
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "the watch reported nothing");
+    };
+    assert!(revision > 1);
+    watcher.join().unwrap().expect("the watch ended cleanly");
 }
 
 #[test]

@@ -105,7 +105,9 @@ fn dependencies_point_inward() {
         ),
         (
             "src/cluster",
-            &["runtime", "net", "client", "sim", "bench", "gate", "tune", "cli"],
+            &[
+                "runtime", "net", "client", "sim", "bench", "gate", "tune", "cli",
+            ],
         ),
         (
             "src/gate",

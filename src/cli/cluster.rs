@@ -172,6 +172,10 @@ pub fn describe_event(event: &CoordinatorEvent, node: NodeId) -> String {
              until registered again and confirmed by the controller"
                 .into()
         }
+        CoordinatorEvent::Fenced => "lease not confirmed in time: serving nothing until etcd \
+             confirms it"
+            .into(),
+        CoordinatorEvent::Unfenced => "lease confirmed: serving this node's partitions".into(),
         CoordinatorEvent::BecameController => "this node is now the controller".into(),
         CoordinatorEvent::NoLongerController => "this node is no longer the controller".into(),
         CoordinatorEvent::PlacementChanged(placement) => describe_placement(placement, node),

@@ -153,6 +153,11 @@ pub enum CoordinatorEvent {
     LeaseLost,
     BecameController,
     NoLongerController,
+    /// The lease is no longer known valid (no keepalive acknowledged in time): the node serves
+    /// nothing from now on, until one is.
+    Fenced,
+    /// The lease is known valid again (or for the first time).
+    Unfenced,
     /// A new placement was read or written.
     PlacementChanged(Arc<Placement>),
     /// etcd did not answer; the placement in hand is kept.
@@ -320,6 +325,7 @@ pub struct Coordinator {
     etcd_reachable: bool,
     live_since_ns: u64,
     was_controller: bool,
+    was_lease_valid: bool,
     installed_epoch: u64,
     rejected_reported: Vec<(String, u64)>,
     events: VecDeque<CoordinatorEvent>,
@@ -339,6 +345,7 @@ impl Coordinator {
             etcd_reachable: true,
             live_since_ns: 0,
             was_controller: false,
+            was_lease_valid: false,
             installed_epoch: 0,
             rejected_reported: Vec::new(),
             events: VecDeque::new(),
@@ -353,6 +360,7 @@ impl Coordinator {
     /// call [`Coordinator::handle_response`] or [`Coordinator::handle_failure`] before asking
     /// again.
     pub fn poll_request(&mut self, now_ns: u64) -> Option<Request> {
+        self.check_fence(now_ns);
         if self.in_flight.is_some() || now_ns < self.retry_at_ns {
             return None;
         }
@@ -472,6 +480,7 @@ impl Coordinator {
             }
             _ => false,
         };
+        self.check_fence(now_ns);
         if handled {
             self.etcd_answered();
         } else {
@@ -491,6 +500,19 @@ impl Coordinator {
     pub fn handle_failure(&mut self, now_ns: u64, reason: &str) {
         if self.in_flight.take().is_some() {
             self.fail(now_ns, reason);
+        }
+    }
+
+    /// Reports the moments the lease stops or starts being known valid.
+    fn check_fence(&mut self, now_ns: u64) {
+        let valid = now_ns < self.lease_valid_until_ns();
+        if valid != self.was_lease_valid {
+            self.was_lease_valid = valid;
+            self.push(if valid {
+                CoordinatorEvent::Unfenced
+            } else {
+                CoordinatorEvent::Fenced
+            });
         }
     }
 
@@ -651,6 +673,10 @@ impl Coordinator {
         let mut due = self.read_due_ns;
         if let Some(lease) = self.lease {
             due = due.min(lease.keepalive_due_ns);
+            if self.was_lease_valid {
+                // Wake when the lease stops being known valid, to report it then.
+                due = due.min(lease.valid_until_ns);
+            }
             if self.is_controller() && self.view.assignment.is_none() {
                 due = due.min(self.live_since_ns + self.config.settle_ns);
             }
@@ -861,6 +887,14 @@ mod tests {
         cluster.etcd.set_down(cluster.now_ns, true);
         cluster.run_ms(ttl_ns / NS_PER_MS - node_margin_ms(&cluster));
         assert!(cluster.serving(0).is_empty(), "fenced");
+        assert_eq!(
+            cluster.events[0]
+                .iter()
+                .filter(|e| matches!(e, CoordinatorEvent::Fenced | CoordinatorEvent::Unfenced))
+                .collect::<Vec<_>>(),
+            [&CoordinatorEvent::Unfenced, &CoordinatorEvent::Fenced],
+            "valid once granted, fenced once past the margin"
+        );
         assert!(
             cluster.events[0]
                 .iter()
