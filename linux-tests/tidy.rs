@@ -105,6 +105,12 @@ fn dependencies_point_inward() {
             &["runtime", "net", "sim", "bench", "gate", "tune", "cli"],
         ),
         (
+            "src/cluster",
+            &[
+                "runtime", "net", "client", "sim", "bench", "gate", "tune", "cli",
+            ],
+        ),
+        (
             "src/gate",
             &["runtime", "net", "client", "sim", "tune", "cli"],
         ),

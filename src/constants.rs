@@ -345,3 +345,54 @@ const _: () = assert!(REDIS_REPLY_ELEMENTS_MAX >= 2 * LEADERBOARD_TOP_K_MAX);
 const _: () = assert!(CALIBRATION_MS_DEFAULT <= CALIBRATION_MS_MAX);
 // A closed-loop window never fills a Redis connection's FIFO.
 const _: () = assert!(REDIS_EVENTS_INFLIGHT_PER_CONNECTION_MAX >= BENCH_WINDOW_MAX as usize);
+
+// ---------------------------------------------------------------------------------------------
+// Cluster coordination (see `cluster`): leases, the etcd gateway, what a node reads back.
+// ---------------------------------------------------------------------------------------------
+
+/// A node's lease TTL unless configured otherwise (`--lease-ttl-s`). etcd leases are whole seconds.
+pub const CLUSTER_LEASE_TTL_S_DEFAULT: u64 = 5;
+/// Shortest lease TTL: etcd itself refuses leases much shorter than its election timeout.
+pub const CLUSTER_LEASE_TTL_S_MIN: u64 = 2;
+/// Longest lease TTL: a dead node's partitions are unavailable for this long before `Offline`.
+pub const CLUSTER_LEASE_TTL_S_MAX: u64 = 60;
+/// How often a node reads the cluster's keys back unless configured otherwise, in ms.
+pub const CLUSTER_POLL_MS_DEFAULT: u64 = 250;
+/// Longest pause between reads of the cluster's keys, in ms.
+pub const CLUSTER_POLL_MS_MAX: u64 = 10_000;
+/// How long the set of live nodes must stay unchanged before the controller writes a cluster's
+/// first placement (so nodes started together share the partitions), unless configured, in ms.
+pub const CLUSTER_SETTLE_MS_DEFAULT: u64 = 1_000;
+/// Longest settle time, in ms.
+pub const CLUSTER_SETTLE_MS_MAX: u64 = 60_000;
+/// Longest wait between two attempts to reach an unreachable etcd, in ms (back-off doubles to this).
+pub const CLUSTER_RETRY_MS_MAX: u64 = 1_000;
+/// First wait after a failed etcd request, in ms.
+pub const CLUSTER_RETRY_MS_MIN: u64 = 50;
+/// Most nodes one cluster may register; more are ignored (and reported) by every reader.
+pub const CLUSTER_NODES_MAX: usize = 1_024;
+/// Most etcd endpoints `--cluster` may list.
+pub const CLUSTER_ENDPOINTS_MAX: usize = 16;
+/// Longest cluster name (letters, digits, `-` and `_`), in bytes.
+pub const CLUSTER_NAME_BYTES_MAX: usize = 64;
+/// Largest etcd reply a node reads: the assignment record of `PARTITIONS_MAX` partitions and
+/// `CLUSTER_NODES_MAX` node records fit well inside.
+pub const CLUSTER_REPLY_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Most coordination events (placement changes, lease lost…) queued for a reader before the
+/// oldest are dropped; the latest placement is always kept apart from this queue.
+pub const CLUSTER_EVENTS_QUEUED_MAX: usize = 64;
+/// Most offline partitions `trove cluster status` names on one line; it always gives the count.
+pub const CLUSTER_STATUS_OFFLINE_LISTED_MAX: usize = 32;
+/// Most nodes `trove cluster up` starts on one machine.
+pub const CLUSTER_UP_NODES_MAX: usize = 64;
+/// How long `trove cluster up` waits for its etcd, and for each node to print its address, in ms.
+pub const CLUSTER_UP_START_MS_MAX: u64 = 15_000;
+/// How long `trove cluster up` waits for a node or etcd to stop after SIGTERM before SIGKILL, in ms.
+pub const CLUSTER_UP_STOP_MS_MAX: u64 = 10_000;
+
+const _: () = assert!(CLUSTER_LEASE_TTL_S_MIN <= CLUSTER_LEASE_TTL_S_DEFAULT);
+const _: () = assert!(CLUSTER_LEASE_TTL_S_DEFAULT <= CLUSTER_LEASE_TTL_S_MAX);
+const _: () = assert!(CLUSTER_POLL_MS_DEFAULT <= CLUSTER_POLL_MS_MAX);
+const _: () = assert!(CLUSTER_SETTLE_MS_DEFAULT <= CLUSTER_SETTLE_MS_MAX);
+const _: () = assert!(CLUSTER_RETRY_MS_MIN <= CLUSTER_RETRY_MS_MAX);
+const _: () = assert!(CLUSTER_NODES_MAX <= u32::MAX as usize);

@@ -31,6 +31,7 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod constants;
 pub mod core;
 pub mod gate;

@@ -58,6 +58,8 @@ pub struct NodeArgs {
     /// stolen time on shared ones [default: 0, park at once]
     #[arg(long, value_name = "US")]
     pub spin_before_park_us: Option<u64>,
+    #[command(flatten)]
+    pub cluster: super::cluster::ClusterNodeArgs,
 }
 
 impl NodeArgs {
@@ -103,7 +105,7 @@ pub fn parse_shard_cpus(list: &str) -> Result<Vec<usize>, String> {
 
 /// Blocks SIGINT and SIGTERM in this thread (and so in every thread it starts), so that
 /// [`wait_for_stop_signal`] receives them instead of the default handler killing the process.
-fn block_stop_signals() -> libc::sigset_t {
+pub(super) fn block_stop_signals() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise a sigset_t we own; pthread_sigmask changes
     // only this thread's mask.
     unsafe {
@@ -116,7 +118,7 @@ fn block_stop_signals() -> libc::sigset_t {
     }
 }
 
-fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
+pub(super) fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
     let mut signal = 0;
     // SAFETY: `set` holds signals blocked in every thread of the process, as sigwait requires.
     unsafe { libc::sigwait(set, &mut signal) };
@@ -126,6 +128,13 @@ fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
 pub fn run(args: &NodeArgs) -> i32 {
     let config = match args.to_config() {
         Ok(config) => config,
+        Err(message) => {
+            eprintln!("trove node: {message}");
+            return 2;
+        }
+    };
+    let cluster = match args.cluster.plan(args.listen) {
+        Ok(cluster) => cluster,
         Err(message) => {
             eprintln!("trove node: {message}");
             return 2;
@@ -159,8 +168,33 @@ pub fn run(args: &NodeArgs) -> i32 {
         CpuSet::from_cpus(config.runtime.cpus.iter().copied()),
         shard_ports.join(","),
     );
+    let control = match &cluster {
+        None => None,
+        Some(plan) => {
+            match plan.start(config.runtime.partitions, node.addr(), node.shard_addrs()) {
+                Ok(control) => {
+                    let _ = writeln!(stdout, "{}", plan.describe());
+                    let reporter = super::cluster::spawn_reporter(&control, plan.node());
+                    Some((control, reporter))
+                }
+                Err(message) => {
+                    eprintln!("trove node: {message}");
+                    node.stop();
+                    return 1;
+                }
+            }
+        }
+    };
     let signal = wait_for_stop_signal(&signals);
     let _ = writeln!(stdout, "trove node: signal {signal} received, stopping");
+    if let Some((control, reporter)) = control {
+        // Leave the cluster first: the lease ends now, so the controller marks this node's
+        // partitions offline at once instead of after the TTL.
+        control.stop();
+        if let Ok(reporter) = reporter {
+            let _ = reporter.join();
+        }
+    }
     let report = node.stop();
     let _ = write!(stdout, "{}", report.describe());
     0
