@@ -37,6 +37,21 @@ pub const REPLY_FIXED_BYTES: usize = 32;
 pub const CLAIM_CODE_BYTES_MAX: usize = 64;
 /// Longest human-readable message in an error frame.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 256;
+/// Largest record of an authentication frame (a challenge, a response, an acceptance: two
+/// 32-byte nonces and a 32-byte MAC at most).
+pub const AUTH_RECORD_BYTES_MAX: usize = 128;
+
+// ---------------------------------------------------------------------------------------------
+// Authentication (see `core::auth`).
+// ---------------------------------------------------------------------------------------------
+
+/// Shortest shared secret a node or client accepts: 16 bytes, 128 bits if chosen at random.
+pub const AUTH_SECRET_BYTES_MIN: usize = 16;
+/// Longest shared secret a node or client reads from its secret file.
+pub const AUTH_SECRET_BYTES_MAX: usize = 4096;
+/// How long a new connection has to complete the authentication handshake before the node
+/// closes it; it holds one of the shard's connection slots meanwhile.
+pub const AUTH_HANDSHAKE_MS_MAX: u64 = 5_000;
 
 // ---------------------------------------------------------------------------------------------
 // Partitions, shards, connections.
@@ -136,6 +151,9 @@ pub const BENCH_SEND_BACKLOG_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const SWEEP_STEPS_MAX: usize = 24;
 /// Largest latency a histogram records: anything slower is clamped to it.
 pub const BENCH_LATENCY_NS_MAX: u64 = 60_000_000_000;
+/// Longest the benchmark's set-up waits for a node that neither takes its events nor answers
+/// them before it gives up with a message (a shard that stopped reading, say).
+pub const BENCH_STALL_MS_MAX: u64 = 10_000;
 
 // ---------------------------------------------------------------------------------------------
 // Time.

@@ -21,6 +21,7 @@ use glommio::net::TcpStream;
 use crate::constants::{
     CONNECTION_BACKLOG_BYTES_MAX, CONNECTION_LINGER_MS_MAX, WRITE_BUFFER_RETAINED_BYTES_MAX,
 };
+use crate::core::auth::AuthSecret;
 use crate::core::codec::{
     Decoded, ERROR_CODE_CONNECTION_LIMIT, EncodeError, FrameBuilder, FrameError, FrameKind,
     ReceiveBuffer, Records, access_record, access_validated, check_stream_end, decode_frame,
@@ -130,14 +131,44 @@ impl ReplySink for Connection {
     }
 }
 
-/// Serves a newly accepted socket on `shard`.
-pub(crate) fn serve(shard: Rc<Shard>, stream: TcpStream, map_reply: Rc<[u8]>) {
+/// Serves a newly accepted socket on `shard`; with a secret, only once the client has passed
+/// the authentication handshake (`net::auth`), which holds the connection's slot meanwhile.
+pub(crate) fn serve(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    map_reply: Rc<[u8]>,
+    secret: Option<Rc<AuthSecret>>,
+) {
     let _ = stream.set_nodelay(true);
     let connection = Rc::new(Connection::new(shard.epoch()));
     let Some(sink) = shard.register_sink(connection.clone()) else {
         glommio::spawn_local(refuse(shard, stream)).detach();
         return;
     };
+    let Some(secret) = secret else {
+        return start_loops(shard, connection, sink, stream, map_reply);
+    };
+    glommio::spawn_local(async move {
+        if crate::net::auth::authenticate(&mut stream, &secret)
+            .await
+            .is_ok()
+        {
+            return start_loops(shard, connection, sink, stream, map_reply);
+        }
+        shard.stats().connections_unauthenticated += 1;
+        let _ = stream.close().await;
+        shard.close_sink(sink);
+    })
+    .detach();
+}
+
+fn start_loops(
+    shard: Rc<Shard>,
+    connection: Rc<Connection>,
+    sink: SinkId,
+    stream: TcpStream,
+    map_reply: Rc<[u8]>,
+) {
     // SAFETY: dup(2) of a descriptor this task owns; the copy is owned by the writer alone.
     let write_fd = unsafe { libc::dup(stream.as_raw_fd()) };
     if write_fd < 0 {

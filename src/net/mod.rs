@@ -4,6 +4,7 @@
 //! Everything here runs on a shard's executor and talks to the shard through
 //! `runtime::shard::Shard`; the shard never names a socket.
 
+mod auth;
 mod connection;
 pub mod node;
 

@@ -16,6 +16,7 @@ use futures_lite::future::or;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::constants::LISTEN_BACKLOG_MAX;
+use crate::core::auth::AuthSecret;
 use crate::core::codec::{FrameBuilder, FrameKind};
 use crate::core::partition::PartitionMap;
 use crate::net::connection;
@@ -34,6 +35,8 @@ pub struct NodeConfig {
     /// Shard `i` also listens on `shard_port_base + i`. Unset: the ports right after `port`,
     /// or free ones when `port` is 0.
     pub shard_port_base: Option<u16>,
+    /// The shared secret clients must prove they know (`core::auth`); `None` lets anyone in.
+    pub auth: Option<AuthSecret>,
 }
 
 impl NodeConfig {
@@ -44,6 +47,7 @@ impl NodeConfig {
             listen: IpAddr::from([127, 0, 0, 1]),
             port: 0,
             shard_port_base: None,
+            auth: None,
         }
     }
 
@@ -53,9 +57,10 @@ impl NodeConfig {
             (None, 0) => 0,
             (None, port) => u32::from(port) + 1 + shard as u32,
         };
-        u16::try_from(port).map_err(|_| StartError::Io {
-            what: format!("shard {shard} would listen on port {port}"),
-            error: io::Error::other("past 65535; choose a lower --port or --shard-port-base"),
+        u16::try_from(port).map_err(|_| {
+            StartError::Config(ConfigError::Ports(format!(
+                "shard {shard} would listen on port {port}, past 65535; choose a lower --port or --shard-port-base"
+            )))
         })
     }
 }
@@ -93,13 +98,16 @@ impl NodeReport {
         let mut text = String::new();
         for shard in &self.shards {
             text.push_str(&format!(
-                "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections, {} frames rejected, {} credit waits, {} Busy\n",
+                "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections ({} refused when full, {} failed authentication, {} cut at stop), {} frames rejected, {} credit waits, {} Busy\n",
                 shard.shard,
                 shard.cpu,
                 shard.events_applied,
                 shard.events_forwarded,
                 shard.events_applied_for_peers,
                 shard.connections_accepted,
+                shard.connections_refused,
+                shard.connections_unauthenticated,
+                shard.connections_force_closed,
                 shard.frames_rejected,
                 shard.socket_credit_waits + shard.mesh_credit_waits,
                 shard.busy_replies,
@@ -120,6 +128,8 @@ struct ShardSockets {
     own: Socket,
     /// The map reply frame, encoded once.
     map_reply: Vec<u8>,
+    /// The secret clients must prove they know.
+    auth: Option<AuthSecret>,
 }
 
 fn listen(addr: SocketAddr, reuse_port: bool) -> Result<Socket, StartError> {
@@ -133,10 +143,35 @@ fn listen(addr: SocketAddr, reuse_port: bool) -> Result<Socket, StartError> {
         socket.listen(LISTEN_BACKLOG_MAX)?;
         Ok(socket)
     };
-    bind().map_err(|error| StartError::Io {
-        what: format!("cannot listen on {addr} (is another process using it? pick another port)"),
+    bind().map_err(|error| listen_error(addr, error))
+}
+
+fn listen_error(addr: SocketAddr, error: io::Error) -> StartError {
+    if error.kind() == io::ErrorKind::AddrInUse {
+        return StartError::Config(ConfigError::Ports(format!(
+            "port {} is already in use on {} by another process (another trove node?); stop it or pick another --port / --shard-port-base",
+            addr.port(),
+            addr.ip()
+        )));
+    }
+    StartError::Io {
+        what: format!("cannot listen on {addr}"),
         error,
-    })
+    }
+}
+
+/// Fails when another process already listens on `addr`. SO_REUSEPORT would let the node's
+/// shared listeners join that process's group silently, and the kernel would then split new
+/// clients between two nodes with separate state; a socket bound without SO_REUSEPORT cannot
+/// share the port, so binding one (and closing it at once) tells. SO_REUSEADDR stays on, so
+/// connections of a previous run left in TIME_WAIT do not count.
+fn probe_port_free(addr: SocketAddr) -> Result<(), StartError> {
+    let probe = || -> io::Result<()> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())
+    };
+    probe().map_err(|error| listen_error(addr, error))
 }
 
 fn local_addr(socket: &Socket) -> SocketAddr {
@@ -154,6 +189,9 @@ impl Node {
         let shards = config.runtime.shards();
         let map = PartitionMap::round_robin(config.runtime.partitions, shards)
             .map_err(|error| StartError::Config(ConfigError::Partitions(error)))?;
+        if config.port != 0 {
+            probe_port_free(SocketAddr::new(config.listen, config.port))?;
+        }
         let first = listen(SocketAddr::new(config.listen, config.port), true)?;
         let addr = local_addr(&first);
         let mut shared = vec![first];
@@ -184,6 +222,7 @@ impl Node {
                 shared,
                 own,
                 map_reply: map_reply.bytes().to_vec(),
+                auth: config.auth.clone(),
             })
             .collect();
         let shards = spawn_shards(&config.runtime, &map, payloads, serve_shard)?;
@@ -216,14 +255,21 @@ impl Node {
 /// Runs on each shard's executor: starts accepting on both of its listeners.
 fn serve_shard(shard: Rc<Shard>, sockets: ShardSockets) {
     let map_reply: Rc<[u8]> = sockets.map_reply.into();
+    let auth = sockets.auth.map(Rc::new);
     for socket in [sockets.shared, sockets.own] {
         // SAFETY: the descriptor comes from a listening socket this shard alone now owns.
         let listener = unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };
-        glommio::spawn_local(accept_loop(shard.clone(), listener, map_reply.clone())).detach();
+        let accepting = accept_loop(shard.clone(), listener, map_reply.clone(), auth.clone());
+        glommio::spawn_local(accepting).detach();
     }
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener, map_reply: Rc<[u8]>) {
+async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: glommio::net::TcpListener,
+    map_reply: Rc<[u8]>,
+    auth: Option<Rc<AuthSecret>>,
+) {
     loop {
         let accepted = or(async { Some(listener.accept().await) }, async {
             shard.stopping().await;
@@ -231,7 +277,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener, map_
         });
         match accepted.await {
             None => return,
-            Some(Ok(stream)) => connection::serve(shard.clone(), stream, map_reply.clone()),
+            Some(Ok(stream)) => {
+                connection::serve(shard.clone(), stream, map_reply.clone(), auth.clone())
+            }
             // Out of descriptors or memory: the kernel keeps the connection queued; pause
             // instead of spinning on the same error.
             Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(10)).await,

@@ -215,6 +215,8 @@ pub enum ConfigError {
         max: u32,
     },
     SpinTooLong(Duration),
+    /// A port cannot be used: past 65535, or already served by another process.
+    Ports(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -232,6 +234,7 @@ impl fmt::Display for ConfigError {
                 CpuSet::from_cpus(allowed.iter().copied())
             ),
             ConfigError::Partitions(error) => write!(f, "{error}"),
+            ConfigError::Ports(reason) => write!(f, "{reason}"),
             ConfigError::SpinTooLong(spin) => write!(
                 f,
                 "spinning {} µs before parking is more than the limit of {SPIN_BEFORE_PARK_US_MAX} µs",
