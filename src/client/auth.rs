@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rkyv::util::AlignedVec;
 
-use crate::client::ClientError;
+use super::ClientError;
 use crate::constants::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES};
 use crate::core::auth::{AuthError, AuthSecret, ClientHandshake, NONCE_BYTES, Step};
 use crate::core::codec::FrameBuilder;
@@ -33,21 +33,23 @@ fn auth_failed(error: AuthError) -> ClientError {
 }
 
 fn io_failed(what: &str, timeout: Duration) -> impl FnOnce(io::Error) -> ClientError + '_ {
-    move |error| {
-        let what = if matches!(
-            error.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-        ) {
-            format!(
+    move |error| match error.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Io {
+            what: format!(
                 "{what}: the node did not answer within {} ms (is it started with --auth-secret-file? is it overloaded?)",
                 timeout.as_millis()
-            )
-        } else if error.kind() == io::ErrorKind::UnexpectedEof {
-            format!("{what}: the node closed the connection mid-handshake")
-        } else {
-            what.to_owned()
-        };
-        ClientError::Io { what, error }
+            ),
+            // Not the OS's "Resource temporarily unavailable": what happened is a timeout.
+            error: io::ErrorKind::TimedOut.into(),
+        },
+        io::ErrorKind::UnexpectedEof => ClientError::Io {
+            what: format!("{what}: the node closed the connection mid-handshake"),
+            error,
+        },
+        _ => ClientError::Io {
+            what: what.to_owned(),
+            error,
+        },
     }
 }
 

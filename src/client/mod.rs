@@ -209,7 +209,7 @@ pub fn fetch_map(
         .map_err(io_error("cannot set a read timeout"))?;
     let mut input = ReceiveBuffer::new();
     let (kind, body) = read_frame(stream, &mut input).map_err(|error| match error {
-        ClientError::Io { error, .. }
+        ClientError::Io { ref error, .. }
             if matches!(
                 error.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -220,7 +220,8 @@ pub fn fetch_map(
                     "the node did not send its partition map within {} ms (is it stopped, overloaded, or not reading?)",
                     timeout.as_millis()
                 ),
-                error,
+                // Not the OS's "Resource temporarily unavailable": what happened is a timeout.
+                error: io::ErrorKind::TimedOut.into(),
             }
         }
         other => other,
@@ -333,7 +334,7 @@ impl Link {
             .map_err(|error| match error.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Io {
                     what: "the node has stopped taking data (a shard that is stopped or not reading); gave up".into(),
-                    error,
+                    error: io::ErrorKind::TimedOut.into(),
                 },
                 _ => ClientError::Io {
                     what: "cannot send to the node".into(),
