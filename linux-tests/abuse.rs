@@ -227,6 +227,29 @@ fn a_node_with_a_secret_serves_only_clients_that_prove_it() {
 }
 
 #[test]
+fn a_client_with_a_secret_is_told_when_the_node_asks_for_none() {
+    let node = Node::start(&NodeConfig::loopback(vec![allowed_cpus()[0]])).unwrap();
+    let mut config = ClientConfig::new(node.addr());
+    config.auth = Some(Arc::new(
+        AuthSecret::from_file_contents(SECRET.as_bytes()).unwrap(),
+    ));
+    config.connect_timeout = Duration::from_millis(500);
+    match round_trip(&config, 1) {
+        Err(error) => {
+            let text = error.to_string();
+            assert!(
+                text.contains("did not answer within 500 ms")
+                    && text.contains("--auth-secret-file"),
+                "{text}"
+            );
+            assert!(!text.contains("os error"), "{text}");
+        }
+        Ok(()) => panic!("the client authenticated against a node without a secret"),
+    }
+    node.stop();
+}
+
+#[test]
 fn a_connection_that_never_authenticates_is_closed_after_the_handshake_limit() {
     let mut config = NodeConfig::loopback(vec![allowed_cpus()[0]]);
     config.auth = Some(AuthSecret::from_file_contents(SECRET.as_bytes()).unwrap());
@@ -479,6 +502,11 @@ fn node_usage_errors_exit_2_and_name_the_right_bound() {
         (
             vec!["--auth-secret-file", "/nonexistent/trove-secret"],
             "cannot read it",
+        ),
+        // TEST-NET-1: never an address of this host, so nothing is bound.
+        (
+            vec!["--listen", "192.0.2.1", "--insecure-no-auth", "--port", "0"],
+            "not an address of this host",
         ),
     ] {
         let output = run_bounded(

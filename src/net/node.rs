@@ -147,16 +147,20 @@ fn listen(addr: SocketAddr, reuse_port: bool) -> Result<Socket, StartError> {
 }
 
 fn listen_error(addr: SocketAddr, error: io::Error) -> StartError {
-    if error.kind() == io::ErrorKind::AddrInUse {
-        return StartError::Config(ConfigError::Ports(format!(
+    match error.kind() {
+        io::ErrorKind::AddrInUse => StartError::Config(ConfigError::Ports(format!(
             "port {} is already in use on {} by another process (another trove node?); stop it or pick another --port / --shard-port-base",
             addr.port(),
             addr.ip()
-        )));
-    }
-    StartError::Io {
-        what: format!("cannot listen on {addr}"),
-        error,
+        ))),
+        io::ErrorKind::AddrNotAvailable => StartError::Config(ConfigError::Ports(format!(
+            "{} is not an address of this host; give --listen one of its addresses (`ip -br addr`), or 127.0.0.1",
+            addr.ip()
+        ))),
+        _ => StartError::Io {
+            what: format!("cannot listen on {addr}"),
+            error,
+        },
     }
 }
 
