@@ -37,6 +37,21 @@ pub const REPLY_FIXED_BYTES: usize = 32;
 pub const CLAIM_CODE_BYTES_MAX: usize = 64;
 /// Longest human-readable message in an error frame.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 256;
+/// Largest record of an authentication frame (a challenge, a response, an acceptance: two
+/// 32-byte nonces and a 32-byte MAC at most).
+pub const AUTH_RECORD_BYTES_MAX: usize = 128;
+
+// ---------------------------------------------------------------------------------------------
+// Authentication (see `core::auth`).
+// ---------------------------------------------------------------------------------------------
+
+/// Shortest shared secret a node or client accepts: 16 bytes, 128 bits if chosen at random.
+pub const AUTH_SECRET_BYTES_MIN: usize = 16;
+/// Longest shared secret a node or client reads from its secret file.
+pub const AUTH_SECRET_BYTES_MAX: usize = 4096;
+/// How long a new connection has to complete the authentication handshake before the node
+/// closes it; it holds one of the shard's connection slots meanwhile.
+pub const AUTH_HANDSHAKE_MS_MAX: u64 = 5_000;
 
 // ---------------------------------------------------------------------------------------------
 // Partitions, shards, connections.
@@ -149,6 +164,9 @@ pub const BENCH_SCHEDULE_S_MAX: u64 = 1_000;
 const _: () = assert!(BENCH_TS_INTENDED_NS_BITS + BENCH_TS_LAG_US_BITS == u64::BITS);
 const _: () = assert!(BENCH_SCHEDULE_S_MAX * 1_000_000_000 < 1 << BENCH_TS_INTENDED_NS_BITS);
 const _: () = assert!(BENCH_DURATION_S_MAX <= BENCH_SCHEDULE_S_MAX);
+/// Longest the benchmark's set-up waits for a node that neither takes its events nor answers
+/// them before it gives up with a message (a shard that stopped reading, say).
+pub const BENCH_STALL_MS_MAX: u64 = 10_000;
 
 // ---------------------------------------------------------------------------------------------
 // Time.

@@ -5,6 +5,7 @@
 //! CPUs and report back through a channel of interval histograms.
 
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -13,8 +14,11 @@ use crate::bench::generator::{
     self, Counts, IntervalReport, Latencies, Load, Protocol, Schedule, ThreadResult, new_histogram,
 };
 use crate::bench::workload::{EventMaker, HuntPicker, Workload};
-use crate::client::{self, ClientConfig, Incoming};
-use crate::constants::{BENCH_DURATION_S_MAX, BENCH_SCHEDULE_S_MAX, BENCH_TS_INTENDED_NS_BITS};
+use crate::client::{self, ClientConfig, Incoming, RecvError};
+use crate::constants::{
+    BENCH_DURATION_S_MAX, BENCH_SCHEDULE_S_MAX, BENCH_STALL_MS_MAX, BENCH_TS_INTENDED_NS_BITS,
+};
+use crate::core::auth::AuthSecret;
 
 /// How to load the target.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -95,17 +99,35 @@ impl RunPlan {
     }
 }
 
-/// Creates the workload's hunts and players on a trove node, waiting for every reply.
-pub fn set_up_hunts(addr: SocketAddr, workload: &Workload) -> Result<(), String> {
+/// Creates the workload's hunts and players on a trove node, waiting for every reply. Gives up
+/// with a message when the node takes no data or sends no reply for `BENCH_STALL_MS_MAX`.
+pub fn set_up_hunts(
+    addr: SocketAddr,
+    workload: &Workload,
+    auth: Option<Arc<AuthSecret>>,
+) -> Result<(), String> {
+    let stall = Duration::from_millis(BENCH_STALL_MS_MAX);
     let mut config = ClientConfig::new(addr);
     config.events_per_frame = 256;
+    config.auth = auth;
+    config.stall_timeout = Some(stall);
     let (mut sender, mut receiver) = client::connect(&config).map_err(|error| error.to_string())?;
     let mut sent = 0u64;
     let events = workload.setup_events();
     let sending = std::thread::scope(|scope| {
         let replies = scope.spawn(move || -> Result<u64, String> {
             let mut replies = 0;
-            while let Some(incoming) = receiver.recv() {
+            loop {
+                let incoming = match receiver.recv_timeout(stall) {
+                    Ok(incoming) => incoming,
+                    Err(RecvError::Ended) => break,
+                    Err(RecvError::Timeout) => {
+                        return Err(format!(
+                            "no reply from the node for {} s after {replies} replies (is a shard stopped or not reading?)",
+                            stall.as_secs()
+                        ));
+                    }
+                };
                 match incoming {
                     Incoming::Replies(frame) => replies += frame.replies().count() as u64,
                     Incoming::NodeError { message, .. } => return Err(message),

@@ -1,12 +1,14 @@
 //! `trove node`: run a node until SIGINT or SIGTERM, then stop it cleanly.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
 
+use crate::client::auth::read_secret_file;
 use crate::constants::{
     CONNECTION_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT, PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
     SHARD_EVENTS_INFLIGHT_MAX,
@@ -30,9 +32,21 @@ pub struct NodeArgs {
     /// Number of shards, on the first CPUs this process may use
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
-    /// Address to listen on
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    /// Address to listen on. Without --auth-secret-file only a loopback address is allowed
+    /// (unless --insecure-no-auth): anyone who reaches the port could play every hunt
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
     pub listen: IpAddr,
+    /// File holding the shared secret clients must prove they know (challenge-response; the
+    /// secret never crosses the wire). A file, never a flag, because command lines are visible
+    /// to every user of the host (ps, /proc/PID/cmdline) and kept in shell histories. At least
+    /// 16 bytes; trailing whitespace is ignored. Make one with
+    /// `head -c 32 /dev/urandom | base64 > secret && chmod 600 secret`
+    #[arg(long, value_name = "PATH")]
+    pub auth_secret_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without authentication: anyone who can reach the
+    /// port can send events
+    #[arg(long)]
+    pub insecure_no_auth: bool,
     /// Port every shard accepts on (SO_REUSEPORT); 0 picks a free one
     #[arg(long, value_name = "N", default_value_t = PORT_DEFAULT)]
     pub port: u16,
@@ -69,6 +83,23 @@ impl NodeArgs {
             Some(list) => parse_shard_cpus(list)?,
             None => shard_cpus(self.shards),
         };
+        let auth = match &self.auth_secret_file {
+            Some(path) => Some(read_secret_file(path)?),
+            None => None,
+        };
+        if auth.is_none() && !self.listen.is_loopback() && !self.insecure_no_auth {
+            return Err(format!(
+                "refusing to listen on {} without authentication: give --auth-secret-file PATH, listen on 127.0.0.1, or pass --insecure-no-auth to let anyone who reaches the port in",
+                self.listen
+            ));
+        }
+        // Checked as given, before it is capped to the shard's budget below.
+        if !(1..=CONNECTION_EVENTS_INFLIGHT_MAX).contains(&self.connection_events_max) {
+            return Err(format!(
+                "--connection-events-max {} is out of range: it must be from 1 to {CONNECTION_EVENTS_INFLIGHT_MAX}",
+                self.connection_events_max
+            ));
+        }
         let budget = Budget {
             shard_events: self.shard_events_max,
             shard_bytes: self.shard_bytes_max,
@@ -90,6 +121,7 @@ impl NodeArgs {
             listen: self.listen,
             port: self.port,
             shard_port_base: self.shard_port_base,
+            auth,
         })
     }
 }

@@ -7,6 +7,7 @@
 //! network, so all of it is tested deterministically and the simulator drives the very same
 //! code. A tidy test (`linux-tests/tidy.rs`) keeps it that way.
 
+pub mod auth;
 pub mod codec;
 pub mod credit;
 pub mod hunt;

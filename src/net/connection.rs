@@ -20,6 +20,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::constants::{CONNECTION_LINGER_MS_MAX, WRITE_BUFFER_RETAINED_BYTES_MAX};
+use crate::core::auth::AuthSecret;
 use crate::core::codec::{
     Decoded, ERROR_CODE_CONNECTION_LIMIT, FrameBuilder, FrameError, ReceiveBuffer,
     check_stream_end, decode_frame,
@@ -29,13 +30,34 @@ use crate::core::shard::{CloseReason, FrameProgress, Readable};
 use crate::runtime::shard::{Shard, WriteStep};
 use crate::runtime::wait::WaitQueue;
 
-/// Serves a newly accepted socket on `shard`.
-pub(crate) fn serve(shard: Rc<Shard>, stream: TcpStream) {
+/// Serves a newly accepted socket on `shard`; with a secret, only once the client has passed
+/// the authentication handshake (`net::auth`), which holds the connection's slot meanwhile.
+pub(crate) fn serve(shard: Rc<Shard>, mut stream: TcpStream, secret: Option<Rc<AuthSecret>>) {
     let _ = stream.set_nodelay(true);
     let Some((id, writer_queue)) = shard.connect() else {
         glommio::spawn_local(refuse(shard, stream)).detach();
         return;
     };
+    let Some(secret) = secret else {
+        return start_loops(shard, id, writer_queue, stream);
+    };
+    glommio::spawn_local(async move {
+        if crate::net::auth::authenticate(&mut stream, &secret)
+            .await
+            .is_ok()
+        {
+            return start_loops(shard, id, writer_queue, stream);
+        }
+        let _ = stream.close().await;
+        shard.handle_read_closed(id, Ok(()));
+        shard.handle_closed(id, CloseReason::Unauthenticated);
+    })
+    .detach();
+}
+
+/// Starts the reader and the writer of an accepted (and, with a secret, authenticated)
+/// connection.
+fn start_loops(shard: Rc<Shard>, id: ConnectionId, writer_queue: Rc<WaitQueue>, stream: TcpStream) {
     // SAFETY: dup(2) of a descriptor this task owns; the copy is owned by the writer alone.
     let write_fd = unsafe { libc::dup(stream.as_raw_fd()) };
     if write_fd < 0 {

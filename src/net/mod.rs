@@ -5,5 +5,6 @@
 //! and handed to the shard's core through `runtime::shard::Shard`, and the replies the core
 //! queues are written back. The core never names a socket.
 
+mod auth;
 mod connection;
 pub mod listener;

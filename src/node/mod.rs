@@ -7,15 +7,15 @@
 //! accepts (SO_REUSEPORT lets the kernel spread connections), and the shard's own port, which
 //! shard-aware clients use to reach the owner of a partition directly.
 
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 use socket2::Socket;
 
+use crate::core::auth::AuthSecret;
 use crate::core::partition::Placement;
 use crate::core::shard::{ShardStats, Stalls};
-use crate::net::listener::{listen, local_addr, serve_listeners};
+use crate::net::listener::{listen, local_addr, probe_port_free, serve_listeners};
 use crate::runtime::config::{ConfigError, RuntimeConfig};
 use crate::runtime::executors::{Shards, StartError, spawn_shards};
 use crate::runtime::shard::Shard;
@@ -31,6 +31,8 @@ pub struct NodeConfig {
     /// Shard `i` also listens on `shard_port_base + i`. Unset: the ports right after `port`,
     /// or free ones when `port` is 0.
     pub shard_port_base: Option<u16>,
+    /// The shared secret clients must prove they know (`core::auth`); `None` lets anyone in.
+    pub auth: Option<AuthSecret>,
 }
 
 impl NodeConfig {
@@ -41,6 +43,7 @@ impl NodeConfig {
             listen: IpAddr::from([127, 0, 0, 1]),
             port: 0,
             shard_port_base: None,
+            auth: None,
         }
     }
 
@@ -50,9 +53,10 @@ impl NodeConfig {
             (None, 0) => 0,
             (None, port) => u32::from(port) + 1 + shard as u32,
         };
-        u16::try_from(port).map_err(|_| StartError::Io {
-            what: format!("shard {shard} would listen on port {port}"),
-            error: io::Error::other("past 65535; choose a lower --port or --shard-port-base"),
+        u16::try_from(port).map_err(|_| {
+            StartError::Config(ConfigError::Ports(format!(
+                "shard {shard} would listen on port {port}, past 65535; choose a lower --port or --shard-port-base"
+            )))
         })
     }
 }
@@ -102,13 +106,16 @@ impl NodeReport {
         let mut text = String::new();
         for shard in &self.shards {
             text.push_str(&format!(
-                "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections, {} frames rejected, {} credit waits, {} Busy\n",
+                "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections ({} refused when full, {} failed authentication, {} cut at stop), {} frames rejected, {} credit waits, {} Busy\n",
                 shard.shard,
                 shard.cpu,
                 shard.events_applied,
                 shard.events_forwarded,
                 shard.events_applied_for_peers,
                 shard.connections_accepted,
+                shard.connections_refused,
+                shard.connections_unauthenticated,
+                shard.connections_force_closed,
                 shard.frames_rejected,
                 shard.socket_credit_waits + shard.mesh_credit_waits,
                 shard.busy_replies,
@@ -124,10 +131,12 @@ impl NodeReport {
     }
 }
 
-/// What each shard gets from the thread that starts the node: its two listeners.
+/// What each shard gets from the thread that starts the node: its two listeners, and the
+/// secret its clients must prove they know.
 struct ShardSockets {
     shared: Socket,
     own: Socket,
+    auth: Option<AuthSecret>,
 }
 
 impl Node {
@@ -137,6 +146,9 @@ impl Node {
         let shards = config.runtime.shards();
         let map = Placement::round_robin(config.runtime.partitions, shards)
             .map_err(|error| StartError::Config(ConfigError::Partitions(error)))?;
+        if config.port != 0 {
+            probe_port_free(SocketAddr::new(config.listen, config.port))?;
+        }
         let first = listen(SocketAddr::new(config.listen, config.port), true)?;
         let addr = local_addr(&first);
         let mut shared = vec![first];
@@ -156,7 +168,11 @@ impl Node {
         let payloads = shared
             .into_iter()
             .zip(own)
-            .map(|(shared, own)| ShardSockets { shared, own })
+            .map(|(shared, own)| ShardSockets {
+                shared,
+                own,
+                auth: config.auth.clone(),
+            })
             .collect();
         let shards = spawn_shards(&runtime, &map, payloads, serve_shard)?;
         Ok(Node {
@@ -187,5 +203,5 @@ impl Node {
 
 /// Runs on each shard's executor: starts accepting on both of its listeners.
 fn serve_shard(shard: Rc<Shard>, sockets: ShardSockets) {
-    serve_listeners(shard, [sockets.shared, sockets.own]);
+    serve_listeners(shard, [sockets.shared, sockets.own], sockets.auth);
 }

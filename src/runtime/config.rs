@@ -218,6 +218,8 @@ pub enum ConfigError {
     },
     SpinTooLong(Duration),
     StallThresholdTooLong(Duration),
+    /// A port cannot be used: past 65535, or already served by another process.
+    Ports(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -235,6 +237,7 @@ impl fmt::Display for ConfigError {
                 CpuSet::from_cpus(allowed.iter().copied())
             ),
             ConfigError::Partitions(error) => write!(f, "{error}"),
+            ConfigError::Ports(reason) => write!(f, "{reason}"),
             ConfigError::SpinTooLong(spin) => write!(
                 f,
                 "spinning {} µs before parking is more than the limit of {SPIN_BEFORE_PARK_US_MAX} µs",

@@ -23,6 +23,8 @@ pub enum CloseReason {
     Broken,
     /// The shard cut it off: its replies could not be written before the stop grace ended.
     ForceClosed,
+    /// The client failed or did not finish the authentication handshake; nothing was read.
+    Unauthenticated,
 }
 
 /// A frame part-way through admission: the records before `records_done` are dispatched.
@@ -232,8 +234,10 @@ impl ShardCore {
         connection.credit.release(unwritten);
         self.credit.release(unwritten);
         self.connections.open -= 1;
-        if reason == CloseReason::ForceClosed {
-            self.stats.connections_force_closed += 1;
+        match reason {
+            CloseReason::ForceClosed => self.stats.connections_force_closed += 1,
+            CloseReason::Unauthenticated => self.stats.connections_unauthenticated += 1,
+            CloseReason::Finished | CloseReason::Broken => {}
         }
         self.connections.remove_if_done(id);
         self.after_release();

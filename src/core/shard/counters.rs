@@ -47,6 +47,8 @@ pub struct ShardStats {
     pub connections_refused: u64,
     /// Connections cut at shutdown because their replies could not be written in time.
     pub connections_force_closed: u64,
+    /// Connections closed because they failed or did not finish the authentication handshake.
+    pub connections_unauthenticated: u64,
     pub frames_received: u64,
     pub frames_rejected: u64,
     pub busy_replies: u64,
