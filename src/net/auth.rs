@@ -14,7 +14,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use rkyv::util::AlignedVec;
 
-use crate::constants::{AUTH_HANDSHAKE_MS_MAX, FRAME_HEADER_BYTES};
+use crate::constants::{AUTH_HANDSHAKE_MS_MAX, CONNECTION_LINGER_MS_MAX, FRAME_HEADER_BYTES};
 use crate::core::auth::{
     AUTH_FRAME_BYTES_MAX, AuthError, AuthSecret, NONCE_BYTES, ServerHandshake, Step,
 };
@@ -55,16 +55,30 @@ pub(crate) async fn authenticate(
     if let Err(Refused::Auth(error)) = &outcome {
         let mut out = FrameBuilder::new();
         ServerHandshake::refuse(error, &mut out);
-        let refusal = or(
-            async { stream.write_all(out.bytes()).await.is_ok() },
-            async {
-                glommio::timer::sleep(deadline).await;
-                false
-            },
-        );
+        let linger = Duration::from_millis(CONNECTION_LINGER_MS_MAX);
+        let refusal = or(tell_and_drain(stream, out.bytes()), async {
+            glommio::timer::sleep(linger).await;
+        });
         refusal.await;
     }
     outcome
+}
+
+/// Writes the refusal, closes the sending side, and reads and drops what the client still
+/// sends until it closes too: closing a socket with unread input (the rest of a frame the
+/// handshake refused from its header) would reset the connection and could destroy the
+/// refusal before the client reads it. The caller bounds the time this takes.
+async fn tell_and_drain(stream: &mut TcpStream, refusal: &[u8]) {
+    if stream.write_all(refusal).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let mut scratch = [0u8; 4096];
+    while let Ok(len) = stream.read(&mut scratch).await {
+        if len == 0 {
+            return;
+        }
+    }
 }
 
 async fn handshake(stream: &mut TcpStream, secret: &AuthSecret) -> Result<(), Refused> {
