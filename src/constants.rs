@@ -300,6 +300,11 @@ pub const SIM_LOAD_MS_MAX: u64 = 60_000;
 /// Longest a run may take to drain after its clients stop, in virtual milliseconds; a run that
 /// has not drained by then is reported as stuck.
 pub const SIM_DRAIN_MS_MAX: u64 = 60_000;
+/// Most nodes `trove sim --strategy coordination` may model.
+pub const SIM_COORDINATION_NODES_MAX: usize = 256;
+/// Longest one phase of the coordination model (settle, detect, failover) may take, in virtual
+/// ms; a phase that has not finished by then is reported as not finished.
+pub const SIM_COORDINATION_PHASE_MS_MAX: u64 = 120_000;
 /// Most examples each oracle keeps of what it found wrong in one run (it counts them all).
 pub const SIM_VIOLATION_EXAMPLES_MAX: usize = 8;
 

@@ -176,6 +176,10 @@ pub fn describe_event(event: &CoordinatorEvent, node: NodeId) -> String {
              confirms it"
             .into(),
         CoordinatorEvent::Unfenced => "lease confirmed: serving this node's partitions".into(),
+        CoordinatorEvent::NodeIdInUse => format!(
+            "{node} is registered by another process (or this node's previous run, until its \
+             lease ends); waiting for it to end: give every node its own --node-id"
+        ),
         CoordinatorEvent::BecameController => "this node is now the controller".into(),
         CoordinatorEvent::NoLongerController => "this node is no longer the controller".into(),
         CoordinatorEvent::PlacementChanged(placement) => describe_placement(placement, node),

@@ -151,6 +151,9 @@ pub enum CoordinatorEvent {
     /// etcd no longer has this node's lease (it was paused or cut off past its TTL): it serves
     /// nothing until it has registered again and the controller confirmed its partitions.
     LeaseLost,
+    /// This node's key is held by another lease: another process runs with this node id, or
+    /// this node's previous life has not yet expired. It registers once the key is free.
+    NodeIdInUse,
     BecameController,
     NoLongerController,
     /// The lease is no longer known valid (no keepalive acknowledged in time): the node serves
@@ -326,6 +329,8 @@ pub struct Coordinator {
     live_since_ns: u64,
     was_controller: bool,
     was_lease_valid: bool,
+    register_after_ns: u64,
+    node_id_in_use_reported: bool,
     installed_epoch: u64,
     rejected_reported: Vec<(String, u64)>,
     events: VecDeque<CoordinatorEvent>,
@@ -346,6 +351,8 @@ impl Coordinator {
             live_since_ns: 0,
             was_controller: false,
             was_lease_valid: false,
+            register_after_ns: 0,
+            node_id_in_use_reported: false,
             installed_epoch: 0,
             rejected_reported: Vec::new(),
             events: VecDeque::new(),
@@ -380,8 +387,9 @@ impl Coordinator {
                 InFlight::KeepAlive,
             ));
         }
-        if self.registered_revision.is_none() {
-            let request = Request::Put {
+        if self.registered_revision.is_none() && now_ns >= self.register_after_ns {
+            // Only if absent: two processes given the same --node-id must not take turns.
+            let request = Request::CreateIfAbsent {
                 key: self.config.keys.node(self.config.node),
                 value: self.config.info.encode(),
                 lease: lease.id,
@@ -392,6 +400,7 @@ impl Coordinator {
             let prefix = self.config.keys.prefix().to_owned();
             return Some((Request::RangePrefix { prefix }, InFlight::Read));
         }
+        self.registered_revision?;
         if self.view.controller.is_none() {
             let request = Request::CreateIfAbsent {
                 key: self.config.keys.controller(),
@@ -451,10 +460,14 @@ impl Coordinator {
                 self.handle_kept(sent_ns, ttl_s);
                 true
             }
-            (InFlight::Register, Response::Put { revision }) => {
-                self.registered_revision = Some(revision);
-                self.read_due_ns = now_ns;
-                self.push(CoordinatorEvent::Registered { revision });
+            (
+                InFlight::Register,
+                Response::Txn {
+                    succeeded,
+                    revision,
+                },
+            ) => {
+                self.handle_registered(now_ns, succeeded.then_some(revision));
                 true
             }
             (InFlight::Read, Response::Range { revision, kvs }) => {
@@ -558,6 +571,40 @@ impl Coordinator {
         self.update_controller_status();
     }
 
+    fn handle_registered(&mut self, now_ns: u64, revision: Option<u64>) {
+        self.read_due_ns = now_ns;
+        match revision {
+            Some(revision) => {
+                self.registered_revision = Some(revision);
+                self.node_id_in_use_reported = false;
+                self.push(CoordinatorEvent::Registered { revision });
+            }
+            None => {
+                // Someone holds this node's key: another process with this id, or this node's
+                // previous life whose lease has not ended yet. Try again after a poll.
+                self.register_after_ns = now_ns + self.config.poll_ns;
+                if !self.node_id_in_use_reported {
+                    self.node_id_in_use_reported = true;
+                    self.push(CoordinatorEvent::NodeIdInUse);
+                }
+            }
+        }
+    }
+
+    /// A registration whose reply was lost is this node's all the same: adopt it.
+    fn adopt_registration(&mut self) {
+        let (Some(lease), None) = (self.lease, self.registered_revision) else {
+            return;
+        };
+        if let Some(entry) = self.view.nodes.get(&self.config.node) {
+            if entry.lease == lease.id {
+                let revision = entry.registered_revision;
+                self.registered_revision = Some(revision);
+                self.push(CoordinatorEvent::Registered { revision });
+            }
+        }
+    }
+
     fn handle_range(&mut self, now_ns: u64, revision: u64, kvs: &[KeyValue]) {
         let view = ClusterView::from_range(&self.config.keys, revision, kvs);
         if view.nodes.keys().ne(self.view.nodes.keys()) {
@@ -566,6 +613,7 @@ impl Coordinator {
         self.view = view;
         self.read_due_ns = now_ns + self.config.poll_ns;
         self.report_rejected();
+        self.adopt_registration();
         self.check_registration();
         self.update_controller_status();
         if let Some(placement) = self.view.assignment.clone() {
@@ -673,6 +721,9 @@ impl Coordinator {
         let mut due = self.read_due_ns;
         if let Some(lease) = self.lease {
             due = due.min(lease.keepalive_due_ns);
+            if self.registered_revision.is_none() {
+                due = due.min(self.register_after_ns);
+            }
             if self.was_lease_valid {
                 // Wake when the lease stops being known valid, to report it then.
                 due = due.min(lease.valid_until_ns);
@@ -1048,6 +1099,54 @@ mod tests {
             CoordinatorEvent::RecordRejected { reason, .. } if reason.contains("--partitions")
         )));
         assert!(!cluster.nodes[2].is_controller());
+    }
+
+    #[test]
+    fn a_second_process_with_the_same_node_id_waits_for_the_first_to_end() {
+        let mut cluster = Cluster::new(2);
+        cluster.run_ms(2_000);
+        let placement = cluster.placement(0);
+        // A second node 2.
+        cluster.nodes.push(Coordinator::new(config(2, 2)));
+        cluster.paused.push(false);
+        cluster.events.push(Vec::new());
+        cluster.run_ms(2_000);
+        assert!(cluster.events[2].contains(&CoordinatorEvent::NodeIdInUse));
+        assert!(
+            !cluster.events[2]
+                .iter()
+                .any(|e| matches!(e, CoordinatorEvent::Registered { .. }))
+        );
+        assert!(cluster.serving(2).is_empty());
+        assert_eq!(
+            cluster.placement(0),
+            placement,
+            "the first node 2 keeps its partitions"
+        );
+        assert!(!cluster.events[1].contains(&CoordinatorEvent::LeaseLost));
+        assert_eq!(
+            cluster.serving(1).len(),
+            placement
+                .counts()
+                .iter()
+                .filter(|((node, _), _)| *node == NodeId(2))
+                .map(|(_, (serving, _))| *serving as usize)
+                .sum::<usize>()
+        );
+
+        // The first one dies: the second takes its place once its lease has ended.
+        cluster.paused[1] = true;
+        cluster.run_ms((TTL_S + 2) * 1_000);
+        assert!(
+            cluster.events[2]
+                .iter()
+                .any(|e| matches!(e, CoordinatorEvent::Registered { .. }))
+        );
+        let of_2: Vec<PartitionId> = (0..PARTITIONS)
+            .map(PartitionId)
+            .filter(|&p| placement.owner(p).unwrap().node == NodeId(2))
+            .collect();
+        assert_eq!(cluster.serving(2), of_2);
     }
 
     #[test]
