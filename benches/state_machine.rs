@@ -3,8 +3,8 @@
 //! partitions, the yardstick of the state machine's memory layout.
 //!
 //! Two sets, each set up by the load generator's own set-up events, then warmed by applying
-//! the measured stream until the mix's joins have filled every hunt (so waypoints are visited
-//! and treasures won, as in any run longer than a few seconds):
+//! the measured stream until a pass lets no new player join (so the stream's joins are in,
+//! its waypoints visited and its treasures won, as a few seconds of a run leave them):
 //! - `default`: `trove bench`'s default workload (1000 hunts of 100 players, 1024 partitions);
 //! - `large`: players enough that the state is ten times the CPU's last-level cache (read
 //!   from sysfs), over `PARTITIONS_MAX` partitions, so nearly every event misses the cache.
