@@ -117,6 +117,12 @@ impl Partitions {
         let partition = self.partitioner.partition_of(event.hunt.get());
         self.states[partition.index()].apply(event)
     }
+
+    #[inline]
+    fn prefetch(&self, event: &ArchivedEvent) {
+        let partition = self.partitioner.partition_of(event.hunt.get());
+        self.states[partition.index()].prefetch(event);
+    }
 }
 
 /// Applies every event of `frames` (validated frames of archived events); returns how many
@@ -236,6 +242,19 @@ fn bench_set(c: &mut Criterion, name: &str, workload: &Workload, partitions: u32
         b.iter(|| {
             let frame = &frames[next];
             next = (next + 1) % frames.len();
+            for event in frame {
+                black_box(state.apply(black_box(event)));
+            }
+        })
+    });
+    // Two passes per frame: prefetch every event's state, then apply them all.
+    group.bench_function(format!("{name}/prefetch+apply"), |b| {
+        b.iter(|| {
+            let frame = &frames[next];
+            next = (next + 1) % frames.len();
+            for event in frame {
+                state.prefetch(black_box(event));
+            }
             for event in frame {
                 black_box(state.apply(black_box(event)));
             }

@@ -613,6 +613,25 @@ impl PartitionState {
         self.slots[self.slot_of(hunt)?].hunt.as_deref()
     }
 
+    /// Starts loading the memory [`Self::apply`] will need for `event` (the hunt's player
+    /// entry and latitude bands) without waiting for it, and changes nothing. A shard that
+    /// calls this for every event of a frame before applying any of them has the frame's
+    /// cache misses in flight together instead of one after the other (as MICA and FASTER
+    /// batch their lookups).
+    #[inline]
+    pub fn prefetch(&self, event: &ArchivedEvent) {
+        let Some(at) = self.slot_of(event.hunt.get()) else {
+            return;
+        };
+        let Some(hunt) = self.slots[at].hunt.as_deref() else {
+            return;
+        };
+        let entries = &hunt.players.entries;
+        let index = IdHasher::hash_id(event.player.get().0) as usize & (entries.len() - 1);
+        prefetch_line(&entries[index]);
+        prefetch_line(hunt.bands.as_ptr());
+    }
+
     /// Applies one event and says what happened.
     pub fn apply(&mut self, event: &ArchivedEvent) -> Outcome {
         let hunt_id = event.hunt.get();
@@ -705,6 +724,19 @@ impl PartitionState {
             .get(treasure.0 as usize)?
             .winner()
     }
+}
+
+/// Asks the CPU to bring the cache line at `address` in, and goes on without waiting.
+#[inline]
+fn prefetch_line<T>(address: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it reads no value, cannot fault, and needs only SSE, which
+    // every x86_64 CPU has.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
 }
 
 /// A mask with one bit per hunt slot of a partition.
@@ -1137,6 +1169,33 @@ mod tests {
             assert_eq!(state.organiser_of(HuntId(hunt)), Some(PlayerId(0)));
         }
         assert_eq!(state.organiser_of(HuntId(3)), None);
+    }
+
+    #[test]
+    fn prefetching_changes_no_outcome() {
+        let events = [
+            event_of(1, 1, check_in(0)),
+            event_of(1, 99, check_in(0)),
+            event_of(42, 1, EventKind::Join),
+            event_of(1, 2, claim(0, "code-0")),
+            event_of(1, 1, check_in(0)),
+        ];
+        let mut plain = hunt_with_players(3, 1);
+        let mut prefetched = plain.clone();
+        let outcomes: Vec<Outcome> = events.iter().map(|e| apply_event(&mut plain, e)).collect();
+        let prefetch = |state: &PartitionState, event: &Event| {
+            let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(event).unwrap();
+            state.prefetch(rkyv::access::<ArchivedEvent, rkyv::rancor::Error>(&bytes).unwrap());
+        };
+        for event in &events {
+            prefetch(&prefetched, event);
+        }
+        let after: Vec<Outcome> = events
+            .iter()
+            .map(|e| apply_event(&mut prefetched, e))
+            .collect();
+        assert_eq!(after, outcomes);
+        prefetch(&PartitionState::new(PartitionId(0)), &events[0]);
     }
 
     #[test]
