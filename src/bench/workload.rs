@@ -147,7 +147,8 @@ impl Workload {
     }
 
     /// A mix the rules mostly accept, so that cheap rejections are not mistaken for speed: the
-    /// default refuses about half of its events (repeated check-ins, joins of full hunts),
+    /// default refuses many of its events (a fifth in a few seconds, more as hunts fill:
+    /// repeated check-ins, wrong codes, joins of full hunts),
     /// and a refusal costs less than an accepted event. Here every claim carries the right
     /// code (the first wins, later ones learn the winner), every check-in is inside a
     /// waypoint's radius, and there are enough players, waypoints and free places that
