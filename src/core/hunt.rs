@@ -261,6 +261,12 @@ const _: () = assert!(std::mem::size_of::<PlayerEntry>() == PLAYER_ENTRY_BYTES);
 const _: () = assert!(std::mem::size_of::<Waypoint>() == 32);
 const _: () = assert!(std::mem::size_of::<Treasure>() == 24);
 const _: () = assert!(std::mem::size_of::<LatitudeBand>() == 8);
+const _: () = assert!(
+    std::mem::offset_of!(Hunt, treasures) <= 64,
+    "the hot fields share a line"
+);
+// `HUNT_STATE_BYTES_MAX` counts 256 bytes for the hunt itself and its table headers.
+const _: () = assert!(std::mem::size_of::<Hunt>() <= 256);
 
 const EMPTY_ENTRY: PlayerEntry = PlayerEntry {
     id: PlayerId(0),
@@ -417,9 +423,10 @@ impl Leaderboard {
 /// wrong code, since most players never present one.
 type WrongCodes = Option<Box<[u8]>>;
 
-/// One hunt. What every event touches comes first, so it shares the first cache line.
+/// One hunt. What every event touches comes first, in the first cache line of a hunt aligned
+/// to one: the player table (24 bytes), the latitude bands and the waypoints (16 each).
 #[derive(Clone, Debug)]
-#[repr(C)]
+#[repr(C, align(64))]
 struct Hunt {
     players: PlayerTable,
     /// `bands[i]` is the latitude band of `waypoints[i]`.
