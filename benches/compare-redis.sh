@@ -2,17 +2,22 @@
 # Compares trove with Redis on the same event stream, at the same rates.
 #
 # Starts a redis-server of its own on a free loopback port, with persistence off, runs
-# `trove bench --peer redis` once per rate (open loop) or once in closed loop, and prints one
-# table: for each rate, trove's figure, Redis's, and trove / Redis. The redis-server it started
+# `trove bench --peer redis` once per workload preset and rate (open loop), or once per preset
+# in closed loop, and prints one table: for each preset and rate, trove's figure, Redis's, and
+# trove / Redis. Both presets by default: the default mix, about half of whose events the
+# rules refuse (cheaply), and accept-heavy, whose events mostly succeed. The redis-server it started
 # is stopped on every way out it can see (end, error, Ctrl-C, TERM, HUP; not SIGKILL).
 #
 # Usage:
 #   benches/compare-redis.sh [--rates "5000 10000 20000"] [--closed N] [--out DIR]
-#                            [--trove PATH] [--redis-cpus LIST] [-- FLAGS FOR trove bench]
+#                            [--presets "default accept-heavy"] [--trove PATH]
+#                            [--redis-cpus LIST] [-- FLAGS FOR trove bench]
 #
 #   --rates LIST      open-loop rates in events/s, space- or comma-separated (default: 5000 10000 20000)
 #   --closed N        one closed-loop run with N events in flight per connection instead
-#   --out DIR         where each run's reports go, one folder per rate (default: a new temp folder)
+#   --presets LIST    workload presets (`trove bench --preset`), space- or comma-separated
+#                     (default: default accept-heavy)
+#   --out DIR         where each run's reports go, one folder per run (default: a new temp folder)
 #   --trove PATH      the trove binary (default: $TROVE, else target/release/trove)
 #   --redis-cpus LIST pin redis-server to these CPUs (taskset), as trove's node is pinned
 #   -- FLAGS          passed as they are to every `trove bench` run (--duration, --client-cpus,
@@ -33,6 +38,7 @@ die() {
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 rates="5000 10000 20000"
 closed=""
+presets="default accept-heavy"
 out_dir=""
 trove=${TROVE:-$repo_root/target/release/trove}
 redis_cpus=""
@@ -42,6 +48,7 @@ while (($# > 0)); do
     case $1 in
     --rates) rates=${2:?--rates needs a list of rates}; shift 2 ;;
     --closed) closed=${2:?--closed needs a number of events in flight}; shift 2 ;;
+    --presets) presets=${2:?--presets needs a list of workload presets}; shift 2 ;;
     --out) out_dir=${2:?--out needs a folder}; shift 2 ;;
     --trove) trove=${2:?--trove needs the path of the trove binary}; shift 2 ;;
     --redis-cpus) redis_cpus=${2:?--redis-cpus needs a CPU list}; shift 2 ;;
@@ -56,6 +63,10 @@ for rate in $rates; do
     if [[ ! $rate =~ ^[0-9]+([.][0-9]+)?$ || $rate =~ ^0+([.]0+)?$ ]]; then
         die 2 "'$rate' is not a rate: give positive numbers of events per second"
     fi
+done
+presets=${presets//,/ }
+for preset in $presets; do
+    [[ $preset =~ ^[a-z-]+$ ]] || die 2 "'$preset' is not a workload preset (default, accept-heavy)"
 done
 if [[ -n $closed && ! $closed =~ ^[1-9][0-9]*$ ]]; then
     die 2 "--closed '$closed' is not a positive number of events in flight"
@@ -78,7 +89,7 @@ else
 fi
 [[ -x $trove ]] || die 3 "no trove binary at $trove; build it with 'cargo build --release' or pass --trove PATH"
 bench_help=$("$trove" bench --help 2>&1) || die 3 "'$trove bench --help' failed: $bench_help"
-for flag in --peer --redis-addr --rate --closed --quiet --out; do
+for flag in --peer --redis-addr --rate --closed --quiet --out --preset; do
     grep -q -- "$flag" <<<"$bench_help" || die 3 "this trove's 'bench' has no $flag flag; build a newer trove"
 done
 if [[ -n $redis_cpus ]]; then
@@ -208,7 +219,7 @@ add_rows() {
     while IFS=$'\t' read -r metric ours theirs ratio; do
         decimals=1
         [[ $metric != errors ]] || decimals=0
-        table+=("$(printf '%-12s %-22s %14s %14s %12s' "$load" "$metric" \
+        table+=("$(printf '%-26s %-22s %14s %14s %12s' "$load" "$metric" \
             "$(number "$ours" "$decimals")" "$(number "$theirs" "$decimals")" \
             "$(number "$ratio" 2 x)")")
     done <<<"$rows"
@@ -233,19 +244,21 @@ run_bench() {
 start_redis
 echo "compare-redis: redis-server $(redis-server --version | grep -o 'v=[^ ]*') on 127.0.0.1:$redis_port (pid $redis_pid)" >&2
 
-if [[ -n $closed ]]; then
-    run_bench "closed-$closed" --closed "$closed"
-    add_rows "closed $closed" "$out_dir/closed-$closed/summary.json"
-else
-    for rate in $rates; do
-        run_bench "rate-$rate" --rate "$rate"
-        add_rows "$rate/s" "$out_dir/rate-$rate/summary.json"
-    done
-fi
+for preset in $presets; do
+    if [[ -n $closed ]]; then
+        run_bench "$preset-closed-$closed" --preset "$preset" --closed "$closed"
+        add_rows "$preset closed $closed" "$out_dir/$preset-closed-$closed/summary.json"
+    else
+        for rate in $rates; do
+            run_bench "$preset-rate-$rate" --preset "$preset" --rate "$rate"
+            add_rows "$preset $rate/s" "$out_dir/$preset-rate-$rate/summary.json"
+        done
+    fi
+done
 stop_redis
 
 echo
-printf '%-12s %-22s %14s %14s %12s\n' "load" "metric" "trove" "redis" "trove/redis"
+printf '%-26s %-22s %14s %14s %12s\n' "load" "metric" "trove" "redis" "trove/redis"
 printf '%s\n' "${table[@]}"
 echo
 echo "Ratios are trove / Redis: below 1x trove is faster for latencies, above 1x it achieves more for rates."

@@ -88,6 +88,14 @@ pub const TREASURES_PER_HUNT_MAX: usize = 64;
 pub const LEADERBOARD_TOP_K_MAX: usize = 16;
 /// Largest radius a waypoint may have, in metres (a hunt is a city, not a continent).
 pub const WAYPOINT_RADIUS_M_MAX: u32 = 100_000;
+/// Wrong codes one player may present for one treasure; further claims of it by that player
+/// are `Rejected(TooManyAttempts)`. Generous to a player who mistypes, and a brute force then
+/// needs a new player (a `Join`, in a hunt of at most `PLAYERS_PER_HUNT_MAX`) every 32 guesses.
+pub const CLAIM_WRONG_CODES_MAX: usize = 32;
+/// Most entries of a hunt's player table: it is kept at most half full, so lookups stay short.
+pub const PLAYER_TABLE_ENTRIES_MAX: usize = 2 * PLAYERS_PER_HUNT_MAX;
+/// Entries of a new hunt's player table; it doubles as players join.
+pub const PLAYER_TABLE_ENTRIES_MIN: usize = 16;
 
 // ---------------------------------------------------------------------------------------------
 // Back-pressure budgets (see `core::credit`). Configuration may lower them.
@@ -194,20 +202,25 @@ pub const STALL_REPORT_HEAD_BYTES_MAX: usize = 512;
 // Worst-case memory of a node, as a sum. Estimates of container overhead are stated as such.
 // ---------------------------------------------------------------------------------------------
 
-/// One player's entry in a hunt: id (8) + score (4) + visited set (8), rounded up to 32 for
-/// the hash table's control bytes and its load factor of 7/8.
-pub const PLAYER_ENTRY_BYTES: usize = 32;
+/// One entry of a hunt's player table (`core::hunt::PlayerEntry`): id 8, visited set 8,
+/// score 4, slot 4.
+pub const PLAYER_ENTRY_BYTES: usize = 24;
+/// What a hunt keeps per player outside its table: a pointer to the player's wrong-code
+/// counters (8), and the counters, one byte per treasure, once the player presents a wrong
+/// code (with 16 for the allocator's overhead).
+pub const PLAYER_COLD_BYTES_MAX: usize = 8 + TREASURES_PER_HUNT_MAX + 16;
 
 /// Worst-case bytes of one hunt's state.
-pub const HUNT_STATE_BYTES_MAX: usize = PLAYERS_PER_HUNT_MAX * PLAYER_ENTRY_BYTES // players and scores
-    + WAYPOINTS_PER_HUNT_MAX * 16 // waypoint: position 8, radius 4, points 4
-    + TREASURES_PER_HUNT_MAX * 24 // treasure: code hash 8, points 4, winner 8, padding 4
+pub const HUNT_STATE_BYTES_MAX: usize = PLAYER_TABLE_ENTRIES_MAX * PLAYER_ENTRY_BYTES // the player table, at most half full
+    + PLAYERS_PER_HUNT_MAX * PLAYER_COLD_BYTES_MAX // wrong-code counters
+    + WAYPOINTS_PER_HUNT_MAX * (32 + 8) // waypoint: position 8, radius 4, points 4, two cosine bounds 16; its latitude band 8
+    + TREASURES_PER_HUNT_MAX * 24 // treasure: code hash 8, winner 8, points 4, won 1, padding 3
     + LEADERBOARD_TOP_K_MAX * 16 // leaderboard entry: player 8, score 4, padding 4
     + 256; // the hunt's own fields and table headers
 
 /// Worst-case bytes of one partition's state machine.
 pub const PARTITION_STATE_BYTES_MAX: usize = HUNTS_PER_PARTITION_MAX * HUNT_STATE_BYTES_MAX // hunts
-    + HUNTS_PER_PARTITION_MAX * 16 // the partition's hunt index
+    + HUNTS_PER_PARTITION_MAX * 16 // the partition's hunt slots: id 8, pointer 8
     + 64; // the partition's own fields
 
 /// Worst-case bytes of one shard's network and back-pressure buffers (not its hunt state).
@@ -240,6 +253,23 @@ const _: () = assert!(FRAME_BODY_BYTES_MAX % ARCHIVE_ALIGN == 0);
 const _: () = assert!(EVENT_BYTES_MAX <= FRAME_BODY_BYTES_MAX);
 const _: () = assert!(PARTITIONS_DEFAULT.is_power_of_two() && PARTITIONS_MAX.is_power_of_two());
 const _: () = assert!(WAYPOINTS_PER_HUNT_MAX <= 64, "visits are a u64 bit set");
+const _: () = assert!(
+    HUNTS_PER_PARTITION_MAX <= 32,
+    "occupied hunt slots are a u32 bit set"
+);
+const _: () = assert!(
+    CLAIM_WRONG_CODES_MAX < u8::MAX as usize,
+    "counters are bytes"
+);
+const _: () = assert!(
+    PLAYER_TABLE_ENTRIES_MAX.is_power_of_two()
+        && PLAYER_TABLE_ENTRIES_MIN.is_power_of_two()
+        && PLAYER_TABLE_ENTRIES_MIN <= PLAYER_TABLE_ENTRIES_MAX
+);
+const _: () = assert!(
+    PLAYER_TABLE_ENTRIES_MAX >= 2 * PLAYERS_PER_HUNT_MAX,
+    "at most half full"
+);
 const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
 // A default node (1024 partitions) on a 64-core machine stays inside 8 GiB even at its worst.
 const _: () = assert!(node_memory_bytes_max(PARTITIONS_DEFAULT as usize, 64) < 8 << 30);

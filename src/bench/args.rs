@@ -64,6 +64,10 @@ pub struct BenchArgs {
     /// Read the workload (hunts, skew, players, mix, seed…) from a TOML file; flags override it
     #[arg(long, value_name = "FILE")]
     pub workload: Option<PathBuf>,
+    /// A named workload: default (many of its events refused by the rules) or
+    /// accept-heavy (joins, check-ins and claims that mostly succeed); flags override it
+    #[arg(long, value_name = "NAME", conflicts_with = "workload")]
+    pub preset: Option<String>,
     /// Hunts created before the run
     #[arg(long, value_name = "N")]
     pub hunts: Option<u32>,

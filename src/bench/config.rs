@@ -257,9 +257,12 @@ impl BenchConfig {
     }
 
     fn workload(args: &BenchArgs) -> Result<Workload, String> {
-        let mut workload = match &args.workload {
-            Some(path) => read_workload_file(path)?,
-            None => Workload::default(),
+        let mut workload = match (&args.workload, &args.preset) {
+            (Some(path), _) => read_workload_file(path)?,
+            (None, Some(name)) => {
+                Workload::preset(name).map_err(|error| format!("--preset: {error}"))?
+            }
+            (None, None) => Workload::default(),
         };
         if let Some(hunts) = args.hunts {
             workload.hunts = hunts;

@@ -303,6 +303,9 @@ impl RedisProtocol {
                 "hunts are created on Redis by the set-up (set_up_hunts_redis), not during a run"
                     .into(),
             ),
+            EventKind::EndHunt => {
+                Err("the benchmark's workload never ends a hunt; it has no Redis mapping".into())
+            }
         }
     }
 

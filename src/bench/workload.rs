@@ -130,7 +130,48 @@ impl Default for Workload {
     }
 }
 
+/// The named workloads (`trove bench --preset NAME`), default first.
+pub const PRESETS: [&str; 2] = ["default", "accept-heavy"];
+
 impl Workload {
+    /// The preset called `name`, or a sentence that lists the presets.
+    pub fn preset(name: &str) -> Result<Workload, String> {
+        match name {
+            "default" => Ok(Workload::default()),
+            "accept-heavy" => Ok(Workload::accept_heavy()),
+            other => Err(format!(
+                "unknown workload preset `{other}`; the presets are {}",
+                PRESETS.join(" and ")
+            )),
+        }
+    }
+
+    /// A mix the rules mostly accept, so that cheap rejections are not mistaken for speed: the
+    /// default refuses many of its events (a fifth in a few seconds, more as hunts fill:
+    /// repeated check-ins, wrong codes, joins of full hunts),
+    /// and a refusal costs less than an accepted event. Here every claim carries the right
+    /// code (the first wins, later ones learn the winner), every check-in is inside a
+    /// waypoint's radius, and there are enough players, waypoints and free places that
+    /// repeated check-ins and full hunts stay rare for a run of some seconds at a few million
+    /// events a second.
+    pub fn accept_heavy() -> Workload {
+        Workload {
+            hunts: 2000,
+            players_per_hunt: 250,
+            waypoints_per_hunt: WAYPOINTS_PER_HUNT_MAX as u32,
+            treasures_per_hunt: TREASURES_PER_HUNT_MAX as u32,
+            mix: Mix {
+                join: 5,
+                checkin: 55,
+                claim: 35,
+                leaderboard: 5,
+            },
+            wrong_code_percent: 0,
+            checkin_inside_percent: 100,
+            ..Workload::default()
+        }
+    }
+
     /// Checks every field against trove's limits, naming the first one that is off.
     pub fn check(&self) -> Result<(), String> {
         let ranges: [(&str, u64, u64, u64); 5] = [
@@ -493,6 +534,53 @@ mod tests {
         assert!(
             top_hunt > 2_000,
             "the most popular hunt drew only {top_hunt}"
+        );
+    }
+
+    /// The share of `events` events of `workload` the state machine refuses, after the
+    /// workload's set-up.
+    fn refused_share(workload: &Workload, events: u64) -> f64 {
+        use crate::core::hunt::PartitionState;
+        use crate::core::message::{ArchivedEvent, Outcome};
+        use crate::core::partition::Partitioner;
+
+        let partitioner = Partitioner::new(1024).unwrap();
+        let mut states: Vec<PartitionState> = (0..1024)
+            .map(|p| PartitionState::new(crate::core::ids::PartitionId(p)))
+            .collect();
+        let mut apply = |event: &Event| {
+            let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(event).unwrap();
+            let archived = rkyv::access::<ArchivedEvent, rkyv::rancor::Error>(&bytes).unwrap();
+            states[partitioner.partition_of(event.hunt).index()].apply(archived)
+        };
+        for event in workload.setup_events() {
+            assert!(matches!(apply(&event), Outcome::Accepted { .. }));
+        }
+        let mut maker = EventMaker::new(workload, HuntPicker::new(workload.hunts, 0.0), 0);
+        let refused = (0..events)
+            .filter(|&seq| matches!(apply(maker.next(seq, 0)), Outcome::Rejected { .. }))
+            .count();
+        refused as f64 / events as f64
+    }
+
+    #[test]
+    fn the_accept_heavy_preset_is_mostly_accepted_and_the_default_is_not() {
+        assert_eq!(Workload::preset("default"), Ok(Workload::default()));
+        let unknown = Workload::preset("fast").unwrap_err();
+        assert!(unknown.contains("default and accept-heavy"), "{unknown}");
+        let accept_heavy = Workload::preset("accept-heavy").unwrap();
+        assert_eq!(accept_heavy.check(), Ok(()));
+        // Fewer hunts than the preset, each the same, so the test sets up quickly.
+        let few = |workload: Workload| Workload {
+            hunts: 50,
+            ..workload
+        };
+        let accepting = refused_share(&few(accept_heavy), 20_000);
+        let default = refused_share(&few(Workload::default()), 20_000);
+        assert!(accepting < 0.05, "accept-heavy refused {accepting:.3}");
+        assert!(
+            default > 0.1 && default > 3.0 * accepting,
+            "the default mix refused {default:.3}, accept-heavy {accepting:.3}"
         );
     }
 

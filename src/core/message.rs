@@ -66,6 +66,9 @@ pub enum EventKind {
     Claim { treasure: TreasureId, code: String },
     /// The hunt's best `top_k` players.
     Leaderboard { top_k: u16 },
+    /// End the hunt: its state is dropped and its slot in the partition freed. Only the hunt's
+    /// organiser (the player of its `CreateHunt`) may.
+    EndHunt,
 }
 
 /// One event. Every event is keyed by its hunt, which decides the partition that applies it.
@@ -114,6 +117,11 @@ pub enum RejectReason {
     InvalidTopK = 13,
     /// The position is not a point on the earth.
     InvalidPosition = 14,
+    /// The player presented `CLAIM_WRONG_CODES_MAX` wrong codes for this treasure already; its
+    /// claims of it are refused from now on, right code or not.
+    TooManyAttempts = 15,
+    /// Only the hunt's organiser may end it.
+    NotOrganiser = 16,
 }
 
 /// An event the engine could not process. Unlike a rejection, the client did nothing wrong
