@@ -32,6 +32,7 @@ pub mod client;
 pub mod constants;
 pub mod core;
 pub mod gate;
+pub mod metrics;
 pub mod net;
 pub mod runtime;
 pub mod sim;

@@ -11,6 +11,7 @@ use crate::constants::{
     CONNECTION_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT, PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
     SHARD_EVENTS_INFLIGHT_MAX,
 };
+use crate::metrics::MetricsListen;
 use crate::net::{Node, NodeConfig};
 use crate::runtime::config::{Budget, RuntimeConfig, shard_cpus};
 use crate::runtime::cpuset::CpuSet;
@@ -56,6 +57,9 @@ pub struct NodeArgs {
     /// stolen time on shared ones [default: 0, park at once]
     #[arg(long, value_name = "US")]
     pub spin_before_park_us: Option<u64>,
+    /// Where to serve Prometheus metrics (GET /metrics), or `off`
+    #[arg(long, value_name = "ADDR:PORT|off", default_value = "127.0.0.1:9700")]
+    pub metrics_listen: MetricsListen,
 }
 
 impl NodeArgs {
@@ -86,6 +90,7 @@ impl NodeArgs {
             listen: self.listen,
             port: self.port,
             shard_port_base: self.shard_port_base,
+            metrics: self.metrics_listen,
         })
     }
 }
@@ -157,6 +162,9 @@ pub fn run(args: &NodeArgs) -> i32 {
         CpuSet::from_cpus(config.runtime.cpus.iter().copied()),
         shard_ports.join(","),
     );
+    if let Some(metrics) = node.metrics_addr() {
+        let _ = writeln!(stdout, "trove node: metrics at http://{metrics}/metrics");
+    }
     let signal = wait_for_stop_signal(&signals);
     let _ = writeln!(stdout, "trove node: signal {signal} received, stopping");
     let report = node.stop();

@@ -5,6 +5,7 @@
 //! `runtime::shard::Shard`; the shard never names a socket.
 
 mod connection;
+mod metrics_bridge;
 pub mod node;
 
 pub use node::{Node, NodeConfig, NodeReport};

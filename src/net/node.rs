@@ -5,6 +5,9 @@
 //! starts the shards and gives each its two listeners: the shared port, on which every shard
 //! accepts (SO_REUSEPORT lets the kernel spread connections), and the shard's own port, which
 //! shard-aware clients use to reach the owner of a partition directly.
+//!
+//! Unless `--metrics-listen off`, it also binds the `/metrics` endpoint and starts the
+//! housekeeping thread (`crate::metrics`) that serves it from each shard's snapshots.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -18,7 +21,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::constants::LISTEN_BACKLOG_MAX;
 use crate::core::codec::{FrameBuilder, FrameKind};
 use crate::core::partition::PartitionMap;
-use crate::net::connection;
+use crate::metrics::{Housekeeping, MetricsListen, NodeInfo, SnapshotSender, snapshot_channel};
+use crate::net::{connection, metrics_bridge};
 use crate::runtime::config::{ConfigError, RuntimeConfig};
 use crate::runtime::executors::{Shards, StartError, spawn_shards};
 use crate::runtime::shard::{Shard, ShardStats};
@@ -34,6 +38,8 @@ pub struct NodeConfig {
     /// Shard `i` also listens on `shard_port_base + i`. Unset: the ports right after `port`,
     /// or free ones when `port` is 0.
     pub shard_port_base: Option<u16>,
+    /// Where the housekeeping thread serves `/metrics`, or `Off`.
+    pub metrics: MetricsListen,
 }
 
 impl NodeConfig {
@@ -44,6 +50,7 @@ impl NodeConfig {
             listen: IpAddr::from([127, 0, 0, 1]),
             port: 0,
             shard_port_base: None,
+            metrics: MetricsListen::Off,
         }
     }
 
@@ -65,6 +72,7 @@ pub struct Node {
     shards: Shards,
     addr: SocketAddr,
     shard_addrs: Vec<SocketAddr>,
+    housekeeping: Option<Housekeeping>,
 }
 
 /// What every shard counted, in shard order.
@@ -120,6 +128,8 @@ struct ShardSockets {
     own: Socket,
     /// The map reply frame, encoded once.
     map_reply: Vec<u8>,
+    /// Where the shard's metrics snapshots go, when the node serves metrics.
+    metrics: Option<SnapshotSender>,
 }
 
 fn listen(addr: SocketAddr, reuse_port: bool) -> Result<Socket, StartError> {
@@ -168,6 +178,18 @@ impl Node {
             )?);
         }
         let shard_addrs: Vec<SocketAddr> = own.iter().map(local_addr).collect();
+        let metrics_listener = match config.metrics {
+            MetricsListen::Off => None,
+            MetricsListen::On(metrics_addr) => Some(Housekeeping::bind(metrics_addr).map_err(
+                |error| StartError::Io {
+                    what: format!(
+                        "cannot serve /metrics on {metrics_addr} (is another node using it? pick another --metrics-listen, or off)"
+                    ),
+                    error,
+                },
+            )?),
+        };
+        let (snapshot_sender, snapshots) = snapshot_channel(shards);
         let ports: Vec<u16> = shard_addrs.iter().map(|addr| addr.port()).collect();
         let mut map_reply = FrameBuilder::new();
         map_reply
@@ -184,13 +206,26 @@ impl Node {
                 shared,
                 own,
                 map_reply: map_reply.bytes().to_vec(),
+                metrics: metrics_listener.as_ref().map(|_| snapshot_sender.clone()),
             })
             .collect();
         let shards = spawn_shards(&config.runtime, &map, payloads, serve_shard)?;
+        let housekeeping = match metrics_listener {
+            None => None,
+            Some(listener) => Some(
+                Housekeeping::start(listener, node_info(config, addr), snapshots).map_err(
+                    |error| StartError::Io {
+                        what: "cannot start the housekeeping thread".into(),
+                        error,
+                    },
+                )?,
+            ),
+        };
         Ok(Node {
             shards,
             addr,
             shard_addrs,
+            housekeeping,
         })
     }
 
@@ -204,17 +239,44 @@ impl Node {
         &self.shard_addrs
     }
 
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.housekeeping.as_ref().map(Housekeeping::addr)
+    }
+
     /// Stops the node cleanly: no new connections or reads, work in flight drains (within the
-    /// grace period), connections close, shards exit.
+    /// grace period), connections close, shards exit; then the housekeeping thread.
     pub fn stop(self) -> NodeReport {
-        NodeReport {
+        let report = NodeReport {
             shards: self.shards.stop(),
+        };
+        if let Some(housekeeping) = self.housekeeping {
+            housekeeping.stop();
         }
+        report
     }
 }
 
-/// Runs on each shard's executor: starts accepting on both of its listeners.
+/// What the metrics endpoint says about this node.
+fn node_info(config: &NodeConfig, addr: SocketAddr) -> NodeInfo {
+    let runtime = &config.runtime;
+    NodeInfo {
+        node: addr.to_string(),
+        partitions: runtime.partitions,
+        shard_events_max: runtime.budget.shard_events,
+        shard_bytes_max: runtime.budget.shard_bytes,
+        connection_events_max: runtime.budget.connection_events,
+        fail_fast: runtime.fail_fast,
+        shard_cpus: runtime.cpus.clone(),
+    }
+}
+
+/// Runs on each shard's executor: starts accepting on both of its listeners, and the
+/// shard's metrics snapshots when the node serves metrics.
 fn serve_shard(shard: Rc<Shard>, sockets: ShardSockets) {
+    if let Some(sender) = sockets.metrics {
+        metrics_bridge::spawn_snapshot_task(shard.clone(), sender);
+    }
     let map_reply: Rc<[u8]> = sockets.map_reply.into();
     for socket in [sockets.shared, sockets.own] {
         // SAFETY: the descriptor comes from a listening socket this shard alone now owns.

@@ -643,6 +643,45 @@ impl Shard {
     }
 }
 
+// ---- metrics hook -------------------------------------------------------------------------
+// A read-only view of what a shard holds right now, for the node's once-a-second metrics
+// snapshot (`src/metrics`). Kept apart from the protocol above so that it can change around it.
+
+/// Credit held and capacity of a shard's pools, and its open connections, at one instant.
+/// Built on the shard's own core; plain numbers, so it may leave it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardLoad {
+    pub connections_open: u64,
+    /// The shard's budget for events read from its sockets.
+    pub socket_held: Credit,
+    pub socket_capacity: Credit,
+    /// This shard's shares of its peers' mesh budgets, summed over the peers (events, bytes).
+    pub mesh_held: (u64, u64),
+    pub mesh_capacity: (u64, u64),
+}
+
+impl Shard {
+    /// What the shard holds now; see [`ShardLoad`].
+    pub fn load(&self) -> ShardLoad {
+        let socket = self.socket_credit.borrow();
+        let mut load = ShardLoad {
+            connections_open: self.sinks.borrow().open as u64,
+            socket_held: socket.held(),
+            socket_capacity: socket.capacity(),
+            ..ShardLoad::default()
+        };
+        for peer in self.peers.iter().flatten() {
+            let credit = peer.credit.borrow();
+            let (held, capacity) = (credit.held(), credit.capacity());
+            load.mesh_held.0 += u64::from(held.events);
+            load.mesh_held.1 += u64::from(held.bytes);
+            load.mesh_capacity.0 += u64::from(capacity.events);
+            load.mesh_capacity.1 += u64::from(capacity.bytes);
+        }
+        load
+    }
+}
+
 fn next_outgoing(peer: &Peer) -> Option<Outgoing> {
     if let Some(batch) = peer.outbox.borrow_mut().pop_front() {
         return Some(Outgoing::Batch(batch));
