@@ -168,8 +168,8 @@ const HUNTS: u64 = 50;
 const PLAYERS: u64 = 10;
 
 /// Runs a short open-loop bench against `node`, not shard-aware (so shards forward), and
-/// returns its summary.
-fn bench(node: &ChildNode, name: &str) -> Value {
+/// returns its summary and what it printed.
+fn bench(node: &ChildNode, name: &str) -> (Value, String) {
     let dir = temp_dir(name);
     let output = trove()
         .args(["bench", "--target", &node.addr.to_string()])
@@ -180,7 +180,8 @@ fn bench(node: &ChildNode, name: &str) -> Value {
             "--players",
             &PLAYERS.to_string(),
         ])
-        .args(["--connections", "2", "--no-shard-aware", "--quiet", "--out"])
+        .args(["--connections", "2", "--no-shard-aware", "--quiet"])
+        .args(["--target-metrics", &node.metrics.to_string(), "--out"])
         .arg(&dir)
         .output()
         .expect("trove runs");
@@ -193,7 +194,10 @@ fn bench(node: &ChildNode, name: &str) -> Value {
     let summary: Value =
         serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    summary
+    (
+        summary,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
 }
 
 #[test]
@@ -208,7 +212,7 @@ fn the_counters_add_up_to_what_the_bench_sent() {
             == 2
     });
     assert_eq!(total(&before, "trove_events_applied_total"), 0.0);
-    let summary = bench(&node, "counters");
+    let (summary, printed) = bench(&node, "counters");
     let events = &summary["main"]["events"];
     let sent = events["sent"].as_u64().unwrap();
     assert!(sent > 0, "{summary}");
@@ -218,6 +222,22 @@ fn the_counters_add_up_to_what_the_bench_sent() {
     scrape_until(node.metrics, "every event applied", |s| {
         total(s, "trove_events_applied_total") >= expected
     });
+    // The bench's own account of the node, from /metrics before and after (--target-metrics).
+    let (_, difference) = printed
+        .split_once("the node's /metrics, over the set-up and the run:\n")
+        .unwrap_or_else(|| panic!("no /metrics difference in:\n{printed}"));
+    let applied_by_difference: u64 = difference
+        .lines()
+        .filter_map(|line| {
+            line.split(": ")
+                .nth(1)?
+                .split(" events applied")
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(applied_by_difference as f64, expected, "{difference}");
     // One more snapshot period: every shard's snapshot is now from after the bench ended.
     std::thread::sleep(Duration::from_millis(1_500));
     let after = scrape(node.metrics);
@@ -252,6 +272,25 @@ fn the_counters_add_up_to_what_the_bench_sent() {
     assert_eq!(total(&after, "trove_frames_rejected_total"), 0.0);
     assert_eq!(total(&after, "trove_busy_replies_total"), 0.0);
     assert_eq!(total(&after, "trove_config_shards"), 2.0);
+    // Every series the dashboard and the alert rules name is one a node serves.
+    for file in [
+        "tuning/monitoring/alerts.yml",
+        "tuning/monitoring/dashboard.json",
+    ] {
+        let text = std::fs::read_to_string(repo(file)).unwrap();
+        for (start, _) in text.match_indices("trove_") {
+            let name: String = text[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let served = after.samples.iter().any(|sample| {
+                sample.metric == name
+                    || (sample.metric.starts_with("trove_stage_latency_seconds")
+                        && name.starts_with("trove_stage_latency_seconds"))
+            });
+            assert!(served, "{file} names {name}, which no node serves");
+        }
+    }
     // Every histogram's +Inf bucket holds its count.
     for sample in after
         .samples
@@ -308,7 +347,7 @@ fn promtool_accepts_a_real_scrape_and_the_alert_rules() {
     };
     let _serial = one_at_a_time();
     let node = ChildNode::start();
-    bench(&node, "promtool");
+    let _ = bench(&node, "promtool");
     let (status, body) = get(node.metrics, "/metrics");
     assert_eq!(status, 200);
     let mut check = Command::new(&promtool)
@@ -507,4 +546,71 @@ fn slow_clients_and_bursts_of_scrapes_are_bounded() {
     );
     // Still serving afterwards.
     assert_eq!(get(node.metrics, "/metrics").0, 200);
+}
+
+#[test]
+fn top_once_shows_every_shard_busy_under_load() {
+    let _serial = one_at_a_time();
+    let node = ChildNode::start();
+    let dir = temp_dir("top");
+    let mut bench = trove()
+        .args(["bench", "--target", &node.addr.to_string()])
+        .args(["--rate", "20000", "--warmup", "0", "--duration", "5"])
+        .args([
+            "--hunts",
+            "100",
+            "--players",
+            "10",
+            "--no-shard-aware",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("trove runs");
+    std::thread::sleep(Duration::from_millis(1_500));
+    let output = trove()
+        .args(["top", "--once", "--node", &node.metrics.to_string()])
+        .output()
+        .expect("trove runs");
+    let _ = bench.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(table.starts_with("NODE"), "{table}");
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    let mut shards: Vec<&str> = rows.iter().map(|row| row[1]).collect();
+    shards.sort();
+    assert_eq!(shards, ["0", "1"], "{table}");
+    for row in &rows {
+        assert_eq!(row[0], node.metrics.to_string(), "{table}");
+        assert_ne!(
+            row[2], "0",
+            "shard {} shows no events/s under load:\n{table}",
+            row[1]
+        );
+    }
+    // The shard whose port the connections reached dispatched frames (the other may only
+    // apply what it is forwarded).
+    assert!(
+        rows.iter().any(|row| row[4] != "-"),
+        "no dispatch p99 under load:\n{table}"
+    );
+    // A node that is not there: exit 1, and a sentence that names it.
+    let output = trove()
+        .args(["top", "--once", "--node", "127.0.0.1:9"])
+        .output()
+        .expect("trove runs");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect to 127.0.0.1:9"));
 }

@@ -36,4 +36,5 @@ pub mod metrics;
 pub mod net;
 pub mod runtime;
 pub mod sim;
+pub mod top;
 pub mod tune;

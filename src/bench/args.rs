@@ -18,6 +18,10 @@ pub struct BenchArgs {
     /// Drive a node that is already running at HOST:PORT instead of starting one
     #[arg(long, value_name = "HOST:PORT")]
     pub target: Option<String>,
+    /// With --target: the node's metrics address (its --metrics-listen); scraped before and
+    /// after the run, and the node's own account of the run printed beside the bench's
+    #[arg(long, value_name = "ADDR:PORT", requires = "target")]
+    pub target_metrics: Option<std::net::SocketAddr>,
     /// CPUs of the embedded node's shards, one shard each [default: every CPU this process may use]
     #[arg(long, value_name = "LIST")]
     pub node_cpus: Option<String>,

@@ -16,6 +16,8 @@ pub struct Cli {
 }
 
 /// One subcommand per tool.
+// Parsed once per process: the size of the largest variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     Node(node::NodeArgs),
@@ -25,6 +27,7 @@ pub enum Command {
     Sim(crate::sim::SimArgs),
     /// Judge benchmark runs against a committed baseline; fail CI on a latency regression.
     Gate(crate::gate::GateArgs),
+    Top(crate::top::TopArgs),
 }
 
 /// Parses the command line, runs the tool and returns the process exit code.
@@ -42,6 +45,7 @@ pub fn main() -> i32 {
         Command::Bench(args) => crate::bench::run(&args),
         Command::Tune(args) => crate::tune::run(args),
         Command::Sim(args) => crate::sim::run(args),
+        Command::Top(args) => crate::top::run(&args),
         Command::Gate(args) => {
             let runner = |request: &crate::gate::GateRunRequest| {
                 crate::bench::run_for_gate(request.workload.as_deref())

@@ -195,6 +195,59 @@ impl NodeScrape {
     }
 }
 
+/// A bucket bound for a report: `≤250 µs`, `≤2.5 ms`, `none` without samples.
+fn bound_text(seconds: Option<f64>) -> String {
+    match seconds {
+        None => "none".into(),
+        Some(s) if s < 1e-3 => format!("≤{:.0} µs", s * 1e6),
+        Some(s) => format!("≤{} ms", s * 1e3),
+    }
+}
+
+/// What each shard of a node did between two scrapes, one paragraph per shard: for
+/// `trove bench --target`, the node's own account of a run.
+pub fn describe_difference(before: &NodeScrape, after: &NodeScrape) -> String {
+    let mut text = String::new();
+    for shard in &after.shards {
+        let earlier = before
+            .shards
+            .iter()
+            .find(|b| b.node == shard.node && b.shard == shard.shard);
+        let delta = |name: &str| {
+            (shard.value(name) - earlier.map_or(0.0, |b| b.value(name))).max(0.0) as u64
+        };
+        text.push_str(&format!(
+            "shard {}: {} events applied ({} for other shards), {} forwarded, {} frames ({} rejected), {} credit waits, {} Busy\n",
+            shard.shard,
+            delta("events_applied_total"),
+            delta("events_applied_for_peers_total"),
+            delta("events_forwarded_total"),
+            delta("frames_received_total"),
+            delta("frames_rejected_total"),
+            delta("socket_credit_waits_total") + delta("mesh_credit_waits_total"),
+            delta("busy_replies_total"),
+        ));
+        let stage = |name: &str| {
+            let now = shard.stages.get(name).cloned().unwrap_or_default();
+            let window = match earlier.and_then(|b| b.stages.get(name)) {
+                Some(earlier) => now.since(earlier),
+                None => now,
+            };
+            format!(
+                "p50 {} / p99 {}",
+                bound_text(window.quantile_upper_bound_s(0.5)),
+                bound_text(window.quantile_upper_bound_s(0.99))
+            )
+        };
+        text.push_str(&format!(
+            "  frame dispatch {}; mesh round trip {}\n",
+            stage("frame_dispatch"),
+            stage("mesh_round_trip")
+        ));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +288,21 @@ mod tests {
         assert_eq!(
             scrape.shards[0].value("stage_latency_seconds_count:frame_dispatch"),
             100.0
+        );
+        let report = describe_difference(&NodeScrape::default(), &scrape);
+        assert!(
+            report.starts_with("shard 0: 100 events applied (0 for other shards)"),
+            "{report}"
+        );
+        assert!(
+            report.contains("frame dispatch p50 ≤25 µs / p99 ≤25 µs"),
+            "{report}"
+        );
+        assert_eq!(
+            describe_difference(&scrape, &scrape)
+                .matches(" 0 events applied")
+                .count(),
+            2
         );
         let none = dispatch.since(dispatch);
         assert_eq!(none.quantile_upper_bound_s(0.99), None);
