@@ -614,3 +614,68 @@ fn top_once_shows_every_shard_busy_under_load() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect to 127.0.0.1:9"));
 }
+
+#[test]
+fn an_embedded_bench_summary_carries_the_node_s_counters_and_stages() {
+    let _serial = one_at_a_time();
+    let dir = temp_dir("embedded");
+    let output = trove()
+        .args([
+            "bench",
+            "--node-cpus",
+            "0-1",
+            "--rate",
+            "20000",
+            "--warmup",
+            "0",
+        ])
+        .args(["--duration", "1", "--hunts", &HUNTS.to_string()])
+        .args([
+            "--players",
+            &PLAYERS.to_string(),
+            "--no-shard-aware",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&dir)
+        .output()
+        .expect("trove runs");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(summary["schema"], "trove.bench.summary/v2");
+    let sent = summary["main"]["events"]["sent"].as_u64().unwrap();
+    let shards = summary["node"]["shards"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no node in {summary}"));
+    assert_eq!(shards.len(), 2, "{summary}");
+    let sum = |field: &str| -> u64 { shards.iter().map(|s| s[field].as_u64().unwrap()).sum() };
+    assert_eq!(
+        sum("events_applied"),
+        sent + HUNTS * (1 + PLAYERS),
+        "{summary}"
+    );
+    assert_eq!(
+        sum("events_applied_for_peers"),
+        sum("events_forwarded"),
+        "{summary}"
+    );
+    let stage_count = |stage: &str| -> u64 {
+        shards
+            .iter()
+            .map(|s| s[stage]["count"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(stage_count("frame_dispatch_us") > 0, "{summary}");
+    assert_eq!(
+        stage_count("mesh_round_trip_us"),
+        sum("events_forwarded"),
+        "{summary}"
+    );
+}

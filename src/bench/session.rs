@@ -270,7 +270,11 @@ pub fn execute(
     let (addr, embedded) = start_target(config)?;
     let result = execute_against(addr, config, progress);
     let node_report = embedded.map(|Embedded(node)| node.stop());
-    Ok((result?, node_report))
+    let mut report = result?;
+    report.node = node_report
+        .as_ref()
+        .map(crate::bench::report::summary::NodeSummary::of);
+    Ok((report, node_report))
 }
 
 fn execute_against(
@@ -306,6 +310,7 @@ fn execute_against(
         peer,
         calibration,
         sweep,
+        node: None,
     })
 }
 
