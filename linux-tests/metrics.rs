@@ -616,10 +616,10 @@ fn top_once_shows_every_shard_busy_under_load() {
 }
 
 #[test]
-fn an_embedded_bench_summary_carries_the_node_s_counters_and_stages() {
+fn an_embedded_bench_serves_metrics_and_its_summary_carries_the_node_s_counters_and_stages() {
     let _serial = one_at_a_time();
     let dir = temp_dir("embedded");
-    let output = trove()
+    let mut bench = trove()
         .args([
             "bench",
             "--node-cpus",
@@ -629,22 +629,36 @@ fn an_embedded_bench_summary_carries_the_node_s_counters_and_stages() {
             "--warmup",
             "0",
         ])
-        .args(["--duration", "1", "--hunts", &HUNTS.to_string()])
-        .args([
-            "--players",
-            &PLAYERS.to_string(),
-            "--no-shard-aware",
-            "--quiet",
-            "--out",
-        ])
+        .args(["--duration", "2", "--hunts", &HUNTS.to_string()])
+        .args(["--players", &PLAYERS.to_string(), "--no-shard-aware"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--out"])
         .arg(&dir)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("trove runs");
+    // The embedded node's endpoint answers during the run.
+    let mut stderr = BufReader::new(bench.stderr.take().unwrap());
+    let mut said = String::new();
+    let metrics: SocketAddr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no metrics address in: {said}"
+        );
+        said.push_str(&line);
+        if let Some(rest) = line.split("serves http://").nth(1) {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    let scrape = scrape(metrics);
+    assert_eq!(total(&scrape, "trove_config_shards"), 2.0);
+    let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+    let output = bench.wait_with_output().unwrap();
     assert!(
         output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        "{}{said}",
+        String::from_utf8_lossy(&output.stdout)
     );
     let summary: Value =
         serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();

@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// The embedded node answers Busy when out of credit instead of making clients wait
     #[arg(long)]
     pub fail_fast: bool,
+    /// Serve the embedded node's Prometheus metrics (GET /metrics) here, e.g. for `trove top`
+    /// during the run [default: off]
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "target")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 
     /// Open loop: send this many events per second in total, whatever the replies do
     #[arg(long, value_name = "EVENTS_PER_S", conflicts_with_all = ["closed", "sweep"], allow_negative_numbers = true)]
