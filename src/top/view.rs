@@ -145,7 +145,10 @@ pub fn short_duration(seconds: Option<f64>) -> String {
 
 /// A rate for a narrow column: `950`, `12.3k`, `4.56M`.
 pub fn short_rate(per_s: f64) -> String {
-    if per_s >= 1e6 {
+    // An empty sum of f64 is -0.0, which would print as "-0".
+    if per_s <= 0.0 {
+        "0".into()
+    } else if per_s >= 1e6 {
         format!("{:.2}M", per_s / 1e6)
     } else if per_s >= 1e4 {
         format!("{:.1}k", per_s / 1e3)
@@ -312,6 +315,7 @@ mod tests {
         assert_eq!(short_duration(None), "-");
         assert_eq!(short_rate(12_345.0), "12.3k");
         assert_eq!(short_rate(2_500_000.0), "2.50M");
+        assert_eq!(short_rate(Vec::<f64>::new().iter().sum()), "0");
         assert_eq!(credit_bar(0.5, 4), "[##  ]  50%");
     }
 }
