@@ -83,7 +83,7 @@ struct NodeProcess {
 impl NodeProcess {
     fn start(args: &[&str]) -> NodeProcess {
         let mut child = trove()
-            .arg("node")
+            .args(["node", "--metrics-listen", "off"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

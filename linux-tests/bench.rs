@@ -68,7 +68,15 @@ struct ChildNode {
 impl ChildNode {
     fn start() -> ChildNode {
         let mut child = trove()
-            .args(["node", "--listen", "127.0.0.1", "--port", "0"])
+            .args([
+                "node",
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--metrics-listen",
+                "off",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

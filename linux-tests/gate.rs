@@ -64,6 +64,7 @@ fn base_summary(cpu_model: &str) -> Value {
             cpus: vec![0, 1],
         }),
         sweep: None,
+        node: None,
     };
     serde_json::to_value(Summary::of_report_on(&report, host(cpu_model))).unwrap()
 }

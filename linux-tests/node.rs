@@ -24,6 +24,8 @@ fn a_node_serves_until_sigterm_then_stops_cleanly() {
             "0",
             "--shards",
             "2",
+            "--metrics-listen",
+            "off",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -85,7 +87,7 @@ fn a_node_serves_until_sigterm_then_stops_cleanly() {
 
 #[test]
 fn a_memlock_limit_too_low_is_explained_not_panicked() {
-    for tool in ["node --port 0", "bench --duration 1"] {
+    for tool in ["node --port 0 --metrics-listen off", "bench --duration 1"] {
         let output = Command::new("sh")
             .arg("-c")
             .arg(format!("ulimit -l 64 && exec \"$0\" {tool}"))

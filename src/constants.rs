@@ -449,3 +449,32 @@ const _: () = assert!(CLUSTER_POLL_MS_DEFAULT <= CLUSTER_POLL_MS_MAX);
 const _: () = assert!(CLUSTER_SETTLE_MS_DEFAULT <= CLUSTER_SETTLE_MS_MAX);
 const _: () = assert!(CLUSTER_RETRY_MS_MIN <= CLUSTER_RETRY_MS_MAX);
 const _: () = assert!(CLUSTER_NODES_MAX <= u32::MAX as usize);
+// Metrics: shard snapshots, the `/metrics` endpoint on the housekeeping thread, `trove top`.
+// ---------------------------------------------------------------------------------------------
+
+/// Where `trove node` serves `/metrics` unless told otherwise: loopback only.
+pub const METRICS_PORT_DEFAULT: u16 = 9700;
+/// How often each shard hands its snapshot to the housekeeping thread, in milliseconds.
+pub const METRICS_SNAPSHOT_MS_DEFAULT: u64 = 1_000;
+/// Snapshots of one shard that may wait in the channel to the housekeeping thread; a shard
+/// whose snapshot finds the channel full drops it (and counts the drop) rather than wait.
+pub const METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX: usize = 2;
+/// Largest HTTP request head the endpoint reads; a larger one is answered 431.
+pub const METRICS_REQUEST_BYTES_MAX: usize = 8 * 1024;
+/// Most header lines an HTTP request may carry; more is answered 431.
+pub const METRICS_REQUEST_HEADERS_MAX: usize = 32;
+/// Scrape connections served at once; one more is answered 503 and closed.
+pub const METRICS_CONNECTIONS_MAX: usize = 64;
+/// How long a scrape connection may take to send its request, and then to read the answer,
+/// in milliseconds; a slower client is answered 408 (or cut) and closed.
+pub const METRICS_CONNECTION_MS_MAX: u64 = 2_000;
+/// How long the housekeeping thread sleeps in `poll(2)` at most, in milliseconds: the delay
+/// with which it notices a stop or a new snapshot when no scrape wakes it.
+pub const METRICS_POLL_MS_MAX: u64 = 50;
+/// Largest `/metrics` answer a scraper in this crate (`trove top`, `trove bench --target`)
+/// reads; a node with `SHARDS_MAX` shards answers well under 1 MiB.
+pub const METRICS_RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Nodes `trove top` watches at once.
+pub const TOP_NODES_MAX: usize = 64;
+/// How long `trove top` and `trove bench --target` wait for one scrape, in milliseconds.
+pub const METRICS_SCRAPE_MS_MAX: u64 = 3_000;

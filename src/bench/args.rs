@@ -23,6 +23,10 @@ pub struct BenchArgs {
     /// so the secret stays out of process lists and shell histories
     #[arg(long, value_name = "PATH")]
     pub auth_secret_file: Option<PathBuf>,
+    /// With --target: the node's metrics address (its --metrics-listen); scraped before and
+    /// after the run, and the node's own account of the run printed beside the bench's
+    #[arg(long, value_name = "ADDR:PORT", requires = "target")]
+    pub target_metrics: Option<std::net::SocketAddr>,
     /// CPUs of the embedded node's shards, one shard each [default: every CPU this process may use]
     #[arg(long, value_name = "LIST")]
     pub node_cpus: Option<String>,
@@ -35,6 +39,10 @@ pub struct BenchArgs {
     /// The embedded node answers Busy when out of credit instead of making clients wait
     #[arg(long)]
     pub fail_fast: bool,
+    /// Serve the embedded node's Prometheus metrics (GET /metrics) here, e.g. for `trove top`
+    /// during the run [default: off]
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "target")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 
     /// Open loop: send this many events per second in total, whatever the replies do
     #[arg(long, value_name = "EVENTS_PER_S", conflicts_with_all = ["closed", "sweep"], allow_negative_numbers = true)]

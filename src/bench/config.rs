@@ -41,6 +41,10 @@ pub enum TargetConfig {
         node_cpus: Vec<usize>,
         partitions: u32,
         fail_fast: bool,
+        /// Where the node serves `/metrics`; absent from the config's JSON when off, so the
+        /// config hash of a run without it is what it always was.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// A node already running.
     Remote { addr: SocketAddr },
@@ -196,6 +200,7 @@ impl BenchConfig {
                 },
                 partitions: args.partitions.unwrap_or(PARTITIONS_DEFAULT),
                 fail_fast: args.fail_fast,
+                metrics_listen: args.metrics_listen,
             },
         };
         let peer = match args.peer.as_deref() {

@@ -39,6 +39,14 @@ pub fn run_for_gate(workload: Option<&std::path::Path>) -> Result<serde_json::Va
     serde_json::to_value(report::Summary::of_report(&report)).map_err(|error| error.to_string())
 }
 
+/// A scrape of a target node's `/metrics`, parsed.
+fn target_metrics_scrape(
+    addr: std::net::SocketAddr,
+) -> Result<crate::metrics::scrape::NodeScrape, String> {
+    crate::metrics::scrape::fetch(addr)
+        .and_then(|text| crate::metrics::scrape::NodeScrape::parse(&text))
+}
+
 /// One line that says what was run, above the results.
 fn describe(config: &BenchConfig) -> String {
     use config::{LoadConfig, TargetConfig};
@@ -98,6 +106,13 @@ pub fn run(args: &BenchArgs) -> i32 {
         return 0;
     }
     let mut progress = Progress::new(config.quiet);
+    let metrics_before = match args.target_metrics.map(target_metrics_scrape).transpose() {
+        Ok(scrape) => scrape,
+        Err(message) => {
+            eprintln!("trove bench: --target-metrics: {message}");
+            return 1;
+        }
+    };
     let (report, node_report) = match session::execute(&config, &mut progress) {
         Ok(done) => done,
         Err(message) => {
@@ -105,6 +120,15 @@ pub fn run(args: &BenchArgs) -> i32 {
             return 1;
         }
     };
+    // The node's shards hand over their numbers about once a second: wait for one more.
+    let metrics_difference = metrics_before.map(|before| {
+        std::thread::sleep(std::time::Duration::from_millis(
+            crate::constants::METRICS_SNAPSHOT_MS_DEFAULT * 3 / 2,
+        ));
+        let addr = args.target_metrics.expect("scraped before");
+        target_metrics_scrape(addr)
+            .map(|after| crate::metrics::scrape::describe_difference(&before, &after))
+    });
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{}", describe(&config));
     if let Err(error) = report::print_summary(&report, &mut stdout) {
@@ -113,6 +137,16 @@ pub fn run(args: &BenchArgs) -> i32 {
     }
     if let Some(node_report) = node_report {
         let _ = write!(stdout, "embedded node:\n{}", node_report.describe());
+    }
+    match metrics_difference {
+        None => {}
+        Some(Ok(difference)) => {
+            let _ = write!(
+                stdout,
+                "the node's /metrics, over the set-up and the run:\n{difference}"
+            );
+        }
+        Some(Err(message)) => eprintln!("trove bench: --target-metrics after the run: {message}"),
     }
     if let Some(out) = &config.out {
         match report::write_all(out, &report) {

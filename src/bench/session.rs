@@ -16,6 +16,7 @@ use crate::bench::run::{LoadSpec, Measurement, RunPlan, measure, set_up_hunts};
 use crate::bench::trove_protocol::TroveProtocol;
 use crate::client::{connect_authenticated, fetch_map};
 use crate::constants::{CALIBRATION_MS_DEFAULT, SWEEP_STEPS_MAX};
+use crate::metrics::MetricsListen;
 use crate::node::{Node, NodeConfig, NodeReport};
 use crate::runtime::config::RuntimeConfig;
 
@@ -35,6 +36,7 @@ fn start_target(config: &BenchConfig) -> Result<(SocketAddr, Option<Embedded>), 
             node_cpus,
             partitions,
             fail_fast,
+            metrics_listen,
         } => {
             let runtime = RuntimeConfig {
                 partitions: *partitions,
@@ -44,9 +46,13 @@ fn start_target(config: &BenchConfig) -> Result<(SocketAddr, Option<Embedded>), 
             let node = Node::start(&NodeConfig {
                 runtime,
                 auth: config.auth.as_deref().cloned(),
+                metrics: metrics_listen.map_or(MetricsListen::Off, MetricsListen::On),
                 ..NodeConfig::loopback(node_cpus.clone())
             })
             .map_err(|error| format!("cannot start the embedded node: {error}"))?;
+            if let Some(metrics) = node.metrics_addr().filter(|_| !config.quiet) {
+                eprintln!("trove bench: the embedded node serves http://{metrics}/metrics");
+            }
             Ok((node.addr(), Some(Embedded(node))))
         }
     }
@@ -275,7 +281,11 @@ pub fn execute(
     let (addr, embedded) = start_target(config)?;
     let result = execute_against(addr, config, progress);
     let node_report = embedded.map(|Embedded(node)| node.stop());
-    Ok((result?, node_report))
+    let mut report = result?;
+    report.node = node_report
+        .as_ref()
+        .map(crate::bench::report::summary::NodeSummary::of);
+    Ok((report, node_report))
 }
 
 fn execute_against(
@@ -311,6 +321,7 @@ fn execute_against(
         peer,
         calibration,
         sweep,
+        node: None,
     })
 }
 

@@ -17,6 +17,8 @@ pub struct Cli {
 }
 
 /// One subcommand per tool.
+// Parsed once per process: the size of the largest variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     Node(node::NodeArgs),
@@ -28,6 +30,7 @@ pub enum Command {
     Gate(crate::gate::GateArgs),
     /// Run a local cluster on loopback, or show a cluster's nodes and placement (etcd).
     Cluster(cluster::ClusterArgs),
+    Top(crate::top::TopArgs),
 }
 
 /// Parses the command line, runs the tool and returns the process exit code.
@@ -46,6 +49,7 @@ pub fn main() -> i32 {
         Command::Tune(args) => crate::tune::run(args),
         Command::Sim(args) => crate::sim::run(args),
         Command::Cluster(args) => cluster::run(&args),
+        Command::Top(args) => crate::top::run(&args),
         Command::Gate(args) => {
             let runner = |request: &crate::gate::GateRunRequest| {
                 crate::bench::run_for_gate(request.workload.as_deref())

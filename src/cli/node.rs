@@ -14,6 +14,7 @@ use crate::constants::{
     SHARD_EVENTS_INFLIGHT_MAX,
 };
 use crate::host::cpuset::CpuSet;
+use crate::metrics::MetricsListen;
 use crate::node::{Node, NodeConfig};
 use crate::runtime::config::{Budget, RuntimeConfig, shard_cpus};
 use crate::runtime::executors::StartError;
@@ -74,6 +75,9 @@ pub struct NodeArgs {
     pub spin_before_park_us: Option<u64>,
     #[command(flatten)]
     pub cluster: super::cluster::ClusterNodeArgs,
+    /// Where to serve Prometheus metrics (GET /metrics), or `off`
+    #[arg(long, value_name = "ADDR:PORT|off", default_value = "127.0.0.1:9700")]
+    pub metrics_listen: MetricsListen,
 }
 
 impl NodeArgs {
@@ -122,6 +126,7 @@ impl NodeArgs {
             port: self.port,
             shard_port_base: self.shard_port_base,
             auth,
+            metrics: self.metrics_listen,
         })
     }
 }
@@ -217,6 +222,9 @@ pub fn run(args: &NodeArgs) -> i32 {
             }
         }
     };
+    if let Some(metrics) = node.metrics_addr() {
+        let _ = writeln!(stdout, "trove node: metrics at http://{metrics}/metrics");
+    }
     let signal = wait_for_stop_signal(&signals);
     let _ = writeln!(stdout, "trove node: signal {signal} received, stopping");
     if let Some((control, reporter)) = control {

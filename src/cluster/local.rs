@@ -251,6 +251,9 @@ impl NodeProcess {
                 "0",
                 "--advertise",
                 "127.0.0.1",
+                // Every node on this machine serves /metrics, each on a port of its own.
+                "--metrics-listen",
+                "127.0.0.1:0",
             ])
             .args(["--shards", &config.shards.to_string()])
             .args(["--partitions", &config.partitions.to_string()])

@@ -3,7 +3,8 @@
 //!
 //! A baseline file (schema `trove.gate.baseline/v1`) keeps every run it was made from, so the
 //! baseline's own run-to-run spread is known. A single `trove bench` summary
-//! (`trove.bench.summary/v1`) is accepted wherever a baseline or a current run is.
+//! (`trove.bench.summary/v2`, or v1 from older builds) is accepted wherever a baseline or a
+//! current run is.
 
 use std::fs;
 use std::io::Read;
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bench::report::summary::{GIT_REVISION, SUMMARY_SCHEMA, Summary};
+use crate::bench::report::summary::{GIT_REVISION, SUMMARY_SCHEMA, SUMMARY_SCHEMA_V1, Summary};
 use crate::constants::{GATE_INPUT_FILE_BYTES_MAX, GATE_RUNS_PER_SIDE_MAX};
 
 /// The schema name and version of a baseline file.
@@ -123,9 +124,9 @@ pub fn runs_of_value(value: serde_json::Value) -> Result<Vec<Summary>, String> {
                 })
                 .collect()
         }
-        Some(SUMMARY_SCHEMA) => Ok(vec![Summary::from_value(value)?]),
+        Some(SUMMARY_SCHEMA | SUMMARY_SCHEMA_V1) => Ok(vec![Summary::from_value(value)?]),
         Some(other) => Err(format!(
-            "has schema \"{other}\"; expected \"{BASELINE_SCHEMA}\" (a baseline) or \"{SUMMARY_SCHEMA}\" (a bench summary)"
+            "has schema \"{other}\"; expected \"{BASELINE_SCHEMA}\" (a baseline) or \"{SUMMARY_SCHEMA}\" or \"{SUMMARY_SCHEMA_V1}\" (a bench summary)"
         )),
         None => Err(format!(
             "has no \"schema\" field; expected a baseline (\"{BASELINE_SCHEMA}\") or a bench summary (\"{SUMMARY_SCHEMA}\")"
@@ -193,6 +194,16 @@ mod tests {
     fn a_single_summary_is_one_run() {
         let value = serde_json::to_value(summary()).unwrap();
         assert_eq!(runs_of_value(value).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_version_1_summary_is_still_a_run() {
+        let mut value = serde_json::to_value(summary()).unwrap();
+        value["schema"] = SUMMARY_SCHEMA_V1.into();
+        value.as_object_mut().unwrap().remove("node");
+        let runs = runs_of_value(value).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].main, summary().main);
     }
 
     #[test]

@@ -120,7 +120,7 @@ pub struct GateRunRequest {
     pub runs: u32,
 }
 
-/// Runs the benchmark once and returns its summary JSON (`trove.bench.summary/v1`), or a
+/// Runs the benchmark once and returns its summary JSON (`trove.bench.summary/v2`), or a
 /// message saying why it could not.
 pub type Runner<'a> = &'a dyn Fn(&GateRunRequest) -> Result<serde_json::Value, String>;
 

@@ -6,6 +6,9 @@
 //! starts the shards and gives each its two listeners: the shared port, on which every shard
 //! accepts (SO_REUSEPORT lets the kernel spread connections), and the shard's own port, which
 //! shard-aware clients use to reach the owner of a partition directly.
+//!
+//! Unless `--metrics-listen off`, it also binds the `/metrics` endpoint and starts the
+//! housekeeping thread (`crate::metrics`) that serves it from each shard's snapshots.
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -15,10 +18,13 @@ use socket2::Socket;
 use crate::core::auth::AuthSecret;
 use crate::core::partition::Placement;
 use crate::core::shard::{ShardStats, Stalls};
+use crate::metrics::{Housekeeping, MetricsListen, NodeInfo, SnapshotSender, snapshot_channel};
 use crate::net::listener::{listen, local_addr, probe_port_free, serve_listeners};
 use crate::runtime::config::{ConfigError, RuntimeConfig};
 use crate::runtime::executors::{Shards, StartError, spawn_shards};
 use crate::runtime::shard::Shard;
+
+mod metrics_bridge;
 
 /// Where a node listens, and its runtime configuration.
 #[derive(Clone, Debug)]
@@ -33,6 +39,8 @@ pub struct NodeConfig {
     pub shard_port_base: Option<u16>,
     /// The shared secret clients must prove they know (`core::auth`); `None` lets anyone in.
     pub auth: Option<AuthSecret>,
+    /// Where the housekeeping thread serves `/metrics`, or `Off`.
+    pub metrics: MetricsListen,
 }
 
 impl NodeConfig {
@@ -44,6 +52,7 @@ impl NodeConfig {
             port: 0,
             shard_port_base: None,
             auth: None,
+            metrics: MetricsListen::Off,
         }
     }
 
@@ -66,6 +75,7 @@ pub struct Node {
     shards: Shards,
     addr: SocketAddr,
     shard_addrs: Vec<SocketAddr>,
+    housekeeping: Option<Housekeeping>,
 }
 
 /// What every shard counted, in shard order.
@@ -137,6 +147,8 @@ struct ShardSockets {
     shared: Socket,
     own: Socket,
     auth: Option<AuthSecret>,
+    /// Where the shard's metrics snapshots go, when the node serves metrics.
+    metrics: Option<SnapshotSender>,
 }
 
 impl Node {
@@ -165,6 +177,18 @@ impl Node {
         let shard_addrs: Vec<SocketAddr> = own.iter().map(local_addr).collect();
         let mut runtime = config.runtime.clone();
         runtime.shard_ports = shard_addrs.iter().map(|addr| addr.port()).collect();
+        let metrics_listener = match config.metrics {
+            MetricsListen::Off => None,
+            MetricsListen::On(metrics_addr) => Some(Housekeeping::bind(metrics_addr).map_err(
+                |error| StartError::Io {
+                    what: format!(
+                        "cannot serve /metrics on {metrics_addr} (is another node using it? pick another --metrics-listen, or off)"
+                    ),
+                    error,
+                },
+            )?),
+        };
+        let (snapshot_sender, snapshots) = snapshot_channel(shards);
         let payloads = shared
             .into_iter()
             .zip(own)
@@ -172,13 +196,26 @@ impl Node {
                 shared,
                 own,
                 auth: config.auth.clone(),
+                metrics: metrics_listener.as_ref().map(|_| snapshot_sender.clone()),
             })
             .collect();
         let shards = spawn_shards(&runtime, &map, payloads, serve_shard)?;
+        let housekeeping = match metrics_listener {
+            None => None,
+            Some(listener) => Some(
+                Housekeeping::start(listener, node_info(config, addr), snapshots).map_err(
+                    |error| StartError::Io {
+                        what: "cannot start the housekeeping thread".into(),
+                        error,
+                    },
+                )?,
+            ),
+        };
         Ok(Node {
             shards,
             addr,
             shard_addrs,
+            housekeeping,
         })
     }
 
@@ -192,16 +229,43 @@ impl Node {
         &self.shard_addrs
     }
 
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.housekeeping.as_ref().map(Housekeeping::addr)
+    }
+
     /// Stops the node cleanly: no new connections or reads, work in flight drains (within the
-    /// grace period), connections close, shards exit.
+    /// grace period), connections close, shards exit; then the housekeeping thread.
     pub fn stop(self) -> NodeReport {
-        NodeReport {
+        let report = NodeReport {
             shards: self.shards.stop(),
+        };
+        if let Some(housekeeping) = self.housekeeping {
+            housekeeping.stop();
         }
+        report
     }
 }
 
-/// Runs on each shard's executor: starts accepting on both of its listeners.
+/// What the metrics endpoint says about this node.
+fn node_info(config: &NodeConfig, addr: SocketAddr) -> NodeInfo {
+    let runtime = &config.runtime;
+    NodeInfo {
+        node: addr.to_string(),
+        partitions: runtime.partitions,
+        shard_events_max: runtime.budget.shard_events,
+        shard_bytes_max: runtime.budget.shard_bytes,
+        connection_events_max: runtime.budget.connection_events,
+        fail_fast: runtime.fail_fast,
+        shard_cpus: runtime.cpus.clone(),
+    }
+}
+
+/// Runs on each shard's executor: starts accepting on both of its listeners, and the
+/// shard's metrics snapshots when the node serves metrics.
 fn serve_shard(shard: Rc<Shard>, sockets: ShardSockets) {
+    if let Some(sender) = sockets.metrics {
+        metrics_bridge::spawn_snapshot_task(shard.clone(), sender);
+    }
     serve_listeners(shard, [sockets.shared, sockets.own], sockets.auth);
 }

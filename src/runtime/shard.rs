@@ -25,7 +25,8 @@ use crate::core::codec::{FrameBuilder, FrameError, FrameHeader};
 use crate::core::ids::{ConnectionId, ShardId};
 use crate::core::partition::Placement;
 use crate::core::shard::{
-    CloseReason, FrameProgress, MeshBatch, MeshOutput, Readable, ShardConfig, ShardCore, ShardStats,
+    CloseReason, FrameProgress, MeshBatch, MeshOutput, Readable, ShardConfig, ShardCore, ShardLoad,
+    ShardStats,
 };
 use crate::runtime::config::RuntimeConfig;
 use crate::runtime::mesh::ShardMesh;
@@ -360,5 +361,21 @@ impl Shard {
                 }
             }
         }
+    }
+}
+
+// ---- metrics hook -------------------------------------------------------------------------
+
+impl Shard {
+    /// What the shard holds now, for the node's once-a-second metrics snapshot.
+    pub fn load(&self) -> ShardLoad {
+        self.core.borrow().load()
+    }
+
+    /// The shard's counters so far, for the same snapshot.
+    pub fn stats(&self) -> ShardStats {
+        let mut stats = self.core.borrow().stats();
+        stats.cpu = self.cpu;
+        stats
     }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hdrhistogram::Histogram;
 
+use super::summary::{NodeSummary, Percentiles, ShardSummary};
 use super::{Calibration, IntervalSample, LoadModel, Report, RunRecord, Sweep, SweepStep};
 
 /// A histogram of ns with `count` values: a body near `body_ns` and a 1% tail up to
@@ -76,6 +77,7 @@ pub fn simple_report() -> Report {
         peer: None,
         calibration: None,
         sweep: None,
+        node: None,
     }
 }
 
@@ -104,6 +106,25 @@ pub fn report_with_everything() -> Report {
         slo_p99_us: 1_000.0,
         steps,
         best_rate_per_s: Some(2_000.0),
+    });
+    report.node = Some(NodeSummary {
+        shards: (0..2)
+            .map(|shard| ShardSummary {
+                shard,
+                cpu: usize::from(shard),
+                events_applied: 20_000,
+                events_applied_for_peers: 100,
+                events_forwarded: 100,
+                frames_received: 400,
+                frames_rejected: 0,
+                connections_accepted: 1,
+                socket_credit_waits: 3,
+                mesh_credit_waits: 0,
+                busy_replies: 0,
+                frame_dispatch_us: Percentiles::of_ns(&latency_histogram(400, 8_000, 2, 31)),
+                mesh_round_trip_us: Percentiles::of_ns(&latency_histogram(100, 20_000, 2, 37)),
+            })
+            .collect(),
     });
     report
 }

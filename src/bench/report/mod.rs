@@ -7,7 +7,7 @@
 //!
 //! | file | what it is | module |
 //! |---|---|---|
-//! | `summary.json` | the summary, schema `trove.bench.summary/v1` ([`SUMMARY_SCHEMA_JSON`]) | [`summary`] |
+//! | `summary.json` | the summary, schema `trove.bench.summary/v2` ([`SUMMARY_SCHEMA_JSON`]) | [`summary`] |
 //! | `<target>.corrected.hgrm`, `<target>.uncorrected.hgrm` | HdrHistogram percentile distributions, µs | [`hgrm`] |
 //! | `<target>.hlog` | HdrHistogram V2 interval log, 1 s intervals, corrected latency, ns | [`hlog`] |
 //! | `redis-benchmark.csv` | redis-benchmark 7 `--csv` header and one row per target | [`formats`] |
@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use hdrhistogram::Histogram;
 
-pub use summary::{SUMMARY_SCHEMA, SUMMARY_SCHEMA_JSON, Summary};
+pub use summary::{SUMMARY_SCHEMA, SUMMARY_SCHEMA_JSON, SUMMARY_SCHEMA_V1, Summary};
 
 /// How the load generator paced its sends.
 #[derive(Clone, Debug, PartialEq)]
@@ -160,6 +160,8 @@ pub struct Report {
     pub peer: Option<RunRecord>,
     pub calibration: Option<Calibration>,
     pub sweep: Option<Sweep>,
+    /// The embedded node's own account, once it stopped.
+    pub node: Option<summary::NodeSummary>,
 }
 
 /// File name of the summary inside the output directory.

@@ -1,6 +1,8 @@
 //! The summary of a bench run: one JSON document with a named, versioned schema
-//! (`trove.bench.summary/v1`, described by `summary.schema.json` beside this file), which is
-//! what `trove gate` and other tools read.
+//! (`trove.bench.summary/v2`, described by `summary.schema.json` beside this file), which is
+//! what `trove gate` and other tools read. Version 2 adds `node`: what the embedded node's
+//! shards counted and how long their stages took. Version 1 documents (no `node`) are still
+//! read.
 //!
 //! Every latency is in microseconds; every rate is per second. A ratio whose denominator is
 //! zero is `null`, never infinity. The document is built from a [`Report`] on the generator's
@@ -12,8 +14,10 @@ use super::{Calibration, Report, RunRecord, Sweep};
 use crate::host::fingerprint::HostFingerprint;
 use hdrhistogram::Histogram;
 
-/// The schema name and version every summary carries in its `schema` field.
-pub const SUMMARY_SCHEMA: &str = "trove.bench.summary/v1";
+/// The schema name and version every summary this trove writes carries in its `schema` field.
+pub const SUMMARY_SCHEMA: &str = "trove.bench.summary/v2";
+/// The previous version, still read: the same document without `node`.
+pub const SUMMARY_SCHEMA_V1: &str = "trove.bench.summary/v1";
 
 /// The JSON Schema (draft 2020-12) of a summary.
 pub const SUMMARY_SCHEMA_JSON: &str = include_str!("summary.schema.json");
@@ -42,6 +46,63 @@ pub struct Summary {
     pub ratios_to_peer: Option<PeerRatios>,
     pub calibration: Option<CalibrationSummary>,
     pub sweep: Option<SweepSummary>,
+    /// The embedded node's own account of the run (`null` against a `--target`; absent in v1).
+    #[serde(default)]
+    pub node: Option<NodeSummary>,
+}
+
+/// What the embedded node's shards counted over the whole session (set-up, warm-up and run),
+/// and how long their stages took, from the node's report when it stopped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeSummary {
+    pub shards: Vec<ShardSummary>,
+}
+
+/// One shard's counters and stage latencies (microseconds).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardSummary {
+    pub shard: u16,
+    pub cpu: usize,
+    /// Events this shard applied as their partition's owner, whoever received them.
+    pub events_applied: u64,
+    /// Of those, events another shard received and forwarded here.
+    pub events_applied_for_peers: u64,
+    pub events_forwarded: u64,
+    pub frames_received: u64,
+    pub frames_rejected: u64,
+    pub connections_accepted: u64,
+    pub socket_credit_waits: u64,
+    pub mesh_credit_waits: u64,
+    pub busy_replies: u64,
+    /// From a frame's arrival to the dispatch of its last event, credit waits included.
+    pub frame_dispatch_us: Percentiles,
+    /// From forwarding an event to another shard to its reply arriving back.
+    pub mesh_round_trip_us: Percentiles,
+}
+
+impl NodeSummary {
+    pub fn of(report: &crate::node::NodeReport) -> NodeSummary {
+        let shards = report
+            .shards
+            .iter()
+            .map(|stats| ShardSummary {
+                shard: stats.shard,
+                cpu: stats.cpu,
+                events_applied: stats.events_applied + stats.events_applied_for_peers,
+                events_applied_for_peers: stats.events_applied_for_peers,
+                events_forwarded: stats.events_forwarded,
+                frames_received: stats.frames_received,
+                frames_rejected: stats.frames_rejected,
+                connections_accepted: stats.connections_accepted,
+                socket_credit_waits: stats.socket_credit_waits,
+                mesh_credit_waits: stats.mesh_credit_waits,
+                busy_replies: stats.busy_replies,
+                frame_dispatch_us: Percentiles::of_ns(&stats.stages.frame_dispatch_ns),
+                mesh_round_trip_us: Percentiles::of_ns(&stats.stages.mesh_round_trip_ns),
+            })
+            .collect();
+        NodeSummary { shards }
+    }
 }
 
 /// Which build produced the summary.
@@ -189,6 +250,7 @@ impl Summary {
             ratios_to_peer,
             calibration,
             sweep: report.sweep.as_ref().map(SweepSummary::of),
+            node: report.node.clone(),
         }
     }
 
@@ -202,10 +264,10 @@ impl Summary {
     /// Reads a summary from a JSON value, saying what is wrong when it is not one.
     pub fn from_value(value: serde_json::Value) -> Result<Summary, String> {
         match value.get("schema").and_then(|schema| schema.as_str()) {
-            Some(SUMMARY_SCHEMA) => {}
+            Some(SUMMARY_SCHEMA | SUMMARY_SCHEMA_V1) => {}
             Some(other) => {
                 return Err(format!(
-                    "its schema is \"{other}\"; this trove reads \"{SUMMARY_SCHEMA}\""
+                    "its schema is \"{other}\"; this trove reads \"{SUMMARY_SCHEMA}\" and \"{SUMMARY_SCHEMA_V1}\""
                 ));
             }
             None => {
@@ -430,7 +492,7 @@ mod tests {
         let good = serde_json::to_value(&summary).unwrap();
 
         let mut wrong_name = good.clone();
-        wrong_name["schema"] = "trove.bench.summary/v2".into();
+        wrong_name["schema"] = "trove.bench.summary/v9".into();
         let mut missing_latency = good.clone();
         missing_latency["main"]["latency_us"]
             .as_object_mut()
@@ -462,6 +524,21 @@ mod tests {
         let summary = Summary::of_report(&report_with_everything());
         let value = serde_json::to_value(&summary).unwrap();
         assert_eq!(Summary::from_value(value).unwrap(), summary);
+    }
+
+    #[test]
+    fn a_version_1_summary_is_still_read() {
+        let mut value =
+            serde_json::to_value(Summary::of_report(&report_with_everything())).unwrap();
+        assert!(value["node"].is_object(), "the fixture has a node");
+        value["schema"] = SUMMARY_SCHEMA_V1.into();
+        value.as_object_mut().unwrap().remove("node");
+        let summary = Summary::from_value(value).unwrap();
+        assert_eq!(summary.node, None);
+        assert_eq!(
+            summary.main,
+            Summary::of_report(&report_with_everything()).main
+        );
     }
 
     #[test]

@@ -73,3 +73,16 @@ pub struct Stalls {
     /// The largest overage past the time slice, in nanoseconds.
     pub worst_overage_ns: u64,
 }
+
+/// Credit held and capacity of a shard's pools, and its open connections, at one instant.
+/// Plain numbers taken on the shard's core, so they may leave it (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardLoad {
+    pub connections_open: u64,
+    /// The shard's budget for events read from its sockets.
+    pub socket_held: Credit,
+    pub socket_capacity: Credit,
+    /// This shard's shares of its peers' mesh budgets, summed over the peers (events, bytes).
+    pub mesh_held: (u64, u64),
+    pub mesh_capacity: (u64, u64),
+}

@@ -40,7 +40,7 @@ use crate::core::partition::Placement;
 
 pub use admission::{FrameProgress, Readable};
 pub use connections::CloseReason;
-pub use counters::{ShardStats, StageLatencies, Stalls};
+pub use counters::{ShardLoad, ShardStats, StageLatencies, Stalls};
 pub use mesh::{ArchiveBatch, BatchEntry, MeshBatch, MeshOutput};
 pub use routing::{LocalEvent, Route};
 
@@ -245,6 +245,25 @@ impl ShardCore {
     /// Connections whose sockets are still open.
     pub fn connections_open(&self) -> usize {
         self.connections.open()
+    }
+
+    /// Credit held and capacity of each pool, and the open connections, now: a read-only view
+    /// for metrics.
+    pub fn load(&self) -> ShardLoad {
+        let mut load = ShardLoad {
+            connections_open: self.connections_open() as u64,
+            socket_held: self.credit.held(),
+            socket_capacity: self.credit.capacity(),
+            ..ShardLoad::default()
+        };
+        for peer in self.peers.iter().flatten() {
+            let (held, capacity) = (peer.credit.held(), peer.credit.capacity());
+            load.mesh_held.0 += u64::from(held.events);
+            load.mesh_held.1 += u64::from(held.bytes);
+            load.mesh_capacity.0 += u64::from(capacity.events);
+            load.mesh_capacity.1 += u64::from(capacity.bytes);
+        }
+        load
     }
 
     /// Checks that every credit is accounted for, in one place each: a connection holds

@@ -1,0 +1,695 @@
+//! The `/metrics` endpoint as an operator and Prometheus see it: a real node under a real
+//! bench, scraped over HTTP and read with a Prometheus text-format parser; Debian's
+//! `promtool` and `prometheus` on a real scrape and on the alert rules (skipped, saying so,
+//! where they are not installed); and the endpoint under abuse.
+//!
+//! Every node here listens on loopback, on ports the kernel picks, and is stopped by the test.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The tests of this file run one at a time: each starts a node and load on the same CPUs.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn trove() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_trove"))
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("trove-metrics-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A `trove node` child with 2 shards and `/metrics` on a free port; stopped on drop.
+struct ChildNode {
+    child: Child,
+    addr: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl ChildNode {
+    fn start() -> ChildNode {
+        let mut child = trove()
+            .args([
+                "node",
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--shards",
+                "2",
+            ])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("trove runs");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut address_after = |marker: &str| -> SocketAddr {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            line.split(marker)
+                .nth(1)
+                .and_then(|rest| rest.split(['/', ' ']).next())
+                .and_then(|addr| addr.parse().ok())
+                .unwrap_or_else(|| panic!("no address after `{marker}` in `{line}`"))
+        };
+        let addr = address_after("listening on ");
+        let metrics = address_after("metrics at http://");
+        ChildNode {
+            child,
+            addr,
+            metrics,
+        }
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 exchange over loopback: the status code and the body.
+fn http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("the endpoint accepts");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .expect("an answer within 10 s");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not HTTP: {answer:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_owned())
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+fn scrape(metrics: SocketAddr) -> prometheus_parse::Scrape {
+    let (status, body) = get(metrics, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    prometheus_parse::Scrape::parse(body.lines().map(|line| Ok(line.to_owned())))
+        .expect("the exposition parses as Prometheus text")
+}
+
+/// A family summed over every shard.
+fn total(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|sample| sample.metric == name)
+        .map(|sample| match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is a histogram"),
+        })
+        .sum()
+}
+
+/// Scrapes until `ready` holds (snapshots arrive about once a second), or panics with the
+/// last scrape after 10 s.
+fn scrape_until(
+    metrics: SocketAddr,
+    what: &str,
+    ready: impl Fn(&prometheus_parse::Scrape) -> bool,
+) -> prometheus_parse::Scrape {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let scrape = scrape(metrics);
+        if ready(&scrape) {
+            return scrape;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: never seen in 10 s; last scrape: {:?}",
+            scrape
+                .samples
+                .iter()
+                .map(|s| (&s.metric, &s.labels, &s.value))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+const HUNTS: u64 = 50;
+const PLAYERS: u64 = 10;
+
+/// Runs a short open-loop bench against `node`, not shard-aware (so shards forward), and
+/// returns its summary and what it printed.
+fn bench(node: &ChildNode, name: &str) -> (Value, String) {
+    let dir = temp_dir(name);
+    let output = trove()
+        .args(["bench", "--target", &node.addr.to_string()])
+        .args(["--rate", "20000", "--warmup", "0", "--duration", "1"])
+        .args([
+            "--hunts",
+            &HUNTS.to_string(),
+            "--players",
+            &PLAYERS.to_string(),
+        ])
+        .args(["--connections", "2", "--no-shard-aware", "--quiet"])
+        .args(["--target-metrics", &node.metrics.to_string(), "--out"])
+        .arg(&dir)
+        .output()
+        .expect("trove runs");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        summary,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn the_counters_add_up_to_what_the_bench_sent() {
+    let _serial = one_at_a_time();
+    let node = ChildNode::start();
+    let before = scrape_until(node.metrics, "both shards", |s| {
+        s.samples
+            .iter()
+            .filter(|sample| sample.metric == "trove_events_applied_total")
+            .count()
+            == 2
+    });
+    assert_eq!(total(&before, "trove_events_applied_total"), 0.0);
+    let (summary, printed) = bench(&node, "counters");
+    let events = &summary["main"]["events"];
+    let sent = events["sent"].as_u64().unwrap();
+    assert!(sent > 0, "{summary}");
+    assert_eq!(events["errors"].as_u64(), Some(0), "{summary}");
+    // The bench sets each hunt up first: one CreateHunt and one Join per player.
+    let expected = (sent + HUNTS * (1 + PLAYERS)) as f64;
+    scrape_until(node.metrics, "every event applied", |s| {
+        total(s, "trove_events_applied_total") >= expected
+    });
+    // The bench's own account of the node, from /metrics before and after (--target-metrics).
+    let (_, difference) = printed
+        .split_once("the node's /metrics, over the set-up and the run:\n")
+        .unwrap_or_else(|| panic!("no /metrics difference in:\n{printed}"));
+    let applied_by_difference: u64 = difference
+        .lines()
+        .filter_map(|line| {
+            line.split(": ")
+                .nth(1)?
+                .split(" events applied")
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(applied_by_difference as f64, expected, "{difference}");
+    // One more snapshot period: every shard's snapshot is now from after the bench ended.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let after = scrape(node.metrics);
+    assert_eq!(total(&after, "trove_events_applied_total"), expected);
+    let forwarded = total(&after, "trove_events_forwarded_total");
+    assert!(
+        forwarded > 0.0,
+        "a client that is not shard-aware makes shards forward"
+    );
+    // Every forwarded event is applied by its owner, and its reply's round trip recorded.
+    assert_eq!(
+        total(&after, "trove_events_applied_for_peers_total"),
+        forwarded
+    );
+    assert_eq!(total(&after, "trove_stage_latency_seconds_count"), {
+        let dispatch: f64 = after
+            .samples
+            .iter()
+            .filter(|s| {
+                s.metric == "trove_stage_latency_seconds_count"
+                    && s.labels.get("stage") == Some("frame_dispatch")
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum();
+        dispatch + forwarded
+    });
+    assert!(total(&after, "trove_frames_received_total") > 0.0);
+    assert!(total(&after, "trove_connections_accepted_total") >= 2.0);
+    assert_eq!(total(&after, "trove_frames_rejected_total"), 0.0);
+    assert_eq!(total(&after, "trove_busy_replies_total"), 0.0);
+    assert_eq!(total(&after, "trove_config_shards"), 2.0);
+    // Every series the dashboard and the alert rules name is one a node serves.
+    for file in [
+        "tuning/monitoring/alerts.yml",
+        "tuning/monitoring/dashboard.json",
+    ] {
+        let text = std::fs::read_to_string(repo(file)).unwrap();
+        for (start, _) in text.match_indices("trove_") {
+            let name: String = text[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let served = after.samples.iter().any(|sample| {
+                sample.metric == name
+                    || (sample.metric.starts_with("trove_stage_latency_seconds")
+                        && name.starts_with("trove_stage_latency_seconds"))
+            });
+            assert!(served, "{file} names {name}, which no node serves");
+        }
+    }
+    // Every histogram's +Inf bucket holds its count.
+    for sample in after
+        .samples
+        .iter()
+        .filter(|s| s.metric == "trove_stage_latency_seconds")
+    {
+        let prometheus_parse::Value::Histogram(buckets) = &sample.value else {
+            panic!("{sample:?}");
+        };
+        let inf = buckets
+            .iter()
+            .find(|b| b.less_than.is_infinite())
+            .unwrap()
+            .count;
+        let count = after
+            .samples
+            .iter()
+            .find(|s| s.metric == "trove_stage_latency_seconds_count" && s.labels == sample.labels)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Untyped(v) => v,
+                _ => -1.0,
+            })
+            .unwrap();
+        assert_eq!(inf, count, "{sample:?}");
+    }
+}
+
+/// The path of a Debian program, or `None` after saying the test skips.
+fn installed(program: &str, test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|path| path.is_file())
+    });
+    if found.is_none() {
+        println!(
+            "{test}: skipped: `{program}` is not installed (Debian: apt-get install prometheus)"
+        );
+    }
+    found
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+#[test]
+fn promtool_accepts_a_real_scrape_and_the_alert_rules() {
+    let Some(promtool) = installed(
+        "promtool",
+        "promtool_accepts_a_real_scrape_and_the_alert_rules",
+    ) else {
+        return;
+    };
+    let _serial = one_at_a_time();
+    let node = ChildNode::start();
+    let _ = bench(&node, "promtool");
+    let (status, body) = get(node.metrics, "/metrics");
+    assert_eq!(status, 200);
+    let mut check = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let output = check.wait_with_output().unwrap();
+    assert!(
+        output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(repo("tuning/monitoring/alerts.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A free loopback port, released for the program that will listen on it.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn prometheus_scrapes_a_node_and_answers_a_trove_series() {
+    let Some(prometheus) = installed(
+        "prometheus",
+        "prometheus_scrapes_a_node_and_answers_a_trove_series",
+    ) else {
+        return;
+    };
+    let _serial = one_at_a_time();
+    let node = ChildNode::start();
+    let dir = temp_dir("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: trove\n    static_configs:\n      - targets: ['{}']\n",
+            node.metrics
+        ),
+    )
+    .unwrap();
+    let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let child = Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _prometheus = Prometheus { child, dir };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = TcpStream::connect(web)
+            .ok()
+            .map(|_| get(web, "/api/v1/query?query=trove_config_shards"));
+        if let Some((200, body)) = &answer {
+            let json: Value = serde_json::from_str(body).unwrap();
+            if let Some(first) = json["data"]["result"].as_array().and_then(|r| r.first()) {
+                assert_eq!(first["value"][1], "2", "{json}");
+                assert_eq!(first["metric"]["job"], "trove", "{json}");
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never answered trove_config_shards: {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn the_endpoint_refuses_bad_requests_with_a_4xx_that_says_why() {
+    let _serial = one_at_a_time();
+    let node = ChildNode::start();
+    let cases: [(&[u8], u16, &str); 5] = [
+        (b"NOT HTTP AT ALL\r\n\r\n", 400, "malformed"),
+        (b"DELETE /metrics HTTP/1.1\r\n\r\n", 405, "use GET"),
+        (b"GET /admin HTTP/1.1\r\n\r\n", 404, "/metrics"),
+        (b"GET / HTTP/1.1\r\n\r\n", 200, "/metrics"),
+        (b"GET /metrics HTTP/1.1\r\n\r\n", 200, "trove_build_info"),
+    ];
+    for (request, status, says) in cases {
+        let (got, body) = http(node.metrics, request);
+        assert_eq!(got, status, "{}: {body}", String::from_utf8_lossy(request));
+        assert!(body.contains(says), "{body}");
+    }
+    let mut oversized = b"GET /metrics HTTP/1.1\r\nX-Filler: ".to_vec();
+    oversized.resize(64 * 1024, b'x');
+    let (got, body) = http(node.metrics, &oversized);
+    assert_eq!(got, 431, "{body}");
+    assert!(body.contains("bytes"), "{body}");
+    let mut headers = b"GET /metrics HTTP/1.1\r\n".to_vec();
+    for header in 0..100 {
+        headers.extend_from_slice(format!("X-{header}: 1\r\n").as_bytes());
+    }
+    headers.extend_from_slice(b"\r\n");
+    let (got, body) = http(node.metrics, &headers);
+    assert_eq!(got, 431, "{body}");
+    assert!(body.contains("headers"), "{body}");
+}
+
+#[test]
+fn slow_clients_and_bursts_of_scrapes_are_bounded() {
+    let _serial = one_at_a_time();
+    let node = ChildNode::start();
+    // A client that sends half a request and waits: answered 408 and closed, in bounded time,
+    // while other scrapes are served meanwhile.
+    let mut slow = TcpStream::connect(node.metrics).unwrap();
+    slow.write_all(b"GET /metr").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(get(node.metrics, "/metrics").0, 200);
+    }
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer)
+        .expect("the slow client is answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    // 1,000 scrapes in bursts of 100 at once: each is answered, 200 with the exposition or
+    // 503 when every slot is taken, and never anything else.
+    let mut served = 0;
+    let mut refused = 0;
+    for _burst in 0..10 {
+        let answers: Vec<(u16, String)> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..100)
+                .map(|_| scope.spawn(|| get(node.metrics, "/metrics")))
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for (status, body) in answers {
+            match status {
+                200 => {
+                    assert!(body.contains("trove_events_applied_total"));
+                    served += 1;
+                }
+                503 => {
+                    assert!(body.contains("retry"), "{body}");
+                    refused += 1;
+                }
+                other => panic!("a scrape was answered {other}: {body}"),
+            }
+        }
+    }
+    assert_eq!(served + refused, 1000);
+    assert!(
+        served >= 500,
+        "only {served} of 1000 scrapes were served ({refused} refused)"
+    );
+    // Still serving afterwards.
+    assert_eq!(get(node.metrics, "/metrics").0, 200);
+}
+
+#[test]
+fn top_once_shows_every_shard_busy_under_load() {
+    let _serial = one_at_a_time();
+    let node = ChildNode::start();
+    let dir = temp_dir("top");
+    let mut bench = trove()
+        .args(["bench", "--target", &node.addr.to_string()])
+        .args(["--rate", "20000", "--warmup", "0", "--duration", "5"])
+        .args([
+            "--hunts",
+            "100",
+            "--players",
+            "10",
+            "--no-shard-aware",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("trove runs");
+    std::thread::sleep(Duration::from_millis(1_500));
+    let output = trove()
+        .args(["top", "--once", "--node", &node.metrics.to_string()])
+        .output()
+        .expect("trove runs");
+    let _ = bench.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(table.starts_with("NODE"), "{table}");
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    let mut shards: Vec<&str> = rows.iter().map(|row| row[1]).collect();
+    shards.sort();
+    assert_eq!(shards, ["0", "1"], "{table}");
+    for row in &rows {
+        assert_eq!(row[0], node.metrics.to_string(), "{table}");
+        assert_ne!(
+            row[2], "0",
+            "shard {} shows no events/s under load:\n{table}",
+            row[1]
+        );
+    }
+    // The shard whose port the connections reached dispatched frames (the other may only
+    // apply what it is forwarded).
+    assert!(
+        rows.iter().any(|row| row[4] != "-"),
+        "no dispatch p99 under load:\n{table}"
+    );
+    // A node that is not there: exit 1, and a sentence that names it.
+    let output = trove()
+        .args(["top", "--once", "--node", "127.0.0.1:9"])
+        .output()
+        .expect("trove runs");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect to 127.0.0.1:9"));
+}
+
+#[test]
+fn an_embedded_bench_serves_metrics_and_its_summary_carries_the_node_s_counters_and_stages() {
+    let _serial = one_at_a_time();
+    let dir = temp_dir("embedded");
+    let mut bench = trove()
+        .args([
+            "bench",
+            "--node-cpus",
+            "0-1",
+            "--rate",
+            "20000",
+            "--warmup",
+            "0",
+        ])
+        .args(["--duration", "2", "--hunts", &HUNTS.to_string()])
+        .args(["--players", &PLAYERS.to_string(), "--no-shard-aware"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--out"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("trove runs");
+    // The embedded node's endpoint answers during the run.
+    let mut stderr = BufReader::new(bench.stderr.take().unwrap());
+    let mut said = String::new();
+    let metrics: SocketAddr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no metrics address in: {said}"
+        );
+        said.push_str(&line);
+        if let Some(rest) = line.split("serves http://").nth(1) {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    let scrape = scrape(metrics);
+    assert_eq!(total(&scrape, "trove_config_shards"), 2.0);
+    let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+    let output = bench.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}{said}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(summary["schema"], "trove.bench.summary/v2");
+    let sent = summary["main"]["events"]["sent"].as_u64().unwrap();
+    let shards = summary["node"]["shards"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no node in {summary}"));
+    assert_eq!(shards.len(), 2, "{summary}");
+    let sum = |field: &str| -> u64 { shards.iter().map(|s| s[field].as_u64().unwrap()).sum() };
+    assert_eq!(
+        sum("events_applied"),
+        sent + HUNTS * (1 + PLAYERS),
+        "{summary}"
+    );
+    assert_eq!(
+        sum("events_applied_for_peers"),
+        sum("events_forwarded"),
+        "{summary}"
+    );
+    let stage_count = |stage: &str| -> u64 {
+        shards
+            .iter()
+            .map(|s| s[stage]["count"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(stage_count("frame_dispatch_us") > 0, "{summary}");
+    assert_eq!(
+        stage_count("mesh_round_trip_us"),
+        sum("events_forwarded"),
+        "{summary}"
+    );
+}
