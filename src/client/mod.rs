@@ -9,25 +9,33 @@
 //! - a [`ReplyReceiver`], fed by one reader thread per connection, each validating the reply
 //!   frames it receives once and passing them on through a bounded channel.
 //!
+//! The protocol itself (frame filling, reply and map parsing, epoch tracking) is the sans-IO
+//! [`proto`]; this module adds sockets and threads. A node that finds the client behind its
+//! map's epoch pushes its newer map with the replies: the reader that receives it leaves it in
+//! a [`MapMailbox`], and the sender applies it before its next event.
+//!
 //! No glommio: a caller needs only threads. The halves may live on different threads.
+
+pub mod proto;
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rkyv::util::AlignedVec;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::constants::{CLIENT_REPLY_FRAMES_QUEUED_MAX, FRAME_RECORDS_MAX};
+use crate::client::proto::{ClientProto, MapPush, Received};
+use crate::constants::CLIENT_REPLY_FRAMES_QUEUED_MAX;
 use crate::core::codec::{
-    Decoded, EncodeError, FrameBuilder, FrameError, FrameKind, ReceiveBuffer, Records,
-    access_record, access_validated, check_stream_end, decode_frame,
+    Decoded, EncodeError, FrameError, FrameKind, ReceiveBuffer, ValidatedFrameBuf,
+    check_stream_end, decode_frame,
 };
-use crate::core::message::{
-    ArchivedErrorMessage, ArchivedPartitionMapMessage, ArchivedReply, Event,
-};
+use crate::core::message::{ArchivedReply, Event};
 use crate::core::partition::{MapError, PartitionMap};
 
 /// How to reach a node and how to talk to it.
@@ -69,6 +77,8 @@ pub enum ClientError {
     Encode(EncodeError),
     /// The configuration is unusable.
     Config(String),
+    /// The node's new map cannot be followed by this client (the message says why).
+    MapChanged(String),
 }
 
 impl fmt::Display for ClientError {
@@ -81,7 +91,9 @@ impl fmt::Display for ClientError {
             }
             ClientError::Map(error) => write!(f, "the node's partition map is unusable: {error}"),
             ClientError::Encode(error) => write!(f, "cannot encode the event: {error}"),
-            ClientError::Config(message) => write!(f, "{message}"),
+            ClientError::Config(message) | ClientError::MapChanged(message) => {
+                write!(f, "{message}")
+            }
         }
     }
 }
@@ -150,30 +162,13 @@ fn read_frame(
     }
 }
 
-/// The error a node sent in an error frame body.
-fn node_error(body: &[u8]) -> ClientError {
-    let parsed = Records::parse(FrameKind::Error, body).and_then(|records| {
-        let record = records.iter().next().ok_or(FrameError::BadTrailer)?;
-        let message = access_record::<ArchivedErrorMessage>(0, record)?;
-        Ok(ClientError::Node {
-            code: message.code.to_native(),
-            message: message.message.to_string(),
-        })
-    });
-    parsed.unwrap_or_else(ClientError::Protocol)
-}
-
 /// Asks the node for its partition map and the port of each shard.
 pub fn fetch_map(
     stream: &mut TcpStream,
     timeout: Duration,
 ) -> Result<(PartitionMap, Vec<u16>), ClientError> {
-    let mut request = FrameBuilder::new();
-    request
-        .single::<Event>(FrameKind::MapRequest, 0, None)
-        .map_err(ClientError::Encode)?;
     stream
-        .write_all(request.bytes())
+        .write_all(proto::map_request().bytes())
         .map_err(io_error("cannot ask the node for its partition map"))?;
     stream
         .set_read_timeout(Some(timeout))
@@ -183,40 +178,18 @@ pub fn fetch_map(
     stream
         .set_read_timeout(None)
         .map_err(io_error("cannot clear the read timeout"))?;
-    match kind {
-        FrameKind::MapReply => {
-            let records = Records::parse(kind, &body).map_err(ClientError::Protocol)?;
-            let record = records
-                .iter()
-                .next()
-                .ok_or(ClientError::Protocol(FrameError::BadTrailer))?;
-            let message = access_record::<ArchivedPartitionMapMessage>(0, record)
-                .map_err(ClientError::Protocol)?;
-            let map = PartitionMap::from_message(message).map_err(ClientError::Map)?;
-            Ok((
-                map,
-                message
-                    .shard_ports
-                    .iter()
-                    .map(|port| port.to_native())
-                    .collect(),
-            ))
-        }
-        FrameKind::Error => Err(node_error(&body)),
-        kind => Err(ClientError::Protocol(FrameError::UnexpectedKind { kind })),
+    match proto::parse_frame(kind, &body)? {
+        Received::Map(MapPush { map, shard_ports }) => Ok((map, shard_ports)),
+        Received::NodeError { code, message } => Err(ClientError::Node { code, message }),
+        Received::Replies(_) => Err(ClientError::Protocol(FrameError::UnexpectedKind { kind })),
     }
 }
 
 /// Connects to a node. See the module documentation.
 pub fn connect(config: &ClientConfig) -> Result<(EventSender, ReplyReceiver), ClientError> {
-    if config.events_per_frame == 0 || config.events_per_frame > FRAME_RECORDS_MAX {
-        return Err(ClientError::Config(format!(
-            "{} events per frame: it must be from 1 to {FRAME_RECORDS_MAX}",
-            config.events_per_frame
-        )));
-    }
     let mut first = connect_stream(config.addr, config.connect_timeout)?;
     let (map, ports) = fetch_map(&mut first, config.connect_timeout)?;
+    let proto = ClientProto::new(map, config.shard_aware, config.events_per_frame)?;
     let streams = if config.shard_aware {
         ports
             .into_iter()
@@ -231,28 +204,24 @@ pub fn connect(config: &ClientConfig) -> Result<(EventSender, ReplyReceiver), Cl
         vec![first]
     };
     let (incoming, receiver) = flume::bounded(CLIENT_REPLY_FRAMES_QUEUED_MAX);
-    let mut links = Vec::with_capacity(streams.len());
+    let maps = Arc::new(MapMailbox::new(proto.epoch()));
     let mut readers = Vec::with_capacity(streams.len());
-    for (link, stream) in streams.into_iter().enumerate() {
+    for (link, stream) in streams.iter().enumerate() {
         let read_half = stream
             .try_clone()
             .map_err(io_error("cannot clone a socket"))?;
         let incoming = incoming.clone();
+        let maps = maps.clone();
         let reader = std::thread::Builder::new()
             .name(format!("trove-client-rx-{link}"))
-            .spawn(move || read_replies(link, read_half, incoming))
+            .spawn(move || read_replies(link, read_half, incoming, &maps))
             .map_err(io_error("cannot start a reader thread"))?;
         readers.push(reader);
-        links.push(Link {
-            stream,
-            frames: FrameBuilder::new(),
-        });
     }
     let sender = EventSender {
-        map,
-        links,
-        shard_aware: config.shard_aware,
-        events_per_frame: config.events_per_frame,
+        proto,
+        streams,
+        maps,
     };
     Ok((
         sender,
@@ -263,82 +232,85 @@ pub fn connect(config: &ClientConfig) -> Result<(EventSender, ReplyReceiver), Cl
     ))
 }
 
-/// One connection's write side and the frame being filled for it.
-struct Link {
-    stream: TcpStream,
-    frames: FrameBuilder,
+/// Where reader threads leave the newest map a node pushed, for the sender to apply. Only
+/// the newest matters: a map replaces every older one. Shared by one client's threads only.
+pub struct MapMailbox {
+    /// The epoch of the newest map seen, read without the lock on every send.
+    newest_epoch: AtomicU32,
+    newest: Mutex<Option<MapPush>>,
 }
 
-impl Link {
-    fn flush(&mut self, epoch: u32) -> Result<usize, ClientError> {
-        if self.frames.is_open() {
-            self.frames.finish(epoch);
+impl MapMailbox {
+    fn new(epoch: u32) -> MapMailbox {
+        MapMailbox {
+            newest_epoch: AtomicU32::new(epoch),
+            newest: Mutex::new(None),
         }
-        if self.frames.is_empty() {
-            return Ok(0);
+    }
+
+    /// Leaves `push` if it is newer than every map seen so far.
+    fn offer(&self, push: MapPush) {
+        let mut newest = self
+            .newest
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let epoch = push.map.epoch();
+        if epoch > self.newest_epoch.load(Ordering::Relaxed) {
+            *newest = Some(push);
+            self.newest_epoch.store(epoch, Ordering::Release);
         }
-        self.stream
-            .write_all(self.frames.bytes())
-            .map_err(io_error("cannot send to the node"))?;
-        let written = self.frames.len();
-        self.frames.clear(written);
-        Ok(written)
+    }
+
+    /// The newest map, if it is newer than `epoch`.
+    fn take_newer_than(&self, epoch: u32) -> Option<MapPush> {
+        if self.newest_epoch.load(Ordering::Acquire) <= epoch {
+            return None;
+        }
+        self.newest
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take()
     }
 }
 
 /// The sending half of a client. Lives on one thread at a time.
 pub struct EventSender {
-    map: PartitionMap,
-    links: Vec<Link>,
-    shard_aware: bool,
-    events_per_frame: usize,
+    proto: ClientProto,
+    /// One per link of `proto`.
+    streams: Vec<TcpStream>,
+    maps: Arc<MapMailbox>,
 }
 
 impl EventSender {
-    /// The node's partition map.
+    /// The partition map events are routed by (the newest the node has pushed, once applied).
     pub fn map(&self) -> &PartitionMap {
-        &self.map
+        self.proto.map()
     }
 
     /// How many connections the client holds (one per shard when shard-aware).
     pub fn links(&self) -> usize {
-        self.links.len()
+        self.streams.len()
     }
 
     /// Queues an event in the frame of the connection that reaches its owner, writing the
     /// frame once it is full.
     pub fn send(&mut self, event: &Event) -> Result<(), ClientError> {
-        let link = if self.shard_aware {
-            self.map.route(event.hunt).1.index()
-        } else {
-            0
-        };
-        let epoch = self.map.epoch();
-        let frames = &mut self.links[link].frames;
-        if !frames.is_open() {
-            frames.begin(FrameKind::Events);
-        }
-        if let Err(error) = frames.push(event) {
-            if frames.open_records() == 0 {
-                return Err(ClientError::Encode(error));
-            }
-            // The frame is full in bytes: send it and start the next one.
-            self.links[link].flush(epoch)?;
-            let frames = &mut self.links[link].frames;
-            frames.begin(FrameKind::Events);
-            frames.push(event).map_err(ClientError::Encode)?;
-        }
-        if self.links[link].frames.open_records() >= self.events_per_frame {
-            self.links[link].flush(epoch)?;
+        self.apply_pushed_map()?;
+        let link = self.proto.link_for(event.hunt);
+        self.proto
+            .push_event(link, event)
+            .map_err(ClientError::Encode)?;
+        if !self.proto.ready_output(link).is_empty() {
+            self.write(link, false)?;
         }
         Ok(())
     }
 
     /// Writes every partly filled frame.
     pub fn flush(&mut self) -> Result<(), ClientError> {
-        let epoch = self.map.epoch();
-        for link in &mut self.links {
-            link.flush(epoch)?;
+        self.apply_pushed_map()?;
+        for link in 0..self.streams.len() {
+            self.write(link, true)?;
         }
         Ok(())
     }
@@ -346,29 +318,50 @@ impl EventSender {
     /// Closes the sending side of every connection; replies still arrive.
     pub fn finish(mut self) -> Result<(), ClientError> {
         self.flush()?;
-        for link in &self.links {
-            link.stream
+        for stream in &self.streams {
+            stream
                 .shutdown(std::net::Shutdown::Write)
                 .map_err(io_error("cannot close the connection"))?;
         }
+        Ok(())
+    }
+
+    /// Routes by the newest map a reader received, if it is newer than the one in use.
+    fn apply_pushed_map(&mut self) -> Result<(), ClientError> {
+        if let Some(push) = self.maps.take_newer_than(self.proto.epoch()) {
+            self.proto.apply_map(&push)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the closed frames of `link` (all of its frames when `flush`).
+    fn write(&mut self, link: usize, flush: bool) -> Result<(), ClientError> {
+        let output = if flush {
+            self.proto.flush_output(link)
+        } else {
+            self.proto.ready_output(link)
+        };
+        if output.is_empty() {
+            return Ok(());
+        }
+        self.streams[link]
+            .write_all(output)
+            .map_err(io_error("cannot send to the node"))?;
+        let written = output.len();
+        self.proto.consumed_output(link, written);
         Ok(())
     }
 }
 
 /// A frame of replies, validated once on arrival.
 pub struct ReplyFrame {
-    body: AlignedVec,
+    frame: ValidatedFrameBuf<ArchivedReply>,
 }
 
 impl ReplyFrame {
     /// The replies, in the order the node sent them.
     pub fn replies(&self) -> impl Iterator<Item = &ArchivedReply> {
-        let records = Records::parse(FrameKind::Replies, &self.body).expect("validated on arrival");
-        // SAFETY: every record of this body passed `access_record::<ArchivedReply>` when the
-        // frame arrived, and the body sits in its own aligned buffer.
-        records
-            .iter()
-            .map(|record| unsafe { access_validated::<ArchivedReply>(record) })
+        self.frame.frame().iter().map(|record| record.get())
     }
 }
 
@@ -428,8 +421,14 @@ impl ReplyReceiver {
     }
 }
 
-/// A connection's reader thread: frames in, validated reply frames out.
-fn read_replies(link: usize, mut stream: TcpStream, incoming: flume::Sender<Incoming>) {
+/// A connection's reader thread: frames in, validated reply frames out, pushed maps to the
+/// mailbox.
+fn read_replies(
+    link: usize,
+    mut stream: TcpStream,
+    incoming: flume::Sender<Incoming>,
+    maps: &MapMailbox,
+) {
     let mut input = ReceiveBuffer::new();
     let error = loop {
         let (kind, body) = match read_frame(&mut stream, &mut input) {
@@ -439,23 +438,25 @@ fn read_replies(link: usize, mut stream: TcpStream, incoming: flume::Sender<Inco
             }
             Err(error) => break Some(error.to_string()),
         };
-        let forwarded = match kind {
-            FrameKind::Replies => match validate_replies(&body) {
-                Ok(()) => incoming.send(Incoming::Replies(ReplyFrame { body })),
+        let forwarded = if kind == FrameKind::Replies {
+            // Validated in place, then kept whole: the caller reads it without copying.
+            match ValidatedFrameBuf::validate(kind, body) {
+                Ok(frame) => incoming.send(Incoming::Replies(ReplyFrame { frame })),
                 Err(error) => break Some(ClientError::Protocol(error).to_string()),
-            },
-            FrameKind::Error => match node_error(&body) {
-                ClientError::Node { code, message } => incoming.send(Incoming::NodeError {
+            }
+        } else {
+            match proto::parse_frame(kind, &body) {
+                Ok(Received::NodeError { code, message }) => incoming.send(Incoming::NodeError {
                     link,
                     code,
                     message,
                 }),
-                other => break Some(other.to_string()),
-            },
-            // A newer map: this client keeps routing by the one it has; the node forwards.
-            FrameKind::MapReply => Ok(()),
-            kind => {
-                break Some(ClientError::Protocol(FrameError::UnexpectedKind { kind }).to_string());
+                Ok(Received::Map(push)) => {
+                    maps.offer(push);
+                    Ok(())
+                }
+                Ok(Received::Replies(_)) => unreachable!("replies are kept whole above"),
+                Err(error) => break Some(error.to_string()),
             }
         };
         if forwarded.is_err() {
@@ -464,12 +465,4 @@ fn read_replies(link: usize, mut stream: TcpStream, incoming: flume::Sender<Inco
         }
     };
     let _ = incoming.send(Incoming::Closed { link, error });
-}
-
-fn validate_replies(body: &[u8]) -> Result<(), FrameError> {
-    let records = Records::parse(FrameKind::Replies, body)?;
-    for (index, record) in records.iter().enumerate() {
-        access_record::<ArchivedReply>(index as u32, record)?;
-    }
-    Ok(())
 }

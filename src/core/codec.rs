@@ -673,7 +673,7 @@ impl<'a, T: Portable> ValidatedFrame<'a, T> {
     }
 
     /// The records, in order: each its archived value and its bytes.
-    pub fn iter(&self) -> impl Iterator<Item = ValidatedArchive<'a, T>> + 'a {
+    pub fn iter(&self) -> impl Iterator<Item = ValidatedArchive<'a, T>> + use<'a, T> {
         self.records.iter().map(|bytes| ValidatedArchive {
             bytes,
             archived: PhantomData,
@@ -898,6 +898,19 @@ impl FrameBuilder {
         }
     }
 
+    /// Bytes of the finished frames at the front: all of them but an open frame.
+    pub fn closed_len(&self) -> usize {
+        self.open_frame.map_or(self.buf.len(), |frame| frame.start)
+    }
+
+    /// Drops the open frame and its records, as if it had never been begun.
+    pub fn abandon_open(&mut self) {
+        if let Some(frame) = self.open_frame.take() {
+            self.buf.resize(frame.start, 0);
+            self.lens.clear();
+        }
+    }
+
     /// True if a frame is open.
     pub fn is_open(&self) -> bool {
         self.open_frame.is_some()
@@ -1015,9 +1028,7 @@ impl FrameBuilder {
         self.begin(kind);
         if let Some(value) = value {
             if let Err(error) = self.push(value) {
-                let start = self.open_frame.take().map_or(0, |frame| frame.start);
-                self.buf.resize(start, 0);
-                self.lens.clear();
+                self.abandon_open();
                 return Err(error);
             }
         }
