@@ -11,7 +11,7 @@ use trove::client::{self, ClientConfig, Incoming};
 use trove::core::codec::{FrameBuilder, FrameKind};
 use trove::core::ids::{HuntId, PlayerId, ShardId};
 use trove::core::message::{Event, EventKind, HuntSpec};
-use trove::net::{Node, NodeConfig};
+use trove::node::{Node, NodeConfig};
 use trove::runtime::config::allowed_cpus;
 use trove::runtime::executors::EXIT_SHARD_DIED;
 

@@ -22,8 +22,9 @@
 //!
 //! Dependencies point inward:
 //! - [`constants`]: every limit, and the node's worst-case memory as a sum;
-//! - [`core`]: sans-IO: messages, codec, partitioner, state machine, credits;
+//! - [`core`]: sans-IO: messages, codec, placement, state machine, credits, the shard protocol;
 //! - [`runtime`], [`net`], [`client`]: the glommio shell, the sockets and the client;
+//! - [`node`]: a node's composition root: shards and listeners from a config, and its report;
 //! - [`bench`] and [`cli`]: the tools built on top.
 
 pub mod bench;
@@ -33,6 +34,7 @@ pub mod constants;
 pub mod core;
 pub mod gate;
 pub mod net;
+pub mod node;
 pub mod runtime;
 pub mod sim;
 pub mod tune;

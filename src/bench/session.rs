@@ -16,7 +16,7 @@ use crate::bench::run::{LoadSpec, Measurement, RunPlan, measure, set_up_hunts};
 use crate::bench::trove_protocol::TroveProtocol;
 use crate::client::{connect_stream, fetch_map};
 use crate::constants::{CALIBRATION_MS_DEFAULT, SWEEP_STEPS_MAX};
-use crate::net::{Node, NodeConfig, NodeReport};
+use crate::node::{Node, NodeConfig, NodeReport};
 use crate::runtime::config::RuntimeConfig;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

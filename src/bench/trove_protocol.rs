@@ -30,7 +30,7 @@ fn classify(reply: &ArchivedReply) -> ReplyClass {
     match reply.outcome {
         ArchivedOutcome::Rejected { .. } => ReplyClass::Rejected,
         ArchivedOutcome::Busy => ReplyClass::Busy,
-        ArchivedOutcome::Error { .. } => ReplyClass::Error,
+        ArchivedOutcome::Error { .. } | ArchivedOutcome::Moved { .. } => ReplyClass::Error,
         _ => ReplyClass::Ok,
     }
 }

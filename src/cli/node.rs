@@ -11,7 +11,7 @@ use crate::constants::{
     CONNECTION_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT, PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
     SHARD_EVENTS_INFLIGHT_MAX,
 };
-use crate::net::{Node, NodeConfig};
+use crate::node::{Node, NodeConfig};
 use crate::runtime::config::{Budget, RuntimeConfig, shard_cpus};
 use crate::runtime::cpuset::CpuSet;
 use crate::runtime::executors::StartError;

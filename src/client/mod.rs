@@ -204,7 +204,7 @@ pub fn connect(config: &ClientConfig) -> Result<(EventSender, ReplyReceiver), Cl
         vec![first]
     };
     let (incoming, receiver) = flume::bounded(CLIENT_REPLY_FRAMES_QUEUED_MAX);
-    let maps = Arc::new(MapMailbox::new(proto.epoch()));
+    let maps = Arc::new(MapMailbox::new(proto.epoch().get()));
     let mut readers = Vec::with_capacity(streams.len());
     for (link, stream) in streams.iter().enumerate() {
         let read_half = stream
@@ -254,7 +254,7 @@ impl MapMailbox {
             .newest
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        let epoch = push.map.epoch();
+        let epoch = push.map.epoch().get();
         if epoch > self.newest_epoch.load(Ordering::Relaxed) {
             *newest = Some(push);
             self.newest_epoch.store(epoch, Ordering::Release);
@@ -328,7 +328,7 @@ impl EventSender {
 
     /// Routes by the newest map a reader received, if it is newer than the one in use.
     fn apply_pushed_map(&mut self) -> Result<(), ClientError> {
-        if let Some(push) = self.maps.take_newer_than(self.proto.epoch()) {
+        if let Some(push) = self.maps.take_newer_than(self.proto.epoch().get()) {
             self.proto.apply_map(&push)?;
         }
         Ok(())

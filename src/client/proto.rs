@@ -25,7 +25,7 @@ use crate::constants::{FRAME_RECORDS_MAX, WRITE_BUFFER_RETAINED_BYTES_MAX};
 use crate::core::codec::{
     Decoded, EncodeError, FrameBuilder, FrameError, FrameKind, ValidatedFrame, decode_frame,
 };
-use crate::core::ids::HuntId;
+use crate::core::ids::{Epoch, HuntId};
 use crate::core::message::{
     ArchivedErrorMessage, ArchivedPartitionMapMessage, ArchivedReply, Event,
 };
@@ -115,9 +115,9 @@ pub enum Received<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapUpdate {
     /// The map was newer: later events are routed by it and frames carry its epoch.
-    Applied { epoch: u32 },
+    Applied { epoch: Epoch },
     /// The map was not newer than the one held: nothing changed.
-    Stale { epoch: u32 },
+    Stale { epoch: Epoch },
 }
 
 /// The sending side of a trove client, sans-IO. See the module documentation.
@@ -156,7 +156,7 @@ impl ClientProto {
     }
 
     /// The epoch of that map, which every frame carries.
-    pub fn epoch(&self) -> u32 {
+    pub fn epoch(&self) -> Epoch {
         self.map.epoch()
     }
 
@@ -177,7 +177,7 @@ impl ClientProto {
     /// Archives `event` into the frame of `link` (see [`Self::link_for`]). On error nothing
     /// was added.
     pub fn push_event(&mut self, link: usize, event: &Event) -> Result<(), EncodeError> {
-        let epoch = self.map.epoch();
+        let epoch = self.map.epoch().get();
         let outbox = &mut self.outboxes[link];
         outbox.push(event, epoch)?;
         if outbox.frames.open_records() >= self.events_per_frame {
@@ -193,7 +193,7 @@ impl ClientProto {
 
     /// Everything of `link` not yet written, the open frame closed first.
     pub fn flush_output(&mut self, link: usize) -> &[u8] {
-        let epoch = self.map.epoch();
+        let epoch = self.map.epoch().get();
         let outbox = &mut self.outboxes[link];
         outbox.close_open_frame(epoch);
         outbox.ready()
@@ -236,7 +236,7 @@ impl ClientProto {
                 self.outboxes.len()
             )));
         }
-        let old_epoch = self.map.epoch();
+        let old_epoch = self.map.epoch().get();
         for outbox in &mut self.outboxes {
             outbox.close_open_frame(old_epoch);
         }
@@ -550,8 +550,8 @@ mod tests {
             input = &input[frame_len..];
         }
         assert_eq!(replies, 1);
-        assert_eq!(updates, [MapUpdate::Applied { epoch: 2 }]);
-        assert_eq!(client.epoch(), 2);
+        assert_eq!(updates, [MapUpdate::Applied { epoch: Epoch(2) }]);
+        assert_eq!(client.epoch(), Epoch(2));
 
         let new_link = client.link_for(hunt);
         assert_ne!(new_link, old_link, "every partition moved one shard on");
@@ -565,11 +565,11 @@ mod tests {
         // The same map again, or an older one, changes nothing.
         assert_eq!(
             client.apply_map(&moved_map(2, 2)).unwrap(),
-            MapUpdate::Stale { epoch: 2 }
+            MapUpdate::Stale { epoch: Epoch(2) }
         );
         assert_eq!(
             client.apply_map(&moved_map(1, 2)).unwrap(),
-            MapUpdate::Stale { epoch: 2 }
+            MapUpdate::Stale { epoch: Epoch(2) }
         );
         assert_eq!(client.link_for(hunt), new_link);
     }
@@ -579,11 +579,11 @@ mod tests {
         let mut client = proto(2, true, 64);
         let error = client.apply_map(&moved_map(5, 3)).unwrap_err();
         assert!(error.to_string().contains("reconnect"), "{error}");
-        assert_eq!(client.epoch(), 1, "the old map stays");
+        assert_eq!(client.epoch(), Epoch(1), "the old map stays");
         let mut single = proto(2, false, 64);
         assert_eq!(
             single.apply_map(&moved_map(5, 3)).unwrap(),
-            MapUpdate::Applied { epoch: 5 }
+            MapUpdate::Applied { epoch: Epoch(5) }
         );
     }
 

@@ -1638,7 +1638,7 @@ mod tests {
             prop_assert_eq!(frame.len(), 1);
             let archived = frame.first().unwrap().get();
             let map = PartitionMap::from_message(archived).unwrap();
-            prop_assert_eq!(map.epoch(), message.epoch);
+            prop_assert_eq!(map.epoch().get(), message.epoch);
             prop_assert_eq!(map.shards(), message.shard_ports.len());
             prop_assert_eq!(map.to_message(&message.shard_ports), message);
         }

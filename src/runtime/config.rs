@@ -137,6 +137,9 @@ pub struct RuntimeConfig {
     /// An idle shard spins this long before it parks in io_uring: lower wake-up latency for
     /// cores that have nothing else to do (isolated CPUs), stolen time on shared ones.
     pub spin_before_park: Option<Duration>,
+    /// The port each shard listens on, for the partition map clients ask for. Set by the
+    /// node once it has bound them; empty (zeros in the map) for shards without sockets.
+    pub shard_ports: Vec<u16>,
 }
 
 impl RuntimeConfig {
@@ -150,6 +153,7 @@ impl RuntimeConfig {
             apply_delay: None,
             panic_shard: None,
             spin_before_park: None,
+            shard_ports: Vec::new(),
         }
     }
 

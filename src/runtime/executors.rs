@@ -19,16 +19,16 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::AsyncReadExt;
-use glommio::channels::shared_channel;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
-use crate::constants::{MESH_CHANNEL_BATCHES_MAX, SHARD_IO_MEMORY_BYTES, SHUTDOWN_GRACE_MS_MAX};
+use crate::constants::{SHARD_IO_MEMORY_BYTES, SHUTDOWN_GRACE_MS_MAX};
 use crate::core::ids::ShardId;
 use crate::core::partition::PartitionMap;
+use crate::core::shard::ShardStats;
 use crate::runtime::config::{ConfigError, RuntimeConfig};
-use crate::runtime::mesh::MeshBatch;
+use crate::runtime::mesh::{build_mesh, connect_mesh};
 use crate::runtime::preflight::{PreflightError, preflight};
-use crate::runtime::shard::{Shard, ShardMesh, ShardStats};
+use crate::runtime::shard::Shard;
 
 /// Why shards could not start.
 #[derive(Debug)]
@@ -76,53 +76,6 @@ impl Shards {
             .map(|join| join.join().expect("a shard executor panicked"))
             .collect()
     }
-}
-
-/// The mesh's channel ends, sorted by the shard they belong to.
-struct MeshEnds {
-    senders: Vec<Vec<(ShardId, shared_channel::SharedSender<MeshBatch>)>>,
-    receivers: Vec<Vec<(ShardId, shared_channel::SharedReceiver<MeshBatch>)>>,
-}
-
-fn build_mesh(shards: usize) -> MeshEnds {
-    let mut ends = MeshEnds {
-        senders: (0..shards).map(|_| Vec::new()).collect(),
-        receivers: (0..shards).map(|_| Vec::new()).collect(),
-    };
-    for from in 0..shards {
-        for to in (0..shards).filter(|&to| to != from) {
-            let (sender, receiver) = shared_channel::new_bounded(MESH_CHANNEL_BATCHES_MAX);
-            ends.senders[from].push((ShardId(to as u16), sender));
-            ends.receivers[to].push((ShardId(from as u16), receiver));
-        }
-    }
-    ends
-}
-
-/// Connects this shard's channel ends. Every end waits for its peer, so all connect at once.
-async fn connect_mesh(
-    senders: Vec<(ShardId, shared_channel::SharedSender<MeshBatch>)>,
-    receivers: Vec<(ShardId, shared_channel::SharedReceiver<MeshBatch>)>,
-) -> ShardMesh {
-    let senders: Vec<_> = senders
-        .into_iter()
-        .map(|(peer, end)| glommio::spawn_local(async move { (peer, end.connect().await) }))
-        .collect();
-    let receivers: Vec<_> = receivers
-        .into_iter()
-        .map(|(peer, end)| glommio::spawn_local(async move { (peer, end.connect().await) }))
-        .collect();
-    let mut mesh = ShardMesh {
-        senders: Vec::new(),
-        receivers: Vec::new(),
-    };
-    for task in senders {
-        mesh.senders.push(task.await);
-    }
-    for task in receivers {
-        mesh.receivers.push(task.await);
-    }
-    mesh
 }
 
 /// The exit code of a process whose shard thread died (EX_SOFTWARE, as sysexits.h names it).
@@ -213,8 +166,7 @@ where
         stop_signals: Vec::new(),
         joins: Vec::new(),
     };
-    let ends = mesh.senders.into_iter().zip(mesh.receivers).zip(payloads);
-    for (index, ((senders, receivers), payload)) in ends.enumerate() {
+    for (index, (ends, payload)) in mesh.into_iter().zip(payloads).enumerate() {
         let cpu = config.cpus[index];
         let (ours, theirs) = StdUnixStream::pair().map_err(|error| StartError::Io {
             what: "cannot create a stop signal".into(),
@@ -233,14 +185,12 @@ where
                 let mut stop = Box::pin(stop_signal(theirs));
                 // A node that fails to start a later shard stops the earlier ones, which may
                 // still be waiting for peers that will never connect.
-                let connected = futures_lite::future::or(
-                    async { Some(connect_mesh(senders, receivers).await) },
-                    async {
+                let connected =
+                    futures_lite::future::or(async { Some(connect_mesh(ends).await) }, async {
                         (&mut stop).await;
                         None
-                    },
-                )
-                .await;
+                    })
+                    .await;
                 let Some(mesh) = connected else {
                     return ShardStats::default();
                 };

@@ -1,6 +1,7 @@
-//! A node: shards plus their listening sockets.
+//! A node's composition root: shards plus their listening sockets, built from a config, and
+//! the report of what they did.
 //!
-//! [`Node::start`] binds every socket on the calling thread first (so "address in use" is
+//! [`Node::start`] runs on the thread that starts the node. It binds every socket on the calling thread first (so "address in use" is
 //! reported before any shard starts, and port 0 resolves to one port for all shards), then
 //! starts the shards and gives each its two listeners: the shared port, on which every shard
 //! accepts (SO_REUSEPORT lets the kernel spread connections), and the shard's own port, which
@@ -8,20 +9,16 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
-use std::time::Duration;
 
-use futures_lite::future::or;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::Socket;
 
-use crate::constants::LISTEN_BACKLOG_MAX;
-use crate::core::codec::{FrameBuilder, FrameKind};
-use crate::core::partition::PartitionMap;
-use crate::net::connection;
+use crate::core::partition::Placement;
+use crate::core::shard::ShardStats;
+use crate::net::listener::{listen, local_addr, serve_listeners};
 use crate::runtime::config::{ConfigError, RuntimeConfig};
 use crate::runtime::executors::{Shards, StartError, spawn_shards};
-use crate::runtime::shard::{Shard, ShardStats};
+use crate::runtime::shard::Shard;
 
 /// Where a node listens, and its runtime configuration.
 #[derive(Clone, Debug)]
@@ -114,37 +111,10 @@ impl NodeReport {
     }
 }
 
-/// What each shard gets from the thread that starts the node.
+/// What each shard gets from the thread that starts the node: its two listeners.
 struct ShardSockets {
     shared: Socket,
     own: Socket,
-    /// The map reply frame, encoded once.
-    map_reply: Vec<u8>,
-}
-
-fn listen(addr: SocketAddr, reuse_port: bool) -> Result<Socket, StartError> {
-    let bind = || -> io::Result<Socket> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(reuse_port)?;
-        // Inherited by accepted sockets: replies must not wait for Nagle.
-        socket.set_nodelay(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(LISTEN_BACKLOG_MAX)?;
-        Ok(socket)
-    };
-    bind().map_err(|error| StartError::Io {
-        what: format!("cannot listen on {addr} (is another process using it? pick another port)"),
-        error,
-    })
-}
-
-fn local_addr(socket: &Socket) -> SocketAddr {
-    socket
-        .local_addr()
-        .ok()
-        .and_then(|addr| addr.as_socket())
-        .expect("a bound TCP socket has an address")
 }
 
 impl Node {
@@ -152,7 +122,7 @@ impl Node {
     pub fn start(config: &NodeConfig) -> Result<Node, StartError> {
         config.runtime.check()?;
         let shards = config.runtime.shards();
-        let map = PartitionMap::round_robin(config.runtime.partitions, shards)
+        let map = Placement::round_robin(config.runtime.partitions, shards)
             .map_err(|error| StartError::Config(ConfigError::Partitions(error)))?;
         let first = listen(SocketAddr::new(config.listen, config.port), true)?;
         let addr = local_addr(&first);
@@ -168,25 +138,14 @@ impl Node {
             )?);
         }
         let shard_addrs: Vec<SocketAddr> = own.iter().map(local_addr).collect();
-        let ports: Vec<u16> = shard_addrs.iter().map(|addr| addr.port()).collect();
-        let mut map_reply = FrameBuilder::new();
-        map_reply
-            .single(
-                FrameKind::MapReply,
-                map.epoch(),
-                Some(&map.to_message(&ports)),
-            )
-            .expect("a partition map of at most PARTITIONS_MAX entries fits one frame");
+        let mut runtime = config.runtime.clone();
+        runtime.shard_ports = shard_addrs.iter().map(|addr| addr.port()).collect();
         let payloads = shared
             .into_iter()
             .zip(own)
-            .map(|(shared, own)| ShardSockets {
-                shared,
-                own,
-                map_reply: map_reply.bytes().to_vec(),
-            })
+            .map(|(shared, own)| ShardSockets { shared, own })
             .collect();
-        let shards = spawn_shards(&config.runtime, &map, payloads, serve_shard)?;
+        let shards = spawn_shards(&runtime, &map, payloads, serve_shard)?;
         Ok(Node {
             shards,
             addr,
@@ -215,26 +174,5 @@ impl Node {
 
 /// Runs on each shard's executor: starts accepting on both of its listeners.
 fn serve_shard(shard: Rc<Shard>, sockets: ShardSockets) {
-    let map_reply: Rc<[u8]> = sockets.map_reply.into();
-    for socket in [sockets.shared, sockets.own] {
-        // SAFETY: the descriptor comes from a listening socket this shard alone now owns.
-        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };
-        glommio::spawn_local(accept_loop(shard.clone(), listener, map_reply.clone())).detach();
-    }
-}
-
-async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener, map_reply: Rc<[u8]>) {
-    loop {
-        let accepted = or(async { Some(listener.accept().await) }, async {
-            shard.stopping().await;
-            None
-        });
-        match accepted.await {
-            None => return,
-            Some(Ok(stream)) => connection::serve(shard.clone(), stream, map_reply.clone()),
-            // Out of descriptors or memory: the kernel keeps the connection queued; pause
-            // instead of spinning on the same error.
-            Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(10)).await,
-        }
-    }
+    serve_listeners(shard, [sockets.shared, sockets.own]);
 }
