@@ -445,7 +445,7 @@ fn read_replies(
                 Err(error) => break Some(ClientError::Protocol(error).to_string()),
             }
         } else {
-            match proto::parse_frame(kind, &body) {
+            match proto::parse_control_frame(kind, &body) {
                 Ok(Received::NodeError { code, message }) => incoming.send(Incoming::NodeError {
                     link,
                     code,
@@ -455,7 +455,11 @@ fn read_replies(
                     maps.offer(push);
                     Ok(())
                 }
-                Ok(Received::Replies(_)) => unreachable!("replies are kept whole above"),
+                Ok(Received::Replies(_)) => {
+                    break Some(
+                        ClientError::Protocol(FrameError::UnexpectedKind { kind }).to_string(),
+                    );
+                }
                 Err(error) => break Some(error.to_string()),
             }
         };
@@ -465,4 +469,51 @@ fn read_replies(
         }
     };
     let _ = incoming.send(Incoming::Closed { link, error });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::message::PartitionMapMessage;
+
+    fn push(epoch: u32) -> MapPush {
+        let message = PartitionMapMessage {
+            epoch,
+            owners: vec![0, 1, 0, 1],
+            shard_ports: vec![7701, 7702],
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&message).unwrap();
+        let archived = rkyv::access::<
+            crate::core::message::ArchivedPartitionMapMessage,
+            rkyv::rancor::Error,
+        >(&bytes)
+        .unwrap();
+        MapPush {
+            map: PartitionMap::from_message(archived).unwrap(),
+            shard_ports: message.shard_ports,
+        }
+    }
+
+    #[test]
+    fn the_mailbox_keeps_only_the_newest_map_and_hands_it_over_once() {
+        let mailbox = MapMailbox::new(1);
+        mailbox.offer(push(1));
+        assert!(
+            mailbox.take_newer_than(1).is_none(),
+            "not newer than the start"
+        );
+        mailbox.offer(push(3));
+        mailbox.offer(push(2));
+        assert!(
+            mailbox.take_newer_than(3).is_none(),
+            "the sender has it already"
+        );
+        let newest = mailbox.take_newer_than(1).expect("a newer map waits");
+        assert_eq!(
+            newest.map.epoch().get(),
+            3,
+            "an older map never replaces a newer one"
+        );
+        assert!(mailbox.take_newer_than(1).is_none(), "handed over once");
+    }
 }

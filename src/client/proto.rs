@@ -285,18 +285,23 @@ pub fn next_frame(input: &[u8]) -> Result<Next<'_>, ClientError> {
 
 /// Reads the body of a frame of `kind` a node sent (16-byte aligned).
 pub fn parse_frame(kind: FrameKind, body: &[u8]) -> Result<Received<'_>, ClientError> {
+    if kind == FrameKind::Replies {
+        let replies = ValidatedFrame::validate(kind, body).map_err(ClientError::Protocol)?;
+        return Ok(Received::Replies(replies));
+    }
+    parse_control_frame(kind, body)
+}
+
+/// Reads a frame a node sends besides replies: a map or an error. Any other kind is an
+/// error (a reader that keeps reply bodies whole validates those itself).
+pub fn parse_control_frame(kind: FrameKind, body: &[u8]) -> Result<Received<'static>, ClientError> {
     match kind {
-        FrameKind::Replies => Ok(Received::Replies(
-            ValidatedFrame::validate(kind, body).map_err(ClientError::Protocol)?,
-        )),
         FrameKind::MapReply => parse_map(body).map(Received::Map),
         FrameKind::Error => {
             let (code, message) = parse_error(body).map_err(ClientError::Protocol)?;
             Ok(Received::NodeError { code, message })
         }
-        kind @ (FrameKind::Events | FrameKind::MapRequest) => {
-            Err(ClientError::Protocol(FrameError::UnexpectedKind { kind }))
-        }
+        kind => Err(ClientError::Protocol(FrameError::UnexpectedKind { kind })),
     }
 }
 
