@@ -28,6 +28,9 @@ pub mod replies;
 pub mod routing;
 pub mod stop;
 
+#[cfg(test)]
+mod tests;
+
 use crate::constants::{
     CONNECTION_EVENTS_INFLIGHT_MAX, EVENT_BYTES_MAX, MESH_BYTES_INFLIGHT_MAX,
     MESH_EVENTS_INFLIGHT_MAX, SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX,
