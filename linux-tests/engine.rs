@@ -710,6 +710,51 @@ fn a_client_that_never_reads_its_replies_cannot_hold_the_node_at_shutdown() {
 }
 
 /// Reads a connection until it ends (cleanly or not) and counts the replies in whole frames.
+/// Opens a connection that sends leaderboard queries (whose replies are larger than they are)
+/// as fast as the node takes them and never reads a reply, until the node stops reading it.
+fn never_reading_client(node: &Node, hunt: u64) -> TcpStream {
+    let mut raw = TcpStream::connect(node.addr()).unwrap();
+    let mut frames = FrameBuilder::new();
+    frames.begin(FrameKind::Events);
+    frames
+        .push(&event(1, hunt, 0, EventKind::CreateHunt(spec())))
+        .unwrap();
+    frames.finish(1);
+    raw.write_all(frames.bytes()).unwrap();
+    raw.set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut seq = 1;
+    for _ in 0..2_000 {
+        let mut frames = FrameBuilder::new();
+        frames.begin(FrameKind::Events);
+        for _ in 0..256 {
+            seq += 1;
+            frames
+                .push(&event(seq, hunt, 0, EventKind::Leaderboard { top_k: 16 }))
+                .unwrap();
+        }
+        frames.finish(1);
+        if raw.write_all(frames.bytes()).is_err() {
+            break; // the node stopped reading: this connection holds its share
+        }
+    }
+    raw
+}
+
+#[test]
+fn clients_that_never_read_cannot_starve_the_others() {
+    let _serial = one_at_a_time();
+    let node = start(1, |_| {});
+    let hogs: Vec<TcpStream> = (0..3)
+        .map(|index| never_reading_client(&node, 1_000 + index))
+        .collect();
+    // A client that reads its replies still gets the map and every answer.
+    let (sent, outcomes, order) = drive(&node, false, 16, 4, 20);
+    assert_every_event_answered_once_in_partition_order(&sent, &outcomes, &order);
+    drop(hogs);
+    node.stop();
+}
+
 fn count_replies_until_closed(stream: &mut TcpStream) -> u64 {
     stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
     let mut bytes = Vec::new();
