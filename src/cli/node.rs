@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::constants::{
-    CONNECTION_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT, PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
+    CONNECTION_EVENTS_INFLIGHT_DEFAULT, PARTITIONS_DEFAULT, PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
     SHARD_EVENTS_INFLIGHT_MAX,
 };
 use crate::node::{Node, NodeConfig};
@@ -47,7 +47,7 @@ pub struct NodeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = SHARD_BYTES_INFLIGHT_MAX)]
     pub shard_bytes_max: u32,
     /// Events one connection may have in flight
-    #[arg(long, value_name = "N", default_value_t = CONNECTION_EVENTS_INFLIGHT_MAX)]
+    #[arg(long, value_name = "N", default_value_t = CONNECTION_EVENTS_INFLIGHT_DEFAULT)]
     pub connection_events_max: u32,
     /// Answer Busy when out of credit instead of making the client wait
     #[arg(long)]
