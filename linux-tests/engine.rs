@@ -711,6 +711,85 @@ fn a_client_that_never_reads_its_replies_cannot_hold_the_node_at_shutdown() {
 }
 
 /// Reads a connection until it ends (cleanly or not) and counts the replies in whole frames.
+/// Opens a connection that sends leaderboard queries of a hunt of 16 players (replies several
+/// times larger than the queries) as fast as the node takes them and never reads a reply,
+/// with a small receive buffer so that its replies back up into the node quickly; returns once
+/// the node has stopped reading it.
+fn never_reading_client(node: &Node, hunt: u64) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    socket.connect(&node.addr().into()).unwrap();
+    let mut raw: TcpStream = socket.into();
+    let mut frames = FrameBuilder::new();
+    frames.begin(FrameKind::Events);
+    frames
+        .push(&event(1, hunt, 0, EventKind::CreateHunt(spec())))
+        .unwrap();
+    for player in 1..=16 {
+        frames
+            .push(&event(1 + player, hunt, player, EventKind::Join))
+            .unwrap();
+    }
+    frames.finish(1);
+    raw.write_all(frames.bytes()).unwrap();
+    raw.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut seq = 100;
+    for _ in 0..2_000 {
+        let mut frames = FrameBuilder::new();
+        frames.begin(FrameKind::Events);
+        for _ in 0..256 {
+            seq += 1;
+            frames
+                .push(&event(seq, hunt, 0, EventKind::Leaderboard { top_k: 16 }))
+                .unwrap();
+        }
+        frames.finish(1);
+        if raw.write_all(frames.bytes()).is_err() {
+            break; // the node stopped reading: this connection holds its share
+        }
+    }
+    raw
+}
+
+#[test]
+fn clients_that_never_read_cannot_starve_the_others() {
+    let _serial = one_at_a_time();
+    let node = start(1, |_| {});
+    let hogs: Vec<TcpStream> = (0..3)
+        .map(|index| never_reading_client(&node, 1_000 + index))
+        .collect();
+    // A client that reads its replies still gets the map and every answer.
+    let (sent, outcomes, order) = drive(&node, false, 16, 4, 20);
+    assert_every_event_answered_once_in_partition_order(&sent, &outcomes, &order);
+    drop(hogs);
+    node.stop();
+}
+
+#[test]
+fn a_map_request_is_answered_while_another_client_holds_the_whole_budget() {
+    let _serial = one_at_a_time();
+    let node = start(1, |config| {
+        config.runtime.budget = Budget {
+            shard_events: 256,
+            connection_events: 256,
+            ..Budget::default()
+        };
+    });
+    let hog = never_reading_client(&node, 7);
+    let mut stream = TcpStream::connect(node.addr()).unwrap();
+    let fetched = client::fetch_map(&mut stream, Duration::from_secs(5));
+    assert!(
+        fetched.is_ok(),
+        "no map while the budget is held: {fetched:?}"
+    );
+    drop((stream, hog));
+    let report = node.stop();
+    assert_eq!(
+        report.shards[0].socket_inflight_peak.events, 256,
+        "the other client held the whole budget"
+    );
+}
+
 fn count_replies_until_closed(stream: &mut TcpStream) -> u64 {
     stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
     let mut bytes = Vec::new();

@@ -107,6 +107,13 @@ pub const SHARD_EVENTS_INFLIGHT_MAX: u32 = 16_384;
 pub const SHARD_BYTES_INFLIGHT_MAX: u32 = 8 * 1024 * 1024;
 /// Events one connection may have in flight, so one greedy client cannot hold a whole shard.
 pub const CONNECTION_EVENTS_INFLIGHT_MAX: u32 = 8192;
+/// The fewest connections that, together, may hold a whole shard budget (events and bytes)
+/// with the default shares: a few clients that never read their replies hold their shares
+/// and no more, and every other connection is still served.
+pub const CONNECTION_SHARES_PER_SHARD_MIN: u32 = 8;
+/// Events one connection may have in flight unless configured otherwise: its share.
+pub const CONNECTION_EVENTS_INFLIGHT_DEFAULT: u32 =
+    SHARD_EVENTS_INFLIGHT_MAX / CONNECTION_SHARES_PER_SHARD_MIN;
 /// Events a receiving shard holds for all other shards together; each source shard gets an
 /// equal share, so the mesh's memory grows with the shard count, not with its square.
 pub const MESH_EVENTS_INFLIGHT_MAX: u32 = 16_384;
@@ -246,6 +253,9 @@ const _: () = assert!(SHARD_EVENTS_INFLIGHT_MAX as usize >= FRAME_RECORDS_MAX);
 const _: () = assert!(SHARD_BYTES_INFLIGHT_MAX as usize >= FRAME_BODY_BYTES_MAX);
 const _: () = assert!(CONNECTION_EVENTS_INFLIGHT_MAX as usize >= FRAME_RECORDS_MAX);
 const _: () = assert!(CONNECTION_EVENTS_INFLIGHT_MAX <= SHARD_EVENTS_INFLIGHT_MAX);
+const _: () = assert!(CONNECTION_EVENTS_INFLIGHT_DEFAULT <= CONNECTION_EVENTS_INFLIGHT_MAX);
+// A default share still carries the bench's window of 1024 events in flight.
+const _: () = assert!(CONNECTION_EVENTS_INFLIGHT_DEFAULT >= 1024);
 const _: () = assert!(MESH_EVENTS_INFLIGHT_MAX as usize >= SHARDS_MAX);
 const _: () = assert!(MESH_BYTES_INFLIGHT_MAX as usize >= SHARDS_MAX * EVENT_BYTES_MAX);
 const _: () = assert!(FRAME_HEADER_BYTES % ARCHIVE_ALIGN == 0);

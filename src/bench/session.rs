@@ -80,7 +80,7 @@ fn connect_trove(
         vec![first]
     };
     Ok((
-        TroveProtocol::new(map, shard_aware, events_per_frame),
+        TroveProtocol::new(map, shard_aware, events_per_frame)?,
         streams,
     ))
 }

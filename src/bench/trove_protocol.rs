@@ -1,40 +1,28 @@
 //! The load generator speaking trove's own protocol: events archived once into frames, one
-//! connection per shard when shard-aware, replies matched by the timestamp they echo.
+//! connection per shard when shard-aware, replies matched by the timestamp they echo. The
+//! protocol itself is the client's ([`ClientProto`]); this adapts it to the generator's
+//! [`Protocol`], on the generator's connection thread.
 
 use crate::bench::generator::{Parsed, Protocol, ReplyClass};
-use crate::core::codec::{Decoded, FrameBuilder, FrameKind, Records, access_record, decode_frame};
-use crate::core::message::{ArchivedErrorMessage, ArchivedOutcome, ArchivedReply, Event};
+use crate::client::proto::{ClientProto, Next, Received, next_frame};
+use crate::core::message::{ArchivedOutcome, ArchivedReply, Event};
 use crate::core::partition::PartitionMap;
 
-/// Frames being filled, one per connection.
+/// The generator's side of trove's protocol: the client protocol's frames, one per connection.
 pub struct TroveProtocol {
-    map: PartitionMap,
-    shard_aware: bool,
-    events_per_frame: usize,
-    links: Vec<LinkFrames>,
-}
-
-struct LinkFrames {
-    frames: FrameBuilder,
-    /// Bytes of `frames` already written.
-    written: usize,
+    proto: ClientProto,
 }
 
 impl TroveProtocol {
     /// `links` connections: one per shard of `map` when shard-aware, else one.
-    pub fn new(map: PartitionMap, shard_aware: bool, events_per_frame: usize) -> TroveProtocol {
-        let links = if shard_aware { map.shards() } else { 1 };
-        TroveProtocol {
-            map,
-            shard_aware,
-            events_per_frame,
-            links: (0..links)
-                .map(|_| LinkFrames {
-                    frames: FrameBuilder::new(),
-                    written: 0,
-                })
-                .collect(),
-        }
+    pub fn new(
+        map: PartitionMap,
+        shard_aware: bool,
+        events_per_frame: usize,
+    ) -> Result<TroveProtocol, String> {
+        let proto = ClientProto::new(map, shard_aware, events_per_frame)
+            .map_err(|error| error.to_string())?;
+        Ok(TroveProtocol { proto })
     }
 }
 
@@ -49,58 +37,29 @@ fn classify(reply: &ArchivedReply) -> ReplyClass {
 
 impl Protocol for TroveProtocol {
     fn links(&self) -> usize {
-        self.links.len()
+        self.proto.links()
     }
 
     fn link_for(&self, event: &Event) -> usize {
-        if self.shard_aware {
-            self.map.route(event.hunt).1.index()
-        } else {
-            0
-        }
+        self.proto.link_for(event.hunt)
     }
 
     fn encode(&mut self, link: usize, event: &Event, _ts: u64) -> Result<(), String> {
-        let epoch = self.map.epoch().get();
-        let frames = &mut self.links[link].frames;
-        if !frames.is_open() {
-            frames.begin(FrameKind::Events);
-        }
-        if frames.push(event).is_err() {
-            frames.finish(epoch);
-            frames.begin(FrameKind::Events);
-            frames
-                .push(event)
-                .map_err(|error| format!("cannot encode an event: {error}"))?;
-        }
-        if frames.open_records() >= self.events_per_frame {
-            frames.finish(epoch);
-        }
-        Ok(())
+        self.proto
+            .push_event(link, event)
+            .map_err(|error| format!("cannot encode an event: {error}"))
     }
 
     fn backlog_bytes(&self, link: usize) -> usize {
-        let link = &self.links[link];
-        link.frames.len() - link.written
+        self.proto.backlog_bytes(link)
     }
 
     fn pending_output(&mut self, link: usize) -> &[u8] {
-        let epoch = self.map.epoch().get();
-        let link = &mut self.links[link];
-        if link.frames.is_open() {
-            link.frames.finish(epoch);
-        }
-        &link.frames.bytes()[link.written..]
+        self.proto.flush_output(link)
     }
 
     fn consumed_output(&mut self, link: usize, len: usize) {
-        let link = &mut self.links[link];
-        link.written += len;
-        if link.written == link.frames.len() {
-            link.frames
-                .clear(crate::constants::WRITE_BUFFER_RETAINED_BYTES_MAX);
-            link.written = 0;
-        }
+        self.proto.consumed_output(link, len);
     }
 
     fn parse(
@@ -111,47 +70,35 @@ impl Protocol for TroveProtocol {
     ) -> Result<Parsed, String> {
         let mut consumed = 0;
         loop {
-            let rest = &input[consumed..];
-            let (header, body, frame_len) = match decode_frame(rest)
-                .map_err(|error| format!("the node sent an invalid frame: {error}"))?
-            {
-                Decoded::NeedMore { frame_len } => {
+            let next = next_frame(&input[consumed..]).map_err(|error| error.to_string())?;
+            let (received, frame_len) = match next {
+                Next::NeedMore { frame_len } => {
                     return Ok(Parsed {
                         consumed,
                         message_len: frame_len,
                     });
                 }
-                Decoded::Frame {
-                    header,
-                    body,
+                Next::Frame {
+                    received,
                     frame_len,
-                } => (header, body, frame_len),
+                } => (received, frame_len),
             };
-            match header.kind {
-                FrameKind::Replies => {
-                    let records =
-                        Records::parse(header.kind, body).map_err(|error| error.to_string())?;
-                    for (index, record) in records.iter().enumerate() {
-                        let reply = access_record::<ArchivedReply>(index as u32, record)
-                            .map_err(|error| error.to_string())?;
+            match received {
+                Received::Replies(frame) => {
+                    for record in frame.iter() {
+                        let reply = record.get();
                         on_reply(reply.client_ts.to_native(), classify(reply));
                     }
                 }
-                FrameKind::Error => {
-                    let records =
-                        Records::parse(header.kind, body).map_err(|error| error.to_string())?;
-                    let message = records
-                        .iter()
-                        .next()
-                        .and_then(|record| access_record::<ArchivedErrorMessage>(0, record).ok())
-                        .map_or_else(
-                            || "an unreadable error".to_owned(),
-                            |message| message.message.to_string(),
-                        );
+                // The node pushed a newer map: route the next events by it.
+                Received::Map(push) => {
+                    self.proto
+                        .apply_map(&push)
+                        .map_err(|error| error.to_string())?;
+                }
+                Received::NodeError { message, .. } => {
                     return Err(format!("the node refused the connection: {message}"));
                 }
-                FrameKind::MapReply => {}
-                kind => return Err(format!("the node sent an unexpected {kind:?} frame")),
             }
             consumed += frame_len;
         }

@@ -10,8 +10,8 @@ use clap::Args;
 
 use crate::client::auth::read_secret_file;
 use crate::constants::{
-    CONNECTION_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT, PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
-    SHARD_EVENTS_INFLIGHT_MAX,
+    CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT,
+    PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX,
 };
 use crate::host::cpuset::CpuSet;
 use crate::metrics::MetricsListen;
@@ -64,7 +64,7 @@ pub struct NodeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = SHARD_BYTES_INFLIGHT_MAX)]
     pub shard_bytes_max: u32,
     /// Events one connection may have in flight
-    #[arg(long, value_name = "N", default_value_t = CONNECTION_EVENTS_INFLIGHT_MAX)]
+    #[arg(long, value_name = "N", default_value_t = CONNECTION_EVENTS_INFLIGHT_DEFAULT)]
     pub connection_events_max: u32,
     /// Answer Busy when out of credit instead of making the client wait
     #[arg(long)]

@@ -9,31 +9,38 @@
 //! - a [`ReplyReceiver`], fed by one reader thread per connection, each validating the reply
 //!   frames it receives once and passing them on through a bounded channel.
 //!
+//! The protocol itself (frame filling, reply and map parsing, epoch tracking) is the sans-IO
+//! [`proto`]; this module adds sockets and threads. A node that finds the client behind its
+//! map's epoch pushes its newer map with the replies: the reader that receives it leaves it in
+//! a [`MapMailbox`], and the sender applies it before its next event.
+//!
 //! No glommio: a caller needs only threads. The halves may live on different threads.
 //! A node started with a secret is reached with [`ClientConfig::auth`] set: every connection
 //! then passes the handshake of [`auth`] before its first frame.
 
 pub mod auth;
 
+pub mod proto;
+
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rkyv::util::AlignedVec;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::constants::{CLIENT_REPLY_FRAMES_QUEUED_MAX, FRAME_RECORDS_MAX};
+use crate::client::proto::{ClientProto, MapPush, Received};
+use crate::constants::CLIENT_REPLY_FRAMES_QUEUED_MAX;
 use crate::core::auth::{AuthError, AuthSecret};
 use crate::core::codec::{
-    Decoded, EncodeError, FrameBuilder, FrameError, FrameKind, ReceiveBuffer, Records,
-    access_record, access_validated, check_stream_end, decode_frame,
+    Decoded, EncodeError, FrameError, FrameKind, ReceiveBuffer, ValidatedFrameBuf,
+    check_stream_end, decode_frame,
 };
-use crate::core::message::{
-    ArchivedErrorMessage, ArchivedPartitionMapMessage, ArchivedReply, Event,
-};
+use crate::core::message::{ArchivedReply, Event};
 use crate::core::partition::{MapError, PartitionMap};
 
 /// How to reach a node and how to talk to it.
@@ -84,6 +91,8 @@ pub enum ClientError {
     Config(String),
     /// The authentication handshake failed.
     Auth(AuthError),
+    /// The node's new map cannot be followed by this client (the message says why).
+    MapChanged(String),
 }
 
 impl fmt::Display for ClientError {
@@ -96,7 +105,9 @@ impl fmt::Display for ClientError {
             }
             ClientError::Map(error) => write!(f, "the node's partition map is unusable: {error}"),
             ClientError::Encode(error) => write!(f, "cannot encode the event: {error}"),
-            ClientError::Config(message) => write!(f, "{message}"),
+            ClientError::Config(message) | ClientError::MapChanged(message) => {
+                write!(f, "{message}")
+            }
             ClientError::Auth(error) => write!(f, "{error}"),
         }
     }
@@ -179,30 +190,13 @@ fn read_frame(
     }
 }
 
-/// The error a node sent in an error frame body.
-fn node_error(body: &[u8]) -> ClientError {
-    let parsed = Records::parse(FrameKind::Error, body).and_then(|records| {
-        let record = records.iter().next().ok_or(FrameError::BadTrailer)?;
-        let message = access_record::<ArchivedErrorMessage>(0, record)?;
-        Ok(ClientError::Node {
-            code: message.code.to_native(),
-            message: message.message.to_string(),
-        })
-    });
-    parsed.unwrap_or_else(ClientError::Protocol)
-}
-
 /// Asks the node for its partition map and the port of each shard.
 pub fn fetch_map(
     stream: &mut TcpStream,
     timeout: Duration,
 ) -> Result<(PartitionMap, Vec<u16>), ClientError> {
-    let mut request = FrameBuilder::new();
-    request
-        .single::<Event>(FrameKind::MapRequest, 0, None)
-        .map_err(ClientError::Encode)?;
     stream
-        .write_all(request.bytes())
+        .write_all(proto::map_request().bytes())
         .map_err(io_error("cannot ask the node for its partition map"))?;
     stream
         .set_read_timeout(Some(timeout))
@@ -229,45 +223,25 @@ pub fn fetch_map(
     stream
         .set_read_timeout(None)
         .map_err(io_error("cannot clear the read timeout"))?;
-    match kind {
-        FrameKind::MapReply => {
-            let records = Records::parse(kind, &body).map_err(ClientError::Protocol)?;
-            let record = records
-                .iter()
-                .next()
-                .ok_or(ClientError::Protocol(FrameError::BadTrailer))?;
-            let message = access_record::<ArchivedPartitionMapMessage>(0, record)
-                .map_err(ClientError::Protocol)?;
-            let map = PartitionMap::from_message(message).map_err(ClientError::Map)?;
-            Ok((
-                map,
-                message
-                    .shard_ports
-                    .iter()
-                    .map(|port| port.to_native())
-                    .collect(),
-            ))
-        }
-        FrameKind::Error => Err(node_error(&body)),
-        FrameKind::AuthChallenge => Err(ClientError::Config(
+    if kind == FrameKind::AuthChallenge {
+        return Err(ClientError::Config(
             "the node requires authentication: give the client the node's secret (--auth-secret-file)"
                 .into(),
-        )),
-        kind => Err(ClientError::Protocol(FrameError::UnexpectedKind { kind })),
+        ));
+    }
+    match proto::parse_frame(kind, &body)? {
+        Received::Map(MapPush { map, shard_ports }) => Ok((map, shard_ports)),
+        Received::NodeError { code, message } => Err(ClientError::Node { code, message }),
+        Received::Replies(_) => Err(ClientError::Protocol(FrameError::UnexpectedKind { kind })),
     }
 }
 
 /// Connects to a node. See the module documentation.
 pub fn connect(config: &ClientConfig) -> Result<(EventSender, ReplyReceiver), ClientError> {
-    if config.events_per_frame == 0 || config.events_per_frame > FRAME_RECORDS_MAX {
-        return Err(ClientError::Config(format!(
-            "{} events per frame: it must be from 1 to {FRAME_RECORDS_MAX}",
-            config.events_per_frame
-        )));
-    }
     let secret = config.auth.as_deref();
     let mut first = connect_authenticated(config.addr, config.connect_timeout, secret)?;
     let (map, ports) = fetch_map(&mut first, config.connect_timeout)?;
+    let proto = ClientProto::new(map, config.shard_aware, config.events_per_frame)?;
     let streams = if config.shard_aware {
         ports
             .into_iter()
@@ -280,9 +254,9 @@ pub fn connect(config: &ClientConfig) -> Result<(EventSender, ReplyReceiver), Cl
         vec![first]
     };
     let (incoming, receiver) = flume::bounded(CLIENT_REPLY_FRAMES_QUEUED_MAX);
-    let mut links = Vec::with_capacity(streams.len());
+    let maps = Arc::new(MapMailbox::new(proto.epoch().get()));
     let mut readers = Vec::with_capacity(streams.len());
-    for (link, stream) in streams.into_iter().enumerate() {
+    for (link, stream) in streams.iter().enumerate() {
         stream
             .set_write_timeout(config.stall_timeout)
             .map_err(io_error("cannot set a write timeout"))?;
@@ -290,21 +264,17 @@ pub fn connect(config: &ClientConfig) -> Result<(EventSender, ReplyReceiver), Cl
             .try_clone()
             .map_err(io_error("cannot clone a socket"))?;
         let incoming = incoming.clone();
+        let maps = maps.clone();
         let reader = std::thread::Builder::new()
             .name(format!("trove-client-rx-{link}"))
-            .spawn(move || read_replies(link, read_half, incoming))
+            .spawn(move || read_replies(link, read_half, incoming, &maps))
             .map_err(io_error("cannot start a reader thread"))?;
         readers.push(reader);
-        links.push(Link {
-            stream,
-            frames: FrameBuilder::new(),
-        });
     }
     let sender = EventSender {
-        map,
-        links,
-        shard_aware: config.shard_aware,
-        events_per_frame: config.events_per_frame,
+        proto,
+        streams,
+        maps,
     };
     Ok((
         sender,
@@ -315,22 +285,120 @@ pub fn connect(config: &ClientConfig) -> Result<(EventSender, ReplyReceiver), Cl
     ))
 }
 
-/// One connection's write side and the frame being filled for it.
-struct Link {
-    stream: TcpStream,
-    frames: FrameBuilder,
+/// Where reader threads leave the newest map a node pushed, for the sender to apply. Only
+/// the newest matters: a map replaces every older one. Shared by one client's threads only.
+pub struct MapMailbox {
+    /// The epoch of the newest map seen, read without the lock on every send.
+    newest_epoch: AtomicU32,
+    newest: Mutex<Option<MapPush>>,
 }
 
-impl Link {
-    fn flush(&mut self, epoch: u32) -> Result<usize, ClientError> {
-        if self.frames.is_open() {
-            self.frames.finish(epoch);
+impl MapMailbox {
+    fn new(epoch: u32) -> MapMailbox {
+        MapMailbox {
+            newest_epoch: AtomicU32::new(epoch),
+            newest: Mutex::new(None),
         }
-        if self.frames.is_empty() {
-            return Ok(0);
+    }
+
+    /// Leaves `push` if it is newer than every map seen so far.
+    fn offer(&self, push: MapPush) {
+        let mut newest = self
+            .newest
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let epoch = push.map.epoch().get();
+        if epoch > self.newest_epoch.load(Ordering::Relaxed) {
+            *newest = Some(push);
+            self.newest_epoch.store(epoch, Ordering::Release);
         }
-        self.stream
-            .write_all(self.frames.bytes())
+    }
+
+    /// The newest map, if it is newer than `epoch`.
+    fn take_newer_than(&self, epoch: u32) -> Option<MapPush> {
+        if self.newest_epoch.load(Ordering::Acquire) <= epoch {
+            return None;
+        }
+        self.newest
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take()
+    }
+}
+
+/// The sending half of a client. Lives on one thread at a time.
+pub struct EventSender {
+    proto: ClientProto,
+    /// One per link of `proto`.
+    streams: Vec<TcpStream>,
+    maps: Arc<MapMailbox>,
+}
+
+impl EventSender {
+    /// The partition map events are routed by (the newest the node has pushed, once applied).
+    pub fn map(&self) -> &PartitionMap {
+        self.proto.map()
+    }
+
+    /// How many connections the client holds (one per shard when shard-aware).
+    pub fn links(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Queues an event in the frame of the connection that reaches its owner, writing the
+    /// frame once it is full.
+    pub fn send(&mut self, event: &Event) -> Result<(), ClientError> {
+        self.apply_pushed_map()?;
+        let link = self.proto.link_for(event.hunt);
+        self.proto
+            .push_event(link, event)
+            .map_err(ClientError::Encode)?;
+        if !self.proto.ready_output(link).is_empty() {
+            self.write(link, false)?;
+        }
+        Ok(())
+    }
+
+    /// Writes every partly filled frame.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        self.apply_pushed_map()?;
+        for link in 0..self.streams.len() {
+            self.write(link, true)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the sending side of every connection; replies still arrive.
+    pub fn finish(mut self) -> Result<(), ClientError> {
+        self.flush()?;
+        for stream in &self.streams {
+            stream
+                .shutdown(std::net::Shutdown::Write)
+                .map_err(io_error("cannot close the connection"))?;
+        }
+        Ok(())
+    }
+
+    /// Routes by the newest map a reader received, if it is newer than the one in use.
+    fn apply_pushed_map(&mut self) -> Result<(), ClientError> {
+        if let Some(push) = self.maps.take_newer_than(self.proto.epoch().get()) {
+            self.proto.apply_map(&push)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the closed frames of `link` (all of its frames when `flush`).
+    fn write(&mut self, link: usize, flush: bool) -> Result<(), ClientError> {
+        let output = if flush {
+            self.proto.flush_output(link)
+        } else {
+            self.proto.ready_output(link)
+        };
+        if output.is_empty() {
+            return Ok(());
+        }
+        self.streams[link]
+            .write_all(output)
             .map_err(|error| match error.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Io {
                     what: "the node has stopped taking data (a shard that is stopped or not reading); gave up".into(),
@@ -341,95 +409,21 @@ impl Link {
                     error,
                 },
             })?;
-        let written = self.frames.len();
-        self.frames.clear(written);
-        Ok(written)
-    }
-}
-
-/// The sending half of a client. Lives on one thread at a time.
-pub struct EventSender {
-    map: PartitionMap,
-    links: Vec<Link>,
-    shard_aware: bool,
-    events_per_frame: usize,
-}
-
-impl EventSender {
-    /// The node's partition map.
-    pub fn map(&self) -> &PartitionMap {
-        &self.map
-    }
-
-    /// How many connections the client holds (one per shard when shard-aware).
-    pub fn links(&self) -> usize {
-        self.links.len()
-    }
-
-    /// Queues an event in the frame of the connection that reaches its owner, writing the
-    /// frame once it is full.
-    pub fn send(&mut self, event: &Event) -> Result<(), ClientError> {
-        let link = if self.shard_aware {
-            self.map.route(event.hunt).1.index()
-        } else {
-            0
-        };
-        let epoch = self.map.epoch().get();
-        let frames = &mut self.links[link].frames;
-        if !frames.is_open() {
-            frames.begin(FrameKind::Events);
-        }
-        if let Err(error) = frames.push(event) {
-            if frames.open_records() == 0 {
-                return Err(ClientError::Encode(error));
-            }
-            // The frame is full in bytes: send it and start the next one.
-            self.links[link].flush(epoch)?;
-            let frames = &mut self.links[link].frames;
-            frames.begin(FrameKind::Events);
-            frames.push(event).map_err(ClientError::Encode)?;
-        }
-        if self.links[link].frames.open_records() >= self.events_per_frame {
-            self.links[link].flush(epoch)?;
-        }
-        Ok(())
-    }
-
-    /// Writes every partly filled frame.
-    pub fn flush(&mut self) -> Result<(), ClientError> {
-        let epoch = self.map.epoch().get();
-        for link in &mut self.links {
-            link.flush(epoch)?;
-        }
-        Ok(())
-    }
-
-    /// Closes the sending side of every connection; replies still arrive.
-    pub fn finish(mut self) -> Result<(), ClientError> {
-        self.flush()?;
-        for link in &self.links {
-            link.stream
-                .shutdown(std::net::Shutdown::Write)
-                .map_err(io_error("cannot close the connection"))?;
-        }
+        let written = output.len();
+        self.proto.consumed_output(link, written);
         Ok(())
     }
 }
 
 /// A frame of replies, validated once on arrival.
 pub struct ReplyFrame {
-    body: AlignedVec,
+    frame: ValidatedFrameBuf<ArchivedReply>,
 }
 
 impl ReplyFrame {
     /// The replies, in the order the node sent them.
     pub fn replies(&self) -> impl Iterator<Item = &ArchivedReply> {
-        let records = Records::parse(FrameKind::Replies, &self.body).expect("validated on arrival");
-        // SAFETY: every record of this body passed `access_record::<ArchivedReply>` when the
-        // frame arrived, and the body sits in its own aligned buffer.
-        records
-            .iter()
-            .map(|record| unsafe { access_validated::<ArchivedReply>(record) })
+        self.frame.frame().iter().map(|record| record.get())
     }
 }
 
@@ -489,8 +483,14 @@ impl ReplyReceiver {
     }
 }
 
-/// A connection's reader thread: frames in, validated reply frames out.
-fn read_replies(link: usize, mut stream: TcpStream, incoming: flume::Sender<Incoming>) {
+/// A connection's reader thread: frames in, validated reply frames out, pushed maps to the
+/// mailbox.
+fn read_replies(
+    link: usize,
+    mut stream: TcpStream,
+    incoming: flume::Sender<Incoming>,
+    maps: &MapMailbox,
+) {
     let mut input = ReceiveBuffer::new();
     let error = loop {
         let (kind, body) = match read_frame(&mut stream, &mut input) {
@@ -500,23 +500,29 @@ fn read_replies(link: usize, mut stream: TcpStream, incoming: flume::Sender<Inco
             }
             Err(error) => break Some(error.to_string()),
         };
-        let forwarded = match kind {
-            FrameKind::Replies => match validate_replies(&body) {
-                Ok(()) => incoming.send(Incoming::Replies(ReplyFrame { body })),
+        let forwarded = if kind == FrameKind::Replies {
+            // Validated in place, then kept whole: the caller reads it without copying.
+            match ValidatedFrameBuf::validate(kind, body) {
+                Ok(frame) => incoming.send(Incoming::Replies(ReplyFrame { frame })),
                 Err(error) => break Some(ClientError::Protocol(error).to_string()),
-            },
-            FrameKind::Error => match node_error(&body) {
-                ClientError::Node { code, message } => incoming.send(Incoming::NodeError {
+            }
+        } else {
+            match proto::parse_control_frame(kind, &body) {
+                Ok(Received::NodeError { code, message }) => incoming.send(Incoming::NodeError {
                     link,
                     code,
                     message,
                 }),
-                other => break Some(other.to_string()),
-            },
-            // A newer map: this client keeps routing by the one it has; the node forwards.
-            FrameKind::MapReply => Ok(()),
-            kind => {
-                break Some(ClientError::Protocol(FrameError::UnexpectedKind { kind }).to_string());
+                Ok(Received::Map(push)) => {
+                    maps.offer(push);
+                    Ok(())
+                }
+                Ok(Received::Replies(_)) => {
+                    break Some(
+                        ClientError::Protocol(FrameError::UnexpectedKind { kind }).to_string(),
+                    );
+                }
+                Err(error) => break Some(error.to_string()),
             }
         };
         if forwarded.is_err() {
@@ -527,10 +533,49 @@ fn read_replies(link: usize, mut stream: TcpStream, incoming: flume::Sender<Inco
     let _ = incoming.send(Incoming::Closed { link, error });
 }
 
-fn validate_replies(body: &[u8]) -> Result<(), FrameError> {
-    let records = Records::parse(FrameKind::Replies, body)?;
-    for (index, record) in records.iter().enumerate() {
-        access_record::<ArchivedReply>(index as u32, record)?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::message::PartitionMapMessage;
+
+    fn push(epoch: u32) -> MapPush {
+        let message = PartitionMapMessage {
+            epoch,
+            owners: vec![0, 1, 0, 1],
+            shard_ports: vec![7701, 7702],
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&message).unwrap();
+        let archived = rkyv::access::<
+            crate::core::message::ArchivedPartitionMapMessage,
+            rkyv::rancor::Error,
+        >(&bytes)
+        .unwrap();
+        MapPush {
+            map: PartitionMap::from_message(archived).unwrap(),
+            shard_ports: message.shard_ports,
+        }
     }
-    Ok(())
+
+    #[test]
+    fn the_mailbox_keeps_only_the_newest_map_and_hands_it_over_once() {
+        let mailbox = MapMailbox::new(1);
+        mailbox.offer(push(1));
+        assert!(
+            mailbox.take_newer_than(1).is_none(),
+            "not newer than the start"
+        );
+        mailbox.offer(push(3));
+        mailbox.offer(push(2));
+        assert!(
+            mailbox.take_newer_than(3).is_none(),
+            "the sender has it already"
+        );
+        let newest = mailbox.take_newer_than(1).expect("a newer map waits");
+        assert_eq!(
+            newest.map.epoch().get(),
+            3,
+            "an older map never replaces a newer one"
+        );
+        assert!(mailbox.take_newer_than(1).is_none(), "handed over once");
+    }
 }

@@ -19,11 +19,16 @@
 //!
 //! Decoding is sans-IO: [`decode_frame`] looks at the front of a buffer and says "need more",
 //! "here is a frame" or what is wrong with it. Records are validated with bytecheck exactly
-//! once, by [`access_record`], where bytes enter the process; after that they are read in
-//! place with [`access_validated`]. Every malformed input is a typed [`FrameError`].
+//! once, where bytes enter the process, and the result is a type that proves it:
+//! [`ValidatedFrame`] (a frame's records), [`ValidatedArchive`] (one record) and
+//! [`ValidatedArchives`] (an owned pack of validated records, what a mesh batch carries).
+//! Holders of these read the records in place, safely, without checking them again; the one
+//! `unsafe` read ([`access_validated`]) sits behind them. Every malformed input is a typed
+//! [`FrameError`].
 //! Types here are plain values; a [`FrameBuilder`] lives on the one thread that fills it.
 
 use std::fmt;
+use std::marker::PhantomData;
 
 use rkyv::api::low::{self, LowSerializer, LowValidator};
 use rkyv::bytecheck::CheckBytes;
@@ -464,16 +469,12 @@ impl<'a> Records<'a> {
         if trailer_len > body.len() {
             return Err(FrameError::BadTrailer);
         }
-        let lens_start = body.len() - 4 - 4 * count as usize;
         let trailer_start = body.len() - trailer_len;
+        let lens_start = body.len() - 4 - 4 * count as usize;
         if body[trailer_start..lens_start].iter().any(|&b| b != 0) {
             return Err(FrameError::BadTrailer);
         }
-        let records = Records {
-            records: &body[..trailer_start],
-            lens: &body[lens_start..body.len() - 4],
-            count,
-        };
+        let records = Records::from_checked_layout(body, count);
         let record_max = kind.record_bytes_max();
         let mut total = 0usize;
         for index in 0..count {
@@ -487,6 +488,17 @@ impl<'a> Records<'a> {
             return Err(FrameError::RecordsMismatch);
         }
         Ok(records)
+    }
+
+    /// The view of a body whose trailer of `count` lengths [`Records::parse`] has accepted.
+    fn from_checked_layout(body: &'a [u8], count: u32) -> Records<'a> {
+        let trailer_start = body.len() - align_up(4 * (count as usize + 1));
+        let lens_start = body.len() - 4 - 4 * count as usize;
+        Records {
+            records: &body[..trailer_start],
+            lens: &body[lens_start..body.len() - 4],
+            count,
+        }
     }
 
     fn len_of(&self, index: u32) -> u32 {
@@ -512,23 +524,102 @@ impl<'a> Records<'a> {
     }
 }
 
-/// Validates one record as an archived `T`: the only place untrusted bytes become typed.
-pub fn access_record<T>(index: u32, bytes: &[u8]) -> Result<&T, FrameError>
-where
+/// Every archived type that travels in frames and can be checked with bytecheck
+/// (`ArchivedEvent`, `ArchivedReply`, `ArchivedPartitionMapMessage`, `ArchivedErrorMessage`).
+pub trait WireArchive:
+    Portable
+    + for<'a> CheckBytes<LowValidator<'a, Failure>>
+    + for<'a> CheckBytes<LowValidator<'a, BoxedError>>
+{
+}
+
+impl<T> WireArchive for T where
     T: Portable
         + for<'a> CheckBytes<LowValidator<'a, Failure>>
-        + for<'a> CheckBytes<LowValidator<'a, BoxedError>>,
+        + for<'a> CheckBytes<LowValidator<'a, BoxedError>>
 {
-    // The fast path learns only "invalid"; the slow path runs again to say why. rkyv's own
-    // error type hides the reason in release builds, so the boundary uses a boxed one.
-    match low::access::<T, Failure>(bytes) {
-        Ok(archived) => Ok(archived),
-        Err(Failure) => {
-            let reason = match low::access::<T, BoxedError>(bytes) {
-                Ok(_) => "it was rejected by validation".to_owned(),
-                Err(error) => archive_reason::<T>(&error.to_string()),
-            };
-            Err(FrameError::InvalidArchive { index, reason })
+}
+
+/// Validates one record as an archived `T`: the only place untrusted bytes become typed.
+pub fn access_record<T: WireArchive>(index: u32, bytes: &[u8]) -> Result<&T, FrameError> {
+    ValidatedArchive::<T>::validate(index, bytes).map(ValidatedArchive::get)
+}
+
+/// Reads an archive without checking it: the one `unsafe` way from bytes to a type, used by
+/// [`ValidatedArchive::get`]. Safe code reads records through [`ValidatedFrame`],
+/// [`ValidatedArchive`] and [`ValidatedArchives`] instead.
+///
+/// # Safety
+///
+/// `bytes` must be exactly the bytes of an archive of `T` that is known valid: either bytes
+/// that bytecheck accepted as a `T` (by [`access_record`] or [`ValidatedArchive::validate`]),
+/// or bytes rkyv serialized from a value whose archived form is `T`, or a copy of either. They
+/// must start 16-byte aligned (copying them into another aligned buffer at an aligned offset
+/// keeps them valid: rkyv's pointers are relative and stay inside the archive).
+pub unsafe fn access_validated<T: Portable>(bytes: &[u8]) -> &T {
+    debug_assert_eq!(
+        bytes.as_ptr() as usize % ARCHIVE_ALIGN,
+        0,
+        "a validated archive is read 16-byte aligned"
+    );
+    // SAFETY: the caller guarantees these bytes are a valid archive of `T`, aligned; rkyv's
+    // unchecked access then reads the root at the end of the bytes.
+    unsafe { rkyv::access_unchecked::<T>(bytes) }
+}
+
+/// One record known to be a valid archive of `T`: its bytes, and the archived value read in
+/// place. It can only be made by validating bytes ([`ValidatedArchive::validate`], a
+/// [`ValidatedFrame`]) or by reading a [`ValidatedArchives`], which holds nothing but copies of
+/// such records and archives it made itself. So a value of this type is the proof that bytes
+/// from outside the process were checked once; whoever holds one reads and moves the bytes
+/// without checking them again. A plain borrow: it lives wherever the bytes it borrows live.
+pub struct ValidatedArchive<'a, T> {
+    bytes: &'a [u8],
+    archived: PhantomData<&'a T>,
+}
+
+impl<T> Clone for ValidatedArchive<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for ValidatedArchive<'_, T> {}
+
+impl<T> fmt::Debug for ValidatedArchive<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValidatedArchive")
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl<'a, T: WireArchive> ValidatedArchive<'a, T> {
+    /// Checks `bytes` with bytecheck as an archived `T` (record `index` of its frame, for the
+    /// error). `bytes` must start 16-byte aligned, as records of an aligned frame do.
+    pub fn validate(index: u32, bytes: &'a [u8]) -> Result<ValidatedArchive<'a, T>, FrameError> {
+        // Reading in place later relies on the alignment validation saw; records of frames
+        // received into aligned buffers always have it.
+        if bytes.as_ptr() as usize % ARCHIVE_ALIGN != 0 {
+            return Err(FrameError::InvalidArchive {
+                index,
+                reason: "the record is not 16-byte aligned in memory: receive frames into an aligned buffer (ReceiveBuffer, AlignedVec)".to_owned(),
+            });
+        }
+        // The fast path learns only "invalid"; the slow path runs again to say why. rkyv's own
+        // error type hides the reason in release builds, so the boundary uses a boxed one.
+        match low::access::<T, Failure>(bytes) {
+            Ok(_) => Ok(ValidatedArchive {
+                bytes,
+                archived: PhantomData,
+            }),
+            Err(Failure) => {
+                let reason = match low::access::<T, BoxedError>(bytes) {
+                    Ok(_) => "rejected by validation".to_owned(),
+                    Err(error) => archive_reason::<T>(&error.to_string()),
+                };
+                Err(FrameError::InvalidArchive { index, reason })
+            }
         }
     }
 }
@@ -583,15 +674,193 @@ fn archive_reason<T>(validator_text: &str) -> String {
     format!("{what} (in a record of type {type_name})")
 }
 
-/// Reads a record that [`access_record`] has validated before, without checking it again.
-///
-/// # Safety
-///
-/// `bytes` must be exactly the bytes of a record that `access_record::<T>` accepted, still
-/// 16-byte aligned (moving them into another aligned buffer at an aligned offset is fine).
-pub unsafe fn access_validated<T: Portable>(bytes: &[u8]) -> &T {
-    // SAFETY: the caller guarantees these bytes passed bytecheck as a `T` and are aligned.
-    unsafe { rkyv::access_unchecked::<T>(bytes) }
+impl<'a, T: Portable> ValidatedArchive<'a, T> {
+    /// The archived value, read in place.
+    pub fn get(self) -> &'a T {
+        // SAFETY: a `ValidatedArchive` is only made from bytes that passed bytecheck as a `T`
+        // (`validate`) or from a `ValidatedArchives`, which holds only copies of those and
+        // archives of `T` it serialized itself, each at an aligned offset of an aligned buffer.
+        unsafe { access_validated::<T>(self.bytes) }
+    }
+
+    /// The archive's bytes, to copy into a frame or a batch.
+    pub fn bytes(self) -> &'a [u8] {
+        self.bytes
+    }
+}
+
+/// A frame body every record of which passed bytecheck as an archived `T`: the result of
+/// validating a frame, done once where its bytes enter the process. Iterating it reads the
+/// records in place, safely. A plain borrow of the body, on the thread that received it.
+pub struct ValidatedFrame<'a, T> {
+    records: Records<'a>,
+    archived: PhantomData<&'a T>,
+}
+
+impl<T> Clone for ValidatedFrame<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for ValidatedFrame<'_, T> {}
+
+impl<T> fmt::Debug for ValidatedFrame<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValidatedFrame")
+            .field("count", &self.records.count)
+            .finish()
+    }
+}
+
+impl<'a, T: WireArchive> ValidatedFrame<'a, T> {
+    /// Checks the layout of a `kind` frame's body (from [`decode_frame`], 16-byte aligned) and
+    /// every record in it as an archived `T`. The first bad record is the error.
+    pub fn validate(kind: FrameKind, body: &'a [u8]) -> Result<ValidatedFrame<'a, T>, FrameError> {
+        let records = Records::parse(kind, body)?;
+        for (index, record) in records.iter().enumerate() {
+            ValidatedArchive::<T>::validate(index as u32, record)?;
+        }
+        Ok(ValidatedFrame {
+            records,
+            archived: PhantomData,
+        })
+    }
+}
+
+impl<'a, T: Portable> ValidatedFrame<'a, T> {
+    /// How many records the frame holds.
+    pub fn len(&self) -> usize {
+        self.records.count as usize
+    }
+
+    /// True when the frame holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.records.count == 0
+    }
+
+    /// The records, in order: each its archived value and its bytes.
+    pub fn iter(&self) -> impl Iterator<Item = ValidatedArchive<'a, T>> + use<'a, T> {
+        self.records.iter().map(|bytes| ValidatedArchive {
+            bytes,
+            archived: PhantomData,
+        })
+    }
+
+    /// The first record, if any (the one record of a map reply or an error frame).
+    pub fn first(&self) -> Option<ValidatedArchive<'a, T>> {
+        self.iter().next()
+    }
+}
+
+/// A [`ValidatedFrame`] that owns its body, for a frame handed to another thread (a client's
+/// reader passing replies to the caller). It is `Send`; it lives on one thread at a time.
+pub struct ValidatedFrameBuf<T> {
+    body: AlignedVec,
+    count: u32,
+    archived: PhantomData<fn() -> T>,
+}
+
+impl<T: WireArchive> ValidatedFrameBuf<T> {
+    /// Validates `body` as [`ValidatedFrame::validate`] does, keeping it.
+    pub fn validate(kind: FrameKind, body: AlignedVec) -> Result<ValidatedFrameBuf<T>, FrameError> {
+        let count = ValidatedFrame::<T>::validate(kind, &body)?.records.count;
+        Ok(ValidatedFrameBuf {
+            body,
+            count,
+            archived: PhantomData,
+        })
+    }
+}
+
+impl<T: Portable> ValidatedFrameBuf<T> {
+    /// The frame, to read its records.
+    pub fn frame(&self) -> ValidatedFrame<'_, T> {
+        ValidatedFrame {
+            records: Records::from_checked_layout(&self.body, self.count),
+            archived: PhantomData,
+        }
+    }
+}
+
+/// Archives of `T` packed back to back, each starting 16-byte aligned, that can only hold
+/// validated archives: copies of [`ValidatedArchive`]s, and values it archives itself. This is
+/// what a mesh batch carries between cores (it is `Send`): the receiver reads every archive in
+/// place without checking it again, and the type says that is safe. Built on one core, moved
+/// whole to another, read there.
+pub struct ValidatedArchives<T> {
+    bytes: AlignedVec,
+    /// Offset and length of each archive in `bytes`.
+    spans: Vec<(u32, u32)>,
+    archived: PhantomData<fn() -> T>,
+}
+
+impl<T> Default for ValidatedArchives<T> {
+    fn default() -> Self {
+        ValidatedArchives {
+            bytes: AlignedVec::new(),
+            spans: Vec::new(),
+            archived: PhantomData,
+        }
+    }
+}
+
+impl<T: Portable> ValidatedArchives<T> {
+    /// How many archives it holds.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// True when it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Bytes held, padding included.
+    pub fn bytes_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Forgets every archive, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+    }
+
+    /// Copies a validated archive in; returns its index.
+    pub fn push(&mut self, archive: ValidatedArchive<'_, T>) -> usize {
+        let offset = align_up(self.bytes.len());
+        self.bytes.resize(offset, 0);
+        self.bytes.extend_from_slice(archive.bytes);
+        self.spans.push((offset as u32, archive.bytes.len() as u32));
+        self.spans.len() - 1
+    }
+
+    /// Archives `value` in (a reply this shard made, say); returns its index. On error nothing
+    /// is added.
+    pub fn push_value<V>(&mut self, value: &V) -> Result<usize, EncodeError>
+    where
+        V: rkyv::Archive<Archived = T> + for<'b, 'a> Serialize<RecordSerializer<'b, 'a>>,
+    {
+        let (offset, len) = archive_aligned(&mut self.bytes, value)?;
+        self.spans.push((offset as u32, len as u32));
+        Ok(self.spans.len() - 1)
+    }
+
+    /// The archive at `index`.
+    pub fn get(&self, index: usize) -> ValidatedArchive<'_, T> {
+        let (offset, len) = self.spans[index];
+        let start = offset as usize;
+        ValidatedArchive {
+            bytes: &self.bytes[start..start + len as usize],
+            archived: PhantomData,
+        }
+    }
+
+    /// Every archive, in the order they were pushed.
+    pub fn iter(&self) -> impl Iterator<Item = ValidatedArchive<'_, T>> {
+        (0..self.spans.len()).map(|index| self.get(index))
+    }
 }
 
 /// Why a record could not be encoded.
@@ -644,7 +913,7 @@ where
 /// frames back to back, ready for one write.
 pub struct FrameBuilder {
     buf: AlignedVec,
-    /// The frame being built, if one is open: where its header starts, its kind, its body size.
+    /// Where the frame being built starts, its kind and body size so far.
     open_frame: Option<OpenFrame>,
     lens: Vec<u32>,
 }
@@ -693,6 +962,19 @@ impl FrameBuilder {
         self.open_frame = None;
         if self.buf.capacity() > retain_bytes {
             self.buf = AlignedVec::with_capacity(retain_bytes);
+        }
+    }
+
+    /// Bytes of the finished frames at the front: all of them but an open frame.
+    pub fn closed_len(&self) -> usize {
+        self.open_frame.map_or(self.buf.len(), |frame| frame.start)
+    }
+
+    /// Drops the open frame and its records, as if it had never been begun.
+    pub fn abandon_open(&mut self) {
+        if let Some(frame) = self.open_frame.take() {
+            self.buf.resize(frame.start, 0);
+            self.lens.clear();
         }
     }
 
@@ -813,9 +1095,7 @@ impl FrameBuilder {
         self.begin(kind);
         if let Some(value) = value {
             if let Err(error) = self.push(value) {
-                let start = self.open_frame.take().map_or(0, |frame| frame.start);
-                self.buf.resize(start, 0);
-                self.lens.clear();
+                self.abandon_open();
                 return Err(error);
             }
         }
@@ -861,7 +1141,12 @@ fn truncate_to_char_boundary(text: &mut String, max: usize) {
 mod tests {
     use super::*;
     use crate::core::ids::{HuntId, PlayerId, TreasureId};
-    use crate::core::message::{ArchivedEvent, ArchivedEventKind, Event, EventKind};
+    use crate::core::message::{
+        ArchivedEvent, ArchivedEventKind, ArchivedPartitionMapMessage, ArchivedReply, Event,
+        EventError, EventKind, HuntSpec, LeaderboardEntry, Outcome, PartitionMapMessage, Position,
+        RejectReason, Reply, TreasureSpec, WaypointSpec,
+    };
+    use crate::core::partition::PartitionMap;
     use proptest::prelude::*;
 
     fn claim(seq: u64, code: &str) -> Event {
@@ -1141,19 +1426,258 @@ mod tests {
         }
     }
 
-    fn arb_event() -> impl Strategy<Value = Event> {
-        (any::<u64>(), any::<u64>(), any::<u64>(), ".{0,40}").prop_map(
-            |(hunt, player, seq, code)| Event {
+    fn arb_position() -> impl Strategy<Value = Position> {
+        (any::<i32>(), any::<i32>()).prop_map(|(lat_e7, lon_e7)| Position { lat_e7, lon_e7 })
+    }
+
+    fn arb_hunt_spec() -> impl Strategy<Value = HuntSpec> {
+        let waypoint = (arb_position(), any::<u32>(), any::<u32>()).prop_map(
+            |(position, radius_m, points)| WaypointSpec {
+                position,
+                radius_m,
+                points,
+            },
+        );
+        let treasure = (any::<u64>(), any::<u32>())
+            .prop_map(|(code_hash, points)| TreasureSpec { code_hash, points });
+        (
+            prop::collection::vec(waypoint, 0..6),
+            prop::collection::vec(treasure, 0..6),
+        )
+            .prop_map(|(waypoints, treasures)| HuntSpec {
+                waypoints,
+                treasures,
+            })
+    }
+
+    /// Every kind of event; `kind` picks one (0 to [`EVENT_KINDS`] - 1).
+    fn arb_event_kind(kind: usize) -> BoxedStrategy<EventKind> {
+        match kind {
+            0 => arb_hunt_spec().prop_map(EventKind::CreateHunt).boxed(),
+            1 => Just(EventKind::Join).boxed(),
+            2 => arb_position()
+                .prop_map(|position| EventKind::CheckIn { position })
+                .boxed(),
+            3 => (any::<u32>(), ".{0,40}")
+                .prop_map(|(treasure, code)| EventKind::Claim {
+                    treasure: TreasureId(treasure),
+                    code,
+                })
+                .boxed(),
+            _ => any::<u16>()
+                .prop_map(|top_k| EventKind::Leaderboard { top_k })
+                .boxed(),
+        }
+    }
+
+    const EVENT_KINDS: usize = 5;
+
+    fn arb_event_of(kind: BoxedStrategy<EventKind>) -> impl Strategy<Value = Event> {
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), kind).prop_map(
+            |(hunt, player, client_seq, client_ts, kind)| Event {
                 hunt: HuntId(hunt),
                 player: PlayerId(player),
-                client_seq: seq,
-                client_ts: seq.wrapping_mul(3),
-                kind: EventKind::Claim {
-                    treasure: TreasureId(seq as u32),
-                    code,
-                },
+                client_seq,
+                client_ts,
+                kind,
             },
         )
+    }
+
+    fn arb_event() -> impl Strategy<Value = Event> {
+        (0..EVENT_KINDS).prop_flat_map(|kind| arb_event_of(arb_event_kind(kind)))
+    }
+
+    /// A frame's worth of events, all of one kind (any kind).
+    fn arb_events_of_one_kind() -> impl Strategy<Value = Vec<Event>> {
+        (0..EVENT_KINDS)
+            .prop_flat_map(|kind| prop::collection::vec(arb_event_of(arb_event_kind(kind)), 1..20))
+    }
+
+    fn arb_outcome() -> impl Strategy<Value = Outcome> {
+        let entry = (any::<u64>(), any::<u32>()).prop_map(|(player, score)| LeaderboardEntry {
+            player: PlayerId(player),
+            score,
+        });
+        prop_oneof![
+            any::<u32>().prop_map(|score| Outcome::Accepted { score }),
+            Just(Outcome::Rejected {
+                reason: RejectReason::WrongCode
+            }),
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(points, score)| Outcome::Claimed { points, score }),
+            any::<u64>().prop_map(|winner| Outcome::AlreadyClaimed {
+                winner: PlayerId(winner)
+            }),
+            prop::collection::vec(entry, 0..10)
+                .prop_map(|entries| Outcome::Leaderboard { entries }),
+            Just(Outcome::Busy),
+            Just(Outcome::Error {
+                error: EventError::ShuttingDown
+            }),
+        ]
+    }
+
+    fn arb_map_message() -> impl Strategy<Value = PartitionMapMessage> {
+        (0u32..=10, 1usize..=8).prop_flat_map(|(partition_bits, shards)| {
+            (
+                any::<u32>(),
+                prop::collection::vec(0..shards as u16, 1usize << partition_bits),
+                prop::collection::vec(any::<u16>(), shards),
+            )
+                .prop_map(|(epoch, owners, shard_ports)| PartitionMapMessage {
+                    epoch,
+                    owners,
+                    shard_ports,
+                })
+        })
+    }
+
+    /// Rewrites the checksums of a frame whose body was changed, so that the header and body
+    /// checks pass and the body's records are what gets parsed and validated.
+    fn reseal(frame: &mut [u8]) {
+        let body_hash = xxh3_64(&frame[FRAME_HEADER_BYTES..]);
+        frame[layout::BODY_HASH..layout::BODY_HASH + 8].copy_from_slice(&body_hash.to_le_bytes());
+        let header_hash = xxh3_64(&frame[..layout::HEADER_HASH]);
+        frame[layout::HEADER_HASH..FRAME_HEADER_BYTES].copy_from_slice(&header_hash.to_le_bytes());
+    }
+
+    /// Validates a resealed events frame; every record of a frame that validates must read
+    /// back as an event. Panics only on a codec bug.
+    fn validate_fuzzed(frame: &[u8]) -> Result<Vec<Event>, FrameError> {
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(frame);
+        let Ok(Decoded::Frame { header, body, .. }) = decode_frame(&aligned) else {
+            panic!("a resealed frame passes its checksums");
+        };
+        let frame = ValidatedFrame::<ArchivedEvent>::validate(header.kind, body)?;
+        Ok(frame
+            .iter()
+            .map(|record| rkyv::deserialize::<Event, rkyv::rancor::Error>(record.get()).unwrap())
+            .collect())
+    }
+
+    #[test]
+    fn a_validated_frame_reads_every_record_in_place() {
+        let events = vec![claim(1, "a"), claim(2, "bb"), claim(3, "ccc")];
+        let bytes = events_frame(&events);
+        let Decoded::Frame { header, body, .. } = decode_frame(&bytes).unwrap() else {
+            panic!("expected a frame");
+        };
+        let frame = ValidatedFrame::<ArchivedEvent>::validate(header.kind, body).unwrap();
+        assert_eq!(frame.len(), 3);
+        let mut seqs = Vec::new();
+        for record in frame.iter() {
+            assert!(body.as_ptr_range().contains(&record.bytes().as_ptr()));
+            seqs.push(record.get().client_seq.to_native());
+        }
+        assert_eq!(seqs, [1, 2, 3]);
+    }
+
+    #[test]
+    fn one_bad_record_refuses_the_whole_frame() {
+        let mut builder = FrameBuilder::new();
+        builder.begin(FrameKind::Events);
+        builder.push(&claim(1, "fine")).unwrap();
+        builder.push_archived(&[0xffu8; 64]).unwrap();
+        builder.finish(0);
+        let Decoded::Frame { header, body, .. } = decode_frame(builder.bytes()).unwrap() else {
+            panic!("expected a frame");
+        };
+        match ValidatedFrame::<ArchivedEvent>::validate(header.kind, body) {
+            Err(FrameError::InvalidArchive { index: 1, .. }) => {}
+            other => panic!("expected record 1 to be refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_misaligned_record_is_refused_not_read() {
+        let bytes = events_frame(&[claim(1, "x")]);
+        let Decoded::Frame { header, body, .. } = decode_frame(&bytes).unwrap() else {
+            panic!("expected a frame");
+        };
+        let record = Records::parse(header.kind, body)
+            .unwrap()
+            .iter()
+            .next()
+            .unwrap();
+        let mut shifted = AlignedVec::<16>::new();
+        shifted.extend_from_slice(&[0u8; 8]);
+        shifted.extend_from_slice(record);
+        let result = ValidatedArchive::<ArchivedEvent>::validate(0, &shifted[8..]);
+        assert!(
+            matches!(&result, Err(FrameError::InvalidArchive { reason, .. }) if reason.contains("aligned")),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn validated_archives_hold_copies_and_values_and_stay_aligned() {
+        let bytes = events_frame(&[claim(1, "copied"), claim(2, "also copied")]);
+        let Decoded::Frame { header, body, .. } = decode_frame(&bytes).unwrap() else {
+            panic!("expected a frame");
+        };
+        let frame = ValidatedFrame::<ArchivedEvent>::validate(header.kind, body).unwrap();
+        let mut pack = ValidatedArchives::<ArchivedEvent>::default();
+        for record in frame.iter() {
+            pack.push(record);
+        }
+        let made_here = pack.push_value(&claim(3, "archived here")).unwrap();
+        assert_eq!(made_here, 2);
+        assert_eq!(pack.len(), 3);
+        let mut codes = Vec::new();
+        for archive in pack.iter() {
+            assert_eq!(archive.bytes().as_ptr() as usize % ARCHIVE_ALIGN, 0);
+            match &archive.get().kind {
+                ArchivedEventKind::Claim { code, .. } => codes.push(code.as_str().to_owned()),
+                other => panic!("unexpected kind {other:?}"),
+            }
+        }
+        assert_eq!(codes, ["copied", "also copied", "archived here"]);
+        // A copy of a copy is still readable: batches are moved and re-packed between cores.
+        let mut repacked = ValidatedArchives::<ArchivedEvent>::default();
+        repacked.push(pack.get(1));
+        assert_eq!(repacked.get(0).get().client_seq, 2);
+        pack.clear();
+        assert!(pack.is_empty());
+    }
+
+    #[test]
+    fn an_owned_validated_frame_reads_like_a_borrowed_one() {
+        let bytes = events_frame(&[claim(8, "owned")]);
+        let Decoded::Frame { header, body, .. } = decode_frame(&bytes).unwrap() else {
+            panic!("expected a frame");
+        };
+        let mut owned = AlignedVec::new();
+        owned.extend_from_slice(body);
+        let frame = ValidatedFrameBuf::<ArchivedEvent>::validate(header.kind, owned).unwrap();
+        let seqs: Vec<u64> = frame
+            .frame()
+            .iter()
+            .map(|record| record.get().client_seq.to_native())
+            .collect();
+        assert_eq!(seqs, [8]);
+        let mut bad = AlignedVec::new();
+        bad.extend_from_slice(&[0u8; 32]);
+        bad[28..32].copy_from_slice(&1u32.to_le_bytes());
+        assert!(ValidatedFrameBuf::<ArchivedEvent>::validate(FrameKind::Events, bad).is_err());
+    }
+
+    #[test]
+    fn reseal_makes_a_changed_body_pass_the_checksums() {
+        // The fuzz tests below rely on it: without it they would test the checksum only.
+        let mut bytes = events_frame(&[claim(1, "x")]);
+        let last = bytes.len() - 1;
+        bytes[FRAME_HEADER_BYTES] ^= 1;
+        assert_eq!(decode_frame(&bytes), Err(FrameError::BodyChecksum));
+        reseal(&mut bytes);
+        assert!(matches!(decode_frame(&bytes), Ok(Decoded::Frame { .. })));
+        bytes[last] ^= 0x80;
+        reseal(&mut bytes);
+        assert!(matches!(
+            validate_fuzzed(&bytes),
+            Err(FrameError::TooManyRecords { .. })
+        ));
     }
 
     proptest! {
@@ -1161,6 +1685,58 @@ mod tests {
         fn codec_round_trips(events in prop::collection::vec(arb_event(), 0..40)) {
             let bytes = events_frame(&events);
             prop_assert_eq!(decode_events(&bytes).unwrap(), events);
+        }
+
+        #[test]
+        fn every_kind_of_event_round_trips(events in arb_events_of_one_kind()) {
+            // Frames of one kind each, so that no kind hides behind another in a mixed frame.
+            let bytes = events_frame(&events);
+            prop_assert_eq!(validate_fuzzed(&bytes).unwrap(), events);
+        }
+
+        #[test]
+        fn replies_round_trip(
+            replies in prop::collection::vec(
+                (any::<u64>(), any::<u64>(), arb_outcome()).prop_map(|(client_seq, client_ts, outcome)| Reply {
+                    client_seq,
+                    client_ts,
+                    outcome,
+                }),
+                0..30,
+            ),
+        ) {
+            let mut builder = FrameBuilder::new();
+            builder.begin(FrameKind::Replies);
+            for reply in &replies {
+                builder.push(reply).unwrap();
+            }
+            builder.finish(1);
+            let Decoded::Frame { header, body, .. } = decode_frame(builder.bytes()).unwrap() else {
+                panic!("expected a frame");
+            };
+            let frame = ValidatedFrame::<ArchivedReply>::validate(header.kind, body).unwrap();
+            let decoded: Vec<Reply> = frame
+                .iter()
+                .map(|record| rkyv::deserialize::<Reply, rkyv::rancor::Error>(record.get()).unwrap())
+                .collect();
+            prop_assert_eq!(decoded, replies);
+        }
+
+        #[test]
+        fn partition_maps_round_trip(message in arb_map_message()) {
+            let mut builder = FrameBuilder::new();
+            builder.single(FrameKind::MapReply, message.epoch, Some(&message)).unwrap();
+            let Decoded::Frame { header, body, .. } = decode_frame(builder.bytes()).unwrap() else {
+                panic!("expected a frame");
+            };
+            prop_assert_eq!(header.epoch, message.epoch);
+            let frame = ValidatedFrame::<ArchivedPartitionMapMessage>::validate(header.kind, body).unwrap();
+            prop_assert_eq!(frame.len(), 1);
+            let archived = frame.first().unwrap().get();
+            let map = PartitionMap::from_message(archived).unwrap();
+            prop_assert_eq!(map.epoch().get(), message.epoch);
+            prop_assert_eq!(map.shards(), message.shard_ports.len());
+            prop_assert_eq!(map.to_message(&message.shard_ports), message);
         }
 
         #[test]
@@ -1202,11 +1778,54 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        fn random_bytes_never_pass_as_a_frame(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let mut framed = FRAME_MAGIC.to_vec();
             framed.extend_from_slice(&bytes);
-            let _ = decode_events(&framed);
-            let _ = decode_events(&bytes);
+            for input in [&framed, &bytes] {
+                let decoded = decode_frame(input);
+                prop_assert!(!matches!(decoded, Ok(Decoded::Frame { .. })), "{:?}", decoded);
+            }
+        }
+
+        /// Bodies fuzzed under a valid header: bytes of one kind of event overwritten at
+        /// random, checksums recomputed so that the records themselves are parsed and
+        /// validated. Whatever validation accepts must read back as events.
+        #[test]
+        fn fuzzed_bodies_under_a_valid_header_are_refused_or_read(
+            events in arb_events_of_one_kind(),
+            writes in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..16),
+        ) {
+            let mut bytes = events_frame(&events);
+            let body_len = bytes.len() - FRAME_HEADER_BYTES;
+            for (at, value) in &writes {
+                bytes[FRAME_HEADER_BYTES + at.index(body_len)] = *value;
+            }
+            reseal(&mut bytes);
+            // What validation accepts must be events that encode and read back the same.
+            if let Ok(read) = validate_fuzzed(&bytes) {
+                prop_assert_eq!(validate_fuzzed(&events_frame(&read)).unwrap(), read);
+            }
+        }
+
+        /// The records alone replaced by random bytes of the same lengths, trailer intact:
+        /// every record reaches bytecheck.
+        #[test]
+        fn random_records_under_a_valid_trailer_are_refused_or_read(
+            events in arb_events_of_one_kind(),
+            noise in prop::collection::vec(any::<u8>(), 64..2048),
+        ) {
+            let mut bytes = events_frame(&events);
+            let body_len = bytes.len() - FRAME_HEADER_BYTES;
+            let records_len = body_len - align_up(4 * (events.len() + 1));
+            for (offset, byte) in (FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + records_len).enumerate() {
+                bytes[byte] = noise[offset % noise.len()];
+            }
+            reseal(&mut bytes);
+            match validate_fuzzed(&bytes) {
+                Ok(read) => prop_assert_eq!(validate_fuzzed(&events_frame(&read)).unwrap(), read),
+                Err(FrameError::InvalidArchive { .. }) => {}
+                Err(other) => prop_assert!(false, "the layout was intact, yet: {}", other),
+            }
         }
     }
 }

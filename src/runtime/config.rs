@@ -7,7 +7,8 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::constants::{
-    CONNECTION_EVENTS_INFLIGHT_MAX, EVENT_BYTES_MAX, MESH_BYTES_INFLIGHT_MAX,
+    CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_EVENTS_INFLIGHT_MAX,
+    CONNECTION_SHARES_PER_SHARD_MIN, EVENT_BYTES_MAX, MESH_BYTES_INFLIGHT_MAX,
     MESH_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
     SHARD_EVENTS_INFLIGHT_MAX, SHARDS_MAX, SPIN_BEFORE_PARK_US_MAX, STALL_THRESHOLD_MS_DEFAULT,
     STALL_THRESHOLD_MS_MAX,
@@ -39,7 +40,7 @@ impl Default for Budget {
         Budget {
             shard_events: SHARD_EVENTS_INFLIGHT_MAX,
             shard_bytes: SHARD_BYTES_INFLIGHT_MAX,
-            connection_events: CONNECTION_EVENTS_INFLIGHT_MAX,
+            connection_events: CONNECTION_EVENTS_INFLIGHT_DEFAULT,
             mesh_events: MESH_EVENTS_INFLIGHT_MAX,
             mesh_bytes: MESH_BYTES_INFLIGHT_MAX,
         }
@@ -52,9 +53,13 @@ impl Budget {
         Credit::new(self.shard_events, self.shard_bytes)
     }
 
-    /// One connection's share of the socket budget.
+    /// One connection's share of the socket budget: its events, and bytes in proportion to
+    /// [`CONNECTION_SHARES_PER_SHARD_MIN`] (at least one event of the largest size).
     pub fn connection(&self) -> Credit {
-        Credit::new(self.connection_events, self.shard_bytes)
+        Credit::new(
+            self.connection_events,
+            (self.shard_bytes / CONNECTION_SHARES_PER_SHARD_MIN).max(EVENT_BYTES_MAX as u32),
+        )
     }
 
     /// What one source shard may have in flight at a receiving shard of a node with `shards`

@@ -35,6 +35,7 @@ use std::collections::BinaryHeap;
 
 use rkyv::util::AlignedVec;
 
+use crate::client::proto::ClientProto;
 use crate::constants::{EVENT_BYTES_MAX, SIM_DRAIN_MS_MAX};
 use crate::core::codec::{Decoded, FrameBuilder, FrameKind, Records, access_record, decode_frame};
 use crate::core::credit::Credit;
@@ -242,6 +243,9 @@ struct Sim {
     /// Events each shard applied, in order; kept only when a fault needs to replay them.
     applied_log: Vec<Vec<u32>>,
     network: Network,
+    /// Every simulated client's protocol: one frame per event, stamped with the map's epoch.
+    client: ClientProto,
+    /// Reply frames, built only to know their size.
     frames: FrameBuilder,
     busy_reply_bytes: u32,
     node_events_sent: u64,
@@ -341,6 +345,8 @@ impl Sim {
                 Vec::new()
             },
             network,
+            client: ClientProto::new(map.clone(), false, 1)
+                .expect("one event per frame is a valid client configuration"),
             frames: FrameBuilder::new(),
             busy_reply_bytes: 0,
             node_events_sent: 0,
@@ -457,16 +463,16 @@ impl Sim {
         }
     }
 
-    /// The frame a client sends: one event, archived with rkyv.
+    /// The frame a client sends: one event, archived with rkyv by the client protocol.
     fn client_frame(&mut self, event: &Event) -> AlignedVec {
-        self.frames.begin(FrameKind::Events);
-        self.frames
-            .push(event)
+        self.client
+            .push_event(0, event)
             .expect("a simulated event fits a frame");
-        self.frames.finish(MAP_EPOCH);
+        let output = self.client.flush_output(0);
         let mut frame = AlignedVec::new();
-        frame.extend_from_slice(self.frames.bytes());
-        self.frames.clear(0);
+        frame.extend_from_slice(output);
+        let written = output.len();
+        self.client.consumed_output(0, written);
         frame
     }
 

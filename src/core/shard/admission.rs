@@ -223,8 +223,8 @@ impl ShardCore {
 
     /// Whether connection `id`'s reader may go on: its backlog of replies is short, and the
     /// credit its next event needs is there (for a blocked frame, exactly what its next record
-    /// waits for; otherwise one event of the largest size). Fail-fast shards read on and
-    /// answer `Busy`.
+    /// waits for; otherwise one event of the largest size), or it holds no credit at all.
+    /// Fail-fast shards read on and answer `Busy`.
     pub fn readable(&self, id: ConnectionId) -> Readable {
         let Some(connection) = self.connections.get(id) else {
             return Readable::Never;
@@ -236,6 +236,12 @@ impl ShardCore {
             return Readable::NotYet;
         }
         if self.config.fail_fast {
+            return Readable::Yes;
+        }
+        if connection.frame.is_none() && connection.credit.is_idle() {
+            // A connection holding nothing may always read: its control requests (the map)
+            // are answered whatever others hold, and its events wait for credit in its
+            // receive buffer, which is bounded.
             return Readable::Yes;
         }
         let (need, peer) = match connection.frame {

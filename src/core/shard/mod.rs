@@ -28,9 +28,13 @@ pub mod replies;
 pub mod routing;
 pub mod stop;
 
+#[cfg(test)]
+mod tests;
+
 use crate::constants::{
-    CONNECTION_EVENTS_INFLIGHT_MAX, EVENT_BYTES_MAX, MESH_BYTES_INFLIGHT_MAX,
-    MESH_EVENTS_INFLIGHT_MAX, SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX,
+    CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_SHARES_PER_SHARD_MIN, EVENT_BYTES_MAX,
+    MESH_BYTES_INFLIGHT_MAX, MESH_EVENTS_INFLIGHT_MAX, SHARD_BYTES_INFLIGHT_MAX,
+    SHARD_EVENTS_INFLIGHT_MAX,
 };
 use crate::core::codec::{FrameBuilder, FrameKind};
 use crate::core::credit::{Credit, CreditPool};
@@ -74,8 +78,8 @@ impl ShardConfig {
             node: NodeId(0),
             shard_budget: Credit::new(SHARD_EVENTS_INFLIGHT_MAX, SHARD_BYTES_INFLIGHT_MAX),
             connection_budget: Credit::new(
-                CONNECTION_EVENTS_INFLIGHT_MAX,
-                SHARD_BYTES_INFLIGHT_MAX,
+                CONNECTION_EVENTS_INFLIGHT_DEFAULT,
+                SHARD_BYTES_INFLIGHT_MAX / CONNECTION_SHARES_PER_SHARD_MIN,
             ),
             mesh_budget_per_source: Credit::new(
                 (MESH_EVENTS_INFLIGHT_MAX / sources).max(1),
