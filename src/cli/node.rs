@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::constants::{
-    CONNECTION_EVENTS_INFLIGHT_DEFAULT, PARTITIONS_DEFAULT, PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
-    SHARD_EVENTS_INFLIGHT_MAX,
+    CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_IDLE_MS_DEFAULT, PARTITIONS_DEFAULT,
+    PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX, WRITE_STALL_MS_DEFAULT,
 };
 use crate::node::{Node, NodeConfig};
 use crate::runtime::config::{Budget, RuntimeConfig, shard_cpus};
@@ -52,6 +52,12 @@ pub struct NodeArgs {
     /// Answer Busy when out of credit instead of making the client wait
     #[arg(long)]
     pub fail_fast: bool,
+    /// Close a connection with nothing in flight after this many ms of silence
+    #[arg(long, value_name = "MS", default_value_t = CONNECTION_IDLE_MS_DEFAULT)]
+    pub idle_timeout_ms: u64,
+    /// Close a connection whose socket takes none of its replies for this many ms
+    #[arg(long, value_name = "MS", default_value_t = WRITE_STALL_MS_DEFAULT)]
+    pub write_stall_ms: u64,
     /// An idle shard spins this many µs before it parks: faster wake-ups on isolated CPUs,
     /// stolen time on shared ones [default: 0, park at once]
     #[arg(long, value_name = "US")]
@@ -75,6 +81,8 @@ impl NodeArgs {
             partitions: self.partitions,
             budget,
             fail_fast: self.fail_fast,
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            write_stall: Duration::from_millis(self.write_stall_ms),
             spin_before_park: self
                 .spin_before_park_us
                 .filter(|&us| us > 0)

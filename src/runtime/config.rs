@@ -7,10 +7,11 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::constants::{
-    CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_EVENTS_INFLIGHT_MAX,
-    CONNECTION_SHARES_PER_SHARD_MIN, EVENT_BYTES_MAX, MESH_BYTES_INFLIGHT_MAX,
-    MESH_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
-    SHARD_EVENTS_INFLIGHT_MAX, SHARDS_MAX, SPIN_BEFORE_PARK_US_MAX,
+    CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_EVENTS_INFLIGHT_MAX, CONNECTION_IDLE_MS_DEFAULT,
+    CONNECTION_IDLE_MS_MAX, CONNECTION_SHARES_PER_SHARD_MIN, EVENT_BYTES_MAX,
+    MESH_BYTES_INFLIGHT_MAX, MESH_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT,
+    SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX, SHARDS_MAX, SPIN_BEFORE_PARK_US_MAX,
+    WRITE_STALL_MS_DEFAULT, WRITE_STALL_MS_MAX,
 };
 use crate::core::credit::Credit;
 use crate::core::ids::ShardId;
@@ -145,6 +146,10 @@ pub struct RuntimeConfig {
     /// The port each shard listens on, for the partition map clients ask for. Set by the
     /// node once it has bound them; empty (zeros in the map) for shards without sockets.
     pub shard_ports: Vec<u16>,
+    /// A connection with nothing in flight that stays silent this long is closed.
+    pub idle_timeout: Duration,
+    /// Replies that wait this long for a socket that takes none of them close the connection.
+    pub write_stall: Duration,
 }
 
 impl RuntimeConfig {
@@ -159,6 +164,8 @@ impl RuntimeConfig {
             panic_shard: None,
             spin_before_park: None,
             shard_ports: Vec::new(),
+            idle_timeout: Duration::from_millis(CONNECTION_IDLE_MS_DEFAULT),
+            write_stall: Duration::from_millis(WRITE_STALL_MS_DEFAULT),
         }
     }
 
@@ -179,6 +186,16 @@ impl RuntimeConfig {
         if let Some(spin) = self.spin_before_park {
             if spin > Duration::from_micros(SPIN_BEFORE_PARK_US_MAX) {
                 return Err(ConfigError::SpinTooLong(spin));
+            }
+        }
+        let timeouts = [
+            ("idle timeout", self.idle_timeout, CONNECTION_IDLE_MS_MAX),
+            ("write-stall timeout", self.write_stall, WRITE_STALL_MS_MAX),
+        ];
+        for (name, value, max_ms) in timeouts {
+            let ms = value.as_millis();
+            if ms == 0 || ms > u128::from(max_ms) {
+                return Err(ConfigError::TimeoutOutOfRange { name, ms, max_ms });
             }
         }
         self.budget.check()
@@ -227,6 +244,11 @@ pub enum ConfigError {
         max: u32,
     },
     SpinTooLong(Duration),
+    TimeoutOutOfRange {
+        name: &'static str,
+        ms: u128,
+        max_ms: u64,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -244,6 +266,10 @@ impl fmt::Display for ConfigError {
                 CpuSet::from_cpus(allowed.iter().copied())
             ),
             ConfigError::Partitions(error) => write!(f, "{error}"),
+            ConfigError::TimeoutOutOfRange { name, ms, max_ms } => write!(
+                f,
+                "an {name} of {ms} ms is out of range: it must be from 1 to {max_ms} ms"
+            ),
             ConfigError::SpinTooLong(spin) => write!(
                 f,
                 "spinning {} µs before parking is more than the limit of {SPIN_BEFORE_PARK_US_MAX} µs",

@@ -47,6 +47,12 @@ pub struct ShardStats {
     pub connections_refused: u64,
     /// Connections cut at shutdown because their replies could not be written in time.
     pub connections_force_closed: u64,
+    /// Connections closed for staying idle past the idle timeout.
+    pub connections_idle_closed: u64,
+    /// Connections closed because their socket took no replies for the write-stall timeout.
+    pub connections_write_stalled: u64,
+    /// Idle connections closed to make room for a new one when the shard was full.
+    pub connections_evicted: u64,
     pub frames_received: u64,
     pub frames_rejected: u64,
     pub busy_replies: u64,
