@@ -440,10 +440,16 @@ async fn dispatch_frames<'a>(
 /// how long each command took, until criterion's thread hangs up.
 async fn drive(shard: Rc<Shard>, payload: DriverPayload) {
     let connection = Rc::new(DriverConnection::default());
-    let (id, queue) = shard
+    let (id, signals) = shard
         .connect()
         .expect("a new shard has room for a connection");
-    glommio::spawn_local(write_replies(shard.clone(), id, queue, connection.clone())).detach();
+    glommio::spawn_local(write_replies(
+        shard.clone(),
+        id,
+        signals.writer,
+        connection.clone(),
+    ))
+    .detach();
     dispatch_frames(&shard, &connection, id, payload.setup.iter()).await;
     let mut frames = payload.measured.iter().cycle();
     if payload.results.send(Duration::ZERO).is_ok() {

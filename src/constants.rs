@@ -194,6 +194,19 @@ pub const SPIN_BEFORE_PARK_US_MAX: u64 = 10_000;
 /// How long a closing connection keeps reading (and dropping) what its client still sends, so
 /// that closing does not reset the connection under replies the client has yet to read.
 pub const CONNECTION_LINGER_MS_MAX: u64 = 1_000;
+/// How long a connection with nothing in flight may stay silent before it is closed, unless
+/// configured otherwise (`trove node --idle-timeout-ms`). It also bounds how long a frame
+/// may take to arrive once started: a half-sent frame holds no credit, so it is idle.
+pub const CONNECTION_IDLE_MS_DEFAULT: u64 = 60_000;
+/// Longest idle timeout a node may be configured with.
+pub const CONNECTION_IDLE_MS_MAX: u64 = 3_600_000;
+/// How long replies may wait for a socket that takes none of them before the connection is
+/// closed and their credit returns, unless configured otherwise (`--write-stall-ms`).
+pub const WRITE_STALL_MS_DEFAULT: u64 = 10_000;
+/// Longest write-stall timeout a node may be configured with.
+pub const WRITE_STALL_MS_MAX: u64 = 600_000;
+/// How often a shard checks its connections' timeouts: the most a timeout may overshoot.
+pub const TIMEOUT_CHECK_INTERVAL_MS_MAX: u64 = 100;
 /// How long a stopping node waits for work in flight to drain before it closes anyway.
 pub const SHUTDOWN_GRACE_MS_MAX: u64 = 5_000;
 /// A shard's task queue that runs this long past its time slice (glommio's preempt timer,

@@ -10,8 +10,9 @@ use clap::Args;
 
 use crate::client::auth::read_secret_file;
 use crate::constants::{
-    CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT,
-    PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX,
+    CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_EVENTS_INFLIGHT_MAX, CONNECTION_IDLE_MS_DEFAULT,
+    PARTITIONS_DEFAULT, PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX,
+    WRITE_STALL_MS_DEFAULT,
 };
 use crate::host::cpuset::CpuSet;
 use crate::metrics::MetricsListen;
@@ -69,6 +70,12 @@ pub struct NodeArgs {
     /// Answer Busy when out of credit instead of making the client wait
     #[arg(long)]
     pub fail_fast: bool,
+    /// Close a connection with nothing in flight after this many ms of silence
+    #[arg(long, value_name = "MS", default_value_t = CONNECTION_IDLE_MS_DEFAULT)]
+    pub idle_timeout_ms: u64,
+    /// Close a connection whose socket takes none of its replies for this many ms
+    #[arg(long, value_name = "MS", default_value_t = WRITE_STALL_MS_DEFAULT)]
+    pub write_stall_ms: u64,
     /// An idle shard spins this many µs before it parks: faster wake-ups on isolated CPUs,
     /// stolen time on shared ones [default: 0, park at once]
     #[arg(long, value_name = "US")]
@@ -114,6 +121,8 @@ impl NodeArgs {
             partitions: self.partitions,
             budget,
             fail_fast: self.fail_fast,
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            write_stall: Duration::from_millis(self.write_stall_ms),
             spin_before_park: self
                 .spin_before_park_us
                 .filter(|&us| us > 0)

@@ -27,26 +27,26 @@ use crate::core::codec::{
 };
 use crate::core::ids::ConnectionId;
 use crate::core::shard::{CloseReason, FrameProgress, Readable};
-use crate::runtime::shard::{Shard, WriteStep};
-use crate::runtime::wait::WaitQueue;
+use crate::runtime::shard::{ConnectionSignals, Shard, WriteStep};
+use crate::runtime::wait::Latch;
 
 /// Serves a newly accepted socket on `shard`; with a secret, only once the client has passed
 /// the authentication handshake (`net::auth`), which holds the connection's slot meanwhile.
 pub(crate) fn serve(shard: Rc<Shard>, mut stream: TcpStream, secret: Option<Rc<AuthSecret>>) {
     let _ = stream.set_nodelay(true);
-    let Some((id, writer_queue)) = shard.connect() else {
+    let Some((id, signals)) = shard.connect() else {
         glommio::spawn_local(refuse(shard, stream)).detach();
         return;
     };
     let Some(secret) = secret else {
-        return start_loops(shard, id, writer_queue, stream);
+        return start_loops(shard, id, signals, stream);
     };
     glommio::spawn_local(async move {
         if crate::net::auth::authenticate(&mut stream, &secret)
             .await
             .is_ok()
         {
-            return start_loops(shard, id, writer_queue, stream);
+            return start_loops(shard, id, signals, stream);
         }
         let _ = stream.close().await;
         shard.handle_read_closed(id, Ok(()));
@@ -57,7 +57,7 @@ pub(crate) fn serve(shard: Rc<Shard>, mut stream: TcpStream, secret: Option<Rc<A
 
 /// Starts the reader and the writer of an accepted (and, with a secret, authenticated)
 /// connection.
-fn start_loops(shard: Rc<Shard>, id: ConnectionId, writer_queue: Rc<WaitQueue>, stream: TcpStream) {
+fn start_loops(shard: Rc<Shard>, id: ConnectionId, signals: ConnectionSignals, stream: TcpStream) {
     // SAFETY: dup(2) of a descriptor this task owns; the copy is owned by the writer alone.
     let write_fd = unsafe { libc::dup(stream.as_raw_fd()) };
     if write_fd < 0 {
@@ -67,8 +67,8 @@ fn start_loops(shard: Rc<Shard>, id: ConnectionId, writer_queue: Rc<WaitQueue>, 
     }
     // SAFETY: `write_fd` is a fresh descriptor for the same socket, owned by nobody else.
     let write_half = unsafe { TcpStream::from_raw_fd(write_fd) };
-    glommio::spawn_local(read_loop(shard.clone(), id, stream)).detach();
-    glommio::spawn_local(write_loop(shard, id, writer_queue, write_half)).detach();
+    glommio::spawn_local(read_loop(shard.clone(), id, signals.close.clone(), stream)).detach();
+    glommio::spawn_local(write_loop(shard, id, signals, write_half)).detach();
 }
 
 /// Tells a client the shard is full, and closes.
@@ -95,11 +95,15 @@ struct Pending {
     blocked: bool,
 }
 
-async fn read_loop(shard: Rc<Shard>, id: ConnectionId, mut stream: TcpStream) {
+async fn read_loop(shard: Rc<Shard>, id: ConnectionId, close: Rc<Latch>, mut stream: TcpStream) {
     let mut input = ReceiveBuffer::new();
     let mut pending = Pending::default();
     let outcome = loop {
-        if shard.until_readable(id).await == Readable::Never {
+        let readable = or(shard.until_readable(id), async {
+            close.wait().await;
+            Readable::Never
+        });
+        if readable.await == Readable::Never {
             // Whole frames already received are answered (`ShuttingDown`), not dropped.
             break process_frames(&shard, id, &mut input).map(|_| ());
         }
@@ -107,7 +111,7 @@ async fn read_loop(shard: Rc<Shard>, id: ConnectionId, mut stream: TcpStream) {
             let read = or(
                 async { Some(stream.read(input.spare(pending.frame_len)).await) },
                 async {
-                    shard.stopping().await;
+                    or(shard.stopping(), close.wait()).await;
                     None
                 },
             );
@@ -163,29 +167,52 @@ fn process_frames(
 async fn write_loop(
     shard: Rc<Shard>,
     id: ConnectionId,
-    queue: Rc<WaitQueue>,
+    signals: ConnectionSignals,
     mut stream: TcpStream,
 ) {
     let mut out = FrameBuilder::new();
+    // Why the core closes the connection (a timeout, an eviction), once its latch is set.
+    let closed_by_core = || async {
+        signals.close.wait().await;
+        shard.close_reason(id).unwrap_or(CloseReason::Broken)
+    };
     let reason = loop {
-        if let WriteStep::Finish = shard.until_writable(id, &queue, &mut out).await {
-            break CloseReason::Finished;
+        let step = or(
+            async {
+                match shard.until_writable(id, &signals.writer, &mut out).await {
+                    WriteStep::Write => None,
+                    WriteStep::Finish => Some(CloseReason::Finished),
+                }
+            },
+            async { Some(closed_by_core().await) },
+        );
+        if let Some(reason) = step.await {
+            break reason;
         }
         let written = or(
-            async { Some(stream.write_all(out.bytes()).await.is_ok()) },
+            async { Ok(stream.write_all(out.bytes()).await.is_ok()) },
             async {
-                shard.force_closing().await;
-                None
+                // The client did not read its replies within the shutdown grace period.
+                or(
+                    async {
+                        shard.force_closing().await;
+                        Err(CloseReason::ForceClosed)
+                    },
+                    async { Err(closed_by_core().await) },
+                )
+                .await
             },
         );
         match written.await {
-            Some(true) => shard.handle_written(id, out.len()),
-            Some(false) => break CloseReason::Broken,
-            // The client did not read its replies within the shutdown grace period.
-            None => break CloseReason::ForceClosed,
+            Ok(true) => shard.handle_written(id, out.len()),
+            Ok(false) => break CloseReason::Broken,
+            Err(reason) => break reason,
         }
         out.clear(WRITE_BUFFER_RETAINED_BYTES_MAX);
     };
+    // The core's decision (a timeout, an eviction) names the close even when the reader,
+    // told first, let the writer finish normally; such a connection does not linger.
+    let reason = shard.close_reason(id).unwrap_or(reason);
     // FIN after the last reply; then the lingering close.
     let _ = stream.close().await;
     if reason == CloseReason::Finished {

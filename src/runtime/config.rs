@@ -7,11 +7,11 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::constants::{
-    CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_EVENTS_INFLIGHT_MAX,
-    CONNECTION_SHARES_PER_SHARD_MIN, EVENT_BYTES_MAX, MESH_BYTES_INFLIGHT_MAX,
-    MESH_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
-    SHARD_EVENTS_INFLIGHT_MAX, SHARDS_MAX, SPIN_BEFORE_PARK_US_MAX, STALL_THRESHOLD_MS_DEFAULT,
-    STALL_THRESHOLD_MS_MAX,
+    CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_EVENTS_INFLIGHT_MAX, CONNECTION_IDLE_MS_DEFAULT,
+    CONNECTION_IDLE_MS_MAX, CONNECTION_SHARES_PER_SHARD_MIN, EVENT_BYTES_MAX,
+    MESH_BYTES_INFLIGHT_MAX, MESH_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT,
+    SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX, SHARDS_MAX, SPIN_BEFORE_PARK_US_MAX,
+    STALL_THRESHOLD_MS_DEFAULT, STALL_THRESHOLD_MS_MAX, WRITE_STALL_MS_DEFAULT, WRITE_STALL_MS_MAX,
 };
 use crate::core::credit::Credit;
 use crate::core::ids::ShardId;
@@ -150,6 +150,10 @@ pub struct RuntimeConfig {
     /// A task queue that runs this long past its time slice counts as a stall (see
     /// [`crate::runtime::stall`]); `None` turns stall detection off.
     pub stall_threshold: Option<Duration>,
+    /// A connection with nothing in flight that stays silent this long is closed.
+    pub idle_timeout: Duration,
+    /// Replies that wait this long for a socket that takes none of them close the connection.
+    pub write_stall: Duration,
 }
 
 impl RuntimeConfig {
@@ -165,6 +169,8 @@ impl RuntimeConfig {
             spin_before_park: None,
             shard_ports: Vec::new(),
             stall_threshold: Some(Duration::from_millis(STALL_THRESHOLD_MS_DEFAULT)),
+            idle_timeout: Duration::from_millis(CONNECTION_IDLE_MS_DEFAULT),
+            write_stall: Duration::from_millis(WRITE_STALL_MS_DEFAULT),
         }
     }
 
@@ -190,6 +196,16 @@ impl RuntimeConfig {
         if let Some(threshold) = self.stall_threshold {
             if threshold > Duration::from_millis(STALL_THRESHOLD_MS_MAX) {
                 return Err(ConfigError::StallThresholdTooLong(threshold));
+            }
+        }
+        let timeouts = [
+            ("idle timeout", self.idle_timeout, CONNECTION_IDLE_MS_MAX),
+            ("write-stall timeout", self.write_stall, WRITE_STALL_MS_MAX),
+        ];
+        for (name, value, max_ms) in timeouts {
+            let ms = value.as_millis();
+            if ms == 0 || ms > u128::from(max_ms) {
+                return Err(ConfigError::TimeoutOutOfRange { name, ms, max_ms });
             }
         }
         self.budget.check()
@@ -225,6 +241,11 @@ pub enum ConfigError {
     StallThresholdTooLong(Duration),
     /// A port cannot be used: past 65535, or already served by another process.
     Ports(String),
+    TimeoutOutOfRange {
+        name: &'static str,
+        ms: u128,
+        max_ms: u64,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -243,6 +264,10 @@ impl fmt::Display for ConfigError {
             ),
             ConfigError::Partitions(error) => write!(f, "{error}"),
             ConfigError::Ports(reason) => write!(f, "{reason}"),
+            ConfigError::TimeoutOutOfRange { name, ms, max_ms } => write!(
+                f,
+                "an {name} of {ms} ms is out of range: it must be from 1 to {max_ms} ms"
+            ),
             ConfigError::SpinTooLong(spin) => write!(
                 f,
                 "spinning {} µs before parking is more than the limit of {SPIN_BEFORE_PARK_US_MAX} µs",

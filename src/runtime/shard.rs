@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 
+use crate::constants::TIMEOUT_CHECK_INTERVAL_MS_MAX;
 use crate::core::codec::{FrameBuilder, FrameError, FrameHeader};
 use crate::core::ids::{ConnectionId, ShardId};
 use crate::core::partition::Placement;
@@ -40,10 +41,18 @@ pub enum WriteStep {
     Finish,
 }
 
-/// The wait queue of a connection's writer, and the connection it belongs to.
+/// What a connection's tasks wait on: its writer's queue, and the latch set when the core
+/// decides to close it (a timeout, an eviction).
+#[derive(Clone)]
+pub struct ConnectionSignals {
+    pub writer: Rc<WaitQueue>,
+    pub close: Rc<Latch>,
+}
+
+/// A connection's signals, and the connection they belong to.
 struct WriterSlot {
     id: ConnectionId,
-    queue: Rc<WaitQueue>,
+    signals: ConnectionSignals,
 }
 
 /// One shard's shell. See the module documentation.
@@ -78,6 +87,8 @@ fn core_config(config: &RuntimeConfig) -> ShardConfig {
         mesh_budget_per_source: config.budget.mesh_per_source(shards),
         fail_fast: config.fail_fast,
         shard_ports: config.shard_ports.clone(),
+        idle_timeout_ns: config.idle_timeout.as_nanos() as u64,
+        write_stall_ns: config.write_stall.as_nanos() as u64,
         ..ShardConfig::defaults(shards)
     }
 }
@@ -132,9 +143,24 @@ impl Shard {
             let writers = self.writers.borrow();
             if let Some(Some(writer)) = writers.get(id.slot()) {
                 if writer.id == id {
-                    writer.queue.wake_all();
+                    writer.signals.writer.wake_all();
                 }
             }
+        }
+        loop {
+            let closing = self.core().poll_close();
+            let Some((id, reason)) = closing else { break };
+            let writers = self.writers.borrow();
+            if let Some(Some(writer)) = writers.get(id.slot()) {
+                if writer.id == id {
+                    writer.signals.close.set();
+                    continue;
+                }
+            }
+            drop(writers);
+            // No tasks to close it (a test's core): report it closed here.
+            let now = self.now_ns();
+            self.core().handle_closed(now, id, reason);
         }
         loop {
             let ready = self.core().poll_mesh_ready();
@@ -154,21 +180,32 @@ impl Shard {
 
     // ---- connections -------------------------------------------------------------------
 
-    /// A new connection: its id and its writer's wait queue, or `None` when the shard serves
-    /// as many as it may (or is stopping).
-    pub fn connect(&self) -> Option<(ConnectionId, Rc<WaitQueue>)> {
+    /// A new connection: its id and its tasks' signals, or `None` when the shard serves as
+    /// many as it may (or is stopping).
+    pub fn connect(&self) -> Option<(ConnectionId, ConnectionSignals)> {
         let now = self.now_ns();
         let id = self.core().handle_connect(now)?;
-        let queue = Rc::new(WaitQueue::new());
+        let signals = ConnectionSignals {
+            writer: Rc::new(WaitQueue::new()),
+            close: Rc::new(Latch::new()),
+        };
         let mut writers = self.writers.borrow_mut();
         if writers.len() <= id.slot() {
             writers.resize_with(id.slot() + 1, || None);
         }
         writers[id.slot()] = Some(WriterSlot {
             id,
-            queue: queue.clone(),
+            signals: signals.clone(),
         });
-        Some((id, queue))
+        drop(writers);
+        // An eviction to make room is listed now: close that connection.
+        self.wake();
+        Some((id, signals))
+    }
+
+    /// Why the core asked to close connection `id`, if it did.
+    pub fn close_reason(&self, id: ConnectionId) -> Option<CloseReason> {
+        self.core.borrow().close_requested(id)
     }
 
     /// Hands a whole frame to the core (see [`ShardCore::handle_frame`]).
@@ -296,6 +333,7 @@ impl Shard {
         for (peer, sender) in mesh.senders {
             tasks.push(glommio::spawn_local(self.clone().flush_to(peer, sender)));
         }
+        glommio::spawn_local(self.clone().check_timeouts()).detach();
         stop.await;
         let now = self.now_ns();
         self.core().handle_stop(now);
@@ -322,6 +360,19 @@ impl Shard {
         let mut stats = self.core.borrow().stats();
         stats.cpu = self.cpu;
         stats
+    }
+
+    /// Hands the core the time every `TIMEOUT_CHECK_INTERVAL_MS_MAX`, for its connection
+    /// timeouts, until the shard has stopped and drained. A local timer: it wakes nothing on
+    /// another core.
+    async fn check_timeouts(self: Rc<Self>) {
+        let interval = Duration::from_millis(TIMEOUT_CHECK_INTERVAL_MS_MAX);
+        while !(self.stop_started.is_set() && self.core.borrow().connections_drained()) {
+            glommio::timer::sleep(interval).await;
+            let now = self.now_ns();
+            self.core().handle_timeout(now);
+            self.wake();
+        }
     }
 
     async fn until_connections_drained(&self) {

@@ -67,6 +67,10 @@ impl ShardCore {
         if connection.socket_closed {
             return Ok(FrameProgress::Done);
         }
+        self.connections
+            .get_mut(id)
+            .expect("checked above")
+            .last_active_ns = now_ns;
         match header.kind {
             FrameKind::Events => self.handle_events(now_ns, id, Epoch(header.epoch), body),
             FrameKind::MapRequest => {
@@ -229,7 +233,11 @@ impl ShardCore {
         let Some(connection) = self.connections.get(id) else {
             return Readable::Never;
         };
-        if self.stopping || connection.socket_closed || connection.read != ReadSide::Open {
+        if self.stopping
+            || connection.socket_closed
+            || connection.closing
+            || connection.read != ReadSide::Open
+        {
             return Readable::Never;
         }
         if connection.out.len() > CONNECTION_BACKLOG_BYTES_MAX {

@@ -25,6 +25,12 @@ pub enum CloseReason {
     ForceClosed,
     /// The client failed or did not finish the authentication handshake; nothing was read.
     Unauthenticated,
+    /// Nothing in flight and silent for the idle timeout.
+    IdleTimeout,
+    /// Its replies waited the write-stall timeout for a socket that took none of them.
+    WriteStalled,
+    /// The shard was full and this was its longest-idle connection: it gave way to a new one.
+    Evicted,
 }
 
 /// A frame part-way through admission: the records before `records_done` are dispatched.
@@ -73,6 +79,13 @@ pub(super) struct Connection {
     pub map_epoch_sent: Epoch,
     /// Listed in the shard's writable list (so it is listed once).
     pub writable_listed: bool,
+    /// The last time it sent a frame, had replies written, or connected.
+    pub last_active_ns: u64,
+    /// Since when (by the timeout checks) a write has been outstanding without progress.
+    pub write_watch_ns: Option<u64>,
+    /// The core asked the shell to close it.
+    pub closing: bool,
+    pub close_reason: Option<CloseReason>,
 }
 
 impl Connection {
@@ -83,6 +96,17 @@ impl Connection {
         matches!(self.read, ReadSide::Closed { .. })
             && !error_pending
             && self.remote_inflight == 0
+            && self.out.is_empty()
+            && self.writing_bytes == 0
+    }
+
+    /// Open, and nothing in flight, queued, being written or part-way admitted.
+    pub fn idle(&self) -> bool {
+        !self.socket_closed
+            && !self.closing
+            && self.read == ReadSide::Open
+            && self.frame.is_none()
+            && self.credit.is_idle()
             && self.out.is_empty()
             && self.writing_bytes == 0
     }
@@ -127,7 +151,11 @@ impl Connections {
         self.slots.iter().flatten()
     }
 
-    fn insert(&mut self, budget: Credit, epoch: Epoch) -> ConnectionId {
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Connection> {
+        self.slots.iter_mut().flatten()
+    }
+
+    fn insert(&mut self, budget: Credit, epoch: Epoch, now_ns: u64) -> ConnectionId {
         let generation = self.generation_next;
         self.generation_next = generation.wrapping_add(1);
         let slot = match self.free_slots.pop() {
@@ -153,6 +181,10 @@ impl Connections {
             socket_closed: false,
             map_epoch_sent: epoch,
             writable_listed: false,
+            last_active_ns: now_ns,
+            write_watch_ns: None,
+            closing: false,
+            close_reason: None,
         });
         self.open += 1;
         id
@@ -172,18 +204,22 @@ impl Connections {
 }
 
 impl ShardCore {
-    /// A new connection: its id, or `None` when the shard already serves as many as it may
-    /// or is stopping (the shell answers with an error frame and closes).
-    pub fn handle_connect(&mut self, _now_ns: u64) -> Option<ConnectionId> {
-        if self.stopping || self.connections.open() >= CONNECTIONS_PER_SHARD_MAX {
+    /// A new connection: its id, or `None` when the shard is stopping or already serves as
+    /// many as it may and none of them is idle (the shell answers with an error frame and
+    /// closes). When the slots are full, the longest-idle connection gives way (the core lists
+    /// it in [`Self::poll_close`]).
+    pub fn handle_connect(&mut self, now_ns: u64) -> Option<ConnectionId> {
+        let full = self.connections.open() >= CONNECTIONS_PER_SHARD_MAX;
+        if self.stopping || (full && !self.evict_longest_idle()) {
             self.stats.connections_refused += 1;
             return None;
         }
         self.stats.connections_accepted += 1;
-        Some(
-            self.connections
-                .insert(self.config.connection_budget, self.placement.epoch()),
-        )
+        Some(self.connections.insert(
+            self.config.connection_budget,
+            self.placement.epoch(),
+            now_ns,
+        ))
     }
 
     /// The connection's reader stopped: end of stream, a read error, the shard stopping, or
@@ -221,6 +257,8 @@ impl ShardCore {
         if connection.socket_closed {
             return;
         }
+        // When the core asked for the close, its reason is the one that counts.
+        let reason = connection.close_reason.unwrap_or(reason);
         connection.socket_closed = true;
         if connection.read == ReadSide::Open {
             connection.read = ReadSide::Closed { error: None };
@@ -237,6 +275,9 @@ impl ShardCore {
         match reason {
             CloseReason::ForceClosed => self.stats.connections_force_closed += 1,
             CloseReason::Unauthenticated => self.stats.connections_unauthenticated += 1,
+            CloseReason::IdleTimeout => self.stats.connections_idle_closed += 1,
+            CloseReason::WriteStalled => self.stats.connections_write_stalled += 1,
+            CloseReason::Evicted => self.stats.connections_evicted += 1,
             CloseReason::Finished | CloseReason::Broken => {}
         }
         self.connections.remove_if_done(id);

@@ -49,6 +49,12 @@ pub struct ShardStats {
     pub connections_force_closed: u64,
     /// Connections closed because they failed or did not finish the authentication handshake.
     pub connections_unauthenticated: u64,
+    /// Connections closed for staying idle past the idle timeout.
+    pub connections_idle_closed: u64,
+    /// Connections closed because their socket took no replies for the write-stall timeout.
+    pub connections_write_stalled: u64,
+    /// Idle connections closed to make room for a new one when the shard was full.
+    pub connections_evicted: u64,
     pub frames_received: u64,
     pub frames_rejected: u64,
     pub busy_replies: u64,

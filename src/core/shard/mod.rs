@@ -27,14 +27,16 @@ pub mod mesh;
 pub mod replies;
 pub mod routing;
 pub mod stop;
+pub mod timeouts;
 
 #[cfg(test)]
 mod tests;
 
 use crate::constants::{
-    CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_SHARES_PER_SHARD_MIN, EVENT_BYTES_MAX,
-    MESH_BYTES_INFLIGHT_MAX, MESH_EVENTS_INFLIGHT_MAX, SHARD_BYTES_INFLIGHT_MAX,
-    SHARD_EVENTS_INFLIGHT_MAX,
+    CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_IDLE_MS_DEFAULT,
+    CONNECTION_SHARES_PER_SHARD_MIN, EVENT_BYTES_MAX, MESH_BYTES_INFLIGHT_MAX,
+    MESH_EVENTS_INFLIGHT_MAX, SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX,
+    WRITE_STALL_MS_DEFAULT,
 };
 use crate::core::codec::{FrameBuilder, FrameKind};
 use crate::core::credit::{Credit, CreditPool};
@@ -68,6 +70,10 @@ pub struct ShardConfig {
     /// The port each shard of the node listens on, for the partition map clients ask for
     /// (zeros when the shard has no sockets, as in the simulator).
     pub shard_ports: Vec<u16>,
+    /// A connection with nothing in flight that stays silent this long is closed.
+    pub idle_timeout_ns: u64,
+    /// Replies that wait this long for a socket that takes none of them close the connection.
+    pub write_stall_ns: u64,
 }
 
 impl ShardConfig {
@@ -87,6 +93,8 @@ impl ShardConfig {
             ),
             fail_fast: false,
             shard_ports: vec![0; shards],
+            idle_timeout_ns: CONNECTION_IDLE_MS_DEFAULT * 1_000_000,
+            write_stall_ns: WRITE_STALL_MS_DEFAULT * 1_000_000,
         }
     }
 }
@@ -111,6 +119,8 @@ pub struct ShardCore {
     mesh_ready: Vec<ShardId>,
     /// Connections whose writer has something to look at, each listed once.
     writable: Vec<crate::core::ids::ConnectionId>,
+    /// Connections the core decided to close (timeouts, eviction), for the shell to close.
+    closing: Vec<(crate::core::ids::ConnectionId, CloseReason)>,
     stopping: bool,
     stats: ShardStats,
 }
@@ -136,6 +146,7 @@ impl ShardCore {
             peers,
             mesh_ready: Vec::new(),
             writable: Vec::new(),
+            closing: Vec::new(),
             stopping: false,
             stats: ShardStats {
                 shard: shard.0,

@@ -54,10 +54,12 @@ impl ShardCore {
 
     /// `written` bytes of what [`Self::poll_replies`] handed out reached the socket. Once all
     /// of them have, their credit returns.
-    pub fn handle_written(&mut self, _now_ns: u64, id: ConnectionId, written: usize) {
+    pub fn handle_written(&mut self, now_ns: u64, id: ConnectionId, written: usize) {
         let Some(connection) = self.connections.get_mut(id) else {
             return;
         };
+        connection.last_active_ns = now_ns;
+        connection.write_watch_ns = None;
         connection.writing_bytes = connection.writing_bytes.saturating_sub(written);
         if connection.writing_bytes > 0 {
             return;

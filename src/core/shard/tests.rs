@@ -835,3 +835,79 @@ proptest! {
         }
     }
 }
+
+// ---- timeouts ------------------------------------------------------------------------------
+
+const MS: u64 = 1_000_000;
+
+fn timed_config() -> ShardConfig {
+    ShardConfig {
+        idle_timeout_ns: 100 * MS,
+        write_stall_ns: 50 * MS,
+        ..ShardConfig::defaults(1)
+    }
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_idle_timeout_and_only_then() {
+    let mut core = ShardCore::with_config(ShardId(0), placement(1), timed_config());
+    let quiet = core.handle_connect(0).unwrap();
+    let busy = core.handle_connect(0).unwrap();
+    core.handle_timeout(99 * MS);
+    assert_eq!(core.poll_close(), None);
+    offer(&mut core, busy, &frame(&[join(0, HuntId(1))], 1));
+    core.handle_timeout(100 * MS);
+    assert_eq!(core.poll_close(), Some((quiet, CloseReason::IdleTimeout)));
+    assert_eq!(core.poll_close(), None, "the other has a reply queued");
+    assert_eq!(core.readable(quiet), Readable::Never);
+    core.handle_closed(100 * MS, quiet, CloseReason::IdleTimeout);
+    assert_eq!(core.stats().connections_idle_closed, 1);
+}
+
+#[test]
+fn replies_the_socket_does_not_take_close_the_connection_and_return_their_credit() {
+    let mut core = ShardCore::with_config(ShardId(0), placement(1), timed_config());
+    let conn = core.handle_connect(0).unwrap();
+    offer(
+        &mut core,
+        conn,
+        &frame(&[join(0, HuntId(1)), join(1, HuntId(1))], 1),
+    );
+    let mut out = FrameBuilder::new();
+    assert!(core.poll_replies(conn, &mut out));
+    core.handle_written(10 * MS, conn, 1); // a little progress, then none
+    core.handle_timeout(20 * MS);
+    core.handle_timeout(69 * MS);
+    assert_eq!(core.poll_close(), None, "not yet stalled for 50 ms");
+    core.handle_timeout(70 * MS);
+    assert_eq!(core.poll_close(), Some((conn, CloseReason::WriteStalled)));
+    assert_eq!(core.credit_held().events, 2);
+    core.handle_closed(70 * MS, conn, CloseReason::WriteStalled);
+    assert_eq!(core.credit_held(), Credit::ZERO);
+    assert_eq!(core.stats().connections_write_stalled, 1);
+    core.check_credit().unwrap();
+}
+
+#[test]
+fn when_the_slots_are_full_the_longest_idle_connection_gives_way() {
+    let mut core = ShardCore::with_config(ShardId(0), placement(1), timed_config());
+    let max = crate::constants::CONNECTIONS_PER_SHARD_MAX;
+    let ids: Vec<ConnectionId> = (0..max)
+        .map(|i| core.handle_connect(i as u64).unwrap())
+        .collect();
+    // The oldest one is busy (a reply queued): the next-oldest idle one gives way.
+    offer(&mut core, ids[0], &frame(&[join(0, HuntId(1))], 1));
+    let newcomer = core
+        .handle_connect(1_000)
+        .expect("an idle connection gives way");
+    assert_eq!(core.poll_close(), Some((ids[1], CloseReason::Evicted)));
+    core.handle_closed(1_000, ids[1], CloseReason::Evicted);
+    assert_ne!(newcomer, ids[1]);
+    assert_eq!(core.connections_open(), max);
+    // With every connection busy, a newcomer is refused.
+    for id in ids.iter().skip(2).chain([&newcomer]) {
+        offer(&mut core, *id, &frame(&[join(0, HuntId(1))], 1));
+    }
+    assert_eq!(core.handle_connect(2_000), None);
+    assert_eq!(core.stats().connections_evicted, 1);
+}
