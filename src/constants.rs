@@ -372,6 +372,9 @@ pub const REDIS_EVENTS_INFLIGHT_PER_CONNECTION_MAX: usize = 1 << 21;
 /// Largest single Redis reply the generator parses (a leaderboard of
 /// `LEADERBOARD_TOP_K_MAX` entries is well under 1 KiB); one must fit a receive buffer.
 pub const REDIS_REPLY_BYTES_MAX: usize = 64 * 1024;
+/// Deepest nesting of arrays in a Redis reply (the claim function answers a flat array). The
+/// RESP decoder recurses once per level, so deeper replies are refused before it sees them.
+pub const REDIS_REPLY_DEPTH_MAX: usize = 4;
 /// Commands the Redis set-up writes before it reads their replies.
 pub const REDIS_SETUP_BATCH_COMMANDS_MAX: usize = 1024;
 /// Arguments of all the commands of one set-up batch (a hunt's players join in one command,

@@ -45,7 +45,8 @@ use crate::bench::generator::{Parsed, Protocol, ReplyClass};
 use crate::bench::workload::Workload;
 use crate::constants::{
     REDIS_CALL_WAIT_S_MAX, REDIS_EVENTS_INFLIGHT_PER_CONNECTION_MAX, REDIS_REPLY_BYTES_MAX,
-    REDIS_SETUP_BATCH_ARGS_MAX, REDIS_SETUP_BATCH_COMMANDS_MAX, WRITE_BUFFER_RETAINED_BYTES_MAX,
+    REDIS_REPLY_DEPTH_MAX, REDIS_SETUP_BATCH_ARGS_MAX, REDIS_SETUP_BATCH_COMMANDS_MAX,
+    WRITE_BUFFER_RETAINED_BYTES_MAX,
 };
 use crate::core::ids::{HuntId, PlayerId, TreasureId};
 use crate::core::message::{Event, EventKind, claim_code_hash};
@@ -470,9 +471,63 @@ fn unexpected(command: Command, reply: Reply<'_>) -> String {
     )
 }
 
+/// Whether the arrays of the reply at the front of `input` (as much of it as has arrived)
+/// nest deeper than [`REDIS_REPLY_DEPTH_MAX`]. Only the framing is walked (no allocation);
+/// anything malformed is left for the decoder to refuse.
+fn nested_too_deep(input: &[u8]) -> bool {
+    // Elements still to come in each open array, outermost first.
+    let mut remaining = [0i64; REDIS_REPLY_DEPTH_MAX];
+    let mut depth = 0;
+    let mut at = 0;
+    loop {
+        let Some(line) = input.get(at..).and_then(|rest| {
+            let end = rest.windows(2).position(|pair| pair == b"\r\n")?;
+            Some(&rest[..end])
+        }) else {
+            return false;
+        };
+        at += line.len() + 2;
+        let Some((&kind, header)) = line.split_first() else {
+            return false;
+        };
+        let number = std::str::from_utf8(header)
+            .ok()
+            .and_then(|text| text.parse::<i64>().ok());
+        match (kind, number) {
+            (b'$', Some(len)) if len >= 0 => at += len as usize + 2,
+            (b'*', Some(count)) if count > 0 => {
+                if depth == REDIS_REPLY_DEPTH_MAX {
+                    return true;
+                }
+                remaining[depth] = count;
+                depth += 1;
+                continue;
+            }
+            _ => {}
+        }
+        // An element ended, and with it every array it was the last element of.
+        loop {
+            if depth == 0 {
+                return false;
+            }
+            remaining[depth - 1] -= 1;
+            if remaining[depth - 1] > 0 {
+                break;
+            }
+            depth -= 1;
+        }
+    }
+}
+
 /// Decodes the reply at the front of `input`: `None` while it is incomplete. A reply that
 /// does not fit [`REDIS_REPLY_BYTES_MAX`] is an error, not a reason to buffer more.
 fn decode_reply(input: &[u8]) -> Result<Option<(RangeFrame, usize)>, String> {
+    if nested_too_deep(input) {
+        return Err(format!(
+            "Redis sent a reply with arrays nested more than {REDIS_REPLY_DEPTH_MAX} deep, \
+             which none of the benchmark's commands return; is the address a Redis server?"
+        ));
+    }
     match decode_range(input) {
         Ok(Some((frame, len))) if len <= REDIS_REPLY_BYTES_MAX => Ok(Some((frame, len))),
         Ok(None) if input.len() < REDIS_REPLY_BYTES_MAX => Ok(None),
@@ -967,6 +1022,28 @@ mod tests {
         // A partial reply below the limit is simply waited for.
         let parsed = protocol.parse(0, &huge[..100], &mut |_, _| {}).unwrap();
         assert_eq!(parsed.consumed, 0);
+    }
+
+    #[test]
+    fn deeply_nested_arrays_do_not_exhaust_a_generator_threads_stack() {
+        // Nothing nests deeper than the size limit allows: "*1\r\n" is four bytes a level.
+        let levels = REDIS_REPLY_BYTES_MAX / 4 - 1;
+        let mut nested = b"*1\r\n".repeat(levels);
+        nested.extend_from_slice(b":1\r\n");
+        // A generator thread has the default stack of a spawned thread (2 MiB).
+        let decoded = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || decode_reply(&nested).map(|reply| reply.map(|(_, len)| len)))
+            .unwrap()
+            .join()
+            .unwrap();
+        let error = decoded.unwrap_err();
+        assert!(error.contains("nested more than"), "{error}");
+        // As deep as allowed, and right-nested after scalars, still decodes.
+        let allowed = b"*2\r\n:1\r\n*2\r\n$1\r\nx\r\n*1\r\n*1\r\n:3\r\n+OK\r\n";
+        assert_eq!(decode_reply(allowed).unwrap().unwrap().1, allowed.len() - 5);
+        let deeper = b"*2\r\n:1\r\n*2\r\n$1\r\nx\r\n*1\r\n*1\r\n*1\r\n:3\r\n";
+        assert!(decode_reply(deeper).is_err());
     }
 
     #[test]
