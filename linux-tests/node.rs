@@ -117,3 +117,41 @@ fn bad_node_flags_are_usage_errors() {
         assert!(text.contains(expected), "{flags:?}: {text}");
     }
 }
+
+#[test]
+fn a_shard_that_does_not_yield_shows_its_stall_in_the_report() {
+    use trove::core::ids::ShardId;
+    use trove::host::affinity::allowed_cpus;
+    use trove::node::{Node, NodeConfig};
+    use trove::runtime::config::ApplyDelay;
+
+    let mut config = NodeConfig::loopback(vec![allowed_cpus()[0]]);
+    // Applying one event spins far past the executor's 100 ms time slice plus the threshold.
+    config.runtime.apply_delay = Some(ApplyDelay {
+        shard: ShardId(0),
+        per_event: Duration::from_millis(400),
+    });
+    let node = Node::start(&config).expect("the node starts");
+    let (mut sender, mut receiver) = client::connect(&ClientConfig::new(node.addr())).unwrap();
+    let create = Event {
+        hunt: HuntId(1),
+        player: PlayerId(1),
+        client_seq: 1,
+        client_ts: 0,
+        kind: EventKind::CreateHunt(HuntSpec::default()),
+    };
+    sender.send(&create).unwrap();
+    sender.flush().unwrap();
+    match receiver.recv_timeout(Duration::from_secs(10)) {
+        Ok(Incoming::Replies(frame)) => assert_eq!(frame.replies().count(), 1),
+        other => panic!("unexpected {:?}", other.map(|_| ())),
+    }
+    drop((sender, receiver));
+    let report = node.stop();
+    let stalls = report.shards[0].stalls;
+    assert!(stalls.count >= 1, "{stalls:?}");
+    // The run lasted at least the spin; its budget was the 100 ms slice plus 10 ms.
+    assert!(stalls.worst_overage_ns >= 250_000_000, "{stalls:?}");
+    let text = report.describe();
+    assert!(text.contains(" past the time slice)"), "{text}");
+}

@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use trove::bench::calibrate::calibrate;
 use trove::bench::redis::{
-    RedisConnection, ScoreChange, WINNER_FIELD, connect_redis, scores_key, set_up_hunts_redis,
+    ScoreChange, WINNER_FIELD, connect_blocking, connect_redis, scores_key, set_up_hunts_redis,
     treasure_key,
 };
-use trove::bench::resp::Reply;
 use trove::bench::run::{LoadSpec, RunPlan, measure};
 use trove::bench::workload::{Mix, Workload};
 use trove::core::ids::{HuntId, PlayerId, TreasureId};
@@ -61,11 +60,13 @@ impl RedisServer {
     fn wait_until_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let pong = RedisConnection::connect(self.addr).and_then(|mut redis| {
-                redis.call(&[b"PING"], |reply| Ok(reply == Reply::Simple(b"PONG")))
+            let pong = connect_blocking(self.addr).and_then(|mut redis| {
+                redis::cmd("PING")
+                    .query::<String>(&mut redis)
+                    .map_err(|error| error.to_string())
             });
             match pong {
-                Ok(true) => return,
+                Ok(pong) if pong == "PONG" => return,
                 _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
                 other => panic!("redis-server on {} did not answer: {other:?}", self.addr),
             }
@@ -99,13 +100,9 @@ fn small_workload() -> Workload {
     }
 }
 
-fn text(bytes: &[u8]) -> &str {
-    std::str::from_utf8(bytes).expect("Redis keeps our numbers as text")
-}
-
 /// Every treasure's winner, as Redis holds them.
 fn winners_in_redis(
-    redis: &mut RedisConnection,
+    redis: &mut redis::Connection,
     workload: &Workload,
 ) -> HashMap<(HuntId, TreasureId), PlayerId> {
     let mut winners = HashMap::new();
@@ -114,14 +111,10 @@ fn winners_in_redis(
         for index in 0..workload.treasures_per_hunt {
             let treasure = TreasureId(index);
             let key = treasure_key(hunt, treasure);
-            let winner = redis
-                .call(
-                    &[b"HGET", key.as_bytes(), WINNER_FIELD.as_bytes()],
-                    |reply| match reply {
-                        Reply::Bulk(winner) => Ok(winner.map(|id| text(id).parse().unwrap())),
-                        other => Err(other.describe()),
-                    },
-                )
+            let winner: Option<u64> = redis::cmd("HGET")
+                .arg(key.as_bytes())
+                .arg(WINNER_FIELD)
+                .query(redis)
                 .unwrap();
             if let Some(winner) = winner {
                 winners.insert((hunt, treasure), PlayerId(winner));
@@ -133,33 +126,19 @@ fn winners_in_redis(
 
 /// Every player's score above zero, as Redis holds them.
 fn scores_in_redis(
-    redis: &mut RedisConnection,
+    redis: &mut redis::Connection,
     workload: &Workload,
 ) -> HashMap<(HuntId, PlayerId), u32> {
     let mut scores = HashMap::new();
     for rank in 0..workload.hunts {
         let hunt = Workload::hunt_id(rank);
         let key = scores_key(hunt);
-        let pairs: Vec<(u64, f64)> = redis
-            .call(
-                &[b"ZRANGE", key.as_bytes(), b"0", b"-1", b"WITHSCORES"],
-                |reply| {
-                    let Reply::Array(Some(array)) = reply else {
-                        return Err(reply.describe());
-                    };
-                    let items: Vec<&str> = array
-                        .iter()
-                        .map(|item| match item {
-                            Reply::Bulk(Some(bytes)) => text(bytes),
-                            other => panic!("{other:?}"),
-                        })
-                        .collect();
-                    Ok(items
-                        .chunks(2)
-                        .map(|pair| (pair[0].parse().unwrap(), pair[1].parse().unwrap()))
-                        .collect())
-                },
-            )
+        let pairs: Vec<(u64, f64)> = redis::cmd("ZRANGE")
+            .arg(key.as_bytes())
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query(redis)
             .unwrap();
         for (player, score) in pairs {
             if score > 0.0 {
@@ -234,7 +213,7 @@ fn redis_answers_every_event_and_agrees_with_its_replies() {
     }
     assert!(!won.is_empty(), "some treasure was won");
 
-    let mut redis = RedisConnection::connect(addr).unwrap();
+    let mut redis = connect_blocking(addr).unwrap();
     assert_eq!(winners_in_redis(&mut redis, &workload), won);
     assert_eq!(scores_in_redis(&mut redis, &workload), scored);
 }

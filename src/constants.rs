@@ -380,7 +380,7 @@ pub const GATE_CURRENT_FILES_MAX: usize = 1_000;
 pub const GATE_INPUT_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
-// The Redis peer (`bench::redis`, `bench::resp`) and the loopback calibration
+// The Redis peer (`bench::redis`) and the loopback calibration
 // (`bench::calibrate`): what the generator holds for a Redis connection, how large a reply it
 // accepts, and how long the calibration runs.
 // ---------------------------------------------------------------------------------------------
@@ -395,12 +395,14 @@ pub const REDIS_EVENTS_INFLIGHT_PER_CONNECTION_MAX: usize = 1 << 21;
 /// Largest single Redis reply the generator parses (a leaderboard of
 /// `LEADERBOARD_TOP_K_MAX` entries is well under 1 KiB); one must fit a receive buffer.
 pub const REDIS_REPLY_BYTES_MAX: usize = 64 * 1024;
-/// Most elements one array of a Redis reply may have (a leaderboard has two per entry).
-pub const REDIS_REPLY_ELEMENTS_MAX: usize = 1024;
-/// Deepest nesting of arrays in a Redis reply (the claim function answers a flat array).
+/// Deepest nesting of arrays in a Redis reply (the claim function answers a flat array). The
+/// RESP decoder recurses once per level, so deeper replies are refused before it sees them.
 pub const REDIS_REPLY_DEPTH_MAX: usize = 4;
 /// Commands the Redis set-up writes before it reads their replies.
 pub const REDIS_SETUP_BATCH_COMMANDS_MAX: usize = 1024;
+/// Arguments of all the commands of one set-up batch (a hunt's players join in one command,
+/// two arguments each): about 2 MiB of commands at most.
+pub const REDIS_SETUP_BATCH_ARGS_MAX: usize = 65_536;
 /// How long a blocking Redis call (set-up, read-back) waits to connect or for a reply, in seconds.
 pub const REDIS_CALL_WAIT_S_MAX: u64 = 30;
 
@@ -417,7 +419,6 @@ pub const CALIBRATION_STREAM_WRITE_BYTES: usize = 256 * 1024;
 pub const CALIBRATION_IO_WAIT_MS_MAX: u64 = 5_000;
 
 const _: () = assert!(REDIS_REPLY_BYTES_MAX <= READ_BUFFER_BYTES_MAX);
-const _: () = assert!(REDIS_REPLY_ELEMENTS_MAX >= 2 * LEADERBOARD_TOP_K_MAX);
 const _: () = assert!(CALIBRATION_MS_DEFAULT <= CALIBRATION_MS_MAX);
 // A closed-loop window never fills a Redis connection's FIFO.
 const _: () = assert!(REDIS_EVENTS_INFLIGHT_PER_CONNECTION_MAX >= BENCH_WINDOW_MAX as usize);

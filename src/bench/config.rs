@@ -110,6 +110,21 @@ fn cpu_list(flag: &str, list: &str) -> Result<Vec<usize>, String> {
     Ok(cpus.iter().collect())
 }
 
+/// A CPU list whose every CPU this process may run on: a generator thread is pinned to them,
+/// and pinning outside the affinity mask would quietly not happen.
+fn allowed_cpu_list(flag: &str, list: &str) -> Result<Vec<usize>, String> {
+    let cpus = cpu_list(flag, list)?;
+    let allowed = allowed_cpus();
+    if let Some(cpu) = cpus.iter().find(|cpu| !allowed.contains(cpu)) {
+        return Err(format!(
+            "--{flag} {list}: CPU {cpu} is not in this process's affinity mask ({}); pick CPUs \
+             from it, or widen the mask (taskset)",
+            CpuSet::from_cpus(allowed.iter().copied())
+        ));
+    }
+    Ok(cpus)
+}
+
 fn seconds(flag: &str, value: f64, allow_zero: bool) -> Result<f64, String> {
     let max = BENCH_DURATION_S_MAX as f64;
     let low_ok = if allow_zero {
@@ -240,7 +255,7 @@ impl BenchConfig {
                 false,
             )?,
             client_cpus: match &args.client_cpus {
-                Some(list) => cpu_list("client-cpus", list)?,
+                Some(list) => allowed_cpu_list("client-cpus", list)?,
                 None => Vec::new(),
             },
             peer,
@@ -410,6 +425,12 @@ mod tests {
         assert!(target.contains("HOST:PORT"), "{target}");
         let frames = configure(|args| args.events_per_frame = Some(0)).unwrap_err();
         assert!(frames.contains("--events-per-frame 0"), "{frames}");
+        let beyond = allowed_cpus().last().unwrap() + 1;
+        let client = configure(|args| args.client_cpus = Some(beyond.to_string())).unwrap_err();
+        assert!(
+            client.contains("not in this process's affinity mask"),
+            "{client}"
+        );
     }
 
     #[test]

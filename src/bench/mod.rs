@@ -13,7 +13,6 @@ pub mod null_sink;
 pub mod progress;
 pub mod redis;
 pub mod report;
-pub mod resp;
 pub mod run;
 pub mod session;
 pub mod trove_protocol;

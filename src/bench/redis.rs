@@ -1,6 +1,8 @@
 //! The load generator speaking to Redis, the peer trove is compared with: the same event
-//! stream (same seed, mix, skew and pipelining) turned into Redis commands, the hunts set up
-//! beforehand, and a small blocking connection for the set-up and for reading results back.
+//! stream (same seed, mix, skew and pipelining) turned into Redis commands, and the hunts set
+//! up beforehand. RESP2 is the `redis-protocol` crate's: commands are encoded with it and
+//! replies decoded by it into ranges of the receive buffer; the set-up and reading results
+//! back use the `redis` crate's blocking client (its sync API, no async runtime).
 //!
 //! # What each event becomes
 //!
@@ -32,16 +34,19 @@
 //! timestamp back to the generator. A [`RedisProtocol`] lives on one load-generator thread.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use redis_protocol::resp2::decode::decode_range;
+use redis_protocol::resp2::encode::encode_borrowed;
+use redis_protocol::resp2::types::{BorrowedFrame, RangeFrame};
+
 use crate::bench::generator::{Parsed, Protocol, ReplyClass};
-use crate::bench::resp::{self, Array, Decimal, Reply};
 use crate::bench::workload::Workload;
 use crate::constants::{
-    BENCH_SEND_BACKLOG_BYTES_MAX, REDIS_CALL_WAIT_S_MAX, REDIS_EVENTS_INFLIGHT_PER_CONNECTION_MAX,
-    REDIS_SETUP_BATCH_COMMANDS_MAX, WRITE_BUFFER_RETAINED_BYTES_MAX,
+    REDIS_CALL_WAIT_S_MAX, REDIS_EVENTS_INFLIGHT_PER_CONNECTION_MAX, REDIS_REPLY_BYTES_MAX,
+    REDIS_REPLY_DEPTH_MAX, REDIS_SETUP_BATCH_ARGS_MAX, REDIS_SETUP_BATCH_COMMANDS_MAX,
+    WRITE_BUFFER_RETAINED_BYTES_MAX,
 };
 use crate::core::ids::{HuntId, PlayerId, TreasureId};
 use crate::core::message::{Event, EventKind, claim_code_hash};
@@ -74,6 +79,50 @@ redis.register_function('trove_claim', claim)
 
 /// The name `FCALL` calls the claim function by.
 const CLAIM_FUNCTION_NAME: &[u8] = b"trove_claim";
+
+/// A number written in decimal on the stack, to pass as a key part or a command argument.
+#[derive(Clone, Copy)]
+struct Decimal {
+    digits: [u8; 20],
+    start: u8,
+}
+
+impl Decimal {
+    fn new(mut value: u64) -> Decimal {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (value % 10) as u8;
+            value /= 10;
+            if value == 0 {
+                break;
+            }
+        }
+        Decimal {
+            digits,
+            start: start as u8,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.digits[usize::from(self.start)..]
+    }
+}
+
+/// A command argument: a RESP2 bulk string.
+fn arg(bytes: &[u8]) -> BorrowedFrame<'_> {
+    BorrowedFrame::BulkString(bytes)
+}
+
+/// Appends the command `args` (an array of bulk strings) to `out`.
+fn push_command(out: &mut Vec<u8>, args: &[BorrowedFrame<'_>]) {
+    let command = BorrowedFrame::Array(args);
+    let start = out.len();
+    out.resize(start + command.encode_len(false), 0);
+    encode_borrowed(&mut out[start..], &command, false)
+        .expect("the buffer was sized by encode_len");
+}
 /// The field of a treasure's hash that holds its winner.
 pub const WINNER_FIELD: &str = "winner";
 
@@ -246,37 +295,43 @@ impl RedisProtocol {
         let out = &mut self.output;
         match &event.kind {
             EventKind::Join => {
-                resp::push_command(
+                push_command(
                     out,
-                    &[b"ZADD", scores.as_bytes(), b"NX", b"0", player.as_bytes()],
+                    &[
+                        arg(b"ZADD"),
+                        arg(scores.as_bytes()),
+                        arg(b"NX"),
+                        arg(b"0"),
+                        arg(player.as_bytes()),
+                    ],
                 );
                 Ok(Command::Join)
             }
             EventKind::CheckIn { .. } => {
                 let points = Decimal::new(u64::from(self.checkin_points));
-                resp::push_command(
+                push_command(
                     out,
                     &[
-                        b"ZINCRBY",
-                        scores.as_bytes(),
-                        points.as_bytes(),
-                        player.as_bytes(),
+                        arg(b"ZINCRBY"),
+                        arg(scores.as_bytes()),
+                        arg(points.as_bytes()),
+                        arg(player.as_bytes()),
                     ],
                 );
                 Ok(Command::CheckIn)
             }
             EventKind::Claim { treasure, code } => {
                 let code_hash = Decimal::new(claim_code_hash(code.as_bytes()));
-                resp::push_command(
+                push_command(
                     out,
                     &[
-                        b"FCALL",
-                        CLAIM_FUNCTION_NAME,
-                        b"2",
-                        treasure_key(event.hunt, *treasure).as_bytes(),
-                        scores.as_bytes(),
-                        player.as_bytes(),
-                        code_hash.as_bytes(),
+                        arg(b"FCALL"),
+                        arg(CLAIM_FUNCTION_NAME),
+                        arg(b"2"),
+                        arg(treasure_key(event.hunt, *treasure).as_bytes()),
+                        arg(scores.as_bytes()),
+                        arg(player.as_bytes()),
+                        arg(code_hash.as_bytes()),
                     ],
                 );
                 Ok(Command::Claim {
@@ -287,14 +342,14 @@ impl RedisProtocol {
                 let Some(last) = top_k.checked_sub(1) else {
                     return Err("a leaderboard of 0 entries has no Redis equivalent".into());
                 };
-                resp::push_command(
+                push_command(
                     out,
                     &[
-                        b"ZREVRANGE",
-                        scores.as_bytes(),
-                        b"0",
-                        Decimal::new(u64::from(last)).as_bytes(),
-                        b"WITHSCORES",
+                        arg(b"ZREVRANGE"),
+                        arg(scores.as_bytes()),
+                        arg(b"0"),
+                        arg(Decimal::new(u64::from(last)).as_bytes()),
+                        arg(b"WITHSCORES"),
                     ],
                 );
                 Ok(Command::Leaderboard)
@@ -316,21 +371,58 @@ impl RedisProtocol {
         reply: Reply<'_>,
     ) -> Result<(ReplyClass, Option<Scored>), String> {
         let applied = |points, won| Ok((ReplyClass::Ok, Some(Scored { points, won })));
-        match (command, reply) {
-            (_, Reply::Error(message)) => Ok((error_class(command, message)?, None)),
-            (Command::Join, Reply::Integer(1)) => Ok((ReplyClass::Ok, None)),
-            (Command::Join, Reply::Integer(0)) => Ok((ReplyClass::Rejected, None)),
-            (Command::CheckIn, Reply::Bulk(Some(_))) => applied(self.checkin_points, None),
-            (Command::Leaderboard, Reply::Array(Some(_))) => Ok((ReplyClass::Ok, None)),
-            (Command::Claim { treasure }, Reply::Array(Some(fields))) => {
-                match claim_outcome(fields) {
+        match (command, reply.frame) {
+            (_, RangeFrame::Error(range)) => Ok((error_class(command, reply.text(range))?, None)),
+            (Command::Join, RangeFrame::Integer(1)) => Ok((ReplyClass::Ok, None)),
+            (Command::Join, RangeFrame::Integer(0)) => Ok((ReplyClass::Rejected, None)),
+            (Command::CheckIn, RangeFrame::BulkString(_)) => applied(self.checkin_points, None),
+            (Command::Leaderboard, RangeFrame::Array(_)) => Ok((ReplyClass::Ok, None)),
+            (Command::Claim { treasure }, RangeFrame::Array(fields)) => {
+                match claim_outcome(reply, fields) {
                     Some(ClaimOutcome::Claimed { points }) => applied(points, Some(treasure)),
                     Some(ClaimOutcome::AlreadyClaimed) => Ok((ReplyClass::Ok, None)),
                     Some(ClaimOutcome::Refused) => Ok((ReplyClass::Rejected, None)),
-                    None => Err(unexpected(command, &reply)),
+                    None => Err(unexpected(command, reply)),
                 }
             }
-            _ => Err(unexpected(command, &reply)),
+            _ => Err(unexpected(command, reply)),
+        }
+    }
+}
+
+/// One decoded reply: its frame, whose ranges point into `bytes`.
+#[derive(Clone, Copy)]
+struct Reply<'a> {
+    frame: &'a RangeFrame,
+    bytes: &'a [u8],
+}
+
+impl<'a> Reply<'a> {
+    fn text(self, range: &(usize, usize)) -> &'a [u8] {
+        &self.bytes[range.0..range.1]
+    }
+
+    /// The bulk string `frame` (an element of this reply), if it is one.
+    fn bulk(self, frame: Option<&RangeFrame>) -> Option<&'a [u8]> {
+        match frame? {
+            RangeFrame::BulkString(range) => Some(self.text(range)),
+            _ => None,
+        }
+    }
+
+    /// A short description for error messages: the type and the start of any text.
+    fn describe(self) -> String {
+        let text = |range: &(usize, usize)| {
+            let shown = self.text(range);
+            String::from_utf8_lossy(&shown[..shown.len().min(80)]).into_owned()
+        };
+        match self.frame {
+            RangeFrame::SimpleString(range) => format!("the status `{}`", text(range)),
+            RangeFrame::Error(range) => format!("the error `{}`", text(range)),
+            RangeFrame::Integer(value) => format!("the integer {value}"),
+            RangeFrame::BulkString(range) => format!("the bulk string `{}`", text(range)),
+            RangeFrame::Array(items) => format!("an array of {} elements", items.len()),
+            RangeFrame::Null => "a null".into(),
         }
     }
 }
@@ -345,15 +437,10 @@ enum ClaimOutcome {
     Refused,
 }
 
-fn claim_outcome(fields: Array<'_>) -> Option<ClaimOutcome> {
-    let Some(Reply::Bulk(Some(status))) = fields.get(0) else {
-        return None;
-    };
-    match status {
+fn claim_outcome(reply: Reply<'_>, fields: &[RangeFrame]) -> Option<ClaimOutcome> {
+    match reply.bulk(fields.first())? {
         b"claimed" => {
-            let Some(Reply::Bulk(Some(points))) = fields.get(1) else {
-                return None;
-            };
+            let points = reply.bulk(fields.get(1))?;
             let points = std::str::from_utf8(points).ok()?.parse().ok()?;
             Some(ClaimOutcome::Claimed { points })
         }
@@ -376,12 +463,82 @@ fn error_class(command: Command, message: &[u8]) -> Result<ReplyClass, String> {
     Ok(ReplyClass::Error)
 }
 
-fn unexpected(command: Command, reply: &Reply<'_>) -> String {
+fn unexpected(command: Command, reply: Reply<'_>) -> String {
     format!(
         "Redis answered {} with {}, which is not what that command returns; is the address a Redis server?",
         command.describe(),
         reply.describe()
     )
+}
+
+/// Whether the arrays of the reply at the front of `input` (as much of it as has arrived)
+/// nest deeper than [`REDIS_REPLY_DEPTH_MAX`]. Only the framing is walked (no allocation);
+/// anything malformed is left for the decoder to refuse.
+fn nested_too_deep(input: &[u8]) -> bool {
+    // Elements still to come in each open array, outermost first.
+    let mut remaining = [0i64; REDIS_REPLY_DEPTH_MAX];
+    let mut depth = 0;
+    let mut at = 0;
+    loop {
+        let Some(line) = input.get(at..).and_then(|rest| {
+            let end = rest.windows(2).position(|pair| pair == b"\r\n")?;
+            Some(&rest[..end])
+        }) else {
+            return false;
+        };
+        at += line.len() + 2;
+        let Some((&kind, header)) = line.split_first() else {
+            return false;
+        };
+        let number = std::str::from_utf8(header)
+            .ok()
+            .and_then(|text| text.parse::<i64>().ok());
+        match (kind, number) {
+            (b'$', Some(len)) if len >= 0 => at += len as usize + 2,
+            (b'*', Some(count)) if count > 0 => {
+                if depth == REDIS_REPLY_DEPTH_MAX {
+                    return true;
+                }
+                remaining[depth] = count;
+                depth += 1;
+                continue;
+            }
+            _ => {}
+        }
+        // An element ended, and with it every array it was the last element of.
+        loop {
+            if depth == 0 {
+                return false;
+            }
+            remaining[depth - 1] -= 1;
+            if remaining[depth - 1] > 0 {
+                break;
+            }
+            depth -= 1;
+        }
+    }
+}
+
+/// Decodes the reply at the front of `input`: `None` while it is incomplete. A reply that
+/// does not fit [`REDIS_REPLY_BYTES_MAX`] is an error, not a reason to buffer more.
+fn decode_reply(input: &[u8]) -> Result<Option<(RangeFrame, usize)>, String> {
+    if nested_too_deep(input) {
+        return Err(format!(
+            "Redis sent a reply with arrays nested more than {REDIS_REPLY_DEPTH_MAX} deep, \
+             which none of the benchmark's commands return; is the address a Redis server?"
+        ));
+    }
+    match decode_range(input) {
+        Ok(Some((frame, len))) if len <= REDIS_REPLY_BYTES_MAX => Ok(Some((frame, len))),
+        Ok(None) if input.len() < REDIS_REPLY_BYTES_MAX => Ok(None),
+        Ok(_) => Err(format!(
+            "Redis sent a reply larger than {REDIS_REPLY_BYTES_MAX} bytes, far more than any \
+             the benchmark's commands return; is the address a Redis server?"
+        )),
+        Err(error) => Err(format!(
+            "Redis sent a malformed reply ({error}); is the address a Redis server?"
+        )),
+    }
 }
 
 impl Protocol for RedisProtocol {
@@ -433,9 +590,11 @@ impl Protocol for RedisProtocol {
         on_reply: &mut dyn FnMut(u64, ReplyClass),
     ) -> Result<Parsed, String> {
         let mut consumed = 0;
-        while let Some((reply, len)) = resp::parse_reply(&input[consumed..])
-            .map_err(|error| format!("Redis sent a malformed reply: {error}"))?
-        {
+        while let Some((frame, len)) = decode_reply(&input[consumed..])? {
+            let reply = Reply {
+                frame: &frame,
+                bytes: &input[consumed..consumed + len],
+            };
             let Some(sent) = self.inflight.pop_front() else {
                 return Err(format!(
                     "Redis sent {} when no command was waiting for a reply",
@@ -485,8 +644,13 @@ fn connect_stream(addr: SocketAddr) -> Result<TcpStream, String> {
 /// data is lost by surprise.
 pub fn set_up_hunts_redis(addr: SocketAddr, workload: &Workload, wipe: bool) -> Result<(), String> {
     workload.check()?;
-    let mut redis = RedisConnection::connect(addr)?;
-    let keys = redis.call(&[b"DBSIZE"], integer)?;
+    let mut redis = connect_blocking(addr)?;
+    let failed = |what: &'static str| {
+        move |error: redis::RedisError| explain(&format!("{what} (Redis at {addr})"), &error)
+    };
+    let keys: u64 = redis::cmd("DBSIZE")
+        .query(&mut redis)
+        .map_err(failed("DBSIZE"))?;
     if keys > 0 {
         if !wipe {
             return Err(format!(
@@ -495,40 +659,45 @@ pub fn set_up_hunts_redis(addr: SocketAddr, workload: &Workload, wipe: bool) -> 
                  database, or pass --redis-flush"
             ));
         }
-        redis.call(&[b"FLUSHDB"], ok_status)?;
+        redis::cmd("FLUSHDB")
+            .query::<()>(&mut redis)
+            .map_err(failed("FLUSHDB"))?;
     }
-    redis.call(
-        &[b"FUNCTION", b"LOAD", b"REPLACE", CLAIM_FUNCTION.as_bytes()],
-        |reply| match reply {
-            Reply::Bulk(Some(_)) => Ok(()),
-            Reply::Error(message) => Err(format!(
-                "Redis refused to load the claim function: {} (Redis 7.0 or later is needed)",
-                String::from_utf8_lossy(message)
-            )),
-            other => Err(format!("FUNCTION LOAD answered {}", other.describe())),
-        },
-    )?;
+    redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(CLAIM_FUNCTION)
+        .query::<String>(&mut redis)
+        .map_err(failed(
+            "Redis refused to load the claim function (Redis 7.0 or later is needed)",
+        ))?;
     let mut batch = Batch::default();
     for rank in 0..workload.hunts {
         let hunt = Workload::hunt_id(rank);
         for (index, treasure) in workload.hunt_spec(hunt).treasures.iter().enumerate() {
-            batch.push(
-                &mut redis,
-                &[
-                    b"HSET",
-                    treasure_key(hunt, TreasureId(index as u32)).as_bytes(),
-                    b"code_hash",
-                    Decimal::new(treasure.code_hash).as_bytes(),
-                    b"points",
-                    Decimal::new(u64::from(treasure.points)).as_bytes(),
-                ],
-            )?;
+            batch
+                .pipe
+                .cmd("HSET")
+                .arg(treasure_key(hunt, TreasureId(index as u32)).as_bytes())
+                .arg("code_hash")
+                .arg(treasure.code_hash)
+                .arg("points")
+                .arg(treasure.points);
+            batch.added(&mut redis, addr, 6)?;
         }
-        join_all(&mut batch, &mut redis, hunt, workload.players_per_hunt)?;
+        let scores = scores_key(hunt);
+        let join_all = batch.pipe.cmd("ZADD").arg(scores.as_bytes()).arg("NX");
+        for player in 1..=u64::from(workload.players_per_hunt) {
+            join_all.arg(0).arg(player);
+        }
+        let args = 3 + 2 * workload.players_per_hunt as usize;
+        batch.added(&mut redis, addr, args)?;
     }
-    batch.run(&mut redis)?;
+    batch.run(&mut redis, addr)?;
     let expected = u64::from(workload.hunts) * (u64::from(workload.treasures_per_hunt) + 1);
-    let found = redis.call(&[b"DBSIZE"], integer)?;
+    let found: u64 = redis::cmd("DBSIZE")
+        .query(&mut redis)
+        .map_err(failed("DBSIZE"))?;
     if found != expected {
         return Err(format!(
             "after setting the hunts up, the Redis database at {addr} holds {found} keys, not \
@@ -538,153 +707,82 @@ pub fn set_up_hunts_redis(addr: SocketAddr, workload: &Workload, wipe: bool) -> 
     Ok(())
 }
 
-/// `ZADD scores NX 0 1 0 2 … 0 players`: every player of a hunt joins with a score of 0.
-fn join_all(
-    batch: &mut Batch,
-    redis: &mut RedisConnection,
-    hunt: HuntId,
-    players: u32,
-) -> Result<(), String> {
-    let scores = scores_key(hunt);
-    let numbers: Vec<Decimal> = (1..=u64::from(players)).map(Decimal::new).collect();
-    let mut args: Vec<&[u8]> = vec![b"ZADD", scores.as_bytes(), b"NX"];
-    for player in &numbers {
-        args.push(b"0");
-        args.push(player.as_bytes());
-    }
-    batch.push(redis, &args)
-}
-
-/// Set-up commands written together, then answered together.
+/// Set-up commands written together, then answered together: each answers a count.
 #[derive(Default)]
 struct Batch {
-    commands: Vec<u8>,
+    pipe: redis::Pipeline,
     count: usize,
+    args: usize,
 }
 
 impl Batch {
-    /// Adds a command whose reply is a count; sends the batch once it is full.
-    fn push(&mut self, redis: &mut RedisConnection, args: &[&[u8]]) -> Result<(), String> {
-        resp::push_command(&mut self.commands, args);
+    /// Counts the command just added to the pipeline, of `args` arguments; runs the batch
+    /// once it is full.
+    fn added(
+        &mut self,
+        redis: &mut redis::Connection,
+        addr: SocketAddr,
+        args: usize,
+    ) -> Result<(), String> {
         self.count += 1;
-        if self.count >= REDIS_SETUP_BATCH_COMMANDS_MAX
-            || self.commands.len() >= BENCH_SEND_BACKLOG_BYTES_MAX
-        {
-            self.run(redis)?;
+        self.args += args;
+        if self.count >= REDIS_SETUP_BATCH_COMMANDS_MAX || self.args >= REDIS_SETUP_BATCH_ARGS_MAX {
+            self.run(redis, addr)?;
         }
         Ok(())
     }
 
-    /// Writes the batch, reads every reply, and fails on the first that is not a count.
-    fn run(&mut self, redis: &mut RedisConnection) -> Result<(), String> {
-        redis.send(&self.commands)?;
-        for _ in 0..self.count {
-            redis.read_reply(|reply| {
-                integer(reply).map_err(|error| format!("setting the hunts up on Redis: {error}"))
+    /// Sends the batch and reads every reply; fails on the first that is not a count.
+    fn run(&mut self, redis: &mut redis::Connection, addr: SocketAddr) -> Result<(), String> {
+        if self.count > 0 {
+            self.pipe.query::<Vec<u64>>(redis).map_err(|error| {
+                explain(&format!("setting the hunts up on Redis at {addr}"), &error)
             })?;
         }
-        self.commands.clear();
+        self.pipe.clear();
         self.count = 0;
+        self.args = 0;
         Ok(())
     }
 }
 
-/// Reads an integer reply, such as DBSIZE's.
-fn integer(reply: Reply<'_>) -> Result<u64, String> {
-    match reply {
-        Reply::Integer(value) if value >= 0 => Ok(value as u64),
-        other => Err(format!("expected a count, got {}", other.describe())),
-    }
-}
-
-fn ok_status(reply: Reply<'_>) -> Result<(), String> {
-    match reply {
-        Reply::Simple(b"OK") => Ok(()),
-        other => Err(format!("expected OK, got {}", other.describe())),
-    }
-}
-
-/// A blocking connection to Redis for the set-up and for reading results back (not for load:
-/// the generator drives [`RedisProtocol`]). Every call waits at most `REDIS_CALL_WAIT_S_MAX`.
-pub struct RedisConnection {
-    addr: SocketAddr,
-    stream: TcpStream,
-    input: Vec<u8>,
-    /// Bytes of `input` already parsed.
-    start: usize,
-}
-
-impl RedisConnection {
-    pub fn connect(addr: SocketAddr) -> Result<RedisConnection, String> {
-        let stream = connect_stream(addr)?;
-        let wait = Some(Duration::from_secs(REDIS_CALL_WAIT_S_MAX));
-        stream
-            .set_read_timeout(wait)
-            .and_then(|()| stream.set_write_timeout(wait))
-            .map_err(|error| format!("cannot set timeouts on the connection to {addr}: {error}"))?;
-        Ok(RedisConnection {
-            addr,
-            stream,
-            input: Vec::new(),
-            start: 0,
-        })
-    }
-
-    /// Sends the command `args` and hands its reply to `read`.
-    pub fn call<T>(
-        &mut self,
-        args: &[&[u8]],
-        read: impl FnOnce(Reply<'_>) -> Result<T, String>,
-    ) -> Result<T, String> {
-        let mut command = Vec::new();
-        resp::push_command(&mut command, args);
-        self.send(&command)?;
-        self.read_reply(read)
-    }
-
-    /// Writes encoded commands.
-    pub fn send(&mut self, commands: &[u8]) -> Result<(), String> {
-        self.stream
-            .write_all(commands)
-            .map_err(|error| format!("cannot send to Redis at {}: {error}", self.addr))
-    }
-
-    /// Waits for the next reply and hands it to `read`.
-    pub fn read_reply<T>(
-        &mut self,
-        read: impl FnOnce(Reply<'_>) -> Result<T, String>,
-    ) -> Result<T, String> {
-        loop {
-            let parsed = resp::parse_reply(&self.input[self.start..]).map_err(|error| {
-                format!("Redis at {} sent a malformed reply: {error}", self.addr)
-            })?;
-            if let Some((reply, len)) = parsed {
-                let result = read(reply);
-                self.start += len;
-                if self.start == self.input.len() {
-                    self.input.clear();
-                    self.start = 0;
-                }
-                return result;
-            }
-            self.receive()?;
+/// A blocking connection to the Redis at `addr` for the set-up and for reading results back
+/// (not for load: the generator drives [`RedisProtocol`]). Connecting, and every call after,
+/// waits at most [`REDIS_CALL_WAIT_S_MAX`].
+pub fn connect_blocking(addr: SocketAddr) -> Result<redis::Connection, String> {
+    let wait = Duration::from_secs(REDIS_CALL_WAIT_S_MAX);
+    let info = redis::ConnectionInfo {
+        addr: redis::ConnectionAddr::Tcp(addr.ip().to_string(), addr.port()),
+        redis: redis::RedisConnectionInfo::default(),
+    };
+    let cannot = |error: redis::RedisError| {
+        let text = explain(&format!("cannot connect to Redis at {addr}"), &error);
+        if error.kind() == redis::ErrorKind::ParseError {
+            text
+        } else {
+            format!("{text}; is redis-server running there?")
         }
-    }
+    };
+    let client = redis::Client::open(info).map_err(cannot)?;
+    let connection = client.get_connection_with_timeout(wait).map_err(cannot)?;
+    connection
+        .set_read_timeout(Some(wait))
+        .and_then(|()| connection.set_write_timeout(Some(wait)))
+        .map_err(|error| format!("cannot set timeouts on the connection to {addr}: {error}"))?;
+    Ok(connection)
+}
 
-    fn receive(&mut self) -> Result<(), String> {
-        let mut chunk = [0u8; 16 * 1024];
-        let read = self.stream.read(&mut chunk).map_err(|error| {
-            format!(
-                "no reply from Redis at {} within {REDIS_CALL_WAIT_S_MAX} s: {error}",
-                self.addr
-            )
-        })?;
-        if read == 0 {
-            return Err(format!("Redis at {} closed the connection", self.addr));
-        }
-        self.input.extend_from_slice(&chunk[..read]);
-        Ok(())
+/// A failed call: `what`, then why in one line. A reply that is not RESP means the address is
+/// not a Redis server (the parser's own text, several lines of byte values, is left out).
+fn explain(what: &str, error: &redis::RedisError) -> String {
+    if error.kind() == redis::ErrorKind::ParseError {
+        return format!("{what}: it sent a malformed reply; is the address a Redis server?");
     }
+    if error.is_timeout() {
+        return format!("{what}: no reply within {REDIS_CALL_WAIT_S_MAX} s");
+    }
+    let text = error.to_string();
+    format!("{what}: {}", text.lines().next().unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -710,14 +808,16 @@ mod tests {
         let output = protocol.pending_output(0).to_vec();
         let len = output.len();
         protocol.consumed_output(0, len);
-        let (reply, parsed_len) = resp::parse_reply(&output).unwrap().unwrap();
+        let (frame, parsed_len) = decode_range(&output).unwrap().unwrap();
         assert_eq!(parsed_len, len, "one command per event");
-        let Reply::Array(Some(args)) = reply else {
-            panic!("{reply:?}")
+        let RangeFrame::Array(args) = frame else {
+            panic!("{frame:?}")
         };
         args.iter()
             .map(|arg| match arg {
-                Reply::Bulk(Some(bytes)) => String::from_utf8(bytes.to_vec()).unwrap(),
+                RangeFrame::BulkString((start, end)) => {
+                    String::from_utf8(output[*start..*end].to_vec()).unwrap()
+                }
                 other => panic!("{other:?}"),
             })
             .collect()
@@ -907,6 +1007,43 @@ mod tests {
         }
         let error = protocol.encode(0, &join, 0).unwrap_err();
         assert!(error.contains("events behind"), "{error}");
+    }
+
+    #[test]
+    fn a_reply_larger_than_the_limit_is_refused_not_buffered() {
+        let mut protocol = RedisProtocol::new(&Workload::default());
+        protocol.encode(0, &event(EventKind::Join), 1).unwrap();
+        let mut huge = format!("${}\r\n", REDIS_REPLY_BYTES_MAX).into_bytes();
+        huge.resize(REDIS_REPLY_BYTES_MAX, b'x');
+        let Err(error) = protocol.parse(0, &huge, &mut |_, _| {}) else {
+            panic!("a reply of {} bytes was accepted", huge.len());
+        };
+        assert!(error.contains("larger than"), "{error}");
+        // A partial reply below the limit is simply waited for.
+        let parsed = protocol.parse(0, &huge[..100], &mut |_, _| {}).unwrap();
+        assert_eq!(parsed.consumed, 0);
+    }
+
+    #[test]
+    fn deeply_nested_arrays_do_not_exhaust_a_generator_threads_stack() {
+        // Nothing nests deeper than the size limit allows: "*1\r\n" is four bytes a level.
+        let levels = REDIS_REPLY_BYTES_MAX / 4 - 1;
+        let mut nested = b"*1\r\n".repeat(levels);
+        nested.extend_from_slice(b":1\r\n");
+        // A generator thread has the default stack of a spawned thread (2 MiB).
+        let decoded = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || decode_reply(&nested).map(|reply| reply.map(|(_, len)| len)))
+            .unwrap()
+            .join()
+            .unwrap();
+        let error = decoded.unwrap_err();
+        assert!(error.contains("nested more than"), "{error}");
+        // As deep as allowed, and right-nested after scalars, still decodes.
+        let allowed = b"*2\r\n:1\r\n*2\r\n$1\r\nx\r\n*1\r\n*1\r\n:3\r\n+OK\r\n";
+        assert_eq!(decode_reply(allowed).unwrap().unwrap().1, allowed.len() - 5);
+        let deeper = b"*2\r\n:1\r\n*2\r\n$1\r\nx\r\n*1\r\n*1\r\n*1\r\n:3\r\n";
+        assert!(decode_reply(deeper).is_err());
     }
 
     #[test]
