@@ -7,17 +7,18 @@
 //! with `access_record` before any measurement, as a connection validates them.
 //!
 //! - `one_way`, the transport: one executor fills batches of `MESH_BATCH_EVENTS_MAX` event
-//!   archives with `ArchiveBatch::push_archive`, a new batch each time as a shard's outbox
-//!   does, and sends them; the other receives them and reads every event in place with
-//!   `access_validated`, then drops the batch, as `Shard::receive_from` does. Timed from the
-//!   first push to the last event read.
+//!   archives with `MeshBatch::push_event`, a new batch each time as a shard's outbox does,
+//!   and sends them; the other receives them and reads every event in place with
+//!   `access_validated`, then drops the batch, as `ShardCore::handle_mesh` does. Timed from
+//!   the first push to the last event read.
 //! - `round_trip`, the runtime itself: `spawn_shards` starts two real shards, mesh included.
-//!   A driver on shard 0 admits and dispatches events the way a connection does, all of them
-//!   owned by shard 1, so each is forwarded (`forward_to_owner`), flushed (`flush_to`),
-//!   applied by shard 1 (`receive_from` and `apply_forwarded`, the state machine included)
-//!   and answered by a reply that returns in shard 1's next batch and is delivered to the
-//!   driver's sink, whose credit is then released as a connection's writer releases it. Timed
-//!   from the first admission to the last reply delivered.
+//!   A driver on shard 0 hands frames to the shard the way a connection's reader does
+//!   (`Shard::handle_frame`), all of their events owned by shard 1, so each is admitted and
+//!   forwarded by shard 0's core, flushed by its flusher task, applied by shard 1's core (the
+//!   state machine included) and answered by a reply that returns in shard 1's next batch and
+//!   is queued for the driver's connection, whose "writer" then reports it written as a
+//!   connection's writer does. Timed from the first frame handed in to the last reply
+//!   written.
 //!
 //! One iteration is `MESH_BATCH_EVENTS_MAX` events (a batch; for the round trip, a frame of
 //! that many that the driver dispatches before it yields, as a connection yields to read
@@ -46,15 +47,17 @@ use rkyv::util::AlignedVec;
 use trove::bench::workload::Workload;
 use trove::constants::{MESH_BATCH_EVENTS_MAX, MESH_CHANNEL_BATCHES_MAX, SHARD_IO_MEMORY_BYTES};
 use trove::core::codec::access_validated;
+use trove::core::codec::{Decoded, FrameBuilder, FrameKind, Records, decode_frame};
 use trove::core::credit::Credit;
-use trove::core::ids::ShardId;
-use trove::core::message::{ArchivedEvent, Event, Reply};
+use trove::core::ids::{ConnectionId, ShardId};
+use trove::core::message::{ArchivedEvent, Event};
 use trove::core::partition::PartitionMap;
-use trove::runtime::config::{RuntimeConfig, allowed_cpus};
+use trove::core::shard::{CloseReason, FrameProgress, MeshBatch, Readable, ShardStats};
+use trove::host::affinity::allowed_cpus;
+use trove::host::preflight::preflight;
+use trove::runtime::config::RuntimeConfig;
 use trove::runtime::executors::{Shards, spawn_shards};
-use trove::runtime::mesh::MeshBatch;
-use trove::runtime::preflight::preflight;
-use trove::runtime::shard::{Admission, Dispatched, ReplySink, Shard, ShardStats, SinkId};
+use trove::runtime::shard::{Shard, WriteStep};
 use trove::runtime::wait::WaitQueue;
 
 /// Events drawn from the workload for the measured traffic.
@@ -294,17 +297,16 @@ async fn send_batches(
     let sender = sender.connect().await;
     let records: Vec<&[u8]> = validated_frames(&frames).concat();
     let mut archives = records.iter().cycle();
-    let sink = SinkId::new(0, 0);
+    let connection = ConnectionId::new(0, 0);
+    let clock = Instant::now();
     while let Ok(batches) = commands.recv_async().await {
         let began = Instant::now();
         for _ in 0..batches {
-            let mut batch = MeshBatch::new();
-            let forwarded_at = batch.opened_at;
+            let mut batch = MeshBatch::new(clock.elapsed().as_nanos() as u64);
             for archive in archives.by_ref().take(MESH_BATCH_EVENTS_MAX) {
                 let credit = Credit::new(1, archive.len() as u32);
-                batch
-                    .events
-                    .push_archive(archive, sink, credit, forwarded_at);
+                // SAFETY: `validated_frames` checked every record with `access_record`.
+                unsafe { batch.push_event(archive, connection, credit) };
             }
             if sender.send(batch).await.is_err() {
                 return;
@@ -332,7 +334,7 @@ async fn receive_batches(
             let Some(batch) = receiver.recv().await else {
                 return;
             };
-            for (archive, _entry) in batch.events.iter() {
+            for (archive, _entry) in batch.events().iter() {
                 // SAFETY: the sender pushed records that `access_record` accepted, and
                 // `ArchiveBatch` keeps them 16-byte aligned.
                 let event = unsafe { access_validated::<ArchivedEvent>(archive) };
@@ -346,34 +348,7 @@ async fn receive_batches(
 
 // ---- round trip: the runtime --------------------------------------------------------------
 
-/// The driver's connection, as far as the shard can tell: it counts the replies delivered to
-/// it and holds their credit until its "writer" gives it back.
-#[derive(Default)]
-struct CountingSink {
-    replies: Cell<u64>,
-    unreleased: Cell<Credit>,
-    /// Woken when a reply arrives and when the driver is done.
-    changed: WaitQueue,
-    closing: Cell<bool>,
-}
-
-impl ReplySink for CountingSink {
-    fn push_reply(&self, _reply: &Reply, _credit: Credit) {
-        unreachable!("the driver dispatches only events that the other shard owns");
-    }
-
-    fn push_archived_reply(&self, _archive: &[u8], credit: Credit) {
-        let held = self.unreleased.get();
-        self.unreleased.set(Credit::new(
-            held.events + credit.events,
-            held.bytes + credit.bytes,
-        ));
-        self.replies.set(self.replies.get() + 1);
-        self.changed.wake_all();
-    }
-}
-
-/// What shard 0's driver gets: the frames it dispatches and its line to criterion's thread.
+/// What shard 0's driver gets: the frames it hands in and its line to criterion's thread.
 struct DriverPayload {
     setup: Vec<AlignedVec>,
     measured: Vec<AlignedVec>,
@@ -381,79 +356,112 @@ struct DriverPayload {
     results: flume::Sender<Duration>,
 }
 
-/// Gives the sink's credit back as replies arrive, as a connection's writer does once they
-/// are written; closes the sink when the driver is done.
-async fn release_replied(shard: Rc<Shard>, sink: Rc<CountingSink>, id: SinkId) {
-    loop {
-        let done = sink
-            .changed
-            .until(|| {
-                let pending = sink.unreleased.get() != Credit::ZERO;
-                (pending || sink.closing.get()).then_some(!pending)
-            })
-            .await;
-        if done {
-            break;
-        }
-        shard.release(id, sink.unreleased.take());
-    }
-    shard.close_sink(id);
+/// The driver's connection, as its writer sees it: replies written so far, and whether the
+/// driver is done.
+#[derive(Default)]
+struct DriverConnection {
+    replies: Cell<u64>,
+    /// Woken when replies are written.
+    written: WaitQueue,
 }
 
-/// Admits and dispatches every event of `frames` as a connection does, yielding after each
-/// frame as a connection yields to read again, then waits for all their replies.
+/// Takes the replies the core queues for the driver's connection and reports them written at
+/// once, as a connection's writer does after its socket took them; counts them.
+async fn write_replies(
+    shard: Rc<Shard>,
+    id: ConnectionId,
+    queue: Rc<WaitQueue>,
+    connection: Rc<DriverConnection>,
+) {
+    let mut out = FrameBuilder::new();
+    while let WriteStep::Write = shard.until_writable(id, &queue, &mut out).await {
+        connection
+            .replies
+            .set(connection.replies.get() + reply_count(out.bytes()));
+        shard.handle_written(id, out.len());
+        out.clear(64 * 1024);
+        connection.written.wake_all();
+    }
+    shard.handle_closed(id, CloseReason::Finished);
+}
+
+/// Replies in a buffer of whole reply frames.
+fn reply_count(mut frames: &[u8]) -> u64 {
+    let mut count = 0;
+    while let Ok(Decoded::Frame {
+        header,
+        body,
+        frame_len,
+    }) = decode_frame(frames)
+    {
+        if header.kind == FrameKind::Replies {
+            count += u64::from(Records::parse(header.kind, body).expect("replies").count());
+        }
+        frames = &frames[frame_len..];
+    }
+    count
+}
+
+/// Hands every frame to the shard as a connection's reader does (offering a frame again when
+/// it was admitted only in part, once the shard says so), yielding after each frame as a
+/// reader yields to read again, then waits for all their replies to be written.
 async fn dispatch_frames<'a>(
     shard: &Shard,
-    sink: &CountingSink,
-    id: SinkId,
-    frames: impl Iterator<Item = &'a Vec<&'a [u8]>>,
+    connection: &DriverConnection,
+    id: ConnectionId,
+    frames: impl Iterator<Item = &'a AlignedVec>,
 ) {
-    let mut replies_expected = sink.replies.get();
-    for records in frames {
-        for record in records {
-            // SAFETY: the payload's records passed `access_record` in `validated_frames`.
-            let event = unsafe { access_validated::<ArchivedEvent>(record) };
-            let credit = Credit::new(1, record.len() as u32);
-            let admitted = shard.admit(id, credit).await;
-            assert_eq!(admitted, Admission::Granted, "the driver's shard waits");
-            let dispatched = shard.dispatch(id, record, event, credit).await;
+    let mut replies_expected = connection.replies.get();
+    for frame in frames {
+        let Ok(Decoded::Frame { header, body, .. }) = decode_frame(frame) else {
+            panic!("a bench frame is one whole, valid frame");
+        };
+        replies_expected += u64::from(Records::parse(header.kind, body).expect("records").count());
+        while shard
+            .handle_frame(id, &header, body)
+            .expect("a valid frame")
+            == FrameProgress::Blocked
+        {
             assert_eq!(
-                dispatched,
-                Dispatched::Forwarded,
-                "{OWNER} owns every event"
+                shard.until_readable(id).await,
+                Readable::Yes,
+                "the shard runs"
             );
-            replies_expected += 1;
         }
         futures_lite::future::yield_now().await;
     }
-    sink.changed
-        .until(|| (sink.replies.get() >= replies_expected).then_some(()))
+    connection
+        .written
+        .until(|| (connection.replies.get() >= replies_expected).then_some(()))
         .await;
 }
 
-/// Runs on shard 0: sets the owner's hunts up, then dispatches frames on command and reports
+/// Runs on shard 0: sets the owner's hunts up, then hands frames in on command and reports
 /// how long each command took, until criterion's thread hangs up.
 async fn drive(shard: Rc<Shard>, payload: DriverPayload) {
-    let sink = Rc::new(CountingSink::default());
-    let id = shard
-        .register_sink(sink.clone())
+    let connection = Rc::new(DriverConnection::default());
+    let (id, queue) = shard
+        .connect()
         .expect("a new shard has room for a connection");
-    glommio::spawn_local(release_replied(shard.clone(), sink.clone(), id)).detach();
-    let setup = validated_frames(&payload.setup);
-    dispatch_frames(&shard, &sink, id, setup.iter()).await;
-    let measured = validated_frames(&payload.measured);
-    let mut frames = measured.iter().cycle();
+    glommio::spawn_local(write_replies(shard.clone(), id, queue, connection.clone())).detach();
+    dispatch_frames(&shard, &connection, id, payload.setup.iter()).await;
+    let mut frames = payload.measured.iter().cycle();
     if payload.results.send(Duration::ZERO).is_ok() {
         while let Ok(count) = payload.commands.recv_async().await {
             let started = Instant::now();
-            dispatch_frames(&shard, &sink, id, frames.by_ref().take(count as usize)).await;
+            dispatch_frames(
+                &shard,
+                &connection,
+                id,
+                frames.by_ref().take(count as usize),
+            )
+            .await;
             if payload.results.send(started.elapsed()).is_err() {
                 break;
             }
         }
     }
-    sink.closing.set(true);
-    sink.changed.wake_all();
+    shard.handle_read_closed(id, Ok(()));
 }
 
 /// What each shard gets: a CPU meter, and on shard 0 the driver's payload.

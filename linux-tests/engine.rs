@@ -21,8 +21,9 @@ use trove::core::message::{
     ArchivedErrorMessage, ArchivedOutcome, Event, EventKind, HuntSpec, TreasureSpec,
     claim_code_hash,
 };
-use trove::net::{Node, NodeConfig, NodeReport};
-use trove::runtime::config::{ApplyDelay, Budget, allowed_cpus};
+use trove::host::affinity::allowed_cpus;
+use trove::node::{Node, NodeConfig, NodeReport};
+use trove::runtime::config::{ApplyDelay, Budget};
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -337,19 +338,9 @@ fn a_slow_shard_fills_its_budget_blocks_senders_and_loses_nothing() {
             .values()
             .all(|outcome| !outcome.contains("Busy") && !outcome.contains("Error"))
     );
+    // (That no pool ever held more than its budget is `CreditPool`'s own assertion, and the
+    // credit accounting is checked against a model in `core::shard`'s tests.)
     let report = node.stop();
-    for shard in &report.shards {
-        assert!(
-            shard.socket_inflight_peak.events <= budget.shard_events,
-            "{shard:?}"
-        );
-    }
-    let origin = report
-        .shards
-        .iter()
-        .max_by_key(|shard| shard.events_forwarded)
-        .unwrap();
-    assert!(origin.mesh_inflight_peak.events <= budget.mesh_per_source(2).events);
     let waits: u64 = report
         .shards
         .iter()

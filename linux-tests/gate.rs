@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hdrhistogram::Histogram;
 use serde_json::Value;
-use trove::bench::report::host::{HostFingerprint, HostSources};
 use trove::bench::report::{Calibration, LoadModel, Report, RunRecord, Summary};
+use trove::host::fingerprint::{HostFingerprint, HostSources};
 
 /// A latency histogram (ns) with `count` values spread evenly over `low..high`.
 fn histogram(low: u64, high: u64, count: u64) -> Histogram<u64> {

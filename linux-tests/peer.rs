@@ -16,7 +16,7 @@ use trove::bench::resp::Reply;
 use trove::bench::run::{LoadSpec, RunPlan, measure};
 use trove::bench::workload::{Mix, Workload};
 use trove::core::ids::{HuntId, PlayerId, TreasureId};
-use trove::runtime::config::allowed_cpus;
+use trove::host::affinity::allowed_cpus;
 
 /// A redis-server on a free loopback port, without persistence, killed when dropped.
 struct RedisServer {

@@ -42,6 +42,7 @@ fn plan(node_counts: &[usize], strategies: &[Strategy], seed: u64, model: Model)
         model,
         json: None,
         svg: None,
+        coordination: false,
     }
 }
 

@@ -3,6 +3,7 @@
 //! - `src/runtime` and `src/net` hold no Mutex, RwLock or atomics (nothing shared between
 //!   shards on the data path);
 //! - dependencies point inward: no layer names a layer outside it;
+//! - `src/host` (facts about the machine) names no other layer and few crates;
 //! - every limit is named `*_MAX` (or is a `*_DEFAULT`/`*_MIN` beside one) in `constants.rs`.
 
 use std::fs;
@@ -80,35 +81,55 @@ fn the_runtime_and_the_network_share_nothing_between_shards() {
 #[test]
 fn dependencies_point_inward() {
     // Each layer, and the layers further out that it must not name.
-    let layers: [(&str, &[&str]); 6] = [
+    let layers: &[(&str, &[&str])] = &[
         (
             "src/core",
             &[
-                "runtime", "net", "client", "sim", "bench", "gate", "tune", "cli",
+                "runtime", "net", "client", "sim", "bench", "gate", "tune", "cli", "node", "host",
+                "cluster", "metrics", "store",
             ],
         ),
         (
             "src/sim",
-            &["runtime", "net", "client", "bench", "gate", "tune", "cli"],
+            &[
+                "runtime", "net", "client", "bench", "gate", "tune", "cli", "node", "host",
+            ],
         ),
         (
             "src/runtime",
-            &["net", "client", "sim", "bench", "gate", "tune", "cli"],
+            &[
+                "net", "client", "sim", "bench", "gate", "tune", "cli", "node",
+            ],
         ),
         (
             "src/net",
-            &["client", "sim", "bench", "gate", "tune", "cli"],
+            &["client", "sim", "bench", "gate", "tune", "cli", "node"],
         ),
         (
             "src/client",
-            &["runtime", "net", "sim", "bench", "gate", "tune", "cli"],
+            &[
+                "runtime", "net", "sim", "bench", "gate", "tune", "cli", "node",
+            ],
+        ),
+        (
+            "src/cluster",
+            &[
+                "runtime", "net", "client", "sim", "bench", "gate", "tune", "cli", "node",
+            ],
         ),
         (
             "src/gate",
             &["runtime", "net", "client", "sim", "tune", "cli"],
         ),
+        (
+            "src/host",
+            &[
+                "core", "runtime", "net", "client", "cluster", "store", "metrics", "node", "sim",
+                "bench", "gate", "tune", "cli",
+            ],
+        ),
     ];
-    for (dir, outer) in layers {
+    for &(dir, outer) in layers {
         let needles: Vec<String> = outer
             .iter()
             .map(|layer| format!("crate::{layer}"))
@@ -129,6 +150,43 @@ fn dependencies_point_inward() {
     );
 }
 
+/// The `[dependencies]` of Cargo.toml, as Rust names them (`-` becomes `_`).
+fn dependency_crates() -> Vec<String> {
+    let manifest =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    let section = manifest
+        .split("\n[dependencies]\n")
+        .nth(1)
+        .expect("Cargo.toml has [dependencies]");
+    section
+        .lines()
+        .take_while(|line| !line.starts_with('['))
+        .filter_map(|line| line.split_once('=').map(|(name, _)| name.trim()))
+        .filter(|name| !name.is_empty() && !name.starts_with('#'))
+        .map(|name| name.replace('-', "_"))
+        .collect()
+}
+
+#[test]
+fn the_host_layer_uses_std_libc_and_little_else() {
+    // `core_affinity` reads and sets the affinity mask without unsafe code of our own; the
+    // fingerprint is a serde type with an xxh3 key because bench summaries store it.
+    let allowed = ["libc", "core_affinity", "serde", "xxhash_rust"];
+    let banned: Vec<String> = dependency_crates()
+        .into_iter()
+        .filter(|name| !allowed.contains(&name.as_str()))
+        .map(|name| format!("{name}::"))
+        .collect();
+    assert!(banned.iter().any(|name| name == "glommio::"), "{banned:?}");
+    let banned: Vec<&str> = banned.iter().map(String::as_str).collect();
+    let hits = offending_lines("src/host", &banned);
+    assert!(
+        hits.is_empty(),
+        "src/host uses a crate beyond std, libc and its few exceptions:\n{}",
+        hits.join("\n")
+    );
+}
+
 #[test]
 fn limits_are_named_for_what_they_are() {
     let constants =
@@ -143,9 +201,9 @@ fn limits_are_named_for_what_they_are() {
         };
         let name = rest.split(':').next().unwrap();
         // A limit ends in _MAX; its companions say what they are: a floor (_MIN), a default
-        // (_DEFAULT), a fixed size of the wire format (_BYTES, _ALIGN, MAGIC, VERSION).
+        // (_DEFAULT), a fixed size of the wire format (_BYTES, _BITS, _ALIGN, MAGIC, VERSION).
         let described = [
-            "_MAX", "_MIN", "_DEFAULT", "_BYTES", "_ALIGN", "_MAGIC", "_VERSION",
+            "_MAX", "_MIN", "_DEFAULT", "_BYTES", "_BITS", "_ALIGN", "_MAGIC", "_VERSION",
         ]
         .iter()
         .any(|suffix| name.ends_with(suffix) || name.contains(&format!("{suffix}_")));

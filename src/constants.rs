@@ -37,6 +37,21 @@ pub const REPLY_FIXED_BYTES: usize = 32;
 pub const CLAIM_CODE_BYTES_MAX: usize = 64;
 /// Longest human-readable message in an error frame.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 256;
+/// Largest record of an authentication frame (a challenge, a response, an acceptance: two
+/// 32-byte nonces and a 32-byte MAC at most).
+pub const AUTH_RECORD_BYTES_MAX: usize = 128;
+
+// ---------------------------------------------------------------------------------------------
+// Authentication (see `core::auth`).
+// ---------------------------------------------------------------------------------------------
+
+/// Shortest shared secret a node or client accepts: 16 bytes, 128 bits if chosen at random.
+pub const AUTH_SECRET_BYTES_MIN: usize = 16;
+/// Longest shared secret a node or client reads from its secret file.
+pub const AUTH_SECRET_BYTES_MAX: usize = 4096;
+/// How long a new connection has to complete the authentication handshake before the node
+/// closes it; it holds one of the shard's connection slots meanwhile.
+pub const AUTH_HANDSHAKE_MS_MAX: u64 = 5_000;
 
 // ---------------------------------------------------------------------------------------------
 // Partitions, shards, connections.
@@ -144,6 +159,22 @@ pub const BENCH_SEND_BACKLOG_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const SWEEP_STEPS_MAX: usize = 24;
 /// Largest latency a histogram records: anything slower is clamped to it.
 pub const BENCH_LATENCY_NS_MAX: u64 = 60_000_000_000;
+/// Bits of an event's 64-bit timestamp that carry its intended send time, in nanoseconds since
+/// the run started: 2^40 ns is about 18 minutes, which bounds a run's warm-up plus duration.
+pub const BENCH_TS_INTENDED_NS_BITS: u32 = 40;
+/// Bits of an event's timestamp that carry how late it was made, in microseconds (clamped):
+/// 2^24 µs is about 16 s.
+pub const BENCH_TS_LAG_US_BITS: u32 = 24;
+/// Longest warm-up plus measured phase of one benchmark run, in seconds: every intended send
+/// time must fit [`BENCH_TS_INTENDED_NS_BITS`].
+pub const BENCH_SCHEDULE_S_MAX: u64 = 1_000;
+
+const _: () = assert!(BENCH_TS_INTENDED_NS_BITS + BENCH_TS_LAG_US_BITS == u64::BITS);
+const _: () = assert!(BENCH_SCHEDULE_S_MAX * 1_000_000_000 < 1 << BENCH_TS_INTENDED_NS_BITS);
+const _: () = assert!(BENCH_DURATION_S_MAX <= BENCH_SCHEDULE_S_MAX);
+/// Longest the benchmark's set-up waits for a node that neither takes its events nor answers
+/// them before it gives up with a message (a shard that stopped reading, say).
+pub const BENCH_STALL_MS_MAX: u64 = 10_000;
 
 // ---------------------------------------------------------------------------------------------
 // Time.
@@ -158,6 +189,14 @@ pub const SPIN_BEFORE_PARK_US_MAX: u64 = 10_000;
 pub const CONNECTION_LINGER_MS_MAX: u64 = 1_000;
 /// How long a stopping node waits for work in flight to drain before it closes anyway.
 pub const SHUTDOWN_GRACE_MS_MAX: u64 = 5_000;
+/// A shard's task queue that runs this long past its time slice (glommio's preempt timer,
+/// 100 ms) without yielding counts as a stall.
+pub const STALL_THRESHOLD_MS_DEFAULT: u64 = 10;
+/// Largest stall threshold a configuration may set.
+pub const STALL_THRESHOLD_MS_MAX: u64 = 60_000;
+/// Bytes of glommio's stall report read for its figures (they come first; the backtrace after
+/// them is never formatted).
+pub const STALL_REPORT_HEAD_BYTES_MAX: usize = 512;
 
 // ---------------------------------------------------------------------------------------------
 // Worst-case memory of a node, as a sum. Estimates of container overhead are stated as such.
@@ -291,6 +330,11 @@ pub const SIM_LOAD_MS_MAX: u64 = 60_000;
 /// Longest a run may take to drain after its clients stop, in virtual milliseconds; a run that
 /// has not drained by then is reported as stuck.
 pub const SIM_DRAIN_MS_MAX: u64 = 60_000;
+/// Most nodes `trove sim --strategy coordination` may model.
+pub const SIM_COORDINATION_NODES_MAX: usize = 256;
+/// Longest one phase of the coordination model (settle, detect, failover) may take, in virtual
+/// ms; a phase that has not finished by then is reported as not finished.
+pub const SIM_COORDINATION_PHASE_MS_MAX: u64 = 120_000;
 /// Most examples each oracle keeps of what it found wrong in one run (it counts them all).
 pub const SIM_VIOLATION_EXAMPLES_MAX: usize = 8;
 
@@ -354,3 +398,54 @@ const _: () = assert!(REDIS_REPLY_ELEMENTS_MAX >= 2 * LEADERBOARD_TOP_K_MAX);
 const _: () = assert!(CALIBRATION_MS_DEFAULT <= CALIBRATION_MS_MAX);
 // A closed-loop window never fills a Redis connection's FIFO.
 const _: () = assert!(REDIS_EVENTS_INFLIGHT_PER_CONNECTION_MAX >= BENCH_WINDOW_MAX as usize);
+
+// ---------------------------------------------------------------------------------------------
+// Cluster coordination (see `cluster`): leases, the etcd gateway, what a node reads back.
+// ---------------------------------------------------------------------------------------------
+
+/// A node's lease TTL unless configured otherwise (`--lease-ttl-s`). etcd leases are whole seconds.
+pub const CLUSTER_LEASE_TTL_S_DEFAULT: u64 = 5;
+/// Shortest lease TTL: etcd itself refuses leases much shorter than its election timeout.
+pub const CLUSTER_LEASE_TTL_S_MIN: u64 = 2;
+/// Longest lease TTL: a dead node's partitions are unavailable for this long before `Offline`.
+pub const CLUSTER_LEASE_TTL_S_MAX: u64 = 60;
+/// How often a node reads the cluster's keys back unless configured otherwise, in ms.
+pub const CLUSTER_POLL_MS_DEFAULT: u64 = 250;
+/// Longest pause between reads of the cluster's keys, in ms.
+pub const CLUSTER_POLL_MS_MAX: u64 = 10_000;
+/// How long the set of live nodes must stay unchanged before the controller writes a cluster's
+/// first placement (so nodes started together share the partitions), unless configured, in ms.
+pub const CLUSTER_SETTLE_MS_DEFAULT: u64 = 1_000;
+/// Longest settle time, in ms.
+pub const CLUSTER_SETTLE_MS_MAX: u64 = 60_000;
+/// Longest wait between two attempts to reach an unreachable etcd, in ms (back-off doubles to this).
+pub const CLUSTER_RETRY_MS_MAX: u64 = 1_000;
+/// First wait after a failed etcd request, in ms.
+pub const CLUSTER_RETRY_MS_MIN: u64 = 50;
+/// Most nodes one cluster may register; more are ignored (and reported) by every reader.
+pub const CLUSTER_NODES_MAX: usize = 1_024;
+/// Most etcd endpoints `--cluster` may list.
+pub const CLUSTER_ENDPOINTS_MAX: usize = 16;
+/// Longest cluster name (letters, digits, `-` and `_`), in bytes.
+pub const CLUSTER_NAME_BYTES_MAX: usize = 64;
+/// Largest etcd reply a node reads: the assignment record of `PARTITIONS_MAX` partitions and
+/// `CLUSTER_NODES_MAX` node records fit well inside.
+pub const CLUSTER_REPLY_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Most coordination events (placement changes, lease lost…) queued for a reader before the
+/// oldest are dropped; the latest placement is always kept apart from this queue.
+pub const CLUSTER_EVENTS_QUEUED_MAX: usize = 64;
+/// Most offline partitions `trove cluster status` names on one line; it always gives the count.
+pub const CLUSTER_STATUS_OFFLINE_LISTED_MAX: usize = 32;
+/// Most nodes `trove cluster up` starts on one machine.
+pub const CLUSTER_UP_NODES_MAX: usize = 64;
+/// How long `trove cluster up` waits for its etcd, and for each node to print its address, in ms.
+pub const CLUSTER_UP_START_MS_MAX: u64 = 15_000;
+/// How long `trove cluster up` waits for a node or etcd to stop after SIGTERM before SIGKILL, in ms.
+pub const CLUSTER_UP_STOP_MS_MAX: u64 = 10_000;
+
+const _: () = assert!(CLUSTER_LEASE_TTL_S_MIN <= CLUSTER_LEASE_TTL_S_DEFAULT);
+const _: () = assert!(CLUSTER_LEASE_TTL_S_DEFAULT <= CLUSTER_LEASE_TTL_S_MAX);
+const _: () = assert!(CLUSTER_POLL_MS_DEFAULT <= CLUSTER_POLL_MS_MAX);
+const _: () = assert!(CLUSTER_SETTLE_MS_DEFAULT <= CLUSTER_SETTLE_MS_MAX);
+const _: () = assert!(CLUSTER_RETRY_MS_MIN <= CLUSTER_RETRY_MS_MAX);
+const _: () = assert!(CLUSTER_NODES_MAX <= u32::MAX as usize);

@@ -22,17 +22,22 @@
 //!
 //! Dependencies point inward:
 //! - [`constants`]: every limit, and the node's worst-case memory as a sum;
-//! - [`core`]: sans-IO: messages, codec, partitioner, state machine, credits;
+//! - [`core`]: sans-IO: messages, codec, placement, state machine, credits, the shard protocol;
 //! - [`runtime`], [`net`], [`client`]: the glommio shell, the sockets and the client;
+//! - [`node`]: a node's composition root: shards and listeners from a config, and its report;
+//! - [`host`]: facts about the machine (CPU sets, affinity, io_uring and memlock, topology);
 //! - [`bench`] and [`cli`]: the tools built on top.
 
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod constants;
 pub mod core;
 pub mod gate;
+pub mod host;
 pub mod net;
+pub mod node;
 pub mod runtime;
 pub mod sim;
 pub mod tune;

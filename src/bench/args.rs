@@ -35,6 +35,11 @@ pub struct BenchArgs {
     /// Drive a node that is already running at HOST:PORT instead of starting one
     #[arg(long, value_name = "HOST:PORT")]
     pub target: Option<String>,
+    /// File holding the node's shared secret (see `trove node --help`): the generator
+    /// authenticates every connection; an embedded node requires it too. A file, never a flag,
+    /// so the secret stays out of process lists and shell histories
+    #[arg(long, value_name = "PATH")]
+    pub auth_secret_file: Option<PathBuf>,
     /// CPUs of the embedded node's shards, one shard each [default: every CPU this process may use]
     #[arg(long, value_name = "LIST")]
     pub node_cpus: Option<String>,

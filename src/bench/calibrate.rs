@@ -20,7 +20,7 @@ use crate::constants::{
     CALIBRATION_IO_WAIT_MS_MAX, CALIBRATION_MS_MAX, CALIBRATION_PING_BYTES,
     CALIBRATION_STREAM_WRITE_BYTES,
 };
-use crate::runtime::config::allowed_cpus;
+use crate::host::affinity::allowed_cpus;
 
 /// Round trips the calibration makes before it records any (wakes the CPUs, warms caches):
 /// a parameter of the measurement, not a limit.
@@ -119,7 +119,7 @@ fn on_cpu<T>(
     work: impl FnOnce(&mut TcpStream) -> io::Result<T>,
 ) -> Result<T, String> {
     if let Some(cpu) = cpu {
-        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+        if !crate::host::affinity::pin_current_thread(cpu) {
             return Err(format!(
                 "cannot pin the calibration's {role} thread to CPU {cpu}"
             ));

@@ -3,6 +3,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -10,12 +11,14 @@ use serde::Serialize;
 use crate::bench::args::BenchArgs;
 use crate::bench::run::LoadSpec;
 use crate::bench::workload::{Mix, Workload};
+use crate::client::auth::read_secret_file;
 use crate::constants::{
-    BENCH_CONNECTIONS_MAX, BENCH_DURATION_S_MAX, BENCH_WINDOW_MAX, FRAME_RECORDS_MAX,
-    PARTITIONS_DEFAULT, SWEEP_STEPS_MAX,
+    BENCH_CONNECTIONS_MAX, BENCH_DURATION_S_MAX, BENCH_SCHEDULE_S_MAX, BENCH_TS_INTENDED_NS_BITS,
+    BENCH_WINDOW_MAX, FRAME_RECORDS_MAX, PARTITIONS_DEFAULT, SWEEP_STEPS_MAX,
 };
-use crate::runtime::config::allowed_cpus;
-use crate::runtime::cpuset::CpuSet;
+use crate::core::auth::AuthSecret;
+use crate::host::affinity::allowed_cpus;
+use crate::host::cpuset::CpuSet;
 
 /// Events in flight per connection of the default closed loop.
 pub const CLOSED_WINDOW_DEFAULT: u32 = 1024;
@@ -90,6 +93,9 @@ pub struct BenchConfig {
     pub out: Option<PathBuf>,
     #[serde(skip)]
     pub quiet: bool,
+    /// The node's shared secret (`--auth-secret-file`); never written to a report.
+    #[serde(skip)]
+    pub auth: Option<Arc<AuthSecret>>,
 }
 
 fn cpu_list(flag: &str, list: &str) -> Result<Vec<usize>, String> {
@@ -116,6 +122,19 @@ fn seconds(flag: &str, value: f64, allow_zero: bool) -> Result<f64, String> {
     Ok(value)
 }
 
+/// A run's warm-up and measured phase together must fit the intended send time every event
+/// carries (see [`BENCH_TS_INTENDED_NS_BITS`]).
+fn schedule_fits(warmup_s: f64, duration_s: f64) -> Result<(), String> {
+    if warmup_s + duration_s > BENCH_SCHEDULE_S_MAX as f64 {
+        return Err(format!(
+            "--warmup {warmup_s} --duration {duration_s}: together they must be at most \
+             {BENCH_SCHEDULE_S_MAX} seconds (each event carries its intended send time in \
+             {BENCH_TS_INTENDED_NS_BITS} bits of nanoseconds); shorten one of them"
+        ));
+    }
+    Ok(())
+}
+
 fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
     flag: &str,
     value: T,
@@ -135,6 +154,22 @@ fn resolve(flag: &str, addr: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("--{flag} {addr}: the name resolves to no address"))
 }
 
+/// Flags that configure the embedded node mean nothing for a node that is already running:
+/// refusing them says so instead of letting a run silently measure something else.
+fn refuse_embedded_flags(args: &BenchArgs) -> Result<(), String> {
+    let given = [
+        ("--node-cpus", args.node_cpus.is_some()),
+        ("--partitions", args.partitions.is_some()),
+        ("--fail-fast", args.fail_fast),
+    ];
+    match given.iter().find(|(_, given)| *given) {
+        Some((flag, _)) => Err(format!(
+            "{flag} configures the embedded node and means nothing with --target; set it on the `trove node` that serves the target, or drop --target"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Reads a workload file (TOML with the fields of [`Workload`]).
 pub fn read_workload_file(path: &Path) -> Result<Workload, String> {
     let text = std::fs::read_to_string(path)
@@ -146,6 +181,9 @@ pub fn read_workload_file(path: &Path) -> Result<Workload, String> {
 impl BenchConfig {
     /// The configuration the flags describe, or what is wrong with them.
     pub fn from_args(args: &BenchArgs) -> Result<BenchConfig, String> {
+        if args.target.is_some() {
+            refuse_embedded_flags(args)?;
+        }
         let workload = BenchConfig::workload(args)?;
         let target = match &args.target {
             Some(addr) => TargetConfig::Remote {
@@ -205,7 +243,12 @@ impl BenchConfig {
             null_sink: args.null_sink,
             out: args.out.clone(),
             quiet: args.quiet,
+            auth: match &args.auth_secret_file {
+                Some(path) => Some(Arc::new(read_secret_file(path)?)),
+                None => None,
+            },
         };
+        schedule_fits(config.warmup_s, config.duration_s)?;
         if let TargetConfig::Embedded { partitions, .. } = config.target {
             crate::core::partition::Partitioner::new(partitions)
                 .map_err(|error| format!("--partitions: {error}"))?;
@@ -362,6 +405,26 @@ mod tests {
         assert!(target.contains("HOST:PORT"), "{target}");
         let frames = configure(|args| args.events_per_frame = Some(0)).unwrap_err();
         assert!(frames.contains("--events-per-frame 0"), "{frames}");
+    }
+
+    #[test]
+    fn warmup_and_duration_together_must_fit_the_timestamp() {
+        let longest = BENCH_DURATION_S_MAX as f64;
+        let too_long = configure(|args| {
+            args.warmup = Some(longest);
+            args.duration = Some(longest);
+        })
+        .unwrap_err();
+        assert!(
+            too_long.contains("--warmup 600 --duration 600"),
+            "{too_long}"
+        );
+        assert!(too_long.contains("at most 1000 seconds"), "{too_long}");
+        let fits = configure(|args| {
+            args.warmup = Some(BENCH_SCHEDULE_S_MAX as f64 - longest);
+            args.duration = Some(longest);
+        });
+        assert!(fits.is_ok(), "{fits:?}");
     }
 
     #[test]

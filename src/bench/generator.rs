@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::bench::workload::EventMaker;
-use crate::constants::{BENCH_LATENCY_NS_MAX, BENCH_SEND_BACKLOG_BYTES_MAX};
+use crate::constants::{
+    BENCH_LATENCY_NS_MAX, BENCH_SEND_BACKLOG_BYTES_MAX, BENCH_TS_INTENDED_NS_BITS,
+    BENCH_TS_LAG_US_BITS,
+};
 use crate::core::codec::ReceiveBuffer;
 use crate::core::message::Event;
 
@@ -178,18 +181,23 @@ pub struct ThreadResult {
     pub failure: Option<String>,
 }
 
-/// The timestamp an event carries: intended send time (ns since start, 40 bits) and how late
-/// it was actually made (µs, 24 bits).
+/// Largest lag, in microseconds, an event's timestamp holds; later ones are clamped to it.
+const TS_LAG_US_MAX: u64 = (1 << BENCH_TS_LAG_US_BITS) - 1;
+
+/// The timestamp an event carries: intended send time (ns since start, in the high
+/// [`BENCH_TS_INTENDED_NS_BITS`]) and how late it was actually made (µs, in the low
+/// [`BENCH_TS_LAG_US_BITS`], clamped). [`RunPlan::check`](crate::bench::run::RunPlan::check)
+/// refuses a schedule whose intended times would not fit, so nothing is cut off here.
 fn pack_ts(intended_ns: u64, lag_ns: u64) -> u64 {
-    debug_assert!(
-        intended_ns < 1 << 40,
-        "runs are far shorter than 18 minutes of setup + measurement"
+    assert!(
+        intended_ns < 1 << BENCH_TS_INTENDED_NS_BITS,
+        "the run plan bounds warm-up plus duration by BENCH_SCHEDULE_S_MAX"
     );
-    (intended_ns << 24) | (lag_ns / 1_000).min((1 << 24) - 1)
+    (intended_ns << BENCH_TS_LAG_US_BITS) | (lag_ns / 1_000).min(TS_LAG_US_MAX)
 }
 
 fn unpack_ts(ts: u64) -> (u64, u64) {
-    (ts >> 24, (ts & ((1 << 24) - 1)) * 1_000)
+    (ts >> BENCH_TS_LAG_US_BITS, (ts & TS_LAG_US_MAX) * 1_000)
 }
 
 /// Nothing to do now, try again later: the socket is not ready, or a signal interrupted the
@@ -558,6 +566,7 @@ impl Recorder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::constants::BENCH_SCHEDULE_S_MAX;
 
     #[test]
     fn timestamps_carry_intended_time_and_lag() {
@@ -565,6 +574,13 @@ mod tests {
         assert_eq!((intended, lag), (123_456_789_000, 5_000_000));
         // Lag beyond what 24 bits of microseconds hold is clamped, not wrapped.
         let (_, clamped) = unpack_ts(pack_ts(1, 100_000_000_000));
-        assert_eq!(clamped, ((1 << 24) - 1) * 1_000);
+        assert_eq!(clamped, TS_LAG_US_MAX * 1_000);
+    }
+
+    #[test]
+    fn the_longest_schedule_keeps_its_intended_times() {
+        let last_ns = BENCH_SCHEDULE_S_MAX * 1_000_000_000 - 1;
+        let (intended, lag) = unpack_ts(pack_ts(last_ns, 7_000));
+        assert_eq!((intended, lag), (last_ns, 7_000));
     }
 }

@@ -46,7 +46,7 @@ fn describe(config: &BenchConfig) -> String {
         TargetConfig::Embedded { node_cpus, .. } => format!(
             "embedded node, {} shards on CPUs {}",
             node_cpus.len(),
-            crate::runtime::cpuset::CpuSet::from_cpus(node_cpus.iter().copied())
+            crate::host::cpuset::CpuSet::from_cpus(node_cpus.iter().copied())
         ),
         TargetConfig::Remote { addr } => format!("node at {addr}"),
     };

@@ -25,7 +25,7 @@ pub fn rate(
                     (!client_cpus.is_empty()).then(|| client_cpus[thread % client_cpus.len()]);
                 scope.spawn(move || {
                     if let Some(cpu) = cpu {
-                        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                        crate::host::affinity::pin_current_thread(cpu);
                     }
                     make_until(maker, events_per_frame, start + duration)
                 })

@@ -5,6 +5,7 @@
 //! CPUs and report back through a channel of interval histograms.
 
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -13,8 +14,11 @@ use crate::bench::generator::{
     self, Counts, IntervalReport, Latencies, Load, Protocol, Schedule, ThreadResult, new_histogram,
 };
 use crate::bench::workload::{EventMaker, HuntPicker, Workload};
-use crate::client::{self, ClientConfig, Incoming};
-use crate::constants::BENCH_DURATION_S_MAX;
+use crate::client::{self, ClientConfig, Incoming, RecvError};
+use crate::constants::{
+    BENCH_DURATION_S_MAX, BENCH_SCHEDULE_S_MAX, BENCH_STALL_MS_MAX, BENCH_TS_INTENDED_NS_BITS,
+};
+use crate::core::auth::AuthSecret;
 
 /// How to load the target.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -69,6 +73,12 @@ impl RunPlan {
                 "the duration must be more than 0 s and at most {BENCH_DURATION_S_MAX} s"
             ));
         }
+        if (self.warmup + self.duration).as_secs_f64() > BENCH_SCHEDULE_S_MAX as f64 {
+            return Err(format!(
+                "warm-up and duration together must be at most {BENCH_SCHEDULE_S_MAX} s, so \
+                 every intended send time fits its {BENCH_TS_INTENDED_NS_BITS}-bit field"
+            ));
+        }
         if self.connections == 0 {
             return Err("at least one connection is needed".into());
         }
@@ -89,17 +99,35 @@ impl RunPlan {
     }
 }
 
-/// Creates the workload's hunts and players on a trove node, waiting for every reply.
-pub fn set_up_hunts(addr: SocketAddr, workload: &Workload) -> Result<(), String> {
+/// Creates the workload's hunts and players on a trove node, waiting for every reply. Gives up
+/// with a message when the node takes no data or sends no reply for `BENCH_STALL_MS_MAX`.
+pub fn set_up_hunts(
+    addr: SocketAddr,
+    workload: &Workload,
+    auth: Option<Arc<AuthSecret>>,
+) -> Result<(), String> {
+    let stall = Duration::from_millis(BENCH_STALL_MS_MAX);
     let mut config = ClientConfig::new(addr);
     config.events_per_frame = 256;
+    config.auth = auth;
+    config.stall_timeout = Some(stall);
     let (mut sender, mut receiver) = client::connect(&config).map_err(|error| error.to_string())?;
     let mut sent = 0u64;
     let events = workload.setup_events();
     let sending = std::thread::scope(|scope| {
         let replies = scope.spawn(move || -> Result<u64, String> {
             let mut replies = 0;
-            while let Some(incoming) = receiver.recv() {
+            loop {
+                let incoming = match receiver.recv_timeout(stall) {
+                    Ok(incoming) => incoming,
+                    Err(RecvError::Ended) => break,
+                    Err(RecvError::Timeout) => {
+                        return Err(format!(
+                            "no reply from the node for {} s after {replies} replies (is a shard stopped or not reading?)",
+                            stall.as_secs()
+                        ));
+                    }
+                };
                 match incoming {
                     Incoming::Replies(frame) => replies += frame.replies().count() as u64,
                     Incoming::NodeError { message, .. } => return Err(message),
@@ -178,7 +206,7 @@ where
                     .name(format!("trove-load-{index}"))
                     .spawn_scoped(scope, move || {
                         if let Some(cpu) = cpu {
-                            core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                            crate::host::affinity::pin_current_thread(cpu);
                         }
                         generator::run(protocol, streams, maker, load, schedule, &intervals)
                     })

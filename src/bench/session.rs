@@ -14,9 +14,9 @@ use crate::bench::redis::{connect_redis, set_up_hunts_redis};
 use crate::bench::report::{IntervalSample, LoadModel, Report, RunRecord, Sweep, SweepStep};
 use crate::bench::run::{LoadSpec, Measurement, RunPlan, measure, set_up_hunts};
 use crate::bench::trove_protocol::TroveProtocol;
-use crate::client::{connect_stream, fetch_map};
+use crate::client::{connect_authenticated, fetch_map};
 use crate::constants::{CALIBRATION_MS_DEFAULT, SWEEP_STEPS_MAX};
-use crate::net::{Node, NodeConfig, NodeReport};
+use crate::node::{Node, NodeConfig, NodeReport};
 use crate::runtime::config::RuntimeConfig;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,6 +43,7 @@ fn start_target(config: &BenchConfig) -> Result<(SocketAddr, Option<Embedded>), 
             };
             let node = Node::start(&NodeConfig {
                 runtime,
+                auth: config.auth.as_deref().cloned(),
                 ..NodeConfig::loopback(node_cpus.clone())
             })
             .map_err(|error| format!("cannot start the embedded node: {error}"))?;
@@ -54,15 +55,19 @@ fn start_target(config: &BenchConfig) -> Result<(SocketAddr, Option<Embedded>), 
 /// The connections of one generator thread to a trove node: one per shard when shard-aware.
 fn connect_trove(
     addr: SocketAddr,
-    shard_aware: bool,
-    events_per_frame: usize,
+    config: &BenchConfig,
 ) -> Result<(TroveProtocol, Vec<TcpStream>), String> {
-    let mut first = connect_stream(addr, CONNECT_TIMEOUT).map_err(|error| error.to_string())?;
+    let (shard_aware, events_per_frame) = (config.shard_aware, config.events_per_frame);
+    let secret = config.auth.as_deref();
+    let mut first =
+        connect_authenticated(addr, CONNECT_TIMEOUT, secret).map_err(|error| error.to_string())?;
     let (map, ports) = fetch_map(&mut first, CONNECT_TIMEOUT).map_err(|error| error.to_string())?;
     let streams = if shard_aware {
         ports
             .iter()
-            .map(|&port| connect_stream(SocketAddr::new(addr.ip(), port), CONNECT_TIMEOUT))
+            .map(|&port| {
+                connect_authenticated(SocketAddr::new(addr.ip(), port), CONNECT_TIMEOUT, secret)
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|error| error.to_string())?
     } else {
@@ -100,7 +105,7 @@ fn measure_trove(
     );
     let result = measure(
         plan,
-        |_| connect_trove(addr, config.shard_aware, config.events_per_frame),
+        |_| connect_trove(addr, config),
         &mut |second, latencies, replies| progress.interval(second, latencies, replies),
     );
     progress.finish_phase();
@@ -292,7 +297,7 @@ fn execute_against(
         "setting up {} hunts with {} players each…",
         config.workload.hunts, config.workload.players_per_hunt
     ));
-    set_up_hunts(addr, &config.workload)
+    set_up_hunts(addr, &config.workload, config.auth.clone())
         .map_err(|error| format!("cannot set the hunts up on {addr}: {error}"))?;
     let (main, sweep) = run_main(addr, config, progress)?;
     let peer = match &config.peer {

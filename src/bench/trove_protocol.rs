@@ -42,7 +42,7 @@ fn classify(reply: &ArchivedReply) -> ReplyClass {
     match reply.outcome {
         ArchivedOutcome::Rejected { .. } => ReplyClass::Rejected,
         ArchivedOutcome::Busy => ReplyClass::Busy,
-        ArchivedOutcome::Error { .. } => ReplyClass::Error,
+        ArchivedOutcome::Error { .. } | ArchivedOutcome::Moved { .. } => ReplyClass::Error,
         _ => ReplyClass::Ok,
     }
 }
@@ -61,7 +61,7 @@ impl Protocol for TroveProtocol {
     }
 
     fn encode(&mut self, link: usize, event: &Event, _ts: u64) -> Result<(), String> {
-        let epoch = self.map.epoch();
+        let epoch = self.map.epoch().get();
         let frames = &mut self.links[link].frames;
         if !frames.is_open() {
             frames.begin(FrameKind::Events);
@@ -85,7 +85,7 @@ impl Protocol for TroveProtocol {
     }
 
     fn pending_output(&mut self, link: usize) -> &[u8] {
-        let epoch = self.map.epoch();
+        let epoch = self.map.epoch().get();
         let link = &mut self.links[link];
         if link.frames.is_open() {
             link.frames.finish(epoch);

@@ -3,6 +3,7 @@
 //!
 //! Exit codes are each tool's own and documented in its `--help`; a usage error is 2.
 
+mod cluster;
 mod node;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ pub enum Command {
     Sim(crate::sim::SimArgs),
     /// Judge benchmark runs against a committed baseline; fail CI on a latency regression.
     Gate(crate::gate::GateArgs),
+    /// Run a local cluster on loopback, or show a cluster's nodes and placement (etcd).
+    Cluster(cluster::ClusterArgs),
 }
 
 /// Parses the command line, runs the tool and returns the process exit code.
@@ -42,6 +45,7 @@ pub fn main() -> i32 {
         Command::Bench(args) => crate::bench::run(&args),
         Command::Tune(args) => crate::tune::run(args),
         Command::Sim(args) => crate::sim::run(args),
+        Command::Cluster(args) => cluster::run(&args),
         Command::Gate(args) => {
             let runner = |request: &crate::gate::GateRunRequest| {
                 crate::bench::run_for_gate(request.workload.as_deref())

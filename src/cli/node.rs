@@ -1,25 +1,29 @@
 //! `trove node`: run a node until SIGINT or SIGTERM, then stop it cleanly.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
 
+use crate::client::auth::read_secret_file;
 use crate::constants::{
     CONNECTION_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT, PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
     SHARD_EVENTS_INFLIGHT_MAX,
 };
-use crate::net::{Node, NodeConfig};
+use crate::host::cpuset::CpuSet;
+use crate::node::{Node, NodeConfig};
 use crate::runtime::config::{Budget, RuntimeConfig, shard_cpus};
-use crate::runtime::cpuset::CpuSet;
 use crate::runtime::executors::StartError;
 
 /// Run a trove node: one shard per CPU, until SIGINT or SIGTERM.
 ///
 /// Exit codes: 0 after a clean stop; 1 when this host cannot run the node (the message says what
-/// to change); 2 for a usage error (a bad flag or a configuration that cannot work).
+/// to change); 2 for a usage error (a bad flag or a configuration that cannot work); 70 when a
+/// shard thread died (fail-stop: one line on stderr names the shard and the reason, and the
+/// whole node exits at once so that its supervisor restarts it).
 #[derive(Args, Debug)]
 pub struct NodeArgs {
     /// CPUs to run shards on, one shard each, in the kernel's list syntax (0-3,8) [default: every CPU this process may use]
@@ -28,9 +32,21 @@ pub struct NodeArgs {
     /// Number of shards, on the first CPUs this process may use
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
-    /// Address to listen on
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    /// Address to listen on. Without --auth-secret-file only a loopback address is allowed
+    /// (unless --insecure-no-auth): anyone who reaches the port could play every hunt
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
     pub listen: IpAddr,
+    /// File holding the shared secret clients must prove they know (challenge-response; the
+    /// secret never crosses the wire). A file, never a flag, because command lines are visible
+    /// to every user of the host (ps, /proc/PID/cmdline) and kept in shell histories. At least
+    /// 16 bytes; trailing whitespace is ignored. Make one with
+    /// `head -c 32 /dev/urandom | base64 > secret && chmod 600 secret`
+    #[arg(long, value_name = "PATH")]
+    pub auth_secret_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without authentication: anyone who can reach the
+    /// port can send events
+    #[arg(long)]
+    pub insecure_no_auth: bool,
     /// Port every shard accepts on (SO_REUSEPORT); 0 picks a free one
     #[arg(long, value_name = "N", default_value_t = PORT_DEFAULT)]
     pub port: u16,
@@ -56,6 +72,8 @@ pub struct NodeArgs {
     /// stolen time on shared ones [default: 0, park at once]
     #[arg(long, value_name = "US")]
     pub spin_before_park_us: Option<u64>,
+    #[command(flatten)]
+    pub cluster: super::cluster::ClusterNodeArgs,
 }
 
 impl NodeArgs {
@@ -65,6 +83,23 @@ impl NodeArgs {
             Some(list) => parse_shard_cpus(list)?,
             None => shard_cpus(self.shards),
         };
+        let auth = match &self.auth_secret_file {
+            Some(path) => Some(read_secret_file(path)?),
+            None => None,
+        };
+        if auth.is_none() && !self.listen.is_loopback() && !self.insecure_no_auth {
+            return Err(format!(
+                "refusing to listen on {} without authentication: give --auth-secret-file PATH, listen on 127.0.0.1, or pass --insecure-no-auth to let anyone who reaches the port in",
+                self.listen
+            ));
+        }
+        // Checked as given, before it is capped to the shard's budget below.
+        if !(1..=CONNECTION_EVENTS_INFLIGHT_MAX).contains(&self.connection_events_max) {
+            return Err(format!(
+                "--connection-events-max {} is out of range: it must be from 1 to {CONNECTION_EVENTS_INFLIGHT_MAX}",
+                self.connection_events_max
+            ));
+        }
         let budget = Budget {
             shard_events: self.shard_events_max,
             shard_bytes: self.shard_bytes_max,
@@ -86,6 +121,7 @@ impl NodeArgs {
             listen: self.listen,
             port: self.port,
             shard_port_base: self.shard_port_base,
+            auth,
         })
     }
 }
@@ -101,7 +137,7 @@ pub fn parse_shard_cpus(list: &str) -> Result<Vec<usize>, String> {
 
 /// Blocks SIGINT and SIGTERM in this thread (and so in every thread it starts), so that
 /// [`wait_for_stop_signal`] receives them instead of the default handler killing the process.
-fn block_stop_signals() -> libc::sigset_t {
+pub(super) fn block_stop_signals() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise a sigset_t we own; pthread_sigmask changes
     // only this thread's mask.
     unsafe {
@@ -114,7 +150,7 @@ fn block_stop_signals() -> libc::sigset_t {
     }
 }
 
-fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
+pub(super) fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
     let mut signal = 0;
     // SAFETY: `set` holds signals blocked in every thread of the process, as sigwait requires.
     unsafe { libc::sigwait(set, &mut signal) };
@@ -124,6 +160,13 @@ fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
 pub fn run(args: &NodeArgs) -> i32 {
     let config = match args.to_config() {
         Ok(config) => config,
+        Err(message) => {
+            eprintln!("trove node: {message}");
+            return 2;
+        }
+    };
+    let cluster = match args.cluster.plan(args.listen) {
+        Ok(cluster) => cluster,
         Err(message) => {
             eprintln!("trove node: {message}");
             return 2;
@@ -157,8 +200,33 @@ pub fn run(args: &NodeArgs) -> i32 {
         CpuSet::from_cpus(config.runtime.cpus.iter().copied()),
         shard_ports.join(","),
     );
+    let control = match &cluster {
+        None => None,
+        Some(plan) => {
+            match plan.start(config.runtime.partitions, node.addr(), node.shard_addrs()) {
+                Ok(control) => {
+                    let _ = writeln!(stdout, "{}", plan.describe());
+                    let reporter = super::cluster::spawn_reporter(&control, plan.node());
+                    Some((control, reporter))
+                }
+                Err(message) => {
+                    eprintln!("trove node: {message}");
+                    node.stop();
+                    return 1;
+                }
+            }
+        }
+    };
     let signal = wait_for_stop_signal(&signals);
     let _ = writeln!(stdout, "trove node: signal {signal} received, stopping");
+    if let Some((control, reporter)) = control {
+        // Leave the cluster first: the lease ends now, so the controller marks this node's
+        // partitions offline at once instead of after the TTL.
+        control.stop();
+        if let Ok(reporter) = reporter {
+            let _ = reporter.join();
+        }
+    }
     let report = node.stop();
     let _ = write!(stdout, "{}", report.describe());
     0

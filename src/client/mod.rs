@@ -10,10 +10,15 @@
 //!   frames it receives once and passing them on through a bounded channel.
 //!
 //! No glommio: a caller needs only threads. The halves may live on different threads.
+//! A node started with a secret is reached with [`ClientConfig::auth`] set: every connection
+//! then passes the handshake of [`auth`] before its first frame.
+
+pub mod auth;
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -21,6 +26,7 @@ use rkyv::util::AlignedVec;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::constants::{CLIENT_REPLY_FRAMES_QUEUED_MAX, FRAME_RECORDS_MAX};
+use crate::core::auth::{AuthError, AuthSecret};
 use crate::core::codec::{
     Decoded, EncodeError, FrameBuilder, FrameError, FrameKind, ReceiveBuffer, Records,
     access_record, access_validated, check_stream_end, decode_frame,
@@ -41,6 +47,11 @@ pub struct ClientConfig {
     /// Events per frame: a frame is written when it holds this many.
     pub events_per_frame: usize,
     pub connect_timeout: Duration,
+    /// The node's shared secret, when it requires authentication.
+    pub auth: Option<Arc<AuthSecret>>,
+    /// Give up a write that the node has not taken after this long, instead of blocking
+    /// until the node reads again. `None`: block (back-pressure reaches the caller).
+    pub stall_timeout: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -50,6 +61,8 @@ impl ClientConfig {
             shard_aware: true,
             events_per_frame: 64,
             connect_timeout: Duration::from_secs(5),
+            auth: None,
+            stall_timeout: None,
         }
     }
 }
@@ -69,6 +82,8 @@ pub enum ClientError {
     Encode(EncodeError),
     /// The configuration is unusable.
     Config(String),
+    /// The authentication handshake failed.
+    Auth(AuthError),
 }
 
 impl fmt::Display for ClientError {
@@ -82,6 +97,7 @@ impl fmt::Display for ClientError {
             ClientError::Map(error) => write!(f, "the node's partition map is unusable: {error}"),
             ClientError::Encode(error) => write!(f, "cannot encode the event: {error}"),
             ClientError::Config(message) => write!(f, "{message}"),
+            ClientError::Auth(error) => write!(f, "{error}"),
         }
     }
 }
@@ -106,6 +122,19 @@ pub fn connect_stream(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, 
         .set_nodelay(true)
         .map_err(io_error("cannot set TCP_NODELAY"))?;
     Ok(socket.into())
+}
+
+/// [`connect_stream`], then the authentication handshake when `secret` is given.
+pub fn connect_authenticated(
+    addr: SocketAddr,
+    timeout: Duration,
+    secret: Option<&AuthSecret>,
+) -> Result<TcpStream, ClientError> {
+    let mut stream = connect_stream(addr, timeout)?;
+    if let Some(secret) = secret {
+        auth::authenticate(&mut stream, secret, timeout)?;
+    }
+    Ok(stream)
 }
 
 /// Reads one whole frame from a blocking stream.
@@ -179,7 +208,24 @@ pub fn fetch_map(
         .set_read_timeout(Some(timeout))
         .map_err(io_error("cannot set a read timeout"))?;
     let mut input = ReceiveBuffer::new();
-    let (kind, body) = read_frame(stream, &mut input)?;
+    let (kind, body) = read_frame(stream, &mut input).map_err(|error| match error {
+        ClientError::Io { ref error, .. }
+            if matches!(
+                error.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            ClientError::Io {
+                what: format!(
+                    "the node did not send its partition map within {} ms (is it stopped, overloaded, or not reading?)",
+                    timeout.as_millis()
+                ),
+                // Not the OS's "Resource temporarily unavailable": what happened is a timeout.
+                error: io::ErrorKind::TimedOut.into(),
+            }
+        }
+        other => other,
+    })?;
     stream
         .set_read_timeout(None)
         .map_err(io_error("cannot clear the read timeout"))?;
@@ -203,6 +249,10 @@ pub fn fetch_map(
             ))
         }
         FrameKind::Error => Err(node_error(&body)),
+        FrameKind::AuthChallenge => Err(ClientError::Config(
+            "the node requires authentication: give the client the node's secret (--auth-secret-file)"
+                .into(),
+        )),
         kind => Err(ClientError::Protocol(FrameError::UnexpectedKind { kind })),
     }
 }
@@ -215,16 +265,15 @@ pub fn connect(config: &ClientConfig) -> Result<(EventSender, ReplyReceiver), Cl
             config.events_per_frame
         )));
     }
-    let mut first = connect_stream(config.addr, config.connect_timeout)?;
+    let secret = config.auth.as_deref();
+    let mut first = connect_authenticated(config.addr, config.connect_timeout, secret)?;
     let (map, ports) = fetch_map(&mut first, config.connect_timeout)?;
     let streams = if config.shard_aware {
         ports
             .into_iter()
             .map(|port| {
-                connect_stream(
-                    SocketAddr::new(config.addr.ip(), port),
-                    config.connect_timeout,
-                )
+                let addr = SocketAddr::new(config.addr.ip(), port);
+                connect_authenticated(addr, config.connect_timeout, secret)
             })
             .collect::<Result<Vec<_>, _>>()?
     } else {
@@ -234,6 +283,9 @@ pub fn connect(config: &ClientConfig) -> Result<(EventSender, ReplyReceiver), Cl
     let mut links = Vec::with_capacity(streams.len());
     let mut readers = Vec::with_capacity(streams.len());
     for (link, stream) in streams.into_iter().enumerate() {
+        stream
+            .set_write_timeout(config.stall_timeout)
+            .map_err(io_error("cannot set a write timeout"))?;
         let read_half = stream
             .try_clone()
             .map_err(io_error("cannot clone a socket"))?;
@@ -279,7 +331,16 @@ impl Link {
         }
         self.stream
             .write_all(self.frames.bytes())
-            .map_err(io_error("cannot send to the node"))?;
+            .map_err(|error| match error.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Io {
+                    what: "the node has stopped taking data (a shard that is stopped or not reading); gave up".into(),
+                    error: io::ErrorKind::TimedOut.into(),
+                },
+                _ => ClientError::Io {
+                    what: "cannot send to the node".into(),
+                    error,
+                },
+            })?;
         let written = self.frames.len();
         self.frames.clear(written);
         Ok(written)
@@ -313,7 +374,7 @@ impl EventSender {
         } else {
             0
         };
-        let epoch = self.map.epoch();
+        let epoch = self.map.epoch().get();
         let frames = &mut self.links[link].frames;
         if !frames.is_open() {
             frames.begin(FrameKind::Events);
@@ -336,7 +397,7 @@ impl EventSender {
 
     /// Writes every partly filled frame.
     pub fn flush(&mut self) -> Result<(), ClientError> {
-        let epoch = self.map.epoch();
+        let epoch = self.map.epoch().get();
         for link in &mut self.links {
             link.flush(epoch)?;
         }

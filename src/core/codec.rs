@@ -34,9 +34,9 @@ use rkyv::{Portable, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::constants::{
-    ARCHIVE_ALIGN, ERROR_MESSAGE_BYTES_MAX, EVENT_BYTES_MAX, FRAME_BODY_BYTES_MAX,
-    FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_RECORDS_MAX, FRAME_VERSION, READ_BUFFER_BYTES_MAX,
-    READ_CHUNK_BYTES, REPLY_BYTES_MAX,
+    ARCHIVE_ALIGN, AUTH_RECORD_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, EVENT_BYTES_MAX,
+    FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_RECORDS_MAX, FRAME_VERSION,
+    READ_BUFFER_BYTES_MAX, READ_CHUNK_BYTES, REPLY_BYTES_MAX,
 };
 use crate::core::message::ErrorMessage;
 
@@ -58,6 +58,13 @@ pub enum FrameKind {
     MapReply = 4,
     /// Node → client, before closing: one archived `ErrorMessage`.
     Error = 5,
+    /// Node → client, first frame of an authenticated connection: one archived
+    /// `core::auth::Challenge` (the node's nonce).
+    AuthChallenge = 6,
+    /// Client → node: one archived `core::auth::Response` (the client's nonce and proof).
+    AuthResponse = 7,
+    /// Node → client: one archived `core::auth::Accepted` (the node's proof); traffic follows.
+    AuthAccepted = 8,
 }
 
 impl FrameKind {
@@ -68,6 +75,9 @@ impl FrameKind {
             3 => FrameKind::MapRequest,
             4 => FrameKind::MapReply,
             5 => FrameKind::Error,
+            6 => FrameKind::AuthChallenge,
+            7 => FrameKind::AuthResponse,
+            8 => FrameKind::AuthAccepted,
             _ => return None,
         })
     }
@@ -80,6 +90,9 @@ impl FrameKind {
             FrameKind::MapRequest => 0,
             FrameKind::MapReply => FRAME_BODY_BYTES_MAX - ARCHIVE_ALIGN,
             FrameKind::Error => ERROR_MESSAGE_BYTES_MAX + 64,
+            FrameKind::AuthChallenge | FrameKind::AuthResponse | FrameKind::AuthAccepted => {
+                AUTH_RECORD_BYTES_MAX
+            }
         }
     }
 
@@ -88,7 +101,11 @@ impl FrameKind {
         match self {
             FrameKind::Events | FrameKind::Replies => FRAME_RECORDS_MAX,
             FrameKind::MapRequest => 0,
-            FrameKind::MapReply | FrameKind::Error => 1,
+            FrameKind::MapReply
+            | FrameKind::Error
+            | FrameKind::AuthChallenge
+            | FrameKind::AuthResponse
+            | FrameKind::AuthAccepted => 1,
         }
     }
 }
@@ -182,7 +199,7 @@ impl fmt::Display for FrameError {
             FrameError::NonZeroFlags { found } => {
                 write!(
                     f,
-                    "reserved header flags are set ({found:#06x}); they must be zero"
+                    "reserved header flags are set (value {found}); they must be zero"
                 )
             }
             FrameError::BodyTooLarge { body_len } => write!(
@@ -508,12 +525,62 @@ where
         Ok(archived) => Ok(archived),
         Err(Failure) => {
             let reason = match low::access::<T, BoxedError>(bytes) {
-                Ok(_) => "rejected by validation".to_owned(),
-                Err(error) => error.to_string(),
+                Ok(_) => "it was rejected by validation".to_owned(),
+                Err(error) => archive_reason::<T>(&error.to_string()),
             };
             Err(FrameError::InvalidArchive { index, reason })
         }
     }
+}
+
+/// trove's own words for why a record is not a valid `T`, from rkyv's validator text. That
+/// text goes to remote peers in error frames, and rkyv's can hold heap addresses (`subtree
+/// pointer overran range: ptr 0x00007f…`), so it is never passed on: it is only matched
+/// against, and the reason is built from fixed phrases, the archived type's name and, for an
+/// enum, the tag found (digits only).
+fn archive_reason<T>(validator_text: &str) -> String {
+    let type_name = std::any::type_name::<T>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("record");
+    let type_name = type_name.strip_prefix("Archived").unwrap_or(type_name);
+    let text = validator_text.to_ascii_lowercase();
+    if text.contains("discriminant") {
+        let tag: String = validator_text
+            .split('\'')
+            .nth(1)
+            .unwrap_or("")
+            .chars()
+            .filter(char::is_ascii_digit)
+            .take(3)
+            .collect();
+        let enum_name = validator_text
+            .split("for enum '")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .map(|name| name.strip_prefix("Archived").unwrap_or(name))
+            .filter(|name| name.chars().all(|c| c.is_ascii_alphanumeric()))
+            .unwrap_or("an enum");
+        return format!(
+            "field of type {enum_name} has an unknown tag {tag} (in a record of type {type_name})"
+        );
+    }
+    let what = if text.contains("utf-8") || text.contains("utf8") {
+        "a string field is not valid UTF-8"
+    } else if text.contains("string") || text.contains("length") {
+        "a string field's length does not fit the record"
+    } else if text.contains("pointer") || text.contains("range") || text.contains("bounds") {
+        "a string or list field points outside the record"
+    } else if text.contains("align") {
+        "the record is not 16-byte aligned"
+    } else if text.contains("bool") {
+        "a bool field is neither 0 nor 1"
+    } else if text.contains("char") {
+        "a char field is not a Unicode scalar value"
+    } else {
+        "its fields do not validate"
+    };
+    format!("{what} (in a record of type {type_name})")
 }
 
 /// Reads a record that [`access_record`] has validated before, without checking it again.
@@ -577,7 +644,7 @@ where
 /// frames back to back, ready for one write.
 pub struct FrameBuilder {
     buf: AlignedVec,
-    /// Offset of the header of the frame being built.
+    /// The frame being built, if one is open: where its header starts, its kind, its body size.
     open_frame: Option<OpenFrame>,
     lens: Vec<u32>,
 }
@@ -985,13 +1052,42 @@ mod tests {
     fn a_record_that_is_not_an_event_is_an_invalid_archive() {
         let mut builder = FrameBuilder::new();
         builder.begin(FrameKind::Events);
-        // 32 bytes of 0xff: no valid `ArchivedEvent` (the kind tag is out of range).
+        // 64 bytes of 0xff: no valid `ArchivedEvent` (the kind tag is out of range).
         builder.push_archived(&[0xffu8; 64]).unwrap();
         builder.finish(0);
         match decode_events(builder.bytes()) {
-            Err(FrameError::InvalidArchive { index: 0, reason }) => assert!(!reason.is_empty()),
+            Err(FrameError::InvalidArchive { index: 0, reason }) => {
+                assert_eq!(
+                    reason,
+                    "field of type EventKind has an unknown tag 255 (in a record of type Event)"
+                )
+            }
             other => panic!("expected an invalid archive, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn no_error_text_about_a_corrupted_record_holds_an_address() {
+        let event = claim(1, "a claim code long enough to live out of line");
+        let mut buf: AlignedVec = AlignedVec::new();
+        let (start, len) = archive_aligned(&mut buf, &event).unwrap();
+        let record = buf[start..start + len].to_vec();
+        let mut invalid = 0;
+        for at in 0..len {
+            for value in [0x01u8, 0x80, 0xff] {
+                let mut corrupted: AlignedVec = AlignedVec::new();
+                corrupted.extend_from_slice(&record);
+                corrupted[at] = value;
+                if let Err(error) = access_record::<ArchivedEvent>(0, &corrupted) {
+                    invalid += 1;
+                    let text = error.to_string();
+                    assert!(!text.contains("0x"), "byte {at} = {value}: {text}");
+                    assert!(text.contains("(in a record of type Event)"), "{text}");
+                }
+            }
+        }
+        // Out-of-range pointers (whose rkyv text holds addresses) are among the cases.
+        assert!(invalid > 10, "only {invalid} corruptions were invalid");
     }
 
     #[test]

@@ -66,8 +66,61 @@ pub struct PartitionId(pub u32);
 pub struct ShardId(pub u16);
 
 /// A node: one trove process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct NodeId(pub u32);
+
+/// The version of a placement (or of one partition's ownership): it only grows. A frame carries
+/// its sender's placement epoch, so a receiver can tell a sender that is behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Epoch(pub u32);
+
+impl Epoch {
+    /// The epoch as it travels in a frame header.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    /// The epoch after this one.
+    pub fn next(self) -> Epoch {
+        Epoch(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "epoch {}", self.0)
+    }
+}
+
+/// A client connection of one shard: a slot in the shard's connection table and the
+/// generation that tells apart connections that used the slot at different times. Only
+/// meaningful on the shard that issued it (a reply forwarded back names it on its home shard).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnectionId {
+    slot: u32,
+    generation: u32,
+}
+
+impl ConnectionId {
+    pub fn new(slot: u32, generation: u32) -> ConnectionId {
+        ConnectionId { slot, generation }
+    }
+
+    /// The slot, as an index into per-connection tables of the shell.
+    pub fn slot(self) -> usize {
+        self.slot as usize
+    }
+
+    pub fn generation(self) -> u32 {
+        self.generation
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "connection {}.{}", self.slot, self.generation)
+    }
+}
 
 impl ShardId {
     /// The shard as an index into per-shard tables.

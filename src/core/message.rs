@@ -162,6 +162,9 @@ pub enum Outcome {
     Busy,
     /// The event could not be processed.
     Error { error: EventError },
+    /// The event's partition is owned by shard `shard` of node `node` since placement
+    /// `epoch`: the receiver did not apply it. Send it there (and fetch the newer map).
+    Moved { node: u32, shard: u16, epoch: u32 },
 }
 
 /// The reply to one event, matched to it by `client_seq`.

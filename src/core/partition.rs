@@ -1,16 +1,17 @@
-//! The partitioner and the partition → shard table.
+//! The partitioner and the placement: which node and shard owns each partition.
 //!
 //! A cluster has a fixed, power-of-two number of partitions `P`, chosen when it is created and
-//! never changed: `partition = xxh3(hunt) & (P - 1)`. Which shard owns a partition is an
-//! explicit table, not arithmetic, so partitions can move without keys being re-hashed. Each
-//! shard holds its own copy of the table (a shard view); clients get one from any shard.
+//! never changed: `partition = xxh3(hunt) & (P - 1)` ([`Partitioner`]). Which node and shard
+//! owns a partition is an explicit, versioned table ([`Placement`]), not arithmetic, so
+//! partitions can move without keys being re-hashed. Each shard holds its own copy of the
+//! table (a shard view); clients get one from any shard. Plain values, valid on any core.
 
 use std::fmt;
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::constants::{PARTITIONS_MAX, SHARDS_MAX};
-use crate::core::ids::{HuntId, PartitionId, ShardId};
+use crate::core::ids::{Epoch, HuntId, NodeId, PartitionId, ShardId};
 use crate::core::message::{ArchivedPartitionMapMessage, PartitionMapMessage};
 
 /// Why a partition map could not be built or accepted.
@@ -22,6 +23,8 @@ pub enum MapError {
     BadShardCount(u64),
     /// A partition is owned by a shard the map does not list.
     UnknownOwner { partition: u32, owner: u16 },
+    /// A partition past the map's partition count.
+    UnknownPartition(u32),
 }
 
 impl fmt::Display for MapError {
@@ -42,6 +45,9 @@ impl fmt::Display for MapError {
                     f,
                     "partition {partition} is owned by shard {owner}, which the map does not list"
                 )
+            }
+            MapError::UnknownPartition(partition) => {
+                write!(f, "partition {partition} is past the map's partition count")
             }
         }
     }
@@ -77,27 +83,59 @@ impl Partitioner {
     }
 }
 
-/// Which shard owns each partition, and the map's epoch. One copy per shard and per client.
+/// Whether a partition's owner serves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerState {
+    /// The owner applies the partition's events.
+    Active,
+    /// Nobody serves the partition now (its node is gone): its events are answered
+    /// `Error { OwnerUnavailable }` at once instead of waiting.
+    Offline,
+}
+
+/// Who owns one partition, and since when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub node: NodeId,
+    pub shard: ShardId,
+    /// Grows only when this partition moves (the placement's epoch grows with any change).
+    pub part_epoch: Epoch,
+    pub state: OwnerState,
+}
+
+/// Which node and shard owns each partition, versioned by an [`Epoch`] that grows with every
+/// change. The [`Partitioner`] beside it is fixed; ownership moves, keys are never re-hashed.
+/// One copy per shard (a shard view) and per client; one node today.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartitionMap {
-    epoch: u32,
+pub struct Placement {
+    epoch: Epoch,
     partitioner: Partitioner,
-    owners: Vec<ShardId>,
+    owners: Vec<Owner>,
     shards: u16,
 }
 
-impl PartitionMap {
-    /// Deals `partitions` out to `shards` in turn: partition `p` goes to shard `p % shards`.
-    pub fn round_robin(partitions: u32, shards: usize) -> Result<PartitionMap, MapError> {
+/// The name clients and tools knew the placement by: the partition map they ask a node for.
+pub type PartitionMap = Placement;
+
+impl Placement {
+    /// Deals `partitions` out to the `shards` of node 0 in turn: partition `p` goes to shard
+    /// `p % shards`. Epoch 1.
+    pub fn round_robin(partitions: u32, shards: usize) -> Result<Placement, MapError> {
         let partitioner = Partitioner::new(partitions)?;
         if shards == 0 || shards > SHARDS_MAX {
             return Err(MapError::BadShardCount(shards as u64));
         }
+        let epoch = Epoch(1);
         let owners = (0..partitions)
-            .map(|p| ShardId((p as usize % shards) as u16))
+            .map(|p| Owner {
+                node: NodeId(0),
+                shard: ShardId((p as usize % shards) as u16),
+                part_epoch: epoch,
+                state: OwnerState::Active,
+            })
             .collect();
-        Ok(PartitionMap {
-            epoch: 1,
+        Ok(Placement {
+            epoch,
             partitioner,
             owners,
             shards: shards as u16,
@@ -105,12 +143,13 @@ impl PartitionMap {
     }
 
     /// Accepts a map a node sent, checking every entry.
-    pub fn from_message(message: &ArchivedPartitionMapMessage) -> Result<PartitionMap, MapError> {
+    pub fn from_message(message: &ArchivedPartitionMapMessage) -> Result<Placement, MapError> {
         let shards = message.shard_ports.len();
         if shards == 0 || shards > SHARDS_MAX {
             return Err(MapError::BadShardCount(shards as u64));
         }
         let partitioner = Partitioner::new(message.owners.len() as u32)?;
+        let epoch = Epoch(message.epoch.to_native());
         let mut owners = Vec::with_capacity(message.owners.len());
         for (partition, owner) in message.owners.iter().enumerate() {
             let owner = owner.to_native();
@@ -120,10 +159,16 @@ impl PartitionMap {
                     owner,
                 });
             }
-            owners.push(ShardId(owner));
+            owners.push(Owner {
+                node: NodeId(0),
+                shard: ShardId(owner),
+                // The message does not say when each partition last moved: no later than now.
+                part_epoch: epoch,
+                state: OwnerState::Active,
+            });
         }
-        Ok(PartitionMap {
-            epoch: message.epoch.to_native(),
+        Ok(Placement {
+            epoch,
             partitioner,
             owners,
             shards: shards as u16,
@@ -134,13 +179,13 @@ impl PartitionMap {
     pub fn to_message(&self, shard_ports: &[u16]) -> PartitionMapMessage {
         assert_eq!(shard_ports.len(), self.shards(), "one port per shard");
         PartitionMapMessage {
-            epoch: self.epoch,
-            owners: self.owners.iter().map(|owner| owner.0).collect(),
+            epoch: self.epoch.get(),
+            owners: self.owners.iter().map(|owner| owner.shard.0).collect(),
             shard_ports: shard_ports.to_vec(),
         }
     }
 
-    pub fn epoch(&self) -> u32 {
+    pub fn epoch(&self) -> Epoch {
         self.epoch
     }
 
@@ -157,10 +202,16 @@ impl PartitionMap {
         usize::from(self.shards)
     }
 
+    /// Who owns `partition`.
+    #[inline]
+    pub fn owner(&self, partition: PartitionId) -> &Owner {
+        &self.owners[partition.index()]
+    }
+
     /// The shard that owns `partition`.
     #[inline]
     pub fn owner_of_partition(&self, partition: PartitionId) -> ShardId {
-        self.owners[partition.index()]
+        self.owners[partition.index()].shard
     }
 
     /// The partition of `hunt` and the shard that owns it.
@@ -170,13 +221,52 @@ impl PartitionMap {
         (partition, self.owner_of_partition(partition))
     }
 
-    /// The partitions `shard` owns, in order.
-    pub fn partitions_of(&self, shard: ShardId) -> impl Iterator<Item = PartitionId> + '_ {
+    /// The partitions `shard` of `node` owns and serves, in order.
+    pub fn partitions_served_by(
+        &self,
+        node: NodeId,
+        shard: ShardId,
+    ) -> impl Iterator<Item = PartitionId> + '_ {
         self.owners
             .iter()
             .enumerate()
-            .filter(move |(_, owner)| **owner == shard)
+            .filter(move |(_, owner)| {
+                owner.node == node && owner.shard == shard && owner.state == OwnerState::Active
+            })
             .map(|(partition, _)| PartitionId(partition as u32))
+    }
+
+    /// The partitions `shard` (of node 0) owns, in order.
+    pub fn partitions_of(&self, shard: ShardId) -> impl Iterator<Item = PartitionId> + '_ {
+        self.partitions_served_by(NodeId(0), shard)
+    }
+
+    /// The next placement: `partition` now belongs to `shard` of `node`. The placement's
+    /// epoch and the partition's own epoch both grow.
+    pub fn with_owner(
+        &self,
+        partition: PartitionId,
+        node: NodeId,
+        shard: ShardId,
+    ) -> Result<Placement, MapError> {
+        if partition.0 >= self.partitions() {
+            return Err(MapError::UnknownPartition(partition.0));
+        }
+        if shard.index() >= self.shards() {
+            return Err(MapError::UnknownOwner {
+                partition: partition.0,
+                owner: shard.0,
+            });
+        }
+        let mut next = self.clone();
+        next.epoch = self.epoch.next();
+        next.owners[partition.index()] = Owner {
+            node,
+            shard,
+            part_epoch: next.epoch,
+            state: OwnerState::Active,
+        };
+        Ok(next)
     }
 }
 
@@ -239,26 +329,84 @@ mod tests {
         );
     }
 
+    /// A placement of `partitions` over `shards` with arbitrary owners, as a message.
+    fn arbitrary_map() -> impl Strategy<Value = PartitionMapMessage> {
+        (0u32..=10, 1usize..=16).prop_flat_map(|(log2, shards)| {
+            let partitions = 1usize << log2;
+            (
+                1u32..1000,
+                prop::collection::vec(0..shards as u16, partitions),
+                prop::collection::vec(any::<u16>(), shards),
+            )
+                .prop_map(|(epoch, owners, shard_ports)| PartitionMapMessage {
+                    epoch,
+                    owners,
+                    shard_ports,
+                })
+        })
+    }
+
+    fn archived_map(message: &PartitionMapMessage) -> rkyv::util::AlignedVec {
+        rkyv::to_bytes::<rkyv::rancor::Error>(message).unwrap()
+    }
+
     proptest! {
         #[test]
-        fn the_partitioner_is_stable_and_in_range(hunt in any::<u64>(), log2 in 0u32..=14) {
+        fn partitions_are_in_range_and_fold_onto_their_low_bits(hunt in any::<u64>(), log2 in 0u32..=14) {
             let partitions = 1u32 << log2;
-            let first = Partitioner::new(partitions).unwrap().partition_of(HuntId(hunt));
-            let again = Partitioner::new(partitions).unwrap().partition_of(HuntId(hunt));
-            prop_assert_eq!(first, again);
-            prop_assert!(first.0 < partitions);
+            let partition = Partitioner::new(partitions).unwrap().partition_of(HuntId(hunt));
+            prop_assert!(partition.0 < partitions);
             // Halving the count folds partitions onto their low bits: the hash never changes.
             if partitions > 1 {
                 let half = Partitioner::new(partitions / 2).unwrap().partition_of(HuntId(hunt));
-                prop_assert_eq!(half.0, first.0 & (partitions / 2 - 1));
+                prop_assert_eq!(half.0, partition.0 & (partitions / 2 - 1));
             }
         }
 
         #[test]
-        fn every_partition_has_exactly_one_owner(log2 in 0u32..=12, shards in 1usize..=64) {
-            let map = PartitionMap::round_robin(1 << log2, shards).unwrap();
-            let owned: usize = (0..shards).map(|s| map.partitions_of(ShardId(s as u16)).count()).sum();
-            prop_assert_eq!(owned, 1usize << log2);
+        fn round_robin_is_balanced_and_routes_to_the_listed_owner(
+            log2 in 0u32..=12,
+            shards in 1usize..=64,
+            hunt in any::<u64>(),
+        ) {
+            let map = Placement::round_robin(1 << log2, shards).unwrap();
+            let counts: Vec<usize> = (0..shards).map(|s| map.partitions_of(ShardId(s as u16)).count()).collect();
+            let (least, most) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+            prop_assert!(most - least <= 1, "unbalanced: {:?}", counts);
+            let (partition, shard) = map.route(HuntId(hunt));
+            prop_assert!(map.partitions_of(shard).any(|owned| owned == partition));
+        }
+
+        #[test]
+        fn any_valid_map_round_trips_as_a_message(message in arbitrary_map()) {
+            let bytes = archived_map(&message);
+            let archived = rkyv::access::<ArchivedPartitionMapMessage, rkyv::rancor::Error>(&bytes).unwrap();
+            let map = Placement::from_message(archived).unwrap();
+            prop_assert_eq!(map.epoch(), Epoch(message.epoch));
+            prop_assert_eq!(map.to_message(&message.shard_ports), message.clone());
+            for (partition, owner) in message.owners.iter().enumerate() {
+                prop_assert_eq!(map.owner_of_partition(PartitionId(partition as u32)), ShardId(*owner));
+            }
+        }
+
+        #[test]
+        fn moving_a_partition_changes_only_it_and_bumps_both_epochs(
+            message in arbitrary_map(),
+            pick in any::<prop::sample::Index>(),
+            to in any::<prop::sample::Index>(),
+        ) {
+            let bytes = archived_map(&message);
+            let archived = rkyv::access::<ArchivedPartitionMapMessage, rkyv::rancor::Error>(&bytes).unwrap();
+            let before = Placement::from_message(archived).unwrap();
+            let partition = PartitionId(pick.index(message.owners.len()) as u32);
+            let shard = ShardId(to.index(message.shard_ports.len()) as u16);
+            let after = before.with_owner(partition, NodeId(0), shard).unwrap();
+            prop_assert_eq!(after.epoch(), before.epoch().next());
+            prop_assert_eq!(after.owner(partition).shard, shard);
+            prop_assert_eq!(after.owner(partition).part_epoch, after.epoch());
+            for other in (0..before.partitions()).map(PartitionId).filter(|p| *p != partition) {
+                prop_assert_eq!(after.owner(other), before.owner(other));
+            }
         }
     }
 }

@@ -470,7 +470,7 @@ mod tests {
 
     use super::*;
     use crate::bench::report::fixtures::{report_with_everything, simple_report, temp_dir};
-    use crate::bench::report::host::{HostFingerprint, HostSources};
+    use crate::host::fingerprint::{HostFingerprint, HostSources};
 
     fn host(cpu_model: &str) -> HostFingerprint {
         let sources = HostSources {

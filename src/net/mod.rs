@@ -1,10 +1,10 @@
-//! The network layer: sockets (socket2, handed to glommio), the node's listeners, and the read
-//! and write loops of client connections with their aligned receive buffers.
+//! The network layer: listening sockets (socket2, handed to glommio) and the read and write
+//! loops of client connections with their aligned receive buffers.
 //!
-//! Everything here runs on a shard's executor and talks to the shard through
-//! `runtime::shard::Shard`; the shard never names a socket.
+//! Everything here runs on a shard's executor and is I/O only: bytes are decoded into frames
+//! and handed to the shard's core through `runtime::shard::Shard`, and the replies the core
+//! queues are written back. The core never names a socket.
 
+mod auth;
 mod connection;
-pub mod node;
-
-pub use node::{Node, NodeConfig, NodeReport};
+pub mod listener;

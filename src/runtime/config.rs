@@ -9,12 +9,14 @@ use std::time::Duration;
 use crate::constants::{
     CONNECTION_EVENTS_INFLIGHT_MAX, EVENT_BYTES_MAX, MESH_BYTES_INFLIGHT_MAX,
     MESH_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
-    SHARD_EVENTS_INFLIGHT_MAX, SHARDS_MAX, SPIN_BEFORE_PARK_US_MAX,
+    SHARD_EVENTS_INFLIGHT_MAX, SHARDS_MAX, SPIN_BEFORE_PARK_US_MAX, STALL_THRESHOLD_MS_DEFAULT,
+    STALL_THRESHOLD_MS_MAX,
 };
 use crate::core::credit::Credit;
 use crate::core::ids::ShardId;
 use crate::core::partition::{MapError, Partitioner};
-use crate::runtime::cpuset::CpuSet;
+use crate::host::affinity::allowed_cpus;
+use crate::host::cpuset::CpuSet;
 
 /// Budgets of work in flight. Each is at most its `*_MAX` in `constants` and at least one
 /// event of the largest size, so no single event can wait for credit that never comes.
@@ -132,9 +134,17 @@ pub struct RuntimeConfig {
     pub fail_fast: bool,
     /// For back-pressure tests only: slow one shard down.
     pub apply_delay: Option<ApplyDelay>,
+    /// For fail-stop tests only: this shard panics as soon as it serves.
+    pub panic_shard: Option<ShardId>,
     /// An idle shard spins this long before it parks in io_uring: lower wake-up latency for
     /// cores that have nothing else to do (isolated CPUs), stolen time on shared ones.
     pub spin_before_park: Option<Duration>,
+    /// The port each shard listens on, for the partition map clients ask for. Set by the
+    /// node once it has bound them; empty (zeros in the map) for shards without sockets.
+    pub shard_ports: Vec<u16>,
+    /// A task queue that runs this long past its time slice counts as a stall (see
+    /// [`crate::runtime::stall`]); `None` turns stall detection off.
+    pub stall_threshold: Option<Duration>,
 }
 
 impl RuntimeConfig {
@@ -146,7 +156,10 @@ impl RuntimeConfig {
             budget: Budget::default(),
             fail_fast: false,
             apply_delay: None,
+            panic_shard: None,
             spin_before_park: None,
+            shard_ports: Vec::new(),
+            stall_threshold: Some(Duration::from_millis(STALL_THRESHOLD_MS_DEFAULT)),
         }
     }
 
@@ -169,6 +182,11 @@ impl RuntimeConfig {
                 return Err(ConfigError::SpinTooLong(spin));
             }
         }
+        if let Some(threshold) = self.stall_threshold {
+            if threshold > Duration::from_millis(STALL_THRESHOLD_MS_MAX) {
+                return Err(ConfigError::StallThresholdTooLong(threshold));
+            }
+        }
         self.budget.check()
     }
 }
@@ -181,22 +199,6 @@ pub fn shard_cpus(shards: Option<usize>) -> Vec<usize> {
         Some(shards) => allowed.iter().copied().cycle().take(shards).collect(),
         None => allowed,
     }
-}
-
-/// The CPUs in this process's affinity mask, in order.
-pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it in.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed.
-    let result =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if result != 0 {
-        return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
-    }
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: CPU_ISSET reads one bit of a valid set, for an index below CPU_SETSIZE.
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect()
 }
 
 /// A configuration that cannot run.
@@ -215,6 +217,9 @@ pub enum ConfigError {
         max: u32,
     },
     SpinTooLong(Duration),
+    StallThresholdTooLong(Duration),
+    /// A port cannot be used: past 65535, or already served by another process.
+    Ports(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -232,10 +237,16 @@ impl fmt::Display for ConfigError {
                 CpuSet::from_cpus(allowed.iter().copied())
             ),
             ConfigError::Partitions(error) => write!(f, "{error}"),
+            ConfigError::Ports(reason) => write!(f, "{reason}"),
             ConfigError::SpinTooLong(spin) => write!(
                 f,
                 "spinning {} µs before parking is more than the limit of {SPIN_BEFORE_PARK_US_MAX} µs",
                 spin.as_micros()
+            ),
+            ConfigError::StallThresholdTooLong(threshold) => write!(
+                f,
+                "a stall threshold of {} ms is more than the limit of {STALL_THRESHOLD_MS_MAX} ms",
+                threshold.as_millis()
             ),
             ConfigError::BudgetOutOfRange {
                 name,

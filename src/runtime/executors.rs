@@ -6,6 +6,11 @@
 //! `serve` function (the network layer starts its listeners there) and runs the shard until
 //! the [`Shards`] handle stops it. The stop signal is one end of a socket pair per shard:
 //! closing it wakes the shard's executor through io_uring, the same way any socket would.
+//!
+//! Shards fail-stop: a shard thread that panics takes the whole process down at once, with one
+//! line that names the shard and the reason ([`install_fail_stop`]). A node with a dead shard
+//! would otherwise stay half alive: its share of the shared port accepting connections nobody
+//! serves, its partitions unanswered, its lease (in a cluster) still renewed.
 
 use std::io;
 use std::os::fd::IntoRawFd;
@@ -14,16 +19,17 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::AsyncReadExt;
-use glommio::channels::shared_channel;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
-use crate::constants::{MESH_CHANNEL_BATCHES_MAX, SHARD_IO_MEMORY_BYTES, SHUTDOWN_GRACE_MS_MAX};
+use crate::constants::{SHARD_IO_MEMORY_BYTES, SHUTDOWN_GRACE_MS_MAX};
 use crate::core::ids::ShardId;
 use crate::core::partition::PartitionMap;
+use crate::core::shard::ShardStats;
+use crate::host::preflight::{PreflightError, preflight};
 use crate::runtime::config::{ConfigError, RuntimeConfig};
-use crate::runtime::mesh::MeshBatch;
-use crate::runtime::preflight::{PreflightError, preflight};
-use crate::runtime::shard::{Shard, ShardMesh, ShardStats};
+use crate::runtime::mesh::{build_mesh, connect_mesh};
+use crate::runtime::shard::Shard;
+use crate::runtime::stall::{StallCounter, stalls_after_this_run};
 
 /// Why shards could not start.
 #[derive(Debug)]
@@ -73,51 +79,54 @@ impl Shards {
     }
 }
 
-/// The mesh's channel ends, sorted by the shard they belong to.
-struct MeshEnds {
-    senders: Vec<Vec<(ShardId, shared_channel::SharedSender<MeshBatch>)>>,
-    receivers: Vec<Vec<(ShardId, shared_channel::SharedReceiver<MeshBatch>)>>,
+/// The exit code of a process whose shard thread died (EX_SOFTWARE, as sysexits.h names it).
+pub const EXIT_SHARD_DIED: i32 = 70;
+
+/// The name of shard `index`'s executor; glommio names its thread after it (adding `-` and
+/// a number), and [`install_fail_stop`] recognises shard threads by it.
+fn shard_thread_name(index: usize) -> String {
+    format!("{SHARD_THREAD_PREFIX}{index}")
 }
 
-fn build_mesh(shards: usize) -> MeshEnds {
-    let mut ends = MeshEnds {
-        senders: (0..shards).map(|_| Vec::new()).collect(),
-        receivers: (0..shards).map(|_| Vec::new()).collect(),
-    };
-    for from in 0..shards {
-        for to in (0..shards).filter(|&to| to != from) {
-            let (sender, receiver) = shared_channel::new_bounded(MESH_CHANNEL_BATCHES_MAX);
-            ends.senders[from].push((ShardId(to as u16), sender));
-            ends.receivers[to].push((ShardId(from as u16), receiver));
-        }
-    }
-    ends
-}
+const SHARD_THREAD_PREFIX: &str = "trove-shard-";
 
-/// Connects this shard's channel ends. Every end waits for its peer, so all connect at once.
-async fn connect_mesh(
-    senders: Vec<(ShardId, shared_channel::SharedSender<MeshBatch>)>,
-    receivers: Vec<(ShardId, shared_channel::SharedReceiver<MeshBatch>)>,
-) -> ShardMesh {
-    let senders: Vec<_> = senders
-        .into_iter()
-        .map(|(peer, end)| glommio::spawn_local(async move { (peer, end.connect().await) }))
-        .collect();
-    let receivers: Vec<_> = receivers
-        .into_iter()
-        .map(|(peer, end)| glommio::spawn_local(async move { (peer, end.connect().await) }))
-        .collect();
-    let mut mesh = ShardMesh {
-        senders: Vec::new(),
-        receivers: Vec::new(),
-    };
-    for task in senders {
-        mesh.senders.push(task.await);
-    }
-    for task in receivers {
-        mesh.receivers.push(task.await);
-    }
-    mesh
+/// Makes a panic on any shard thread end the process at once, with exit code
+/// [`EXIT_SHARD_DIED`] and one line on stderr naming the shard and the reason, so that a
+/// supervisor restarts the node. Panics on other threads keep the hook they had. Installed
+/// once per process, by the first [`spawn_shards`].
+fn install_fail_stop() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            let Some(shard) = thread
+                .name()
+                .and_then(|name| name.strip_prefix(SHARD_THREAD_PREFIX))
+                .and_then(|rest| rest.split('-').next())
+            else {
+                return previous(info);
+            };
+            if std::env::var_os("RUST_BACKTRACE").is_some() {
+                previous(info);
+            }
+            let reason = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic with no message".into());
+            let place = info
+                .location()
+                .map(|at| format!(" at {}:{}", at.file(), at.line()))
+                .unwrap_or_default();
+            eprintln!(
+                "trove: shard {shard} died: {reason}{place}; the node stops (fail-stop, exit \
+                 {EXIT_SHARD_DIED}) so that its supervisor can restart it"
+            );
+            std::process::exit(EXIT_SHARD_DIED);
+        }));
+    });
 }
 
 /// Resolves when the other end of the shard's stop socket closes.
@@ -151,14 +160,14 @@ where
         config.shards(),
         "the map spreads partitions over these shards"
     );
+    install_fail_stop();
     let mesh = build_mesh(config.shards());
     let grace = Duration::from_millis(SHUTDOWN_GRACE_MS_MAX);
     let mut shards = Shards {
         stop_signals: Vec::new(),
         joins: Vec::new(),
     };
-    let ends = mesh.senders.into_iter().zip(mesh.receivers).zip(payloads);
-    for (index, ((senders, receivers), payload)) in ends.enumerate() {
+    for (index, (ends, payload)) in mesh.into_iter().zip(payloads).enumerate() {
         let cpu = config.cpus[index];
         let (ours, theirs) = StdUnixStream::pair().map_err(|error| StartError::Io {
             what: "cannot create a stop signal".into(),
@@ -167,30 +176,36 @@ where
         let theirs = theirs.into_raw_fd();
         let (map, config, serve) = (map.clone(), config.clone(), serve.clone());
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-            .name(&format!("trove-shard-{index}"))
+            .name(&shard_thread_name(index))
             .io_memory(SHARD_IO_MEMORY_BYTES);
         if let Some(spin) = config.spin_before_park {
             builder = builder.spin_before_park(spin);
+        }
+        if let Some(threshold) = config.stall_threshold {
+            builder = builder.detect_stalls(Some(Box::new(StallCounter::new(threshold))));
         }
         let join = builder
             .spawn(move || async move {
                 let mut stop = Box::pin(stop_signal(theirs));
                 // A node that fails to start a later shard stops the earlier ones, which may
                 // still be waiting for peers that will never connect.
-                let connected = futures_lite::future::or(
-                    async { Some(connect_mesh(senders, receivers).await) },
-                    async {
+                let connected =
+                    futures_lite::future::or(async { Some(connect_mesh(ends).await) }, async {
                         (&mut stop).await;
                         None
-                    },
-                )
-                .await;
+                    })
+                    .await;
                 let Some(mesh) = connected else {
                     return ShardStats::default();
                 };
                 let shard = Rc::new(Shard::new(ShardId(index as u16), cpu, map, &config));
                 serve(shard.clone(), payload);
-                shard.run(mesh, stop, grace).await
+                if config.panic_shard == Some(ShardId(index as u16)) {
+                    panic!("an injected fault (RuntimeConfig::panic_shard, for tests only)");
+                }
+                let mut stats = shard.run(mesh, stop, grace).await;
+                stats.stalls = stalls_after_this_run().await;
+                stats
             })
             .map_err(|error| StartError::Io {
                 what: format!("cannot start the executor of shard {index} on CPU {cpu}"),

@@ -1,16 +1,17 @@
-//! The glommio shell around the core: one pinned executor per shard, the cross-shard mesh,
-//! the shard loop that feeds the core and drains its outputs, and the start-up checks that
-//! say what to change when a host cannot run it.
+//! The glommio shell around the core: one pinned executor per shard, the cross-shard mesh
+//! channels, the tasks that feed each shard's `ShardCore` and drain its outputs, the wait
+//! queues that wake them, and the start-up checks that say what to change when a host cannot
+//! run it.
 //!
-//! Nothing here knows about sockets: the network layer (`net`) hands each shard its listeners
-//! through [`executors::spawn_shards`] and talks to it through [`shard::Shard`]'s methods and
-//! the [`shard::ReplySink`] trait. No locks and no atomics shared between shards: a shard's
-//! state is `Rc`/`RefCell` on its own core, and only [`mesh::MeshBatch`]es cross cores.
+//! Every decision is the core's (`core::shard`); this layer reads the clock, moves batches
+//! and wakes tasks. The network layer (`net`) gets each shard's listeners through
+//! [`executors::spawn_shards`] and drives a connection through [`shard::Shard`]'s methods. No
+//! locks and no atomics shared between shards: a shard's state is `Rc`/`RefCell` on its own
+//! core, and only `MeshBatch`es cross cores, on the channels of [`mesh`].
 
 pub mod config;
-pub mod cpuset;
 pub mod executors;
 pub mod mesh;
-pub mod preflight;
 pub mod shard;
+pub mod stall;
 pub mod wait;

@@ -3,8 +3,14 @@
 //! Tasks that wait for credit, for replies to write or for a peer's outbox to fill register
 //! their waker here; whoever changes the condition calls [`WaitQueue::wake_all`]. Every wake is
 //! a direct call on the same core: nothing here depends on a timer. Shard-local (`!Send`).
+//!
+//! A [`Latch`] is the one-shot kind (stop, force-close): it wakes its waiters once, when it is
+//! set. Race a long-pending I/O future (an `accept()`, a `read()`) only against a latch, never
+//! against a queue that is woken for other reasons: glommio 0.9 keeps one more waker clone each
+//! time a pending I/O future is polled, its count is 16 bits, and 32,767 re-polls panic the
+//! shard.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -41,6 +47,36 @@ impl WaitQueue {
         if !wakers.iter().any(|w| w.will_wake(waker)) {
             wakers.push(waker.clone());
         }
+    }
+}
+
+/// A one-shot signal of one executor: once set it stays set, and its waiters are woken exactly
+/// once, when it is set. Shard-local (`!Send`).
+#[derive(Default)]
+pub struct Latch {
+    set: Cell<bool>,
+    waiters: WaitQueue,
+}
+
+impl Latch {
+    pub fn new() -> Latch {
+        Latch::default()
+    }
+
+    /// Sets the latch; only the first call wakes anyone.
+    pub fn set(&self) {
+        if !self.set.replace(true) {
+            self.waiters.wake_all();
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    /// Resolves once the latch is set.
+    pub async fn wait(&self) {
+        self.waiters.until(|| self.set.get().then_some(())).await
     }
 }
 
@@ -89,6 +125,41 @@ mod tests {
             }
             // Woken at 1 (still waiting), at 2 (done): it saw 2, not 3.
             assert_eq!(waiter.await, 2);
+        });
+    }
+
+    /// A future that counts its polls and never resolves, as a pending `accept()` would.
+    struct CountPolls(Rc<Cell<u32>>);
+
+    impl Future for CountPolls {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            self.0.set(self.0.get() + 1);
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_latch_wakes_its_waiters_once_however_often_it_is_set() {
+        let executor = glommio::LocalExecutor::default();
+        executor.run(async {
+            let latch = Rc::new(Latch::new());
+            let polls = Rc::new(Cell::new(0));
+            let waiter = glommio::spawn_local({
+                let (latch, polls) = (latch.clone(), polls.clone());
+                async move {
+                    futures_lite::future::or(CountPolls(polls), latch.wait()).await;
+                }
+            });
+            futures_lite::future::yield_now().await;
+            assert_eq!(polls.get(), 1, "polled once, then parked");
+            for _ in 0..1000 {
+                latch.set();
+                futures_lite::future::yield_now().await;
+            }
+            waiter.await;
+            assert!(latch.is_set());
+            assert_eq!(polls.get(), 2, "re-polled only when the latch was set");
         });
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::constants::SIM_COORDINATION_NODES_MAX;
 use crate::constants::SIM_NODE_COUNTS_MAX;
 use crate::sim::config::{Costs, Model, NetworkModel, Strategy};
 
@@ -23,7 +24,8 @@ pub struct SimArgs {
     /// Cluster sizes to simulate, comma-separated.
     #[arg(long, default_value = "1,2,4,8,15,16,32,64,128", value_delimiter = ',')]
     pub nodes: Vec<usize>,
-    /// Strategies to compare, comma-separated: broadcast, router, forward, shard-aware, or all.
+    /// Strategies to compare, comma-separated: broadcast, router, forward, shard-aware, or all;
+    /// `coordination` runs the cluster's real Coordinator against a modelled etcd instead.
     #[arg(long, default_value = "all", value_delimiter = ',')]
     pub strategy: Vec<String>,
     /// Seed of every random choice of the model.
@@ -101,6 +103,8 @@ pub struct Plan {
     pub model: Model,
     pub json: Option<PathBuf>,
     pub svg: Option<PathBuf>,
+    /// Also run the coordination model (`--strategy coordination`, see `sim::coordination`).
+    pub coordination: bool,
 }
 
 impl SimArgs {
@@ -131,7 +135,12 @@ impl SimArgs {
             heartbeat_timeout_us: self.heartbeat_timeout_us,
         };
         model.validate()?;
-        let strategies = parse_strategies(&self.strategy)?;
+        let (coordination, data_path): (Vec<String>, Vec<String>) = self
+            .strategy
+            .iter()
+            .cloned()
+            .partition(|name| name == "coordination");
+        let strategies = parse_strategies(&data_path)?;
         let mut node_counts = self.nodes;
         node_counts.sort_unstable();
         node_counts.dedup();
@@ -144,6 +153,12 @@ impl SimArgs {
             for &strategy in &strategies {
                 model.validate_cluster(nodes, strategy)?;
             }
+            if !coordination.is_empty() && !(1..=SIM_COORDINATION_NODES_MAX).contains(&nodes) {
+                return Err(format!(
+                    "--nodes {nodes}: the coordination model runs 1 to \
+                     {SIM_COORDINATION_NODES_MAX} nodes"
+                ));
+            }
         }
         Ok(Plan {
             node_counts,
@@ -152,6 +167,7 @@ impl SimArgs {
             model,
             json: self.json,
             svg: self.svg,
+            coordination: !coordination.is_empty(),
         })
     }
 }
@@ -166,7 +182,7 @@ fn parse_strategies(names: &[String]) -> Result<Vec<Strategy>, String> {
         let strategy = Strategy::from_name(name).ok_or_else(|| {
             format!(
                 "--strategy {name}: not a strategy; choose from broadcast, router, forward, \
-                 shard-aware, all"
+                 shard-aware, all, coordination"
             )
         })?;
         strategies.push(strategy);

@@ -766,14 +766,19 @@ impl Sim {
             .expect("validated at home");
         let core = &mut self.cluster[at.node as usize].cores[usize::from(at.shard)];
         let route = core.route(archived);
-        if route != Route::Local(record.partition) {
-            let partition = record.partition;
-            self.findings.report(Oracle::Order, || {
-                format!("{at:?} asked to apply an event of {partition}, which it routes {route:?}")
-            });
-            return;
-        }
-        let reply = core.apply(archived);
+        let local = match route {
+            Route::Local(local) if local.partition() == record.partition => local,
+            _ => {
+                let partition = record.partition;
+                self.findings.report(Oracle::Order, || {
+                    format!(
+                        "{at:?} asked to apply an event of {partition}, which it routes {route:?}"
+                    )
+                });
+                return;
+            }
+        };
+        let reply = core.apply(local, archived);
         let session = record.session;
         let hunt = self.workload.sessions[session as usize].hunt as usize;
         if let ArchivedEventKind::Claim { treasure, .. } = &archived.kind {
@@ -916,8 +921,11 @@ impl Sim {
                 let (start, len) = record.record;
                 let archived = access_record::<ArchivedEvent>(0, &record.frame[start..start + len])
                     .expect("validated at home");
-                if !matches!(archived.kind, ArchivedEventKind::Claim { .. }) {
-                    replica.apply(archived);
+                if let (false, Route::Local(local)) = (
+                    matches!(archived.kind, ArchivedEventKind::Claim { .. }),
+                    replica.route(archived),
+                ) {
+                    replica.apply(local, archived);
                 }
             }
             self.cluster[0].cores[shard] = replica;

@@ -11,11 +11,12 @@
 //! The parts:
 //! - [`config`]: the model's parameters, their defaults, and the faults tests inject;
 //! - [`args`]: the command line, turned into a [`args::Plan`];
-//! - [`rng`]: the seeded random streams;
+//! - [`crate::core::rng`]: the seeded random streams (in `core`, shared with the bench);
 //! - [`workload`]: hunts, player sessions and the events they send;
 //! - [`network`]: latency, bandwidth and FIFO links;
 //! - [`shard`]: a shard's CPU and its credit-bounded queue;
 //! - [`engine`]: the simulation loop and the four strategies;
+//! - [`coordination`]: the cluster's real `Coordinator` on every node against a modelled etcd;
 //! - [`oracle`]: the correctness properties every run is checked against;
 //! - [`report`] and [`plot`]: the table, the JSON and the SVG.
 //!
@@ -25,6 +26,7 @@
 
 pub mod args;
 pub mod config;
+pub mod coordination;
 pub mod engine;
 pub mod network;
 pub mod oracle;
@@ -83,7 +85,10 @@ pub fn run(args: SimArgs) -> i32 {
     };
     let report = simulate(&plan);
     // A closed stdout (`trove sim | head`) is not an error of the simulation.
-    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), report.table().as_bytes());
+    if !plan.strategies.is_empty() {
+        let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), report.table().as_bytes());
+    }
+    let coordination_failed = plan.coordination && run_coordination(&plan);
     if let Some(path) = &plan.json {
         if let Err(message) = write(path, &report.to_json()) {
             eprintln!("trove sim: {message}");
@@ -102,7 +107,36 @@ pub fn run(args: SimArgs) -> i32 {
         failed = true;
         eprint!("{}", failure_report(run));
     }
-    if failed { EXIT_ORACLE_FAILED } else { 0 }
+    if failed || coordination_failed {
+        EXIT_ORACLE_FAILED
+    } else {
+        0
+    }
+}
+
+/// Runs and prints the coordination model on every cluster size; true when a run failed.
+fn run_coordination(plan: &Plan) -> bool {
+    let shards = u16::try_from(plan.model.shards).unwrap_or(u16::MAX);
+    let model = coordination::CoordinationModel::new(plan.model.partitions, shards);
+    let runs: Vec<_> = plan
+        .node_counts
+        .iter()
+        .map(|&nodes| coordination::run(&model, nodes, plan.seed))
+        .collect();
+    let _ = std::io::Write::write_all(
+        &mut std::io::stdout().lock(),
+        coordination::table(&model, &runs).as_bytes(),
+    );
+    let mut failed = false;
+    for run in runs.iter().filter(|run| run.failed()) {
+        failed = true;
+        eprintln!(
+            "trove sim: coordination on {} nodes failed with seed {} ({run:?}); reproduce with:\n  \
+             trove sim --strategy coordination --nodes {} --seed {} --partitions {} --shards {}",
+            run.nodes, plan.seed, run.nodes, plan.seed, plan.model.partitions, plan.model.shards
+        );
+    }
+    failed
 }
 
 /// What a run that broke an oracle says: the oracles, the seed, the command that reproduces

@@ -15,7 +15,8 @@ use serde::Serialize;
 
 use super::checks::{Check, Severity};
 use crate::constants::HICCUP_NS_MAX;
-use crate::runtime::cpuset::CpuSet;
+use crate::host::affinity::pin_current_thread;
+use crate::host::cpuset::CpuSet;
 
 /// How to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -113,9 +114,7 @@ pub fn measure(cpus: &CpuSet, config: JitterConfig) -> Vec<Result<CpuJitter, Str
 
 /// Pins the calling thread to `cpu`, spins, and summarises the hiccups.
 fn measure_cpu(cpu: usize, config: JitterConfig) -> Result<CpuJitter, String> {
-    // core_affinity indexes a fixed-size cpu_set_t: a larger number would be out of its bounds.
-    let pinnable = cpu < libc::CPU_SETSIZE as usize;
-    if !pinnable || !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+    if !pin_current_thread(cpu) {
         return Err(format!("cpu {cpu}: cannot pin a thread to it"));
     }
     let mut histogram = Histogram::<u64>::new_with_bounds(1, HICCUP_NS_MAX, 3)
@@ -168,7 +167,7 @@ mod tests {
             threshold_ns: 0,
             allowed_hiccup_us_max: 50,
         };
-        let cpu = core_affinity::get_core_ids().unwrap()[0].id;
+        let cpu = crate::host::affinity::allowed_cpus()[0];
         let result = measure(&CpuSet::from_cpus([cpu]), config);
         let jitter = result[0].as_ref().unwrap();
         assert_eq!(jitter.cpu, cpu);

@@ -16,11 +16,9 @@
 //! spins one pinned thread per shard CPU for a moment.
 
 pub mod checks;
-pub mod host;
 pub mod jitter;
 pub mod report;
 pub mod script;
-pub mod topology;
 
 use std::path::{Path, PathBuf};
 
@@ -30,12 +28,12 @@ use crate::constants::{
     HICCUP_NS_MAX, HICCUP_THRESHOLD_NS_DEFAULT, HICCUP_US_MAX_DEFAULT, JITTER_MS_DEFAULT,
     JITTER_MS_MAX, SHARDS_MAX,
 };
-use crate::runtime::cpuset::CpuSet;
+use crate::host::cpuset::CpuSet;
+use crate::host::topology::Topology;
+use crate::host::tree::Host;
 use checks::{Context, Verdict};
-use host::Host;
 use jitter::{JitterConfig, JitterReport};
 use report::Report;
-use topology::Topology;
 
 /// Every check passed.
 pub const EXIT_READY: i32 = 0;

@@ -23,7 +23,6 @@
 pub mod formats;
 pub mod hgrm;
 pub mod hlog;
-pub mod host;
 pub mod plot;
 pub mod summary;
 

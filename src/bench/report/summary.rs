@@ -8,8 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::host::HostFingerprint;
 use super::{Calibration, Report, RunRecord, Sweep};
+use crate::host::fingerprint::HostFingerprint;
 use hdrhistogram::Histogram;
 
 /// The schema name and version every summary carries in its `schema` field.

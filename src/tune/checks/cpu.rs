@@ -4,8 +4,8 @@
 
 use super::{Check, Context, Severity};
 use crate::constants::STEAL_PERMILLE_MAX;
-use crate::runtime::cpuset::CpuSet;
-use crate::tune::host::Host;
+use crate::host::cpuset::CpuSet;
+use crate::host::tree::Host;
 
 pub fn checks(context: &Context) -> Vec<Check> {
     vec![

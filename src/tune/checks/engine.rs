@@ -4,8 +4,8 @@
 
 use super::{Check, Context, Severity};
 use crate::constants::{KERNEL_VERSION_MIN, MEMLOCK_BYTES_MIN};
-use crate::runtime::cpuset::CpuSet;
-use crate::runtime::preflight::{IoUringStatus, PreflightError, memlock_required_bytes};
+use crate::host::cpuset::CpuSet;
+use crate::host::preflight::{IoUringStatus, PreflightError, memlock_required_bytes};
 
 pub fn checks(context: &Context) -> Vec<Check> {
     let memlock = context.host.memlock_limits();

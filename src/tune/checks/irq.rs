@@ -3,8 +3,8 @@
 //! moves interrupts back onto shard CPUs every ten seconds. Both warnings.
 
 use super::{Check, Context, Severity};
-use crate::runtime::cpuset::CpuSet;
-use crate::tune::host::Host;
+use crate::host::cpuset::CpuSet;
+use crate::host::tree::Host;
 
 pub fn checks(context: &Context) -> Vec<Check> {
     vec![nic_irq_affinity(context), irqbalance(context)]

@@ -14,9 +14,9 @@ mod settings;
 
 use serde::Serialize;
 
-use super::host::Host;
-use super::topology::Topology;
-use crate::runtime::cpuset::CpuSet;
+use crate::host::cpuset::CpuSet;
+use crate::host::topology::Topology;
+use crate::host::tree::Host;
 
 /// How bad a failed check is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -1,10 +1,11 @@
-//! The host a check inspects: a tree of `/proc` and `/sys` under a root, and the facts about a
-//! process that no file holds.
+//! A host's tree of `/proc` and `/sys` under a root, and the facts about a process that no file
+//! holds: what the tuning checks inspect, the topology is read from and the bench's fingerprint
+//! is made of. Read on the thread that asks (`trove tune`'s, the bench's coordinating thread).
 //!
-//! Every file a check reads goes through [`Host::read`] with a path relative to the root, so the
-//! same checks run against the machine (`/`) and against fixture trees in tests. Two facts are
+//! Every file goes through [`Host::read`] with a path relative to the root, so the same code
+//! runs against the machine (`/`) and against fixture trees in tests. Two facts are
 //! not files: whether `io_uring_setup` works for this process, and its `RLIMIT_MEMLOCK`. On the
-//! live host they are probed with the engine's own start-up checks ([`crate::runtime::preflight`]);
+//! live host they are probed with the engine's own start-up checks ([`crate::host::preflight`]);
 //! under any other root they are recorded:
 //!
 //! - `trove-probe/io_uring_setup`: `ok`, or the errno `io_uring_setup` failed with (`EPERM`,
@@ -20,7 +21,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::constants::HOST_FILE_BYTES_MAX;
-use crate::runtime::preflight::{self, IoUringStatus};
+use crate::host::preflight::{self, IoUringStatus};
 
 /// Where the file under a non-live root records the io_uring probe.
 pub const IO_URING_PROBE_PATH: &str = "trove-probe/io_uring_setup";

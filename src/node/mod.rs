@@ -1,27 +1,24 @@
-//! A node: shards plus their listening sockets.
+//! A node's composition root: shards plus their listening sockets, built from a config, and
+//! the report of what they did.
 //!
-//! [`Node::start`] binds every socket on the calling thread first (so "address in use" is
+//! [`Node::start`] runs on the thread that starts the node. It binds every socket on the calling thread first (so "address in use" is
 //! reported before any shard starts, and port 0 resolves to one port for all shards), then
 //! starts the shards and gives each its two listeners: the shared port, on which every shard
 //! accepts (SO_REUSEPORT lets the kernel spread connections), and the shard's own port, which
 //! shard-aware clients use to reach the owner of a partition directly.
 
-use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
-use std::time::Duration;
 
-use futures_lite::future::or;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::Socket;
 
-use crate::constants::LISTEN_BACKLOG_MAX;
-use crate::core::codec::{FrameBuilder, FrameKind};
-use crate::core::partition::PartitionMap;
-use crate::net::connection;
+use crate::core::auth::AuthSecret;
+use crate::core::partition::Placement;
+use crate::core::shard::{ShardStats, Stalls};
+use crate::net::listener::{listen, local_addr, probe_port_free, serve_listeners};
 use crate::runtime::config::{ConfigError, RuntimeConfig};
 use crate::runtime::executors::{Shards, StartError, spawn_shards};
-use crate::runtime::shard::{Shard, ShardStats};
+use crate::runtime::shard::Shard;
 
 /// Where a node listens, and its runtime configuration.
 #[derive(Clone, Debug)]
@@ -34,6 +31,8 @@ pub struct NodeConfig {
     /// Shard `i` also listens on `shard_port_base + i`. Unset: the ports right after `port`,
     /// or free ones when `port` is 0.
     pub shard_port_base: Option<u16>,
+    /// The shared secret clients must prove they know (`core::auth`); `None` lets anyone in.
+    pub auth: Option<AuthSecret>,
 }
 
 impl NodeConfig {
@@ -44,6 +43,7 @@ impl NodeConfig {
             listen: IpAddr::from([127, 0, 0, 1]),
             port: 0,
             shard_port_base: None,
+            auth: None,
         }
     }
 
@@ -53,9 +53,10 @@ impl NodeConfig {
             (None, 0) => 0,
             (None, port) => u32::from(port) + 1 + shard as u32,
         };
-        u16::try_from(port).map_err(|_| StartError::Io {
-            what: format!("shard {shard} would listen on port {port}"),
-            error: io::Error::other("past 65535; choose a lower --port or --shard-port-base"),
+        u16::try_from(port).map_err(|_| {
+            StartError::Config(ConfigError::Ports(format!(
+                "shard {shard} would listen on port {port}, past 65535; choose a lower --port or --shard-port-base"
+            )))
         })
     }
 }
@@ -86,6 +87,18 @@ fn percentiles_us(histogram: &hdrhistogram::Histogram<u64>) -> String {
     )
 }
 
+/// "no stalls", or how many and the worst overage past the time slice.
+fn describe_stalls(stalls: Stalls) -> String {
+    match stalls.count {
+        0 => "no stalls".into(),
+        count => format!(
+            "{count} stall{} (worst {:.1} ms past the time slice)",
+            if count == 1 { "" } else { "s" },
+            stalls.worst_overage_ns as f64 / 1e6
+        ),
+    }
+}
+
 impl NodeReport {
     /// One paragraph per shard: what it applied and forwarded, how often it ran out of credit,
     /// and how long its stages took.
@@ -93,58 +106,37 @@ impl NodeReport {
         let mut text = String::new();
         for shard in &self.shards {
             text.push_str(&format!(
-                "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections, {} frames rejected, {} credit waits, {} Busy\n",
+                "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections ({} refused when full, {} failed authentication, {} cut at stop), {} frames rejected, {} credit waits, {} Busy\n",
                 shard.shard,
                 shard.cpu,
                 shard.events_applied,
                 shard.events_forwarded,
                 shard.events_applied_for_peers,
                 shard.connections_accepted,
+                shard.connections_refused,
+                shard.connections_unauthenticated,
+                shard.connections_force_closed,
                 shard.frames_rejected,
                 shard.socket_credit_waits + shard.mesh_credit_waits,
                 shard.busy_replies,
             ));
             text.push_str(&format!(
-                "  frame dispatch {}; mesh round trip {}\n",
+                "  frame dispatch {}; mesh round trip {}; {}\n",
                 percentiles_us(&shard.stages.frame_dispatch_ns),
                 percentiles_us(&shard.stages.mesh_round_trip_ns),
+                describe_stalls(shard.stalls),
             ));
         }
         text
     }
 }
 
-/// What each shard gets from the thread that starts the node.
+/// What each shard gets from the thread that starts the node: its two listeners, and the
+/// secret its clients must prove they know.
 struct ShardSockets {
     shared: Socket,
     own: Socket,
-    /// The map reply frame, encoded once.
-    map_reply: Vec<u8>,
-}
-
-fn listen(addr: SocketAddr, reuse_port: bool) -> Result<Socket, StartError> {
-    let bind = || -> io::Result<Socket> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(reuse_port)?;
-        // Inherited by accepted sockets: replies must not wait for Nagle.
-        socket.set_nodelay(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(LISTEN_BACKLOG_MAX)?;
-        Ok(socket)
-    };
-    bind().map_err(|error| StartError::Io {
-        what: format!("cannot listen on {addr} (is another process using it? pick another port)"),
-        error,
-    })
-}
-
-fn local_addr(socket: &Socket) -> SocketAddr {
-    socket
-        .local_addr()
-        .ok()
-        .and_then(|addr| addr.as_socket())
-        .expect("a bound TCP socket has an address")
+    auth: Option<AuthSecret>,
 }
 
 impl Node {
@@ -152,8 +144,11 @@ impl Node {
     pub fn start(config: &NodeConfig) -> Result<Node, StartError> {
         config.runtime.check()?;
         let shards = config.runtime.shards();
-        let map = PartitionMap::round_robin(config.runtime.partitions, shards)
+        let map = Placement::round_robin(config.runtime.partitions, shards)
             .map_err(|error| StartError::Config(ConfigError::Partitions(error)))?;
+        if config.port != 0 {
+            probe_port_free(SocketAddr::new(config.listen, config.port))?;
+        }
         let first = listen(SocketAddr::new(config.listen, config.port), true)?;
         let addr = local_addr(&first);
         let mut shared = vec![first];
@@ -168,25 +163,18 @@ impl Node {
             )?);
         }
         let shard_addrs: Vec<SocketAddr> = own.iter().map(local_addr).collect();
-        let ports: Vec<u16> = shard_addrs.iter().map(|addr| addr.port()).collect();
-        let mut map_reply = FrameBuilder::new();
-        map_reply
-            .single(
-                FrameKind::MapReply,
-                map.epoch(),
-                Some(&map.to_message(&ports)),
-            )
-            .expect("a partition map of at most PARTITIONS_MAX entries fits one frame");
+        let mut runtime = config.runtime.clone();
+        runtime.shard_ports = shard_addrs.iter().map(|addr| addr.port()).collect();
         let payloads = shared
             .into_iter()
             .zip(own)
             .map(|(shared, own)| ShardSockets {
                 shared,
                 own,
-                map_reply: map_reply.bytes().to_vec(),
+                auth: config.auth.clone(),
             })
             .collect();
-        let shards = spawn_shards(&config.runtime, &map, payloads, serve_shard)?;
+        let shards = spawn_shards(&runtime, &map, payloads, serve_shard)?;
         Ok(Node {
             shards,
             addr,
@@ -215,26 +203,5 @@ impl Node {
 
 /// Runs on each shard's executor: starts accepting on both of its listeners.
 fn serve_shard(shard: Rc<Shard>, sockets: ShardSockets) {
-    let map_reply: Rc<[u8]> = sockets.map_reply.into();
-    for socket in [sockets.shared, sockets.own] {
-        // SAFETY: the descriptor comes from a listening socket this shard alone now owns.
-        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };
-        glommio::spawn_local(accept_loop(shard.clone(), listener, map_reply.clone())).detach();
-    }
-}
-
-async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener, map_reply: Rc<[u8]>) {
-    loop {
-        let accepted = or(async { Some(listener.accept().await) }, async {
-            shard.stopping().await;
-            None
-        });
-        match accepted.await {
-            None => return,
-            Some(Ok(stream)) => connection::serve(shard.clone(), stream, map_reply.clone()),
-            // Out of descriptors or memory: the kernel keeps the connection queued; pause
-            // instead of spinning on the same error.
-            Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(10)).await,
-        }
-    }
+    serve_listeners(shard, [sockets.shared, sockets.own], sockets.auth);
 }

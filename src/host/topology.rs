@@ -7,8 +7,8 @@
 //! gets one shard, on its first thread; that core's other threads stay idle, because a sibling
 //! that runs work takes execution units and cache from the shard beside it.
 
-use super::host::Host;
-use crate::runtime::cpuset::CpuSet;
+use crate::host::cpuset::CpuSet;
+use crate::host::tree::Host;
 
 /// The online CPUs of a host, by core and by NUMA node.
 #[derive(Clone, Debug, PartialEq, Eq)]

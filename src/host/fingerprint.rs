@@ -1,16 +1,18 @@
 //! The host fingerprint: the facts about a machine that move latency figures (kernel, CPU
 //! model, core counts, frequency governor, SMT, transparent huge pages, virtualisation), read
-//! from /proc and /sys, so that `trove gate` can tell results from like hosts from results
-//! from unlike ones.
+//! from /proc and /sys through [`Host`] like every other host fact, so that `trove gate` can
+//! tell results from like hosts from results from unlike ones. Made on the bench's
+//! coordinating thread when it writes a summary.
 //!
 //! Two fingerprints are of like hosts when every field but `like_key` is equal; `like_key` is
 //! a hash of those fields, for a quick equality check by other tools. A fact that cannot be
 //! read (no cpufreq in a VM, no SMT control on an old kernel) is `null`, and `null` only
 //! matches `null`.
 
-use std::fs;
+use std::path::Path;
 
-use crate::runtime::cpuset::CpuSet;
+use crate::host::cpuset::CpuSet;
+use crate::host::tree::Host;
 
 use serde::{Deserialize, Serialize};
 
@@ -65,16 +67,23 @@ pub struct HostDifference {
 impl HostSources {
     /// Reads the sources of this machine; a file that cannot be read is `None`.
     pub fn of_this_host() -> HostSources {
-        let read = |path: &str| fs::read_to_string(path).ok();
+        match Host::open(Path::new("/")) {
+            Ok(host) => HostSources::read(&host),
+            Err(_) => HostSources::default(),
+        }
+    }
+
+    /// Reads the sources under a host's root; a file that cannot be read is `None`.
+    pub fn read(host: &Host) -> HostSources {
         HostSources {
-            osrelease: read("/proc/sys/kernel/osrelease"),
-            cpuinfo: read("/proc/cpuinfo"),
-            cpus_online_list: read("/sys/devices/system/cpu/online"),
-            governor: read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-            smt_control: read("/sys/devices/system/cpu/smt/control"),
-            thp_enabled: read("/sys/kernel/mm/transparent_hugepage/enabled"),
-            hypervisor_type: read("/sys/hypervisor/type"),
-            dmi_sys_vendor: read("/sys/class/dmi/id/sys_vendor"),
+            osrelease: host.read("proc/sys/kernel/osrelease"),
+            cpuinfo: host.read("proc/cpuinfo"),
+            cpus_online_list: host.read("sys/devices/system/cpu/online"),
+            governor: host.read("sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+            smt_control: host.read("sys/devices/system/cpu/smt/control"),
+            thp_enabled: host.read("sys/kernel/mm/transparent_hugepage/enabled"),
+            hypervisor_type: host.read("sys/hypervisor/type"),
+            dmi_sys_vendor: host.read("sys/class/dmi/id/sys_vendor"),
         }
     }
 }
@@ -291,6 +300,17 @@ processor\t: 3\nmodel name\t: Example CPU 9000\nphysical id\t: 0\ncore id\t\t: 1
         assert_eq!(count_cpu_list("0"), 1);
         assert_eq!(count_cpu_list(""), 0);
         assert_eq!(count_cpu_list("3-1"), 0);
+    }
+
+    #[test]
+    fn a_recorded_tree_gives_its_own_facts_not_this_machines() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("linux-tests/fixtures/tune/tuned");
+        let sources = HostSources::read(&Host::open(&root).unwrap());
+        let host = HostFingerprint::from_sources(&sources, "x86_64");
+        assert_eq!(host.kernel, "6.8.0-45-generic");
+        assert_eq!(host.cpus_online, 16);
+        assert_eq!(host.governor.as_deref(), Some("performance"));
+        assert_eq!(host.thp.as_deref(), Some("madvise"));
     }
 
     #[test]

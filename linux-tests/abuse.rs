@@ -1,0 +1,568 @@
+//! A node as an attacker or a careless operator meets it (issue 12), over loopback only:
+//! authentication, loopback by default, a port already served, error text without addresses,
+//! `trove bench --target` that gives up instead of hanging, and usage errors that exit 2.
+//!
+//! Every test is bounded: child processes are killed on a deadline, sockets time out.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rkyv::util::AlignedVec;
+use trove::client::{self, ClientConfig, ClientError, Incoming};
+use trove::core::auth::AuthSecret;
+use trove::core::codec::{
+    Decoded, FrameBuilder, FrameKind, Records, access_record, archive_aligned, decode_frame,
+};
+use trove::core::ids::{HuntId, PlayerId, TreasureId};
+use trove::core::message::{ArchivedErrorMessage, ArchivedEvent, Event, EventKind, HuntSpec};
+use trove::core::partition::PartitionMap;
+use trove::host::affinity::allowed_cpus;
+use trove::node::{Node, NodeConfig};
+
+const SECRET: &str = "a shared secret for the abuse tests";
+
+fn trove() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_trove"))
+}
+
+/// A file in a fresh temporary directory holding `contents`, readable by its owner only.
+fn secret_file(name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("trove-abuse-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("secret");
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+/// Runs a command to its end, killing it (and failing) past `deadline`.
+fn run_bounded(command: &mut Command, deadline: Duration) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {deadline:?}; stderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `trove node` child process, killed when dropped.
+struct NodeProcess {
+    child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+    addr: SocketAddr,
+}
+
+impl NodeProcess {
+    fn start(args: &[&str]) -> NodeProcess {
+        let mut child = trove()
+            .arg("node")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut banner = String::new();
+        stdout.read_line(&mut banner).unwrap();
+        let addr = banner
+            .split_whitespace()
+            .find_map(|word| word.parse().ok())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                let mut text = String::new();
+                let _ = child.stderr.take().unwrap().read_to_string(&mut text);
+                panic!("no address in `{banner}`; stderr: {text}")
+            });
+        NodeProcess {
+            child,
+            stdout,
+            addr,
+        }
+    }
+
+    /// SIGTERM, then the stop report (everything printed after the banner).
+    fn stop(mut self) -> String {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the node exited with {status}: {rest}");
+        rest
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn create_hunt(seq: u64) -> Event {
+    Event {
+        hunt: HuntId(seq),
+        player: PlayerId(1),
+        client_seq: seq,
+        client_ts: 0,
+        kind: EventKind::CreateHunt(HuntSpec::default()),
+    }
+}
+
+/// Sends `count` events and waits for as many replies.
+fn round_trip(config: &ClientConfig, count: u64) -> Result<(), ClientError> {
+    let (mut sender, mut receiver) = client::connect(config)?;
+    for seq in 0..count {
+        sender.send(&create_hunt(seq))?;
+    }
+    sender.flush()?;
+    let mut answered = 0;
+    while answered < count {
+        match receiver.recv_timeout(Duration::from_secs(10)) {
+            Ok(Incoming::Replies(frame)) => answered += frame.replies().count() as u64,
+            other => panic!("unexpected {:?}", other.map(|_| ())),
+        }
+    }
+    Ok(())
+}
+
+// ---- authentication and the listen address ----------------------------------------------
+
+#[test]
+fn without_a_secret_a_node_listens_on_loopback_and_refuses_a_public_address() {
+    let node = NodeProcess::start(&["--port", "0", "--shards", "1"]);
+    assert!(node.addr.ip().is_loopback(), "{}", node.addr);
+    node.stop();
+    // Refused before anything is bound, so nothing listens beyond loopback even for a moment.
+    let output = run_bounded(
+        trove().args([
+            "node", "--listen", "0.0.0.0", "--port", "0", "--shards", "1",
+        ]),
+        Duration::from_secs(20),
+    );
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("--auth-secret-file") && text.contains("--insecure-no-auth"),
+        "{text}"
+    );
+    assert_eq!(text.trim().lines().count(), 1, "one sentence: {text}");
+}
+
+#[test]
+fn a_node_with_a_secret_serves_only_clients_that_prove_it() {
+    let secret_path = secret_file("node", &format!("{SECRET}\n"));
+    let node = NodeProcess::start(&[
+        "--port",
+        "0",
+        "--shards",
+        "2",
+        "--auth-secret-file",
+        secret_path.to_str().unwrap(),
+    ]);
+    let right = Arc::new(AuthSecret::from_file_contents(SECRET.as_bytes()).unwrap());
+    let wrong =
+        Arc::new(AuthSecret::from_file_contents(b"not the secret the node was given").unwrap());
+
+    let mut config = ClientConfig::new(node.addr);
+    config.auth = Some(right);
+    round_trip(&config, 20).expect("a client with the secret is served, on every shard port");
+
+    config.auth = Some(wrong);
+    match round_trip(&config, 1) {
+        Err(error) => {
+            let text = error.to_string();
+            assert!(text.contains("does not match"), "{text}");
+            assert!(!text.contains(SECRET), "{text}");
+        }
+        Ok(()) => panic!("a client with the wrong secret was served"),
+    }
+
+    config.auth = None;
+    match round_trip(&config, 1) {
+        Err(error) => assert!(
+            error.to_string().contains("requires authentication"),
+            "{error}"
+        ),
+        Ok(()) => panic!("a client without the secret was served"),
+    }
+
+    // A client that skips the handshake and sends a large frame of events is told why, even
+    // though most of its frame is never read (closing on it unread would reset the connection).
+    // Several MiB, more than the sockets buffer: without the drain the write fails with a reset.
+    let mut events = FrameBuilder::new();
+    for frame in 0..64 {
+        events.begin(FrameKind::Events);
+        for seq in 0..1000 {
+            events.push(&create_hunt(frame * 1000 + seq)).unwrap();
+        }
+        events.finish(0);
+    }
+    assert!(events.len() > 4 << 20, "{} bytes", events.len());
+    let text = error_text_for(node.addr, events.bytes());
+    assert!(text.contains("requires authentication"), "{text}");
+
+    let report = node.stop();
+    let failed: u64 = report
+        .lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once("refused when full, ")?;
+            rest.split(' ').next()?.parse::<u64>().ok()
+        })
+        .sum();
+    assert_eq!(failed, 3, "{report}");
+}
+
+#[test]
+fn a_client_with_a_secret_is_told_when_the_node_asks_for_none() {
+    let node = Node::start(&NodeConfig::loopback(vec![allowed_cpus()[0]])).unwrap();
+    let mut config = ClientConfig::new(node.addr());
+    config.auth = Some(Arc::new(
+        AuthSecret::from_file_contents(SECRET.as_bytes()).unwrap(),
+    ));
+    config.connect_timeout = Duration::from_millis(500);
+    match round_trip(&config, 1) {
+        Err(error) => {
+            let text = error.to_string();
+            assert!(
+                text.contains("did not answer within 500 ms")
+                    && text.contains("--auth-secret-file"),
+                "{text}"
+            );
+            assert!(!text.contains("os error"), "{text}");
+        }
+        Ok(()) => panic!("the client authenticated against a node without a secret"),
+    }
+    node.stop();
+}
+
+#[test]
+fn a_connection_that_never_authenticates_is_closed_after_the_handshake_limit() {
+    let mut config = NodeConfig::loopback(vec![allowed_cpus()[0]]);
+    config.auth = Some(AuthSecret::from_file_contents(SECRET.as_bytes()).unwrap());
+    let node = Node::start(&config).unwrap();
+    let mut silent = TcpStream::connect(node.addr()).unwrap();
+    let limit = Duration::from_millis(trove::constants::AUTH_HANDSHAKE_MS_MAX);
+    silent.set_read_timeout(Some(limit * 3)).unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    // The challenge arrives, then nothing, then the node closes: read to the end.
+    let ended = silent.read_to_end(&mut received);
+    let waited = started.elapsed();
+    assert!(
+        ended.is_ok(),
+        "the node kept the connection open: {ended:?}"
+    );
+    assert!(
+        waited >= limit && waited < limit * 3,
+        "closed after {waited:?}"
+    );
+    match decode_frame(&received) {
+        Ok(Decoded::Frame { header, .. }) => assert_eq!(header.kind, FrameKind::AuthChallenge),
+        other => panic!("expected a challenge first, got {other:?}"),
+    }
+    let report = node.stop();
+    assert_eq!(report.shards[0].connections_unauthenticated, 1);
+}
+
+// ---- a port another process serves ----------------------------------------------------
+
+#[test]
+fn a_second_node_on_the_same_port_exits_2() {
+    let port = free_port().to_string();
+    let first = NodeProcess::start(&[
+        "--port",
+        &port,
+        "--shard-port-base",
+        &free_port().to_string(),
+        "--shards",
+        "1",
+    ]);
+    // Its own shard ports are free: only the shared port is taken, and SO_REUSEPORT would
+    // have let it join the first node's group.
+    let output = run_bounded(
+        trove().args([
+            "node",
+            "--port",
+            &port,
+            "--shard-port-base",
+            &free_port().to_string(),
+            "--shards",
+            "1",
+        ]),
+        Duration::from_secs(20),
+    );
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(&format!("port {port} is already in use")),
+        "{text}"
+    );
+    assert_eq!(text.trim().lines().count(), 1, "one sentence: {text}");
+    first.stop();
+}
+
+// ---- error text -----------------------------------------------------------------------
+
+/// Sends `frame` on a fresh connection and returns the text of the error frame that answers it.
+fn error_text_for(addr: SocketAddr, frame: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(frame).unwrap();
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received);
+    let mut aligned: AlignedVec = AlignedVec::new();
+    aligned.extend_from_slice(&received);
+    let mut at = 0;
+    while let Ok(Decoded::Frame {
+        header,
+        body,
+        frame_len,
+    }) = decode_frame(&aligned[at..])
+    {
+        if header.kind == FrameKind::Error {
+            let records = Records::parse(FrameKind::Error, body).unwrap();
+            let record = records.iter().next().unwrap();
+            let mut owned: AlignedVec = AlignedVec::new();
+            owned.extend_from_slice(record);
+            return access_record::<ArchivedErrorMessage>(0, &owned)
+                .unwrap()
+                .message
+                .to_string();
+        }
+        at += frame_len;
+    }
+    panic!("no error frame in {} bytes", received.len());
+}
+
+#[test]
+fn no_error_frame_sent_for_a_corrupted_event_holds_an_address() {
+    let node = Node::start(&NodeConfig::loopback(vec![allowed_cpus()[0]])).unwrap();
+    let event = Event {
+        hunt: HuntId(1),
+        player: PlayerId(2),
+        client_seq: 3,
+        client_ts: 4,
+        kind: EventKind::Claim {
+            treasure: TreasureId(5),
+            code: "a code long enough to be stored out of line".into(),
+        },
+    };
+    let mut archive: AlignedVec = AlignedVec::new();
+    let (start, len) = archive_aligned(&mut archive, &event).unwrap();
+    let record = archive[start..start + len].to_vec();
+    let mut checked = 0;
+    for at in 0..len {
+        for value in [0x01u8, 0x80, 0xff] {
+            let mut corrupted = record.clone();
+            corrupted[at] = value;
+            if access_record::<ArchivedEvent>(0, &aligned(&corrupted)).is_ok() {
+                continue;
+            }
+            let mut frame = FrameBuilder::new();
+            frame.begin(FrameKind::Events);
+            frame.push_archived(&corrupted).unwrap();
+            frame.finish(0);
+            let text = error_text_for(node.addr(), frame.bytes());
+            assert!(!text.contains("0x"), "byte {at} = {value}: {text}");
+            checked += 1;
+        }
+    }
+    // And a header with reserved bits set (its checksum made right), whose value is named.
+    let mut frame = FrameBuilder::new();
+    frame.single(FrameKind::Events, 0, Some(&event)).unwrap();
+    let mut frame = frame.bytes().to_vec();
+    frame[6] = 0xff;
+    let header_hash = xxhash_rust::xxh3::xxh3_64(&frame[..24]);
+    frame[24..32].copy_from_slice(&header_hash.to_le_bytes());
+    let text = error_text_for(node.addr(), &frame);
+    assert!(text.contains("flags") && !text.contains("0x"), "{text}");
+    assert!(checked > 10, "only {checked} malformed frames were tried");
+    node.stop();
+}
+
+fn aligned(bytes: &[u8]) -> AlignedVec {
+    let mut buf: AlignedVec = AlignedVec::new();
+    buf.extend_from_slice(bytes);
+    buf
+}
+
+// ---- trove bench --target -------------------------------------------------------------
+
+#[test]
+fn bench_target_refuses_the_embedded_nodes_flags() {
+    for flag in [
+        vec!["--fail-fast"],
+        vec!["--partitions", "64"],
+        vec!["--node-cpus", "0"],
+    ] {
+        let output = run_bounded(
+            trove()
+                .args(["bench", "--target", "127.0.0.1:9", "--quiet"])
+                .args(&flag),
+            Duration::from_secs(20),
+        );
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{flag:?}: {text}");
+        assert!(text.contains(flag[0]), "{flag:?}: {text}");
+    }
+}
+
+/// A fake node: answers the first connection's map request (one shard, its own port), then
+/// reads nothing more from anyone, like a shard that stopped reading.
+fn stalled_node(answer_map: bool) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    if answer_map && held.is_empty() {
+                        stream.set_nonblocking(false).unwrap();
+                        let mut request = [0u8; 48];
+                        let _ = stream.read_exact(&mut request);
+                        let map = PartitionMap::round_robin(64, 1).unwrap();
+                        let mut reply = FrameBuilder::new();
+                        reply
+                            .single(
+                                FrameKind::MapReply,
+                                map.epoch().get(),
+                                Some(&map.to_message(&[addr.port()])),
+                            )
+                            .unwrap();
+                        stream.write_all(reply.bytes()).unwrap();
+                    }
+                    held.push(stream);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    (addr, handle)
+}
+
+#[test]
+fn bench_target_gives_up_on_a_node_that_does_not_answer() {
+    for (answer_map, expected) in [
+        (false, "did not send its partition map"),
+        (true, "no reply from the node"),
+    ] {
+        let (addr, _fake) = stalled_node(answer_map);
+        let output = run_bounded(
+            trove().args([
+                "bench",
+                "--target",
+                &addr.to_string(),
+                "--quiet",
+                "--hunts",
+                "10",
+                "--players",
+                "2",
+                "--duration",
+                "1",
+            ]),
+            Duration::from_secs(35),
+        );
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{text}");
+        assert!(text.contains(expected), "{text}");
+        assert!(!text.contains("os error 11"), "{text}");
+    }
+}
+
+// ---- usage errors and the stop report -------------------------------------------------
+
+#[test]
+fn node_usage_errors_exit_2_and_name_the_right_bound() {
+    for (flags, expected) in [
+        (
+            vec!["--connection-events-max", "99999"],
+            "--connection-events-max 99999",
+        ),
+        (vec!["--port", "65535"], "past 65535"),
+        (
+            vec!["--auth-secret-file", "/nonexistent/trove-secret"],
+            "cannot read it",
+        ),
+        // TEST-NET-1: never an address of this host, so nothing is bound.
+        (
+            vec!["--listen", "192.0.2.1", "--insecure-no-auth", "--port", "0"],
+            "not an address of this host",
+        ),
+    ] {
+        let output = run_bounded(
+            trove().args(["node", "--shards", "1"]).args(&flags),
+            Duration::from_secs(20),
+        );
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{flags:?}: {text}");
+        assert!(text.contains(expected), "{flags:?}: {text}");
+    }
+    let short = secret_file("short", "short\n");
+    let output = run_bounded(
+        trove().args([
+            "node",
+            "--shards",
+            "1",
+            "--auth-secret-file",
+            short.to_str().unwrap(),
+        ]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("at least 16"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn the_stop_report_counts_refused_connections() {
+    let node = NodeProcess::start(&["--port", "0", "--shards", "1"]);
+    let slots = trove::constants::CONNECTIONS_PER_SHARD_MAX;
+    let mut held = Vec::with_capacity(slots + 1);
+    for _ in 0..slots {
+        held.push(TcpStream::connect(node.addr).unwrap());
+    }
+    // One more than the shard serves: refused with an error frame.
+    let text = error_text_for(node.addr, &[]);
+    assert!(text.contains("as many connections"), "{text}");
+    drop(held);
+    let report = node.stop();
+    assert!(report.contains("(1 refused when full"), "{report}");
+}

@@ -1,0 +1,448 @@
+//! A real cluster on loopback: an etcd of the test's own (temporary folder, no fsync, short
+//! elections) and `trove node --cluster` processes. Membership, controller election and
+//! hand-over, placement covering every partition once, a paused node going `Offline` and
+//! coming back at a new epoch, an etcd outage that moves nothing, and `trove cluster up` /
+//! `status`. Each test skips, saying so, when `etcd` is not installed, and stops everything
+//! it started (the processes also die with the test process).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use trove::cluster::coordinator::{ClusterView, Request, Response};
+use trove::cluster::etcd::EtcdClient;
+use trove::cluster::keys::ClusterKeys;
+use trove::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess, find_on_path, signal};
+use trove::cluster::placement::{OwnerState, Placement};
+use trove::core::ids::{NodeId, PartitionId};
+
+const PARTITIONS: u32 = 64;
+const NAME: &str = "test";
+
+fn etcd_or_skip(test: &str) -> Option<EtcdProcess> {
+    if find_on_path("etcd").is_none() {
+        eprintln!("{test}: skipped, etcd is not installed (apt-get install etcd-server)");
+        return None;
+    }
+    Some(EtcdProcess::start().expect("etcd starts"))
+}
+
+/// A cluster of `count` one-shard nodes, ids 1..=count, and what each has printed.
+struct Nodes {
+    nodes: Vec<NodeProcess>,
+    printed: Vec<Vec<String>>,
+}
+
+impl Nodes {
+    fn start(etcd: &EtcdProcess, count: u32, lease_ttl_s: u64) -> Nodes {
+        let nodes: Vec<NodeProcess> = (1..=count)
+            .map(|node_id| {
+                NodeProcess::start(&LocalNodeConfig {
+                    trove: env!("CARGO_BIN_EXE_trove").into(),
+                    etcd: etcd.endpoint(),
+                    cluster_name: NAME.into(),
+                    node_id,
+                    shards: 1,
+                    partitions: PARTITIONS,
+                    lease_ttl_s,
+                })
+                .expect("the node starts")
+            })
+            .collect();
+        Nodes {
+            printed: vec![Vec::new(); nodes.len()],
+            nodes,
+        }
+    }
+
+    /// Collects what the nodes printed so far (and keeps their pipes from filling).
+    fn read(&mut self) {
+        for (node, printed) in self.nodes.iter().zip(&mut self.printed) {
+            printed.extend(node.lines.try_iter());
+        }
+    }
+
+    fn printed(&mut self, node: NodeId, text: &str) -> bool {
+        self.read();
+        self.printed[node.0 as usize - 1]
+            .iter()
+            .any(|line| line.contains(text))
+    }
+
+    fn process(&self, node: NodeId) -> &NodeProcess {
+        &self.nodes[node.0 as usize - 1]
+    }
+}
+
+/// The cluster's keys as etcd has them now.
+fn read_view(etcd: &EtcdProcess) -> Option<ClusterView> {
+    let keys = ClusterKeys::new(NAME).unwrap();
+    let mut client = EtcdClient::new(vec![etcd.endpoint()], Duration::from_secs(2));
+    let request = Request::RangePrefix {
+        prefix: keys.prefix().to_owned(),
+    };
+    match client.execute(&request) {
+        Ok(Response::Range { revision, kvs }) => {
+            Some(ClusterView::from_range(&keys, revision, &kvs))
+        }
+        _ => None,
+    }
+}
+
+/// Polls `check` until it returns something, for at most `limit`.
+fn wait_for<T>(
+    nodes: &mut Nodes,
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut(&mut Nodes) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        nodes.read();
+        if let Some(found) = check(nodes) {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "no {what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A placement covering every partition exactly once, all serving, on `count` live nodes.
+fn settled_placement(etcd: &EtcdProcess, count: usize) -> Option<(ClusterView, Placement)> {
+    let view = read_view(etcd)?;
+    let placement = (*view.assignment.clone()?).clone();
+    let all_serving = placement
+        .owners
+        .iter()
+        .all(|owner| owner.state == OwnerState::Serving);
+    (view.nodes.len() == count && view.controller.is_some() && all_serving)
+        .then_some((view, placement))
+}
+
+fn partitions_of(placement: &Placement, node: NodeId) -> Vec<PartitionId> {
+    (0..placement.partitions())
+        .map(PartitionId)
+        .filter(|&p| placement.owner(p).unwrap().node == node)
+        .collect()
+}
+
+#[test]
+fn three_nodes_register_one_becomes_controller_and_every_partition_is_placed_once() {
+    let Some(etcd) = etcd_or_skip("three_nodes") else {
+        return;
+    };
+    let mut nodes = Nodes::start(&etcd, 3, 2);
+    let (view, placement) = wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
+        settled_placement(&etcd, 3)
+    });
+    assert_eq!(placement.partitions(), PARTITIONS);
+    let mut owned = 0;
+    for node in 1..=3 {
+        let mine = partitions_of(&placement, NodeId(node)).len();
+        assert!(mine > 0, "node {node} owns partitions");
+        owned += mine;
+    }
+    assert_eq!(owned, PARTITIONS as usize, "each partition exactly once");
+    let controller = view.controller.unwrap().node;
+    assert!(nodes.printed(controller, "this node is now the controller"));
+    let epoch_line = format!("placement epoch {}", placement.epoch);
+    for node in 1..=3 {
+        let node = NodeId(node);
+        wait_for(
+            &mut nodes,
+            Duration::from_secs(5),
+            "placement line",
+            |nodes| nodes.printed(node, &epoch_line).then_some(()),
+        );
+    }
+
+    let status = Command::new(env!("CARGO_BIN_EXE_trove"))
+        .args([
+            "cluster",
+            "status",
+            "--etcd",
+            &etcd.endpoint(),
+            "--cluster-name",
+            NAME,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("controller: {controller}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "epoch {}, {PARTITIONS} partitions, 0 offline",
+            placement.epoch
+        )),
+        "{text}"
+    );
+    assert_eq!(text.matches("lease ").count(), 3, "{text}");
+}
+
+#[test]
+fn a_paused_node_goes_offline_within_its_ttl_and_returns_at_a_new_epoch() {
+    let Some(etcd) = etcd_or_skip("a_paused_node") else {
+        return;
+    };
+    let ttl_s = 2;
+    let mut nodes = Nodes::start(&etcd, 3, ttl_s);
+    let (view, before) = wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
+        settled_placement(&etcd, 3)
+    });
+    let controller = view.controller.unwrap().node;
+    let paused = NodeId(controller.0 % 3 + 1);
+    let its = partitions_of(&before, paused);
+
+    signal(&nodes.process(paused).child, libc::SIGSTOP);
+    let stopped = Instant::now();
+    let offline = wait_for(
+        &mut nodes,
+        Duration::from_secs(ttl_s + 5),
+        "offline",
+        |_| {
+            let placement = view_placement(&etcd)?;
+            (placement.offline().collect::<Vec<_>>() == its).then_some(placement)
+        },
+    );
+    let detected = stopped.elapsed();
+    assert!(
+        detected <= Duration::from_secs(ttl_s + 1),
+        "offline after {detected:?}, more than TTL + 1 s"
+    );
+    for p in (0..PARTITIONS)
+        .map(PartitionId)
+        .filter(|p| !its.contains(p))
+    {
+        assert_eq!(
+            offline.owner(p),
+            before.owner(p),
+            "{p} of a live node untouched"
+        );
+    }
+
+    signal(&nodes.process(paused).child, libc::SIGCONT);
+    let back = wait_for(&mut nodes, Duration::from_secs(10), "return", |_| {
+        let placement = view_placement(&etcd)?;
+        (placement.offline().count() == 0).then_some(placement)
+    });
+    for p in &its {
+        let owner = back.owner(*p).unwrap();
+        assert_eq!(owner.node, paused, "{p} comes back to the node that has it");
+        assert!(
+            owner.part_epoch > offline.epoch,
+            "{p} at a new partition epoch"
+        );
+    }
+    assert!(nodes.printed(paused, "lease lost"), "it fenced itself");
+}
+
+fn view_placement(etcd: &EtcdProcess) -> Option<Placement> {
+    read_view(etcd)?
+        .assignment
+        .map(|placement| (*placement).clone())
+}
+
+#[test]
+fn when_the_controller_is_killed_another_takes_over_and_placements_advance() {
+    let Some(etcd) = etcd_or_skip("controller_killed") else {
+        return;
+    };
+    let mut nodes = Nodes::start(&etcd, 3, 2);
+    let (view, before) = wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
+        settled_placement(&etcd, 3)
+    });
+    let old = view.controller.unwrap().node;
+    let its = partitions_of(&before, old);
+    signal(&nodes.process(old).child, libc::SIGKILL);
+    let (new, after) = wait_for(
+        &mut nodes,
+        Duration::from_secs(10),
+        "a new controller",
+        |_| {
+            let view = read_view(&etcd)?;
+            let controller = view.controller?.node;
+            let placement = view.assignment?;
+            (controller != old && placement.epoch > before.epoch).then_some((controller, placement))
+        },
+    );
+    assert!(nodes.printed(new, "this node is now the controller"));
+    assert_eq!(
+        after.offline().collect::<Vec<_>>(),
+        its,
+        "the dead one's partitions"
+    );
+}
+
+#[test]
+fn an_etcd_outage_moves_nothing_and_the_nodes_carry_on_when_it_returns() {
+    let Some(mut etcd) = etcd_or_skip("etcd_outage") else {
+        return;
+    };
+    let ttl_s = 3;
+    let mut nodes = Nodes::start(&etcd, 3, ttl_s);
+    let (_, before) = wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
+        settled_placement(&etcd, 3)
+    });
+    etcd.kill();
+    for node in 1..=3 {
+        let node = NodeId(node);
+        wait_for(
+            &mut nodes,
+            Duration::from_secs(5),
+            "outage report",
+            |nodes| {
+                nodes
+                    .printed(node, "etcd unreachable, keeping the current placement")
+                    .then_some(())
+            },
+        );
+    }
+    // Longer than the TTL: the nodes fence themselves, but nobody can declare them dead.
+    std::thread::sleep(Duration::from_secs(ttl_s + 1));
+    for node in 1..=3 {
+        assert!(
+            nodes.printed(NodeId(node), "serving nothing"),
+            "node {node} fenced itself"
+        );
+    }
+    etcd.start_again().expect("etcd restarts on its data");
+    for node in 1..=3 {
+        let node = NodeId(node);
+        wait_for(&mut nodes, Duration::from_secs(10), "etcd back", |nodes| {
+            (nodes.printed(node, "etcd reachable again") && nodes.printed(node, "lease confirmed"))
+                .then_some(())
+        });
+    }
+    // Time for a keepalive round and a controller pass: still the same placement.
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, after) = settled_placement(&etcd, 3).expect("all three nodes still registered");
+    assert_eq!(after, before, "nothing moved");
+    for node in 1..=3 {
+        assert!(
+            !nodes.printed(NodeId(node), "lease lost"),
+            "node {node} kept its lease"
+        );
+    }
+}
+
+#[test]
+fn a_watch_reports_a_change_as_it_happens() {
+    let Some(etcd) = etcd_or_skip("watch") else {
+        return;
+    };
+    let (changed_tx, changed) = flume::bounded(1);
+    let endpoint = etcd.endpoint();
+    let watcher = std::thread::spawn(move || {
+        EtcdClient::watch_prefix(&endpoint, "/trove/watched/", 0, |revision| {
+            let _ = changed_tx.try_send(revision);
+            false
+        })
+    });
+    let mut client = EtcdClient::new(vec![etcd.endpoint()], Duration::from_secs(2));
+    // Keep writing until the watch (which may not be open yet) reports one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let revision = loop {
+        let put = Request::Put {
+            key: "/trove/watched/key".into(),
+            value: b"v".to_vec(),
+            lease: 0,
+        };
+        let Ok(Response::Put { revision }) = client.execute(&put) else {
+            panic!("etcd refused a put");
+        };
+        if let Ok(seen) = changed.recv_timeout(Duration::from_millis(200)) {
+            assert!(seen <= revision && seen > 1);
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "the watch reported nothing");
+    };
+    assert!(revision > 1);
+    watcher.join().unwrap().expect("the watch ended cleanly");
+}
+
+#[test]
+fn cluster_up_runs_nodes_and_its_own_etcd_and_stops_them_on_sigterm() {
+    if find_on_path("etcd").is_none() {
+        eprintln!("cluster_up: skipped, etcd is not installed (apt-get install etcd-server)");
+        return;
+    }
+    let mut up = Command::new(env!("CARGO_BIN_EXE_trove"))
+        .args([
+            "cluster",
+            "up",
+            "--nodes",
+            "2",
+            "--partitions",
+            "16",
+            "--lease-ttl-s",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let (lines_tx, lines) = flume::unbounded();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen
+        .iter()
+        .filter(|l| l.contains("placement epoch"))
+        .count()
+        < 2
+    {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no placement from both nodes: {seen:#?}"));
+        seen.push(line);
+    }
+    let etcd_dir = seen
+        .iter()
+        .find_map(|line| line.split("(data in ").nth(1))
+        .map(|rest| rest.trim_end_matches(')').to_owned())
+        .expect("the etcd folder is printed");
+    assert_eq!(
+        seen.iter()
+            .filter(|l| l.contains(": node ") && l.contains(" on 127.0.0.1:"))
+            .count(),
+        2
+    );
+
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(up.id() as i32, libc::SIGTERM) };
+    let status = up.wait().unwrap();
+    reader.join().unwrap();
+    seen.extend(lines.try_iter());
+    assert!(status.success(), "{seen:#?}");
+    assert!(seen.last().unwrap().contains("stopped"), "{seen:#?}");
+    assert!(
+        !std::path::Path::new(&etcd_dir).exists(),
+        "etcd's folder removed"
+    );
+}
+
+#[test]
+fn cluster_up_without_etcd_says_how_to_install_it() {
+    let empty = std::env::temp_dir().join(format!("trove-empty-path-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_trove"))
+        .args(["cluster", "up", "--nodes", "1"])
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    std::fs::remove_dir(&empty).unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("apt-get install etcd-server"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one sentence: {stderr}");
+}

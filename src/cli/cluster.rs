@@ -1,0 +1,438 @@
+//! The cluster's command line: `trove node`'s cluster flags (`--cluster` and its companions),
+//! which start the node's control thread, and the report of what it decides; `trove cluster
+//! up` (a local cluster on loopback) and `trove cluster status`.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::thread::JoinHandle;
+
+use clap::Args;
+
+use crate::cluster::control::{ControlConfig, ControlHandle};
+use crate::cluster::coordinator::{CoordinatorConfig, CoordinatorEvent};
+use crate::cluster::etcd::EtcdClient;
+use crate::cluster::etcd::parse_endpoints;
+use crate::cluster::keys::{ClusterKeys, NodeInfo};
+use crate::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess};
+use crate::cluster::placement::{OwnerState, Placement};
+use crate::cluster::status::ClusterStatus;
+use crate::constants::{
+    CLUSTER_LEASE_TTL_S_DEFAULT, CLUSTER_LEASE_TTL_S_MAX, CLUSTER_LEASE_TTL_S_MIN,
+    CLUSTER_POLL_MS_DEFAULT, CLUSTER_SETTLE_MS_DEFAULT, CLUSTER_UP_NODES_MAX,
+};
+use crate::core::ids::NodeId;
+
+/// `trove node`'s cluster flags. Without `--cluster` the node runs alone, as before.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterNodeArgs {
+    /// Join a cluster coordinated by this etcd (its client URLs: http://HOST:2379[,…])
+    #[arg(long, value_name = "URLS")]
+    pub cluster: Option<String>,
+    /// The cluster's name: its keys live under /trove/NAME/ in etcd
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "trove",
+        requires = "cluster"
+    )]
+    pub cluster_name: String,
+    /// This node's id in the cluster, unique and kept across restarts (its partitions follow it)
+    #[arg(long, value_name = "ID", requires = "cluster")]
+    pub node_id: Option<u32>,
+    /// The host other nodes and clients reach this node at [default: --listen, unless it is 0.0.0.0 or ::]
+    #[arg(long, value_name = "HOST", requires = "cluster")]
+    pub advertise: Option<String>,
+    /// The node's lease TTL in seconds: it is declared dead this long after its last keepalive
+    #[arg(long, value_name = "S", default_value_t = CLUSTER_LEASE_TTL_S_DEFAULT, requires = "cluster")]
+    pub lease_ttl_s: u64,
+}
+
+/// What `--cluster` asks for, checked; `None` when the node runs alone.
+pub struct ClusterPlan {
+    endpoints: Vec<String>,
+    keys: ClusterKeys,
+    node: NodeId,
+    advertise: String,
+    lease_ttl_s: u64,
+}
+
+impl ClusterNodeArgs {
+    /// Checks the flags; `Ok(None)` without `--cluster`.
+    pub fn plan(&self, listen: IpAddr) -> Result<Option<ClusterPlan>, String> {
+        let Some(list) = &self.cluster else {
+            return Ok(None);
+        };
+        let endpoints = parse_endpoints(list).map_err(|error| format!("--cluster {error}"))?;
+        let keys = ClusterKeys::new(&self.cluster_name)
+            .map_err(|error| format!("--cluster-name: {error}"))?;
+        let node = self.node_id.ok_or(
+            "--cluster needs --node-id ID: a number unique in the cluster, kept across restarts",
+        )?;
+        if !(CLUSTER_LEASE_TTL_S_MIN..=CLUSTER_LEASE_TTL_S_MAX).contains(&self.lease_ttl_s) {
+            return Err(format!(
+                "--lease-ttl-s {}: give {CLUSTER_LEASE_TTL_S_MIN} to {CLUSTER_LEASE_TTL_S_MAX} seconds",
+                self.lease_ttl_s
+            ));
+        }
+        let advertise = match &self.advertise {
+            Some(host) if !host.trim().is_empty() => host.trim().to_owned(),
+            Some(_) => {
+                return Err("--advertise is empty; give the host others reach this node at".into());
+            }
+            None if listen.is_unspecified() => {
+                return Err(format!(
+                    "--cluster needs --advertise HOST: this node listens on {listen}, which \
+                     other nodes cannot dial"
+                ));
+            }
+            None => listen.to_string(),
+        };
+        Ok(Some(ClusterPlan {
+            endpoints,
+            keys,
+            node: NodeId(node),
+            advertise,
+            lease_ttl_s: self.lease_ttl_s,
+        }))
+    }
+}
+
+impl ClusterPlan {
+    /// Starts the control thread of a node listening on `addr` and `shard_addrs`.
+    pub fn start(
+        &self,
+        partitions: u32,
+        addr: SocketAddr,
+        shard_addrs: &[SocketAddr],
+    ) -> Result<ControlHandle, String> {
+        let info = NodeInfo {
+            address: self.advertise.clone(),
+            port: addr.port(),
+            shard_ports: shard_addrs.iter().map(SocketAddr::port).collect(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let coordinator = CoordinatorConfig {
+            keys: self.keys.clone(),
+            node: self.node,
+            info,
+            partitions,
+            lease_ttl_s: self.lease_ttl_s,
+            poll_ns: CLUSTER_POLL_MS_DEFAULT * 1_000_000,
+            settle_ns: CLUSTER_SETTLE_MS_DEFAULT * 1_000_000,
+        };
+        ControlHandle::start(ControlConfig {
+            endpoints: self.endpoints.clone(),
+            coordinator,
+        })
+    }
+
+    /// This node's id in the cluster.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// The line `trove node` prints once the control thread runs.
+    pub fn describe(&self) -> String {
+        format!(
+            "trove node: {} joining cluster {:?} through etcd {} (lease TTL {} s)",
+            self.node,
+            self.keys
+                .prefix()
+                .trim_start_matches("/trove/")
+                .trim_end_matches('/'),
+            self.endpoints.join(","),
+            self.lease_ttl_s
+        )
+    }
+}
+
+/// Prints every coordination event of `control` on stdout, one line each, until the control
+/// thread stops.
+pub fn spawn_reporter(control: &ControlHandle, node: NodeId) -> std::io::Result<JoinHandle<()>> {
+    let events = control.events().clone();
+    std::thread::Builder::new()
+        .name("trove-cluster-report".into())
+        .spawn(move || {
+            let mut stdout = std::io::stdout();
+            for event in events.iter() {
+                // A closed stdout must not stop the node.
+                let _ = writeln!(stdout, "trove node: {}", describe_event(&event, node));
+            }
+        })
+}
+
+/// One line about a coordination event, as seen by `node`.
+pub fn describe_event(event: &CoordinatorEvent, node: NodeId) -> String {
+    match event {
+        CoordinatorEvent::Registered { revision } => {
+            format!("registered in the cluster at revision {revision}")
+        }
+        CoordinatorEvent::LeaseLost => {
+            "lease lost (paused or cut off past its TTL): serving nothing \
+             until registered again and confirmed by the controller"
+                .into()
+        }
+        CoordinatorEvent::Fenced => "lease not confirmed in time: serving nothing until etcd \
+             confirms it"
+            .into(),
+        CoordinatorEvent::Unfenced => "lease confirmed: serving this node's partitions".into(),
+        CoordinatorEvent::NodeIdInUse => format!(
+            "{node} is registered by another process (or this node's previous run, until its \
+             lease ends); waiting for it to end: give every node its own --node-id"
+        ),
+        CoordinatorEvent::BecameController => "this node is now the controller".into(),
+        CoordinatorEvent::NoLongerController => "this node is no longer the controller".into(),
+        CoordinatorEvent::PlacementChanged(placement) => describe_placement(placement, node),
+        CoordinatorEvent::EtcdUnreachable { reason } => {
+            format!("etcd unreachable, keeping the current placement: {reason}")
+        }
+        CoordinatorEvent::EtcdReachable => "etcd reachable again".into(),
+        CoordinatorEvent::RecordRejected { key, reason } => {
+            format!("ignoring {key}: {reason}")
+        }
+    }
+}
+
+/// `placement epoch E: P partitions, N here (shard s: n, …), O offline`.
+pub fn describe_placement(placement: &Placement, node: NodeId) -> String {
+    let counts = placement.counts();
+    let here: Vec<String> = counts
+        .iter()
+        .filter(|((owner, _), (serving, _))| *owner == node && *serving > 0)
+        .map(|((_, shard), (serving, _))| format!("{shard}: {serving}"))
+        .collect();
+    let here_total = placement
+        .owners
+        .iter()
+        .filter(|owner| owner.node == node && owner.state == OwnerState::Serving)
+        .count();
+    format!(
+        "placement epoch {}: {} partitions, {here_total} served here ({}), {} offline",
+        placement.epoch,
+        placement.partitions(),
+        if here.is_empty() {
+            "none".to_owned()
+        } else {
+            here.join(", ")
+        },
+        placement.offline().count()
+    )
+}
+
+/// Run a local cluster, or show a running one's nodes, controller and placement.
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Run a local cluster on loopback (its own etcd unless --etcd) until Ctrl-C or SIGTERM.
+    ///
+    /// Exit codes: 0 after a clean stop; 1 when etcd or a node cannot start (the message says
+    /// why); 2 for a usage error.
+    Up(UpArgs),
+    /// Show a cluster's nodes (lease time left, address, shards), controller, epoch, partitions
+    /// per node and shard, and offline partitions.
+    ///
+    /// Exit codes: 0 when shown; 1 when etcd cannot be reached; 2 for a usage error.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// How many nodes to start
+    #[arg(long, value_name = "N")]
+    pub nodes: usize,
+    /// Shards each node runs
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub shards_per_node: usize,
+    /// Use this etcd (http://HOST:2379) instead of starting one
+    #[arg(long, value_name = "URL")]
+    pub etcd: Option<String>,
+    /// The cluster's name
+    #[arg(long, value_name = "NAME", default_value = "local")]
+    pub cluster_name: String,
+    /// Partitions (a power of two)
+    #[arg(long, value_name = "N", default_value_t = crate::constants::PARTITIONS_DEFAULT)]
+    pub partitions: u32,
+    /// Each node's lease TTL in seconds
+    #[arg(long, value_name = "S", default_value_t = CLUSTER_LEASE_TTL_S_DEFAULT)]
+    pub lease_ttl_s: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The cluster's etcd (http://HOST:2379[,…])
+    #[arg(long, value_name = "URLS", default_value = "http://127.0.0.1:2379")]
+    pub etcd: String,
+    /// The cluster's name
+    #[arg(long, value_name = "NAME", default_value = "trove")]
+    pub cluster_name: String,
+}
+
+/// `trove cluster …`: returns the exit code.
+pub fn run(args: &ClusterArgs) -> i32 {
+    match &args.command {
+        ClusterCommand::Status(status) => run_status(status),
+        ClusterCommand::Up(up) => run_up(up),
+    }
+}
+
+fn run_status(args: &StatusArgs) -> i32 {
+    let endpoints = match parse_endpoints(&args.etcd) {
+        Ok(endpoints) => endpoints,
+        Err(message) => {
+            eprintln!("trove cluster status: --etcd {message}");
+            return 2;
+        }
+    };
+    if let Err(message) = ClusterKeys::new(&args.cluster_name) {
+        eprintln!("trove cluster status: --cluster-name: {message}");
+        return 2;
+    }
+    let mut client = EtcdClient::new(endpoints, std::time::Duration::from_secs(3));
+    match ClusterStatus::read(&mut client, &args.cluster_name) {
+        Ok(status) => {
+            let mut stdout = std::io::stdout();
+            let _ = write!(stdout, "{}", status.render());
+            0
+        }
+        Err(message) => {
+            eprintln!("trove cluster status: {message}; is etcd running there?");
+            1
+        }
+    }
+}
+
+fn check_up(args: &UpArgs) -> Result<(), String> {
+    if args.nodes == 0 || args.nodes > CLUSTER_UP_NODES_MAX {
+        return Err(format!(
+            "--nodes {}: give 1 to {CLUSTER_UP_NODES_MAX}",
+            args.nodes
+        ));
+    }
+    if args.shards_per_node == 0 || args.shards_per_node > crate::constants::SHARDS_MAX {
+        return Err(format!(
+            "--shards-per-node {}: give 1 to {}",
+            args.shards_per_node,
+            crate::constants::SHARDS_MAX
+        ));
+    }
+    crate::core::partition::Partitioner::new(args.partitions)
+        .map_err(|error| format!("--partitions: {error}"))?;
+    ClusterKeys::new(&args.cluster_name).map_err(|error| format!("--cluster-name: {error}"))?;
+    if !(CLUSTER_LEASE_TTL_S_MIN..=CLUSTER_LEASE_TTL_S_MAX).contains(&args.lease_ttl_s) {
+        return Err(format!(
+            "--lease-ttl-s {}: give {CLUSTER_LEASE_TTL_S_MIN} to {CLUSTER_LEASE_TTL_S_MAX} seconds",
+            args.lease_ttl_s
+        ));
+    }
+    if let Some(etcd) = &args.etcd {
+        parse_endpoints(etcd).map_err(|error| format!("--etcd {error}"))?;
+    }
+    Ok(())
+}
+
+fn run_up(args: &UpArgs) -> i32 {
+    if let Err(message) = check_up(args) {
+        eprintln!("trove cluster up: {message}");
+        return 2;
+    }
+    let trove = match std::env::current_exe() {
+        Ok(path) => path,
+        Err(error) => {
+            eprintln!("trove cluster up: cannot find this program's own path: {error}");
+            return 1;
+        }
+    };
+    // Blocked before any thread or child starts, so that sigwait below receives them; the
+    // children unblock them for themselves.
+    let signals = super::node::block_stop_signals();
+    let etcd = match &args.etcd {
+        Some(url) => {
+            let endpoints = parse_endpoints(url).expect("checked above");
+            (None, endpoints.join(","))
+        }
+        None => match EtcdProcess::start() {
+            Ok(etcd) => {
+                let endpoint = etcd.endpoint();
+                say(&format!(
+                    "trove cluster up: etcd on {endpoint} (data in {})",
+                    etcd.dir().display()
+                ));
+                (Some(etcd), endpoint)
+            }
+            Err(message) => {
+                eprintln!("trove cluster up: {message}");
+                return 1;
+            }
+        },
+    };
+    let (etcd_process, endpoint) = etcd;
+    let mut nodes = Vec::with_capacity(args.nodes);
+    for node_id in 1..=args.nodes as u32 {
+        let config = LocalNodeConfig {
+            trove: trove.clone(),
+            etcd: endpoint.clone(),
+            cluster_name: args.cluster_name.clone(),
+            node_id,
+            shards: args.shards_per_node,
+            partitions: args.partitions,
+            lease_ttl_s: args.lease_ttl_s,
+        };
+        match NodeProcess::start(&config) {
+            Ok(node) => {
+                say(&format!(
+                    "trove cluster up: node {node_id} on {}",
+                    node.addr
+                ));
+                nodes.push(node);
+            }
+            Err(message) => {
+                eprintln!("trove cluster up: {message}; stopping the others");
+                drop(nodes);
+                drop(etcd_process);
+                return 1;
+            }
+        }
+    }
+    say(&format!(
+        "trove cluster up: {} nodes in cluster {:?}; see it with `trove cluster status --etcd {endpoint} --cluster-name {}`; stop with Ctrl-C",
+        args.nodes, args.cluster_name, args.cluster_name
+    ));
+    let echoes: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let lines = node.lines.clone();
+            let node_id = node.node_id;
+            std::thread::spawn(move || {
+                for line in lines.iter() {
+                    say(&format!("[node {node_id}] {line}"));
+                }
+            })
+        })
+        .collect();
+    let signal = super::node::wait_for_stop_signal(&signals);
+    say(&format!(
+        "trove cluster up: signal {signal} received, stopping the nodes and etcd"
+    ));
+    for node in &mut nodes {
+        node.stop();
+    }
+    drop(nodes);
+    for echo in echoes {
+        let _ = echo.join();
+    }
+    if let Some(etcd) = etcd_process {
+        etcd.stop();
+    }
+    say("trove cluster up: stopped");
+    0
+}
+
+fn say(line: &str) {
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "{line}");
+}

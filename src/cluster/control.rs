@@ -1,0 +1,252 @@
+//! The node's control thread: drives a [`Coordinator`] against etcd and publishes what the
+//! node may serve.
+//!
+//! One control thread per node, not a shard, never waiting on one: the lease is renewed
+//! whatever the shards are doing, so a busy node is never taken for a dead one. A second,
+//! helper thread holds an etcd watch on the cluster's prefix and only wakes the control thread
+//! when something changed (the control thread then reads the keys back); the control thread
+//! also reads them every poll interval, so a watch that breaks delays nothing by more than that.
+//!
+//! What the rest of the node gets, through [`ControlHandle`]:
+//! - [`ControlHandle::serving_view`]: the latest placement, this node's registration and until
+//!   when its lease is known valid, with [`ServingView::serves`] to ask about one partition
+//!   (times in the handle's own monotonic clock, [`ControlHandle::now_ns`]);
+//! - [`ControlHandle::events`]: a bounded channel of what happened (placement changes, lease
+//!   lost, controller changes, etcd outages). When the reader falls behind, newer events are
+//!   dropped, never waited for; the serving view is always current.
+//!
+//! Shards do not read it yet: that wiring comes with the sans-IO `ShardCore`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::cluster::coordinator::{Coordinator, CoordinatorConfig, CoordinatorEvent, ServingView};
+use crate::cluster::etcd::EtcdClient;
+use crate::constants::{CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_RETRY_MS_MAX, CLUSTER_RETRY_MS_MIN};
+use crate::core::ids::PartitionId;
+
+/// What the control thread needs: etcd's endpoints and the coordinator's configuration.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    pub endpoints: Vec<String>,
+    pub coordinator: CoordinatorConfig,
+}
+
+enum Wake {
+    /// The watch saw a change under the cluster's prefix (or was re-established).
+    Changed,
+    Stop,
+}
+
+/// The running control thread, owned by the node's composition root. See the module doc.
+pub struct ControlHandle {
+    clock: Instant,
+    serving: Arc<Mutex<ServingView>>,
+    events: flume::Receiver<CoordinatorEvent>,
+    wake: flume::Sender<Wake>,
+    stopping: Arc<AtomicBool>,
+    control: Option<JoinHandle<()>>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+impl ControlHandle {
+    /// Starts the control thread and its watch thread.
+    pub fn start(config: ControlConfig) -> Result<ControlHandle, String> {
+        let clock = Instant::now();
+        let serving = Arc::new(Mutex::new(ServingView::default()));
+        let (events_tx, events) = flume::bounded(CLUSTER_EVENTS_QUEUED_MAX);
+        let (wake, wake_rx) = flume::bounded(CLUSTER_EVENTS_QUEUED_MAX);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let timeout = Duration::from_nanos(config.coordinator.request_timeout_ns());
+        let client = EtcdClient::new(config.endpoints.clone(), timeout);
+        let control = ControlLoop {
+            clock,
+            coordinator: Coordinator::new(config.coordinator.clone()),
+            client,
+            serving: serving.clone(),
+            events: events_tx,
+            wake: wake_rx,
+            stopping: stopping.clone(),
+        };
+        let control = std::thread::Builder::new()
+            .name("trove-control".into())
+            .spawn(move || control.run())
+            .map_err(|error| format!("cannot start the cluster control thread: {error}"))?;
+        let watch = Watcher {
+            endpoints: config.endpoints,
+            prefix: config.coordinator.keys.prefix().to_owned(),
+            wake: wake.clone(),
+            stopping: stopping.clone(),
+        };
+        let watcher = std::thread::Builder::new()
+            .name("trove-watch".into())
+            .spawn(move || watch.run())
+            .map_err(|error| format!("cannot start the cluster watch thread: {error}"))?;
+        Ok(ControlHandle {
+            clock,
+            serving,
+            events,
+            wake,
+            stopping,
+            control: Some(control),
+            watcher: Some(watcher),
+        })
+    }
+
+    /// Now, in the clock of [`ServingView::lease_valid_until_ns`].
+    pub fn now_ns(&self) -> u64 {
+        self.clock.elapsed().as_nanos() as u64
+    }
+
+    /// What this node may serve, as of the control thread's last step.
+    pub fn serving_view(&self) -> ServingView {
+        self.serving
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Whether this node may apply events of `partition` now.
+    pub fn serves(&self, partition: PartitionId) -> bool {
+        self.serving_view().serves(self.now_ns(), partition)
+    }
+
+    /// What happened, oldest first (bounded; see the module doc).
+    pub fn events(&self) -> &flume::Receiver<CoordinatorEvent> {
+        &self.events
+    }
+
+    /// Stops the control thread, which ends this node's lease in etcd (so its partitions go
+    /// `Offline` now rather than after the TTL), and the watch thread.
+    pub fn stop(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.wake.try_send(Wake::Stop);
+        if let Some(control) = self.control.take() {
+            let _ = control.join();
+        }
+        // The watch ends at its next message: revoking the lease deleted this node's key,
+        // which is one. With etcd gone the stream has broken already. Wait a little for it;
+        // a watch still blocked after that ends with the process.
+        if let Some(watcher) = self.watcher.take() {
+            let deadline = Instant::now() + Duration::from_millis(CLUSTER_RETRY_MS_MAX);
+            while !watcher.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(CLUSTER_RETRY_MS_MIN));
+            }
+            if watcher.is_finished() {
+                let _ = watcher.join();
+            }
+        }
+    }
+}
+
+impl Drop for ControlHandle {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+/// The control thread's state.
+struct ControlLoop {
+    clock: Instant,
+    coordinator: Coordinator,
+    client: EtcdClient,
+    serving: Arc<Mutex<ServingView>>,
+    events: flume::Sender<CoordinatorEvent>,
+    wake: flume::Receiver<Wake>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl ControlLoop {
+    fn now_ns(&self) -> u64 {
+        self.clock.elapsed().as_nanos() as u64
+    }
+
+    fn run(mut self) {
+        while !self.stopping.load(Ordering::SeqCst) {
+            self.step();
+            self.publish();
+            let wait_ns = self
+                .coordinator
+                .next_wakeup_ns()
+                .saturating_sub(self.now_ns());
+            match self.wake.recv_timeout(Duration::from_nanos(wait_ns)) {
+                Ok(Wake::Changed) => self.coordinator.handle_changed(self.now_ns()),
+                Ok(Wake::Stop) | Err(flume::RecvTimeoutError::Disconnected) => break,
+                Err(flume::RecvTimeoutError::Timeout) => {}
+            }
+        }
+        if let Some(lease) = self.coordinator.lease_id() {
+            // Best effort: when etcd is unreachable the lease simply runs out.
+            let _ = self.client.lease_revoke(lease);
+        }
+    }
+
+    /// Makes every request that is due now.
+    fn step(&mut self) {
+        while let Some(request) = self.coordinator.poll_request(self.now_ns()) {
+            let result = self.client.execute(&request);
+            let now_ns = self.now_ns();
+            match result {
+                Ok(response) => self.coordinator.handle_response(now_ns, response),
+                Err(reason) => self.coordinator.handle_failure(now_ns, &reason),
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let view = self.coordinator.serving_view();
+        *self
+            .serving
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = view;
+        while let Some(event) = self.coordinator.poll_event() {
+            // Never wait for the reader: the serving view above is what counts.
+            let _ = self.events.try_send(event);
+        }
+    }
+}
+
+/// The watch thread: wakes the control thread whenever a key under the prefix changes.
+struct Watcher {
+    endpoints: Vec<String>,
+    prefix: String,
+    wake: flume::Sender<Wake>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Watcher {
+    fn run(self) {
+        let mut endpoint = 0;
+        let mut retry_ms = CLUSTER_RETRY_MS_MIN;
+        while !self.stopping.load(Ordering::SeqCst) {
+            // Whatever changed while no watch was open is read back now.
+            let _ = self.wake.try_send(Wake::Changed);
+            let result =
+                EtcdClient::watch_prefix(&self.endpoints[endpoint], &self.prefix, 0, |_revision| {
+                    let _ = self.wake.try_send(Wake::Changed);
+                    !self.stopping.load(Ordering::SeqCst)
+                });
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            if result.is_err() {
+                endpoint = (endpoint + 1) % self.endpoints.len();
+            }
+            std::thread::sleep(Duration::from_millis(retry_ms));
+            retry_ms = if result.is_err() {
+                (retry_ms * 2).min(CLUSTER_RETRY_MS_MAX)
+            } else {
+                CLUSTER_RETRY_MS_MIN
+            };
+        }
+    }
+}

@@ -1,0 +1,1168 @@
+//! `Coordinator`: one node's part in the cluster's coordination, sans-IO.
+//!
+//! It decides everything about membership and ownership and does none of the I/O: the control
+//! thread (`control`) asks it for the next etcd request ([`Coordinator::poll_request`]), makes
+//! it, and hands back the reply ([`Coordinator::handle_response`]) or the failure
+//! ([`Coordinator::handle_failure`]); time is a `u64` of monotonic nanoseconds passed in. Tests
+//! and the simulator drive it the same way against a modelled etcd.
+//!
+//! What it does, in order of priority each time it is asked:
+//! 1. holds a lease (grant, then keepalive every TTL/3) and knows until when it is valid: the
+//!    send time of the last acknowledged keepalive + TTL − a margin (self-fencing: past that the
+//!    node serves nothing, because the controller may already have declared it dead);
+//! 2. registers `nodes/<id>` bound to the lease, and again whenever the lease was lost;
+//! 3. reads the cluster's keys back every poll interval (nodes, controller, assignment);
+//! 4. campaigns for controller when there is none (`controller` created only if absent, bound
+//!    to the lease, so it ends with the lease);
+//! 5. as controller, writes the next placement when it differs from the current one: one
+//!    assignment record, compare-and-swap on its revision, in a transaction that also checks
+//!    the controller key's create revision, so a controller paused past its lease cannot write.
+//!
+//! An etcd outage changes nothing it decided: the placement stays, the outage is reported
+//! ([`CoordinatorEvent::EtcdUnreachable`]), requests are retried with a bounded back-off.
+//!
+//! Lives on the node's control thread; a cluster view plus this node's lease.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use crate::cluster::keys::{ClusterKeys, ControllerRecord, KeyKind, NodeInfo};
+use crate::cluster::placement::{LiveNode, OwnerState, Placement, next_owners};
+use crate::constants::{
+    CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_NODES_MAX, CLUSTER_RETRY_MS_MAX, CLUSTER_RETRY_MS_MIN,
+};
+use crate::core::ids::{NodeId, PartitionId};
+
+const NS_PER_MS: u64 = 1_000_000;
+const NS_PER_S: u64 = 1_000_000_000;
+
+/// What a coordinator needs to know about its node and cluster.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    pub keys: ClusterKeys,
+    pub node: NodeId,
+    pub info: NodeInfo,
+    /// The cluster's partition count: every node must agree.
+    pub partitions: u32,
+    pub lease_ttl_s: u64,
+    /// How often the cluster's keys are read back.
+    pub poll_ns: u64,
+    /// How long the live nodes must stay the same before a cluster's first placement.
+    pub settle_ns: u64,
+}
+
+impl CoordinatorConfig {
+    fn ttl_ns(&self) -> u64 {
+        self.lease_ttl_s * NS_PER_S
+    }
+
+    /// Time taken off the lease's end when judging it valid: covers the reply's delay, the
+    /// rate difference between this clock and etcd's, and a node that pauses right after
+    /// checking. A fifth of the TTL.
+    pub fn lease_margin_ns(&self) -> u64 {
+        self.ttl_ns() / 5
+    }
+
+    /// The longest one etcd request may take: a third of the TTL, so a slow etcd cannot delay
+    /// a keepalive past the lease.
+    pub fn request_timeout_ns(&self) -> u64 {
+        self.ttl_ns() / 3
+    }
+}
+
+/// One etcd request, in etcd's own terms. Keys are strings, values bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    LeaseGrant {
+        ttl_s: u64,
+    },
+    LeaseKeepAlive {
+        lease: i64,
+    },
+    /// Put `key` bound to `lease`.
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: i64,
+    },
+    /// Every key starting with `prefix`.
+    RangePrefix {
+        prefix: String,
+    },
+    /// A transaction: if `key` does not exist, put it bound to `lease`.
+    CreateIfAbsent {
+        key: String,
+        value: Vec<u8>,
+        lease: i64,
+    },
+    /// A transaction: if `key`'s mod revision is `expect_mod_revision` (0: absent) and
+    /// `guard_key`'s create revision is `guard_create_revision`, put `key`.
+    CompareAndSwap {
+        key: String,
+        value: Vec<u8>,
+        expect_mod_revision: u64,
+        guard_key: String,
+        guard_create_revision: u64,
+    },
+}
+
+/// One key as etcd returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    /// The lease the key is bound to (0: none).
+    pub lease: i64,
+}
+
+/// etcd's reply to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    LeaseGranted {
+        lease: i64,
+        ttl_s: i64,
+    },
+    /// The lease's remaining TTL; 0 or less when etcd no longer has the lease.
+    LeaseKept {
+        ttl_s: i64,
+    },
+    Put {
+        revision: u64,
+    },
+    Range {
+        revision: u64,
+        kvs: Vec<KeyValue>,
+    },
+    Txn {
+        succeeded: bool,
+        revision: u64,
+    },
+}
+
+/// What happened, for the node to report or act on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CoordinatorEvent {
+    /// Registered `nodes/<id>` at this revision.
+    Registered {
+        revision: u64,
+    },
+    /// etcd no longer has this node's lease (it was paused or cut off past its TTL): it serves
+    /// nothing until it has registered again and the controller confirmed its partitions.
+    LeaseLost,
+    /// This node's key is held by another lease: another process runs with this node id, or
+    /// this node's previous life has not yet expired. It registers once the key is free.
+    NodeIdInUse,
+    BecameController,
+    NoLongerController,
+    /// The lease is no longer known valid (no keepalive acknowledged in time): the node serves
+    /// nothing from now on, until one is.
+    Fenced,
+    /// The lease is known valid again (or for the first time).
+    Unfenced,
+    /// A new placement was read or written.
+    PlacementChanged(Arc<Placement>),
+    /// etcd did not answer; the placement in hand is kept.
+    EtcdUnreachable {
+        reason: String,
+    },
+    EtcdReachable,
+    /// A record in etcd this node cannot use (reported once per key and revision).
+    RecordRejected {
+        key: String,
+        reason: String,
+    },
+}
+
+/// A registered node, as read from etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEntry {
+    pub info: NodeInfo,
+    pub lease: i64,
+    /// The revision of its registration: its partitions are confirmed to it only at a later
+    /// partition epoch.
+    pub registered_revision: u64,
+}
+
+/// The controller key, as read from etcd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ControllerEntry {
+    pub node: NodeId,
+    pub lease: i64,
+    pub create_revision: u64,
+}
+
+/// The cluster as one read of its keys showed it. Built by nodes and by `trove cluster status`.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterView {
+    pub revision: u64,
+    pub nodes: BTreeMap<NodeId, NodeEntry>,
+    pub controller: Option<ControllerEntry>,
+    pub assignment: Option<Arc<Placement>>,
+    /// Keys that could not be read, with the reason.
+    pub rejected: Vec<(String, String)>,
+}
+
+impl ClusterView {
+    /// The view that a range over the cluster's prefix at `revision` returned.
+    pub fn from_range(keys: &ClusterKeys, revision: u64, kvs: &[KeyValue]) -> ClusterView {
+        let mut view = ClusterView {
+            revision,
+            ..ClusterView::default()
+        };
+        for kv in kvs {
+            let outcome = match keys.classify(&kv.key) {
+                KeyKind::Node(node) => view.add_node(node, kv),
+                KeyKind::Controller => serde_json::from_slice::<ControllerRecord>(&kv.value)
+                    .map(|record| {
+                        view.controller = Some(ControllerEntry {
+                            node: NodeId(record.node),
+                            lease: kv.lease,
+                            create_revision: kv.create_revision,
+                        })
+                    })
+                    .map_err(|error| format!("not a controller record: {error}")),
+                KeyKind::Assignment => Placement::decode_record(&kv.value, kv.mod_revision)
+                    .map(|placement| view.assignment = Some(Arc::new(placement))),
+                KeyKind::Other => Ok(()),
+            };
+            if let Err(reason) = outcome {
+                view.rejected.push((kv.key.clone(), reason));
+            }
+        }
+        view
+    }
+
+    fn add_node(&mut self, node: NodeId, kv: &KeyValue) -> Result<(), String> {
+        if self.nodes.len() >= CLUSTER_NODES_MAX {
+            return Err(format!(
+                "more than {CLUSTER_NODES_MAX} nodes registered; this one is ignored"
+            ));
+        }
+        let info = NodeInfo::decode(&kv.value)?;
+        self.nodes.insert(
+            node,
+            NodeEntry {
+                info,
+                lease: kv.lease,
+                registered_revision: kv.mod_revision,
+            },
+        );
+        Ok(())
+    }
+
+    /// The live nodes, as placement sees them.
+    pub fn live_nodes(&self) -> BTreeMap<NodeId, LiveNode> {
+        self.nodes
+            .iter()
+            .map(|(&node, entry)| {
+                let live = LiveNode {
+                    shards: entry.info.shards(),
+                    registered_revision: entry.registered_revision,
+                };
+                (node, live)
+            })
+            .collect()
+    }
+}
+
+/// What one node may serve right now: handed from the control thread to whoever serves.
+#[derive(Clone, Debug, Default)]
+pub struct ServingView {
+    pub node: Option<NodeId>,
+    pub placement: Option<Arc<Placement>>,
+    /// The revision of this node's current registration (`None`: not registered).
+    pub registered_revision: Option<u64>,
+    /// Monotonic ns until which this node's lease is known valid (0: no lease).
+    pub lease_valid_until_ns: u64,
+}
+
+impl ServingView {
+    /// Whether this node may apply events of `partition` at `now_ns`: it owns it, it is
+    /// `Serving`, its lease is known valid, and the partition was confirmed to it after its
+    /// current registration (so two nodes never serve one partition in one epoch).
+    pub fn serves(&self, now_ns: u64, partition: PartitionId) -> bool {
+        let (Some(node), Some(placement), Some(registered)) =
+            (self.node, &self.placement, self.registered_revision)
+        else {
+            return false;
+        };
+        now_ns < self.lease_valid_until_ns
+            && placement.owner(partition).is_some_and(|owner| {
+                owner.node == node
+                    && owner.state == OwnerState::Serving
+                    && owner.part_epoch > registered
+            })
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    id: i64,
+    valid_until_ns: u64,
+    keepalive_due_ns: u64,
+}
+
+#[derive(Clone, Debug)]
+enum InFlight {
+    Grant,
+    KeepAlive,
+    Register,
+    Read,
+    Campaign,
+    /// The record being written, to install once etcd says at which revision.
+    WriteAssignment(Vec<u8>),
+}
+
+/// One node's coordination state. See the module doc.
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    lease: Option<Lease>,
+    registered_revision: Option<u64>,
+    view: ClusterView,
+    read_due_ns: u64,
+    in_flight: Option<(InFlight, u64)>,
+    retry_at_ns: u64,
+    retry_ns: u64,
+    etcd_reachable: bool,
+    live_since_ns: u64,
+    was_controller: bool,
+    was_lease_valid: bool,
+    register_after_ns: u64,
+    node_id_in_use_reported: bool,
+    installed_epoch: u64,
+    rejected_reported: Vec<(String, u64)>,
+    events: VecDeque<CoordinatorEvent>,
+}
+
+impl Coordinator {
+    pub fn new(config: CoordinatorConfig) -> Coordinator {
+        Coordinator {
+            config,
+            lease: None,
+            registered_revision: None,
+            view: ClusterView::default(),
+            read_due_ns: 0,
+            in_flight: None,
+            retry_at_ns: 0,
+            retry_ns: CLUSTER_RETRY_MS_MIN * NS_PER_MS,
+            etcd_reachable: true,
+            live_since_ns: 0,
+            was_controller: false,
+            was_lease_valid: false,
+            register_after_ns: 0,
+            node_id_in_use_reported: false,
+            installed_epoch: 0,
+            rejected_reported: Vec::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    /// The next request to make, if one is due at `now_ns`. One request is in flight at a time:
+    /// call [`Coordinator::handle_response`] or [`Coordinator::handle_failure`] before asking
+    /// again.
+    pub fn poll_request(&mut self, now_ns: u64) -> Option<Request> {
+        self.check_fence(now_ns);
+        if self.in_flight.is_some() || now_ns < self.retry_at_ns {
+            return None;
+        }
+        let (request, in_flight) = self.next_request(now_ns)?;
+        self.in_flight = Some((in_flight, now_ns));
+        Some(request)
+    }
+
+    fn next_request(&self, now_ns: u64) -> Option<(Request, InFlight)> {
+        let Some(lease) = self.lease else {
+            let ttl_s = self.config.lease_ttl_s;
+            return Some((Request::LeaseGrant { ttl_s }, InFlight::Grant));
+        };
+        if now_ns >= lease.keepalive_due_ns {
+            return Some((
+                Request::LeaseKeepAlive { lease: lease.id },
+                InFlight::KeepAlive,
+            ));
+        }
+        if self.registered_revision.is_none() && now_ns >= self.register_after_ns {
+            // Only if absent: two processes given the same --node-id must not take turns.
+            let request = Request::CreateIfAbsent {
+                key: self.config.keys.node(self.config.node),
+                value: self.config.info.encode(),
+                lease: lease.id,
+            };
+            return Some((request, InFlight::Register));
+        }
+        if now_ns >= self.read_due_ns {
+            let prefix = self.config.keys.prefix().to_owned();
+            return Some((Request::RangePrefix { prefix }, InFlight::Read));
+        }
+        self.registered_revision?;
+        if self.view.controller.is_none() {
+            let request = Request::CreateIfAbsent {
+                key: self.config.keys.controller(),
+                value: serde_json::to_vec(&ControllerRecord {
+                    node: self.config.node.0,
+                })
+                .expect("a controller record serializes"),
+                lease: lease.id,
+            };
+            return Some((request, InFlight::Campaign));
+        }
+        self.assignment_to_write(now_ns)
+    }
+
+    /// As controller, the next assignment record, when it differs from the current one.
+    fn assignment_to_write(&self, now_ns: u64) -> Option<(Request, InFlight)> {
+        let controller = self.view.controller.filter(|_| self.is_controller())?;
+        if now_ns >= self.lease_valid_until_ns() {
+            return None;
+        }
+        let current = self.view.assignment.as_deref();
+        if current.is_some_and(|placement| placement.partitions() != self.config.partitions) {
+            return None;
+        }
+        if current.is_none() && now_ns < self.live_since_ns + self.config.settle_ns {
+            return None;
+        }
+        let live = self.view.live_nodes();
+        let current_owners = current.map(|placement| &placement.owners[..]);
+        let next = next_owners(current_owners, self.config.partitions, &live)?;
+        if current_owners == Some(&next[..]) {
+            return None;
+        }
+        let value = Placement::encode_record(&next);
+        let request = Request::CompareAndSwap {
+            key: self.config.keys.assignment(),
+            value: value.clone(),
+            expect_mod_revision: current.map_or(0, |placement| placement.epoch),
+            guard_key: self.config.keys.controller(),
+            guard_create_revision: controller.create_revision,
+        };
+        Some((request, InFlight::WriteAssignment(value)))
+    }
+
+    /// etcd's reply to the request in flight.
+    pub fn handle_response(&mut self, now_ns: u64, response: Response) {
+        let Some((in_flight, sent_ns)) = self.in_flight.take() else {
+            return;
+        };
+        let handled = match (in_flight, response) {
+            (InFlight::Grant, Response::LeaseGranted { lease, ttl_s }) if ttl_s > 0 => {
+                self.lease = Some(self.renewed(lease, sent_ns, ttl_s));
+                self.registered_revision = None;
+                true
+            }
+            (InFlight::KeepAlive, Response::LeaseKept { ttl_s }) => {
+                self.handle_kept(sent_ns, ttl_s);
+                true
+            }
+            (
+                InFlight::Register,
+                Response::Txn {
+                    succeeded,
+                    revision,
+                },
+            ) => {
+                self.handle_registered(now_ns, succeeded.then_some(revision));
+                true
+            }
+            (InFlight::Read, Response::Range { revision, kvs }) => {
+                self.handle_range(now_ns, revision, &kvs);
+                true
+            }
+            (InFlight::Campaign, Response::Txn { .. }) => {
+                self.read_due_ns = now_ns;
+                true
+            }
+            (
+                InFlight::WriteAssignment(value),
+                Response::Txn {
+                    succeeded,
+                    revision,
+                },
+            ) => {
+                if succeeded {
+                    self.install_written(&value, revision);
+                }
+                self.read_due_ns = now_ns;
+                true
+            }
+            _ => false,
+        };
+        self.check_fence(now_ns);
+        if handled {
+            self.etcd_answered();
+        } else {
+            self.fail(
+                now_ns,
+                "etcd answered with a reply that does not match the request",
+            );
+        }
+    }
+
+    /// Something under the cluster's prefix changed (a watch said so): read it back now.
+    pub fn handle_changed(&mut self, now_ns: u64) {
+        self.read_due_ns = self.read_due_ns.min(now_ns);
+    }
+
+    /// The request in flight failed (no answer, a timeout, an error status).
+    pub fn handle_failure(&mut self, now_ns: u64, reason: &str) {
+        if self.in_flight.take().is_some() {
+            self.fail(now_ns, reason);
+        }
+    }
+
+    /// Reports the moments the lease stops or starts being known valid.
+    fn check_fence(&mut self, now_ns: u64) {
+        let valid = now_ns < self.lease_valid_until_ns();
+        if valid != self.was_lease_valid {
+            self.was_lease_valid = valid;
+            self.push(if valid {
+                CoordinatorEvent::Unfenced
+            } else {
+                CoordinatorEvent::Fenced
+            });
+        }
+    }
+
+    fn fail(&mut self, now_ns: u64, reason: &str) {
+        if self.etcd_reachable {
+            self.etcd_reachable = false;
+            self.push(CoordinatorEvent::EtcdUnreachable {
+                reason: reason.to_owned(),
+            });
+        }
+        self.retry_at_ns = now_ns + self.retry_ns;
+        self.retry_ns = (self.retry_ns * 2).min(CLUSTER_RETRY_MS_MAX * NS_PER_MS);
+    }
+
+    fn etcd_answered(&mut self) {
+        self.retry_ns = CLUSTER_RETRY_MS_MIN * NS_PER_MS;
+        if !self.etcd_reachable {
+            self.etcd_reachable = true;
+            self.push(CoordinatorEvent::EtcdReachable);
+        }
+    }
+
+    fn renewed(&self, id: i64, sent_ns: u64, ttl_s: i64) -> Lease {
+        let ttl_ns = ttl_s as u64 * NS_PER_S;
+        Lease {
+            id,
+            valid_until_ns: (sent_ns + ttl_ns).saturating_sub(self.config.lease_margin_ns()),
+            keepalive_due_ns: sent_ns + self.config.ttl_ns() / 3,
+        }
+    }
+
+    fn handle_kept(&mut self, sent_ns: u64, ttl_s: i64) {
+        let Some(lease) = self.lease else {
+            return;
+        };
+        if ttl_s > 0 {
+            self.lease = Some(self.renewed(lease.id, sent_ns, ttl_s));
+            return;
+        }
+        self.lease = None;
+        self.registered_revision = None;
+        self.push(CoordinatorEvent::LeaseLost);
+        self.update_controller_status();
+    }
+
+    fn handle_registered(&mut self, now_ns: u64, revision: Option<u64>) {
+        self.read_due_ns = now_ns;
+        match revision {
+            Some(revision) => {
+                self.registered_revision = Some(revision);
+                self.node_id_in_use_reported = false;
+                self.push(CoordinatorEvent::Registered { revision });
+            }
+            None => {
+                // Someone holds this node's key: another process with this id, or this node's
+                // previous life whose lease has not ended yet. Try again after a poll.
+                self.register_after_ns = now_ns + self.config.poll_ns;
+                if !self.node_id_in_use_reported {
+                    self.node_id_in_use_reported = true;
+                    self.push(CoordinatorEvent::NodeIdInUse);
+                }
+            }
+        }
+    }
+
+    /// A registration whose reply was lost is this node's all the same: adopt it.
+    fn adopt_registration(&mut self) {
+        let (Some(lease), None) = (self.lease, self.registered_revision) else {
+            return;
+        };
+        if let Some(entry) = self.view.nodes.get(&self.config.node) {
+            if entry.lease == lease.id {
+                let revision = entry.registered_revision;
+                self.registered_revision = Some(revision);
+                self.push(CoordinatorEvent::Registered { revision });
+            }
+        }
+    }
+
+    fn handle_range(&mut self, now_ns: u64, revision: u64, kvs: &[KeyValue]) {
+        let view = ClusterView::from_range(&self.config.keys, revision, kvs);
+        if view.nodes.keys().ne(self.view.nodes.keys()) {
+            self.live_since_ns = now_ns;
+        }
+        self.view = view;
+        self.read_due_ns = now_ns + self.config.poll_ns;
+        self.report_rejected();
+        self.adopt_registration();
+        self.check_registration();
+        self.update_controller_status();
+        if let Some(placement) = self.view.assignment.clone() {
+            self.install(placement);
+        }
+    }
+
+    /// Registers again if this node's key is gone or bound to another lease (deleted by hand,
+    /// or a lease this node no longer holds).
+    fn check_registration(&mut self) {
+        let (Some(lease), Some(registered)) = (self.lease, self.registered_revision) else {
+            return;
+        };
+        if self.view.revision < registered {
+            return;
+        }
+        let mine = self.view.nodes.get(&self.config.node);
+        if mine.is_none_or(|entry| entry.lease != lease.id) {
+            self.registered_revision = None;
+        }
+    }
+
+    fn report_rejected(&mut self) {
+        let rejected = std::mem::take(&mut self.view.rejected);
+        for (key, reason) in &rejected {
+            let seen = (key.clone(), self.view.revision);
+            if !self.rejected_reported.iter().any(|(k, _)| k == key) {
+                self.rejected_reported.push(seen);
+                self.push(CoordinatorEvent::RecordRejected {
+                    key: key.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        self.rejected_reported
+            .retain(|(key, _)| rejected.iter().any(|(k, _)| k == key));
+        self.view.rejected = rejected;
+    }
+
+    fn update_controller_status(&mut self) {
+        let is_controller = self.is_controller();
+        if is_controller != self.was_controller {
+            self.was_controller = is_controller;
+            self.push(if is_controller {
+                CoordinatorEvent::BecameController
+            } else {
+                CoordinatorEvent::NoLongerController
+            });
+        }
+    }
+
+    fn install_written(&mut self, value: &[u8], revision: u64) {
+        match Placement::decode_record(value, revision) {
+            Ok(placement) => {
+                let placement = Arc::new(placement);
+                self.view.assignment = Some(placement.clone());
+                self.install(placement);
+            }
+            Err(reason) => self.push(CoordinatorEvent::RecordRejected {
+                key: self.config.keys.assignment(),
+                reason,
+            }),
+        }
+    }
+
+    fn install(&mut self, placement: Arc<Placement>) {
+        if placement.epoch <= self.installed_epoch {
+            return;
+        }
+        if placement.partitions() != self.config.partitions {
+            let reason = format!(
+                "the cluster has {} partitions and this node was started with --partitions {}; \
+                 start it with the cluster's count",
+                placement.partitions(),
+                self.config.partitions
+            );
+            self.installed_epoch = placement.epoch;
+            self.push(CoordinatorEvent::RecordRejected {
+                key: self.config.keys.assignment(),
+                reason,
+            });
+            return;
+        }
+        self.installed_epoch = placement.epoch;
+        self.push(CoordinatorEvent::PlacementChanged(placement));
+    }
+
+    fn push(&mut self, event: CoordinatorEvent) {
+        if self.events.len() == CLUSTER_EVENTS_QUEUED_MAX {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
+    /// The next thing that happened, oldest first.
+    pub fn poll_event(&mut self) -> Option<CoordinatorEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to ask [`Coordinator::poll_request`] again if nothing else happens.
+    pub fn next_wakeup_ns(&self) -> u64 {
+        if self.in_flight.is_some() {
+            return u64::MAX;
+        }
+        let mut due = self.read_due_ns;
+        if let Some(lease) = self.lease {
+            due = due.min(lease.keepalive_due_ns);
+            if self.registered_revision.is_none() {
+                due = due.min(self.register_after_ns);
+            }
+            if self.was_lease_valid {
+                // Wake when the lease stops being known valid, to report it then.
+                due = due.min(lease.valid_until_ns);
+            }
+            if self.is_controller() && self.view.assignment.is_none() {
+                due = due.min(self.live_since_ns + self.config.settle_ns);
+            }
+        } else {
+            due = 0;
+        }
+        due.max(self.retry_at_ns)
+    }
+
+    /// Whether this node holds the controller key with its current lease.
+    pub fn is_controller(&self) -> bool {
+        match (self.lease, self.view.controller) {
+            (Some(lease), Some(controller)) => {
+                controller.node == self.config.node && controller.lease == lease.id
+            }
+            _ => false,
+        }
+    }
+
+    /// Monotonic ns until which this node's lease is known valid (0: it has none).
+    pub fn lease_valid_until_ns(&self) -> u64 {
+        self.lease.map_or(0, |lease| lease.valid_until_ns)
+    }
+
+    /// The lease this node holds, if any.
+    pub fn lease_id(&self) -> Option<i64> {
+        self.lease.map(|lease| lease.id)
+    }
+
+    pub fn etcd_reachable(&self) -> bool {
+        self.etcd_reachable
+    }
+
+    /// The cluster as last read.
+    pub fn view(&self) -> &ClusterView {
+        &self.view
+    }
+
+    /// What this node may serve, for the shards.
+    pub fn serving_view(&self) -> ServingView {
+        let placement = self
+            .view
+            .assignment
+            .clone()
+            .filter(|placement| placement.partitions() == self.config.partitions);
+        ServingView {
+            node: Some(self.config.node),
+            placement,
+            registered_revision: self.registered_revision,
+            lease_valid_until_ns: self.lease_valid_until_ns(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::model::ModelEtcd;
+
+    const PARTITIONS: u32 = 64;
+    const TTL_S: u64 = 3;
+    const STEP_MS: u64 = 10;
+
+    fn config(node: u32, shards: u16) -> CoordinatorConfig {
+        CoordinatorConfig {
+            keys: ClusterKeys::new("test").unwrap(),
+            node: NodeId(node),
+            info: NodeInfo {
+                address: "127.0.0.1".into(),
+                port: 7000 + node as u16 * 10,
+                shard_ports: (0..shards).map(|s| 7001 + node as u16 * 10 + s).collect(),
+                version: "test".into(),
+            },
+            partitions: PARTITIONS,
+            lease_ttl_s: TTL_S,
+            poll_ns: 100 * NS_PER_MS,
+            settle_ns: 500 * NS_PER_MS,
+        }
+    }
+
+    /// Nodes driven against a model etcd in virtual time; a paused node is simply not driven.
+    struct Cluster {
+        etcd: ModelEtcd,
+        nodes: Vec<Coordinator>,
+        paused: Vec<bool>,
+        events: Vec<Vec<CoordinatorEvent>>,
+        now_ns: u64,
+    }
+
+    impl Cluster {
+        fn new(nodes: u32) -> Cluster {
+            Cluster {
+                etcd: ModelEtcd::new(),
+                nodes: (1..=nodes)
+                    .map(|n| Coordinator::new(config(n, 2)))
+                    .collect(),
+                paused: vec![false; nodes as usize],
+                events: vec![Vec::new(); nodes as usize],
+                now_ns: 0,
+            }
+        }
+
+        fn run_ms(&mut self, ms: u64) {
+            for _ in 0..ms / STEP_MS {
+                self.now_ns += STEP_MS * NS_PER_MS;
+                self.etcd.expire(self.now_ns);
+                for i in 0..self.nodes.len() {
+                    if !self.paused[i] {
+                        self.drive(i);
+                    }
+                }
+            }
+        }
+
+        fn drive(&mut self, i: usize) {
+            let node = &mut self.nodes[i];
+            while let Some(request) = node.poll_request(self.now_ns) {
+                match self.etcd.handle(self.now_ns, &request) {
+                    Ok(response) => node.handle_response(self.now_ns, response),
+                    Err(reason) => node.handle_failure(self.now_ns, &reason),
+                }
+            }
+            while let Some(event) = node.poll_event() {
+                self.events[i].push(event);
+            }
+        }
+
+        fn controllers(&self) -> Vec<usize> {
+            (0..self.nodes.len())
+                .filter(|&i| !self.paused[i] && self.nodes[i].is_controller())
+                .collect()
+        }
+
+        /// The placement node `i` last installed.
+        fn placement(&self, i: usize) -> Arc<Placement> {
+            self.nodes[i]
+                .view()
+                .assignment
+                .clone()
+                .expect("a placement")
+        }
+
+        fn serving(&self, i: usize) -> Vec<PartitionId> {
+            let view = self.nodes[i].serving_view();
+            (0..PARTITIONS)
+                .map(PartitionId)
+                .filter(|&p| view.serves(self.now_ns, p))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn three_nodes_register_elect_one_controller_and_share_every_partition() {
+        let mut cluster = Cluster::new(3);
+        cluster.run_ms(2_000);
+        assert_eq!(cluster.controllers().len(), 1);
+        let placement = cluster.placement(0);
+        assert_eq!(placement.partitions(), PARTITIONS);
+        for i in 1..3 {
+            assert_eq!(cluster.placement(i), placement, "every node reads the same");
+        }
+        let mut served: Vec<PartitionId> = (0..3).flat_map(|i| cluster.serving(i)).collect();
+        served.sort();
+        let every: Vec<PartitionId> = (0..PARTITIONS).map(PartitionId).collect();
+        assert_eq!(served, every, "every partition served by exactly one node");
+        for i in 0..3 {
+            assert!(!cluster.serving(i).is_empty(), "node {i} owns some");
+            assert!(
+                cluster.events[i]
+                    .iter()
+                    .any(|e| matches!(e, CoordinatorEvent::Registered { .. }))
+            );
+        }
+        // Nothing changes, so nothing more is written.
+        cluster.run_ms(2_000);
+        assert_eq!(cluster.placement(0).epoch, placement.epoch);
+    }
+
+    #[test]
+    fn the_first_placement_waits_for_the_nodes_to_settle() {
+        let mut cluster = Cluster::new(2);
+        cluster.paused[1] = true;
+        cluster.run_ms(300);
+        assert!(cluster.nodes[0].view().assignment.is_none(), "settling");
+        cluster.paused[1] = false;
+        cluster.run_ms(1_000);
+        let counts = cluster.placement(0).counts();
+        let nodes: std::collections::BTreeSet<NodeId> = counts.keys().map(|(n, _)| *n).collect();
+        assert_eq!(nodes.len(), 2, "both nodes got partitions: {counts:?}");
+    }
+
+    #[test]
+    fn the_lease_is_valid_until_the_last_acknowledged_keepalive_plus_ttl_minus_the_margin() {
+        let mut cluster = Cluster::new(1);
+        cluster.run_ms(2_000);
+        let node = &cluster.nodes[0];
+        let valid_until = node.lease_valid_until_ns();
+        let ttl_ns = TTL_S * NS_PER_S;
+        // Keepalives go every TTL/3, so the last one was sent within that.
+        assert!(valid_until + node.config().lease_margin_ns() <= cluster.now_ns + ttl_ns);
+        assert!(
+            valid_until + node.config().lease_margin_ns() + ttl_ns / 3 >= cluster.now_ns + ttl_ns
+        );
+        assert_eq!(cluster.serving(0).len(), PARTITIONS as usize);
+
+        // etcd goes away: no keepalive is acknowledged, so the node fences itself by the
+        // lease's end (minus the margin), before etcd could expire it.
+        cluster.etcd.set_down(cluster.now_ns, true);
+        cluster.run_ms(ttl_ns / NS_PER_MS - node_margin_ms(&cluster));
+        assert!(cluster.serving(0).is_empty(), "fenced");
+        assert_eq!(
+            cluster.events[0]
+                .iter()
+                .filter(|e| matches!(e, CoordinatorEvent::Fenced | CoordinatorEvent::Unfenced))
+                .collect::<Vec<_>>(),
+            [&CoordinatorEvent::Unfenced, &CoordinatorEvent::Fenced],
+            "valid once granted, fenced once past the margin"
+        );
+        assert!(
+            cluster.events[0]
+                .iter()
+                .any(|e| matches!(e, CoordinatorEvent::EtcdUnreachable { .. }))
+        );
+    }
+
+    fn node_margin_ms(cluster: &Cluster) -> u64 {
+        cluster.nodes[0].config().lease_margin_ns() / NS_PER_MS
+    }
+
+    #[test]
+    fn a_paused_node_goes_offline_then_gets_its_partitions_back_at_a_new_epoch() {
+        let mut cluster = Cluster::new(3);
+        cluster.run_ms(2_000);
+        let controller = cluster.controllers()[0];
+        let paused = (controller + 1) % 3;
+        let before = cluster.placement(controller);
+        let its: Vec<PartitionId> = cluster.serving(paused);
+        assert!(!its.is_empty());
+
+        cluster.paused[paused] = true;
+        cluster.run_ms((TTL_S + 1) * 1_000);
+        let offline = cluster.placement(controller);
+        assert!(offline.epoch > before.epoch);
+        assert_eq!(offline.offline().collect::<Vec<_>>(), its);
+        for p in &its {
+            assert_eq!(offline.owner(*p).unwrap().node, NodeId(paused as u32 + 1));
+        }
+        // The others keep theirs at their old partition epochs.
+        for p in (0..PARTITIONS)
+            .map(PartitionId)
+            .filter(|p| !its.contains(p))
+        {
+            assert_eq!(offline.owner(p), before.owner(p));
+        }
+        // While paused its clock stood still; when it resumes its lease is past the margin.
+        cluster.paused[paused] = false;
+        cluster.now_ns += STEP_MS * NS_PER_MS;
+        assert!(cluster.serving(paused).is_empty(), "fenced on resume");
+        cluster.run_ms(2_000);
+        assert!(cluster.events[paused].contains(&CoordinatorEvent::LeaseLost));
+        let back = cluster.placement(controller);
+        assert_eq!(back.offline().count(), 0);
+        assert_eq!(cluster.serving(paused), its);
+        for p in &its {
+            assert!(
+                back.owner(*p).unwrap().part_epoch > offline.epoch,
+                "a new epoch"
+            );
+        }
+    }
+
+    #[test]
+    fn another_node_takes_over_when_the_controllers_lease_ends() {
+        let mut cluster = Cluster::new(3);
+        cluster.run_ms(2_000);
+        let old = cluster.controllers()[0];
+        let epoch = cluster.placement(old).epoch;
+        cluster.paused[old] = true;
+        cluster.run_ms((TTL_S + 1) * 1_000);
+        let now = cluster.controllers();
+        assert_eq!(now.len(), 1);
+        assert_ne!(now[0], old);
+        let new = cluster.placement(now[0]);
+        assert!(
+            new.epoch > epoch,
+            "the new controller wrote the old one's partitions offline"
+        );
+        assert!(
+            new.offline()
+                .all(|p| new.owner(p).unwrap().node == NodeId(old as u32 + 1))
+        );
+        assert!(cluster.events[now[0]].contains(&CoordinatorEvent::BecameController));
+    }
+
+    #[test]
+    fn a_controller_paused_past_its_lease_cannot_overwrite_the_new_one() {
+        let mut cluster = Cluster::new(3);
+        cluster.run_ms(2_000);
+        let old = cluster.controllers()[0];
+        // The old controller, about to write, is paused with its write in hand.
+        let stale_write = match cluster.nodes[old].assignment_to_write(cluster.now_ns) {
+            None => {
+                // Nothing to write: forge the write it would make with its current view.
+                let view = cluster.nodes[old].view().clone();
+                Request::CompareAndSwap {
+                    key: cluster.nodes[old].config().keys.assignment(),
+                    value: Placement::encode_record(&view.assignment.unwrap().owners),
+                    expect_mod_revision: cluster.placement(old).epoch,
+                    guard_key: cluster.nodes[old].config().keys.controller(),
+                    guard_create_revision: view.controller.unwrap().create_revision,
+                }
+            }
+            Some((request, _)) => request,
+        };
+        cluster.paused[old] = true;
+        cluster.run_ms((TTL_S + 1) * 1_000);
+        let epoch = cluster.etcd.revision();
+        let response = cluster.etcd.handle(cluster.now_ns, &stale_write).unwrap();
+        assert!(matches!(
+            response,
+            Response::Txn {
+                succeeded: false,
+                ..
+            }
+        ));
+        assert_eq!(cluster.etcd.revision(), epoch, "nothing written");
+    }
+
+    #[test]
+    fn an_etcd_outage_moves_nothing_and_the_cluster_carries_on_after_it() {
+        let mut cluster = Cluster::new(3);
+        cluster.run_ms(2_000);
+        let before = cluster.placement(0);
+        cluster.etcd.set_down(cluster.now_ns, true);
+        cluster.run_ms(2 * TTL_S * 1_000);
+        for i in 0..3 {
+            assert_eq!(cluster.placement(i), before, "node {i} keeps its placement");
+            assert!(
+                cluster.events[i]
+                    .iter()
+                    .any(|e| matches!(e, CoordinatorEvent::EtcdUnreachable { .. }))
+            );
+        }
+        cluster.etcd.set_down(cluster.now_ns, false);
+        cluster.run_ms(2_000);
+        for i in 0..3 {
+            assert!(cluster.events[i].contains(&CoordinatorEvent::EtcdReachable));
+            assert!(!cluster.events[i].contains(&CoordinatorEvent::LeaseLost));
+            assert_eq!(cluster.placement(i), before, "nothing moved");
+        }
+        let served: usize = (0..3).map(|i| cluster.serving(i).len()).sum();
+        assert_eq!(served, PARTITIONS as usize, "serving again");
+    }
+
+    #[test]
+    fn a_node_with_another_partition_count_installs_nothing() {
+        let mut cluster = Cluster::new(2);
+        let mut odd = config(3, 1);
+        odd.partitions = PARTITIONS * 2;
+        cluster.nodes.push(Coordinator::new(odd));
+        cluster.paused.push(true);
+        cluster.events.push(Vec::new());
+        cluster.run_ms(2_000);
+        cluster.paused[2] = false;
+        cluster.run_ms(500);
+        assert!(cluster.serving(2).is_empty());
+        assert!(cluster.events[2].iter().any(|e| matches!(
+            e,
+            CoordinatorEvent::RecordRejected { reason, .. } if reason.contains("--partitions")
+        )));
+        assert!(!cluster.nodes[2].is_controller());
+    }
+
+    #[test]
+    fn a_second_process_with_the_same_node_id_waits_for_the_first_to_end() {
+        let mut cluster = Cluster::new(2);
+        cluster.run_ms(2_000);
+        let placement = cluster.placement(0);
+        // A second node 2.
+        cluster.nodes.push(Coordinator::new(config(2, 2)));
+        cluster.paused.push(false);
+        cluster.events.push(Vec::new());
+        cluster.run_ms(2_000);
+        assert!(cluster.events[2].contains(&CoordinatorEvent::NodeIdInUse));
+        assert!(
+            !cluster.events[2]
+                .iter()
+                .any(|e| matches!(e, CoordinatorEvent::Registered { .. }))
+        );
+        assert!(cluster.serving(2).is_empty());
+        assert_eq!(
+            cluster.placement(0),
+            placement,
+            "the first node 2 keeps its partitions"
+        );
+        assert!(!cluster.events[1].contains(&CoordinatorEvent::LeaseLost));
+        assert_eq!(
+            cluster.serving(1).len(),
+            placement
+                .counts()
+                .iter()
+                .filter(|((node, _), _)| *node == NodeId(2))
+                .map(|(_, (serving, _))| *serving as usize)
+                .sum::<usize>()
+        );
+
+        // The first one dies: the second takes its place once its lease has ended.
+        cluster.paused[1] = true;
+        cluster.run_ms((TTL_S + 2) * 1_000);
+        assert!(
+            cluster.events[2]
+                .iter()
+                .any(|e| matches!(e, CoordinatorEvent::Registered { .. }))
+        );
+        let of_2: Vec<PartitionId> = (0..PARTITIONS)
+            .map(PartitionId)
+            .filter(|&p| placement.owner(p).unwrap().node == NodeId(2))
+            .collect();
+        assert_eq!(cluster.serving(2), of_2);
+    }
+
+    #[test]
+    fn replies_that_do_not_match_the_request_count_as_failures() {
+        let mut node = Coordinator::new(config(1, 1));
+        assert!(matches!(
+            node.poll_request(0),
+            Some(Request::LeaseGrant { .. })
+        ));
+        node.handle_response(0, Response::Put { revision: 3 });
+        assert_eq!(node.lease_id(), None);
+        assert!(!node.etcd_reachable());
+        assert_eq!(node.poll_request(0), None, "backing off");
+        assert!(
+            node.poll_request(CLUSTER_RETRY_MS_MIN * NS_PER_MS)
+                .is_some()
+        );
+    }
+}

@@ -1,0 +1,463 @@
+//! The cluster's placement: which node and shard owns each partition, at which epochs, and the
+//! sticky rendezvous rule the controller uses to compute the next one.
+//!
+//! A [`Placement`] is a cluster view: the same value on every node, written by the controller
+//! as one etcd record whose revision is the map [`Placement::epoch`]. Each partition also has
+//! its own epoch, which changes only when its owner or its state changes, so a receiver can
+//! refuse work stamped with an older partition epoch than its own. Plain values, valid on any
+//! thread; nothing here does I/O.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::core::ids::{NodeId, PartitionId, ShardId};
+
+/// Whether a partition's owner serves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerState {
+    /// The owner serves the partition (while its lease is valid).
+    Serving,
+    /// The owner's lease ended: nobody serves the partition (clients get `Unavailable`) until
+    /// that node, which holds its state, comes back. There are no replicas yet.
+    Offline,
+}
+
+/// The owner of one partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub node: NodeId,
+    pub shard: ShardId,
+    /// The partition's own epoch: the revision of the record where its owner or state last
+    /// changed. [`PART_EPOCH_THIS_RECORD`] in a record about to be written.
+    pub part_epoch: u64,
+    pub state: OwnerState,
+}
+
+/// In a record being written, "this partition changes in this record": readers replace it with
+/// the record's revision, which etcd assigns only when the write happens.
+pub const PART_EPOCH_THIS_RECORD: u64 = 0;
+
+/// A placement as read from etcd: every partition's owner, and the map epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The revision of the assignment record (grows with every change).
+    pub epoch: u64,
+    /// One owner per partition, indexed by partition.
+    pub owners: Vec<Owner>,
+}
+
+impl Placement {
+    /// How many partitions the placement covers.
+    pub fn partitions(&self) -> u32 {
+        self.owners.len() as u32
+    }
+
+    /// The owner of `partition`, if the placement covers it.
+    pub fn owner(&self, partition: PartitionId) -> Option<&Owner> {
+        self.owners.get(partition.index())
+    }
+
+    /// The partitions nobody serves.
+    pub fn offline(&self) -> impl Iterator<Item = PartitionId> + '_ {
+        self.owners
+            .iter()
+            .enumerate()
+            .filter(|(_, owner)| owner.state == OwnerState::Offline)
+            .map(|(partition, _)| PartitionId(partition as u32))
+    }
+
+    /// How many partitions each (node, shard) owns, serving or offline.
+    pub fn counts(&self) -> BTreeMap<(NodeId, ShardId), (u32, u32)> {
+        let mut counts = BTreeMap::new();
+        for owner in &self.owners {
+            let entry: &mut (u32, u32) = counts.entry((owner.node, owner.shard)).or_default();
+            match owner.state {
+                OwnerState::Serving => entry.0 += 1,
+                OwnerState::Offline => entry.1 += 1,
+            }
+        }
+        counts
+    }
+
+    /// The record that stores `owners` (epochs still [`PART_EPOCH_THIS_RECORD`] where they change).
+    pub fn encode_record(owners: &[Owner]) -> Vec<u8> {
+        let record = AssignmentRecord {
+            format: RECORD_FORMAT,
+            owners: owners
+                .iter()
+                .map(|owner| {
+                    let state = match owner.state {
+                        OwnerState::Serving => STATE_SERVING,
+                        OwnerState::Offline => STATE_OFFLINE,
+                    };
+                    (owner.node.0, owner.shard.0, owner.part_epoch, state)
+                })
+                .collect(),
+        };
+        serde_json::to_vec(&record).expect("a record of plain numbers serializes")
+    }
+
+    /// Reads an assignment record stored at `revision`, checking every entry.
+    pub fn decode_record(bytes: &[u8], revision: u64) -> Result<Placement, String> {
+        let record: AssignmentRecord = serde_json::from_slice(bytes)
+            .map_err(|error| format!("the assignment record is not valid JSON: {error}"))?;
+        if record.format != RECORD_FORMAT {
+            return Err(format!(
+                "the assignment record has format {}, this build reads format {RECORD_FORMAT}",
+                record.format
+            ));
+        }
+        let mut owners = Vec::with_capacity(record.owners.len());
+        for (partition, (node, shard, part_epoch, state)) in record.owners.into_iter().enumerate() {
+            let state = match state {
+                STATE_SERVING => OwnerState::Serving,
+                STATE_OFFLINE => OwnerState::Offline,
+                other => {
+                    return Err(format!(
+                        "partition {partition} has state {other} in the assignment record, \
+                         which this build does not know"
+                    ));
+                }
+            };
+            if part_epoch > revision {
+                return Err(format!(
+                    "partition {partition} has epoch {part_epoch}, after the record's own \
+                     revision {revision}"
+                ));
+            }
+            let part_epoch = if part_epoch == PART_EPOCH_THIS_RECORD {
+                revision
+            } else {
+                part_epoch
+            };
+            owners.push(Owner {
+                node: NodeId(node),
+                shard: ShardId(shard),
+                part_epoch,
+                state,
+            });
+        }
+        Ok(Placement {
+            epoch: revision,
+            owners,
+        })
+    }
+}
+
+const RECORD_FORMAT: u32 = 1;
+const STATE_SERVING: u8 = 0;
+const STATE_OFFLINE: u8 = 1;
+
+/// The assignment as stored in etcd: one `[node, shard, part_epoch, state]` per partition.
+#[derive(Serialize, Deserialize)]
+struct AssignmentRecord {
+    format: u32,
+    owners: Vec<(u32, u16, u64, u8)>,
+}
+
+/// A live node as the controller sees it: how many shards it runs, and the revision at which it
+/// registered (its partitions are confirmed to it only at a later partition epoch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveNode {
+    pub shards: u16,
+    pub registered_revision: u64,
+}
+
+/// The rendezvous score of (partition, node, shard): the highest score over the candidates wins.
+fn score(partition: u32, node: NodeId, shard: u16) -> u64 {
+    let mut key = [0u8; 10];
+    key[..4].copy_from_slice(&partition.to_le_bytes());
+    key[4..8].copy_from_slice(&node.0.to_le_bytes());
+    key[8..].copy_from_slice(&shard.to_le_bytes());
+    xxh3_64(&key)
+}
+
+/// The (node, shard) among `live` with the highest rendezvous score for `partition`.
+fn rendezvous(partition: u32, live: &BTreeMap<NodeId, LiveNode>) -> Option<(NodeId, ShardId)> {
+    live.iter()
+        .flat_map(|(&node, info)| (0..info.shards).map(move |shard| (node, shard)))
+        .max_by_key(|&(node, shard)| (score(partition, node, shard), node, shard))
+        .map(|(node, shard)| (node, ShardId(shard)))
+}
+
+/// The shard of `node` with the highest rendezvous score for `partition`.
+fn rendezvous_shard(partition: u32, node: NodeId, shards: u16) -> ShardId {
+    let best = (0..shards)
+        .max_by_key(|&shard| (score(partition, node, shard), shard))
+        .unwrap_or(0);
+    ShardId(best)
+}
+
+/// The next owners of `partitions` partitions, given the current ones (`None` before the first
+/// placement) and the live nodes. Sticky: a partition with an owner keeps it, because the owner
+/// holds its state and there is no migration yet; only a cluster's first placement (or a
+/// partition nobody ever owned) is dealt by rendezvous hashing over the live (node, shard)s.
+///
+/// - the owner's lease ended: the partition goes `Offline`, with the same owner;
+/// - the owner is live again, or re-registered since the partition's epoch: `Serving` at a new
+///   partition epoch (its partitions are confirmed to it again);
+/// - the owner came back with fewer shards: the partition moves to one of that node's shards.
+///
+/// Returns `None` when there is nothing to place on (no live node and no current placement).
+pub fn next_owners(
+    current: Option<&[Owner]>,
+    partitions: u32,
+    live: &BTreeMap<NodeId, LiveNode>,
+) -> Option<Vec<Owner>> {
+    let Some(current) = current else {
+        return (0..partitions)
+            .map(|partition| {
+                rendezvous(partition, live).map(|(node, shard)| Owner {
+                    node,
+                    shard,
+                    part_epoch: PART_EPOCH_THIS_RECORD,
+                    state: OwnerState::Serving,
+                })
+            })
+            .collect();
+    };
+    let next = current
+        .iter()
+        .enumerate()
+        .map(|(partition, owner)| next_owner(partition as u32, owner, live))
+        .collect();
+    Some(next)
+}
+
+fn next_owner(partition: u32, owner: &Owner, live: &BTreeMap<NodeId, LiveNode>) -> Owner {
+    let changed = |shard, state| Owner {
+        node: owner.node,
+        shard,
+        part_epoch: PART_EPOCH_THIS_RECORD,
+        state,
+    };
+    match live.get(&owner.node) {
+        None if owner.state == OwnerState::Serving => changed(owner.shard, OwnerState::Offline),
+        None => *owner,
+        Some(node) => {
+            let shard = if owner.shard.0 < node.shards {
+                owner.shard
+            } else {
+                rendezvous_shard(partition, owner.node, node.shards)
+            };
+            let reconfirm = owner.state == OwnerState::Offline
+                || shard != owner.shard
+                || node.registered_revision >= owner.part_epoch;
+            if reconfirm {
+                changed(shard, OwnerState::Serving)
+            } else {
+                *owner
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn live(nodes: &[(u32, u16, u64)]) -> BTreeMap<NodeId, LiveNode> {
+        nodes
+            .iter()
+            .map(|&(node, shards, registered_revision)| {
+                (
+                    NodeId(node),
+                    LiveNode {
+                        shards,
+                        registered_revision,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// What readers see once `owners` is written at `revision`.
+    fn written(owners: &[Owner], revision: u64) -> Placement {
+        Placement::decode_record(&Placement::encode_record(owners), revision).unwrap()
+    }
+
+    #[test]
+    fn the_first_placement_covers_every_partition_once_and_spreads_over_every_shard() {
+        let nodes = live(&[(1, 2, 3), (2, 2, 4), (3, 2, 5)]);
+        let owners = next_owners(None, 1024, &nodes).unwrap();
+        let placement = written(&owners, 10);
+        assert_eq!(placement.partitions(), 1024);
+        let counts = placement.counts();
+        assert_eq!(counts.len(), 6, "every (node, shard) owns some: {counts:?}");
+        for ((node, shard), (serving, offline)) in counts {
+            assert_eq!(offline, 0);
+            // 1024 / 6 ≈ 171; rendezvous hashing keeps every share well within half of that.
+            assert!(
+                (85..=256).contains(&serving),
+                "{node} {shard} owns {serving} partitions"
+            );
+        }
+        assert!(placement.owners.iter().all(|owner| owner.part_epoch == 10));
+    }
+
+    #[test]
+    fn nothing_to_place_on_is_none() {
+        assert_eq!(next_owners(None, 16, &BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn a_dead_owner_goes_offline_and_returns_at_a_new_epoch() {
+        let nodes = live(&[(1, 1, 3), (2, 1, 4)]);
+        let first = written(&next_owners(None, 64, &nodes).unwrap(), 10);
+        let of_node_2: Vec<usize> = (0..64)
+            .filter(|&p| first.owners[p].node == NodeId(2))
+            .collect();
+        assert!(!of_node_2.is_empty());
+
+        let without_2 = live(&[(1, 1, 3)]);
+        let second = written(
+            &next_owners(Some(&first.owners), 64, &without_2).unwrap(),
+            20,
+        );
+        for p in 0..64 {
+            let (before, after) = (first.owners[p], second.owners[p]);
+            assert_eq!((after.node, after.shard), (before.node, before.shard));
+            if of_node_2.contains(&p) {
+                assert_eq!(after.state, OwnerState::Offline);
+                assert_eq!(after.part_epoch, 20);
+            } else {
+                assert_eq!(after, before, "partition {p} of a live node is untouched");
+            }
+        }
+        // Still without node 2: nothing changes, so the controller has nothing to write.
+        let again = next_owners(Some(&second.owners), 64, &without_2).unwrap();
+        assert_eq!(again, second.owners);
+
+        // Node 2 re-registers at revision 25: its partitions come back to it at a new epoch.
+        let back = live(&[(1, 1, 3), (2, 1, 25)]);
+        let third = written(&next_owners(Some(&second.owners), 64, &back).unwrap(), 30);
+        for p in 0..64 {
+            if of_node_2.contains(&p) {
+                assert_eq!(third.owners[p].node, NodeId(2));
+                assert_eq!(third.owners[p].state, OwnerState::Serving);
+                assert_eq!(third.owners[p].part_epoch, 30);
+            } else {
+                assert_eq!(third.owners[p], first.owners[p]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_node_that_re_registered_unseen_is_confirmed_at_a_new_epoch() {
+        // The controller never saw node 2's lease end, but node 2 registered again (revision
+        // 15) after its partitions' epoch (10): it must not serve them until a later epoch.
+        let nodes = live(&[(1, 1, 3), (2, 1, 4)]);
+        let first = written(&next_owners(None, 32, &nodes).unwrap(), 10);
+        let re_registered = live(&[(1, 1, 3), (2, 1, 15)]);
+        let next = written(
+            &next_owners(Some(&first.owners), 32, &re_registered).unwrap(),
+            16,
+        );
+        for (before, after) in first.owners.iter().zip(&next.owners) {
+            let expected = if before.node == NodeId(2) { 16 } else { 10 };
+            assert_eq!(after.part_epoch, expected);
+            assert_eq!(after.node, before.node);
+        }
+    }
+
+    #[test]
+    fn a_node_back_with_fewer_shards_keeps_its_partitions_on_its_own_shards() {
+        let nodes = live(&[(1, 4, 3)]);
+        let first = written(&next_owners(None, 64, &nodes).unwrap(), 10);
+        let fewer = live(&[(1, 2, 20)]);
+        let next = written(&next_owners(Some(&first.owners), 64, &fewer).unwrap(), 21);
+        assert!(next.owners.iter().all(|owner| owner.node == NodeId(1)
+            && owner.shard.0 < 2
+            && owner.state == OwnerState::Serving));
+    }
+
+    #[test]
+    fn records_refuse_what_they_cannot_mean() {
+        let owners = next_owners(None, 4, &live(&[(1, 1, 1)])).unwrap();
+        let bytes = Placement::encode_record(&owners);
+        assert!(Placement::decode_record(&bytes, 5).is_ok());
+        assert!(
+            Placement::decode_record(b"{", 5)
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+        let future = br#"{"format":1,"owners":[[1,0,9,0]]}"#;
+        assert!(
+            Placement::decode_record(future, 5)
+                .unwrap_err()
+                .contains("after the record")
+        );
+        let unknown = br#"{"format":1,"owners":[[1,0,3,7]]}"#;
+        assert!(
+            Placement::decode_record(unknown, 5)
+                .unwrap_err()
+                .contains("state 7")
+        );
+        let newer = br#"{"format":2,"owners":[]}"#;
+        assert!(
+            Placement::decode_record(newer, 5)
+                .unwrap_err()
+                .contains("format 2")
+        );
+    }
+
+    proptest! {
+        /// Sticky placement: whatever nodes come and go, a partition never changes node once
+        /// placed, partitions of live nodes never move, and a partition's epoch changes only
+        /// when its owner or state does.
+        #[test]
+        fn placement_is_sticky(
+            steps in proptest::collection::vec(proptest::collection::btree_set(1u32..8, 1..6), 1..8)
+        ) {
+            let partitions = 128;
+            let mut current: Option<Placement> = None;
+            let mut revision = 10;
+            for (step, nodes) in steps.iter().enumerate() {
+                let live_nodes: BTreeMap<NodeId, LiveNode> = nodes
+                    .iter()
+                    .map(|&node| (NodeId(node), LiveNode { shards: 2, registered_revision: 1 }))
+                    .collect();
+                let next = next_owners(current.as_ref().map(|p| &p.owners[..]), partitions, &live_nodes)
+                    .unwrap();
+                revision += 1;
+                let next = written(&next, revision);
+                prop_assert_eq!(next.partitions(), partitions);
+                if let Some(previous) = &current {
+                    for (p, (before, after)) in previous.owners.iter().zip(&next.owners).enumerate() {
+                        prop_assert_eq!(after.node, before.node, "step {} partition {} moved", step, p);
+                        let live_owner = live_nodes.contains_key(&after.node);
+                        prop_assert_eq!(after.state == OwnerState::Serving, live_owner);
+                        if (after.shard, after.state) == (before.shard, before.state) {
+                            prop_assert_eq!(after.part_epoch, before.part_epoch);
+                        } else {
+                            prop_assert_eq!(after.part_epoch, revision);
+                        }
+                    }
+                } else {
+                    prop_assert!(next.owners.iter().all(|o| live_nodes.contains_key(&o.node)));
+                }
+                current = Some(next);
+            }
+        }
+
+        /// Rendezvous hashing moves few partitions: dealing a first placement over one more
+        /// node changes the owner only of the partitions the new node takes.
+        #[test]
+        fn rendezvous_moves_only_what_the_new_node_takes(nodes in 1u32..12, partitions_log2 in 6u32..11) {
+            let partitions = 1 << partitions_log2;
+            let before_nodes: BTreeMap<NodeId, LiveNode> = (1..=nodes)
+                .map(|n| (NodeId(n), LiveNode { shards: 1, registered_revision: 1 }))
+                .collect();
+            let mut after_nodes = before_nodes.clone();
+            after_nodes.insert(NodeId(nodes + 1), LiveNode { shards: 1, registered_revision: 1 });
+            let before = next_owners(None, partitions, &before_nodes).unwrap();
+            let after = next_owners(None, partitions, &after_nodes).unwrap();
+            for (b, a) in before.iter().zip(&after) {
+                prop_assert!(a.node == b.node || a.node == NodeId(nodes + 1));
+            }
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! A shard's client connections, each one's in-flight state in one place.
+//!
+//! A [`Connection`] holds everything the shard knows about one client: its share of the
+//! socket budget, the replies queued for its socket and the credit they hold, what is being
+//! written, how many of its events are away at other shards, the frame it is part-way
+//! through, and whether its read side or its socket has closed. The table hands out
+//! [`ConnectionId`]s whose generation tells a reused slot apart from the connection that had
+//! it before, so a late reply for a closed connection can never reach its successor.
+//! Shard-local.
+
+use crate::constants::CONNECTIONS_PER_SHARD_MAX;
+use crate::core::codec::{FrameBuilder, FrameError};
+use crate::core::credit::{Credit, CreditPool};
+use crate::core::ids::{ConnectionId, Epoch};
+use crate::core::shard::ShardCore;
+
+/// Why a connection's socket closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Everything was written; the connection ended normally.
+    Finished,
+    /// The socket failed (reset, broken pipe): nothing more can be written.
+    Broken,
+    /// The shard cut it off: its replies could not be written before the stop grace ended.
+    ForceClosed,
+    /// The client failed or did not finish the authentication handshake; nothing was read.
+    Unauthenticated,
+}
+
+/// A frame part-way through admission: the records before `records_done` are dispatched.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct FrameInProgress {
+    pub records_done: u32,
+    pub arrived_ns: u64,
+    /// What the next record waits for: socket credit, and mesh credit at a peer if it goes
+    /// there.
+    pub blocked_on: Credit,
+    pub blocked_peer: Option<crate::core::ids::ShardId>,
+}
+
+/// The read side of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum ReadSide {
+    Open,
+    /// The reader stopped; `error` is what was wrong with the input, to be sent after the
+    /// replies to everything admitted before it.
+    Closed {
+        error: Option<FrameError>,
+    },
+}
+
+/// One client connection of a shard. See the module documentation.
+pub(super) struct Connection {
+    pub id: ConnectionId,
+    /// The connection's share of the shard's socket budget. Held = events away at peers +
+    /// replies queued + replies being written.
+    pub credit: CreditPool,
+    /// Replies (and map and error frames) waiting for the socket.
+    pub out: FrameBuilder,
+    /// Credit held by the replies in `out`.
+    pub out_credit: Credit,
+    /// Credit held by the bytes handed to the writer and not yet reported written.
+    pub writing: Credit,
+    pub writing_bytes: usize,
+    /// Events forwarded to other shards whose replies have not come back, and their credit.
+    pub remote_inflight: u32,
+    pub remote_credit: Credit,
+    pub frame: Option<FrameInProgress>,
+    pub read: ReadSide,
+    pub error_queued: bool,
+    pub socket_closed: bool,
+    /// The newest map epoch this connection was sent.
+    pub map_epoch_sent: Epoch,
+    /// Listed in the shard's writable list (so it is listed once).
+    pub writable_listed: bool,
+}
+
+impl Connection {
+    /// Nothing this connection will ever write is still to come.
+    pub fn finished(&self) -> bool {
+        let error_pending =
+            matches!(self.read, ReadSide::Closed { error: Some(_) }) && !self.error_queued;
+        matches!(self.read, ReadSide::Closed { .. })
+            && !error_pending
+            && self.remote_inflight == 0
+            && self.out.is_empty()
+            && self.writing_bytes == 0
+    }
+
+    /// The credit held by the events of this connection that are done here: replies queued
+    /// or being written.
+    pub fn local_credit(&self) -> Credit {
+        self.out_credit.plus(self.writing)
+    }
+}
+
+/// The shard's connections, by slot. At most `CONNECTIONS_PER_SHARD_MAX` open sockets; a
+/// closed connection keeps its slot until the replies to its forwarded events are back.
+#[derive(Default)]
+pub(super) struct Connections {
+    slots: Vec<Option<Connection>>,
+    free_slots: Vec<u32>,
+    generation_next: u32,
+    open: usize,
+}
+
+impl Connections {
+    pub fn open(&self) -> usize {
+        self.open
+    }
+
+    pub fn get(&self, id: ConnectionId) -> Option<&Connection> {
+        self.slots
+            .get(id.slot())?
+            .as_ref()
+            .filter(|connection| connection.id == id)
+    }
+
+    pub fn get_mut(&mut self, id: ConnectionId) -> Option<&mut Connection> {
+        self.slots
+            .get_mut(id.slot())?
+            .as_mut()
+            .filter(|connection| connection.id == id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Connection> {
+        self.slots.iter().flatten()
+    }
+
+    fn insert(&mut self, budget: Credit, epoch: Epoch) -> ConnectionId {
+        let generation = self.generation_next;
+        self.generation_next = generation.wrapping_add(1);
+        let slot = match self.free_slots.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let id = ConnectionId::new(slot, generation);
+        self.slots[id.slot()] = Some(Connection {
+            id,
+            credit: CreditPool::new(budget),
+            out: FrameBuilder::new(),
+            out_credit: Credit::ZERO,
+            writing: Credit::ZERO,
+            writing_bytes: 0,
+            remote_inflight: 0,
+            remote_credit: Credit::ZERO,
+            frame: None,
+            read: ReadSide::Open,
+            error_queued: false,
+            socket_closed: false,
+            map_epoch_sent: epoch,
+            writable_listed: false,
+        });
+        self.open += 1;
+        id
+    }
+
+    /// Frees the slot of a connection whose socket closed and that holds no credit.
+    fn remove_if_done(&mut self, id: ConnectionId) {
+        let done = self
+            .get(id)
+            .is_some_and(|c| c.socket_closed && c.remote_inflight == 0);
+        if done {
+            debug_assert!(self.get(id).is_some_and(|c| c.credit.is_idle()));
+            self.slots[id.slot()] = None;
+            self.free_slots.push(id.slot() as u32);
+        }
+    }
+}
+
+impl ShardCore {
+    /// A new connection: its id, or `None` when the shard already serves as many as it may
+    /// or is stopping (the shell answers with an error frame and closes).
+    pub fn handle_connect(&mut self, _now_ns: u64) -> Option<ConnectionId> {
+        if self.stopping || self.connections.open() >= CONNECTIONS_PER_SHARD_MAX {
+            self.stats.connections_refused += 1;
+            return None;
+        }
+        self.stats.connections_accepted += 1;
+        Some(
+            self.connections
+                .insert(self.config.connection_budget, self.placement.epoch()),
+        )
+    }
+
+    /// The connection's reader stopped: end of stream, a read error, the shard stopping, or
+    /// malformed input (`Err`), which is answered with an error frame after the replies to
+    /// everything admitted before it.
+    pub fn handle_read_closed(
+        &mut self,
+        _now_ns: u64,
+        id: ConnectionId,
+        outcome: Result<(), FrameError>,
+    ) {
+        let Some(connection) = self.connections.get_mut(id) else {
+            return;
+        };
+        if connection.read != ReadSide::Open {
+            return;
+        }
+        if outcome.is_err() {
+            self.stats.frames_rejected += 1;
+        }
+        connection.read = ReadSide::Closed {
+            error: outcome.err(),
+        };
+        // A frame left part-way had its remaining events never admitted: nothing is owed.
+        connection.frame = None;
+        self.list_writable(id);
+    }
+
+    /// The connection's socket is gone: replies not yet written never will be, so their
+    /// credit returns now; replies still away at other shards return theirs when they arrive.
+    pub fn handle_closed(&mut self, _now_ns: u64, id: ConnectionId, reason: CloseReason) {
+        let Some(connection) = self.connections.get_mut(id) else {
+            return;
+        };
+        if connection.socket_closed {
+            return;
+        }
+        connection.socket_closed = true;
+        if connection.read == ReadSide::Open {
+            connection.read = ReadSide::Closed { error: None };
+        }
+        connection.frame = None;
+        let unwritten = connection.local_credit();
+        connection.out_credit = Credit::ZERO;
+        connection.writing = Credit::ZERO;
+        connection.writing_bytes = 0;
+        connection.out.clear(0);
+        connection.credit.release(unwritten);
+        self.credit.release(unwritten);
+        self.connections.open -= 1;
+        match reason {
+            CloseReason::ForceClosed => self.stats.connections_force_closed += 1,
+            CloseReason::Unauthenticated => self.stats.connections_unauthenticated += 1,
+            CloseReason::Finished | CloseReason::Broken => {}
+        }
+        self.connections.remove_if_done(id);
+        self.after_release();
+    }
+
+    /// Gives back the credit of one event of `id` that is done (its reply written, or its
+    /// connection gone), freeing the connection's slot when it was the last.
+    pub(super) fn release_remote(&mut self, id: ConnectionId, credit: Credit) {
+        if let Some(connection) = self.connections.get_mut(id) {
+            connection.remote_inflight -= 1;
+            connection.remote_credit = connection.remote_credit.minus(credit);
+            connection.credit.release(credit);
+        }
+        self.credit.release(credit);
+        self.connections.remove_if_done(id);
+    }
+}

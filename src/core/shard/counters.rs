@@ -1,0 +1,75 @@
+//! What a shard counts: events by fate, connections, frames, credit waits, and the latency of
+//! its stages as HdrHistograms. Plain values on the shard's core; a copy is handed out when
+//! asked ([`ShardCore::stats`](crate::core::shard::ShardCore::stats)).
+
+use hdrhistogram::Histogram;
+
+use crate::constants::STAGE_LATENCY_NS_MAX;
+use crate::core::credit::Credit;
+
+/// How long the stages of a shard's data path took, as HdrHistograms of nanoseconds.
+#[derive(Clone, Debug)]
+pub struct StageLatencies {
+    /// From a frame's arrival to the dispatch of its last event: credit waits included.
+    pub frame_dispatch_ns: Histogram<u64>,
+    /// From forwarding an event to another shard to its reply arriving back: the cross-core hop.
+    pub mesh_round_trip_ns: Histogram<u64>,
+}
+
+impl Default for StageLatencies {
+    fn default() -> StageLatencies {
+        let histogram = || {
+            Histogram::new_with_bounds(1, STAGE_LATENCY_NS_MAX, 3).expect("valid histogram bounds")
+        };
+        StageLatencies {
+            frame_dispatch_ns: histogram(),
+            mesh_round_trip_ns: histogram(),
+        }
+    }
+}
+
+/// Counters of one shard. Shard-local; reported when it stops.
+#[derive(Clone, Debug, Default)]
+pub struct ShardStats {
+    pub shard: u16,
+    /// The CPU the shard ran on (filled in by the shell; the core does not know it).
+    pub cpu: usize,
+    pub events_applied: u64,
+    pub events_forwarded: u64,
+    pub events_applied_for_peers: u64,
+    /// Events answered `Moved`: their partition is owned elsewhere.
+    pub events_moved: u64,
+    /// Events received after the shard started stopping, answered `ShuttingDown`.
+    pub shutting_down_replies: u64,
+    pub mesh_batches_sent: u64,
+    pub mesh_batches_received: u64,
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    /// Connections cut at shutdown because their replies could not be written in time.
+    pub connections_force_closed: u64,
+    /// Connections closed because they failed or did not finish the authentication handshake.
+    pub connections_unauthenticated: u64,
+    pub frames_received: u64,
+    pub frames_rejected: u64,
+    pub busy_replies: u64,
+    /// Times an event found no socket credit and waited (or was answered `Busy`).
+    pub socket_credit_waits: u64,
+    /// Times a forward found no mesh credit at its owner and waited (or was answered `Busy`).
+    pub mesh_credit_waits: u64,
+    /// The most socket credit ever held at once.
+    pub socket_inflight_peak: Credit,
+    /// The most mesh credit ever held at once at any one peer.
+    pub mesh_inflight_peak: Credit,
+    pub stages: StageLatencies,
+    /// What the executor's stall detector saw (filled in by the shell, like `cpu`).
+    pub stalls: Stalls,
+}
+
+/// What the stall detector saw on one shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stalls {
+    /// Task-queue runs that went past their time slice by more than the threshold.
+    pub count: u64,
+    /// The largest overage past the time slice, in nanoseconds.
+    pub worst_overage_ns: u64,
+}

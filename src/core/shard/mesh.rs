@@ -1,0 +1,353 @@
+//! The shard's side of the cross-shard mesh: the batches it owes each peer, its share of each
+//! peer's mesh budget, and what it does with the batches peers send it.
+//!
+//! A [`MeshBatch`] carries the events one shard forwards to the owner of their partition and
+//! the replies to events the receiver forwarded earlier. Each archive's bytes are copied once
+//! into the batch and read in place at the other end; an event archive may only be pushed once
+//! it was validated (where its bytes entered the process), which [`MeshBatch::push_event`]'s
+//! contract says. A batch is filled on its source shard and handed, whole, to its destination
+//! shard: it is the one value of the shard protocol that changes cores (it is `Send`).
+//!
+//! The receiver re-routes every event it is given: an event of a partition that is no longer
+//! its own is answered `Moved`, never applied. Mesh credit is taken on the sending shard, per
+//! destination, and returns when the reply comes back.
+
+use std::collections::VecDeque;
+
+use rkyv::util::AlignedVec;
+
+use crate::constants::MESH_BATCH_EVENTS_MAX;
+use crate::core::codec::{
+    EncodeError, RecordSerializer, access_validated, align_up, archive_aligned,
+};
+use crate::core::credit::{Credit, CreditPool};
+use crate::core::ids::{ConnectionId, ShardId};
+use crate::core::message::{ArchivedEvent, Reply};
+use crate::core::shard::ShardCore;
+use crate::core::shard::routing::{Route, reply_to};
+
+/// Where one archive sits in a batch, and what it belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchEntry {
+    offset: u32,
+    len: u32,
+    /// The connection, on the event's home shard, that awaits the reply.
+    pub connection: ConnectionId,
+    /// Credit the event holds on its home shard, released when its reply is written.
+    pub credit: Credit,
+    /// When the home shard forwarded the event, on its own clock (a reply carries its event's
+    /// time back), for the mesh round-trip histogram.
+    pub forwarded_ns: u64,
+}
+
+/// Archives packed back to back, each starting 16-byte aligned.
+#[derive(Default)]
+pub struct ArchiveBatch {
+    bytes: AlignedVec,
+    entries: Vec<BatchEntry>,
+}
+
+impl ArchiveBatch {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn push_bytes(&mut self, archive: &[u8], entry: BatchEntry) {
+        let offset = align_up(self.bytes.len());
+        self.bytes.resize(offset, 0);
+        self.bytes.extend_from_slice(archive);
+        self.entries.push(BatchEntry {
+            offset: offset as u32,
+            len: archive.len() as u32,
+            ..entry
+        });
+    }
+
+    fn push_value<T>(&mut self, value: &T, entry: BatchEntry) -> Result<(), EncodeError>
+    where
+        T: for<'b, 'a> rkyv::Serialize<RecordSerializer<'b, 'a>>,
+    {
+        let (offset, len) = archive_aligned(&mut self.bytes, value)?;
+        self.entries.push(BatchEntry {
+            offset: offset as u32,
+            len: len as u32,
+            ..entry
+        });
+        Ok(())
+    }
+
+    /// Each archive's bytes with its entry, in the order they were pushed.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &BatchEntry)> {
+        self.entries.iter().map(|entry| {
+            let start = entry.offset as usize;
+            (&self.bytes[start..start + entry.len as usize], entry)
+        })
+    }
+}
+
+/// One message on a cross-shard channel. Built on its source shard, read on its destination.
+pub struct MeshBatch {
+    events: ArchiveBatch,
+    replies: ArchiveBatch,
+    /// The sender's connections are done: it forwards no more events (shutdown).
+    no_more_events: bool,
+    /// When the batch was opened, on the sender's clock: the forwarding time of its events,
+    /// read once per batch rather than once per event.
+    opened_ns: u64,
+}
+
+impl MeshBatch {
+    /// An empty batch, opened at `now_ns`.
+    pub fn new(now_ns: u64) -> MeshBatch {
+        MeshBatch {
+            events: ArchiveBatch::default(),
+            replies: ArchiveBatch::default(),
+            no_more_events: false,
+            opened_ns: now_ns,
+        }
+    }
+
+    /// Events for the receiving shard to apply.
+    pub fn events(&self) -> &ArchiveBatch {
+        &self.events
+    }
+
+    /// Replies to events the receiving shard forwarded to the sender.
+    pub fn replies(&self) -> &ArchiveBatch {
+        &self.replies
+    }
+
+    /// The sender forwards no more events.
+    pub fn no_more_events(&self) -> bool {
+        self.no_more_events
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.replies.is_empty() && !self.no_more_events
+    }
+
+    /// Copies an event archive into the batch, for connection `connection` of the sending
+    /// shard, holding `credit` there.
+    ///
+    /// # Safety
+    ///
+    /// `archive` must be exactly the bytes of a record that `access_record::<ArchivedEvent>`
+    /// accepted: the receiving shard reads it in place without validating it again.
+    pub unsafe fn push_event(&mut self, archive: &[u8], connection: ConnectionId, credit: Credit) {
+        let forwarded_ns = self.opened_ns;
+        self.events.push_bytes(
+            archive,
+            BatchEntry {
+                offset: 0,
+                len: 0,
+                connection,
+                credit,
+                forwarded_ns,
+            },
+        );
+    }
+
+    fn push_reply(&mut self, reply: &Reply, entry: &BatchEntry) {
+        self.replies
+            .push_value(reply, *entry)
+            .expect("a reply always fits its archive limits");
+    }
+}
+
+/// What a peer's flusher sends next.
+pub enum MeshOutput {
+    Batch(MeshBatch),
+    /// Neither side forwards events any more and no replies are owed: close the channel.
+    Close,
+}
+
+/// This shard's view of one other shard.
+pub(super) struct Peer {
+    /// This shard's share of the peer's mesh budget.
+    pub credit: CreditPool,
+    /// Batches waiting for the channel; the back one is being filled.
+    outbox: VecDeque<MeshBatch>,
+    /// Listed in the shard's mesh-ready list.
+    ready_listed: bool,
+    /// The peer said it forwards no more events.
+    done_receiving: bool,
+    /// This shard told the peer it forwards no more events.
+    done_sending: bool,
+    closed: bool,
+}
+
+impl Peer {
+    pub fn new(credit: Credit) -> Peer {
+        Peer {
+            credit: CreditPool::new(credit),
+            outbox: VecDeque::new(),
+            ready_listed: false,
+            done_receiving: false,
+            done_sending: false,
+            closed: false,
+        }
+    }
+
+    /// The batch being filled, starting a new one when `part` of the back one is full.
+    fn filling(&mut self, now_ns: u64, part: fn(&MeshBatch) -> &ArchiveBatch) -> &mut MeshBatch {
+        let full = self
+            .outbox
+            .back()
+            .is_none_or(|batch| part(batch).len() >= MESH_BATCH_EVENTS_MAX || batch.no_more_events);
+        if full {
+            self.outbox.push_back(MeshBatch::new(now_ns));
+        }
+        self.outbox.back_mut().expect("just ensured")
+    }
+
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+}
+
+impl ShardCore {
+    /// Copies a validated, admitted event into the next batch for `owner` (whose mesh credit
+    /// the caller took).
+    pub(super) fn forward(
+        &mut self,
+        now_ns: u64,
+        owner: ShardId,
+        id: ConnectionId,
+        record: &[u8],
+        credit: Credit,
+    ) {
+        let peer = self.peers[owner.index()].as_mut().expect("a peer");
+        let batch = peer.filling(now_ns, MeshBatch::events);
+        // SAFETY: `record` passed `access_record::<ArchivedEvent>` in `handle_events` before
+        // it was dispatched here.
+        unsafe { batch.push_event(record, id, credit) };
+        self.list_mesh_ready(owner);
+    }
+
+    /// A batch from peer `from`: applies its events (re-routing each one) and queues their
+    /// replies for `from`; delivers its replies to their connections and returns the mesh
+    /// credit they held.
+    pub fn handle_mesh(&mut self, now_ns: u64, from: ShardId, batch: MeshBatch) {
+        if self
+            .peers
+            .get(from.index())
+            .and_then(Option::as_ref)
+            .is_none()
+        {
+            return;
+        }
+        self.stats.mesh_batches_received += 1;
+        self.apply_forwarded(now_ns, from, &batch.events);
+        for (archive, entry) in batch.replies.iter() {
+            self.peers[from.index()]
+                .as_mut()
+                .expect("checked above")
+                .credit
+                .release(entry.credit);
+            self.stats
+                .stages
+                .mesh_round_trip_ns
+                .saturating_record(now_ns.saturating_sub(entry.forwarded_ns).max(1));
+            self.deliver_reply(entry.connection, archive, entry.credit);
+        }
+        if batch.no_more_events {
+            self.peers[from.index()]
+                .as_mut()
+                .expect("checked above")
+                .done_receiving = true;
+            self.list_mesh_ready(from);
+        }
+        if !batch.replies.is_empty() {
+            self.after_release();
+        }
+    }
+
+    fn apply_forwarded(&mut self, now_ns: u64, from: ShardId, events: &ArchiveBatch) {
+        for (archive, entry) in events.iter() {
+            // SAFETY: `MeshBatch::push_event`'s contract: every event archive in a batch was
+            // validated with `access_record` where it entered the process, and `ArchiveBatch`
+            // keeps it 16-byte aligned.
+            let event = unsafe { access_validated::<ArchivedEvent>(archive) };
+            let reply = match self.route_or_answer(event) {
+                Ok(Route::Local(local)) => {
+                    self.stats.events_applied_for_peers += 1;
+                    self.apply(local, event)
+                }
+                Ok(_) => {
+                    self.stats.events_moved += 1;
+                    reply_to(event, self.moved(event))
+                }
+                Err(outcome) => reply_to(event, outcome),
+            };
+            let peer = self.peers[from.index()].as_mut().expect("a peer");
+            peer.filling(now_ns, MeshBatch::replies)
+                .push_reply(&reply, entry);
+        }
+        if !events.is_empty() {
+            self.list_mesh_ready(from);
+        }
+    }
+
+    /// A reply another shard sent back for an event of connection `id`.
+    fn deliver_reply(&mut self, id: ConnectionId, archive: &[u8], credit: Credit) {
+        let Some(connection) = self.connections.get_mut(id) else {
+            // The connection is long gone (its slot freed): only the shard's credit remains.
+            self.credit.release(credit);
+            return;
+        };
+        if connection.socket_closed {
+            self.release_remote(id, credit);
+            return;
+        }
+        connection.remote_inflight -= 1;
+        connection.remote_credit = connection.remote_credit.minus(credit);
+        self.queue_archived_reply(id, archive, credit);
+    }
+
+    /// What the flusher of `peer` sends next: the oldest batch (full, or the one being filled:
+    /// the flusher runs after the tasks that filled it, so that is the end of a loop pass), a
+    /// last batch saying this shard forwards no more, or the channel's close.
+    pub fn poll_mesh(&mut self, peer: ShardId) -> Option<MeshOutput> {
+        let drained = self.connections_drained();
+        let stopping = self.stopping;
+        let state = self.peers.get_mut(peer.index())?.as_mut()?;
+        if let Some(batch) = state.outbox.pop_front() {
+            self.stats.mesh_batches_sent += 1;
+            return Some(MeshOutput::Batch(batch));
+        }
+        if stopping && drained && !state.done_sending {
+            state.done_sending = true;
+            self.stats.mesh_batches_sent += 1;
+            let mut batch = MeshBatch::new(0);
+            batch.no_more_events = true;
+            return Some(MeshOutput::Batch(batch));
+        }
+        if state.done_sending && state.done_receiving && !state.closed {
+            state.closed = true;
+            return Some(MeshOutput::Close);
+        }
+        None
+    }
+
+    /// A peer whose flusher should look again; each is listed once until taken.
+    pub fn poll_mesh_ready(&mut self) -> Option<ShardId> {
+        let peer = self.mesh_ready.pop()?;
+        if let Some(state) = self.peers[peer.index()].as_mut() {
+            state.ready_listed = false;
+        }
+        Some(peer)
+    }
+
+    pub(super) fn list_mesh_ready(&mut self, peer: ShardId) {
+        if let Some(state) = self.peers[peer.index()].as_mut() {
+            if !state.ready_listed {
+                state.ready_listed = true;
+                self.mesh_ready.push(peer);
+            }
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The shard protocol, sans-IO: everything one shard decides, as a plain struct.
+//!
+//! A [`ShardCore`] lives on its shard's core and is driven the way quinn-proto drives a QUIC
+//! connection: the shell (glommio tasks in `runtime` and `net`, or the simulator, or a test)
+//! feeds it inputs through `handle_*` methods and drains its outputs through `poll_*` methods.
+//! Time is a `u64` of nanoseconds passed in; nothing here reads a clock, blocks, spawns or
+//! touches a socket.
+//!
+//! ```text
+//! connection read:   bytes ─▶ decode ─▶ handle_frame(now, conn, header, body)  (admits what credit allows)
+//! connection write:  poll_replies(conn, &mut frames) ─▶ write ─▶ handle_written(now, conn, n)
+//! mesh in:           batch ─▶ handle_mesh(now, from, batch)
+//! mesh out:          poll_mesh(to) ─▶ channel
+//! may read?          readable(conn)   (NotYet: stop reading, TCP pushes back)
+//! whom to wake:      poll_writable(), poll_mesh_ready()
+//! ```
+//!
+//! It owns the shard's partitions and placement ([`routing`]), its connections and each one's
+//! in-flight state in one place ([`connections`]), every credit pool ([`admission`]), the reply
+//! bytes waiting for each socket ([`replies`]), the outgoing batches per peer shard ([`mesh`]),
+//! the stop protocol ([`stop`]) and its counters ([`counters`]).
+
+pub mod admission;
+pub mod connections;
+pub mod counters;
+pub mod mesh;
+pub mod replies;
+pub mod routing;
+pub mod stop;
+
+use crate::constants::{
+    CONNECTION_EVENTS_INFLIGHT_MAX, EVENT_BYTES_MAX, MESH_BYTES_INFLIGHT_MAX,
+    MESH_EVENTS_INFLIGHT_MAX, SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX,
+};
+use crate::core::codec::{FrameBuilder, FrameKind};
+use crate::core::credit::{Credit, CreditPool};
+use crate::core::hunt::PartitionState;
+use crate::core::ids::{NodeId, ShardId};
+use crate::core::partition::Placement;
+
+pub use admission::{FrameProgress, Readable};
+pub use connections::CloseReason;
+pub use counters::{ShardStats, StageLatencies, Stalls};
+pub use mesh::{ArchiveBatch, BatchEntry, MeshBatch, MeshOutput};
+pub use routing::{LocalEvent, Route};
+
+use connections::Connections;
+use mesh::Peer;
+
+/// What one shard may take on, and what it tells clients about the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardConfig {
+    /// The node this shard belongs to.
+    pub node: NodeId,
+    /// Work this shard accepts from its sockets before the replies are written.
+    pub shard_budget: Credit,
+    /// One connection's share of `shard_budget`.
+    pub connection_budget: Credit,
+    /// What this shard may have in flight at each peer shard: its share of the peer's mesh
+    /// budget (the peer holds the events; the limit is enforced here, at the sender).
+    pub mesh_budget_per_source: Credit,
+    /// Answer `Busy` when out of credit instead of waiting.
+    pub fail_fast: bool,
+    /// The port each shard of the node listens on, for the partition map clients ask for
+    /// (zeros when the shard has no sockets, as in the simulator).
+    pub shard_ports: Vec<u16>,
+}
+
+impl ShardConfig {
+    /// The default budgets of a node of `shards` shards, no ports.
+    pub fn defaults(shards: usize) -> ShardConfig {
+        let sources = shards.saturating_sub(1).max(1) as u32;
+        ShardConfig {
+            node: NodeId(0),
+            shard_budget: Credit::new(SHARD_EVENTS_INFLIGHT_MAX, SHARD_BYTES_INFLIGHT_MAX),
+            connection_budget: Credit::new(
+                CONNECTION_EVENTS_INFLIGHT_MAX,
+                SHARD_BYTES_INFLIGHT_MAX,
+            ),
+            mesh_budget_per_source: Credit::new(
+                (MESH_EVENTS_INFLIGHT_MAX / sources).max(1),
+                (MESH_BYTES_INFLIGHT_MAX / sources).max(EVENT_BYTES_MAX as u32),
+            ),
+            fail_fast: false,
+            shard_ports: vec![0; shards],
+        }
+    }
+}
+
+/// One shard's protocol state. See the module documentation. Lives on its shard's core only.
+pub struct ShardCore {
+    node: NodeId,
+    shard: ShardId,
+    placement: Placement,
+    /// Indexed by partition; `Some` exactly for the partitions this shard serves.
+    partitions: Vec<Option<PartitionState>>,
+    config: ShardConfig,
+    /// The map reply frame for the current placement, encoded once per placement.
+    map_reply: Vec<u8>,
+    /// The shard's socket budget: every event admitted from a connection holds some until its
+    /// reply is written (or can no longer be).
+    credit: CreditPool,
+    connections: Connections,
+    /// Indexed by shard; `None` for this shard itself.
+    peers: Vec<Option<Peer>>,
+    /// Peers whose flusher has something to look at, each listed once.
+    mesh_ready: Vec<ShardId>,
+    /// Connections whose writer has something to look at, each listed once.
+    writable: Vec<crate::core::ids::ConnectionId>,
+    stopping: bool,
+    stats: ShardStats,
+}
+
+impl ShardCore {
+    /// A shard with the default budgets.
+    pub fn new(shard: ShardId, placement: Placement) -> ShardCore {
+        let config = ShardConfig::defaults(placement.shards());
+        ShardCore::with_config(shard, placement, config)
+    }
+
+    pub fn with_config(shard: ShardId, placement: Placement, config: ShardConfig) -> ShardCore {
+        let peers = (0..placement.shards())
+            .map(|peer| (peer != shard.index()).then(|| Peer::new(config.mesh_budget_per_source)))
+            .collect();
+        let mut core = ShardCore {
+            node: config.node,
+            shard,
+            partitions: Vec::new(),
+            map_reply: Vec::new(),
+            credit: CreditPool::new(config.shard_budget),
+            connections: Connections::default(),
+            peers,
+            mesh_ready: Vec::new(),
+            writable: Vec::new(),
+            stopping: false,
+            stats: ShardStats {
+                shard: shard.0,
+                ..ShardStats::default()
+            },
+            placement,
+            config,
+        };
+        core.adopt_placement();
+        core
+    }
+
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// The placement, by the name clients know it.
+    pub fn map(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// The state of a partition this shard serves.
+    pub fn partition(&self, partition: crate::core::ids::PartitionId) -> Option<&PartitionState> {
+        self.partitions.get(partition.index())?.as_ref()
+    }
+
+    /// Installs a newer placement: partitions that left this shard drop their state,
+    /// partitions that arrived start empty (moving state with them is the store's job), and
+    /// clients behind the new epoch get the new map with their next replies.
+    pub fn handle_placement(&mut self, _now_ns: u64, placement: Placement) {
+        if placement.epoch() <= self.placement.epoch()
+            || placement.partitions() != self.placement.partitions()
+            || placement.shards() != self.placement.shards()
+        {
+            return;
+        }
+        self.placement = placement;
+        self.adopt_placement();
+    }
+
+    fn adopt_placement(&mut self) {
+        let partitions = self.placement.partitions() as usize;
+        self.partitions.resize_with(partitions, || None);
+        let served: Vec<bool> = {
+            let mut served = vec![false; partitions];
+            for partition in self.placement.partitions_served_by(self.node, self.shard) {
+                served[partition.index()] = true;
+            }
+            served
+        };
+        for (index, slot) in self.partitions.iter_mut().enumerate() {
+            match (served[index], slot.is_some()) {
+                (true, false) => {
+                    *slot = Some(PartitionState::new(crate::core::ids::PartitionId(
+                        index as u32,
+                    )))
+                }
+                (false, true) => *slot = None,
+                _ => {}
+            }
+        }
+        let ports = if self.config.shard_ports.len() == self.placement.shards() {
+            self.config.shard_ports.clone()
+        } else {
+            vec![0; self.placement.shards()]
+        };
+        let mut frames = FrameBuilder::new();
+        frames
+            .single(
+                FrameKind::MapReply,
+                self.placement.epoch().get(),
+                Some(&self.placement.to_message(&ports)),
+            )
+            .expect("a partition map of at most PARTITIONS_MAX entries fits one frame");
+        self.map_reply = frames.bytes().to_vec();
+    }
+
+    /// The shard's counters so far, with the high-water marks of its credit pools.
+    pub fn stats(&self) -> ShardStats {
+        let mut stats = self.stats.clone();
+        stats.socket_inflight_peak = self.credit.held_peak();
+        for peer in self.peers.iter().flatten() {
+            let peak = peer.credit.held_peak();
+            stats.mesh_inflight_peak.events = stats.mesh_inflight_peak.events.max(peak.events);
+            stats.mesh_inflight_peak.bytes = stats.mesh_inflight_peak.bytes.max(peak.bytes);
+        }
+        stats
+    }
+
+    /// Socket credit held now, by every connection together.
+    pub fn credit_held(&self) -> Credit {
+        self.credit.held()
+    }
+
+    /// Credit this shard holds now at `peer` (its share of the peer's mesh budget).
+    pub fn mesh_credit_held(&self, peer: ShardId) -> Credit {
+        self.peers
+            .get(peer.index())
+            .and_then(Option::as_ref)
+            .map_or(Credit::ZERO, |peer| peer.credit.held())
+    }
+
+    /// Connections whose sockets are still open.
+    pub fn connections_open(&self) -> usize {
+        self.connections.open()
+    }
+
+    /// Checks that every credit is accounted for, in one place each: a connection holds
+    /// exactly what its queued, written-out and forwarded events hold; the shard's pool holds
+    /// the sum over its connections; the mesh credit held at peers is the credit of the
+    /// events away there. The simulator and the tests call it after every step; it says what
+    /// is off instead of panicking.
+    pub fn check_credit(&self) -> Result<(), String> {
+        let mut connections_held = Credit::ZERO;
+        let mut away = Credit::ZERO;
+        for connection in self.connections.iter() {
+            let accounted = connection.local_credit().plus(connection.remote_credit);
+            if connection.credit.held() != accounted {
+                return Err(format!(
+                    "{} holds {:?} but its replies and forwarded events hold {:?}",
+                    connection.id,
+                    connection.credit.held(),
+                    accounted
+                ));
+            }
+            if connection.socket_closed && connection.local_credit() != Credit::ZERO {
+                return Err(format!(
+                    "{} is closed but still holds {:?} for replies",
+                    connection.id,
+                    connection.local_credit()
+                ));
+            }
+            connections_held = connections_held.plus(connection.credit.held());
+            away = away.plus(connection.remote_credit);
+        }
+        if connections_held != self.credit.held() {
+            return Err(format!(
+                "{} holds {:?} of socket credit but its connections hold {:?}",
+                self.shard,
+                self.credit.held(),
+                connections_held
+            ));
+        }
+        let at_peers = self
+            .peers
+            .iter()
+            .flatten()
+            .fold(Credit::ZERO, |sum, peer| sum.plus(peer.credit.held()));
+        if at_peers != away {
+            return Err(format!(
+                "{} holds {:?} of mesh credit at its peers but its forwarded events hold {:?}",
+                self.shard, at_peers, away
+            ));
+        }
+        Ok(())
+    }
+}

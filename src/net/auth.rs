@@ -1,0 +1,120 @@
+//! The node's side of connection authentication: drives `core::auth::ServerHandshake` over a
+//! freshly accepted socket before the connection's read and write loops start.
+//!
+//! The handshake reads exactly the bytes of its frames (a header, then the rest of the frame
+//! the header announces), so nothing the client sends after it is consumed here, and it must
+//! finish within `AUTH_HANDSHAKE_MS_MAX`: a connection that stalls holds one of the shard's
+//! connection slots for no longer than that. Runs on the shard's executor, one task per
+//! connection.
+
+use std::time::Duration;
+
+use futures_lite::future::or;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use rkyv::util::AlignedVec;
+
+use crate::constants::{AUTH_HANDSHAKE_MS_MAX, CONNECTION_LINGER_MS_MAX, FRAME_HEADER_BYTES};
+use crate::core::auth::{
+    AUTH_FRAME_BYTES_MAX, AuthError, AuthSecret, NONCE_BYTES, ServerHandshake, Step,
+};
+use crate::core::codec::FrameBuilder;
+
+/// Why a connection was not let in.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The client failed the handshake; it has been told why.
+    Auth(AuthError),
+    /// The handshake did not finish in time.
+    TimedOut,
+    /// The socket failed, or the client closed it.
+    Io,
+}
+
+/// A fresh nonce from the operating system's random source.
+fn fresh_nonce() -> Result<[u8; NONCE_BYTES], Refused> {
+    let mut nonce = [0u8; NONCE_BYTES];
+    getrandom::getrandom(&mut nonce).map_err(|_| Refused::Io)?;
+    Ok(nonce)
+}
+
+/// Runs the handshake on `stream`; on success the stream carries authenticated frames next.
+/// On failure the client has been sent an error frame (when the socket still takes one).
+pub(crate) async fn authenticate(
+    stream: &mut TcpStream,
+    secret: &AuthSecret,
+) -> Result<(), Refused> {
+    let deadline = Duration::from_millis(AUTH_HANDSHAKE_MS_MAX);
+    // A one-shot timer, not a wait queue: the pending reads below are woken only by their own
+    // socket or by this deadline.
+    let outcome = or(handshake(stream, secret), async {
+        glommio::timer::sleep(deadline).await;
+        Err(Refused::TimedOut)
+    })
+    .await;
+    if let Err(Refused::Auth(error)) = &outcome {
+        let mut out = FrameBuilder::new();
+        ServerHandshake::refuse(error, &mut out);
+        let linger = Duration::from_millis(CONNECTION_LINGER_MS_MAX);
+        let refusal = or(tell_and_drain(stream, out.bytes()), async {
+            glommio::timer::sleep(linger).await;
+        });
+        refusal.await;
+    }
+    outcome
+}
+
+/// Writes the refusal, closes the sending side, and reads and drops what the client still
+/// sends until it closes too: closing a socket with unread input (the rest of a frame the
+/// handshake refused from its header) would reset the connection and could destroy the
+/// refusal before the client reads it. The caller bounds the time this takes.
+async fn tell_and_drain(stream: &mut TcpStream, refusal: &[u8]) {
+    if stream.write_all(refusal).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let mut scratch = [0u8; 4096];
+    while let Ok(len) = stream.read(&mut scratch).await {
+        if len == 0 {
+            return;
+        }
+    }
+}
+
+async fn handshake(stream: &mut TcpStream, secret: &AuthSecret) -> Result<(), Refused> {
+    let mut out = FrameBuilder::new();
+    let mut server = ServerHandshake::start(secret, fresh_nonce()?, &mut out);
+    stream
+        .write_all(out.bytes())
+        .await
+        .map_err(|_| Refused::Io)?;
+    out.clear(AUTH_FRAME_BYTES_MAX);
+    let mut input: AlignedVec = AlignedVec::with_capacity(AUTH_FRAME_BYTES_MAX);
+    let mut want = FRAME_HEADER_BYTES;
+    loop {
+        let have = input.len();
+        input.resize(want, 0);
+        stream
+            .read_exact(&mut input[have..want])
+            .await
+            .map_err(|_| Refused::Io)?;
+        match server
+            .handle_input(&input, &mut out)
+            .map_err(Refused::Auth)?
+        {
+            // The core refuses any frame longer than AUTH_FRAME_BYTES_MAX from its header.
+            Step::NeedMore { frame_len } => want = frame_len.unwrap_or(FRAME_HEADER_BYTES),
+            Step::Done { .. } => break,
+            // The node's side is one round; nothing else can come back.
+            Step::Continue { .. } => return Err(Refused::Io),
+        }
+        if want <= input.len() || want > AUTH_FRAME_BYTES_MAX {
+            return Err(Refused::Io);
+        }
+    }
+    stream
+        .write_all(out.bytes())
+        .await
+        .map_err(|_| Refused::Io)?;
+    Ok(())
+}
