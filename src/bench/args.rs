@@ -5,6 +5,23 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+/// The workload presets `--preset` names (see [`crate::bench::workload::Workload::preset`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PresetArg {
+    Default,
+    AcceptHeavy,
+}
+
+impl PresetArg {
+    /// The preset's name, as `Workload::preset` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PresetArg::Default => "default",
+            PresetArg::AcceptHeavy => "accept-heavy",
+        }
+    }
+}
+
 /// Drive a treasure-hunt workload against trove (and optionally Redis) and report latency and
 /// throughput.
 ///
@@ -74,8 +91,8 @@ pub struct BenchArgs {
     pub workload: Option<PathBuf>,
     /// A named workload: default (many of its events refused by the rules) or
     /// accept-heavy (joins, check-ins and claims that mostly succeed); flags override it
-    #[arg(long, value_name = "NAME", conflicts_with = "workload")]
-    pub preset: Option<String>,
+    #[arg(long, value_name = "NAME", value_enum, conflicts_with = "workload")]
+    pub preset: Option<PresetArg>,
     /// Hunts created before the run
     #[arg(long, value_name = "N")]
     pub hunts: Option<u32>,

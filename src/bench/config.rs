@@ -279,8 +279,8 @@ impl BenchConfig {
     fn workload(args: &BenchArgs) -> Result<Workload, String> {
         let mut workload = match (&args.workload, &args.preset) {
             (Some(path), _) => read_workload_file(path)?,
-            (None, Some(name)) => {
-                Workload::preset(name).map_err(|error| format!("--preset: {error}"))?
+            (None, Some(preset)) => {
+                Workload::preset(preset.name()).map_err(|error| format!("--preset: {error}"))?
             }
             (None, None) => Workload::default(),
         };

@@ -585,6 +585,18 @@ mod tests {
     }
 
     #[test]
+    fn every_preset_the_flag_offers_is_a_workload() {
+        use clap::ValueEnum;
+        let offered = crate::bench::args::PresetArg::value_variants();
+        assert_eq!(offered.len(), PRESETS.len());
+        for preset in offered {
+            let flag_name = preset.to_possible_value().unwrap();
+            assert_eq!(flag_name.get_name(), preset.name());
+            assert!(Workload::preset(preset.name()).is_ok(), "{}", preset.name());
+        }
+    }
+
+    #[test]
     fn correct_codes_open_their_treasures() {
         let workload = Workload {
             wrong_code_percent: 0,
