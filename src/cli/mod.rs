@@ -17,8 +17,6 @@ pub struct Cli {
 }
 
 /// One subcommand per tool.
-// Parsed once per process: the size of the largest variant costs nothing worth a box.
-#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     Node(node::NodeArgs),
