@@ -116,7 +116,7 @@ impl NodeReport {
         let mut text = String::new();
         for shard in &self.shards {
             text.push_str(&format!(
-                "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections ({} refused when full, {} failed authentication, {} cut at stop), {} frames rejected, {} credit waits, {} Busy\n",
+                "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections ({} refused when full, {} evicted when full, {} closed idle, {} closed for not reading, {} failed authentication, {} cut at stop), {} frames rejected, {} credit waits, {} Busy\n",
                 shard.shard,
                 shard.cpu,
                 shard.events_applied,
@@ -124,6 +124,9 @@ impl NodeReport {
                 shard.events_applied_for_peers,
                 shard.connections_accepted,
                 shard.connections_refused,
+                shard.connections_evicted,
+                shard.connections_idle_closed,
+                shard.connections_write_stalled,
                 shard.connections_unauthenticated,
                 shard.connections_force_closed,
                 shard.frames_rejected,
