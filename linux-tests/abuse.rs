@@ -234,8 +234,8 @@ fn a_node_with_a_secret_serves_only_clients_that_prove_it() {
     let failed: u64 = report
         .lines()
         .filter_map(|line| {
-            let (_, rest) = line.split_once("refused when full, ")?;
-            rest.split(' ').next()?.parse::<u64>().ok()
+            let (before, _) = line.split_once(" failed authentication")?;
+            before.rsplit(' ').next()?.parse::<u64>().ok()
         })
         .sum();
     assert_eq!(failed, 3, "{report}");
