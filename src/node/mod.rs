@@ -116,7 +116,7 @@ impl NodeReport {
         let mut text = String::new();
         for shard in &self.shards {
             text.push_str(&format!(
-                "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections ({} refused when full, {} evicted when full, {} closed idle, {} closed for not reading, {} failed authentication, {} cut at stop), {} frames rejected, {} credit waits, {} Busy\n",
+                "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections ({} refused when full, {} evicted when full, {} closed idle, {} closed for not reading, {} failed authentication, {} cut at stop), {} frames rejected, {} credit waits, {} Busy, {} Moved, {} ShuttingDown\n",
                 shard.shard,
                 shard.cpu,
                 shard.events_applied,
@@ -132,6 +132,8 @@ impl NodeReport {
                 shard.frames_rejected,
                 shard.socket_credit_waits + shard.mesh_credit_waits,
                 shard.busy_replies,
+                shard.events_moved,
+                shard.shutting_down_replies,
             ));
             text.push_str(&format!(
                 "  frame dispatch {}; mesh round trip {}; {}\n",
