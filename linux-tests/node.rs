@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use trove::client::{self, ClientConfig, Incoming};
+use trove::constants::{PARTITIONS_DEFAULT, node_memory_bytes_max};
 use trove::core::ids::{HuntId, PlayerId};
 use trove::core::message::{Event, EventKind, HuntSpec};
 
@@ -68,6 +69,14 @@ fn a_node_serves_until_sigterm_then_stops_cleanly() {
     stdout.read_to_string(&mut rest).unwrap();
     assert!(status.success(), "the node exited with {status}: {rest}");
     assert!(rest.contains("stopping"), "{rest}");
+    // The budget line states the sum in `constants` for this node's partitions and shards.
+    let budget_mib = node_memory_bytes_max(PARTITIONS_DEFAULT as usize, 2).div_ceil(1 << 20);
+    assert!(
+        rest.lines()
+            .any(|line| line
+                .starts_with(&format!("trove node: worst-case memory {budget_mib} MiB ("))),
+        "no budget line of {budget_mib} MiB in {rest}"
+    );
     let applied: u64 = rest
         .lines()
         .filter_map(|line| {

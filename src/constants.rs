@@ -222,42 +222,137 @@ pub const STALL_REPORT_HEAD_BYTES_MAX: usize = 512;
 // Worst-case memory of a node, as a sum. Estimates of container overhead are stated as such.
 // ---------------------------------------------------------------------------------------------
 
+/// Bytes the allocator adds to every allocation: glibc's malloc keeps an 8-byte header and
+/// rounds each chunk up to 16 bytes. An estimate, stated as such.
+pub const ALLOCATION_OVERHEAD_BYTES: usize = 16;
 /// One entry of a hunt's player table (`core::hunt::PlayerEntry`): id 8, visited set 8,
 /// score 4, slot 4.
 pub const PLAYER_ENTRY_BYTES: usize = 24;
-/// What a hunt keeps per player outside its table: a pointer to the player's wrong-code
-/// counters (8), and the counters, one byte per treasure, once the player presents a wrong
-/// code (with 16 for the allocator's overhead).
-pub const PLAYER_COLD_BYTES_MAX: usize = 8 + TREASURES_PER_HUNT_MAX + 16;
+/// A player's reference to its wrong-code counters (`Option<Box<[u8]>>`, a slice pointer):
+/// pointer 8, length 8.
+pub const WRONG_CODES_REF_BYTES: usize = 16;
+/// A player's wrong-code counters, allocated at its first wrong code: one byte per treasure.
+pub const PLAYER_COLD_BYTES_MAX: usize = TREASURES_PER_HUNT_MAX + ALLOCATION_OVERHEAD_BYTES;
+/// A waypoint (`core::hunt::Waypoint`): position 8, radius 4, points 4, two cosine bounds 16.
+pub const WAYPOINT_BYTES: usize = 32;
+/// A waypoint's latitude band (`core::hunt::LatitudeBand`): latitude 4, gap 4.
+pub const LATITUDE_BAND_BYTES: usize = 8;
+/// A treasure (`core::hunt::Treasure`): code hash 8, winner 8, points 4, won 1, padding 3.
+pub const TREASURE_BYTES: usize = 24;
+/// A leaderboard entry (`core::message::LeaderboardEntry`): player 8, score 4, padding 4.
+pub const LEADERBOARD_ENTRY_BYTES: usize = 16;
+/// A hunt's own fields and table headers (`core::hunt::Hunt`, aligned to 64), plus the 64
+/// bytes an aligned allocation may waste to reach its alignment.
+pub const HUNT_BYTES_MAX: usize = 256;
+/// A partition's hunt slot (`core::hunt::HuntSlot`): id 8, pointer 8.
+pub const HUNT_SLOT_BYTES: usize = 16;
+/// A shard's entry for one partition (`Option<core::hunt::PartitionState>`): the hunt slots
+/// inline, the partition id and the occupied set. Every shard has one per partition of the
+/// node, `None` for the partitions it does not serve.
+pub const PARTITION_SLOT_BYTES_MAX: usize = HUNTS_PER_PARTITION_MAX * HUNT_SLOT_BYTES + 16;
+/// One partition's owner in a shard's copy of the placement (`core::partition::Owner`).
+pub const PLACEMENT_OWNER_BYTES_MAX: usize = 24;
 
-/// Worst-case bytes of one hunt's state.
-pub const HUNT_STATE_BYTES_MAX: usize = PLAYER_TABLE_ENTRIES_MAX * PLAYER_ENTRY_BYTES // the player table, at most half full
-    + PLAYERS_PER_HUNT_MAX * PLAYER_COLD_BYTES_MAX // wrong-code counters
-    + WAYPOINTS_PER_HUNT_MAX * (32 + 8) // waypoint: position 8, radius 4, points 4, two cosine bounds 16; its latitude band 8
-    + TREASURES_PER_HUNT_MAX * 24 // treasure: code hash 8, winner 8, points 4, won 1, padding 3
-    + LEADERBOARD_TOP_K_MAX * 16 // leaderboard entry: player 8, score 4, padding 4
-    + 256; // the hunt's own fields and table headers
+/// Allocations of one hunt: the hunt itself, its player table, bands, waypoints, treasures,
+/// leaderboard and wrong-code references.
+const HUNT_ALLOCATIONS: usize = 7;
 
-/// Worst-case bytes of one partition's state machine.
-pub const PARTITION_STATE_BYTES_MAX: usize = HUNTS_PER_PARTITION_MAX * HUNT_STATE_BYTES_MAX // hunts
-    + HUNTS_PER_PARTITION_MAX * 16 // the partition's hunt slots: id 8, pointer 8
-    + 64; // the partition's own fields
+/// Worst-case bytes of one hunt's state. A `Vec` that doubles ends at the next power of two
+/// of its limit.
+pub const HUNT_STATE_BYTES_MAX: usize = HUNT_BYTES_MAX // the hunt's own fields
+    + PLAYER_TABLE_ENTRIES_MAX * PLAYER_ENTRY_BYTES // the player table, at most half full
+    + PLAYERS_PER_HUNT_MAX.next_power_of_two() * WRONG_CODES_REF_BYTES // a doubling Vec, one reference per player
+    + PLAYERS_PER_HUNT_MAX * PLAYER_COLD_BYTES_MAX // every player's wrong-code counters
+    + WAYPOINTS_PER_HUNT_MAX * (WAYPOINT_BYTES + LATITUDE_BAND_BYTES) // waypoints and their bands
+    + TREASURES_PER_HUNT_MAX * TREASURE_BYTES // treasures
+    + LEADERBOARD_TOP_K_MAX.next_power_of_two() * LEADERBOARD_ENTRY_BYTES // a doubling Vec
+    + HUNT_ALLOCATIONS * ALLOCATION_OVERHEAD_BYTES; // the allocator's share of each
 
-/// Worst-case bytes of one shard's network and back-pressure buffers (not its hunt state).
-pub const SHARD_IO_BYTES_MAX: usize = CONNECTIONS_PER_SHARD_MAX * READ_BUFFER_BYTES_MAX // a receive buffer per connection
+/// Worst-case bytes of the hunts of one partition (its slots live in the shards' partition
+/// tables, [`PARTITION_SLOT_BYTES_MAX`]).
+pub const PARTITION_STATE_BYTES_MAX: usize = HUNTS_PER_PARTITION_MAX * HUNT_STATE_BYTES_MAX;
+
+/// While a table doubles, its old array and the new one are both alive: one hunt's player
+/// table and wrong-code references at most per shard, since a shard applies one event at a time.
+pub const HUNT_GROWTH_SLACK_BYTES_MAX: usize = PLAYER_TABLE_ENTRIES_MAX / 2 * PLAYER_ENTRY_BYTES
+    + PLAYERS_PER_HUNT_MAX.next_power_of_two() / 2 * WRONG_CODES_REF_BYTES;
+
+/// Where one archive sits in a mesh batch (`core::shard::mesh::BatchEntry`): offset 4,
+/// length 4, connection 8, credit 8, forwarding time 8.
+pub const BATCH_ENTRY_BYTES: usize = 32;
+/// One cross-shard batch (`core::shard::mesh::MeshBatch`) without its arrays: two archive
+/// batches of a byte vector and an entry vector (24 each), the opening time and a flag.
+pub const MESH_BATCH_BYTES: usize = 112;
+/// What a batch costs beyond what it carries: the batch itself, the allocator's share of its
+/// four arrays, and the four entries each entry vector starts with.
+pub const MESH_BATCH_OVERHEAD_BYTES_MAX: usize =
+    MESH_BATCH_BYTES + 4 * ALLOCATION_OVERHEAD_BYTES + 2 * 4 * BATCH_ENTRY_BYTES;
+/// One of a shard's stage-latency HdrHistograms (`Histogram::new_with_bounds(1,
+/// STAGE_LATENCY_NS_MAX, 3)`): its counters, 8 bytes each, and its fields, 221 280 bytes as
+/// measured by a unit test (`core::shard::counters`), plus the allocator's share.
+pub const STAGE_HISTOGRAM_BYTES_MAX: usize = 220 * 1024;
+/// Stage histograms alive per shard: the shard's two, a snapshot's two while it is taken,
+/// two for each snapshot queued to the housekeeping thread, and two in the latest snapshot
+/// the housekeeping thread keeps of the shard.
+pub const STAGE_HISTOGRAMS_PER_SHARD_MAX: usize =
+    2 * (1 + 1 + METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX + 1);
+/// One connection's state on its shard (`Option<core::shard::connections::Connection>`),
+/// without its buffers.
+pub const CONNECTION_STATE_BYTES_MAX: usize = 256;
+
+/// Worst-case bytes of one shard's network and back-pressure buffers (not its hunt state). A
+/// byte or entry vector that doubles holds up to twice what it carries: counted as `2 *`.
+pub const SHARD_IO_BYTES_MAX: usize = CONNECTIONS_PER_SHARD_MAX * CONNECTION_STATE_BYTES_MAX // connection slots
+    + CONNECTIONS_PER_SHARD_MAX * READ_BUFFER_BYTES_MAX // a receive buffer per connection
     + CONNECTIONS_PER_SHARD_MAX * 2 * WRITE_BUFFER_RETAINED_BYTES_MAX // two reply buffers per connection, kept between bursts
-    + CONNECTIONS_PER_SHARD_MAX * (CONNECTION_BACKLOG_BYTES_MAX + FRAME_RECORDS_MAX * REPLY_FIXED_BYTES) // uncredited answers (Busy, maps): the backlog, plus one frame's worth past it
-    + SHARD_EVENTS_INFLIGHT_MAX as usize * REPLY_BYTES_MAX // replies to every event in flight, waiting for their socket
-    + MESH_BYTES_INFLIGHT_MAX as usize // events other shards forwarded here, waiting to be applied
-    + MESH_EVENTS_INFLIGHT_MAX as usize * REPLY_BYTES_MAX // replies to those, waiting to go back
-    + MESH_CHANNEL_BATCHES_MAX * 64 // one channel slot per batch, per source (times shards below)
+    + CONNECTIONS_PER_SHARD_MAX * 2 * (CONNECTION_BACKLOG_BYTES_MAX + FRAME_RECORDS_MAX * REPLY_FIXED_BYTES) // uncredited answers (Busy, maps): the backlog, plus one frame's worth past it
+    + 2 * SHARD_EVENTS_INFLIGHT_MAX as usize * REPLY_BYTES_MAX // replies to every event in flight, waiting for their socket
+    + 2 * MESH_BYTES_INFLIGHT_MAX as usize // events other shards forwarded here, waiting to be applied
+    + 2 * MESH_EVENTS_INFLIGHT_MAX as usize * (ARCHIVE_ALIGN + BATCH_ENTRY_BYTES) // their alignment padding and batch entries
+    + 2 * MESH_EVENTS_INFLIGHT_MAX as usize * (REPLY_BYTES_MAX + BATCH_ENTRY_BYTES) // replies to those, waiting to go back
+    + 2 * MESH_EVENTS_INFLIGHT_MAX as usize * MESH_BATCH_OVERHEAD_BYTES_MAX // every event and reply alone in its batch
+    + STAGE_HISTOGRAMS_PER_SHARD_MAX * STAGE_HISTOGRAM_BYTES_MAX // stage histograms and their snapshots
+    + HUNT_GROWTH_SLACK_BYTES_MAX // a player table doubling
     + SHARD_IO_MEMORY_BYTES; // glommio's registered io_uring buffers
+
+/// Worst-case bytes of one shard's partition table and copy of the placement: every shard
+/// has an entry for each of the node's partitions.
+pub const fn shard_partition_table_bytes_max(partitions: usize) -> usize {
+    partitions * (PARTITION_SLOT_BYTES_MAX + PLACEMENT_OWNER_BYTES_MAX)
+}
+
+/// Worst-case resident bytes of a node, term by term: what `trove node` prints at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeMemory {
+    /// Every partition's hunts, wherever it lives.
+    pub state_bytes: usize,
+    /// Every shard's partition table and copy of the placement.
+    pub tables_bytes: usize,
+    /// Every shard's network, mesh and metrics buffers.
+    pub buffers_bytes: usize,
+    /// The slots of the mesh's channel rings: one channel per ordered pair of shards.
+    pub mesh_rings_bytes: usize,
+}
+
+impl NodeMemory {
+    /// The worst case of a node with `partitions` partitions and `shards` shards.
+    pub const fn of(partitions: usize, shards: usize) -> NodeMemory {
+        NodeMemory {
+            state_bytes: partitions * PARTITION_STATE_BYTES_MAX,
+            tables_bytes: shards * shard_partition_table_bytes_max(partitions),
+            buffers_bytes: shards * SHARD_IO_BYTES_MAX,
+            mesh_rings_bytes: shards * shards * MESH_CHANNEL_BATCHES_MAX * MESH_BATCH_BYTES,
+        }
+    }
+
+    pub const fn total_bytes(&self) -> usize {
+        self.state_bytes + self.tables_bytes + self.buffers_bytes + self.mesh_rings_bytes
+    }
+}
 
 /// Worst-case resident bytes of a node with `partitions` partitions and `shards` shards.
 pub const fn node_memory_bytes_max(partitions: usize, shards: usize) -> usize {
-    partitions * PARTITION_STATE_BYTES_MAX // every partition's hunts, wherever it lives
-        + shards * SHARD_IO_BYTES_MAX // every shard's buffers
-        + shards * shards * MESH_CHANNEL_BATCHES_MAX * 64 // channel rings of the full mesh
+    NodeMemory::of(partitions, shards).total_bytes()
 }
 
 // The budgets must be able to carry at least one frame's worth of work, or a shard could wait
@@ -294,8 +389,9 @@ const _: () = assert!(
     "at most half full"
 );
 const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
-// A default node (1024 partitions) on a 64-core machine stays inside 8 GiB even at its worst.
-const _: () = assert!(node_memory_bytes_max(PARTITIONS_DEFAULT as usize, 64) < 8 << 30);
+// A default node (1024 partitions) on a 64-core machine stays inside 12 GiB even at its worst:
+// the sum with growth slack, stage histograms and single-event mesh batches counted.
+const _: () = assert!(node_memory_bytes_max(PARTITIONS_DEFAULT as usize, 64) < 12 << 30);
 
 // ---------------------------------------------------------------------------------------------
 // Host checks (`trove tune`): what a host must offer a node, and bounds on what the checks read

@@ -11,8 +11,8 @@ use clap::Args;
 use crate::client::auth::read_secret_file;
 use crate::constants::{
     CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_EVENTS_INFLIGHT_MAX, CONNECTION_IDLE_MS_DEFAULT,
-    PARTITIONS_DEFAULT, PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX,
-    WRITE_STALL_MS_DEFAULT,
+    NodeMemory, PARTITIONS_DEFAULT, PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
+    SHARD_EVENTS_INFLIGHT_MAX, WRITE_STALL_MS_DEFAULT,
 };
 use crate::host::cpuset::CpuSet;
 use crate::metrics::MetricsListen;
@@ -234,6 +234,8 @@ pub fn run(args: &NodeArgs) -> i32 {
     if let Some(metrics) = node.metrics_addr() {
         let _ = writeln!(stdout, "trove node: metrics at http://{metrics}/metrics");
     }
+    let memory = NodeMemory::of(config.runtime.partitions as usize, config.runtime.shards());
+    let _ = writeln!(stdout, "trove node: {}", describe_memory(&memory));
     let signal = wait_for_stop_signal(&signals);
     let _ = writeln!(stdout, "trove node: signal {signal} received, stopping");
     if let Some((control, reporter)) = control {
@@ -247,4 +249,17 @@ pub fn run(args: &NodeArgs) -> i32 {
     let report = node.stop();
     let _ = write!(stdout, "{}", report.describe());
     0
+}
+
+/// The node's worst-case memory as one line: the total, then each term, in MiB rounded up.
+fn describe_memory(memory: &NodeMemory) -> String {
+    let mib = |bytes: usize| bytes.div_ceil(1 << 20);
+    format!(
+        "worst-case memory {} MiB (hunt state {}, partition tables {}, buffers {}, mesh rings {})",
+        mib(memory.total_bytes()),
+        mib(memory.state_bytes),
+        mib(memory.tables_bytes),
+        mib(memory.buffers_bytes),
+        mib(memory.mesh_rings_bytes),
+    )
 }

@@ -33,9 +33,11 @@ use std::collections::HashMap;
 use std::hash::Hasher;
 
 use crate::constants::{
-    CLAIM_CODE_BYTES_MAX, CLAIM_WRONG_CODES_MAX, HUNTS_PER_PARTITION_MAX, LEADERBOARD_TOP_K_MAX,
-    PLAYER_ENTRY_BYTES, PLAYER_TABLE_ENTRIES_MAX, PLAYER_TABLE_ENTRIES_MIN, PLAYERS_PER_HUNT_MAX,
-    TREASURES_PER_HUNT_MAX, WAYPOINT_RADIUS_M_MAX, WAYPOINTS_PER_HUNT_MAX,
+    CLAIM_CODE_BYTES_MAX, CLAIM_WRONG_CODES_MAX, HUNT_BYTES_MAX, HUNT_SLOT_BYTES,
+    HUNTS_PER_PARTITION_MAX, LATITUDE_BAND_BYTES, LEADERBOARD_ENTRY_BYTES, LEADERBOARD_TOP_K_MAX,
+    PARTITION_SLOT_BYTES_MAX, PLAYER_ENTRY_BYTES, PLAYER_TABLE_ENTRIES_MAX,
+    PLAYER_TABLE_ENTRIES_MIN, PLAYERS_PER_HUNT_MAX, TREASURE_BYTES, TREASURES_PER_HUNT_MAX,
+    WAYPOINT_BYTES, WAYPOINT_RADIUS_M_MAX, WAYPOINTS_PER_HUNT_MAX, WRONG_CODES_REF_BYTES,
 };
 use crate::core::ids::{HuntId, PartitionId, PlayerId, TreasureId};
 use crate::core::message::{
@@ -257,16 +259,20 @@ struct PlayerEntry {
 const EMPTY_SLOT: u32 = u32::MAX;
 
 // The memory sum in `constants` counts these sizes.
-const _: () = assert!(std::mem::size_of::<PlayerEntry>() == PLAYER_ENTRY_BYTES);
-const _: () = assert!(std::mem::size_of::<Waypoint>() == 32);
-const _: () = assert!(std::mem::size_of::<Treasure>() == 24);
-const _: () = assert!(std::mem::size_of::<LatitudeBand>() == 8);
+const _: () = assert!(size_of::<PlayerEntry>() <= PLAYER_ENTRY_BYTES);
+const _: () = assert!(size_of::<Waypoint>() <= WAYPOINT_BYTES);
+const _: () = assert!(size_of::<Treasure>() <= TREASURE_BYTES);
+const _: () = assert!(size_of::<LatitudeBand>() <= LATITUDE_BAND_BYTES);
+const _: () = assert!(size_of::<LeaderboardEntry>() <= LEADERBOARD_ENTRY_BYTES);
+const _: () = assert!(size_of::<WrongCodes>() <= WRONG_CODES_REF_BYTES);
 const _: () = assert!(
     std::mem::offset_of!(Hunt, treasures) <= 64,
     "the hot fields share a line"
 );
-// `HUNT_STATE_BYTES_MAX` counts 256 bytes for the hunt itself and its table headers.
-const _: () = assert!(std::mem::size_of::<Hunt>() <= 256);
+// A boxed hunt may lose up to its alignment to reach it.
+const _: () = assert!(size_of::<Hunt>() + align_of::<Hunt>() <= HUNT_BYTES_MAX);
+const _: () = assert!(size_of::<HuntSlot>() <= HUNT_SLOT_BYTES);
+const _: () = assert!(size_of::<Option<PartitionState>>() <= PARTITION_SLOT_BYTES_MAX);
 
 const EMPTY_ENTRY: PlayerEntry = PlayerEntry {
     id: PlayerId(0),

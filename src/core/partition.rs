@@ -10,7 +10,7 @@ use std::fmt;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::constants::{PARTITIONS_MAX, SHARDS_MAX};
+use crate::constants::{PARTITIONS_MAX, PLACEMENT_OWNER_BYTES_MAX, SHARDS_MAX};
 use crate::core::ids::{Epoch, HuntId, NodeId, PartitionId, ShardId};
 use crate::core::message::{ArchivedPartitionMapMessage, PartitionMapMessage};
 
@@ -102,6 +102,9 @@ pub struct Owner {
     pub part_epoch: Epoch,
     pub state: OwnerState,
 }
+
+// The memory sum in `constants` counts an owner as this much, on every shard.
+const _: () = assert!(size_of::<Owner>() <= PLACEMENT_OWNER_BYTES_MAX);
 
 /// Which node and shard owns each partition, versioned by an [`Epoch`] that grows with every
 /// change. The [`Partitioner`] beside it is fixed; ownership moves, keys are never re-hashed.

@@ -8,7 +8,7 @@
 //! it before, so a late reply for a closed connection can never reach its successor.
 //! Shard-local.
 
-use crate::constants::CONNECTIONS_PER_SHARD_MAX;
+use crate::constants::{CONNECTION_STATE_BYTES_MAX, CONNECTIONS_PER_SHARD_MAX};
 use crate::core::codec::{FrameBuilder, FrameError};
 use crate::core::credit::{Credit, CreditPool};
 use crate::core::ids::{ConnectionId, Epoch};
@@ -32,6 +32,9 @@ pub enum CloseReason {
     /// The shard was full and this was its longest-idle connection: it gave way to a new one.
     Evicted,
 }
+
+// The memory sum in `constants` counts a connection slot as this much.
+const _: () = assert!(size_of::<Option<Connection>>() <= CONNECTION_STATE_BYTES_MAX);
 
 /// A frame part-way through admission: the records before `records_done` are dispatched.
 #[derive(Clone, Copy, Debug)]

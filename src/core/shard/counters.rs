@@ -92,3 +92,21 @@ pub struct ShardLoad {
     pub mesh_held: (u64, u64),
     pub mesh_capacity: (u64, u64),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::constants::STAGE_HISTOGRAM_BYTES_MAX;
+
+    #[test]
+    fn the_memory_sum_covers_a_stage_histogram() {
+        let stages = StageLatencies::default();
+        // `distinct_values` is the length of the histogram's counter array, all of it allocated.
+        let counters = stages.frame_dispatch_ns.distinct_values();
+        let bytes = size_of::<Histogram<u64>>() + counters * size_of::<u64>();
+        assert!(
+            bytes <= STAGE_HISTOGRAM_BYTES_MAX,
+            "a stage histogram takes {bytes} bytes, STAGE_HISTOGRAM_BYTES_MAX counts {STAGE_HISTOGRAM_BYTES_MAX}"
+        );
+    }
+}

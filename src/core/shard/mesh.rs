@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 
 use rkyv::util::AlignedVec;
 
-use crate::constants::MESH_BATCH_EVENTS_MAX;
+use crate::constants::{BATCH_ENTRY_BYTES, MESH_BATCH_BYTES, MESH_BATCH_EVENTS_MAX};
 use crate::core::codec::{
     EncodeError, RecordSerializer, access_validated, align_up, archive_aligned,
 };
@@ -157,6 +157,10 @@ impl MeshBatch {
             .expect("a reply always fits its archive limits");
     }
 }
+
+// The memory sum in `constants` counts these sizes.
+const _: () = assert!(size_of::<BatchEntry>() <= BATCH_ENTRY_BYTES);
+const _: () = assert!(size_of::<MeshBatch>() <= MESH_BATCH_BYTES);
 
 /// What a peer's flusher sends next.
 pub enum MeshOutput {
