@@ -365,13 +365,16 @@ impl Shard {
     /// Hands the core the time every `TIMEOUT_CHECK_INTERVAL_MS_MAX`, for its connection
     /// timeouts, until the shard has stopped and drained. A local timer: it wakes nothing on
     /// another core.
+    ///
+    /// Each tick also has the waits for credit and for draining look again: a wake missed
+    /// anywhere on those paths then costs one interval, never a shard that cannot stop.
     async fn check_timeouts(self: Rc<Self>) {
         let interval = Duration::from_millis(TIMEOUT_CHECK_INTERVAL_MS_MAX);
         while !(self.stop_started.is_set() && self.core.borrow().connections_drained()) {
             glommio::timer::sleep(interval).await;
             let now = self.now_ns();
             self.core().handle_timeout(now);
-            self.wake();
+            self.wake_released();
         }
     }
 
