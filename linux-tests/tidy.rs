@@ -28,18 +28,9 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Lines of code (not comments) under `dir` that contain any of `needles`.
 fn offending_lines(dir: &str, needles: &[&str]) -> Vec<String> {
-    offending_lines_except(dir, needles, &[])
-}
-
-/// [`offending_lines`], leaving out the files named in `exempt` (paths from the crate root).
-fn offending_lines_except(dir: &str, needles: &[&str], exempt: &[&str]) -> Vec<String> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let root = manifest.join(dir);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let mut hits = Vec::new();
     for file in rust_files(&root) {
-        if exempt.iter().any(|path| manifest.join(path) == file) {
-            continue;
-        }
         let text = fs::read_to_string(&file).unwrap();
         for (number, line) in text.lines().enumerate() {
             let code = line.trim_start();
@@ -79,12 +70,9 @@ fn the_core_and_the_simulator_are_sans_io() {
         "stdout",
         "stderr",
     ];
-    // `trove sim`'s command (its printing and report files) still lives in `sim/mod.rs`; it
-    // moves out to the CLI with the simulator's rework (issue 9, item 5).
-    let exempt = ["src/sim/mod.rs"];
     // The client's protocol is sans-IO too: the simulator drives it.
     for dir in ["src/core", "src/sim", "src/client/proto.rs"] {
-        let hits = offending_lines_except(dir, &banned, &exempt);
+        let hits = offending_lines(dir, &banned);
         assert!(
             hits.is_empty(),
             "{dir} must stay sans-IO:\n{}",

@@ -5,6 +5,7 @@
 
 mod cluster;
 mod node;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -46,7 +47,7 @@ pub fn main() -> i32 {
         Command::Node(args) => node::run(&args),
         Command::Bench(args) => crate::bench::run(&args),
         Command::Tune(args) => crate::tune::run(args),
-        Command::Sim(args) => crate::sim::run(args),
+        Command::Sim(args) => sim::run(args),
         Command::Cluster(args) => cluster::run(&args),
         Command::Top(args) => crate::top::run(&args),
         Command::Gate(args) => {

@@ -357,9 +357,7 @@ impl Shard {
         for task in tasks {
             task.await;
         }
-        let mut stats = self.core.borrow().stats();
-        stats.cpu = self.cpu;
-        stats
+        self.stats()
     }
 
     /// Hands the core the time every `TIMEOUT_CHECK_INTERVAL_MS_MAX`, for its connection
@@ -426,7 +424,8 @@ impl Shard {
         self.core.borrow().load()
     }
 
-    /// The shard's counters so far, for the same snapshot.
+    /// The shard's counters so far, with the CPU it runs on: for the metrics snapshot and the
+    /// stop report.
     pub fn stats(&self) -> ShardStats {
         let mut stats = self.core.borrow().stats();
         stats.cpu = self.cpu;
