@@ -18,11 +18,13 @@
 //! It owns the shard's partitions and placement ([`routing`]), its connections and each one's
 //! in-flight state in one place ([`connections`]), every credit pool ([`admission`]), the reply
 //! bytes waiting for each socket ([`replies`]), the outgoing batches per peer shard ([`mesh`]),
-//! the stop protocol ([`stop`]) and its counters ([`counters`]).
+//! the stop protocol ([`stop`]) and its counters ([`counters`]); [`faults`] holds the bugs
+//! tests inject to show the simulator catches them.
 
 pub mod admission;
 pub mod connections;
 pub mod counters;
+pub mod faults;
 pub mod mesh;
 pub mod replies;
 pub mod routing;
@@ -74,6 +76,9 @@ pub struct ShardConfig {
     pub idle_timeout_ns: u64,
     /// Replies that wait this long for a socket that takes none of them close the connection.
     pub write_stall_ns: u64,
+    /// Bugs injected by tests (see [`faults`]); off in every node.
+    #[doc(hidden)]
+    pub faults: faults::Faults,
 }
 
 impl ShardConfig {
@@ -95,6 +100,7 @@ impl ShardConfig {
             shard_ports: vec![0; shards],
             idle_timeout_ns: CONNECTION_IDLE_MS_DEFAULT * 1_000_000,
             write_stall_ns: WRITE_STALL_MS_DEFAULT * 1_000_000,
+            faults: faults::Faults::default(),
         }
     }
 }
@@ -123,6 +129,7 @@ pub struct ShardCore {
     closing: Vec<(crate::core::ids::ConnectionId, CloseReason)>,
     stopping: bool,
     stats: ShardStats,
+    faults: faults::FaultState,
 }
 
 impl ShardCore {
@@ -153,6 +160,7 @@ impl ShardCore {
                 ..ShardStats::default()
             },
             placement,
+            faults: faults::FaultState::new(config.faults),
             config,
         };
         core.adopt_placement();

@@ -66,7 +66,7 @@ impl ShardCore {
         }
         let credit = std::mem::take(&mut connection.writing);
         connection.credit.release(credit);
-        self.credit.release(credit);
+        self.credit.release(self.faults.credit_to_return(credit));
         if connection.finished() {
             self.list_writable(id);
         }
