@@ -456,9 +456,13 @@ pub const SIM_COORDINATION_NODES_MAX: usize = 256;
 pub const SIM_COORDINATION_PHASE_MS_MAX: u64 = 120_000;
 /// Most examples each oracle keeps of what it found wrong in one run (it counts them all).
 pub const SIM_VIOLATION_EXAMPLES_MAX: usize = 8;
+/// Most connections the simulated clients open to one shard: sessions beyond share them, as a
+/// load generator multiplexes its players, so that a shard's connection table never fills.
+pub const SIM_CLIENT_CONNECTIONS_PER_SHARD_MAX: usize = 16;
 
 const _: () = assert!(SIM_NODES_MAX <= u32::MAX as usize);
 const _: () = assert!(SIM_QUEUE_EVENTS_MAX as usize >= 1);
+const _: () = assert!(SIM_CLIENT_CONNECTIONS_PER_SHARD_MAX < CONNECTIONS_PER_SHARD_MAX);
 // A queue's byte budget is its event budget times the largest event, and must fit a credit.
 const _: () = assert!(SIM_QUEUE_EVENTS_MAX as u64 * EVENT_BYTES_MAX as u64 <= u32::MAX as u64);
 // Regression gate (see `gate`). Inputs are files a user commits; these bound what one gate

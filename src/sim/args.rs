@@ -11,8 +11,9 @@ use crate::sim::config::{Costs, Model, NetworkModel, Strategy};
 
 /// Simulate a trove cluster in virtual time and compare how events are distributed.
 ///
-/// Runs the real core (state machine, partitioner, codec, credit accounting) inside a seeded,
-/// deterministic discrete-event model of N nodes with C shards each, for every node count and
+/// Runs trove's real shard protocol (a ShardCore per shard: admission, credit, forwarding
+/// between shards, the state machine, reply routing) inside a seeded, deterministic
+/// discrete-event model of N nodes with C shards each, for every node count and
 /// strategy asked for. Prints a table; writes JSON and an SVG plot if asked. The same seed
 /// gives the same results, byte for byte. It is a model, not a measurement: see
 /// src/sim/README.md for what it assumes.

@@ -10,9 +10,9 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::constants::{
-    HUNTS_PER_PARTITION_MAX, PARTITIONS_MAX, PLAYERS_PER_HUNT_MAX, SHARDS_MAX,
-    SIM_EVENTS_PER_RUN_MAX, SIM_LOAD_MS_MAX, SIM_MESSAGES_PER_RUN_MAX, SIM_NODES_MAX,
-    SIM_QUEUE_EVENTS_MAX, SIM_SESSIONS_PER_NODE_MAX,
+    CONNECTIONS_PER_SHARD_MAX, HUNTS_PER_PARTITION_MAX, PARTITIONS_MAX, PLAYERS_PER_HUNT_MAX,
+    SHARDS_MAX, SIM_CLIENT_CONNECTIONS_PER_SHARD_MAX, SIM_EVENTS_PER_RUN_MAX, SIM_LOAD_MS_MAX,
+    SIM_MESSAGES_PER_RUN_MAX, SIM_NODES_MAX, SIM_QUEUE_EVENTS_MAX, SIM_SESSIONS_PER_NODE_MAX,
 };
 
 /// How events travel from clients to the shard that owns them.
@@ -233,6 +233,18 @@ impl Model {
                 "{nodes} nodes: a cluster has 1 to {SIM_NODES_MAX} nodes"
             ));
         }
+        let links = match strategy {
+            Strategy::Broadcast | Strategy::Forward => (nodes - 1).div_ceil(self.shards.max(1)),
+            Strategy::Router => 1,
+            Strategy::ShardAware => 0,
+        };
+        if links + SIM_CLIENT_CONNECTIONS_PER_SHARD_MAX > CONNECTIONS_PER_SHARD_MAX {
+            return Err(format!(
+                "{strategy} on {nodes} nodes opens {links} node links on a shard, more than the \
+                 {} a shard takes beside its clients; raise --shards",
+                CONNECTIONS_PER_SHARD_MAX - SIM_CLIENT_CONNECTIONS_PER_SHARD_MAX
+            ));
+        }
         let hunts = (nodes * self.hunts_per_node) as u64;
         // Hunt ids are drawn until each partition holds at most half its table, so that the
         // draw always ends quickly and the state machine never refuses a hunt as "table full".
@@ -311,11 +323,14 @@ pub struct Faults {
     pub drop_node_event_every: u64,
     /// Every k-th event a client sends is delivered twice (caught as duplicated events).
     pub duplicate_client_event_every: u64,
-    /// Every k-th credit release is skipped (caught by the credit oracle).
+    /// Injected into trove's real `ShardCore` (`core::shard::faults`), not into the model:
+    /// every k-th write a core completes, it forgets to give one event of credit back to its
+    /// shard's budget (caught by the credit oracle).
     pub leak_credit_every: u64,
-    /// At this virtual time every shard of node 0 fails over to a replica that missed every
-    /// claim it had applied, so won treasures can be won again (caught by the winner oracle).
-    pub forget_claims_at_us: Option<u64>,
+    /// At this virtual time node 0's partitions move away and straight back (two newer
+    /// placements handed to its cores), so its shards start them empty, as after a failover
+    /// to replicas that missed every event, claims included (caught by the winner oracle).
+    pub lose_node0_state_at_us: Option<u64>,
 }
 
 /// One simulated run.
@@ -380,11 +395,19 @@ mod tests {
         };
         assert!(model.validate().unwrap_err().contains("--queue-events"));
         let error = Model::default()
-            .validate_cluster(SIM_NODES_MAX, Strategy::Broadcast)
+            .validate_cluster(SIM_NODES_MAX, Strategy::ShardAware)
             .unwrap_err();
         assert!(error.contains("raise --partitions"), "{error}");
+        let error = Model::default()
+            .validate_cluster(1000, Strategy::Forward)
+            .unwrap_err();
+        assert!(
+            error.contains("node links") && error.contains("--shards"),
+            "{error}"
+        );
         let error = Model {
             partitions: PARTITIONS_MAX,
+            shards: 16,
             ..Model::default()
         }
         .validate_cluster(SIM_NODES_MAX, Strategy::Broadcast)

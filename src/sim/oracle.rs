@@ -1,16 +1,20 @@
-//! The correctness oracles every run is checked against, whatever the strategy and the load:
+//! The correctness oracles every run is checked against, whatever the strategy and the load.
+//! They watch what trove's real `ShardCore`s hand out (the replies their connections write)
+//! and what the cores say of themselves (their credit pools, counters and stop protocol);
+//! they never decide an outcome.
 //!
-//! - **order**: each partition applies a session's events in the order the session sent them
-//!   (a session plays one hunt, so one partition);
-//! - **no event lost or duplicated**: every event sent ends exactly once, either applied once
-//!   or refused once with `Busy`, and its client gets exactly one reply;
-//! - **credits conserved**: once the run has drained, every shard's pool holds nothing and
-//!   gave back exactly what it took, never more;
-//! - **one winner**: each treasure is won at most once, everybody who later presents its code
-//!   is told that winner, and the winner the state machine holds at the end is that one;
-//! - **drained**: the run came to rest within `SIM_DRAIN_MS_MAX` of its clients stopping.
-//!
-//! The oracles watch the outcomes the real state machine returns; they never decide them.
+//! - **order**: a session's applied events are answered in the order the session sent them
+//!   (a session plays one hunt, so one partition, and every path back is FIFO);
+//! - **no event lost or duplicated**: every event sent is answered exactly once, applied or
+//!   refused with `Busy`, and the cores' own counters applied exactly the events whose clients
+//!   were told so;
+//! - **credits conserved**: once the run has drained, every core holds no socket or mesh
+//!   credit and its pools agree with its connections (`ShardCore::check_credit`), and every
+//!   modelled receive queue gave back exactly what it took;
+//! - **one winner**: each treasure is won at most once, everybody told it was won already is
+//!   told that winner, and the winner the state machine holds at the end is that one;
+//! - **drained**: the run came to rest within `SIM_DRAIN_MS_MAX` of its clients stopping, and
+//!   every core, once stopped, drained.
 
 use std::fmt;
 
@@ -18,7 +22,6 @@ use serde::Serialize;
 
 use crate::constants::SIM_VIOLATION_EXAMPLES_MAX;
 use crate::core::ids::{PlayerId, TreasureId};
-use crate::core::message::Outcome;
 
 /// The properties a run must keep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -147,22 +150,59 @@ impl OrderOracle {
     }
 }
 
-/// How one event ended, as the ledger saw it.
+/// What a reply told its client, as far as the oracles care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Applied (any outcome of the state machine but those below).
+    Applied,
+    /// Applied: the claimant won the treasure.
+    Won,
+    /// Applied: the treasure was won before, by this player.
+    AlreadyWon(PlayerId),
+    /// Not applied: the shard was out of credit (fail-fast mode).
+    Busy,
+    /// A reply no run should see (`Moved`, an error).
+    Unexpected(&'static str),
+}
+
+impl Answer {
+    pub fn applied(self) -> bool {
+        matches!(self, Answer::Applied | Answer::Won | Answer::AlreadyWon(_))
+    }
+}
+
+/// How one event ended, as its client heard.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EventFate {
     pub applied: u8,
     pub refused: u8,
     pub replies_received: u8,
+    /// The first reply that was neither applied nor `Busy`.
+    pub unexpected: Option<&'static str>,
 }
 
 impl EventFate {
+    pub fn on_answer(&mut self, answer: Answer) {
+        self.replies_received = self.replies_received.saturating_add(1);
+        match answer {
+            Answer::Busy => self.refused = self.refused.saturating_add(1),
+            Answer::Unexpected(what) => {
+                self.unexpected.get_or_insert(what);
+            }
+            _ => self.applied = self.applied.saturating_add(1),
+        }
+    }
+
     /// Checks that the event ended exactly once and its client heard of it exactly once.
     pub fn check(&self, findings: &mut Findings, event: usize, session: u32, seq: u64) {
         let ends = u32::from(self.applied) + u32::from(self.refused);
-        if ends == 1 && self.replies_received == 1 {
+        if ends == 1 && self.replies_received == 1 && self.unexpected.is_none() {
             return;
         }
         findings.report(Oracle::LostOrDuplicated, || {
+            if let Some(what) = self.unexpected {
+                return format!("event {event} (session {session}, #{seq}) was answered {what}");
+            }
             let what = if ends == 0 || self.replies_received == 0 {
                 "lost"
             } else {
@@ -177,70 +217,82 @@ impl EventFate {
     }
 }
 
-/// The winner oracle: who won each treasure of each hunt, as the replies said.
+/// The winner oracle: who was told what about each treasure of each hunt. Replies reach
+/// their clients in no particular order across sessions, so it only collects them, and
+/// judges at the end.
 pub struct WinnerOracle {
     /// Indexed by hunt, then treasure.
-    winners: Vec<Vec<Option<PlayerId>>>,
+    treasures: Vec<Vec<TreasureAnswers>>,
+}
+
+/// What the replies said of one treasure.
+#[derive(Clone, Debug, Default)]
+struct TreasureAnswers {
+    /// Players told they won it, in the order their replies arrived.
+    won_by: Vec<PlayerId>,
+    /// Players told it was already won, and the winner they were told of.
+    told: Vec<(PlayerId, PlayerId)>,
 }
 
 impl WinnerOracle {
     pub fn new(hunts: usize, treasures_per_hunt: usize) -> WinnerOracle {
         WinnerOracle {
-            winners: vec![vec![None; treasures_per_hunt]; hunts],
+            treasures: vec![vec![TreasureAnswers::default(); treasures_per_hunt]; hunts],
         }
     }
 
-    /// Called with the outcome of every claim, in the order its partition applied them.
+    /// Called with the answer to every applied claim of `player` for `treasure`.
     pub fn on_claim(
         &mut self,
-        findings: &mut Findings,
         hunt: usize,
         treasure: TreasureId,
         player: PlayerId,
-        outcome: &Outcome,
+        answer: Answer,
     ) {
-        let Some(slot) = self.winners[hunt].get_mut(treasure.0 as usize) else {
+        let Some(answers) = self.treasures[hunt].get_mut(treasure.0 as usize) else {
             return;
         };
-        match (outcome, *slot) {
-            (Outcome::Claimed { .. }, None) => *slot = Some(player),
-            (Outcome::Claimed { .. }, Some(first)) => {
-                findings.report(Oracle::OneWinner, || {
-                    format!(
-                        "treasure {} of hunt {hunt} won by player {player} after player {first} \
-                         had won it",
-                        treasure.0
-                    )
-                });
-            }
-            (Outcome::AlreadyClaimed { winner }, first) if Some(*winner) != first => {
-                findings.report(Oracle::OneWinner, || {
-                    format!(
-                        "player {player} told treasure {} of hunt {hunt} was won by {winner}, \
-                         but the replies named {first:?}",
-                        treasure.0
-                    )
-                });
-            }
+        match answer {
+            Answer::Won => answers.won_by.push(player),
+            Answer::AlreadyWon(winner) => answers.told.push((player, winner)),
             _ => {}
         }
     }
 
-    /// Compares the replies' winners with the winners the state machines hold at the end.
+    /// Checks the replies against each other and against the winners the state machines
+    /// hold at the end.
     pub fn check_final(
         &self,
         findings: &mut Findings,
         winner_in_state: impl Fn(usize, TreasureId) -> Option<PlayerId>,
     ) {
-        for (hunt, treasures) in self.winners.iter().enumerate() {
-            for (index, replied) in treasures.iter().enumerate() {
-                let treasure = TreasureId(index as u32);
-                let held = winner_in_state(hunt, treasure);
-                if held != *replied {
+        for (hunt, treasures) in self.treasures.iter().enumerate() {
+            for (index, answers) in treasures.iter().enumerate() {
+                let winner = answers.won_by.first().copied();
+                if let [first, second, ..] = answers.won_by[..] {
+                    findings.report(Oracle::OneWinner, || {
+                        format!(
+                            "treasure {index} of hunt {hunt} won by player {second} after player \
+                             {first} had won it"
+                        )
+                    });
+                }
+                for &(player, told) in &answers.told {
+                    if Some(told) != winner {
+                        findings.report(Oracle::OneWinner, || {
+                            format!(
+                                "player {player} told treasure {index} of hunt {hunt} was won by \
+                                 {told}, but the replies named {winner:?}"
+                            )
+                        });
+                    }
+                }
+                let held = winner_in_state(hunt, TreasureId(index as u32));
+                if held != winner {
                     findings.report(Oracle::OneWinner, || {
                         format!(
                             "treasure {index} of hunt {hunt}: the state machine holds winner \
-                             {held:?}, the replies named {replied:?}"
+                             {held:?}, the replies named {winner:?}"
                         )
                     });
                 }
@@ -250,10 +302,10 @@ impl WinnerOracle {
 
     /// Treasures somebody won.
     pub fn claimed(&self) -> u64 {
-        self.winners
+        self.treasures
             .iter()
             .flatten()
-            .filter(|w| w.is_some())
+            .filter(|answers| !answers.won_by.is_empty())
             .count() as u64
     }
 }
@@ -277,54 +329,51 @@ mod tests {
     }
 
     #[test]
-    fn the_ledger_tells_lost_from_duplicated() {
+    fn the_ledger_tells_lost_from_duplicated_and_unexpected() {
         let mut findings = Findings::default();
-        let fine = EventFate {
-            applied: 1,
-            refused: 0,
-            replies_received: 1,
+        let fate = |answers: &[Answer]| {
+            let mut fate = EventFate::default();
+            answers.iter().for_each(|&answer| fate.on_answer(answer));
+            fate
         };
-        fine.check(&mut findings, 0, 0, 0);
-        let busy = EventFate {
-            applied: 0,
-            refused: 1,
-            replies_received: 1,
-        };
-        busy.check(&mut findings, 1, 0, 1);
+        fate(&[Answer::Applied]).check(&mut findings, 0, 0, 0);
+        fate(&[Answer::Busy]).check(&mut findings, 1, 0, 1);
         assert!(findings.is_clean());
-        EventFate::default().check(&mut findings, 2, 0, 2);
-        let twice = EventFate {
-            applied: 2,
-            refused: 0,
-            replies_received: 2,
-        };
-        twice.check(&mut findings, 3, 0, 3);
+        fate(&[]).check(&mut findings, 2, 0, 2);
+        fate(&[Answer::Won, Answer::Applied]).check(&mut findings, 3, 0, 3);
+        fate(&[Answer::Unexpected("moved")]).check(&mut findings, 4, 0, 4);
         let examples = &findings.lost_or_duplicated.examples;
         assert!(examples[0].contains("lost") && examples[1].contains("duplicated"));
+        assert!(examples[2].contains("answered moved"), "{examples:?}");
     }
 
     #[test]
-    fn a_second_winner_and_a_wrong_winner_name_are_caught() {
+    fn a_second_winner_and_a_wrong_winner_name_are_caught_in_any_order() {
         let mut findings = Findings::default();
         let mut oracle = WinnerOracle::new(1, 2);
-        let won = Outcome::Claimed {
-            points: 1,
-            score: 1,
-        };
-        let told = |winner| Outcome::AlreadyClaimed {
-            winner: PlayerId(winner),
-        };
-        oracle.on_claim(&mut findings, 0, TreasureId(0), PlayerId(1), &won);
-        oracle.on_claim(&mut findings, 0, TreasureId(0), PlayerId(2), &told(1));
-        assert!(findings.is_clean());
-        oracle.on_claim(&mut findings, 0, TreasureId(0), PlayerId(3), &won);
-        oracle.on_claim(&mut findings, 0, TreasureId(1), PlayerId(3), &told(9));
-        assert_eq!(findings.one_winner.count, 2);
+        // The loser's reply may reach its client before the winner's.
+        oracle.on_claim(
+            0,
+            TreasureId(0),
+            PlayerId(2),
+            Answer::AlreadyWon(PlayerId(1)),
+        );
+        oracle.on_claim(0, TreasureId(0), PlayerId(1), Answer::Won);
         oracle.check_final(&mut findings, |_, t| (t.0 == 0).then_some(PlayerId(1)));
-        assert_eq!(findings.one_winner.count, 2, "the final state agrees");
-        oracle.check_final(&mut findings, |_, _| None);
-        assert_eq!(findings.one_winner.count, 3);
+        assert!(findings.is_clean(), "{findings:?}");
         assert_eq!(oracle.claimed(), 1);
+        oracle.on_claim(0, TreasureId(0), PlayerId(3), Answer::Won);
+        oracle.on_claim(
+            0,
+            TreasureId(1),
+            PlayerId(3),
+            Answer::AlreadyWon(PlayerId(9)),
+        );
+        oracle.check_final(&mut findings, |_, t| (t.0 == 0).then_some(PlayerId(1)));
+        assert_eq!(findings.one_winner.count, 2, "{findings:?}");
+        let mut forgotten = Findings::default();
+        oracle.check_final(&mut forgotten, |_, _| None);
+        assert_eq!(forgotten.one_winner.count, 3, "{forgotten:?}");
     }
 
     #[test]

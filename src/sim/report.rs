@@ -68,6 +68,11 @@ impl RunStats {
         }
     }
 
+    /// Events a core answered `Busy` for want of credit: overflows of the core's budget.
+    pub fn on_busy(&mut self, busy_replies: u64) {
+        self.queue_overflows += busy_replies;
+    }
+
     pub fn on_queue(&mut self, queue: &ShardQueue) {
         self.queue_depth_max = self.queue_depth_max.max(queue.depth_max);
         self.queue_overflows += queue.overflows;
@@ -142,9 +147,10 @@ pub struct RunReport {
     pub messages_per_event: f64,
     pub bytes_per_event: f64,
     pub heartbeat_messages: u64,
-    /// The longest any shard's queue was, in items.
+    /// The longest any shard's CPU queue was, in items.
     pub queue_depth_max: usize,
-    /// Items refused because a queue was full (events, copies and heartbeats).
+    /// Work refused for want of credit: events a core answered `Busy`, and events, copies and
+    /// heartbeats a full receive queue refused.
     pub queue_overflows: u64,
     pub unresponsive_declarations: u64,
     /// Nodes declared unresponsive at least once; all were alive, so all are false.

@@ -1,13 +1,16 @@
-//! A simulated shard's CPU: one FIFO queue of work, served one item at a time, bounded by the
-//! shard's real [`CreditPool`].
+//! A simulated shard's CPU: one FIFO queue of work, served one item at a time, and its
+//! receive queue, a [`CreditPool`] in front of the shard's real core.
 //!
-//! Work enters the queue only with credit taken from the pool (one event and its bytes); when
-//! the pool has none left, the work is refused and counted as an overflow. Each item's CPU
-//! cost is known when it is queued, so its finish time is too: the queue keeps only finish
-//! times, and an item whose only effect is to give its credit back (a broadcast copy that
-//! another node owns) needs no simulation step of its own; it is retired the next time
-//! anybody looks at the queue. Credit is given back through [`ShardQueue::release`], which
-//! keeps the ledger the credit oracle checks.
+//! A message that reaches the shard (a client's event, an event or a copy from another node,
+//! a heartbeat) waits for the CPU holding credit taken from this pool (one message and its
+//! bytes); when the pool has none left, the message is refused and counted as an overflow.
+//! Mesh batches between the shards of a node take none: the sending core's mesh credit bounds
+//! them. Each item's CPU cost is
+//! known when it is queued, so its finish time is too: the queue keeps only finish times, and
+//! an item whose only effect is to give its credit back (a broadcast copy that another node
+//! owns) needs no simulation step of its own; it is retired the next time anybody looks at the
+//! queue. Credit is given back through [`ShardQueue::release`], which keeps the ledger the
+//! credit oracle checks.
 
 use std::collections::VecDeque;
 
@@ -37,9 +40,6 @@ pub struct ShardQueue {
     pending: VecDeque<Pending>,
     free_at_ns: u64,
     ledger: CreditLedger,
-    releases: u64,
-    /// Test-only fault: skip every k-th release (0: never).
-    leak_every: u64,
     /// The longest the queue has been, in items.
     pub depth_max: usize,
     /// Items refused for want of credit.
@@ -47,14 +47,12 @@ pub struct ShardQueue {
 }
 
 impl ShardQueue {
-    pub fn new(capacity: Credit, leak_every: u64) -> ShardQueue {
+    pub fn new(capacity: Credit) -> ShardQueue {
         ShardQueue {
             pool: CreditPool::new(capacity),
             pending: VecDeque::new(),
             free_at_ns: 0,
             ledger: CreditLedger::default(),
-            releases: 0,
-            leak_every,
             depth_max: 0,
             overflows: 0,
         }
@@ -104,10 +102,6 @@ impl ShardQueue {
 
     /// Gives back credit taken by [`Self::try_admit`].
     pub fn release(&mut self, credit: Credit) {
-        self.releases += 1;
-        if self.leak_every > 0 && self.releases % self.leak_every == 0 {
-            return;
-        }
         if !self.pool.held().covers(credit) {
             self.ledger.over_releases += 1;
             return;
@@ -139,7 +133,7 @@ mod tests {
 
     #[test]
     fn work_is_served_in_order_one_item_at_a_time() {
-        let mut queue = ShardQueue::new(Credit::new(8, 8_000), 0);
+        let mut queue = ShardQueue::new(Credit::new(8, 8_000));
         assert!(queue.try_admit(0, ONE));
         assert_eq!(queue.enqueue(0, 10, Credit::ZERO), 10);
         assert!(queue.try_admit(5, ONE));
@@ -151,7 +145,7 @@ mod tests {
 
     #[test]
     fn a_full_pool_refuses_until_retired_work_gives_credit_back() {
-        let mut queue = ShardQueue::new(Credit::new(2, 8_000), 0);
+        let mut queue = ShardQueue::new(Credit::new(2, 8_000));
         for _ in 0..2 {
             assert!(queue.try_admit(0, ONE));
             queue.enqueue(0, 100, ONE);
@@ -168,19 +162,9 @@ mod tests {
 
     #[test]
     fn over_releases_are_recorded_not_obeyed() {
-        let mut queue = ShardQueue::new(Credit::new(2, 8_000), 0);
+        let mut queue = ShardQueue::new(Credit::new(2, 8_000));
         queue.release(ONE);
         assert_eq!(queue.ledger().over_releases, 1);
         assert_eq!(queue.held(), Credit::ZERO);
-    }
-
-    #[test]
-    fn the_leak_fault_skips_every_kth_release() {
-        let mut queue = ShardQueue::new(Credit::new(4, 8_000), 2);
-        for _ in 0..4 {
-            assert!(queue.try_admit(0, ONE));
-            queue.release(ONE);
-        }
-        assert_eq!(queue.held(), Credit::new(2, 200));
     }
 }
