@@ -580,5 +580,33 @@ fn shards_serve_the_placement_they_are_given_and_a_paused_nodes_partitions_are_u
         );
         (outcomes == expected).then_some(())
     });
+
+    // Resumed, the paused node has fenced itself: it answers Unavailable (or redirects to the
+    // same owners) until the controller confirms its partitions at a new epoch, then serves.
     signal(&nodes.process(paused).child, libc::SIGCONT);
+    let back = wait_for(&mut nodes, Duration::from_secs(10), "return", |_| {
+        let placement = view_placement(&etcd)?;
+        (placement.offline().count() == 0).then_some(placement)
+    });
+    let addr = nodes.process(paused).addr.clone();
+    let expected = expected_outcomes(&back, paused);
+    wait_for(&mut nodes, Duration::from_secs(10), "served again", |_| {
+        let outcomes = outcomes_from(&addr, &probes)?;
+        for (p, (got, want)) in outcomes.iter().zip(&expected).enumerate() {
+            let redirect_to_same_owner = matches!(
+                (got, want),
+                (Outcome::Moved { node: a, shard: b, .. }, Outcome::Moved { node: c, shard: d, .. })
+                    if (a, b) == (c, d)
+            );
+            let unavailable = *got
+                == Outcome::Error {
+                    error: EventError::OwnerUnavailable,
+                };
+            assert!(
+                got == want || unavailable || redirect_to_same_owner,
+                "partition {p}: the resumed node answered {got:?}, expected {want:?} or Unavailable"
+            );
+        }
+        (outcomes == expected).then_some(())
+    });
 }
