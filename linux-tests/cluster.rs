@@ -2,18 +2,22 @@
 //! elections) and `trove node --cluster` processes. Membership, controller election and
 //! hand-over, placement covering every partition once, a paused node going `Offline` and
 //! coming back at a new epoch, an etcd outage that moves nothing, and `trove cluster up` /
-//! `status`. Each test skips, saying so, when `etcd` is not installed, and stops everything
+//! `status`; each node's shards serving exactly the partitions the placement gives it (and
+//! `Unavailable` for a paused node's). Each test skips, saying so, when `etcd` is not installed, and stops everything
 //! it started (the processes also die with the test process).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use trove::client::{ClientConfig, Incoming, connect};
 use trove::cluster::coordinator::{ClusterView, Request, Response};
 use trove::cluster::etcd::EtcdClient;
 use trove::cluster::keys::ClusterKeys;
 use trove::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess, find_on_path, signal};
 use trove::cluster::placement::{OwnerState, Placement};
-use trove::core::ids::{NodeId, PartitionId};
+use trove::core::ids::{HuntId, NodeId, PartitionId, PlayerId};
+use trove::core::message::{Event, EventError, EventKind, Outcome, RejectReason, Reply};
+use trove::core::partition::Partitioner;
 
 const PARTITIONS: u32 = 64;
 const NAME: &str = "test";
@@ -111,7 +115,7 @@ fn settled_placement(etcd: &EtcdProcess, count: usize) -> Option<(ClusterView, P
     let view = read_view(etcd)?;
     let placement = (*view.assignment.clone()?).clone();
     let all_serving = placement
-        .owners
+        .owners()
         .iter()
         .all(|owner| owner.state == OwnerState::Serving);
     (view.nodes.len() == count && view.controller.is_some() && all_serving)
@@ -121,7 +125,7 @@ fn settled_placement(etcd: &EtcdProcess, count: usize) -> Option<(ClusterView, P
 fn partitions_of(placement: &Placement, node: NodeId) -> Vec<PartitionId> {
     (0..placement.partitions())
         .map(PartitionId)
-        .filter(|&p| placement.owner(p).unwrap().node == node)
+        .filter(|&p| placement.owner(p).node == node)
         .collect()
 }
 
@@ -144,7 +148,7 @@ fn three_nodes_register_one_becomes_controller_and_every_partition_is_placed_onc
     assert_eq!(owned, PARTITIONS as usize, "each partition exactly once");
     let controller = view.controller.unwrap().node;
     assert!(nodes.printed(controller, "this node is now the controller"));
-    let epoch_line = format!("placement epoch {}", placement.epoch);
+    let epoch_line = format!("placement epoch {}", placement.epoch().get());
     for node in 1..=3 {
         let node = NodeId(node);
         wait_for(
@@ -175,7 +179,7 @@ fn three_nodes_register_one_becomes_controller_and_every_partition_is_placed_onc
     assert!(
         text.contains(&format!(
             "epoch {}, {PARTITIONS} partitions, 0 offline",
-            placement.epoch
+            placement.epoch().get()
         )),
         "{text}"
     );
@@ -229,10 +233,10 @@ fn a_paused_node_goes_offline_within_its_ttl_and_returns_at_a_new_epoch() {
         (placement.offline().count() == 0).then_some(placement)
     });
     for p in &its {
-        let owner = back.owner(*p).unwrap();
+        let owner = back.owner(*p);
         assert_eq!(owner.node, paused, "{p} comes back to the node that has it");
         assert!(
-            owner.part_epoch > offline.epoch,
+            owner.part_epoch > offline.epoch(),
             "{p} at a new partition epoch"
         );
     }
@@ -265,7 +269,8 @@ fn when_the_controller_is_killed_another_takes_over_and_placements_advance() {
             let view = read_view(&etcd)?;
             let controller = view.controller?.node;
             let placement = view.assignment?;
-            (controller != old && placement.epoch > before.epoch).then_some((controller, placement))
+            (controller != old && placement.epoch() > before.epoch())
+                .then_some((controller, placement))
         },
     );
     assert!(nodes.printed(new, "this node is now the controller"));
@@ -445,4 +450,163 @@ fn cluster_up_without_etcd_says_how_to_install_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("apt-get install etcd-server"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one sentence: {stderr}");
+}
+
+/// The first hunt of each partition, as `Join` events (client sequence = partition): a probe
+/// that changes nothing, answered `UnknownHunt` where the partition is served.
+fn probes() -> Vec<Event> {
+    let partitioner = Partitioner::new(PARTITIONS).unwrap();
+    (0..PARTITIONS)
+        .map(|partition| {
+            let hunt = (0..)
+                .map(HuntId)
+                .find(|hunt| partitioner.partition_of(*hunt) == PartitionId(partition))
+                .unwrap();
+            Event {
+                hunt,
+                player: PlayerId(1),
+                client_seq: u64::from(partition),
+                client_ts: 0,
+                kind: EventKind::Join,
+            }
+        })
+        .collect()
+}
+
+/// Sends `events` to the node at `addr` on one connection and returns each one's outcome, by
+/// client sequence; `None` when the node did not answer every one in time.
+fn outcomes_from(addr: &str, events: &[Event]) -> Option<Vec<Outcome>> {
+    let mut config = ClientConfig::new(addr.parse().unwrap());
+    config.shard_aware = false;
+    let (mut sender, mut receiver) = connect(&config).ok()?;
+    for event in events {
+        sender.send(event).ok()?;
+    }
+    sender.flush().ok()?;
+    let mut outcomes = vec![None; events.len()];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while outcomes.iter().any(Option::is_none) {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let Ok(Incoming::Replies(frame)) = receiver.recv_timeout(left) else {
+            return None;
+        };
+        for reply in frame.replies() {
+            let reply: Reply = rkyv::deserialize::<Reply, rkyv::rancor::Error>(reply).unwrap();
+            let slot = &mut outcomes[reply.client_seq as usize];
+            assert!(slot.is_none(), "event {} answered twice", reply.client_seq);
+            *slot = Some(reply.outcome);
+        }
+    }
+    drop(sender);
+    outcomes.into_iter().collect()
+}
+
+/// What node `node` answers for each probe under `placement`: its own partitions served, an
+/// `Offline` one `Unavailable`, another node's `Moved` there.
+fn expected_outcomes(placement: &Placement, node: NodeId) -> Vec<Outcome> {
+    (0..placement.partitions())
+        .map(|p| {
+            let owner = placement.owner(PartitionId(p));
+            if owner.state == OwnerState::Offline {
+                Outcome::Error {
+                    error: EventError::OwnerUnavailable,
+                }
+            } else if owner.node == node {
+                Outcome::Rejected {
+                    reason: RejectReason::UnknownHunt,
+                }
+            } else {
+                Outcome::Moved {
+                    node: owner.node.0,
+                    shard: owner.shard.0,
+                    epoch: placement.epoch().get(),
+                }
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn shards_serve_the_placement_they_are_given_and_a_paused_nodes_partitions_are_unavailable() {
+    let Some(etcd) = etcd_or_skip("shards_serve_the_placement") else {
+        return;
+    };
+    let ttl_s = 2;
+    let mut nodes = Nodes::start(&etcd, 3, ttl_s);
+    let (view, placement) = wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
+        settled_placement(&etcd, 3)
+    });
+    let probes = probes();
+    for node in (1..=3).map(NodeId) {
+        let addr = nodes.process(node).addr.clone();
+        let expected = expected_outcomes(&placement, node);
+        // Until its shard installs the placement and its lease, a node answers Unavailable.
+        wait_for(
+            &mut nodes,
+            Duration::from_secs(10),
+            "served placement",
+            |_| (outcomes_from(&addr, &probes)? == expected).then_some(()),
+        );
+    }
+
+    let controller = view.controller.unwrap().node;
+    let paused = NodeId(controller.0 % 3 + 1);
+    let asked = NodeId(paused.0 % 3 + 1);
+    let its = partitions_of(&placement, paused);
+    signal(&nodes.process(paused).child, libc::SIGSTOP);
+    let offline = wait_for(
+        &mut nodes,
+        Duration::from_secs(ttl_s + 5),
+        "offline",
+        |_| {
+            let placement = view_placement(&etcd)?;
+            (placement.offline().collect::<Vec<_>>() == its).then_some(placement)
+        },
+    );
+    // Another node answers Unavailable for the paused node's partitions, at once, and serves
+    // or redirects the rest as before.
+    let addr = nodes.process(asked).addr.clone();
+    let expected = expected_outcomes(&offline, asked);
+    assert!(its.iter().all(|p| expected[p.index()]
+        == Outcome::Error {
+            error: EventError::OwnerUnavailable
+        }));
+    wait_for(&mut nodes, Duration::from_secs(10), "unavailable", |_| {
+        let started = Instant::now();
+        let outcomes = outcomes_from(&addr, &probes)?;
+        assert!(
+            started.elapsed() < Duration::from_secs(ttl_s),
+            "answered at once, not after a timeout"
+        );
+        (outcomes == expected).then_some(())
+    });
+
+    // Resumed, the paused node has fenced itself: it answers Unavailable (or redirects to the
+    // same owners) until the controller confirms its partitions at a new epoch, then serves.
+    signal(&nodes.process(paused).child, libc::SIGCONT);
+    let back = wait_for(&mut nodes, Duration::from_secs(10), "return", |_| {
+        let placement = view_placement(&etcd)?;
+        (placement.offline().count() == 0).then_some(placement)
+    });
+    let addr = nodes.process(paused).addr.clone();
+    let expected = expected_outcomes(&back, paused);
+    wait_for(&mut nodes, Duration::from_secs(10), "served again", |_| {
+        let outcomes = outcomes_from(&addr, &probes)?;
+        for (p, (got, want)) in outcomes.iter().zip(&expected).enumerate() {
+            let redirect_to_same_owner = matches!(
+                (got, want),
+                (Outcome::Moved { node: a, shard: b, .. }, Outcome::Moved { node: c, shard: d, .. })
+                    if (a, b) == (c, d)
+            );
+            let unavailable = *got
+                == Outcome::Error {
+                    error: EventError::OwnerUnavailable,
+                };
+            assert!(
+                got == want || unavailable || redirect_to_same_owner,
+                "partition {p}: the resumed node answered {got:?}, expected {want:?} or Unavailable"
+            );
+        }
+        (outcomes == expected).then_some(())
+    });
 }

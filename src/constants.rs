@@ -252,6 +252,8 @@ pub const HUNT_SLOT_BYTES: usize = 16;
 pub const PARTITION_SLOT_BYTES_MAX: usize = HUNTS_PER_PARTITION_MAX * HUNT_SLOT_BYTES + 16;
 /// One partition's owner in a shard's copy of the placement (`core::partition::Owner`).
 pub const PLACEMENT_OWNER_BYTES_MAX: usize = 24;
+/// Whether a shard applies one partition's events now (`core::shard::ShardCore`'s `serving`).
+pub const PARTITION_SERVING_FLAG_BYTES: usize = size_of::<bool>();
 
 /// Allocations of one hunt: the hunt itself, its player table, bands, waypoints, treasures,
 /// leaderboard and wrong-code references.
@@ -318,7 +320,8 @@ pub const SHARD_IO_BYTES_MAX: usize = CONNECTIONS_PER_SHARD_MAX * CONNECTION_STA
 /// Worst-case bytes of one shard's partition table and copy of the placement: every shard
 /// has an entry for each of the node's partitions.
 pub const fn shard_partition_table_bytes_max(partitions: usize) -> usize {
-    partitions * (PARTITION_SLOT_BYTES_MAX + PLACEMENT_OWNER_BYTES_MAX)
+    partitions
+        * (PARTITION_SLOT_BYTES_MAX + PLACEMENT_OWNER_BYTES_MAX + PARTITION_SERVING_FLAG_BYTES)
 }
 
 /// Worst-case resident bytes of a node, term by term: what `trove node` prints at start.
@@ -602,3 +605,8 @@ pub const METRICS_RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub const TOP_NODES_MAX: usize = 64;
 /// How long `trove top` and `trove bench --target` wait for one scrape, in milliseconds.
 pub const METRICS_SCRAPE_MS_MAX: u64 = 3_000;
+
+/// Most placement updates queued from a node's control thread to one shard; when a shard is
+/// behind, the oldest update is dropped (each carries the whole placement and lease, so only
+/// the latest matters) and the control thread never waits.
+pub const SHARD_PLACEMENT_UPDATES_QUEUED_MAX: usize = 4;

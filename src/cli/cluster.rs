@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 
 use clap::Args;
 
-use crate::cluster::control::{ControlConfig, ControlHandle};
+use crate::cluster::control::{ControlConfig, ControlHandle, ServingChange};
 use crate::cluster::coordinator::{CoordinatorConfig, CoordinatorEvent};
 use crate::cluster::etcd::EtcdClient;
 use crate::cluster::etcd::parse_endpoints;
@@ -104,6 +104,7 @@ impl ClusterPlan {
         partitions: u32,
         addr: SocketAddr,
         shard_addrs: &[SocketAddr],
+        on_change: ServingChange,
     ) -> Result<ControlHandle, String> {
         let info = NodeInfo {
             address: self.advertise.clone(),
@@ -120,10 +121,13 @@ impl ClusterPlan {
             poll_ns: CLUSTER_POLL_MS_DEFAULT * 1_000_000,
             settle_ns: CLUSTER_SETTLE_MS_DEFAULT * 1_000_000,
         };
-        ControlHandle::start(ControlConfig {
-            endpoints: self.endpoints.clone(),
-            coordinator,
-        })
+        ControlHandle::start(
+            ControlConfig {
+                endpoints: self.endpoints.clone(),
+                coordinator,
+            },
+            on_change,
+        )
     }
 
     /// This node's id in the cluster.
@@ -202,13 +206,13 @@ pub fn describe_placement(placement: &Placement, node: NodeId) -> String {
         .map(|((_, shard), (serving, _))| format!("{shard}: {serving}"))
         .collect();
     let here_total = placement
-        .owners
+        .owners()
         .iter()
         .filter(|owner| owner.node == node && owner.state == OwnerState::Serving)
         .count();
     format!(
         "placement epoch {}: {} partitions, {here_total} served here ({}), {} offline",
-        placement.epoch,
+        placement.epoch().get(),
         placement.partitions(),
         if here.is_empty() {
             "none".to_owned()

@@ -14,6 +14,7 @@ use crate::constants::{
     NodeMemory, PARTITIONS_DEFAULT, PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
     SHARD_EVENTS_INFLIGHT_MAX, WRITE_STALL_MS_DEFAULT,
 };
+use crate::core::ids::NodeId;
 use crate::host::cpuset::CpuSet;
 use crate::metrics::MetricsListen;
 use crate::node::{Node, NodeConfig};
@@ -136,6 +137,11 @@ impl NodeArgs {
             shard_port_base: self.shard_port_base,
             auth,
             metrics: self.metrics_listen,
+            cluster_node: self
+                .cluster
+                .node_id
+                .filter(|_| self.cluster.cluster.is_some())
+                .map(NodeId),
         })
     }
 }
@@ -187,7 +193,7 @@ pub fn run(args: &NodeArgs) -> i32 {
         }
     };
     let signals = block_stop_signals();
-    let node = match Node::start(&config) {
+    let mut node = match Node::start(&config) {
         Ok(node) => node,
         Err(error) => {
             eprintln!("trove node: cannot start: {error}");
@@ -217,7 +223,15 @@ pub fn run(args: &NodeArgs) -> i32 {
     let control = match &cluster {
         None => None,
         Some(plan) => {
-            match plan.start(config.runtime.partitions, node.addr(), node.shard_addrs()) {
+            let on_change = node
+                .serving_change()
+                .expect("a cluster node's shards have feeds");
+            match plan.start(
+                config.runtime.partitions,
+                node.addr(),
+                node.shard_addrs(),
+                on_change,
+            ) {
                 Ok(control) => {
                     let _ = writeln!(stdout, "{}", plan.describe());
                     let reporter = super::cluster::spawn_reporter(&control, plan.node());

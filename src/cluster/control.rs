@@ -15,7 +15,10 @@
 //!   lost, controller changes, etcd outages). When the reader falls behind, newer events are
 //!   dropped, never waited for; the serving view is always current.
 //!
-//! Shards do not read it yet: that wiring comes with the sans-IO `ShardCore`.
+//! - [`ServingChange`], called on the control thread whenever the placement or the lease
+//!   changed: the node hands both to its shards (`runtime::control_feed`), which install
+//!   placements and fence themselves without reading the serving view (no lock on the data
+//!   path).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,8 +27,10 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::coordinator::{Coordinator, CoordinatorConfig, CoordinatorEvent, ServingView};
 use crate::cluster::etcd::EtcdClient;
+use crate::cluster::placement::Placement;
+use crate::cluster::placement::epoch_of_revision;
 use crate::constants::{CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_RETRY_MS_MAX, CLUSTER_RETRY_MS_MIN};
-use crate::core::ids::PartitionId;
+use crate::core::ids::{Epoch, PartitionId};
 
 /// What the control thread needs: etcd's endpoints and the coordinator's configuration.
 #[derive(Clone, Debug)]
@@ -33,6 +38,14 @@ pub struct ControlConfig {
     pub endpoints: Vec<String>,
     pub coordinator: CoordinatorConfig,
 }
+
+/// What was last sent to the shards: the placement's epoch, the registration and the lease end.
+type Sent = (Epoch, Option<Epoch>, u64);
+
+/// Told on the control thread whenever the placement or the lease changed: the placement; the
+/// revision at which this node registered, while its lease is known valid (`None`: fenced);
+/// and when the lease stops being known valid if nothing newer comes. Must not wait.
+pub type ServingChange = Box<dyn FnMut(&Arc<Placement>, Option<Epoch>, Instant) + Send>;
 
 enum Wake {
     /// The watch saw a change under the cluster's prefix (or was re-established).
@@ -53,7 +66,7 @@ pub struct ControlHandle {
 
 impl ControlHandle {
     /// Starts the control thread and its watch thread.
-    pub fn start(config: ControlConfig) -> Result<ControlHandle, String> {
+    pub fn start(config: ControlConfig, on_change: ServingChange) -> Result<ControlHandle, String> {
         let clock = Instant::now();
         let serving = Arc::new(Mutex::new(ServingView::default()));
         let (events_tx, events) = flume::bounded(CLUSTER_EVENTS_QUEUED_MAX);
@@ -69,6 +82,8 @@ impl ControlHandle {
             events: events_tx,
             wake: wake_rx,
             stopping: stopping.clone(),
+            on_change,
+            sent: None,
         };
         let control = std::thread::Builder::new()
             .name("trove-control".into())
@@ -160,6 +175,8 @@ struct ControlLoop {
     events: flume::Sender<CoordinatorEvent>,
     wake: flume::Receiver<Wake>,
     stopping: Arc<AtomicBool>,
+    on_change: ServingChange,
+    sent: Option<Sent>,
 }
 
 impl ControlLoop {
@@ -204,6 +221,7 @@ impl ControlLoop {
 
     fn publish(&mut self) {
         let view = self.coordinator.serving_view();
+        self.feed_shards(&view);
         *self
             .serving
             .lock()
@@ -212,6 +230,27 @@ impl ControlLoop {
             // Never wait for the reader: the serving view above is what counts.
             let _ = self.events.try_send(event);
         }
+    }
+}
+
+impl ControlLoop {
+    /// Tells the node the placement and the lease when either changed since last time.
+    fn feed_shards(&mut self, view: &ServingView) {
+        let Some(placement) = &view.placement else {
+            return;
+        };
+        let now_ns = self.now_ns();
+        let registered = view
+            .registered_revision
+            .filter(|_| now_ns < view.lease_valid_until_ns)
+            .and_then(|revision| epoch_of_revision(revision).ok());
+        let sent = (placement.epoch(), registered, view.lease_valid_until_ns);
+        if self.sent == Some(sent) {
+            return;
+        }
+        self.sent = Some(sent);
+        let lease_end = self.clock + Duration::from_nanos(view.lease_valid_until_ns);
+        (self.on_change)(placement, registered, lease_end);
     }
 }
 

@@ -27,11 +27,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crate::cluster::keys::{ClusterKeys, ControllerRecord, KeyKind, NodeInfo};
-use crate::cluster::placement::{LiveNode, OwnerState, Placement, next_owners};
+use crate::cluster::placement::{
+    LiveNode, OwnerState, Placement, decode_record, encode_record, next_owners,
+};
 use crate::constants::{
     CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_NODES_MAX, CLUSTER_RETRY_MS_MAX, CLUSTER_RETRY_MS_MIN,
 };
-use crate::core::ids::{NodeId, PartitionId};
+use crate::core::ids::{Epoch, NodeId, PartitionId};
 
 const NS_PER_MS: u64 = 1_000_000;
 const NS_PER_S: u64 = 1_000_000_000;
@@ -223,7 +225,7 @@ impl ClusterView {
                         })
                     })
                     .map_err(|error| format!("not a controller record: {error}")),
-                KeyKind::Assignment => Placement::decode_record(&kv.value, kv.mod_revision)
+                KeyKind::Assignment => decode_record(&kv.value, kv.mod_revision)
                     .map(|placement| view.assignment = Some(Arc::new(placement))),
                 KeyKind::Other => Ok(()),
             };
@@ -289,11 +291,14 @@ impl ServingView {
             return false;
         };
         now_ns < self.lease_valid_until_ns
-            && placement.owner(partition).is_some_and(|owner| {
-                owner.node == node
-                    && owner.state == OwnerState::Serving
-                    && owner.part_epoch > registered
-            })
+            && placement
+                .owners()
+                .get(partition.index())
+                .is_some_and(|owner| {
+                    owner.node == node
+                        && owner.state == OwnerState::Serving
+                        && u64::from(owner.part_epoch.get()) > registered
+                })
     }
 }
 
@@ -331,7 +336,7 @@ pub struct Coordinator {
     was_lease_valid: bool,
     register_after_ns: u64,
     node_id_in_use_reported: bool,
-    installed_epoch: u64,
+    installed_epoch: Epoch,
     rejected_reported: Vec<(String, u64)>,
     events: VecDeque<CoordinatorEvent>,
 }
@@ -353,7 +358,7 @@ impl Coordinator {
             was_lease_valid: false,
             register_after_ns: 0,
             node_id_in_use_reported: false,
-            installed_epoch: 0,
+            installed_epoch: Epoch(0),
             rejected_reported: Vec::new(),
             events: VecDeque::new(),
         }
@@ -429,16 +434,16 @@ impl Coordinator {
             return None;
         }
         let live = self.view.live_nodes();
-        let current_owners = current.map(|placement| &placement.owners[..]);
+        let current_owners = current.map(|placement| placement.owners());
         let next = next_owners(current_owners, self.config.partitions, &live)?;
         if current_owners == Some(&next[..]) {
             return None;
         }
-        let value = Placement::encode_record(&next);
+        let value = encode_record(&next);
         let request = Request::CompareAndSwap {
             key: self.config.keys.assignment(),
             value: value.clone(),
-            expect_mod_revision: current.map_or(0, |placement| placement.epoch),
+            expect_mod_revision: current.map_or(0, |placement| u64::from(placement.epoch().get())),
             guard_key: self.config.keys.controller(),
             guard_create_revision: controller.create_revision,
         };
@@ -666,7 +671,7 @@ impl Coordinator {
     }
 
     fn install_written(&mut self, value: &[u8], revision: u64) {
-        match Placement::decode_record(value, revision) {
+        match decode_record(value, revision) {
             Ok(placement) => {
                 let placement = Arc::new(placement);
                 self.view.assignment = Some(placement.clone());
@@ -680,7 +685,7 @@ impl Coordinator {
     }
 
     fn install(&mut self, placement: Arc<Placement>) {
-        if placement.epoch <= self.installed_epoch {
+        if placement.epoch() <= self.installed_epoch {
             return;
         }
         if placement.partitions() != self.config.partitions {
@@ -690,14 +695,14 @@ impl Coordinator {
                 placement.partitions(),
                 self.config.partitions
             );
-            self.installed_epoch = placement.epoch;
+            self.installed_epoch = placement.epoch();
             self.push(CoordinatorEvent::RecordRejected {
                 key: self.config.keys.assignment(),
                 reason,
             });
             return;
         }
-        self.installed_epoch = placement.epoch;
+        self.installed_epoch = placement.epoch();
         self.push(CoordinatorEvent::PlacementChanged(placement));
     }
 
@@ -903,7 +908,7 @@ mod tests {
         }
         // Nothing changes, so nothing more is written.
         cluster.run_ms(2_000);
-        assert_eq!(cluster.placement(0).epoch, placement.epoch);
+        assert_eq!(cluster.placement(0).epoch(), placement.epoch());
     }
 
     #[test]
@@ -970,10 +975,10 @@ mod tests {
         cluster.paused[paused] = true;
         cluster.run_ms((TTL_S + 1) * 1_000);
         let offline = cluster.placement(controller);
-        assert!(offline.epoch > before.epoch);
+        assert!(offline.epoch() > before.epoch());
         assert_eq!(offline.offline().collect::<Vec<_>>(), its);
         for p in &its {
-            assert_eq!(offline.owner(*p).unwrap().node, NodeId(paused as u32 + 1));
+            assert_eq!(offline.owner(*p).node, NodeId(paused as u32 + 1));
         }
         // The others keep theirs at their old partition epochs.
         for p in (0..PARTITIONS)
@@ -992,10 +997,7 @@ mod tests {
         assert_eq!(back.offline().count(), 0);
         assert_eq!(cluster.serving(paused), its);
         for p in &its {
-            assert!(
-                back.owner(*p).unwrap().part_epoch > offline.epoch,
-                "a new epoch"
-            );
+            assert!(back.owner(*p).part_epoch > offline.epoch(), "a new epoch");
         }
     }
 
@@ -1004,7 +1006,7 @@ mod tests {
         let mut cluster = Cluster::new(3);
         cluster.run_ms(2_000);
         let old = cluster.controllers()[0];
-        let epoch = cluster.placement(old).epoch;
+        let epoch = cluster.placement(old).epoch();
         cluster.paused[old] = true;
         cluster.run_ms((TTL_S + 1) * 1_000);
         let now = cluster.controllers();
@@ -1012,12 +1014,12 @@ mod tests {
         assert_ne!(now[0], old);
         let new = cluster.placement(now[0]);
         assert!(
-            new.epoch > epoch,
+            new.epoch() > epoch,
             "the new controller wrote the old one's partitions offline"
         );
         assert!(
             new.offline()
-                .all(|p| new.owner(p).unwrap().node == NodeId(old as u32 + 1))
+                .all(|p| new.owner(p).node == NodeId(old as u32 + 1))
         );
         assert!(cluster.events[now[0]].contains(&CoordinatorEvent::BecameController));
     }
@@ -1034,8 +1036,8 @@ mod tests {
                 let view = cluster.nodes[old].view().clone();
                 Request::CompareAndSwap {
                     key: cluster.nodes[old].config().keys.assignment(),
-                    value: Placement::encode_record(&view.assignment.unwrap().owners),
-                    expect_mod_revision: cluster.placement(old).epoch,
+                    value: encode_record(view.assignment.unwrap().owners()),
+                    expect_mod_revision: u64::from(cluster.placement(old).epoch().get()),
                     guard_key: cluster.nodes[old].config().keys.controller(),
                     guard_create_revision: view.controller.unwrap().create_revision,
                 }
@@ -1144,7 +1146,7 @@ mod tests {
         );
         let of_2: Vec<PartitionId> = (0..PARTITIONS)
             .map(PartitionId)
-            .filter(|&p| placement.owner(p).unwrap().node == NodeId(2))
+            .filter(|&p| placement.owner(p).node == NodeId(2))
             .collect();
         assert_eq!(cluster.serving(2), of_2);
     }

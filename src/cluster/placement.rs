@@ -1,8 +1,9 @@
 //! The cluster's placement: which node and shard owns each partition, at which epochs, and the
 //! sticky rendezvous rule the controller uses to compute the next one.
 //!
-//! A [`Placement`] is a cluster view: the same value on every node, written by the controller
-//! as one etcd record whose revision is the map [`Placement::epoch`]. Each partition also has
+//! The [`Placement`] type is `core::partition`'s (re-exported here): a cluster view, the same
+//! value on every node, written by the controller as one etcd record ([`encode_record`],
+//! [`decode_record`]) whose revision is the map [`Placement::epoch`]. Each partition also has
 //! its own epoch, which changes only when its owner or its state changes, so a receiver can
 //! refuse work stamped with an older partition epoch than its own. Plain values, valid on any
 //! thread; nothing here does I/O.
@@ -12,138 +13,91 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::core::ids::{NodeId, PartitionId, ShardId};
+pub use crate::core::partition::{Owner, OwnerState, Placement};
 
-/// Whether a partition's owner serves it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OwnerState {
-    /// The owner serves the partition (while its lease is valid).
-    Serving,
-    /// The owner's lease ended: nobody serves the partition (clients get `Unavailable`) until
-    /// that node, which holds its state, comes back. There are no replicas yet.
-    Offline,
-}
-
-/// The owner of one partition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Owner {
-    pub node: NodeId,
-    pub shard: ShardId,
-    /// The partition's own epoch: the revision of the record where its owner or state last
-    /// changed. [`PART_EPOCH_THIS_RECORD`] in a record about to be written.
-    pub part_epoch: u64,
-    pub state: OwnerState,
-}
+use crate::core::ids::{Epoch, NodeId, ShardId};
 
 /// In a record being written, "this partition changes in this record": readers replace it with
 /// the record's revision, which etcd assigns only when the write happens.
-pub const PART_EPOCH_THIS_RECORD: u64 = 0;
+pub const PART_EPOCH_THIS_RECORD: Epoch = Epoch(0);
 
-/// A placement as read from etcd: every partition's owner, and the map epoch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Placement {
-    /// The revision of the assignment record (grows with every change).
-    pub epoch: u64,
-    /// One owner per partition, indexed by partition.
-    pub owners: Vec<Owner>,
+/// The record that stores `owners` (epochs still [`PART_EPOCH_THIS_RECORD`] where they change).
+pub fn encode_record(owners: &[Owner]) -> Vec<u8> {
+    let record = AssignmentRecord {
+        format: RECORD_FORMAT,
+        owners: owners
+            .iter()
+            .map(|owner| {
+                let state = match owner.state {
+                    OwnerState::Serving => STATE_SERVING,
+                    OwnerState::Offline => STATE_OFFLINE,
+                };
+                (
+                    owner.node.0,
+                    owner.shard.0,
+                    u64::from(owner.part_epoch.get()),
+                    state,
+                )
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&record).expect("a record of plain numbers serializes")
 }
 
-impl Placement {
-    /// How many partitions the placement covers.
-    pub fn partitions(&self) -> u32 {
-        self.owners.len() as u32
-    }
+/// The placement epoch of an etcd revision: epochs travel as 32 bits in frame headers.
+pub fn epoch_of_revision(revision: u64) -> Result<Epoch, String> {
+    u32::try_from(revision).map(Epoch).map_err(|_| {
+        format!(
+            "etcd revision {revision} is past the largest placement epoch ({}); compact and \
+             re-create the cluster's etcd, or start a new cluster name",
+            u32::MAX
+        )
+    })
+}
 
-    /// The owner of `partition`, if the placement covers it.
-    pub fn owner(&self, partition: PartitionId) -> Option<&Owner> {
-        self.owners.get(partition.index())
+/// Reads an assignment record stored at `revision`, checking every entry.
+pub fn decode_record(bytes: &[u8], revision: u64) -> Result<Placement, String> {
+    let record: AssignmentRecord = serde_json::from_slice(bytes)
+        .map_err(|error| format!("the assignment record is not valid JSON: {error}"))?;
+    if record.format != RECORD_FORMAT {
+        return Err(format!(
+            "the assignment record has format {}, this build reads format {RECORD_FORMAT}",
+            record.format
+        ));
     }
-
-    /// The partitions nobody serves.
-    pub fn offline(&self) -> impl Iterator<Item = PartitionId> + '_ {
-        self.owners
-            .iter()
-            .enumerate()
-            .filter(|(_, owner)| owner.state == OwnerState::Offline)
-            .map(|(partition, _)| PartitionId(partition as u32))
-    }
-
-    /// How many partitions each (node, shard) owns, serving or offline.
-    pub fn counts(&self) -> BTreeMap<(NodeId, ShardId), (u32, u32)> {
-        let mut counts = BTreeMap::new();
-        for owner in &self.owners {
-            let entry: &mut (u32, u32) = counts.entry((owner.node, owner.shard)).or_default();
-            match owner.state {
-                OwnerState::Serving => entry.0 += 1,
-                OwnerState::Offline => entry.1 += 1,
-            }
-        }
-        counts
-    }
-
-    /// The record that stores `owners` (epochs still [`PART_EPOCH_THIS_RECORD`] where they change).
-    pub fn encode_record(owners: &[Owner]) -> Vec<u8> {
-        let record = AssignmentRecord {
-            format: RECORD_FORMAT,
-            owners: owners
-                .iter()
-                .map(|owner| {
-                    let state = match owner.state {
-                        OwnerState::Serving => STATE_SERVING,
-                        OwnerState::Offline => STATE_OFFLINE,
-                    };
-                    (owner.node.0, owner.shard.0, owner.part_epoch, state)
-                })
-                .collect(),
-        };
-        serde_json::to_vec(&record).expect("a record of plain numbers serializes")
-    }
-
-    /// Reads an assignment record stored at `revision`, checking every entry.
-    pub fn decode_record(bytes: &[u8], revision: u64) -> Result<Placement, String> {
-        let record: AssignmentRecord = serde_json::from_slice(bytes)
-            .map_err(|error| format!("the assignment record is not valid JSON: {error}"))?;
-        if record.format != RECORD_FORMAT {
-            return Err(format!(
-                "the assignment record has format {}, this build reads format {RECORD_FORMAT}",
-                record.format
-            ));
-        }
-        let mut owners = Vec::with_capacity(record.owners.len());
-        for (partition, (node, shard, part_epoch, state)) in record.owners.into_iter().enumerate() {
-            let state = match state {
-                STATE_SERVING => OwnerState::Serving,
-                STATE_OFFLINE => OwnerState::Offline,
-                other => {
-                    return Err(format!(
-                        "partition {partition} has state {other} in the assignment record, \
-                         which this build does not know"
-                    ));
-                }
-            };
-            if part_epoch > revision {
+    let epoch = epoch_of_revision(revision)?;
+    let mut owners = Vec::with_capacity(record.owners.len());
+    for (partition, (node, shard, part_epoch, state)) in record.owners.into_iter().enumerate() {
+        let state = match state {
+            STATE_SERVING => OwnerState::Serving,
+            STATE_OFFLINE => OwnerState::Offline,
+            other => {
                 return Err(format!(
-                    "partition {partition} has epoch {part_epoch}, after the record's own \
-                     revision {revision}"
+                    "partition {partition} has state {other} in the assignment record, \
+                     which this build does not know"
                 ));
             }
-            let part_epoch = if part_epoch == PART_EPOCH_THIS_RECORD {
-                revision
-            } else {
-                part_epoch
-            };
-            owners.push(Owner {
-                node: NodeId(node),
-                shard: ShardId(shard),
-                part_epoch,
-                state,
-            });
+        };
+        if part_epoch > revision {
+            return Err(format!(
+                "partition {partition} has epoch {part_epoch}, after the record's own \
+                 revision {revision}"
+            ));
         }
-        Ok(Placement {
-            epoch: revision,
-            owners,
-        })
+        let part_epoch = if part_epoch == u64::from(PART_EPOCH_THIS_RECORD.get()) {
+            epoch
+        } else {
+            epoch_of_revision(part_epoch)?
+        };
+        owners.push(Owner {
+            node: NodeId(node),
+            shard: ShardId(shard),
+            part_epoch,
+            state,
+        });
     }
+    Placement::from_owners(epoch, owners)
+        .map_err(|error| format!("the assignment record is not a placement: {error}"))
 }
 
 const RECORD_FORMAT: u32 = 1;
@@ -244,7 +198,7 @@ fn next_owner(partition: u32, owner: &Owner, live: &BTreeMap<NodeId, LiveNode>) 
             };
             let reconfirm = owner.state == OwnerState::Offline
                 || shard != owner.shard
-                || node.registered_revision >= owner.part_epoch;
+                || node.registered_revision >= u64::from(owner.part_epoch.get());
             if reconfirm {
                 changed(shard, OwnerState::Serving)
             } else {
@@ -276,7 +230,7 @@ mod tests {
 
     /// What readers see once `owners` is written at `revision`.
     fn written(owners: &[Owner], revision: u64) -> Placement {
-        Placement::decode_record(&Placement::encode_record(owners), revision).unwrap()
+        decode_record(&encode_record(owners), revision).unwrap()
     }
 
     #[test]
@@ -295,7 +249,12 @@ mod tests {
                 "{node} {shard} owns {serving} partitions"
             );
         }
-        assert!(placement.owners.iter().all(|owner| owner.part_epoch == 10));
+        assert!(
+            placement
+                .owners()
+                .iter()
+                .all(|owner| owner.part_epoch == Epoch(10))
+        );
     }
 
     #[test]
@@ -308,39 +267,39 @@ mod tests {
         let nodes = live(&[(1, 1, 3), (2, 1, 4)]);
         let first = written(&next_owners(None, 64, &nodes).unwrap(), 10);
         let of_node_2: Vec<usize> = (0..64)
-            .filter(|&p| first.owners[p].node == NodeId(2))
+            .filter(|&p| first.owners()[p].node == NodeId(2))
             .collect();
         assert!(!of_node_2.is_empty());
 
         let without_2 = live(&[(1, 1, 3)]);
         let second = written(
-            &next_owners(Some(&first.owners), 64, &without_2).unwrap(),
+            &next_owners(Some(first.owners()), 64, &without_2).unwrap(),
             20,
         );
         for p in 0..64 {
-            let (before, after) = (first.owners[p], second.owners[p]);
+            let (before, after) = (first.owners()[p], second.owners()[p]);
             assert_eq!((after.node, after.shard), (before.node, before.shard));
             if of_node_2.contains(&p) {
                 assert_eq!(after.state, OwnerState::Offline);
-                assert_eq!(after.part_epoch, 20);
+                assert_eq!(after.part_epoch, Epoch(20));
             } else {
                 assert_eq!(after, before, "partition {p} of a live node is untouched");
             }
         }
         // Still without node 2: nothing changes, so the controller has nothing to write.
-        let again = next_owners(Some(&second.owners), 64, &without_2).unwrap();
-        assert_eq!(again, second.owners);
+        let again = next_owners(Some(second.owners()), 64, &without_2).unwrap();
+        assert_eq!(again, second.owners());
 
         // Node 2 re-registers at revision 25: its partitions come back to it at a new epoch.
         let back = live(&[(1, 1, 3), (2, 1, 25)]);
-        let third = written(&next_owners(Some(&second.owners), 64, &back).unwrap(), 30);
+        let third = written(&next_owners(Some(second.owners()), 64, &back).unwrap(), 30);
         for p in 0..64 {
             if of_node_2.contains(&p) {
-                assert_eq!(third.owners[p].node, NodeId(2));
-                assert_eq!(third.owners[p].state, OwnerState::Serving);
-                assert_eq!(third.owners[p].part_epoch, 30);
+                assert_eq!(third.owners()[p].node, NodeId(2));
+                assert_eq!(third.owners()[p].state, OwnerState::Serving);
+                assert_eq!(third.owners()[p].part_epoch, Epoch(30));
             } else {
-                assert_eq!(third.owners[p], first.owners[p]);
+                assert_eq!(third.owners()[p], first.owners()[p]);
             }
         }
     }
@@ -353,11 +312,11 @@ mod tests {
         let first = written(&next_owners(None, 32, &nodes).unwrap(), 10);
         let re_registered = live(&[(1, 1, 3), (2, 1, 15)]);
         let next = written(
-            &next_owners(Some(&first.owners), 32, &re_registered).unwrap(),
+            &next_owners(Some(first.owners()), 32, &re_registered).unwrap(),
             16,
         );
-        for (before, after) in first.owners.iter().zip(&next.owners) {
-            let expected = if before.node == NodeId(2) { 16 } else { 10 };
+        for (before, after) in first.owners().iter().zip(next.owners()) {
+            let expected = Epoch(if before.node == NodeId(2) { 16 } else { 10 });
             assert_eq!(after.part_epoch, expected);
             assert_eq!(after.node, before.node);
         }
@@ -368,8 +327,8 @@ mod tests {
         let nodes = live(&[(1, 4, 3)]);
         let first = written(&next_owners(None, 64, &nodes).unwrap(), 10);
         let fewer = live(&[(1, 2, 20)]);
-        let next = written(&next_owners(Some(&first.owners), 64, &fewer).unwrap(), 21);
-        assert!(next.owners.iter().all(|owner| owner.node == NodeId(1)
+        let next = written(&next_owners(Some(first.owners()), 64, &fewer).unwrap(), 21);
+        assert!(next.owners().iter().all(|owner| owner.node == NodeId(1)
             && owner.shard.0 < 2
             && owner.state == OwnerState::Serving));
     }
@@ -377,31 +336,23 @@ mod tests {
     #[test]
     fn records_refuse_what_they_cannot_mean() {
         let owners = next_owners(None, 4, &live(&[(1, 1, 1)])).unwrap();
-        let bytes = Placement::encode_record(&owners);
-        assert!(Placement::decode_record(&bytes, 5).is_ok());
+        let bytes = encode_record(&owners);
+        assert!(decode_record(&bytes, 5).is_ok());
         assert!(
-            Placement::decode_record(b"{", 5)
+            decode_record(b"{", 5)
                 .unwrap_err()
                 .contains("not valid JSON")
         );
         let future = br#"{"format":1,"owners":[[1,0,9,0]]}"#;
         assert!(
-            Placement::decode_record(future, 5)
+            decode_record(future, 5)
                 .unwrap_err()
                 .contains("after the record")
         );
         let unknown = br#"{"format":1,"owners":[[1,0,3,7]]}"#;
-        assert!(
-            Placement::decode_record(unknown, 5)
-                .unwrap_err()
-                .contains("state 7")
-        );
+        assert!(decode_record(unknown, 5).unwrap_err().contains("state 7"));
         let newer = br#"{"format":2,"owners":[]}"#;
-        assert!(
-            Placement::decode_record(newer, 5)
-                .unwrap_err()
-                .contains("format 2")
-        );
+        assert!(decode_record(newer, 5).unwrap_err().contains("format 2"));
     }
 
     proptest! {
@@ -420,24 +371,24 @@ mod tests {
                     .iter()
                     .map(|&node| (NodeId(node), LiveNode { shards: 2, registered_revision: 1 }))
                     .collect();
-                let next = next_owners(current.as_ref().map(|p| &p.owners[..]), partitions, &live_nodes)
+                let next = next_owners(current.as_ref().map(|p| p.owners()), partitions, &live_nodes)
                     .unwrap();
                 revision += 1;
                 let next = written(&next, revision);
                 prop_assert_eq!(next.partitions(), partitions);
                 if let Some(previous) = &current {
-                    for (p, (before, after)) in previous.owners.iter().zip(&next.owners).enumerate() {
+                    for (p, (before, after)) in previous.owners().iter().zip(next.owners()).enumerate() {
                         prop_assert_eq!(after.node, before.node, "step {} partition {} moved", step, p);
                         let live_owner = live_nodes.contains_key(&after.node);
                         prop_assert_eq!(after.state == OwnerState::Serving, live_owner);
                         if (after.shard, after.state) == (before.shard, before.state) {
                             prop_assert_eq!(after.part_epoch, before.part_epoch);
                         } else {
-                            prop_assert_eq!(after.part_epoch, revision);
+                            prop_assert_eq!(after.part_epoch, Epoch(revision as u32));
                         }
                     }
                 } else {
-                    prop_assert!(next.owners.iter().all(|o| live_nodes.contains_key(&o.node)));
+                    prop_assert!(next.owners().iter().all(|o| live_nodes.contains_key(&o.node)));
                 }
                 current = Some(next);
             }

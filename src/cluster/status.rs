@@ -72,7 +72,7 @@ impl ClusterStatus {
                 let _ = writeln!(
                     out,
                     "placement: epoch {}, {} partitions, {} offline",
-                    placement.epoch,
+                    placement.epoch().get(),
                     placement.partitions(),
                     placement.offline().count()
                 );
@@ -139,7 +139,7 @@ impl ClusterStatus {
                 let _ = write!(out, ", {offline} offline");
                 if let Some(placement) = &self.view.assignment {
                     let listed: Vec<String> = placement
-                        .owners
+                        .owners()
                         .iter()
                         .enumerate()
                         .filter(|(_, owner)| {
@@ -168,7 +168,7 @@ mod tests {
     use super::*;
     use crate::cluster::coordinator::KeyValue;
     use crate::cluster::keys::{ControllerRecord, NodeInfo};
-    use crate::cluster::placement::{LiveNode, Placement, next_owners};
+    use crate::cluster::placement::{LiveNode, decode_record, encode_record, next_owners};
 
     fn kv(key: String, value: Vec<u8>, revision: u64, lease: i64) -> KeyValue {
         KeyValue {
@@ -202,14 +202,14 @@ mod tests {
             .into_iter()
             .collect();
         let first = next_owners(None, 16, &live).unwrap();
-        let first = Placement::decode_record(&Placement::encode_record(&first), 5).unwrap();
+        let first = decode_record(&encode_record(&first), 5).unwrap();
         let only_1: BTreeMap<NodeId, LiveNode> = live.into_iter().take(1).collect();
-        let second = next_owners(Some(&first.owners), 16, &only_1).unwrap();
+        let second = next_owners(Some(first.owners()), 16, &only_1).unwrap();
         let controller = serde_json::to_vec(&ControllerRecord { node: 1 }).unwrap();
         let kvs = vec![
             kv(keys.node(NodeId(1)), info.encode(), 2, 11),
             kv(keys.controller(), controller, 3, 11),
-            kv(keys.assignment(), Placement::encode_record(&second), 9, 0),
+            kv(keys.assignment(), encode_record(&second), 9, 0),
         ];
         let status = ClusterStatus {
             name: "demo".into(),
@@ -217,7 +217,11 @@ mod tests {
             lease_left_s: [(NodeId(1), 4)].into_iter().collect(),
         };
         let text = status.render();
-        let offline = first.owners.iter().filter(|o| o.node == NodeId(2)).count();
+        let offline = first
+            .owners()
+            .iter()
+            .filter(|o| o.node == NodeId(2))
+            .count();
         assert!(text.contains("controller: node 1"), "{text}");
         assert!(
             text.contains(&format!("epoch 9, 16 partitions, {offline} offline")),

@@ -6,6 +6,7 @@
 //! partitions can move without keys being re-hashed. Each shard holds its own copy of the
 //! table (a shard view); clients get one from any shard. Plain values, valid on any core.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use xxhash_rust::xxh3::xxh3_64;
@@ -86,10 +87,11 @@ impl Partitioner {
 /// Whether a partition's owner serves it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OwnerState {
-    /// The owner applies the partition's events.
-    Active,
-    /// Nobody serves the partition now (its node is gone): its events are answered
-    /// `Error { OwnerUnavailable }` at once instead of waiting.
+    /// The owner applies the partition's events (while its node's lease is known valid).
+    Serving,
+    /// Nobody serves the partition now (its node's lease ended): its events are answered
+    /// `Error { OwnerUnavailable }` at once instead of waiting. The owner keeps its state and
+    /// gets the partition back, at a new partition epoch, when it returns (no replicas yet).
     Offline,
 }
 
@@ -108,12 +110,14 @@ const _: () = assert!(size_of::<Owner>() <= PLACEMENT_OWNER_BYTES_MAX);
 
 /// Which node and shard owns each partition, versioned by an [`Epoch`] that grows with every
 /// change. The [`Partitioner`] beside it is fixed; ownership moves, keys are never re-hashed.
-/// One copy per shard (a shard view) and per client; one node today.
+/// One value for the whole cluster (in a cluster, the epoch is the etcd revision of the
+/// assignment record, `cluster::placement`); each shard and each client holds its own copy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placement {
     epoch: Epoch,
     partitioner: Partitioner,
     owners: Vec<Owner>,
+    /// The shards the owners name: one more than the highest shard number.
     shards: u16,
 }
 
@@ -134,9 +138,28 @@ impl Placement {
                 node: NodeId(0),
                 shard: ShardId((p as usize % shards) as u16),
                 part_epoch: epoch,
-                state: OwnerState::Active,
+                state: OwnerState::Serving,
             })
             .collect();
+        Ok(Placement {
+            epoch,
+            partitioner,
+            owners,
+            shards: shards as u16,
+        })
+    }
+
+    /// A placement of the given owners, one per partition, at `epoch`.
+    pub fn from_owners(epoch: Epoch, owners: Vec<Owner>) -> Result<Placement, MapError> {
+        let partitioner = Partitioner::new(owners.len() as u32)?;
+        let shards = owners
+            .iter()
+            .map(|owner| usize::from(owner.shard.0) + 1)
+            .max()
+            .unwrap_or(1);
+        if shards > SHARDS_MAX {
+            return Err(MapError::BadShardCount(shards as u64));
+        }
         Ok(Placement {
             epoch,
             partitioner,
@@ -167,7 +190,7 @@ impl Placement {
                 shard: ShardId(owner),
                 // The message does not say when each partition last moved: no later than now.
                 part_epoch: epoch,
-                state: OwnerState::Active,
+                state: OwnerState::Serving,
             });
         }
         Ok(Placement {
@@ -178,9 +201,8 @@ impl Placement {
         })
     }
 
-    /// The map as a message, with the port each shard listens on.
+    /// The map as a message, with the port each shard of the sending node listens on.
     pub fn to_message(&self, shard_ports: &[u16]) -> PartitionMapMessage {
-        assert_eq!(shard_ports.len(), self.shards(), "one port per shard");
         PartitionMapMessage {
             epoch: self.epoch.get(),
             owners: self.owners.iter().map(|owner| owner.shard.0).collect(),
@@ -200,9 +222,36 @@ impl Placement {
         self.partitioner.partitions()
     }
 
-    /// How many shards the map spreads partitions over.
+    /// How many shards the map spreads partitions over (on the node with the most of them).
     pub fn shards(&self) -> usize {
         usize::from(self.shards)
+    }
+
+    /// Every partition's owner, indexed by partition.
+    pub fn owners(&self) -> &[Owner] {
+        &self.owners
+    }
+
+    /// The partitions nobody serves.
+    pub fn offline(&self) -> impl Iterator<Item = PartitionId> + '_ {
+        self.owners
+            .iter()
+            .enumerate()
+            .filter(|(_, owner)| owner.state == OwnerState::Offline)
+            .map(|(partition, _)| PartitionId(partition as u32))
+    }
+
+    /// How many partitions each (node, shard) owns: (serving, offline).
+    pub fn counts(&self) -> BTreeMap<(NodeId, ShardId), (u32, u32)> {
+        let mut counts = BTreeMap::new();
+        for owner in &self.owners {
+            let entry: &mut (u32, u32) = counts.entry((owner.node, owner.shard)).or_default();
+            match owner.state {
+                OwnerState::Serving => entry.0 += 1,
+                OwnerState::Offline => entry.1 += 1,
+            }
+        }
+        counts
     }
 
     /// Who owns `partition`.
@@ -234,7 +283,7 @@ impl Placement {
             .iter()
             .enumerate()
             .filter(move |(_, owner)| {
-                owner.node == node && owner.shard == shard && owner.state == OwnerState::Active
+                owner.node == node && owner.shard == shard && owner.state == OwnerState::Serving
             })
             .map(|(partition, _)| PartitionId(partition as u32))
     }
@@ -267,7 +316,7 @@ impl Placement {
             node,
             shard,
             part_epoch: next.epoch,
-            state: OwnerState::Active,
+            state: OwnerState::Serving,
         };
         Ok(next)
     }

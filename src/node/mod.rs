@@ -7,6 +7,9 @@
 //! accepts (SO_REUSEPORT lets the kernel spread connections), and the shard's own port, which
 //! shard-aware clients use to reach the owner of a partition directly.
 //!
+//! In a cluster (`cluster_node`), each shard also gets a feed from the node's control thread
+//! (`runtime::control_feed`); [`Node::serving_change`] is the control thread's end.
+//!
 //! Unless `--metrics-listen off`, it also binds the `/metrics` endpoint and starts the
 //! housekeeping thread (`crate::metrics`) that serves it from each shard's snapshots.
 
@@ -15,12 +18,15 @@ use std::rc::Rc;
 
 use socket2::Socket;
 
+use crate::cluster::control::ServingChange;
 use crate::core::auth::AuthSecret;
+use crate::core::ids::NodeId;
 use crate::core::partition::Placement;
 use crate::core::shard::{ShardStats, Stalls};
 use crate::metrics::{Housekeeping, MetricsListen, NodeInfo, SnapshotSender, snapshot_channel};
 use crate::net::listener::{listen, local_addr, probe_port_free, serve_listeners};
 use crate::runtime::config::{ConfigError, RuntimeConfig};
+use crate::runtime::control_feed::{FeedReceiver, FeedSender, ShardUpdate, feed, spawn_feed_task};
 use crate::runtime::executors::{Shards, StartError, spawn_shards};
 use crate::runtime::shard::Shard;
 
@@ -41,6 +47,9 @@ pub struct NodeConfig {
     pub auth: Option<AuthSecret>,
     /// Where the housekeeping thread serves `/metrics`, or `Off`.
     pub metrics: MetricsListen,
+    /// This node's id in its cluster, `None` on its own. A cluster node's shards start fenced
+    /// and serve what its control thread confirms, through [`Node::serving_change`].
+    pub cluster_node: Option<NodeId>,
 }
 
 impl NodeConfig {
@@ -53,6 +62,7 @@ impl NodeConfig {
             shard_port_base: None,
             auth: None,
             metrics: MetricsListen::Off,
+            cluster_node: None,
         }
     }
 
@@ -76,6 +86,8 @@ pub struct Node {
     addr: SocketAddr,
     shard_addrs: Vec<SocketAddr>,
     housekeeping: Option<Housekeeping>,
+    /// Each shard's feed from the control thread, in a cluster, until handed to it.
+    feeds: Vec<FeedSender>,
 }
 
 /// What every shard counted, in shard order.
@@ -154,6 +166,8 @@ struct ShardSockets {
     auth: Option<AuthSecret>,
     /// Where the shard's metrics snapshots go, when the node serves metrics.
     metrics: Option<SnapshotSender>,
+    /// The shard's end of its feed from the control thread, in a cluster.
+    feed: Option<FeedReceiver>,
 }
 
 impl Node {
@@ -182,6 +196,20 @@ impl Node {
         let shard_addrs: Vec<SocketAddr> = own.iter().map(local_addr).collect();
         let mut runtime = config.runtime.clone();
         runtime.shard_ports = shard_addrs.iter().map(|addr| addr.port()).collect();
+        runtime.cluster_node = config.cluster_node;
+        let (feeds, mut feed_ends) = match config.cluster_node {
+            None => (Vec::new(), Vec::new()),
+            Some(_) => (0..shards)
+                .map(|_| feed())
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|error| StartError::Io {
+                    what: "cannot create the control thread's feed to the shards".into(),
+                    error,
+                })?
+                .into_iter()
+                .unzip(),
+        };
+        let mut feed_ends = feed_ends.drain(..);
         let metrics_listener = match config.metrics {
             MetricsListen::Off => None,
             MetricsListen::On(metrics_addr) => Some(Housekeeping::bind(metrics_addr).map_err(
@@ -202,6 +230,7 @@ impl Node {
                 own,
                 auth: config.auth.clone(),
                 metrics: metrics_listener.as_ref().map(|_| snapshot_sender.clone()),
+                feed: feed_ends.next(),
             })
             .collect();
         let shards = spawn_shards(&runtime, &map, payloads, serve_shard)?;
@@ -221,6 +250,7 @@ impl Node {
             addr,
             shard_addrs,
             housekeeping,
+            feeds,
         })
     }
 
@@ -232,6 +262,26 @@ impl Node {
     /// Each shard's own address, in shard order.
     pub fn shard_addrs(&self) -> &[SocketAddr] {
         &self.shard_addrs
+    }
+
+    /// What the control thread calls whenever the placement or the lease changed: it tells
+    /// every shard. `None` for a node on its own, or once taken.
+    pub fn serving_change(&mut self) -> Option<ServingChange> {
+        if self.feeds.is_empty() {
+            return None;
+        }
+        let feeds = std::mem::take(&mut self.feeds);
+        Some(Box::new(move |placement, registered, lease_valid_until| {
+            let update = ShardUpdate {
+                placement: placement.clone(),
+                registered,
+                lease_valid_until,
+            };
+            for feed in &feeds {
+                // A shard that is gone has stopped the node (fail-stop): nothing to tell it.
+                let _ = feed.send(update.clone());
+            }
+        }))
     }
 
     /// Where `/metrics` is served, when it is.
@@ -271,6 +321,9 @@ fn node_info(config: &NodeConfig, addr: SocketAddr) -> NodeInfo {
 fn serve_shard(shard: Rc<Shard>, sockets: ShardSockets) {
     if let Some(sender) = sockets.metrics {
         metrics_bridge::spawn_snapshot_task(shard.clone(), sender);
+    }
+    if let Some(feed) = sockets.feed {
+        spawn_feed_task(shard.clone(), feed);
     }
     serve_listeners(shard, [sockets.shared, sockets.own], sockets.auth);
 }

@@ -14,7 +14,7 @@ use crate::constants::{
     STALL_THRESHOLD_MS_DEFAULT, STALL_THRESHOLD_MS_MAX, WRITE_STALL_MS_DEFAULT, WRITE_STALL_MS_MAX,
 };
 use crate::core::credit::Credit;
-use crate::core::ids::ShardId;
+use crate::core::ids::{NodeId, ShardId};
 use crate::core::partition::{MapError, Partitioner};
 use crate::host::affinity::allowed_cpus;
 use crate::host::cpuset::CpuSet;
@@ -154,6 +154,9 @@ pub struct RuntimeConfig {
     pub idle_timeout: Duration,
     /// Replies that wait this long for a socket that takes none of them close the connection.
     pub write_stall: Duration,
+    /// This node's id in its cluster; `None` for a node on its own. A cluster node's shards
+    /// start fenced and serve what its control thread confirms.
+    pub cluster_node: Option<NodeId>,
 }
 
 impl RuntimeConfig {
@@ -171,6 +174,7 @@ impl RuntimeConfig {
             stall_threshold: Some(Duration::from_millis(STALL_THRESHOLD_MS_DEFAULT)),
             idle_timeout: Duration::from_millis(CONNECTION_IDLE_MS_DEFAULT),
             write_stall: Duration::from_millis(WRITE_STALL_MS_DEFAULT),
+            cluster_node: None,
         }
     }
 

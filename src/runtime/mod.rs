@@ -7,9 +7,11 @@
 //! and wakes tasks. The network layer (`net`) gets each shard's listeners through
 //! [`executors::spawn_shards`] and drives a connection through [`shard::Shard`]'s methods. No
 //! locks and no atomics shared between shards: a shard's state is `Rc`/`RefCell` on its own
-//! core, and only `MeshBatch`es cross cores, on the channels of [`mesh`].
+//! core, and only `MeshBatch`es cross cores, on the channels of [`mesh`]. A cluster node's
+//! control thread reaches its shards through [`control_feed`].
 
 pub mod config;
+pub mod control_feed;
 pub mod executors;
 pub mod mesh;
 pub mod shard;

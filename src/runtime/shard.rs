@@ -23,11 +23,11 @@ use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 
 use crate::constants::TIMEOUT_CHECK_INTERVAL_MS_MAX;
 use crate::core::codec::{FrameBuilder, FrameError, FrameHeader};
-use crate::core::ids::{ConnectionId, ShardId};
-use crate::core::partition::Placement;
+use crate::core::ids::{ConnectionId, NodeId, ShardId};
+use crate::core::partition::{MapError, Placement};
 use crate::core::shard::{
-    CloseReason, FrameProgress, MeshBatch, MeshOutput, Readable, ShardConfig, ShardCore, ShardLoad,
-    ShardStats,
+    CloseReason, FrameProgress, MeshBatch, MeshOutput, NodeLease, Readable, ShardConfig, ShardCore,
+    ShardLoad, ShardStats,
 };
 use crate::runtime::config::RuntimeConfig;
 use crate::runtime::mesh::ShardMesh;
@@ -89,7 +89,12 @@ fn core_config(config: &RuntimeConfig) -> ShardConfig {
         shard_ports: config.shard_ports.clone(),
         idle_timeout_ns: config.idle_timeout.as_nanos() as u64,
         write_stall_ns: config.write_stall.as_nanos() as u64,
-        ..ShardConfig::defaults(shards)
+        // A cluster node serves nothing until its control thread confirms its lease.
+        node: config.cluster_node.unwrap_or(NodeId(0)),
+        lease_at_start: match config.cluster_node {
+            Some(_) => NodeLease::Fenced,
+            None => NodeLease::SINGLE_NODE,
+        },
     }
 }
 
@@ -115,6 +120,25 @@ impl Shard {
             force_close: Latch::new(),
             drain_progress: WaitQueue::new(),
         }
+    }
+
+    /// Installs `placement` from the node's control thread when it is newer than the
+    /// shard's (cloned only then), and wakes what it concerns.
+    pub fn install_placement(&self, placement: &Placement) -> Result<(), MapError> {
+        if placement.epoch() <= self.core.borrow().placement().epoch() {
+            return Ok(());
+        }
+        let now = self.now_ns();
+        let installed = self.core().handle_placement(now, placement.clone());
+        self.wake();
+        installed
+    }
+
+    /// What the node's control thread knows of its lease now (see [`ShardCore::handle_lease`]).
+    pub fn install_lease(&self, lease: NodeLease) {
+        let now = self.now_ns();
+        self.core().handle_lease(now, lease);
+        self.wake();
     }
 
     pub fn id(&self) -> ShardId {

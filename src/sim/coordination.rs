@@ -338,7 +338,7 @@ impl World {
         live.all(|i| {
             self.installed[i]
                 .as_ref()
-                .is_some_and(|placement| placement.epoch == reference.epoch)
+                .is_some_and(|placement| placement.epoch() == reference.epoch())
         }) && holds(reference)
     }
 
@@ -357,7 +357,7 @@ impl World {
             (!need_controller || world.controller().is_some())
                 && world.all_installed(|placement| {
                     placement
-                        .owners
+                        .owners()
                         .iter()
                         .filter(|owner| owner.node == victim)
                         .all(|owner| owner.state == OwnerState::Offline)
@@ -381,7 +381,7 @@ pub fn run(model: &CoordinationModel, nodes: usize, seed: u64) -> CoordinationRu
             && world.all_installed(|placement| {
                 placement.partitions() == partitions
                     && placement
-                        .owners
+                        .owners()
                         .iter()
                         .all(|owner| owner.state == OwnerState::Serving)
             })

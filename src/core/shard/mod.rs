@@ -43,14 +43,14 @@ use crate::constants::{
 use crate::core::codec::{FrameBuilder, FrameKind};
 use crate::core::credit::{Credit, CreditPool};
 use crate::core::hunt::PartitionState;
-use crate::core::ids::{NodeId, ShardId};
-use crate::core::partition::Placement;
+use crate::core::ids::{NodeId, PartitionId, ShardId};
+use crate::core::partition::{MapError, Placement};
 
 pub use admission::{FrameProgress, Readable};
 pub use connections::CloseReason;
 pub use counters::{ShardLoad, ShardStats, StageLatencies, Stalls};
 pub use mesh::{ArchiveBatch, BatchEntry, MeshBatch, MeshOutput};
-pub use routing::{LocalEvent, Route};
+pub use routing::{LocalEvent, NodeLease, Route};
 
 use connections::Connections;
 use mesh::Peer;
@@ -79,6 +79,9 @@ pub struct ShardConfig {
     /// Bugs injected by tests (see [`faults`]); off in every node.
     #[doc(hidden)]
     pub faults: faults::Faults,
+    /// Whether the node may serve its partitions from the start: a single node may; a cluster
+    /// node waits for its control thread to confirm its lease ([`ShardCore::handle_lease`]).
+    pub lease_at_start: NodeLease,
 }
 
 impl ShardConfig {
@@ -101,6 +104,7 @@ impl ShardConfig {
             idle_timeout_ns: CONNECTION_IDLE_MS_DEFAULT * 1_000_000,
             write_stall_ns: WRITE_STALL_MS_DEFAULT * 1_000_000,
             faults: faults::Faults::default(),
+            lease_at_start: NodeLease::SINGLE_NODE,
         }
     }
 }
@@ -110,8 +114,13 @@ pub struct ShardCore {
     node: NodeId,
     shard: ShardId,
     placement: Placement,
-    /// Indexed by partition; `Some` exactly for the partitions this shard serves.
+    /// Indexed by partition; `Some` for the partitions this shard owns (served or not).
     partitions: Vec<Option<PartitionState>>,
+    /// Indexed by partition; `true` exactly for the partitions this shard applies events of
+    /// now: it owns them, they are `Serving`, the node's lease is valid and confirmed them.
+    /// The one check an event routed here needs.
+    serving: Vec<bool>,
+    lease: NodeLease,
     config: ShardConfig,
     /// The map reply frame for the current placement, encoded once per placement.
     map_reply: Vec<u8>,
@@ -147,6 +156,8 @@ impl ShardCore {
             node: config.node,
             shard,
             partitions: Vec::new(),
+            serving: Vec::new(),
+            lease: config.lease_at_start,
             map_reply: Vec::new(),
             credit: CreditPool::new(config.shard_budget),
             connections: Connections::default(),
@@ -184,50 +195,85 @@ impl ShardCore {
         &self.placement
     }
 
-    /// The state of a partition this shard serves.
-    pub fn partition(&self, partition: crate::core::ids::PartitionId) -> Option<&PartitionState> {
+    /// The state of a partition this shard owns (served now or not).
+    pub fn partition(&self, partition: PartitionId) -> Option<&PartitionState> {
         self.partitions.get(partition.index())?.as_ref()
     }
 
-    /// Installs a newer placement: partitions that left this shard drop their state,
-    /// partitions that arrived start empty (moving state with them is the store's job), and
-    /// clients behind the new epoch get the new map with their next replies.
-    pub fn handle_placement(&mut self, _now_ns: u64, placement: Placement) {
-        if placement.epoch() <= self.placement.epoch()
-            || placement.partitions() != self.placement.partitions()
-            || placement.shards() != self.placement.shards()
+    /// Whether this shard applies events of `partition` now.
+    pub fn serves(&self, partition: PartitionId) -> bool {
+        self.serving
+            .get(partition.index())
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Installs a newer placement. Partitions that left this shard for another owner drop
+    /// their state (moving state with them is the store's job); partitions that arrived start
+    /// empty; partitions this shard still owns but may not serve (`Offline`, or not confirmed
+    /// since the node's lease came back) keep their state and answer `Unavailable`. Clients
+    /// behind the new epoch get the new map with their next replies. An older or equal epoch
+    /// is ignored; a placement that does not fit this node is refused.
+    pub fn handle_placement(&mut self, _now_ns: u64, placement: Placement) -> Result<(), MapError> {
+        if placement.epoch() <= self.placement.epoch() {
+            return Ok(());
+        }
+        if placement.partitions() != self.placement.partitions() {
+            return Err(MapError::BadPartitionCount(u64::from(
+                placement.partitions(),
+            )));
+        }
+        let shards = self.peers.len();
+        if let Some((partition, owner)) = placement
+            .owners()
+            .iter()
+            .enumerate()
+            .find(|(_, owner)| owner.node == self.node && owner.shard.index() >= shards)
         {
-            return;
+            return Err(MapError::UnknownOwner {
+                partition: partition as u32,
+                owner: owner.shard.0,
+            });
         }
         self.placement = placement;
         self.adopt_placement();
+        Ok(())
+    }
+
+    /// What the node's control thread knows of its lease now. Fenced, the shard answers
+    /// `Unavailable` to everything (its partitions may be someone else's by now); confirmed,
+    /// it serves the partitions confirmed to it after its registration.
+    pub fn handle_lease(&mut self, _now_ns: u64, lease: NodeLease) {
+        if lease != self.lease {
+            self.lease = lease;
+            self.adopt_placement();
+        }
+    }
+
+    /// The node's lease as this shard last heard it.
+    pub fn lease(&self) -> NodeLease {
+        self.lease
     }
 
     fn adopt_placement(&mut self) {
         let partitions = self.placement.partitions() as usize;
         self.partitions.resize_with(partitions, || None);
-        let served: Vec<bool> = {
-            let mut served = vec![false; partitions];
-            for partition in self.placement.partitions_served_by(self.node, self.shard) {
-                served[partition.index()] = true;
+        self.serving.resize(partitions, false);
+        for (index, owner) in self.placement.owners().iter().enumerate() {
+            let owned = owner.node == self.node && owner.shard == self.shard;
+            let serve = owned && self.lease.serves(owner);
+            let slot = &mut self.partitions[index];
+            if serve && slot.is_none() {
+                *slot = Some(PartitionState::new(PartitionId(index as u32)));
+            } else if !owned {
+                *slot = None;
             }
-            served
-        };
-        for (index, slot) in self.partitions.iter_mut().enumerate() {
-            match (served[index], slot.is_some()) {
-                (true, false) => {
-                    *slot = Some(PartitionState::new(crate::core::ids::PartitionId(
-                        index as u32,
-                    )))
-                }
-                (false, true) => *slot = None,
-                _ => {}
-            }
+            self.serving[index] = serve;
         }
-        let ports = if self.config.shard_ports.len() == self.placement.shards() {
+        let ports = if self.config.shard_ports.len() == self.peers.len() {
             self.config.shard_ports.clone()
         } else {
-            vec![0; self.placement.shards()]
+            vec![0; self.peers.len()]
         };
         let mut frames = FrameBuilder::new();
         frames

@@ -5,9 +5,13 @@
 //! the partition into [`ShardCore::apply`], so the hunt is not hashed twice and `apply` has no
 //! "not mine" case to panic on. Every receiver re-routes what it is given: an event that
 //! reaches a shard that no longer owns its partition is answered `Moved`, never applied.
+//!
+//! In a cluster, a shard serves a partition it owns only while its node's lease is confirmed
+//! ([`NodeLease`], from the control thread): an `Offline` partition, or any partition while
+//! the node is fenced, is answered `Unavailable` (`Error { OwnerUnavailable }`) at once.
 //! Shard-local, like the core.
 
-use crate::core::ids::{NodeId, PartitionId, ShardId};
+use crate::core::ids::{Epoch, NodeId, PartitionId, ShardId};
 use crate::core::message::{ArchivedEvent, EventError, Outcome, Reply};
 use crate::core::partition::{Owner, OwnerState};
 use crate::core::shard::ShardCore;
@@ -35,40 +39,89 @@ pub enum Route {
     Node(NodeId, ShardId),
 }
 
+/// What a shard knows of its node's lease, from the node's control thread (a single node has
+/// no lease and is always confirmed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeLease {
+    /// The lease is not known valid (not granted yet, or past its end): serve nothing, since
+    /// the controller may have declared this node dead and its partitions `Offline`.
+    Fenced,
+    /// The lease is valid, and this node registered at `registered`: it serves the partitions
+    /// it owns whose epoch is after that, so that two nodes never apply events of the same
+    /// partition in the same epoch.
+    Confirmed { registered: Epoch },
+}
+
+impl NodeLease {
+    /// A node on its own: no etcd, no lease, every partition it owns is confirmed.
+    pub const SINGLE_NODE: NodeLease = NodeLease::Confirmed {
+        registered: Epoch(0),
+    };
+
+    /// Whether a node holding this lease may apply events of a partition that `owner` owns
+    /// (on this node).
+    pub fn serves(self, owner: &Owner) -> bool {
+        match self {
+            NodeLease::Fenced => false,
+            NodeLease::Confirmed { registered } => {
+                owner.state == OwnerState::Serving && owner.part_epoch > registered
+            }
+        }
+    }
+}
+
 impl ShardCore {
     /// Where `event` must be applied, by this shard's placement.
     #[inline]
     pub fn route(&self, event: &ArchivedEvent) -> Route {
         let partition = self.placement.partitioner().partition_of(event.hunt.get());
-        self.route_partition(partition, self.placement.owner(partition))
+        self.route_partition(partition)
     }
 
+    /// A partition served here is `Local` (the one check the single-node path makes); any
+    /// other goes to its owner's node, or to its owner's shard of this node.
     #[inline]
-    fn route_partition(&self, partition: PartitionId, owner: &Owner) -> Route {
+    fn route_partition(&self, partition: PartitionId) -> Route {
+        if self.serving[partition.index()] {
+            return Route::Local(LocalEvent { partition });
+        }
+        let owner = self.placement.owner(partition);
         if owner.node != self.node {
             Route::Node(owner.node, owner.shard)
-        } else if owner.shard == self.shard && self.partitions[partition.index()].is_some() {
-            Route::Local(LocalEvent { partition })
         } else {
             Route::Shard(owner.shard)
         }
     }
 
-    /// The route of `event`, or the answer to give at once when nobody serves its partition.
+    /// The route of `event`, or the answer to give at once when nobody serves its partition:
+    /// it is `Offline`, this node is fenced, or it is this shard's own but not confirmed yet.
     pub(super) fn route_or_answer(&self, event: &ArchivedEvent) -> Result<Route, Outcome> {
         let partition = self.placement.partitioner().partition_of(event.hunt.get());
-        let owner = self.placement.owner(partition);
-        if owner.state == OwnerState::Offline {
-            return Err(Outcome::Error {
-                error: EventError::OwnerUnavailable,
-            });
+        let route = self.route_partition(partition);
+        if matches!(route, Route::Local(_)) {
+            return Ok(route);
         }
-        Ok(self.route_partition(partition, owner))
+        if self.unavailable(partition) {
+            return Err(unavailable());
+        }
+        Ok(route)
     }
 
-    /// The answer for an event whose partition is owned elsewhere.
+    /// Whether nobody may apply `partition`'s events now, as far as this shard knows.
+    fn unavailable(&self, partition: PartitionId) -> bool {
+        let owner = self.placement.owner(partition);
+        owner.state == OwnerState::Offline
+            || self.lease == NodeLease::Fenced
+            || (owner.node == self.node && owner.shard == self.shard)
+    }
+
+    /// The answer for an event this shard does not serve: `Unavailable` when nobody may,
+    /// else `Moved` to its owner.
     pub(super) fn moved(&self, event: &ArchivedEvent) -> Outcome {
         let partition = self.placement.partitioner().partition_of(event.hunt.get());
+        if self.unavailable(partition) {
+            return unavailable();
+        }
         let owner = self.placement.owner(partition);
         Outcome::Moved {
             node: owner.node.0,
@@ -80,11 +133,19 @@ impl ShardCore {
     /// Applies an event this shard routed to itself, and builds its reply. A token from before
     /// a placement change that moved its partition away is answered `Moved`.
     pub fn apply(&mut self, local: LocalEvent, event: &ArchivedEvent) -> Reply {
-        let outcome = match self.partitions[local.partition.index()].as_mut() {
-            Some(state) => state.apply(event),
-            None => self.moved(event),
+        let index = local.partition.index();
+        let outcome = match self.partitions[index].as_mut() {
+            Some(state) if self.serving[index] => state.apply(event),
+            _ => self.moved(event),
         };
         reply_to(event, outcome)
+    }
+}
+
+/// The answer for an event whose partition nobody serves now.
+fn unavailable() -> Outcome {
+    Outcome::Error {
+        error: EventError::OwnerUnavailable,
     }
 }
 

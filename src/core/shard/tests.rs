@@ -20,6 +20,9 @@ use crate::core::shard::{
     CloseReason, FrameProgress, MeshOutput, Readable, Route, ShardConfig, ShardCore,
 };
 
+#[path = "tests_placement.rs"]
+mod placement_tests;
+
 const BIG: u32 = 1 << 30;
 
 fn placement(shards: usize) -> Placement {
@@ -399,7 +402,7 @@ fn a_forwarded_event_for_a_partition_that_moved_is_answered_moved() {
     let moved = placement(2)
         .with_owner(partition, NodeId(0), ShardId(0))
         .unwrap();
-    cores[1].handle_placement(0, moved);
+    cores[1].handle_placement(0, moved).unwrap();
     settle(&mut cores);
     let received = write_all(&mut cores[0], conn);
     assert_eq!(
@@ -430,7 +433,7 @@ fn a_stale_local_token_is_answered_moved_not_applied() {
         .unwrap()
         .with_owner(partition, NodeId(7), ShardId(0))
         .unwrap();
-    core.handle_placement(0, elsewhere);
+    core.handle_placement(0, elsewhere).unwrap();
     assert!(core.partition(partition).is_none());
     let reply = core.apply(local, archived);
     assert_eq!(
@@ -451,7 +454,7 @@ fn a_client_behind_the_epoch_gets_the_new_map_once() {
     let newer = placement(1)
         .with_owner(PartitionId(3), NodeId(0), ShardId(0))
         .unwrap();
-    core.handle_placement(0, newer);
+    core.handle_placement(0, newer).unwrap();
     offer(&mut core, conn, &frame(&[join(0, HuntId(1))], 1));
     offer(&mut core, conn, &frame(&[join(1, HuntId(1))], 1));
     let received = write_all(&mut core, conn);

@@ -1,0 +1,248 @@
+//! A shard of a cluster node installing placements and its node's lease: partitions gained,
+//! lost, `Offline`, and self-fencing, driven by hand like the rest of `tests`.
+
+use super::*;
+use crate::core::ids::Epoch;
+use crate::core::partition::{MapError, Owner, OwnerState};
+use crate::core::shard::NodeLease;
+
+const HERE: NodeId = NodeId(1);
+const ELSEWHERE: NodeId = NodeId(2);
+const PARTITIONS: usize = 64;
+
+/// A placement at `epoch` where `owner_of(p)` owns partition `p`.
+fn cluster_placement(epoch: u32, owner_of: impl Fn(usize) -> Owner) -> Placement {
+    Placement::from_owners(Epoch(epoch), (0..PARTITIONS).map(owner_of).collect()).unwrap()
+}
+
+fn owner(node: NodeId, part_epoch: u32, state: OwnerState) -> Owner {
+    Owner {
+        node,
+        shard: ShardId(0),
+        part_epoch: Epoch(part_epoch),
+        state,
+    }
+}
+
+/// Even partitions here, odd ones on the other node, all serving since `part_epoch`.
+fn halves(epoch: u32, part_epoch: u32) -> Placement {
+    cluster_placement(epoch, |p| {
+        let node = if p % 2 == 0 { HERE } else { ELSEWHERE };
+        owner(node, part_epoch, OwnerState::Serving)
+    })
+}
+
+/// The one shard of node `HERE`, starting fenced, as a cluster node's shards do.
+fn cluster_shard(placement: Placement) -> ShardCore {
+    let config = ShardConfig {
+        node: HERE,
+        lease_at_start: NodeLease::Fenced,
+        ..ShardConfig::defaults(1)
+    };
+    ShardCore::with_config(ShardId(0), placement, config)
+}
+
+/// A hunt of partition `partition`, the `n`th one.
+fn hunt_in(partition: u32, n: usize) -> HuntId {
+    let partitioner = placement(1).partitioner();
+    (0..)
+        .map(HuntId)
+        .filter(|hunt| partitioner.partition_of(*hunt) == PartitionId(partition))
+        .nth(n)
+        .unwrap()
+}
+
+/// Sends `events` on a new connection and returns the outcomes, in order.
+fn outcomes(core: &mut ShardCore, events: &[Event]) -> Vec<Outcome> {
+    let conn = core.handle_connect(0).unwrap();
+    assert_eq!(offer(core, conn, &frame(events, 1)), FrameProgress::Done);
+    let replies = write_all(core, conn).replies;
+    assert_eq!(replies.len(), events.len(), "every event answered once");
+    core.check_credit().unwrap();
+    replies.into_iter().map(|reply| reply.outcome).collect()
+}
+
+fn unavailable() -> Outcome {
+    Outcome::Error {
+        error: EventError::OwnerUnavailable,
+    }
+}
+
+#[test]
+fn a_fenced_shard_answers_unavailable_to_everything_until_its_lease_is_confirmed() {
+    let mut core = cluster_shard(halves(10, 10));
+    let (mine, theirs) = (hunt_in(0, 0), hunt_in(1, 0));
+    assert_eq!(
+        outcomes(&mut core, &[create(0, mine), create(1, theirs)]),
+        vec![unavailable(), unavailable()],
+        "no lease yet: not even a Moved, the placement may be stale"
+    );
+    core.handle_lease(
+        0,
+        NodeLease::Confirmed {
+            registered: Epoch(5),
+        },
+    );
+    let answered = outcomes(&mut core, &[create(2, mine), create(3, theirs)]);
+    assert_eq!(answered[0], Outcome::Accepted { score: 0 });
+    assert_eq!(
+        answered[1],
+        Outcome::Moved {
+            node: ELSEWHERE.0,
+            shard: 0,
+            epoch: 10
+        }
+    );
+    assert_eq!(core.stats().events_applied, 1);
+}
+
+#[test]
+fn fenced_partitions_keep_their_state_and_serve_again_only_at_a_newer_partition_epoch() {
+    let mut core = cluster_shard(halves(10, 10));
+    core.handle_lease(
+        0,
+        NodeLease::Confirmed {
+            registered: Epoch(5),
+        },
+    );
+    let hunt = hunt_in(2, 0);
+    assert_eq!(
+        outcomes(&mut core, &[create(0, hunt)]),
+        vec![Outcome::Accepted { score: 0 }]
+    );
+    core.handle_lease(0, NodeLease::Fenced);
+    assert_eq!(outcomes(&mut core, &[join(1, hunt)]), vec![unavailable()]);
+    assert!(
+        core.partition(PartitionId(2)).is_some(),
+        "state kept while fenced"
+    );
+    // The node registered again at revision 12: partitions confirmed at epoch 10 are not its
+    // own until the controller confirms them at a later epoch.
+    core.handle_lease(
+        0,
+        NodeLease::Confirmed {
+            registered: Epoch(12),
+        },
+    );
+    assert_eq!(outcomes(&mut core, &[join(2, hunt)]), vec![unavailable()]);
+    assert!(!core.serves(PartitionId(2)));
+    core.handle_placement(0, halves(13, 13)).unwrap();
+    assert!(core.serves(PartitionId(2)));
+    assert_eq!(
+        outcomes(&mut core, &[join(3, hunt)]),
+        vec![Outcome::Accepted { score: 0 }],
+        "the hunt created before the fence is still there: joining it is accepted"
+    );
+}
+
+#[test]
+fn offline_partitions_answer_unavailable_at_once_and_the_others_are_served() {
+    let mut core = cluster_shard(halves(10, 10));
+    core.handle_lease(
+        0,
+        NodeLease::Confirmed {
+            registered: Epoch(5),
+        },
+    );
+    let (mine, offline_mine, offline_theirs) = (hunt_in(0, 0), hunt_in(4, 0), hunt_in(3, 0));
+    assert_eq!(
+        outcomes(&mut core, &[create(0, offline_mine)]),
+        vec![Outcome::Accepted { score: 0 }]
+    );
+    let next = cluster_placement(20, |p| {
+        let base = halves(10, 10).owners()[p];
+        if p == 3 || p == 4 {
+            Owner {
+                state: OwnerState::Offline,
+                part_epoch: Epoch(20),
+                ..base
+            }
+        } else {
+            base
+        }
+    });
+    core.handle_placement(0, next).unwrap();
+    let answered = outcomes(
+        &mut core,
+        &[
+            create(1, mine),
+            join(2, offline_mine),
+            create(3, offline_theirs),
+        ],
+    );
+    assert_eq!(
+        answered,
+        vec![Outcome::Accepted { score: 0 }, unavailable(), unavailable()]
+    );
+    assert!(
+        core.partition(PartitionId(4)).is_some(),
+        "an Offline partition this shard owns keeps its state for when it comes back"
+    );
+}
+
+#[test]
+fn partitions_gained_start_empty_and_partitions_lost_answer_moved_to_their_owner() {
+    let mut core = cluster_shard(halves(10, 10));
+    core.handle_lease(
+        0,
+        NodeLease::Confirmed {
+            registered: Epoch(5),
+        },
+    );
+    let (lost, gained) = (hunt_in(0, 0), hunt_in(1, 0));
+    assert_eq!(
+        outcomes(&mut core, &[create(0, lost)]),
+        vec![Outcome::Accepted { score: 0 }]
+    );
+    let swapped = cluster_placement(30, |p| {
+        let node = if p % 2 == 0 { ELSEWHERE } else { HERE };
+        owner(node, 30, OwnerState::Serving)
+    });
+    core.handle_placement(0, swapped).unwrap();
+    assert!(
+        core.partition(PartitionId(0)).is_none(),
+        "lost: state dropped"
+    );
+    assert!(core.partition(PartitionId(1)).is_some(), "gained: created");
+    let answered = outcomes(&mut core, &[join(1, lost), create(2, gained)]);
+    assert_eq!(
+        answered,
+        vec![
+            Outcome::Moved {
+                node: ELSEWHERE.0,
+                shard: 0,
+                epoch: 30
+            },
+            Outcome::Accepted { score: 0 }
+        ]
+    );
+}
+
+#[test]
+fn placements_that_do_not_fit_the_node_are_refused_and_older_ones_ignored() {
+    let mut core = cluster_shard(halves(10, 10));
+    let two_shards_here = cluster_placement(11, |p| Owner {
+        shard: ShardId((p % 2) as u16),
+        ..owner(HERE, 11, OwnerState::Serving)
+    });
+    assert_eq!(
+        core.handle_placement(0, two_shards_here),
+        Err(MapError::UnknownOwner {
+            partition: 1,
+            owner: 1
+        })
+    );
+    let fewer = Placement::from_owners(
+        Epoch(12),
+        (0..PARTITIONS / 2)
+            .map(|_| owner(HERE, 12, OwnerState::Serving))
+            .collect(),
+    )
+    .unwrap();
+    assert_eq!(
+        core.handle_placement(0, fewer),
+        Err(MapError::BadPartitionCount(PARTITIONS as u64 / 2))
+    );
+    core.handle_placement(0, halves(9, 9)).unwrap();
+    assert_eq!(core.placement().epoch(), Epoch(10), "nothing installed");
+}
