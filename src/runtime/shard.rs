@@ -95,6 +95,7 @@ fn core_config(config: &RuntimeConfig) -> ShardConfig {
             Some(_) => NodeLease::Fenced,
             None => NodeLease::SINGLE_NODE,
         },
+        ..ShardConfig::defaults(shards)
     }
 }
 

@@ -1165,8 +1165,12 @@ impl Sim {
                 .expect("a partition of the placement");
         }
         for shard in &mut self.cluster[0].shards {
-            shard.core.handle_placement(now, away.clone());
-            shard.core.handle_placement(now, back.clone());
+            for placement in [&away, &back] {
+                shard
+                    .core
+                    .handle_placement(now, placement.clone())
+                    .expect("the sim's placements name only this node's shards");
+            }
         }
     }
 
