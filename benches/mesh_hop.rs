@@ -441,7 +441,7 @@ async fn dispatch_frames<'a>(
 async fn drive(shard: Rc<Shard>, payload: DriverPayload) {
     let connection = Rc::new(DriverConnection::default());
     let (id, signals) = shard
-        .connect()
+        .connect(None)
         .expect("a new shard has room for a connection");
     glommio::spawn_local(write_replies(
         shard.clone(),

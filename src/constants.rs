@@ -67,6 +67,11 @@ pub const CPU_ID_MAX: usize = 8191;
 pub const SHARDS_MAX: usize = 256;
 /// Most open client connections one shard serves; one more is answered with an error frame.
 pub const CONNECTIONS_PER_SHARD_MAX: usize = 128;
+/// Connections one source address may hold open at one shard unless configured otherwise
+/// (`trove node --connections-per-source-max`): half the shard's slots, so that one host
+/// (or one runaway client) cannot take every slot, while a load generator on loopback still
+/// gets most of them.
+pub const CONNECTIONS_PER_SOURCE_DEFAULT: usize = CONNECTIONS_PER_SHARD_MAX / 2;
 /// Default TCP port every shard accepts on (SO_REUSEPORT).
 pub const PORT_DEFAULT: u16 = 7700;
 /// Connections the kernel queues on a listening socket before the shard accepts them.
@@ -207,6 +212,40 @@ pub const WRITE_STALL_MS_DEFAULT: u64 = 10_000;
 pub const WRITE_STALL_MS_MAX: u64 = 600_000;
 /// How often a shard checks its connections' timeouts: the most a timeout may overshoot.
 pub const TIMEOUT_CHECK_INTERVAL_MS_MAX: u64 = 100;
+/// How long a frame may take to arrive whole once its first byte was read, unless configured
+/// otherwise (`trove node --frame-arrival-ms`): a client that dribbles a frame (slowloris)
+/// is closed after this, not after the idle timeout.
+pub const FRAME_ARRIVAL_MS_DEFAULT: u64 = 10_000;
+/// Longest frame-arrival time a node may be configured with.
+pub const FRAME_ARRIVAL_MS_MAX: u64 = 600_000;
+/// In `--fail-fast` mode, the longest an event may have waited in its socket (and receive
+/// buffer) before it is read and dispatched, unless configured (`--shed-target-ms`): past it,
+/// under a standing queue, the event is answered `Busy` (see `core::shard::shedding`).
+pub const SHED_TARGET_MS_DEFAULT: u64 = 5;
+/// Largest shedding target a node may be configured with.
+pub const SHED_TARGET_MS_MAX: u64 = 10_000;
+/// CoDel's interval: a queue whose events wait past the target for this long is a standing
+/// queue (shed from then on); one that stays under the target for this long is drained (stop
+/// shedding). Shorter waits past the target are a burst, absorbed up to this long.
+pub const SHED_BURST_MS_MAX: u64 = 100;
+/// Sojourn samples a connection's reader keeps (see `net::sojourn`): more only make the
+/// measured wait tighter, fewer leave it a valid lower bound.
+pub const SOJOURN_SAMPLES_MAX: usize = 32;
+/// Bytes a stopping shard still reads from one connection, after its last whole frames, to
+/// count the events that will not be applied (they are named in one error frame, never
+/// answered one by one, so this costs no memory beyond the receive buffer).
+pub const STOP_DRAIN_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// A stopping shard counts what a connection still sends until the socket has been quiet
+/// this long (or the grace period ends).
+pub const STOP_DRAIN_WAIT_MS_MAX: u64 = 50;
+/// How long the node tries to write the error frame that says why it closes a connection
+/// (idle, evicted, a frame too slow) before it closes without it.
+pub const CLOSE_NOTICE_MS_MAX: u64 = 100;
+const _: () = assert!(SHED_TARGET_MS_DEFAULT < SHED_BURST_MS_MAX);
+const _: () = assert!(SHED_TARGET_MS_DEFAULT <= SHED_TARGET_MS_MAX);
+const _: () = assert!(FRAME_ARRIVAL_MS_DEFAULT <= FRAME_ARRIVAL_MS_MAX);
+const _: () = assert!(CONNECTIONS_PER_SOURCE_DEFAULT >= 1);
+const _: () = assert!(CONNECTIONS_PER_SOURCE_DEFAULT <= CONNECTIONS_PER_SHARD_MAX);
 /// How long a stopping node waits for work in flight to drain before it closes anyway.
 pub const SHUTDOWN_GRACE_MS_MAX: u64 = 5_000;
 /// A shard's task queue that runs this long past its time slice (glommio's preempt timer,
@@ -300,7 +339,7 @@ pub const STAGE_HISTOGRAMS_PER_SHARD_MAX: usize =
     2 * (1 + 1 + METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX + 1);
 /// One connection's state on its shard (`Option<core::shard::connections::Connection>`),
 /// without its buffers.
-pub const CONNECTION_STATE_BYTES_MAX: usize = 256;
+pub const CONNECTION_STATE_BYTES_MAX: usize = 320;
 
 /// Worst-case bytes of one shard's network and back-pressure buffers (not its hunt state). A
 /// byte or entry vector that doubles holds up to twice what it carries: counted as `2 *`.

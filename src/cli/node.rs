@@ -11,8 +11,9 @@ use clap::Args;
 use crate::client::auth::read_secret_file;
 use crate::constants::{
     CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_EVENTS_INFLIGHT_MAX, CONNECTION_IDLE_MS_DEFAULT,
-    NodeMemory, PARTITIONS_DEFAULT, PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX,
-    SHARD_EVENTS_INFLIGHT_MAX, WRITE_STALL_MS_DEFAULT,
+    CONNECTIONS_PER_SOURCE_DEFAULT, FRAME_ARRIVAL_MS_DEFAULT, NodeMemory, PARTITIONS_DEFAULT,
+    PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX, SHED_TARGET_MS_DEFAULT,
+    WRITE_STALL_MS_DEFAULT,
 };
 use crate::core::ids::NodeId;
 use crate::host::cpuset::CpuSet;
@@ -68,9 +69,22 @@ pub struct NodeArgs {
     /// Events one connection may have in flight
     #[arg(long, value_name = "N", default_value_t = CONNECTION_EVENTS_INFLIGHT_DEFAULT)]
     pub connection_events_max: u32,
-    /// Answer Busy when out of credit instead of making the client wait
+    /// Answer Busy when out of credit instead of making the client wait, and shed load: under
+    /// a standing queue, events that waited longer than --shed-target-ms before they were read
+    /// are answered Busy
     #[arg(long)]
     pub fail_fast: bool,
+    /// With --fail-fast, the longest an event may wait in its socket before it is read, once
+    /// waits have stayed past it for 100 ms (a burst shorter than that is served)
+    #[arg(long, value_name = "MS", default_value_t = SHED_TARGET_MS_DEFAULT)]
+    pub shed_target_ms: u64,
+    /// Connections one source address may hold open at one shard; one more is refused with
+    /// an error frame naming this limit. 128 (every slot of a shard) turns it off
+    #[arg(long, value_name = "N", default_value_t = CONNECTIONS_PER_SOURCE_DEFAULT)]
+    pub connections_per_source_max: usize,
+    /// Close a connection that started a frame and has not sent all of it within this many ms
+    #[arg(long, value_name = "MS", default_value_t = FRAME_ARRIVAL_MS_DEFAULT)]
+    pub frame_arrival_ms: u64,
     /// Close a connection with nothing in flight after this many ms of silence
     #[arg(long, value_name = "MS", default_value_t = CONNECTION_IDLE_MS_DEFAULT)]
     pub idle_timeout_ms: u64,
@@ -124,6 +138,9 @@ impl NodeArgs {
             fail_fast: self.fail_fast,
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             write_stall: Duration::from_millis(self.write_stall_ms),
+            frame_arrival: Duration::from_millis(self.frame_arrival_ms),
+            connections_per_source_max: self.connections_per_source_max,
+            shed_target: Duration::from_millis(self.shed_target_ms),
             spin_before_park: self
                 .spin_before_park_us
                 .filter(|&us| us > 0)

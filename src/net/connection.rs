@@ -10,23 +10,36 @@
 //!
 //! Malformed input ends the reader; the core sends the replies to everything admitted before
 //! it, then an error frame, and the writer closes the socket. Other connections are not
-//! affected. Both tasks live on the shard's executor.
+//! affected. When the core closes a connection (idle, evicted, a frame too slow), the writer
+//! first tells the client why, if the socket takes it within `CLOSE_NOTICE_MS_MAX`. When the
+//! shard stops, the reader counts the events still unread in the socket (bounded), and the
+//! core names them in the connection's last frame. In fail-fast mode the reader measures how
+//! long what it reads waited in the socket (`net::sojourn`) for the core's load shedding.
+//! Both tasks live on the shard's executor.
 
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use futures_lite::future::or;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::constants::{CONNECTION_LINGER_MS_MAX, WRITE_BUFFER_RETAINED_BYTES_MAX};
+use crate::constants::{
+    CLOSE_NOTICE_MS_MAX, CONNECTION_LINGER_MS_MAX, STOP_DRAIN_BYTES_MAX, STOP_DRAIN_WAIT_MS_MAX,
+    WRITE_BUFFER_RETAINED_BYTES_MAX,
+};
 use crate::core::auth::AuthSecret;
 use crate::core::codec::{
-    Decoded, ERROR_CODE_CONNECTION_LIMIT, FrameBuilder, FrameError, ReceiveBuffer,
-    check_stream_end, decode_frame,
+    Decoded, ERROR_CODE_CONNECTION_LIMIT, FrameBuilder, FrameError, FrameKind, ReceiveBuffer,
+    Records, check_stream_end, decode_frame,
 };
 use crate::core::ids::ConnectionId;
-use crate::core::shard::{CloseReason, FrameProgress, Readable};
+use crate::core::shard::{
+    CloseReason, ConnectRefusal, ERROR_CODE_CONNECTION_CLOSED, ERROR_CODE_SHUTTING_DOWN,
+    FrameProgress, Readable, SourceAddr,
+};
+use crate::net::sojourn::{SojournMeter, unread_bytes};
 use crate::runtime::shard::{ConnectionSignals, Shard, WriteStep};
 use crate::runtime::wait::Latch;
 
@@ -34,9 +47,13 @@ use crate::runtime::wait::Latch;
 /// the authentication handshake (`net::auth`), which holds the connection's slot meanwhile.
 pub(crate) fn serve(shard: Rc<Shard>, mut stream: TcpStream, secret: Option<Rc<AuthSecret>>) {
     let _ = stream.set_nodelay(true);
-    let Some((id, signals)) = shard.connect() else {
-        glommio::spawn_local(refuse(shard, stream)).detach();
-        return;
+    let source = stream.peer_addr().ok().map(|addr| source_addr(addr.ip()));
+    let (id, signals) = match shard.connect(source) {
+        Ok(connected) => connected,
+        Err(refusal) => {
+            glommio::spawn_local(refuse(shard, stream, refusal)).detach();
+            return;
+        }
     };
     let Some(secret) = secret else {
         return start_loops(shard, id, signals, stream);
@@ -71,17 +88,40 @@ fn start_loops(shard: Rc<Shard>, id: ConnectionId, signals: ConnectionSignals, s
     glommio::spawn_local(write_loop(shard, id, signals, write_half)).detach();
 }
 
-/// Tells a client the shard is full, and closes.
-async fn refuse(shard: Rc<Shard>, mut stream: TcpStream) {
-    let mut frames = FrameBuilder::new();
-    frames.error_message(
-        shard.epoch(),
-        ERROR_CODE_CONNECTION_LIMIT,
-        format!(
-            "{} serves as many connections as it may; retry later or connect to another shard",
-            shard.id()
+/// The core's form of a peer's address: IPv6 octets, IPv4 mapped.
+fn source_addr(ip: std::net::IpAddr) -> SourceAddr {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Tells a client why it is refused (the shard is full, its address holds its share, the
+/// shard is stopping), and closes.
+async fn refuse(shard: Rc<Shard>, mut stream: TcpStream, refusal: ConnectRefusal) {
+    let shard_id = shard.id();
+    let (code, message) = match refusal {
+        ConnectRefusal::Full => (
+            ERROR_CODE_CONNECTION_LIMIT,
+            format!(
+                "{shard_id} serves as many connections as it may; retry later or connect to another shard"
+            ),
         ),
-    );
+        ConnectRefusal::PerSource { max } => (
+            ERROR_CODE_CONNECTION_LIMIT,
+            format!(
+                "this address already holds {max} connections to {shard_id}, the most one address may (the node's --connections-per-source-max); close one, or connect from another address"
+            ),
+        ),
+        ConnectRefusal::Stopping => (
+            ERROR_CODE_SHUTTING_DOWN,
+            format!(
+                "{shard_id} is stopping; connect again once the node is back, or to another node"
+            ),
+        ),
+    };
+    let mut frames = FrameBuilder::new();
+    frames.error_message(shard.epoch(), code, message);
     let _ = stream.write_all(frames.bytes()).await;
     let _ = stream.close().await;
 }
@@ -98,6 +138,8 @@ struct Pending {
 async fn read_loop(shard: Rc<Shard>, id: ConnectionId, close: Rc<Latch>, mut stream: TcpStream) {
     let mut input = ReceiveBuffer::new();
     let mut pending = Pending::default();
+    let mut sojourn = shard.sheds().then(SojournMeter::new);
+    let mut partial = false;
     let outcome = loop {
         let readable = or(shard.until_readable(id), async {
             close.wait().await;
@@ -108,6 +150,9 @@ async fn read_loop(shard: Rc<Shard>, id: ConnectionId, close: Rc<Latch>, mut str
             break process_frames(&shard, id, &mut input).map(|_| ());
         }
         if !pending.blocked {
+            if let Some(meter) = &mut sojourn {
+                meter.before_read(Instant::now(), unread_bytes(stream.as_raw_fd()));
+            }
             let read = or(
                 async { Some(stream.read(input.spare(pending.frame_len)).await) },
                 async {
@@ -119,16 +164,91 @@ async fn read_loop(shard: Rc<Shard>, id: ConnectionId, close: Rc<Latch>, mut str
                 None => break process_frames(&shard, id, &mut input).map(|_| ()),
                 Some(Err(_)) => break Ok(()),
                 Some(Ok(0)) => break check_stream_end(input.pending()),
-                Some(Ok(len)) => input.filled(len),
+                Some(Ok(len)) => {
+                    input.filled(len);
+                    if let Some(meter) = &mut sojourn {
+                        let now = Instant::now();
+                        let waited = meter.read(now, len);
+                        meter.observe(now, unread_bytes(stream.as_raw_fd()));
+                        shard.handle_sojourn(id, waited.as_nanos() as u64);
+                    }
+                }
             }
         }
         match process_frames(&shard, id, &mut input) {
             Ok(next) => pending = next,
             Err(error) => break Err(error),
         }
-        glommio::yield_if_needed().await;
+        // The start of a frame waits for its rest: the frame-arrival time runs.
+        let partial_now = !pending.blocked && !input.pending().is_empty();
+        if partial_now != partial {
+            partial = partial_now;
+            shard.handle_partial_frame(id, partial);
+        }
+        if sojourn.is_some() {
+            // Fail-fast: glommio reads a socket that has data without yielding, so a reader
+            // that never runs out of credit would hold its writer back (and the replies it
+            // owes) until the preempt timer; let it write what this read produced.
+            futures_lite::future::yield_now().await;
+        } else {
+            glommio::yield_if_needed().await;
+        }
     };
+    if outcome.is_ok() && shard.is_stopping() && !close.is_set() {
+        let unread = count_unread_at_stop(&shard, &mut stream, &mut input).await;
+        shard.handle_unread_at_stop(id, unread);
+    }
     shard.handle_read_closed(id, outcome);
+}
+
+/// The shard is stopping and has answered the whole frames this reader held: reads on what
+/// the client had already sent (until the socket stays quiet for `STOP_DRAIN_WAIT_MS_MAX`,
+/// `STOP_DRAIN_BYTES_MAX` bytes, or the grace period's end) and counts the events in it, so
+/// that none vanishes behind a clean end of stream. Nothing of it is kept.
+async fn count_unread_at_stop(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    input: &mut ReceiveBuffer,
+) -> u64 {
+    let quiet = Duration::from_millis(STOP_DRAIN_WAIT_MS_MAX);
+    let mut events = 0u64;
+    let mut drained = 0u64;
+    loop {
+        let frame_len = loop {
+            match decode_frame(input.pending()) {
+                Ok(Decoded::Frame {
+                    header,
+                    body,
+                    frame_len,
+                }) => {
+                    if header.kind == FrameKind::Events {
+                        events += Records::parse(header.kind, body).map_or(0, |r| r.count()) as u64;
+                    }
+                    input.consume(frame_len);
+                }
+                Ok(Decoded::NeedMore { frame_len }) => break frame_len,
+                // Not frames any more: nothing further can be counted.
+                Err(_) => return events,
+            }
+        };
+        if drained >= STOP_DRAIN_BYTES_MAX {
+            return events;
+        }
+        let read = or(
+            async { Some(stream.read(input.spare(frame_len)).await) },
+            async {
+                or(glommio::timer::sleep(quiet), shard.force_closing()).await;
+                None
+            },
+        );
+        match read.await {
+            Some(Ok(len)) if len > 0 => {
+                input.filled(len);
+                drained += len as u64;
+            }
+            _ => return events,
+        }
+    }
 }
 
 /// Hands every whole frame in the buffer to the core, in order, until one is admitted only in
@@ -171,6 +291,8 @@ async fn write_loop(
     mut stream: TcpStream,
 ) {
     let mut out = FrameBuilder::new();
+    // Whether the loop ended part-way through a batch: nothing more may be written then.
+    let mut mid_batch = false;
     // Why the core closes the connection (a timeout, an eviction), once its latch is set.
     let closed_by_core = || async {
         signals.close.wait().await;
@@ -206,31 +328,66 @@ async fn write_loop(
         match written.await {
             Ok(true) => shard.handle_written(id, out.len()),
             Ok(false) => break CloseReason::Broken,
-            Err(reason) => break reason,
+            Err(reason) => {
+                mid_batch = true;
+                break reason;
+            }
         }
         out.clear(WRITE_BUFFER_RETAINED_BYTES_MAX);
     };
     // The core's decision (a timeout, an eviction) names the close even when the reader,
     // told first, let the writer finish normally; such a connection does not linger.
     let reason = shard.close_reason(id).unwrap_or(reason);
+    let notice = match shard.close_notice(reason) {
+        Some(text) if !mid_batch => send_close_notice(&shard, &mut stream, text).await,
+        _ => false,
+    };
     // FIN after the last reply; then the lingering close.
     let _ = stream.close().await;
     if reason == CloseReason::Finished {
-        linger(&shard, &mut stream).await;
+        linger(
+            &shard,
+            &mut stream,
+            Duration::from_millis(CONNECTION_LINGER_MS_MAX),
+        )
+        .await;
+    } else if notice {
+        // Long enough for the client to read why, short enough that a flood of evictions
+        // does not pile up sockets.
+        linger(
+            &shard,
+            &mut stream,
+            Duration::from_millis(CLOSE_NOTICE_MS_MAX),
+        )
+        .await;
     }
     shard.handle_closed(id, reason);
 }
 
-/// Reads and drops whatever the client still sends, until it closes its side or
-/// `CONNECTION_LINGER_MS_MAX` passes. Closing a socket with unread input makes the kernel
-/// reset the connection, and a reset can destroy replies the client has not read yet; so,
-/// like HTTP servers' lingering close, the socket closes only once its input is drained.
-async fn linger(shard: &Shard, stream: &mut TcpStream) {
-    let deadline =
-        std::time::Instant::now() + std::time::Duration::from_millis(CONNECTION_LINGER_MS_MAX);
+/// Writes the error frame that tells the client why the node closes its connection, if the
+/// socket takes it within `CLOSE_NOTICE_MS_MAX`; says whether it did.
+async fn send_close_notice(shard: &Shard, stream: &mut TcpStream, text: String) -> bool {
+    let mut frames = FrameBuilder::new();
+    frames.error_message(shard.epoch(), ERROR_CODE_CONNECTION_CLOSED, text);
+    or(
+        async { stream.write_all(frames.bytes()).await.is_ok() },
+        async {
+            glommio::timer::sleep(Duration::from_millis(CLOSE_NOTICE_MS_MAX)).await;
+            false
+        },
+    )
+    .await
+}
+
+/// Reads and drops whatever the client still sends, until it closes its side or `limit`
+/// passes. Closing a socket with unread input makes the kernel reset the connection, and a
+/// reset can destroy replies the client has not read yet; so, like HTTP servers' lingering
+/// close, the socket closes only once its input is drained.
+async fn linger(shard: &Shard, stream: &mut TcpStream, limit: Duration) {
+    let deadline = Instant::now() + limit;
     let mut scratch = [0u8; 4096];
     loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.saturating_duration_since(Instant::now());
         let read = or(async { Some(stream.read(&mut scratch).await) }, async {
             glommio::timer::sleep(left).await;
             None

@@ -8,3 +8,4 @@
 mod auth;
 mod connection;
 pub mod listener;
+mod sojourn;

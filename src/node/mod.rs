@@ -128,7 +128,7 @@ impl NodeReport {
         let mut text = String::new();
         for shard in &self.shards {
             text.push_str(&format!(
-                "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections ({} refused when full, {} evicted when full, {} closed idle, {} closed for not reading, {} failed authentication, {} cut at stop), {} frames rejected, {} credit waits, {} Busy, {} Moved, {} ShuttingDown\n",
+                "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections ({} refused when full, {} refused per source, {} evicted when full, {} closed idle, {} closed for not reading, {} closed mid-frame, {} failed authentication, {} cut at stop), {} frames rejected, {} credit waits, {} Busy ({} shed), {} Moved, {} ShuttingDown\n",
                 shard.shard,
                 shard.cpu,
                 shard.events_applied,
@@ -136,14 +136,17 @@ impl NodeReport {
                 shard.events_applied_for_peers,
                 shard.connections_accepted,
                 shard.connections_refused,
+                shard.connections_refused_per_source,
                 shard.connections_evicted,
                 shard.connections_idle_closed,
                 shard.connections_write_stalled,
+                shard.connections_frame_too_slow,
                 shard.connections_unauthenticated,
                 shard.connections_force_closed,
                 shard.frames_rejected,
                 shard.socket_credit_waits + shard.mesh_credit_waits,
                 shard.busy_replies,
+                shard.events_shed,
                 shard.events_moved,
                 shard.shutting_down_replies,
             ));

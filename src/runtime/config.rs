@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use crate::constants::{
     CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_EVENTS_INFLIGHT_MAX, CONNECTION_IDLE_MS_DEFAULT,
-    CONNECTION_IDLE_MS_MAX, CONNECTION_SHARES_PER_SHARD_MIN, EVENT_BYTES_MAX,
-    MESH_BYTES_INFLIGHT_MAX, MESH_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT,
-    SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX, SHARDS_MAX, SPIN_BEFORE_PARK_US_MAX,
-    STALL_THRESHOLD_MS_DEFAULT, STALL_THRESHOLD_MS_MAX, WRITE_STALL_MS_DEFAULT, WRITE_STALL_MS_MAX,
+    CONNECTION_IDLE_MS_MAX, CONNECTION_SHARES_PER_SHARD_MIN, CONNECTIONS_PER_SHARD_MAX,
+    CONNECTIONS_PER_SOURCE_DEFAULT, EVENT_BYTES_MAX, FRAME_ARRIVAL_MS_DEFAULT,
+    FRAME_ARRIVAL_MS_MAX, MESH_BYTES_INFLIGHT_MAX, MESH_EVENTS_INFLIGHT_MAX, PARTITIONS_DEFAULT,
+    SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX, SHARDS_MAX, SHED_TARGET_MS_DEFAULT,
+    SHED_TARGET_MS_MAX, SPIN_BEFORE_PARK_US_MAX, STALL_THRESHOLD_MS_DEFAULT,
+    STALL_THRESHOLD_MS_MAX, WRITE_STALL_MS_DEFAULT, WRITE_STALL_MS_MAX,
 };
 use crate::core::credit::Credit;
 use crate::core::ids::{NodeId, ShardId};
@@ -157,6 +159,13 @@ pub struct RuntimeConfig {
     /// This node's id in its cluster; `None` for a node on its own. A cluster node's shards
     /// start fenced and serve what its control thread confirms.
     pub cluster_node: Option<NodeId>,
+    /// A frame whose first byte was read must arrive whole within this.
+    pub frame_arrival: Duration,
+    /// Connections one source address may hold open at one shard.
+    pub connections_per_source_max: usize,
+    /// In fail-fast mode, the wait before dispatch past which events of a standing queue are
+    /// answered `Busy` (see `core::shard::shedding`).
+    pub shed_target: Duration,
 }
 
 impl RuntimeConfig {
@@ -175,6 +184,9 @@ impl RuntimeConfig {
             idle_timeout: Duration::from_millis(CONNECTION_IDLE_MS_DEFAULT),
             write_stall: Duration::from_millis(WRITE_STALL_MS_DEFAULT),
             cluster_node: None,
+            frame_arrival: Duration::from_millis(FRAME_ARRIVAL_MS_DEFAULT),
+            connections_per_source_max: CONNECTIONS_PER_SOURCE_DEFAULT,
+            shed_target: Duration::from_millis(SHED_TARGET_MS_DEFAULT),
         }
     }
 
@@ -205,12 +217,23 @@ impl RuntimeConfig {
         let timeouts = [
             ("idle timeout", self.idle_timeout, CONNECTION_IDLE_MS_MAX),
             ("write-stall timeout", self.write_stall, WRITE_STALL_MS_MAX),
+            (
+                "frame-arrival time",
+                self.frame_arrival,
+                FRAME_ARRIVAL_MS_MAX,
+            ),
+            ("shedding target", self.shed_target, SHED_TARGET_MS_MAX),
         ];
         for (name, value, max_ms) in timeouts {
             let ms = value.as_millis();
             if ms == 0 || ms > u128::from(max_ms) {
                 return Err(ConfigError::TimeoutOutOfRange { name, ms, max_ms });
             }
+        }
+        if !(1..=CONNECTIONS_PER_SHARD_MAX).contains(&self.connections_per_source_max) {
+            return Err(ConfigError::ConnectionsPerSourceOutOfRange(
+                self.connections_per_source_max,
+            ));
         }
         self.budget.check()
     }
@@ -250,6 +273,7 @@ pub enum ConfigError {
         ms: u128,
         max_ms: u64,
     },
+    ConnectionsPerSourceOutOfRange(usize),
 }
 
 impl fmt::Display for ConfigError {
@@ -271,6 +295,10 @@ impl fmt::Display for ConfigError {
             ConfigError::TimeoutOutOfRange { name, ms, max_ms } => write!(
                 f,
                 "an {name} of {ms} ms is out of range: it must be from 1 to {max_ms} ms"
+            ),
+            ConfigError::ConnectionsPerSourceOutOfRange(value) => write!(
+                f,
+                "--connections-per-source-max {value} is out of range: it must be from 1 to {CONNECTIONS_PER_SHARD_MAX} (the connections one shard serves)"
             ),
             ConfigError::SpinTooLong(spin) => write!(
                 f,

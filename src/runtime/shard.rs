@@ -26,8 +26,8 @@ use crate::core::codec::{FrameBuilder, FrameError, FrameHeader};
 use crate::core::ids::{ConnectionId, NodeId, ShardId};
 use crate::core::partition::{MapError, Placement};
 use crate::core::shard::{
-    CloseReason, FrameProgress, MeshBatch, MeshOutput, NodeLease, Readable, ShardConfig, ShardCore,
-    ShardLoad, ShardStats,
+    CloseReason, ConnectRefusal, FrameProgress, MeshBatch, MeshOutput, NodeLease, Readable,
+    ShardConfig, ShardCore, ShardLoad, ShardStats, SourceAddr,
 };
 use crate::runtime::config::RuntimeConfig;
 use crate::runtime::mesh::ShardMesh;
@@ -95,6 +95,9 @@ fn core_config(config: &RuntimeConfig) -> ShardConfig {
             Some(_) => NodeLease::Fenced,
             None => NodeLease::SINGLE_NODE,
         },
+        frame_arrival_ns: config.frame_arrival.as_nanos() as u64,
+        connections_per_source_max: config.connections_per_source_max,
+        shed_target_ns: config.shed_target.as_nanos() as u64,
         ..ShardConfig::defaults(shards)
     }
 }
@@ -205,11 +208,14 @@ impl Shard {
 
     // ---- connections -------------------------------------------------------------------
 
-    /// A new connection: its id and its tasks' signals, or `None` when the shard serves as
-    /// many as it may (or is stopping).
-    pub fn connect(&self) -> Option<(ConnectionId, ConnectionSignals)> {
+    /// A new connection from `source`: its id and its tasks' signals, or why it is refused
+    /// (the shard serves as many as it may, or as many from that address, or is stopping).
+    pub fn connect(
+        &self,
+        source: Option<SourceAddr>,
+    ) -> Result<(ConnectionId, ConnectionSignals), ConnectRefusal> {
         let now = self.now_ns();
-        let id = self.core().handle_connect(now)?;
+        let id = self.core().handle_connect_from(now, source)?;
         let signals = ConnectionSignals {
             writer: Rc::new(WaitQueue::new()),
             close: Rc::new(Latch::new()),
@@ -225,7 +231,44 @@ impl Shard {
         drop(writers);
         // An eviction to make room is listed now: close that connection.
         self.wake();
-        Some((id, signals))
+        Ok((id, signals))
+    }
+
+    /// Whether this shard measures the sojourn of what its connections read: only fail-fast
+    /// shards shed by it, and the measurement costs a system call per read.
+    pub fn sheds(&self) -> bool {
+        self.core.borrow().config().fail_fast
+    }
+
+    /// The newest bytes connection `id` just read had waited at least `sojourn_ns` in the
+    /// socket (see [`ShardCore::handle_sojourn`]).
+    pub fn handle_sojourn(&self, id: ConnectionId, sojourn_ns: u64) {
+        let now = self.now_ns();
+        self.core().handle_sojourn(now, id, sojourn_ns);
+    }
+
+    /// Whether connection `id`'s reader holds a partial frame (see
+    /// [`ShardCore::handle_partial_frame`]).
+    pub fn handle_partial_frame(&self, id: ConnectionId, partial: bool) {
+        let now = self.now_ns();
+        self.core().handle_partial_frame(now, id, partial);
+    }
+
+    /// Events the stopping shard found unread in connection `id`'s socket (see
+    /// [`ShardCore::handle_unread_at_stop`]).
+    pub fn handle_unread_at_stop(&self, id: ConnectionId, events: u64) {
+        self.core().handle_unread_at_stop(id, events);
+        self.wake();
+    }
+
+    /// The text telling a client why the core closed its connection, if it is one to tell.
+    pub fn close_notice(&self, reason: CloseReason) -> Option<String> {
+        self.core.borrow().close_notice(reason)
+    }
+
+    /// True once the shard has started stopping.
+    pub fn is_stopping(&self) -> bool {
+        self.stop_started.is_set()
     }
 
     /// Why the core asked to close connection `id`, if it did.

@@ -7,7 +7,8 @@
 //! ([`FrameProgress::Blocked`]): the shell keeps the frame's bytes, stops reading (so TCP
 //! pushes back on the client) and offers the same frame again once [`ShardCore::readable`]
 //! says the credit is there; the records already dispatched are skipped. In fail-fast mode an
-//! event without credit is answered `Busy` instead. Once the shard stops, events are answered
+//! event without credit is answered `Busy` instead, and so is one that waited too long before
+//! it was read (see `shedding`). Once the shard stops, events are answered
 //! `Error { ShuttingDown }` instead of being admitted. Shard-local.
 
 use crate::constants::{CONNECTION_BACKLOG_BYTES_MAX, EVENT_BYTES_MAX};
@@ -152,6 +153,11 @@ impl ShardCore {
                 return Dispatch::Done;
             }
         };
+        if !matches!(route, Route::Node(..)) && self.shed(now_ns, id) {
+            // Fail-fast and waited past the shedding target under a standing queue.
+            self.answer_uncredited(id, event, Outcome::Busy);
+            return Dispatch::Done;
+        }
         let credit = Credit::new(1, record.len() as u32);
         match route {
             Route::Local(local) => {

@@ -3,7 +3,8 @@
 //! A [`Connection`] holds everything the shard knows about one client: its share of the
 //! socket budget, the replies queued for its socket and the credit they hold, what is being
 //! written, how many of its events are away at other shards, the frame it is part-way
-//! through, and whether its read side or its socket has closed. The table hands out
+//! through, whether its read side or its socket has closed, where it connected from, and what
+//! its reader measured (a frame's arrival, its sojourn). The table hands out
 //! [`ConnectionId`]s whose generation tells a reused slot apart from the connection that had
 //! it before, so a late reply for a closed connection can never reach its successor.
 //! Shard-local.
@@ -31,6 +32,23 @@ pub enum CloseReason {
     WriteStalled,
     /// The shard was full and this was its longest-idle connection: it gave way to a new one.
     Evicted,
+    /// A frame it had started did not arrive whole within the frame-arrival time.
+    FrameTooSlow,
+}
+
+/// A connection's source address, as IPv6 octets (IPv4 mapped): the core names no socket type.
+pub type SourceAddr = [u8; 16];
+
+/// Why [`ShardCore::handle_connect_from`] refused a connection; the shell says so in an
+/// error frame and closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectRefusal {
+    /// The shard is stopping.
+    Stopping,
+    /// Every slot is taken and no connection is idle enough to give way.
+    Full,
+    /// The source address already holds `max` connections at this shard.
+    PerSource { max: usize },
 }
 
 // The memory sum in `constants` counts a connection slot as this much.
@@ -89,6 +107,16 @@ pub(super) struct Connection {
     /// The core asked the shell to close it.
     pub closing: bool,
     pub close_reason: Option<CloseReason>,
+    /// Where it connected from, when the shell said.
+    pub source: Option<SourceAddr>,
+    /// Since when the reader has held the start of a frame whose rest has not arrived.
+    pub frame_started_ns: Option<u64>,
+    /// What its reader measured of the wait before its events were read (fail-fast shedding).
+    pub sojourn: crate::core::shard::shedding::SojournGate,
+    /// Events its reader found in the socket after the shard began stopping, never applied:
+    /// named in one error frame after the last reply.
+    pub unread_at_stop: u64,
+    pub stop_notice_queued: bool,
 }
 
 impl Connection {
@@ -96,8 +124,10 @@ impl Connection {
     pub fn finished(&self) -> bool {
         let error_pending =
             matches!(self.read, ReadSide::Closed { error: Some(_) }) && !self.error_queued;
+        let stop_notice_pending = self.unread_at_stop > 0 && !self.stop_notice_queued;
         matches!(self.read, ReadSide::Closed { .. })
             && !error_pending
+            && !stop_notice_pending
             && self.remote_inflight == 0
             && self.out.is_empty()
             && self.writing_bytes == 0
@@ -158,7 +188,13 @@ impl Connections {
         self.slots.iter_mut().flatten()
     }
 
-    fn insert(&mut self, budget: Credit, epoch: Epoch, now_ns: u64) -> ConnectionId {
+    fn insert(
+        &mut self,
+        budget: Credit,
+        epoch: Epoch,
+        now_ns: u64,
+        source: Option<SourceAddr>,
+    ) -> ConnectionId {
         let generation = self.generation_next;
         self.generation_next = generation.wrapping_add(1);
         let slot = match self.free_slots.pop() {
@@ -188,6 +224,11 @@ impl Connections {
             write_watch_ns: None,
             closing: false,
             close_reason: None,
+            source,
+            frame_started_ns: None,
+            sojourn: Default::default(),
+            unread_at_stop: 0,
+            stop_notice_queued: false,
         });
         self.open += 1;
         id
@@ -212,17 +253,57 @@ impl ShardCore {
     /// closes). When the slots are full, the longest-idle connection gives way (the core lists
     /// it in [`Self::poll_close`]).
     pub fn handle_connect(&mut self, now_ns: u64) -> Option<ConnectionId> {
-        let full = self.connections.open() >= CONNECTIONS_PER_SHARD_MAX;
-        if self.stopping || (full && !self.evict_longest_idle()) {
+        self.handle_connect_from(now_ns, None).ok()
+    }
+
+    /// A new connection from `source`: like [`Self::handle_connect`], and refused also when
+    /// that address already holds `connections_per_source_max` open connections here (it
+    /// does not evict others to make room for itself).
+    pub fn handle_connect_from(
+        &mut self,
+        now_ns: u64,
+        source: Option<SourceAddr>,
+    ) -> Result<ConnectionId, ConnectRefusal> {
+        let refusal = if self.stopping {
+            Some(ConnectRefusal::Stopping)
+        } else if source.is_some_and(|source| self.at_source_limit(source)) {
+            // Counted apart from the refusals for a full shard: this one is the client's doing.
+            self.stats.connections_refused_per_source += 1;
+            return Err(ConnectRefusal::PerSource {
+                max: self.config.connections_per_source_max,
+            });
+        } else if self.connections.open() >= CONNECTIONS_PER_SHARD_MAX && !self.evict_longest_idle()
+        {
+            Some(ConnectRefusal::Full)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
             self.stats.connections_refused += 1;
-            return None;
+            return Err(refusal);
         }
         self.stats.connections_accepted += 1;
-        Some(self.connections.insert(
+        Ok(self.connections.insert(
             self.config.connection_budget,
             self.placement.epoch(),
             now_ns,
+            source,
         ))
+    }
+
+    /// Whether `source` already holds as many open connections here as one address may. A
+    /// limit of the shard's whole slot count is no limit: the shard's own (with eviction)
+    /// then applies alone.
+    fn at_source_limit(&self, source: SourceAddr) -> bool {
+        if self.config.connections_per_source_max >= CONNECTIONS_PER_SHARD_MAX {
+            return false;
+        }
+        let open_from_source = self
+            .connections
+            .iter()
+            .filter(|c| !c.socket_closed && c.source == Some(source))
+            .count();
+        open_from_source >= self.config.connections_per_source_max
     }
 
     /// The connection's reader stopped: end of stream, a read error, the shard stopping, or
@@ -281,6 +362,7 @@ impl ShardCore {
             CloseReason::IdleTimeout => self.stats.connections_idle_closed += 1,
             CloseReason::WriteStalled => self.stats.connections_write_stalled += 1,
             CloseReason::Evicted => self.stats.connections_evicted += 1,
+            CloseReason::FrameTooSlow => self.stats.connections_frame_too_slow += 1,
             CloseReason::Finished | CloseReason::Broken => {}
         }
         self.connections.remove_if_done(id);

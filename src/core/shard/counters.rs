@@ -58,6 +58,13 @@ pub struct ShardStats {
     pub frames_received: u64,
     pub frames_rejected: u64,
     pub busy_replies: u64,
+    /// Of `busy_replies`, events answered `Busy` because they waited past the shedding
+    /// target under a standing queue (fail-fast mode), not for want of credit.
+    pub events_shed: u64,
+    /// Connections closed because a frame they had started did not arrive whole in time.
+    pub connections_frame_too_slow: u64,
+    /// Connections refused because their source address already held its share of slots.
+    pub connections_refused_per_source: u64,
     /// Times an event found no socket credit and waited (or was answered `Busy`).
     pub socket_credit_waits: u64,
     /// Times a forward found no mesh credit at its owner and waited (or was answered `Busy`).

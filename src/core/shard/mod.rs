@@ -18,8 +18,9 @@
 //! It owns the shard's partitions and placement ([`routing`]), its connections and each one's
 //! in-flight state in one place ([`connections`]), every credit pool ([`admission`]), the reply
 //! bytes waiting for each socket ([`replies`]), the outgoing batches per peer shard ([`mesh`]),
-//! the stop protocol ([`stop`]) and its counters ([`counters`]); [`faults`] holds the bugs
-//! tests inject to show the simulator catches them.
+//! connection timeouts ([`timeouts`]), load shedding in fail-fast mode ([`shedding`]), the
+//! stop protocol ([`stop`]) and its counters ([`counters`]); [`faults`] holds the bugs tests
+//! inject to show the simulator catches them.
 
 pub mod admission;
 pub mod connections;
@@ -28,6 +29,7 @@ pub mod faults;
 pub mod mesh;
 pub mod replies;
 pub mod routing;
+pub mod shedding;
 pub mod stop;
 pub mod timeouts;
 
@@ -36,8 +38,9 @@ mod tests;
 
 use crate::constants::{
     CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_IDLE_MS_DEFAULT,
-    CONNECTION_SHARES_PER_SHARD_MIN, EVENT_BYTES_MAX, MESH_BYTES_INFLIGHT_MAX,
-    MESH_EVENTS_INFLIGHT_MAX, SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX,
+    CONNECTION_SHARES_PER_SHARD_MIN, CONNECTIONS_PER_SOURCE_DEFAULT, EVENT_BYTES_MAX,
+    FRAME_ARRIVAL_MS_DEFAULT, MESH_BYTES_INFLIGHT_MAX, MESH_EVENTS_INFLIGHT_MAX,
+    SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX, SHED_BURST_MS_MAX, SHED_TARGET_MS_DEFAULT,
     WRITE_STALL_MS_DEFAULT,
 };
 use crate::core::codec::{FrameBuilder, FrameKind};
@@ -47,10 +50,12 @@ use crate::core::ids::{NodeId, PartitionId, ShardId};
 use crate::core::partition::{MapError, Placement};
 
 pub use admission::{FrameProgress, Readable};
-pub use connections::CloseReason;
+pub use connections::{CloseReason, ConnectRefusal, SourceAddr};
 pub use counters::{ShardLoad, ShardStats, StageLatencies, Stalls};
 pub use mesh::{ArchiveBatch, BatchEntry, MeshBatch, MeshOutput};
 pub use routing::{LocalEvent, NodeLease, Route};
+pub use stop::ERROR_CODE_SHUTTING_DOWN;
+pub use timeouts::ERROR_CODE_CONNECTION_CLOSED;
 
 use connections::Connections;
 use mesh::Peer;
@@ -82,6 +87,16 @@ pub struct ShardConfig {
     /// Whether the node may serve its partitions from the start: a single node may; a cluster
     /// node waits for its control thread to confirm its lease ([`ShardCore::handle_lease`]).
     pub lease_at_start: NodeLease,
+    /// A frame whose first byte was read must arrive whole within this, or the connection
+    /// is closed.
+    pub frame_arrival_ns: u64,
+    /// Connections one source address may hold open at this shard.
+    pub connections_per_source_max: usize,
+    /// In fail-fast mode, events that waited longer than this before dispatch, under a
+    /// standing queue, are answered `Busy` (see [`shedding`]).
+    pub shed_target_ns: u64,
+    /// How long waits must stay past (or under) the target to start (or stop) shedding.
+    pub shed_interval_ns: u64,
 }
 
 impl ShardConfig {
@@ -105,6 +120,10 @@ impl ShardConfig {
             write_stall_ns: WRITE_STALL_MS_DEFAULT * 1_000_000,
             faults: faults::Faults::default(),
             lease_at_start: NodeLease::SINGLE_NODE,
+            frame_arrival_ns: FRAME_ARRIVAL_MS_DEFAULT * 1_000_000,
+            connections_per_source_max: CONNECTIONS_PER_SOURCE_DEFAULT,
+            shed_target_ns: SHED_TARGET_MS_DEFAULT * 1_000_000,
+            shed_interval_ns: SHED_BURST_MS_MAX * 1_000_000,
         }
     }
 }
@@ -184,6 +203,11 @@ impl ShardCore {
 
     pub fn node(&self) -> NodeId {
         self.node
+    }
+
+    /// What this shard was configured with.
+    pub fn config(&self) -> &ShardConfig {
+        &self.config
     }
 
     pub fn placement(&self) -> &Placement {

@@ -40,6 +40,23 @@ impl ShardCore {
                 connection.error_queued = true;
             }
         }
+        if connection.read != ReadSide::Open
+            && connection.unread_at_stop > 0
+            && !connection.stop_notice_queued
+            && connection.remote_inflight == 0
+        {
+            // After the last reply: how many events the stopping shard read but never applied.
+            if connection.out.is_open() {
+                connection.out.finish(epoch);
+            }
+            let message = crate::core::shard::stop::unread_notice(connection.unread_at_stop);
+            connection.out.error_message(
+                epoch,
+                crate::core::shard::stop::ERROR_CODE_SHUTTING_DOWN,
+                message,
+            );
+            connection.stop_notice_queued = true;
+        }
         if connection.out.is_empty() {
             return false;
         }
