@@ -12,7 +12,7 @@
 
 use crate::constants::{CONNECTION_BACKLOG_BYTES_MAX, EVENT_BYTES_MAX};
 use crate::core::codec::{
-    FrameError, FrameHeader, FrameKind, Records, access_record, access_validated,
+    FrameError, FrameHeader, FrameKind, Records, ValidatedArchive, ValidatedFrame,
 };
 use crate::core::credit::{Acquire, Credit};
 use crate::core::ids::{ConnectionId, Epoch, ShardId};
@@ -93,23 +93,20 @@ impl ShardCore {
         let records = Records::parse(FrameKind::Events, body)?;
         let progress = self.connections.get(id).and_then(|c| c.frame);
         let (first, arrived_ns) = match progress {
-            Some(progress) => (progress.records_done as usize, progress.arrived_ns),
+            Some(progress) => (progress.records_done, progress.arrived_ns),
             None => {
                 self.stats.frames_received += 1;
                 (0, now_ns)
             }
         };
-        for (index, record) in records.iter().enumerate().skip(first) {
-            access_record::<ArchivedEvent>(index as u32, record)?;
-        }
-        for (index, record) in records.iter().enumerate().skip(first) {
-            // SAFETY: every record from `first` on passed `access_record` just above, and the
-            // frame's records stay where they were validated.
-            let event = unsafe { access_validated::<ArchivedEvent>(record) };
-            if let Dispatch::Blocked { need, peer } = self.dispatch(now_ns, id, record, event) {
+        // The records before `first` were validated and dispatched when the frame was first
+        // offered; the rest are validated, all of them, before any is used.
+        let records = ValidatedFrame::<ArchivedEvent>::validate_from(records, first)?;
+        for (index, event) in (first..).zip(records.iter()) {
+            if let Dispatch::Blocked { need, peer } = self.dispatch(now_ns, id, event) {
                 let connection = self.connections.get_mut(id).expect("checked above");
                 connection.frame = Some(FrameInProgress {
-                    records_done: index as u32,
+                    records_done: index,
                     arrived_ns,
                     blocked_on: need,
                     blocked_peer: peer,
@@ -137,9 +134,9 @@ impl ShardCore {
         &mut self,
         now_ns: u64,
         id: ConnectionId,
-        record: &[u8],
-        event: &ArchivedEvent,
+        archive: ValidatedArchive<'_, ArchivedEvent>,
     ) -> Dispatch {
+        let event = archive.get();
         if self.stopping {
             self.stats.shutting_down_replies += 1;
             self.answer_uncredited(id, event, shutting_down());
@@ -152,7 +149,7 @@ impl ShardCore {
                 return Dispatch::Done;
             }
         };
-        let credit = Credit::new(1, record.len() as u32);
+        let credit = Credit::new(1, archive.bytes().len() as u32);
         match route {
             Route::Local(local) => {
                 if !self.socket_credit_covers(id, credit) {
@@ -177,7 +174,7 @@ impl ShardCore {
                     return self.out_of_credit(id, event, credit, Some(owner));
                 }
                 self.take_socket_credit(id, credit);
-                self.forward(now_ns, owner, id, record, credit);
+                self.forward(now_ns, owner, id, archive, credit);
                 let connection = self.connections.get_mut(id).expect("admitted above");
                 connection.remote_inflight += 1;
                 connection.remote_credit = connection.remote_credit.plus(credit);
