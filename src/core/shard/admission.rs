@@ -61,6 +61,7 @@ impl ShardCore {
         header: &FrameHeader,
         body: &[u8],
     ) -> Result<FrameProgress, FrameError> {
+        self.frame_dispatched_arrived_ns = None;
         let Some(connection) = self.connections.get(id) else {
             return Ok(FrameProgress::Done);
         };
@@ -114,10 +115,8 @@ impl ShardCore {
                 return Ok(FrameProgress::Blocked);
             }
         }
-        self.stats
-            .stages
-            .frame_dispatch_ns
-            .saturating_record(now_ns.saturating_sub(arrived_ns).max(1));
+        // The stage ends when this call returns, which only the shell's clock can tell.
+        self.frame_dispatched_arrived_ns = Some(arrived_ns);
         let epoch = self.placement.epoch();
         let connection = self.connections.get_mut(id).expect("checked above");
         connection.frame = None;
@@ -126,6 +125,19 @@ impl ShardCore {
             self.queue_map(id);
         }
         Ok(FrameProgress::Done)
+    }
+
+    /// The shell's clock right after a [`Self::handle_frame`] call that returned
+    /// [`FrameProgress::Done`] for an events frame: records the frame-dispatch stage, from the
+    /// time the frame was first offered (credit waits included) to now. The core keeps no
+    /// clock, so without this call the stage is simply not recorded.
+    pub fn record_frame_dispatched(&mut self, now_ns: u64) {
+        if let Some(arrived_ns) = self.frame_dispatched_arrived_ns.take() {
+            self.stats
+                .stages
+                .frame_dispatch_ns
+                .saturating_record(now_ns.saturating_sub(arrived_ns).max(1));
+        }
     }
 
     /// Admits one validated event of connection `id` and applies or forwards it, or answers it
@@ -271,5 +283,105 @@ impl ShardCore {
 fn shutting_down() -> Outcome {
     Outcome::Error {
         error: EventError::ShuttingDown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rkyv::util::AlignedVec;
+
+    use super::*;
+    use crate::core::codec::{Decoded, FrameBuilder, decode_frame};
+    use crate::core::ids::{HuntId, PlayerId};
+    use crate::core::message::{Event, EventKind};
+    use crate::core::partition::Placement;
+    use crate::core::shard::ShardConfig;
+
+    fn leaderboard_frame(events: u64) -> AlignedVec {
+        let mut builder = FrameBuilder::new();
+        builder.begin(FrameKind::Events);
+        for seq in 0..events {
+            let event = Event {
+                hunt: HuntId(seq),
+                player: PlayerId(1),
+                client_seq: seq,
+                client_ts: 0,
+                kind: EventKind::Leaderboard { top_k: 3 },
+            };
+            builder.push(&event).unwrap();
+        }
+        builder.finish(0);
+        let mut bytes = AlignedVec::new();
+        bytes.extend_from_slice(builder.bytes());
+        bytes
+    }
+
+    fn offer(core: &mut ShardCore, now_ns: u64, id: ConnectionId, frame: &[u8]) -> FrameProgress {
+        let Ok(Decoded::Frame { header, body, .. }) = decode_frame(frame) else {
+            panic!("a whole frame");
+        };
+        core.handle_frame(now_ns, id, &header, body).unwrap()
+    }
+
+    fn dispatch_stage(core: &ShardCore) -> (u64, u64) {
+        let histogram = &core.stats().stages.frame_dispatch_ns;
+        (histogram.len(), histogram.max())
+    }
+
+    #[test]
+    fn the_dispatch_stage_runs_from_the_first_offer_to_the_time_after_the_last_call() {
+        let placement = Placement::round_robin(64, 1).unwrap();
+        let config = ShardConfig {
+            shard_budget: Credit::new(3, 1 << 20),
+            ..ShardConfig::defaults(1)
+        };
+        let mut core = ShardCore::with_config(ShardId(0), placement, config);
+        let id = core.handle_connect(0).unwrap();
+
+        // Dispatched in one call: the stage is the call, as long as the shell says it took.
+        assert_eq!(
+            offer(&mut core, 1_000, id, &leaderboard_frame(2)),
+            FrameProgress::Done
+        );
+        assert_eq!(
+            dispatch_stage(&core),
+            (0, 0),
+            "nothing until the shell's clock says"
+        );
+        core.record_frame_dispatched(4_000);
+        let (count, max) = dispatch_stage(&core);
+        assert_eq!(count, 1);
+        assert!(
+            (2_990..=3_010).contains(&max),
+            "recorded {max} ns, not 3 000"
+        );
+        core.record_frame_dispatched(9_000);
+        assert_eq!(dispatch_stage(&core).0, 1, "one frame is recorded once");
+
+        // Blocked on credit, then dispatched once replies are written: the wait is included.
+        assert_eq!(
+            offer(&mut core, 10_000, id, &leaderboard_frame(2)),
+            FrameProgress::Blocked
+        );
+        core.record_frame_dispatched(11_000);
+        assert_eq!(
+            dispatch_stage(&core).0,
+            1,
+            "a blocked frame is not dispatched yet"
+        );
+        let mut out = FrameBuilder::new();
+        assert!(core.poll_replies(id, &mut out));
+        core.handle_written(50_000, id, out.len());
+        assert_eq!(
+            offer(&mut core, 60_000, id, &leaderboard_frame(2)),
+            FrameProgress::Done
+        );
+        core.record_frame_dispatched(70_000);
+        let (count, max) = dispatch_stage(&core);
+        assert_eq!(count, 2);
+        assert!(
+            (59_900..=60_100).contains(&max),
+            "recorded {max} ns, not 60 000"
+        );
     }
 }
