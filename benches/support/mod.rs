@@ -49,6 +49,7 @@ pub fn frames<'a>(
 
 /// The records of one whole events frame, validated as a connection validates them: each is
 /// read in place (`ValidatedArchive::get`) or moved by its bytes.
+#[allow(dead_code)] // the frame_path bench, which drives a whole core, does not use it
 pub fn validated_records(frame: &[u8]) -> Vec<ValidatedArchive<'_, ArchivedEvent>> {
     let Ok(Decoded::Frame { header, body, .. }) = decode_frame(frame) else {
         panic!("a bench frame is one whole, valid frame");
@@ -61,6 +62,7 @@ pub fn validated_records(frame: &[u8]) -> Vec<ValidatedArchive<'_, ArchivedEvent
 
 /// Criterion as these benches run it. The machines here are small and shared by other work:
 /// fewer, longer samples than criterion's default, and flags on the command line still win.
+#[allow(dead_code)] // the frame_path bench runs without criterion
 pub fn criterion(samples: usize, warm_up: Duration, measurement: Duration) -> Criterion {
     Criterion::default()
         .sample_size(samples)
