@@ -20,7 +20,8 @@ use rkyv::util::AlignedVec;
 use trove::bench::workload::Workload;
 use trove::constants::PARTITIONS_DEFAULT;
 use trove::core::codec::{
-    Decoded, FrameBuilder, FrameKind, Records, access_record, access_validated, decode_frame,
+    Decoded, FrameBuilder, FrameKind, Records, ValidatedArchive, ValidatedFrame, access_record,
+    decode_frame,
 };
 use trove::core::ids::ShardId;
 use trove::core::message::{ArchivedEvent, Event, Outcome};
@@ -48,8 +49,7 @@ fn core_with_hunts(workload: &Workload) -> ShardCore {
     let setup: Vec<Event> = workload.setup_events().collect();
     for frame in support::frames(&setup, FRAME_EVENTS) {
         for record in support::validated_records(&frame) {
-            // SAFETY: `validated_records` checked every record with `access_record`.
-            let event = unsafe { access_validated::<ArchivedEvent>(record) };
+            let event = record.get();
             let Route::Local(local) = core.route(event) else {
                 panic!("a node's only shard owns every partition");
             };
@@ -70,17 +70,11 @@ fn ingest(core: &ShardCore, frame: &[u8]) -> usize {
     let Ok(Decoded::Frame { header, body, .. }) = decode_frame(frame) else {
         panic!("a bench frame is one whole, valid frame");
     };
-    let records = Records::parse(header.kind, body).expect("records parse");
-    for (index, record) in records.iter().enumerate() {
-        access_record::<ArchivedEvent>(index as u32, record).expect("a bench event validates");
-    }
+    let records = ValidatedFrame::<ArchivedEvent>::validate(header.kind, body)
+        .expect("a bench frame's events validate");
     records
         .iter()
-        .filter(|record| {
-            // SAFETY: every record of this frame passed `access_record` just above.
-            let event = unsafe { access_validated::<ArchivedEvent>(record) };
-            matches!(core.route(event), Route::Local(_))
-        })
+        .filter(|record| matches!(core.route(record.get()), Route::Local(_)))
         .count()
 }
 
@@ -121,7 +115,7 @@ impl Framed {
         }
     }
 
-    fn records(&self) -> Vec<Vec<&[u8]>> {
+    fn records(&self) -> Vec<Vec<ValidatedArchive<'_, ArchivedEvent>>> {
         self.frames
             .iter()
             .map(|frame| support::validated_records(frame))
@@ -131,13 +125,7 @@ impl Framed {
     fn events(&self) -> Vec<Vec<&ArchivedEvent>> {
         self.records()
             .into_iter()
-            .map(|records| {
-                records
-                    .into_iter()
-                    // SAFETY: `validated_records` checked every record with `access_record`.
-                    .map(|record| unsafe { access_validated::<ArchivedEvent>(record) })
-                    .collect()
-            })
+            .map(|records| records.into_iter().map(ValidatedArchive::get).collect())
             .collect()
     }
 }
@@ -171,7 +159,7 @@ fn bench_checks(c: &mut Criterion) {
     let mut next = cycle(&records);
     bench_stage(c, "validate_route", "access_record+route", || {
         let local = next().iter().enumerate().filter(|(index, record)| {
-            let event = access_record::<ArchivedEvent>(*index as u32, black_box(record))
+            let event = access_record::<ArchivedEvent>(*index as u32, black_box(record.bytes()))
                 .expect("a bench event validates");
             matches!(core.route(event), Route::Local(_))
         });
@@ -188,7 +176,7 @@ fn bench_checks(c: &mut Criterion) {
     let mut next = cycle(&records);
     bench_stage(c, "validate", "access_record", || {
         for (index, record) in next().iter().enumerate() {
-            let event = access_record::<ArchivedEvent>(index as u32, black_box(record));
+            let event = access_record::<ArchivedEvent>(index as u32, black_box(record.bytes()));
             black_box(event.expect("a bench event validates"));
         }
     });

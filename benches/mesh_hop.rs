@@ -9,7 +9,7 @@
 //! - `one_way`, the transport: one executor fills batches of `MESH_BATCH_EVENTS_MAX` event
 //!   archives with `MeshBatch::push_event`, a new batch each time as a shard's outbox does,
 //!   and sends them; the other receives them and reads every event in place with
-//!   `access_validated`, then drops the batch, as `ShardCore::handle_mesh` does. Timed from
+//!   `ValidatedArchive::get`, then drops the batch, as `ShardCore::handle_mesh` does. Timed from
 //!   the first push to the last event read.
 //! - `round_trip`, the runtime itself: `spawn_shards` starts two real shards, mesh included.
 //!   A driver on shard 0 hands frames to the shard the way a connection's reader does
@@ -46,8 +46,9 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use rkyv::util::AlignedVec;
 use trove::bench::workload::Workload;
 use trove::constants::{MESH_BATCH_EVENTS_MAX, MESH_CHANNEL_BATCHES_MAX, SHARD_IO_MEMORY_BYTES};
-use trove::core::codec::access_validated;
-use trove::core::codec::{Decoded, FrameBuilder, FrameKind, Records, decode_frame};
+use trove::core::codec::{
+    Decoded, FrameBuilder, FrameKind, Records, ValidatedArchive, decode_frame,
+};
 use trove::core::credit::Credit;
 use trove::core::ids::{ConnectionId, ShardId};
 use trove::core::message::{ArchivedEvent, Event};
@@ -91,7 +92,7 @@ fn hop_cpus() -> [usize; 2] {
 }
 
 /// The records of the frames, validated, one list a frame.
-fn validated_frames(frames: &[AlignedVec]) -> Vec<Vec<&[u8]>> {
+fn validated_frames(frames: &[AlignedVec]) -> Vec<Vec<ValidatedArchive<'_, ArchivedEvent>>> {
     frames
         .iter()
         .map(|frame| support::validated_records(frame))
@@ -295,7 +296,7 @@ async fn send_batches(
 ) {
     meter.spawn();
     let sender = sender.connect().await;
-    let records: Vec<&[u8]> = validated_frames(&frames).concat();
+    let records: Vec<ValidatedArchive<'_, ArchivedEvent>> = validated_frames(&frames).concat();
     let mut archives = records.iter().cycle();
     let connection = ConnectionId::new(0, 0);
     let clock = Instant::now();
@@ -303,10 +304,9 @@ async fn send_batches(
         let began = Instant::now();
         for _ in 0..batches {
             let mut batch = MeshBatch::new(clock.elapsed().as_nanos() as u64);
-            for archive in archives.by_ref().take(MESH_BATCH_EVENTS_MAX) {
-                let credit = Credit::new(1, archive.len() as u32);
-                // SAFETY: `validated_frames` checked every record with `access_record`.
-                unsafe { batch.push_event(archive, connection, credit) };
+            for &archive in archives.by_ref().take(MESH_BATCH_EVENTS_MAX) {
+                let credit = Credit::new(1, archive.bytes().len() as u32);
+                batch.push_event(archive, connection, credit);
             }
             if sender.send(batch).await.is_err() {
                 return;
@@ -335,9 +335,7 @@ async fn receive_batches(
                 return;
             };
             for (archive, _entry) in batch.events().iter() {
-                // SAFETY: the sender pushed records that `access_record` accepted, and
-                // `ArchiveBatch` keeps them 16-byte aligned.
-                let event = unsafe { access_validated::<ArchivedEvent>(archive) };
+                let event = archive.get();
                 read = read.wrapping_add(event.hunt.get().0 ^ event.client_seq.to_native());
             }
         }

@@ -28,7 +28,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rkyv::util::AlignedVec;
 use trove::bench::workload::Workload;
 use trove::constants::{PARTITIONS_DEFAULT, PARTITIONS_MAX};
-use trove::core::codec::access_validated;
+use trove::core::codec::ValidatedArchive;
 use trove::core::hunt::PartitionState;
 use trove::core::ids::PartitionId;
 use trove::core::message::{ArchivedEvent, ArchivedEventKind, Event, Outcome};
@@ -131,8 +131,7 @@ fn apply_frames(state: &mut Partitions, frames: &[AlignedVec]) -> (usize, usize)
     let events = frames.iter().flat_map(|frame| {
         support::validated_records(frame)
             .into_iter()
-            // SAFETY: `validated_records` checked every record with `access_record`.
-            .map(|record| unsafe { access_validated::<ArchivedEvent>(record) })
+            .map(ValidatedArchive::get)
     });
     apply_all(state, events)
 }
@@ -211,8 +210,7 @@ fn stream(workload: &Workload) -> Vec<Vec<&'static ArchivedEvent>> {
         .map(|frame| {
             support::validated_records(frame)
                 .into_iter()
-                // SAFETY: `validated_records` checked every record with `access_record`.
-                .map(|record| unsafe { access_validated::<ArchivedEvent>(record) })
+                .map(ValidatedArchive::get)
                 .collect()
         })
         .collect()

@@ -10,7 +10,9 @@ use std::time::Duration;
 use criterion::Criterion;
 use rkyv::util::AlignedVec;
 use trove::bench::workload::{EventMaker, HuntPicker, Workload};
-use trove::core::codec::{Decoded, FrameBuilder, FrameKind, Records, access_record, decode_frame};
+use trove::core::codec::{
+    Decoded, FrameBuilder, FrameKind, ValidatedArchive, ValidatedFrame, decode_frame,
+};
 use trove::core::message::{ArchivedEvent, Event};
 
 /// `count` events of the workload's mix, as load-generator thread 0 makes them.
@@ -45,25 +47,22 @@ pub fn frames<'a>(
         .collect()
 }
 
-/// The records of one whole events frame, each validated with `access_record` as a
-/// connection validates them: afterwards they may be read with `access_validated`.
-pub fn validated_records(frame: &[u8]) -> Vec<&[u8]> {
+/// The records of one whole events frame, validated as a connection validates them: each is
+/// read in place (`ValidatedArchive::get`) or moved by its bytes.
+#[allow(dead_code)] // the frame_path bench, which drives a whole core, does not use it
+pub fn validated_records(frame: &[u8]) -> Vec<ValidatedArchive<'_, ArchivedEvent>> {
     let Ok(Decoded::Frame { header, body, .. }) = decode_frame(frame) else {
         panic!("a bench frame is one whole, valid frame");
     };
-    let records = Records::parse(header.kind, body).expect("a bench frame's records parse");
-    records
+    ValidatedFrame::<ArchivedEvent>::validate(header.kind, body)
+        .expect("a bench frame's events validate")
         .iter()
-        .enumerate()
-        .map(|(index, record)| {
-            access_record::<ArchivedEvent>(index as u32, record).expect("a bench event validates");
-            record
-        })
         .collect()
 }
 
 /// Criterion as these benches run it. The machines here are small and shared by other work:
 /// fewer, longer samples than criterion's default, and flags on the command line still win.
+#[allow(dead_code)] // the frame_path bench runs without criterion
 pub fn criterion(samples: usize, warm_up: Duration, measurement: Duration) -> Criterion {
     Criterion::default()
         .sample_size(samples)

@@ -510,6 +510,20 @@ impl<'a> Records<'a> {
         self.count
     }
 
+    /// The records from index `first` on (none when `first` is past the last): the rest of a
+    /// frame whose first records were dealt with before.
+    pub fn from_index(self, first: u32) -> Records<'a> {
+        let first = first.min(self.count);
+        let skipped: usize = (0..first)
+            .map(|index| align_up(self.len_of(index) as usize))
+            .sum();
+        Records {
+            records: &self.records[skipped..],
+            lens: &self.lens[4 * first as usize..],
+            count: self.count - first,
+        }
+    }
+
     /// The records' bytes, in order, each starting at a multiple of 16 from the body start.
     pub fn iter(self) -> impl Iterator<Item = &'a [u8]> + 'a {
         let records = self.records;
@@ -717,9 +731,19 @@ impl<'a, T: WireArchive> ValidatedFrame<'a, T> {
     /// Checks the layout of a `kind` frame's body (from [`decode_frame`], 16-byte aligned) and
     /// every record in it as an archived `T`. The first bad record is the error.
     pub fn validate(kind: FrameKind, body: &'a [u8]) -> Result<ValidatedFrame<'a, T>, FrameError> {
-        let records = Records::parse(kind, body)?;
+        ValidatedFrame::validate_from(Records::parse(kind, body)?, 0)
+    }
+
+    /// Like [`Self::validate`], for the records of a parsed frame from index `first` on only:
+    /// the rest of a frame whose first records were validated and used by an earlier call. The
+    /// result holds those records alone; errors name records by their index in the whole frame.
+    pub fn validate_from(
+        records: Records<'a>,
+        first: u32,
+    ) -> Result<ValidatedFrame<'a, T>, FrameError> {
+        let records = records.from_index(first);
         for (index, record) in records.iter().enumerate() {
-            ValidatedArchive::<T>::validate(index as u32, record)?;
+            ValidatedArchive::<T>::validate(first + index as u32, record)?;
         }
         Ok(ValidatedFrame {
             records,
@@ -785,35 +809,50 @@ impl<T: Portable> ValidatedFrameBuf<T> {
 
 /// Archives of `T` packed back to back, each starting 16-byte aligned, that can only hold
 /// validated archives: copies of [`ValidatedArchive`]s, and values it archives itself. This is
-/// what a mesh batch carries between cores (it is `Send`): the receiver reads every archive in
-/// place without checking it again, and the type says that is safe. Built on one core, moved
-/// whole to another, read there.
-pub struct ValidatedArchives<T> {
+/// what a mesh batch carries between cores (it is `Send` when `M` is): the receiver reads every
+/// archive in place without checking it again, and the type says that is safe. Each archive
+/// comes with a value `M` its holder keeps beside it (a mesh batch: whose event it is and the
+/// credit it holds); `()` when there is nothing to keep. Built on one core, moved whole to
+/// another, read there.
+pub struct ValidatedArchives<T, M = ()> {
     bytes: AlignedVec,
-    /// Offset and length of each archive in `bytes`.
-    spans: Vec<(u32, u32)>,
+    /// Where each archive sits in `bytes`, with its value.
+    entries: Vec<ArchiveEntry<M>>,
     archived: PhantomData<fn() -> T>,
 }
 
-impl<T> Default for ValidatedArchives<T> {
+/// Where one archive of a [`ValidatedArchives`] sits, and the value kept beside it.
+#[derive(Clone, Copy, Debug)]
+struct ArchiveEntry<M> {
+    offset: u32,
+    len: u32,
+    meta: M,
+}
+
+impl<T, M> Default for ValidatedArchives<T, M> {
     fn default() -> Self {
         ValidatedArchives {
             bytes: AlignedVec::new(),
-            spans: Vec::new(),
+            entries: Vec::new(),
             archived: PhantomData,
         }
     }
 }
 
-impl<T: Portable> ValidatedArchives<T> {
+impl<T, M> ValidatedArchives<T, M> {
+    /// Bytes each archive costs in the entry array (its place and its value), for memory sums.
+    pub const ENTRY_BYTES: usize = size_of::<ArchiveEntry<M>>();
+}
+
+impl<T: Portable, M> ValidatedArchives<T, M> {
     /// How many archives it holds.
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.entries.len()
     }
 
     /// True when it holds none.
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.entries.is_empty()
     }
 
     /// Bytes held, padding included.
@@ -824,42 +863,75 @@ impl<T: Portable> ValidatedArchives<T> {
     /// Forgets every archive, keeping the buffers.
     pub fn clear(&mut self) {
         self.bytes.clear();
-        self.spans.clear();
+        self.entries.clear();
     }
 
-    /// Copies a validated archive in; returns its index.
-    pub fn push(&mut self, archive: ValidatedArchive<'_, T>) -> usize {
+    /// Copies a validated archive in, with `meta` beside it; returns its index.
+    pub fn push_with(&mut self, archive: ValidatedArchive<'_, T>, meta: M) -> usize {
         let offset = align_up(self.bytes.len());
         self.bytes.resize(offset, 0);
         self.bytes.extend_from_slice(archive.bytes);
-        self.spans.push((offset as u32, archive.bytes.len() as u32));
-        self.spans.len() - 1
+        self.entries.push(ArchiveEntry {
+            offset: offset as u32,
+            len: archive.bytes.len() as u32,
+            meta,
+        });
+        self.entries.len() - 1
     }
 
-    /// Archives `value` in (a reply this shard made, say); returns its index. On error nothing
-    /// is added.
-    pub fn push_value<V>(&mut self, value: &V) -> Result<usize, EncodeError>
+    /// Archives `value` in (a reply this shard made, say), with `meta` beside it; returns its
+    /// index. On error nothing is added.
+    pub fn push_value_with<V>(&mut self, value: &V, meta: M) -> Result<usize, EncodeError>
     where
         V: rkyv::Archive<Archived = T> + for<'b, 'a> Serialize<RecordSerializer<'b, 'a>>,
     {
         let (offset, len) = archive_aligned(&mut self.bytes, value)?;
-        self.spans.push((offset as u32, len as u32));
-        Ok(self.spans.len() - 1)
+        self.entries.push(ArchiveEntry {
+            offset: offset as u32,
+            len: len as u32,
+            meta,
+        });
+        Ok(self.entries.len() - 1)
     }
 
     /// The archive at `index`.
     pub fn get(&self, index: usize) -> ValidatedArchive<'_, T> {
-        let (offset, len) = self.spans[index];
-        let start = offset as usize;
+        self.archive(&self.entries[index])
+    }
+
+    fn archive(&self, entry: &ArchiveEntry<M>) -> ValidatedArchive<'_, T> {
+        let start = entry.offset as usize;
         ValidatedArchive {
-            bytes: &self.bytes[start..start + len as usize],
+            bytes: &self.bytes[start..start + entry.len as usize],
             archived: PhantomData,
         }
     }
 
     /// Every archive, in the order they were pushed.
     pub fn iter(&self) -> impl Iterator<Item = ValidatedArchive<'_, T>> {
-        (0..self.spans.len()).map(|index| self.get(index))
+        self.entries.iter().map(|entry| self.archive(entry))
+    }
+
+    /// Every archive with the value kept beside it, in the order they were pushed.
+    pub fn iter_with(&self) -> impl Iterator<Item = (ValidatedArchive<'_, T>, &M)> {
+        self.entries
+            .iter()
+            .map(|entry| (self.archive(entry), &entry.meta))
+    }
+}
+
+impl<T: Portable> ValidatedArchives<T> {
+    /// Copies a validated archive in; returns its index.
+    pub fn push(&mut self, archive: ValidatedArchive<'_, T>) -> usize {
+        self.push_with(archive, ())
+    }
+
+    /// Archives `value` in; returns its index. On error nothing is added.
+    pub fn push_value<V>(&mut self, value: &V) -> Result<usize, EncodeError>
+    where
+        V: rkyv::Archive<Archived = T> + for<'b, 'a> Serialize<RecordSerializer<'b, 'a>>,
+    {
+        self.push_value_with(value, ())
     }
 }
 
@@ -1373,6 +1445,56 @@ mod tests {
         }
         // Out-of-range pointers (whose rkyv text holds addresses) are among the cases.
         assert!(invalid > 10, "only {invalid} corruptions were invalid");
+    }
+
+    #[test]
+    fn validating_the_rest_of_a_frame_skips_its_first_records_and_names_records_by_frame_index() {
+        let bytes = events_frame(&[
+            claim(1, "first"),
+            claim(2, "a claim code long enough to live out of line"),
+            claim(3, "third"),
+        ]);
+        let Decoded::Frame { header, body, .. } = decode_frame(&bytes).unwrap() else {
+            panic!("expected a frame");
+        };
+        let mut body: AlignedVec = {
+            let mut aligned = AlignedVec::new();
+            aligned.extend_from_slice(body);
+            aligned
+        };
+        // Corrupt record 1 until bytecheck refuses it.
+        let second = Records::parse(header.kind, &body)
+            .unwrap()
+            .iter()
+            .nth(1)
+            .unwrap();
+        let start = second.as_ptr() as usize - body.as_ptr() as usize;
+        let len = second.len();
+        let corrupted = (start..start + len).find(|&at| {
+            let mut candidate = body.clone();
+            candidate[at] = 0xff;
+            access_record::<ArchivedEvent>(1, &candidate[start..start + len]).is_err()
+        });
+        body[corrupted.expect("some byte of a claim invalidates it")] = 0xff;
+
+        let records = Records::parse(header.kind, &body).unwrap();
+        for first in [0, 1] {
+            match ValidatedFrame::<ArchivedEvent>::validate_from(records, first) {
+                Err(FrameError::InvalidArchive { index, .. }) => assert_eq!(index, 1),
+                other => panic!("from {first}: expected record 1 invalid, got {other:?}"),
+            }
+        }
+        let rest = ValidatedFrame::<ArchivedEvent>::validate_from(records, 2).unwrap();
+        let seqs: Vec<u64> = rest
+            .iter()
+            .map(|e| e.get().client_seq.to_native())
+            .collect();
+        assert_eq!(seqs, [3]);
+        assert!(
+            ValidatedFrame::<ArchivedEvent>::validate_from(records, 7)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

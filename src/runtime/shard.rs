@@ -276,7 +276,8 @@ impl Shard {
         self.core.borrow().close_requested(id)
     }
 
-    /// Hands a whole frame to the core (see [`ShardCore::handle_frame`]).
+    /// Hands a whole frame to the core (see [`ShardCore::handle_frame`]); once the frame is
+    /// dispatched, tells the core the time after the call, which ends its dispatch stage.
     pub fn handle_frame(
         &self,
         id: ConnectionId,
@@ -287,6 +288,10 @@ impl Shard {
         let applied_before = self.events_applied();
         let progress = self.core().handle_frame(now, id, header, body);
         self.delay_applied(applied_before);
+        if matches!(progress, Ok(FrameProgress::Done)) {
+            let done = self.now_ns();
+            self.core().record_frame_dispatched(done);
+        }
         self.wake();
         progress
     }

@@ -13,7 +13,7 @@
 
 use crate::constants::{CONNECTION_BACKLOG_BYTES_MAX, EVENT_BYTES_MAX};
 use crate::core::codec::{
-    FrameError, FrameHeader, FrameKind, Records, access_record, access_validated,
+    FrameError, FrameHeader, FrameKind, Records, ValidatedArchive, ValidatedFrame,
 };
 use crate::core::credit::{Acquire, Credit};
 use crate::core::ids::{ConnectionId, Epoch, ShardId};
@@ -62,6 +62,7 @@ impl ShardCore {
         header: &FrameHeader,
         body: &[u8],
     ) -> Result<FrameProgress, FrameError> {
+        self.frame_dispatched_arrived_ns = None;
         let Some(connection) = self.connections.get(id) else {
             return Ok(FrameProgress::Done);
         };
@@ -94,23 +95,26 @@ impl ShardCore {
         let records = Records::parse(FrameKind::Events, body)?;
         let progress = self.connections.get(id).and_then(|c| c.frame);
         let (first, arrived_ns) = match progress {
-            Some(progress) => (progress.records_done as usize, progress.arrived_ns),
+            Some(progress) => (progress.records_done, progress.arrived_ns),
             None => {
                 self.stats.frames_received += 1;
                 (0, now_ns)
             }
         };
-        for (index, record) in records.iter().enumerate().skip(first) {
-            access_record::<ArchivedEvent>(index as u32, record)?;
+        // The records before `first` were validated and dispatched when the frame was first
+        // offered; the rest are validated, all of them, before any is used.
+        let records = ValidatedFrame::<ArchivedEvent>::validate_from(records, first)?;
+        // Two passes, as MICA and FASTER batch their lookups: the state each event will touch
+        // is requested for the whole frame first, so its cache misses overlap instead of
+        // stalling one event after another in `apply`.
+        for event in records.iter() {
+            self.prefetch(event.get());
         }
-        for (index, record) in records.iter().enumerate().skip(first) {
-            // SAFETY: every record from `first` on passed `access_record` just above, and the
-            // frame's records stay where they were validated.
-            let event = unsafe { access_validated::<ArchivedEvent>(record) };
-            if let Dispatch::Blocked { need, peer } = self.dispatch(now_ns, id, record, event) {
+        for (index, event) in (first..).zip(records.iter()) {
+            if let Dispatch::Blocked { need, peer } = self.dispatch(now_ns, id, event) {
                 let connection = self.connections.get_mut(id).expect("checked above");
                 connection.frame = Some(FrameInProgress {
-                    records_done: index as u32,
+                    records_done: index,
                     arrived_ns,
                     blocked_on: need,
                     blocked_peer: peer,
@@ -118,10 +122,8 @@ impl ShardCore {
                 return Ok(FrameProgress::Blocked);
             }
         }
-        self.stats
-            .stages
-            .frame_dispatch_ns
-            .saturating_record(now_ns.saturating_sub(arrived_ns).max(1));
+        // The stage ends when this call returns, which only the shell's clock can tell.
+        self.frame_dispatched_arrived_ns = Some(arrived_ns);
         let epoch = self.placement.epoch();
         let connection = self.connections.get_mut(id).expect("checked above");
         connection.frame = None;
@@ -132,15 +134,28 @@ impl ShardCore {
         Ok(FrameProgress::Done)
     }
 
+    /// The shell's clock right after a [`Self::handle_frame`] call that returned
+    /// [`FrameProgress::Done`] for an events frame: records the frame-dispatch stage, from the
+    /// time the frame was first offered (credit waits included) to now. The core keeps no
+    /// clock, so without this call the stage is simply not recorded.
+    pub fn record_frame_dispatched(&mut self, now_ns: u64) {
+        if let Some(arrived_ns) = self.frame_dispatched_arrived_ns.take() {
+            self.stats
+                .stages
+                .frame_dispatch_ns
+                .saturating_record(now_ns.saturating_sub(arrived_ns).max(1));
+        }
+    }
+
     /// Admits one validated event of connection `id` and applies or forwards it, or answers it
     /// at once (`Busy`, `ShuttingDown`, `Moved`, `OwnerUnavailable`) without taking credit.
     fn dispatch(
         &mut self,
         now_ns: u64,
         id: ConnectionId,
-        record: &[u8],
-        event: &ArchivedEvent,
+        archive: ValidatedArchive<'_, ArchivedEvent>,
     ) -> Dispatch {
+        let event = archive.get();
         if self.stopping {
             self.stats.shutting_down_replies += 1;
             self.answer_uncredited(id, event, shutting_down());
@@ -158,14 +173,13 @@ impl ShardCore {
             self.answer_uncredited(id, event, Outcome::Busy);
             return Dispatch::Done;
         }
-        let credit = Credit::new(1, record.len() as u32);
+        let credit = Credit::new(1, archive.bytes().len() as u32);
         match route {
             Route::Local(local) => {
-                if !self.socket_credit_covers(id, credit) {
+                if !self.try_take_socket_credit(id, credit) {
                     self.stats.socket_credit_waits += 1;
                     return self.out_of_credit(id, event, credit, None);
                 }
-                self.take_socket_credit(id, credit);
                 let reply = self.apply(local, event);
                 self.stats.events_applied += 1;
                 self.queue_reply(id, &reply, credit);
@@ -183,7 +197,7 @@ impl ShardCore {
                     return self.out_of_credit(id, event, credit, Some(owner));
                 }
                 self.take_socket_credit(id, credit);
-                self.forward(now_ns, owner, id, record, credit);
+                self.forward(now_ns, owner, id, archive, credit);
                 let connection = self.connections.get_mut(id).expect("admitted above");
                 connection.remote_inflight += 1;
                 connection.remote_credit = connection.remote_credit.plus(credit);
@@ -218,6 +232,19 @@ impl ShardCore {
     fn socket_credit_covers(&self, id: ConnectionId, credit: Credit) -> bool {
         let connection = self.connections.get(id).expect("a live connection");
         connection.credit.available().covers(credit) && self.credit.available().covers(credit)
+    }
+
+    /// Takes `credit` from connection `id`'s share and the shard's pool when both cover it
+    /// (one look-up of the connection, on the path of every local event).
+    fn try_take_socket_credit(&mut self, id: ConnectionId, credit: Credit) -> bool {
+        let connection = self.connections.get_mut(id).expect("a live connection");
+        if !(connection.credit.available().covers(credit) && self.credit.available().covers(credit))
+        {
+            return false;
+        }
+        assert_eq!(connection.credit.try_acquire(credit), Acquire::Granted);
+        assert_eq!(self.credit.try_acquire(credit), Acquire::Granted);
+        true
     }
 
     fn take_socket_credit(&mut self, id: ConnectionId, credit: Credit) {
@@ -280,5 +307,105 @@ impl ShardCore {
 fn shutting_down() -> Outcome {
     Outcome::Error {
         error: EventError::ShuttingDown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rkyv::util::AlignedVec;
+
+    use super::*;
+    use crate::core::codec::{Decoded, FrameBuilder, decode_frame};
+    use crate::core::ids::{HuntId, PlayerId};
+    use crate::core::message::{Event, EventKind};
+    use crate::core::partition::Placement;
+    use crate::core::shard::ShardConfig;
+
+    fn leaderboard_frame(events: u64) -> AlignedVec {
+        let mut builder = FrameBuilder::new();
+        builder.begin(FrameKind::Events);
+        for seq in 0..events {
+            let event = Event {
+                hunt: HuntId(seq),
+                player: PlayerId(1),
+                client_seq: seq,
+                client_ts: 0,
+                kind: EventKind::Leaderboard { top_k: 3 },
+            };
+            builder.push(&event).unwrap();
+        }
+        builder.finish(0);
+        let mut bytes = AlignedVec::new();
+        bytes.extend_from_slice(builder.bytes());
+        bytes
+    }
+
+    fn offer(core: &mut ShardCore, now_ns: u64, id: ConnectionId, frame: &[u8]) -> FrameProgress {
+        let Ok(Decoded::Frame { header, body, .. }) = decode_frame(frame) else {
+            panic!("a whole frame");
+        };
+        core.handle_frame(now_ns, id, &header, body).unwrap()
+    }
+
+    fn dispatch_stage(core: &ShardCore) -> (u64, u64) {
+        let histogram = &core.stats().stages.frame_dispatch_ns;
+        (histogram.len(), histogram.max())
+    }
+
+    #[test]
+    fn the_dispatch_stage_runs_from_the_first_offer_to_the_time_after_the_last_call() {
+        let placement = Placement::round_robin(64, 1).unwrap();
+        let config = ShardConfig {
+            shard_budget: Credit::new(3, 1 << 20),
+            ..ShardConfig::defaults(1)
+        };
+        let mut core = ShardCore::with_config(ShardId(0), placement, config);
+        let id = core.handle_connect(0).unwrap();
+
+        // Dispatched in one call: the stage is the call, as long as the shell says it took.
+        assert_eq!(
+            offer(&mut core, 1_000, id, &leaderboard_frame(2)),
+            FrameProgress::Done
+        );
+        assert_eq!(
+            dispatch_stage(&core),
+            (0, 0),
+            "nothing until the shell's clock says"
+        );
+        core.record_frame_dispatched(4_000);
+        let (count, max) = dispatch_stage(&core);
+        assert_eq!(count, 1);
+        assert!(
+            (2_990..=3_010).contains(&max),
+            "recorded {max} ns, not 3 000"
+        );
+        core.record_frame_dispatched(9_000);
+        assert_eq!(dispatch_stage(&core).0, 1, "one frame is recorded once");
+
+        // Blocked on credit, then dispatched once replies are written: the wait is included.
+        assert_eq!(
+            offer(&mut core, 10_000, id, &leaderboard_frame(2)),
+            FrameProgress::Blocked
+        );
+        core.record_frame_dispatched(11_000);
+        assert_eq!(
+            dispatch_stage(&core).0,
+            1,
+            "a blocked frame is not dispatched yet"
+        );
+        let mut out = FrameBuilder::new();
+        assert!(core.poll_replies(id, &mut out));
+        core.handle_written(50_000, id, out.len());
+        assert_eq!(
+            offer(&mut core, 60_000, id, &leaderboard_frame(2)),
+            FrameProgress::Done
+        );
+        core.record_frame_dispatched(70_000);
+        let (count, max) = dispatch_stage(&core);
+        assert_eq!(count, 2);
+        assert!(
+            (59_900..=60_100).contains(&max),
+            "recorded {max} ns, not 60 000"
+        );
     }
 }

@@ -3,10 +3,12 @@
 //!
 //! A [`MeshBatch`] carries the events one shard forwards to the owner of their partition and
 //! the replies to events the receiver forwarded earlier. Each archive's bytes are copied once
-//! into the batch and read in place at the other end; an event archive may only be pushed once
-//! it was validated (where its bytes entered the process), which [`MeshBatch::push_event`]'s
-//! contract says. A batch is filled on its source shard and handed, whole, to its destination
-//! shard: it is the one value of the shard protocol that changes cores (it is `Send`).
+//! into the batch and read in place at the other end. A batch holds only validated archives
+//! ([`ValidatedArchives`]): an event goes in as the [`ValidatedArchive`] its connection's frame
+//! validation made, a reply as a value the applying shard archives itself, so the receiver
+//! reads them without checking them again and without `unsafe`. A batch is filled on its
+//! source shard and handed, whole, to its destination shard: it is the one value of the shard
+//! protocol that changes cores (it is `Send`).
 //!
 //! The receiver re-routes every event it is given: an event of a partition that is no longer
 //! its own is answered `Moved`, never applied. Mesh credit is taken on the sending shard, per
@@ -14,23 +16,17 @@
 
 use std::collections::VecDeque;
 
-use rkyv::util::AlignedVec;
-
 use crate::constants::{BATCH_ENTRY_BYTES, MESH_BATCH_BYTES, MESH_BATCH_EVENTS_MAX};
-use crate::core::codec::{
-    EncodeError, RecordSerializer, access_validated, align_up, archive_aligned,
-};
+use crate::core::codec::{ValidatedArchive, ValidatedArchives};
 use crate::core::credit::{Credit, CreditPool};
 use crate::core::ids::{ConnectionId, ShardId};
-use crate::core::message::{ArchivedEvent, Reply};
+use crate::core::message::{ArchivedEvent, ArchivedReply, Reply};
 use crate::core::shard::ShardCore;
 use crate::core::shard::routing::{Route, reply_to};
 
-/// Where one archive sits in a batch, and what it belongs to.
+/// What a batch keeps beside each archive: whose event it is, on its home shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchEntry {
-    offset: u32,
-    len: u32,
     /// The connection, on the event's home shard, that awaits the reply.
     pub connection: ConnectionId,
     /// Credit the event holds on its home shard, released when its reply is written.
@@ -40,59 +36,39 @@ pub struct BatchEntry {
     pub forwarded_ns: u64,
 }
 
-/// Archives packed back to back, each starting 16-byte aligned.
-#[derive(Default)]
-pub struct ArchiveBatch {
-    bytes: AlignedVec,
-    entries: Vec<BatchEntry>,
+/// Validated archives of `T` packed back to back, each starting 16-byte aligned, each with
+/// its [`BatchEntry`].
+pub struct ArchiveBatch<T> {
+    archives: ValidatedArchives<T, BatchEntry>,
 }
 
-impl ArchiveBatch {
+impl<T> Default for ArchiveBatch<T> {
+    fn default() -> Self {
+        ArchiveBatch {
+            archives: ValidatedArchives::default(),
+        }
+    }
+}
+
+impl<T: rkyv::Portable> ArchiveBatch<T> {
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.archives.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.archives.is_empty()
     }
 
-    fn push_bytes(&mut self, archive: &[u8], entry: BatchEntry) {
-        let offset = align_up(self.bytes.len());
-        self.bytes.resize(offset, 0);
-        self.bytes.extend_from_slice(archive);
-        self.entries.push(BatchEntry {
-            offset: offset as u32,
-            len: archive.len() as u32,
-            ..entry
-        });
-    }
-
-    fn push_value<T>(&mut self, value: &T, entry: BatchEntry) -> Result<(), EncodeError>
-    where
-        T: for<'b, 'a> rkyv::Serialize<RecordSerializer<'b, 'a>>,
-    {
-        let (offset, len) = archive_aligned(&mut self.bytes, value)?;
-        self.entries.push(BatchEntry {
-            offset: offset as u32,
-            len: len as u32,
-            ..entry
-        });
-        Ok(())
-    }
-
-    /// Each archive's bytes with its entry, in the order they were pushed.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &BatchEntry)> {
-        self.entries.iter().map(|entry| {
-            let start = entry.offset as usize;
-            (&self.bytes[start..start + entry.len as usize], entry)
-        })
+    /// Each archive with its entry, in the order they were pushed.
+    pub fn iter(&self) -> impl Iterator<Item = (ValidatedArchive<'_, T>, &BatchEntry)> {
+        self.archives.iter_with()
     }
 }
 
 /// One message on a cross-shard channel. Built on its source shard, read on its destination.
 pub struct MeshBatch {
-    events: ArchiveBatch,
-    replies: ArchiveBatch,
+    events: ArchiveBatch<ArchivedEvent>,
+    replies: ArchiveBatch<ArchivedReply>,
     /// The sender's connections are done: it forwards no more events (shutdown).
     no_more_events: bool,
     /// When the batch was opened, on the sender's clock: the forwarding time of its events,
@@ -112,12 +88,12 @@ impl MeshBatch {
     }
 
     /// Events for the receiving shard to apply.
-    pub fn events(&self) -> &ArchiveBatch {
+    pub fn events(&self) -> &ArchiveBatch<ArchivedEvent> {
         &self.events
     }
 
     /// Replies to events the receiving shard forwarded to the sender.
-    pub fn replies(&self) -> &ArchiveBatch {
+    pub fn replies(&self) -> &ArchiveBatch<ArchivedReply> {
         &self.replies
     }
 
@@ -130,36 +106,33 @@ impl MeshBatch {
         self.events.is_empty() && self.replies.is_empty() && !self.no_more_events
     }
 
-    /// Copies an event archive into the batch, for connection `connection` of the sending
-    /// shard, holding `credit` there.
-    ///
-    /// # Safety
-    ///
-    /// `archive` must be exactly the bytes of a record that `access_record::<ArchivedEvent>`
-    /// accepted: the receiving shard reads it in place without validating it again.
-    pub unsafe fn push_event(&mut self, archive: &[u8], connection: ConnectionId, credit: Credit) {
-        let forwarded_ns = self.opened_ns;
-        self.events.push_bytes(
-            archive,
-            BatchEntry {
-                offset: 0,
-                len: 0,
-                connection,
-                credit,
-                forwarded_ns,
-            },
-        );
+    /// Copies a validated event archive into the batch, for connection `connection` of the
+    /// sending shard, holding `credit` there.
+    pub fn push_event(
+        &mut self,
+        event: ValidatedArchive<'_, ArchivedEvent>,
+        connection: ConnectionId,
+        credit: Credit,
+    ) {
+        let entry = BatchEntry {
+            connection,
+            credit,
+            forwarded_ns: self.opened_ns,
+        };
+        self.events.archives.push_with(event, entry);
     }
 
     fn push_reply(&mut self, reply: &Reply, entry: &BatchEntry) {
         self.replies
-            .push_value(reply, *entry)
+            .archives
+            .push_value_with(reply, *entry)
             .expect("a reply always fits its archive limits");
     }
 }
 
 // The memory sum in `constants` counts these sizes.
-const _: () = assert!(size_of::<BatchEntry>() <= BATCH_ENTRY_BYTES);
+const _: () =
+    assert!(ValidatedArchives::<ArchivedEvent, BatchEntry>::ENTRY_BYTES <= BATCH_ENTRY_BYTES);
 const _: () = assert!(size_of::<MeshBatch>() <= MESH_BATCH_BYTES);
 
 /// What a peer's flusher sends next.
@@ -197,11 +170,11 @@ impl Peer {
     }
 
     /// The batch being filled, starting a new one when `part` of the back one is full.
-    fn filling(&mut self, now_ns: u64, part: fn(&MeshBatch) -> &ArchiveBatch) -> &mut MeshBatch {
+    fn filling(&mut self, now_ns: u64, part: fn(&MeshBatch) -> usize) -> &mut MeshBatch {
         let full = self
             .outbox
             .back()
-            .is_none_or(|batch| part(batch).len() >= MESH_BATCH_EVENTS_MAX || batch.no_more_events);
+            .is_none_or(|batch| part(batch) >= MESH_BATCH_EVENTS_MAX || batch.no_more_events);
         if full {
             self.outbox.push_back(MeshBatch::new(now_ns));
         }
@@ -221,14 +194,12 @@ impl ShardCore {
         now_ns: u64,
         owner: ShardId,
         id: ConnectionId,
-        record: &[u8],
+        event: ValidatedArchive<'_, ArchivedEvent>,
         credit: Credit,
     ) {
         let peer = self.peers[owner.index()].as_mut().expect("a peer");
-        let batch = peer.filling(now_ns, MeshBatch::events);
-        // SAFETY: `record` passed `access_record::<ArchivedEvent>` in `handle_events` before
-        // it was dispatched here.
-        unsafe { batch.push_event(record, id, credit) };
+        peer.filling(now_ns, |batch| batch.events.len())
+            .push_event(event, id, credit);
         self.list_mesh_ready(owner);
     }
 
@@ -256,7 +227,7 @@ impl ShardCore {
                 .stages
                 .mesh_round_trip_ns
                 .saturating_record(now_ns.saturating_sub(entry.forwarded_ns).max(1));
-            self.deliver_reply(entry.connection, archive, entry.credit);
+            self.deliver_reply(entry.connection, archive.bytes(), entry.credit);
         }
         if batch.no_more_events {
             self.peers[from.index()]
@@ -270,12 +241,14 @@ impl ShardCore {
         }
     }
 
-    fn apply_forwarded(&mut self, now_ns: u64, from: ShardId, events: &ArchiveBatch) {
+    fn apply_forwarded(
+        &mut self,
+        now_ns: u64,
+        from: ShardId,
+        events: &ArchiveBatch<ArchivedEvent>,
+    ) {
         for (archive, entry) in events.iter() {
-            // SAFETY: `MeshBatch::push_event`'s contract: every event archive in a batch was
-            // validated with `access_record` where it entered the process, and `ArchiveBatch`
-            // keeps it 16-byte aligned.
-            let event = unsafe { access_validated::<ArchivedEvent>(archive) };
+            let event = archive.get();
             let reply = match self.route_or_answer(event) {
                 Ok(Route::Local(local)) => {
                     self.stats.events_applied_for_peers += 1;
@@ -288,7 +261,7 @@ impl ShardCore {
                 Err(outcome) => reply_to(event, outcome),
             };
             let peer = self.peers[from.index()].as_mut().expect("a peer");
-            peer.filling(now_ns, MeshBatch::replies)
+            peer.filling(now_ns, |batch| batch.replies.len())
                 .push_reply(&reply, entry);
         }
         if !events.is_empty() {

@@ -156,6 +156,9 @@ pub struct ShardCore {
     /// Connections the core decided to close (timeouts, eviction), for the shell to close.
     closing: Vec<(crate::core::ids::ConnectionId, CloseReason)>,
     stopping: bool,
+    /// When the events frame that the last `handle_frame` call finished was first offered,
+    /// until [`ShardCore::record_frame_dispatched`] records its stage.
+    frame_dispatched_arrived_ns: Option<u64>,
     stats: ShardStats,
     faults: faults::FaultState,
 }
@@ -185,6 +188,7 @@ impl ShardCore {
             writable: Vec::new(),
             closing: Vec::new(),
             stopping: false,
+            frame_dispatched_arrived_ns: None,
             stats: ShardStats {
                 shard: shard.0,
                 ..ShardStats::default()

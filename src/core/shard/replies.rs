@@ -153,7 +153,11 @@ impl ShardCore {
             assert!(push(frames), "a reply fits an empty frame");
         }
         connection.out_credit = connection.out_credit.plus(credit);
-        self.list_writable(id);
+        // `list_writable`, without looking the connection up again.
+        if !connection.writable_listed {
+            connection.writable_listed = true;
+            self.writable.push(id);
+        }
     }
 
     /// Queues the current map for connection `id`, after the replies queued so far.

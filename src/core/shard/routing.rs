@@ -93,6 +93,16 @@ impl ShardCore {
         }
     }
 
+    /// Starts loading the state [`Self::apply`] will read for `event`, if this shard serves
+    /// its partition; changes nothing. See [`PartitionState::prefetch`](crate::core::hunt::PartitionState::prefetch).
+    #[inline]
+    pub(super) fn prefetch(&self, event: &ArchivedEvent) {
+        let partition = self.placement.partitioner().partition_of(event.hunt.get());
+        if let Some(state) = &self.partitions[partition.index()] {
+            state.prefetch(event);
+        }
+    }
+
     /// The route of `event`, or the answer to give at once when nobody serves its partition:
     /// it is `Offline`, this node is fenced, or it is this shard's own but not confirmed yet.
     pub(super) fn route_or_answer(&self, event: &ArchivedEvent) -> Result<Route, Outcome> {
