@@ -23,6 +23,7 @@
 pub mod admission;
 pub mod connections;
 pub mod counters;
+pub mod durability;
 pub mod mesh;
 pub mod replies;
 pub mod routing;
@@ -47,6 +48,7 @@ use crate::core::partition::Placement;
 pub use admission::{FrameProgress, Readable};
 pub use connections::CloseReason;
 pub use counters::{ShardLoad, ShardStats, StageLatencies, Stalls};
+pub use durability::{Durability, ReplayError};
 pub use mesh::{ArchiveBatch, BatchEntry, MeshBatch, MeshOutput};
 pub use routing::{LocalEvent, Route};
 
@@ -74,6 +76,8 @@ pub struct ShardConfig {
     pub idle_timeout_ns: u64,
     /// Replies that wait this long for a socket that takes none of them close the connection.
     pub write_stall_ns: u64,
+    /// Whether applied events are logged, and whether their replies wait for the log.
+    pub durability: Durability,
 }
 
 impl ShardConfig {
@@ -95,6 +99,7 @@ impl ShardConfig {
             shard_ports: vec![0; shards],
             idle_timeout_ns: CONNECTION_IDLE_MS_DEFAULT * 1_000_000,
             write_stall_ns: WRITE_STALL_MS_DEFAULT * 1_000_000,
+            durability: Durability::Memory,
         }
     }
 }
@@ -123,6 +128,8 @@ pub struct ShardCore {
     closing: Vec<(crate::core::ids::ConnectionId, CloseReason)>,
     stopping: bool,
     stats: ShardStats,
+    /// Log records owed to the shell and replies waiting for them (see [`durability`]).
+    durability: durability::DurabilityState,
 }
 
 impl ShardCore {
@@ -148,6 +155,7 @@ impl ShardCore {
             writable: Vec::new(),
             closing: Vec::new(),
             stopping: false,
+            durability: durability::DurabilityState::new(config.durability),
             stats: ShardStats {
                 shard: shard.0,
                 ..ShardStats::default()
@@ -321,7 +329,9 @@ impl ShardCore {
             .peers
             .iter()
             .flatten()
-            .fold(Credit::ZERO, |sum, peer| sum.plus(peer.credit.held()));
+            .fold(self.durability.held_credit(), |sum, peer| {
+                sum.plus(peer.credit.held())
+            });
         if at_peers != away {
             return Err(format!(
                 "{} holds {:?} of mesh credit at its peers but its forwarded events hold {:?}",
