@@ -203,6 +203,10 @@ pub const WAL_RECORD_HEADER_BYTES: usize = 32;
 /// Replies that need no log record (refusals) held behind replies waiting for their sync;
 /// past this the shard stops reading until the sync completes. Credit bounds the others.
 pub const DURABILITY_HELD_UNCREDITED_MAX: usize = 4096;
+/// In async mode, events a shard answers before their records are synced; past this, replies
+/// wait for the sync as in sync mode, so a slow disk still pushes back and a crash loses at
+/// most this many answered events per shard.
+pub const DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX: u64 = 4096;
 
 const _: () = assert!(WAL_SEGMENT_HEADER_BYTES % WAL_BLOCK_BYTES_MAX == 0);
 const _: () = assert!(

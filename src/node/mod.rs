@@ -23,6 +23,7 @@ use crate::net::listener::{listen, local_addr, probe_port_free, serve_listeners}
 use crate::runtime::config::{ConfigError, RuntimeConfig};
 use crate::runtime::executors::{Shards, StartError, spawn_shards};
 use crate::runtime::shard::Shard;
+use crate::runtime::store::{Recovered, StoreConfig, prepare_data_dir, recover, start_log_tasks};
 
 mod metrics_bridge;
 
@@ -76,6 +77,9 @@ pub struct Node {
     addr: SocketAddr,
     shard_addrs: Vec<SocketAddr>,
     housekeeping: Option<Housekeeping>,
+    /// What each shard replayed from its log at start, and how long that took (none without a
+    /// data dir).
+    recovery: Option<(Vec<Recovered>, std::time::Duration)>,
 }
 
 /// What every shard counted, in shard order.
@@ -154,6 +158,15 @@ struct ShardSockets {
     auth: Option<AuthSecret>,
     /// Where the shard's metrics snapshots go, when the node serves metrics.
     metrics: Option<SnapshotSender>,
+    /// With a data dir: the store, the partition count, and where to report the recovery.
+    store: Option<ShardStore>,
+}
+
+/// What a shard needs to recover its log before it serves.
+struct ShardStore {
+    config: StoreConfig,
+    partitions: u32,
+    report: std::sync::mpsc::Sender<Result<Recovered, String>>,
 }
 
 impl Node {
@@ -194,6 +207,12 @@ impl Node {
             )?),
         };
         let (snapshot_sender, snapshots) = snapshot_channel(shards);
+        if let Some(store) = &runtime.store {
+            prepare_data_dir(store, shards, runtime.partitions)
+                .map_err(|message| StartError::Config(ConfigError::DataDir(message)))?;
+        }
+        let recovery_started = std::time::Instant::now();
+        let mut recovery_reports = Vec::new();
         let payloads = shared
             .into_iter()
             .zip(own)
@@ -202,9 +221,25 @@ impl Node {
                 own,
                 auth: config.auth.clone(),
                 metrics: metrics_listener.as_ref().map(|_| snapshot_sender.clone()),
+                store: runtime.store.as_ref().map(|store| {
+                    let (report, reports) = std::sync::mpsc::channel();
+                    recovery_reports.push(reports);
+                    ShardStore {
+                        config: store.clone(),
+                        partitions: runtime.partitions,
+                        report,
+                    }
+                }),
             })
             .collect();
         let shards = spawn_shards(&runtime, &map, payloads, serve_shard)?;
+        let recovery = match runtime.store {
+            None => None,
+            Some(_) => Some((
+                wait_for_recovery(recovery_reports)?,
+                recovery_started.elapsed(),
+            )),
+        };
         let housekeeping = match metrics_listener {
             None => None,
             Some(listener) => Some(
@@ -221,7 +256,14 @@ impl Node {
             addr,
             shard_addrs,
             housekeeping,
+            recovery,
         })
+    }
+
+    /// What each shard replayed from its log at start and how long it took; `None` without
+    /// a data dir.
+    pub fn recovery(&self) -> Option<&(Vec<Recovered>, std::time::Duration)> {
+        self.recovery.as_ref()
     }
 
     /// The shared address every shard accepts on.
@@ -252,6 +294,22 @@ impl Node {
     }
 }
 
+/// Waits for every shard's recovery; the first refusal stops the node (dropping the started
+/// shards stops them).
+fn wait_for_recovery(
+    reports: Vec<std::sync::mpsc::Receiver<Result<Recovered, String>>>,
+) -> Result<Vec<Recovered>, StartError> {
+    let mut recovered = Vec::with_capacity(reports.len());
+    for (shard, report) in reports.into_iter().enumerate() {
+        let result = report
+            .recv()
+            .unwrap_or_else(|_| Err(format!("shard {shard} stopped before it recovered its log")));
+        recovered
+            .push(result.map_err(|message| StartError::Config(ConfigError::DataDir(message)))?);
+    }
+    Ok(recovered)
+}
+
 /// What the metrics endpoint says about this node.
 fn node_info(config: &NodeConfig, addr: SocketAddr) -> NodeInfo {
     let runtime = &config.runtime;
@@ -269,6 +327,19 @@ fn node_info(config: &NodeConfig, addr: SocketAddr) -> NodeInfo {
 /// Runs on each shard's executor: starts accepting on both of its listeners, and the
 /// shard's metrics snapshots when the node serves metrics.
 fn serve_shard(shard: Rc<Shard>, sockets: ShardSockets) {
+    if let Some(store) = sockets.store {
+        // Replayed before anything else runs on the shard: no connection, no mesh batch.
+        match recover(&shard, &store.config, store.partitions) {
+            Ok((recovered, start)) => {
+                start_log_tasks(shard.clone(), start);
+                let _ = store.report.send(Ok(recovered));
+            }
+            Err(message) => {
+                let _ = store.report.send(Err(message));
+                return;
+            }
+        }
+    }
     if let Some(sender) = sockets.metrics {
         metrics_bridge::spawn_snapshot_task(shard.clone(), sender);
     }

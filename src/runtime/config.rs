@@ -154,6 +154,9 @@ pub struct RuntimeConfig {
     pub idle_timeout: Duration,
     /// Replies that wait this long for a socket that takes none of them close the connection.
     pub write_stall: Duration,
+    /// Where each shard logs what it applies, and when replies wait for the log; `None`
+    /// keeps everything in memory only.
+    pub store: Option<crate::runtime::store::StoreConfig>,
 }
 
 impl RuntimeConfig {
@@ -171,6 +174,7 @@ impl RuntimeConfig {
             stall_threshold: Some(Duration::from_millis(STALL_THRESHOLD_MS_DEFAULT)),
             idle_timeout: Duration::from_millis(CONNECTION_IDLE_MS_DEFAULT),
             write_stall: Duration::from_millis(WRITE_STALL_MS_DEFAULT),
+            store: None,
         }
     }
 
@@ -241,6 +245,9 @@ pub enum ConfigError {
     StallThresholdTooLong(Duration),
     /// A port cannot be used: past 65535, or already served by another process.
     Ports(String),
+    /// The data dir cannot be used: another node's, or a damaged log (the message says which
+    /// file and what to do).
+    DataDir(String),
     TimeoutOutOfRange {
         name: &'static str,
         ms: u128,
@@ -263,7 +270,7 @@ impl fmt::Display for ConfigError {
                 CpuSet::from_cpus(allowed.iter().copied())
             ),
             ConfigError::Partitions(error) => write!(f, "{error}"),
-            ConfigError::Ports(reason) => write!(f, "{reason}"),
+            ConfigError::Ports(reason) | ConfigError::DataDir(reason) => write!(f, "{reason}"),
             ConfigError::TimeoutOutOfRange { name, ms, max_ms } => write!(
                 f,
                 "an {name} of {ms} ms is out of range: it must be from 1 to {max_ms} ms"

@@ -291,12 +291,6 @@ fn intact_record_after(segment: &[u8], offset: usize, lsn_min: u64) -> bool {
     false
 }
 
-/// Whether any byte of `bytes` is not zero: a segment past its clean end that is not all zeros
-/// holds the remains of a torn write.
-pub fn has_data(bytes: &[u8]) -> bool {
-    bytes.iter().any(|&byte| byte != 0)
-}
-
 fn read_u32(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(bytes[at..at + 4].try_into().expect("four bytes"))
 }

@@ -10,7 +10,9 @@
 //! of its partition. A held reply keeps the credit its event holds (socket credit here, mesh
 //! credit at the peer that forwarded it), so a slow disk pushes back on clients the way a slow
 //! core does. In [`Durability::Async`] mode records are logged the same way but replies leave
-//! at once. In [`Durability::Memory`] mode (no data dir) nothing is logged.
+//! at once, as long as at most `DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX` events are unsynced;
+//! past that they wait as in sync mode, so the disk's pace still bounds what is in memory.
+//! In [`Durability::Memory`] mode (no data dir) nothing is logged.
 //!
 //! A held reply to one of this shard's connections counts as work away from the connection
 //! (like an event forwarded to a peer), so the connection neither finishes nor frees its slot
@@ -18,7 +20,7 @@
 
 use std::collections::VecDeque;
 
-use crate::constants::DURABILITY_HELD_UNCREDITED_MAX;
+use crate::constants::{DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX, DURABILITY_HELD_UNCREDITED_MAX};
 use crate::core::codec::{FrameError, access_record};
 use crate::core::credit::Credit;
 use crate::core::ids::{ConnectionId, PartitionId, ShardId};
@@ -34,7 +36,7 @@ pub enum Durability {
     #[default]
     Memory,
     /// Logged, answered at once, synced behind: a crash loses what was answered but not yet
-    /// synced (at most one group commit's worth of events per shard).
+    /// synced (at most `DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX` events per shard).
     Async,
     /// Logged, answered only once the record is synced: what was answered survives a crash.
     Sync,
@@ -103,10 +105,18 @@ impl DurabilityState {
         self.mode != Durability::Memory
     }
 
-    /// Whether a reply must wait: in sync mode, when its event was logged or anything before
-    /// it waits.
+    /// Whether a reply must wait: when anything before it waits; in sync mode also when its
+    /// event was logged; in async mode when its event is logged and more than
+    /// `DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX` events are not yet synced.
     fn must_hold(&self, logged: bool) -> bool {
-        self.mode == Durability::Sync && (logged || !self.held.is_empty())
+        match self.mode {
+            Durability::Memory => false,
+            Durability::Sync => logged || !self.held.is_empty(),
+            Durability::Async => {
+                let unsynced = self.last_lsn() - self.durable_lsn;
+                !self.held.is_empty() || (logged && unsynced > DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX)
+            }
+        }
     }
 
     fn log(&mut self, partition: PartitionId, payload: &[u8]) -> u64 {
@@ -217,6 +227,12 @@ impl ShardCore {
     /// The highest LSN reported durable.
     pub fn durable_lsn(&self) -> u64 {
         self.durability.durable_lsn
+    }
+
+    /// Every record logged so far is on disk (always true without a log): a stopping shard
+    /// waits for this, so a clean stop loses nothing in async mode either.
+    pub fn log_durable(&self) -> bool {
+        self.durability.durable_lsn + 1 >= self.durability.next_lsn
     }
 
     /// The LSN the next logged event gets.
@@ -557,6 +573,29 @@ mod tests {
         assert_eq!(seqs(&written(&mut core, conn)), [1, 2]);
         assert_eq!(logged(&mut core).len(), 2);
         assert!(!core.take_log(|_, _, _| ()), "taken once");
+    }
+
+    #[test]
+    fn async_mode_holds_replies_once_too_many_events_are_unsynced() {
+        let mut core = cores(1, Durability::Async).remove(0);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(1, 0, 0);
+        let limit = DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX;
+        let mut answered = 0;
+        let mut seq = 0;
+        // Frames of 100 events, written as they come, never synced.
+        while seq < limit + 300 {
+            let events: Vec<Event> = (seq..seq + 100)
+                .map(|seq| event(seq, hunt, EventKind::Join))
+                .collect();
+            offer(&mut core, conn, &events);
+            answered += written(&mut core, conn).len() as u64;
+            seq += 100;
+        }
+        assert_eq!(answered, limit, "answers stop at the unsynced limit");
+        core.check_credit().unwrap();
+        core.handle_durable(0, seq);
+        assert_eq!(written(&mut core, conn).len() as u64, seq - limit);
     }
 
     #[test]
