@@ -558,6 +558,74 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_closed_with_replies_waiting_gives_their_credit_back_once_durable() {
+        let mut core = cores(1, Durability::Sync).remove(0);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(1, 0, 0);
+        offer(
+            &mut core,
+            conn,
+            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
+        );
+        core.handle_read_closed(0, conn, Ok(()));
+        core.handle_closed(0, conn, crate::core::shard::CloseReason::Broken);
+        assert_eq!(
+            core.credit_held().events,
+            1,
+            "the record is not durable yet"
+        );
+        core.check_credit().unwrap();
+        core.handle_durable(0, 1);
+        assert_eq!(core.credit_held(), Credit::ZERO);
+        core.check_credit().unwrap();
+        assert_eq!(core.connections_open(), 0);
+    }
+
+    #[test]
+    fn refusals_held_behind_a_sync_are_bounded_by_stopping_reads() {
+        let config = ShardConfig {
+            durability: Durability::Sync,
+            fail_fast: true,
+            shard_budget: Credit::new(1, 1 << 20),
+            ..ShardConfig::defaults(1)
+        };
+        let mut core = ShardCore::with_config(ShardId(0), placement(1), config);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(1, 0, 0);
+        // The first event takes the only credit and waits for its sync; the rest are Busy,
+        // held behind it.
+        let mut seq = 0;
+        while !core.durability_backlog_full() {
+            assert_eq!(core.readable(conn), crate::core::shard::Readable::Yes);
+            let events: Vec<Event> = (seq..seq + 1000)
+                .map(|seq| event(seq, hunt, EventKind::Join))
+                .collect();
+            offer(&mut core, conn, &events);
+            seq += 1000;
+        }
+        assert_eq!(core.readable(conn), crate::core::shard::Readable::NotYet);
+        assert!(written(&mut core, conn).is_empty());
+        core.handle_durable(0, 1);
+        let replies = written(&mut core, conn);
+        assert_eq!(
+            replies.len() as u64,
+            seq,
+            "every reply, in order, once durable"
+        );
+        assert!(
+            replies
+                .windows(2)
+                .all(|pair| pair[0].client_seq < pair[1].client_seq)
+        );
+        assert!(
+            replies[1..]
+                .iter()
+                .all(|reply| reply.outcome == Outcome::Busy)
+        );
+        assert_eq!(core.readable(conn), crate::core::shard::Readable::Yes);
+    }
+
+    #[test]
     fn async_mode_logs_every_applied_event_and_answers_at_once() {
         let mut core = cores(1, Durability::Async).remove(0);
         let conn = core.handle_connect(0).unwrap();
