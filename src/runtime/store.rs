@@ -207,6 +207,13 @@ pub fn recover(
                 tail.clear();
                 break;
             }
+            Err(SegmentError::Header(why)) => {
+                return Err(format!(
+                    "{} is damaged at byte 0: {why}, and later segments hold records; restore the data dir from a backup, or start with --recover-truncate to keep the {} records before it (everything after is lost)",
+                    path.display(),
+                    position.next_lsn - 1,
+                ));
+            }
             Err(error) => {
                 return Err(format!(
                     "{} cannot be part of this log: {error}; restore the data dir from a backup or give another --data-dir",
