@@ -189,6 +189,40 @@ const _: () = assert!(BENCH_DURATION_S_MAX <= BENCH_SCHEDULE_S_MAX);
 pub const BENCH_STALL_MS_MAX: u64 = 10_000;
 
 // ---------------------------------------------------------------------------------------------
+// The write-ahead log (see `store`).
+// ---------------------------------------------------------------------------------------------
+
+/// The eight bytes every log segment starts with.
+pub const WAL_MAGIC: [u8; 8] = *b"TROVWAL\0";
+/// The log format this build writes and reads. A segment of another version is refused.
+pub const WAL_FORMAT_VERSION: u32 = 1;
+/// Size of one pre-allocated log segment file.
+pub const WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// The segment header's share of a segment: one block of the largest alignment supported, so
+/// the first record starts aligned whatever the device's block size.
+pub const WAL_SEGMENT_HEADER_BYTES: usize = 4096;
+/// The largest direct-I/O alignment the log supports; a device asking for more is refused.
+pub const WAL_BLOCK_BYTES_MAX: usize = WAL_SEGMENT_HEADER_BYTES;
+/// The fixed part of a log record: length, partition, sequence number, checksum, marker.
+pub const WAL_RECORD_HEADER_BYTES: usize = 32;
+/// Replies that need no log record (refusals) held behind replies waiting for their sync;
+/// past this the shard stops reading until the sync completes. Credit bounds the others.
+pub const DURABILITY_HELD_UNCREDITED_MAX: usize = 4096;
+/// In async mode, events a shard answers before their records are synced; past this, replies
+/// wait for the sync as in sync mode, so a slow disk still pushes back and a crash loses at
+/// most this many answered events per shard.
+pub const DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX: u64 = 4096;
+
+const _: () = assert!(WAL_SEGMENT_HEADER_BYTES % WAL_BLOCK_BYTES_MAX == 0);
+const _: () = assert!(
+    WAL_SEGMENT_BYTES as usize
+        >= WAL_SEGMENT_HEADER_BYTES
+            + WAL_RECORD_HEADER_BYTES
+            + EVENT_BYTES_MAX
+            + WAL_BLOCK_BYTES_MAX
+);
+
+// ---------------------------------------------------------------------------------------------
 // Time.
 // ---------------------------------------------------------------------------------------------
 

@@ -16,16 +16,20 @@ use crate::constants::{
     WRITE_STALL_MS_DEFAULT,
 };
 use crate::core::ids::NodeId;
+use crate::core::shard::Durability;
 use crate::host::cpuset::CpuSet;
 use crate::metrics::MetricsListen;
 use crate::node::{Node, NodeConfig};
 use crate::runtime::config::{Budget, RuntimeConfig, shard_cpus};
 use crate::runtime::executors::StartError;
+use crate::runtime::store::StoreConfig;
 
 /// Run a trove node: one shard per CPU, until SIGINT or SIGTERM.
 ///
 /// Exit codes: 0 after a clean stop; 1 when this host cannot run the node (the message says what
-/// to change); 2 for a usage error (a bad flag or a configuration that cannot work); 70 when a
+/// to change); 2 for a usage error (a bad flag or a configuration that cannot work, including a
+/// --data-dir of another node id, shard count or partition count, or a log damaged before its
+/// tail: the message names the file and byte); 70 when a
 /// shard thread died (fail-stop: one line on stderr names the shard and the reason, and the
 /// whole node exits at once so that its supervisor restarts it).
 #[derive(Args, Debug)]
@@ -100,6 +104,34 @@ pub struct NodeArgs {
     /// Where to serve Prometheus metrics (GET /metrics), or `off`
     #[arg(long, value_name = "ADDR:PORT|off", default_value = "127.0.0.1:9700")]
     pub metrics_listen: MetricsListen,
+    /// Log every event each shard applies to a write-ahead log in this directory, and replay
+    /// it at start. Without it the node keeps everything in memory only: a crash or a stop
+    /// loses every hunt, claim and score
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// With --data-dir: `sync` answers an event only once its log record is on disk
+    /// (fdatasync), so a crash loses nothing that was answered; `async` answers at once and
+    /// syncs behind, so a crash (of the process or the host) can lose the events answered
+    /// since the last completed sync: at most 4096 events per shard
+    /// (DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX; past that, answers wait for the sync)
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "sync",
+        requires = "data_dir"
+    )]
+    pub durability: DurabilityArg,
+    /// At start, when a log is damaged before its tail, keep the records before the damage and
+    /// discard the rest (moved aside as *.wal.discarded) instead of refusing to start
+    #[arg(long, requires = "data_dir")]
+    pub recover_truncate: bool,
+}
+
+/// `--durability`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DurabilityArg {
+    Sync,
+    Async,
 }
 
 impl NodeArgs {
@@ -132,7 +164,17 @@ impl NodeArgs {
             connection_events: self.connection_events_max.min(self.shard_events_max),
             ..Budget::default()
         };
+        let store = self.data_dir.as_ref().map(|dir| StoreConfig {
+            dir: dir.clone(),
+            durability: match self.durability {
+                DurabilityArg::Sync => Durability::Sync,
+                DurabilityArg::Async => Durability::Async,
+            },
+            recover_truncate: self.recover_truncate,
+            node: self.cluster.node_id.unwrap_or(0),
+        });
         let runtime = RuntimeConfig {
+            store,
             partitions: self.partitions,
             budget,
             fail_fast: self.fail_fast,
@@ -265,6 +307,11 @@ pub fn run(args: &NodeArgs) -> i32 {
     if let Some(metrics) = node.metrics_addr() {
         let _ = writeln!(stdout, "trove node: metrics at http://{metrics}/metrics");
     }
+    let _ = writeln!(
+        stdout,
+        "trove node: {}",
+        describe_durability(&config, &node)
+    );
     let memory = NodeMemory::of(config.runtime.partitions as usize, config.runtime.shards());
     let _ = writeln!(stdout, "trove node: {}", describe_memory(&memory));
     let signal = wait_for_stop_signal(&signals);
@@ -280,6 +327,31 @@ pub fn run(args: &NodeArgs) -> i32 {
     let report = node.stop();
     let _ = write!(stdout, "{}", report.describe());
     0
+}
+
+/// Where the node's data lives, and what each shard recovered at start.
+fn describe_durability(config: &NodeConfig, node: &Node) -> String {
+    let (Some(store), Some((recovered, took))) = (&config.runtime.store, node.recovery()) else {
+        return "no --data-dir: memory only, a crash or a stop loses every event".into();
+    };
+    let mode = match store.durability {
+        Durability::Sync => "sync (an answer means the event is on disk)",
+        Durability::Async => {
+            "async (answers leave before the sync; a crash can lose the last unsynced events)"
+        }
+        Durability::Memory => "memory",
+    };
+    let events: u64 = recovered.iter().map(|shard| shard.events).sum();
+    let partitions: usize = recovered.iter().map(|shard| shard.partitions).sum();
+    let mut text = format!(
+        "data dir {}, durability {mode}; recovered {events} events of {partitions} partitions in {:.3} s",
+        store.dir.display(),
+        took.as_secs_f64()
+    );
+    for note in recovered.iter().flat_map(|shard| &shard.notes) {
+        text.push_str(&format!("\ntrove node: recovery: {note}"));
+    }
+    text
 }
 
 /// The node's worst-case memory as one line: the total, then each term, in MiB rounded up.

@@ -29,6 +29,7 @@ use crate::runtime::config::{ConfigError, RuntimeConfig};
 use crate::runtime::control_feed::{FeedReceiver, FeedSender, ShardUpdate, feed, spawn_feed_task};
 use crate::runtime::executors::{Shards, StartError, spawn_shards};
 use crate::runtime::shard::Shard;
+use crate::runtime::store::{Recovered, StoreConfig, prepare_data_dir, recover, start_log_tasks};
 
 mod metrics_bridge;
 
@@ -88,6 +89,9 @@ pub struct Node {
     housekeeping: Option<Housekeeping>,
     /// Each shard's feed from the control thread, in a cluster, until handed to it.
     feeds: Vec<FeedSender>,
+    /// What each shard replayed from its log at start, and how long that took (none without a
+    /// data dir).
+    recovery: Option<(Vec<Recovered>, std::time::Duration)>,
 }
 
 /// What every shard counted, in shard order.
@@ -171,6 +175,15 @@ struct ShardSockets {
     metrics: Option<SnapshotSender>,
     /// The shard's end of its feed from the control thread, in a cluster.
     feed: Option<FeedReceiver>,
+    /// With a data dir: the store, the partition count, and where to report the recovery.
+    store: Option<ShardStore>,
+}
+
+/// What a shard needs to recover its log before it serves.
+struct ShardStore {
+    config: StoreConfig,
+    partitions: u32,
+    report: std::sync::mpsc::Sender<Result<Recovered, String>>,
 }
 
 impl Node {
@@ -225,6 +238,12 @@ impl Node {
             )?),
         };
         let (snapshot_sender, snapshots) = snapshot_channel(shards);
+        if let Some(store) = &runtime.store {
+            prepare_data_dir(store, shards, runtime.partitions)
+                .map_err(|message| StartError::Config(ConfigError::DataDir(message)))?;
+        }
+        let recovery_started = std::time::Instant::now();
+        let mut recovery_reports = Vec::new();
         let payloads = shared
             .into_iter()
             .zip(own)
@@ -234,9 +253,25 @@ impl Node {
                 auth: config.auth.clone(),
                 metrics: metrics_listener.as_ref().map(|_| snapshot_sender.clone()),
                 feed: feed_ends.next(),
+                store: runtime.store.as_ref().map(|store| {
+                    let (report, reports) = std::sync::mpsc::channel();
+                    recovery_reports.push(reports);
+                    ShardStore {
+                        config: store.clone(),
+                        partitions: runtime.partitions,
+                        report,
+                    }
+                }),
             })
             .collect();
         let shards = spawn_shards(&runtime, &map, payloads, serve_shard)?;
+        let recovery = match runtime.store {
+            None => None,
+            Some(_) => Some((
+                wait_for_recovery(recovery_reports)?,
+                recovery_started.elapsed(),
+            )),
+        };
         let housekeeping = match metrics_listener {
             None => None,
             Some(listener) => Some(
@@ -254,7 +289,14 @@ impl Node {
             shard_addrs,
             housekeeping,
             feeds,
+            recovery,
         })
+    }
+
+    /// What each shard replayed from its log at start and how long it took; `None` without
+    /// a data dir.
+    pub fn recovery(&self) -> Option<&(Vec<Recovered>, std::time::Duration)> {
+        self.recovery.as_ref()
     }
 
     /// The shared address every shard accepts on.
@@ -305,6 +347,22 @@ impl Node {
     }
 }
 
+/// Waits for every shard's recovery; the first refusal stops the node (dropping the started
+/// shards stops them).
+fn wait_for_recovery(
+    reports: Vec<std::sync::mpsc::Receiver<Result<Recovered, String>>>,
+) -> Result<Vec<Recovered>, StartError> {
+    let mut recovered = Vec::with_capacity(reports.len());
+    for (shard, report) in reports.into_iter().enumerate() {
+        let result = report
+            .recv()
+            .unwrap_or_else(|_| Err(format!("shard {shard} stopped before it recovered its log")));
+        recovered
+            .push(result.map_err(|message| StartError::Config(ConfigError::DataDir(message)))?);
+    }
+    Ok(recovered)
+}
+
 /// What the metrics endpoint says about this node.
 fn node_info(config: &NodeConfig, addr: SocketAddr) -> NodeInfo {
     let runtime = &config.runtime;
@@ -322,6 +380,19 @@ fn node_info(config: &NodeConfig, addr: SocketAddr) -> NodeInfo {
 /// Runs on each shard's executor: starts accepting on both of its listeners, and the
 /// shard's metrics snapshots when the node serves metrics.
 fn serve_shard(shard: Rc<Shard>, sockets: ShardSockets) {
+    if let Some(store) = sockets.store {
+        // Replayed before anything else runs on the shard: no connection, no mesh batch.
+        match recover(&shard, &store.config, store.partitions) {
+            Ok((recovered, start)) => {
+                start_log_tasks(shard.clone(), start);
+                let _ = store.report.send(Ok(recovered));
+            }
+            Err(message) => {
+                let _ = store.report.send(Err(message));
+                return;
+            }
+        }
+    }
     if let Some(sender) = sockets.metrics {
         metrics_bridge::spawn_snapshot_task(shard.clone(), sender);
     }

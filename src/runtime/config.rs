@@ -166,6 +166,9 @@ pub struct RuntimeConfig {
     /// In fail-fast mode, the wait before dispatch past which events of a standing queue are
     /// answered `Busy` (see `core::shard::shedding`).
     pub shed_target: Duration,
+    /// Where each shard logs what it applies, and when replies wait for the log; `None`
+    /// keeps everything in memory only.
+    pub store: Option<crate::runtime::store::StoreConfig>,
 }
 
 impl RuntimeConfig {
@@ -187,6 +190,7 @@ impl RuntimeConfig {
             frame_arrival: Duration::from_millis(FRAME_ARRIVAL_MS_DEFAULT),
             connections_per_source_max: CONNECTIONS_PER_SOURCE_DEFAULT,
             shed_target: Duration::from_millis(SHED_TARGET_MS_DEFAULT),
+            store: None,
         }
     }
 
@@ -268,6 +272,9 @@ pub enum ConfigError {
     StallThresholdTooLong(Duration),
     /// A port cannot be used: past 65535, or already served by another process.
     Ports(String),
+    /// The data dir cannot be used: another node's, or a damaged log (the message says which
+    /// file and what to do).
+    DataDir(String),
     TimeoutOutOfRange {
         name: &'static str,
         ms: u128,
@@ -291,7 +298,7 @@ impl fmt::Display for ConfigError {
                 CpuSet::from_cpus(allowed.iter().copied())
             ),
             ConfigError::Partitions(error) => write!(f, "{error}"),
-            ConfigError::Ports(reason) => write!(f, "{reason}"),
+            ConfigError::Ports(reason) | ConfigError::DataDir(reason) => write!(f, "{reason}"),
             ConfigError::TimeoutOutOfRange { name, ms, max_ms } => write!(
                 f,
                 "an {name} of {ms} ms is out of range: it must be from 1 to {max_ms} ms"

@@ -16,4 +16,5 @@ pub mod executors;
 pub mod mesh;
 pub mod shard;
 pub mod stall;
+pub mod store;
 pub mod wait;

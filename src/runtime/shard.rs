@@ -23,11 +23,11 @@ use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 
 use crate::constants::TIMEOUT_CHECK_INTERVAL_MS_MAX;
 use crate::core::codec::{FrameBuilder, FrameError, FrameHeader};
-use crate::core::ids::{ConnectionId, NodeId, ShardId};
+use crate::core::ids::{ConnectionId, NodeId, PartitionId, ShardId};
 use crate::core::partition::{MapError, Placement};
 use crate::core::shard::{
-    CloseReason, ConnectRefusal, FrameProgress, MeshBatch, MeshOutput, NodeLease, Readable,
-    ShardConfig, ShardCore, ShardLoad, ShardStats, SourceAddr,
+    CloseReason, ConnectRefusal, Durability, FrameProgress, MeshBatch, MeshOutput, NodeLease,
+    Readable, ReplayError, ShardConfig, ShardCore, ShardLoad, ShardStats, SourceAddr,
 };
 use crate::runtime::config::RuntimeConfig;
 use crate::runtime::mesh::ShardMesh;
@@ -77,6 +77,8 @@ pub struct Shard {
     /// Woken when a connection goes away and when a peer's batch arrives: what draining waits
     /// for. Only [`Shard::run`] waits here, never a task with I/O pending.
     drain_progress: WaitQueue,
+    /// Woken when the core has queued log records: the log writer (`runtime::store`) looks.
+    log_queued: WaitQueue,
 }
 
 fn core_config(config: &RuntimeConfig) -> ShardConfig {
@@ -98,6 +100,10 @@ fn core_config(config: &RuntimeConfig) -> ShardConfig {
         frame_arrival_ns: config.frame_arrival.as_nanos() as u64,
         connections_per_source_max: config.connections_per_source_max,
         shed_target_ns: config.shed_target.as_nanos() as u64,
+        durability: config
+            .store
+            .as_ref()
+            .map_or(Durability::Memory, |store| store.durability),
         ..ShardConfig::defaults(shards)
     }
 }
@@ -123,6 +129,7 @@ impl Shard {
             stop_started: Latch::new(),
             force_close: Latch::new(),
             drain_progress: WaitQueue::new(),
+            log_queued: WaitQueue::new(),
         }
     }
 
@@ -163,8 +170,11 @@ impl Shard {
         self.core.borrow_mut()
     }
 
-    /// Wakes the writers and flushers the core listed.
+    /// Wakes the writers and flushers the core listed, and the log writer.
     fn wake(&self) {
+        if self.core.borrow().log_queued() {
+            self.log_queued.wake_all();
+        }
         loop {
             let writable = self.core().poll_writable();
             let Some(id) = writable else { break };
@@ -486,6 +496,37 @@ impl Shard {
                 }
             }
         }
+    }
+}
+
+// ---- store hooks (see `runtime::store`) --------------------------------------------------
+
+impl Shard {
+    /// Woken when the core has log records for [`Self::take_log`].
+    pub fn log_queued(&self) -> &WaitQueue {
+        &self.log_queued
+    }
+
+    /// Hands the core's queued log records to `sink` (see [`ShardCore::take_log`]).
+    pub fn take_log(&self, sink: impl FnMut(u64, PartitionId, &[u8])) -> bool {
+        self.core().take_log(sink)
+    }
+
+    /// Records up to `lsn` are on disk: the replies waiting for them leave.
+    pub fn handle_durable(&self, lsn: u64) {
+        let now = self.now_ns();
+        self.core().handle_durable(now, lsn);
+        self.wake_released();
+    }
+
+    /// Applies a record read back from the log, before the shard serves.
+    pub fn replay(&self, partition: PartitionId, payload: &[u8]) -> Result<(), ReplayError> {
+        self.core().replay(partition, payload)
+    }
+
+    /// The log continues at `next_lsn` (after recovery).
+    pub fn resume_log(&self, next_lsn: u64) {
+        self.core().resume_log(next_lsn)
     }
 }
 

@@ -182,7 +182,7 @@ impl ShardCore {
                 }
                 let reply = self.apply(local, event);
                 self.stats.events_applied += 1;
-                self.queue_reply(id, &reply, credit);
+                self.reply_applied(id, local, record, &reply, credit);
             }
             Route::Shard(owner) => {
                 if !self.socket_credit_covers(id, credit) {
@@ -255,7 +255,7 @@ impl ShardCore {
 
     fn answer_uncredited(&mut self, id: ConnectionId, event: &ArchivedEvent, outcome: Outcome) {
         let reply = reply_to(event, outcome);
-        self.queue_reply(id, &reply, Credit::ZERO);
+        self.reply_uncredited(id, &reply);
     }
 
     /// Whether connection `id`'s reader may go on: its backlog of replies is short, and the
@@ -273,7 +273,7 @@ impl ShardCore {
         {
             return Readable::Never;
         }
-        if connection.out.len() > CONNECTION_BACKLOG_BYTES_MAX {
+        if connection.out.len() > CONNECTION_BACKLOG_BYTES_MAX || self.durability_backlog_full() {
             return Readable::NotYet;
         }
         if self.config.fail_fast {

@@ -249,24 +249,37 @@ impl ShardCore {
     ) {
         for (archive, entry) in events.iter() {
             let event = archive.get();
-            let reply = match self.route_or_answer(event) {
+            let (reply, applied) = match self.route_or_answer(event) {
                 Ok(Route::Local(local)) => {
                     self.stats.events_applied_for_peers += 1;
-                    self.apply(local, event)
+                    (self.apply(local, event), Some((local, archive.bytes())))
                 }
                 Ok(_) => {
                     self.stats.events_moved += 1;
-                    reply_to(event, self.moved(event))
+                    (reply_to(event, self.moved(event)), None)
                 }
-                Err(outcome) => reply_to(event, outcome),
+                Err(outcome) => (reply_to(event, outcome), None),
             };
-            let peer = self.peers[from.index()].as_mut().expect("a peer");
-            peer.filling(now_ns, |batch| batch.replies.len())
-                .push_reply(&reply, entry);
+            if !self.hold_peer_reply(from, applied, &reply, entry) {
+                self.queue_peer_reply(now_ns, from, &reply, entry);
+            }
         }
         if !events.is_empty() {
             self.list_mesh_ready(from);
         }
+    }
+
+    /// Queues the reply to an event peer `from` forwarded, for its next batch.
+    pub(super) fn queue_peer_reply(
+        &mut self,
+        now_ns: u64,
+        from: ShardId,
+        reply: &Reply,
+        entry: &BatchEntry,
+    ) {
+        let peer = self.peers[from.index()].as_mut().expect("a peer");
+        peer.filling(now_ns, |batch| batch.replies.len())
+            .push_reply(reply, entry);
     }
 
     /// A reply another shard sent back for an event of connection `id`.

@@ -26,6 +26,7 @@ pub mod admission;
 pub mod connections;
 pub mod counters;
 pub mod faults;
+pub mod durability;
 pub mod mesh;
 pub mod replies;
 pub mod routing;
@@ -52,6 +53,7 @@ use crate::core::partition::{MapError, Placement};
 pub use admission::{FrameProgress, Readable};
 pub use connections::{CloseReason, ConnectRefusal, SourceAddr};
 pub use counters::{ShardLoad, ShardStats, StageLatencies, Stalls};
+pub use durability::{Durability, ReplayError};
 pub use mesh::{ArchiveBatch, BatchEntry, MeshBatch, MeshOutput};
 pub use routing::{LocalEvent, NodeLease, Route};
 pub use stop::ERROR_CODE_SHUTTING_DOWN;
@@ -97,6 +99,8 @@ pub struct ShardConfig {
     pub shed_target_ns: u64,
     /// How long waits must stay past (or under) the target to start (or stop) shedding.
     pub shed_interval_ns: u64,
+    /// Whether applied events are logged, and whether their replies wait for the log.
+    pub durability: Durability,
 }
 
 impl ShardConfig {
@@ -124,6 +128,7 @@ impl ShardConfig {
             connections_per_source_max: CONNECTIONS_PER_SOURCE_DEFAULT,
             shed_target_ns: SHED_TARGET_MS_DEFAULT * 1_000_000,
             shed_interval_ns: SHED_BURST_MS_MAX * 1_000_000,
+            durability: Durability::Memory,
         }
     }
 }
@@ -161,6 +166,8 @@ pub struct ShardCore {
     frame_dispatched_arrived_ns: Option<u64>,
     stats: ShardStats,
     faults: faults::FaultState,
+    /// Log records owed to the shell and replies waiting for them (see [`durability`]).
+    durability: durability::DurabilityState,
 }
 
 impl ShardCore {
@@ -189,6 +196,7 @@ impl ShardCore {
             closing: Vec::new(),
             stopping: false,
             frame_dispatched_arrived_ns: None,
+            durability: durability::DurabilityState::new(config.durability),
             stats: ShardStats {
                 shard: shard.0,
                 ..ShardStats::default()
@@ -403,7 +411,9 @@ impl ShardCore {
             .peers
             .iter()
             .flatten()
-            .fold(Credit::ZERO, |sum, peer| sum.plus(peer.credit.held()));
+            .fold(self.durability.held_credit(), |sum, peer| {
+                sum.plus(peer.credit.held())
+            });
         if at_peers != away {
             return Err(format!(
                 "{} holds {:?} of mesh credit at its peers but its forwarded events hold {:?}",

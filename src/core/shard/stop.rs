@@ -60,7 +60,7 @@ impl ShardCore {
 
     /// No connection is open and every event admitted from a socket has been answered.
     pub fn connections_drained(&self) -> bool {
-        self.connections.open() == 0 && self.credit.is_idle()
+        self.connections.open() == 0 && self.credit.is_idle() && self.log_durable()
     }
 
     /// Stopped for good: connections drained and every peer's channel closed both ways.

@@ -1,0 +1,582 @@
+//! `trove node --data-dir`: what a node answered survives `kill -9`, a torn tail is cut, damage
+//! before the tail is refused (or cut on request), and another node's data dir is refused.
+//!
+//! The model is the engine's own state machine (`PartitionState`), fed the same events in the
+//! same per-hunt order: after each restart, each hunt's state on the node must be the model's
+//! after every acknowledged event of that hunt plus some of the unacknowledged ones that
+//! followed them (a crash may keep events it had not answered yet, never lose answered ones).
+//! Data dirs live under the cargo target's tmp dir, on a real disk (not tmpfs), so O_DIRECT
+//! and fdatasync are the real thing.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use trove::client::{self, ClientConfig, Incoming};
+use trove::constants::WAL_RECORD_HEADER_BYTES;
+use trove::core::hunt::PartitionState;
+use trove::core::ids::{HuntId, PartitionId, PlayerId, TreasureId};
+use trove::core::message::{
+    ArchivedEvent, Event, EventKind, HuntSpec, Outcome, Position, Reply, TreasureSpec,
+    WaypointSpec, claim_code_hash,
+};
+use trove::store::format::{SegmentHeader, scan_segment};
+
+const HUNTS: u64 = 8;
+const PLAYERS: u64 = 8;
+const WAYPOINTS: u32 = 16;
+const TREASURES: u32 = 8;
+/// Events in flight on the client's connection.
+const WINDOW: usize = 128;
+const PARTITIONS: &str = "64";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn data_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("durability-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A running node and the lines it printed at start.
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    start_lines: Vec<String>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a two-shard node on `dir`; `Err` holds its exit code and stderr when it refuses to
+/// start.
+fn start_node(dir: &Path, extra: &[&str]) -> Result<Node, (Option<i32>, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trove"))
+        .args([
+            "node",
+            "--port",
+            "0",
+            "--shards",
+            "2",
+            "--partitions",
+            PARTITIONS,
+        ])
+        .args(["--metrics-listen", "off", "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_in, lines) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_in.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + WAIT;
+    let mut start_lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let done = line.contains("worst-case memory");
+                start_lines.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let output = child.wait_with_output().unwrap();
+                return Err((
+                    output.status.code(),
+                    String::from_utf8_lossy(&output.stderr).into_owned(),
+                ));
+            }
+        }
+    }
+    let addr = start_lines[0]
+        .split_whitespace()
+        .find(|word| word.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no address in {start_lines:?}"))
+        .parse()
+        .unwrap();
+    Ok(Node {
+        child,
+        addr,
+        start_lines,
+    })
+}
+
+/// Runs `trove node` on `dir` expecting it to refuse to start; returns its exit code and stderr.
+fn refused(dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    match start_node(dir, extra) {
+        Ok(node) => panic!("the node started: {:?}", node.start_lines),
+        Err(refusal) => refusal,
+    }
+}
+
+fn recovered_events(node: &Node) -> u64 {
+    let line = node
+        .start_lines
+        .iter()
+        .find(|line| line.contains("recovered "))
+        .unwrap_or_else(|| panic!("no recovery line in {:?}", node.start_lines));
+    line.split("recovered ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no event count in `{line}`"))
+}
+
+/// A small deterministic generator (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn waypoint_position(w: u32) -> Position {
+    Position {
+        lat_e7: 400_000_000 + w as i32 * 1_000_000,
+        lon_e7: 20_000_000,
+    }
+}
+
+fn code(hunt: u64, treasure: u32) -> String {
+    format!("hunt-{hunt}-treasure-{treasure}")
+}
+
+fn spec(hunt: u64) -> HuntSpec {
+    HuntSpec {
+        waypoints: (0..WAYPOINTS)
+            .map(|w| WaypointSpec {
+                position: waypoint_position(w),
+                radius_m: 50,
+                points: 1 + w,
+            })
+            .collect(),
+        treasures: (0..TREASURES)
+            .map(|t| TreasureSpec {
+                code_hash: claim_code_hash(code(hunt, t).as_bytes()),
+                points: 100 * (t + 1),
+            })
+            .collect(),
+    }
+}
+
+/// The model: each hunt's state as the engine's own state machine computes it.
+#[derive(Clone)]
+struct Model {
+    states: HashMap<u64, PartitionState>,
+}
+
+impl Model {
+    fn new() -> Model {
+        let states = (0..HUNTS)
+            .map(|hunt| (hunt, PartitionState::new(PartitionId(0))))
+            .collect();
+        Model { states }
+    }
+
+    fn apply(&mut self, event: &Event) -> Outcome {
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(event).unwrap();
+        let archived = rkyv::access::<ArchivedEvent, rkyv::rancor::Error>(&bytes).unwrap();
+        self.states.get_mut(&event.hunt.0).unwrap().apply(archived)
+    }
+}
+
+fn leaderboard(hunt: u64, seq: u64) -> Event {
+    Event {
+        hunt: HuntId(hunt),
+        player: PlayerId(0),
+        client_seq: seq,
+        client_ts: 0,
+        kind: EventKind::Leaderboard { top_k: 16 },
+    }
+}
+
+/// Sends `events` over one connection with `WINDOW` in flight and returns each reply by
+/// `client_seq`; with `kill_after`, the node is SIGKILLed that long after the first send and
+/// the replies received until then are returned.
+fn drive(node: &mut Node, events: &[Event], kill_after: Option<Duration>) -> HashMap<u64, Reply> {
+    let mut config = ClientConfig::new(node.addr);
+    config.shard_aware = false;
+    config.stall_timeout = Some(Duration::from_secs(5));
+    let (mut sender, mut receiver) = client::connect(&config).unwrap();
+    let started = Instant::now();
+    let mut replies = HashMap::new();
+    let mut next = 0;
+    let mut killed = false;
+    loop {
+        if let Some(after) = kill_after {
+            if !killed && started.elapsed() >= after {
+                node.child.kill().unwrap();
+                let _ = node.child.wait();
+                killed = true;
+            }
+        }
+        if !killed {
+            let mut sent_any = false;
+            while next < events.len() && next - replies.len() < WINDOW {
+                if sender.send(&events[next]).is_err() {
+                    break;
+                }
+                next += 1;
+                sent_any = true;
+            }
+            if sent_any && sender.flush().is_err() && kill_after.is_none() {
+                panic!("the node stopped reading");
+            }
+        }
+        if replies.len() == events.len() {
+            if kill_after.is_some() && !killed {
+                // Everything answered before the moment came: kill now all the same.
+                node.child.kill().unwrap();
+                let _ = node.child.wait();
+            }
+            return replies;
+        }
+        match receiver.recv_timeout(Duration::from_millis(50)) {
+            Ok(Incoming::Replies(frame)) => {
+                for reply in frame.replies() {
+                    let reply = rkyv::deserialize::<Reply, rkyv::rancor::Error>(reply).unwrap();
+                    replies.insert(reply.client_seq, reply);
+                }
+            }
+            Ok(Incoming::Closed { .. }) if killed => return replies,
+            Ok(Incoming::Closed { error, .. }) => {
+                panic!("the node closed the connection: {error:?}")
+            }
+            Ok(Incoming::NodeError { message, .. }) => panic!("the node sent an error: {message}"),
+            Err(_) if killed => return replies,
+            Err(_) => assert!(started.elapsed() < WAIT, "no replies for {WAIT:?}"),
+        }
+    }
+}
+
+/// Creates the hunts and joins the players, and checks every answer.
+fn set_up(node: &mut Node, model: &mut Model, seq: &mut u64) {
+    let mut events = Vec::new();
+    for hunt in 0..HUNTS {
+        let mut push = |player, kind| {
+            *seq += 1;
+            events.push(Event {
+                hunt: HuntId(hunt),
+                player: PlayerId(player),
+                client_seq: *seq,
+                client_ts: 0,
+                kind,
+            });
+        };
+        push(0, EventKind::CreateHunt(spec(hunt)));
+        for player in 1..=PLAYERS {
+            push(player, EventKind::Join);
+        }
+    }
+    let replies = drive(node, &events, None);
+    for event in &events {
+        assert_eq!(replies[&event.client_seq].outcome, model.apply(event));
+    }
+}
+
+/// Check-ins at waypoints and claims with the right code, by random players.
+fn load(rng: &mut Rng, seq: &mut u64, count: usize) -> Vec<Event> {
+    (0..count)
+        .map(|_| {
+            *seq += 1;
+            let hunt = rng.below(HUNTS);
+            let kind = if rng.below(4) == 0 {
+                let treasure = rng.below(TREASURES as u64) as u32;
+                EventKind::Claim {
+                    treasure: TreasureId(treasure),
+                    code: code(hunt, treasure),
+                }
+            } else {
+                EventKind::CheckIn {
+                    position: waypoint_position(rng.below(WAYPOINTS as u64) as u32),
+                }
+            };
+            Event {
+                hunt: HuntId(hunt),
+                player: PlayerId(1 + rng.below(PLAYERS)),
+                client_seq: *seq,
+                client_ts: 0,
+                kind,
+            }
+        })
+        .collect()
+}
+
+/// After a restart: for each hunt, finds how many of the round's events after the acknowledged
+/// ones the node kept, checking every acknowledged answer against the model on the way and the
+/// node's leaderboard against the model's; moves `model` to the node's state.
+fn reconcile(
+    node: &mut Node,
+    model: &mut Model,
+    round: &[Event],
+    acked: &HashMap<u64, Reply>,
+    seq: &mut u64,
+) -> usize {
+    let mut kept_unacked = 0;
+    let queries: Vec<Event> = (0..HUNTS)
+        .map(|hunt| {
+            *seq += 1;
+            leaderboard(hunt, *seq)
+        })
+        .collect();
+    let answers = drive(node, &queries, None);
+    for (hunt, query) in (0..HUNTS).zip(&queries) {
+        let events: Vec<&Event> = round.iter().filter(|e| e.hunt.0 == hunt).collect();
+        let acked_count = events
+            .iter()
+            .take_while(|event| acked.contains_key(&event.client_seq))
+            .count();
+        assert!(
+            events[acked_count..]
+                .iter()
+                .all(|event| !acked.contains_key(&event.client_seq)),
+            "hunt {hunt}: replies came out of order"
+        );
+        let mut candidate = model.clone();
+        for event in &events[..acked_count] {
+            let outcome = candidate.apply(event);
+            assert_eq!(
+                acked[&event.client_seq].outcome, outcome,
+                "hunt {hunt}: an acknowledged answer differs from the replayed state"
+            );
+        }
+        let on_node = &answers[&query.client_seq].outcome;
+        let mut kept = None;
+        for extra in 0..=events.len() - acked_count {
+            if extra > 0 {
+                candidate.apply(events[acked_count + extra - 1]);
+            }
+            if candidate.clone().apply(query) == *on_node {
+                kept_unacked += extra;
+                kept = Some(candidate.clone());
+                break;
+            }
+        }
+        let kept = kept.unwrap_or_else(|| {
+            panic!(
+                "hunt {hunt}: the node's leaderboard {on_node:?} is not the model's after its {acked_count} acknowledged events plus any of the {} unacknowledged ones",
+                events.len() - acked_count
+            )
+        });
+        model.states.insert(hunt, kept.states[&hunt].clone());
+        model.apply(query);
+    }
+    kept_unacked
+}
+
+#[test]
+fn acknowledged_events_survive_kill_9_under_load() {
+    let seed = std::env::var("TROVE_DURABILITY_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("durability seed {seed} (rerun with TROVE_DURABILITY_SEED={seed})");
+    let mut rng = Rng(seed);
+    let dir = data_dir("kill");
+    let mut node = start_node(&dir, &[]).unwrap();
+    let (mut model, mut seq) = (Model::new(), 0);
+    set_up(&mut node, &mut model, &mut seq);
+    let mut total_acked = 0;
+    for round in 0..6 {
+        let events = load(&mut rng, &mut seq, 100_000);
+        let kill_after = Duration::from_millis(100 + rng.below(500));
+        let acked = drive(&mut node, &events, Some(kill_after));
+        total_acked += acked.len();
+        node = start_node(&dir, &[]).unwrap_or_else(|(code, stderr)| {
+            panic!("round {round}: the node did not restart (exit {code:?}): {stderr}")
+        });
+        assert!(
+            recovered_events(&node) >= HUNTS * (1 + PLAYERS) + total_acked as u64,
+            "round {round}: recovered fewer events than were acknowledged: {:?}",
+            node.start_lines
+        );
+        let kept = reconcile(&mut node, &mut model, &events, &acked, &mut seq);
+        println!(
+            "round {round}: killed after {kill_after:?}: {} of {} events acknowledged, {kept} more kept unacknowledged; {} events recovered",
+            acked.len(),
+            events.len(),
+            recovered_events(&node)
+        );
+    }
+    assert!(
+        total_acked > 0,
+        "no event was acknowledged before any kill: the test proved nothing"
+    );
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A data dir with one clean stop behind it: `(dir, events logged)`.
+fn logged_dir(name: &str) -> (PathBuf, u64) {
+    let dir = data_dir(name);
+    let mut node = start_node(&dir, &[]).unwrap();
+    let (mut model, mut seq) = (Model::new(), 0);
+    set_up(&mut node, &mut model, &mut seq);
+    let events = load(&mut Rng(7), &mut seq, 2_000);
+    let replies = drive(&mut node, &events, None);
+    assert_eq!(replies.len(), events.len());
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(node.child.id() as i32, libc::SIGTERM) };
+    let status = node.child.wait().unwrap();
+    assert!(status.success());
+    (dir, HUNTS * (1 + PLAYERS) + events.len() as u64)
+}
+
+/// Shard 0's first segment, and its records' (start, end) byte ranges.
+fn first_segment(dir: &Path) -> (PathBuf, Vec<(usize, usize)>) {
+    let path = dir.join("shard-0").join(format!("{:020}.wal", 0));
+    let bytes = std::fs::read(&path).unwrap();
+    let header = SegmentHeader::decode(&bytes).unwrap();
+    let records = scan_segment(&bytes, header.first_lsn)
+        .records
+        .iter()
+        .map(|record| {
+            (
+                record.payload_offset - WAL_RECORD_HEADER_BYTES,
+                record.payload_offset + record.payload_len,
+            )
+        })
+        .collect();
+    (path, records)
+}
+
+fn rewrite(path: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
+    let mut bytes = std::fs::read(path).unwrap();
+    edit(&mut bytes);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_torn_last_record_is_cut_and_reported() {
+    let (dir, logged) = logged_dir("torn");
+    let (path, records) = first_segment(&dir);
+    let &(start, end) = records.last().unwrap();
+    // The crash came half-way through writing the last record.
+    rewrite(&path, |bytes| bytes[(start + end) / 2..end].fill(0));
+    let node = start_node(&dir, &[]).unwrap();
+    assert_eq!(
+        recovered_events(&node),
+        logged - 1,
+        "{:?}",
+        node.start_lines
+    );
+    assert!(
+        node.start_lines
+            .iter()
+            .any(|line| line.contains("torn record") && line.contains(&format!("byte {start}"))),
+        "{:?}",
+        node.start_lines
+    );
+    drop(node);
+    // Cut for good: the next start finds a clean log.
+    let node = start_node(&dir, &[]).unwrap();
+    assert_eq!(recovered_events(&node), logged - 1);
+    assert!(
+        !node
+            .start_lines
+            .iter()
+            .any(|line| line.contains("torn record")),
+        "{:?}",
+        node.start_lines
+    );
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn damage_before_the_tail_stops_the_node_unless_the_operator_cuts_it() {
+    let (dir, logged) = logged_dir("damage");
+    let (path, records) = first_segment(&dir);
+    let victim = records.len() / 2;
+    let (start, end) = records[victim];
+    rewrite(&path, |bytes| bytes[(start + end) / 2] ^= 0x5a);
+    let (code, stderr) = refused(&dir, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&path.display().to_string())
+            && stderr.contains(&format!("byte {start}"))
+            && stderr.contains("--recover-truncate"),
+        "the refusal names the file, the byte and the way out: {stderr}"
+    );
+    let node = start_node(&dir, &["--recover-truncate"]).unwrap();
+    let shard0_after = (records.len() - victim) as u64;
+    assert_eq!(
+        recovered_events(&node),
+        logged - shard0_after,
+        "shard 0 keeps the {victim} records before the damage: {:?}",
+        node.start_lines
+    );
+    assert!(
+        node.start_lines.iter().any(|line| line.contains("damaged")),
+        "{:?}",
+        node.start_lines
+    );
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_data_dir_of_another_layout_is_refused() {
+    let (dir, _) = logged_dir("foreign");
+    for flags in [vec!["--partitions", "128"], vec!["--shards", "1"]] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_trove"));
+        command
+            .args([
+                "node",
+                "--port",
+                "0",
+                "--metrics-listen",
+                "off",
+                "--data-dir",
+            ])
+            .arg(&dir)
+            .args(&flags);
+        if !flags.contains(&"--shards") {
+            command.args(["--shards", "2"]);
+        }
+        if !flags.contains(&"--partitions") {
+            command.args(["--partitions", PARTITIONS]);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(
+            stderr.contains("belongs to another layout"),
+            "{flags:?}: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,760 @@
+//! Durability, sans-IO: the log records a shard owes its write-ahead log, and the replies that
+//! wait for their record to be on disk.
+//!
+//! Every event this shard applies (from its own sockets or forwarded by a peer) becomes a log
+//! record: its archive exactly as received, its partition and a log sequence number (LSN),
+//! handed to the shell by [`ShardCore::take_log`]. In [`Durability::Sync`] mode the event's
+//! reply is held until the shell reports the record durable with
+//! [`ShardCore::handle_durable`]; replies are released in LSN order, and a reply that needs no
+//! record (a refusal) is held behind the ones before it, so no reply overtakes an earlier one
+//! of its partition. A held reply keeps the credit its event holds (socket credit here, mesh
+//! credit at the peer that forwarded it), so a slow disk pushes back on clients the way a slow
+//! core does. In [`Durability::Async`] mode records are logged the same way but replies leave
+//! at once, as long as at most `DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX` events are unsynced;
+//! past that they wait as in sync mode, so the disk's pace still bounds what is in memory.
+//! In [`Durability::Memory`] mode (no data dir) nothing is logged.
+//!
+//! A held reply to one of this shard's connections counts as work away from the connection
+//! (like an event forwarded to a peer), so the connection neither finishes nor frees its slot
+//! before the reply is written. Shard-local, like the core.
+
+use std::collections::VecDeque;
+
+use crate::constants::{DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX, DURABILITY_HELD_UNCREDITED_MAX};
+use crate::core::codec::{FrameError, access_record};
+use crate::core::credit::Credit;
+use crate::core::ids::{ConnectionId, PartitionId, ShardId};
+use crate::core::message::{ArchivedEvent, Reply};
+use crate::core::shard::ShardCore;
+use crate::core::shard::mesh::BatchEntry;
+use crate::core::shard::routing::{LocalEvent, Route};
+
+/// When a shard's answers are on disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// No log: a crash loses everything (no data dir).
+    #[default]
+    Memory,
+    /// Logged, answered at once, synced behind: a crash loses what was answered but not yet
+    /// synced (at most `DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX` events per shard).
+    Async,
+    /// Logged, answered only once the record is synced: what was answered survives a crash.
+    Sync,
+}
+
+/// A reply waiting for the record it (or an earlier reply) depends on.
+enum HeldReply {
+    /// To a connection of this shard, holding `credit` there.
+    Local {
+        id: ConnectionId,
+        reply: Reply,
+        credit: Credit,
+    },
+    /// To an event peer `from` forwarded, for its next batch.
+    Peer {
+        from: ShardId,
+        reply: Reply,
+        entry: BatchEntry,
+    },
+}
+
+/// One record for the log: where its payload sits in the queue's bytes.
+#[derive(Clone, Copy)]
+struct QueuedRecord {
+    lsn: u64,
+    partition: PartitionId,
+    start: u32,
+    len: u32,
+}
+
+/// The shard's durability state. See the module documentation.
+#[derive(Default)]
+pub(super) struct DurabilityState {
+    mode: Durability,
+    /// The LSN the next logged event gets; LSNs start at 1.
+    next_lsn: u64,
+    durable_lsn: u64,
+    /// Records not yet taken by the shell, their payloads back to back in `bytes`. Bounded by
+    /// credit: every record's event holds credit until its reply is written.
+    bytes: Vec<u8>,
+    records: Vec<QueuedRecord>,
+    /// Replies waiting for their LSN to be durable, in LSN order.
+    held: VecDeque<(u64, HeldReply)>,
+    /// Held replies that hold no credit (bounded by `DURABILITY_HELD_UNCREDITED_MAX`).
+    held_uncredited: usize,
+    /// The credit of held replies to this shard's connections.
+    held_credit: Credit,
+}
+
+impl DurabilityState {
+    pub fn new(mode: Durability) -> DurabilityState {
+        DurabilityState {
+            mode,
+            next_lsn: 1,
+            ..DurabilityState::default()
+        }
+    }
+
+    /// The credit held replies to this shard's connections hold (it counts as away from the
+    /// connection, like a forwarded event's).
+    pub fn held_credit(&self) -> Credit {
+        self.held_credit
+    }
+
+    fn logs(&self) -> bool {
+        self.mode != Durability::Memory
+    }
+
+    /// Whether a reply must wait: when anything before it waits; in sync mode also when its
+    /// event was logged; in async mode when its event is logged and more than
+    /// `DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX` events are not yet synced.
+    fn must_hold(&self, logged: bool) -> bool {
+        match self.mode {
+            Durability::Memory => false,
+            Durability::Sync => logged || !self.held.is_empty(),
+            Durability::Async => {
+                let unsynced = self.last_lsn() - self.durable_lsn;
+                !self.held.is_empty() || (logged && unsynced > DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX)
+            }
+        }
+    }
+
+    fn log(&mut self, partition: PartitionId, payload: &[u8]) -> u64 {
+        let lsn = self.next_lsn;
+        self.next_lsn += 1;
+        self.records.push(QueuedRecord {
+            lsn,
+            partition,
+            start: self.bytes.len() as u32,
+            len: payload.len() as u32,
+        });
+        self.bytes.extend_from_slice(payload);
+        lsn
+    }
+
+    /// The LSN a reply held now waits for: the last one given out.
+    fn last_lsn(&self) -> u64 {
+        self.next_lsn - 1
+    }
+}
+
+/// Why a record could not be replayed into this shard's partitions.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReplayError {
+    /// The payload is not a valid event archive.
+    Invalid(FrameError),
+    /// The record's partition is not the event's, or not one this shard serves.
+    Partition {
+        logged: PartitionId,
+        routed: Option<PartitionId>,
+    },
+}
+
+impl std::fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplayError::Invalid(error) => write!(f, "the record is not a valid event: {error}"),
+            ReplayError::Partition {
+                logged,
+                routed: Some(routed),
+            } => write!(
+                f,
+                "the record names partition {} but its event belongs to partition {}",
+                logged.0, routed.0
+            ),
+            ReplayError::Partition {
+                logged,
+                routed: None,
+            } => write!(
+                f,
+                "the record's partition {} is not served by this shard",
+                logged.0
+            ),
+        }
+    }
+}
+
+impl ShardCore {
+    /// The shard's durability mode.
+    pub fn durability(&self) -> Durability {
+        self.durability.mode
+    }
+
+    /// Hands every log record queued since the last call to `sink`, in LSN order: its LSN,
+    /// partition and payload (the event's archive exactly as received). Returns whether there
+    /// were any.
+    pub fn take_log(&mut self, mut sink: impl FnMut(u64, PartitionId, &[u8])) -> bool {
+        let state = &mut self.durability;
+        if state.records.is_empty() {
+            return false;
+        }
+        for record in &state.records {
+            let payload = &state.bytes[record.start as usize..][..record.len as usize];
+            sink(record.lsn, record.partition, payload);
+        }
+        state.records.clear();
+        state.bytes.clear();
+        true
+    }
+
+    /// Whether log records wait for [`Self::take_log`].
+    pub fn log_queued(&self) -> bool {
+        !self.durability.records.is_empty()
+    }
+
+    /// Records up to `lsn` are on disk: the replies waiting for them leave, in order.
+    pub fn handle_durable(&mut self, now_ns: u64, lsn: u64) {
+        if lsn <= self.durability.durable_lsn {
+            return;
+        }
+        self.durability.durable_lsn = lsn;
+        let mut released = false;
+        while self
+            .durability
+            .held
+            .front()
+            .is_some_and(|(waits_for, _)| *waits_for <= lsn)
+        {
+            let (_, held) = self.durability.held.pop_front().expect("checked");
+            self.release_held(now_ns, held);
+            released = true;
+        }
+        if released {
+            self.after_release();
+        }
+    }
+
+    /// The highest LSN reported durable.
+    pub fn durable_lsn(&self) -> u64 {
+        self.durability.durable_lsn
+    }
+
+    /// Every record logged so far is on disk (always true without a log): a stopping shard
+    /// waits for this, so a clean stop loses nothing in async mode either.
+    pub fn log_durable(&self) -> bool {
+        self.durability.durable_lsn + 1 >= self.durability.next_lsn
+    }
+
+    /// The LSN the next logged event gets.
+    pub fn next_lsn(&self) -> u64 {
+        self.durability.next_lsn
+    }
+
+    /// Continues the log after recovery: records up to `next_lsn - 1` are on disk already.
+    pub fn resume_log(&mut self, next_lsn: u64) {
+        debug_assert!(self.durability.records.is_empty() && self.durability.held.is_empty());
+        self.durability.next_lsn = next_lsn;
+        self.durability.durable_lsn = next_lsn - 1;
+    }
+
+    /// Applies a record read back from the log (recovery): the payload is validated, its
+    /// partition checked against the event's, and the event applied with no reply and no new
+    /// record.
+    pub fn replay(&mut self, partition: PartitionId, payload: &[u8]) -> Result<(), ReplayError> {
+        let event = access_record::<ArchivedEvent>(0, payload).map_err(ReplayError::Invalid)?;
+        let routed = self.placement.partitioner().partition_of(event.hunt.get());
+        match self.route(event) {
+            Route::Local(local) if routed == partition => {
+                self.apply(local, event);
+                Ok(())
+            }
+            _ => Err(ReplayError::Partition {
+                logged: partition,
+                routed: (routed != partition).then_some(routed),
+            }),
+        }
+    }
+
+    /// Stop reading while too many refusals wait behind replies for a sync.
+    pub(super) fn durability_backlog_full(&self) -> bool {
+        self.durability.held_uncredited >= DURABILITY_HELD_UNCREDITED_MAX
+    }
+
+    /// The reply to an event of connection `id` applied here: logged, then queued or held.
+    pub(super) fn reply_applied(
+        &mut self,
+        id: ConnectionId,
+        local: LocalEvent,
+        record: &[u8],
+        reply: &Reply,
+        credit: Credit,
+    ) {
+        if !self.durability.logs() {
+            self.queue_reply(id, reply, credit);
+            return;
+        }
+        self.durability.log(local.partition(), record);
+        self.hold_or_queue_local(id, reply, credit, true);
+    }
+
+    /// A reply to connection `id` that needs no record (a refusal): held behind earlier
+    /// replies waiting for a sync, queued otherwise.
+    pub(super) fn reply_uncredited(&mut self, id: ConnectionId, reply: &Reply) {
+        self.hold_or_queue_local(id, reply, Credit::ZERO, false);
+    }
+
+    fn hold_or_queue_local(
+        &mut self,
+        id: ConnectionId,
+        reply: &Reply,
+        credit: Credit,
+        logged: bool,
+    ) {
+        if !self.durability.must_hold(logged) {
+            self.queue_reply(id, reply, credit);
+            return;
+        }
+        let Some(connection) = self.connections.get_mut(id) else {
+            return;
+        };
+        // Away from the connection until released, like a forwarded event.
+        connection.remote_inflight += 1;
+        connection.remote_credit = connection.remote_credit.plus(credit);
+        let state = &mut self.durability;
+        state.held_credit = state.held_credit.plus(credit);
+        if credit == Credit::ZERO {
+            state.held_uncredited += 1;
+        }
+        let lsn = state.last_lsn();
+        state.held.push_back((
+            lsn,
+            HeldReply::Local {
+                id,
+                reply: reply.clone(),
+                credit,
+            },
+        ));
+    }
+
+    /// The reply to an event peer `from` forwarded: logged when it was applied here
+    /// (`applied` holds its partition and archive), then held or queued for the peer.
+    /// Returns whether it was held.
+    pub(super) fn hold_peer_reply(
+        &mut self,
+        from: ShardId,
+        applied: Option<(LocalEvent, &[u8])>,
+        reply: &Reply,
+        entry: &BatchEntry,
+    ) -> bool {
+        if !self.durability.logs() {
+            return false;
+        }
+        if let Some((local, archive)) = applied {
+            self.durability.log(local.partition(), archive);
+        }
+        if !self.durability.must_hold(applied.is_some()) {
+            return false;
+        }
+        let state = &mut self.durability;
+        let lsn = state.last_lsn();
+        state.held.push_back((
+            lsn,
+            HeldReply::Peer {
+                from,
+                reply: reply.clone(),
+                entry: *entry,
+            },
+        ));
+        true
+    }
+
+    fn release_held(&mut self, now_ns: u64, held: HeldReply) {
+        match held {
+            HeldReply::Local { id, reply, credit } => {
+                let state = &mut self.durability;
+                state.held_credit = state.held_credit.minus(credit);
+                if credit == Credit::ZERO {
+                    state.held_uncredited -= 1;
+                }
+                match self.connections.get_mut(id) {
+                    Some(connection) if !connection.socket_closed => {
+                        connection.remote_inflight -= 1;
+                        connection.remote_credit = connection.remote_credit.minus(credit);
+                        self.queue_reply(id, &reply, credit);
+                    }
+                    Some(_) => self.release_remote(id, credit),
+                    None => self.credit.release(credit),
+                }
+            }
+            HeldReply::Peer { from, reply, entry } => {
+                self.queue_peer_reply(now_ns, from, &reply, &entry);
+                self.list_mesh_ready(from);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rkyv::util::AlignedVec;
+
+    use super::*;
+    use crate::core::codec::{Decoded, FrameBuilder, FrameKind, Records, decode_frame};
+    use crate::core::ids::{HuntId, PlayerId};
+    use crate::core::message::{ArchivedReply, Event, EventKind, HuntSpec, Outcome};
+    use crate::core::partition::Placement;
+    use crate::core::shard::{MeshOutput, ShardConfig};
+
+    fn placement(shards: usize) -> Placement {
+        Placement::round_robin(64, shards).unwrap()
+    }
+
+    fn cores(shards: usize, durability: Durability) -> Vec<ShardCore> {
+        let config = ShardConfig {
+            durability,
+            ..ShardConfig::defaults(shards)
+        };
+        (0..shards)
+            .map(|s| ShardCore::with_config(ShardId(s as u16), placement(shards), config.clone()))
+            .collect()
+    }
+
+    /// The `n`th hunt whose partition shard `owner` of `shards` owns.
+    fn hunt_owned_by(shards: usize, owner: u16, n: usize) -> HuntId {
+        let map = placement(shards);
+        (0..)
+            .map(HuntId)
+            .filter(|hunt| map.route(*hunt).1 == ShardId(owner))
+            .nth(n)
+            .unwrap()
+    }
+
+    fn event(seq: u64, hunt: HuntId, kind: EventKind) -> Event {
+        Event {
+            hunt,
+            player: PlayerId(seq % 5),
+            client_seq: seq,
+            client_ts: 0,
+            kind,
+        }
+    }
+
+    fn frame(events: &[Event]) -> AlignedVec {
+        let mut builder = FrameBuilder::new();
+        builder.begin(FrameKind::Events);
+        for event in events {
+            builder.push(event).unwrap();
+        }
+        builder.finish(0);
+        let mut bytes = AlignedVec::new();
+        bytes.extend_from_slice(builder.bytes());
+        bytes
+    }
+
+    fn offer(core: &mut ShardCore, conn: ConnectionId, events: &[Event]) {
+        let bytes = frame(events);
+        let Ok(Decoded::Frame { header, body, .. }) = decode_frame(&bytes) else {
+            panic!("a whole frame")
+        };
+        core.handle_frame(0, conn, &header, body).unwrap();
+    }
+
+    /// The replies the connection's writer takes now, written whole.
+    fn written(core: &mut ShardCore, conn: ConnectionId) -> Vec<Reply> {
+        let mut replies = Vec::new();
+        let mut out = FrameBuilder::new();
+        while core.poll_replies(conn, &mut out) {
+            let mut rest = out.bytes();
+            while let Ok(Decoded::Frame {
+                header,
+                body,
+                frame_len,
+            }) = decode_frame(rest)
+            {
+                if header.kind == FrameKind::Replies {
+                    for (index, record) in Records::parse(header.kind, body)
+                        .unwrap()
+                        .iter()
+                        .enumerate()
+                    {
+                        let reply = access_record::<ArchivedReply>(index as u32, record).unwrap();
+                        replies
+                            .push(rkyv::deserialize::<Reply, rkyv::rancor::Error>(reply).unwrap());
+                    }
+                }
+                rest = &rest[frame_len..];
+            }
+            let len = out.len();
+            core.handle_written(0, conn, len);
+            out.clear(0);
+        }
+        replies
+    }
+
+    fn logged(core: &mut ShardCore) -> Vec<(u64, PartitionId, Vec<u8>)> {
+        let mut records = Vec::new();
+        core.take_log(|lsn, partition, payload| records.push((lsn, partition, payload.to_vec())));
+        records
+    }
+
+    fn seqs(replies: &[Reply]) -> Vec<u64> {
+        replies.iter().map(|reply| reply.client_seq).collect()
+    }
+
+    #[test]
+    fn sync_mode_holds_each_reply_until_its_record_is_durable_with_its_credit() {
+        let mut core = cores(1, Durability::Sync).remove(0);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(1, 0, 0);
+        let events = [
+            event(1, hunt, EventKind::CreateHunt(HuntSpec::default())),
+            event(2, hunt, EventKind::Join),
+            event(3, hunt, EventKind::Join),
+        ];
+        offer(&mut core, conn, &events);
+        assert!(
+            written(&mut core, conn).is_empty(),
+            "nothing is durable yet"
+        );
+        assert_eq!(
+            core.credit_held().events,
+            3,
+            "held replies keep their credit"
+        );
+        core.check_credit().unwrap();
+        let records = logged(&mut core);
+        assert_eq!(records.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3]);
+        let expected = frame(&events[1..2]);
+        let Ok(Decoded::Frame { body, .. }) = decode_frame(&expected) else {
+            panic!()
+        };
+        let archive = Records::parse(FrameKind::Events, body)
+            .unwrap()
+            .iter()
+            .next()
+            .unwrap();
+        assert_eq!(
+            records[1].2, archive,
+            "the record is the event's archive as received"
+        );
+        core.handle_durable(0, 2);
+        assert_eq!(seqs(&written(&mut core, conn)), [1, 2]);
+        assert_eq!(core.credit_held().events, 1);
+        core.check_credit().unwrap();
+        core.handle_durable(0, 3);
+        assert_eq!(seqs(&written(&mut core, conn)), [3]);
+        assert_eq!(core.credit_held(), Credit::ZERO);
+    }
+
+    #[test]
+    fn a_refusal_does_not_overtake_a_reply_waiting_for_its_sync() {
+        let mut core = cores(1, Durability::Sync).remove(0);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(1, 0, 0);
+        offer(
+            &mut core,
+            conn,
+            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
+        );
+        core.handle_stop(0);
+        // Refused at once (the shard stops), but answered only after event 1.
+        offer(&mut core, conn, &[event(2, hunt, EventKind::Join)]);
+        assert!(written(&mut core, conn).is_empty());
+        core.handle_durable(0, 1);
+        let replies = written(&mut core, conn);
+        assert_eq!(seqs(&replies), [1, 2]);
+        assert!(matches!(replies[1].outcome, Outcome::Error { .. }));
+        core.check_credit().unwrap();
+    }
+
+    #[test]
+    fn a_connection_closed_with_replies_waiting_gives_their_credit_back_once_durable() {
+        let mut core = cores(1, Durability::Sync).remove(0);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(1, 0, 0);
+        offer(
+            &mut core,
+            conn,
+            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
+        );
+        core.handle_read_closed(0, conn, Ok(()));
+        core.handle_closed(0, conn, crate::core::shard::CloseReason::Broken);
+        assert_eq!(
+            core.credit_held().events,
+            1,
+            "the record is not durable yet"
+        );
+        core.check_credit().unwrap();
+        core.handle_durable(0, 1);
+        assert_eq!(core.credit_held(), Credit::ZERO);
+        core.check_credit().unwrap();
+        assert_eq!(core.connections_open(), 0);
+    }
+
+    #[test]
+    fn refusals_held_behind_a_sync_are_bounded_by_stopping_reads() {
+        let config = ShardConfig {
+            durability: Durability::Sync,
+            fail_fast: true,
+            shard_budget: Credit::new(1, 1 << 20),
+            ..ShardConfig::defaults(1)
+        };
+        let mut core = ShardCore::with_config(ShardId(0), placement(1), config);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(1, 0, 0);
+        // The first event takes the only credit and waits for its sync; the rest are Busy,
+        // held behind it.
+        let mut seq = 0;
+        while !core.durability_backlog_full() {
+            assert_eq!(core.readable(conn), crate::core::shard::Readable::Yes);
+            let events: Vec<Event> = (seq..seq + 1000)
+                .map(|seq| event(seq, hunt, EventKind::Join))
+                .collect();
+            offer(&mut core, conn, &events);
+            seq += 1000;
+        }
+        assert_eq!(core.readable(conn), crate::core::shard::Readable::NotYet);
+        assert!(written(&mut core, conn).is_empty());
+        core.handle_durable(0, 1);
+        let replies = written(&mut core, conn);
+        assert_eq!(
+            replies.len() as u64,
+            seq,
+            "every reply, in order, once durable"
+        );
+        assert!(
+            replies
+                .windows(2)
+                .all(|pair| pair[0].client_seq < pair[1].client_seq)
+        );
+        assert!(
+            replies[1..]
+                .iter()
+                .all(|reply| reply.outcome == Outcome::Busy)
+        );
+        assert_eq!(core.readable(conn), crate::core::shard::Readable::Yes);
+    }
+
+    #[test]
+    fn async_mode_logs_every_applied_event_and_answers_at_once() {
+        let mut core = cores(1, Durability::Async).remove(0);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(1, 0, 0);
+        offer(
+            &mut core,
+            conn,
+            &[
+                event(1, hunt, EventKind::CreateHunt(HuntSpec::default())),
+                event(2, hunt, EventKind::Join),
+            ],
+        );
+        assert_eq!(seqs(&written(&mut core, conn)), [1, 2]);
+        assert_eq!(logged(&mut core).len(), 2);
+        assert!(!core.take_log(|_, _, _| ()), "taken once");
+    }
+
+    #[test]
+    fn async_mode_holds_replies_once_too_many_events_are_unsynced() {
+        let mut core = cores(1, Durability::Async).remove(0);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(1, 0, 0);
+        let limit = DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX;
+        let mut answered = 0;
+        let mut seq = 0;
+        // Frames of 100 events, written as they come, never synced.
+        while seq < limit + 300 {
+            let events: Vec<Event> = (seq..seq + 100)
+                .map(|seq| event(seq, hunt, EventKind::Join))
+                .collect();
+            offer(&mut core, conn, &events);
+            answered += written(&mut core, conn).len() as u64;
+            seq += 100;
+        }
+        assert_eq!(answered, limit, "answers stop at the unsynced limit");
+        core.check_credit().unwrap();
+        core.handle_durable(0, seq);
+        assert_eq!(written(&mut core, conn).len() as u64, seq - limit);
+    }
+
+    #[test]
+    fn memory_mode_logs_nothing() {
+        let mut core = cores(1, Durability::Memory).remove(0);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(1, 0, 0);
+        offer(
+            &mut core,
+            conn,
+            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
+        );
+        assert_eq!(seqs(&written(&mut core, conn)), [1]);
+        assert!(!core.log_queued());
+    }
+
+    #[test]
+    fn a_forwarded_event_is_logged_by_the_shard_that_applies_it_and_answered_once_durable() {
+        let mut cores = cores(2, Durability::Sync);
+        let conn = cores[0].handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(2, 1, 0);
+        offer(
+            &mut cores[0],
+            conn,
+            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
+        );
+        let Some(MeshOutput::Batch(batch)) = cores[0].poll_mesh(ShardId(1)) else {
+            panic!("the event is forwarded")
+        };
+        cores[1].handle_mesh(0, ShardId(0), batch);
+        assert!(
+            logged(&mut cores[0]).is_empty(),
+            "the forwarding shard logs nothing"
+        );
+        assert_eq!(logged(&mut cores[1]).len(), 1);
+        assert!(
+            cores[1].poll_mesh(ShardId(0)).is_none(),
+            "the reply waits for the sync"
+        );
+        assert_eq!(cores[0].mesh_credit_held(ShardId(1)).events, 1);
+        cores[1].handle_durable(0, 1);
+        let Some(MeshOutput::Batch(batch)) = cores[1].poll_mesh(ShardId(0)) else {
+            panic!("the reply goes back once durable")
+        };
+        cores[0].handle_mesh(0, ShardId(1), batch);
+        assert_eq!(seqs(&written(&mut cores[0], conn)), [1]);
+        assert_eq!(cores[0].mesh_credit_held(ShardId(1)), Credit::ZERO);
+        cores[0].check_credit().unwrap();
+    }
+
+    #[test]
+    fn replaying_the_log_rebuilds_the_same_partition_state() {
+        let mut live = cores(1, Durability::Sync).remove(0);
+        let conn = live.handle_connect(0).unwrap();
+        let mut events = Vec::new();
+        for n in 0..4 {
+            let hunt = hunt_owned_by(1, 0, n);
+            events.push(event(
+                10 * n as u64,
+                hunt,
+                EventKind::CreateHunt(HuntSpec::default()),
+            ));
+            for seq in 1..6 {
+                events.push(event(10 * n as u64 + seq, hunt, EventKind::Join));
+            }
+        }
+        offer(&mut live, conn, &events);
+        let records = logged(&mut live);
+        let mut fresh = cores(1, Durability::Sync).remove(0);
+        for (_, partition, payload) in &records {
+            let mut aligned = AlignedVec::<16>::new();
+            aligned.extend_from_slice(payload);
+            fresh.replay(*partition, &aligned).unwrap();
+        }
+        for (_, partition, _) in &records {
+            assert_eq!(
+                format!("{:?}", live.partition(*partition)),
+                format!("{:?}", fresh.partition(*partition))
+            );
+        }
+        let (_, partition, payload) = &records[0];
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(payload);
+        let wrong = PartitionId((partition.0 + 1) % 64);
+        assert!(matches!(
+            fresh.replay(wrong, &aligned),
+            Err(ReplayError::Partition { .. })
+        ));
+        assert!(matches!(
+            fresh.replay(*partition, &aligned[..aligned.len() - 3]),
+            Err(ReplayError::Invalid(_))
+        ));
+    }
+}
