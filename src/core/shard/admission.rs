@@ -182,7 +182,7 @@ impl ShardCore {
                 }
                 let reply = self.apply(local, event);
                 self.stats.events_applied += 1;
-                self.reply_applied(id, local, record, &reply, credit);
+                self.reply_applied(id, local, archive.bytes(), &reply, credit);
             }
             Route::Shard(owner) => {
                 if !self.socket_credit_covers(id, credit) {
