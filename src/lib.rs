@@ -41,5 +41,6 @@ pub mod net;
 pub mod node;
 pub mod runtime;
 pub mod sim;
+pub mod tls;
 pub mod top;
 pub mod tune;
