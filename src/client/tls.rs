@@ -260,17 +260,18 @@ impl TlsStream {
         lock(&self.session)
     }
 
-    /// A second stream over the same socket and session, for a reader thread. See the module
-    /// documentation: only one of the two may write.
+    /// A second stream over the same socket and session, for a reader thread: the clone
+    /// reads from here on (it takes over any ciphertext read and not yet decrypted), `self`
+    /// only writes. See the module documentation.
     pub fn try_clone(&self) -> io::Result<TlsStream> {
         Ok(TlsStream {
             socket: self.socket.try_clone()?,
             session: self.session.clone(),
             tls: self.tls.clone(),
             addr: self.addr,
-            ciphertext_in: vec![0; TLS_CIPHERTEXT_READ_BYTES_MAX],
-            received: 0,
-            read: 0,
+            ciphertext_in: self.ciphertext_in.clone(),
+            received: self.received,
+            read: self.read,
             ciphertext_out: Vec::new(),
             sent: 0,
         })
