@@ -29,9 +29,7 @@ use glommio::net::TcpStream;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 
-use crate::constants::{
-    CONNECTION_LINGER_MS_MAX, TLS_CIPHERTEXT_READ_BYTES_MAX, WRITE_BUFFER_RETAINED_BYTES_MAX,
-};
+use crate::constants::{CONNECTION_LINGER_MS_MAX, TLS_CIPHERTEXT_READ_BYTES_MAX};
 use crate::net::transport::dup_stream;
 use crate::tls::{
     Plaintext, TlsSession, crypto_provider, read_certificates, read_private_key, read_roots,
@@ -236,10 +234,11 @@ impl TlsStream {
             .borrow_mut()
             .take_output(&mut self.ciphertext_out);
         if taken > 0 {
+            // Kept between writes: it holds at most the session's send buffer
+            // (`TLS_SEND_BUFFER_BYTES_MAX`) plus records' overhead, or once the handshake's
+            // flight (the certificate chain, at most `TLS_PEM_FILE_BYTES_MAX` as PEM).
             self.socket.write_all(&self.ciphertext_out).await?;
             self.ciphertext_out.clear();
-            self.ciphertext_out
-                .shrink_to(WRITE_BUFFER_RETAINED_BYTES_MAX);
         }
         Ok(taken)
     }

@@ -109,7 +109,6 @@ impl Transport {
 
 /// What a new connection must pass before the shard reads it: the TLS handshake, then the
 /// shared secret's challenge inside it; either, both or neither. One per shard.
-#[derive(Default)]
 pub(crate) struct Access {
     pub secret: Option<AuthSecret>,
     pub tls: Option<Arc<ServerConfig>>,
