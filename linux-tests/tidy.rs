@@ -138,6 +138,13 @@ fn dependencies_point_inward() {
             &["runtime", "net", "client", "sim", "tune", "cli"],
         ),
         (
+            "src/tls.rs",
+            &[
+                "runtime", "net", "client", "sim", "bench", "gate", "tune", "cli", "node",
+                "cluster", "metrics",
+            ],
+        ),
+        (
             "src/host",
             &[
                 "core", "runtime", "net", "client", "cluster", "store", "metrics", "node", "sim",

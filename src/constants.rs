@@ -54,6 +54,25 @@ pub const AUTH_SECRET_BYTES_MAX: usize = 4096;
 pub const AUTH_HANDSHAKE_MS_MAX: u64 = 5_000;
 
 // ---------------------------------------------------------------------------------------------
+// TLS (see `net::tls`, `client::tls`).
+// ---------------------------------------------------------------------------------------------
+
+/// How long a new connection has to complete the TLS handshake before the node closes it
+/// (the idle timeout and an eviction end it sooner); it holds one of the shard's connection
+/// slots meanwhile. The authentication handshake, when configured, then has its own
+/// `AUTH_HANDSHAKE_MS_MAX`.
+pub const TLS_HANDSHAKE_MS_MAX: u64 = 5_000;
+/// Ciphertext a TLS connection reads from its socket at once: one whole record (16 KiB of
+/// plaintext plus its header and the largest expansion a TLS 1.3 cipher adds) fits.
+pub const TLS_CIPHERTEXT_READ_BYTES_MAX: usize = 16 * 1024 + 256;
+/// Encrypted records a TLS session queues before its writer must send them (rustls' buffer
+/// limit); a write of more plaintext is encrypted and sent in steps of this size.
+pub const TLS_SEND_BUFFER_BYTES_MAX: usize = 64 * 1024;
+/// Largest PEM file (`--tls-cert`, `--tls-key`, `--tls-ca`, `--tls-client-ca`) read: a chain of
+/// certificates is a few KiB; anything this large is the wrong file.
+pub const TLS_PEM_FILE_BYTES_MAX: u64 = 1 << 20;
+
+// ---------------------------------------------------------------------------------------------
 // Partitions, shards, connections.
 // ---------------------------------------------------------------------------------------------
 

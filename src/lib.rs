@@ -42,5 +42,6 @@ pub mod node;
 pub mod runtime;
 pub mod sim;
 pub mod store;
+pub mod tls;
 pub mod top;
 pub mod tune;

@@ -40,6 +40,19 @@ pub struct BenchArgs {
     /// so the secret stays out of process lists and shell histories
     #[arg(long, value_name = "PATH")]
     pub auth_secret_file: Option<PathBuf>,
+    /// With --target: connect with TLS, trusting the CA certificates in this PEM file (the
+    /// node runs with --tls-cert)
+    #[arg(long, value_name = "PATH", requires = "target")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the node's certificate must be valid for [default: the target's IP address]
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+    /// This client's certificate chain (PEM), for a node that requires one (--tls-client-ca)
+    #[arg(long, value_name = "PATH", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// With --target: the node's metrics address (its --metrics-listen); scraped before and
     /// after the run, and the node's own account of the run printed beside the bench's
     #[arg(long, value_name = "ADDR:PORT", requires = "target")]

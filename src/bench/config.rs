@@ -12,6 +12,7 @@ use crate::bench::args::BenchArgs;
 use crate::bench::run::LoadSpec;
 use crate::bench::workload::{Mix, Workload};
 use crate::client::auth::read_secret_file;
+use crate::client::tls::{TlsClient, TlsClientFiles};
 use crate::constants::{
     BENCH_CONNECTIONS_MAX, BENCH_DURATION_S_MAX, BENCH_SCHEDULE_S_MAX, BENCH_TS_INTENDED_NS_BITS,
     BENCH_WINDOW_MAX, FRAME_RECORDS_MAX, PARTITIONS_DEFAULT, SWEEP_STEPS_MAX,
@@ -100,6 +101,9 @@ pub struct BenchConfig {
     /// The node's shared secret (`--auth-secret-file`); never written to a report.
     #[serde(skip)]
     pub auth: Option<Arc<AuthSecret>>,
+    /// TLS to the target (`--tls-ca`, ...); never written to a report.
+    #[serde(skip)]
+    pub tls: Option<Arc<TlsClient>>,
 }
 
 fn cpu_list(flag: &str, list: &str) -> Result<Vec<usize>, String> {
@@ -265,6 +269,15 @@ impl BenchConfig {
             quiet: args.quiet,
             auth: match &args.auth_secret_file {
                 Some(path) => Some(Arc::new(read_secret_file(path)?)),
+                None => None,
+            },
+            tls: match &args.tls_ca {
+                Some(ca) => Some(Arc::new(TlsClient::from_files(TlsClientFiles {
+                    ca: ca.clone(),
+                    server_name: args.tls_server_name.clone(),
+                    cert: args.tls_cert.clone(),
+                    key: args.tls_key.clone(),
+                })?)),
                 None => None,
             },
         };

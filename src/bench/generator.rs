@@ -13,13 +13,13 @@
 //! thing it shares is a channel of per-second interval histograms to the coordinating thread.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
 use crate::bench::workload::EventMaker;
+use crate::client::Connection;
 use crate::constants::{
     BENCH_LATENCY_NS_MAX, BENCH_SEND_BACKLOG_BYTES_MAX, BENCH_TS_INTENDED_NS_BITS,
     BENCH_TS_LAG_US_BITS,
@@ -211,7 +211,7 @@ fn is_transient(error: &io::Error) -> bool {
 
 /// One connection's socket and receive state.
 struct LinkIo {
-    stream: TcpStream,
+    stream: Connection,
     input: ReceiveBuffer,
     message_len: Option<usize>,
     wants_write: bool,
@@ -242,7 +242,7 @@ struct Generator<'a, P: Protocol> {
 /// Runs one generator thread to the end of its schedule and returns what it measured.
 pub fn run<P: Protocol>(
     protocol: P,
-    streams: Vec<TcpStream>,
+    streams: Vec<Connection>,
     maker: EventMaker,
     load: Load,
     schedule: Schedule,
@@ -392,14 +392,21 @@ impl<P: Protocol> Generator<'_, P> {
         for (index, link) in self.links.iter_mut().enumerate() {
             let pending = self.protocol.pending_output(index);
             if pending.is_empty() {
-                link.wants_write = false;
+                // TLS may hold records a full socket did not take; a plain socket holds none.
+                link.wants_write = link.stream.has_unsent()
+                    && match link.stream.flush() {
+                        Ok(()) => false,
+                        Err(error) if is_transient(&error) => true,
+                        Err(error) => return Err(format!("cannot send to the target: {error}")),
+                    };
                 continue;
             }
             match link.stream.write(pending) {
                 Ok(len) => {
                     self.protocol.consumed_output(index, len);
                     self.recorder.result.counts.bytes_sent += len as u64;
-                    link.wants_write = !self.protocol.pending_output(index).is_empty();
+                    link.wants_write =
+                        !self.protocol.pending_output(index).is_empty() || link.stream.has_unsent();
                     wrote += len;
                 }
                 Err(error) if is_transient(&error) => link.wants_write = true,
@@ -431,8 +438,11 @@ impl<P: Protocol> Generator<'_, P> {
             };
             link.input.filled(read);
             self.recorder.result.counts.bytes_received += read as u64;
+            // A short read emptied the socket, unless TLS still holds decrypted records: then
+            // read on, or the thread would wait on a socket with nothing more to say.
+            let drained = read < spare_len && !link.stream.has_buffered_input();
             replies += self.parse_link(index)?;
-            if read < spare_len {
+            if drained {
                 return Ok(replies);
             }
         }

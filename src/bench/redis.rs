@@ -43,6 +43,7 @@ use redis_protocol::resp2::types::{BorrowedFrame, RangeFrame};
 
 use crate::bench::generator::{Parsed, Protocol, ReplyClass};
 use crate::bench::workload::Workload;
+use crate::client::Connection;
 use crate::constants::{
     REDIS_CALL_WAIT_S_MAX, REDIS_EVENTS_INFLIGHT_PER_CONNECTION_MAX, REDIS_REPLY_BYTES_MAX,
     REDIS_REPLY_DEPTH_MAX, REDIS_SETUP_BATCH_ARGS_MAX, REDIS_SETUP_BATCH_COMMANDS_MAX,
@@ -620,9 +621,9 @@ impl Protocol for RedisProtocol {
 pub fn connect_redis(
     addr: SocketAddr,
     workload: &Workload,
-) -> Result<(RedisProtocol, Vec<TcpStream>), String> {
+) -> Result<(RedisProtocol, Vec<Connection>), String> {
     let stream = connect_stream(addr)?;
-    Ok((RedisProtocol::new(workload), vec![stream]))
+    Ok((RedisProtocol::new(workload), vec![Connection::from(stream)]))
 }
 
 fn connect_stream(addr: SocketAddr) -> Result<TcpStream, String> {

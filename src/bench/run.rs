@@ -4,7 +4,7 @@
 //! Runs on the coordinating thread; the generator threads it starts are pinned to the client
 //! CPUs and report back through a channel of interval histograms.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,8 @@ use crate::bench::generator::{
     self, Counts, IntervalReport, Latencies, Load, Protocol, Schedule, ThreadResult, new_histogram,
 };
 use crate::bench::workload::{EventMaker, HuntPicker, Workload};
-use crate::client::{self, ClientConfig, Incoming, RecvError};
+use crate::client::tls::TlsClient;
+use crate::client::{self, ClientConfig, Connection, Incoming, RecvError};
 use crate::constants::{
     BENCH_DURATION_S_MAX, BENCH_SCHEDULE_S_MAX, BENCH_STALL_MS_MAX, BENCH_TS_INTENDED_NS_BITS,
 };
@@ -105,11 +106,13 @@ pub fn set_up_hunts(
     addr: SocketAddr,
     workload: &Workload,
     auth: Option<Arc<AuthSecret>>,
+    tls: Option<Arc<TlsClient>>,
 ) -> Result<(), String> {
     let stall = Duration::from_millis(BENCH_STALL_MS_MAX);
     let mut config = ClientConfig::new(addr);
     config.events_per_frame = 256;
     config.auth = auth;
+    config.tls = tls;
     config.stall_timeout = Some(stall);
     let (mut sender, mut receiver) = client::connect(&config).map_err(|error| error.to_string())?;
     let mut sent = 0u64;
@@ -163,7 +166,7 @@ pub fn measure<P, C>(
 ) -> Result<Measurement, String>
 where
     P: Protocol + Send,
-    C: FnMut(usize) -> Result<(P, Vec<TcpStream>), String>,
+    C: FnMut(usize) -> Result<(P, Vec<Connection>), String>,
 {
     plan.check()?;
     let picker = HuntPicker::new(plan.workload.hunts, plan.workload.zipf);

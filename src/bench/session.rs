@@ -5,7 +5,7 @@
 //! Runs on the thread that invoked the benchmark; the node's shards and the generator threads
 //! are started and joined from here.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::bench::config::{BenchConfig, LoadConfig, PeerConfig, TargetConfig};
@@ -14,7 +14,7 @@ use crate::bench::redis::{connect_redis, set_up_hunts_redis};
 use crate::bench::report::{IntervalSample, LoadModel, Report, RunRecord, Sweep, SweepStep};
 use crate::bench::run::{LoadSpec, Measurement, RunPlan, measure, set_up_hunts};
 use crate::bench::trove_protocol::TroveProtocol;
-use crate::client::{connect_authenticated, fetch_map};
+use crate::client::{Connection, connect_authenticated, fetch_map};
 use crate::constants::{CALIBRATION_MS_DEFAULT, SWEEP_STEPS_MAX};
 use crate::metrics::MetricsListen;
 use crate::node::{Node, NodeConfig, NodeReport};
@@ -62,17 +62,18 @@ fn start_target(config: &BenchConfig) -> Result<(SocketAddr, Option<Embedded>), 
 fn connect_trove(
     addr: SocketAddr,
     config: &BenchConfig,
-) -> Result<(TroveProtocol, Vec<TcpStream>), String> {
+) -> Result<(TroveProtocol, Vec<Connection>), String> {
     let (shard_aware, events_per_frame) = (config.shard_aware, config.events_per_frame);
-    let secret = config.auth.as_deref();
-    let mut first =
-        connect_authenticated(addr, CONNECT_TIMEOUT, secret).map_err(|error| error.to_string())?;
+    let (secret, tls) = (config.auth.as_deref(), config.tls.as_ref());
+    let mut first = connect_authenticated(addr, CONNECT_TIMEOUT, secret, tls)
+        .map_err(|error| error.to_string())?;
     let (map, ports) = fetch_map(&mut first, CONNECT_TIMEOUT).map_err(|error| error.to_string())?;
     let streams = if shard_aware {
         ports
             .iter()
             .map(|&port| {
-                connect_authenticated(SocketAddr::new(addr.ip(), port), CONNECT_TIMEOUT, secret)
+                let shard = SocketAddr::new(addr.ip(), port);
+                connect_authenticated(shard, CONNECT_TIMEOUT, secret, tls)
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|error| error.to_string())?
@@ -307,8 +308,13 @@ fn execute_against(
         "setting up {} hunts with {} players each…",
         config.workload.hunts, config.workload.players_per_hunt
     ));
-    set_up_hunts(addr, &config.workload, config.auth.clone())
-        .map_err(|error| format!("cannot set the hunts up on {addr}: {error}"))?;
+    set_up_hunts(
+        addr,
+        &config.workload,
+        config.auth.clone(),
+        config.tls.clone(),
+    )
+    .map_err(|error| format!("cannot set the hunts up on {addr}: {error}"))?;
     let (main, sweep) = run_main(addr, config, progress)?;
     let peer = match &config.peer {
         Some(peer) => Some(run_peer(peer, config, main.load, progress)?),

@@ -19,6 +19,7 @@ use crate::core::ids::NodeId;
 use crate::core::shard::Durability;
 use crate::host::cpuset::CpuSet;
 use crate::metrics::MetricsListen;
+use crate::net::tls::server_config;
 use crate::node::{Node, NodeConfig};
 use crate::runtime::config::{Budget, RuntimeConfig, shard_cpus};
 use crate::runtime::executors::StartError;
@@ -40,8 +41,9 @@ pub struct NodeArgs {
     /// Number of shards, on the first CPUs this process may use
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
-    /// Address to listen on. Without --auth-secret-file only a loopback address is allowed
-    /// (unless --insecure-no-auth): anyone who reaches the port could play every hunt
+    /// Address to listen on. Without a way to authenticate clients (--auth-secret-file, or
+    /// --tls-client-ca) only a loopback address is allowed (unless --insecure-no-auth): anyone
+    /// who reaches the port could play every hunt
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
     pub listen: IpAddr,
     /// File holding the shared secret clients must prove they know (challenge-response; the
@@ -55,6 +57,19 @@ pub struct NodeArgs {
     /// port can send events
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Speak TLS (1.3) on every client port, with this certificate chain (PEM, the node's own
+    /// certificate first). Clients connect with `--tls-ca`. TLS encrypts and proves the node
+    /// to clients; it lets any client in unless --tls-client-ca or --auth-secret-file is given
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1)
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require every client to present a certificate signed by a CA in this PEM file (mutual
+    /// TLS; what links between nodes are to use, once there are any). Authenticates clients,
+    /// so it allows a non-loopback --listen
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Port every shard accepts on (SO_REUSEPORT); 0 picks a free one
     #[arg(long, value_name = "N", default_value_t = PORT_DEFAULT)]
     pub port: u16,
@@ -145,9 +160,23 @@ impl NodeArgs {
             Some(path) => Some(read_secret_file(path)?),
             None => None,
         };
-        if auth.is_none() && !self.listen.is_loopback() && !self.insecure_no_auth {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(server_config(cert, key, self.tls_client_ca.as_deref())?)
+            }
+            _ => None,
+        };
+        // TLS alone proves the node to its clients, not the clients to the node: only a
+        // secret or client certificates let a node off loopback.
+        let authenticates = auth.is_some() || self.tls_client_ca.is_some();
+        if !authenticates && !self.listen.is_loopback() && !self.insecure_no_auth {
+            let tls_note = if tls.is_some() {
+                " (TLS without --tls-client-ca encrypts, but lets any client in)"
+            } else {
+                ""
+            };
             return Err(format!(
-                "refusing to listen on {} without authentication: give --auth-secret-file PATH, listen on 127.0.0.1, or pass --insecure-no-auth to let anyone who reaches the port in",
+                "refusing to listen on {} without authentication{tls_note}: give --auth-secret-file PATH or --tls-client-ca PATH, listen on 127.0.0.1, or pass --insecure-no-auth to let anyone who reaches the port in",
                 self.listen
             ));
         }
@@ -195,6 +224,7 @@ impl NodeArgs {
             port: self.port,
             shard_port_base: self.shard_port_base,
             auth,
+            tls,
             metrics: self.metrics_listen,
             cluster_node: self
                 .cluster
@@ -273,8 +303,9 @@ pub fn run(args: &NodeArgs) -> i32 {
     let mut stdout = std::io::stdout();
     let _ = writeln!(
         stdout,
-        "trove node listening on {} with {} shards on CPUs {} (shard ports {}); stop with Ctrl-C",
+        "trove node listening on {}{} with {} shards on CPUs {} (shard ports {}); stop with Ctrl-C",
         node.addr(),
+        describe_security(args),
         config.runtime.shards(),
         CpuSet::from_cpus(config.runtime.cpus.iter().copied()),
         shard_ports.join(","),
@@ -352,6 +383,26 @@ fn describe_durability(config: &NodeConfig, node: &Node) -> String {
         text.push_str(&format!("\ntrove node: recovery: {note}"));
     }
     text
+}
+
+/// How clients must connect, as printed at start: " (TLS, client certificates, shared
+/// secret)", or nothing for plain TCP without authentication.
+fn describe_security(args: &NodeArgs) -> String {
+    let mut terms = Vec::new();
+    if args.tls_cert.is_some() {
+        terms.push("TLS");
+    }
+    if args.tls_client_ca.is_some() {
+        terms.push("client certificates");
+    }
+    if args.auth_secret_file.is_some() {
+        terms.push("shared secret");
+    }
+    if terms.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", terms.join(", "))
+    }
 }
 
 /// The node's worst-case memory as one line: the total, then each term, in MiB rounded up.

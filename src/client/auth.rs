@@ -1,17 +1,16 @@
 //! The blocking client's side of connection authentication: reads a secret file, and drives
 //! `core::auth::ClientHandshake` over a freshly connected socket before any other frame.
 //!
-//! Runs on the connecting thread. Reads are exact (a header, then the rest of the frame it
+//! Runs on the connecting thread, over plain TCP or inside TLS. Reads are exact (a header, then the rest of the frame it
 //! announces), so nothing after the handshake is consumed, and bounded by the timeout given.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
 use rkyv::util::AlignedVec;
 
-use super::ClientError;
+use super::{ClientError, Connection, NodeStream};
 use crate::constants::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES};
 use crate::core::auth::{AuthError, AuthSecret, ClientHandshake, NONCE_BYTES, Step};
 use crate::core::codec::FrameBuilder;
@@ -57,7 +56,7 @@ fn io_failed(what: &str, timeout: Duration) -> impl FnOnce(io::Error) -> ClientE
 /// that the node knows it too. The stream's read timeout is `timeout` during the handshake and
 /// cleared after it.
 pub fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut Connection,
     secret: &AuthSecret,
     timeout: Duration,
 ) -> Result<(), ClientError> {
@@ -81,7 +80,9 @@ pub fn authenticate(
         let mut out = FrameBuilder::new();
         let step = client.handle_input(&input, &mut out).map_err(auth_failed)?;
         if !out.is_empty() {
-            stream.write_all(out.bytes()).map_err(io_failed(
+            // `flush`: TLS sends what it holds; a plain socket holds nothing.
+            let sent = stream.write_all(out.bytes()).and_then(|()| stream.flush());
+            sent.map_err(io_failed(
                 "cannot send the authentication response",
                 timeout,
             ))?;

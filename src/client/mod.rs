@@ -16,15 +16,19 @@
 //!
 //! No glommio: a caller needs only threads. The halves may live on different threads.
 //! A node started with a secret is reached with [`ClientConfig::auth`] set: every connection
-//! then passes the handshake of [`auth`] before its first frame.
+//! then passes the handshake of [`auth`] before its first frame. A node started with TLS is
+//! reached with [`ClientConfig::tls`] set: every connection is a [`Connection::Tls`] (see
+//! [`tls`]), and the secret's handshake, if any, runs inside it.
 
 pub mod auth;
 
 pub mod proto;
+pub mod tls;
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -34,6 +38,7 @@ use rkyv::util::AlignedVec;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::client::proto::{ClientProto, MapPush, Received};
+use crate::client::tls::{TlsClient, TlsStream};
 use crate::constants::CLIENT_REPLY_FRAMES_QUEUED_MAX;
 use crate::core::auth::{AuthError, AuthSecret};
 use crate::core::codec::{
@@ -56,6 +61,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// The node's shared secret, when it requires authentication.
     pub auth: Option<Arc<AuthSecret>>,
+    /// TLS to the node, when it speaks TLS.
+    pub tls: Option<Arc<TlsClient>>,
     /// Give up a write that the node has not taken after this long, instead of blocking
     /// until the node reads again. `None`: block (back-pressure reaches the caller).
     pub stall_timeout: Option<Duration>,
@@ -69,6 +76,7 @@ impl ClientConfig {
             events_per_frame: 64,
             connect_timeout: Duration::from_secs(5),
             auth: None,
+            tls: None,
             stall_timeout: None,
         }
     }
@@ -91,6 +99,8 @@ pub enum ClientError {
     Config(String),
     /// The authentication handshake failed.
     Auth(AuthError),
+    /// TLS failed (the message says why and what to do).
+    Tls(String),
     /// The node's new map cannot be followed by this client (the message says why).
     MapChanged(String),
 }
@@ -105,7 +115,9 @@ impl fmt::Display for ClientError {
             }
             ClientError::Map(error) => write!(f, "the node's partition map is unusable: {error}"),
             ClientError::Encode(error) => write!(f, "cannot encode the event: {error}"),
-            ClientError::Config(message) | ClientError::MapChanged(message) => {
+            ClientError::Config(message)
+            | ClientError::MapChanged(message)
+            | ClientError::Tls(message) => {
                 write!(f, "{message}")
             }
             ClientError::Auth(error) => write!(f, "{error}"),
@@ -135,37 +147,175 @@ pub fn connect_stream(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, 
     Ok(socket.into())
 }
 
-/// [`connect_stream`], then the authentication handshake when `secret` is given.
+/// One connection to a node: a TCP socket, or TLS over one.
+#[derive(Debug)]
+pub enum Connection {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl From<TcpStream> for Connection {
+    fn from(stream: TcpStream) -> Connection {
+        Connection::Plain(stream)
+    }
+}
+
+impl Connection {
+    /// The socket (for timeouts, polling and blocking mode).
+    pub fn socket(&self) -> &TcpStream {
+        match self {
+            Connection::Plain(stream) => stream,
+            Connection::Tls(stream) => stream.socket(),
+        }
+    }
+
+    /// A second handle on the same connection, for a reader thread: only one of the two may
+    /// write.
+    pub fn try_clone(&self) -> io::Result<Connection> {
+        Ok(match self {
+            Connection::Plain(stream) => Connection::Plain(stream.try_clone()?),
+            Connection::Tls(stream) => Connection::Tls(Box::new(stream.try_clone()?)),
+        })
+    }
+
+    /// Closes the sending side (after a `close_notify` with TLS); replies still arrive.
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        match self {
+            Connection::Plain(stream) => stream.shutdown(std::net::Shutdown::Write),
+            Connection::Tls(stream) => stream.close_write(),
+        }
+    }
+
+    /// Bytes written that still wait for the socket (TLS on a non-blocking socket): wait for
+    /// it to be writable, then [`Write::flush`].
+    pub fn has_unsent(&self) -> bool {
+        match self {
+            Connection::Plain(_) => false,
+            Connection::Tls(stream) => stream.has_unsent(),
+        }
+    }
+
+    /// Input a read returns without waiting for the socket (TLS keeps decrypted records).
+    pub fn has_buffered_input(&self) -> bool {
+        match self {
+            Connection::Plain(_) => false,
+            Connection::Tls(stream) => stream.has_buffered_input(),
+        }
+    }
+
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.socket().set_nonblocking(nonblocking)
+    }
+
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.socket().set_write_timeout(timeout)
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Connection::Plain(stream) => stream.read(buf),
+            Connection::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Connection::Plain(stream) => stream.write(bytes),
+            Connection::Tls(stream) => stream.write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Connection::Plain(stream) => stream.flush(),
+            Connection::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
+impl AsRawFd for Connection {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket().as_raw_fd()
+    }
+}
+
+/// What [`fetch_map`] needs of a connection: bytes both ways, and a read timeout.
+pub trait NodeStream: Read + Write {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl NodeStream for TcpStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, timeout)
+    }
+}
+
+impl NodeStream for Connection {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.socket().set_read_timeout(timeout)
+    }
+}
+
+/// [`connect_stream`], then the TLS handshake when `tls` is given, then the authentication
+/// handshake (inside TLS) when `secret` is.
 pub fn connect_authenticated(
     addr: SocketAddr,
     timeout: Duration,
     secret: Option<&AuthSecret>,
-) -> Result<TcpStream, ClientError> {
-    let mut stream = connect_stream(addr, timeout)?;
+    tls: Option<&Arc<TlsClient>>,
+) -> Result<Connection, ClientError> {
+    let socket = connect_stream(addr, timeout)?;
+    let mut connection = match tls {
+        None => Connection::Plain(socket),
+        Some(tls) => Connection::Tls(Box::new(TlsStream::connect(
+            socket,
+            tls.clone(),
+            addr,
+            timeout,
+        )?)),
+    };
     if let Some(secret) = secret {
-        auth::authenticate(&mut stream, secret, timeout)?;
+        auth::authenticate(&mut connection, secret, timeout)?;
     }
-    Ok(stream)
+    Ok(connection)
+}
+
+/// A TLS record header of an alert (content type 21, version 3.x): what a TLS node answers
+/// a client that spoke plain trove frames to it.
+fn is_tls_alert(bytes: &[u8]) -> bool {
+    bytes.len() >= 2 && bytes[0] == 0x15 && bytes[1] == 0x03
+}
+
+fn tls_node_error() -> ClientError {
+    ClientError::Tls(
+        "the node answered with a TLS alert: it speaks TLS; connect with --tls-ca (the CA of its certificate)".into(),
+    )
 }
 
 /// Reads one whole frame from a blocking stream.
 fn read_frame(
-    stream: &mut TcpStream,
+    stream: &mut impl Read,
     input: &mut ReceiveBuffer,
 ) -> Result<(FrameKind, AlignedVec), ClientError> {
     let mut frame_len = None;
     loop {
-        let decoded = match decode_frame(input.pending()).map_err(ClientError::Protocol)? {
-            Decoded::Frame {
+        let decoded = match decode_frame(input.pending()) {
+            Err(_) if is_tls_alert(input.pending()) => return Err(tls_node_error()),
+            Err(error) => return Err(ClientError::Protocol(error)),
+            Ok(Decoded::Frame {
                 header,
                 body,
                 frame_len,
-            } => {
+            }) => {
                 let mut owned = AlignedVec::new();
                 owned.extend_from_slice(body);
                 Some((header.kind, owned, frame_len))
             }
-            Decoded::NeedMore { frame_len: len } => {
+            Ok(Decoded::NeedMore { frame_len: len }) => {
                 frame_len = len;
                 None
             }
@@ -180,6 +330,9 @@ fn read_frame(
             read => read.map_err(io_error("cannot read from the node"))?,
         };
         if read == 0 {
+            if is_tls_alert(input.pending()) {
+                return Err(tls_node_error());
+            }
             check_stream_end(input.pending()).map_err(ClientError::Protocol)?;
             return Err(ClientError::Io {
                 what: "the node closed the connection".into(),
@@ -192,7 +345,7 @@ fn read_frame(
 
 /// Asks the node for its partition map and the port of each shard.
 pub fn fetch_map(
-    stream: &mut TcpStream,
+    stream: &mut impl NodeStream,
     timeout: Duration,
 ) -> Result<(PartitionMap, Vec<u16>), ClientError> {
     stream
@@ -238,8 +391,8 @@ pub fn fetch_map(
 
 /// Connects to a node. See the module documentation.
 pub fn connect(config: &ClientConfig) -> Result<(EventSender, ReplyReceiver), ClientError> {
-    let secret = config.auth.as_deref();
-    let mut first = connect_authenticated(config.addr, config.connect_timeout, secret)?;
+    let (secret, tls) = (config.auth.as_deref(), config.tls.as_ref());
+    let mut first = connect_authenticated(config.addr, config.connect_timeout, secret, tls)?;
     let (map, ports) = fetch_map(&mut first, config.connect_timeout)?;
     let proto = ClientProto::new(map, config.shard_aware, config.events_per_frame)?;
     let streams = if config.shard_aware {
@@ -247,7 +400,7 @@ pub fn connect(config: &ClientConfig) -> Result<(EventSender, ReplyReceiver), Cl
             .into_iter()
             .map(|port| {
                 let addr = SocketAddr::new(config.addr.ip(), port);
-                connect_authenticated(addr, config.connect_timeout, secret)
+                connect_authenticated(addr, config.connect_timeout, secret, tls)
             })
             .collect::<Result<Vec<_>, _>>()?
     } else {
@@ -330,7 +483,7 @@ impl MapMailbox {
 pub struct EventSender {
     proto: ClientProto,
     /// One per link of `proto`.
-    streams: Vec<TcpStream>,
+    streams: Vec<Connection>,
     maps: Arc<MapMailbox>,
 }
 
@@ -371,9 +524,9 @@ impl EventSender {
     /// Closes the sending side of every connection; replies still arrive.
     pub fn finish(mut self) -> Result<(), ClientError> {
         self.flush()?;
-        for stream in &self.streams {
+        for stream in &mut self.streams {
             stream
-                .shutdown(std::net::Shutdown::Write)
+                .shutdown_write()
                 .map_err(io_error("cannot close the connection"))?;
         }
         Ok(())
@@ -397,8 +550,11 @@ impl EventSender {
         if output.is_empty() {
             return Ok(());
         }
-        self.streams[link]
+        let stream = &mut self.streams[link];
+        // `flush` sends what TLS still holds; a plain socket holds nothing.
+        stream
             .write_all(output)
+            .and_then(|()| stream.flush())
             .map_err(|error| match error.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Io {
                     what: "the node has stopped taking data (a shard that is stopped or not reading); gave up".into(),
@@ -487,7 +643,7 @@ impl ReplyReceiver {
 /// mailbox.
 fn read_replies(
     link: usize,
-    mut stream: TcpStream,
+    mut stream: Connection,
     incoming: flume::Sender<Incoming>,
     maps: &MapMailbox,
 ) {

@@ -1,5 +1,6 @@
 //! The node's side of connection authentication: drives `core::auth::ServerHandshake` over a
-//! freshly accepted socket before the connection's read and write loops start.
+//! freshly accepted connection (inside TLS when the node has it) before the connection's read
+//! and write loops start.
 //!
 //! The handshake reads exactly the bytes of its frames (a header, then the rest of the frame
 //! the header announces), so nothing the client sends after it is consumed here, and it must
@@ -10,8 +11,6 @@
 use std::time::Duration;
 
 use futures_lite::future::or;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 use rkyv::util::AlignedVec;
 
 use crate::constants::{AUTH_HANDSHAKE_MS_MAX, CONNECTION_LINGER_MS_MAX, FRAME_HEADER_BYTES};
@@ -19,6 +18,7 @@ use crate::core::auth::{
     AUTH_FRAME_BYTES_MAX, AuthError, AuthSecret, NONCE_BYTES, ServerHandshake, Step,
 };
 use crate::core::codec::FrameBuilder;
+use crate::net::transport::Transport;
 
 /// Why a connection was not let in.
 #[derive(Debug)]
@@ -41,7 +41,7 @@ fn fresh_nonce() -> Result<[u8; NONCE_BYTES], Refused> {
 /// Runs the handshake on `stream`; on success the stream carries authenticated frames next.
 /// On failure the client has been sent an error frame (when the socket still takes one).
 pub(crate) async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     secret: &AuthSecret,
 ) -> Result<(), Refused> {
     let deadline = Duration::from_millis(AUTH_HANDSHAKE_MS_MAX);
@@ -68,20 +68,20 @@ pub(crate) async fn authenticate(
 /// sends until it closes too: closing a socket with unread input (the rest of a frame the
 /// handshake refused from its header) would reset the connection and could destroy the
 /// refusal before the client reads it. The caller bounds the time this takes.
-async fn tell_and_drain(stream: &mut TcpStream, refusal: &[u8]) {
+async fn tell_and_drain(stream: &mut Transport, refusal: &[u8]) {
     if stream.write_all(refusal).await.is_err() {
         return;
     }
-    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let _ = stream.close().await;
     let mut scratch = [0u8; 4096];
-    while let Ok(len) = stream.read(&mut scratch).await {
+    while let Ok(len) = stream.discard_input(&mut scratch).await {
         if len == 0 {
             return;
         }
     }
 }
 
-async fn handshake(stream: &mut TcpStream, secret: &AuthSecret) -> Result<(), Refused> {
+async fn handshake(stream: &mut Transport, secret: &AuthSecret) -> Result<(), Refused> {
     let mut out = FrameBuilder::new();
     let mut server = ServerHandshake::start(secret, fresh_nonce()?, &mut out);
     stream

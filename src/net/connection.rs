@@ -17,19 +17,17 @@
 //! long what it reads waited in the socket (`net::sojourn`) for the core's load shedding.
 //! Both tasks live on the shard's executor.
 
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use futures_lite::AsyncWriteExt;
 use futures_lite::future::or;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::constants::{
     CLOSE_NOTICE_MS_MAX, CONNECTION_LINGER_MS_MAX, STOP_DRAIN_BYTES_MAX, STOP_DRAIN_WAIT_MS_MAX,
     WRITE_BUFFER_RETAINED_BYTES_MAX,
 };
-use crate::core::auth::AuthSecret;
 use crate::core::codec::{
     Decoded, ERROR_CODE_CONNECTION_LIMIT, FrameBuilder, FrameError, FrameKind, ReceiveBuffer,
     Records, check_stream_end, decode_frame,
@@ -40,51 +38,52 @@ use crate::core::shard::{
     FrameProgress, Readable, SourceAddr,
 };
 use crate::net::sojourn::{SojournMeter, unread_bytes};
+use crate::net::transport::{Access, Transport};
 use crate::runtime::shard::{ConnectionSignals, Shard, WriteStep};
 use crate::runtime::wait::Latch;
 
-/// Serves a newly accepted socket on `shard`; with a secret, only once the client has passed
-/// the authentication handshake (`net::auth`), which holds the connection's slot meanwhile.
-pub(crate) fn serve(shard: Rc<Shard>, mut stream: TcpStream, secret: Option<Rc<AuthSecret>>) {
+/// Serves a newly accepted socket on `shard`; with TLS or a secret, only once the client has
+/// passed the handshakes (`Access::admit`), which hold the connection's slot meanwhile.
+pub(crate) fn serve(shard: Rc<Shard>, stream: TcpStream, access: Rc<Access>) {
     let _ = stream.set_nodelay(true);
     let source = stream.peer_addr().ok().map(|addr| source_addr(addr.ip()));
     let (id, signals) = match shard.connect(source) {
         Ok(connected) => connected,
         Err(refusal) => {
-            glommio::spawn_local(refuse(shard, stream, refusal)).detach();
+            glommio::spawn_local(refuse(shard, stream, access, refusal)).detach();
             return;
         }
     };
-    let Some(secret) = secret else {
-        return start_loops(shard, id, signals, stream);
-    };
+    if access.is_open() {
+        return start_loops(shard, id, signals, Transport::Plain(stream));
+    }
     glommio::spawn_local(async move {
-        if crate::net::auth::authenticate(&mut stream, &secret)
-            .await
-            .is_ok()
-        {
-            return start_loops(shard, id, signals, stream);
+        match access.admit(&shard, &signals, stream).await {
+            Ok(transport) => start_loops(shard, id, signals, transport),
+            Err(reason) => {
+                shard.handle_read_closed(id, Ok(()));
+                shard.handle_closed(id, shard.close_reason(id).unwrap_or(reason));
+            }
         }
-        let _ = stream.close().await;
-        shard.handle_read_closed(id, Ok(()));
-        shard.handle_closed(id, CloseReason::Unauthenticated);
     })
     .detach();
 }
 
-/// Starts the reader and the writer of an accepted (and, with a secret, authenticated)
+/// Starts the reader and the writer of an accepted (and, with TLS or a secret, admitted)
 /// connection.
-fn start_loops(shard: Rc<Shard>, id: ConnectionId, signals: ConnectionSignals, stream: TcpStream) {
-    // SAFETY: dup(2) of a descriptor this task owns; the copy is owned by the writer alone.
-    let write_fd = unsafe { libc::dup(stream.as_raw_fd()) };
-    if write_fd < 0 {
+fn start_loops(shard: Rc<Shard>, id: ConnectionId, signals: ConnectionSignals, stream: Transport) {
+    let Ok((read_half, write_half)) = stream.split() else {
         shard.handle_read_closed(id, Ok(()));
         shard.handle_closed(id, CloseReason::Broken);
         return;
-    }
-    // SAFETY: `write_fd` is a fresh descriptor for the same socket, owned by nobody else.
-    let write_half = unsafe { TcpStream::from_raw_fd(write_fd) };
-    glommio::spawn_local(read_loop(shard.clone(), id, signals.close.clone(), stream)).detach();
+    };
+    glommio::spawn_local(read_loop(
+        shard.clone(),
+        id,
+        signals.close.clone(),
+        read_half,
+    ))
+    .detach();
     glommio::spawn_local(write_loop(shard, id, signals, write_half)).detach();
 }
 
@@ -97,8 +96,18 @@ fn source_addr(ip: std::net::IpAddr) -> SourceAddr {
 }
 
 /// Tells a client why it is refused (the shard is full, its address holds its share, the
-/// shard is stopping), and closes.
-async fn refuse(shard: Rc<Shard>, mut stream: TcpStream, refusal: ConnectRefusal) {
+/// shard is stopping), and closes. A TLS client is not told (it would take a handshake, work
+/// a refusing shard should not do): it sees the connection close.
+async fn refuse(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    access: Rc<Access>,
+    refusal: ConnectRefusal,
+) {
+    if access.tls.is_some() {
+        let _ = stream.close().await;
+        return;
+    }
     let shard_id = shard.id();
     let (code, message) = match refusal {
         ConnectRefusal::Full => (
@@ -135,7 +144,7 @@ struct Pending {
     blocked: bool,
 }
 
-async fn read_loop(shard: Rc<Shard>, id: ConnectionId, close: Rc<Latch>, mut stream: TcpStream) {
+async fn read_loop(shard: Rc<Shard>, id: ConnectionId, close: Rc<Latch>, mut stream: Transport) {
     let mut input = ReceiveBuffer::new();
     let mut pending = Pending::default();
     let mut sojourn = shard.sheds().then(SojournMeter::new);
@@ -207,7 +216,7 @@ async fn read_loop(shard: Rc<Shard>, id: ConnectionId, close: Rc<Latch>, mut str
 /// that none vanishes behind a clean end of stream. Nothing of it is kept.
 async fn count_unread_at_stop(
     shard: &Shard,
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     input: &mut ReceiveBuffer,
 ) -> u64 {
     let quiet = Duration::from_millis(STOP_DRAIN_WAIT_MS_MAX);
@@ -288,7 +297,7 @@ async fn write_loop(
     shard: Rc<Shard>,
     id: ConnectionId,
     signals: ConnectionSignals,
-    mut stream: TcpStream,
+    mut stream: Transport,
 ) {
     let mut out = FrameBuilder::new();
     // Whether the loop ended part-way through a batch: nothing more may be written then.
@@ -366,7 +375,7 @@ async fn write_loop(
 
 /// Writes the error frame that tells the client why the node closes its connection, if the
 /// socket takes it within `CLOSE_NOTICE_MS_MAX`; says whether it did.
-async fn send_close_notice(shard: &Shard, stream: &mut TcpStream, text: String) -> bool {
+async fn send_close_notice(shard: &Shard, stream: &mut Transport, text: String) -> bool {
     let mut frames = FrameBuilder::new();
     frames.error_message(shard.epoch(), ERROR_CODE_CONNECTION_CLOSED, text);
     or(
@@ -383,15 +392,18 @@ async fn send_close_notice(shard: &Shard, stream: &mut TcpStream, text: String) 
 /// passes. Closing a socket with unread input makes the kernel reset the connection, and a
 /// reset can destroy replies the client has not read yet; so, like HTTP servers' lingering
 /// close, the socket closes only once its input is drained.
-async fn linger(shard: &Shard, stream: &mut TcpStream, limit: Duration) {
+async fn linger(shard: &Shard, stream: &mut Transport, limit: Duration) {
     let deadline = Instant::now() + limit;
     let mut scratch = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let read = or(async { Some(stream.read(&mut scratch).await) }, async {
-            glommio::timer::sleep(left).await;
-            None
-        });
+        let read = or(
+            async { Some(stream.discard_input(&mut scratch).await) },
+            async {
+                glommio::timer::sleep(left).await;
+                None
+            },
+        );
         let drained = or(read, async {
             shard.force_closing().await;
             None

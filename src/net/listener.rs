@@ -6,14 +6,17 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::future::or;
+use rustls::ServerConfig;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::constants::LISTEN_BACKLOG_MAX;
 use crate::core::auth::AuthSecret;
 use crate::net::connection;
+use crate::net::transport::Access;
 use crate::runtime::config::ConfigError;
 use crate::runtime::executors::StartError;
 use crate::runtime::shard::Shard;
@@ -74,26 +77,23 @@ pub fn local_addr(socket: &Socket) -> SocketAddr {
         .expect("a bound TCP socket has an address")
 }
 
-/// Runs on a shard's executor: starts accepting on each of `sockets`. With a secret, every
-/// connection must pass the authentication handshake before it is read.
+/// Runs on a shard's executor: starts accepting on each of `sockets`. With TLS or a secret,
+/// every connection must pass the handshakes before it is read.
 pub fn serve_listeners(
     shard: Rc<Shard>,
     sockets: impl IntoIterator<Item = Socket>,
     secret: Option<AuthSecret>,
+    tls: Option<Arc<ServerConfig>>,
 ) {
-    let secret = secret.map(Rc::new);
+    let access = Rc::new(Access { secret, tls });
     for socket in sockets {
         // SAFETY: the descriptor comes from a listening socket this shard alone now owns.
         let listener = unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };
-        glommio::spawn_local(accept_loop(shard.clone(), listener, secret.clone())).detach();
+        glommio::spawn_local(accept_loop(shard.clone(), listener, access.clone())).detach();
     }
 }
 
-async fn accept_loop(
-    shard: Rc<Shard>,
-    listener: glommio::net::TcpListener,
-    secret: Option<Rc<AuthSecret>>,
-) {
+async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener, access: Rc<Access>) {
     loop {
         let accepted = or(async { Some(listener.accept().await) }, async {
             shard.stopping().await;
@@ -101,7 +101,7 @@ async fn accept_loop(
         });
         match accepted.await {
             None => return,
-            Some(Ok(stream)) => connection::serve(shard.clone(), stream, secret.clone()),
+            Some(Ok(stream)) => connection::serve(shard.clone(), stream, access.clone()),
             // Out of descriptors or memory: the kernel keeps the connection queued; pause
             // instead of spinning on the same error.
             Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(10)).await,

@@ -15,6 +15,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use socket2::Socket;
 
@@ -46,6 +47,9 @@ pub struct NodeConfig {
     pub shard_port_base: Option<u16>,
     /// The shared secret clients must prove they know (`core::auth`); `None` lets anyone in.
     pub auth: Option<AuthSecret>,
+    /// TLS on every client port (`net::tls`): the node's certificate, and the CA of the
+    /// client certificates it requires, if it does. `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Where the housekeeping thread serves `/metrics`, or `Off`.
     pub metrics: MetricsListen,
     /// This node's id in its cluster, `None` on its own. A cluster node's shards start fenced
@@ -62,6 +66,7 @@ impl NodeConfig {
             port: 0,
             shard_port_base: None,
             auth: None,
+            tls: None,
             metrics: MetricsListen::Off,
             cluster_node: None,
         }
@@ -132,7 +137,7 @@ impl NodeReport {
         let mut text = String::new();
         for shard in &self.shards {
             text.push_str(&format!(
-                "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections ({} refused when full, {} refused per source, {} evicted when full, {} closed idle, {} closed for not reading, {} closed mid-frame, {} failed authentication, {} cut at stop), {} frames rejected, {} credit waits, {} Busy ({} shed), {} Moved, {} ShuttingDown\n",
+                "shard {} (CPU {}): {} events applied, {} forwarded, {} applied for other shards, {} connections ({} refused when full, {} refused per source, {} evicted when full, {} closed idle, {} closed for not reading, {} closed mid-frame, {} failed authentication, {} failed the TLS handshake, {} cut at stop), {} frames rejected, {} credit waits, {} Busy ({} shed), {} Moved, {} ShuttingDown\n",
                 shard.shard,
                 shard.cpu,
                 shard.events_applied,
@@ -146,6 +151,7 @@ impl NodeReport {
                 shard.connections_write_stalled,
                 shard.connections_frame_too_slow,
                 shard.connections_unauthenticated,
+                shard.connections_tls_failed,
                 shard.connections_force_closed,
                 shard.frames_rejected,
                 shard.socket_credit_waits + shard.mesh_credit_waits,
@@ -165,12 +171,13 @@ impl NodeReport {
     }
 }
 
-/// What each shard gets from the thread that starts the node: its two listeners, and the
-/// secret its clients must prove they know.
+/// What each shard gets from the thread that starts the node: its two listeners, the secret
+/// its clients must prove they know, and its TLS configuration.
 struct ShardSockets {
     shared: Socket,
     own: Socket,
     auth: Option<AuthSecret>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// Where the shard's metrics snapshots go, when the node serves metrics.
     metrics: Option<SnapshotSender>,
     /// The shard's end of its feed from the control thread, in a cluster.
@@ -251,6 +258,7 @@ impl Node {
                 shared,
                 own,
                 auth: config.auth.clone(),
+                tls: config.tls.clone(),
                 metrics: metrics_listener.as_ref().map(|_| snapshot_sender.clone()),
                 feed: feed_ends.next(),
                 store: runtime.store.as_ref().map(|store| {
@@ -399,5 +407,10 @@ fn serve_shard(shard: Rc<Shard>, sockets: ShardSockets) {
     if let Some(feed) = sockets.feed {
         spawn_feed_task(shard.clone(), feed);
     }
-    serve_listeners(shard, [sockets.shared, sockets.own], sockets.auth);
+    serve_listeners(
+        shard,
+        [sockets.shared, sockets.own],
+        sockets.auth,
+        sockets.tls,
+    );
 }

@@ -26,6 +26,8 @@ pub enum CloseReason {
     ForceClosed,
     /// The client failed or did not finish the authentication handshake; nothing was read.
     Unauthenticated,
+    /// The client failed or did not finish the TLS handshake; nothing was read.
+    TlsFailed,
     /// Nothing in flight and silent for the idle timeout.
     IdleTimeout,
     /// Its replies waited the write-stall timeout for a socket that took none of them.
@@ -359,6 +361,7 @@ impl ShardCore {
         match reason {
             CloseReason::ForceClosed => self.stats.connections_force_closed += 1,
             CloseReason::Unauthenticated => self.stats.connections_unauthenticated += 1,
+            CloseReason::TlsFailed => self.stats.connections_tls_failed += 1,
             CloseReason::IdleTimeout => self.stats.connections_idle_closed += 1,
             CloseReason::WriteStalled => self.stats.connections_write_stalled += 1,
             CloseReason::Evicted => self.stats.connections_evicted += 1,

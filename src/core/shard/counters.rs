@@ -49,6 +49,8 @@ pub struct ShardStats {
     pub connections_force_closed: u64,
     /// Connections closed because they failed or did not finish the authentication handshake.
     pub connections_unauthenticated: u64,
+    /// Connections closed because they failed or did not finish the TLS handshake.
+    pub connections_tls_failed: u64,
     /// Connections closed for staying idle past the idle timeout.
     pub connections_idle_closed: u64,
     /// Connections closed because their socket took no replies for the write-stall timeout.

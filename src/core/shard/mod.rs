@@ -25,8 +25,8 @@
 pub mod admission;
 pub mod connections;
 pub mod counters;
-pub mod faults;
 pub mod durability;
+pub mod faults;
 pub mod mesh;
 pub mod replies;
 pub mod routing;

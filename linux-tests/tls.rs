@@ -1,0 +1,635 @@
+//! TLS between clients and a node (issue 12), over loopback: a TLS node serves the client
+//! library and `trove bench`, with a shared secret inside TLS too; a plaintext client, a
+//! client of a plain node, a wrong CA, a wrong name and a missing or foreign client
+//! certificate are each refused with a message that says what to do; bad files stop
+//! `trove node` with exit 2 and one sentence; a handshake that never finishes is closed.
+//!
+//! Certificates are made in the test (rcgen). Every wait is bounded: child processes are
+//! killed on a deadline, sockets time out.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use trove::client::tls::{TlsClient, TlsClientFiles};
+use trove::client::{self, ClientConfig, ClientError, Incoming};
+use trove::core::auth::AuthSecret;
+use trove::core::ids::{HuntId, PlayerId};
+use trove::core::message::{Event, EventKind, HuntSpec};
+use trove::host::affinity::allowed_cpus;
+use trove::net::tls::server_config;
+use trove::node::{Node, NodeConfig, NodeReport};
+
+const SECRET: &str = "a shared secret for the TLS tests";
+
+fn trove() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_trove"))
+}
+
+/// A fresh directory for one test's files.
+fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("trove-tls-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A certificate authority that signs node and client certificates.
+struct Ca {
+    cert: Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// Writes a certificate for `names` signed by this CA (and its key) as PEM files
+    /// `NAME.pem` and `NAME.key` in `dir`.
+    fn issue(
+        &self,
+        dir: &Path,
+        name: &str,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+    ) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(
+            names
+                .iter()
+                .map(|name| name.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+
+    fn write(&self, dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(format!("{name}.pem"));
+        std::fs::write(&path, self.cert.pem()).unwrap();
+        path
+    }
+}
+
+/// Everything a test needs: a CA, the node's certificate for "localhost" and 127.0.0.1, a
+/// client certificate from the same CA, and a second CA with its own client certificate.
+struct Pki {
+    dir: PathBuf,
+    ca: PathBuf,
+    node_cert: PathBuf,
+    node_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    other_ca: PathBuf,
+    other_client_cert: PathBuf,
+    other_client_key: PathBuf,
+}
+
+fn pki(name: &str) -> Pki {
+    let dir = test_dir(name);
+    let (ca, other) = (Ca::new("trove test CA"), Ca::new("another CA"));
+    let (node_cert, node_key) = ca.issue(
+        &dir,
+        "node",
+        &["localhost", "127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_cert, client_key) = ca.issue(
+        &dir,
+        "client",
+        &["client"],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let (other_client_cert, other_client_key) = other.issue(
+        &dir,
+        "other-client",
+        &["client"],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    Pki {
+        ca: ca.write(&dir, "ca"),
+        other_ca: other.write(&dir, "other-ca"),
+        dir,
+        node_cert,
+        node_key,
+        client_cert,
+        client_key,
+        other_client_cert,
+        other_client_key,
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An in-process TLS node on loopback, on `shards` of the CPUs this process may use.
+fn tls_node(pki: &Pki, shards: usize, configure: impl FnOnce(&mut NodeConfig)) -> Node {
+    let cpus = allowed_cpus();
+    let mut config = NodeConfig::loopback((0..shards).map(|i| cpus[i % cpus.len()]).collect());
+    config.tls = Some(server_config(&pki.node_cert, &pki.node_key, None).unwrap());
+    configure(&mut config);
+    Node::start(&config).expect("the node starts")
+}
+
+fn tls_client(files: TlsClientFiles) -> Arc<TlsClient> {
+    Arc::new(TlsClient::from_files(files).expect("the client's TLS files are good"))
+}
+
+fn trusting(ca: &Path) -> TlsClientFiles {
+    TlsClientFiles {
+        ca: ca.to_owned(),
+        ..TlsClientFiles::default()
+    }
+}
+
+fn create_hunt(seq: u64) -> Event {
+    Event {
+        hunt: HuntId(seq),
+        player: PlayerId(1),
+        client_seq: seq,
+        client_ts: 0,
+        kind: EventKind::CreateHunt(HuntSpec::default()),
+    }
+}
+
+/// Sends `count` events and waits for as many replies.
+fn round_trip(config: &ClientConfig, count: u64) -> Result<(), ClientError> {
+    let (mut sender, mut receiver) = client::connect(config)?;
+    for seq in 0..count {
+        sender.send(&create_hunt(seq))?;
+    }
+    sender.flush()?;
+    let mut answered = 0;
+    while answered < count {
+        match receiver.recv_timeout(Duration::from_secs(10)) {
+            Ok(Incoming::Replies(frame)) => answered += frame.replies().count() as u64,
+            Ok(Incoming::Closed {
+                error: Some(error), ..
+            }) => {
+                return Err(ClientError::Tls(error));
+            }
+            other => panic!("unexpected {:?}", other.map(|_| ())),
+        }
+    }
+    sender.finish()?;
+    Ok(())
+}
+
+fn refusal(config: &ClientConfig) -> String {
+    match round_trip(config, 1) {
+        Err(error) => error.to_string(),
+        Ok(()) => panic!("the client was served"),
+    }
+}
+
+fn tls_failures(report: &NodeReport) -> u64 {
+    report
+        .shards
+        .iter()
+        .map(|shard| shard.connections_tls_failed)
+        .sum()
+}
+
+// ---- served over TLS ----------------------------------------------------------------------
+
+#[test]
+fn a_tls_node_serves_a_tls_client_on_every_shard_port_and_answers_every_event() {
+    let pki = pki("serves");
+    let node = tls_node(&pki, 2, |_| {});
+    let mut config = ClientConfig::new(node.addr());
+    config.tls = Some(tls_client(trusting(&pki.ca)));
+    round_trip(&config, 500).expect("every event is answered over TLS");
+    // Not shard-aware: one connection, the node forwards between its shards.
+    config.shard_aware = false;
+    round_trip(&config, 500).expect("every event is answered over one TLS connection");
+    // By name instead of by IP: the certificate holds both.
+    config.tls = Some(tls_client(TlsClientFiles {
+        server_name: Some("localhost".into()),
+        ..trusting(&pki.ca)
+    }));
+    round_trip(&config, 10).expect("the node proves the name localhost too");
+    let report = node.stop();
+    assert_eq!(tls_failures(&report), 0, "{}", report.describe());
+    let applied: u64 = report
+        .shards
+        .iter()
+        .map(|shard| shard.events_applied + shard.events_applied_for_peers)
+        .sum();
+    assert_eq!(applied, 1010, "{}", report.describe());
+}
+
+#[test]
+fn a_secret_is_proved_inside_tls_and_a_wrong_one_is_refused() {
+    let pki = pki("secret");
+    let node = tls_node(&pki, 1, |config| {
+        config.auth = Some(AuthSecret::from_file_contents(SECRET.as_bytes()).unwrap());
+    });
+    let mut config = ClientConfig::new(node.addr());
+    config.tls = Some(tls_client(trusting(&pki.ca)));
+    config.auth = Some(Arc::new(
+        AuthSecret::from_file_contents(SECRET.as_bytes()).unwrap(),
+    ));
+    round_trip(&config, 100).expect("TLS, then the secret's handshake inside it");
+    config.auth = Some(Arc::new(
+        AuthSecret::from_file_contents(b"not the secret the node was given").unwrap(),
+    ));
+    let text = refusal(&config);
+    assert!(text.contains("does not match"), "{text}");
+    config.auth = None;
+    let text = refusal(&config);
+    assert!(text.contains("requires authentication"), "{text}");
+    let report = node.stop();
+    let shard = &report.shards[0];
+    assert_eq!(
+        shard.connections_unauthenticated,
+        2,
+        "{}",
+        report.describe()
+    );
+    assert_eq!(shard.connections_tls_failed, 0, "{}", report.describe());
+}
+
+// ---- refused, with a reason -----------------------------------------------------------------
+
+#[test]
+fn a_plaintext_client_against_a_tls_node_is_closed_cleanly_and_told_why() {
+    let pki = pki("plaintext-client");
+    let node = tls_node(&pki, 1, |_| {});
+    // Raw: a map request in plain trove frames. The node answers with a TLS alert and closes;
+    // the socket reaches its end (no reset, no hang) well within the read timeout.
+    let mut raw = TcpStream::connect(node.addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.write_all(client::proto::map_request().bytes()).unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let ended = raw.read_to_end(&mut received);
+    assert!(ended.is_ok(), "not a clean close: {ended:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(received.first(), Some(&0x15), "a TLS alert: {received:?}");
+    // The client library names the fix.
+    let text = refusal(&ClientConfig::new(node.addr()));
+    assert!(
+        text.contains("speaks TLS") && text.contains("--tls-ca"),
+        "{text}"
+    );
+    let report = node.stop();
+    assert_eq!(tls_failures(&report), 2, "{}", report.describe());
+}
+
+#[test]
+fn a_tls_client_against_a_plain_node_is_told_the_node_has_no_tls() {
+    let pki = pki("plain-node");
+    let node = Node::start(&NodeConfig::loopback(vec![allowed_cpus()[0]])).unwrap();
+    let mut config = ClientConfig::new(node.addr());
+    config.tls = Some(tls_client(trusting(&pki.ca)));
+    config.connect_timeout = Duration::from_secs(5);
+    let text = refusal(&config);
+    assert!(
+        text.contains("without TLS") && text.contains("--tls-cert"),
+        "{text}"
+    );
+    node.stop();
+}
+
+#[test]
+fn a_node_certificate_the_client_does_not_trust_or_for_another_name_is_refused() {
+    let pki = pki("wrong-ca");
+    let node = tls_node(&pki, 1, |_| {});
+    let mut config = ClientConfig::new(node.addr());
+    config.tls = Some(tls_client(trusting(&pki.other_ca)));
+    let text = refusal(&config);
+    assert!(
+        text.contains("no CA in --tls-ca") && text.contains("other-ca.pem"),
+        "{text}"
+    );
+    config.tls = Some(tls_client(TlsClientFiles {
+        server_name: Some("trove.example".into()),
+        ..trusting(&pki.ca)
+    }));
+    let text = refusal(&config);
+    assert!(
+        text.contains("not valid for the name trove.example") && text.contains("--tls-server-name"),
+        "{text}"
+    );
+    node.stop();
+}
+
+#[test]
+fn a_node_that_requires_client_certificates_serves_only_those_its_ca_signed() {
+    let pki = pki("client-certs");
+    let node = tls_node(&pki, 2, |config| {
+        config.tls = Some(server_config(&pki.node_cert, &pki.node_key, Some(&pki.ca)).unwrap());
+    });
+    let mut config = ClientConfig::new(node.addr());
+    config.tls = Some(tls_client(TlsClientFiles {
+        cert: Some(pki.client_cert.clone()),
+        key: Some(pki.client_key.clone()),
+        ..trusting(&pki.ca)
+    }));
+    round_trip(&config, 100).expect("a client with a certificate from the node's CA is served");
+
+    config.tls = Some(tls_client(trusting(&pki.ca)));
+    let text = refusal(&config);
+    assert!(
+        text.contains("requires a client certificate") && text.contains("--tls-cert"),
+        "{text}"
+    );
+    config.tls = Some(tls_client(TlsClientFiles {
+        cert: Some(pki.other_client_cert.clone()),
+        key: Some(pki.other_client_key.clone()),
+        ..trusting(&pki.ca)
+    }));
+    let text = refusal(&config);
+    assert!(text.contains("refused this client's certificate"), "{text}");
+    let report = node.stop();
+    assert_eq!(tls_failures(&report), 2, "{}", report.describe());
+}
+
+// ---- handshakes that never finish ---------------------------------------------------------
+
+#[test]
+fn a_handshake_that_never_finishes_is_closed_by_the_idle_timeout() {
+    let pki = pki("stalled");
+    let idle = Duration::from_millis(300);
+    let node = tls_node(&pki, 1, |config| config.runtime.idle_timeout = idle);
+    // One says nothing at all; the other starts a ClientHello record and stops mid-way.
+    let silent = TcpStream::connect(node.addr()).unwrap();
+    let mut partial = TcpStream::connect(node.addr()).unwrap();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    for mut stream in [silent, partial] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let started = Instant::now();
+        let ended = stream.read_to_end(&mut Vec::new());
+        let waited = started.elapsed();
+        assert!(ended.is_ok(), "the node kept the connection: {ended:?}");
+        // Well before TLS_HANDSHAKE_MS_MAX: the shard's idle timeout ended it.
+        assert!(
+            waited < Duration::from_millis(trove::constants::TLS_HANDSHAKE_MS_MAX),
+            "closed after {waited:?}"
+        );
+    }
+    let report = node.stop();
+    assert_eq!(
+        report.shards[0].connections_idle_closed,
+        2,
+        "{}",
+        report.describe()
+    );
+}
+
+// ---- the command line ---------------------------------------------------------------------
+
+/// Runs a command to its end, killing it (and failing) past `deadline`.
+fn run_bounded(command: &mut Command, deadline: Duration) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {deadline:?}; stderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn node_refuses(args: &[&str], expected: &[&str]) {
+    let output = run_bounded(
+        trove()
+            .args([
+                "node",
+                "--metrics-listen",
+                "off",
+                "--port",
+                "0",
+                "--shards",
+                "1",
+            ])
+            .args(args),
+        Duration::from_secs(20),
+    );
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {text}");
+    assert_eq!(text.trim().lines().count(), 1, "one sentence: {text}");
+    for word in expected {
+        assert!(text.contains(word), "{args:?}: no `{word}` in {text}");
+    }
+}
+
+#[test]
+fn bad_tls_files_stop_the_node_with_exit_2_and_one_sentence() {
+    let pki = pki("bad-files");
+    let path = |path: &Path| path.to_str().unwrap().to_owned();
+    let (cert, key) = (path(&pki.node_cert), path(&pki.node_key));
+    let missing = path(&pki.dir.join("missing.pem"));
+    node_refuses(
+        &["--tls-cert", &missing, "--tls-key", &key],
+        &["--tls-cert", "missing.pem", "cannot read it"],
+    );
+    node_refuses(
+        &["--tls-cert", &cert, "--tls-key", &missing],
+        &["--tls-key", "missing.pem", "cannot read it"],
+    );
+    // A key that belongs to another certificate.
+    node_refuses(
+        &["--tls-cert", &cert, "--tls-key", &path(&pki.client_key)],
+        &["--tls-key", "does not go with the certificate"],
+    );
+    // Files swapped: no certificate where one is expected.
+    node_refuses(
+        &["--tls-cert", &key, "--tls-key", &cert],
+        &["--tls-cert", "holds no certificate"],
+    );
+    node_refuses(
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &missing,
+        ],
+        &["--tls-client-ca", "cannot read it"],
+    );
+    // TLS alone authenticates no client: off loopback it needs a secret or client certificates.
+    node_refuses(
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--listen",
+            "0.0.0.0",
+        ],
+        &[
+            "lets any client in",
+            "--tls-client-ca",
+            "--auth-secret-file",
+        ],
+    );
+}
+
+/// A `trove node` child process, killed when dropped.
+struct NodeProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl NodeProcess {
+    fn start(args: &[&str]) -> NodeProcess {
+        let mut child = trove()
+            .args(["node", "--metrics-listen", "off", "--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut banner = String::new();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        // The banner comes at once or never (the node then exits and the pipe ends).
+        stdout.read_line(&mut banner).unwrap();
+        assert!(banner.contains("(TLS"), "the banner says TLS: {banner}");
+        let addr = banner
+            .split_whitespace()
+            .find_map(|word| word.parse().ok())
+            .unwrap_or_else(|| panic!("no address in `{banner}`"));
+        NodeProcess { child, addr }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn trove_bench_drives_a_tls_node_with_a_secret_and_every_event_is_answered() {
+    let pki = pki("bench");
+    let secret = pki.dir.join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let path = |path: &Path| path.to_str().unwrap().to_owned();
+    let node = NodeProcess::start(&[
+        "--shards",
+        "2",
+        "--tls-cert",
+        &path(&pki.node_cert),
+        "--tls-key",
+        &path(&pki.node_key),
+        "--tls-client-ca",
+        &path(&pki.ca),
+        "--auth-secret-file",
+        &path(&secret),
+    ]);
+    let out = pki.dir.join("bench");
+    let output = run_bounded(
+        trove()
+            .args(["bench", "--target", &node.addr.to_string()])
+            .args(["--tls-ca", &path(&pki.ca), "--tls-server-name", "localhost"])
+            .args(["--tls-cert", &path(&pki.client_cert)])
+            .args(["--tls-key", &path(&pki.client_key)])
+            .args(["--auth-secret-file", &path(&secret)])
+            .args(["--warmup", "0", "--duration", "1", "--connections", "2"])
+            .args(["--hunts", "50", "--players", "10", "--quiet", "--out"])
+            .arg(&out),
+        Duration::from_secs(60),
+    );
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let events = &summary["main"]["events"];
+    let count = |name: &str| events[name].as_u64().unwrap();
+    let sent = count("sent");
+    assert!(sent > 0, "{summary}");
+    let answered = count("acknowledged") + count("rejected") + count("busy");
+    assert_eq!(answered, sent, "{summary}");
+    assert_eq!(count("errors"), 0, "{summary}");
+
+    // Without its certificate the bench is refused, with the reason, not a hang.
+    let output = run_bounded(
+        trove()
+            .args(["bench", "--target", &node.addr.to_string()])
+            .args(["--tls-ca", &path(&pki.ca), "--tls-server-name", "localhost"])
+            .args(["--auth-secret-file", &path(&secret)])
+            .args(["--warmup", "0", "--duration", "1", "--quiet"]),
+        Duration::from_secs(60),
+    );
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("requires a client certificate"), "{text}");
+}
+
+#[test]
+fn bench_tls_flags_need_a_target_and_good_files() {
+    let pki = pki("bench-flags");
+    let path = |path: &Path| path.to_str().unwrap().to_owned();
+    // An embedded node has no TLS: --tls-ca without --target is a usage error.
+    let output = run_bounded(
+        trove().args(["bench", "--tls-ca", &path(&pki.ca), "--duration", "1"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let missing = path(&pki.dir.join("missing.pem"));
+    let output = run_bounded(
+        trove().args(["bench", "--target", "127.0.0.1:9", "--tls-ca", &missing]),
+        Duration::from_secs(20),
+    );
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("--tls-ca") && text.contains("missing.pem"),
+        "{text}"
+    );
+}
