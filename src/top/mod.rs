@@ -191,10 +191,12 @@ fn draw(frame: &mut ratatui::Frame, rows: &[ShardRow], errors: &[String]) {
         "BUSY/S",
         "CONNS",
         "STALL",
+        "UTIL",
+        "STALLS/S",
     ])
     .style(Style::default().add_modifier(Modifier::REVERSED));
     let lines = rows.iter().map(|row| {
-        let style = if row.stalled() || row.credit_use >= 0.95 {
+        let style = if row.stalled() || row.credit_use >= 0.95 || row.stalls_per_s > 0.0 {
             Style::default().fg(Color::Red)
         } else if row.credit_use >= 0.5 || row.credit_waits_per_s + row.busy_per_s > 0.0 {
             Style::default().fg(Color::Yellow)
@@ -217,6 +219,8 @@ fn draw(frame: &mut ratatui::Frame, rows: &[ShardRow], errors: &[String]) {
             } else {
                 "no".into()
             },
+            view::short_percent(row.utilisation),
+            view::short_rate(row.stalls_per_s),
         ])
         .style(style)
     });
@@ -232,6 +236,8 @@ fn draw(frame: &mut ratatui::Frame, rows: &[ShardRow], errors: &[String]) {
         Constraint::Length(7),
         Constraint::Length(5),
         Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(8),
     ];
     frame.render_widget(
         Table::new(lines, widths)

@@ -10,7 +10,7 @@
 //! event without credit is answered `Busy` instead. Once the shard stops, events are answered
 //! `Error { ShuttingDown }` instead of being admitted. Shard-local.
 
-use crate::constants::{CONNECTION_BACKLOG_BYTES_MAX, EVENT_BYTES_MAX};
+use crate::constants::{CONNECTION_BACKLOG_BYTES_MAX, EVENT_BYTES_MAX, FRAME_HEADER_BYTES};
 use crate::core::codec::{
     FrameError, FrameHeader, FrameKind, Records, access_record, access_validated,
 };
@@ -76,6 +76,7 @@ impl ShardCore {
             FrameKind::MapRequest => {
                 Records::parse(header.kind, body)?;
                 self.stats.frames_received += 1;
+                self.stats.traffic.bytes_received += (FRAME_HEADER_BYTES + body.len()) as u64;
                 self.queue_map(id);
                 Ok(FrameProgress::Done)
             }
@@ -96,6 +97,7 @@ impl ShardCore {
             Some(progress) => (progress.records_done as usize, progress.arrived_ns),
             None => {
                 self.stats.frames_received += 1;
+                self.stats.traffic.bytes_received += (FRAME_HEADER_BYTES + body.len()) as u64;
                 (0, now_ns)
             }
         };
@@ -162,6 +164,7 @@ impl ShardCore {
                 self.take_socket_credit(id, credit);
                 let reply = self.apply(local, event);
                 self.stats.events_applied += 1;
+                self.stats.events.count(&event.kind, &reply.outcome);
                 self.queue_reply(id, &reply, credit);
             }
             Route::Shard(owner) => {
@@ -221,6 +224,7 @@ impl ShardCore {
     }
 
     fn answer_uncredited(&mut self, id: ConnectionId, event: &ArchivedEvent, outcome: Outcome) {
+        self.stats.events.count(&event.kind, &outcome);
         let reply = reply_to(event, outcome);
         self.queue_reply(id, &reply, Credit::ZERO);
     }

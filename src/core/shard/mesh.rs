@@ -211,6 +211,11 @@ impl Peer {
     pub fn closed(&self) -> bool {
         self.closed
     }
+
+    /// Batches waiting for the channel, the one being filled included.
+    pub fn batches_queued(&self) -> usize {
+        self.outbox.len()
+    }
 }
 
 impl ShardCore {
@@ -287,6 +292,7 @@ impl ShardCore {
                 }
                 Err(outcome) => reply_to(event, outcome),
             };
+            self.stats.events.count(&event.kind, &reply.outcome);
             let peer = self.peers[from.index()].as_mut().expect("a peer");
             peer.filling(now_ns, MeshBatch::replies)
                 .push_reply(&reply, entry);
