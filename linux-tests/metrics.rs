@@ -693,3 +693,136 @@ fn an_embedded_bench_serves_metrics_and_its_summary_carries_the_node_s_counters_
         "{summary}"
     );
 }
+
+/// The metrics address each node of cluster `name` registered in etcd, once `count` have.
+fn registered_metrics(etcd: &str, name: &str, count: usize) -> Vec<SocketAddr> {
+    use trove::cluster::coordinator::{ClusterView, Request, Response};
+    let keys = trove::cluster::keys::ClusterKeys::new(name).unwrap();
+    let mut client =
+        trove::cluster::etcd::EtcdClient::new(vec![etcd.to_owned()], Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let request = Request::RangePrefix {
+            prefix: keys.prefix().to_owned(),
+        };
+        if let Ok(Response::Range { revision, kvs }) = client.execute(&request) {
+            let view = ClusterView::from_range(&keys, revision, &kvs);
+            let addrs: Vec<SocketAddr> = view
+                .nodes
+                .values()
+                .filter_map(|entry| entry.info.metrics.as_ref()?.parse().ok())
+                .collect();
+            if addrs.len() == count {
+                return addrs;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{count} nodes never registered their /metrics in 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A node-level gauge of a scrape (no `shard` label), by name.
+fn node_gauge(scrape: &prometheus_parse::Scrape, name: &str) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|sample| sample.metric == name)
+        .and_then(|sample| match sample.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+#[test]
+fn cluster_nodes_serve_their_standing_and_top_finds_them_through_etcd() {
+    use trove::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess, find_on_path};
+    let test = "cluster_nodes_serve_their_standing_and_top_finds_them_through_etcd";
+    if find_on_path("etcd").is_none() {
+        println!("{test}: skipped: etcd is not installed (Debian: apt-get install etcd-server)");
+        return;
+    }
+    let _serial = one_at_a_time();
+    const PARTITIONS: u32 = 16;
+    let etcd = EtcdProcess::start().expect("etcd starts");
+    let _nodes: Vec<NodeProcess> = (1..=2)
+        .map(|node_id| {
+            NodeProcess::start(&LocalNodeConfig {
+                trove: env!("CARGO_BIN_EXE_trove").into(),
+                etcd: etcd.endpoint(),
+                cluster_name: "metrics".into(),
+                node_id,
+                shards: 1,
+                partitions: PARTITIONS,
+                lease_ttl_s: 3,
+            })
+            .expect("the node starts")
+        })
+        .collect();
+    let metrics = registered_metrics(&etcd.endpoint(), "metrics", 2);
+    // Once the controller has placed every partition, the nodes' own accounts add up: every
+    // partition owned by one of them, one controller, valid leases, nothing offline.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let scrapes = loop {
+        let scrapes: Vec<prometheus_parse::Scrape> = metrics.iter().map(|&m| scrape(m)).collect();
+        let sum = |name: &str| -> f64 {
+            scrapes
+                .iter()
+                .map(|s| node_gauge(s, name).unwrap_or(0.0))
+                .sum()
+        };
+        let placed = sum("trove_cluster_partitions_owned") == f64::from(PARTITIONS)
+            && sum("trove_cluster_partitions_moving") == 0.0
+            && sum("trove_cluster_controller") == 1.0;
+        if placed {
+            break scrapes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes never reported every partition placed in 20 s: owned {}, moving {}, controllers {}",
+            sum("trove_cluster_partitions_owned"),
+            sum("trove_cluster_partitions_moving"),
+            sum("trove_cluster_controller")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    for scrape in &scrapes {
+        let lease_left = node_gauge(scrape, "trove_cluster_lease_left_seconds").unwrap();
+        assert!(lease_left > 0.0 && lease_left <= 3.0, "{lease_left}");
+        assert!(node_gauge(scrape, "trove_cluster_map_epoch").unwrap() > 0.0);
+        assert_eq!(node_gauge(scrape, "trove_cluster_partitions_offline"), Some(0.0));
+        assert_eq!(node_gauge(scrape, "trove_cluster_etcd_reachable"), Some(1.0));
+    }
+    // trove top finds both nodes through etcd and shows each one's shard.
+    let output = trove()
+        .args(["top", "--once", "--cluster", &etcd.endpoint()])
+        .args(["--cluster-name", "metrics"])
+        .output()
+        .expect("trove runs");
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut shown: Vec<String> = table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    shown.sort();
+    let mut expected: Vec<String> = metrics.iter().map(SocketAddr::to_string).collect();
+    expected.sort();
+    assert_eq!(shown, expected, "{table}");
+    // A cluster name nobody registered under: exit 1, and a sentence that says so.
+    let output = trove()
+        .args(["top", "--once", "--cluster", &etcd.endpoint()])
+        .args(["--cluster-name", "nobody"])
+        .output()
+        .expect("trove runs");
+    assert_eq!(output.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("no node is registered"), "{said}");
+}

@@ -217,9 +217,16 @@ pub fn run(args: &NodeArgs) -> i32 {
     let control = match &cluster {
         None => None,
         Some(plan) => {
-            match plan.start(config.runtime.partitions, node.addr(), node.shard_addrs()) {
+            let partitions = config.runtime.partitions;
+            match plan.start(
+                partitions,
+                node.addr(),
+                node.shard_addrs(),
+                node.metrics_addr(),
+            ) {
                 Ok(control) => {
                     let _ = writeln!(stdout, "{}", plan.describe());
+                    node.watch_cluster(control.metrics_source());
                     let reporter = super::cluster::spawn_reporter(&control, plan.node());
                     Some((control, reporter))
                 }
