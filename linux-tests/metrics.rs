@@ -78,10 +78,27 @@ impl ChildNode {
     }
 }
 
+/// How long a node may take to stop after SIGINT before the test kills it.
+const NODE_STOP_WAIT: Duration = Duration::from_secs(15);
+
 impl Drop for ChildNode {
     fn drop(&mut self) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + NODE_STOP_WAIT;
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Not a panic: this may run while a failed test unwinds. The stop itself is the
+        // node tests' subject; here the node must just not outlive the test.
+        eprintln!(
+            "trove node {} did not stop within {NODE_STOP_WAIT:?} of SIGINT; killed",
+            self.child.id()
+        );
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }

@@ -298,6 +298,18 @@ impl NodeCollector {
 
     fn executor(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let mut family = encoder.encode_descriptor(
+            "credit_wait_seconds",
+            "Seconds frames spent stopped for credit (socket or mesh) before they went on, summed over the connections: two waiting at once count twice.",
+            None,
+            MetricType::Counter,
+        )?;
+        for shard in &self.shards {
+            let wait_s = shard.snapshot.counters.credit_wait_ns as f64 / 1e9;
+            family
+                .encode_family(&self.shard_labels(shard))?
+                .encode_counter::<NoLabelSet, f64, u64>(&wait_s, None)?;
+        }
+        let mut family = encoder.encode_descriptor(
             "executor_busy_seconds",
             "Seconds the shard's executor spent running tasks and polling for I/O (not sleeping or spinning); its rate is the executor's utilisation, 0 to 1.",
             None,
@@ -651,6 +663,7 @@ mod tests {
         };
         snapshot.counters.events_applied = 42;
         snapshot.counters.executor_busy_ns = 1_500_000_000;
+        snapshot.counters.credit_wait_ns = 250_000_000;
         snapshot.counters.connections_idle_closed = 2;
         snapshot.gauges.mesh_batches_queued = 4;
         snapshot.events = tally_of(
@@ -702,6 +715,7 @@ mod tests {
                 "trove_events_rejected_total{{{n},shard=\"1\",kind=\"join\",reason=\"already_joined\"}} 1"
             ),
             format!("trove_executor_busy_seconds_total{{{n},shard=\"1\"}} 1.5"),
+            format!("trove_credit_wait_seconds_total{{{n},shard=\"1\"}} 0.25"),
             format!("trove_connections_closed_total{{{n},shard=\"1\",reason=\"idle\"}} 2"),
             format!("trove_mesh_batches_queued{{{n},shard=\"1\"}} 4.0"),
             format!("trove_cluster_lease_left_seconds{{{n},node_id=\"7\"}} 4.5"),

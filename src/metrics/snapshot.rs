@@ -44,6 +44,8 @@ pub struct ShardCounters {
     pub socket_credit_waits: u64,
     /// Times a forward found no mesh credit at its owner and waited.
     pub mesh_credit_waits: u64,
+    /// Nanoseconds frames spent stopped for credit, summed over the connections.
+    pub credit_wait_ns: u64,
     /// Nanoseconds the shard's executor spent running tasks and polling for I/O (not
     /// sleeping, not spinning): its rate is the executor's utilisation.
     pub executor_busy_ns: u64,

@@ -80,6 +80,7 @@ pub fn snapshot_of(
         connections_evicted: stats.connections_evicted,
         socket_credit_waits: stats.socket_credit_waits,
         mesh_credit_waits: stats.mesh_credit_waits,
+        credit_wait_ns: stats.credit_wait_ns,
         executor_busy_ns: executor.busy_ns,
         stalls: executor.stalls.count,
         stall_worst_ns: executor.stalls.worst_overage_ns,

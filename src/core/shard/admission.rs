@@ -94,7 +94,10 @@ impl ShardCore {
         let records = Records::parse(FrameKind::Events, body)?;
         let progress = self.connections.get(id).and_then(|c| c.frame);
         let (first, arrived_ns) = match progress {
-            Some(progress) => (progress.records_done as usize, progress.arrived_ns),
+            Some(progress) => {
+                self.stats.credit_wait_ns += now_ns.saturating_sub(progress.blocked_ns);
+                (progress.records_done as usize, progress.arrived_ns)
+            }
             None => {
                 self.stats.frames_received += 1;
                 self.stats.traffic.bytes_received += (FRAME_HEADER_BYTES + body.len()) as u64;
@@ -115,6 +118,7 @@ impl ShardCore {
                     arrived_ns,
                     blocked_on: need,
                     blocked_peer: peer,
+                    blocked_ns: now_ns,
                 });
                 return Ok(FrameProgress::Blocked);
             }

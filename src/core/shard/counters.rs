@@ -74,6 +74,9 @@ pub struct ShardStats {
     pub events: EventTally,
     /// Frames and bytes through the shard's client sockets.
     pub traffic: Traffic,
+    /// Nanoseconds frames spent stopped for credit before they went on, summed over the
+    /// connections (two waiting at once count twice).
+    pub credit_wait_ns: u64,
 }
 
 /// What the stall detector saw on one shard.

@@ -1071,3 +1071,31 @@ fn answers_without_applying_are_counted_where_they_are_decided() {
         1
     );
 }
+
+#[test]
+fn the_time_a_frame_waits_for_credit_is_counted_until_it_goes_on() {
+    let config = config(
+        1,
+        Credit::new(100, BIG),
+        Credit::new(2, BIG),
+        Credit::new(BIG, BIG),
+    );
+    let mut core = cores(1, &config).remove(0);
+    let conn = core.handle_connect(0).unwrap();
+    let events: Vec<Event> = (0..6).map(|seq| join(seq, HuntId(1))).collect();
+    let sent = frame(&events, 1);
+    let Ok(Decoded::Frame { header, body, .. }) = decode_frame(&sent) else {
+        panic!("a whole frame")
+    };
+    let offer_at = |core: &mut ShardCore, now_ns: u64| {
+        let progress = core.handle_frame(now_ns, conn, &header, body).unwrap();
+        write_all(core, conn);
+        progress
+    };
+    // Stopped at 1 µs, on again at 6 µs, stopped again, done at 10 µs: 5 + 4 µs waiting.
+    assert_eq!(offer_at(&mut core, 1_000), FrameProgress::Blocked);
+    assert_eq!(core.counters().credit_wait_ns, 0);
+    assert_eq!(offer_at(&mut core, 6_000), FrameProgress::Blocked);
+    assert_eq!(offer_at(&mut core, 10_000), FrameProgress::Done);
+    assert_eq!(core.counters().credit_wait_ns, 9_000);
+}
