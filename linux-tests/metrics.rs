@@ -78,12 +78,40 @@ impl ChildNode {
     }
 }
 
+/// How long a node may take to stop after SIGINT before the test kills it.
+const NODE_STOP_WAIT: Duration = Duration::from_secs(15);
+
 impl Drop for ChildNode {
     fn drop(&mut self) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + NODE_STOP_WAIT;
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Not a panic: this may run while a failed test unwinds. The stop itself is the
+        // node tests' subject; here the node must just not outlive the test.
+        eprintln!(
+            "trove node {} did not stop within {NODE_STOP_WAIT:?} of SIGINT; killed",
+            self.child.id()
+        );
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A child's resident memory, from `/proc/PID/status`.
+fn rss_bytes(child: &Child) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
 }
 
 /// One HTTP/1.1 exchange over loopback: the status code and the body.
@@ -272,25 +300,54 @@ fn the_counters_add_up_to_what_the_bench_sent() {
     assert_eq!(total(&after, "trove_frames_rejected_total"), 0.0);
     assert_eq!(total(&after, "trove_busy_replies_total"), 0.0);
     assert_eq!(total(&after, "trove_config_shards"), 2.0);
-    // Every series the dashboard and the alert rules name is one a node serves.
-    for file in [
-        "tuning/monitoring/alerts.yml",
-        "tuning/monitoring/dashboard.json",
-    ] {
-        let text = std::fs::read_to_string(repo(file)).unwrap();
-        for (start, _) in text.match_indices("trove_") {
-            let name: String = text[start..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            let served = after.samples.iter().any(|sample| {
-                sample.metric == name
-                    || (sample.metric.starts_with("trove_stage_latency_seconds")
-                        && name.starts_with("trove_stage_latency_seconds"))
-            });
-            assert!(served, "{file} names {name}, which no node serves");
-        }
+    // What became of each event, by the node's account and by the bench's own.
+    let outcome = |name: &str| -> f64 {
+        after
+            .samples
+            .iter()
+            .filter(|s| s.metric == "trove_events_total" && s.labels.get("outcome") == Some(name))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => panic!("{s:?}"),
+            })
+            .sum()
+    };
+    let setup = (HUNTS * (1 + PLAYERS)) as f64;
+    let bench_count = |field: &str| events[field].as_u64().unwrap() as f64;
+    assert_eq!(total(&after, "trove_events_total"), expected);
+    assert_eq!(outcome("accepted"), bench_count("acknowledged") + setup);
+    assert_eq!(outcome("rejected"), bench_count("rejected"));
+    assert_eq!(
+        total(&after, "trove_events_rejected_total"),
+        bench_count("rejected")
+    );
+    for not_applied in ["busy", "unavailable", "moved", "shutting_down"] {
+        assert_eq!(outcome(not_applied), 0.0, "{not_applied}");
     }
+    // Bytes each way: at least a frame header per frame in, something out.
+    assert!(
+        total(&after, "trove_bytes_received_total")
+            >= 32.0 * total(&after, "trove_frames_received_total")
+    );
+    assert!(total(&after, "trove_bytes_sent_total") > 0.0);
+    assert!(total(&after, "trove_frames_sent_total") > 0.0);
+    // Both executors ran; neither has anything queued once the bench is over.
+    for sample in after
+        .samples
+        .iter()
+        .filter(|s| s.metric == "trove_executor_busy_seconds_total")
+    {
+        assert!(
+            matches!(sample.value, prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) if v > 0.0),
+            "{sample:?}"
+        );
+    }
+    assert_eq!(total(&after, "trove_mesh_batches_queued"), 0.0);
+    assert_eq!(total(&after, "trove_reply_bytes_queued"), 0.0);
+    // Every series the dashboard and the alert rules name is one a node serves (the
+    // cluster's: a node in a cluster, see the cluster test).
+    let (_, text) = get(node.metrics, "/metrics");
+    assert_names_served(&text, |name| !name.starts_with("trove_cluster_"));
     // Every histogram's +Inf bucket holds its count.
     for sample in after
         .samples
@@ -315,6 +372,41 @@ fn the_counters_add_up_to_what_the_bench_sent() {
             })
             .unwrap();
         assert_eq!(inf, count, "{sample:?}");
+    }
+}
+
+/// Whether `text` (an exposition) serves the series `name`: a sample of it, or its family's
+/// `# HELP` line (a family whose labelled series appear once they count something).
+fn serves(text: &str, name: &str) -> bool {
+    let family = name.strip_suffix("_total").unwrap_or(name);
+    text.lines().any(|line| {
+        line.strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            || line.starts_with(&format!("# HELP {name} "))
+            || line.starts_with(&format!("# HELP {family} "))
+    })
+}
+
+/// Asserts that every `trove_*` series the alert rules and the dashboard name (and `check`
+/// selects) is one `text` serves.
+fn assert_names_served(text: &str, check: impl Fn(&str) -> bool) {
+    for file in [
+        "tuning/monitoring/alerts.yml",
+        "tuning/monitoring/dashboard.json",
+    ] {
+        let source = std::fs::read_to_string(repo(file)).unwrap();
+        for (start, _) in source.match_indices("trove_") {
+            let name: String = source[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if check(&name) {
+                assert!(
+                    serves(text, &name),
+                    "{file} names {name}, which no node serves"
+                );
+            }
+        }
     }
 }
 
@@ -515,7 +607,8 @@ fn slow_clients_and_bursts_of_scrapes_are_bounded() {
         started.elapsed()
     );
     // 1,000 scrapes in bursts of 100 at once: each is answered, 200 with the exposition or
-    // 503 when every slot is taken, and never anything else.
+    // 503 when every slot is taken, and never anything else; the node's memory stays put.
+    let rss_before = rss_bytes(&node.child);
     let mut served = 0;
     let mut refused = 0;
     for _burst in 0..10 {
@@ -540,6 +633,13 @@ fn slow_clients_and_bursts_of_scrapes_are_bounded() {
         }
     }
     assert_eq!(served + refused, 1000);
+    // Each of METRICS_CONNECTIONS_MAX (64) slots holds at most a request head (8 KiB) and one
+    // answer (tens of KiB for two shards); the bound is several times that.
+    let growth = rss_bytes(&node.child).saturating_sub(rss_before);
+    assert!(
+        growth < 16 << 20,
+        "the node grew by {growth} bytes serving 1,000 scrapes"
+    );
     assert!(
         served >= 500,
         "only {served} of 1000 scrapes were served ({refused} refused)"
@@ -692,4 +792,145 @@ fn an_embedded_bench_serves_metrics_and_its_summary_carries_the_node_s_counters_
         sum("events_forwarded"),
         "{summary}"
     );
+}
+
+/// The metrics address each node of cluster `name` registered in etcd, once `count` have.
+fn registered_metrics(etcd: &str, name: &str, count: usize) -> Vec<SocketAddr> {
+    use trove::cluster::coordinator::{ClusterView, Request, Response};
+    let keys = trove::cluster::keys::ClusterKeys::new(name).unwrap();
+    let mut client =
+        trove::cluster::etcd::EtcdClient::new(vec![etcd.to_owned()], Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let request = Request::RangePrefix {
+            prefix: keys.prefix().to_owned(),
+        };
+        if let Ok(Response::Range { revision, kvs }) = client.execute(&request) {
+            let view = ClusterView::from_range(&keys, revision, &kvs);
+            let addrs: Vec<SocketAddr> = view
+                .nodes
+                .values()
+                .filter_map(|entry| entry.info.metrics.as_ref()?.parse().ok())
+                .collect();
+            if addrs.len() == count {
+                return addrs;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{count} nodes never registered their /metrics in 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A node-level gauge of a scrape (no `shard` label), by name.
+fn node_gauge(scrape: &prometheus_parse::Scrape, name: &str) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|sample| sample.metric == name)
+        .and_then(|sample| match sample.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+#[test]
+fn cluster_nodes_serve_their_standing_and_top_finds_them_through_etcd() {
+    use trove::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess, find_on_path};
+    let test = "cluster_nodes_serve_their_standing_and_top_finds_them_through_etcd";
+    if find_on_path("etcd").is_none() {
+        println!("{test}: skipped: etcd is not installed (Debian: apt-get install etcd-server)");
+        return;
+    }
+    let _serial = one_at_a_time();
+    const PARTITIONS: u32 = 16;
+    let etcd = EtcdProcess::start().expect("etcd starts");
+    let _nodes: Vec<NodeProcess> = (1..=2)
+        .map(|node_id| {
+            NodeProcess::start(&LocalNodeConfig {
+                trove: env!("CARGO_BIN_EXE_trove").into(),
+                etcd: etcd.endpoint(),
+                cluster_name: "metrics".into(),
+                node_id,
+                shards: 1,
+                partitions: PARTITIONS,
+                lease_ttl_s: 3,
+            })
+            .expect("the node starts")
+        })
+        .collect();
+    let metrics = registered_metrics(&etcd.endpoint(), "metrics", 2);
+    // Once the controller has placed every partition, the nodes' own accounts add up: every
+    // partition owned by one of them, one controller, valid leases, nothing offline.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let scrapes = loop {
+        let scrapes: Vec<prometheus_parse::Scrape> = metrics.iter().map(|&m| scrape(m)).collect();
+        let sum = |name: &str| -> f64 {
+            scrapes
+                .iter()
+                .map(|s| node_gauge(s, name).unwrap_or(0.0))
+                .sum()
+        };
+        let placed = sum("trove_cluster_partitions_owned") == f64::from(PARTITIONS)
+            && sum("trove_cluster_partitions_moving") == 0.0
+            && sum("trove_cluster_controller") == 1.0;
+        if placed {
+            break scrapes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes never reported every partition placed in 20 s: owned {}, moving {}, controllers {}",
+            sum("trove_cluster_partitions_owned"),
+            sum("trove_cluster_partitions_moving"),
+            sum("trove_cluster_controller")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let (_, text) = get(metrics[0], "/metrics");
+    assert_names_served(&text, |name| name.starts_with("trove_cluster_"));
+    for scrape in &scrapes {
+        let lease_left = node_gauge(scrape, "trove_cluster_lease_left_seconds").unwrap();
+        assert!(lease_left > 0.0 && lease_left <= 3.0, "{lease_left}");
+        assert!(node_gauge(scrape, "trove_cluster_map_epoch").unwrap() > 0.0);
+        assert_eq!(
+            node_gauge(scrape, "trove_cluster_partitions_offline"),
+            Some(0.0)
+        );
+        assert_eq!(
+            node_gauge(scrape, "trove_cluster_etcd_reachable"),
+            Some(1.0)
+        );
+    }
+    // trove top finds both nodes through etcd and shows each one's shard.
+    let output = trove()
+        .args(["top", "--once", "--cluster", &etcd.endpoint()])
+        .args(["--cluster-name", "metrics"])
+        .output()
+        .expect("trove runs");
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut shown: Vec<String> = table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    shown.sort();
+    let mut expected: Vec<String> = metrics.iter().map(SocketAddr::to_string).collect();
+    expected.sort();
+    assert_eq!(shown, expected, "{table}");
+    // A cluster name nobody registered under: exit 1, and a sentence that says so.
+    let output = trove()
+        .args(["top", "--once", "--cluster", &etcd.endpoint()])
+        .args(["--cluster-name", "nobody"])
+        .output()
+        .expect("trove runs");
+    assert_eq!(output.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("no node is registered"), "{said}");
 }

@@ -385,11 +385,12 @@ pub const MESH_BATCH_OVERHEAD_BYTES_MAX: usize =
 /// STAGE_LATENCY_NS_MAX, 3)`): its counters, 8 bytes each, and its fields, 221 280 bytes as
 /// measured by a unit test (`core::shard::counters`), plus the allocator's share.
 pub const STAGE_HISTOGRAM_BYTES_MAX: usize = 220 * 1024;
-/// Stage histograms alive per shard: the shard's two, a snapshot's two while it is taken,
-/// two for each snapshot queued to the housekeeping thread, and two in the latest snapshot
-/// the housekeeping thread keeps of the shard.
-pub const STAGE_HISTOGRAMS_PER_SHARD_MAX: usize =
-    2 * (1 + 1 + METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX + 1);
+/// Stage histograms alive per shard: the shard's two, and a copy's two while its stats are
+/// taken whole (the stop report). Metrics snapshots carry classic buckets, not these.
+pub const STAGE_HISTOGRAMS_PER_SHARD_MAX: usize = 2 * (1 + 1);
+/// Metrics snapshots alive per shard: one being taken, those queued to the housekeeping
+/// thread, and the latest one the housekeeping thread keeps.
+pub const METRICS_SNAPSHOTS_PER_SHARD_MAX: usize = 1 + METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX + 1;
 /// One connection's state on its shard (`Option<core::shard::connections::Connection>`),
 /// without its buffers.
 pub const CONNECTION_STATE_BYTES_MAX: usize = 320;
@@ -405,7 +406,8 @@ pub const SHARD_IO_BYTES_MAX: usize = CONNECTIONS_PER_SHARD_MAX * CONNECTION_STA
     + 2 * MESH_EVENTS_INFLIGHT_MAX as usize * (ARCHIVE_ALIGN + BATCH_ENTRY_BYTES) // their alignment padding and batch entries
     + 2 * MESH_EVENTS_INFLIGHT_MAX as usize * (REPLY_BYTES_MAX + BATCH_ENTRY_BYTES) // replies to those, waiting to go back
     + 2 * MESH_EVENTS_INFLIGHT_MAX as usize * MESH_BATCH_OVERHEAD_BYTES_MAX // every event and reply alone in its batch
-    + STAGE_HISTOGRAMS_PER_SHARD_MAX * STAGE_HISTOGRAM_BYTES_MAX // stage histograms and their snapshots
+    + STAGE_HISTOGRAMS_PER_SHARD_MAX * STAGE_HISTOGRAM_BYTES_MAX // stage histograms and a copy
+    + METRICS_SNAPSHOTS_PER_SHARD_MAX * METRICS_SNAPSHOT_BYTES_MAX // metrics snapshots
     + HUNT_GROWTH_SLACK_BYTES_MAX // a player table doubling
     + SHARD_IO_MEMORY_BYTES; // glommio's registered io_uring buffers
 
@@ -675,6 +677,10 @@ const _: () = assert!(CLUSTER_NODES_MAX <= u32::MAX as usize);
 pub const METRICS_PORT_DEFAULT: u16 = 9700;
 /// How often each shard hands its snapshot to the housekeeping thread, in milliseconds.
 pub const METRICS_SNAPSHOT_MS_DEFAULT: u64 = 1_000;
+/// Largest snapshot a shard hands the housekeeping thread (`metrics::ShardSnapshot`, plain
+/// values with no heap: counters, gauges, events by kind and outcome, stage latencies as
+/// classic buckets); checked by a unit test. About 1.7 KiB today.
+pub const METRICS_SNAPSHOT_BYTES_MAX: usize = 4 * 1024;
 /// Snapshots of one shard that may wait in the channel to the housekeeping thread; a shard
 /// whose snapshot finds the channel full drops it (and counts the drop) rather than wait.
 pub const METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX: usize = 2;

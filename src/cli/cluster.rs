@@ -98,19 +98,22 @@ impl ClusterNodeArgs {
 }
 
 impl ClusterPlan {
-    /// Starts the control thread of a node listening on `addr` and `shard_addrs`.
+    /// Starts the control thread of a node listening on `addr` and `shard_addrs`, serving
+    /// `/metrics` on `metrics` if at all.
     pub fn start(
         &self,
         partitions: u32,
         addr: SocketAddr,
         shard_addrs: &[SocketAddr],
         on_change: ServingChange,
+        metrics: Option<SocketAddr>,
     ) -> Result<ControlHandle, String> {
         let info = NodeInfo {
             address: self.advertise.clone(),
             port: addr.port(),
             shard_ports: shard_addrs.iter().map(SocketAddr::port).collect(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            metrics: metrics.map(|metrics| self.advertised_metrics(metrics)),
         };
         let coordinator = CoordinatorConfig {
             keys: self.keys.clone(),
@@ -128,6 +131,19 @@ impl ClusterPlan {
             },
             on_change,
         )
+    }
+
+    /// Where others reach the node's `/metrics`: the address it is bound to, or the
+    /// advertised host when it listens on every address (0.0.0.0, ::).
+    fn advertised_metrics(&self, metrics: SocketAddr) -> String {
+        if !metrics.ip().is_unspecified() {
+            return metrics.to_string();
+        }
+        if self.advertise.contains(':') && !self.advertise.starts_with('[') {
+            format!("[{}]:{}", self.advertise, metrics.port())
+        } else {
+            format!("{}:{}", self.advertise, metrics.port())
+        }
     }
 
     /// This node's id in the cluster.

@@ -321,9 +321,11 @@ pub fn run(args: &NodeArgs) -> i32 {
                 node.addr(),
                 node.shard_addrs(),
                 on_change,
+                node.metrics_addr(),
             ) {
                 Ok(control) => {
                     let _ = writeln!(stdout, "{}", plan.describe());
+                    node.watch_cluster(control.metrics_source());
                     let reporter = super::cluster::spawn_reporter(&control, plan.node());
                     Some((control, reporter))
                 }

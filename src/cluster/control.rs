@@ -13,7 +13,10 @@
 //!   (times in the handle's own monotonic clock, [`ControlHandle::now_ns`]);
 //! - [`ControlHandle::events`]: a bounded channel of what happened (placement changes, lease
 //!   lost, controller changes, etcd outages). When the reader falls behind, newer events are
-//!   dropped, never waited for; the serving view is always current.
+//!   dropped, never waited for; the serving view is always current;
+//! - [`ControlHandle::metrics_source`]: a read-only view for the housekeeping thread's
+//!   `/metrics` (lease time left, map epoch, partitions owned, moving and offline, controller
+//!   flag), copied from what the control thread last published, never waiting on etcd.
 //!
 //! - [`ServingChange`], called on the control thread whenever the placement or the lease
 //!   changed: the node hands both to its shards (`runtime::control_feed`), which install
@@ -27,10 +30,55 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::coordinator::{Coordinator, CoordinatorConfig, CoordinatorEvent, ServingView};
 use crate::cluster::etcd::EtcdClient;
-use crate::cluster::placement::Placement;
 use crate::cluster::placement::epoch_of_revision;
+use crate::cluster::placement::{OwnerState, Placement};
 use crate::constants::{CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_RETRY_MS_MAX, CLUSTER_RETRY_MS_MIN};
 use crate::core::ids::{Epoch, PartitionId};
+use crate::metrics::ClusterGauges;
+use crate::metrics::housekeeping::ClusterSource;
+
+/// What the control thread knows beyond the serving view, published with it: for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Standing {
+    controller: bool,
+    etcd_reachable: bool,
+}
+
+fn read<T: Clone>(shared: &Mutex<T>) -> T {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}
+
+/// The cluster families of `/metrics` from a serving view at `now_ns` (its clock).
+fn cluster_gauges(view: &ServingView, standing: Standing, now_ns: u64) -> ClusterGauges {
+    let mut gauges = ClusterGauges {
+        node_id: view.node.map_or(0, |node| node.0),
+        lease_left_s: view.lease_valid_until_ns.saturating_sub(now_ns) as f64 / 1e9,
+        controller: standing.controller,
+        etcd_reachable: standing.etcd_reachable,
+        ..ClusterGauges::default()
+    };
+    let (Some(node), Some(placement)) = (view.node, &view.placement) else {
+        return gauges;
+    };
+    gauges.map_epoch = u64::from(placement.epoch().0);
+    for (index, owner) in placement.owners().iter().enumerate() {
+        if owner.state == OwnerState::Offline {
+            gauges.partitions_offline += 1;
+        }
+        if owner.node != node {
+            continue;
+        }
+        gauges.partitions_owned += 1;
+        let partition = PartitionId(index as u32);
+        if owner.state == OwnerState::Serving && !view.serves(now_ns, partition) {
+            gauges.partitions_moving += 1;
+        }
+    }
+    gauges
+}
 
 /// What the control thread needs: etcd's endpoints and the coordinator's configuration.
 #[derive(Clone, Debug)]
@@ -57,6 +105,7 @@ enum Wake {
 pub struct ControlHandle {
     clock: Instant,
     serving: Arc<Mutex<ServingView>>,
+    standing: Arc<Mutex<Standing>>,
     events: flume::Receiver<CoordinatorEvent>,
     wake: flume::Sender<Wake>,
     stopping: Arc<AtomicBool>,
@@ -69,6 +118,7 @@ impl ControlHandle {
     pub fn start(config: ControlConfig, on_change: ServingChange) -> Result<ControlHandle, String> {
         let clock = Instant::now();
         let serving = Arc::new(Mutex::new(ServingView::default()));
+        let standing = Arc::new(Mutex::new(Standing::default()));
         let (events_tx, events) = flume::bounded(CLUSTER_EVENTS_QUEUED_MAX);
         let (wake, wake_rx) = flume::bounded(CLUSTER_EVENTS_QUEUED_MAX);
         let stopping = Arc::new(AtomicBool::new(false));
@@ -79,6 +129,7 @@ impl ControlHandle {
             coordinator: Coordinator::new(config.coordinator.clone()),
             client,
             serving: serving.clone(),
+            standing: standing.clone(),
             events: events_tx,
             wake: wake_rx,
             stopping: stopping.clone(),
@@ -102,6 +153,7 @@ impl ControlHandle {
         Ok(ControlHandle {
             clock,
             serving,
+            standing,
             events,
             wake,
             stopping,
@@ -126,6 +178,16 @@ impl ControlHandle {
     /// Whether this node may apply events of `partition` now.
     pub fn serves(&self, partition: PartitionId) -> bool {
         self.serving_view().serves(self.now_ns(), partition)
+    }
+
+    /// A read-only view of this node's standing for the housekeeping thread's `/metrics`: each
+    /// call copies what the control thread last published.
+    pub fn metrics_source(&self) -> ClusterSource {
+        let (clock, serving, standing) = (self.clock, self.serving.clone(), self.standing.clone());
+        Box::new(move || {
+            let now_ns = clock.elapsed().as_nanos() as u64;
+            cluster_gauges(&read(&serving), read(&standing), now_ns)
+        })
     }
 
     /// What happened, oldest first (bounded; see the module doc).
@@ -172,6 +234,7 @@ struct ControlLoop {
     coordinator: Coordinator,
     client: EtcdClient,
     serving: Arc<Mutex<ServingView>>,
+    standing: Arc<Mutex<Standing>>,
     events: flume::Sender<CoordinatorEvent>,
     wake: flume::Receiver<Wake>,
     stopping: Arc<AtomicBool>,
@@ -226,6 +289,13 @@ impl ControlLoop {
             .serving
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = view;
+        *self
+            .standing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Standing {
+            controller: self.coordinator.is_controller(),
+            etcd_reachable: self.coordinator.etcd_reachable(),
+        };
         while let Some(event) = self.coordinator.poll_event() {
             // Never wait for the reader: the serving view above is what counts.
             let _ = self.events.try_send(event);
@@ -287,5 +357,66 @@ impl Watcher {
                 CLUSTER_RETRY_MS_MIN
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::placement::Owner;
+    use crate::core::ids::{NodeId, ShardId};
+
+    #[test]
+    fn cluster_gauges_count_this_node_s_partitions_and_the_cluster_s_offline_ones() {
+        let owner = |node: u32, part_epoch: u32, state: OwnerState| Owner {
+            node: NodeId(node),
+            shard: ShardId(0),
+            part_epoch: Epoch(part_epoch),
+            state,
+        };
+        let placement = Placement::from_owners(
+            Epoch(40),
+            vec![
+                owner(1, 30, OwnerState::Serving), // confirmed after registration 20: served
+                owner(1, 10, OwnerState::Serving), // from before it: moving
+                owner(1, 30, OwnerState::Offline),
+                owner(2, 30, OwnerState::Offline),
+                owner(2, 30, OwnerState::Serving),
+                owner(3, 30, OwnerState::Serving),
+                owner(3, 30, OwnerState::Serving),
+                owner(3, 30, OwnerState::Serving),
+            ],
+        )
+        .expect("a placement of 8 partitions");
+        let view = ServingView {
+            node: Some(NodeId(1)),
+            placement: Some(Arc::new(placement)),
+            registered_revision: Some(20),
+            lease_valid_until_ns: 5_000_000_000,
+        };
+        let standing = Standing {
+            controller: true,
+            etcd_reachable: true,
+        };
+        let gauges = cluster_gauges(&view, standing, 1_000_000_000);
+        assert_eq!(
+            gauges,
+            ClusterGauges {
+                node_id: 1,
+                lease_left_s: 4.0,
+                map_epoch: 40,
+                partitions_owned: 3,
+                partitions_moving: 1,
+                partitions_offline: 2,
+                controller: true,
+                etcd_reachable: true,
+            }
+        );
+        // Past its lease, nothing it owns is served: the serving ones count as moving.
+        let late = cluster_gauges(&view, standing, 6_000_000_000);
+        assert_eq!((late.lease_left_s, late.partitions_moving), (0.0, 2));
+        // Before the first read of etcd: only the id.
+        let empty = cluster_gauges(&ServingView::default(), Standing::default(), 0);
+        assert_eq!(empty, ClusterGauges::default());
     }
 }

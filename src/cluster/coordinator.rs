@@ -805,6 +805,7 @@ mod tests {
                 port: 7000 + node as u16 * 10,
                 shard_ports: (0..shards).map(|s| 7001 + node as u16 * 10 + s).collect(),
                 version: "test".into(),
+                metrics: None,
             },
             partitions: PARTITIONS,
             lease_ttl_s: TTL_S,

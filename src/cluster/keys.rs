@@ -83,6 +83,10 @@ pub struct NodeInfo {
     pub shard_ports: Vec<u16>,
     /// trove's version on that node.
     pub version: String,
+    /// Where the node serves `/metrics` (`HOST:PORT`), for `trove top --cluster`; absent when
+    /// it serves none (and in records of nodes from before it was added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 impl NodeInfo {
@@ -153,8 +157,17 @@ mod tests {
             port: 7700,
             shard_ports: vec![7701, 7702],
             version: "0.1.0".into(),
+            metrics: None,
         };
         assert_eq!(NodeInfo::decode(&info.encode()).unwrap(), info);
+        let with_metrics = NodeInfo {
+            metrics: Some("10.0.0.1:9700".into()),
+            ..info.clone()
+        };
+        assert_eq!(
+            NodeInfo::decode(&with_metrics.encode()).unwrap(),
+            with_metrics
+        );
         assert_eq!(info.shards(), 2);
         let empty = br#"{"address":"h","port":1,"shard_ports":[],"version":"v"}"#;
         assert!(

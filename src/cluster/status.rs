@@ -188,6 +188,7 @@ mod tests {
             port: 7700,
             shard_ports: vec![7701],
             version: "0.1.0".into(),
+            metrics: None,
         };
         let live: BTreeMap<NodeId, LiveNode> = [1, 2]
             .map(|n| {

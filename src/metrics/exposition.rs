@@ -1,25 +1,21 @@
 //! The Prometheus text format of a node's metrics, built with `prometheus-client`.
 //!
-//! Runs on the housekeeping thread, from the latest snapshot of each shard. Every family is
-//! named `trove_*`; counters end in `_total`; stage latencies are classic histograms
-//! (`_bucket`, `_sum`, `_count`, in seconds) derived from the shards' HdrHistograms, so any
+//! Runs on the housekeeping thread, from the latest snapshot of each shard (and, in a
+//! cluster, what the control thread last published). Every family is named `trove_*`;
+//! counters end in `_total`; stage latencies are classic histograms (`_bucket`, `_sum`,
+//! `_count`, in seconds) sorted from the shards' HdrHistograms on the shards, so any
 //! Prometheus can aggregate them across shards and nodes with `histogram_quantile`.
 
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::snapshot::{CreditGauge, ShardSnapshot, Stage};
-
-/// Upper bounds of the classic latency buckets, in seconds: 10 µs to 10 s, then `+Inf`.
-pub const LATENCY_BUCKET_BOUNDS_S: [f64; 19] = [
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+use crate::core::shard::counters::{KindIndex, OutcomeIndex, REJECT_REASONS, reject_reason_label};
+pub use crate::metrics::snapshot::{ClassicHistogram, LATENCY_BUCKET_BOUNDS_S};
+use crate::metrics::snapshot::{CreditGauge, EventTally, ShardSnapshot, Stage};
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -38,51 +34,33 @@ pub struct NodeInfo {
     pub shard_cpus: Vec<usize>,
 }
 
-/// A stage's latency as classic buckets: non-cumulative counts per bound, `+Inf` last.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ClassicHistogram {
-    pub buckets: Vec<(f64, u64)>,
-    pub sum_s: f64,
-    pub count: u64,
+/// A node's standing in its cluster, as its control thread last published it: read on the
+/// housekeeping thread at each rendering when the node runs with `--cluster`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ClusterGauges {
+    /// This node's id in the cluster.
+    pub node_id: u32,
+    /// Seconds until this node's lease runs out, as far as it knows (0: it holds none).
+    pub lease_left_s: f64,
+    /// The epoch of the placement this node last read (0: none yet).
+    pub map_epoch: u64,
+    /// Partitions the placement assigns to this node.
+    pub partitions_owned: u64,
+    /// Of those, partitions it may not serve yet: assigned to it before its current
+    /// registration, waiting for the controller to confirm them (or its lease is not valid).
+    pub partitions_moving: u64,
+    /// Partitions of the whole cluster that nobody serves now.
+    pub partitions_offline: u64,
+    /// Whether this node is the cluster's controller.
+    pub controller: bool,
+    /// Whether the last request to etcd succeeded.
+    pub etcd_reachable: bool,
 }
 
-impl ClassicHistogram {
-    /// Sorts every recorded value of `histogram` (nanoseconds) into the classic buckets. The
-    /// sum is exact to the HdrHistogram's resolution (three significant digits).
-    pub fn from_ns(histogram: &Histogram<u64>) -> ClassicHistogram {
-        let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKET_BOUNDS_S
-            .iter()
-            .chain(&[f64::INFINITY])
-            .map(|&bound| (bound, 0))
-            .collect();
-        let mut sum_ns = 0f64;
-        for value in histogram.iter_recorded() {
-            let count = value.count_at_value();
-            let highest_s = histogram.highest_equivalent(value.value_iterated_to()) as f64 / 1e9;
-            let index = buckets
-                .iter()
-                .position(|&(bound, _)| highest_s <= bound)
-                .unwrap_or(buckets.len() - 1);
-            buckets[index].1 += count;
-            sum_ns += histogram.median_equivalent(value.value_iterated_to()) as f64 * count as f64;
-        }
-        ClassicHistogram {
-            buckets,
-            sum_s: sum_ns / 1e9,
-            count: histogram.len(),
-        }
-    }
-}
-
-/// A shard as the exposition shows it: its snapshot's numbers, with histograms already
-/// turned into classic buckets (so each scrape does not walk the HdrHistograms again).
-#[derive(Clone, Debug)]
+/// A shard as the exposition shows it: its latest snapshot, and how old that is.
+#[derive(Clone, Copy, Debug)]
 pub struct ShardSeries {
-    pub shard: u16,
-    pub cpu: usize,
-    pub counters: crate::metrics::snapshot::ShardCounters,
-    pub gauges: crate::metrics::snapshot::ShardGauges,
-    pub stages: Vec<(Stage, ClassicHistogram)>,
+    pub snapshot: ShardSnapshot,
     /// How long ago the housekeeping thread received this shard's snapshot.
     pub snapshot_age: Duration,
 }
@@ -90,14 +68,7 @@ pub struct ShardSeries {
 impl ShardSeries {
     pub fn from_snapshot(snapshot: &ShardSnapshot) -> ShardSeries {
         ShardSeries {
-            shard: snapshot.shard,
-            cpu: snapshot.cpu,
-            counters: snapshot.counters,
-            gauges: snapshot.gauges,
-            stages: Stage::ALL
-                .iter()
-                .map(|&stage| (stage, ClassicHistogram::from_ns(snapshot.stages.get(stage))))
-                .collect(),
+            snapshot: *snapshot,
             snapshot_age: Duration::ZERO,
         }
     }
@@ -108,14 +79,16 @@ impl ShardSeries {
 struct NodeCollector {
     info: NodeInfo,
     shards: Vec<ShardSeries>,
+    cluster: Option<ClusterGauges>,
 }
 
 /// Renders the node's metrics in the Prometheus text format (version 0.0.4).
-pub fn render(info: &NodeInfo, shards: &[ShardSeries]) -> String {
+pub fn render(info: &NodeInfo, shards: &[ShardSeries], cluster: Option<ClusterGauges>) -> String {
     let mut registry = Registry::with_prefix("trove");
     registry.register_collector(Box::new(NodeCollector {
         info: info.clone(),
         shards: shards.to_vec(),
+        cluster,
     }));
     let mut text = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)
@@ -126,6 +99,8 @@ pub fn render(info: &NodeInfo, shards: &[ShardSeries]) -> String {
 type Labels = Vec<(&'static str, String)>;
 /// A family read from each shard: name, help, and how to read it.
 type ShardFamily<V> = (&'static str, &'static str, fn(&ShardSeries) -> V);
+/// A label value of a family and how to read the series that carries it.
+type LabelledValue = (&'static str, fn(&ShardSeries) -> u64);
 /// A dimension of a credit gauge: its name and how to read it.
 type CreditDimension = (&'static str, fn(&CreditGauge) -> u64);
 
@@ -133,7 +108,7 @@ impl NodeCollector {
     fn shard_labels(&self, shard: &ShardSeries) -> Labels {
         vec![
             ("node", self.info.node.clone()),
-            ("shard", shard.shard.to_string()),
+            ("shard", shard.snapshot.shard.to_string()),
         ]
     }
 
@@ -194,80 +169,205 @@ impl NodeCollector {
     }
 
     fn counters(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
-        let families: [ShardFamily<u64>; 14] = [
+        let families: [ShardFamily<u64>; 18] = [
             (
                 "events_applied",
                 "Events this shard applied as their partition's owner.",
-                |s| s.counters.events_applied,
+                |s| s.snapshot.counters.events_applied,
             ),
             (
                 "events_applied_for_peers",
                 "Events applied here that another shard received and forwarded.",
-                |s| s.counters.events_applied_for_peers,
+                |s| s.snapshot.counters.events_applied_for_peers,
             ),
             (
                 "events_forwarded",
                 "Events this shard received and forwarded to their owner on another core.",
-                |s| s.counters.events_forwarded,
+                |s| s.snapshot.counters.events_forwarded,
             ),
             (
                 "busy_replies",
                 "Events answered Busy because credit ran out (fail-fast mode).",
-                |s| s.counters.busy_replies,
+                |s| s.snapshot.counters.busy_replies,
             ),
             (
                 "frames_received",
                 "Frames read from client connections.",
-                |s| s.counters.frames_received,
+                |s| s.snapshot.counters.frames_received,
             ),
             (
                 "frames_rejected",
                 "Frames refused as malformed (the connection got an error frame).",
-                |s| s.counters.frames_rejected,
+                |s| s.snapshot.counters.frames_rejected,
+            ),
+            (
+                "bytes_received",
+                "Bytes of the frames read from client connections, headers included.",
+                |s| s.snapshot.counters.bytes_received,
+            ),
+            (
+                "frames_sent",
+                "Frames queued for clients: replies, partition maps and the error frame that ends a connection.",
+                |s| s.snapshot.counters.frames_sent,
+            ),
+            ("bytes_sent", "Bytes written to client connections.", |s| {
+                s.snapshot.counters.bytes_sent
+            }),
+            (
+                "reactor_stalls",
+                "Task-queue runs of the shard's executor that went past their time slice by more than the stall threshold.",
+                |s| s.snapshot.counters.stalls,
             ),
             (
                 "mesh_batches_sent",
                 "Batches sent to other shards over the mesh.",
-                |s| s.counters.mesh_batches_sent,
+                |s| s.snapshot.counters.mesh_batches_sent,
             ),
             (
                 "mesh_batches_received",
                 "Batches received from other shards over the mesh.",
-                |s| s.counters.mesh_batches_received,
+                |s| s.snapshot.counters.mesh_batches_received,
             ),
             (
                 "connections_accepted",
                 "Client connections accepted.",
-                |s| s.counters.connections_accepted,
+                |s| s.snapshot.counters.connections_accepted,
             ),
             (
                 "connections_refused",
                 "Client connections refused: the shard had as many as it may.",
-                |s| s.counters.connections_refused,
+                |s| s.snapshot.counters.connections_refused,
             ),
             (
                 "connections_force_closed",
                 "Connections cut at shutdown because their replies could not be written in time.",
-                |s| s.counters.connections_force_closed,
+                |s| s.snapshot.counters.connections_force_closed,
             ),
             (
                 "socket_credit_waits",
                 "Times a connection found no socket credit and waited (or answered Busy).",
-                |s| s.counters.socket_credit_waits,
+                |s| s.snapshot.counters.socket_credit_waits,
             ),
             (
                 "mesh_credit_waits",
                 "Times a forward found no mesh credit at its owner and waited.",
-                |s| s.counters.mesh_credit_waits,
+                |s| s.snapshot.counters.mesh_credit_waits,
             ),
             (
                 "metrics_snapshots_dropped",
                 "Snapshots this shard dropped because the housekeeping thread was behind.",
-                |s| s.counters.snapshots_dropped,
+                |s| s.snapshot.counters.snapshots_dropped,
             ),
         ];
         for (name, help, value) in families {
             self.counter(encoder, name, help, value)?;
+        }
+        self.connections_closed(encoder)?;
+        self.executor(encoder)?;
+        self.events(encoder)
+    }
+
+    fn connections_closed(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let reasons: [LabelledValue; 4] = [
+            ("unauthenticated", |s| {
+                s.snapshot.counters.connections_unauthenticated
+            }),
+            ("idle", |s| s.snapshot.counters.connections_idle_closed),
+            ("write_stalled", |s| {
+                s.snapshot.counters.connections_write_stalled
+            }),
+            ("evicted", |s| s.snapshot.counters.connections_evicted),
+        ];
+        let mut family = encoder.encode_descriptor(
+            "connections_closed",
+            "Connections the shard closed, by reason: failed authentication, idle past the idle timeout, a socket that took no replies, evicted for a new one when full.",
+            None,
+            MetricType::Counter,
+        )?;
+        for shard in &self.shards {
+            for (reason, value) in reasons {
+                let mut labels = self.shard_labels(shard);
+                labels.push(("reason", reason.to_owned()));
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, u64, u64>(&value(shard), None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn executor(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let mut family = encoder.encode_descriptor(
+            "credit_wait_seconds",
+            "Seconds frames spent stopped for credit (socket or mesh) before they went on, summed over the connections: two waiting at once count twice.",
+            None,
+            MetricType::Counter,
+        )?;
+        for shard in &self.shards {
+            let wait_s = shard.snapshot.counters.credit_wait_ns as f64 / 1e9;
+            family
+                .encode_family(&self.shard_labels(shard))?
+                .encode_counter::<NoLabelSet, f64, u64>(&wait_s, None)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "executor_busy_seconds",
+            "Seconds the shard's executor spent running tasks and polling for I/O (not sleeping or spinning); its rate is the executor's utilisation, 0 to 1.",
+            None,
+            MetricType::Counter,
+        )?;
+        for shard in &self.shards {
+            let busy_s = shard.snapshot.counters.executor_busy_ns as f64 / 1e9;
+            family
+                .encode_family(&self.shard_labels(shard))?
+                .encode_counter::<NoLabelSet, f64, u64>(&busy_s, None)?;
+        }
+        Ok(())
+    }
+
+    /// Events by kind and outcome (every pair, zeros included), and rejections by kind and
+    /// reason (only the pairs that happened: 96 mostly-zero series a shard would drown the rest).
+    fn events(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let mut family = encoder.encode_descriptor(
+            "events",
+            "Events answered, by kind and outcome, counted once by the shard that decided the outcome: accepted and rejected by the owner that applied them; busy, unavailable, moved and shutting_down by the shard that received them.",
+            None,
+            MetricType::Counter,
+        )?;
+        for shard in &self.shards {
+            let tally: &EventTally = &shard.snapshot.events;
+            for kind in KindIndex::ALL {
+                for outcome in OutcomeIndex::ALL {
+                    let mut labels = self.shard_labels(shard);
+                    labels.push(("kind", kind.label().to_owned()));
+                    labels.push(("outcome", outcome.label().to_owned()));
+                    let value = tally.by_outcome[kind as usize][outcome as usize];
+                    family
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, u64, u64>(&value, None)?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "events_rejected",
+            "Events applied and refused, by kind and reason; a pair appears once it happened.",
+            None,
+            MetricType::Counter,
+        )?;
+        for shard in &self.shards {
+            for kind in KindIndex::ALL {
+                for reason in 0..REJECT_REASONS {
+                    let value = shard.snapshot.events.rejected[kind as usize][reason];
+                    if value == 0 {
+                        continue;
+                    }
+                    let mut labels = self.shard_labels(shard);
+                    labels.push(("kind", kind.label().to_owned()));
+                    labels.push(("reason", reject_reason_label(reason).to_owned()));
+                    family
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, u64, u64>(&value, None)?;
+                }
+            }
         }
         Ok(())
     }
@@ -277,18 +377,18 @@ impl NodeCollector {
             encoder,
             "connections_open",
             "Client connections open now.",
-            |s| s.gauges.connections_open as f64,
+            |s| s.snapshot.gauges.connections_open as f64,
         )?;
         let pools: [ShardFamily<CreditGauge>; 2] = [
             (
                 "socket_credit",
                 "the shard's budget for events read from its sockets",
-                |s| s.gauges.socket_credit,
+                |s| s.snapshot.gauges.socket_credit,
             ),
             (
                 "mesh_credit",
                 "this shard's shares of its peers' mesh budgets, summed",
-                |s| s.gauges.mesh_credit,
+                |s| s.snapshot.gauges.mesh_credit,
             ),
         ];
         for (pool, what, gauge) in pools {
@@ -308,7 +408,33 @@ impl NodeCollector {
             encoder,
             "credit_use_ratio",
             "The fuller of the socket budget's two dimensions, 0 to 1: 1 means the shard stopped reading.",
-            |s| s.gauges.socket_credit.use_ratio(),
+            |s| s.snapshot.gauges.socket_credit.use_ratio(),
+        )?;
+        let queues: [ShardFamily<u64>; 3] = [
+            (
+                "mesh_batches_queued",
+                "Batches waiting for the mesh channels to the other shards.",
+                |s| s.snapshot.gauges.mesh_batches_queued,
+            ),
+            (
+                "reply_bytes_queued",
+                "Reply bytes queued or being written to client connections.",
+                |s| s.snapshot.gauges.reply_bytes_queued,
+            ),
+            (
+                "connections_writing",
+                "Connections with replies queued or being written.",
+                |s| s.snapshot.gauges.connections_writing,
+            ),
+        ];
+        for (name, help, value) in queues {
+            self.gauge(encoder, name, help, |s| value(s) as f64)?;
+        }
+        self.gauge(
+            encoder,
+            "reactor_stall_worst_seconds",
+            "The longest a task-queue run of the shard's executor went past its time slice.",
+            |s| s.snapshot.counters.stall_worst_ns as f64 / 1e9,
         )?;
         self.gauge(
             encoder,
@@ -326,7 +452,8 @@ impl NodeCollector {
             MetricType::Histogram,
         )?;
         for shard in &self.shards {
-            for (stage, histogram) in &shard.stages {
+            for stage in Stage::ALL {
+                let histogram = shard.snapshot.stage(stage);
                 let mut labels = self.shard_labels(shard);
                 labels.push(("stage", stage.label().to_owned()));
                 family
@@ -334,7 +461,7 @@ impl NodeCollector {
                     .encode_histogram::<NoLabelSet>(
                         histogram.sum_s,
                         histogram.count,
-                        &histogram.buckets,
+                        &histogram.buckets(),
                         None,
                     )?;
             }
@@ -346,6 +473,16 @@ impl NodeCollector {
         let build: Labels = vec![
             ("node", self.info.node.clone()),
             ("version", env!("CARGO_PKG_VERSION").to_owned()),
+            ("revision", env!("TROVE_GIT_REVISION").to_owned()),
+            (
+                "profile",
+                if cfg!(debug_assertions) {
+                    "debug"
+                } else {
+                    "release"
+                }
+                .to_owned(),
+            ),
         ];
         encoder
             .encode_descriptor(
@@ -356,6 +493,14 @@ impl NodeCollector {
             )?
             .encode_info(&build)?;
         let config = &self.info;
+        encoder
+            .encode_descriptor(
+                "node",
+                "How this node is configured: shards and their CPUs, partitions, budgets, fail-fast, cluster membership.",
+                None,
+                MetricType::Info,
+            )?
+            .encode_info(&self.config_labels())?;
         self.node_gauge(
             encoder,
             "config_shards",
@@ -396,8 +541,84 @@ impl NodeCollector {
             encoder,
             "shard_cpu",
             "The CPU each shard is pinned to.",
-            |s| s.cpu as f64,
+            |s| s.snapshot.cpu as f64,
         )
+    }
+}
+
+impl NodeCollector {
+    fn config_labels(&self) -> Labels {
+        let config = &self.info;
+        let cpus: Vec<String> = config.shard_cpus.iter().map(usize::to_string).collect();
+        vec![
+            ("node", config.node.clone()),
+            ("shards", config.shard_cpus.len().to_string()),
+            ("cpus", cpus.join(",")),
+            ("partitions", config.partitions.to_string()),
+            ("shard_events_max", config.shard_events_max.to_string()),
+            ("shard_bytes_max", config.shard_bytes_max.to_string()),
+            (
+                "connection_events_max",
+                config.connection_events_max.to_string(),
+            ),
+            ("fail_fast", config.fail_fast.to_string()),
+            ("cluster", self.cluster.is_some().to_string()),
+        ]
+    }
+
+    /// The node's standing in its cluster; nothing when it runs alone.
+    fn cluster_metrics(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let Some(cluster) = self.cluster else {
+            return Ok(());
+        };
+        let labels: Labels = vec![
+            ("node", self.info.node.clone()),
+            ("node_id", cluster.node_id.to_string()),
+        ];
+        let gauges: [(&str, &str, f64); 7] = [
+            (
+                "cluster_lease_left_seconds",
+                "Seconds until this node's lease in etcd runs out, as far as it knows; at 0 its partitions go offline.",
+                cluster.lease_left_s,
+            ),
+            (
+                "cluster_map_epoch",
+                "The epoch of the placement this node last read from etcd.",
+                cluster.map_epoch as f64,
+            ),
+            (
+                "cluster_partitions_owned",
+                "Partitions the placement assigns to this node.",
+                cluster.partitions_owned as f64,
+            ),
+            (
+                "cluster_partitions_moving",
+                "Partitions assigned to this node that it may not serve yet (waiting for the controller to confirm them to its current registration).",
+                cluster.partitions_moving as f64,
+            ),
+            (
+                "cluster_partitions_offline",
+                "Partitions of the whole cluster that nobody serves now.",
+                cluster.partitions_offline as f64,
+            ),
+            (
+                "cluster_controller",
+                "1 when this node is the cluster's controller.",
+                f64::from(u8::from(cluster.controller)),
+            ),
+            (
+                "cluster_etcd_reachable",
+                "1 when this node's last request to etcd succeeded.",
+                f64::from(u8::from(cluster.etcd_reachable)),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_family(&labels)?
+                .encode_gauge(&value)?;
+        }
+        Ok(())
     }
 }
 
@@ -406,45 +627,31 @@ impl Collector for NodeCollector {
         self.info_metrics(&mut encoder)?;
         self.counters(&mut encoder)?;
         self.gauges(&mut encoder)?;
-        self.histograms(&mut encoder)
+        self.histograms(&mut encoder)?;
+        self.cluster_metrics(&mut encoder)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::message::{ArchivedEvent, Event, EventKind, Outcome, RejectReason};
 
-    fn histogram_of(values_ns: &[u64]) -> Histogram<u64> {
-        let mut histogram = crate::metrics::snapshot::StageHistograms::default().frame_dispatch_ns;
-        for &value in values_ns {
-            histogram.record(value).unwrap();
+    fn tally_of(kind: EventKind, outcomes: &[Outcome]) -> EventTally {
+        let event = Event {
+            hunt: crate::core::ids::HuntId(1),
+            player: crate::core::ids::PlayerId(1),
+            client_seq: 0,
+            client_ts: 0,
+            kind,
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&event).unwrap();
+        let archived = rkyv::access::<ArchivedEvent, rkyv::rancor::Error>(&bytes).unwrap();
+        let mut tally = EventTally::default();
+        for outcome in outcomes {
+            tally.count(&archived.kind, outcome);
         }
-        histogram
-    }
-
-    #[test]
-    fn classic_buckets_place_each_value_under_its_bound() {
-        // 5 µs, 30 µs, 30 µs, 2 ms, 20 s.
-        let classic = ClassicHistogram::from_ns(&histogram_of(&[
-            5_000,
-            30_000,
-            30_000,
-            2_000_000,
-            20_000_000_000,
-        ]));
-        let count_at = |bound: f64| classic.buckets.iter().find(|(b, _)| *b == bound).unwrap().1;
-        assert_eq!(count_at(0.000_01), 1);
-        assert_eq!(count_at(0.000_05), 2);
-        assert_eq!(count_at(0.002_5), 1);
-        assert_eq!(count_at(f64::INFINITY), 1);
-        assert_eq!(classic.count, 5);
-        assert_eq!(classic.buckets.iter().map(|(_, n)| n).sum::<u64>(), 5);
-        let expected_sum = (5_000 + 60_000 + 2_000_000 + 20_000_000_000u64) as f64 / 1e9;
-        assert!(
-            (classic.sum_s - expected_sum).abs() / expected_sum < 0.001,
-            "{}",
-            classic.sum_s
-        );
+        tally
     }
 
     #[test]
@@ -455,30 +662,87 @@ mod tests {
             ..ShardSnapshot::default()
         };
         snapshot.counters.events_applied = 42;
-        snapshot.stages.frame_dispatch_ns = histogram_of(&[1_000]);
+        snapshot.counters.executor_busy_ns = 1_500_000_000;
+        snapshot.counters.credit_wait_ns = 250_000_000;
+        snapshot.counters.connections_idle_closed = 2;
+        snapshot.gauges.mesh_batches_queued = 4;
+        snapshot.events = tally_of(
+            EventKind::Join,
+            &[
+                Outcome::Accepted { score: 0 },
+                Outcome::Rejected {
+                    reason: RejectReason::AlreadyJoined,
+                },
+                Outcome::Busy,
+            ],
+        );
+        snapshot.stages[Stage::FrameDispatch as usize] =
+            ClassicHistogram::from_ns(&crate::metrics::snapshot::tests::histogram_of(&[1_000]));
         let info = NodeInfo {
             node: "127.0.0.1:7700".into(),
             shard_cpus: vec![2, 3],
             ..NodeInfo::default()
         };
-        let text = render(&info, &[ShardSeries::from_snapshot(&snapshot)]);
+        let cluster = ClusterGauges {
+            node_id: 7,
+            lease_left_s: 4.5,
+            partitions_owned: 16,
+            controller: true,
+            ..ClusterGauges::default()
+        };
+        let text = render(
+            &info,
+            &[ShardSeries::from_snapshot(&snapshot)],
+            Some(cluster),
+        );
+        let n = "node=\"127.0.0.1:7700\"";
         for line in [
-            "# TYPE trove_events_applied_total counter",
-            "trove_events_applied_total{node=\"127.0.0.1:7700\",shard=\"1\"} 42",
-            "# TYPE trove_stage_latency_seconds histogram",
-            "trove_stage_latency_seconds_count{node=\"127.0.0.1:7700\",shard=\"1\",stage=\"frame_dispatch\"} 1",
-            "trove_stage_latency_seconds_bucket{node=\"127.0.0.1:7700\",shard=\"1\",stage=\"frame_dispatch\",le=\"1e-05\"} 1",
-            "trove_config_shards{node=\"127.0.0.1:7700\"} 2.0",
-            "trove_shard_cpu{node=\"127.0.0.1:7700\",shard=\"1\"} 3.0",
+            "# TYPE trove_events_applied_total counter".to_owned(),
+            format!("trove_events_applied_total{{{n},shard=\"1\"}} 42"),
+            "# TYPE trove_stage_latency_seconds histogram".to_owned(),
+            format!(
+                "trove_stage_latency_seconds_count{{{n},shard=\"1\",stage=\"frame_dispatch\"}} 1"
+            ),
+            format!(
+                "trove_stage_latency_seconds_bucket{{{n},shard=\"1\",stage=\"frame_dispatch\",le=\"1e-05\"}} 1"
+            ),
+            format!("trove_config_shards{{{n}}} 2.0"),
+            format!("trove_shard_cpu{{{n},shard=\"1\"}} 3.0"),
+            format!("trove_events_total{{{n},shard=\"1\",kind=\"join\",outcome=\"accepted\"}} 1"),
+            format!("trove_events_total{{{n},shard=\"1\",kind=\"join\",outcome=\"busy\"}} 1"),
+            format!("trove_events_total{{{n},shard=\"1\",kind=\"claim\",outcome=\"moved\"}} 0"),
+            format!(
+                "trove_events_rejected_total{{{n},shard=\"1\",kind=\"join\",reason=\"already_joined\"}} 1"
+            ),
+            format!("trove_executor_busy_seconds_total{{{n},shard=\"1\"}} 1.5"),
+            format!("trove_credit_wait_seconds_total{{{n},shard=\"1\"}} 0.25"),
+            format!("trove_connections_closed_total{{{n},shard=\"1\",reason=\"idle\"}} 2"),
+            format!("trove_mesh_batches_queued{{{n},shard=\"1\"}} 4.0"),
+            format!("trove_cluster_lease_left_seconds{{{n},node_id=\"7\"}} 4.5"),
+            format!("trove_cluster_partitions_owned{{{n},node_id=\"7\"}} 16.0"),
+            format!("trove_cluster_controller{{{n},node_id=\"7\"}} 1.0"),
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing `{line}` in:\n{text}"
             );
         }
-        assert!(
-            text.contains("trove_build_info{node=\"127.0.0.1:7700\",version=\""),
+        // Only rejections that happened are listed.
+        assert_eq!(
+            text.matches("trove_events_rejected_total{").count(),
+            1,
             "{text}"
         );
+        assert!(
+            text.contains(&format!("trove_build_info{{{n},version=\"")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("trove_node_info{{{n},shards=\"2\",cpus=\"2,3\"")),
+            "{text}"
+        );
+        // Alone, a node serves no cluster family.
+        let alone = render(&info, &[ShardSeries::from_snapshot(&snapshot)], None);
+        assert!(!alone.contains("trove_cluster_"), "{alone}");
     }
 }

@@ -11,8 +11,8 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use crate::constants::{
     METRICS_REQUEST_BYTES_MAX,
 };
 pub use crate::metrics::exposition::NodeInfo;
-use crate::metrics::exposition::{ShardSeries, render};
+use crate::metrics::exposition::{ClusterGauges, ShardSeries, render};
 use crate::metrics::http::{Pages, Progress, Response, respond};
 use crate::metrics::snapshot::ShardSnapshot;
 
@@ -54,11 +54,18 @@ impl FromStr for MetricsListen {
     }
 }
 
+/// Reads the node's standing in its cluster; called on the housekeeping thread at each
+/// rendering, so it must only copy what the control thread published, never wait on etcd.
+pub type ClusterSource = Box<dyn Fn() -> ClusterGauges + Send + Sync>;
+
 /// The running housekeeping thread. Dropping it stops the thread.
 pub struct Housekeeping {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Set once, when the node joins a cluster (after it started: the control thread needs
+    /// the node's addresses).
+    cluster: Arc<OnceLock<ClusterSource>>,
 }
 
 impl Housekeeping {
@@ -78,12 +85,14 @@ impl Housekeeping {
     ) -> io::Result<Housekeeping> {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
+        let cluster = Arc::new(OnceLock::new());
         let thread = std::thread::Builder::new()
             .name("trove-housekeeping".into())
             .spawn({
                 let stop = stop.clone();
+                let cluster = cluster.clone();
                 move || {
-                    let mut endpoint = Endpoint::new(listener, info, snapshots);
+                    let mut endpoint = Endpoint::new(listener, info, snapshots, cluster);
                     while !stop.load(Ordering::Relaxed) {
                         endpoint.turn();
                     }
@@ -93,7 +102,14 @@ impl Housekeeping {
             addr,
             stop,
             thread: Some(thread),
+            cluster,
         })
+    }
+
+    /// Serves the cluster families from `source` from now on. Once only: `false` (and
+    /// `source` unused) when a source was given before.
+    pub fn watch_cluster(&self, source: ClusterSource) -> bool {
+        self.cluster.set(source).is_ok()
     }
 
     /// Where `/metrics` is served.
@@ -127,6 +143,7 @@ struct NodeView {
     shards: Vec<Option<(ShardSeries, Instant)>>,
     /// The last rendering and when it was made: a burst of scrapes renders once.
     rendered: Option<(String, Instant)>,
+    cluster: Arc<OnceLock<ClusterSource>>,
 }
 
 impl NodeView {
@@ -151,10 +168,11 @@ impl Pages for NodeView {
                 .flatten()
                 .map(|(series, arrived)| ShardSeries {
                     snapshot_age: now.saturating_duration_since(*arrived),
-                    ..series.clone()
+                    ..*series
                 })
                 .collect();
-            self.rendered = Some((render(&self.info, &shards), now));
+            let cluster = self.cluster.get().map(|read| read());
+            self.rendered = Some((render(&self.info, &shards, cluster), now));
         }
         &self.rendered.as_ref().expect("just rendered").0
     }
@@ -247,6 +265,7 @@ impl Endpoint {
         listener: TcpListener,
         info: NodeInfo,
         snapshots: flume::Receiver<ShardSnapshot>,
+        cluster: Arc<OnceLock<ClusterSource>>,
     ) -> Endpoint {
         let shards = info.shard_cpus.len();
         Endpoint {
@@ -257,6 +276,7 @@ impl Endpoint {
                 info,
                 shards: (0..shards).map(|_| None).collect(),
                 rendered: None,
+                cluster,
             },
         }
     }

@@ -12,7 +12,8 @@
 //! - [`scrape`] fetches and parses that text again, for tools.
 //!
 //! Labels are `node`, `shard`, `stage` (and `kind`/`outcome` where they apply), never a hunt
-//! or a player id. Families of the cluster and the store come with those layers.
+//! or a player id. Cluster families come from the control thread when the node runs in a
+//! cluster ([`ClusterGauges`]); the store's come with the store.
 
 pub mod exposition;
 pub mod housekeeping;
@@ -20,8 +21,9 @@ pub mod http;
 pub mod scrape;
 pub mod snapshot;
 
+pub use exposition::ClusterGauges;
 pub use housekeeping::{Housekeeping, MetricsListen, NodeInfo};
 pub use snapshot::{
-    CreditGauge, ShardCounters, ShardGauges, ShardSnapshot, SnapshotSender, StageHistograms,
+    ClassicHistogram, CreditGauge, ShardCounters, ShardGauges, ShardSnapshot, SnapshotSender,
     snapshot_channel,
 };

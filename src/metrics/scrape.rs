@@ -109,6 +109,25 @@ impl ScrapedHistogram {
     }
 }
 
+/// The key of a series in [`ScrapedShard::values`]: its name; `name:STAGE` for a stage's
+/// series; `name{label=value,…}` (labels sorted) for the other labelled families, such as
+/// `events_total{kind=join,outcome=accepted}`.
+fn series_key(name: &str, labels: &prometheus_parse::Labels) -> String {
+    let mut others: Vec<(&String, &String)> = labels
+        .iter()
+        .filter(|(label, _)| !matches!(label.as_str(), "node" | "shard" | "stage"))
+        .collect();
+    others.sort();
+    match (labels.get("stage"), others.is_empty()) {
+        (Some(stage), _) => format!("{name}:{stage}"),
+        (None, true) => name.to_owned(),
+        (None, false) => {
+            let pairs: Vec<String> = others.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("{name}{{{}}}", pairs.join(","))
+        }
+    }
+}
+
 /// One shard's series in a scrape, by metric name (without the `trove_` prefix).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ScrapedShard {
@@ -124,6 +143,18 @@ impl ScrapedShard {
     /// A counter or gauge, 0 when absent.
     pub fn value(&self, name: &str) -> f64 {
         self.values.get(name).copied().unwrap_or(0.0)
+    }
+
+    /// A family summed over its labels (`events_total` over every kind and outcome).
+    pub fn sum(&self, name: &str) -> f64 {
+        self.values
+            .iter()
+            .filter(|(key, _)| {
+                key.strip_prefix(name)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('{'))
+            })
+            .map(|(_, value)| value)
+            .sum()
     }
 }
 
@@ -167,11 +198,7 @@ impl NodeScrape {
                 });
             match sample.value {
                 Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => {
-                    let key = match sample.labels.get("stage") {
-                        Some(stage) => format!("{name}:{stage}"),
-                        None => name.to_owned(),
-                    };
-                    entry.values.insert(key, v);
+                    entry.values.insert(series_key(name, &sample.labels), v);
                 }
                 Value::Histogram(counts) => {
                     let stage = sample.labels.get("stage").unwrap_or(name).to_owned();
@@ -252,7 +279,8 @@ pub fn describe_difference(before: &NodeScrape, after: &NodeScrape) -> String {
 mod tests {
     use super::*;
     use crate::metrics::exposition::{NodeInfo, ShardSeries, render};
-    use crate::metrics::snapshot::ShardSnapshot;
+    use crate::metrics::snapshot::tests::histogram_of;
+    use crate::metrics::snapshot::{ClassicHistogram, ShardSnapshot, Stage};
 
     #[test]
     fn a_rendered_exposition_parses_back_to_the_same_numbers() {
@@ -264,10 +292,10 @@ mod tests {
                 };
                 snapshot.counters.events_applied = 100 + u64::from(shard);
                 snapshot.gauges.connections_open = 3;
-                for _ in 0..99 {
-                    snapshot.stages.frame_dispatch_ns.record(20_000).unwrap();
-                }
-                snapshot.stages.frame_dispatch_ns.record(3_000_000).unwrap();
+                let mut values = vec![20_000; 99];
+                values.push(3_000_000);
+                snapshot.stages[Stage::FrameDispatch as usize] =
+                    ClassicHistogram::from_ns(&histogram_of(&values));
                 snapshot
             })
             .collect();
@@ -277,9 +305,18 @@ mod tests {
             ..NodeInfo::default()
         };
         let series: Vec<ShardSeries> = snapshots.iter().map(ShardSeries::from_snapshot).collect();
-        let scrape = NodeScrape::parse(&render(&info, &series)).unwrap();
+        let scrape = NodeScrape::parse(&render(&info, &series, None)).unwrap();
         assert_eq!(scrape.shards.len(), 2);
         assert_eq!(scrape.total("events_applied_total"), 201.0);
+        let join_busy = scrape.shards[0].value("events_total{kind=join,outcome=busy}");
+        assert_eq!(join_busy, 0.0);
+        assert!(
+            scrape.shards[0]
+                .values
+                .contains_key("events_total{kind=join,outcome=busy}")
+        );
+        assert_eq!(scrape.shards[0].sum("events_total"), 0.0);
+        assert_eq!(scrape.shards[0].sum("events_applied_total"), 100.0);
         assert_eq!(scrape.shards[1].value("connections_open"), 3.0);
         assert_eq!(scrape.node_values.get("config_shards"), Some(&2.0));
         let dispatch = &scrape.shards[0].stages["frame_dispatch"];

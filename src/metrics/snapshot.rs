@@ -2,11 +2,14 @@
 //!
 //! A [`ShardSnapshot`] is built on a shard's core from that shard's own counters and
 //! histograms, then moved (not shared) through a bounded channel to the node's housekeeping
-//! thread, which owns it from then on. Nothing in it points back into the shard.
+//! thread, which owns it from then on. Nothing in it points back into the shard, and nothing
+//! in it is on the heap: a snapshot is a few kilobytes (`METRICS_SNAPSHOT_BYTES_MAX`), its
+//! stage latencies already sorted into the classic buckets the exposition serves.
 
 use hdrhistogram::Histogram;
 
-use crate::constants::{METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX, STAGE_LATENCY_NS_MAX};
+use crate::constants::METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX;
+pub use crate::core::shard::EventTally;
 
 /// Monotonic counters of one shard since it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -21,15 +24,35 @@ pub struct ShardCounters {
     pub busy_replies: u64,
     pub frames_received: u64,
     pub frames_rejected: u64,
+    /// Bytes of the frames received (headers included).
+    pub bytes_received: u64,
+    /// Frames queued for clients (replies, maps, error frames).
+    pub frames_sent: u64,
+    /// Bytes written to client sockets.
+    pub bytes_sent: u64,
     pub mesh_batches_sent: u64,
     pub mesh_batches_received: u64,
     pub connections_accepted: u64,
     pub connections_refused: u64,
     pub connections_force_closed: u64,
+    /// Connections closed by the shard, by reason (force-closed at stop is counted above).
+    pub connections_unauthenticated: u64,
+    pub connections_idle_closed: u64,
+    pub connections_write_stalled: u64,
+    pub connections_evicted: u64,
     /// Times a connection found no socket credit and waited (or answered `Busy`).
     pub socket_credit_waits: u64,
     /// Times a forward found no mesh credit at its owner and waited.
     pub mesh_credit_waits: u64,
+    /// Nanoseconds frames spent stopped for credit, summed over the connections.
+    pub credit_wait_ns: u64,
+    /// Nanoseconds the shard's executor spent running tasks and polling for I/O (not
+    /// sleeping, not spinning): its rate is the executor's utilisation.
+    pub executor_busy_ns: u64,
+    /// Task-queue runs that went past their time slice by more than the stall threshold.
+    pub stalls: u64,
+    /// The largest of those overages, in nanoseconds.
+    pub stall_worst_ns: u64,
     /// Snapshots of this shard dropped because the channel to the housekeeping thread was full.
     pub snapshots_dropped: u64,
 }
@@ -66,6 +89,12 @@ pub struct ShardGauges {
     pub socket_credit: CreditGauge,
     /// This shard's shares of its peers' mesh budgets, summed over the peers.
     pub mesh_credit: CreditGauge,
+    /// Batches waiting for the mesh channels to the peers.
+    pub mesh_batches_queued: u64,
+    /// Reply bytes queued or being written to client sockets.
+    pub reply_bytes_queued: u64,
+    /// Connections with replies queued or being written.
+    pub connections_writing: u64,
 }
 
 /// A stage of the data path whose latency a shard records.
@@ -89,41 +118,79 @@ impl Stage {
     }
 }
 
-/// Latency of each stage since the shard started, in nanoseconds.
-#[derive(Clone, Debug)]
-pub struct StageHistograms {
-    pub frame_dispatch_ns: Histogram<u64>,
-    pub mesh_round_trip_ns: Histogram<u64>,
+/// Upper bounds of the classic latency buckets, in seconds: 10 µs to 10 s, then `+Inf`.
+pub const LATENCY_BUCKET_BOUNDS_S: [f64; 19] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Classic buckets of a latency histogram: the finite bounds and `+Inf`.
+pub const LATENCY_BUCKETS: usize = LATENCY_BUCKET_BOUNDS_S.len() + 1;
+
+/// A stage's latency as the exposition needs it: a count per classic bucket (not cumulative,
+/// `+Inf` last), the sum and the count. A fixed, small array, taken from the shard's
+/// HdrHistogram on the shard's core, so that a snapshot never carries the HdrHistogram itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ClassicHistogram {
+    pub counts: [u64; LATENCY_BUCKETS],
+    pub sum_s: f64,
+    pub count: u64,
 }
 
-impl Default for StageHistograms {
-    fn default() -> StageHistograms {
-        let empty =
-            || Histogram::new_with_bounds(1, STAGE_LATENCY_NS_MAX, 3).expect("valid bounds");
-        StageHistograms {
-            frame_dispatch_ns: empty(),
-            mesh_round_trip_ns: empty(),
+impl ClassicHistogram {
+    /// Sorts every recorded value of `histogram` (nanoseconds) into the classic buckets. The
+    /// sum is exact to the HdrHistogram's resolution (three significant digits).
+    pub fn from_ns(histogram: &Histogram<u64>) -> ClassicHistogram {
+        let mut classic = ClassicHistogram {
+            count: histogram.len(),
+            ..ClassicHistogram::default()
+        };
+        let mut sum_ns = 0f64;
+        for value in histogram.iter_recorded() {
+            let count = value.count_at_value();
+            let highest_s = histogram.highest_equivalent(value.value_iterated_to()) as f64 / 1e9;
+            let index = LATENCY_BUCKET_BOUNDS_S
+                .iter()
+                .position(|&bound| highest_s <= bound)
+                .unwrap_or(LATENCY_BUCKETS - 1);
+            classic.counts[index] += count;
+            sum_ns += histogram.median_equivalent(value.value_iterated_to()) as f64 * count as f64;
         }
+        classic.sum_s = sum_ns / 1e9;
+        classic
+    }
+
+    /// (upper bound in seconds, count) of each bucket, `+Inf` last.
+    pub fn buckets(&self) -> [(f64, u64); LATENCY_BUCKETS] {
+        let mut buckets = [(f64::INFINITY, 0); LATENCY_BUCKETS];
+        for (index, bucket) in buckets.iter_mut().enumerate() {
+            let bound = LATENCY_BUCKET_BOUNDS_S
+                .get(index)
+                .copied()
+                .unwrap_or(f64::INFINITY);
+            *bucket = (bound, self.counts[index]);
+        }
+        buckets
     }
 }
 
-impl StageHistograms {
-    pub fn get(&self, stage: Stage) -> &Histogram<u64> {
-        match stage {
-            Stage::FrameDispatch => &self.frame_dispatch_ns,
-            Stage::MeshRoundTrip => &self.mesh_round_trip_ns,
-        }
-    }
-}
-
-/// One shard's counters, gauges and stage histograms at one instant.
-#[derive(Clone, Debug, Default)]
+/// One shard's counters, gauges, events by kind and outcome, and stage latencies at one
+/// instant. Plain values of a fixed size (no heap): at most `METRICS_SNAPSHOT_BYTES_MAX`.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct ShardSnapshot {
     pub shard: u16,
     pub cpu: usize,
     pub counters: ShardCounters,
     pub gauges: ShardGauges,
-    pub stages: StageHistograms,
+    pub events: EventTally,
+    /// Indexed by [`Stage`].
+    pub stages: [ClassicHistogram; Stage::ALL.len()],
+}
+
+impl ShardSnapshot {
+    pub fn stage(&self, stage: Stage) -> &ClassicHistogram {
+        &self.stages[stage as usize]
+    }
 }
 
 /// A shard's end of the channel to the housekeeping thread. `Send`: one clone per shard.
@@ -148,8 +215,62 @@ pub fn snapshot_channel(shards: usize) -> (SnapshotSender, flume::Receiver<Shard
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::constants::METRICS_SNAPSHOT_BYTES_MAX;
+    use crate::core::shard::StageLatencies;
+
+    /// An HdrHistogram as a shard records its stages, holding `values_ns`.
+    pub(crate) fn histogram_of(values_ns: &[u64]) -> Histogram<u64> {
+        let mut histogram = StageLatencies::default().frame_dispatch_ns;
+        for &value in values_ns {
+            histogram.record(value).unwrap();
+        }
+        histogram
+    }
+
+    #[test]
+    fn a_snapshot_is_small_and_owns_no_heap() {
+        // Every field is a plain value or a fixed array, so `size_of` is all of it; a stage
+        // HdrHistogram alone is over 200 KiB (STAGE_HISTOGRAM_BYTES_MAX).
+        let bytes = size_of::<ShardSnapshot>();
+        assert!(
+            bytes <= METRICS_SNAPSHOT_BYTES_MAX,
+            "a snapshot takes {bytes} bytes, METRICS_SNAPSHOT_BYTES_MAX is {METRICS_SNAPSHOT_BYTES_MAX}"
+        );
+        fn copy<T: Copy>() {}
+        copy::<ShardSnapshot>();
+    }
+
+    #[test]
+    fn classic_buckets_place_each_value_under_its_bound() {
+        // 5 µs, 30 µs, 30 µs, 2 ms, 20 s.
+        let classic = ClassicHistogram::from_ns(&histogram_of(&[
+            5_000,
+            30_000,
+            30_000,
+            2_000_000,
+            20_000_000_000,
+        ]));
+        let buckets = classic.buckets();
+        let count_at = |bound: f64| buckets.iter().find(|(b, _)| *b == bound).unwrap().1;
+        assert_eq!(count_at(0.000_01), 1);
+        assert_eq!(count_at(0.000_05), 2);
+        assert_eq!(count_at(0.002_5), 1);
+        assert_eq!(count_at(f64::INFINITY), 1);
+        assert_eq!(classic.count, 5);
+        assert_eq!(classic.counts.iter().sum::<u64>(), 5);
+        let expected_sum = (5_000 + 60_000 + 2_000_000 + 20_000_000_000u64) as f64 / 1e9;
+        assert!(
+            (classic.sum_s - expected_sum).abs() / expected_sum < 0.001,
+            "{}",
+            classic.sum_s
+        );
+        assert_eq!(
+            ClassicHistogram::from_ns(&histogram_of(&[])),
+            ClassicHistogram::default()
+        );
+    }
 
     #[test]
     fn a_full_channel_drops_instead_of_waiting() {

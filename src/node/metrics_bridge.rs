@@ -1,21 +1,22 @@
 //! The node's bridge from a shard's own counters to the metrics layer: a task on each shard
-//! that, about once a second, copies the shard's [`ShardStats`] and [`ShardLoad`] into a
+//! that, about once a second, copies the shard's counters and [`ShardLoad`] into a
 //! [`ShardSnapshot`] and offers it to the housekeeping thread.
 //!
 //! Runs on the shard's executor. It never waits on the channel (a full one drops the snapshot
 //! and the next snapshot counts the drop), shares nothing with the shard's other tasks beyond
 //! a borrow between two awaits, and depends on no cross-thread wake: the housekeeping thread
-//! polls the channel.
+//! polls the channel. The snapshot is small and fixed in size: the stage HdrHistograms are
+//! read in place and only their classic buckets are copied.
 
 use std::rc::Rc;
 use std::time::Duration;
 
 use crate::constants::METRICS_SNAPSHOT_MS_DEFAULT;
-use crate::core::shard::{ShardLoad, ShardStats};
-use crate::metrics::{
-    CreditGauge, ShardCounters, ShardGauges, ShardSnapshot, SnapshotSender, StageHistograms,
-};
+use crate::core::shard::{ShardLoad, ShardStats, Stalls};
+use crate::metrics::snapshot::{ClassicHistogram, Stage};
+use crate::metrics::{CreditGauge, ShardCounters, ShardGauges, ShardSnapshot, SnapshotSender};
 use crate::runtime::shard::Shard;
+use crate::runtime::stall::stalls_on_this_thread;
 
 /// Starts the shard's snapshot task; it lives as long as the shard's executor.
 pub fn spawn_snapshot_task(shard: Rc<Shard>, sender: SnapshotSender) {
@@ -26,7 +27,16 @@ async fn publish_snapshots(shard: Rc<Shard>, sender: SnapshotSender) {
     let period = Duration::from_millis(METRICS_SNAPSHOT_MS_DEFAULT);
     let mut dropped = 0;
     loop {
-        let snapshot = snapshot_of(&shard.stats(), shard.load(), dropped);
+        let executor = ExecutorFacts {
+            busy_ns: glommio::executor()
+                .executor_stats()
+                .total_runtime()
+                .as_nanos() as u64,
+            stalls: stalls_on_this_thread(),
+        };
+        let load = shard.load();
+        let mut snapshot = shard.with_counters(|stats| snapshot_of(stats, load, executor, dropped));
+        snapshot.cpu = shard.cpu();
         if !sender.offer(snapshot) {
             dropped += 1;
         }
@@ -34,8 +44,21 @@ async fn publish_snapshots(shard: Rc<Shard>, sender: SnapshotSender) {
     }
 }
 
+/// What the shell knows of a shard's executor, beside the core's counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExecutorFacts {
+    /// Time spent running tasks and polling for I/O since the executor started.
+    pub busy_ns: u64,
+    pub stalls: Stalls,
+}
+
 /// The metrics layer's copy of a shard's numbers.
-pub fn snapshot_of(stats: &ShardStats, load: ShardLoad, snapshots_dropped: u64) -> ShardSnapshot {
+pub fn snapshot_of(
+    stats: &ShardStats,
+    load: ShardLoad,
+    executor: ExecutorFacts,
+    snapshots_dropped: u64,
+) -> ShardSnapshot {
     let counters = ShardCounters {
         events_applied: stats.events_applied + stats.events_applied_for_peers,
         events_applied_for_peers: stats.events_applied_for_peers,
@@ -43,13 +66,24 @@ pub fn snapshot_of(stats: &ShardStats, load: ShardLoad, snapshots_dropped: u64) 
         busy_replies: stats.busy_replies,
         frames_received: stats.frames_received,
         frames_rejected: stats.frames_rejected,
+        bytes_received: stats.traffic.bytes_received,
+        frames_sent: stats.traffic.frames_sent,
+        bytes_sent: stats.traffic.bytes_sent,
         mesh_batches_sent: stats.mesh_batches_sent,
         mesh_batches_received: stats.mesh_batches_received,
         connections_accepted: stats.connections_accepted,
         connections_refused: stats.connections_refused,
         connections_force_closed: stats.connections_force_closed,
+        connections_unauthenticated: stats.connections_unauthenticated,
+        connections_idle_closed: stats.connections_idle_closed,
+        connections_write_stalled: stats.connections_write_stalled,
+        connections_evicted: stats.connections_evicted,
         socket_credit_waits: stats.socket_credit_waits,
         mesh_credit_waits: stats.mesh_credit_waits,
+        credit_wait_ns: stats.credit_wait_ns,
+        executor_busy_ns: executor.busy_ns,
+        stalls: executor.stalls.count,
+        stall_worst_ns: executor.stalls.worst_overage_ns,
         snapshots_dropped,
     };
     let gauges = ShardGauges {
@@ -66,15 +100,21 @@ pub fn snapshot_of(stats: &ShardStats, load: ShardLoad, snapshots_dropped: u64) 
             bytes_held: load.mesh_held.1,
             bytes_capacity: load.mesh_capacity.1,
         },
+        mesh_batches_queued: load.mesh_batches_queued,
+        reply_bytes_queued: load.reply_bytes_queued,
+        connections_writing: load.connections_writing,
     };
+    let mut stages = [ClassicHistogram::default(); Stage::ALL.len()];
+    stages[Stage::FrameDispatch as usize] =
+        ClassicHistogram::from_ns(&stats.stages.frame_dispatch_ns);
+    stages[Stage::MeshRoundTrip as usize] =
+        ClassicHistogram::from_ns(&stats.stages.mesh_round_trip_ns);
     ShardSnapshot {
         shard: stats.shard,
         cpu: stats.cpu,
         counters,
         gauges,
-        stages: StageHistograms {
-            frame_dispatch_ns: stats.stages.frame_dispatch_ns.clone(),
-            mesh_round_trip_ns: stats.stages.mesh_round_trip_ns.clone(),
-        },
+        events: stats.events,
+        stages,
     }
 }

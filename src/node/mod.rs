@@ -24,6 +24,7 @@ use crate::core::auth::AuthSecret;
 use crate::core::ids::NodeId;
 use crate::core::partition::Placement;
 use crate::core::shard::{ShardStats, Stalls};
+use crate::metrics::housekeeping::ClusterSource;
 use crate::metrics::{Housekeeping, MetricsListen, NodeInfo, SnapshotSender, snapshot_channel};
 use crate::net::listener::{listen, local_addr, probe_port_free, serve_listeners};
 use crate::runtime::config::{ConfigError, RuntimeConfig};
@@ -340,6 +341,14 @@ impl Node {
     /// Where `/metrics` is served, when it is.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.housekeeping.as_ref().map(Housekeeping::addr)
+    }
+
+    /// Serves the cluster families of `/metrics` from `source` (the node's control thread)
+    /// from now on; nothing when the node serves no metrics or was given a source before.
+    pub fn watch_cluster(&self, source: ClusterSource) {
+        if let Some(housekeeping) = &self.housekeeping {
+            housekeeping.watch_cluster(source);
+        }
     }
 
     /// Stops the node cleanly: no new connections or reads, work in flight drains (within the

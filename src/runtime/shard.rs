@@ -538,8 +538,18 @@ impl Shard {
         self.core.borrow().load()
     }
 
-    /// The shard's counters so far, with the CPU it runs on: for the metrics snapshot and the
-    /// stop report.
+    /// Reads the shard's counters where they are, without copying its stage histograms: for
+    /// the once-a-second metrics snapshot.
+    pub fn with_counters<R>(&self, read: impl FnOnce(&ShardStats) -> R) -> R {
+        read(self.core.borrow().counters())
+    }
+
+    /// The CPU the shard runs on.
+    pub fn cpu(&self) -> usize {
+        self.cpu
+    }
+
+    /// The shard's counters so far, with the CPU it runs on: for the stop report.
     pub fn stats(&self) -> ShardStats {
         let mut stats = self.core.borrow().stats();
         stats.cpu = self.cpu;

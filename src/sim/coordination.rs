@@ -148,6 +148,7 @@ impl World {
                         port: 7700,
                         shard_ports: (0..model.shards_per_node).map(|s| 7701 + s).collect(),
                         version: "sim".into(),
+                        metrics: None,
                     },
                     partitions: model.partitions,
                     lease_ttl_s: model.lease_ttl_s,

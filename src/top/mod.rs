@@ -1,6 +1,8 @@
 //! `trove top`: a live view of running nodes, from their `/metrics`.
 //!
-//! Every second it scrapes each node (in parallel, one plain thread per node, each scrape
+//! The nodes are named (`--node`, repeated) or read from a cluster's etcd (`--cluster`): every
+//! node registered under `/trove/NAME/nodes/` with the address of its `/metrics`, read again
+//! at each refresh, so nodes that join or leave come and go. Every second it scrapes each node (in parallel, one plain thread per node, each scrape
 //! bounded by `METRICS_SCRAPE_MS_MAX`), turns the difference between two scrapes into rates
 //! and interval p99s ([`view`]), and shows one row per shard with the shard in trouble on top:
 //! a terminal UI (`ratatui`) by default, or one plain-text table with `--once` for scripts.
@@ -14,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::constants::TOP_NODES_MAX;
+use crate::cluster::coordinator::{ClusterView, Request, Response};
+use crate::cluster::etcd::{EtcdClient, parse_endpoints};
+use crate::cluster::keys::ClusterKeys;
+use crate::constants::{METRICS_SCRAPE_MS_MAX, TOP_NODES_MAX};
 use crate::metrics::scrape::{NodeScrape, fetch};
 use view::{ShardRow, node_rows, sort_by_trouble};
 
@@ -28,9 +33,21 @@ pub struct TopArgs {
     #[arg(
         long = "node",
         value_name = "ADDR:PORT",
-        default_value = "127.0.0.1:9700"
+        default_value = "127.0.0.1:9700",
+        conflicts_with = "cluster"
     )]
     pub nodes: Vec<SocketAddr>,
+    /// Watch every node of a cluster, as registered in its etcd (http://HOST:2379[,…])
+    #[arg(long, value_name = "URLS")]
+    pub cluster: Option<String>,
+    /// The cluster's name (with --cluster): its nodes are under /trove/NAME/nodes/ in etcd
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "trove",
+        requires = "cluster"
+    )]
+    pub cluster_name: String,
     /// Scrape twice, two seconds apart, print one plain-text table and exit
     #[arg(long)]
     pub once: bool,
@@ -42,22 +59,101 @@ const REFRESH: Duration = Duration::from_secs(1);
 /// a second, so a window of two holds at least one new snapshot of each.
 const WINDOW: Duration = Duration::from_secs(2);
 
-pub fn run(args: &TopArgs) -> i32 {
-    if args.nodes.len() > TOP_NODES_MAX {
-        eprintln!(
-            "trove top: {} nodes given; it watches at most {TOP_NODES_MAX} at once",
-            args.nodes.len()
-        );
-        return 2;
+/// Which nodes to watch: named ones, or a cluster's, read from etcd at each refresh.
+enum Targets {
+    Nodes(Vec<SocketAddr>),
+    Cluster { etcd: EtcdClient, keys: ClusterKeys },
+}
+
+/// One node's scrape, by its metrics address.
+type Scrapes = Vec<(SocketAddr, Result<NodeScrape, String>)>;
+
+impl Targets {
+    fn from_args(args: &TopArgs) -> Result<Targets, String> {
+        let Some(list) = &args.cluster else {
+            if args.nodes.len() > TOP_NODES_MAX {
+                return Err(format!(
+                    "{} nodes given; it watches at most {TOP_NODES_MAX} at once",
+                    args.nodes.len()
+                ));
+            }
+            return Ok(Targets::Nodes(args.nodes.clone()));
+        };
+        let endpoints = parse_endpoints(list).map_err(|error| format!("--cluster {error}"))?;
+        let keys = ClusterKeys::new(&args.cluster_name)
+            .map_err(|error| format!("--cluster-name: {error}"))?;
+        let timeout = Duration::from_millis(METRICS_SCRAPE_MS_MAX);
+        Ok(Targets::Cluster {
+            etcd: EtcdClient::new(endpoints, timeout),
+            keys,
+        })
     }
+
+    /// The metrics addresses to scrape now, and a line for each node that cannot be.
+    fn resolve(&mut self) -> Result<(Vec<SocketAddr>, Vec<String>), String> {
+        let (etcd, keys) = match self {
+            Targets::Nodes(nodes) => return Ok((nodes.clone(), Vec::new())),
+            Targets::Cluster { etcd, keys } => (etcd, keys),
+        };
+        let request = Request::RangePrefix {
+            prefix: keys.prefix().to_owned(),
+        };
+        let Response::Range { revision, kvs } = etcd
+            .execute(&request)
+            .map_err(|error| format!("cannot read the cluster's nodes from etcd: {error}"))?
+        else {
+            return Err("etcd answered a range with something else".into());
+        };
+        let view = ClusterView::from_range(keys, revision, &kvs);
+        if view.nodes.is_empty() {
+            return Err(format!(
+                "no node is registered under {}nodes/ in etcd {}; is the cluster name right (--cluster-name)?",
+                keys.prefix(),
+                etcd.endpoint()
+            ));
+        }
+        let mut addrs = Vec::new();
+        let mut notes = Vec::new();
+        for (node, entry) in &view.nodes {
+            let Some(metrics) = &entry.info.metrics else {
+                notes.push(format!(
+                    "{node} registers no /metrics address (it runs with --metrics-listen off, or an older trove)"
+                ));
+                continue;
+            };
+            match std::net::ToSocketAddrs::to_socket_addrs(metrics.as_str())
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+            {
+                Some(addr) if addrs.len() < TOP_NODES_MAX => addrs.push(addr),
+                Some(_) => notes.push(format!(
+                    "{node} is not watched: top watches at most {TOP_NODES_MAX} nodes"
+                )),
+                None => notes.push(format!(
+                    "{node} registers /metrics at `{metrics}`, which does not resolve"
+                )),
+            }
+        }
+        Ok((addrs, notes))
+    }
+}
+
+pub fn run(args: &TopArgs) -> i32 {
+    let mut targets = match Targets::from_args(args) {
+        Ok(targets) => targets,
+        Err(message) => {
+            eprintln!("trove top: {message}");
+            return 2;
+        }
+    };
     if args.once {
-        return once(&args.nodes);
+        return once(&mut targets);
     }
     if !std::io::stdout().is_terminal() {
         eprintln!("trove top: the live view needs a terminal; use --once for scripts");
         return 2;
     }
-    match live(&args.nodes) {
+    match live(&mut targets) {
         Ok(()) => 0,
         Err(error) => {
             eprintln!("trove top: the terminal failed: {error}");
@@ -67,72 +163,100 @@ pub fn run(args: &TopArgs) -> i32 {
 }
 
 /// One scrape of every node, in parallel.
-fn scrape_all(nodes: &[SocketAddr]) -> Vec<Result<NodeScrape, String>> {
+fn scrape_all(nodes: &[SocketAddr]) -> Scrapes {
     std::thread::scope(|scope| {
         let scrapes: Vec<_> = nodes
             .iter()
-            .map(|&node| scope.spawn(move || fetch(node).and_then(|text| NodeScrape::parse(&text))))
+            .map(|&node| {
+                let scrape =
+                    scope.spawn(move || fetch(node).and_then(|text| NodeScrape::parse(&text)));
+                (node, scrape)
+            })
             .collect();
         scrapes
             .into_iter()
-            .map(|scrape| {
-                scrape
+            .map(|(node, scrape)| {
+                let scrape = scrape
                     .join()
-                    .unwrap_or_else(|_| Err("the scrape panicked".into()))
+                    .unwrap_or_else(|_| Err("the scrape panicked".into()));
+                (node, scrape)
             })
             .collect()
     })
 }
 
-/// The rows of every node that answered both scrapes, trouble first, and an error line for
-/// each node that did not.
-fn rows_between(
-    nodes: &[SocketAddr],
-    before: &[Result<NodeScrape, String>],
-    now: &[Result<NodeScrape, String>],
-    seconds: f64,
-) -> (Vec<ShardRow>, Vec<String>) {
+/// The rows of every node that answered the later scrape, trouble first (a node missing from
+/// the earlier one shows no rates yet), and an error line for each node that did not answer.
+fn rows_between(before: &Scrapes, now: &Scrapes, seconds: f64) -> (Vec<ShardRow>, Vec<String>) {
     let mut rows = Vec::new();
     let mut errors = Vec::new();
-    for ((node, before), now) in nodes.iter().zip(before).zip(now) {
-        match (before, now) {
-            (Ok(before), Ok(now)) => {
-                rows.extend(node_rows(&node.to_string(), before, now, seconds))
-            }
-            (_, Err(error)) | (Err(error), _) => errors.push(format!("{node}: {error}")),
+    let none = NodeScrape::default();
+    for (node, now) in now {
+        let before = before
+            .iter()
+            .find(|(addr, _)| addr == node)
+            .and_then(|(_, scrape)| scrape.as_ref().ok())
+            .unwrap_or(&none);
+        match now {
+            Ok(now) => rows.extend(node_rows(&node.to_string(), before, now, seconds)),
+            Err(error) => errors.push(format!("{node}: {error}")),
         }
     }
     sort_by_trouble(&mut rows);
     (rows, errors)
 }
 
-fn once(nodes: &[SocketAddr]) -> i32 {
-    let first = scrape_all(nodes);
+fn once(targets: &mut Targets) -> i32 {
+    let (nodes, notes) = match targets.resolve() {
+        Ok(resolved) => resolved,
+        Err(message) => {
+            eprintln!("trove top: {message}");
+            return 1;
+        }
+    };
+    let first = scrape_all(&nodes);
     let started = Instant::now();
     std::thread::sleep(WINDOW);
-    let second = scrape_all(nodes);
-    let (rows, errors) = rows_between(nodes, &first, &second, started.elapsed().as_secs_f64());
+    let second = scrape_all(&nodes);
+    let (rows, errors) = rows_between(&first, &second, started.elapsed().as_secs_f64());
     let mut stdout = std::io::stdout();
     let _ = write!(stdout, "{}", view::plain_table(&rows));
-    for error in &errors {
-        eprintln!("trove top: {error}");
+    for line in notes.iter().chain(&errors) {
+        eprintln!("trove top: {line}");
     }
-    if errors.is_empty() { 0 } else { 1 }
+    if errors.is_empty() && notes.is_empty() {
+        0
+    } else {
+        1
+    }
 }
 
-fn live(nodes: &[SocketAddr]) -> std::io::Result<()> {
+fn live(targets: &mut Targets) -> std::io::Result<()> {
     let mut terminal = ratatui::init();
-    let result = live_loop(&mut terminal, nodes);
+    let result = live_loop(&mut terminal, targets);
     ratatui::restore();
     result
 }
 
-fn live_loop(terminal: &mut ratatui::DefaultTerminal, nodes: &[SocketAddr]) -> std::io::Result<()> {
+/// The nodes to scrape now and the lines to show about the others; the last known nodes when
+/// the cluster cannot be read.
+fn resolve_or_keep(targets: &mut Targets, last: &[SocketAddr]) -> (Vec<SocketAddr>, Vec<String>) {
+    targets
+        .resolve()
+        .unwrap_or_else(|error| (last.to_vec(), vec![error]))
+}
+
+fn live_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    targets: &mut Targets,
+) -> std::io::Result<()> {
     use ratatui::crossterm::event::{self, Event, KeyCode, KeyModifiers};
+    let (mut nodes, mut notes) = resolve_or_keep(targets, &[]);
     // The scrapes of the last `WINDOW`, oldest first.
-    let mut history = std::collections::VecDeque::from([(Instant::now(), scrape_all(nodes))]);
+    let mut history = std::collections::VecDeque::from([(Instant::now(), scrape_all(&nodes))]);
     let mut rows = Vec::new();
-    let mut errors = vec![format!("scraping {} node(s)…", nodes.len())];
+    let mut errors = notes.clone();
+    errors.push(format!("scraping {} node(s)…", nodes.len()));
     loop {
         terminal.draw(|frame| draw(frame, &rows, &errors))?;
         let next = history.back().expect("never empty").0 + REFRESH;
@@ -147,14 +271,16 @@ fn live_loop(terminal: &mut ratatui::DefaultTerminal, nodes: &[SocketAddr]) -> s
                 }
             }
         }
-        history.push_back((Instant::now(), scrape_all(nodes)));
+        (nodes, notes) = resolve_or_keep(targets, &nodes);
+        history.push_back((Instant::now(), scrape_all(&nodes)));
         while history.len() > 2 && history[1].0.elapsed() >= WINDOW {
             history.pop_front();
         }
         let (oldest_at, oldest) = history.front().expect("never empty");
         let (newest_at, newest) = history.back().expect("never empty");
         let seconds = (*newest_at - *oldest_at).as_secs_f64();
-        (rows, errors) = rows_between(nodes, oldest, newest, seconds);
+        (rows, errors) = rows_between(oldest, newest, seconds);
+        errors.splice(0..0, notes.iter().cloned());
     }
 }
 
@@ -191,10 +317,12 @@ fn draw(frame: &mut ratatui::Frame, rows: &[ShardRow], errors: &[String]) {
         "BUSY/S",
         "CONNS",
         "STALL",
+        "UTIL",
+        "STALLS/S",
     ])
     .style(Style::default().add_modifier(Modifier::REVERSED));
     let lines = rows.iter().map(|row| {
-        let style = if row.stalled() || row.credit_use >= 0.95 {
+        let style = if row.stalled() || row.credit_use >= 0.95 || row.stalls_per_s > 0.0 {
             Style::default().fg(Color::Red)
         } else if row.credit_use >= 0.5 || row.credit_waits_per_s + row.busy_per_s > 0.0 {
             Style::default().fg(Color::Yellow)
@@ -217,6 +345,8 @@ fn draw(frame: &mut ratatui::Frame, rows: &[ShardRow], errors: &[String]) {
             } else {
                 "no".into()
             },
+            view::short_percent(row.utilisation),
+            view::short_rate(row.stalls_per_s),
         ])
         .style(style)
     });
@@ -232,6 +362,8 @@ fn draw(frame: &mut ratatui::Frame, rows: &[ShardRow], errors: &[String]) {
         Constraint::Length(7),
         Constraint::Length(5),
         Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(8),
     ];
     frame.render_widget(
         Table::new(lines, widths)

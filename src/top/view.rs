@@ -33,6 +33,10 @@ pub struct ShardRow {
     pub connections_open: f64,
     /// Seconds since the shard's last snapshot reached its node's housekeeping thread.
     pub snapshot_age_s: f64,
+    /// Share of the interval the shard's executor was busy, 0 to 1.
+    pub utilisation: f64,
+    /// Reactor stalls over the interval.
+    pub stalls_per_s: f64,
 }
 
 impl ShardRow {
@@ -123,6 +127,8 @@ pub fn node_rows(node: &str, before: &NodeScrape, now: &NodeScrape, seconds: f64
                 busy_per_s: rate("busy_replies_total"),
                 connections_open: shard.value("connections_open"),
                 snapshot_age_s: shard.value("metrics_snapshot_age_seconds"),
+                utilisation: rate("executor_busy_seconds_total").min(1.0),
+                stalls_per_s: rate("reactor_stalls_total"),
             }
         })
         .collect()
@@ -169,10 +175,15 @@ pub fn credit_bar(use_ratio: f64, width: usize) -> String {
     )
 }
 
+/// Utilisation as a percentage for a narrow column: `37%`.
+pub fn short_percent(ratio: f64) -> String {
+    format!("{:.0}%", ratio.clamp(0.0, 1.0) * 100.0)
+}
+
 /// The plain-text table of `--once`.
 pub fn plain_table(rows: &[ShardRow]) -> String {
     let mut text = format!(
-        "{:<22} {:>5} {:>9} {:>8} {:>13} {:>9} {:<18} {:>8} {:>7} {:>5} {:>6}\n",
+        "{:<22} {:>5} {:>9} {:>8} {:>13} {:>9} {:<18} {:>8} {:>7} {:>5} {:>6} {:>5} {:>8}\n",
         "NODE",
         "SHARD",
         "EVENTS/S",
@@ -183,11 +194,13 @@ pub fn plain_table(rows: &[ShardRow]) -> String {
         "WAITS/S",
         "BUSY/S",
         "CONNS",
-        "STALL"
+        "STALL",
+        "UTIL",
+        "STALLS/S"
     );
     for row in rows {
         text.push_str(&format!(
-            "{:<22} {:>5} {:>9} {:>8} {:>13} {:>9} {:<18} {:>8} {:>7} {:>5} {:>6}\n",
+            "{:<22} {:>5} {:>9} {:>8} {:>13} {:>9} {:<18} {:>8} {:>7} {:>5} {:>6} {:>5} {:>8}\n",
             row.node,
             row.shard,
             short_rate(row.events_per_s),
@@ -203,6 +216,8 @@ pub fn plain_table(rows: &[ShardRow]) -> String {
             } else {
                 "no".into()
             },
+            short_percent(row.utilisation),
+            short_rate(row.stalls_per_s),
         ));
     }
     text
@@ -239,8 +254,14 @@ mod tests {
             shards: vec![shard(0, 3_000.0, 0.0, 0.1)],
             ..NodeScrape::default()
         };
+        let mut now = now;
+        now.shards[0]
+            .values
+            .insert("executor_busy_seconds_total".into(), 0.5);
         let rows = node_rows("n", &before, &now, 2.0);
         assert_eq!(rows[0].events_per_s, 1_000.0);
+        assert_eq!(rows[0].utilisation, 0.25);
+        assert!(plain_table(&rows).lines().nth(1).unwrap().contains(" 25% "));
     }
 
     #[test]

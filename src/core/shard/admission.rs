@@ -11,7 +11,7 @@
 //! it was read (see `shedding`). Once the shard stops, events are answered
 //! `Error { ShuttingDown }` instead of being admitted. Shard-local.
 
-use crate::constants::{CONNECTION_BACKLOG_BYTES_MAX, EVENT_BYTES_MAX};
+use crate::constants::{CONNECTION_BACKLOG_BYTES_MAX, EVENT_BYTES_MAX, FRAME_HEADER_BYTES};
 use crate::core::codec::{
     FrameError, FrameHeader, FrameKind, Records, ValidatedArchive, ValidatedFrame,
 };
@@ -78,6 +78,7 @@ impl ShardCore {
             FrameKind::MapRequest => {
                 Records::parse(header.kind, body)?;
                 self.stats.frames_received += 1;
+                self.stats.traffic.bytes_received += (FRAME_HEADER_BYTES + body.len()) as u64;
                 self.queue_map(id);
                 Ok(FrameProgress::Done)
             }
@@ -95,9 +96,13 @@ impl ShardCore {
         let records = Records::parse(FrameKind::Events, body)?;
         let progress = self.connections.get(id).and_then(|c| c.frame);
         let (first, arrived_ns) = match progress {
-            Some(progress) => (progress.records_done, progress.arrived_ns),
+            Some(progress) => {
+                self.stats.credit_wait_ns += now_ns.saturating_sub(progress.blocked_ns);
+                (progress.records_done, progress.arrived_ns)
+            }
             None => {
                 self.stats.frames_received += 1;
+                self.stats.traffic.bytes_received += (FRAME_HEADER_BYTES + body.len()) as u64;
                 (0, now_ns)
             }
         };
@@ -118,6 +123,7 @@ impl ShardCore {
                     arrived_ns,
                     blocked_on: need,
                     blocked_peer: peer,
+                    blocked_ns: now_ns,
                 });
                 return Ok(FrameProgress::Blocked);
             }
@@ -182,6 +188,7 @@ impl ShardCore {
                 }
                 let reply = self.apply(local, event);
                 self.stats.events_applied += 1;
+                self.stats.events.count(&event.kind, &reply.outcome);
                 self.reply_applied(id, local, archive.bytes(), &reply, credit);
             }
             Route::Shard(owner) => {
@@ -254,6 +261,7 @@ impl ShardCore {
     }
 
     fn answer_uncredited(&mut self, id: ConnectionId, event: &ArchivedEvent, outcome: Outcome) {
+        self.stats.events.count(&event.kind, &outcome);
         let reply = reply_to(event, outcome);
         self.reply_uncredited(id, &reply);
     }

@@ -65,6 +65,8 @@ pub(super) struct FrameInProgress {
     /// there.
     pub blocked_on: Credit,
     pub blocked_peer: Option<crate::core::ids::ShardId>,
+    /// When it last stopped for credit.
+    pub blocked_ns: u64,
 }
 
 /// The read side of a connection.

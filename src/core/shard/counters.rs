@@ -6,6 +6,7 @@ use hdrhistogram::Histogram;
 
 use crate::constants::STAGE_LATENCY_NS_MAX;
 use crate::core::credit::Credit;
+use crate::core::message::{ArchivedEventKind, EventError, Outcome};
 
 /// How long the stages of a shard's data path took, as HdrHistograms of nanoseconds.
 #[derive(Clone, Debug)]
@@ -78,6 +79,13 @@ pub struct ShardStats {
     pub stages: StageLatencies,
     /// What the executor's stall detector saw (filled in by the shell, like `cpu`).
     pub stalls: Stalls,
+    /// Every event this shard answered, by kind and outcome.
+    pub events: EventTally,
+    /// Frames and bytes through the shard's client sockets.
+    pub traffic: Traffic,
+    /// Nanoseconds frames spent stopped for credit before they went on, summed over the
+    /// connections (two waiting at once count twice).
+    pub credit_wait_ns: u64,
 }
 
 /// What the stall detector saw on one shard.
@@ -100,12 +108,240 @@ pub struct ShardLoad {
     /// This shard's shares of its peers' mesh budgets, summed over the peers (events, bytes).
     pub mesh_held: (u64, u64),
     pub mesh_capacity: (u64, u64),
+    /// Batches waiting for the mesh channels to the peers, summed over the peers.
+    pub mesh_batches_queued: u64,
+    /// Reply bytes queued or being written to client sockets, summed over the connections.
+    pub reply_bytes_queued: u64,
+    /// Connections with replies queued or being written.
+    pub connections_writing: u64,
+}
+
+/// An event's kind, as the index of its counters and the value of the `kind` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KindIndex {
+    CreateHunt,
+    Join,
+    CheckIn,
+    Claim,
+    Leaderboard,
+    EndHunt,
+}
+
+impl KindIndex {
+    pub const ALL: [KindIndex; 6] = [
+        KindIndex::CreateHunt,
+        KindIndex::Join,
+        KindIndex::CheckIn,
+        KindIndex::Claim,
+        KindIndex::Leaderboard,
+        KindIndex::EndHunt,
+    ];
+
+    pub fn of(kind: &ArchivedEventKind) -> KindIndex {
+        match kind {
+            ArchivedEventKind::CreateHunt(_) => KindIndex::CreateHunt,
+            ArchivedEventKind::Join => KindIndex::Join,
+            ArchivedEventKind::CheckIn { .. } => KindIndex::CheckIn,
+            ArchivedEventKind::Claim { .. } => KindIndex::Claim,
+            ArchivedEventKind::Leaderboard { .. } => KindIndex::Leaderboard,
+            ArchivedEventKind::EndHunt => KindIndex::EndHunt,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            KindIndex::CreateHunt => "create_hunt",
+            KindIndex::Join => "join",
+            KindIndex::CheckIn => "check_in",
+            KindIndex::Claim => "claim",
+            KindIndex::Leaderboard => "leaderboard",
+            KindIndex::EndHunt => "end_hunt",
+        }
+    }
+}
+
+/// What became of an event, as the index of its counters and the value of the `outcome` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutcomeIndex {
+    /// Applied, with any answer but a rejection (`Accepted`, `Claimed`, `AlreadyClaimed`, a
+    /// leaderboard).
+    Accepted,
+    /// Applied and refused (the reason is counted apart).
+    Rejected,
+    /// Not applied: out of credit in fail-fast mode.
+    Busy,
+    /// Not applied: nobody serves its partition now (`OwnerUnavailable`).
+    Unavailable,
+    /// Not applied: its partition is owned elsewhere.
+    Moved,
+    /// Not applied: the shard was stopping.
+    ShuttingDown,
+}
+
+impl OutcomeIndex {
+    pub const ALL: [OutcomeIndex; 6] = [
+        OutcomeIndex::Accepted,
+        OutcomeIndex::Rejected,
+        OutcomeIndex::Busy,
+        OutcomeIndex::Unavailable,
+        OutcomeIndex::Moved,
+        OutcomeIndex::ShuttingDown,
+    ];
+
+    pub fn of(outcome: &Outcome) -> OutcomeIndex {
+        match outcome {
+            Outcome::Accepted { .. }
+            | Outcome::Claimed { .. }
+            | Outcome::AlreadyClaimed { .. }
+            | Outcome::Leaderboard { .. } => OutcomeIndex::Accepted,
+            Outcome::Rejected { .. } => OutcomeIndex::Rejected,
+            Outcome::Busy => OutcomeIndex::Busy,
+            Outcome::Error {
+                error: EventError::OwnerUnavailable,
+            } => OutcomeIndex::Unavailable,
+            Outcome::Error {
+                error: EventError::ShuttingDown,
+            } => OutcomeIndex::ShuttingDown,
+            Outcome::Moved { .. } => OutcomeIndex::Moved,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            OutcomeIndex::Accepted => "accepted",
+            OutcomeIndex::Rejected => "rejected",
+            OutcomeIndex::Busy => "busy",
+            OutcomeIndex::Unavailable => "unavailable",
+            OutcomeIndex::Moved => "moved",
+            OutcomeIndex::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Reject reasons, as counted: `RejectReason as u8 - 1` indexes them.
+pub const REJECT_REASONS: usize = 16;
+
+/// The value of the `reason` label of a reject reason.
+pub fn reject_reason_label(index: usize) -> &'static str {
+    const LABELS: [&str; REJECT_REASONS] = [
+        "unknown_hunt",
+        "hunt_exists",
+        "unknown_player",
+        "already_joined",
+        "unknown_treasure",
+        "wrong_code",
+        "outside_radius",
+        "already_checked_in",
+        "hunt_table_full",
+        "player_table_full",
+        "invalid_hunt_spec",
+        "code_too_long",
+        "invalid_top_k",
+        "invalid_position",
+        "too_many_attempts",
+        "not_organiser",
+    ];
+    LABELS.get(index).copied().unwrap_or("unknown")
+}
+
+/// Every event a shard answered, by kind and outcome, and its rejections by reason: plain
+/// arrays indexed on the hot path (no map, no atomic). Each event is counted once, by the
+/// shard that decided its outcome: the owner for an event it applied (forwarded or not), the
+/// receiving shard for one it answered without applying (`Busy`, `Moved`, `ShuttingDown`,
+/// unavailable).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventTally {
+    pub by_outcome: [[u64; OutcomeIndex::ALL.len()]; KindIndex::ALL.len()],
+    pub rejected: [[u64; REJECT_REASONS]; KindIndex::ALL.len()],
+}
+
+impl Default for EventTally {
+    fn default() -> EventTally {
+        EventTally {
+            by_outcome: [[0; OutcomeIndex::ALL.len()]; KindIndex::ALL.len()],
+            rejected: [[0; REJECT_REASONS]; KindIndex::ALL.len()],
+        }
+    }
+}
+
+impl EventTally {
+    /// Counts one answered event.
+    #[inline]
+    pub fn count(&mut self, kind: &ArchivedEventKind, outcome: &Outcome) {
+        let kind = KindIndex::of(kind) as usize;
+        self.by_outcome[kind][OutcomeIndex::of(outcome) as usize] += 1;
+        if let Outcome::Rejected { reason } = outcome {
+            let reason = (*reason as usize).saturating_sub(1).min(REJECT_REASONS - 1);
+            self.rejected[kind][reason] += 1;
+        }
+    }
+
+    /// Events with this outcome, over every kind.
+    pub fn outcome_total(&self, outcome: OutcomeIndex) -> u64 {
+        self.by_outcome
+            .iter()
+            .map(|row| row[outcome as usize])
+            .sum()
+    }
+
+    /// Every event counted.
+    pub fn total(&self) -> u64 {
+        self.by_outcome.iter().flatten().sum()
+    }
+}
+
+/// Frames and bytes through a shard's client sockets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes of whole frames received (headers included), rejected frames aside.
+    pub bytes_received: u64,
+    /// Frames queued for clients: replies, maps, and the error frame that ends a connection.
+    pub frames_sent: u64,
+    /// Bytes written to client sockets.
+    pub bytes_sent: u64,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::constants::STAGE_HISTOGRAM_BYTES_MAX;
+
+    #[test]
+    fn each_reject_reason_has_its_own_label() {
+        use crate::core::message::RejectReason::*;
+        let reasons = [
+            UnknownHunt,
+            HuntExists,
+            UnknownPlayer,
+            AlreadyJoined,
+            UnknownTreasure,
+            WrongCode,
+            OutsideRadius,
+            AlreadyCheckedIn,
+            HuntTableFull,
+            PlayerTableFull,
+            InvalidHuntSpec,
+            CodeTooLong,
+            InvalidTopK,
+            InvalidPosition,
+            TooManyAttempts,
+            NotOrganiser,
+        ];
+        assert_eq!(reasons.len(), REJECT_REASONS);
+        for reason in reasons {
+            // The label is the variant's name in snake case.
+            let name: String = format!("{reason:?}")
+                .chars()
+                .enumerate()
+                .flat_map(|(i, c)| {
+                    let sep = (i > 0 && c.is_ascii_uppercase()).then_some('_');
+                    sep.into_iter()
+                        .chain(std::iter::once(c.to_ascii_lowercase()))
+                })
+                .collect();
+            assert_eq!(reject_reason_label(reason as usize - 1), name);
+        }
+    }
 
     #[test]
     fn the_memory_sum_covers_a_stage_histogram() {

@@ -184,6 +184,11 @@ impl Peer {
     pub fn closed(&self) -> bool {
         self.closed
     }
+
+    /// Batches waiting for the channel, the one being filled included.
+    pub fn batches_queued(&self) -> usize {
+        self.outbox.len()
+    }
 }
 
 impl ShardCore {
@@ -260,6 +265,7 @@ impl ShardCore {
                 }
                 Err(outcome) => (reply_to(event, outcome), None),
             };
+            self.stats.events.count(&event.kind, &reply.outcome);
             if !self.hold_peer_reply(from, applied, &reply, entry) {
                 self.queue_peer_reply(now_ns, from, &reply, entry);
             }

@@ -52,6 +52,7 @@ use crate::core::partition::{MapError, Placement};
 
 pub use admission::{FrameProgress, Readable};
 pub use connections::{CloseReason, ConnectRefusal, SourceAddr};
+pub use counters::{EventTally, KindIndex, OutcomeIndex, Traffic};
 pub use counters::{ShardLoad, ShardStats, StageLatencies, Stalls};
 pub use durability::{Durability, ReplayError};
 pub use mesh::{ArchiveBatch, BatchEntry, MeshBatch, MeshOutput};
@@ -334,6 +335,12 @@ impl ShardCore {
         stats
     }
 
+    /// The counters as they stand, borrowed: for a snapshot that copies only what it needs
+    /// (not the stage histograms, which [`Self::stats`] clones whole).
+    pub fn counters(&self) -> &ShardStats {
+        &self.stats
+    }
+
     /// Socket credit held now, by every connection together.
     pub fn credit_held(&self) -> Credit {
         self.credit.held()
@@ -367,6 +374,12 @@ impl ShardCore {
             load.mesh_held.1 += u64::from(held.bytes);
             load.mesh_capacity.0 += u64::from(capacity.events);
             load.mesh_capacity.1 += u64::from(capacity.bytes);
+            load.mesh_batches_queued += peer.batches_queued() as u64;
+        }
+        for connection in self.connections.iter() {
+            let bytes = connection.out.len() + connection.writing_bytes;
+            load.reply_bytes_queued += bytes as u64;
+            load.connections_writing += u64::from(bytes > 0);
         }
         load
     }

@@ -38,6 +38,7 @@ impl ShardCore {
                 }
                 connection.out.error(epoch, error);
                 connection.error_queued = true;
+                self.stats.traffic.frames_sent += 1;
             }
         }
         if connection.read != ReadSide::Open
@@ -78,6 +79,7 @@ impl ShardCore {
         connection.last_active_ns = now_ns;
         connection.write_watch_ns = None;
         connection.writing_bytes = connection.writing_bytes.saturating_sub(written);
+        self.stats.traffic.bytes_sent += written as u64;
         if connection.writing_bytes > 0 {
             return;
         }
@@ -145,11 +147,13 @@ impl ShardCore {
         let frames = &mut connection.out;
         if !frames.is_open() {
             frames.begin(FrameKind::Replies);
+            self.stats.traffic.frames_sent += 1;
         }
         if !push(frames) {
             // Replies are bounded below the frame limit, so this frame is merely full.
             frames.finish(epoch);
             frames.begin(FrameKind::Replies);
+            self.stats.traffic.frames_sent += 1;
             assert!(push(frames), "a reply fits an empty frame");
         }
         connection.out_credit = connection.out_credit.plus(credit);
@@ -171,6 +175,7 @@ impl ShardCore {
         }
         connection.out.append_frames(&self.map_reply);
         connection.map_epoch_sent = epoch;
+        self.stats.traffic.frames_sent += 1;
         self.list_writable(id);
     }
 }

@@ -914,3 +914,191 @@ fn when_the_slots_are_full_the_longest_idle_connection_gives_way() {
     assert_eq!(core.handle_connect(2_000), None);
     assert_eq!(core.stats().connections_evicted, 1);
 }
+
+// ---- metrics counters ----------------------------------------------------------------------
+
+/// Frames in `bytes`, as a client would read them.
+fn frames_in(bytes: &[u8]) -> u64 {
+    let mut rest = bytes;
+    let mut frames = 0;
+    while let Ok(Decoded::Frame { frame_len, .. }) = decode_frame(rest) {
+        frames += 1;
+        rest = &rest[frame_len..];
+    }
+    assert!(rest.is_empty(), "whole frames only");
+    frames
+}
+
+#[test]
+fn every_event_is_counted_once_by_kind_and_outcome_and_every_byte_by_direction() {
+    use crate::core::shard::{KindIndex, OutcomeIndex};
+    let config = config(
+        2,
+        Credit::new(BIG, BIG),
+        Credit::new(BIG, BIG),
+        Credit::new(BIG, BIG),
+    );
+    let mut cores = cores(2, &config);
+    let conn = cores[0].handle_connect(0).unwrap();
+    let (mine, theirs) = (hunt_owned_by(2, 0, 0), hunt_owned_by(2, 1, 0));
+    let events = [
+        create(1, mine),                                     // accepted on 0
+        create(2, mine),                                     // rejected on 0: exists
+        create(3, theirs),                                   // forwarded, accepted on 1
+        join(4, hunt_owned_by(2, 1, 1)),                     // forwarded, rejected on 1
+        event(5, mine, EventKind::Leaderboard { top_k: 3 }), // accepted on 0
+    ];
+    let sent = frame(&events, 1);
+    assert_eq!(offer(&mut cores[0], conn, &sent), FrameProgress::Done);
+    assert_eq!(
+        cores[0].load().mesh_batches_queued,
+        1,
+        "two events forwarded in one batch"
+    );
+    settle(&mut cores);
+    assert_eq!(cores[0].load().mesh_batches_queued, 0);
+    let mut written = Vec::new();
+    let mut out = FrameBuilder::new();
+    while cores[0].poll_replies(conn, &mut out) {
+        written.extend_from_slice(out.bytes());
+        cores[0].handle_written(0, conn, out.len());
+        out.clear(0);
+    }
+    let mut received = Received::default();
+    parse(&written, &mut received);
+    assert_eq!(received.replies.len(), events.len());
+
+    let (zero, one) = (cores[0].counters(), cores[1].counters());
+    let count = |tally: &crate::core::shard::EventTally, kind: KindIndex, outcome: OutcomeIndex| {
+        tally.by_outcome[kind as usize][outcome as usize]
+    };
+    assert_eq!(
+        count(&zero.events, KindIndex::CreateHunt, OutcomeIndex::Accepted),
+        1
+    );
+    assert_eq!(
+        count(&zero.events, KindIndex::CreateHunt, OutcomeIndex::Rejected),
+        1
+    );
+    assert_eq!(
+        count(&zero.events, KindIndex::Leaderboard, OutcomeIndex::Accepted),
+        1
+    );
+    assert_eq!(
+        count(&one.events, KindIndex::CreateHunt, OutcomeIndex::Accepted),
+        1
+    );
+    assert_eq!(
+        count(&one.events, KindIndex::Join, OutcomeIndex::Rejected),
+        1
+    );
+    // Forwarded events are counted by their owner only: once across the shards.
+    assert_eq!(
+        zero.events.total() + one.events.total(),
+        events.len() as u64
+    );
+    let reason = |tally: &crate::core::shard::EventTally, kind: KindIndex, reason: RejectReason| {
+        tally.rejected[kind as usize][reason as usize - 1]
+    };
+    assert_eq!(
+        reason(
+            &zero.events,
+            KindIndex::CreateHunt,
+            RejectReason::HuntExists
+        ),
+        1
+    );
+    assert_eq!(
+        reason(&one.events, KindIndex::Join, RejectReason::UnknownHunt),
+        1
+    );
+    // The tallies agree with what the client read.
+    for outcome in OutcomeIndex::ALL {
+        let read = received
+            .replies
+            .iter()
+            .filter(|reply| OutcomeIndex::of(&reply.outcome) == outcome)
+            .count() as u64;
+        let counted = zero.events.outcome_total(outcome) + one.events.outcome_total(outcome);
+        assert_eq!(counted, read, "{outcome:?}");
+    }
+    // Bytes and frames, each way, as the client saw them.
+    assert_eq!(zero.traffic.bytes_received, sent.len() as u64);
+    assert_eq!(zero.traffic.bytes_sent, written.len() as u64);
+    assert_eq!(zero.traffic.frames_sent, frames_in(&written));
+    assert_eq!(one.traffic, crate::core::shard::Traffic::default());
+}
+
+#[test]
+fn answers_without_applying_are_counted_where_they_are_decided() {
+    use crate::core::shard::{KindIndex, OutcomeIndex};
+    let mut config = config(
+        1,
+        Credit::new(2, BIG),
+        Credit::new(2, BIG),
+        Credit::new(BIG, BIG),
+    );
+    config.fail_fast = true;
+    let mut core = cores(1, &config).remove(0);
+    let conn = core.handle_connect(0).unwrap();
+    let events: Vec<Event> = (0..5).map(|seq| join(seq, HuntId(1))).collect();
+    assert_eq!(
+        offer(&mut core, conn, &frame(&events, 1)),
+        FrameProgress::Done
+    );
+    // Queued but not yet written: the load shows them.
+    let load = core.load();
+    assert!(
+        load.reply_bytes_queued > 0 && load.connections_writing == 1,
+        "{load:?}"
+    );
+    write_all(&mut core, conn);
+    let tally = core.counters().events;
+    assert_eq!(
+        tally.by_outcome[KindIndex::Join as usize][OutcomeIndex::Busy as usize],
+        3
+    );
+    assert_eq!(
+        tally.by_outcome[KindIndex::Join as usize][OutcomeIndex::Rejected as usize],
+        2
+    );
+    let load = core.load();
+    assert_eq!((load.reply_bytes_queued, load.connections_writing), (0, 0));
+    core.handle_stop(0);
+    let late = frame(&[join(9, HuntId(1))], 1);
+    offer(&mut core, conn, &late);
+    assert_eq!(
+        core.counters()
+            .events
+            .outcome_total(OutcomeIndex::ShuttingDown),
+        1
+    );
+}
+
+#[test]
+fn the_time_a_frame_waits_for_credit_is_counted_until_it_goes_on() {
+    let config = config(
+        1,
+        Credit::new(100, BIG),
+        Credit::new(2, BIG),
+        Credit::new(BIG, BIG),
+    );
+    let mut core = cores(1, &config).remove(0);
+    let conn = core.handle_connect(0).unwrap();
+    let events: Vec<Event> = (0..6).map(|seq| join(seq, HuntId(1))).collect();
+    let sent = frame(&events, 1);
+    let Ok(Decoded::Frame { header, body, .. }) = decode_frame(&sent) else {
+        panic!("a whole frame")
+    };
+    let offer_at = |core: &mut ShardCore, now_ns: u64| {
+        let progress = core.handle_frame(now_ns, conn, &header, body).unwrap();
+        write_all(core, conn);
+        progress
+    };
+    // Stopped at 1 µs, on again at 6 µs, stopped again, done at 10 µs: 5 + 4 µs waiting.
+    assert_eq!(offer_at(&mut core, 1_000), FrameProgress::Blocked);
+    assert_eq!(core.counters().credit_wait_ns, 0);
+    assert_eq!(offer_at(&mut core, 6_000), FrameProgress::Blocked);
+    assert_eq!(offer_at(&mut core, 10_000), FrameProgress::Done);
+    assert_eq!(core.counters().credit_wait_ns, 9_000);
+}
