@@ -465,15 +465,48 @@ impl Shard {
             .await
     }
 
-    /// Hands the batches a peer sends to the core.
+    /// Hands the batches a peer sends to the core, until the peer closes its channel.
     async fn receive_from(self: Rc<Self>, peer: ShardId, receiver: ConnectedReceiver<MeshBatch>) {
-        while let Some(batch) = receiver.recv().await {
+        while let Some(batch) = self.next_batch(&receiver).await {
             let now = self.now_ns();
             let applied_before = self.events_applied();
             self.core().handle_mesh(now, peer, batch);
             self.delay_applied(applied_before);
             self.wake_released();
             glommio::yield_if_needed().await;
+        }
+    }
+
+    /// The peer's next batch, or `None` once it has closed its channel.
+    ///
+    /// glommio 0.9 can lose the cross-executor wake that a peer's close sends
+    /// (DataDog/glommio#261); a lost one left a stopping shard waiting for ever, its node
+    /// never exiting. So once the shard stops, the wait looks at the channel again every
+    /// `TIMEOUT_CHECK_INTERVAL_MS_MAX`: a lost wake then costs one interval. Before the stop
+    /// the receive waits alone (racing it against the one-shot stop latch), so the serving
+    /// path arms no timer.
+    async fn next_batch(&self, receiver: &ConnectedReceiver<MeshBatch>) -> Option<MeshBatch> {
+        if !self.stop_started.is_set() {
+            let before_stop =
+                futures_lite::future::or(async { Some(receiver.recv().await) }, async {
+                    self.stop_started.wait().await;
+                    None
+                })
+                .await;
+            if let Some(next) = before_stop {
+                return next;
+            }
+        }
+        let interval = Duration::from_millis(TIMEOUT_CHECK_INTERVAL_MS_MAX);
+        loop {
+            let next = futures_lite::future::or(async { Some(receiver.recv().await) }, async {
+                glommio::timer::sleep(interval).await;
+                None
+            })
+            .await;
+            if let Some(next) = next {
+                return next;
+            }
         }
     }
 
