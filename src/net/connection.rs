@@ -28,6 +28,7 @@ use crate::core::codec::{
 use crate::core::ids::ConnectionId;
 use crate::core::shard::{CloseReason, FrameProgress, Readable};
 use crate::runtime::shard::{ConnectionSignals, Shard, WriteStep};
+use crate::runtime::stall::spawn_timed;
 use crate::runtime::wait::Latch;
 
 /// Serves a newly accepted socket on `shard`; with a secret, only once the client has passed
@@ -35,13 +36,13 @@ use crate::runtime::wait::Latch;
 pub(crate) fn serve(shard: Rc<Shard>, mut stream: TcpStream, secret: Option<Rc<AuthSecret>>) {
     let _ = stream.set_nodelay(true);
     let Some((id, signals)) = shard.connect() else {
-        glommio::spawn_local(refuse(shard, stream)).detach();
+        spawn_timed(refuse(shard, stream)).detach();
         return;
     };
     let Some(secret) = secret else {
         return start_loops(shard, id, signals, stream);
     };
-    glommio::spawn_local(async move {
+    spawn_timed(async move {
         if crate::net::auth::authenticate(&mut stream, &secret)
             .await
             .is_ok()
@@ -67,8 +68,8 @@ fn start_loops(shard: Rc<Shard>, id: ConnectionId, signals: ConnectionSignals, s
     }
     // SAFETY: `write_fd` is a fresh descriptor for the same socket, owned by nobody else.
     let write_half = unsafe { TcpStream::from_raw_fd(write_fd) };
-    glommio::spawn_local(read_loop(shard.clone(), id, signals.close.clone(), stream)).detach();
-    glommio::spawn_local(write_loop(shard, id, signals, write_half)).detach();
+    spawn_timed(read_loop(shard.clone(), id, signals.close.clone(), stream)).detach();
+    spawn_timed(write_loop(shard, id, signals, write_half)).detach();
 }
 
 /// Tells a client the shard is full, and closes.

@@ -17,6 +17,7 @@ use crate::net::connection;
 use crate::runtime::config::ConfigError;
 use crate::runtime::executors::StartError;
 use crate::runtime::shard::Shard;
+use crate::runtime::stall::spawn_timed;
 
 /// A listening TCP socket on `addr`; `reuse_port` lets every shard listen on the same port.
 pub fn listen(addr: SocketAddr, reuse_port: bool) -> Result<Socket, StartError> {
@@ -85,7 +86,7 @@ pub fn serve_listeners(
     for socket in sockets {
         // SAFETY: the descriptor comes from a listening socket this shard alone now owns.
         let listener = unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };
-        glommio::spawn_local(accept_loop(shard.clone(), listener, secret.clone())).detach();
+        spawn_timed(accept_loop(shard.clone(), listener, secret.clone())).detach();
     }
 }
 
