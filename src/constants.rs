@@ -301,14 +301,11 @@ const _: () = assert!(CONNECTIONS_PER_SOURCE_DEFAULT >= 1);
 const _: () = assert!(CONNECTIONS_PER_SOURCE_DEFAULT <= CONNECTIONS_PER_SHARD_MAX);
 /// How long a stopping node waits for work in flight to drain before it closes anyway.
 pub const SHUTDOWN_GRACE_MS_MAX: u64 = 5_000;
-/// A shard's task queue that runs this long past its time slice (glommio's preempt timer,
-/// 100 ms) without yielding counts as a stall.
+/// A shard's task that runs this long without yielding (one poll) counts as a stall
+/// (`runtime::stall`).
 pub const STALL_THRESHOLD_MS_DEFAULT: u64 = 10;
 /// Largest stall threshold a configuration may set.
 pub const STALL_THRESHOLD_MS_MAX: u64 = 60_000;
-/// Bytes of glommio's stall report read for its figures (they come first; the backtrace after
-/// them is never formatted).
-pub const STALL_REPORT_HEAD_BYTES_MAX: usize = 512;
 
 // ---------------------------------------------------------------------------------------------
 // Worst-case memory of a node, as a sum. Estimates of container overhead are stated as such.

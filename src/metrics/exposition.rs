@@ -215,7 +215,7 @@ impl NodeCollector {
             }),
             (
                 "reactor_stalls",
-                "Task-queue runs of the shard's executor that went past their time slice by more than the stall threshold.",
+                "Polls of the shard's tasks that ran longer than the stall threshold without yielding.",
                 |s| s.snapshot.counters.stalls,
             ),
             (
@@ -433,7 +433,7 @@ impl NodeCollector {
         self.gauge(
             encoder,
             "reactor_stall_worst_seconds",
-            "The longest a task-queue run of the shard's executor went past its time slice.",
+            "The most a poll of one of the shard's tasks ran past the stall threshold.",
             |s| s.snapshot.counters.stall_worst_ns as f64 / 1e9,
         )?;
         self.gauge(

@@ -49,7 +49,7 @@ pub struct ShardCounters {
     /// Nanoseconds the shard's executor spent running tasks and polling for I/O (not
     /// sleeping, not spinning): its rate is the executor's utilisation.
     pub executor_busy_ns: u64,
-    /// Task-queue runs that went past their time slice by more than the stall threshold.
+    /// Polls of the shard's tasks that ran longer than the stall threshold without yielding.
     pub stalls: u64,
     /// The largest of those overages, in nanoseconds.
     pub stall_worst_ns: u64,

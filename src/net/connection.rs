@@ -40,6 +40,7 @@ use crate::core::shard::{
 use crate::net::sojourn::{SojournMeter, unread_bytes};
 use crate::net::transport::{Access, Transport};
 use crate::runtime::shard::{ConnectionSignals, Shard, WriteStep};
+use crate::runtime::stall::spawn_timed;
 use crate::runtime::wait::Latch;
 
 /// Serves a newly accepted socket on `shard`; with TLS or a secret, only once the client has
@@ -50,14 +51,14 @@ pub(crate) fn serve(shard: Rc<Shard>, stream: TcpStream, access: Rc<Access>) {
     let (id, signals) = match shard.connect(source) {
         Ok(connected) => connected,
         Err(refusal) => {
-            glommio::spawn_local(refuse(shard, stream, access, refusal)).detach();
+            spawn_timed(refuse(shard, stream, access, refusal)).detach();
             return;
         }
     };
     if access.is_open() {
         return start_loops(shard, id, signals, Transport::Plain(stream));
     }
-    glommio::spawn_local(async move {
+    spawn_timed(async move {
         match access.admit(&shard, &signals, stream).await {
             Ok(transport) => start_loops(shard, id, signals, transport),
             Err(reason) => {
@@ -77,14 +78,14 @@ fn start_loops(shard: Rc<Shard>, id: ConnectionId, signals: ConnectionSignals, s
         shard.handle_closed(id, CloseReason::Broken);
         return;
     };
-    glommio::spawn_local(read_loop(
+    spawn_timed(read_loop(
         shard.clone(),
         id,
         signals.close.clone(),
         read_half,
     ))
     .detach();
-    glommio::spawn_local(write_loop(shard, id, signals, write_half)).detach();
+    spawn_timed(write_loop(shard, id, signals, write_half)).detach();
 }
 
 /// The core's form of a peer's address: IPv6 octets, IPv4 mapped.

@@ -20,6 +20,7 @@ use crate::net::transport::Access;
 use crate::runtime::config::ConfigError;
 use crate::runtime::executors::StartError;
 use crate::runtime::shard::Shard;
+use crate::runtime::stall::spawn_timed;
 
 /// A listening TCP socket on `addr`; `reuse_port` lets every shard listen on the same port.
 pub fn listen(addr: SocketAddr, reuse_port: bool) -> Result<Socket, StartError> {
@@ -89,7 +90,7 @@ pub fn serve_listeners(
     for socket in sockets {
         // SAFETY: the descriptor comes from a listening socket this shard alone now owns.
         let listener = unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };
-        glommio::spawn_local(accept_loop(shard.clone(), listener, access.clone())).detach();
+        spawn_timed(accept_loop(shard.clone(), listener, access.clone())).detach();
     }
 }
 

@@ -11,6 +11,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::runtime::stall::spawn_timed;
 use crate::constants::METRICS_SNAPSHOT_MS_DEFAULT;
 use crate::core::shard::{ShardLoad, ShardStats, Stalls};
 use crate::metrics::snapshot::{ClassicHistogram, Stage};
@@ -20,7 +21,7 @@ use crate::runtime::stall::stalls_on_this_thread;
 
 /// Starts the shard's snapshot task; it lives as long as the shard's executor.
 pub fn spawn_snapshot_task(shard: Rc<Shard>, sender: SnapshotSender) {
-    glommio::spawn_local(publish_snapshots(shard, sender)).detach();
+    spawn_timed(publish_snapshots(shard, sender)).detach();
 }
 
 async fn publish_snapshots(shard: Rc<Shard>, sender: SnapshotSender) {

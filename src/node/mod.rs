@@ -119,12 +119,12 @@ fn percentiles_us(histogram: &hdrhistogram::Histogram<u64>) -> String {
     )
 }
 
-/// "no stalls", or how many and the worst overage past the time slice.
+/// "no stalls", or how many and the worst overage past the stall threshold.
 fn describe_stalls(stalls: Stalls) -> String {
     match stalls.count {
         0 => "no stalls".into(),
         count => format!(
-            "{count} stall{} (worst {:.1} ms past the time slice)",
+            "{count} stall{} (worst {:.1} ms past the stall threshold)",
             if count == 1 { "" } else { "s" },
             stalls.worst_overage_ns as f64 / 1e6
         ),

@@ -149,7 +149,7 @@ pub struct RuntimeConfig {
     /// The port each shard listens on, for the partition map clients ask for. Set by the
     /// node once it has bound them; empty (zeros in the map) for shards without sockets.
     pub shard_ports: Vec<u16>,
-    /// A task queue that runs this long past its time slice counts as a stall (see
+    /// A task that runs this long without yielding counts as a stall (see
     /// [`crate::runtime::stall`]); `None` turns stall detection off.
     pub stall_threshold: Option<Duration>,
     /// A connection with nothing in flight that stays silent this long is closed.

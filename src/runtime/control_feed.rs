@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use futures_lite::AsyncReadExt;
 
+use crate::runtime::stall::spawn_timed;
 use crate::constants::SHARD_PLACEMENT_UPDATES_QUEUED_MAX;
 use crate::core::ids::Epoch;
 use crate::core::partition::Placement;
@@ -119,7 +120,7 @@ pub fn feed() -> io::Result<(FeedSender, FeedReceiver)> {
 /// When the control thread goes away (the node leaves its cluster), the shard fences itself.
 pub fn spawn_feed_task(shard: Rc<Shard>, mut feed: FeedReceiver) {
     let fd = std::mem::replace(&mut feed.wake, -1);
-    glommio::spawn_local(async move {
+    spawn_timed(async move {
         // SAFETY: `fd` is this feed's own end of its socket pair, taken out of `feed` above,
         // so this is its only owner.
         let mut socket = unsafe { glommio::net::UnixStream::from_raw_fd(fd) };

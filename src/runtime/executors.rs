@@ -29,7 +29,7 @@ use crate::host::preflight::{PreflightError, preflight};
 use crate::runtime::config::{ConfigError, RuntimeConfig};
 use crate::runtime::mesh::{build_mesh, connect_mesh};
 use crate::runtime::shard::Shard;
-use crate::runtime::stall::{StallCounter, stalls_after_this_run};
+use crate::runtime::stall::{Timed, set_threshold_on_this_thread, stalls_on_this_thread};
 
 /// Why shards could not start.
 #[derive(Debug)]
@@ -181,31 +181,32 @@ where
         if let Some(spin) = config.spin_before_park {
             builder = builder.spin_before_park(spin);
         }
-        if let Some(threshold) = config.stall_threshold {
-            builder = builder.detect_stalls(Some(Box::new(StallCounter::new(threshold))));
-        }
         let join = builder
-            .spawn(move || async move {
-                let mut stop = Box::pin(stop_signal(theirs));
-                // A node that fails to start a later shard stops the earlier ones, which may
-                // still be waiting for peers that will never connect.
-                let connected =
-                    futures_lite::future::or(async { Some(connect_mesh(ends).await) }, async {
-                        (&mut stop).await;
-                        None
-                    })
-                    .await;
-                let Some(mesh) = connected else {
-                    return ShardStats::default();
-                };
-                let shard = Rc::new(Shard::new(ShardId(index as u16), cpu, map, &config));
-                serve(shard.clone(), payload);
-                if config.panic_shard == Some(ShardId(index as u16)) {
-                    panic!("an injected fault (RuntimeConfig::panic_shard, for tests only)");
-                }
-                let mut stats = shard.run(mesh, stop, grace).await;
-                stats.stalls = stalls_after_this_run().await;
-                stats
+            .spawn(move || {
+                // Every task this shard spawns is timed (`runtime::stall`), and so is this one.
+                set_threshold_on_this_thread(config.stall_threshold);
+                Timed::with_this_threads_threshold(async move {
+                    let mut stop = Box::pin(stop_signal(theirs));
+                    // A node that fails to start a later shard stops the earlier ones, which may
+                    // still be waiting for peers that will never connect.
+                    let connected =
+                        futures_lite::future::or(async { Some(connect_mesh(ends).await) }, async {
+                            (&mut stop).await;
+                            None
+                        })
+                        .await;
+                    let Some(mesh) = connected else {
+                        return ShardStats::default();
+                    };
+                    let shard = Rc::new(Shard::new(ShardId(index as u16), cpu, map, &config));
+                    serve(shard.clone(), payload);
+                    if config.panic_shard == Some(ShardId(index as u16)) {
+                        panic!("an injected fault (RuntimeConfig::panic_shard, for tests only)");
+                    }
+                    let mut stats = shard.run(mesh, stop, grace).await;
+                    stats.stalls = stalls_on_this_thread();
+                    stats
+                })
             })
             .map_err(|error| StartError::Io {
                 what: format!("cannot start the executor of shard {index} on CPU {cpu}"),

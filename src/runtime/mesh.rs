@@ -12,6 +12,7 @@ use glommio::channels::shared_channel::{
 use crate::constants::MESH_CHANNEL_BATCHES_MAX;
 use crate::core::ids::ShardId;
 use crate::core::shard::MeshBatch;
+use crate::runtime::stall::spawn_timed;
 
 /// The connected channels of one shard to and from every other shard.
 pub struct ShardMesh {
@@ -48,12 +49,12 @@ pub async fn connect_mesh(ends: MeshEnds) -> ShardMesh {
     let senders: Vec<_> = ends
         .senders
         .into_iter()
-        .map(|(peer, end)| glommio::spawn_local(async move { (peer, end.connect().await) }))
+        .map(|(peer, end)| spawn_timed(async move { (peer, end.connect().await) }))
         .collect();
     let receivers: Vec<_> = ends
         .receivers
         .into_iter()
-        .map(|(peer, end)| glommio::spawn_local(async move { (peer, end.connect().await) }))
+        .map(|(peer, end)| spawn_timed(async move { (peer, end.connect().await) }))
         .collect();
     let mut mesh = ShardMesh {
         senders: Vec::new(),

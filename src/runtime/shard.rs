@@ -31,6 +31,7 @@ use crate::core::shard::{
 };
 use crate::runtime::config::RuntimeConfig;
 use crate::runtime::mesh::ShardMesh;
+use crate::runtime::stall::spawn_timed;
 use crate::runtime::wait::{Latch, WaitQueue};
 
 /// What a connection's writer does next.
@@ -409,14 +410,12 @@ impl Shard {
     ) -> ShardStats {
         let mut tasks = Vec::new();
         for (peer, receiver) in mesh.receivers {
-            tasks.push(glommio::spawn_local(
-                self.clone().receive_from(peer, receiver),
-            ));
+            tasks.push(spawn_timed(self.clone().receive_from(peer, receiver)));
         }
         for (peer, sender) in mesh.senders {
-            tasks.push(glommio::spawn_local(self.clone().flush_to(peer, sender)));
+            tasks.push(spawn_timed(self.clone().flush_to(peer, sender)));
         }
-        glommio::spawn_local(self.clone().check_timeouts()).detach();
+        spawn_timed(self.clone().check_timeouts()).detach();
         stop.await;
         let now = self.now_ns();
         self.core().handle_stop(now);

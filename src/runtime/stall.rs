@@ -1,28 +1,31 @@
-//! Stall detection: how often a shard's executor ran one task queue far past its time slice
-//! (a task that did not yield), and by how much at worst.
+//! Stall detection: how often a task on a shard's executor ran longer than the stall threshold
+//! without yielding, and by how much at worst.
 //!
-//! glommio 0.9's detector (`LocalExecutorBuilder::detect_stalls`) arms a timer each time the
-//! executor starts running a task queue, for the queue's time slice plus the handler's
-//! threshold. When it fires, a helper thread signals the executor's thread, which records its
-//! stack; once the run ends, glommio hands a `StallDetection` to the handler's `stall` method.
-//! That type is not exported by glommio 0.9, so no handler outside glommio can name it to
-//! override `stall`; the default one reports through `log::warn!`, on the executor's thread,
-//! with the overage and the budget in its text. So [`StallCounter`] only sets the threshold,
-//! and [`StallLog`], the process's `log` logger, takes glommio's stall warnings and counts them
-//! for the thread they are reported on, reading the two durations from the message's head (it
-//! stops formatting there: the backtrace after it is never written out).
+//! Every task a shard spawns is wrapped in [`Timed`] (through [`spawn_timed`]), which reads the
+//! clock around each `poll` and counts a stall when one poll ran longer than the threshold. Two
+//! reads of `Instant::now()` (the vDSO, no system call) per poll, no signal, no allocation.
 //!
-//! Lives on one shard's executor thread. The tally is thread-local: it is written and read only
-//! on that thread (glommio reports there, and the shard reads it when it stops), so no atomic
-//! or lock is shared with other shards.
+//! It replaces glommio 0.9's detector (`LocalExecutorBuilder::detect_stalls`), which signals
+//! the executor's thread to capture its stack on every stall and, when the run ends, resolves
+//! that backtrace unconditionally (`StallDetectorGuard::drop`): it loads and parses the
+//! binary's DWARF on the shard thread, about 565 M instructions for one stall under callgrind,
+//! a tenth of a second or more of shard CPU for every stall we only wanted to count. glommio
+//! also reported the stall only through `log::warn!`, which we had to parse.
+//!
+//! What it cannot see: time spent between polls, inside glommio's own reactor (io_uring
+//! submission and completion, timers, its scheduler), and code run outside a [`Timed`] task.
+//! A poll is measured in wall time, so a shard thread descheduled by the host during a poll
+//! counts that time too (as glommio's detector did).
+//!
+//! Lives on one shard's executor thread. The threshold and the tally are thread-local: written
+//! and read only on that thread, so no atomic or lock is shared with other shards.
 
 use std::cell::Cell;
-use std::fmt::{self, Write as _};
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use glommio::{StallDetectionHandler, TaskQueueHandle};
-
-use crate::constants::STALL_REPORT_HEAD_BYTES_MAX;
 pub use crate::core::shard::Stalls;
 
 thread_local! {
@@ -33,204 +36,171 @@ thread_local! {
             worst_overage_ns: 0,
         })
     };
+    /// The threshold [`spawn_timed`] gives the tasks it spawns on this thread; `None`: off.
+    static THRESHOLD: Cell<Option<Duration>> = const { Cell::new(None) };
 }
 
-/// The stalls counted on the calling thread (a shard's executor thread) so far. glommio
-/// reports a run's stall when the run ends, so a task that asks from inside a run that may be
-/// stalling should use [`stalls_after_this_run`].
+/// Sets the stall threshold of the tasks spawned on this thread from now on (`None` turns
+/// detection off: tasks are then polled without reading the clock). Called once, on a shard's
+/// executor thread, before it spawns anything.
+pub fn set_threshold_on_this_thread(threshold: Option<Duration>) {
+    THRESHOLD.set(threshold);
+}
+
+/// The stalls counted on the calling thread (a shard's executor thread) so far. A poll's stall
+/// is counted when that poll returns, so the poll that asks does not count itself.
 pub fn stalls_on_this_thread() -> Stalls {
     STALLS.get()
 }
 
-/// Ends the current task-queue run (so that glommio reports it if it stalled), then returns
-/// this executor's stalls. Called from a task on a shard's executor.
-pub async fn stalls_after_this_run() -> Stalls {
-    glommio::executor().yield_task_queue_now().await;
-    stalls_on_this_thread()
+/// Spawns `future` on the current executor, timed with this thread's threshold.
+pub fn spawn_timed<F>(future: F) -> glommio::Task<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    glommio::spawn_local(Timed::with_this_threads_threshold(future))
 }
 
-fn record_stall(overage: Option<Duration>) {
+fn record_stall(overage: Duration) {
     let mut stalls = STALLS.get();
     stalls.count += 1;
-    let overage_ns = overage.map_or(0, |overage| overage.as_nanos() as u64);
+    let overage_ns = u64::try_from(overage.as_nanos()).unwrap_or(u64::MAX);
     stalls.worst_overage_ns = stalls.worst_overage_ns.max(overage_ns);
     STALLS.set(stalls);
 }
 
-/// The handler given to glommio: a stall is a task-queue run more than `threshold` past its
-/// time slice. glommio's default `stall` reports it (see the module doc).
+/// A future whose polls are timed: one that runs longer than `threshold` is a stall, counted
+/// on the polling thread with its overage (how far past the threshold it ran).
 #[derive(Debug)]
-pub struct StallCounter {
-    threshold: Duration,
+pub struct Timed<F> {
+    inner: F,
+    threshold: Option<Duration>,
 }
 
-impl StallCounter {
-    /// Installs [`StallLog`] (once per process) and returns a handler for one executor.
-    pub fn new(threshold: Duration) -> StallCounter {
-        StallLog::install();
-        StallCounter { threshold }
+impl<F: Future> Timed<F> {
+    /// Times `inner`'s polls against `threshold` (`None`: polls it untimed).
+    pub fn new(inner: F, threshold: Option<Duration>) -> Timed<F> {
+        Timed { inner, threshold }
+    }
+
+    /// Times `inner`'s polls against the threshold set on this thread.
+    pub fn with_this_threads_threshold(inner: F) -> Timed<F> {
+        Timed::new(inner, THRESHOLD.get())
     }
 }
 
-impl StallDetectionHandler for StallCounter {
-    fn threshold(&self, _queue: TaskQueueHandle, _time_slice: Duration) -> Option<Duration> {
-        Some(self.threshold)
-    }
-}
+impl<F: Future> Future for Timed<F> {
+    type Output = F::Output;
 
-/// The `log` target of glommio's stall reports.
-const STALL_TARGET: &str = "glommio::executor::stall";
-
-/// The process's logger: counts glommio's stall reports, drops everything else (as the absence
-/// of a logger did before).
-pub struct StallLog;
-
-static STALL_LOG: StallLog = StallLog;
-
-impl StallLog {
-    /// Makes [`StallLog`] the process's logger. If another logger was installed first, stalls
-    /// still happen but go to that logger and are not counted.
-    fn install() {
-        if log::set_logger(&STALL_LOG).is_ok() {
-            log::set_max_level(log::LevelFilter::Warn);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let threshold = self.threshold;
+        // SAFETY: structural pinning of `inner`: it is never moved out of `self`, `Timed` has
+        // no `Drop` of its own, and it is `Unpin` only when `F` is.
+        let inner = unsafe { self.map_unchecked_mut(|timed| &mut timed.inner) };
+        let Some(threshold) = threshold else {
+            return inner.poll(cx);
+        };
+        let start = Instant::now();
+        let poll = inner.poll(cx);
+        let ran = start.elapsed();
+        if ran > threshold {
+            record_stall(ran - threshold);
         }
+        poll
     }
-}
-
-impl log::Log for StallLog {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() == log::Level::Warn && metadata.target() == STALL_TARGET
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        let mut head = MessageHead::default();
-        // The head stops the formatting once it is full: an error here is expected.
-        let _ = head.write_fmt(*record.args());
-        record_stall(overage_of(&head.text));
-    }
-
-    fn flush(&self) {}
-}
-
-/// The first [`STALL_REPORT_HEAD_BYTES_MAX`] bytes of a message; writing more is refused,
-/// which ends the formatting of the message there.
-#[derive(Default)]
-struct MessageHead {
-    text: String,
-}
-
-impl fmt::Write for MessageHead {
-    fn write_str(&mut self, text: &str) -> fmt::Result {
-        let room = STALL_REPORT_HEAD_BYTES_MAX - self.text.len();
-        if text.len() <= room {
-            self.text.push_str(text);
-            return Ok(());
-        }
-        let mut end = room;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.text.push_str(&text[..end]);
-        Err(fmt::Error)
-    }
-}
-
-/// The overage in glommio 0.9's report: "… went over-budget: 290.1ms (budget: 20ms). …".
-fn overage_of(report: &str) -> Option<Duration> {
-    let (_, after) = report.split_once("went over-budget: ")?;
-    let (overage, _) = after.split_once(" (budget: ")?;
-    parse_debug_duration(overage)
-}
-
-/// Reads a `Duration` as its `Debug` writes it: `290.123456ms`, `1.5s`, `15µs`, `5ns`.
-fn parse_debug_duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().ok()?;
-    let seconds_per_unit = match unit {
-        "s" => 1.0,
-        "ms" => 1e-3,
-        "µs" => 1e-6,
-        "ns" => 1e-9,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(value * seconds_per_unit))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use glommio::{LocalExecutorBuilder, Placement};
-    use std::time::Instant;
 
-    #[test]
-    fn durations_are_read_as_debug_writes_them() {
-        for duration in [
-            Duration::from_nanos(5),
-            Duration::from_micros(15),
-            Duration::from_nanos(290_123_456),
-            Duration::from_millis(1500),
-        ] {
-            let parsed = parse_debug_duration(&format!("{duration:#?}")).unwrap();
-            assert_eq!(parsed.as_nanos(), duration.as_nanos(), "{duration:?}");
-        }
-        assert_eq!(parse_debug_duration("12 parsecs"), None);
-        assert_eq!(parse_debug_duration("ms"), None);
-    }
-
-    #[test]
-    fn the_overage_is_read_from_glommios_report() {
-        let report = format!(
-            "[stall-detector -- executor 3] task queue default went over-budget: {:#?} (budget: \
-             {:#?}). Backtrace: …",
-            Duration::from_micros(290_100),
-            Duration::from_millis(110)
-        );
-        assert_eq!(overage_of(&report), Some(Duration::from_micros(290_100)));
-        assert_eq!(overage_of("something else went wrong"), None);
-    }
-
-    #[test]
-    fn the_head_of_a_long_message_is_kept_and_the_rest_refused() {
-        let mut head = MessageHead::default();
-        let long = "é".repeat(STALL_REPORT_HEAD_BYTES_MAX);
-        assert!(write!(head, "{long}").is_err());
-        assert!(head.text.len() <= STALL_REPORT_HEAD_BYTES_MAX);
-        assert!(head.text.len() > STALL_REPORT_HEAD_BYTES_MAX - 2);
-    }
-
-    #[test]
-    fn a_task_that_does_not_yield_is_counted_with_its_overage() {
-        let spin = Duration::from_millis(300);
-        let (time_slice, threshold) = (Duration::from_millis(10), Duration::from_millis(20));
-        let stalls = LocalExecutorBuilder::new(Placement::Unbound)
-            .preempt_timer(time_slice)
-            .detect_stalls(Some(Box::new(StallCounter::new(threshold))))
-            .spawn(move || async move {
-                let start = Instant::now();
-                while start.elapsed() < spin {
-                    std::hint::spin_loop();
-                }
-                let during = stalls_on_this_thread();
-                (during, stalls_after_this_run().await)
-            })
+    /// Runs `test` on a fresh executor thread, so the tally it reads is that test's alone.
+    fn on_an_executor<T: Send + 'static>(
+        test: impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = T>>> + Send + 'static,
+    ) -> T {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(test)
             .unwrap()
             .join()
-            .unwrap();
-        let (during, stalls) = stalls;
-        // glommio reports a stall once its run is over, not while it lasts.
-        assert!(during.count < stalls.count, "{during:?} then {stalls:?}");
-        assert!(stalls.count >= 1, "{stalls:?}");
-        // The run lasted at least the spin, of which the budget is slice plus threshold.
-        let overage_min = spin - time_slice - threshold;
-        assert!(
-            stalls.worst_overage_ns >= overage_min.as_nanos() as u64,
-            "{stalls:?}"
-        );
+            .unwrap()
+    }
+
+    fn spin_for(duration: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < duration {
+            std::hint::spin_loop();
+        }
+    }
+
+    #[test]
+    fn a_poll_that_runs_past_the_threshold_is_counted_with_its_overage() {
+        let (spin, threshold) = (Duration::from_millis(60), Duration::from_millis(20));
+        let stalls = on_an_executor(move || {
+            Box::pin(async move {
+                set_threshold_on_this_thread(Some(threshold));
+                spawn_timed(async move { spin_for(spin) }).await;
+                stalls_on_this_thread()
+            })
+        });
+        assert_eq!(stalls.count, 1, "{stalls:?}");
+        let overage_min = (spin - threshold).as_nanos() as u64;
+        assert!(stalls.worst_overage_ns >= overage_min, "{stalls:?}");
         // This thread ran nothing: its tally is its own.
         assert_eq!(stalls_on_this_thread(), Stalls::default());
+    }
+
+    #[test]
+    fn polls_shorter_than_the_threshold_are_not_stalls_even_when_the_task_is_long() {
+        let threshold = Duration::from_millis(200);
+        let stalls = on_an_executor(move || {
+            Box::pin(async move {
+                set_threshold_on_this_thread(Some(threshold));
+                spawn_timed(async move {
+                    // 300 ms of work in all, yielding every 5 ms: no single poll is long.
+                    for _ in 0..60 {
+                        spin_for(Duration::from_millis(5));
+                        futures_lite::future::yield_now().await;
+                    }
+                })
+                .await;
+                stalls_on_this_thread()
+            })
+        });
+        assert_eq!(stalls, Stalls::default());
+    }
+
+    #[test]
+    fn without_a_threshold_nothing_is_counted() {
+        let stalls = on_an_executor(|| {
+            Box::pin(async {
+                set_threshold_on_this_thread(None);
+                spawn_timed(async { spin_for(Duration::from_millis(50)) }).await;
+                stalls_on_this_thread()
+            })
+        });
+        assert_eq!(stalls, Stalls::default());
+    }
+
+    #[test]
+    fn every_long_poll_counts_and_the_worst_is_kept() {
+        let threshold = Duration::from_millis(10);
+        let stalls = on_an_executor(move || {
+            Box::pin(async move {
+                let timed = Timed::new(
+                    async {
+                        spin_for(Duration::from_millis(30));
+                        futures_lite::future::yield_now().await;
+                        spin_for(Duration::from_millis(90));
+                    },
+                    Some(threshold),
+                );
+                glommio::spawn_local(timed).await;
+                stalls_on_this_thread()
+            })
+        });
+        assert_eq!(stalls.count, 2, "{stalls:?}");
+        assert!(stalls.worst_overage_ns >= 80_000_000, "{stalls:?}");
     }
 }

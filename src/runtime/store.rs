@@ -31,6 +31,7 @@ use std::rc::Rc;
 use glommio::io::{DmaFile, OpenOptions};
 use rkyv::util::AlignedVec;
 
+use crate::runtime::stall::spawn_timed;
 use crate::constants::{WAL_BLOCK_BYTES_MAX, WAL_FORMAT_VERSION, WAL_SEGMENT_BYTES};
 use crate::core::ids::PartitionId;
 use crate::core::shard::Durability;
@@ -401,7 +402,7 @@ async fn open_segment(dir: &Path, index: u64) -> std::io::Result<DmaFile> {
 /// Starts the shard's log writer and syncer where recovery left the log. Records the core
 /// queued meanwhile wait in the core.
 pub fn start_log_tasks(shard: Rc<Shard>, start: LogStart) {
-    glommio::spawn_local(async move {
+    spawn_timed(async move {
         let first = open_segment(&start.dir, start.position.segment)
             .await
             .unwrap_or_else(|error| fail_stop(&shard, "open its log", error));
@@ -429,7 +430,7 @@ pub fn start_log_tasks(shard: Rc<Shard>, start: LogStart) {
             files: RefCell::new(BTreeMap::from([(start.position.segment, Rc::new(first))])),
             written: WaitQueue::new(),
         });
-        glommio::spawn_local(tasks.clone().sync_loop()).detach();
+        spawn_timed(tasks.clone().sync_loop()).detach();
         tasks.write_loop().await;
     })
     .detach();

@@ -91,9 +91,9 @@ pub struct ShardStats {
 /// What the stall detector saw on one shard.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stalls {
-    /// Task-queue runs that went past their time slice by more than the threshold.
+    /// Polls of the shard's tasks that ran longer than the stall threshold without yielding.
     pub count: u64,
-    /// The largest overage past the time slice, in nanoseconds.
+    /// The largest overage past the threshold, in nanoseconds.
     pub worst_overage_ns: u64,
 }
 
