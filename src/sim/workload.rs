@@ -159,8 +159,9 @@ pub fn treasure_code(hunt: HuntId, treasure: TreasureId) -> String {
 /// Waypoints scattered around a random city-sized centre, and a few treasures.
 fn hunt_spec(rng: &mut Rng, id: HuntId) -> HuntSpec {
     let centre = Position {
-        lat_e7: rng.below(1_200_000_000) as i32 - 600_000_000,
-        lon_e7: rng.below(3_400_000_000) as i32 - 1_700_000_000,
+        lat_e7: (rng.below(1_200_000_000) as i64 - 600_000_000) as i32,
+        // In i64: the draw itself may pass i32::MAX (a debug build's overflow check caught it).
+        lon_e7: (rng.below(3_400_000_000) as i64 - 1_700_000_000) as i32,
     };
     let waypoints = (0..WAYPOINTS_PER_HUNT)
         .map(|_| WaypointSpec {
