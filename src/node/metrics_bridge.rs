@@ -11,12 +11,12 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::runtime::stall::spawn_timed;
 use crate::constants::METRICS_SNAPSHOT_MS_DEFAULT;
 use crate::core::shard::{ShardLoad, ShardStats, Stalls};
 use crate::metrics::snapshot::{ClassicHistogram, Stage};
 use crate::metrics::{CreditGauge, ShardCounters, ShardGauges, ShardSnapshot, SnapshotSender};
 use crate::runtime::shard::Shard;
+use crate::runtime::stall::spawn_timed;
 use crate::runtime::stall::stalls_on_this_thread;
 
 /// Starts the shard's snapshot task; it lives as long as the shard's executor.

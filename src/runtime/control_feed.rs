@@ -21,12 +21,12 @@ use std::time::Instant;
 
 use futures_lite::AsyncReadExt;
 
-use crate::runtime::stall::spawn_timed;
 use crate::constants::SHARD_PLACEMENT_UPDATES_QUEUED_MAX;
 use crate::core::ids::Epoch;
 use crate::core::partition::Placement;
 use crate::core::shard::NodeLease;
 use crate::runtime::shard::Shard;
+use crate::runtime::stall::spawn_timed;
 
 /// What a shard is told: the placement, and whether and until when the node may serve.
 #[derive(Clone, Debug)]

@@ -31,11 +31,11 @@ use std::rc::Rc;
 use glommio::io::{DmaFile, OpenOptions};
 use rkyv::util::AlignedVec;
 
-use crate::runtime::stall::spawn_timed;
 use crate::constants::{WAL_BLOCK_BYTES_MAX, WAL_FORMAT_VERSION, WAL_SEGMENT_BYTES};
 use crate::core::ids::PartitionId;
 use crate::core::shard::Durability;
 use crate::runtime::shard::Shard;
+use crate::runtime::stall::spawn_timed;
 use crate::runtime::wait::WaitQueue;
 use crate::store::commit::{GroupCommit, LogIdentity, LogPosition, WriteIo};
 use crate::store::format::SegmentEnd;
