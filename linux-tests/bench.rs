@@ -312,3 +312,232 @@ fn the_null_sink_measures_the_generator_alone() {
         .unwrap_or_else(|| panic!("no rate in `{printed}`"));
     assert!(rate > 0.0);
 }
+
+/// Runs `command` with its output in files under `dir`, killing it past `limit`: a bench that
+/// hangs fails its test instead of stalling the suite.
+fn run_bounded(command: &mut Command, dir: &Path, limit: Duration) -> Output {
+    std::fs::create_dir_all(dir).unwrap();
+    let (stdout, stderr) = (dir.join("stdout.txt"), dir.join("stderr.txt"));
+    let mut child = command
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("trove runs");
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the bench ran past {limit:?}; it printed:\n{}{}",
+                std::fs::read_to_string(&stdout).unwrap_or_default(),
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&stdout).unwrap(),
+        stderr: std::fs::read(&stderr).unwrap(),
+    }
+}
+
+/// A bench's own scratch space on a disk (the target dir, never tmpfs), given to it as TMPDIR
+/// so the test can see what it leaves behind.
+fn disk_tmpdir(name: &str) -> PathBuf {
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn schema_problems(summary: &Value) -> Vec<String> {
+    let schema: Value = serde_json::from_str(trove::bench::report::SUMMARY_SCHEMA_JSON).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    validator
+        .iter_errors(summary)
+        .map(|error| error.to_string())
+        .collect()
+}
+
+/// Every event of a run was answered, by an acknowledgement or a refusal, and none failed.
+fn assert_every_event_answered(summary: &Value, run: &str) {
+    let events = &summary[run]["events"];
+    let count = |name: &str| {
+        events[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{run}: {events}"))
+    };
+    assert!(count("sent") > 0, "{run} sent nothing: {events}");
+    assert_eq!(count("errors"), 0, "{run}: {events}");
+    assert_eq!(
+        count("acknowledged") + count("rejected") + count("busy"),
+        count("sent"),
+        "{run}: every event sent is answered: {events}"
+    );
+}
+
+#[test]
+fn a_sync_durability_run_reports_its_syncs_answers_every_event_and_removes_its_data_dir() {
+    let _serial = one_at_a_time();
+    let scratch = disk_tmpdir("sync");
+    let dir = out_dir("durability-sync");
+    let output = run_bounded(
+        trove()
+            .args(["bench", "--durability", "sync", "--duration", "1"])
+            .args([
+                "--warmup",
+                "0.2",
+                "--quiet",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--out")
+            .arg(&dir)
+            .env("TMPDIR", &scratch),
+        &scratch.join("output"),
+        Duration::from_secs(120),
+    );
+    let printed = text(&output);
+    assert!(output.status.success(), "{printed}");
+    assert!(printed.contains("durability sync"), "{printed}");
+    assert!(printed.contains("write-ahead log (sync):"), "{printed}");
+    let summary = summary(&dir);
+    assert_eq!(
+        summary["config"]["target"]["durability"], "sync",
+        "{summary}"
+    );
+    let log = &summary["node"]["log"];
+    assert_eq!(log["durability"], "sync", "{summary}");
+    let syncs = log["syncs"].as_u64().unwrap();
+    let synced = log["records_synced"].as_u64().unwrap();
+    assert!(syncs > 0, "{log}");
+    // Every event the node applied was logged and synced before the node stopped, the
+    // set-up's and the warm-up's too.
+    let applied: u64 = summary["node"]["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|shard| shard["events_applied"].as_u64().unwrap())
+        .sum();
+    assert_eq!(synced, applied, "{summary}");
+    assert!(log["events_per_sync"].as_f64().unwrap() >= 1.0, "{log}");
+    assert_every_event_answered(&summary, "main");
+    let problems = schema_problems(&summary);
+    assert!(
+        problems.is_empty(),
+        "the summary breaks its schema: {problems:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&scratch)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .filter(|name| name != "output")
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the bench left its data dir behind: {left:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+#[test]
+fn a_data_dir_given_to_an_async_run_is_kept() {
+    let _serial = one_at_a_time();
+    let scratch = disk_tmpdir("async");
+    let data = scratch.join("data");
+    let output = run_bounded(
+        trove()
+            .args(["bench", "--durability", "async", "--duration", "1"])
+            .args(["--warmup", "0.2", "--quiet"])
+            .arg("--data-dir")
+            .arg(&data),
+        &scratch.join("output"),
+        Duration::from_secs(120),
+    );
+    let printed = text(&output);
+    assert!(output.status.success(), "{printed}");
+    assert!(printed.contains("write-ahead log (async):"), "{printed}");
+    assert!(
+        data.join("trove.id").exists() && data.join("shard-0").is_dir(),
+        "the data dir given was not used or not kept: {printed}"
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+#[test]
+fn durability_flags_with_a_target_are_a_usage_error() {
+    let _serial = one_at_a_time();
+    for flags in [
+        &["--durability", "sync"][..],
+        &["--durability", "async", "--data-dir", "/nonexistent/data"][..],
+    ] {
+        let output = run(trove()
+            .args(["bench", "--target", "127.0.0.1:1"])
+            .args(flags));
+        let printed = text(&output);
+        assert_eq!(output.status.code(), Some(2), "{flags:?}: {printed}");
+        assert!(printed.contains("--target"), "{flags:?}: {printed}");
+    }
+    let alone = run(trove().args(["bench", "--data-dir", "/nonexistent/data"]));
+    assert_eq!(alone.status.code(), Some(2), "{}", text(&alone));
+    assert!(text(&alone).contains("--durability"), "{}", text(&alone));
+}
+
+#[test]
+fn redis_with_an_append_only_file_synced_always_runs_the_same_stream() {
+    let _serial = one_at_a_time();
+    if Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
+        eprintln!(
+            "SKIPPED: redis-server is not installed; `apt-get install redis-server` runs this test"
+        );
+        return;
+    }
+    let scratch = disk_tmpdir("redis-aof");
+    let dir = out_dir("redis-aof");
+    let output = run_bounded(
+        trove()
+            .args(["bench", "--durability", "sync", "--duration", "1"])
+            .args(["--warmup", "0.2", "--quiet"])
+            .args(["--peer", "redis", "--redis-aof", "always"])
+            .arg("--out")
+            .arg(&dir)
+            .env("TMPDIR", &scratch),
+        &scratch.join("output"),
+        Duration::from_secs(180),
+    );
+    let printed = text(&output);
+    assert!(output.status.success(), "{printed}");
+    assert!(printed.contains("redis-aof-always"), "{printed}");
+    let summary = summary(&dir);
+    assert_eq!(summary["config"]["peer"]["aof"], "always", "{summary}");
+    assert_eq!(summary["peer"]["target"], "redis-aof-always", "{summary}");
+    assert_every_event_answered(&summary, "main");
+    assert_every_event_answered(&summary, "peer");
+    let problems = schema_problems(&summary);
+    assert!(
+        problems.is_empty(),
+        "the summary breaks its schema: {problems:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&scratch)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .filter(|name| name != "output")
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the bench left a directory behind: {left:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&scratch);
+}

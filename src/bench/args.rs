@@ -22,6 +22,44 @@ impl PresetArg {
     }
 }
 
+/// The embedded node's `--durability` modes (those of `trove node --durability`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum DurabilityArg {
+    Sync,
+    Async,
+}
+
+impl DurabilityArg {
+    /// The shard core's mode.
+    pub fn mode(self) -> crate::core::shard::Durability {
+        match self {
+            DurabilityArg::Sync => crate::core::shard::Durability::Sync,
+            DurabilityArg::Async => crate::core::shard::Durability::Async,
+        }
+    }
+}
+
+/// The `appendfsync` policies `--redis-aof` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisAofArg {
+    /// fsync after every write, before the reply: Redis's counterpart of `--durability sync`
+    Always,
+    /// fsync once a second in the background: a crash loses up to a second of writes
+    Everysec,
+}
+
+impl RedisAofArg {
+    /// The policy's name, as redis.conf spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RedisAofArg::Always => "always",
+            RedisAofArg::Everysec => "everysec",
+        }
+    }
+}
+
 /// Drive a treasure-hunt workload against trove (and optionally Redis) and report latency and
 /// throughput.
 ///
@@ -69,6 +107,15 @@ pub struct BenchArgs {
     /// The embedded node answers Busy when out of credit instead of making clients wait
     #[arg(long)]
     pub fail_fast: bool,
+    /// The embedded node logs every event to a write-ahead log in a data dir, as `trove node
+    /// --data-dir DIR --durability MODE` does: `sync` answers once the record is on disk,
+    /// `async` answers at once and syncs behind [default: no log, memory only]
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub durability: Option<DurabilityArg>,
+    /// With --durability: the embedded node's data dir, kept after the run [default: a fresh
+    /// directory under $TMPDIR (or /var/tmp when that is tmpfs), removed after the run]
+    #[arg(long, value_name = "DIR", requires = "durability")]
+    pub data_dir: Option<PathBuf>,
     /// Serve the embedded node's Prometheus metrics (GET /metrics) here, e.g. for `trove top`
     /// during the run [default: off]
     #[arg(long, value_name = "ADDR:PORT", conflicts_with = "target")]
@@ -151,6 +198,11 @@ pub struct BenchArgs {
     /// Address of the Redis server for --peer redis
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:6379")]
     pub redis_addr: String,
+    /// With --peer redis: start a redis-server of the bench's own (on a free loopback port,
+    /// its append-only file in a fresh directory removed after the run) with `appendonly yes`
+    /// and this `appendfsync` policy, instead of using --redis-addr
+    #[arg(long, value_name = "POLICY", value_enum, requires = "peer", conflicts_with_all = ["redis_addr", "redis_flush"])]
+    pub redis_aof: Option<RedisAofArg>,
     /// Let --peer redis empty a Redis database that holds keys already
     #[arg(long)]
     pub redis_flush: bool,

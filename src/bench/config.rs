@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::bench::args::BenchArgs;
+use crate::bench::args::{BenchArgs, DurabilityArg, RedisAofArg};
 use crate::bench::run::LoadSpec;
 use crate::bench::workload::{Mix, Workload};
 use crate::client::auth::read_secret_file;
@@ -46,6 +46,13 @@ pub enum TargetConfig {
         /// config hash of a run without it is what it always was.
         #[serde(skip_serializing_if = "Option::is_none")]
         metrics_listen: Option<SocketAddr>,
+        /// The write-ahead log's mode; absent without a log (memory only), so the config hash
+        /// of a run without it is what it always was.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        durability: Option<DurabilityArg>,
+        /// `--data-dir`: the data dir to use and keep; `None` with a log: a temporary one.
+        #[serde(skip)]
+        data_dir: Option<PathBuf>,
     },
     /// A node already running.
     Remote { addr: SocketAddr },
@@ -75,8 +82,13 @@ pub enum LoadConfig {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct PeerConfig {
     pub name: String,
+    /// Where the peer listens; with `aof`, where the bench's own redis-server will listen is
+    /// only known once it has started, and this is unused.
     pub addr: SocketAddr,
     pub flush: bool,
+    /// `--redis-aof`: the bench starts its own redis-server with this `appendfsync` policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aof: Option<RedisAofArg>,
 }
 
 /// Everything a `trove bench` run does, checked.
@@ -184,6 +196,8 @@ fn refuse_embedded_flags(args: &BenchArgs) -> Result<(), String> {
         ("--node-cpus", args.node_cpus.is_some()),
         ("--partitions", args.partitions.is_some()),
         ("--fail-fast", args.fail_fast),
+        ("--durability", args.durability.is_some()),
+        ("--data-dir", args.data_dir.is_some()),
     ];
     match given.iter().find(|(_, given)| *given) {
         Some((flag, _)) => Err(format!(
@@ -220,14 +234,20 @@ impl BenchConfig {
                 partitions: args.partitions.unwrap_or(PARTITIONS_DEFAULT),
                 fail_fast: args.fail_fast,
                 metrics_listen: args.metrics_listen,
+                durability: args.durability,
+                data_dir: args.data_dir.clone(),
             },
         };
         let peer = match args.peer.as_deref() {
             None => None,
             Some("redis") => Some(PeerConfig {
-                name: "redis".into(),
+                name: match args.redis_aof {
+                    Some(policy) => format!("redis-aof-{}", policy.name()),
+                    None => "redis".into(),
+                },
                 addr: resolve("redis-addr", &args.redis_addr)?,
                 flush: args.redis_flush,
+                aof: args.redis_aof,
             }),
             Some(other) => {
                 return Err(format!(
@@ -443,6 +463,40 @@ mod tests {
         assert!(
             client.contains("not in this process's affinity mask"),
             "{client}"
+        );
+    }
+
+    #[test]
+    fn durability_is_an_embedded_flag_and_in_the_config_only_when_given() {
+        let refused = configure(|args| {
+            args.target = Some("127.0.0.1:7000".into());
+            args.durability = Some(DurabilityArg::Sync);
+        })
+        .unwrap_err();
+        assert!(refused.contains("--durability"), "{refused}");
+        let memory = serde_json::to_value(configure(|_| {}).unwrap()).unwrap();
+        assert!(memory["target"].get("durability").is_none(), "{memory}");
+        let logged = configure(|args| {
+            args.durability = Some(DurabilityArg::Async);
+            args.data_dir = Some("/srv/data".into());
+        })
+        .unwrap();
+        let json = serde_json::to_value(&logged).unwrap();
+        assert_eq!(json["target"]["durability"], "async");
+        assert!(json["target"].get("data_dir").is_none(), "{json}");
+    }
+
+    #[test]
+    fn redis_aof_names_the_peer_by_its_policy() {
+        let config = configure(|args| {
+            args.peer = Some("redis".into());
+            args.redis_aof = Some(RedisAofArg::Everysec);
+        })
+        .unwrap();
+        let peer = config.peer.unwrap();
+        assert_eq!(
+            (peer.name.as_str(), peer.aof),
+            ("redis-aof-everysec", Some(RedisAofArg::Everysec))
         );
     }
 

@@ -8,6 +8,7 @@
 pub mod args;
 pub mod calibrate;
 pub mod config;
+pub mod disk;
 pub mod generator;
 pub mod null_sink;
 pub mod progress;
@@ -50,10 +51,20 @@ fn target_metrics_scrape(
 fn describe(config: &BenchConfig) -> String {
     use config::{LoadConfig, TargetConfig};
     let target = match &config.target {
-        TargetConfig::Embedded { node_cpus, .. } => format!(
-            "embedded node, {} shards on CPUs {}",
+        TargetConfig::Embedded {
+            node_cpus,
+            durability,
+            ..
+        } => format!(
+            "embedded node, {} shards on CPUs {}, {}",
             node_cpus.len(),
-            crate::host::cpuset::CpuSet::from_cpus(node_cpus.iter().copied())
+            crate::host::cpuset::CpuSet::from_cpus(node_cpus.iter().copied()),
+            match durability {
+                None => "in memory (no log)",
+                Some(args::DurabilityArg::Sync) => "durability sync (answered once on disk)",
+                Some(args::DurabilityArg::Async) =>
+                    "durability async (answered at once, synced behind)",
+            }
         ),
         TargetConfig::Remote { addr } => format!("node at {addr}"),
     };

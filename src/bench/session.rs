@@ -6,7 +6,13 @@
 //! are started and joined from here.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::bench::args::DurabilityArg;
+use crate::bench::disk::{RedisServer, RunDir};
+use crate::bench::report::summary::{LogSummary, NodeSummary};
+use crate::runtime::store::StoreConfig;
 
 use crate::bench::config::{BenchConfig, LoadConfig, PeerConfig, TargetConfig};
 use crate::bench::progress::Progress;
@@ -26,8 +32,46 @@ const SWEEP_WARMUP: Duration = Duration::from_millis(500);
 /// Bisection steps after a sweep finds the first rate that breaks the objective.
 const SWEEP_REFINE_STEPS: usize = 3;
 
-/// The embedded node, when the benchmark started one.
-struct Embedded(Node);
+/// The embedded node, when the benchmark started one, with its data dir (removed after the
+/// node stops, when the bench made it) and its log's mode.
+struct Embedded {
+    node: Node,
+    started: Instant,
+    log: Option<(RunDir, DurabilityArg)>,
+}
+
+impl Embedded {
+    /// Stops the node, then removes a data dir the bench made. The log's rates are over the
+    /// node's time up to `trove_done`, the end of the run against it (a peer's run after it
+    /// leaves the node idle).
+    fn stop(self, trove_done: Option<Instant>) -> (NodeReport, Option<LogSummary>) {
+        let report = self.node.stop();
+        let seconds = trove_done
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(self.started)
+            .as_secs_f64();
+        let log = self.log.map(|(_dir, durability)| {
+            let mode = match durability {
+                DurabilityArg::Sync => "sync",
+                DurabilityArg::Async => "async",
+            };
+            LogSummary::of(mode, &report, seconds)
+        });
+        (report, log)
+    }
+}
+
+/// The embedded node's data dir: the user's, or a fresh one on a disk; says when it is tmpfs.
+fn data_dir(given: Option<&PathBuf>) -> Result<RunDir, String> {
+    let dir = match given {
+        Some(path) => RunDir::kept(path),
+        None => RunDir::fresh("data")?,
+    };
+    if let Some(warning) = dir.tmpfs_warning("the embedded node's data dir") {
+        eprintln!("trove bench: {warning}");
+    }
+    Ok(dir)
+}
 
 fn start_target(config: &BenchConfig) -> Result<(SocketAddr, Option<Embedded>), String> {
     match &config.target {
@@ -37,12 +81,25 @@ fn start_target(config: &BenchConfig) -> Result<(SocketAddr, Option<Embedded>), 
             partitions,
             fail_fast,
             metrics_listen,
+            durability,
+            data_dir: given_dir,
         } => {
+            let log = match durability {
+                Some(mode) => Some((data_dir(given_dir.as_ref())?, *mode)),
+                None => None,
+            };
             let runtime = RuntimeConfig {
                 partitions: *partitions,
                 fail_fast: *fail_fast,
+                store: log.as_ref().map(|(dir, mode)| StoreConfig {
+                    dir: dir.path().to_path_buf(),
+                    durability: mode.mode(),
+                    recover_truncate: false,
+                    node: 0,
+                }),
                 ..RuntimeConfig::on_cpus(node_cpus.clone())
             };
+            let started = Instant::now();
             let node = Node::start(&NodeConfig {
                 runtime,
                 auth: config.auth.as_deref().cloned(),
@@ -53,7 +110,7 @@ fn start_target(config: &BenchConfig) -> Result<(SocketAddr, Option<Embedded>), 
             if let Some(metrics) = node.metrics_addr().filter(|_| !config.quiet) {
                 eprintln!("trove bench: the embedded node serves http://{metrics}/metrics");
             }
-            Ok((node.addr(), Some(Embedded(node))))
+            Ok((node.addr(), Some(Embedded { node, started, log })))
         }
     }
 }
@@ -281,11 +338,16 @@ pub fn execute(
 ) -> Result<(Report, Option<NodeReport>), String> {
     let (addr, embedded) = start_target(config)?;
     let result = execute_against(addr, config, progress);
-    let node_report = embedded.map(|Embedded(node)| node.stop());
-    let mut report = result?;
-    report.node = node_report
-        .as_ref()
-        .map(crate::bench::report::summary::NodeSummary::of);
+    let trove_done = result.as_ref().ok().map(|(_, done)| *done);
+    let stopped = embedded.map(|embedded| embedded.stop(trove_done));
+    let (mut report, _) = result?;
+    let node_report = stopped.map(|(node_report, log)| {
+        report.node = Some(NodeSummary {
+            log,
+            ..NodeSummary::of(&node_report)
+        });
+        node_report
+    });
     Ok((report, node_report))
 }
 
@@ -293,7 +355,7 @@ fn execute_against(
     addr: SocketAddr,
     config: &BenchConfig,
     progress: &mut Progress,
-) -> Result<Report, String> {
+) -> Result<(Report, Instant), String> {
     let calibration = if config.calibrate {
         progress.note("measuring the loopback round trip and byte rate…");
         Some(crate::bench::calibrate::calibrate(
@@ -316,11 +378,12 @@ fn execute_against(
     )
     .map_err(|error| format!("cannot set the hunts up on {addr}: {error}"))?;
     let (main, sweep) = run_main(addr, config, progress)?;
+    let trove_done = Instant::now();
     let peer = match &config.peer {
         Some(peer) => Some(run_peer(peer, config, main.load, progress)?),
         None => None,
     };
-    Ok(Report {
+    let report = Report {
         config: serde_json::to_value(config).expect("the configuration serializes"),
         seed: config.workload.seed,
         main: run_record("trove", &main),
@@ -328,7 +391,8 @@ fn execute_against(
         calibration,
         sweep,
         node: None,
-    })
+    };
+    Ok((report, trove_done))
 }
 
 /// The CPU of the embedded node's first shard, where calibration's server side runs too.
@@ -346,11 +410,21 @@ fn run_peer(
     load: LoadSpec,
     progress: &mut Progress,
 ) -> Result<RunRecord, String> {
+    // With --redis-aof, a server of the bench's own, stopped when the run is done.
+    let own_server = peer.aof.map(RedisServer::start).transpose()?;
+    if let Some(warning) = own_server.as_ref().and_then(|server| {
+        server
+            .dir()
+            .tmpfs_warning("the redis-server's append-only file dir")
+    }) {
+        eprintln!("trove bench: {warning}");
+    }
+    let addr = own_server.as_ref().map_or(peer.addr, RedisServer::addr);
     progress.note(&format!(
-        "setting the same hunts up on {} at {}…",
-        peer.name, peer.addr
+        "setting the same hunts up on {} at {addr}…",
+        peer.name
     ));
-    set_up_hunts_redis(peer.addr, &config.workload, peer.flush)?;
+    set_up_hunts_redis(addr, &config.workload, peer.flush)?;
     let peer_plan = plan(config, load, config.warmup(), config.duration());
     progress.start_phase(
         &peer.name,
@@ -359,7 +433,7 @@ fn run_peer(
     );
     let measurement = measure(
         &peer_plan,
-        |_| connect_redis(peer.addr, &config.workload),
+        |_| connect_redis(addr, &config.workload),
         &mut |second, latencies, replies| progress.interval(second, latencies, replies),
     );
     progress.finish_phase();

@@ -347,7 +347,8 @@ fn discard_after(files: &[(u64, PathBuf)], recovered: &mut Recovered) -> Result<
     Ok(())
 }
 
-fn on_tmpfs(dir: &Path) -> bool {
+/// Whether `dir` is on tmpfs, where O_DIRECT is off and a sync reaches no disk.
+pub fn on_tmpfs(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
         return false;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hdrhistogram::Histogram;
 
-use super::summary::{NodeSummary, Percentiles, ShardSummary};
+use super::summary::{LogSummary, NodeSummary, Percentiles, ShardSummary};
 use super::{Calibration, IntervalSample, LoadModel, Report, RunRecord, Sweep, SweepStep};
 
 /// A histogram of ns with `count` values: a body near `body_ns` and a 1% tail up to
@@ -125,6 +125,14 @@ pub fn report_with_everything() -> Report {
                 mesh_round_trip_us: Percentiles::of_ns(&latency_histogram(100, 20_000, 2, 37)),
             })
             .collect(),
+        log: Some(LogSummary {
+            durability: "sync".into(),
+            syncs: 80,
+            records_synced: 40_000,
+            node_seconds: 2.0,
+            syncs_per_s: Some(40.0),
+            events_per_sync: Some(500.0),
+        }),
     });
     report
 }

@@ -330,6 +330,17 @@ pub fn print_summary(report: &Report, out: &mut impl Write) -> io::Result<()> {
         main.events.busy,
         main.events.errors
     )?;
+    if let Some(log) = summary.node.as_ref().and_then(|node| node.log.as_ref()) {
+        writeln!(
+            out,
+            "write-ahead log ({}): {} syncs, {} events per sync, {} syncs/s over the node's {:.1} s to the end of its run (set-up and warm-up included)",
+            log.durability,
+            log.syncs,
+            format_optional(log.events_per_sync),
+            format_optional(log.syncs_per_s),
+            log.node_seconds,
+        )?;
+    }
     if let Some(calibration) = &summary.calibration {
         writeln!(
             out,

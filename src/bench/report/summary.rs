@@ -56,6 +56,49 @@ pub struct Summary {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeSummary {
     pub shards: Vec<ShardSummary>,
+    /// The write-ahead log's group commit, when the node logged (`--durability`); absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogSummary>,
+}
+
+/// What the node's write-ahead log did over the whole session (set-up, warm-up, run and the
+/// final sync at stop), from its shards' counters, summed over shards. The shards hand their
+/// counters over only when they stop, so the set-up's syncs count too.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogSummary {
+    /// `sync` or `async`.
+    pub durability: String,
+    /// Syncs that made records durable.
+    pub syncs: u64,
+    /// Records (events) those syncs made durable.
+    pub records_synced: u64,
+    /// From the node's start to the end of the run against it (a peer's run comes after).
+    pub node_seconds: f64,
+    /// `syncs` over `node_seconds`.
+    pub syncs_per_s: Option<f64>,
+    /// `records_synced` over `syncs`: how many events each sync carried (group commit).
+    pub events_per_sync: Option<f64>,
+}
+
+impl LogSummary {
+    /// The log's figures from the node's report; `node_seconds` is how long the node ran.
+    pub fn of(durability: &str, report: &crate::node::NodeReport, node_seconds: f64) -> LogSummary {
+        let syncs = report.shards.iter().map(|shard| shard.log_syncs).sum();
+        let records_synced = report
+            .shards
+            .iter()
+            .map(|shard| shard.log_records_synced)
+            .sum();
+        LogSummary {
+            durability: durability.to_owned(),
+            syncs,
+            records_synced,
+            node_seconds,
+            syncs_per_s: ratio(syncs as f64, node_seconds),
+            events_per_sync: ratio(records_synced as f64, syncs as f64),
+        }
+    }
 }
 
 /// One shard's counters and stage latencies (microseconds).
@@ -101,7 +144,7 @@ impl NodeSummary {
                 mesh_round_trip_us: Percentiles::of_ns(&stats.stages.mesh_round_trip_ns),
             })
             .collect();
-        NodeSummary { shards }
+        NodeSummary { shards, log: None }
     }
 }
 
@@ -462,6 +505,26 @@ fn write_canonical(value: &serde_json::Value, out: &mut String) {
 mod tests {
     use super::super::fixtures::{report_with_everything, simple_report};
     use super::*;
+
+    #[test]
+    fn the_log_summary_adds_its_shards_up_and_has_no_ratio_without_syncs() {
+        let shard = |syncs, records| crate::core::shard::ShardStats {
+            log_syncs: syncs,
+            log_records_synced: records,
+            ..Default::default()
+        };
+        let report = crate::node::NodeReport {
+            shards: vec![shard(3, 30), shard(1, 10)],
+        };
+        let log = LogSummary::of("sync", &report, 2.0);
+        assert_eq!((log.syncs, log.records_synced), (4, 40));
+        assert_eq!(log.events_per_sync, Some(10.0));
+        assert_eq!(log.syncs_per_s, Some(2.0));
+        let idle = crate::node::NodeReport {
+            shards: vec![shard(0, 0)],
+        };
+        assert_eq!(LogSummary::of("async", &idle, 2.0).events_per_sync, None);
+    }
 
     fn validator() -> jsonschema::Validator {
         let schema: serde_json::Value = serde_json::from_str(SUMMARY_SCHEMA_JSON).unwrap();

@@ -86,6 +86,10 @@ pub struct ShardStats {
     /// Nanoseconds frames spent stopped for credit before they went on, summed over the
     /// connections (two waiting at once count twice).
     pub credit_wait_ns: u64,
+    /// Log syncs that made records durable (with a data dir), and the records they made
+    /// durable: their ratio is the group commit's events per sync.
+    pub log_syncs: u64,
+    pub log_records_synced: u64,
 }
 
 /// What the stall detector saw on one shard.

@@ -207,6 +207,8 @@ impl ShardCore {
         if lsn <= self.durability.durable_lsn {
             return;
         }
+        self.stats.log_syncs += 1;
+        self.stats.log_records_synced += lsn - self.durability.durable_lsn;
         self.durability.durable_lsn = lsn;
         let mut released = false;
         while self
@@ -534,6 +536,13 @@ mod tests {
         core.handle_durable(0, 3);
         assert_eq!(seqs(&written(&mut core, conn)), [3]);
         assert_eq!(core.credit_held(), Credit::ZERO);
+        core.handle_durable(0, 3);
+        let counters = core.counters();
+        assert_eq!(
+            (counters.log_syncs, counters.log_records_synced),
+            (2, 3),
+            "two syncs made three records durable; a repeated LSN is no new sync"
+        );
     }
 
     #[test]
