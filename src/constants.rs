@@ -382,9 +382,10 @@ pub const MESH_BATCH_OVERHEAD_BYTES_MAX: usize =
 /// STAGE_LATENCY_NS_MAX, 3)`): its counters, 8 bytes each, and its fields, 221 280 bytes as
 /// measured by a unit test (`core::shard::counters`), plus the allocator's share.
 pub const STAGE_HISTOGRAM_BYTES_MAX: usize = 220 * 1024;
-/// Stage histograms alive per shard: the shard's two, and a copy's two while its stats are
-/// taken whole (the stop report). Metrics snapshots carry classic buckets, not these.
-pub const STAGE_HISTOGRAMS_PER_SHARD_MAX: usize = 2 * (1 + 1);
+/// Stage histograms alive per shard: the shard's three (frame dispatch, mesh round trip, log
+/// sync: allocated with or without a data dir), and a copy's three while its stats are taken
+/// whole (the stop report). Metrics snapshots carry classic buckets, not these.
+pub const STAGE_HISTOGRAMS_PER_SHARD_MAX: usize = 3 * (1 + 1);
 /// Metrics snapshots alive per shard: one being taken, those queued to the housekeeping
 /// thread, and the latest one the housekeeping thread keeps.
 pub const METRICS_SNAPSHOTS_PER_SHARD_MAX: usize = 1 + METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX + 1;

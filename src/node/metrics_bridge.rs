@@ -11,12 +11,12 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::runtime::stall::spawn_timed;
 use crate::constants::METRICS_SNAPSHOT_MS_DEFAULT;
 use crate::core::shard::{ShardLoad, ShardStats, Stalls};
 use crate::metrics::snapshot::{ClassicHistogram, Stage};
 use crate::metrics::{CreditGauge, ShardCounters, ShardGauges, ShardSnapshot, SnapshotSender};
 use crate::runtime::shard::Shard;
+use crate::runtime::stall::spawn_timed;
 use crate::runtime::stall::stalls_on_this_thread;
 
 /// Starts the shard's snapshot task; it lives as long as the shard's executor.
@@ -86,6 +86,9 @@ pub fn snapshot_of(
         stalls: executor.stalls.count,
         stall_worst_ns: executor.stalls.worst_overage_ns,
         snapshots_dropped,
+        log_syncs: stats.log.syncs,
+        log_records: stats.log.records,
+        log_bytes: stats.log.bytes,
     };
     let gauges = ShardGauges {
         connections_open: load.connections_open,
@@ -110,6 +113,7 @@ pub fn snapshot_of(
         ClassicHistogram::from_ns(&stats.stages.frame_dispatch_ns);
     stages[Stage::MeshRoundTrip as usize] =
         ClassicHistogram::from_ns(&stats.stages.mesh_round_trip_ns);
+    stages[Stage::LogSync as usize] = ClassicHistogram::from_ns(&stats.stages.log_sync_ns);
     ShardSnapshot {
         shard: stats.shard,
         cpu: stats.cpu,
