@@ -20,7 +20,10 @@
 
 use std::collections::VecDeque;
 
-use crate::constants::{DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX, DURABILITY_HELD_UNCREDITED_MAX};
+use crate::constants::{
+    DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX, DURABILITY_HELD_REPLY_BYTES_MAX,
+    DURABILITY_HELD_UNCREDITED_MAX, DURABILITY_QUEUED_RECORD_BYTES,
+};
 use crate::core::codec::{FrameError, access_record};
 use crate::core::credit::Credit;
 use crate::core::ids::{ConnectionId, PartitionId, ShardId};
@@ -77,6 +80,10 @@ struct QueuedRecord {
     start: u32,
     len: u32,
 }
+
+// The memory sum (`constants::WAL_SHARD_BYTES_MAX`) counts these at their sizes.
+const _: () = assert!(size_of::<QueuedRecord>() <= DURABILITY_QUEUED_RECORD_BYTES);
+const _: () = assert!(size_of::<(u64, HeldReply)>() <= DURABILITY_HELD_REPLY_BYTES_MAX);
 
 /// The shard's durability state. See the module documentation.
 #[derive(Default)]
