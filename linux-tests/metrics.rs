@@ -43,6 +43,11 @@ struct ChildNode {
 
 impl ChildNode {
     fn start() -> ChildNode {
+        ChildNode::start_with(&[])
+    }
+
+    /// A node as [`Self::start`] makes, with `extra` arguments.
+    fn start_with(extra: &[&str]) -> ChildNode {
         let mut child = trove()
             .args([
                 "node",
@@ -54,6 +59,7 @@ impl ChildNode {
                 "2",
             ])
             .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -373,6 +379,73 @@ fn the_counters_add_up_to_what_the_bench_sent() {
             .unwrap();
         assert_eq!(inf, count, "{sample:?}");
     }
+}
+
+/// A labelled sample's value (counters, gauges and a histogram's `_count` alike).
+fn value_of(sample: &prometheus_parse::Sample) -> f64 {
+    match sample.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        _ => panic!("{sample:?} is a histogram"),
+    }
+}
+
+#[test]
+fn a_node_with_a_data_dir_serves_its_log_syncs() {
+    let _serial = one_at_a_time();
+    // On the disk the build is on, not tmpfs: the syncs are real.
+    let data = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("trove-metrics-log-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let node = ChildNode::start_with(&["--data-dir", data.to_str().unwrap()]);
+    let (summary, _) = bench(&node, "log");
+    let sent = summary["main"]["events"]["sent"].as_u64().unwrap();
+    assert!(sent > 0, "{summary}");
+    let expected = (sent + HUNTS * (1 + PLAYERS)) as f64;
+    // In sync mode every answered event's record was synced first, so once every event is
+    // applied and answered, the log's records are exactly the events applied.
+    let after = scrape_until(node.metrics, "every event's record synced", |s| {
+        total(s, "trove_events_applied_total") >= expected
+            && total(s, "trove_log_records_total") == total(s, "trove_events_applied_total")
+    });
+    let records = total(&after, "trove_log_records_total");
+    let syncs = total(&after, "trove_log_syncs_total");
+    let bytes = total(&after, "trove_log_bytes_total");
+    assert!(
+        syncs > 0.0 && syncs <= records,
+        "{syncs} syncs for {records} records"
+    );
+    // Every record has its 32-byte header; every write is whole blocks of at least 512 bytes.
+    assert!(
+        bytes >= 32.0 * records,
+        "{bytes} bytes for {records} records"
+    );
+    assert_eq!(bytes % 512.0, 0.0, "{bytes}");
+    // One log_sync sample per sync, shard by shard.
+    for shard in ["0", "1"] {
+        let of = |name: &str, stage: Option<&str>| -> f64 {
+            after
+                .samples
+                .iter()
+                .filter(|s| {
+                    s.metric == name
+                        && s.labels.get("shard") == Some(shard)
+                        && s.labels.get("stage") == stage
+                })
+                .map(value_of)
+                .sum()
+        };
+        let shard_syncs = of("trove_log_syncs_total", None);
+        assert!(shard_syncs > 0.0, "shard {shard} applies events: it syncs");
+        assert_eq!(
+            of("trove_stage_latency_seconds_count", Some("log_sync")),
+            shard_syncs,
+            "shard {shard}"
+        );
+    }
+    drop(node);
+    let _ = std::fs::remove_dir_all(&data);
 }
 
 /// Whether `text` (an exposition) serves the series `name`: a sample of it, or its family's

@@ -71,6 +71,49 @@ pub const TLS_SEND_BUFFER_BYTES_MAX: usize = 64 * 1024;
 /// Largest PEM file (`--tls-cert`, `--tls-key`, `--tls-ca`, `--tls-client-ca`) read: a chain of
 /// certificates is a few KiB; anything this large is the wrong file.
 pub const TLS_PEM_FILE_BYTES_MAX: u64 = 1 << 20;
+/// Longest certificate chain (DER, every certificate of `--tls-cert`) a node sends in its
+/// handshake; a longer one is refused at start. It bounds the handshake flight, which rustls
+/// queues whatever its send buffer limit.
+pub const TLS_CERT_CHAIN_BYTES_MAX: usize = 64 * 1024;
+/// What a TLS 1.3 record adds to its plaintext, at most (header, content type, tag, with room
+/// to spare): the same allowance as [`TLS_CIPHERTEXT_READ_BYTES_MAX`] makes.
+pub const TLS_RECORD_EXPANSION_BYTES_MAX: usize = 256;
+/// The server's handshake flight beside its certificate chain (hello, extensions, each
+/// certificate's framing, the signature, finished, records' expansion): an estimate with room
+/// for a chain of many small certificates and a 4096-bit RSA signature.
+pub const TLS_HANDSHAKE_FLIGHT_EXTRA_BYTES_MAX: usize = 8 * 1024;
+/// Largest handshake message rustls 0.23 accepts (its `MAX_HANDSHAKE_SIZE`): bounds what it
+/// buffers of the client's flight, and the client certificate chain a session keeps.
+pub const RUSTLS_HANDSHAKE_MESSAGE_BYTES_MAX: usize = 0xffff;
+/// rustls' buffer of ciphertext not yet processed: a handshake message being joined plus the
+/// 4 KiB it reads at once (after the handshake, one record of 18 KiB).
+pub const RUSTLS_DEFRAMER_BYTES_MAX: usize = RUSTLS_HANDSHAKE_MESSAGE_BYTES_MAX + 4096;
+/// rustls' decrypted plaintext not yet read: it takes no more ciphertext past 16 KiB (its
+/// `DEFAULT_RECEIVED_PLAINTEXT_LIMIT`), checked before a record is added: one record more.
+pub const RUSTLS_RECEIVED_PLAINTEXT_BYTES_MAX: usize = 2 * 16 * 1024;
+/// A server session's own state: the `rustls::ServerConnection` (its `size_of` is checked
+/// below) and its boxed handshake state, keys and cipher contexts. An estimate.
+pub const TLS_SESSION_STATE_BYTES_MAX: usize = 8 * 1024;
+/// Ciphertext a session queues at once, and so what a writer takes in one go: its send buffer
+/// of application data with each 16 KiB record's expansion, or the handshake flight.
+pub const TLS_OUTPUT_BYTES_MAX: usize = {
+    let data = TLS_SEND_BUFFER_BYTES_MAX
+        + (TLS_SEND_BUFFER_BYTES_MAX / (16 * 1024) + 1) * TLS_RECORD_EXPANSION_BYTES_MAX;
+    let flight = TLS_CERT_CHAIN_BYTES_MAX + TLS_HANDSHAKE_FLIGHT_EXTRA_BYTES_MAX;
+    if data > flight { data } else { flight }
+};
+/// Worst-case bytes of one TLS connection on a node, beyond its plaintext buffers (counted in
+/// `SHARD_IO_BYTES_MAX` with or without TLS).
+pub const TLS_CONNECTION_BYTES_MAX: usize = TLS_CIPHERTEXT_READ_BYTES_MAX // the reader's ciphertext buffer (`net::tls`, exactly this)
+    + 2 * TLS_OUTPUT_BYTES_MAX // the writer's ciphertext buffer: a doubling Vec, kept between writes
+    + TLS_OUTPUT_BYTES_MAX // rustls' queue of the same records until the writer takes them
+    + TLS_SEND_BUFFER_BYTES_MAX // plaintext written before the handshake ends (rustls holds it, same limit)
+    + RUSTLS_DEFRAMER_BYTES_MAX // ciphertext rustls has not processed yet
+    + RUSTLS_RECEIVED_PLAINTEXT_BYTES_MAX // plaintext decrypted and not read yet
+    + RUSTLS_HANDSHAKE_MESSAGE_BYTES_MAX // the client's certificate chain, kept by the session
+    + TLS_SESSION_STATE_BYTES_MAX; // the session itself
+
+const _: () = assert!(size_of::<rustls::ServerConnection>() <= TLS_SESSION_STATE_BYTES_MAX / 2);
 
 // ---------------------------------------------------------------------------------------------
 // Partitions, shards, connections.
@@ -232,6 +275,41 @@ pub const DURABILITY_HELD_UNCREDITED_MAX: usize = 4096;
 /// most this many answered events per shard.
 pub const DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX: u64 = 4096;
 
+/// Log records a shard holds that are not durable yet, at most: every event its sockets'
+/// credit lets in, every event peers forward under their mesh credit (in sync mode an event's
+/// credit stays held until its record is durable; in async mode too once past the next term),
+/// and in async mode the events answered before their sync, whose credit is back.
+pub const WAL_UNSYNCED_EVENTS_MAX: usize = SHARD_EVENTS_INFLIGHT_MAX as usize
+    + MESH_EVENTS_INFLIGHT_MAX as usize
+    + DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX as usize;
+/// Their payload bytes: the same budgets in bytes, and a whole event for each answered one.
+pub const WAL_UNSYNCED_PAYLOAD_BYTES_MAX: usize = SHARD_BYTES_INFLIGHT_MAX as usize
+    + MESH_BYTES_INFLIGHT_MAX as usize
+    + DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX as usize * EVENT_BYTES_MAX;
+/// What the group-commit machine (`store::commit`) holds unwritten, at most: those records
+/// framed (a header each, padded to 16 bytes), and for two segments (a batch may cross into
+/// the next) a header and the partial block written again.
+pub const WAL_UNWRITTEN_BYTES_MAX: usize = WAL_UNSYNCED_PAYLOAD_BYTES_MAX
+    + WAL_UNSYNCED_EVENTS_MAX * (WAL_RECORD_HEADER_BYTES + ARCHIVE_ALIGN)
+    + 2 * (WAL_SEGMENT_HEADER_BYTES + WAL_BLOCK_BYTES_MAX);
+// Unwritten records span two segments at most (the memory sum counts two headers).
+const _: () = assert!(WAL_UNWRITTEN_BYTES_MAX <= WAL_SEGMENT_BYTES as usize);
+
+/// A record queued in the core for the log task (`core::shard::durability::QueuedRecord`):
+/// LSN 8, partition 4, offset 4, length 4, padded; checked by a const assert there.
+pub const DURABILITY_QUEUED_RECORD_BYTES: usize = 24;
+/// A reply held for its sync, with the LSN it waits for (`(u64, HeldReply)` in
+/// `core::shard::durability`); checked by a const assert there. A leaderboard's entries are on
+/// the heap besides, no more than its archive: `REPLY_BYTES_MAX`.
+pub const DURABILITY_HELD_REPLY_BYTES_MAX: usize = 128;
+/// Worst-case bytes of one shard's write-ahead log buffers (with a data dir).
+pub const WAL_SHARD_BYTES_MAX: usize = 2 * WAL_UNSYNCED_PAYLOAD_BYTES_MAX // the core's queue of payloads: a doubling Vec, kept at its peak
+    + 2 * WAL_UNSYNCED_EVENTS_MAX * DURABILITY_QUEUED_RECORD_BYTES // its index of records, likewise
+    + 2 * WAL_UNWRITTEN_BYTES_MAX // the group-commit tails: doubling Vecs, drained in place
+    + WAL_UNWRITTEN_BYTES_MAX + WAL_BLOCK_BYTES_MAX // the aligned buffer of the one write in flight
+    + 2 * (WAL_UNSYNCED_EVENTS_MAX + DURABILITY_HELD_UNCREDITED_MAX) // replies held for a sync: a doubling VecDeque
+        * (DURABILITY_HELD_REPLY_BYTES_MAX + REPLY_BYTES_MAX);
+
 const _: () = assert!(WAL_SEGMENT_HEADER_BYTES % WAL_BLOCK_BYTES_MAX == 0);
 const _: () = assert!(
     WAL_SEGMENT_BYTES as usize
@@ -382,9 +460,10 @@ pub const MESH_BATCH_OVERHEAD_BYTES_MAX: usize =
 /// STAGE_LATENCY_NS_MAX, 3)`): its counters, 8 bytes each, and its fields, 221 280 bytes as
 /// measured by a unit test (`core::shard::counters`), plus the allocator's share.
 pub const STAGE_HISTOGRAM_BYTES_MAX: usize = 220 * 1024;
-/// Stage histograms alive per shard: the shard's two, and a copy's two while its stats are
-/// taken whole (the stop report). Metrics snapshots carry classic buckets, not these.
-pub const STAGE_HISTOGRAMS_PER_SHARD_MAX: usize = 2 * (1 + 1);
+/// Stage histograms alive per shard: the shard's three (frame dispatch, mesh round trip, log
+/// sync: allocated with or without a data dir), and a copy's three while its stats are taken
+/// whole (the stop report). Metrics snapshots carry classic buckets, not these.
+pub const STAGE_HISTOGRAMS_PER_SHARD_MAX: usize = 3 * (1 + 1);
 /// Metrics snapshots alive per shard: one being taken, those queued to the housekeeping
 /// thread, and the latest one the housekeeping thread keeps.
 pub const METRICS_SNAPSHOTS_PER_SHARD_MAX: usize = 1 + METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX + 1;
@@ -426,6 +505,10 @@ pub struct NodeMemory {
     pub buffers_bytes: usize,
     /// The slots of the mesh's channel rings: one channel per ordered pair of shards.
     pub mesh_rings_bytes: usize,
+    /// Every shard's write-ahead log buffers: 0 without a data dir ([`NodeMemory::with_log`]).
+    pub log_bytes: usize,
+    /// Every connection's TLS buffers and session: 0 without TLS ([`NodeMemory::with_tls`]).
+    pub tls_bytes: usize,
 }
 
 impl NodeMemory {
@@ -436,11 +519,34 @@ impl NodeMemory {
             tables_bytes: shards * shard_partition_table_bytes_max(partitions),
             buffers_bytes: shards * SHARD_IO_BYTES_MAX,
             mesh_rings_bytes: shards * shards * MESH_CHANNEL_BATCHES_MAX * MESH_BATCH_BYTES,
+            log_bytes: 0,
+            tls_bytes: 0,
+        }
+    }
+
+    /// Counts the write-ahead log's buffers of `shards` shards (a node with a data dir).
+    pub const fn with_log(self, shards: usize) -> NodeMemory {
+        NodeMemory {
+            log_bytes: shards * WAL_SHARD_BYTES_MAX,
+            ..self
+        }
+    }
+
+    /// Counts the TLS buffers of every connection `shards` shards may hold (a node with TLS).
+    pub const fn with_tls(self, shards: usize) -> NodeMemory {
+        NodeMemory {
+            tls_bytes: shards * CONNECTIONS_PER_SHARD_MAX * TLS_CONNECTION_BYTES_MAX,
+            ..self
         }
     }
 
     pub const fn total_bytes(&self) -> usize {
-        self.state_bytes + self.tables_bytes + self.buffers_bytes + self.mesh_rings_bytes
+        self.state_bytes
+            + self.tables_bytes
+            + self.buffers_bytes
+            + self.mesh_rings_bytes
+            + self.log_bytes
+            + self.tls_bytes
     }
 }
 

@@ -345,7 +345,14 @@ pub fn run(args: &NodeArgs) -> i32 {
         "trove node: {}",
         describe_durability(&config, &node)
     );
-    let memory = NodeMemory::of(config.runtime.partitions as usize, config.runtime.shards());
+    let shards = config.runtime.shards();
+    let mut memory = NodeMemory::of(config.runtime.partitions as usize, shards);
+    if config.runtime.store.is_some() {
+        memory = memory.with_log(shards);
+    }
+    if args.tls_cert.is_some() {
+        memory = memory.with_tls(shards);
+    }
     let _ = writeln!(stdout, "trove node: {}", describe_memory(&memory));
     let signal = wait_for_stop_signal(&signals);
     let _ = writeln!(stdout, "trove node: signal {signal} received, stopping");
@@ -408,14 +415,62 @@ fn describe_security(args: &NodeArgs) -> String {
 }
 
 /// The node's worst-case memory as one line: the total, then each term, in MiB rounded up.
+/// The log's and TLS's terms are named only when they apply (a data dir, TLS); otherwise the
+/// line says they are not counted.
 fn describe_memory(memory: &NodeMemory) -> String {
     let mib = |bytes: usize| bytes.div_ceil(1 << 20);
-    format!(
-        "worst-case memory {} MiB (hunt state {}, partition tables {}, buffers {}, mesh rings {})",
-        mib(memory.total_bytes()),
+    let mut terms = format!(
+        "hunt state {}, partition tables {}, buffers {}, mesh rings {}",
         mib(memory.state_bytes),
         mib(memory.tables_bytes),
         mib(memory.buffers_bytes),
         mib(memory.mesh_rings_bytes),
+    );
+    let mut absent = Vec::new();
+    match memory.log_bytes {
+        0 => absent.push("log (no --data-dir)"),
+        bytes => terms.push_str(&format!(", write-ahead log {}", mib(bytes))),
+    }
+    match memory.tls_bytes {
+        0 => absent.push("TLS (no --tls-cert)"),
+        bytes => terms.push_str(&format!(", TLS {}", mib(bytes))),
+    }
+    if !absent.is_empty() {
+        terms.push_str(&format!("; not counted: {}", absent.join(", ")));
+    }
+    format!(
+        "worst-case memory {} MiB ({terms})",
+        mib(memory.total_bytes())
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_line_names_the_log_and_tls_terms_only_when_they_count() {
+        let plain = NodeMemory::of(64, 2);
+        let text = describe_memory(&plain);
+        assert!(
+            text.ends_with("; not counted: log (no --data-dir), TLS (no --tls-cert))"),
+            "{text}"
+        );
+        let logged = plain.with_log(2);
+        assert!(logged.log_bytes > 0 && logged.tls_bytes == 0);
+        assert_eq!(logged.total_bytes(), plain.total_bytes() + logged.log_bytes);
+        let text = describe_memory(&logged);
+        assert!(text.contains(", write-ahead log "), "{text}");
+        assert!(
+            text.ends_with("; not counted: TLS (no --tls-cert))"),
+            "{text}"
+        );
+        let both = logged.with_tls(2);
+        assert_eq!(both.tls_bytes, 2 * logged.with_tls(1).tls_bytes);
+        let text = describe_memory(&both);
+        assert!(
+            text.contains(", TLS ") && !text.contains("not counted"),
+            "{text}"
+        );
+    }
 }

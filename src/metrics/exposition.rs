@@ -169,7 +169,7 @@ impl NodeCollector {
     }
 
     fn counters(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
-        let families: [ShardFamily<u64>; 18] = [
+        let families: [ShardFamily<u64>; 21] = [
             (
                 "events_applied",
                 "Events this shard applied as their partition's owner.",
@@ -257,6 +257,21 @@ impl NodeCollector {
                 "metrics_snapshots_dropped",
                 "Snapshots this shard dropped because the housekeeping thread was behind.",
                 |s| s.snapshot.counters.snapshots_dropped,
+            ),
+            (
+                "log_syncs",
+                "Syncs (fdatasync rounds) of the shard's write-ahead log; log_records over log_syncs is the group-commit batch.",
+                |s| s.snapshot.counters.log_syncs,
+            ),
+            (
+                "log_records",
+                "Records (events) the shard's log syncs made durable.",
+                |s| s.snapshot.counters.log_records,
+            ),
+            (
+                "log_bytes",
+                "Bytes written to the shard's log segments, in whole blocks (a partial block is written again by the next write).",
+                |s| s.snapshot.counters.log_bytes,
             ),
         ];
         for (name, help, value) in families {
@@ -447,7 +462,7 @@ impl NodeCollector {
     fn histograms(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let mut family = encoder.encode_descriptor(
             "stage_latency_seconds",
-            "Latency of each stage of a shard's data path (frame_dispatch: arrival to dispatch of the frame's last event; mesh_round_trip: forward to reply back).",
+            "Latency of each stage of a shard's data path (frame_dispatch: arrival to dispatch of the frame's last event; mesh_round_trip: forward to reply back; log_sync: first write a log sync covers issued to its fdatasync done, no samples without a data dir).",
             None,
             MetricType::Histogram,
         )?;
@@ -665,6 +680,8 @@ mod tests {
         snapshot.counters.executor_busy_ns = 1_500_000_000;
         snapshot.counters.credit_wait_ns = 250_000_000;
         snapshot.counters.connections_idle_closed = 2;
+        snapshot.counters.log_syncs = 5;
+        snapshot.counters.log_records = 40;
         snapshot.gauges.mesh_batches_queued = 4;
         snapshot.events = tally_of(
             EventKind::Join,
@@ -678,6 +695,10 @@ mod tests {
         );
         snapshot.stages[Stage::FrameDispatch as usize] =
             ClassicHistogram::from_ns(&crate::metrics::snapshot::tests::histogram_of(&[1_000]));
+        snapshot.stages[Stage::LogSync as usize] =
+            ClassicHistogram::from_ns(&crate::metrics::snapshot::tests::histogram_of(&[
+                300_000, 3_000_000,
+            ]));
         let info = NodeInfo {
             node: "127.0.0.1:7700".into(),
             shard_cpus: vec![2, 3],
@@ -706,6 +727,13 @@ mod tests {
             format!(
                 "trove_stage_latency_seconds_bucket{{{n},shard=\"1\",stage=\"frame_dispatch\",le=\"1e-05\"}} 1"
             ),
+            format!("trove_stage_latency_seconds_count{{{n},shard=\"1\",stage=\"log_sync\"}} 2"),
+            format!(
+                "trove_stage_latency_seconds_bucket{{{n},shard=\"1\",stage=\"log_sync\",le=\"+Inf\"}} 2"
+            ),
+            format!("trove_log_syncs_total{{{n},shard=\"1\"}} 5"),
+            format!("trove_log_records_total{{{n},shard=\"1\"}} 40"),
+            format!("trove_log_bytes_total{{{n},shard=\"1\"}} 0"),
             format!("trove_config_shards{{{n}}} 2.0"),
             format!("trove_shard_cpu{{{n},shard=\"1\"}} 3.0"),
             format!("trove_events_total{{{n},shard=\"1\",kind=\"join\",outcome=\"accepted\"}} 1"),

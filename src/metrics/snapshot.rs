@@ -55,6 +55,11 @@ pub struct ShardCounters {
     pub stall_worst_ns: u64,
     /// Snapshots of this shard dropped because the channel to the housekeeping thread was full.
     pub snapshots_dropped: u64,
+    /// Syncs of the shard's write-ahead log, the records they made durable, and the bytes
+    /// written to its segments (all zero without a data dir).
+    pub log_syncs: u64,
+    pub log_records: u64,
+    pub log_bytes: u64,
 }
 
 /// Credit held in one pool and its capacity, in events and bytes.
@@ -104,16 +109,20 @@ pub enum Stage {
     FrameDispatch,
     /// From forwarding an event to another shard to its reply arriving back.
     MeshRoundTrip,
+    /// From the first write a log sync covers being issued to its `fdatasync` completing (no
+    /// samples without a data dir).
+    LogSync,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 2] = [Stage::FrameDispatch, Stage::MeshRoundTrip];
+    pub const ALL: [Stage; 3] = [Stage::FrameDispatch, Stage::MeshRoundTrip, Stage::LogSync];
 
     /// The value of the `stage` label.
     pub fn label(self) -> &'static str {
         match self {
             Stage::FrameDispatch => "frame_dispatch",
             Stage::MeshRoundTrip => "mesh_round_trip",
+            Stage::LogSync => "log_sync",
         }
     }
 }

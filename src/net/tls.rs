@@ -29,7 +29,9 @@ use glommio::net::TcpStream;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 
-use crate::constants::{CONNECTION_LINGER_MS_MAX, TLS_CIPHERTEXT_READ_BYTES_MAX};
+use crate::constants::{
+    CONNECTION_LINGER_MS_MAX, TLS_CERT_CHAIN_BYTES_MAX, TLS_CIPHERTEXT_READ_BYTES_MAX,
+};
 use crate::net::transport::dup_stream;
 use crate::tls::{
     Plaintext, TlsSession, crypto_provider, read_certificates, read_private_key, read_roots,
@@ -41,6 +43,14 @@ pub fn server_config(
     client_ca: Option<&Path>,
 ) -> Result<Arc<ServerConfig>, String> {
     let chain = read_certificates("--tls-cert", cert, "the node's certificate chain")?;
+    let chain_bytes: usize = chain.iter().map(|certificate| certificate.len()).sum();
+    if chain_bytes > TLS_CERT_CHAIN_BYTES_MAX {
+        // The chain goes out whole in every handshake: the memory sum counts it at this bound.
+        return Err(format!(
+            "--tls-cert {}: the certificate chain is {chain_bytes} bytes (DER), more than the {TLS_CERT_CHAIN_BYTES_MAX} a node sends in a handshake; give the node's certificate and its intermediates only",
+            cert.display()
+        ));
+    }
     let private_key = read_private_key("--tls-key", key)?;
     let provider = crypto_provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -260,5 +270,40 @@ impl TlsStream {
     /// to a closing connection.
     pub(crate) async fn discard_input(&mut self, scratch: &mut [u8]) -> io::Result<usize> {
         self.socket.read(scratch).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_chain_past_its_limit_is_refused_with_its_size() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("trove-tls-chain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key_path = dir.join("node.key");
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let write_chain = |name: &str, copies: usize| {
+            let path = dir.join(name);
+            std::fs::write(&path, cert.pem().repeat(copies)).unwrap();
+            path
+        };
+        let one = write_chain("one.pem", 1);
+        assert!(server_config(&one, &key_path, None).is_ok());
+        let copies = TLS_CERT_CHAIN_BYTES_MAX / cert.der().len() + 1;
+        let long = write_chain("long.pem", copies);
+        let error = server_config(&long, &key_path, None).unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        let bytes = copies * cert.der().len();
+        assert!(
+            error.contains(&format!("the certificate chain is {bytes} bytes"))
+                && error.contains(&TLS_CERT_CHAIN_BYTES_MAX.to_string()),
+            "{error}"
+        );
     }
 }

@@ -86,6 +86,9 @@ pub fn snapshot_of(
         stalls: executor.stalls.count,
         stall_worst_ns: executor.stalls.worst_overage_ns,
         snapshots_dropped,
+        log_syncs: stats.log.syncs,
+        log_records: stats.log.records,
+        log_bytes: stats.log.bytes,
     };
     let gauges = ShardGauges {
         connections_open: load.connections_open,
@@ -110,6 +113,7 @@ pub fn snapshot_of(
         ClassicHistogram::from_ns(&stats.stages.frame_dispatch_ns);
     stages[Stage::MeshRoundTrip as usize] =
         ClassicHistogram::from_ns(&stats.stages.mesh_round_trip_ns);
+    stages[Stage::LogSync as usize] = ClassicHistogram::from_ns(&stats.stages.log_sync_ns);
     ShardSnapshot {
         shard: stats.shard,
         cpu: stats.cpu,

@@ -119,6 +119,23 @@ fn percentiles_us(histogram: &hdrhistogram::Histogram<u64>) -> String {
     )
 }
 
+/// " log sync p50 … (N syncs, R records, R/N a sync, B MiB);", or nothing for a shard that
+/// never synced a log (no data dir).
+fn describe_log_sync(shard: &ShardStats) -> String {
+    let log = shard.log;
+    if log.syncs == 0 {
+        return String::new();
+    }
+    format!(
+        " log sync {} ({} syncs, {} records, {:.1} a sync, {:.1} MiB written);",
+        percentiles_us(&shard.stages.log_sync_ns),
+        log.syncs,
+        log.records,
+        log.records as f64 / log.syncs as f64,
+        log.bytes as f64 / (1 << 20) as f64,
+    )
+}
+
 /// "no stalls", or how many and the worst overage past the stall threshold.
 fn describe_stalls(stalls: Stalls) -> String {
     match stalls.count {
@@ -162,9 +179,10 @@ impl NodeReport {
                 shard.shutting_down_replies,
             ));
             text.push_str(&format!(
-                "  frame dispatch {}; mesh round trip {}; {}\n",
+                "  frame dispatch {}; mesh round trip {};{} {}\n",
                 percentiles_us(&shard.stages.frame_dispatch_ns),
                 percentiles_us(&shard.stages.mesh_round_trip_ns),
+                describe_log_sync(shard),
                 describe_stalls(shard.stalls),
             ));
         }
@@ -422,4 +440,41 @@ fn serve_shard(shard: Rc<Shard>, sockets: ShardSockets) {
         sockets.auth,
         sockets.tls,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::shard::LogTally;
+
+    #[test]
+    fn the_stop_report_shows_log_syncs_beside_frame_dispatch_only_when_the_shard_logged() {
+        let mut logged = ShardStats {
+            log: LogTally {
+                syncs: 4,
+                records: 10,
+                bytes: 3 << 20,
+            },
+            ..ShardStats::default()
+        };
+        for value_ns in [200_000, 400_000, 400_000, 2_000_000] {
+            logged.stages.log_sync_ns.record(value_ns).unwrap();
+        }
+        let text = NodeReport {
+            shards: vec![logged, ShardStats::default()],
+        }
+        .describe();
+        let stage_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("  ")).collect();
+        assert_eq!(stage_lines.len(), 2, "{text}");
+        assert!(
+            stage_lines[0].contains("mesh round trip none; log sync p50 4"),
+            "{text}"
+        );
+        assert!(
+            stage_lines[0]
+                .ends_with(" µs (4 syncs, 10 records, 2.5 a sync, 3.0 MiB written); no stalls"),
+            "{text}"
+        );
+        assert!(!stage_lines[1].contains("log sync"), "{text}");
+    }
 }

@@ -26,8 +26,8 @@ use crate::core::codec::{FrameBuilder, FrameError, FrameHeader};
 use crate::core::ids::{ConnectionId, NodeId, PartitionId, ShardId};
 use crate::core::partition::{MapError, Placement};
 use crate::core::shard::{
-    CloseReason, ConnectRefusal, Durability, FrameProgress, MeshBatch, MeshOutput, NodeLease,
-    Readable, ReplayError, ShardConfig, ShardCore, ShardLoad, ShardStats, SourceAddr,
+    CloseReason, ConnectRefusal, Durability, FrameProgress, LogSync, MeshBatch, MeshOutput,
+    NodeLease, Readable, ReplayError, ShardConfig, ShardCore, ShardLoad, ShardStats, SourceAddr,
 };
 use crate::runtime::config::RuntimeConfig;
 use crate::runtime::mesh::ShardMesh;
@@ -544,10 +544,10 @@ impl Shard {
         self.core().take_log(sink)
     }
 
-    /// Records up to `lsn` are on disk: the replies waiting for them leave.
-    pub fn handle_durable(&self, lsn: u64) {
+    /// A log sync completed: it is counted, and the replies waiting for its records leave.
+    pub fn handle_log_synced(&self, sync: LogSync) {
         let now = self.now_ns();
-        self.core().handle_durable(now, lsn);
+        self.core().handle_log_synced(now, sync);
         self.wake_released();
     }
 

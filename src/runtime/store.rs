@@ -21,19 +21,20 @@
 //! A write or sync that fails stops the node (fail-stop, as a dead shard does): nothing that
 //! was not logged is ever answered as durable. Everything here lives on its shard's core.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::Instant;
 
 use glommio::io::{DmaFile, OpenOptions};
 use rkyv::util::AlignedVec;
 
 use crate::constants::{WAL_BLOCK_BYTES_MAX, WAL_FORMAT_VERSION, WAL_SEGMENT_BYTES};
 use crate::core::ids::PartitionId;
-use crate::core::shard::Durability;
+use crate::core::shard::{Durability, LogSync};
 use crate::runtime::shard::Shard;
 use crate::runtime::stall::spawn_timed;
 use crate::runtime::wait::WaitQueue;
@@ -368,6 +369,15 @@ struct LogTasks {
     files: RefCell<BTreeMap<u64, Rc<DmaFile>>>,
     /// Woken when a write completes: the syncer looks.
     written: WaitQueue,
+    /// The completed writes the next sync covers: when the first was issued, and their bytes.
+    unsynced: Cell<UnsyncedWrites>,
+}
+
+/// Completed writes not yet covered by a sync, for the log-sync stage and counters.
+#[derive(Clone, Copy, Default)]
+struct UnsyncedWrites {
+    first_issued: Option<Instant>,
+    bytes: u64,
 }
 
 type GroupCommitCell = RefCell<GroupCommit>;
@@ -430,6 +440,7 @@ pub fn start_log_tasks(shard: Rc<Shard>, start: LogStart) {
             machine: RefCell::new(machine),
             files: RefCell::new(BTreeMap::from([(start.position.segment, Rc::new(first))])),
             written: WaitQueue::new(),
+            unsynced: Cell::new(UnsyncedWrites::default()),
         });
         spawn_timed(tasks.clone().sync_loop()).detach();
         tasks.write_loop().await;
@@ -466,10 +477,15 @@ impl LogTasks {
                 })
                 .await;
             let file = self.file(io.segment).await;
+            let issued = Instant::now();
             if let Err(error) = self.write_fully(&file, io).await {
                 fail_stop(&self.shard, "write its log", error);
             }
             self.machine.borrow_mut().handle_written();
+            let mut unsynced = self.unsynced.get();
+            unsynced.first_issued.get_or_insert(issued);
+            unsynced.bytes += io.len as u64;
+            self.unsynced.set(unsynced);
             self.written.wake_all();
         }
     }
@@ -511,6 +527,8 @@ impl LogTasks {
                 .written
                 .until(|| self.machine.borrow_mut().poll_sync())
                 .await;
+            // The sync covers exactly the writes completed so far (no await since poll_sync).
+            let covered = self.unsynced.take();
             for segment in sync.segments.clone() {
                 let file = self.file(segment).await;
                 if let Err(error) = file.fdatasync().await {
@@ -518,7 +536,14 @@ impl LogTasks {
                 }
             }
             let durable = self.machine.borrow_mut().handle_synced();
-            self.shard.handle_durable(durable);
+            let write_to_sync = covered
+                .first_issued
+                .map_or(0, |issued| issued.elapsed().as_nanos() as u64);
+            self.shard.handle_log_synced(LogSync {
+                lsn: durable,
+                write_to_sync_ns: write_to_sync,
+                bytes_written: covered.bytes,
+            });
             // Segments before the last one synced are complete: close them.
             let done: Vec<Rc<DmaFile>> = {
                 let mut files = self.files.borrow_mut();

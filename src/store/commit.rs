@@ -286,6 +286,66 @@ mod tests {
     use super::*;
     use crate::store::format::{SegmentEnd, scan_segment};
 
+    /// Fills a machine with a write in flight (so nothing leaves) from near the end of a
+    /// real-size segment with `count` records of `payload` bytes each; returns what it buffers.
+    fn buffered_when_filled(count: usize, payload: usize) -> usize {
+        use crate::constants::WAL_SEGMENT_BYTES;
+        // A few blocks before the segment's end: the batch crosses into the next segment.
+        let offset = WAL_SEGMENT_BYTES - 4 * WAL_BLOCK_BYTES_MAX as u64 - 100;
+        let partial = vec![0u8; (offset % WAL_BLOCK_BYTES_MAX as u64) as usize];
+        let position = LogPosition {
+            next_lsn: 1,
+            segment: 0,
+            offset,
+        };
+        let mut machine = GroupCommit::new(
+            identity(),
+            WAL_SEGMENT_BYTES,
+            WAL_BLOCK_BYTES_MAX,
+            position,
+            &partial,
+        );
+        machine.append(0, &[1; 16]);
+        assert!(machine.poll_write().is_some());
+        let bytes = vec![7u8; payload];
+        for _ in 0..count {
+            machine.append(1, &bytes);
+        }
+        machine.buffered_bytes()
+    }
+
+    #[test]
+    fn the_memory_sum_covers_the_unwritten_tail_at_the_unsynced_limits() {
+        use crate::constants::{
+            WAL_RECORD_HEADER_BYTES, WAL_UNSYNCED_EVENTS_MAX, WAL_UNSYNCED_PAYLOAD_BYTES_MAX,
+            WAL_UNWRITTEN_BYTES_MAX,
+        };
+        // As many records as may be unsynced, sharing the byte budget; then the byte budget in
+        // the largest events.
+        let cases = [
+            (
+                WAL_UNSYNCED_EVENTS_MAX,
+                WAL_UNSYNCED_PAYLOAD_BYTES_MAX / WAL_UNSYNCED_EVENTS_MAX,
+            ),
+            (
+                WAL_UNSYNCED_PAYLOAD_BYTES_MAX / EVENT_BYTES_MAX,
+                EVENT_BYTES_MAX,
+            ),
+            (WAL_UNSYNCED_EVENTS_MAX, 1),
+        ];
+        for (count, payload) in cases {
+            let buffered = buffered_when_filled(count, payload);
+            assert!(
+                buffered <= WAL_UNWRITTEN_BYTES_MAX,
+                "{count} records of {payload} bytes buffer {buffered} bytes, WAL_UNWRITTEN_BYTES_MAX is {WAL_UNWRITTEN_BYTES_MAX}"
+            );
+            assert!(
+                buffered >= count * (payload + WAL_RECORD_HEADER_BYTES),
+                "every record is buffered: {buffered}"
+            );
+        }
+    }
+
     const BLOCK: usize = 512;
     const SEGMENT: u64 = 16 * 1024;
 

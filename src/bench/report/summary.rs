@@ -84,12 +84,8 @@ pub struct LogSummary {
 impl LogSummary {
     /// The log's figures from the node's report; `node_seconds` is how long the node ran.
     pub fn of(durability: &str, report: &crate::node::NodeReport, node_seconds: f64) -> LogSummary {
-        let syncs = report.shards.iter().map(|shard| shard.log_syncs).sum();
-        let records_synced = report
-            .shards
-            .iter()
-            .map(|shard| shard.log_records_synced)
-            .sum();
+        let syncs = report.shards.iter().map(|shard| shard.log.syncs).sum();
+        let records_synced = report.shards.iter().map(|shard| shard.log.records).sum();
         LogSummary {
             durability: durability.to_owned(),
             syncs,
@@ -509,8 +505,11 @@ mod tests {
     #[test]
     fn the_log_summary_adds_its_shards_up_and_has_no_ratio_without_syncs() {
         let shard = |syncs, records| crate::core::shard::ShardStats {
-            log_syncs: syncs,
-            log_records_synced: records,
+            log: crate::core::shard::LogTally {
+                syncs,
+                records,
+                bytes: 0,
+            },
             ..Default::default()
         };
         let report = crate::node::NodeReport {

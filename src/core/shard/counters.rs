@@ -15,6 +15,9 @@ pub struct StageLatencies {
     pub frame_dispatch_ns: Histogram<u64>,
     /// From forwarding an event to another shard to its reply arriving back: the cross-core hop.
     pub mesh_round_trip_ns: Histogram<u64>,
+    /// From the first write a log sync covers being issued to the `fdatasync` completing: what
+    /// the oldest record of a group-commit batch waited for the disk. Empty without a data dir.
+    pub log_sync_ns: Histogram<u64>,
 }
 
 impl Default for StageLatencies {
@@ -25,6 +28,7 @@ impl Default for StageLatencies {
         StageLatencies {
             frame_dispatch_ns: histogram(),
             mesh_round_trip_ns: histogram(),
+            log_sync_ns: histogram(),
         }
     }
 }
@@ -86,10 +90,21 @@ pub struct ShardStats {
     /// Nanoseconds frames spent stopped for credit before they went on, summed over the
     /// connections (two waiting at once count twice).
     pub credit_wait_ns: u64,
-    /// Log syncs that made records durable (with a data dir), and the records they made
-    /// durable: their ratio is the group commit's events per sync.
-    pub log_syncs: u64,
-    pub log_records_synced: u64,
+    /// What the shard's write-ahead log wrote and synced (zero without a data dir).
+    pub log: LogTally,
+}
+
+/// What a shard's write-ahead log did: its syncs, the records they made durable and the bytes
+/// written for them. Records per sync is the group-commit batch size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogTally {
+    /// `fdatasync` rounds completed (one round may sync two segments when a batch crossed one).
+    pub syncs: u64,
+    /// Records made durable by those syncs.
+    pub records: u64,
+    /// Bytes written to the log's segments, whole blocks: a partial last block is written again
+    /// by the next write, so this is at least the records' size.
+    pub bytes: u64,
 }
 
 /// What the stall detector saw on one shard.

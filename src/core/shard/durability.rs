@@ -20,7 +20,10 @@
 
 use std::collections::VecDeque;
 
-use crate::constants::{DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX, DURABILITY_HELD_UNCREDITED_MAX};
+use crate::constants::{
+    DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX, DURABILITY_HELD_REPLY_BYTES_MAX,
+    DURABILITY_HELD_UNCREDITED_MAX, DURABILITY_QUEUED_RECORD_BYTES,
+};
 use crate::core::codec::{FrameError, access_record};
 use crate::core::credit::Credit;
 use crate::core::ids::{ConnectionId, PartitionId, ShardId};
@@ -40,6 +43,17 @@ pub enum Durability {
     Async,
     /// Logged, answered only once the record is synced: what was answered survives a crash.
     Sync,
+}
+
+/// One completed sync of the shard's log, as the shell saw it (the core keeps no clock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogSync {
+    /// Records up to this LSN are on disk.
+    pub lsn: u64,
+    /// From the first write the sync covers being issued to the sync completing.
+    pub write_to_sync_ns: u64,
+    /// Bytes the writes the sync covers put in the log's segments.
+    pub bytes_written: u64,
 }
 
 /// A reply waiting for the record it (or an earlier reply) depends on.
@@ -66,6 +80,10 @@ struct QueuedRecord {
     start: u32,
     len: u32,
 }
+
+// The memory sum (`constants::WAL_SHARD_BYTES_MAX`) counts these at their sizes.
+const _: () = assert!(size_of::<QueuedRecord>() <= DURABILITY_QUEUED_RECORD_BYTES);
+const _: () = assert!(size_of::<(u64, HeldReply)>() <= DURABILITY_HELD_REPLY_BYTES_MAX);
 
 /// The shard's durability state. See the module documentation.
 #[derive(Default)]
@@ -202,13 +220,26 @@ impl ShardCore {
         !self.durability.records.is_empty()
     }
 
+    /// A sync of the log completed: counts it (the log-sync stage, records and bytes) and
+    /// releases the replies waiting for its records ([`Self::handle_durable`]).
+    pub fn handle_log_synced(&mut self, now_ns: u64, sync: LogSync) {
+        let records = sync.lsn.saturating_sub(self.durability.durable_lsn);
+        let tally = &mut self.stats.log;
+        tally.syncs += 1;
+        tally.records += records;
+        tally.bytes += sync.bytes_written;
+        self.stats
+            .stages
+            .log_sync_ns
+            .saturating_record(sync.write_to_sync_ns.max(1));
+        self.handle_durable(now_ns, sync.lsn);
+    }
+
     /// Records up to `lsn` are on disk: the replies waiting for them leave, in order.
     pub fn handle_durable(&mut self, now_ns: u64, lsn: u64) {
         if lsn <= self.durability.durable_lsn {
             return;
         }
-        self.stats.log_syncs += 1;
-        self.stats.log_records_synced += lsn - self.durability.durable_lsn;
         self.durability.durable_lsn = lsn;
         let mut released = false;
         while self
@@ -395,6 +426,7 @@ mod tests {
     use crate::core::ids::{HuntId, PlayerId};
     use crate::core::message::{ArchivedReply, Event, EventKind, HuntSpec, Outcome};
     use crate::core::partition::Placement;
+    use crate::core::shard::LogTally;
     use crate::core::shard::{MeshOutput, ShardConfig};
 
     fn placement(shards: usize) -> Placement {
@@ -536,13 +568,59 @@ mod tests {
         core.handle_durable(0, 3);
         assert_eq!(seqs(&written(&mut core, conn)), [3]);
         assert_eq!(core.credit_held(), Credit::ZERO);
-        core.handle_durable(0, 3);
-        let counters = core.counters();
+    }
+
+    #[test]
+    fn a_log_sync_is_counted_with_its_records_bytes_and_latency() {
+        let mut core = cores(1, Durability::Sync).remove(0);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(1, 0, 0);
+        let events = [
+            event(1, hunt, EventKind::CreateHunt(HuntSpec::default())),
+            event(2, hunt, EventKind::Join),
+            event(3, hunt, EventKind::Join),
+        ];
+        offer(&mut core, conn, &events);
+        assert_eq!(logged(&mut core).len(), 3);
+        let sync = |lsn, write_to_sync_ns, bytes_written| LogSync {
+            lsn,
+            write_to_sync_ns,
+            bytes_written,
+        };
+        core.handle_log_synced(0, sync(2, 300_000, 4096));
+        assert_eq!(seqs(&written(&mut core, conn)), [1, 2], "the sync releases");
+        core.handle_log_synced(0, sync(3, 5_000_000, 8192));
+        assert_eq!(seqs(&written(&mut core, conn)), [3]);
+        let stats = core.stats();
         assert_eq!(
-            (counters.log_syncs, counters.log_records_synced),
-            (2, 3),
-            "two syncs made three records durable; a repeated LSN is no new sync"
+            stats.log,
+            LogTally {
+                syncs: 2,
+                records: 3,
+                bytes: 12_288,
+            },
+            "records count once each, from the durable LSN before the sync"
         );
+        let stage = &stats.stages.log_sync_ns;
+        assert_eq!(stage.len(), 2);
+        assert!(stage.equivalent(stage.min(), 300_000));
+        assert!(stage.equivalent(stage.max(), 5_000_000));
+    }
+
+    #[test]
+    fn memory_mode_records_no_log_sync() {
+        let mut core = cores(1, Durability::Memory).remove(0);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(1, 0, 0);
+        offer(
+            &mut core,
+            conn,
+            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
+        );
+        assert_eq!(seqs(&written(&mut core, conn)), [1]);
+        let stats = core.stats();
+        assert_eq!(stats.log, LogTally::default());
+        assert!(stats.stages.log_sync_ns.is_empty());
     }
 
     #[test]

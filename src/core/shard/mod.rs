@@ -52,9 +52,9 @@ use crate::core::partition::{MapError, Placement};
 
 pub use admission::{FrameProgress, Readable};
 pub use connections::{CloseReason, ConnectRefusal, SourceAddr};
-pub use counters::{EventTally, KindIndex, OutcomeIndex, Traffic};
+pub use counters::{EventTally, KindIndex, LogTally, OutcomeIndex, Traffic};
 pub use counters::{ShardLoad, ShardStats, StageLatencies, Stalls};
-pub use durability::{Durability, ReplayError};
+pub use durability::{Durability, LogSync, ReplayError};
 pub use mesh::{ArchiveBatch, BatchEntry, MeshBatch, MeshOutput};
 pub use routing::{LocalEvent, NodeLease, Route};
 pub use stop::ERROR_CODE_SHUTTING_DOWN;
