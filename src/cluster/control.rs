@@ -24,7 +24,7 @@
 //!   path).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -44,11 +44,16 @@ struct Standing {
     etcd_reachable: bool,
 }
 
-fn read<T: Clone>(shared: &Mutex<T>) -> T {
+/// The value behind `shared`, even if a thread panicked holding it: every writer here replaces
+/// the whole value, so a poisoned one is still a complete, last-published value.
+fn lock<T>(shared: &Mutex<T>) -> MutexGuard<'_, T> {
     shared
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone()
+}
+
+fn read<T: Clone>(shared: &Mutex<T>) -> T {
+    lock(shared).clone()
 }
 
 /// The cluster families of `/metrics` from a serving view at `now_ns` (its clock).
@@ -169,10 +174,7 @@ impl ControlHandle {
 
     /// What this node may serve, as of the control thread's last step.
     pub fn serving_view(&self) -> ServingView {
-        self.serving
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        read(&self.serving)
     }
 
     /// Whether this node may apply events of `partition` now.
@@ -285,14 +287,8 @@ impl ControlLoop {
     fn publish(&mut self) {
         let view = self.coordinator.serving_view();
         self.feed_shards(&view);
-        *self
-            .serving
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = view;
-        *self
-            .standing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Standing {
+        *lock(&self.serving) = view;
+        *lock(&self.standing) = Standing {
             controller: self.coordinator.is_controller(),
             etcd_reachable: self.coordinator.etcd_reachable(),
         };

@@ -7,7 +7,7 @@
 //! nothing runs concurrently, so a seed reproduces a run exactly.
 //!
 //! What is real and what is modelled:
-//! - real: every shard is a [`ShardCore`], fed the way the glommio shell feeds it: a frame from
+//! - real: every shard is a [`ShardCore`], fed the way the node's runtime feeds it: a frame from
 //!   a connection (`handle_frame`), a mesh batch from a peer shard (`handle_mesh`), replies
 //!   written (`handle_written`), and at the end closes and `handle_stop`. Admission, the
 //!   credit of the shard, of each connection and of each peer's mesh budget, the batching and

@@ -1,7 +1,7 @@
 //! The shard protocol, sans-IO: everything one shard decides, as a plain struct.
 //!
 //! A [`ShardCore`] lives on its shard's core and is driven the way quinn-proto drives a QUIC
-//! connection: the shell (glommio tasks in `runtime` and `net`, or the simulator, or a test)
+//! connection: the shell (the async tasks in `runtime` and `net`, or the simulator, or a test)
 //! feeds it inputs through `handle_*` methods and drains its outputs through `poll_*` methods.
 //! Time is a `u64` of nanoseconds passed in; nothing here reads a clock, blocks, spawns or
 //! touches a socket.

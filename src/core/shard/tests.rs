@@ -1,6 +1,6 @@
-//! The shard protocol driven by hand, with no glommio: two `ShardCore`s of one node, frames
-//! built as a client builds them, mesh batches carried between the cores by the test, and
-//! replies parsed as a client parses them.
+//! The shard protocol driven by hand, with no executor or socket: two `ShardCore`s of one
+//! node, frames built as a client builds them, mesh batches carried between the cores by the
+//! test, and replies parsed as a client parses them.
 
 use std::collections::{BTreeMap, HashMap};
 
