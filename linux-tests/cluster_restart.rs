@@ -263,3 +263,101 @@ fn a_node_killed_and_restarted_on_its_data_dir_gets_its_partitions_back_with_the
         .unwrap_or_else(|| panic!("the restarted node says what it recovered: {printed:?}"));
     assert_eq!(recovered, events.len() + 1, "{printed:?}");
 }
+
+/// Waits for `child` to exit, killing it past `limit`.
+fn exit_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running {limit:?} after it was told to stop");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn cluster_up_with_a_data_dir_gives_each_node_a_log_of_its_own() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    if find_on_path("etcd").is_none() {
+        eprintln!(
+            "cluster_up_data_dir: skipped, etcd is not installed (apt-get install etcd-server)"
+        );
+        return;
+    }
+    let scratch = Scratch(
+        std::env::current_dir()
+            .unwrap()
+            .join("target")
+            .join(format!("cluster-up-data-{}", std::process::id())),
+    );
+    let mut up = Command::new(env!("CARGO_BIN_EXE_trove"))
+        .args(["cluster", "up", "--nodes", "2", "--partitions", "16"])
+        .arg("--data-dir")
+        .arg(&scratch.0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let (lines_tx, lines) = flume::unbounded();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen
+        .iter()
+        .filter(|l| l.contains("placement epoch"))
+        .count()
+        < 2
+    {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no placement from both nodes: {seen:#?}"));
+        seen.push(line);
+    }
+    for node in 1..=2 {
+        let dir = scratch.0.join(format!("node-{node}"));
+        let said = format!("[node {node}] trove node: data dir {}", dir.display());
+        assert!(
+            seen.iter().any(|l| l.starts_with(&said)),
+            "{said}: {seen:#?}"
+        );
+        let files = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+        assert!(files > 0, "node {node}'s log is in {}", dir.display());
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(up.id() as i32, libc::SIGTERM) };
+    let status = exit_within(&mut up, Duration::from_secs(20));
+    reader.join().unwrap();
+    assert!(status.success(), "{seen:#?}");
+
+    // A data dir that cannot be made: one clear sentence, exit 1, nothing left running.
+    let file = scratch.0.join("a-file");
+    std::fs::write(&file, b"not a folder").unwrap();
+    let mut bad = Command::new(env!("CARGO_BIN_EXE_trove"))
+        .args(["cluster", "up", "--nodes", "1", "--partitions", "16"])
+        .arg("--data-dir")
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = exit_within(&mut bad, Duration::from_secs(20));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut bad.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot create") && stderr.contains("--data-dir"),
+        "{stderr}"
+    );
+}
