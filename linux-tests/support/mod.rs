@@ -38,6 +38,8 @@ pub const NODE_STOP_WAIT: Duration = Duration::from_secs(20);
 const REAP_WAIT: Duration = Duration::from_secs(10);
 /// How often a bounded wait looks again.
 const POLL: Duration = Duration::from_millis(50);
+/// How often a wait for a child's exit looks again (exits are waited for often, and briefly).
+const EXIT_POLL: Duration = Duration::from_millis(10);
 /// How much of a child's stderr a failing test prints.
 const STDERR_TAIL_BYTES_MAX: usize = 8 * 1024;
 
@@ -155,10 +157,11 @@ impl Spawned {
             .into_owned()
     }
 
-    /// The exit status, if the child has exited.
+    /// The exit status, if the child has exited. (Never panics: `Drop` asks it while a failed
+    /// test unwinds, where a second panic would abort every test of the process.)
     pub fn exited(&mut self) -> Option<ExitStatus> {
         if self.reaped.is_none() {
-            self.reaped = self.child.try_wait().expect("waitpid on our own child");
+            self.reaped = self.child.try_wait().unwrap_or(None);
         }
         self.reaped
     }
@@ -173,7 +176,7 @@ impl Spawned {
             if Instant::now() >= deadline {
                 return None;
             }
-            std::thread::sleep(POLL.min(Duration::from_millis(10)));
+            std::thread::sleep(EXIT_POLL);
         }
     }
 
