@@ -9,7 +9,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,11 +30,16 @@ use support::{
 
 const SECRET: &str = "a shared secret for the abuse tests";
 
-/// A file in a fresh temporary directory holding `contents`, readable by its owner only.
+/// A file in a fresh scratch directory holding `contents`.
 fn secret_file(name: &str, contents: &str) -> PathBuf {
     let path = scratch_dir(&format!("abuse-{name}")).join("secret");
     std::fs::write(&path, contents).unwrap();
     path
+}
+
+/// Removes a [`secret_file`] and its directory.
+fn remove_secret_file(path: &Path) {
+    let _ = std::fs::remove_dir_all(path.parent().expect("a secret file has a directory"));
 }
 
 // ---- authentication and the listen address ----------------------------------------------
@@ -114,6 +119,7 @@ fn a_node_with_a_secret_serves_only_clients_that_prove_it() {
     assert!(text.contains("requires authentication"), "{text}");
 
     let report = node.stop();
+    remove_secret_file(&secret_path);
     let failed: u64 = report
         .lines()
         .filter_map(|line| {
@@ -426,6 +432,7 @@ fn node_usage_errors_exit_2_and_name_the_right_bound() {
         ]),
         COMMAND_WAIT,
     );
+    remove_secret_file(&short);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("at least 16"),
