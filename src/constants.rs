@@ -419,8 +419,9 @@ pub const HUNT_SLOT_BYTES: usize = 16;
 pub const PARTITION_SLOT_BYTES_MAX: usize = HUNTS_PER_PARTITION_MAX * HUNT_SLOT_BYTES + 16;
 /// One partition's owner in a shard's copy of the placement (`core::partition::Owner`).
 pub const PLACEMENT_OWNER_BYTES_MAX: usize = 24;
-/// Whether a shard applies one partition's events now (`core::shard::ShardCore`'s `serving`).
-pub const PARTITION_SERVING_FLAG_BYTES: usize = size_of::<bool>();
+/// Where a shard sends one partition's events now (`core::shard::Route`, in `ShardCore`'s
+/// route table): a tag and a node and shard, or the partition when the shard serves it.
+pub const PARTITION_ROUTE_BYTES: usize = 8;
 
 /// Allocations of one hunt: the hunt itself, its player table, bands, waypoints, treasures,
 /// leaderboard and wrong-code references.
@@ -490,8 +491,7 @@ pub const SHARD_IO_BYTES_MAX: usize = CONNECTIONS_PER_SHARD_MAX * CONNECTION_STA
 /// Worst-case bytes of one shard's partition table and copy of the placement: every shard
 /// has an entry for each of the node's partitions.
 pub const fn shard_partition_table_bytes_max(partitions: usize) -> usize {
-    partitions
-        * (PARTITION_SLOT_BYTES_MAX + PLACEMENT_OWNER_BYTES_MAX + PARTITION_SERVING_FLAG_BYTES)
+    partitions * (PARTITION_SLOT_BYTES_MAX + PLACEMENT_OWNER_BYTES_MAX + PARTITION_ROUTE_BYTES)
 }
 
 /// Worst-case resident bytes of a node, term by term: what `trove node` prints at start.
