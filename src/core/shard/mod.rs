@@ -201,6 +201,8 @@ impl ShardCore {
             durability: durability::DurabilityState::new(config.durability),
             stats: ShardStats {
                 shard: shard.0,
+                // The log-sync stage only for a shard that logs (its histogram is 220 KiB).
+                stages: StageLatencies::new(config.durability != Durability::Memory),
                 ..ShardStats::default()
             },
             placement,
