@@ -302,13 +302,15 @@ pub const DURABILITY_QUEUED_RECORD_BYTES: usize = 24;
 /// `core::shard::durability`); checked by a const assert there. A leaderboard's entries are on
 /// the heap besides, no more than its archive: `REPLY_BYTES_MAX`.
 pub const DURABILITY_HELD_REPLY_BYTES_MAX: usize = 128;
-/// Worst-case bytes of one shard's write-ahead log buffers (with a data dir).
+/// Worst-case bytes of one shard's write-ahead log buffers and its log-sync stage (with a data
+/// dir).
 pub const WAL_SHARD_BYTES_MAX: usize = 2 * WAL_UNSYNCED_PAYLOAD_BYTES_MAX // the core's queue of payloads: a doubling Vec, kept at its peak
     + 2 * WAL_UNSYNCED_EVENTS_MAX * DURABILITY_QUEUED_RECORD_BYTES // its index of records, likewise
     + 2 * WAL_UNWRITTEN_BYTES_MAX // the group-commit tails: doubling Vecs, drained in place
     + WAL_UNWRITTEN_BYTES_MAX + WAL_BLOCK_BYTES_MAX // the aligned buffer of the one write in flight
     + 2 * (WAL_UNSYNCED_EVENTS_MAX + DURABILITY_HELD_UNCREDITED_MAX) // replies held for a sync: a doubling VecDeque
-        * (DURABILITY_HELD_REPLY_BYTES_MAX + REPLY_BYTES_MAX);
+        * (DURABILITY_HELD_REPLY_BYTES_MAX + REPLY_BYTES_MAX)
+    + LOG_STAGE_HISTOGRAMS_PER_SHARD_MAX * STAGE_HISTOGRAM_BYTES_MAX; // the log-sync stage histogram and a copy
 
 const _: () = assert!(WAL_SEGMENT_HEADER_BYTES % WAL_BLOCK_BYTES_MAX == 0);
 const _: () = assert!(
@@ -425,8 +427,9 @@ pub const NODE_HOST_BYTES_MAX: usize = 253;
 /// struct, its host and its shard ports at their limits, and the allocator's share of both.
 pub const PLACEMENT_NODE_BYTES_MAX: usize =
     64 + NODE_HOST_BYTES_MAX + SHARDS_MAX * size_of::<u16>() + 2 * ALLOCATION_OVERHEAD_BYTES;
-/// Whether a shard applies one partition's events now (`core::shard::ShardCore`'s `serving`).
-pub const PARTITION_SERVING_FLAG_BYTES: usize = size_of::<bool>();
+/// Where a shard sends one partition's events now (`core::shard::Route`, in `ShardCore`'s
+/// route table): a tag and a node and shard, or the partition when the shard serves it.
+pub const PARTITION_ROUTE_BYTES: usize = 8;
 
 /// Allocations of one hunt: the hunt itself, its player table, bands, waypoints, treasures,
 /// leaderboard and wrong-code references.
@@ -466,10 +469,14 @@ pub const MESH_BATCH_OVERHEAD_BYTES_MAX: usize =
 /// STAGE_LATENCY_NS_MAX, 3)`): its counters, 8 bytes each, and its fields, 221 280 bytes as
 /// measured by a unit test (`core::shard::counters`), plus the allocator's share.
 pub const STAGE_HISTOGRAM_BYTES_MAX: usize = 220 * 1024;
-/// Stage histograms alive per shard: the shard's three (frame dispatch, mesh round trip, log
-/// sync: allocated with or without a data dir), and a copy's three while its stats are taken
-/// whole (the stop report). Metrics snapshots carry classic buckets, not these.
-pub const STAGE_HISTOGRAMS_PER_SHARD_MAX: usize = 3 * (1 + 1);
+/// Stage histograms alive per shard, with or without a data dir: the shard's two (frame
+/// dispatch, mesh round trip), and a copy's two while its stats are taken whole (the stop
+/// report). Metrics snapshots carry classic buckets, not these. The log-sync stage's are
+/// counted with the log ([`LOG_STAGE_HISTOGRAMS_PER_SHARD_MAX`]).
+pub const STAGE_HISTOGRAMS_PER_SHARD_MAX: usize = 2 * (1 + 1);
+/// Log-sync stage histograms alive per shard with a log (a data dir): the shard's and a
+/// copy's. A shard without a log allocates none (`core::shard::StageLatencies`).
+pub const LOG_STAGE_HISTOGRAMS_PER_SHARD_MAX: usize = 1 + 1;
 /// Metrics snapshots alive per shard: one being taken, those queued to the housekeeping
 /// thread, and the latest one the housekeeping thread keeps.
 pub const METRICS_SNAPSHOTS_PER_SHARD_MAX: usize = 1 + METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX + 1;
@@ -488,7 +495,7 @@ pub const SHARD_IO_BYTES_MAX: usize = CONNECTIONS_PER_SHARD_MAX * CONNECTION_STA
     + 2 * MESH_EVENTS_INFLIGHT_MAX as usize * (ARCHIVE_ALIGN + BATCH_ENTRY_BYTES) // their alignment padding and batch entries
     + 2 * MESH_EVENTS_INFLIGHT_MAX as usize * (REPLY_BYTES_MAX + BATCH_ENTRY_BYTES) // replies to those, waiting to go back
     + 2 * MESH_EVENTS_INFLIGHT_MAX as usize * MESH_BATCH_OVERHEAD_BYTES_MAX // every event and reply alone in its batch
-    + STAGE_HISTOGRAMS_PER_SHARD_MAX * STAGE_HISTOGRAM_BYTES_MAX // stage histograms and a copy
+    + STAGE_HISTOGRAMS_PER_SHARD_MAX * STAGE_HISTOGRAM_BYTES_MAX // the frame-dispatch and mesh stage histograms and a copy
     + METRICS_SNAPSHOTS_PER_SHARD_MAX * METRICS_SNAPSHOT_BYTES_MAX // metrics snapshots
     + HUNT_GROWTH_SLACK_BYTES_MAX // a player table doubling
     + SHARD_IO_MEMORY_BYTES; // glommio's registered io_uring buffers
@@ -502,8 +509,7 @@ pub const fn shard_partition_table_bytes_max(partitions: usize) -> usize {
     } else {
         CLUSTER_NODES_MAX
     };
-    partitions
-        * (PARTITION_SLOT_BYTES_MAX + PLACEMENT_OWNER_BYTES_MAX + PARTITION_SERVING_FLAG_BYTES)
+    partitions * (PARTITION_SLOT_BYTES_MAX + PLACEMENT_OWNER_BYTES_MAX + PARTITION_ROUTE_BYTES)
         + nodes * PLACEMENT_NODE_BYTES_MAX
 }
 
@@ -518,7 +524,8 @@ pub struct NodeMemory {
     pub buffers_bytes: usize,
     /// The slots of the mesh's channel rings: one channel per ordered pair of shards.
     pub mesh_rings_bytes: usize,
-    /// Every shard's write-ahead log buffers: 0 without a data dir ([`NodeMemory::with_log`]).
+    /// Every shard's write-ahead log buffers and log-sync stage histograms: 0 without a data
+    /// dir ([`NodeMemory::with_log`]).
     pub log_bytes: usize,
     /// Every connection's TLS buffers and session: 0 without TLS ([`NodeMemory::with_tls`]).
     pub tls_bytes: usize,
@@ -537,7 +544,8 @@ impl NodeMemory {
         }
     }
 
-    /// Counts the write-ahead log's buffers of `shards` shards (a node with a data dir).
+    /// Counts the write-ahead log's buffers and log-sync stage of `shards` shards (a node with
+    /// a data dir).
     pub const fn with_log(self, shards: usize) -> NodeMemory {
         NodeMemory {
             log_bytes: shards * WAL_SHARD_BYTES_MAX,

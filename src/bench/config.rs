@@ -33,6 +33,13 @@ const SWEEP_START_DEFAULT: f64 = 50_000.0;
 const SWEEP_FACTOR_DEFAULT: f64 = 2.0;
 const SWEEP_STEP_S_DEFAULT: f64 = 2.0;
 
+/// Fields of a configuration's JSON (an object's key, then the field) that do not change the
+/// workload, left out of its hash (`report::summary::config_hash`) so that `trove gate`
+/// compares runs that differ only in them without warning of different configurations: where
+/// the embedded node serves `/metrics`, which runs that measure what serving them costs
+/// (`tuning/monitoring/measure-overhead.sh`) turn on and off. They stay in the recorded config.
+pub const CONFIG_HASH_IGNORED: &[(&str, &str)] = &[("target", "metrics_listen")];
+
 /// Where the load goes.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -42,8 +49,8 @@ pub enum TargetConfig {
         node_cpus: Vec<usize>,
         partitions: u32,
         fail_fast: bool,
-        /// Where the node serves `/metrics`; absent from the config's JSON when off, so the
-        /// config hash of a run without it is what it always was.
+        /// Where the node serves `/metrics`; absent from the config's JSON when off, and left
+        /// out of the config hash either way ([`CONFIG_HASH_IGNORED`]).
         #[serde(skip_serializing_if = "Option::is_none")]
         metrics_listen: Option<SocketAddr>,
         /// The write-ahead log's mode; absent without a log (memory only), so the config hash
@@ -484,6 +491,34 @@ mod tests {
         let json = serde_json::to_value(&logged).unwrap();
         assert_eq!(json["target"]["durability"], "async");
         assert!(json["target"].get("data_dir").is_none(), "{json}");
+    }
+
+    #[test]
+    fn the_config_hash_leaves_out_the_metrics_address_and_nothing_else() {
+        use crate::bench::report::summary::config_hash;
+        let hash = |edit: fn(&mut BenchArgs)| {
+            let json = serde_json::to_value(configure(edit).unwrap()).unwrap();
+            (config_hash(&json), json)
+        };
+        let (off, _) = hash(|_| {});
+        let (on, on_json) =
+            hash(|args| args.metrics_listen = Some("127.0.0.1:19790".parse().unwrap()));
+        let (elsewhere, _) =
+            hash(|args| args.metrics_listen = Some("127.0.0.1:9700".parse().unwrap()));
+        assert_eq!(
+            on, off,
+            "serving /metrics or not, and where, is one configuration"
+        );
+        assert_eq!(elsewhere, off);
+        assert_eq!(
+            on_json["target"]["metrics_listen"], "127.0.0.1:19790",
+            "the address stays in the recorded config"
+        );
+        let (other_partitions, _) = hash(|args| args.partitions = Some(64));
+        assert_ne!(
+            other_partitions, off,
+            "a field that changes the workload is hashed"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::cluster::control::{ControlConfig, ControlHandle, ServingChange};
 use crate::cluster::coordinator::{CoordinatorConfig, CoordinatorEvent};
 use crate::cluster::etcd::EtcdClient;
 use crate::cluster::etcd::parse_endpoints;
+use crate::cluster::flags::ClusterFlags;
 use crate::cluster::keys::{ClusterKeys, NodeInfo};
 use crate::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess};
 use crate::cluster::placement::{OwnerState, Placement};
@@ -25,17 +26,9 @@ use crate::core::ids::NodeId;
 /// `trove node`'s cluster flags. Without `--cluster` the node runs alone, as before.
 #[derive(Args, Debug, Clone)]
 pub struct ClusterNodeArgs {
-    /// Join a cluster coordinated by this etcd (its client URLs: http://HOST:2379[,…])
-    #[arg(long, value_name = "URLS")]
-    pub cluster: Option<String>,
-    /// The cluster's name: its keys live under /trove/NAME/ in etcd
-    #[arg(
-        long,
-        value_name = "NAME",
-        default_value = "trove",
-        requires = "cluster"
-    )]
-    pub cluster_name: String,
+    // The cluster to join: `--cluster` and `--cluster-name`, as `trove top` reads them.
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
     /// This node's id in the cluster, unique and kept across restarts (its partitions follow it)
     #[arg(long, value_name = "ID", requires = "cluster")]
     pub node_id: Option<u32>,
@@ -57,14 +50,16 @@ pub struct ClusterPlan {
 }
 
 impl ClusterNodeArgs {
+    /// Whether the node joins a cluster (`--cluster` was given).
+    pub fn joins(&self) -> bool {
+        self.cluster.cluster.is_some()
+    }
+
     /// Checks the flags; `Ok(None)` without `--cluster`.
     pub fn plan(&self, listen: IpAddr) -> Result<Option<ClusterPlan>, String> {
-        let Some(list) = &self.cluster else {
+        let Some((endpoints, keys)) = self.cluster.parse()? else {
             return Ok(None);
         };
-        let endpoints = parse_endpoints(list).map_err(|error| format!("--cluster {error}"))?;
-        let keys = ClusterKeys::new(&self.cluster_name)
-            .map_err(|error| format!("--cluster-name: {error}"))?;
         let node = self.node_id.ok_or(
             "--cluster needs --node-id ID: a number unique in the cluster, kept across restarts",
         )?;

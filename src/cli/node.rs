@@ -229,7 +229,7 @@ impl NodeArgs {
             cluster_node: self
                 .cluster
                 .node_id
-                .filter(|_| self.cluster.cluster.is_some())
+                .filter(|_| self.cluster.joins())
                 .map(NodeId),
         })
     }

@@ -3,6 +3,7 @@
 //!
 //! - [`placement`]: the placement (owners and epochs) and the sticky rendezvous rule;
 //! - [`keys`]: the cluster's etcd keys and the node record;
+//! - [`flags`]: `--cluster` and `--cluster-name`, the flags `trove node` and `trove top` share;
 //! - [`coordinator`]: the sans-IO [`coordinator::Coordinator`] (leases, controller, placement
 //!   writes, self-fencing), driven by requests and replies and a `now_ns`;
 //! - [`model`]: a sans-IO model of etcd for tests and the simulator;
@@ -20,6 +21,7 @@
 pub mod control;
 pub mod coordinator;
 pub mod etcd;
+pub mod flags;
 pub mod keys;
 pub mod local;
 pub mod model;

@@ -113,7 +113,9 @@ pub fn snapshot_of(
         ClassicHistogram::from_ns(&stats.stages.frame_dispatch_ns);
     stages[Stage::MeshRoundTrip as usize] =
         ClassicHistogram::from_ns(&stats.stages.mesh_round_trip_ns);
-    stages[Stage::LogSync as usize] = ClassicHistogram::from_ns(&stats.stages.log_sync_ns);
+    if let Some(log_sync) = &stats.stages.log_sync_ns {
+        stages[Stage::LogSync as usize] = ClassicHistogram::from_ns(log_sync);
+    }
     ShardSnapshot {
         shard: stats.shard,
         cpu: stats.cpu,

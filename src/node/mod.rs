@@ -123,12 +123,15 @@ fn percentiles_us(histogram: &hdrhistogram::Histogram<u64>) -> String {
 /// never synced a log (no data dir).
 fn describe_log_sync(shard: &ShardStats) -> String {
     let log = shard.log;
+    let Some(log_sync_ns) = &shard.stages.log_sync_ns else {
+        return String::new();
+    };
     if log.syncs == 0 {
         return String::new();
     }
     format!(
         " log sync {} ({} syncs, {} records, {:.1} a sync, {:.1} MiB written);",
-        percentiles_us(&shard.stages.log_sync_ns),
+        percentiles_us(log_sync_ns),
         log.syncs,
         log.records,
         log.records as f64 / log.syncs as f64,
@@ -445,7 +448,7 @@ fn serve_shard(shard: Rc<Shard>, sockets: ShardSockets) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::shard::LogTally;
+    use crate::core::shard::{LogTally, StageLatencies};
 
     #[test]
     fn the_stop_report_shows_log_syncs_beside_frame_dispatch_only_when_the_shard_logged() {
@@ -455,10 +458,12 @@ mod tests {
                 records: 10,
                 bytes: 3 << 20,
             },
+            stages: StageLatencies::new(true),
             ..ShardStats::default()
         };
+        let log_sync_ns = logged.stages.log_sync_ns.as_mut().unwrap();
         for value_ns in [200_000, 400_000, 400_000, 2_000_000] {
-            logged.stages.log_sync_ns.record(value_ns).unwrap();
+            log_sync_ns.record(value_ns).unwrap();
         }
         let text = NodeReport {
             shards: vec![logged, ShardStats::default()],

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::cluster::coordinator::{ClusterView, Request, Response};
-use crate::cluster::etcd::{EtcdClient, parse_endpoints};
+use crate::cluster::etcd::EtcdClient;
+use crate::cluster::flags::ClusterFlags;
 use crate::cluster::keys::ClusterKeys;
 use crate::constants::{METRICS_SCRAPE_MS_MAX, TOP_NODES_MAX};
 use crate::metrics::scrape::{NodeScrape, fetch};
@@ -37,17 +38,10 @@ pub struct TopArgs {
         conflicts_with = "cluster"
     )]
     pub nodes: Vec<SocketAddr>,
-    /// Watch every node of a cluster, as registered in its etcd (http://HOST:2379[,…])
-    #[arg(long, value_name = "URLS")]
-    pub cluster: Option<String>,
-    /// The cluster's name (with --cluster): its nodes are under /trove/NAME/nodes/ in etcd
-    #[arg(
-        long,
-        value_name = "NAME",
-        default_value = "trove",
-        requires = "cluster"
-    )]
-    pub cluster_name: String,
+    // Watch every node of a cluster (`--cluster`, `--cluster-name`), as registered in its
+    // etcd under /trove/NAME/nodes/.
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
     /// Scrape twice, two seconds apart, print one plain-text table and exit
     #[arg(long)]
     pub once: bool,
@@ -70,7 +64,7 @@ type Scrapes = Vec<(SocketAddr, Result<NodeScrape, String>)>;
 
 impl Targets {
     fn from_args(args: &TopArgs) -> Result<Targets, String> {
-        let Some(list) = &args.cluster else {
+        let Some((endpoints, keys)) = args.cluster.parse()? else {
             if args.nodes.len() > TOP_NODES_MAX {
                 return Err(format!(
                     "{} nodes given; it watches at most {TOP_NODES_MAX} at once",
@@ -79,9 +73,6 @@ impl Targets {
             }
             return Ok(Targets::Nodes(args.nodes.clone()));
         };
-        let endpoints = parse_endpoints(list).map_err(|error| format!("--cluster {error}"))?;
-        let keys = ClusterKeys::new(&args.cluster_name)
-            .map_err(|error| format!("--cluster-name: {error}"))?;
         let timeout = Duration::from_millis(METRICS_SCRAPE_MS_MAX);
         Ok(Targets::Cluster {
             etcd: EtcdClient::new(endpoints, timeout),

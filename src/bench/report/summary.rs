@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Calibration, Report, RunRecord, Sweep};
+use crate::bench::config::CONFIG_HASH_IGNORED;
 use crate::host::fingerprint::HostFingerprint;
 use hdrhistogram::Histogram;
 
@@ -455,11 +456,21 @@ pub fn ratio(numerator: f64, denominator: f64) -> Option<f64> {
     (denominator != 0.0 && value.is_finite()).then_some(value)
 }
 
-/// The xxh3 of a value's canonical JSON (object keys sorted, no whitespace), as
-/// `xxh3-64:` and 16 lowercase hex digits.
+/// The xxh3 of a configuration's canonical JSON (object keys sorted, no whitespace), as
+/// `xxh3-64:` and 16 lowercase hex digits, without the fields that do not change the workload
+/// ([`CONFIG_HASH_IGNORED`]).
 pub fn config_hash(config: &serde_json::Value) -> String {
+    let mut hashed = config.clone();
+    for (object, field) in CONFIG_HASH_IGNORED {
+        if let Some(object) = hashed
+            .get_mut(*object)
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            object.remove(*field);
+        }
+    }
     let mut canonical = String::new();
-    write_canonical(config, &mut canonical);
+    write_canonical(&hashed, &mut canonical);
     format!(
         "xxh3-64:{:016x}",
         xxhash_rust::xxh3::xxh3_64(canonical.as_bytes())

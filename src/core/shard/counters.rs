@@ -16,21 +16,33 @@ pub struct StageLatencies {
     /// From forwarding an event to another shard to its reply arriving back: the cross-core hop.
     pub mesh_round_trip_ns: Histogram<u64>,
     /// From the first write a log sync covers being issued to the `fdatasync` completing: what
-    /// the oldest record of a group-commit batch waited for the disk. Empty without a data dir.
-    pub log_sync_ns: Histogram<u64>,
+    /// the oldest record of a group-commit batch waited for the disk. `None` for a shard with
+    /// no log (no data dir): a histogram's counters are about 220 KiB
+    /// (`STAGE_HISTOGRAM_BYTES_MAX`), counted in the memory sum only with the log's buffers.
+    pub log_sync_ns: Option<Histogram<u64>>,
 }
 
-impl Default for StageLatencies {
-    fn default() -> StageLatencies {
-        let histogram = || {
-            Histogram::new_with_bounds(1, STAGE_LATENCY_NS_MAX, 3).expect("valid histogram bounds")
-        };
+impl StageLatencies {
+    /// The stages of a shard, with the log-sync stage if it has a log.
+    pub fn new(logged: bool) -> StageLatencies {
         StageLatencies {
-            frame_dispatch_ns: histogram(),
-            mesh_round_trip_ns: histogram(),
-            log_sync_ns: histogram(),
+            frame_dispatch_ns: stage_histogram(),
+            mesh_round_trip_ns: stage_histogram(),
+            log_sync_ns: logged.then(stage_histogram),
         }
     }
+}
+
+/// A shard without a log: no log-sync stage.
+impl Default for StageLatencies {
+    fn default() -> StageLatencies {
+        StageLatencies::new(false)
+    }
+}
+
+/// One stage's histogram: 1 ns to `STAGE_LATENCY_NS_MAX`, three significant digits.
+fn stage_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, STAGE_LATENCY_NS_MAX, 3).expect("valid histogram bounds")
 }
 
 /// Counters of one shard. Shard-local; reported when it stops.
@@ -364,13 +376,31 @@ mod tests {
 
     #[test]
     fn the_memory_sum_covers_a_stage_histogram() {
-        let stages = StageLatencies::default();
-        // `distinct_values` is the length of the histogram's counter array, all of it allocated.
-        let counters = stages.frame_dispatch_ns.distinct_values();
-        let bytes = size_of::<Histogram<u64>>() + counters * size_of::<u64>();
-        assert!(
-            bytes <= STAGE_HISTOGRAM_BYTES_MAX,
-            "a stage histogram takes {bytes} bytes, STAGE_HISTOGRAM_BYTES_MAX counts {STAGE_HISTOGRAM_BYTES_MAX}"
-        );
+        let stages = StageLatencies::new(true);
+        let histograms = [
+            &stages.frame_dispatch_ns,
+            &stages.mesh_round_trip_ns,
+            stages
+                .log_sync_ns
+                .as_ref()
+                .expect("a logged shard's stages"),
+        ];
+        for histogram in histograms {
+            // `distinct_values` is the length of the histogram's counter array, all allocated.
+            let counters = histogram.distinct_values();
+            let bytes = size_of::<Histogram<u64>>() + counters * size_of::<u64>();
+            assert!(
+                bytes <= STAGE_HISTOGRAM_BYTES_MAX,
+                "a stage histogram takes {bytes} bytes, STAGE_HISTOGRAM_BYTES_MAX counts {STAGE_HISTOGRAM_BYTES_MAX}"
+            );
+        }
+    }
+
+    /// The memory sum counts the log-sync histogram only with a log (in `WAL_SHARD_BYTES_MAX`).
+    #[test]
+    fn only_a_shard_with_a_log_has_a_log_sync_histogram() {
+        assert!(StageLatencies::default().log_sync_ns.is_none());
+        assert!(StageLatencies::new(false).log_sync_ns.is_none());
+        assert!(StageLatencies::new(true).log_sync_ns.is_some());
     }
 }

@@ -229,10 +229,9 @@ impl ShardCore {
         tally.syncs += 1;
         tally.records += records;
         tally.bytes += sync.bytes_written;
-        self.stats
-            .stages
-            .log_sync_ns
-            .saturating_record(sync.write_to_sync_ns.max(1));
+        if let Some(stage) = &mut self.stats.stages.log_sync_ns {
+            stage.saturating_record(sync.write_to_sync_ns.max(1));
+        }
         self.handle_durable(now_ns, sync.lsn);
     }
 
@@ -606,7 +605,11 @@ mod tests {
             },
             "records count once each, from the durable LSN before the sync"
         );
-        let stage = &stats.stages.log_sync_ns;
+        let stage = stats
+            .stages
+            .log_sync_ns
+            .as_ref()
+            .expect("a shard with a log has the log-sync stage");
         assert_eq!(stage.len(), 2);
         assert!(stage.equivalent(stage.min(), 300_000));
         assert!(stage.equivalent(stage.max(), 5_000_000));
@@ -625,7 +628,10 @@ mod tests {
         assert_eq!(seqs(&written(&mut core, conn)), [1]);
         let stats = core.stats();
         assert_eq!(stats.log, LogTally::default());
-        assert!(stats.stages.log_sync_ns.is_empty());
+        assert!(
+            stats.stages.log_sync_ns.is_none(),
+            "no log, no log-sync histogram"
+        );
     }
 
     #[test]

@@ -141,10 +141,11 @@ pub struct ShardCore {
     placement: Placement,
     /// Indexed by partition; `Some` for the partitions this shard owns (served or not).
     partitions: Vec<Option<PartitionState>>,
-    /// Indexed by partition; `true` exactly for the partitions this shard applies events of
-    /// now: it owns them, they are `Serving`, the node's lease is valid and confirmed them.
-    /// The one check an event routed here needs.
-    serving: Vec<bool>,
+    /// Indexed by partition: where its events go, by the placement and the lease now.
+    /// `Route::Local` exactly for the partitions this shard applies events of now: it owns
+    /// them, they are `Serving`, the node's lease is valid and confirmed them. Worked out once
+    /// per placement or lease change, so routing an event is one load.
+    routes: Vec<Route>,
     lease: NodeLease,
     /// Whether `placement` is one the node was given: always for a single node; for a cluster
     /// node, only once its control thread installed the cluster's. Until then the placement is
@@ -191,7 +192,7 @@ impl ShardCore {
             node: config.node,
             shard,
             partitions: Vec::new(),
-            serving: Vec::new(),
+            routes: Vec::new(),
             lease: config.lease_at_start,
             placed: config.lease_at_start != NodeLease::Fenced,
             map_reply: Vec::new(),
@@ -206,6 +207,8 @@ impl ShardCore {
             durability: durability::DurabilityState::new(config.durability),
             stats: ShardStats {
                 shard: shard.0,
+                // The log-sync stage only for a shard that logs (its histogram is 220 KiB).
+                stages: StageLatencies::new(config.durability != Durability::Memory),
                 ..ShardStats::default()
             },
             placement,
@@ -245,10 +248,7 @@ impl ShardCore {
 
     /// Whether this shard applies events of `partition` now.
     pub fn serves(&self, partition: PartitionId) -> bool {
-        self.serving
-            .get(partition.index())
-            .copied()
-            .unwrap_or(false)
+        matches!(self.routes.get(partition.index()), Some(Route::Local(_)))
     }
 
     /// Installs a newer placement. Partitions that left this shard for another owner drop
@@ -307,17 +307,19 @@ impl ShardCore {
     fn adopt_placement(&mut self) {
         let partitions = self.placement.partitions() as usize;
         self.partitions.resize_with(partitions, || None);
-        self.serving.resize(partitions, false);
+        self.routes.clear();
         for (index, owner) in self.placement.owners().iter().enumerate() {
+            let partition = PartitionId(index as u32);
             let owned = owner.node == self.node && owner.shard == self.shard;
             let serve = owned && self.lease.serves(owner);
             let slot = &mut self.partitions[index];
             if serve && slot.is_none() {
-                *slot = Some(PartitionState::new(PartitionId(index as u32)));
+                *slot = Some(PartitionState::new(partition));
             } else if !owned && self.placed {
                 *slot = None;
             }
-            self.serving[index] = serve;
+            self.routes
+                .push(routing::route_of(self.node, partition, owner, serve));
         }
         let ports = if self.config.shard_ports.len() == self.peers.len() {
             self.config.shard_ports.clone()

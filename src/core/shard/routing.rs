@@ -1,7 +1,9 @@
 //! Where an event goes, and applying the events this shard owns.
 //!
-//! [`ShardCore::route`] hashes an event's hunt once and looks its partition up in the
-//! placement. An event this shard serves comes back as a [`LocalEvent`]: a token that carries
+//! [`ShardCore::route`] hashes an event's hunt once and reads its partition's route from a
+//! table worked out whenever the placement or the lease changes ([`route_of`]): one load, and
+//! no branch on whose the partition is, which a predictor cannot learn when events of many
+//! shards arrive mixed. An event this shard serves comes back as a [`LocalEvent`]: a token that carries
 //! the partition into [`ShardCore::apply`], so the hunt is not hashed twice and `apply` has no
 //! "not mine" case to panic on. Every receiver re-routes what it is given: an event that
 //! reaches a shard that no longer owns its partition is answered `Moved`, never applied.
@@ -11,6 +13,7 @@
 //! the node is fenced, is answered `Unavailable` (`Error { OwnerUnavailable }`) at once.
 //! Shard-local, like the core.
 
+use crate::constants::PARTITION_ROUTE_BYTES;
 use crate::core::ids::{Epoch, NodeId, PartitionId, ShardId};
 use crate::core::message::{ArchivedEvent, EventError, Outcome, Reply};
 use crate::core::partition::{Owner, OwnerState};
@@ -37,6 +40,23 @@ pub enum Route {
     Shard(ShardId),
     /// A shard of another node owns it.
     Node(NodeId, ShardId),
+}
+
+// A shard keeps one route per partition of the node (`ShardCore`'s table), counted by this.
+const _: () = assert!(size_of::<Route>() <= PARTITION_ROUTE_BYTES);
+
+/// The route of `partition`, owned by `owner`, from a shard of node `node`: `Local` when that
+/// shard serves it (`serve`), else its owner's shard, of this node or another. What a shard's
+/// route table holds; a partition the shard owns but may not serve routes to the shard itself,
+/// which [`ShardCore::route_or_answer`] answers `Unavailable`.
+pub(super) fn route_of(node: NodeId, partition: PartitionId, owner: &Owner, serve: bool) -> Route {
+    if serve {
+        Route::Local(LocalEvent { partition })
+    } else if owner.node != node {
+        Route::Node(owner.node, owner.shard)
+    } else {
+        Route::Shard(owner.shard)
+    }
 }
 
 /// What a shard knows of its node's lease, from the node's control thread (a single node has
@@ -78,19 +98,11 @@ impl ShardCore {
         self.route_partition(partition)
     }
 
-    /// A partition served here is `Local` (the one check the single-node path makes); any
-    /// other goes to its owner's node, or to its owner's shard of this node.
+    /// A partition served here is `Local`; any other goes to its owner's node, or to its
+    /// owner's shard of this node. Read from the table, not worked out per event.
     #[inline]
     fn route_partition(&self, partition: PartitionId) -> Route {
-        if self.serving[partition.index()] {
-            return Route::Local(LocalEvent { partition });
-        }
-        let owner = self.placement.owner(partition);
-        if owner.node != self.node {
-            Route::Node(owner.node, owner.shard)
-        } else {
-            Route::Shard(owner.shard)
-        }
+        self.routes[partition.index()]
     }
 
     /// Starts loading the state [`Self::apply`] will read for `event`, if this shard serves
@@ -145,7 +157,7 @@ impl ShardCore {
     pub fn apply(&mut self, local: LocalEvent, event: &ArchivedEvent) -> Reply {
         let index = local.partition.index();
         let outcome = match self.partitions[index].as_mut() {
-            Some(state) if self.serving[index] => state.apply(event),
+            Some(state) if matches!(self.routes[index], Route::Local(_)) => state.apply(event),
             _ => self.moved(event),
         };
         reply_to(event, outcome)
