@@ -15,7 +15,8 @@
 /// The four bytes every frame starts with.
 pub const FRAME_MAGIC: [u8; 4] = *b"TROV";
 /// The wire version this build speaks. A frame with another version is rejected.
-pub const FRAME_VERSION: u8 = 1;
+/// 2: the partition map names each owner's node and where every node is reached.
+pub const FRAME_VERSION: u8 = 2;
 /// Size of the fixed frame header. A multiple of [`ARCHIVE_ALIGN`] so that bodies that start
 /// right after a header in an aligned buffer are themselves aligned.
 pub const FRAME_HEADER_BYTES: usize = 32;
@@ -213,6 +214,21 @@ pub const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
 
 /// Reply frames a client's reader threads queue for the caller before they stop reading.
 pub const CLIENT_REPLY_FRAMES_QUEUED_MAX: usize = 256;
+/// How long `trove bench --cluster` waits for its local cluster's placement to settle on every
+/// node before it gives up.
+pub const BENCH_CLUSTER_SETTLE_MS_MAX: u64 = 60_000;
+/// Most connections one shard-aware client opens: one per (node, shard) that owns partitions.
+/// Each has a reader thread in the blocking client.
+pub const CLIENT_LINKS_MAX: usize = 1_024;
+/// Events a cluster-aware client (`client::connect_cluster`) keeps unanswered: each is kept
+/// (as an owned event) until its reply, so that one answered `Moved` can be sent again.
+pub const CLUSTER_CLIENT_INFLIGHT_MAX: usize = 65_536;
+/// Times a cluster-aware client sends one event again after `Moved` before it hands the
+/// `Moved` reply to its caller.
+pub const CLUSTER_CLIENT_RESENDS_MAX: u32 = 4;
+/// How long a cluster-aware client waits for the newer map a `Moved` reply announced before
+/// it sends the moved events again by the map it has.
+pub const CLUSTER_CLIENT_MAP_WAIT_MS_MAX: u64 = 2_000;
 
 // ---------------------------------------------------------------------------------------------
 // The load generator (`trove bench`).
@@ -419,6 +435,12 @@ pub const HUNT_SLOT_BYTES: usize = 16;
 pub const PARTITION_SLOT_BYTES_MAX: usize = HUNTS_PER_PARTITION_MAX * HUNT_SLOT_BYTES + 16;
 /// One partition's owner in a shard's copy of the placement (`core::partition::Owner`).
 pub const PLACEMENT_OWNER_BYTES_MAX: usize = 24;
+/// Longest host a node may advertise (`--advertise`), in bytes: a DNS name's limit.
+pub const NODE_HOST_BYTES_MAX: usize = 253;
+/// One node's address in a shard's copy of the placement (`core::partition::NodeAddress`): the
+/// struct, its host and its shard ports at their limits, and the allocator's share of both.
+pub const PLACEMENT_NODE_BYTES_MAX: usize =
+    64 + NODE_HOST_BYTES_MAX + SHARDS_MAX * size_of::<u16>() + 2 * ALLOCATION_OVERHEAD_BYTES;
 /// Whether a shard applies one partition's events now (`core::shard::ShardCore`'s `serving`).
 pub const PARTITION_SERVING_FLAG_BYTES: usize = size_of::<bool>();
 
@@ -488,10 +510,17 @@ pub const SHARD_IO_BYTES_MAX: usize = CONNECTIONS_PER_SHARD_MAX * CONNECTION_STA
     + SHARD_IO_MEMORY_BYTES; // glommio's registered io_uring buffers
 
 /// Worst-case bytes of one shard's partition table and copy of the placement: every shard
-/// has an entry for each of the node's partitions.
+/// has an entry for each of the node's partitions, and the address of each node the owners
+/// name (at most one per partition, at most `CLUSTER_NODES_MAX`).
 pub const fn shard_partition_table_bytes_max(partitions: usize) -> usize {
+    let nodes = if partitions < CLUSTER_NODES_MAX {
+        partitions
+    } else {
+        CLUSTER_NODES_MAX
+    };
     partitions
         * (PARTITION_SLOT_BYTES_MAX + PLACEMENT_OWNER_BYTES_MAX + PARTITION_SERVING_FLAG_BYTES)
+        + nodes * PLACEMENT_NODE_BYTES_MAX
 }
 
 /// Worst-case resident bytes of a node, term by term: what `trove node` prints at start.
