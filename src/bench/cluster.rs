@@ -26,7 +26,9 @@ const CLUSTER_NAME: &str = "bench";
 /// The counters of node links (per shard and peer): messages and bytes sent to other nodes.
 const LINK_EVENTS: &str = "link_events_total";
 const LINK_BYTES: &str = "link_bytes_total";
+/// Events a node's shards applied: from their own sockets, and for other shards of the node.
 const EVENTS_APPLIED: &str = "events_applied_total";
+const EVENTS_APPLIED_FOR_PEERS: &str = "events_applied_for_peers_total";
 
 /// What `--cluster` asks for.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -64,6 +66,13 @@ struct NodeSample {
 /// Every node's counters at one moment, in node order.
 pub struct ClusterSample {
     nodes: Vec<NodeSample>,
+}
+
+impl ClusterSample {
+    /// Events applied, over every node.
+    fn applied(&self) -> f64 {
+        self.nodes.iter().map(|node| node.applied).sum()
+    }
 }
 
 /// One node's share of a run.
@@ -177,7 +186,8 @@ impl LocalCluster {
             let (link_events, events_exported) = family_total(&scrape, LINK_EVENTS);
             let (link_bytes, bytes_exported) = family_total(&scrape, LINK_BYTES);
             nodes.push(NodeSample {
-                applied: family_total(&scrape, EVENTS_APPLIED).0,
+                applied: family_total(&scrape, EVENTS_APPLIED).0
+                    + family_total(&scrape, EVENTS_APPLIED_FOR_PEERS).0,
                 link_events,
                 link_bytes,
                 links_exported: events_exported && bytes_exported,
@@ -185,6 +195,22 @@ impl LocalCluster {
             });
         }
         Ok(ClusterSample { nodes })
+    }
+
+    /// A sample once the nodes' counters have stopped moving: the nodes hand their counters to
+    /// `/metrics` about once a second, so a sample is taken again `wait` later until two agree
+    /// on the events applied (at most `tries` times).
+    pub fn quiet_sample(&self, wait: Duration, tries: usize) -> Result<ClusterSample, String> {
+        let mut last = self.sample()?;
+        for _ in 0..tries {
+            std::thread::sleep(wait);
+            let next = self.sample()?;
+            if next.applied() == last.applied() {
+                return Ok(next);
+            }
+            last = next;
+        }
+        Ok(last)
     }
 
     /// What the nodes did between two samples.

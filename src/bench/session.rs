@@ -33,6 +33,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const SWEEP_WARMUP: Duration = Duration::from_millis(500);
 /// Bisection steps after a sweep finds the first rate that breaks the objective.
 const SWEEP_REFINE_STEPS: usize = 3;
+/// Samples of a local cluster's counters taken, at most, before they are taken as settled.
+const CLUSTER_SAMPLE_TRIES: usize = 5;
 
 /// The embedded node, when the benchmark started one, with its data dir (removed after the
 /// node stops, when the bench made it) and its log's mode.
@@ -418,22 +420,18 @@ fn execute_against(
         config.tls.clone(),
     )
     .map_err(|error| format!("cannot set the hunts up on {addr}: {error}"))?;
-    // The nodes hand their counters to /metrics about once a second: a sample taken now may
-    // miss the last of the set-up, so wait for one more hand-over first (and after the run).
+    // The nodes hand their counters to /metrics about once a second: sample once they have
+    // stopped moving, before the run (after the set-up) and after it.
     let snapshot_wait = Duration::from_millis(METRICS_SNAPSHOT_MS_DEFAULT * 3 / 2);
-    let before = match cluster {
-        Some(cluster) => {
-            std::thread::sleep(snapshot_wait);
-            Some(cluster.sample()?)
-        }
-        None => None,
-    };
+    let before = cluster
+        .map(|cluster| cluster.quiet_sample(snapshot_wait, CLUSTER_SAMPLE_TRIES))
+        .transpose()?;
     let (main, sweep) = run_main(addr, config, progress)?;
     let trove_done = Instant::now();
     let figures = match (cluster, before) {
         (Some(cluster), Some(before)) => {
-            std::thread::sleep(snapshot_wait);
-            Some(cluster.figures(&before, &cluster.sample()?))
+            let after = cluster.quiet_sample(snapshot_wait, CLUSTER_SAMPLE_TRIES)?;
+            Some(cluster.figures(&before, &after))
         }
         _ => None,
     };

@@ -2,8 +2,9 @@
 //! sends each event straight to the shard of the node that owns its partition, opening a
 //! connection to each owner's shard as events first need it (at most `CLIENT_LINKS_MAX`).
 //!
-//! When the placement moves on, a node answers an event it does not own `Moved` and pushes its
-//! newer map; the client adopts the map (asking the node for it if it has not come) and sends
+//! When the placement moves on, a node answers an event it does not own `Moved` (naming the
+//! owner and its map's epoch); the client adopts that node's newer map (pushed, or asked for
+//! on the same connection) and sends
 //! the moved events again to their new owner, keeping each partition's order (the rules are
 //! [`redirect`](crate::client::redirect)'s, sans-IO). `Unavailable` (`Error {
 //! OwnerUnavailable }`) is a reply like any other: the caller's. The client never talks to
@@ -16,9 +17,11 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::client::proto::MapPush;
 use crate::client::redirect::{AdmitError, Admitted, Answered, Inflight};
 use crate::client::{
     ClientConfig, ClientError, EventSender, Incoming, RecvError, ReplyReceiver, connect,
+    connect_with_map,
 };
 use crate::constants::CLUSTER_CLIENT_MAP_WAIT_MS_MAX;
 use crate::core::message::{ArchivedOutcome, Event, Reply};
@@ -42,15 +45,7 @@ pub fn connect_cluster(
             ..config.clone()
         };
         match connect(&seed_config) {
-            Ok((sender, receiver)) => {
-                return Ok(ClusterClient {
-                    sender,
-                    receiver,
-                    inflight: Inflight::new(),
-                    ready: VecDeque::new(),
-                    map_requested_epoch: 0,
-                });
-            }
+            Ok((sender, receiver)) => return Ok(ClusterClient::of(sender, receiver)),
             Err(error) => failures.push(format!("{seed}: {error}")),
         }
     }
@@ -62,6 +57,23 @@ pub fn connect_cluster(
             failures.join("; ")
         )
     }))
+}
+
+/// A cluster client that starts from a map the caller holds (kept from an earlier connection,
+/// say): events are routed by it, and moved ones follow the nodes' newer maps. `seed` is the
+/// node `push` came from.
+pub fn connect_cluster_with_map(
+    seed: SocketAddr,
+    config: &ClientConfig,
+    push: MapPush,
+) -> Result<ClusterClient, ClientError> {
+    let seed_config = ClientConfig {
+        addr: seed,
+        shard_aware: true,
+        ..config.clone()
+    };
+    let (sender, receiver) = connect_with_map(&seed_config, push)?;
+    Ok(ClusterClient::of(sender, receiver))
 }
 
 /// A client of a whole cluster. See the module documentation.
@@ -76,6 +88,16 @@ pub struct ClusterClient {
 }
 
 impl ClusterClient {
+    fn of(sender: EventSender, receiver: ReplyReceiver) -> ClusterClient {
+        ClusterClient {
+            sender,
+            receiver,
+            inflight: Inflight::new(),
+            ready: VecDeque::new(),
+            map_requested_epoch: 0,
+        }
+    }
+
     /// The map events are routed by.
     pub fn map(&self) -> &PartitionMap {
         self.sender.map()
@@ -84,6 +106,11 @@ impl ClusterClient {
     /// Connections open now.
     pub fn links(&self) -> usize {
         self.sender.links()
+    }
+
+    /// Events answered `Moved` and sent again, so far.
+    pub fn resent(&self) -> u64 {
+        self.inflight.resent()
     }
 
     /// Events sent (or held) and not yet answered to the caller.
@@ -96,10 +123,10 @@ impl ClusterClient {
     /// `CLUSTER_CLIENT_INFLIGHT_MAX` events unanswered, waits for replies first (keeping them
     /// for [`Self::recv_timeout`]).
     pub fn send(&mut self, event: Event) -> Result<(), ClientError> {
-        self.sender.apply_pushed_map()?;
+        let link = self.sender.route(event.hunt)?;
         let partition = self.map().partitioner().partition_of(event.hunt);
         let event = loop {
-            match self.inflight.admit(event.clone(), partition) {
+            match self.inflight.admit(event.clone(), partition, link) {
                 Ok(Admitted::Send) => break event,
                 Ok(Admitted::Held) => return Ok(()),
                 Err(AdmitError::DuplicateSeq(seq)) => {
@@ -113,7 +140,17 @@ impl ClusterClient {
                 }
             }
         };
-        self.sender.send(&event)
+        self.sender.send_on(link, &event)
+    }
+
+    /// What is unanswered, for a human (in flight, moved, held).
+    pub fn describe(&self) -> String {
+        format!(
+            "{}; {} replies not yet taken; map epoch {}",
+            self.inflight.describe(),
+            self.ready.len(),
+            self.sender.epoch().get()
+        )
     }
 
     /// Writes every partly filled frame.
@@ -149,7 +186,7 @@ impl ClusterClient {
         match self.receiver.recv_timeout(left) {
             Ok(Incoming::Replies(frame)) => {
                 for reply in frame.replies() {
-                    self.take_reply(reply)?;
+                    self.take_reply(frame.link(), reply)?;
                 }
             }
             Ok(Incoming::NodeError { code, message, .. }) => {
@@ -184,8 +221,10 @@ impl ClusterClient {
         self.resend_released()
     }
 
+    /// One reply that arrived on `link`.
     fn take_reply(
         &mut self,
+        link: usize,
         reply: &crate::core::message::ArchivedReply,
     ) -> Result<(), ClientError> {
         let seq = reply.client_seq.to_native();
@@ -201,38 +240,24 @@ impl ClusterClient {
             }
             Answered::WillResend => {
                 let epoch = moved_epoch.expect("only a moved event is sent again");
-                self.ask_for_map(epoch, reply)?;
+                self.ask_for_map(epoch, link)?;
             }
             Answered::Unknown => {}
         }
         Ok(())
     }
 
-    /// After `Moved` naming `epoch`, asks the owner the reply names for its map, once per
-    /// epoch, unless a map that new is held or waiting already.
-    fn ask_for_map(
-        &mut self,
-        epoch: u32,
-        reply: &crate::core::message::ArchivedReply,
-    ) -> Result<(), ClientError> {
+    /// After `Moved` naming `epoch`, asks the node that answered on `link` for its map (it
+    /// has that epoch), once per epoch, unless a map that new is held or waiting already. A
+    /// node pushes its newer map only to connections it has seen behind, not to one opened
+    /// after its placement changed, so the client asks.
+    fn ask_for_map(&mut self, epoch: u32, link: usize) -> Result<(), ClientError> {
         self.sender.apply_pushed_map()?;
         if epoch <= self.sender.epoch().get() || epoch <= self.map_requested_epoch {
             return Ok(());
         }
         self.map_requested_epoch = epoch;
-        let ArchivedOutcome::Moved { node, shard, .. } = reply.outcome else {
-            return Ok(());
-        };
-        let owner = (
-            crate::core::ids::NodeId(node.to_native()),
-            crate::core::ids::ShardId(shard.to_native()),
-        );
-        // The new owner has the new map; if this map does not say where it is, the node that
-        // answered is behind this client's map, and its next push is what there is to wait for.
-        if let Some(link) = self.sender.link_to(owner.0, owner.1)? {
-            self.sender.request_map(link)?;
-        }
-        Ok(())
+        self.sender.request_map(link)
     }
 
     /// Sends the waiting events of every released partition again, by the newest map (waiting
@@ -249,8 +274,13 @@ impl ClusterClient {
             .unwrap_or(0);
         self.wait_for_map(needed)?;
         for partition in released {
-            for event in self.inflight.release(partition) {
-                self.sender.send(&event)?;
+            // Every event of a partition goes the same way: route one of its hunts.
+            let Some(hunt) = self.inflight.hunt_of(partition) else {
+                continue;
+            };
+            let link = self.sender.route(hunt)?;
+            for event in self.inflight.release(partition, link) {
+                self.sender.send_on(link, &event)?;
             }
         }
         self.sender.flush()

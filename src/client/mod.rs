@@ -29,7 +29,7 @@ pub mod proto;
 pub mod redirect;
 pub mod tls;
 
-pub use cluster::{ClusterClient, ClusterRecvError, connect_cluster};
+pub use cluster::{ClusterClient, ClusterRecvError, connect_cluster, connect_cluster_with_map};
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -399,6 +399,27 @@ pub fn connect(config: &ClientConfig) -> Result<(EventSender, ReplyReceiver), Cl
     let (secret, tls) = (config.auth.as_deref(), config.tls.as_ref());
     let mut first = connect_authenticated(config.addr, config.connect_timeout, secret, tls)?;
     let push = fetch_map(&mut first, config.connect_timeout)?;
+    start(config, push, first)
+}
+
+/// Like [`connect`], starting from a map the caller holds (kept from an earlier connection,
+/// say) instead of asking the node for one: events are routed by it until a node pushes a
+/// newer one. `config.addr` is the node `push` came from (its empty host means that one).
+pub fn connect_with_map(
+    config: &ClientConfig,
+    push: MapPush,
+) -> Result<(EventSender, ReplyReceiver), ClientError> {
+    let (secret, tls) = (config.auth.as_deref(), config.tls.as_ref());
+    let first = connect_authenticated(config.addr, config.connect_timeout, secret, tls)?;
+    start(config, push, first)
+}
+
+/// The client's halves, routing by `push`; `first` is a connection to `config.addr`.
+fn start(
+    config: &ClientConfig,
+    push: MapPush,
+    first: Connection,
+) -> Result<(EventSender, ReplyReceiver), ClientError> {
     let proto = ClientProto::new(push, config.shard_aware, config.events_per_frame)?;
     let (incoming, receiver) = flume::bounded(CLIENT_REPLY_FRAMES_QUEUED_MAX);
     let readers = Arc::new(Mutex::new(Vec::new()));
@@ -407,15 +428,19 @@ pub fn connect(config: &ClientConfig) -> Result<(EventSender, ReplyReceiver), Cl
         streams: Vec::new(),
         proto,
         config: config.clone(),
-        incoming,
+        incoming: incoming.downgrade(),
+        reader_handle: None,
         readers: readers.clone(),
     };
+    // The readers hold the only strong handles, so the receiver ends when they all have.
+    sender.reader_handle = Some(incoming);
     if config.shard_aware {
         // Every owner's shard now, so that an unreachable one is an error here, not later.
         sender.open_links()?;
     } else {
         sender.start_link(0, first)?;
     }
+    sender.reader_handle = None;
     Ok((
         sender,
         ReplyReceiver {
@@ -500,8 +525,11 @@ pub struct EventSender {
     streams: Vec<Option<Connection>>,
     maps: Arc<MapMailbox>,
     config: ClientConfig,
-    /// Where new links' reader threads pass replies on.
-    incoming: flume::Sender<Incoming>,
+    /// Where new links' reader threads pass replies on: weak, so that [`ReplyReceiver`] sees
+    /// the end once every reader has ended, as it did before links could be added.
+    incoming: flume::WeakSender<Incoming>,
+    /// A strong handle held only while the first links start.
+    reader_handle: Option<flume::Sender<Incoming>>,
     /// The reader threads, one per opened link, joined by [`ReplyReceiver::join`].
     readers: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -636,7 +664,12 @@ impl EventSender {
         let read_half = connection
             .try_clone()
             .map_err(io_error("cannot clone a socket"))?;
-        let (incoming, maps) = (self.incoming.clone(), self.maps.clone());
+        let incoming = self.incoming.upgrade().ok_or_else(|| {
+            ClientError::Config(
+                "every connection of this client has ended, so no new one can pass replies on: reconnect".into(),
+            )
+        })?;
+        let maps = self.maps.clone();
         let reader = std::thread::Builder::new()
             .name(format!("trove-client-rx-{link}"))
             .spawn(move || read_replies(link, read_half, incoming, &maps))
@@ -688,9 +721,15 @@ impl EventSender {
 /// A frame of replies, validated once on arrival.
 pub struct ReplyFrame {
     frame: ValidatedFrameBuf<ArchivedReply>,
+    link: usize,
 }
 
 impl ReplyFrame {
+    /// The link (connection) it arrived on.
+    pub fn link(&self) -> usize {
+        self.link
+    }
+
     /// The replies, in the order the node sent them.
     pub fn replies(&self) -> impl Iterator<Item = &ArchivedReply> {
         self.frame.frame().iter().map(|record| record.get())
@@ -729,8 +768,7 @@ pub struct ReplyReceiver {
 }
 
 impl ReplyReceiver {
-    /// The next frame of replies or connection event; `None` once every connection has ended
-    /// and the [`EventSender`] is gone (it may open more).
+    /// The next frame of replies or connection event; `None` once every connection has ended.
     pub fn recv(&mut self) -> Option<Incoming> {
         self.incoming.recv().ok()
     }
@@ -780,7 +818,7 @@ fn read_replies(
         let forwarded = if kind == FrameKind::Replies {
             // Validated in place, then kept whole: the caller reads it without copying.
             match ValidatedFrameBuf::validate(kind, body) {
-                Ok(frame) => incoming.send(Incoming::Replies(ReplyFrame { frame })),
+                Ok(frame) => incoming.send(Incoming::Replies(ReplyFrame { frame, link })),
                 Err(error) => break Some(ClientError::Protocol(error).to_string()),
             }
         } else {

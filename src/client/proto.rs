@@ -10,6 +10,12 @@
 //!   [`ClientProto::flush_output`] (closing the open one too) and reports what it wrote.
 //! - **Parsing.** [`next_frame`] takes whole frames off the front of received bytes and says
 //!   what each one is: validated replies, a partition map, or the node's error.
+//! - **Links to owners.** A shard-aware client has one link per (node, shard) that owns
+//!   partitions, at the address the map gives for that node ([`LinkTarget`]); links are
+//!   numbered as maps name them and never renumbered, so a map naming a new node adds links
+//!   (at most `CLIENT_LINKS_MAX`). A partition whose owner the map gives no address for goes
+//!   to the node that sent the map, which answers it. A client that is not shard-aware has one
+//!   link: the connection the map came on.
 //! - **Epoch tracking.** Every frame carries the epoch of the map its events were routed by. A
 //!   node that sees a client behind its epoch pushes its newer map along with the replies; the
 //!   client hands it to [`ClientProto::apply_map`], which closes the frames routed by the old

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::constants::{CLUSTER_CLIENT_INFLIGHT_MAX, CLUSTER_CLIENT_RESENDS_MAX};
-use crate::core::ids::PartitionId;
+use crate::core::ids::{HuntId, PartitionId};
 use crate::core::message::Event;
 
 /// Why an event was not taken.
@@ -68,6 +68,9 @@ struct Flow {
     waiting: BTreeMap<u64, u64>,
     /// The newest epoch a `Moved` reply for it named.
     moved_epoch: u32,
+    /// The link its sent events went out on: an event routed elsewhere (the map changed) waits
+    /// until they are answered, or it could overtake them.
+    link: Option<usize>,
 }
 
 /// The cluster-aware client's unanswered events. See the module documentation.
@@ -76,6 +79,8 @@ pub struct Inflight {
     events: HashMap<u64, Pending>,
     flows: HashMap<PartitionId, Flow>,
     next_order: u64,
+    /// Moved events sent again so far.
+    resent: u64,
 }
 
 impl Inflight {
@@ -92,9 +97,19 @@ impl Inflight {
         self.events.is_empty()
     }
 
-    /// Takes `event` of `partition`: send it now, or hold it behind its partition's moved
-    /// events.
-    pub fn admit(&mut self, event: Event, partition: PartitionId) -> Result<Admitted, AdmitError> {
+    /// Moved events sent again so far.
+    pub fn resent(&self) -> u64 {
+        self.resent
+    }
+
+    /// Takes `event` of `partition`, routed to `link`: send it now, or hold it behind its
+    /// partition's moved events, or behind its events in flight on another link.
+    pub fn admit(
+        &mut self,
+        event: Event,
+        partition: PartitionId,
+        link: usize,
+    ) -> Result<Admitted, AdmitError> {
         if self.events.len() >= CLUSTER_CLIENT_INFLIGHT_MAX {
             return Err(AdmitError::Full);
         }
@@ -105,8 +120,10 @@ impl Inflight {
         let order = self.next_order;
         self.next_order += 1;
         let flow = self.flows.entry(partition).or_default();
-        let admitted = if flow.waiting.is_empty() {
+        let elsewhere = flow.sent > 0 && flow.link != Some(link);
+        let admitted = if flow.waiting.is_empty() && !elsewhere {
             flow.sent += 1;
+            flow.link = Some(link);
             Admitted::Send
         } else {
             flow.waiting.insert(order, seq);
@@ -191,14 +208,16 @@ impl Inflight {
             .map_or(0, |flow| flow.moved_epoch)
     }
 
-    /// Sends `partition`'s waiting events again: returns them oldest first, now in flight.
-    pub fn release(&mut self, partition: PartitionId) -> Vec<Event> {
+    /// Sends `partition`'s waiting events again, on `link`: returns them oldest first, now in
+    /// flight.
+    pub fn release(&mut self, partition: PartitionId, link: usize) -> Vec<Event> {
         let Some(flow) = self.flows.get_mut(&partition) else {
             return Vec::new();
         };
         let waiting = std::mem::take(&mut flow.waiting);
         flow.sent += waiting.len() as u32;
         flow.moved_epoch = 0;
+        flow.link = Some(link);
         let mut events = Vec::with_capacity(waiting.len());
         for seq in waiting.into_values() {
             let pending = self
@@ -209,11 +228,40 @@ impl Inflight {
             if pending.moved {
                 pending.resends += 1;
                 pending.moved = false;
+                self.resent += 1;
             }
             pending.sent = true;
             events.push(pending.event.clone());
         }
         events
+    }
+
+    /// The hunt of one of `partition`'s waiting events (they all route the same way).
+    pub fn hunt_of(&self, partition: PartitionId) -> Option<HuntId> {
+        let flow = self.flows.get(&partition)?;
+        let seq = flow.waiting.values().next()?;
+        Some(self.events.get(seq)?.event.hunt)
+    }
+
+    /// What is unanswered, for a human: in flight, moved and held, and in how many partitions.
+    pub fn describe(&self) -> String {
+        let in_flight = self.events.values().filter(|p| p.sent).count();
+        let moved = self.events.values().filter(|p| p.moved).count();
+        let held = self.events.len() - in_flight - moved;
+        let waiting = self
+            .flows
+            .values()
+            .filter(|f| !f.waiting.is_empty())
+            .count();
+        let blocked = self
+            .flows
+            .values()
+            .filter(|f| !f.waiting.is_empty() && f.sent > 0)
+            .count();
+        format!(
+            "{} unanswered: {in_flight} in flight, {moved} moved and {held} held, waiting in {waiting} partitions ({blocked} of them behind events still in flight)",
+            self.events.len()
+        )
     }
 
     fn forget_idle_flow(&mut self, partition: PartitionId) {
@@ -228,7 +276,7 @@ impl Inflight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::ids::{HuntId, PlayerId};
+    use crate::core::ids::PlayerId;
     use crate::core::message::EventKind;
 
     fn event(seq: u64) -> Event {
@@ -252,20 +300,21 @@ mod tests {
     fn moved_events_go_out_again_in_order_before_the_ones_held_behind_them() {
         let mut inflight = Inflight::new();
         for seq in 1..=3 {
-            assert_eq!(inflight.admit(event(seq), P), Ok(Admitted::Send));
+            assert_eq!(inflight.admit(event(seq), P, 0), Ok(Admitted::Send));
         }
-        assert_eq!(inflight.admit(event(10), Q), Ok(Admitted::Send));
+        assert_eq!(inflight.admit(event(10), Q, 0), Ok(Admitted::Send));
         // 1 was applied; 2 was moved: 3 is still out, so nothing is released yet.
         assert_eq!(inflight.answered(1, None), Answered::Final);
         assert_eq!(inflight.answered(2, Some(9)), Answered::WillResend);
         assert_eq!(inflight.moved_epoch(P), 9);
         assert!(inflight.releasable().is_empty(), "3 is in flight");
         // Later events of P wait; Q is not affected.
-        assert_eq!(inflight.admit(event(4), P), Ok(Admitted::Held));
-        assert_eq!(inflight.admit(event(11), Q), Ok(Admitted::Send));
+        assert_eq!(inflight.admit(event(4), P, 0), Ok(Admitted::Held));
+        assert_eq!(inflight.admit(event(11), Q, 0), Ok(Admitted::Send));
         assert_eq!(inflight.answered(3, Some(9)), Answered::WillResend);
         assert_eq!(inflight.releasable(), [P]);
-        assert_eq!(seqs(&inflight.release(P)), [2, 3, 4]);
+        assert_eq!(seqs(&inflight.release(P, 1)), [2, 3, 4]);
+        assert_eq!(inflight.resent(), 2, "4 was held, not moved");
         assert!(inflight.releasable().is_empty());
         assert_eq!(inflight.moved_epoch(P), 0);
         for seq in [2, 3, 4, 10, 11] {
@@ -276,12 +325,37 @@ mod tests {
     }
 
     #[test]
+    fn an_event_routed_to_a_new_owner_waits_for_its_partition_in_flight_to_the_old_one() {
+        let mut inflight = Inflight::new();
+        assert_eq!(inflight.admit(event(1), P, 0), Ok(Admitted::Send));
+        assert_eq!(inflight.admit(event(2), P, 0), Ok(Admitted::Send));
+        // A newer map routes P to link 1 while 1 and 2 are out on link 0: 3 must not overtake.
+        assert_eq!(inflight.admit(event(3), P, 1), Ok(Admitted::Held));
+        assert_eq!(inflight.answered(1, None), Answered::Final);
+        assert!(inflight.releasable().is_empty(), "2 is still out on link 0");
+        assert_eq!(inflight.answered(2, None), Answered::Final);
+        assert_eq!(inflight.releasable(), [P]);
+        assert_eq!(seqs(&inflight.release(P, 1)), [3]);
+        assert_eq!(inflight.resent(), 0, "held, not moved");
+        assert_eq!(
+            inflight.admit(event(4), P, 1),
+            Ok(Admitted::Send),
+            "same link now"
+        );
+        assert!(
+            inflight.describe().starts_with("2 unanswered: 2 in flight"),
+            "{}",
+            inflight.describe()
+        );
+    }
+
+    #[test]
     fn an_event_moved_too_often_hands_its_moved_reply_to_the_caller() {
         let mut inflight = Inflight::new();
-        inflight.admit(event(1), P).unwrap();
+        inflight.admit(event(1), P, 0).unwrap();
         for _ in 0..CLUSTER_CLIENT_RESENDS_MAX {
             assert_eq!(inflight.answered(1, Some(5)), Answered::WillResend);
-            assert_eq!(seqs(&inflight.release(P)), [1]);
+            assert_eq!(seqs(&inflight.release(P, 1)), [1]);
         }
         assert_eq!(inflight.answered(1, Some(5)), Answered::Final);
         assert!(inflight.is_empty());
@@ -290,23 +364,23 @@ mod tests {
     #[test]
     fn limits_and_strays_are_refused_or_ignored() {
         let mut inflight = Inflight::new();
-        inflight.admit(event(1), P).unwrap();
+        inflight.admit(event(1), P, 0).unwrap();
         assert_eq!(
-            inflight.admit(event(1), Q),
+            inflight.admit(event(1), Q, 0),
             Err(AdmitError::DuplicateSeq(1))
         );
         assert_eq!(inflight.answered(99, None), Answered::Unknown);
         // A held event's seq answered (a stray from before) does not count as its answer.
         inflight.answered(1, Some(2));
-        inflight.admit(event(2), P).unwrap();
+        inflight.admit(event(2), P, 0).unwrap();
         assert_eq!(inflight.answered(2, None), Answered::Unknown);
         assert_eq!(inflight.abandon(1).map(|e| e.client_seq), Some(1));
         assert_eq!(inflight.releasable(), [P], "2 waits for nothing now");
-        assert_eq!(seqs(&inflight.release(P)), [2]);
+        assert_eq!(seqs(&inflight.release(P, 1)), [2]);
         for seq in 3..CLUSTER_CLIENT_INFLIGHT_MAX as u64 + 2 {
-            inflight.admit(event(seq), Q).unwrap();
+            inflight.admit(event(seq), Q, 0).unwrap();
         }
         assert_eq!(inflight.len(), CLUSTER_CLIENT_INFLIGHT_MAX);
-        assert_eq!(inflight.admit(event(0), Q), Err(AdmitError::Full));
+        assert_eq!(inflight.admit(event(0), Q, 0), Err(AdmitError::Full));
     }
 }
