@@ -4,15 +4,17 @@
 //!
 //! Every test is bounded: child processes are killed on a deadline, sockets time out.
 
-use std::io::{BufRead, BufReader, Read, Write};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rkyv::util::AlignedVec;
-use trove::client::{self, ClientConfig, ClientError, Incoming};
+use trove::client::ClientConfig;
 use trove::core::auth::AuthSecret;
 use trove::core::codec::{
     Decoded, FrameBuilder, FrameKind, Records, access_record, archive_aligned, decode_frame,
@@ -20,145 +22,31 @@ use trove::core::codec::{
 use trove::core::ids::{HuntId, PlayerId, TreasureId};
 use trove::core::message::{ArchivedErrorMessage, ArchivedEvent, Event, EventKind, HuntSpec};
 use trove::core::partition::PartitionMap;
-use trove::host::affinity::allowed_cpus;
-use trove::node::{Node, NodeConfig};
+
+use support::{
+    COMMAND_WAIT, ChildNode, create_hunt, free_port, in_process_node, round_trip, run_bounded,
+    scratch_dir, stderr, trove,
+};
 
 const SECRET: &str = "a shared secret for the abuse tests";
 
-fn trove() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_trove"))
-}
-
-/// A file in a fresh temporary directory holding `contents`, readable by its owner only.
+/// A file in a fresh scratch directory holding `contents`.
 fn secret_file(name: &str, contents: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("trove-abuse-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("secret");
+    let path = scratch_dir(&format!("abuse-{name}")).join("secret");
     std::fs::write(&path, contents).unwrap();
     path
 }
 
-/// Runs a command to its end, killing it (and failing) past `deadline`.
-fn run_bounded(command: &mut Command, deadline: Duration) -> Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "still running after {deadline:?}; stderr: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `trove node` child process, killed when dropped.
-struct NodeProcess {
-    child: Child,
-    stdout: BufReader<std::process::ChildStdout>,
-    addr: SocketAddr,
-}
-
-impl NodeProcess {
-    fn start(args: &[&str]) -> NodeProcess {
-        let mut child = trove()
-            .args(["node", "--metrics-listen", "off"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut banner = String::new();
-        stdout.read_line(&mut banner).unwrap();
-        let addr = banner
-            .split_whitespace()
-            .find_map(|word| word.parse().ok())
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                let mut text = String::new();
-                let _ = child.stderr.take().unwrap().read_to_string(&mut text);
-                panic!("no address in `{banner}`; stderr: {text}")
-            });
-        NodeProcess {
-            child,
-            stdout,
-            addr,
-        }
-    }
-
-    /// SIGTERM, then the stop report (everything printed after the banner).
-    fn stop(mut self) -> String {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let mut rest = String::new();
-        self.stdout.read_to_string(&mut rest).unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "the node exited with {status}: {rest}");
-        rest
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn create_hunt(seq: u64) -> Event {
-    Event {
-        hunt: HuntId(seq),
-        player: PlayerId(1),
-        client_seq: seq,
-        client_ts: 0,
-        kind: EventKind::CreateHunt(HuntSpec::default()),
-    }
-}
-
-/// Sends `count` events and waits for as many replies.
-fn round_trip(config: &ClientConfig, count: u64) -> Result<(), ClientError> {
-    let (mut sender, mut receiver) = client::connect(config)?;
-    for seq in 0..count {
-        sender.send(&create_hunt(seq))?;
-    }
-    sender.flush()?;
-    let mut answered = 0;
-    while answered < count {
-        match receiver.recv_timeout(Duration::from_secs(10)) {
-            Ok(Incoming::Replies(frame)) => answered += frame.replies().count() as u64,
-            other => panic!("unexpected {:?}", other.map(|_| ())),
-        }
-    }
-    Ok(())
+/// Removes a [`secret_file`] and its directory.
+fn remove_secret_file(path: &Path) {
+    let _ = std::fs::remove_dir_all(path.parent().expect("a secret file has a directory"));
 }
 
 // ---- authentication and the listen address ----------------------------------------------
 
 #[test]
 fn without_a_secret_a_node_listens_on_loopback_and_refuses_a_public_address() {
-    let node = NodeProcess::start(&["--port", "0", "--shards", "1"]);
+    let node = ChildNode::start(&["--port", "0", "--shards", "1"]);
     assert!(node.addr.ip().is_loopback(), "{}", node.addr);
     node.stop();
     // Refused before anything is bound, so nothing listens beyond loopback even for a moment.
@@ -166,7 +54,7 @@ fn without_a_secret_a_node_listens_on_loopback_and_refuses_a_public_address() {
         trove().args([
             "node", "--listen", "0.0.0.0", "--port", "0", "--shards", "1",
         ]),
-        Duration::from_secs(20),
+        COMMAND_WAIT,
     );
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{text}");
@@ -180,7 +68,7 @@ fn without_a_secret_a_node_listens_on_loopback_and_refuses_a_public_address() {
 #[test]
 fn a_node_with_a_secret_serves_only_clients_that_prove_it() {
     let secret_path = secret_file("node", &format!("{SECRET}\n"));
-    let node = NodeProcess::start(&[
+    let node = ChildNode::start(&[
         "--port",
         "0",
         "--shards",
@@ -231,6 +119,7 @@ fn a_node_with_a_secret_serves_only_clients_that_prove_it() {
     assert!(text.contains("requires authentication"), "{text}");
 
     let report = node.stop();
+    remove_secret_file(&secret_path);
     let failed: u64 = report
         .lines()
         .filter_map(|line| {
@@ -243,7 +132,7 @@ fn a_node_with_a_secret_serves_only_clients_that_prove_it() {
 
 #[test]
 fn a_client_with_a_secret_is_told_when_the_node_asks_for_none() {
-    let node = Node::start(&NodeConfig::loopback(vec![allowed_cpus()[0]])).unwrap();
+    let node = in_process_node(1, |_| {});
     let mut config = ClientConfig::new(node.addr());
     config.auth = Some(Arc::new(
         AuthSecret::from_file_contents(SECRET.as_bytes()).unwrap(),
@@ -266,9 +155,9 @@ fn a_client_with_a_secret_is_told_when_the_node_asks_for_none() {
 
 #[test]
 fn a_connection_that_never_authenticates_is_closed_after_the_handshake_limit() {
-    let mut config = NodeConfig::loopback(vec![allowed_cpus()[0]]);
-    config.auth = Some(AuthSecret::from_file_contents(SECRET.as_bytes()).unwrap());
-    let node = Node::start(&config).unwrap();
+    let node = in_process_node(1, |config| {
+        config.auth = Some(AuthSecret::from_file_contents(SECRET.as_bytes()).unwrap());
+    });
     let mut silent = TcpStream::connect(node.addr()).unwrap();
     let limit = Duration::from_millis(trove::constants::AUTH_HANDSHAKE_MS_MAX);
     silent.set_read_timeout(Some(limit * 3)).unwrap();
@@ -298,7 +187,7 @@ fn a_connection_that_never_authenticates_is_closed_after_the_handshake_limit() {
 #[test]
 fn a_second_node_on_the_same_port_exits_2() {
     let port = free_port().to_string();
-    let first = NodeProcess::start(&[
+    let first = ChildNode::start(&[
         "--port",
         &port,
         "--shard-port-base",
@@ -318,7 +207,7 @@ fn a_second_node_on_the_same_port_exits_2() {
             "--shards",
             "1",
         ]),
-        Duration::from_secs(20),
+        COMMAND_WAIT,
     );
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{text}");
@@ -368,7 +257,7 @@ fn error_text_for(addr: SocketAddr, frame: &[u8]) -> String {
 
 #[test]
 fn no_error_frame_sent_for_a_corrupted_event_holds_an_address() {
-    let node = Node::start(&NodeConfig::loopback(vec![allowed_cpus()[0]])).unwrap();
+    let node = in_process_node(1, |_| {});
     let event = Event {
         hunt: HuntId(1),
         player: PlayerId(2),
@@ -431,7 +320,7 @@ fn bench_target_refuses_the_embedded_nodes_flags() {
             trove()
                 .args(["bench", "--target", "127.0.0.1:9", "--quiet"])
                 .args(&flag),
-            Duration::from_secs(20),
+            COMMAND_WAIT,
         );
         let text = stderr(&output);
         assert_eq!(output.status.code(), Some(2), "{flag:?}: {text}");
@@ -526,7 +415,7 @@ fn node_usage_errors_exit_2_and_name_the_right_bound() {
     ] {
         let output = run_bounded(
             trove().args(["node", "--shards", "1"]).args(&flags),
-            Duration::from_secs(20),
+            COMMAND_WAIT,
         );
         let text = stderr(&output);
         assert_eq!(output.status.code(), Some(2), "{flags:?}: {text}");
@@ -541,8 +430,9 @@ fn node_usage_errors_exit_2_and_name_the_right_bound() {
             "--auth-secret-file",
             short.to_str().unwrap(),
         ]),
-        Duration::from_secs(20),
+        COMMAND_WAIT,
     );
+    remove_secret_file(&short);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("at least 16"),
@@ -551,18 +441,18 @@ fn node_usage_errors_exit_2_and_name_the_right_bound() {
     );
 }
 
+/// A one-shard `trove node` that serves at most `max` connections from one address.
+fn node_allowing_per_source(max: usize) -> ChildNode {
+    let max = max.to_string();
+    let per_source = ["--connections-per-source-max", max.as_str()];
+    ChildNode::start(&[&["--port", "0", "--shards", "1"][..], &per_source].concat())
+}
+
 #[test]
 fn the_stop_report_counts_connections_evicted_when_full() {
     let slots = trove::constants::CONNECTIONS_PER_SHARD_MAX;
     // Every slot from one address: lift the per-source limit, which would refuse them first.
-    let node = NodeProcess::start(&[
-        "--port",
-        "0",
-        "--shards",
-        "1",
-        "--connections-per-source-max",
-        &slots.to_string(),
-    ]);
+    let node = node_allowing_per_source(slots);
     let mut held = Vec::with_capacity(slots);
     for _ in 0..slots {
         held.push(TcpStream::connect(node.addr).unwrap());
@@ -687,6 +577,21 @@ impl FrameReader {
     }
 }
 
+/// Asserts that the next thing `reader` reads is an error frame with `code` whose message
+/// names each of `words`; `who` is whom the frame should have told.
+fn assert_error_naming(reader: &mut FrameReader, code: u16, words: &[&str], who: &str) {
+    match reader.next() {
+        Received::Error { code: got, message } => {
+            assert_eq!(got, code, "{who}: {message}");
+            assert!(
+                words.iter().all(|word| message.contains(word)),
+                "{who}: {message} does not name {words:?}"
+            );
+        }
+        _ => panic!("{who} was closed without a reason"),
+    }
+}
+
 fn events_frame(events: &[Event]) -> Vec<u8> {
     let mut frame = FrameBuilder::new();
     frame.begin(FrameKind::Events);
@@ -705,12 +610,6 @@ fn join_event(seq: u64, ts: u64) -> Event {
         client_ts: ts,
         kind: EventKind::Join,
     }
-}
-
-fn one_shard_node(change: impl FnOnce(&mut NodeConfig)) -> Node {
-    let mut config = NodeConfig::loopback(vec![allowed_cpus()[0]]);
-    change(&mut config);
-    Node::start(&config).unwrap()
 }
 
 /// The `fraction` percentile of sorted latencies; none at all is as bad as it gets.
@@ -735,7 +634,7 @@ struct OverloadRun {
 /// 50,000 a second for three seconds, from one client that reads every reply. With
 /// `wait_for_all`, the node stops once every event is answered; else at once.
 fn overload(fail_fast: bool, wait_for_all: bool, warm_up: Duration) -> OverloadRun {
-    let node = one_shard_node(|config| {
+    let node = in_process_node(1, |config| {
         config.runtime.fail_fast = fail_fast;
         config.runtime.apply_delay = Some(trove::runtime::config::ApplyDelay {
             shard: trove::core::ids::ShardId(0),
@@ -894,29 +793,17 @@ fn map_answered(stream: &mut TcpStream) -> bool {
 
 #[test]
 fn one_address_gets_its_share_of_connections_and_others_still_get_in() {
-    let node = NodeProcess::start(&[
-        "--port",
-        "0",
-        "--shards",
-        "1",
-        "--connections-per-source-max",
-        "2",
-    ]);
+    let node = node_allowing_per_source(2);
     let mut first = connect_from([127, 0, 0, 2], node.addr);
     let mut second = connect_from([127, 0, 0, 2], node.addr);
     assert!(map_answered(&mut first) && map_answered(&mut second));
     let third = connect_from([127, 0, 0, 2], node.addr);
-    match FrameReader::new(third).next() {
-        Received::Error { code, message } => {
-            assert_eq!(code, trove::core::codec::ERROR_CODE_CONNECTION_LIMIT);
-            assert!(
-                message.contains("--connections-per-source-max")
-                    && message.contains("2 connections"),
-                "{message}"
-            );
-        }
-        _ => panic!("the third connection from one address was not refused with a reason"),
-    }
+    assert_error_naming(
+        &mut FrameReader::new(third),
+        trove::core::codec::ERROR_CODE_CONNECTION_LIMIT,
+        &["--connections-per-source-max", "2 connections"],
+        "the third connection from one address",
+    );
     let mut other = connect_from([127, 0, 0, 3], node.addr);
     assert!(map_answered(&mut other), "another address is served");
     assert!(map_answered(&mut first), "the first two are still served");
@@ -929,7 +816,7 @@ fn one_address_gets_its_share_of_connections_and_others_still_get_in() {
 #[test]
 fn a_frame_dribbled_a_byte_a_second_is_closed_with_a_reason() {
     let limit = Duration::from_millis(500);
-    let node = one_shard_node(|config| config.runtime.frame_arrival = limit);
+    let node = in_process_node(1, |config| config.runtime.frame_arrival = limit);
     let stream = TcpStream::connect(node.addr()).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -946,16 +833,12 @@ fn a_frame_dribbled_a_byte_a_second_is_closed_with_a_reason() {
         }
     });
     let mut reader = FrameReader::new(stream);
-    match reader.next() {
-        Received::Error { code, message } => {
-            assert_eq!(code, trove::core::shard::ERROR_CODE_CONNECTION_CLOSED);
-            assert!(
-                message.contains("--frame-arrival-ms") && message.contains("500 ms"),
-                "{message}"
-            );
-        }
-        _ => panic!("no reason given after {:?}", started.elapsed()),
-    }
+    assert_error_naming(
+        &mut reader,
+        trove::core::shard::ERROR_CODE_CONNECTION_CLOSED,
+        &["--frame-arrival-ms", "500 ms"],
+        "a connection dribbling a frame",
+    );
     let waited = started.elapsed();
     assert!(
         waited >= limit && waited < limit * 6,
@@ -974,22 +857,20 @@ fn a_frame_dribbled_a_byte_a_second_is_closed_with_a_reason() {
 
 #[test]
 fn an_idle_connection_is_told_why_it_is_closed() {
-    let node = one_shard_node(|config| config.runtime.idle_timeout = Duration::from_millis(300));
+    let node = in_process_node(1, |config| {
+        config.runtime.idle_timeout = Duration::from_millis(300)
+    });
     let stream = TcpStream::connect(node.addr()).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let mut reader = FrameReader::new(stream);
-    match reader.next() {
-        Received::Error { code, message } => {
-            assert_eq!(code, trove::core::shard::ERROR_CODE_CONNECTION_CLOSED);
-            assert!(
-                message.contains("300 ms") && message.contains("--idle-timeout-ms"),
-                "{message}"
-            );
-        }
-        _ => panic!("an idle connection was closed without a reason"),
-    }
+    assert_error_naming(
+        &mut reader,
+        trove::core::shard::ERROR_CODE_CONNECTION_CLOSED,
+        &["300 ms", "--idle-timeout-ms"],
+        "an idle connection",
+    );
     assert!(matches!(reader.next(), Received::End));
     assert_eq!(node.stop().shards[0].connections_idle_closed, 1);
 }
@@ -999,7 +880,7 @@ fn stopping_under_load_answers_or_counts_every_event_written() {
     // A shard that applies at most 50,000 events a second, sent 60,000 as fast as the sockets
     // take them; the node stops as soon as the client has written them all, with most of
     // them still in the sockets.
-    let node = one_shard_node(|config| {
+    let node = in_process_node(1, |config| {
         config.runtime.apply_delay = Some(trove::runtime::config::ApplyDelay {
             shard: trove::core::ids::ShardId(0),
             per_event: Duration::from_micros(20),
@@ -1063,7 +944,7 @@ fn stopping_under_load_answers_or_counts_every_event_written() {
 #[test]
 fn a_client_guessing_claim_codes_is_stopped_and_never_wins() {
     use trove::core::message::{Position, TreasureSpec, WaypointSpec, claim_code_hash};
-    let node = one_shard_node(|_| {});
+    let node = in_process_node(1, |_| {});
     let stream = TcpStream::connect(node.addr()).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))

@@ -4,45 +4,26 @@
 //! benchmark reports is true: a stall shows in corrected latency and not in uncorrected, a
 //! sweep finds a knee, a real run's summary matches its schema, bad flags are refused.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::ffi::OsString;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 
-/// The tests of this file run one at a time: each starts nodes and load generators that would
-/// otherwise compete for the same two CPUs and blur what the others measure (a stall, a knee).
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+use support::{
+    COMMAND_WAIT, ChildNode, Spawned, disk_scratch_dir, installed, one_at_a_time, run_bounded,
+    scratch_dir, text, trove,
+};
 
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn trove() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_trove"))
-}
-
-fn out_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("trove-bench-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn run(command: &mut Command) -> Output {
-    command.output().expect("trove runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+/// How long one bench of these tests may run: seconds of load, a loaded host's set-up.
+const BENCH_WAIT: Duration = Duration::from_secs(120);
+/// How long a sweep may run: steps of half a second until a rate fails, each set up anew.
+const SWEEP_WAIT: Duration = Duration::from_secs(300);
+/// A small workload (100 hunts of 10 players), and only the summary printed.
+const SMALL_AND_QUIET: [&str; 5] = ["--hunts", "100", "--players", "10", "--quiet"];
 
 fn summary(dir: &Path) -> Value {
     let bytes = std::fs::read(dir.join("summary.json")).expect("the run wrote summary.json");
@@ -59,98 +40,38 @@ fn microseconds(summary: &Value, path: &[&str]) -> f64 {
         .unwrap_or_else(|| panic!("{path:?} is not a number in {summary}"))
 }
 
-/// A `trove node` child process on a free loopback port; stopped (SIGCONT, SIGINT) on drop.
-struct ChildNode {
-    child: Child,
-    port: u16,
-}
-
-impl ChildNode {
-    fn start() -> ChildNode {
-        let mut child = trove()
-            .args([
-                "node",
-                "--listen",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--metrics-listen",
-                "off",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("trove node starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .split("127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|port| port.parse().ok())
-            .unwrap_or_else(|| panic!("no port in `{line}`"));
-        ChildNode { child, port }
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-    }
-}
-
-impl Drop for ChildNode {
-    fn drop(&mut self) {
-        self.signal(libc::SIGCONT);
-        self.signal(libc::SIGINT);
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_stall_shows_in_corrected_latency_and_not_in_uncorrected() {
     let _serial = one_at_a_time();
-    let node = ChildNode::start();
-    let dir = out_dir("stall");
-    let target = format!("127.0.0.1:{}", node.port);
+    let node = ChildNode::start(&["--listen", "127.0.0.1", "--port", "0"]);
+    let dir = scratch_dir("bench-stall");
+    let target = node.addr.to_string();
     // Few events in flight per connection, as with wrk2's connections: when the node stalls,
     // the generator falls behind schedule instead of queueing thousands of events, so only a
     // handful of events are *sent* into the stall, while thousands are *due* during it.
-    let bench = trove()
-        .args([
-            "bench",
-            "--target",
-            &target,
-            "--rate",
-            "5000",
-            "--inflight-max",
-            "4",
-            "--connections",
-            "2",
-        ])
-        .args([
-            "--warmup",
-            "0.5",
-            "--duration",
-            "4",
-            "--hunts",
-            "100",
-            "--players",
-            "10",
-            "--quiet",
-        ])
-        .arg("--out")
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let bench = Spawned::start(
+        trove()
+            .args([
+                "bench",
+                "--target",
+                &target,
+                "--rate",
+                "5000",
+                "--inflight-max",
+                "4",
+                "--connections",
+                "2",
+            ])
+            .args(["--warmup", "0.5", "--duration", "4"])
+            .args(SMALL_AND_QUIET)
+            .arg("--out")
+            .arg(&dir),
+    );
     std::thread::sleep(Duration::from_millis(2_200));
     node.signal(libc::SIGSTOP);
     std::thread::sleep(Duration::from_millis(200));
     node.signal(libc::SIGCONT);
-    let output = bench.wait_with_output().unwrap();
+    let output = bench.finish(BENCH_WAIT);
     assert!(output.status.success(), "{}", text(&output));
     let summary = summary(&dir);
     let corrected = microseconds(&summary, &["main", "latency_us", "corrected", "p999"]);
@@ -174,33 +95,32 @@ fn a_stall_shows_in_corrected_latency_and_not_in_uncorrected() {
 #[test]
 fn a_short_sweep_finds_a_knee() {
     let _serial = one_at_a_time();
-    let dir = out_dir("sweep");
+    let dir = scratch_dir("bench-sweep");
     // A generous objective that low rates hold on any machine, even a loaded one (a 50 ms
     // objective at 20,000/s failed once on a shared 2-vCPU host: corrected latency counts a
     // 60 ms stall against every event it delayed); rates far past what the machine can carry
     // cannot keep up, so the sweep must find where it bends.
-    let output = run(trove()
-        .args([
-            "bench",
-            "--sweep",
-            "--sweep-start",
-            "5000",
-            "--sweep-factor",
-            "6",
-            "--sweep-step-s",
-            "0.5",
-            "--slo-p99-us",
-            "200000",
-            "--connections",
-            "1",
-            "--hunts",
-            "100",
-            "--players",
-            "10",
-            "--quiet",
-        ])
-        .arg("--out")
-        .arg(&dir));
+    let output = run_bounded(
+        trove()
+            .args([
+                "bench",
+                "--sweep",
+                "--sweep-start",
+                "5000",
+                "--sweep-factor",
+                "6",
+                "--sweep-step-s",
+                "0.5",
+                "--slo-p99-us",
+                "200000",
+                "--connections",
+                "1",
+            ])
+            .args(SMALL_AND_QUIET)
+            .arg("--out")
+            .arg(&dir),
+        SWEEP_WAIT,
+    );
     assert!(output.status.success(), "{}", text(&output));
     let summary = summary(&dir);
     let sweep = &summary["sweep"];
@@ -222,11 +142,14 @@ fn a_short_sweep_finds_a_knee() {
 #[test]
 fn the_default_run_reports_rate_and_percentiles_and_its_summary_matches_the_schema() {
     let _serial = one_at_a_time();
-    let dir = out_dir("default");
-    let output = run(trove()
-        .args(["bench", "--duration", "1", "--warmup", "0.2", "--quiet"])
-        .arg("--out")
-        .arg(&dir));
+    let dir = scratch_dir("bench-default");
+    let output = run_bounded(
+        trove()
+            .args(["bench", "--duration", "1", "--warmup", "0.2", "--quiet"])
+            .arg("--out")
+            .arg(&dir),
+        BENCH_WAIT,
+    );
     assert!(output.status.success(), "{}", text(&output));
     let printed = text(&output);
     for expected in ["achieved rate", "p99", "p99.9", "max"] {
@@ -237,16 +160,7 @@ fn the_default_run_reports_rate_and_percentiles_and_its_summary_matches_the_sche
     }
     let summary = summary(&dir);
     assert!(microseconds(&summary, &["main", "achieved_rate_per_s"]) > 0.0);
-    let schema: Value = serde_json::from_str(trove::bench::report::SUMMARY_SCHEMA_JSON).unwrap();
-    let validator = jsonschema::validator_for(&schema).unwrap();
-    let problems: Vec<String> = validator
-        .iter_errors(&summary)
-        .map(|error| error.to_string())
-        .collect();
-    assert!(
-        problems.is_empty(),
-        "a real run's summary breaks its schema: {problems:?}"
-    );
+    assert_matches_schema(&summary);
     for file in [
         "trove.corrected.hgrm",
         "trove.hlog",
@@ -277,7 +191,7 @@ fn bad_flags_fail_with_a_clear_message() {
         ),
     ];
     for (flags, expected) in cases {
-        let output = run(trove().arg("bench").args(flags));
+        let output = run_bounded(trove().arg("bench").args(flags), COMMAND_WAIT);
         assert!(!output.status.success(), "{flags:?} succeeded");
         let printed = text(&output);
         assert!(
@@ -294,14 +208,17 @@ fn bad_flags_fail_with_a_clear_message() {
 #[test]
 fn the_null_sink_measures_the_generator_alone() {
     let _serial = one_at_a_time();
-    let output = run(trove().args([
-        "bench",
-        "--null-sink",
-        "--duration",
-        "0.3",
-        "--connections",
-        "1",
-    ]));
+    let output = run_bounded(
+        trove().args([
+            "bench",
+            "--null-sink",
+            "--duration",
+            "0.3",
+            "--connections",
+            "1",
+        ]),
+        BENCH_WAIT,
+    );
     assert!(output.status.success(), "{}", text(&output));
     let printed = text(&output);
     let rate: f64 = printed
@@ -313,56 +230,27 @@ fn the_null_sink_measures_the_generator_alone() {
     assert!(rate > 0.0);
 }
 
-/// Runs `command` with its output in files under `dir`, killing it past `limit`: a bench that
-/// hangs fails its test instead of stalling the suite.
-fn run_bounded(command: &mut Command, dir: &Path, limit: Duration) -> Output {
-    std::fs::create_dir_all(dir).unwrap();
-    let (stdout, stderr) = (dir.join("stdout.txt"), dir.join("stderr.txt"));
-    let mut child = command
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .expect("trove runs");
-    let deadline = std::time::Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the bench ran past {limit:?}; it printed:\n{}{}",
-                std::fs::read_to_string(&stdout).unwrap_or_default(),
-                std::fs::read_to_string(&stderr).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Output {
-        status,
-        stdout: std::fs::read(&stdout).unwrap(),
-        stderr: std::fs::read(&stderr).unwrap(),
-    }
+/// Asserts that a bench given `scratch` as its TMPDIR left nothing there.
+fn assert_nothing_left(scratch: &Path) {
+    let left: Vec<OsString> = std::fs::read_dir(scratch)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "the bench left behind: {left:?}");
 }
 
-/// A bench's own scratch space on a disk (the target dir, never tmpfs), given to it as TMPDIR
-/// so the test can see what it leaves behind.
-fn disk_tmpdir(name: &str) -> PathBuf {
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn schema_problems(summary: &Value) -> Vec<String> {
+/// A real run's summary keeps to the schema it names.
+fn assert_matches_schema(summary: &Value) {
     let schema: Value = serde_json::from_str(trove::bench::report::SUMMARY_SCHEMA_JSON).unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
-    validator
+    let problems: Vec<String> = validator
         .iter_errors(summary)
         .map(|error| error.to_string())
-        .collect()
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "a real run's summary breaks its schema: {problems:?}"
+    );
 }
 
 /// Every event of a run was answered, by an acknowledgement or a refusal, and none failed.
@@ -385,8 +273,8 @@ fn assert_every_event_answered(summary: &Value, run: &str) {
 #[test]
 fn a_sync_durability_run_reports_its_syncs_answers_every_event_and_removes_its_data_dir() {
     let _serial = one_at_a_time();
-    let scratch = disk_tmpdir("sync");
-    let dir = out_dir("durability-sync");
+    let scratch = disk_scratch_dir("bench-sync");
+    let dir = scratch_dir("bench-durability-sync");
     let output = run_bounded(
         trove()
             .args(["bench", "--durability", "sync", "--duration", "1"])
@@ -400,8 +288,7 @@ fn a_sync_durability_run_reports_its_syncs_answers_every_event_and_removes_its_d
             .arg("--out")
             .arg(&dir)
             .env("TMPDIR", &scratch),
-        &scratch.join("output"),
-        Duration::from_secs(120),
+        BENCH_WAIT,
     );
     let printed = text(&output);
     assert!(output.status.success(), "{printed}");
@@ -428,20 +315,8 @@ fn a_sync_durability_run_reports_its_syncs_answers_every_event_and_removes_its_d
     assert_eq!(synced, applied, "{summary}");
     assert!(log["events_per_sync"].as_f64().unwrap() >= 1.0, "{log}");
     assert_every_event_answered(&summary, "main");
-    let problems = schema_problems(&summary);
-    assert!(
-        problems.is_empty(),
-        "the summary breaks its schema: {problems:?}"
-    );
-    let left: Vec<_> = std::fs::read_dir(&scratch)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name())
-        .filter(|name| name != "output")
-        .collect();
-    assert!(
-        left.is_empty(),
-        "the bench left its data dir behind: {left:?}"
-    );
+    assert_matches_schema(&summary);
+    assert_nothing_left(&scratch);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&scratch);
 }
@@ -449,7 +324,7 @@ fn a_sync_durability_run_reports_its_syncs_answers_every_event_and_removes_its_d
 #[test]
 fn a_data_dir_given_to_an_async_run_is_kept() {
     let _serial = one_at_a_time();
-    let scratch = disk_tmpdir("async");
+    let scratch = disk_scratch_dir("bench-async");
     let data = scratch.join("data");
     let output = run_bounded(
         trove()
@@ -457,8 +332,7 @@ fn a_data_dir_given_to_an_async_run_is_kept() {
             .args(["--warmup", "0.2", "--quiet"])
             .arg("--data-dir")
             .arg(&data),
-        &scratch.join("output"),
-        Duration::from_secs(120),
+        BENCH_WAIT,
     );
     let printed = text(&output);
     assert!(output.status.success(), "{printed}");
@@ -477,14 +351,20 @@ fn durability_flags_with_a_target_are_a_usage_error() {
         &["--durability", "sync"][..],
         &["--durability", "async", "--data-dir", "/nonexistent/data"][..],
     ] {
-        let output = run(trove()
-            .args(["bench", "--target", "127.0.0.1:1"])
-            .args(flags));
+        let output = run_bounded(
+            trove()
+                .args(["bench", "--target", "127.0.0.1:1"])
+                .args(flags),
+            COMMAND_WAIT,
+        );
         let printed = text(&output);
         assert_eq!(output.status.code(), Some(2), "{flags:?}: {printed}");
         assert!(printed.contains("--target"), "{flags:?}: {printed}");
     }
-    let alone = run(trove().args(["bench", "--data-dir", "/nonexistent/data"]));
+    let alone = run_bounded(
+        trove().args(["bench", "--data-dir", "/nonexistent/data"]),
+        COMMAND_WAIT,
+    );
     assert_eq!(alone.status.code(), Some(2), "{}", text(&alone));
     assert!(text(&alone).contains("--durability"), "{}", text(&alone));
 }
@@ -492,19 +372,11 @@ fn durability_flags_with_a_target_are_a_usage_error() {
 #[test]
 fn redis_with_an_append_only_file_synced_always_runs_the_same_stream() {
     let _serial = one_at_a_time();
-    if Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_err()
-    {
-        eprintln!(
-            "SKIPPED: redis-server is not installed; `apt-get install redis-server` runs this test"
-        );
+    if installed("redis-server").is_none() {
         return;
     }
-    let scratch = disk_tmpdir("redis-aof");
-    let dir = out_dir("redis-aof");
+    let scratch = disk_scratch_dir("bench-redis-aof");
+    let dir = scratch_dir("bench-redis-aof");
     let output = run_bounded(
         trove()
             .args(["bench", "--durability", "sync", "--duration", "1"])
@@ -513,7 +385,6 @@ fn redis_with_an_append_only_file_synced_always_runs_the_same_stream() {
             .arg("--out")
             .arg(&dir)
             .env("TMPDIR", &scratch),
-        &scratch.join("output"),
         Duration::from_secs(180),
     );
     let printed = text(&output);
@@ -524,20 +395,8 @@ fn redis_with_an_append_only_file_synced_always_runs_the_same_stream() {
     assert_eq!(summary["peer"]["target"], "redis-aof-always", "{summary}");
     assert_every_event_answered(&summary, "main");
     assert_every_event_answered(&summary, "peer");
-    let problems = schema_problems(&summary);
-    assert!(
-        problems.is_empty(),
-        "the summary breaks its schema: {problems:?}"
-    );
-    let left: Vec<_> = std::fs::read_dir(&scratch)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name())
-        .filter(|name| name != "output")
-        .collect();
-    assert!(
-        left.is_empty(),
-        "the bench left a directory behind: {left:?}"
-    );
+    assert_matches_schema(&summary);
+    assert_nothing_left(&scratch);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&scratch);
 }

@@ -4,11 +4,16 @@
 //! one shard or two, with shard-aware clients and with clients that make the mesh carry the
 //! traffic; a shard slowed on purpose fills its budget and blocks senders without losing
 //! anything or growing; malformed input gets a clear error while other connections carry on.
+//!
+//! The tests run one at a time: one measures the process's resident memory, and nodes started
+//! by other tests in the same process would move it.
+
+#[path = "support/mod.rs"]
+mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use trove::client::{self, ClientConfig, EventSender, Incoming, ReplyReceiver};
@@ -19,31 +24,12 @@ use trove::core::message::{
     ArchivedErrorMessage, ArchivedOutcome, Event, EventKind, HuntSpec, TreasureSpec,
     claim_code_hash,
 };
-use trove::host::affinity::allowed_cpus;
-use trove::node::{Node, NodeConfig, NodeReport};
+use trove::node::{Node, NodeReport};
 use trove::runtime::config::{ApplyDelay, Budget};
 
+use support::{in_process_node, one_at_a_time};
+
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The tests of this file run one at a time: one measures the process's resident memory, and
-/// nodes started by other tests in the same process would move it.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn cpus(shards: usize) -> Vec<usize> {
-    allowed_cpus().into_iter().cycle().take(shards).collect()
-}
-
-fn start(shards: usize, edit: impl FnOnce(&mut NodeConfig)) -> Node {
-    let mut config = NodeConfig::loopback(cpus(shards));
-    edit(&mut config);
-    Node::start(&config).expect("the node starts")
-}
 
 fn connect(node: &Node, shard_aware: bool) -> (EventSender, ReplyReceiver) {
     let mut config = ClientConfig::new(node.addr());
@@ -218,7 +204,7 @@ fn forwarded(report: &NodeReport) -> (u64, u64) {
 #[test]
 fn one_shard_answers_every_event_once_in_order() {
     let _serial = one_at_a_time();
-    let node = start(1, |_| {});
+    let node = in_process_node(1, |_| {});
     let (sent, outcomes, order) = drive(&node, true, 40, 5, 50);
     assert_every_event_answered_once_in_partition_order(&sent, &outcomes, &order);
     assert_one_winner_per_treasure(&sent, &outcomes);
@@ -230,7 +216,7 @@ fn one_shard_answers_every_event_once_in_order() {
 #[test]
 fn two_shards_with_a_shard_aware_client_cross_no_core() {
     let _serial = one_at_a_time();
-    let node = start(2, |_| {});
+    let node = in_process_node(2, |_| {});
     let (sent, outcomes, order) = drive(&node, true, 60, 5, 50);
     assert_every_event_answered_once_in_partition_order(&sent, &outcomes, &order);
     assert_one_winner_per_treasure(&sent, &outcomes);
@@ -246,7 +232,7 @@ fn two_shards_with_a_shard_aware_client_cross_no_core() {
 #[test]
 fn two_shards_with_a_plain_client_carry_events_over_the_mesh() {
     let _serial = one_at_a_time();
-    let node = start(2, |_| {});
+    let node = in_process_node(2, |_| {});
     let (sent, outcomes, order) = drive(&node, false, 60, 5, 80);
     assert_every_event_answered_once_in_partition_order(&sent, &outcomes, &order);
     assert_one_winner_per_treasure(&sent, &outcomes);
@@ -284,7 +270,7 @@ fn a_slow_shard_fills_its_budget_blocks_senders_and_loses_nothing() {
         mesh_events: 256,
         ..Budget::default()
     };
-    let node = start(2, |config| {
+    let node = in_process_node(2, |config| {
         config.runtime.budget = budget;
         config.runtime.apply_delay = Some(ApplyDelay {
             shard: ShardId(1),
@@ -367,7 +353,7 @@ fn a_slow_shard_fills_its_budget_blocks_senders_and_loses_nothing() {
 #[test]
 fn fail_fast_answers_busy_instead_of_waiting() {
     let _serial = one_at_a_time();
-    let node = start(2, |config| {
+    let node = in_process_node(2, |config| {
         config.runtime.fail_fast = true;
         config.runtime.budget = Budget {
             shard_events: 64,
@@ -483,7 +469,7 @@ fn with_valid_header_checksum(mut frame: Vec<u8>) -> Vec<u8> {
 #[test]
 fn malformed_input_gets_a_clear_error_and_other_connections_carry_on() {
     let _serial = one_at_a_time();
-    let node = start(2, |_| {});
+    let node = in_process_node(2, |_| {});
     let (mut sender, mut receiver) = connect(&node, false);
     let oversized = {
         let mut frame = good_frame(1, 1);
@@ -559,7 +545,7 @@ fn malformed_input_gets_a_clear_error_and_other_connections_carry_on() {
 fn a_full_shard_closes_its_longest_idle_connection_for_a_new_one() {
     let _serial = one_at_a_time();
     // Every slot from one address: lift the per-source limit, which would refuse them first.
-    let node = start(1, |config| {
+    let node = in_process_node(1, |config| {
         config.runtime.connections_per_source_max = trove::constants::CONNECTIONS_PER_SHARD_MAX
     });
     let addr: SocketAddr = node.shard_addrs()[0];
@@ -603,7 +589,7 @@ fn a_full_shard_closes_its_longest_idle_connection_for_a_new_one() {
 #[test]
 fn stopping_answers_every_event_the_node_accepted() {
     let _serial = one_at_a_time();
-    let node = start(2, |_| {});
+    let node = in_process_node(2, |_| {});
     let (mut sender, mut receiver) = connect(&node, false);
     for hunt in 0..16 {
         sender
@@ -679,7 +665,7 @@ fn stopping_answers_every_event_the_node_accepted() {
 #[test]
 fn a_client_that_never_reads_its_replies_cannot_hold_the_node_at_shutdown() {
     let _serial = one_at_a_time();
-    let node = start(1, |config| {
+    let node = in_process_node(1, |config| {
         config.runtime.budget = Budget {
             shard_events: 4096,
             connection_events: 4096,
@@ -772,7 +758,7 @@ fn never_reading_client(node: &Node, hunt: u64) -> TcpStream {
 #[test]
 fn clients_that_never_read_cannot_starve_the_others() {
     let _serial = one_at_a_time();
-    let node = start(1, |_| {});
+    let node = in_process_node(1, |_| {});
     let hogs: Vec<TcpStream> = (0..3)
         .map(|index| never_reading_client(&node, 1_000 + index))
         .collect();
@@ -786,7 +772,7 @@ fn clients_that_never_read_cannot_starve_the_others() {
 #[test]
 fn a_map_request_is_answered_while_another_client_holds_the_whole_budget() {
     let _serial = one_at_a_time();
-    let node = start(1, |config| {
+    let node = in_process_node(1, |config| {
         config.runtime.budget = Budget {
             shard_events: 256,
             connection_events: 256,
@@ -811,7 +797,7 @@ fn a_map_request_is_answered_while_another_client_holds_the_whole_budget() {
 #[test]
 fn idle_sockets_filling_every_slot_do_not_lock_clients_out() {
     let _serial = one_at_a_time();
-    let node = start(1, |config| {
+    let node = in_process_node(1, |config| {
         config.runtime.idle_timeout = Duration::from_millis(500);
         // Every slot from one address: lift the per-source limit, which would refuse them first.
         config.runtime.connections_per_source_max = trove::constants::CONNECTIONS_PER_SHARD_MAX;

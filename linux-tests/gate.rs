@@ -1,15 +1,19 @@
 //! `trove gate` end to end: the binary judges summary files written the way `trove bench`
 //! writes them, and its exit code, terminal output, markdown and JUnit say the right thing.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::Output;
 
 use hdrhistogram::Histogram;
 use serde_json::Value;
 use trove::bench::report::{Calibration, LoadModel, Report, RunRecord, Summary};
 use trove::host::fingerprint::{HostFingerprint, HostSources};
+
+use support::{COMMAND_WAIT, run_bounded, scratch_dir, trove};
 
 /// A latency histogram (ns) with `count` values spread evenly over `low..high`.
 fn histogram(low: u64, high: u64, count: u64) -> Histogram<u64> {
@@ -85,15 +89,9 @@ struct Workspace {
 
 impl Workspace {
     fn new(name: &str) -> Workspace {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "trove-gate-test-{}-{name}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Workspace { dir }
+        Workspace {
+            dir: scratch_dir(&format!("gate-{name}")),
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -129,12 +127,12 @@ impl Drop for Workspace {
 }
 
 fn gate(baseline: &Path, current: &[PathBuf], extra: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_trove"));
+    let mut command = trove();
     command.arg("gate").arg("--baseline").arg(baseline);
     if !current.is_empty() {
         command.arg("--current").args(current);
     }
-    command.args(extra).output().expect("trove runs")
+    run_bounded(command.args(extra), COMMAND_WAIT)
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -5,113 +5,36 @@
 //!
 //! Every node here listens on loopback, on ports the kernel picks, and is stopped by the test.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The tests of this file run one at a time: each starts a node and load on the same CPUs.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+use support::{
+    COMMAND_WAIT, ChildNode, Spawned, disk_scratch_dir, free_port, installed, one_at_a_time,
+    repo_path, run_bounded, run_bounded_with_input, scratch_dir, stderr, stdout, text, trove,
+    wait_until, whole_lines,
+};
 
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+/// How long a bench of these tests may run: seconds of load, a loaded host's set-up.
+const BENCH_WAIT: Duration = Duration::from_secs(120);
 
-fn trove() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_trove"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("trove-metrics-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-/// A `trove node` child with 2 shards and `/metrics` on a free port; stopped on drop.
-struct ChildNode {
-    child: Child,
-    addr: SocketAddr,
-    metrics: SocketAddr,
-}
-
-impl ChildNode {
-    fn start() -> ChildNode {
-        ChildNode::start_with(&[])
-    }
-
-    /// A node as [`Self::start`] makes, with `extra` arguments.
-    fn start_with(extra: &[&str]) -> ChildNode {
-        let mut child = trove()
-            .args([
-                "node",
-                "--listen",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--shards",
-                "2",
-            ])
-            .args(["--metrics-listen", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("trove runs");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut address_after = |marker: &str| -> SocketAddr {
-            let mut line = String::new();
-            stdout.read_line(&mut line).unwrap();
-            line.split(marker)
-                .nth(1)
-                .and_then(|rest| rest.split(['/', ' ']).next())
-                .and_then(|addr| addr.parse().ok())
-                .unwrap_or_else(|| panic!("no address after `{marker}` in `{line}`"))
-        };
-        let addr = address_after("listening on ");
-        let metrics = address_after("metrics at http://");
-        ChildNode {
-            child,
-            addr,
-            metrics,
-        }
-    }
-}
-
-/// How long a node may take to stop after SIGINT before the test kills it.
-const NODE_STOP_WAIT: Duration = Duration::from_secs(15);
-
-impl Drop for ChildNode {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + NODE_STOP_WAIT;
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // Not a panic: this may run while a failed test unwinds. The stop itself is the
-        // node tests' subject; here the node must just not outlive the test.
-        eprintln!(
-            "trove node {} did not stop within {NODE_STOP_WAIT:?} of SIGINT; killed",
-            self.child.id()
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `trove node` child with 2 shards and `/metrics` on a free port, with `extra` arguments.
+fn metrics_node(extra: &[&str]) -> ChildNode {
+    let mut args = vec!["--listen", "127.0.0.1", "--port", "0", "--shards", "2"];
+    args.extend(["--metrics-listen", "127.0.0.1:0"]);
+    args.extend_from_slice(extra);
+    ChildNode::start(&args)
 }
 
 /// A child's resident memory, from `/proc/PID/status`.
-fn rss_bytes(child: &Child) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kib: u64 = status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
@@ -179,23 +102,20 @@ fn scrape_until(
     what: &str,
     ready: impl Fn(&prometheus_parse::Scrape) -> bool,
 ) -> prometheus_parse::Scrape {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_until(what, Duration::from_secs(10), || {
         let scrape = scrape(metrics);
         if ready(&scrape) {
-            return scrape;
+            return Ok(scrape);
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: never seen in 10 s; last scrape: {:?}",
+        Err(format!(
+            "{:?}",
             scrape
                 .samples
                 .iter()
                 .map(|s| (&s.metric, &s.labels, &s.value))
                 .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        ))
+    })
 }
 
 const HUNTS: u64 = 50;
@@ -204,41 +124,34 @@ const PLAYERS: u64 = 10;
 /// Runs a short open-loop bench against `node`, not shard-aware (so shards forward), and
 /// returns its summary and what it printed.
 fn bench(node: &ChildNode, name: &str) -> (Value, String) {
-    let dir = temp_dir(name);
-    let output = trove()
-        .args(["bench", "--target", &node.addr.to_string()])
-        .args(["--rate", "20000", "--warmup", "0", "--duration", "1"])
-        .args([
-            "--hunts",
-            &HUNTS.to_string(),
-            "--players",
-            &PLAYERS.to_string(),
-        ])
-        .args(["--connections", "2", "--no-shard-aware", "--quiet"])
-        .args(["--target-metrics", &node.metrics.to_string(), "--out"])
-        .arg(&dir)
-        .output()
-        .expect("trove runs");
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    let dir = scratch_dir(&format!("metrics-{name}"));
+    let output = run_bounded(
+        trove()
+            .args(["bench", "--target", &node.addr.to_string()])
+            .args(["--rate", "20000", "--warmup", "0", "--duration", "1"])
+            .args([
+                "--hunts",
+                &HUNTS.to_string(),
+                "--players",
+                &PLAYERS.to_string(),
+            ])
+            .args(["--connections", "2", "--no-shard-aware", "--quiet"])
+            .args(["--target-metrics", &node.metrics().to_string(), "--out"])
+            .arg(&dir),
+        BENCH_WAIT,
     );
+    assert!(output.status.success(), "{}", text(&output));
     let summary: Value =
         serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    (
-        summary,
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
+    (summary, stdout(&output))
 }
 
 #[test]
 fn the_counters_add_up_to_what_the_bench_sent() {
     let _serial = one_at_a_time();
-    let node = ChildNode::start();
-    let before = scrape_until(node.metrics, "both shards", |s| {
+    let node = metrics_node(&[]);
+    let before = scrape_until(node.metrics(), "both shards", |s| {
         s.samples
             .iter()
             .filter(|sample| sample.metric == "trove_events_applied_total")
@@ -253,7 +166,7 @@ fn the_counters_add_up_to_what_the_bench_sent() {
     assert_eq!(events["errors"].as_u64(), Some(0), "{summary}");
     // The bench sets each hunt up first: one CreateHunt and one Join per player.
     let expected = (sent + HUNTS * (1 + PLAYERS)) as f64;
-    scrape_until(node.metrics, "every event applied", |s| {
+    scrape_until(node.metrics(), "every event applied", |s| {
         total(s, "trove_events_applied_total") >= expected
     });
     // The bench's own account of the node, from /metrics before and after (--target-metrics).
@@ -274,7 +187,7 @@ fn the_counters_add_up_to_what_the_bench_sent() {
     assert_eq!(applied_by_difference as f64, expected, "{difference}");
     // One more snapshot period: every shard's snapshot is now from after the bench ended.
     std::thread::sleep(Duration::from_millis(1_500));
-    let after = scrape(node.metrics);
+    let after = scrape(node.metrics());
     assert_eq!(total(&after, "trove_events_applied_total"), expected);
     let forwarded = total(&after, "trove_events_forwarded_total");
     assert!(
@@ -352,7 +265,7 @@ fn the_counters_add_up_to_what_the_bench_sent() {
     assert_eq!(total(&after, "trove_reply_bytes_queued"), 0.0);
     // Every series the dashboard and the alert rules name is one a node serves (the
     // cluster's: a node in a cluster, see the cluster test).
-    let (_, text) = get(node.metrics, "/metrics");
+    let (_, text) = get(node.metrics(), "/metrics");
     assert_names_served(&text, |name| !name.starts_with("trove_cluster_"));
     // Every histogram's +Inf bucket holds its count.
     for sample in after
@@ -395,17 +308,15 @@ fn value_of(sample: &prometheus_parse::Sample) -> f64 {
 fn a_node_with_a_data_dir_serves_its_log_syncs() {
     let _serial = one_at_a_time();
     // On the disk the build is on, not tmpfs: the syncs are real.
-    let data = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("trove-metrics-log-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    let node = ChildNode::start_with(&["--data-dir", data.to_str().unwrap()]);
+    let data = disk_scratch_dir("metrics-log");
+    let node = metrics_node(&["--data-dir", data.to_str().unwrap()]);
     let (summary, _) = bench(&node, "log");
     let sent = summary["main"]["events"]["sent"].as_u64().unwrap();
     assert!(sent > 0, "{summary}");
     let expected = (sent + HUNTS * (1 + PLAYERS)) as f64;
     // In sync mode every answered event's record was synced first, so once every event is
     // applied and answered, the log's records are exactly the events applied.
-    let after = scrape_until(node.metrics, "every event's record synced", |s| {
+    let after = scrape_until(node.metrics(), "every event's record synced", |s| {
         total(s, "trove_events_applied_total") >= expected
             && total(s, "trove_log_records_total") == total(s, "trove_events_applied_total")
     });
@@ -467,7 +378,7 @@ fn assert_names_served(text: &str, check: impl Fn(&str) -> bool) {
         "tuning/monitoring/alerts.yml",
         "tuning/monitoring/dashboard.json",
     ] {
-        let source = std::fs::read_to_string(repo(file)).unwrap();
+        let source = std::fs::read_to_string(repo_path(file)).unwrap();
         for (start, _) in source.match_indices("trove_") {
             let name: String = source[start..]
                 .chars()
@@ -483,152 +394,92 @@ fn assert_names_served(text: &str, check: impl Fn(&str) -> bool) {
     }
 }
 
-/// The path of a Debian program, or `None` after saying the test skips.
-fn installed(program: &str, test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(program))
-            .find(|path| path.is_file())
-    });
-    if found.is_none() {
-        println!(
-            "{test}: skipped: `{program}` is not installed (Debian: apt-get install prometheus)"
-        );
-    }
-    found
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
 #[test]
 fn promtool_accepts_a_real_scrape_and_the_alert_rules() {
-    let Some(promtool) = installed(
-        "promtool",
-        "promtool_accepts_a_real_scrape_and_the_alert_rules",
-    ) else {
+    let Some(promtool) = installed("promtool") else {
         return;
     };
     let _serial = one_at_a_time();
-    let node = ChildNode::start();
+    let node = metrics_node(&[]);
     let _ = bench(&node, "promtool");
-    let (status, body) = get(node.metrics, "/metrics");
+    let (status, body) = get(node.metrics(), "/metrics");
     assert_eq!(status, 200);
-    let mut check = Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let output = check.wait_with_output().unwrap();
+    let output = run_bounded_with_input(
+        Command::new(&promtool).args(["check", "metrics"]),
+        body.as_bytes(),
+        COMMAND_WAIT,
+    );
     assert!(
         output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        "promtool check metrics: {}",
+        text(&output)
     );
-    let output = Command::new(&promtool)
-        .args(["check", "rules"])
-        .arg(repo("tuning/monitoring/alerts.yml"))
-        .output()
-        .unwrap();
+    let output = run_bounded(
+        Command::new(&promtool)
+            .args(["check", "rules"])
+            .arg(repo_path("tuning/monitoring/alerts.yml")),
+        COMMAND_WAIT,
+    );
     assert!(
         output.status.success(),
-        "promtool check rules: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        "promtool check rules: {}",
+        text(&output)
     );
-}
-
-/// A free loopback port, released for the program that will listen on it.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Prometheus {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 #[test]
 fn prometheus_scrapes_a_node_and_answers_a_trove_series() {
-    let Some(prometheus) = installed(
-        "prometheus",
-        "prometheus_scrapes_a_node_and_answers_a_trove_series",
-    ) else {
+    let Some(prometheus) = installed("prometheus") else {
         return;
     };
     let _serial = one_at_a_time();
-    let node = ChildNode::start();
-    let dir = temp_dir("prometheus");
-    std::fs::create_dir_all(&dir).unwrap();
+    let node = metrics_node(&[]);
+    let dir = scratch_dir("metrics-prometheus");
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
             "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: trove\n    static_configs:\n      - targets: ['{}']\n",
-            node.metrics
+            node.metrics()
         ),
     )
     .unwrap();
     let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let child = Command::new(prometheus)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _prometheus = Prometheus { child, dir };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let answer = TcpStream::connect(web)
-            .ok()
-            .map(|_| get(web, "/api/v1/query?query=trove_config_shards"));
-        if let Some((200, body)) = &answer {
-            let json: Value = serde_json::from_str(body).unwrap();
-            if let Some(first) = json["data"]["result"].as_array().and_then(|r| r.first()) {
-                assert_eq!(first["value"][1], "2", "{json}");
-                assert_eq!(first["metric"]["job"], "trove", "{json}");
-                return;
+    let prometheus = Spawned::start(
+        Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}")),
+    );
+    let first = wait_until(
+        "prometheus answers trove_config_shards",
+        Duration::from_secs(30),
+        || {
+            let answer = TcpStream::connect(web)
+                .ok()
+                .map(|_| get(web, "/api/v1/query?query=trove_config_shards"));
+            if let Some((200, body)) = &answer {
+                let json: Value = serde_json::from_str(body).unwrap();
+                if let Some(first) = json["data"]["result"].as_array().and_then(|r| r.first()) {
+                    return Ok(first.clone());
+                }
             }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "prometheus never answered trove_config_shards: {answer:?}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+            Err(format!("{answer:?}"))
+        },
+    );
+    assert_eq!(first["value"][1], "2", "{first}");
+    assert_eq!(first["metric"]["job"], "trove", "{first}");
+    drop(prometheus);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn the_endpoint_refuses_bad_requests_with_a_4xx_that_says_why() {
     let _serial = one_at_a_time();
-    let node = ChildNode::start();
+    let node = metrics_node(&[]);
     let cases: [(&[u8], u16, &str); 5] = [
         (b"NOT HTTP AT ALL\r\n\r\n", 400, "malformed"),
         (b"DELETE /metrics HTTP/1.1\r\n\r\n", 405, "use GET"),
@@ -637,13 +488,13 @@ fn the_endpoint_refuses_bad_requests_with_a_4xx_that_says_why() {
         (b"GET /metrics HTTP/1.1\r\n\r\n", 200, "trove_build_info"),
     ];
     for (request, status, says) in cases {
-        let (got, body) = http(node.metrics, request);
+        let (got, body) = http(node.metrics(), request);
         assert_eq!(got, status, "{}: {body}", String::from_utf8_lossy(request));
         assert!(body.contains(says), "{body}");
     }
     let mut oversized = b"GET /metrics HTTP/1.1\r\nX-Filler: ".to_vec();
     oversized.resize(64 * 1024, b'x');
-    let (got, body) = http(node.metrics, &oversized);
+    let (got, body) = http(node.metrics(), &oversized);
     assert_eq!(got, 431, "{body}");
     assert!(body.contains("bytes"), "{body}");
     let mut headers = b"GET /metrics HTTP/1.1\r\n".to_vec();
@@ -651,7 +502,7 @@ fn the_endpoint_refuses_bad_requests_with_a_4xx_that_says_why() {
         headers.extend_from_slice(format!("X-{header}: 1\r\n").as_bytes());
     }
     headers.extend_from_slice(b"\r\n");
-    let (got, body) = http(node.metrics, &headers);
+    let (got, body) = http(node.metrics(), &headers);
     assert_eq!(got, 431, "{body}");
     assert!(body.contains("headers"), "{body}");
 }
@@ -659,16 +510,16 @@ fn the_endpoint_refuses_bad_requests_with_a_4xx_that_says_why() {
 #[test]
 fn slow_clients_and_bursts_of_scrapes_are_bounded() {
     let _serial = one_at_a_time();
-    let node = ChildNode::start();
+    let node = metrics_node(&[]);
     // A client that sends half a request and waits: answered 408 and closed, in bounded time,
     // while other scrapes are served meanwhile.
-    let mut slow = TcpStream::connect(node.metrics).unwrap();
+    let mut slow = TcpStream::connect(node.metrics()).unwrap();
     slow.write_all(b"GET /metr").unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let started = Instant::now();
     for _ in 0..5 {
-        assert_eq!(get(node.metrics, "/metrics").0, 200);
+        assert_eq!(get(node.metrics(), "/metrics").0, 200);
     }
     let mut answer = String::new();
     slow.read_to_string(&mut answer)
@@ -681,13 +532,13 @@ fn slow_clients_and_bursts_of_scrapes_are_bounded() {
     );
     // 1,000 scrapes in bursts of 100 at once: each is answered, 200 with the exposition or
     // 503 when every slot is taken, and never anything else; the node's memory stays put.
-    let rss_before = rss_bytes(&node.child);
+    let rss_before = rss_bytes(node.pid());
     let mut served = 0;
     let mut refused = 0;
     for _burst in 0..10 {
         let answers: Vec<(u16, String)> = std::thread::scope(|scope| {
             let threads: Vec<_> = (0..100)
-                .map(|_| scope.spawn(|| get(node.metrics, "/metrics")))
+                .map(|_| scope.spawn(|| get(node.metrics(), "/metrics")))
                 .collect();
             threads.into_iter().map(|t| t.join().unwrap()).collect()
         });
@@ -708,7 +559,7 @@ fn slow_clients_and_bursts_of_scrapes_are_bounded() {
     assert_eq!(served + refused, 1000);
     // Each of METRICS_CONNECTIONS_MAX (64) slots holds at most a request head (8 KiB) and one
     // answer (tens of KiB for two shards); the bound is several times that.
-    let growth = rss_bytes(&node.child).saturating_sub(rss_before);
+    let growth = rss_bytes(node.pid()).saturating_sub(rss_before);
     assert!(
         growth < 16 << 20,
         "the node grew by {growth} bytes serving 1,000 scrapes"
@@ -718,44 +569,39 @@ fn slow_clients_and_bursts_of_scrapes_are_bounded() {
         "only {served} of 1000 scrapes were served ({refused} refused)"
     );
     // Still serving afterwards.
-    assert_eq!(get(node.metrics, "/metrics").0, 200);
+    assert_eq!(get(node.metrics(), "/metrics").0, 200);
 }
 
 #[test]
 fn top_once_shows_every_shard_busy_under_load() {
     let _serial = one_at_a_time();
-    let node = ChildNode::start();
-    let dir = temp_dir("top");
-    let mut bench = trove()
-        .args(["bench", "--target", &node.addr.to_string()])
-        .args(["--rate", "20000", "--warmup", "0", "--duration", "5"])
-        .args([
-            "--hunts",
-            "100",
-            "--players",
-            "10",
-            "--no-shard-aware",
-            "--quiet",
-            "--out",
-        ])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("trove runs");
-    std::thread::sleep(Duration::from_millis(1_500));
-    let output = trove()
-        .args(["top", "--once", "--node", &node.metrics.to_string()])
-        .output()
-        .expect("trove runs");
-    let _ = bench.wait();
-    let _ = std::fs::remove_dir_all(&dir);
-    let table = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{table}{}",
-        String::from_utf8_lossy(&output.stderr)
+    let node = metrics_node(&[]);
+    let dir = scratch_dir("metrics-top");
+    let bench = Spawned::start(
+        trove()
+            .args(["bench", "--target", &node.addr.to_string()])
+            .args(["--rate", "20000", "--warmup", "0", "--duration", "5"])
+            .args([
+                "--hunts",
+                "100",
+                "--players",
+                "10",
+                "--no-shard-aware",
+                "--quiet",
+                "--out",
+            ])
+            .arg(&dir),
     );
+    std::thread::sleep(Duration::from_millis(1_500));
+    let output = run_bounded(
+        trove().args(["top", "--once", "--node", &node.metrics().to_string()]),
+        COMMAND_WAIT,
+    );
+    // Only the table is judged here; the bench just has to end.
+    let _ = bench.finish(BENCH_WAIT);
+    let _ = std::fs::remove_dir_all(&dir);
+    let table = stdout(&output);
+    assert!(output.status.success(), "{}", text(&output));
     assert!(table.starts_with("NODE"), "{table}");
     let rows: Vec<Vec<&str>> = table
         .lines()
@@ -766,7 +612,7 @@ fn top_once_shows_every_shard_busy_under_load() {
     shards.sort();
     assert_eq!(shards, ["0", "1"], "{table}");
     for row in &rows {
-        assert_eq!(row[0], node.metrics.to_string(), "{table}");
+        assert_eq!(row[0], node.metrics().to_string(), "{table}");
         assert_ne!(
             row[2], "0",
             "shard {} shows no events/s under load:\n{table}",
@@ -780,59 +626,52 @@ fn top_once_shows_every_shard_busy_under_load() {
         "no dispatch p99 under load:\n{table}"
     );
     // A node that is not there: exit 1, and a sentence that names it.
-    let output = trove()
-        .args(["top", "--once", "--node", "127.0.0.1:9"])
-        .output()
-        .expect("trove runs");
+    let output = run_bounded(
+        trove().args(["top", "--once", "--node", "127.0.0.1:9"]),
+        COMMAND_WAIT,
+    );
     assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect to 127.0.0.1:9"));
+    assert!(stderr(&output).contains("cannot connect to 127.0.0.1:9"));
 }
 
 #[test]
 fn an_embedded_bench_serves_metrics_and_its_summary_carries_the_node_s_counters_and_stages() {
     let _serial = one_at_a_time();
-    let dir = temp_dir("embedded");
-    let mut bench = trove()
-        .args([
-            "bench",
-            "--node-cpus",
-            "0-1",
-            "--rate",
-            "20000",
-            "--warmup",
-            "0",
-        ])
-        .args(["--duration", "2", "--hunts", &HUNTS.to_string()])
-        .args(["--players", &PLAYERS.to_string(), "--no-shard-aware"])
-        .args(["--metrics-listen", "127.0.0.1:0", "--out"])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("trove runs");
+    let dir = scratch_dir("metrics-embedded");
+    let bench = Spawned::start(
+        trove()
+            .args([
+                "bench",
+                "--node-cpus",
+                "0-1",
+                "--rate",
+                "20000",
+                "--warmup",
+                "0",
+            ])
+            .args(["--duration", "2", "--hunts", &HUNTS.to_string()])
+            .args(["--players", &PLAYERS.to_string(), "--no-shard-aware"])
+            .args(["--metrics-listen", "127.0.0.1:0", "--out"])
+            .arg(&dir),
+    );
     // The embedded node's endpoint answers during the run.
-    let mut stderr = BufReader::new(bench.stderr.take().unwrap());
-    let mut said = String::new();
-    let metrics: SocketAddr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "no metrics address in: {said}"
-        );
-        said.push_str(&line);
-        if let Some(rest) = line.split("serves http://").nth(1) {
-            break rest.split('/').next().unwrap().parse().unwrap();
-        }
-    };
+    let metrics: SocketAddr = wait_until("the embedded node's metrics address", BENCH_WAIT, || {
+        let said = bench.stderr();
+        whole_lines(&said)
+            .find_map(|line| {
+                line.split("serves http://")
+                    .nth(1)?
+                    .split('/')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .ok_or(said)
+    });
     let scrape = scrape(metrics);
     assert_eq!(total(&scrape, "trove_config_shards"), 2.0);
-    let _ = std::io::copy(&mut stderr, &mut std::io::sink());
-    let output = bench.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}{said}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    let output = bench.finish(BENCH_WAIT);
+    assert!(output.status.success(), "{}", text(&output));
     let summary: Value =
         serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
@@ -873,28 +712,25 @@ fn registered_metrics(etcd: &str, name: &str, count: usize) -> Vec<SocketAddr> {
     let keys = trove::cluster::keys::ClusterKeys::new(name).unwrap();
     let mut client =
         trove::cluster::etcd::EtcdClient::new(vec![etcd.to_owned()], Duration::from_secs(2));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let what = format!("{count} nodes register their /metrics");
+    wait_until(&what, Duration::from_secs(20), || {
         let request = Request::RangePrefix {
             prefix: keys.prefix().to_owned(),
         };
-        if let Ok(Response::Range { revision, kvs }) = client.execute(&request) {
-            let view = ClusterView::from_range(&keys, revision, &kvs);
-            let addrs: Vec<SocketAddr> = view
-                .nodes
-                .values()
-                .filter_map(|entry| entry.info.metrics.as_ref()?.parse().ok())
-                .collect();
-            if addrs.len() == count {
-                return addrs;
-            }
+        let Ok(Response::Range { revision, kvs }) = client.execute(&request) else {
+            return Err("etcd did not answer".to_owned());
+        };
+        let view = ClusterView::from_range(&keys, revision, &kvs);
+        let addrs: Vec<SocketAddr> = view
+            .nodes
+            .values()
+            .filter_map(|entry| entry.info.metrics.as_ref()?.parse().ok())
+            .collect();
+        if addrs.len() == count {
+            return Ok(addrs);
         }
-        assert!(
-            Instant::now() < deadline,
-            "{count} nodes never registered their /metrics in 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        Err(format!("registered: {addrs:?}"))
+    })
 }
 
 /// A node-level gauge of a scrape (no `shard` label), by name.
@@ -911,10 +747,8 @@ fn node_gauge(scrape: &prometheus_parse::Scrape, name: &str) -> Option<f64> {
 
 #[test]
 fn cluster_nodes_serve_their_standing_and_top_finds_them_through_etcd() {
-    use trove::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess, find_on_path};
-    let test = "cluster_nodes_serve_their_standing_and_top_finds_them_through_etcd";
-    if find_on_path("etcd").is_none() {
-        println!("{test}: skipped: etcd is not installed (Debian: apt-get install etcd-server)");
+    use trove::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess};
+    if installed("etcd").is_none() {
         return;
     }
     let _serial = one_at_a_time();
@@ -923,7 +757,7 @@ fn cluster_nodes_serve_their_standing_and_top_finds_them_through_etcd() {
     let _nodes: Vec<NodeProcess> = (1..=2)
         .map(|node_id| {
             NodeProcess::start(&LocalNodeConfig {
-                trove: env!("CARGO_BIN_EXE_trove").into(),
+                trove: support::trove_binary().into(),
                 etcd: etcd.endpoint(),
                 cluster_name: "metrics".into(),
                 node_id,
@@ -937,8 +771,8 @@ fn cluster_nodes_serve_their_standing_and_top_finds_them_through_etcd() {
     let metrics = registered_metrics(&etcd.endpoint(), "metrics", 2);
     // Once the controller has placed every partition, the nodes' own accounts add up: every
     // partition owned by one of them, one controller, valid leases, nothing offline.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let scrapes = loop {
+    let what = "the nodes report every partition placed";
+    let scrapes = wait_until(what, Duration::from_secs(20), || {
         let scrapes: Vec<prometheus_parse::Scrape> = metrics.iter().map(|&m| scrape(m)).collect();
         let sum = |name: &str| -> f64 {
             scrapes
@@ -950,17 +784,15 @@ fn cluster_nodes_serve_their_standing_and_top_finds_them_through_etcd() {
             && sum("trove_cluster_partitions_moving") == 0.0
             && sum("trove_cluster_controller") == 1.0;
         if placed {
-            break scrapes;
+            return Ok(scrapes);
         }
-        assert!(
-            Instant::now() < deadline,
-            "the nodes never reported every partition placed in 20 s: owned {}, moving {}, controllers {}",
+        Err(format!(
+            "owned {}, moving {}, controllers {}",
             sum("trove_cluster_partitions_owned"),
             sum("trove_cluster_partitions_moving"),
             sum("trove_cluster_controller")
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    };
+        ))
+    });
     let (_, text) = get(metrics[0], "/metrics");
     assert_names_served(&text, |name| name.starts_with("trove_cluster_"));
     for scrape in &scrapes {
@@ -977,17 +809,14 @@ fn cluster_nodes_serve_their_standing_and_top_finds_them_through_etcd() {
         );
     }
     // trove top finds both nodes through etcd and shows each one's shard.
-    let output = trove()
-        .args(["top", "--once", "--cluster", &etcd.endpoint()])
-        .args(["--cluster-name", "metrics"])
-        .output()
-        .expect("trove runs");
-    let table = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{table}{}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = run_bounded(
+        trove()
+            .args(["top", "--once", "--cluster", &etcd.endpoint()])
+            .args(["--cluster-name", "metrics"]),
+        COMMAND_WAIT,
     );
+    let table = stdout(&output);
+    assert!(output.status.success(), "{table}{}", stderr(&output));
     let mut shown: Vec<String> = table
         .lines()
         .skip(1)
@@ -998,12 +827,13 @@ fn cluster_nodes_serve_their_standing_and_top_finds_them_through_etcd() {
     expected.sort();
     assert_eq!(shown, expected, "{table}");
     // A cluster name nobody registered under: exit 1, and a sentence that says so.
-    let output = trove()
-        .args(["top", "--once", "--cluster", &etcd.endpoint()])
-        .args(["--cluster-name", "nobody"])
-        .output()
-        .expect("trove runs");
+    let output = run_bounded(
+        trove()
+            .args(["top", "--once", "--cluster", &etcd.endpoint()])
+            .args(["--cluster-name", "nobody"]),
+        COMMAND_WAIT,
+    );
     assert_eq!(output.status.code(), Some(1));
-    let said = String::from_utf8_lossy(&output.stderr);
+    let said = stderr(&output);
     assert!(said.contains("no node is registered"), "{said}");
 }

@@ -2,10 +2,13 @@
 //! test's own (skipped, with a message, where redis-server is not installed) driven by the
 //! same generator loop that drives trove, and the plain-socket calibration.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use trove::bench::calibrate::calibrate;
 use trove::bench::redis::{
@@ -17,67 +20,42 @@ use trove::bench::workload::{Mix, Workload};
 use trove::core::ids::{HuntId, PlayerId, TreasureId};
 use trove::host::affinity::allowed_cpus;
 
+use support::{Spawned, free_port, installed, wait_until};
+
 /// A redis-server on a free loopback port, without persistence, killed when dropped.
 struct RedisServer {
-    child: Child,
+    _process: Spawned,
     addr: SocketAddr,
 }
 
 impl RedisServer {
     /// `None` (after saying why) where redis-server is not installed.
     fn start() -> Option<RedisServer> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
-            eprintln!(
-                "SKIPPED: redis-server is not installed; `apt-get install redis-server` runs \
-                 the Redis peer tests"
-            );
-            return None;
-        }
-        let port = TcpListener::bind(("127.0.0.1", 0))
-            .and_then(|listener| listener.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let server = RedisServer {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        server.wait_until_ready();
-        Some(server)
-    }
-
-    fn wait_until_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let pong = connect_blocking(self.addr).and_then(|mut redis| {
+        let program = installed("redis-server")?;
+        let port = free_port();
+        let process = Spawned::start(
+            Command::new(program)
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--dir", &std::env::temp_dir().to_string_lossy()]),
+        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_until(
+            "redis-server answers PING",
+            Duration::from_secs(10),
+            || match connect_blocking(addr).and_then(|mut redis| {
                 redis::cmd("PING")
                     .query::<String>(&mut redis)
                     .map_err(|error| error.to_string())
-            });
-            match pong {
-                Ok(pong) if pong == "PONG" => return,
-                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                other => panic!("redis-server on {} did not answer: {other:?}", self.addr),
-            }
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            }) {
+                Ok(pong) if pong == "PONG" => Ok(()),
+                other => Err(format!("{other:?} from {addr}")),
+            },
+        );
+        Some(RedisServer {
+            _process: process,
+            addr,
+        })
     }
 }
 

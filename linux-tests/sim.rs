@@ -2,7 +2,8 @@
 //! purpose (one of them into trove's real `ShardCore`), the wall the model must show, many
 //! seeds of a small cluster, and the command line.
 
-use std::process::Command;
+#[path = "support/mod.rs"]
+mod support;
 
 use trove::sim::args::Plan;
 use trove::sim::config::{Faults, Model, RunConfig, Strategy};
@@ -10,6 +11,8 @@ use trove::sim::engine;
 use trove::sim::oracle::Oracle;
 use trove::sim::report::RunReport;
 use trove::sim::simulate;
+
+use support::{COMMAND_WAIT, run_bounded, scratch_dir, trove};
 
 /// A model small enough that a run takes milliseconds.
 fn small_model() -> Model {
@@ -219,17 +222,12 @@ fn hundreds_of_seeds_of_a_small_cluster_keep_every_oracle() {
 }
 
 fn trove_sim(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_trove"))
-        .arg("sim")
-        .args(args)
-        .output()
-        .expect("the trove binary runs")
+    run_bounded(trove().arg("sim").args(args), COMMAND_WAIT)
 }
 
 #[test]
 fn the_command_line_prints_a_table_and_writes_json_and_svg() {
-    let dir = std::env::temp_dir().join(format!("trove-sim-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("sim");
     let json = dir.join("sim.json");
     let svg = dir.join("sim.svg");
     let output = trove_sim(&[

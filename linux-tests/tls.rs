@@ -7,10 +7,12 @@
 //! Certificates are made in the test (rcgen). Every wait is bounded: child processes are
 //! killed on a deadline, sockets time out.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,27 +21,17 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use trove::client::tls::{TlsClient, TlsClientFiles};
-use trove::client::{self, ClientConfig, ClientError, Incoming};
+use trove::client::{self, ClientConfig};
 use trove::core::auth::AuthSecret;
-use trove::core::ids::{HuntId, PlayerId};
-use trove::core::message::{Event, EventKind, HuntSpec};
-use trove::host::affinity::allowed_cpus;
 use trove::net::tls::server_config;
 use trove::node::{Node, NodeConfig, NodeReport};
 
+use support::{
+    COMMAND_WAIT, ChildNode, in_process_node, round_trip, run_bounded, scratch_dir, stderr, text,
+    trove,
+};
+
 const SECRET: &str = "a shared secret for the TLS tests";
-
-fn trove() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_trove"))
-}
-
-/// A fresh directory for one test's files.
-fn test_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("trove-tls-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A certificate authority that signs node and client certificates.
 struct Ca {
@@ -108,7 +100,7 @@ struct Pki {
 }
 
 fn pki(name: &str) -> Pki {
-    let dir = test_dir(name);
+    let dir = scratch_dir(&format!("tls-{name}"));
     let (ca, other) = (Ca::new("trove test CA"), Ca::new("another CA"));
     let (node_cert, node_key) = ca.issue(
         &dir,
@@ -149,11 +141,10 @@ impl Drop for Pki {
 
 /// An in-process TLS node on loopback, on `shards` of the CPUs this process may use.
 fn tls_node(pki: &Pki, shards: usize, configure: impl FnOnce(&mut NodeConfig)) -> Node {
-    let cpus = allowed_cpus();
-    let mut config = NodeConfig::loopback((0..shards).map(|i| cpus[i % cpus.len()]).collect());
-    config.tls = Some(server_config(&pki.node_cert, &pki.node_key, None).unwrap());
-    configure(&mut config);
-    Node::start(&config).expect("the node starts")
+    in_process_node(shards, |config| {
+        config.tls = Some(server_config(&pki.node_cert, &pki.node_key, None).unwrap());
+        configure(config);
+    })
 }
 
 fn tls_client(files: TlsClientFiles) -> Arc<TlsClient> {
@@ -167,42 +158,9 @@ fn trusting(ca: &Path) -> TlsClientFiles {
     }
 }
 
-fn create_hunt(seq: u64) -> Event {
-    Event {
-        hunt: HuntId(seq),
-        player: PlayerId(1),
-        client_seq: seq,
-        client_ts: 0,
-        kind: EventKind::CreateHunt(HuntSpec::default()),
-    }
-}
-
-/// Sends `count` events and waits for as many replies.
-fn round_trip(config: &ClientConfig, count: u64) -> Result<(), ClientError> {
-    let (mut sender, mut receiver) = client::connect(config)?;
-    for seq in 0..count {
-        sender.send(&create_hunt(seq))?;
-    }
-    sender.flush()?;
-    let mut answered = 0;
-    while answered < count {
-        match receiver.recv_timeout(Duration::from_secs(10)) {
-            Ok(Incoming::Replies(frame)) => answered += frame.replies().count() as u64,
-            Ok(Incoming::Closed {
-                error: Some(error), ..
-            }) => {
-                return Err(ClientError::Tls(error));
-            }
-            other => panic!("unexpected {:?}", other.map(|_| ())),
-        }
-    }
-    sender.finish()?;
-    Ok(())
-}
-
 fn refusal(config: &ClientConfig) -> String {
     match round_trip(config, 1) {
-        Err(error) => error.to_string(),
+        Err(error) => error,
         Ok(()) => panic!("the client was served"),
     }
 }
@@ -308,7 +266,7 @@ fn a_plaintext_client_against_a_tls_node_is_closed_cleanly_and_told_why() {
 #[test]
 fn a_tls_client_against_a_plain_node_is_told_the_node_has_no_tls() {
     let pki = pki("plain-node");
-    let node = Node::start(&NodeConfig::loopback(vec![allowed_cpus()[0]])).unwrap();
+    let node = in_process_node(1, |_| {});
     let mut config = ClientConfig::new(node.addr());
     config.tls = Some(tls_client(trusting(&pki.ca)));
     config.connect_timeout = Duration::from_secs(5);
@@ -412,28 +370,6 @@ fn a_handshake_that_never_finishes_is_closed_by_the_idle_timeout() {
 
 // ---- the command line ---------------------------------------------------------------------
 
-/// Runs a command to its end, killing it (and failing) past `deadline`.
-fn run_bounded(command: &mut Command, deadline: Duration) -> Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "still running after {deadline:?}; stderr: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
-
 fn node_refuses(args: &[&str], expected: &[&str]) {
     let output = run_bounded(
         trove()
@@ -447,9 +383,9 @@ fn node_refuses(args: &[&str], expected: &[&str]) {
                 "1",
             ])
             .args(args),
-        Duration::from_secs(20),
+        COMMAND_WAIT,
     );
-    let text = String::from_utf8_lossy(&output.stderr);
+    let text = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{args:?}: {text}");
     assert_eq!(text.trim().lines().count(), 1, "one sentence: {text}");
     for word in expected {
@@ -510,48 +446,15 @@ fn bad_tls_files_stop_the_node_with_exit_2_and_one_sentence() {
     );
 }
 
-/// A `trove node` child process, killed when dropped.
-struct NodeProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl NodeProcess {
-    fn start(args: &[&str]) -> NodeProcess {
-        let mut child = trove()
-            .args(["node", "--metrics-listen", "off", "--port", "0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut banner = String::new();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        // The banner comes at once or never (the node then exits and the pipe ends).
-        stdout.read_line(&mut banner).unwrap();
-        assert!(banner.contains("(TLS"), "the banner says TLS: {banner}");
-        let addr = banner
-            .split_whitespace()
-            .find_map(|word| word.parse().ok())
-            .unwrap_or_else(|| panic!("no address in `{banner}`"));
-        NodeProcess { child, addr }
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn trove_bench_drives_a_tls_node_with_a_secret_and_every_event_is_answered() {
     let pki = pki("bench");
     let secret = pki.dir.join("secret");
     std::fs::write(&secret, SECRET).unwrap();
     let path = |path: &Path| path.to_str().unwrap().to_owned();
-    let node = NodeProcess::start(&[
+    let node = ChildNode::start(&[
+        "--port",
+        "0",
         "--shards",
         "2",
         "--tls-cert",
@@ -563,6 +466,11 @@ fn trove_bench_drives_a_tls_node_with_a_secret_and_every_event_is_answered() {
         "--auth-secret-file",
         &path(&secret),
     ]);
+    assert!(
+        node.banner.contains("(TLS"),
+        "the banner says TLS: {}",
+        node.banner
+    );
     let out = pki.dir.join("bench");
     let output = run_bounded(
         trove()
@@ -576,12 +484,7 @@ fn trove_bench_drives_a_tls_node_with_a_secret_and_every_event_is_answered() {
             .arg(&out),
         Duration::from_secs(60),
     );
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", text(&output));
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     let events = &summary["main"]["events"];
@@ -601,7 +504,7 @@ fn trove_bench_drives_a_tls_node_with_a_secret_and_every_event_is_answered() {
             .args(["--warmup", "0", "--duration", "1", "--quiet"]),
         Duration::from_secs(60),
     );
-    let text = String::from_utf8_lossy(&output.stderr);
+    let text = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("requires a client certificate"), "{text}");
 }
@@ -613,20 +516,15 @@ fn bench_tls_flags_need_a_target_and_good_files() {
     // An embedded node has no TLS: --tls-ca without --target is a usage error.
     let output = run_bounded(
         trove().args(["bench", "--tls-ca", &path(&pki.ca), "--duration", "1"]),
-        Duration::from_secs(20),
+        COMMAND_WAIT,
     );
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     let missing = path(&pki.dir.join("missing.pem"));
     let output = run_bounded(
         trove().args(["bench", "--target", "127.0.0.1:9", "--tls-ca", &missing]),
-        Duration::from_secs(20),
+        COMMAND_WAIT,
     );
-    let text = String::from_utf8_lossy(&output.stderr);
+    let text = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{text}");
     assert!(
         text.contains("--tls-ca") && text.contains("missing.pem"),

@@ -2,6 +2,9 @@
 //! `linux-tests/fixtures/tune` (tuned, default, broken), against this machine, and the shell it
 //! writes and ships in `tuning/`.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,29 +13,20 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use trove::host::cpuset::CpuSet;
 
+use support::{COMMAND_WAIT, repo_path, run_bounded, scratch_dir, stderr, stdout};
+
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("linux-tests/fixtures/tune")
-        .join(name)
+    repo_path("linux-tests/fixtures/tune").join(name)
 }
 
-fn repo_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
+/// `trove ARGS`, run to its end.
 fn trove(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trove"))
-        .args(args)
-        .output()
-        .expect("the trove binary runs")
+    run_bounded(support::trove().args(args), COMMAND_WAIT)
 }
 
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
+/// `bash`, to run to its end.
+fn bash() -> Command {
+    Command::new("bash")
 }
 
 /// `trove tune check --json` with `args`: the exit code and the parsed report.
@@ -300,10 +294,11 @@ fn this_machine_is_checked_without_panicking_and_its_json_parses() {
 
 /// Writes `text` to a file of its own and runs `bash -n` on it.
 fn assert_valid_bash(text: &str, name: &str) {
-    let path = std::env::temp_dir().join(format!("trove-tune-{}-{name}.sh", std::process::id()));
+    let dir = scratch_dir(&format!("tune-{name}"));
+    let path = dir.join("script.sh");
     fs::write(&path, text).unwrap();
-    let output = Command::new("bash").arg("-n").arg(&path).output().unwrap();
-    fs::remove_file(&path).unwrap();
+    let output = run_bounded(bash().arg("-n").arg(&path), COMMAND_WAIT);
+    fs::remove_dir_all(&dir).unwrap();
     assert!(
         output.status.success(),
         "{name}: {}\n{text}",
@@ -422,8 +417,8 @@ fn sysctl_settings(path: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn the_shipped_sysctl_file_passes_the_sysctl_checks() {
-    let settings = sysctl_settings(&repo_file("tuning/sysctl.d/60-trove.conf"));
-    let root = std::env::temp_dir().join(format!("trove-tune-sysctl-{}", std::process::id()));
+    let settings = sysctl_settings(&repo_path("tuning/sysctl.d/60-trove.conf"));
+    let root = scratch_dir("tune-sysctl");
     copy_tree(&fixture("default"), &root);
     for (key, value) in &settings {
         let path = root.join("proc/sys").join(key.replace('.', "/"));
@@ -461,14 +456,15 @@ fn cmdline_cpus(cmdline: &str) -> Vec<(String, CpuSet)> {
 
 #[test]
 fn the_shipped_kernel_command_line_matches_tune_cpus_for_its_example_host() {
-    let cfg = repo_file("tuning/grub.d/60-trove-isolation.cfg");
-    let sourced = Command::new("bash")
-        .arg("-c")
-        .arg("source \"$1\" && echo \"$GRUB_CMDLINE_LINUX_DEFAULT\"")
-        .arg("bash")
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let cfg = repo_path("tuning/grub.d/60-trove-isolation.cfg");
+    let sourced = run_bounded(
+        bash()
+            .arg("-c")
+            .arg("source \"$1\" && echo \"$GRUB_CMDLINE_LINUX_DEFAULT\"")
+            .arg("bash")
+            .arg(&cfg),
+        COMMAND_WAIT,
+    );
     assert!(sourced.status.success(), "{}", stderr(&sourced));
     let shipped = cmdline_cpus(&stdout(&sourced));
     // The example host of tuning/ is the fixture machine.
@@ -507,27 +503,15 @@ fn irq_affinities() -> Vec<(String, String)> {
 
 #[test]
 fn the_irq_affinity_script_is_valid_and_its_dry_run_changes_nothing() {
-    let script = repo_file("tuning/irq-affinity.sh");
-    let syntax = Command::new("bash")
-        .arg("-n")
-        .arg(&script)
-        .output()
-        .unwrap();
+    let script = repo_path("tuning/irq-affinity.sh");
+    let syntax = run_bounded(bash().arg("-n").arg(&script), COMMAND_WAIT);
     assert!(syntax.status.success(), "{}", stderr(&syntax));
     let before = irq_affinities();
-    let dry = Command::new("bash")
-        .arg(&script)
-        .args(["--dry-run", "0"])
-        .output()
-        .unwrap();
+    let dry = run_bounded(bash().arg(&script).args(["--dry-run", "0"]), COMMAND_WAIT);
     assert!(dry.status.success(), "{}", stderr(&dry));
     assert!(stdout(&dry).contains("would move"), "{}", stdout(&dry));
     assert_eq!(irq_affinities(), before);
-    let bad = Command::new("bash")
-        .arg(&script)
-        .arg("0-x")
-        .output()
-        .unwrap();
+    let bad = run_bounded(bash().arg(&script).arg("0-x"), COMMAND_WAIT);
     assert_eq!(bad.status.code(), Some(2));
     assert!(
         stderr(&bad).contains("must be a kernel CPU list"),

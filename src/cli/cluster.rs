@@ -287,6 +287,11 @@ pub struct UpArgs {
     /// Each node's lease TTL in seconds
     #[arg(long, value_name = "S", default_value_t = CLUSTER_LEASE_TTL_S_DEFAULT)]
     pub lease_ttl_s: u64,
+    /// Keep each node's write-ahead log in DIR/node-N (created if missing), so a node that is
+    /// stopped or killed and started again gets its partitions back with their state; without
+    /// it the nodes keep everything in memory
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -362,6 +367,26 @@ fn check_up(args: &UpArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Node `node_id`'s data dir under `--data-dir`, created; `None` without the flag.
+fn node_data_dir(args: &UpArgs, node_id: u32) -> Result<Option<String>, String> {
+    let Some(root) = &args.data_dir else {
+        return Ok(None);
+    };
+    let dir = root.join(format!("node-{node_id}"));
+    std::fs::create_dir_all(&dir).map_err(|error| {
+        format!(
+            "cannot create {}: {error}; give a --data-dir this user can write",
+            dir.display()
+        )
+    })?;
+    dir.into_os_string().into_string().map(Some).map_err(|dir| {
+        format!(
+            "--data-dir {}: give a path that is valid UTF-8",
+            dir.to_string_lossy()
+        )
+    })
+}
+
 fn run_up(args: &UpArgs) -> i32 {
     if let Err(message) = check_up(args) {
         eprintln!("trove cluster up: {message}");
@@ -409,7 +434,12 @@ fn run_up(args: &UpArgs) -> i32 {
             partitions: args.partitions,
             lease_ttl_s: args.lease_ttl_s,
         };
-        match NodeProcess::start(&config) {
+        let started = match node_data_dir(args, node_id) {
+            Ok(Some(dir)) => NodeProcess::start_with(&config, &["--data-dir", &dir]),
+            Ok(None) => NodeProcess::start(&config),
+            Err(message) => Err(message),
+        };
+        match started {
             Ok(node) => {
                 say(&format!(
                     "trove cluster up: node {node_id} on {}",

@@ -241,6 +241,12 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts the node and waits for the line that gives its address.
     pub fn start(config: &LocalNodeConfig) -> Result<NodeProcess, String> {
+        NodeProcess::start_with(config, &[])
+    }
+
+    /// Starts the node with `extra` flags after the cluster's (`--data-dir DIR`, …) and waits
+    /// for the line that gives its address.
+    pub fn start_with(config: &LocalNodeConfig, extra: &[&str]) -> Result<NodeProcess, String> {
         let mut command = Command::new(&config.trove);
         command
             .arg("node")
@@ -261,6 +267,7 @@ impl NodeProcess {
             .args(["--cluster-name", &config.cluster_name])
             .args(["--node-id", &config.node_id.to_string()])
             .args(["--lease-ttl-s", &config.lease_ttl_s.to_string()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         let mut child = as_child(&mut command)

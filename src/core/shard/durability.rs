@@ -26,11 +26,12 @@ use crate::constants::{
 };
 use crate::core::codec::{FrameError, access_record};
 use crate::core::credit::Credit;
+use crate::core::hunt::PartitionState;
 use crate::core::ids::{ConnectionId, PartitionId, ShardId};
 use crate::core::message::{ArchivedEvent, Reply};
 use crate::core::shard::ShardCore;
 use crate::core::shard::mesh::BatchEntry;
-use crate::core::shard::routing::{LocalEvent, Route};
+use crate::core::shard::routing::LocalEvent;
 
 /// When a shard's answers are on disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -282,20 +283,24 @@ impl ShardCore {
 
     /// Applies a record read back from the log (recovery): the payload is validated, its
     /// partition checked against the event's, and the event applied with no reply and no new
-    /// record.
+    /// record. A single node replays only the partitions this shard owns. A cluster node
+    /// recovers before it knows the cluster's placement: it replays every partition its log
+    /// holds, served by nobody until the placement gives them back to this shard.
     pub fn replay(&mut self, partition: PartitionId, payload: &[u8]) -> Result<(), ReplayError> {
         let event = access_record::<ArchivedEvent>(0, payload).map_err(ReplayError::Invalid)?;
         let routed = self.placement.partitioner().partition_of(event.hunt.get());
-        match self.route(event) {
-            Route::Local(local) if routed == partition => {
-                self.apply(local, event);
-                Ok(())
-            }
-            _ => Err(ReplayError::Partition {
+        let owner = self.placement.owner(routed);
+        let owned = owner.node == self.node && owner.shard == self.shard;
+        if routed != partition || (self.placed && !owned) {
+            return Err(ReplayError::Partition {
                 logged: partition,
                 routed: (routed != partition).then_some(routed),
-            }),
+            });
         }
+        self.partitions[partition.index()]
+            .get_or_insert_with(|| PartitionState::new(partition))
+            .apply(event);
+        Ok(())
     }
 
     /// Stop reading while too many refusals wait behind replies for a sync.

@@ -150,6 +150,11 @@ pub struct ShardCore {
     /// The one check an event routed here needs.
     serving: Vec<bool>,
     lease: NodeLease,
+    /// Whether `placement` is one the node was given: always for a single node; for a cluster
+    /// node, only once its control thread installed the cluster's. Until then the placement is
+    /// a placeholder that owns nothing here, and the state recovered from the log is kept for
+    /// the cluster's placement to confirm (or hand away).
+    placed: bool,
     config: ShardConfig,
     /// The map reply frame for the current placement, encoded once per placement.
     map_reply: Vec<u8>,
@@ -192,6 +197,7 @@ impl ShardCore {
             partitions: Vec::new(),
             serving: Vec::new(),
             lease: config.lease_at_start,
+            placed: config.lease_at_start != NodeLease::Fenced,
             map_reply: Vec::new(),
             credit: CreditPool::new(config.shard_budget),
             connections: Connections::default(),
@@ -277,8 +283,14 @@ impl ShardCore {
             });
         }
         self.placement = placement;
+        self.placed = true;
         self.adopt_placement();
         Ok(())
+    }
+
+    /// Whether this shard's placement is one its node was given (see `placed`).
+    pub fn placed(&self) -> bool {
+        self.placed
     }
 
     /// What the node's control thread knows of its lease now. Fenced, the shard answers
@@ -306,7 +318,7 @@ impl ShardCore {
             let slot = &mut self.partitions[index];
             if serve && slot.is_none() {
                 *slot = Some(PartitionState::new(PartitionId(index as u32)));
-            } else if !owned {
+            } else if !owned && self.placed {
                 *slot = None;
             }
             self.serving[index] = serve;

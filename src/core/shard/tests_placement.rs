@@ -4,7 +4,7 @@
 use super::*;
 use crate::core::ids::Epoch;
 use crate::core::partition::{MapError, Owner, OwnerState};
-use crate::core::shard::NodeLease;
+use crate::core::shard::{NodeLease, ReplayError};
 
 const HERE: NodeId = NodeId(1);
 const ELSEWHERE: NodeId = NodeId(2);
@@ -245,4 +245,58 @@ fn placements_that_do_not_fit_the_node_are_refused_and_older_ones_ignored() {
     );
     core.handle_placement(0, halves(9, 9)).unwrap();
     assert_eq!(core.placement().epoch(), Epoch(10), "nothing installed");
+}
+
+/// An event's archive, as the log holds it.
+fn logged(event: &Event) -> rkyv::util::AlignedVec {
+    rkyv::to_bytes::<rkyv::rancor::Error>(event).unwrap()
+}
+
+#[test]
+fn a_restarted_cluster_shard_replays_its_log_before_its_placement_and_keeps_what_it_is_given() {
+    // Before its control thread reads etcd, a cluster shard's placement is a placeholder
+    // (node 0's): the log's partitions are replayed all the same.
+    let mut core = cluster_shard(placement(1));
+    let (mine, theirs) = (hunt_in(0, 0), hunt_in(1, 0));
+    for (partition, event) in [(0, create(1, mine)), (1, create(2, theirs))] {
+        core.replay(PartitionId(partition), &logged(&event))
+            .unwrap();
+    }
+    let lied = core.replay(PartitionId(3), &logged(&create(3, mine)));
+    assert!(
+        matches!(
+            lied,
+            Err(ReplayError::Partition {
+                routed: Some(PartitionId(0)),
+                ..
+            })
+        ),
+        "a record must name its event's own partition: {lied:?}"
+    );
+    // The lease comes back before the placement: the placeholder still drops nothing.
+    core.handle_lease(
+        0,
+        NodeLease::Confirmed {
+            registered: Epoch(5),
+        },
+    );
+    assert!(core.partition(PartitionId(1)).is_some());
+    // The cluster gives partition 0 back to this shard and partition 1 to another node.
+    core.handle_placement(0, halves(10, 10)).unwrap();
+    assert!(
+        core.partition(PartitionId(1)).is_none(),
+        "handed away: dropped"
+    );
+    assert_eq!(
+        outcomes(&mut core, &[create(4, mine)]),
+        vec![Outcome::Rejected {
+            reason: RejectReason::HuntExists
+        }],
+        "the replayed hunt is served"
+    );
+    // Placed now: a record of a partition it does not own is refused.
+    assert!(matches!(
+        core.replay(PartitionId(1), &logged(&create(5, theirs))),
+        Err(ReplayError::Partition { routed: None, .. })
+    ));
 }
