@@ -350,7 +350,7 @@ fn stalled_node(answer_map: bool) -> (SocketAddr, std::thread::JoinHandle<()>) {
                             .single(
                                 FrameKind::MapReply,
                                 map.epoch().get(),
-                                Some(&map.to_message(&[addr.port()])),
+                                Some(&map.to_message(trove::core::ids::NodeId(0), &[addr.port()])),
                             )
                             .unwrap();
                         stream.write_all(reply.bytes()).unwrap();

@@ -15,7 +15,8 @@
 /// The four bytes every frame starts with.
 pub const FRAME_MAGIC: [u8; 4] = *b"TROV";
 /// The wire version this build speaks. A frame with another version is rejected.
-pub const FRAME_VERSION: u8 = 1;
+/// 2: the partition map names each owner's node and where every node is reached.
+pub const FRAME_VERSION: u8 = 2;
 /// Size of the fixed frame header. A multiple of [`ARCHIVE_ALIGN`] so that bodies that start
 /// right after a header in an aligned buffer are themselves aligned.
 pub const FRAME_HEADER_BYTES: usize = 32;
@@ -213,6 +214,21 @@ pub const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
 
 /// Reply frames a client's reader threads queue for the caller before they stop reading.
 pub const CLIENT_REPLY_FRAMES_QUEUED_MAX: usize = 256;
+/// How long `trove bench --cluster` waits for its local cluster's placement to settle on every
+/// node before it gives up.
+pub const BENCH_CLUSTER_SETTLE_MS_MAX: u64 = 60_000;
+/// Most connections one shard-aware client opens: one per (node, shard) that owns partitions.
+/// Each has a reader thread in the blocking client.
+pub const CLIENT_LINKS_MAX: usize = 1_024;
+/// Events a cluster-aware client (`client::connect_cluster`) keeps unanswered: each is kept
+/// (as an owned event) until its reply, so that one answered `Moved` can be sent again.
+pub const CLUSTER_CLIENT_INFLIGHT_MAX: usize = 65_536;
+/// Times a cluster-aware client sends one event again after `Moved` before it hands the
+/// `Moved` reply to its caller.
+pub const CLUSTER_CLIENT_RESENDS_MAX: u32 = 4;
+/// How long a cluster-aware client waits for the newer map a `Moved` reply announced before
+/// it sends the moved events again by the map it has.
+pub const CLUSTER_CLIENT_MAP_WAIT_MS_MAX: u64 = 2_000;
 
 // ---------------------------------------------------------------------------------------------
 // The load generator (`trove bench`).

@@ -70,9 +70,18 @@ impl RedisAofArg {
 /// why); 2 for a usage error (a bad flag or workload file).
 #[derive(Args, Debug, Default)]
 pub struct BenchArgs {
-    /// Drive a node that is already running at HOST:PORT instead of starting one
+    /// Drive a node that is already running at HOST:PORT instead of starting one (any node of
+    /// a cluster: shard-aware clients follow its map to every node)
     #[arg(long, value_name = "HOST:PORT")]
     pub target: Option<String>,
+    /// Start a local cluster of N nodes for the run (its own etcd, `trove node` processes on
+    /// loopback) and report per-node counts, inter-node messages and bytes per event, and
+    /// CPU-seconds per million events over every node process
+    #[arg(long, value_name = "N", conflicts_with_all = ["target", "metrics_listen"])]
+    pub cluster: Option<usize>,
+    /// With --cluster: shards each node runs
+    #[arg(long, value_name = "K", requires = "cluster")]
+    pub shards_per_node: Option<usize>,
     /// File holding the node's shared secret (see `trove node --help`): the generator
     /// authenticates every connection; an embedded node requires it too. A file, never a flag,
     /// so the secret stays out of process lists and shell histories
@@ -175,7 +184,8 @@ pub struct BenchArgs {
     /// Most events per frame
     #[arg(long, value_name = "N")]
     pub events_per_frame: Option<usize>,
-    /// Send every event to the shared port and let the node forward it between cores
+    /// Send every event to the shared port of one node and let it forward between its cores
+    /// (and, in a cluster, to other nodes)
     #[arg(long)]
     pub no_shard_aware: bool,
     /// Seconds of warm-up, measured but discarded

@@ -15,7 +15,8 @@ use crate::client::auth::read_secret_file;
 use crate::client::tls::{TlsClient, TlsClientFiles};
 use crate::constants::{
     BENCH_CONNECTIONS_MAX, BENCH_DURATION_S_MAX, BENCH_SCHEDULE_S_MAX, BENCH_TS_INTENDED_NS_BITS,
-    BENCH_WINDOW_MAX, FRAME_RECORDS_MAX, PARTITIONS_DEFAULT, SWEEP_STEPS_MAX,
+    BENCH_WINDOW_MAX, CLUSTER_UP_NODES_MAX, FRAME_RECORDS_MAX, PARTITIONS_DEFAULT, SHARDS_MAX,
+    SWEEP_STEPS_MAX,
 };
 use crate::core::auth::AuthSecret;
 use crate::host::affinity::allowed_cpus;
@@ -63,6 +64,12 @@ pub enum TargetConfig {
     },
     /// A node already running.
     Remote { addr: SocketAddr },
+    /// A local cluster started for the run (`--cluster N`).
+    Cluster {
+        nodes: usize,
+        shards_per_node: usize,
+        partitions: u32,
+    },
 }
 
 /// How the load is paced.
@@ -198,17 +205,24 @@ fn resolve(flag: &str, addr: &str) -> Result<SocketAddr, String> {
 
 /// Flags that configure the embedded node mean nothing for a node that is already running:
 /// refusing them says so instead of letting a run silently measure something else.
-fn refuse_embedded_flags(args: &BenchArgs) -> Result<(), String> {
+fn refuse_embedded_flags(
+    args: &BenchArgs,
+    partitions_allowed: bool,
+    instead: &str,
+) -> Result<(), String> {
     let given = [
         ("--node-cpus", args.node_cpus.is_some()),
-        ("--partitions", args.partitions.is_some()),
+        (
+            "--partitions",
+            args.partitions.is_some() && !partitions_allowed,
+        ),
         ("--fail-fast", args.fail_fast),
         ("--durability", args.durability.is_some()),
         ("--data-dir", args.data_dir.is_some()),
     ];
     match given.iter().find(|(_, given)| *given) {
         Some((flag, _)) => Err(format!(
-            "{flag} configures the embedded node and means nothing with --target; set it on the `trove node` that serves the target, or drop --target"
+            "{flag} configures the embedded node and means nothing with {instead}"
         )),
         None => Ok(()),
     }
@@ -226,14 +240,35 @@ impl BenchConfig {
     /// The configuration the flags describe, or what is wrong with them.
     pub fn from_args(args: &BenchArgs) -> Result<BenchConfig, String> {
         if args.target.is_some() {
-            refuse_embedded_flags(args)?;
+            refuse_embedded_flags(
+                args,
+                false,
+                "--target; set it on the `trove node` that serves the target, or drop --target",
+            )?;
+        }
+        if args.cluster.is_some() {
+            refuse_embedded_flags(
+                args,
+                true,
+                "--cluster (its nodes are `trove node` processes); drop it, or drop --cluster",
+            )?;
         }
         let workload = BenchConfig::workload(args)?;
-        let target = match &args.target {
-            Some(addr) => TargetConfig::Remote {
+        let target = match (&args.target, args.cluster) {
+            (Some(addr), _) => TargetConfig::Remote {
                 addr: resolve("target", addr)?,
             },
-            None => TargetConfig::Embedded {
+            (None, Some(nodes)) => TargetConfig::Cluster {
+                nodes: in_range("cluster", nodes, 1, CLUSTER_UP_NODES_MAX)?,
+                shards_per_node: in_range(
+                    "shards-per-node",
+                    args.shards_per_node.unwrap_or(1),
+                    1,
+                    SHARDS_MAX,
+                )?,
+                partitions: args.partitions.unwrap_or(PARTITIONS_DEFAULT),
+            },
+            (None, None) => TargetConfig::Embedded {
                 node_cpus: match &args.node_cpus {
                     Some(list) => cpu_list("node-cpus", list)?,
                     None => allowed_cpus(),
@@ -309,7 +344,9 @@ impl BenchConfig {
             },
         };
         schedule_fits(config.warmup_s, config.duration_s)?;
-        if let TargetConfig::Embedded { partitions, .. } = config.target {
+        if let TargetConfig::Embedded { partitions, .. }
+        | TargetConfig::Cluster { partitions, .. } = config.target
+        {
             crate::core::partition::Partitioner::new(partitions)
                 .map_err(|error| format!("--partitions: {error}"))?;
         }

@@ -7,6 +7,7 @@
 
 pub mod args;
 pub mod calibrate;
+pub mod cluster;
 pub mod config;
 pub mod disk;
 pub mod generator;
@@ -35,7 +36,7 @@ pub fn run_for_gate(workload: Option<&std::path::Path>) -> Result<serde_json::Va
         ..BenchArgs::default()
     };
     let config = BenchConfig::from_args(&args)?;
-    let (report, _) = session::execute(&config, &mut Progress::silent())?;
+    let (report, _, _) = session::execute(&config, &mut Progress::silent())?;
     serde_json::to_value(report::Summary::of_report(&report)).map_err(|error| error.to_string())
 }
 
@@ -67,6 +68,13 @@ fn describe(config: &BenchConfig) -> String {
             }
         ),
         TargetConfig::Remote { addr } => format!("node at {addr}"),
+        TargetConfig::Cluster {
+            nodes,
+            shards_per_node,
+            ..
+        } => format!(
+            "local cluster of {nodes} nodes ({shards_per_node} shard(s) each, its own etcd)"
+        ),
     };
     let load = match config.load {
         LoadConfig::Open { rate_per_s, .. } => format!("open loop at {rate_per_s:.0} events/s"),
@@ -78,10 +86,12 @@ fn describe(config: &BenchConfig) -> String {
     format!(
         "trove bench: {target}; {load}; {} connections{}; {} s after {} s warm-up\nworkload: {} hunts (zipf {}), {} players each, mix join {}% checkin {}% claim {}% leaderboard {}%, seed {}",
         config.connections,
-        if config.shard_aware {
-            ", shard-aware"
-        } else {
-            ""
+        match (config.shard_aware, &config.target) {
+            (true, TargetConfig::Cluster { .. }) =>
+                ", cluster-aware (each event to its owner's node and shard)",
+            (true, _) => ", shard-aware",
+            (false, TargetConfig::Cluster { .. }) => ", all to node 1 (it forwards)",
+            (false, _) => "",
         },
         config.duration_s,
         config.warmup_s,
@@ -123,7 +133,7 @@ pub fn run(args: &BenchArgs) -> i32 {
             return 1;
         }
     };
-    let (report, node_report) = match session::execute(&config, &mut progress) {
+    let (report, node_report, cluster) = match session::execute(&config, &mut progress) {
         Ok(done) => done,
         Err(message) => {
             eprintln!("trove bench: {message}");
@@ -147,6 +157,9 @@ pub fn run(args: &BenchArgs) -> i32 {
     }
     if let Some(node_report) = node_report {
         let _ = write!(stdout, "embedded node:\n{}", node_report.describe());
+    }
+    if let Some(cluster) = cluster {
+        let _ = write!(stdout, "{}", cluster.describe());
     }
     match metrics_difference {
         None => {}

@@ -14,14 +14,16 @@ use crate::bench::disk::{RedisServer, RunDir};
 use crate::bench::report::summary::{LogSummary, NodeSummary};
 use crate::runtime::store::StoreConfig;
 
+use crate::bench::cluster::{ClusterFigures, ClusterSpec, LocalCluster};
 use crate::bench::config::{BenchConfig, LoadConfig, PeerConfig, TargetConfig};
+use crate::bench::generator::Protocol;
 use crate::bench::progress::Progress;
 use crate::bench::redis::{connect_redis, set_up_hunts_redis};
 use crate::bench::report::{IntervalSample, LoadModel, Report, RunRecord, Sweep, SweepStep};
 use crate::bench::run::{LoadSpec, Measurement, RunPlan, measure, set_up_hunts};
 use crate::bench::trove_protocol::TroveProtocol;
-use crate::client::{Connection, connect_authenticated, fetch_map};
-use crate::constants::{CALIBRATION_MS_DEFAULT, SWEEP_STEPS_MAX};
+use crate::client::{Connection, connect_authenticated, fetch_map, resolve_target};
+use crate::constants::{CALIBRATION_MS_DEFAULT, METRICS_SNAPSHOT_MS_DEFAULT, SWEEP_STEPS_MAX};
 use crate::metrics::MetricsListen;
 use crate::node::{Node, NodeConfig, NodeReport};
 use crate::runtime::config::RuntimeConfig;
@@ -31,6 +33,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const SWEEP_WARMUP: Duration = Duration::from_millis(500);
 /// Bisection steps after a sweep finds the first rate that breaks the objective.
 const SWEEP_REFINE_STEPS: usize = 3;
+/// Samples of a local cluster's counters taken, at most, before they are taken as settled.
+const CLUSTER_SAMPLE_TRIES: usize = 5;
 
 /// The embedded node, when the benchmark started one, with its data dir (removed after the
 /// node stops, when the bench made it) and its log's mode.
@@ -73,9 +77,33 @@ fn data_dir(given: Option<&PathBuf>) -> Result<RunDir, String> {
     Ok(dir)
 }
 
-fn start_target(config: &BenchConfig) -> Result<(SocketAddr, Option<Embedded>), String> {
+/// What the bench started to run against.
+enum Started {
+    /// Nothing: the target was running already.
+    Remote,
+    Embedded(Embedded),
+    Cluster(LocalCluster),
+}
+
+fn start_target(
+    config: &BenchConfig,
+    progress: &mut Progress,
+) -> Result<(SocketAddr, Started), String> {
     match &config.target {
-        TargetConfig::Remote { addr } => Ok((*addr, None)),
+        TargetConfig::Remote { addr } => Ok((*addr, Started::Remote)),
+        TargetConfig::Cluster {
+            nodes,
+            shards_per_node,
+            partitions,
+        } => {
+            let spec = ClusterSpec {
+                nodes: *nodes,
+                shards_per_node: *shards_per_node,
+                partitions: *partitions,
+            };
+            let cluster = LocalCluster::start(spec, &mut |line| progress.note(line))?;
+            Ok((cluster.seed(), Started::Cluster(cluster)))
+        }
         TargetConfig::Embedded {
             node_cpus,
             partitions,
@@ -110,7 +138,10 @@ fn start_target(config: &BenchConfig) -> Result<(SocketAddr, Option<Embedded>), 
             if let Some(metrics) = node.metrics_addr().filter(|_| !config.quiet) {
                 eprintln!("trove bench: the embedded node serves http://{metrics}/metrics");
             }
-            Ok((node.addr(), Some(Embedded { node, started, log })))
+            Ok((
+                node.addr(),
+                Started::Embedded(Embedded { node, started, log }),
+            ))
         }
     }
 }
@@ -124,12 +155,14 @@ fn connect_trove(
     let (secret, tls) = (config.auth.as_deref(), config.tls.as_ref());
     let mut first = connect_authenticated(addr, CONNECT_TIMEOUT, secret, tls)
         .map_err(|error| error.to_string())?;
-    let (map, ports) = fetch_map(&mut first, CONNECT_TIMEOUT).map_err(|error| error.to_string())?;
+    let push = fetch_map(&mut first, CONNECT_TIMEOUT).map_err(|error| error.to_string())?;
+    let protocol = TroveProtocol::new(push, shard_aware, events_per_frame)?;
     let streams = if shard_aware {
-        ports
-            .iter()
-            .map(|&port| {
-                let shard = SocketAddr::new(addr.ip(), port);
+        // One connection per owner's shard, on whichever node it runs.
+        (0..protocol.links())
+            .map(|link| {
+                let target = protocol.link_target(link).expect("a shard-aware link");
+                let shard = resolve_target(target, addr)?;
                 connect_authenticated(shard, CONNECT_TIMEOUT, secret, tls)
             })
             .collect::<Result<Vec<_>, _>>()
@@ -137,10 +170,7 @@ fn connect_trove(
     } else {
         vec![first]
     };
-    Ok((
-        TroveProtocol::new(map, shard_aware, events_per_frame)?,
-        streams,
-    ))
+    Ok((protocol, streams))
 }
 
 fn plan(config: &BenchConfig, load: LoadSpec, warmup: Duration, duration: Duration) -> RunPlan {
@@ -331,16 +361,28 @@ fn run_main(
 }
 
 /// Runs a whole benchmark as `config` says. With an embedded node, also returns what the
-/// node's shards counted and how long their stages took.
+/// node's shards counted and how long their stages took; with a local cluster, the cluster's
+/// own account of the run.
 pub fn execute(
     config: &BenchConfig,
     progress: &mut Progress,
-) -> Result<(Report, Option<NodeReport>), String> {
-    let (addr, embedded) = start_target(config)?;
-    let result = execute_against(addr, config, progress);
-    let trove_done = result.as_ref().ok().map(|(_, done)| *done);
-    let stopped = embedded.map(|embedded| embedded.stop(trove_done));
-    let (mut report, _) = result?;
+) -> Result<(Report, Option<NodeReport>, Option<ClusterFigures>), String> {
+    let (addr, started) = start_target(config, progress)?;
+    let cluster = match &started {
+        Started::Cluster(cluster) => Some(cluster),
+        _ => None,
+    };
+    let result = execute_against(addr, config, progress, cluster);
+    let trove_done = result.as_ref().ok().map(|(_, done, _)| *done);
+    let stopped = match started {
+        Started::Embedded(embedded) => Some(embedded.stop(trove_done)),
+        Started::Cluster(cluster) => {
+            cluster.stop();
+            None
+        }
+        Started::Remote => None,
+    };
+    let (mut report, _, figures) = result?;
     let node_report = stopped.map(|(node_report, log)| {
         report.node = Some(NodeSummary {
             log,
@@ -348,14 +390,15 @@ pub fn execute(
         });
         node_report
     });
-    Ok((report, node_report))
+    Ok((report, node_report, figures))
 }
 
 fn execute_against(
     addr: SocketAddr,
     config: &BenchConfig,
     progress: &mut Progress,
-) -> Result<(Report, Instant), String> {
+    cluster: Option<&LocalCluster>,
+) -> Result<(Report, Instant, Option<ClusterFigures>), String> {
     let calibration = if config.calibrate {
         progress.note("measuring the loopback round trip and byte rate…");
         Some(crate::bench::calibrate::calibrate(
@@ -377,8 +420,21 @@ fn execute_against(
         config.tls.clone(),
     )
     .map_err(|error| format!("cannot set the hunts up on {addr}: {error}"))?;
+    // The nodes hand their counters to /metrics about once a second: sample once they have
+    // stopped moving, before the run (after the set-up) and after it.
+    let snapshot_wait = Duration::from_millis(METRICS_SNAPSHOT_MS_DEFAULT * 3 / 2);
+    let before = cluster
+        .map(|cluster| cluster.quiet_sample(snapshot_wait, CLUSTER_SAMPLE_TRIES))
+        .transpose()?;
     let (main, sweep) = run_main(addr, config, progress)?;
     let trove_done = Instant::now();
+    let figures = match (cluster, before) {
+        (Some(cluster), Some(before)) => {
+            let after = cluster.quiet_sample(snapshot_wait, CLUSTER_SAMPLE_TRIES)?;
+            Some(cluster.figures(&before, &after))
+        }
+        _ => None,
+    };
     let peer = match &config.peer {
         Some(peer) => Some(run_peer(peer, config, main.load, progress)?),
         None => None,
@@ -392,14 +448,14 @@ fn execute_against(
         sweep,
         node: None,
     };
-    Ok((report, trove_done))
+    Ok((report, trove_done, figures))
 }
 
 /// The CPU of the embedded node's first shard, where calibration's server side runs too.
 fn embedded_cpu(config: &BenchConfig) -> Option<usize> {
     match &config.target {
         TargetConfig::Embedded { node_cpus, .. } => node_cpus.first().copied(),
-        TargetConfig::Remote { .. } => None,
+        TargetConfig::Remote { .. } | TargetConfig::Cluster { .. } => None,
     }
 }
 

@@ -4,25 +4,33 @@
 //! [`Protocol`], on the generator's connection thread.
 
 use crate::bench::generator::{Parsed, Protocol, ReplyClass};
-use crate::client::proto::{ClientProto, Next, Received, next_frame};
+use crate::client::proto::{ClientProto, LinkTarget, MapPush, Next, Received, next_frame};
 use crate::core::message::{ArchivedOutcome, ArchivedReply, Event};
-use crate::core::partition::PartitionMap;
 
 /// The generator's side of trove's protocol: the client protocol's frames, one per connection.
 pub struct TroveProtocol {
     proto: ClientProto,
+    /// The links opened at the start: the generator's connections are fixed for a run.
+    links: usize,
 }
 
 impl TroveProtocol {
-    /// `links` connections: one per shard of `map` when shard-aware, else one.
+    /// One link per owner's shard (on whichever node) of the map `push` carries when
+    /// shard-aware, else one.
     pub fn new(
-        map: PartitionMap,
+        push: MapPush,
         shard_aware: bool,
         events_per_frame: usize,
     ) -> Result<TroveProtocol, String> {
-        let proto = ClientProto::new(map, shard_aware, events_per_frame)
+        let proto = ClientProto::new(push, shard_aware, events_per_frame)
             .map_err(|error| error.to_string())?;
-        Ok(TroveProtocol { proto })
+        let links = proto.links();
+        Ok(TroveProtocol { proto, links })
+    }
+
+    /// Where `link` goes (`None`: the one connection of a client that is not shard-aware).
+    pub fn link_target(&self, link: usize) -> Option<&LinkTarget> {
+        self.proto.link_target(link)
     }
 }
 
@@ -95,6 +103,12 @@ impl Protocol for TroveProtocol {
                     self.proto
                         .apply_map(&push)
                         .map_err(|error| error.to_string())?;
+                    if self.proto.links() > self.links {
+                        return Err(format!(
+                            "the placement changed during the run (epoch {}) and names owners this run has no connection to; run again once the cluster has settled",
+                            self.proto.epoch().get()
+                        ));
+                    }
                 }
                 Received::NodeError { message, .. } => {
                     return Err(format!("the node refused the connection: {message}"));

@@ -1,8 +1,10 @@
-//! The trove client: pipelined, batching and shard-aware, for plain threads.
+//! The trove client: pipelined, batching and shard-aware, for plain threads. For a cluster,
+//! [`connect_cluster`] (in [`cluster`]) adds re-sending of moved events on top of it.
 //!
 //! [`connect`] asks the node for its partition map, then (when shard-aware) opens one
-//! connection to each shard's own port, so every event goes straight to the shard that owns
-//! its partition and crosses no core inside the node. It returns two halves:
+//! connection to each owner's shard port, on whichever node the map says it runs, so every
+//! event goes straight to the shard that owns its partition and crosses no core or node.
+//! Links a newer map names are opened when an event first needs them. It returns two halves:
 //! - an [`EventSender`], which archives each event once into the frame of its connection and
 //!   writes a frame when it is full or on [`EventSender::flush`]; writes block when the node
 //!   stops reading, which is how back-pressure reaches the caller;
@@ -22,8 +24,12 @@
 
 pub mod auth;
 
+pub mod cluster;
 pub mod proto;
+pub mod redirect;
 pub mod tls;
+
+pub use cluster::{ClusterClient, ClusterRecvError, connect_cluster, connect_cluster_with_map};
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -37,7 +43,7 @@ use std::time::Duration;
 use rkyv::util::AlignedVec;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::client::proto::{ClientProto, MapPush, Received};
+use crate::client::proto::{ClientProto, LinkTarget, MapPush, Received};
 use crate::client::tls::{TlsClient, TlsStream};
 use crate::constants::CLIENT_REPLY_FRAMES_QUEUED_MAX;
 use crate::core::auth::{AuthError, AuthSecret};
@@ -45,6 +51,7 @@ use crate::core::codec::{
     Decoded, EncodeError, FrameError, FrameKind, ReceiveBuffer, ValidatedFrameBuf,
     check_stream_end, decode_frame,
 };
+use crate::core::ids::{Epoch, HuntId, NodeId, ShardId};
 use crate::core::message::{ArchivedReply, Event};
 use crate::core::partition::{MapError, PartitionMap};
 
@@ -343,11 +350,9 @@ fn read_frame(
     }
 }
 
-/// Asks the node for its partition map and the port of each shard.
-pub fn fetch_map(
-    stream: &mut impl NodeStream,
-    timeout: Duration,
-) -> Result<(PartitionMap, Vec<u16>), ClientError> {
+/// Asks the node for its partition map (with where each owner is reached, and which node
+/// answered).
+pub fn fetch_map(stream: &mut impl NodeStream, timeout: Duration) -> Result<MapPush, ClientError> {
     stream
         .write_all(proto::map_request().bytes())
         .map_err(io_error("cannot ask the node for its partition map"))?;
@@ -383,7 +388,7 @@ pub fn fetch_map(
         ));
     }
     match proto::parse_frame(kind, &body)? {
-        Received::Map(MapPush { map, shard_ports }) => Ok((map, shard_ports)),
+        Received::Map(push) => Ok(push),
         Received::NodeError { code, message } => Err(ClientError::Node { code, message }),
         Received::Replies(_) => Err(ClientError::Protocol(FrameError::UnexpectedKind { kind })),
     }
@@ -393,42 +398,49 @@ pub fn fetch_map(
 pub fn connect(config: &ClientConfig) -> Result<(EventSender, ReplyReceiver), ClientError> {
     let (secret, tls) = (config.auth.as_deref(), config.tls.as_ref());
     let mut first = connect_authenticated(config.addr, config.connect_timeout, secret, tls)?;
-    let (map, ports) = fetch_map(&mut first, config.connect_timeout)?;
-    let proto = ClientProto::new(map, config.shard_aware, config.events_per_frame)?;
-    let streams = if config.shard_aware {
-        ports
-            .into_iter()
-            .map(|port| {
-                let addr = SocketAddr::new(config.addr.ip(), port);
-                connect_authenticated(addr, config.connect_timeout, secret, tls)
-            })
-            .collect::<Result<Vec<_>, _>>()?
-    } else {
-        vec![first]
-    };
+    let push = fetch_map(&mut first, config.connect_timeout)?;
+    start(config, push, first)
+}
+
+/// Like [`connect`], starting from a map the caller holds (kept from an earlier connection,
+/// say) instead of asking the node for one: events are routed by it until a node pushes a
+/// newer one. `config.addr` is the node `push` came from (its empty host means that one).
+pub fn connect_with_map(
+    config: &ClientConfig,
+    push: MapPush,
+) -> Result<(EventSender, ReplyReceiver), ClientError> {
+    let (secret, tls) = (config.auth.as_deref(), config.tls.as_ref());
+    let first = connect_authenticated(config.addr, config.connect_timeout, secret, tls)?;
+    start(config, push, first)
+}
+
+/// The client's halves, routing by `push`; `first` is a connection to `config.addr`.
+fn start(
+    config: &ClientConfig,
+    push: MapPush,
+    first: Connection,
+) -> Result<(EventSender, ReplyReceiver), ClientError> {
+    let proto = ClientProto::new(push, config.shard_aware, config.events_per_frame)?;
     let (incoming, receiver) = flume::bounded(CLIENT_REPLY_FRAMES_QUEUED_MAX);
-    let maps = Arc::new(MapMailbox::new(proto.epoch().get()));
-    let mut readers = Vec::with_capacity(streams.len());
-    for (link, stream) in streams.iter().enumerate() {
-        stream
-            .set_write_timeout(config.stall_timeout)
-            .map_err(io_error("cannot set a write timeout"))?;
-        let read_half = stream
-            .try_clone()
-            .map_err(io_error("cannot clone a socket"))?;
-        let incoming = incoming.clone();
-        let maps = maps.clone();
-        let reader = std::thread::Builder::new()
-            .name(format!("trove-client-rx-{link}"))
-            .spawn(move || read_replies(link, read_half, incoming, &maps))
-            .map_err(io_error("cannot start a reader thread"))?;
-        readers.push(reader);
-    }
-    let sender = EventSender {
+    let readers = Arc::new(Mutex::new(Vec::new()));
+    let mut sender = EventSender {
+        maps: Arc::new(MapMailbox::new(proto.epoch().get())),
+        streams: Vec::new(),
         proto,
-        streams,
-        maps,
+        config: config.clone(),
+        incoming: incoming.downgrade(),
+        reader_handle: None,
+        readers: readers.clone(),
     };
+    // The readers hold the only strong handles, so the receiver ends when they all have.
+    sender.reader_handle = Some(incoming);
+    if config.shard_aware {
+        // Every owner's shard now, so that an unreachable one is an error here, not later.
+        sender.open_links()?;
+    } else {
+        sender.start_link(0, first)?;
+    }
+    sender.reader_handle = None;
     Ok((
         sender,
         ReplyReceiver {
@@ -436,6 +448,32 @@ pub fn connect(config: &ClientConfig) -> Result<(EventSender, ReplyReceiver), Cl
             readers,
         },
     ))
+}
+
+/// Where a link's target is: its host ("" is the host of `seed`, the address the map came
+/// from) and port.
+pub fn resolve_target(target: &LinkTarget, seed: SocketAddr) -> Result<SocketAddr, ClientError> {
+    if target.host.is_empty() {
+        return Ok(SocketAddr::new(seed.ip(), target.port));
+    }
+    if let Ok(ip) = target.host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, target.port));
+    }
+    use std::net::ToSocketAddrs;
+    (target.host.as_str(), target.port)
+        .to_socket_addrs()
+        .map_err(io_error(format!(
+            "cannot resolve {}, the host of node {}",
+            target.host, target.node
+        )))?
+        .next()
+        .ok_or_else(|| ClientError::Io {
+            what: format!(
+                "{}, the host of node {}, resolves to no address",
+                target.host, target.node
+            ),
+            error: io::ErrorKind::NotFound.into(),
+        })
 }
 
 /// Where reader threads leave the newest map a node pushed, for the sender to apply. Only
@@ -482,9 +520,18 @@ impl MapMailbox {
 /// The sending half of a client. Lives on one thread at a time.
 pub struct EventSender {
     proto: ClientProto,
-    /// One per link of `proto`.
-    streams: Vec<Connection>,
+    /// One per link of `proto`; `None` until the link is first used (a link a newer map
+    /// names is opened when an event first goes out on it).
+    streams: Vec<Option<Connection>>,
     maps: Arc<MapMailbox>,
+    config: ClientConfig,
+    /// Where new links' reader threads pass replies on: weak, so that [`ReplyReceiver`] sees
+    /// the end once every reader has ended, as it did before links could be added.
+    incoming: flume::WeakSender<Incoming>,
+    /// A strong handle held only while the first links start.
+    reader_handle: Option<flume::Sender<Incoming>>,
+    /// The reader threads, one per opened link, joined by [`ReplyReceiver::join`].
+    readers: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl EventSender {
@@ -493,16 +540,31 @@ impl EventSender {
         self.proto.map()
     }
 
-    /// How many connections the client holds (one per shard when shard-aware).
+    /// How many connections the client holds (one per owner's shard when shard-aware).
     pub fn links(&self) -> usize {
-        self.streams.len()
+        self.streams.iter().flatten().count()
+    }
+
+    /// Where `link` goes (`None`: the one connection of a client that is not shard-aware).
+    pub fn link_target(&self, link: usize) -> Option<&LinkTarget> {
+        self.proto.link_target(link)
     }
 
     /// Queues an event in the frame of the connection that reaches its owner, writing the
     /// frame once it is full.
     pub fn send(&mut self, event: &Event) -> Result<(), ClientError> {
+        let link = self.route(event.hunt)?;
+        self.send_on(link, event)
+    }
+
+    /// The link an event of `hunt` goes out on, by the newest map a node pushed.
+    pub fn route(&mut self, hunt: HuntId) -> Result<usize, ClientError> {
         self.apply_pushed_map()?;
-        let link = self.proto.link_for(event.hunt);
+        Ok(self.proto.link_for(hunt))
+    }
+
+    /// Queues an event for `link` (see [`Self::send`]; an owner hint's link, say).
+    pub fn send_on(&mut self, link: usize, event: &Event) -> Result<(), ClientError> {
         self.proto
             .push_event(link, event)
             .map_err(ClientError::Encode)?;
@@ -512,10 +574,31 @@ impl EventSender {
         Ok(())
     }
 
+    /// The link to shard `shard` of `node`, if the map says where it is reached.
+    pub fn link_to(&mut self, node: NodeId, shard: ShardId) -> Result<Option<usize>, ClientError> {
+        self.proto.link_to(node, shard)
+    }
+
+    /// The epoch of the map events are routed by.
+    pub fn epoch(&self) -> Epoch {
+        self.proto.epoch()
+    }
+
+    /// Asks the node behind `link` for its map; it arrives, like a pushed one, through the
+    /// readers (see [`Self::apply_pushed_map`]).
+    pub fn request_map(&mut self, link: usize) -> Result<(), ClientError> {
+        self.write(link, true)?;
+        let stream = self.stream(link)?;
+        stream
+            .write_all(proto::map_request().bytes())
+            .and_then(|()| stream.flush())
+            .map_err(io_error("cannot ask the node for its partition map"))
+    }
+
     /// Writes every partly filled frame.
     pub fn flush(&mut self) -> Result<(), ClientError> {
         self.apply_pushed_map()?;
-        for link in 0..self.streams.len() {
+        for link in 0..self.proto.links() {
             self.write(link, true)?;
         }
         Ok(())
@@ -524,7 +607,7 @@ impl EventSender {
     /// Closes the sending side of every connection; replies still arrive.
     pub fn finish(mut self) -> Result<(), ClientError> {
         self.flush()?;
-        for stream in &mut self.streams {
+        for stream in self.streams.iter_mut().flatten() {
             stream
                 .shutdown_write()
                 .map_err(io_error("cannot close the connection"))?;
@@ -533,24 +616,88 @@ impl EventSender {
     }
 
     /// Routes by the newest map a reader received, if it is newer than the one in use.
-    fn apply_pushed_map(&mut self) -> Result<(), ClientError> {
-        if let Some(push) = self.maps.take_newer_than(self.proto.epoch().get()) {
-            self.proto.apply_map(&push)?;
+    /// Returns whether it changed.
+    pub fn apply_pushed_map(&mut self) -> Result<bool, ClientError> {
+        match self.maps.take_newer_than(self.proto.epoch().get()) {
+            Some(push) => Ok(matches!(
+                self.proto.apply_map(&push)?,
+                proto::MapUpdate::Applied { .. }
+            )),
+            None => Ok(false),
         }
+    }
+
+    /// Forgets `link`'s connection (its node closed it): the next event for it opens a new one.
+    pub fn forget_link(&mut self, link: usize) {
+        if let Some(stream) = self.streams.get_mut(link) {
+            *stream = None;
+        }
+    }
+
+    /// Opens every link the map names that is not open yet.
+    fn open_links(&mut self) -> Result<(), ClientError> {
+        for link in 0..self.proto.links() {
+            self.stream(link)?;
+        }
+        Ok(())
+    }
+
+    /// The connection of `link`, opened (with its reader thread) if it is not yet.
+    fn stream(&mut self, link: usize) -> Result<&mut Connection, ClientError> {
+        if self.streams.get(link).is_none_or(Option::is_none) {
+            let target = self.proto.link_target(link).ok_or_else(|| {
+                ClientError::Config("the seed connection is gone; reconnect".into())
+            })?;
+            let addr = resolve_target(target, self.config.addr)?;
+            let (secret, tls) = (self.config.auth.as_deref(), self.config.tls.as_ref());
+            let connection = connect_authenticated(addr, self.config.connect_timeout, secret, tls)?;
+            self.start_link(link, connection)?;
+        }
+        Ok(self.streams[link].as_mut().expect("opened above"))
+    }
+
+    /// Takes `connection` as `link`'s and starts its reader thread.
+    fn start_link(&mut self, link: usize, connection: Connection) -> Result<(), ClientError> {
+        connection
+            .set_write_timeout(self.config.stall_timeout)
+            .map_err(io_error("cannot set a write timeout"))?;
+        let read_half = connection
+            .try_clone()
+            .map_err(io_error("cannot clone a socket"))?;
+        let incoming = self.incoming.upgrade().ok_or_else(|| {
+            ClientError::Config(
+                "every connection of this client has ended, so no new one can pass replies on: reconnect".into(),
+            )
+        })?;
+        let maps = self.maps.clone();
+        let reader = std::thread::Builder::new()
+            .name(format!("trove-client-rx-{link}"))
+            .spawn(move || read_replies(link, read_half, incoming, &maps))
+            .map_err(io_error("cannot start a reader thread"))?;
+        self.readers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push(reader);
+        if self.streams.len() <= link {
+            self.streams.resize_with(link + 1, || None);
+        }
+        self.streams[link] = Some(connection);
         Ok(())
     }
 
     /// Writes the closed frames of `link` (all of its frames when `flush`).
     fn write(&mut self, link: usize, flush: bool) -> Result<(), ClientError> {
-        let output = if flush {
-            self.proto.flush_output(link)
+        let pending = if flush {
+            self.proto.flush_output(link).len()
         } else {
-            self.proto.ready_output(link)
+            self.proto.ready_output(link).len()
         };
-        if output.is_empty() {
+        if pending == 0 {
             return Ok(());
         }
-        let stream = &mut self.streams[link];
+        self.stream(link)?;
+        let output = self.proto.ready_output(link);
+        let stream = self.streams[link].as_mut().expect("opened above");
         // `flush` sends what TLS still holds; a plain socket holds nothing.
         stream
             .write_all(output)
@@ -574,9 +721,15 @@ impl EventSender {
 /// A frame of replies, validated once on arrival.
 pub struct ReplyFrame {
     frame: ValidatedFrameBuf<ArchivedReply>,
+    link: usize,
 }
 
 impl ReplyFrame {
+    /// The link (connection) it arrived on.
+    pub fn link(&self) -> usize {
+        self.link
+    }
+
     /// The replies, in the order the node sent them.
     pub fn replies(&self) -> impl Iterator<Item = &ArchivedReply> {
         self.frame.frame().iter().map(|record| record.get())
@@ -611,7 +764,7 @@ pub enum RecvError {
 /// The receiving half of a client.
 pub struct ReplyReceiver {
     incoming: flume::Receiver<Incoming>,
-    readers: Vec<JoinHandle<()>>,
+    readers: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl ReplyReceiver {
@@ -633,7 +786,13 @@ impl ReplyReceiver {
     /// Waits for every reader thread to end (after the node closed every connection).
     pub fn join(self) {
         drop(self.incoming);
-        for reader in self.readers {
+        let readers = std::mem::take(
+            &mut *self
+                .readers
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        );
+        for reader in readers {
             let _ = reader.join();
         }
     }
@@ -659,7 +818,7 @@ fn read_replies(
         let forwarded = if kind == FrameKind::Replies {
             // Validated in place, then kept whole: the caller reads it without copying.
             match ValidatedFrameBuf::validate(kind, body) {
-                Ok(frame) => incoming.send(Incoming::Replies(ReplyFrame { frame })),
+                Ok(frame) => incoming.send(Incoming::Replies(ReplyFrame { frame, link })),
                 Err(error) => break Some(ClientError::Protocol(error).to_string()),
             }
         } else {
@@ -692,23 +851,12 @@ fn read_replies(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::message::PartitionMapMessage;
 
     fn push(epoch: u32) -> MapPush {
-        let message = PartitionMapMessage {
-            epoch,
-            owners: vec![0, 1, 0, 1],
-            shard_ports: vec![7701, 7702],
-        };
-        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&message).unwrap();
-        let archived = rkyv::access::<
-            crate::core::message::ArchivedPartitionMapMessage,
-            rkyv::rancor::Error,
-        >(&bytes)
-        .unwrap();
+        let owners = PartitionMap::round_robin(4, 2).unwrap().owners().to_vec();
         MapPush {
-            map: PartitionMap::from_message(archived).unwrap(),
-            shard_ports: message.shard_ports,
+            map: PartitionMap::from_owners(Epoch(epoch), owners).unwrap(),
+            answering: NodeId(0),
         }
     }
 

@@ -10,6 +10,12 @@
 //!   [`ClientProto::flush_output`] (closing the open one too) and reports what it wrote.
 //! - **Parsing.** [`next_frame`] takes whole frames off the front of received bytes and says
 //!   what each one is: validated replies, a partition map, or the node's error.
+//! - **Links to owners.** A shard-aware client has one link per (node, shard) that owns
+//!   partitions, at the address the map gives for that node ([`LinkTarget`]); links are
+//!   numbered as maps name them and never renumbered, so a map naming a new node adds links
+//!   (at most `CLIENT_LINKS_MAX`). A partition whose owner the map gives no address for goes
+//!   to the node that sent the map, which answers it. A client that is not shard-aware has one
+//!   link: the connection the map came on.
 //! - **Epoch tracking.** Every frame carries the epoch of the map its events were routed by. A
 //!   node that sees a client behind its epoch pushes its newer map along with the replies; the
 //!   client hands it to [`ClientProto::apply_map`], which closes the frames routed by the old
@@ -20,16 +26,18 @@
 //!
 //! [`EventSender`]: crate::client::EventSender
 
+use std::collections::BTreeMap;
+
 use crate::client::ClientError;
-use crate::constants::{FRAME_RECORDS_MAX, WRITE_BUFFER_RETAINED_BYTES_MAX};
+use crate::constants::{CLIENT_LINKS_MAX, FRAME_RECORDS_MAX, WRITE_BUFFER_RETAINED_BYTES_MAX};
 use crate::core::codec::{
     Decoded, EncodeError, FrameBuilder, FrameError, FrameKind, ValidatedFrame, decode_frame,
 };
-use crate::core::ids::{Epoch, HuntId};
+use crate::core::ids::{Epoch, HuntId, NodeId, ShardId};
 use crate::core::message::{
     ArchivedErrorMessage, ArchivedPartitionMapMessage, ArchivedReply, Event,
 };
-use crate::core::partition::PartitionMap;
+use crate::core::partition::{MapError, PartitionMap};
 
 /// One connection's outgoing frames: closed ones waiting to be written, then at most one open.
 struct Outbox {
@@ -92,12 +100,13 @@ impl Outbox {
     }
 }
 
-/// What the node pushed or answered with a map: the map and each shard's port.
+/// What the node pushed or answered with a map: the map (with where its nodes are reached)
+/// and the node that sent it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapPush {
     pub map: PartitionMap,
-    /// Shard `s` accepts connections on `shard_ports[s]`.
-    pub shard_ports: Vec<u16>,
+    /// The node that sent the map; a host it lists as empty is the host that node was reached at.
+    pub answering: NodeId,
 }
 
 /// What one frame from a node says.
@@ -120,19 +129,37 @@ pub enum MapUpdate {
     Stale { epoch: Epoch },
 }
 
+/// Where a shard-aware link goes: shard `shard` of `node`, at `host` (empty: the host the map
+/// was fetched from) and `port`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LinkTarget {
+    pub node: NodeId,
+    pub shard: ShardId,
+    pub host: String,
+    pub port: u16,
+}
+
 /// The sending side of a trove client, sans-IO. See the module documentation.
 pub struct ClientProto {
     map: PartitionMap,
+    answering: NodeId,
     shard_aware: bool,
     events_per_frame: usize,
+    /// Where each link goes (shard-aware); empty when the one link is the seed connection.
+    targets: Vec<LinkTarget>,
+    /// The link of each target, for finding a link again when the map changes.
+    links_by_target: BTreeMap<LinkTarget, usize>,
+    /// The link each partition's events go out on (shard-aware).
+    routes: Vec<u32>,
     outboxes: Vec<Outbox>,
 }
 
 impl ClientProto {
-    /// A client of the node whose map is `map`: one connection per shard when `shard_aware`,
-    /// else one connection; a frame is closed once it holds `events_per_frame` events.
+    /// A client of the node that sent `push`: when `shard_aware`, one link per (node, shard)
+    /// that owns partitions, opened as the map names them; else one link, to the node the map
+    /// came from, which forwards. A frame is closed once it holds `events_per_frame` events.
     pub fn new(
-        map: PartitionMap,
+        push: MapPush,
         shard_aware: bool,
         events_per_frame: usize,
     ) -> Result<ClientProto, ClientError> {
@@ -141,13 +168,25 @@ impl ClientProto {
                 "{events_per_frame} events per frame: it must be from 1 to {FRAME_RECORDS_MAX}"
             )));
         }
-        let links = if shard_aware { map.shards() } else { 1 };
-        Ok(ClientProto {
-            map,
+        if shard_aware && push.map.nodes().is_empty() {
+            return Err(ClientError::Map(MapError::BadNodeCount(0)));
+        }
+        let mut proto = ClientProto {
+            map: push.map,
+            answering: push.answering,
             shard_aware,
             events_per_frame,
-            outboxes: (0..links).map(|_| Outbox::new()).collect(),
-        })
+            targets: Vec::new(),
+            links_by_target: BTreeMap::new(),
+            routes: Vec::new(),
+            outboxes: Vec::new(),
+        };
+        if shard_aware {
+            proto.route_all()?;
+        } else {
+            proto.outboxes.push(Outbox::new());
+        }
+        Ok(proto)
     }
 
     /// The partition map events are routed by.
@@ -160,17 +199,37 @@ impl ClientProto {
         self.map.epoch()
     }
 
-    /// How many connections the client uses.
+    /// How many links the client uses so far (a shard-aware client gains links as maps name
+    /// new owners; links are never renumbered).
     pub fn links(&self) -> usize {
         self.outboxes.len()
     }
 
-    /// The connection that reaches the owner of `hunt`'s partition (0 when not shard-aware).
+    /// Where `link` goes; `None` for the one link of a client that is not shard-aware (the
+    /// connection the map was fetched on).
+    pub fn link_target(&self, link: usize) -> Option<&LinkTarget> {
+        self.targets.get(link)
+    }
+
+    /// The link that reaches the owner of `hunt`'s partition (0 when not shard-aware).
     pub fn link_for(&self, hunt: HuntId) -> usize {
         if self.shard_aware {
-            self.map.route(hunt).1.index()
+            let partition = self.map.partitioner().partition_of(hunt);
+            self.routes[partition.index()] as usize
         } else {
             0
+        }
+    }
+
+    /// The link to shard `shard` of `node` (an owner hint), opened if the map says where the
+    /// node is reached; `None` when it does not, or when the client is not shard-aware.
+    pub fn link_to(&mut self, node: NodeId, shard: ShardId) -> Result<Option<usize>, ClientError> {
+        if !self.shard_aware {
+            return Ok(None);
+        }
+        match self.target_of(node, shard) {
+            Some(target) => self.link_of(target).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -210,11 +269,10 @@ impl ClientProto {
         outbox.frames.len() - outbox.written
     }
 
-    /// Takes a map the node sent. A newer one replaces the map held: frames already filled
-    /// are closed under the old epoch (their events were routed by it) and later events are
-    /// routed by the new one. A shard-aware client cannot follow a node whose shard count
-    /// changed (it holds one connection per shard): that is an error, and the caller
-    /// reconnects.
+    /// Takes a map a node sent. A newer one replaces the map held: frames already filled are
+    /// closed under the old epoch (their events were routed by it) and later events are routed
+    /// by the new one, over new links where it names new owners or addresses. A map of
+    /// another partition count is another cluster: an error, and the caller reconnects.
     pub fn apply_map(&mut self, push: &MapPush) -> Result<MapUpdate, ClientError> {
         let epoch = push.map.epoch();
         if epoch <= self.map.epoch() {
@@ -229,19 +287,78 @@ impl ClientProto {
                 self.map.partitions()
             )));
         }
-        if self.shard_aware && push.map.shards() != self.outboxes.len() {
-            return Err(ClientError::MapChanged(format!(
-                "the node's map of epoch {epoch} has {} shards where this client holds {} connections: reconnect",
-                push.map.shards(),
-                self.outboxes.len()
-            )));
+        if self.shard_aware && push.map.nodes().is_empty() {
+            return Err(ClientError::Map(MapError::BadNodeCount(0)));
         }
         let old_epoch = self.map.epoch().get();
         for outbox in &mut self.outboxes {
             outbox.close_open_frame(old_epoch);
         }
+        let (old_map, old_answering) = (self.map.clone(), self.answering);
         self.map = push.map.clone();
+        self.answering = push.answering;
+        if self.shard_aware {
+            if let Err(error) = self.route_all() {
+                // Keep routing by the map that worked.
+                self.map = old_map;
+                self.answering = old_answering;
+                self.route_all()?;
+                return Err(error);
+            }
+        }
         Ok(MapUpdate::Applied { epoch })
+    }
+
+    /// Where shard `shard` of `node` is reached, if the map says.
+    fn target_of(&self, node: NodeId, shard: ShardId) -> Option<LinkTarget> {
+        let address = self.map.node_address(node)?;
+        let port = *address.shard_ports.get(shard.index())?;
+        Some(LinkTarget {
+            node,
+            shard,
+            host: address.host.clone(),
+            port,
+        })
+    }
+
+    /// The link of `target`, opened (numbered) if it is new.
+    fn link_of(&mut self, target: LinkTarget) -> Result<usize, ClientError> {
+        if let Some(&link) = self.links_by_target.get(&target) {
+            return Ok(link);
+        }
+        if self.targets.len() >= CLIENT_LINKS_MAX {
+            return Err(ClientError::MapChanged(format!(
+                "the map needs more than {CLIENT_LINKS_MAX} connections (CLIENT_LINKS_MAX) to reach every owner; reconnect, or use a client that is not shard-aware"
+            )));
+        }
+        let link = self.targets.len();
+        self.targets.push(target.clone());
+        self.links_by_target.insert(target, link);
+        self.outboxes.push(Outbox::new());
+        Ok(link)
+    }
+
+    /// Routes every partition by the map: to its owner's shard where the map says where that
+    /// node is reached, else to the node that sent the map (or the first node it lists), which
+    /// answers `Unavailable` for an owner nobody can reach.
+    fn route_all(&mut self) -> Result<(), ClientError> {
+        let fallback = self
+            .target_of(self.answering, ShardId(0))
+            .or_else(|| {
+                let first = self.map.nodes().first()?.node;
+                self.target_of(first, ShardId(0))
+            })
+            .ok_or(ClientError::Map(MapError::BadNodeCount(0)))?;
+        let mut routes = Vec::with_capacity(self.map.owners().len());
+        for index in 0..self.map.owners().len() {
+            let owner = self.map.owners()[index];
+            let target = self
+                .target_of(owner.node, owner.shard)
+                .unwrap_or_else(|| fallback.clone());
+            routes.push(self.link_of(target)? as u32);
+        }
+        self.routes = routes;
+        Ok(())
     }
 }
 
@@ -315,11 +432,7 @@ fn parse_map(body: &[u8]) -> Result<MapPush, ClientError> {
     let map = PartitionMap::from_message(message).map_err(ClientError::Map)?;
     Ok(MapPush {
         map,
-        shard_ports: message
-            .shard_ports
-            .iter()
-            .map(|port| port.to_native())
-            .collect(),
+        answering: NodeId(message.answering_node.to_native()),
     })
 }
 
@@ -333,8 +446,9 @@ fn parse_error(body: &[u8]) -> Result<(u16, String), FrameError> {
 mod tests {
     use super::*;
     use crate::core::codec::{FrameHeader, Records, decode_header};
-    use crate::core::ids::{PlayerId, ShardId, TreasureId};
-    use crate::core::message::{EventKind, Outcome, PartitionMapMessage, Reply};
+    use crate::core::ids::{PlayerId, TreasureId};
+    use crate::core::message::{EventKind, MapNode, MapOwner, Outcome, PartitionMapMessage, Reply};
+    use crate::core::partition::{NodeAddress, Owner, OwnerState, Placement};
     use rkyv::util::AlignedVec;
 
     const PARTITIONS: u32 = 64;
@@ -390,19 +504,11 @@ mod tests {
         frames
     }
 
-    /// A map of `shards` shards at `epoch` with every partition's owner moved one shard on.
-    fn moved_map(epoch: u32, shards: usize) -> MapPush {
-        let owners = (0..PARTITIONS)
-            .map(|partition| ((partition as usize + 1) % shards) as u16)
-            .collect();
-        let message = PartitionMapMessage {
-            epoch,
-            owners,
-            shard_ports: (0..shards as u16).map(|shard| 7701 + shard).collect(),
-        };
+    /// What a client reads from a map frame carrying `message`.
+    fn read_push(message: &PartitionMapMessage) -> MapPush {
         let mut frame = FrameBuilder::new();
         frame
-            .single(FrameKind::MapReply, epoch, Some(&message))
+            .single(FrameKind::MapReply, message.epoch, Some(message))
             .unwrap();
         match next_frame(frame.bytes()).unwrap() {
             Next::Frame {
@@ -413,9 +519,139 @@ mod tests {
         }
     }
 
+    /// A single node's map of `shards` shards at `epoch` with every partition's owner moved one
+    /// shard on.
+    fn moved_map(epoch: u32, shards: usize) -> MapPush {
+        let message = PartitionMapMessage {
+            epoch,
+            answering_node: 0,
+            owners: (0..PARTITIONS)
+                .map(|partition| MapOwner {
+                    node: 0,
+                    shard: ((partition as usize + 1) % shards) as u16,
+                    serving: true,
+                })
+                .collect(),
+            nodes: vec![MapNode {
+                node: 0,
+                host: String::new(),
+                shard_ports: (0..shards as u16).map(|shard| 7701 + shard).collect(),
+            }],
+        };
+        read_push(&message)
+    }
+
+    /// A cluster's map at `epoch`: partition `p` owned by shard 0 of node `owners[p % len]`,
+    /// nodes `reachable` listed at host "n<id>", port 7000 + id; node `answering` sent it.
+    fn cluster_map(epoch: u32, owners: &[u32], reachable: &[u32], answering: u32) -> MapPush {
+        let placement = Placement::from_owners(
+            Epoch(epoch),
+            (0..PARTITIONS as usize)
+                .map(|p| Owner {
+                    node: NodeId(owners[p % owners.len()]),
+                    shard: ShardId(0),
+                    part_epoch: Epoch(epoch),
+                    state: OwnerState::Serving,
+                })
+                .collect(),
+        )
+        .unwrap()
+        .with_nodes(reachable.iter().map(|&node| NodeAddress {
+            node: NodeId(node),
+            host: format!("n{node}"),
+            shard_ports: vec![7000 + node as u16],
+        }))
+        .unwrap();
+        read_push(&placement.to_message(NodeId(answering), &[7000 + answering as u16]))
+    }
+
     fn proto(shards: usize, shard_aware: bool, events_per_frame: usize) -> ClientProto {
         let map = PartitionMap::round_robin(PARTITIONS, shards).unwrap();
-        ClientProto::new(map, shard_aware, events_per_frame).unwrap()
+        let ports: Vec<u16> = (0..shards as u16).map(|shard| 7701 + shard).collect();
+        let push = read_push(&map.to_message(NodeId(0), &ports));
+        ClientProto::new(push, shard_aware, events_per_frame).unwrap()
+    }
+
+    #[test]
+    fn a_cluster_aware_client_opens_a_link_per_owner_and_routes_each_partition_to_it() {
+        let push = cluster_map(5, &[1, 2, 3], &[1, 2, 3], 2);
+        let map = push.map.clone();
+        let mut client = ClientProto::new(push, true, 8).unwrap();
+        assert_eq!(client.links(), 3);
+        for hunt in 0..300 {
+            let partition = map.partitioner().partition_of(HuntId(hunt));
+            let owner = map.owner(partition);
+            let target = client.link_target(client.link_for(HuntId(hunt))).unwrap();
+            assert_eq!((target.node, target.shard), (owner.node, owner.shard));
+            assert_eq!(target.host, format!("n{}", owner.node.0));
+            assert_eq!(target.port, 7000 + owner.node.0 as u16);
+        }
+        // An owner hint names a link; a node the map gives no address for names none.
+        let to_three =
+            (0..client.links()).find(|&link| client.link_target(link).unwrap().node == NodeId(3));
+        assert_eq!(client.link_to(NodeId(3), ShardId(0)).unwrap(), to_three);
+        assert_eq!(client.link_to(NodeId(9), ShardId(0)).unwrap(), None);
+        assert_eq!(client.link_to(NodeId(3), ShardId(5)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_node_that_joins_gets_a_new_link_and_old_links_keep_their_numbers() {
+        let mut client = ClientProto::new(cluster_map(5, &[1, 2], &[1, 2], 1), true, 8).unwrap();
+        let before: Vec<LinkTarget> = (0..client.links())
+            .map(|link| client.link_target(link).unwrap().clone())
+            .collect();
+        let update = client
+            .apply_map(&cluster_map(9, &[1, 2, 3], &[1, 2, 3], 1))
+            .unwrap();
+        assert_eq!(update, MapUpdate::Applied { epoch: Epoch(9) });
+        assert_eq!(client.links(), 3);
+        for (link, target) in before.iter().enumerate() {
+            assert_eq!(client.link_target(link), Some(target), "never renumbered");
+        }
+        assert_eq!(client.link_target(2).unwrap().node, NodeId(3));
+        let to_three = (0..400)
+            .filter(|&hunt| client.link_for(HuntId(hunt)) == 2)
+            .count();
+        assert!(to_three > 0, "node 3's partitions go to its link");
+    }
+
+    #[test]
+    fn an_owner_nobody_can_reach_is_routed_to_the_node_that_sent_the_map() {
+        // Node 3 owns a third of the partitions but its registration is gone.
+        let push = cluster_map(5, &[1, 2, 3], &[1, 2], 2);
+        assert_eq!(
+            push.map.offline().count(),
+            (PARTITIONS as usize).div_ceil(3) - 1
+        );
+        let map = push.map.clone();
+        let client = ClientProto::new(push, true, 8).unwrap();
+        assert_eq!(client.links(), 2);
+        for hunt in 0..300 {
+            let partition = map.partitioner().partition_of(HuntId(hunt));
+            let target = client.link_target(client.link_for(HuntId(hunt))).unwrap();
+            let expected = match map.owner(partition).node {
+                NodeId(3) => NodeId(2),
+                owner => owner,
+            };
+            assert_eq!(target.node, expected);
+        }
+    }
+
+    #[test]
+    fn a_map_of_another_partition_count_is_another_cluster() {
+        let mut client = ClientProto::new(cluster_map(5, &[1, 2], &[1, 2], 1), true, 8).unwrap();
+        let owners = Placement::round_robin(PARTITIONS * 2, 1)
+            .unwrap()
+            .owners()
+            .to_vec();
+        let other = Placement::from_owners(Epoch(6), owners).unwrap();
+        let push = read_push(&other.to_message(NodeId(1), &[7001]));
+        let error = client.apply_map(&push).unwrap_err();
+        assert!(
+            error.to_string().contains("not the same cluster"),
+            "{error}"
+        );
+        assert_eq!(client.epoch(), Epoch(5), "the old map stays");
     }
 
     #[test]
@@ -482,7 +718,13 @@ mod tests {
         let map = client.map().clone();
         for hunt in 0..200 {
             let link = client.link_for(HuntId(hunt));
-            assert_eq!(ShardId(link as u16), map.route(HuntId(hunt)).1);
+            let target = client.link_target(link).unwrap();
+            assert_eq!(
+                (target.node, target.shard),
+                (NodeId(0), map.route(HuntId(hunt)).1)
+            );
+            assert_eq!(target.port, 7701 + target.shard.0);
+            assert_eq!(target.host, "", "the host the map was fetched from");
             client.push_event(link, &event(hunt, hunt)).unwrap();
         }
         let mut not_aware = proto(4, false, 64);
@@ -531,7 +773,7 @@ mod tests {
             .single(
                 FrameKind::MapReply,
                 2,
-                Some(&push.map.to_message(&push.shard_ports)),
+                Some(&push.map.to_message(push.answering, &[7701, 7702])),
             )
             .unwrap();
         stream.append_frames(map_frame.bytes());
@@ -580,23 +822,29 @@ mod tests {
     }
 
     #[test]
-    fn a_map_with_another_shard_count_asks_a_shard_aware_client_to_reconnect() {
+    fn a_node_with_more_shards_gives_a_shard_aware_client_more_links() {
         let mut client = proto(2, true, 64);
-        let error = client.apply_map(&moved_map(5, 3)).unwrap_err();
-        assert!(error.to_string().contains("reconnect"), "{error}");
-        assert_eq!(client.epoch(), Epoch(1), "the old map stays");
+        assert_eq!(client.links(), 2);
+        assert_eq!(
+            client.apply_map(&moved_map(5, 3)).unwrap(),
+            MapUpdate::Applied { epoch: Epoch(5) }
+        );
+        assert_eq!(client.links(), 3);
+        assert_eq!(client.link_target(2).unwrap().port, 7703);
         let mut single = proto(2, false, 64);
         assert_eq!(
             single.apply_map(&moved_map(5, 3)).unwrap(),
             MapUpdate::Applied { epoch: Epoch(5) }
         );
+        assert_eq!(single.links(), 1);
+        assert_eq!(single.link_target(0), None, "the seed connection");
     }
 
     #[test]
     fn events_per_frame_out_of_range_is_a_config_error() {
-        let map = PartitionMap::round_robin(PARTITIONS, 1).unwrap();
+        let push = moved_map(1, 1);
         for bad in [0, FRAME_RECORDS_MAX + 1] {
-            let result = ClientProto::new(map.clone(), true, bad);
+            let result = ClientProto::new(push.clone(), true, bad);
             assert!(matches!(result, Err(ClientError::Config(_))), "{bad}");
         }
     }

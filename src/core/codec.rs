@@ -1258,11 +1258,11 @@ fn truncate_to_char_boundary(text: &mut String, max: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::ids::{HuntId, PlayerId, TreasureId};
+    use crate::core::ids::{HuntId, NodeId, PlayerId, TreasureId};
     use crate::core::message::{
         ArchivedEvent, ArchivedEventKind, ArchivedPartitionMapMessage, ArchivedReply, Event,
-        EventError, EventKind, HuntSpec, LeaderboardEntry, Outcome, PartitionMapMessage, Position,
-        RejectReason, Reply, TreasureSpec, WaypointSpec,
+        EventError, EventKind, HuntSpec, LeaderboardEntry, MapNode, MapOwner, Outcome,
+        PartitionMapMessage, Position, RejectReason, Reply, TreasureSpec, WaypointSpec,
     };
     use crate::core::partition::PartitionMap;
     use proptest::prelude::*;
@@ -1686,6 +1686,7 @@ mod tests {
         ]
     }
 
+    /// A single node's map (node 0, "the host you reached me at"), every owner serving.
     fn arb_map_message() -> impl Strategy<Value = PartitionMapMessage> {
         (0u32..=10, 1usize..=8).prop_flat_map(|(partition_bits, shards)| {
             (
@@ -1695,8 +1696,20 @@ mod tests {
             )
                 .prop_map(|(epoch, owners, shard_ports)| PartitionMapMessage {
                     epoch,
-                    owners,
-                    shard_ports,
+                    answering_node: 0,
+                    owners: owners
+                        .into_iter()
+                        .map(|shard| MapOwner {
+                            node: 0,
+                            shard,
+                            serving: true,
+                        })
+                        .collect(),
+                    nodes: vec![MapNode {
+                        node: 0,
+                        host: String::new(),
+                        shard_ports,
+                    }],
                 })
         })
     }
@@ -1932,8 +1945,9 @@ mod tests {
             let archived = frame.first().unwrap().get();
             let map = PartitionMap::from_message(archived).unwrap();
             prop_assert_eq!(map.epoch().get(), message.epoch);
-            prop_assert_eq!(map.shards(), message.shard_ports.len());
-            prop_assert_eq!(map.to_message(&message.shard_ports), message);
+            let ports = &message.nodes[0].shard_ports;
+            prop_assert_eq!(&map.node_address(NodeId(0)).unwrap().shard_ports, ports);
+            prop_assert_eq!(map.to_message(NodeId(0), ports), message);
         }
 
         #[test]

@@ -176,17 +176,48 @@ pub struct Reply {
     pub outcome: Outcome,
 }
 
-/// The partition map a node sends a client that asks for it: which shard owns each partition
-/// and on which port each shard listens.
+/// One partition's owner in a [`PartitionMapMessage`].
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MapOwner {
+    /// The owner's node: an index into [`PartitionMapMessage::nodes`] (an index, not the node
+    /// id, keeps an entry at 6 bytes, so a map of `PARTITIONS_MAX` partitions fits one frame).
+    pub node: u16,
+    /// The owning shard of that node.
+    pub shard: u16,
+    /// Whether the owner serves the partition now. An owner that does not (its node's lease
+    /// ended, or the answering node does not know where it is reached) answers nothing: its
+    /// events get `Error { OwnerUnavailable }`.
+    pub serving: bool,
+}
+
+/// One node of a [`PartitionMapMessage`]: where it is reached.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MapNode {
+    /// The node's id.
+    pub node: u32,
+    /// The host it is reached at; empty for "the host you reached the answering node at" (a
+    /// single node does not know the address its clients use).
+    pub host: String,
+    /// Shard `s` of the node accepts connections on `shard_ports[s]`; empty when the answering
+    /// node does not know where the node is reached (its registration is gone).
+    pub shard_ports: Vec<u16>,
+}
+
+/// The partition map a node sends a client that asks for it (or is behind): which node and
+/// shard owns each partition, whether it serves it, and where every owner is reached.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct PartitionMapMessage {
     /// Bumped whenever ownership changes.
     pub epoch: u32,
-    /// The owning shard of partition `i` is `owners[i]`; its length is the partition count.
-    pub owners: Vec<u16>,
-    /// Shard `s` accepts connections on port `shard_ports[s]`.
-    pub shard_ports: Vec<u16>,
+    /// The id of the node that sent this map; it is listed in `nodes`.
+    pub answering_node: u32,
+    /// The owner of partition `i` is `owners[i]`; its length is the partition count.
+    pub owners: Vec<MapOwner>,
+    /// Every node an owner names, and the answering node, each once.
+    pub nodes: Vec<MapNode>,
 }
 
 /// Sent by a node before it closes a connection whose input it cannot accept.

@@ -15,7 +15,7 @@ use crate::constants::{
     CLUSTER_NODES_MAX, NODE_HOST_BYTES_MAX, PARTITIONS_MAX, PLACEMENT_OWNER_BYTES_MAX, SHARDS_MAX,
 };
 use crate::core::ids::{Epoch, HuntId, NodeId, PartitionId, ShardId};
-use crate::core::message::{ArchivedPartitionMapMessage, PartitionMapMessage};
+use crate::core::message::{ArchivedPartitionMapMessage, MapNode, MapOwner, PartitionMapMessage};
 
 /// Why a partition map could not be built or accepted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +31,20 @@ pub enum MapError {
     /// A node's address is unusable: a host longer than `NODE_HOST_BYTES_MAX`, too many shard
     /// ports, the same node listed twice, or more than `CLUSTER_NODES_MAX` nodes.
     BadNodeAddress { node: u32, reason: &'static str },
+    /// A map lists no node, or more than `CLUSTER_NODES_MAX`.
+    BadNodeCount(u64),
+    /// A partition's owner names a node index past the map's node list.
+    UnknownNode { partition: u32, index: u16 },
+    /// A partition is owned by a shard its node does not have.
+    ShardOutOfRange {
+        partition: u32,
+        node: u32,
+        shard: u16,
+    },
+    /// A partition is served by a node the map gives no address for.
+    UnreachableOwner { partition: u32, node: u32 },
+    /// The node that sent the map is not in its node list.
+    UnknownAnsweringNode(u32),
 }
 
 impl fmt::Display for MapError {
@@ -58,6 +72,30 @@ impl fmt::Display for MapError {
             MapError::BadNodeAddress { node, reason } => {
                 write!(f, "the address of node {node} is unusable: {reason}")
             }
+            MapError::BadNodeCount(count) => write!(
+                f,
+                "the map lists {count} nodes: it must list from 1 to {CLUSTER_NODES_MAX}"
+            ),
+            MapError::UnknownNode { partition, index } => write!(
+                f,
+                "partition {partition} is owned by node number {index} of the map, which lists fewer nodes"
+            ),
+            MapError::ShardOutOfRange {
+                partition,
+                node,
+                shard,
+            } => write!(
+                f,
+                "partition {partition} is owned by shard {shard} of node {node}, which has no such shard"
+            ),
+            MapError::UnreachableOwner { partition, node } => write!(
+                f,
+                "partition {partition} is served by node {node}, for which the map gives no address"
+            ),
+            MapError::UnknownAnsweringNode(node) => write!(
+                f,
+                "the map was sent by node {node}, which its node list does not name"
+            ),
         }
     }
 }
@@ -216,46 +254,126 @@ impl Placement {
         })
     }
 
-    /// Accepts a map a node sent, checking every entry.
+    /// Accepts a map a node sent, checking every entry: the node list (bounded, no node twice,
+    /// hosts and shard ports within their limits, the answering node listed), then every
+    /// owner (a listed node, a shard that node has, reachable if it serves). Partition epochs
+    /// are not on the wire: each is taken as the map's epoch (no later than the truth).
     pub fn from_message(message: &ArchivedPartitionMapMessage) -> Result<Placement, MapError> {
-        let shards = message.shard_ports.len();
-        if shards == 0 || shards > SHARDS_MAX {
-            return Err(MapError::BadShardCount(shards as u64));
-        }
+        let nodes = check_message_nodes(message)?;
         let partitioner = Partitioner::new(message.owners.len() as u32)?;
         let epoch = Epoch(message.epoch.to_native());
         let mut owners = Vec::with_capacity(message.owners.len());
         for (partition, owner) in message.owners.iter().enumerate() {
-            let owner = owner.to_native();
-            if usize::from(owner) >= shards {
-                return Err(MapError::UnknownOwner {
-                    partition: partition as u32,
-                    owner,
+            let partition = partition as u32;
+            let index = owner.node.to_native();
+            let (node, ports) = nodes
+                .get(usize::from(index))
+                .ok_or(MapError::UnknownNode { partition, index })?;
+            let shard = owner.shard.to_native();
+            let shards = if ports.is_empty() {
+                SHARDS_MAX
+            } else {
+                ports.len()
+            };
+            if usize::from(shard) >= shards {
+                return Err(MapError::ShardOutOfRange {
+                    partition,
+                    node: node.0,
+                    shard,
+                });
+            }
+            let serving = owner.serving;
+            if serving && ports.is_empty() {
+                return Err(MapError::UnreachableOwner {
+                    partition,
+                    node: node.0,
                 });
             }
             owners.push(Owner {
-                node: NodeId(0),
-                shard: ShardId(owner),
-                // The message does not say when each partition last moved: no later than now.
+                node: *node,
+                shard: ShardId(shard),
                 part_epoch: epoch,
-                state: OwnerState::Serving,
+                state: if serving {
+                    OwnerState::Serving
+                } else {
+                    OwnerState::Offline
+                },
             });
         }
-        Ok(Placement {
-            epoch,
-            partitioner,
-            owners,
-            shards: shards as u16,
-            nodes: Vec::new(),
-        })
+        debug_assert_eq!(owners.len() as u32, partitioner.partitions());
+        let reachable = message
+            .nodes
+            .iter()
+            .filter(|node| !node.shard_ports.is_empty())
+            .map(|node| NodeAddress {
+                node: NodeId(node.node.to_native()),
+                host: node.host.to_string(),
+                shard_ports: node
+                    .shard_ports
+                    .iter()
+                    .map(|port| port.to_native())
+                    .collect(),
+            });
+        Placement::from_owners(epoch, owners)?.with_nodes(reachable)
     }
 
-    /// The map as a message, with the port each shard of the sending node listens on.
-    pub fn to_message(&self, shard_ports: &[u16]) -> PartitionMapMessage {
+    /// The map as `answering` sends it: every owner with its node and shard, and every node an
+    /// owner names with where it is reached. The answering node is always listed; when the
+    /// placement does not know its address (a single node) it is listed with an empty host
+    /// ("the host you reached me at") and `answering_ports`. An owner whose node's address is
+    /// unknown is sent as not serving: no client could reach it.
+    pub fn to_message(&self, answering: NodeId, answering_ports: &[u16]) -> PartitionMapMessage {
+        let mut nodes: BTreeMap<NodeId, MapNode> = self
+            .nodes
+            .iter()
+            .map(|address| {
+                let node = MapNode {
+                    node: address.node.0,
+                    host: address.host.clone(),
+                    shard_ports: address.shard_ports.clone(),
+                };
+                (address.node, node)
+            })
+            .collect();
+        nodes.entry(answering).or_insert_with(|| MapNode {
+            node: answering.0,
+            host: String::new(),
+            shard_ports: answering_ports.to_vec(),
+        });
+        for owner in &self.owners {
+            nodes.entry(owner.node).or_insert_with(|| MapNode {
+                node: owner.node.0,
+                host: String::new(),
+                shard_ports: Vec::new(),
+            });
+        }
+        let index: BTreeMap<NodeId, (u16, bool)> = nodes
+            .values()
+            .enumerate()
+            .map(|(index, node)| {
+                (
+                    NodeId(node.node),
+                    (index as u16, !node.shard_ports.is_empty()),
+                )
+            })
+            .collect();
+        let owners = self
+            .owners
+            .iter()
+            .map(|owner| {
+                let (node, reachable) = index[&owner.node];
+                MapOwner {
+                    node,
+                    shard: owner.shard.0,
+                    serving: reachable && owner.state == OwnerState::Serving,
+                }
+            })
+            .collect();
         PartitionMapMessage {
             epoch: self.epoch.get(),
-            owners: self.owners.iter().map(|owner| owner.shard.0).collect(),
-            shard_ports: shard_ports.to_vec(),
+            answering_node: answering.0,
+            owners,
+            nodes: nodes.into_values().collect(),
         }
     }
 
@@ -415,6 +533,43 @@ impl Placement {
     }
 }
 
+/// The nodes of a map message, checked, in the message's order: each node's id and its shard
+/// ports (empty: not reachable).
+fn check_message_nodes(
+    message: &ArchivedPartitionMapMessage,
+) -> Result<Vec<(NodeId, Vec<u16>)>, MapError> {
+    let count = message.nodes.len();
+    if count == 0 || count > CLUSTER_NODES_MAX {
+        return Err(MapError::BadNodeCount(count as u64));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut nodes = Vec::with_capacity(count);
+    for node in message.nodes.iter() {
+        let id = node.node.to_native();
+        let bad = |reason| Err(MapError::BadNodeAddress { node: id, reason });
+        if !seen.insert(id) {
+            return bad("it is listed twice");
+        }
+        if node.host.len() > NODE_HOST_BYTES_MAX {
+            return bad("its host is longer than NODE_HOST_BYTES_MAX");
+        }
+        if node.shard_ports.len() > SHARDS_MAX {
+            return bad("it lists more than SHARDS_MAX shard ports");
+        }
+        let ports = node
+            .shard_ports
+            .iter()
+            .map(|port| port.to_native())
+            .collect();
+        nodes.push((NodeId(id), ports));
+    }
+    let answering = message.answering_node.to_native();
+    if !seen.contains(&answering) {
+        return Err(MapError::UnknownAnsweringNode(answering));
+    }
+    Ok(nodes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,6 +632,25 @@ mod tests {
         assert_eq!(partitioner.partition_of(hunt), PartitionId(expected));
     }
 
+    fn archived(message: &PartitionMapMessage) -> rkyv::util::AlignedVec {
+        rkyv::to_bytes::<rkyv::rancor::Error>(message).unwrap()
+    }
+
+    fn read(message: &PartitionMapMessage) -> Result<Placement, MapError> {
+        let bytes = archived(message);
+        let archived =
+            rkyv::access::<ArchivedPartitionMapMessage, rkyv::rancor::Error>(&bytes).unwrap();
+        Placement::from_message(archived)
+    }
+
+    fn map_node(node: u32, host: &str, shard_ports: &[u16]) -> MapNode {
+        MapNode {
+            node,
+            host: host.into(),
+            shard_ports: shard_ports.to_vec(),
+        }
+    }
+
     #[test]
     fn round_robin_spreads_evenly_and_round_trips_as_a_message() {
         let map = PartitionMap::round_robin(1024, 3).unwrap();
@@ -484,51 +658,210 @@ mod tests {
             .map(|s| map.partitions_of(ShardId(s)).count())
             .collect();
         assert_eq!(counts, vec![342, 341, 341]);
-        let message = map.to_message(&[7001, 7002, 7003]);
-        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&message).unwrap();
-        let archived =
-            rkyv::access::<ArchivedPartitionMapMessage, rkyv::rancor::Error>(&bytes).unwrap();
-        assert_eq!(PartitionMap::from_message(archived).unwrap(), map);
-    }
-
-    #[test]
-    fn a_map_naming_an_unknown_shard_is_refused() {
-        let message = PartitionMapMessage {
-            epoch: 1,
-            owners: vec![0, 2],
-            shard_ports: vec![1, 2],
-        };
-        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&message).unwrap();
-        let archived =
-            rkyv::access::<ArchivedPartitionMapMessage, rkyv::rancor::Error>(&bytes).unwrap();
+        let message = map.to_message(NodeId(0), &[7001, 7002, 7003]);
+        // A single node lists itself, node 0, at "the host you reached me at".
+        assert_eq!(message.nodes, [map_node(0, "", &[7001, 7002, 7003])]);
+        assert_eq!(message.answering_node, 0);
+        let read = read(&message).unwrap();
+        assert_eq!(read.owners(), map.owners());
+        assert_eq!(read.epoch(), map.epoch());
         assert_eq!(
-            PartitionMap::from_message(archived),
-            Err(MapError::UnknownOwner {
-                partition: 1,
-                owner: 2
-            })
+            read.node_address(NodeId(0)).map(|a| a.shard_ports.clone()),
+            Some(vec![7001, 7002, 7003])
         );
     }
 
-    /// A placement of `partitions` over `shards` with arbitrary owners, as a message.
-    fn arbitrary_map() -> impl Strategy<Value = PartitionMapMessage> {
-        (0u32..=10, 1usize..=16).prop_flat_map(|(log2, shards)| {
-            let partitions = 1usize << log2;
-            (
-                1u32..1000,
-                prop::collection::vec(0..shards as u16, partitions),
-                prop::collection::vec(any::<u16>(), shards),
-            )
-                .prop_map(|(epoch, owners, shard_ports)| PartitionMapMessage {
-                    epoch,
-                    owners,
-                    shard_ports,
-                })
-        })
+    #[test]
+    fn a_cluster_map_names_each_owner_node_and_marks_unreachable_owners_not_serving() {
+        let owner = |node, shard, state| Owner {
+            node: NodeId(node),
+            shard: ShardId(shard),
+            part_epoch: Epoch(7),
+            state,
+        };
+        let placement = Placement::from_owners(
+            Epoch(7),
+            vec![
+                owner(3, 1, OwnerState::Serving),
+                owner(1, 0, OwnerState::Serving),
+                owner(9, 0, OwnerState::Serving),
+                owner(1, 0, OwnerState::Offline),
+            ],
+        )
+        .unwrap()
+        .with_nodes([
+            NodeAddress {
+                node: NodeId(1),
+                host: "10.0.0.1".into(),
+                shard_ports: vec![7001],
+            },
+            NodeAddress {
+                node: NodeId(3),
+                host: "10.0.0.3".into(),
+                shard_ports: vec![7001, 7002],
+            },
+        ])
+        .unwrap();
+        // Node 5 answers: it owns nothing, so it lists itself with the ports it was given.
+        let message = placement.to_message(NodeId(5), &[7100]);
+        let ids: Vec<u32> = message.nodes.iter().map(|node| node.node).collect();
+        assert_eq!(ids, [1, 3, 5, 9]);
+        assert_eq!(message.nodes[3], map_node(9, "", &[]), "no address known");
+        let owners: Vec<(u16, u16, bool)> = message
+            .owners
+            .iter()
+            .map(|owner| (owner.node, owner.shard, owner.serving))
+            .collect();
+        assert_eq!(
+            owners,
+            [(1, 1, true), (0, 0, true), (3, 0, false), (0, 0, false)],
+            "node 9 cannot be reached: not serving"
+        );
+        let read = read(&message).unwrap();
+        assert_eq!(read.owner(PartitionId(0)).node, NodeId(3));
+        assert_eq!(read.owner(PartitionId(2)).state, OwnerState::Offline);
+        assert_eq!(read.owner(PartitionId(3)).state, OwnerState::Offline);
+        assert_eq!(
+            read.node_address(NodeId(3)).map(|a| a.host.as_str()),
+            Some("10.0.0.3")
+        );
+        assert_eq!(read.node_address(NodeId(9)), None);
     }
 
-    fn archived_map(message: &PartitionMapMessage) -> rkyv::util::AlignedVec {
-        rkyv::to_bytes::<rkyv::rancor::Error>(message).unwrap()
+    #[test]
+    fn maps_with_bad_nodes_or_owners_are_refused_with_what_is_wrong() {
+        let good = PartitionMapMessage {
+            epoch: 4,
+            answering_node: 2,
+            owners: vec![
+                MapOwner {
+                    node: 0,
+                    shard: 1,
+                    serving: true,
+                },
+                MapOwner {
+                    node: 1,
+                    shard: 0,
+                    serving: false,
+                },
+            ],
+            nodes: vec![map_node(2, "h", &[1, 2]), map_node(4, "", &[])],
+        };
+        assert!(read(&good).is_ok());
+        let bad = |change: &dyn Fn(&mut PartitionMapMessage)| {
+            let mut message = good.clone();
+            change(&mut message);
+            read(&message).unwrap_err()
+        };
+        assert_eq!(
+            bad(&|m| m.owners[0].node = 2),
+            MapError::UnknownNode {
+                partition: 0,
+                index: 2
+            }
+        );
+        assert_eq!(
+            bad(&|m| m.owners[0].shard = 2),
+            MapError::ShardOutOfRange {
+                partition: 0,
+                node: 2,
+                shard: 2
+            }
+        );
+        assert_eq!(
+            bad(&|m| m.owners[1].serving = true),
+            MapError::UnreachableOwner {
+                partition: 1,
+                node: 4
+            }
+        );
+        assert_eq!(
+            bad(&|m| m.answering_node = 3),
+            MapError::UnknownAnsweringNode(3)
+        );
+        assert_eq!(bad(&|m| m.nodes.clear()), MapError::BadNodeCount(0));
+        assert!(matches!(
+            bad(&|m| m.nodes[1].node = 2),
+            MapError::BadNodeAddress { node: 2, .. }
+        ));
+        let long = "h".repeat(NODE_HOST_BYTES_MAX + 1);
+        let error = bad(&|m| m.nodes[0].host = long.clone());
+        assert!(matches!(error, MapError::BadNodeAddress { node: 2, .. }));
+        assert!(error.to_string().contains("longer"), "{error}");
+        assert!(matches!(
+            bad(&|m| m.nodes[0].shard_ports = vec![1; SHARDS_MAX + 1]),
+            MapError::BadNodeAddress { node: 2, .. }
+        ));
+        assert_eq!(
+            bad(&|m| m.owners.push(m.owners[0])),
+            MapError::BadPartitionCount(3)
+        );
+    }
+
+    #[test]
+    fn the_largest_single_node_map_fits_one_frame() {
+        use crate::core::codec::{FrameBuilder, FrameKind};
+        let map = Placement::round_robin(PARTITIONS_MAX, SHARDS_MAX).unwrap();
+        let ports: Vec<u16> = (0..SHARDS_MAX as u16).collect();
+        let message = map.to_message(NodeId(0), &ports);
+        let mut frame = FrameBuilder::new();
+        frame
+            .single(FrameKind::MapReply, 1, Some(&message))
+            .expect("PARTITIONS_MAX owners of 6 bytes and one node fit");
+    }
+
+    /// A canonical map of `partitions` over 1 to 8 nodes, every node named by an owner, each
+    /// with 1 to 8 shards, as the node it names answering would send it.
+    fn arbitrary_map() -> impl Strategy<Value = PartitionMapMessage> {
+        (0u32..=8, 1usize..=8).prop_flat_map(|(log2, nodes)| {
+            let partitions = 1usize << log2;
+            let nodes = nodes.min(partitions);
+            (
+                1u32..1000,
+                prop::collection::btree_set(any::<u32>(), nodes),
+                prop::collection::vec((1usize..=8, "[a-z0-9.]{0,12}"), nodes),
+                prop::collection::vec(
+                    (any::<prop::sample::Index>(), any::<u16>(), any::<bool>()),
+                    partitions,
+                ),
+                any::<prop::sample::Index>(),
+            )
+                .prop_map(move |(epoch, ids, shapes, picks, answering)| {
+                    let nodes: Vec<MapNode> = ids
+                        .into_iter()
+                        .zip(shapes)
+                        .map(|(node, (shards, host))| MapNode {
+                            node,
+                            host,
+                            shard_ports: (0..shards as u16).map(|s| 7000 + s).collect(),
+                        })
+                        .collect();
+                    let owners = picks
+                        .into_iter()
+                        .enumerate()
+                        .map(|(partition, (pick, shard, serving))| {
+                            // The first partitions name every node once, so none is left out.
+                            let node = if partition < nodes.len() {
+                                partition
+                            } else {
+                                pick.index(nodes.len())
+                            };
+                            MapOwner {
+                                node: node as u16,
+                                shard: shard % nodes[node].shard_ports.len() as u16,
+                                serving,
+                            }
+                        })
+                        .collect();
+                    let answering = nodes[answering.index(nodes.len())].node;
+                    PartitionMapMessage {
+                        epoch,
+                        answering_node: answering,
+                        owners,
+                        nodes,
+                    }
+                })
+        })
     }
 
     proptest! {
@@ -560,13 +893,14 @@ mod tests {
 
         #[test]
         fn any_valid_map_round_trips_as_a_message(message in arbitrary_map()) {
-            let bytes = archived_map(&message);
-            let archived = rkyv::access::<ArchivedPartitionMapMessage, rkyv::rancor::Error>(&bytes).unwrap();
-            let map = Placement::from_message(archived).unwrap();
+            let map = read(&message).unwrap();
             prop_assert_eq!(map.epoch(), Epoch(message.epoch));
-            prop_assert_eq!(map.to_message(&message.shard_ports), message.clone());
+            let answering = message.nodes.iter().find(|node| node.node == message.answering_node).unwrap();
+            prop_assert_eq!(map.to_message(NodeId(answering.node), &answering.shard_ports), message.clone());
             for (partition, owner) in message.owners.iter().enumerate() {
-                prop_assert_eq!(map.owner_of_partition(PartitionId(partition as u32)), ShardId(*owner));
+                let listed = &message.nodes[usize::from(owner.node)];
+                prop_assert_eq!(map.owner(PartitionId(partition as u32)).node, NodeId(listed.node));
+                prop_assert_eq!(map.owner_of_partition(PartitionId(partition as u32)), ShardId(owner.shard));
             }
         }
 
@@ -576,12 +910,11 @@ mod tests {
             pick in any::<prop::sample::Index>(),
             to in any::<prop::sample::Index>(),
         ) {
-            let bytes = archived_map(&message);
-            let archived = rkyv::access::<ArchivedPartitionMapMessage, rkyv::rancor::Error>(&bytes).unwrap();
-            let before = Placement::from_message(archived).unwrap();
+            let before = read(&message).unwrap();
             let partition = PartitionId(pick.index(message.owners.len()) as u32);
-            let shard = ShardId(to.index(message.shard_ports.len()) as u16);
-            let after = before.with_owner(partition, NodeId(0), shard).unwrap();
+            let shard = ShardId(to.index(before.shards()) as u16);
+            let node = before.owner(partition).node;
+            let after = before.with_owner(partition, node, shard).unwrap();
             prop_assert_eq!(after.epoch(), before.epoch().next());
             prop_assert_eq!(after.owner(partition).shard, shard);
             prop_assert_eq!(after.owner(partition).part_epoch, after.epoch());

@@ -449,8 +449,15 @@ impl Sim {
                 workload.hunts.first().map_or(0, |h| h.spec.treasures.len()),
             ),
             workload,
-            client: ClientProto::new(placement.clone(), false, 1)
-                .expect("one event per frame is a valid client configuration"),
+            client: ClientProto::new(
+                crate::client::proto::MapPush {
+                    map: placement.clone(),
+                    answering: crate::core::ids::NodeId(0),
+                },
+                false,
+                1,
+            )
+            .expect("one event per frame is a valid client configuration"),
             placement,
             cluster,
             events: Vec::new(),

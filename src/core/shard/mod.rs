@@ -60,6 +60,10 @@ pub use routing::{LocalEvent, NodeLease, Route};
 pub use stop::ERROR_CODE_SHUTTING_DOWN;
 pub use timeouts::ERROR_CODE_CONNECTION_CLOSED;
 
+/// The error code a node answers a map request with when its map does not fit one frame.
+/// (Codes before it: see `stop::ERROR_CODE_SHUTTING_DOWN` and `ERROR_CODE_CONNECTION_CLOSED`.)
+pub const ERROR_CODE_MAP_TOO_LARGE: u16 = 104;
+
 use connections::Connections;
 use mesh::Peer;
 
@@ -326,14 +330,21 @@ impl ShardCore {
         } else {
             vec![0; self.peers.len()]
         };
+        let epoch = self.placement.epoch().get();
+        let message = self.placement.to_message(self.node, &ports);
         let mut frames = FrameBuilder::new();
-        frames
-            .single(
-                FrameKind::MapReply,
-                self.placement.epoch().get(),
-                Some(&self.placement.to_message(&ports)),
-            )
-            .expect("a partition map of at most PARTITIONS_MAX entries fits one frame");
+        if let Err(error) = frames.single(FrameKind::MapReply, epoch, Some(&message)) {
+            // Many partitions and many nodes with long hosts can outgrow a frame: say so to
+            // whoever asks, rather than send a map cut short.
+            frames.error_message(
+                epoch,
+                ERROR_CODE_MAP_TOO_LARGE,
+                format!(
+                    "this node's partition map does not fit one frame ({error}); \
+                     use fewer partitions or shorter --advertise hosts"
+                ),
+            );
+        }
         self.map_reply = frames.bytes().to_vec();
     }
 

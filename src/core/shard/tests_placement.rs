@@ -300,3 +300,33 @@ fn a_restarted_cluster_shard_replays_its_log_before_its_placement_and_keeps_what
         Err(ReplayError::Partition { routed: None, .. })
     ));
 }
+
+#[test]
+fn a_map_too_large_for_one_frame_is_answered_with_an_error_not_a_panic() {
+    use crate::constants::{CLUSTER_NODES_MAX, NODE_HOST_BYTES_MAX, PARTITIONS_MAX};
+    use crate::core::partition::NodeAddress;
+    // Every partition there may be, over every node there may be, each with the longest host:
+    // far more than one frame holds.
+    let nodes = CLUSTER_NODES_MAX as u32;
+    let owners = (0..PARTITIONS_MAX)
+        .map(|p| owner(NodeId(1 + p % nodes), 1, OwnerState::Serving))
+        .collect();
+    let placement = Placement::from_owners(Epoch(2), owners)
+        .unwrap()
+        .with_nodes((1..=nodes).map(|node| NodeAddress {
+            node: NodeId(node),
+            host: "h".repeat(NODE_HOST_BYTES_MAX),
+            shard_ports: vec![7000],
+        }))
+        .unwrap();
+    let mut core = cluster_shard(placement);
+    let conn = core.handle_connect(0).unwrap();
+    let mut request = FrameBuilder::new();
+    request
+        .single::<Event>(FrameKind::MapRequest, 0, None)
+        .unwrap();
+    assert_eq!(offer(&mut core, conn, request.bytes()), FrameProgress::Done);
+    let received = write_all(&mut core, conn);
+    assert!(received.maps.is_empty(), "no map cut short");
+    assert_eq!(received.errors, 1, "an error frame says why");
+}
