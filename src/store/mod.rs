@@ -2,7 +2,8 @@
 //!
 //! - [`format`]: the bytes on disk (segment header, records, reading a segment back);
 //! - [`commit`]: group commit, sans-IO (which write and which sync next, what is durable);
-//! - [`recovery`]: whether a segment belongs to the log, and where the log is cut or refused.
+//! - [`recovery`]: whether a segment belongs to the log, and where the log is cut or refused;
+//! - [`snapfile`]: the bytes of a partition's snapshot file (header and rkyv archive).
 //!
 //! The decisions are here and in `core::shard::durability` (which replies wait for which
 //! record); the I/O is the shell's, in `runtime::store`, with glommio's `DmaFile`.
@@ -10,3 +11,4 @@
 pub mod commit;
 pub mod format;
 pub mod recovery;
+pub mod snapfile;
