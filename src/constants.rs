@@ -346,9 +346,9 @@ pub const SNAPSHOT_ARCHIVE_BYTES_MAX: usize = 64
             + WAYPOINTS_PER_HUNT_MAX * 16 // waypoints: position, radius, points
             + TREASURES_PER_HUNT_MAX * 24 // treasures: code hash, points, winner
             + LEADERBOARD_TOP_K_MAX * 16); // the leaderboard
-/// Snapshots kept per partition: the newest, and the one before it to fall back to when the
-/// newest is damaged. The log is kept from the older one on.
-pub const SNAPSHOT_GENERATIONS_KEPT: usize = 2;
+/// Snapshots kept per partition, at most: the newest, and the one before it to fall back to
+/// when the newest is damaged. The log is kept from the older one on.
+pub const SNAPSHOT_GENERATIONS_MAX: usize = 2;
 /// Start a snapshot round after this much log was written since the last one (`trove node
 /// --snapshot-every-mb`).
 pub const SNAPSHOT_EVERY_MB_DEFAULT: u64 = 32;
@@ -359,8 +359,9 @@ pub const SNAPSHOT_EVERY_MB_MAX: u64 = WAL_SEGMENT_BYTES / (1024 * 1024);
 pub const SNAPSHOT_EVERY_S_DEFAULT: u64 = 60;
 /// The longest interval between rounds a node accepts: an hour.
 pub const SNAPSHOT_EVERY_S_MAX: u64 = 3_600;
-/// How often a shard's snapshot task looks whether a round is due, in milliseconds.
-pub const SNAPSHOT_POLL_MS: u64 = 50;
+/// Longest a shard's snapshot task waits before it looks again whether a round is due, in
+/// milliseconds.
+pub const SNAPSHOT_CHECK_INTERVAL_MS_MAX: u64 = 50;
 /// A node's log and snapshots together, on disk, by default (`trove node --log-disk-max-mb`):
 /// shared equally by its shards.
 pub const LOG_DISK_MB_DEFAULT: u64 = 16 * 1024;
