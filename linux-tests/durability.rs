@@ -747,3 +747,73 @@ fn the_data_dir_stays_within_its_bound_and_a_restart_after_truncation_recovers_e
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every snapshot file of the data dir, by (shard, partition), oldest first.
+fn snapshot_files(dir: &Path) -> HashMap<(usize, u32), Vec<PathBuf>> {
+    let mut found: HashMap<(usize, u32), Vec<PathBuf>> = HashMap::new();
+    for shard in 0..2 {
+        let snapshots = dir.join(format!("shard-{shard}")).join("snapshots");
+        for entry in std::fs::read_dir(&snapshots).unwrap().map_while(Result::ok) {
+            let name = entry.file_name().into_string().unwrap();
+            let Some(stem) = name.strip_suffix(".snap") else {
+                continue;
+            };
+            let partition = stem[1..].split('-').next().unwrap().parse().unwrap();
+            found
+                .entry((shard, partition))
+                .or_default()
+                .push(entry.path());
+        }
+    }
+    for files in found.values_mut() {
+        files.sort();
+    }
+    found
+}
+
+#[test]
+fn a_damaged_snapshot_falls_back_to_the_one_before_it_or_the_whole_log() {
+    let dir = data_dir("snapshot-damage");
+    let mut node = start_node(&dir, &SNAPSHOT_OFTEN).unwrap();
+    let (mut model, mut seq) = (Model::new(), 0);
+    set_up(&mut node, &mut model, &mut seq);
+    let mut rng = Rng(5);
+    for _ in 0..3 {
+        let events = load(&mut rng, &mut seq, 20_000);
+        let replies = drive(&mut node, &events, None);
+        for event in &events {
+            assert_eq!(replies[&event.client_seq].outcome, model.apply(event));
+        }
+        // A round by age, too.
+        std::thread::sleep(Duration::from_millis(1_500));
+    }
+    drop(node);
+    let snapshots = snapshot_files(&dir);
+    assert!(!snapshots.is_empty(), "no snapshot was written");
+    // The newest snapshot of every partition gets a flipped byte in its archive.
+    for files in snapshots.values() {
+        rewrite(files.last().unwrap(), |bytes| bytes[4096 + 20] ^= 0x44);
+    }
+    let mut node = start_node(&dir, &SNAPSHOT_OFTEN).unwrap();
+    let damaged_notes = node
+        .start_lines
+        .iter()
+        .filter(|line| line.contains("is damaged") && line.contains("moved aside"))
+        .count();
+    assert_eq!(damaged_notes, snapshots.len(), "{:?}", node.start_lines);
+    let (loaded, replayed) = recovery(&node);
+    let with_older = snapshots.values().filter(|files| files.len() > 1).count();
+    assert_eq!(loaded as usize, with_older, "{:?}", node.start_lines);
+    println!(
+        "{} partitions' newest snapshots damaged: {loaded} fell back to the one before, {replayed} events replayed",
+        snapshots.len()
+    );
+    reconcile(&mut node, &mut model, &[], &HashMap::new(), &mut seq);
+    let events = load(&mut rng, &mut seq, 2_000);
+    let replies = drive(&mut node, &events, None);
+    for event in &events {
+        assert_eq!(replies[&event.client_seq].outcome, model.apply(event));
+    }
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -308,7 +308,8 @@ pub const WAL_SHARD_BYTES_MAX: usize = 2 * WAL_UNSYNCED_PAYLOAD_BYTES_MAX // the
     + 2 * WAL_UNWRITTEN_BYTES_MAX // the group-commit tails: doubling Vecs, drained in place
     + WAL_UNWRITTEN_BYTES_MAX + WAL_BLOCK_BYTES_MAX // the aligned buffer of the one write in flight
     + 2 * (WAL_UNSYNCED_EVENTS_MAX + DURABILITY_HELD_UNCREDITED_MAX) // replies held for a sync: a doubling VecDeque
-        * (DURABILITY_HELD_REPLY_BYTES_MAX + REPLY_BYTES_MAX);
+        * (DURABILITY_HELD_REPLY_BYTES_MAX + REPLY_BYTES_MAX)
+    + SNAPSHOT_IN_FLIGHT_BYTES_MAX; // the partition snapshot being taken and written
 
 const _: () = assert!(WAL_SEGMENT_HEADER_BYTES % WAL_BLOCK_BYTES_MAX == 0);
 const _: () = assert!(
@@ -372,6 +373,25 @@ pub const LOG_DISK_MB_MAX: u64 = 16 * 1024 * 1024;
 pub const LOG_DISK_BYTES_PER_SHARD_MIN: u64 = 3 * WAL_SEGMENT_BYTES;
 
 const _: () = assert!(LOG_DISK_MB_DEFAULT * 1024 * 1024 >= 8 * LOG_DISK_BYTES_PER_SHARD_MIN);
+
+/// One partition's retention state in a shard's log task (`store::retention::PartitionLog`:
+/// two generations and the last record seen); checked by a const assert there.
+pub const RETENTION_PARTITION_BYTES: usize = 80;
+/// What one shard's snapshot in flight holds at its peak, at most: the partition's state as
+/// plain values (every player's entry and its wrong-code counters on the heap, under twice the
+/// archive's size), the archive in a doubling buffer, the file's bytes (header and archive)
+/// in another, and the aligned write buffer of the file.
+pub const SNAPSHOT_IN_FLIGHT_BYTES_MAX: usize = 2 * SNAPSHOT_ARCHIVE_BYTES_MAX // the values
+    + 2 * SNAPSHOT_ARCHIVE_BYTES_MAX // the archive, a doubling AlignedVec
+    + 2 * (SNAPSHOT_HEADER_BYTES + SNAPSHOT_ARCHIVE_BYTES_MAX) // the file's bytes, a growing Vec
+    + SNAPSHOT_HEADER_BYTES + SNAPSHOT_ARCHIVE_BYTES_MAX + WAL_BLOCK_BYTES_MAX; // the DMA buffer
+
+/// Worst-case bytes of one shard's log state that grow with the node's partitions: each
+/// partition's retention state and its place in a snapshot round (a `u32` in a doubling
+/// `VecDeque`).
+pub const fn wal_partition_bytes_max(partitions: usize) -> usize {
+    partitions * (RETENTION_PARTITION_BYTES + 2 * size_of::<u32>())
+}
 
 // ---------------------------------------------------------------------------------------------
 // Time.
@@ -578,10 +598,11 @@ impl NodeMemory {
         }
     }
 
-    /// Counts the write-ahead log's buffers of `shards` shards (a node with a data dir).
-    pub const fn with_log(self, shards: usize) -> NodeMemory {
+    /// Counts the write-ahead log's buffers and snapshot state of `shards` shards serving
+    /// `partitions` partitions (a node with a data dir).
+    pub const fn with_log(self, shards: usize, partitions: usize) -> NodeMemory {
         NodeMemory {
-            log_bytes: shards * WAL_SHARD_BYTES_MAX,
+            log_bytes: shards * (WAL_SHARD_BYTES_MAX + wal_partition_bytes_max(partitions)),
             ..self
         }
     }

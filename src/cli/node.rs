@@ -393,7 +393,7 @@ pub fn run(args: &NodeArgs) -> i32 {
     let shards = config.runtime.shards();
     let mut memory = NodeMemory::of(config.runtime.partitions as usize, shards);
     if config.runtime.store.is_some() {
-        memory = memory.with_log(shards);
+        memory = memory.with_log(shards, config.runtime.partitions as usize);
     }
     if args.tls_cert.is_some() {
         memory = memory.with_tls(shards);
@@ -502,7 +502,7 @@ mod tests {
             text.ends_with("; not counted: log (no --data-dir), TLS (no --tls-cert))"),
             "{text}"
         );
-        let logged = plain.with_log(2);
+        let logged = plain.with_log(2, 1024);
         assert!(logged.log_bytes > 0 && logged.tls_bytes == 0);
         assert_eq!(logged.total_bytes(), plain.total_bytes() + logged.log_bytes);
         let text = describe_memory(&logged);

@@ -18,7 +18,7 @@
 //! lets the waiting replies go. Files are opened read+write (write-only would disable polled
 //! I/O for the whole device). On tmpfs, glommio silently turns O_DIRECT off: recovery notes it.
 //!
-//! Snapshots: `DATA_DIR/shard-N/snapshots/pPPPPP-LLLLLLLLLLLLLLLLLLLL.snap` holds partition P's
+//! Snapshots: `DATA_DIR/shard-N/snapshots/pPPPPPP-LLLLLLLLLLLLLLLLLLLL.snap` holds partition P's
 //! state covering the shard's log up to record L (`store::snapfile`). A third task, the
 //! snapshotter, asks `store::retention` which partition is due, copies its state on the shard
 //! (the only pause, measured as the `snapshot_pause` stage), waits for the log to be durable up

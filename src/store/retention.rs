@@ -29,7 +29,9 @@
 
 use std::collections::VecDeque;
 
-use crate::constants::{SNAPSHOT_GENERATIONS_MAX, WAL_UNWRITTEN_BYTES_MAX};
+use crate::constants::{
+    RETENTION_PARTITION_BYTES, SNAPSHOT_GENERATIONS_MAX, WAL_UNWRITTEN_BYTES_MAX,
+};
 
 const _: () = assert!(
     SNAPSHOT_GENERATIONS_MAX == 2,
@@ -86,6 +88,9 @@ impl PartitionLog {
         self.older.unwrap_or(self.newest).first_after
     }
 }
+
+// The memory sum (`constants::wal_partition_bytes_max`) counts it at this size.
+const _: () = assert!(size_of::<PartitionLog>() <= RETENTION_PARTITION_BYTES);
 
 /// A snapshot taken from the core and being written.
 #[derive(Clone, Copy, Debug)]
