@@ -326,7 +326,8 @@ pub const WAL_SHARD_BYTES_MAX: usize = 2 * WAL_UNSYNCED_PAYLOAD_BYTES_MAX // the
     + WAL_UNWRITTEN_BYTES_MAX + WAL_BLOCK_BYTES_MAX // the aligned buffer of the one write in flight
     + 2 * (WAL_UNSYNCED_EVENTS_MAX + DURABILITY_HELD_UNCREDITED_MAX) // replies held for a sync: a doubling VecDeque
         * (DURABILITY_HELD_REPLY_BYTES_MAX + REPLY_BYTES_MAX)
-    + LOG_STAGE_HISTOGRAMS_PER_SHARD_MAX * STAGE_HISTOGRAM_BYTES_MAX; // the log-sync stage histogram and a copy
+    + LOG_STAGE_HISTOGRAMS_PER_SHARD_MAX * STAGE_HISTOGRAM_BYTES_MAX // the log-sync and snapshot-pause stage histograms, and a copy of each
+    + SNAPSHOT_IN_FLIGHT_BYTES_MAX; // the partition snapshot being taken and written
 
 const _: () = assert!(WAL_SEGMENT_HEADER_BYTES % WAL_BLOCK_BYTES_MAX == 0);
 const _: () = assert!(
@@ -336,6 +337,79 @@ const _: () = assert!(
             + EVENT_BYTES_MAX
             + WAL_BLOCK_BYTES_MAX
 );
+
+// ---------------------------------------------------------------------------------------------
+// Snapshots, truncation and the log's disk bound (see `store::snapfile`, `store::retention`).
+// ---------------------------------------------------------------------------------------------
+
+/// The eight bytes every snapshot file starts with.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TROVSNAP";
+/// The snapshot format this build writes and reads. A snapshot of another version is refused.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// A snapshot file's header: one block of the largest alignment supported, so the archive
+/// after it starts aligned.
+pub const SNAPSHOT_HEADER_BYTES: usize = WAL_BLOCK_BYTES_MAX;
+/// One player in a snapshot's archive (`core::snapshot::PlayerSnapshot`): id 8, visited 8,
+/// score 4, the wrong-code option and its vector 12, padding and the counters' alignment; the
+/// counters besides.
+pub const SNAPSHOT_PLAYER_BYTES: usize = 48;
+/// One hunt's fixed part in a snapshot's archive: slot, id, organiser, four vectors.
+pub const SNAPSHOT_HUNT_BYTES: usize = 64;
+/// Largest archive of one partition's state: every hunt full, every player with wrong-code
+/// counters; what a snapshot file may hold beyond its header. A unit test builds such a
+/// partition and checks its archive fits.
+pub const SNAPSHOT_ARCHIVE_BYTES_MAX: usize = 64
+    + HUNTS_PER_PARTITION_MAX
+        * (SNAPSHOT_HUNT_BYTES
+            + PLAYERS_PER_HUNT_MAX * (SNAPSHOT_PLAYER_BYTES + TREASURES_PER_HUNT_MAX) // players
+            + WAYPOINTS_PER_HUNT_MAX * 16 // waypoints: position, radius, points
+            + TREASURES_PER_HUNT_MAX * 24 // treasures: code hash, points, winner
+            + LEADERBOARD_TOP_K_MAX * 16); // the leaderboard
+/// Snapshots kept per partition, at most: the newest, and the one before it to fall back to
+/// when the newest is damaged. The log is kept from the older one on.
+pub const SNAPSHOT_GENERATIONS_MAX: usize = 2;
+/// Start a snapshot round after this much log was written since the last one (`trove node
+/// --snapshot-every-mb`).
+pub const SNAPSHOT_EVERY_MB_DEFAULT: u64 = 32;
+/// At most one segment of log between rounds: truncation frees whole segments.
+pub const SNAPSHOT_EVERY_MB_MAX: u64 = WAL_SEGMENT_BYTES / (1024 * 1024);
+/// Start a snapshot round this long after the last one when anything changed (`trove node
+/// --snapshot-every-s`).
+pub const SNAPSHOT_EVERY_S_DEFAULT: u64 = 60;
+/// The longest interval between rounds a node accepts: an hour.
+pub const SNAPSHOT_EVERY_S_MAX: u64 = 3_600;
+/// Longest a shard's snapshot task waits before it looks again whether a round is due, in
+/// milliseconds.
+pub const SNAPSHOT_CHECK_INTERVAL_MS_MAX: u64 = 50;
+/// A node's log and snapshots together, on disk, by default (`trove node --log-disk-max-mb`):
+/// shared equally by its shards.
+pub const LOG_DISK_MB_DEFAULT: u64 = 16 * 1024;
+/// The largest disk bound a node accepts: 16 TiB.
+pub const LOG_DISK_MB_MAX: u64 = 16 * 1024 * 1024;
+/// Each shard's share of the bound must hold the segment being written, the one before it
+/// (kept until the snapshots after it are durable) and room for the next, with its snapshots.
+pub const LOG_DISK_BYTES_PER_SHARD_MIN: u64 = 3 * WAL_SEGMENT_BYTES;
+
+const _: () = assert!(LOG_DISK_MB_DEFAULT * 1024 * 1024 >= 8 * LOG_DISK_BYTES_PER_SHARD_MIN);
+
+/// One partition's retention state in a shard's log task (`store::retention::PartitionLog`:
+/// two generations and the last record seen); checked by a const assert there.
+pub const RETENTION_PARTITION_BYTES: usize = 80;
+/// What one shard's snapshot in flight holds at its peak, at most: the partition's state as
+/// plain values (every player's entry and its wrong-code counters on the heap, under twice the
+/// archive's size), the archive in a doubling buffer, the file's bytes (header and archive)
+/// in another, and the aligned write buffer of the file.
+pub const SNAPSHOT_IN_FLIGHT_BYTES_MAX: usize = 2 * SNAPSHOT_ARCHIVE_BYTES_MAX // the values
+    + 2 * SNAPSHOT_ARCHIVE_BYTES_MAX // the archive, a doubling AlignedVec
+    + 2 * (SNAPSHOT_HEADER_BYTES + SNAPSHOT_ARCHIVE_BYTES_MAX) // the file's bytes, a growing Vec
+    + SNAPSHOT_HEADER_BYTES + SNAPSHOT_ARCHIVE_BYTES_MAX + WAL_BLOCK_BYTES_MAX; // the DMA buffer
+
+/// Worst-case bytes of one shard's log state that grow with the node's partitions: each
+/// partition's retention state and its place in a snapshot round (a `u32` in a doubling
+/// `VecDeque`).
+pub const fn wal_partition_bytes_max(partitions: usize) -> usize {
+    partitions * (RETENTION_PARTITION_BYTES + 2 * size_of::<u32>())
+}
 
 // ---------------------------------------------------------------------------------------------
 // Time.
@@ -487,12 +561,13 @@ pub const MESH_BATCH_OVERHEAD_BYTES_MAX: usize =
 pub const STAGE_HISTOGRAM_BYTES_MAX: usize = 220 * 1024;
 /// Stage histograms alive per shard, with or without a data dir: the shard's two (frame
 /// dispatch, mesh round trip), and a copy's two while its stats are taken whole (the stop
-/// report). Metrics snapshots carry classic buckets, not these. The log-sync stage's are
-/// counted with the log ([`LOG_STAGE_HISTOGRAMS_PER_SHARD_MAX`]).
+/// report). Metrics snapshots carry classic buckets, not these. The log stages' (log sync,
+/// snapshot pause) are counted with the log ([`LOG_STAGE_HISTOGRAMS_PER_SHARD_MAX`]).
 pub const STAGE_HISTOGRAMS_PER_SHARD_MAX: usize = 2 * (1 + 1);
-/// Log-sync stage histograms alive per shard with a log (a data dir): the shard's and a
-/// copy's. A shard without a log allocates none (`core::shard::StageLatencies`).
-pub const LOG_STAGE_HISTOGRAMS_PER_SHARD_MAX: usize = 1 + 1;
+/// Log stage histograms alive per shard with a log (a data dir): log sync and snapshot pause,
+/// the shard's and a copy's. A shard without a log allocates none
+/// (`core::shard::StageLatencies`).
+pub const LOG_STAGE_HISTOGRAMS_PER_SHARD_MAX: usize = 2 * (1 + 1);
 /// Metrics snapshots alive per shard: one being taken, those queued to the housekeeping
 /// thread, and the latest one the housekeeping thread keeps.
 pub const METRICS_SNAPSHOTS_PER_SHARD_MAX: usize = 1 + METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX + 1;
@@ -560,11 +635,11 @@ impl NodeMemory {
         }
     }
 
-    /// Counts the write-ahead log's buffers and log-sync stage of `shards` shards (a node with
-    /// a data dir).
-    pub const fn with_log(self, shards: usize) -> NodeMemory {
+    /// Counts the write-ahead log's buffers, log stages and snapshot state of `shards` shards
+    /// serving `partitions` partitions (a node with a data dir).
+    pub const fn with_log(self, shards: usize, partitions: usize) -> NodeMemory {
         NodeMemory {
-            log_bytes: shards * WAL_SHARD_BYTES_MAX,
+            log_bytes: shards * (WAL_SHARD_BYTES_MAX + wal_partition_bytes_max(partitions)),
             ..self
         }
     }

@@ -124,6 +124,7 @@ fn start_target(
                     durability: mode.mode(),
                     recover_truncate: false,
                     node: 0,
+                    limits: Default::default(),
                 }),
                 ..RuntimeConfig::on_cpus(node_cpus.clone())
             };

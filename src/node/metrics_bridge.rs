@@ -116,6 +116,9 @@ pub fn snapshot_of(
     if let Some(log_sync) = &stats.stages.log_sync_ns {
         stages[Stage::LogSync as usize] = ClassicHistogram::from_ns(log_sync);
     }
+    if let Some(pause) = &stats.stages.snapshot_pause_ns {
+        stages[Stage::SnapshotPause as usize] = ClassicHistogram::from_ns(pause);
+    }
     ShardSnapshot {
         shard: stats.shard,
         cpu: stats.cpu,

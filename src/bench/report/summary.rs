@@ -520,6 +520,7 @@ mod tests {
                 syncs,
                 records,
                 bytes: 0,
+                ..Default::default()
             },
             ..Default::default()
         };

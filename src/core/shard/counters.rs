@@ -20,6 +20,10 @@ pub struct StageLatencies {
     /// no log (no data dir): a histogram's counters are about 220 KiB
     /// (`STAGE_HISTOGRAM_BYTES_MAX`), counted in the memory sum only with the log's buffers.
     pub log_sync_ns: Option<Histogram<u64>>,
+    /// How long the shard stopped to take one partition's snapshot (copy its state and
+    /// serialize it); the writing happens after, without stopping it. `None` without a log,
+    /// like `log_sync_ns`.
+    pub snapshot_pause_ns: Option<Histogram<u64>>,
 }
 
 impl StageLatencies {
@@ -29,6 +33,7 @@ impl StageLatencies {
             frame_dispatch_ns: stage_histogram(),
             mesh_round_trip_ns: stage_histogram(),
             log_sync_ns: logged.then(stage_histogram),
+            snapshot_pause_ns: logged.then(stage_histogram),
         }
     }
 }
@@ -117,6 +122,9 @@ pub struct LogTally {
     /// Bytes written to the log's segments, whole blocks: a partial last block is written again
     /// by the next write, so this is at least the records' size.
     pub bytes: u64,
+    /// Partition snapshots written, and log segments deleted because no snapshot needed them.
+    pub snapshots: u64,
+    pub segments_deleted: u64,
 }
 
 /// What the stall detector saw on one shard.
@@ -228,7 +236,7 @@ impl OutcomeIndex {
             Outcome::Rejected { .. } => OutcomeIndex::Rejected,
             Outcome::Busy => OutcomeIndex::Busy,
             Outcome::Error {
-                error: EventError::OwnerUnavailable,
+                error: EventError::OwnerUnavailable | EventError::LogFull,
             } => OutcomeIndex::Unavailable,
             Outcome::Error {
                 error: EventError::ShuttingDown,
@@ -384,6 +392,10 @@ mod tests {
                 .log_sync_ns
                 .as_ref()
                 .expect("a logged shard's stages"),
+            stages
+                .snapshot_pause_ns
+                .as_ref()
+                .expect("a logged shard's stages"),
         ];
         for histogram in histograms {
             // `distinct_values` is the length of the histogram's counter array, all allocated.
@@ -401,6 +413,7 @@ mod tests {
     fn only_a_shard_with_a_log_has_a_log_sync_histogram() {
         assert!(StageLatencies::default().log_sync_ns.is_none());
         assert!(StageLatencies::new(false).log_sync_ns.is_none());
+        assert!(StageLatencies::new(false).snapshot_pause_ns.is_none());
         assert!(StageLatencies::new(true).log_sync_ns.is_some());
     }
 }
