@@ -526,33 +526,30 @@ impl Leaderboard {
 /// wrong code, since most players never present one.
 type WrongCodes = Option<Box<[u8]>>;
 
-/// The wrong-code counters of a hunt's players, indexed by slot, grown only as far as the
-/// highest slot that presented a wrong code (joins touch none of it), to a power of two
-/// capacity of at most `PLAYERS_PER_HUNT_MAX` entries.
+/// The wrong-code counters of a hunt's players, indexed by slot: one reference per player who
+/// joined, read only for a player whose entry says it has presented a wrong code.
 #[derive(Clone, Debug, Default)]
 struct WrongCodeTable {
     by_slot: Vec<WrongCodes>,
 }
 
 impl WrongCodeTable {
+    /// Makes room for the player who just joined, in the next slot.
+    fn joined(&mut self) {
+        self.by_slot.push(None);
+    }
+
     /// How many wrong codes the player of `slot` presented for treasure `treasure`.
     fn count(&self, slot: u16, treasure: usize) -> u8 {
-        self.by_slot
-            .get(usize::from(slot))
-            .and_then(Option::as_ref)
+        self.by_slot[usize::from(slot)]
+            .as_ref()
             .map_or(0, |counts| counts[treasure])
     }
 
     /// Counts one more wrong code of `slot`'s player for `treasure`, of `treasures`.
     fn add(&mut self, slot: u16, treasure: usize, treasures: usize) {
-        let at = usize::from(slot);
-        if at >= self.by_slot.len() {
-            let capacity = (at + 1).next_power_of_two().min(PLAYERS_PER_HUNT_MAX);
-            self.by_slot
-                .reserve_exact(capacity.saturating_sub(self.by_slot.len()));
-            self.by_slot.resize(at + 1, None);
-        }
-        let counts = self.by_slot[at].get_or_insert_with(|| vec![0; treasures].into());
+        let counts =
+            self.by_slot[usize::from(slot)].get_or_insert_with(|| vec![0; treasures].into());
         counts[treasure] += 1;
     }
 }
@@ -635,7 +632,9 @@ impl Hunt {
         if self.players.len() >= PLAYERS_PER_HUNT_MAX {
             return rejected(RejectReason::PlayerTableFull);
         }
-        self.players.insert(player);
+        let slot = self.players.insert(player);
+        self.wrong_codes.joined();
+        debug_assert_eq!(usize::from(slot) + 1, self.wrong_codes.by_slot.len());
         Outcome::Accepted { score: 0 }
     }
 
