@@ -250,6 +250,13 @@ const _: () = assert!(BENCH_DURATION_S_MAX <= BENCH_SCHEDULE_S_MAX);
 /// them before it gives up with a message (a shard that stopped reading, say).
 pub const BENCH_STALL_MS_MAX: u64 = 10_000;
 
+/// Samples a second per CPU that `trove bench --profile` asks of `perf record` (an odd rate,
+/// so sampling does not beat in time with periodic work).
+pub const PROFILE_SAMPLE_HZ_DEFAULT: u32 = 999;
+/// Longest `trove bench --profile` waits for `perf record` to write its data once asked to
+/// stop, before it kills it and says so.
+pub const PROFILE_PERF_STOP_MS_MAX: u64 = 30_000;
+
 // ---------------------------------------------------------------------------------------------
 // The write-ahead log (see `store`).
 // ---------------------------------------------------------------------------------------------

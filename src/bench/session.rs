@@ -377,8 +377,16 @@ fn execute_against(
         config.tls.clone(),
     )
     .map_err(|error| format!("cannot set the hunts up on {addr}: {error}"))?;
+    let recording = match (&config.out, config.profile) {
+        (Some(out), true) => Some(crate::bench::profile::Recording::start(out)?),
+        _ => None,
+    };
     let (main, sweep) = run_main(addr, config, progress)?;
     let trove_done = Instant::now();
+    if let Some(recording) = recording {
+        progress.note("drawing the flame graphs of the run…");
+        recording.finish()?;
+    }
     let peer = match &config.peer {
         Some(peer) => Some(run_peer(peer, config, main.load, progress)?),
         None => None,
