@@ -1,5 +1,7 @@
-//! `trove node --data-dir`: what a node answered survives `kill -9`, a torn tail is cut, damage
-//! before the tail is refused (or cut on request), and another node's data dir is refused.
+//! `trove node --data-dir`: what a node answered survives `kill -9` (with snapshots taken and
+//! segments truncated in between), a torn tail is cut, damage before the tail is refused (or
+//! cut on request), another node's data dir is refused, and under load the data dir stays
+//! within `--log-disk-max-mb` while everything answered survives a restart after truncation.
 //!
 //! The model is the engine's own state machine (`PartitionState`), fed the same events in the
 //! same per-hunt order: after each restart, each hunt's state on the node must be the model's
@@ -128,18 +130,33 @@ fn refused(dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
     }
 }
 
-fn recovered_events(node: &Node) -> u64 {
+/// What the node's recovery line says: "recovered P partitions from S snapshots and E events
+/// replayed in T s" gives (S, E).
+fn recovery(node: &Node) -> (u64, u64) {
     let line = node
         .start_lines
         .iter()
         .find(|line| line.contains("recovered "))
         .unwrap_or_else(|| panic!("no recovery line in {:?}", node.start_lines));
-    line.split("recovered ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|count| count.parse().ok())
-        .unwrap_or_else(|| panic!("no event count in `{line}`"))
+    let number_before = |word: &str| -> u64 {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words
+            .iter()
+            .position(|w| *w == word)
+            .unwrap_or_else(|| panic!("no `{word}` in `{line}`"));
+        words[at - 1]
+            .parse()
+            .unwrap_or_else(|_| panic!("no count before `{word}` in `{line}`"))
+    };
+    (number_before("snapshots"), number_before("events"))
 }
+
+fn recovered_events(node: &Node) -> u64 {
+    recovery(node).1
+}
+
+/// Snapshot flags that make a round start after every MiB of log (or second).
+const SNAPSHOT_OFTEN: [&str; 4] = ["--snapshot-every-mb", "1", "--snapshot-every-s", "1"];
 
 /// A small deterministic generator (splitmix64).
 struct Rng(u64);
@@ -406,34 +423,41 @@ fn acknowledged_events_survive_kill_9_under_load() {
     println!("durability seed {seed} (rerun with TROVE_DURABILITY_SEED={seed})");
     let mut rng = Rng(seed);
     let dir = data_dir("kill");
-    let mut node = start_node(&dir, &[]).unwrap();
+    let mut node = start_node(&dir, &SNAPSHOT_OFTEN).unwrap();
     let (mut model, mut seq) = (Model::new(), 0);
     set_up(&mut node, &mut model, &mut seq);
     let mut total_acked = 0;
+    let mut restarts_from_snapshots = 0;
     for round in 0..6 {
         let events = load(&mut rng, &mut seq, 100_000);
         let kill_after = Duration::from_millis(100 + rng.below(500));
         let acked = drive(&mut node, &events, Some(kill_after));
         total_acked += acked.len();
-        node = start_node(&dir, &[]).unwrap_or_else(|(code, stderr)| {
+        node = start_node(&dir, &SNAPSHOT_OFTEN).unwrap_or_else(|(code, stderr)| {
             panic!("round {round}: the node did not restart (exit {code:?}): {stderr}")
         });
+        let (snapshots, replayed) = recovery(&node);
+        // Snapshots cover what they hold: only without any is every event replayed.
         assert!(
-            recovered_events(&node) >= HUNTS * (1 + PLAYERS) + total_acked as u64,
+            snapshots > 0 || replayed >= HUNTS * (1 + PLAYERS) + total_acked as u64,
             "round {round}: recovered fewer events than were acknowledged: {:?}",
             node.start_lines
         );
+        restarts_from_snapshots += u32::from(snapshots > 0);
         let kept = reconcile(&mut node, &mut model, &events, &acked, &mut seq);
         println!(
-            "round {round}: killed after {kill_after:?}: {} of {} events acknowledged, {kept} more kept unacknowledged; {} events recovered",
+            "round {round}: killed after {kill_after:?}: {} of {} events acknowledged, {kept} more kept unacknowledged; {snapshots} snapshots loaded, {replayed} events replayed",
             acked.len(),
             events.len(),
-            recovered_events(&node)
         );
     }
     assert!(
         total_acked > 0,
         "no event was acknowledged before any kill: the test proved nothing"
+    );
+    assert!(
+        restarts_from_snapshots > 0,
+        "no restart loaded a snapshot: the test did not exercise them"
     );
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
@@ -578,5 +602,148 @@ fn a_data_dir_of_another_layout_is_refused() {
             "{flags:?}: {stderr}"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Bytes of the files under `dir`, by their sizes (segments are pre-allocated whole); files
+/// that vanish while it looks are skipped.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .map_while(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Mostly large events that change nothing (creating a hunt that exists, with a full spec:
+/// about 2 KiB each, logged like any other), among the usual check-ins and claims.
+fn heavy_load(rng: &mut Rng, seq: &mut u64, count: usize) -> Vec<Event> {
+    let full = HuntSpec {
+        waypoints: (0..64)
+            .map(|w| WaypointSpec {
+                position: waypoint_position(w),
+                radius_m: 10,
+                points: 1,
+            })
+            .collect(),
+        treasures: (0..64u64)
+            .map(|t| TreasureSpec {
+                code_hash: t,
+                points: 1,
+            })
+            .collect(),
+    };
+    let mut events = load(rng, seq, count);
+    for event in events.iter_mut() {
+        if rng.below(4) != 0 {
+            event.kind = EventKind::CreateHunt(full.clone());
+        }
+    }
+    events
+}
+
+/// The index of shard `shard`'s first log segment on disk.
+fn first_segment_index(dir: &Path, shard: usize) -> Option<u64> {
+    std::fs::read_dir(dir.join(format!("shard-{shard}")))
+        .ok()?
+        .map_while(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            name.strip_suffix(".wal")?.parse().ok()
+        })
+        .min()
+}
+
+#[test]
+fn the_data_dir_stays_within_its_bound_and_a_restart_after_truncation_recovers_everything() {
+    // Two shards at the smallest share: three 64 MiB segments each.
+    const BOUND_MB: u64 = 384;
+    let bound = BOUND_MB.to_string();
+    let flags = [
+        "--snapshot-every-mb",
+        "4",
+        "--snapshot-every-s",
+        "1",
+        "--log-disk-max-mb",
+        &bound,
+    ];
+    let dir = data_dir("bound");
+    let mut node = start_node(&dir, &flags).unwrap();
+    let (mut model, mut seq) = (Model::new(), 0);
+    set_up(&mut node, &mut model, &mut seq);
+    let (stop, stopped) = mpsc::channel::<()>();
+    let watched = dir.clone();
+    let watcher = std::thread::spawn(move || {
+        let mut peak = 0;
+        loop {
+            peak = peak.max(dir_bytes(&watched));
+            if stopped.recv_timeout(Duration::from_millis(10)).is_ok() {
+                return peak;
+            }
+        }
+    });
+    let mut rng = Rng(11);
+    let (mut answered, mut log_full) = (0, 0);
+    let started = Instant::now();
+    // Until each shard's log went through three segments and the first two were deleted.
+    while (0..2).any(|shard| first_segment_index(&dir, shard).is_none_or(|first| first < 2)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "the logs were not truncated within 240 s: {:?}",
+            std::fs::read_dir(dir.join("shard-0")).map(|d| d.count())
+        );
+        let events = heavy_load(&mut rng, &mut seq, 20_000);
+        let replies = drive(&mut node, &events, None);
+        for event in &events {
+            let outcome = &replies[&event.client_seq].outcome;
+            if matches!(outcome, Outcome::Error { .. }) {
+                // LogFull: refused, not applied.
+                log_full += 1;
+                continue;
+            }
+            answered += 1;
+            assert_eq!(*outcome, model.apply(event), "event {}", event.client_seq);
+        }
+        println!(
+            "{:.1} s: {answered} answered, {log_full} refused; {:.1} MiB on disk",
+            started.elapsed().as_secs_f64(),
+            dir_bytes(&dir) as f64 / (1 << 20) as f64
+        );
+    }
+    stop.send(()).unwrap();
+    let peak = watcher.join().unwrap();
+    println!(
+        "{answered} events answered, {log_full} refused LogFull, in {:.1} s; the data dir peaked at {:.1} MiB of {BOUND_MB}",
+        started.elapsed().as_secs_f64(),
+        peak as f64 / (1 << 20) as f64
+    );
+    assert!(
+        peak <= BOUND_MB << 20,
+        "the data dir reached {peak} bytes, past --log-disk-max-mb {BOUND_MB}"
+    );
+    // kill -9, then everything answered must come back from snapshots and the log's tail.
+    drop(node);
+    let mut node = start_node(&dir, &flags).unwrap();
+    let (snapshots, replayed) = recovery(&node);
+    println!("restart: {snapshots} snapshots loaded, {replayed} events replayed");
+    assert!(snapshots > 0, "{:?}", node.start_lines);
+    reconcile(&mut node, &mut model, &[], &HashMap::new(), &mut seq);
+    let events = load(&mut rng, &mut seq, 5_000);
+    let replies = drive(&mut node, &events, None);
+    for event in &events {
+        assert_eq!(
+            replies[&event.client_seq].outcome,
+            model.apply(event),
+            "after the restart, event {} is answered from another state",
+            event.client_seq
+        );
+    }
+    drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -327,6 +327,60 @@ const _: () = assert!(
 );
 
 // ---------------------------------------------------------------------------------------------
+// Snapshots, truncation and the log's disk bound (see `store::snapfile`, `store::retention`).
+// ---------------------------------------------------------------------------------------------
+
+/// The eight bytes every snapshot file starts with.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TROVSNAP";
+/// The snapshot format this build writes and reads. A snapshot of another version is refused.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// A snapshot file's header: one block of the largest alignment supported, so the archive
+/// after it starts aligned.
+pub const SNAPSHOT_HEADER_BYTES: usize = WAL_BLOCK_BYTES_MAX;
+/// One player in a snapshot's archive (`core::snapshot::PlayerSnapshot`): id 8, visited 8,
+/// score 4, the wrong-code option and its vector 12, padding and the counters' alignment; the
+/// counters besides.
+pub const SNAPSHOT_PLAYER_BYTES: usize = 48;
+/// One hunt's fixed part in a snapshot's archive: slot, id, organiser, four vectors.
+pub const SNAPSHOT_HUNT_BYTES: usize = 64;
+/// Largest archive of one partition's state: every hunt full, every player with wrong-code
+/// counters; what a snapshot file may hold beyond its header. A unit test builds such a
+/// partition and checks its archive fits.
+pub const SNAPSHOT_ARCHIVE_BYTES_MAX: usize = 64
+    + HUNTS_PER_PARTITION_MAX
+        * (SNAPSHOT_HUNT_BYTES
+            + PLAYERS_PER_HUNT_MAX * (SNAPSHOT_PLAYER_BYTES + TREASURES_PER_HUNT_MAX) // players
+            + WAYPOINTS_PER_HUNT_MAX * 16 // waypoints: position, radius, points
+            + TREASURES_PER_HUNT_MAX * 24 // treasures: code hash, points, winner
+            + LEADERBOARD_TOP_K_MAX * 16); // the leaderboard
+/// Snapshots kept per partition, at most: the newest, and the one before it to fall back to
+/// when the newest is damaged. The log is kept from the older one on.
+pub const SNAPSHOT_GENERATIONS_MAX: usize = 2;
+/// Start a snapshot round after this much log was written since the last one (`trove node
+/// --snapshot-every-mb`).
+pub const SNAPSHOT_EVERY_MB_DEFAULT: u64 = 32;
+/// At most one segment of log between rounds: truncation frees whole segments.
+pub const SNAPSHOT_EVERY_MB_MAX: u64 = WAL_SEGMENT_BYTES / (1024 * 1024);
+/// Start a snapshot round this long after the last one when anything changed (`trove node
+/// --snapshot-every-s`).
+pub const SNAPSHOT_EVERY_S_DEFAULT: u64 = 60;
+/// The longest interval between rounds a node accepts: an hour.
+pub const SNAPSHOT_EVERY_S_MAX: u64 = 3_600;
+/// Longest a shard's snapshot task waits before it looks again whether a round is due, in
+/// milliseconds.
+pub const SNAPSHOT_CHECK_INTERVAL_MS_MAX: u64 = 50;
+/// A node's log and snapshots together, on disk, by default (`trove node --log-disk-max-mb`):
+/// shared equally by its shards.
+pub const LOG_DISK_MB_DEFAULT: u64 = 16 * 1024;
+/// The largest disk bound a node accepts: 16 TiB.
+pub const LOG_DISK_MB_MAX: u64 = 16 * 1024 * 1024;
+/// Each shard's share of the bound must hold the segment being written, the one before it
+/// (kept until the snapshots after it are durable) and room for the next, with its snapshots.
+pub const LOG_DISK_BYTES_PER_SHARD_MIN: u64 = 3 * WAL_SEGMENT_BYTES;
+
+const _: () = assert!(LOG_DISK_MB_DEFAULT * 1024 * 1024 >= 8 * LOG_DISK_BYTES_PER_SHARD_MIN);
+
+// ---------------------------------------------------------------------------------------------
 // Time.
 // ---------------------------------------------------------------------------------------------
 

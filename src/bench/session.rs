@@ -96,6 +96,7 @@ fn start_target(config: &BenchConfig) -> Result<(SocketAddr, Option<Embedded>), 
                     durability: mode.mode(),
                     recover_truncate: false,
                     node: 0,
+                    limits: Default::default(),
                 }),
                 ..RuntimeConfig::on_cpus(node_cpus.clone())
             };

@@ -11,9 +11,11 @@ use clap::Args;
 use crate::client::auth::read_secret_file;
 use crate::constants::{
     CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_EVENTS_INFLIGHT_MAX, CONNECTION_IDLE_MS_DEFAULT,
-    CONNECTIONS_PER_SOURCE_DEFAULT, FRAME_ARRIVAL_MS_DEFAULT, NodeMemory, PARTITIONS_DEFAULT,
-    PORT_DEFAULT, SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX, SHED_TARGET_MS_DEFAULT,
-    WRITE_STALL_MS_DEFAULT,
+    CONNECTIONS_PER_SOURCE_DEFAULT, FRAME_ARRIVAL_MS_DEFAULT, LOG_DISK_BYTES_PER_SHARD_MIN,
+    LOG_DISK_MB_DEFAULT, LOG_DISK_MB_MAX, NodeMemory, PARTITIONS_DEFAULT, PORT_DEFAULT,
+    SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX, SHED_TARGET_MS_DEFAULT,
+    SNAPSHOT_EVERY_MB_DEFAULT, SNAPSHOT_EVERY_MB_MAX, SNAPSHOT_EVERY_S_DEFAULT,
+    SNAPSHOT_EVERY_S_MAX, WRITE_STALL_MS_DEFAULT,
 };
 use crate::core::ids::NodeId;
 use crate::core::shard::Durability;
@@ -23,7 +25,7 @@ use crate::net::tls::server_config;
 use crate::node::{Node, NodeConfig};
 use crate::runtime::config::{Budget, RuntimeConfig, shard_cpus};
 use crate::runtime::executors::StartError;
-use crate::runtime::store::StoreConfig;
+use crate::runtime::store::{StoreConfig, StoreLimits};
 
 /// Run a trove node: one shard per CPU, until SIGINT or SIGTERM.
 ///
@@ -140,6 +142,18 @@ pub struct NodeArgs {
     /// discard the rest (moved aside as *.wal.discarded) instead of refusing to start
     #[arg(long, requires = "data_dir")]
     pub recover_truncate: bool,
+    /// With --data-dir: each shard snapshots every partition that changed after this many MiB
+    /// of log (at most one 64 MiB segment), so that older segments can be deleted
+    #[arg(long, value_name = "MB", default_value_t = SNAPSHOT_EVERY_MB_DEFAULT, requires = "data_dir")]
+    pub snapshot_every_mb: u64,
+    /// With --data-dir: ... or this many seconds after its last round, when anything changed
+    #[arg(long, value_name = "S", default_value_t = SNAPSHOT_EVERY_S_DEFAULT, requires = "data_dir")]
+    pub snapshot_every_s: u64,
+    /// With --data-dir: disk the log's segments and snapshots may use, shared equally by the
+    /// shards (at least 192 MiB each). When a shard's share is full before a snapshot frees
+    /// space, it answers new events Unavailable (LogFull) until one does
+    #[arg(long, value_name = "MB", default_value_t = LOG_DISK_MB_DEFAULT, requires = "data_dir")]
+    pub log_disk_max_mb: u64,
 }
 
 /// `--durability`.
@@ -150,6 +164,35 @@ pub enum DurabilityArg {
 }
 
 impl NodeArgs {
+    /// The snapshot thresholds and each shard's disk bound, checked against their limits.
+    fn store_limits(&self, shards: usize) -> Result<StoreLimits, String> {
+        if !(1..=SNAPSHOT_EVERY_MB_MAX).contains(&self.snapshot_every_mb) {
+            return Err(format!(
+                "--snapshot-every-mb {} is out of range: it must be from 1 to {SNAPSHOT_EVERY_MB_MAX} (one log segment)",
+                self.snapshot_every_mb
+            ));
+        }
+        if !(1..=SNAPSHOT_EVERY_S_MAX).contains(&self.snapshot_every_s) {
+            return Err(format!(
+                "--snapshot-every-s {} is out of range: it must be from 1 to {SNAPSHOT_EVERY_S_MAX}",
+                self.snapshot_every_s
+            ));
+        }
+        let min_mb = (LOG_DISK_BYTES_PER_SHARD_MIN >> 20) * shards.max(1) as u64;
+        if !(min_mb..=LOG_DISK_MB_MAX).contains(&self.log_disk_max_mb) {
+            return Err(format!(
+                "--log-disk-max-mb {} is out of range: with {shards} shards it must be from {min_mb} ({} MiB per shard: the segment being written, the one before it and room for the next) to {LOG_DISK_MB_MAX}",
+                self.log_disk_max_mb,
+                LOG_DISK_BYTES_PER_SHARD_MIN >> 20
+            ));
+        }
+        Ok(StoreLimits {
+            snapshot_every_bytes: self.snapshot_every_mb << 20,
+            snapshot_every: Duration::from_secs(self.snapshot_every_s),
+            disk_bytes_per_shard: (self.log_disk_max_mb << 20) / shards.max(1) as u64,
+        })
+    }
+
     /// The node configuration these flags describe.
     pub fn to_config(&self) -> Result<NodeConfig, String> {
         let cpus = match &self.cpus {
@@ -193,6 +236,7 @@ impl NodeArgs {
             connection_events: self.connection_events_max.min(self.shard_events_max),
             ..Budget::default()
         };
+        let limits = self.store_limits(cpus.len())?;
         let store = self.data_dir.as_ref().map(|dir| StoreConfig {
             dir: dir.clone(),
             durability: match self.durability {
@@ -201,6 +245,7 @@ impl NodeArgs {
             },
             recover_truncate: self.recover_truncate,
             node: self.cluster.node_id.unwrap_or(0),
+            limits,
         });
         let runtime = RuntimeConfig {
             store,
@@ -383,8 +428,9 @@ fn describe_durability(config: &NodeConfig, node: &Node) -> String {
     };
     let events: u64 = recovered.iter().map(|shard| shard.events).sum();
     let partitions: usize = recovered.iter().map(|shard| shard.partitions).sum();
+    let snapshots: usize = recovered.iter().map(|shard| shard.snapshots).sum();
     let mut text = format!(
-        "data dir {}, durability {mode}; recovered {events} events of {partitions} partitions in {:.3} s",
+        "data dir {}, durability {mode}; recovered {partitions} partitions from {snapshots} snapshots and {events} events replayed in {:.3} s",
         store.dir.display(),
         took.as_secs_f64()
     );

@@ -49,6 +49,10 @@ use crate::core::message::{
     ArchivedEvent, ArchivedEventKind, ArchivedHuntSpec, ArchivedPosition, LeaderboardEntry,
     Outcome, Position, RejectReason, claim_code_hash,
 };
+use crate::core::snapshot::{
+    HuntSnapshot, PartitionSnapshot, PlayerSnapshot, RankSnapshot, SnapshotError, TreasureSnapshot,
+    WaypointSnapshot,
+};
 
 /// A hasher for ids chosen by clients: a folded 128-bit multiply mixes every input bit into
 /// every output bit, so ids that differ only in high bits still spread over the table.
@@ -876,6 +880,146 @@ impl PartitionState {
             .treasures
             .get(treasure.0 as usize)?
             .winner()
+    }
+}
+
+// ---- snapshots (`core::snapshot`): the state as plain values and back ------------------------
+
+impl PartitionState {
+    /// The partition's state as plain values, for a snapshot. [`Self::import`] rebuilds a
+    /// state that answers every later event as this one does.
+    pub fn export(&self) -> PartitionSnapshot {
+        let mut hunts = Vec::with_capacity(self.hunts());
+        let mut occupied = self.occupied;
+        while occupied != 0 {
+            let at = occupied.trailing_zeros() as usize;
+            occupied &= occupied - 1;
+            let slot = &self.slots[at];
+            let hunt = slot.hunt.as_deref().expect("an occupied slot holds a hunt");
+            hunts.push(hunt.export(at as u32, slot.id));
+        }
+        PartitionSnapshot {
+            partition: self.partition.0,
+            hunts,
+        }
+    }
+
+    /// Rebuilds a partition from a snapshot, after checking it breaks no limit.
+    pub fn import(snapshot: &PartitionSnapshot) -> Result<PartitionState, SnapshotError> {
+        snapshot.check()?;
+        let mut state = PartitionState::new(PartitionId(snapshot.partition));
+        for hunt in &snapshot.hunts {
+            let at = hunt.slot as usize;
+            state.slots[at] = HuntSlot {
+                id: HuntId(hunt.id),
+                hunt: Some(Box::new(Hunt::import(hunt))),
+            };
+            state.occupied |= 1 << at;
+        }
+        Ok(state)
+    }
+}
+
+impl Hunt {
+    fn export(&self, slot: u32, id: HuntId) -> HuntSnapshot {
+        let mut joined: Vec<&PlayerEntry> = (self.players.entries.iter())
+            .filter(|entry| entry.slot != EMPTY_SLOT)
+            .collect();
+        joined.sort_unstable_by_key(|entry| entry.slot);
+        let players = joined
+            .into_iter()
+            .map(|entry| PlayerSnapshot {
+                id: entry.id.0,
+                score: entry.score,
+                visited: entry.visited,
+                wrong_codes: self.wrong_codes.by_slot[usize::from(entry.slot)]
+                    .as_ref()
+                    .map(|codes| codes.to_vec()),
+            })
+            .collect();
+        HuntSnapshot {
+            slot,
+            id: id.0,
+            organiser: self.organiser.0,
+            waypoints: (self.waypoints.iter())
+                .map(|w| WaypointSnapshot {
+                    lat_e7: w.position.lat_e7,
+                    lon_e7: w.position.lon_e7,
+                    radius_m: w.radius_m,
+                    points: w.points,
+                })
+                .collect(),
+            treasures: (self.treasures.iter())
+                .map(|t| TreasureSnapshot {
+                    code_hash: t.code_hash,
+                    points: t.points,
+                    winner: t.winner().map(|winner| winner.0),
+                })
+                .collect(),
+            players,
+            leaderboard: (self.leaderboard.entries.iter())
+                .map(|e| RankSnapshot {
+                    player: e.player.0,
+                    score: e.score,
+                })
+                .collect(),
+        }
+    }
+
+    /// The hunt a checked snapshot describes. Players join again in their original order, so
+    /// the player table comes out laid out as it was.
+    fn import(snapshot: &HuntSnapshot) -> Hunt {
+        let waypoints: Box<[Waypoint]> = (snapshot.waypoints.iter())
+            .map(|w| {
+                let position = Position {
+                    lat_e7: w.lat_e7,
+                    lon_e7: w.lon_e7,
+                };
+                Waypoint::new(position, w.radius_m, w.points)
+            })
+            .collect();
+        let treasures = (snapshot.treasures.iter())
+            .map(|t| Treasure {
+                code_hash: t.code_hash,
+                winner: PlayerId(t.winner.unwrap_or(0)),
+                points: t.points,
+                won: t.winner.is_some(),
+            })
+            .collect();
+        let mut players = PlayerTable::new();
+        let mut wrong_codes = Vec::with_capacity(snapshot.players.len());
+        for player in &snapshot.players {
+            players.insert(PlayerId(player.id));
+            let entry = players.get_mut(PlayerId(player.id)).expect("just joined");
+            entry.score = player.score;
+            entry.visited = player.visited;
+            // The flag says the counters exist, as a wrong code in the live state sets both.
+            entry.has_wrong_codes = player.wrong_codes.is_some();
+            wrong_codes.push(player.wrong_codes.as_ref().map(|c| c.clone().into()));
+        }
+        let entries: Vec<LeaderboardEntry> = (snapshot.leaderboard.iter())
+            .map(|rank| LeaderboardEntry {
+                player: PlayerId(rank.player),
+                score: rank.score,
+            })
+            .collect();
+        let cutoff = (entries.len() == LEADERBOARD_TOP_K_MAX)
+            .then(|| entries.last().copied())
+            .flatten();
+        let (bands, widest_gap_e7) = sorted_bands(&waypoints);
+        Hunt {
+            players,
+            bands,
+            waypoints,
+            widest_gap_e7,
+            leaderboard_floor: cutoff.map_or(0, |cutoff| cutoff.score),
+            treasures,
+            leaderboard: Leaderboard { entries, cutoff },
+            organiser: PlayerId(snapshot.organiser),
+            wrong_codes: WrongCodeTable {
+                by_slot: wrong_codes,
+            },
+        }
     }
 }
 

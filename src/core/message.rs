@@ -134,6 +134,9 @@ pub enum EventError {
     ShuttingDown = 1,
     /// The shard that owns the event's partition is gone.
     OwnerUnavailable = 2,
+    /// The shard's write-ahead log reached its disk bound (`trove node --log-disk-max-mb`)
+    /// before a snapshot could free space: the event was not applied. Retry later.
+    LogFull = 3,
 }
 
 /// One line of a leaderboard.

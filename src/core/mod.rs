@@ -16,3 +16,4 @@ pub mod message;
 pub mod partition;
 pub mod rng;
 pub mod shard;
+pub mod snapshot;

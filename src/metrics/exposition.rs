@@ -462,7 +462,7 @@ impl NodeCollector {
     fn histograms(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let mut family = encoder.encode_descriptor(
             "stage_latency_seconds",
-            "Latency of each stage of a shard's data path (frame_dispatch: arrival to dispatch of the frame's last event; mesh_round_trip: forward to reply back; log_sync: first write a log sync covers issued to its fdatasync done, no samples without a data dir).",
+            "Latency of each stage of a shard's data path (frame_dispatch: arrival to dispatch of the frame's last event; mesh_round_trip: forward to reply back; log_sync: first write a log sync covers issued to its fdatasync done, no samples without a data dir; snapshot_pause: the shard stopped to copy one partition's state for a snapshot).",
             None,
             MetricType::Histogram,
         )?;

@@ -112,10 +112,18 @@ pub enum Stage {
     /// From the first write a log sync covers being issued to its `fdatasync` completing (no
     /// samples without a data dir).
     LogSync,
+    /// How long a shard stopped to copy one partition's state for a snapshot (no samples
+    /// without a data dir).
+    SnapshotPause,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 3] = [Stage::FrameDispatch, Stage::MeshRoundTrip, Stage::LogSync];
+    pub const ALL: [Stage; 4] = [
+        Stage::FrameDispatch,
+        Stage::MeshRoundTrip,
+        Stage::LogSync,
+        Stage::SnapshotPause,
+    ];
 
     /// The value of the `stage` label.
     pub fn label(self) -> &'static str {
@@ -123,6 +131,7 @@ impl Stage {
             Stage::FrameDispatch => "frame_dispatch",
             Stage::MeshRoundTrip => "mesh_round_trip",
             Stage::LogSync => "log_sync",
+            Stage::SnapshotPause => "snapshot_pause",
         }
     }
 }

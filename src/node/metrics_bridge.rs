@@ -114,6 +114,8 @@ pub fn snapshot_of(
     stages[Stage::MeshRoundTrip as usize] =
         ClassicHistogram::from_ns(&stats.stages.mesh_round_trip_ns);
     stages[Stage::LogSync as usize] = ClassicHistogram::from_ns(&stats.stages.log_sync_ns);
+    stages[Stage::SnapshotPause as usize] =
+        ClassicHistogram::from_ns(&stats.stages.snapshot_pause_ns);
     ShardSnapshot {
         shard: stats.shard,
         cpu: stats.cpu,

@@ -126,14 +126,23 @@ fn describe_log_sync(shard: &ShardStats) -> String {
     if log.syncs == 0 {
         return String::new();
     }
-    format!(
+    let mut text = format!(
         " log sync {} ({} syncs, {} records, {:.1} a sync, {:.1} MiB written);",
         percentiles_us(&shard.stages.log_sync_ns),
         log.syncs,
         log.records,
         log.records as f64 / log.syncs as f64,
         log.bytes as f64 / (1 << 20) as f64,
-    )
+    );
+    if log.snapshots > 0 {
+        text.push_str(&format!(
+            " snapshot pause {} ({} snapshots, {} segments deleted);",
+            percentiles_us(&shard.stages.snapshot_pause_ns),
+            log.snapshots,
+            log.segments_deleted,
+        ));
+    }
+    text
 }
 
 /// "no stalls", or how many and the worst overage past the stall threshold.
@@ -454,6 +463,7 @@ mod tests {
                 syncs: 4,
                 records: 10,
                 bytes: 3 << 20,
+                ..LogTally::default()
             },
             ..ShardStats::default()
         };

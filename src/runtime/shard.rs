@@ -29,6 +29,7 @@ use crate::core::shard::{
     CloseReason, ConnectRefusal, Durability, FrameProgress, LogSync, MeshBatch, MeshOutput,
     NodeLease, Readable, ReplayError, ShardConfig, ShardCore, ShardLoad, ShardStats, SourceAddr,
 };
+use crate::core::snapshot::PartitionSnapshot;
 use crate::runtime::config::RuntimeConfig;
 use crate::runtime::mesh::ShardMesh;
 use crate::runtime::stall::spawn_timed;
@@ -559,6 +560,34 @@ impl Shard {
     /// The log continues at `next_lsn` (after recovery).
     pub fn resume_log(&self, next_lsn: u64) {
         self.core().resume_log(next_lsn)
+    }
+
+    /// Records up to this LSN are on disk.
+    pub fn durable_lsn(&self) -> u64 {
+        self.core.borrow().durable_lsn()
+    }
+
+    /// A partition's state and the LSN it covers, for a snapshot (see `runtime::store`).
+    pub fn export_partition(&self, partition: PartitionId) -> Option<(u64, PartitionSnapshot)> {
+        self.core.borrow().export_partition(partition)
+    }
+
+    /// Puts a partition's state back from a snapshot, before the shard serves.
+    pub fn restore_partition(&self, snapshot: &PartitionSnapshot) -> Result<(), String> {
+        self.core().restore_partition(snapshot)
+    }
+
+    /// The log is at its disk bound (events are refused) or has room again.
+    pub fn set_log_full(&self, full: bool) {
+        self.core().set_log_full(full)
+    }
+
+    /// Counts how long a snapshot stopped the shard, and the snapshot with the segments deleted
+    /// after it.
+    pub fn count_snapshot(&self, pause_ns: u64, segments_deleted: u64) {
+        let mut core = self.core();
+        core.record_snapshot_pause(pause_ns);
+        core.count_snapshot(segments_deleted);
     }
 }
 

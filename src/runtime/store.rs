@@ -18,6 +18,17 @@
 //! lets the waiting replies go. Files are opened read+write (write-only would disable polled
 //! I/O for the whole device). On tmpfs, glommio silently turns O_DIRECT off: recovery notes it.
 //!
+//! Snapshots: `DATA_DIR/shard-N/snapshots/pPPPPP-LLLLLLLLLLLLLLLLLLLL.snap` holds partition P's
+//! state covering the shard's log up to record L (`store::snapfile`). A third task, the
+//! snapshotter, asks `store::retention` which partition is due, copies its state on the shard
+//! (the only pause, measured as the `snapshot_pause` stage), waits for the log to be durable up
+//! to L, writes the file (`.tmp`, `fdatasync`, rename, directory sync), deletes the snapshot
+//! it replaces and the segments no snapshot needs, then takes the next. Recovery loads each
+//! partition's newest valid snapshot (falling back to the one before it, or to the whole log,
+//! with a note) and replays only the records after it. When the segments and snapshots leave
+//! no room for the next segment within the shard's share of `--log-disk-max-mb`, the shard
+//! answers new events `LogFull` until truncation makes room, and says so once on stderr.
+//!
 //! A write or sync that fails stops the node (fail-stop, as a dead shard does): nothing that
 //! was not logged is ever answered as durable. Everything here lives on its shard's core.
 
@@ -32,15 +43,21 @@ use std::time::Instant;
 use glommio::io::{DmaFile, OpenOptions};
 use rkyv::util::AlignedVec;
 
-use crate::constants::{WAL_BLOCK_BYTES_MAX, WAL_FORMAT_VERSION, WAL_SEGMENT_BYTES};
+use crate::constants::{
+    LOG_DISK_MB_DEFAULT, SNAPSHOT_CHECK_INTERVAL_MS_MAX, SNAPSHOT_EVERY_MB_DEFAULT,
+    SNAPSHOT_EVERY_S_DEFAULT, SNAPSHOT_GENERATIONS_MAX, WAL_BLOCK_BYTES_MAX, WAL_FORMAT_VERSION,
+    WAL_SEGMENT_BYTES,
+};
 use crate::core::ids::PartitionId;
 use crate::core::shard::{Durability, LogSync};
 use crate::runtime::shard::Shard;
 use crate::runtime::stall::spawn_timed;
 use crate::runtime::wait::WaitQueue;
 use crate::store::commit::{GroupCommit, LogIdentity, LogPosition, WriteIo};
-use crate::store::format::SegmentEnd;
+use crate::store::format::{SegmentEnd, SegmentHeader, record_bytes};
 use crate::store::recovery::{EndDecision, SegmentError, check_segment, decide_end, holds_records};
+use crate::store::retention::{Retention, RetentionConfig};
+use crate::store::snapfile::{decode_snapshot, encode_snapshot};
 
 /// Where and how a node logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +69,28 @@ pub struct StoreConfig {
     pub recover_truncate: bool,
     /// The node id the data belongs to (0 for a node outside a cluster).
     pub node: u32,
+    /// When to snapshot, and how much disk each shard's log may use.
+    pub limits: StoreLimits,
+}
+
+/// Snapshot thresholds and the disk bound of each shard (`trove node --snapshot-every-mb,
+/// --snapshot-every-s, --log-disk-max-mb`, the last divided among the shards).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreLimits {
+    pub snapshot_every_bytes: u64,
+    pub snapshot_every: std::time::Duration,
+    pub disk_bytes_per_shard: u64,
+}
+
+impl Default for StoreLimits {
+    /// The defaults for one shard.
+    fn default() -> StoreLimits {
+        StoreLimits {
+            snapshot_every_bytes: SNAPSHOT_EVERY_MB_DEFAULT << 20,
+            snapshot_every: std::time::Duration::from_secs(SNAPSHOT_EVERY_S_DEFAULT),
+            disk_bytes_per_shard: LOG_DISK_MB_DEFAULT << 20,
+        }
+    }
 }
 
 const ID_FILE: &str = "trove.id";
@@ -133,7 +172,9 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, String> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovered {
     pub shard: usize,
-    /// Events replayed into the shard's partitions.
+    /// Partition snapshots loaded.
+    pub snapshots: usize,
+    /// Events replayed into the shard's partitions (after their snapshots).
     pub events: u64,
     /// Partitions that received at least one event.
     pub partitions: usize,
@@ -150,6 +191,151 @@ pub struct LogStart {
     /// The bytes before `position` from the `WAL_BLOCK_BYTES_MAX` boundary below it (whatever
     /// the file's block size, the partial block is their end).
     tail: Vec<u8>,
+    snapshot_dir: PathBuf,
+    retention: Retention,
+    /// The retention's clock: time since recovery began.
+    clock: Instant,
+}
+
+fn snapshot_path(dir: &Path, partition: u32, lsn: u64) -> PathBuf {
+    dir.join(format!("p{partition:06}-{lsn:020}.snap"))
+}
+
+/// The shard's snapshot files by partition, oldest first; unfinished `.tmp` files (a crash
+/// came while one was written) are deleted.
+fn list_snapshots(dir: &Path) -> Result<BTreeMap<u32, Vec<(u64, PathBuf)>>, String> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|error| format!("cannot list {}: {error}", dir.display()))?;
+    let mut found: BTreeMap<u32, Vec<(u64, PathBuf)>> = BTreeMap::new();
+    for entry in entries {
+        let entry = entry.map_err(|error| format!("cannot list {}: {error}", dir.display()))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".snap.tmp") {
+            std::fs::remove_file(&path)
+                .map_err(|error| format!("cannot delete {}: {error}", path.display()))?;
+            continue;
+        }
+        let parsed = name
+            .strip_suffix(".snap")
+            .and_then(|stem| stem.strip_prefix('p'))
+            .and_then(|stem| stem.split_once('-'))
+            .and_then(|(partition, lsn)| Some((partition.parse().ok()?, lsn.parse().ok()?)));
+        if let Some((partition, lsn)) = parsed {
+            found.entry(partition).or_default().push((lsn, path));
+        }
+    }
+    for files in found.values_mut() {
+        files.sort();
+    }
+    Ok(found)
+}
+
+/// Loads the newest valid snapshot of each partition into the shard; returns the LSN each
+/// loaded one covers. A damaged snapshot is moved aside (`.snap.damaged`) with a note and the
+/// one before it tried; snapshots older than the kept generations (a crash came before they
+/// were deleted) are deleted. The snapshots kept are given to `retention`, oldest first.
+fn load_snapshots(
+    shard: &Shard,
+    identity: LogIdentity,
+    dir: &Path,
+    retention: &mut Retention,
+    recovered: &mut Recovered,
+) -> Result<(Vec<Option<u64>>, Vec<u32>), String> {
+    let mut loaded = vec![None; identity.partitions as usize];
+    let mut all_damaged = Vec::new();
+    for (partition, mut files) in list_snapshots(dir)? {
+        if partition >= identity.partitions {
+            return Err(format!(
+                "{} holds a snapshot of partition {partition}, past this node's {} partitions; give the data dir of this layout",
+                dir.display(),
+                identity.partitions
+            ));
+        }
+        while files.len() > SNAPSHOT_GENERATIONS_MAX {
+            let (_, path) = files.remove(0);
+            std::fs::remove_file(&path)
+                .map_err(|error| format!("cannot delete {}: {error}", path.display()))?;
+        }
+        let mut kept = Vec::new();
+        while let Some((lsn, path)) = files.pop() {
+            let bytes = std::fs::read(&path)
+                .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+            let checked = decode_snapshot(identity, partition, &bytes)
+                .map_err(|error| error.to_string())
+                .and_then(|(covered, snapshot)| {
+                    if covered != lsn {
+                        return Err(format!("its header says it covers record {covered}"));
+                    }
+                    shard.restore_partition(&snapshot)
+                });
+            match checked {
+                Ok(()) => {
+                    loaded[partition as usize] = Some(lsn);
+                    recovered.snapshots += 1;
+                    // The older ones are kept unread, as fallbacks for the next start.
+                    kept.extend(files.iter().map(|(lsn, path)| {
+                        (*lsn, std::fs::metadata(path).map_or(0, |meta| meta.len()))
+                    }));
+                    kept.push((lsn, bytes.len() as u64));
+                    break;
+                }
+                Err(why) => {
+                    let aside = path.with_extension("snap.damaged");
+                    std::fs::rename(&path, &aside).map_err(|error| {
+                        format!("cannot move {} aside: {error}", path.display())
+                    })?;
+                    let fallback = if files.is_empty() {
+                        "the partition's whole log"
+                    } else {
+                        "the snapshot before it"
+                    };
+                    recovery_note(
+                        recovered,
+                        format!(
+                            "{} is damaged ({why}); moved aside to {}, recovering partition {partition} from {fallback}",
+                            path.display(),
+                            aside.display()
+                        ),
+                    );
+                }
+            }
+        }
+        if loaded[partition as usize].is_none() {
+            all_damaged.push(partition);
+        }
+        for (lsn, bytes) in kept {
+            retention.add_snapshot(partition, lsn, bytes);
+        }
+    }
+    Ok((loaded, all_damaged))
+}
+
+fn recovery_note(recovered: &mut Recovered, note: String) {
+    recovered.notes.push(note);
+}
+
+/// The first sequence number of the log's first segment: 1 for segment 0, else what its
+/// header says (the segments before it were truncated after snapshots).
+fn first_lsn_of(files: &[(u64, PathBuf)]) -> Result<u64, String> {
+    let Some((index, path)) = files.first() else {
+        return Ok(1);
+    };
+    if *index == 0 {
+        return Ok(1);
+    }
+    let mut header = vec![0u8; crate::constants::WAL_SEGMENT_HEADER_BYTES];
+    let read = std::fs::File::open(path).and_then(|file| file.read_exact_at(&mut header, 0));
+    read.map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    SegmentHeader::decode(&header)
+        .map(|header| header.first_lsn)
+        .map_err(|why| {
+            format!(
+                "{} is the log's first segment and its header is damaged ({why}); the segments before it were deleted after snapshots, so the log cannot be read: restore the data dir from a backup",
+                path.display()
+            )
+        })
 }
 
 /// Replays shard `shard`'s log into it, cutting a torn tail; refuses a log of another layout
@@ -160,49 +346,86 @@ pub fn recover(
     store: &StoreConfig,
     partitions: u32,
 ) -> Result<(Recovered, LogStart), String> {
+    let clock = Instant::now();
     let index = shard.id().index();
     let dir = shard_dir(store, index);
-    std::fs::create_dir_all(&dir)
-        .map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
+    let snapshot_dir = dir.join("snapshots");
+    std::fs::create_dir_all(&snapshot_dir)
+        .map_err(|error| format!("cannot create {}: {error}", snapshot_dir.display()))?;
     let identity = LogIdentity {
         node: store.node,
         shard: index as u32,
         partitions,
     };
+    let limits = store.limits;
+    let mut retention = Retention::new(
+        RetentionConfig {
+            snapshot_every_bytes: limits.snapshot_every_bytes,
+            snapshot_every_ns: limits.snapshot_every.as_nanos() as u64,
+            disk_bytes_max: limits.disk_bytes_per_shard,
+            segment_bytes: WAL_SEGMENT_BYTES,
+        },
+        partitions,
+        0,
+    );
     let files = list_segments(&dir)?;
     let mut recovered = Recovered {
         shard: index,
         segments: files.len(),
         ..Recovered::default()
     };
-    let mut touched = vec![false; partitions as usize];
-    let mut position = LogPosition::START;
+    let (loaded, all_damaged) = load_snapshots(
+        shard,
+        identity,
+        &snapshot_dir,
+        &mut retention,
+        &mut recovered,
+    )?;
+    let mut touched: Vec<bool> = loaded.iter().map(Option::is_some).collect();
+    let first_index = files.first().map_or(0, |(index, _)| *index);
+    let log_first_lsn = first_lsn_of(&files)?;
+    if log_first_lsn > 1 {
+        if let Some(partition) = all_damaged.first() {
+            return Err(format!(
+                "every snapshot of partition {partition} in {} is damaged and the log before record {log_first_lsn} was deleted after them, so its state cannot be rebuilt; restore the data dir from a backup",
+                snapshot_dir.display()
+            ));
+        }
+    }
+    let mut position = LogPosition {
+        next_lsn: log_first_lsn,
+        segment: first_index,
+        offset: 0,
+    };
     let mut tail = Vec::new();
     let mut payload = AlignedVec::<16>::new();
     for (at, (number, path)) in files.iter().enumerate() {
         let bytes = std::fs::read(path)
             .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-        if *number != at as u64 {
+        let expected = first_index + at as u64;
+        if *number != expected {
             return Err(format!(
-                "{} is out of place: segment {at} was expected (a segment is missing); restore the data dir from a backup",
+                "{} is out of place: segment {expected} was expected (a segment is missing); restore the data dir from a backup",
                 path.display()
             ));
         }
-        let (end, records) = match check_segment(identity, at as u64, position.next_lsn, &bytes) {
+        let at = expected;
+        let (end, records) = match check_segment(identity, at, position.next_lsn, &bytes) {
             Ok((_, scan)) => (scan.end, scan.records),
             // A header never completely written: the crash came as the segment was started
             // (unless later segments hold records: then it is damage).
             Err(SegmentError::Header(why))
-                if store.recover_truncate || !later_holds_records(&files[at + 1..])? =>
+                if store.recover_truncate
+                    || !later_holds_records(&files[(at - first_index) as usize + 1..])? =>
             {
                 recovered.notes.push(format!(
                     "{}: the segment header is not intact ({why}); the log is cut there and the segment started again",
                     path.display()
                 ));
                 cut(path, &bytes, 0)?;
-                discard_after(&files[at + 1..], &mut recovered)?;
+                discard_after(&files[(at - first_index) as usize + 1..], &mut recovered)?;
                 position = LogPosition {
-                    segment: at as u64,
+                    segment: at,
                     offset: 0,
                     ..position
                 };
@@ -223,7 +446,19 @@ pub fn recover(
                 ));
             }
         };
+        retention.add_segment(at, position.next_lsn);
         for record in &records {
+            retention.observe(
+                record.lsn,
+                record.partition,
+                record_bytes(record.payload_len) as u64,
+                at,
+            );
+            let covered = loaded.get(record.partition as usize).copied().flatten();
+            if covered.is_some_and(|lsn| record.lsn <= lsn) {
+                continue;
+            }
+            recovered.events += 1;
             payload.clear();
             payload.extend_from_slice(&bytes[record.payload_offset..][..record.payload_len]);
             shard
@@ -239,16 +474,15 @@ pub fn recover(
                 *seen = true;
             }
         }
-        recovered.events += records.len() as u64;
         let offset = end.offset();
         tail = bytes[offset - offset % WAL_BLOCK_BYTES_MAX..offset].to_vec();
         position = LogPosition {
             next_lsn: position.next_lsn + records.len() as u64,
-            segment: at as u64,
+            segment: at,
             offset: offset as u64,
         };
-        let later_records =
-            !matches!(end, SegmentEnd::Clean { .. }) && later_holds_records(&files[at + 1..])?;
+        let later = &files[(at - first_index) as usize + 1..];
+        let later_records = !matches!(end, SegmentEnd::Clean { .. }) && later_holds_records(later)?;
         match decide_end(end, later_records, store.recover_truncate) {
             EndDecision::Continue => {}
             EndDecision::Cut {
@@ -268,7 +502,7 @@ pub fn recover(
                     )
                 });
                 cut(path, &bytes, offset)?;
-                discard_after(&files[at + 1..], &mut recovered)?;
+                discard_after(later, &mut recovered)?;
                 break;
             }
             EndDecision::Refuse { offset, why } => {
@@ -281,6 +515,20 @@ pub fn recover(
         }
     }
     recovered.partitions = touched.iter().filter(|&&seen| seen).count();
+    // A snapshot is written only once the log is durable up to it: one past the log's end
+    // means the log lost records it had synced.
+    let beyond = loaded.iter().enumerate().find_map(|(partition, lsn)| {
+        lsn.filter(|&lsn| lsn >= position.next_lsn)
+            .map(|lsn| (partition, lsn))
+    });
+    if let Some((partition, lsn)) = beyond {
+        return Err(format!(
+            "the snapshot of partition {partition} covers record {lsn} but the log in {} ends at record {}: the log lost records it had synced; restore the data dir from a backup",
+            dir.display(),
+            position.next_lsn - 1
+        ));
+    }
+    retention.observe_durable(position.next_lsn - 1);
     if on_tmpfs(&dir) {
         recovered.notes.push(format!(
             "{} is on tmpfs: O_DIRECT is off there and the log lives in memory, so a host crash loses it",
@@ -295,6 +543,9 @@ pub fn recover(
             identity,
             position,
             tail,
+            snapshot_dir,
+            retention,
+            clock,
         },
     ))
 }
@@ -371,6 +622,14 @@ struct LogTasks {
     written: WaitQueue,
     /// The completed writes the next sync covers: when the first was issued, and their bytes.
     unsynced: Cell<UnsyncedWrites>,
+    /// Woken when a sync completes: the snapshotter waits for its LSN to be durable.
+    synced: WaitQueue,
+    identity: LogIdentity,
+    snapshot_dir: PathBuf,
+    retention: RefCell<Retention>,
+    clock: Instant,
+    /// The log is at its disk bound and the core refuses events.
+    blocked: Cell<bool>,
 }
 
 /// Completed writes not yet covered by a sync, for the log-sync stage and counters.
@@ -441,8 +700,16 @@ pub fn start_log_tasks(shard: Rc<Shard>, start: LogStart) {
             files: RefCell::new(BTreeMap::from([(start.position.segment, Rc::new(first))])),
             written: WaitQueue::new(),
             unsynced: Cell::new(UnsyncedWrites::default()),
+            synced: WaitQueue::new(),
+            identity: start.identity,
+            snapshot_dir: start.snapshot_dir,
+            retention: RefCell::new(start.retention),
+            clock: start.clock,
+            blocked: Cell::new(false),
         });
+        tasks.update_blocked();
         spawn_timed(tasks.clone().sync_loop()).detach();
+        spawn_timed(tasks.clone().snapshot_loop()).detach();
         tasks.write_loop().await;
     })
     .detach();
@@ -469,11 +736,21 @@ impl LogTasks {
                 .log_queued()
                 .until(|| {
                     let mut machine = self.machine.borrow_mut();
-                    self.shard.take_log(|lsn, partition, payload| {
+                    let mut retention = self.retention.borrow_mut();
+                    let took = self.shard.take_log(|lsn, partition, payload| {
                         let given = machine.append(partition.0, payload);
                         debug_assert_eq!(given, lsn, "the core and the log number records alike");
+                        let bytes = record_bytes(payload.len()) as u64;
+                        retention.observe(lsn, partition.0, bytes, machine.append_segment());
                     });
-                    machine.poll_write()
+                    drop(retention);
+                    let io = machine.poll_write();
+                    drop(machine);
+                    if took {
+                        // Before the core applies anything more: it must stop in time.
+                        self.update_blocked();
+                    }
+                    io
                 })
                 .await;
             let file = self.file(io.segment).await;
@@ -536,6 +813,7 @@ impl LogTasks {
                 }
             }
             let durable = self.machine.borrow_mut().handle_synced();
+            self.retention.borrow_mut().observe_durable(durable);
             let write_to_sync = covered
                 .first_issued
                 .map_or(0, |issued| issued.elapsed().as_nanos() as u64);
@@ -553,6 +831,156 @@ impl LogTasks {
             for file in done {
                 let _ = file.close_rc().await;
             }
+            self.synced.wake_all();
         }
     }
+
+    fn now_ns(&self) -> u64 {
+        self.clock.elapsed().as_nanos() as u64
+    }
+
+    /// Tells the core whether the log is at its disk bound, and says so once on stderr when
+    /// that changes. Runs after every batch of records taken and every truncation.
+    fn update_blocked(&self) {
+        let offset = self.machine.borrow().append_offset();
+        let retention = self.retention.borrow();
+        let blocked = retention.log_blocked(offset);
+        if blocked == self.blocked.get() {
+            return;
+        }
+        self.blocked.set(blocked);
+        self.shard.set_log_full(blocked);
+        let (used_mib, max_mib) = (
+            retention.disk_bytes() >> 20,
+            retention.disk_bytes_max() >> 20,
+        );
+        let shard = self.shard.id().index();
+        if blocked {
+            eprintln!(
+                "trove node: shard {shard}: the log reached its disk bound ({used_mib} MiB of segments and snapshots, {max_mib} MiB allowed, --log-disk-max-mb divided among the shards) before a snapshot could free space; new events are answered Unavailable (LogFull) until one does; nothing answered is lost"
+            );
+        } else {
+            eprintln!(
+                "trove node: shard {shard}: the log has room again ({used_mib} of {max_mib} MiB); taking events"
+            );
+        }
+    }
+
+    /// Takes the snapshots retention asks for, one partition at a time, and deletes what they
+    /// make unnecessary; looks again every `SNAPSHOT_CHECK_INTERVAL_MS_MAX` when none is due.
+    async fn snapshot_loop(self: Rc<Self>) {
+        loop {
+            let due = {
+                let urgent = self.blocked.get();
+                self.retention
+                    .borrow_mut()
+                    .poll_snapshot(self.now_ns(), urgent)
+            };
+            let Some(partition) = due else {
+                glommio::timer::sleep(std::time::Duration::from_millis(
+                    SNAPSHOT_CHECK_INTERVAL_MS_MAX,
+                ))
+                .await;
+                continue;
+            };
+            let Some(pause_ns) = self.snapshot(partition).await else {
+                continue;
+            };
+            let deleted = self.truncate().await;
+            self.shard.count_snapshot(pause_ns, deleted);
+            self.update_blocked();
+        }
+    }
+
+    /// Snapshots one partition: copies its state on the shard (the pause, returned), waits for
+    /// the log to be durable up to the LSN it covers, and writes its file. `None` when the
+    /// shard holds no state for the partition (it moved away): its records stay in the log.
+    async fn snapshot(&self, partition: u32) -> Option<u64> {
+        let started = Instant::now();
+        let (lsn, state) = self.shard.export_partition(PartitionId(partition))?;
+        let bytes = encode_snapshot(self.identity, lsn, &state);
+        drop(state);
+        let pause_ns = started.elapsed().as_nanos() as u64;
+        self.retention.borrow_mut().begin(partition, lsn);
+        // Never a snapshot ahead of the log: recovery replays after it what the log holds.
+        self.synced
+            .until(|| (self.shard.durable_lsn() >= lsn).then_some(()))
+            .await;
+        let path = snapshot_path(&self.snapshot_dir, partition, lsn);
+        let file_bytes = match self.write_snapshot(&path, &bytes).await {
+            Ok(file_bytes) => file_bytes,
+            Err(error) => fail_stop(&self.shard, "write a snapshot", error),
+        };
+        let dropped = self.retention.borrow_mut().snapshot_written(file_bytes);
+        if let Some((partition, old)) = dropped {
+            let old = snapshot_path(&self.snapshot_dir, partition, old);
+            let removed = std::fs::remove_file(&old).and_then(|()| sync_dir(&self.snapshot_dir));
+            if let Err(error) = removed {
+                fail_stop(&self.shard, "delete an old snapshot", error);
+            }
+        }
+        Some(pause_ns)
+    }
+
+    /// Writes a snapshot file whole and durably: a `.tmp` file, synced, renamed, and the
+    /// directory synced. Returns the file's size (whole blocks).
+    async fn write_snapshot(&self, path: &Path, bytes: &[u8]) -> std::io::Result<u64> {
+        let tmp = path.with_extension("snap.tmp");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .dma_open(&tmp)
+            .await?;
+        let len = bytes.len().next_multiple_of(file.alignment() as usize);
+        let mut done = 0usize;
+        while done < len {
+            let mut buffer = file.alloc_dma_buffer(len - done);
+            let target = buffer.as_bytes_mut();
+            target.fill(0);
+            let rest = &bytes[done.min(bytes.len())..];
+            let copied = rest.len().min(target.len());
+            target[..copied].copy_from_slice(&rest[..copied]);
+            let written = file.write_at(buffer, done as u64).await?;
+            let whole = file.align_down(written as u64) as usize;
+            if whole == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("a snapshot write at byte {done} made no progress"),
+                ));
+            }
+            done += whole;
+        }
+        file.fdatasync().await?;
+        file.close().await?;
+        std::fs::rename(&tmp, path)?;
+        sync_dir(&self.snapshot_dir)?;
+        Ok(len as u64)
+    }
+
+    /// Deletes the segments no snapshot needs any more; returns how many.
+    async fn truncate(&self) -> u64 {
+        let doomed = self.retention.borrow_mut().poll_truncate();
+        for index in &doomed {
+            let open = self.files.borrow_mut().remove(index);
+            if let Some(file) = open {
+                let _ = file.close_rc().await;
+            }
+            let path = segment_path(&self.dir, *index);
+            if let Err(error) = std::fs::remove_file(&path) {
+                fail_stop(&self.shard, "delete an old log segment", error);
+            }
+        }
+        if !doomed.is_empty() {
+            if let Err(error) = sync_dir(&self.dir) {
+                fail_stop(&self.shard, "sync its log directory", error);
+            }
+        }
+        doomed.len() as u64
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }

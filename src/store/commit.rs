@@ -185,6 +185,17 @@ impl GroupCommit {
         lsn
     }
 
+    /// The segment records are appended to now.
+    pub fn append_segment(&self) -> u64 {
+        self.tails.back().expect("a log always has a tail").segment
+    }
+
+    /// Where the next record goes in [`Self::append_segment`] (if it fits).
+    pub fn append_offset(&self) -> u64 {
+        let tail = self.tails.back().expect("a log always has a tail");
+        tail.start + tail.bytes.len() as u64
+    }
+
     /// The sequence number the next record gets.
     pub fn next_lsn(&self) -> u64 {
         self.next_lsn

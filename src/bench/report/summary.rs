@@ -509,6 +509,7 @@ mod tests {
                 syncs,
                 records,
                 bytes: 0,
+                ..Default::default()
             },
             ..Default::default()
         };

@@ -18,6 +18,9 @@ pub struct StageLatencies {
     /// From the first write a log sync covers being issued to the `fdatasync` completing: what
     /// the oldest record of a group-commit batch waited for the disk. Empty without a data dir.
     pub log_sync_ns: Histogram<u64>,
+    /// How long the shard stopped to take one partition's snapshot (copy its state and
+    /// serialize it); the writing happens after, without stopping it. Empty without a data dir.
+    pub snapshot_pause_ns: Histogram<u64>,
 }
 
 impl Default for StageLatencies {
@@ -29,6 +32,7 @@ impl Default for StageLatencies {
             frame_dispatch_ns: histogram(),
             mesh_round_trip_ns: histogram(),
             log_sync_ns: histogram(),
+            snapshot_pause_ns: histogram(),
         }
     }
 }
@@ -105,6 +109,9 @@ pub struct LogTally {
     /// Bytes written to the log's segments, whole blocks: a partial last block is written again
     /// by the next write, so this is at least the records' size.
     pub bytes: u64,
+    /// Partition snapshots written, and log segments deleted because no snapshot needed them.
+    pub snapshots: u64,
+    pub segments_deleted: u64,
 }
 
 /// What the stall detector saw on one shard.
@@ -216,7 +223,7 @@ impl OutcomeIndex {
             Outcome::Rejected { .. } => OutcomeIndex::Rejected,
             Outcome::Busy => OutcomeIndex::Busy,
             Outcome::Error {
-                error: EventError::OwnerUnavailable,
+                error: EventError::OwnerUnavailable | EventError::LogFull,
             } => OutcomeIndex::Unavailable,
             Outcome::Error {
                 error: EventError::ShuttingDown,

@@ -16,7 +16,14 @@
 //!
 //! A held reply to one of this shard's connections counts as work away from the connection
 //! (like an event forwarded to a peer), so the connection neither finishes nor frees its slot
-//! before the reply is written. Shard-local, like the core.
+//! before the reply is written.
+//!
+//! Snapshots: [`ShardCore::export_partition`] copies a partition's state with the LSN it
+//! covers (the last given out), [`ShardCore::restore_partition`] puts one back at recovery.
+//! When the shell finds the log at its disk bound it calls [`ShardCore::set_log_full`]: every
+//! event this shard would apply is then answered `Error { LogFull }` at once, without a record,
+//! while replies already held still leave as their records become durable. Shard-local, like
+//! the core.
 
 use std::collections::VecDeque;
 
@@ -26,11 +33,13 @@ use crate::constants::{
 };
 use crate::core::codec::{FrameError, access_record};
 use crate::core::credit::Credit;
+use crate::core::hunt::PartitionState;
 use crate::core::ids::{ConnectionId, PartitionId, ShardId};
-use crate::core::message::{ArchivedEvent, Reply};
+use crate::core::message::{ArchivedEvent, EventError, Outcome, Reply};
 use crate::core::shard::ShardCore;
 use crate::core::shard::mesh::BatchEntry;
 use crate::core::shard::routing::{LocalEvent, Route};
+use crate::core::snapshot::PartitionSnapshot;
 
 /// When a shard's answers are on disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -102,6 +111,8 @@ pub(super) struct DurabilityState {
     held_uncredited: usize,
     /// The credit of held replies to this shard's connections.
     held_credit: Credit,
+    /// The log reached its disk bound: events are refused until it has room again.
+    log_full: bool,
 }
 
 impl DurabilityState {
@@ -296,6 +307,59 @@ impl ShardCore {
                 routed: (routed != partition).then_some(routed),
             }),
         }
+    }
+
+    /// Copies partition `partition`'s state for a snapshot, with the LSN it covers: the last
+    /// one given out, since every event applied so far was logged. `None` when this shard holds
+    /// no state for the partition.
+    pub fn export_partition(&self, partition: PartitionId) -> Option<(u64, PartitionSnapshot)> {
+        let state = self.partitions.get(partition.index())?.as_ref()?;
+        Some((self.durability.last_lsn(), state.export()))
+    }
+
+    /// Puts a partition's state back from a snapshot (recovery, before the log after it is
+    /// replayed). Refused when the snapshot breaks a limit or names a partition this shard does
+    /// not hold.
+    pub fn restore_partition(&mut self, snapshot: &PartitionSnapshot) -> Result<(), String> {
+        let index = snapshot.partition as usize;
+        let Some(slot) = self.partitions.get_mut(index).filter(|slot| slot.is_some()) else {
+            return Err(format!(
+                "it holds partition {index}, which this shard does not serve"
+            ));
+        };
+        *slot = Some(PartitionState::import(snapshot).map_err(|error| error.0)?);
+        Ok(())
+    }
+
+    /// The log is at its disk bound (`true`) or has room again (`false`).
+    pub fn set_log_full(&mut self, full: bool) {
+        self.durability.log_full = full;
+    }
+
+    /// Whether events are refused because the log is at its disk bound.
+    pub fn log_full(&self) -> bool {
+        self.durability.log_full
+    }
+
+    /// How long taking one partition's snapshot stopped the shard (measured by the shell).
+    pub fn record_snapshot_pause(&mut self, pause_ns: u64) {
+        self.stats
+            .stages
+            .snapshot_pause_ns
+            .saturating_record(pause_ns.max(1));
+    }
+
+    /// The shell wrote a snapshot file and deleted `segments` log segments no snapshot needs.
+    pub fn count_snapshot(&mut self, segments: u64) {
+        self.stats.log.snapshots += 1;
+        self.stats.log.segments_deleted += segments;
+    }
+
+    /// The answer for an event this shard would apply, while the log is full.
+    pub(super) fn log_full_answer(&self) -> Option<Outcome> {
+        self.durability.log_full.then_some(Outcome::Error {
+            error: EventError::LogFull,
+        })
     }
 
     /// Stop reading while too many refusals wait behind replies for a sync.
@@ -598,6 +662,7 @@ mod tests {
                 syncs: 2,
                 records: 3,
                 bytes: 12_288,
+                ..LogTally::default()
             },
             "records count once each, from the durable LSN before the sync"
         );
@@ -843,5 +908,74 @@ mod tests {
             fresh.replay(*partition, &aligned[..aligned.len() - 3]),
             Err(ReplayError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_partition_exported_with_its_lsn_and_restored_then_replayed_matches_the_live_one() {
+        let mut live = cores(1, Durability::Sync).remove(0);
+        let conn = live.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(1, 0, 0);
+        let mut events = vec![event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))];
+        events.extend((2..8).map(|seq| event(seq, hunt, EventKind::Join)));
+        offer(&mut live, conn, &events[..4]);
+        let partition = logged(&mut live)[0].1;
+        let (lsn, snapshot) = live.export_partition(partition).unwrap();
+        assert_eq!(lsn, 4, "the snapshot covers every record given out");
+        offer(&mut live, conn, &events[4..]);
+        let after = logged(&mut live);
+        assert_eq!(after.first().map(|r| r.0), Some(5));
+
+        let mut restored = cores(1, Durability::Sync).remove(0);
+        restored.restore_partition(&snapshot).unwrap();
+        for (_, partition, payload) in &after {
+            let mut aligned = AlignedVec::<16>::new();
+            aligned.extend_from_slice(payload);
+            restored.replay(*partition, &aligned).unwrap();
+        }
+        assert_eq!(
+            format!("{:?}", restored.partition(partition)),
+            format!("{:?}", live.partition(partition))
+        );
+        let foreign = PartitionSnapshot {
+            partition: 64,
+            ..snapshot
+        };
+        assert!(restored.restore_partition(&foreign).is_err());
+    }
+
+    #[test]
+    fn a_full_log_refuses_new_events_unlogged_but_releases_what_waits_for_its_sync() {
+        let mut core = cores(1, Durability::Sync).remove(0);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(1, 0, 0);
+        offer(
+            &mut core,
+            conn,
+            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
+        );
+        core.set_log_full(true);
+        offer(&mut core, conn, &[event(2, hunt, EventKind::Join)]);
+        assert_eq!(
+            logged(&mut core).len(),
+            1,
+            "the refused event is not logged"
+        );
+        assert!(written(&mut core, conn).is_empty(), "held behind record 1");
+        core.handle_durable(0, 1);
+        let replies = written(&mut core, conn);
+        assert_eq!(seqs(&replies), [1, 2]);
+        assert_eq!(
+            replies[1].outcome,
+            Outcome::Error {
+                error: EventError::LogFull
+            }
+        );
+        let unavailable = crate::core::shard::OutcomeIndex::Unavailable as usize;
+        let tally = core.stats().events.by_outcome;
+        assert_eq!(tally.iter().map(|kind| kind[unavailable]).sum::<u64>(), 1);
+        core.set_log_full(false);
+        offer(&mut core, conn, &[event(3, hunt, EventKind::Join)]);
+        assert_eq!(logged(&mut core).len(), 1, "room again: applied and logged");
+        core.check_credit().unwrap();
     }
 }
