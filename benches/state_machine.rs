@@ -2,29 +2,43 @@
 //! sockets, codec or runtime: events per second one core applies to a warmed set of
 //! partitions, the yardstick of the state machine's memory layout.
 //!
-//! Two sets, each set up by the load generator's own set-up events, then warmed by applying
-//! the measured stream until a pass lets no new player join (so the stream's joins are in,
-//! its waypoints visited and its treasures won, as a few seconds of a run leave them):
-//! - `default`: `trove bench`'s default workload (1000 hunts of 100 players, 1024 partitions);
-//! - `large`: players enough that the state is ten times the CPU's last-level cache (read
-//!   from sysfs), over `PARTITIONS_MAX` partitions, so nearly every event misses the cache.
+//! Four sets, two sizes of each of `trove bench`'s two workload presets, each set up by the
+//! load generator's own set-up events:
+//! - `default`: the default workload (1000 hunts of 100 players, 1024 partitions) and mix;
+//! - `large`: the default mix over players enough that the state is ten times the CPU's
+//!   last-level cache (read from sysfs), over `PARTITIONS_MAX` partitions, so nearly every
+//!   event misses the cache;
+//! - `accept-heavy`: `--preset accept-heavy` (2000 hunts of 250 players, 64 waypoints and 64
+//!   treasures each, right codes only, check-ins inside a radius), whose events mostly succeed;
+//! - `accept-heavy-large`: that mix over ten times the last-level cache.
 //!
-//! The measured stream is `STREAM_EVENTS` events of the default mix, framed and validated as a
+//! The measured stream is `STREAM_EVENTS` events of the set's mix, framed and validated as a
 //! connection does, so that a pass touches far more state than the cache holds; each bench
-//! iteration applies one frame (`FRAME_EVENTS` events). The bytes of live state are measured
-//! with a counting allocator and printed with the cache size they are compared to.
+//! iteration applies one frame (`FRAME_EVENTS` events). The default mix is warmed by applying
+//! the measured stream until a pass lets no new player join (its joins are in, its waypoints
+//! visited and its treasures won, as a few seconds of a run leave them: most of its events are
+//! then refused, cheaply). An accepted event succeeds once (a check-in scores once per
+//! waypoint), so a replayed accept-heavy stream would be refused too: that mix is warmed with
+//! a stream of another seed, and its state is restored from a copy, outside the timing,
+//! whenever the measured stream starts over. The bytes of live state are measured with a
+//! counting allocator and printed with the cache size they are compared to.
 //!
-//! Run: `cargo bench --bench state_machine`; `STATE_MACHINE_SETS=default` sets up only one set
-//! (under `valgrind --tool=callgrind`, say, with `-- --profile-time 1`).
+//! Run: `cargo bench --bench state_machine`; `STATE_MACHINE_SETS=default,accept-heavy` sets up
+//! only those sets. `-- --count` runs no criterion: it applies each set's measured stream once
+//! in `measured_pass`, for instruction and cache-miss counts that do not depend on the
+//! machine's load:
+//! `valgrind --tool=callgrind --cache-sim=yes --toggle-collect='state_machine::measured_pass*'
+//! <the bench binary> --count`, then divide the collected `Ir`, `D1mr + D1mw` and
+//! `DLmr + DLmw` by the events it prints (`STATE_MACHINE_SETS` picks one set per run).
 
 mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput};
 use rkyv::util::AlignedVec;
 use trove::bench::workload::Workload;
 use trove::constants::{PARTITIONS_DEFAULT, PARTITIONS_MAX};
@@ -97,6 +111,7 @@ fn llc_bytes() -> usize {
 }
 
 /// A shard's partitions, as `ShardCore` keeps them, without the routing.
+#[derive(Clone)]
 struct Partitions {
     partitioner: Partitioner,
     states: Vec<PartitionState>,
@@ -148,25 +163,28 @@ fn apply_all<'a>(
     (applied, refused)
 }
 
-/// Applies the stream until a pass lets no new player join (every hunt is full, as in any
-/// run longer than a few seconds) or `WARM_PASSES_MAX` passes; returns the last pass's share
-/// of refused events.
-fn warm(state: &mut Partitions, frames: &[Vec<&ArchivedEvent>]) -> f64 {
-    let mut refused_share = 0.0;
+/// How many events `frames` hold.
+fn events_in(frames: &[Vec<&ArchivedEvent>]) -> usize {
+    frames.iter().map(Vec::len).sum()
+}
+
+/// Applies the stream until a pass lets no new player join (its joins are in, as in any run
+/// longer than a few seconds) or `WARM_PASSES_MAX` passes.
+fn warm(state: &mut Partitions, frames: &[Vec<&ArchivedEvent>]) {
     for _ in 0..WARM_PASSES_MAX {
-        let (mut refused, mut joined) = (0usize, 0usize);
-        for event in frames.iter().flatten() {
-            let outcome = state.apply(event);
-            refused += matches!(outcome, Outcome::Rejected { .. }) as usize;
-            joined += (matches!(event.kind, ArchivedEventKind::Join)
-                && matches!(outcome, Outcome::Accepted { .. })) as usize;
-        }
-        refused_share = refused as f64 / (frames.len() * FRAME_EVENTS) as f64;
+        let joined = frames
+            .iter()
+            .flatten()
+            .filter(|event| {
+                let outcome = state.apply(event);
+                matches!(event.kind, ArchivedEventKind::Join)
+                    && matches!(outcome, Outcome::Accepted { .. })
+            })
+            .count();
         if joined == 0 {
-            break;
+            return;
         }
     }
-    refused_share
 }
 
 /// The workload's hunts created and players joined; returns the state and its heap bytes.
@@ -183,13 +201,13 @@ fn set_up(workload: &Workload, partitions: u32) -> (Partitions, usize) {
     (state, bytes)
 }
 
-/// The large set's workload: ten times the last-level cache of hunt state, sized from the
-/// measured bytes of a probe of 16 hunts.
-fn large_workload(llc: usize) -> Workload {
+/// The large variant of `base`: its mix over ten times the last-level cache of hunt state,
+/// sized from the measured bytes of a probe of 16 hunts.
+fn large_workload(base: Workload, llc: usize) -> Workload {
     let probe = Workload {
         hunts: 16,
         players_per_hunt: LARGE_PLAYERS_PER_HUNT,
-        ..Workload::default()
+        ..base
     };
     let (_, probe_bytes) = set_up(&probe, 16);
     let hunt_bytes = probe_bytes / 16;
@@ -216,66 +234,190 @@ fn stream(workload: &Workload) -> Vec<Vec<&'static ArchivedEvent>> {
         .collect()
 }
 
-fn bench_set(c: &mut Criterion, name: &str, workload: &Workload, partitions: u32, llc: usize) {
-    let (mut state, bytes) = set_up(workload, partitions);
-    let frames = stream(workload);
-    let before_warming = LIVE_BYTES.load(Ordering::Relaxed);
-    let refused_share = warm(&mut state, &frames);
-    let bytes = bytes + LIVE_BYTES.load(Ordering::Relaxed) - before_warming;
-    eprintln!(
-        "state_machine/{name}: {} hunts of {} players set up over {partitions} partitions, \
-         after the stream's joins: {:.1} MiB of state, {:.1}x the {} MiB last-level cache; \
-         {:.0}% of the mix is refused",
-        workload.hunts,
-        workload.players_per_hunt,
-        bytes as f64 / f64::from(1 << 20),
-        bytes as f64 / llc as f64,
-        llc >> 20,
-        100.0 * refused_share,
-    );
-    let mut group = c.benchmark_group("state_machine");
-    group.throughput(Throughput::Elements(FRAME_EVENTS as u64));
-    let mut next = 0;
-    group.bench_function(format!("{name}/PartitionState::apply"), |b| {
-        b.iter(|| {
-            let frame = &frames[next];
-            next = (next + 1) % frames.len();
-            for event in frame {
-                black_box(state.apply(black_box(event)));
-            }
-        })
-    });
-    // Two passes per frame: prefetch every event's state, then apply them all.
-    group.bench_function(format!("{name}/prefetch+apply"), |b| {
-        b.iter(|| {
-            let frame = &frames[next];
-            next = (next + 1) % frames.len();
-            for event in frame {
-                state.prefetch(black_box(event));
-            }
-            for event in frame {
-                black_box(state.apply(black_box(event)));
-            }
-        })
-    });
-    group.finish();
+/// One of the measured sets: a workload, its partitions, and how its state is warmed.
+struct Set {
+    name: &'static str,
+    workload: Workload,
+    partitions: u32,
+    /// Warm with a stream of another seed and restore the warmed state whenever the measured
+    /// stream starts over (a mix whose events succeed once), instead of replaying the
+    /// measured stream until it changes nothing more.
+    restore: bool,
 }
 
-fn bench_state_machine(c: &mut Criterion) {
-    let llc = llc_bytes();
-    let sets = std::env::var("STATE_MACHINE_SETS").unwrap_or_else(|_| "default,large".into());
-    for set in sets.split(',').map(str::trim) {
-        match set {
-            "default" => bench_set(c, set, &Workload::default(), PARTITIONS_DEFAULT, llc),
-            "large" => bench_set(c, set, &large_workload(llc), PARTITIONS_MAX, llc),
-            other => panic!("STATE_MACHINE_SETS names `{other}`; the sets are default and large"),
+impl Set {
+    fn named(name: &str, llc: usize) -> Set {
+        let accept_heavy = Workload::accept_heavy();
+        let (name, workload, partitions, restore) = match name {
+            "default" => ("default", Workload::default(), PARTITIONS_DEFAULT, false),
+            "large" => (
+                "large",
+                large_workload(Workload::default(), llc),
+                PARTITIONS_MAX,
+                false,
+            ),
+            "accept-heavy" => ("accept-heavy", accept_heavy, PARTITIONS_DEFAULT, true),
+            "accept-heavy-large" => (
+                "accept-heavy-large",
+                large_workload(accept_heavy, llc),
+                PARTITIONS_MAX,
+                true,
+            ),
+            other => panic!(
+                "STATE_MACHINE_SETS names `{other}`; the sets are {}",
+                SETS.join(", ")
+            ),
+        };
+        Set {
+            name,
+            workload,
+            partitions,
+            restore,
         }
     }
 }
 
-criterion_group! {
-    name = benches;
-    config = support::criterion(30, Duration::from_secs(2), Duration::from_secs(5));
-    targets = bench_state_machine
+/// The sets, in the order they run.
+const SETS: [&str; 4] = ["default", "large", "accept-heavy", "accept-heavy-large"];
+
+/// A set's state, warmed, with the stream measured on it.
+struct Prepared {
+    state: Partitions,
+    /// The warmed state, to restore when the stream starts over (sets with `restore`).
+    warmed: Option<Partitions>,
+    frames: Vec<Vec<&'static ArchivedEvent>>,
+    /// The next frame of `frames` to apply.
+    next: usize,
 }
-criterion_main!(benches);
+
+impl Prepared {
+    fn new(set: &Set, llc: usize) -> Prepared {
+        let (mut state, bytes) = set_up(&set.workload, set.partitions);
+        let frames = stream(&set.workload);
+        let warming = if set.restore {
+            stream(&Workload {
+                seed: set.workload.seed + 1,
+                ..set.workload.clone()
+            })
+        } else {
+            frames.clone()
+        };
+        let before_warming = LIVE_BYTES.load(Ordering::Relaxed);
+        warm(&mut state, &warming);
+        let bytes = bytes + LIVE_BYTES.load(Ordering::Relaxed) - before_warming;
+        // What the first measured pass will refuse, on a copy.
+        let refused = apply_all(&mut state.clone(), frames.iter().flatten().copied()).1;
+        let refused_share = refused as f64 / events_in(&frames) as f64;
+        eprintln!(
+            "state_machine/{}: {} hunts of {} players set up over {} partitions, after \
+             warming: {:.1} MiB of state, {:.1}x the {} MiB last-level cache; {:.1}% of a pass \
+             over the measured stream is refused by the rules",
+            set.name,
+            set.workload.hunts,
+            set.workload.players_per_hunt,
+            set.partitions,
+            bytes as f64 / f64::from(1 << 20),
+            bytes as f64 / llc as f64,
+            llc >> 20,
+            100.0 * refused_share,
+        );
+        Prepared {
+            warmed: set.restore.then(|| state.clone()),
+            state,
+            frames,
+            next: 0,
+        }
+    }
+
+    /// Restores the warmed state if the stream is over, so the next frame is the first.
+    fn restart_if_over(&mut self) {
+        if self.next == self.frames.len() {
+            if let Some(warmed) = &self.warmed {
+                self.state = warmed.clone();
+            }
+            self.next = 0;
+        }
+    }
+
+    /// Applies `frames` frames, each after prefetching its events if `prefetch`; returns the
+    /// time spent applying (restoring the state is left out).
+    fn run(&mut self, frames: u64, prefetch: bool) -> Duration {
+        let mut spent = Duration::ZERO;
+        let mut left = frames as usize;
+        while left > 0 {
+            self.restart_if_over();
+            let count = left.min(self.frames.len() - self.next);
+            let start = Instant::now();
+            for frame in &self.frames[self.next..self.next + count] {
+                if prefetch {
+                    for event in frame {
+                        self.state.prefetch(black_box(event));
+                    }
+                }
+                for event in frame {
+                    black_box(self.state.apply(black_box(event)));
+                }
+            }
+            spent += start.elapsed();
+            self.next += count;
+            left -= count;
+        }
+        spent
+    }
+}
+
+fn bench_set(c: &mut Criterion, set: &Set, llc: usize) {
+    let mut prepared = Prepared::new(set, llc);
+    let mut group = c.benchmark_group("state_machine");
+    group.throughput(Throughput::Elements(FRAME_EVENTS as u64));
+    group.bench_function(format!("{}/PartitionState::apply", set.name), |b| {
+        b.iter_custom(|frames| prepared.run(frames, false))
+    });
+    // Two passes per frame: prefetch every event's state, then apply them all.
+    group.bench_function(format!("{}/prefetch+apply", set.name), |b| {
+        b.iter_custom(|frames| prepared.run(frames, true))
+    });
+    group.finish();
+}
+
+/// One pass of the measured stream, apply alone, kept out of line so that callgrind can
+/// collect it alone; returns how many events were applied and refused.
+#[inline(never)]
+fn measured_pass(state: &mut Partitions, frames: &[Vec<&ArchivedEvent>]) -> (usize, usize) {
+    apply_all(state, frames.iter().flatten().copied())
+}
+
+/// `--count`: each set's measured stream applied once, for instruction counts.
+fn count(sets: &[Set], llc: usize) {
+    for set in sets {
+        let mut prepared = Prepared::new(set, llc);
+        let (applied, refused) = measured_pass(&mut prepared.state, &prepared.frames);
+        println!(
+            "state_machine/{} --count: {applied} events in measured_pass, {refused} refused",
+            set.name
+        );
+    }
+}
+
+fn chosen_sets(llc: usize) -> Vec<Set> {
+    let names = std::env::var("STATE_MACHINE_SETS").unwrap_or_else(|_| SETS.join(","));
+    names
+        .split(',')
+        .map(str::trim)
+        .map(|name| Set::named(name, llc))
+        .collect()
+}
+
+fn main() {
+    let llc = llc_bytes();
+    let sets = chosen_sets(llc);
+    if std::env::args().any(|arg| arg == "--count") {
+        count(&sets, llc);
+        return;
+    }
+    let mut criterion = support::criterion(30, Duration::from_secs(2), Duration::from_secs(5));
+    for set in &sets {
+        bench_set(&mut criterion, set, llc);
+    }
+    criterion.final_summary();
+}

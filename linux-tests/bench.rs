@@ -400,3 +400,67 @@ fn redis_with_an_append_only_file_synced_always_runs_the_same_stream() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+/// `--profile` records the run with perf and draws the shard threads' flame graph, and the
+/// whole process's, beside the reports. Skipped, with the reason, where perf is missing or may
+/// not sample.
+#[test]
+fn profile_draws_flame_graphs_of_the_shards_beside_the_reports() {
+    if let Err(reason) = trove::bench::profile::check_perf() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let _serial = one_at_a_time();
+    let dir = scratch_dir("bench-profile");
+    let output = run_bounded(
+        trove()
+            .args(["bench", "--duration", "2", "--warmup", "0.5", "--quiet"])
+            .arg("--profile")
+            .arg("--out")
+            .arg(&dir),
+        Duration::from_secs(120),
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("flamegraph-shards.svg"),
+        "{}",
+        text(&output)
+    );
+    let svg = |name: &str| {
+        let text = std::fs::read_to_string(dir.join(name))
+            .unwrap_or_else(|error| panic!("{name} was not written: {error}"));
+        // inferno's SVG declares its doctype.
+        let options = roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..roxmltree::ParsingOptions::default()
+        };
+        let document = roxmltree::Document::parse_with_options(&text, options)
+            .unwrap_or_else(|error| panic!("{name} is not XML: {error}"));
+        assert_eq!(document.root_element().tag_name().name(), "svg");
+        text
+    };
+    let shards = svg("flamegraph-shards.svg");
+    assert!(shards.contains("trove-shard-"), "no shard thread drawn");
+    assert!(
+        !shards.contains("trove-load-"),
+        "a load thread among the shards"
+    );
+    // On a busy machine the load threads may get too few samples to be drawn; the shards,
+    // which the graph of the whole process holds too, are the point.
+    assert!(svg("flamegraph.svg").contains("trove-shard-"));
+    assert!(
+        dir.join("summary.json").exists(),
+        "the reports were not written"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn profile_needs_a_folder_for_its_flame_graphs() {
+    let output = run_bounded(
+        trove().args(["bench", "--profile", "--duration", "1"]),
+        COMMAND_WAIT,
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(text(&output).contains("--out"), "{}", text(&output));
+}

@@ -266,6 +266,13 @@ const _: () = assert!(BENCH_DURATION_S_MAX <= BENCH_SCHEDULE_S_MAX);
 /// them before it gives up with a message (a shard that stopped reading, say).
 pub const BENCH_STALL_MS_MAX: u64 = 10_000;
 
+/// Samples a second per CPU that `trove bench --profile` asks of `perf record` (an odd rate,
+/// so sampling does not beat in time with periodic work).
+pub const PROFILE_SAMPLE_HZ_DEFAULT: u32 = 999;
+/// Longest `trove bench --profile` waits for `perf record` to write its data once asked to
+/// stop, before it kills it and says so.
+pub const PROFILE_PERF_STOP_MS_MAX: u64 = 30_000;
+
 // ---------------------------------------------------------------------------------------------
 // The write-ahead log (see `store`).
 // ---------------------------------------------------------------------------------------------
@@ -494,8 +501,9 @@ pub const WRONG_CODES_REF_BYTES: usize = 16;
 pub const PLAYER_COLD_BYTES_MAX: usize = TREASURES_PER_HUNT_MAX + ALLOCATION_OVERHEAD_BYTES;
 /// A waypoint (`core::hunt::Waypoint`): position 8, radius 4, points 4, two cosine bounds 16.
 pub const WAYPOINT_BYTES: usize = 32;
-/// A waypoint's latitude band (`core::hunt::LatitudeBand`): latitude 4, gap 4.
-pub const LATITUDE_BAND_BYTES: usize = 8;
+/// A waypoint's band (`core::hunt::LatitudeBand`): latitude 4, longitude 4, longitude gap 4,
+/// latitude gap 2, waypoint index 1, padding 1.
+pub const LATITUDE_BAND_BYTES: usize = 16;
 /// A treasure (`core::hunt::Treasure`): code hash 8, winner 8, points 4, won 1, padding 3.
 pub const TREASURE_BYTES: usize = 24;
 /// A leaderboard entry (`core::message::LeaderboardEntry`): player 8, score 4, padding 4.

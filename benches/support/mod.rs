@@ -24,27 +24,43 @@ pub fn events(workload: &Workload, count: usize) -> Vec<Event> {
         .collect()
 }
 
-/// The events, `per_frame` to a frame, each frame in its own 16-byte-aligned buffer (as a
-/// frame sits in a connection's receive buffer).
+/// The events, `per_frame` to a frame (fewer where the next would not fit, as a hunt spec of
+/// 64 waypoints and 64 treasures does not), each frame in its own 16-byte-aligned buffer (as
+/// a frame sits in a connection's receive buffer).
 pub fn frames<'a>(
     events: impl IntoIterator<Item = &'a Event>,
     per_frame: usize,
 ) -> Vec<AlignedVec> {
-    let events: Vec<&Event> = events.into_iter().collect();
-    events
-        .chunks(per_frame)
-        .map(|chunk| {
-            let mut builder = FrameBuilder::new();
-            builder.begin(FrameKind::Events);
-            for event in chunk {
-                builder.push(*event).expect("a workload event fits a frame");
-            }
-            builder.finish(1);
-            let mut frame = AlignedVec::new();
-            frame.extend_from_slice(builder.bytes());
-            frame
-        })
-        .collect()
+    let mut frames = Vec::new();
+    let mut builder = FrameBuilder::new();
+    let mut in_frame = 0;
+    let mut close = |builder: &mut FrameBuilder, in_frame: &mut usize| {
+        builder.finish(1);
+        let mut frame = AlignedVec::new();
+        frame.extend_from_slice(builder.bytes());
+        frames.push(frame);
+        *builder = FrameBuilder::new();
+        builder.begin(FrameKind::Events);
+        *in_frame = 0;
+    };
+    builder.begin(FrameKind::Events);
+    for event in events {
+        if in_frame == per_frame {
+            close(&mut builder, &mut in_frame);
+        }
+        if builder.push(event).is_err() {
+            assert!(in_frame > 0, "a workload event fits an empty frame");
+            close(&mut builder, &mut in_frame);
+            builder
+                .push(event)
+                .expect("a workload event fits an empty frame");
+        }
+        in_frame += 1;
+    }
+    if in_frame > 0 {
+        close(&mut builder, &mut in_frame);
+    }
+    frames
 }
 
 /// The records of one whole events frame, validated as a connection validates them: each is

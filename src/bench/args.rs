@@ -67,7 +67,8 @@ impl RedisAofArg {
 /// a closed loop for a few seconds, and prints events/s and latency percentiles.
 ///
 /// Exit codes: 0 when the run completed; 1 when it could not run or failed (the message says
-/// why); 2 for a usage error (a bad flag or workload file).
+/// why); 2 for a usage error (a bad flag or workload file); 3 when --profile cannot record
+/// here (perf missing or not allowed to sample; the message says what to do).
 #[derive(Args, Debug, Default)]
 pub struct BenchArgs {
     /// Drive a node that is already running at HOST:PORT instead of starting one (any node of
@@ -222,4 +223,8 @@ pub struct BenchArgs {
     /// Measure only the generator: make and encode events into nothing, to show it is not the bottleneck
     #[arg(long)]
     pub null_sink: bool,
+    /// Record the embedded node during the run with `perf record -g` and draw flame graphs
+    /// (flamegraph-shards.svg: the shard threads; flamegraph.svg: the whole process) into --out
+    #[arg(long, requires = "out", conflicts_with_all = ["target", "null_sink"])]
+    pub profile: bool,
 }

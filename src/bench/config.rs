@@ -122,6 +122,9 @@ pub struct BenchConfig {
     pub null_sink: bool,
     #[serde(skip)]
     pub out: Option<PathBuf>,
+    /// Flame graphs of the run into `out` (`--profile`).
+    #[serde(skip)]
+    pub profile: bool,
     #[serde(skip)]
     pub quiet: bool,
     /// The node's shared secret (`--auth-secret-file`); never written to a report.
@@ -328,6 +331,7 @@ impl BenchConfig {
             calibrate: args.calibrate,
             null_sink: args.null_sink,
             out: args.out.clone(),
+            profile: args.profile,
             quiet: args.quiet,
             auth: match &args.auth_secret_file {
                 Some(path) => Some(Arc::new(read_secret_file(path)?)),

@@ -12,6 +12,7 @@ pub mod config;
 pub mod disk;
 pub mod generator;
 pub mod null_sink;
+pub mod profile;
 pub mod progress;
 pub mod redis;
 pub mod report;
@@ -125,6 +126,12 @@ pub fn run(args: &BenchArgs) -> i32 {
         );
         return 0;
     }
+    if config.profile {
+        if let Err(message) = profile::check_perf() {
+            eprintln!("trove bench: {message}");
+            return 3;
+        }
+    }
     let mut progress = Progress::new(config.quiet);
     let metrics_before = match args.target_metrics.map(target_metrics_scrape).transpose() {
         Ok(scrape) => scrape,
@@ -180,6 +187,14 @@ pub fn run(args: &BenchArgs) -> i32 {
                     out.display(),
                     files.len()
                 );
+                if config.profile {
+                    let _ = writeln!(
+                        stdout,
+                        "flame graphs: {} (the shard threads), {} (the whole process)",
+                        out.join(profile::SHARDS_SVG).display(),
+                        out.join(profile::PROCESS_SVG).display()
+                    );
+                }
             }
             Err(error) => {
                 eprintln!(

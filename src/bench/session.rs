@@ -427,8 +427,16 @@ fn execute_against(
     let before = cluster
         .map(|cluster| cluster.quiet_sample(snapshot_wait, CLUSTER_SAMPLE_TRIES))
         .transpose()?;
+    let recording = match (&config.out, config.profile) {
+        (Some(out), true) => Some(crate::bench::profile::Recording::start(out)?),
+        _ => None,
+    };
     let (main, sweep) = run_main(addr, config, progress)?;
     let trove_done = Instant::now();
+    if let Some(recording) = recording {
+        progress.note("drawing the flame graphs of the run…");
+        recording.finish()?;
+    }
     let figures = match (cluster, before) {
         (Some(cluster), Some(before)) => {
             let after = cluster.quiet_sample(snapshot_wait, CLUSTER_SAMPLE_TRIES)?;

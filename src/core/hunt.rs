@@ -22,9 +22,14 @@
 //! - a hunt keeps its players in one flat open-addressing table of [`PlayerEntry`] (id, score,
 //!   visited waypoints: everything a check-in or a claim touches), so finding a player costs
 //!   one probe sequence in one array, usually one cache line; what only a wrong claim needs
-//!   (its attempt counters) lives apart, by the slot each player was given at `Join`;
+//!   (its attempt counters) lives apart, by the slot each player was given at `Join`, and is
+//!   read only for a player whose entry says it has presented a wrong code;
+//! - a hunt's waypoint bands are sorted by latitude, so a check-in reads only the bands near
+//!   its latitude (a binary search) instead of every waypoint's;
 //! - each waypoint carries bounds of the cosine its distance needs, so a check-in decides
-//!   without calling `cos` except within a hair of the radius, with the same answer.
+//!   without calling `cos` except within a hair of the radius, with the same answer;
+//! - the score that enters a hunt's full leaderboard sits in the hunt's first line, so most
+//!   score changes never read the leaderboard.
 //!
 //! A `PartitionState` lives on the shard that owns its partition and nowhere else.
 
@@ -139,34 +144,118 @@ fn within(a: Position, b: Position, radius_m: u32) -> bool {
     latitude_gap_m_squared(a, b) <= radius_squared && distance_m_squared(a, b) <= radius_squared
 }
 
-/// The latitude band of a waypoint, in the units positions come in: a check-in farther north
-/// or south than `gap_e7` from `lat_e7` is outside the radius for sure. Eight bytes, so the
-/// bands of a hunt's waypoints are scanned a cache line at a time before any waypoint is read.
+/// The band of a waypoint, in the units positions come in: a check-in farther north or south
+/// than [`Self::gap_e7`] from `lat_e7`, or farther east or west than `lon_gap_e7` from
+/// `lon_e7`, is outside the radius for sure. Sixteen bytes; a hunt keeps its bands sorted by
+/// latitude ([`sorted_bands`]), so a check-in reads only the bands near its own latitude, and
+/// of their waypoints only those its longitude is near.
 #[derive(Clone, Copy, Debug)]
 struct LatitudeBand {
     lat_e7: i32,
-    gap_e7: i32,
+    lon_e7: i32,
+    /// Longitude either way within which the radius may hold a position, from the waypoint's
+    /// smallest cosine bound (`u32::MAX`, no limit, where that bound is 0, at a pole).
+    lon_gap_e7: u32,
+    /// The half-width in units of `BAND_GAP_UNIT_E7`, rounded up: coarser than the radius
+    /// needs, which only lets a few more positions through to the exact test.
+    gap_units: u16,
+    /// The waypoint's index in the hunt's spec: its bit in a player's visits.
+    waypoint: u8,
 }
+
+/// The unit of a band's half-width, in 1e-7 degree (about 2.8 m): the widest radius fits 16
+/// bits of it.
+const BAND_GAP_UNIT_E7: i64 = 256;
+const _: () = assert!(
+    (WAYPOINT_RADIUS_M_MAX as i64 * 10_000_000 / 111_000 + 2) / BAND_GAP_UNIT_E7 < u16::MAX as i64,
+    "the widest band's half-width fits its field"
+);
 
 impl LatitudeBand {
     fn new(waypoint: &Waypoint) -> LatitudeBand {
         // One unit of 1e-7 degree more than the radius: the float test in `Waypoint::holds`
         // decides the positions this lets through, so the band only has to be wide enough.
         let radius_e7 = f64::from(waypoint.radius_m) / EARTH_RADIUS_M / 1e-7_f64.to_radians();
+        let gap_e7 = radius_e7.ceil() as i64 + 1;
+        // `Waypoint::holds` accepts only if |Δlon|·cos_min <= radius (in radians of the
+        // earth): the longitude gap is that bound, widened by far more than rounding can move
+        // it. A bound of 0 (at a pole) leaves longitude unlimited; a larger gap than a u32
+        // holds saturates to the same.
+        let lon_gap_e7 = if waypoint.cos_mean_lat_min > 0.0 {
+            (radius_e7 / waypoint.cos_mean_lat_min * (1.0 + 1e-9) + 2.0).ceil() as u32
+        } else {
+            u32::MAX
+        };
         LatitudeBand {
             lat_e7: waypoint.position.lat_e7,
-            gap_e7: radius_e7.ceil() as i32 + 1,
+            lon_e7: waypoint.position.lon_e7,
+            lon_gap_e7,
+            gap_units: (gap_e7 as u64).div_ceil(BAND_GAP_UNIT_E7 as u64) as u16,
+            waypoint: 0,
         }
+    }
+
+    fn gap_e7(&self) -> i64 {
+        i64::from(self.gap_units) * BAND_GAP_UNIT_E7
     }
 
     #[inline]
     fn may_hold(&self, at: Position) -> bool {
-        (i64::from(at.lat_e7) - i64::from(self.lat_e7)).abs() <= i64::from(self.gap_e7)
+        // The short way round is the smaller of the two ways: `longitude_gap_e7`'s wrap
+        // without its branches.
+        let dlon_e7 = (i64::from(at.lon_e7) - i64::from(self.lon_e7)).abs();
+        (i64::from(at.lat_e7) - i64::from(self.lat_e7)).abs() <= self.gap_e7()
+            && dlon_e7.min(3_600_000_000 - dlon_e7) <= i64::from(self.lon_gap_e7)
     }
 }
 
-/// A waypoint, with bounds of the cosine a check-in near it needs.
+/// A hunt's waypoint bands sorted by latitude, each naming its waypoint, and the widest
+/// band's half-width: a check-in finds the few bands that may hold it by a binary search
+/// instead of scanning every waypoint's (64 of them are eight cache lines).
+fn sorted_bands(waypoints: &[Waypoint]) -> (Box<[LatitudeBand]>, i32) {
+    let mut bands: Vec<LatitudeBand> = waypoints
+        .iter()
+        .enumerate()
+        .map(|(index, waypoint)| LatitudeBand {
+            waypoint: index as u8,
+            ..LatitudeBand::new(waypoint)
+        })
+        .collect();
+    bands.sort_by_key(|band| band.lat_e7);
+    let widest_gap_e7 = bands.iter().map(LatitudeBand::gap_e7).max().unwrap_or(0);
+    (bands.into(), widest_gap_e7 as i32)
+}
+
+/// The waypoints whose radius holds `at`, as a bit set of their indices, from the bands
+/// `sorted_bands` made of `waypoints`: no band that may hold `at` lies farther than the
+/// widest half-width from it.
+#[inline]
+fn waypoints_holding(
+    bands: &[LatitudeBand],
+    waypoints: &[Waypoint],
+    widest_gap_e7: i32,
+    at: Position,
+) -> u64 {
+    let lat = i64::from(at.lat_e7);
+    let widest = i64::from(widest_gap_e7);
+    let first = bands.partition_point(|band| i64::from(band.lat_e7) < lat - widest);
+    let mut holding = 0u64;
+    for band in &bands[first..] {
+        if i64::from(band.lat_e7) > lat + widest {
+            break;
+        }
+        let index = usize::from(band.waypoint);
+        if band.may_hold(at) && waypoints[index].holds(at) {
+            holding |= 1 << index;
+        }
+    }
+    holding
+}
+
+/// A waypoint, with bounds of the cosine a check-in near it needs. Aligned to its size, so
+/// that reading one never spans two cache lines.
 #[derive(Clone, Copy, Debug)]
+#[repr(align(32))]
 struct Waypoint {
     position: Position,
     radius_m: u32,
@@ -257,10 +346,17 @@ struct PlayerEntry {
     score: u32,
     /// Order of joining, from 0; indexes the hunt's cold per-player data. `EMPTY_SLOT` marks an
     /// unused entry.
-    slot: u32,
+    slot: u16,
+    /// Set at the player's first wrong code: a claim reads the player's cold attempt counters
+    /// only then, so the claims of players who never guessed touch no cold line.
+    has_wrong_codes: bool,
 }
 
-const EMPTY_SLOT: u32 = u32::MAX;
+const EMPTY_SLOT: u16 = u16::MAX;
+const _: () = assert!(
+    PLAYERS_PER_HUNT_MAX < EMPTY_SLOT as usize,
+    "slots fit beside the marker"
+);
 
 // The memory sum in `constants` counts these sizes.
 const _: () = assert!(size_of::<PlayerEntry>() <= PLAYER_ENTRY_BYTES);
@@ -270,7 +366,7 @@ const _: () = assert!(size_of::<LatitudeBand>() <= LATITUDE_BAND_BYTES);
 const _: () = assert!(size_of::<LeaderboardEntry>() <= LEADERBOARD_ENTRY_BYTES);
 const _: () = assert!(size_of::<WrongCodes>() <= WRONG_CODES_REF_BYTES);
 const _: () = assert!(
-    std::mem::offset_of!(Hunt, treasures) <= 64,
+    std::mem::offset_of!(Hunt, leaderboard_floor) + size_of::<u32>() <= 64,
     "the hot fields share a line"
 );
 // A boxed hunt may lose up to its alignment to reach it.
@@ -283,6 +379,7 @@ const EMPTY_ENTRY: PlayerEntry = PlayerEntry {
     visited: 0,
     score: 0,
     slot: EMPTY_SLOT,
+    has_wrong_codes: false,
 };
 
 /// A hunt's players: open addressing with linear probing in a power-of-two array that is at
@@ -332,12 +429,12 @@ impl PlayerTable {
 
     /// Adds a player who is not in the table and gives it the next slot. The caller keeps the
     /// count under `PLAYERS_PER_HUNT_MAX`.
-    fn insert(&mut self, id: PlayerId) -> u32 {
+    fn insert(&mut self, id: PlayerId) -> u16 {
         debug_assert!(self.len() < PLAYERS_PER_HUNT_MAX && self.get(id).is_none());
         if 2 * (self.len() + 1) > self.entries.len() {
             self.grow();
         }
-        let slot = self.players;
+        let slot = self.players as u16;
         let at = Self::probe(&self.entries, id);
         self.entries[at] = PlayerEntry {
             id,
@@ -433,20 +530,54 @@ impl Leaderboard {
 /// wrong code, since most players never present one.
 type WrongCodes = Option<Box<[u8]>>;
 
+/// The wrong-code counters of a hunt's players, indexed by slot: one reference per player who
+/// joined, read only for a player whose entry says it has presented a wrong code.
+#[derive(Clone, Debug, Default)]
+struct WrongCodeTable {
+    by_slot: Vec<WrongCodes>,
+}
+
+impl WrongCodeTable {
+    /// Makes room for the player who just joined, in the next slot.
+    fn joined(&mut self) {
+        self.by_slot.push(None);
+    }
+
+    /// How many wrong codes the player of `slot` presented for treasure `treasure`.
+    fn count(&self, slot: u16, treasure: usize) -> u8 {
+        self.by_slot[usize::from(slot)]
+            .as_ref()
+            .map_or(0, |counts| counts[treasure])
+    }
+
+    /// Counts one more wrong code of `slot`'s player for `treasure`, of `treasures`.
+    fn add(&mut self, slot: u16, treasure: usize, treasures: usize) {
+        let counts =
+            self.by_slot[usize::from(slot)].get_or_insert_with(|| vec![0; treasures].into());
+        counts[treasure] += 1;
+    }
+}
+
 /// One hunt. What every event touches comes first, in the first cache line of a hunt aligned
-/// to one: the player table (24 bytes), the latitude bands and the waypoints (16 each).
+/// to one: the player table (24 bytes), the waypoints and their bands (36), and the score a
+/// player must reach to enter the leaderboard (4).
 #[derive(Clone, Debug)]
 #[repr(C, align(64))]
 struct Hunt {
     players: PlayerTable,
-    /// `bands[i]` is the latitude band of `waypoints[i]`.
+    /// The waypoints' latitude bands, sorted by latitude (`sorted_bands`).
     bands: Box<[LatitudeBand]>,
+    /// In the spec's order.
     waypoints: Box<[Waypoint]>,
+    /// The widest band's half-width, in 1e-7 degree.
+    widest_gap_e7: i32,
+    /// The score of the leaderboard's last entry once the list is full (0 before): a lower
+    /// score cannot enter, and is turned away without reading the leaderboard's lines.
+    leaderboard_floor: u32,
     treasures: Box<[Treasure]>,
     leaderboard: Leaderboard,
     organiser: PlayerId,
-    /// Indexed by a player's slot; as long as the players who joined.
-    wrong_codes: Vec<WrongCodes>,
+    wrong_codes: WrongCodeTable,
 }
 
 impl Hunt {
@@ -474,7 +605,7 @@ impl Hunt {
                 )
             })
             .collect();
-        let bands = waypoints.iter().map(LatitudeBand::new).collect();
+        let (bands, widest_gap_e7) = sorted_bands(&waypoints);
         let treasures = spec
             .treasures
             .iter()
@@ -489,10 +620,12 @@ impl Hunt {
             players: PlayerTable::new(),
             bands,
             waypoints,
+            widest_gap_e7,
+            leaderboard_floor: 0,
             treasures,
             leaderboard: Leaderboard::default(),
             organiser,
-            wrong_codes: Vec::new(),
+            wrong_codes: WrongCodeTable::default(),
         })
     }
 
@@ -504,8 +637,8 @@ impl Hunt {
             return rejected(RejectReason::PlayerTableFull);
         }
         let slot = self.players.insert(player);
-        debug_assert_eq!(slot as usize, self.wrong_codes.len());
-        self.wrong_codes.push(None);
+        self.wrong_codes.joined();
+        debug_assert_eq!(usize::from(slot) + 1, self.wrong_codes.by_slot.len());
         Outcome::Accepted { score: 0 }
     }
 
@@ -516,27 +649,34 @@ impl Hunt {
         let Some(player) = self.players.get_mut(player_id) else {
             return rejected(RejectReason::UnknownPlayer);
         };
-        let mut inside_any = false;
-        for (index, band) in self.bands.iter().enumerate() {
-            if !band.may_hold(position) || !self.waypoints[index].holds(position) {
-                continue;
-            }
-            let waypoint = &self.waypoints[index];
-            inside_any = true;
-            let bit = 1u64 << index;
-            if player.visited & bit == 0 {
-                player.visited |= bit;
-                player.score = player.score.saturating_add(waypoint.points);
-                let score = player.score;
-                self.leaderboard.raise(player_id, score);
-                return Outcome::Accepted { score };
-            }
+        // The first waypoint, in the spec's order, that holds the position and that the
+        // player has not visited scores.
+        let holding = waypoints_holding(&self.bands, &self.waypoints, self.widest_gap_e7, position);
+        if holding == 0 {
+            return rejected(RejectReason::OutsideRadius);
         }
-        rejected(if inside_any {
-            RejectReason::AlreadyCheckedIn
-        } else {
-            RejectReason::OutsideRadius
-        })
+        let fresh = holding & !player.visited;
+        if fresh == 0 {
+            return rejected(RejectReason::AlreadyCheckedIn);
+        }
+        let index = fresh.trailing_zeros();
+        player.visited |= 1 << index;
+        player.score = player
+            .score
+            .saturating_add(self.waypoints[index as usize].points);
+        let score = player.score;
+        self.raise(player_id, score);
+        Outcome::Accepted { score }
+    }
+
+    /// Records that `player`'s score rose to `score`, reading the leaderboard only for a score
+    /// that may enter it.
+    fn raise(&mut self, player: PlayerId, score: u32) {
+        if score < self.leaderboard_floor {
+            return;
+        }
+        self.leaderboard.raise(player, score);
+        self.leaderboard_floor = self.leaderboard.cutoff.map_or(0, |cutoff| cutoff.score);
     }
 
     fn claim(&mut self, player_id: PlayerId, treasure_id: TreasureId, code: &[u8]) -> Outcome {
@@ -551,14 +691,16 @@ impl Hunt {
         if code.len() > CLAIM_CODE_BYTES_MAX {
             return rejected(RejectReason::CodeTooLong);
         }
-        let wrong_codes = &mut self.wrong_codes[player.slot as usize];
-        let wrong_so_far = wrong_codes.as_ref().map_or(0, |w| w[treasure_index]);
-        if usize::from(wrong_so_far) >= CLAIM_WRONG_CODES_MAX {
-            return rejected(RejectReason::TooManyAttempts);
+        if player.has_wrong_codes {
+            let wrong_so_far = self.wrong_codes.count(player.slot, treasure_index);
+            if usize::from(wrong_so_far) >= CLAIM_WRONG_CODES_MAX {
+                return rejected(RejectReason::TooManyAttempts);
+            }
         }
         if claim_code_hash(code) != treasure.code_hash {
-            let counts = wrong_codes.get_or_insert_with(|| vec![0; treasure_count].into());
-            counts[treasure_index] += 1;
+            player.has_wrong_codes = true;
+            self.wrong_codes
+                .add(player.slot, treasure_index, treasure_count);
             return rejected(RejectReason::WrongCode);
         }
         if let Some(winner) = treasure.winner() {
@@ -568,11 +710,9 @@ impl Hunt {
         treasure.won = true;
         player.score = player.score.saturating_add(treasure.points);
         let score = player.score;
-        self.leaderboard.raise(player_id, score);
-        Outcome::Claimed {
-            points: treasure.points,
-            score,
-        }
+        let points = treasure.points;
+        self.raise(player_id, score);
+        Outcome::Claimed { points, score }
     }
 }
 
@@ -792,7 +932,7 @@ impl Hunt {
                 id: entry.id.0,
                 score: entry.score,
                 visited: entry.visited,
-                wrong_codes: self.wrong_codes[entry.slot as usize]
+                wrong_codes: self.wrong_codes.by_slot[usize::from(entry.slot)]
                     .as_ref()
                     .map(|codes| codes.to_vec()),
             })
@@ -853,6 +993,8 @@ impl Hunt {
             let entry = players.get_mut(PlayerId(player.id)).expect("just joined");
             entry.score = player.score;
             entry.visited = player.visited;
+            // The flag says the counters exist, as a wrong code in the live state sets both.
+            entry.has_wrong_codes = player.wrong_codes.is_some();
             wrong_codes.push(player.wrong_codes.as_ref().map(|c| c.clone().into()));
         }
         let entries: Vec<LeaderboardEntry> = (snapshot.leaderboard.iter())
@@ -864,14 +1006,19 @@ impl Hunt {
         let cutoff = (entries.len() == LEADERBOARD_TOP_K_MAX)
             .then(|| entries.last().copied())
             .flatten();
+        let (bands, widest_gap_e7) = sorted_bands(&waypoints);
         Hunt {
             players,
-            bands: waypoints.iter().map(LatitudeBand::new).collect(),
+            bands,
             waypoints,
+            widest_gap_e7,
+            leaderboard_floor: cutoff.map_or(0, |cutoff| cutoff.score),
             treasures,
             leaderboard: Leaderboard { entries, cutoff },
             organiser: PlayerId(snapshot.organiser),
-            wrong_codes,
+            wrong_codes: WrongCodeTable {
+                by_slot: wrong_codes,
+            },
         }
     }
 }
@@ -1356,14 +1503,14 @@ mod tests {
             .collect();
         let mut table = PlayerTable::new();
         for (n, &id) in ids.iter().enumerate() {
-            assert_eq!(table.insert(PlayerId(id)), n as u32);
+            assert_eq!(usize::from(table.insert(PlayerId(id))), n);
             table.get_mut(PlayerId(id)).unwrap().score = n as u32;
         }
         assert_eq!(table.len(), PLAYERS_PER_HUNT_MAX);
         assert_eq!(table.entries.len(), PLAYER_TABLE_ENTRIES_MAX);
         for (n, &id) in ids.iter().enumerate() {
             let entry = table.get(PlayerId(id)).unwrap();
-            assert_eq!((entry.score, entry.slot), (n as u32, n as u32));
+            assert_eq!((entry.score, usize::from(entry.slot)), (n as u32, n));
         }
         assert!(table.get(PlayerId(3 << 52)).is_none());
     }
