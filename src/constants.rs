@@ -447,6 +447,12 @@ pub const HUNT_SLOT_BYTES: usize = 16;
 pub const PARTITION_SLOT_BYTES_MAX: usize = HUNTS_PER_PARTITION_MAX * HUNT_SLOT_BYTES + 16;
 /// One partition's owner in a shard's copy of the placement (`core::partition::Owner`).
 pub const PLACEMENT_OWNER_BYTES_MAX: usize = 24;
+/// Longest host a node may advertise (`--advertise`), in bytes: a DNS name's limit.
+pub const NODE_HOST_BYTES_MAX: usize = 253;
+/// One node's address in a shard's copy of the placement (`core::partition::NodeAddress`): the
+/// struct, its host and its shard ports at their limits, and the allocator's share of both.
+pub const PLACEMENT_NODE_BYTES_MAX: usize =
+    64 + NODE_HOST_BYTES_MAX + SHARDS_MAX * size_of::<u16>() + 2 * ALLOCATION_OVERHEAD_BYTES;
 /// Whether a shard applies one partition's events now (`core::shard::ShardCore`'s `serving`).
 pub const PARTITION_SERVING_FLAG_BYTES: usize = size_of::<bool>();
 
@@ -518,10 +524,17 @@ pub const SHARD_IO_BYTES_MAX: usize = CONNECTIONS_PER_SHARD_MAX * CONNECTION_STA
     + SHARD_IO_MEMORY_BYTES; // glommio's registered io_uring buffers
 
 /// Worst-case bytes of one shard's partition table and copy of the placement: every shard
-/// has an entry for each of the node's partitions.
+/// has an entry for each of the node's partitions, and the address of each node the owners
+/// name (at most one per partition, at most `CLUSTER_NODES_MAX`).
 pub const fn shard_partition_table_bytes_max(partitions: usize) -> usize {
+    let nodes = if partitions < CLUSTER_NODES_MAX {
+        partitions
+    } else {
+        CLUSTER_NODES_MAX
+    };
     partitions
         * (PARTITION_SLOT_BYTES_MAX + PLACEMENT_OWNER_BYTES_MAX + PARTITION_SERVING_FLAG_BYTES)
+        + nodes * PLACEMENT_NODE_BYTES_MAX
 }
 
 /// Worst-case resident bytes of a node, term by term: what `trove node` prints at start.

@@ -18,7 +18,7 @@ use crate::cluster::placement::{OwnerState, Placement};
 use crate::cluster::status::ClusterStatus;
 use crate::constants::{
     CLUSTER_LEASE_TTL_S_DEFAULT, CLUSTER_LEASE_TTL_S_MAX, CLUSTER_LEASE_TTL_S_MIN,
-    CLUSTER_POLL_MS_DEFAULT, CLUSTER_SETTLE_MS_DEFAULT, CLUSTER_UP_NODES_MAX,
+    CLUSTER_POLL_MS_DEFAULT, CLUSTER_SETTLE_MS_DEFAULT, CLUSTER_UP_NODES_MAX, NODE_HOST_BYTES_MAX,
 };
 use crate::core::ids::NodeId;
 
@@ -87,6 +87,13 @@ impl ClusterNodeArgs {
             }
             None => listen.to_string(),
         };
+        if advertise.len() > NODE_HOST_BYTES_MAX {
+            return Err(format!(
+                "--advertise is {} bytes long; give a host name or address of at most \
+                 {NODE_HOST_BYTES_MAX} bytes",
+                advertise.len()
+            ));
+        }
         Ok(Some(ClusterPlan {
             endpoints,
             keys,

@@ -34,6 +34,7 @@ use crate::constants::{
     CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_NODES_MAX, CLUSTER_RETRY_MS_MAX, CLUSTER_RETRY_MS_MIN,
 };
 use crate::core::ids::{Epoch, NodeId, PartitionId};
+use crate::core::partition::NodeAddress;
 
 const NS_PER_MS: u64 = 1_000_000;
 const NS_PER_S: u64 = 1_000_000_000;
@@ -233,7 +234,37 @@ impl ClusterView {
                 view.rejected.push((kv.key.clone(), reason));
             }
         }
+        if let Some(placement) = view.assignment.take() {
+            let placement =
+                view.with_addresses(&keys.assignment(), Arc::unwrap_or_clone(placement));
+            view.assignment = Some(Arc::new(placement));
+        }
         view
+    }
+
+    /// `placement`, with the address of each of its nodes that is registered (a node whose
+    /// lease ended has none: its partitions are `Offline`). An address that breaks a limit is
+    /// left out and reported under `key`.
+    fn with_addresses(&mut self, key: &str, placement: Placement) -> Placement {
+        let mut addresses = Vec::with_capacity(self.nodes.len());
+        for (node, entry) in &self.nodes {
+            let address = NodeAddress {
+                node: *node,
+                host: entry.info.address.clone(),
+                shard_ports: entry.info.shard_ports.clone(),
+            };
+            match address.check() {
+                Ok(()) => addresses.push(address),
+                Err(error) => self.rejected.push((key.to_string(), error.to_string())),
+            }
+        }
+        match placement.clone().with_nodes(addresses) {
+            Ok(with_addresses) => with_addresses,
+            Err(error) => {
+                self.rejected.push((key.to_string(), error.to_string()));
+                placement
+            }
+        }
     }
 
     fn add_node(&mut self, node: NodeId, kv: &KeyValue) -> Result<(), String> {
@@ -673,7 +704,9 @@ impl Coordinator {
     fn install_written(&mut self, value: &[u8], revision: u64) {
         match decode_record(value, revision) {
             Ok(placement) => {
-                let placement = Arc::new(placement);
+                let key = self.config.keys.assignment();
+                let placement = Arc::new(self.view.with_addresses(&key, placement));
+                self.report_rejected();
                 self.view.assignment = Some(placement.clone());
                 self.install(placement);
             }
@@ -906,6 +939,14 @@ mod tests {
                     .iter()
                     .any(|e| matches!(e, CoordinatorEvent::Registered { .. }))
             );
+        }
+        // Every owner's address comes with the placement, from its registration.
+        for n in 1..=3u32 {
+            let address = placement
+                .node_address(NodeId(n))
+                .expect("an owner's address");
+            assert_eq!(address.host, "127.0.0.1");
+            assert_eq!(address.shard_ports, config(n, 2).info.shard_ports);
         }
         // Nothing changes, so nothing more is written.
         cluster.run_ms(2_000);

@@ -11,7 +11,9 @@ use std::fmt;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::constants::{PARTITIONS_MAX, PLACEMENT_OWNER_BYTES_MAX, SHARDS_MAX};
+use crate::constants::{
+    CLUSTER_NODES_MAX, NODE_HOST_BYTES_MAX, PARTITIONS_MAX, PLACEMENT_OWNER_BYTES_MAX, SHARDS_MAX,
+};
 use crate::core::ids::{Epoch, HuntId, NodeId, PartitionId, ShardId};
 use crate::core::message::{ArchivedPartitionMapMessage, PartitionMapMessage};
 
@@ -26,6 +28,9 @@ pub enum MapError {
     UnknownOwner { partition: u32, owner: u16 },
     /// A partition past the map's partition count.
     UnknownPartition(u32),
+    /// A node's address is unusable: a host longer than `NODE_HOST_BYTES_MAX`, too many shard
+    /// ports, the same node listed twice, or more than `CLUSTER_NODES_MAX` nodes.
+    BadNodeAddress { node: u32, reason: &'static str },
 }
 
 impl fmt::Display for MapError {
@@ -49,6 +54,9 @@ impl fmt::Display for MapError {
             }
             MapError::UnknownPartition(partition) => {
                 write!(f, "partition {partition} is past the map's partition count")
+            }
+            MapError::BadNodeAddress { node, reason } => {
+                write!(f, "the address of node {node} is unusable: {reason}")
             }
         }
     }
@@ -107,6 +115,41 @@ pub struct Owner {
 
 // The memory sum in `constants` counts an owner as this much, on every shard.
 const _: () = assert!(size_of::<Owner>() <= PLACEMENT_OWNER_BYTES_MAX);
+// ... and a node's address as its struct (within the 64 bytes of `PLACEMENT_NODE_BYTES_MAX`)
+// plus its host and ports, which `NodeAddress::check` bounds.
+const _: () = assert!(size_of::<NodeAddress>() <= 64);
+
+/// Where one node of a cluster is reached: the host it advertises (`--advertise`) and the port
+/// each of its shards listens on. In a placement, the nodes come from their registrations, so
+/// a shard can open links to the owners it forwards to and a client can reach every owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAddress {
+    pub node: NodeId,
+    /// A host name or IP literal; empty for "the host this map was fetched from" (a single
+    /// node, which does not know the address its clients reach it at).
+    pub host: String,
+    /// Shard `s` of the node accepts connections (and node links) on `shard_ports[s]`.
+    pub shard_ports: Vec<u16>,
+}
+
+impl NodeAddress {
+    /// Checks the limits the memory sum counts on: the host's length and the shard count.
+    pub fn check(&self) -> Result<(), MapError> {
+        let bad = |reason| {
+            Err(MapError::BadNodeAddress {
+                node: self.node.0,
+                reason,
+            })
+        };
+        if self.host.len() > NODE_HOST_BYTES_MAX {
+            return bad("its host is longer than NODE_HOST_BYTES_MAX");
+        }
+        if self.shard_ports.is_empty() || self.shard_ports.len() > SHARDS_MAX {
+            return bad("it lists no shard ports, or more than SHARDS_MAX");
+        }
+        Ok(())
+    }
+}
 
 /// Which node and shard owns each partition, versioned by an [`Epoch`] that grows with every
 /// change. The [`Partitioner`] beside it is fixed; ownership moves, keys are never re-hashed.
@@ -119,6 +162,9 @@ pub struct Placement {
     owners: Vec<Owner>,
     /// The shards the owners name: one more than the highest shard number.
     shards: u16,
+    /// Where the nodes are reached, sorted by node id (empty when nobody said: a single node,
+    /// or a placement read without the nodes' registrations).
+    nodes: Vec<NodeAddress>,
 }
 
 /// The name clients and tools knew the placement by: the partition map they ask a node for.
@@ -146,6 +192,7 @@ impl Placement {
             partitioner,
             owners,
             shards: shards as u16,
+            nodes: Vec::new(),
         })
     }
 
@@ -165,6 +212,7 @@ impl Placement {
             partitioner,
             owners,
             shards: shards as u16,
+            nodes: Vec::new(),
         })
     }
 
@@ -198,6 +246,7 @@ impl Placement {
             partitioner,
             owners,
             shards: shards as u16,
+            nodes: Vec::new(),
         })
     }
 
@@ -230,6 +279,50 @@ impl Placement {
     /// Every partition's owner, indexed by partition.
     pub fn owners(&self) -> &[Owner] {
         &self.owners
+    }
+
+    /// This placement, with where its nodes are reached. Each address is checked; nodes the
+    /// owners do not name are left out, so the list is bounded by the owners as well as by
+    /// `CLUSTER_NODES_MAX`.
+    pub fn with_nodes(
+        mut self,
+        nodes: impl IntoIterator<Item = NodeAddress>,
+    ) -> Result<Placement, MapError> {
+        let named: std::collections::BTreeSet<NodeId> =
+            self.owners.iter().map(|owner| owner.node).collect();
+        let mut kept: Vec<NodeAddress> = Vec::new();
+        for address in nodes.into_iter().filter(|a| named.contains(&a.node)) {
+            address.check()?;
+            kept.push(address);
+        }
+        kept.sort_by_key(|address| address.node);
+        if let Some(pair) = kept.windows(2).find(|pair| pair[0].node == pair[1].node) {
+            return Err(MapError::BadNodeAddress {
+                node: pair[0].node.0,
+                reason: "it is listed twice",
+            });
+        }
+        if kept.len() > CLUSTER_NODES_MAX {
+            return Err(MapError::BadNodeAddress {
+                node: kept[CLUSTER_NODES_MAX].node.0,
+                reason: "the map lists more than CLUSTER_NODES_MAX nodes",
+            });
+        }
+        self.nodes = kept;
+        Ok(self)
+    }
+
+    /// Where the placement's nodes are reached, sorted by node id.
+    pub fn nodes(&self) -> &[NodeAddress] {
+        &self.nodes
+    }
+
+    /// Where `node` is reached, if the placement knows.
+    pub fn node_address(&self, node: NodeId) -> Option<&NodeAddress> {
+        self.nodes
+            .binary_search_by_key(&node, |address| address.node)
+            .ok()
+            .map(|index| &self.nodes[index])
     }
 
     /// The partitions nobody serves.
@@ -326,6 +419,42 @@ impl Placement {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_placement_keeps_the_addresses_of_the_nodes_its_owners_name() {
+        let owner = |node| Owner {
+            node: NodeId(node),
+            shard: ShardId(0),
+            part_epoch: Epoch(3),
+            state: OwnerState::Serving,
+        };
+        let address = |node, host: &str| NodeAddress {
+            node: NodeId(node),
+            host: host.into(),
+            shard_ports: vec![7001],
+        };
+        let placement =
+            Placement::from_owners(Epoch(3), vec![owner(2), owner(1)]).expect("a placement");
+        let with = placement
+            .clone()
+            .with_nodes([address(2, "b"), address(9, "stranger"), address(1, "a")])
+            .expect("valid addresses");
+        assert_eq!(with.nodes(), &[address(1, "a"), address(2, "b")][..]);
+        assert_eq!(
+            with.node_address(NodeId(2)).map(|a| a.host.as_str()),
+            Some("b")
+        );
+        assert_eq!(with.node_address(NodeId(9)), None, "not an owner: left out");
+        let too_long = address(1, &"h".repeat(NODE_HOST_BYTES_MAX + 1));
+        assert!(matches!(
+            placement.clone().with_nodes([too_long]),
+            Err(MapError::BadNodeAddress { node: 1, .. })
+        ));
+        assert!(matches!(
+            placement.with_nodes([address(1, "a"), address(1, "again")]),
+            Err(MapError::BadNodeAddress { node: 1, .. })
+        ));
+    }
 
     #[test]
     fn partition_counts_must_be_powers_of_two() {
