@@ -216,6 +216,15 @@ pub const LINK_TOKENS_RECORD_BYTES_MAX: usize = 8 * LINK_BATCH_EVENTS_MAX + 16;
 /// Largest record of a link handshake frame (`LinkHello`, `LinkAccepted`): a cluster name of
 /// `CLUSTER_NAME_BYTES_MAX` and a few integers.
 pub const LINK_HELLO_BYTES_MAX: usize = 256;
+/// How long a shard waits for a link to connect and its peer to accept the hello, in ms;
+/// past that the link has failed (its events are answered `Unavailable`).
+pub const LINK_CONNECT_MS_MAX: u64 = 2_000;
+/// First wait before a failed link is tried again, in ms; it doubles up to
+/// [`LINK_RETRY_MS_MAX`] while the link keeps failing. Events for it meanwhile are answered
+/// `Unavailable` at once.
+pub const LINK_RETRY_MS_MIN: u64 = 50;
+/// Longest wait before a failed link is tried again, in ms.
+pub const LINK_RETRY_MS_MAX: u64 = 1_000;
 /// What one outgoing link keeps per event awaiting its reply
 /// (`core::shard::links::LinkPending` in a hash map slot: token, batch entry, reply fields,
 /// the map's control byte).

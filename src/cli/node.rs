@@ -212,6 +212,11 @@ impl NodeArgs {
             frame_arrival: Duration::from_millis(self.frame_arrival_ms),
             connections_per_source_max: self.connections_per_source_max,
             shed_target: Duration::from_millis(self.shed_target_ms),
+            cluster_name: self
+                .cluster
+                .cluster
+                .as_ref()
+                .map(|_| self.cluster.cluster_name.clone()),
             spin_before_park: self
                 .spin_before_park_us
                 .filter(|&us| us > 0)

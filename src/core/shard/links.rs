@@ -223,6 +223,9 @@ pub(super) struct Links {
     inbound: Vec<Option<InboundLink>>,
     inbound_generation: u32,
     writable: Vec<ConnectionId>,
+    /// Outgoing links the core failed, for the shell to close (at most one entry per link:
+    /// bounded by `LINKS_PER_SHARD_MAX`).
+    failed: Vec<LinkDest>,
 }
 
 impl Links {
@@ -567,6 +570,9 @@ impl ShardCore {
         if !pending.is_empty() {
             self.stats.links.links_failed += 1;
         }
+        if !self.links.failed.contains(&dest) {
+            self.links.failed.push(dest);
+        }
         for (token, pending) in pending {
             let error = if token < handed_through {
                 EventError::OutcomeUnknown
@@ -586,6 +592,12 @@ impl ShardCore {
         }
         self.after_release();
         self.links.list_ready(dest);
+    }
+
+    /// An outgoing link the core failed (or was told failed): the shell closes its socket if
+    /// it is still open. Each is listed once until taken.
+    pub fn poll_links_failed(&mut self) -> Option<LinkDest> {
+        self.links.failed.pop()
     }
 
     /// The shell's back-off after a failure of the link to `dest` is over: the next event
