@@ -885,3 +885,87 @@ fn a_link_hello_from_another_cluster_is_refused_with_the_reason() {
         "{message}"
     );
 }
+
+/// Sends `events` to the node at `addr` and returns each one's outcome by client sequence,
+/// waiting at most `limit`; panics if any is not answered by then (a hang) or twice.
+fn all_answered_within(addr: &str, events: &[Event], limit: Duration) -> Vec<Outcome> {
+    let mut config = ClientConfig::new(addr.parse().unwrap());
+    config.shard_aware = false;
+    let (mut sender, mut receiver) = connect(&config).expect("connects");
+    for event in events {
+        sender.send(event).unwrap();
+    }
+    sender.flush().unwrap();
+    let mut outcomes = vec![None; events.len()];
+    let deadline = Instant::now() + limit;
+    while outcomes.iter().any(Option::is_none) {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} events still unanswered after {limit:?}",
+                    outcomes.iter().filter(|o| o.is_none()).count()
+                )
+            });
+        let Ok(Incoming::Replies(frame)) = receiver.recv_timeout(left) else {
+            continue;
+        };
+        for reply in frame.replies() {
+            let reply: Reply = rkyv::deserialize::<Reply, rkyv::rancor::Error>(reply).unwrap();
+            let slot = &mut outcomes[reply.client_seq as usize];
+            assert!(slot.is_none(), "event {} answered twice", reply.client_seq);
+            *slot = Some(reply.outcome);
+        }
+    }
+    drop(sender);
+    outcomes.into_iter().map(Option::unwrap).collect()
+}
+
+#[test]
+fn events_forwarded_to_a_paused_owner_end_unavailable_or_outcome_unknown_and_never_hang() {
+    let Some(etcd) = etcd_or_skip("forwarded_to_a_paused_owner") else {
+        return;
+    };
+    let ttl_s = 2;
+    let mut nodes = Nodes::start(&etcd, 3, ttl_s);
+    let (view, placement) = wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
+        settled_placement(&etcd, 3)
+    });
+    let asked = NodeId(1);
+    let controller = view.controller.unwrap().node;
+    let paused = [NodeId(2), NodeId(3)]
+        .into_iter()
+        .find(|node| *node != controller)
+        .unwrap();
+    let addr = nodes.process(asked).addr.clone();
+    let probes = probes();
+    let expected = expected_outcomes(&placement, asked);
+    wait_for(
+        &mut nodes,
+        Duration::from_secs(10),
+        "served over links",
+        |_| (outcomes_from(&addr, &probes)? == expected).then_some(()),
+    );
+
+    signal(&nodes.process(paused).child, libc::SIGSTOP);
+    // Sent at once: the events for the paused node's partitions go over a link nobody
+    // answers; they end when the controller marks those partitions Offline (after the TTL).
+    let outcomes = all_answered_within(&addr, &probes, Duration::from_secs(ttl_s + 4));
+    signal(&nodes.process(paused).child, libc::SIGCONT);
+    let its = partitions_of(&placement, paused);
+    for (p, outcome) in outcomes.iter().enumerate() {
+        if its.contains(&PartitionId(p as u32)) {
+            assert!(
+                matches!(
+                    outcome,
+                    Outcome::Error {
+                        error: EventError::OwnerUnavailable | EventError::OutcomeUnknown
+                    }
+                ),
+                "partition {p} of the paused node answered {outcome:?}"
+            );
+        } else {
+            assert_eq!(*outcome, expected[p], "partition {p} is served as before");
+        }
+    }
+}

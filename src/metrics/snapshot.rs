@@ -60,6 +60,10 @@ pub struct ShardCounters {
     pub log_syncs: u64,
     pub log_records: u64,
     pub log_bytes: u64,
+    /// What went over the links to other nodes, each way (see `core::shard::LinkTally`).
+    pub links: crate::core::shard::LinkTally,
+    /// Times a forward to another node found no link credit and waited.
+    pub link_credit_waits: u64,
 }
 
 /// Credit held in one pool and its capacity, in events and bytes.
@@ -100,6 +104,10 @@ pub struct ShardGauges {
     pub reply_bytes_queued: u64,
     /// Connections with replies queued or being written.
     pub connections_writing: u64,
+    /// This shard's shares of other nodes' shards' link budgets, summed over its links.
+    pub link_credit: CreditGauge,
+    /// Links open: outgoing ones up, and inbound ones.
+    pub links_open: u64,
 }
 
 /// A stage of the data path whose latency a shard records.
@@ -112,10 +120,17 @@ pub enum Stage {
     /// From the first write a log sync covers being issued to its `fdatasync` completing (no
     /// samples without a data dir).
     LogSync,
+    /// From forwarding an event to a shard of another node to its reply arriving back.
+    LinkRoundTrip,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 3] = [Stage::FrameDispatch, Stage::MeshRoundTrip, Stage::LogSync];
+    pub const ALL: [Stage; 4] = [
+        Stage::FrameDispatch,
+        Stage::MeshRoundTrip,
+        Stage::LogSync,
+        Stage::LinkRoundTrip,
+    ];
 
     /// The value of the `stage` label.
     pub fn label(self) -> &'static str {
@@ -123,6 +138,7 @@ impl Stage {
             Stage::FrameDispatch => "frame_dispatch",
             Stage::MeshRoundTrip => "mesh_round_trip",
             Stage::LogSync => "log_sync",
+            Stage::LinkRoundTrip => "link_round_trip",
         }
     }
 }
