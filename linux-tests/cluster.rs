@@ -969,3 +969,48 @@ fn events_forwarded_to_a_paused_owner_end_unavailable_or_outcome_unknown_and_nev
         }
     }
 }
+
+#[test]
+fn a_cluster_node_with_credentials_is_refused_while_links_are_unauthenticated() {
+    let secret = std::env::temp_dir().join(format!("trove-link-secret-{}", std::process::id()));
+    std::fs::write(&secret, "a secret of more than sixteen bytes").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trove"))
+        .args([
+            "node",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--shards",
+            "1",
+        ])
+        .args(["--metrics-listen", "off", "--auth-secret-file"])
+        .arg(&secret)
+        // Never reached: the node refuses before it talks to etcd.
+        .args(["--cluster", "http://127.0.0.1:9", "--node-id", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the node did not refuse to start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::fs::remove_file(&secret).unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("links between its nodes are not authenticated"),
+        "{stderr}"
+    );
+}
