@@ -3,7 +3,9 @@
 //! hand-over, placement covering every partition once, a paused node going `Offline` and
 //! coming back at a new epoch, an etcd outage that moves nothing, and `trove cluster up` /
 //! `status`; each node's shards serving exactly the partitions the placement gives it (and
-//! `Unavailable` for a paused node's). Each test skips, saying so, when `etcd` is not installed, and stops everything
+//! `Unavailable` for a paused node's); a client that knows one node served for every
+//! partition over the links between nodes, and a link from another cluster refused. Each
+//! test skips, saying so, when `etcd` is not installed, and stops everything
 //! it started (the processes also die with the test process).
 
 use std::process::{Command, Stdio};
@@ -501,9 +503,10 @@ fn outcomes_from(addr: &str, events: &[Event]) -> Option<Vec<Outcome>> {
     outcomes.into_iter().collect()
 }
 
-/// What node `node` answers for each probe under `placement`: its own partitions served, an
-/// `Offline` one `Unavailable`, another node's `Moved` there.
-fn expected_outcomes(placement: &Placement, node: NodeId) -> Vec<Outcome> {
+/// What a node answers for each probe under `placement`: every served partition's answer
+/// (its own applied, another node's forwarded over a link and applied there), an `Offline`
+/// one `Unavailable`.
+fn expected_outcomes(placement: &Placement, _node: NodeId) -> Vec<Outcome> {
     (0..placement.partitions())
         .map(|p| {
             let owner = placement.owner(PartitionId(p));
@@ -511,15 +514,9 @@ fn expected_outcomes(placement: &Placement, node: NodeId) -> Vec<Outcome> {
                 Outcome::Error {
                     error: EventError::OwnerUnavailable,
                 }
-            } else if owner.node == node {
+            } else {
                 Outcome::Rejected {
                     reason: RejectReason::UnknownHunt,
-                }
-            } else {
-                Outcome::Moved {
-                    node: owner.node.0,
-                    shard: owner.shard.0,
-                    epoch: placement.epoch().get(),
                 }
             }
         })
@@ -593,20 +590,427 @@ fn shards_serve_the_placement_they_are_given_and_a_paused_nodes_partitions_are_u
     wait_for(&mut nodes, Duration::from_secs(10), "served again", |_| {
         let outcomes = outcomes_from(&addr, &probes)?;
         for (p, (got, want)) in outcomes.iter().zip(&expected).enumerate() {
-            let redirect_to_same_owner = matches!(
-                (got, want),
-                (Outcome::Moved { node: a, shard: b, .. }, Outcome::Moved { node: c, shard: d, .. })
-                    if (a, b) == (c, d)
-            );
+            // Fenced, or its link to an owner not yet open again.
             let unavailable = *got
                 == Outcome::Error {
                     error: EventError::OwnerUnavailable,
                 };
             assert!(
-                got == want || unavailable || redirect_to_same_owner,
+                got == want || unavailable,
                 "partition {p}: the resumed node answered {got:?}, expected {want:?} or Unavailable"
             );
         }
         (outcomes == expected).then_some(())
     });
+}
+
+/// Sends `events` to the node at `addr` on one connection and returns the replies in the
+/// order they arrived; `None` when the node did not answer every one within `limit`.
+fn replies_in_order(addr: &str, events: &[Event], limit: Duration) -> Option<Vec<Reply>> {
+    let mut config = ClientConfig::new(addr.parse().unwrap());
+    config.shard_aware = false;
+    let (mut sender, mut receiver) = connect(&config).ok()?;
+    for event in events {
+        sender.send(event).ok()?;
+    }
+    sender.flush().ok()?;
+    let mut replies = Vec::new();
+    let deadline = Instant::now() + limit;
+    while replies.len() < events.len() {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let Ok(Incoming::Replies(frame)) = receiver.recv_timeout(left) else {
+            return None;
+        };
+        for reply in frame.replies() {
+            replies.push(rkyv::deserialize::<Reply, rkyv::rancor::Error>(reply).unwrap());
+        }
+    }
+    drop(sender);
+    Some(replies)
+}
+
+/// Per partition: a new hunt, a player joining it twice, its leaderboard; `rounds` times
+/// over every partition, so later rounds meet the hunts of the first.
+fn link_workload(rounds: u64) -> Vec<Event> {
+    let partitioner = Partitioner::new(PARTITIONS).unwrap();
+    let hunts: Vec<HuntId> = (0..PARTITIONS)
+        .map(|partition| {
+            (0..)
+                .map(HuntId)
+                .find(|hunt| partitioner.partition_of(*hunt) == PartitionId(partition))
+                .unwrap()
+        })
+        .collect();
+    let mut events = Vec::new();
+    for round in 0..rounds {
+        for &hunt in &hunts {
+            for kind in [
+                EventKind::CreateHunt(Default::default()),
+                EventKind::Join,
+                EventKind::Join,
+                EventKind::Leaderboard { top_k: 3 },
+            ] {
+                events.push(Event {
+                    hunt,
+                    player: PlayerId(round + 2),
+                    client_seq: events.len() as u64,
+                    client_ts: 0,
+                    kind,
+                });
+            }
+        }
+    }
+    events
+}
+
+/// A `trove node` on its own (no cluster), on free ports; its address.
+struct SingleNode {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl SingleNode {
+    fn start() -> SingleNode {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trove"))
+            .args([
+                "node",
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--shards",
+                "1",
+            ])
+            .args([
+                "--partitions",
+                &PARTITIONS.to_string(),
+                "--metrics-listen",
+                "off",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("trove node starts");
+        let stdout = child.stdout.take().unwrap();
+        // Owned (and killed when dropped) from here on, whatever happens below.
+        let mut node = SingleNode {
+            child,
+            addr: String::new(),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("the node prints its address");
+            if let Some(rest) = line.strip_prefix("trove node listening on ") {
+                node.addr = rest.split_whitespace().next().unwrap().to_owned();
+                return node;
+            }
+        }
+    }
+}
+
+impl Drop for SingleNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The numbers in a node's stop-report line "links: S events sent (…), R received (…)",
+/// summed over its shards: (sent, received). SIGTERMs the node and reads until it exits.
+fn stop_and_read_link_counts(nodes: &mut Nodes, node: NodeId) -> (u64, u64) {
+    signal(&nodes.process(node).child, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut lines = Vec::new();
+    let index = node.0 as usize - 1;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match nodes.nodes[index]
+            .lines
+            .recv_timeout(left.min(Duration::from_millis(200)))
+        {
+            Ok(line) => lines.push(line),
+            Err(flume::RecvTimeoutError::Disconnected) => break,
+            Err(flume::RecvTimeoutError::Timeout) => {
+                assert!(Instant::now() < deadline, "node {} did not stop", node.0);
+            }
+        }
+    }
+    let mut counts = (0, 0);
+    for line in lines
+        .iter()
+        .filter_map(|line| line.trim().strip_prefix("links: "))
+    {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        counts.0 += words[0].parse::<u64>().unwrap();
+        let received = words.iter().position(|word| *word == "received").unwrap();
+        counts.1 += words[received - 1].parse::<u64>().unwrap();
+    }
+    counts
+}
+
+#[test]
+fn a_client_that_knows_one_node_is_served_for_every_partition_over_links() {
+    let Some(etcd) = etcd_or_skip("served_over_links") else {
+        return;
+    };
+    let mut nodes = Nodes::start(&etcd, 3, 2);
+    let (_, placement) = wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
+        settled_placement(&etcd, 3)
+    });
+    let asked = NodeId(1);
+    let addr = nodes.process(asked).addr.clone();
+    let probes = probes();
+    let expected = expected_outcomes(&placement, asked);
+    wait_for(
+        &mut nodes,
+        Duration::from_secs(10),
+        "served over links",
+        |_| (outcomes_from(&addr, &probes)? == expected).then_some(()),
+    );
+
+    let events = link_workload(3);
+    let replies = replies_in_order(&addr, &events, Duration::from_secs(20))
+        .expect("every event answered in time");
+    let single = SingleNode::start();
+    let reference = replies_in_order(&single.addr, &events, Duration::from_secs(20))
+        .expect("the single node answers every event");
+
+    // Every event answered exactly once, with a single node's outcome.
+    let mut answered = vec![None; events.len()];
+    for reply in &replies {
+        let slot = &mut answered[reply.client_seq as usize];
+        assert!(slot.is_none(), "event {} answered twice", reply.client_seq);
+        *slot = Some(reply.outcome.clone());
+    }
+    let mut want = vec![None; events.len()];
+    for reply in &reference {
+        want[reply.client_seq as usize] = Some(reply.outcome.clone());
+    }
+    assert_eq!(answered, want);
+    // In order per partition.
+    let partitioner = Partitioner::new(PARTITIONS).unwrap();
+    let mut last_seq = std::collections::HashMap::new();
+    for reply in &replies {
+        let partition = partitioner.partition_of(events[reply.client_seq as usize].hunt);
+        if let Some(previous) = last_seq.insert(partition, reply.client_seq) {
+            assert!(
+                previous < reply.client_seq,
+                "partition {partition:?} out of order"
+            );
+        }
+    }
+
+    // The asked node forwarded everything it does not own over its links, and the others
+    // received exactly what it sent.
+    let elsewhere = events
+        .iter()
+        .filter(|event| placement.owner(partitioner.partition_of(event.hunt)).node != asked)
+        .count() as u64;
+    let (sent, received_by_asked) = stop_and_read_link_counts(&mut nodes, asked);
+    assert!(
+        sent >= elsewhere,
+        "{sent} events sent over links, {elsewhere} owned elsewhere"
+    );
+    assert_eq!(
+        received_by_asked, 0,
+        "nobody forwards to node 1: clients know only it"
+    );
+    let mut received = 0;
+    for node in [NodeId(2), NodeId(3)] {
+        let (sent_by_other, received_by_other) = stop_and_read_link_counts(&mut nodes, node);
+        assert_eq!(sent_by_other, 0);
+        received += received_by_other;
+    }
+    assert_eq!(
+        received, sent,
+        "every event sent over a link was received once"
+    );
+}
+
+#[test]
+fn a_link_hello_from_another_cluster_is_refused_with_the_reason() {
+    use std::io::{Read, Write};
+    use trove::core::codec::{Decoded, FrameBuilder, FrameKind, ValidatedFrame, decode_frame};
+    use trove::core::message::{ArchivedErrorMessage, LinkHello};
+    let Some(etcd) = etcd_or_skip("link_from_another_cluster") else {
+        return;
+    };
+    let mut nodes = Nodes::start(&etcd, 2, 2);
+    wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
+        settled_placement(&etcd, 2)
+    });
+    let addr = nodes.process(NodeId(1)).addr.clone();
+    let hello = LinkHello {
+        cluster: "another".into(),
+        node: 2,
+        shard: 0,
+        epoch: 1,
+    };
+    let mut frames = FrameBuilder::new();
+    frames
+        .single(FrameKind::LinkHello, 1, Some(&hello))
+        .unwrap();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(frames.bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    aligned.extend_from_slice(&answer);
+    let Ok(Decoded::Frame { header, body, .. }) = decode_frame(&aligned) else {
+        panic!("an error frame, got {} bytes", answer.len());
+    };
+    assert_eq!(header.kind, FrameKind::Error);
+    let message = ValidatedFrame::<ArchivedErrorMessage>::validate(header.kind, body)
+        .unwrap()
+        .first()
+        .unwrap()
+        .get()
+        .message
+        .to_string();
+    assert!(
+        message.contains("cluster \"test\", not \"another\""),
+        "{message}"
+    );
+}
+
+/// Sends `events` to the node at `addr` and returns each one's outcome by client sequence,
+/// waiting at most `limit`; panics if any is not answered by then (a hang) or twice.
+fn all_answered_within(addr: &str, events: &[Event], limit: Duration) -> Vec<Outcome> {
+    let mut config = ClientConfig::new(addr.parse().unwrap());
+    config.shard_aware = false;
+    let (mut sender, mut receiver) = connect(&config).expect("connects");
+    for event in events {
+        sender.send(event).unwrap();
+    }
+    sender.flush().unwrap();
+    let mut outcomes = vec![None; events.len()];
+    let deadline = Instant::now() + limit;
+    while outcomes.iter().any(Option::is_none) {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} events still unanswered after {limit:?}",
+                    outcomes.iter().filter(|o| o.is_none()).count()
+                )
+            });
+        let Ok(Incoming::Replies(frame)) = receiver.recv_timeout(left) else {
+            continue;
+        };
+        for reply in frame.replies() {
+            let reply: Reply = rkyv::deserialize::<Reply, rkyv::rancor::Error>(reply).unwrap();
+            let slot = &mut outcomes[reply.client_seq as usize];
+            assert!(slot.is_none(), "event {} answered twice", reply.client_seq);
+            *slot = Some(reply.outcome);
+        }
+    }
+    drop(sender);
+    outcomes.into_iter().map(Option::unwrap).collect()
+}
+
+#[test]
+fn events_forwarded_to_a_paused_owner_end_unavailable_or_outcome_unknown_and_never_hang() {
+    let Some(etcd) = etcd_or_skip("forwarded_to_a_paused_owner") else {
+        return;
+    };
+    let ttl_s = 2;
+    let mut nodes = Nodes::start(&etcd, 3, ttl_s);
+    let (view, placement) = wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
+        settled_placement(&etcd, 3)
+    });
+    let asked = NodeId(1);
+    let controller = view.controller.unwrap().node;
+    let paused = [NodeId(2), NodeId(3)]
+        .into_iter()
+        .find(|node| *node != controller)
+        .unwrap();
+    let addr = nodes.process(asked).addr.clone();
+    let probes = probes();
+    let expected = expected_outcomes(&placement, asked);
+    wait_for(
+        &mut nodes,
+        Duration::from_secs(10),
+        "served over links",
+        |_| (outcomes_from(&addr, &probes)? == expected).then_some(()),
+    );
+
+    signal(&nodes.process(paused).child, libc::SIGSTOP);
+    // Sent at once: the events for the paused node's partitions go over a link nobody
+    // answers; they end when the controller marks those partitions Offline (after the TTL).
+    let outcomes = all_answered_within(&addr, &probes, Duration::from_secs(ttl_s + 4));
+    signal(&nodes.process(paused).child, libc::SIGCONT);
+    let its = partitions_of(&placement, paused);
+    for (p, outcome) in outcomes.iter().enumerate() {
+        if its.contains(&PartitionId(p as u32)) {
+            assert!(
+                matches!(
+                    outcome,
+                    Outcome::Error {
+                        error: EventError::OwnerUnavailable | EventError::OutcomeUnknown
+                    }
+                ),
+                "partition {p} of the paused node answered {outcome:?}"
+            );
+        } else {
+            assert_eq!(*outcome, expected[p], "partition {p} is served as before");
+        }
+    }
+}
+
+#[test]
+fn a_cluster_node_with_credentials_is_refused_while_links_are_unauthenticated() {
+    let secret = std::env::temp_dir().join(format!("trove-link-secret-{}", std::process::id()));
+    std::fs::write(&secret, "a secret of more than sixteen bytes").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trove"))
+        .args([
+            "node",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--shards",
+            "1",
+        ])
+        .args(["--metrics-listen", "off", "--auth-secret-file"])
+        .arg(&secret)
+        // Never reached: the node refuses before it talks to etcd.
+        .args(["--cluster", "http://127.0.0.1:9", "--node-id", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the node did not refuse to start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::fs::remove_file(&secret).unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("links between its nodes are not authenticated"),
+        "{stderr}"
+    );
 }

@@ -194,6 +194,43 @@ pub const MESH_BATCH_EVENTS_MAX: usize = 256;
 /// bound what the batches can contain.
 pub const MESH_CHANNEL_BATCHES_MAX: usize = 64;
 
+/// Events one shard may have in flight at one shard of another node: its share of that
+/// shard's link budget. Enforced at the sender (it waits for credit, as for the mesh) and
+/// checked again at the receiver, which closes a link whose sender goes past it.
+pub const LINK_EVENTS_INFLIGHT_PER_SOURCE_MAX: u32 = 384;
+/// Event bytes one shard may have in flight at one shard of another node, like
+/// [`LINK_EVENTS_INFLIGHT_PER_SOURCE_MAX`].
+pub const LINK_BYTES_INFLIGHT_PER_SOURCE_MAX: u32 = 96 * 1024;
+/// Events (or replies) in one link frame; a link's batch is handed to its writer when full or
+/// at the end of a loop pass.
+pub const LINK_BATCH_EVENTS_MAX: usize = 256;
+/// Outgoing links one shard keeps, one per shard of another node it forwards to (enough for
+/// a cluster of 16 one-shard nodes within the memory sum). Events for a shard past this many
+/// are answered `Moved` (the owner hint) instead of forwarded.
+pub const LINKS_PER_SHARD_MAX: usize = 15;
+/// Incoming links one shard accepts, one per shard of another node that forwards to it; one
+/// more is refused at its handshake.
+pub const LINK_SOURCES_PER_SHARD_MAX: usize = 15;
+/// Largest token record of a link frame (`core::message::LinkTokens`): a u64 per event of a
+/// full batch, and the vector's own 8 bytes, aligned.
+pub const LINK_TOKENS_RECORD_BYTES_MAX: usize = 8 * LINK_BATCH_EVENTS_MAX + 16;
+/// Largest record of a link handshake frame (`LinkHello`, `LinkAccepted`): a cluster name of
+/// `CLUSTER_NAME_BYTES_MAX` and a few integers.
+pub const LINK_HELLO_BYTES_MAX: usize = 256;
+/// How long a shard waits for a link to connect and its peer to accept the hello, in ms;
+/// past that the link has failed (its events are answered `Unavailable`).
+pub const LINK_CONNECT_MS_MAX: u64 = 2_000;
+/// First wait before a failed link is tried again, in ms; it doubles up to
+/// [`LINK_RETRY_MS_MAX`] while the link keeps failing. Events for it meanwhile are answered
+/// `Unavailable` at once.
+pub const LINK_RETRY_MS_MIN: u64 = 50;
+/// Longest wait before a failed link is tried again, in ms.
+pub const LINK_RETRY_MS_MAX: u64 = 1_000;
+/// What one outgoing link keeps per event awaiting its reply
+/// (`core::shard::links::LinkPending` in a hash map slot: token, batch entry, reply fields,
+/// the map's control byte).
+pub const LINK_PENDING_ENTRY_BYTES: usize = 72;
+
 // ---------------------------------------------------------------------------------------------
 // Buffers of the network layer.
 // ---------------------------------------------------------------------------------------------
@@ -567,11 +604,12 @@ pub const MESH_BATCH_OVERHEAD_BYTES_MAX: usize =
 /// STAGE_LATENCY_NS_MAX, 3)`): its counters, 8 bytes each, and its fields, 221 280 bytes as
 /// measured by a unit test (`core::shard::counters`), plus the allocator's share.
 pub const STAGE_HISTOGRAM_BYTES_MAX: usize = 220 * 1024;
-/// Stage histograms alive per shard, with or without a data dir: the shard's two (frame
-/// dispatch, mesh round trip), and a copy's two while its stats are taken whole (the stop
-/// report). Metrics snapshots carry classic buckets, not these. The log stages' (log sync,
-/// snapshot pause) are counted with the log ([`LOG_STAGE_HISTOGRAMS_PER_SHARD_MAX`]).
-pub const STAGE_HISTOGRAMS_PER_SHARD_MAX: usize = 2 * (1 + 1);
+/// Stage histograms alive per shard, with or without a data dir: the shard's three (frame
+/// dispatch, mesh round trip, link round trip), and a copy's three while its stats are taken
+/// whole (the stop report). Metrics snapshots carry classic buckets, not these. The log
+/// stages' (log sync, snapshot pause) are counted with the log
+/// ([`LOG_STAGE_HISTOGRAMS_PER_SHARD_MAX`]).
+pub const STAGE_HISTOGRAMS_PER_SHARD_MAX: usize = 3 * (1 + 1);
 /// Log stage histograms alive per shard with a log (a data dir): log sync and snapshot pause,
 /// the shard's and a copy's. A shard without a log allocates none
 /// (`core::shard::StageLatencies`).
@@ -581,7 +619,7 @@ pub const LOG_STAGE_HISTOGRAMS_PER_SHARD_MAX: usize = 2 * (1 + 1);
 pub const METRICS_SNAPSHOTS_PER_SHARD_MAX: usize = 1 + METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX + 1;
 /// One connection's state on its shard (`Option<core::shard::connections::Connection>`),
 /// without its buffers.
-pub const CONNECTION_STATE_BYTES_MAX: usize = 320;
+pub const CONNECTION_STATE_BYTES_MAX: usize = 336;
 
 /// Worst-case bytes of one shard's network and back-pressure buffers (not its hunt state). A
 /// byte or entry vector that doubles holds up to twice what it carries: counted as `2 *`.
@@ -594,7 +632,9 @@ pub const SHARD_IO_BYTES_MAX: usize = CONNECTIONS_PER_SHARD_MAX * CONNECTION_STA
     + 2 * MESH_EVENTS_INFLIGHT_MAX as usize * (ARCHIVE_ALIGN + BATCH_ENTRY_BYTES) // their alignment padding and batch entries
     + 2 * MESH_EVENTS_INFLIGHT_MAX as usize * (REPLY_BYTES_MAX + BATCH_ENTRY_BYTES) // replies to those, waiting to go back
     + 2 * MESH_EVENTS_INFLIGHT_MAX as usize * MESH_BATCH_OVERHEAD_BYTES_MAX // every event and reply alone in its batch
-    + STAGE_HISTOGRAMS_PER_SHARD_MAX * STAGE_HISTOGRAM_BYTES_MAX // the frame-dispatch and mesh stage histograms and a copy
+    + LINKS_PER_SHARD_MAX * 2 * (LINK_BYTES_INFLIGHT_PER_SOURCE_MAX as usize + LINK_EVENTS_INFLIGHT_PER_SOURCE_MAX as usize * (ARCHIVE_ALIGN + 4 + LINK_PENDING_ENTRY_BYTES)) // events forwarded to other nodes: their frames and what waits for each reply
+    + LINK_SOURCES_PER_SHARD_MAX * 2 * LINK_EVENTS_INFLIGHT_PER_SOURCE_MAX as usize * (REPLY_BYTES_MAX + 8 + 4) // replies to other nodes' events, waiting for their link
+    + STAGE_HISTOGRAMS_PER_SHARD_MAX * STAGE_HISTOGRAM_BYTES_MAX // the frame-dispatch, mesh and link stage histograms and a copy
     + METRICS_SNAPSHOTS_PER_SHARD_MAX * METRICS_SNAPSHOT_BYTES_MAX // metrics snapshots
     + HUNT_GROWTH_SLACK_BYTES_MAX // a player table doubling
     + SHARD_IO_MEMORY_BYTES; // glommio's registered io_uring buffers
@@ -674,6 +714,9 @@ impl NodeMemory {
 pub const fn node_memory_bytes_max(partitions: usize, shards: usize) -> usize {
     NodeMemory::of(partitions, shards).total_bytes()
 }
+
+// A link's share carries at least one event of the largest size.
+const _: () = assert!(LINK_BYTES_INFLIGHT_PER_SOURCE_MAX as usize >= EVENT_BYTES_MAX);
 
 // The budgets must be able to carry at least one frame's worth of work, or a shard could wait
 // forever for credit it can never get.

@@ -257,6 +257,10 @@ impl NodeArgs {
             frame_arrival: Duration::from_millis(self.frame_arrival_ms),
             connections_per_source_max: self.connections_per_source_max,
             shed_target: Duration::from_millis(self.shed_target_ms),
+            cluster_name: self
+                .cluster
+                .joins()
+                .then(|| self.cluster.cluster.cluster_name.clone()),
             spin_before_park: self
                 .spin_before_park_us
                 .filter(|&us| us > 0)

@@ -42,6 +42,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::constants::{
     ARCHIVE_ALIGN, AUTH_RECORD_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, EVENT_BYTES_MAX,
     FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_RECORDS_MAX, FRAME_VERSION,
+    LINK_BATCH_EVENTS_MAX, LINK_HELLO_BYTES_MAX, LINK_TOKENS_RECORD_BYTES_MAX,
     READ_BUFFER_BYTES_MAX, READ_CHUNK_BYTES, REPLY_BYTES_MAX,
 };
 use crate::core::message::ErrorMessage;
@@ -71,6 +72,15 @@ pub enum FrameKind {
     AuthResponse = 7,
     /// Node → client: one archived `core::auth::Accepted` (the node's proof); traffic follows.
     AuthAccepted = 8,
+    /// Shard → shard of another node, first frame of a link: one archived `LinkHello`.
+    LinkHello = 9,
+    /// Answer to a `LinkHello` the receiver accepts: one archived `LinkAccepted`.
+    LinkAccepted = 10,
+    /// On a link: archived `Event`s exactly as their clients sent them, then one archived
+    /// `LinkTokens` (a token per event).
+    LinkEvents = 11,
+    /// Back on a link: archived `Reply`s, then one archived `LinkTokens` (each reply's token).
+    LinkReplies = 12,
 }
 
 impl FrameKind {
@@ -84,6 +94,10 @@ impl FrameKind {
             6 => FrameKind::AuthChallenge,
             7 => FrameKind::AuthResponse,
             8 => FrameKind::AuthAccepted,
+            9 => FrameKind::LinkHello,
+            10 => FrameKind::LinkAccepted,
+            11 => FrameKind::LinkEvents,
+            12 => FrameKind::LinkReplies,
             _ => return None,
         })
     }
@@ -99,6 +113,9 @@ impl FrameKind {
             FrameKind::AuthChallenge | FrameKind::AuthResponse | FrameKind::AuthAccepted => {
                 AUTH_RECORD_BYTES_MAX
             }
+            FrameKind::LinkHello | FrameKind::LinkAccepted => LINK_HELLO_BYTES_MAX,
+            FrameKind::LinkEvents => EVENT_BYTES_MAX.max(LINK_TOKENS_RECORD_BYTES_MAX),
+            FrameKind::LinkReplies => REPLY_BYTES_MAX.max(LINK_TOKENS_RECORD_BYTES_MAX),
         }
     }
 
@@ -111,7 +128,11 @@ impl FrameKind {
             | FrameKind::Error
             | FrameKind::AuthChallenge
             | FrameKind::AuthResponse
-            | FrameKind::AuthAccepted => 1,
+            | FrameKind::AuthAccepted
+            | FrameKind::LinkHello
+            | FrameKind::LinkAccepted => 1,
+            // A batch and its token record.
+            FrameKind::LinkEvents | FrameKind::LinkReplies => LINK_BATCH_EVENTS_MAX + 1,
         }
     }
 }
@@ -523,6 +544,22 @@ impl<'a> Records<'a> {
             lens: &self.lens[4 * first as usize..],
             count: self.count - first,
         }
+    }
+
+    /// The records but the last, and the last one's bytes (a link frame's token record);
+    /// `None` for a frame without records.
+    pub fn split_last(self) -> Option<(Records<'a>, &'a [u8])> {
+        let last = self.count.checked_sub(1)?;
+        let start: usize = (0..last)
+            .map(|index| align_up(self.len_of(index) as usize))
+            .sum();
+        let len = self.len_of(last) as usize;
+        let head = Records {
+            records: &self.records[..start],
+            lens: &self.lens[..4 * last as usize],
+            count: last,
+        };
+        Some((head, &self.records[start..start + len]))
     }
 
     /// The records' bytes, in order, each starting at a multiple of 16 from the body start.

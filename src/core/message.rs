@@ -137,6 +137,10 @@ pub enum EventError {
     /// The shard's write-ahead log reached its disk bound (`trove node --log-disk-max-mb`)
     /// before a snapshot could free space: the event was not applied. Retry later.
     LogFull = 3,
+    /// The event was forwarded to its owner on another node and the link failed before its
+    /// reply came back: it may or may not have been applied. Do not assume either way; read
+    /// the state back (a leaderboard, say) before sending it again.
+    OutcomeUnknown = 4,
 }
 
 /// One line of a leaderboard.
@@ -231,6 +235,42 @@ pub struct ErrorMessage {
     pub code: u16,
     /// What was wrong and what to do about it, for a human.
     pub message: String,
+}
+
+/// The first frame on a link from a shard of one node to a shard of another (sent on the
+/// receiving shard's own port): who is asking, and in which cluster.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct LinkHello {
+    /// The sender's cluster name (`trove node --cluster-name`); the receiver refuses another.
+    pub cluster: String,
+    /// The sending node, which must be in the receiver's placement.
+    pub node: u32,
+    /// The sending shard, on its node.
+    pub shard: u16,
+    /// The sender's placement epoch.
+    pub epoch: u32,
+}
+
+/// The receiver's answer to a [`LinkHello`] it accepts: link frames follow.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct LinkAccepted {
+    /// The receiving node and shard.
+    pub node: u32,
+    pub shard: u16,
+    /// The sender's share of the receiver's link budget: it may have at most this many
+    /// events and event bytes in flight on the link (the receiver checks it).
+    pub events_inflight_max: u32,
+    pub bytes_inflight_max: u32,
+}
+
+/// The last record of a `LinkEvents` or `LinkReplies` frame: one token per other record, in
+/// order. The sender of an event chooses its token; the reply carries it back.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct LinkTokens {
+    pub tokens: Vec<u64>,
 }
 
 /// The hash a treasure stores in place of its secret code.

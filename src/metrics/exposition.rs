@@ -13,6 +13,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::core::shard::LinkTally;
 use crate::core::shard::counters::{KindIndex, OutcomeIndex, REJECT_REASONS, reject_reason_label};
 pub use crate::metrics::snapshot::{ClassicHistogram, LATENCY_BUCKET_BOUNDS_S};
 use crate::metrics::snapshot::{CreditGauge, EventTally, ShardSnapshot, Stage};
@@ -169,7 +170,7 @@ impl NodeCollector {
     }
 
     fn counters(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
-        let families: [ShardFamily<u64>; 21] = [
+        let families: [ShardFamily<u64>; 22] = [
             (
                 "events_applied",
                 "Events this shard applied as their partition's owner.",
@@ -269,6 +270,11 @@ impl NodeCollector {
                 |s| s.snapshot.counters.log_records,
             ),
             (
+                "link_credit_waits",
+                "Times a forward to another node found no link credit at its owner and waited.",
+                |s| s.snapshot.counters.link_credit_waits,
+            ),
+            (
                 "log_bytes",
                 "Bytes written to the shard's log segments, in whole blocks (a partial block is written again by the next write).",
                 |s| s.snapshot.counters.log_bytes,
@@ -279,6 +285,7 @@ impl NodeCollector {
         }
         self.connections_closed(encoder)?;
         self.executor(encoder)?;
+        self.links(encoder)?;
         self.events(encoder)
     }
 
@@ -339,6 +346,52 @@ impl NodeCollector {
         Ok(())
     }
 
+    /// What went over the links to other nodes, by direction: events, their archived bytes,
+    /// and the link frames (batches) that carried them.
+    fn links(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        type Direction = (&'static str, fn(&LinkTally) -> u64);
+        let families: [(&str, &str, [Direction; 2]); 3] = [
+            (
+                "link_events",
+                "Events over the links to other nodes: sent (forwarded to their owner) and received (to apply here).",
+                [
+                    ("sent", |t| t.events_sent),
+                    ("received", |t| t.events_received),
+                ],
+            ),
+            (
+                "link_bytes",
+                "Archived event bytes over the links to other nodes, by direction.",
+                [
+                    ("sent", |t| t.bytes_sent),
+                    ("received", |t| t.bytes_received),
+                ],
+            ),
+            (
+                "link_batches",
+                "Link frames (batches of events or of their replies) over the links to other nodes, by direction.",
+                [
+                    ("sent", |t| t.batches_sent),
+                    ("received", |t| t.batches_received),
+                ],
+            ),
+        ];
+        for (name, help, directions) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for shard in &self.shards {
+                for (direction, value) in directions {
+                    let mut labels = self.shard_labels(shard);
+                    labels.push(("direction", direction.to_owned()));
+                    let value = value(&shard.snapshot.counters.links);
+                    family
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, u64, u64>(&value, None)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Events by kind and outcome (every pair, zeros included), and rejections by kind and
     /// reason (only the pairs that happened: 96 mostly-zero series a shard would drown the rest).
     fn events(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
@@ -394,7 +447,13 @@ impl NodeCollector {
             "Client connections open now.",
             |s| s.snapshot.gauges.connections_open as f64,
         )?;
-        let pools: [ShardFamily<CreditGauge>; 2] = [
+        self.gauge(
+            encoder,
+            "links_open",
+            "Links to and from shards of other nodes open now (outgoing ones connected, and inbound ones).",
+            |s| s.snapshot.gauges.links_open as f64,
+        )?;
+        let pools: [ShardFamily<CreditGauge>; 3] = [
             (
                 "socket_credit",
                 "the shard's budget for events read from its sockets",
@@ -404,6 +463,11 @@ impl NodeCollector {
                 "mesh_credit",
                 "this shard's shares of its peers' mesh budgets, summed",
                 |s| s.snapshot.gauges.mesh_credit,
+            ),
+            (
+                "link_credit",
+                "this shard's shares of other nodes' shards' link budgets, summed over its links",
+                |s| s.snapshot.gauges.link_credit,
             ),
         ];
         for (pool, what, gauge) in pools {
@@ -462,7 +526,7 @@ impl NodeCollector {
     fn histograms(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let mut family = encoder.encode_descriptor(
             "stage_latency_seconds",
-            "Latency of each stage of a shard's data path (frame_dispatch: arrival to dispatch of the frame's last event; mesh_round_trip: forward to reply back; log_sync: first write a log sync covers issued to its fdatasync done, no samples without a data dir; snapshot_pause: the shard stopped to copy one partition's state for a snapshot).",
+            "Latency of each stage of a shard's data path (frame_dispatch: arrival to dispatch of the frame's last event; mesh_round_trip: forward to reply back; log_sync: first write a log sync covers issued to its fdatasync done, no samples without a data dir; snapshot_pause: the shard stopped to copy one partition's state for a snapshot; link_round_trip: forward to a shard of another node to its reply back).",
             None,
             MetricType::Histogram,
         )?;
@@ -683,6 +747,14 @@ mod tests {
         snapshot.counters.log_syncs = 5;
         snapshot.counters.log_records = 40;
         snapshot.gauges.mesh_batches_queued = 4;
+        snapshot.counters.links.events_sent = 9;
+        snapshot.counters.links.events_received = 3;
+        snapshot.counters.links.bytes_sent = 900;
+        snapshot.counters.links.batches_received = 2;
+        snapshot.gauges.links_open = 2;
+        snapshot.gauges.link_credit.events_held = 5;
+        snapshot.stages[Stage::LinkRoundTrip as usize] =
+            ClassicHistogram::from_ns(&crate::metrics::snapshot::tests::histogram_of(&[200_000]));
         snapshot.events = tally_of(
             EventKind::Join,
             &[
@@ -746,6 +818,16 @@ mod tests {
             format!("trove_credit_wait_seconds_total{{{n},shard=\"1\"}} 0.25"),
             format!("trove_connections_closed_total{{{n},shard=\"1\",reason=\"idle\"}} 2"),
             format!("trove_mesh_batches_queued{{{n},shard=\"1\"}} 4.0"),
+            format!("trove_link_events_total{{{n},shard=\"1\",direction=\"sent\"}} 9"),
+            format!("trove_link_events_total{{{n},shard=\"1\",direction=\"received\"}} 3"),
+            format!("trove_link_bytes_total{{{n},shard=\"1\",direction=\"sent\"}} 900"),
+            format!("trove_link_bytes_total{{{n},shard=\"1\",direction=\"received\"}} 0"),
+            format!("trove_link_batches_total{{{n},shard=\"1\",direction=\"received\"}} 2"),
+            format!("trove_links_open{{{n},shard=\"1\"}} 2.0"),
+            format!("trove_link_credit_events_held{{{n},shard=\"1\"}} 5.0"),
+            format!(
+                "trove_stage_latency_seconds_count{{{n},shard=\"1\",stage=\"link_round_trip\"}} 1"
+            ),
             format!("trove_cluster_lease_left_seconds{{{n},node_id=\"7\"}} 4.5"),
             format!("trove_cluster_partitions_owned{{{n},node_id=\"7\"}} 16.0"),
             format!("trove_cluster_controller{{{n},node_id=\"7\"}} 1.0"),

@@ -60,6 +60,10 @@ pub struct ShardCounters {
     pub log_syncs: u64,
     pub log_records: u64,
     pub log_bytes: u64,
+    /// What went over the links to other nodes, each way (see `core::shard::LinkTally`).
+    pub links: crate::core::shard::LinkTally,
+    /// Times a forward to another node found no link credit and waited.
+    pub link_credit_waits: u64,
 }
 
 /// Credit held in one pool and its capacity, in events and bytes.
@@ -100,6 +104,10 @@ pub struct ShardGauges {
     pub reply_bytes_queued: u64,
     /// Connections with replies queued or being written.
     pub connections_writing: u64,
+    /// This shard's shares of other nodes' shards' link budgets, summed over its links.
+    pub link_credit: CreditGauge,
+    /// Links open: outgoing ones up, and inbound ones.
+    pub links_open: u64,
 }
 
 /// A stage of the data path whose latency a shard records.
@@ -115,14 +123,17 @@ pub enum Stage {
     /// How long a shard stopped to copy one partition's state for a snapshot (no samples
     /// without a data dir).
     SnapshotPause,
+    /// From forwarding an event to a shard of another node to its reply arriving back.
+    LinkRoundTrip,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [
+    pub const ALL: [Stage; 5] = [
         Stage::FrameDispatch,
         Stage::MeshRoundTrip,
         Stage::LogSync,
         Stage::SnapshotPause,
+        Stage::LinkRoundTrip,
     ];
 
     /// The value of the `stage` label.
@@ -132,6 +143,7 @@ impl Stage {
             Stage::MeshRoundTrip => "mesh_round_trip",
             Stage::LogSync => "log_sync",
             Stage::SnapshotPause => "snapshot_pause",
+            Stage::LinkRoundTrip => "link_round_trip",
         }
     }
 }

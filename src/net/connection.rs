@@ -56,7 +56,10 @@ pub(crate) fn serve(shard: Rc<Shard>, stream: TcpStream, access: Rc<Access>) {
         }
     };
     if access.is_open() {
-        return start_loops(shard, id, signals, Transport::Plain(stream));
+        // A node link may arrive here too (only on nodes without credentials: a cluster
+        // node with credentials is refused at start): its first frame says which it is.
+        spawn_timed(first_read(shard, id, signals, stream)).detach();
+        return;
     }
     spawn_timed(async move {
         match access.admit(&shard, &signals, stream).await {
@@ -70,9 +73,51 @@ pub(crate) fn serve(shard: Rc<Shard>, stream: TcpStream, access: Rc<Access>) {
     .detach();
 }
 
+/// Reads what a new plain connection sends first: a link's hello turns it into an inbound
+/// link (`net::link`); anything else is a client's, read on by the connection's loops.
+async fn first_read(
+    shard: Rc<Shard>,
+    id: ConnectionId,
+    signals: ConnectionSignals,
+    mut stream: glommio::net::TcpStream,
+) {
+    use futures_lite::AsyncReadExt;
+    let mut input = ReceiveBuffer::new();
+    let read = or(
+        async { Some(stream.read(input.spare(None)).await) },
+        async {
+            or(shard.stopping(), signals.close.wait()).await;
+            None
+        },
+    )
+    .await;
+    if let Some(Ok(len)) = read {
+        input.filled(len);
+    }
+    if crate::net::link::starts_with_link_hello(input.pending()) {
+        // Not a client: the connection's slot is given back before the link is served.
+        shard.handle_read_closed(id, Ok(()));
+        shard.handle_closed(id, CloseReason::Finished);
+        crate::net::link::serve_inbound(shard, stream, input).await;
+        return;
+    }
+    start_loops_with(shard, id, signals, Transport::Plain(stream), input);
+}
+
 /// Starts the reader and the writer of an accepted (and, with TLS or a secret, admitted)
 /// connection.
 fn start_loops(shard: Rc<Shard>, id: ConnectionId, signals: ConnectionSignals, stream: Transport) {
+    start_loops_with(shard, id, signals, stream, ReceiveBuffer::new());
+}
+
+/// Like [`start_loops`], for a connection whose first bytes were read already (`input`).
+fn start_loops_with(
+    shard: Rc<Shard>,
+    id: ConnectionId,
+    signals: ConnectionSignals,
+    stream: Transport,
+    input: ReceiveBuffer,
+) {
     let Ok((read_half, write_half)) = stream.split() else {
         shard.handle_read_closed(id, Ok(()));
         shard.handle_closed(id, CloseReason::Broken);
@@ -83,6 +128,7 @@ fn start_loops(shard: Rc<Shard>, id: ConnectionId, signals: ConnectionSignals, s
         id,
         signals.close.clone(),
         read_half,
+        input,
     ))
     .detach();
     spawn_timed(write_loop(shard, id, signals, write_half)).detach();
@@ -145,11 +191,31 @@ struct Pending {
     blocked: bool,
 }
 
-async fn read_loop(shard: Rc<Shard>, id: ConnectionId, close: Rc<Latch>, mut stream: Transport) {
-    let mut input = ReceiveBuffer::new();
+async fn read_loop(
+    shard: Rc<Shard>,
+    id: ConnectionId,
+    close: Rc<Latch>,
+    mut stream: Transport,
+    mut input: ReceiveBuffer,
+) {
     let mut pending = Pending::default();
-    let mut sojourn = shard.sheds().then(SojournMeter::new);
     let mut partial = false;
+    if !input.pending().is_empty() {
+        // What was read before the loops started (the first read) is dispatched first; the
+        // start of a frame in it starts the frame-arrival time.
+        match process_frames(&shard, id, &mut input) {
+            Ok(next) => pending = next,
+            Err(error) => {
+                shard.handle_read_closed(id, Err(error));
+                return;
+            }
+        }
+        partial = !pending.blocked && !input.pending().is_empty();
+        if partial {
+            shard.handle_partial_frame(id, true);
+        }
+    }
+    let mut sojourn = shard.sheds().then(SojournMeter::new);
     let outcome = loop {
         let readable = or(shard.until_readable(id), async {
             close.wait().await;

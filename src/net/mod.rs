@@ -7,6 +7,7 @@
 
 mod auth;
 mod connection;
+mod link;
 pub mod listener;
 mod sojourn;
 pub mod tls;

@@ -89,6 +89,8 @@ pub fn snapshot_of(
         log_syncs: stats.log.syncs,
         log_records: stats.log.records,
         log_bytes: stats.log.bytes,
+        links: stats.links,
+        link_credit_waits: stats.link_credit_waits,
     };
     let gauges = ShardGauges {
         connections_open: load.connections_open,
@@ -107,6 +109,13 @@ pub fn snapshot_of(
         mesh_batches_queued: load.mesh_batches_queued,
         reply_bytes_queued: load.reply_bytes_queued,
         connections_writing: load.connections_writing,
+        link_credit: CreditGauge {
+            events_held: load.link_held.0,
+            events_capacity: load.link_capacity.0,
+            bytes_held: load.link_held.1,
+            bytes_capacity: load.link_capacity.1,
+        },
+        links_open: load.links_open,
     };
     let mut stages = [ClassicHistogram::default(); Stage::ALL.len()];
     stages[Stage::FrameDispatch as usize] =
@@ -119,6 +128,8 @@ pub fn snapshot_of(
     if let Some(pause) = &stats.stages.snapshot_pause_ns {
         stages[Stage::SnapshotPause as usize] = ClassicHistogram::from_ns(pause);
     }
+    stages[Stage::LinkRoundTrip as usize] =
+        ClassicHistogram::from_ns(&stats.stages.link_round_trip_ns);
     ShardSnapshot {
         shard: stats.shard,
         cpu: stats.cpu,

@@ -190,6 +190,22 @@ impl NodeReport {
                 shard.events_moved,
                 shard.shutting_down_replies,
             ));
+            let links = shard.links;
+            if links.events_sent + links.events_received + links.links_refused > 0 {
+                text.push_str(&format!(
+                    "  links: {} events sent ({} bytes, {} batches), {} received ({} bytes, {} batches), {} links failed, {} refused, {} protocol errors; link round trip {}\n",
+                    links.events_sent,
+                    links.bytes_sent,
+                    links.batches_sent,
+                    links.events_received,
+                    links.bytes_received,
+                    links.batches_received,
+                    links.links_failed,
+                    links.links_refused,
+                    links.protocol_errors,
+                    percentiles_us(&shard.stages.link_round_trip_ns),
+                ));
+            }
             text.push_str(&format!(
                 "  frame dispatch {}; mesh round trip {};{} {}\n",
                 percentiles_us(&shard.stages.frame_dispatch_ns),
@@ -248,6 +264,14 @@ impl Node {
             )?);
         }
         let shard_addrs: Vec<SocketAddr> = own.iter().map(local_addr).collect();
+        if config.runtime.cluster_name.is_some() && (config.auth.is_some() || config.tls.is_some())
+        {
+            // Links between nodes do not authenticate yet: a node with credentials would let
+            // any peer that speaks the link handshake past them.
+            return Err(StartError::Config(ConfigError::Cluster(
+                "a cluster node with --auth-secret-file or TLS is refused: the links between its nodes are not authenticated yet; run cluster nodes without credentials, on a private network".into(),
+            )));
+        }
         let mut runtime = config.runtime.clone();
         runtime.shard_ports = shard_addrs.iter().map(|addr| addr.port()).collect();
         runtime.cluster_node = config.cluster_node;

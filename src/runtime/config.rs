@@ -159,6 +159,9 @@ pub struct RuntimeConfig {
     /// This node's id in its cluster; `None` for a node on its own. A cluster node's shards
     /// start fenced and serve what its control thread confirms.
     pub cluster_node: Option<NodeId>,
+    /// The cluster's name (`--cluster-name`), for the handshake of the links between its
+    /// nodes; `None` for a node on its own, which accepts no links.
+    pub cluster_name: Option<String>,
     /// A frame whose first byte was read must arrive whole within this.
     pub frame_arrival: Duration,
     /// Connections one source address may hold open at one shard.
@@ -187,6 +190,7 @@ impl RuntimeConfig {
             idle_timeout: Duration::from_millis(CONNECTION_IDLE_MS_DEFAULT),
             write_stall: Duration::from_millis(WRITE_STALL_MS_DEFAULT),
             cluster_node: None,
+            cluster_name: None,
             frame_arrival: Duration::from_millis(FRAME_ARRIVAL_MS_DEFAULT),
             connections_per_source_max: CONNECTIONS_PER_SOURCE_DEFAULT,
             shed_target: Duration::from_millis(SHED_TARGET_MS_DEFAULT),
@@ -281,6 +285,8 @@ pub enum ConfigError {
         max_ms: u64,
     },
     ConnectionsPerSourceOutOfRange(usize),
+    /// The cluster settings cannot work together (the message says what to change).
+    Cluster(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -298,7 +304,11 @@ impl fmt::Display for ConfigError {
                 CpuSet::from_cpus(allowed.iter().copied())
             ),
             ConfigError::Partitions(error) => write!(f, "{error}"),
-            ConfigError::Ports(reason) | ConfigError::DataDir(reason) => write!(f, "{reason}"),
+            ConfigError::Ports(reason)
+            | ConfigError::DataDir(reason)
+            | ConfigError::Cluster(reason) => {
+                write!(f, "{reason}")
+            }
             ConfigError::TimeoutOutOfRange { name, ms, max_ms } => write!(
                 f,
                 "an {name} of {ms} ms is out of range: it must be from 1 to {max_ms} ms"

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod control_feed;
 pub mod executors;
+pub mod link;
 pub mod mesh;
 pub mod shard;
 pub mod stall;

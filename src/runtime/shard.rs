@@ -16,6 +16,7 @@
 //! raced against one of these queues, only against the one-shot [`Latch`]es of the stop.
 
 use std::cell::{RefCell, RefMut};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -24,10 +25,12 @@ use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 use crate::constants::TIMEOUT_CHECK_INTERVAL_MS_MAX;
 use crate::core::codec::{FrameBuilder, FrameError, FrameHeader};
 use crate::core::ids::{ConnectionId, NodeId, PartitionId, ShardId};
+use crate::core::message::ArchivedLinkAccepted;
 use crate::core::partition::{MapError, Placement};
 use crate::core::shard::{
-    CloseReason, ConnectRefusal, Durability, FrameProgress, LogSync, MeshBatch, MeshOutput,
-    NodeLease, Readable, ReplayError, ShardConfig, ShardCore, ShardLoad, ShardStats, SourceAddr,
+    CloseReason, ConnectRefusal, Durability, FrameProgress, LinkDest, LinkError, LinkPoll, LogSync,
+    MeshBatch, MeshOutput, NodeLease, Readable, ReplayError, ShardConfig, ShardCore, ShardLoad,
+    ShardStats, SourceAddr,
 };
 use crate::core::snapshot::PartitionSnapshot;
 use crate::runtime::config::RuntimeConfig;
@@ -81,6 +84,26 @@ pub struct Shard {
     drain_progress: WaitQueue,
     /// Woken when the core has queued log records: the log writer (`runtime::store`) looks.
     log_queued: WaitQueue,
+    /// Each outgoing link's task signals, by destination, once its task runs.
+    link_tasks: RefCell<BTreeMap<LinkDest, Rc<LinkSignals>>>,
+    /// Destinations the core listed that have no task yet, for the link supervisor.
+    links_unstarted: RefCell<Vec<LinkDest>>,
+    /// Woken when `links_unstarted` gains one.
+    link_supervisor: WaitQueue,
+    /// Each inbound link's writer queue, by slot.
+    inbound_writers: RefCell<Vec<Option<InboundWriter>>>,
+    /// How an outgoing link connects, set by the network layer when it starts serving.
+    link_connector: std::cell::Cell<Option<crate::runtime::link::LinkConnector>>,
+}
+
+/// An inbound link's id and its writer's queue.
+type InboundWriter = (ConnectionId, Rc<WaitQueue>);
+
+/// What an outgoing link's task waits on: its queue (the core listed the link), and the
+/// latch of its current connection, set when the core fails the link or either loop ends.
+pub struct LinkSignals {
+    pub queue: WaitQueue,
+    pub broken: RefCell<Rc<Latch>>,
 }
 
 fn core_config(config: &RuntimeConfig) -> ShardConfig {
@@ -106,6 +129,7 @@ fn core_config(config: &RuntimeConfig) -> ShardConfig {
             .store
             .as_ref()
             .map_or(Durability::Memory, |store| store.durability),
+        cluster: config.cluster_name.clone(),
         ..ShardConfig::defaults(shards)
     }
 }
@@ -132,6 +156,11 @@ impl Shard {
             force_close: Latch::new(),
             drain_progress: WaitQueue::new(),
             log_queued: WaitQueue::new(),
+            link_tasks: RefCell::default(),
+            links_unstarted: RefCell::default(),
+            link_supervisor: WaitQueue::new(),
+            inbound_writers: RefCell::default(),
+            link_connector: std::cell::Cell::new(None),
         }
     }
 
@@ -207,6 +236,41 @@ impl Shard {
             let Some(peer) = ready else { break };
             if let Some(Some(queue)) = self.flushers.get(peer.index()) {
                 queue.wake_all();
+            }
+        }
+        self.wake_links();
+    }
+
+    /// Wakes the outgoing links the core listed (asking the supervisor for a task when one
+    /// has none yet), breaks the connections of links the core failed, and wakes the
+    /// writers of inbound links with replies.
+    fn wake_links(&self) {
+        loop {
+            let ready = self.core().poll_links_ready();
+            let Some(dest) = ready else { break };
+            match self.link_tasks.borrow().get(&dest) {
+                Some(signals) => signals.queue.wake_all(),
+                None => {
+                    self.links_unstarted.borrow_mut().push(dest);
+                    self.link_supervisor.wake_all();
+                }
+            }
+        }
+        loop {
+            let failed = self.core().poll_links_failed();
+            let Some(dest) = failed else { break };
+            if let Some(signals) = self.link_tasks.borrow().get(&dest) {
+                signals.broken.borrow().set();
+                signals.queue.wake_all();
+            }
+        }
+        loop {
+            let writable = self.core().poll_link_writable();
+            let Some(id) = writable else { break };
+            if let Some(Some((writer, queue))) = self.inbound_writers.borrow().get(id.slot()) {
+                if *writer == id {
+                    queue.wake_all();
+                }
             }
         }
     }
@@ -417,6 +481,7 @@ impl Shard {
             tasks.push(spawn_timed(self.clone().flush_to(peer, sender)));
         }
         spawn_timed(self.clone().check_timeouts()).detach();
+        spawn_timed(self.clone().supervise_links()).detach();
         stop.await;
         let now = self.now_ns();
         self.core().handle_stop(now);
@@ -529,6 +594,147 @@ impl Shard {
                 }
             }
         }
+    }
+}
+
+// ---- links to and from other nodes (see `runtime::link`, `net::link`) --------------------
+
+impl Shard {
+    /// Starts a task for each outgoing link the core asks for, lazily: on its first event.
+    async fn supervise_links(self: Rc<Self>) {
+        loop {
+            self.link_supervisor
+                .until(|| (!self.links_unstarted.borrow().is_empty()).then_some(()))
+                .await;
+            let unstarted = std::mem::take(&mut *self.links_unstarted.borrow_mut());
+            for dest in unstarted {
+                if self.link_tasks.borrow().contains_key(&dest) {
+                    continue;
+                }
+                let signals = Rc::new(LinkSignals {
+                    queue: WaitQueue::new(),
+                    broken: RefCell::new(Rc::new(Latch::new())),
+                });
+                self.link_tasks.borrow_mut().insert(dest, signals.clone());
+                spawn_timed(crate::runtime::link::run_outgoing(
+                    self.clone(),
+                    dest,
+                    signals,
+                ))
+                .detach();
+            }
+        }
+    }
+
+    /// How outgoing links connect (the network layer's connector).
+    pub fn set_link_connector(&self, connector: crate::runtime::link::LinkConnector) {
+        self.link_connector.set(Some(connector));
+    }
+
+    pub fn link_connector(&self) -> Option<crate::runtime::link::LinkConnector> {
+        self.link_connector.get()
+    }
+
+    /// What the task of the link to `dest` does next (see [`ShardCore::poll_link`]).
+    pub fn poll_link(&self, dest: LinkDest, out: &mut Vec<u8>) -> Option<LinkPoll> {
+        self.core().poll_link(dest, out)
+    }
+
+    /// The hello frame this shard opens its links with.
+    pub fn link_hello_frame(&self) -> Vec<u8> {
+        self.core.borrow().link_hello_frame()
+    }
+
+    /// Where the shard `dest` is reached, from the placement's node addresses.
+    pub fn link_address(&self, dest: LinkDest) -> Option<(String, u16)> {
+        let core = self.core.borrow();
+        let address = core.placement().node_address(dest.node)?;
+        let port = *address.shard_ports.get(dest.shard.index())?;
+        Some((address.host.clone(), port))
+    }
+
+    pub fn link_connected(
+        &self,
+        dest: LinkDest,
+        accepted: &ArchivedLinkAccepted,
+    ) -> Result<(), LinkError> {
+        let now = self.now_ns();
+        let connected = self.core().handle_link_connected(now, dest, accepted);
+        self.wake();
+        connected
+    }
+
+    pub fn link_replies(&self, dest: LinkDest, body: &[u8]) -> Result<(), LinkError> {
+        let now = self.now_ns();
+        let handled = self.core().handle_link_replies(now, dest, body);
+        self.wake_released();
+        handled
+    }
+
+    pub fn link_failed(&self, dest: LinkDest) {
+        let now = self.now_ns();
+        self.core().handle_link_failed(now, dest);
+        self.wake_released();
+    }
+
+    pub fn link_retry(&self, dest: LinkDest) {
+        let now = self.now_ns();
+        self.core().handle_link_retry(now, dest);
+        self.wake();
+    }
+
+    /// A hello on this shard's port (see [`ShardCore::handle_link_hello`]): the inbound
+    /// link's id and its writer's queue when accepted; `answer` holds what to send back.
+    pub fn link_hello(
+        &self,
+        header: &FrameHeader,
+        body: &[u8],
+        answer: &mut FrameBuilder,
+    ) -> Option<(ConnectionId, Rc<WaitQueue>)> {
+        let now = self.now_ns();
+        let id = self.core().handle_link_hello(now, header, body, answer)?;
+        let queue = Rc::new(WaitQueue::new());
+        let mut writers = self.inbound_writers.borrow_mut();
+        if writers.len() <= id.slot() {
+            writers.resize_with(id.slot() + 1, || None);
+        }
+        writers[id.slot()] = Some((id, queue.clone()));
+        Some((id, queue))
+    }
+
+    pub fn link_events(&self, link: ConnectionId, body: &[u8]) -> Result<(), LinkError> {
+        let now = self.now_ns();
+        let applied_before = self.events_applied();
+        let handled = self.core().handle_link_events(now, link, body);
+        self.delay_applied(applied_before);
+        self.wake();
+        handled
+    }
+
+    /// Resolves once inbound link `link` has replies in `out` to write.
+    pub async fn until_link_replies(
+        &self,
+        link: ConnectionId,
+        queue: &WaitQueue,
+        out: &mut Vec<u8>,
+    ) {
+        queue
+            .until(|| self.core().poll_link_replies(link, out).then_some(()))
+            .await;
+        self.wake_released();
+    }
+
+    pub fn link_closed(&self, link: ConnectionId) {
+        let now = self.now_ns();
+        self.core().handle_link_closed(now, link);
+        let mut writers = self.inbound_writers.borrow_mut();
+        if let Some(slot) = writers.get_mut(link.slot()) {
+            if slot.as_ref().is_some_and(|(id, _)| *id == link) {
+                *slot = None;
+            }
+        }
+        drop(writers);
+        self.wake_released();
     }
 }
 

@@ -16,10 +16,11 @@ use crate::core::codec::{
     FrameError, FrameHeader, FrameKind, Records, ValidatedArchive, ValidatedFrame,
 };
 use crate::core::credit::{Acquire, Credit};
-use crate::core::ids::{ConnectionId, Epoch, ShardId};
+use crate::core::ids::{ConnectionId, Epoch};
 use crate::core::message::{ArchivedEvent, EventError, Outcome};
 use crate::core::shard::ShardCore;
-use crate::core::shard::connections::{FrameInProgress, ReadSide};
+use crate::core::shard::connections::{FrameInProgress, ReadSide, Waiting};
+use crate::core::shard::links::{LinkAdmit, LinkDest};
 use crate::core::shard::routing::{Route, reply_to};
 
 /// What [`ShardCore::handle_frame`] did with a frame.
@@ -47,7 +48,7 @@ pub enum Readable {
 /// What dispatching one event came to.
 enum Dispatch {
     Done,
-    Blocked { need: Credit, peer: Option<ShardId> },
+    Blocked { need: Credit, peer: Option<Waiting> },
 }
 
 impl ShardCore {
@@ -194,14 +195,14 @@ impl ShardCore {
             Route::Shard(owner) => {
                 if !self.socket_credit_covers(id, credit) {
                     self.stats.socket_credit_waits += 1;
-                    return self.out_of_credit(id, event, credit, Some(owner));
+                    return self.out_of_credit(id, event, credit, Some(Waiting::Shard(owner)));
                 }
                 let peer = self.peers[owner.index()]
                     .as_mut()
                     .expect("the placement names shards of this node only");
                 if peer.credit.try_acquire(credit) != Acquire::Granted {
                     self.stats.mesh_credit_waits += 1;
-                    return self.out_of_credit(id, event, credit, Some(owner));
+                    return self.out_of_credit(id, event, credit, Some(Waiting::Shard(owner)));
                 }
                 self.take_socket_credit(id, credit);
                 self.forward(now_ns, owner, id, archive, credit);
@@ -210,13 +211,50 @@ impl ShardCore {
                 connection.remote_credit = connection.remote_credit.plus(credit);
                 self.stats.events_forwarded += 1;
             }
-            Route::Node(..) => {
-                // No links to other nodes yet: tell the client where the partition lives.
-                self.stats.events_moved += 1;
-                let outcome = self.moved(event);
-                self.answer_uncredited(id, event, outcome);
+            Route::Node(node, shard) => {
+                return self.dispatch_to_node(now_ns, id, archive, LinkDest { node, shard });
             }
         }
+        Dispatch::Done
+    }
+
+    /// Forwards an event over the link to its owner on another node, taking socket credit
+    /// and this shard's share of the owner's link budget; or answers it at once when no link
+    /// can carry it (`Moved` on a single node or past `LINKS_PER_SHARD_MAX` links,
+    /// `Unavailable` while the link is down).
+    fn dispatch_to_node(
+        &mut self,
+        now_ns: u64,
+        id: ConnectionId,
+        archive: ValidatedArchive<'_, ArchivedEvent>,
+        dest: LinkDest,
+    ) -> Dispatch {
+        let event = archive.get();
+        let dest = match self.link_admit(dest, event) {
+            LinkAdmit::Forward(dest) => dest,
+            LinkAdmit::Answer(outcome) => {
+                if matches!(outcome, Outcome::Moved { .. }) {
+                    self.stats.events_moved += 1;
+                }
+                self.answer_uncredited(id, event, outcome);
+                return Dispatch::Done;
+            }
+        };
+        let credit = Credit::new(1, archive.bytes().len() as u32);
+        if !self.socket_credit_covers(id, credit) {
+            self.stats.socket_credit_waits += 1;
+            return self.out_of_credit(id, event, credit, Some(Waiting::Link(dest)));
+        }
+        if !self.try_take_link_credit(dest, credit) {
+            self.stats.link_credit_waits += 1;
+            return self.out_of_credit(id, event, credit, Some(Waiting::Link(dest)));
+        }
+        self.take_socket_credit(id, credit);
+        self.forward_to_node(now_ns, dest, id, archive, credit);
+        let connection = self.connections.get_mut(id).expect("admitted above");
+        connection.remote_inflight += 1;
+        connection.remote_credit = connection.remote_credit.plus(credit);
+        self.stats.events_forwarded += 1;
         Dispatch::Done
     }
 
@@ -226,7 +264,7 @@ impl ShardCore {
         id: ConnectionId,
         event: &ArchivedEvent,
         need: Credit,
-        peer: Option<ShardId>,
+        peer: Option<Waiting>,
     ) -> Dispatch {
         if self.config.fail_fast {
             self.stats.busy_replies += 1;
@@ -299,11 +337,13 @@ impl ShardCore {
         };
         let socket =
             connection.credit.available().covers(need) && self.credit.available().covers(need);
-        let mesh = peer.is_none_or(|peer| {
-            self.peers[peer.index()]
+        let mesh = match peer {
+            None => true,
+            Some(Waiting::Shard(peer)) => self.peers[peer.index()]
                 .as_ref()
-                .is_some_and(|peer| peer.credit.available().covers(need))
-        });
+                .is_some_and(|peer| peer.credit.available().covers(need)),
+            Some(Waiting::Link(dest)) => self.link_credit_covers(dest, need),
+        };
         if socket && mesh {
             Readable::Yes
         } else {
@@ -324,7 +364,7 @@ mod tests {
 
     use super::*;
     use crate::core::codec::{Decoded, FrameBuilder, decode_frame};
-    use crate::core::ids::{HuntId, PlayerId};
+    use crate::core::ids::{HuntId, PlayerId, ShardId};
     use crate::core::message::{Event, EventKind};
     use crate::core::partition::Placement;
     use crate::core::shard::ShardConfig;

@@ -61,12 +61,21 @@ const _: () = assert!(size_of::<Option<Connection>>() <= CONNECTION_STATE_BYTES_
 pub(super) struct FrameInProgress {
     pub records_done: u32,
     pub arrived_ns: u64,
-    /// What the next record waits for: socket credit, and mesh credit at a peer if it goes
-    /// there.
+    /// What the next record waits for: socket credit, and mesh or link credit if it goes to
+    /// another shard.
     pub blocked_on: Credit,
-    pub blocked_peer: Option<crate::core::ids::ShardId>,
+    pub blocked_peer: Option<Waiting>,
     /// When it last stopped for credit.
     pub blocked_ns: u64,
+}
+
+/// Whose credit beside the socket's a blocked event waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Waiting {
+    /// Mesh credit at a shard of this node.
+    Shard(crate::core::ids::ShardId),
+    /// Link credit at a shard of another node.
+    Link(crate::core::shard::links::LinkDest),
 }
 
 /// The read side of a connection.

@@ -24,6 +24,9 @@ pub struct StageLatencies {
     /// serialize it); the writing happens after, without stopping it. `None` without a log,
     /// like `log_sync_ns`.
     pub snapshot_pause_ns: Option<Histogram<u64>>,
+    /// From forwarding an event to a shard of another node to its reply arriving back over
+    /// the link: the inter-node hop.
+    pub link_round_trip_ns: Histogram<u64>,
 }
 
 impl StageLatencies {
@@ -34,6 +37,7 @@ impl StageLatencies {
             mesh_round_trip_ns: stage_histogram(),
             log_sync_ns: logged.then(stage_histogram),
             snapshot_pause_ns: logged.then(stage_histogram),
+            link_round_trip_ns: stage_histogram(),
         }
     }
 }
@@ -109,6 +113,30 @@ pub struct ShardStats {
     pub credit_wait_ns: u64,
     /// What the shard's write-ahead log wrote and synced (zero without a data dir).
     pub log: LogTally,
+    /// Events, bytes and batches over links to and from other nodes.
+    pub links: LinkTally,
+    /// Times a forward to another node found no link credit and waited (or was answered `Busy`).
+    pub link_credit_waits: u64,
+    /// The most link credit ever held at once at any one shard of another node.
+    pub link_inflight_peak: Credit,
+}
+
+/// What went over a shard's links to other nodes, each way: events forwarded (sent) or
+/// received to apply, their archived bytes, and the link frames that carried them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkTally {
+    pub events_sent: u64,
+    pub events_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub batches_sent: u64,
+    pub batches_received: u64,
+    /// Links that failed with events of this shard in flight on them.
+    pub links_failed: u64,
+    /// Links refused at the handshake (another cluster, an unknown node, a single node).
+    pub links_refused: u64,
+    /// Links closed for a protocol error of the peer (an unknown token, a sender over its share).
+    pub protocol_errors: u64,
 }
 
 /// What a shard's write-ahead log did: its syncs, the records they made durable and the bytes
@@ -153,6 +181,12 @@ pub struct ShardLoad {
     pub reply_bytes_queued: u64,
     /// Connections with replies queued or being written.
     pub connections_writing: u64,
+    /// This shard's shares of other nodes' shards' link budgets, summed over its outgoing
+    /// links (events, bytes).
+    pub link_held: (u64, u64),
+    pub link_capacity: (u64, u64),
+    /// Links open now: outgoing ones up, and incoming ones.
+    pub links_open: u64,
 }
 
 /// An event's kind, as the index of its counters and the value of the `kind` label.
@@ -215,16 +249,20 @@ pub enum OutcomeIndex {
     Moved,
     /// Not applied: the shard was stopping.
     ShuttingDown,
+    /// Forwarded to another node whose link failed before the reply came back: applied or
+    /// not, nobody here knows (`OutcomeUnknown`).
+    OutcomeUnknown,
 }
 
 impl OutcomeIndex {
-    pub const ALL: [OutcomeIndex; 6] = [
+    pub const ALL: [OutcomeIndex; 7] = [
         OutcomeIndex::Accepted,
         OutcomeIndex::Rejected,
         OutcomeIndex::Busy,
         OutcomeIndex::Unavailable,
         OutcomeIndex::Moved,
         OutcomeIndex::ShuttingDown,
+        OutcomeIndex::OutcomeUnknown,
     ];
 
     pub fn of(outcome: &Outcome) -> OutcomeIndex {
@@ -241,6 +279,9 @@ impl OutcomeIndex {
             Outcome::Error {
                 error: EventError::ShuttingDown,
             } => OutcomeIndex::ShuttingDown,
+            Outcome::Error {
+                error: EventError::OutcomeUnknown,
+            } => OutcomeIndex::OutcomeUnknown,
             Outcome::Moved { .. } => OutcomeIndex::Moved,
         }
     }
@@ -253,6 +294,7 @@ impl OutcomeIndex {
             OutcomeIndex::Unavailable => "unavailable",
             OutcomeIndex::Moved => "moved",
             OutcomeIndex::ShuttingDown => "shutting_down",
+            OutcomeIndex::OutcomeUnknown => "outcome_unknown",
         }
     }
 }
@@ -307,7 +349,14 @@ impl EventTally {
     /// Counts one answered event.
     #[inline]
     pub fn count(&mut self, kind: &ArchivedEventKind, outcome: &Outcome) {
-        let kind = KindIndex::of(kind) as usize;
+        self.count_kind(KindIndex::of(kind), outcome);
+    }
+
+    /// Counts one answered event whose kind is known by its index only (an event forwarded
+    /// over a link whose bytes are gone by the time it is answered).
+    #[inline]
+    pub fn count_kind(&mut self, kind: KindIndex, outcome: &Outcome) {
+        let kind = kind as usize;
         self.by_outcome[kind][OutcomeIndex::of(outcome) as usize] += 1;
         if let Outcome::Rejected { reason } = outcome {
             let reason = (*reason as usize).saturating_sub(1).min(REJECT_REASONS - 1);

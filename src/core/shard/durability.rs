@@ -79,6 +79,14 @@ enum HeldReply {
         reply: Reply,
         entry: BatchEntry,
     },
+    /// To the event with `token` of inbound link `link` (from another node), holding
+    /// `credit` of that source's share.
+    Link {
+        link: ConnectionId,
+        token: u64,
+        reply: Reply,
+        credit: Credit,
+    },
 }
 
 /// One record for the log: where its payload sits in the queue's bytes.
@@ -457,6 +465,40 @@ impl ShardCore {
         true
     }
 
+    /// The reply to the event with `token` of inbound link `link`: logged when it was applied
+    /// here (`applied`), then held or not, like [`Self::hold_peer_reply`]. Returns whether
+    /// it was held.
+    pub(super) fn hold_link_reply(
+        &mut self,
+        link: ConnectionId,
+        token: u64,
+        credit: Credit,
+        applied: Option<(LocalEvent, &[u8])>,
+        reply: &Reply,
+    ) -> bool {
+        if !self.durability.logs() {
+            return false;
+        }
+        if let Some((local, archive)) = applied {
+            self.durability.log(local.partition(), archive);
+        }
+        if !self.durability.must_hold(applied.is_some()) {
+            return false;
+        }
+        let state = &mut self.durability;
+        let lsn = state.last_lsn();
+        state.held.push_back((
+            lsn,
+            HeldReply::Link {
+                link,
+                token,
+                reply: reply.clone(),
+                credit,
+            },
+        ));
+        true
+    }
+
     fn release_held(&mut self, now_ns: u64, held: HeldReply) {
         match held {
             HeldReply::Local { id, reply, credit } => {
@@ -479,6 +521,12 @@ impl ShardCore {
                 self.queue_peer_reply(now_ns, from, &reply, &entry);
                 self.list_mesh_ready(from);
             }
+            HeldReply::Link {
+                link,
+                token,
+                reply,
+                credit,
+            } => self.queue_link_reply(now_ns, link, token, &reply, credit),
         }
     }
 }

@@ -289,7 +289,7 @@ impl ShardCore {
     }
 
     /// A reply another shard sent back for an event of connection `id`.
-    fn deliver_reply(&mut self, id: ConnectionId, archive: &[u8], credit: Credit) {
+    pub(super) fn deliver_reply(&mut self, id: ConnectionId, archive: &[u8], credit: Credit) {
         let Some(connection) = self.connections.get_mut(id) else {
             // The connection is long gone (its slot freed): only the shard's credit remains.
             self.credit.release(credit);

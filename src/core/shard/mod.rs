@@ -27,6 +27,7 @@ pub mod connections;
 pub mod counters;
 pub mod durability;
 pub mod faults;
+pub mod links;
 pub mod mesh;
 pub mod replies;
 pub mod routing;
@@ -40,7 +41,8 @@ mod tests;
 use crate::constants::{
     CONNECTION_EVENTS_INFLIGHT_DEFAULT, CONNECTION_IDLE_MS_DEFAULT,
     CONNECTION_SHARES_PER_SHARD_MIN, CONNECTIONS_PER_SOURCE_DEFAULT, EVENT_BYTES_MAX,
-    FRAME_ARRIVAL_MS_DEFAULT, MESH_BYTES_INFLIGHT_MAX, MESH_EVENTS_INFLIGHT_MAX,
+    FRAME_ARRIVAL_MS_DEFAULT, LINK_BYTES_INFLIGHT_PER_SOURCE_MAX,
+    LINK_EVENTS_INFLIGHT_PER_SOURCE_MAX, MESH_BYTES_INFLIGHT_MAX, MESH_EVENTS_INFLIGHT_MAX,
     SHARD_BYTES_INFLIGHT_MAX, SHARD_EVENTS_INFLIGHT_MAX, SHED_BURST_MS_MAX, SHED_TARGET_MS_DEFAULT,
     WRITE_STALL_MS_DEFAULT,
 };
@@ -52,9 +54,10 @@ use crate::core::partition::{MapError, Placement};
 
 pub use admission::{FrameProgress, Readable};
 pub use connections::{CloseReason, ConnectRefusal, SourceAddr};
-pub use counters::{EventTally, KindIndex, LogTally, OutcomeIndex, Traffic};
+pub use counters::{EventTally, KindIndex, LinkTally, LogTally, OutcomeIndex, Traffic};
 pub use counters::{ShardLoad, ShardStats, StageLatencies, Stalls};
 pub use durability::{Durability, LogSync, ReplayError};
+pub use links::{ERROR_CODE_LINK_PROTOCOL, ERROR_CODE_LINK_REFUSED, LinkDest, LinkError, LinkPoll};
 pub use mesh::{ArchiveBatch, BatchEntry, MeshBatch, MeshOutput};
 pub use routing::{LocalEvent, NodeLease, Route};
 pub use stop::ERROR_CODE_SHUTTING_DOWN;
@@ -106,6 +109,13 @@ pub struct ShardConfig {
     pub shed_interval_ns: u64,
     /// Whether applied events are logged, and whether their replies wait for the log.
     pub durability: Durability,
+    /// The cluster this node belongs to (`trove node --cluster-name`); `None` for a single
+    /// node, which accepts no links and answers events owned elsewhere `Moved`.
+    pub cluster: Option<String>,
+    /// What this shard may have in flight at each shard of another node over a link: its
+    /// share of that shard's link budget (enforced here, checked again there). The same on
+    /// every node: a receiver grants it to every source.
+    pub link_budget_per_source: Credit,
 }
 
 impl ShardConfig {
@@ -134,6 +144,11 @@ impl ShardConfig {
             shed_target_ns: SHED_TARGET_MS_DEFAULT * 1_000_000,
             shed_interval_ns: SHED_BURST_MS_MAX * 1_000_000,
             durability: Durability::Memory,
+            cluster: None,
+            link_budget_per_source: Credit::new(
+                LINK_EVENTS_INFLIGHT_PER_SOURCE_MAX,
+                LINK_BYTES_INFLIGHT_PER_SOURCE_MAX,
+            ),
         }
     }
 }
@@ -179,6 +194,8 @@ pub struct ShardCore {
     faults: faults::FaultState,
     /// Log records owed to the shell and replies waiting for them (see [`durability`]).
     durability: durability::DurabilityState,
+    /// Links to and from shards of other nodes (see [`links`]).
+    links: links::Links,
 }
 
 impl ShardCore {
@@ -209,6 +226,7 @@ impl ShardCore {
             stopping: false,
             frame_dispatched_arrived_ns: None,
             durability: durability::DurabilityState::new(config.durability),
+            links: links::Links::default(),
             stats: ShardStats {
                 shard: shard.0,
                 // The log-sync stage only for a shard that logs (its histogram is 220 KiB).
@@ -261,7 +279,7 @@ impl ShardCore {
     /// since the node's lease came back) keep their state and answer `Unavailable`. Clients
     /// behind the new epoch get the new map with their next replies. An older or equal epoch
     /// is ignored; a placement that does not fit this node is refused.
-    pub fn handle_placement(&mut self, _now_ns: u64, placement: Placement) -> Result<(), MapError> {
+    pub fn handle_placement(&mut self, now_ns: u64, placement: Placement) -> Result<(), MapError> {
         if placement.epoch() <= self.placement.epoch() {
             return Ok(());
         }
@@ -285,6 +303,7 @@ impl ShardCore {
         self.placement = placement;
         self.placed = true;
         self.adopt_placement();
+        self.fail_links_to_absent_owners(now_ns);
         Ok(())
     }
 
@@ -357,6 +376,7 @@ impl ShardCore {
             stats.mesh_inflight_peak.events = stats.mesh_inflight_peak.events.max(peak.events);
             stats.mesh_inflight_peak.bytes = stats.mesh_inflight_peak.bytes.max(peak.bytes);
         }
+        stats.link_inflight_peak = self.link_inflight_peak();
         stats
     }
 
@@ -401,6 +421,8 @@ impl ShardCore {
             load.mesh_capacity.1 += u64::from(capacity.bytes);
             load.mesh_batches_queued += peer.batches_queued() as u64;
         }
+        (load.link_held, load.link_capacity) = self.link_load();
+        load.links_open = self.links_open() as u64;
         for connection in self.connections.iter() {
             let bytes = connection.out.len() + connection.writing_bytes;
             load.reply_bytes_queued += bytes as u64;
@@ -451,10 +473,11 @@ impl ShardCore {
             .flatten()
             .fold(self.durability.held_credit(), |sum, peer| {
                 sum.plus(peer.credit.held())
-            });
+            })
+            .plus(self.links.held());
         if at_peers != away {
             return Err(format!(
-                "{} holds {:?} of mesh credit at its peers but its forwarded events hold {:?}",
+                "{} holds {:?} of mesh and link credit at its peers (and for replies waiting for the log) but its forwarded events hold {:?}",
                 self.shard, at_peers, away
             ));
         }

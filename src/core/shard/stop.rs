@@ -68,6 +68,7 @@ impl ShardCore {
         self.stopping
             && self.connections_drained()
             && self.peers.iter().flatten().all(|peer| peer.closed())
+            && self.links.inbound_drained()
     }
 
     /// Credit came back or a connection ended: once a stopping shard has drained its
@@ -77,6 +78,7 @@ impl ShardCore {
             for peer in 0..self.peers.len() {
                 self.list_mesh_ready(crate::core::ids::ShardId(peer as u16));
             }
+            self.links.list_all_ready();
         }
     }
 }

@@ -23,6 +23,9 @@ use crate::core::shard::{
 #[path = "tests_placement.rs"]
 mod placement_tests;
 
+#[path = "tests_links.rs"]
+mod link_tests;
+
 const BIG: u32 = 1 << 30;
 
 fn placement(shards: usize) -> Placement {

@@ -1,0 +1,400 @@
+//! The sockets of links between nodes: the outgoing side (connect, hello, the writer of
+//! `LinkEvents` frames and the reader of `LinkReplies`) and the inbound side (a connection
+//! on a shard's port whose first frame is a `LinkHello`: the reader of `LinkEvents` and the
+//! writer of `LinkReplies`). Bytes only: what goes in the frames and what a failure answers
+//! is the core's (`core::shard::links`), the outgoing link's lifecycle is the runtime's
+//! (`runtime::link`). Everything here runs on the shard's executor.
+
+use std::future::Future;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::future::or;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::constants::LINK_CONNECT_MS_MAX;
+use crate::core::codec::{
+    Decoded, FrameBuilder, FrameKind, ReceiveBuffer, ValidatedFrame, decode_frame, decode_header,
+};
+use crate::core::ids::ConnectionId;
+use crate::core::message::{ArchivedErrorMessage, ArchivedLinkAccepted};
+use crate::core::shard::LinkDest;
+use crate::net::transport::dup_stream;
+use crate::runtime::link::LinkEnd;
+use crate::runtime::shard::{LinkSignals, Shard};
+use crate::runtime::stall::spawn_timed;
+use crate::runtime::wait::{Latch, WaitQueue};
+
+/// Whether the bytes a new connection sent first are a link's hello.
+pub(crate) fn starts_with_link_hello(bytes: &[u8]) -> bool {
+    matches!(decode_header(bytes), Ok(Some(header)) if header.kind == FrameKind::LinkHello)
+}
+
+/// The connector of outgoing links (see [`crate::runtime::link::LinkConnector`]).
+pub(crate) fn connector(
+    shard: Rc<Shard>,
+    dest: LinkDest,
+    signals: Rc<LinkSignals>,
+) -> Pin<Box<dyn Future<Output = LinkEnd>>> {
+    Box::pin(run_connection(shard, dest, signals))
+}
+
+fn failed(connected: bool, reason: impl Into<String>) -> LinkEnd {
+    LinkEnd::Failed {
+        connected,
+        reason: reason.into(),
+    }
+}
+
+async fn run_connection(shard: Rc<Shard>, dest: LinkDest, signals: Rc<LinkSignals>) -> LinkEnd {
+    let broken = signals.broken.borrow().clone();
+    let handshake = or(async { handshake(&shard, dest).await }, async {
+        or(
+            glommio::timer::sleep(Duration::from_millis(LINK_CONNECT_MS_MAX)),
+            broken.wait(),
+        )
+        .await;
+        Err(format!(
+            "no answer to the link hello within {LINK_CONNECT_MS_MAX} ms"
+        ))
+    });
+    let (mut stream, input) = match handshake.await {
+        Ok(connected) => connected,
+        Err(reason) => return failed(false, reason),
+    };
+    let reader = match dup_stream(&stream) {
+        Ok(reader) => reader,
+        Err(error) => return failed(true, error.to_string()),
+    };
+    let reading = spawn_timed(read_replies(
+        shard.clone(),
+        dest,
+        reader,
+        input,
+        broken.clone(),
+    ));
+    let end = write_events(&shard, dest, &signals, &mut stream, &broken).await;
+    broken.set();
+    let _ = stream.close().await;
+    reading.await;
+    end
+}
+
+/// Where `dest` is reached: an IP literal, or a name (resolved here, on the shard: links
+/// are opened rarely, and a node's advertised host is normally an address).
+fn address_of(shard: &Shard, dest: LinkDest) -> Result<SocketAddr, String> {
+    let (host, port) = shard.link_address(dest).ok_or_else(|| {
+        format!(
+            "the placement has no address for node {} shard {}",
+            dest.node.0, dest.shard.0
+        )
+    })?;
+    (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|error| format!("cannot resolve {host}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{host} resolves to no address"))
+}
+
+/// Connects to `dest`, sends the hello and waits for the acceptance, which the core checks.
+async fn handshake(shard: &Shard, dest: LinkDest) -> Result<(TcpStream, ReceiveBuffer), String> {
+    let addr = address_of(shard, dest)?;
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|error| format!("cannot connect to {addr}: {error}"))?;
+    let _ = stream.set_nodelay(true);
+    stream
+        .write_all(&shard.link_hello_frame())
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut input = ReceiveBuffer::new();
+    loop {
+        let frame_len = match decode_frame(input.pending()).map_err(|error| error.to_string())? {
+            Decoded::Frame { header, body, .. } => {
+                return match header.kind {
+                    FrameKind::LinkAccepted => {
+                        let accepted =
+                            ValidatedFrame::<ArchivedLinkAccepted>::validate(header.kind, body)
+                                .map_err(|error| error.to_string())?
+                                .first()
+                                .ok_or("an empty link acceptance")?
+                                .get();
+                        shard
+                            .link_connected(dest, accepted)
+                            .map_err(|error| error.to_string())?;
+                        let len = crate::constants::FRAME_HEADER_BYTES + body.len();
+                        input.consume(len);
+                        Ok((stream, input))
+                    }
+                    FrameKind::Error => Err(error_text(body)),
+                    kind => Err(format!("a {kind:?} frame instead of the link acceptance")),
+                };
+            }
+            Decoded::NeedMore { frame_len } => frame_len,
+        };
+        match stream.read(input.spare(frame_len)).await {
+            Ok(0) => return Err("the peer closed the link during its handshake".into()),
+            Ok(len) => input.filled(len),
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+}
+
+fn error_text(body: &[u8]) -> String {
+    ValidatedFrame::<ArchivedErrorMessage>::validate(FrameKind::Error, body)
+        .ok()
+        .and_then(|frame| frame.first())
+        .map_or_else(
+            || "the peer refused the link".to_string(),
+            |message| format!("refused: {}", message.get().message.as_str()),
+        )
+}
+
+/// Writes what the core has for the link until it closes or breaks.
+async fn write_events(
+    shard: &Shard,
+    dest: LinkDest,
+    signals: &LinkSignals,
+    stream: &mut TcpStream,
+    broken: &Latch,
+) -> LinkEnd {
+    let mut out = Vec::new();
+    loop {
+        let next = or(
+            async {
+                Some(
+                    signals
+                        .queue
+                        .until(|| shard.poll_link(dest, &mut out))
+                        .await,
+                )
+            },
+            async {
+                broken.wait().await;
+                None
+            },
+        )
+        .await;
+        match next {
+            Some(crate::core::shard::LinkPoll::Write(_)) => {
+                let written = or(async { stream.write_all(&out).await.is_ok() }, async {
+                    broken.wait().await;
+                    false
+                })
+                .await;
+                out.clear();
+                if !written {
+                    return failed(true, "the link's socket failed while writing");
+                }
+            }
+            Some(crate::core::shard::LinkPoll::Close) => return LinkEnd::Closed,
+            Some(crate::core::shard::LinkPoll::Connect) | None => {
+                return failed(true, "the link broke");
+            }
+        }
+    }
+}
+
+/// Hands the replies on the link to the core until the link breaks.
+async fn read_replies(
+    shard: Rc<Shard>,
+    dest: LinkDest,
+    mut stream: TcpStream,
+    mut input: ReceiveBuffer,
+    broken: Rc<Latch>,
+) {
+    loop {
+        let frame_len = loop {
+            match decode_frame(input.pending()) {
+                Ok(Decoded::Frame {
+                    header,
+                    body,
+                    frame_len,
+                }) => {
+                    if header.kind != FrameKind::LinkReplies
+                        || shard.link_replies(dest, body).is_err()
+                    {
+                        broken.set();
+                        return;
+                    }
+                    input.consume(frame_len);
+                }
+                Ok(Decoded::NeedMore { frame_len }) => break frame_len,
+                Err(_) => {
+                    broken.set();
+                    return;
+                }
+            }
+        };
+        let read = or(
+            async { Some(stream.read(input.spare(frame_len)).await) },
+            async {
+                broken.wait().await;
+                None
+            },
+        )
+        .await;
+        match read {
+            Some(Ok(len)) if len > 0 => input.filled(len),
+            _ => {
+                broken.set();
+                return;
+            }
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// Serves a connection whose first bytes (in `input`) are a link's hello: answers it, then
+/// applies the events the link carries and writes their replies, until either side ends.
+pub(crate) async fn serve_inbound(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    mut input: ReceiveBuffer,
+) {
+    let whole = or(
+        async { read_whole_frame(&mut stream, &mut input).await },
+        async {
+            glommio::timer::sleep(Duration::from_millis(LINK_CONNECT_MS_MAX)).await;
+            false
+        },
+    )
+    .await;
+    if !whole {
+        let _ = stream.close().await;
+        return;
+    }
+    let mut answer = FrameBuilder::new();
+    let accepted = match decode_frame(input.pending()) {
+        Ok(Decoded::Frame {
+            header,
+            body,
+            frame_len,
+        }) => Some((shard.link_hello(&header, body, &mut answer), frame_len)),
+        _ => None,
+    };
+    let Some((accepted, frame_len)) = accepted else {
+        let _ = stream.close().await;
+        return;
+    };
+    input.consume(frame_len);
+    let _ = stream.write_all(answer.bytes()).await;
+    let Some((link, queue)) = accepted else {
+        let _ = stream.close().await;
+        return;
+    };
+    let Ok(writer) = dup_stream(&stream) else {
+        shard.link_closed(link);
+        let _ = stream.close().await;
+        return;
+    };
+    let done = Rc::new(Latch::new());
+    let writing = spawn_timed(write_replies(
+        shard.clone(),
+        link,
+        queue,
+        writer,
+        done.clone(),
+    ));
+    read_events(&shard, link, &mut stream, input, &done).await;
+    done.set();
+    writing.await;
+    shard.link_closed(link);
+    let _ = stream.close().await;
+}
+
+/// Reads until `input` holds a whole frame at its front; false if the stream ended first.
+async fn read_whole_frame(stream: &mut TcpStream, input: &mut ReceiveBuffer) -> bool {
+    loop {
+        let frame_len = match decode_frame(input.pending()) {
+            Ok(Decoded::Frame { .. }) => return true,
+            Ok(Decoded::NeedMore { frame_len }) => frame_len,
+            Err(_) => return false,
+        };
+        match stream.read(input.spare(frame_len)).await {
+            Ok(len) if len > 0 => input.filled(len),
+            _ => return false,
+        }
+    }
+}
+
+async fn read_events(
+    shard: &Shard,
+    link: ConnectionId,
+    stream: &mut TcpStream,
+    mut input: ReceiveBuffer,
+    done: &Latch,
+) {
+    loop {
+        let frame_len = loop {
+            match decode_frame(input.pending()) {
+                Ok(Decoded::Frame {
+                    header,
+                    body,
+                    frame_len,
+                }) => {
+                    if header.kind != FrameKind::LinkEvents
+                        || shard.link_events(link, body).is_err()
+                    {
+                        return;
+                    }
+                    input.consume(frame_len);
+                }
+                Ok(Decoded::NeedMore { frame_len }) => break frame_len,
+                Err(_) => return,
+            }
+        };
+        let read = or(
+            async { Some(stream.read(input.spare(frame_len)).await) },
+            async {
+                done.wait().await;
+                None
+            },
+        )
+        .await;
+        match read {
+            Some(Ok(len)) if len > 0 => input.filled(len),
+            _ => return,
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+async fn write_replies(
+    shard: Rc<Shard>,
+    link: ConnectionId,
+    queue: Rc<WaitQueue>,
+    mut stream: TcpStream,
+    done: Rc<Latch>,
+) {
+    let mut out = Vec::new();
+    loop {
+        let ready = or(
+            async {
+                shard.until_link_replies(link, &queue, &mut out).await;
+                true
+            },
+            async {
+                done.wait().await;
+                false
+            },
+        )
+        .await;
+        if !ready {
+            return;
+        }
+        let written = or(async { stream.write_all(&out).await.is_ok() }, async {
+            done.wait().await;
+            false
+        })
+        .await;
+        out.clear();
+        if !written {
+            done.set();
+            return;
+        }
+    }
+}
