@@ -1,8 +1,10 @@
 //! `trove node` as an operator runs it: it serves until SIGTERM or SIGINT and then stops
 //! cleanly, and on a host that cannot run it, it says what to change instead of panicking.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::process::Command;
 use std::time::Duration;
 
 use trove::client::{self, ClientConfig, Incoming};
@@ -10,37 +12,12 @@ use trove::constants::{PARTITIONS_DEFAULT, node_memory_bytes_max};
 use trove::core::ids::{HuntId, PlayerId};
 use trove::core::message::{Event, EventKind, HuntSpec};
 
-fn trove() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_trove"))
-}
+use support::{COMMAND_WAIT, ChildNode, run_bounded, trove, trove_binary};
 
 #[test]
 fn a_node_serves_until_sigterm_then_stops_cleanly() {
-    let mut node = trove()
-        .args([
-            "node",
-            "--listen",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--shards",
-            "2",
-            "--metrics-listen",
-            "off",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(node.stdout.take().unwrap());
-    let mut banner = String::new();
-    stdout.read_line(&mut banner).unwrap();
-    let addr = banner
-        .split_whitespace()
-        .find(|word| word.starts_with("127.0.0.1:"))
-        .unwrap_or_else(|| panic!("no address in `{banner}`"))
-        .parse()
-        .unwrap();
+    let node = ChildNode::start(&["--listen", "127.0.0.1", "--port", "0", "--shards", "2"]);
+    let addr = node.addr;
     let (mut sender, mut receiver) = client::connect(&ClientConfig::new(addr)).unwrap();
     for hunt in 0..50u64 {
         let kind = EventKind::CreateHunt(HuntSpec::default());
@@ -62,12 +39,8 @@ fn a_node_serves_until_sigterm_then_stops_cleanly() {
             other => panic!("unexpected {:?}", other.map(|_| ())),
         }
     }
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(node.id() as i32, libc::SIGTERM) };
-    let status = node.wait().unwrap();
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    assert!(status.success(), "the node exited with {status}: {rest}");
+    // SIGTERM; panics unless the node exits with success within its bound.
+    let rest = node.stop();
     assert!(rest.contains("stopping"), "{rest}");
     // The budget line states the sum in `constants` for this node's partitions and shards.
     let budget_mib = node_memory_bytes_max(PARTITIONS_DEFAULT as usize, 2).div_ceil(1 << 20);
@@ -97,12 +70,13 @@ fn a_node_serves_until_sigterm_then_stops_cleanly() {
 #[test]
 fn a_memlock_limit_too_low_is_explained_not_panicked() {
     for tool in ["node --port 0 --metrics-listen off", "bench --duration 1"] {
-        let output = Command::new("sh")
-            .arg("-c")
-            .arg(format!("ulimit -l 64 && exec \"$0\" {tool}"))
-            .arg(env!("CARGO_BIN_EXE_trove"))
-            .output()
-            .unwrap();
+        let output = run_bounded(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("ulimit -l 64 && exec \"$0\" {tool}"))
+                .arg(trove_binary()),
+            COMMAND_WAIT,
+        );
         let text = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{tool}: {text}");
         assert!(
@@ -120,7 +94,7 @@ fn bad_node_flags_are_usage_errors() {
         (vec!["--cpus", "1000"], "affinity mask"),
         (vec!["--cpus", "3-1"], "CPU list"),
     ] {
-        let output = trove().arg("node").args(&flags).output().unwrap();
+        let output = run_bounded(trove().arg("node").args(&flags), COMMAND_WAIT);
         let text = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{flags:?}: {text}");
         assert!(text.contains(expected), "{flags:?}: {text}");

@@ -15,6 +15,11 @@ use trove::host::affinity::allowed_cpus;
 use trove::node::{Node, NodeConfig};
 use trove::runtime::executors::EXIT_SHARD_DIED;
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{COMMAND_WAIT, run_bounded};
+
 /// glommio 0.9 counts a task's wakers in 16 bits: 32,767 re-polls of one pending I/O future
 /// panic its shard. A few hundred past that proves the node does not re-poll on closes.
 const CONNECTIONS: usize = 33_000;
@@ -107,15 +112,16 @@ fn a_dead_shard_stops_the_whole_node_with_one_line_and_a_nonzero_exit() {
         std::process::exit(0);
     }
     let started = Instant::now();
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_dead_shard_stops_the_whole_node_with_one_line_and_a_nonzero_exit",
-            "--nocapture",
-        ])
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
+    let output = run_bounded(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_dead_shard_stops_the_whole_node_with_one_line_and_a_nonzero_exit",
+                "--nocapture",
+            ])
+            .env(CHILD, "1"),
+        COMMAND_WAIT,
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(EXIT_SHARD_DIED), "{stderr}");
     assert!(

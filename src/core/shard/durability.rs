@@ -259,7 +259,6 @@ impl ShardCore {
             return;
         }
         self.durability.durable_lsn = lsn;
-        let mut released = false;
         while self
             .durability
             .held
@@ -268,11 +267,10 @@ impl ShardCore {
         {
             let (_, held) = self.durability.held.pop_front().expect("checked");
             self.release_held(now_ns, held);
-            released = true;
         }
-        if released {
-            self.after_release();
-        }
+        // Even when no reply was held: in async mode the sync can be the last thing a stopping
+        // shard waits for (its replies left before it), and its flushers look only when listed.
+        self.after_release();
     }
 
     /// The highest LSN reported durable.
@@ -764,6 +762,44 @@ mod tests {
         assert_eq!(seqs(&replies), [1, 2]);
         assert!(matches!(replies[1].outcome, Outcome::Error { .. }));
         core.check_credit().unwrap();
+    }
+
+    #[test]
+    fn a_sync_that_drains_a_stopping_shard_has_its_flushers_say_no_more_events() {
+        // Async mode: the reply leaves before its record is durable, so the connection can be
+        // gone before the last sync. A flusher looks only when listed: unlisted, the peer never
+        // hears "no more events" and the node never stops.
+        let mut core = cores(2, Durability::Async).remove(0);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(2, 0, 0);
+        offer(
+            &mut core,
+            conn,
+            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
+        );
+        assert_eq!(seqs(&written(&mut core, conn)), [1]);
+        assert_eq!(logged(&mut core).len(), 1);
+        core.handle_stop(0);
+        core.handle_read_closed(0, conn, Ok(()));
+        core.handle_closed(0, conn, crate::core::shard::CloseReason::Finished);
+        while core.poll_mesh_ready().is_some() {}
+        assert!(!core.connections_drained(), "record 1 is not durable yet");
+        let sync = LogSync {
+            lsn: 1,
+            write_to_sync_ns: 1,
+            bytes_written: 4096,
+        };
+        core.handle_log_synced(0, sync);
+        assert!(core.connections_drained());
+        assert_eq!(
+            core.poll_mesh_ready(),
+            Some(ShardId(1)),
+            "the flusher looks"
+        );
+        assert!(matches!(
+            core.poll_mesh(ShardId(1)),
+            Some(MeshOutput::Batch(batch)) if batch.no_more_events()
+        ));
     }
 
     #[test]
