@@ -253,14 +253,13 @@ fn a_node_killed_and_restarted_on_its_data_dir_gets_its_partitions_back_with_the
     let recovered: usize = printed
         .iter()
         .find_map(|line| {
-            line.split("recovered ")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()
+            let before = line
+                .split(" events replayed")
+                .next()
+                .filter(|b| b.len() < line.len())?;
+            before.rsplit(' ').next()?.parse().ok()
         })
-        .unwrap_or_else(|| panic!("the restarted node says what it recovered: {printed:?}"));
+        .unwrap_or_else(|| panic!("the restarted node says what it replayed: {printed:?}"));
     assert_eq!(recovered, events.len() + 1, "{printed:?}");
 }
 

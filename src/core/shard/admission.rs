@@ -134,8 +134,13 @@ impl ShardCore {
         let epoch = self.placement.epoch();
         let connection = self.connections.get_mut(id).expect("checked above");
         connection.frame = None;
-        if sender_epoch < epoch && connection.map_epoch_sent < epoch {
+        // The owner hint: a client whose events had to go to another node learns the owners
+        // (once per connection; a client that knows no map sends epoch 0, and a new
+        // connection counts as up to date with the placement it opened under).
+        let hint = std::mem::take(&mut connection.sent_to_other_node) && !connection.owner_hinted;
+        if sender_epoch < epoch && (connection.map_epoch_sent < epoch || hint) {
             // The client routes by an older map: send it the current one with its replies.
+            connection.owner_hinted |= hint;
             self.queue_map(id);
         }
         Ok(FrameProgress::Done)
@@ -212,6 +217,9 @@ impl ShardCore {
                 self.stats.events_forwarded += 1;
             }
             Route::Node(node, shard) => {
+                if let Some(connection) = self.connections.get_mut(id) {
+                    connection.sent_to_other_node = true;
+                }
                 return self.dispatch_to_node(now_ns, id, archive, LinkDest { node, shard });
             }
         }

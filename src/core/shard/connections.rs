@@ -111,6 +111,12 @@ pub(super) struct Connection {
     pub socket_closed: bool,
     /// The newest map epoch this connection was sent.
     pub map_epoch_sent: Epoch,
+    /// An event of the frame being dispatched was for another node's partition: its sender
+    /// routes by an older map, or by none (see `owner_hinted`).
+    pub sent_to_other_node: bool,
+    /// The connection was sent the map because its events had to go to another node (the
+    /// owner hint): once, then again only when the placement changes.
+    pub owner_hinted: bool,
     /// Listed in the shard's writable list (so it is listed once).
     pub writable_listed: bool,
     /// The last time it sent a frame, had replies written, or connected.
@@ -232,6 +238,8 @@ impl Connections {
             error_queued: false,
             socket_closed: false,
             map_epoch_sent: epoch,
+            sent_to_other_node: false,
+            owner_hinted: false,
             writable_listed: false,
             last_active_ns: now_ns,
             write_watch_ns: None,

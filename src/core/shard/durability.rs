@@ -441,26 +441,11 @@ impl ShardCore {
         reply: &Reply,
         entry: &BatchEntry,
     ) -> bool {
-        if !self.durability.logs() {
-            return false;
-        }
-        if let Some((local, archive)) = applied {
-            self.durability.log(local.partition(), archive);
-        }
-        if !self.durability.must_hold(applied.is_some()) {
-            return false;
-        }
-        let state = &mut self.durability;
-        let lsn = state.last_lsn();
-        state.held.push_back((
-            lsn,
-            HeldReply::Peer {
-                from,
-                reply: reply.clone(),
-                entry: *entry,
-            },
-        ));
-        true
+        self.log_and_hold_remote(applied, || HeldReply::Peer {
+            from,
+            reply: reply.clone(),
+            entry: *entry,
+        })
     }
 
     /// The reply to the event with `token` of inbound link `link`: logged when it was applied
@@ -474,6 +459,22 @@ impl ShardCore {
         applied: Option<(LocalEvent, &[u8])>,
         reply: &Reply,
     ) -> bool {
+        self.log_and_hold_remote(applied, || HeldReply::Link {
+            link,
+            token,
+            reply: reply.clone(),
+            credit,
+        })
+    }
+
+    /// What replies to another shard's or node's events share: the record is logged when
+    /// the event was applied here, and the reply (made by `held` only when needed) waits for
+    /// its sync when the mode asks. Returns whether it was held.
+    fn log_and_hold_remote(
+        &mut self,
+        applied: Option<(LocalEvent, &[u8])>,
+        held: impl FnOnce() -> HeldReply,
+    ) -> bool {
         if !self.durability.logs() {
             return false;
         }
@@ -483,17 +484,8 @@ impl ShardCore {
         if !self.durability.must_hold(applied.is_some()) {
             return false;
         }
-        let state = &mut self.durability;
-        let lsn = state.last_lsn();
-        state.held.push_back((
-            lsn,
-            HeldReply::Link {
-                link,
-                token,
-                reply: reply.clone(),
-                credit,
-            },
-        ));
+        let lsn = self.durability.last_lsn();
+        self.durability.held.push_back((lsn, held()));
         true
     }
 

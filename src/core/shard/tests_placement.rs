@@ -330,3 +330,38 @@ fn a_map_too_large_for_one_frame_is_answered_with_an_error_not_a_panic() {
     assert!(received.maps.is_empty(), "no map cut short");
     assert_eq!(received.errors, 1, "an error frame says why");
 }
+
+#[test]
+fn a_client_whose_events_belong_to_another_node_is_sent_the_map_once_as_the_owner_hint() {
+    let mut core = cluster_shard(halves(10, 10));
+    core.handle_lease(
+        0,
+        NodeLease::Confirmed {
+            registered: Epoch(5),
+        },
+    );
+    let (mine, theirs) = (hunt_in(0, 0), hunt_in(1, 0));
+    // A client with no map (epoch 0) whose events are all this shard's learns nothing new.
+    let local = core.handle_connect(0).unwrap();
+    assert_eq!(
+        offer(&mut core, local, &frame(&[create(1, mine)], 0)),
+        FrameProgress::Done
+    );
+    assert_eq!(write_all(&mut core, local).maps, Vec::<u32>::new());
+    // One whose event belongs to the other node gets the map with its answer, once.
+    let stale = core.handle_connect(0).unwrap();
+    for seq in 2..4 {
+        let sent = frame(&[create(seq, theirs)], 0);
+        assert_eq!(offer(&mut core, stale, &sent), FrameProgress::Done);
+        let received = write_all(&mut core, stale);
+        assert_eq!(received.replies.len(), 1);
+        let hinted = if seq == 2 { vec![10] } else { vec![] };
+        assert_eq!(received.maps, hinted, "frame {seq}");
+    }
+    // A client already on the current map is not sent it again.
+    let current = core.handle_connect(0).unwrap();
+    let sent = frame(&[create(4, theirs)], 10);
+    assert_eq!(offer(&mut core, current, &sent), FrameProgress::Done);
+    assert_eq!(write_all(&mut core, current).maps, Vec::<u32>::new());
+    core.check_credit().unwrap();
+}
