@@ -47,7 +47,7 @@ use crate::core::message::{
 use crate::core::shard::ShardCore;
 use crate::core::shard::counters::KindIndex;
 use crate::core::shard::mesh::BatchEntry;
-use crate::core::shard::routing::{Route, reply_to};
+use crate::core::shard::routing::reply_to;
 
 /// Error code of the frame that refuses a link at its handshake. Codes below 100 are
 /// `FrameError` codes; 100–102 are the connection limit, authentication and shutdown.
@@ -814,28 +814,19 @@ impl ShardCore {
         archive: ValidatedArchive<'_, ArchivedEvent>,
         token: u64,
     ) {
-        let event = archive.get();
         let credit = Credit::new(1, archive.bytes().len() as u32);
         let (reply, applied) = if self.stopping {
             self.stats.shutting_down_replies += 1;
+            let event = archive.get();
             let outcome = Outcome::Error {
                 error: EventError::ShuttingDown,
             };
-            (reply_to(event, outcome), None)
+            let reply = reply_to(event, outcome);
+            self.stats.events.count(&event.kind, &reply.outcome);
+            (reply, None)
         } else {
-            match self.route_or_answer(event) {
-                Ok(Route::Local(local)) => {
-                    self.stats.events_applied_for_peers += 1;
-                    (self.apply(local, event), Some((local, archive.bytes())))
-                }
-                Ok(_) => {
-                    self.stats.events_moved += 1;
-                    (reply_to(event, self.moved(event)), None)
-                }
-                Err(outcome) => (reply_to(event, outcome), None),
-            }
+            self.apply_for_peer(archive)
         };
-        self.stats.events.count(&event.kind, &reply.outcome);
         if !self.hold_link_reply(link, token, credit, applied, &reply) {
             self.queue_link_reply(now_ns, link, token, &reply, credit);
         }

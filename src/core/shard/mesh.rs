@@ -22,7 +22,6 @@ use crate::core::credit::{Credit, CreditPool};
 use crate::core::ids::{ConnectionId, ShardId};
 use crate::core::message::{ArchivedEvent, ArchivedReply, Reply};
 use crate::core::shard::ShardCore;
-use crate::core::shard::routing::{Route, reply_to};
 
 /// What a batch keeps beside each archive: whose event it is, on its home shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,19 +252,7 @@ impl ShardCore {
         events: &ArchiveBatch<ArchivedEvent>,
     ) {
         for (archive, entry) in events.iter() {
-            let event = archive.get();
-            let (reply, applied) = match self.route_or_answer(event) {
-                Ok(Route::Local(local)) => {
-                    self.stats.events_applied_for_peers += 1;
-                    (self.apply(local, event), Some((local, archive.bytes())))
-                }
-                Ok(_) => {
-                    self.stats.events_moved += 1;
-                    (reply_to(event, self.moved(event)), None)
-                }
-                Err(outcome) => (reply_to(event, outcome), None),
-            };
-            self.stats.events.count(&event.kind, &reply.outcome);
+            let (reply, applied) = self.apply_for_peer(archive);
             if !self.hold_peer_reply(from, applied, &reply, entry) {
                 self.queue_peer_reply(now_ns, from, &reply, entry);
             }

@@ -14,6 +14,7 @@
 //! Shard-local, like the core.
 
 use crate::constants::PARTITION_ROUTE_BYTES;
+use crate::core::codec::ValidatedArchive;
 use crate::core::ids::{Epoch, NodeId, PartitionId, ShardId};
 use crate::core::message::{ArchivedEvent, EventError, Outcome, Reply};
 use crate::core::partition::{Owner, OwnerState};
@@ -150,6 +151,29 @@ impl ShardCore {
             shard: owner.shard.0,
             epoch: self.placement.epoch().get(),
         }
+    }
+
+    /// Re-routes an event another shard or node forwarded here and applies it if it is this
+    /// shard's; any other is answered (`Moved`, `Unavailable`), never forwarded again. Counts
+    /// it, and returns its reply with the partition and archive to log when it was applied.
+    pub(super) fn apply_for_peer<'a>(
+        &mut self,
+        archive: ValidatedArchive<'a, ArchivedEvent>,
+    ) -> (Reply, Option<(LocalEvent, &'a [u8])>) {
+        let event = archive.get();
+        let (reply, applied) = match self.route_or_answer(event) {
+            Ok(Route::Local(local)) => {
+                self.stats.events_applied_for_peers += 1;
+                (self.apply(local, event), Some((local, archive.bytes())))
+            }
+            Ok(_) => {
+                self.stats.events_moved += 1;
+                (reply_to(event, self.moved(event)), None)
+            }
+            Err(outcome) => (reply_to(event, outcome), None),
+        };
+        self.stats.events.count(&event.kind, &reply.outcome);
+        (reply, applied)
     }
 
     /// Applies an event this shard routed to itself, and builds its reply. A token from before
