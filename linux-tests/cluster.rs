@@ -175,7 +175,7 @@ fn three_nodes_register_one_becomes_controller_and_every_partition_is_placed_onc
         .args([
             "cluster",
             "status",
-            "--etcd",
+            "--cluster",
             &etcd.endpoint(),
             "--cluster-name",
             NAME,

@@ -338,6 +338,7 @@ fn bench_cluster_reports_per_node_counts_that_add_up_to_the_events_sent() {
         eprintln!("bench_cluster: skipped, etcd is not installed (apt-get install etcd-server)");
         return;
     }
+    let out = std::env::temp_dir().join(format!("trove-bench-cluster-{}", std::process::id()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_trove"))
         .args([
             "bench",
@@ -359,6 +360,8 @@ fn bench_cluster_reports_per_node_counts_that_add_up_to_the_events_sent() {
             "4",
             "--quiet",
         ])
+        .arg("--out")
+        .arg(&out)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -407,4 +410,22 @@ fn bench_cluster_reports_per_node_counts_that_add_up_to_the_events_sent() {
     assert_eq!(per_node.iter().sum::<u64>(), sent, "{text}");
     assert!(text.contains("inter-node messages per event"), "{text}");
     assert!(text.contains("CPU-seconds per million events"), "{text}");
+    // summary.json holds the same account.
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    let nodes = summary["cluster"]["nodes"]
+        .as_array()
+        .expect("cluster.nodes");
+    let applied: Vec<u64> = nodes
+        .iter()
+        .map(|node| node["events_applied"].as_u64().unwrap())
+        .collect();
+    assert_eq!(applied, per_node, "summary.json's cluster.nodes");
+    assert!(
+        summary["cluster"]["cpu_seconds_per_million_events"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
 }
