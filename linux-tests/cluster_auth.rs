@@ -3,7 +3,8 @@
 //! as clients, so three nodes with one secret serve a client (with the secret) for every
 //! partition over their links, and a node given another secret cannot be linked to: events
 //! for its partitions are answered `Unavailable` (or `OutcomeUnknown`), never applied there,
-//! and the node that tried says why, once. Each test skips, saying so, when `etcd` is not
+//! and the node that tried says why, once; a node without a secret and one with it cannot
+//! link either way, and each says why. Each test skips, saying so, when `etcd` is not
 //! installed, and stops everything it started (the processes also die with the test process).
 
 use std::path::PathBuf;
@@ -56,14 +57,15 @@ impl Drop for SecretFile {
     }
 }
 
-/// One-shard nodes, ids 1..; node `i` proves `secrets[i - 1]`. Keeps what each printed.
+/// One-shard nodes, ids 1..; node `i` proves `secrets[i - 1]` (or none). Keeps what each
+/// printed.
 struct Nodes {
     nodes: Vec<NodeProcess>,
     printed: Vec<Vec<String>>,
 }
 
 impl Nodes {
-    fn start(etcd: &EtcdProcess, secrets: &[&SecretFile]) -> Nodes {
+    fn start(etcd: &EtcdProcess, secrets: &[Option<&SecretFile>]) -> Nodes {
         let nodes: Vec<NodeProcess> = secrets
             .iter()
             .zip(1..)
@@ -77,9 +79,11 @@ impl Nodes {
                     partitions: PARTITIONS,
                     lease_ttl_s: 2,
                 };
-                let secret = secret.path.to_str().unwrap();
-                NodeProcess::start_with(&config, &["--auth-secret-file", secret])
-                    .expect("the node starts")
+                let flags = match secret {
+                    Some(secret) => vec!["--auth-secret-file", secret.path.to_str().unwrap()],
+                    None => Vec::new(),
+                };
+                NodeProcess::start_with(&config, &flags).expect("the node starts")
             })
             .collect();
         Nodes {
@@ -164,14 +168,13 @@ fn one_per_partition(player: u64, kind: impl Fn() -> EventKind) -> Vec<Event> {
         .collect()
 }
 
-/// Sends `events` to the node at `addr`, proving `secret`, on one connection; each event's
+/// Sends `events` to the node at `addr`, proving `secret` if any, on one connection; each event's
 /// outcome by client sequence, or `None` when not every one was answered within 10 s.
-fn outcomes_from(addr: &str, secret: &str, events: &[Event]) -> Option<Vec<Outcome>> {
+fn outcomes_from(addr: &str, secret: Option<&str>, events: &[Event]) -> Option<Vec<Outcome>> {
     let mut config = ClientConfig::new(addr.parse().unwrap());
     config.shard_aware = false;
-    config.auth = Some(Arc::new(
-        AuthSecret::from_file_contents(secret.as_bytes()).unwrap(),
-    ));
+    config.auth =
+        secret.map(|secret| Arc::new(AuthSecret::from_file_contents(secret.as_bytes()).unwrap()));
     let (mut sender, mut receiver) = connect(&config).ok()?;
     for event in events {
         sender.send(event).ok()?;
@@ -221,7 +224,7 @@ fn three_nodes_with_the_same_secret_serve_a_client_for_every_partition_over_link
         return;
     };
     let secret = SecretFile::new("same-secret", SECRET);
-    let mut nodes = Nodes::start(&etcd, &[&secret, &secret, &secret]);
+    let mut nodes = Nodes::start(&etcd, &[Some(&secret), Some(&secret), Some(&secret)]);
     let placement = wait_for(Duration::from_secs(15), "placement", || {
         settled_placement(&etcd, 3)
     });
@@ -237,7 +240,7 @@ fn three_nodes_with_the_same_secret_serve_a_client_for_every_partition_over_link
     // others' over links that had to authenticate.
     let probes = one_per_partition(1, || EventKind::Join);
     wait_for(Duration::from_secs(10), "every partition served", || {
-        let outcomes = outcomes_from(&asked, SECRET, &probes)?;
+        let outcomes = outcomes_from(&asked, Some(SECRET), &probes)?;
         outcomes
             .iter()
             .all(|outcome| *outcome == UNKNOWN_HUNT)
@@ -246,12 +249,16 @@ fn three_nodes_with_the_same_secret_serve_a_client_for_every_partition_over_link
 
     let created = outcomes_from(
         &asked,
-        SECRET,
+        Some(SECRET),
         &one_per_partition(1, || EventKind::CreateHunt(Default::default())),
     )
     .expect("every hunt creation answered");
-    let joined = outcomes_from(&asked, SECRET, &one_per_partition(2, || EventKind::Join))
-        .expect("every join answered");
+    let joined = outcomes_from(
+        &asked,
+        Some(SECRET),
+        &one_per_partition(2, || EventKind::Join),
+    )
+    .expect("every join answered");
     for p in 0..PARTITIONS as usize {
         assert_eq!(created[p], Outcome::Accepted { score: 0 }, "partition {p}");
         assert_eq!(joined[p], Outcome::Accepted { score: 0 }, "partition {p}");
@@ -271,7 +278,7 @@ fn a_node_with_another_secret_cannot_be_linked_to_and_the_linking_node_says_why(
         SecretFile::new("cluster-secret", SECRET),
         SecretFile::new("other-secret", OTHER_SECRET),
     );
-    let mut nodes = Nodes::start(&etcd, &[&secret, &secret, &other]);
+    let mut nodes = Nodes::start(&etcd, &[Some(&secret), Some(&secret), Some(&other)]);
     let placement = wait_for(Duration::from_secs(15), "placement", || {
         settled_placement(&etcd, 3)
     });
@@ -280,7 +287,7 @@ fn a_node_with_another_secret_cannot_be_linked_to_and_the_linking_node_says_why(
     let asked = nodes.addr(NodeId(1));
     let probes = one_per_partition(1, || EventKind::Join);
     wait_for(Duration::from_secs(10), "nodes 1 and 2 served", || {
-        let outcomes = outcomes_from(&asked, SECRET, &probes)?;
+        let outcomes = outcomes_from(&asked, Some(SECRET), &probes)?;
         (0..PARTITIONS as usize)
             .filter(|p| !outsider.contains(p))
             .all(|p| outcomes[p] == UNKNOWN_HUNT)
@@ -290,7 +297,8 @@ fn a_node_with_another_secret_cannot_be_linked_to_and_the_linking_node_says_why(
     // Twice, past the longest back-off: the link is tried again and fails again.
     let creations = one_per_partition(1, || EventKind::CreateHunt(Default::default()));
     for round in 0..2 {
-        let created = outcomes_from(&asked, SECRET, &creations).expect("every event answered");
+        let created =
+            outcomes_from(&asked, Some(SECRET), &creations).expect("every event answered");
         for (p, outcome) in created.iter().enumerate() {
             if outsider.contains(&p) {
                 assert!(
@@ -313,11 +321,61 @@ fn a_node_with_another_secret_cannot_be_linked_to_and_the_linking_node_says_why(
     let outsider_addr = nodes.addr(NodeId(3));
     let joined = outcomes_from(
         &outsider_addr,
-        OTHER_SECRET,
+        Some(OTHER_SECRET),
         &one_per_partition(2, || EventKind::Join),
     )
     .expect("node 3 answers its own clients");
     for &p in &outsider {
         assert_eq!(joined[p], UNKNOWN_HUNT, "partition {p} on node 3");
     }
+}
+
+#[test]
+fn a_node_without_the_secret_and_a_node_with_it_cannot_link_and_each_says_why() {
+    let Some(etcd) = etcd_or_skip("without_the_secret") else {
+        return;
+    };
+    let secret = SecretFile::new("with-and-without", SECRET);
+    let mut nodes = Nodes::start(&etcd, &[Some(&secret), None]);
+    let placement = wait_for(Duration::from_secs(15), "placement", || {
+        settled_placement(&etcd, 2)
+    });
+    let (with, without) = (NodeId(1), NodeId(2));
+    let probes = one_per_partition(1, || EventKind::Join);
+    for (asked, secret, peer) in [(without, None, with), (with, Some(SECRET), without)] {
+        let (own, others) = (owned_by(&placement, asked), owned_by(&placement, peer));
+        assert!(!others.is_empty(), "node {} owns partitions", peer.0);
+        let addr = nodes.addr(asked);
+        let outcomes = wait_for(Duration::from_secs(20), "own partitions served", || {
+            let outcomes = outcomes_from(&addr, secret, &probes)?;
+            own.iter()
+                .all(|&p| outcomes[p] == UNKNOWN_HUNT)
+                .then_some(outcomes)
+        });
+        for &p in &others {
+            assert!(
+                unavailable(&outcomes[p]),
+                "node {} answered {:?} for partition {p} of node {}",
+                asked.0,
+                outcomes[p],
+                peer.0
+            );
+        }
+    }
+    let told = format!("the link to node {} shard 0 failed: ", with.0);
+    let said = wait_for(Duration::from_secs(5), "a line", || {
+        let said = nodes.lines_with(without, &told);
+        (!said.is_empty()).then_some(said)
+    });
+    assert!(said[0].contains("requires authentication"), "{said:?}");
+    // The node with the secret waits for a challenge a node without one never sends.
+    let told = format!("the link to node {} shard 0 failed: ", without.0);
+    let said = wait_for(Duration::from_secs(5), "a line", || {
+        let said = nodes.lines_with(with, &told);
+        (!said.is_empty()).then_some(said)
+    });
+    assert!(
+        said[0].contains("sent no authentication challenge"),
+        "{said:?}"
+    );
 }
