@@ -8,16 +8,19 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::client::fetch_map;
+use crate::client::auth::read_secret_file;
+use crate::client::{connect_authenticated, fetch_map};
 use crate::cluster::etcd::EtcdClient;
-use crate::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess, find_on_path};
+use crate::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess, find_on_path, path_str};
 use crate::cluster::placement::OwnerState;
 use crate::cluster::status::ClusterStatus;
 use crate::constants::{BENCH_CLUSTER_SETTLE_MS_MAX, CLUSTER_LEASE_TTL_S_DEFAULT};
+use crate::core::auth::AuthSecret;
 use crate::core::ids::NodeId;
 use crate::metrics::scrape::NodeScrape;
 
@@ -54,6 +57,8 @@ pub struct LocalCluster {
     nodes: Vec<BenchNode>,
     seed: SocketAddr,
     etcd: EtcdProcess,
+    /// The nodes' shared secret, for the bench's own requests to them.
+    secret: Option<AuthSecret>,
 }
 
 /// One node's counters at one moment.
@@ -102,8 +107,13 @@ pub struct ClusterFigures {
 }
 
 impl LocalCluster {
-    /// Starts etcd and the nodes, and waits until every node serves the same settled placement.
-    pub fn start(spec: ClusterSpec, say: &mut dyn FnMut(&str)) -> Result<LocalCluster, String> {
+    /// Starts etcd and the nodes (each asking clients and the other nodes for the secret in
+    /// `auth_file`, if given), and waits until every node serves the same settled placement.
+    pub fn start(
+        spec: ClusterSpec,
+        auth_file: Option<&Path>,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<LocalCluster, String> {
         if find_on_path("etcd").is_none() {
             return Err(
                 "--cluster needs etcd, which is not on PATH: install it (apt-get install etcd-server)"
@@ -119,17 +129,25 @@ impl LocalCluster {
             spec.nodes,
             spec.shards_per_node
         ));
+        let secret = auth_file.map(read_secret_file).transpose()?;
+        let auth_args = match auth_file {
+            Some(path) => vec!["--auth-secret-file", path_str(path)?],
+            None => Vec::new(),
+        };
         let mut processes = Vec::with_capacity(spec.nodes);
         for node_id in 1..=spec.nodes as u32 {
-            processes.push(NodeProcess::start(&LocalNodeConfig {
-                trove: trove.clone(),
-                etcd: etcd.endpoint(),
-                cluster_name: CLUSTER_NAME.into(),
-                node_id,
-                shards: spec.shards_per_node,
-                partitions: spec.partitions,
-                lease_ttl_s: CLUSTER_LEASE_TTL_S_DEFAULT,
-            })?);
+            processes.push(NodeProcess::start_with(
+                &LocalNodeConfig {
+                    trove: trove.clone(),
+                    etcd: etcd.endpoint(),
+                    cluster_name: CLUSTER_NAME.into(),
+                    node_id,
+                    shards: spec.shards_per_node,
+                    partitions: spec.partitions,
+                    lease_ttl_s: CLUSTER_LEASE_TTL_S_DEFAULT,
+                },
+                &auth_args,
+            )?);
         }
         let seed = processes[0]
             .addr
@@ -158,6 +176,7 @@ impl LocalCluster {
             nodes,
             seed,
             etcd,
+            secret,
         };
         cluster.wait_every_node_has(
             status
@@ -264,8 +283,9 @@ impl LocalCluster {
                 .parse()
                 .map_err(|error| format!("node {}'s address: {error}", node.id))?;
             loop {
-                let fetched = crate::client::connect_stream(addr, Duration::from_secs(2))
-                    .and_then(|mut stream| fetch_map(&mut stream, Duration::from_secs(2)));
+                let timeout = Duration::from_secs(2);
+                let fetched = connect_authenticated(addr, timeout, self.secret.as_ref(), None)
+                    .and_then(|mut connection| fetch_map(&mut connection, timeout));
                 match fetched {
                     Ok(push) if push.map.epoch().get() >= epoch => break,
                     _ if Instant::now() > deadline => {

@@ -130,6 +130,10 @@ pub struct BenchConfig {
     /// The node's shared secret (`--auth-secret-file`); never written to a report.
     #[serde(skip)]
     pub auth: Option<Arc<AuthSecret>>,
+    /// The file `auth` was read from, handed to the nodes of a `--cluster` (each is a process
+    /// of its own and reads it itself); never written to a report.
+    #[serde(skip)]
+    pub auth_file: Option<PathBuf>,
     /// TLS to the target (`--tls-ca`, ...); never written to a report.
     #[serde(skip)]
     pub tls: Option<Arc<TlsClient>>,
@@ -337,6 +341,7 @@ impl BenchConfig {
                 Some(path) => Some(Arc::new(read_secret_file(path)?)),
                 None => None,
             },
+            auth_file: args.auth_secret_file.clone(),
             tls: match &args.tls_ca {
                 Some(ca) => Some(Arc::new(TlsClient::from_files(TlsClientFiles {
                     ca: ca.clone(),

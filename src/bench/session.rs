@@ -101,7 +101,9 @@ fn start_target(
                 shards_per_node: *shards_per_node,
                 partitions: *partitions,
             };
-            let cluster = LocalCluster::start(spec, &mut |line| progress.note(line))?;
+            let cluster = LocalCluster::start(spec, config.auth_file.as_deref(), &mut |line| {
+                progress.note(line)
+            })?;
             Ok((cluster.seed(), Started::Cluster(cluster)))
         }
         TargetConfig::Embedded {

@@ -14,7 +14,7 @@ use crate::cluster::etcd::EtcdClient;
 use crate::cluster::etcd::parse_endpoints;
 use crate::cluster::flags::ClusterFlags;
 use crate::cluster::keys::{ClusterKeys, NodeInfo};
-use crate::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess};
+use crate::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess, path_str};
 use crate::cluster::placement::{OwnerState, Placement};
 use crate::cluster::status::ClusterStatus;
 use crate::constants::{
@@ -288,6 +288,10 @@ pub struct UpArgs {
     /// it the nodes keep everything in memory
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<std::path::PathBuf>,
+    /// File holding the cluster's shared secret, given to every node: clients and the nodes'
+    /// links to each other must prove they know it (see `trove node --help`)
+    #[arg(long, value_name = "PATH")]
+    pub auth_secret_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -357,6 +361,10 @@ fn check_up(args: &UpArgs) -> Result<(), String> {
     crate::core::partition::Partitioner::new(args.partitions)
         .map_err(|error| format!("--partitions: {error}"))?;
     ClusterKeys::new(&args.cluster_name).map_err(|error| format!("--cluster-name: {error}"))?;
+    if let Some(path) = &args.auth_secret_file {
+        crate::client::auth::read_secret_file(path)?;
+        path_str(path).map_err(|error| format!("--auth-secret-file {error}"))?;
+    }
     if !(CLUSTER_LEASE_TTL_S_MIN..=CLUSTER_LEASE_TTL_S_MAX).contains(&args.lease_ttl_s) {
         return Err(format!(
             "--lease-ttl-s {}: give {CLUSTER_LEASE_TTL_S_MIN} to {CLUSTER_LEASE_TTL_S_MAX} seconds",
@@ -436,11 +444,16 @@ fn run_up(args: &UpArgs) -> i32 {
             partitions: args.partitions,
             lease_ttl_s: args.lease_ttl_s,
         };
-        let started = match node_data_dir(args, node_id) {
-            Ok(Some(dir)) => NodeProcess::start_with(&config, &["--data-dir", &dir]),
-            Ok(None) => NodeProcess::start(&config),
-            Err(message) => Err(message),
-        };
+        let started = node_data_dir(args, node_id).and_then(|dir| {
+            let mut extra = Vec::new();
+            if let Some(dir) = &dir {
+                extra.extend(["--data-dir", dir.as_str()]);
+            }
+            if let Some(path) = &args.auth_secret_file {
+                extra.extend(["--auth-secret-file", path_str(path)?]);
+            }
+            NodeProcess::start_with(&config, &extra)
+        });
         match started {
             Ok(node) => {
                 say(&format!(

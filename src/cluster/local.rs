@@ -30,6 +30,12 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// `path` as a command-line argument for a child: it must be valid UTF-8.
+pub fn path_str(path: &Path) -> Result<&str, String> {
+    path.to_str()
+        .ok_or_else(|| format!("{}: give a path that is valid UTF-8", path.display()))
+}
+
 /// A free TCP port on loopback (free when asked; another process could take it after).
 pub fn free_port() -> Result<u16, String> {
     TcpListener::bind("127.0.0.1:0")

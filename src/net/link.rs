@@ -3,9 +3,9 @@
 //! on a shard's port whose first frame is a `LinkHello`: the reader of `LinkEvents` and the
 //! writer of `LinkReplies`). A node with a shared secret authenticates its outgoing links as
 //! a client (`net::auth::authenticate_link`) before the hello; its inbound links pass the
-//! listener's handshake like any connection. Bytes only: what goes in the frames and what a failure answers
-//! is the core's (`core::shard::links`), the outgoing link's lifecycle is the runtime's
-//! (`runtime::link`). Everything here runs on the shard's executor.
+//! listener's handshake like any connection. Bytes only: what goes in the frames and what a
+//! failure answers is the core's (`core::shard::links`), the outgoing link's lifecycle is the
+//! runtime's (`runtime::link`). Everything here runs on the shard's executor.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
