@@ -3,9 +3,10 @@
 //! cut on request), another node's data dir is refused, and under load the data dir stays
 //! within `--log-disk-max-mb` while everything answered survives a restart after truncation.
 //! On a small loop-mounted ext4 filesystem (root, `mkfs.ext4` and loop devices needed; skipped
-//! with a message otherwise), a full disk makes the shards answer `DiskFull` and say so once,
-//! they take events again by themselves when space returns, and everything answered survives
-//! `kill -9`.
+//! with a message otherwise), a full disk (a snapshot, the first segment or a later one finding
+//! no room) makes the shards answer `DiskFull` and say so once, answers waiting for records
+//! that could not be written leave once they are, the shards take events again by themselves
+//! when space returns, and everything answered survives `kill -9`.
 //!
 //! The model is the engine's own state machine (`PartitionState`), fed the same events in the
 //! same per-hunt order: after each restart, each hunt's state on the node must be the model's
@@ -1123,5 +1124,85 @@ fn a_node_whose_first_segment_finds_no_space_refuses_events_until_it_can_allocat
     set_up(&mut node, &mut model, &mut seq);
     drop(node);
     let mut node = start_node(&dir, &[]).unwrap();
+    reconcile(&mut node, &mut model, &[], &HashMap::new(), &mut seq);
+}
+
+#[test]
+fn a_new_segment_that_finds_no_space_holds_its_records_answers_until_space_returns() {
+    let disk = match SmallDisk::new("rollover", 256) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED a_new_segment_that_finds_no_space...: cannot make a small filesystem ({why}); it needs root, mkfs.ext4 and loop devices"
+            );
+            return;
+        }
+    };
+    let dir = disk.mount.join("data");
+    // Snapshots small and often (they fit in the room left), segments never.
+    let flags = ["--snapshot-every-mb", "4", "--snapshot-every-s", "1"];
+    let mut node = start_node(&dir, &flags).unwrap();
+    let (mut model, mut seq) = (Model::new(), 0);
+    set_up(&mut node, &mut model, &mut seq);
+    let spare = disk.mount.join("spare");
+    std::fs::write(&spare, vec![0u8; 16 << 20]).unwrap();
+    let ballast = disk.fill();
+    std::fs::remove_file(&spare).unwrap();
+    // Space comes back a second after the first shard found none for its next segment; the
+    // records that went to that segment wait for it, and so do their answers.
+    let stderr = node.stderr.clone();
+    let freer = std::thread::spawn(move || {
+        let started = Instant::now();
+        let announced = || {
+            let lines = stderr.lock().unwrap();
+            lines
+                .iter()
+                .any(|line| line.contains("cannot allocate a log segment"))
+        };
+        while !announced() {
+            if started.elapsed() > Duration::from_secs(120) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        std::fs::remove_file(&ballast).unwrap();
+        true
+    });
+    let mut rng = Rng(5);
+    let (mut answered, mut refused) = (0, 0);
+    let started = Instant::now();
+    while !freer.is_finished() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no shard reached its second segment within 120 s"
+        );
+        let events = heavy_load(&mut rng, &mut seq, 10_000);
+        let replies = drive(&mut node, &events, None);
+        for event in &events {
+            let outcome = &replies[&event.client_seq].outcome;
+            if is_disk_full(outcome) {
+                refused += 1;
+                continue;
+            }
+            answered += 1;
+            assert_eq!(*outcome, model.apply(event), "event {}", event.client_seq);
+        }
+    }
+    assert!(freer.join().unwrap(), "no shard said it found no space");
+    wait_for_lines(&node, "works again", 1);
+    println!(
+        "{answered} events answered, {refused} refused DiskFull in {:.1} s; the node said {:?}",
+        started.elapsed().as_secs_f64(),
+        node.stderr_lines("trove node: shard")
+    );
+    assert!(refused > 0, "no event was refused while there was no space");
+    assert!(
+        node.stderr_lines("the disk is full").len() <= 2,
+        "one line per shard: {:?}",
+        node.stderr_lines("")
+    );
+    drop(node);
+    let mut node = start_node(&dir, &flags).unwrap();
     reconcile(&mut node, &mut model, &[], &HashMap::new(), &mut seq);
 }
