@@ -710,8 +710,8 @@ where
 }
 
 /// Opens (creating and pre-allocating when new) segment `index` of the log in `dir`. A new
-/// segment whose allocation fails is deleted, so that no segment without its space (and
-/// header) is left for recovery to read.
+/// segment whose allocation (or directory sync) fails is deleted, so that no segment without
+/// its space is left for recovery to read, and a retry starts over.
 async fn open_segment(dir: &Path, index: u64) -> std::io::Result<DmaFile> {
     let path = segment_path(dir, index);
     let existed = path.exists();
@@ -725,18 +725,19 @@ async fn open_segment(dir: &Path, index: u64) -> std::io::Result<DmaFile> {
         if file.file_size().await? < WAL_SEGMENT_BYTES {
             file.pre_allocate(WAL_SEGMENT_BYTES, false).await?;
         }
+        if !existed {
+            // The new name must survive a crash too.
+            sync_dir(dir)?;
+        }
         std::io::Result::Ok(())
     };
     if let Err(error) = allocated.await {
         let _ = file.close().await;
         if !existed {
+            // Deleted, so that a retry creates it anew (and syncs its directory again).
             let _ = std::fs::remove_file(&path);
         }
         return Err(error);
-    }
-    if !existed {
-        // The new name must survive a crash too.
-        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(file)
 }
