@@ -2,6 +2,11 @@
 //! segments truncated in between), a torn tail is cut, damage before the tail is refused (or
 //! cut on request), another node's data dir is refused, and under load the data dir stays
 //! within `--log-disk-max-mb` while everything answered survives a restart after truncation.
+//! On a small loop-mounted ext4 filesystem (root, `mkfs.ext4` and loop devices needed; skipped
+//! with a message otherwise), a full disk (a snapshot, the first segment or a later one finding
+//! no room) makes the shards answer `DiskFull` and say so once, answers waiting for records
+//! that could not be written leave once they are, the shards take events again by themselves
+//! when space returns, and everything answered survives `kill -9`.
 //!
 //! The model is the engine's own state machine (`PartitionState`), fed the same events in the
 //! same per-hunt order: after each restart, each hunt's state on the node must be the model's
@@ -15,7 +20,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use trove::client::{self, ClientConfig, Incoming};
@@ -23,7 +28,7 @@ use trove::constants::WAL_RECORD_HEADER_BYTES;
 use trove::core::hunt::PartitionState;
 use trove::core::ids::{HuntId, PartitionId, PlayerId, TreasureId};
 use trove::core::message::{
-    ArchivedEvent, Event, EventKind, HuntSpec, Outcome, Position, Reply, TreasureSpec,
+    ArchivedEvent, Event, EventError, EventKind, HuntSpec, Outcome, Position, Reply, TreasureSpec,
     WaypointSpec, claim_code_hash,
 };
 use trove::store::format::{SegmentHeader, scan_segment};
@@ -44,11 +49,24 @@ fn data_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// A running node and the lines it printed at start.
+/// A running node, the lines it printed at start, and what it printed on stderr so far.
 struct Node {
     child: Child,
     addr: SocketAddr,
     start_lines: Vec<String>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Node {
+    /// The lines the node printed on stderr so far that contain `text`.
+    fn stderr_lines(&self, text: &str) -> Vec<String> {
+        let lines = self.stderr.lock().unwrap();
+        lines
+            .iter()
+            .filter(|line| line.contains(text))
+            .cloned()
+            .collect()
+    }
 }
 
 impl Drop for Node {
@@ -78,6 +96,14 @@ fn start_node(dir: &Path, extra: &[&str]) -> Result<Node, (Option<i32>, String)>
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let stderr_lines = stderr.clone();
+    let stderr_pipe = child.stderr.take().unwrap();
+    let stderr_reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+            stderr_lines.lock().unwrap().push(line);
+        }
+    });
     let (lines_in, lines) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -101,11 +127,11 @@ fn start_node(dir: &Path, extra: &[&str]) -> Result<Node, (Option<i32>, String)>
             }
             Err(_) => {
                 let _ = child.kill();
-                let output = child.wait_with_output().unwrap();
-                return Err((
-                    output.status.code(),
-                    String::from_utf8_lossy(&output.stderr).into_owned(),
-                ));
+                let status = child.wait().unwrap();
+                // The pipe closes with the node: the reader ends.
+                stderr_reader.join().unwrap();
+                let stderr = stderr.lock().unwrap().join("\n");
+                return Err((status.code(), stderr));
             }
         }
     }
@@ -119,6 +145,7 @@ fn start_node(dir: &Path, extra: &[&str]) -> Result<Node, (Option<i32>, String)>
         child,
         addr,
         start_lines,
+        stderr,
     })
 }
 
@@ -409,6 +436,10 @@ fn reconcile(
     kept_unacked
 }
 
+/// Kill-restart rounds of [`acknowledged_events_survive_kill_9_under_load`]; each is a node
+/// start, 50 to 300 ms of load, `kill -9` and a check of every hunt.
+const KILL_ROUNDS: usize = 20;
+
 #[test]
 fn acknowledged_events_survive_kill_9_under_load() {
     let seed = std::env::var("TROVE_DURABILITY_SEED")
@@ -428,9 +459,9 @@ fn acknowledged_events_survive_kill_9_under_load() {
     set_up(&mut node, &mut model, &mut seq);
     let mut total_acked = 0;
     let mut restarts_from_snapshots = 0;
-    for round in 0..6 {
+    for round in 0..KILL_ROUNDS {
         let events = load(&mut rng, &mut seq, 100_000);
-        let kill_after = Duration::from_millis(100 + rng.below(500));
+        let kill_after = Duration::from_millis(50 + rng.below(250));
         let acked = drive(&mut node, &events, Some(kill_after));
         total_acked += acked.len();
         node = start_node(&dir, &SNAPSHOT_OFTEN).unwrap_or_else(|(code, stderr)| {
@@ -702,8 +733,12 @@ fn the_data_dir_stays_within_its_bound_and_a_restart_after_truncation_recovers_e
         let replies = drive(&mut node, &events, None);
         for event in &events {
             let outcome = &replies[&event.client_seq].outcome;
-            if matches!(outcome, Outcome::Error { .. }) {
-                // LogFull: refused, not applied.
+            if *outcome
+                == (Outcome::Error {
+                    error: EventError::LogFull,
+                })
+            {
+                // Refused, not applied; any other answer must be the model's.
                 log_full += 1;
                 continue;
             }
@@ -816,4 +851,358 @@ fn a_damaged_snapshot_falls_back_to_the_one_before_it_or_the_whole_log() {
     }
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A small ext4 filesystem in a file, loop-mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    image: PathBuf,
+    mount: PathBuf,
+}
+
+impl SmallDisk {
+    /// A `mb` MiB filesystem, or why one cannot be made here (not root, no `mkfs.ext4`, no
+    /// loop devices).
+    fn new(name: &str, mb: u64) -> Result<SmallDisk, String> {
+        let base = data_dir(name);
+        std::fs::create_dir_all(&base).map_err(|error| error.to_string())?;
+        let image = base.join("disk.img");
+        let mount = base.join("mnt");
+        std::fs::create_dir_all(&mount).map_err(|error| error.to_string())?;
+        std::fs::File::create(&image)
+            .and_then(|file| file.set_len(mb << 20))
+            .map_err(|error| format!("cannot create {}: {error}", image.display()))?;
+        let run = |program: &str, args: &[&std::ffi::OsStr]| -> Result<(), String> {
+            let output = Command::new(program)
+                .args(args)
+                .output()
+                .map_err(|error| format!("cannot run {program}: {error}"))?;
+            if output.status.success() {
+                return Ok(());
+            }
+            Err(format!(
+                "{program} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        };
+        run(
+            "mkfs.ext4",
+            &["-q".as_ref(), "-F".as_ref(), image.as_os_str()],
+        )?;
+        run(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "loop".as_ref(),
+                image.as_os_str(),
+                mount.as_os_str(),
+            ],
+        )?;
+        Ok(SmallDisk { image, mount })
+    }
+
+    /// Writes a file until the filesystem has no space left; returns its path.
+    fn fill(&self) -> PathBuf {
+        let path = self.mount.join("ballast");
+        let mut file = std::fs::File::create(&path).unwrap();
+        // MiB chunks, then (once writeback has released what delayed allocation reserved)
+        // blocks, each synced, until not even one fits.
+        for chunk in [1 << 20, 4096] {
+            let bytes = vec![0xa5u8; chunk];
+            loop {
+                let written = std::io::Write::write(&mut file, &bytes)
+                    .and_then(|written| file.sync_data().map(|()| written));
+                match written {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::StorageFull => break,
+                    Err(error) => panic!("filling {}: {error}", path.display()),
+                }
+            }
+            let _ = file.sync_all();
+        }
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).output();
+        let _ = std::fs::remove_file(&self.image);
+        if let Some(base) = self.image.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
+
+fn is_disk_full(outcome: &Outcome) -> bool {
+    *outcome
+        == Outcome::Error {
+            error: EventError::DiskFull,
+        }
+}
+
+/// Sends load in batches until `stop` says so about a batch's replies (or `WAIT` passes);
+/// returns every event sent and its reply.
+fn drive_until(
+    node: &mut Node,
+    rng: &mut Rng,
+    seq: &mut u64,
+    what: &str,
+    mut stop: impl FnMut(&Node, &[Event], &HashMap<u64, Reply>) -> bool,
+) -> (Vec<Event>, HashMap<u64, Reply>) {
+    let started = Instant::now();
+    let (mut sent, mut answers) = (Vec::new(), HashMap::new());
+    loop {
+        assert!(
+            started.elapsed() < WAIT,
+            "{what}: not within {WAIT:?}; the node said {:?}",
+            node.stderr_lines("")
+        );
+        let events = load(rng, seq, 2_000);
+        let replies = drive(node, &events, None);
+        let done = stop(node, &events, &replies);
+        sent.extend(events);
+        answers.extend(replies);
+        if done {
+            return (sent, answers);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_new_events_says_so_once_and_resumes_when_space_returns() {
+    let disk = match SmallDisk::new("full", 256) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED a_full_disk_refuses_new_events...: cannot make a small filesystem ({why}); it needs root, mkfs.ext4 and loop devices"
+            );
+            return;
+        }
+    };
+    let dir = disk.mount.join("data");
+    let mut node = start_node(&dir, &SNAPSHOT_OFTEN).unwrap();
+    let (mut model, mut seq) = (Model::new(), 0);
+    set_up(&mut node, &mut model, &mut seq);
+    let mut rng = Rng(7);
+    let ballast = disk.fill();
+    // The segments are pre-allocated: the log goes on until a snapshot (every second) or a
+    // new segment needs space.
+    let (before, before_replies) = drive_until(
+        &mut node,
+        &mut rng,
+        &mut seq,
+        "a DiskFull answer",
+        |_, events, replies| {
+            events
+                .iter()
+                .any(|event| is_disk_full(&replies[&event.client_seq].outcome))
+        },
+    );
+    let refused = before_replies
+        .values()
+        .filter(|reply| is_disk_full(&reply.outcome))
+        .count();
+    let announced = node.stderr_lines("the disk is full");
+    assert!(
+        !announced.is_empty() && announced.len() <= 2,
+        "one line per shard when its refusal starts, not one per event ({refused} refused): {announced:?}"
+    );
+    assert!(
+        announced.iter().all(|line| line.contains("DiskFull")),
+        "the line names the answer: {announced:?}"
+    );
+    std::fs::remove_file(&ballast).unwrap();
+    let (after, after_replies) = drive_until(
+        &mut node,
+        &mut rng,
+        &mut seq,
+        "taking events again",
+        |node, events, replies| {
+            !node.stderr_lines("works again").is_empty()
+                && events
+                    .iter()
+                    .all(|event| !is_disk_full(&replies[&event.client_seq].outcome))
+        },
+    );
+    assert!(
+        node.stderr_lines("the disk is full").len() == announced.len(),
+        "no more lines while refusing: {:?}",
+        node.stderr_lines("")
+    );
+    println!(
+        "{} events before space returned ({refused} refused DiskFull), {} after; the node said {:?}",
+        before.len(),
+        after.len(),
+        node.stderr_lines("trove node: shard")
+    );
+    // kill -9 and restart: every event answered (refused ones excepted: not applied) is there,
+    // and the refused ones were not applied.
+    let mut replies = before_replies;
+    replies.extend(after_replies);
+    let applied: Vec<Event> = before
+        .into_iter()
+        .chain(after)
+        .filter(|event| !is_disk_full(&replies[&event.client_seq].outcome))
+        .collect();
+    drop(node);
+    let mut node = start_node(&dir, &SNAPSHOT_OFTEN).unwrap();
+    let kept = reconcile(&mut node, &mut model, &applied, &replies, &mut seq);
+    assert_eq!(kept, 0, "every event sent was answered");
+    drop(node);
+}
+
+/// Waits (at most `WAIT`) until the node printed `count` lines on stderr containing `text`.
+fn wait_for_lines(node: &Node, text: &str, count: usize) {
+    let started = Instant::now();
+    while node.stderr_lines(text).len() < count {
+        assert!(
+            started.elapsed() < WAIT,
+            "no {count} lines with `{text}` within {WAIT:?}: {:?}",
+            node.stderr_lines("")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_node_whose_first_segment_finds_no_space_refuses_events_until_it_can_allocate_it() {
+    let disk = match SmallDisk::new("nospace", 256) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED a_node_whose_first_segment_finds_no_space...: cannot make a small filesystem ({why}); it needs root, mkfs.ext4 and loop devices"
+            );
+            return;
+        }
+    };
+    let dir = disk.mount.join("data");
+    // A data dir with its layout and no segments: the next start allocates segment 0 anew.
+    drop(start_node(&dir, &[]).unwrap());
+    for shard in 0..2 {
+        let shard_dir = dir.join(format!("shard-{shard}"));
+        for entry in std::fs::read_dir(&shard_dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|ext| ext == "wal") {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+    }
+    let ballast = disk.fill();
+    let mut node = start_node(&dir, &[]).unwrap();
+    // Events that came before a shard found out would be applied and wait for the log.
+    wait_for_lines(&node, "cannot allocate a log segment", 2);
+    let (mut model, mut seq) = (Model::new(), 0);
+    let create: Vec<Event> = (0..HUNTS)
+        .map(|hunt| {
+            seq += 1;
+            Event {
+                hunt: HuntId(hunt),
+                player: PlayerId(0),
+                client_seq: seq,
+                client_ts: 0,
+                kind: EventKind::CreateHunt(spec(hunt)),
+            }
+        })
+        .collect();
+    let replies = drive(&mut node, &create, None);
+    assert!(
+        create
+            .iter()
+            .all(|event| is_disk_full(&replies[&event.client_seq].outcome)),
+        "with no room for the log, every event is refused DiskFull: {replies:?}"
+    );
+    assert_eq!(
+        node.stderr_lines("cannot allocate a log segment").len(),
+        2,
+        "one line per shard, not one per retry or event: {:?}",
+        node.stderr_lines("")
+    );
+    std::fs::remove_file(&ballast).unwrap();
+    wait_for_lines(&node, "works again", 2);
+    set_up(&mut node, &mut model, &mut seq);
+    drop(node);
+    let mut node = start_node(&dir, &[]).unwrap();
+    reconcile(&mut node, &mut model, &[], &HashMap::new(), &mut seq);
+}
+
+#[test]
+fn a_new_segment_that_finds_no_space_holds_its_records_answers_until_space_returns() {
+    let disk = match SmallDisk::new("rollover", 256) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED a_new_segment_that_finds_no_space...: cannot make a small filesystem ({why}); it needs root, mkfs.ext4 and loop devices"
+            );
+            return;
+        }
+    };
+    let dir = disk.mount.join("data");
+    // Snapshots small and often (they fit in the room left), segments never.
+    let flags = ["--snapshot-every-mb", "4", "--snapshot-every-s", "1"];
+    let mut node = start_node(&dir, &flags).unwrap();
+    let (mut model, mut seq) = (Model::new(), 0);
+    set_up(&mut node, &mut model, &mut seq);
+    let spare = disk.mount.join("spare");
+    std::fs::write(&spare, vec![0u8; 16 << 20]).unwrap();
+    let ballast = disk.fill();
+    std::fs::remove_file(&spare).unwrap();
+    // Space comes back a second after the first shard found none for its next segment; the
+    // records that went to that segment wait for it, and so do their answers.
+    let stderr = node.stderr.clone();
+    let freer = std::thread::spawn(move || {
+        let started = Instant::now();
+        let announced = || {
+            let lines = stderr.lock().unwrap();
+            lines
+                .iter()
+                .any(|line| line.contains("cannot allocate a log segment"))
+        };
+        while !announced() {
+            if started.elapsed() > Duration::from_secs(120) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        std::fs::remove_file(&ballast).unwrap();
+        true
+    });
+    let mut rng = Rng(5);
+    let (mut answered, mut refused) = (0, 0);
+    let started = Instant::now();
+    while !freer.is_finished() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no shard reached its second segment within 120 s"
+        );
+        let events = heavy_load(&mut rng, &mut seq, 10_000);
+        let replies = drive(&mut node, &events, None);
+        for event in &events {
+            let outcome = &replies[&event.client_seq].outcome;
+            if is_disk_full(outcome) {
+                refused += 1;
+                continue;
+            }
+            answered += 1;
+            assert_eq!(*outcome, model.apply(event), "event {}", event.client_seq);
+        }
+    }
+    assert!(freer.join().unwrap(), "no shard said it found no space");
+    wait_for_lines(&node, "works again", 1);
+    println!(
+        "{answered} events answered, {refused} refused DiskFull in {:.1} s; the node said {:?}",
+        started.elapsed().as_secs_f64(),
+        node.stderr_lines("trove node: shard")
+    );
+    assert!(refused > 0, "no event was refused while there was no space");
+    assert!(
+        node.stderr_lines("the disk is full").len() <= 2,
+        "one line per shard: {:?}",
+        node.stderr_lines("")
+    );
+    drop(node);
+    let mut node = start_node(&dir, &flags).unwrap();
+    reconcile(&mut node, &mut model, &[], &HashMap::new(), &mut seq);
 }

@@ -436,6 +436,17 @@ pub const LOG_DISK_BYTES_PER_SHARD_MIN: u64 = 3 * WAL_SEGMENT_BYTES;
 
 const _: () = assert!(LOG_DISK_MB_DEFAULT * 1024 * 1024 >= 8 * LOG_DISK_BYTES_PER_SHARD_MIN);
 
+/// First wait before a shard retries a log write, segment allocation, sync or snapshot that
+/// failed (ENOSPC, EIO), in ms; it doubles up to [`LOG_FAULT_RETRY_MS_MAX`] while the disk
+/// keeps failing. Events the shard would apply meanwhile are answered `Unavailable`
+/// (`DiskFull` or `DiskFailed`) at once.
+pub const LOG_FAULT_RETRY_MS_MIN: u64 = 10;
+/// Longest wait before a shard retries a failed log operation, in ms: how late, at most, a
+/// shard notices that space came back.
+pub const LOG_FAULT_RETRY_MS_MAX: u64 = 1_000;
+const _: () =
+    assert!(LOG_FAULT_RETRY_MS_MIN > 0 && LOG_FAULT_RETRY_MS_MIN <= LOG_FAULT_RETRY_MS_MAX);
+
 /// One partition's retention state in a shard's log task (`store::retention::PartitionLog`:
 /// two generations and the last record seen); checked by a const assert there.
 pub const RETENTION_PARTITION_BYTES: usize = 80;

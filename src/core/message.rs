@@ -141,6 +141,15 @@ pub enum EventError {
     /// reply came back: it may or may not have been applied. Do not assume either way; read
     /// the state back (a leaderboard, say) before sending it again.
     OutcomeUnknown = 4,
+    /// The disk of the shard's write-ahead log is full (ENOSPC or a quota: a log write, a new
+    /// segment, a sync or a snapshot failed): the event was not applied. The node retries by
+    /// itself and takes events again once space returns; retry later. Unlike `LogFull` (the
+    /// node's own bound, which its snapshots clear), an operator has to free space.
+    DiskFull = 5,
+    /// The disk of the shard's write-ahead log failed (EIO or another I/O error): the event
+    /// was not applied. The node retries by itself and takes events again once the disk
+    /// works; retry later. An operator should look at the disk.
+    DiskFailed = 6,
 }
 
 /// One line of a leaderboard.

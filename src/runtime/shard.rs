@@ -28,9 +28,9 @@ use crate::core::ids::{ConnectionId, NodeId, PartitionId, ShardId};
 use crate::core::message::ArchivedLinkAccepted;
 use crate::core::partition::{MapError, Placement};
 use crate::core::shard::{
-    CloseReason, ConnectRefusal, Durability, FrameProgress, LinkDest, LinkError, LinkPoll, LogSync,
-    MeshBatch, MeshOutput, NodeLease, Readable, ReplayError, ShardConfig, ShardCore, ShardLoad,
-    ShardStats, SourceAddr,
+    CloseReason, ConnectRefusal, Durability, FrameProgress, LinkDest, LinkError, LinkPoll,
+    LogFaultKind, LogFaultStep, LogOp, LogSync, MeshBatch, MeshOutput, NodeLease, Readable,
+    ReplayError, ShardConfig, ShardCore, ShardLoad, ShardStats, SourceAddr,
 };
 use crate::core::snapshot::PartitionSnapshot;
 use crate::runtime::config::RuntimeConfig;
@@ -786,6 +786,17 @@ impl Shard {
     /// The log is at its disk bound (events are refused) or has room again.
     pub fn set_log_full(&self, full: bool) {
         self.core().set_log_full(full)
+    }
+
+    /// A log operation failed: events are refused until it succeeds (see
+    /// [`ShardCore::handle_log_fault`]); says when to retry and whether to say so.
+    pub fn handle_log_fault(&self, op: LogOp, kind: LogFaultKind) -> LogFaultStep {
+        self.core().handle_log_fault(op, kind)
+    }
+
+    /// A log operation succeeded; returns whether that ends the shard's refusal.
+    pub fn handle_log_recovered(&self, op: LogOp) -> bool {
+        self.core().handle_log_recovered(op)
     }
 
     /// Counts how long a snapshot stopped the shard, and the snapshot with the segments deleted

@@ -29,8 +29,17 @@
 //! no room for the next segment within the shard's share of `--log-disk-max-mb`, the shard
 //! answers new events `LogFull` until truncation makes room, and says so once on stderr.
 //!
-//! A write or sync that fails stops the node (fail-stop, as a dead shard does): nothing that
-//! was not logged is ever answered as durable. Everything here lives on its shard's core.
+//! Disk faults: when opening or pre-allocating a segment, a write, a sync or a snapshot fails
+//! (ENOSPC, EIO), the shell tells the core which operation failed and how (no space, or an
+//! I/O error); the core refuses new events (`DiskFull`, `DiskFailed`) and says when to retry.
+//! The shell prints one line when the refusal starts and one when it ends, and retries the
+//! same operation, with the same records, on that back-off until it succeeds: replies waiting
+//! for those records leave only then, so nothing is answered that is not on disk, and the
+//! shard takes events again by itself once space returns. A sync is retried as it is: the
+//! writes it covers completed with direct I/O, so no page cache holds (and could drop) their
+//! data; on tmpfs (no direct I/O) a sync does not fail. Deleting old segments and snapshots
+//! still stops the node when it fails (fail-stop, as a dead shard does). Everything here lives
+//! on its shard's core.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -44,12 +53,12 @@ use glommio::io::{DmaFile, OpenOptions};
 use rkyv::util::AlignedVec;
 
 use crate::constants::{
-    LOG_DISK_MB_DEFAULT, SNAPSHOT_CHECK_INTERVAL_MS_MAX, SNAPSHOT_EVERY_MB_DEFAULT,
-    SNAPSHOT_EVERY_S_DEFAULT, SNAPSHOT_GENERATIONS_MAX, WAL_BLOCK_BYTES_MAX, WAL_FORMAT_VERSION,
-    WAL_SEGMENT_BYTES,
+    LOG_DISK_MB_DEFAULT, LOG_FAULT_RETRY_MS_MAX, SNAPSHOT_CHECK_INTERVAL_MS_MAX,
+    SNAPSHOT_EVERY_MB_DEFAULT, SNAPSHOT_EVERY_S_DEFAULT, SNAPSHOT_GENERATIONS_MAX,
+    WAL_BLOCK_BYTES_MAX, WAL_FORMAT_VERSION, WAL_SEGMENT_BYTES,
 };
 use crate::core::ids::PartitionId;
-use crate::core::shard::{Durability, LogSync};
+use crate::core::shard::{Durability, LogFaultKind, LogOp, LogSync};
 use crate::runtime::shard::Shard;
 use crate::runtime::stall::spawn_timed;
 use crate::runtime::wait::WaitQueue;
@@ -649,7 +658,60 @@ fn fail_stop(shard: &Shard, what: &str, error: impl std::fmt::Display) -> ! {
     )
 }
 
-/// Opens (creating and pre-allocating when new) segment `index` of the log in `dir`.
+/// How a failed log operation failed, for the core: no space (which an operator can fix by
+/// freeing some) or any other I/O error.
+fn fault_kind(error: &std::io::Error) -> LogFaultKind {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => LogFaultKind::NoSpace,
+        _ => LogFaultKind::Io,
+    }
+}
+
+/// Runs `attempt` until it succeeds. Each failure is reported to the core, which refuses
+/// events meanwhile and says how long to wait before the next try; the first failure of a
+/// refusal, and its end, are said once on stderr.
+async fn retry_log_io<T, F>(shard: &Shard, op: LogOp, mut attempt: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = std::io::Result<T>>,
+{
+    let mut failures = 0u64;
+    loop {
+        match attempt().await {
+            Ok(value) => {
+                if shard.handle_log_recovered(op) {
+                    eprintln!(
+                        "trove node: shard {}: the log's disk works again ({} succeeded after {failures} failed tries); taking events",
+                        shard.id().index(),
+                        op.describe(),
+                    );
+                }
+                return value;
+            }
+            Err(error) => {
+                failures += 1;
+                let kind = fault_kind(&error);
+                let step = shard.handle_log_fault(op, kind);
+                if step.announce {
+                    let (why, answer) = match kind {
+                        LogFaultKind::NoSpace => ("the disk is full", "DiskFull"),
+                        LogFaultKind::Io => ("the disk failed", "DiskFailed"),
+                    };
+                    eprintln!(
+                        "trove node: shard {}: cannot {} ({error}): {why}; new events are answered Unavailable ({answer}) until it can, retried every {LOG_FAULT_RETRY_MS_MAX} ms at most; events already answered are on disk, and those waiting for this write are answered once it succeeds",
+                        shard.id().index(),
+                        op.describe(),
+                    );
+                }
+                glommio::timer::sleep(std::time::Duration::from_millis(step.retry_after_ms)).await;
+            }
+        }
+    }
+}
+
+/// Opens (creating and pre-allocating when new) segment `index` of the log in `dir`. A new
+/// segment whose allocation (or directory sync) fails is deleted, so that no segment without
+/// its space is left for recovery to read, and a retry starts over.
 async fn open_segment(dir: &Path, index: u64) -> std::io::Result<DmaFile> {
     let path = segment_path(dir, index);
     let existed = path.exists();
@@ -659,12 +721,23 @@ async fn open_segment(dir: &Path, index: u64) -> std::io::Result<DmaFile> {
         .create(true)
         .dma_open(&path)
         .await?;
-    if file.file_size().await? < WAL_SEGMENT_BYTES {
-        file.pre_allocate(WAL_SEGMENT_BYTES, false).await?;
-    }
-    if !existed {
-        // The new name must survive a crash too.
-        std::fs::File::open(dir)?.sync_all()?;
+    let allocated = async {
+        if file.file_size().await? < WAL_SEGMENT_BYTES {
+            file.pre_allocate(WAL_SEGMENT_BYTES, false).await?;
+        }
+        if !existed {
+            // The new name must survive a crash too.
+            sync_dir(dir)?;
+        }
+        std::io::Result::Ok(())
+    };
+    if let Err(error) = allocated.await {
+        let _ = file.close().await;
+        if !existed {
+            // Deleted, so that a retry creates it anew (and syncs its directory again).
+            let _ = std::fs::remove_file(&path);
+        }
+        return Err(error);
     }
     Ok(file)
 }
@@ -673,9 +746,10 @@ async fn open_segment(dir: &Path, index: u64) -> std::io::Result<DmaFile> {
 /// queued meanwhile wait in the core.
 pub fn start_log_tasks(shard: Rc<Shard>, start: LogStart) {
     spawn_timed(async move {
-        let first = open_segment(&start.dir, start.position.segment)
-            .await
-            .unwrap_or_else(|error| fail_stop(&shard, "open its log", error));
+        let first = retry_log_io(&shard, LogOp::Open, || {
+            open_segment(&start.dir, start.position.segment)
+        })
+        .await;
         let block = first.alignment() as usize;
         if block > WAL_BLOCK_BYTES_MAX {
             fail_stop(
@@ -716,16 +790,14 @@ pub fn start_log_tasks(shard: Rc<Shard>, start: LogStart) {
 }
 
 impl LogTasks {
-    async fn file(&self, segment: u64) -> Rc<DmaFile> {
+    /// Segment `segment`'s file, opened (and pre-allocated when new) if it is not open.
+    async fn file(&self, segment: u64) -> std::io::Result<Rc<DmaFile>> {
         if let Some(file) = self.files.borrow().get(&segment) {
-            return file.clone();
+            return Ok(file.clone());
         }
-        let file = open_segment(&self.dir, segment)
-            .await
-            .unwrap_or_else(|error| fail_stop(&self.shard, "open a log segment", error));
-        let file = Rc::new(file);
+        let file = Rc::new(open_segment(&self.dir, segment).await?);
         self.files.borrow_mut().insert(segment, file.clone());
-        file
+        Ok(file)
     }
 
     /// Feeds the core's records to the machine and issues its writes, one at a time.
@@ -753,11 +825,11 @@ impl LogTasks {
                     io
                 })
                 .await;
-            let file = self.file(io.segment).await;
+            let file = retry_log_io(&self.shard, LogOp::Open, || self.file(io.segment)).await;
             let issued = Instant::now();
-            if let Err(error) = self.write_fully(&file, io).await {
-                fail_stop(&self.shard, "write its log", error);
-            }
+            // A failed write is tried again whole, with the same records: the core refuses
+            // new events meanwhile and the replies waiting for these stay held.
+            retry_log_io(&self.shard, LogOp::Write, || self.write_fully(&file, io)).await;
             self.machine.borrow_mut().handle_written();
             let mut unsynced = self.unsynced.get();
             unsynced.first_issued.get_or_insert(issued);
@@ -807,10 +879,13 @@ impl LogTasks {
             // The sync covers exactly the writes completed so far (no await since poll_sync).
             let covered = self.unsynced.take();
             for segment in sync.segments.clone() {
-                let file = self.file(segment).await;
-                if let Err(error) = file.fdatasync().await {
-                    fail_stop(&self.shard, "sync its log", error);
-                }
+                let this = &self;
+                retry_log_io(&self.shard, LogOp::Sync, || async move {
+                    let file = this.file(segment).await?;
+                    file.fdatasync().await?;
+                    std::io::Result::Ok(())
+                })
+                .await;
             }
             let durable = self.machine.borrow_mut().handle_synced();
             self.retention.borrow_mut().observe_durable(durable);
@@ -907,10 +982,15 @@ impl LogTasks {
             .until(|| (self.shard.durable_lsn() >= lsn).then_some(()))
             .await;
         let path = snapshot_path(&self.snapshot_dir, partition, lsn);
-        let file_bytes = match self.write_snapshot(&path, &bytes).await {
-            Ok(file_bytes) => file_bytes,
-            Err(error) => fail_stop(&self.shard, "write a snapshot", error),
-        };
+        let file_bytes = retry_log_io(&self.shard, LogOp::Snapshot, || async {
+            let written = self.write_snapshot(&path, &bytes).await;
+            if written.is_err() {
+                // Its space back for the log; the next try writes it anew.
+                let _ = std::fs::remove_file(path.with_extension("snap.tmp"));
+            }
+            written
+        })
+        .await;
         let dropped = self.retention.borrow_mut().snapshot_written(file_bytes);
         if let Some((partition, old)) = dropped {
             let old = snapshot_path(&self.snapshot_dir, partition, old);

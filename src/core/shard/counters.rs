@@ -275,7 +275,11 @@ impl OutcomeIndex {
             Outcome::Rejected { .. } => OutcomeIndex::Rejected,
             Outcome::Busy => OutcomeIndex::Busy,
             Outcome::Error {
-                error: EventError::OwnerUnavailable | EventError::LogFull,
+                error:
+                    EventError::OwnerUnavailable
+                    | EventError::LogFull
+                    | EventError::DiskFull
+                    | EventError::DiskFailed,
             } => OutcomeIndex::Unavailable,
             Outcome::Error {
                 error: EventError::ShuttingDown,

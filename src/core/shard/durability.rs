@@ -22,14 +22,26 @@
 //! covers (the last given out), [`ShardCore::restore_partition`] puts one back at recovery.
 //! When the shell finds the log at its disk bound it calls [`ShardCore::set_log_full`]: every
 //! event this shard would apply is then answered `Error { LogFull }` at once, without a record,
-//! while replies already held still leave as their records become durable. Shard-local, like
-//! the core.
+//! while replies already held still leave as their records become durable.
+//!
+//! Disk faults: when a log write, a new segment's allocation, a sync or a snapshot fails, the
+//! shell reports the operation and the kind of error ([`ShardCore::handle_log_fault`]) and the
+//! core decides: every event this shard would apply is answered `Error { DiskFull }` (no
+//! space) or `Error { DiskFailed }` (any other I/O error) at once, without a record; the shell
+//! is told when to retry (a back-off doubling from `LOG_FAULT_RETRY_MS_MIN` to
+//! `LOG_FAULT_RETRY_MS_MAX`) and whether to say so (once, when the first operation fails).
+//! Replies already held keep waiting: the failed write or sync is retried with the same
+//! records, and they leave once it succeeds, so nothing is answered that is not durable and
+//! nothing answered is lost. When every failed operation has succeeded again
+//! ([`ShardCore::handle_log_recovered`]), the shard takes events again. Shard-local, like the
+//! core.
 
 use std::collections::VecDeque;
 
 use crate::constants::{
     DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX, DURABILITY_HELD_REPLY_BYTES_MAX,
-    DURABILITY_HELD_UNCREDITED_MAX, DURABILITY_QUEUED_RECORD_BYTES,
+    DURABILITY_HELD_UNCREDITED_MAX, DURABILITY_QUEUED_RECORD_BYTES, LOG_FAULT_RETRY_MS_MAX,
+    LOG_FAULT_RETRY_MS_MIN,
 };
 use crate::core::codec::{FrameError, access_record};
 use crate::core::credit::Credit;
@@ -63,6 +75,88 @@ pub struct LogSync {
     pub write_to_sync_ns: u64,
     /// Bytes the writes the sync covers put in the log's segments.
     pub bytes_written: u64,
+}
+
+/// A log operation of the shell's that can fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogOp {
+    /// Opening a segment, or pre-allocating a new one (`fallocate`).
+    Open,
+    /// Writing records to a segment.
+    Write,
+    /// Syncing written records (`fdatasync`).
+    Sync,
+    /// Writing a partition's snapshot file.
+    Snapshot,
+}
+
+impl LogOp {
+    const ALL: [LogOp; 4] = [LogOp::Open, LogOp::Write, LogOp::Sync, LogOp::Snapshot];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// What the shard could not do, for the node's line.
+    pub fn describe(self) -> &'static str {
+        match self {
+            LogOp::Open => "allocate a log segment",
+            LogOp::Write => "write its log",
+            LogOp::Sync => "sync its log",
+            LogOp::Snapshot => "write a snapshot",
+        }
+    }
+}
+
+/// Why a log operation failed, as the shell classified the error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFaultKind {
+    /// ENOSPC or EDQUOT: an operator must free space.
+    NoSpace,
+    /// EIO or any other error: the disk itself failed.
+    Io,
+}
+
+/// What the shell does after a failed log operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogFaultStep {
+    /// The shard just started refusing events: say so (one line per episode, not per retry).
+    pub announce: bool,
+    /// Retry the operation after this long.
+    pub retry_after_ms: u64,
+}
+
+/// The log operations failing now, and how often each has failed in a row.
+#[derive(Default)]
+struct LogFaults {
+    failing: [Option<LogFaultKind>; 4],
+    attempts: [u32; 4],
+}
+
+impl LogFaults {
+    fn any(&self) -> bool {
+        self.failing.iter().any(Option::is_some)
+    }
+
+    /// The refusal's reason: no space when any failing operation says so (the one an operator
+    /// can fix), else an I/O error.
+    fn kind(&self) -> Option<LogFaultKind> {
+        let mut kinds = self.failing.iter().flatten();
+        let first = *kinds.next()?;
+        Some(if self.failing.contains(&Some(LogFaultKind::NoSpace)) {
+            LogFaultKind::NoSpace
+        } else {
+            first
+        })
+    }
+}
+
+/// The wait before retry number `attempt` (1 for the first failure) of a failed operation.
+fn retry_after_ms(attempt: u32) -> u64 {
+    let doublings = attempt.saturating_sub(1).min(u64::BITS - 1);
+    LOG_FAULT_RETRY_MS_MIN
+        .saturating_mul(1 << doublings)
+        .min(LOG_FAULT_RETRY_MS_MAX)
 }
 
 /// A reply waiting for the record it (or an earlier reply) depends on.
@@ -121,6 +215,8 @@ pub(super) struct DurabilityState {
     held_credit: Credit,
     /// The log reached its disk bound: events are refused until it has room again.
     log_full: bool,
+    /// Log operations that failed and are being retried: events are refused meanwhile.
+    faults: LogFaults,
 }
 
 impl DurabilityState {
@@ -363,11 +459,54 @@ impl ShardCore {
         self.stats.log.segments_deleted += segments;
     }
 
-    /// The answer for an event this shard would apply, while the log is full.
-    pub(super) fn log_full_answer(&self) -> Option<Outcome> {
-        self.durability.log_full.then_some(Outcome::Error {
-            error: EventError::LogFull,
-        })
+    /// Log operation `op` failed with an error of `kind`: events are refused from now on
+    /// (until [`Self::handle_log_recovered`] for every failed operation). Returns when to
+    /// retry and whether this failure starts the refusal (the shell says so once).
+    pub fn handle_log_fault(&mut self, op: LogOp, kind: LogFaultKind) -> LogFaultStep {
+        let faults = &mut self.durability.faults;
+        let announce = !faults.any();
+        faults.failing[op.index()] = Some(kind);
+        let attempts = &mut faults.attempts[op.index()];
+        *attempts = attempts.saturating_add(1);
+        LogFaultStep {
+            announce,
+            retry_after_ms: retry_after_ms(*attempts),
+        }
+    }
+
+    /// Log operation `op` succeeded. Returns whether that ends a refusal (the last failing
+    /// operation recovered): the shard takes events again, and the shell says so.
+    pub fn handle_log_recovered(&mut self, op: LogOp) -> bool {
+        let faults = &mut self.durability.faults;
+        if faults.failing[op.index()].take().is_none() {
+            return false;
+        }
+        faults.attempts[op.index()] = 0;
+        !faults.any()
+    }
+
+    /// Why events are refused because the log's disk fails, if they are.
+    pub fn log_fault(&self) -> Option<LogFaultKind> {
+        self.durability.faults.kind()
+    }
+
+    /// The log operations failing now.
+    pub fn log_ops_failing(&self) -> impl Iterator<Item = LogOp> + '_ {
+        LogOp::ALL
+            .into_iter()
+            .filter(|op| self.durability.faults.failing[op.index()].is_some())
+    }
+
+    /// The answer for an event this shard would apply, while the log's disk fails or the log
+    /// is at its bound; `None` when the event may be applied.
+    pub(super) fn log_refusal(&self) -> Option<Outcome> {
+        let error = match self.durability.faults.kind() {
+            Some(LogFaultKind::NoSpace) => EventError::DiskFull,
+            Some(LogFaultKind::Io) => EventError::DiskFailed,
+            None if self.durability.log_full => EventError::LogFull,
+            None => return None,
+        };
+        Some(Outcome::Error { error })
     }
 
     /// Stop reading while too many refusals wait behind replies for a sync.
@@ -1062,5 +1201,149 @@ mod tests {
         offer(&mut core, conn, &[event(3, hunt, EventKind::Join)]);
         assert_eq!(logged(&mut core).len(), 1, "room again: applied and logged");
         core.check_credit().unwrap();
+    }
+
+    fn disk_error(error: EventError) -> Outcome {
+        Outcome::Error { error }
+    }
+
+    #[test]
+    fn a_failed_write_refuses_new_events_with_its_reason_and_releases_held_replies_once_retried() {
+        let mut core = cores(1, Durability::Sync).remove(0);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(1, 0, 0);
+        offer(
+            &mut core,
+            conn,
+            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
+        );
+        assert_eq!(logged(&mut core).len(), 1);
+        let first = core.handle_log_fault(LogOp::Write, LogFaultKind::NoSpace);
+        assert!(first.announce, "the first failure starts the refusal");
+        offer(&mut core, conn, &[event(2, hunt, EventKind::Join)]);
+        assert!(
+            logged(&mut core).is_empty(),
+            "a refused event is not logged"
+        );
+        let again = core.handle_log_fault(LogOp::Write, LogFaultKind::NoSpace);
+        assert!(!again.announce, "one line per refusal, not per retry");
+        assert!(again.retry_after_ms > first.retry_after_ms);
+        assert!(
+            written(&mut core, conn).is_empty(),
+            "event 1 is not durable, so neither reply leaves"
+        );
+        assert!(core.handle_log_recovered(LogOp::Write), "the refusal ends");
+        assert_eq!(core.log_fault(), None);
+        core.handle_durable(0, 1);
+        let replies = written(&mut core, conn);
+        assert_eq!(seqs(&replies), [1, 2]);
+        assert!(matches!(replies[0].outcome, Outcome::Accepted { .. }));
+        assert_eq!(replies[1].outcome, disk_error(EventError::DiskFull));
+        offer(&mut core, conn, &[event(3, hunt, EventKind::Join)]);
+        assert_eq!(logged(&mut core).len(), 1, "applied and logged again");
+        core.handle_durable(0, 2);
+        assert_eq!(seqs(&written(&mut core, conn)), [3]);
+        let unavailable = crate::core::shard::OutcomeIndex::Unavailable as usize;
+        let tally = core.stats().events.by_outcome;
+        assert_eq!(tally.iter().map(|kind| kind[unavailable]).sum::<u64>(), 1);
+        core.check_credit().unwrap();
+    }
+
+    #[test]
+    fn the_refusal_lasts_until_every_failed_operation_succeeds_and_names_no_space_first() {
+        let mut core = cores(1, Durability::Sync).remove(0);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(1, 0, 0);
+        assert!(
+            core.handle_log_fault(LogOp::Sync, LogFaultKind::Io)
+                .announce
+        );
+        offer(
+            &mut core,
+            conn,
+            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
+        );
+        assert_eq!(
+            written(&mut core, conn)[0].outcome,
+            disk_error(EventError::DiskFailed)
+        );
+        assert!(
+            !core
+                .handle_log_fault(LogOp::Snapshot, LogFaultKind::NoSpace)
+                .announce,
+            "already refusing"
+        );
+        assert_eq!(core.log_fault(), Some(LogFaultKind::NoSpace));
+        assert!(
+            !core.handle_log_recovered(LogOp::Write),
+            "an operation that never failed changes nothing"
+        );
+        assert!(
+            !core.handle_log_recovered(LogOp::Sync),
+            "the snapshot still fails"
+        );
+        assert_eq!(
+            core.log_ops_failing().collect::<Vec<_>>(),
+            [LogOp::Snapshot]
+        );
+        offer(&mut core, conn, &[event(2, hunt, EventKind::Join)]);
+        assert_eq!(
+            written(&mut core, conn)[0].outcome,
+            disk_error(EventError::DiskFull)
+        );
+        assert!(core.handle_log_recovered(LogOp::Snapshot));
+        offer(&mut core, conn, &[event(3, hunt, EventKind::Join)]);
+        assert_eq!(logged(&mut core).len(), 1);
+    }
+
+    #[test]
+    fn a_disk_fault_outranks_the_disk_bound_and_the_bound_holds_after_it() {
+        let mut core = cores(1, Durability::Async).remove(0);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(1, 0, 0);
+        core.set_log_full(true);
+        core.handle_log_fault(LogOp::Open, LogFaultKind::NoSpace);
+        offer(
+            &mut core,
+            conn,
+            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
+        );
+        assert!(core.handle_log_recovered(LogOp::Open));
+        offer(
+            &mut core,
+            conn,
+            &[event(2, hunt, EventKind::CreateHunt(HuntSpec::default()))],
+        );
+        let outcomes: Vec<Outcome> = written(&mut core, conn)
+            .into_iter()
+            .map(|reply| reply.outcome)
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                disk_error(EventError::DiskFull),
+                disk_error(EventError::LogFull)
+            ]
+        );
+    }
+
+    #[test]
+    fn retries_back_off_by_doubling_up_to_the_limit_and_start_over_after_a_success() {
+        let mut core = cores(1, Durability::Sync).remove(0);
+        let waits: Vec<u64> = (0..16)
+            .map(|_| {
+                core.handle_log_fault(LogOp::Write, LogFaultKind::Io)
+                    .retry_after_ms
+            })
+            .collect();
+        assert_eq!(waits[0], LOG_FAULT_RETRY_MS_MIN);
+        assert_eq!(waits[1], 2 * LOG_FAULT_RETRY_MS_MIN);
+        assert!(waits.windows(2).all(|pair| pair[0] <= pair[1]));
+        assert_eq!(*waits.last().unwrap(), LOG_FAULT_RETRY_MS_MAX);
+        assert_eq!(retry_after_ms(u32::MAX), LOG_FAULT_RETRY_MS_MAX);
+        core.handle_log_recovered(LogOp::Write);
+        let step = core.handle_log_fault(LogOp::Write, LogFaultKind::Io);
+        assert_eq!(step.retry_after_ms, LOG_FAULT_RETRY_MS_MIN);
+        assert!(step.announce, "a new refusal is announced again");
     }
 }

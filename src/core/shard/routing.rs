@@ -122,7 +122,7 @@ impl ShardCore {
         let partition = self.placement.partitioner().partition_of(event.hunt.get());
         let route = self.route_partition(partition);
         if matches!(route, Route::Local(_)) {
-            return self.log_full_answer().map_or(Ok(route), Err);
+            return self.log_refusal().map_or(Ok(route), Err);
         }
         if self.unavailable(partition) {
             return Err(unavailable());
