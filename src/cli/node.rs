@@ -151,7 +151,10 @@ pub struct NodeArgs {
     pub snapshot_every_s: u64,
     /// With --data-dir: disk the log's segments and snapshots may use, shared equally by the
     /// shards (at least 192 MiB each). When a shard's share is full before a snapshot frees
-    /// space, it answers new events Unavailable (LogFull) until one does
+    /// space, it answers new events Unavailable (LogFull) until one does. A disk that is full
+    /// (ENOSPC) or fails (EIO) before that: new events are answered Unavailable (DiskFull,
+    /// DiskFailed), answers already held wait for the retried write, and the shard retries by
+    /// itself (every 10 ms to 1 s) and takes events again once the disk works
     #[arg(long, value_name = "MB", default_value_t = LOG_DISK_MB_DEFAULT, requires = "data_dir")]
     pub log_disk_max_mb: u64,
 }
