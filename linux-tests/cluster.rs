@@ -15,7 +15,9 @@ use trove::client::{ClientConfig, Incoming, connect};
 use trove::cluster::coordinator::{ClusterView, Request, Response};
 use trove::cluster::etcd::EtcdClient;
 use trove::cluster::keys::ClusterKeys;
-use trove::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess, find_on_path, signal};
+use trove::cluster::local::{
+    EtcdProcess, LocalNodeConfig, NodeProcess, find_on_path, pause, signal,
+};
 use trove::cluster::placement::{OwnerState, Placement};
 use trove::core::ids::{HuntId, NodeId, PartitionId, PlayerId};
 use trove::core::message::{Event, EventError, EventKind, Outcome, RejectReason, Reply};
@@ -112,6 +114,14 @@ fn wait_for<T>(
     }
 }
 
+/// Waits until `node` has printed a line containing `text`: what etcd shows can be read before
+/// the node's line about it has come through its pipe.
+fn wait_printed(nodes: &mut Nodes, node: NodeId, text: &str) {
+    wait_for(nodes, Duration::from_secs(5), text, |nodes| {
+        nodes.printed(node, text).then_some(())
+    });
+}
+
 /// A placement covering every partition exactly once, all serving, on `count` live nodes.
 fn settled_placement(etcd: &EtcdProcess, count: usize) -> Option<(ClusterView, Placement)> {
     let view = read_view(etcd)?;
@@ -149,7 +159,7 @@ fn three_nodes_register_one_becomes_controller_and_every_partition_is_placed_onc
     }
     assert_eq!(owned, PARTITIONS as usize, "each partition exactly once");
     let controller = view.controller.unwrap().node;
-    assert!(nodes.printed(controller, "this node is now the controller"));
+    wait_printed(&mut nodes, controller, "this node is now the controller");
     let epoch_line = format!("placement epoch {}", placement.epoch().get());
     for node in 1..=3 {
         let node = NodeId(node);
@@ -202,7 +212,7 @@ fn a_paused_node_goes_offline_within_its_ttl_and_returns_at_a_new_epoch() {
     let paused = NodeId(controller.0 % 3 + 1);
     let its = partitions_of(&before, paused);
 
-    signal(&nodes.process(paused).child, libc::SIGSTOP);
+    pause(&nodes.process(paused).child).expect("the node stops");
     let stopped = Instant::now();
     let offline = wait_for(
         &mut nodes,
@@ -242,7 +252,8 @@ fn a_paused_node_goes_offline_within_its_ttl_and_returns_at_a_new_epoch() {
             "{p} at a new partition epoch"
         );
     }
-    assert!(nodes.printed(paused, "lease lost"), "it fenced itself");
+    // It fenced itself.
+    wait_printed(&mut nodes, paused, "lease lost");
 }
 
 fn view_placement(etcd: &EtcdProcess) -> Option<Placement> {
@@ -275,7 +286,7 @@ fn when_the_controller_is_killed_another_takes_over_and_placements_advance() {
                 .then_some((controller, placement))
         },
     );
-    assert!(nodes.printed(new, "this node is now the controller"));
+    wait_printed(&mut nodes, new, "this node is now the controller");
     assert_eq!(
         after.offline().collect::<Vec<_>>(),
         its,
@@ -294,26 +305,17 @@ fn an_etcd_outage_moves_nothing_and_the_nodes_carry_on_when_it_returns() {
         settled_placement(&etcd, 3)
     });
     etcd.kill();
-    for node in 1..=3 {
-        let node = NodeId(node);
-        wait_for(
+    for node in (1..=3).map(NodeId) {
+        wait_printed(
             &mut nodes,
-            Duration::from_secs(5),
-            "outage report",
-            |nodes| {
-                nodes
-                    .printed(node, "etcd unreachable, keeping the current placement")
-                    .then_some(())
-            },
+            node,
+            "etcd unreachable, keeping the current placement",
         );
     }
     // Longer than the TTL: the nodes fence themselves, but nobody can declare them dead.
     std::thread::sleep(Duration::from_secs(ttl_s + 1));
-    for node in 1..=3 {
-        assert!(
-            nodes.printed(NodeId(node), "serving nothing"),
-            "node {node} fenced itself"
-        );
+    for node in (1..=3).map(NodeId) {
+        wait_printed(&mut nodes, node, "serving nothing");
     }
     etcd.start_again().expect("etcd restarts on its data");
     for node in 1..=3 {
@@ -550,7 +552,7 @@ fn shards_serve_the_placement_they_are_given_and_a_paused_nodes_partitions_are_u
     let paused = NodeId(controller.0 % 3 + 1);
     let asked = NodeId(paused.0 % 3 + 1);
     let its = partitions_of(&placement, paused);
-    signal(&nodes.process(paused).child, libc::SIGSTOP);
+    pause(&nodes.process(paused).child).expect("the node stops");
     let offline = wait_for(
         &mut nodes,
         Duration::from_secs(ttl_s + 5),
@@ -947,7 +949,7 @@ fn events_forwarded_to_a_paused_owner_end_unavailable_or_outcome_unknown_and_nev
         |_| (outcomes_from(&addr, &probes)? == expected).then_some(()),
     );
 
-    signal(&nodes.process(paused).child, libc::SIGSTOP);
+    pause(&nodes.process(paused).child).expect("the node stops");
     // Sent at once: the events for the paused node's partitions go over a link nobody
     // answers; they end when the controller marks those partitions Offline (after the TTL).
     let outcomes = all_answered_within(&addr, &probes, Duration::from_secs(ttl_s + 4));

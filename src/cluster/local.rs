@@ -62,6 +62,50 @@ pub fn signal(child: &Child, signal: i32) {
     unsafe { libc::kill(child.id() as i32, signal) };
 }
 
+/// SIGSTOPs `child` and waits until every one of its threads has stopped. kill(2) returns
+/// before that: a thread that is running keeps running until the thread the signal was given
+/// to is scheduled and stops the group, which on a busy machine takes milliseconds, time
+/// enough for a node to answer what it was sent "after" it was paused. `Err` if some thread
+/// is still running after `CLUSTER_UP_STOP_MS_MAX`.
+pub fn pause(child: &Child) -> Result<(), String> {
+    signal(child, libc::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_millis(CLUSTER_UP_STOP_MS_MAX);
+    let tasks = PathBuf::from(format!("/proc/{}/task", child.id()));
+    loop {
+        match running_threads(&tasks) {
+            Ok(0) => return Ok(()),
+            Ok(running) if Instant::now() >= deadline => {
+                return Err(format!(
+                    "process {} still has {running} threads running \
+                     {CLUSTER_UP_STOP_MS_MAX} ms after SIGSTOP",
+                    child.id()
+                ));
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+            Err(error) => return Err(format!("cannot read {}: {error}", tasks.display())),
+        }
+    }
+}
+
+/// How many threads under `/proc/PID/task` are in any state but stopped (`T`).
+fn running_threads(tasks: &Path) -> std::io::Result<usize> {
+    let mut running = 0;
+    for task in std::fs::read_dir(tasks)? {
+        // A thread that exits between the listing and the read has stopped running too.
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else {
+            continue;
+        };
+        // "TID (COMM) STATE ...": COMM may hold spaces and parentheses, so read after the last ')'.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if state != Some("T") {
+            running += 1;
+        }
+    }
+    Ok(running)
+}
+
 /// SIGTERM, then SIGKILL if `child` has not exited within `CLUSTER_UP_STOP_MS_MAX`.
 pub fn stop_child(child: &mut Child) {
     if matches!(child.try_wait(), Ok(Some(_))) {

@@ -121,8 +121,9 @@ pub struct ShardStats {
     pub link_inflight_peak: Credit,
 }
 
-/// What went over a shard's links to other nodes, each way: events forwarded (sent) or
-/// received to apply, their archived bytes, and the link frames that carried them.
+/// What went over a shard's links to other nodes, each way: events forwarded (sent: handed to
+/// the link's socket, so not those answered before their link was up) or received to apply,
+/// their archived bytes, and the link frames that carried them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkTally {
     pub events_sent: u64,

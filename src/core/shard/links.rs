@@ -178,6 +178,8 @@ struct OutLink {
     next_token: u64,
     /// Tokens below this were handed to the shell to write.
     handed_through: u64,
+    /// Archived bytes of the events queued and not yet handed to the shell.
+    queued_bytes: u64,
     pending: HashMap<u64, LinkPending>,
     ready_listed: bool,
 }
@@ -192,6 +194,7 @@ impl OutLink {
             open_tokens: Vec::new(),
             next_token: 1,
             handed_through: 1,
+            queued_bytes: 0,
             pending: HashMap::new(),
             ready_listed: false,
         }
@@ -426,8 +429,7 @@ impl ShardCore {
         if link.state == LinkState::Idle {
             link.state = LinkState::Connecting;
         }
-        self.stats.links.events_sent += 1;
-        self.stats.links.bytes_sent += bytes.len() as u64;
+        link.queued_bytes += bytes.len() as u64;
         self.links.list_ready(dest);
     }
 
@@ -462,6 +464,10 @@ impl ShardCore {
                 out.extend_from_slice(bytes);
                 let written = bytes.len();
                 link.frames.clear(0);
+                // Counted as sent once handed to the socket: events answered before that (a
+                // refused handshake, a link that failed while connecting) never left.
+                self.stats.links.events_sent += link.next_token - link.handed_through;
+                self.stats.links.bytes_sent += std::mem::take(&mut link.queued_bytes);
                 link.handed_through = link.next_token;
                 self.stats.links.batches_sent += frames;
                 Some(LinkPoll::Write(written))
@@ -562,6 +568,7 @@ impl ShardCore {
         pending.sort_unstable_by_key(|(token, _)| *token);
         link.frames.clear(0);
         link.frames_sealed = 0;
+        link.queued_bytes = 0;
         link.open_tokens.clear();
         link.handed_through = link.next_token;
         if link.state != LinkState::Closed {

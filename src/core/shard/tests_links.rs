@@ -354,6 +354,8 @@ fn a_failed_link_answers_unsent_events_unavailable_and_sent_ones_outcome_unknown
     );
     assert_eq!(a.credit_held(), Credit::ZERO);
     assert_eq!(a.stats().links.links_failed, 1);
+    // Only the two handed to the socket count as sent.
+    assert_eq!(a.stats().links.events_sent, 2);
     let tally = &a.stats().events;
     assert_eq!(tally.outcome_total(OutcomeIndex::OutcomeUnknown), 2);
 
@@ -387,6 +389,8 @@ fn a_connect_that_fails_answers_everything_queued_unavailable() {
         .map(|reply| reply.outcome)
         .collect();
     assert_eq!(outcomes, vec![unavailable(), unavailable()]);
+    assert_eq!(a.stats().links.events_sent, 0, "nothing left this node");
+    assert_eq!(a.stats().links.bytes_sent, 0);
     a.check_credit().unwrap();
 }
 
