@@ -79,7 +79,7 @@ fn three_nodes_register_one_becomes_controller_and_every_partition_is_placed_onc
         trove().args([
             "cluster",
             "status",
-            "--etcd",
+            "--cluster",
             &etcd.endpoint(),
             "--cluster-name",
             NAME,
@@ -760,9 +760,13 @@ fn events_forwarded_to_a_paused_owner_end_unavailable_or_outcome_unknown_and_nev
 }
 
 #[test]
-fn a_cluster_node_with_credentials_is_refused_while_links_are_unauthenticated() {
-    let secret = std::env::temp_dir().join(format!("trove-link-secret-{}", std::process::id()));
-    std::fs::write(&secret, "a secret of more than sixteen bytes").unwrap();
+fn a_cluster_node_with_tls_is_refused_while_links_do_not_speak_tls() {
+    let dir = std::env::temp_dir().join(format!("trove-link-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("node.pem"), dir.join("node.key"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_trove"))
         .args([
             "node",
@@ -773,8 +777,10 @@ fn a_cluster_node_with_credentials_is_refused_while_links_are_unauthenticated() 
             "--shards",
             "1",
         ])
-        .args(["--metrics-listen", "off", "--auth-secret-file"])
-        .arg(&secret)
+        .args(["--metrics-listen", "off", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
         // Never reached: the node refuses before it talks to etcd.
         .args(["--cluster", "http://127.0.0.1:9", "--node-id", "1"])
         .stdin(Stdio::null())
@@ -794,12 +800,13 @@ fn a_cluster_node_with_credentials_is_refused_while_links_are_unauthenticated() 
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    std::fs::remove_file(&secret).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("links between its nodes are not authenticated"),
+        stderr.contains("links between its nodes do not speak TLS"),
         "{stderr}"
     );
+    assert!(stderr.contains("--auth-secret-file"), "{stderr}");
 }

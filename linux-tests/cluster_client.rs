@@ -24,7 +24,7 @@ use trove::core::ids::{Epoch, HuntId, NodeId, PlayerId, ShardId};
 use trove::core::message::{Event, EventKind, HuntSpec, Outcome, RejectReason};
 
 use support::cluster::{ClusterSpec, etcd_or_skip};
-use support::{installed, one_at_a_time, run_bounded, trove};
+use support::{installed, one_at_a_time, run_bounded, scratch_dir, trove};
 
 /// Partitions of the 3-node clusters; 16 nodes get `PARTITIONS * 4`, so that every node owns
 /// some.
@@ -311,27 +311,31 @@ fn bench_cluster_reports_per_node_counts_that_add_up_to_the_events_sent() {
     if installed("etcd").is_none() {
         return;
     }
+    let out = scratch_dir("bench-cluster");
     let output = run_bounded(
-        trove().args([
-            "bench",
-            "--cluster",
-            "3",
-            "--partitions",
-            "64",
-            "--duration",
-            "1",
-            "--warmup",
-            "0",
-            "--connections",
-            "1",
-            "--closed",
-            "32",
-            "--hunts",
-            "30",
-            "--players",
-            "4",
-            "--quiet",
-        ]),
+        trove()
+            .args([
+                "bench",
+                "--cluster",
+                "3",
+                "--partitions",
+                "64",
+                "--duration",
+                "1",
+                "--warmup",
+                "0",
+                "--connections",
+                "1",
+                "--closed",
+                "32",
+                "--hunts",
+                "30",
+                "--players",
+                "4",
+                "--quiet",
+            ])
+            .arg("--out")
+            .arg(&out),
         Duration::from_secs(120),
     );
     let text = String::from_utf8_lossy(&output.stdout);
@@ -368,4 +372,22 @@ fn bench_cluster_reports_per_node_counts_that_add_up_to_the_events_sent() {
     assert_eq!(per_node.iter().sum::<u64>(), sent, "{text}");
     assert!(text.contains("inter-node messages per event"), "{text}");
     assert!(text.contains("CPU-seconds per million events"), "{text}");
+    // summary.json holds the same account.
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    let nodes = summary["cluster"]["nodes"]
+        .as_array()
+        .expect("cluster.nodes");
+    let applied: Vec<u64> = nodes
+        .iter()
+        .map(|node| node["events_applied"].as_u64().unwrap())
+        .collect();
+    assert_eq!(applied, per_node, "summary.json's cluster.nodes");
+    assert!(
+        summary["cluster"]["cpu_seconds_per_million_events"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
 }

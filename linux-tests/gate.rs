@@ -69,6 +69,7 @@ fn base_summary(cpu_model: &str) -> Value {
         }),
         sweep: None,
         node: None,
+        cluster: None,
     };
     serde_json::to_value(Summary::of_report_on(&report, host(cpu_model))).unwrap()
 }

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::client::fetch_map;
 use crate::cluster::etcd::EtcdClient;
@@ -34,7 +34,7 @@ const LINK_BYTES: &str = "link_bytes_total";
 const EVENTS_APPLIED: &str = "events_applied_total";
 
 /// What `--cluster` asks for.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ClusterSpec {
     pub nodes: usize,
     pub shards_per_node: usize,
@@ -79,7 +79,7 @@ impl ClusterSample {
 }
 
 /// One node's share of a run.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct NodeFigures {
     pub node: u32,
     pub events_applied: u64,
@@ -89,7 +89,7 @@ pub struct NodeFigures {
 }
 
 /// The cluster's account of a run (warm-up included: nodes count every event).
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ClusterFigures {
     pub spec: ClusterSpec,
     pub nodes: Vec<NodeFigures>,

@@ -37,7 +37,7 @@ pub fn run_for_gate(workload: Option<&std::path::Path>) -> Result<serde_json::Va
         ..BenchArgs::default()
     };
     let config = BenchConfig::from_args(&args)?;
-    let (report, _, _) = session::execute(&config, &mut Progress::silent())?;
+    let (report, _) = session::execute(&config, &mut Progress::silent())?;
     serde_json::to_value(report::Summary::of_report(&report)).map_err(|error| error.to_string())
 }
 
@@ -140,7 +140,7 @@ pub fn run(args: &BenchArgs) -> i32 {
             return 1;
         }
     };
-    let (report, node_report, cluster) = match session::execute(&config, &mut progress) {
+    let (report, node_report) = match session::execute(&config, &mut progress) {
         Ok(done) => done,
         Err(message) => {
             eprintln!("trove bench: {message}");
@@ -165,7 +165,7 @@ pub fn run(args: &BenchArgs) -> i32 {
     if let Some(node_report) = node_report {
         let _ = write!(stdout, "embedded node:\n{}", node_report.describe());
     }
-    if let Some(cluster) = cluster {
+    if let Some(cluster) = &report.cluster {
         let _ = write!(stdout, "{}", cluster.describe());
     }
     match metrics_difference {

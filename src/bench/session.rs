@@ -14,7 +14,7 @@ use crate::bench::disk::{RedisServer, RunDir};
 use crate::bench::report::summary::{LogSummary, NodeSummary};
 use crate::runtime::store::StoreConfig;
 
-use crate::bench::cluster::{ClusterFigures, ClusterSpec, LocalCluster};
+use crate::bench::cluster::{ClusterSpec, LocalCluster};
 use crate::bench::config::{BenchConfig, LoadConfig, PeerConfig, TargetConfig};
 use crate::bench::generator::Protocol;
 use crate::bench::progress::Progress;
@@ -362,19 +362,19 @@ fn run_main(
 }
 
 /// Runs a whole benchmark as `config` says. With an embedded node, also returns what the
-/// node's shards counted and how long their stages took; with a local cluster, the cluster's
-/// own account of the run.
+/// node's shards counted and how long their stages took; with a local cluster, the report
+/// holds the cluster's own account of the run.
 pub fn execute(
     config: &BenchConfig,
     progress: &mut Progress,
-) -> Result<(Report, Option<NodeReport>, Option<ClusterFigures>), String> {
+) -> Result<(Report, Option<NodeReport>), String> {
     let (addr, started) = start_target(config, progress)?;
     let cluster = match &started {
         Started::Cluster(cluster) => Some(cluster),
         _ => None,
     };
     let result = execute_against(addr, config, progress, cluster);
-    let trove_done = result.as_ref().ok().map(|(_, done, _)| *done);
+    let trove_done = result.as_ref().ok().map(|(_, done)| *done);
     let stopped = match started {
         Started::Embedded(embedded) => Some(embedded.stop(trove_done)),
         Started::Cluster(cluster) => {
@@ -383,7 +383,7 @@ pub fn execute(
         }
         Started::Remote => None,
     };
-    let (mut report, _, figures) = result?;
+    let (mut report, _) = result?;
     let node_report = stopped.map(|(node_report, log)| {
         report.node = Some(NodeSummary {
             log,
@@ -391,7 +391,7 @@ pub fn execute(
         });
         node_report
     });
-    Ok((report, node_report, figures))
+    Ok((report, node_report))
 }
 
 fn execute_against(
@@ -399,7 +399,7 @@ fn execute_against(
     config: &BenchConfig,
     progress: &mut Progress,
     cluster: Option<&LocalCluster>,
-) -> Result<(Report, Instant, Option<ClusterFigures>), String> {
+) -> Result<(Report, Instant), String> {
     let calibration = if config.calibrate {
         progress.note("measuring the loopback round trip and byte rate…");
         Some(crate::bench::calibrate::calibrate(
@@ -456,8 +456,9 @@ fn execute_against(
         calibration,
         sweep,
         node: None,
+        cluster: figures,
     };
-    Ok((report, trove_done, figures))
+    Ok((report, trove_done))
 }
 
 /// The CPU of the embedded node's first shard, where calibration's server side runs too.

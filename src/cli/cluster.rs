@@ -250,7 +250,7 @@ pub struct ClusterArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ClusterCommand {
-    /// Run a local cluster on loopback (its own etcd unless --etcd) until Ctrl-C or SIGTERM.
+    /// Run a local cluster on loopback (its own etcd unless --cluster) until Ctrl-C or SIGTERM.
     ///
     /// Exit codes: 0 after a clean stop; 1 when etcd or a node cannot start (the message says
     /// why); 2 for a usage error.
@@ -270,8 +270,9 @@ pub struct UpArgs {
     /// Shards each node runs
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub shards_per_node: usize,
-    /// Use this etcd (http://HOST:2379) instead of starting one
-    #[arg(long, value_name = "URL")]
+    /// Use this etcd (http://HOST:2379) instead of starting one; the flag `trove node` and
+    /// `trove top` take for the cluster's etcd (--etcd is the same)
+    #[arg(long = "cluster", visible_alias = "etcd", value_name = "URL")]
     pub etcd: Option<String>,
     /// The cluster's name
     #[arg(long, value_name = "NAME", default_value = "local")]
@@ -291,8 +292,14 @@ pub struct UpArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// The cluster's etcd (http://HOST:2379[,…])
-    #[arg(long, value_name = "URLS", default_value = "http://127.0.0.1:2379")]
+    /// The cluster's etcd (http://HOST:2379[,…]), as `trove node --cluster` was given it
+    /// (--etcd is the same)
+    #[arg(
+        long = "cluster",
+        visible_alias = "etcd",
+        value_name = "URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub etcd: String,
     /// The cluster's name
     #[arg(long, value_name = "NAME", default_value = "trove")]
@@ -311,7 +318,7 @@ fn run_status(args: &StatusArgs) -> i32 {
     let endpoints = match parse_endpoints(&args.etcd) {
         Ok(endpoints) => endpoints,
         Err(message) => {
-            eprintln!("trove cluster status: --etcd {message}");
+            eprintln!("trove cluster status: --cluster {message}");
             return 2;
         }
     };
@@ -357,7 +364,7 @@ fn check_up(args: &UpArgs) -> Result<(), String> {
         ));
     }
     if let Some(etcd) = &args.etcd {
-        parse_endpoints(etcd).map_err(|error| format!("--etcd {error}"))?;
+        parse_endpoints(etcd).map_err(|error| format!("--cluster {error}"))?;
     }
     Ok(())
 }
@@ -451,7 +458,7 @@ fn run_up(args: &UpArgs) -> i32 {
         }
     }
     say(&format!(
-        "trove cluster up: {} nodes in cluster {:?}; see it with `trove cluster status --etcd {endpoint} --cluster-name {}`; stop with Ctrl-C",
+        "trove cluster up: {} nodes in cluster {:?}; see it with `trove cluster status --cluster {endpoint} --cluster-name {}`; stop with Ctrl-C",
         args.nodes, args.cluster_name, args.cluster_name
     ));
     let echoes: Vec<_> = nodes

@@ -20,7 +20,7 @@ use crate::constants::{CLUSTER_UP_START_MS_MAX, CLUSTER_UP_STOP_MS_MAX};
 
 /// The one sentence said when etcd is missing.
 pub const ETCD_MISSING: &str =
-    "etcd is not on PATH: install it (apt-get install etcd-server) or give --etcd URL";
+    "etcd is not on PATH: install it (apt-get install etcd-server) or give --cluster URL";
 
 /// Where `name` is on PATH, if it is.
 pub fn find_on_path(name: &str) -> Option<PathBuf> {

@@ -19,8 +19,10 @@
 //! [`ServerHandshake`] and [`ClientHandshake`] are plain state machines: bytes received go in,
 //! frames to send come out in a [`FrameBuilder`], and the caller owns the socket, the clock
 //! and the random source (nonces are passed in). The node's shell lives in `net::auth`, the
-//! blocking client's in `client::auth`. Values here live on one thread: the shard's executor
-//! for a node's connection, the connecting thread for a client's.
+//! blocking client's in `client::auth`. Links between nodes use the same handshake: the shard
+//! that dials is the client (`net::auth::authenticate_link`), and the listening shard is the
+//! node, as for any connection. Values here live on one thread: the shard's executor for a
+//! node's connection or link, the connecting thread for a client's.
 
 use std::fmt;
 
@@ -35,6 +37,7 @@ use crate::core::codec::{
     Decoded, FrameBuilder, FrameError, FrameKind, Records, access_record, decode_frame,
     decode_header,
 };
+use crate::core::ids::NodeId;
 use crate::core::message::ArchivedErrorMessage;
 
 /// Error code of the error frame a node sends when a client fails authentication. Codes below
@@ -210,6 +213,28 @@ impl fmt::Display for AuthError {
 }
 
 impl std::error::Error for AuthError {}
+
+/// Why an outgoing link between nodes could not authenticate with node `peer`, for the line
+/// its node prints. A link sends a well-formed response, so a node that refuses it with
+/// `ERROR_CODE_AUTH_FAILED` refused the proof: the two nodes hold different secrets.
+pub fn describe_link_auth_failure(peer: NodeId, error: &AuthError) -> String {
+    let peer = peer.0;
+    match error {
+        AuthError::Refused {
+            code: ERROR_CODE_AUTH_FAILED,
+            ..
+        } => format!(
+            "node {peer} refused this node's proof: the secret differs; give every node of the cluster the same --auth-secret-file"
+        ),
+        AuthError::WrongSecret => format!(
+            "node {peer} could not prove this node's secret: the secret differs; give every node of the cluster the same --auth-secret-file"
+        ),
+        AuthError::UnexpectedFrame { found, .. } => format!(
+            "node {peer} sent a {found:?} frame instead of an authentication challenge; does it run without --auth-secret-file? every node of the cluster needs the same secret"
+        ),
+        error => format!("authenticating the link with node {peer} failed: {error}"),
+    }
+}
 
 /// What a handshake step did with the bytes it was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -499,6 +524,36 @@ mod tests {
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_link_refused_for_its_proof_is_described_as_a_secret_that_differs() {
+        let node_secret = secret("the cluster's secret, node 2");
+        let link_secret = secret("another secret entirely, node 1");
+        let (node, _) = handshake(&node_secret, &link_secret);
+        let mut refusal = FrameBuilder::new();
+        ServerHandshake::refuse(&node.unwrap_err(), &mut refusal);
+        let mut link = ClientHandshake::new(&link_secret, [2; NONCE_BYTES]);
+        let error = link
+            .handle_input(&aligned(refusal.bytes()), &mut FrameBuilder::new())
+            .unwrap_err();
+        let text = describe_link_auth_failure(NodeId(2), &error);
+        assert!(text.starts_with("node 2 refused"), "{text}");
+        assert!(text.contains("the secret differs"), "{text}");
+        // The other way round: the link's peer answered with a proof it could not make.
+        let text = describe_link_auth_failure(NodeId(3), &AuthError::WrongSecret);
+        assert!(
+            text.contains("node 3") && text.contains("the secret differs"),
+            "{text}"
+        );
+        // Another refusal is passed on as the peer said it, never blamed on the secret.
+        let other = AuthError::Refused {
+            code: 100,
+            message: "too many connections".into(),
+        };
+        let text = describe_link_auth_failure(NodeId(2), &other);
+        assert!(!text.contains("secret differs"), "{text}");
+        assert!(text.contains("too many connections"), "{text}");
     }
 
     #[test]

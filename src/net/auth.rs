@@ -7,17 +7,27 @@
 //! finish within `AUTH_HANDSHAKE_MS_MAX`: a connection that stalls holds one of the shard's
 //! connection slots for no longer than that. Runs on the shard's executor, one task per
 //! connection.
+//!
+//! An outgoing link between nodes is a client of its peer's shard: [`authenticate_link`]
+//! drives `core::auth::ClientHandshake` over the link's socket before its hello, under the
+//! same time limit.
 
 use std::time::Duration;
 
 use futures_lite::future::or;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
 use rkyv::util::AlignedVec;
 
-use crate::constants::{AUTH_HANDSHAKE_MS_MAX, CONNECTION_LINGER_MS_MAX, FRAME_HEADER_BYTES};
+use crate::constants::{
+    AUTH_HANDSHAKE_MS_MAX, CONNECTION_LINGER_MS_MAX, ERROR_MESSAGE_BYTES_MAX, FRAME_HEADER_BYTES,
+};
 use crate::core::auth::{
-    AUTH_FRAME_BYTES_MAX, AuthError, AuthSecret, NONCE_BYTES, ServerHandshake, Step,
+    AUTH_FRAME_BYTES_MAX, AuthError, AuthSecret, ClientHandshake, NONCE_BYTES, ServerHandshake,
+    Step, describe_link_auth_failure,
 };
 use crate::core::codec::FrameBuilder;
+use crate::core::ids::NodeId;
 use crate::net::transport::Transport;
 
 /// Why a connection was not let in.
@@ -117,4 +127,68 @@ async fn handshake(stream: &mut Transport, secret: &AuthSecret) -> Result<(), Re
         .await
         .map_err(|_| Refused::Io)?;
     Ok(())
+}
+
+/// Proves to node `peer`, at the other end of a new outgoing link, that this node knows
+/// `secret`, and checks the peer's proof, before the link's hello. Bounded by
+/// `AUTH_HANDSHAKE_MS_MAX`; the error is the line the node prints about the link.
+pub(crate) async fn authenticate_link(
+    stream: &mut TcpStream,
+    secret: &AuthSecret,
+    peer: NodeId,
+) -> Result<(), String> {
+    let timed_out = async {
+        glommio::timer::sleep(Duration::from_millis(AUTH_HANDSHAKE_MS_MAX)).await;
+        Err(Refused::TimedOut)
+    };
+    match or(link_handshake(stream, secret), timed_out).await {
+        Ok(()) => Ok(()),
+        Err(Refused::Auth(error)) => Err(describe_link_auth_failure(peer, &error)),
+        Err(Refused::TimedOut) => Err(format!(
+            "node {} sent no authentication challenge within {AUTH_HANDSHAKE_MS_MAX} ms; does it run without --auth-secret-file? every node of the cluster needs the same secret",
+            peer.0
+        )),
+        Err(Refused::Io) => Err(format!(
+            "node {} closed the link during its authentication",
+            peer.0
+        )),
+    }
+}
+
+/// The client's side over a link's socket: exact reads (a header, then the rest of the frame
+/// it announces), so nothing past the peer's acceptance is consumed.
+async fn link_handshake(stream: &mut TcpStream, secret: &AuthSecret) -> Result<(), Refused> {
+    let mut client = ClientHandshake::new(secret, fresh_nonce()?);
+    let mut input: AlignedVec = AlignedVec::with_capacity(AUTH_FRAME_BYTES_MAX);
+    let mut want = FRAME_HEADER_BYTES;
+    loop {
+        let have = input.len();
+        input.resize(want, 0);
+        stream
+            .read_exact(&mut input[have..want])
+            .await
+            .map_err(|_| Refused::Io)?;
+        let mut out = FrameBuilder::new();
+        let step = client
+            .handle_input(&input, &mut out)
+            .map_err(Refused::Auth)?;
+        if !out.is_empty() {
+            stream
+                .write_all(out.bytes())
+                .await
+                .map_err(|_| Refused::Io)?;
+        }
+        want = match step {
+            Step::NeedMore { frame_len } => frame_len.unwrap_or(FRAME_HEADER_BYTES),
+            Step::Continue { .. } => {
+                input.clear();
+                FRAME_HEADER_BYTES
+            }
+            Step::Done { .. } => return Ok(()),
+        };
+        // An error frame may be longer than a handshake frame; its text is bounded too.
+        if want <= input.len() || want > AUTH_FRAME_BYTES_MAX + ERROR_MESSAGE_BYTES_MAX {
+            return Err(Refused::Auth(AuthError::Truncated));
+        }
+    }
 }

@@ -56,13 +56,15 @@ pub(crate) fn serve(shard: Rc<Shard>, stream: TcpStream, access: Rc<Access>) {
         }
     };
     if access.is_open() {
-        // A node link may arrive here too (only on nodes without credentials: a cluster
-        // node with credentials is refused at start): its first frame says which it is.
+        // A node link may arrive here too: its first frame says which it is.
         spawn_timed(first_read(shard, id, signals, stream)).detach();
         return;
     }
     spawn_timed(async move {
         match access.admit(&shard, &signals, stream).await {
+            // A node link proves the secret like any client, then says what it is (a cluster
+            // node with TLS is refused at start: links do not speak TLS).
+            Ok(Transport::Plain(stream)) => first_read(shard, id, signals, stream).await,
             Ok(transport) => start_loops(shard, id, signals, transport),
             Err(reason) => {
                 shard.handle_read_closed(id, Ok(()));

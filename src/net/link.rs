@@ -1,13 +1,13 @@
 //! The sockets of links between nodes: the outgoing side (connect, hello, the writer of
 //! `LinkEvents` frames and the reader of `LinkReplies`) and the inbound side (a connection
 //! on a shard's port whose first frame is a `LinkHello`: the reader of `LinkEvents` and the
-//! writer of `LinkReplies`). Bytes only: what goes in the frames and what a failure answers
+//! writer of `LinkReplies`). A node with a shared secret authenticates its outgoing links as
+//! a client (`net::auth::authenticate_link`) before the hello; its inbound links pass the
+//! listener's handshake like any connection. Bytes only: what goes in the frames and what a failure answers
 //! is the core's (`core::shard::links`), the outgoing link's lifecycle is the runtime's
 //! (`runtime::link`). Everything here runs on the shard's executor.
 
-use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -15,15 +15,17 @@ use futures_lite::future::or;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::constants::LINK_CONNECT_MS_MAX;
+use crate::constants::{AUTH_HANDSHAKE_MS_MAX, LINK_CONNECT_MS_MAX};
+use crate::core::auth::AuthSecret;
 use crate::core::codec::{
     Decoded, FrameBuilder, FrameKind, ReceiveBuffer, ValidatedFrame, decode_frame, decode_header,
 };
 use crate::core::ids::ConnectionId;
 use crate::core::message::{ArchivedErrorMessage, ArchivedLinkAccepted};
 use crate::core::shard::LinkDest;
+use crate::net::auth::authenticate_link;
 use crate::net::transport::dup_stream;
-use crate::runtime::link::LinkEnd;
+use crate::runtime::link::{LinkConnector, LinkEnd};
 use crate::runtime::shard::{LinkSignals, Shard};
 use crate::runtime::stall::spawn_timed;
 use crate::runtime::wait::{Latch, WaitQueue};
@@ -33,13 +35,14 @@ pub(crate) fn starts_with_link_hello(bytes: &[u8]) -> bool {
     matches!(decode_header(bytes), Ok(Some(header)) if header.kind == FrameKind::LinkHello)
 }
 
-/// The connector of outgoing links (see [`crate::runtime::link::LinkConnector`]).
-pub(crate) fn connector(
-    shard: Rc<Shard>,
-    dest: LinkDest,
-    signals: Rc<LinkSignals>,
-) -> Pin<Box<dyn Future<Output = LinkEnd>>> {
-    Box::pin(run_connection(shard, dest, signals))
+/// The connector of outgoing links (see [`crate::runtime::link::LinkConnector`]). With a
+/// `secret`, each link proves it to the peer's shard (whose listener asks every connection
+/// for it) before its hello.
+pub(crate) fn connector(secret: Option<AuthSecret>) -> LinkConnector {
+    let secret = secret.map(Rc::new);
+    Rc::new(move |shard, dest, signals| {
+        Box::pin(run_connection(shard, dest, signals, secret.clone()))
+    })
 }
 
 fn failed(connected: bool, reason: impl Into<String>) -> LinkEnd {
@@ -49,18 +52,26 @@ fn failed(connected: bool, reason: impl Into<String>) -> LinkEnd {
     }
 }
 
-async fn run_connection(shard: Rc<Shard>, dest: LinkDest, signals: Rc<LinkSignals>) -> LinkEnd {
+async fn run_connection(
+    shard: Rc<Shard>,
+    dest: LinkDest,
+    signals: Rc<LinkSignals>,
+    secret: Option<Rc<AuthSecret>>,
+) -> LinkEnd {
     let broken = signals.broken.borrow().clone();
-    let handshake = or(async { handshake(&shard, dest).await }, async {
-        or(
-            glommio::timer::sleep(Duration::from_millis(LINK_CONNECT_MS_MAX)),
-            broken.wait(),
-        )
-        .await;
-        Err(format!(
-            "no answer to the link hello within {LINK_CONNECT_MS_MAX} ms"
-        ))
-    });
+    // The authentication has a limit of its own inside this one, and says why it failed.
+    let limit_ms = LINK_CONNECT_MS_MAX + secret.as_ref().map_or(0, |_| AUTH_HANDSHAKE_MS_MAX);
+    let handshake = or(
+        async { handshake(&shard, dest, secret.as_deref()).await },
+        async {
+            or(
+                glommio::timer::sleep(Duration::from_millis(limit_ms)),
+                broken.wait(),
+            )
+            .await;
+            Err(format!("no answer to the link hello within {limit_ms} ms"))
+        },
+    );
     let (mut stream, input) = match handshake.await {
         Ok(connected) => connected,
         Err(reason) => return failed(false, reason),
@@ -99,13 +110,21 @@ fn address_of(shard: &Shard, dest: LinkDest) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{host} resolves to no address"))
 }
 
-/// Connects to `dest`, sends the hello and waits for the acceptance, which the core checks.
-async fn handshake(shard: &Shard, dest: LinkDest) -> Result<(TcpStream, ReceiveBuffer), String> {
+/// Connects to `dest`, proves the secret when the node has one, sends the hello and waits
+/// for the acceptance, which the core checks.
+async fn handshake(
+    shard: &Shard,
+    dest: LinkDest,
+    secret: Option<&AuthSecret>,
+) -> Result<(TcpStream, ReceiveBuffer), String> {
     let addr = address_of(shard, dest)?;
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|error| format!("cannot connect to {addr}: {error}"))?;
     let _ = stream.set_nodelay(true);
+    if let Some(secret) = secret {
+        authenticate_link(&mut stream, secret, dest.node).await?;
+    }
     stream
         .write_all(&shard.link_hello_frame())
         .await
@@ -130,6 +149,11 @@ async fn handshake(shard: &Shard, dest: LinkDest) -> Result<(TcpStream, ReceiveB
                         Ok((stream, input))
                     }
                     FrameKind::Error => Err(error_text(body)),
+                    // The peer's listener asks every connection for the secret first.
+                    FrameKind::AuthChallenge => Err(format!(
+                        "node {} requires authentication: give this node the cluster's --auth-secret-file",
+                        dest.node.0
+                    )),
                     kind => Err(format!("a {kind:?} frame instead of the link acceptance")),
                 };
             }

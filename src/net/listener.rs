@@ -86,8 +86,8 @@ pub fn serve_listeners(
     secret: Option<AuthSecret>,
     tls: Option<Arc<ServerConfig>>,
 ) {
+    shard.set_link_connector(crate::net::link::connector(secret.clone()));
     let access = Rc::new(Access { secret, tls });
-    shard.set_link_connector(crate::net::link::connector);
     for socket in sockets {
         // SAFETY: the descriptor comes from a listening socket this shard alone now owns.
         let listener = unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };

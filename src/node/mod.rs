@@ -264,12 +264,11 @@ impl Node {
             )?);
         }
         let shard_addrs: Vec<SocketAddr> = own.iter().map(local_addr).collect();
-        if config.runtime.cluster_name.is_some() && (config.auth.is_some() || config.tls.is_some())
-        {
-            // Links between nodes do not authenticate yet: a node with credentials would let
-            // any peer that speaks the link handshake past them.
+        if config.runtime.cluster_name.is_some() && config.tls.is_some() {
+            // Links between nodes do not speak TLS: a node with TLS would serve its links in
+            // the clear and could not reach its peers' TLS listeners.
             return Err(StartError::Config(ConfigError::Cluster(
-                "a cluster node with --auth-secret-file or TLS is refused: the links between its nodes are not authenticated yet; run cluster nodes without credentials, on a private network".into(),
+                "a cluster node with TLS is refused: the links between its nodes do not speak TLS yet; authenticate the cluster with --auth-secret-file (the same file on every node) and run it on a private network".into(),
             )));
         }
         let mut runtime = config.runtime.clone();

@@ -93,7 +93,7 @@ pub struct Shard {
     /// Each inbound link's writer queue, by slot.
     inbound_writers: RefCell<Vec<Option<InboundWriter>>>,
     /// How an outgoing link connects, set by the network layer when it starts serving.
-    link_connector: std::cell::Cell<Option<crate::runtime::link::LinkConnector>>,
+    link_connector: std::cell::RefCell<Option<crate::runtime::link::LinkConnector>>,
 }
 
 /// An inbound link's id and its writer's queue.
@@ -160,7 +160,7 @@ impl Shard {
             links_unstarted: RefCell::default(),
             link_supervisor: WaitQueue::new(),
             inbound_writers: RefCell::default(),
-            link_connector: std::cell::Cell::new(None),
+            link_connector: std::cell::RefCell::new(None),
         }
     }
 
@@ -628,11 +628,11 @@ impl Shard {
 
     /// How outgoing links connect (the network layer's connector).
     pub fn set_link_connector(&self, connector: crate::runtime::link::LinkConnector) {
-        self.link_connector.set(Some(connector));
+        *self.link_connector.borrow_mut() = Some(connector);
     }
 
     pub fn link_connector(&self) -> Option<crate::runtime::link::LinkConnector> {
-        self.link_connector.get()
+        self.link_connector.borrow().clone()
     }
 
     /// What the task of the link to `dest` does next (see [`ShardCore::poll_link`]).

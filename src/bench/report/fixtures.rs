@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 
 use super::summary::{LogSummary, NodeSummary, Percentiles, ShardSummary};
 use super::{Calibration, IntervalSample, LoadModel, Report, RunRecord, Sweep, SweepStep};
+use crate::bench::cluster::{ClusterFigures, ClusterSpec, NodeFigures};
 
 /// A histogram of ns with `count` values: a body near `body_ns` and a 1% tail up to
 /// `tail_factor` times the body, spread by a fixed xorshift sequence seeded with `seed`.
@@ -78,6 +79,7 @@ pub fn simple_report() -> Report {
         calibration: None,
         sweep: None,
         node: None,
+        cluster: None,
     }
 }
 
@@ -133,6 +135,27 @@ pub fn report_with_everything() -> Report {
             syncs_per_s: Some(40.0),
             events_per_sync: Some(500.0),
         }),
+    });
+    report.cluster = Some(ClusterFigures {
+        spec: ClusterSpec {
+            nodes: 2,
+            shards_per_node: 1,
+            partitions: 64,
+        },
+        nodes: (1..=2)
+            .map(|node| NodeFigures {
+                node,
+                events_applied: 20_000,
+                link_messages: 10_000,
+                link_bytes: 400_000,
+                cpu_seconds: 1.5,
+            })
+            .collect(),
+        link_metrics_exported: true,
+        events_applied: 40_000,
+        link_messages_per_event: 0.5,
+        link_bytes_per_event: 20.0,
+        cpu_seconds_per_million_events: 75.0,
     });
     report
 }

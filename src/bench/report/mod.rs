@@ -162,6 +162,8 @@ pub struct Report {
     pub sweep: Option<Sweep>,
     /// The embedded node's own account, once it stopped.
     pub node: Option<summary::NodeSummary>,
+    /// A local cluster's own account of the run (`--cluster`).
+    pub cluster: Option<crate::bench::cluster::ClusterFigures>,
 }
 
 /// File name of the summary inside the output directory.

@@ -50,6 +50,10 @@ pub struct Summary {
     /// The embedded node's own account of the run (`null` against a `--target`; absent in v1).
     #[serde(default)]
     pub node: Option<NodeSummary>,
+    /// With `--cluster`, the cluster's account of the run: events per node, inter-node
+    /// messages and bytes per event, CPU-seconds per million events (absent before it).
+    #[serde(default)]
+    pub cluster: Option<crate::bench::cluster::ClusterFigures>,
 }
 
 /// What the embedded node's shards counted over the whole session (set-up, warm-up and run),
@@ -291,6 +295,7 @@ impl Summary {
             calibration,
             sweep: report.sweep.as_ref().map(SweepSummary::of),
             node: report.node.clone(),
+            cluster: report.cluster.clone(),
         }
     }
 
