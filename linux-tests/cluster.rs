@@ -8,131 +8,35 @@
 //! test skips, saying so, when `etcd` is not installed, and stops everything
 //! it started (the processes also die with the test process).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use trove::client::{ClientConfig, Incoming, connect};
-use trove::cluster::coordinator::{ClusterView, Request, Response};
+use trove::cluster::coordinator::{Request, Response};
 use trove::cluster::etcd::EtcdClient;
-use trove::cluster::keys::ClusterKeys;
-use trove::cluster::local::{
-    EtcdProcess, LocalNodeConfig, NodeProcess, find_on_path, pause, signal,
-};
+use trove::cluster::local::{EtcdProcess, pause, signal};
 use trove::cluster::placement::{OwnerState, Placement};
 use trove::core::ids::{HuntId, NodeId, PartitionId, PlayerId};
 use trove::core::message::{Event, EventError, EventKind, Outcome, RejectReason, Reply};
 use trove::core::partition::Partitioner;
 
+use support::cluster::{
+    ClusterSpec, Nodes, cluster_up_until_placed, etcd_or_skip, outcomes_from, stop_cluster_up,
+    wait_for, wait_printed,
+};
+use support::{COMMAND_WAIT, ChildNode, installed, run_bounded, trove};
+
 const PARTITIONS: u32 = 64;
 const NAME: &str = "test";
-
-fn etcd_or_skip(test: &str) -> Option<EtcdProcess> {
-    if find_on_path("etcd").is_none() {
-        eprintln!("{test}: skipped, etcd is not installed (apt-get install etcd-server)");
-        return None;
-    }
-    Some(EtcdProcess::start().expect("etcd starts"))
-}
-
-/// A cluster of `count` one-shard nodes, ids 1..=count, and what each has printed.
-struct Nodes {
-    nodes: Vec<NodeProcess>,
-    printed: Vec<Vec<String>>,
-}
-
-impl Nodes {
-    fn start(etcd: &EtcdProcess, count: u32, lease_ttl_s: u64) -> Nodes {
-        let nodes: Vec<NodeProcess> = (1..=count)
-            .map(|node_id| {
-                NodeProcess::start(&LocalNodeConfig {
-                    trove: env!("CARGO_BIN_EXE_trove").into(),
-                    etcd: etcd.endpoint(),
-                    cluster_name: NAME.into(),
-                    node_id,
-                    shards: 1,
-                    partitions: PARTITIONS,
-                    lease_ttl_s,
-                })
-                .expect("the node starts")
-            })
-            .collect();
-        Nodes {
-            printed: vec![Vec::new(); nodes.len()],
-            nodes,
-        }
-    }
-
-    /// Collects what the nodes printed so far (and keeps their pipes from filling).
-    fn read(&mut self) {
-        for (node, printed) in self.nodes.iter().zip(&mut self.printed) {
-            printed.extend(node.lines.try_iter());
-        }
-    }
-
-    fn printed(&mut self, node: NodeId, text: &str) -> bool {
-        self.read();
-        self.printed[node.0 as usize - 1]
-            .iter()
-            .any(|line| line.contains(text))
-    }
-
-    fn process(&self, node: NodeId) -> &NodeProcess {
-        &self.nodes[node.0 as usize - 1]
-    }
-}
-
-/// The cluster's keys as etcd has them now.
-fn read_view(etcd: &EtcdProcess) -> Option<ClusterView> {
-    let keys = ClusterKeys::new(NAME).unwrap();
-    let mut client = EtcdClient::new(vec![etcd.endpoint()], Duration::from_secs(2));
-    let request = Request::RangePrefix {
-        prefix: keys.prefix().to_owned(),
-    };
-    match client.execute(&request) {
-        Ok(Response::Range { revision, kvs }) => {
-            Some(ClusterView::from_range(&keys, revision, &kvs))
-        }
-        _ => None,
-    }
-}
-
-/// Polls `check` until it returns something, for at most `limit`.
-fn wait_for<T>(
-    nodes: &mut Nodes,
-    limit: Duration,
-    what: &str,
-    mut check: impl FnMut(&mut Nodes) -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        nodes.read();
-        if let Some(found) = check(nodes) {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "no {what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Waits until `node` has printed a line containing `text`: what etcd shows can be read before
-/// the node's line about it has come through its pipe.
-fn wait_printed(nodes: &mut Nodes, node: NodeId, text: &str) {
-    wait_for(nodes, Duration::from_secs(5), text, |nodes| {
-        nodes.printed(node, text).then_some(())
-    });
-}
-
-/// A placement covering every partition exactly once, all serving, on `count` live nodes.
-fn settled_placement(etcd: &EtcdProcess, count: usize) -> Option<(ClusterView, Placement)> {
-    let view = read_view(etcd)?;
-    let placement = (*view.assignment.clone()?).clone();
-    let all_serving = placement
-        .owners()
-        .iter()
-        .all(|owner| owner.state == OwnerState::Serving);
-    (view.nodes.len() == count && view.controller.is_some() && all_serving)
-        .then_some((view, placement))
-}
+/// This file's clusters: `NAME`, `PARTITIONS`, and a 2 s lease unless a test says otherwise.
+const CLUSTER: ClusterSpec = ClusterSpec {
+    name: NAME,
+    partitions: PARTITIONS,
+    lease_ttl_s: 2,
+};
 
 fn partitions_of(placement: &Placement, node: NodeId) -> Vec<PartitionId> {
     (0..placement.partitions())
@@ -143,12 +47,12 @@ fn partitions_of(placement: &Placement, node: NodeId) -> Vec<PartitionId> {
 
 #[test]
 fn three_nodes_register_one_becomes_controller_and_every_partition_is_placed_once() {
-    let Some(etcd) = etcd_or_skip("three_nodes") else {
+    let Some(etcd) = etcd_or_skip() else {
         return;
     };
-    let mut nodes = Nodes::start(&etcd, 3, 2);
+    let mut nodes = Nodes::start(&CLUSTER, &etcd, 3);
     let (view, placement) = wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
-        settled_placement(&etcd, 3)
+        CLUSTER.settled_placement(&etcd, 3)
     });
     assert_eq!(placement.partitions(), PARTITIONS);
     let mut owned = 0;
@@ -171,17 +75,17 @@ fn three_nodes_register_one_becomes_controller_and_every_partition_is_placed_onc
         );
     }
 
-    let status = Command::new(env!("CARGO_BIN_EXE_trove"))
-        .args([
+    let status = run_bounded(
+        trove().args([
             "cluster",
             "status",
             "--cluster",
             &etcd.endpoint(),
             "--cluster-name",
             NAME,
-        ])
-        .output()
-        .unwrap();
+        ]),
+        COMMAND_WAIT,
+    );
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "{text}");
     assert!(
@@ -200,13 +104,13 @@ fn three_nodes_register_one_becomes_controller_and_every_partition_is_placed_onc
 
 #[test]
 fn a_paused_node_goes_offline_within_its_ttl_and_returns_at_a_new_epoch() {
-    let Some(etcd) = etcd_or_skip("a_paused_node") else {
+    let Some(etcd) = etcd_or_skip() else {
         return;
     };
     let ttl_s = 2;
-    let mut nodes = Nodes::start(&etcd, 3, ttl_s);
+    let mut nodes = Nodes::start(&CLUSTER.with_lease_ttl_s(ttl_s), &etcd, 3);
     let (view, before) = wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
-        settled_placement(&etcd, 3)
+        CLUSTER.settled_placement(&etcd, 3)
     });
     let controller = view.controller.unwrap().node;
     let paused = NodeId(controller.0 % 3 + 1);
@@ -257,19 +161,20 @@ fn a_paused_node_goes_offline_within_its_ttl_and_returns_at_a_new_epoch() {
 }
 
 fn view_placement(etcd: &EtcdProcess) -> Option<Placement> {
-    read_view(etcd)?
+    CLUSTER
+        .read_view(etcd)?
         .assignment
         .map(|placement| (*placement).clone())
 }
 
 #[test]
 fn when_the_controller_is_killed_another_takes_over_and_placements_advance() {
-    let Some(etcd) = etcd_or_skip("controller_killed") else {
+    let Some(etcd) = etcd_or_skip() else {
         return;
     };
-    let mut nodes = Nodes::start(&etcd, 3, 2);
+    let mut nodes = Nodes::start(&CLUSTER, &etcd, 3);
     let (view, before) = wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
-        settled_placement(&etcd, 3)
+        CLUSTER.settled_placement(&etcd, 3)
     });
     let old = view.controller.unwrap().node;
     let its = partitions_of(&before, old);
@@ -279,7 +184,7 @@ fn when_the_controller_is_killed_another_takes_over_and_placements_advance() {
         Duration::from_secs(10),
         "a new controller",
         |_| {
-            let view = read_view(&etcd)?;
+            let view = CLUSTER.read_view(&etcd)?;
             let controller = view.controller?.node;
             let placement = view.assignment?;
             (controller != old && placement.epoch() > before.epoch())
@@ -296,13 +201,13 @@ fn when_the_controller_is_killed_another_takes_over_and_placements_advance() {
 
 #[test]
 fn an_etcd_outage_moves_nothing_and_the_nodes_carry_on_when_it_returns() {
-    let Some(mut etcd) = etcd_or_skip("etcd_outage") else {
+    let Some(mut etcd) = etcd_or_skip() else {
         return;
     };
     let ttl_s = 3;
-    let mut nodes = Nodes::start(&etcd, 3, ttl_s);
+    let mut nodes = Nodes::start(&CLUSTER.with_lease_ttl_s(ttl_s), &etcd, 3);
     let (_, before) = wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
-        settled_placement(&etcd, 3)
+        CLUSTER.settled_placement(&etcd, 3)
     });
     etcd.kill();
     for node in (1..=3).map(NodeId) {
@@ -327,7 +232,9 @@ fn an_etcd_outage_moves_nothing_and_the_nodes_carry_on_when_it_returns() {
     }
     // Time for a keepalive round and a controller pass: still the same placement.
     std::thread::sleep(Duration::from_secs(2));
-    let (_, after) = settled_placement(&etcd, 3).expect("all three nodes still registered");
+    let (_, after) = CLUSTER
+        .settled_placement(&etcd, 3)
+        .expect("all three nodes still registered");
     assert_eq!(after, before, "nothing moved");
     for node in 1..=3 {
         assert!(
@@ -339,7 +246,7 @@ fn an_etcd_outage_moves_nothing_and_the_nodes_carry_on_when_it_returns() {
 
 #[test]
 fn a_watch_reports_a_change_as_it_happens() {
-    let Some(etcd) = etcd_or_skip("watch") else {
+    let Some(etcd) = etcd_or_skip() else {
         return;
     };
     let (changed_tx, changed) = flume::bounded(1);
@@ -374,47 +281,11 @@ fn a_watch_reports_a_change_as_it_happens() {
 
 #[test]
 fn cluster_up_runs_nodes_and_its_own_etcd_and_stops_them_on_sigterm() {
-    if find_on_path("etcd").is_none() {
-        eprintln!("cluster_up: skipped, etcd is not installed (apt-get install etcd-server)");
+    if installed("etcd").is_none() {
         return;
     }
-    let mut up = Command::new(env!("CARGO_BIN_EXE_trove"))
-        .args([
-            "cluster",
-            "up",
-            "--nodes",
-            "2",
-            "--partitions",
-            "16",
-            "--lease-ttl-s",
-            "2",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = up.stdout.take().unwrap();
-    let (lines_tx, lines) = flume::unbounded();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut seen: Vec<String> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while seen
-        .iter()
-        .filter(|l| l.contains("placement epoch"))
-        .count()
-        < 2
-    {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("no placement from both nodes: {seen:#?}"));
-        seen.push(line);
-    }
+    let args = ["--nodes", "2", "--partitions", "16", "--lease-ttl-s", "2"];
+    let (up, seen) = cluster_up_until_placed(&args, None, 2);
     let etcd_dir = seen
         .iter()
         .find_map(|line| line.split("(data in ").nth(1))
@@ -427,11 +298,7 @@ fn cluster_up_runs_nodes_and_its_own_etcd_and_stops_them_on_sigterm() {
         2
     );
 
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(up.id() as i32, libc::SIGTERM) };
-    let status = up.wait().unwrap();
-    reader.join().unwrap();
-    seen.extend(lines.try_iter());
+    let (status, seen) = stop_cluster_up(up);
     assert!(status.success(), "{seen:#?}");
     assert!(seen.last().unwrap().contains("stopped"), "{seen:#?}");
     assert!(
@@ -444,11 +311,12 @@ fn cluster_up_runs_nodes_and_its_own_etcd_and_stops_them_on_sigterm() {
 fn cluster_up_without_etcd_says_how_to_install_it() {
     let empty = std::env::temp_dir().join(format!("trove-empty-path-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_trove"))
-        .args(["cluster", "up", "--nodes", "1"])
-        .env("PATH", &empty)
-        .output()
-        .unwrap();
+    let output = run_bounded(
+        trove()
+            .args(["cluster", "up", "--nodes", "1"])
+            .env("PATH", &empty),
+        COMMAND_WAIT,
+    );
     std::fs::remove_dir(&empty).unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -477,34 +345,6 @@ fn probes() -> Vec<Event> {
         .collect()
 }
 
-/// Sends `events` to the node at `addr` on one connection and returns each one's outcome, by
-/// client sequence; `None` when the node did not answer every one in time.
-fn outcomes_from(addr: &str, events: &[Event]) -> Option<Vec<Outcome>> {
-    let mut config = ClientConfig::new(addr.parse().unwrap());
-    config.shard_aware = false;
-    let (mut sender, mut receiver) = connect(&config).ok()?;
-    for event in events {
-        sender.send(event).ok()?;
-    }
-    sender.flush().ok()?;
-    let mut outcomes = vec![None; events.len()];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while outcomes.iter().any(Option::is_none) {
-        let left = deadline.checked_duration_since(Instant::now())?;
-        let Ok(Incoming::Replies(frame)) = receiver.recv_timeout(left) else {
-            return None;
-        };
-        for reply in frame.replies() {
-            let reply: Reply = rkyv::deserialize::<Reply, rkyv::rancor::Error>(reply).unwrap();
-            let slot = &mut outcomes[reply.client_seq as usize];
-            assert!(slot.is_none(), "event {} answered twice", reply.client_seq);
-            *slot = Some(reply.outcome);
-        }
-    }
-    drop(sender);
-    outcomes.into_iter().collect()
-}
-
 /// What a node answers for each probe under `placement`: every served partition's answer
 /// (its own applied, another node's forwarded over a link and applied there), an `Offline`
 /// one `Unavailable`.
@@ -527,13 +367,13 @@ fn expected_outcomes(placement: &Placement, _node: NodeId) -> Vec<Outcome> {
 
 #[test]
 fn shards_serve_the_placement_they_are_given_and_a_paused_nodes_partitions_are_unavailable() {
-    let Some(etcd) = etcd_or_skip("shards_serve_the_placement") else {
+    let Some(etcd) = etcd_or_skip() else {
         return;
     };
     let ttl_s = 2;
-    let mut nodes = Nodes::start(&etcd, 3, ttl_s);
+    let mut nodes = Nodes::start(&CLUSTER.with_lease_ttl_s(ttl_s), &etcd, 3);
     let (view, placement) = wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
-        settled_placement(&etcd, 3)
+        CLUSTER.settled_placement(&etcd, 3)
     });
     let probes = probes();
     for node in (1..=3).map(NodeId) {
@@ -665,68 +505,6 @@ fn link_workload(rounds: u64) -> Vec<Event> {
     events
 }
 
-/// A `trove node` on its own (no cluster), on free ports; its address.
-struct SingleNode {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl SingleNode {
-    fn start() -> SingleNode {
-        use std::io::{BufRead, BufReader};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_trove"))
-            .args([
-                "node",
-                "--listen",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--shards",
-                "1",
-            ])
-            .args([
-                "--partitions",
-                &PARTITIONS.to_string(),
-                "--metrics-listen",
-                "off",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("trove node starts");
-        let stdout = child.stdout.take().unwrap();
-        // Owned (and killed when dropped) from here on, whatever happens below.
-        let mut node = SingleNode {
-            child,
-            addr: String::new(),
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("the node prints its address");
-            if let Some(rest) = line.strip_prefix("trove node listening on ") {
-                node.addr = rest.split_whitespace().next().unwrap().to_owned();
-                return node;
-            }
-        }
-    }
-}
-
-impl Drop for SingleNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The numbers in a node's stop-report line "links: S events sent (…), R received (…)",
 /// summed over its shards: (sent, received). SIGTERMs the node and reads until it exits.
 fn stop_and_read_link_counts(nodes: &mut Nodes, node: NodeId) -> (u64, u64) {
@@ -762,12 +540,12 @@ fn stop_and_read_link_counts(nodes: &mut Nodes, node: NodeId) -> (u64, u64) {
 
 #[test]
 fn a_client_that_knows_one_node_is_served_for_every_partition_over_links() {
-    let Some(etcd) = etcd_or_skip("served_over_links") else {
+    let Some(etcd) = etcd_or_skip() else {
         return;
     };
-    let mut nodes = Nodes::start(&etcd, 3, 2);
+    let mut nodes = Nodes::start(&CLUSTER, &etcd, 3);
     let (_, placement) = wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
-        settled_placement(&etcd, 3)
+        CLUSTER.settled_placement(&etcd, 3)
     });
     let asked = NodeId(1);
     let addr = nodes.process(asked).addr.clone();
@@ -783,8 +561,17 @@ fn a_client_that_knows_one_node_is_served_for_every_partition_over_links() {
     let events = link_workload(3);
     let replies = replies_in_order(&addr, &events, Duration::from_secs(20))
         .expect("every event answered in time");
-    let single = SingleNode::start();
-    let reference = replies_in_order(&single.addr, &events, Duration::from_secs(20))
+    let single = ChildNode::start(&[
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--shards",
+        "1",
+        "--partitions",
+        &PARTITIONS.to_string(),
+    ]);
+    let reference = replies_in_order(&single.addr.to_string(), &events, Duration::from_secs(20))
         .expect("the single node answers every event");
 
     // Every event answered exactly once, with a single node's outcome.
@@ -844,12 +631,12 @@ fn a_link_hello_from_another_cluster_is_refused_with_the_reason() {
     use std::io::{Read, Write};
     use trove::core::codec::{Decoded, FrameBuilder, FrameKind, ValidatedFrame, decode_frame};
     use trove::core::message::{ArchivedErrorMessage, LinkHello};
-    let Some(etcd) = etcd_or_skip("link_from_another_cluster") else {
+    let Some(etcd) = etcd_or_skip() else {
         return;
     };
-    let mut nodes = Nodes::start(&etcd, 2, 2);
+    let mut nodes = Nodes::start(&CLUSTER, &etcd, 2);
     wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
-        settled_placement(&etcd, 2)
+        CLUSTER.settled_placement(&etcd, 2)
     });
     let addr = nodes.process(NodeId(1)).addr.clone();
     let hello = LinkHello {
@@ -925,13 +712,13 @@ fn all_answered_within(addr: &str, events: &[Event], limit: Duration) -> Vec<Out
 
 #[test]
 fn events_forwarded_to_a_paused_owner_end_unavailable_or_outcome_unknown_and_never_hang() {
-    let Some(etcd) = etcd_or_skip("forwarded_to_a_paused_owner") else {
+    let Some(etcd) = etcd_or_skip() else {
         return;
     };
     let ttl_s = 2;
-    let mut nodes = Nodes::start(&etcd, 3, ttl_s);
+    let mut nodes = Nodes::start(&CLUSTER.with_lease_ttl_s(ttl_s), &etcd, 3);
     let (view, placement) = wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
-        settled_placement(&etcd, 3)
+        CLUSTER.settled_placement(&etcd, 3)
     });
     let asked = NodeId(1);
     let controller = view.controller.unwrap().node;

@@ -7,33 +7,32 @@
 //! link either way, and each says why. Each test skips, saying so, when `etcd` is not
 //! installed, and stops everything it started (the processes also die with the test process).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use trove::client::{ClientConfig, Incoming, connect};
-use trove::cluster::coordinator::{ClusterView, Request, Response};
-use trove::cluster::etcd::EtcdClient;
-use trove::cluster::keys::ClusterKeys;
-use trove::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess, find_on_path};
-use trove::cluster::placement::{OwnerState, Placement};
+use trove::cluster::local::{EtcdProcess, NodeProcess};
+use trove::cluster::placement::Placement;
 use trove::core::auth::AuthSecret;
 use trove::core::ids::{HuntId, NodeId, PartitionId, PlayerId};
 use trove::core::message::{Event, EventError, EventKind, Outcome, RejectReason, Reply};
 use trove::core::partition::Partitioner;
 
+use support::cluster::{ClusterSpec, etcd_or_skip, poll_for};
+
 const PARTITIONS: u32 = 16;
 const NAME: &str = "auth";
+const CLUSTER: ClusterSpec = ClusterSpec {
+    name: NAME,
+    partitions: PARTITIONS,
+    lease_ttl_s: 2,
+};
 const SECRET: &str = "the cluster's shared secret, for the link tests";
 const OTHER_SECRET: &str = "a secret of another cluster entirely";
-
-fn etcd_or_skip(test: &str) -> Option<EtcdProcess> {
-    if find_on_path("etcd").is_none() {
-        eprintln!("{test}: skipped, etcd is not installed (apt-get install etcd-server)");
-        return None;
-    }
-    Some(EtcdProcess::start().expect("etcd starts"))
-}
 
 /// A secret file in a folder of the test's own, removed when dropped.
 struct SecretFile {
@@ -70,20 +69,11 @@ impl Nodes {
             .iter()
             .zip(1..)
             .map(|(secret, node_id)| {
-                let config = LocalNodeConfig {
-                    trove: env!("CARGO_BIN_EXE_trove").into(),
-                    etcd: etcd.endpoint(),
-                    cluster_name: NAME.into(),
-                    node_id,
-                    shards: 1,
-                    partitions: PARTITIONS,
-                    lease_ttl_s: 2,
-                };
                 let flags = match secret {
                     Some(secret) => vec!["--auth-secret-file", secret.path.to_str().unwrap()],
                     None => Vec::new(),
                 };
-                NodeProcess::start_with(&config, &flags).expect("the node starts")
+                CLUSTER.start_node(etcd, node_id, &flags)
             })
             .collect();
         Nodes {
@@ -111,32 +101,9 @@ impl Nodes {
 
 /// A placement covering every partition once, all serving, on `count` live nodes.
 fn settled_placement(etcd: &EtcdProcess, count: usize) -> Option<Placement> {
-    let keys = ClusterKeys::new(NAME).unwrap();
-    let mut client = EtcdClient::new(vec![etcd.endpoint()], Duration::from_secs(2));
-    let request = Request::RangePrefix {
-        prefix: keys.prefix().to_owned(),
-    };
-    let Ok(Response::Range { revision, kvs }) = client.execute(&request) else {
-        return None;
-    };
-    let view = ClusterView::from_range(&keys, revision, &kvs);
-    let placement = (*view.assignment.clone()?).clone();
-    let all_serving = placement
-        .owners()
-        .iter()
-        .all(|owner| owner.state == OwnerState::Serving);
-    (view.nodes.len() == count && view.controller.is_some() && all_serving).then_some(placement)
-}
-
-fn wait_for<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(found) = check() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "no {what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    CLUSTER
+        .settled_placement(etcd, count)
+        .map(|(_, placement)| placement)
 }
 
 /// The first hunt of each partition, by partition.
@@ -220,12 +187,12 @@ fn unavailable(outcome: &Outcome) -> bool {
 
 #[test]
 fn three_nodes_with_the_same_secret_serve_a_client_for_every_partition_over_links() {
-    let Some(etcd) = etcd_or_skip("same_secret") else {
+    let Some(etcd) = etcd_or_skip() else {
         return;
     };
     let secret = SecretFile::new("same-secret", SECRET);
     let mut nodes = Nodes::start(&etcd, &[Some(&secret), Some(&secret), Some(&secret)]);
-    let placement = wait_for(Duration::from_secs(15), "placement", || {
+    let placement = poll_for(Duration::from_secs(15), "placement", || {
         settled_placement(&etcd, 3)
     });
     for node in [NodeId(2), NodeId(3)] {
@@ -239,7 +206,7 @@ fn three_nodes_with_the_same_secret_serve_a_client_for_every_partition_over_link
     // Node 1 serves every partition once it has installed the placement: its own, and the
     // others' over links that had to authenticate.
     let probes = one_per_partition(1, || EventKind::Join);
-    wait_for(Duration::from_secs(10), "every partition served", || {
+    poll_for(Duration::from_secs(10), "every partition served", || {
         let outcomes = outcomes_from(&asked, Some(SECRET), &probes)?;
         outcomes
             .iter()
@@ -271,7 +238,7 @@ fn three_nodes_with_the_same_secret_serve_a_client_for_every_partition_over_link
 
 #[test]
 fn a_node_with_another_secret_cannot_be_linked_to_and_the_linking_node_says_why() {
-    let Some(etcd) = etcd_or_skip("another_secret") else {
+    let Some(etcd) = etcd_or_skip() else {
         return;
     };
     let (secret, other) = (
@@ -279,14 +246,14 @@ fn a_node_with_another_secret_cannot_be_linked_to_and_the_linking_node_says_why(
         SecretFile::new("other-secret", OTHER_SECRET),
     );
     let mut nodes = Nodes::start(&etcd, &[Some(&secret), Some(&secret), Some(&other)]);
-    let placement = wait_for(Duration::from_secs(15), "placement", || {
+    let placement = poll_for(Duration::from_secs(15), "placement", || {
         settled_placement(&etcd, 3)
     });
     let outsider = owned_by(&placement, NodeId(3));
     assert!(!outsider.is_empty(), "node 3 owns partitions");
     let asked = nodes.addr(NodeId(1));
     let probes = one_per_partition(1, || EventKind::Join);
-    wait_for(Duration::from_secs(10), "nodes 1 and 2 served", || {
+    poll_for(Duration::from_secs(10), "nodes 1 and 2 served", || {
         let outcomes = outcomes_from(&asked, Some(SECRET), &probes)?;
         (0..PARTITIONS as usize)
             .filter(|p| !outsider.contains(p))
@@ -332,12 +299,12 @@ fn a_node_with_another_secret_cannot_be_linked_to_and_the_linking_node_says_why(
 
 #[test]
 fn a_node_without_the_secret_and_a_node_with_it_cannot_link_and_each_says_why() {
-    let Some(etcd) = etcd_or_skip("without_the_secret") else {
+    let Some(etcd) = etcd_or_skip() else {
         return;
     };
     let secret = SecretFile::new("with-and-without", SECRET);
     let mut nodes = Nodes::start(&etcd, &[Some(&secret), None]);
-    let placement = wait_for(Duration::from_secs(15), "placement", || {
+    let placement = poll_for(Duration::from_secs(15), "placement", || {
         settled_placement(&etcd, 2)
     });
     let (with, without) = (NodeId(1), NodeId(2));
@@ -346,7 +313,7 @@ fn a_node_without_the_secret_and_a_node_with_it_cannot_link_and_each_says_why() 
         let (own, others) = (owned_by(&placement, asked), owned_by(&placement, peer));
         assert!(!others.is_empty(), "node {} owns partitions", peer.0);
         let addr = nodes.addr(asked);
-        let outcomes = wait_for(Duration::from_secs(20), "own partitions served", || {
+        let outcomes = poll_for(Duration::from_secs(20), "own partitions served", || {
             let outcomes = outcomes_from(&addr, secret, &probes)?;
             own.iter()
                 .all(|&p| outcomes[p] == UNKNOWN_HUNT)
@@ -363,14 +330,14 @@ fn a_node_without_the_secret_and_a_node_with_it_cannot_link_and_each_says_why() 
         }
     }
     let told = format!("the link to node {} shard 0 failed: ", with.0);
-    let said = wait_for(Duration::from_secs(5), "a line", || {
+    let said = poll_for(Duration::from_secs(5), "a line", || {
         let said = nodes.lines_with(without, &told);
         (!said.is_empty()).then_some(said)
     });
     assert!(said[0].contains("requires authentication"), "{said:?}");
     // The node with the secret waits for a challenge a node without one never sends.
     let told = format!("the link to node {} shard 0 failed: ", without.0);
-    let said = wait_for(Duration::from_secs(5), "a line", || {
+    let said = poll_for(Duration::from_secs(5), "a line", || {
         let said = nodes.lines_with(with, &told);
         (!said.is_empty()).then_some(said)
     });

@@ -6,9 +6,11 @@
 //! events it sent. Each test skips, saying so, when `etcd` is not installed, bounds every wait,
 //! and stops everything it started (the processes also die with the test process).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use trove::client::proto::MapPush;
@@ -16,13 +18,13 @@ use trove::client::{
     ClientConfig, ClusterClient, ClusterRecvError, connect_cluster, connect_cluster_with_map,
     fetch_map,
 };
-use trove::cluster::coordinator::{ClusterView, Request, Response};
-use trove::cluster::etcd::EtcdClient;
-use trove::cluster::keys::ClusterKeys;
-use trove::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess, find_on_path};
+use trove::cluster::local::{EtcdProcess, NodeProcess};
 use trove::cluster::placement::{Owner, OwnerState, Placement};
 use trove::core::ids::{Epoch, HuntId, NodeId, PlayerId, ShardId};
 use trove::core::message::{Event, EventKind, HuntSpec, Outcome, RejectReason};
+
+use support::cluster::{ClusterSpec, etcd_or_skip};
+use support::{installed, one_at_a_time, run_bounded, scratch_dir, trove};
 
 /// Partitions of the 3-node clusters; 16 nodes get `PARTITIONS * 4`, so that every node owns
 /// some.
@@ -32,48 +34,20 @@ const LEASE_TTL_S: u64 = 2;
 /// Players who join each hunt after it is created.
 const JOINS: u64 = 4;
 
-/// One cluster at a time: 16 nodes beside three others would crowd a 2-CPU machine.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// This file's clusters (16 nodes get more partitions: see [`start_node`]).
+const CLUSTER: ClusterSpec = ClusterSpec {
+    name: NAME,
+    partitions: PARTITIONS,
+    lease_ttl_s: LEASE_TTL_S,
+};
 
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner())
-}
-
-fn etcd_or_skip(test: &str) -> Option<EtcdProcess> {
-    if find_on_path("etcd").is_none() {
-        eprintln!("{test}: skipped, etcd is not installed (apt-get install etcd-server)");
-        return None;
-    }
-    Some(EtcdProcess::start().expect("etcd starts"))
-}
-
+/// Node `node_id` of a cluster of `partitions` partitions.
 fn start_node(etcd: &EtcdProcess, node_id: u32, partitions: u32) -> NodeProcess {
-    NodeProcess::start(&LocalNodeConfig {
-        trove: env!("CARGO_BIN_EXE_trove").into(),
-        etcd: etcd.endpoint(),
-        cluster_name: NAME.into(),
-        node_id,
-        shards: 1,
+    let spec = ClusterSpec {
         partitions,
-        lease_ttl_s: LEASE_TTL_S,
-    })
-    .expect("the node starts")
-}
-
-fn read_view(etcd: &EtcdProcess) -> Option<ClusterView> {
-    let keys = ClusterKeys::new(NAME).unwrap();
-    let mut client = EtcdClient::new(vec![etcd.endpoint()], Duration::from_secs(2));
-    let request = Request::RangePrefix {
-        prefix: keys.prefix().to_owned(),
+        ..CLUSTER
     };
-    match client.execute(&request) {
-        Ok(Response::Range { revision, kvs }) => {
-            Some(ClusterView::from_range(&keys, revision, &kvs))
-        }
-        _ => None,
-    }
+    spec.start_node(etcd, node_id, &[])
 }
 
 /// Waits until `nodes` are registered, every partition is served, each node owns some, and
@@ -84,7 +58,7 @@ fn wait_settled(etcd: &EtcdProcess, nodes: &[NodeProcess], limit: Duration) -> u
         for node in nodes {
             node.lines.try_iter().for_each(drop);
         }
-        let settled = read_view(etcd).and_then(|view| {
+        let settled = CLUSTER.read_view(etcd).and_then(|view| {
             let placement = view.assignment?;
             let owners = placement.owners();
             let all_own = nodes
@@ -239,7 +213,7 @@ fn client_of(seed: &NodeProcess) -> ClusterClient {
 
 fn every_event_answered_once_in_order(count: u32, partitions: u32, settle: Duration) {
     let _serial = one_at_a_time();
-    let Some(etcd) = etcd_or_skip(&format!("{count}_nodes")) else {
+    let Some(etcd) = etcd_or_skip() else {
         return;
     };
     let nodes: Vec<NodeProcess> = (1..=count)
@@ -269,7 +243,7 @@ fn sixteen_nodes_every_event_answered_once_in_order_by_its_owner() {
 #[test]
 fn a_client_with_a_stale_map_converges_on_the_cluster_placement() {
     let _serial = one_at_a_time();
-    let Some(etcd) = etcd_or_skip("stale_map") else {
+    let Some(etcd) = etcd_or_skip() else {
         return;
     };
     let nodes: Vec<NodeProcess> = (1..=3)
@@ -334,48 +308,36 @@ fn a_client_with_a_stale_map_converges_on_the_cluster_placement() {
 #[test]
 fn bench_cluster_reports_per_node_counts_that_add_up_to_the_events_sent() {
     let _serial = one_at_a_time();
-    if find_on_path("etcd").is_none() {
-        eprintln!("bench_cluster: skipped, etcd is not installed (apt-get install etcd-server)");
+    if installed("etcd").is_none() {
         return;
     }
-    let out = std::env::temp_dir().join(format!("trove-bench-cluster-{}", std::process::id()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trove"))
-        .args([
-            "bench",
-            "--cluster",
-            "3",
-            "--partitions",
-            "64",
-            "--duration",
-            "1",
-            "--warmup",
-            "0",
-            "--connections",
-            "1",
-            "--closed",
-            "32",
-            "--hunts",
-            "30",
-            "--players",
-            "4",
-            "--quiet",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("trove bench --cluster 3 did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let output = child.wait_with_output().unwrap();
+    let out = scratch_dir("bench-cluster");
+    let output = run_bounded(
+        trove()
+            .args([
+                "bench",
+                "--cluster",
+                "3",
+                "--partitions",
+                "64",
+                "--duration",
+                "1",
+                "--warmup",
+                "0",
+                "--connections",
+                "1",
+                "--closed",
+                "32",
+                "--hunts",
+                "30",
+                "--players",
+                "4",
+                "--quiet",
+            ])
+            .arg("--out")
+            .arg(&out),
+        Duration::from_secs(120),
+    );
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

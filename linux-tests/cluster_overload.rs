@@ -8,44 +8,34 @@
 //! Skips, saying so, when `etcd` is not installed; every process it starts is stopped at the
 //! end (and dies with the test process).
 
-use std::process::{Child, Command, Stdio};
+#[path = "support/mod.rs"]
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use trove::cluster::coordinator::{ClusterView, Request, Response};
-use trove::cluster::etcd::EtcdClient;
-use trove::cluster::keys::ClusterKeys;
-use trove::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess, find_on_path};
+use trove::cluster::coordinator::ClusterView;
+use trove::cluster::local::NodeProcess;
 use trove::cluster::placement::{OwnerState, Placement};
 use trove::core::ids::NodeId;
 
-const NAME: &str = "overload";
+use support::cluster::{ClusterSpec, etcd_or_skip, poll_for};
+use support::{Spawned, scratch_dir, trove};
+
 const NODES: u32 = 3;
-const PARTITIONS: u32 = 64;
 /// The default lease TTL: the overload must not cost a lease at the TTL operators run.
-const LEASE_TTL_S: u64 = 5;
+const CLUSTER: ClusterSpec = ClusterSpec {
+    name: "overload",
+    partitions: 64,
+    lease_ttl_s: 5,
+};
 const OVERLOAD: Duration = Duration::from_secs(30);
 /// Far past what a node serves on this machine (about 2 M events/s for the whole node).
 const OFFERED_RATE: &str = "5000000";
 /// Spinning threads: twice the CPUs, so the nodes' threads compete for every time slice.
 const BUSY_THREADS: usize = 4;
-
-/// The cluster's keys as etcd has them now.
-fn read_view(etcd: &EtcdProcess) -> Option<ClusterView> {
-    let keys = ClusterKeys::new(NAME).unwrap();
-    let mut client = EtcdClient::new(vec![etcd.endpoint()], Duration::from_secs(2));
-    let request = Request::RangePrefix {
-        prefix: keys.prefix().to_owned(),
-    };
-    match client.execute(&request) {
-        Ok(Response::Range { revision, kvs }) => {
-            Some(ClusterView::from_range(&keys, revision, &kvs))
-        }
-        _ => None,
-    }
-}
 
 /// What must not change under overload: each node's lease, and the placement.
 #[derive(Debug, PartialEq)]
@@ -108,47 +98,36 @@ impl Drop for BusyLoops {
 
 /// A `trove bench` against one node, killed if it outlives its bound.
 struct Load {
-    child: Child,
+    bench: Spawned,
     out: std::path::PathBuf,
 }
 
 impl Load {
     fn start(node: &NodeProcess) -> Load {
-        let out = std::env::temp_dir().join(format!(
-            "trove-overload-{}-node{}",
-            std::process::id(),
-            node.node_id
-        ));
-        std::fs::create_dir_all(&out).expect("a folder for the bench's reports");
-        let child = Command::new(env!("CARGO_BIN_EXE_trove"))
-            .args(["bench", "--target", &node.addr, "--no-shard-aware"])
-            .args(["--rate", OFFERED_RATE, "--warmup", "0", "--quiet"])
-            .args(["--duration", &OVERLOAD.as_secs().to_string()])
-            .arg("--out")
-            .arg(&out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("trove bench starts");
-        Load { child, out }
+        let out = scratch_dir(&format!("overload-node{}", node.node_id));
+        let bench = Spawned::start(
+            trove()
+                .args(["bench", "--target", &node.addr, "--no-shard-aware"])
+                .args(["--rate", OFFERED_RATE, "--warmup", "0", "--quiet"])
+                .args(["--duration", &OVERLOAD.as_secs().to_string()])
+                .arg("--out")
+                .arg(&out),
+        );
+        Load { bench, out }
     }
 
     /// Waits for the bench to end (killing it past `limit`) and says how many events its
     /// node answered (any outcome: under overload, `Moved` and `Busy` are answers too).
     fn finish(mut self, limit: Duration) -> u64 {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("the bench's status") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("trove bench still running {limit:?} after its end");
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let Some(status) = self.bench.wait_exit(limit) else {
+            self.bench.kill();
+            panic!("trove bench still running {limit:?} after its end");
         };
-        assert!(status.success(), "trove bench failed: {status}");
+        assert!(
+            status.success(),
+            "trove bench failed: {status}: {}",
+            self.bench.stderr()
+        );
         let summary = std::fs::read_to_string(self.out.join("summary.json"))
             .expect("the bench writes summary.json");
         let summary: serde_json::Value = serde_json::from_str(&summary).expect("JSON");
@@ -165,44 +144,23 @@ impl Load {
 }
 
 impl Drop for Load {
+    /// The bench is killed (if still running) when `bench` drops, after this.
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
         let _ = std::fs::remove_dir_all(&self.out);
     }
 }
 
 #[test]
 fn both_cpus_saturated_for_30_s_cost_no_lease_and_move_no_partition() {
-    if find_on_path("etcd").is_none() {
-        eprintln!("busy_is_not_dead: skipped, etcd is not installed (apt-get install etcd-server)");
+    let Some(etcd) = etcd_or_skip() else {
         return;
-    }
-    let etcd = EtcdProcess::start().expect("etcd starts");
-    let nodes: Vec<NodeProcess> = (1..=NODES)
-        .map(|node_id| {
-            NodeProcess::start(&LocalNodeConfig {
-                trove: env!("CARGO_BIN_EXE_trove").into(),
-                etcd: etcd.endpoint(),
-                cluster_name: NAME.into(),
-                node_id,
-                shards: 1,
-                partitions: PARTITIONS,
-                lease_ttl_s: LEASE_TTL_S,
-            })
-            .expect("the node starts")
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let before = loop {
-        if let Some(standing) = read_view(&etcd).as_ref().and_then(Standing::of) {
-            break standing;
-        }
-        assert!(Instant::now() < deadline, "no settled placement in 20 s");
-        std::thread::sleep(Duration::from_millis(100));
     };
+    let nodes: Vec<NodeProcess> = (1..=NODES)
+        .map(|node_id| CLUSTER.start_node(&etcd, node_id, &[]))
+        .collect();
+    let before = poll_for(Duration::from_secs(20), "a settled placement", || {
+        CLUSTER.read_view(&etcd).as_ref().and_then(Standing::of)
+    });
 
     let busy = BusyLoops::start(BUSY_THREADS);
     let loads: Vec<Load> = nodes.iter().map(Load::start).collect();
@@ -211,7 +169,7 @@ fn both_cpus_saturated_for_30_s_cost_no_lease_and_move_no_partition() {
     while started.elapsed() < OVERLOAD {
         // etcd shares the saturated CPUs too: a read that fails is not a verdict, a read
         // that shows a change is.
-        if let Some(view) = read_view(&etcd) {
+        if let Some(view) = CLUSTER.read_view(&etcd) {
             reads += 1;
             let now = Standing::of(&view);
             assert_eq!(
@@ -238,7 +196,7 @@ fn both_cpus_saturated_for_30_s_cost_no_lease_and_move_no_partition() {
             node.node_id
         );
     }
-    let after = read_view(&etcd).as_ref().and_then(Standing::of);
+    let after = CLUSTER.read_view(&etcd).as_ref().and_then(Standing::of);
     assert_eq!(
         after.as_ref(),
         Some(&before),

@@ -634,6 +634,112 @@ fn top_once_shows_every_shard_busy_under_load() {
     assert!(stderr(&output).contains("cannot connect to 127.0.0.1:9"));
 }
 
+/// A client of `addr` that sends leaderboard queries as fast as the node takes them and never
+/// reads a reply, with a small receive buffer so that its replies back up into the node
+/// quickly; returns once the node has stopped reading it (a write waited a second), or after
+/// 2,000 frames.
+fn never_reading_client(addr: SocketAddr) -> TcpStream {
+    use trove::core::codec::{FrameBuilder, FrameKind};
+    use trove::core::message::EventKind;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut raw: TcpStream = socket.into();
+    raw.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    let hunt = support::create_hunt(1);
+    let mut seq = 1;
+    for _ in 0..2_000 {
+        let mut frames = FrameBuilder::new();
+        frames.begin(FrameKind::Events);
+        if seq == 1 {
+            frames.push(&hunt).unwrap();
+        }
+        for _ in 0..256 {
+            seq += 1;
+            let query = trove::core::message::Event {
+                client_seq: seq,
+                kind: EventKind::Leaderboard { top_k: 16 },
+                ..hunt.clone()
+            };
+            frames.push(&query).unwrap();
+        }
+        frames.finish(1);
+        if raw.write_all(frames.bytes()).is_err() {
+            break; // the node stopped reading: this connection holds its share
+        }
+    }
+    raw
+}
+
+/// The largest value of a family over the shards.
+fn largest(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|sample| sample.metric == name)
+        .map(value_of)
+        .fold(f64::NEG_INFINITY, f64::max)
+}
+
+#[test]
+fn a_client_that_never_reads_raises_the_fullest_connection_to_its_share() {
+    let _serial = one_at_a_time();
+    // A small share, so that the hog reaches it long before the shard's budget; a long write
+    // stall, so that the node does not close the hog while the test looks at it.
+    let node = metrics_node(&["--connection-events-max", "64", "--write-stall-ms", "60000"]);
+    let quiet = scrape_until(node.metrics(), "both shards", |s| {
+        s.samples
+            .iter()
+            .filter(|sample| sample.metric == "trove_connection_credit_events_capacity")
+            .count()
+            == 2
+    });
+    assert_eq!(
+        largest(&quiet, "trove_connection_credit_events_capacity"),
+        64.0
+    );
+    assert_eq!(
+        largest(&quiet, "trove_connection_credit_events_held_max"),
+        0.0
+    );
+    assert_eq!(total(&quiet, "trove_connections_at_credit_share"), 0.0);
+    let hog = never_reading_client(node.addr);
+    let hogged = scrape_until(node.metrics(), "the hog at its share", |s| {
+        largest(s, "trove_connection_credit_events_held_max") == 64.0
+            && total(s, "trove_connections_at_credit_share") == 1.0
+    });
+    assert_eq!(
+        largest(&hogged, "trove_connection_credit_use_ratio_max"),
+        1.0
+    );
+    assert!(
+        total(&hogged, "trove_socket_credit_events_held") >= 64.0,
+        "the hog's share is held in its shard's budget"
+    );
+    // `trove top` shows the fullest connection (FULLEST, fourth column from the end).
+    let output = run_bounded(
+        trove().args(["top", "--once", "--node", &node.metrics().to_string()]),
+        COMMAND_WAIT,
+    );
+    let table = stdout(&output);
+    assert!(output.status.success(), "{}", text(&output));
+    let fullest: Vec<&str> = table
+        .lines()
+        .map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            words[words.len() - 4]
+        })
+        .collect();
+    assert_eq!(fullest[0], "FULLEST", "{table}");
+    assert!(fullest[1..].contains(&"100%"), "{table}");
+    // The hog goes: its credit comes back.
+    drop(hog);
+    scrape_until(node.metrics(), "the hog's share returned", |s| {
+        largest(s, "trove_connection_credit_events_held_max") == 0.0
+            && total(s, "trove_connections_at_credit_share") == 0.0
+    });
+}
+
 #[test]
 fn an_embedded_bench_serves_metrics_and_its_summary_carries_the_node_s_counters_and_stages() {
     let _serial = one_at_a_time();

@@ -489,6 +489,7 @@ impl NodeCollector {
             "The fuller of the socket budget's two dimensions, 0 to 1: 1 means the shard stopped reading.",
             |s| s.snapshot.gauges.socket_credit.use_ratio(),
         )?;
+        self.connection_shares(encoder)?;
         let queues: [ShardFamily<u64>; 3] = [
             (
                 "mesh_batches_queued",
@@ -520,6 +521,48 @@ impl NodeCollector {
             "metrics_snapshot_age_seconds",
             "Seconds since this shard's last snapshot reached the housekeeping thread; a shard that stops sending is stuck.",
             |s| s.snapshot_age.as_secs_f64(),
+        )
+    }
+
+    /// Connection shares, bounded whatever the number of connections (no connection is a
+    /// label): one connection's share, the most any one holds, and how many are at theirs.
+    /// Their sum over the connections is the socket budget's held.
+    fn connection_shares(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let families: [ShardFamily<u64>; 5] = [
+            (
+                "connection_credit_events_held_max",
+                "Credit: the most events any one open connection holds (replies not yet written, events away at other shards or nodes); all of them together hold trove_socket_credit_events_held.",
+                |s| s.snapshot.gauges.connection_credit.events_held,
+            ),
+            (
+                "connection_credit_bytes_held_max",
+                "Credit: the most event bytes any one open connection holds; all of them together hold trove_socket_credit_bytes_held.",
+                |s| s.snapshot.gauges.connection_credit.bytes_held,
+            ),
+            (
+                "connection_credit_events_capacity",
+                "Credit: one connection's share of the shard's socket budget, in events.",
+                |s| s.snapshot.gauges.connection_credit.events_capacity,
+            ),
+            (
+                "connection_credit_bytes_capacity",
+                "Credit: one connection's share of the shard's socket budget, in event bytes.",
+                |s| s.snapshot.gauges.connection_credit.bytes_capacity,
+            ),
+            (
+                "connections_at_credit_share",
+                "Open connections whose share cannot take their next event now: each is read again only once its own replies are written (a client that does not read its replies stays here).",
+                |s| s.snapshot.gauges.connections_at_share,
+            ),
+        ];
+        for (name, help, value) in families {
+            self.gauge(encoder, name, help, |s| value(s) as f64)?;
+        }
+        self.gauge(
+            encoder,
+            "connection_credit_use_ratio_max",
+            "The fullest open connection's use of its share, the fuller of events and bytes, 0 to 1: 1 is a connection the shard stopped reading until its replies are written.",
+            |s| s.snapshot.gauges.connection_credit.use_ratio(),
         )
     }
 
@@ -753,6 +796,13 @@ mod tests {
         snapshot.counters.links.batches_received = 2;
         snapshot.gauges.links_open = 2;
         snapshot.gauges.link_credit.events_held = 5;
+        snapshot.gauges.connection_credit = CreditGauge {
+            events_held: 64,
+            events_capacity: 64,
+            bytes_held: 1_000,
+            bytes_capacity: 4_000,
+        };
+        snapshot.gauges.connections_at_share = 1;
         snapshot.stages[Stage::LinkRoundTrip as usize] =
             ClassicHistogram::from_ns(&crate::metrics::snapshot::tests::histogram_of(&[200_000]));
         snapshot.events = tally_of(
@@ -825,6 +875,12 @@ mod tests {
             format!("trove_link_batches_total{{{n},shard=\"1\",direction=\"received\"}} 2"),
             format!("trove_links_open{{{n},shard=\"1\"}} 2.0"),
             format!("trove_link_credit_events_held{{{n},shard=\"1\"}} 5.0"),
+            format!("trove_connection_credit_events_held_max{{{n},shard=\"1\"}} 64.0"),
+            format!("trove_connection_credit_bytes_held_max{{{n},shard=\"1\"}} 1000.0"),
+            format!("trove_connection_credit_events_capacity{{{n},shard=\"1\"}} 64.0"),
+            format!("trove_connection_credit_bytes_capacity{{{n},shard=\"1\"}} 4000.0"),
+            format!("trove_connection_credit_use_ratio_max{{{n},shard=\"1\"}} 1.0"),
+            format!("trove_connections_at_credit_share{{{n},shard=\"1\"}} 1.0"),
             format!(
                 "trove_stage_latency_seconds_count{{{n},shard=\"1\",stage=\"link_round_trip\"}} 1"
             ),

@@ -108,6 +108,12 @@ pub struct ShardGauges {
     pub link_credit: CreditGauge,
     /// Links open: outgoing ones up, and inbound ones.
     pub links_open: u64,
+    /// Connection shares: `*_held` is the most any one open connection holds (the events and
+    /// the bytes may be two connections'), `*_capacity` one connection's share. Their sum
+    /// over the connections is `socket_credit`'s held.
+    pub connection_credit: CreditGauge,
+    /// Open connections whose share cannot take their next event now.
+    pub connections_at_share: u64,
 }
 
 /// A stage of the data path whose latency a shard records.

@@ -116,6 +116,13 @@ pub fn snapshot_of(
             bytes_capacity: load.link_capacity.1,
         },
         links_open: load.links_open,
+        connection_credit: CreditGauge {
+            events_held: u64::from(load.connection_held_max.events),
+            events_capacity: u64::from(load.connection_share.events),
+            bytes_held: u64::from(load.connection_held_max.bytes),
+            bytes_capacity: u64::from(load.connection_share.bytes),
+        },
+        connections_at_share: load.connections_at_share,
     };
     let mut stages = [ClassicHistogram::default(); Stage::ALL.len()];
     stages[Stage::FrameDispatch as usize] =

@@ -307,6 +307,7 @@ fn draw(frame: &mut ratatui::Frame, rows: &[ShardRow], errors: &[String]) {
         "WAITS/S",
         "BUSY/S",
         "CONNS",
+        "FULLEST",
         "STALL",
         "UTIL",
         "STALLS/S",
@@ -315,7 +316,10 @@ fn draw(frame: &mut ratatui::Frame, rows: &[ShardRow], errors: &[String]) {
     let lines = rows.iter().map(|row| {
         let style = if row.stalled() || row.credit_use >= 0.95 || row.stalls_per_s > 0.0 {
             Style::default().fg(Color::Red)
-        } else if row.credit_use >= 0.5 || row.credit_waits_per_s + row.busy_per_s > 0.0 {
+        } else if row.credit_use >= 0.5
+            || row.credit_waits_per_s + row.busy_per_s > 0.0
+            || row.fullest_connection_use >= 1.0
+        {
             Style::default().fg(Color::Yellow)
         } else {
             Style::default()
@@ -331,6 +335,7 @@ fn draw(frame: &mut ratatui::Frame, rows: &[ShardRow], errors: &[String]) {
             view::short_rate(row.credit_waits_per_s),
             view::short_rate(row.busy_per_s),
             format!("{}", row.connections_open),
+            view::short_percent(row.fullest_connection_use),
             if row.stalled() {
                 format!("{:.0}s", row.snapshot_age_s)
             } else {
@@ -352,6 +357,7 @@ fn draw(frame: &mut ratatui::Frame, rows: &[ShardRow], errors: &[String]) {
         Constraint::Length(8),
         Constraint::Length(7),
         Constraint::Length(5),
+        Constraint::Length(7),
         Constraint::Length(5),
         Constraint::Length(5),
         Constraint::Length(8),

@@ -31,6 +31,9 @@ pub struct ShardRow {
     pub credit_waits_per_s: f64,
     pub busy_per_s: f64,
     pub connections_open: f64,
+    /// The fullest open connection's use of its share of the socket budget, 0 to 1: 1 is a
+    /// client whose replies are not being read (the shard reads it again once they are).
+    pub fullest_connection_use: f64,
     /// Seconds since the shard's last snapshot reached its node's housekeeping thread.
     pub snapshot_age_s: f64,
     /// Share of the interval the shard's executor was busy, 0 to 1.
@@ -126,6 +129,7 @@ pub fn node_rows(node: &str, before: &NodeScrape, now: &NodeScrape, seconds: f64
                     + rate("mesh_credit_waits_total"),
                 busy_per_s: rate("busy_replies_total"),
                 connections_open: shard.value("connections_open"),
+                fullest_connection_use: shard.value("connection_credit_use_ratio_max"),
                 snapshot_age_s: shard.value("metrics_snapshot_age_seconds"),
                 utilisation: rate("executor_busy_seconds_total").min(1.0),
                 stalls_per_s: rate("reactor_stalls_total"),
@@ -183,7 +187,7 @@ pub fn short_percent(ratio: f64) -> String {
 /// The plain-text table of `--once`.
 pub fn plain_table(rows: &[ShardRow]) -> String {
     let mut text = format!(
-        "{:<22} {:>5} {:>9} {:>8} {:>13} {:>9} {:<18} {:>8} {:>7} {:>5} {:>6} {:>5} {:>8}\n",
+        "{:<22} {:>5} {:>9} {:>8} {:>13} {:>9} {:<18} {:>8} {:>7} {:>5} {:>7} {:>6} {:>5} {:>8}\n",
         "NODE",
         "SHARD",
         "EVENTS/S",
@@ -194,13 +198,14 @@ pub fn plain_table(rows: &[ShardRow]) -> String {
         "WAITS/S",
         "BUSY/S",
         "CONNS",
+        "FULLEST",
         "STALL",
         "UTIL",
         "STALLS/S"
     );
     for row in rows {
         text.push_str(&format!(
-            "{:<22} {:>5} {:>9} {:>8} {:>13} {:>9} {:<18} {:>8} {:>7} {:>5} {:>6} {:>5} {:>8}\n",
+            "{:<22} {:>5} {:>9} {:>8} {:>13} {:>9} {:<18} {:>8} {:>7} {:>5} {:>7} {:>6} {:>5} {:>8}\n",
             row.node,
             row.shard,
             short_rate(row.events_per_s),
@@ -211,6 +216,7 @@ pub fn plain_table(rows: &[ShardRow]) -> String {
             short_rate(row.credit_waits_per_s),
             short_rate(row.busy_per_s),
             row.connections_open,
+            short_percent(row.fullest_connection_use),
             if row.stalled() {
                 format!("{:.0}s", row.snapshot_age_s)
             } else {
@@ -327,6 +333,39 @@ mod tests {
         let table = plain_table(&rows);
         assert!(table.lines().nth(1).unwrap().contains("9s"), "{table}");
         assert!(table.contains("[##########]  99%"), "{table}");
+    }
+
+    #[test]
+    fn the_fullest_connection_shows_beside_the_connections() {
+        let mut hogged = shard(0, 0.0, 0.01, 0.2);
+        hogged
+            .values
+            .insert("connection_credit_use_ratio_max".into(), 1.0);
+        hogged.values.insert("connections_open".into(), 3.0);
+        let now = NodeScrape {
+            shards: vec![hogged, shard(1, 0.0, 0.0, 0.2)],
+            ..NodeScrape::default()
+        };
+        let rows = node_rows("n", &NodeScrape::default(), &now, 1.0);
+        assert_eq!(rows[0].fullest_connection_use, 1.0);
+        assert_eq!(rows[1].fullest_connection_use, 0.0, "absent: none");
+        let table = plain_table(&rows);
+        let column = |line: usize| -> Vec<String> {
+            let words: Vec<&str> = table
+                .lines()
+                .nth(line)
+                .unwrap()
+                .split_whitespace()
+                .collect();
+            // From the end: STALLS/S, UTIL, STALL, FULLEST, CONNS.
+            words[words.len() - 5..words.len() - 3]
+                .iter()
+                .map(|w| w.to_string())
+                .collect()
+        };
+        assert_eq!(column(0), ["CONNS", "FULLEST"], "{table}");
+        assert_eq!(column(1), ["3", "100%"], "{table}");
+        assert_eq!(column(2), ["0", "0%"], "{table}");
     }
 
     #[test]

@@ -188,6 +188,16 @@ pub struct ShardLoad {
     pub link_capacity: (u64, u64),
     /// Links open now: outgoing ones up, and incoming ones.
     pub links_open: u64,
+    /// One connection's share of the socket budget (the same for every connection).
+    pub connection_share: Credit,
+    /// The most credit any one open connection holds, in each dimension (the most events
+    /// and the most bytes may be two connections'). Over all connections together they hold
+    /// `socket_held`.
+    pub connection_held_max: Credit,
+    /// Open connections whose share cannot take their next event now: each is read again
+    /// only once its own replies are written. A client that never reads its replies stays
+    /// here; the shard's other connections go on.
+    pub connections_at_share: u64,
 }
 
 /// An event's kind, as the index of its counters and the value of the `kind` label.

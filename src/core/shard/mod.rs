@@ -153,6 +153,18 @@ impl ShardConfig {
     }
 }
 
+/// Whether `connection`'s own share cannot take its next event now (the one its blocked
+/// frame waits for, else one of the largest size), whatever the shard's pool holds: it is
+/// read again only once its own replies are written. One that holds nothing never is.
+fn at_share(connection: &connections::Connection) -> bool {
+    let next = connection
+        .frame
+        .map_or(Credit::new(1, EVENT_BYTES_MAX as u32), |frame| {
+            frame.blocked_on
+        });
+    !connection.credit.is_idle() && !connection.credit.available().covers(next)
+}
+
 /// One shard's protocol state. See the module documentation. Lives on its shard's core only.
 pub struct ShardCore {
     node: NodeId,
@@ -405,7 +417,8 @@ impl ShardCore {
     }
 
     /// Credit held and capacity of each pool, and the open connections, now: a read-only view
-    /// for metrics.
+    /// for metrics. It walks every connection (reply backlogs, the fullest share), so it is
+    /// for the shell's once-a-second snapshot, never for the data path.
     pub fn load(&self) -> ShardLoad {
         let mut load = ShardLoad {
             connections_open: self.connections_open() as u64,
@@ -423,10 +436,18 @@ impl ShardCore {
         }
         (load.link_held, load.link_capacity) = self.link_load();
         load.links_open = self.links_open() as u64;
+        load.connection_share = self.config.connection_budget;
         for connection in self.connections.iter() {
             let bytes = connection.out.len() + connection.writing_bytes;
             load.reply_bytes_queued += bytes as u64;
             load.connections_writing += u64::from(bytes > 0);
+            if !connection.socket_closed {
+                let held = connection.credit.held();
+                let max = &mut load.connection_held_max;
+                max.events = max.events.max(held.events);
+                max.bytes = max.bytes.max(held.bytes);
+                load.connections_at_share += u64::from(at_share(connection));
+            }
         }
         load
     }

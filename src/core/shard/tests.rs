@@ -1105,3 +1105,94 @@ fn the_time_a_frame_waits_for_credit_is_counted_until_it_goes_on() {
     assert_eq!(offer_at(&mut core, 10_000), FrameProgress::Done);
     assert_eq!(core.counters().credit_wait_ns, 9_000);
 }
+
+// ---- connection shares in the load -------------------------------------------------------
+
+#[test]
+fn a_connection_that_does_not_read_reaches_its_share_in_the_load() {
+    let config = config(
+        1,
+        Credit::new(100, BIG),
+        Credit::new(4, BIG),
+        Credit::new(BIG, BIG),
+    );
+    let mut core = cores(1, &config).remove(0);
+    let hog = core.handle_connect(0).unwrap();
+    let reader = core.handle_connect(0).unwrap();
+    let idle = core.load();
+    assert_eq!(idle.connection_share, Credit::new(4, BIG));
+    assert_eq!(
+        (idle.connection_held_max, idle.connections_at_share),
+        (Credit::ZERO, 0)
+    );
+    // The hog sends 10 events and never reads: 4 are admitted, and their replies wait.
+    let hunt = HuntId(1);
+    let hogged = frame(&(0..10).map(|seq| join(seq, hunt)).collect::<Vec<_>>(), 1);
+    assert_eq!(offer(&mut core, hog, &hogged), FrameProgress::Blocked);
+    // The reader's events are answered and written: it holds nothing once it has read.
+    let read = frame(&[join(20, hunt), join(21, hunt)], 1);
+    assert_eq!(offer(&mut core, reader, &read), FrameProgress::Done);
+    let in_reader = core.load();
+    assert_eq!(in_reader.connections_at_share, 1, "{in_reader:?}");
+    write_all(&mut core, reader);
+    let load = core.load();
+    let hog_bytes: u32 = credits_of(&hogged)[..4].iter().map(|c| c.bytes).sum();
+    assert_eq!(load.connection_held_max, Credit::new(4, hog_bytes));
+    assert_eq!(load.connections_at_share, 1, "the hog, not the reader");
+    assert_eq!(
+        load.socket_held, load.connection_held_max,
+        "the hog holds it all"
+    );
+    // Its socket goes: the credit comes back, and no connection is at its share.
+    core.handle_closed(0, hog, CloseReason::Broken);
+    let load = core.load();
+    assert_eq!(
+        (load.connection_held_max, load.connections_at_share),
+        (Credit::ZERO, 0)
+    );
+}
+
+#[test]
+fn a_connection_waiting_for_the_shard_s_budget_is_not_at_its_share() {
+    let config = config(
+        1,
+        Credit::new(4, BIG),
+        Credit::new(100, BIG),
+        Credit::new(BIG, BIG),
+    );
+    let mut core = cores(1, &config).remove(0);
+    let conn = core.handle_connect(0).unwrap();
+    let events: Vec<Event> = (0..10).map(|seq| join(seq, HuntId(1))).collect();
+    assert_eq!(
+        offer(&mut core, conn, &frame(&events, 1)),
+        FrameProgress::Blocked
+    );
+    let load = core.load();
+    assert_eq!(load.connection_held_max.events, 4);
+    assert_eq!(load.socket_held.events, load.socket_capacity.events);
+    assert_eq!(
+        load.connections_at_share, 0,
+        "its own share has room: the shard's budget stopped it"
+    );
+}
+
+#[test]
+fn a_share_full_in_bytes_is_at_its_share() {
+    // Room for many events but, once one is held, not for another of the largest size.
+    let share = Credit::new(100, crate::constants::EVENT_BYTES_MAX as u32 + 1);
+    let config = config(1, Credit::new(100, BIG), share, Credit::new(BIG, BIG));
+    let mut core = cores(1, &config).remove(0);
+    let conn = core.handle_connect(0).unwrap();
+    // One event admitted and answered, its reply not read: the next frame's event waits.
+    assert_eq!(
+        offer(&mut core, conn, &frame(&[join(0, HuntId(1))], 1)),
+        FrameProgress::Done
+    );
+    let load = core.load();
+    assert_eq!(load.connection_held_max.events, 1);
+    assert_eq!(load.connections_at_share, 1, "{load:?}");
+    assert_eq!(core.readable(conn), Readable::NotYet, "the reader agrees");
+    write_all(&mut core, conn);
+    assert_eq!(core.load().connections_at_share, 0);
+    assert_eq!(core.readable(conn), Readable::Yes);
+}
