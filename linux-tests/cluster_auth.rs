@@ -23,6 +23,7 @@ use trove::core::message::{Event, EventError, EventKind, Outcome, RejectReason, 
 use trove::core::partition::Partitioner;
 
 use support::cluster::{ClusterSpec, etcd_or_skip, poll_for};
+use support::run_bounded;
 
 const PARTITIONS: u32 = 16;
 const NAME: &str = "auth";
@@ -352,51 +353,38 @@ fn a_node_without_the_secret_and_a_node_with_it_cannot_link_and_each_says_why() 
 /// authenticated links (the summary counts inter-node messages).
 #[test]
 fn bench_cluster_with_a_secret_runs_over_authenticated_links() {
-    if find_on_path("etcd").is_none() {
-        eprintln!(
-            "bench_cluster_with_a_secret: skipped, etcd is not installed (apt-get install etcd-server)"
-        );
+    // The bench starts an etcd of its own.
+    if support::installed("etcd").is_none() {
         return;
     }
     let secret = SecretFile::new("bench-cluster-secret", SECRET);
     let out = secret.dir.join("out");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trove"))
-        .args([
-            "bench",
-            "--cluster",
-            "2",
-            "--partitions",
-            "16",
-            "--no-shard-aware",
-        ])
-        .args(["--duration", "1", "--warmup", "0", "--connections", "1"])
-        .args([
-            "--closed",
-            "32",
-            "--hunts",
-            "16",
-            "--players",
-            "4",
-            "--quiet",
-        ])
-        .arg("--auth-secret-file")
-        .arg(&secret.path)
-        .arg("--out")
-        .arg(&out)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("trove bench --cluster 2 with a secret did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let output = child.wait_with_output().unwrap();
+    let output = run_bounded(
+        std::process::Command::new(env!("CARGO_BIN_EXE_trove"))
+            .args([
+                "bench",
+                "--cluster",
+                "2",
+                "--partitions",
+                "16",
+                "--no-shard-aware",
+            ])
+            .args(["--duration", "1", "--warmup", "0", "--connections", "1"])
+            .args([
+                "--closed",
+                "32",
+                "--hunts",
+                "16",
+                "--players",
+                "4",
+                "--quiet",
+            ])
+            .arg("--auth-secret-file")
+            .arg(&secret.path)
+            .arg("--out")
+            .arg(&out),
+        Duration::from_secs(120),
+    );
     assert!(
         output.status.success(),
         "{}",
