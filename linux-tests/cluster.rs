@@ -24,8 +24,8 @@ use trove::core::message::{Event, EventError, EventKind, Outcome, RejectReason, 
 use trove::core::partition::Partitioner;
 
 use support::cluster::{
-    ClusterSpec, Nodes, cluster_up_until_placed, etcd_or_skip, outcomes_from, stop_cluster_up,
-    wait_for, wait_printed,
+    ClusterSpec, Nodes, answers, client_of, cluster_up_until_placed, etcd_or_skip, outcomes_from,
+    stop_cluster_up, wait_for, wait_printed,
 };
 use support::{COMMAND_WAIT, ChildNode, installed, run_bounded, trove};
 
@@ -678,35 +678,9 @@ fn a_link_hello_from_another_cluster_is_refused_with_the_reason() {
 /// Sends `events` to the node at `addr` and returns each one's outcome by client sequence,
 /// waiting at most `limit`; panics if any is not answered by then (a hang) or twice.
 fn all_answered_within(addr: &str, events: &[Event], limit: Duration) -> Vec<Outcome> {
-    let mut config = ClientConfig::new(addr.parse().unwrap());
-    config.shard_aware = false;
-    let (mut sender, mut receiver) = connect(&config).expect("connects");
-    for event in events {
-        sender.send(event).unwrap();
-    }
-    sender.flush().unwrap();
-    let mut outcomes = vec![None; events.len()];
-    let deadline = Instant::now() + limit;
-    while outcomes.iter().any(Option::is_none) {
-        let left = deadline
-            .checked_duration_since(Instant::now())
-            .unwrap_or_else(|| {
-                panic!(
-                    "{} events still unanswered after {limit:?}",
-                    outcomes.iter().filter(|o| o.is_none()).count()
-                )
-            });
-        let Ok(Incoming::Replies(frame)) = receiver.recv_timeout(left) else {
-            continue;
-        };
-        for reply in frame.replies() {
-            let reply: Reply = rkyv::deserialize::<Reply, rkyv::rancor::Error>(reply).unwrap();
-            let slot = &mut outcomes[reply.client_seq as usize];
-            assert!(slot.is_none(), "event {} answered twice", reply.client_seq);
-            *slot = Some(reply.outcome);
-        }
-    }
-    drop(sender);
+    let outcomes = answers(&client_of(addr), events, limit);
+    let unanswered = outcomes.iter().filter(|outcome| outcome.is_none()).count();
+    assert_eq!(unanswered, 0, "events still unanswered after {limit:?}");
     outcomes.into_iter().map(Option::unwrap).collect()
 }
 

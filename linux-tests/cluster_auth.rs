@@ -12,17 +12,16 @@ mod support;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use trove::client::{ClientConfig, Incoming, connect};
 use trove::cluster::local::{EtcdProcess, NodeProcess};
 use trove::cluster::placement::Placement;
 use trove::core::auth::AuthSecret;
 use trove::core::ids::{HuntId, NodeId, PartitionId, PlayerId};
-use trove::core::message::{Event, EventError, EventKind, Outcome, RejectReason, Reply};
+use trove::core::message::{Event, EventError, EventKind, Outcome, RejectReason};
 use trove::core::partition::Partitioner;
 
-use support::cluster::{ClusterSpec, etcd_or_skip, poll_for};
+use support::cluster::{ClusterSpec, answers, client_of, etcd_or_skip, poll_for};
 use support::run_bounded;
 
 const PARTITIONS: u32 = 16;
@@ -139,31 +138,12 @@ fn one_per_partition(player: u64, kind: impl Fn() -> EventKind) -> Vec<Event> {
 /// Sends `events` to the node at `addr`, proving `secret` if any, on one connection; each event's
 /// outcome by client sequence, or `None` when not every one was answered within 10 s.
 fn outcomes_from(addr: &str, secret: Option<&str>, events: &[Event]) -> Option<Vec<Outcome>> {
-    let mut config = ClientConfig::new(addr.parse().unwrap());
-    config.shard_aware = false;
+    let mut config = client_of(addr);
     config.auth =
         secret.map(|secret| Arc::new(AuthSecret::from_file_contents(secret.as_bytes()).unwrap()));
-    let (mut sender, mut receiver) = connect(&config).ok()?;
-    for event in events {
-        sender.send(event).ok()?;
-    }
-    sender.flush().ok()?;
-    let mut outcomes = vec![None; events.len()];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while outcomes.iter().any(Option::is_none) {
-        let left = deadline.checked_duration_since(Instant::now())?;
-        let Ok(Incoming::Replies(frame)) = receiver.recv_timeout(left) else {
-            continue;
-        };
-        for reply in frame.replies() {
-            let reply: Reply = rkyv::deserialize::<Reply, rkyv::rancor::Error>(reply).unwrap();
-            let slot = &mut outcomes[reply.client_seq as usize];
-            assert!(slot.is_none(), "event {} answered twice", reply.client_seq);
-            *slot = Some(reply.outcome);
-        }
-    }
-    drop(sender);
-    outcomes.into_iter().collect()
+    answers(&config, events, Duration::from_secs(10))
+        .into_iter()
+        .collect()
 }
 
 fn owned_by(placement: &Placement, node: NodeId) -> Vec<usize> {

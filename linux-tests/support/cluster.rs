@@ -171,23 +171,33 @@ pub fn wait_printed(nodes: &mut Nodes, node: NodeId, text: &str) {
     });
 }
 
-/// Sends `events` to the node at `addr` on one connection and returns each one's outcome, by
-/// client sequence (which must be the event's index); `None` when the node did not answer
-/// every one within 5 s. Panics on an event answered twice.
-pub fn outcomes_from(addr: &str, events: &[Event]) -> Option<Vec<Outcome>> {
+/// A client of the node at `addr` that sends everything to it (not shard-aware), so that the
+/// node forwards what other shards and nodes own.
+pub fn client_of(addr: &str) -> ClientConfig {
     let mut config = ClientConfig::new(addr.parse().unwrap());
     config.shard_aware = false;
-    let (mut sender, mut receiver) = connect(&config).ok()?;
-    for event in events {
-        sender.send(event).ok()?;
-    }
-    sender.flush().ok()?;
+    config
+}
+
+/// Sends `events` on one connection made with `config` and reads each one's outcome, by client
+/// sequence (which must be the event's index), until every one is answered, the connection
+/// ends or `limit` passes: `None` for those not answered. Panics on an event answered twice.
+pub fn answers(config: &ClientConfig, events: &[Event], limit: Duration) -> Vec<Option<Outcome>> {
     let mut outcomes = vec![None; events.len()];
-    let deadline = Instant::now() + ANSWERS_WAIT;
+    let Ok((mut sender, mut receiver)) = connect(config) else {
+        return outcomes;
+    };
+    let sent = events.iter().try_for_each(|event| sender.send(event));
+    if sent.and_then(|()| sender.flush()).is_err() {
+        return outcomes;
+    }
+    let deadline = Instant::now() + limit;
     while outcomes.iter().any(Option::is_none) {
-        let left = deadline.checked_duration_since(Instant::now())?;
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
         let Ok(Incoming::Replies(frame)) = receiver.recv_timeout(left) else {
-            return None;
+            break;
         };
         for reply in frame.replies() {
             let reply: Reply = rkyv::deserialize::<Reply, rkyv::rancor::Error>(reply).unwrap();
@@ -197,7 +207,15 @@ pub fn outcomes_from(addr: &str, events: &[Event]) -> Option<Vec<Outcome>> {
         }
     }
     drop(sender);
-    outcomes.into_iter().collect()
+    outcomes
+}
+
+/// Sends `events` to the node at `addr` on one connection and returns each one's outcome, by
+/// client sequence; `None` when the node did not answer every one within 5 s.
+pub fn outcomes_from(addr: &str, events: &[Event]) -> Option<Vec<Outcome>> {
+    answers(&client_of(addr), events, ANSWERS_WAIT)
+        .into_iter()
+        .collect()
 }
 
 /// SIGKILLs `child` (a node killed on purpose) and reaps it within a bound.

@@ -718,6 +718,23 @@ mod tests {
         bytes
     }
 
+    /// Shard 0 of `shards`, a connection to it, and a hunt of shard 0's created on it as
+    /// event 1 (applied; with a log, its reply waits for the record's sync).
+    fn shard_0_with_a_hunt(
+        shards: usize,
+        durability: Durability,
+    ) -> (ShardCore, ConnectionId, HuntId) {
+        let mut core = cores(shards, durability).remove(0);
+        let conn = core.handle_connect(0).unwrap();
+        let hunt = hunt_owned_by(shards, 0, 0);
+        offer(
+            &mut core,
+            conn,
+            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
+        );
+        (core, conn, hunt)
+    }
+
     fn offer(core: &mut ShardCore, conn: ConnectionId, events: &[Event]) {
         let bytes = frame(events);
         let Ok(Decoded::Frame { header, body, .. }) = decode_frame(&bytes) else {
@@ -857,14 +874,7 @@ mod tests {
 
     #[test]
     fn memory_mode_records_no_log_sync() {
-        let mut core = cores(1, Durability::Memory).remove(0);
-        let conn = core.handle_connect(0).unwrap();
-        let hunt = hunt_owned_by(1, 0, 0);
-        offer(
-            &mut core,
-            conn,
-            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
-        );
+        let (mut core, conn, _) = shard_0_with_a_hunt(1, Durability::Memory);
         assert_eq!(seqs(&written(&mut core, conn)), [1]);
         let stats = core.stats();
         assert_eq!(stats.log, LogTally::default());
@@ -876,14 +886,7 @@ mod tests {
 
     #[test]
     fn a_refusal_does_not_overtake_a_reply_waiting_for_its_sync() {
-        let mut core = cores(1, Durability::Sync).remove(0);
-        let conn = core.handle_connect(0).unwrap();
-        let hunt = hunt_owned_by(1, 0, 0);
-        offer(
-            &mut core,
-            conn,
-            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
-        );
+        let (mut core, conn, hunt) = shard_0_with_a_hunt(1, Durability::Sync);
         core.handle_stop(0);
         // Refused at once (the shard stops), but answered only after event 1.
         offer(&mut core, conn, &[event(2, hunt, EventKind::Join)]);
@@ -900,14 +903,7 @@ mod tests {
         // Async mode: the reply leaves before its record is durable, so the connection can be
         // gone before the last sync. A flusher looks only when listed: unlisted, the peer never
         // hears "no more events" and the node never stops.
-        let mut core = cores(2, Durability::Async).remove(0);
-        let conn = core.handle_connect(0).unwrap();
-        let hunt = hunt_owned_by(2, 0, 0);
-        offer(
-            &mut core,
-            conn,
-            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
-        );
+        let (mut core, conn, _) = shard_0_with_a_hunt(2, Durability::Async);
         assert_eq!(seqs(&written(&mut core, conn)), [1]);
         assert_eq!(logged(&mut core).len(), 1);
         core.handle_stop(0);
@@ -935,14 +931,7 @@ mod tests {
 
     #[test]
     fn a_connection_closed_with_replies_waiting_gives_their_credit_back_once_durable() {
-        let mut core = cores(1, Durability::Sync).remove(0);
-        let conn = core.handle_connect(0).unwrap();
-        let hunt = hunt_owned_by(1, 0, 0);
-        offer(
-            &mut core,
-            conn,
-            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
-        );
+        let (mut core, conn, _) = shard_0_with_a_hunt(1, Durability::Sync);
         core.handle_read_closed(0, conn, Ok(()));
         core.handle_closed(0, conn, crate::core::shard::CloseReason::Broken);
         assert_eq!(
@@ -1044,14 +1033,7 @@ mod tests {
 
     #[test]
     fn memory_mode_logs_nothing() {
-        let mut core = cores(1, Durability::Memory).remove(0);
-        let conn = core.handle_connect(0).unwrap();
-        let hunt = hunt_owned_by(1, 0, 0);
-        offer(
-            &mut core,
-            conn,
-            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
-        );
+        let (mut core, conn, _) = shard_0_with_a_hunt(1, Durability::Memory);
         assert_eq!(seqs(&written(&mut core, conn)), [1]);
         assert!(!core.log_queued());
     }
@@ -1169,14 +1151,7 @@ mod tests {
 
     #[test]
     fn a_full_log_refuses_new_events_unlogged_but_releases_what_waits_for_its_sync() {
-        let mut core = cores(1, Durability::Sync).remove(0);
-        let conn = core.handle_connect(0).unwrap();
-        let hunt = hunt_owned_by(1, 0, 0);
-        offer(
-            &mut core,
-            conn,
-            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
-        );
+        let (mut core, conn, hunt) = shard_0_with_a_hunt(1, Durability::Sync);
         core.set_log_full(true);
         offer(&mut core, conn, &[event(2, hunt, EventKind::Join)]);
         assert_eq!(
@@ -1209,14 +1184,7 @@ mod tests {
 
     #[test]
     fn a_failed_write_refuses_new_events_with_its_reason_and_releases_held_replies_once_retried() {
-        let mut core = cores(1, Durability::Sync).remove(0);
-        let conn = core.handle_connect(0).unwrap();
-        let hunt = hunt_owned_by(1, 0, 0);
-        offer(
-            &mut core,
-            conn,
-            &[event(1, hunt, EventKind::CreateHunt(HuntSpec::default()))],
-        );
+        let (mut core, conn, hunt) = shard_0_with_a_hunt(1, Durability::Sync);
         assert_eq!(logged(&mut core).len(), 1);
         let first = core.handle_log_fault(LogOp::Write, LogFaultKind::NoSpace);
         assert!(first.announce, "the first failure starts the refusal");
