@@ -230,6 +230,25 @@ async fn read_replies(
     mut input: ReceiveBuffer,
     broken: Rc<Latch>,
 ) {
+    let replies = FrameKind::LinkReplies;
+    read_frames(&mut stream, &mut input, replies, &broken, |body| {
+        shard.link_replies(dest, body).is_ok()
+    })
+    .await;
+    broken.set();
+}
+
+/// Hands each whole frame in `input` to `handle`, reading more from `stream` as needed, until
+/// the link ends: a frame of another kind than `kind`, one `handle` refuses (`false`), bytes
+/// that are no frame, the socket closing or failing, or `stop` set. The two read sides of a
+/// link (replies on an outgoing one, events on an inbound one) differ only in those.
+async fn read_frames(
+    stream: &mut TcpStream,
+    input: &mut ReceiveBuffer,
+    kind: FrameKind,
+    stop: &Latch,
+    mut handle: impl FnMut(&[u8]) -> bool,
+) {
     loop {
         let frame_len = loop {
             match decode_frame(input.pending()) {
@@ -238,35 +257,26 @@ async fn read_replies(
                     body,
                     frame_len,
                 }) => {
-                    if header.kind != FrameKind::LinkReplies
-                        || shard.link_replies(dest, body).is_err()
-                    {
-                        broken.set();
+                    if header.kind != kind || !handle(body) {
                         return;
                     }
                     input.consume(frame_len);
                 }
                 Ok(Decoded::NeedMore { frame_len }) => break frame_len,
-                Err(_) => {
-                    broken.set();
-                    return;
-                }
+                Err(_) => return,
             }
         };
         let read = or(
             async { Some(stream.read(input.spare(frame_len)).await) },
             async {
-                broken.wait().await;
+                stop.wait().await;
                 None
             },
         )
         .await;
         match read {
             Some(Ok(len)) if len > 0 => input.filled(len),
-            _ => {
-                broken.set();
-                return;
-            }
+            _ => return,
         }
         glommio::yield_if_needed().await;
     }
@@ -352,39 +362,10 @@ async fn read_events(
     mut input: ReceiveBuffer,
     done: &Latch,
 ) {
-    loop {
-        let frame_len = loop {
-            match decode_frame(input.pending()) {
-                Ok(Decoded::Frame {
-                    header,
-                    body,
-                    frame_len,
-                }) => {
-                    if header.kind != FrameKind::LinkEvents
-                        || shard.link_events(link, body).is_err()
-                    {
-                        return;
-                    }
-                    input.consume(frame_len);
-                }
-                Ok(Decoded::NeedMore { frame_len }) => break frame_len,
-                Err(_) => return,
-            }
-        };
-        let read = or(
-            async { Some(stream.read(input.spare(frame_len)).await) },
-            async {
-                done.wait().await;
-                None
-            },
-        )
-        .await;
-        match read {
-            Some(Ok(len)) if len > 0 => input.filled(len),
-            _ => return,
-        }
-        glommio::yield_if_needed().await;
-    }
+    read_frames(stream, &mut input, FrameKind::LinkEvents, done, |body| {
+        shard.link_events(link, body).is_ok()
+    })
+    .await;
 }
 
 async fn write_replies(

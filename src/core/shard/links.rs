@@ -642,17 +642,9 @@ impl ShardCore {
     /// A reply this shard made itself (a failed link's answer) for an event of connection
     /// `id` that was away: queued like a reply that came back.
     fn deliver_reply_value(&mut self, id: ConnectionId, reply: &Reply, credit: Credit) {
-        let Some(connection) = self.connections.get_mut(id) else {
-            self.credit.release(credit);
-            return;
-        };
-        if connection.socket_closed {
-            self.release_remote(id, credit);
-            return;
+        if self.reply_came_back(id, credit) {
+            self.queue_reply(id, reply, credit);
         }
-        connection.remote_inflight -= 1;
-        connection.remote_credit = connection.remote_credit.minus(credit);
-        self.queue_reply(id, reply, credit);
     }
 
     /// The hello frame this shard sends first on each link it opens.

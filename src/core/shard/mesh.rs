@@ -277,18 +277,27 @@ impl ShardCore {
 
     /// A reply another shard sent back for an event of connection `id`.
     pub(super) fn deliver_reply(&mut self, id: ConnectionId, archive: &[u8], credit: Credit) {
+        if self.reply_came_back(id, credit) {
+            self.queue_archived_reply(id, archive, credit);
+        }
+    }
+
+    /// The answer to an event of connection `id` that was away (at another shard or node) is
+    /// here: the connection stops counting it as away. `false` when there is nobody to write
+    /// it to (the connection is closed, or long gone): its `credit` is released here instead.
+    pub(super) fn reply_came_back(&mut self, id: ConnectionId, credit: Credit) -> bool {
         let Some(connection) = self.connections.get_mut(id) else {
             // The connection is long gone (its slot freed): only the shard's credit remains.
             self.credit.release(credit);
-            return;
+            return false;
         };
         if connection.socket_closed {
             self.release_remote(id, credit);
-            return;
+            return false;
         }
         connection.remote_inflight -= 1;
         connection.remote_credit = connection.remote_credit.minus(credit);
-        self.queue_archived_reply(id, archive, credit);
+        true
     }
 
     /// What the flusher of `peer` sends next: the oldest batch (full, or the one being filled:
