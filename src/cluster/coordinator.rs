@@ -92,6 +92,11 @@ pub enum Request {
     RangePrefix {
         prefix: String,
     },
+    /// The store's revision only (a count-only range over `prefix`): cheap to ask often, and it
+    /// changes whenever any key is put or deleted, a lease's expiry included.
+    Revision {
+        prefix: String,
+    },
     /// A transaction: if `key` does not exist, put it bound to `lease`.
     CreateIfAbsent {
         key: String,
@@ -137,6 +142,9 @@ pub enum Response {
     Range {
         revision: u64,
         kvs: Vec<KeyValue>,
+    },
+    Revision {
+        revision: u64,
     },
     Txn {
         succeeded: bool,
@@ -346,6 +354,8 @@ enum InFlight {
     KeepAlive,
     Register,
     Read,
+    /// A [`Request::Revision`] asking whether a read is needed.
+    Probe,
     Campaign,
     /// The record being written, to install once etcd says at which revision.
     WriteAssignment(Vec<u8>),
@@ -358,6 +368,11 @@ pub struct Coordinator {
     registered_revision: Option<u64>,
     view: ClusterView,
     read_due_ns: u64,
+    /// Whether the read due is a whole one, or only a probe of the revision first: the periodic
+    /// read that backs the watch up is a probe (16 nodes reading the whole prefix 4 times a
+    /// second cost more CPU than their keepalives, for nothing when nothing changed); a read
+    /// asked for by a watch, a write or an outage is whole.
+    read_whole: bool,
     in_flight: Option<(InFlight, u64)>,
     retry_at_ns: u64,
     retry_ns: u64,
@@ -380,6 +395,7 @@ impl Coordinator {
             registered_revision: None,
             view: ClusterView::default(),
             read_due_ns: 0,
+            read_whole: true,
             in_flight: None,
             retry_at_ns: 0,
             retry_ns: CLUSTER_RETRY_MS_MIN * NS_PER_MS,
@@ -434,7 +450,10 @@ impl Coordinator {
         }
         if now_ns >= self.read_due_ns {
             let prefix = self.config.keys.prefix().to_owned();
-            return Some((Request::RangePrefix { prefix }, InFlight::Read));
+            if self.read_whole {
+                return Some((Request::RangePrefix { prefix }, InFlight::Read));
+            }
+            return Some((Request::Revision { prefix }, InFlight::Probe));
         }
         self.registered_revision?;
         if self.view.controller.is_none() {
@@ -510,8 +529,16 @@ impl Coordinator {
                 self.handle_range(now_ns, revision, &kvs);
                 true
             }
+            (InFlight::Probe, Response::Revision { revision }) => {
+                if revision == self.view.revision {
+                    self.read_due_ns = now_ns + self.config.poll_ns;
+                } else {
+                    self.read_now(now_ns);
+                }
+                true
+            }
             (InFlight::Campaign, Response::Txn { .. }) => {
-                self.read_due_ns = now_ns;
+                self.read_now(now_ns);
                 true
             }
             (
@@ -524,7 +551,7 @@ impl Coordinator {
                 if succeeded {
                     self.install_written(&value, revision);
                 }
-                self.read_due_ns = now_ns;
+                self.read_now(now_ns);
                 true
             }
             _ => false,
@@ -542,7 +569,13 @@ impl Coordinator {
 
     /// Something under the cluster's prefix changed (a watch said so): read it back now.
     pub fn handle_changed(&mut self, now_ns: u64) {
+        self.read_now(now_ns);
+    }
+
+    /// The cluster's keys are to be read back whole, now.
+    fn read_now(&mut self, now_ns: u64) {
         self.read_due_ns = self.read_due_ns.min(now_ns);
+        self.read_whole = true;
     }
 
     /// The request in flight failed (no answer, a timeout, an error status).
@@ -574,6 +607,8 @@ impl Coordinator {
         }
         self.retry_at_ns = now_ns + self.retry_ns;
         self.retry_ns = (self.retry_ns * 2).min(CLUSTER_RETRY_MS_MAX * NS_PER_MS);
+        // What changed while etcd did not answer is read whole, not inferred from a revision.
+        self.read_whole = true;
     }
 
     fn etcd_answered(&mut self) {
@@ -608,7 +643,7 @@ impl Coordinator {
     }
 
     fn handle_registered(&mut self, now_ns: u64, revision: Option<u64>) {
-        self.read_due_ns = now_ns;
+        self.read_now(now_ns);
         match revision {
             Some(revision) => {
                 self.registered_revision = Some(revision);
@@ -648,6 +683,7 @@ impl Coordinator {
         }
         self.view = view;
         self.read_due_ns = now_ns + self.config.poll_ns;
+        self.read_whole = false;
         self.report_rejected();
         self.adopt_registration();
         self.check_registration();
@@ -853,6 +889,8 @@ mod tests {
         nodes: Vec<Coordinator>,
         paused: Vec<bool>,
         events: Vec<Vec<CoordinatorEvent>>,
+        /// Per node: whole reads of the prefix, and revision probes, asked of etcd.
+        reads: Vec<(usize, usize)>,
         now_ns: u64,
     }
 
@@ -865,8 +903,17 @@ mod tests {
                     .collect(),
                 paused: vec![false; nodes as usize],
                 events: vec![Vec::new(); nodes as usize],
+                reads: vec![(0, 0); nodes as usize],
                 now_ns: 0,
             }
+        }
+
+        /// Another node, paused or not.
+        fn add(&mut self, node: Coordinator, paused: bool) {
+            self.nodes.push(node);
+            self.paused.push(paused);
+            self.events.push(Vec::new());
+            self.reads.push((0, 0));
         }
 
         fn run_ms(&mut self, ms: u64) {
@@ -884,6 +931,11 @@ mod tests {
         fn drive(&mut self, i: usize) {
             let node = &mut self.nodes[i];
             while let Some(request) = node.poll_request(self.now_ns) {
+                match request {
+                    Request::RangePrefix { .. } => self.reads[i].0 += 1,
+                    Request::Revision { .. } => self.reads[i].1 += 1,
+                    _ => {}
+                }
                 match self.etcd.handle(self.now_ns, &request) {
                     Ok(response) => node.handle_response(self.now_ns, response),
                     Err(reason) => node.handle_failure(self.now_ns, &reason),
@@ -951,6 +1003,33 @@ mod tests {
         // Nothing changes, so nothing more is written.
         cluster.run_ms(2_000);
         assert_eq!(cluster.placement(0).epoch(), placement.epoch());
+    }
+
+    #[test]
+    fn a_settled_cluster_probes_the_revision_and_reads_whole_only_what_changed() {
+        let mut cluster = Cluster::new(3);
+        cluster.run_ms(2_000);
+        let epoch = cluster.placement(0).epoch();
+        cluster.reads = vec![(0, 0); 3];
+        cluster.run_ms(2_000);
+        for (i, &(whole, probes)) in cluster.reads.iter().enumerate() {
+            assert_eq!(whole, 0, "node {i}: nothing changed, nothing read whole");
+            // One probe per poll interval (100 ms) over 2 s.
+            assert!((18..=21).contains(&probes), "node {i}: {probes} probes");
+        }
+        // A node's lease ends: etcd deletes its key, the revision moves, the others read it
+        // whole and the controller moves its partitions offline.
+        cluster.paused[2] = true;
+        cluster.run_ms((TTL_S + 1) * 1_000);
+        for i in 0..2 {
+            assert!(cluster.reads[i].0 >= 1, "node {i} read the change whole");
+            let placement = cluster.placement(i);
+            assert!(placement.epoch() > epoch, "node {i} saw the new placement");
+            assert!(
+                placement.offline().next().is_some(),
+                "node {i}: offline partitions"
+            );
+        }
     }
 
     #[test]
@@ -1131,9 +1210,7 @@ mod tests {
         let mut cluster = Cluster::new(2);
         let mut odd = config(3, 1);
         odd.partitions = PARTITIONS * 2;
-        cluster.nodes.push(Coordinator::new(odd));
-        cluster.paused.push(true);
-        cluster.events.push(Vec::new());
+        cluster.add(Coordinator::new(odd), true);
         cluster.run_ms(2_000);
         cluster.paused[2] = false;
         cluster.run_ms(500);
@@ -1151,9 +1228,7 @@ mod tests {
         cluster.run_ms(2_000);
         let placement = cluster.placement(0);
         // A second node 2.
-        cluster.nodes.push(Coordinator::new(config(2, 2)));
-        cluster.paused.push(false);
-        cluster.events.push(Vec::new());
+        cluster.add(Coordinator::new(config(2, 2)), false);
         cluster.run_ms(2_000);
         assert!(cluster.events[2].contains(&CoordinatorEvent::NodeIdInUse));
         assert!(

@@ -117,6 +117,14 @@ impl EtcdClient {
                 })
             }
             Request::RangePrefix { prefix } => self.range_prefix(prefix),
+            Request::Revision { prefix } => {
+                let mut body = prefix_range(prefix);
+                body["count_only"] = Value::Bool(true);
+                let reply = self.post("/v3/kv/range", body)?;
+                Ok(Response::Revision {
+                    revision: revision(&reply)?,
+                })
+            }
             Request::CreateIfAbsent { key, value, lease } => {
                 let compare = [compare(key, "CREATE", "create_revision", 0)];
                 self.txn(&compare, put_body(key, value, *lease))
@@ -143,11 +151,7 @@ impl EtcdClient {
     }
 
     fn range_prefix(&mut self, prefix: &str) -> Result<Response, String> {
-        let body = json!({
-            "key": BASE64.encode(prefix),
-            "range_end": BASE64.encode(prefix_end(prefix)),
-        });
-        let reply = self.post("/v3/kv/range", body)?;
+        let reply = self.post("/v3/kv/range", prefix_range(prefix))?;
         let kvs = match reply.get("kvs") {
             None => Vec::new(),
             Some(Value::Array(kvs)) => kvs.iter().map(key_value).collect::<Result<_, _>>()?,
@@ -320,6 +324,14 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
         }
     }
     vec![0]
+}
+
+/// The body of a range over every key starting with `prefix`.
+fn prefix_range(prefix: &str) -> Value {
+    json!({
+        "key": BASE64.encode(prefix),
+        "range_end": BASE64.encode(prefix_end(prefix)),
+    })
 }
 
 fn put_body(key: &str, value: &[u8], lease: i64) -> Value {

@@ -128,6 +128,9 @@ impl ModelEtcd {
                 revision: self.revision,
                 kvs: self.range(prefix),
             },
+            Request::Revision { .. } => Response::Revision {
+                revision: self.revision,
+            },
             Request::CreateIfAbsent { key, value, lease } => {
                 let succeeded = !self.kvs.contains_key(key) && self.leases.contains_key(lease);
                 if succeeded {
