@@ -137,7 +137,8 @@ pub struct BenchArgs {
     /// Open loop: most events in flight per connection before the generator falls behind schedule
     #[arg(long, value_name = "N")]
     pub inflight_max: Option<u32>,
-    /// Closed loop: keep this many events in flight per connection [the default load: 1024]
+    /// Closed loop: keep this many events in flight per connection, to each node it reaches
+    /// when shard-aware against a cluster [the default load: 1024]
     #[arg(long, value_name = "N", conflicts_with = "sweep")]
     pub closed: Option<u32>,
     /// Step the open-loop rate up to find the highest rate whose p99 holds --slo-p99-us

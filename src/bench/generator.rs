@@ -51,6 +51,10 @@ pub struct Parsed {
 pub trait Protocol {
     /// How many connections this protocol uses.
     fn links(&self) -> usize;
+    /// How many nodes those connections reach.
+    fn nodes(&self) -> usize {
+        1
+    }
     /// The connection an event goes out on.
     fn link_for(&self, event: &Event) -> usize;
     /// Encodes one event for `link`, stamped with `ts` (which the reply must give back).
@@ -78,7 +82,9 @@ pub enum Load {
     /// `inflight_max` are unanswered; past that the thread falls behind schedule, as a real
     /// client with a bounded number of outstanding requests would.
     Open { rate_per_s: f64, inflight_max: u32 },
-    /// A fixed number of events in flight.
+    /// A fixed number of events in flight to each node the thread's links reach (one node
+    /// for a single node, whatever its shards): a cluster-aware client keeps a window per
+    /// owner, so each node sees the same depth of work at any cluster size.
     Closed { window: u32 },
 }
 
@@ -291,6 +297,12 @@ pub fn run<P: Protocol>(
         next_due_ns: schedule.offset_ns,
         recorder,
     };
+    if let Load::Closed { window } = load {
+        let nodes = u32::try_from(generator.protocol.nodes()).unwrap_or(u32::MAX);
+        generator.load = Load::Closed {
+            window: window.saturating_mul(nodes.max(1)),
+        };
+    }
     set_fine_timer_slack();
     if let Err(failure) = generator.run() {
         generator.recorder.result.failure = Some(failure);

@@ -79,7 +79,12 @@ fn describe(config: &BenchConfig) -> String {
     };
     let load = match config.load {
         LoadConfig::Open { rate_per_s, .. } => format!("open loop at {rate_per_s:.0} events/s"),
-        LoadConfig::Closed { window } => format!("closed loop, {window} in flight per connection"),
+        LoadConfig::Closed { window } => match config.target {
+            TargetConfig::Cluster { .. } => {
+                format!("closed loop, {window} in flight per connection to each node")
+            }
+            _ => format!("closed loop, {window} in flight per connection"),
+        },
         LoadConfig::Sweep { slo_p99_us, .. } => format!("rate sweep for p99 <= {slo_p99_us} µs"),
     };
     let workload = &config.workload;

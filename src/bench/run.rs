@@ -27,7 +27,7 @@ pub enum LoadSpec {
     /// Open loop at this many events per second in total, with at most `inflight_max`
     /// unanswered events per connection.
     Open { rate_per_s: f64, inflight_max: u32 },
-    /// Closed loop with this many events in flight per connection.
+    /// Closed loop with this many events in flight per connection (to each node it reaches).
     Closed { window: u32 },
 }
 

@@ -48,6 +48,10 @@ impl Protocol for TroveProtocol {
         self.proto.links()
     }
 
+    fn nodes(&self) -> usize {
+        self.proto.nodes()
+    }
+
     fn link_for(&self, event: &Event) -> usize {
         self.proto.link_for(event.hunt)
     }

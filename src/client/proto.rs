@@ -205,6 +205,15 @@ impl ClientProto {
         self.outboxes.len()
     }
 
+    /// How many nodes the links reach: the owners' nodes when shard-aware, else the one node
+    /// the client talks to.
+    pub fn nodes(&self) -> usize {
+        let mut nodes: Vec<NodeId> = self.targets.iter().map(|target| target.node).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes.len().max(1)
+    }
+
     /// Where `link` goes; `None` for the one link of a client that is not shard-aware (the
     /// connection the map was fetched on).
     pub fn link_target(&self, link: usize) -> Option<&LinkTarget> {
@@ -592,6 +601,15 @@ mod tests {
         assert_eq!(client.link_to(NodeId(3), ShardId(0)).unwrap(), to_three);
         assert_eq!(client.link_to(NodeId(9), ShardId(0)).unwrap(), None);
         assert_eq!(client.link_to(NodeId(3), ShardId(5)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_client_counts_the_nodes_its_links_reach() {
+        let cluster = ClientProto::new(cluster_map(5, &[1, 2, 3], &[1, 2, 3], 2), true, 8);
+        assert_eq!(cluster.unwrap().nodes(), 3);
+        assert_eq!(proto(4, true, 8).nodes(), 1, "one node, four shards");
+        let forwarding = ClientProto::new(cluster_map(5, &[1, 2, 3], &[1, 2, 3], 2), false, 8);
+        assert_eq!(forwarding.unwrap().nodes(), 1, "not shard-aware: one node");
     }
 
     #[test]

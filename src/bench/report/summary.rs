@@ -163,7 +163,7 @@ pub struct RunSummary {
     pub target: String,
     /// `"open"` or `"closed"`.
     pub load_model: String,
-    /// Events in flight per connection, for a closed-loop run.
+    /// Events in flight per connection (to each node it reaches), for a closed-loop run.
     pub inflight_per_connection: Option<u32>,
     pub started_unix_ms: u64,
     pub duration_s: f64,
