@@ -538,8 +538,7 @@ impl Shard {
         let Some(abandoned) = self.core().handle_log_abandoned(now) else {
             return;
         };
-        let durability = self.core.borrow().durability();
-        let lost = match durability {
+        let lost = match self.durability() {
             Durability::Async => format!(
                 "up to {} events answered before their sync may be lost",
                 abandoned.records
@@ -804,6 +803,11 @@ impl Shard {
     /// Records up to this LSN are on disk.
     pub fn durable_lsn(&self) -> u64 {
         self.core.borrow().durable_lsn()
+    }
+
+    /// When the shard's answers are on disk.
+    pub fn durability(&self) -> Durability {
+        self.core.borrow().durability()
     }
 
     /// A partition's state and the LSN it covers, for a snapshot (see `runtime::store`).

@@ -717,8 +717,14 @@ where
                             ),
                         ),
                     };
+                    let answered = match shard.durability() {
+                        Durability::Async => {
+                            "events answered before their sync are on disk only once it succeeds"
+                        }
+                        _ => "events already answered are on disk",
+                    };
                     eprintln!(
-                        "trove node: shard {}: cannot {} ({error}): {why}; new events are answered Unavailable ({answer}) until it can, retried every {LOG_FAULT_RETRY_MS_MAX} ms at most; events already answered are on disk, and {waiting}",
+                        "trove node: shard {}: cannot {} ({error}): {why}; new events are answered Unavailable ({answer}) until it can, retried every {LOG_FAULT_RETRY_MS_MAX} ms at most; {answered}, and {waiting}",
                         shard.id().index(),
                         op.describe(),
                     );
