@@ -1206,3 +1206,353 @@ fn a_new_segment_that_finds_no_space_holds_its_records_answers_until_space_retur
     let mut node = start_node(&dir, &flags).unwrap();
     reconcile(&mut node, &mut model, &[], &HashMap::new(), &mut seq);
 }
+
+/// `EXT4_IOC_SHUTDOWN` (the same number as XFS's `GOINGDOWN`): `_IOR('X', 125, u32)`.
+const EXT4_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d;
+/// Shut down without flushing the journal, as a disk that dies would.
+const EXT4_GOING_FLAGS_NOLOGFLUSH: u32 = 2;
+/// The exit status of a node that stopped without its log closed cleanly
+/// (`trove::runtime::store::EXIT_LOG_NOT_CLOSED`).
+const EXIT_LOG_NOT_CLOSED: i32 = trove::runtime::store::EXIT_LOG_NOT_CLOSED;
+
+/// Shuts the filesystem mounted at `mount` down: every I/O on it fails with EIO until it is
+/// mounted again.
+fn shut_down(mount: &Path) -> Result<(), String> {
+    let file = std::fs::File::open(mount)
+        .map_err(|error| format!("cannot open {}: {error}", mount.display()))?;
+    let flags = EXT4_GOING_FLAGS_NOLOGFLUSH;
+    // SAFETY: the ioctl reads one u32 from the pointer, which points at `flags`; the fd is
+    // open for the call.
+    let done = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            EXT4_IOC_SHUTDOWN as _,
+            &flags as *const u32,
+        )
+    };
+    if done != 0 {
+        return Err(format!(
+            "EXT4_IOC_SHUTDOWN failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+impl SmallDisk {
+    /// Unmounts the image and mounts it again: ext4 replays its journal.
+    fn remount(&self) {
+        let run = |args: &[&std::ffi::OsStr]| {
+            let output = Command::new(args[0]).args(&args[1..]).output().unwrap();
+            assert!(
+                output.status.success(),
+                "{:?} failed: {}",
+                args,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        run(&["umount".as_ref(), self.mount.as_os_str()]);
+        run(&[
+            "mount".as_ref(),
+            "-o".as_ref(),
+            "loop".as_ref(),
+            self.image.as_os_str(),
+            self.mount.as_os_str(),
+        ]);
+    }
+}
+
+fn is_disk_failed(outcome: &Outcome) -> bool {
+    *outcome
+        == Outcome::Error {
+            error: EventError::DiskFailed,
+        }
+}
+
+fn is_outcome_unknown(outcome: &Outcome) -> bool {
+    *outcome
+        == Outcome::Error {
+            error: EventError::OutcomeUnknown,
+        }
+}
+
+/// Sends SIGTERM and waits at most `bound` for the node to exit; its exit code and how long it
+/// took, or a kill and a failed test when it does not.
+fn stop_within(node: &mut Node, bound: Duration) -> (Option<i32>, Duration) {
+    let asked = Instant::now();
+    // SAFETY: signals the child this test started, whose pid it holds.
+    assert_eq!(
+        unsafe { libc::kill(node.child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            return (status.code(), asked.elapsed());
+        }
+        if asked.elapsed() > bound {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+            panic!(
+                "the node did not exit within {bound:?} of SIGTERM; it said {:?}",
+                node.stderr_lines("")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_failed_disk_refuses_events_answers_everything_stops_in_time_and_loses_nothing_acknowledged() {
+    let disk = match SmallDisk::new("eio", 256) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED a_failed_disk_refuses_events...: cannot make a small filesystem ({why}); it needs root, mkfs.ext4 and loop devices"
+            );
+            return;
+        }
+    };
+    let dir = disk.mount.join("data");
+    let mut node = start_node(&dir, &[]).unwrap();
+    let (mut model, mut seq) = (Model::new(), 0);
+    set_up(&mut node, &mut model, &mut seq);
+    let mut rng = Rng(11);
+    let mut sent = load(&mut rng, &mut seq, 4_000);
+    let mut replies = drive(&mut node, &sent, None);
+    // The filesystem dies under load: a thread shuts it down while events are in flight.
+    let mount = disk.mount.clone();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        shut_down(&mount).map(|()| Instant::now())
+    });
+    let under_load = load(&mut rng, &mut seq, 40_000);
+    replies.extend(drive(&mut node, &under_load, None));
+    sent.extend(under_load);
+    let shut_at = match killer.join().unwrap() {
+        Ok(at) => at,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED a_failed_disk_refuses_events...: {why} (the kernel's ext4 has no shutdown ioctl?)"
+            );
+            return;
+        }
+    };
+    // Until every shard refuses: a whole batch answered DiskFailed.
+    let (after, after_replies) = drive_until(
+        &mut node,
+        &mut rng,
+        &mut seq,
+        "every event refused DiskFailed",
+        |_, events, replies| {
+            events
+                .iter()
+                .all(|event| is_disk_failed(&replies[&event.client_seq].outcome))
+        },
+    );
+    sent.extend(after);
+    replies.extend(after_replies);
+    let refusing_after = shut_at.elapsed();
+    // The node stays up and answers: its map, and events (refused).
+    let mut stream = client::connect_stream(node.addr, Duration::from_secs(2)).unwrap();
+    client::fetch_map(&mut stream, Duration::from_secs(2))
+        .expect("the map, from a node whose disk failed");
+    drop(stream);
+    let probe: Vec<Event> = (0..HUNTS)
+        .map(|hunt| {
+            seq += 1;
+            leaderboard(hunt, seq)
+        })
+        .collect();
+    let answers = drive(&mut node, &probe, None);
+    assert!(
+        probe
+            .iter()
+            .all(|event| is_disk_failed(&answers[&event.client_seq].outcome)),
+        "every event is refused while the disk fails: {answers:?}"
+    );
+    let (mut accepted, mut unknown, mut refused) = (0, 0, 0);
+    for event in &sent {
+        let outcome = &replies[&event.client_seq].outcome;
+        if is_disk_failed(outcome) {
+            refused += 1;
+        } else if is_outcome_unknown(outcome) {
+            unknown += 1;
+        } else {
+            accepted += 1;
+        }
+    }
+    let announced = node.stderr_lines("the disk failed");
+    assert!(
+        !announced.is_empty() && announced.len() <= 2,
+        "one line per shard when its refusal starts, not one per retry or event: {:?}",
+        node.stderr_lines("")
+    );
+    assert!(
+        announced.iter().all(|line| line.contains("DiskFailed")),
+        "the line names the answer: {announced:?}"
+    );
+    // SIGTERM: the stop gives up on the log within its bound and says so.
+    let bound = Duration::from_millis(
+        trove::constants::LOG_STOP_WAIT_MS_MAX + trove::constants::SHUTDOWN_GRACE_MS_MAX + 3_000,
+    );
+    let (code, took) = stop_within(&mut node, bound);
+    let gave_up = node.stderr_lines("without closing the log cleanly");
+    println!(
+        "{accepted} events accepted, {unknown} OutcomeUnknown, {refused} DiskFailed; every event refused {:.2} s after the shutdown; stopped in {:.2} s with exit {code:?}; the node said {:?}",
+        refusing_after.as_secs_f64(),
+        took.as_secs_f64(),
+        node.stderr_lines("trove node: shard")
+    );
+    assert!(accepted > 0 && refused > 0, "the disk failed under load");
+    assert!(
+        gave_up.len() <= 2,
+        "one line per shard that gave up: {gave_up:?}"
+    );
+    if unknown > 0 {
+        // Their records never reached the disk: the log was still open at the stop.
+        assert_eq!(
+            code,
+            Some(EXIT_LOG_NOT_CLOSED),
+            "{:?}",
+            node.stderr_lines("")
+        );
+    }
+    assert_eq!(
+        code == Some(EXIT_LOG_NOT_CLOSED),
+        !gave_up.is_empty(),
+        "the exit status says what the line says: {:?}",
+        node.stderr_lines("")
+    );
+    assert!(
+        code == Some(0) || code == Some(EXIT_LOG_NOT_CLOSED),
+        "exit {code:?}: {:?}",
+        node.stderr_lines("")
+    );
+    drop(node);
+    // The journal recovers at mount; a node on the data dir has every acknowledged event.
+    disk.remount();
+    let applied: Vec<Event> = sent
+        .into_iter()
+        .filter(|event| !is_disk_failed(&replies[&event.client_seq].outcome))
+        .collect();
+    let acknowledged: HashMap<u64, Reply> = replies
+        .into_iter()
+        .filter(|(_, reply)| !is_outcome_unknown(&reply.outcome) && !is_disk_failed(&reply.outcome))
+        .collect();
+    let mut node = start_node(&dir, &[]).unwrap();
+    let (snapshots, replayed) = recovery(&node);
+    let set_up_events = HUNTS * (1 + PLAYERS);
+    assert!(
+        snapshots > 0 || replayed >= set_up_events + accepted,
+        "recovered fewer events than were acknowledged: {:?}",
+        node.start_lines
+    );
+    let kept = reconcile(&mut node, &mut model, &applied, &acknowledged, &mut seq);
+    println!(
+        "after the remount: {replayed} events replayed ({} beyond the acknowledged ones), {kept} of the {unknown} OutcomeUnknown ones visibly kept",
+        replayed.saturating_sub(set_up_events + accepted)
+    );
+    drop(node);
+}
+
+/// Everything the node sends on one connection until it closes it (or `bound` passes): the
+/// replies by `client_seq`, and its error frames.
+fn replies_until_closed(
+    receiver: &mut client::ReplyReceiver,
+    bound: Duration,
+) -> (HashMap<u64, Reply>, Vec<String>) {
+    let started = Instant::now();
+    let (mut replies, mut errors) = (HashMap::new(), Vec::new());
+    while started.elapsed() < bound {
+        match receiver.recv_timeout(Duration::from_millis(50)) {
+            Ok(Incoming::Replies(frame)) => {
+                for reply in frame.replies() {
+                    let reply = rkyv::deserialize::<Reply, rkyv::rancor::Error>(reply).unwrap();
+                    replies.insert(reply.client_seq, reply);
+                }
+            }
+            Ok(Incoming::NodeError { message, .. }) => errors.push(message),
+            Ok(Incoming::Closed { .. }) | Err(client::RecvError::Ended) => break,
+            Err(client::RecvError::Timeout) => {}
+        }
+    }
+    (replies, errors)
+}
+
+#[test]
+fn a_node_stopped_while_its_disk_fails_answers_every_event_it_took_and_exits_in_time() {
+    let disk = match SmallDisk::new("eio-stop", 256) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED a_node_stopped_while_its_disk_fails...: cannot make a small filesystem ({why}); it needs root, mkfs.ext4 and loop devices"
+            );
+            return;
+        }
+    };
+    let dir = disk.mount.join("data");
+    let mut node = start_node(&dir, &[]).unwrap();
+    let (mut model, mut seq) = (Model::new(), 0);
+    set_up(&mut node, &mut model, &mut seq);
+    if let Err(why) = shut_down(&disk.mount) {
+        eprintln!("SKIPPED a_node_stopped_while_its_disk_fails...: {why}");
+        return;
+    }
+    // Events the shards apply and log before a write tells them the disk is gone: their
+    // answers wait for records that never reach it, and the stop comes before
+    // LOG_FAULT_HOLD_MS_MAX would answer them.
+    let mut config = ClientConfig::new(node.addr);
+    config.shard_aware = false;
+    let (mut sender, mut receiver) = client::connect(&config).unwrap();
+    let events = load(&mut Rng(13), &mut seq, WINDOW);
+    for event in &events {
+        sender.send(event).unwrap();
+    }
+    sender.flush().unwrap();
+    wait_for_lines(&node, "the disk failed", 1);
+    let bound = Duration::from_millis(
+        trove::constants::LOG_STOP_WAIT_MS_MAX + trove::constants::SHUTDOWN_GRACE_MS_MAX + 3_000,
+    );
+    let (code, took) = stop_within(&mut node, bound);
+    let (replies, errors) = replies_until_closed(&mut receiver, Duration::from_secs(5));
+    println!(
+        "stopped in {:.2} s with exit {code:?}; {} of {} events answered: {:?}; errors {errors:?}; the node said {:?}",
+        took.as_secs_f64(),
+        replies.len(),
+        events.len(),
+        replies
+            .values()
+            .map(|reply| format!("{:?}", reply.outcome))
+            .collect::<std::collections::BTreeSet<_>>(),
+        node.stderr_lines("trove node: shard")
+    );
+    assert_eq!(replies.len(), events.len(), "every event taken is answered");
+    assert!(
+        replies
+            .values()
+            .all(|reply| is_outcome_unknown(&reply.outcome)
+                || is_disk_failed(&reply.outcome)
+                || reply.outcome
+                    == Outcome::Error {
+                        error: EventError::ShuttingDown
+                    }),
+        "nothing is answered as applied when its record never reached the disk: {replies:?}"
+    );
+    assert!(
+        replies
+            .values()
+            .any(|reply| is_outcome_unknown(&reply.outcome)),
+        "some events were applied and waited for the log"
+    );
+    assert_eq!(code, Some(EXIT_LOG_NOT_CLOSED));
+    let gave_up = node.stderr_lines("without closing the log cleanly");
+    assert!(
+        !gave_up.is_empty() && gave_up.len() <= 2,
+        "one line per shard that gave up: {:?}",
+        node.stderr_lines("")
+    );
+    drop(node);
+    disk.remount();
+    let mut node = start_node(&dir, &[]).unwrap();
+    reconcile(&mut node, &mut model, &events, &HashMap::new(), &mut seq);
+}

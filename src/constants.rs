@@ -446,6 +446,17 @@ pub const LOG_FAULT_RETRY_MS_MIN: u64 = 10;
 pub const LOG_FAULT_RETRY_MS_MAX: u64 = 1_000;
 const _: () =
     assert!(LOG_FAULT_RETRY_MS_MIN > 0 && LOG_FAULT_RETRY_MS_MIN <= LOG_FAULT_RETRY_MS_MAX);
+/// How long a shard holds the replies waiting for records that an I/O error (EIO, not a full
+/// disk) keeps from the disk, in ms: past it they are answered `OutcomeUnknown` (the record
+/// may or may not be on disk) so that the refusals queued behind them reach their clients.
+/// A full disk holds them until space returns: an operator can free space, a failed disk
+/// rarely comes back.
+pub const LOG_FAULT_HOLD_MS_MAX: u64 = 2_000;
+/// How long a stopping shard waits for its log to be durable (a failed or hung disk) before it
+/// gives up on it: replies still waiting are answered `OutcomeUnknown`, the shard says so in
+/// one line and the node exits with `runtime::store::EXIT_LOG_NOT_CLOSED`. Shorter than the
+/// connections' grace period, so that those answers still reach their clients.
+pub const LOG_STOP_WAIT_MS_MAX: u64 = 2_000;
 
 /// One partition's retention state in a shard's log task (`store::retention::PartitionLog`:
 /// two generations and the last record seen); checked by a const assert there.
@@ -526,6 +537,10 @@ const _: () = assert!(CONNECTIONS_PER_SOURCE_DEFAULT >= 1);
 const _: () = assert!(CONNECTIONS_PER_SOURCE_DEFAULT <= CONNECTIONS_PER_SHARD_MAX);
 /// How long a stopping node waits for work in flight to drain before it closes anyway.
 pub const SHUTDOWN_GRACE_MS_MAX: u64 = 5_000;
+const _: () = assert!(LOG_STOP_WAIT_MS_MAX < SHUTDOWN_GRACE_MS_MAX);
+/// How long a node waits for its shards to exit after the stop signal, in ms: the grace
+/// period, then closing what is left; past it the process exits (`EXIT_STOP_HUNG`).
+pub const SHARDS_STOP_MS_MAX: u64 = 2 * SHUTDOWN_GRACE_MS_MAX;
 /// A shard's task that runs this long without yielding (one poll) counts as a stall
 /// (`runtime::stall`).
 pub const STALL_THRESHOLD_MS_DEFAULT: u64 = 10;

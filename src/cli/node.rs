@@ -418,7 +418,11 @@ pub fn run(args: &NodeArgs) -> i32 {
     }
     let report = node.stop();
     let _ = write!(stdout, "{}", report.describe());
-    0
+    if report.log_closed_cleanly() {
+        0
+    } else {
+        crate::runtime::store::EXIT_LOG_NOT_CLOSED
+    }
 }
 
 /// Where the node's data lives, and what each shard recovered at start.

@@ -161,6 +161,14 @@ fn describe_stalls(stalls: Stalls) -> String {
 }
 
 impl NodeReport {
+    /// Whether every shard's log was durable when it stopped: `false` when a stopping shard
+    /// gave up on a failed or hung disk (the node then exits non-zero).
+    pub fn log_closed_cleanly(&self) -> bool {
+        self.shards
+            .iter()
+            .all(|shard| shard.log.records_abandoned == 0)
+    }
+
     /// One paragraph per shard: what it applied and forwarded, how often it ran out of credit,
     /// and how long its stages took.
     pub fn describe(&self) -> String {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures_lite::AsyncReadExt;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
-use crate::constants::{SHARD_IO_MEMORY_BYTES, SHUTDOWN_GRACE_MS_MAX};
+use crate::constants::{SHARD_IO_MEMORY_BYTES, SHARDS_STOP_MS_MAX, SHUTDOWN_GRACE_MS_MAX};
 use crate::core::ids::ShardId;
 use crate::core::partition::PartitionMap;
 use crate::core::shard::ShardStats;
@@ -69,15 +69,52 @@ pub struct Shards {
 
 impl Shards {
     /// Stops every shard: each stops reading, lets work in flight drain (up to the grace
-    /// period), and exits. Returns each shard's counters, in shard order.
+    /// period; a log that cannot be made durable is given up after `LOG_STOP_WAIT_MS_MAX`),
+    /// and exits. Returns each shard's counters, in shard order.
+    ///
+    /// Bounded: a shard that has not exited `SHARDS_STOP_MS_MAX` after the signal (I/O stuck
+    /// in the kernel, a bug) ends the process with one line naming it and exit status
+    /// [`EXIT_STOP_HUNG`], as a dead shard does: a node that cannot stop must not hang its
+    /// supervisor.
     pub fn stop(mut self) -> Vec<ShardStats> {
         self.stop_signals.clear();
-        std::mem::take(&mut self.joins)
-            .into_iter()
-            .map(|join| join.join().expect("a shard executor panicked"))
-            .collect()
+        let joins = std::mem::take(&mut self.joins);
+        let mut stats: Vec<Option<ShardStats>> = joins.iter().map(|_| None).collect();
+        let (done_in, done) = std::sync::mpsc::channel();
+        for (index, join) in joins.into_iter().enumerate() {
+            let done_in = done_in.clone();
+            // A thread per shard, so that the wait below can have a deadline (a join has none).
+            let joiner = std::thread::Builder::new()
+                .name(format!("trove-join-{index}"))
+                .spawn(move || {
+                    let _ = done_in.send((index, join.join()));
+                });
+            if let Err(error) = joiner {
+                panic!("cannot start a thread to wait for shard {index}: {error}");
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_millis(SHARDS_STOP_MS_MAX);
+        while let Some(waiting) = stats.iter().position(Option::is_none) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match done.recv_timeout(left) {
+                Ok((index, joined)) => {
+                    stats[index] = Some(joined.expect("a shard executor panicked"));
+                }
+                Err(_) => {
+                    eprintln!(
+                        "trove: shard {waiting} did not stop within {SHARDS_STOP_MS_MAX} ms of the stop signal; the node exits now (status {EXIT_STOP_HUNG}) without its report"
+                    );
+                    std::process::exit(EXIT_STOP_HUNG);
+                }
+            }
+        }
+        stats.into_iter().flatten().collect()
     }
 }
+
+/// The exit code of a node whose shards did not stop within `SHARDS_STOP_MS_MAX`
+/// (EX_OSERR, as sysexits.h names it).
+pub const EXIT_STOP_HUNG: i32 = 71;
 
 /// The exit code of a process whose shard thread died (EX_SOFTWARE, as sysexits.h names it).
 pub const EXIT_SHARD_DIED: i32 = 70;

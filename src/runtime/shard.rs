@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 
-use crate::constants::TIMEOUT_CHECK_INTERVAL_MS_MAX;
+use crate::constants::{LOG_STOP_WAIT_MS_MAX, TIMEOUT_CHECK_INTERVAL_MS_MAX};
 use crate::core::codec::{FrameBuilder, FrameError, FrameHeader};
 use crate::core::ids::{ConnectionId, NodeId, PartitionId, ShardId};
 use crate::core::message::ArchivedLinkAccepted;
@@ -487,6 +487,11 @@ impl Shard {
         self.core().handle_stop(now);
         self.stop_started.set();
         self.wake_released();
+        // Dropped (cancelled) when the stop is over: it acts only on a log still not durable.
+        let _log_bound = spawn_timed(
+            self.clone()
+                .give_up_on_the_log_after(Duration::from_millis(LOG_STOP_WAIT_MS_MAX)),
+        );
         let drained = futures_lite::future::or(
             async {
                 self.until_connections_drained().await;
@@ -522,6 +527,33 @@ impl Shard {
             self.core().handle_timeout(now);
             self.wake_released();
         }
+    }
+
+    /// A stopping shard whose log is still not durable after `bound` (a failed or hung disk)
+    /// gives up on it ([`ShardCore::handle_log_abandoned`]) and says so in one line: the
+    /// replies still waiting are answered, the stop goes on, and the node exits non-zero.
+    async fn give_up_on_the_log_after(self: Rc<Self>, bound: Duration) {
+        glommio::timer::sleep(bound).await;
+        let now = self.now_ns();
+        let Some(abandoned) = self.core().handle_log_abandoned(now) else {
+            return;
+        };
+        let lost = match self.durability() {
+            Durability::Async => format!(
+                "up to {} events answered before their sync may be lost",
+                abandoned.records
+            ),
+            _ => "every event answered as applied is on disk".into(),
+        };
+        eprintln!(
+            "trove node: shard {}: stopping without closing the log cleanly: {} records were still not on disk after {} ms (the disk failed or hangs); the {} replies still waiting for them were answered OutcomeUnknown now; {lost}; the node exits with status {}",
+            self.id.index(),
+            abandoned.records,
+            bound.as_millis(),
+            abandoned.replies_unknown,
+            crate::runtime::store::EXIT_LOG_NOT_CLOSED,
+        );
+        self.wake_released();
     }
 
     async fn until_connections_drained(&self) {
@@ -773,6 +805,11 @@ impl Shard {
         self.core.borrow().durable_lsn()
     }
 
+    /// When the shard's answers are on disk.
+    pub fn durability(&self) -> Durability {
+        self.core.borrow().durability()
+    }
+
     /// A partition's state and the LSN it covers, for a snapshot (see `runtime::store`).
     pub fn export_partition(&self, partition: PartitionId) -> Option<(u64, PartitionSnapshot)> {
         self.core.borrow().export_partition(partition)
@@ -791,7 +828,12 @@ impl Shard {
     /// A log operation failed: events are refused until it succeeds (see
     /// [`ShardCore::handle_log_fault`]); says when to retry and whether to say so.
     pub fn handle_log_fault(&self, op: LogOp, kind: LogFaultKind) -> LogFaultStep {
-        self.core().handle_log_fault(op, kind)
+        let now = self.now_ns();
+        let step = self.core().handle_log_fault(now, op, kind);
+        if step.replies_given_up > 0 {
+            self.wake_released();
+        }
+        step
     }
 
     /// A log operation succeeded; returns whether that ends the shard's refusal.

@@ -37,7 +37,11 @@
 //! for those records leave only then, so nothing is answered that is not on disk, and the
 //! shard takes events again by itself once space returns. A sync is retried as it is: the
 //! writes it covers completed with direct I/O, so no page cache holds (and could drop) their
-//! data; on tmpfs (no direct I/O) a sync does not fail. Deleting old segments and snapshots
+//! data; on tmpfs (no direct I/O) a sync does not fail. An I/O error that lasts
+//! `LOG_FAULT_HOLD_MS_MAX` has the core answer the waiting replies `OutcomeUnknown` (a failed
+//! disk rarely comes back; the line printed at the start says so); a stopping shard gives up
+//! on a log that is still not durable after `LOG_STOP_WAIT_MS_MAX` (`runtime::shard`), and
+//! the node then exits [`EXIT_LOG_NOT_CLOSED`]. Deleting old segments and snapshots
 //! still stops the node when it fails (fail-stop, as a dead shard does). Everything here lives
 //! on its shard's core.
 
@@ -53,9 +57,9 @@ use glommio::io::{DmaFile, OpenOptions};
 use rkyv::util::AlignedVec;
 
 use crate::constants::{
-    LOG_DISK_MB_DEFAULT, LOG_FAULT_RETRY_MS_MAX, SNAPSHOT_CHECK_INTERVAL_MS_MAX,
-    SNAPSHOT_EVERY_MB_DEFAULT, SNAPSHOT_EVERY_S_DEFAULT, SNAPSHOT_GENERATIONS_MAX,
-    WAL_BLOCK_BYTES_MAX, WAL_FORMAT_VERSION, WAL_SEGMENT_BYTES,
+    LOG_DISK_MB_DEFAULT, LOG_FAULT_HOLD_MS_MAX, LOG_FAULT_RETRY_MS_MAX,
+    SNAPSHOT_CHECK_INTERVAL_MS_MAX, SNAPSHOT_EVERY_MB_DEFAULT, SNAPSHOT_EVERY_S_DEFAULT,
+    SNAPSHOT_GENERATIONS_MAX, WAL_BLOCK_BYTES_MAX, WAL_FORMAT_VERSION, WAL_SEGMENT_BYTES,
 };
 use crate::core::ids::PartitionId;
 use crate::core::shard::{Durability, LogFaultKind, LogOp, LogSync};
@@ -650,6 +654,11 @@ struct UnsyncedWrites {
 
 type GroupCommitCell = RefCell<GroupCommit>;
 
+/// The exit status of a node that stopped without its log closed cleanly: a stopping shard
+/// gave up waiting for records to reach a failed or hung disk (`LOG_STOP_WAIT_MS_MAX`).
+/// EX_IOERR, as sysexits.h names it.
+pub const EXIT_LOG_NOT_CLOSED: i32 = 74;
+
 /// A log failure: the node stops, so that nothing unlogged is answered as durable.
 fn fail_stop(shard: &Shard, what: &str, error: impl std::fmt::Display) -> ! {
     panic!(
@@ -693,12 +702,29 @@ where
                 let kind = fault_kind(&error);
                 let step = shard.handle_log_fault(op, kind);
                 if step.announce {
-                    let (why, answer) = match kind {
-                        LogFaultKind::NoSpace => ("the disk is full", "DiskFull"),
-                        LogFaultKind::Io => ("the disk failed", "DiskFailed"),
+                    let (why, answer, waiting) = match kind {
+                        LogFaultKind::NoSpace => (
+                            "the disk is full",
+                            "DiskFull",
+                            "those waiting for this write are answered once it succeeds"
+                                .to_string(),
+                        ),
+                        LogFaultKind::Io => (
+                            "the disk failed",
+                            "DiskFailed",
+                            format!(
+                                "those waiting for this write are answered once it succeeds, or OutcomeUnknown if it still fails after {LOG_FAULT_HOLD_MS_MAX} ms"
+                            ),
+                        ),
+                    };
+                    let answered = match shard.durability() {
+                        Durability::Async => {
+                            "events answered before their sync are on disk only once it succeeds"
+                        }
+                        _ => "events already answered are on disk",
                     };
                     eprintln!(
-                        "trove node: shard {}: cannot {} ({error}): {why}; new events are answered Unavailable ({answer}) until it can, retried every {LOG_FAULT_RETRY_MS_MAX} ms at most; events already answered are on disk, and those waiting for this write are answered once it succeeds",
+                        "trove node: shard {}: cannot {} ({error}): {why}; new events are answered Unavailable ({answer}) until it can, retried every {LOG_FAULT_RETRY_MS_MAX} ms at most; {answered}, and {waiting}",
                         shard.id().index(),
                         op.describe(),
                     );

@@ -154,6 +154,12 @@ pub struct LogTally {
     /// Partition snapshots written, and log segments deleted because no snapshot needed them.
     pub snapshots: u64,
     pub segments_deleted: u64,
+    /// Replies answered `OutcomeUnknown` because their record could not be made durable (an
+    /// I/O error that lasted `LOG_FAULT_HOLD_MS_MAX`, or a stop that gave up on the log).
+    pub replies_unknown: u64,
+    /// Records a stopping shard gave up on, never reported durable (`LOG_STOP_WAIT_MS_MAX`):
+    /// non-zero means the log could not be closed cleanly, and the node exits non-zero.
+    pub records_abandoned: u64,
 }
 
 /// What the stall detector saw on one shard.

@@ -33,15 +33,24 @@
 //! Replies already held keep waiting: the failed write or sync is retried with the same
 //! records, and they leave once it succeeds, so nothing is answered that is not durable and
 //! nothing answered is lost. When every failed operation has succeeded again
-//! ([`ShardCore::handle_log_recovered`]), the shard takes events again. Shard-local, like the
-//! core.
+//! ([`ShardCore::handle_log_recovered`]), the shard takes events again. An I/O error (not a
+//! full disk) that lasts `LOG_FAULT_HOLD_MS_MAX` ends the wait: the held replies are answered
+//! `Error { OutcomeUnknown }` (their records may or may not be on disk), so that the refusals
+//! queued behind them reach their clients; the operation is still retried.
+//!
+//! Stopping: a stopping shard waits for its log to be durable, so a clean stop loses nothing.
+//! When it is still not durable after `LOG_STOP_WAIT_MS_MAX` (a failed or hung disk), the shell
+//! calls [`ShardCore::handle_log_abandoned`]: every held reply is answered (`OutcomeUnknown`
+//! for those whose record is not on disk), the log counts as closed, and the records given up
+//! are counted so that the node exits non-zero. In sync mode none of them was answered as
+//! applied; in async mode some may have been. Shard-local, like the core.
 
 use std::collections::VecDeque;
 
 use crate::constants::{
     DURABILITY_ASYNC_UNSYNCED_EVENTS_MAX, DURABILITY_HELD_REPLY_BYTES_MAX,
-    DURABILITY_HELD_UNCREDITED_MAX, DURABILITY_QUEUED_RECORD_BYTES, LOG_FAULT_RETRY_MS_MAX,
-    LOG_FAULT_RETRY_MS_MIN,
+    DURABILITY_HELD_UNCREDITED_MAX, DURABILITY_QUEUED_RECORD_BYTES, LOG_FAULT_HOLD_MS_MAX,
+    LOG_FAULT_RETRY_MS_MAX, LOG_FAULT_RETRY_MS_MIN,
 };
 use crate::core::codec::{FrameError, access_record};
 use crate::core::credit::Credit;
@@ -124,13 +133,30 @@ pub struct LogFaultStep {
     pub announce: bool,
     /// Retry the operation after this long.
     pub retry_after_ms: u64,
+    /// Held replies this failure answered `OutcomeUnknown` (an I/O error lasted
+    /// `LOG_FAULT_HOLD_MS_MAX`): the shell wakes their writers.
+    pub replies_given_up: u64,
 }
 
-/// The log operations failing now, and how often each has failed in a row.
+/// What a stopping shard gave up when its log could not be made durable in time
+/// ([`ShardCore::handle_log_abandoned`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogAbandoned {
+    /// Records logged but never reported durable. In sync mode none of their events was
+    /// answered as applied; in async mode up to this many answered events may be lost.
+    pub records: u64,
+    /// Replies that waited for those records, answered `OutcomeUnknown` now.
+    pub replies_unknown: u64,
+}
+
+/// The log operations failing now, how often each has failed in a row, and since when the
+/// shard refuses events.
 #[derive(Default)]
 struct LogFaults {
     failing: [Option<LogFaultKind>; 4],
     attempts: [u32; 4],
+    /// When the first operation of this episode failed (the core's `now_ns`).
+    since_ns: Option<u64>,
 }
 
 impl LogFaults {
@@ -183,6 +209,16 @@ enum HeldReply {
     },
 }
 
+impl HeldReply {
+    fn reply_mut(&mut self) -> &mut Reply {
+        match self {
+            HeldReply::Local { reply, .. }
+            | HeldReply::Peer { reply, .. }
+            | HeldReply::Link { reply, .. } => reply,
+        }
+    }
+}
+
 /// One record for the log: where its payload sits in the queue's bytes.
 #[derive(Clone, Copy)]
 struct QueuedRecord {
@@ -192,9 +228,19 @@ struct QueuedRecord {
     len: u32,
 }
 
+/// A held reply and the LSN it waits for.
+struct HeldEntry {
+    waits_for: u64,
+    /// The reply's own event was logged (applied here): if its record never becomes durable,
+    /// nobody knows whether it survives, and it is answered `OutcomeUnknown`. A refusal (no
+    /// record) keeps its answer.
+    logged: bool,
+    reply: HeldReply,
+}
+
 // The memory sum (`constants::WAL_SHARD_BYTES_MAX`) counts these at their sizes.
 const _: () = assert!(size_of::<QueuedRecord>() <= DURABILITY_QUEUED_RECORD_BYTES);
-const _: () = assert!(size_of::<(u64, HeldReply)>() <= DURABILITY_HELD_REPLY_BYTES_MAX);
+const _: () = assert!(size_of::<HeldEntry>() <= DURABILITY_HELD_REPLY_BYTES_MAX);
 
 /// The shard's durability state. See the module documentation.
 #[derive(Default)]
@@ -208,7 +254,7 @@ pub(super) struct DurabilityState {
     bytes: Vec<u8>,
     records: Vec<QueuedRecord>,
     /// Replies waiting for their LSN to be durable, in LSN order.
-    held: VecDeque<(u64, HeldReply)>,
+    held: VecDeque<HeldEntry>,
     /// Held replies that hold no credit (bounded by `DURABILITY_HELD_UNCREDITED_MAX`).
     held_uncredited: usize,
     /// The credit of held replies to this shard's connections.
@@ -217,6 +263,9 @@ pub(super) struct DurabilityState {
     log_full: bool,
     /// Log operations that failed and are being retried: events are refused meanwhile.
     faults: LogFaults,
+    /// A stopping shard gave up waiting for its log: it counts as closed, and every event the
+    /// shard would still apply is answered `ShuttingDown`.
+    abandoned: bool,
 }
 
 impl DurabilityState {
@@ -359,10 +408,10 @@ impl ShardCore {
             .durability
             .held
             .front()
-            .is_some_and(|(waits_for, _)| *waits_for <= lsn)
+            .is_some_and(|entry| entry.waits_for <= lsn)
         {
-            let (_, held) = self.durability.held.pop_front().expect("checked");
-            self.release_held(now_ns, held);
+            let entry = self.durability.held.pop_front().expect("checked");
+            self.release_held(now_ns, entry.reply);
         }
         // Even when no reply was held: in async mode the sync can be the last thing a stopping
         // shard waits for (its replies left before it), and its flushers look only when listed.
@@ -377,7 +426,7 @@ impl ShardCore {
     /// Every record logged so far is on disk (always true without a log): a stopping shard
     /// waits for this, so a clean stop loses nothing in async mode either.
     pub fn log_durable(&self) -> bool {
-        self.durability.durable_lsn + 1 >= self.durability.next_lsn
+        self.durability.abandoned || self.durability.durable_lsn + 1 >= self.durability.next_lsn
     }
 
     /// The LSN the next logged event gets.
@@ -462,16 +511,76 @@ impl ShardCore {
     /// Log operation `op` failed with an error of `kind`: events are refused from now on
     /// (until [`Self::handle_log_recovered`] for every failed operation). Returns when to
     /// retry and whether this failure starts the refusal (the shell says so once).
-    pub fn handle_log_fault(&mut self, op: LogOp, kind: LogFaultKind) -> LogFaultStep {
+    ///
+    /// When the refusal is for an I/O error (not for space, which an operator can free) and
+    /// has lasted `LOG_FAULT_HOLD_MS_MAX`, the replies held for records that could not be
+    /// written or synced are answered now, `OutcomeUnknown` (see [`Self::give_up_held`]):
+    /// a failed disk rarely comes back, and the refusals queued behind them must reach their
+    /// clients. The operation is still retried; if it succeeds, those events are on disk.
+    pub fn handle_log_fault(&mut self, now_ns: u64, op: LogOp, kind: LogFaultKind) -> LogFaultStep {
         let faults = &mut self.durability.faults;
         let announce = !faults.any();
+        let since_ns = *faults.since_ns.get_or_insert(now_ns);
         faults.failing[op.index()] = Some(kind);
         let attempts = &mut faults.attempts[op.index()];
         *attempts = attempts.saturating_add(1);
+        let retry_after_ms = retry_after_ms(*attempts);
+        let failed_for_ms = now_ns.saturating_sub(since_ns) / 1_000_000;
+        let replies_given_up =
+            if faults.kind() == Some(LogFaultKind::Io) && failed_for_ms >= LOG_FAULT_HOLD_MS_MAX {
+                self.give_up_held(now_ns)
+            } else {
+                0
+            };
         LogFaultStep {
             announce,
-            retry_after_ms: retry_after_ms(*attempts),
+            retry_after_ms,
+            replies_given_up,
         }
+    }
+
+    /// Answers every held reply now, in order, without waiting for its record: a reply to an
+    /// event logged here becomes `Error { OutcomeUnknown }` (its record may or may not have
+    /// reached the disk before it failed: the client reads the state back before sending it
+    /// again), a refusal keeps its answer. The event's outcome tally keeps what was applied
+    /// in memory; [`LogTally::replies_unknown`](crate::core::shard::LogTally) counts these.
+    /// Returns how many became `OutcomeUnknown`.
+    fn give_up_held(&mut self, now_ns: u64) -> u64 {
+        let mut unknown = 0;
+        while let Some(entry) = self.durability.held.pop_front() {
+            let mut held = entry.reply;
+            if entry.logged {
+                unknown += 1;
+                held.reply_mut().outcome = Outcome::Error {
+                    error: EventError::OutcomeUnknown,
+                };
+            }
+            self.release_held(now_ns, held);
+        }
+        self.stats.log.replies_unknown += unknown;
+        self.after_release();
+        unknown
+    }
+
+    /// The stopping shard gives up on its log: the shell waited `LOG_STOP_WAIT_MS_MAX` and
+    /// records are still not durable (a failed or hung disk). Every held reply is answered
+    /// now ([`Self::give_up_held`]), the log counts as closed so the stop can finish, and
+    /// every event the shard would still apply is answered `ShuttingDown`. Returns what was
+    /// given up, for the shell's line and the node's exit status; nothing when the log was
+    /// durable (or the shard is not stopping).
+    pub fn handle_log_abandoned(&mut self, now_ns: u64) -> Option<LogAbandoned> {
+        if !self.stopping || self.log_durable() {
+            return None;
+        }
+        let records = self.durability.last_lsn() - self.durability.durable_lsn;
+        let replies_unknown = self.give_up_held(now_ns);
+        self.durability.abandoned = true;
+        self.stats.log.records_abandoned += records;
+        self.after_release();
+        Some(LogAbandoned {
+            records,
+            replies_unknown,
+        })
     }
 
     /// Log operation `op` succeeded. Returns whether that ends a refusal (the last failing
@@ -482,7 +591,11 @@ impl ShardCore {
             return false;
         }
         faults.attempts[op.index()] = 0;
-        !faults.any()
+        if faults.any() {
+            return false;
+        }
+        faults.since_ns = None;
+        true
     }
 
     /// Why events are refused because the log's disk fails, if they are.
@@ -501,6 +614,7 @@ impl ShardCore {
     /// is at its bound; `None` when the event may be applied.
     pub(super) fn log_refusal(&self) -> Option<Outcome> {
         let error = match self.durability.faults.kind() {
+            _ if self.durability.abandoned => EventError::ShuttingDown,
             Some(LogFaultKind::NoSpace) => EventError::DiskFull,
             Some(LogFaultKind::Io) => EventError::DiskFailed,
             None if self.durability.log_full => EventError::LogFull,
@@ -559,15 +673,16 @@ impl ShardCore {
         if credit == Credit::ZERO {
             state.held_uncredited += 1;
         }
-        let lsn = state.last_lsn();
-        state.held.push_back((
-            lsn,
-            HeldReply::Local {
+        let waits_for = state.last_lsn();
+        state.held.push_back(HeldEntry {
+            waits_for,
+            logged,
+            reply: HeldReply::Local {
                 id,
                 reply: reply.clone(),
                 credit,
             },
-        ));
+        });
     }
 
     /// The reply to an event peer `from` forwarded: logged when it was applied here
@@ -623,8 +738,12 @@ impl ShardCore {
         if !self.durability.must_hold(applied.is_some()) {
             return false;
         }
-        let lsn = self.durability.last_lsn();
-        self.durability.held.push_back((lsn, held()));
+        let waits_for = self.durability.last_lsn();
+        self.durability.held.push_back(HeldEntry {
+            waits_for,
+            logged: applied.is_some(),
+            reply: held(),
+        });
         true
     }
 
@@ -1186,14 +1305,14 @@ mod tests {
     fn a_failed_write_refuses_new_events_with_its_reason_and_releases_held_replies_once_retried() {
         let (mut core, conn, hunt) = shard_0_with_a_hunt(1, Durability::Sync);
         assert_eq!(logged(&mut core).len(), 1);
-        let first = core.handle_log_fault(LogOp::Write, LogFaultKind::NoSpace);
+        let first = core.handle_log_fault(0, LogOp::Write, LogFaultKind::NoSpace);
         assert!(first.announce, "the first failure starts the refusal");
         offer(&mut core, conn, &[event(2, hunt, EventKind::Join)]);
         assert!(
             logged(&mut core).is_empty(),
             "a refused event is not logged"
         );
-        let again = core.handle_log_fault(LogOp::Write, LogFaultKind::NoSpace);
+        let again = core.handle_log_fault(0, LogOp::Write, LogFaultKind::NoSpace);
         assert!(!again.announce, "one line per refusal, not per retry");
         assert!(again.retry_after_ms > first.retry_after_ms);
         assert!(
@@ -1223,7 +1342,7 @@ mod tests {
         let conn = core.handle_connect(0).unwrap();
         let hunt = hunt_owned_by(1, 0, 0);
         assert!(
-            core.handle_log_fault(LogOp::Sync, LogFaultKind::Io)
+            core.handle_log_fault(0, LogOp::Sync, LogFaultKind::Io)
                 .announce
         );
         offer(
@@ -1237,7 +1356,7 @@ mod tests {
         );
         assert!(
             !core
-                .handle_log_fault(LogOp::Snapshot, LogFaultKind::NoSpace)
+                .handle_log_fault(0, LogOp::Snapshot, LogFaultKind::NoSpace)
                 .announce,
             "already refusing"
         );
@@ -1270,7 +1389,7 @@ mod tests {
         let conn = core.handle_connect(0).unwrap();
         let hunt = hunt_owned_by(1, 0, 0);
         core.set_log_full(true);
-        core.handle_log_fault(LogOp::Open, LogFaultKind::NoSpace);
+        core.handle_log_fault(0, LogOp::Open, LogFaultKind::NoSpace);
         offer(
             &mut core,
             conn,
@@ -1295,12 +1414,179 @@ mod tests {
         );
     }
 
+    const MS: u64 = 1_000_000;
+
+    fn outcomes(replies: &[Reply]) -> Vec<Outcome> {
+        replies.iter().map(|reply| reply.outcome.clone()).collect()
+    }
+
+    #[test]
+    fn an_io_error_that_lasts_answers_held_replies_unknown_so_the_refusals_behind_them_leave() {
+        let (mut core, conn, hunt) = shard_0_with_a_hunt(1, Durability::Sync);
+        assert_eq!(logged(&mut core).len(), 1);
+        let first = core.handle_log_fault(0, LogOp::Write, LogFaultKind::Io);
+        assert_eq!(first.replies_given_up, 0);
+        offer(&mut core, conn, &[event(2, hunt, EventKind::Join)]);
+        let early = core.handle_log_fault(
+            LOG_FAULT_HOLD_MS_MAX * MS - 1,
+            LogOp::Write,
+            LogFaultKind::Io,
+        );
+        assert_eq!(early.replies_given_up, 0, "held until the bound");
+        assert!(
+            written(&mut core, conn).is_empty(),
+            "the refusal waits behind event 1"
+        );
+        let late =
+            core.handle_log_fault(LOG_FAULT_HOLD_MS_MAX * MS, LogOp::Write, LogFaultKind::Io);
+        assert_eq!(late.replies_given_up, 1);
+        assert!(!late.announce, "still one line for the whole refusal");
+        let replies = written(&mut core, conn);
+        assert_eq!(seqs(&replies), [1, 2]);
+        assert_eq!(
+            outcomes(&replies),
+            [
+                disk_error(EventError::OutcomeUnknown),
+                disk_error(EventError::DiskFailed)
+            ]
+        );
+        offer(&mut core, conn, &[event(3, hunt, EventKind::Join)]);
+        assert_eq!(
+            outcomes(&written(&mut core, conn)),
+            [disk_error(EventError::DiskFailed)],
+            "nothing held any more: refused at once"
+        );
+        assert_eq!(core.stats().log.replies_unknown, 1);
+        core.check_credit().unwrap();
+        // The retried write succeeds after all: the record is on disk, nobody waits for it.
+        assert!(core.handle_log_recovered(LogOp::Write));
+        core.handle_durable(0, 1);
+        assert!(written(&mut core, conn).is_empty());
+        offer(&mut core, conn, &[event(4, hunt, EventKind::Join)]);
+        assert_eq!(logged(&mut core).len(), 1, "taking events again");
+        core.handle_durable(0, 2);
+        assert!(matches!(
+            written(&mut core, conn)[0].outcome,
+            Outcome::Accepted { .. }
+        ));
+        core.check_credit().unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_holds_its_replies_however_long_it_lasts() {
+        let (mut core, conn, _) = shard_0_with_a_hunt(1, Durability::Sync);
+        core.handle_log_fault(0, LogOp::Write, LogFaultKind::NoSpace);
+        let step = core.handle_log_fault(60_000 * MS, LogOp::Write, LogFaultKind::NoSpace);
+        assert_eq!(step.replies_given_up, 0);
+        assert!(
+            written(&mut core, conn).is_empty(),
+            "answered once space returns"
+        );
+        // A new episode starts its own clock.
+        core.handle_log_recovered(LogOp::Write);
+        core.handle_log_fault(100_000 * MS, LogOp::Sync, LogFaultKind::Io);
+        let step = core.handle_log_fault(101_000 * MS, LogOp::Sync, LogFaultKind::Io);
+        assert_eq!(step.replies_given_up, 0);
+    }
+
+    #[test]
+    fn a_stop_whose_sync_never_completes_answers_every_held_reply_once_the_shell_gives_up() {
+        let (mut core, conn, hunt) = shard_0_with_a_hunt(1, Durability::Sync);
+        offer(&mut core, conn, &[event(2, hunt, EventKind::Join)]);
+        assert_eq!(
+            logged(&mut core).len(),
+            2,
+            "both records go to a sync that never ends"
+        );
+        core.handle_log_fault(0, LogOp::Sync, LogFaultKind::Io);
+        offer(&mut core, conn, &[event(3, hunt, EventKind::Join)]);
+        assert_eq!(
+            core.handle_log_abandoned(1),
+            None,
+            "only a stopping shard gives up on its log"
+        );
+        core.handle_stop(1);
+        assert!(!core.connections_drained(), "the stop waits for the log");
+        assert!(written(&mut core, conn).is_empty());
+        let abandoned = core
+            .handle_log_abandoned(2)
+            .expect("the log is not durable");
+        assert_eq!(
+            abandoned,
+            LogAbandoned {
+                records: 2,
+                replies_unknown: 2
+            }
+        );
+        let replies = written(&mut core, conn);
+        assert_eq!(seqs(&replies), [1, 2, 3], "every held reply, in order");
+        assert_eq!(
+            outcomes(&replies),
+            [
+                disk_error(EventError::OutcomeUnknown),
+                disk_error(EventError::OutcomeUnknown),
+                disk_error(EventError::DiskFailed)
+            ]
+        );
+        assert!(core.log_durable(), "the log counts as closed");
+        assert_eq!(core.credit_held(), Credit::ZERO);
+        core.check_credit().unwrap();
+        core.handle_read_closed(3, conn, Ok(()));
+        assert!(core.write_finished(conn));
+        assert_eq!(core.stats().log.records_abandoned, 2);
+        assert_eq!(core.stats().log.replies_unknown, 2);
+        assert_eq!(core.handle_log_abandoned(4), None, "given up once");
+        // An event a peer forwards now is refused, not logged for a log nobody syncs.
+        assert_eq!(
+            core.log_refusal(),
+            Some(disk_error(EventError::ShuttingDown))
+        );
+    }
+
+    #[test]
+    fn a_stop_with_a_durable_log_gives_up_nothing() {
+        let (mut core, conn, _) = shard_0_with_a_hunt(1, Durability::Sync);
+        core.handle_durable(1, 1);
+        assert_eq!(seqs(&written(&mut core, conn)), [1]);
+        core.handle_stop(2);
+        assert_eq!(core.handle_log_abandoned(3), None);
+        assert_eq!(core.stats().log.records_abandoned, 0);
+    }
+
+    #[test]
+    fn an_async_stop_that_gives_up_counts_the_answered_records_not_on_disk() {
+        let (mut core, conn, hunt) = shard_0_with_a_hunt(1, Durability::Async);
+        offer(&mut core, conn, &[event(2, hunt, EventKind::Join)]);
+        assert_eq!(
+            seqs(&written(&mut core, conn)),
+            [1, 2],
+            "answered before the sync"
+        );
+        core.handle_durable(0, 1);
+        core.handle_stop(1);
+        assert!(
+            !core.connections_drained(),
+            "a clean stop syncs record 2 first"
+        );
+        let abandoned = core
+            .handle_log_abandoned(2)
+            .expect("record 2 is not durable");
+        assert_eq!(
+            abandoned,
+            LogAbandoned {
+                records: 1,
+                replies_unknown: 0
+            }
+        );
+        assert!(core.log_durable());
+    }
+
     #[test]
     fn retries_back_off_by_doubling_up_to_the_limit_and_start_over_after_a_success() {
         let mut core = cores(1, Durability::Sync).remove(0);
         let waits: Vec<u64> = (0..16)
             .map(|_| {
-                core.handle_log_fault(LogOp::Write, LogFaultKind::Io)
+                core.handle_log_fault(0, LogOp::Write, LogFaultKind::Io)
                     .retry_after_ms
             })
             .collect();
@@ -1310,7 +1596,7 @@ mod tests {
         assert_eq!(*waits.last().unwrap(), LOG_FAULT_RETRY_MS_MAX);
         assert_eq!(retry_after_ms(u32::MAX), LOG_FAULT_RETRY_MS_MAX);
         core.handle_log_recovered(LogOp::Write);
-        let step = core.handle_log_fault(LogOp::Write, LogFaultKind::Io);
+        let step = core.handle_log_fault(0, LogOp::Write, LogFaultKind::Io);
         assert_eq!(step.retry_after_ms, LOG_FAULT_RETRY_MS_MIN);
         assert!(step.announce, "a new refusal is announced again");
     }

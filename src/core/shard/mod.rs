@@ -56,7 +56,9 @@ pub use admission::{FrameProgress, Readable};
 pub use connections::{CloseReason, ConnectRefusal, SourceAddr};
 pub use counters::{EventTally, KindIndex, LinkTally, LogTally, OutcomeIndex, Traffic};
 pub use counters::{ShardLoad, ShardStats, StageLatencies, Stalls};
-pub use durability::{Durability, LogFaultKind, LogFaultStep, LogOp, LogSync, ReplayError};
+pub use durability::{
+    Durability, LogAbandoned, LogFaultKind, LogFaultStep, LogOp, LogSync, ReplayError,
+};
 pub use links::{ERROR_CODE_LINK_PROTOCOL, ERROR_CODE_LINK_REFUSED, LinkDest, LinkError, LinkPoll};
 pub use mesh::{ArchiveBatch, BatchEntry, MeshBatch, MeshOutput};
 pub use routing::{LocalEvent, NodeLease, Route};
