@@ -357,6 +357,12 @@ fn a_node_without_the_secret_and_a_node_with_it_cannot_link_and_each_says_why() 
         (!said.is_empty()).then_some(said)
     });
     assert!(said[0].contains("requires authentication"), "{said:?}");
+    // The node with the secret says whom it refused: a link that did not authenticate.
+    poll_for(Duration::from_secs(5), "the refusing node's line", || {
+        let said = nodes.lines_with(with, "refused a connection from 127.0.0.1:");
+        let why = "a node's link that did not authenticate";
+        said.iter().any(|line| line.contains(why)).then_some(())
+    });
     // The node with the secret waits for a challenge a node without one never sends.
     let told = format!("the link to node {} shard 0 failed: ", without.0);
     let said = poll_for(Duration::from_secs(5), "a line", || {

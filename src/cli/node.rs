@@ -61,7 +61,8 @@ pub struct NodeArgs {
     pub insecure_no_auth: bool,
     /// Speak TLS (1.3) on every client port, with this certificate chain (PEM, the node's own
     /// certificate first). Clients connect with `--tls-ca`. TLS encrypts and proves the node
-    /// to clients; it lets any client in unless --tls-client-ca or --auth-secret-file is given
+    /// to clients; it lets any client in unless --tls-client-ca or --auth-secret-file is given.
+    /// In a cluster, links between nodes speak TLS with it too (see --tls-client-ca)
     #[arg(long, value_name = "PATH", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1)

@@ -46,7 +46,7 @@ pub(crate) fn starts_with_link_hello(bytes: &[u8]) -> bool {
 /// What an outgoing link proves and checks: TLS (the CA to check peers by, this node's
 /// certificate to present), the shared secret; either, both or neither, as the node's
 /// listeners ask of every connection.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct LinkCredentials {
     pub secret: Option<Rc<AuthSecret>>,
     pub tls: Option<Arc<ClientConfig>>,

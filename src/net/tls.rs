@@ -534,6 +534,15 @@ mod tests {
         let mut plaintext = [0u8; 32];
         assert_eq!(server.read(&mut plaintext), Plaintext::Data(10));
         assert_eq!(&plaintext[..10], b"link hello");
+        // What crosses the wire after the handshake is ciphertext.
+        let secret = b"claim code 4821 for hunt 77";
+        assert_eq!(link.write(secret), secret.len());
+        let mut wire = Vec::new();
+        link.take_output(&mut wire);
+        assert!(!wire.windows(secret.len()).any(|window| window == secret));
+        assert_eq!(server.receive(&wire).unwrap(), wire.len());
+        assert_eq!(server.read(&mut plaintext), Plaintext::Data(secret.len()));
+        assert_eq!(&plaintext[..secret.len()], secret);
 
         // A node of another CA (which trusts both, so it gets as far as presenting its own
         // certificate): the listener refuses it, and each side's line says why.
