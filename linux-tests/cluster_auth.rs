@@ -10,8 +10,10 @@
 //! rcgen), links are mutually authenticated TLS: nodes with certificates of one CA serve a
 //! TLS client for every partition over them; a node whose certificate another CA signed
 //! cannot link either way, its events are answered `Unavailable`, and both the node that
-//! refused and the node refused say why; a cluster node with TLS but no CA to check its
-//! links by, or with a certificate that cannot serve as a client certificate, does not start.
+//! refused and the node refused say why; a link seen through a relay on 127.0.0.2 (the node
+//! advertises it) is TLS records only, no trove frame in the clear; a cluster node with TLS
+//! but no CA to check its links by, or with a certificate that cannot serve as a client
+//! certificate, does not start.
 //!
 //! Each test skips, saying so, when `etcd` is not installed, and stops everything it started
 //! (the processes also die with the test process).
@@ -19,8 +21,10 @@
 #[path = "support/mod.rs"]
 mod support;
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rcgen::{
@@ -30,6 +34,7 @@ use rcgen::{
 use trove::client::tls::{TlsClient, TlsClientFiles};
 use trove::cluster::local::{EtcdProcess, NodeProcess};
 use trove::cluster::placement::Placement;
+use trove::constants::FRAME_MAGIC;
 use trove::core::auth::AuthSecret;
 use trove::core::ids::{HuntId, NodeId, PartitionId, PlayerId};
 use trove::core::message::{Event, EventError, EventKind, Outcome, RejectReason};
@@ -451,8 +456,9 @@ impl Ca {
     /// with the extended key usages `usages`.
     fn issue(&self, dir: &Path, name: &str, usages: &[ExtendedKeyUsagePurpose]) -> [String; 2] {
         let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        // 127.0.0.2: where a test's relay listens for a node that advertises it.
+        let names = ["127.0.0.1", "127.0.0.2", "localhost"].map(str::to_owned);
+        let mut params = CertificateParams::new(names.to_vec()).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = usages.to_vec();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
@@ -723,6 +729,91 @@ fn a_tls_node_and_a_plain_node_cannot_link_and_each_says_why() {
         let why = "it does not speak TLS";
         said.iter().any(|line| line.contains(why)).then_some(())
     });
+}
+
+/// A relay on `from` to `to` that keeps the first `RELAY_KEPT_BYTES_MAX` bytes its clients
+/// send (one direction: what a linking node sends). Its threads end with the test process.
+fn relay(from: SocketAddr, to: SocketAddr) -> Arc<Mutex<Vec<u8>>> {
+    let listener = TcpListener::bind(from).expect("127.0.0.2 is loopback too");
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let kept_by_relay = kept.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect_timeout(&to, Duration::from_secs(2)) else {
+                continue;
+            };
+            let (client_in, server_out) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let kept = kept_by_relay.clone();
+            std::thread::spawn(move || copy(client_in, server_out, Some(kept)));
+            std::thread::spawn(move || copy(server, client, None));
+        }
+    });
+    kept
+}
+
+const RELAY_KEPT_BYTES_MAX: usize = 1 << 20;
+
+/// Copies `from` to `to` until either ends, keeping what passes in `kept` (bounded).
+fn copy(mut from: TcpStream, mut to: TcpStream, kept: Option<Arc<Mutex<Vec<u8>>>>) {
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(len @ 1..) = from.read(&mut buf) {
+        if let Some(kept) = &kept {
+            let mut kept = kept.lock().unwrap();
+            let room = RELAY_KEPT_BYTES_MAX.saturating_sub(kept.len());
+            kept.extend_from_slice(&buf[..len.min(room)]);
+        }
+        if to.write_all(&buf[..len]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// A node's link to another, seen on the wire through a relay: TLS records from the first
+/// byte, and no trove frame (each starts with the magic `TROV`) in the clear, while every
+/// event it carries is answered.
+#[test]
+fn a_tls_link_carries_only_ciphertext_on_the_wire() {
+    let Some(etcd) = etcd_or_skip() else {
+        return;
+    };
+    let pki = Pki::new("wire");
+    let flags = Pki::node_flags(&pki.node, &pki.ca);
+    let mut relayed = flags.clone();
+    relayed.extend(["--advertise", "127.0.0.2"].map(str::to_owned));
+    let nodes = Nodes::with_flags(&etcd, &[flags, relayed]);
+    let placement = poll_for(Duration::from_secs(15), "placement", || {
+        settled_placement(&etcd, 2)
+    });
+    let theirs = owned_by(&placement, NodeId(2));
+    assert!(!theirs.is_empty(), "node 2 owns partitions");
+    let view = CLUSTER.read_view(&etcd).expect("etcd answers");
+    let shard_port = view.nodes[&NodeId(2)].info.shard_ports[0];
+    let kept = relay(
+        SocketAddr::from(([127, 0, 0, 2], shard_port)),
+        SocketAddr::from(([127, 0, 0, 1], shard_port)),
+    );
+    let (asked, client) = (nodes.addr(NodeId(1)), pki.client(&pki.ca));
+    let created = outcomes_over_tls(
+        &asked,
+        &client,
+        &one_per_partition(1, || EventKind::CreateHunt(Default::default())),
+    )
+    .expect("every event answered");
+    for &p in &theirs {
+        assert_eq!(created[p], Outcome::Accepted { score: 0 }, "partition {p}");
+    }
+    let wire = kept.lock().unwrap().clone();
+    assert!(!wire.is_empty(), "the link went through the relay");
+    assert_eq!(&wire[..2], &[0x16, 0x03], "a TLS handshake record first");
+    assert!(
+        !wire
+            .windows(FRAME_MAGIC.len())
+            .any(|window| window == FRAME_MAGIC),
+        "a trove frame in the clear"
+    );
 }
 
 /// Runs `trove node` as a cluster node (on an etcd that is never reached: the node refuses
