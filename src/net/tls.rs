@@ -10,8 +10,8 @@
 //! from the session into the reader's 16-byte-aligned receive buffer exactly where the
 //! socket's bytes go without TLS, so frames are cut out of it the same way.
 //!
-//! No session resumption: a node keeps no ticket keys or session cache, so nothing grows with
-//! the number of clients that ever connected.
+//! No session resumption: a node keeps no ticket keys or session cache, and its links keep no
+//! tickets, so nothing grows with the number of clients or peers that ever connected.
 //!
 //! Who writes: only a stream's `write_all`, `flush`, `close` and `refuse` write ciphertext to
 //! the socket, and after a split only the writer half calls them. What the reader half's
