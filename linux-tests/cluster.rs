@@ -11,7 +11,6 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use trove::client::{ClientConfig, Incoming, connect};
@@ -731,56 +730,4 @@ fn events_forwarded_to_a_paused_owner_end_unavailable_or_outcome_unknown_and_nev
             assert_eq!(*outcome, expected[p], "partition {p} is served as before");
         }
     }
-}
-
-#[test]
-fn a_cluster_node_with_tls_is_refused_while_links_do_not_speak_tls() {
-    let dir = std::env::temp_dir().join(format!("trove-link-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (cert, key) = (dir.join("node.pem"), dir.join("node.key"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trove"))
-        .args([
-            "node",
-            "--listen",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--shards",
-            "1",
-        ])
-        .args(["--metrics-listen", "off", "--tls-cert"])
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        // Never reached: the node refuses before it talks to etcd.
-        .args(["--cluster", "http://127.0.0.1:9", "--node-id", "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the node did not refuse to start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    std::fs::remove_dir_all(&dir).unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("links between its nodes do not speak TLS"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("--auth-secret-file"), "{stderr}");
 }

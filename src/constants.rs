@@ -115,6 +115,13 @@ pub const TLS_CONNECTION_BYTES_MAX: usize = TLS_CIPHERTEXT_READ_BYTES_MAX // the
     + TLS_SESSION_STATE_BYTES_MAX; // the session itself
 
 const _: () = assert!(size_of::<rustls::ServerConnection>() <= TLS_SESSION_STATE_BYTES_MAX / 2);
+// An outgoing link is a TLS client (`net::link`): its session fits the same estimate.
+const _: () = assert!(size_of::<rustls::ClientConnection>() <= TLS_SESSION_STATE_BYTES_MAX / 2);
+/// Lines a shard prints a minute about connections it refused in a TLS or secret handshake
+/// (`net::transport`): whom and why, so that the node an unwelcome link reaches says so;
+/// past this many they are counted and the count is said with the next line, so a flood of
+/// bad connections cannot flood the node's output.
+pub const REFUSAL_LINES_PER_MINUTE_MAX: u32 = 10;
 
 // ---------------------------------------------------------------------------------------------
 // Partitions, shards, connections.
@@ -718,10 +725,14 @@ impl NodeMemory {
         }
     }
 
-    /// Counts the TLS buffers of every connection `shards` shards may hold (a node with TLS).
+    /// Counts the TLS buffers of every connection `shards` shards may hold (a node with TLS):
+    /// clients' connections and, in a cluster, links to and from other nodes (which speak TLS
+    /// too and hold no client slot once linked).
     pub const fn with_tls(self, shards: usize) -> NodeMemory {
+        let connections =
+            CONNECTIONS_PER_SHARD_MAX + LINKS_PER_SHARD_MAX + LINK_SOURCES_PER_SHARD_MAX;
         NodeMemory {
-            tls_bytes: shards * CONNECTIONS_PER_SHARD_MAX * TLS_CONNECTION_BYTES_MAX,
+            tls_bytes: shards * connections * TLS_CONNECTION_BYTES_MAX,
             ..self
         }
     }

@@ -89,8 +89,10 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     pub auth_secret_file: Option<PathBuf>,
     /// With --target: connect with TLS, trusting the CA certificates in this PEM file (the
-    /// node runs with --tls-cert)
-    #[arg(long, value_name = "PATH", requires = "target")]
+    /// node runs with --tls-cert). With --cluster: the nodes speak TLS too, to clients and on
+    /// their links, with --tls-cert and --tls-key as their certificate (valid for 127.0.0.1,
+    /// allowing server and client authentication) and this CA as their --tls-client-ca
+    #[arg(long, value_name = "PATH")]
     pub tls_ca: Option<PathBuf>,
     /// The name the node's certificate must be valid for [default: the target's IP address]
     #[arg(long, value_name = "NAME", requires = "tls_ca")]

@@ -9,11 +9,13 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::client::auth::read_secret_file;
+use crate::client::tls::{TlsClient, TlsClientFiles};
 use crate::client::{connect_authenticated, fetch_map};
 use crate::cluster::etcd::EtcdClient;
 use crate::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess, find_on_path, path_str};
@@ -59,6 +61,8 @@ pub struct LocalCluster {
     etcd: EtcdProcess,
     /// The nodes' shared secret, for the bench's own requests to them.
     secret: Option<AuthSecret>,
+    /// TLS to the nodes, for the bench's own requests to them.
+    tls: Option<Arc<TlsClient>>,
 }
 
 /// One node's counters at one moment.
@@ -108,10 +112,13 @@ pub struct ClusterFigures {
 
 impl LocalCluster {
     /// Starts etcd and the nodes (each asking clients and the other nodes for the secret in
-    /// `auth_file`, if given), and waits until every node serves the same settled placement.
+    /// `auth_file`, if given; with `tls`, each serving TLS with the client's certificate and
+    /// key, and requiring certificates of its CA, on client connections and links), and
+    /// waits until every node serves the same settled placement.
     pub fn start(
         spec: ClusterSpec,
         auth_file: Option<&Path>,
+        tls: Option<(Arc<TlsClient>, TlsClientFiles)>,
         say: &mut dyn FnMut(&str),
     ) -> Result<LocalCluster, String> {
         if find_on_path("etcd").is_none() {
@@ -130,10 +137,18 @@ impl LocalCluster {
             spec.shards_per_node
         ));
         let secret = auth_file.map(read_secret_file).transpose()?;
-        let auth_args = match auth_file {
+        let mut node_args = match auth_file {
             Some(path) => vec!["--auth-secret-file", path_str(path)?],
             None => Vec::new(),
         };
+        let (tls, tls_files) = tls.unzip();
+        if let Some(files) = &tls_files {
+            let (Some(cert), Some(key)) = (&files.cert, &files.key) else {
+                return Err("--cluster with --tls-ca needs --tls-cert and --tls-key".into());
+            };
+            node_args.extend(["--tls-cert", path_str(cert)?, "--tls-key", path_str(key)?]);
+            node_args.extend(["--tls-client-ca", path_str(&files.ca)?]);
+        }
         let mut processes = Vec::with_capacity(spec.nodes);
         for node_id in 1..=spec.nodes as u32 {
             processes.push(NodeProcess::start_with(
@@ -146,7 +161,7 @@ impl LocalCluster {
                     partitions: spec.partitions,
                     lease_ttl_s: CLUSTER_LEASE_TTL_S_DEFAULT,
                 },
-                &auth_args,
+                &node_args,
             )?);
         }
         let seed = processes[0]
@@ -177,6 +192,7 @@ impl LocalCluster {
             seed,
             etcd,
             secret,
+            tls,
         };
         cluster.wait_every_node_has(
             status
@@ -284,8 +300,9 @@ impl LocalCluster {
                 .map_err(|error| format!("node {}'s address: {error}", node.id))?;
             loop {
                 let timeout = Duration::from_secs(2);
-                let fetched = connect_authenticated(addr, timeout, self.secret.as_ref(), None)
-                    .and_then(|mut connection| fetch_map(&mut connection, timeout));
+                let fetched =
+                    connect_authenticated(addr, timeout, self.secret.as_ref(), self.tls.as_ref())
+                        .and_then(|mut connection| fetch_map(&mut connection, timeout));
                 match fetched {
                     Ok(push) if push.map.epoch().get() >= epoch => break,
                     _ if Instant::now() > deadline => {

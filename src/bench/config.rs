@@ -137,6 +137,29 @@ pub struct BenchConfig {
     /// TLS to the target (`--tls-ca`, ...); never written to a report.
     #[serde(skip)]
     pub tls: Option<Arc<TlsClient>>,
+    /// The files `tls` was read from, handed to the nodes of a `--cluster` (their
+    /// certificate, key and CA); never written to a report.
+    #[serde(skip)]
+    pub tls_files: Option<TlsClientFiles>,
+}
+
+/// TLS flags need a node that speaks TLS: one at `--target`, or a `--cluster`'s, which then
+/// serves with the bench's certificate (so it must be given).
+fn check_tls_target(args: &BenchArgs) -> Result<(), String> {
+    if args.tls_ca.is_none() {
+        return Ok(());
+    }
+    if args.target.is_none() && args.cluster.is_none() {
+        return Err(
+            "--tls-ca needs --target (a node started with --tls-cert) or --cluster: the embedded node has no TLS".into(),
+        );
+    }
+    if args.cluster.is_some() && args.tls_cert.is_none() {
+        return Err(
+            "--cluster with --tls-ca needs --tls-cert and --tls-key: the nodes serve TLS with them and require client certificates signed by --tls-ca".into(),
+        );
+    }
+    Ok(())
 }
 
 fn cpu_list(flag: &str, list: &str) -> Result<Vec<usize>, String> {
@@ -253,6 +276,7 @@ impl BenchConfig {
                 "--target; set it on the `trove node` that serves the target, or drop --target",
             )?;
         }
+        check_tls_target(args)?;
         if args.cluster.is_some() {
             refuse_embedded_flags(
                 args,
@@ -304,6 +328,12 @@ impl BenchConfig {
                 ));
             }
         };
+        let tls_files = args.tls_ca.as_ref().map(|ca| TlsClientFiles {
+            ca: ca.clone(),
+            server_name: args.tls_server_name.clone(),
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
+        });
         let config = BenchConfig {
             target,
             load: BenchConfig::load(args)?,
@@ -342,15 +372,11 @@ impl BenchConfig {
                 None => None,
             },
             auth_file: args.auth_secret_file.clone(),
-            tls: match &args.tls_ca {
-                Some(ca) => Some(Arc::new(TlsClient::from_files(TlsClientFiles {
-                    ca: ca.clone(),
-                    server_name: args.tls_server_name.clone(),
-                    cert: args.tls_cert.clone(),
-                    key: args.tls_key.clone(),
-                })?)),
+            tls: match &tls_files {
+                Some(files) => Some(Arc::new(TlsClient::from_files(files.clone())?)),
                 None => None,
             },
+            tls_files,
         };
         schedule_fits(config.warmup_s, config.duration_s)?;
         if let TargetConfig::Embedded { partitions, .. }

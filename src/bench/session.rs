@@ -101,9 +101,11 @@ fn start_target(
                 shards_per_node: *shards_per_node,
                 partitions: *partitions,
             };
-            let cluster = LocalCluster::start(spec, config.auth_file.as_deref(), &mut |line| {
-                progress.note(line)
-            })?;
+            let tls = config.tls.clone().zip(config.tls_files.clone());
+            let cluster =
+                LocalCluster::start(spec, config.auth_file.as_deref(), tls, &mut |line| {
+                    progress.note(line)
+                })?;
             Ok((cluster.seed(), Started::Cluster(cluster)))
         }
         TargetConfig::Embedded {

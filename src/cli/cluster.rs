@@ -292,6 +292,18 @@ pub struct UpArgs {
     /// links to each other must prove they know it (see `trove node --help`)
     #[arg(long, value_name = "PATH")]
     pub auth_secret_file: Option<std::path::PathBuf>,
+    /// Certificate chain (PEM) every node serves TLS with, to clients and on the links
+    /// between nodes (see `trove node --help`): valid for 127.0.0.1, allowing server and
+    /// client authentication, signed by the CA in --tls-client-ca
+    #[arg(long, value_name = "PATH", requires_all = ["tls_key", "tls_client_ca"])]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The CA (PEM) the nodes' links check each other's certificates against, and whose
+    /// client certificates every node requires of its clients
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -364,6 +376,18 @@ fn check_up(args: &UpArgs) -> Result<(), String> {
     if let Some(path) = &args.auth_secret_file {
         crate::client::auth::read_secret_file(path)?;
         path_str(path).map_err(|error| format!("--auth-secret-file {error}"))?;
+    }
+    if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_client_ca)
+    {
+        // Checked here as each node will check them, so a bad file is one sentence, not N.
+        crate::net::tls::link_config(cert, key, ca)?;
+        for (flag, path) in [
+            ("--tls-cert", cert),
+            ("--tls-key", key),
+            ("--tls-client-ca", ca),
+        ] {
+            path_str(path).map_err(|error| format!("{flag} {error}"))?;
+        }
     }
     if !(CLUSTER_LEASE_TTL_S_MIN..=CLUSTER_LEASE_TTL_S_MAX).contains(&args.lease_ttl_s) {
         return Err(format!(
@@ -451,6 +475,16 @@ fn run_up(args: &UpArgs) -> i32 {
             }
             if let Some(path) = &args.auth_secret_file {
                 extra.extend(["--auth-secret-file", path_str(path)?]);
+            }
+            let tls_flags = [
+                ("--tls-cert", &args.tls_cert),
+                ("--tls-key", &args.tls_key),
+                ("--tls-client-ca", &args.tls_client_ca),
+            ];
+            for (flag, path) in tls_flags {
+                if let Some(path) = path {
+                    extra.extend([flag, path_str(path)?]);
+                }
             }
             NodeProcess::start_with(&config, &extra)
         });

@@ -21,7 +21,7 @@ use crate::core::ids::NodeId;
 use crate::core::shard::Durability;
 use crate::host::cpuset::CpuSet;
 use crate::metrics::MetricsListen;
-use crate::net::tls::server_config;
+use crate::net::tls::{link_config, server_config};
 use crate::node::{Node, NodeConfig};
 use crate::runtime::config::{Budget, RuntimeConfig, shard_cpus};
 use crate::runtime::executors::StartError;
@@ -61,15 +61,20 @@ pub struct NodeArgs {
     pub insecure_no_auth: bool,
     /// Speak TLS (1.3) on every client port, with this certificate chain (PEM, the node's own
     /// certificate first). Clients connect with `--tls-ca`. TLS encrypts and proves the node
-    /// to clients; it lets any client in unless --tls-client-ca or --auth-secret-file is given
+    /// to clients; it lets any client in unless --tls-client-ca or --auth-secret-file is given.
+    /// In a cluster, links between nodes speak TLS with it too (see --tls-client-ca)
     #[arg(long, value_name = "PATH", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1)
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Require every client to present a certificate signed by a CA in this PEM file (mutual
-    /// TLS; what links between nodes are to use, once there are any). Authenticates clients,
-    /// so it allows a non-loopback --listen
+    /// TLS). Authenticates clients, so it allows a non-loopback --listen. In a cluster
+    /// (--cluster) it is required with --tls-cert: links between nodes speak TLS, each
+    /// checking its peer's certificate against this CA for the host the peer advertises, and
+    /// presenting this node's --tls-cert as its client certificate; so give every node a
+    /// certificate from the cluster's CA, valid for its advertised address and allowing both
+    /// server and client authentication (extendedKeyUsage serverAuth, clientAuth)
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
     /// Port every shard accepts on (SO_REUSEPORT); 0 picks a free one
@@ -212,6 +217,13 @@ impl NodeArgs {
             }
             _ => None,
         };
+        // Only a cluster node has links; it checks its own certificate as a client's at start.
+        let link_tls = match (&self.tls_cert, &self.tls_key, &self.tls_client_ca) {
+            (Some(cert), Some(key), Some(ca)) if self.cluster.joins() => {
+                Some(link_config(cert, key, ca)?)
+            }
+            _ => None,
+        };
         // TLS alone proves the node to its clients, not the clients to the node: only a
         // secret or client certificates let a node off loopback.
         let authenticates = auth.is_some() || self.tls_client_ca.is_some();
@@ -277,6 +289,7 @@ impl NodeArgs {
             shard_port_base: self.shard_port_base,
             auth,
             tls,
+            link_tls,
             metrics: self.metrics_listen,
             cluster_node: self
                 .cluster

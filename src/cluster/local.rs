@@ -295,18 +295,20 @@ impl NodeProcess {
     }
 
     /// Starts the node with `extra` flags after the cluster's (`--data-dir DIR`, …) and waits
-    /// for the line that gives its address.
+    /// for the line that gives its address. It advertises 127.0.0.1 unless `extra` gives an
+    /// `--advertise` of its own (a test's relay on another loopback address).
     pub fn start_with(config: &LocalNodeConfig, extra: &[&str]) -> Result<NodeProcess, String> {
         let mut command = Command::new(&config.trove);
+        command.arg("node");
+        if !extra.contains(&"--advertise") {
+            command.args(["--advertise", "127.0.0.1"]);
+        }
         command
-            .arg("node")
             .args([
                 "--listen",
                 "127.0.0.1",
                 "--port",
                 "0",
-                "--advertise",
-                "127.0.0.1",
                 // Every node on this machine serves /metrics, each on a port of its own.
                 "--metrics-listen",
                 "127.0.0.1:0",

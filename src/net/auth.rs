@@ -9,14 +9,12 @@
 //! connection.
 //!
 //! An outgoing link between nodes is a client of its peer's shard: [`authenticate_link`]
-//! drives `core::auth::ClientHandshake` over the link's socket before its hello, under the
-//! same time limit.
+//! drives `core::auth::ClientHandshake` over the link's transport (inside TLS when the node
+//! has it) before its hello, under the same time limit.
 
 use std::time::Duration;
 
 use futures_lite::future::or;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 use rkyv::util::AlignedVec;
 
 use crate::constants::{
@@ -28,6 +26,7 @@ use crate::core::auth::{
 };
 use crate::core::codec::FrameBuilder;
 use crate::core::ids::NodeId;
+use crate::net::tls::{describe_link_failure, tls_error_of};
 use crate::net::transport::Transport;
 
 /// Why a connection was not let in.
@@ -39,6 +38,18 @@ pub(crate) enum Refused {
     TimedOut,
     /// The socket failed, or the client closed it.
     Io,
+    /// The peer answered an outgoing link's handshake with a TLS record: it speaks TLS and
+    /// this node does not.
+    PeerSpeaksTls,
+    /// TLS failed under an outgoing link's handshake (the peer refused this node's
+    /// certificate: TLS 1.3 says so only after the client's side of the handshake is over).
+    Tls(rustls::Error),
+}
+
+/// Whether `bytes` start like a TLS record (an alert or a handshake, version 3.x): what a TLS
+/// node answers plaintext with.
+pub(crate) fn starts_like_tls(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x15 | 0x16, 0x03, ..])
 }
 
 /// A fresh nonce from the operating system's random source.
@@ -129,13 +140,14 @@ async fn handshake(stream: &mut Transport, secret: &AuthSecret) -> Result<(), Re
     Ok(())
 }
 
-/// Proves to node `peer`, at the other end of a new outgoing link, that this node knows
-/// `secret`, and checks the peer's proof, before the link's hello. Bounded by
+/// Proves to node `peer` (at `host`), at the other end of a new outgoing link, that this node
+/// knows `secret`, and checks the peer's proof, before the link's hello. Bounded by
 /// `AUTH_HANDSHAKE_MS_MAX`; the error is the line the node prints about the link.
 pub(crate) async fn authenticate_link(
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     secret: &AuthSecret,
     peer: NodeId,
+    host: &str,
 ) -> Result<(), String> {
     let timed_out = async {
         glommio::timer::sleep(Duration::from_millis(AUTH_HANDSHAKE_MS_MAX)).await;
@@ -152,12 +164,22 @@ pub(crate) async fn authenticate_link(
             "node {} closed the link during its authentication",
             peer.0
         )),
+        Err(Refused::PeerSpeaksTls) => Err(peer_speaks_tls(peer)),
+        Err(Refused::Tls(error)) => Err(describe_link_failure(peer, host, &error)),
     }
 }
 
-/// The client's side over a link's socket: exact reads (a header, then the rest of the frame
+/// The line for a link whose peer speaks TLS when this node does not.
+pub(crate) fn peer_speaks_tls(peer: NodeId) -> String {
+    format!(
+        "node {} speaks TLS and this node does not; give every node of the cluster --tls-cert, --tls-key and --tls-client-ca",
+        peer.0
+    )
+}
+
+/// The client's side over a link's transport: exact reads (a header, then the rest of the frame
 /// it announces), so nothing past the peer's acceptance is consumed.
-async fn link_handshake(stream: &mut TcpStream, secret: &AuthSecret) -> Result<(), Refused> {
+async fn link_handshake(stream: &mut Transport, secret: &AuthSecret) -> Result<(), Refused> {
     let mut client = ClientHandshake::new(secret, fresh_nonce()?);
     let mut input: AlignedVec = AlignedVec::with_capacity(AUTH_FRAME_BYTES_MAX);
     let mut want = FRAME_HEADER_BYTES;
@@ -167,7 +189,13 @@ async fn link_handshake(stream: &mut TcpStream, secret: &AuthSecret) -> Result<(
         stream
             .read_exact(&mut input[have..want])
             .await
-            .map_err(|_| Refused::Io)?;
+            .map_err(|error| match tls_error_of(&error) {
+                Some(error) => Refused::Tls(error.clone()),
+                None => Refused::Io,
+            })?;
+        if have == 0 && starts_like_tls(&input) {
+            return Err(Refused::PeerSpeaksTls);
+        }
         let mut out = FrameBuilder::new();
         let step = client
             .handle_input(&input, &mut out)

@@ -57,15 +57,14 @@ pub(crate) fn serve(shard: Rc<Shard>, stream: TcpStream, access: Rc<Access>) {
     };
     if access.is_open() {
         // A node link may arrive here too: its first frame says which it is.
-        spawn_timed(first_read(shard, id, signals, stream)).detach();
+        spawn_timed(first_read(shard, id, signals, Transport::Plain(stream))).detach();
         return;
     }
     spawn_timed(async move {
         match access.admit(&shard, &signals, stream).await {
-            // A node link proves the secret like any client, then says what it is (a cluster
-            // node with TLS is refused at start: links do not speak TLS).
-            Ok(Transport::Plain(stream)) => first_read(shard, id, signals, stream).await,
-            Ok(transport) => start_loops(shard, id, signals, transport),
+            // A node link passes the TLS handshake and proves the secret like any client,
+            // then says what it is.
+            Ok(transport) => first_read(shard, id, signals, transport).await,
             Err(reason) => {
                 shard.handle_read_closed(id, Ok(()));
                 shard.handle_closed(id, shard.close_reason(id).unwrap_or(reason));
@@ -75,15 +74,14 @@ pub(crate) fn serve(shard: Rc<Shard>, stream: TcpStream, access: Rc<Access>) {
     .detach();
 }
 
-/// Reads what a new plain connection sends first: a link's hello turns it into an inbound
-/// link (`net::link`); anything else is a client's, read on by the connection's loops.
+/// Reads what a new (admitted) connection sends first: a link's hello turns it into an
+/// inbound link (`net::link`); anything else is a client's, read on by the connection's loops.
 async fn first_read(
     shard: Rc<Shard>,
     id: ConnectionId,
     signals: ConnectionSignals,
-    mut stream: glommio::net::TcpStream,
+    mut stream: Transport,
 ) {
-    use futures_lite::AsyncReadExt;
     let mut input = ReceiveBuffer::new();
     let read = or(
         async { Some(stream.read(input.spare(None)).await) },
@@ -103,16 +101,11 @@ async fn first_read(
         crate::net::link::serve_inbound(shard, stream, input).await;
         return;
     }
-    start_loops_with(shard, id, signals, Transport::Plain(stream), input);
+    start_loops_with(shard, id, signals, stream, input);
 }
 
 /// Starts the reader and the writer of an accepted (and, with TLS or a secret, admitted)
-/// connection.
-fn start_loops(shard: Rc<Shard>, id: ConnectionId, signals: ConnectionSignals, stream: Transport) {
-    start_loops_with(shard, id, signals, stream, ReceiveBuffer::new());
-}
-
-/// Like [`start_loops`], for a connection whose first bytes were read already (`input`).
+/// connection whose first bytes were read already (`input`).
 fn start_loops_with(
     shard: Rc<Shard>,
     id: ConnectionId,

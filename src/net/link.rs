@@ -1,30 +1,38 @@
 //! The sockets of links between nodes: the outgoing side (connect, hello, the writer of
 //! `LinkEvents` frames and the reader of `LinkReplies`) and the inbound side (a connection
 //! on a shard's port whose first frame is a `LinkHello`: the reader of `LinkEvents` and the
-//! writer of `LinkReplies`). A node with a shared secret authenticates its outgoing links as
-//! a client (`net::auth::authenticate_link`) before the hello; its inbound links pass the
-//! listener's handshake like any connection. Bytes only: what goes in the frames and what a
-//! failure answers is the core's (`core::shard::links`), the outgoing link's lifecycle is the
-//! runtime's (`runtime::link`). Everything here runs on the shard's executor.
+//! writer of `LinkReplies`). Both sides travel over `net::transport::Transport`, the client
+//! connections' transport: with TLS (`--tls-cert` and `--tls-client-ca`) an outgoing link is
+//! a TLS client that checks the peer's certificate against the CA for the host the peer
+//! advertises and presents this node's certificate as a client certificate, which the peer's
+//! listener requires; so links are encrypted and mutually authenticated. A node with a shared
+//! secret then authenticates its outgoing links as a client (`net::auth::authenticate_link`,
+//! inside TLS when there is TLS) before the hello; its inbound links pass the listener's
+//! handshakes like any connection. Link frames are cut from the same aligned receive buffers
+//! with or without TLS. Bytes only: what goes in the frames and what a failure answers is the
+//! core's (`core::shard::links`), the outgoing link's lifecycle is the runtime's
+//! (`runtime::link`). Everything here runs on the shard's executor.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::future::or;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+use rustls::ClientConfig;
 
-use crate::constants::{AUTH_HANDSHAKE_MS_MAX, LINK_CONNECT_MS_MAX};
+use crate::constants::{AUTH_HANDSHAKE_MS_MAX, LINK_CONNECT_MS_MAX, TLS_HANDSHAKE_MS_MAX};
 use crate::core::auth::AuthSecret;
 use crate::core::codec::{
     Decoded, FrameBuilder, FrameKind, ReceiveBuffer, ValidatedFrame, decode_frame, decode_header,
 };
-use crate::core::ids::ConnectionId;
+use crate::core::ids::{ConnectionId, NodeId};
 use crate::core::message::{ArchivedErrorMessage, ArchivedLinkAccepted};
 use crate::core::shard::LinkDest;
-use crate::net::auth::authenticate_link;
-use crate::net::transport::dup_stream;
+use crate::net::auth::{authenticate_link, peer_speaks_tls, starts_like_tls};
+use crate::net::tls::{TlsStream, describe_link_failure, link_server_name, tls_error_of};
+use crate::net::transport::Transport;
 use crate::runtime::link::{LinkConnector, LinkEnd};
 use crate::runtime::shard::{LinkSignals, Shard};
 use crate::runtime::stall::spawn_timed;
@@ -35,13 +43,28 @@ pub(crate) fn starts_with_link_hello(bytes: &[u8]) -> bool {
     matches!(decode_header(bytes), Ok(Some(header)) if header.kind == FrameKind::LinkHello)
 }
 
-/// The connector of outgoing links (see [`crate::runtime::link::LinkConnector`]). With a
-/// `secret`, each link proves it to the peer's shard (whose listener asks every connection
-/// for it) before its hello.
-pub(crate) fn connector(secret: Option<AuthSecret>) -> LinkConnector {
-    let secret = secret.map(Rc::new);
+/// What an outgoing link proves and checks: TLS (the CA to check peers by, this node's
+/// certificate to present), the shared secret; either, both or neither, as the node's
+/// listeners ask of every connection.
+#[derive(Clone)]
+pub(crate) struct LinkCredentials {
+    pub secret: Option<Rc<AuthSecret>>,
+    pub tls: Option<Arc<ClientConfig>>,
+}
+
+/// The connector of outgoing links (see [`crate::runtime::link::LinkConnector`]). With TLS,
+/// each link speaks TLS to the peer's shard; with a `secret`, it proves it (inside TLS) to
+/// the peer's shard, whose listener asks every connection for it, before its hello.
+pub(crate) fn connector(
+    secret: Option<AuthSecret>,
+    tls: Option<Arc<ClientConfig>>,
+) -> LinkConnector {
+    let credentials = LinkCredentials {
+        secret: secret.map(Rc::new),
+        tls,
+    };
     Rc::new(move |shard, dest, signals| {
-        Box::pin(run_connection(shard, dest, signals, secret.clone()))
+        Box::pin(run_connection(shard, dest, signals, credentials.clone()))
     })
 }
 
@@ -56,13 +79,19 @@ async fn run_connection(
     shard: Rc<Shard>,
     dest: LinkDest,
     signals: Rc<LinkSignals>,
-    secret: Option<Rc<AuthSecret>>,
+    credentials: LinkCredentials,
 ) -> LinkEnd {
     let broken = signals.broken.borrow().clone();
-    // The authentication has a limit of its own inside this one, and says why it failed.
-    let limit_ms = LINK_CONNECT_MS_MAX + secret.as_ref().map_or(0, |_| AUTH_HANDSHAKE_MS_MAX);
+    // TLS and the authentication have limits of their own inside this one, and say why they
+    // failed.
+    let limit_ms = LINK_CONNECT_MS_MAX
+        + credentials.tls.as_ref().map_or(0, |_| TLS_HANDSHAKE_MS_MAX)
+        + credentials
+            .secret
+            .as_ref()
+            .map_or(0, |_| AUTH_HANDSHAKE_MS_MAX);
     let handshake = or(
-        async { handshake(&shard, dest, secret.as_deref()).await },
+        async { handshake(&shard, dest, &credentials).await },
         async {
             or(
                 glommio::timer::sleep(Duration::from_millis(limit_ms)),
@@ -72,12 +101,13 @@ async fn run_connection(
             Err(format!("no answer to the link hello within {limit_ms} ms"))
         },
     );
-    let (mut stream, input) = match handshake.await {
+    let (stream, input) = match handshake.await {
         Ok(connected) => connected,
         Err(reason) => return failed(false, reason),
     };
-    let reader = match dup_stream(&stream) {
-        Ok(reader) => reader,
+    // The reader keeps what the handshake read past the acceptance (TLS ciphertext).
+    let (reader, mut stream) = match stream.split() {
+        Ok(halves) => halves,
         Err(error) => return failed(true, error.to_string()),
     };
     let reading = spawn_timed(read_replies(
@@ -94,36 +124,44 @@ async fn run_connection(
     end
 }
 
-/// Where `dest` is reached: an IP literal, or a name (resolved here, on the shard: links
-/// are opened rarely, and a node's advertised host is normally an address).
-fn address_of(shard: &Shard, dest: LinkDest) -> Result<SocketAddr, String> {
+/// Where `dest` is reached: its advertised host (an IP literal, or a name, resolved here,
+/// on the shard: links are opened rarely, and a node's advertised host is normally an
+/// address) and the address it resolves to.
+fn address_of(shard: &Shard, dest: LinkDest) -> Result<(String, SocketAddr), String> {
     let (host, port) = shard.link_address(dest).ok_or_else(|| {
         format!(
             "the placement has no address for node {} shard {}",
             dest.node.0, dest.shard.0
         )
     })?;
-    (host.as_str(), port)
+    let addr = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|error| format!("cannot resolve {host}: {error}"))?
         .next()
-        .ok_or_else(|| format!("{host} resolves to no address"))
+        .ok_or_else(|| format!("{host} resolves to no address"))?;
+    Ok((host, addr))
 }
 
-/// Connects to `dest`, proves the secret when the node has one, sends the hello and waits
-/// for the acceptance, which the core checks.
+/// Connects to `dest`, speaks TLS and proves the secret when the node has them, sends the
+/// hello and waits for the acceptance, which the core checks.
 async fn handshake(
     shard: &Shard,
     dest: LinkDest,
-    secret: Option<&AuthSecret>,
-) -> Result<(TcpStream, ReceiveBuffer), String> {
-    let addr = address_of(shard, dest)?;
-    let mut stream = TcpStream::connect(addr)
+    credentials: &LinkCredentials,
+) -> Result<(Transport, ReceiveBuffer), String> {
+    let (host, addr) = address_of(shard, dest)?;
+    let socket = TcpStream::connect(addr)
         .await
         .map_err(|error| format!("cannot connect to {addr}: {error}"))?;
-    let _ = stream.set_nodelay(true);
-    if let Some(secret) = secret {
-        authenticate_link(&mut stream, secret, dest.node).await?;
+    let _ = socket.set_nodelay(true);
+    let mut stream = match &credentials.tls {
+        None => Transport::Plain(socket),
+        Some(config) => Transport::Tls(Box::new(
+            tls_connect(socket, config, dest.node, &host).await?,
+        )),
+    };
+    if let Some(secret) = &credentials.secret {
+        authenticate_link(&mut stream, secret, dest.node, &host).await?;
     }
     stream
         .write_all(&shard.link_hello_frame())
@@ -131,7 +169,14 @@ async fn handshake(
         .map_err(|error| error.to_string())?;
     let mut input = ReceiveBuffer::new();
     loop {
-        let frame_len = match decode_frame(input.pending()).map_err(|error| error.to_string())? {
+        let decoded = decode_frame(input.pending()).map_err(|error| {
+            if starts_like_tls(input.pending()) {
+                peer_speaks_tls(dest.node)
+            } else {
+                error.to_string()
+            }
+        })?;
+        let frame_len = match decoded {
             Decoded::Frame { header, body, .. } => {
                 return match header.kind {
                     FrameKind::LinkAccepted => {
@@ -162,8 +207,55 @@ async fn handshake(
         match stream.read(input.spare(frame_len)).await {
             Ok(0) => return Err("the peer closed the link during its handshake".into()),
             Ok(len) => input.filled(len),
-            Err(error) => return Err(error.to_string()),
+            // With TLS 1.3 a peer that refuses this node's certificate says so here.
+            Err(error) => {
+                return Err(match tls_error_of(&error) {
+                    Some(tls) => describe_link_failure(dest.node, &host, tls),
+                    None => error.to_string(),
+                });
+            }
         }
+    }
+}
+
+/// The TLS handshake of an outgoing link to node `peer`, which must prove `host` (the host
+/// it advertises; see `net::tls::link_server_name`), within `TLS_HANDSHAKE_MS_MAX`. A
+/// certificate refused here is told to the peer (the session's alert) before the link gives
+/// up, so that the peer can say why too.
+async fn tls_connect(
+    socket: TcpStream,
+    config: &Arc<ClientConfig>,
+    peer: NodeId,
+    host: &str,
+) -> Result<TlsStream, String> {
+    let name = link_server_name(host)
+        .map_err(|error| format!("node {}'s advertised host {error}", peer.0))?;
+    let mut tls = TlsStream::client(socket, config, name).map_err(|error| error.to_string())?;
+    let timed_out = async {
+        glommio::timer::sleep(Duration::from_millis(TLS_HANDSHAKE_MS_MAX)).await;
+        Err(None)
+    };
+    let outcome = or(async { tls.handshake().await.map_err(Some) }, timed_out).await;
+    let error = match outcome {
+        Ok(()) => return Ok(tls),
+        Err(None) => {
+            return Err(format!(
+                "node {} did not finish the TLS handshake within {TLS_HANDSHAKE_MS_MAX} ms; does it run with --tls-cert?",
+                peer.0
+            ));
+        }
+        Err(Some(error)) => error,
+    };
+    match tls_error_of(&error) {
+        Some(refused) => {
+            let why = describe_link_failure(peer, host, refused);
+            tls.refuse().await;
+            Err(why)
+        }
+        None => Err(format!(
+            "node {} closed the link during its TLS handshake ({error}); does it run with --tls-cert?",
+            peer.0
+        )),
     }
 }
 
@@ -182,7 +274,7 @@ async fn write_events(
     shard: &Shard,
     dest: LinkDest,
     signals: &LinkSignals,
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     broken: &Latch,
 ) -> LinkEnd {
     let mut out = Vec::new();
@@ -226,7 +318,7 @@ async fn write_events(
 async fn read_replies(
     shard: Rc<Shard>,
     dest: LinkDest,
-    mut stream: TcpStream,
+    mut stream: Transport,
     mut input: ReceiveBuffer,
     broken: Rc<Latch>,
 ) {
@@ -243,7 +335,7 @@ async fn read_replies(
 /// that are no frame, the socket closing or failing, or `stop` set. The two read sides of a
 /// link (replies on an outgoing one, events on an inbound one) differ only in those.
 async fn read_frames(
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     input: &mut ReceiveBuffer,
     kind: FrameKind,
     stop: &Latch,
@@ -286,7 +378,7 @@ async fn read_frames(
 /// applies the events the link carries and writes their replies, until either side ends.
 pub(crate) async fn serve_inbound(
     shard: Rc<Shard>,
-    mut stream: TcpStream,
+    mut stream: Transport,
     mut input: ReceiveBuffer,
 ) {
     let whole = or(
@@ -320,10 +412,12 @@ pub(crate) async fn serve_inbound(
         let _ = stream.close().await;
         return;
     };
-    let Ok(writer) = dup_stream(&stream) else {
-        shard.link_closed(link);
-        let _ = stream.close().await;
-        return;
+    let (mut stream, writer) = match stream.split() {
+        Ok(halves) => halves,
+        Err(_) => {
+            shard.link_closed(link);
+            return;
+        }
     };
     let done = Rc::new(Latch::new());
     let writing = spawn_timed(write_replies(
@@ -341,7 +435,7 @@ pub(crate) async fn serve_inbound(
 }
 
 /// Reads until `input` holds a whole frame at its front; false if the stream ended first.
-async fn read_whole_frame(stream: &mut TcpStream, input: &mut ReceiveBuffer) -> bool {
+async fn read_whole_frame(stream: &mut Transport, input: &mut ReceiveBuffer) -> bool {
     loop {
         let frame_len = match decode_frame(input.pending()) {
             Ok(Decoded::Frame { .. }) => return true,
@@ -358,7 +452,7 @@ async fn read_whole_frame(stream: &mut TcpStream, input: &mut ReceiveBuffer) -> 
 async fn read_events(
     shard: &Shard,
     link: ConnectionId,
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     mut input: ReceiveBuffer,
     done: &Latch,
 ) {
@@ -372,7 +466,7 @@ async fn write_replies(
     shard: Rc<Shard>,
     link: ConnectionId,
     queue: Rc<WaitQueue>,
-    mut stream: TcpStream,
+    mut stream: Transport,
     done: Rc<Latch>,
 ) {
     let mut out = Vec::new();

@@ -85,9 +85,10 @@ pub fn serve_listeners(
     sockets: impl IntoIterator<Item = Socket>,
     secret: Option<AuthSecret>,
     tls: Option<Arc<ServerConfig>>,
+    link_tls: Option<Arc<rustls::ClientConfig>>,
 ) {
-    shard.set_link_connector(crate::net::link::connector(secret.clone()));
-    let access = Rc::new(Access { secret, tls });
+    shard.set_link_connector(crate::net::link::connector(secret.clone(), link_tls));
+    let access = Rc::new(Access::new(secret, tls));
     for socket in sockets {
         // SAFETY: the descriptor comes from a listening socket this shard alone now owns.
         let listener = unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };

@@ -51,6 +51,10 @@ pub struct NodeConfig {
     /// TLS on every client port (`net::tls`): the node's certificate, and the CA of the
     /// client certificates it requires, if it does. `None`: plain TCP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS of the links to other nodes of a cluster (`net::tls::link_config`): the CA their
+    /// certificates must be signed by, and this node's certificate to present as a client
+    /// certificate. A cluster node with `tls` needs it: its peers' listeners speak TLS.
+    pub link_tls: Option<Arc<rustls::ClientConfig>>,
     /// Where the housekeeping thread serves `/metrics`, or `Off`.
     pub metrics: MetricsListen,
     /// This node's id in its cluster, `None` on its own. A cluster node's shards start fenced
@@ -68,6 +72,7 @@ impl NodeConfig {
             shard_port_base: None,
             auth: None,
             tls: None,
+            link_tls: None,
             metrics: MetricsListen::Off,
             cluster_node: None,
         }
@@ -227,12 +232,13 @@ impl NodeReport {
 }
 
 /// What each shard gets from the thread that starts the node: its two listeners, the secret
-/// its clients must prove they know, and its TLS configuration.
+/// its clients must prove they know, and its TLS configurations (its listeners', its links').
 struct ShardSockets {
     shared: Socket,
     own: Socket,
     auth: Option<AuthSecret>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    link_tls: Option<Arc<rustls::ClientConfig>>,
     /// Where the shard's metrics snapshots go, when the node serves metrics.
     metrics: Option<SnapshotSender>,
     /// The shard's end of its feed from the control thread, in a cluster.
@@ -272,11 +278,14 @@ impl Node {
             )?);
         }
         let shard_addrs: Vec<SocketAddr> = own.iter().map(local_addr).collect();
-        if config.runtime.cluster_name.is_some() && config.tls.is_some() {
-            // Links between nodes do not speak TLS: a node with TLS would serve its links in
-            // the clear and could not reach its peers' TLS listeners.
+        if config.runtime.cluster_name.is_some()
+            && config.tls.is_some()
+            && config.link_tls.is_none()
+        {
+            // Its peers' listeners speak TLS, so its links must; and a link that checked no
+            // certificate would send the cluster's events to whoever answers at a peer's address.
             return Err(StartError::Config(ConfigError::Cluster(
-                "a cluster node with TLS is refused: the links between its nodes do not speak TLS yet; authenticate the cluster with --auth-secret-file (the same file on every node) and run it on a private network".into(),
+                "a cluster node with --tls-cert needs --tls-client-ca PATH, the CA that signs the cluster's node certificates: its links to other nodes check their certificates with it and present this node's own as a client certificate".into(),
             )));
         }
         let mut runtime = config.runtime.clone();
@@ -321,6 +330,7 @@ impl Node {
                 own,
                 auth: config.auth.clone(),
                 tls: config.tls.clone(),
+                link_tls: config.link_tls.clone(),
                 metrics: metrics_listener.as_ref().map(|_| snapshot_sender.clone()),
                 feed: feed_ends.next(),
                 store: runtime.store.as_ref().map(|store| {
@@ -482,6 +492,7 @@ fn serve_shard(shard: Rc<Shard>, sockets: ShardSockets) {
         [sockets.shared, sockets.own],
         sockets.auth,
         sockets.tls,
+        sockets.link_tls,
     );
 }
 
