@@ -50,9 +50,9 @@ use crate::constants::{
 use crate::core::ids::{HuntId, PartitionId, PlayerId, TreasureId};
 use crate::core::message::{
     ArchivedEvent, ArchivedEventKind, ArchivedHuntSpec, ArchivedPosition, LeaderboardEntry,
-    NO_SESSION, Outcome, OutcomeClass, Position, RejectReason, claim_code_hash,
+    NO_SESSION, Outcome, Position, RejectReason, claim_code_hash,
 };
-use crate::core::partition_sessions::{Seen, SessionTable};
+use crate::core::partition_sessions::SessionTable;
 use crate::core::snapshot::{
     HuntSnapshot, PartitionSnapshot, PlayerSnapshot, RankSnapshot, SnapshotError, TreasureSnapshot,
     WaypointSnapshot,
@@ -803,32 +803,20 @@ impl PartitionState {
     /// again (`core::partition_sessions` says which events count and why the answer is sound).
     #[inline]
     pub fn apply(&mut self, event: &ArchivedEvent) -> Outcome {
-        if let Some(sessions) = self.sessions.as_deref_mut() {
-            sessions.tick();
-        }
         let session = event.client_session.to_native();
         if session == NO_SESSION || matches!(event.kind, ArchivedEventKind::Leaderboard { .. }) {
+            if let Some(sessions) = self.sessions.as_deref_mut() {
+                sessions.tick();
+            }
             return self.apply_once(event);
         }
+        // Out of `self` while the event runs, so the state and the table are borrowed apart.
+        let mut sessions = self.sessions.take().unwrap_or_default();
+        sessions.tick();
         let seq = event.client_seq.to_native();
-        let seen = match self.sessions.as_deref() {
-            Some(sessions) => sessions.seen(session, seq),
-            None => Seen::New,
-        };
-        match seen {
-            Seen::Duplicate(original) => Outcome::Duplicate { original },
-            Seen::Unknown => Outcome::DuplicateUnknown,
-            Seen::New => {
-                let outcome = self.apply_once(event);
-                // Every outcome of a state-changing event has a class; were one not to, the
-                // event would only be applied again on a retry, as without a session.
-                if let Some(class) = OutcomeClass::of(&outcome) {
-                    let sessions = self.sessions.get_or_insert_with(Box::default);
-                    sessions.record(session, seq, class);
-                }
-                outcome
-            }
-        }
+        let outcome = sessions.once(session, seq, || self.apply_once(event));
+        self.sessions = Some(sessions);
+        outcome
     }
 
     /// The client sessions this partition remembers, if any event of one was applied.
@@ -1099,7 +1087,9 @@ const fn slots_mask() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::message::{Event, EventKind, HuntSpec, TreasureSpec, WaypointSpec};
+    use crate::core::message::{
+        Event, EventKind, HuntSpec, OutcomeClass, TreasureSpec, WaypointSpec,
+    };
     use proptest::prelude::*;
 
     const HUNT: HuntId = HuntId(1);

@@ -43,7 +43,7 @@
 use crate::constants::{
     SESSION_ENTRY_BYTES, SESSION_WINDOW_EVENTS_MAX, SESSIONS_PER_PARTITION_MAX,
 };
-use crate::core::message::OutcomeClass;
+use crate::core::message::{Outcome, OutcomeClass};
 use crate::core::snapshot::{SessionSnapshot, SessionsSnapshot, SnapshotError};
 
 /// What a partition knows of an event of a session, before applying it.
@@ -165,18 +165,52 @@ impl SessionTable {
         }
     }
 
+    /// Event `seq` of `session` (not [`NO_SESSION`]), exactly once: `apply` runs it unless the
+    /// table knows it was applied before, and its outcome is remembered; a retry is answered
+    /// `Duplicate` or `DuplicateUnknown` without running it. One lookup of the session.
+    ///
+    /// [`NO_SESSION`]: crate::core::message::NO_SESSION
+    #[inline]
+    pub fn once(&mut self, session: u64, seq: u64, apply: impl FnOnce() -> Outcome) -> Outcome {
+        let at = self.find(session);
+        if let Some(at) = at {
+            match self.entries[at].seen(seq) {
+                Seen::New => {}
+                Seen::Duplicate(original) => return Outcome::Duplicate { original },
+                Seen::Unknown => return Outcome::DuplicateUnknown,
+            }
+        }
+        let outcome = apply();
+        // Every outcome of a state-changing event has a class; were one not to, the event
+        // would only be applied again on a retry, as without a session.
+        if let Some(class) = OutcomeClass::of(&outcome) {
+            match at {
+                Some(at) => self.remember_at(at, seq, class),
+                None => self.admit(session, seq, class),
+            }
+        }
+        outcome
+    }
+
     /// Remembers that event `seq` of `session`, [`Seen::New`] a moment ago, was applied and
     /// went as `class`. A session new to a full table takes the place of the one whose last
     /// event is oldest.
     pub fn record(&mut self, session: u64, seq: u64, class: OutcomeClass) {
-        let now = self.applied_events;
-        if let Some(at) = self.find(session) {
-            let entry = &mut self.entries[at];
-            entry.last_used = now;
-            entry.remember(seq, class);
-            return;
+        match self.find(session) {
+            Some(at) => self.remember_at(at, seq, class),
+            None => self.admit(session, seq, class),
         }
-        let entry = SessionEntry::new(now, seq, class);
+    }
+
+    fn remember_at(&mut self, at: usize, seq: u64, class: OutcomeClass) {
+        let entry = &mut self.entries[at];
+        entry.last_used = self.applied_events;
+        entry.remember(seq, class);
+    }
+
+    /// Adds `session`, whose first event here is `seq`.
+    fn admit(&mut self, session: u64, seq: u64, class: OutcomeClass) {
+        let entry = SessionEntry::new(self.applied_events, seq, class);
         if self.ids.len() < SESSIONS_PER_PARTITION_MAX {
             self.ids.push(session);
             self.entries.push(entry);
