@@ -616,9 +616,10 @@ pub const HUNT_STATE_BYTES_MAX: usize = HUNT_BYTES_MAX // the hunt's own fields
     + HUNT_ALLOCATIONS * ALLOCATION_OVERHEAD_BYTES; // the allocator's share of each
 
 /// One session of a partition's session table (`core::partition_sessions::SessionEntry`):
-/// its window of seqs 8 each and outcome classes 2 each, its highest and forgotten seqs and
-/// its last use 24, the window's cursor and padding. A `const` assert there holds it.
-pub const SESSION_ENTRY_BYTES: usize = 32 + SESSION_WINDOW_EVENTS_MAX * 10;
+/// its last use, highest and forgotten seqs 32, the window's length and cursor, padding to 64
+/// (it is aligned to a cache line), then its window of seqs beside their outcome classes (16
+/// each, padded). A `const` assert there holds it.
+pub const SESSION_ENTRY_BYTES: usize = 64 + SESSION_WINDOW_EVENTS_MAX * 16;
 /// Allocations of a session table: the table itself (boxed, so a partition without sessions
 /// pays a pointer), its ids and its entries.
 const SESSION_TABLE_ALLOCATIONS: usize = 3;

@@ -67,8 +67,9 @@ pub struct SessionTable {
     entries: Vec<SessionEntry>,
 }
 
-/// One session's recent events in a partition.
+/// One session's recent events in a partition. Laid out in order, a cache line aligned.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[repr(C, align(64))]
 struct SessionEntry {
     /// The partition's `applied_events` when this session's last event was recorded.
     last_used: u64,
@@ -77,12 +78,28 @@ struct SessionEntry {
     /// Every `client_seq` at or below this that the window does not hold is forgotten
     /// (`None`: nothing has left the window yet).
     forgotten_up_to: Option<u64>,
-    /// A ring of the most recent events: `seqs[i]` went as `classes[i]`, for `i < len`; slot
-    /// `next` is the oldest once the ring is full, and is overwritten next.
-    seqs: [u64; SESSION_WINDOW_EVENTS_MAX],
-    classes: [OutcomeClass; SESSION_WINDOW_EVENTS_MAX],
+    /// How many slots of `recent` are in use, and the slot overwritten next (the oldest, once
+    /// all are).
     len: u8,
     next: u8,
+    /// A ring of the most recent events, `recent[..len]`, each seq beside its class: with the
+    /// fields above in the entry's first cache line, a new event touches two lines.
+    recent: [Recent; SESSION_WINDOW_EVENTS_MAX],
+}
+
+/// One remembered event of a session: its seq and how it went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Recent {
+    seq: u64,
+    class: OutcomeClass,
+}
+
+impl Recent {
+    /// A slot not in use yet (past `len`).
+    const EMPTY: Recent = Recent {
+        seq: 0,
+        class: OutcomeClass::Accepted,
+    };
 }
 
 const _: () = assert!(size_of::<SessionEntry>() <= SESSION_ENTRY_BYTES);
@@ -94,8 +111,7 @@ impl SessionEntry {
             last_used,
             highest: seq,
             forgotten_up_to: None,
-            seqs: [0; SESSION_WINDOW_EVENTS_MAX],
-            classes: [OutcomeClass::Accepted; SESSION_WINDOW_EVENTS_MAX],
+            recent: [Recent::EMPTY; SESSION_WINDOW_EVENTS_MAX],
             len: 0,
             next: 0,
         };
@@ -108,8 +124,8 @@ impl SessionEntry {
             return Seen::New;
         }
         let len = usize::from(self.len);
-        if let Some(at) = self.seqs[..len].iter().position(|&held| held == seq) {
-            return Seen::Duplicate(self.classes[at]);
+        if let Some(held) = self.recent[..len].iter().find(|held| held.seq == seq) {
+            return Seen::Duplicate(held.class);
         }
         match self.forgotten_up_to {
             Some(forgotten) if seq <= forgotten => Seen::Unknown,
@@ -121,13 +137,12 @@ impl SessionEntry {
     fn remember(&mut self, seq: u64, class: OutcomeClass) {
         let at = usize::from(self.next);
         if usize::from(self.len) == SESSION_WINDOW_EVENTS_MAX {
-            let evicted = self.seqs[at];
+            let evicted = self.recent[at].seq;
             self.forgotten_up_to = Some(self.forgotten_up_to.map_or(evicted, |f| f.max(evicted)));
         } else {
             self.len += 1;
         }
-        self.seqs[at] = seq;
-        self.classes[at] = class;
+        self.recent[at] = Recent { seq, class };
         self.next = ((at + 1) % SESSION_WINDOW_EVENTS_MAX) as u8;
         self.highest = self.highest.max(seq);
     }
@@ -255,8 +270,8 @@ impl SessionTable {
                     highest: entry.highest,
                     forgotten_up_to: entry.forgotten_up_to,
                     next: u32::from(entry.next),
-                    seqs: entry.seqs[..len].to_vec(),
-                    classes: entry.classes[..len].to_vec(),
+                    seqs: entry.recent[..len].iter().map(|held| held.seq).collect(),
+                    classes: entry.recent[..len].iter().map(|held| held.class).collect(),
                 }
             })
             .collect();
@@ -276,17 +291,19 @@ impl SessionTable {
         };
         for session in &snapshot.sessions {
             let len = session.seqs.len();
-            let mut seqs = [0; SESSION_WINDOW_EVENTS_MAX];
-            seqs[..len].copy_from_slice(&session.seqs);
-            let mut classes = [OutcomeClass::Accepted; SESSION_WINDOW_EVENTS_MAX];
-            classes[..len].copy_from_slice(&session.classes);
+            let mut recent = [Recent::EMPTY; SESSION_WINDOW_EVENTS_MAX];
+            for (slot, (&seq, &class)) in recent
+                .iter_mut()
+                .zip(session.seqs.iter().zip(&session.classes))
+            {
+                *slot = Recent { seq, class };
+            }
             table.ids.push(session.id);
             table.entries.push(SessionEntry {
                 last_used: session.last_used,
                 highest: session.highest,
                 forgotten_up_to: session.forgotten_up_to,
-                seqs,
-                classes,
+                recent,
                 len: len as u8,
                 next: session.next as u8,
             });
