@@ -261,6 +261,7 @@ fn no_error_frame_sent_for_a_corrupted_event_holds_an_address() {
     let event = Event {
         hunt: HuntId(1),
         player: PlayerId(2),
+        client_session: 0,
         client_seq: 3,
         client_ts: 4,
         kind: EventKind::Claim {
@@ -606,6 +607,7 @@ fn join_event(seq: u64, ts: u64) -> Event {
     Event {
         hunt: HuntId(seq % 1000),
         player: PlayerId(seq),
+        client_session: 0,
         client_seq: seq,
         client_ts: ts,
         kind: EventKind::Join,
@@ -953,6 +955,7 @@ fn a_client_guessing_claim_codes_is_stopped_and_never_wins() {
     let event = |seq: u64, player: u64, kind: EventKind| Event {
         hunt,
         player: PlayerId(player),
+        client_session: 0,
         client_seq: seq,
         client_ts: 0,
         kind,

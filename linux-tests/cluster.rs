@@ -336,6 +336,7 @@ fn probes() -> Vec<Event> {
             Event {
                 hunt,
                 player: PlayerId(1),
+                client_session: 0,
                 client_seq: u64::from(partition),
                 client_ts: 0,
                 kind: EventKind::Join,
@@ -494,6 +495,7 @@ fn link_workload(rounds: u64) -> Vec<Event> {
                 events.push(Event {
                     hunt,
                     player: PlayerId(round + 2),
+                    client_session: 0,
                     client_seq: events.len() as u64,
                     client_ts: 0,
                     kind,

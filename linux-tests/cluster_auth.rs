@@ -159,6 +159,7 @@ fn one_per_partition(player: u64, kind: impl Fn() -> EventKind) -> Vec<Event> {
         .map(|(hunt, partition)| Event {
             hunt,
             player: PlayerId(player),
+            client_session: 0,
             client_seq: partition,
             client_ts: 0,
             kind: kind(),

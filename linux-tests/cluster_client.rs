@@ -114,6 +114,7 @@ fn hunt_events(first: u64, hunts: u64, seq: &mut u64) -> Vec<Event> {
         events.push(Event {
             hunt: HuntId(hunt),
             player: PlayerId(player),
+            client_session: 0,
             client_seq: *seq,
             client_ts: role,
             kind,

@@ -72,6 +72,7 @@ fn creations(hunts: &[HuntId]) -> Vec<Event> {
             events.push(Event {
                 hunt: *hunt,
                 player: PlayerId(player),
+                client_session: 0,
                 client_seq: events.len() as u64,
                 client_ts: 0,
                 kind,
@@ -107,6 +108,7 @@ fn a_node_killed_and_restarted_on_its_data_dir_gets_its_partitions_back_with_the
     let probe = Event {
         hunt: hunts[0],
         player: PlayerId(1),
+        client_session: 0,
         client_seq: 0,
         client_ts: 0,
         kind: EventKind::Join,

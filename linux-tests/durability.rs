@@ -9,9 +9,11 @@
 //! when space returns, and everything answered survives `kill -9`.
 //!
 //! The model is the engine's own state machine (`PartitionState`), fed the same events in the
-//! same per-hunt order: after each restart, each hunt's state on the node must be the model's
-//! after every acknowledged event of that hunt plus some of the unacknowledged ones that
-//! followed them (a crash may keep events it had not answered yet, never lose answered ones).
+//! same per-hunt order. After each `kill -9` the client, keeping its session, re-sends every
+//! event it sent and got no answer for, with its `client_seq`: the node answers `Duplicate`
+//! for those it had kept (a crash may keep events it had not answered yet, never lose answered
+//! ones) and applies the others; every answer and each hunt's leaderboard must then be the
+//! model's after applying every sent event exactly once.
 //! Data dirs live under the cargo target's tmp dir, on a real disk (not tmpfs), so O_DIRECT
 //! and fdatasync are the real thing.
 
@@ -28,8 +30,8 @@ use trove::constants::WAL_RECORD_HEADER_BYTES;
 use trove::core::hunt::PartitionState;
 use trove::core::ids::{HuntId, PartitionId, PlayerId, TreasureId};
 use trove::core::message::{
-    ArchivedEvent, Event, EventError, EventKind, HuntSpec, Outcome, Position, Reply, TreasureSpec,
-    WaypointSpec, claim_code_hash,
+    ArchivedEvent, Event, EventError, EventKind, HuntSpec, Outcome, OutcomeClass, Position, Reply,
+    TreasureSpec, WaypointSpec, claim_code_hash,
 };
 use trove::store::format::{SegmentHeader, scan_segment};
 
@@ -256,6 +258,7 @@ fn leaderboard(hunt: u64, seq: u64) -> Event {
     Event {
         hunt: HuntId(hunt),
         player: PlayerId(0),
+        client_session: 0,
         client_seq: seq,
         client_ts: 0,
         kind: EventKind::Leaderboard { top_k: 16 },
@@ -264,9 +267,21 @@ fn leaderboard(hunt: u64, seq: u64) -> Event {
 
 /// Sends `events` over one connection with `WINDOW` in flight and returns each reply by
 /// `client_seq`; with `kill_after`, the node is SIGKILLed that long after the first send and
-/// the replies received until then are returned.
+/// the replies received until then are returned. A client of its own (a new session).
 fn drive(node: &mut Node, events: &[Event], kill_after: Option<Duration>) -> HashMap<u64, Reply> {
+    drive_as(node, events, kill_after, client::new_session()).0
+}
+
+/// [`drive`] as client session `session` (`ClientConfig::session`, which the client writes
+/// into every event): returns the replies and how many of `events` were sent, in order.
+fn drive_as(
+    node: &mut Node,
+    events: &[Event],
+    kill_after: Option<Duration>,
+    session: u64,
+) -> (HashMap<u64, Reply>, usize) {
     let mut config = ClientConfig::new(node.addr);
+    config.session = session;
     config.shard_aware = false;
     config.stall_timeout = Some(Duration::from_secs(5));
     let (mut sender, mut receiver) = client::connect(&config).unwrap();
@@ -301,7 +316,7 @@ fn drive(node: &mut Node, events: &[Event], kill_after: Option<Duration>) -> Has
                 node.child.kill().unwrap();
                 let _ = node.child.wait();
             }
-            return replies;
+            return (replies, next);
         }
         match receiver.recv_timeout(Duration::from_millis(50)) {
             Ok(Incoming::Replies(frame)) => {
@@ -310,12 +325,12 @@ fn drive(node: &mut Node, events: &[Event], kill_after: Option<Duration>) -> Has
                     replies.insert(reply.client_seq, reply);
                 }
             }
-            Ok(Incoming::Closed { .. }) if killed => return replies,
+            Ok(Incoming::Closed { .. }) if killed => return (replies, next),
             Ok(Incoming::Closed { error, .. }) => {
                 panic!("the node closed the connection: {error:?}")
             }
             Ok(Incoming::NodeError { message, .. }) => panic!("the node sent an error: {message}"),
-            Err(_) if killed => return replies,
+            Err(_) if killed => return (replies, next),
             Err(_) => assert!(started.elapsed() < WAIT, "no replies for {WAIT:?}"),
         }
     }
@@ -330,6 +345,7 @@ fn set_up(node: &mut Node, model: &mut Model, seq: &mut u64) {
             events.push(Event {
                 hunt: HuntId(hunt),
                 player: PlayerId(player),
+                client_session: 0,
                 client_seq: *seq,
                 client_ts: 0,
                 kind,
@@ -366,6 +382,7 @@ fn load(rng: &mut Rng, seq: &mut u64, count: usize) -> Vec<Event> {
             Event {
                 hunt: HuntId(hunt),
                 player: PlayerId(1 + rng.below(PLAYERS)),
+                client_session: 0,
                 client_seq: *seq,
                 client_ts: 0,
                 kind,
@@ -436,6 +453,112 @@ fn reconcile(
     kept_unacked
 }
 
+/// What the retries of one round found among the events sent and not answered before the kill.
+#[derive(Default)]
+struct Retried {
+    /// Kept by the node: answered `Duplicate` with their original class.
+    duplicates: usize,
+    /// Kept by the node, past what it remembers of the session: `DuplicateUnknown`.
+    unknown: usize,
+    /// Lost in the kill (never applied, or applied and not yet logged): applied by the retry.
+    applied_now: usize,
+}
+
+/// After a restart: re-sends, as the same client session with the same seqs, every event of
+/// the round that was sent and got no answer, then checks hunt by hunt that every answer (the
+/// acknowledged ones, the retries' and the node's leaderboard) is the model's after applying
+/// each sent event exactly once. A retry answered `Duplicate` had been applied before the kill
+/// (its class must be the model's); any other answer to a retry is its first application (it
+/// must equal the model's). An event applied twice shows: a check-in scores once per waypoint
+/// and a treasure is won once, so a second application answers `AlreadyCheckedIn` or
+/// `AlreadyClaimed` where the model, applying it once, says `Accepted` or `Claimed`. Moves
+/// `model` to the node's state.
+fn reconcile_with_retries(
+    node: &mut Node,
+    model: &mut Model,
+    sent: &[Event],
+    acked: &HashMap<u64, Reply>,
+    session: u64,
+    seq: &mut u64,
+) -> Retried {
+    let unanswered: Vec<Event> = (sent.iter())
+        .filter(|event| !acked.contains_key(&event.client_seq))
+        .cloned()
+        .collect();
+    let (retries, _) = drive_as(node, &unanswered, None, session);
+    let queries: Vec<Event> = (0..HUNTS)
+        .map(|hunt| {
+            *seq += 1;
+            leaderboard(hunt, *seq)
+        })
+        .collect();
+    let answers = drive(node, &queries, None);
+    let mut found = Retried::default();
+    for (hunt, query) in (0..HUNTS).zip(&queries) {
+        let events: Vec<&Event> = sent.iter().filter(|e| e.hunt.0 == hunt).collect();
+        let acked_count = events
+            .iter()
+            .take_while(|event| acked.contains_key(&event.client_seq))
+            .count();
+        assert!(
+            events[acked_count..]
+                .iter()
+                .all(|event| !acked.contains_key(&event.client_seq)),
+            "hunt {hunt}: replies came out of order"
+        );
+        // A kill keeps a prefix of each partition's log, so of a hunt's unanswered events the
+        // node kept the first few, if any.
+        let mut kept_so_far = true;
+        for (at, event) in events.iter().enumerate() {
+            let outcome = model.apply(event);
+            let number = event.client_seq;
+            if at < acked_count {
+                assert_eq!(
+                    acked[&number].outcome, outcome,
+                    "hunt {hunt}: an acknowledged answer differs from the model"
+                );
+                continue;
+            }
+            match &retries[&number].outcome {
+                Outcome::Duplicate { original } => {
+                    assert!(
+                        kept_so_far,
+                        "hunt {hunt}: event {number} was kept after a lost one"
+                    );
+                    assert_eq!(
+                        Some(*original),
+                        OutcomeClass::of(&outcome),
+                        "hunt {hunt}: event {number}: the retry's original class is not the model's {outcome:?}"
+                    );
+                    found.duplicates += 1;
+                }
+                Outcome::DuplicateUnknown => {
+                    assert!(
+                        kept_so_far,
+                        "hunt {hunt}: event {number} was kept after a lost one"
+                    );
+                    found.unknown += 1;
+                }
+                answer => {
+                    kept_so_far = false;
+                    assert_eq!(
+                        *answer, outcome,
+                        "hunt {hunt}: event {number}: its retry was answered as if applied a second time, or differs from the model"
+                    );
+                    found.applied_now += 1;
+                }
+            }
+        }
+        let on_node = &answers[&query.client_seq].outcome;
+        assert_eq!(
+            *on_node,
+            model.apply(query),
+            "hunt {hunt}: the node's leaderboard is not the one rebuilt from the acknowledged and duplicate-confirmed events, each applied once"
+        );
+    }
+    found
+}
+
 /// Kill-restart rounds of [`acknowledged_events_survive_kill_9_under_load`]; each is a node
 /// start, 50 to 300 ms of load, `kill -9` and a check of every hunt.
 const KILL_ROUNDS: usize = 20;
@@ -453,16 +576,18 @@ fn acknowledged_events_survive_kill_9_under_load() {
         });
     println!("durability seed {seed} (rerun with TROVE_DURABILITY_SEED={seed})");
     let mut rng = Rng(seed);
+    // One client session for every round and every retry, as one client object keeps it.
+    let session = client::new_session();
     let dir = data_dir("kill");
     let mut node = start_node(&dir, &SNAPSHOT_OFTEN).unwrap();
     let (mut model, mut seq) = (Model::new(), 0);
     set_up(&mut node, &mut model, &mut seq);
-    let mut total_acked = 0;
+    let (mut total_acked, mut total_kept) = (0, 0);
     let mut restarts_from_snapshots = 0;
     for round in 0..KILL_ROUNDS {
         let events = load(&mut rng, &mut seq, 100_000);
         let kill_after = Duration::from_millis(50 + rng.below(250));
-        let acked = drive(&mut node, &events, Some(kill_after));
+        let (acked, sent) = drive_as(&mut node, &events, Some(kill_after), session);
         total_acked += acked.len();
         node = start_node(&dir, &SNAPSHOT_OFTEN).unwrap_or_else(|(code, stderr)| {
             panic!("round {round}: the node did not restart (exit {code:?}): {stderr}")
@@ -475,16 +600,30 @@ fn acknowledged_events_survive_kill_9_under_load() {
             node.start_lines
         );
         restarts_from_snapshots += u32::from(snapshots > 0);
-        let kept = reconcile(&mut node, &mut model, &events, &acked, &mut seq);
+        let retried = reconcile_with_retries(
+            &mut node,
+            &mut model,
+            &events[..sent],
+            &acked,
+            session,
+            &mut seq,
+        );
+        total_kept += retried.duplicates + retried.unknown;
         println!(
-            "round {round}: killed after {kill_after:?}: {} of {} events acknowledged, {kept} more kept unacknowledged; {snapshots} snapshots loaded, {replayed} events replayed",
+            "round {round}: killed after {kill_after:?}: {} of {sent} events sent were acknowledged; retried, {} were kept (Duplicate), {} kept past the window (DuplicateUnknown), {} applied now; {snapshots} snapshots loaded, {replayed} events replayed",
             acked.len(),
-            events.len(),
+            retried.duplicates,
+            retried.unknown,
+            retried.applied_now,
         );
     }
     assert!(
         total_acked > 0,
         "no event was acknowledged before any kill: the test proved nothing"
+    );
+    assert!(
+        total_kept > 0,
+        "no retry found an event the node had kept without answering: de-duplication was not exercised"
     );
     assert!(
         restarts_from_snapshots > 0,
@@ -1100,6 +1239,7 @@ fn a_node_whose_first_segment_finds_no_space_refuses_events_until_it_can_allocat
             Event {
                 hunt: HuntId(hunt),
                 player: PlayerId(0),
+                client_session: 0,
                 client_seq: seq,
                 client_ts: 0,
                 kind: EventKind::CreateHunt(spec(hunt)),

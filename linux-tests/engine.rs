@@ -42,6 +42,7 @@ fn event(seq: u64, hunt: u64, player: u64, kind: EventKind) -> Event {
     Event {
         hunt: HuntId(hunt),
         player: PlayerId(player),
+        client_session: 0,
         client_seq: seq,
         client_ts: seq,
         kind,

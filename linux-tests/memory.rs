@@ -43,6 +43,7 @@ fn event(seq: u64, hunt: u64, player: u64, kind: EventKind) -> Event {
     Event {
         hunt: HuntId(hunt),
         player: PlayerId(player),
+        client_session: 0,
         client_seq: seq,
         client_ts: 0,
         kind,
@@ -141,7 +142,9 @@ fn a_node_filled_to_its_limits_stays_inside_its_printed_memory_sum() {
     let per_hunt = 2 * PLAYERS_PER_HUNT_MAX;
     let expected = hunts.len() * per_hunt;
     let collector = std::thread::spawn(move || outcomes(&mut receiver, expected, deadline));
-    let mut seq = 0;
+    // Seqs go on from the hunts' (the client's session names events by them: a seq used
+    // again would be taken for a retry).
+    let mut seq = PARTITIONS as u64 * HUNTS_PER_PARTITION_MAX as u64 * HUNT_IDS_PER_SLOT;
     for &hunt in &hunts {
         for player in 0..PLAYERS_PER_HUNT_MAX as u64 {
             seq += 1;

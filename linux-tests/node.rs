@@ -25,6 +25,7 @@ fn a_node_serves_until_sigterm_then_stops_cleanly() {
             .send(&Event {
                 hunt: HuntId(hunt),
                 player: PlayerId(1),
+                client_session: 0,
                 client_seq: hunt,
                 client_ts: 0,
                 kind,
@@ -119,6 +120,7 @@ fn a_shard_that_does_not_yield_shows_its_stall_in_the_report() {
     let create = Event {
         hunt: HuntId(1),
         player: PlayerId(1),
+        client_session: 0,
         client_seq: 1,
         client_ts: 0,
         kind: EventKind::CreateHunt(HuntSpec::default()),

@@ -55,6 +55,7 @@ fn assert_serves(addr: SocketAddr, shard_aware: bool) {
             .send(&Event {
                 hunt: HuntId(hunt),
                 player: PlayerId(1),
+                client_session: 0,
                 client_seq: hunt,
                 client_ts: 0,
                 kind: EventKind::CreateHunt(HuntSpec::default()),

@@ -16,7 +16,8 @@
 pub const FRAME_MAGIC: [u8; 4] = *b"TROV";
 /// The wire version this build speaks. A frame with another version is rejected.
 /// 2: the partition map names each owner's node and where every node is reached.
-pub const FRAME_VERSION: u8 = 2;
+/// 3: events carry the client's session (`Event::client_session`), replies may say `Duplicate`.
+pub const FRAME_VERSION: u8 = 3;
 /// Size of the fixed frame header. A multiple of [`ARCHIVE_ALIGN`] so that bodies that start
 /// right after a header in an aligned buffer are themselves aligned.
 pub const FRAME_HEADER_BYTES: usize = 32;
@@ -30,6 +31,10 @@ pub const FRAME_BYTES_MAX: usize = FRAME_HEADER_BYTES + FRAME_BODY_BYTES_MAX;
 pub const FRAME_RECORDS_MAX: usize = 4096;
 /// Largest archived event. A `CreateHunt` with every waypoint and treasure fits well inside.
 pub const EVENT_BYTES_MAX: usize = 4096;
+/// Size of an archived event's fixed part (`ArchivedEvent`: hunt, player, client session,
+/// seq and time stamp 8 each, the kind 20, padding): a check-in or a join is this and nothing
+/// more, one cache line; a claim adds its code. Checked by a test.
+pub const EVENT_FIXED_BYTES: usize = 64;
 /// Largest archived reply: a leaderboard of `LEADERBOARD_TOP_K_MAX` entries fits inside.
 pub const REPLY_BYTES_MAX: usize = 512;
 /// Size of an archived reply without a leaderboard (`Busy`, `Accepted`…); checked by a test.
@@ -171,6 +176,16 @@ pub const CLAIM_WRONG_CODES_MAX: usize = 32;
 pub const PLAYER_TABLE_ENTRIES_MAX: usize = 2 * PLAYERS_PER_HUNT_MAX;
 /// Entries of a new hunt's player table; it doubles as players join.
 pub const PLAYER_TABLE_ENTRIES_MIN: usize = 16;
+/// Client sessions one partition remembers for de-duplicating retries (`core::partition_sessions`).
+/// A new session past it evicts the one whose last event is oldest in the partition's own
+/// count of applied events; a retry of an evicted session's event is applied again. Enough for
+/// every connection of a busy bench (64 per shard) to keep its place.
+pub const SESSIONS_PER_PARTITION_MAX: usize = 64;
+/// Most recent events of one session whose outcome class a partition remembers: a retry of
+/// one of them is answered `Duplicate` with its class; an older one `DuplicateUnknown`. It
+/// covers a client's unanswered events in one partition at a crash when it is no smaller than
+/// what the client keeps in flight towards that partition.
+pub const SESSION_WINDOW_EVENTS_MAX: usize = 32;
 
 // ---------------------------------------------------------------------------------------------
 // Back-pressure budgets (see `core::credit`). Configuration may lower them.
@@ -324,7 +339,8 @@ pub const PROFILE_PERF_STOP_MS_MAX: u64 = 30_000;
 /// The eight bytes every log segment starts with.
 pub const WAL_MAGIC: [u8; 8] = *b"TROVWAL\0";
 /// The log format this build writes and reads. A segment of another version is refused.
-pub const WAL_FORMAT_VERSION: u32 = 1;
+/// 2: records hold events with their client session (`Event::client_session`).
+pub const WAL_FORMAT_VERSION: u32 = 2;
 /// Size of one pre-allocated log segment file.
 pub const WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// The segment header's share of a segment: one block of the largest alignment supported, so
@@ -396,7 +412,8 @@ const _: () = assert!(
 /// The eight bytes every snapshot file starts with.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TROVSNAP";
 /// The snapshot format this build writes and reads. A snapshot of another version is refused.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// 2: a partition's snapshot holds its table of client sessions (`core::partition_sessions`).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 /// A snapshot file's header: one block of the largest alignment supported, so the archive
 /// after it starts aligned.
 pub const SNAPSHOT_HEADER_BYTES: usize = WAL_BLOCK_BYTES_MAX;
@@ -415,7 +432,13 @@ pub const SNAPSHOT_ARCHIVE_BYTES_MAX: usize = 64
             + PLAYERS_PER_HUNT_MAX * (SNAPSHOT_PLAYER_BYTES + TREASURES_PER_HUNT_MAX) // players
             + WAYPOINTS_PER_HUNT_MAX * 16 // waypoints: position, radius, points
             + TREASURES_PER_HUNT_MAX * 24 // treasures: code hash, points, winner
-            + LEADERBOARD_TOP_K_MAX * 16); // the leaderboard
+            + LEADERBOARD_TOP_K_MAX * 16) // the leaderboard
+    + 16 // the session table: its applied-event count and vector
+    + SESSIONS_PER_PARTITION_MAX * SNAPSHOT_SESSION_BYTES;
+/// One client session in a snapshot's archive (`core::snapshot::SessionSnapshot`): id, last
+/// use, highest and forgotten seqs 32, cursor 4, two vectors 16, padding, and its window of
+/// seqs (8 each) and outcome classes (2 each).
+pub const SNAPSHOT_SESSION_BYTES: usize = 64 + SESSION_WINDOW_EVENTS_MAX * 10;
 /// Snapshots kept per partition, at most: the newest, and the one before it to fall back to
 /// when the newest is damaged. The log is kept from the older one on.
 pub const SNAPSHOT_GENERATIONS_MAX: usize = 2;
@@ -584,9 +607,9 @@ pub const HUNT_BYTES_MAX: usize = 256;
 /// A partition's hunt slot (`core::hunt::HuntSlot`): id 8, pointer 8.
 pub const HUNT_SLOT_BYTES: usize = 16;
 /// A shard's entry for one partition (`Option<core::hunt::PartitionState>`): the hunt slots
-/// inline, the partition id and the occupied set. Every shard has one per partition of the
-/// node, `None` for the partitions it does not serve.
-pub const PARTITION_SLOT_BYTES_MAX: usize = HUNTS_PER_PARTITION_MAX * HUNT_SLOT_BYTES + 16;
+/// inline, the partition id and the occupied set 8, the session table's pointer 8, the option's tag 8.
+/// Every shard has one per partition of the node, `None` for the partitions it does not serve.
+pub const PARTITION_SLOT_BYTES_MAX: usize = HUNTS_PER_PARTITION_MAX * HUNT_SLOT_BYTES + 24;
 /// One partition's owner in a shard's copy of the placement (`core::partition::Owner`).
 pub const PLACEMENT_OWNER_BYTES_MAX: usize = 24;
 /// Longest host a node may advertise (`--advertise`), in bytes: a DNS name's limit.
@@ -614,9 +637,26 @@ pub const HUNT_STATE_BYTES_MAX: usize = HUNT_BYTES_MAX // the hunt's own fields
     + LEADERBOARD_TOP_K_MAX.next_power_of_two() * LEADERBOARD_ENTRY_BYTES // a doubling Vec
     + HUNT_ALLOCATIONS * ALLOCATION_OVERHEAD_BYTES; // the allocator's share of each
 
-/// Worst-case bytes of the hunts of one partition (its slots live in the shards' partition
-/// tables, [`PARTITION_SLOT_BYTES_MAX`]).
-pub const PARTITION_STATE_BYTES_MAX: usize = HUNTS_PER_PARTITION_MAX * HUNT_STATE_BYTES_MAX;
+/// One session of a partition's session table (`core::partition_sessions::SessionEntry`):
+/// its last use, highest and forgotten seqs 32, the window's length and cursor, padding to 64
+/// (it is aligned to a cache line), then its window of seqs beside their outcome classes (16
+/// each, padded). A `const` assert there holds it.
+pub const SESSION_ENTRY_BYTES: usize = 64 + SESSION_WINDOW_EVENTS_MAX * 16;
+/// Allocations of a session table: the table itself (boxed, so a partition without sessions
+/// pays a pointer), its ids and its entries.
+const SESSION_TABLE_ALLOCATIONS: usize = 3;
+/// Worst-case bytes of one partition's session table (`core::partition_sessions`): the
+/// table's own fields, then each session's id (scanned apart) and entry. Both vectors double
+/// up to `SESSIONS_PER_PARTITION_MAX`, a power of two, and end there.
+pub const SESSION_TABLE_BYTES_MAX: usize = 64
+    + SESSIONS_PER_PARTITION_MAX * (8 + SESSION_ENTRY_BYTES)
+    + SESSION_TABLE_ALLOCATIONS * ALLOCATION_OVERHEAD_BYTES;
+const _: () = assert!(SESSIONS_PER_PARTITION_MAX.is_power_of_two());
+
+/// Worst-case bytes of the hunts and client sessions of one partition (its slots live in the
+/// shards' partition tables, [`PARTITION_SLOT_BYTES_MAX`]).
+pub const PARTITION_STATE_BYTES_MAX: usize =
+    HUNTS_PER_PARTITION_MAX * HUNT_STATE_BYTES_MAX + SESSION_TABLE_BYTES_MAX;
 
 /// While a table doubles, its old array and the new one are both alive: one hunt's player
 /// table and wrong-code references at most per shard, since a shard applies one event at a time.

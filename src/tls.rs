@@ -354,6 +354,7 @@ mod tests {
             let event = Event {
                 hunt: HuntId(seq % 7),
                 player: PlayerId(seq),
+                client_session: 0,
                 client_seq: seq,
                 client_ts: seq,
                 kind: EventKind::Join,

@@ -474,6 +474,7 @@ pub fn create_hunt(seq: u64) -> Event {
     Event {
         hunt: HuntId(seq),
         player: PlayerId(1),
+        client_session: 0,
         client_seq: seq,
         client_ts: 0,
         kind: EventKind::CreateHunt(HuntSpec::default()),

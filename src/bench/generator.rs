@@ -245,11 +245,13 @@ struct Generator<'a, P: Protocol> {
     recorder: Recorder<'a>,
 }
 
-/// Runs one generator thread to the end of its schedule and returns what it measured.
+/// Runs one generator thread to the end of its schedule and returns what it measured. The
+/// thread is one client session (`Event::client_session`, random per run so that a second run
+/// against the same node is not taken for retries of the first): its seqs grow from 1.
 pub fn run<P: Protocol>(
     protocol: P,
     streams: Vec<Connection>,
-    maker: EventMaker,
+    mut maker: EventMaker,
     load: Load,
     schedule: Schedule,
     intervals: &flume::Sender<IntervalReport>,
@@ -287,6 +289,7 @@ pub fn run<P: Protocol>(
         interval: None,
         intervals,
     };
+    maker.set_session(crate::client::new_session());
     let mut generator = Generator {
         protocol,
         links,

@@ -795,6 +795,7 @@ mod tests {
         Event {
             hunt: HuntId(7),
             player: PlayerId(42),
+            client_session: 0,
             client_seq: 1,
             client_ts: 99,
             kind,

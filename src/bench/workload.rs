@@ -16,7 +16,7 @@ use crate::constants::{
 };
 use crate::core::ids::{HuntId, PlayerId, TreasureId};
 use crate::core::message::{
-    Event, EventKind, HuntSpec, Position, TreasureSpec, WaypointSpec, claim_code_hash,
+    Event, EventKind, HuntSpec, NO_SESSION, Position, TreasureSpec, WaypointSpec, claim_code_hash,
 };
 use crate::core::rng::Rng;
 
@@ -282,6 +282,7 @@ impl Workload {
             Event {
                 hunt,
                 player: PlayerId(0),
+                client_session: NO_SESSION,
                 client_seq: 0,
                 client_ts: 0,
                 kind: EventKind::CreateHunt(self.hunt_spec(hunt)),
@@ -291,6 +292,7 @@ impl Workload {
             (1..=u64::from(self.players_per_hunt)).map(move |player| Event {
                 hunt: Workload::hunt_id(rank),
                 player: PlayerId(player),
+                client_session: NO_SESSION,
                 client_seq: 0,
                 client_ts: 0,
                 kind: EventKind::Join,
@@ -364,6 +366,7 @@ impl EventMaker {
             event: Event {
                 hunt: HuntId(0),
                 player: PlayerId(0),
+                client_session: NO_SESSION,
                 client_seq: 0,
                 client_ts: 0,
                 kind: EventKind::Join,
@@ -371,6 +374,12 @@ impl EventMaker {
             code: String::new(),
             next_new_player: (u64::from(thread) + 1) << 32,
         }
+    }
+
+    /// Every event from now on carries `session` (`Event::client_session`); set once, so the
+    /// per-event path does not pay for it.
+    pub fn set_session(&mut self, session: u64) {
+        self.event.client_session = session;
     }
 
     /// The next event, stamped with `seq` and `ts`.

@@ -16,6 +16,11 @@
 //! map's epoch pushes its newer map with the replies: the reader that receives it leaves it in
 //! a [`MapMailbox`], and the sender applies it before its next event.
 //!
+//! Every client has a session ([`ClientConfig::session`], random per config and kept by its
+//! clones) that goes out in each event it sends, so that retrying an unanswered event after a
+//! reconnect, with the same config and the same `client_seq`, cannot apply it twice: the
+//! partition answers `Duplicate` with how it went the first time.
+//!
 //! No glommio: a caller needs only threads. The halves may live on different threads.
 //! A node started with a secret is reached with [`ClientConfig::auth`] set: every connection
 //! then passes the handshake of [`auth`] before its first frame. A node started with TLS is
@@ -52,7 +57,7 @@ use crate::core::codec::{
     check_stream_end, decode_frame,
 };
 use crate::core::ids::{Epoch, HuntId, NodeId, ShardId};
-use crate::core::message::{ArchivedReply, Event};
+use crate::core::message::{ArchivedReply, Event, NO_SESSION};
 use crate::core::partition::{MapError, PartitionMap};
 
 /// How to reach a node and how to talk to it.
@@ -73,6 +78,12 @@ pub struct ClientConfig {
     /// Give up a write that the node has not taken after this long, instead of blocking
     /// until the node reads again. `None`: block (back-pressure reaches the caller).
     pub stall_timeout: Option<Duration>,
+    /// The client's session, written into every event sent without one
+    /// (`Event::client_session`): random for each new config ([`new_session`]) and kept by
+    /// its clones, so a client that connects again with the same config (after a lost
+    /// connection or a node restart) and re-sends an unanswered event with its `client_seq`
+    /// has it answered `Duplicate` rather than applied twice. [`NO_SESSION`]: none.
+    pub session: u64,
 }
 
 impl ClientConfig {
@@ -85,8 +96,28 @@ impl ClientConfig {
             auth: None,
             tls: None,
             stall_timeout: None,
+            session: new_session(),
         }
     }
+}
+
+/// A new client session: 64 random bits from the OS, never [`NO_SESSION`]. Two clients picking
+/// the same one by chance would have each other's events taken for retries; at 64 bits that
+/// takes billions of sessions on one partition.
+pub fn new_session() -> u64 {
+    let mut bytes = [0u8; 8];
+    let session = match getrandom::getrandom(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        // No OS randomness (a sandbox without getrandom(2)): std's per-process random keys,
+        // which also differ between calls.
+        Err(_) => {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        }
+    };
+    session.max(1)
 }
 
 /// Why the client could not do what was asked.
@@ -563,8 +594,20 @@ impl EventSender {
         Ok(self.proto.link_for(hunt))
     }
 
-    /// Queues an event for `link` (see [`Self::send`]; an owner hint's link, say).
+    /// Queues an event for `link` (see [`Self::send`]; an owner hint's link, say). An event
+    /// without a session goes out with the client's ([`ClientConfig::session`]; a copy of it
+    /// is archived); one that carries a session keeps it.
     pub fn send_on(&mut self, link: usize, event: &Event) -> Result<(), ClientError> {
+        let stamped;
+        let event = if event.client_session == NO_SESSION && self.config.session != NO_SESSION {
+            stamped = Event {
+                client_session: self.config.session,
+                ..event.clone()
+            };
+            &stamped
+        } else {
+            event
+        };
         self.proto
             .push_event(link, event)
             .map_err(ClientError::Encode)?;

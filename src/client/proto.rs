@@ -466,6 +466,7 @@ mod tests {
         Event {
             hunt: HuntId(hunt),
             player: PlayerId(1),
+            client_session: 0,
             client_seq: seq,
             client_ts: seq,
             kind: EventKind::Claim {

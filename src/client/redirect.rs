@@ -283,6 +283,7 @@ mod tests {
         Event {
             hunt: HuntId(1),
             player: PlayerId(1),
+            client_session: 0,
             client_seq: seq,
             client_ts: 0,
             kind: EventKind::Join,

@@ -1308,6 +1308,7 @@ mod tests {
         Event {
             hunt: HuntId(7),
             player: PlayerId(9),
+            client_session: 0,
             client_seq: seq,
             client_ts: seq * 10,
             kind: EventKind::Claim {
@@ -1678,10 +1679,12 @@ mod tests {
     const EVENT_KINDS: usize = 5;
 
     fn arb_event_of(kind: BoxedStrategy<EventKind>) -> impl Strategy<Value = Event> {
-        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), kind).prop_map(
-            |(hunt, player, client_seq, client_ts, kind)| Event {
+        let ids = (any::<u64>(), any::<u64>(), any::<u64>());
+        (ids, any::<u64>(), any::<u64>(), kind).prop_map(
+            |((hunt, player, client_session), client_seq, client_ts, kind)| Event {
                 hunt: HuntId(hunt),
                 player: PlayerId(player),
+                client_session,
                 client_seq,
                 client_ts,
                 kind,

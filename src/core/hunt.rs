@@ -12,7 +12,10 @@
 //! - scores only grow, so a top-k leaderboard per hunt can be kept exactly and incrementally;
 //! - only a hunt's organiser may end it (`EndHunt`), which frees its slot in the partition;
 //! - events for unknown hunts or players are rejected with a reason, and a full table (hunts
-//!   per partition, players per hunt) is a rejection too, never growth.
+//!   per partition, players per hunt) is a rejection too, never growth;
+//! - a retry of an event of a client session that the partition applied before is answered
+//!   `Duplicate` with its original outcome class and not applied twice
+//!   (`core::partition_sessions`).
 //!
 //! The layout is built for a shard that applies millions of events a second to more state
 //! than its caches hold, where the cost of an event is the cache lines it misses:
@@ -47,8 +50,9 @@ use crate::constants::{
 use crate::core::ids::{HuntId, PartitionId, PlayerId, TreasureId};
 use crate::core::message::{
     ArchivedEvent, ArchivedEventKind, ArchivedHuntSpec, ArchivedPosition, LeaderboardEntry,
-    Outcome, Position, RejectReason, claim_code_hash,
+    NO_SESSION, Outcome, Position, RejectReason, claim_code_hash,
 };
+use crate::core::partition_sessions::SessionTable;
 use crate::core::snapshot::{
     HuntSnapshot, PartitionSnapshot, PlayerSnapshot, RankSnapshot, SnapshotError, TreasureSnapshot,
     WaypointSnapshot,
@@ -728,13 +732,17 @@ struct HuntSlot {
     hunt: Option<Box<Hunt>>,
 }
 
-/// The hunts of one partition. Owned by one shard; never shared.
+/// The hunts of one partition, and the client sessions whose retries it recognises. Owned by
+/// one shard; never shared.
 #[derive(Clone, Debug)]
 pub struct PartitionState {
     partition: PartitionId,
     /// Bit `i` is set when `slots[i]` holds a hunt.
     occupied: u32,
     slots: [HuntSlot; HUNTS_PER_PARTITION_MAX],
+    /// Made at the first event of a session (boxed: a partition no session wrote to pays a
+    /// pointer in every shard's table).
+    sessions: Option<Box<SessionTable>>,
 }
 
 const _: () = assert!(HUNTS_PER_PARTITION_MAX <= u32::BITS as usize);
@@ -745,6 +753,7 @@ impl PartitionState {
             partition,
             occupied: 0,
             slots: std::array::from_fn(|_| HuntSlot::default()),
+            sessions: None,
         }
     }
 
@@ -789,8 +798,34 @@ impl PartitionState {
         prefetch_line(hunt.bands.as_ptr());
     }
 
-    /// Applies one event and says what happened.
+    /// Applies one event and says what happened; a retry of an event of a client session this
+    /// partition applied before is answered `Duplicate` (or `DuplicateUnknown`) and not applied
+    /// again (`core::partition_sessions` says which events count and why the answer is sound).
+    #[inline]
     pub fn apply(&mut self, event: &ArchivedEvent) -> Outcome {
+        let session = event.client_session.to_native();
+        if session == NO_SESSION || matches!(event.kind, ArchivedEventKind::Leaderboard { .. }) {
+            if let Some(sessions) = self.sessions.as_deref_mut() {
+                sessions.tick();
+            }
+            return self.apply_once(event);
+        }
+        // Out of `self` while the event runs, so the state and the table are borrowed apart.
+        let mut sessions = self.sessions.take().unwrap_or_default();
+        sessions.tick();
+        let seq = event.client_seq.to_native();
+        let outcome = sessions.once(session, seq, || self.apply_once(event));
+        self.sessions = Some(sessions);
+        outcome
+    }
+
+    /// The client sessions this partition remembers, if any event of one was applied.
+    pub fn sessions(&self) -> Option<&SessionTable> {
+        self.sessions.as_deref()
+    }
+
+    /// Applies one event, retry or not.
+    fn apply_once(&mut self, event: &ArchivedEvent) -> Outcome {
         let hunt_id = event.hunt.get();
         let player = event.player.get();
         if let ArchivedEventKind::CreateHunt(spec) = &event.kind {
@@ -901,6 +936,7 @@ impl PartitionState {
         PartitionSnapshot {
             partition: self.partition.0,
             hunts,
+            sessions: self.sessions.as_deref().map(SessionTable::export),
         }
     }
 
@@ -915,6 +951,9 @@ impl PartitionState {
                 hunt: Some(Box::new(Hunt::import(hunt))),
             };
             state.occupied |= 1 << at;
+        }
+        if let Some(sessions) = &snapshot.sessions {
+            state.sessions = Some(Box::new(SessionTable::import(sessions)?));
         }
         Ok(state)
     }
@@ -1048,7 +1087,9 @@ const fn slots_mask() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::message::{Event, EventKind, HuntSpec, TreasureSpec, WaypointSpec};
+    use crate::core::message::{
+        Event, EventKind, HuntSpec, OutcomeClass, TreasureSpec, WaypointSpec,
+    };
     use proptest::prelude::*;
 
     const HUNT: HuntId = HuntId(1);
@@ -1061,6 +1102,7 @@ mod tests {
         let event = Event {
             hunt: HUNT,
             player: PlayerId(player),
+            client_session: 0,
             client_seq: 0,
             client_ts: 0,
             kind,
@@ -1068,6 +1110,117 @@ mod tests {
         let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&event).unwrap();
         let archived = rkyv::access::<ArchivedEvent, rkyv::rancor::Error>(&bytes).unwrap();
         state.apply(archived)
+    }
+
+    /// Applies `kind` by `player` as event `seq` of client session `session`.
+    fn apply_as(
+        state: &mut PartitionState,
+        (session, seq): (u64, u64),
+        player: u64,
+        kind: EventKind,
+    ) -> Outcome {
+        let event = Event {
+            hunt: HUNT,
+            player: PlayerId(player),
+            client_session: session,
+            client_seq: seq,
+            client_ts: 0,
+            kind,
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&event).unwrap();
+        let archived = rkyv::access::<ArchivedEvent, rkyv::rancor::Error>(&bytes).unwrap();
+        state.apply(archived)
+    }
+
+    #[test]
+    fn a_retry_is_answered_with_its_original_class_and_not_applied_again() {
+        let mut state = PartitionState::new(PartitionId(0));
+        let created = apply_as(&mut state, (7, 1), 1, EventKind::CreateHunt(spec(1)));
+        assert_eq!(created, Outcome::Accepted { score: 0 });
+        apply_as(&mut state, (7, 2), 2, EventKind::Join);
+        let check_in = || EventKind::CheckIn { position: PARIS };
+        assert_eq!(
+            apply_as(&mut state, (7, 3), 2, check_in()),
+            Outcome::Accepted { score: 10 }
+        );
+        // Without its session the same check-in is applied again (and finds it done).
+        assert!(matches!(
+            apply_as(&mut state, (0, 3), 2, check_in()),
+            Outcome::Accepted { score: 15 }
+        ));
+        let duplicate = |original| Outcome::Duplicate { original };
+        for (seq, class) in [
+            (1, OutcomeClass::Accepted),
+            (2, OutcomeClass::Accepted),
+            (3, OutcomeClass::Accepted),
+        ] {
+            assert_eq!(
+                apply_as(&mut state, (7, seq), 2, check_in()),
+                duplicate(class)
+            );
+        }
+        assert_eq!(state.score_of(HUNT, PlayerId(2)), Some(15));
+        // Another session's seq 3 is another event.
+        assert_eq!(
+            apply_as(&mut state, (8, 3), 2, check_in()),
+            Outcome::Rejected {
+                reason: RejectReason::AlreadyCheckedIn
+            }
+        );
+        assert_eq!(
+            apply_as(&mut state, (8, 3), 2, EventKind::Join),
+            duplicate(OutcomeClass::Rejected {
+                reason: RejectReason::AlreadyCheckedIn
+            }),
+            "a rejection is remembered too"
+        );
+    }
+
+    #[test]
+    fn a_retried_wrong_code_counts_once() {
+        let mut state = hunt_with_players(1, 1);
+        let wrong = || EventKind::Claim {
+            treasure: TreasureId(0),
+            code: "nope".into(),
+        };
+        for seq in 0..CLAIM_WRONG_CODES_MAX as u64 - 1 {
+            apply_as(&mut state, (7, seq), 1, wrong());
+            // Each one re-sent after a lost connection.
+            let again = apply_as(&mut state, (7, seq), 1, wrong());
+            assert!(matches!(again, Outcome::Duplicate { .. }), "{again:?}");
+        }
+        let right = EventKind::Claim {
+            treasure: TreasureId(0),
+            code: "code-0".into(),
+        };
+        assert!(matches!(
+            apply_as(&mut state, (7, 100), 1, right),
+            Outcome::Claimed { .. }
+        ));
+    }
+
+    #[test]
+    fn a_leaderboard_is_read_afresh_and_an_old_retry_is_unknown() {
+        let mut state = hunt_with_players(2, 0);
+        let board = || EventKind::Leaderboard { top_k: 2 };
+        let first = apply_as(&mut state, (7, 1), 1, board());
+        assert!(matches!(first, Outcome::Leaderboard { .. }));
+        assert_eq!(apply_as(&mut state, (7, 1), 1, board()), first);
+        let join = || EventKind::Join;
+        let window = crate::constants::SESSION_WINDOW_EVENTS_MAX as u64;
+        for seq in 2..=window + 2 {
+            apply_as(&mut state, (7, seq), 1, join());
+        }
+        assert_eq!(
+            apply_as(&mut state, (7, 2), 1, join()),
+            Outcome::DuplicateUnknown
+        );
+        assert!(matches!(
+            apply_as(&mut state, (7, 3), 1, join()),
+            Outcome::Duplicate { .. }
+        ));
+        let table = state.sessions().expect("a session wrote");
+        assert_eq!(table.highest(7), Some(window + 2));
     }
 
     fn spec(treasures: usize) -> HuntSpec {
@@ -1255,6 +1408,7 @@ mod tests {
             let event = Event {
                 hunt: HuntId(hunt),
                 player: PlayerId(0),
+                client_session: 0,
                 client_seq: 0,
                 client_ts: 0,
                 kind: EventKind::CreateHunt(spec(0)),
@@ -1266,6 +1420,7 @@ mod tests {
         let event = Event {
             hunt: HuntId(9_999),
             player: PlayerId(0),
+            client_session: 0,
             client_seq: 0,
             client_ts: 0,
             kind: EventKind::CreateHunt(spec(0)),
@@ -1348,6 +1503,7 @@ mod tests {
         Event {
             hunt: HuntId(hunt),
             player: PlayerId(player),
+            client_session: 0,
             client_seq: 0,
             client_ts: 0,
             kind,

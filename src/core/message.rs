@@ -77,12 +77,22 @@ pub enum EventKind {
 pub struct Event {
     pub hunt: HuntId,
     pub player: PlayerId,
-    /// Chosen by the client, echoed in the reply, so the client can match them.
+    /// The client's session: a number the client picks at random for itself and keeps across
+    /// reconnects, so that a retry of an event is recognised ([`NO_SESSION`], 0: none, and no
+    /// de-duplication). With `client_seq` it names the event: each partition remembers the
+    /// events of a session it applied and answers a retry `Duplicate` instead of applying it
+    /// twice (`core::partition_sessions`).
+    pub client_session: u64,
+    /// Chosen by the client, echoed in the reply, so the client can match them. Within a
+    /// session, a new event takes a `client_seq` above every earlier one's; a retry keeps its own.
     pub client_seq: u64,
     /// Opaque to the engine and echoed in the reply: the client puts its send time here.
     pub client_ts: u64,
     pub kind: EventKind,
 }
+
+/// The `client_session` of an event that asks for no de-duplication (a hand-written tool).
+pub const NO_SESSION: u64 = 0;
 
 /// Why an event was refused. Refusals are answers, not errors: the event was well formed.
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -181,6 +191,53 @@ pub enum Outcome {
     /// The event's partition is owned by shard `shard` of node `node` since placement
     /// `epoch`: the receiver did not apply it. Send it there (and fetch the newer map).
     Moved { node: u32, shard: u16, epoch: u32 },
+    /// A retry: the partition applied this event (same `client_session` and `client_seq`)
+    /// before and did not apply it again. `original` is how it went then: its class, not its
+    /// numbers (a score may have changed since; read it back if it matters).
+    Duplicate { original: OutcomeClass },
+    /// A retry of an event older than what the partition remembers of its session (its
+    /// `client_seq` is at or below one the partition has forgotten, past
+    /// `SESSION_WINDOW_EVENTS_MAX` later events of the session): not applied now, and the
+    /// partition cannot tell how it went. A session's events reach a partition in the order
+    /// they were sent, so it was applied before, unless the client re-sent it after later
+    /// events of the same partition were applied (an event answered `Busy` or `Moved` and
+    /// re-sent late): read the state back before deciding.
+    DuplicateUnknown,
+}
+
+/// How an applied event went, without its numbers: what a partition remembers of each recent
+/// event of a session, and what it answers a retry of one with.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[rkyv(derive(Debug, PartialEq, Eq, Hash, Clone, Copy))]
+pub enum OutcomeClass {
+    /// It was `Accepted`.
+    Accepted,
+    /// It was `Claimed`: the player won the treasure.
+    Claimed,
+    /// It was `AlreadyClaimed`.
+    AlreadyClaimed,
+    /// It was `Rejected` for `reason`: it changed nothing (bar a wrong code's count).
+    Rejected { reason: RejectReason },
+}
+
+impl OutcomeClass {
+    /// The class of an outcome of `PartitionState::apply` that changes or may change state;
+    /// `None` for an answer that is not one (a leaderboard, which is read-only, or an answer
+    /// given without applying: `Busy`, `Error`, `Moved`, duplicates).
+    pub fn of(outcome: &Outcome) -> Option<OutcomeClass> {
+        match outcome {
+            Outcome::Accepted { .. } => Some(OutcomeClass::Accepted),
+            Outcome::Claimed { .. } => Some(OutcomeClass::Claimed),
+            Outcome::AlreadyClaimed { .. } => Some(OutcomeClass::AlreadyClaimed),
+            Outcome::Rejected { reason } => Some(OutcomeClass::Rejected { reason: *reason }),
+            Outcome::Leaderboard { .. }
+            | Outcome::Busy
+            | Outcome::Error { .. }
+            | Outcome::Moved { .. }
+            | Outcome::Duplicate { .. }
+            | Outcome::DuplicateUnknown => None,
+        }
+    }
 }
 
 /// The reply to one event, matched to it by `client_seq`.
@@ -292,11 +349,43 @@ pub fn claim_code_hash(code: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::constants::{REPLY_BYTES_MAX, REPLY_FIXED_BYTES};
+    use crate::constants::{EVENT_FIXED_BYTES, REPLY_BYTES_MAX, REPLY_FIXED_BYTES};
+
+    #[test]
+    fn a_check_in_is_one_cache_line_on_the_wire() {
+        assert_eq!(std::mem::size_of::<ArchivedEvent>(), EVENT_FIXED_BYTES);
+        let check_in = Event {
+            hunt: HuntId(u64::MAX),
+            player: PlayerId(u64::MAX),
+            client_session: u64::MAX,
+            client_seq: u64::MAX,
+            client_ts: u64::MAX,
+            kind: EventKind::CheckIn {
+                position: Position::default(),
+            },
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&check_in).unwrap();
+        assert_eq!(bytes.len(), EVENT_FIXED_BYTES);
+    }
 
     #[test]
     fn reply_sizes_match_the_limits_memory_is_computed_from() {
         assert_eq!(std::mem::size_of::<ArchivedReply>(), REPLY_FIXED_BYTES);
+        let duplicate = Reply {
+            client_seq: u64::MAX,
+            client_ts: u64::MAX,
+            outcome: Outcome::Duplicate {
+                original: OutcomeClass::Rejected {
+                    reason: RejectReason::NotOrganiser,
+                },
+            },
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&duplicate).unwrap();
+        assert_eq!(
+            bytes.len(),
+            REPLY_FIXED_BYTES,
+            "a duplicate's answer is fixed-size"
+        );
         let full_board = Reply {
             client_seq: u64::MAX,
             client_ts: u64::MAX,

@@ -14,6 +14,7 @@ pub mod hunt;
 pub mod ids;
 pub mod message;
 pub mod partition;
+pub mod partition_sessions;
 pub mod rng;
 pub mod shard;
 pub mod snapshot;

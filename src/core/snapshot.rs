@@ -12,15 +12,45 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::constants::{
-    HUNTS_PER_PARTITION_MAX, LEADERBOARD_TOP_K_MAX, PLAYERS_PER_HUNT_MAX, TREASURES_PER_HUNT_MAX,
+    HUNTS_PER_PARTITION_MAX, LEADERBOARD_TOP_K_MAX, PLAYERS_PER_HUNT_MAX,
+    SESSION_WINDOW_EVENTS_MAX, SESSIONS_PER_PARTITION_MAX, TREASURES_PER_HUNT_MAX,
     WAYPOINT_RADIUS_M_MAX, WAYPOINTS_PER_HUNT_MAX,
 };
+use crate::core::message::{NO_SESSION, OutcomeClass};
 
-/// A partition's hunts.
+/// A partition's hunts and the client sessions it remembers.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct PartitionSnapshot {
     pub partition: u32,
     pub hunts: Vec<HuntSnapshot>,
+    /// `None` until the partition applied an event of a session.
+    pub sessions: Option<SessionsSnapshot>,
+}
+
+/// A partition's table of client sessions (`core::partition_sessions`).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SessionsSnapshot {
+    /// Events the partition applied since the table was made: what sessions age by.
+    pub applied_events: u64,
+    /// In the table's order.
+    pub sessions: Vec<SessionSnapshot>,
+}
+
+/// One client session's recent events in a partition.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SessionSnapshot {
+    pub id: u64,
+    /// The partition's applied-event count when this session's last event was recorded.
+    pub last_used: u64,
+    /// The highest `client_seq` applied.
+    pub highest: u64,
+    /// Seqs at or below this that `seqs` does not hold are forgotten.
+    pub forgotten_up_to: Option<u64>,
+    /// The window as a ring, slot by slot: `seqs[i]` went as `classes[i]`; slot `next` is
+    /// overwritten next.
+    pub seqs: Vec<u64>,
+    pub classes: Vec<OutcomeClass>,
+    pub next: u32,
 }
 
 /// One hunt, in the slot of the partition it occupies.
@@ -107,6 +137,50 @@ impl PartitionSnapshot {
             }
             ids.push(hunt.id);
             hunt.check()?;
+        }
+        match &self.sessions {
+            Some(sessions) => sessions.check(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl SessionsSnapshot {
+    /// Checks the limits and invariants `SessionTable::import` relies on.
+    pub fn check(&self) -> Result<(), SnapshotError> {
+        if self.sessions.len() > SESSIONS_PER_PARTITION_MAX {
+            return invalid(format!(
+                "it holds {} client sessions; a partition holds at most {SESSIONS_PER_PARTITION_MAX}",
+                self.sessions.len()
+            ));
+        }
+        let mut ids = std::collections::HashSet::with_capacity(self.sessions.len());
+        for session in &self.sessions {
+            let id = session.id;
+            if id == NO_SESSION || !ids.insert(id) {
+                return invalid(format!("client session {id} is 0 or appears twice"));
+            }
+            let len = session.seqs.len();
+            let window_fits = len > 0
+                && len <= SESSION_WINDOW_EVENTS_MAX
+                && session.classes.len() == len
+                && (session.next as usize) < SESSION_WINDOW_EVENTS_MAX
+                && (len == SESSION_WINDOW_EVENTS_MAX || session.next as usize == len);
+            if !window_fits {
+                return invalid(format!(
+                    "client session {id} has a window that is empty, too long or out of shape"
+                ));
+            }
+            // The highest is in the window, or left it (gaps filled after it pushed it out).
+            let highest = session.highest;
+            let highest_known = session.seqs.iter().all(|&seq| seq <= highest)
+                && (session.seqs.contains(&highest)
+                    || session.forgotten_up_to.is_some_and(|f| f >= highest));
+            if !highest_known || session.last_used > self.applied_events {
+                return invalid(format!(
+                    "client session {id} has lost its highest seq, or was used in the future"
+                ));
+            }
         }
         Ok(())
     }
@@ -220,10 +294,34 @@ mod tests {
         Event {
             hunt: HuntId(u64::from(hunt % 3)),
             player: PlayerId(u64::from(player % 24)),
+            client_session: 0,
             client_seq: 0,
             client_ts: 0,
             kind,
         }
+    }
+
+    /// Events of client sessions, as `event` makes them with growing seqs: half of them of
+    /// session 1 (its window fills and forgets), the rest spread over 256 sessions (the table
+    /// fills and evicts), a few with none; one in six re-sends an earlier event unchanged.
+    fn with_sessions(raw: Vec<(u8, u8, u8, u8)>) -> Vec<Event> {
+        let mut events: Vec<Event> = Vec::with_capacity(raw.len());
+        for (at, raw) in raw.into_iter().enumerate() {
+            if raw.3 % 6 == 0 && at > 0 {
+                let again = events[usize::from(raw.2) % at].clone();
+                events.push(again);
+                continue;
+            }
+            let mut event = event(raw);
+            event.client_session = if raw.0 & 0x80 != 0 {
+                1
+            } else {
+                u64::from(raw.2)
+            };
+            event.client_seq = at as u64;
+            events.push(event);
+        }
+        events
     }
 
     fn apply(state: &mut PartitionState, event: &Event) -> Outcome {
@@ -242,13 +340,14 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         /// Replaying the rest of a log onto a snapshot taken after any prefix of it gives the
-        /// same outcomes and the same state as applying the whole log to a fresh partition.
+        /// same outcomes and the same state as applying the whole log to a fresh partition,
+        /// client sessions included: a retry is answered the same way on both sides.
         #[test]
         fn replaying_after_a_snapshot_equals_applying_from_scratch(
             raw in prop::collection::vec(any::<(u8, u8, u8, u8)>(), 0..400),
             cut in any::<prop::sample::Index>(),
         ) {
-            let events: Vec<Event> = raw.into_iter().map(event).collect();
+            let events = with_sessions(raw);
             let cut = cut.index(events.len() + 1);
             let mut whole = PartitionState::new(PartitionId(5));
             let expected: Vec<Outcome> = events.iter().map(|e| apply(&mut whole, e)).collect();
@@ -334,6 +433,29 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_after_a_restart_from_a_snapshot_is_still_a_duplicate() {
+        let of_session = |mut event: Event, seq| {
+            event.client_session = 9;
+            event.client_seq = seq;
+            event
+        };
+        let create = of_session(event((0, 0, 1, 0)), 1);
+        let join = of_session(event((1, 0, 2, 0)), 2);
+        let mut state = PartitionState::new(PartitionId(1));
+        assert_eq!(apply(&mut state, &create), Outcome::Accepted { score: 0 });
+        assert_eq!(apply(&mut state, &join), Outcome::Accepted { score: 0 });
+        let snapshot = round_trip(&state.export());
+        assert!(snapshot.sessions.is_some());
+        let mut resumed = PartitionState::import(&snapshot).unwrap();
+        assert_eq!(resumed.export(), state.export());
+        let duplicate = Outcome::Duplicate {
+            original: OutcomeClass::Accepted,
+        };
+        assert_eq!(apply(&mut resumed, &join), duplicate);
+        assert_eq!(apply(&mut resumed, &create), duplicate);
+    }
+
+    #[test]
     fn the_largest_partition_fits_the_snapshot_archive_limit() {
         use crate::constants::SNAPSHOT_ARCHIVE_BYTES_MAX;
         let mut state = PartitionState::new(PartitionId(0));
@@ -355,6 +477,7 @@ mod tests {
         let at = |hunt: u64, player: u64, kind: EventKind| Event {
             hunt: HuntId(hunt),
             player: PlayerId(player),
+            client_session: 0,
             client_seq: 0,
             client_ts: 0,
             kind,
@@ -377,7 +500,20 @@ mod tests {
                 apply(&mut state, &at(hunt, id, check_in));
             }
         }
+        // Every session the table holds, each with a full window (of rejected joins).
+        for session in 1..=SESSIONS_PER_PARTITION_MAX as u64 {
+            for seq in 0..SESSION_WINDOW_EVENTS_MAX as u64 {
+                let join = Event {
+                    client_session: session,
+                    client_seq: u64::MAX - seq,
+                    ..at(0, u64::MAX, EventKind::Join)
+                };
+                apply(&mut state, &join);
+            }
+        }
         let snapshot = state.export();
+        let sessions = snapshot.sessions.as_ref().expect("sessions wrote");
+        assert_eq!(sessions.sessions.len(), SESSIONS_PER_PARTITION_MAX);
         assert_eq!(snapshot.hunts.len(), HUNTS_PER_PARTITION_MAX);
         assert!(snapshot.hunts.iter().all(|h| {
             h.players.len() == PLAYERS_PER_HUNT_MAX

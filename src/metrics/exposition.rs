@@ -763,6 +763,7 @@ mod tests {
         let event = Event {
             hunt: crate::core::ids::HuntId(1),
             player: crate::core::ids::PlayerId(1),
+            client_session: 0,
             client_seq: 0,
             client_ts: 0,
             kind,

@@ -16,7 +16,7 @@
 use crate::constants::HUNTS_PER_PARTITION_MAX;
 use crate::core::ids::{HuntId, PartitionId, PlayerId, TreasureId};
 use crate::core::message::{
-    Event, EventKind, HuntSpec, Position, TreasureSpec, WaypointSpec, claim_code_hash,
+    Event, EventKind, HuntSpec, NO_SESSION, Position, TreasureSpec, WaypointSpec, claim_code_hash,
 };
 use crate::core::partition::Partitioner;
 use crate::core::rng::Rng;
@@ -121,6 +121,9 @@ impl Workload {
             event: Event {
                 hunt: hunt.id,
                 player: state.player,
+                // The engine numbers events its own way (`client_seq` is an index into its
+                // log of sends), not per session: no de-duplication.
+                client_session: NO_SESSION,
                 client_seq: seq,
                 client_ts: send_ns,
                 kind,

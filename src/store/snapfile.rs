@@ -49,9 +49,13 @@ impl std::fmt::Display for SnapshotFileError {
         match self {
             SnapshotFileError::Short => write!(f, "the file is shorter than a snapshot header"),
             SnapshotFileError::Magic => write!(f, "it is not a trove snapshot (wrong magic)"),
+            SnapshotFileError::Version(version) if *version < SNAPSHOT_FORMAT_VERSION => write!(
+                f,
+                "it has snapshot format version {version}, written by an older trove; this build reads version {SNAPSHOT_FORMAT_VERSION} only (version 2 added the client sessions that make retries safe) and does not convert data dirs: keep the data dir with the trove that wrote it, or start this one on an empty --data-dir"
+            ),
             SnapshotFileError::Version(version) => write!(
                 f,
-                "it has snapshot format version {version}; this build reads version {SNAPSHOT_FORMAT_VERSION}"
+                "it has snapshot format version {version}; this build reads version {SNAPSHOT_FORMAT_VERSION}: a newer trove wrote it"
             ),
             SnapshotFileError::HeaderChecksum => write!(f, "its header checksum does not match"),
             SnapshotFileError::Foreign {
@@ -161,7 +165,11 @@ fn read_u64(bytes: &[u8], at: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::snapshot::{HuntSnapshot, PlayerSnapshot, RankSnapshot, TreasureSnapshot};
+    use crate::core::message::{OutcomeClass, RejectReason};
+    use crate::core::snapshot::{
+        HuntSnapshot, PlayerSnapshot, RankSnapshot, SessionSnapshot, SessionsSnapshot,
+        TreasureSnapshot,
+    };
 
     fn identity() -> LogIdentity {
         LogIdentity {
@@ -195,7 +203,42 @@ mod tests {
                     score: 10,
                 }],
             }],
+            sessions: Some(SessionsSnapshot {
+                applied_events: 12,
+                sessions: vec![SessionSnapshot {
+                    id: 0xfeed,
+                    last_used: 11,
+                    highest: 40,
+                    forgotten_up_to: None,
+                    seqs: vec![39, 40],
+                    classes: vec![
+                        OutcomeClass::Accepted,
+                        OutcomeClass::Rejected {
+                            reason: RejectReason::WrongCode,
+                        },
+                    ],
+                    next: 2,
+                }],
+            }),
         }
+    }
+
+    #[test]
+    fn a_snapshot_of_an_older_format_is_refused_with_what_to_do() {
+        let mut bytes = encode_snapshot(identity(), 1234, &snapshot());
+        bytes[8..12].copy_from_slice(&(SNAPSHOT_FORMAT_VERSION - 1).to_le_bytes());
+        let hash = xxh3_64(&bytes[..HEADER_HASHED_BYTES]);
+        bytes[48..56].copy_from_slice(&hash.to_le_bytes());
+        let error = decode_snapshot(identity(), 9, &bytes).unwrap_err();
+        assert_eq!(
+            error,
+            SnapshotFileError::Version(SNAPSHOT_FORMAT_VERSION - 1)
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("older trove") && message.contains("empty --data-dir"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -258,10 +301,14 @@ mod tests {
     fn an_intact_archive_that_breaks_a_limit_is_refused() {
         let mut bad = snapshot();
         bad.hunts[0].slot = 99;
-        let bytes = encode_snapshot(identity(), 1, &bad);
-        assert!(matches!(
-            decode_snapshot(identity(), 9, &bytes),
-            Err(SnapshotFileError::Archive(_))
-        ));
+        let mut bad_session = snapshot();
+        bad_session.sessions.as_mut().unwrap().sessions[0].highest = 41;
+        for bad in [bad, bad_session] {
+            let bytes = encode_snapshot(identity(), 1, &bad);
+            assert!(matches!(
+                decode_snapshot(identity(), 9, &bytes),
+                Err(SnapshotFileError::Archive(_))
+            ));
+        }
     }
 }

@@ -384,6 +384,7 @@ mod tests {
             let event = Event {
                 hunt: HuntId(seq),
                 player: PlayerId(1),
+                client_session: 0,
                 client_seq: seq,
                 client_ts: 0,
                 kind: EventKind::Leaderboard { top_k: 3 },

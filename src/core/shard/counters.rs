@@ -269,10 +269,13 @@ pub enum OutcomeIndex {
     /// Forwarded to another node whose link failed before the reply came back: applied or
     /// not, nobody here knows (`OutcomeUnknown`).
     OutcomeUnknown,
+    /// Not applied again: a retry of an event its partition applied before (`Duplicate`,
+    /// `DuplicateUnknown`).
+    Duplicate,
 }
 
 impl OutcomeIndex {
-    pub const ALL: [OutcomeIndex; 7] = [
+    pub const ALL: [OutcomeIndex; 8] = [
         OutcomeIndex::Accepted,
         OutcomeIndex::Rejected,
         OutcomeIndex::Busy,
@@ -280,6 +283,7 @@ impl OutcomeIndex {
         OutcomeIndex::Moved,
         OutcomeIndex::ShuttingDown,
         OutcomeIndex::OutcomeUnknown,
+        OutcomeIndex::Duplicate,
     ];
 
     pub fn of(outcome: &Outcome) -> OutcomeIndex {
@@ -304,6 +308,7 @@ impl OutcomeIndex {
                 error: EventError::OutcomeUnknown,
             } => OutcomeIndex::OutcomeUnknown,
             Outcome::Moved { .. } => OutcomeIndex::Moved,
+            Outcome::Duplicate { .. } | Outcome::DuplicateUnknown => OutcomeIndex::Duplicate,
         }
     }
 
@@ -316,6 +321,7 @@ impl OutcomeIndex {
             OutcomeIndex::Moved => "moved",
             OutcomeIndex::ShuttingDown => "shutting_down",
             OutcomeIndex::OutcomeUnknown => "outcome_unknown",
+            OutcomeIndex::Duplicate => "duplicate",
         }
     }
 }

@@ -819,6 +819,7 @@ mod tests {
         Event {
             hunt,
             player: PlayerId(seq % 5),
+            client_session: 0,
             client_seq: seq,
             client_ts: 0,
             kind,

@@ -61,6 +61,7 @@ fn event(seq: u64, hunt: HuntId, kind: EventKind) -> Event {
     Event {
         hunt,
         player: PlayerId(seq % 7),
+        client_session: 0,
         client_seq: seq,
         client_ts: 0,
         kind,
