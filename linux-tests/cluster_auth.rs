@@ -381,17 +381,10 @@ fn a_node_without_the_secret_and_a_node_with_it_cannot_link_and_each_says_why() 
     );
 }
 
-/// `trove bench --cluster 2` with a secret through node 1 only: the bench's nodes get the
-/// secret, its clients and own map requests prove it, and node 1 forwards to node 2 over
-/// authenticated links (the summary counts inter-node messages).
-#[test]
-fn bench_cluster_with_a_secret_runs_over_authenticated_links() {
-    // The bench starts an etcd of its own.
-    if support::installed("etcd").is_none() {
-        return;
-    }
-    let secret = SecretFile::new("bench-cluster-secret", SECRET);
-    let out = secret.dir.join("out");
+/// Runs `trove bench --cluster 2` forwarding everything through node 1 (a short, small run)
+/// with `extra` flags, writing its reports to `out`; asserts it succeeded and returns the
+/// inter-node messages per event its summary reports.
+fn bench_cluster_2_forwarding(extra: &[&str], out: &std::path::Path) -> f64 {
     let output = run_bounded(
         std::process::Command::new(env!("CARGO_BIN_EXE_trove"))
             .args([
@@ -412,10 +405,9 @@ fn bench_cluster_with_a_secret_runs_over_authenticated_links() {
                 "4",
                 "--quiet",
             ])
-            .arg("--auth-secret-file")
-            .arg(&secret.path)
+            .args(extra)
             .arg("--out")
-            .arg(&out),
+            .arg(out),
         Duration::from_secs(120),
     );
     assert!(
@@ -425,9 +417,24 @@ fn bench_cluster_with_a_secret_runs_over_authenticated_links() {
     );
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
-    let messages = summary["cluster"]["link_messages_per_event"]
+    summary["cluster"]["link_messages_per_event"]
         .as_f64()
-        .unwrap();
+        .unwrap()
+}
+
+/// `trove bench --cluster 2` with a secret through node 1 only: the bench's nodes get the
+/// secret, its clients and own map requests prove it, and node 1 forwards to node 2 over
+/// authenticated links (the summary counts inter-node messages).
+#[test]
+fn bench_cluster_with_a_secret_runs_over_authenticated_links() {
+    // The bench starts an etcd of its own.
+    if support::installed("etcd").is_none() {
+        return;
+    }
+    let secret = SecretFile::new("bench-cluster-secret", SECRET);
+    let out = secret.dir.join("out");
+    let secret_path = secret.path.to_str().unwrap();
+    let messages = bench_cluster_2_forwarding(&["--auth-secret-file", secret_path], &out);
     assert!(
         messages > 0.5,
         "node 1 forwarded node 2's events over links: {messages} messages per event"
@@ -901,48 +908,15 @@ fn bench_cluster_with_tls_runs_over_tls_links() {
     }
     let pki = Pki::new("bench-cluster");
     let out = pki.dir.join("out");
-    let output = run_bounded(
-        std::process::Command::new(env!("CARGO_BIN_EXE_trove"))
-            .args([
-                "bench",
-                "--cluster",
-                "2",
-                "--partitions",
-                "16",
-                "--no-shard-aware",
-            ])
-            .args(["--duration", "1", "--warmup", "0", "--connections", "1"])
-            .args([
-                "--closed",
-                "32",
-                "--hunts",
-                "16",
-                "--players",
-                "4",
-                "--quiet",
-            ])
-            .args([
-                "--tls-ca",
-                &pki.ca,
-                "--tls-cert",
-                &pki.node[0],
-                "--tls-key",
-                &pki.node[1],
-            ])
-            .arg("--out")
-            .arg(&out),
-        Duration::from_secs(120),
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
-    let messages = summary["cluster"]["link_messages_per_event"]
-        .as_f64()
-        .unwrap();
+    let tls = [
+        "--tls-ca",
+        pki.ca.as_str(),
+        "--tls-cert",
+        pki.node[0].as_str(),
+        "--tls-key",
+        pki.node[1].as_str(),
+    ];
+    let messages = bench_cluster_2_forwarding(&tls, &out);
     assert!(
         messages > 0.5,
         "node 1 forwarded node 2's events over links: {messages} messages per event"

@@ -1073,6 +1073,20 @@ impl Drop for SmallDisk {
     }
 }
 
+/// A small file system of 256 MiB for test `test`, or `None` after saying why the test is
+/// skipped (making one needs root, mkfs.ext4 and loop devices).
+fn small_disk_or_skip(name: &str, test: &str) -> Option<SmallDisk> {
+    match SmallDisk::new(name, 256) {
+        Ok(disk) => Some(disk),
+        Err(why) => {
+            eprintln!(
+                "SKIPPED {test}...: cannot make a small filesystem ({why}); it needs root, mkfs.ext4 and loop devices"
+            );
+            None
+        }
+    }
+}
+
 fn is_disk_full(outcome: &Outcome) -> bool {
     *outcome
         == Outcome::Error {
@@ -1111,14 +1125,8 @@ fn drive_until(
 
 #[test]
 fn a_full_disk_refuses_new_events_says_so_once_and_resumes_when_space_returns() {
-    let disk = match SmallDisk::new("full", 256) {
-        Ok(disk) => disk,
-        Err(why) => {
-            eprintln!(
-                "SKIPPED a_full_disk_refuses_new_events...: cannot make a small filesystem ({why}); it needs root, mkfs.ext4 and loop devices"
-            );
-            return;
-        }
+    let Some(disk) = small_disk_or_skip("full", "a_full_disk_refuses_new_events") else {
+        return;
     };
     let dir = disk.mount.join("data");
     let mut node = start_node(&dir, &SNAPSHOT_OFTEN).unwrap();
@@ -1207,14 +1215,9 @@ fn wait_for_lines(node: &Node, text: &str, count: usize) {
 
 #[test]
 fn a_node_whose_first_segment_finds_no_space_refuses_events_until_it_can_allocate_it() {
-    let disk = match SmallDisk::new("nospace", 256) {
-        Ok(disk) => disk,
-        Err(why) => {
-            eprintln!(
-                "SKIPPED a_node_whose_first_segment_finds_no_space...: cannot make a small filesystem ({why}); it needs root, mkfs.ext4 and loop devices"
-            );
-            return;
-        }
+    let Some(disk) = small_disk_or_skip("nospace", "a_node_whose_first_segment_finds_no_space")
+    else {
+        return;
     };
     let dir = disk.mount.join("data");
     // A data dir with its layout and no segments: the next start allocates segment 0 anew.
@@ -1269,14 +1272,8 @@ fn a_node_whose_first_segment_finds_no_space_refuses_events_until_it_can_allocat
 
 #[test]
 fn a_new_segment_that_finds_no_space_holds_its_records_answers_until_space_returns() {
-    let disk = match SmallDisk::new("rollover", 256) {
-        Ok(disk) => disk,
-        Err(why) => {
-            eprintln!(
-                "SKIPPED a_new_segment_that_finds_no_space...: cannot make a small filesystem ({why}); it needs root, mkfs.ext4 and loop devices"
-            );
-            return;
-        }
+    let Some(disk) = small_disk_or_skip("rollover", "a_new_segment_that_finds_no_space") else {
+        return;
     };
     let dir = disk.mount.join("data");
     // Snapshots small and often (they fit in the room left), segments never.
@@ -1443,14 +1440,8 @@ fn stop_within(node: &mut Node, bound: Duration) -> (Option<i32>, Duration) {
 
 #[test]
 fn a_failed_disk_refuses_events_answers_everything_stops_in_time_and_loses_nothing_acknowledged() {
-    let disk = match SmallDisk::new("eio", 256) {
-        Ok(disk) => disk,
-        Err(why) => {
-            eprintln!(
-                "SKIPPED a_failed_disk_refuses_events...: cannot make a small filesystem ({why}); it needs root, mkfs.ext4 and loop devices"
-            );
-            return;
-        }
+    let Some(disk) = small_disk_or_skip("eio", "a_failed_disk_refuses_events") else {
+        return;
     };
     let dir = disk.mount.join("data");
     let mut node = start_node(&dir, &[]).unwrap();
@@ -1621,14 +1612,8 @@ fn replies_until_closed(
 
 #[test]
 fn a_node_stopped_while_its_disk_fails_answers_every_event_it_took_and_exits_in_time() {
-    let disk = match SmallDisk::new("eio-stop", 256) {
-        Ok(disk) => disk,
-        Err(why) => {
-            eprintln!(
-                "SKIPPED a_node_stopped_while_its_disk_fails...: cannot make a small filesystem ({why}); it needs root, mkfs.ext4 and loop devices"
-            );
-            return;
-        }
+    let Some(disk) = small_disk_or_skip("eio-stop", "a_node_stopped_while_its_disk_fails") else {
+        return;
     };
     let dir = disk.mount.join("data");
     let mut node = start_node(&dir, &[]).unwrap();
