@@ -1063,9 +1063,30 @@ impl SmallDisk {
     }
 }
 
+impl SmallDisk {
+    /// Unmounts the image; false if it stayed busy for 2 s. A node's io_uring lets go of its
+    /// files some time after the process has exited (a kernel worker tears the ring down), so
+    /// the first try can find the disk busy.
+    fn unmount(&self) -> bool {
+        (0..20).any(|_| {
+            let done = Command::new("umount")
+                .arg(&self.mount)
+                .output()
+                .is_ok_and(|output| output.status.success());
+            if !done {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            done
+        })
+    }
+}
+
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount).output();
+        // Detached lazily rather than left mounted if it stays busy.
+        if !self.unmount() {
+            let _ = Command::new("umount").arg("-l").arg(&self.mount).output();
+        }
         let _ = std::fs::remove_file(&self.image);
         if let Some(base) = self.image.parent() {
             let _ = std::fs::remove_dir_all(base);
@@ -1388,7 +1409,7 @@ impl SmallDisk {
                 String::from_utf8_lossy(&output.stderr)
             );
         };
-        run(&["umount".as_ref(), self.mount.as_os_str()]);
+        assert!(self.unmount(), "{} stayed busy", self.mount.display());
         run(&[
             "mount".as_ref(),
             "-o".as_ref(),
