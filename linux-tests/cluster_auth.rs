@@ -27,10 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
+use rcgen::ExtendedKeyUsagePurpose;
 use trove::client::tls::{TlsClient, TlsClientFiles};
 use trove::cluster::local::{EtcdProcess, NodeProcess};
 use trove::cluster::placement::Placement;
@@ -41,6 +38,7 @@ use trove::core::message::{Event, EventError, EventKind, Outcome, RejectReason};
 use trove::core::partition::Partitioner;
 
 use support::cluster::{ClusterSpec, answers, client_of, etcd_or_skip, poll_for};
+use support::pki::Ca;
 use support::{COMMAND_WAIT, run_bounded, scratch_dir, stderr, trove};
 
 const PARTITIONS: u32 = 16;
@@ -443,41 +441,13 @@ fn bench_cluster_with_a_secret_runs_over_authenticated_links() {
 
 // ---- TLS links ----------------------------------------------------------------------------
 
-/// A certificate authority of the test's own.
-struct Ca {
-    cert: Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    /// `NAME.pem` and `NAME.key` in `dir`: a certificate for 127.0.0.1 signed by this CA,
-    /// with the extended key usages `usages`.
-    fn issue(&self, dir: &Path, name: &str, usages: &[ExtendedKeyUsagePurpose]) -> [String; 2] {
-        let key = KeyPair::generate().unwrap();
-        // 127.0.0.2: where a test's relay listens for a node that advertises it.
-        let names = ["127.0.0.1", "127.0.0.2", "localhost"].map(str::to_owned);
-        let mut params = CertificateParams::new(names.to_vec()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = usages.to_vec();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let (cert_path, key_path) = (
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        [path_text(&cert_path), path_text(&key_path)]
-    }
+/// `NAME.pem` and `NAME.key` in `dir`: a certificate signed by `ca` for 127.0.0.1, 127.0.0.2
+/// (where a test's relay listens for a node that advertises it) and localhost, with the
+/// extended key usages `usages`.
+fn issue(ca: &Ca, dir: &Path, name: &str, usages: &[ExtendedKeyUsagePurpose]) -> [String; 2] {
+    let names = ["127.0.0.1", "127.0.0.2", "localhost"];
+    let (cert, key) = ca.issue(dir, name, &names, usages);
+    [path_text(&cert), path_text(&key)]
 }
 
 fn path_text(path: &Path) -> String {
@@ -512,9 +482,9 @@ impl Pki {
         Pki {
             ca: write("ca.pem", ca.cert.pem()),
             both_cas: write("both-cas.pem", ca.cert.pem() + &other.cert.pem()),
-            node: ca.issue(&dir, "node", &NODE_USAGES),
-            other_node: other.issue(&dir, "other-node", &NODE_USAGES),
-            client: ca.issue(&dir, "client", &[ExtendedKeyUsagePurpose::ClientAuth]),
+            node: issue(&ca, &dir, "node", &NODE_USAGES),
+            other_node: issue(&other, &dir, "other-node", &NODE_USAGES),
+            client: issue(&ca, &dir, "client", &[ExtendedKeyUsagePurpose::ClientAuth]),
             dir,
         }
     }
@@ -863,7 +833,8 @@ fn a_cluster_node_with_tls_and_nothing_to_check_links_by_or_a_server_only_certif
     let ca = Ca::new("a CA for servers only");
     let ca_path = pki.dir.join("server-only-ca.pem");
     std::fs::write(&ca_path, ca.cert.pem()).unwrap();
-    let [cert, key] = ca.issue(
+    let [cert, key] = issue(
+        &ca,
         &pki.dir,
         "server-only",
         &[ExtendedKeyUsagePurpose::ServerAuth],

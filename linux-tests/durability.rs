@@ -391,6 +391,39 @@ fn load(rng: &mut Rng, seq: &mut u64, count: usize) -> Vec<Event> {
         .collect()
 }
 
+/// Every hunt's leaderboard query (numbered on from `seq`), and the node's answers to them.
+fn leaderboards(node: &mut Node, seq: &mut u64) -> (Vec<Event>, HashMap<u64, Reply>) {
+    let queries: Vec<Event> = (0..HUNTS)
+        .map(|hunt| {
+            *seq += 1;
+            leaderboard(hunt, *seq)
+        })
+        .collect();
+    let answers = drive(node, &queries, None);
+    (queries, answers)
+}
+
+/// The events of `hunt` among `sent`, in order, and how many of them were answered: replies
+/// keep each hunt's order, so the answered ones are a prefix (asserted).
+fn events_of_hunt<'a>(
+    hunt: u64,
+    sent: &'a [Event],
+    acked: &HashMap<u64, Reply>,
+) -> (Vec<&'a Event>, usize) {
+    let events: Vec<&Event> = sent.iter().filter(|e| e.hunt.0 == hunt).collect();
+    let acked_count = events
+        .iter()
+        .take_while(|event| acked.contains_key(&event.client_seq))
+        .count();
+    assert!(
+        events[acked_count..]
+            .iter()
+            .all(|event| !acked.contains_key(&event.client_seq)),
+        "hunt {hunt}: replies came out of order"
+    );
+    (events, acked_count)
+}
+
 /// After a restart: for each hunt, finds how many of the round's events after the acknowledged
 /// ones the node kept, checking every acknowledged answer against the model on the way and the
 /// node's leaderboard against the model's; moves `model` to the node's state.
@@ -402,25 +435,9 @@ fn reconcile(
     seq: &mut u64,
 ) -> usize {
     let mut kept_unacked = 0;
-    let queries: Vec<Event> = (0..HUNTS)
-        .map(|hunt| {
-            *seq += 1;
-            leaderboard(hunt, *seq)
-        })
-        .collect();
-    let answers = drive(node, &queries, None);
+    let (queries, answers) = leaderboards(node, seq);
     for (hunt, query) in (0..HUNTS).zip(&queries) {
-        let events: Vec<&Event> = round.iter().filter(|e| e.hunt.0 == hunt).collect();
-        let acked_count = events
-            .iter()
-            .take_while(|event| acked.contains_key(&event.client_seq))
-            .count();
-        assert!(
-            events[acked_count..]
-                .iter()
-                .all(|event| !acked.contains_key(&event.client_seq)),
-            "hunt {hunt}: replies came out of order"
-        );
+        let (events, acked_count) = events_of_hunt(hunt, round, acked);
         let mut candidate = model.clone();
         for event in &events[..acked_count] {
             let outcome = candidate.apply(event);
@@ -486,26 +503,10 @@ fn reconcile_with_retries(
         .cloned()
         .collect();
     let (retries, _) = drive_as(node, &unanswered, None, session);
-    let queries: Vec<Event> = (0..HUNTS)
-        .map(|hunt| {
-            *seq += 1;
-            leaderboard(hunt, *seq)
-        })
-        .collect();
-    let answers = drive(node, &queries, None);
+    let (queries, answers) = leaderboards(node, seq);
     let mut found = Retried::default();
     for (hunt, query) in (0..HUNTS).zip(&queries) {
-        let events: Vec<&Event> = sent.iter().filter(|e| e.hunt.0 == hunt).collect();
-        let acked_count = events
-            .iter()
-            .take_while(|event| acked.contains_key(&event.client_seq))
-            .count();
-        assert!(
-            events[acked_count..]
-                .iter()
-                .all(|event| !acked.contains_key(&event.client_seq)),
-            "hunt {hunt}: replies came out of order"
-        );
+        let (events, acked_count) = events_of_hunt(hunt, sent, acked);
         // A kill keeps a prefix of each partition's log, so of a hunt's unanswered events the
         // node kept the first few, if any.
         let mut kept_so_far = true;

@@ -16,74 +16,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
+use rcgen::ExtendedKeyUsagePurpose;
 use trove::client::tls::{TlsClient, TlsClientFiles};
 use trove::client::{self, ClientConfig};
 use trove::core::auth::AuthSecret;
 use trove::net::tls::server_config;
 use trove::node::{Node, NodeConfig, NodeReport};
 
+use support::pki::Ca;
 use support::{
     COMMAND_WAIT, ChildNode, in_process_node, round_trip, run_bounded, scratch_dir, stderr, text,
     trove,
 };
 
 const SECRET: &str = "a shared secret for the TLS tests";
-
-/// A certificate authority that signs node and client certificates.
-struct Ca {
-    cert: Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    /// Writes a certificate for `names` signed by this CA (and its key) as PEM files
-    /// `NAME.pem` and `NAME.key` in `dir`.
-    fn issue(
-        &self,
-        dir: &Path,
-        name: &str,
-        names: &[&str],
-        usage: ExtendedKeyUsagePurpose,
-    ) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(
-            names
-                .iter()
-                .map(|name| name.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let (cert_path, key_path) = (
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        (cert_path, key_path)
-    }
-
-    fn write(&self, dir: &Path, name: &str) -> PathBuf {
-        let path = dir.join(format!("{name}.pem"));
-        std::fs::write(&path, self.cert.pem()).unwrap();
-        path
-    }
-}
 
 /// Everything a test needs: a CA, the node's certificate for "localhost" and 127.0.0.1, a
 /// client certificate from the same CA, and a second CA with its own client certificate.
@@ -106,19 +52,19 @@ fn pki(name: &str) -> Pki {
         &dir,
         "node",
         &["localhost", "127.0.0.1"],
-        ExtendedKeyUsagePurpose::ServerAuth,
+        &[ExtendedKeyUsagePurpose::ServerAuth],
     );
     let (client_cert, client_key) = ca.issue(
         &dir,
         "client",
         &["client"],
-        ExtendedKeyUsagePurpose::ClientAuth,
+        &[ExtendedKeyUsagePurpose::ClientAuth],
     );
     let (other_client_cert, other_client_key) = other.issue(
         &dir,
         "other-client",
         &["client"],
-        ExtendedKeyUsagePurpose::ClientAuth,
+        &[ExtendedKeyUsagePurpose::ClientAuth],
     );
     Pki {
         ca: ca.write(&dir, "ca"),

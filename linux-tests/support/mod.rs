@@ -1,7 +1,8 @@
 //! Scaffolding the integration tests in `linux-tests/` share: the `trove` binary, commands run
 //! to their end within a bound, `trove node` as a child process, bounded waits, free ports,
 //! scratch directories, skips for services a host may lack, and the few client helpers several
-//! files use; [`cluster`] has what the cluster tests share (etcd, cluster nodes, placements).
+//! files use; [`cluster`] has what the cluster tests share (etcd, cluster nodes, placements),
+//! [`pki`] the certificates of the TLS tests.
 //!
 //! Every wait here is bounded: a child that outlives its bound is killed and the test fails
 //! naming it, so a hung node or command fails one test instead of hanging `cargo test`. A
@@ -15,6 +16,7 @@
 #![allow(dead_code)] // each test crate uses only part of this module
 
 pub mod cluster;
+pub mod pki;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

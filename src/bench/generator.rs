@@ -290,6 +290,7 @@ pub fn run<P: Protocol>(
         intervals,
     };
     maker.set_session(crate::client::new_session());
+    let load = load_to_every_node(load, protocol.nodes());
     let mut generator = Generator {
         protocol,
         links,
@@ -300,12 +301,6 @@ pub fn run<P: Protocol>(
         next_due_ns: schedule.offset_ns,
         recorder,
     };
-    if let Load::Closed { window } = load {
-        let nodes = u32::try_from(generator.protocol.nodes()).unwrap_or(u32::MAX);
-        generator.load = Load::Closed {
-            window: window.saturating_mul(nodes.max(1)),
-        };
-    }
     set_fine_timer_slack();
     if let Err(failure) = generator.run() {
         generator.recorder.result.failure = Some(failure);
@@ -314,6 +309,19 @@ pub fn run<P: Protocol>(
     recorder.flush_interval();
     recorder.result.missing = recorder.measured_inflight;
     recorder.result
+}
+
+/// The thread's load over links that reach `nodes` nodes: a closed window is kept to each.
+fn load_to_every_node(load: Load, nodes: usize) -> Load {
+    match load {
+        Load::Closed { window } => {
+            let nodes = u32::try_from(nodes).unwrap_or(u32::MAX).max(1);
+            Load::Closed {
+                window: window.saturating_mul(nodes),
+            }
+        }
+        open => open,
+    }
 }
 
 /// Timed waits of this thread wake within a microsecond instead of the default 50 µs slack.
