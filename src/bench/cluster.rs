@@ -19,7 +19,6 @@ use crate::client::tls::{TlsClient, TlsClientFiles};
 use crate::client::{connect_authenticated, fetch_map};
 use crate::cluster::etcd::EtcdClient;
 use crate::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess, find_on_path, path_str};
-use crate::cluster::placement::OwnerState;
 use crate::cluster::status::ClusterStatus;
 use crate::constants::{BENCH_CLUSTER_SETTLE_MS_MAX, CLUSTER_LEASE_TTL_S_DEFAULT};
 use crate::core::auth::AuthSecret;
@@ -367,9 +366,7 @@ fn settled(status: &ClusterStatus, spec: ClusterSpec) -> bool {
         && (1..=spec.nodes as u32).all(|node| owners.iter().any(|o| o.node == NodeId(node)));
     view.nodes.len() == spec.nodes
         && view.controller.is_some()
-        && owners
-            .iter()
-            .all(|owner| owner.state == OwnerState::Serving)
+        && owners.iter().all(|owner| owner.state.applies())
         && (every_node_owns || (spec.partitions as usize) < spec.nodes)
 }
 

@@ -15,7 +15,7 @@ use crate::cluster::etcd::parse_endpoints;
 use crate::cluster::flags::ClusterFlags;
 use crate::cluster::keys::{ClusterKeys, NodeInfo};
 use crate::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess, path_str};
-use crate::cluster::placement::{OwnerState, Placement};
+use crate::cluster::placement::Placement;
 use crate::cluster::status::ClusterStatus;
 use crate::constants::{
     CLUSTER_LEASE_TTL_S_DEFAULT, CLUSTER_LEASE_TTL_S_MAX, CLUSTER_LEASE_TTL_S_MIN,
@@ -226,7 +226,7 @@ pub fn describe_placement(placement: &Placement, node: NodeId) -> String {
     let here_total = placement
         .owners()
         .iter()
-        .filter(|owner| owner.node == node && owner.state == OwnerState::Serving)
+        .filter(|owner| owner.node == node && owner.state.applies())
         .count();
     format!(
         "placement epoch {}: {} partitions, {here_total} served here ({}), {} offline",

@@ -78,7 +78,7 @@ fn cluster_gauges(view: &ServingView, standing: Standing, now_ns: u64) -> Cluste
         }
         gauges.partitions_owned += 1;
         let partition = PartitionId(index as u32);
-        if owner.state == OwnerState::Serving && !view.serves(now_ns, partition) {
+        if owner.state.applies() && !view.serves(now_ns, partition) {
             gauges.partitions_moving += 1;
         }
     }

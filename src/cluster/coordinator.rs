@@ -27,9 +27,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crate::cluster::keys::{ClusterKeys, ControllerRecord, KeyKind, NodeInfo};
-use crate::cluster::placement::{
-    LiveNode, OwnerState, Placement, decode_record, encode_record, next_owners,
-};
+use crate::cluster::placement::{LiveNode, Placement, decode_record, encode_record, next_owners};
 use crate::constants::{
     CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_NODES_MAX, CLUSTER_RETRY_MS_MAX, CLUSTER_RETRY_MS_MIN,
 };
@@ -335,7 +333,7 @@ impl ServingView {
                 .get(partition.index())
                 .is_some_and(|owner| {
                     owner.node == node
-                        && owner.state == OwnerState::Serving
+                        && owner.state.applies()
                         && u64::from(owner.part_epoch.get()) > registered
                 })
     }

@@ -28,15 +28,19 @@ pub fn encode_record(owners: &[Owner]) -> Vec<u8> {
         owners: owners
             .iter()
             .map(|owner| {
-                let state = match owner.state {
-                    OwnerState::Serving => STATE_SERVING,
-                    OwnerState::Offline => STATE_OFFLINE,
+                let (state, to) = match owner.state {
+                    OwnerState::Serving => (STATE_SERVING, None),
+                    OwnerState::Offline => (STATE_OFFLINE, None),
+                    OwnerState::Migrating { to, to_shard } => {
+                        (STATE_MIGRATING, Some((to.0, to_shard.0)))
+                    }
                 };
-                (
+                RecordOwner(
                     owner.node.0,
                     owner.shard.0,
                     u64::from(owner.part_epoch.get()),
                     state,
+                    to,
                 )
             })
             .collect(),
@@ -59,22 +63,29 @@ pub fn epoch_of_revision(revision: u64) -> Result<Epoch, String> {
 pub fn decode_record(bytes: &[u8], revision: u64) -> Result<Placement, String> {
     let record: AssignmentRecord = serde_json::from_slice(bytes)
         .map_err(|error| format!("the assignment record is not valid JSON: {error}"))?;
-    if record.format != RECORD_FORMAT {
+    if !(RECORD_FORMAT_OLDEST..=RECORD_FORMAT).contains(&record.format) {
         return Err(format!(
-            "the assignment record has format {}, this build reads format {RECORD_FORMAT}",
+            "the assignment record has format {}, this build reads formats \
+             {RECORD_FORMAT_OLDEST} to {RECORD_FORMAT}",
             record.format
         ));
     }
     let epoch = epoch_of_revision(revision)?;
     let mut owners = Vec::with_capacity(record.owners.len());
-    for (partition, (node, shard, part_epoch, state)) in record.owners.into_iter().enumerate() {
-        let state = match state {
-            STATE_SERVING => OwnerState::Serving,
-            STATE_OFFLINE => OwnerState::Offline,
-            other => {
+    for (partition, RecordOwner(node, shard, part_epoch, state, to)) in
+        record.owners.into_iter().enumerate()
+    {
+        let state = match (state, to) {
+            (STATE_SERVING, None) => OwnerState::Serving,
+            (STATE_OFFLINE, None) => OwnerState::Offline,
+            (STATE_MIGRATING, Some((to, to_shard))) => OwnerState::Migrating {
+                to: NodeId(to),
+                to_shard: ShardId(to_shard),
+            },
+            (other, _) => {
                 return Err(format!(
                     "partition {partition} has state {other} in the assignment record, \
-                     which this build does not know"
+                     which this build does not know (or a move target where none belongs)"
                 ));
             }
         };
@@ -100,16 +111,31 @@ pub fn decode_record(bytes: &[u8], revision: u64) -> Result<Placement, String> {
         .map_err(|error| format!("the assignment record is not a placement: {error}"))
 }
 
-const RECORD_FORMAT: u32 = 1;
+/// Format 2 added the move target of a `Migrating` partition; format 1 records (four numbers
+/// per partition) are still read.
+const RECORD_FORMAT: u32 = 2;
+const RECORD_FORMAT_OLDEST: u32 = 1;
 const STATE_SERVING: u8 = 0;
 const STATE_OFFLINE: u8 = 1;
+const STATE_MIGRATING: u8 = 2;
 
-/// The assignment as stored in etcd: one `[node, shard, part_epoch, state]` per partition.
+/// The assignment as stored in etcd: one `[node, shard, part_epoch, state]` per partition,
+/// with `[to_node, to_shard]` after it for a `Migrating` one.
 #[derive(Serialize, Deserialize)]
 struct AssignmentRecord {
     format: u32,
-    owners: Vec<(u32, u16, u64, u8)>,
+    owners: Vec<RecordOwner>,
 }
+
+/// One partition's entry: `[node, shard, part_epoch, state]` or `[..., [to_node, to_shard]]`.
+#[derive(Serialize, Deserialize)]
+struct RecordOwner(
+    u32,
+    u16,
+    u64,
+    u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")] Option<(u32, u16)>,
+);
 
 /// A live node as the controller sees it: how many shards it runs, and the revision at which it
 /// registered (its partitions are confirmed to it only at a later partition epoch).
@@ -234,6 +260,38 @@ mod tests {
     }
 
     #[test]
+    fn a_migrating_partition_keeps_its_target_and_format_1_records_are_still_read() {
+        let owners = vec![
+            Owner {
+                node: NodeId(1),
+                shard: ShardId(0),
+                part_epoch: Epoch(4),
+                state: OwnerState::Migrating {
+                    to: NodeId(3),
+                    to_shard: ShardId(1),
+                },
+            },
+            Owner {
+                node: NodeId(2),
+                shard: ShardId(1),
+                part_epoch: Epoch(4),
+                state: OwnerState::Offline,
+            },
+        ];
+        let placement = written(&owners, 9);
+        assert_eq!(placement.owners(), &owners[..]);
+        let format_1 = br#"{"format":1,"owners":[[1,0,4,0],[2,1,4,1]]}"#;
+        let old = decode_record(format_1, 9).unwrap();
+        assert_eq!(old.owners()[0].state, OwnerState::Serving);
+        assert_eq!(old.owners()[1].state, OwnerState::Offline);
+        let target_without_move = br#"{"format":2,"owners":[[1,0,4,0,[3,1]],[2,1,4,1]]}"#;
+        let error = decode_record(target_without_move, 9).unwrap_err();
+        assert!(error.contains("partition 0 has state 0"), "{error}");
+        let move_without_target = br#"{"format":2,"owners":[[1,0,4,2],[2,1,4,1]]}"#;
+        assert!(decode_record(move_without_target, 9).is_err());
+    }
+
+    #[test]
     fn the_first_placement_covers_every_partition_once_and_spreads_over_every_shard() {
         let nodes = live(&[(1, 2, 3), (2, 2, 4), (3, 2, 5)]);
         let owners = next_owners(None, 1024, &nodes).unwrap();
@@ -351,8 +409,8 @@ mod tests {
         );
         let unknown = br#"{"format":1,"owners":[[1,0,3,7]]}"#;
         assert!(decode_record(unknown, 5).unwrap_err().contains("state 7"));
-        let newer = br#"{"format":2,"owners":[]}"#;
-        assert!(decode_record(newer, 5).unwrap_err().contains("format 2"));
+        let newer = br#"{"format":3,"owners":[]}"#;
+        assert!(decode_record(newer, 5).unwrap_err().contains("format 3"));
     }
 
     proptest! {

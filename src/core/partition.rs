@@ -139,6 +139,28 @@ pub enum OwnerState {
     /// `Error { OwnerUnavailable }` at once instead of waiting. The owner keeps its state and
     /// gets the partition back, at a new partition epoch, when it returns (no replicas yet).
     Offline,
+    /// The owner still applies the partition's events, and streams its state and the events
+    /// it applies to shard `to_shard` of node `to`, which takes the partition over when the
+    /// controller flips ownership (at a new partition epoch), or drops what it got when the
+    /// controller abandons the move (the owner then goes back to `Serving`).
+    Migrating { to: NodeId, to_shard: ShardId },
+}
+
+impl OwnerState {
+    /// Whether the owner applies the partition's events in this state: `Serving`, and
+    /// `Migrating` (a source keeps serving until the flip).
+    #[inline]
+    pub fn applies(self) -> bool {
+        !matches!(self, OwnerState::Offline)
+    }
+
+    /// The node and shard a `Migrating` partition moves to.
+    pub fn migrating_to(self) -> Option<(NodeId, ShardId)> {
+        match self {
+            OwnerState::Migrating { to, to_shard } => Some((to, to_shard)),
+            _ => None,
+        }
+    }
 }
 
 /// Who owns one partition, and since when.
@@ -365,7 +387,7 @@ impl Placement {
                 MapOwner {
                     node,
                     shard: owner.shard.0,
-                    serving: reachable && owner.state == OwnerState::Serving,
+                    serving: reachable && owner.state.applies(),
                 }
             })
             .collect();
@@ -457,9 +479,10 @@ impl Placement {
         let mut counts = BTreeMap::new();
         for owner in &self.owners {
             let entry: &mut (u32, u32) = counts.entry((owner.node, owner.shard)).or_default();
-            match owner.state {
-                OwnerState::Serving => entry.0 += 1,
-                OwnerState::Offline => entry.1 += 1,
+            if owner.state.applies() {
+                entry.0 += 1;
+            } else {
+                entry.1 += 1;
             }
         }
         counts
@@ -494,7 +517,7 @@ impl Placement {
             .iter()
             .enumerate()
             .filter(move |(_, owner)| {
-                owner.node == node && owner.shard == shard && owner.state == OwnerState::Serving
+                owner.node == node && owner.shard == shard && owner.state.applies()
             })
             .map(|(partition, _)| PartitionId(partition as u32))
     }

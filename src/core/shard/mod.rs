@@ -29,6 +29,7 @@ pub mod durability;
 pub mod faults;
 pub mod links;
 pub mod mesh;
+pub mod moves;
 pub mod replies;
 pub mod routing;
 pub mod shedding;
@@ -61,6 +62,7 @@ pub use durability::{
 };
 pub use links::{ERROR_CODE_LINK_PROTOCOL, ERROR_CODE_LINK_REFUSED, LinkDest, LinkError, LinkPoll};
 pub use mesh::{ArchiveBatch, BatchEntry, MeshBatch, MeshOutput};
+pub use moves::{MoveReport, MoveStep};
 pub use routing::{LocalEvent, NodeLease, Route};
 pub use stop::ERROR_CODE_SHUTTING_DOWN;
 pub use timeouts::ERROR_CODE_CONNECTION_CLOSED;

@@ -85,7 +85,7 @@ impl NodeLease {
         match self {
             NodeLease::Fenced => false,
             NodeLease::Confirmed { registered } => {
-                owner.state == OwnerState::Serving && owner.part_epoch > registered
+                owner.state.applies() && owner.part_epoch > registered
             }
         }
     }
