@@ -34,4 +34,12 @@ pub enum MoveStep {
     /// The move cannot go on (the target refused it, or the link to it failed): the
     /// controller should abandon it. The source keeps serving.
     Refused { reason: String },
+    /// The source let go of the events it held: the controller flipped ownership
+    /// (`flipped`), or abandoned the move and the source applied them itself. `pause_ns` is
+    /// how long the first of them waited (zero when none was held).
+    Released {
+        flipped: bool,
+        events_held: u64,
+        pause_ns: u64,
+    },
 }
