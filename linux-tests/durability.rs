@@ -17,6 +17,9 @@
 //! Data dirs live under the cargo target's tmp dir, on a real disk (not tmpfs), so O_DIRECT
 //! and fdatasync are the real thing.
 
+#[path = "support/hunts.rs"]
+mod hunts;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -27,18 +30,23 @@ use std::time::{Duration, Instant};
 
 use trove::client::{self, ClientConfig, Incoming};
 use trove::constants::WAL_RECORD_HEADER_BYTES;
-use trove::core::hunt::PartitionState;
-use trove::core::ids::{HuntId, PartitionId, PlayerId, TreasureId};
+use trove::core::ids::{HuntId, PlayerId};
 use trove::core::message::{
-    ArchivedEvent, Event, EventError, EventKind, HuntSpec, Outcome, OutcomeClass, Position, Reply,
-    TreasureSpec, WaypointSpec, claim_code_hash,
+    Event, EventError, EventKind, HuntSpec, Outcome, OutcomeClass, Reply, TreasureSpec,
+    WaypointSpec,
 };
 use trove::store::format::{SegmentHeader, scan_segment};
 
-const HUNTS: u64 = 8;
-const PLAYERS: u64 = 8;
-const WAYPOINTS: u32 = 16;
-const TREASURES: u32 = 8;
+use hunts::{Model, Rng, World, seed_from_env, waypoint_position};
+
+const WORLD: World = World {
+    hunts: 8,
+    players: 8,
+    waypoints: 16,
+    treasures: 8,
+};
+const HUNTS: u64 = WORLD.hunts;
+const PLAYERS: u64 = WORLD.players;
 /// Events in flight on the client's connection.
 const WINDOW: usize = 128;
 const PARTITIONS: &str = "64";
@@ -187,84 +195,6 @@ fn recovered_events(node: &Node) -> u64 {
 /// Snapshot flags that make a round start after every MiB of log (or second).
 const SNAPSHOT_OFTEN: [&str; 4] = ["--snapshot-every-mb", "1", "--snapshot-every-s", "1"];
 
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn waypoint_position(w: u32) -> Position {
-    Position {
-        lat_e7: 400_000_000 + w as i32 * 1_000_000,
-        lon_e7: 20_000_000,
-    }
-}
-
-fn code(hunt: u64, treasure: u32) -> String {
-    format!("hunt-{hunt}-treasure-{treasure}")
-}
-
-fn spec(hunt: u64) -> HuntSpec {
-    HuntSpec {
-        waypoints: (0..WAYPOINTS)
-            .map(|w| WaypointSpec {
-                position: waypoint_position(w),
-                radius_m: 50,
-                points: 1 + w,
-            })
-            .collect(),
-        treasures: (0..TREASURES)
-            .map(|t| TreasureSpec {
-                code_hash: claim_code_hash(code(hunt, t).as_bytes()),
-                points: 100 * (t + 1),
-            })
-            .collect(),
-    }
-}
-
-/// The model: each hunt's state as the engine's own state machine computes it.
-#[derive(Clone)]
-struct Model {
-    states: HashMap<u64, PartitionState>,
-}
-
-impl Model {
-    fn new() -> Model {
-        let states = (0..HUNTS)
-            .map(|hunt| (hunt, PartitionState::new(PartitionId(0))))
-            .collect();
-        Model { states }
-    }
-
-    fn apply(&mut self, event: &Event) -> Outcome {
-        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(event).unwrap();
-        let archived = rkyv::access::<ArchivedEvent, rkyv::rancor::Error>(&bytes).unwrap();
-        self.states.get_mut(&event.hunt.0).unwrap().apply(archived)
-    }
-}
-
-fn leaderboard(hunt: u64, seq: u64) -> Event {
-    Event {
-        hunt: HuntId(hunt),
-        player: PlayerId(0),
-        client_session: 0,
-        client_seq: seq,
-        client_ts: 0,
-        kind: EventKind::Leaderboard { top_k: 16 },
-    }
-}
-
 /// Sends `events` over one connection with `WINDOW` in flight and returns each reply by
 /// `client_seq`; with `kill_after`, the node is SIGKILLed that long after the first send and
 /// the replies received until then are returned. A client of its own (a new session).
@@ -338,67 +268,20 @@ fn drive_as(
 
 /// Creates the hunts and joins the players, and checks every answer.
 fn set_up(node: &mut Node, model: &mut Model, seq: &mut u64) {
-    let mut events = Vec::new();
-    for hunt in 0..HUNTS {
-        let mut push = |player, kind| {
-            *seq += 1;
-            events.push(Event {
-                hunt: HuntId(hunt),
-                player: PlayerId(player),
-                client_session: 0,
-                client_seq: *seq,
-                client_ts: 0,
-                kind,
-            });
-        };
-        push(0, EventKind::CreateHunt(spec(hunt)));
-        for player in 1..=PLAYERS {
-            push(player, EventKind::Join);
-        }
-    }
+    let events = WORLD.set_up_events(seq);
     let replies = drive(node, &events, None);
     for event in &events {
         assert_eq!(replies[&event.client_seq].outcome, model.apply(event));
     }
 }
 
-/// Check-ins at waypoints and claims with the right code, by random players.
 fn load(rng: &mut Rng, seq: &mut u64, count: usize) -> Vec<Event> {
-    (0..count)
-        .map(|_| {
-            *seq += 1;
-            let hunt = rng.below(HUNTS);
-            let kind = if rng.below(4) == 0 {
-                let treasure = rng.below(TREASURES as u64) as u32;
-                EventKind::Claim {
-                    treasure: TreasureId(treasure),
-                    code: code(hunt, treasure),
-                }
-            } else {
-                EventKind::CheckIn {
-                    position: waypoint_position(rng.below(WAYPOINTS as u64) as u32),
-                }
-            };
-            Event {
-                hunt: HuntId(hunt),
-                player: PlayerId(1 + rng.below(PLAYERS)),
-                client_session: 0,
-                client_seq: *seq,
-                client_ts: 0,
-                kind,
-            }
-        })
-        .collect()
+    WORLD.load(rng, seq, count)
 }
 
 /// Every hunt's leaderboard query (numbered on from `seq`), and the node's answers to them.
 fn leaderboards(node: &mut Node, seq: &mut u64) -> (Vec<Event>, HashMap<u64, Reply>) {
-    let queries: Vec<Event> = (0..HUNTS)
-        .map(|hunt| {
-            *seq += 1;
-            leaderboard(hunt, *seq)
-        })
-        .collect();
+    let queries = WORLD.leaderboard_queries(seq);
     let answers = drive(node, &queries, None);
     (queries, answers)
 }
@@ -464,7 +347,7 @@ fn reconcile(
                 events.len() - acked_count
             )
         });
-        model.states.insert(hunt, kept.states[&hunt].clone());
+        model.adopt_hunt(hunt, &kept);
         model.apply(query);
     }
     kept_unacked
@@ -566,22 +449,13 @@ const KILL_ROUNDS: usize = 20;
 
 #[test]
 fn acknowledged_events_survive_kill_9_under_load() {
-    let seed = std::env::var("TROVE_DURABILITY_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    println!("durability seed {seed} (rerun with TROVE_DURABILITY_SEED={seed})");
+    let seed = seed_from_env("TROVE_DURABILITY_SEED");
     let mut rng = Rng(seed);
     // One client session for every round and every retry, as one client object keeps it.
     let session = client::new_session();
     let dir = data_dir("kill");
     let mut node = start_node(&dir, &SNAPSHOT_OFTEN).unwrap();
-    let (mut model, mut seq) = (Model::new(), 0);
+    let (mut model, mut seq) = (Model::new(&WORLD), 0);
     set_up(&mut node, &mut model, &mut seq);
     let (mut total_acked, mut total_kept) = (0, 0);
     let mut restarts_from_snapshots = 0;
@@ -638,7 +512,7 @@ fn acknowledged_events_survive_kill_9_under_load() {
 fn logged_dir(name: &str) -> (PathBuf, u64) {
     let dir = data_dir(name);
     let mut node = start_node(&dir, &[]).unwrap();
-    let (mut model, mut seq) = (Model::new(), 0);
+    let (mut model, mut seq) = (Model::new(&WORLD), 0);
     set_up(&mut node, &mut model, &mut seq);
     let events = load(&mut Rng(7), &mut seq, 2_000);
     let replies = drive(&mut node, &events, None);
@@ -846,7 +720,7 @@ fn the_data_dir_stays_within_its_bound_and_a_restart_after_truncation_recovers_e
     ];
     let dir = data_dir("bound");
     let mut node = start_node(&dir, &flags).unwrap();
-    let (mut model, mut seq) = (Model::new(), 0);
+    let (mut model, mut seq) = (Model::new(&WORLD), 0);
     set_up(&mut node, &mut model, &mut seq);
     let (stop, stopped) = mpsc::channel::<()>();
     let watched = dir.clone();
@@ -950,7 +824,7 @@ fn snapshot_files(dir: &Path) -> HashMap<(usize, u32), Vec<PathBuf>> {
 fn a_damaged_snapshot_falls_back_to_the_one_before_it_or_the_whole_log() {
     let dir = data_dir("snapshot-damage");
     let mut node = start_node(&dir, &SNAPSHOT_OFTEN).unwrap();
-    let (mut model, mut seq) = (Model::new(), 0);
+    let (mut model, mut seq) = (Model::new(&WORLD), 0);
     set_up(&mut node, &mut model, &mut seq);
     let mut rng = Rng(5);
     for _ in 0..3 {
@@ -1152,7 +1026,7 @@ fn a_full_disk_refuses_new_events_says_so_once_and_resumes_when_space_returns() 
     };
     let dir = disk.mount.join("data");
     let mut node = start_node(&dir, &SNAPSHOT_OFTEN).unwrap();
-    let (mut model, mut seq) = (Model::new(), 0);
+    let (mut model, mut seq) = (Model::new(&WORLD), 0);
     set_up(&mut node, &mut model, &mut seq);
     let mut rng = Rng(7);
     let ballast = disk.fill();
@@ -1257,7 +1131,7 @@ fn a_node_whose_first_segment_finds_no_space_refuses_events_until_it_can_allocat
     let mut node = start_node(&dir, &[]).unwrap();
     // Events that came before a shard found out would be applied and wait for the log.
     wait_for_lines(&node, "cannot allocate a log segment", 2);
-    let (mut model, mut seq) = (Model::new(), 0);
+    let (mut model, mut seq) = (Model::new(&WORLD), 0);
     let create: Vec<Event> = (0..HUNTS)
         .map(|hunt| {
             seq += 1;
@@ -1267,7 +1141,7 @@ fn a_node_whose_first_segment_finds_no_space_refuses_events_until_it_can_allocat
                 client_session: 0,
                 client_seq: seq,
                 client_ts: 0,
-                kind: EventKind::CreateHunt(spec(hunt)),
+                kind: EventKind::CreateHunt(WORLD.spec(hunt)),
             }
         })
         .collect();
@@ -1301,7 +1175,7 @@ fn a_new_segment_that_finds_no_space_holds_its_records_answers_until_space_retur
     // Snapshots small and often (they fit in the room left), segments never.
     let flags = ["--snapshot-every-mb", "4", "--snapshot-every-s", "1"];
     let mut node = start_node(&dir, &flags).unwrap();
-    let (mut model, mut seq) = (Model::new(), 0);
+    let (mut model, mut seq) = (Model::new(&WORLD), 0);
     set_up(&mut node, &mut model, &mut seq);
     let spare = disk.mount.join("spare");
     std::fs::write(&spare, vec![0u8; 16 << 20]).unwrap();
@@ -1467,7 +1341,7 @@ fn a_failed_disk_refuses_events_answers_everything_stops_in_time_and_loses_nothi
     };
     let dir = disk.mount.join("data");
     let mut node = start_node(&dir, &[]).unwrap();
-    let (mut model, mut seq) = (Model::new(), 0);
+    let (mut model, mut seq) = (Model::new(&WORLD), 0);
     set_up(&mut node, &mut model, &mut seq);
     let mut rng = Rng(11);
     let mut sent = load(&mut rng, &mut seq, 4_000);
@@ -1510,12 +1384,7 @@ fn a_failed_disk_refuses_events_answers_everything_stops_in_time_and_loses_nothi
     client::fetch_map(&mut stream, Duration::from_secs(2))
         .expect("the map, from a node whose disk failed");
     drop(stream);
-    let probe: Vec<Event> = (0..HUNTS)
-        .map(|hunt| {
-            seq += 1;
-            leaderboard(hunt, seq)
-        })
-        .collect();
+    let probe = WORLD.leaderboard_queries(&mut seq);
     let answers = drive(&mut node, &probe, None);
     assert!(
         probe
@@ -1639,7 +1508,7 @@ fn a_node_stopped_while_its_disk_fails_answers_every_event_it_took_and_exits_in_
     };
     let dir = disk.mount.join("data");
     let mut node = start_node(&dir, &[]).unwrap();
-    let (mut model, mut seq) = (Model::new(), 0);
+    let (mut model, mut seq) = (Model::new(&WORLD), 0);
     set_up(&mut node, &mut model, &mut seq);
     if let Err(why) = shut_down(&disk.mount) {
         eprintln!("SKIPPED a_node_stopped_while_its_disk_fails...: {why}");

@@ -2,7 +2,8 @@
 //! to their end within a bound, `trove node` as a child process, bounded waits, free ports,
 //! scratch directories, skips for services a host may lack, and the few client helpers several
 //! files use; [`cluster`] has what the cluster tests share (etcd, cluster nodes, placements),
-//! [`pki`] the certificates of the TLS tests.
+//! [`pki`] the certificates of the TLS tests, [`hunts`] a hunt world and its model for
+//! oracle tests.
 //!
 //! Every wait here is bounded: a child that outlives its bound is killed and the test fails
 //! naming it, so a hung node or command fails one test instead of hanging `cargo test`. A
@@ -16,6 +17,7 @@
 #![allow(dead_code)] // each test crate uses only part of this module
 
 pub mod cluster;
+pub mod hunts;
 pub mod pki;
 
 use std::net::{SocketAddr, TcpListener};
