@@ -239,6 +239,32 @@ pub const LINK_TOKENS_RECORD_BYTES_MAX: usize = 8 * LINK_BATCH_EVENTS_MAX + 16;
 /// Largest record of a link handshake frame (`LinkHello`, `LinkAccepted`): a cluster name of
 /// `CLUSTER_NAME_BYTES_MAX` and a few integers.
 pub const LINK_HELLO_BYTES_MAX: usize = 256;
+/// Live partition moves (`core::shard::moves`): a source shard streams one partition at a
+/// time to each target; it starts at most this many outgoing moves at once (a placement that
+/// asks more is refused per move with `MoveStep::Refused`).
+pub const MOVES_OUTGOING_MAX: usize = 8;
+/// Moves one target shard stages at once (snapshot being received, or staged and waiting for
+/// its flip); one more is refused with a reason on the link.
+pub const MOVES_INCOMING_MAX: usize = 4;
+/// Tail events a source has streamed that its target has not acknowledged yet: past this the
+/// source stops applying the partition's events and holds them instead of growing the tail.
+pub const MOVE_TAIL_EVENTS_MAX: u64 = 4_096;
+/// Tail bytes (archived events) streamed and not acknowledged, like [`MOVE_TAIL_EVENTS_MAX`].
+pub const MOVE_TAIL_BYTES_MAX: u64 = 1024 * 1024;
+/// The target is caught up when it acknowledged all but at most this many of the tail events
+/// the source applied: the source then holds the partition's new events and hands off.
+pub const MOVE_CATCHUP_EVENTS_MAX: u64 = 64;
+/// Bytes of a partition snapshot in one `MoveSnapshot` frame (the snapshot is split into as
+/// many frames as it needs; its whole size is bounded by `SNAPSHOT_ARCHIVE_BYTES_MAX`).
+pub const MOVE_CHUNK_BYTES_MAX: usize = 64 * 1024;
+/// Largest record of a `MoveSnapshot` frame: a chunk and its few integers.
+pub const MOVE_CHUNK_RECORD_BYTES_MAX: usize = MOVE_CHUNK_BYTES_MAX + 64;
+/// Largest `MoveAck` record: a few integers and a refusal of at most
+/// `ERROR_MESSAGE_BYTES_MAX` bytes.
+pub const MOVE_ACK_RECORD_BYTES_MAX: usize = ERROR_MESSAGE_BYTES_MAX + 64;
+/// Move reports (`MoveReport`) a shard keeps for its control thread until taken; the runtime
+/// drains them every loop pass, and a move makes at most two.
+pub const MOVE_REPORTS_QUEUED_MAX: usize = 2 * MOVES_OUTGOING_MAX + 8;
 /// How long a shard waits for a link to connect and its peer to accept the hello, in ms;
 /// past that the link has failed (its events are answered `Unavailable`).
 pub const LINK_CONNECT_MS_MAX: u64 = 2_000;

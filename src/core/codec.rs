@@ -43,7 +43,8 @@ use crate::constants::{
     ARCHIVE_ALIGN, AUTH_RECORD_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, EVENT_BYTES_MAX,
     FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_RECORDS_MAX, FRAME_VERSION,
     LINK_BATCH_EVENTS_MAX, LINK_HELLO_BYTES_MAX, LINK_TOKENS_RECORD_BYTES_MAX,
-    READ_BUFFER_BYTES_MAX, READ_CHUNK_BYTES, REPLY_BYTES_MAX,
+    MOVE_ACK_RECORD_BYTES_MAX, MOVE_CHUNK_RECORD_BYTES_MAX, READ_BUFFER_BYTES_MAX,
+    READ_CHUNK_BYTES, REPLY_BYTES_MAX,
 };
 use crate::core::message::ErrorMessage;
 
@@ -81,6 +82,14 @@ pub enum FrameKind {
     LinkEvents = 11,
     /// Back on a link: archived `Reply`s, then one archived `LinkTokens` (each reply's token).
     LinkReplies = 12,
+    /// On a link, a live move: one archived `MoveChunk` (a piece of a partition's snapshot).
+    MoveSnapshot = 13,
+    /// On a link, a live move: one archived `MoveHead`, then the tail's archived `Event`s.
+    MoveEvents = 14,
+    /// On a link, a live move: one archived `MoveHead` saying the tail is complete.
+    MoveHandoff = 15,
+    /// Back on a link: one archived `MoveAck` (how far the target got, or its refusal).
+    MoveAck = 16,
 }
 
 impl FrameKind {
@@ -98,6 +107,10 @@ impl FrameKind {
             10 => FrameKind::LinkAccepted,
             11 => FrameKind::LinkEvents,
             12 => FrameKind::LinkReplies,
+            13 => FrameKind::MoveSnapshot,
+            14 => FrameKind::MoveEvents,
+            15 => FrameKind::MoveHandoff,
+            16 => FrameKind::MoveAck,
             _ => return None,
         })
     }
@@ -116,6 +129,9 @@ impl FrameKind {
             FrameKind::LinkHello | FrameKind::LinkAccepted => LINK_HELLO_BYTES_MAX,
             FrameKind::LinkEvents => EVENT_BYTES_MAX.max(LINK_TOKENS_RECORD_BYTES_MAX),
             FrameKind::LinkReplies => REPLY_BYTES_MAX.max(LINK_TOKENS_RECORD_BYTES_MAX),
+            FrameKind::MoveSnapshot => MOVE_CHUNK_RECORD_BYTES_MAX,
+            FrameKind::MoveEvents | FrameKind::MoveHandoff => EVENT_BYTES_MAX,
+            FrameKind::MoveAck => MOVE_ACK_RECORD_BYTES_MAX,
         }
     }
 
@@ -130,7 +146,12 @@ impl FrameKind {
             | FrameKind::AuthResponse
             | FrameKind::AuthAccepted
             | FrameKind::LinkHello
-            | FrameKind::LinkAccepted => 1,
+            | FrameKind::LinkAccepted
+            | FrameKind::MoveSnapshot
+            | FrameKind::MoveHandoff
+            | FrameKind::MoveAck => 1,
+            // A move's head and a batch of its tail.
+            FrameKind::MoveEvents => LINK_BATCH_EVENTS_MAX + 1,
             // A batch and its token record.
             FrameKind::LinkEvents | FrameKind::LinkReplies => LINK_BATCH_EVENTS_MAX + 1,
         }

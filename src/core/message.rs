@@ -339,6 +339,46 @@ pub struct LinkTokens {
     pub tokens: Vec<u64>,
 }
 
+/// One piece of a partition's snapshot on its way to the partition's next owner (a
+/// `MoveSnapshot` frame): the bytes `offset..offset + bytes.len()` of the snapshot's rkyv
+/// archive, `total` bytes in all. A move is named by its partition and the partition epoch
+/// of its `Migrating` entry.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MoveChunk {
+    pub partition: u32,
+    pub part_epoch: u32,
+    pub offset: u64,
+    pub total: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// The first record of a `MoveEvents` frame (the events follow, archived as their clients
+/// sent them) and the only one of a `MoveHandoff` frame. `seq` is the index of the frame's
+/// first event in the move's tail; in a hand-off, the number of events in the whole tail.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MoveHead {
+    pub partition: u32,
+    pub part_epoch: u32,
+    pub seq: u64,
+}
+
+/// The target's answer on the link's reply direction (a `MoveAck` frame): how much of the
+/// move it has (the snapshot, then `events` tail events of `bytes` archived bytes), whether
+/// it has the hand-off, or why it refuses the move (`refusal` not empty).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MoveAck {
+    pub partition: u32,
+    pub part_epoch: u32,
+    pub snapshot_done: bool,
+    pub events: u64,
+    pub bytes: u64,
+    pub handed_off: bool,
+    pub refusal: String,
+}
+
 /// The hash a treasure stores in place of its secret code.
 pub fn claim_code_hash(code: &[u8]) -> u64 {
     // A fixed seed keeps treasure hashes apart from the partitioner's hashes of hunt ids.

@@ -13,8 +13,8 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::core::shard::LinkTally;
 use crate::core::shard::counters::{KindIndex, OutcomeIndex, REJECT_REASONS, reject_reason_label};
+use crate::core::shard::{LinkTally, MoveTally};
 pub use crate::metrics::snapshot::{ClassicHistogram, LATENCY_BUCKET_BOUNDS_S};
 use crate::metrics::snapshot::{CreditGauge, EventTally, ShardSnapshot, Stage};
 
@@ -286,7 +286,53 @@ impl NodeCollector {
         self.connections_closed(encoder)?;
         self.executor(encoder)?;
         self.links(encoder)?;
+        self.moves(encoder)?;
         self.events(encoder)
+    }
+
+    /// Live partition moves: out of each shard (as the source) and into it (as the target),
+    /// by step, and the events sources held during hand-offs.
+    fn moves(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        type Step = (&'static str, &'static str, fn(&MoveTally) -> u64);
+        let steps: [Step; 8] = [
+            ("out", "started", |t| t.out_started),
+            ("out", "flipped", |t| t.out_flipped),
+            ("out", "abandoned", |t| t.out_abandoned),
+            ("out", "refused", |t| t.out_refused),
+            ("in", "staged", |t| t.in_staged),
+            ("in", "installed", |t| t.in_installed),
+            ("in", "dropped", |t| t.in_dropped),
+            ("in", "refused", |t| t.in_refused),
+        ];
+        let mut family = encoder.encode_descriptor(
+            "partition_moves",
+            "Live partition moves by direction and step: out (this shard the source) started, flipped to the target, abandoned, refused; in (this shard the target) staged, installed at the flip, dropped, refused.",
+            None,
+            MetricType::Counter,
+        )?;
+        for shard in &self.shards {
+            for (direction, step, value) in steps {
+                let mut labels = self.shard_labels(shard);
+                labels.push(("direction", direction.to_owned()));
+                labels.push(("step", step.to_owned()));
+                let value = value(&shard.snapshot.counters.moves);
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, u64, u64>(&value, None)?;
+            }
+        }
+        self.counter(
+            encoder,
+            "move_events_held",
+            "Events a moving partition's source held during its hand-off (each counted once).",
+            |s| s.snapshot.counters.moves.events_held,
+        )?;
+        self.gauge(
+            encoder,
+            "move_events_held_peak",
+            "The most events this shard held at once during hand-offs.",
+            |s| s.snapshot.counters.moves.held_peak as f64,
+        )
     }
 
     fn connections_closed(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
@@ -569,7 +615,7 @@ impl NodeCollector {
     fn histograms(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let mut family = encoder.encode_descriptor(
             "stage_latency_seconds",
-            "Latency of each stage of a shard's data path (frame_dispatch: arrival to dispatch of the frame's last event; mesh_round_trip: forward to reply back; log_sync: first write a log sync covers issued to its fdatasync done, no samples without a data dir; snapshot_pause: the shard stopped to copy one partition's state for a snapshot; link_round_trip: forward to a shard of another node to its reply back).",
+            "Latency of each stage of a shard's data path (frame_dispatch: arrival to dispatch of the frame's last event; mesh_round_trip: forward to reply back; log_sync: first write a log sync covers issued to its fdatasync done, no samples without a data dir; snapshot_pause: the shard stopped to copy one partition's state for a snapshot; link_round_trip: forward to a shard of another node to its reply back; move_pause: a moving partition's events held at its source, from the hold's start to the flip or abandon, no samples on a shard that moved nothing).",
             None,
             MetricType::Histogram,
         )?;
@@ -795,6 +841,8 @@ mod tests {
         snapshot.counters.links.events_received = 3;
         snapshot.counters.links.bytes_sent = 900;
         snapshot.counters.links.batches_received = 2;
+        snapshot.counters.moves.out_flipped = 3;
+        snapshot.counters.moves.events_held = 17;
         snapshot.gauges.links_open = 2;
         snapshot.gauges.link_credit.events_held = 5;
         snapshot.gauges.connection_credit = CreditGauge {
@@ -885,6 +933,10 @@ mod tests {
             format!(
                 "trove_stage_latency_seconds_count{{{n},shard=\"1\",stage=\"link_round_trip\"}} 1"
             ),
+            format!(
+                "trove_partition_moves_total{{{n},shard=\"1\",direction=\"out\",step=\"flipped\"}} 3"
+            ),
+            format!("trove_move_events_held_total{{{n},shard=\"1\"}} 17"),
             format!("trove_cluster_lease_left_seconds{{{n},node_id=\"7\"}} 4.5"),
             format!("trove_cluster_partitions_owned{{{n},node_id=\"7\"}} 16.0"),
             format!("trove_cluster_controller{{{n},node_id=\"7\"}} 1.0"),

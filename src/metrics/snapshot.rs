@@ -64,6 +64,8 @@ pub struct ShardCounters {
     pub links: crate::core::shard::LinkTally,
     /// Times a forward to another node found no link credit and waited.
     pub link_credit_waits: u64,
+    /// Live partition moves out of and into the shard (see `core::shard::MoveTally`).
+    pub moves: crate::core::shard::MoveTally,
 }
 
 /// Credit held in one pool and its capacity, in events and bytes.
@@ -131,15 +133,19 @@ pub enum Stage {
     SnapshotPause,
     /// From forwarding an event to a shard of another node to its reply arriving back.
     LinkRoundTrip,
+    /// How long a moving partition's events were held at its source, from the hold's start
+    /// to the flip or abandon that let them go (no samples on a shard that moved nothing).
+    MovePause,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 5] = [
+    pub const ALL: [Stage; 6] = [
         Stage::FrameDispatch,
         Stage::MeshRoundTrip,
         Stage::LogSync,
         Stage::SnapshotPause,
         Stage::LinkRoundTrip,
+        Stage::MovePause,
     ];
 
     /// The value of the `stage` label.
@@ -150,6 +156,7 @@ impl Stage {
             Stage::LogSync => "log_sync",
             Stage::SnapshotPause => "snapshot_pause",
             Stage::LinkRoundTrip => "link_round_trip",
+            Stage::MovePause => "move_pause",
         }
     }
 }

@@ -322,24 +322,28 @@ async fn read_replies(
     mut input: ReceiveBuffer,
     broken: Rc<Latch>,
 ) {
-    let replies = FrameKind::LinkReplies;
-    read_frames(&mut stream, &mut input, replies, &broken, |body| {
-        shard.link_replies(dest, body).is_ok()
+    let kinds = [FrameKind::LinkReplies, FrameKind::MoveAck];
+    read_frames(&mut stream, &mut input, &kinds, &broken, |kind, body| {
+        if kind == FrameKind::MoveAck {
+            shard.move_ack(dest, body).is_ok()
+        } else {
+            shard.link_replies(dest, body).is_ok()
+        }
     })
     .await;
     broken.set();
 }
 
 /// Hands each whole frame in `input` to `handle`, reading more from `stream` as needed, until
-/// the link ends: a frame of another kind than `kind`, one `handle` refuses (`false`), bytes
+/// the link ends: a frame of a kind not in `kinds`, one `handle` refuses (`false`), bytes
 /// that are no frame, the socket closing or failing, or `stop` set. The two read sides of a
 /// link (replies on an outgoing one, events on an inbound one) differ only in those.
 async fn read_frames(
     stream: &mut Transport,
     input: &mut ReceiveBuffer,
-    kind: FrameKind,
+    kinds: &[FrameKind],
     stop: &Latch,
-    mut handle: impl FnMut(&[u8]) -> bool,
+    mut handle: impl FnMut(FrameKind, &[u8]) -> bool,
 ) {
     loop {
         let frame_len = loop {
@@ -349,7 +353,7 @@ async fn read_frames(
                     body,
                     frame_len,
                 }) => {
-                    if header.kind != kind || !handle(body) {
+                    if !kinds.contains(&header.kind) || !handle(header.kind, body) {
                         return;
                     }
                     input.consume(frame_len);
@@ -456,8 +460,18 @@ async fn read_events(
     mut input: ReceiveBuffer,
     done: &Latch,
 ) {
-    read_frames(stream, &mut input, FrameKind::LinkEvents, done, |body| {
-        shard.link_events(link, body).is_ok()
+    let kinds = [
+        FrameKind::LinkEvents,
+        FrameKind::MoveSnapshot,
+        FrameKind::MoveEvents,
+        FrameKind::MoveHandoff,
+    ];
+    read_frames(stream, &mut input, &kinds, done, |kind, body| {
+        if kind == FrameKind::LinkEvents {
+            shard.link_events(link, body).is_ok()
+        } else {
+            shard.move_frame(link, kind, body).is_ok()
+        }
     })
     .await;
 }

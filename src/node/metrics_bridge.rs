@@ -90,6 +90,7 @@ pub fn snapshot_of(
         log_records: stats.log.records,
         log_bytes: stats.log.bytes,
         links: stats.links,
+        moves: stats.moves,
         link_credit_waits: stats.link_credit_waits,
     };
     let gauges = ShardGauges {
@@ -137,6 +138,9 @@ pub fn snapshot_of(
     }
     stages[Stage::LinkRoundTrip as usize] =
         ClassicHistogram::from_ns(&stats.stages.link_round_trip_ns);
+    if let Some(pause) = &stats.stages.move_pause_ns {
+        stages[Stage::MovePause as usize] = ClassicHistogram::from_ns(pause);
+    }
     ShardSnapshot {
         shard: stats.shard,
         cpu: stats.cpu,

@@ -219,6 +219,28 @@ impl NodeReport {
                     percentiles_us(&shard.stages.link_round_trip_ns),
                 ));
             }
+            let moves = shard.moves;
+            if moves.out_started + moves.in_staged + moves.out_refused + moves.in_refused > 0 {
+                let pause = shard
+                    .stages
+                    .move_pause_ns
+                    .as_ref()
+                    .map_or_else(|| "none".to_string(), percentiles_us);
+                text.push_str(&format!(
+                    "  moves: out {} started, {} flipped, {} abandoned, {} refused; in {} staged, {} installed, {} dropped, {} refused; {} events held (peak {}); flip pause {}\n",
+                    moves.out_started,
+                    moves.out_flipped,
+                    moves.out_abandoned,
+                    moves.out_refused,
+                    moves.in_staged,
+                    moves.in_installed,
+                    moves.in_dropped,
+                    moves.in_refused,
+                    moves.events_held,
+                    moves.held_peak,
+                    pause,
+                ));
+            }
             text.push_str(&format!(
                 "  frame dispatch {}; mesh round trip {};{} {}\n",
                 percentiles_us(&shard.stages.frame_dispatch_ns),

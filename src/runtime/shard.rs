@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 
 use crate::constants::{LOG_STOP_WAIT_MS_MAX, TIMEOUT_CHECK_INTERVAL_MS_MAX};
-use crate::core::codec::{FrameBuilder, FrameError, FrameHeader};
+use crate::core::codec::{FrameBuilder, FrameError, FrameHeader, FrameKind};
 use crate::core::ids::{ConnectionId, NodeId, PartitionId, ShardId};
 use crate::core::message::ArchivedLinkAccepted;
 use crate::core::partition::{MapError, Placement};
 use crate::core::shard::{
     CloseReason, ConnectRefusal, Durability, FrameProgress, LinkDest, LinkError, LinkPoll,
-    LogFaultKind, LogFaultStep, LogOp, LogSync, MeshBatch, MeshOutput, NodeLease, Readable,
-    ReplayError, ShardConfig, ShardCore, ShardLoad, ShardStats, SourceAddr,
+    LogFaultKind, LogFaultStep, LogOp, LogSync, MeshBatch, MeshOutput, MoveError, MoveReport,
+    NodeLease, Readable, ReplayError, ShardConfig, ShardCore, ShardLoad, ShardStats, SourceAddr,
 };
 use crate::core::snapshot::PartitionSnapshot;
 use crate::runtime::config::RuntimeConfig;
@@ -94,6 +94,11 @@ pub struct Shard {
     inbound_writers: RefCell<Vec<Option<InboundWriter>>>,
     /// How an outgoing link connects, set by the network layer when it starts serving.
     link_connector: std::cell::RefCell<Option<crate::runtime::link::LinkConnector>>,
+    /// Where the core's move reports go (the node's control thread); `None` for a single
+    /// node, whose reports stay in the core's bounded queue.
+    move_reports: RefCell<Option<flume::Sender<MoveReport>>>,
+    /// A report the full channel did not take, sent first next time.
+    move_report_unsent: RefCell<Option<MoveReport>>,
 }
 
 /// An inbound link's id and its writer's queue.
@@ -161,6 +166,8 @@ impl Shard {
             link_supervisor: WaitQueue::new(),
             inbound_writers: RefCell::default(),
             link_connector: std::cell::RefCell::new(None),
+            move_reports: RefCell::new(None),
+            move_report_unsent: RefCell::new(None),
         }
     }
 
@@ -239,6 +246,7 @@ impl Shard {
             }
         }
         self.wake_links();
+        self.send_move_reports();
     }
 
     /// Wakes the outgoing links the core listed (asking the supervisor for a task when one
@@ -658,6 +666,35 @@ impl Shard {
         }
     }
 
+    /// Where this shard's move reports go (the node's control thread connects it).
+    pub fn set_move_reports(&self, reports: Option<flume::Sender<MoveReport>>) {
+        *self.move_reports.borrow_mut() = reports;
+    }
+
+    /// Hands the core's move reports to the control thread's channel, in order; a full
+    /// channel keeps the next one for the next pass.
+    fn send_move_reports(&self) {
+        let reports = self.move_reports.borrow();
+        let Some(sender) = reports.as_ref() else {
+            return;
+        };
+        let mut unsent = self.move_report_unsent.borrow_mut();
+        loop {
+            let Some(report) = unsent.take().or_else(|| self.core().poll_move_report()) else {
+                return;
+            };
+            match sender.try_send(report) {
+                Ok(()) => {}
+                Err(flume::TrySendError::Full(report)) => {
+                    *unsent = Some(report);
+                    return;
+                }
+                // The control thread is gone: nobody acts on reports any more.
+                Err(flume::TrySendError::Disconnected(_)) => return,
+            }
+        }
+    }
+
     /// How outgoing links connect (the network layer's connector).
     pub fn set_link_connector(&self, connector: crate::runtime::link::LinkConnector) {
         *self.link_connector.borrow_mut() = Some(connector);
@@ -703,6 +740,14 @@ impl Shard {
         handled
     }
 
+    /// A move's acknowledgement from `dest` (see [`ShardCore::handle_move_ack`]).
+    pub fn move_ack(&self, dest: LinkDest, body: &[u8]) -> Result<(), MoveError> {
+        let now = self.now_ns();
+        let handled = self.core().handle_move_ack(now, dest, body);
+        self.wake_released();
+        handled
+    }
+
     pub fn link_failed(&self, dest: LinkDest) {
         let now = self.now_ns();
         self.core().handle_link_failed(now, dest);
@@ -739,6 +784,19 @@ impl Shard {
         let applied_before = self.events_applied();
         let handled = self.core().handle_link_events(now, link, body);
         self.delay_applied(applied_before);
+        self.wake();
+        handled
+    }
+
+    /// A move frame on inbound link `link` (see [`ShardCore::handle_move_frame`]).
+    pub fn move_frame(
+        &self,
+        link: ConnectionId,
+        kind: FrameKind,
+        body: &[u8],
+    ) -> Result<(), MoveError> {
+        let now = self.now_ns();
+        let handled = self.core().handle_move_frame(now, link, kind, body);
         self.wake();
         handled
     }

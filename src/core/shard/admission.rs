@@ -195,7 +195,17 @@ impl ShardCore {
                 let reply = self.apply(local, event);
                 self.stats.events_applied += 1;
                 self.stats.events.count(&event.kind, &reply.outcome);
+                if local.is_moving() {
+                    self.capture_tail(now_ns, local, archive.bytes());
+                }
                 self.reply_applied(id, local, archive.bytes(), &reply, credit);
+            }
+            Route::Hold(partition) => {
+                if !self.try_take_socket_credit(id, credit) {
+                    self.stats.socket_credit_waits += 1;
+                    return self.out_of_credit(id, event, credit, None);
+                }
+                self.hold_client_event(id, partition, archive.bytes(), credit);
             }
             Route::Shard(owner) => {
                 if !self.socket_credit_covers(id, credit) {

@@ -27,6 +27,11 @@ pub struct StageLatencies {
     /// From forwarding an event to a shard of another node to its reply arriving back over
     /// the link: the inter-node hop.
     pub link_round_trip_ns: Histogram<u64>,
+    /// How long a moving partition's events were held at its source, from the hold's start
+    /// to the flip (or the abandon) that let them go: the pause its clients saw. `None` until
+    /// the shard ends its first move that held (a histogram is about 220 KiB; most shards
+    /// never move a partition).
+    pub move_pause_ns: Option<Histogram<u64>>,
 }
 
 impl StageLatencies {
@@ -38,6 +43,7 @@ impl StageLatencies {
             log_sync_ns: logged.then(stage_histogram),
             snapshot_pause_ns: logged.then(stage_histogram),
             link_round_trip_ns: stage_histogram(),
+            move_pause_ns: None,
         }
     }
 }
@@ -50,7 +56,7 @@ impl Default for StageLatencies {
 }
 
 /// One stage's histogram: 1 ns to `STAGE_LATENCY_NS_MAX`, three significant digits.
-fn stage_histogram() -> Histogram<u64> {
+pub(super) fn stage_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, STAGE_LATENCY_NS_MAX, 3).expect("valid histogram bounds")
 }
 
@@ -119,6 +125,34 @@ pub struct ShardStats {
     pub link_credit_waits: u64,
     /// The most link credit ever held at once at any one shard of another node.
     pub link_inflight_peak: Credit,
+    /// Live partition moves, out of this shard and into it.
+    pub moves: MoveTally,
+}
+
+/// What a shard's live partition moves did (`core::shard::moves`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MoveTally {
+    /// Moves this shard started streaming as their source.
+    pub out_started: u64,
+    /// Of those, moves whose partition flipped to the target.
+    pub out_flipped: u64,
+    /// Moves the placement ended without flipping to the target (the source stays owner).
+    pub out_abandoned: u64,
+    /// Moves that could not start or go on (the target refused, the link failed).
+    pub out_refused: u64,
+    /// Partitions whose snapshot this shard received whole and staged, as a target.
+    pub in_staged: u64,
+    /// Staged partitions this shard then served, from the staged state, at their flip.
+    pub in_installed: u64,
+    /// Staged (or half-received) partitions dropped: the move was abandoned, or its link
+    /// closed before the hand-off.
+    pub in_dropped: u64,
+    /// Moves this shard refused as a target (its limits, its durability).
+    pub in_refused: u64,
+    /// Events held at this shard during hand-offs (each counted once, when held).
+    pub events_held: u64,
+    /// The most events held at once.
+    pub held_peak: u64,
 }
 
 /// What went over a shard's links to other nodes, each way: events forwarded (sent: handed to

@@ -651,6 +651,12 @@ impl ShardCore {
         self.hold_or_queue_local(id, reply, Credit::ZERO, false);
     }
 
+    /// The answer to an event of connection `id` that holds `credit` and was not applied (a
+    /// released move's `Moved`, say): behind earlier replies waiting for a sync, like any.
+    pub(super) fn reply_answered(&mut self, id: ConnectionId, reply: &Reply, credit: Credit) {
+        self.hold_or_queue_local(id, reply, credit, false);
+    }
+
     fn hold_or_queue_local(
         &mut self,
         id: ConnectionId,

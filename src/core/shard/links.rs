@@ -42,7 +42,7 @@ use crate::core::credit::{Acquire, Credit, CreditPool};
 use crate::core::ids::{ConnectionId, NodeId, ShardId};
 use crate::core::message::{
     ArchivedEvent, ArchivedLinkAccepted, ArchivedLinkHello, ArchivedLinkTokens, ArchivedReply,
-    EventError, LinkAccepted, LinkHello, LinkTokens, Outcome, Reply,
+    EventError, LinkAccepted, LinkHello, LinkTokens, MoveAck, Outcome, Reply,
 };
 use crate::core::shard::ShardCore;
 use crate::core::shard::counters::KindIndex;
@@ -263,6 +263,11 @@ impl Links {
         }
     }
 
+    /// Lists the outgoing link to `dest` for its task to look at (a move has frames for it).
+    pub(super) fn list_ready_dest(&mut self, dest: LinkDest) {
+        self.list_ready(dest);
+    }
+
     /// Lists every outgoing link (a stopping shard's links look again, to close).
     pub fn list_all_ready(&mut self) {
         let dests: Vec<LinkDest> = self.out.keys().copied().collect();
@@ -447,10 +452,13 @@ impl ShardCore {
     pub fn poll_link(&mut self, dest: LinkDest, out: &mut Vec<u8>) -> Option<LinkPoll> {
         let epoch = self.placement.epoch().get();
         let stopping = self.stopping;
+        let streaming = self.moves.streams_to(dest);
         let link = self.links.out.get_mut(&dest)?;
         match link.state {
-            LinkState::Connecting if !link.pending.is_empty() => Some(LinkPoll::Connect),
-            LinkState::Up if link.frames.is_empty() => {
+            LinkState::Connecting if !link.pending.is_empty() || streaming => {
+                Some(LinkPoll::Connect)
+            }
+            LinkState::Up if link.frames.is_empty() && !streaming => {
                 if stopping && link.pending.is_empty() {
                     link.state = LinkState::Closed;
                     return Some(LinkPoll::Close);
@@ -458,11 +466,10 @@ impl ShardCore {
                 None
             }
             LinkState::Up => {
+                let start = out.len();
                 let sealed = seal(&mut link.frames, &mut link.open_tokens, epoch);
                 let frames = std::mem::take(&mut link.frames_sealed) + u64::from(sealed);
-                let bytes = link.frames.bytes();
-                out.extend_from_slice(bytes);
-                let written = bytes.len();
+                out.extend_from_slice(link.frames.bytes());
                 link.frames.clear(0);
                 // Counted as sent once handed to the socket: events answered before that (a
                 // refused handshake, a link that failed while connecting) never left.
@@ -470,7 +477,8 @@ impl ShardCore {
                 self.stats.links.bytes_sent += std::mem::take(&mut link.queued_bytes);
                 link.handed_through = link.next_token;
                 self.stats.links.batches_sent += frames;
-                Some(LinkPoll::Write(written))
+                self.take_move_frames(dest, out);
+                Some(LinkPoll::Write(out.len() - start))
             }
             LinkState::Idle | LinkState::Down if stopping && link.pending.is_empty() => {
                 link.state = LinkState::Closed;
@@ -597,8 +605,44 @@ impl ShardCore {
             };
             self.deliver_reply_value(pending.entry.connection, &reply, pending.entry.credit);
         }
+        self.fail_moves_to(dest);
         self.after_release();
         self.links.list_ready(dest);
+    }
+
+    /// Opens (or keeps) the outgoing link to `dest` for a move's frames; why not, when no
+    /// link can carry them.
+    pub(super) fn open_link_for_move(&mut self, dest: LinkDest) -> Result<(), String> {
+        if self.config.cluster.is_none() {
+            return Err("a single node has no links to move partitions over".to_string());
+        }
+        let share = self.config.link_budget_per_source;
+        let count = self.links.out.len();
+        let link = match self.links.out.get_mut(&dest) {
+            Some(link) => link,
+            None if count >= LINKS_PER_SHARD_MAX => {
+                return Err(format!(
+                    "this shard already keeps {LINKS_PER_SHARD_MAX} links (LINKS_PER_SHARD_MAX); none is left for node {} shard {}",
+                    dest.node.0, dest.shard.0
+                ));
+            }
+            None => self
+                .links
+                .out
+                .entry(dest)
+                .or_insert_with(|| OutLink::new(share)),
+        };
+        match link.state {
+            LinkState::Down | LinkState::Closed => Err(format!(
+                "the link to node {} shard {} is down",
+                dest.node.0, dest.shard.0
+            )),
+            LinkState::Idle => {
+                link.state = LinkState::Connecting;
+                Ok(())
+            }
+            LinkState::Connecting | LinkState::Up => Ok(()),
+        }
     }
 
     /// An outgoing link the core failed (or was told failed): the shell closes its socket if
@@ -806,7 +850,7 @@ impl ShardCore {
         Ok(())
     }
 
-    fn apply_linked(
+    pub(super) fn apply_linked(
         &mut self,
         now_ns: u64,
         link: ConnectionId,
@@ -824,8 +868,14 @@ impl ShardCore {
             self.stats.events.count(&event.kind, &reply.outcome);
             (reply, None)
         } else {
-            self.apply_for_peer(archive)
+            match self.apply_for_peer(archive) {
+                Ok(answered) => answered,
+                Err(held) => return self.hold_link_event(held, archive.bytes(), link, token),
+            }
         };
+        if let Some((local, bytes)) = applied.filter(|(local, _)| local.is_moving()) {
+            self.capture_tail(now_ns, local, bytes);
+        }
         if !self.hold_link_reply(link, token, credit, applied, &reply) {
             self.queue_link_reply(now_ns, link, token, &reply, credit);
         }
@@ -899,7 +949,24 @@ impl ShardCore {
                 *slot = None;
             }
         }
+        self.drop_moves_of_link(link);
         self.after_release();
+    }
+
+    /// Queues a move's acknowledgement on inbound link `link`, after the replies before it.
+    pub(super) fn queue_move_frame(&mut self, link: ConnectionId, ack: &MoveAck) {
+        let epoch = self.placement.epoch().get();
+        let Some(inbound) = self.links.inbound_mut(link) else {
+            return;
+        };
+        if seal(&mut inbound.out, &mut inbound.out_tokens, epoch) {
+            inbound.out_sealed += 1;
+        }
+        inbound
+            .out
+            .single(FrameKind::MoveAck, epoch, Some(ack))
+            .expect("an acknowledgement of a bounded refusal fits its frame");
+        self.links.list_writable(link);
     }
 
     /// The source of inbound link `link`.

@@ -252,13 +252,31 @@ impl ShardCore {
         events: &ArchiveBatch<ArchivedEvent>,
     ) {
         for (archive, entry) in events.iter() {
-            let (reply, applied) = self.apply_for_peer(archive);
-            if !self.hold_peer_reply(from, applied, &reply, entry) {
-                self.queue_peer_reply(now_ns, from, &reply, entry);
-            }
+            self.apply_peer_event(now_ns, from, archive, entry);
         }
         if !events.is_empty() {
             self.list_mesh_ready(from);
+        }
+    }
+
+    /// Applies (or answers, or holds for a move's hand-off) one event peer `from` forwarded,
+    /// and queues its reply unless the log or the hold keeps it.
+    pub(super) fn apply_peer_event(
+        &mut self,
+        now_ns: u64,
+        from: ShardId,
+        archive: ValidatedArchive<'_, ArchivedEvent>,
+        entry: &BatchEntry,
+    ) {
+        let (reply, applied) = match self.apply_for_peer(archive) {
+            Ok(answered) => answered,
+            Err(held) => return self.hold_peer_event(held, archive.bytes(), from, *entry),
+        };
+        if let Some((local, bytes)) = applied.filter(|(local, _)| local.is_moving()) {
+            self.capture_tail(now_ns, local, bytes);
+        }
+        if !self.hold_peer_reply(from, applied, &reply, entry) {
+            self.queue_peer_reply(now_ns, from, &reply, entry);
         }
     }
 

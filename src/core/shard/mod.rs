@@ -55,14 +55,14 @@ use crate::core::partition::{MapError, Placement};
 
 pub use admission::{FrameProgress, Readable};
 pub use connections::{CloseReason, ConnectRefusal, SourceAddr};
-pub use counters::{EventTally, KindIndex, LinkTally, LogTally, OutcomeIndex, Traffic};
+pub use counters::{EventTally, KindIndex, LinkTally, LogTally, MoveTally, OutcomeIndex, Traffic};
 pub use counters::{ShardLoad, ShardStats, StageLatencies, Stalls};
 pub use durability::{
     Durability, LogAbandoned, LogFaultKind, LogFaultStep, LogOp, LogSync, ReplayError,
 };
 pub use links::{ERROR_CODE_LINK_PROTOCOL, ERROR_CODE_LINK_REFUSED, LinkDest, LinkError, LinkPoll};
 pub use mesh::{ArchiveBatch, BatchEntry, MeshBatch, MeshOutput};
-pub use moves::{MoveReport, MoveStep};
+pub use moves::{MoveError, MoveReport, MoveStep};
 pub use routing::{LocalEvent, NodeLease, Route};
 pub use stop::ERROR_CODE_SHUTTING_DOWN;
 pub use timeouts::ERROR_CODE_CONNECTION_CLOSED;
@@ -212,6 +212,8 @@ pub struct ShardCore {
     durability: durability::DurabilityState,
     /// Links to and from shards of other nodes (see [`links`]).
     links: links::Links,
+    /// Partitions streaming to their next owner, and partitions staged here (see [`moves`]).
+    moves: moves::Moves,
 }
 
 impl ShardCore {
@@ -243,6 +245,7 @@ impl ShardCore {
             frame_dispatched_arrived_ns: None,
             durability: durability::DurabilityState::new(config.durability),
             links: links::Links::default(),
+            moves: moves::Moves::default(),
             stats: ShardStats {
                 shard: shard.0,
                 // The log-sync stage only for a shard that logs (its histogram is 220 KiB).
@@ -319,6 +322,7 @@ impl ShardCore {
         self.placement = placement;
         self.placed = true;
         self.adopt_placement();
+        self.settle_moves(now_ns);
         self.fail_links_to_absent_owners(now_ns);
         Ok(())
     }
@@ -331,10 +335,11 @@ impl ShardCore {
     /// What the node's control thread knows of its lease now. Fenced, the shard answers
     /// `Unavailable` to everything (its partitions may be someone else's by now); confirmed,
     /// it serves the partitions confirmed to it after its registration.
-    pub fn handle_lease(&mut self, _now_ns: u64, lease: NodeLease) {
+    pub fn handle_lease(&mut self, now_ns: u64, lease: NodeLease) {
         if lease != self.lease {
             self.lease = lease;
             self.adopt_placement();
+            self.settle_moves(now_ns);
         }
     }
 
@@ -347,19 +352,28 @@ impl ShardCore {
         let partitions = self.placement.partitions() as usize;
         self.partitions.resize_with(partitions, || None);
         self.routes.clear();
-        for (index, owner) in self.placement.owners().iter().enumerate() {
+        for index in 0..partitions {
             let partition = PartitionId(index as u32);
+            let owner = *self.placement.owner(partition);
+            let owner = &owner;
             let owned = owner.node == self.node && owner.shard == self.shard;
             let serve = owned && self.lease.serves(owner);
+            let staged = if serve && self.partitions[index].is_none() {
+                self.take_staged(partition, owner.part_epoch)
+            } else {
+                None
+            };
             let slot = &mut self.partitions[index];
             if serve && slot.is_none() {
-                *slot = Some(PartitionState::new(partition));
+                // A partition moved here is served from the state it was handed off with.
+                *slot = Some(staged.unwrap_or_else(|| PartitionState::new(partition)));
             } else if !owned && self.placed {
                 *slot = None;
             }
             self.routes
                 .push(routing::route_of(self.node, partition, owner, serve));
         }
+        self.patch_move_routes();
         let ports = if self.config.shard_ports.len() == self.peers.len() {
             self.config.shard_ports.clone()
         } else {
@@ -499,7 +513,8 @@ impl ShardCore {
             .fold(self.durability.held_credit(), |sum, peer| {
                 sum.plus(peer.credit.held())
             })
-            .plus(self.links.held());
+            .plus(self.links.held())
+            .plus(self.moves.held_credit());
         if at_peers != away {
             return Err(format!(
                 "{} holds {:?} of mesh and link credit at its peers (and for replies waiting for the log) but its forwarded events hold {:?}",

@@ -43,3 +43,1057 @@ pub enum MoveStep {
         pause_ns: u64,
     },
 }
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use rkyv::util::AlignedVec;
+
+use crate::constants::{
+    ARCHIVE_ALIGN, ERROR_MESSAGE_BYTES_MAX, LINK_BATCH_EVENTS_MAX, MOVE_CATCHUP_EVENTS_MAX,
+    MOVE_CHUNK_BYTES_MAX, MOVE_REPORTS_QUEUED_MAX, MOVE_TAIL_BYTES_MAX, MOVE_TAIL_EVENTS_MAX,
+    MOVES_INCOMING_MAX, MOVES_OUTGOING_MAX, SNAPSHOT_ARCHIVE_BYTES_MAX,
+};
+use crate::core::codec::{
+    FrameBuilder, FrameError, FrameKind, Records, ValidatedArchive, ValidatedFrame, access_record,
+};
+use crate::core::credit::Credit;
+use crate::core::hunt::PartitionState;
+use crate::core::ids::ConnectionId;
+use crate::core::message::{
+    ArchivedEvent, ArchivedMoveAck, ArchivedMoveChunk, ArchivedMoveHead, MoveAck, MoveChunk,
+    MoveHead,
+};
+use crate::core::partition::OwnerState;
+use crate::core::shard::links::{LinkAdmit, LinkDest};
+use crate::core::shard::mesh::BatchEntry;
+use crate::core::shard::routing::{LocalEvent, Route, reply_to};
+use crate::core::shard::{Durability, ShardCore};
+use crate::core::snapshot::PartitionSnapshot;
+
+/// Why a move frame breaks the protocol: the link it came on is closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MoveError {
+    /// The frame itself is malformed.
+    Frame(FrameError),
+    /// The frame does not fit the move it names (out of order, past its size, another
+    /// partition's events, an acknowledgement of more than was sent...).
+    Protocol { detail: String },
+}
+
+impl From<FrameError> for MoveError {
+    fn from(error: FrameError) -> MoveError {
+        MoveError::Frame(error)
+    }
+}
+
+impl fmt::Display for MoveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MoveError::Frame(error) => write!(f, "move frame: {error}"),
+            MoveError::Protocol { detail } => write!(
+                f,
+                "move protocol: {detail}; the link is closed (the peer runs an incompatible trove, or a bug)"
+            ),
+        }
+    }
+}
+
+fn protocol(detail: String) -> MoveError {
+    MoveError::Protocol { detail }
+}
+
+/// Who is waiting for the answer to a held event.
+#[derive(Clone, Copy, Debug)]
+enum HeldOrigin {
+    /// A client of this shard: the event holds `credit` of its connection's share and of the
+    /// shard's socket budget, and counts as away from the connection.
+    Client { id: ConnectionId, credit: Credit },
+    /// Another shard of this node (it holds the mesh credit until the reply goes back).
+    Peer { from: ShardId, entry: BatchEntry },
+    /// A shard of another node, over inbound link `link` (the link credit stays held).
+    Link { link: ConnectionId, token: u64 },
+}
+
+/// An event of a partition being handed off, held in arrival order until the flip or the
+/// abandon: its archived bytes (validated when it arrived) and who waits for its answer.
+struct HeldEvent {
+    bytes: AlignedVec,
+    origin: HeldOrigin,
+}
+
+/// The source's hold: from when, and the events held.
+struct Hold {
+    since_ns: u64,
+    events: VecDeque<HeldEvent>,
+    count: u64,
+}
+
+/// One partition this shard streams to its next owner.
+struct OutgoingMove {
+    partition: PartitionId,
+    part_epoch: Epoch,
+    dest: LinkDest,
+    /// Move frames not handed to the link yet (snapshot pieces, tail batches, the hand-off);
+    /// the open frame is a tail batch being filled.
+    stream: FrameBuilder,
+    snapshot_bytes: u64,
+    snapshot_acked: bool,
+    streamed: u64,
+    streamed_bytes: u64,
+    acked: u64,
+    acked_bytes: u64,
+    hold: Option<Hold>,
+    handoff_sent: bool,
+    ready: bool,
+    refused: bool,
+}
+
+impl OutgoingMove {
+    fn unacked(&self) -> (u64, u64) {
+        (
+            self.streamed - self.acked,
+            self.streamed_bytes - self.acked_bytes,
+        )
+    }
+}
+
+/// One partition this shard receives from its owner, staged (not served) until its flip.
+struct IncomingMove {
+    partition: PartitionId,
+    part_epoch: Epoch,
+    link: ConnectionId,
+    /// The snapshot's archive as its pieces arrive; emptied once it is imported.
+    snapshot: AlignedVec,
+    total: u64,
+    state: Option<PartitionState>,
+    events: u64,
+    bytes: u64,
+    handed_off: bool,
+}
+
+/// The shard's moves, out and in. See the module documentation.
+#[derive(Default)]
+pub(super) struct Moves {
+    out: Vec<OutgoingMove>,
+    incoming: Vec<IncomingMove>,
+    reports: VecDeque<MoveReport>,
+    /// Socket credit of the client events held, summed (away from their connections).
+    held_credit: Credit,
+    held_now: u64,
+}
+
+impl Moves {
+    /// Socket credit held by held client events.
+    pub fn held_credit(&self) -> Credit {
+        self.held_credit
+    }
+
+    /// Whether a move to `dest` has frames for its link.
+    pub fn streams_to(&self, dest: LinkDest) -> bool {
+        self.out
+            .iter()
+            .any(|m| m.dest == dest && !m.stream.is_empty())
+    }
+
+    fn out_index(&self, partition: PartitionId) -> Option<usize> {
+        self.out.iter().position(|m| m.partition == partition)
+    }
+
+    fn incoming_index(&self, partition: u32, part_epoch: u32) -> Option<usize> {
+        self.incoming
+            .iter()
+            .position(|m| m.partition.0 == partition && m.part_epoch.0 == part_epoch)
+    }
+}
+
+/// Whether one more tail event of `len` bytes fits the open `MoveEvents` frame.
+fn room_for_event(stream: &FrameBuilder, len: usize) -> bool {
+    stream.open_records() < LINK_BATCH_EVENTS_MAX + 1 && stream.fits(len + ARCHIVE_ALIGN)
+}
+
+/// `text` cut to what an acknowledgement carries.
+fn bounded(mut text: String) -> String {
+    if text.len() > ERROR_MESSAGE_BYTES_MAX {
+        let mut end = ERROR_MESSAGE_BYTES_MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+impl ShardCore {
+    // ---- source ------------------------------------------------------------------------
+
+    /// What this shard has to tell its control thread about its moves, oldest first.
+    pub fn poll_move_report(&mut self) -> Option<MoveReport> {
+        self.moves.reports.pop_front()
+    }
+
+    fn report_move(&mut self, index: usize, step: MoveStep) {
+        let m = &self.moves.out[index];
+        let report = MoveReport {
+            partition: m.partition,
+            part_epoch: m.part_epoch,
+            to: m.dest.node,
+            to_shard: m.dest.shard,
+            step,
+        };
+        self.push_report(report);
+    }
+
+    fn push_report(&mut self, report: MoveReport) {
+        if self.moves.reports.len() >= MOVE_REPORTS_QUEUED_MAX {
+            // Nobody drains them (no control thread): the oldest is the least useful.
+            self.moves.reports.pop_front();
+        }
+        self.moves.reports.push_back(report);
+    }
+
+    /// After a new placement (or lease): moves whose partition is no longer `Migrating` from
+    /// this shard at their epoch end (flipped or abandoned), moves the placement asks for
+    /// start, and the routes of moving partitions say so. Held events are let go last, under
+    /// the new routes. On the target side, staged moves the placement left behind are dropped.
+    pub(super) fn settle_moves(&mut self, now_ns: u64) {
+        let mut ended = Vec::new();
+        let mut index = 0;
+        while index < self.moves.out.len() {
+            let m = &self.moves.out[index];
+            let owner = self.placement.owner(m.partition);
+            let goes_on = owner.node == self.node
+                && owner.shard == self.shard
+                && owner.part_epoch == m.part_epoch
+                && owner.state.migrating_to() == Some((m.dest.node, m.dest.shard));
+            if goes_on {
+                index += 1;
+                continue;
+            }
+            let flipped = owner.node == m.dest.node
+                && owner.shard == m.dest.shard
+                && owner.state == OwnerState::Serving
+                && owner.part_epoch > m.part_epoch;
+            ended.push((index, flipped));
+            index += 1;
+        }
+        let mut finished = Vec::new();
+        for (index, flipped) in ended.into_iter().rev() {
+            let m = self.moves.out.remove(index);
+            self.routes[m.partition.index()] = self.base_route(m.partition);
+            finished.push((m, flipped));
+        }
+        self.start_moves(now_ns);
+        self.patch_move_routes();
+        for (m, flipped) in finished.into_iter().rev() {
+            self.finish_move(now_ns, m, flipped);
+        }
+        self.settle_incoming();
+    }
+
+    /// Starts the moves the placement asks of this shard that are not under way: partitions
+    /// it serves, `Migrating` to a shard of another node.
+    fn start_moves(&mut self, now_ns: u64) {
+        for index in 0..self.routes.len() {
+            if !matches!(self.routes[index], Route::Local(_)) {
+                continue;
+            }
+            let partition = PartitionId(index as u32);
+            let owner = *self.placement.owner(partition);
+            let Some((to, to_shard)) = owner.state.migrating_to() else {
+                continue;
+            };
+            if self.moves.out_index(partition).is_some() {
+                continue;
+            }
+            let dest = LinkDest {
+                node: to,
+                shard: to_shard,
+            };
+            if let Err(reason) = self.start_move(now_ns, partition, owner.part_epoch, dest) {
+                self.stats.moves.out_refused += 1;
+                self.push_report(MoveReport {
+                    partition,
+                    part_epoch: owner.part_epoch,
+                    to,
+                    to_shard,
+                    step: MoveStep::Refused { reason },
+                });
+            }
+        }
+    }
+
+    /// Exports `partition`'s state, queues it for `dest` in pieces, and opens the link.
+    fn start_move(
+        &mut self,
+        _now_ns: u64,
+        partition: PartitionId,
+        part_epoch: Epoch,
+        dest: LinkDest,
+    ) -> Result<(), String> {
+        if dest.node == self.node {
+            return Err(format!(
+                "partition {} is moving to node {} shard {}, this shard's own node: a move goes to another node",
+                partition.0, dest.node.0, dest.shard.0
+            ));
+        }
+        if self.moves.out.len() >= MOVES_OUTGOING_MAX {
+            return Err(format!(
+                "node {} shard {} already streams {MOVES_OUTGOING_MAX} partitions; move fewer at once",
+                self.node.0, self.shard.0
+            ));
+        }
+        let Some(state) = self.partitions[partition.index()].as_ref() else {
+            return Err(format!("partition {} has no state here", partition.0));
+        };
+        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&state.export())
+            .map_err(|error| format!("partition {}'s snapshot: {error}", partition.0))?;
+        if archive.len() > SNAPSHOT_ARCHIVE_BYTES_MAX {
+            return Err(format!(
+                "partition {}'s snapshot is {} bytes, past SNAPSHOT_ARCHIVE_BYTES_MAX ({SNAPSHOT_ARCHIVE_BYTES_MAX})",
+                partition.0,
+                archive.len()
+            ));
+        }
+        self.open_link_for_move(dest)?;
+        let epoch = self.placement.epoch().get();
+        let mut stream = FrameBuilder::new();
+        let total = archive.len() as u64;
+        for (piece, bytes) in archive.chunks(MOVE_CHUNK_BYTES_MAX).enumerate() {
+            let chunk = MoveChunk {
+                partition: partition.0,
+                part_epoch: part_epoch.get(),
+                offset: (piece * MOVE_CHUNK_BYTES_MAX) as u64,
+                total,
+                bytes: bytes.to_vec(),
+            };
+            stream
+                .single(FrameKind::MoveSnapshot, epoch, Some(&chunk))
+                .map_err(|error| format!("partition {}'s snapshot piece: {error}", partition.0))?;
+        }
+        self.moves.out.push(OutgoingMove {
+            partition,
+            part_epoch,
+            dest,
+            stream,
+            snapshot_bytes: total,
+            snapshot_acked: false,
+            streamed: 0,
+            streamed_bytes: 0,
+            acked: 0,
+            acked_bytes: 0,
+            hold: None,
+            handoff_sent: false,
+            ready: false,
+            refused: false,
+        });
+        self.stats.moves.out_started += 1;
+        self.links.list_ready_dest(dest);
+        Ok(())
+    }
+
+    /// Marks the route of every partition this shard streams and serves: `Local` with the
+    /// moving flag while its events are applied and streamed, `Hold` while they are held.
+    pub(super) fn patch_move_routes(&mut self) {
+        for m in &self.moves.out {
+            let route = &mut self.routes[m.partition.index()];
+            if let Route::Local(local) = route {
+                *route = if m.hold.is_some() {
+                    Route::Hold(m.partition)
+                } else {
+                    Route::Local(local.moving())
+                };
+            }
+        }
+    }
+
+    /// An event of a moving partition was applied here: it joins the tail, in order. Past
+    /// the tail's bound the source holds the partition's next events instead of growing it.
+    pub(super) fn capture_tail(&mut self, now_ns: u64, local: LocalEvent, bytes: &[u8]) {
+        let Some(index) = self.moves.out_index(local.partition()) else {
+            return;
+        };
+        let epoch = self.placement.epoch().get();
+        let m = &mut self.moves.out[index];
+        if m.refused {
+            return;
+        }
+        if m.stream.is_open() && !room_for_event(&m.stream, bytes.len()) {
+            m.stream.finish(epoch);
+        }
+        if !m.stream.is_open() {
+            m.stream.begin(FrameKind::MoveEvents);
+            let head = MoveHead {
+                partition: m.partition.0,
+                part_epoch: m.part_epoch.get(),
+                seq: m.streamed,
+            };
+            m.stream
+                .push(&head)
+                .expect("a move head fits an empty frame");
+        }
+        m.stream
+            .push_archived(bytes)
+            .expect("a validated event fits a move frame with room checked");
+        m.streamed += 1;
+        m.streamed_bytes += bytes.len() as u64;
+        let (events, bytes) = m.unacked();
+        let dest = m.dest;
+        self.links.list_ready_dest(dest);
+        if events >= MOVE_TAIL_EVENTS_MAX || bytes >= MOVE_TAIL_BYTES_MAX {
+            self.start_hold(now_ns, index);
+        }
+    }
+
+    /// Stops applying the partition's events: new ones are held in arrival order.
+    fn start_hold(&mut self, now_ns: u64, index: usize) {
+        let m = &mut self.moves.out[index];
+        if m.hold.is_some() {
+            return;
+        }
+        m.hold = Some(Hold {
+            since_ns: now_ns,
+            events: VecDeque::new(),
+            count: 0,
+        });
+        let partition = m.partition;
+        if matches!(self.routes[partition.index()], Route::Local(_)) {
+            self.routes[partition.index()] = Route::Hold(partition);
+        }
+    }
+
+    /// Holding, and the target is within `MOVE_CATCHUP_EVENTS_MAX` of the tail: the rest of
+    /// the tail and the hand-off marker go out.
+    fn catch_up(&mut self, now_ns: u64, index: usize) {
+        let m = &self.moves.out[index];
+        if m.refused || !m.snapshot_acked || m.unacked().0 > MOVE_CATCHUP_EVENTS_MAX {
+            return;
+        }
+        self.start_hold(now_ns, index);
+        let epoch = self.placement.epoch().get();
+        let m = &mut self.moves.out[index];
+        if m.handoff_sent {
+            return;
+        }
+        if m.stream.is_open() {
+            m.stream.finish(epoch);
+        }
+        let head = MoveHead {
+            partition: m.partition.0,
+            part_epoch: m.part_epoch.get(),
+            seq: m.streamed,
+        };
+        m.stream
+            .single(FrameKind::MoveHandoff, epoch, Some(&head))
+            .expect("a move head fits a frame");
+        m.handoff_sent = true;
+        let dest = m.dest;
+        self.links.list_ready_dest(dest);
+    }
+
+    /// Appends the move frames for `dest` to `out` (the link's task writes them after its
+    /// event frames).
+    pub(super) fn take_move_frames(&mut self, dest: LinkDest, out: &mut Vec<u8>) {
+        let epoch = self.placement.epoch().get();
+        for m in self.moves.out.iter_mut().filter(|m| m.dest == dest) {
+            if m.stream.is_open() {
+                m.stream.finish(epoch);
+            }
+            out.extend_from_slice(m.stream.bytes());
+            m.stream.clear(0);
+        }
+    }
+
+    /// A `MoveAck` frame from `dest` on an outgoing link: how far the target got, or its
+    /// refusal. `Err` is a protocol error: the shell closes the link.
+    pub fn handle_move_ack(
+        &mut self,
+        now_ns: u64,
+        dest: LinkDest,
+        body: &[u8],
+    ) -> Result<(), MoveError> {
+        let frame = ValidatedFrame::<ArchivedMoveAck>::validate(FrameKind::MoveAck, body)?;
+        let Some(ack) = frame.first() else {
+            return Err(protocol("a MoveAck frame without its record".to_string()));
+        };
+        let ack = ack.get();
+        let Some(index) = self.moves.out.iter().position(|m| {
+            m.dest == dest
+                && m.partition.0 == ack.partition.to_native()
+                && m.part_epoch.get() == ack.part_epoch.to_native()
+        }) else {
+            // A move that ended here meanwhile.
+            return Ok(());
+        };
+        if !ack.refusal.is_empty() {
+            let reason = format!(
+                "node {} shard {} refused the move: {}",
+                dest.node.0,
+                dest.shard.0,
+                ack.refusal.as_str()
+            );
+            self.refuse_move(index, reason);
+            return Ok(());
+        }
+        let (events, bytes) = (ack.events.to_native(), ack.bytes.to_native());
+        let m = &mut self.moves.out[index];
+        if events < m.acked
+            || events > m.streamed
+            || bytes > m.streamed_bytes
+            || (ack.handed_off && !m.handoff_sent)
+        {
+            self.stats.links.protocol_errors += 1;
+            return Err(protocol(format!(
+                "partition {}: the target acknowledged {events} events ({bytes} bytes, hand-off {}) of {} sent ({} bytes, hand-off {})",
+                m.partition.0, ack.handed_off, m.streamed, m.streamed_bytes, m.handoff_sent
+            )));
+        }
+        m.snapshot_acked |= ack.snapshot_done;
+        m.acked = events;
+        m.acked_bytes = bytes;
+        if ack.handed_off && !m.ready && !m.refused {
+            m.ready = true;
+            let step = MoveStep::Ready {
+                snapshot_bytes: m.snapshot_bytes,
+                events_streamed: m.streamed,
+            };
+            self.report_move(index, step);
+            return Ok(());
+        }
+        self.catch_up(now_ns, index);
+        Ok(())
+    }
+
+    /// The move cannot go on: reported once. A move not holding yet ends here (the source
+    /// keeps serving); one holding keeps holding until the controller decides, since it may
+    /// be flipping right now.
+    fn refuse_move(&mut self, index: usize, reason: String) {
+        let m = &mut self.moves.out[index];
+        if m.refused {
+            return;
+        }
+        m.refused = true;
+        m.stream.clear(0);
+        self.stats.moves.out_refused += 1;
+        self.report_move(index, MoveStep::Refused { reason });
+        if self.moves.out[index].hold.is_none() {
+            let m = self.moves.out.remove(index);
+            self.routes[m.partition.index()] = self.base_route(m.partition);
+        }
+    }
+
+    /// The link to `dest` failed: every move to it is refused.
+    pub(super) fn fail_moves_to(&mut self, dest: LinkDest) {
+        let mut index = self.moves.out.len();
+        while index > 0 {
+            index -= 1;
+            if self.moves.out[index].dest == dest {
+                let reason = format!(
+                    "the link to node {} shard {} failed",
+                    dest.node.0, dest.shard.0
+                );
+                self.refuse_move(index, reason);
+            }
+        }
+    }
+
+    /// A move ended: reports how, and lets go of what it held, in order, under the new routes.
+    fn finish_move(&mut self, now_ns: u64, m: OutgoingMove, flipped: bool) {
+        if flipped {
+            self.stats.moves.out_flipped += 1;
+        } else {
+            self.stats.moves.out_abandoned += 1;
+        }
+        let hold_started = m.hold.is_some();
+        let (events_held, pause_ns, held) = match m.hold {
+            Some(hold) => (
+                hold.count,
+                now_ns.saturating_sub(hold.since_ns),
+                hold.events,
+            ),
+            None => (0, 0, VecDeque::new()),
+        };
+        if hold_started {
+            self.stats
+                .stages
+                .move_pause_ns
+                .get_or_insert_with(super::counters::stage_histogram)
+                .saturating_record(pause_ns.max(1));
+        }
+        self.push_report(MoveReport {
+            partition: m.partition,
+            part_epoch: m.part_epoch,
+            to: m.dest.node,
+            to_shard: m.dest.shard,
+            step: MoveStep::Released {
+                flipped,
+                events_held,
+                pause_ns,
+            },
+        });
+        self.moves.held_now -= held.len() as u64;
+        for event in held {
+            self.release_held_event(now_ns, event);
+        }
+        self.after_release();
+    }
+
+    /// Holds an event of connection `id` (its socket credit taken) for a held partition.
+    pub(super) fn hold_client_event(
+        &mut self,
+        id: ConnectionId,
+        partition: PartitionId,
+        bytes: &[u8],
+        credit: Credit,
+    ) {
+        if let Some(connection) = self.connections.get_mut(id) {
+            // Away from the connection until released, like a forwarded event.
+            connection.remote_inflight += 1;
+            connection.remote_credit = connection.remote_credit.plus(credit);
+        }
+        self.moves.held_credit = self.moves.held_credit.plus(credit);
+        self.hold_event(partition, bytes, HeldOrigin::Client { id, credit });
+    }
+
+    /// Holds an event another shard of this node forwarded.
+    pub(super) fn hold_peer_event(
+        &mut self,
+        partition: PartitionId,
+        bytes: &[u8],
+        from: ShardId,
+        entry: BatchEntry,
+    ) {
+        self.hold_event(partition, bytes, HeldOrigin::Peer { from, entry });
+    }
+
+    /// Holds an event a shard of another node sent over inbound link `link`.
+    pub(super) fn hold_link_event(
+        &mut self,
+        partition: PartitionId,
+        bytes: &[u8],
+        link: ConnectionId,
+        token: u64,
+    ) {
+        self.hold_event(partition, bytes, HeldOrigin::Link { link, token });
+    }
+
+    fn hold_event(&mut self, partition: PartitionId, bytes: &[u8], origin: HeldOrigin) {
+        let index = self
+            .moves
+            .out_index(partition)
+            .expect("a partition routed Hold has its move");
+        let hold = self.moves.out[index]
+            .hold
+            .as_mut()
+            .expect("a partition routed Hold is holding");
+        let mut copy = AlignedVec::with_capacity(bytes.len());
+        copy.extend_from_slice(bytes);
+        hold.events.push_back(HeldEvent {
+            bytes: copy,
+            origin,
+        });
+        hold.count += 1;
+        self.moves.held_now += 1;
+        self.stats.moves.events_held += 1;
+        self.stats.moves.held_peak = self.stats.moves.held_peak.max(self.moves.held_now);
+    }
+
+    /// Lets go of one held event: it goes where the routes say now, as if it had just arrived
+    /// (applied here, forwarded to the new owner, or answered).
+    fn release_held_event(&mut self, now_ns: u64, held: HeldEvent) {
+        let Ok(archive) = ValidatedArchive::<ArchivedEvent>::validate(0, &held.bytes) else {
+            // Cannot happen: the bytes passed the same check when they arrived.
+            if let HeldOrigin::Client { id, credit } = held.origin {
+                self.moves.held_credit = self.moves.held_credit.minus(credit);
+                self.release_remote(id, credit);
+            }
+            return;
+        };
+        match held.origin {
+            HeldOrigin::Client { id, credit } => {
+                self.moves.held_credit = self.moves.held_credit.minus(credit);
+                match self.connections.get_mut(id) {
+                    Some(connection) if !connection.socket_closed => {
+                        connection.remote_inflight -= 1;
+                        connection.remote_credit = connection.remote_credit.minus(credit);
+                        self.dispatch_released(now_ns, id, archive, credit);
+                    }
+                    Some(_) => self.release_remote(id, credit),
+                    None => self.credit.release(credit),
+                }
+            }
+            HeldOrigin::Peer { from, entry } => {
+                self.apply_peer_event(now_ns, from, archive, &entry);
+                self.list_mesh_ready(from);
+            }
+            HeldOrigin::Link { link, token } => {
+                if self.link_source(link).is_some() {
+                    self.apply_linked(now_ns, link, archive, token);
+                }
+            }
+        }
+    }
+
+    /// A released client event, its socket credit still taken: applied here if this shard
+    /// serves its partition again, forwarded over the link to its new owner when the link's
+    /// credit allows (else answered `Moved`, and the client asks the new owner itself), or
+    /// answered.
+    fn dispatch_released(
+        &mut self,
+        now_ns: u64,
+        id: ConnectionId,
+        archive: ValidatedArchive<'_, ArchivedEvent>,
+        credit: Credit,
+    ) {
+        let event = archive.get();
+        let outcome = match self.route_or_answer(event) {
+            Ok(Route::Local(local)) => {
+                let reply = self.apply(local, event);
+                self.stats.events_applied += 1;
+                self.stats.events.count(&event.kind, &reply.outcome);
+                if local.is_moving() {
+                    self.capture_tail(now_ns, local, archive.bytes());
+                }
+                self.reply_applied(id, local, archive.bytes(), &reply, credit);
+                return;
+            }
+            Ok(Route::Hold(partition)) => {
+                self.hold_client_event(id, partition, archive.bytes(), credit);
+                return;
+            }
+            Ok(Route::Node(node, shard)) => {
+                if let LinkAdmit::Forward(dest) = self.link_admit(LinkDest { node, shard }, event) {
+                    if self.try_take_link_credit(dest, credit) {
+                        self.forward_to_node(now_ns, dest, id, archive, credit);
+                        let connection = self.connections.get_mut(id).expect("open: checked");
+                        connection.remote_inflight += 1;
+                        connection.remote_credit = connection.remote_credit.plus(credit);
+                        self.stats.events_forwarded += 1;
+                        return;
+                    }
+                }
+                self.stats.events_moved += 1;
+                self.moved(event)
+            }
+            Ok(Route::Shard(_)) => {
+                self.stats.events_moved += 1;
+                self.moved(event)
+            }
+            Err(outcome) => outcome,
+        };
+        self.stats.events.count(&event.kind, &outcome);
+        self.reply_answered(id, &reply_to(event, outcome), credit);
+    }
+
+    // ---- target ------------------------------------------------------------------------
+
+    /// A move frame (`MoveSnapshot`, `MoveEvents`, `MoveHandoff`) on inbound link `link`:
+    /// staged into the partition's next state, acknowledged on the link. Frames of a move this
+    /// shard refused or dropped are ignored. `Err` is a protocol error: the shell closes the
+    /// link.
+    pub fn handle_move_frame(
+        &mut self,
+        _now_ns: u64,
+        link: ConnectionId,
+        kind: FrameKind,
+        body: &[u8],
+    ) -> Result<(), MoveError> {
+        if self.link_source(link).is_none() {
+            return Ok(());
+        }
+        let result = match kind {
+            FrameKind::MoveSnapshot => self.handle_move_chunk(link, body),
+            FrameKind::MoveEvents => self.handle_move_events(link, body),
+            FrameKind::MoveHandoff => self.handle_move_handoff(link, body),
+            kind => Err(MoveError::Frame(FrameError::UnexpectedKind { kind })),
+        };
+        if result.is_err() {
+            self.stats.links.protocol_errors += 1;
+        }
+        result
+    }
+
+    fn check_partition(&self, partition: u32) -> Result<(), MoveError> {
+        if partition >= self.placement.partitions() {
+            return Err(protocol(format!(
+                "a move of partition {partition}, past this node's {} partitions",
+                self.placement.partitions()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Why this shard will not stage a move of `partition` at `part_epoch`, if it will not.
+    fn incoming_refusal(&self, partition: u32, part_epoch: u32, total: u64) -> Option<String> {
+        if self.config.durability != Durability::Memory {
+            return Some(format!(
+                "moves to a node with --durability {} are not supported yet (the staged partition could not be made durable before the hand-off); move it to a node with --durability memory",
+                format!("{:?}", self.config.durability).to_lowercase()
+            ));
+        }
+        if total as usize > SNAPSHOT_ARCHIVE_BYTES_MAX {
+            return Some(format!(
+                "the snapshot is {total} bytes, past SNAPSHOT_ARCHIVE_BYTES_MAX ({SNAPSHOT_ARCHIVE_BYTES_MAX})"
+            ));
+        }
+        let owner = self.placement.owner(PartitionId(partition));
+        if owner.part_epoch.get() > part_epoch {
+            return Some(format!(
+                "this node's placement already has partition {partition} at epoch {}, after the move's {part_epoch}",
+                owner.part_epoch.get()
+            ));
+        }
+        if self.moves.incoming.len() >= MOVES_INCOMING_MAX {
+            return Some(format!(
+                "node {} shard {} already stages {MOVES_INCOMING_MAX} moves; try again after they flip",
+                self.node.0, self.shard.0
+            ));
+        }
+        None
+    }
+
+    fn handle_move_chunk(&mut self, link: ConnectionId, body: &[u8]) -> Result<(), MoveError> {
+        let frame = ValidatedFrame::<ArchivedMoveChunk>::validate(FrameKind::MoveSnapshot, body)?;
+        let chunk = frame
+            .first()
+            .ok_or_else(|| protocol("a MoveSnapshot frame without its record".to_string()))?
+            .get();
+        let (partition, part_epoch) = (chunk.partition.to_native(), chunk.part_epoch.to_native());
+        let (offset, total) = (chunk.offset.to_native(), chunk.total.to_native());
+        self.check_partition(partition)?;
+        let index = match self.moves.incoming_index(partition, part_epoch) {
+            Some(index) => index,
+            None if offset != 0 => return Ok(()),
+            None => {
+                if let Some(refusal) = self.incoming_refusal(partition, part_epoch, total) {
+                    self.stats.moves.in_refused += 1;
+                    self.queue_move_refusal(link, partition, part_epoch, refusal);
+                    return Ok(());
+                }
+                // An older move of the same partition that never flipped is over.
+                if let Some(older) = self
+                    .moves
+                    .incoming
+                    .iter()
+                    .position(|m| m.partition.0 == partition)
+                {
+                    self.moves.incoming.swap_remove(older);
+                    self.stats.moves.in_dropped += 1;
+                }
+                self.moves.incoming.push(IncomingMove {
+                    partition: PartitionId(partition),
+                    part_epoch: Epoch(part_epoch),
+                    link,
+                    snapshot: AlignedVec::new(),
+                    total,
+                    state: None,
+                    events: 0,
+                    bytes: 0,
+                    handed_off: false,
+                });
+                self.moves.incoming.len() - 1
+            }
+        };
+        let m = &mut self.moves.incoming[index];
+        let have = m.snapshot.len() as u64;
+        if m.state.is_some()
+            || offset != have
+            || total != m.total
+            || have + chunk.bytes.len() as u64 > total
+        {
+            return Err(protocol(format!(
+                "partition {partition}: a snapshot piece at {offset} of {total} bytes, {} long, after {have} of {} bytes",
+                chunk.bytes.len(),
+                m.total
+            )));
+        }
+        m.snapshot.extend_from_slice(chunk.bytes.as_slice());
+        if (m.snapshot.len() as u64) < total {
+            return Ok(());
+        }
+        let snapshot = rkyv::from_bytes::<PartitionSnapshot, rkyv::rancor::Error>(&m.snapshot)
+            .map_err(|error| protocol(format!("partition {partition}'s snapshot: {error}")))?;
+        if snapshot.partition != partition {
+            return Err(protocol(format!(
+                "a move of partition {partition} carries partition {}'s snapshot",
+                snapshot.partition
+            )));
+        }
+        let state = PartitionState::import(&snapshot)
+            .map_err(|error| protocol(format!("partition {partition}'s snapshot: {error}")))?;
+        m.state = Some(state);
+        m.snapshot = AlignedVec::new();
+        self.stats.moves.in_staged += 1;
+        self.ack_incoming(index);
+        Ok(())
+    }
+
+    fn move_head<'a>(
+        kind: FrameKind,
+        body: &'a [u8],
+    ) -> Result<(&'a ArchivedMoveHead, Records<'a>), MoveError> {
+        let records = Records::parse(kind, body)?;
+        let first = records
+            .iter()
+            .next()
+            .ok_or_else(|| protocol(format!("a {kind:?} frame without its head")))?;
+        Ok((access_record::<ArchivedMoveHead>(0, first)?, records))
+    }
+
+    /// The staged move a head names, if this shard stages it; a move it has no state for yet
+    /// (its snapshot is not all here) breaks the protocol.
+    fn staged_index(&self, head: &ArchivedMoveHead) -> Result<Option<usize>, MoveError> {
+        let partition = head.partition.to_native();
+        self.check_partition(partition)?;
+        let Some(index) = self
+            .moves
+            .incoming_index(partition, head.part_epoch.to_native())
+        else {
+            return Ok(None);
+        };
+        let m = &self.moves.incoming[index];
+        if m.state.is_none() || m.handed_off || head.seq.to_native() != m.events {
+            return Err(protocol(format!(
+                "partition {partition}: tail frame at event {} after {} events (snapshot {}, hand-off {})",
+                head.seq.to_native(),
+                m.events,
+                if m.state.is_some() {
+                    "complete"
+                } else {
+                    "incomplete"
+                },
+                m.handed_off
+            )));
+        }
+        Ok(Some(index))
+    }
+
+    fn handle_move_events(&mut self, _link: ConnectionId, body: &[u8]) -> Result<(), MoveError> {
+        let (head, records) = Self::move_head(FrameKind::MoveEvents, body)?;
+        let Some(index) = self.staged_index(head)? else {
+            return Ok(());
+        };
+        let events = ValidatedFrame::<ArchivedEvent>::validate_from(records, 1)?;
+        let partitioner = self.placement.partitioner();
+        let m = &mut self.moves.incoming[index];
+        for archive in events.iter() {
+            let event = archive.get();
+            let routed = partitioner.partition_of(event.hunt.get());
+            if routed != m.partition {
+                return Err(protocol(format!(
+                    "partition {}'s tail carries an event of partition {}",
+                    m.partition.0, routed.0
+                )));
+            }
+            m.state
+                .as_mut()
+                .expect("staged_index checked the state")
+                .apply(event);
+            m.events += 1;
+            m.bytes += archive.bytes().len() as u64;
+        }
+        self.ack_incoming(index);
+        Ok(())
+    }
+
+    fn handle_move_handoff(&mut self, _link: ConnectionId, body: &[u8]) -> Result<(), MoveError> {
+        let (head, records) = Self::move_head(FrameKind::MoveHandoff, body)?;
+        if records.count() != 1 {
+            return Err(protocol(
+                "a MoveHandoff frame with more than its head".to_string(),
+            ));
+        }
+        let Some(index) = self.staged_index(head)? else {
+            return Ok(());
+        };
+        self.moves.incoming[index].handed_off = true;
+        self.ack_incoming(index);
+        Ok(())
+    }
+
+    fn ack_incoming(&mut self, index: usize) {
+        let m = &self.moves.incoming[index];
+        let ack = MoveAck {
+            partition: m.partition.0,
+            part_epoch: m.part_epoch.get(),
+            snapshot_done: m.state.is_some(),
+            events: m.events,
+            bytes: m.bytes,
+            handed_off: m.handed_off,
+            refusal: String::new(),
+        };
+        let link = m.link;
+        self.queue_move_frame(link, &ack);
+    }
+
+    fn queue_move_refusal(
+        &mut self,
+        link: ConnectionId,
+        partition: u32,
+        part_epoch: u32,
+        refusal: String,
+    ) {
+        let ack = MoveAck {
+            partition,
+            part_epoch,
+            snapshot_done: false,
+            events: 0,
+            bytes: 0,
+            handed_off: false,
+            refusal: bounded(refusal),
+        };
+        self.queue_move_frame(link, &ack);
+    }
+
+    /// Staged state of `partition` for an owner epoch of `part_epoch`: the state of a move
+    /// handed off at an earlier epoch, which the flip makes this shard's.
+    pub(super) fn take_staged(
+        &mut self,
+        partition: PartitionId,
+        part_epoch: Epoch,
+    ) -> Option<PartitionState> {
+        let index =
+            self.moves.incoming.iter().position(|m| {
+                m.partition == partition && m.handed_off && m.part_epoch < part_epoch
+            })?;
+        let m = self.moves.incoming.swap_remove(index);
+        self.stats.moves.in_installed += 1;
+        m.state
+    }
+
+    /// Drops staged moves the placement went past without flipping them here.
+    fn settle_incoming(&mut self) {
+        let mut index = 0;
+        while index < self.moves.incoming.len() {
+            let m = &self.moves.incoming[index];
+            let owner = self.placement.owner(m.partition);
+            let ours = owner.node == self.node && owner.shard == self.shard;
+            if owner.part_epoch > m.part_epoch && !(ours && m.handed_off) {
+                self.moves.incoming.swap_remove(index);
+                self.stats.moves.in_dropped += 1;
+            } else {
+                index += 1;
+            }
+        }
+    }
+
+    /// Inbound link `link` closed: moves it had not handed off are dropped (their source
+    /// reports the failure); handed-off ones stay staged for their flip.
+    pub(super) fn drop_moves_of_link(&mut self, link: ConnectionId) {
+        let before = self.moves.incoming.len();
+        self.moves
+            .incoming
+            .retain(|m| m.link != link || m.handed_off);
+        self.stats.moves.in_dropped += (before - self.moves.incoming.len()) as u64;
+    }
+
+    /// Partitions staged here now (for tests and reports).
+    pub fn moves_staged(&self) -> usize {
+        self.moves.incoming.len()
+    }
+
+    /// Events held now, over every move.
+    pub fn move_events_held(&self) -> u64 {
+        self.moves.held_now
+    }
+}

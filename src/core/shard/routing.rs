@@ -13,7 +13,7 @@
 //! the node is fenced, is answered `Unavailable` (`Error { OwnerUnavailable }`) at once.
 //! Shard-local, like the core.
 
-use crate::constants::PARTITION_ROUTE_BYTES;
+use crate::constants::{PARTITION_ROUTE_BYTES, PARTITIONS_MAX};
 use crate::core::codec::ValidatedArchive;
 use crate::core::ids::{Epoch, NodeId, PartitionId, ShardId};
 use crate::core::message::{ArchivedEvent, EventError, Outcome, Reply};
@@ -23,12 +23,38 @@ use crate::core::shard::ShardCore;
 /// An event routed to this shard, with its partition: only [`ShardCore::route`] makes one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LocalEvent {
-    partition: PartitionId,
+    /// The partition's index, and `MOVING` when the partition is streaming to its next owner:
+    /// what is applied joins the move's tail (`moves`). Read from the route table with the
+    /// route, so the apply path pays one predictable branch for moves; one word, so a route
+    /// stays `PARTITION_ROUTE_BYTES`.
+    bits: u32,
 }
 
+/// The flag bit of a moving partition's `LocalEvent` (partitions are fewer than
+/// `PARTITIONS_MAX`, far below it).
+const MOVING: u32 = 1 << 31;
+const _: () = assert!(PARTITIONS_MAX < MOVING);
+
 impl LocalEvent {
+    fn new(partition: PartitionId) -> LocalEvent {
+        LocalEvent { bits: partition.0 }
+    }
+
+    #[inline]
     pub fn partition(self) -> PartitionId {
-        self.partition
+        PartitionId(self.bits & !MOVING)
+    }
+
+    #[inline]
+    pub fn is_moving(self) -> bool {
+        self.bits & MOVING != 0
+    }
+
+    /// The same event, of a partition that is moving.
+    pub(super) fn moving(self) -> LocalEvent {
+        LocalEvent {
+            bits: self.bits | MOVING,
+        }
     }
 }
 
@@ -41,6 +67,9 @@ pub enum Route {
     Shard(ShardId),
     /// A shard of another node owns it.
     Node(NodeId, ShardId),
+    /// This shard owns the partition and is handing it off to its next owner: the event is
+    /// held until the flip (or the abandon) decides where it goes (`moves`).
+    Hold(PartitionId),
 }
 
 // A shard keeps one route per partition of the node (`ShardCore`'s table), counted by this.
@@ -52,7 +81,7 @@ const _: () = assert!(size_of::<Route>() <= PARTITION_ROUTE_BYTES);
 /// which [`ShardCore::route_or_answer`] answers `Unavailable`.
 pub(super) fn route_of(node: NodeId, partition: PartitionId, owner: &Owner, serve: bool) -> Route {
     if serve {
-        Route::Local(LocalEvent { partition })
+        Route::Local(LocalEvent::new(partition))
     } else if owner.node != node {
         Route::Node(owner.node, owner.shard)
     } else {
@@ -99,6 +128,18 @@ impl ShardCore {
         self.route_partition(partition)
     }
 
+    /// The route of `partition` by the placement and the lease alone, moves aside.
+    pub(super) fn base_route(&self, partition: PartitionId) -> Route {
+        let owner = self.placement.owner(partition);
+        let owned = owner.node == self.node && owner.shard == self.shard;
+        route_of(
+            self.node,
+            partition,
+            owner,
+            owned && self.lease.serves(owner),
+        )
+    }
+
     /// A partition served here is `Local`; any other goes to its owner's node, or to its
     /// owner's shard of this node. Read from the table, not worked out per event.
     #[inline]
@@ -121,7 +162,7 @@ impl ShardCore {
     pub(super) fn route_or_answer(&self, event: &ArchivedEvent) -> Result<Route, Outcome> {
         let partition = self.placement.partitioner().partition_of(event.hunt.get());
         let route = self.route_partition(partition);
-        if matches!(route, Route::Local(_)) {
+        if matches!(route, Route::Local(_) | Route::Hold(_)) {
             return self.log_refusal().map_or(Ok(route), Err);
         }
         if self.unavailable(partition) {
@@ -155,13 +196,15 @@ impl ShardCore {
 
     /// Re-routes an event another shard or node forwarded here and applies it if it is this
     /// shard's; any other is answered (`Moved`, `Unavailable`), never forwarded again. Counts
-    /// it, and returns its reply with the partition and archive to log when it was applied.
+    /// it, and returns its reply with the partition and archive to log when it was applied;
+    /// `Err` with the partition when it is held for a move's hand-off (the caller holds it).
     pub(super) fn apply_for_peer<'a>(
         &mut self,
         archive: ValidatedArchive<'a, ArchivedEvent>,
-    ) -> (Reply, Option<(LocalEvent, &'a [u8])>) {
+    ) -> Result<PeerAnswer<'a>, PartitionId> {
         let event = archive.get();
         let (reply, applied) = match self.route_or_answer(event) {
+            Ok(Route::Hold(partition)) => return Err(partition),
             Ok(Route::Local(local)) => {
                 self.stats.events_applied_for_peers += 1;
                 (self.apply(local, event), Some((local, archive.bytes())))
@@ -173,13 +216,13 @@ impl ShardCore {
             Err(outcome) => (reply_to(event, outcome), None),
         };
         self.stats.events.count(&event.kind, &reply.outcome);
-        (reply, applied)
+        Ok((reply, applied))
     }
 
     /// Applies an event this shard routed to itself, and builds its reply. A token from before
     /// a placement change that moved its partition away is answered `Moved`.
     pub fn apply(&mut self, local: LocalEvent, event: &ArchivedEvent) -> Reply {
-        let index = local.partition.index();
+        let index = local.partition().index();
         let outcome = match self.partitions[index].as_mut() {
             Some(state) if matches!(self.routes[index], Route::Local(_)) => state.apply(event),
             _ => self.moved(event),
@@ -187,6 +230,10 @@ impl ShardCore {
         reply_to(event, outcome)
     }
 }
+
+/// An event another shard or node sent, answered: its reply, and the partition and archive
+/// to log (and stream, for a moving partition) when it was applied here.
+pub(super) type PeerAnswer<'a> = (Reply, Option<(LocalEvent, &'a [u8])>);
 
 /// The answer for an event whose partition nobody serves now.
 fn unavailable() -> Outcome {

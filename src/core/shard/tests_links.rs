@@ -759,3 +759,6 @@ fn a_full_token_record_fits_its_limit() {
     let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&tokens).unwrap();
     assert!(bytes.len() <= crate::constants::LINK_TOKENS_RECORD_BYTES_MAX);
 }
+
+#[path = "tests_moves.rs"]
+mod move_tests;

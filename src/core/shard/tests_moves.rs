@@ -1,0 +1,406 @@
+//! Live partition moves between two nodes' shards, driven by hand over the link harness of
+//! `tests_links`: the test carries link and move frames between the cores and installs the
+//! placements the controller would write (`Migrating`, then a flip or an abandon).
+
+use super::*;
+use crate::constants::MOVE_TAIL_EVENTS_MAX;
+use crate::core::shard::{MoveError, MoveReport, MoveStep};
+
+/// The partition the moves in these tests move: the one of `hunt_on(A, 0)`, node A's.
+fn moving_hunt() -> HuntId {
+    hunt_on(A, 0)
+}
+
+fn moving_partition() -> PartitionId {
+    halves(2).partitioner().partition_of(moving_hunt())
+}
+
+/// `halves` with the moving partition owned by `owner` at partition epoch `part_epoch`.
+fn with_owner(epoch: u32, part_epoch: u32, owner_node: NodeId, state: OwnerState) -> Placement {
+    let mut owners = halves(epoch).owners().to_vec();
+    owners[moving_partition().index()] = Owner {
+        node: owner_node,
+        shard: ShardId(0),
+        part_epoch: Epoch(part_epoch),
+        state,
+    };
+    Placement::from_owners(Epoch(epoch), owners).unwrap()
+}
+
+/// Epoch 3: the partition moves from A to B (a move named by partition epoch 2).
+fn migrating() -> Placement {
+    let state = OwnerState::Migrating {
+        to: B,
+        to_shard: ShardId(0),
+    };
+    with_owner(3, 2, A, state)
+}
+
+/// Epoch 4: the controller flipped the partition to B.
+fn flipped() -> Placement {
+    with_owner(4, 3, B, OwnerState::Serving)
+}
+
+/// Epoch 4: the controller abandoned the move; A serves the partition again.
+fn abandoned() -> Placement {
+    with_owner(4, 3, A, OwnerState::Serving)
+}
+
+/// Carries what `a` has for B (link and move frames) to `b`, and `b`'s answers back, once.
+/// Returns how many frames went each way.
+fn pump(wire: &mut Wire, a: &mut ShardCore, b: &mut ShardCore) -> usize {
+    wire.send(a, b, TO_B);
+    let Some(link) = wire.link else {
+        return 0;
+    };
+    let sent = frames_in_bytes(&std::mem::take(&mut wire.in_transit));
+    for (header, body) in &sent {
+        match header.kind {
+            FrameKind::LinkEvents => b.handle_link_events(0, link, body).unwrap(),
+            kind => b.handle_move_frame(0, link, kind, body).unwrap(),
+        }
+    }
+    let mut back = Vec::new();
+    while b.poll_link_replies(link, &mut back) {}
+    let answers = frames_in_bytes(&back);
+    for (header, body) in &answers {
+        match header.kind {
+            FrameKind::LinkReplies => a.handle_link_replies(0, TO_B, body).unwrap(),
+            FrameKind::MoveAck => a.handle_move_ack(0, TO_B, body).unwrap(),
+            other => panic!("unexpected {other:?} back on the link"),
+        }
+    }
+    sent.len() + answers.len()
+}
+
+fn pump_all(wire: &mut Wire, a: &mut ShardCore, b: &mut ShardCore) {
+    for _ in 0..100 {
+        if pump(wire, a, b) == 0 {
+            return;
+        }
+    }
+    panic!("the link never went quiet");
+}
+
+fn reports(core: &mut ShardCore) -> Vec<MoveStep> {
+    std::iter::from_fn(|| core.poll_move_report())
+        .map(|report: MoveReport| {
+            assert_eq!(report.partition, moving_partition());
+            assert_eq!(report.part_epoch, Epoch(2));
+            assert_eq!((report.to, report.to_shard), (B, ShardId(0)));
+            report.step
+        })
+        .collect()
+}
+
+/// Events of the moving hunt: its creation first, then joins and leaderboards.
+fn moving_events(range: std::ops::Range<u64>) -> Vec<Event> {
+    range
+        .map(|seq| match seq {
+            0 => create(seq, moving_hunt()),
+            seq if seq % 3 == 0 => event(seq, moving_hunt(), EventKind::Leaderboard { top_k: 5 }),
+            seq => join(seq, moving_hunt()),
+        })
+        .collect()
+}
+
+/// What one node that owns every partition answers to `events`, by client sequence.
+fn single_node_answers(events: &[Event]) -> BTreeMap<u64, Outcome> {
+    let mut single = ShardCore::new(ShardId(0), placement(1));
+    let conn = single.handle_connect(0).unwrap();
+    offer(&mut single, conn, &frame(events, 1));
+    by_seq(&write_all(&mut single, conn).replies)
+}
+
+fn by_seq(replies: &[Reply]) -> BTreeMap<u64, Outcome> {
+    let mut answers = BTreeMap::new();
+    for reply in replies {
+        let earlier = answers.insert(reply.client_seq, reply.outcome.clone());
+        assert!(
+            earlier.is_none(),
+            "event {} answered twice",
+            reply.client_seq
+        );
+    }
+    answers
+}
+
+/// A moves the partition to B up to the hand-off: events applied before the move, during the
+/// snapshot's streaming and during the tail, then `held` more that A holds. Returns the
+/// connection at A, its replies so far, A's partition state at the hand-off and the events.
+fn move_to_handoff(
+    a: &mut ShardCore,
+    b: &mut ShardCore,
+    wire: &mut Wire,
+    held: u64,
+) -> (
+    ConnectionId,
+    Vec<Reply>,
+    crate::core::snapshot::PartitionSnapshot,
+    Vec<Event>,
+) {
+    let events = moving_events(0..60 + held);
+    let conn = a.handle_connect(0).unwrap();
+    offer(a, conn, &frame(&events[..20], 2));
+    let mut replies = write_all(a, conn).replies;
+    let snapshot = a.partition(moving_partition()).unwrap().export();
+    let snapshot_bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&snapshot)
+        .unwrap()
+        .len() as u64;
+    b.handle_placement(0, migrating()).unwrap();
+    a.handle_placement(10, migrating()).unwrap();
+    // Applied while the snapshot is on its way: they join the tail.
+    offer(a, conn, &frame(&events[20..40], 3));
+    wire.send(a, b, TO_B);
+    offer(a, conn, &frame(&events[40..60], 3));
+    replies.extend(write_all(a, conn).replies);
+    assert_eq!(replies.len(), 60, "A keeps serving while it streams");
+    pump_all(wire, a, b);
+    assert_eq!(
+        reports(a),
+        vec![MoveStep::Ready {
+            snapshot_bytes,
+            events_streamed: 40,
+        }]
+    );
+    let at_handoff = a.partition(moving_partition()).unwrap().export();
+    offer(a, conn, &frame(&events[60..], 3));
+    assert!(write_all(a, conn).replies.is_empty(), "held events wait");
+    assert_eq!(a.move_events_held(), held);
+    a.check_credit().unwrap();
+    (conn, replies, at_handoff, events)
+}
+
+#[test]
+fn a_move_under_load_flips_with_the_state_at_hand_off_and_every_event_answered_once() {
+    let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
+    let mut wire = Wire::new();
+    let (conn, mut replies, at_handoff, events) = move_to_handoff(&mut a, &mut b, &mut wire, 15);
+    assert_eq!(b.moves_staged(), 1);
+    assert!(
+        !b.serves(moving_partition()),
+        "staged, not served, before B's flip"
+    );
+
+    // B learns the flip first and serves the staged state; then A lets go of what it held.
+    b.handle_placement(0, flipped()).unwrap();
+    assert_eq!(
+        b.partition(moving_partition()).unwrap().export(),
+        at_handoff
+    );
+    a.handle_placement(60, flipped()).unwrap();
+    assert!(
+        a.partition(moving_partition()).is_none(),
+        "A dropped the state"
+    );
+    assert_eq!(
+        reports(&mut a),
+        vec![MoveStep::Released {
+            flipped: true,
+            events_held: 15,
+            pause_ns: 60, // the hold began when the snapshot's ack came, at time 0
+        }]
+    );
+    pump_all(&mut wire, &mut a, &mut b);
+    replies.extend(write_all(&mut a, conn).replies);
+
+    // Every event answered once, as one node that owns everything answers them in order:
+    // the tail kept the source's order, and the held events were applied at B.
+    assert_eq!(by_seq(&replies), single_node_answers(&events));
+    assert_eq!(b.stats().events_applied_for_peers, 15);
+    let (out, into) = (a.stats().moves, b.stats().moves);
+    assert_eq!(
+        (out.out_started, out.out_flipped, out.events_held),
+        (1, 1, 15)
+    );
+    assert_eq!(
+        (into.in_staged, into.in_installed, into.in_dropped),
+        (1, 1, 0)
+    );
+    assert_eq!(a.stats().stages.move_pause_ns.unwrap().len(), 1);
+    assert_eq!(b.moves_staged(), 0);
+    a.check_credit().unwrap();
+    b.check_credit().unwrap();
+}
+
+#[test]
+fn an_abandon_during_the_hold_applies_the_held_events_at_the_source_and_drops_the_staged_state() {
+    let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
+    let mut wire = Wire::new();
+    let (conn, mut replies, _, events) = move_to_handoff(&mut a, &mut b, &mut wire, 12);
+    a.handle_placement(70, abandoned()).unwrap();
+    assert_eq!(
+        reports(&mut a),
+        vec![MoveStep::Released {
+            flipped: false,
+            events_held: 12,
+            pause_ns: 70,
+        }]
+    );
+    assert!(a.serves(moving_partition()));
+    replies.extend(write_all(&mut a, conn).replies);
+    assert_eq!(by_seq(&replies), single_node_answers(&events));
+    b.handle_placement(0, abandoned()).unwrap();
+    assert_eq!(b.moves_staged(), 0);
+    assert_eq!(b.stats().moves.in_dropped, 1);
+    assert_eq!(a.stats().moves.out_abandoned, 1);
+    a.check_credit().unwrap();
+}
+
+#[test]
+fn an_abandon_before_the_hold_leaves_the_source_serving_with_nothing_held() {
+    let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
+    let events = moving_events(0..40);
+    let conn = a.handle_connect(0).unwrap();
+    offer(&mut a, conn, &frame(&events[..10], 2));
+    a.handle_placement(0, migrating()).unwrap();
+    let mut wire = Wire::new();
+    wire.send(&mut a, &mut b, TO_B);
+    offer(&mut a, conn, &frame(&events[10..], 3));
+    a.handle_placement(5, abandoned()).unwrap();
+    assert_eq!(
+        reports(&mut a),
+        vec![MoveStep::Released {
+            flipped: false,
+            events_held: 0,
+            pause_ns: 0,
+        }]
+    );
+    let replies = write_all(&mut a, conn).replies;
+    assert_eq!(by_seq(&replies), single_node_answers(&events));
+}
+
+#[test]
+fn a_target_that_falls_behind_makes_the_source_hold_instead_of_growing_the_tail() {
+    let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
+    let conn = a.handle_connect(0).unwrap();
+    offer(&mut a, conn, &frame(&moving_events(0..1), 2));
+    write_all(&mut a, conn);
+    a.handle_placement(0, migrating()).unwrap();
+    let mut wire = Wire::new();
+    wire.send(&mut a, &mut b, TO_B); // the snapshot leaves and nothing comes back
+    let extra = 10;
+    let total = MOVE_TAIL_EVENTS_MAX + extra;
+    let mut answered = 0;
+    let mut seq = 1;
+    while seq <= total {
+        let end = (seq + 1000).min(total + 1);
+        let events: Vec<Event> = (seq..end)
+            .map(|seq| event(seq, moving_hunt(), EventKind::Leaderboard { top_k: 1 }))
+            .collect();
+        assert_eq!(offer(&mut a, conn, &frame(&events, 3)), FrameProgress::Done);
+        answered += write_all(&mut a, conn).replies.len() as u64;
+        seq = end;
+    }
+    assert_eq!(
+        answered, MOVE_TAIL_EVENTS_MAX,
+        "applied up to the tail's bound"
+    );
+    assert_eq!(a.move_events_held(), extra, "the rest held, not streamed");
+    assert!(!a.serves(moving_partition()));
+    // The target catches up: the hold turns into the hand-off.
+    pump_all(&mut wire, &mut a, &mut b);
+    assert!(matches!(
+        reports(&mut a)[..],
+        [MoveStep::Ready {
+            events_streamed: MOVE_TAIL_EVENTS_MAX,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn a_target_that_logs_refuses_the_move_and_the_source_keeps_serving() {
+    let mut a = node_shard(A, big());
+    let mut b = ShardCore::with_config(
+        ShardId(0),
+        halves(2),
+        ShardConfig {
+            durability: Durability::Sync,
+            ..link_config(B, big())
+        },
+    );
+    let conn = a.handle_connect(0).unwrap();
+    a.handle_placement(0, migrating()).unwrap();
+    let mut wire = Wire::new();
+    pump_all(&mut wire, &mut a, &mut b);
+    let steps = reports(&mut a);
+    let [MoveStep::Refused { reason }] = &steps[..] else {
+        panic!("{steps:?}");
+    };
+    assert!(
+        reason.contains("--durability sync are not supported yet"),
+        "{reason}"
+    );
+    assert!(a.serves(moving_partition()));
+    assert_eq!(b.moves_staged(), 0);
+    offer(&mut a, conn, &frame(&moving_events(0..3), 3));
+    assert_eq!(write_all(&mut a, conn).replies.len(), 3);
+}
+
+#[test]
+fn a_failed_link_refuses_the_move() {
+    let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
+    a.handle_placement(0, migrating()).unwrap();
+    let mut wire = Wire::new();
+    wire.send(&mut a, &mut b, TO_B);
+    a.handle_link_failed(1, TO_B);
+    let steps = reports(&mut a);
+    assert!(
+        matches!(&steps[..], [MoveStep::Refused { reason }] if reason.contains("failed")),
+        "{steps:?}"
+    );
+    assert!(a.serves(moving_partition()));
+    assert_eq!(a.stats().moves.out_refused, 1);
+}
+
+#[test]
+fn malformed_move_frames_are_protocol_errors_not_panics() {
+    let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
+    a.handle_placement(0, migrating()).unwrap();
+    let mut wire = Wire::new();
+    wire.send(&mut a, &mut b, TO_B);
+    let link = wire.link.unwrap();
+    // A hand-off before the snapshot is whole, for a staged move.
+    let frames = frames_in_bytes(&std::mem::take(&mut wire.in_transit));
+    let (header, body) = &frames[0];
+    assert_eq!(header.kind, FrameKind::MoveSnapshot);
+    // Garbage where the snapshot piece should be.
+    let mut builder = FrameBuilder::new();
+    builder.begin(FrameKind::MoveSnapshot);
+    builder.push_archived(&[7u8; 48]).unwrap();
+    builder.finish(3);
+    let (bad_header, bad_body) = frames_in_bytes(builder.bytes()).remove(0);
+    assert!(matches!(
+        b.handle_move_frame(0, link, bad_header.kind, &bad_body),
+        Err(MoveError::Frame(_))
+    ));
+    // The same piece twice: out of order.
+    b.handle_move_frame(0, link, header.kind, body).unwrap();
+    assert!(matches!(
+        b.handle_move_frame(0, link, header.kind, body),
+        Err(MoveError::Protocol { .. })
+    ));
+    // An acknowledgement of more than was sent.
+    let ack = crate::core::message::MoveAck {
+        partition: moving_partition().0,
+        part_epoch: 2,
+        snapshot_done: true,
+        events: 5,
+        bytes: 500,
+        handed_off: false,
+        refusal: String::new(),
+    };
+    let mut builder = FrameBuilder::new();
+    builder.single(FrameKind::MoveAck, 3, Some(&ack)).unwrap();
+    let (_, ack_body) = frames_in_bytes(builder.bytes()).remove(0);
+    assert!(matches!(
+        a.handle_move_ack(0, TO_B, &ack_body),
+        Err(MoveError::Protocol { .. })
+    ));
+    // A link frame kind that is not a move's.
+    assert!(
+        b.handle_move_frame(0, link, FrameKind::Replies, body)
+            .is_err()
+    );
+}
