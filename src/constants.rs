@@ -1033,12 +1033,50 @@ pub const CLUSTER_UP_START_MS_MAX: u64 = 15_000;
 /// How long `trove cluster up` waits for a node or etcd to stop after SIGTERM before SIGKILL, in ms.
 pub const CLUSTER_UP_STOP_MS_MAX: u64 = 10_000;
 
+/// Live partition moves in flight at once unless `settings` says otherwise (`--moves-max`).
+pub const MOVES_INFLIGHT_DEFAULT: u32 = 4;
+/// Most live partition moves in flight at once, whatever `settings` says.
+pub const MOVES_INFLIGHT_MAX: u32 = 64;
+/// How long the controller waits for a move's source to report it ready before abandoning it
+/// (timed by the controller's own clock from when it first saw the move), in ms.
+pub const MOVE_TIMEOUT_MS_MAX: u64 = 30_000;
+/// How long a partition whose move failed (abandoned, refused, timed out) is left where it is
+/// before the controller tries to move it again, in ms.
+pub const MOVE_RETRY_BACKOFF_MS_MAX: u64 = 10_000;
+/// Least time between two placement writes that start moves (so moves are paced, not dealt
+/// all at once when a node joins), in ms.
+pub const MOVE_START_GAP_MS_DEFAULT: u64 = 200;
+/// Most move reports of a node's shards queued for its control thread; a shard whose report
+/// does not fit retries it (see `ControlHandle::move_reports`).
+pub const MOVE_REPORTS_QUEUED_MAX: usize = 256;
+/// Most `moves/<p>` records a node has waiting to be put in etcd; the oldest are dropped first.
+pub const MOVE_RECORDS_QUEUED_MAX: usize = 1_024;
+/// Longest reason a `moves/<p>` record keeps, in bytes (longer ones are cut).
+pub const MOVE_REASON_BYTES_MAX: usize = 256;
+/// How long `trove cluster move|drain|rebalance` follow the moves unless `--timeout`, in s.
+pub const MOVE_FOLLOW_S_DEFAULT: u64 = 300;
+/// Longest `--timeout` of those commands, in s.
+pub const MOVE_FOLLOW_S_MAX: u64 = 86_400;
+/// How often those commands read the cluster back while following, in ms.
+pub const MOVE_FOLLOW_POLL_MS_DEFAULT: u64 = 200;
+/// How long `trove cluster rebalance --by load` measures each shard's events/s, unless
+/// `--sample-s`, in s.
+pub const REBALANCE_SAMPLE_S_DEFAULT: u64 = 5;
+/// Longest `--sample-s`, in s.
+pub const REBALANCE_SAMPLE_S_MAX: u64 = 600;
+/// Most steps `rebalance --by load` plans per partition (each step moves one partition from the
+/// busiest shard to the idlest).
+pub const REBALANCE_LOAD_STEPS_PER_PARTITION_MAX: usize = 8;
+
 const _: () = assert!(CLUSTER_LEASE_TTL_S_MIN <= CLUSTER_LEASE_TTL_S_DEFAULT);
 const _: () = assert!(CLUSTER_LEASE_TTL_S_DEFAULT <= CLUSTER_LEASE_TTL_S_MAX);
 const _: () = assert!(CLUSTER_POLL_MS_DEFAULT <= CLUSTER_POLL_MS_MAX);
 const _: () = assert!(CLUSTER_SETTLE_MS_DEFAULT <= CLUSTER_SETTLE_MS_MAX);
 const _: () = assert!(CLUSTER_RETRY_MS_MIN <= CLUSTER_RETRY_MS_MAX);
 const _: () = assert!(CLUSTER_NODES_MAX <= u32::MAX as usize);
+const _: () = assert!(MOVES_INFLIGHT_DEFAULT >= 1 && MOVES_INFLIGHT_DEFAULT <= MOVES_INFLIGHT_MAX);
+const _: () = assert!(MOVE_FOLLOW_S_DEFAULT <= MOVE_FOLLOW_S_MAX);
+const _: () = assert!(REBALANCE_SAMPLE_S_DEFAULT <= REBALANCE_SAMPLE_S_MAX);
 // Metrics: shard snapshots, the `/metrics` endpoint on the housekeeping thread, `trove top`.
 // ---------------------------------------------------------------------------------------------
 

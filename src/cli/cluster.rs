@@ -1,6 +1,7 @@
 //! The cluster's command line: `trove node`'s cluster flags (`--cluster` and its companions),
 //! which start the node's control thread, and the report of what it decides; `trove cluster
-//! up` (a local cluster on loopback) and `trove cluster status`.
+//! up` (a local cluster on loopback), `trove cluster status`, and the live-move commands
+//! `trove cluster move|drain|rebalance` (`cluster::operator` does their work).
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -260,6 +261,94 @@ pub enum ClusterCommand {
     ///
     /// Exit codes: 0 when shown; 1 when etcd cannot be reached; 2 for a usage error.
     Status(StatusArgs),
+    /// Move one partition live to a node (and shard): pins it there (kept until replaced),
+    /// then follows the move the controller makes and sums it up.
+    ///
+    /// Exit codes: 0 when it moved (or was there already); 1 when the move failed or did not
+    /// finish within --timeout (the message says why), or etcd cannot be reached; 2 for a
+    /// usage error (an unknown partition or node: the message says what exists).
+    Move(MoveArgs),
+    /// Drain a node: the controller moves every partition off it, live; once it owns nothing
+    /// it can be stopped. Starting it again (a new registration) gives it its share back.
+    ///
+    /// Exit codes: 0 when the node owns nothing; 1 when some moves failed or did not finish
+    /// within --timeout, or etcd cannot be reached; 2 for a usage error.
+    Drain(DrainArgs),
+    /// Even out partitions per shard (--by count) or measured events/s per shard (--by load)
+    /// over the live, non-drained nodes, moving as few partitions as possible: the moved
+    /// partitions are pinned to their new owners, and the moves followed.
+    ///
+    /// Exit codes: 0 when every planned move happened (or none was needed); 1 when some
+    /// failed or did not finish within --timeout, etcd or a node's /metrics cannot be reached;
+    /// 2 for a usage error.
+    Rebalance(RebalanceArgs),
+}
+
+/// The flags every live-move command takes: the cluster, and how to follow the moves.
+#[derive(Args, Debug)]
+pub struct MoveFlags {
+    /// The cluster's etcd (http://HOST:2379[,…]), as `trove node --cluster` was given it
+    /// (--etcd is the same)
+    #[arg(
+        long = "cluster",
+        visible_alias = "etcd",
+        value_name = "URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd: String,
+    /// The cluster's name
+    #[arg(long, value_name = "NAME", default_value = "trove")]
+    pub cluster_name: String,
+    /// Moves the controller runs at once, from now on (kept in the cluster's settings)
+    #[arg(long, value_name = "K")]
+    pub moves_max: Option<u32>,
+    /// Stop following after this many seconds (the moves go on; `trove cluster status` shows them)
+    #[arg(long, value_name = "S", default_value_t = crate::constants::MOVE_FOLLOW_S_DEFAULT)]
+    pub timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct MoveArgs {
+    /// The partition to move (0 to the cluster's partition count − 1)
+    pub partition: u32,
+    /// Where to: a node id, optionally with one of its shards (2 or 2:1); without a shard, the
+    /// node's shard the controller picks
+    #[arg(value_name = "NODE[:SHARD]")]
+    pub target: String,
+    #[command(flatten)]
+    pub flags: MoveFlags,
+}
+
+#[derive(Args, Debug)]
+pub struct DrainArgs {
+    /// The node to empty (its id)
+    pub node: String,
+    #[command(flatten)]
+    pub flags: MoveFlags,
+}
+
+/// What `trove cluster rebalance` evens out.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RebalanceBy {
+    /// Partitions per (node, shard)
+    Count,
+    /// Measured events/s per shard, from each node's /metrics
+    Load,
+}
+
+#[derive(Args, Debug)]
+pub struct RebalanceArgs {
+    /// count: partitions per (node, shard) end within one of each other. load: each shard's
+    /// applied events/s is measured from its node's /metrics over --sample-s seconds; rates
+    /// per partition are not measured, so a shard's rate is taken as spread evenly over its
+    /// partitions, and shards end within one such partition's rate of each other
+    #[arg(long, value_enum, default_value_t = RebalanceBy::Count)]
+    pub by: RebalanceBy,
+    /// With --by load: how long to measure, in seconds
+    #[arg(long, value_name = "S", default_value_t = crate::constants::REBALANCE_SAMPLE_S_DEFAULT)]
+    pub sample_s: u64,
+    #[command(flatten)]
+    pub flags: MoveFlags,
 }
 
 #[derive(Args, Debug)]
@@ -327,6 +416,43 @@ pub fn run(args: &ClusterArgs) -> i32 {
     match &args.command {
         ClusterCommand::Status(status) => run_status(status),
         ClusterCommand::Up(up) => run_up(up),
+        ClusterCommand::Move(args) => run_operator("move", &args.flags, |op, f| {
+            super::cluster_moves::run_move(op, f, args)
+        }),
+        ClusterCommand::Drain(args) => run_operator("drain", &args.flags, |op, f| {
+            super::cluster_moves::run_drain(op, f, args)
+        }),
+        ClusterCommand::Rebalance(args) => run_operator("rebalance", &args.flags, |op, f| {
+            super::cluster_moves::run_rebalance(op, f, args)
+        }),
+    }
+}
+
+/// Checks the flags every live-move command shares, reaches etcd, runs `command` and turns
+/// its outcome into the exit code.
+fn run_operator(
+    name: &str,
+    flags: &MoveFlags,
+    command: impl FnOnce(
+        &mut crate::cluster::operator::Operator,
+        &super::cluster_moves::Checked,
+    ) -> Result<i32, crate::cluster::operator::OperatorError>,
+) -> i32 {
+    let checked = match super::cluster_moves::check_flags(flags) {
+        Ok(checked) => checked,
+        Err(message) => {
+            eprintln!("trove cluster {name}: {message}");
+            return 2;
+        }
+    };
+    let client = EtcdClient::new(checked.endpoints.clone(), std::time::Duration::from_secs(3));
+    let mut operator = crate::cluster::operator::Operator::new(client, checked.keys.clone());
+    match command(&mut operator, &checked) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("trove cluster {name}: {}", error.message());
+            error.exit_code()
+        }
     }
 }
 

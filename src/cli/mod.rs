@@ -4,6 +4,7 @@
 //! Exit codes are each tool's own and documented in its `--help`; a usage error is 2.
 
 mod cluster;
+mod cluster_moves;
 mod node;
 mod sim;
 
@@ -28,7 +29,8 @@ pub enum Command {
     Sim(crate::sim::SimArgs),
     /// Judge benchmark runs against a committed baseline; fail CI on a latency regression.
     Gate(crate::gate::GateArgs),
-    /// Run a local cluster on loopback, or show a cluster's nodes and placement (etcd).
+    /// Run a local cluster on loopback, show a cluster's nodes and placement (etcd), or move
+    /// partitions live (move, drain, rebalance).
     Cluster(cluster::ClusterArgs),
     Top(crate::top::TopArgs),
 }

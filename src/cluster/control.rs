@@ -14,6 +14,9 @@
 //! - [`ControlHandle::events`]: a bounded channel of what happened (placement changes, lease
 //!   lost, controller changes, etcd outages). When the reader falls behind, newer events are
 //!   dropped, never waited for; the serving view is always current;
+//! - [`ControlHandle::move_reports`]: where the node's shards send their
+//!   [`MoveReport`]s (bounded, `MOVE_REPORTS_QUEUED_MAX`); a report wakes the control thread at
+//!   once (the flip pause counts every wait) and is put in etcd as `moves/<p>`;
 //! - [`ControlHandle::metrics_source`]: a read-only view for the housekeeping thread's
 //!   `/metrics` (lease time left, map epoch, partitions owned, moving and offline, controller
 //!   flag), copied from what the control thread last published, never waiting on etcd.
@@ -32,8 +35,11 @@ use crate::cluster::coordinator::{Coordinator, CoordinatorConfig, CoordinatorEve
 use crate::cluster::etcd::EtcdClient;
 use crate::cluster::placement::epoch_of_revision;
 use crate::cluster::placement::{OwnerState, Placement};
-use crate::constants::{CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_RETRY_MS_MAX, CLUSTER_RETRY_MS_MIN};
+use crate::constants::{
+    CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_RETRY_MS_MAX, CLUSTER_RETRY_MS_MIN, MOVE_REPORTS_QUEUED_MAX,
+};
 use crate::core::ids::{Epoch, PartitionId};
+use crate::core::shard::moves::MoveReport;
 use crate::metrics::ClusterGauges;
 use crate::metrics::housekeeping::ClusterSource;
 
@@ -106,6 +112,14 @@ enum Wake {
     Stop,
 }
 
+/// What ended the control loop's wait.
+enum Woken {
+    Wake(Result<Wake, flume::RecvError>),
+    /// A shard's move report arrived (or, never while the handle lives, the channel closed).
+    Report(Result<MoveReport, flume::RecvError>),
+    Timeout,
+}
+
 /// The running control thread, owned by the node's composition root. See the module doc.
 pub struct ControlHandle {
     clock: Instant,
@@ -113,6 +127,7 @@ pub struct ControlHandle {
     standing: Arc<Mutex<Standing>>,
     events: flume::Receiver<CoordinatorEvent>,
     wake: flume::Sender<Wake>,
+    move_reports: flume::Sender<MoveReport>,
     stopping: Arc<AtomicBool>,
     control: Option<JoinHandle<()>>,
     watcher: Option<JoinHandle<()>>,
@@ -126,6 +141,7 @@ impl ControlHandle {
         let standing = Arc::new(Mutex::new(Standing::default()));
         let (events_tx, events) = flume::bounded(CLUSTER_EVENTS_QUEUED_MAX);
         let (wake, wake_rx) = flume::bounded(CLUSTER_EVENTS_QUEUED_MAX);
+        let (move_reports, reports) = flume::bounded(MOVE_REPORTS_QUEUED_MAX);
         let stopping = Arc::new(AtomicBool::new(false));
         let timeout = Duration::from_nanos(config.coordinator.request_timeout_ns());
         let client = EtcdClient::new(config.endpoints.clone(), timeout);
@@ -137,6 +153,7 @@ impl ControlHandle {
             standing: standing.clone(),
             events: events_tx,
             wake: wake_rx,
+            reports,
             stopping: stopping.clone(),
             on_change,
             sent: None,
@@ -161,6 +178,7 @@ impl ControlHandle {
             standing,
             events,
             wake,
+            move_reports,
             stopping,
             control: Some(control),
             watcher: Some(watcher),
@@ -190,6 +208,12 @@ impl ControlHandle {
             let now_ns = clock.elapsed().as_nanos() as u64;
             cluster_gauges(&read(&serving), read(&standing), now_ns)
         })
+    }
+
+    /// Where the node's shards send their move reports: bounded (`MOVE_REPORTS_QUEUED_MAX`);
+    /// a shard that finds it full keeps its report and sends it again later (never waits).
+    pub fn move_reports(&self) -> flume::Sender<MoveReport> {
+        self.move_reports.clone()
     }
 
     /// What happened, oldest first (bounded; see the module doc).
@@ -239,6 +263,7 @@ struct ControlLoop {
     standing: Arc<Mutex<Standing>>,
     events: flume::Sender<CoordinatorEvent>,
     wake: flume::Receiver<Wake>,
+    reports: flume::Receiver<MoveReport>,
     stopping: Arc<AtomicBool>,
     on_change: ServingChange,
     sent: Option<Sent>,
@@ -257,15 +282,29 @@ impl ControlLoop {
                 .coordinator
                 .next_wakeup_ns()
                 .saturating_sub(self.now_ns());
-            match self.wake.recv_timeout(Duration::from_nanos(wait_ns)) {
-                Ok(Wake::Changed) => self.coordinator.handle_changed(self.now_ns()),
-                Ok(Wake::Stop) | Err(flume::RecvTimeoutError::Disconnected) => break,
-                Err(flume::RecvTimeoutError::Timeout) => {}
+            let woken = flume::Selector::new()
+                .recv(&self.wake, Woken::Wake)
+                .recv(&self.reports, Woken::Report)
+                .wait_timeout(Duration::from_nanos(wait_ns))
+                .unwrap_or(Woken::Timeout);
+            match woken {
+                Woken::Wake(Ok(Wake::Changed)) => self.coordinator.handle_changed(self.now_ns()),
+                Woken::Wake(Ok(Wake::Stop) | Err(_)) | Woken::Report(Err(_)) => break,
+                Woken::Report(Ok(report)) => self.take_reports(report),
+                Woken::Timeout => {}
             }
         }
         if let Some(lease) = self.coordinator.lease_id() {
             // Best effort: when etcd is unreachable the lease simply runs out.
             let _ = self.client.lease_revoke(lease);
+        }
+    }
+
+    /// Hands `first` and every other report waiting to the coordinator, which puts them.
+    fn take_reports(&mut self, first: MoveReport) {
+        self.coordinator.handle_move_report(first);
+        while let Ok(report) = self.reports.try_recv() {
+            self.coordinator.handle_move_report(report);
         }
     }
 

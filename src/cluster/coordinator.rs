@@ -14,25 +14,42 @@
 //! 3. reads the cluster's keys back every poll interval (nodes, controller, assignment);
 //! 4. campaigns for controller when there is none (`controller` created only if absent, bound
 //!    to the lease, so it ends with the lease);
-//! 5. as controller, writes the next placement when it differs from the current one: one
+//! 5. puts the `moves/<p>` records of its shards' move reports
+//!    ([`Coordinator::handle_move_report`]) and, as controller, of the moves it flipped or
+//!    abandoned;
+//! 6. as controller, writes the next placement when it differs from the current one: one
 //!    assignment record, compare-and-swap on its revision, in a transaction that also checks
 //!    the controller key's create revision, so a controller paused past its lease cannot write.
+//!    Besides the sticky rule (`placement::next_owners`), it moves partitions live
+//!    (`placement::plan_moves`): to their pinned owner, off drained nodes, onto nodes that
+//!    joined (their rendezvous share), at most `moves_max` in flight, paced; it flips a move
+//!    once its source reported it ready, and abandons it (the source stays owner) when the
+//!    target is gone, the source refused, or no ready came within `MOVE_TIMEOUT_MS_MAX` of
+//!    when this controller first saw it.
 //!
 //! An etcd outage changes nothing it decided: the placement stays, the outage is reported
 //! ([`CoordinatorEvent::EtcdUnreachable`]), requests are retried with a bounded back-off.
 //!
 //! Lives on the node's control thread; a cluster view plus this node's lease.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use crate::cluster::keys::{ClusterKeys, ControllerRecord, KeyKind, NodeInfo};
-use crate::cluster::placement::{LiveNode, Placement, decode_record, encode_record, next_owners};
+use crate::cluster::keys::{
+    ClusterKeys, ControllerRecord, DrainRecord, KeyKind, MoveRecord, MoveState, NodeInfo,
+    PinRecord, Released, SettingsRecord, bounded_reason, decode_json, encode_json,
+};
+use crate::cluster::placement::{
+    LiveNode, MoveInputs, Placement, decode_record, encode_record, next_owners, plan_moves,
+};
 use crate::constants::{
     CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_NODES_MAX, CLUSTER_RETRY_MS_MAX, CLUSTER_RETRY_MS_MIN,
+    MOVE_RECORDS_QUEUED_MAX, MOVE_RETRY_BACKOFF_MS_MAX, MOVE_START_GAP_MS_DEFAULT,
+    MOVE_TIMEOUT_MS_MAX, MOVES_INFLIGHT_MAX,
 };
 use crate::core::ids::{Epoch, NodeId, PartitionId};
 use crate::core::partition::NodeAddress;
+use crate::core::shard::moves::{MoveReport, MoveStep};
 
 const NS_PER_MS: u64 = 1_000_000;
 const NS_PER_S: u64 = 1_000_000_000;
@@ -209,6 +226,15 @@ pub struct ClusterView {
     pub nodes: BTreeMap<NodeId, NodeEntry>,
     pub controller: Option<ControllerEntry>,
     pub assignment: Option<Arc<Placement>>,
+    /// The operator's pins, by partition.
+    pub pins: BTreeMap<u32, PinRecord>,
+    /// The operator's drains, by node (in force only while the node keeps that registration:
+    /// see [`ClusterView::drained`]).
+    pub drains: BTreeMap<NodeId, DrainRecord>,
+    /// How each partition's latest move stands.
+    pub moves: BTreeMap<u32, MoveRecord>,
+    /// The operator's settings (`None`: the defaults).
+    pub settings: Option<SettingsRecord>,
     /// Keys that could not be read, with the reason.
     pub rejected: Vec<(String, String)>,
 }
@@ -234,6 +260,17 @@ impl ClusterView {
                     .map_err(|error| format!("not a controller record: {error}")),
                 KeyKind::Assignment => decode_record(&kv.value, kv.mod_revision)
                     .map(|placement| view.assignment = Some(Arc::new(placement))),
+                KeyKind::Pin(partition) => decode_json("pin", &kv.value).map(|pin| {
+                    view.pins.insert(partition, pin);
+                }),
+                KeyKind::Drain(node) => decode_json("drain", &kv.value).map(|drain| {
+                    view.drains.insert(node, drain);
+                }),
+                KeyKind::Move(partition) => decode_json("move", &kv.value).map(|record| {
+                    view.moves.insert(partition, record);
+                }),
+                KeyKind::Settings => decode_json("settings", &kv.value)
+                    .map(|settings| view.settings = Some(settings)),
                 KeyKind::Other => Ok(()),
             };
             if let Err(reason) = outcome {
@@ -289,6 +326,28 @@ impl ClusterView {
             },
         );
         Ok(())
+    }
+
+    /// The live nodes drained by the operator: a drain is in force while the node keeps the
+    /// registration it had when drained.
+    pub fn drained(&self) -> BTreeSet<NodeId> {
+        self.drains
+            .iter()
+            .filter(|(node, drain)| {
+                self.nodes
+                    .get(node)
+                    .is_some_and(|entry| entry.registered_revision == drain.registered_revision)
+            })
+            .map(|(&node, _)| node)
+            .collect()
+    }
+
+    /// Moves in flight at once, at most, as the operator set it (1 to `MOVES_INFLIGHT_MAX`).
+    pub fn moves_max(&self) -> u32 {
+        self.settings
+            .unwrap_or_default()
+            .moves_max
+            .clamp(1, MOVES_INFLIGHT_MAX)
     }
 
     /// The live nodes, as placement sees them.
@@ -355,8 +414,20 @@ enum InFlight {
     /// A [`Request::Revision`] asking whether a read is needed.
     Probe,
     Campaign,
-    /// The record being written, to install once etcd says at which revision.
-    WriteAssignment(Vec<u8>),
+    /// The record being written, to install once etcd says at which revision, with the
+    /// moves it ends and whether it starts any.
+    WriteAssignment(Vec<u8>, MoveEnds),
+    /// A `moves/<p>` record being put.
+    PutMove,
+}
+
+/// The moves a placement write flips or abandons, and whether it starts some.
+#[derive(Clone, Debug, Default)]
+pub struct MoveEnds {
+    /// (partition, the move's epoch, its record as the controller ends it).
+    ended: Vec<(u32, MoveRecord)>,
+    abandoned: Vec<u32>,
+    starts: bool,
 }
 
 /// One node's coordination state. See the module doc.
@@ -383,6 +454,18 @@ pub struct Coordinator {
     installed_epoch: Epoch,
     rejected_reported: Vec<(String, u64)>,
     events: VecDeque<CoordinatorEvent>,
+    /// As controller: each `Migrating` partition's move epoch and when this controller first
+    /// saw it (its timeout runs from then).
+    moves_seen: BTreeMap<u32, (Epoch, u64)>,
+    /// As controller: partitions whose move failed, and until when they stay put.
+    backing_off: BTreeMap<u32, u64>,
+    /// When this controller last wrote a placement that started moves.
+    last_start_ns: Option<u64>,
+    /// When moves were last tracked: deadlines up to then were due at that poll already, so
+    /// they are no reason to wake again.
+    tracked_ns: u64,
+    /// `moves/<p>` records to put, oldest first (at most one per partition).
+    move_records: VecDeque<(u32, MoveRecord)>,
 }
 
 impl Coordinator {
@@ -406,6 +489,11 @@ impl Coordinator {
             installed_epoch: Epoch(0),
             rejected_reported: Vec::new(),
             events: VecDeque::new(),
+            moves_seen: BTreeMap::new(),
+            backing_off: BTreeMap::new(),
+            last_start_ns: None,
+            tracked_ns: 0,
+            move_records: VecDeque::new(),
         }
     }
 
@@ -421,6 +509,7 @@ impl Coordinator {
         if self.in_flight.is_some() || now_ns < self.retry_at_ns {
             return None;
         }
+        self.track_moves(now_ns);
         let (request, in_flight) = self.next_request(now_ns)?;
         self.in_flight = Some((in_flight, now_ns));
         Some(request)
@@ -445,6 +534,14 @@ impl Coordinator {
                 lease: lease.id,
             };
             return Some((request, InFlight::Register));
+        }
+        if let Some((partition, record)) = self.move_records.front() {
+            let request = Request::Put {
+                key: self.config.keys.moves(*partition),
+                value: encode_json(record),
+                lease: 0,
+            };
+            return Some((request, InFlight::PutMove));
         }
         if now_ns >= self.read_due_ns {
             let prefix = self.config.keys.prefix().to_owned();
@@ -483,7 +580,11 @@ impl Coordinator {
         }
         let live = self.view.live_nodes();
         let current_owners = current.map(|placement| placement.owners());
-        let next = next_owners(current_owners, self.config.partitions, &live)?;
+        let base = next_owners(current_owners, self.config.partitions, &live)?;
+        let (next, ends) = match current_owners {
+            Some(current) => self.with_moves(now_ns, current, base, &live),
+            None => (base, MoveEnds::default()),
+        };
         if current_owners == Some(&next[..]) {
             return None;
         }
@@ -495,7 +596,202 @@ impl Coordinator {
             guard_key: self.config.keys.controller(),
             guard_create_revision: controller.create_revision,
         };
-        Some((request, InFlight::WriteAssignment(value)))
+        Some((request, InFlight::WriteAssignment(value, ends)))
+    }
+
+    /// `base` with the moves due now: see `placement::plan_moves`.
+    fn with_moves(
+        &self,
+        now_ns: u64,
+        current: &[crate::cluster::placement::Owner],
+        base: Vec<crate::cluster::placement::Owner>,
+        live: &BTreeMap<NodeId, LiveNode>,
+    ) -> (Vec<crate::cluster::placement::Owner>, MoveEnds) {
+        let timeout_ns = MOVE_TIMEOUT_MS_MAX * NS_PER_MS;
+        let timed_out: BTreeSet<u32> = self
+            .moves_seen
+            .iter()
+            .filter(|(_, (_, seen_ns))| now_ns >= seen_ns + timeout_ns)
+            .map(|(&partition, _)| partition)
+            .collect();
+        let backing_off: BTreeSet<u32> = self
+            .backing_off
+            .iter()
+            .filter(|(_, until_ns)| now_ns < **until_ns)
+            .map(|(&partition, _)| partition)
+            .collect();
+        let drained = self.view.drained();
+        let may_start = self
+            .last_start_ns
+            .is_none_or(|last| now_ns >= last + MOVE_START_GAP_MS_DEFAULT * NS_PER_MS);
+        let inputs = MoveInputs {
+            live,
+            drained: &drained,
+            pins: &self.view.pins,
+            records: &self.view.moves,
+            timed_out: &timed_out,
+            backing_off: &backing_off,
+            moves_max: self.view.moves_max(),
+            may_start,
+        };
+        let plan = plan_moves(current, base, &inputs);
+        let mut ends = MoveEnds {
+            starts: !plan.started.is_empty(),
+            ..MoveEnds::default()
+        };
+        for &partition in &plan.flipped {
+            let owner = current[partition as usize];
+            ends.ended
+                .push((partition, self.ended_record(partition, &owner, None)));
+        }
+        for (partition, reason) in plan.abandoned {
+            let owner = current[partition as usize];
+            let record = self.ended_record(partition, &owner, Some(bounded_reason(&reason)));
+            ends.ended.push((partition, record));
+            ends.abandoned.push(partition);
+        }
+        (plan.owners, ends)
+    }
+
+    /// The `moves/<p>` record of a move the controller flips (`abandoned: None`) or abandons,
+    /// keeping what the source wrote of it.
+    fn ended_record(
+        &self,
+        partition: u32,
+        owner: &crate::cluster::placement::Owner,
+        abandoned: Option<String>,
+    ) -> MoveRecord {
+        let (to, to_shard) = owner
+            .state
+            .migrating_to()
+            .unwrap_or((owner.node, owner.shard));
+        let known = self
+            .view
+            .moves
+            .get(&partition)
+            .filter(|record| record.is_move(owner.part_epoch));
+        let released = known.and_then(|record| record.released);
+        let state = match (released, &abandoned) {
+            (Some(_), _) => MoveState::Released,
+            (None, None) => MoveState::Flipped,
+            (None, Some(_)) => MoveState::Abandoned,
+        };
+        MoveRecord {
+            part_epoch: owner.part_epoch.get(),
+            from: (owner.node.0, owner.shard.0),
+            to: (to.0, to_shard.0),
+            state,
+            abandoned,
+            released,
+        }
+    }
+
+    /// As controller, notes when each move in flight was first seen (its timeout runs from
+    /// then) and forgets moves and back-offs that are over; otherwise forgets them all, so a
+    /// controller that takes over starts every move's clock afresh.
+    fn track_moves(&mut self, now_ns: u64) {
+        self.tracked_ns = now_ns;
+        let placement = self.view.assignment.clone();
+        let (true, Some(placement)) = (self.is_controller(), placement) else {
+            self.moves_seen.clear();
+            self.backing_off.clear();
+            return;
+        };
+        let mut seen = BTreeMap::new();
+        for (partition, owner) in placement.owners().iter().enumerate() {
+            if owner.state.migrating_to().is_none() {
+                continue;
+            }
+            let partition = partition as u32;
+            let since = match self.moves_seen.get(&partition) {
+                Some(&(epoch, seen_ns)) if epoch == owner.part_epoch => seen_ns,
+                _ => now_ns,
+            };
+            seen.insert(partition, (owner.part_epoch, since));
+        }
+        self.moves_seen = seen;
+        self.backing_off.retain(|_, until_ns| now_ns < *until_ns);
+    }
+
+    /// A move report of one of this node's shards: put as `moves/<p>` (the controller reads it
+    /// there), keeping what the controller already wrote of the same move.
+    pub fn handle_move_report(&mut self, report: MoveReport) {
+        let partition = report.partition.0;
+        let from_shard = self
+            .view
+            .assignment
+            .as_ref()
+            .and_then(|placement| placement.owners().get(partition as usize).copied())
+            .filter(|owner| owner.node == self.config.node)
+            .map_or(0, |owner| owner.shard.0);
+        let known = self
+            .queued_or_read(partition)
+            .filter(|record| record.is_move(report.part_epoch));
+        let abandoned = known.and_then(|record| record.abandoned.clone());
+        let (state, released) = match report.step {
+            MoveStep::Ready {
+                snapshot_bytes,
+                events_streamed,
+            } => (
+                MoveState::Ready {
+                    snapshot_bytes,
+                    events_streamed,
+                },
+                None,
+            ),
+            MoveStep::Refused { reason } => (
+                MoveState::Refused {
+                    reason: bounded_reason(&reason),
+                },
+                None,
+            ),
+            MoveStep::Released {
+                flipped,
+                events_held,
+                pause_ns,
+            } => {
+                let released = Released {
+                    flipped,
+                    events_held,
+                    pause_ns,
+                };
+                (MoveState::Released, Some(released))
+            }
+        };
+        let record = MoveRecord {
+            part_epoch: report.part_epoch.get(),
+            from: (self.config.node.0, from_shard),
+            to: (report.to.0, report.to_shard.0),
+            state,
+            abandoned,
+            released,
+        };
+        self.queue_move_record(partition, record);
+    }
+
+    /// The latest record of `partition`'s move this node knows: queued to be put, or read.
+    fn queued_or_read(&self, partition: u32) -> Option<&MoveRecord> {
+        self.move_records
+            .iter()
+            .rev()
+            .find(|(p, _)| *p == partition)
+            .map(|(_, record)| record)
+            .or_else(|| self.view.moves.get(&partition))
+    }
+
+    /// Queues `record` to be put, replacing one queued for the same partition; the oldest
+    /// record is dropped when the queue is full (a later read shows what etcd has).
+    fn queue_move_record(&mut self, partition: u32, record: MoveRecord) {
+        self.move_records.retain(|(p, _)| *p != partition);
+        if self.move_records.len() >= MOVE_RECORDS_QUEUED_MAX {
+            self.move_records.pop_front();
+        }
+        self.move_records.push_back((partition, record));
+    }
+
+    /// Moves records written or being written; for tests and `trove cluster status`.
+    pub fn move_records_queued(&self) -> usize {
+        self.move_records.len()
     }
 
     /// etcd's reply to the request in flight.
@@ -540,7 +836,7 @@ impl Coordinator {
                 true
             }
             (
-                InFlight::WriteAssignment(value),
+                InFlight::WriteAssignment(value, ends),
                 Response::Txn {
                     succeeded,
                     revision,
@@ -548,8 +844,13 @@ impl Coordinator {
             ) => {
                 if succeeded {
                     self.install_written(&value, revision);
+                    self.moves_written(now_ns, ends);
                 }
                 self.read_now(now_ns);
+                true
+            }
+            (InFlight::PutMove, Response::Put { .. }) => {
+                self.move_records.pop_front();
                 true
             }
             _ => false,
@@ -562,6 +863,21 @@ impl Coordinator {
                 now_ns,
                 "etcd answered with a reply that does not match the request",
             );
+        }
+    }
+
+    /// A placement that ended or started moves was written: their records are to be put, the
+    /// abandoned partitions stay put for a while, and the next start waits its turn.
+    fn moves_written(&mut self, now_ns: u64, ends: MoveEnds) {
+        for partition in ends.abandoned {
+            let until_ns = now_ns + MOVE_RETRY_BACKOFF_MS_MAX * NS_PER_MS;
+            self.backing_off.insert(partition, until_ns);
+        }
+        for (partition, record) in ends.ended {
+            self.queue_move_record(partition, record);
+        }
+        if ends.starts {
+            self.last_start_ns = Some(now_ns);
         }
     }
 
@@ -803,10 +1119,33 @@ impl Coordinator {
             if self.is_controller() && self.view.assignment.is_none() {
                 due = due.min(self.live_since_ns + self.config.settle_ns);
             }
+            if !self.move_records.is_empty() {
+                due = 0;
+            }
+            if self.is_controller() {
+                due = due.min(self.next_move_due_ns());
+            }
         } else {
             due = 0;
         }
         due.max(self.retry_at_ns)
+    }
+
+    /// As controller, the next moment a move may be judged or started without anything else
+    /// happening: a move's timeout, a back-off's end, the next start's turn.
+    fn next_move_due_ns(&self) -> u64 {
+        let timeout_ns = MOVE_TIMEOUT_MS_MAX * NS_PER_MS;
+        let timeouts = self.moves_seen.values().map(|(_, seen)| seen + timeout_ns);
+        let backoffs = self.backing_off.values().copied();
+        let start = self
+            .last_start_ns
+            .map(|last| last + MOVE_START_GAP_MS_DEFAULT * NS_PER_MS);
+        timeouts
+            .chain(backoffs)
+            .chain(start)
+            .filter(|&due| due > self.tracked_ns)
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     /// Whether this node holds the controller key with its current lease.
@@ -858,6 +1197,8 @@ impl Coordinator {
 mod tests {
     use super::*;
     use crate::cluster::model::ModelEtcd;
+    use crate::cluster::placement::OwnerState;
+    use crate::core::ids::ShardId;
 
     const PARTITIONS: u32 = 64;
     const TTL_S: u64 = 3;
@@ -889,6 +1230,11 @@ mod tests {
         events: Vec<Vec<CoordinatorEvent>>,
         /// Per node: whole reads of the prefix, and revision probes, asked of etcd.
         reads: Vec<(usize, usize)>,
+        /// Per node: whether its "shards" report the moves they are the source of ready at
+        /// once (and released once the placement moves on), as a source shard would.
+        ready: Vec<bool>,
+        /// Per node: the moves (partition, epoch) it reported ready and not yet released.
+        reported: Vec<BTreeMap<u32, Epoch>>,
         now_ns: u64,
     }
 
@@ -902,6 +1248,8 @@ mod tests {
                 paused: vec![false; nodes as usize],
                 events: vec![Vec::new(); nodes as usize],
                 reads: vec![(0, 0); nodes as usize],
+                ready: vec![false; nodes as usize],
+                reported: vec![BTreeMap::new(); nodes as usize],
                 now_ns: 0,
             }
         }
@@ -912,6 +1260,8 @@ mod tests {
             self.paused.push(paused);
             self.events.push(Vec::new());
             self.reads.push((0, 0));
+            self.ready.push(false);
+            self.reported.push(BTreeMap::new());
         }
 
         fn run_ms(&mut self, ms: u64) {
@@ -942,6 +1292,118 @@ mod tests {
             while let Some(event) = node.poll_event() {
                 self.events[i].push(event);
             }
+            if self.ready[i] {
+                self.report_moves(i);
+            }
+        }
+
+        /// What node `i`'s source shards would report about the moves in its view.
+        fn report_moves(&mut self, i: usize) {
+            let Some(placement) = self.nodes[i].view().assignment.clone() else {
+                return;
+            };
+            let me = NodeId(i as u32 + 1);
+            for (p, owner) in placement.owners().iter().enumerate() {
+                let p = p as u32;
+                if let Some(&epoch) = self.reported[i].get(&p) {
+                    if owner.part_epoch != epoch {
+                        self.reported[i].remove(&p);
+                        let (to, to_shard) = self.reported_target(i, p, epoch);
+                        self.nodes[i].handle_move_report(MoveReport {
+                            partition: PartitionId(p),
+                            part_epoch: epoch,
+                            to,
+                            to_shard,
+                            step: MoveStep::Released {
+                                flipped: owner.node != me,
+                                events_held: 3,
+                                pause_ns: 2_000_000,
+                            },
+                        });
+                    }
+                    continue;
+                }
+                let Some((to, to_shard)) = owner.state.migrating_to() else {
+                    continue;
+                };
+                if owner.node != me {
+                    continue;
+                }
+                self.reported[i].insert(p, owner.part_epoch);
+                self.nodes[i].handle_move_report(MoveReport {
+                    partition: PartitionId(p),
+                    part_epoch: owner.part_epoch,
+                    to,
+                    to_shard,
+                    step: MoveStep::Ready {
+                        snapshot_bytes: 100,
+                        events_streamed: 5,
+                    },
+                });
+            }
+        }
+
+        /// The target of the move node `i` reported ready, from the record it queued or read.
+        fn reported_target(&self, i: usize, p: u32, epoch: Epoch) -> (NodeId, ShardId) {
+            self.nodes[i]
+                .queued_or_read(p)
+                .filter(|record| record.is_move(epoch))
+                .map_or((NodeId(0), ShardId(0)), MoveRecord::to)
+        }
+
+        /// Puts an operator's record straight into the model etcd.
+        fn put(&mut self, key: String, value: Vec<u8>) {
+            let request = Request::Put {
+                key,
+                value,
+                lease: 0,
+            };
+            self.etcd.handle(self.now_ns, &request).unwrap();
+        }
+
+        /// The placement in etcd now.
+        fn stored(&self) -> Placement {
+            let keys = ClusterKeys::new("test").unwrap();
+            let request = Request::RangePrefix {
+                prefix: keys.assignment(),
+            };
+            let mut etcd = self.etcd.clone();
+            let Ok(Response::Range { kvs, .. }) = etcd.handle(self.now_ns, &request) else {
+                panic!("the model answers a range");
+            };
+            decode_record(&kvs[0].value, kvs[0].mod_revision).unwrap()
+        }
+
+        /// Runs `ms` more, checking after every step that no partition is without an
+        /// owner that applies it (Offline only when its owner's lease ended) and that at
+        /// most `moves_max` are moving. Returns the most seen moving at once.
+        fn run_checked_ms(&mut self, ms: u64, moves_max: usize) -> usize {
+            let mut most = 0;
+            for _ in 0..ms / STEP_MS {
+                self.run_ms(STEP_MS);
+                let placement = self.stored();
+                let moving = placement
+                    .owners()
+                    .iter()
+                    .filter(|owner| owner.state.migrating_to().is_some())
+                    .count();
+                assert!(moving <= moves_max, "{moving} moving at once");
+                most = most.max(moving);
+            }
+            most
+        }
+
+        /// The registration revision of node `n` as etcd has it.
+        fn registration(&self, n: u32) -> u64 {
+            let keys = ClusterKeys::new("test").unwrap();
+            let request = Request::RangePrefix {
+                prefix: keys.node(NodeId(n)),
+            };
+            let mut etcd = self.etcd.clone();
+            let Ok(Response::Range { kvs, .. }) = etcd.handle(self.now_ns, &request) else {
+                panic!("the model answers a range");
+            };
+            kvs[0].mod_revision
         }
 
         fn controllers(&self) -> Vec<usize> {
@@ -1264,6 +1726,291 @@ mod tests {
             .filter(|&p| placement.owner(p).node == NodeId(2))
             .collect();
         assert_eq!(cluster.serving(2), of_2);
+    }
+
+    /// The owners rendezvous hashing deals over nodes `1..=n` of 2 shards each.
+    fn rendezvous_shares(nodes: &[u32]) -> Vec<(NodeId, ShardId)> {
+        let live: BTreeMap<NodeId, LiveNode> = nodes
+            .iter()
+            .map(|&n| {
+                let info = LiveNode {
+                    shards: 2,
+                    registered_revision: 1,
+                };
+                (NodeId(n), info)
+            })
+            .collect();
+        next_owners(None, PARTITIONS, &live)
+            .unwrap()
+            .iter()
+            .map(|owner| (owner.node, owner.shard))
+            .collect()
+    }
+
+    fn owners_of(placement: &Placement) -> Vec<(NodeId, ShardId)> {
+        placement
+            .owners()
+            .iter()
+            .map(|owner| (owner.node, owner.shard))
+            .collect()
+    }
+
+    fn settings(cluster: &mut Cluster, moves_max: u32) {
+        let keys = ClusterKeys::new("test").unwrap();
+        let record = SettingsRecord::new(moves_max).unwrap();
+        cluster.put(keys.settings(), encode_json(&record));
+    }
+
+    fn move_record(cluster: &Cluster, p: u32) -> Option<MoveRecord> {
+        let keys = ClusterKeys::new("test").unwrap();
+        let bytes = cluster.etcd.get(&keys.moves(p))?;
+        Some(decode_json("move", bytes).unwrap())
+    }
+
+    #[test]
+    fn a_node_that_joins_gets_its_rendezvous_share_by_moves_at_most_moves_max_at_a_time() {
+        let mut cluster = Cluster::new(2);
+        cluster.ready = vec![true; 2];
+        cluster.run_ms(2_000);
+        let before = cluster.stored();
+        assert_eq!(owners_of(&before), rendezvous_shares(&[1, 2]));
+        settings(&mut cluster, 2);
+        cluster.add(Coordinator::new(config(3, 2)), false);
+        cluster.ready.push(true);
+        let most = cluster.run_checked_ms(20_000, 2);
+        assert_eq!(most, 2, "moves ran two at a time");
+        let after = cluster.stored();
+        let shares = rendezvous_shares(&[1, 2, 3]);
+        assert_eq!(owners_of(&after), shares, "ends at the rendezvous shares");
+        let mut moved = 0;
+        for p in 0..PARTITIONS {
+            let owner = after.owner(PartitionId(p));
+            assert_eq!(owner.state, OwnerState::Serving);
+            if owner.node == NodeId(3) {
+                moved += 1;
+                let record = move_record(&cluster, p).expect("a record of the move");
+                assert_eq!(record.to(), (owner.node, owner.shard));
+                let released = record.released.expect("the source released what it held");
+                assert!(released.flipped);
+                assert_eq!(record.abandoned, None);
+            } else {
+                assert_eq!(
+                    (owner.node, owner.shard),
+                    (
+                        before.owner(PartitionId(p)).node,
+                        before.owner(PartitionId(p)).shard
+                    ),
+                    "partition {p} only moves to the new node"
+                );
+            }
+        }
+        assert!(moved > 0);
+    }
+
+    #[test]
+    fn a_drained_node_is_emptied_and_gets_its_share_back_once_restarted() {
+        let mut cluster = Cluster::new(3);
+        cluster.ready = vec![true; 3];
+        cluster.run_ms(2_000);
+        let keys = ClusterKeys::new("test").unwrap();
+        let drain = DrainRecord {
+            registered_revision: cluster.registration(2),
+        };
+        cluster.put(keys.drain(NodeId(2)), encode_json(&drain));
+        cluster.run_checked_ms(20_000, MOVES_INFLIGHT_DEFAULT_TEST);
+        let drained = cluster.stored();
+        assert!(
+            drained
+                .owners()
+                .iter()
+                .all(|owner| owner.node != NodeId(2) && owner.state == OwnerState::Serving),
+            "node 2 owns nothing, every partition is served: {:?}",
+            drained.counts()
+        );
+        assert_eq!(owners_of(&drained), rendezvous_shares(&[1, 3]));
+
+        // Node 2 is stopped and started again: a new registration, so the drain is over.
+        cluster.paused[1] = true;
+        cluster.run_ms((TTL_S + 1) * 1_000);
+        cluster.nodes[1] = Coordinator::new(config(2, 2));
+        cluster.reported[1].clear();
+        cluster.paused[1] = false;
+        cluster.run_checked_ms(20_000, MOVES_INFLIGHT_DEFAULT_TEST);
+        assert_eq!(owners_of(&cluster.stored()), rendezvous_shares(&[1, 2, 3]));
+    }
+
+    const MOVES_INFLIGHT_DEFAULT_TEST: usize = crate::constants::MOVES_INFLIGHT_DEFAULT as usize;
+
+    #[test]
+    fn pins_win_over_rendezvous() {
+        let mut cluster = Cluster::new(3);
+        cluster.ready = vec![true; 3];
+        cluster.run_ms(2_000);
+        let keys = ClusterKeys::new("test").unwrap();
+        let shares = rendezvous_shares(&[1, 2, 3]);
+        // Partition 0 pinned to another node's shard 1; partition 1 to another node, any shard;
+        // partition 2 to a node that does not exist (ignored).
+        let elsewhere = |p: usize| NodeId(shares[p].0.0 % 3 + 1);
+        let pins = [
+            (
+                0u32,
+                PinRecord {
+                    node: elsewhere(0).0,
+                    shard: Some(1),
+                },
+            ),
+            (
+                1,
+                PinRecord {
+                    node: elsewhere(1).0,
+                    shard: None,
+                },
+            ),
+            (
+                2,
+                PinRecord {
+                    node: 9,
+                    shard: None,
+                },
+            ),
+        ];
+        for (p, pin) in pins {
+            cluster.put(keys.pin(p), encode_json(&pin));
+        }
+        cluster.run_checked_ms(5_000, MOVES_INFLIGHT_DEFAULT_TEST);
+        let placement = cluster.stored();
+        assert_eq!(
+            (
+                placement.owner(PartitionId(0)).node,
+                placement.owner(PartitionId(0)).shard
+            ),
+            (elsewhere(0), ShardId(1))
+        );
+        assert_eq!(placement.owner(PartitionId(1)).node, elsewhere(1));
+        assert_eq!(
+            owners_of(&placement)[2..],
+            shares[2..],
+            "nothing else moved"
+        );
+    }
+
+    #[test]
+    fn a_target_that_dies_mid_move_leaves_the_partition_with_its_source() {
+        let mut cluster = Cluster::new(2);
+        cluster.run_ms(2_000);
+        let before = cluster.stored();
+        // Node 3 joins; the sources never report ready, so the moves stay in flight.
+        cluster.add(Coordinator::new(config(3, 2)), false);
+        cluster.run_ms(1_500);
+        let moving: Vec<u32> = (0..PARTITIONS)
+            .filter(|&p| {
+                cluster
+                    .stored()
+                    .owner(PartitionId(p))
+                    .state
+                    .migrating_to()
+                    .map(|(to, _)| to)
+                    == Some(NodeId(3))
+            })
+            .collect();
+        assert_eq!(moving.len(), MOVES_INFLIGHT_DEFAULT_TEST);
+        cluster.paused[2] = true;
+        cluster.run_checked_ms((TTL_S + 1) * 1_000, MOVES_INFLIGHT_DEFAULT_TEST);
+        let after = cluster.stored();
+        for p in moving {
+            let (was, now) = (before.owner(PartitionId(p)), after.owner(PartitionId(p)));
+            assert_eq!(
+                (now.node, now.shard, now.state),
+                (was.node, was.shard, OwnerState::Serving)
+            );
+            assert!(now.part_epoch > was.part_epoch, "a new epoch");
+            let record = move_record(&cluster, p).expect("the abandon is recorded");
+            assert_eq!(record.state, MoveState::Abandoned);
+            let reason = record.abandoned.unwrap();
+            assert!(reason.contains("no longer live"), "{reason}");
+        }
+        assert!(after.owners().iter().all(|owner| owner.node != NodeId(3)));
+    }
+
+    #[test]
+    fn a_move_never_reported_ready_times_out_and_backs_off() {
+        let mut cluster = Cluster::new(2);
+        cluster.run_ms(2_000);
+        cluster.add(Coordinator::new(config(3, 2)), false);
+        cluster.run_ms(1_500);
+        let first: Vec<u32> = (0..PARTITIONS)
+            .filter(|&p| {
+                cluster
+                    .stored()
+                    .owner(PartitionId(p))
+                    .state
+                    .migrating_to()
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(first.len(), MOVES_INFLIGHT_DEFAULT_TEST);
+        cluster.run_checked_ms(MOVE_TIMEOUT_MS_MAX, MOVES_INFLIGHT_DEFAULT_TEST);
+        let placement = cluster.stored();
+        for &p in &first {
+            let owner = placement.owner(PartitionId(p));
+            assert_eq!(owner.state, OwnerState::Serving, "partition {p} abandoned");
+            let reason = move_record(&cluster, p).unwrap().abandoned.unwrap();
+            assert!(reason.contains("no ready within"), "{reason}");
+        }
+        // Others moved in their place while those back off.
+        let second: Vec<u32> = (0..PARTITIONS)
+            .filter(|&p| {
+                placement
+                    .owner(PartitionId(p))
+                    .state
+                    .migrating_to()
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(second.len(), MOVES_INFLIGHT_DEFAULT_TEST);
+        assert!(
+            second.iter().all(|p| !first.contains(p)),
+            "{first:?} then {second:?}"
+        );
+    }
+
+    #[test]
+    fn a_controller_change_mid_move_neither_flips_twice_nor_loses_the_move() {
+        let mut cluster = Cluster::new(3);
+        cluster.run_ms(2_000);
+        let old = cluster.controllers()[0];
+        cluster.add(Coordinator::new(config(4, 2)), false);
+        cluster.run_ms(1_500);
+        let moving: Vec<u32> = (0..PARTITIONS)
+            .filter(|&p| {
+                let owner = *cluster.stored().owner(PartitionId(p));
+                owner.state.migrating_to().is_some() && owner.node != NodeId(old as u32 + 1)
+            })
+            .collect();
+        assert!(!moving.is_empty());
+        // The controller stops; meanwhile the sources report ready.
+        cluster.paused[old] = true;
+        for i in 0..4 {
+            cluster.ready[i] = i != old;
+        }
+        let mut flips: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut last = cluster.stored();
+        for _ in 0..20_000 / STEP_MS {
+            cluster.run_ms(STEP_MS);
+            let now = cluster.stored();
+            for &p in &moving {
+                let (was, is) = (last.owner(PartitionId(p)), now.owner(PartitionId(p)));
+                if was.state.migrating_to() == Some((is.node, is.shard)) {
+                    *flips.entry(p).or_default() += 1;
+                }
+            }
+            last = now;
+        }
+        assert_ne!(cluster.controllers(), vec![old]);
+        for p in moving {
+            assert_eq!(flips.get(&p), Some(&1), "partition {p} flipped once");
+            assert_eq!(last.owner(PartitionId(p)).node, NodeId(4));
+        }
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! - [`control`]: the node's control thread, which drives a coordinator against etcd and
 //!   publishes what the node may serve;
 //! - [`status`]: what `trove cluster status` reads and shows;
+//! - [`rebalance`]: the operator's plans (rebalance by count or load, a drain's destinations);
+//! - [`operator`]: `trove cluster move|drain|rebalance`: write pins, drains and settings to
+//!   etcd and follow the moves the controller makes;
 //! - [`local`]: a local cluster on loopback (an etcd and node processes) for `trove cluster up`
 //!   and the integration tests.
 //!
@@ -25,5 +28,7 @@ pub mod flags;
 pub mod keys;
 pub mod local;
 pub mod model;
+pub mod operator;
 pub mod placement;
+pub mod rebalance;
 pub mod status;

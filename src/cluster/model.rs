@@ -116,7 +116,8 @@ impl ModelEtcd {
                 None => Response::LeaseKept { ttl_s: 0 },
             },
             Request::Put { key, value, lease } => {
-                if !self.leases.contains_key(lease) {
+                // Lease 0 is no lease, as in etcd.
+                if *lease != 0 && !self.leases.contains_key(lease) {
                     return Err(format!("etcdserver: requested lease not found ({lease})"));
                 }
                 self.put(key, value, *lease);

@@ -1,5 +1,6 @@
-//! The cluster's placement: which node and shard owns each partition, at which epochs, and the
-//! sticky rendezvous rule the controller uses to compute the next one.
+//! The cluster's placement: which node and shard owns each partition, at which epochs, the
+//! sticky rendezvous rule the controller uses to compute the next one, and the rules of live
+//! moves ([`plan_moves`]: which partitions to move where, when a move flips or is abandoned).
 //!
 //! The [`Placement`] type is `core::partition`'s (re-exported here): a cluster view, the same
 //! value on every node, written by the controller as one etcd record ([`encode_record`],
@@ -8,13 +9,15 @@
 //! refuse work stamped with an older partition epoch than its own. Plain values, valid on any
 //! thread; nothing here does I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 pub use crate::core::partition::{Owner, OwnerState, Placement};
 
+use crate::cluster::keys::{MoveRecord, MoveState, PinRecord};
+use crate::constants::MOVE_TIMEOUT_MS_MAX;
 use crate::core::ids::{Epoch, NodeId, ShardId};
 
 /// In a record being written, "this partition changes in this record": readers replace it with
@@ -214,7 +217,8 @@ fn next_owner(partition: u32, owner: &Owner, live: &BTreeMap<NodeId, LiveNode>) 
         state,
     };
     match live.get(&owner.node) {
-        None if owner.state == OwnerState::Serving => changed(owner.shard, OwnerState::Offline),
+        // A dead source of a move goes offline too, and the move with it.
+        None if owner.state.applies() => changed(owner.shard, OwnerState::Offline),
         None => *owner,
         Some(node) => {
             let shard = if owner.shard.0 < node.shards {
@@ -231,6 +235,191 @@ fn next_owner(partition: u32, owner: &Owner, live: &BTreeMap<NodeId, LiveNode>) 
                 *owner
             }
         }
+    }
+}
+
+/// The (node, shard) the controller wants `partition` on, owned now by `current`: its pin
+/// when the pinned node is among `eligible` (live, not drained) and has that shard (a pin
+/// without a shard keeps the shard it is on, or takes the node's rendezvous shard); else the
+/// rendezvous winner over `eligible`. `None` when nothing is eligible.
+pub fn desired_owner(
+    partition: u32,
+    current: &Owner,
+    pin: Option<&PinRecord>,
+    eligible: &BTreeMap<NodeId, LiveNode>,
+) -> Option<(NodeId, ShardId)> {
+    if let Some(pin) = pin {
+        let node = NodeId(pin.node);
+        if let Some(info) = eligible.get(&node) {
+            match pin.shard {
+                Some(shard) if shard < info.shards => return Some((node, ShardId(shard))),
+                Some(_) => {}
+                None if current.node == node && current.shard.0 < info.shards => {
+                    return Some((node, current.shard));
+                }
+                None => return Some((node, rendezvous_shard(partition, node, info.shards))),
+            }
+        }
+    }
+    rendezvous(partition, eligible)
+}
+
+/// What the controller knows when it plans moves, besides the placement.
+#[derive(Clone, Copy, Debug)]
+pub struct MoveInputs<'a> {
+    /// Every live node.
+    pub live: &'a BTreeMap<NodeId, LiveNode>,
+    /// Live nodes drained by the operator: excluded from placement.
+    pub drained: &'a BTreeSet<NodeId>,
+    pub pins: &'a BTreeMap<u32, PinRecord>,
+    /// The latest `moves/<p>` record of each partition.
+    pub records: &'a BTreeMap<u32, MoveRecord>,
+    /// Moves the controller has waited `MOVE_TIMEOUT_MS_MAX` for, by partition.
+    pub timed_out: &'a BTreeSet<u32>,
+    /// Partitions not to move yet (a move of theirs failed a short while ago).
+    pub backing_off: &'a BTreeSet<u32>,
+    /// Moves in flight at once, at most.
+    pub moves_max: u32,
+    /// Whether new moves may start now (pacing).
+    pub may_start: bool,
+}
+
+/// The next placement with its moves, and what changed about them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MovePlan {
+    pub owners: Vec<Owner>,
+    pub started: Vec<u32>,
+    pub flipped: Vec<u32>,
+    /// Abandoned moves, with the reason.
+    pub abandoned: Vec<(u32, String)>,
+}
+
+/// How one move in flight stands, for the controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Verdict {
+    Wait,
+    Flip,
+    Abandon(String),
+}
+
+/// Judges the move of `partition`, `Migrating` at `owner.part_epoch`: flip once its source
+/// reported it ready and the target still runs the registration it had when the move started
+/// (registered before the move's epoch); abandon when the target is gone or re-registered, the
+/// source refused, or no ready came in time.
+fn judge(partition: u32, owner: &Owner, inputs: &MoveInputs) -> Verdict {
+    let Some((to, to_shard)) = owner.state.migrating_to() else {
+        return Verdict::Wait;
+    };
+    let epoch = u64::from(owner.part_epoch.get());
+    match inputs.live.get(&to) {
+        None => return Verdict::Abandon(format!("the target {to} is no longer live")),
+        Some(target) if target.registered_revision >= epoch => {
+            return Verdict::Abandon(format!(
+                "the target {to} restarted (registered again) during the move"
+            ));
+        }
+        Some(target) if to_shard.0 >= target.shards => {
+            return Verdict::Abandon(format!("the target {to} no longer runs {to_shard}"));
+        }
+        Some(_) => {}
+    }
+    let record = inputs.records.get(&partition).filter(|record| {
+        record.is_move(owner.part_epoch)
+            && record.from().0 == owner.node
+            && record.to() == (to, to_shard)
+    });
+    match record.map(|record| &record.state) {
+        Some(MoveState::Ready { .. }) => return Verdict::Flip,
+        Some(MoveState::Refused { reason }) => {
+            return Verdict::Abandon(format!("the source refused it: {reason}"));
+        }
+        _ => {}
+    }
+    if inputs.timed_out.contains(&partition) {
+        return Verdict::Abandon(format!(
+            "the source reported no ready within {MOVE_TIMEOUT_MS_MAX} ms"
+        ));
+    }
+    Verdict::Wait
+}
+
+/// The controller's next placement: `base` (the result of [`next_owners`] on `current`) with
+/// the moves in flight flipped or abandoned where due, and new moves started for partitions
+/// whose owner is not the one [`desired_owner`] wants, at most `moves_max` in flight. Only a
+/// `Serving` partition whose owner is live, unchanged by `base`, can start moving (an
+/// `Offline` one has no live state to send).
+pub fn plan_moves(current: &[Owner], base: Vec<Owner>, inputs: &MoveInputs) -> MovePlan {
+    let mut plan = MovePlan {
+        owners: base,
+        ..MovePlan::default()
+    };
+    let unchanged = |plan: &MovePlan, p: usize| current.get(p) == Some(&plan.owners[p]);
+    let mut in_flight = 0u32;
+    for p in 0..plan.owners.len() {
+        let owner = plan.owners[p];
+        if !unchanged(&plan, p) || owner.state.migrating_to().is_none() {
+            continue;
+        }
+        let Some((to, to_shard)) = owner.state.migrating_to() else {
+            continue;
+        };
+        match judge(p as u32, &owner, inputs) {
+            Verdict::Wait => in_flight += 1,
+            Verdict::Flip => {
+                plan.owners[p] = serving(to, to_shard);
+                plan.flipped.push(p as u32);
+            }
+            Verdict::Abandon(reason) => {
+                plan.owners[p] = serving(owner.node, owner.shard);
+                plan.abandoned.push((p as u32, reason));
+            }
+        }
+    }
+    if !inputs.may_start {
+        return plan;
+    }
+    let eligible: BTreeMap<NodeId, LiveNode> = inputs
+        .live
+        .iter()
+        .filter(|(node, _)| !inputs.drained.contains(node))
+        .map(|(&node, &info)| (node, info))
+        .collect();
+    for p in 0..plan.owners.len() {
+        if in_flight >= inputs.moves_max {
+            break;
+        }
+        let owner = plan.owners[p];
+        let movable = unchanged(&plan, p)
+            && owner.state == OwnerState::Serving
+            && inputs.live.contains_key(&owner.node)
+            && !inputs.backing_off.contains(&(p as u32));
+        if !movable {
+            continue;
+        }
+        let pin = inputs.pins.get(&(p as u32));
+        let Some((to, to_shard)) = desired_owner(p as u32, &owner, pin, &eligible) else {
+            continue;
+        };
+        if (to, to_shard) == (owner.node, owner.shard) {
+            continue;
+        }
+        plan.owners[p] = Owner {
+            part_epoch: PART_EPOCH_THIS_RECORD,
+            state: OwnerState::Migrating { to, to_shard },
+            ..owner
+        };
+        plan.started.push(p as u32);
+        in_flight += 1;
+    }
+    plan
+}
+
+fn serving(node: NodeId, shard: ShardId) -> Owner {
+    Owner {
+        node,
+        shard,
+        part_epoch: PART_EPOCH_THIS_RECORD,
+        state: OwnerState::Serving,
     }
 }
 

@@ -1,5 +1,6 @@
 //! `ClusterStatus`: what `trove cluster status` shows (nodes with their lease time left, the
-//! controller, the epoch, partitions per node and shard, the offline ones), read from etcd by
+//! controller, the epoch, partitions per node and shard, the offline ones, moves in flight and
+//! drained nodes), read from etcd by
 //! one blocking call and rendered as text. Runs on the command's own thread.
 
 use std::collections::BTreeMap;
@@ -84,6 +85,7 @@ impl ClusterStatus {
                 );
             }
         }
+        self.render_moves(&mut out);
         let counts = view
             .assignment
             .as_ref()
@@ -100,6 +102,46 @@ impl ClusterStatus {
             let _ = writeln!(out, "unreadable {key}: {reason}");
         }
         out
+    }
+
+    /// The moves in flight (partition, from, to, since which epoch) and the drained nodes.
+    fn render_moves(&self, out: &mut String) {
+        let view = &self.view;
+        if let Some(placement) = &view.assignment {
+            let moving: Vec<(usize, &crate::cluster::placement::Owner)> = placement
+                .owners()
+                .iter()
+                .enumerate()
+                .filter(|(_, owner)| owner.state.migrating_to().is_some())
+                .collect();
+            if !moving.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "moves in flight: {} (at most {} at once)",
+                    moving.len(),
+                    view.moves_max()
+                );
+            }
+            for (partition, owner) in moving.iter().take(CLUSTER_STATUS_OFFLINE_LISTED_MAX) {
+                let (to, to_shard) = owner.state.migrating_to().expect("moving");
+                let _ = writeln!(
+                    out,
+                    "  partition {partition}: {} {} -> {to} {to_shard}, since epoch {}",
+                    owner.node,
+                    owner.shard,
+                    owner.part_epoch.get()
+                );
+            }
+            if moving.len() > CLUSTER_STATUS_OFFLINE_LISTED_MAX {
+                let _ = writeln!(out, "  …");
+            }
+        }
+        for node in view.drained() {
+            let _ = writeln!(
+                out,
+                "drained: {node} (it gets its share back once restarted: a new registration)"
+            );
+        }
     }
 
     fn render_node(
@@ -239,6 +281,69 @@ mod tests {
             )),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_status_shows_moves_in_flight_and_drained_nodes() {
+        use crate::cluster::keys::DrainRecord;
+        use crate::cluster::placement::{Owner, OwnerState};
+        use crate::core::ids::{Epoch, ShardId};
+        let keys = ClusterKeys::new("demo").unwrap();
+        let info = NodeInfo {
+            address: "127.0.0.1".into(),
+            port: 7700,
+            shard_ports: vec![7701, 7702],
+            version: "0.1.0".into(),
+            metrics: None,
+        };
+        let owners = vec![
+            Owner {
+                node: NodeId(1),
+                shard: ShardId(0),
+                part_epoch: Epoch(8),
+                state: OwnerState::Migrating {
+                    to: NodeId(2),
+                    to_shard: ShardId(1),
+                },
+            },
+            Owner {
+                node: NodeId(2),
+                shard: ShardId(0),
+                part_epoch: Epoch(4),
+                state: OwnerState::Serving,
+            },
+        ];
+        let drain = |revision| {
+            serde_json::to_vec(&DrainRecord {
+                registered_revision: revision,
+            })
+            .unwrap()
+        };
+        let kvs = vec![
+            kv(keys.node(NodeId(1)), info.encode(), 2, 11),
+            kv(keys.node(NodeId(2)), info.encode(), 3, 12),
+            kv(keys.assignment(), encode_record(&owners), 9, 0),
+            kv(keys.drain(NodeId(1)), drain(2), 7, 0),
+            // Node 2 registered again since its drain: no longer drained.
+            kv(keys.drain(NodeId(2)), drain(1), 7, 0),
+        ];
+        let status = ClusterStatus {
+            name: "demo".into(),
+            view: ClusterView::from_range(&keys, 9, &kvs),
+            lease_left_s: BTreeMap::new(),
+        };
+        let text = status.render();
+        let in_flight = format!(
+            "moves in flight: 1 (at most {} at once)",
+            crate::constants::MOVES_INFLIGHT_DEFAULT
+        );
+        assert!(text.contains(&in_flight), "{text}");
+        assert!(
+            text.contains("  partition 0: node 1 shard 0 -> node 2 shard 1, since epoch 8"),
+            "{text}"
+        );
+        assert!(text.contains("drained: node 1 ("), "{text}");
+        assert!(!text.contains("drained: node 2"), "{text}");
     }
 
     #[test]

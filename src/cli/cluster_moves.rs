@@ -1,0 +1,373 @@
+//! `trove cluster move|drain|rebalance`: their flags checked, the plan written to etcd and the
+//! moves followed, with progress lines and a summary on stdout. The work is
+//! `cluster::operator`'s and `cluster::rebalance`'s; this is the command-line shell, on the
+//! command's own thread.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::ToSocketAddrs;
+use std::time::{Duration, Instant};
+
+use super::cluster::{DrainArgs, MoveArgs, MoveFlags, RebalanceArgs, RebalanceBy};
+use crate::cluster::coordinator::ClusterView;
+use crate::cluster::etcd::parse_endpoints;
+use crate::cluster::keys::{ClusterKeys, DrainRecord, PinRecord, SettingsRecord};
+use crate::cluster::operator::{
+    Follow, Goal, Operator, OperatorError, check_node, check_partition, follow, parse_target,
+    placement_of,
+};
+use crate::cluster::placement::LiveNode;
+use crate::cluster::rebalance::{Slot, plan_by_count, plan_by_load, plan_drain, slots_of};
+use crate::constants::{MOVE_FOLLOW_S_MAX, REBALANCE_SAMPLE_S_MAX};
+use crate::core::ids::{NodeId, ShardId};
+use crate::metrics::scrape::{NodeScrape, fetch};
+
+/// The shared flags, checked.
+pub struct Checked {
+    pub endpoints: Vec<String>,
+    pub keys: ClusterKeys,
+    pub settings: Option<SettingsRecord>,
+    pub timeout: Duration,
+}
+
+/// Checks the flags every live-move command takes; the message is the usage error.
+pub fn check_flags(flags: &MoveFlags) -> Result<Checked, String> {
+    let endpoints = parse_endpoints(&flags.etcd).map_err(|error| format!("--cluster {error}"))?;
+    let keys = ClusterKeys::new(&flags.cluster_name)
+        .map_err(|error| format!("--cluster-name: {error}"))?;
+    let settings = flags.moves_max.map(SettingsRecord::new).transpose()?;
+    if !(1..=MOVE_FOLLOW_S_MAX).contains(&flags.timeout) {
+        return Err(format!(
+            "--timeout {}: give 1 to {MOVE_FOLLOW_S_MAX} seconds",
+            flags.timeout
+        ));
+    }
+    Ok(Checked {
+        endpoints,
+        keys,
+        settings,
+        timeout: Duration::from_secs(flags.timeout),
+    })
+}
+
+fn say(line: &str) {
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "{line}");
+}
+
+/// Writes the settings if `--moves-max` was given.
+fn apply_settings(operator: &mut Operator, checked: &Checked) -> Result<(), OperatorError> {
+    if let Some(settings) = checked.settings {
+        operator.put_settings(settings)?;
+        say(&format!(
+            "moves in flight at once: at most {} from now on",
+            settings.moves_max
+        ));
+    }
+    Ok(())
+}
+
+/// Follows `goals` and prints the summary; 0 when all moved, 1 otherwise.
+fn follow_and_sum_up(
+    operator: &mut Operator,
+    checked: &Checked,
+    goals: BTreeMap<u32, Goal>,
+) -> Result<i32, OperatorError> {
+    let (followed, elapsed) = follow(operator, Follow::new(goals), checked.timeout, &mut |line| {
+        say(line)
+    })?;
+    say(&followed.summary(elapsed));
+    Ok(if followed.failures().is_empty() { 0 } else { 1 })
+}
+
+/// `trove cluster move PARTITION NODE[:SHARD]`.
+pub fn run_move(
+    operator: &mut Operator,
+    checked: &Checked,
+    args: &MoveArgs,
+) -> Result<i32, OperatorError> {
+    let (node, shard) = parse_target(&args.target).map_err(OperatorError::Usage)?;
+    let view = operator.read()?;
+    let placement = placement_of(&view)?;
+    check_partition(placement, args.partition)?;
+    check_node(&view, node, shard)?;
+    if view.drained().contains(&node) {
+        return Err(OperatorError::Usage(format!(
+            "{node} is drained: nothing moves onto it until it is restarted"
+        )));
+    }
+    let owner = *placement.owner(crate::core::ids::PartitionId(args.partition));
+    let goal = Goal::On(node, shard);
+    if owner.node == node && shard.is_none_or(|s| s == owner.shard) && owner.state.applies() {
+        say(&format!(
+            "partition {} is on {} {} already",
+            args.partition, owner.node, owner.shard
+        ));
+        // Pinned all the same, so rendezvous does not move it away later.
+        operator.put_pin(
+            args.partition,
+            PinRecord {
+                node: node.0,
+                shard: Some(owner.shard.0),
+            },
+        )?;
+        return Ok(0);
+    }
+    apply_settings(operator, checked)?;
+    let pin = PinRecord {
+        node: node.0,
+        shard: shard.map(|s| s.0),
+    };
+    operator.put_pin(args.partition, pin)?;
+    say(&format!(
+        "partition {} pinned to {node}{}; the controller moves it from {} {}",
+        args.partition,
+        shard.map_or(String::new(), |s| format!(" {s}")),
+        owner.node,
+        owner.shard
+    ));
+    follow_and_sum_up(operator, checked, [(args.partition, goal)].into())
+}
+
+/// `trove cluster drain NODE`.
+pub fn run_drain(
+    operator: &mut Operator,
+    checked: &Checked,
+    args: &DrainArgs,
+) -> Result<i32, OperatorError> {
+    let node = match parse_target(&args.node).map_err(OperatorError::Usage)? {
+        (node, None) => node,
+        (_, Some(_)) => {
+            return Err(OperatorError::Usage(format!(
+                "drain takes a node, not a shard: {:?}",
+                args.node
+            )));
+        }
+    };
+    let view = operator.read()?;
+    let placement = placement_of(&view)?;
+    check_node(&view, node, None)?;
+    let live = view.live_nodes();
+    let plan = plan_drain(placement.owners(), node, &live, &view.drained(), &view.pins);
+    let owned: Vec<u32> = (0..placement.partitions())
+        .filter(|&p| placement.owners()[p as usize].node == node)
+        .collect();
+    if !owned.is_empty() && plan.is_empty() {
+        return Err(OperatorError::Failed(format!(
+            "{node} owns {} partitions and no other live, non-drained node could take them; \
+             start another node first",
+            owned.len()
+        )));
+    }
+    apply_settings(operator, checked)?;
+    let registration = view.nodes[&node].registered_revision;
+    operator.put_drain(
+        node,
+        DrainRecord {
+            registered_revision: registration,
+        },
+    )?;
+    say(&format!(
+        "{node} drained (its registration at revision {registration}); {} partitions to move \
+         off it: {}",
+        owned.len(),
+        destinations(&plan)
+    ));
+    let goals = owned.iter().map(|&p| (p, Goal::OffNode(node))).collect();
+    let code = follow_and_sum_up(operator, checked, goals)?;
+    let now = operator.read()?;
+    let left = placement_of(&now)?
+        .owners()
+        .iter()
+        .filter(|owner| owner.node == node)
+        .count();
+    if left == 0 {
+        say(&format!(
+            "{node} owns nothing now: it can be stopped. Starting it again (a new \
+             registration) gives it its share back."
+        ));
+        return Ok(0);
+    }
+    say(&format!(
+        "{node} still owns {left} partitions: do not stop it yet (run the drain again to follow \
+         the rest)"
+    ));
+    Ok(code.max(1))
+}
+
+/// `n to node a shard i, m to node b shard j`.
+fn destinations(plan: &[(u32, Slot)]) -> String {
+    let mut per_slot: BTreeMap<Slot, usize> = BTreeMap::new();
+    for &(_, slot) in plan {
+        *per_slot.entry(slot).or_default() += 1;
+    }
+    if per_slot.is_empty() {
+        return "none".into();
+    }
+    per_slot
+        .iter()
+        .map(|((node, shard), n)| format!("{n} to {node} {shard}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `trove cluster rebalance`.
+pub fn run_rebalance(
+    operator: &mut Operator,
+    checked: &Checked,
+    args: &RebalanceArgs,
+) -> Result<i32, OperatorError> {
+    if args.by == RebalanceBy::Load && !(1..=REBALANCE_SAMPLE_S_MAX).contains(&args.sample_s) {
+        return Err(OperatorError::Usage(format!(
+            "--sample-s {}: give 1 to {REBALANCE_SAMPLE_S_MAX} seconds",
+            args.sample_s
+        )));
+    }
+    let view = operator.read()?;
+    let placement = placement_of(&view)?;
+    let drained = view.drained();
+    let eligible: BTreeMap<NodeId, LiveNode> = view
+        .live_nodes()
+        .into_iter()
+        .filter(|(node, _)| !drained.contains(node))
+        .collect();
+    let slots = slots_of(&eligible);
+    if slots.is_empty() {
+        return Err(OperatorError::Usage(
+            "no live, non-drained node to rebalance over".into(),
+        ));
+    }
+    let plan = match args.by {
+        RebalanceBy::Count => plan_by_count(placement.owners(), &slots),
+        RebalanceBy::Load => {
+            say(&format!(
+                "measuring each shard's events/s for {} s…",
+                args.sample_s
+            ));
+            let rates = measure_rates(&view, &eligible, Duration::from_secs(args.sample_s))?;
+            plan_by_load(placement.owners(), &slots, &rates)
+        }
+    };
+    if plan.is_empty() {
+        say("already even: nothing to move");
+        return Ok(0);
+    }
+    apply_settings(operator, checked)?;
+    for &(partition, (node, shard)) in &plan {
+        let pin = PinRecord {
+            node: node.0,
+            shard: Some(shard.0),
+        };
+        operator.put_pin(partition, pin)?;
+    }
+    say(&format!(
+        "rebalance: {} partitions to move (pinned to their new owners): {}",
+        plan.len(),
+        destinations(&plan)
+    ));
+    let goals = plan.iter().map(Goal::of).collect();
+    follow_and_sum_up(operator, checked, goals)
+}
+
+/// Each shard's applied events/s over `sample`, from its node's `/metrics`.
+fn measure_rates(
+    view: &ClusterView,
+    eligible: &BTreeMap<NodeId, LiveNode>,
+    sample: Duration,
+) -> Result<BTreeMap<Slot, f64>, OperatorError> {
+    let mut addresses = Vec::new();
+    for node in eligible.keys() {
+        let entry = &view.nodes[node];
+        let Some(metrics) = &entry.info.metrics else {
+            return Err(OperatorError::Failed(format!(
+                "{node} registers no /metrics address (it runs with --metrics-listen off); \
+                 start it with one, or rebalance --by count"
+            )));
+        };
+        let address = metrics
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addresses| addresses.next())
+            .ok_or_else(|| {
+                OperatorError::Failed(format!(
+                    "{node} registers /metrics at {metrics:?}, which does not resolve"
+                ))
+            })?;
+        addresses.push((*node, address));
+    }
+    let scrape = |addresses: &[(NodeId, std::net::SocketAddr)]| {
+        addresses
+            .iter()
+            .map(|&(node, address)| {
+                let scrape = fetch(address).and_then(|text| NodeScrape::parse(&text));
+                scrape
+                    .map(|scrape| (node, scrape))
+                    .map_err(|error| OperatorError::Failed(format!("{node}: {error}")))
+            })
+            .collect::<Result<BTreeMap<NodeId, NodeScrape>, OperatorError>>()
+    };
+    let started = Instant::now();
+    let before = scrape(&addresses)?;
+    std::thread::sleep(sample);
+    let after = scrape(&addresses)?;
+    let seconds = started.elapsed().as_secs_f64().max(1e-3);
+    let mut rates = BTreeMap::new();
+    for (node, scrape) in &after {
+        for shard in &scrape.shards {
+            let earlier = before[node]
+                .shards
+                .iter()
+                .find(|s| s.shard == shard.shard)
+                .map_or(0.0, |s| s.value("events_applied_total"));
+            let applied = (shard.value("events_applied_total") - earlier).max(0.0);
+            rates.insert((*node, ShardId(shard.shard)), applied / seconds);
+        }
+    }
+    Ok(rates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> MoveFlags {
+        MoveFlags {
+            etcd: "http://127.0.0.1:2379".into(),
+            cluster_name: "trove".into(),
+            moves_max: None,
+            timeout: 60,
+        }
+    }
+
+    #[test]
+    fn bad_flags_are_one_line_usage_errors() {
+        assert!(check_flags(&flags()).is_ok());
+        type Breaker = fn(&mut MoveFlags);
+        let cases: [(Breaker, &str); 4] = [
+            (|f| f.moves_max = Some(0), "--moves-max 0: give 1 to"),
+            (|f| f.timeout = 0, "--timeout 0: give 1 to"),
+            (|f| f.cluster_name = "a/b".into(), "--cluster-name"),
+            (|f| f.etcd = String::new(), "--cluster"),
+        ];
+        for (break_it, expected) in cases {
+            let mut bad = flags();
+            break_it(&mut bad);
+            let Err(error) = check_flags(&bad) else {
+                panic!("accepted: {bad:?}");
+            };
+            assert!(error.contains(expected), "{error}");
+            assert!(!error.contains('\n'), "{error}");
+        }
+    }
+
+    #[test]
+    fn destinations_are_counted_per_shard() {
+        let a = (NodeId(1), ShardId(0));
+        let b = (NodeId(2), ShardId(1));
+        assert_eq!(
+            destinations(&[(0, a), (1, b), (2, a)]),
+            "2 to node 1 shard 0, 1 to node 2 shard 1"
+        );
+        assert_eq!(destinations(&[]), "none");
+    }
+}
