@@ -1047,8 +1047,8 @@ pub const MOVE_RETRY_BACKOFF_MS_MAX: u64 = 10_000;
 /// all at once when a node joins), in ms.
 pub const MOVE_START_GAP_MS_DEFAULT: u64 = 200;
 /// Most move reports of a node's shards queued for its control thread; a shard whose report
-/// does not fit retries it (see `ControlHandle::move_reports`).
-pub const MOVE_REPORTS_QUEUED_MAX: usize = 256;
+/// does not fit keeps it and sends it on its next pass (see `ControlHandle::start`).
+pub const NODE_MOVE_REPORTS_QUEUED_MAX: usize = 256;
 /// Most `moves/<p>` records a node has waiting to be put in etcd; the oldest are dropped first.
 pub const MOVE_RECORDS_QUEUED_MAX: usize = 1_024;
 /// Longest reason a `moves/<p>` record keeps, in bytes (longer ones are cut).

@@ -23,6 +23,7 @@ use crate::constants::{
     CLUSTER_POLL_MS_DEFAULT, CLUSTER_SETTLE_MS_DEFAULT, CLUSTER_UP_NODES_MAX, NODE_HOST_BYTES_MAX,
 };
 use crate::core::ids::NodeId;
+use crate::core::shard::MoveReport;
 
 /// `trove node`'s cluster flags. Without `--cluster` the node runs alone, as before.
 #[derive(Args, Debug, Clone)]
@@ -109,6 +110,7 @@ impl ClusterPlan {
         addr: SocketAddr,
         shard_addrs: &[SocketAddr],
         on_change: ServingChange,
+        move_reports: flume::Receiver<MoveReport>,
         metrics: Option<SocketAddr>,
     ) -> Result<ControlHandle, String> {
         let info = NodeInfo {
@@ -133,6 +135,7 @@ impl ClusterPlan {
                 coordinator,
             },
             on_change,
+            move_reports,
         )
     }
 

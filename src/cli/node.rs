@@ -381,11 +381,15 @@ pub fn run(args: &NodeArgs) -> i32 {
             let on_change = node
                 .serving_change()
                 .expect("a cluster node's shards have feeds");
+            let move_reports = node
+                .take_move_reports()
+                .expect("a cluster node's shards report their moves");
             match plan.start(
                 config.runtime.partitions,
                 node.addr(),
                 node.shard_addrs(),
                 on_change,
+                move_reports,
                 node.metrics_addr(),
             ) {
                 Ok(control) => {

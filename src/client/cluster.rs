@@ -189,12 +189,15 @@ impl ClusterClient {
                     self.take_reply(frame.link(), reply)?;
                 }
             }
+            // A connection with nothing of ours in flight that a node closes (idle, say) is
+            // not the caller's business: it is opened again when an event needs it.
+            Ok(Incoming::NodeError { link, .. }) if !self.inflight.sent_on(link) => {}
             Ok(Incoming::NodeError { code, message, .. }) => {
                 return Err(ClientError::Node { code, message });
             }
             Ok(Incoming::Closed { link, error }) => {
                 self.sender.forget_link(link);
-                if !self.inflight.is_empty() {
+                if self.inflight.sent_on(link) {
                     let node = self
                         .sender
                         .link_target(link)

@@ -102,6 +102,13 @@ impl Inflight {
         self.resent
     }
 
+    /// Whether any event sent on `link` is unanswered.
+    pub fn sent_on(&self, link: usize) -> bool {
+        self.flows
+            .values()
+            .any(|flow| flow.sent > 0 && flow.link == Some(link))
+    }
+
     /// Takes `event` of `partition`, routed to `link`: send it now, or hold it behind its
     /// partition's moved events, or behind its events in flight on another link.
     pub fn admit(

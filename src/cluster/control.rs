@@ -14,9 +14,9 @@
 //! - [`ControlHandle::events`]: a bounded channel of what happened (placement changes, lease
 //!   lost, controller changes, etcd outages). When the reader falls behind, newer events are
 //!   dropped, never waited for; the serving view is always current;
-//! - [`ControlHandle::move_reports`]: where the node's shards send their
-//!   [`MoveReport`]s (bounded, `MOVE_REPORTS_QUEUED_MAX`); a report wakes the control thread at
-//!   once (the flip pause counts every wait) and is put in etcd as `moves/<p>`;
+//! - the shards' [`MoveReport`]s arrive on the channel given to [`ControlHandle::start`] (the
+//!   node makes it, bounded by `NODE_MOVE_REPORTS_QUEUED_MAX`); a report wakes the control thread
+//!   at once (the flip pause counts every wait) and is put in etcd as `moves/<p>`;
 //! - [`ControlHandle::metrics_source`]: a read-only view for the housekeeping thread's
 //!   `/metrics` (lease time left, map epoch, partitions owned, moving and offline, controller
 //!   flag), copied from what the control thread last published, never waiting on etcd.
@@ -36,7 +36,7 @@ use crate::cluster::etcd::EtcdClient;
 use crate::cluster::placement::epoch_of_revision;
 use crate::cluster::placement::{OwnerState, Placement};
 use crate::constants::{
-    CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_RETRY_MS_MAX, CLUSTER_RETRY_MS_MIN, MOVE_REPORTS_QUEUED_MAX,
+    CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_RETRY_MS_MAX, CLUSTER_RETRY_MS_MIN,
 };
 use crate::core::ids::{Epoch, PartitionId};
 use crate::core::shard::moves::MoveReport;
@@ -127,21 +127,25 @@ pub struct ControlHandle {
     standing: Arc<Mutex<Standing>>,
     events: flume::Receiver<CoordinatorEvent>,
     wake: flume::Sender<Wake>,
-    move_reports: flume::Sender<MoveReport>,
     stopping: Arc<AtomicBool>,
     control: Option<JoinHandle<()>>,
     watcher: Option<JoinHandle<()>>,
 }
 
 impl ControlHandle {
-    /// Starts the control thread and its watch thread.
-    pub fn start(config: ControlConfig, on_change: ServingChange) -> Result<ControlHandle, String> {
+    /// Starts the control thread and its watch thread; `reports` is where the node's shards
+    /// send their move reports (bounded; a shard that finds it full keeps its report and
+    /// sends it again later, never waits).
+    pub fn start(
+        config: ControlConfig,
+        on_change: ServingChange,
+        reports: flume::Receiver<MoveReport>,
+    ) -> Result<ControlHandle, String> {
         let clock = Instant::now();
         let serving = Arc::new(Mutex::new(ServingView::default()));
         let standing = Arc::new(Mutex::new(Standing::default()));
         let (events_tx, events) = flume::bounded(CLUSTER_EVENTS_QUEUED_MAX);
         let (wake, wake_rx) = flume::bounded(CLUSTER_EVENTS_QUEUED_MAX);
-        let (move_reports, reports) = flume::bounded(MOVE_REPORTS_QUEUED_MAX);
         let stopping = Arc::new(AtomicBool::new(false));
         let timeout = Duration::from_nanos(config.coordinator.request_timeout_ns());
         let client = EtcdClient::new(config.endpoints.clone(), timeout);
@@ -178,7 +182,6 @@ impl ControlHandle {
             standing,
             events,
             wake,
-            move_reports,
             stopping,
             control: Some(control),
             watcher: Some(watcher),
@@ -208,12 +211,6 @@ impl ControlHandle {
             let now_ns = clock.elapsed().as_nanos() as u64;
             cluster_gauges(&read(&serving), read(&standing), now_ns)
         })
-    }
-
-    /// Where the node's shards send their move reports: bounded (`MOVE_REPORTS_QUEUED_MAX`);
-    /// a shard that finds it full keeps its report and sends it again later (never waits).
-    pub fn move_reports(&self) -> flume::Sender<MoveReport> {
-        self.move_reports.clone()
     }
 
     /// What happened, oldest first (bounded; see the module doc).

@@ -421,15 +421,22 @@ impl Placement {
         &self.owners
     }
 
-    /// This placement, with where its nodes are reached. Each address is checked; nodes the
-    /// owners do not name are left out, so the list is bounded by the owners as well as by
-    /// `CLUSTER_NODES_MAX`.
+    /// This placement, with where its nodes are reached. Each address is checked; nodes that
+    /// neither own a partition nor are a move's target are left out, so the list is bounded
+    /// by the owners as well as by `CLUSTER_NODES_MAX`.
     pub fn with_nodes(
         mut self,
         nodes: impl IntoIterator<Item = NodeAddress>,
     ) -> Result<Placement, MapError> {
-        let named: std::collections::BTreeSet<NodeId> =
-            self.owners.iter().map(|owner| owner.node).collect();
+        // Owners, and the targets of moves: a source links to its target before it owns.
+        let named: std::collections::BTreeSet<NodeId> = self
+            .owners
+            .iter()
+            .flat_map(|owner| {
+                let target = owner.state.migrating_to().map(|(to, _)| to);
+                std::iter::once(owner.node).chain(target)
+            })
+            .collect();
         let mut kept: Vec<NodeAddress> = Vec::new();
         for address in nodes.into_iter().filter(|a| named.contains(&a.node)) {
             address.check()?;

@@ -23,7 +23,8 @@ use crate::cluster::control::ServingChange;
 use crate::core::auth::AuthSecret;
 use crate::core::ids::NodeId;
 use crate::core::partition::Placement;
-use crate::core::shard::{ShardStats, Stalls};
+use crate::constants::NODE_MOVE_REPORTS_QUEUED_MAX;
+use crate::core::shard::{MoveReport, ShardStats, Stalls};
 use crate::metrics::housekeeping::ClusterSource;
 use crate::metrics::{Housekeeping, MetricsListen, NodeInfo, SnapshotSender, snapshot_channel};
 use crate::net::listener::{listen, local_addr, probe_port_free, serve_listeners};
@@ -100,6 +101,9 @@ pub struct Node {
     housekeeping: Option<Housekeeping>,
     /// Each shard's feed from the control thread, in a cluster, until handed to it.
     feeds: Vec<FeedSender>,
+    /// Where the shards' move reports arrive, in a cluster, until handed to the control
+    /// thread ([`Node::take_move_reports`]).
+    move_reports: Option<flume::Receiver<MoveReport>>,
     /// What each shard replayed from its log at start, and how long that took (none without a
     /// data dir).
     recovery: Option<(Vec<Recovered>, std::time::Duration)>,
@@ -265,6 +269,8 @@ struct ShardSockets {
     metrics: Option<SnapshotSender>,
     /// The shard's end of its feed from the control thread, in a cluster.
     feed: Option<FeedReceiver>,
+    /// Where the shard sends what it has to say about its partition moves, in a cluster.
+    move_reports: Option<flume::Sender<MoveReport>>,
     /// With a data dir: the store, the partition count, and where to report the recovery.
     store: Option<ShardStore>,
 }
@@ -326,6 +332,14 @@ impl Node {
                 .unzip(),
         };
         let mut feed_ends = feed_ends.drain(..);
+        // Bounded: a shard that finds it full keeps its report for its next pass.
+        let (move_reports_to_control, move_reports) = match config.cluster_node {
+            None => (None, None),
+            Some(_) => {
+                let (sender, receiver) = flume::bounded(NODE_MOVE_REPORTS_QUEUED_MAX);
+                (Some(sender), Some(receiver))
+            }
+        };
         let metrics_listener = match config.metrics {
             MetricsListen::Off => None,
             MetricsListen::On(metrics_addr) => Some(Housekeeping::bind(metrics_addr).map_err(
@@ -355,6 +369,7 @@ impl Node {
                 link_tls: config.link_tls.clone(),
                 metrics: metrics_listener.as_ref().map(|_| snapshot_sender.clone()),
                 feed: feed_ends.next(),
+                move_reports: move_reports_to_control.clone(),
                 store: runtime.store.as_ref().map(|store| {
                     let (report, reports) = std::sync::mpsc::channel();
                     recovery_reports.push(reports);
@@ -391,6 +406,7 @@ impl Node {
             shard_addrs,
             housekeeping,
             feeds,
+            move_reports,
             recovery,
         })
     }
@@ -429,6 +445,12 @@ impl Node {
                 let _ = feed.send(update.clone());
             }
         }))
+    }
+
+    /// The receiving end of the shards' move reports, for the control thread: `None` for a
+    /// node on its own, or once taken.
+    pub fn take_move_reports(&mut self) -> Option<flume::Receiver<MoveReport>> {
+        self.move_reports.take()
     }
 
     /// Where `/metrics` is served, when it is.
@@ -509,6 +531,7 @@ fn serve_shard(shard: Rc<Shard>, sockets: ShardSockets) {
     if let Some(feed) = sockets.feed {
         spawn_feed_task(shard.clone(), feed);
     }
+    shard.set_move_reports(sockets.move_reports);
     serve_listeners(
         shard,
         [sockets.shared, sockets.own],

@@ -1,0 +1,449 @@
+//! Live partition moves on a real cluster (issue 15): `trove node --cluster` processes on
+//! loopback with an etcd of the test's own, under load from `trove bench --target` while a
+//! cluster-aware client plays hunts whose every answer is checked against the model
+//! (`support::hunts`): each acknowledged event applied exactly once and in its hunt's order,
+//! one winner per treasure, every leaderboard the model's at the end.
+//!
+//! - drain a node, add a fourth, rebalance;
+//! - 100 random single-partition moves (seeded; the seed is printed);
+//! - the target killed mid-move: the move is abandoned, the source still serves the partition;
+//! - the source paused mid-move: its partitions go offline, come back with it, nothing lost.
+//!
+//! A move is caught "mid-move" by pausing its target (SIGSTOP) first: the stream cannot finish,
+//! so the partition stays `Migrating` until the test acts. Each test skips, saying so, when
+//! `etcd` is not installed, bounds every wait, and stops what it started.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Command, ExitStatus};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use trove::client::{ClientConfig, ClusterClient, connect_cluster};
+use trove::cluster::local::{EtcdProcess, NodeProcess};
+use trove::cluster::placement::{OwnerState, Placement};
+use trove::core::ids::{NodeId, PartitionId};
+use trove::core::message::{Event, EventError, Outcome, OutcomeClass};
+
+use support::cluster::{ClusterSpec, etcd_or_skip, kill_and_reap};
+use support::hunts::{Model, Rng, World, seed_from_env};
+use support::{COMMAND_WAIT, Spawned, one_at_a_time, run_bounded, stderr, stdout, trove};
+
+const CLUSTER: ClusterSpec = ClusterSpec {
+    name: "moves",
+    partitions: 64,
+    lease_ttl_s: 2,
+};
+/// Hunts spread over the 64 partitions, so that most moves carry some.
+const WORLD: World = World {
+    hunts: 96,
+    players: 6,
+    waypoints: 8,
+    treasures: 8,
+};
+/// Events the checked client has in flight at once.
+const BATCH: usize = 200;
+/// How long a whole drain, join or rebalance may take.
+const MOVES_WAIT: Duration = Duration::from_secs(90);
+/// How long one reply may take (a held event waits for the flip or the abandon).
+const REPLY_WAIT: Duration = Duration::from_secs(30);
+
+/// The cluster's etcd, its nodes by id, and the background load.
+struct Cluster {
+    etcd: EtcdProcess,
+    nodes: HashMap<u32, NodeProcess>,
+}
+
+impl Cluster {
+    /// Three one-shard nodes, once every partition is placed and served.
+    fn start() -> Option<Cluster> {
+        let etcd = etcd_or_skip()?;
+        let nodes = (1..=3)
+            .map(|id| (id, CLUSTER.start_node(&etcd, id, &[])))
+            .collect();
+        let cluster = Cluster { etcd, nodes };
+        cluster.wait_for("a settled placement on 3 nodes", Duration::from_secs(30), |p| {
+            p.owners().iter().all(|owner| owner.state == OwnerState::Serving)
+        });
+        Some(cluster)
+    }
+
+    fn placement(&self) -> Option<Placement> {
+        let placement = CLUSTER.read_view(&self.etcd)?.assignment?;
+        Some((*placement).clone())
+    }
+
+    /// Waits until the placement in etcd satisfies `check`.
+    fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        check: impl Fn(&Placement) -> bool,
+    ) -> Placement {
+        support::wait_until(what, limit, || match self.placement() {
+            Some(placement) if check(&placement) => Ok(placement),
+            seen => Err(format!("{:?}", seen.map(|p| p.counts()))),
+        })
+    }
+
+    fn addr(&self, node: u32) -> SocketAddr {
+        self.nodes[&node].addr.parse().unwrap()
+    }
+
+    /// `trove cluster ARGS` against this cluster, to its end.
+    fn command(&self, args: &[&str]) -> (ExitStatus, String) {
+        let output = run_bounded(&mut self.cluster_command(args), COMMAND_WAIT * 2);
+        let text = format!("{}{}", stdout(&output), stderr(&output));
+        println!("$ trove cluster {}\n{text}", args.join(" "));
+        (output.status, text)
+    }
+
+    fn cluster_command(&self, args: &[&str]) -> Command {
+        let mut command = trove();
+        command
+            .arg("cluster")
+            .args(args)
+            .args(["--etcd", &self.etcd.endpoint(), "--cluster-name", CLUSTER.name]);
+        command
+    }
+
+    fn signal(&self, node: u32, signal: i32) {
+        trove::cluster::local::signal(&self.nodes[&node].child, signal);
+    }
+
+    /// `trove bench --target` against node 1 in the background, open loop, for `seconds`.
+    fn bench(&self, seconds: u32) -> Spawned {
+        let target = self.nodes[&1].addr.clone();
+        let duration = seconds.to_string();
+        Spawned::start(trove().args([
+            "bench",
+            "--target",
+            &target,
+            "--rate",
+            "20000",
+            "--duration",
+            &duration,
+            "--quiet",
+        ]))
+    }
+}
+
+fn owner_node(placement: &Placement, partition: u32) -> NodeId {
+    placement.owner(PartitionId(partition)).node
+}
+
+fn partitions_of(placement: &Placement, node: u32) -> usize {
+    placement
+        .owners()
+        .iter()
+        .filter(|owner| owner.node == NodeId(node))
+        .count()
+}
+
+fn settled(placement: &Placement) -> bool {
+    placement
+        .owners()
+        .iter()
+        .all(|owner| owner.state == OwnerState::Serving)
+}
+
+/// What the checked client sent, in order, and each event's final answer by `client_seq`.
+struct Played {
+    events: Vec<Event>,
+    outcomes: HashMap<u64, Outcome>,
+    resent: u64,
+}
+
+/// The checked client: plays the world's set-up, then batches of random check-ins and claims
+/// until told to stop, through a cluster-aware client seeded with node 1.
+struct Players {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Played>,
+}
+
+impl Players {
+    fn start(seed_addr: SocketAddr, seed: u64) -> Players {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || play(seed_addr, seed, &stopping));
+        Players { stop, thread }
+    }
+
+    fn finish(self) -> Played {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the players' thread")
+    }
+}
+
+fn play(seed_addr: SocketAddr, seed: u64, stop: &AtomicBool) -> Played {
+    let mut client = connect_cluster(&[seed_addr], &ClientConfig::new(seed_addr))
+        .expect("the checked client connects");
+    let (mut rng, mut seq) = (Rng(seed), 0);
+    let mut played = Played {
+        events: Vec::new(),
+        outcomes: HashMap::new(),
+        resent: 0,
+    };
+    let set_up = WORLD.set_up_events(&mut seq);
+    send_batch(&mut client, &set_up, &mut played);
+    while !stop.load(Ordering::Relaxed) {
+        let batch = WORLD.load(&mut rng, &mut seq, BATCH);
+        send_batch(&mut client, &batch, &mut played);
+    }
+    let queries = WORLD.leaderboard_queries(&mut seq);
+    send_batch(&mut client, &queries, &mut played);
+    played.resent = client.resent();
+    client.close();
+    played
+}
+
+/// Sends `batch` and waits for every answer.
+fn send_batch(client: &mut ClusterClient, batch: &[Event], played: &mut Played) {
+    for event in batch {
+        client.send(event.clone()).expect("the checked client sends");
+    }
+    for _ in batch {
+        let reply = client
+            .recv_timeout(REPLY_WAIT)
+            .unwrap_or_else(|error| panic!("no answer within {REPLY_WAIT:?}: {error:?}; {}", client.describe()));
+        let previous = played.outcomes.insert(reply.client_seq, reply.outcome);
+        assert!(previous.is_none(), "event {} answered twice", reply.client_seq);
+    }
+    played.events.extend_from_slice(batch);
+}
+
+/// Whether `outcome` says its event was not applied (so the model must not apply it either).
+fn not_applied(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Moved { .. }
+            | Outcome::Busy
+            | Outcome::Error {
+                error: EventError::OwnerUnavailable | EventError::ShuttingDown
+            }
+    )
+}
+
+/// Checks every answer against the model, in each hunt's order: returns how many events were
+/// applied and how many answered without being applied.
+fn check_against_model(played: &Played) -> (usize, usize) {
+    let mut model = Model::new(&WORLD);
+    let (mut applied, mut refused) = (0, 0);
+    for event in &played.events {
+        let outcome = &played.outcomes[&event.client_seq];
+        if not_applied(outcome) {
+            refused += 1;
+            continue;
+        }
+        let expected = model.apply(event);
+        match outcome {
+            Outcome::Duplicate { original } => assert_eq!(
+                Some(*original),
+                OutcomeClass::of(&expected),
+                "event {} of hunt {}: a duplicate of something the model did not do",
+                event.client_seq,
+                event.hunt.0
+            ),
+            _ => assert_eq!(
+                outcome, &expected,
+                "event {} ({:?}) of hunt {}: the cluster's answer is not the model's",
+                event.client_seq, event.kind, event.hunt.0
+            ),
+        }
+        applied += 1;
+    }
+    (applied, refused)
+}
+
+/// The players' results checked, with a line saying what they saw.
+fn check_players(players: Players) {
+    let played = players.finish();
+    let (applied, refused) = check_against_model(&played);
+    println!(
+        "checked client: {} events, {applied} applied as the model says, {refused} answered \
+         without being applied, {} re-sent after Moved",
+        played.events.len(),
+        played.resent
+    );
+    assert!(applied > 1_000, "too little was played to show anything: {applied}");
+}
+
+fn wait_bench(mut bench: Spawned) {
+    let status = bench
+        .wait_exit(Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("the bench did not end: {}", bench.stdout()));
+    assert!(
+        status.success(),
+        "the bench failed under moves: {}{}",
+        bench.stdout(),
+        bench.stderr()
+    );
+}
+
+#[test]
+fn drain_add_a_node_and_rebalance_under_load_lose_nothing() {
+    let _serial = one_at_a_time();
+    let Some(mut cluster) = Cluster::start() else {
+        return;
+    };
+    let seed = seed_from_env("TROVE_MOVES_SEED");
+    let bench = cluster.bench(40);
+    let players = Players::start(cluster.addr(1), seed);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let (status, text) = cluster.command(&["drain", "3", "--timeout", "60"]);
+    assert!(status.success(), "drain failed: {text}");
+    assert!(text.contains("stopped"), "drain does not say node 3 can be stopped: {text}");
+    let drained = cluster.placement().unwrap();
+    assert_eq!(partitions_of(&drained, 3), 0, "node 3 still owns partitions");
+    assert!(settled(&drained), "a partition is left without a serving owner");
+
+    cluster
+        .nodes
+        .insert(4, CLUSTER.start_node(&cluster.etcd, 4, &[]));
+    let joined = cluster.wait_for("node 4 given its share by moves", MOVES_WAIT, |p| {
+        partitions_of(p, 4) > 0 && settled(p)
+    });
+    println!(
+        "after the join: node 1 {}, node 2 {}, node 4 {}",
+        partitions_of(&joined, 1),
+        partitions_of(&joined, 2),
+        partitions_of(&joined, 4)
+    );
+
+    let (status, text) = cluster.command(&["rebalance", "--moves-max", "4", "--timeout", "60"]);
+    assert!(status.success(), "rebalance failed: {text}");
+    let balanced = cluster.placement().unwrap();
+    let counts: Vec<usize> = [1, 2, 4].map(|node| partitions_of(&balanced, node)).into();
+    let (least, most) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+    assert!(most - least <= 1, "not even after rebalance: {counts:?}");
+    assert!(settled(&balanced));
+
+    check_players(players);
+    wait_bench(bench);
+    // Drained, it owns nothing: it stops at once and cleanly.
+    let mut node_3 = cluster.nodes.remove(&3).unwrap();
+    node_3.stop();
+    assert!(node_3.child.wait().unwrap().success(), "the drained node did not stop cleanly");
+}
+
+#[test]
+fn a_hundred_random_moves_under_load_lose_nothing_and_keep_order() {
+    let _serial = one_at_a_time();
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let seed = seed_from_env("TROVE_MOVES_SEED");
+    let mut rng = Rng(seed ^ 0x5eed);
+    let bench = cluster.bench(60);
+    let players = Players::start(cluster.addr(1), seed);
+    let started = Instant::now();
+    for round in 0..100 {
+        let placement = cluster.placement().unwrap();
+        let partition = rng.below(u64::from(CLUSTER.partitions)) as u32;
+        let owner = owner_node(&placement, partition).0;
+        let to = [1, 2, 3][(owner as usize + rng.below(2) as usize) % 3];
+        let (status, text) = cluster.command(&[
+            "move",
+            &partition.to_string(),
+            &to.to_string(),
+            "--timeout",
+            "30",
+        ]);
+        assert!(status.success(), "move {round} (partition {partition} to node {to}) failed: {text}");
+        let after = cluster.placement().unwrap();
+        assert_eq!(owner_node(&after, partition), NodeId(to), "move {round}");
+    }
+    println!("100 moves in {:.1} s", started.elapsed().as_secs_f64());
+    check_players(players);
+    wait_bench(bench);
+}
+
+/// Starts moving a partition of node 1 to node 3 with node 3 paused, so that the move cannot
+/// finish; returns the partition and the `cluster move` running in the background, once etcd
+/// shows the partition `Migrating`.
+fn stalled_move_to_3(cluster: &Cluster) -> (u32, Spawned) {
+    let placement = cluster.placement().unwrap();
+    let partition = (0..CLUSTER.partitions)
+        .find(|&p| owner_node(&placement, p) == NodeId(1))
+        .expect("node 1 owns a partition");
+    cluster.signal(3, libc::SIGSTOP);
+    let mover = Spawned::start(&mut cluster.cluster_command(&[
+        "move",
+        &partition.to_string(),
+        "3",
+        "--timeout",
+        "60",
+    ]));
+    cluster.wait_for("the move under way", Duration::from_secs(20), |p| {
+        p.owner(PartitionId(partition)).state.migrating_to().is_some()
+    });
+    (partition, mover)
+}
+
+/// The background `cluster move`'s exit, which must be a failure that says why.
+fn failed_move(mut mover: Spawned) -> String {
+    let status = mover
+        .wait_exit(Duration::from_secs(90))
+        .unwrap_or_else(|| panic!("cluster move did not end: {}", mover.stdout()));
+    let text = format!("{}{}", mover.stdout(), mover.stderr());
+    println!("{text}");
+    assert_eq!(status.code(), Some(1), "the move should have failed: {text}");
+    text
+}
+
+#[test]
+fn a_target_killed_mid_move_is_abandoned_and_the_source_keeps_the_partition() {
+    let _serial = one_at_a_time();
+    let Some(mut cluster) = Cluster::start() else {
+        return;
+    };
+    let seed = seed_from_env("TROVE_MOVES_SEED");
+    let players = Players::start(cluster.addr(1), seed);
+    std::thread::sleep(Duration::from_millis(500));
+    let (partition, mover) = stalled_move_to_3(&cluster);
+    let mut node_3 = cluster.nodes.remove(&3).unwrap();
+    kill_and_reap(&mut node_3.child);
+    let text = failed_move(mover);
+    assert!(text.contains("abandoned"), "{text}");
+    let after = cluster.wait_for("the partition back with node 1", MOVES_WAIT, |p| {
+        p.owner(PartitionId(partition)).state == OwnerState::Serving
+    });
+    assert_eq!(owner_node(&after, partition), NodeId(1));
+    check_players(players);
+}
+
+#[test]
+fn a_source_paused_mid_move_loses_nothing_and_serves_again() {
+    let _serial = one_at_a_time();
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let seed = seed_from_env("TROVE_MOVES_SEED");
+    let players = Players::start(cluster.addr(2), seed);
+    std::thread::sleep(Duration::from_millis(500));
+    let (partition, mut mover) = stalled_move_to_3(&cluster);
+    // The source pauses past its lease; the target carries on.
+    cluster.signal(1, libc::SIGSTOP);
+    cluster.signal(3, libc::SIGCONT);
+    cluster.wait_for("the paused source's partition offline", MOVES_WAIT, |p| {
+        p.owner(PartitionId(partition)).state == OwnerState::Offline
+    });
+    cluster.signal(1, libc::SIGCONT);
+    // The move was dropped with the source's lease; the pin may move the partition later.
+    let status = mover
+        .wait_exit(Duration::from_secs(90))
+        .unwrap_or_else(|| panic!("cluster move did not end: {}", mover.stdout()));
+    println!("cluster move ended {status}: {}{}", mover.stdout(), mover.stderr());
+    let after = cluster.wait_for("every partition served again", MOVES_WAIT, settled);
+    println!(
+        "partition {partition} is with node {} after the pause",
+        owner_node(&after, partition).0
+    );
+    check_players(players);
+}
