@@ -96,6 +96,7 @@ pub fn run_move(
             "{node} is drained: nothing moves onto it until it is restarted"
         )));
     }
+    apply_settings(operator, checked)?;
     let owner = *placement.owner(crate::core::ids::PartitionId(args.partition));
     let goal = Goal::On(node, shard);
     if owner.node == node && shard.is_none_or(|s| s == owner.shard) && owner.state.applies() {
@@ -113,7 +114,6 @@ pub fn run_move(
         )?;
         return Ok(0);
     }
-    apply_settings(operator, checked)?;
     let pin = PinRecord {
         node: node.0,
         shard: shard.map(|s| s.0),

@@ -1,0 +1,184 @@
+//! `trove cluster move|drain|rebalance` against a real etcd and real nodes: their usage errors
+//! name what exists and exit 2, a move to where a partition already is pins it and exits 0,
+//! `--moves-max` lands in the cluster's settings, and a drain with nowhere to go fails with the
+//! reason. The moves themselves under load are `cluster_moves.rs`'s. Each test skips, saying
+//! so, when `etcd` is not installed, and stops everything it started.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::process::Output;
+use std::time::Duration;
+
+use trove::cluster::keys::PinRecord;
+use trove::core::ids::{NodeId, PartitionId};
+
+use support::cluster::{ClusterSpec, Nodes, etcd_or_skip, wait_for};
+use support::{COMMAND_WAIT, run_bounded, trove};
+
+const PARTITIONS: u32 = 64;
+const NAME: &str = "commands";
+const CLUSTER: ClusterSpec = ClusterSpec {
+    name: NAME,
+    partitions: PARTITIONS,
+    lease_ttl_s: 2,
+};
+
+fn cluster_command(etcd: &str, args: &[&str]) -> Output {
+    let mut command = trove();
+    command
+        .arg("cluster")
+        .args(args)
+        .args(["--cluster", etcd, "--cluster-name", NAME]);
+    run_bounded(&mut command, COMMAND_WAIT)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts `output` is a usage error (exit 2) whose one line on stderr contains `expected`.
+fn assert_usage_error(output: &Output, expected: &str) {
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(expected), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn bad_arguments_are_usage_errors_naming_what_exists_and_a_move_in_place_pins_it() {
+    let Some(etcd) = etcd_or_skip() else {
+        return;
+    };
+    let endpoint = etcd.endpoint();
+    let mut nodes = Nodes::start(&CLUSTER, &etcd, 2);
+    let (_, placement) = wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
+        CLUSTER.settled_placement(&etcd, 2)
+    });
+
+    let output = cluster_command(&endpoint, &["move", "999", "1"]);
+    assert_usage_error(
+        &output,
+        "partition 999 does not exist: the cluster has 64 partitions (0 to 63)",
+    );
+    let output = cluster_command(&endpoint, &["move", "0", "7"]);
+    assert_usage_error(
+        &output,
+        "node 7 is not registered in this cluster; registered nodes: 1 (1 shards), 2 (1 shards)",
+    );
+    let output = cluster_command(&endpoint, &["move", "0", "1:5"]);
+    assert_usage_error(&output, "node 1 runs 1 shards (0 to 0); it has no shard 5");
+    let output = cluster_command(&endpoint, &["drain", "x"]);
+    assert_usage_error(&output, "is not NODE[:SHARD]");
+    let output = cluster_command(&endpoint, &["drain", "1:0"]);
+    assert_usage_error(&output, "drain takes a node, not a shard");
+    let output = cluster_command(&endpoint, &["rebalance", "--moves-max", "0"]);
+    assert_usage_error(&output, "--moves-max 0: give 1 to");
+    let output = cluster_command(&endpoint, &["rebalance", "--by", "load", "--sample-s", "0"]);
+    assert_usage_error(&output, "--sample-s 0: give 1 to");
+
+    // A move to where the partition is: nothing moves, but it is pinned there, and the
+    // settings take --moves-max.
+    let owner = *placement.owner(PartitionId(5));
+    let target = format!("{}:{}", owner.node.0, owner.shard.0);
+    let output = cluster_command(&endpoint, &["move", "5", &target, "--moves-max", "3"]);
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        text(&output.stderr)
+    );
+    assert!(stdout.contains("partition 5 is on"), "{stdout}");
+    let view = CLUSTER.read_view(&etcd).expect("etcd answers");
+    assert_eq!(
+        view.pins.get(&5),
+        Some(&PinRecord {
+            node: owner.node.0,
+            shard: Some(owner.shard.0)
+        })
+    );
+    assert_eq!(view.moves_max(), 3);
+    assert_eq!(
+        view.assignment.unwrap().epoch(),
+        placement.epoch(),
+        "nothing was moved"
+    );
+}
+
+#[test]
+fn a_drain_with_nowhere_to_go_fails_saying_why_and_etcd_down_is_exit_1() {
+    let Some(etcd) = etcd_or_skip() else {
+        return;
+    };
+    let endpoint = etcd.endpoint();
+    let mut nodes = Nodes::start(&CLUSTER, &etcd, 1);
+    wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
+        CLUSTER.settled_placement(&etcd, 1)
+    });
+    let output = cluster_command(&endpoint, &["drain", "1", "--timeout", "5"]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} owns {PARTITIONS} partitions and no other live, non-drained node could take them",
+            NodeId(1)
+        )),
+        "{stderr}"
+    );
+    let view = CLUSTER.read_view(&etcd).expect("etcd answers");
+    assert!(view.drains.is_empty(), "nothing was drained");
+
+    let output = cluster_command("http://127.0.0.1:9", &["move", "0", "1"]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is etcd running there?"), "{stderr}");
+}
+
+#[test]
+fn a_drain_starts_moves_off_the_node_and_status_shows_it_drained() {
+    let Some(etcd) = etcd_or_skip() else {
+        return;
+    };
+    let endpoint = etcd.endpoint();
+    let mut nodes = Nodes::start(&CLUSTER, &etcd, 2);
+    wait_for(&mut nodes, Duration::from_secs(15), "placement", |_| {
+        CLUSTER.settled_placement(&etcd, 2)
+    });
+    let output = cluster_command(&endpoint, &["drain", "2", "--timeout", "4"]);
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("node 2 drained (its registration at revision"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(": moving from node 2 shard 0 to node 1 shard 0 (epoch"),
+        "the controller started moves: {stdout}"
+    );
+    // Whether the moves finish within the timeout depends on the node's shards; the exit code
+    // and the summary must agree either way.
+    let summary = stdout
+        .lines()
+        .find(|line| line.contains(" moved, ") && line.contains(" failed, in "))
+        .unwrap_or_else(|| panic!("no summary: {stdout}"));
+    let failed_none = summary.contains(" 0 failed");
+    assert_eq!(
+        output.status.code(),
+        Some(if failed_none { 0 } else { 1 }),
+        "{stdout}"
+    );
+    if failed_none {
+        assert!(
+            stdout.contains("node 2 owns nothing now: it can be stopped"),
+            "{stdout}"
+        );
+    } else {
+        assert!(
+            stdout.contains("partition "),
+            "the failures are named: {stdout}"
+        );
+    }
+    let status = cluster_command(&endpoint, &["status"]);
+    let status = text(&status.stdout);
+    assert!(status.contains("drained: node 2"), "{status}");
+}
