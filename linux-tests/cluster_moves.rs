@@ -16,7 +16,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::process::{Command, ExitStatus};
 use std::sync::Arc;
@@ -39,8 +39,10 @@ const CLUSTER: ClusterSpec = ClusterSpec {
     partitions: 64,
     lease_ttl_s: 2,
 };
-/// Hunts spread over the 64 partitions, so that most moves carry some.
+/// Hunts spread over the 64 partitions, so that most moves carry some; numbered far from the
+/// bench's (from 1), which runs on the same cluster.
 const WORLD: World = World {
+    first_hunt: 1 << 40,
     hunts: 96,
     players: 6,
     waypoints: 8,
@@ -67,9 +69,15 @@ impl Cluster {
             .map(|id| (id, CLUSTER.start_node(&etcd, id, &[])))
             .collect();
         let cluster = Cluster { etcd, nodes };
-        cluster.wait_for("a settled placement on 3 nodes", Duration::from_secs(30), |p| {
-            p.owners().iter().all(|owner| owner.state == OwnerState::Serving)
-        });
+        cluster.wait_for(
+            "a settled placement on 3 nodes",
+            Duration::from_secs(30),
+            |p| {
+                p.owners()
+                    .iter()
+                    .all(|owner| owner.state == OwnerState::Serving)
+            },
+        );
         Some(cluster)
     }
 
@@ -105,10 +113,12 @@ impl Cluster {
 
     fn cluster_command(&self, args: &[&str]) -> Command {
         let mut command = trove();
-        command
-            .arg("cluster")
-            .args(args)
-            .args(["--etcd", &self.etcd.endpoint(), "--cluster-name", CLUSTER.name]);
+        command.arg("cluster").args(args).args([
+            "--etcd",
+            &self.etcd.endpoint(),
+            "--cluster-name",
+            CLUSTER.name,
+        ]);
         command
     }
 
@@ -205,14 +215,23 @@ fn play(seed_addr: SocketAddr, seed: u64, stop: &AtomicBool) -> Played {
 /// Sends `batch` and waits for every answer.
 fn send_batch(client: &mut ClusterClient, batch: &[Event], played: &mut Played) {
     for event in batch {
-        client.send(event.clone()).expect("the checked client sends");
+        client
+            .send(event.clone())
+            .expect("the checked client sends");
     }
     for _ in batch {
-        let reply = client
-            .recv_timeout(REPLY_WAIT)
-            .unwrap_or_else(|error| panic!("no answer within {REPLY_WAIT:?}: {error:?}; {}", client.describe()));
+        let reply = client.recv_timeout(REPLY_WAIT).unwrap_or_else(|error| {
+            panic!(
+                "no answer within {REPLY_WAIT:?}: {error:?}; {}",
+                client.describe()
+            )
+        });
         let previous = played.outcomes.insert(reply.client_seq, reply.outcome);
-        assert!(previous.is_none(), "event {} answered twice", reply.client_seq);
+        assert!(
+            previous.is_none(),
+            "event {} answered twice",
+            reply.client_seq
+        );
     }
     played.events.extend_from_slice(batch);
 }
@@ -230,14 +249,16 @@ fn not_applied(outcome: &Outcome) -> bool {
 }
 
 /// Checks every answer against the model, in each hunt's order: returns how many events were
-/// applied and how many answered without being applied.
-fn check_against_model(played: &Played) -> (usize, usize) {
+/// applied, and how many were answered without being applied, by answer.
+fn check_against_model(played: &Played) -> (usize, BTreeMap<String, usize>) {
     let mut model = Model::new(&WORLD);
-    let (mut applied, mut refused) = (0, 0);
+    let (mut applied, mut refused) = (0, BTreeMap::new());
     for event in &played.events {
         let outcome = &played.outcomes[&event.client_seq];
         if not_applied(outcome) {
-            refused += 1;
+            let name = format!("{outcome:?}");
+            let kind = name.split([' ', '{']).next().unwrap_or_default().to_owned();
+            *refused.entry(kind).or_default() += 1;
             continue;
         }
         let expected = model.apply(event);
@@ -265,12 +286,15 @@ fn check_players(players: Players) {
     let played = players.finish();
     let (applied, refused) = check_against_model(&played);
     println!(
-        "checked client: {} events, {applied} applied as the model says, {refused} answered \
-         without being applied, {} re-sent after Moved",
+        "checked client: {} events, {applied} applied as the model says, answered without \
+         being applied: {refused:?}, {} re-sent after Moved",
         played.events.len(),
         played.resent
     );
-    assert!(applied > 1_000, "too little was played to show anything: {applied}");
+    assert!(
+        applied > 1_000,
+        "too little was played to show anything: {applied}"
+    );
 }
 
 fn wait_bench(mut bench: Spawned) {
@@ -298,10 +322,20 @@ fn drain_add_a_node_and_rebalance_under_load_lose_nothing() {
 
     let (status, text) = cluster.command(&["drain", "3", "--timeout", "60"]);
     assert!(status.success(), "drain failed: {text}");
-    assert!(text.contains("stopped"), "drain does not say node 3 can be stopped: {text}");
+    assert!(
+        text.contains("stopped"),
+        "drain does not say node 3 can be stopped: {text}"
+    );
     let drained = cluster.placement().unwrap();
-    assert_eq!(partitions_of(&drained, 3), 0, "node 3 still owns partitions");
-    assert!(settled(&drained), "a partition is left without a serving owner");
+    assert_eq!(
+        partitions_of(&drained, 3),
+        0,
+        "node 3 still owns partitions"
+    );
+    assert!(
+        settled(&drained),
+        "a partition is left without a serving owner"
+    );
 
     cluster
         .nodes
@@ -329,7 +363,10 @@ fn drain_add_a_node_and_rebalance_under_load_lose_nothing() {
     // Drained, it owns nothing: it stops at once and cleanly.
     let mut node_3 = cluster.nodes.remove(&3).unwrap();
     node_3.stop();
-    assert!(node_3.child.wait().unwrap().success(), "the drained node did not stop cleanly");
+    assert!(
+        node_3.child.wait().unwrap().success(),
+        "the drained node did not stop cleanly"
+    );
 }
 
 #[test]
@@ -355,7 +392,10 @@ fn a_hundred_random_moves_under_load_lose_nothing_and_keep_order() {
             "--timeout",
             "30",
         ]);
-        assert!(status.success(), "move {round} (partition {partition} to node {to}) failed: {text}");
+        assert!(
+            status.success(),
+            "move {round} (partition {partition} to node {to}) failed: {text}"
+        );
         let after = cluster.placement().unwrap();
         assert_eq!(owner_node(&after, partition), NodeId(to), "move {round}");
     }
@@ -381,7 +421,10 @@ fn stalled_move_to_3(cluster: &Cluster) -> (u32, Spawned) {
         "60",
     ]));
     cluster.wait_for("the move under way", Duration::from_secs(20), |p| {
-        p.owner(PartitionId(partition)).state.migrating_to().is_some()
+        p.owner(PartitionId(partition))
+            .state
+            .migrating_to()
+            .is_some()
     });
     (partition, mover)
 }
@@ -393,7 +436,11 @@ fn failed_move(mut mover: Spawned) -> String {
         .unwrap_or_else(|| panic!("cluster move did not end: {}", mover.stdout()));
     let text = format!("{}{}", mover.stdout(), mover.stderr());
     println!("{text}");
-    assert_eq!(status.code(), Some(1), "the move should have failed: {text}");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the move should have failed: {text}"
+    );
     text
 }
 
@@ -439,7 +486,11 @@ fn a_source_paused_mid_move_loses_nothing_and_serves_again() {
     let status = mover
         .wait_exit(Duration::from_secs(90))
         .unwrap_or_else(|| panic!("cluster move did not end: {}", mover.stdout()));
-    println!("cluster move ended {status}: {}{}", mover.stdout(), mover.stderr());
+    println!(
+        "cluster move ended {status}: {}{}",
+        mover.stdout(),
+        mover.stderr()
+    );
     let after = cluster.wait_for("every partition served again", MOVES_WAIT, settled);
     println!(
         "partition {partition} is with node {} after the pause",

@@ -40,6 +40,7 @@ use trove::store::format::{SegmentHeader, scan_segment};
 use hunts::{Model, Rng, World, seed_from_env, waypoint_position};
 
 const WORLD: World = World {
+    first_hunt: 0,
     hunts: 8,
     players: 8,
     waypoints: 16,

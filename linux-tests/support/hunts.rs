@@ -49,9 +49,12 @@ pub fn seed_from_env(name: &str) -> u64 {
     seed
 }
 
-/// The shape of the world: hunts `0..hunts`, players `1..=players` in each.
+/// The shape of the world: hunts `first_hunt..first_hunt + hunts`, players `1..=players` in
+/// each. A world that shares a node with other load (`trove bench`, whose hunts are numbered
+/// from 1) starts its hunts far from theirs.
 #[derive(Clone, Copy, Debug)]
 pub struct World {
+    pub first_hunt: u64,
     pub hunts: u64,
     pub players: u64,
     pub waypoints: u32,
@@ -105,10 +108,15 @@ impl World {
         }
     }
 
+    /// The world's hunt ids, in order.
+    pub fn hunt_ids(&self) -> std::ops::Range<u64> {
+        self.first_hunt..self.first_hunt + self.hunts
+    }
+
     /// Every hunt created and every player joined, numbered on from `seq`.
     pub fn set_up_events(&self, seq: &mut u64) -> Vec<Event> {
         let mut events = Vec::new();
-        for hunt in 0..self.hunts {
+        for hunt in self.hunt_ids() {
             let mut push = |player, kind| {
                 *seq += 1;
                 events.push(event(hunt, player, *seq, kind));
@@ -127,7 +135,7 @@ impl World {
         (0..count)
             .map(|_| {
                 *seq += 1;
-                let hunt = rng.below(self.hunts);
+                let hunt = self.first_hunt + rng.below(self.hunts);
                 let kind = if rng.below(4) == 0 {
                     let treasure = rng.below(u64::from(self.treasures)) as u32;
                     EventKind::Claim {
@@ -146,7 +154,7 @@ impl World {
 
     /// Every hunt's leaderboard query, numbered on from `seq`.
     pub fn leaderboard_queries(&self, seq: &mut u64) -> Vec<Event> {
-        (0..self.hunts)
+        self.hunt_ids()
             .map(|hunt| {
                 *seq += 1;
                 leaderboard(hunt, *seq)
@@ -163,7 +171,8 @@ pub struct Model {
 
 impl Model {
     pub fn new(world: &World) -> Model {
-        let states = (0..world.hunts)
+        let states = world
+            .hunt_ids()
             .map(|hunt| (hunt, PartitionState::new(PartitionId(0))))
             .collect();
         Model { states }

@@ -45,7 +45,7 @@ fn classify(reply: &ArchivedReply) -> ReplyClass {
 
 impl Protocol for TroveProtocol {
     fn links(&self) -> usize {
-        self.proto.links()
+        self.links
     }
 
     fn nodes(&self) -> usize {
@@ -102,16 +102,17 @@ impl Protocol for TroveProtocol {
                         on_reply(reply.client_ts.to_native(), classify(reply));
                     }
                 }
-                // The node pushed a newer map: route the next events by it.
+                // The node pushed a newer map: route the next events by it. A run's
+                // connections are fixed, so partitions that moved to an owner it has no
+                // connection to (a node that joined) keep going where they went: that node
+                // forwards them.
                 Received::Map(push) => {
+                    let previous = self.proto.routes().to_vec();
                     self.proto
                         .apply_map(&push)
                         .map_err(|error| error.to_string())?;
                     if self.proto.links() > self.links {
-                        return Err(format!(
-                            "the placement changed during the run (epoch {}) and names owners this run has no connection to; run again once the cluster has settled",
-                            self.proto.epoch().get()
-                        ));
+                        self.proto.keep_routes_below(self.links, &previous);
                     }
                 }
                 Received::NodeError { message, .. } => {

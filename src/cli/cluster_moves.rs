@@ -16,7 +16,7 @@ use crate::cluster::operator::{
     Follow, Goal, Operator, OperatorError, check_node, check_partition, follow, parse_target,
     placement_of,
 };
-use crate::cluster::placement::LiveNode;
+use crate::cluster::placement::{LiveNode, Owner, Placement, desired_owner};
 use crate::cluster::rebalance::{Slot, plan_by_count, plan_by_load, plan_drain, slots_of};
 use crate::constants::{MOVE_FOLLOW_S_MAX, REBALANCE_SAMPLE_S_MAX};
 use crate::core::ids::{NodeId, ShardId};
@@ -237,18 +237,32 @@ pub fn run_rebalance(
             "no live, non-drained node to rebalance over".into(),
         ));
     }
+    // Plan from where the controller is heading (moves to a joined node, off a drained one,
+    // to pins), not from where the partitions are now: those moves would undo the plan's.
+    let heading = heading_owners(&view, placement, &eligible);
     let plan = match args.by {
-        RebalanceBy::Count => plan_by_count(placement.owners(), &slots),
+        RebalanceBy::Count => plan_by_count(&heading, &slots),
         RebalanceBy::Load => {
             say(&format!(
                 "measuring each shard's events/s for {} s…",
                 args.sample_s
             ));
             let rates = measure_rates(&view, &eligible, Duration::from_secs(args.sample_s))?;
-            plan_by_load(placement.owners(), &slots, &rates)
+            plan_by_load(&heading, &slots, &rates)
         }
     };
-    if plan.is_empty() {
+    let mut goals: BTreeMap<u32, Goal> = heading
+        .iter()
+        .zip(placement.owners())
+        .enumerate()
+        .filter(|(_, (heading, now))| (heading.node, heading.shard) != (now.node, now.shard))
+        .map(|(partition, (heading, _))| {
+            let goal = Goal::On(heading.node, Some(heading.shard));
+            (partition as u32, goal)
+        })
+        .collect();
+    goals.extend(plan.iter().map(Goal::of));
+    if goals.is_empty() {
         say("already even: nothing to move");
         return Ok(0);
     }
@@ -261,12 +275,44 @@ pub fn run_rebalance(
         operator.put_pin(partition, pin)?;
     }
     say(&format!(
-        "rebalance: {} partitions to move (pinned to their new owners): {}",
+        "rebalance: {} partitions to move (pinned to their new owners): {}{}",
         plan.len(),
-        destinations(&plan)
+        destinations(&plan),
+        match goals.len() - plan.len().min(goals.len()) {
+            0 => String::new(),
+            already => format!("; following {already} moves the controller is making already"),
+        }
     ));
-    let goals = plan.iter().map(Goal::of).collect();
     follow_and_sum_up(operator, checked, goals)
+}
+
+/// Each partition's owner once the controller has made the moves it is set on (to its pin,
+/// off a drained node, onto a joined node's rendezvous share); a partition that cannot move
+/// (offline) stays where it is.
+fn heading_owners(
+    view: &ClusterView,
+    placement: &Placement,
+    eligible: &BTreeMap<NodeId, LiveNode>,
+) -> Vec<Owner> {
+    placement
+        .owners()
+        .iter()
+        .enumerate()
+        .map(|(partition, owner)| {
+            if !owner.state.applies() {
+                return *owner;
+            }
+            let pin = view.pins.get(&(partition as u32));
+            match desired_owner(partition as u32, owner, pin, eligible) {
+                Some((node, shard)) => Owner {
+                    node,
+                    shard,
+                    ..*owner
+                },
+                None => *owner,
+            }
+        })
+        .collect()
 }
 
 /// Each shard's applied events/s over `sample`, from its node's `/metrics`.

@@ -318,6 +318,23 @@ impl ClientProto {
         Ok(MapUpdate::Applied { epoch })
     }
 
+    /// Routes every partition whose owner has no link below `links` by `previous` instead
+    /// (a route table taken before [`Self::apply_map`]): for a caller whose connections are
+    /// fixed, which sends those partitions on to their old owner, which forwards them.
+    pub fn keep_routes_below(&mut self, links: usize, previous: &[u32]) {
+        for (route, &old) in self.routes.iter_mut().zip(previous) {
+            if *route as usize >= links {
+                *route = old;
+            }
+        }
+    }
+
+    /// The link each partition's events go on now, indexed by partition (empty when the
+    /// client is not shard-aware).
+    pub fn routes(&self) -> &[u32] {
+        &self.routes
+    }
+
     /// Where shard `shard` of `node` is reached, if the map says.
     fn target_of(&self, node: NodeId, shard: ShardId) -> Option<LinkTarget> {
         let address = self.map.node_address(node)?;

@@ -35,9 +35,7 @@ use crate::cluster::coordinator::{Coordinator, CoordinatorConfig, CoordinatorEve
 use crate::cluster::etcd::EtcdClient;
 use crate::cluster::placement::epoch_of_revision;
 use crate::cluster::placement::{OwnerState, Placement};
-use crate::constants::{
-    CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_RETRY_MS_MAX, CLUSTER_RETRY_MS_MIN,
-};
+use crate::constants::{CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_RETRY_MS_MAX, CLUSTER_RETRY_MS_MIN};
 use crate::core::ids::{Epoch, PartitionId};
 use crate::core::shard::moves::MoveReport;
 use crate::metrics::ClusterGauges;

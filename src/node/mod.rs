@@ -20,10 +20,10 @@ use std::sync::Arc;
 use socket2::Socket;
 
 use crate::cluster::control::ServingChange;
+use crate::constants::NODE_MOVE_REPORTS_QUEUED_MAX;
 use crate::core::auth::AuthSecret;
 use crate::core::ids::NodeId;
 use crate::core::partition::Placement;
-use crate::constants::NODE_MOVE_REPORTS_QUEUED_MAX;
 use crate::core::shard::{MoveReport, ShardStats, Stalls};
 use crate::metrics::housekeeping::ClusterSource;
 use crate::metrics::{Housekeeping, MetricsListen, NodeInfo, SnapshotSender, snapshot_channel};
