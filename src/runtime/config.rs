@@ -172,7 +172,28 @@ pub struct RuntimeConfig {
     /// Where each shard logs what it applies, and when replies wait for the log; `None`
     /// keeps everything in memory only.
     pub store: Option<crate::runtime::store::StoreConfig>,
+    /// Where every shard sends its live-move reports (`core::shard::MoveReport`) for the
+    /// node's control thread; none for a single node (its shards keep them, bounded).
+    pub move_reports: MoveReports,
 }
+
+/// The channel shards send their move reports on (a shard that finds it full keeps the
+/// report and tries again after its next loop pass). Two are equal when they are the same
+/// channel.
+#[derive(Clone, Debug, Default)]
+pub struct MoveReports(pub Option<flume::Sender<crate::core::shard::MoveReport>>);
+
+impl PartialEq for MoveReports {
+    fn eq(&self, other: &MoveReports) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(one), Some(other)) => one.same_channel(other),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for MoveReports {}
 
 impl RuntimeConfig {
     /// A shard on each CPU this process may run on.
@@ -195,6 +216,7 @@ impl RuntimeConfig {
             connections_per_source_max: CONNECTIONS_PER_SOURCE_DEFAULT,
             shed_target: Duration::from_millis(SHED_TARGET_MS_DEFAULT),
             store: None,
+            move_reports: MoveReports::default(),
         }
     }
 

@@ -94,9 +94,10 @@ pub struct Shard {
     inbound_writers: RefCell<Vec<Option<InboundWriter>>>,
     /// How an outgoing link connects, set by the network layer when it starts serving.
     link_connector: std::cell::RefCell<Option<crate::runtime::link::LinkConnector>>,
-    /// Where the core's move reports go (the node's control thread); `None` for a single
-    /// node, whose reports stay in the core's bounded queue.
-    move_reports: RefCell<Option<flume::Sender<MoveReport>>>,
+    /// Where the core's move reports go (the node's control thread, from
+    /// `RuntimeConfig::move_reports`); `None` for a single node, whose reports stay in the
+    /// core's bounded queue.
+    move_reports: Option<flume::Sender<MoveReport>>,
     /// A report the full channel did not take, sent first next time.
     move_report_unsent: RefCell<Option<MoveReport>>,
 }
@@ -166,7 +167,7 @@ impl Shard {
             link_supervisor: WaitQueue::new(),
             inbound_writers: RefCell::default(),
             link_connector: std::cell::RefCell::new(None),
-            move_reports: RefCell::new(None),
+            move_reports: config.move_reports.0.clone(),
             move_report_unsent: RefCell::new(None),
         }
     }
@@ -666,16 +667,10 @@ impl Shard {
         }
     }
 
-    /// Where this shard's move reports go (the node's control thread connects it).
-    pub fn set_move_reports(&self, reports: Option<flume::Sender<MoveReport>>) {
-        *self.move_reports.borrow_mut() = reports;
-    }
-
     /// Hands the core's move reports to the control thread's channel, in order; a full
     /// channel keeps the next one for the next pass.
     fn send_move_reports(&self) {
-        let reports = self.move_reports.borrow();
-        let Some(sender) = reports.as_ref() else {
+        let Some(sender) = self.move_reports.as_ref() else {
             return;
         };
         let mut unsent = self.move_report_unsent.borrow_mut();

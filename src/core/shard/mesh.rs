@@ -261,6 +261,7 @@ impl ShardCore {
 
     /// Applies (or answers, or holds for a move's hand-off) one event peer `from` forwarded,
     /// and queues its reply unless the log or the hold keeps it.
+    #[inline]
     pub(super) fn apply_peer_event(
         &mut self,
         now_ns: u64,

@@ -409,6 +409,8 @@ impl ShardCore {
 
     /// An event of a moving partition was applied here: it joins the tail, in order. Past
     /// the tail's bound the source holds the partition's next events instead of growing it.
+    #[cold]
+    #[inline(never)]
     pub(super) fn capture_tail(&mut self, now_ns: u64, local: LocalEvent, bytes: &[u8]) {
         let Some(index) = self.moves.out_index(local.partition()) else {
             return;
@@ -639,6 +641,8 @@ impl ShardCore {
     }
 
     /// Holds an event of connection `id` (its socket credit taken) for a held partition.
+    #[cold]
+    #[inline(never)]
     pub(super) fn hold_client_event(
         &mut self,
         id: ConnectionId,
@@ -656,6 +660,8 @@ impl ShardCore {
     }
 
     /// Holds an event another shard of this node forwarded.
+    #[cold]
+    #[inline(never)]
     pub(super) fn hold_peer_event(
         &mut self,
         partition: PartitionId,
@@ -667,6 +673,8 @@ impl ShardCore {
     }
 
     /// Holds an event a shard of another node sent over inbound link `link`.
+    #[cold]
+    #[inline(never)]
     pub(super) fn hold_link_event(
         &mut self,
         partition: PartitionId,

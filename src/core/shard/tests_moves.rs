@@ -404,3 +404,77 @@ fn malformed_move_frames_are_protocol_errors_not_panics() {
             .is_err()
     );
 }
+
+const TO_A: LinkDest = LinkDest {
+    node: A,
+    shard: ShardId(0),
+};
+
+/// Carries what `b` forwards to A over its own link, and A's replies back, until quiet.
+fn pump_back(wire: &mut Wire, b: &mut ShardCore, a: &mut ShardCore) {
+    for _ in 0..100 {
+        wire.send(b, a, TO_A);
+        let Some(link) = wire.link else { return };
+        let sent = frames_in_bytes(&std::mem::take(&mut wire.in_transit));
+        for (header, body) in &sent {
+            assert_eq!(header.kind, FrameKind::LinkEvents);
+            a.handle_link_events(0, link, body).unwrap();
+        }
+        let mut back = Vec::new();
+        while a.poll_link_replies(link, &mut back) {}
+        let answers = frames_in_bytes(&back);
+        for (_, body) in &answers {
+            b.handle_link_replies(0, TO_A, body).unwrap();
+        }
+        if sent.is_empty() && answers.is_empty() {
+            return;
+        }
+    }
+    panic!("the link never went quiet");
+}
+
+#[test]
+fn events_from_another_nodes_link_are_held_too_and_applied_once_on_an_abandon_or_answered_moved_on_a_flip()
+ {
+    for flip in [false, true] {
+        let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
+        let mut wire = Wire::new();
+        let (_, _, _, _) = move_to_handoff(&mut a, &mut b, &mut wire, 0);
+        // A client of B sends events of the moving partition: B forwards them to A (its
+        // placement still says A owns it), and A holds them.
+        let events = moving_events(100..106);
+        let conn = b.handle_connect(0).unwrap();
+        offer(&mut b, conn, &frame(&events, 3));
+        let mut back = Wire::new();
+        pump_back(&mut back, &mut b, &mut a);
+        assert_eq!(a.move_events_held(), 6);
+        assert!(
+            write_all(&mut b, conn).replies.is_empty(),
+            "held, not answered"
+        );
+        a.check_credit().unwrap();
+
+        let placement = if flip { flipped() } else { abandoned() };
+        a.handle_placement(80, placement).unwrap();
+        pump_back(&mut back, &mut b, &mut a);
+        let replies = write_all(&mut b, conn).replies;
+        assert_eq!(replies.len(), 6, "each held event answered once");
+        for reply in &replies {
+            if flip {
+                // Never forwarded a second time: B's client asks the new owner itself.
+                assert!(
+                    matches!(reply.outcome, Outcome::Moved { node: 2, .. }),
+                    "{reply:?}"
+                );
+            } else {
+                assert!(
+                    !matches!(reply.outcome, Outcome::Moved { .. } | Outcome::Error { .. }),
+                    "applied at A: {reply:?}"
+                );
+            }
+        }
+        assert_eq!(a.move_events_held(), 0);
+        a.check_credit().unwrap();
+        b.check_credit().unwrap();
+    }
+}
