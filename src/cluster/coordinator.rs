@@ -808,11 +808,6 @@ impl Coordinator {
         self.move_records.push_back((partition, record));
     }
 
-    /// Moves records written or being written; for tests and `trove cluster status`.
-    pub fn move_records_queued(&self) -> usize {
-        self.move_records.len()
-    }
-
     /// etcd's reply to the request in flight.
     pub fn handle_response(&mut self, now_ns: u64, response: Response) {
         let Some((in_flight, sent_ns)) = self.in_flight.take() else {
