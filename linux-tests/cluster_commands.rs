@@ -1,8 +1,9 @@
 //! `trove cluster move|drain|rebalance` against a real etcd and real nodes: their usage errors
 //! name what exists and exit 2, a move to where a partition already is pins it and exits 0,
 //! `--moves-max` lands in the cluster's settings, and a drain with nowhere to go fails with the
-//! reason. The moves themselves under load are `cluster_moves.rs`'s. Each test skips, saying
-//! so, when `etcd` is not installed, and stops everything it started.
+//! reason; and a node's control thread puts the move reports its shards send it as
+//! `moves/<p>`. The moves themselves under load are `cluster_moves.rs`'s. Each test skips,
+//! saying so, when `etcd` is not installed, and stops everything it started.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -10,10 +11,13 @@ mod support;
 use std::process::Output;
 use std::time::Duration;
 
-use trove::cluster::keys::PinRecord;
-use trove::core::ids::{NodeId, PartitionId};
+use trove::cluster::control::{ControlConfig, ControlHandle};
+use trove::cluster::coordinator::CoordinatorConfig;
+use trove::cluster::keys::{ClusterKeys, MoveState, NodeInfo, PinRecord};
+use trove::core::ids::{Epoch, NodeId, PartitionId, ShardId};
+use trove::core::shard::moves::{MoveReport, MoveStep};
 
-use support::cluster::{ClusterSpec, Nodes, etcd_or_skip, wait_for};
+use support::cluster::{ClusterSpec, Nodes, etcd_or_skip, poll_for, wait_for};
 use support::{COMMAND_WAIT, run_bounded, trove};
 
 const PARTITIONS: u32 = 64;
@@ -181,4 +185,79 @@ fn a_drain_starts_moves_off_the_node_and_status_shows_it_drained() {
     let status = cluster_command(&endpoint, &["status"]);
     let status = text(&status.stdout);
     assert!(status.contains("drained: node 2"), "{status}");
+}
+
+#[test]
+fn the_control_thread_puts_its_shards_move_reports_in_etcd() {
+    let Some(etcd) = etcd_or_skip() else {
+        return;
+    };
+    let coordinator = CoordinatorConfig {
+        keys: ClusterKeys::new(NAME).unwrap(),
+        node: NodeId(1),
+        info: NodeInfo {
+            address: "127.0.0.1".into(),
+            port: 1,
+            shard_ports: vec![2],
+            version: "test".into(),
+            metrics: None,
+        },
+        partitions: PARTITIONS,
+        lease_ttl_s: 2,
+        poll_ns: 250_000_000,
+        settle_ns: 200_000_000,
+    };
+    let config = ControlConfig {
+        endpoints: vec![etcd.endpoint()],
+        coordinator,
+    };
+    let control = ControlHandle::start(config, Box::new(|_, _, _| {})).expect("starts");
+    let reports = control.move_reports();
+    let report = |step| MoveReport {
+        partition: PartitionId(3),
+        part_epoch: Epoch(40),
+        to: NodeId(2),
+        to_shard: ShardId(0),
+        step,
+    };
+    let ready = MoveStep::Ready {
+        snapshot_bytes: 1_000,
+        events_streamed: 12,
+    };
+    reports.try_send(report(ready)).expect("room for a report");
+    let record = poll_for(Duration::from_secs(10), "moves/3 ready", || {
+        let view = CLUSTER.read_view(&etcd)?;
+        view.moves.get(&3).cloned()
+    });
+    assert_eq!(record.part_epoch, 40);
+    assert_eq!(record.from.0, 1);
+    assert_eq!(record.to, (2, 0));
+    assert_eq!(
+        record.state,
+        MoveState::Ready {
+            snapshot_bytes: 1_000,
+            events_streamed: 12
+        }
+    );
+    let released = MoveStep::Released {
+        flipped: true,
+        events_held: 4,
+        pause_ns: 900_000,
+    };
+    reports
+        .try_send(report(released))
+        .expect("room for a report");
+    let record = poll_for(Duration::from_secs(10), "moves/3 released", || {
+        let view = CLUSTER.read_view(&etcd)?;
+        view.moves
+            .get(&3)
+            .filter(|record| record.state == MoveState::Released)
+            .cloned()
+    });
+    let released = record.released.expect("the numbers of the release");
+    assert_eq!(
+        (released.flipped, released.events_held, released.pause_ns),
+        (true, 4, 900_000)
+    );
+    control.stop();
 }

@@ -40,7 +40,8 @@ use crate::cluster::keys::{
     PinRecord, Released, SettingsRecord, bounded_reason, decode_json, encode_json,
 };
 use crate::cluster::placement::{
-    LiveNode, MoveInputs, Placement, decode_record, encode_record, next_owners, plan_moves,
+    LiveNode, MoveInputs, OwnerState, PART_EPOCH_THIS_RECORD, Placement, decode_record,
+    encode_record, next_owners, plan_moves,
 };
 use crate::constants::{
     CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_NODES_MAX, CLUSTER_RETRY_MS_MAX, CLUSTER_RETRY_MS_MIN,
@@ -639,6 +640,24 @@ impl Coordinator {
             starts: !plan.started.is_empty(),
             ..MoveEnds::default()
         };
+        // Moves the sticky rule ended: the source's lease ended, or it registered again.
+        for (partition, (was, now)) in current.iter().zip(&plan.owners).enumerate() {
+            if was.state.migrating_to().is_none() || now.part_epoch != PART_EPOCH_THIS_RECORD {
+                continue;
+            }
+            if plan.flipped.contains(&(partition as u32))
+                || plan.abandoned.iter().any(|(p, _)| *p == partition as u32)
+            {
+                continue;
+            }
+            let reason = if now.state == OwnerState::Offline {
+                format!("the source {}'s lease ended", was.node)
+            } else {
+                format!("the source {} restarted (registered again)", was.node)
+            };
+            let record = self.ended_record(partition as u32, was, Some(reason));
+            ends.ended.push((partition as u32, record));
+        }
         for &partition in &plan.flipped {
             let owner = current[partition as usize];
             ends.ended
@@ -787,11 +806,6 @@ impl Coordinator {
             self.move_records.pop_front();
         }
         self.move_records.push_back((partition, record));
-    }
-
-    /// Moves records written or being written; for tests and `trove cluster status`.
-    pub fn move_records_queued(&self) -> usize {
-        self.move_records.len()
     }
 
     /// etcd's reply to the request in flight.
@@ -1197,7 +1211,6 @@ impl Coordinator {
 mod tests {
     use super::*;
     use crate::cluster::model::ModelEtcd;
-    use crate::cluster::placement::OwnerState;
     use crate::core::ids::ShardId;
 
     const PARTITIONS: u32 = 64;
@@ -1930,6 +1943,33 @@ mod tests {
             assert!(reason.contains("no longer live"), "{reason}");
         }
         assert!(after.owners().iter().all(|owner| owner.node != NodeId(3)));
+    }
+
+    #[test]
+    fn a_source_whose_lease_ends_mid_move_goes_offline_and_the_move_says_why() {
+        let mut cluster = Cluster::new(3);
+        cluster.run_ms(2_000);
+        let controller = cluster.controllers()[0];
+        cluster.add(Coordinator::new(config(4, 2)), false);
+        cluster.run_ms(1_500);
+        let placement = cluster.stored();
+        let (p, source) = (0..PARTITIONS)
+            .map(|p| (p, *placement.owner(PartitionId(p))))
+            .find(|(_, owner)| {
+                owner.state.migrating_to().is_some() && owner.node.0 as usize != controller + 1
+            })
+            .expect("a move whose source is not the controller");
+        cluster.paused[source.node.0 as usize - 1] = true;
+        cluster.run_ms((TTL_S + 1) * 1_000);
+        let owner = *cluster.stored().owner(PartitionId(p));
+        assert_eq!(
+            (owner.node, owner.state),
+            (source.node, OwnerState::Offline)
+        );
+        let record = move_record(&cluster, p).expect("the end of the move is recorded");
+        assert_eq!(record.part_epoch, source.part_epoch.get());
+        let reason = record.abandoned.unwrap();
+        assert!(reason.contains("lease ended"), "{reason}");
     }
 
     #[test]
