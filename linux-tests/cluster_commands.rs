@@ -211,8 +211,8 @@ fn the_control_thread_puts_its_shards_move_reports_in_etcd() {
         endpoints: vec![etcd.endpoint()],
         coordinator,
     };
-    let control = ControlHandle::start(config, Box::new(|_, _, _| {})).expect("starts");
-    let reports = control.move_reports();
+    let (reports, received) = flume::bounded(4);
+    let control = ControlHandle::start(config, Box::new(|_, _, _| {}), received).expect("starts");
     let report = |step| MoveReport {
         partition: PartitionId(3),
         part_epoch: Epoch(40),

@@ -28,7 +28,7 @@ use crate::core::shard::{MoveReport, ShardStats, Stalls};
 use crate::metrics::housekeeping::ClusterSource;
 use crate::metrics::{Housekeeping, MetricsListen, NodeInfo, SnapshotSender, snapshot_channel};
 use crate::net::listener::{listen, local_addr, probe_port_free, serve_listeners};
-use crate::runtime::config::{ConfigError, RuntimeConfig};
+use crate::runtime::config::{ConfigError, MoveReports, RuntimeConfig};
 use crate::runtime::control_feed::{FeedReceiver, FeedSender, ShardUpdate, feed, spawn_feed_task};
 use crate::runtime::executors::{Shards, StartError, spawn_shards};
 use crate::runtime::shard::Shard;
@@ -269,8 +269,6 @@ struct ShardSockets {
     metrics: Option<SnapshotSender>,
     /// The shard's end of its feed from the control thread, in a cluster.
     feed: Option<FeedReceiver>,
-    /// Where the shard sends what it has to say about its partition moves, in a cluster.
-    move_reports: Option<flume::Sender<MoveReport>>,
     /// With a data dir: the store, the partition count, and where to report the recovery.
     store: Option<ShardStore>,
 }
@@ -319,6 +317,15 @@ impl Node {
         let mut runtime = config.runtime.clone();
         runtime.shard_ports = shard_addrs.iter().map(|addr| addr.port()).collect();
         runtime.cluster_node = config.cluster_node;
+        // Bounded: a shard that finds it full keeps its report for its next pass.
+        let move_reports = match config.cluster_node {
+            None => None,
+            Some(_) => {
+                let (sender, receiver) = flume::bounded(NODE_MOVE_REPORTS_QUEUED_MAX);
+                runtime.move_reports = MoveReports(Some(sender));
+                Some(receiver)
+            }
+        };
         let (feeds, mut feed_ends) = match config.cluster_node {
             None => (Vec::new(), Vec::new()),
             Some(_) => (0..shards)
@@ -332,14 +339,6 @@ impl Node {
                 .unzip(),
         };
         let mut feed_ends = feed_ends.drain(..);
-        // Bounded: a shard that finds it full keeps its report for its next pass.
-        let (move_reports_to_control, move_reports) = match config.cluster_node {
-            None => (None, None),
-            Some(_) => {
-                let (sender, receiver) = flume::bounded(NODE_MOVE_REPORTS_QUEUED_MAX);
-                (Some(sender), Some(receiver))
-            }
-        };
         let metrics_listener = match config.metrics {
             MetricsListen::Off => None,
             MetricsListen::On(metrics_addr) => Some(Housekeeping::bind(metrics_addr).map_err(
@@ -369,7 +368,6 @@ impl Node {
                 link_tls: config.link_tls.clone(),
                 metrics: metrics_listener.as_ref().map(|_| snapshot_sender.clone()),
                 feed: feed_ends.next(),
-                move_reports: move_reports_to_control.clone(),
                 store: runtime.store.as_ref().map(|store| {
                     let (report, reports) = std::sync::mpsc::channel();
                     recovery_reports.push(reports);
@@ -531,7 +529,7 @@ fn serve_shard(shard: Rc<Shard>, sockets: ShardSockets) {
     if let Some(feed) = sockets.feed {
         spawn_feed_task(shard.clone(), feed);
     }
-    shard.set_move_reports(sockets.move_reports);
+
     serve_listeners(
         shard,
         [sockets.shared, sockets.own],
