@@ -172,11 +172,22 @@ struct IncomingMove {
     handed_off: bool,
 }
 
+/// A partition handed off to this shard whose flip this shard has not seen yet: its events
+/// (from this shard's clients, other shards, and the source forwarding what it held) wait
+/// here in arrival order until the placement makes the partition this shard's (then they are
+/// applied here) or drops the move (then they go where it says). Without it they would be
+/// answered `Moved` back and forth between a source that flipped and a target that has not.
+struct Arriving {
+    partition: PartitionId,
+    hold: Hold,
+}
+
 /// The shard's moves, out and in. See the module documentation.
 #[derive(Default)]
 pub(super) struct Moves {
     out: Vec<OutgoingMove>,
     incoming: Vec<IncomingMove>,
+    arriving: Vec<Arriving>,
     reports: VecDeque<MoveReport>,
     /// Socket credit of the client events held, summed (away from their connections).
     held_credit: Credit,
@@ -289,6 +300,7 @@ impl ShardCore {
             self.finish_move(now_ns, m, flipped);
         }
         self.settle_incoming();
+        self.settle_arriving(now_ns);
     }
 
     /// Starts the moves the placement asks of this shard that are not under way: partitions
@@ -403,6 +415,12 @@ impl ShardCore {
                 } else {
                     Route::Local(local.moving())
                 };
+            }
+        }
+        for arriving in &self.moves.arriving {
+            let route = &mut self.routes[arriving.partition.index()];
+            if !matches!(route, Route::Local(_)) {
+                *route = Route::Hold(arriving.partition);
             }
         }
     }
@@ -686,14 +704,21 @@ impl ShardCore {
     }
 
     fn hold_event(&mut self, partition: PartitionId, bytes: &[u8], origin: HeldOrigin) {
-        let index = self
-            .moves
-            .out_index(partition)
-            .expect("a partition routed Hold has its move");
-        let hold = self.moves.out[index]
-            .hold
-            .as_mut()
-            .expect("a partition routed Hold is holding");
+        let hold = match self.moves.out_index(partition) {
+            Some(index) => self.moves.out[index]
+                .hold
+                .as_mut()
+                .expect("a partition routed Hold is holding"),
+            None => {
+                &mut self
+                    .moves
+                    .arriving
+                    .iter_mut()
+                    .find(|arriving| arriving.partition == partition)
+                    .expect("a partition routed Hold has its move")
+                    .hold
+            }
+        };
         let mut copy = AlignedVec::with_capacity(bytes.len());
         copy.extend_from_slice(bytes);
         hold.events.push_back(HeldEvent {
@@ -801,7 +826,7 @@ impl ShardCore {
     /// link.
     pub fn handle_move_frame(
         &mut self,
-        _now_ns: u64,
+        now_ns: u64,
         link: ConnectionId,
         kind: FrameKind,
         body: &[u8],
@@ -812,7 +837,7 @@ impl ShardCore {
         let result = match kind {
             FrameKind::MoveSnapshot => self.handle_move_chunk(link, body),
             FrameKind::MoveEvents => self.handle_move_events(link, body),
-            FrameKind::MoveHandoff => self.handle_move_handoff(link, body),
+            FrameKind::MoveHandoff => self.handle_move_handoff(now_ns, link, body),
             kind => Err(MoveError::Frame(FrameError::UnexpectedKind { kind })),
         };
         if result.is_err() {
@@ -1004,7 +1029,12 @@ impl ShardCore {
         Ok(())
     }
 
-    fn handle_move_handoff(&mut self, _link: ConnectionId, body: &[u8]) -> Result<(), MoveError> {
+    fn handle_move_handoff(
+        &mut self,
+        now_ns: u64,
+        _link: ConnectionId,
+        body: &[u8],
+    ) -> Result<(), MoveError> {
         let (head, records) = Self::move_head(FrameKind::MoveHandoff, body)?;
         if records.count() != 1 {
             return Err(protocol(
@@ -1015,8 +1045,53 @@ impl ShardCore {
             return Ok(());
         };
         self.moves.incoming[index].handed_off = true;
+        let partition = self.moves.incoming[index].partition;
         self.ack_incoming(index);
+        self.hold_until_flip(now_ns, partition);
         Ok(())
+    }
+
+    /// The partition was handed off here: its events wait for the flip (see [`Arriving`]).
+    fn hold_until_flip(&mut self, now_ns: u64, partition: PartitionId) {
+        let waiting = self.moves.arriving.iter().any(|a| a.partition == partition);
+        if waiting || matches!(self.routes[partition.index()], Route::Local(_)) {
+            return;
+        }
+        self.moves.arriving.push(Arriving {
+            partition,
+            hold: Hold {
+                since_ns: now_ns,
+                events: VecDeque::new(),
+                count: 0,
+            },
+        });
+        self.routes[partition.index()] = Route::Hold(partition);
+    }
+
+    /// Lets go of the events held for partitions whose flip came (they are served here now)
+    /// or whose move was dropped, under the routes of the new placement.
+    fn settle_arriving(&mut self, now_ns: u64) {
+        let mut index = 0;
+        while index < self.moves.arriving.len() {
+            let partition = self.moves.arriving[index].partition;
+            let staged = self
+                .moves
+                .incoming
+                .iter()
+                .any(|m| m.partition == partition && m.handed_off);
+            if staged && !matches!(self.base_route(partition), Route::Local(_)) {
+                index += 1;
+                continue;
+            }
+            let arriving = self.moves.arriving.swap_remove(index);
+            self.routes[partition.index()] = self.base_route(partition);
+            self.patch_move_routes();
+            self.moves.held_now -= arriving.hold.events.len() as u64;
+            for event in arriving.hold.events {
+                self.release_held_event(now_ns, event);
+            }
+            self.after_release();
+        }
     }
 
     fn ack_incoming(&mut self, index: usize) {

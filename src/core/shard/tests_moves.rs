@@ -224,6 +224,34 @@ fn a_move_under_load_flips_with_the_state_at_hand_off_and_every_event_answered_o
 }
 
 #[test]
+fn a_target_that_learns_the_flip_last_holds_what_the_source_forwards_and_applies_it_at_its_flip() {
+    let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
+    let mut wire = Wire::new();
+    let (conn, mut replies, _, events) = move_to_handoff(&mut a, &mut b, &mut wire, 15);
+    // A learns the flip first and forwards what it held; B, handed off but not flipped yet,
+    // holds them instead of answering `Moved` back to a source that no longer owns them.
+    a.handle_placement(60, flipped()).unwrap();
+    pump_all(&mut wire, &mut a, &mut b);
+    assert!(write_all(&mut a, conn).replies.is_empty(), "held at B");
+    assert_eq!(b.move_events_held(), 15);
+    b.check_credit().unwrap();
+    b.handle_placement(70, flipped()).unwrap();
+    assert_eq!(b.move_events_held(), 0);
+    pump_all(&mut wire, &mut a, &mut b);
+    replies.extend(write_all(&mut a, conn).replies);
+    assert!(
+        replies
+            .iter()
+            .all(|reply| !matches!(reply.outcome, Outcome::Moved { .. })),
+        "nothing bounced"
+    );
+    assert_eq!(by_seq(&replies), single_node_answers(&events));
+    assert_eq!(b.stats().events_applied_for_peers, 15);
+    a.check_credit().unwrap();
+    b.check_credit().unwrap();
+}
+
+#[test]
 fn an_abandon_during_the_hold_applies_the_held_events_at_the_source_and_drops_the_staged_state() {
     let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
     let mut wire = Wire::new();
