@@ -604,3 +604,35 @@ fn a_source_paused_mid_move_loses_nothing_and_serves_again() {
     );
     check_players(players);
 }
+
+#[test]
+fn bench_cluster_with_moves_reports_each_flip_pause() {
+    let _serial = one_at_a_time();
+    if support::installed("etcd").is_none() {
+        return;
+    }
+    let output = run_bounded(
+        trove().args([
+            "bench",
+            "--cluster",
+            "2",
+            "--moves",
+            "5",
+            "--duration",
+            "4",
+            "--warmup",
+            "1",
+        ]),
+        COMMAND_WAIT * 2,
+    );
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}{}", stderr(&output));
+    assert!(
+        text.contains("live moves during the run: 5 moved, 0 failed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flip pause (the source's hold, 5 moves reported): p50"),
+        "{text}"
+    );
+}

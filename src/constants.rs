@@ -1046,6 +1046,8 @@ pub const MOVE_RETRY_BACKOFF_MS_MAX: u64 = 10_000;
 /// Least time between two placement writes that start moves (so moves are paced, not dealt
 /// all at once when a node joins), in ms.
 pub const MOVE_START_GAP_MS_DEFAULT: u64 = 200;
+/// Most live moves `trove bench --cluster N --moves K` makes in one run (one at a time).
+pub const BENCH_MOVES_MAX: u32 = 10_000;
 /// Most move reports of a node's shards queued for its control thread; a shard whose report
 /// does not fit keeps it and sends it on its next pass (see `ControlHandle::start`).
 pub const NODE_MOVE_REPORTS_QUEUED_MAX: usize = 256;

@@ -83,6 +83,11 @@ pub struct BenchArgs {
     /// With --cluster: shards each node runs
     #[arg(long, value_name = "K", requires = "cluster")]
     pub shards_per_node: Option<usize>,
+    /// With --cluster: while the load runs, move K random partitions live, one at a time, each
+    /// to a random other node (as `trove cluster move` does), and report the pause each
+    /// partition's clients saw at its flip (p50, p99, max, as the moves' sources measured it)
+    #[arg(long, value_name = "K", requires = "cluster")]
+    pub moves: Option<u32>,
     /// File holding the node's shared secret (see `trove node --help`): the generator
     /// authenticates every connection; an embedded node requires it too. A file, never a flag,
     /// so the secret stays out of process lists and shell histories

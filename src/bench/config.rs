@@ -14,9 +14,9 @@ use crate::bench::workload::{Mix, Workload};
 use crate::client::auth::read_secret_file;
 use crate::client::tls::{TlsClient, TlsClientFiles};
 use crate::constants::{
-    BENCH_CONNECTIONS_MAX, BENCH_DURATION_S_MAX, BENCH_SCHEDULE_S_MAX, BENCH_TS_INTENDED_NS_BITS,
-    BENCH_WINDOW_MAX, CLUSTER_UP_NODES_MAX, FRAME_RECORDS_MAX, PARTITIONS_DEFAULT, SHARDS_MAX,
-    SWEEP_STEPS_MAX,
+    BENCH_CONNECTIONS_MAX, BENCH_DURATION_S_MAX, BENCH_MOVES_MAX, BENCH_SCHEDULE_S_MAX,
+    BENCH_TS_INTENDED_NS_BITS, BENCH_WINDOW_MAX, CLUSTER_UP_NODES_MAX, FRAME_RECORDS_MAX,
+    PARTITIONS_DEFAULT, SHARDS_MAX, SWEEP_STEPS_MAX,
 };
 use crate::core::auth::AuthSecret;
 use crate::host::affinity::allowed_cpus;
@@ -69,6 +69,9 @@ pub enum TargetConfig {
         nodes: usize,
         shards_per_node: usize,
         partitions: u32,
+        /// Live moves made during the run (`--moves`); 0 for none.
+        #[serde(skip_serializing_if = "is_zero")]
+        moves: u32,
     },
 }
 
@@ -226,6 +229,10 @@ fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
     Ok(value)
 }
 
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
 fn resolve(flag: &str, addr: &str) -> Result<SocketAddr, String> {
     addr.to_socket_addrs()
         .map_err(|error| format!("--{flag} {addr}: {error}; write it as HOST:PORT"))?
@@ -298,6 +305,7 @@ impl BenchConfig {
                     SHARDS_MAX,
                 )?,
                 partitions: args.partitions.unwrap_or(PARTITIONS_DEFAULT),
+                moves: in_range("moves", args.moves.unwrap_or(0), 0, BENCH_MOVES_MAX)?,
             },
             (None, None) => TargetConfig::Embedded {
                 node_cpus: match &args.node_cpus {

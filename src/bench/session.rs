@@ -14,7 +14,7 @@ use crate::bench::disk::{RedisServer, RunDir};
 use crate::bench::report::summary::{LogSummary, NodeSummary};
 use crate::runtime::store::StoreConfig;
 
-use crate::bench::cluster::{ClusterSpec, LocalCluster};
+use crate::bench::cluster::{ClusterFigures, ClusterSpec, LocalCluster, MoveRun};
 use crate::bench::config::{BenchConfig, LoadConfig, PeerConfig, TargetConfig};
 use crate::bench::generator::Protocol;
 use crate::bench::progress::Progress;
@@ -95,6 +95,7 @@ fn start_target(
             nodes,
             shards_per_node,
             partitions,
+            ..
         } => {
             let spec = ClusterSpec {
                 nodes: *nodes,
@@ -435,7 +436,14 @@ fn execute_against(
         (Some(out), true) => Some(crate::bench::profile::Recording::start(out)?),
         _ => None,
     };
+    let moves = match (cluster, &config.target) {
+        (Some(cluster), TargetConfig::Cluster { moves, .. }) if *moves > 0 => {
+            Some(cluster.start_moves(*moves, config.workload.seed))
+        }
+        _ => None,
+    };
     let (main, sweep) = run_main(addr, config, progress)?;
+    let moves = moves.map(MoveRun::finish).transpose()?;
     let trove_done = Instant::now();
     if let Some(recording) = recording {
         progress.note("drawing the flame graphs of the run…");
@@ -444,7 +452,10 @@ fn execute_against(
     let figures = match (cluster, before) {
         (Some(cluster), Some(before)) => {
             let after = cluster.quiet_sample(snapshot_wait, CLUSTER_SAMPLE_TRIES)?;
-            Some(cluster.figures(&before, &after))
+            Some(ClusterFigures {
+                moves,
+                ..cluster.figures(&before, &after)
+            })
         }
         _ => None,
     };
