@@ -470,7 +470,11 @@ fn drain_add_a_node_and_rebalance_under_load_lose_nothing() {
     let mut node_3 = cluster.nodes.remove(&3).unwrap();
     node_3.stop();
     assert!(
-        node_3.child.wait().unwrap().success(),
+        node_3
+            .child
+            .try_wait()
+            .unwrap()
+            .is_some_and(|status| status.success()),
         "the drained node did not stop cleanly"
     );
 }

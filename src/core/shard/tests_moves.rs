@@ -462,46 +462,41 @@ fn pump_back(wire: &mut Wire, b: &mut ShardCore, a: &mut ShardCore) {
 }
 
 #[test]
-fn events_from_another_nodes_link_are_held_too_and_applied_once_on_an_abandon_or_answered_moved_on_a_flip()
- {
+fn a_targets_own_clients_events_wait_for_its_flip_and_go_to_the_source_on_an_abandon() {
     for flip in [false, true] {
         let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
         let mut wire = Wire::new();
         let (_, _, _, _) = move_to_handoff(&mut a, &mut b, &mut wire, 0);
-        // A client of B sends events of the moving partition: B forwards them to A (its
-        // placement still says A owns it), and A holds them.
+        // A client of B sends events of the partition handed off to B: B holds them for its
+        // flip rather than forwarding them to A, which holds too.
         let events = moving_events(100..106);
         let conn = b.handle_connect(0).unwrap();
         offer(&mut b, conn, &frame(&events, 3));
         let mut back = Wire::new();
         pump_back(&mut back, &mut b, &mut a);
-        assert_eq!(a.move_events_held(), 6);
+        assert_eq!((a.move_events_held(), b.move_events_held()), (0, 6));
         assert!(
             write_all(&mut b, conn).replies.is_empty(),
             "held, not answered"
         );
-        a.check_credit().unwrap();
+        b.check_credit().unwrap();
 
         let placement = if flip { flipped() } else { abandoned() };
-        a.handle_placement(80, placement).unwrap();
+        a.handle_placement(80, placement.clone()).unwrap();
+        b.handle_placement(80, placement).unwrap();
         pump_back(&mut back, &mut b, &mut a);
         let replies = write_all(&mut b, conn).replies;
         assert_eq!(replies.len(), 6, "each held event answered once");
         for reply in &replies {
-            if flip {
-                // Never forwarded a second time: B's client asks the new owner itself.
-                assert!(
-                    matches!(reply.outcome, Outcome::Moved { node: 2, .. }),
-                    "{reply:?}"
-                );
-            } else {
-                assert!(
-                    !matches!(reply.outcome, Outcome::Moved { .. } | Outcome::Error { .. }),
-                    "applied at A: {reply:?}"
-                );
-            }
+            // Applied at B after its flip, or forwarded to A, which serves it again.
+            assert!(
+                !matches!(reply.outcome, Outcome::Moved { .. } | Outcome::Error { .. }),
+                "applied: {reply:?}"
+            );
         }
-        assert_eq!(a.move_events_held(), 0);
+        let applied_at_a = a.stats().events_applied_for_peers;
+        assert_eq!(applied_at_a, if flip { 0 } else { 6 });
+        assert_eq!(b.move_events_held(), 0);
         a.check_credit().unwrap();
         b.check_credit().unwrap();
     }
