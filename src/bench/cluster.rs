@@ -23,6 +23,7 @@ use crate::cluster::etcd::EtcdClient;
 use crate::cluster::keys::{ClusterKeys, PinRecord, Released};
 use crate::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess, find_on_path, path_str};
 use crate::cluster::operator::{Operator, placement_of};
+use crate::cluster::placement::OwnerState;
 use crate::cluster::status::ClusterStatus;
 use crate::constants::{BENCH_CLUSTER_SETTLE_MS_MAX, CLUSTER_LEASE_TTL_S_DEFAULT};
 use crate::core::auth::AuthSecret;
@@ -596,6 +597,8 @@ const MOVES_STREAM: u64 = 0x6d6f_7665;
 const MOVE_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one move may take, from its pin to the source's report of its flip.
 const MOVE_WAIT: Duration = Duration::from_secs(30);
+/// How long the mover waits, after it saw a flip, for the source's report of its pause.
+const MOVE_REPORT_WAIT: Duration = Duration::from_secs(2);
 /// How often the mover reads etcd while a move is under way.
 const MOVE_POLL: Duration = Duration::from_millis(5);
 
@@ -617,8 +620,10 @@ impl Mover {
             match self.one_move()? {
                 Ok(released) => {
                     figures.moved += 1;
-                    figures.events_held += released.events_held;
-                    figures.pauses_ms.push(released.pause_ns as f64 / 1e6);
+                    if let Some(released) = released {
+                        figures.events_held += released.events_held;
+                        figures.pauses_ms.push(released.pause_ns as f64 / 1e6);
+                    }
                 }
                 Err(failure) => figures.failed.push(failure),
             }
@@ -628,9 +633,10 @@ impl Mover {
         Ok(figures)
     }
 
-    /// Pins a random partition to a random other (node, shard) and waits for its source's
-    /// report of the flip: `Ok(Err(why))` when the move failed, `Err` when etcd did.
-    fn one_move(&mut self) -> Result<Result<Released, String>, String> {
+    /// Pins a random partition to a random other (node, shard) and waits for the flip and its
+    /// source's report of it (`None` when the report did not come within `MOVE_REPORT_WAIT`
+    /// of the flip): `Ok(Err(why))` when the move failed, `Err` when etcd did.
+    fn one_move(&mut self) -> Result<Result<Option<Released>, String>, String> {
         let view = self
             .operator
             .read()
@@ -656,12 +662,25 @@ impl Mover {
             .put_pin(partition, pin)
             .map_err(|error| error.message().to_owned())?;
         let deadline = Instant::now() + MOVE_WAIT;
+        let mut flipped_at = None;
         while Instant::now() < deadline {
             std::thread::sleep(MOVE_POLL);
             let view = self
                 .operator
                 .read()
                 .map_err(|error| error.message().to_owned())?;
+            let now_owner = view
+                .assignment
+                .as_ref()
+                .map(|placement| *placement.owner(PartitionId(partition)));
+            if now_owner.is_some_and(|owner| {
+                (owner.node.0, owner.shard.0) == (node, shard) && owner.state == OwnerState::Serving
+            }) {
+                let at = *flipped_at.get_or_insert_with(Instant::now);
+                if at.elapsed() > MOVE_REPORT_WAIT {
+                    return Ok(Ok(None));
+                }
+            }
             let Some(record) = view.moves.get(&partition) else {
                 continue;
             };
@@ -674,7 +693,7 @@ impl Mover {
                 )));
             }
             if let Some(released) = record.released.filter(|released| released.flipped) {
-                return Ok(Ok(released));
+                return Ok(Ok(Some(released)));
             }
         }
         Ok(Err(format!(

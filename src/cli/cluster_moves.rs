@@ -114,6 +114,13 @@ pub fn run_move(
         )?;
         return Ok(0);
     }
+    if owner.node == node {
+        return Err(OperatorError::Usage(format!(
+            "partition {} is on {node} already ({}): a move goes to another node; moves \
+             between the shards of one node are not made",
+            args.partition, owner.shard
+        )));
+    }
     let pin = PinRecord {
         node: node.0,
         shard: shard.map(|s| s.0),
@@ -251,6 +258,9 @@ pub fn run_rebalance(
             plan_by_load(&heading, &slots, &rates)
         }
     };
+    // A move goes to another node: shards of one node are not evened out against each other.
+    let mut plan = plan;
+    plan.retain(|&(partition, (node, _))| heading[partition as usize].node != node);
     let mut goals: BTreeMap<u32, Goal> = heading
         .iter()
         .zip(placement.owners())

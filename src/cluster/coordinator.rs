@@ -658,11 +658,9 @@ impl Coordinator {
             let record = self.ended_record(partition as u32, was, Some(reason));
             ends.ended.push((partition as u32, record));
         }
-        for &partition in &plan.flipped {
-            let owner = current[partition as usize];
-            ends.ended
-                .push((partition, self.ended_record(partition, &owner, None)));
-        }
+        // A flip writes no `moves/<p>` record: the assignment shows it, and the source's
+        // `released` record follows it, which a record written here from an older read could
+        // overwrite.
         for (partition, reason) in plan.abandoned {
             let owner = current[partition as usize];
             let record = self.ended_record(partition, &owner, Some(bounded_reason(&reason)));

@@ -241,8 +241,30 @@ fn next_owner(partition: u32, owner: &Owner, live: &BTreeMap<NodeId, LiveNode>) 
 /// The (node, shard) the controller wants `partition` on, owned now by `current`: its pin
 /// when the pinned node is among `eligible` (live, not drained) and has that shard (a pin
 /// without a shard keeps the shard it is on, or takes the node's rendezvous shard); else the
-/// rendezvous winner over `eligible`. `None` when nothing is eligible.
+/// rendezvous winner over `eligible`; its own shard when that is on its own node (moves go
+/// between nodes). `None` when nothing is eligible.
 pub fn desired_owner(
+    partition: u32,
+    current: &Owner,
+    pin: Option<&PinRecord>,
+    eligible: &BTreeMap<NodeId, LiveNode>,
+) -> Option<(NodeId, ShardId)> {
+    let wanted = wanted_owner(partition, current, pin, eligible)?;
+    // A move goes to another node: a partition its node keeps stays on its shard.
+    let keeps = wanted.0 == current.node
+        && eligible
+            .get(&current.node)
+            .is_some_and(|node| current.shard.0 < node.shards);
+    Some(if keeps {
+        (current.node, current.shard)
+    } else {
+        wanted
+    })
+}
+
+/// [`desired_owner`] before the rule that a partition does not move between the shards of
+/// one node.
+fn wanted_owner(
     partition: u32,
     current: &Owner,
     pin: Option<&PinRecord>,
@@ -478,6 +500,32 @@ mod tests {
         assert!(error.contains("partition 0 has state 0"), "{error}");
         let move_without_target = br#"{"format":2,"owners":[[1,0,4,2],[2,1,4,1]]}"#;
         assert!(decode_record(move_without_target, 9).is_err());
+    }
+
+    #[test]
+    fn a_partition_its_node_keeps_stays_on_its_shard() {
+        let nodes = live(&[(1, 4, 3)]);
+        for partition in 0..64 {
+            for shard in 0..4 {
+                let current = Owner {
+                    node: NodeId(1),
+                    shard: ShardId(shard),
+                    part_epoch: Epoch(5),
+                    state: OwnerState::Serving,
+                };
+                let pin = PinRecord {
+                    node: 1,
+                    shard: Some((shard + 1) % 4),
+                };
+                for pin in [None, Some(&pin)] {
+                    assert_eq!(
+                        desired_owner(partition, &current, pin, &nodes),
+                        Some((NodeId(1), ShardId(shard))),
+                        "partition {partition} on shard {shard}, pin {pin:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
