@@ -287,9 +287,9 @@ pub enum ClusterCommand {
     Rebalance(RebalanceArgs),
 }
 
-/// The flags every live-move command takes: the cluster, and how to follow the moves.
+/// Which cluster a command reads and writes in etcd: its endpoints and its name.
 #[derive(Args, Debug)]
-pub struct MoveFlags {
+pub struct ClusterAddress {
     /// The cluster's etcd (http://HOST:2379[,…]), as `trove node --cluster` was given it
     /// (--etcd is the same)
     #[arg(
@@ -302,6 +302,13 @@ pub struct MoveFlags {
     /// The cluster's name
     #[arg(long, value_name = "NAME", default_value = "trove")]
     pub cluster_name: String,
+}
+
+/// The flags every live-move command takes: the cluster, and how to follow the moves.
+#[derive(Args, Debug)]
+pub struct MoveFlags {
+    #[command(flatten)]
+    pub cluster: ClusterAddress,
     /// Moves the controller runs at once, from now on (kept in the cluster's settings)
     #[arg(long, value_name = "K")]
     pub moves_max: Option<u32>,
@@ -400,18 +407,8 @@ pub struct UpArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// The cluster's etcd (http://HOST:2379[,…]), as `trove node --cluster` was given it
-    /// (--etcd is the same)
-    #[arg(
-        long = "cluster",
-        visible_alias = "etcd",
-        value_name = "URLS",
-        default_value = "http://127.0.0.1:2379"
-    )]
-    pub etcd: String,
-    /// The cluster's name
-    #[arg(long, value_name = "NAME", default_value = "trove")]
-    pub cluster_name: String,
+    #[command(flatten)]
+    pub cluster: ClusterAddress,
 }
 
 /// `trove cluster …`: returns the exit code.
@@ -460,19 +457,19 @@ fn run_operator(
 }
 
 fn run_status(args: &StatusArgs) -> i32 {
-    let endpoints = match parse_endpoints(&args.etcd) {
+    let endpoints = match parse_endpoints(&args.cluster.etcd) {
         Ok(endpoints) => endpoints,
         Err(message) => {
             eprintln!("trove cluster status: --cluster {message}");
             return 2;
         }
     };
-    if let Err(message) = ClusterKeys::new(&args.cluster_name) {
+    if let Err(message) = ClusterKeys::new(&args.cluster.cluster_name) {
         eprintln!("trove cluster status: --cluster-name: {message}");
         return 2;
     }
     let mut client = EtcdClient::new(endpoints, std::time::Duration::from_secs(3));
-    match ClusterStatus::read(&mut client, &args.cluster_name) {
+    match ClusterStatus::read(&mut client, &args.cluster.cluster_name) {
         Ok(status) => {
             let mut stdout = std::io::stdout();
             let _ = write!(stdout, "{}", status.render());

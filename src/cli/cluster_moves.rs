@@ -32,8 +32,9 @@ pub struct Checked {
 
 /// Checks the flags every live-move command takes; the message is the usage error.
 pub fn check_flags(flags: &MoveFlags) -> Result<Checked, String> {
-    let endpoints = parse_endpoints(&flags.etcd).map_err(|error| format!("--cluster {error}"))?;
-    let keys = ClusterKeys::new(&flags.cluster_name)
+    let endpoints =
+        parse_endpoints(&flags.cluster.etcd).map_err(|error| format!("--cluster {error}"))?;
+    let keys = ClusterKeys::new(&flags.cluster.cluster_name)
         .map_err(|error| format!("--cluster-name: {error}"))?;
     let settings = flags.moves_max.map(SettingsRecord::new).transpose()?;
     if !(1..=MOVE_FOLLOW_S_MAX).contains(&flags.timeout) {
@@ -388,8 +389,10 @@ mod tests {
 
     fn flags() -> MoveFlags {
         MoveFlags {
-            etcd: "http://127.0.0.1:2379".into(),
-            cluster_name: "trove".into(),
+            cluster: crate::cli::cluster::ClusterAddress {
+                etcd: "http://127.0.0.1:2379".into(),
+                cluster_name: "trove".into(),
+            },
             moves_max: None,
             timeout: 60,
         }
@@ -402,8 +405,8 @@ mod tests {
         let cases: [(Breaker, &str); 4] = [
             (|f| f.moves_max = Some(0), "--moves-max 0: give 1 to"),
             (|f| f.timeout = 0, "--timeout 0: give 1 to"),
-            (|f| f.cluster_name = "a/b".into(), "--cluster-name"),
-            (|f| f.etcd = String::new(), "--cluster"),
+            (|f| f.cluster.cluster_name = "a/b".into(), "--cluster-name"),
+            (|f| f.cluster.etcd = String::new(), "--cluster"),
         ];
         for (break_it, expected) in cases {
             let mut bad = flags();
