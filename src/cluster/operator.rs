@@ -224,6 +224,8 @@ pub struct Follow {
     epochs: BTreeMap<u32, BTreeSet<Epoch>>,
     /// Released reports of the moves that flipped: (events held, pause ns).
     released: BTreeMap<u32, (u64, u64)>,
+    /// Each partition's epoch when first seen: a move record after it is one of ours.
+    first_seen: BTreeMap<u32, Epoch>,
 }
 
 impl Follow {
@@ -234,6 +236,7 @@ impl Follow {
             standing,
             epochs: BTreeMap::new(),
             released: BTreeMap::new(),
+            first_seen: BTreeMap::new(),
         }
     }
 
@@ -264,6 +267,7 @@ impl Follow {
                 continue;
             };
             let record = view.moves.get(&partition);
+            let first_seen = *self.first_seen.entry(partition).or_insert(owner.part_epoch);
             self.note_released(partition, record);
             let standing = self.standing[&partition].clone();
             let next = match standing {
@@ -302,7 +306,14 @@ impl Follow {
                             .insert(owner.part_epoch);
                         Standing::Moving(owner.part_epoch)
                     }
-                    None => Standing::Waiting,
+                    // A move that started and ended between two reads: its record says so.
+                    None => match missed_abandon(record, first_seen, goal) {
+                        Some(reason) => {
+                            lines.push(format!("partition {partition}: failed: {reason}"));
+                            Standing::Failed(reason)
+                        }
+                        None => Standing::Waiting,
+                    },
                 },
                 moving => moving,
             };
@@ -395,6 +406,20 @@ impl Follow {
 }
 
 /// Why the move of a partition at `epoch` ended without reaching its goal.
+/// Why a move towards `goal` that started after epoch `since` ended without flipping, if
+/// its record says it did (the follow read the cluster before it started and after it ended).
+fn missed_abandon(record: Option<&MoveRecord>, since: Epoch, goal: Goal) -> Option<String> {
+    let record = record.filter(|record| record.part_epoch > since.get())?;
+    let towards_goal = match goal {
+        Goal::On(node, shard) => {
+            record.to.0 == node.0 && shard.is_none_or(|shard| shard.0 == record.to.1)
+        }
+        Goal::OffNode(node) => record.from.0 == node.0,
+    };
+    let ended = record.abandoned.is_some() || record.released.is_some_and(|r| !r.flipped);
+    (towards_goal && ended).then(|| failure_reason(Some(record), Epoch(record.part_epoch)))
+}
+
 fn failure_reason(record: Option<&MoveRecord>, epoch: Epoch) -> String {
     let Some(record) = record.filter(|record| record.is_move(epoch)) else {
         return "abandoned (the controller recorded no reason)".into();
@@ -589,6 +614,53 @@ mod tests {
             summary.contains("partition 1 failed: abandoned: the target"),
             "{summary}"
         );
+    }
+
+    #[test]
+    fn a_move_that_started_and_ended_between_two_reads_fails_by_its_record() {
+        let mut follow = Follow::new([(0, Goal::On(NodeId(2), None))].into_iter().collect());
+        let start = view_with(vec![owner(1, 3, OwnerState::Serving)], 3, BTreeMap::new());
+        assert!(follow.observe(&start).is_empty());
+        // A record of an older move to node 2 (before the follow began) is not this one.
+        let old = MoveRecord {
+            part_epoch: 2,
+            from: (1, 0),
+            to: (2, 0),
+            state: MoveState::Abandoned,
+            abandoned: Some("an old reason".into()),
+            released: None,
+        };
+        let stale = view_with(
+            vec![owner(1, 3, OwnerState::Serving)],
+            4,
+            [(0, old)].into_iter().collect(),
+        );
+        assert!(follow.observe(&stale).is_empty());
+        // Started at epoch 6 and abandoned at 8, both unseen; the source's record is all.
+        let record = MoveRecord {
+            part_epoch: 6,
+            from: (1, 0),
+            to: (2, 0),
+            state: MoveState::Released,
+            abandoned: None,
+            released: Some(Released {
+                flipped: false,
+                events_held: 3,
+                pause_ns: 1_000,
+            }),
+        };
+        let after = view_with(
+            vec![owner(1, 8, OwnerState::Serving)],
+            8,
+            [(0, record)].into_iter().collect(),
+        );
+        let lines = follow.observe(&after);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with("partition 0: failed: abandoned"),
+            "{lines:?}"
+        );
+        assert!(follow.finished());
     }
 
     #[test]
