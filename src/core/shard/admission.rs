@@ -21,7 +21,7 @@ use crate::core::message::{ArchivedEvent, EventError, Outcome};
 use crate::core::shard::ShardCore;
 use crate::core::shard::connections::{FrameInProgress, ReadSide, Waiting};
 use crate::core::shard::links::{LinkAdmit, LinkDest};
-use crate::core::shard::routing::{Route, reply_to};
+use crate::core::shard::routing::{LocalEvent, Route, reply_to};
 
 /// What [`ShardCore::handle_frame`] did with a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,13 +192,7 @@ impl ShardCore {
                     self.stats.socket_credit_waits += 1;
                     return self.out_of_credit(id, event, credit, None);
                 }
-                let reply = self.apply(local, event);
-                self.stats.events_applied += 1;
-                self.stats.events.count(&event.kind, &reply.outcome);
-                if local.is_moving() {
-                    self.capture_tail(now_ns, local, archive.bytes());
-                }
-                self.reply_applied(id, local, archive.bytes(), &reply, credit);
+                self.apply_client_event(now_ns, id, local, archive, credit);
             }
             Route::Hold(partition) => {
                 if !self.try_take_socket_credit(id, credit) {
@@ -234,6 +228,27 @@ impl ShardCore {
             }
         }
         Dispatch::Done
+    }
+
+    /// Applies a client's event of a partition this shard serves (its socket credit taken),
+    /// streams it to the partition's next owner if it is moving, and queues the reply.
+    #[inline]
+    pub(super) fn apply_client_event(
+        &mut self,
+        now_ns: u64,
+        id: ConnectionId,
+        local: LocalEvent,
+        archive: ValidatedArchive<'_, ArchivedEvent>,
+        credit: Credit,
+    ) {
+        let event = archive.get();
+        let reply = self.apply(local, event);
+        self.stats.events_applied += 1;
+        self.stats.events.count(&event.kind, &reply.outcome);
+        if local.is_moving() {
+            self.capture_tail(now_ns, local, archive.bytes());
+        }
+        self.reply_applied(id, local, archive.bytes(), &reply, credit);
     }
 
     /// Forwards an event over the link to its owner on another node, taking socket credit

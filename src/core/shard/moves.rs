@@ -781,13 +781,7 @@ impl ShardCore {
         let event = archive.get();
         let outcome = match self.route_or_answer(event) {
             Ok(Route::Local(local)) => {
-                let reply = self.apply(local, event);
-                self.stats.events_applied += 1;
-                self.stats.events.count(&event.kind, &reply.outcome);
-                if local.is_moving() {
-                    self.capture_tail(now_ns, local, archive.bytes());
-                }
-                self.reply_applied(id, local, archive.bytes(), &reply, credit);
+                self.apply_client_event(now_ns, id, local, archive, credit);
                 return;
             }
             Ok(Route::Hold(partition)) => {
