@@ -29,8 +29,10 @@ use trove::client::{
 };
 use trove::cluster::local::{EtcdProcess, NodeProcess};
 use trove::cluster::placement::{OwnerState, Placement};
-use trove::core::ids::{NodeId, PartitionId};
+use trove::constants::HUNTS_PER_PARTITION_MAX;
+use trove::core::ids::{HuntId, NodeId, PartitionId};
 use trove::core::message::{Event, EventError, Outcome, OutcomeClass, Reply};
+use trove::core::partition::Partitioner;
 
 use support::cluster::{ClusterSpec, etcd_or_skip, kill_and_reap};
 use support::hunts::{Model, Rng, World, seed_from_env};
@@ -50,6 +52,10 @@ const WORLD: World = World {
     waypoints: 8,
     treasures: 8,
 };
+/// Hunts the background bench creates (`--hunts`; its ids are 1..=this). Its default (1000)
+/// would fill most of the 64 partitions' hunt tables, and whether the checked client's hunts
+/// still fit would depend on which set-up ran first: see `hunt_tables_hold_both_worlds`.
+const BENCH_HUNTS: u64 = 256;
 /// Events the checked client has in flight at once.
 const BATCH: usize = 200;
 /// How long a whole drain, join or rebalance may take.
@@ -138,11 +144,30 @@ impl Cluster {
             &target,
             "--rate",
             "20000",
+            "--hunts",
+            &BENCH_HUNTS.to_string(),
             "--duration",
             &duration,
             "--quiet",
         ]))
     }
+}
+
+/// The set-up of the bench and of the checked client race: both sets of hunts must fit in
+/// every partition's hunt table whatever the order, or the checked client's hunt creations
+/// may be refused (`HuntTableFull`) in one run and not the next.
+#[test]
+fn hunt_tables_hold_both_worlds() {
+    let partitioner = Partitioner::new(CLUSTER.partitions).unwrap();
+    let mut hunts = vec![0usize; CLUSTER.partitions as usize];
+    for hunt in (1..=BENCH_HUNTS).chain(WORLD.hunt_ids()) {
+        hunts[partitioner.partition_of(HuntId(hunt)).index()] += 1;
+    }
+    let (fullest, most) = hunts.iter().enumerate().max_by_key(|(_, n)| **n).unwrap();
+    assert!(
+        *most <= HUNTS_PER_PARTITION_MAX,
+        "partition {fullest} would hold {most} hunts, more than its table's {HUNTS_PER_PARTITION_MAX}: lower BENCH_HUNTS"
+    );
 }
 
 fn owner_node(placement: &Placement, partition: u32) -> NodeId {
@@ -639,4 +664,51 @@ fn bench_cluster_with_moves_reports_each_flip_pause() {
         text.contains("flip pause (the source's hold, 5 moves reported): p50"),
         "{text}"
     );
+}
+
+#[test]
+fn bench_cluster_with_a_drain_reports_the_throughput_around_it() {
+    let _serial = one_at_a_time();
+    let usage = run_bounded(
+        trove().args(["bench", "--cluster", "1", "--drain"]),
+        COMMAND_WAIT,
+    );
+    assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
+    assert!(
+        stderr(&usage).contains("give --cluster 2 or more"),
+        "{}",
+        stderr(&usage)
+    );
+    if support::installed("etcd").is_none() {
+        return;
+    }
+    // 64 partitions: node 2's half moves off it within the run's last two thirds.
+    let output = run_bounded(
+        trove().args([
+            "bench",
+            "--cluster",
+            "2",
+            "--partitions",
+            "64",
+            "--drain",
+            "--duration",
+            "9",
+            "--warmup",
+            "1",
+        ]),
+        COMMAND_WAIT * 2,
+    );
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}{}", stderr(&output));
+    let summary = text
+        .lines()
+        .find(|line| line.contains("drain of node 2:"))
+        .unwrap_or_else(|| panic!("no drain summary: {text}"));
+    assert!(summary.contains(", 0 failed, in "), "{summary}");
+    assert!(summary.contains("it owns nothing now"), "{summary}");
+    let rates = text
+        .lines()
+        .find(|line| line.contains("events/s (median of whole seconds): before the drain "))
+        .unwrap_or_else(|| panic!("no throughput around the drain: {text}"));
+    assert!(rates.contains("/s, during it "), "{rates}");
 }
