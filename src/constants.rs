@@ -243,9 +243,13 @@ pub const LINK_HELLO_BYTES_MAX: usize = 256;
 /// time to each target; it starts at most this many outgoing moves at once (a placement that
 /// asks more is refused per move with `MoveStep::Refused`).
 pub const MOVES_OUTGOING_MAX: usize = 8;
-/// Moves one target shard stages at once (snapshot being received, or staged and waiting for
-/// its flip); one more is refused with a reason on the link.
+/// Moves one target shard receives at once (snapshot or tail still arriving, not handed off
+/// yet); one more is refused with a reason on the link.
 pub const MOVES_INCOMING_MAX: usize = 4;
+/// Moves one target shard stages at once, counting those handed off and waiting for this
+/// node to see their flip (which lags the controller's write on a busy machine, while the
+/// controller already starts the next moves); one more is refused with a reason.
+pub const MOVES_STAGED_MAX: usize = 16;
 /// Tail events a source has streamed that its target has not acknowledged yet: past this the
 /// source stops applying the partition's events and holds them instead of growing the tail.
 pub const MOVE_TAIL_EVENTS_MAX: u64 = 4_096;
@@ -1077,6 +1081,7 @@ const _: () = assert!(CLUSTER_SETTLE_MS_DEFAULT <= CLUSTER_SETTLE_MS_MAX);
 const _: () = assert!(CLUSTER_RETRY_MS_MIN <= CLUSTER_RETRY_MS_MAX);
 const _: () = assert!(CLUSTER_NODES_MAX <= u32::MAX as usize);
 const _: () = assert!(MOVES_INFLIGHT_DEFAULT >= 1 && MOVES_INFLIGHT_DEFAULT <= MOVES_INFLIGHT_MAX);
+const _: () = assert!(MOVES_INCOMING_MAX <= MOVES_STAGED_MAX);
 const _: () = assert!(MOVE_FOLLOW_S_DEFAULT <= MOVE_FOLLOW_S_MAX);
 const _: () = assert!(REBALANCE_SAMPLE_S_DEFAULT <= REBALANCE_SAMPLE_S_MAX);
 // Metrics: shard snapshots, the `/metrics` endpoint on the housekeeping thread, `trove top`.

@@ -52,7 +52,7 @@ use rkyv::util::AlignedVec;
 use crate::constants::{
     ARCHIVE_ALIGN, ERROR_MESSAGE_BYTES_MAX, LINK_BATCH_EVENTS_MAX, MOVE_CATCHUP_EVENTS_MAX,
     MOVE_CHUNK_BYTES_MAX, MOVE_REPORTS_QUEUED_MAX, MOVE_TAIL_BYTES_MAX, MOVE_TAIL_EVENTS_MAX,
-    MOVES_INCOMING_MAX, MOVES_OUTGOING_MAX, SNAPSHOT_ARCHIVE_BYTES_MAX,
+    MOVES_INCOMING_MAX, MOVES_OUTGOING_MAX, MOVES_STAGED_MAX, SNAPSHOT_ARCHIVE_BYTES_MAX,
 };
 use crate::core::codec::{
     FrameBuilder, FrameError, FrameKind, Records, ValidatedArchive, ValidatedFrame, access_record,
@@ -870,9 +870,19 @@ impl ShardCore {
                 owner.part_epoch.get()
             ));
         }
-        if self.moves.incoming.len() >= MOVES_INCOMING_MAX {
+        // A move handed off here waits for this node to see its flip, which can come well
+        // after the controller wrote it and started the next moves: those wait counted apart,
+        // or a busy node would refuse the moves its controller paced correctly.
+        let receiving = self.moves.incoming.iter().filter(|m| !m.handed_off).count();
+        if receiving >= MOVES_INCOMING_MAX {
             return Some(format!(
-                "node {} shard {} already stages {MOVES_INCOMING_MAX} moves; try again after they flip",
+                "node {} shard {} already receives {MOVES_INCOMING_MAX} moves; try again after they are handed off",
+                self.node.0, self.shard.0
+            ));
+        }
+        if self.moves.incoming.len() >= MOVES_STAGED_MAX {
+            return Some(format!(
+                "node {} shard {} already stages {MOVES_STAGED_MAX} moves; try again after they flip",
                 self.node.0, self.shard.0
             ));
         }

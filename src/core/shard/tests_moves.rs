@@ -3,7 +3,7 @@
 //! placements the controller would write (`Migrating`, then a flip or an abandon).
 
 use super::*;
-use crate::constants::MOVE_TAIL_EVENTS_MAX;
+use crate::constants::{MOVE_TAIL_EVENTS_MAX, MOVES_INCOMING_MAX};
 use crate::core::shard::{MoveError, MoveReport, MoveStep};
 
 /// The partition the moves in these tests move: the one of `hunt_on(A, 0)`, node A's.
@@ -500,4 +500,88 @@ fn a_targets_own_clients_events_wait_for_its_flip_and_go_to_the_source_on_an_aba
         a.check_credit().unwrap();
         b.check_credit().unwrap();
     }
+}
+
+/// `halves(epoch)` with A's first `count` partitions (the even ones) moving to B, named by
+/// partition epoch 2.
+fn moving_many(epoch: u32, count: usize) -> Placement {
+    let mut owners = halves(epoch).owners().to_vec();
+    for owner in owners.iter_mut().step_by(2).take(count) {
+        owner.part_epoch = Epoch(2);
+        owner.state = OwnerState::Migrating {
+            to: B,
+            to_shard: ShardId(0),
+        };
+    }
+    Placement::from_owners(Epoch(epoch), owners).unwrap()
+}
+
+/// The steps `core` reported, by partition.
+fn steps_by_partition(core: &mut ShardCore) -> BTreeMap<PartitionId, MoveStep> {
+    std::iter::from_fn(|| core.poll_move_report())
+        .map(|report| (report.partition, report.step))
+        .collect()
+}
+
+#[test]
+fn moves_handed_off_and_waiting_for_their_flip_leave_room_for_the_next_ones() {
+    // The controller flips moves and starts the next ones before a busy target has seen the
+    // flips: the handed-off moves it still stages must not make it refuse the new ones.
+    let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
+    let mut wire = Wire::new();
+    let first = moving_many(3, MOVES_INCOMING_MAX);
+    b.handle_placement(0, first.clone()).unwrap();
+    a.handle_placement(0, first).unwrap();
+    pump_all(&mut wire, &mut a, &mut b);
+    let steps = steps_by_partition(&mut a);
+    assert_eq!(steps.len(), MOVES_INCOMING_MAX);
+    assert!(
+        steps
+            .values()
+            .all(|step| matches!(step, MoveStep::Ready { .. })),
+        "{steps:?}"
+    );
+    assert_eq!(b.moves_staged(), MOVES_INCOMING_MAX);
+
+    let more = moving_many(4, MOVES_INCOMING_MAX + 2);
+    b.handle_placement(0, more.clone()).unwrap();
+    a.handle_placement(0, more).unwrap();
+    pump_all(&mut wire, &mut a, &mut b);
+    let steps = steps_by_partition(&mut a);
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert!(
+        steps
+            .values()
+            .all(|step| matches!(step, MoveStep::Ready { .. })),
+        "{steps:?}"
+    );
+    assert_eq!(b.moves_staged(), MOVES_INCOMING_MAX + 2);
+}
+
+#[test]
+fn a_target_refuses_moves_past_what_it_may_receive_at_once_with_the_reason() {
+    // (MOVES_STAGED_MAX, the bound on moves staged with those handed off, takes more than
+    // one source to reach: a source streams at most MOVES_OUTGOING_MAX at once.)
+    let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
+    let mut wire = Wire::new();
+    let too_many = moving_many(3, MOVES_INCOMING_MAX + 1);
+    b.handle_placement(0, too_many.clone()).unwrap();
+    a.handle_placement(0, too_many).unwrap();
+    pump_all(&mut wire, &mut a, &mut b);
+    let steps = steps_by_partition(&mut a);
+    let refused: Vec<&String> = steps
+        .values()
+        .filter_map(|step| match step {
+            MoveStep::Refused { reason } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    let [reason] = &refused[..] else {
+        panic!("{steps:?}");
+    };
+    assert!(
+        reason.contains(&format!("already receives {MOVES_INCOMING_MAX} moves")),
+        "{reason}"
+    );
+    assert_eq!(b.moves_staged(), MOVES_INCOMING_MAX);
 }
