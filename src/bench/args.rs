@@ -88,6 +88,12 @@ pub struct BenchArgs {
     /// partition's clients saw at its flip (p50, p99, max, as the moves' sources measured it)
     #[arg(long, value_name = "K", requires = "cluster")]
     pub moves: Option<u32>,
+    /// With --cluster N (2 or more): a third of the way into the measured run, drain node N
+    /// (as `trove cluster drain` does: the controller moves its partitions to the others,
+    /// live), and report the cluster's events/s before, during and after the drain, and the
+    /// flip pauses of its moves
+    #[arg(long, requires = "cluster", conflicts_with_all = ["moves", "sweep"])]
+    pub drain: bool,
     /// File holding the node's shared secret (see `trove node --help`): the generator
     /// authenticates every connection; an embedded node requires it too. A file, never a flag,
     /// so the secret stays out of process lists and shell histories

@@ -10,25 +10,22 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::bench::live_moves::{DrainFigures, MoveFigures};
 use crate::client::auth::read_secret_file;
 use crate::client::tls::{TlsClient, TlsClientFiles};
 use crate::client::{connect_authenticated, fetch_map};
 use crate::cluster::etcd::EtcdClient;
-use crate::cluster::keys::{ClusterKeys, PinRecord, Released};
+use crate::cluster::keys::ClusterKeys;
 use crate::cluster::local::{EtcdProcess, LocalNodeConfig, NodeProcess, find_on_path, path_str};
-use crate::cluster::operator::{Operator, placement_of};
-use crate::cluster::placement::OwnerState;
+use crate::cluster::operator::Operator;
 use crate::cluster::status::ClusterStatus;
 use crate::constants::{BENCH_CLUSTER_SETTLE_MS_MAX, CLUSTER_LEASE_TTL_S_DEFAULT};
 use crate::core::auth::AuthSecret;
-use crate::core::ids::{NodeId, PartitionId};
-use crate::core::rng::Rng;
+use crate::core::ids::NodeId;
 use crate::metrics::scrape::NodeScrape;
 
 /// The cluster's name in its own etcd.
@@ -116,9 +113,21 @@ pub struct ClusterFigures {
     /// The live moves made during the run (`--moves`); printed, not in `summary.json`.
     #[serde(skip)]
     pub moves: Option<MoveFigures>,
+    /// The drain made during the run (`--drain`); printed, not in `summary.json`.
+    #[serde(skip)]
+    pub drain: Option<DrainFigures>,
 }
 
 impl LocalCluster {
+    /// An operator on the cluster's etcd (what `trove cluster move` uses), whose requests
+    /// each take at most `timeout`.
+    pub(super) fn operator(&self, timeout: Duration) -> Operator {
+        Operator::new(
+            EtcdClient::new(vec![self.etcd.endpoint()], timeout),
+            ClusterKeys::new(CLUSTER_NAME).expect("the bench's cluster name is valid"),
+        )
+    }
+
     /// Starts etcd and the nodes (each asking clients and the other nodes for the secret in
     /// `auth_file`, if given; with `tls`, each serving TLS with the client's certificate and
     /// key, and requiring certificates of its CA, on client connections and links), and
@@ -295,6 +304,7 @@ impl LocalCluster {
             },
             nodes,
             moves: None,
+            drain: None,
         }
     }
 
@@ -463,10 +473,12 @@ impl ClusterFigures {
             "  CPU-seconds per million events: {:.2} (utime+stime of every node process, from /proc, over {} events)",
             self.cpu_seconds_per_million_events, self.events_applied
         );
-        if let Some(moves) = &self.moves {
-            for line in moves.describe().lines() {
-                let _ = writeln!(out, "  {line}");
-            }
+        let live_moves = [
+            self.moves.as_ref().map(MoveFigures::describe),
+            self.drain.as_ref().map(DrainFigures::describe),
+        ];
+        for line in live_moves.iter().flatten().flat_map(|text| text.lines()) {
+            let _ = writeln!(out, "  {line}");
         }
         out
     }
@@ -506,227 +518,5 @@ mod tests {
         assert_eq!(family_total(&scrape, EVENTS_APPLIED), (12.0, true));
         assert_eq!(family_total(&scrape, LINK_EVENTS), (7.0, true));
         assert_eq!(family_total(&scrape, LINK_BYTES), (0.0, false));
-    }
-}
-
-/// `--moves K`: live single-partition moves made while the load runs, one at a time, each to a
-/// random other node (and shard) of the bench's cluster, through etcd as `trove cluster move`
-/// does (a pin, then the controller's move). What a partition's clients wait at each flip is
-/// the source's hold, which the source measures and reports (`moves/<p>`, `released`).
-pub struct MoveRun {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Result<MoveFigures, String>>,
-}
-
-/// What `--moves` measured.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct MoveFigures {
-    pub moved: u32,
-    pub failed: Vec<String>,
-    /// Each flipped move's pause as its source reported it, in ms, sorted.
-    pub pauses_ms: Vec<f64>,
-    pub events_held: u64,
-    pub seconds: f64,
-}
-
-impl MoveFigures {
-    /// The pause at quantile `q` (nearest rank), if any was reported.
-    pub fn pause_ms(&self, q: f64) -> Option<f64> {
-        let last = self.pauses_ms.len().checked_sub(1)?;
-        let rank = ((q * self.pauses_ms.len() as f64).ceil() as usize).clamp(1, last + 1) - 1;
-        Some(self.pauses_ms[rank])
-    }
-
-    /// The lines the bench prints about the moves.
-    pub fn describe(&self) -> String {
-        let mut text = format!(
-            "live moves during the run: {} moved, {} failed, in {:.1} s; {} events held at the flips",
-            self.moved,
-            self.failed.len(),
-            self.seconds,
-            self.events_held
-        );
-        match (self.pause_ms(0.5), self.pause_ms(0.99), self.pause_ms(1.0)) {
-            (Some(p50), Some(p99), Some(max)) => {
-                let _ = write!(
-                    text,
-                    "\nflip pause (the source's hold, {} moves reported): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
-                    self.pauses_ms.len()
-                );
-            }
-            _ => text.push_str("\nflip pause: no source reported one"),
-        }
-        for failure in &self.failed {
-            let _ = write!(text, "\nmove failed: {failure}");
-        }
-        text
-    }
-}
-
-impl LocalCluster {
-    /// Starts `count` moves, one after another, on a thread of their own (seeded by `seed`).
-    pub fn start_moves(&self, count: u32, seed: u64) -> MoveRun {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mover = Mover {
-            operator: Operator::new(
-                EtcdClient::new(vec![self.etcd.endpoint()], MOVE_REQUEST_TIMEOUT),
-                ClusterKeys::new(CLUSTER_NAME).expect("the bench's cluster name is valid"),
-            ),
-            spec: self.spec,
-            rng: Rng::stream(seed, MOVES_STREAM),
-            stop: stop.clone(),
-        };
-        let thread = std::thread::spawn(move || mover.run(count));
-        MoveRun { stop, thread }
-    }
-}
-
-impl MoveRun {
-    /// Stops after the move under way and returns what was measured.
-    pub fn finish(self) -> Result<MoveFigures, String> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .join()
-            .map_err(|_| "the thread making the moves panicked".to_string())?
-    }
-}
-
-/// The mover's stream of the run's seed (the workload uses others).
-const MOVES_STREAM: u64 = 0x6d6f_7665;
-/// How long one etcd request of the mover may take.
-const MOVE_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one move may take, from its pin to the source's report of its flip.
-const MOVE_WAIT: Duration = Duration::from_secs(30);
-/// How long the mover waits, after it saw a flip, for the source's report of its pause.
-const MOVE_REPORT_WAIT: Duration = Duration::from_secs(2);
-/// How often the mover reads etcd while a move is under way.
-const MOVE_POLL: Duration = Duration::from_millis(5);
-
-struct Mover {
-    operator: Operator,
-    spec: ClusterSpec,
-    rng: Rng,
-    stop: Arc<AtomicBool>,
-}
-
-impl Mover {
-    fn run(mut self, count: u32) -> Result<MoveFigures, String> {
-        let started = Instant::now();
-        let mut figures = MoveFigures::default();
-        for _ in 0..count {
-            if self.stop.load(Ordering::Relaxed) {
-                break;
-            }
-            match self.one_move()? {
-                Ok(released) => {
-                    figures.moved += 1;
-                    if let Some(released) = released {
-                        figures.events_held += released.events_held;
-                        figures.pauses_ms.push(released.pause_ns as f64 / 1e6);
-                    }
-                }
-                Err(failure) => figures.failed.push(failure),
-            }
-        }
-        figures.seconds = started.elapsed().as_secs_f64();
-        figures.pauses_ms.sort_by(f64::total_cmp);
-        Ok(figures)
-    }
-
-    /// Pins a random partition to a random other (node, shard) and waits for the flip and its
-    /// source's report of it (`None` when the report did not come within `MOVE_REPORT_WAIT`
-    /// of the flip): `Ok(Err(why))` when the move failed, `Err` when etcd did.
-    fn one_move(&mut self) -> Result<Result<Option<Released>, String>, String> {
-        let view = self
-            .operator
-            .read()
-            .map_err(|error| error.message().to_owned())?;
-        let placement = placement_of(&view).map_err(|error| error.message().to_owned())?;
-        let partition = self.rng.below(u64::from(placement.partitions())) as u32;
-        let owner = *placement.owner(PartitionId(partition));
-        let others = self.spec.nodes as u64 - 1;
-        if others == 0 {
-            return Ok(Err("a cluster of one node has nowhere to move to".into()));
-        }
-        // Nodes are 1..=N: skip the owner's.
-        let mut node = 1 + self.rng.below(others) as u32;
-        if node >= owner.node.0 {
-            node += 1;
-        }
-        let shard = self.rng.below(self.spec.shards_per_node as u64) as u16;
-        let pin = PinRecord {
-            node,
-            shard: Some(shard),
-        };
-        self.operator
-            .put_pin(partition, pin)
-            .map_err(|error| error.message().to_owned())?;
-        let deadline = Instant::now() + MOVE_WAIT;
-        let mut flipped_at = None;
-        while Instant::now() < deadline {
-            std::thread::sleep(MOVE_POLL);
-            let view = self
-                .operator
-                .read()
-                .map_err(|error| error.message().to_owned())?;
-            let now_owner = view
-                .assignment
-                .as_ref()
-                .map(|placement| *placement.owner(PartitionId(partition)));
-            if now_owner.is_some_and(|owner| {
-                (owner.node.0, owner.shard.0) == (node, shard) && owner.state == OwnerState::Serving
-            }) {
-                let at = *flipped_at.get_or_insert_with(Instant::now);
-                if at.elapsed() > MOVE_REPORT_WAIT {
-                    return Ok(Ok(None));
-                }
-            }
-            let Some(record) = view.moves.get(&partition) else {
-                continue;
-            };
-            if record.from.0 != owner.node.0 || record.to != (node, shard) {
-                continue; // an older move's record
-            }
-            if let Some(reason) = &record.abandoned {
-                return Ok(Err(format!(
-                    "partition {partition} to node {node}: {reason}"
-                )));
-            }
-            if let Some(released) = record.released.filter(|released| released.flipped) {
-                return Ok(Ok(Some(released)));
-            }
-        }
-        Ok(Err(format!(
-            "partition {partition} to node {node} shard {shard}: no flip reported within {MOVE_WAIT:?}"
-        )))
-    }
-}
-
-#[cfg(test)]
-mod move_figure_tests {
-    use super::*;
-
-    #[test]
-    fn pauses_are_read_at_their_nearest_rank_and_failures_are_listed() {
-        let figures = MoveFigures {
-            moved: 100,
-            failed: vec!["partition 3 to node 2: the target's lease ended".into()],
-            pauses_ms: (1..=100).map(f64::from).collect(),
-            events_held: 7,
-            seconds: 12.0,
-        };
-        assert_eq!(figures.pause_ms(0.5), Some(50.0));
-        assert_eq!(figures.pause_ms(0.99), Some(99.0));
-        assert_eq!(figures.pause_ms(1.0), Some(100.0));
-        let text = figures.describe();
-        assert!(text.contains("100 moved, 1 failed"), "{text}");
-        assert!(
-            text.contains("p50 50.00 ms, p99 99.00 ms, max 100.00 ms"),
-            "{text}"
-        );
-        assert!(text.contains("move failed: partition 3"), "{text}");
-        let none = MoveFigures::default();
-        assert_eq!(none.pause_ms(0.99), None);
-        assert!(none.describe().contains("no source reported one"));
     }
 }

@@ -72,6 +72,9 @@ pub enum TargetConfig {
         /// Live moves made during the run (`--moves`); 0 for none.
         #[serde(skip_serializing_if = "is_zero")]
         moves: u32,
+        /// Whether node N is drained during the run (`--drain`).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        drain: bool,
     },
 }
 
@@ -229,6 +232,16 @@ fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
     Ok(value)
 }
 
+/// `--drain` needs a node to drain and another to take its partitions.
+fn drain_of(drain: bool, nodes: usize) -> Result<bool, String> {
+    if drain && nodes < 2 {
+        return Err(format!(
+            "--drain with --cluster {nodes}: a drain moves node N's partitions to the others, so give --cluster 2 or more"
+        ));
+    }
+    Ok(drain)
+}
+
 fn is_zero(value: &u32) -> bool {
     *value == 0
 }
@@ -306,6 +319,7 @@ impl BenchConfig {
                 )?,
                 partitions: args.partitions.unwrap_or(PARTITIONS_DEFAULT),
                 moves: in_range("moves", args.moves.unwrap_or(0), 0, BENCH_MOVES_MAX)?,
+                drain: drain_of(args.drain, nodes)?,
             },
             (None, None) => TargetConfig::Embedded {
                 node_cpus: match &args.node_cpus {

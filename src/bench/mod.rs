@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod disk;
 pub mod generator;
+pub mod live_moves;
 pub mod null_sink;
 pub mod profile;
 pub mod progress;

@@ -61,6 +61,17 @@ impl Measurement {
     pub fn achieved_rate(&self) -> f64 {
         self.counts.acknowledged as f64 / self.duration_s
     }
+
+    /// Replies in each whole second of the measured phase (a reply sent in the measured
+    /// phase and answered after it counts in no second).
+    pub fn replies_per_second(&self) -> Vec<u64> {
+        let whole_seconds = self.duration_s.floor() as usize;
+        self.intervals
+            .iter()
+            .take(whole_seconds)
+            .map(|second| second.uncorrected_ns.len())
+            .collect()
+    }
 }
 
 /// Called once a second with the interval just finished (merged over threads).

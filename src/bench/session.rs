@@ -14,9 +14,10 @@ use crate::bench::disk::{RedisServer, RunDir};
 use crate::bench::report::summary::{LogSummary, NodeSummary};
 use crate::runtime::store::StoreConfig;
 
-use crate::bench::cluster::{ClusterFigures, ClusterSpec, LocalCluster, MoveRun};
+use crate::bench::cluster::{ClusterFigures, ClusterSpec, LocalCluster};
 use crate::bench::config::{BenchConfig, LoadConfig, PeerConfig, TargetConfig};
 use crate::bench::generator::Protocol;
+use crate::bench::live_moves::MoveRun;
 use crate::bench::progress::Progress;
 use crate::bench::redis::{connect_redis, set_up_hunts_redis};
 use crate::bench::report::{IntervalSample, LoadModel, Report, RunRecord, Sweep, SweepStep};
@@ -442,8 +443,17 @@ fn execute_against(
         }
         _ => None,
     };
+    let drain = match (cluster, &config.target) {
+        (Some(cluster), TargetConfig::Cluster { drain: true, .. }) => {
+            Some(cluster.start_drain(config.warmup() + config.duration() / 3))
+        }
+        _ => None,
+    };
     let (main, sweep) = run_main(addr, config, progress)?;
     let moves = moves.map(MoveRun::finish).transpose()?;
+    let drain = drain
+        .map(|drain| drain.finish(main.started_unix_ms, &main.replies_per_second()))
+        .transpose()?;
     let trove_done = Instant::now();
     if let Some(recording) = recording {
         progress.note("drawing the flame graphs of the run…");
@@ -454,6 +464,7 @@ fn execute_against(
             let after = cluster.quiet_sample(snapshot_wait, CLUSTER_SAMPLE_TRIES)?;
             Some(ClusterFigures {
                 moves,
+                drain,
                 ..cluster.figures(&before, &after)
             })
         }

@@ -338,6 +338,19 @@ impl Follow {
         }
     }
 
+    /// How many followed partitions reached their goal.
+    pub fn moved(&self) -> usize {
+        self.standing
+            .values()
+            .filter(|s| **s == Standing::Moved)
+            .count()
+    }
+
+    /// The released reports of the moves that flipped: (events held, pause in ns).
+    pub fn released(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.released.values().copied()
+    }
+
     /// Marks what is still unfinished as failed: `--timeout` passed.
     pub fn time_out(&mut self, timeout: Duration) {
         for standing in self.standing.values_mut() {
@@ -370,11 +383,7 @@ impl Follow {
     /// The closing summary: moved, failed with reasons, the time it took, events held and
     /// the worst flip pause (from the sources' released reports).
     pub fn summary(&self, elapsed: Duration) -> String {
-        let moved = self
-            .standing
-            .values()
-            .filter(|s| **s == Standing::Moved)
-            .count();
+        let moved = self.moved();
         let failures = self.failures();
         let mut out = format!(
             "{moved} moved, {} failed, in {:.1} s",

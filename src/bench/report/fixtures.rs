@@ -157,6 +157,7 @@ pub fn report_with_everything() -> Report {
         link_bytes_per_event: 20.0,
         cpu_seconds_per_million_events: 75.0,
         moves: None,
+        drain: None,
     });
     report
 }
