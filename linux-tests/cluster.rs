@@ -14,7 +14,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use trove::client::{ClientConfig, Incoming, connect};
-use trove::cluster::coordinator::{Request, Response};
+use trove::cluster::coordinator::{Request, Response, WatchChange, WatchMessage};
 use trove::cluster::etcd::EtcdClient;
 use trove::cluster::local::{EtcdProcess, pause, signal};
 use trove::cluster::placement::{OwnerState, Placement};
@@ -244,37 +244,59 @@ fn an_etcd_outage_moves_nothing_and_the_nodes_carry_on_when_it_returns() {
 }
 
 #[test]
-fn a_watch_reports_a_change_as_it_happens() {
+fn a_watch_says_when_it_opened_then_reports_each_change_with_its_key_and_value() {
     let Some(etcd) = etcd_or_skip() else {
         return;
     };
-    let (changed_tx, changed) = flume::bounded(1);
+    let (messages_tx, messages) = flume::bounded(8);
     let endpoint = etcd.endpoint();
     let watcher = std::thread::spawn(move || {
-        EtcdClient::watch_prefix(&endpoint, "/trove/watched/", 0, |revision| {
-            let _ = changed_tx.try_send(revision);
-            false
+        EtcdClient::watch_prefix(&endpoint, "/trove/watched/", 0, |message| {
+            let more = !matches!(&message, WatchMessage::Changes { changes, .. }
+                if matches!(changes.last(), Some(WatchChange::Delete { .. })));
+            messages_tx.send(message).is_ok() && more
         })
     });
-    let mut client = EtcdClient::new(vec![etcd.endpoint()], Duration::from_secs(2));
-    // Keep writing until the watch (which may not be open yet) reports one.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let revision = loop {
-        let put = Request::Put {
-            key: "/trove/watched/key".into(),
-            value: b"v".to_vec(),
-            lease: 0,
-        };
-        let Ok(Response::Put { revision }) = client.execute(&put) else {
-            panic!("etcd refused a put");
-        };
-        if let Ok(seen) = changed.recv_timeout(Duration::from_millis(200)) {
-            assert!(seen <= revision && seen > 1);
-            break seen;
-        }
-        assert!(Instant::now() < deadline, "the watch reported nothing");
+    let wait = Duration::from_secs(10);
+    let Ok(WatchMessage::Started { revision: opened }) = messages.recv_timeout(wait) else {
+        panic!("the watch did not say it opened");
     };
-    assert!(revision > 1);
+    let mut client = EtcdClient::new(vec![etcd.endpoint()], Duration::from_secs(2));
+    let Ok(Response::LeaseGranted { lease, .. }) =
+        client.execute(&Request::LeaseGrant { ttl_s: 60 })
+    else {
+        panic!("etcd granted no lease");
+    };
+    // Bound to a lease, so that revoking it deletes the key.
+    let put = Request::Put {
+        key: "/trove/watched/key".into(),
+        value: b"v".to_vec(),
+        lease,
+    };
+    let Ok(Response::Put { revision: put_at }) = client.execute(&put) else {
+        panic!("etcd refused a put");
+    };
+    assert!(put_at > opened);
+    let Ok(WatchMessage::Changes { revision, changes }) = messages.recv_timeout(wait) else {
+        panic!("the watch reported no change");
+    };
+    assert_eq!(revision, put_at);
+    let [WatchChange::Put(kv)] = &changes[..] else {
+        panic!("{changes:?}");
+    };
+    assert_eq!(
+        (kv.key.as_str(), &kv.value[..]),
+        ("/trove/watched/key", &b"v"[..])
+    );
+    assert_eq!(kv.mod_revision, put_at);
+    client.lease_revoke(lease).expect("etcd revokes the lease");
+    let Ok(WatchMessage::Changes { changes, .. }) = messages.recv_timeout(wait) else {
+        panic!("the watch did not report the delete");
+    };
+    assert!(
+        matches!(&changes[..], [WatchChange::Delete { key, revision }] if key == "/trove/watched/key" && *revision > put_at),
+        "{changes:?}"
+    );
     watcher.join().unwrap().expect("the watch ended cleanly");
 }
 

@@ -3,9 +3,12 @@
 //!
 //! One control thread per node, not a shard, never waiting on one: the lease is renewed
 //! whatever the shards are doing, so a busy node is never taken for a dead one. A second,
-//! helper thread holds an etcd watch on the cluster's prefix and only wakes the control thread
-//! when something changed (the control thread then reads the keys back); the control thread
-//! also reads them every poll interval, so a watch that breaks delays nothing by more than that.
+//! helper thread holds an etcd watch on the cluster's prefix and hands the control thread each
+//! change as it comes, which the coordinator applies to the keys it last read without reading
+//! them back (a flip goes through three nodes' views: each read saved is a round trip of the
+//! whole prefix off the pause). When a watch opens, the keys are read back whole (what changed
+//! while none was open); the control thread also probes them every poll interval, so a watch
+//! that breaks delays nothing by more than that.
 //!
 //! What the rest of the node gets, through [`ControlHandle`]:
 //! - [`ControlHandle::serving_view`]: the latest placement, this node's registration and until
@@ -31,7 +34,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::cluster::coordinator::{Coordinator, CoordinatorConfig, CoordinatorEvent, ServingView};
+use crate::cluster::coordinator::{
+    Coordinator, CoordinatorConfig, CoordinatorEvent, ServingView, WatchMessage,
+};
 use crate::cluster::etcd::EtcdClient;
 use crate::cluster::placement::epoch_of_revision;
 use crate::cluster::placement::{OwnerState, Placement};
@@ -105,8 +110,8 @@ type Sent = (Epoch, Option<Epoch>, u64);
 pub type ServingChange = Box<dyn FnMut(&Arc<Placement>, Option<Epoch>, Instant) + Send>;
 
 enum Wake {
-    /// The watch saw a change under the cluster's prefix (or was re-established).
-    Changed,
+    /// The watch opened, or saw changes under the cluster's prefix.
+    Watch(WatchMessage),
     Stop,
 }
 
@@ -283,7 +288,7 @@ impl ControlLoop {
                 .wait_timeout(Duration::from_nanos(wait_ns))
                 .unwrap_or(Woken::Timeout);
             match woken {
-                Woken::Wake(Ok(Wake::Changed)) => self.coordinator.handle_changed(self.now_ns()),
+                Woken::Wake(Ok(Wake::Watch(message))) => self.take_watch(message),
                 Woken::Wake(Ok(Wake::Stop) | Err(_)) | Woken::Report(Err(_)) => break,
                 Woken::Report(Ok(report)) => self.take_reports(report),
                 Woken::Timeout => {}
@@ -292,6 +297,19 @@ impl ControlLoop {
         if let Some(lease) = self.coordinator.lease_id() {
             // Best effort: when etcd is unreachable the lease simply runs out.
             let _ = self.client.lease_revoke(lease);
+        }
+    }
+
+    fn take_watch(&mut self, message: WatchMessage) {
+        let now_ns = self.now_ns();
+        match message {
+            WatchMessage::Started { revision } => {
+                self.coordinator.handle_watch_started(now_ns, revision);
+            }
+            WatchMessage::Changes { revision, changes } => {
+                self.coordinator
+                    .handle_watch_changes(now_ns, revision, changes);
+            }
         }
     }
 
@@ -354,7 +372,7 @@ impl ControlLoop {
     }
 }
 
-/// The watch thread: wakes the control thread whenever a key under the prefix changes.
+/// The watch thread: hands the control thread every change under the prefix as it comes.
 struct Watcher {
     endpoints: Vec<String>,
     prefix: String,
@@ -367,12 +385,13 @@ impl Watcher {
         let mut endpoint = 0;
         let mut retry_ms = CLUSTER_RETRY_MS_MIN;
         while !self.stopping.load(Ordering::SeqCst) {
-            // Whatever changed while no watch was open is read back now.
-            let _ = self.wake.try_send(Wake::Changed);
+            // Every message is sent, waiting for room if need be: a change left out would
+            // leave the control thread's keys behind etcd's until its next whole read. (When
+            // the watch opens, the control thread reads what changed while none was open.)
             let result =
-                EtcdClient::watch_prefix(&self.endpoints[endpoint], &self.prefix, 0, |_revision| {
-                    let _ = self.wake.try_send(Wake::Changed);
-                    !self.stopping.load(Ordering::SeqCst)
+                EtcdClient::watch_prefix(&self.endpoints[endpoint], &self.prefix, 0, |message| {
+                    self.wake.send(Wake::Watch(message)).is_ok()
+                        && !self.stopping.load(Ordering::SeqCst)
                 });
             if self.stopping.load(Ordering::SeqCst) {
                 return;

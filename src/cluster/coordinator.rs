@@ -11,7 +11,9 @@
 //!    send time of the last acknowledged keepalive + TTL − a margin (self-fencing: past that the
 //!    node serves nothing, because the controller may already have declared it dead);
 //! 2. registers `nodes/<id>` bound to the lease, and again whenever the lease was lost;
-//! 3. reads the cluster's keys back every poll interval (nodes, controller, assignment);
+//! 3. keeps a view of the cluster's keys (nodes, controller, assignment, moves): read whole
+//!    when the watch opens and after an outage, then brought up to date by the watch's changes
+//!    ([`Coordinator::handle_watch_changes`]), and probed every poll interval;
 //! 4. campaigns for controller when there is none (`controller` created only if absent, bound
 //!    to the lease, so it ends with the lease);
 //! 5. puts the `moves/<p>` records of its shards' move reports
@@ -44,9 +46,9 @@ use crate::cluster::placement::{
     encode_record, next_owners, plan_moves,
 };
 use crate::constants::{
-    CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_NODES_MAX, CLUSTER_RETRY_MS_MAX, CLUSTER_RETRY_MS_MIN,
-    MOVE_RECORDS_QUEUED_MAX, MOVE_RETRY_BACKOFF_MS_MAX, MOVE_START_GAP_MS_DEFAULT,
-    MOVE_TIMEOUT_MS_MAX, MOVES_INFLIGHT_MAX,
+    CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_NODES_MAX, CLUSTER_REPLY_BYTES_MAX, CLUSTER_RETRY_MS_MAX,
+    CLUSTER_RETRY_MS_MIN, MOVE_RECORDS_QUEUED_MAX, MOVE_RETRY_BACKOFF_MS_MAX,
+    MOVE_START_GAP_MS_DEFAULT, MOVE_TIMEOUT_MS_MAX, MOVES_INFLIGHT_MAX,
 };
 use crate::core::ids::{Epoch, NodeId, PartitionId};
 use crate::core::partition::NodeAddress;
@@ -139,6 +141,38 @@ pub struct KeyValue {
     pub mod_revision: u64,
     /// The lease the key is bound to (0: none).
     pub lease: i64,
+}
+
+/// One message of a watch stream, as the watcher needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchMessage {
+    /// The watch is open: it reports every change after `revision`, and only those.
+    Started { revision: u64 },
+    /// Changes, in revision order; `revision` is the last one's.
+    Changes {
+        revision: u64,
+        changes: Vec<WatchChange>,
+    },
+}
+
+/// One change a watch reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchChange {
+    Put(KeyValue),
+    /// The key was deleted at `revision` (by hand, or with the lease it was bound to).
+    Delete {
+        key: String,
+        revision: u64,
+    },
+}
+
+impl WatchChange {
+    pub fn revision(&self) -> u64 {
+        match self {
+            WatchChange::Put(kv) => kv.mod_revision,
+            WatchChange::Delete { revision, .. } => *revision,
+        }
+    }
 }
 
 /// etcd's reply to a [`Request`].
@@ -467,6 +501,15 @@ pub struct Coordinator {
     tracked_ns: u64,
     /// `moves/<p>` records to put, oldest first (at most one per partition).
     move_records: VecDeque<(u32, MoveRecord)>,
+    /// The keys under the prefix as of `view.revision`, by key: the last whole read with the
+    /// watch's changes since applied, so a change becomes a view without reading back.
+    kvs: BTreeMap<String, KeyValue>,
+    /// The revision after which the open watch reports every change (`None`: no watch).
+    /// Changes are applied only onto a view at or after it: one from before could miss
+    /// changes made while no watch was open.
+    watch_after: Option<u64>,
+    /// When the watch's changes last made the view: a read sent before then may be older.
+    watch_applied_ns: u64,
 }
 
 impl Coordinator {
@@ -495,6 +538,9 @@ impl Coordinator {
             last_start_ns: None,
             tracked_ns: 0,
             move_records: VecDeque::new(),
+            kvs: BTreeMap::new(),
+            watch_after: None,
+            watch_applied_ns: 0,
         }
     }
 
@@ -832,7 +878,14 @@ impl Coordinator {
                 true
             }
             (InFlight::Read, Response::Range { revision, kvs }) => {
-                self.handle_range(now_ns, revision, &kvs);
+                // Older than the view the watch's changes made while it was under way.
+                let overtaken = revision < self.view.revision && self.watch_applied_ns >= sent_ns;
+                if !overtaken {
+                    self.handle_range(now_ns, revision, &kvs);
+                } else {
+                    self.read_due_ns = now_ns + self.config.poll_ns;
+                    self.read_whole = false;
+                }
                 true
             }
             (InFlight::Probe, Response::Revision { revision }) => {
@@ -896,6 +949,54 @@ impl Coordinator {
     /// Something under the cluster's prefix changed (a watch said so): read it back now.
     pub fn handle_changed(&mut self, now_ns: u64) {
         self.read_now(now_ns);
+    }
+
+    /// A watch opened that reports every change after `revision`: read the keys back now
+    /// (what changed while no watch was open), then take its changes as they come.
+    pub fn handle_watch_started(&mut self, now_ns: u64, revision: u64) {
+        self.watch_after = Some(revision);
+        self.read_now(now_ns);
+    }
+
+    /// Changes the watch reported, the last at `revision`: applied to the keys of the view
+    /// without reading them back, which saves a flip two reads of the whole prefix. Only
+    /// onto a view the watch covers (read at or after its start); otherwise, or when the keys
+    /// would outgrow a read, they are read back whole instead.
+    pub fn handle_watch_changes(&mut self, now_ns: u64, revision: u64, changes: Vec<WatchChange>) {
+        let covered = self
+            .watch_after
+            .is_some_and(|after| self.view.revision >= after);
+        if !covered {
+            self.read_now(now_ns);
+            return;
+        }
+        if revision <= self.view.revision {
+            return; // a read already showed them
+        }
+        let known = self.view.revision;
+        for change in changes.into_iter().filter(|c| c.revision() > known) {
+            match change {
+                WatchChange::Put(kv) => {
+                    self.kvs.insert(kv.key.clone(), kv);
+                }
+                WatchChange::Delete { key, .. } => {
+                    self.kvs.remove(&key);
+                }
+            }
+        }
+        let bytes: usize = self
+            .kvs
+            .values()
+            .map(|kv| kv.key.len() + kv.value.len())
+            .sum();
+        if bytes as u64 > CLUSTER_REPLY_BYTES_MAX {
+            self.read_now(now_ns);
+            return;
+        }
+        let kvs: Vec<KeyValue> = self.kvs.values().cloned().collect();
+        let view = ClusterView::from_range(&self.config.keys, revision, &kvs);
+        self.watch_applied_ns = now_ns;
+        self.take_view(now_ns, view);
     }
 
     /// The cluster's keys are to be read back whole, now.
@@ -1004,6 +1105,12 @@ impl Coordinator {
 
     fn handle_range(&mut self, now_ns: u64, revision: u64, kvs: &[KeyValue]) {
         let view = ClusterView::from_range(&self.config.keys, revision, kvs);
+        self.kvs = kvs.iter().map(|kv| (kv.key.clone(), kv.clone())).collect();
+        self.take_view(now_ns, view);
+    }
+
+    /// The keys as of `view.revision`, read whole or brought up to date by the watch.
+    fn take_view(&mut self, now_ns: u64, view: ClusterView) {
         if view.nodes.keys().ne(self.view.nodes.keys()) {
             self.live_since_ns = now_ns;
         }
@@ -2049,6 +2156,105 @@ mod tests {
             assert_eq!(flips.get(&p), Some(&1), "partition {p} flipped once");
             assert_eq!(last.owner(PartitionId(p)).node, NodeId(4));
         }
+    }
+
+    /// The kv etcd holds at `key` now.
+    fn kv_of(cluster: &mut Cluster, key: &str) -> KeyValue {
+        let prefix = ClusterKeys::new("test").unwrap().prefix().to_owned();
+        let Ok(Response::Range { kvs, .. }) = cluster
+            .etcd
+            .handle(cluster.now_ns, &Request::RangePrefix { prefix })
+        else {
+            panic!("the model answers a range");
+        };
+        kvs.into_iter().find(|kv| kv.key == key).unwrap()
+    }
+
+    /// A settled cluster of three whose node 0 has a watch open from etcd's revision now, and
+    /// read the keys back after it opened.
+    fn watched() -> Cluster {
+        let mut cluster = Cluster::new(3);
+        cluster.run_ms(2_000);
+        let (now_ns, revision) = (cluster.now_ns, cluster.etcd.revision());
+        cluster.nodes[0].handle_watch_started(now_ns, revision);
+        cluster.drive(0);
+        cluster.reads = vec![(0, 0); 3];
+        cluster
+    }
+
+    fn pin_on(cluster: &mut Cluster, partition: u32, node: u32) -> WatchChange {
+        let key = ClusterKeys::new("test").unwrap().pin(partition);
+        let pin = PinRecord { node, shard: None };
+        cluster.put(key.clone(), encode_json(&pin));
+        WatchChange::Put(kv_of(cluster, &key))
+    }
+
+    #[test]
+    fn watched_changes_make_the_view_without_reading_the_prefix_back() {
+        let mut cluster = watched();
+        let put = pin_on(&mut cluster, 5, 2);
+        let revision = put.revision();
+        let now_ns = cluster.now_ns;
+        cluster.nodes[0].handle_watch_changes(now_ns, revision, vec![put]);
+        assert_eq!(cluster.nodes[0].view().revision, revision);
+        assert_eq!(cluster.nodes[0].view().pins[&5].node, 2);
+        cluster.drive(0);
+        assert_eq!(cluster.reads[0].0, 0, "nothing read back whole");
+
+        let key = ClusterKeys::new("test").unwrap().pin(5);
+        let deleted = WatchChange::Delete {
+            key,
+            revision: revision + 1,
+        };
+        cluster.nodes[0].handle_watch_changes(now_ns, revision + 1, vec![deleted]);
+        assert!(cluster.nodes[0].view().pins.is_empty());
+        // Changes the view already has (a read showed them) change nothing.
+        let stale = pin_on(&mut cluster, 6, 2);
+        let read_at = cluster.nodes[0].view().revision;
+        cluster.nodes[0].handle_watch_changes(now_ns, read_at, vec![stale]);
+        assert!(cluster.nodes[0].view().pins.is_empty());
+    }
+
+    #[test]
+    fn changes_onto_a_view_from_before_the_watch_opened_are_read_back_whole_instead() {
+        let mut cluster = Cluster::new(3);
+        cluster.run_ms(2_000);
+        let before = cluster.nodes[0].view().revision;
+        pin_on(&mut cluster, 5, 2);
+        let opened = cluster.etcd.revision();
+        let later = pin_on(&mut cluster, 6, 3);
+        let now_ns = cluster.now_ns;
+        cluster.reads = vec![(0, 0); 3];
+        // The watch opened after the pin of 5: a change after it must not be applied onto a
+        // view that lacks that pin.
+        cluster.nodes[0].handle_watch_started(now_ns, opened);
+        cluster.nodes[0].handle_watch_changes(now_ns, later.revision(), vec![later]);
+        assert_eq!(cluster.nodes[0].view().revision, before);
+        assert!(cluster.nodes[0].view().pins.is_empty());
+        cluster.drive(0);
+        assert!(cluster.reads[0].0 >= 1, "read back whole instead");
+        let pins = &cluster.nodes[0].view().pins;
+        assert_eq!((pins[&5].node, pins[&6].node), (2, 3));
+    }
+
+    #[test]
+    fn a_read_sent_before_newer_watched_changes_does_not_take_the_view_back() {
+        let mut cluster = watched();
+        let now_ns = cluster.now_ns + 1;
+        // A whole read is due (say, asked for by a write); its answer is delayed.
+        cluster.nodes[0].read_now(now_ns);
+        let request = cluster.nodes[0].poll_request(now_ns).unwrap();
+        assert!(
+            matches!(request, Request::RangePrefix { .. }),
+            "{request:?}"
+        );
+        let old_answer = cluster.etcd.handle(now_ns, &request).unwrap();
+        let put = pin_on(&mut cluster, 5, 2);
+        let revision = put.revision();
+        cluster.nodes[0].handle_watch_changes(now_ns + 1, revision, vec![put]);
+        cluster.nodes[0].handle_response(now_ns + 2, old_answer);
+        assert_eq!(cluster.nodes[0].view().revision, revision);
+        assert_eq!(cluster.nodes[0].view().pins[&5].node, 2);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
-use crate::cluster::coordinator::{KeyValue, Request, Response};
+use crate::cluster::coordinator::{KeyValue, Request, Response, WatchChange, WatchMessage};
 use crate::constants::{CLUSTER_ENDPOINTS_MAX, CLUSTER_REPLY_BYTES_MAX};
 
 /// Parses a `--cluster`/`--etcd` list: `http://HOST:PORT[,…]` (a bare `HOST:PORT` means http).
@@ -231,14 +231,15 @@ impl EtcdClient {
         Ok(reply)
     }
 
-    /// Watches every key under `prefix` from `start_revision`, calling `on_change` with the
-    /// revision of each batch of changes until the stream ends or `on_change` returns false.
-    /// Returns why it ended. Blocks; meant for a thread of its own.
+    /// Watches every key under `prefix` from `start_revision`, calling `on_message` with the
+    /// watch's start and then each batch of changes, in revision order, until the stream ends
+    /// or `on_message` returns false. Returns why it ended. Blocks; meant for a thread of its
+    /// own.
     pub fn watch_prefix(
         endpoint: &str,
         prefix: &str,
         start_revision: u64,
-        mut on_change: impl FnMut(u64) -> bool,
+        mut on_message: impl FnMut(WatchMessage) -> bool,
     ) -> Result<(), String> {
         // No global timeout: a watch is idle for as long as nothing changes.
         let agent = ureq::Agent::config_builder()
@@ -271,14 +272,57 @@ impl EtcdClient {
             let message: Value = serde_json::from_slice(&line)
                 .map_err(|error| format!("etcd watch at {url}: not JSON: {error}"))?;
             let result = message.get("result").unwrap_or(&message);
-            if result.get("canceled").and_then(Value::as_bool) == Some(true) {
-                return Err(format!("etcd cancelled the watch: {}", excerpt(result)));
-            }
-            if result.get("events").is_some() && !on_change(revision(result).unwrap_or(0)) {
-                return Ok(());
+            let message =
+                watch_message(result).map_err(|error| format!("etcd watch at {url}: {error}"))?;
+            if let Some(message) = message {
+                if !on_message(message) {
+                    return Ok(());
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// What one line of a watch stream says: `None` for a line that matters to no one (progress
+/// notifications, an empty batch).
+fn watch_message(result: &Value) -> Result<Option<WatchMessage>, String> {
+    if result.get("canceled").and_then(Value::as_bool) == Some(true) {
+        return Err(format!("etcd cancelled the watch: {}", excerpt(result)));
+    }
+    if result.get("created").and_then(Value::as_bool) == Some(true) {
+        return Ok(Some(WatchMessage::Started {
+            revision: revision(result)?,
+        }));
+    }
+    let Some(events) = result.get("events") else {
+        return Ok(None);
+    };
+    let Value::Array(events) = events else {
+        return Err(format!("its events are not a list: {}", excerpt(events)));
+    };
+    let changes = events
+        .iter()
+        .map(watch_change)
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(revision) = changes.last().map(WatchChange::revision) else {
+        return Ok(None);
+    };
+    Ok(Some(WatchMessage::Changes { revision, changes }))
+}
+
+/// One event of a watch: etcd's JSON leaves the type out for a put (its enum's zero).
+fn watch_change(event: &Value) -> Result<WatchChange, String> {
+    let kv = event
+        .get("kv")
+        .ok_or_else(|| format!("an event has no kv: {}", excerpt(event)))?;
+    match event.get("type").and_then(Value::as_str) {
+        None | Some("PUT") => Ok(WatchChange::Put(key_value(kv)?)),
+        Some("DELETE") => Ok(WatchChange::Delete {
+            key: key_value(kv)?.key,
+            revision: unsigned(kv, "mod_revision")?,
+        }),
+        Some(other) => Err(format!("an event of unknown type {other:?}")),
     }
 }
 
@@ -489,5 +533,51 @@ mod tests {
         let bad: Value = serde_json::from_str(r#"{"TTL":"x"}"#).unwrap();
         assert!(int(&bad, "TTL").unwrap_err().contains("not a number"));
         assert!(revision(&json!({})).unwrap_err().contains("no header"));
+    }
+
+    #[test]
+    fn watch_lines_say_when_the_watch_opened_and_what_changed() {
+        let line = |text: &str| -> Value {
+            let message: Value = serde_json::from_str(text).unwrap();
+            message["result"].clone()
+        };
+        let created = line(r#"{"result":{"header":{"revision":"9"},"created":true}}"#);
+        assert_eq!(
+            watch_message(&created).unwrap(),
+            Some(WatchMessage::Started { revision: 9 })
+        );
+        // etcd's JSON leaves out the type of a put (its enum's zero).
+        let changes = line(
+            r#"{"result":{"header":{"revision":"12"},"events":[
+                {"kv":{"key":"L2E=","create_revision":"10","mod_revision":"11","value":"eA=="}},
+                {"type":"DELETE","kv":{"key":"L2I=","mod_revision":"12"}}]}}"#,
+        );
+        let Some(WatchMessage::Changes { revision, changes }) = watch_message(&changes).unwrap()
+        else {
+            panic!("changes");
+        };
+        assert_eq!(revision, 12, "the last change's, not the header's");
+        assert_eq!(
+            changes,
+            vec![
+                WatchChange::Put(KeyValue {
+                    key: "/a".into(),
+                    value: b"x".to_vec(),
+                    create_revision: 10,
+                    mod_revision: 11,
+                    lease: 0,
+                }),
+                WatchChange::Delete {
+                    key: "/b".into(),
+                    revision: 12
+                },
+            ]
+        );
+        let progress = line(r#"{"result":{"header":{"revision":"13"}}}"#);
+        assert_eq!(watch_message(&progress).unwrap(), None);
+        let cancelled = line(r#"{"result":{"canceled":true,"cancel_reason":"compacted"}}"#);
+        assert!(watch_message(&cancelled).unwrap_err().contains("compacted"));
+        let odd = line(r#"{"result":{"events":[{"type":"MOVE","kv":{"key":"L2E="}}]}}"#);
+        assert!(watch_message(&odd).unwrap_err().contains("MOVE"));
     }
 }
