@@ -54,15 +54,17 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use glommio::io::{DmaFile, OpenOptions};
+use glommio::sync::Semaphore;
 use rkyv::util::AlignedVec;
 
 use crate::constants::{
     LOG_DISK_MB_DEFAULT, LOG_FAULT_HOLD_MS_MAX, LOG_FAULT_RETRY_MS_MAX,
     SNAPSHOT_CHECK_INTERVAL_MS_MAX, SNAPSHOT_EVERY_MB_DEFAULT, SNAPSHOT_EVERY_S_DEFAULT,
-    SNAPSHOT_GENERATIONS_MAX, WAL_BLOCK_BYTES_MAX, WAL_FORMAT_VERSION, WAL_SEGMENT_BYTES,
+    SNAPSHOT_GENERATIONS_MAX, SNAPSHOT_WRITES_INFLIGHT_MAX, WAL_BLOCK_BYTES_MAX,
+    WAL_FORMAT_VERSION, WAL_SEGMENT_BYTES,
 };
 use crate::core::ids::PartitionId;
-use crate::core::shard::{Durability, LogFaultKind, LogOp, LogSync};
+use crate::core::shard::{Durability, LogFaultKind, LogOp, LogSync, MoveInstall};
 use crate::runtime::shard::Shard;
 use crate::runtime::stall::spawn_timed;
 use crate::runtime::wait::WaitQueue;
@@ -643,6 +645,9 @@ struct LogTasks {
     clock: Instant,
     /// The log is at its disk bound and the core refuses events.
     blocked: Cell<bool>,
+    /// Held while a snapshot file is written (a partition's own, or one moved here): one at
+    /// a time, as `SNAPSHOT_IN_FLIGHT_BYTES_MAX` counts.
+    snapshot_slot: Semaphore,
 }
 
 /// Completed writes not yet covered by a sync, for the log-sync stage and counters.
@@ -806,10 +811,12 @@ pub fn start_log_tasks(shard: Rc<Shard>, start: LogStart) {
             retention: RefCell::new(start.retention),
             clock: start.clock,
             blocked: Cell::new(false),
+            snapshot_slot: Semaphore::new(SNAPSHOT_WRITES_INFLIGHT_MAX),
         });
         tasks.update_blocked();
         spawn_timed(tasks.clone().sync_loop()).detach();
         spawn_timed(tasks.clone().snapshot_loop()).detach();
+        spawn_timed(tasks.clone().install_loop()).detach();
         tasks.write_loop().await;
     })
     .detach();
@@ -997,6 +1004,7 @@ impl LogTasks {
     /// the log to be durable up to the LSN it covers, and writes its file. `None` when the
     /// shard holds no state for the partition (it moved away): its records stay in the log.
     async fn snapshot(&self, partition: u32) -> Option<u64> {
+        let _slot = self.take_snapshot_slot().await;
         let started = Instant::now();
         let (lsn, state) = self.shard.export_partition(PartitionId(partition))?;
         let bytes = encode_snapshot(self.identity, lsn, &state);
@@ -1019,13 +1027,81 @@ impl LogTasks {
         .await;
         let dropped = self.retention.borrow_mut().snapshot_written(file_bytes);
         if let Some((partition, old)) = dropped {
-            let old = snapshot_path(&self.snapshot_dir, partition, old);
-            let removed = std::fs::remove_file(&old).and_then(|()| sync_dir(&self.snapshot_dir));
-            if let Err(error) = removed {
-                fail_stop(&self.shard, "delete an old snapshot", error);
-            }
+            self.delete_snapshot(partition, old);
         }
         Some(pause_ns)
+    }
+
+    async fn take_snapshot_slot(&self) -> glommio::sync::Permit<'_> {
+        self.snapshot_slot
+            .acquire_permit(1)
+            .await
+            .expect("the snapshot slot is never closed")
+    }
+
+    /// Makes the partitions moved here durable before their hand-off is acknowledged (see
+    /// `core::shard::moves`): each is written as an ordinary snapshot file of the partition,
+    /// covering the log up to the LSN the core gave, once the log is durable up to it. A
+    /// failed write is not retried: the core refuses the move with the error, the controller
+    /// abandons it, and the source keeps the partition.
+    async fn install_loop(self: Rc<Self>) {
+        loop {
+            self.shard
+                .move_installs()
+                .until(|| self.shard.move_install_queued().then_some(()))
+                .await;
+            let _slot = self.take_snapshot_slot().await;
+            let Some(install) = self.shard.poll_move_install() else {
+                continue;
+            };
+            let MoveInstall {
+                partition,
+                part_epoch,
+                lsn,
+                snapshot,
+            } = install;
+            let bytes = encode_snapshot(self.identity, lsn, &snapshot);
+            drop(snapshot);
+            // Never a snapshot ahead of the log: recovery would refuse it.
+            self.synced
+                .until(|| (self.shard.durable_lsn() >= lsn).then_some(()))
+                .await;
+            let path = snapshot_path(&self.snapshot_dir, partition.0, lsn);
+            match self.write_snapshot(&path, &bytes).await {
+                Ok(file_bytes) => {
+                    let dropped =
+                        self.retention
+                            .borrow_mut()
+                            .installed(partition.0, lsn, file_bytes);
+                    if let Some(old) = dropped {
+                        self.delete_snapshot(partition.0, old);
+                    }
+                    self.shard.handle_move_installed(partition, part_epoch, lsn);
+                    self.update_blocked();
+                }
+                Err(error) => {
+                    let _ = std::fs::remove_file(path.with_extension("snap.tmp"));
+                    eprintln!(
+                        "trove node: shard {}: cannot write partition {}, moved here, to {} ({error}); the move is refused and its source keeps the partition",
+                        self.shard.id().index(),
+                        partition.0,
+                        path.display()
+                    );
+                    let why = format!("writing its snapshot failed: {error}");
+                    self.shard
+                        .handle_move_install_failed(partition, part_epoch, lsn, why);
+                }
+            }
+        }
+    }
+
+    /// Deletes partition `partition`'s snapshot covering `lsn`, which retention keeps no more.
+    fn delete_snapshot(&self, partition: u32, lsn: u64) {
+        let old = snapshot_path(&self.snapshot_dir, partition, lsn);
+        let removed = std::fs::remove_file(&old).and_then(|()| sync_dir(&self.snapshot_dir));
+        if let Err(error) = removed {
+            fail_stop(&self.shard, "delete an old snapshot", error);
+        }
     }
 
     /// Writes a snapshot file whole and durably: a `.tmp` file, synced, renamed, and the

@@ -282,6 +282,29 @@ impl Retention {
         Some((pending.partition, dropped))
     }
 
+    /// A partition moved here was written as a snapshot file covering the log up to `lsn`
+    /// (none of the log's records up to it is the partition's state: it came from another
+    /// node). It becomes the partition's newest generation, like a snapshot taken here.
+    /// Returns the LSN of the partition's snapshot no longer kept, whose file is to be
+    /// deleted; none when the file replaced one of the same name (the partition left at
+    /// `lsn` and came back with no record logged between).
+    pub fn installed(&mut self, partition: u32, lsn: u64, file_bytes: u64) -> Option<u64> {
+        let log = self.partitions.get_mut(partition as usize)?;
+        let generation = Generation {
+            lsn,
+            file_bytes,
+            first_after: None,
+        };
+        if log.newest.lsn == lsn && log.newest.file_bytes > 0 {
+            self.snapshot_bytes -= log.newest.file_bytes;
+            self.snapshot_bytes += file_bytes;
+            log.newest = generation;
+            return None;
+        }
+        self.snapshot_bytes += file_bytes;
+        self.push_generation(partition, generation)
+    }
+
     /// The snapshot begun will not be written (the partition is not this shard's any more):
     /// its records stay in the log.
     pub fn abandon(&mut self) {
@@ -343,6 +366,34 @@ mod tests {
     fn snapshot(retention: &mut Retention, partition: u32, lsn: u64) -> Option<(u32, u64)> {
         retention.begin(partition, lsn);
         retention.snapshot_written(100)
+    }
+
+    #[test]
+    fn a_partition_moved_here_becomes_its_newest_generation_and_a_same_named_file_is_replaced() {
+        let mut retention = Retention::new(config(), 4, 0);
+        retention.add_segment(0, 1);
+        retention.observe(1, 2, 10, 0);
+        retention.observe_durable(1);
+        assert_eq!(snapshot(&mut retention, 2, 1), None);
+        // The partition left at record 1 and came back with nothing logged between: its file
+        // is the same name, replaced, and counted once.
+        let before = retention.disk_bytes();
+        assert_eq!(retention.installed(2, 1, 300), None);
+        assert_eq!(retention.disk_bytes(), before + 200);
+        assert!(!retention.changed(2), "the installed state covers the log");
+        retention.observe(2, 2, 10, 0);
+        assert!(retention.changed(2), "a record after it, once served here");
+        assert_eq!(
+            snapshot(&mut retention, 2, 2),
+            None,
+            "the installed one is kept as the older generation"
+        );
+        retention.observe(3, 2, 10, 0);
+        assert_eq!(snapshot(&mut retention, 2, 3), Some((2, 1)), "deleted once");
+        // Moved again later: a new generation, dropping the oldest kept.
+        retention.observe(4, 1, 10, 0);
+        assert_eq!(retention.installed(2, 4, 100), Some(2));
+        assert!(!retention.changed(2));
     }
 
     #[test]

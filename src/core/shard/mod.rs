@@ -62,7 +62,7 @@ pub use durability::{
 };
 pub use links::{ERROR_CODE_LINK_PROTOCOL, ERROR_CODE_LINK_REFUSED, LinkDest, LinkError, LinkPoll};
 pub use mesh::{ArchiveBatch, BatchEntry, MeshBatch, MeshOutput};
-pub use moves::{MoveError, MoveReport, MoveStep};
+pub use moves::{MoveError, MoveInstall, MoveReport, MoveStep};
 pub use routing::{LocalEvent, NodeLease, Route};
 pub use stop::ERROR_CODE_SHUTTING_DOWN;
 pub use timeouts::ERROR_CODE_CONNECTION_CLOSED;
