@@ -912,6 +912,11 @@ impl Shard {
         self.core().poll_move_install()
     }
 
+    /// Whether `partition` left this shard for good (see [`ShardCore::partition_gone`]).
+    pub fn partition_gone(&self, partition: PartitionId) -> bool {
+        self.core.borrow().partition_gone(partition)
+    }
+
     /// Whether a handed-off partition waits to be written to the store.
     pub fn move_install_queued(&self) -> bool {
         self.core.borrow().move_install_queued()

@@ -1002,11 +1002,20 @@ impl LogTasks {
 
     /// Snapshots one partition: copies its state on the shard (the pause, returned), waits for
     /// the log to be durable up to the LSN it covers, and writes its file. `None` when the
-    /// shard holds no state for the partition (it moved away): its records stay in the log.
+    /// shard holds no state for the partition: when it moved away for good, its snapshot files
+    /// are deleted and its records no longer hold the log back.
     async fn snapshot(&self, partition: u32) -> Option<u64> {
         let _slot = self.take_snapshot_slot().await;
         let started = Instant::now();
-        let (lsn, state) = self.shard.export_partition(PartitionId(partition))?;
+        let Some((lsn, state)) = self.shard.export_partition(PartitionId(partition)) else {
+            if self.shard.partition_gone(PartitionId(partition)) {
+                let files = self.retention.borrow_mut().forget(partition);
+                for lsn in files {
+                    self.delete_snapshot(partition, lsn);
+                }
+            }
+            return None;
+        };
         let bytes = encode_snapshot(self.identity, lsn, &state);
         drop(state);
         let pause_ns = started.elapsed().as_nanos() as u64;

@@ -305,6 +305,33 @@ impl Retention {
         self.push_generation(partition, generation)
     }
 
+    /// The partition left this shard for good (another node owns it, and nothing of it is
+    /// staged here): its snapshots are no longer kept and its records no longer hold the log
+    /// back. Returns the LSNs of its snapshot files, to be deleted. Should it come back, it
+    /// comes by a move, whose installed snapshot covers every record of it before.
+    pub fn forget(&mut self, partition: u32) -> Vec<u64> {
+        let last_lsn = self.last_lsn;
+        let Some(log) = self.partitions.get_mut(partition as usize) else {
+            return Vec::new();
+        };
+        let kept = [Some(log.newest), log.older];
+        log.newest = Generation {
+            lsn: last_lsn,
+            file_bytes: 0,
+            first_after: None,
+        };
+        log.older = None;
+        let files: Vec<Generation> = kept
+            .into_iter()
+            .flatten()
+            .filter(|generation| generation.file_bytes > 0)
+            .collect();
+        for generation in &files {
+            self.snapshot_bytes -= generation.file_bytes;
+        }
+        files.iter().map(|generation| generation.lsn).collect()
+    }
+
     /// The snapshot begun will not be written (the partition is not this shard's any more):
     /// its records stay in the log.
     pub fn abandon(&mut self) {
@@ -394,6 +421,34 @@ mod tests {
         retention.observe(4, 1, 10, 0);
         assert_eq!(retention.installed(2, 4, 100), Some(2));
         assert!(!retention.changed(2));
+    }
+
+    #[test]
+    fn a_partition_gone_for_good_frees_its_snapshots_and_holds_no_segment_back() {
+        let mut retention = Retention::new(config(), 4, 0);
+        // Segment 0: records 1-4, alternating partitions 0 and 1; segment 1: 5-8.
+        for lsn in 1..=8 {
+            retention.observe(lsn, (lsn % 2) as u32, 10, (lsn - 1) / 4);
+        }
+        retention.observe_durable(8);
+        snapshot(&mut retention, 1, 8);
+        for _ in 0..2 {
+            snapshot(&mut retention, 0, 8);
+        }
+        assert!(
+            retention.poll_truncate().is_empty(),
+            "partition 1's only generation before its snapshot is the whole log"
+        );
+        let before = retention.disk_bytes();
+        assert_eq!(retention.forget(1), [8], "its one snapshot file");
+        assert_eq!(retention.disk_bytes(), before - 100);
+        assert!(!retention.wanted(1), "nothing to snapshot of it any more");
+        assert_eq!(
+            retention.poll_truncate(),
+            [0],
+            "it holds segment 0 back no more"
+        );
+        assert!(retention.forget(1).is_empty(), "forgotten once");
     }
 
     #[test]

@@ -1352,6 +1352,18 @@ impl ShardCore {
         self.stats.moves.in_dropped += (before - self.moves.incoming.len()) as u64;
     }
 
+    /// Whether `partition` left this shard for good: the placement (one the node was given)
+    /// has it on another shard, and this shard holds no state of it, served or staged. The
+    /// store then forgets it (its snapshots, and the log it holds back).
+    pub fn partition_gone(&self, partition: PartitionId) -> bool {
+        let owner = self.placement.owner(partition);
+        let owned = owner.node == self.node && owner.shard == self.shard;
+        self.placed
+            && !owned
+            && self.partition(partition).is_none()
+            && !self.moves.incoming.iter().any(|m| m.partition == partition)
+    }
+
     /// Partitions staged here now (for tests and reports).
     pub fn moves_staged(&self) -> usize {
         self.moves.incoming.len()

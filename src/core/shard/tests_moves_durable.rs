@@ -154,6 +154,10 @@ fn the_hand_off_is_acknowledged_only_once_the_staged_partition_is_durable_and_re
     );
     assert!(take_records(&mut b).is_empty(), "staging logs nothing");
     let install = install(&mut b, &at_handoff, 1);
+    assert!(
+        !b.partition_gone(moving_partition()),
+        "staged here: its store keeps what is written of it"
+    );
     pump_all(&mut wire, &mut a, &mut b);
     assert!(reports(&mut a).is_empty(), "still writing: A keeps holding");
     assert_eq!(a.move_events_held(), 15);
@@ -228,11 +232,22 @@ fn a_source_that_moved_the_partition_away_and_restarts_never_serves_its_old_copy
     let install = install(&mut b, &at_handoff, 0);
     b.handle_move_installed(0, install.partition, install.part_epoch, install.lsn);
     pump_all(&mut wire, &mut a, &mut b);
+    assert!(!a.partition_gone(moving_partition()), "A still serves it");
     a.handle_placement(0, flipped()).unwrap();
     assert!(a.partition(moving_partition()).is_none());
+    assert!(
+        a.partition_gone(moving_partition()),
+        "its store may forget it"
+    );
 
     let mut a_again = restarted(A);
+    a_again.restore_partition(&a_snapshot).unwrap();
+    assert!(
+        !a_again.partition_gone(moving_partition()),
+        "not before the node knows the placement"
+    );
     recover(&mut a_again, &[(lsn, a_snapshot)], &a_log, flipped());
+    assert!(a_again.partition_gone(moving_partition()));
     assert!(!a_again.serves(moving_partition()));
     assert!(
         a_again.partition(moving_partition()).is_none(),
