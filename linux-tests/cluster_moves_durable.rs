@@ -53,9 +53,33 @@ const BATCHES_AFTER: usize = 8;
 const REPLY_WAIT: Duration = Duration::from_secs(30);
 const SETTLE_WAIT: Duration = Duration::from_secs(30);
 
+/// Node `node_id` on its data dir under `data`. Node 1 (the source) snapshots every second,
+/// so that its store forgets the partitions that left it; node 2 (the target) at the default
+/// minute, so that what it recovers of the moved partitions comes from their installed
+/// snapshots, not from snapshots of its own taken after the flips.
 fn start_node(etcd: &EtcdProcess, node_id: u32, data: &Path) -> NodeProcess {
     let dir = data.join(format!("node-{node_id}"));
-    CLUSTER.start_node(etcd, node_id, &["--data-dir", dir.to_str().unwrap()])
+    let every_s = if node_id == 1 { "1" } else { "60" };
+    let args = [
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--snapshot-every-s",
+        every_s,
+    ];
+    CLUSTER.start_node(etcd, node_id, &args)
+}
+
+/// The partitions node `node_id` has snapshot files of.
+fn snapshotted(data: &Path, node_id: u32) -> BTreeSet<u32> {
+    let dir = data.join(format!("node-{node_id}/shard-0/snapshots"));
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|error| panic!("{dir:?}: {error}"));
+    entries
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            let stem = name.strip_suffix(".snap")?.strip_prefix('p')?;
+            stem.split_once('-')?.0.parse().ok()
+        })
+        .collect()
 }
 
 fn placement(etcd: &EtcdProcess) -> Option<Placement> {
@@ -296,7 +320,17 @@ fn partitions_moved_to_a_durable_node_survive_its_kill_and_the_sources_restart()
     send_batch(&mut Conn::to(&nodes[&1].addr), &set_up, &mut played);
     // Under the checked client's load, node 1's partitions move to node 2, one at a time.
     let player = Player::start(nodes[&1].addr.clone(), played, Rng(seed), seq);
-    std::thread::sleep(Duration::from_millis(300));
+    poll_for(
+        SETTLE_WAIT,
+        "node 1's snapshots of the partitions to move",
+        || {
+            let at_source = snapshotted(&scratch, 1);
+            moved
+                .iter()
+                .all(|partition| at_source.contains(&partition.0))
+                .then_some(())
+        },
+    );
     for partition in &moved {
         let mut command = trove();
         command.args([
@@ -318,10 +352,20 @@ fn partitions_moved_to_a_durable_node_survive_its_kill_and_the_sources_restart()
         let after = placement(&etcd).unwrap();
         assert_eq!(after.owner(*partition).node, NodeId(2), "{text}");
     }
-    // Their events are applied and logged at node 2 for a while after the flips.
-    std::thread::sleep(Duration::from_millis(500));
+    // Their events are applied and logged at node 2 after the flips, past a snapshot round.
+    std::thread::sleep(Duration::from_millis(1_500));
     let (mut played, mut rng, mut seq) = player.finish();
     let before_kill = played.events.len();
+    let at_source = snapshotted(&scratch, 1);
+    println!("node 1 has snapshots of partitions {at_source:?}");
+    assert!(!at_source.is_empty(), "node 1 snapshots its own partitions");
+    for partition in &moved {
+        assert!(
+            !at_source.contains(&partition.0),
+            "node 1 forgot partition {}, which left it",
+            partition.0
+        );
+    }
 
     // Node 2 dies with the moved partitions' state only in its store, and comes back.
     let recovered = kill_and_restart(&etcd, &mut nodes, 2, &scratch);

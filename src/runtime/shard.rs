@@ -912,6 +912,11 @@ impl Shard {
         self.core().poll_move_install()
     }
 
+    /// A partition this shard dropped for another owner (see [`ShardCore::poll_departed`]).
+    pub fn poll_departed(&self) -> Option<PartitionId> {
+        self.core().poll_departed()
+    }
+
     /// Whether `partition` left this shard for good (see [`ShardCore::partition_gone`]).
     pub fn partition_gone(&self, partition: PartitionId) -> bool {
         self.core.borrow().partition_gone(partition)

@@ -978,6 +978,7 @@ impl LogTasks {
     /// make unnecessary; looks again every `SNAPSHOT_CHECK_INTERVAL_MS_MAX` when none is due.
     async fn snapshot_loop(self: Rc<Self>) {
         loop {
+            self.forget_departed().await;
             let due = {
                 let urgent = self.blocked.get();
                 self.retention
@@ -1000,6 +1001,24 @@ impl LogTasks {
         }
     }
 
+    /// Forgets the partitions the shard dropped for another owner that are still gone: their
+    /// snapshot files are deleted and their records no longer hold the log back.
+    async fn forget_departed(&self) {
+        while let Some(partition) = self.shard.poll_departed() {
+            let _slot = self.take_snapshot_slot().await;
+            if self.shard.partition_gone(partition) {
+                self.forget(partition.0);
+            }
+        }
+    }
+
+    fn forget(&self, partition: u32) {
+        let files = self.retention.borrow_mut().forget(partition);
+        for lsn in files {
+            self.delete_snapshot(partition, lsn);
+        }
+    }
+
     /// Snapshots one partition: copies its state on the shard (the pause, returned), waits for
     /// the log to be durable up to the LSN it covers, and writes its file. `None` when the
     /// shard holds no state for the partition: when it moved away for good, its snapshot files
@@ -1009,10 +1028,7 @@ impl LogTasks {
         let started = Instant::now();
         let Some((lsn, state)) = self.shard.export_partition(PartitionId(partition)) else {
             if self.shard.partition_gone(PartitionId(partition)) {
-                let files = self.retention.borrow_mut().forget(partition);
-                for lsn in files {
-                    self.delete_snapshot(partition, lsn);
-                }
+                self.forget(partition);
             }
             return None;
         };

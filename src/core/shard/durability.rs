@@ -266,6 +266,10 @@ pub(super) struct DurabilityState {
     /// A stopping shard gave up waiting for its log: it counts as closed, and every event the
     /// shard would still apply is answered `ShuttingDown`.
     abandoned: bool,
+    /// Partitions whose state this shard dropped because the placement gave them to another
+    /// shard, for the store to forget ([`ShardCore::poll_departed`]); each listed once, so at
+    /// most one per partition.
+    departed: Vec<PartitionId>,
 }
 
 impl DurabilityState {
@@ -474,6 +478,23 @@ impl ShardCore {
         }
         let state = self.partitions.get(partition.index())?.as_ref()?;
         Some((self.durability.last_lsn(), state.export()))
+    }
+
+    /// The placement gave `partition` to another shard and its state here was dropped: the
+    /// store forgets it (see [`Self::poll_departed`]).
+    pub(super) fn note_departed(&mut self, partition: PartitionId) {
+        let departed = &mut self.durability.departed;
+        if self.durability.mode != Durability::Memory && !departed.contains(&partition) {
+            departed.push(partition);
+        }
+    }
+
+    /// A partition whose state this shard dropped since the last call because the placement
+    /// gave it to another shard. The store forgets it if it is still gone
+    /// ([`Self::partition_gone`]): its snapshot files, and the log segments its records
+    /// held back.
+    pub fn poll_departed(&mut self) -> Option<PartitionId> {
+        self.durability.departed.pop()
     }
 
     /// The last LSN given out (0 before the first): a snapshot of state that no record of

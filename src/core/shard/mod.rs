@@ -367,8 +367,8 @@ impl ShardCore {
             if serve && slot.is_none() {
                 // A partition moved here is served from the state it was handed off with.
                 *slot = Some(staged.unwrap_or_else(|| PartitionState::new(partition)));
-            } else if !owned && self.placed {
-                *slot = None;
+            } else if !owned && self.placed && slot.take().is_some() {
+                self.note_departed(partition);
             }
             self.routes
                 .push(routing::route_of(self.node, partition, owner, serve));

@@ -239,6 +239,12 @@ fn a_source_that_moved_the_partition_away_and_restarts_never_serves_its_old_copy
         a.partition_gone(moving_partition()),
         "its store may forget it"
     );
+    assert_eq!(
+        a.poll_departed(),
+        Some(moving_partition()),
+        "and is told to"
+    );
+    assert_eq!(a.poll_departed(), None);
 
     let mut a_again = restarted(A);
     a_again.restore_partition(&a_snapshot).unwrap();
@@ -248,6 +254,11 @@ fn a_source_that_moved_the_partition_away_and_restarts_never_serves_its_old_copy
     );
     recover(&mut a_again, &[(lsn, a_snapshot)], &a_log, flipped());
     assert!(a_again.partition_gone(moving_partition()));
+    assert_eq!(
+        a_again.poll_departed(),
+        Some(moving_partition()),
+        "its store forgets the recovered copy"
+    );
     assert!(!a_again.serves(moving_partition()));
     assert!(
         a_again.partition(moving_partition()).is_none(),
