@@ -25,9 +25,18 @@
 //! to L, writes the file (`.tmp`, `fdatasync`, rename, directory sync), deletes the snapshot
 //! it replaces and the segments no snapshot needs, then takes the next. Recovery loads each
 //! partition's newest valid snapshot (falling back to the one before it, or to the whole log,
-//! with a note) and replays only the records after it. When the segments and snapshots leave
-//! no room for the next segment within the shard's share of `--log-disk-max-mb`, the shard
-//! answers new events `LogFull` until truncation makes room, and says so once on stderr.
+//! with a note) and replays only the records after it.
+//!
+//! Moves: a fourth task, the installer, writes each partition moved to the shard
+//! (`core::shard::moves`) as an ordinary snapshot file of it before the hand-off is
+//! acknowledged, taking turns with the snapshotter (one snapshot file in flight per shard); a
+//! failed write refuses the move instead of being retried. A partition the placement takes
+//! away is forgotten: its snapshot files are deleted and retention stops keeping segments for
+//! its records.
+//!
+//! When the segments and snapshots leave no room for the next segment within the shard's
+//! share of `--log-disk-max-mb`, the shard answers new events `LogFull` until truncation
+//! makes room, and says so once on stderr.
 //!
 //! Disk faults: when opening or pre-allocating a segment, a write, a sync or a snapshot fails
 //! (ENOSPC, EIO), the shell tells the core which operation failed and how (no space, or an

@@ -40,9 +40,16 @@
 //! recovers every partition its store holds before it knows the placement, and the first
 //! placement it is given drops the ones it does not own (`adopt_placement`), before anything
 //! is served. Such a node snapshots nothing before that placement (`export_partition`), so
-//! the stale copy never gets a newer snapshot; and a partition moves back here only by
-//! another move, whose installed snapshot covers a later LSN than anything stale, so recovery
-//! loads it and ignores the stale records before it.
+//! the stale copy never gets a newer snapshot. A partition the placement takes from this
+//! shard is handed to the store to forget ([`ShardCore::poll_departed`]): its snapshot files
+//! are deleted and its records no longer keep log segments, unless it is staged here again
+//! ([`ShardCore::partition_gone`]). A partition comes back here only by another move (the
+//! controller places partitions once, then moves them), whose installed snapshot covers a
+//! later LSN than anything stale, so recovery loads it and skips the stale records before it.
+//!
+//! What it does not cover: a damaged installed snapshot makes recovery fall back as for any
+//! partition (to the snapshot before it, or to the whole log), which may hold the partition's
+//! state from before it last left this shard.
 
 use crate::core::ids::{Epoch, NodeId, PartitionId, ShardId};
 
@@ -977,8 +984,9 @@ impl ShardCore {
                     .iter()
                     .position(|m| m.partition.0 == partition)
                 {
-                    self.moves.incoming.swap_remove(older);
+                    let older = self.moves.incoming.swap_remove(older);
                     self.stats.moves.in_dropped += 1;
+                    self.forget_staged(&older);
                 }
                 self.moves.incoming.push(IncomingMove {
                     partition: PartitionId(partition),
@@ -1227,6 +1235,7 @@ impl ShardCore {
     fn refuse_incoming(&mut self, index: usize, why: String) {
         let m = self.moves.incoming.swap_remove(index);
         self.stats.moves.in_refused += 1;
+        self.forget_staged(&m);
         let refusal = format!(
             "node {} shard {} cannot make partition {} durable: {why}",
             self.node.0, self.shard.0, m.partition.0
@@ -1334,8 +1343,9 @@ impl ShardCore {
             let owner = self.placement.owner(m.partition);
             let ours = owner.node == self.node && owner.shard == self.shard;
             if owner.part_epoch > m.part_epoch && !(ours && m.acked_handoff()) {
-                self.moves.incoming.swap_remove(index);
+                let m = self.moves.incoming.swap_remove(index);
                 self.stats.moves.in_dropped += 1;
+                self.forget_staged(&m);
             } else {
                 index += 1;
             }
@@ -1345,11 +1355,26 @@ impl ShardCore {
     /// Inbound link `link` closed: moves whose hand-off it had not acknowledged are dropped
     /// (their source reports the failure); acknowledged ones stay staged for their flip.
     pub(super) fn drop_moves_of_link(&mut self, link: ConnectionId) {
-        let before = self.moves.incoming.len();
-        self.moves
-            .incoming
-            .retain(|m| m.link != link || m.acked_handoff());
-        self.stats.moves.in_dropped += (before - self.moves.incoming.len()) as u64;
+        let mut index = 0;
+        while index < self.moves.incoming.len() {
+            let m = &self.moves.incoming[index];
+            if m.link != link || m.acked_handoff() {
+                index += 1;
+                continue;
+            }
+            let m = self.moves.incoming.swap_remove(index);
+            self.stats.moves.in_dropped += 1;
+            self.forget_staged(&m);
+        }
+    }
+
+    /// A staged move was dropped: if its snapshot file is (or is being) written, the store
+    /// forgets it once the partition is gone from here (see [`Self::poll_departed`]), so the
+    /// file of an abandoned install does not stay until the next start.
+    fn forget_staged(&mut self, m: &IncomingMove) {
+        if matches!(m.install, Install::Writing { .. } | Install::Done) {
+            self.note_departed(m.partition);
+        }
     }
 
     /// Whether `partition` left this shard for good: the placement (one the node was given)

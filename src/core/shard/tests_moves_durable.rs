@@ -299,6 +299,12 @@ fn an_abandoned_install_leaves_nothing_that_recovery_serves() {
         pump_all(&mut wire, &mut a, &mut b);
         assert_eq!(b.moves_staged(), 0);
         assert!(b.partition(moving_partition()).is_none());
+        assert!(b.partition_gone(moving_partition()));
+        assert_eq!(
+            b.poll_departed(),
+            Some(moving_partition()),
+            "its store forgets the installed file"
+        );
         let steps = reports(&mut a);
         assert!(
             steps
