@@ -521,6 +521,9 @@ pub const LOG_STOP_WAIT_MS_MAX: u64 = 2_000;
 /// One partition's retention state in a shard's log task (`store::retention::PartitionLog`:
 /// two generations and the last record seen); checked by a const assert there.
 pub const RETENTION_PARTITION_BYTES: usize = 80;
+/// Snapshot files one shard writes at once (its own partitions' and the partitions moved to
+/// it, taking turns): `SNAPSHOT_IN_FLIGHT_BYTES_MAX` counts one.
+pub const SNAPSHOT_WRITES_INFLIGHT_MAX: u64 = 1;
 /// What one shard's snapshot in flight holds at its peak, at most: the partition's state as
 /// plain values (every player's entry and its wrong-code counters on the heap, under twice the
 /// archive's size), the archive in a doubling buffer, the file's bytes (header and archive)

@@ -24,13 +24,14 @@ use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 
 use crate::constants::{LOG_STOP_WAIT_MS_MAX, TIMEOUT_CHECK_INTERVAL_MS_MAX};
 use crate::core::codec::{FrameBuilder, FrameError, FrameHeader, FrameKind};
-use crate::core::ids::{ConnectionId, NodeId, PartitionId, ShardId};
+use crate::core::ids::{ConnectionId, Epoch, NodeId, PartitionId, ShardId};
 use crate::core::message::ArchivedLinkAccepted;
 use crate::core::partition::{MapError, Placement};
 use crate::core::shard::{
     CloseReason, ConnectRefusal, Durability, FrameProgress, LinkDest, LinkError, LinkPoll,
-    LogFaultKind, LogFaultStep, LogOp, LogSync, MeshBatch, MeshOutput, MoveError, MoveReport,
-    NodeLease, Readable, ReplayError, ShardConfig, ShardCore, ShardLoad, ShardStats, SourceAddr,
+    LogFaultKind, LogFaultStep, LogOp, LogSync, MeshBatch, MeshOutput, MoveError, MoveInstall,
+    MoveReport, NodeLease, Readable, ReplayError, ShardConfig, ShardCore, ShardLoad, ShardStats,
+    SourceAddr,
 };
 use crate::core::snapshot::PartitionSnapshot;
 use crate::runtime::config::RuntimeConfig;
@@ -84,6 +85,9 @@ pub struct Shard {
     drain_progress: WaitQueue,
     /// Woken when the core has queued log records: the log writer (`runtime::store`) looks.
     log_queued: WaitQueue,
+    /// Woken when a partition handed off here waits to be written to the store
+    /// ([`Self::poll_move_install`]).
+    move_installs: WaitQueue,
     /// Each outgoing link's task signals, by destination, once its task runs.
     link_tasks: RefCell<BTreeMap<LinkDest, Rc<LinkSignals>>>,
     /// Destinations the core listed that have no task yet, for the link supervisor.
@@ -162,6 +166,7 @@ impl Shard {
             force_close: Latch::new(),
             drain_progress: WaitQueue::new(),
             log_queued: WaitQueue::new(),
+            move_installs: WaitQueue::new(),
             link_tasks: RefCell::default(),
             links_unstarted: RefCell::default(),
             link_supervisor: WaitQueue::new(),
@@ -213,6 +218,9 @@ impl Shard {
     fn wake(&self) {
         if self.core.borrow().log_queued() {
             self.log_queued.wake_all();
+        }
+        if self.core.borrow().move_install_queued() {
+            self.move_installs.wake_all();
         }
         loop {
             let writable = self.core().poll_writable();
@@ -892,6 +900,53 @@ impl Shard {
     /// A log operation succeeded; returns whether that ends the shard's refusal.
     pub fn handle_log_recovered(&self, op: LogOp) -> bool {
         self.core().handle_log_recovered(op)
+    }
+
+    /// Woken when a partition handed off here waits to be made durable.
+    pub fn move_installs(&self) -> &WaitQueue {
+        &self.move_installs
+    }
+
+    /// The next handed-off partition to write to the store (see [`ShardCore::poll_move_install`]).
+    pub fn poll_move_install(&self) -> Option<MoveInstall> {
+        self.core().poll_move_install()
+    }
+
+    /// A partition this shard dropped for another owner (see [`ShardCore::poll_departed`]).
+    pub fn poll_departed(&self) -> Option<PartitionId> {
+        self.core().poll_departed()
+    }
+
+    /// Whether `partition` left this shard for good (see [`ShardCore::partition_gone`]).
+    pub fn partition_gone(&self, partition: PartitionId) -> bool {
+        self.core.borrow().partition_gone(partition)
+    }
+
+    /// Whether a handed-off partition waits to be written to the store.
+    pub fn move_install_queued(&self) -> bool {
+        self.core.borrow().move_install_queued()
+    }
+
+    /// A handed-off partition's snapshot covering `lsn` is durable: the hand-off is
+    /// acknowledged.
+    pub fn handle_move_installed(&self, partition: PartitionId, part_epoch: Epoch, lsn: u64) {
+        let now = self.now_ns();
+        self.core()
+            .handle_move_installed(now, partition, part_epoch, lsn);
+        self.wake();
+    }
+
+    /// A handed-off partition's snapshot could not be written (`why`): the move is refused.
+    pub fn handle_move_install_failed(
+        &self,
+        partition: PartitionId,
+        part_epoch: Epoch,
+        lsn: u64,
+        why: String,
+    ) {
+        self.core()
+            .handle_move_install_failed(partition, part_epoch, lsn, why);
+        self.wake();
     }
 
     /// Counts how long a snapshot stopped the shard, and the snapshot with the segments deleted

@@ -25,9 +25,18 @@
 //! to L, writes the file (`.tmp`, `fdatasync`, rename, directory sync), deletes the snapshot
 //! it replaces and the segments no snapshot needs, then takes the next. Recovery loads each
 //! partition's newest valid snapshot (falling back to the one before it, or to the whole log,
-//! with a note) and replays only the records after it. When the segments and snapshots leave
-//! no room for the next segment within the shard's share of `--log-disk-max-mb`, the shard
-//! answers new events `LogFull` until truncation makes room, and says so once on stderr.
+//! with a note) and replays only the records after it.
+//!
+//! Moves: a fourth task, the installer, writes each partition moved to the shard
+//! (`core::shard::moves`) as an ordinary snapshot file of it before the hand-off is
+//! acknowledged, taking turns with the snapshotter (one snapshot file in flight per shard); a
+//! failed write refuses the move instead of being retried. A partition the placement takes
+//! away is forgotten: its snapshot files are deleted and retention stops keeping segments for
+//! its records.
+//!
+//! When the segments and snapshots leave no room for the next segment within the shard's
+//! share of `--log-disk-max-mb`, the shard answers new events `LogFull` until truncation
+//! makes room, and says so once on stderr.
 //!
 //! Disk faults: when opening or pre-allocating a segment, a write, a sync or a snapshot fails
 //! (ENOSPC, EIO), the shell tells the core which operation failed and how (no space, or an
@@ -54,15 +63,17 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use glommio::io::{DmaFile, OpenOptions};
+use glommio::sync::Semaphore;
 use rkyv::util::AlignedVec;
 
 use crate::constants::{
     LOG_DISK_MB_DEFAULT, LOG_FAULT_HOLD_MS_MAX, LOG_FAULT_RETRY_MS_MAX,
     SNAPSHOT_CHECK_INTERVAL_MS_MAX, SNAPSHOT_EVERY_MB_DEFAULT, SNAPSHOT_EVERY_S_DEFAULT,
-    SNAPSHOT_GENERATIONS_MAX, WAL_BLOCK_BYTES_MAX, WAL_FORMAT_VERSION, WAL_SEGMENT_BYTES,
+    SNAPSHOT_GENERATIONS_MAX, SNAPSHOT_WRITES_INFLIGHT_MAX, WAL_BLOCK_BYTES_MAX,
+    WAL_FORMAT_VERSION, WAL_SEGMENT_BYTES,
 };
 use crate::core::ids::PartitionId;
-use crate::core::shard::{Durability, LogFaultKind, LogOp, LogSync};
+use crate::core::shard::{Durability, LogFaultKind, LogOp, LogSync, MoveInstall};
 use crate::runtime::shard::Shard;
 use crate::runtime::stall::spawn_timed;
 use crate::runtime::wait::WaitQueue;
@@ -643,6 +654,9 @@ struct LogTasks {
     clock: Instant,
     /// The log is at its disk bound and the core refuses events.
     blocked: Cell<bool>,
+    /// Held while a snapshot file is written (a partition's own, or one moved here): one at
+    /// a time, as `SNAPSHOT_IN_FLIGHT_BYTES_MAX` counts.
+    snapshot_slot: Semaphore,
 }
 
 /// Completed writes not yet covered by a sync, for the log-sync stage and counters.
@@ -806,10 +820,12 @@ pub fn start_log_tasks(shard: Rc<Shard>, start: LogStart) {
             retention: RefCell::new(start.retention),
             clock: start.clock,
             blocked: Cell::new(false),
+            snapshot_slot: Semaphore::new(SNAPSHOT_WRITES_INFLIGHT_MAX),
         });
         tasks.update_blocked();
         spawn_timed(tasks.clone().sync_loop()).detach();
         spawn_timed(tasks.clone().snapshot_loop()).detach();
+        spawn_timed(tasks.clone().install_loop()).detach();
         tasks.write_loop().await;
     })
     .detach();
@@ -971,6 +987,7 @@ impl LogTasks {
     /// make unnecessary; looks again every `SNAPSHOT_CHECK_INTERVAL_MS_MAX` when none is due.
     async fn snapshot_loop(self: Rc<Self>) {
         loop {
+            self.forget_departed().await;
             let due = {
                 let urgent = self.blocked.get();
                 self.retention
@@ -993,12 +1010,37 @@ impl LogTasks {
         }
     }
 
+    /// Forgets the partitions the shard dropped for another owner that are still gone: their
+    /// snapshot files are deleted and their records no longer hold the log back.
+    async fn forget_departed(&self) {
+        while let Some(partition) = self.shard.poll_departed() {
+            let _slot = self.take_snapshot_slot().await;
+            if self.shard.partition_gone(partition) {
+                self.forget(partition.0);
+            }
+        }
+    }
+
+    fn forget(&self, partition: u32) {
+        let files = self.retention.borrow_mut().forget(partition);
+        for lsn in files {
+            self.delete_snapshot(partition, lsn);
+        }
+    }
+
     /// Snapshots one partition: copies its state on the shard (the pause, returned), waits for
     /// the log to be durable up to the LSN it covers, and writes its file. `None` when the
-    /// shard holds no state for the partition (it moved away): its records stay in the log.
+    /// shard holds no state for the partition: when it moved away for good, its snapshot files
+    /// are deleted and its records no longer hold the log back.
     async fn snapshot(&self, partition: u32) -> Option<u64> {
+        let _slot = self.take_snapshot_slot().await;
         let started = Instant::now();
-        let (lsn, state) = self.shard.export_partition(PartitionId(partition))?;
+        let Some((lsn, state)) = self.shard.export_partition(PartitionId(partition)) else {
+            if self.shard.partition_gone(PartitionId(partition)) {
+                self.forget(partition);
+            }
+            return None;
+        };
         let bytes = encode_snapshot(self.identity, lsn, &state);
         drop(state);
         let pause_ns = started.elapsed().as_nanos() as u64;
@@ -1019,13 +1061,81 @@ impl LogTasks {
         .await;
         let dropped = self.retention.borrow_mut().snapshot_written(file_bytes);
         if let Some((partition, old)) = dropped {
-            let old = snapshot_path(&self.snapshot_dir, partition, old);
-            let removed = std::fs::remove_file(&old).and_then(|()| sync_dir(&self.snapshot_dir));
-            if let Err(error) = removed {
-                fail_stop(&self.shard, "delete an old snapshot", error);
-            }
+            self.delete_snapshot(partition, old);
         }
         Some(pause_ns)
+    }
+
+    async fn take_snapshot_slot(&self) -> glommio::sync::Permit<'_> {
+        self.snapshot_slot
+            .acquire_permit(1)
+            .await
+            .expect("the snapshot slot is never closed")
+    }
+
+    /// Makes the partitions moved here durable before their hand-off is acknowledged (see
+    /// `core::shard::moves`): each is written as an ordinary snapshot file of the partition,
+    /// covering the log up to the LSN the core gave, once the log is durable up to it. A
+    /// failed write is not retried: the core refuses the move with the error, the controller
+    /// abandons it, and the source keeps the partition.
+    async fn install_loop(self: Rc<Self>) {
+        loop {
+            self.shard
+                .move_installs()
+                .until(|| self.shard.move_install_queued().then_some(()))
+                .await;
+            let _slot = self.take_snapshot_slot().await;
+            let Some(install) = self.shard.poll_move_install() else {
+                continue;
+            };
+            let MoveInstall {
+                partition,
+                part_epoch,
+                lsn,
+                snapshot,
+            } = install;
+            let bytes = encode_snapshot(self.identity, lsn, &snapshot);
+            drop(snapshot);
+            // Never a snapshot ahead of the log: recovery would refuse it.
+            self.synced
+                .until(|| (self.shard.durable_lsn() >= lsn).then_some(()))
+                .await;
+            let path = snapshot_path(&self.snapshot_dir, partition.0, lsn);
+            match self.write_snapshot(&path, &bytes).await {
+                Ok(file_bytes) => {
+                    let dropped =
+                        self.retention
+                            .borrow_mut()
+                            .installed(partition.0, lsn, file_bytes);
+                    if let Some(old) = dropped {
+                        self.delete_snapshot(partition.0, old);
+                    }
+                    self.shard.handle_move_installed(partition, part_epoch, lsn);
+                    self.update_blocked();
+                }
+                Err(error) => {
+                    let _ = std::fs::remove_file(path.with_extension("snap.tmp"));
+                    eprintln!(
+                        "trove node: shard {}: cannot write partition {}, moved here, to {} ({error}); the move is refused and its source keeps the partition",
+                        self.shard.id().index(),
+                        partition.0,
+                        path.display()
+                    );
+                    let why = format!("writing its snapshot failed: {error}");
+                    self.shard
+                        .handle_move_install_failed(partition, part_epoch, lsn, why);
+                }
+            }
+        }
+    }
+
+    /// Deletes partition `partition`'s snapshot covering `lsn`, which retention keeps no more.
+    fn delete_snapshot(&self, partition: u32, lsn: u64) {
+        let old = snapshot_path(&self.snapshot_dir, partition, lsn);
+        let removed = std::fs::remove_file(&old).and_then(|()| sync_dir(&self.snapshot_dir));
+        if let Err(error) = removed {
+            fail_stop(&self.shard, "delete an old snapshot", error);
+        }
     }
 
     /// Writes a snapshot file whole and durably: a `.tmp` file, synced, renamed, and the

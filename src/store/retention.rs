@@ -282,6 +282,56 @@ impl Retention {
         Some((pending.partition, dropped))
     }
 
+    /// A partition moved here was written as a snapshot file covering the log up to `lsn`
+    /// (none of the log's records up to it is the partition's state: it came from another
+    /// node). It becomes the partition's newest generation, like a snapshot taken here.
+    /// Returns the LSN of the partition's snapshot no longer kept, whose file is to be
+    /// deleted; none when the file replaced one of the same name (the partition left at
+    /// `lsn` and came back with no record logged between).
+    pub fn installed(&mut self, partition: u32, lsn: u64, file_bytes: u64) -> Option<u64> {
+        let log = self.partitions.get_mut(partition as usize)?;
+        let generation = Generation {
+            lsn,
+            file_bytes,
+            first_after: None,
+        };
+        if log.newest.lsn == lsn && log.newest.file_bytes > 0 {
+            self.snapshot_bytes -= log.newest.file_bytes;
+            self.snapshot_bytes += file_bytes;
+            log.newest = generation;
+            return None;
+        }
+        self.snapshot_bytes += file_bytes;
+        self.push_generation(partition, generation)
+    }
+
+    /// The partition left this shard for good (another node owns it, and nothing of it is
+    /// staged here): its snapshots are no longer kept and its records no longer hold the log
+    /// back. Returns the LSNs of its snapshot files, to be deleted. Should it come back, it
+    /// comes by a move, whose installed snapshot covers every record of it before.
+    pub fn forget(&mut self, partition: u32) -> Vec<u64> {
+        let last_lsn = self.last_lsn;
+        let Some(log) = self.partitions.get_mut(partition as usize) else {
+            return Vec::new();
+        };
+        let kept = [Some(log.newest), log.older];
+        log.newest = Generation {
+            lsn: last_lsn,
+            file_bytes: 0,
+            first_after: None,
+        };
+        log.older = None;
+        let files: Vec<Generation> = kept
+            .into_iter()
+            .flatten()
+            .filter(|generation| generation.file_bytes > 0)
+            .collect();
+        for generation in &files {
+            self.snapshot_bytes -= generation.file_bytes;
+        }
+        files.iter().map(|generation| generation.lsn).collect()
+    }
+
     /// The snapshot begun will not be written (the partition is not this shard's any more):
     /// its records stay in the log.
     pub fn abandon(&mut self) {
@@ -343,6 +393,62 @@ mod tests {
     fn snapshot(retention: &mut Retention, partition: u32, lsn: u64) -> Option<(u32, u64)> {
         retention.begin(partition, lsn);
         retention.snapshot_written(100)
+    }
+
+    #[test]
+    fn a_partition_moved_here_becomes_its_newest_generation_and_a_same_named_file_is_replaced() {
+        let mut retention = Retention::new(config(), 4, 0);
+        retention.add_segment(0, 1);
+        retention.observe(1, 2, 10, 0);
+        retention.observe_durable(1);
+        assert_eq!(snapshot(&mut retention, 2, 1), None);
+        // The partition left at record 1 and came back with nothing logged between: its file
+        // is the same name, replaced, and counted once.
+        let before = retention.disk_bytes();
+        assert_eq!(retention.installed(2, 1, 300), None);
+        assert_eq!(retention.disk_bytes(), before + 200);
+        assert!(!retention.changed(2), "the installed state covers the log");
+        retention.observe(2, 2, 10, 0);
+        assert!(retention.changed(2), "a record after it, once served here");
+        assert_eq!(
+            snapshot(&mut retention, 2, 2),
+            None,
+            "the installed one is kept as the older generation"
+        );
+        retention.observe(3, 2, 10, 0);
+        assert_eq!(snapshot(&mut retention, 2, 3), Some((2, 1)), "deleted once");
+        // Moved again later: a new generation, dropping the oldest kept.
+        retention.observe(4, 1, 10, 0);
+        assert_eq!(retention.installed(2, 4, 100), Some(2));
+        assert!(!retention.changed(2));
+    }
+
+    #[test]
+    fn a_partition_gone_for_good_frees_its_snapshots_and_holds_no_segment_back() {
+        let mut retention = Retention::new(config(), 4, 0);
+        // Segment 0: records 1-4, alternating partitions 0 and 1; segment 1: 5-8.
+        for lsn in 1..=8 {
+            retention.observe(lsn, (lsn % 2) as u32, 10, (lsn - 1) / 4);
+        }
+        retention.observe_durable(8);
+        snapshot(&mut retention, 1, 8);
+        for _ in 0..2 {
+            snapshot(&mut retention, 0, 8);
+        }
+        assert!(
+            retention.poll_truncate().is_empty(),
+            "partition 1's only generation before its snapshot is the whole log"
+        );
+        let before = retention.disk_bytes();
+        assert_eq!(retention.forget(1), [8], "its one snapshot file");
+        assert_eq!(retention.disk_bytes(), before - 100);
+        assert!(!retention.wanted(1), "nothing to snapshot of it any more");
+        assert_eq!(
+            retention.poll_truncate(),
+            [0],
+            "it holds segment 0 back no more"
+        );
+        assert!(retention.forget(1).is_empty(), "forgotten once");
     }
 
     #[test]

@@ -144,6 +144,9 @@ pub struct MoveTally {
     pub in_staged: u64,
     /// Staged partitions this shard then served, from the staged state, at their flip.
     pub in_installed: u64,
+    /// Of the staged partitions, those written to this shard's store before their hand-off
+    /// was acknowledged (a target with a data dir).
+    pub in_durable: u64,
     /// Staged (or half-received) partitions dropped: the move was abandoned, or its link
     /// closed before the hand-off.
     pub in_dropped: u64,

@@ -266,6 +266,10 @@ pub(super) struct DurabilityState {
     /// A stopping shard gave up waiting for its log: it counts as closed, and every event the
     /// shard would still apply is answered `ShuttingDown`.
     abandoned: bool,
+    /// Partitions whose state this shard dropped because the placement gave them to another
+    /// shard, for the store to forget ([`ShardCore::poll_departed`]); each listed once, so at
+    /// most one per partition.
+    departed: Vec<PartitionId>,
 }
 
 impl DurabilityState {
@@ -465,18 +469,58 @@ impl ShardCore {
 
     /// Copies partition `partition`'s state for a snapshot, with the LSN it covers: the last
     /// one given out, since every event applied so far was logged. `None` when this shard holds
-    /// no state for the partition.
+    /// no state for the partition, or only state recovered before its node was given the
+    /// cluster's placement (which may hand it away: snapshotting it again would only make a
+    /// stale copy look newer).
     pub fn export_partition(&self, partition: PartitionId) -> Option<(u64, PartitionSnapshot)> {
+        if !self.placed {
+            return None;
+        }
         let state = self.partitions.get(partition.index())?.as_ref()?;
         Some((self.durability.last_lsn(), state.export()))
     }
 
+    /// The placement gave `partition` to another shard and its state here was dropped: the
+    /// store forgets it (see [`Self::poll_departed`]).
+    pub(super) fn note_departed(&mut self, partition: PartitionId) {
+        let departed = &mut self.durability.departed;
+        if self.durability.mode != Durability::Memory && !departed.contains(&partition) {
+            departed.push(partition);
+        }
+    }
+
+    /// A partition whose state this shard dropped since the last call because the placement
+    /// gave it to another shard. The store forgets it if it is still gone
+    /// ([`Self::partition_gone`]): its snapshot files, and the log segments its records
+    /// held back.
+    pub fn poll_departed(&mut self) -> Option<PartitionId> {
+        self.durability.departed.pop()
+    }
+
+    /// The last LSN given out (0 before the first): a snapshot of state that no record of
+    /// this log after it touches covers it.
+    pub(super) fn last_lsn_given(&self) -> u64 {
+        self.durability.last_lsn()
+    }
+
+    /// Whether applied events are logged (a data dir).
+    pub(super) fn logs(&self) -> bool {
+        self.durability.logs()
+    }
+
     /// Puts a partition's state back from a snapshot (recovery, before the log after it is
-    /// replayed). Refused when the snapshot breaks a limit or names a partition this shard does
+    /// replayed). A cluster node recovers before it knows the placement: like
+    /// [`Self::replay`], it takes every partition back, for the placement to confirm or hand
+    /// away. Refused when the snapshot breaks a limit or names a partition this shard does
     /// not hold.
     pub fn restore_partition(&mut self, snapshot: &PartitionSnapshot) -> Result<(), String> {
         let index = snapshot.partition as usize;
-        let Some(slot) = self.partitions.get_mut(index).filter(|slot| slot.is_some()) else {
+        let placed = self.placed;
+        let Some(slot) = self
+            .partitions
+            .get_mut(index)
+            .filter(|slot| slot.is_some() || !placed)
+        else {
             return Err(format!(
                 "it holds partition {index}, which this shard does not serve"
             ));
@@ -522,6 +566,13 @@ impl ShardCore {
         let announce = !faults.any();
         let since_ns = *faults.since_ns.get_or_insert(now_ns);
         faults.failing[op.index()] = Some(kind);
+        // A partition being installed here could not be made durable either.
+        let why = match kind {
+            LogFaultKind::NoSpace => "its disk is full",
+            LogFaultKind::Io => "its disk failed",
+        };
+        self.refuse_installs(format!("it could not {} ({why})", op.describe()));
+        let faults = &mut self.durability.faults;
         let attempts = &mut faults.attempts[op.index()];
         *attempts = attempts.saturating_add(1);
         let retry_after_ms = retry_after_ms(*attempts);

@@ -62,7 +62,7 @@ pub use durability::{
 };
 pub use links::{ERROR_CODE_LINK_PROTOCOL, ERROR_CODE_LINK_REFUSED, LinkDest, LinkError, LinkPoll};
 pub use mesh::{ArchiveBatch, BatchEntry, MeshBatch, MeshOutput};
-pub use moves::{MoveError, MoveReport, MoveStep};
+pub use moves::{MoveError, MoveInstall, MoveReport, MoveStep};
 pub use routing::{LocalEvent, NodeLease, Route};
 pub use stop::ERROR_CODE_SHUTTING_DOWN;
 pub use timeouts::ERROR_CODE_CONNECTION_CLOSED;
@@ -367,8 +367,8 @@ impl ShardCore {
             if serve && slot.is_none() {
                 // A partition moved here is served from the state it was handed off with.
                 *slot = Some(staged.unwrap_or_else(|| PartitionState::new(partition)));
-            } else if !owned && self.placed {
-                *slot = None;
+            } else if !owned && self.placed && slot.take().is_some() {
+                self.note_departed(partition);
             }
             self.routes
                 .push(routing::route_of(self.node, partition, owner, serve));

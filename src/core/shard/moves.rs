@@ -7,6 +7,49 @@
 //! the controller (the target has everything: flip now; or the move cannot go on) comes out of
 //! [`ShardCore::poll_move_report`](super::ShardCore) as a [`MoveReport`], which the node's
 //! control thread writes to etcd. Lives on the shard's core.
+//!
+//! # A target with a store (`--durability sync|async`)
+//!
+//! The flip must never go to a target whose copy a crash would lose, so a target that logs
+//! acknowledges the hand-off only once the staged partition is durable in its own store:
+//!
+//! 1. The snapshot and the tail arrive and are applied to the staged state as on any target
+//!    (nothing is logged: the partition is not this shard's yet, and its records would be
+//!    replayed into it at recovery). Before it stages anything, a target whose log refuses
+//!    events now (a disk fault, the disk bound) refuses the move.
+//! 2. At the hand-off (the last tail event is in) the target does not acknowledge it: the
+//!    install is queued for the shell ([`ShardCore::poll_move_install`]), which takes a copy
+//!    of the staged state with the LSN it covers (the last one given out: no record of this
+//!    log after it is the partition's), waits for the log to be durable up to that LSN, and
+//!    writes the copy as an ordinary snapshot file of the partition through the store's
+//!    snapshot path (`.tmp`, `fdatasync`, rename, directory sync). Only then
+//!    ([`ShardCore::handle_move_installed`]) does the hand-off acknowledgement leave, and the
+//!    source reports the move `Ready`. Until then the source keeps holding the partition's
+//!    new events, so nothing it acknowledged can be lost.
+//! 3. After the flip the partition is this shard's like any other: its events are logged with
+//!    LSNs after the snapshot's, so recovery loads the snapshot and replays them, the way it
+//!    recovers any partition.
+//!
+//! A disk fault while an install is queued or written ([`ShardCore::handle_log_fault`]), or a
+//! failed snapshot write ([`ShardCore::handle_move_install_failed`]), refuses the move with the
+//! reason: the staged state is dropped, the source reports `Refused`, the controller abandons
+//! the move and the source applies what it held. The move never flips.
+//!
+//! No stale copy comes back. A snapshot written for a move that is then abandoned, or the
+//! log of a source that moved a partition away, still hold that partition; a cluster node
+//! recovers every partition its store holds before it knows the placement, and the first
+//! placement it is given drops the ones it does not own (`adopt_placement`), before anything
+//! is served. Such a node snapshots nothing before that placement (`export_partition`), so
+//! the stale copy never gets a newer snapshot. A partition the placement takes from this
+//! shard is handed to the store to forget ([`ShardCore::poll_departed`]): its snapshot files
+//! are deleted and its records no longer keep log segments, unless it is staged here again
+//! ([`ShardCore::partition_gone`]). A partition comes back here only by another move (the
+//! controller places partitions once, then moves them), whose installed snapshot covers a
+//! later LSN than anything stale, so recovery loads it and skips the stale records before it.
+//!
+//! What it does not cover: a damaged installed snapshot makes recovery fall back as for any
+//! partition (to the snapshot before it, or to the whole log), which may hold the partition's
+//! state from before it last left this shard.
 
 use crate::core::ids::{Epoch, NodeId, PartitionId, ShardId};
 
@@ -65,10 +108,10 @@ use crate::core::message::{
     MoveHead,
 };
 use crate::core::partition::OwnerState;
+use crate::core::shard::ShardCore;
 use crate::core::shard::links::{LinkAdmit, LinkDest};
 use crate::core::shard::mesh::BatchEntry;
 use crate::core::shard::routing::{LocalEvent, Route, reply_to};
-use crate::core::shard::{Durability, ShardCore};
 use crate::core::snapshot::PartitionSnapshot;
 
 /// Why a move frame breaks the protocol: the link it came on is closed.
@@ -158,6 +201,33 @@ impl OutgoingMove {
     }
 }
 
+/// Where a staged move stands with the store of a target that logs (see the module
+/// documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Install {
+    /// Not handed off yet, or the target keeps no store (its hand-off is acknowledged at once).
+    None,
+    /// Handed off: the shell has not taken the staged state to write yet.
+    Queued,
+    /// The shell writes the staged state as a snapshot file covering the log up to `lsn`.
+    Writing { lsn: u64 },
+    /// The snapshot file is durable and the hand-off was acknowledged.
+    Done,
+}
+
+/// A partition handed off to this shard, for the shell to write as a snapshot file before
+/// the hand-off is acknowledged ([`ShardCore::poll_move_install`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoveInstall {
+    pub partition: PartitionId,
+    /// The partition epoch of the move (for [`ShardCore::handle_move_installed`]).
+    pub part_epoch: Epoch,
+    /// The last LSN this shard's log gave out: the snapshot covers the log up to it (no
+    /// record after it is the partition's), and is written once the log is durable up to it.
+    pub lsn: u64,
+    pub snapshot: PartitionSnapshot,
+}
+
 /// One partition this shard receives from its owner, staged (not served) until its flip.
 struct IncomingMove {
     partition: PartitionId,
@@ -169,7 +239,17 @@ struct IncomingMove {
     state: Option<PartitionState>,
     events: u64,
     bytes: u64,
+    /// The hand-off marker came (the tail is complete).
     handed_off: bool,
+    install: Install,
+}
+
+impl IncomingMove {
+    /// Whether the hand-off was acknowledged: at once without a store, once the staged state
+    /// is durable with one. Only then may the flip make the staged state this shard's.
+    fn acked_handoff(&self) -> bool {
+        self.handed_off && matches!(self.install, Install::None | Install::Done)
+    }
 }
 
 /// A partition handed off to this shard whose flip this shard has not seen yet: its events
@@ -852,10 +932,10 @@ impl ShardCore {
 
     /// Why this shard will not stage a move of `partition` at `part_epoch`, if it will not.
     fn incoming_refusal(&self, partition: u32, part_epoch: u32, total: u64) -> Option<String> {
-        if self.config.durability != Durability::Memory {
+        if let Some(error) = self.log_refusal_error() {
             return Some(format!(
-                "moves to a node with --durability {} are not supported yet (the staged partition could not be made durable before the hand-off); move it to a node with --durability memory",
-                format!("{:?}", self.config.durability).to_lowercase()
+                "node {} shard {} cannot log now ({error:?}), so it could not make the partition durable before the hand-off; move it once its disk works",
+                self.node.0, self.shard.0
             ));
         }
         if total as usize > SNAPSHOT_ARCHIVE_BYTES_MAX {
@@ -870,10 +950,11 @@ impl ShardCore {
                 owner.part_epoch.get()
             ));
         }
-        // A move handed off here waits for this node to see its flip, which can come well
-        // after the controller wrote it and started the next moves: those wait counted apart,
-        // or a busy node would refuse the moves its controller paced correctly.
-        let receiving = self.moves.incoming.iter().filter(|m| !m.handed_off).count();
+        // A move whose hand-off this shard acknowledged waits for this node to see its flip,
+        // which can come well after the controller wrote it and started the next moves: those
+        // wait counted apart, or a busy node would refuse the moves its controller paced
+        // correctly. (Until acknowledged, an install to the store counts as receiving.)
+        let receiving = self.moves.incoming.iter().filter(|m| !m.acked_handoff()).count();
         if receiving >= MOVES_INCOMING_MAX {
             return Some(format!(
                 "node {} shard {} already receives {MOVES_INCOMING_MAX} moves; try again after they are handed off",
@@ -914,8 +995,9 @@ impl ShardCore {
                     .iter()
                     .position(|m| m.partition.0 == partition)
                 {
-                    self.moves.incoming.swap_remove(older);
+                    let older = self.moves.incoming.swap_remove(older);
                     self.stats.moves.in_dropped += 1;
+                    self.forget_staged(&older);
                 }
                 self.moves.incoming.push(IncomingMove {
                     partition: PartitionId(partition),
@@ -927,6 +1009,7 @@ impl ShardCore {
                     events: 0,
                     bytes: 0,
                     handed_off: false,
+                    install: Install::None,
                 });
                 self.moves.incoming.len() - 1
             }
@@ -1049,10 +1132,126 @@ impl ShardCore {
             return Ok(());
         };
         self.moves.incoming[index].handed_off = true;
+        if self.logs() {
+            // Acknowledged once the staged state is durable (see the module documentation).
+            match self.log_refusal_error() {
+                Some(error) => {
+                    self.refuse_incoming(index, format!("its log refuses events now ({error:?})"))
+                }
+                None => self.moves.incoming[index].install = Install::Queued,
+            }
+            return Ok(());
+        }
         let partition = self.moves.incoming[index].partition;
         self.ack_incoming(index);
         self.hold_until_flip(now_ns, partition);
         Ok(())
+    }
+
+    /// Why this shard's log refuses events now, if it does.
+    fn log_refusal_error(&self) -> Option<crate::core::message::EventError> {
+        match self.log_refusal()? {
+            crate::core::message::Outcome::Error { error } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// Whether a handed-off partition waits for the shell to write it
+    /// ([`Self::poll_move_install`]).
+    pub fn move_install_queued(&self) -> bool {
+        self.moves
+            .incoming
+            .iter()
+            .any(|m| m.install == Install::Queued)
+    }
+
+    /// The next handed-off partition to make durable: a copy of its staged state and the LSN
+    /// it covers. The shell writes it as the partition's snapshot file once the log is durable
+    /// up to that LSN, then calls [`Self::handle_move_installed`] (or
+    /// [`Self::handle_move_install_failed`]).
+    pub fn poll_move_install(&mut self) -> Option<MoveInstall> {
+        let lsn = self.last_lsn_given();
+        let m = self
+            .moves
+            .incoming
+            .iter_mut()
+            .find(|m| m.install == Install::Queued)?;
+        let state = m.state.as_ref().expect("handed off after its snapshot");
+        m.install = Install::Writing { lsn };
+        Some(MoveInstall {
+            partition: m.partition,
+            part_epoch: m.part_epoch,
+            lsn,
+            snapshot: state.export(),
+        })
+    }
+
+    fn writing_index(&self, partition: PartitionId, part_epoch: Epoch, lsn: u64) -> Option<usize> {
+        self.moves.incoming.iter().position(|m| {
+            m.partition == partition
+                && m.part_epoch == part_epoch
+                && m.install == Install::Writing { lsn }
+        })
+    }
+
+    /// The snapshot of a handed-off partition is durable: the hand-off is acknowledged (the
+    /// source reports the move ready) and the partition's events wait here for the flip.
+    /// Nothing when the move ended meanwhile (refused, abandoned): the file it wrote is a
+    /// stale copy recovery drops (see the module documentation).
+    pub fn handle_move_installed(
+        &mut self,
+        now_ns: u64,
+        partition: PartitionId,
+        part_epoch: Epoch,
+        lsn: u64,
+    ) {
+        let Some(index) = self.writing_index(partition, part_epoch, lsn) else {
+            return;
+        };
+        self.moves.incoming[index].install = Install::Done;
+        self.stats.moves.in_durable += 1;
+        self.ack_incoming(index);
+        self.hold_until_flip(now_ns, partition);
+    }
+
+    /// The shell could not write a handed-off partition's snapshot (`why`): the move is
+    /// refused and its staged state dropped.
+    pub fn handle_move_install_failed(
+        &mut self,
+        partition: PartitionId,
+        part_epoch: Epoch,
+        lsn: u64,
+        why: String,
+    ) {
+        if let Some(index) = self.writing_index(partition, part_epoch, lsn) {
+            self.refuse_incoming(index, why);
+        }
+    }
+
+    /// The log's disk failed (`why`): every handed-off partition not durable yet is refused.
+    pub(super) fn refuse_installs(&mut self, why: String) {
+        let mut index = 0;
+        while index < self.moves.incoming.len() {
+            let m = &self.moves.incoming[index];
+            if matches!(m.install, Install::Queued | Install::Writing { .. }) {
+                self.refuse_incoming(index, why.clone());
+            } else {
+                index += 1;
+            }
+        }
+    }
+
+    /// Drops staged move `index` and tells its source why: the source reports the move
+    /// refused, and the controller abandons it.
+    fn refuse_incoming(&mut self, index: usize, why: String) {
+        let m = self.moves.incoming.swap_remove(index);
+        self.stats.moves.in_refused += 1;
+        self.forget_staged(&m);
+        let refusal = format!(
+            "node {} shard {} cannot make partition {} durable: {why}",
+            self.node.0, self.shard.0, m.partition.0
+        );
+        self.queue_move_refusal(m.link, m.partition.0, m.part_epoch.get(), refusal);
     }
 
     /// The partition was handed off here: its events wait for the flip (see [`Arriving`]).
@@ -1082,7 +1281,7 @@ impl ShardCore {
                 .moves
                 .incoming
                 .iter()
-                .any(|m| m.partition == partition && m.handed_off);
+                .any(|m| m.partition == partition && m.acked_handoff());
             if staged && !matches!(self.base_route(partition), Route::Local(_)) {
                 index += 1;
                 continue;
@@ -1106,7 +1305,7 @@ impl ShardCore {
             snapshot_done: m.state.is_some(),
             events: m.events,
             bytes: m.bytes,
-            handed_off: m.handed_off,
+            handed_off: m.acked_handoff(),
             refusal: String::new(),
         };
         let link = m.link;
@@ -1139,10 +1338,9 @@ impl ShardCore {
         partition: PartitionId,
         part_epoch: Epoch,
     ) -> Option<PartitionState> {
-        let index =
-            self.moves.incoming.iter().position(|m| {
-                m.partition == partition && m.handed_off && m.part_epoch < part_epoch
-            })?;
+        let index = self.moves.incoming.iter().position(|m| {
+            m.partition == partition && m.acked_handoff() && m.part_epoch < part_epoch
+        })?;
         let m = self.moves.incoming.swap_remove(index);
         self.stats.moves.in_installed += 1;
         m.state
@@ -1155,23 +1353,51 @@ impl ShardCore {
             let m = &self.moves.incoming[index];
             let owner = self.placement.owner(m.partition);
             let ours = owner.node == self.node && owner.shard == self.shard;
-            if owner.part_epoch > m.part_epoch && !(ours && m.handed_off) {
-                self.moves.incoming.swap_remove(index);
+            if owner.part_epoch > m.part_epoch && !(ours && m.acked_handoff()) {
+                let m = self.moves.incoming.swap_remove(index);
                 self.stats.moves.in_dropped += 1;
+                self.forget_staged(&m);
             } else {
                 index += 1;
             }
         }
     }
 
-    /// Inbound link `link` closed: moves it had not handed off are dropped (their source
-    /// reports the failure); handed-off ones stay staged for their flip.
+    /// Inbound link `link` closed: moves whose hand-off it had not acknowledged are dropped
+    /// (their source reports the failure); acknowledged ones stay staged for their flip.
     pub(super) fn drop_moves_of_link(&mut self, link: ConnectionId) {
-        let before = self.moves.incoming.len();
-        self.moves
-            .incoming
-            .retain(|m| m.link != link || m.handed_off);
-        self.stats.moves.in_dropped += (before - self.moves.incoming.len()) as u64;
+        let mut index = 0;
+        while index < self.moves.incoming.len() {
+            let m = &self.moves.incoming[index];
+            if m.link != link || m.acked_handoff() {
+                index += 1;
+                continue;
+            }
+            let m = self.moves.incoming.swap_remove(index);
+            self.stats.moves.in_dropped += 1;
+            self.forget_staged(&m);
+        }
+    }
+
+    /// A staged move was dropped: if its snapshot file is (or is being) written, the store
+    /// forgets it once the partition is gone from here (see [`Self::poll_departed`]), so the
+    /// file of an abandoned install does not stay until the next start.
+    fn forget_staged(&mut self, m: &IncomingMove) {
+        if matches!(m.install, Install::Writing { .. } | Install::Done) {
+            self.note_departed(m.partition);
+        }
+    }
+
+    /// Whether `partition` left this shard for good: the placement (one the node was given)
+    /// has it on another shard, and this shard holds no state of it, served or staged. The
+    /// store then forgets it (its snapshots, and the log it holds back).
+    pub fn partition_gone(&self, partition: PartitionId) -> bool {
+        let owner = self.placement.owner(partition);
+        let owned = owner.node == self.node && owner.shard == self.shard;
+        self.placed
+            && !owned
+            && self.partition(partition).is_none()
+            && !self.moves.incoming.iter().any(|m| m.partition == partition)
     }
 
     /// Partitions staged here now (for tests and reports).

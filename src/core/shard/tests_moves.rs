@@ -338,35 +338,6 @@ fn a_target_that_falls_behind_makes_the_source_hold_instead_of_growing_the_tail(
 }
 
 #[test]
-fn a_target_that_logs_refuses_the_move_and_the_source_keeps_serving() {
-    let mut a = node_shard(A, big());
-    let mut b = ShardCore::with_config(
-        ShardId(0),
-        halves(2),
-        ShardConfig {
-            durability: Durability::Sync,
-            ..link_config(B, big())
-        },
-    );
-    let conn = a.handle_connect(0).unwrap();
-    a.handle_placement(0, migrating()).unwrap();
-    let mut wire = Wire::new();
-    pump_all(&mut wire, &mut a, &mut b);
-    let steps = reports(&mut a);
-    let [MoveStep::Refused { reason }] = &steps[..] else {
-        panic!("{steps:?}");
-    };
-    assert!(
-        reason.contains("--durability sync are not supported yet"),
-        "{reason}"
-    );
-    assert!(a.serves(moving_partition()));
-    assert_eq!(b.moves_staged(), 0);
-    offer(&mut a, conn, &frame(&moving_events(0..3), 3));
-    assert_eq!(write_all(&mut a, conn).replies.len(), 3);
-}
-
-#[test]
 fn a_failed_link_refuses_the_move() {
     let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
     a.handle_placement(0, migrating()).unwrap();
@@ -585,3 +556,6 @@ fn a_target_refuses_moves_past_what_it_may_receive_at_once_with_the_reason() {
     );
     assert_eq!(b.moves_staged(), MOVES_INCOMING_MAX);
 }
+
+#[path = "tests_moves_durable.rs"]
+mod durable_tests;
