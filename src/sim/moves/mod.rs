@@ -67,6 +67,14 @@ pub struct MovesModel {
     pub link_jitter_us: u64,
     /// Pins written per run.
     pub pins: usize,
+    /// A session's pause between two sends: up to this.
+    pub think_ms_max: u64,
+    /// The run's node fault strikes up to this long after its pin.
+    pub fault_delay_ms_max: u64,
+    /// The pins, the drain and the delay spike come this long after the clients start (at
+    /// 1 s), spread over `operator_window_ms`.
+    pub operator_start_ms: u64,
+    pub operator_window_ms: u64,
     /// A move whose source and target stay up this long after it starts must have flipped.
     pub liveness_ms: u64,
     /// Virtual length of a run.
@@ -94,6 +102,10 @@ impl Default for MovesModel {
             link_delay_us: 200,
             link_jitter_us: 2_000,
             pins: 3,
+            think_ms_max: 250,
+            fault_delay_ms_max: 80,
+            operator_start_ms: 300,
+            operator_window_ms: 1_800,
             liveness_ms: 8_000,
             run_ms: 12_000,
             glue_fault: GlueFault::None,

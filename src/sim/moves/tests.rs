@@ -43,6 +43,34 @@ fn three_hundred_seeds_of_moves_under_faults_keep_every_oracle() {
 }
 
 #[test]
+fn busier_runs_with_more_moves_and_faults_sooner_keep_every_oracle() {
+    // More pins (moves queue behind `moves_max`), sessions sending ten times as fast, bigger
+    // windows, the pins and faults while they send, faults within a move's first
+    // milliseconds, and jittery links.
+    let model = MovesModel {
+        pins: 8,
+        think_ms_max: 25,
+        operator_start_ms: 20,
+        operator_window_ms: 400,
+        window: 6,
+        fault_delay_ms_max: 30,
+        link_jitter_us: 5_000,
+        ..MovesModel::default()
+    };
+    let mut failures = String::new();
+    let mut held = 0;
+    for seed in 1..=SEEDS {
+        let run = run(&model, seed);
+        held += run.events_held;
+        if !run.failed().is_empty() {
+            failures.push_str(&run.failure_report());
+        }
+    }
+    assert!(failures.is_empty(), "{failures}");
+    assert!(held > 100, "only {held} events held at hand-offs");
+}
+
+#[test]
 fn a_run_is_a_function_of_its_seed() {
     let model = MovesModel::default();
     let (a, b) = (run(&model, 17), run(&model, 17));

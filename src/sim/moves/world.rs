@@ -62,10 +62,6 @@ const MESH_DELAY_NS: u64 = 20 * NS_PER_US;
 const CLIENT_DELAY_NS: u64 = 300 * NS_PER_US;
 /// When the clients start, after the nodes.
 const CLIENTS_START_NS: u64 = 1_000 * NS_PER_MS;
-/// A session's pause between two sends: up to this (a session's events span the pins).
-const THINK_NS_MAX: u64 = 250 * NS_PER_MS;
-/// When the pins and the drain are written: within this window after the clients start.
-const OPERATOR_WINDOW_NS: u64 = 1_800 * NS_PER_MS;
 
 /// A shard of a node: (node index, shard index). Node index `i` is `NodeId(i + 1)`.
 pub(super) type Core = (usize, usize);
@@ -393,13 +389,14 @@ impl World {
             self.push(at_ns, Action::Start(i));
         }
         self.push(TICK_NS, Action::Tick);
+        let think_ns_max = self.model.think_ms_max.max(1) * NS_PER_MS;
         for (k, session) in self.sessions.iter().enumerate() {
             let offset_ns = if session.organiser {
                 0
             } else {
                 200 * NS_PER_MS
             };
-            let at_ns = CLIENTS_START_NS + offset_ns + self.rng.below(THINK_NS_MAX);
+            let at_ns = CLIENTS_START_NS + offset_ns + self.rng.below(think_ns_max);
             self.sequence += 1;
             self.queue.push(Scheduled {
                 at_ns,
@@ -407,9 +404,10 @@ impl World {
                 action: Action::ClientSend(k),
             });
         }
-        let operator_start_ns = CLIENTS_START_NS + 300 * NS_PER_MS;
+        let operator_start_ns = CLIENTS_START_NS + self.model.operator_start_ms * NS_PER_MS;
+        let window_ns = self.model.operator_window_ms.max(1) * NS_PER_MS;
         for pin in 0..self.model.pins {
-            let at_ns = operator_start_ns + self.rng.below(OPERATOR_WINDOW_NS);
+            let at_ns = operator_start_ns + self.rng.below(window_ns);
             self.push(at_ns, Action::Pin(pin));
         }
         self.node_fault = match self.rng.below(3) {
@@ -422,14 +420,14 @@ impl World {
         if self.rng.percent(30) {
             let node = self.rng.below(self.nodes.len() as u64) as usize;
             self.drain_node = Some(node);
-            let at_ns = operator_start_ns + self.rng.below(OPERATOR_WINDOW_NS);
+            let at_ns = operator_start_ns + self.rng.below(window_ns);
             self.push(at_ns, Action::Drain);
         }
         if self.rng.percent(40) {
             let from = self.rng.below(self.nodes.len() as u64) as usize;
             let to = (from + 1 + self.rng.below(self.nodes.len() as u64 - 1) as usize)
                 % self.nodes.len();
-            let start_ns = operator_start_ns + self.rng.below(OPERATOR_WINDOW_NS);
+            let start_ns = operator_start_ns + self.rng.below(window_ns);
             let spike = Spike {
                 from,
                 to,
@@ -1251,7 +1249,8 @@ impl World {
             self.send_events(k, core, events);
         }
         if self.clients[k].next < total {
-            let at_ns = self.now_ns + 1 + self.rng.below(THINK_NS_MAX);
+            let at_ns =
+                self.now_ns + 1 + self.rng.below(self.model.think_ms_max.max(1) * NS_PER_MS);
             self.push(at_ns, Action::ClientSend(k));
         }
     }
@@ -1530,7 +1529,7 @@ impl World {
             return;
         }
         // Within a move's few tens of milliseconds, or just after its flip.
-        let delay_ns = self.rng.below(80) * NS_PER_MS;
+        let delay_ns = self.rng.below(self.model.fault_delay_ms_max + 1) * NS_PER_MS;
         match self.node_fault {
             NodeFault::None => {}
             NodeFault::KillTarget => {
