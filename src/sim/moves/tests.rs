@@ -121,6 +121,23 @@ fn a_glue_that_flips_before_the_target_is_ready_loses_events_and_is_caught() {
 }
 
 #[test]
+fn a_flip_before_ready_lets_two_nodes_apply_one_partition_at_once_and_is_caught() {
+    // The source streams (serving) until it learns of the flip, the target serves from when it
+    // learns of it: the two learn a few milliseconds apart, and the sampling sees some.
+    let broken = MovesModel {
+        glue_fault: GlueFault::FlipBeforeReady,
+        ..MovesModel::default()
+    };
+    let caught = (1..=100)
+        .filter(|&seed| run(&broken, seed).failed().contains(&Oracle::DoubleServed))
+        .count();
+    assert!(
+        caught > 0,
+        "no run of 100 was caught serving one partition twice"
+    );
+}
+
+#[test]
 fn links_that_lose_their_order_break_the_move_protocol_and_are_caught() {
     // Delays that vary more than the gaps between a move's frames, so that they overtake
     // each other once FIFO is gone.

@@ -55,7 +55,7 @@ const NS_PER_US: u64 = 1_000;
 /// How often the modelled etcd expires leases.
 const TICK_NS: u64 = 10 * NS_PER_MS;
 /// How often the no-double-serving property is sampled.
-const SAMPLE_NS: u64 = 50 * NS_PER_MS;
+const SAMPLE_NS: u64 = TICK_NS;
 /// Between two cores of one node (a mesh channel).
 const MESH_DELAY_NS: u64 = 20 * NS_PER_US;
 /// A client's network: this plus a seeded part of up to as much again.
