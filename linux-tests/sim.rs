@@ -47,6 +47,7 @@ fn plan(node_counts: &[usize], strategies: &[Strategy], seed: u64, model: Model)
         json: None,
         svg: None,
         coordination: false,
+        moves: None,
     }
 }
 
@@ -273,4 +274,47 @@ fn bad_input_is_refused_with_a_reason_and_no_panic() {
         stderr.contains("cannot write /nonexistent-dir/sim.json"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_moves_strategy_prints_a_line_per_seed_and_writes_its_runs_as_json() {
+    let dir = scratch_dir("sim-moves");
+    let json = dir.join("moves.json");
+    let output = trove_sim(&[
+        "--strategy",
+        "moves",
+        "--seed",
+        "11",
+        "--seeds",
+        "4",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let table = String::from_utf8(output.stdout).unwrap();
+    let runs: Vec<&str> = table
+        .lines()
+        .filter(|line| line.trim_start().starts_with(char::is_numeric))
+        .collect();
+    assert_eq!(runs.len(), 4, "{table}");
+    for (line, seed) in runs.iter().zip(11..) {
+        assert!(line.trim_start().starts_with(&format!("{seed} ")), "{line}");
+        assert!(line.contains(" ok "), "{line}");
+    }
+    assert!(
+        table.contains("4 runs, 4 kept every oracle, 0 broke one"),
+        "{table}"
+    );
+    let parsed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let parsed = parsed.as_array().unwrap();
+    assert_eq!(parsed.len(), 4);
+    assert_eq!(parsed[0]["seed"], 11);
+    assert_eq!(parsed[0]["findings"]["liveness"]["count"], 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let output = trove_sim(&["--strategy", "moves", "--seeds", "0"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("--seeds 0"), "{stderr}");
 }

@@ -933,6 +933,16 @@ pub const SIM_VIOLATION_EXAMPLES_MAX: usize = 8;
 /// load generator multiplexes its players, so that a shard's connection table never fills.
 pub const SIM_CLIENT_CONNECTIONS_PER_SHARD_MAX: usize = 16;
 
+/// Most nodes `trove sim --strategy moves` runs (it models a small cluster in detail).
+pub const SIM_MOVES_NODES_MAX: usize = 8;
+/// Most seeds one `trove sim --strategy moves --seeds N` may run.
+pub const SIM_MOVES_SEEDS_MAX: u64 = 100_000;
+/// Most client events one moves run may send: bounds its ledger.
+pub const SIM_MOVES_EVENTS_MAX: usize = 100_000;
+/// Most actions one moves run may take before it is cut off and reported as stuck (a
+/// livelock in the protocol would otherwise run forever).
+pub const SIM_MOVES_ACTIONS_MAX: u64 = 5_000_000;
+
 const _: () = assert!(SIM_NODES_MAX <= u32::MAX as usize);
 const _: () = assert!(SIM_QUEUE_EVENTS_MAX as usize >= 1);
 const _: () = assert!(SIM_CLIENT_CONNECTIONS_PER_SHARD_MAX < CONNECTIONS_PER_SHARD_MAX);

@@ -38,7 +38,7 @@ use crate::cluster::coordinator::{
     Coordinator, CoordinatorConfig, CoordinatorEvent, ServingView, WatchMessage,
 };
 use crate::cluster::etcd::EtcdClient;
-use crate::cluster::placement::epoch_of_revision;
+use crate::cluster::feed::ShardFeed;
 use crate::cluster::placement::{OwnerState, Placement};
 use crate::constants::{CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_RETRY_MS_MAX, CLUSTER_RETRY_MS_MIN};
 use crate::core::ids::{Epoch, PartitionId};
@@ -354,21 +354,15 @@ impl ControlLoop {
 impl ControlLoop {
     /// Tells the node the placement and the lease when either changed since last time.
     fn feed_shards(&mut self, view: &ServingView) {
-        let Some(placement) = &view.placement else {
+        let Some(feed) = ShardFeed::of(view, self.now_ns()) else {
             return;
         };
-        let now_ns = self.now_ns();
-        let registered = view
-            .registered_revision
-            .filter(|_| now_ns < view.lease_valid_until_ns)
-            .and_then(|revision| epoch_of_revision(revision).ok());
-        let sent = (placement.epoch(), registered, view.lease_valid_until_ns);
-        if self.sent == Some(sent) {
+        if self.sent == Some(feed.sent()) {
             return;
         }
-        self.sent = Some(sent);
-        let lease_end = self.clock + Duration::from_nanos(view.lease_valid_until_ns);
-        (self.on_change)(placement, registered, lease_end);
+        self.sent = Some(feed.sent());
+        let lease_end = self.clock + Duration::from_nanos(feed.lease_valid_until_ns);
+        (self.on_change)(&feed.placement, feed.registered, lease_end);
     }
 }
 

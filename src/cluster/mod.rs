@@ -8,6 +8,8 @@
 //!   writes, self-fencing), driven by requests and replies and a `now_ns`;
 //! - [`model`]: a sans-IO model of etcd for tests and the simulator;
 //! - [`etcd`]: the HTTP/1.1 client of etcd's JSON gateway (ureq, blocking);
+//! - [`feed`]: what the control thread tells the node's shards (placement and lease), a rule
+//!   the simulator shares;
 //! - [`control`]: the node's control thread, which drives a coordinator against etcd and
 //!   publishes what the node may serve;
 //! - [`status`]: what `trove cluster status` reads and shows;
@@ -24,6 +26,7 @@
 pub mod control;
 pub mod coordinator;
 pub mod etcd;
+pub mod feed;
 pub mod flags;
 pub mod keys;
 pub mod local;

@@ -68,6 +68,11 @@ impl ModelEtcd {
         self.kvs.get(key).map(|stored| &stored.value[..])
     }
 
+    /// The revision at which `key` was last written, if it exists.
+    pub fn mod_revision(&self, key: &str) -> Option<u64> {
+        self.kvs.get(key).map(|stored| stored.mod_revision)
+    }
+
     /// Ends every lease whose TTL ran out by `now_ns` and deletes its keys.
     pub fn expire(&mut self, now_ns: u64) {
         if self.down {

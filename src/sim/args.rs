@@ -6,8 +6,12 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::constants::SIM_COORDINATION_NODES_MAX;
-use crate::constants::SIM_NODE_COUNTS_MAX;
+use crate::constants::{SIM_MOVES_NODES_MAX, SIM_NODE_COUNTS_MAX};
 use crate::sim::config::{Costs, Model, NetworkModel, Strategy};
+use crate::sim::moves;
+
+/// `--nodes` when not given.
+const NODES_DEFAULT: &str = "1,2,4,8,15,16,32,64,128";
 
 /// Simulate a trove cluster in virtual time and compare how events are distributed.
 ///
@@ -23,15 +27,21 @@ use crate::sim::config::{Costs, Model, NetworkModel, Strategy};
 #[derive(Args, Debug, Clone)]
 pub struct SimArgs {
     /// Cluster sizes to simulate, comma-separated.
-    #[arg(long, default_value = "1,2,4,8,15,16,32,64,128", value_delimiter = ',')]
+    /// With `--strategy moves`: 2 to 8 nodes per run (default: 3 or 4, by seed).
+    #[arg(long, default_value = NODES_DEFAULT, value_delimiter = ',')]
     pub nodes: Vec<usize>,
     /// Strategies to compare, comma-separated: broadcast, router, forward, shard-aware, or all;
-    /// `coordination` runs the cluster's real Coordinator against a modelled etcd instead.
+    /// `coordination` runs the cluster's real Coordinator against a modelled etcd instead;
+    /// `moves` runs live partition moves on real ShardCores and Coordinators with seeded
+    /// faults (its own small cluster: 16 partitions, 2 shards per node; see src/sim/README.md).
     #[arg(long, default_value = "all", value_delimiter = ',')]
     pub strategy: Vec<String>,
     /// Seed of every random choice of the model.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// With `--strategy moves`: run this many seeds, from `--seed` on, one line each.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u64,
     /// Write every run's results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -106,6 +116,18 @@ pub struct Plan {
     pub svg: Option<PathBuf>,
     /// Also run the coordination model (`--strategy coordination`, see `sim::coordination`).
     pub coordination: bool,
+    /// Also run the live-moves model (`--strategy moves`, see `sim::moves`).
+    pub moves: Option<MovesPlan>,
+}
+
+/// The runs of `--strategy moves`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MovesPlan {
+    /// The first seed and how many.
+    pub seed: u64,
+    pub seeds: u64,
+    /// Nodes per run (each seed runs once per count); `None`: 3 or 4, by seed.
+    pub nodes: Option<Vec<usize>>,
 }
 
 impl SimArgs {
@@ -136,12 +158,41 @@ impl SimArgs {
             heartbeat_timeout_us: self.heartbeat_timeout_us,
         };
         model.validate()?;
-        let (coordination, data_path): (Vec<String>, Vec<String>) = self
+        let (coordination, rest): (Vec<String>, Vec<String>) = self
             .strategy
             .iter()
             .cloned()
             .partition(|name| name == "coordination");
+        let (moves, data_path): (Vec<String>, Vec<String>) =
+            rest.into_iter().partition(|name| name == "moves");
         let strategies = parse_strategies(&data_path)?;
+        let nodes_given = self.nodes != default_nodes();
+        let moves = if moves.is_empty() {
+            if self.seeds != 1 {
+                return Err(format!(
+                    "--seeds {}: only --strategy moves runs several seeds; give one --seed",
+                    self.seeds
+                ));
+            }
+            None
+        } else {
+            moves::check_seeds(self.seeds)?;
+            let nodes = nodes_given.then(|| self.nodes.clone());
+            if let Some(bad) = nodes
+                .iter()
+                .flatten()
+                .find(|n| !(2..=SIM_MOVES_NODES_MAX).contains(*n))
+            {
+                return Err(format!(
+                    "--nodes {bad}: the moves model runs 2 to {SIM_MOVES_NODES_MAX} nodes"
+                ));
+            }
+            Some(MovesPlan {
+                seed: self.seed,
+                seeds: self.seeds,
+                nodes,
+            })
+        };
         let mut node_counts = self.nodes;
         node_counts.sort_unstable();
         node_counts.dedup();
@@ -169,8 +220,16 @@ impl SimArgs {
             json: self.json,
             svg: self.svg,
             coordination: !coordination.is_empty(),
+            moves,
         })
     }
+}
+
+fn default_nodes() -> Vec<usize> {
+    NODES_DEFAULT
+        .split(',')
+        .map(|n| n.parse().expect("the default is a list of numbers"))
+        .collect()
 }
 
 fn parse_strategies(names: &[String]) -> Result<Vec<Strategy>, String> {
@@ -183,7 +242,7 @@ fn parse_strategies(names: &[String]) -> Result<Vec<Strategy>, String> {
         let strategy = Strategy::from_name(name).ok_or_else(|| {
             format!(
                 "--strategy {name}: not a strategy; choose from broadcast, router, forward, \
-                 shard-aware, all, coordination"
+                 shard-aware, all, coordination, moves"
             )
         })?;
         strategies.push(strategy);
@@ -229,6 +288,34 @@ mod tests {
         let flags = model.flags();
         let args: Vec<&str> = flags.split(' ').collect();
         assert_eq!(plan(&args).unwrap().model, model);
+    }
+
+    #[test]
+    fn moves_takes_a_seed_range_and_its_own_node_counts() {
+        let plan = plan(&["--strategy", "moves", "--seed", "5", "--seeds", "300"]).unwrap();
+        assert!(plan.strategies.is_empty() && !plan.coordination);
+        let moves = MovesPlan {
+            seed: 5,
+            seeds: 300,
+            nodes: None,
+        };
+        assert_eq!(plan.moves, Some(moves));
+        let plan = plan_nodes(&["--strategy", "moves", "--nodes", "3,4"]);
+        assert_eq!(plan.moves.unwrap().nodes, Some(vec![3, 4]));
+        let error = plan_error(&["--strategy", "moves", "--nodes", "12"]);
+        assert!(error.contains("2 to 8 nodes"), "{error}");
+        let error = plan_error(&["--strategy", "moves", "--seeds", "0"]);
+        assert!(error.contains("--seeds 0"), "{error}");
+        let error = plan_error(&["--strategy", "forward", "--seeds", "3"]);
+        assert!(error.contains("only --strategy moves"), "{error}");
+    }
+
+    fn plan_nodes(args: &[&str]) -> Plan {
+        plan(args).unwrap()
+    }
+
+    fn plan_error(args: &[&str]) -> String {
+        plan(args).unwrap_err()
     }
 
     #[test]

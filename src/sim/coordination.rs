@@ -68,6 +68,30 @@ impl CoordinationModel {
         }
     }
 
+    /// The keys of the simulated cluster.
+    pub fn keys() -> ClusterKeys {
+        ClusterKeys::new("sim").expect("a valid name")
+    }
+
+    /// The real coordinator of node `index` (its id is `index + 1`), configured by this model.
+    pub fn coordinator(&self, index: usize) -> Coordinator {
+        Coordinator::new(CoordinatorConfig {
+            keys: Self::keys(),
+            node: NodeId(index as u32 + 1),
+            info: NodeInfo {
+                address: format!("node-{}", index + 1),
+                port: 7700,
+                shard_ports: (0..self.shards_per_node).map(|s| 7701 + s).collect(),
+                version: "sim".into(),
+                metrics: None,
+            },
+            partitions: self.partitions,
+            lease_ttl_s: self.lease_ttl_s,
+            poll_ns: self.poll_ms * NS_PER_MS,
+            settle_ns: self.settle_ms * NS_PER_MS,
+        })
+    }
+
     /// The line that says what was modelled.
     pub fn describe(&self) -> String {
         format!(
@@ -137,26 +161,7 @@ struct World {
 
 impl World {
     fn new(model: &CoordinationModel, nodes: usize, seed: u64) -> World {
-        let keys = ClusterKeys::new("sim").expect("a valid name");
-        let coordinators = (0..nodes)
-            .map(|i| {
-                Coordinator::new(CoordinatorConfig {
-                    keys: keys.clone(),
-                    node: NodeId(i as u32 + 1),
-                    info: NodeInfo {
-                        address: format!("node-{}", i + 1),
-                        port: 7700,
-                        shard_ports: (0..model.shards_per_node).map(|s| 7701 + s).collect(),
-                        version: "sim".into(),
-                        metrics: None,
-                    },
-                    partitions: model.partitions,
-                    lease_ttl_s: model.lease_ttl_s,
-                    poll_ns: model.poll_ms * NS_PER_MS,
-                    settle_ns: model.settle_ms * NS_PER_MS,
-                })
-            })
-            .collect();
+        let coordinators = (0..nodes).map(|i| model.coordinator(i)).collect();
         let mut world = World {
             model: model.clone(),
             etcd: ModelEtcd::new(),

@@ -18,6 +18,8 @@
 //! - [`shard`]: a shard's CPU and its receive queue, both modelled;
 //! - [`engine`]: the simulation loop, the real cores it feeds, and the four strategies;
 //! - [`coordination`]: the cluster's real `Coordinator` on every node against a modelled etcd;
+//! - [`moves`]: live partition moves on real `ShardCore`s and `Coordinator`s, with seeded
+//!   node deaths, pauses and link delays;
 //! - [`oracle`]: the correctness properties every run is checked against;
 //! - [`report`] and [`plot`]: the table, the JSON and the SVG.
 //!
@@ -30,6 +32,7 @@ pub mod args;
 pub mod config;
 pub mod coordination;
 pub mod engine;
+pub mod moves;
 pub mod network;
 pub mod oracle;
 pub mod plot;

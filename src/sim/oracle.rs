@@ -15,6 +15,15 @@
 //!   told that winner, and the winner the state machine holds at the end is that one;
 //! - **drained**: the run came to rest within `SIM_DRAIN_MS_MAX` of its clients stopping, and
 //!   every core, once stopped, drained.
+//!
+//! The live-moves simulation (`sim::moves`) checks four more:
+//! - **double-served**: at no sampled instant do cores of two running nodes both apply events
+//!   of one partition;
+//! - **final-state**: at the end, each partition's owner holds it, serving, and its state
+//!   (scores, winners, the sessions it remembers) equals the one rebuilt from what clients
+//!   were told;
+//! - **liveness**: a move whose source and target stay up flips within a bound;
+//! - **protocol**: no core refused a link or move frame of another as malformed.
 
 use std::fmt;
 
@@ -32,15 +41,23 @@ pub enum Oracle {
     Credits,
     OneWinner,
     Drained,
+    DoubleServed,
+    FinalState,
+    Liveness,
+    Protocol,
 }
 
 impl Oracle {
-    pub const ALL: [Oracle; 5] = [
+    pub const ALL: [Oracle; 9] = [
         Oracle::Order,
         Oracle::LostOrDuplicated,
         Oracle::Credits,
         Oracle::OneWinner,
         Oracle::Drained,
+        Oracle::DoubleServed,
+        Oracle::FinalState,
+        Oracle::Liveness,
+        Oracle::Protocol,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +67,10 @@ impl Oracle {
             Oracle::Credits => "credits",
             Oracle::OneWinner => "one-winner",
             Oracle::Drained => "drained",
+            Oracle::DoubleServed => "double-served",
+            Oracle::FinalState => "final-state",
+            Oracle::Liveness => "liveness",
+            Oracle::Protocol => "protocol",
         }
     }
 }
@@ -75,6 +96,10 @@ pub struct Findings {
     pub credits: Violations,
     pub one_winner: Violations,
     pub drained: Violations,
+    pub double_served: Violations,
+    pub final_state: Violations,
+    pub liveness: Violations,
+    pub protocol: Violations,
 }
 
 impl Findings {
@@ -86,6 +111,10 @@ impl Findings {
             Oracle::Credits => &self.credits,
             Oracle::OneWinner => &self.one_winner,
             Oracle::Drained => &self.drained,
+            Oracle::DoubleServed => &self.double_served,
+            Oracle::FinalState => &self.final_state,
+            Oracle::Liveness => &self.liveness,
+            Oracle::Protocol => &self.protocol,
         }
     }
 
@@ -96,6 +125,10 @@ impl Findings {
             Oracle::Credits => &mut self.credits,
             Oracle::OneWinner => &mut self.one_winner,
             Oracle::Drained => &mut self.drained,
+            Oracle::DoubleServed => &mut self.double_served,
+            Oracle::FinalState => &mut self.final_state,
+            Oracle::Liveness => &mut self.liveness,
+            Oracle::Protocol => &mut self.protocol,
         }
     }
 
