@@ -954,7 +954,12 @@ impl ShardCore {
         // which can come well after the controller wrote it and started the next moves: those
         // wait counted apart, or a busy node would refuse the moves its controller paced
         // correctly. (Until acknowledged, an install to the store counts as receiving.)
-        let receiving = self.moves.incoming.iter().filter(|m| !m.acked_handoff()).count();
+        let receiving = self
+            .moves
+            .incoming
+            .iter()
+            .filter(|m| !m.acked_handoff())
+            .count();
         if receiving >= MOVES_INCOMING_MAX {
             return Some(format!(
                 "node {} shard {} already receives {MOVES_INCOMING_MAX} moves; try again after they are handed off",
