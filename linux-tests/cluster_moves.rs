@@ -634,28 +634,25 @@ fn a_source_paused_mid_move_loses_nothing_and_serves_again() {
     check_players(players);
 }
 
+/// `trove bench --cluster 2 --warmup 1` with `args`, which must succeed: its output.
+fn bench_two_nodes(args: &[&str]) -> String {
+    let mut command = trove();
+    command
+        .args(["bench", "--cluster", "2", "--warmup", "1"])
+        .args(args);
+    let output = run_bounded(&mut command, COMMAND_WAIT * 2);
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}{}", stderr(&output));
+    text
+}
+
 #[test]
 fn bench_cluster_with_moves_reports_each_flip_pause() {
     let _serial = one_at_a_time();
     if support::installed("etcd").is_none() {
         return;
     }
-    let output = run_bounded(
-        trove().args([
-            "bench",
-            "--cluster",
-            "2",
-            "--moves",
-            "5",
-            "--duration",
-            "4",
-            "--warmup",
-            "1",
-        ]),
-        COMMAND_WAIT * 2,
-    );
-    let text = stdout(&output);
-    assert!(output.status.success(), "{text}{}", stderr(&output));
+    let text = bench_two_nodes(&["--moves", "5", "--duration", "4"]);
     assert!(
         text.contains("live moves during the run: 5 moved, 0 failed"),
         "{text}"
@@ -683,23 +680,7 @@ fn bench_cluster_with_a_drain_reports_the_throughput_around_it() {
         return;
     }
     // 64 partitions: node 2's half moves off it within the run's last two thirds.
-    let output = run_bounded(
-        trove().args([
-            "bench",
-            "--cluster",
-            "2",
-            "--partitions",
-            "64",
-            "--drain",
-            "--duration",
-            "9",
-            "--warmup",
-            "1",
-        ]),
-        COMMAND_WAIT * 2,
-    );
-    let text = stdout(&output);
-    assert!(output.status.success(), "{text}{}", stderr(&output));
+    let text = bench_two_nodes(&["--partitions", "64", "--drain", "--duration", "9"]);
     let summary = text
         .lines()
         .find(|line| line.contains("drain of node 2:"))

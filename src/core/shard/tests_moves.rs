@@ -125,10 +125,10 @@ fn by_seq(replies: &[Reply]) -> BTreeMap<u64, Outcome> {
     answers
 }
 
-/// A moves the partition to B up to the hand-off: events applied before the move, during the
-/// snapshot's streaming and during the tail, then `held` more that A holds. Returns the
-/// connection at A, its replies so far, A's partition state at the hand-off and the events.
-fn move_to_handoff(
+/// A streams the partition to B up to the hand-off (events applied before the move, during
+/// the snapshot's streaming and during the tail), then holds `held` more events. Returns A's
+/// connection, its replies so far, A's state at the hand-off and every event.
+fn stream_to_handoff(
     a: &mut ShardCore,
     b: &mut ShardCore,
     wire: &mut Wire,
@@ -143,10 +143,6 @@ fn move_to_handoff(
     let conn = a.handle_connect(0).unwrap();
     offer(a, conn, &frame(&events[..20], 2));
     let mut replies = write_all(a, conn).replies;
-    let snapshot = a.partition(moving_partition()).unwrap().export();
-    let snapshot_bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&snapshot)
-        .unwrap()
-        .len() as u64;
     b.handle_placement(0, migrating()).unwrap();
     a.handle_placement(10, migrating()).unwrap();
     // Applied while the snapshot is on its way: they join the tail.
@@ -154,8 +150,43 @@ fn move_to_handoff(
     wire.send(a, b, TO_B);
     offer(a, conn, &frame(&events[40..60], 3));
     replies.extend(write_all(a, conn).replies);
-    assert_eq!(replies.len(), 60, "A keeps serving while it streams");
     pump_all(wire, a, b);
+    let at_handoff = a.partition(moving_partition()).unwrap().export();
+    offer(a, conn, &frame(&events[60..], 3));
+    assert!(write_all(a, conn).replies.is_empty(), "held events wait");
+    assert_eq!(a.move_events_held(), held);
+    (conn, replies, at_handoff, events)
+}
+
+/// The state one node that owns everything reaches with `events`.
+fn single_node_state(events: &[Event]) -> crate::core::snapshot::PartitionSnapshot {
+    let mut single = ShardCore::new(ShardId(0), placement(1));
+    let conn = single.handle_connect(0).unwrap();
+    offer(&mut single, conn, &frame(events, 1));
+    write_all(&mut single, conn);
+    single.partition(moving_partition()).unwrap().export()
+}
+
+/// [`stream_to_handoff`] to a target that keeps nothing on disk: A reports `Ready` once B
+/// acknowledged the hand-off, with the snapshot the move started from and the tail after it.
+fn move_to_handoff(
+    a: &mut ShardCore,
+    b: &mut ShardCore,
+    wire: &mut Wire,
+    held: u64,
+) -> (
+    ConnectionId,
+    Vec<Reply>,
+    crate::core::snapshot::PartitionSnapshot,
+    Vec<Event>,
+) {
+    let streamed = stream_to_handoff(a, b, wire, held);
+    assert_eq!(streamed.1.len(), 60, "A keeps serving while it streams");
+    a.check_credit().unwrap();
+    let at_start = single_node_state(&streamed.3[..20]);
+    let snapshot_bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&at_start)
+        .unwrap()
+        .len() as u64;
     assert_eq!(
         reports(a),
         vec![MoveStep::Ready {
@@ -163,12 +194,7 @@ fn move_to_handoff(
             events_streamed: 40,
         }]
     );
-    let at_handoff = a.partition(moving_partition()).unwrap().export();
-    offer(a, conn, &frame(&events[60..], 3));
-    assert!(write_all(a, conn).replies.is_empty(), "held events wait");
-    assert_eq!(a.move_events_held(), held);
-    a.check_credit().unwrap();
-    (conn, replies, at_handoff, events)
+    streamed
 }
 
 #[test]

@@ -88,41 +88,6 @@ fn with_a_record_of_its_own(b: &mut ShardCore) -> Vec<Record> {
     records
 }
 
-/// A streams the partition to B up to the hand-off, then holds `held` more events. Returns
-/// A's connection, its replies so far, A's state at the hand-off and every event.
-fn stream_to_handoff(
-    a: &mut ShardCore,
-    b: &mut ShardCore,
-    wire: &mut Wire,
-    held: u64,
-) -> (ConnectionId, Vec<Reply>, PartitionSnapshot, Vec<Event>) {
-    let events = moving_events(0..60 + held);
-    let conn = a.handle_connect(0).unwrap();
-    offer(a, conn, &frame(&events[..20], 2));
-    let mut replies = write_all(a, conn).replies;
-    b.handle_placement(0, migrating()).unwrap();
-    a.handle_placement(10, migrating()).unwrap();
-    offer(a, conn, &frame(&events[20..40], 3));
-    wire.send(a, b, TO_B);
-    offer(a, conn, &frame(&events[40..60], 3));
-    replies.extend(write_all(a, conn).replies);
-    pump_all(wire, a, b);
-    let at_handoff = a.partition(moving_partition()).unwrap().export();
-    offer(a, conn, &frame(&events[60..], 3));
-    assert!(write_all(a, conn).replies.is_empty(), "held events wait");
-    assert_eq!(a.move_events_held(), held);
-    (conn, replies, at_handoff, events)
-}
-
-/// The state one node that owns everything reaches with `events`.
-fn single_node_state(events: &[Event]) -> PartitionSnapshot {
-    let mut single = ShardCore::new(ShardId(0), placement(1));
-    let conn = single.handle_connect(0).unwrap();
-    offer(&mut single, conn, &frame(events, 1));
-    write_all(&mut single, conn);
-    single.partition(moving_partition()).unwrap().export()
-}
-
 /// B takes the install the shell would write, checks what it holds, and says it is durable.
 fn install(b: &mut ShardCore, at_handoff: &PartitionSnapshot, lsn: u64) -> MoveInstall {
     assert!(b.move_install_queued());
