@@ -125,20 +125,17 @@ fn by_seq(replies: &[Reply]) -> BTreeMap<u64, Outcome> {
     answers
 }
 
-/// A streams the partition to B up to the hand-off (events applied before the move, during
-/// the snapshot's streaming and during the tail), then holds `held` more events. Returns A's
-/// connection, its replies so far, A's state at the hand-off and every event.
-fn stream_to_handoff(
-    a: &mut ShardCore,
-    b: &mut ShardCore,
-    wire: &mut Wire,
-    held: u64,
-) -> (
+/// A's connection, its replies so far, A's state at the hand-off and every event sent.
+type Streamed = (
     ConnectionId,
     Vec<Reply>,
     crate::core::snapshot::PartitionSnapshot,
     Vec<Event>,
-) {
+);
+
+/// A streams the partition to B up to the hand-off (events applied before the move, during
+/// the snapshot's streaming and during the tail), then holds `held` more events.
+fn stream_to_handoff(a: &mut ShardCore, b: &mut ShardCore, wire: &mut Wire, held: u64) -> Streamed {
     let events = moving_events(0..60 + held);
     let conn = a.handle_connect(0).unwrap();
     offer(a, conn, &frame(&events[..20], 2));
@@ -169,17 +166,7 @@ fn single_node_state(events: &[Event]) -> crate::core::snapshot::PartitionSnapsh
 
 /// [`stream_to_handoff`] to a target that keeps nothing on disk: A reports `Ready` once B
 /// acknowledged the hand-off, with the snapshot the move started from and the tail after it.
-fn move_to_handoff(
-    a: &mut ShardCore,
-    b: &mut ShardCore,
-    wire: &mut Wire,
-    held: u64,
-) -> (
-    ConnectionId,
-    Vec<Reply>,
-    crate::core::snapshot::PartitionSnapshot,
-    Vec<Event>,
-) {
+fn move_to_handoff(a: &mut ShardCore, b: &mut ShardCore, wire: &mut Wire, held: u64) -> Streamed {
     let streamed = stream_to_handoff(a, b, wire, held);
     assert_eq!(streamed.1.len(), 60, "A keeps serving while it streams");
     a.check_credit().unwrap();
