@@ -55,20 +55,37 @@ impl MoveFigures {
             self.seconds,
             self.events_held
         );
-        match (self.pause_ms(0.5), self.pause_ms(0.99), self.pause_ms(1.0)) {
-            (Some(p50), Some(p99), Some(max)) => {
-                let _ = write!(
-                    text,
-                    "\nflip pause (the source's hold, {} moves reported): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
-                    self.pauses_ms.len()
-                );
-            }
-            _ => text.push_str("\nflip pause: no source reported one"),
+        if !write_pauses(&mut text, &self.pauses_ms) {
+            text.push_str("\nflip pause: no source reported one");
         }
-        for failure in &self.failed {
-            let _ = write!(text, "\nmove failed: {failure}");
-        }
+        write_failures(&mut text, &self.failed);
         text
+    }
+}
+
+/// Adds the line of the flip pauses in `sorted_ms` (p50, p99, max), if there are any;
+/// returns whether it did.
+fn write_pauses(text: &mut String, sorted_ms: &[f64]) -> bool {
+    let quantiles = (
+        pause_at(sorted_ms, 0.5),
+        pause_at(sorted_ms, 0.99),
+        pause_at(sorted_ms, 1.0),
+    );
+    let (Some(p50), Some(p99), Some(max)) = quantiles else {
+        return false;
+    };
+    let _ = write!(
+        text,
+        "\nflip pause (the source's hold, {} moves reported): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
+        sorted_ms.len()
+    );
+    true
+}
+
+/// Adds a line per failed move.
+fn write_failures(text: &mut String, failed: &[String]) {
+    for failure in failed {
+        let _ = write!(text, "\nmove failed: {failure}");
     }
 }
 
@@ -463,21 +480,8 @@ impl DrainFigures {
                 let _ = write!(text, "; during/before {:.1}%", 100.0 * during / before);
             }
         }
-        let pauses = &outcome.pauses_ms;
-        if let (Some(p50), Some(p99), Some(max)) = (
-            pause_at(pauses, 0.5),
-            pause_at(pauses, 0.99),
-            pause_at(pauses, 1.0),
-        ) {
-            let _ = write!(
-                text,
-                "\nflip pause (the source's hold, {} moves reported): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
-                pauses.len()
-            );
-        }
-        for failure in &outcome.failed {
-            let _ = write!(text, "\nmove failed: {failure}");
-        }
+        write_pauses(&mut text, &outcome.pauses_ms);
+        write_failures(&mut text, &outcome.failed);
         text
     }
 }

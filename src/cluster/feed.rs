@@ -49,11 +49,6 @@ impl ShardFeed {
     /// The lease as a shard applies it at `now_ns` (as `runtime::control_feed` does with
     /// its update, and again when the lease's end passes with nothing newer).
     pub fn lease_at(&self, now_ns: u64) -> NodeLease {
-        match self.registered {
-            Some(registered) if now_ns < self.lease_valid_until_ns => {
-                NodeLease::Confirmed { registered }
-            }
-            _ => NodeLease::Fenced,
-        }
+        NodeLease::of(self.registered, now_ns < self.lease_valid_until_ns)
     }
 }

@@ -42,10 +42,7 @@ pub struct ShardUpdate {
 impl ShardUpdate {
     /// The lease as a shard applies it at `now`.
     fn lease_at(&self, now: Instant) -> NodeLease {
-        match self.registered {
-            Some(registered) if now < self.lease_valid_until => NodeLease::Confirmed { registered },
-            _ => NodeLease::Fenced,
-        }
+        NodeLease::of(self.registered, now < self.lease_valid_until)
     }
 }
 

@@ -108,6 +108,15 @@ impl NodeLease {
         registered: Epoch(0),
     };
 
+    /// The lease as the node's control thread last described it: confirmed at `registered`
+    /// while `still_valid` (its known end not passed yet), fenced otherwise.
+    pub fn of(registered: Option<Epoch>, still_valid: bool) -> NodeLease {
+        match registered {
+            Some(registered) if still_valid => NodeLease::Confirmed { registered },
+            _ => NodeLease::Fenced,
+        }
+    }
+
     /// Whether a node holding this lease may apply events of a partition that `owner` owns
     /// (on this node).
     pub fn serves(self, owner: &Owner) -> bool {
