@@ -369,15 +369,13 @@ fn probes() -> Vec<Event> {
 
 /// What a node answers for each probe under `placement`: every served partition's answer
 /// (its own applied, another node's forwarded over a link and applied there), an `Offline`
-/// one `Unavailable`.
+/// one `Unavailable` naming it.
 fn expected_outcomes(placement: &Placement, _node: NodeId) -> Vec<Outcome> {
     (0..placement.partitions())
         .map(|p| {
             let owner = placement.owner(PartitionId(p));
             if owner.state == OwnerState::Offline {
-                Outcome::Error {
-                    error: EventError::OwnerUnavailable,
-                }
+                Outcome::Unavailable { partition: p }
             } else {
                 Outcome::Rejected {
                     reason: RejectReason::UnknownHunt,
@@ -428,10 +426,10 @@ fn shards_serve_the_placement_they_are_given_and_a_paused_nodes_partitions_are_u
     // or redirects the rest as before.
     let addr = nodes.process(asked).addr.clone();
     let expected = expected_outcomes(&offline, asked);
-    assert!(its.iter().all(|p| expected[p.index()]
-        == Outcome::Error {
-            error: EventError::OwnerUnavailable
-        }));
+    assert!(
+        its.iter()
+            .all(|p| expected[p.index()] == Outcome::Unavailable { partition: p.0 })
+    );
     wait_for(&mut nodes, Duration::from_secs(10), "unavailable", |_| {
         let started = Instant::now();
         let outcomes = outcomes_from(&addr, &probes)?;
@@ -456,8 +454,8 @@ fn shards_serve_the_placement_they_are_given_and_a_paused_nodes_partitions_are_u
         for (p, (got, want)) in outcomes.iter().zip(&expected).enumerate() {
             // Fenced, or its link to an owner not yet open again.
             let unavailable = *got
-                == Outcome::Error {
-                    error: EventError::OwnerUnavailable,
+                == Outcome::Unavailable {
+                    partition: p as u32,
                 };
             assert!(
                 got == want || unavailable,
@@ -742,12 +740,14 @@ fn events_forwarded_to_a_paused_owner_end_unavailable_or_outcome_unknown_and_nev
     for (p, outcome) in outcomes.iter().enumerate() {
         if its.contains(&PartitionId(p as u32)) {
             assert!(
-                matches!(
-                    outcome,
-                    Outcome::Error {
-                        error: EventError::OwnerUnavailable | EventError::OutcomeUnknown
+                *outcome
+                    == Outcome::Unavailable {
+                        partition: p as u32
                     }
-                ),
+                    || *outcome
+                        == Outcome::Error {
+                            error: EventError::OutcomeUnknown
+                        },
                 "partition {p} of the paused node answered {outcome:?}"
             );
         } else {

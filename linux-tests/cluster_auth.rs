@@ -196,13 +196,18 @@ const UNKNOWN_HUNT: Outcome = Outcome::Rejected {
     reason: RejectReason::UnknownHunt,
 };
 
-fn unavailable(outcome: &Outcome) -> bool {
-    matches!(
-        outcome,
-        Outcome::Error {
-            error: EventError::OwnerUnavailable | EventError::OutcomeUnknown
+/// Whether `outcome`, the answer to an event of `partition`, says nobody could apply it
+/// there: `Unavailable` naming that partition, or `OutcomeUnknown` for one sent on a link
+/// that failed after.
+fn unavailable(outcome: &Outcome, partition: usize) -> bool {
+    *outcome
+        == Outcome::Unavailable {
+            partition: partition as u32,
         }
-    )
+        || *outcome
+            == Outcome::Error {
+                error: EventError::OutcomeUnknown,
+            }
 }
 
 #[test]
@@ -289,7 +294,7 @@ fn a_node_with_another_secret_cannot_be_linked_to_and_the_linking_node_says_why(
         for (p, outcome) in created.iter().enumerate() {
             if outsider.contains(&p) {
                 assert!(
-                    unavailable(outcome),
+                    unavailable(outcome, p),
                     "round {round}: partition {p} of node 3 answered {outcome:?}"
                 );
             } else if round == 0 {
@@ -347,7 +352,7 @@ fn a_node_without_the_secret_and_a_node_with_it_cannot_link_and_each_says_why() 
         });
         for &p in &others {
             assert!(
-                unavailable(&outcomes[p]),
+                unavailable(&outcomes[p], p),
                 "node {} answered {:?} for partition {p} of node {}",
                 asked.0,
                 outcomes[p],
@@ -610,7 +615,7 @@ fn a_node_whose_certificate_another_ca_signed_cannot_link_and_both_sides_say_why
                 outcomes_over_tls(&addr, &client, &creations).expect("every event answered");
             for &p in &others {
                 assert!(
-                    unavailable(&outcomes[p]),
+                    unavailable(&outcomes[p], p),
                     "round {round}: node {} answered {:?} for partition {p} of node {}",
                     asked.0,
                     outcomes[p],
@@ -682,7 +687,7 @@ fn a_tls_node_and_a_plain_node_cannot_link_and_each_says_why() {
         });
         for &p in &others {
             assert!(
-                unavailable(&outcomes[p]),
+                unavailable(&outcomes[p], p),
                 "partition {p}: {:?}",
                 outcomes[p]
             );

@@ -347,8 +347,9 @@ fn not_applied(outcome: &Outcome) -> bool {
         outcome,
         Outcome::Moved { .. }
             | Outcome::Busy
+            | Outcome::Unavailable { .. }
             | Outcome::Error {
-                error: EventError::OwnerUnavailable | EventError::ShuttingDown
+                error: EventError::ShuttingDown
             }
     )
 }

@@ -202,7 +202,10 @@ fn wait_served(addr: &str, hunts: &[u64]) {
             .filter(|outcome| {
                 matches!(
                     outcome,
-                    Outcome::Error { .. } | Outcome::Moved { .. } | Outcome::Busy
+                    Outcome::Error { .. }
+                        | Outcome::Unavailable { .. }
+                        | Outcome::Moved { .. }
+                        | Outcome::Busy
                 )
             })
             .collect();

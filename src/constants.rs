@@ -17,7 +17,8 @@ pub const FRAME_MAGIC: [u8; 4] = *b"TROV";
 /// The wire version this build speaks. A frame with another version is rejected.
 /// 2: the partition map names each owner's node and where every node is reached.
 /// 3: events carry the client's session (`Event::client_session`), replies may say `Duplicate`.
-pub const FRAME_VERSION: u8 = 3;
+/// 4: replies may say `Unavailable { partition }` (was `Error { OwnerUnavailable }`, no partition).
+pub const FRAME_VERSION: u8 = 4;
 /// Size of the fixed frame header. A multiple of [`ARCHIVE_ALIGN`] so that bodies that start
 /// right after a header in an aligned buffer are themselves aligned.
 pub const FRAME_HEADER_BYTES: usize = 32;

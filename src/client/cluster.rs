@@ -6,9 +6,9 @@
 //! owner and its map's epoch); the client adopts that node's newer map (pushed, or asked for
 //! on the same connection) and sends
 //! the moved events again to their new owner, keeping each partition's order (the rules are
-//! [`redirect`](crate::client::redirect)'s, sans-IO). `Unavailable` (`Error {
-//! OwnerUnavailable }`) is a reply like any other: the caller's. The client never talks to
-//! etcd: nodes are its only source of placements.
+//! [`redirect`](crate::client::redirect)'s, sans-IO). `Unavailable { partition }` is a reply
+//! like any other: the caller's, which names the partition nobody serves now. The client
+//! never talks to etcd: nodes are its only source of placements.
 //!
 //! A [`ClusterClient`] is used from one thread; its connections' reader threads only pass
 //! frames and maps on.

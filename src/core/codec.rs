@@ -1744,6 +1744,7 @@ mod tests {
             Just(Outcome::Error {
                 error: EventError::ShuttingDown
             }),
+            any::<u32>().prop_map(|partition| Outcome::Unavailable { partition }),
         ]
     }
 

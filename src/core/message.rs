@@ -142,8 +142,9 @@ pub enum RejectReason {
 pub enum EventError {
     /// The node is stopping and did not apply the event.
     ShuttingDown = 1,
-    /// The shard that owns the event's partition is gone.
-    OwnerUnavailable = 2,
+    // 2 was `OwnerUnavailable` up to wire version 3: nobody serves the event's partition now
+    // is `Outcome::Unavailable { partition }` since version 4, which names the partition. Not
+    // reused, so that a 2 in an old capture or log line keeps its one meaning.
     /// The shard's write-ahead log reached its disk bound (`trove node --log-disk-max-mb`)
     /// before a snapshot could free space: the event was not applied. Retry later.
     LogFull = 3,
@@ -203,6 +204,18 @@ pub enum Outcome {
     /// events of the same partition were applied (an event answered `Busy` or `Moved` and
     /// re-sent late): read the state back before deciding.
     DuplicateUnknown,
+    /// Nobody serves partition `partition` now: its owner's node is down or paused (the
+    /// partition is `Offline` in the placement), the answering node is fenced (its lease is
+    /// not known valid), or the link to the owner's node failed before the event was sent.
+    /// Not applied; answered at once rather than left to time out. Retry later, or after a
+    /// newer partition map says the partition is served again. The partition is the one the
+    /// event's hunt hashes to, so a client that sent a batch can tell which of its events
+    /// were refused and an operator reading a client log sees which partition is down.
+    ///
+    /// New in wire version 4 (before, `Error { error: 2 }` without the partition): a client
+    /// of an earlier version is refused at its first frame with the wire version error, never
+    /// handed a reply it cannot read.
+    Unavailable { partition: u32 },
 }
 
 /// How an applied event went, without its numbers: what a partition remembers of each recent
@@ -223,7 +236,7 @@ pub enum OutcomeClass {
 impl OutcomeClass {
     /// The class of an outcome of `PartitionState::apply` that changes or may change state;
     /// `None` for an answer that is not one (a leaderboard, which is read-only, or an answer
-    /// given without applying: `Busy`, `Error`, `Moved`, duplicates).
+    /// given without applying: `Busy`, `Error`, `Moved`, duplicates, `Unavailable`).
     pub fn of(outcome: &Outcome) -> Option<OutcomeClass> {
         match outcome {
             Outcome::Accepted { .. } => Some(OutcomeClass::Accepted),
@@ -235,7 +248,8 @@ impl OutcomeClass {
             | Outcome::Error { .. }
             | Outcome::Moved { .. }
             | Outcome::Duplicate { .. }
-            | Outcome::DuplicateUnknown => None,
+            | Outcome::DuplicateUnknown
+            | Outcome::Unavailable { .. } => None,
         }
     }
 }
@@ -260,7 +274,7 @@ pub struct MapOwner {
     pub shard: u16,
     /// Whether the owner serves the partition now. An owner that does not (its node's lease
     /// ended, or the answering node does not know where it is reached) answers nothing: its
-    /// events get `Error { OwnerUnavailable }`.
+    /// events get `Unavailable { partition }`.
     pub serving: bool,
 }
 
@@ -425,6 +439,20 @@ mod tests {
             bytes.len(),
             REPLY_FIXED_BYTES,
             "a duplicate's answer is fixed-size"
+        );
+        // Answered at once without credit, counted in the memory sum at the fixed size.
+        let unavailable = Reply {
+            client_seq: u64::MAX,
+            client_ts: u64::MAX,
+            outcome: Outcome::Unavailable {
+                partition: u32::MAX,
+            },
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&unavailable).unwrap();
+        assert_eq!(
+            bytes.len(),
+            REPLY_FIXED_BYTES,
+            "an Unavailable answer is fixed-size"
         );
         let full_board = Reply {
             client_seq: u64::MAX,

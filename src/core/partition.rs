@@ -136,7 +136,7 @@ pub enum OwnerState {
     /// The owner applies the partition's events (while its node's lease is known valid).
     Serving,
     /// Nobody serves the partition now (its node's lease ended): its events are answered
-    /// `Error { OwnerUnavailable }` at once instead of waiting. The owner keeps its state and
+    /// `Unavailable { partition }` at once instead of waiting. The owner keeps its state and
     /// gets the partition back, at a new partition epoch, when it returns (no replicas yet).
     Offline,
     /// The owner still applies the partition's events, and streams its state and the events

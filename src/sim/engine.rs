@@ -348,7 +348,13 @@ fn answer_of(outcome: &ArchivedOutcome) -> Answer {
         ArchivedOutcome::AlreadyClaimed { winner } => Answer::AlreadyWon(winner.get()),
         ArchivedOutcome::Moved { .. } => Answer::Unexpected("moved"),
         ArchivedOutcome::Error { .. } => Answer::Unexpected("an error"),
-        _ => Answer::Applied,
+        // No simulated placement has an `Offline` partition, and no shard here is fenced.
+        ArchivedOutcome::Unavailable { .. } => Answer::Unexpected("unavailable"),
+        ArchivedOutcome::Accepted { .. }
+        | ArchivedOutcome::Rejected { .. }
+        | ArchivedOutcome::Leaderboard { .. }
+        | ArchivedOutcome::Duplicate { .. }
+        | ArchivedOutcome::DuplicateUnknown => Answer::Applied,
     }
 }
 

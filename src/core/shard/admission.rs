@@ -160,7 +160,7 @@ impl ShardCore {
     }
 
     /// Admits one validated event of connection `id` and applies or forwards it, or answers it
-    /// at once (`Busy`, `ShuttingDown`, `Moved`, `OwnerUnavailable`) without taking credit.
+    /// at once (`Busy`, `ShuttingDown`, `Moved`, `Unavailable`) without taking credit.
     fn dispatch(
         &mut self,
         now_ns: u64,

@@ -297,7 +297,8 @@ pub enum OutcomeIndex {
     Rejected,
     /// Not applied: out of credit in fail-fast mode.
     Busy,
-    /// Not applied: nobody serves its partition now (`OwnerUnavailable`).
+    /// Not applied: nobody serves its partition now (`Unavailable { partition }`), or the
+    /// owner's log cannot take it (`LogFull`, `DiskFull`, `DiskFailed`).
     Unavailable,
     /// Not applied: its partition is owned elsewhere.
     Moved,
@@ -331,12 +332,9 @@ impl OutcomeIndex {
             | Outcome::Leaderboard { .. } => OutcomeIndex::Accepted,
             Outcome::Rejected { .. } => OutcomeIndex::Rejected,
             Outcome::Busy => OutcomeIndex::Busy,
-            Outcome::Error {
-                error:
-                    EventError::OwnerUnavailable
-                    | EventError::LogFull
-                    | EventError::DiskFull
-                    | EventError::DiskFailed,
+            Outcome::Unavailable { .. }
+            | Outcome::Error {
+                error: EventError::LogFull | EventError::DiskFull | EventError::DiskFailed,
             } => OutcomeIndex::Unavailable,
             Outcome::Error {
                 error: EventError::ShuttingDown,

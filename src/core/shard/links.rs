@@ -23,7 +23,7 @@
 //! its replies wait for their log records as mesh replies do.
 //!
 //! A link that fails answers everything it carried: events not yet handed to the shell to
-//! write are answered `Unavailable`; events handed out whose reply never came are answered
+//! write are answered `Unavailable` (naming their partition); events handed out whose reply never came are answered
 //! `OutcomeUnknown`, since the other node may or may not have applied them. A reply with a
 //! token the sender does not know is a protocol error: the link is closed.
 
@@ -39,7 +39,7 @@ use crate::core::codec::{
     WireArchive, access_record,
 };
 use crate::core::credit::{Acquire, Credit, CreditPool};
-use crate::core::ids::{ConnectionId, NodeId, ShardId};
+use crate::core::ids::{ConnectionId, NodeId, PartitionId, ShardId};
 use crate::core::message::{
     ArchivedEvent, ArchivedLinkAccepted, ArchivedLinkHello, ArchivedLinkTokens, ArchivedReply,
     EventError, LinkAccepted, LinkHello, LinkTokens, MoveAck, Outcome, Reply,
@@ -47,7 +47,7 @@ use crate::core::message::{
 use crate::core::shard::ShardCore;
 use crate::core::shard::counters::KindIndex;
 use crate::core::shard::mesh::BatchEntry;
-use crate::core::shard::routing::reply_to;
+use crate::core::shard::routing::{reply_to, unavailable};
 
 /// Error code of the frame that refuses a link at its handshake. Codes below 100 are
 /// `FrameError` codes; 100–102 are the connection limit, authentication and shutdown.
@@ -136,12 +136,14 @@ impl fmt::Display for LinkError {
 impl std::error::Error for LinkError {}
 
 /// What an outgoing link keeps per event until its reply comes back: where the reply goes,
-/// and enough of the event to answer it if the link fails (its bytes are gone by then).
+/// and enough of the event to answer it if the link fails (its bytes are gone by then),
+/// `Unavailable` answers naming its partition.
 #[derive(Clone, Copy, Debug)]
 struct LinkPending {
     entry: BatchEntry,
     client_seq: u64,
     client_ts: u64,
+    partition: PartitionId,
     kind: KindIndex,
 }
 
@@ -335,12 +337,6 @@ fn split_link_frame<T: WireArchive>(
     Ok((records, tokens))
 }
 
-fn unavailable() -> Outcome {
-    Outcome::Error {
-        error: EventError::OwnerUnavailable,
-    }
-}
-
 /// What the sender does with an event routed to another node (see `admission`).
 pub(super) enum LinkAdmit {
     /// No link can carry it: answer with this at once, without credit.
@@ -361,7 +357,10 @@ impl ShardCore {
             return LinkAdmit::Answer(self.moved(event));
         }
         match self.links.out.get(&dest).map(|link| link.state) {
-            Some(LinkState::Down | LinkState::Closed) => LinkAdmit::Answer(unavailable()),
+            Some(LinkState::Down | LinkState::Closed) => {
+                let partition = self.placement.partitioner().partition_of(event.hunt.get());
+                LinkAdmit::Answer(unavailable(partition))
+            }
             Some(_) => LinkAdmit::Forward(dest),
             None if self.links.out.len() >= LINKS_PER_SHARD_MAX => {
                 LinkAdmit::Answer(self.moved(event))
@@ -428,6 +427,7 @@ impl ShardCore {
                 },
                 client_seq: event.client_seq.to_native(),
                 client_ts: event.client_ts.to_native(),
+                partition: self.placement.partitioner().partition_of(event.hunt.get()),
                 kind: KindIndex::of(&event.kind),
             },
         );
@@ -564,7 +564,7 @@ impl ShardCore {
     }
 
     /// The link to `dest` failed (connect, handshake, read, write or a protocol error):
-    /// events not yet handed out are answered `Unavailable`, events handed out and not
+    /// events not yet handed out are answered `Unavailable { partition }`, events handed out and not
     /// answered `OutcomeUnknown`, in the order they were forwarded. Until
     /// [`Self::handle_link_retry`], new events for `dest` are answered `Unavailable`.
     pub fn handle_link_failed(&mut self, _now_ns: u64, dest: LinkDest) {
@@ -589,14 +589,15 @@ impl ShardCore {
             self.links.failed.push(dest);
         }
         for (token, pending) in pending {
-            let error = if token < handed_through {
-                EventError::OutcomeUnknown
+            let outcome = if token < handed_through {
+                Outcome::Error {
+                    error: EventError::OutcomeUnknown,
+                }
             } else {
-                EventError::OwnerUnavailable
+                unavailable(pending.partition)
             };
             let link = self.links.out.get_mut(&dest).expect("looked up above");
             link.credit.release(pending.entry.credit);
-            let outcome = Outcome::Error { error };
             self.stats.events.count_kind(pending.kind, &outcome);
             let reply = Reply {
                 client_seq: pending.client_seq,

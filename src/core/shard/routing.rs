@@ -10,13 +10,13 @@
 //!
 //! In a cluster, a shard serves a partition it owns only while its node's lease is confirmed
 //! ([`NodeLease`], from the control thread): an `Offline` partition, or any partition while
-//! the node is fenced, is answered `Unavailable` (`Error { OwnerUnavailable }`) at once.
+//! the node is fenced, is answered `Unavailable { partition }` at once.
 //! Shard-local, like the core.
 
 use crate::constants::{PARTITION_ROUTE_BYTES, PARTITIONS_MAX};
 use crate::core::codec::ValidatedArchive;
 use crate::core::ids::{Epoch, NodeId, PartitionId, ShardId};
-use crate::core::message::{ArchivedEvent, EventError, Outcome, Reply};
+use crate::core::message::{ArchivedEvent, Outcome, Reply};
 use crate::core::partition::{Owner, OwnerState};
 use crate::core::shard::ShardCore;
 
@@ -175,7 +175,7 @@ impl ShardCore {
             return self.log_refusal().map_or(Ok(route), Err);
         }
         if self.unavailable(partition) {
-            return Err(unavailable());
+            return Err(unavailable(partition));
         }
         Ok(route)
     }
@@ -193,7 +193,7 @@ impl ShardCore {
     pub(super) fn moved(&self, event: &ArchivedEvent) -> Outcome {
         let partition = self.placement.partitioner().partition_of(event.hunt.get());
         if self.unavailable(partition) {
-            return unavailable();
+            return unavailable(partition);
         }
         let owner = self.placement.owner(partition);
         Outcome::Moved {
@@ -244,10 +244,10 @@ impl ShardCore {
 /// to log (and stream, for a moving partition) when it was applied here.
 pub(super) type PeerAnswer<'a> = (Reply, Option<(LocalEvent, &'a [u8])>);
 
-/// The answer for an event whose partition nobody serves now.
-fn unavailable() -> Outcome {
-    Outcome::Error {
-        error: EventError::OwnerUnavailable,
+/// The answer for an event of `partition` when nobody serves it now.
+pub(super) fn unavailable(partition: PartitionId) -> Outcome {
+    Outcome::Unavailable {
+        partition: partition.0,
     }
 }
 

@@ -181,7 +181,7 @@ fn write_all(core: &mut ShardCore, conn: ConnectionId) -> Received {
 fn is_credited(outcome: &Outcome) -> bool {
     !matches!(
         outcome,
-        Outcome::Busy | Outcome::Error { .. } | Outcome::Moved { .. }
+        Outcome::Busy | Outcome::Error { .. } | Outcome::Moved { .. } | Outcome::Unavailable { .. }
     )
 }
 

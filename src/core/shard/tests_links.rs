@@ -161,9 +161,10 @@ fn big() -> Credit {
     Credit::new(BIG, BIG)
 }
 
-fn unavailable() -> Outcome {
-    Outcome::Error {
-        error: EventError::OwnerUnavailable,
+/// The answer to an event of `hunt` when nobody serves its partition now: it names it.
+fn unavailable(hunt: HuntId) -> Outcome {
+    Outcome::Unavailable {
+        partition: halves(2).partitioner().partition_of(hunt).0,
     }
 }
 
@@ -238,6 +239,19 @@ fn events_owned_by_another_node_go_over_a_link_and_get_a_single_nodes_outcomes()
     b.check_credit().unwrap();
 }
 
+/// Two hunts of node B whose partitions differ from `hunt`'s and from each other's.
+fn distinct_partitions_on_b(hunt: HuntId) -> (HuntId, HuntId) {
+    let partition_of = |hunt: HuntId| halves(2).partitioner().partition_of(hunt);
+    let mut others = (0..)
+        .map(|n| hunt_on(B, n))
+        .filter(|other| partition_of(*other) != partition_of(hunt));
+    let other = others.next().unwrap();
+    let third = others
+        .find(|third| partition_of(*third) != partition_of(other))
+        .unwrap();
+    (other, third)
+}
+
 fn b_owns(event: &Event) -> bool {
     halves(2).partitioner().partition_of(event.hunt).0 % 2 == 1
 }
@@ -310,7 +324,7 @@ fn a_receiver_applies_only_what_it_serves_and_answers_the_rest_on_the_link() {
                 shard: 0,
                 epoch: 5
             },
-            unavailable(),
+            Outcome::Unavailable { partition: 3 },
             Outcome::Accepted { score: 0 },
         ],
         "a second hop is never taken: the owner hint goes back instead"
@@ -324,6 +338,8 @@ fn a_failed_link_answers_unsent_events_unavailable_and_sent_ones_outcome_unknown
     let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
     let conn = a.handle_connect(0).unwrap();
     let hunt = hunt_on(B, 0);
+    // Node B's hunts in two more partitions, so that each answer is seen to name its own.
+    let (other, third) = distinct_partitions_on_b(hunt);
     offer(&mut a, conn, &frame(&[create(0, hunt), join(1, hunt)], 2));
     let mut wire = Wire::new();
     assert!(matches!(
@@ -331,12 +347,12 @@ fn a_failed_link_answers_unsent_events_unavailable_and_sent_ones_outcome_unknown
         Some(LinkPoll::Write(_))
     ));
     // Two more queue behind the two handed out; then the link breaks.
-    offer(&mut a, conn, &frame(&[join(2, hunt), join(3, hunt)], 2));
+    offer(&mut a, conn, &frame(&[join(2, other), join(3, hunt)], 2));
     a.handle_link_failed(0, TO_B);
     a.check_credit().unwrap();
     assert_eq!(a.link_credit_held(TO_B), Credit::ZERO);
     // While the link is down, events for it are answered at once.
-    offer(&mut a, conn, &frame(&[join(4, hunt)], 2));
+    offer(&mut a, conn, &frame(&[join(4, third)], 2));
     let outcomes: Vec<(u64, Outcome)> = write_all(&mut a, conn)
         .replies
         .into_iter()
@@ -347,9 +363,9 @@ fn a_failed_link_answers_unsent_events_unavailable_and_sent_ones_outcome_unknown
         vec![
             (0, outcome_unknown()),
             (1, outcome_unknown()),
-            (2, unavailable()),
-            (3, unavailable()),
-            (4, unavailable()),
+            (2, unavailable(other)),
+            (3, unavailable(hunt)),
+            (4, unavailable(third)),
         ]
     );
     assert_eq!(a.credit_held(), Credit::ZERO);
@@ -358,6 +374,7 @@ fn a_failed_link_answers_unsent_events_unavailable_and_sent_ones_outcome_unknown
     assert_eq!(a.stats().links.events_sent, 2);
     let tally = &a.stats().events;
     assert_eq!(tally.outcome_total(OutcomeIndex::OutcomeUnknown), 2);
+    assert_eq!(tally.outcome_total(OutcomeIndex::Unavailable), 3);
 
     // After the back-off the next event opens the link again, and is served.
     a.handle_link_retry(0, TO_B);
@@ -379,7 +396,8 @@ fn a_connect_that_fails_answers_everything_queued_unavailable() {
     let mut a = node_shard(A, big());
     let conn = a.handle_connect(0).unwrap();
     let hunt = hunt_on(B, 0);
-    offer(&mut a, conn, &frame(&[create(0, hunt), join(1, hunt)], 2));
+    let (other, _) = distinct_partitions_on_b(hunt);
+    offer(&mut a, conn, &frame(&[create(0, hunt), join(1, other)], 2));
     assert_eq!(a.poll_links_ready(), Some(TO_B));
     assert_eq!(a.poll_link(TO_B, &mut Vec::new()), Some(LinkPoll::Connect));
     a.handle_link_failed(0, TO_B);
@@ -388,7 +406,7 @@ fn a_connect_that_fails_answers_everything_queued_unavailable() {
         .into_iter()
         .map(|reply| reply.outcome)
         .collect();
-    assert_eq!(outcomes, vec![unavailable(), unavailable()]);
+    assert_eq!(outcomes, vec![unavailable(hunt), unavailable(other)]);
     assert_eq!(a.stats().links.events_sent, 0, "nothing left this node");
     assert_eq!(a.stats().links.bytes_sent, 0);
     a.check_credit().unwrap();
@@ -399,9 +417,12 @@ fn a_placement_that_takes_the_destination_offline_fails_its_link() {
     let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
     let conn = a.handle_connect(0).unwrap();
     let hunt = hunt_on(B, 0);
+    let (other, _) = distinct_partitions_on_b(hunt);
     offer(&mut a, conn, &frame(&[create(0, hunt)], 2));
     let mut wire = Wire::new();
     wire.send(&mut a, &mut b, TO_B);
+    // One more queues behind the one handed out, not sent yet.
+    offer(&mut a, conn, &frame(&[join(1, other)], 2));
     // Node B paused: the controller marks its partitions offline; the reply never comes.
     let offline = halves(2)
         .owners()
@@ -417,9 +438,22 @@ fn a_placement_that_takes_the_destination_offline_fails_its_link() {
         .collect();
     a.handle_placement(0, Placement::from_owners(Epoch(3), offline).unwrap())
         .unwrap();
-    let replies = write_all(&mut a, conn).replies;
-    assert_eq!(replies.len(), 1);
-    assert_eq!(replies[0].outcome, outcome_unknown());
+    // From now on, events of node B's partitions are answered at once, without a link.
+    offer(&mut a, conn, &frame(&[join(2, hunt)], 2));
+    let outcomes: Vec<(u64, Outcome)> = write_all(&mut a, conn)
+        .replies
+        .into_iter()
+        .map(|reply| (reply.client_seq, reply.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (0, outcome_unknown()),
+            (1, unavailable(other)),
+            (2, unavailable(hunt)),
+        ]
+    );
+    assert_eq!(a.stats().links.events_sent, 1);
     a.check_credit().unwrap();
 }
 

@@ -474,7 +474,10 @@ fn a_targets_own_clients_events_wait_for_its_flip_and_go_to_the_source_on_an_aba
         for reply in &replies {
             // Applied at B after its flip, or forwarded to A, which serves it again.
             assert!(
-                !matches!(reply.outcome, Outcome::Moved { .. } | Outcome::Error { .. }),
+                !matches!(
+                    reply.outcome,
+                    Outcome::Moved { .. } | Outcome::Error { .. } | Outcome::Unavailable { .. }
+                ),
                 "applied: {reply:?}"
             );
         }

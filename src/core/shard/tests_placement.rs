@@ -62,10 +62,9 @@ fn outcomes(core: &mut ShardCore, events: &[Event]) -> Vec<Outcome> {
     replies.into_iter().map(|reply| reply.outcome).collect()
 }
 
-fn unavailable() -> Outcome {
-    Outcome::Error {
-        error: EventError::OwnerUnavailable,
-    }
+/// The answer to an event of `partition` when nobody serves it now.
+fn unavailable(partition: u32) -> Outcome {
+    Outcome::Unavailable { partition }
 }
 
 #[test]
@@ -74,8 +73,8 @@ fn a_fenced_shard_answers_unavailable_to_everything_until_its_lease_is_confirmed
     let (mine, theirs) = (hunt_in(0, 0), hunt_in(1, 0));
     assert_eq!(
         outcomes(&mut core, &[create(0, mine), create(1, theirs)]),
-        vec![unavailable(), unavailable()],
-        "no lease yet: not even a Moved, the placement may be stale"
+        vec![unavailable(0), unavailable(1)],
+        "no lease yet: not even a Moved, the placement may be stale; each names its partition"
     );
     core.handle_lease(
         0,
@@ -111,7 +110,7 @@ fn fenced_partitions_keep_their_state_and_serve_again_only_at_a_newer_partition_
         vec![Outcome::Accepted { score: 0 }]
     );
     core.handle_lease(0, NodeLease::Fenced);
-    assert_eq!(outcomes(&mut core, &[join(1, hunt)]), vec![unavailable()]);
+    assert_eq!(outcomes(&mut core, &[join(1, hunt)]), vec![unavailable(2)]);
     assert!(
         core.partition(PartitionId(2)).is_some(),
         "state kept while fenced"
@@ -124,7 +123,7 @@ fn fenced_partitions_keep_their_state_and_serve_again_only_at_a_newer_partition_
             registered: Epoch(12),
         },
     );
-    assert_eq!(outcomes(&mut core, &[join(2, hunt)]), vec![unavailable()]);
+    assert_eq!(outcomes(&mut core, &[join(2, hunt)]), vec![unavailable(2)]);
     assert!(!core.serves(PartitionId(2)));
     core.handle_placement(0, halves(13, 13)).unwrap();
     assert!(core.serves(PartitionId(2)));
@@ -172,7 +171,12 @@ fn offline_partitions_answer_unavailable_at_once_and_the_others_are_served() {
     );
     assert_eq!(
         answered,
-        vec![Outcome::Accepted { score: 0 }, unavailable(), unavailable()]
+        vec![
+            Outcome::Accepted { score: 0 },
+            unavailable(4),
+            unavailable(3)
+        ],
+        "an Offline partition's events name it, whichever node owns it"
     );
     assert!(
         core.partition(PartitionId(4)).is_some(),
