@@ -1096,9 +1096,9 @@ pub const REBALANCE_SAMPLE_S_MAX: u64 = 600;
 /// Most steps `rebalance --by load` plans per partition (each step moves one partition from the
 /// busiest shard to the idlest).
 pub const REBALANCE_LOAD_STEPS_PER_PARTITION_MAX: usize = 8;
-/// Planned moves `rebalance --by load` lists one by one (hottest first) before following
-/// them; the rest are counted on one line.
-pub const REBALANCE_MOVES_LISTED_MAX: usize = 20;
+/// Shards (busiest first) and planned moves (hottest first) `rebalance --by load` lists one
+/// by one before following the moves; the rest are counted.
+pub const REBALANCE_LISTED_MAX: usize = 20;
 
 const _: () = assert!(CLUSTER_LEASE_TTL_S_MIN <= CLUSTER_LEASE_TTL_S_DEFAULT);
 const _: () = assert!(CLUSTER_LEASE_TTL_S_DEFAULT <= CLUSTER_LEASE_TTL_S_MAX);

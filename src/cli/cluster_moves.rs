@@ -21,7 +21,7 @@ use crate::cluster::rebalance::{
     MeasuredLoad, Slot, partition_rates, plan_by_count, plan_by_load, plan_drain, slot_loads,
     slots_of,
 };
-use crate::constants::{MOVE_FOLLOW_S_MAX, REBALANCE_MOVES_LISTED_MAX, REBALANCE_SAMPLE_S_MAX};
+use crate::constants::{MOVE_FOLLOW_S_MAX, REBALANCE_LISTED_MAX, REBALANCE_SAMPLE_S_MAX};
 use crate::core::ids::{NodeId, ShardId};
 use crate::metrics::scrape::{NodeScrape, fetch};
 
@@ -320,7 +320,8 @@ pub fn run_rebalance(
     follow_and_sum_up(operator, checked, goals)
 }
 
-/// `events/s per shard, measured → planned: node 1 shard 0 1200 → 600, …`.
+/// `events/s per shard, measured → planned: node 1 shard 0 1200 → 600, …`, the busiest
+/// `REBALANCE_LISTED_MAX` shards first and the rest counted.
 fn say_loads(heading: &[Owner], slots: &[Slot], rates: &[f64], plan: &[(u32, Slot)]) {
     let before = slot_loads(heading, slots, rates);
     let mut planned = heading.to_vec();
@@ -329,19 +330,28 @@ fn say_loads(heading: &[Owner], slots: &[Slot], rates: &[f64], plan: &[(u32, Slo
         (owner.node, owner.shard) = (node, shard);
     }
     let after = slot_loads(&planned, slots, rates);
-    let loads: Vec<String> = before
+    let mut busiest: Vec<(&Slot, &f64)> = before.iter().collect();
+    busiest.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+    let mut loads: Vec<String> = busiest
         .iter()
-        .map(|(&(node, shard), rate)| {
+        .take(REBALANCE_LISTED_MAX)
+        .map(|&(&(node, shard), rate)| {
             format!("{node} {shard} {rate:.0} → {:.0}", after[&(node, shard)])
         })
         .collect();
+    if busiest.len() > REBALANCE_LISTED_MAX {
+        loads.push(format!(
+            "and {} more shards",
+            busiest.len() - REBALANCE_LISTED_MAX
+        ));
+    }
     say(&format!(
         "events/s per shard, measured → planned: {}",
         loads.join(", ")
     ));
 }
 
-/// One line per planned move, hottest first, at most `REBALANCE_MOVES_LISTED_MAX` and a line
+/// One line per planned move, hottest first, at most `REBALANCE_LISTED_MAX`, and a line
 /// for the rest: `partition 17 (812 events/s) to node 2 shard 0`.
 fn moves_by_rate(plan: &[(u32, Slot)], rates: &[f64]) -> Vec<String> {
     let rate = |partition: u32| rates.get(partition as usize).copied().unwrap_or(0.0);
@@ -349,7 +359,7 @@ fn moves_by_rate(plan: &[(u32, Slot)], rates: &[f64]) -> Vec<String> {
     hottest.sort_by(|a, b| rate(b.0).total_cmp(&rate(a.0)).then(a.0.cmp(&b.0)));
     let mut lines: Vec<String> = hottest
         .iter()
-        .take(REBALANCE_MOVES_LISTED_MAX)
+        .take(REBALANCE_LISTED_MAX)
         .map(|&(partition, (node, shard))| {
             format!(
                 "  partition {partition} ({:.0} events/s) to {node} {shard}",
@@ -357,10 +367,10 @@ fn moves_by_rate(plan: &[(u32, Slot)], rates: &[f64]) -> Vec<String> {
             )
         })
         .collect();
-    if hottest.len() > REBALANCE_MOVES_LISTED_MAX {
+    if hottest.len() > REBALANCE_LISTED_MAX {
         lines.push(format!(
             "  and {} more",
-            hottest.len() - REBALANCE_MOVES_LISTED_MAX
+            hottest.len() - REBALANCE_LISTED_MAX
         ));
     }
     lines
@@ -567,11 +577,11 @@ mod tests {
                 "  partition 0 (5 events/s) to node 2 shard 0",
             ]
         );
-        let many: Vec<(u32, Slot)> = (0..REBALANCE_MOVES_LISTED_MAX as u32 + 3)
+        let many: Vec<(u32, Slot)> = (0..REBALANCE_LISTED_MAX as u32 + 3)
             .map(|p| (p, to))
             .collect();
         let lines = moves_by_rate(&many, &[]);
-        assert_eq!(lines.len(), REBALANCE_MOVES_LISTED_MAX + 1);
+        assert_eq!(lines.len(), REBALANCE_LISTED_MAX + 1);
         assert_eq!(lines.last().unwrap(), "  and 3 more");
     }
 
