@@ -1,23 +1,27 @@
 //! `trove cluster move|drain|rebalance` against a real etcd and real nodes: their usage errors
 //! name what exists and exit 2, a move to where a partition already is pins it and exits 0,
 //! `--moves-max` lands in the cluster's settings, and a drain with nowhere to go fails with the
-//! reason; and a node's control thread puts the move reports its shards send it as
-//! `moves/<p>`. The moves themselves under load are `cluster_moves.rs`'s. Each test skips,
+//! reason; `rebalance --by load` moves a hot partition, not its cold neighbours; and a node's
+//! control thread puts the move reports its shards send it as `moves/<p>`. The moves themselves under load are `cluster_moves.rs`'s. Each test skips,
 //! saying so, when `etcd` is not installed, and stops everything it started.
 
 #[path = "support/mod.rs"]
 mod support;
 
 use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use trove::cluster::control::{ControlConfig, ControlHandle};
 use trove::cluster::coordinator::CoordinatorConfig;
 use trove::cluster::keys::{ClusterKeys, MoveState, NodeInfo, PinRecord};
-use trove::core::ids::{Epoch, NodeId, PartitionId, ShardId};
+use trove::core::ids::{Epoch, HuntId, NodeId, PartitionId, PlayerId, ShardId};
+use trove::core::message::{Event, EventKind, HuntSpec};
+use trove::core::partition::Partitioner;
 use trove::core::shard::moves::{MoveReport, MoveStep};
 
-use support::cluster::{ClusterSpec, Nodes, etcd_or_skip, poll_for, wait_for};
+use support::cluster::{ClusterSpec, Nodes, answers, client_of, etcd_or_skip, poll_for, wait_for};
 use support::{COMMAND_WAIT, run_bounded, trove};
 
 const PARTITIONS: u32 = 64;
@@ -262,4 +266,123 @@ fn the_control_thread_puts_its_shards_move_reports_in_etcd() {
         (true, 4, 900_000)
     );
     control.stop();
+}
+
+/// The first hunt of `partition`, counting from `from`.
+fn hunt_in(partition: u32, from: u64) -> HuntId {
+    let partitioner = Partitioner::new(PARTITIONS).unwrap();
+    (from..)
+        .map(HuntId)
+        .find(|hunt| partitioner.partition_of(*hunt) == PartitionId(partition))
+        .unwrap()
+}
+
+/// `count` events of `hunt`, its creation first then joins, numbered from `first`.
+fn hunt_events(hunt: HuntId, first: u64, count: u64) -> Vec<Event> {
+    (first..first + count)
+        .map(|seq| Event {
+            hunt,
+            player: PlayerId(seq % 50),
+            client_session: 0,
+            client_seq: seq,
+            client_ts: 0,
+            kind: if seq == first {
+                EventKind::CreateHunt(HuntSpec::default())
+            } else {
+                EventKind::Join
+            },
+        })
+        .collect()
+}
+
+#[test]
+fn rebalance_by_load_moves_a_hot_partition_and_leaves_the_cold_ones() {
+    let Some(etcd) = etcd_or_skip() else {
+        return;
+    };
+    let endpoint = etcd.endpoint();
+    let mut nodes = Nodes::start(&CLUSTER, &etcd, 2);
+    let (_, placement) = wait_for(&mut nodes, Duration::from_secs(30), "a placement", |_| {
+        CLUSTER.settled_placement(&etcd, 2)
+    });
+    // Two partitions of node 1 get every event; the 62 others, none. Node 1 then has twice
+    // node 2's load or more, all of it in two partitions: moving one of them evens the two
+    // nodes out, and no cold partition's move would change anything.
+    let on_node_1: Vec<u32> = (0..PARTITIONS)
+        .filter(|&p| placement.owner(PartitionId(p)).node == NodeId(1))
+        .collect();
+    let hot = [on_node_1[0], on_node_1[on_node_1.len() / 2]];
+    let hunts = hot.map(|p| hunt_in(p, 1 << 20));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = std::thread::spawn({
+        let stop = stop.clone();
+        let client = client_of(&nodes.process(NodeId(1)).addr);
+        move || {
+            let mut rounds = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let mut events = hunt_events(hunts[0], 0, 100);
+                events.extend(hunt_events(hunts[1], 100, 100));
+                answers(&client, &events, Duration::from_secs(5));
+                rounds += 1;
+            }
+            rounds
+        }
+    });
+    let output = cluster_command(
+        &endpoint,
+        &[
+            "rebalance",
+            "--by",
+            "load",
+            "--sample-s",
+            "2",
+            "--timeout",
+            "40",
+        ],
+    );
+    stop.store(true, Ordering::Relaxed);
+    let rounds = load.join().expect("the load thread ends");
+    nodes.read();
+    let stdout = text(&output.stdout);
+    println!("{stdout}{}", text(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        text(&output.stderr)
+    );
+    assert!(rounds > 0, "no load was sent");
+    assert!(
+        stdout.contains("rebalance: 1 partitions to move"),
+        "one hot partition moves, nothing else: {stdout}"
+    );
+    let moved: Vec<u32> = hot
+        .into_iter()
+        .filter(|p| stdout.contains(&format!("  partition {p} (")))
+        .collect();
+    assert_eq!(
+        moved.len(),
+        1,
+        "the move listed is a hot partition's: {stdout}"
+    );
+    let after = poll_for(
+        Duration::from_secs(10),
+        "the placement after the move",
+        || {
+            let view = CLUSTER.read_view(&etcd)?;
+            Some((*view.assignment?).clone())
+        },
+    );
+    for p in 0..PARTITIONS {
+        let expected = if p == moved[0] {
+            NodeId(2)
+        } else {
+            placement.owner(PartitionId(p)).node
+        };
+        assert_eq!(
+            after.owner(PartitionId(p)).node,
+            expected,
+            "partition {p}: only the hot one moved"
+        );
+    }
 }

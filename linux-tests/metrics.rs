@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use trove::constants::PARTITIONS_DEFAULT;
 
 use support::{
     COMMAND_WAIT, ChildNode, Spawned, disk_scratch_dir, free_port, installed, one_at_a_time,
@@ -189,6 +190,23 @@ fn the_counters_add_up_to_what_the_bench_sent() {
     std::thread::sleep(Duration::from_millis(1_500));
     let after = scrape(node.metrics());
     assert_eq!(total(&after, "trove_events_applied_total"), expected);
+    // Per partition: one series for each of the node's partitions, on its owning shard, and
+    // together every event applied.
+    let partition_series: Vec<_> = after
+        .samples
+        .iter()
+        .filter(|s| s.metric == "trove_partition_events_applied_total")
+        .collect();
+    assert_eq!(partition_series.len(), PARTITIONS_DEFAULT as usize);
+    let partitions: std::collections::BTreeSet<&str> = partition_series
+        .iter()
+        .filter_map(|s| s.labels.get("partition"))
+        .collect();
+    assert_eq!(partitions.len(), PARTITIONS_DEFAULT as usize, "each once");
+    assert_eq!(
+        total(&after, "trove_partition_events_applied_total"),
+        expected
+    );
     let forwarded = total(&after, "trove_events_forwarded_total");
     assert!(
         forwarded > 0.0,

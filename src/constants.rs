@@ -641,9 +641,10 @@ pub const HUNT_BYTES_MAX: usize = 256;
 /// A partition's hunt slot (`core::hunt::HuntSlot`): id 8, pointer 8.
 pub const HUNT_SLOT_BYTES: usize = 16;
 /// A shard's entry for one partition (`Option<core::hunt::PartitionState>`): the hunt slots
-/// inline, the partition id and the occupied set 8, the session table's pointer 8, the option's tag 8.
-/// Every shard has one per partition of the node, `None` for the partitions it does not serve.
-pub const PARTITION_SLOT_BYTES_MAX: usize = HUNTS_PER_PARTITION_MAX * HUNT_SLOT_BYTES + 24;
+/// inline, the partition id and the occupied set 8, the session table's pointer 8, the events
+/// applied counter 8 (`trove_partition_events_applied_total`), the option's tag 8. Every shard
+/// has one per partition of the node, `None` for the partitions it does not serve.
+pub const PARTITION_SLOT_BYTES_MAX: usize = HUNTS_PER_PARTITION_MAX * HUNT_SLOT_BYTES + 32;
 /// One partition's owner in a shard's copy of the placement (`core::partition::Owner`).
 pub const PLACEMENT_OWNER_BYTES_MAX: usize = 24;
 /// Longest host a node may advertise (`--advertise`), in bytes: a DNS name's limit.
@@ -746,16 +747,25 @@ pub const SHARD_IO_BYTES_MAX: usize = CONNECTIONS_PER_SHARD_MAX * CONNECTION_STA
     + HUNT_GROWTH_SLACK_BYTES_MAX // a player table doubling
     + SHARD_IO_MEMORY_BYTES; // glommio's registered io_uring buffers
 
+/// One partition's entry in a shard's metrics report (`metrics::PartitionApplied`): the
+/// partition 4, padding 4, the events applied 8.
+pub const METRICS_PARTITION_ENTRY_BYTES: usize = 16;
+
 /// Worst-case bytes of one shard's partition table and copy of the placement: every shard
 /// has an entry for each of the node's partitions, and the address of each node the owners
-/// name (at most one per partition, at most `CLUSTER_NODES_MAX`).
+/// name (at most one per partition, at most `CLUSTER_NODES_MAX`); and the per-partition
+/// counts of its metrics reports alive at once, should it own every partition.
 pub const fn shard_partition_table_bytes_max(partitions: usize) -> usize {
     let nodes = if partitions < CLUSTER_NODES_MAX {
         partitions
     } else {
         CLUSTER_NODES_MAX
     };
-    partitions * (PARTITION_SLOT_BYTES_MAX + PLACEMENT_OWNER_BYTES_MAX + PARTITION_ROUTE_BYTES)
+    partitions
+        * (PARTITION_SLOT_BYTES_MAX
+            + PLACEMENT_OWNER_BYTES_MAX
+            + PARTITION_ROUTE_BYTES
+            + METRICS_SNAPSHOTS_PER_SHARD_MAX * METRICS_PARTITION_ENTRY_BYTES)
         + nodes * PLACEMENT_NODE_BYTES_MAX
 }
 
@@ -1079,7 +1089,7 @@ pub const MOVE_FOLLOW_S_DEFAULT: u64 = 300;
 pub const MOVE_FOLLOW_S_MAX: u64 = 86_400;
 /// How often those commands read the cluster back while following, in ms.
 pub const MOVE_FOLLOW_POLL_MS_DEFAULT: u64 = 200;
-/// How long `trove cluster rebalance --by load` measures each shard's events/s, unless
+/// How long `trove cluster rebalance --by load` measures each partition's events/s, unless
 /// `--sample-s`, in s.
 pub const REBALANCE_SAMPLE_S_DEFAULT: u64 = 5;
 /// Longest `--sample-s`, in s.
@@ -1087,6 +1097,9 @@ pub const REBALANCE_SAMPLE_S_MAX: u64 = 600;
 /// Most steps `rebalance --by load` plans per partition (each step moves one partition from the
 /// busiest shard to the idlest).
 pub const REBALANCE_LOAD_STEPS_PER_PARTITION_MAX: usize = 8;
+/// Shards (busiest first) and planned moves (hottest first) `rebalance --by load` lists one
+/// by one before following the moves; the rest are counted.
+pub const REBALANCE_LISTED_MAX: usize = 20;
 
 const _: () = assert!(CLUSTER_LEASE_TTL_S_MIN <= CLUSTER_LEASE_TTL_S_DEFAULT);
 const _: () = assert!(CLUSTER_LEASE_TTL_S_DEFAULT <= CLUSTER_LEASE_TTL_S_MAX);

@@ -348,10 +348,12 @@ pub enum RebalanceBy {
 
 #[derive(Args, Debug)]
 pub struct RebalanceArgs {
-    /// count: partitions per (node, shard) end within one of each other. load: each shard's
-    /// applied events/s is measured from its node's /metrics over --sample-s seconds; rates
-    /// per partition are not measured, so a shard's rate is taken as spread evenly over its
-    /// partitions, and shards end within one such partition's rate of each other
+    /// count: partitions per (node, shard) end within one of each other. load: each
+    /// partition's applied events/s is measured from its owner's /metrics
+    /// (trove_partition_events_applied_total) over --sample-s seconds, and partitions move
+    /// between nodes, hot ones first where that evens the shards out best, until no move
+    /// lowers the busiest shard (a node whose /metrics lacks the per-partition series has its
+    /// shards' rates spread evenly over their partitions, and says so)
     #[arg(long, value_enum, default_value_t = RebalanceBy::Count)]
     pub by: RebalanceBy,
     /// With --by load: how long to measure, in seconds

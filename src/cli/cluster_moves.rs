@@ -3,7 +3,7 @@
 //! `cluster::operator`'s and `cluster::rebalance`'s; this is the command-line shell, on the
 //! command's own thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::ToSocketAddrs;
 use std::time::{Duration, Instant};
@@ -17,8 +17,11 @@ use crate::cluster::operator::{
     placement_of,
 };
 use crate::cluster::placement::{LiveNode, Owner, Placement, desired_owner};
-use crate::cluster::rebalance::{Slot, plan_by_count, plan_by_load, plan_drain, slots_of};
-use crate::constants::{MOVE_FOLLOW_S_MAX, REBALANCE_SAMPLE_S_MAX};
+use crate::cluster::rebalance::{
+    MeasuredLoad, Slot, partition_rates, plan_by_count, plan_by_load, plan_drain, slot_loads,
+    slots_of,
+};
+use crate::constants::{MOVE_FOLLOW_S_MAX, REBALANCE_LISTED_MAX, REBALANCE_SAMPLE_S_MAX};
 use crate::core::ids::{NodeId, ShardId};
 use crate::metrics::scrape::{NodeScrape, fetch};
 
@@ -248,15 +251,30 @@ pub fn run_rebalance(
     // Plan from where the controller is heading (moves to a joined node, off a drained one,
     // to pins), not from where the partitions are now: those moves would undo the plan's.
     let heading = heading_owners(&view, placement, &eligible);
-    let plan = match args.by {
-        RebalanceBy::Count => plan_by_count(&heading, &slots),
+    let (plan, rates) = match args.by {
+        RebalanceBy::Count => (plan_by_count(&heading, &slots), None),
         RebalanceBy::Load => {
             say(&format!(
-                "measuring each shard's events/s for {} s…",
+                "measuring each partition's events/s for {} s…",
                 args.sample_s
             ));
-            let rates = measure_rates(&view, &eligible, Duration::from_secs(args.sample_s))?;
-            plan_by_load(&heading, &slots, &rates)
+            let measured = measure_load(&view, &eligible, Duration::from_secs(args.sample_s))?;
+            for node in measured
+                .shards
+                .keys()
+                .map(|(node, _)| node)
+                .collect::<BTreeSet<_>>()
+            {
+                say(&format!(
+                    "{node} serves no trove_partition_events_applied_total (a build from before \
+                     per-partition counts?): its shards' events/s are taken as spread evenly \
+                     over their partitions"
+                ));
+            }
+            let rates = partition_rates(placement.owners(), &measured);
+            let plan = plan_by_load(&heading, &slots, &rates);
+            say_loads(&heading, &slots, &rates, &plan);
+            (plan, Some(rates))
         }
     };
     // A move goes to another node: shards of one node are not evened out against each other.
@@ -294,7 +312,68 @@ pub fn run_rebalance(
             already => format!("; following {already} moves the controller is making already"),
         }
     ));
+    if let Some(rates) = &rates {
+        for line in moves_by_rate(&plan, rates) {
+            say(&line);
+        }
+    }
     follow_and_sum_up(operator, checked, goals)
+}
+
+/// `events/s per shard, measured → planned: node 1 shard 0 1200 → 600, …`, the busiest
+/// `REBALANCE_LISTED_MAX` shards first and the rest counted.
+fn say_loads(heading: &[Owner], slots: &[Slot], rates: &[f64], plan: &[(u32, Slot)]) {
+    let before = slot_loads(heading, slots, rates);
+    let mut planned = heading.to_vec();
+    for &(partition, (node, shard)) in plan {
+        let owner = &mut planned[partition as usize];
+        (owner.node, owner.shard) = (node, shard);
+    }
+    let after = slot_loads(&planned, slots, rates);
+    let mut busiest: Vec<(&Slot, &f64)> = before.iter().collect();
+    busiest.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+    let mut loads: Vec<String> = busiest
+        .iter()
+        .take(REBALANCE_LISTED_MAX)
+        .map(|&(&(node, shard), rate)| {
+            format!("{node} {shard} {rate:.0} → {:.0}", after[&(node, shard)])
+        })
+        .collect();
+    if busiest.len() > REBALANCE_LISTED_MAX {
+        loads.push(format!(
+            "and {} more shards",
+            busiest.len() - REBALANCE_LISTED_MAX
+        ));
+    }
+    say(&format!(
+        "events/s per shard, measured → planned: {}",
+        loads.join(", ")
+    ));
+}
+
+/// One line per planned move, hottest first, at most `REBALANCE_LISTED_MAX`, and a line
+/// for the rest: `partition 17 (812 events/s) to node 2 shard 0`.
+fn moves_by_rate(plan: &[(u32, Slot)], rates: &[f64]) -> Vec<String> {
+    let rate = |partition: u32| rates.get(partition as usize).copied().unwrap_or(0.0);
+    let mut hottest: Vec<(u32, Slot)> = plan.to_vec();
+    hottest.sort_by(|a, b| rate(b.0).total_cmp(&rate(a.0)).then(a.0.cmp(&b.0)));
+    let mut lines: Vec<String> = hottest
+        .iter()
+        .take(REBALANCE_LISTED_MAX)
+        .map(|&(partition, (node, shard))| {
+            format!(
+                "  partition {partition} ({:.0} events/s) to {node} {shard}",
+                rate(partition)
+            )
+        })
+        .collect();
+    if hottest.len() > REBALANCE_LISTED_MAX {
+        lines.push(format!(
+            "  and {} more",
+            hottest.len() - REBALANCE_LISTED_MAX
+        ));
+    }
+    lines
 }
 
 /// Each partition's owner once the controller has made the moves it is set on (to its pin,
@@ -326,12 +405,13 @@ fn heading_owners(
         .collect()
 }
 
-/// Each shard's applied events/s over `sample`, from its node's `/metrics`.
-fn measure_rates(
+/// Each partition's applied events/s over `sample`, from the `/metrics` of the nodes in
+/// `eligible` (each shard's, for a node that counts no partitions).
+fn measure_load(
     view: &ClusterView,
     eligible: &BTreeMap<NodeId, LiveNode>,
     sample: Duration,
-) -> Result<BTreeMap<Slot, f64>, OperatorError> {
+) -> Result<MeasuredLoad, OperatorError> {
     let mut addresses = Vec::new();
     for node in eligible.keys() {
         let entry = &view.nodes[node];
@@ -368,19 +448,42 @@ fn measure_rates(
     std::thread::sleep(sample);
     let after = scrape(&addresses)?;
     let seconds = started.elapsed().as_secs_f64().max(1e-3);
-    let mut rates = BTreeMap::new();
-    for (node, scrape) in &after {
+    Ok(load_between(&before, &after, seconds))
+}
+
+/// What two scrapes `seconds` apart say each partition applied per second (or each shard,
+/// for a node that counts no partitions). A counter lower than before started again (its
+/// partition left the shard and came back): all of it counts. A partition's series on
+/// several shards (it moved during the sample) add up.
+fn load_between(
+    before: &BTreeMap<NodeId, NodeScrape>,
+    after: &BTreeMap<NodeId, NodeScrape>,
+    seconds: f64,
+) -> MeasuredLoad {
+    let increase = |now: f64, earlier: f64| if now >= earlier { now - earlier } else { now };
+    let mut load = MeasuredLoad::default();
+    for (node, scrape) in after {
         for shard in &scrape.shards {
-            let earlier = before[node]
-                .shards
-                .iter()
-                .find(|s| s.shard == shard.shard)
-                .map_or(0.0, |s| s.value("events_applied_total"));
-            let applied = (shard.value("events_applied_total") - earlier).max(0.0);
-            rates.insert((*node, ShardId(shard.shard)), applied / seconds);
+            let earlier = before
+                .get(node)
+                .and_then(|b| b.shards.iter().find(|s| s.shard == shard.shard));
+            if scrape.counts_partitions {
+                for (&partition, &now) in &shard.partitions {
+                    let then = earlier.and_then(|s| s.partitions.get(&partition).copied());
+                    *load.partitions.entry(partition).or_default() +=
+                        increase(now, then.unwrap_or(0.0)) / seconds;
+                }
+            } else {
+                let name = "events_applied_total";
+                let then = earlier.map_or(0.0, |s| s.value(name));
+                load.shards.insert(
+                    (*node, ShardId(shard.shard)),
+                    increase(shard.value(name), then) / seconds,
+                );
+            }
         }
     }
-    Ok(rates)
+    load
 }
 
 #[cfg(test)]
@@ -417,6 +520,69 @@ mod tests {
             assert!(error.contains(expected), "{error}");
             assert!(!error.contains('\n'), "{error}");
         }
+    }
+
+    #[test]
+    fn the_load_between_two_scrapes_is_per_partition_where_the_node_counts_partitions() {
+        use crate::metrics::scrape::ScrapedShard;
+        let shard = |shard: u16, applied: f64, partitions: &[(u32, f64)]| ScrapedShard {
+            shard,
+            values: [("events_applied_total".to_owned(), applied)].into(),
+            partitions: partitions.iter().copied().collect(),
+            ..ScrapedShard::default()
+        };
+        let node = |counts_partitions, shards| NodeScrape {
+            shards,
+            counts_partitions,
+            ..NodeScrape::default()
+        };
+        let (new, old) = (NodeId(1), NodeId(2));
+        let before: BTreeMap<NodeId, NodeScrape> = [
+            (
+                new,
+                node(true, vec![shard(0, 0.0, &[(3, 100.0), (5, 50.0)])]),
+            ),
+            (old, node(false, vec![shard(1, 1000.0, &[])])),
+        ]
+        .into();
+        let after: BTreeMap<NodeId, NodeScrape> = [
+            (
+                new,
+                node(
+                    true,
+                    // 3 went on; 5 started again (it left and came back); 9 is new here.
+                    vec![shard(0, 0.0, &[(3, 300.0), (5, 20.0), (9, 40.0)])],
+                ),
+            ),
+            (old, node(false, vec![shard(1, 1600.0, &[])])),
+        ]
+        .into();
+        let load = load_between(&before, &after, 2.0);
+        assert_eq!(
+            load.partitions,
+            BTreeMap::from([(3, 100.0), (5, 10.0), (9, 20.0)])
+        );
+        assert_eq!(load.shards, BTreeMap::from([((old, ShardId(1)), 300.0)]));
+    }
+
+    #[test]
+    fn planned_moves_are_listed_hottest_first_and_the_rest_counted() {
+        let to = (NodeId(2), ShardId(0));
+        let rates = vec![5.0, 800.0, 40.0];
+        assert_eq!(
+            moves_by_rate(&[(0, to), (1, to), (2, to)], &rates),
+            vec![
+                "  partition 1 (800 events/s) to node 2 shard 0",
+                "  partition 2 (40 events/s) to node 2 shard 0",
+                "  partition 0 (5 events/s) to node 2 shard 0",
+            ]
+        );
+        let many: Vec<(u32, Slot)> = (0..REBALANCE_LISTED_MAX as u32 + 3)
+            .map(|p| (p, to))
+            .collect();
+        let lines = moves_by_rate(&many, &[]);
+        assert_eq!(lines.len(), REBALANCE_LISTED_MAX + 1);
+        assert_eq!(lines.last().unwrap(), "  and 3 more");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The operator's plans for live moves, pure: `trove cluster rebalance` by partition count
-//! ([`plan_by_count`]) or by measured load ([`plan_by_load`]), and where a drained node's
-//! partitions go ([`plan_drain`]). A plan is a list of (partition, new owner) that the command
+//! ([`plan_by_count`]) or by each partition's measured events/s ([`plan_by_load`], with
+//! [`partition_rates`] turning what was measured into a rate per partition), and where a
+//! drained node's partitions go ([`plan_drain`]). A plan is a list of (partition, new owner) that the command
 //! writes as pins; the controller then moves them. Plain values, usable on any thread.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -71,32 +72,85 @@ pub fn plan_by_count(owners: &[Owner], slots: &[Slot]) -> Vec<PlannedMove> {
         .collect()
 }
 
-/// Evens out measured events/s among `slots`, moving as few partitions as it can: a
-/// slot's rate (`rates`, events/s) is taken as spread evenly over the partitions it owns (per
-/// partition rates are not measured), and partitions move one at a time from the busiest slot
-/// to the idlest, each time the one that brings the two closest, while a move still lowers
-/// the busier of the two (a partition may move on again; the plan holds where it ends, and
-/// nothing for one that ends where it was). It stops when the busiest slot has no partition
-/// lighter than its lead over the idlest: the slots end even within one partition's rate.
-pub fn plan_by_load(
-    owners: &[Owner],
-    slots: &[Slot],
-    rates: &BTreeMap<Slot, f64>,
-) -> Vec<PlannedMove> {
-    let held = holdings(owners, slots);
-    let mut load: BTreeMap<Slot, f64> = BTreeMap::new();
-    let mut movable: BTreeMap<Slot, Vec<(u32, f64)>> = BTreeMap::new();
-    for (slot, (count, partitions)) in &held {
-        let rate = rates.get(slot).copied().unwrap_or(0.0).max(0.0);
-        // A slot that owns no partition has no load it could give away or be judged by.
-        let (each, attributed) = if *count == 0 {
-            (0.0, 0.0)
-        } else {
-            (rate / *count as f64, rate)
-        };
-        load.insert(*slot, attributed);
-        movable.insert(*slot, partitions.iter().map(|&p| (p, each)).collect());
+/// What `rebalance --by load` measured over its sample, in events/s: each partition's rate
+/// as the shard that owns it counted it, and, for a node that counts no partitions (a build
+/// from before the per-partition counts), each of its shards' rates.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MeasuredLoad {
+    pub partitions: BTreeMap<u32, f64>,
+    pub shards: BTreeMap<Slot, f64>,
+}
+
+/// Each partition's events/s, indexed by partition: its own measured rate where its owner
+/// counted it; else its shard's measured rate spread evenly over the partitions `owners` (the
+/// placement while measuring) gives that shard; else 0. Negative or non-finite rates are 0.
+pub fn partition_rates(owners: &[Owner], measured: &MeasuredLoad) -> Vec<f64> {
+    let mut owned: BTreeMap<Slot, usize> = BTreeMap::new();
+    for owner in owners {
+        let slot = (owner.node, owner.shard);
+        if measured.shards.contains_key(&slot) {
+            *owned.entry(slot).or_default() += 1;
+        }
     }
+    let rates = owners.iter().enumerate().map(|(partition, owner)| {
+        if let Some(&rate) = measured.partitions.get(&(partition as u32)) {
+            return rate;
+        }
+        let slot = (owner.node, owner.shard);
+        match (measured.shards.get(&slot), owned.get(&slot)) {
+            (Some(&rate), Some(&count)) => rate / count as f64,
+            _ => 0.0,
+        }
+    });
+    rates.map(usable_rate).collect()
+}
+
+/// A rate the planner can add up: negative, NaN and infinite ones count as 0.
+fn usable_rate(rate: f64) -> f64 {
+    if rate.is_finite() { rate.max(0.0) } else { 0.0 }
+}
+
+/// The events/s of each of `slots`: the rates (indexed by partition) of the partitions
+/// `owners` gives it, in any state.
+pub fn slot_loads(owners: &[Owner], slots: &[Slot], rates: &[f64]) -> BTreeMap<Slot, f64> {
+    let mut load: BTreeMap<Slot, f64> = slots.iter().map(|&slot| (slot, 0.0)).collect();
+    for (partition, owner) in owners.iter().enumerate() {
+        if let Some(sum) = load.get_mut(&(owner.node, owner.shard)) {
+            *sum += usable_rate(rates.get(partition).copied().unwrap_or(0.0));
+        }
+    }
+    load
+}
+
+/// Evens out measured events/s among `slots`, moving as few partitions as it can, each by
+/// its own rate (`rates`, events/s indexed by partition; see [`partition_rates`]). Partitions
+/// move one at a time from the busiest slot to the idlest slot of another node (shards of
+/// one node are not evened out against each other: a move goes to another node), each time
+/// the one that brings the two closest, while a move still lowers the busier of the two: so
+/// a hot partition moves when that evens the two out best, and stays where moving it would
+/// only make the receiver the new busiest. A partition may move on again; the plan holds
+/// where it ends (never another shard of the node it started on), and nothing for one that
+/// ends where it was. It stops when the busiest slot has no partition lighter than its lead
+/// over the idlest slot of another node: with one shard per node, the slots end even within
+/// the rate of the busiest one's lightest partition.
+pub fn plan_by_load(owners: &[Owner], slots: &[Slot], rates: &[f64]) -> Vec<PlannedMove> {
+    let mut load = slot_loads(owners, slots, rates);
+    let mut movable: BTreeMap<Slot, Vec<(u32, f64)>> = holdings(owners, slots)
+        .into_iter()
+        .map(|(slot, (_, partitions))| {
+            let weighed = partitions.into_iter().map(|p| {
+                (
+                    p,
+                    usable_rate(rates.get(p as usize).copied().unwrap_or(0.0)),
+                )
+            });
+            (slot, weighed.collect())
+        })
+        .collect();
+    let start = |partition: u32| {
+        let owner = &owners[partition as usize];
+        (owner.node, owner.shard)
+    };
     let mut plan: BTreeMap<u32, Slot> = BTreeMap::new();
     // Every step lowers the sum of the squared loads; the bound only guards against steps
     // that lower it by next to nothing.
@@ -107,17 +161,24 @@ pub fn plan_by_load(
         let busiest = load
             .iter()
             .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(a.0)));
+        let Some((&from, &high)) = busiest else {
+            break;
+        };
         let idlest = load
             .iter()
+            .filter(|(slot, _)| slot.0 != from.0)
             .min_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(b.0)));
-        let (Some((&from, &high)), Some((&to, &low))) = (busiest, idlest) else {
+        let Some((&to, &low)) = idlest else {
             break;
         };
         let gap = high - low;
         let best = movable[&from]
             .iter()
             .enumerate()
-            .filter(|(_, (_, weight))| *weight > 0.0 && *weight < gap)
+            .filter(|(_, (partition, weight))| {
+                let began = start(*partition);
+                *weight > 0.0 && *weight < gap && (began == to || began.0 != to.0)
+            })
             .min_by(|a, b| {
                 (a.1.1 - gap / 2.0)
                     .abs()
@@ -137,10 +198,7 @@ pub fn plan_by_load(
         plan.insert(partition, to);
     }
     plan.into_iter()
-        .filter(|&(partition, (node, shard))| {
-            let owner = &owners[partition as usize];
-            (owner.node, owner.shard) != (node, shard)
-        })
+        .filter(|&(partition, slot)| start(partition) != slot)
         .collect()
 }
 
@@ -268,55 +326,65 @@ mod tests {
             prop_assert_eq!(plan.len(), least);
         }
 
-        /// Load rebalancing ends with the slots within one partition's rate of each other,
-        /// when every partition can move.
+        /// Load rebalancing, with one shard per node, ends with the slots within the rate of
+        /// the busiest one's lightest partition, when every partition can move.
         #[test]
         fn load_ends_even_within_one_partition(
-            layout in proptest::collection::vec(0usize..4, 8..120),
-            rates in proptest::collection::vec(0u32..100_000, 4),
+            placed in proptest::collection::vec((0usize..4, 0u32..10_000), 8..120),
         ) {
             let slots: Vec<Slot> = (1..=4).map(|n| slot(n, 0)).collect();
-            let mut owners = owners_from(&layout.iter().map(|&i| slots[i]).collect::<Vec<_>>());
-            let rate_of: BTreeMap<Slot, f64> = slots.iter().zip(&rates).map(|(&s, &r)| (s, f64::from(r))).collect();
-            let counts_before = counts(&owners, &slots);
-            // Each partition's weight is its slot's rate over its slot's count, before moving.
-            let weight: Vec<f64> = owners
-                .iter()
-                .map(|o| {
-                    let i = slots.iter().position(|&s| s == (o.node, o.shard)).unwrap();
-                    rate_of[&slots[i]] / counts_before[i] as f64
-                })
-                .collect();
-            let plan = plan_by_load(&owners, &slots, &rate_of);
+            let mut owners = owners_from(&placed.iter().map(|&(i, _)| slots[i]).collect::<Vec<_>>());
+            let rates: Vec<f64> = placed.iter().map(|&(_, rate)| f64::from(rate)).collect();
+            let plan = plan_by_load(&owners, &slots, &rates);
             let moved: BTreeSet<u32> = plan.iter().map(|(p, _)| *p).collect();
             prop_assert_eq!(moved.len(), plan.len(), "a partition moves at most once");
             apply(&mut owners, &plan);
-            let load: Vec<f64> = slots
+            let load = slot_loads(&owners, &slots, &rates);
+            let high = load.values().copied().fold(0.0, f64::max);
+            let low = load.values().copied().fold(f64::MAX, f64::min);
+            // Of the busiest slots (several may tie), the one whose lightest partition is
+            // heaviest: no move from it lowers it, so no move lowers the busiest load.
+            let lightest_there = load
                 .iter()
-                .map(|&s| {
+                .filter(|(_, l)| **l == high)
+                .map(|(&busiest, _)| {
                     owners
                         .iter()
                         .enumerate()
-                        .filter(|(_, o)| (o.node, o.shard) == s)
-                        .map(|(p, _)| weight[p])
-                        .sum()
+                        .filter(|(_, o)| (o.node, o.shard) == busiest)
+                        .map(|(p, _)| rates[p])
+                        .filter(|&w| w > 0.0)
+                        .fold(f64::MAX, f64::min)
                 })
-                .collect();
-            let high = load.iter().copied().fold(f64::MIN, f64::max);
-            let low = load.iter().copied().fold(f64::MAX, f64::min);
-            let busiest = load.iter().position(|&l| l == high).unwrap();
-            let lightest_there = owners
-                .iter()
-                .enumerate()
-                .filter(|(_, o)| (o.node, o.shard) == slots[busiest])
-                .map(|(p, _)| weight[p])
-                .filter(|&w| w > 0.0)
-                .fold(f64::MAX, f64::min);
+                .fold(0.0, f64::max);
             prop_assert!(
                 high - low <= lightest_there + 1e-6 * high.max(1.0),
-                "loads {:?}: gap {} above the busiest slot's lightest partition {}",
+                "loads {:?}: gap {} above the busiest slots' lightest partition {}",
                 load, high - low, lightest_there
             );
+        }
+
+        /// With several shards a node, every planned move goes to another node, no partition
+        /// moves twice, and the busiest slot's load never rises.
+        #[test]
+        fn load_moves_go_between_nodes_and_never_raise_the_busiest(
+            placed in proptest::collection::vec((0usize..6, 0u32..10_000), 8..120),
+        ) {
+            let slots: Vec<Slot> = (1..=3).flat_map(|n| [slot(n, 0), slot(n, 1)]).collect();
+            let mut owners = owners_from(&placed.iter().map(|&(i, _)| slots[i]).collect::<Vec<_>>());
+            let rates: Vec<f64> = placed.iter().map(|&(_, rate)| f64::from(rate)).collect();
+            let busiest = |owners: &[Owner]| {
+                slot_loads(owners, &slots, &rates).values().copied().fold(0.0, f64::max)
+            };
+            let before = busiest(&owners);
+            let plan = plan_by_load(&owners, &slots, &rates);
+            let moved: BTreeSet<u32> = plan.iter().map(|(p, _)| *p).collect();
+            prop_assert_eq!(moved.len(), plan.len());
+            for &(partition, (node, _)) in &plan {
+                prop_assert_ne!(owners[partition as usize].node, node, "{:?}", plan);
+            }
+            apply(&mut owners, &plan);
+            prop_assert!(busiest(&owners) <= before + 1e-9, "{} → {}", before, busiest(&owners));
         }
     }
 
@@ -324,13 +392,93 @@ mod tests {
     fn load_moves_nothing_when_even_and_little_when_one_slot_is_hot() {
         let (a, b) = (slot(1, 0), slot(2, 0));
         let owners = owners_from(&[a, a, a, a, b, b, b, b]);
-        let even: BTreeMap<Slot, f64> = [(a, 1000.0), (b, 1000.0)].into_iter().collect();
-        assert_eq!(plan_by_load(&owners, &[a, b], &even), vec![]);
-        // a: 4 partitions of 1500/s each; b: 4 of 500/s. One move evens them at 4500/4500.
-        let hot: BTreeMap<Slot, f64> = [(a, 6000.0), (b, 2000.0)].into_iter().collect();
+        assert_eq!(plan_by_load(&owners, &[a, b], &[250.0; 8]), vec![]);
+        // a: 4 partitions of 1500/s each; b: 4 of 500/s. One move leaves them at 4500/3500,
+        // within one partition's rate: a second would only swap which is busier.
+        let hot = [1500.0, 1500.0, 1500.0, 1500.0, 500.0, 500.0, 500.0, 500.0];
         let plan = plan_by_load(&owners, &[a, b], &hot);
         assert_eq!(plan.len(), 1, "{plan:?}");
         assert_eq!(plan[0].1, b);
+    }
+
+    #[test]
+    fn a_hot_partition_is_what_moves_not_its_cold_neighbours() {
+        // a: two hot partitions of 400/s and 20 cold ones of 10/s (1000/s); b: 20 cold ones
+        // (200/s). Moving one hot partition evens them at 600/600, in one move; spread
+        // evenly over a's 22 partitions, a's rate would have moved cold ones.
+        let (a, b) = (slot(1, 0), slot(2, 0));
+        let mut layout = vec![a; 22];
+        layout.extend([b; 20]);
+        let mut rates = vec![10.0; 42];
+        let (hot_1, hot_2) = (7, 15);
+        rates[hot_1] = 400.0;
+        rates[hot_2] = 400.0;
+        let mut owners = owners_from(&layout);
+        let plan = plan_by_load(&owners, &[a, b], &rates);
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        let (moved, to) = plan[0];
+        assert!([hot_1, hot_2].contains(&(moved as usize)), "{plan:?}");
+        assert_eq!(to, b);
+        apply(&mut owners, &plan);
+        let load = slot_loads(&owners, &[a, b], &rates);
+        assert_eq!((load[&a], load[&b]), (600.0, 600.0));
+    }
+
+    #[test]
+    fn a_hot_partition_that_would_overshoot_stays_and_cold_ones_even_out() {
+        // a: one hot partition of 1000/s and 5 cold ones of 20/s (1100/s); b: 9 of 100/s
+        // (900/s). Moving the hot one would leave b at 1900/s: it stays, and the 5 cold
+        // ones go, to 1000/1000.
+        let (a, b) = (slot(1, 0), slot(2, 0));
+        let mut layout = vec![a; 6];
+        layout.extend([b; 9]);
+        let mut rates = vec![20.0; 6];
+        rates[0] = 1000.0;
+        rates.extend([100.0; 9]);
+        let mut owners = owners_from(&layout);
+        let plan = plan_by_load(&owners, &[a, b], &rates);
+        assert!(plan.iter().all(|&(p, to)| p != 0 && to == b), "{plan:?}");
+        assert_eq!(plan.len(), 5, "{plan:?}");
+        apply(&mut owners, &plan);
+        let load = slot_loads(&owners, &[a, b], &rates);
+        assert_eq!((load[&a], load[&b]), (1000.0, 1000.0));
+        // Alone with its hot partition and nothing to even out against: nothing moves.
+        let alone = owners_from(&[a, b]);
+        assert_eq!(plan_by_load(&alone, &[a, b], &[1000.0, 10.0]), vec![]);
+    }
+
+    #[test]
+    fn load_is_evened_between_nodes_not_between_shards_of_one_node() {
+        // Node 1's shard 0 holds 400 + 400; its shard 1 is idle; node 2 holds 100 + 100. The
+        // idle shard of node 1 is no destination for shard 0's partitions: one hot partition
+        // goes to node 2, and node 2's cold ones may go to node 1's idle shard.
+        let (a0, a1, b0) = (slot(1, 0), slot(1, 1), slot(2, 0));
+        let owners = owners_from(&[a0, a0, b0, b0]);
+        let rates = [400.0, 400.0, 100.0, 100.0];
+        let plan = plan_by_load(&owners, &[a0, a1, b0], &rates);
+        for &(partition, (node, _)) in &plan {
+            assert_ne!(owners[partition as usize].node, node, "{plan:?}");
+        }
+        let mut after = owners.clone();
+        apply(&mut after, &plan);
+        let load = slot_loads(&after, &[a0, a1, b0], &rates);
+        let busiest = load.values().copied().fold(0.0, f64::max);
+        assert_eq!(busiest, 400.0, "{plan:?} → {load:?}");
+    }
+
+    #[test]
+    fn partition_rates_are_measured_ones_else_their_shard_s_spread_evenly() {
+        let (a, b, c) = (slot(1, 0), slot(2, 0), slot(3, 0));
+        let owners = owners_from(&[a, a, b, b, b, b, c]);
+        let measured = MeasuredLoad {
+            partitions: [(0, 700.0), (1, 10.0), (6, f64::NAN)].into_iter().collect(),
+            // Node 2 counts no partitions: its 400/s over its 4 partitions.
+            shards: [(b, 400.0)].into_iter().collect(),
+        };
+        assert_eq!(
+            partition_rates(&owners, &measured),
+            vec![700.0, 10.0, 100.0, 100.0, 100.0, 100.0, 0.0]
+        );
     }
 
     #[test]

@@ -734,7 +734,7 @@ struct HuntSlot {
 
 /// The hunts of one partition, and the client sessions whose retries it recognises. Owned by
 /// one shard; never shared.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PartitionState {
     partition: PartitionId,
     /// Bit `i` is set when `slots[i]` holds a hunt.
@@ -743,9 +743,28 @@ pub struct PartitionState {
     /// Made at the first event of a session (boxed: a partition no session wrote to pays a
     /// pointer in every shard's table).
     sessions: Option<Box<SessionTable>>,
+    /// Events the owning shard applied to this state as the partition's owner, counted by
+    /// [`Self::count_applied`]: the partition's own load, which `trove cluster rebalance --by
+    /// load` evens out. Not in snapshots: a state rebuilt elsewhere (a move's target, a
+    /// recovery) counts from 0 again, like any restarted Prometheus counter.
+    applied: u64,
 }
 
 const _: () = assert!(HUNTS_PER_PARTITION_MAX <= u32::BITS as usize);
+
+/// The state, without the applied-events counter: that says how busy the partition was on
+/// this shard, not what it holds (a replayed or moved copy of the same state counts from 0),
+/// and tests compare states by this text.
+impl std::fmt::Debug for PartitionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionState")
+            .field("partition", &self.partition)
+            .field("occupied", &self.occupied)
+            .field("slots", &self.slots)
+            .field("sessions", &self.sessions)
+            .finish_non_exhaustive()
+    }
+}
 
 impl PartitionState {
     pub fn new(partition: PartitionId) -> PartitionState {
@@ -754,11 +773,24 @@ impl PartitionState {
             occupied: 0,
             slots: std::array::from_fn(|_| HuntSlot::default()),
             sessions: None,
+            applied: 0,
         }
     }
 
     pub fn partition(&self) -> PartitionId {
         self.partition
+    }
+
+    /// Counts one event its owning shard applies here (whatever its outcome, as the shard's
+    /// `events_applied` does): one add on the state the apply has in hand.
+    #[inline]
+    pub fn count_applied(&mut self) {
+        self.applied += 1;
+    }
+
+    /// Events counted by [`Self::count_applied`] since this state was made.
+    pub fn applied(&self) -> u64 {
+        self.applied
     }
 
     /// The index of the slot that holds `hunt`.

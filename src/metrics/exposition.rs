@@ -6,6 +6,7 @@
 //! `_count`, in seconds) sorted from the shards' HdrHistograms on the shards, so any
 //! Prometheus can aggregate them across shards and nodes with `histogram_quantile`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -16,7 +17,9 @@ use prometheus_client::registry::Registry;
 use crate::core::shard::counters::{KindIndex, OutcomeIndex, REJECT_REASONS, reject_reason_label};
 use crate::core::shard::{LinkTally, MoveTally};
 pub use crate::metrics::snapshot::{ClassicHistogram, LATENCY_BUCKET_BOUNDS_S};
-use crate::metrics::snapshot::{CreditGauge, EventTally, ShardSnapshot, Stage};
+use crate::metrics::snapshot::{
+    CreditGauge, EventTally, PartitionApplied, ShardReport, ShardSnapshot, Stage,
+};
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -58,18 +61,31 @@ pub struct ClusterGauges {
     pub etcd_reachable: bool,
 }
 
-/// A shard as the exposition shows it: its latest snapshot, and how old that is.
-#[derive(Clone, Copy, Debug)]
+/// A shard as the exposition shows it: its latest snapshot and partition counts, and how old
+/// they are.
+#[derive(Clone, Debug)]
 pub struct ShardSeries {
     pub snapshot: ShardSnapshot,
+    /// Events applied to each partition the shard owns (shared, not copied, by each rendering).
+    pub partitions: Arc<[PartitionApplied]>,
     /// How long ago the housekeeping thread received this shard's snapshot.
     pub snapshot_age: Duration,
 }
 
 impl ShardSeries {
+    /// A shard's series without partition counts.
     pub fn from_snapshot(snapshot: &ShardSnapshot) -> ShardSeries {
         ShardSeries {
             snapshot: *snapshot,
+            partitions: Arc::from([]),
+            snapshot_age: Duration::ZERO,
+        }
+    }
+
+    pub fn from_report(report: ShardReport) -> ShardSeries {
+        ShardSeries {
+            snapshot: report.snapshot,
+            partitions: Arc::from(report.partitions),
             snapshot_age: Duration::ZERO,
         }
     }
@@ -287,7 +303,32 @@ impl NodeCollector {
         self.executor(encoder)?;
         self.links(encoder)?;
         self.moves(encoder)?;
+        self.partitions(encoder)?;
         self.events(encoder)
+    }
+
+    /// Events applied to each partition, one series per partition a shard owns: the load of
+    /// each partition, for `trove cluster rebalance --by load`. A series lives on the shard
+    /// that owns the partition; when the partition moves, it leaves the old owner's scrape
+    /// (the old shard no longer holds its state) and starts from 0 on the new owner's.
+    fn partitions(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let mut family = encoder.encode_descriptor(
+            "partition_events_applied",
+            "Events this shard applied to each partition it owns, since it took the partition's state; a partition that moves leaves this shard's series and starts from 0 on its new owner.",
+            None,
+            MetricType::Counter,
+        )?;
+        for shard in &self.shards {
+            let labels = self.shard_labels(shard);
+            for applied in shard.partitions.iter() {
+                let mut labels = labels.clone();
+                labels.push(("partition", applied.partition.to_string()));
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, u64, u64>(&applied.events, None)?;
+            }
+        }
+        Ok(())
     }
 
     /// Live partition moves: out of each shard (as the source) and into it (as the target),
@@ -882,11 +923,13 @@ mod tests {
             controller: true,
             ..ClusterGauges::default()
         };
-        let text = render(
-            &info,
-            &[ShardSeries::from_snapshot(&snapshot)],
-            Some(cluster),
-        );
+        let partitions = [(5, 0), (17, 23)]
+            .map(|(partition, events)| crate::metrics::PartitionApplied { partition, events });
+        let report = ShardReport {
+            snapshot,
+            partitions: partitions.to_vec(),
+        };
+        let text = render(&info, &[ShardSeries::from_report(report)], Some(cluster));
         let n = "node=\"127.0.0.1:7700\"";
         for line in [
             "# TYPE trove_events_applied_total counter".to_owned(),
@@ -937,6 +980,9 @@ mod tests {
                 "trove_partition_moves_total{{{n},shard=\"1\",direction=\"out\",step=\"flipped\"}} 3"
             ),
             format!("trove_move_events_held_total{{{n},shard=\"1\"}} 17"),
+            "# TYPE trove_partition_events_applied_total counter".to_owned(),
+            format!("trove_partition_events_applied_total{{{n},shard=\"1\",partition=\"5\"}} 0"),
+            format!("trove_partition_events_applied_total{{{n},shard=\"1\",partition=\"17\"}} 23"),
             format!("trove_cluster_lease_left_seconds{{{n},node_id=\"7\"}} 4.5"),
             format!("trove_cluster_partitions_owned{{{n},node_id=\"7\"}} 16.0"),
             format!("trove_cluster_controller{{{n},node_id=\"7\"}} 1.0"),
@@ -946,6 +992,12 @@ mod tests {
                 "missing `{line}` in:\n{text}"
             );
         }
+        assert_eq!(
+            text.matches("trove_partition_events_applied_total{")
+                .count(),
+            2,
+            "one series per partition the shard owns: {text}"
+        );
         // Only rejections that happened are listed.
         assert_eq!(
             text.matches("trove_events_rejected_total{").count(),

@@ -23,7 +23,7 @@ use crate::constants::{
 pub use crate::metrics::exposition::NodeInfo;
 use crate::metrics::exposition::{ClusterGauges, ShardSeries, render};
 use crate::metrics::http::{Pages, Progress, Response, respond};
-use crate::metrics::snapshot::ShardSnapshot;
+use crate::metrics::snapshot::ShardReport;
 
 /// Where a node serves `/metrics`, or not at all (`--metrics-listen off`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +81,7 @@ impl Housekeeping {
     pub fn start(
         listener: TcpListener,
         info: NodeInfo,
-        snapshots: flume::Receiver<ShardSnapshot>,
+        snapshots: flume::Receiver<ShardReport>,
     ) -> io::Result<Housekeeping> {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -147,12 +147,12 @@ struct NodeView {
 }
 
 impl NodeView {
-    fn update(&mut self, snapshot: ShardSnapshot) {
-        let index = usize::from(snapshot.shard);
+    fn update(&mut self, report: ShardReport) {
+        let index = usize::from(report.snapshot.shard);
         if index >= self.shards.len() {
             return;
         }
-        self.shards[index] = Some((ShardSeries::from_snapshot(&snapshot), Instant::now()));
+        self.shards[index] = Some((ShardSeries::from_report(report), Instant::now()));
         self.rendered = None;
     }
 }
@@ -168,7 +168,7 @@ impl Pages for NodeView {
                 .flatten()
                 .map(|(series, arrived)| ShardSeries {
                     snapshot_age: now.saturating_duration_since(*arrived),
-                    ..*series
+                    ..series.clone()
                 })
                 .collect();
             let cluster = self.cluster.get().map(|read| read());
@@ -255,7 +255,7 @@ impl Connection {
 
 struct Endpoint {
     listener: TcpListener,
-    snapshots: flume::Receiver<ShardSnapshot>,
+    snapshots: flume::Receiver<ShardReport>,
     connections: Vec<Connection>,
     view: NodeView,
 }
@@ -264,7 +264,7 @@ impl Endpoint {
     fn new(
         listener: TcpListener,
         info: NodeInfo,
-        snapshots: flume::Receiver<ShardSnapshot>,
+        snapshots: flume::Receiver<ShardReport>,
         cluster: Arc<OnceLock<ClusterSource>>,
     ) -> Endpoint {
         let shards = info.shard_cpus.len();

@@ -137,6 +137,9 @@ pub struct ScrapedShard {
     pub values: BTreeMap<String, f64>,
     /// Stage latency histograms, by the `stage` label.
     pub stages: BTreeMap<String, ScrapedHistogram>,
+    /// `partition_events_applied_total` by partition: events this shard applied to each
+    /// partition it owns (kept apart from `values`: there may be thousands).
+    pub partitions: BTreeMap<u32, f64>,
 }
 
 impl ScrapedShard {
@@ -164,7 +167,13 @@ pub struct NodeScrape {
     pub shards: Vec<ScrapedShard>,
     /// Series without a `shard` label (`config_shards`, `build_info`, …), by name.
     pub node_values: BTreeMap<String, f64>,
+    /// Whether the node serves the per-partition family ([`PARTITION_APPLIED_FAMILY`]), even
+    /// with no series in it: a node built before it existed does not.
+    pub counts_partitions: bool,
 }
+
+/// The family of events applied per partition, without the `trove_` prefix and `_total`.
+pub const PARTITION_APPLIED_FAMILY: &str = "partition_events_applied";
 
 impl NodeScrape {
     /// Parses the Prometheus text format of a trove node.
@@ -196,6 +205,13 @@ impl NodeScrape {
                     shard,
                     ..ScrapedShard::default()
                 });
+            if name.strip_suffix("_total") == Some(PARTITION_APPLIED_FAMILY) {
+                let partition = sample.labels.get("partition").and_then(|p| p.parse().ok());
+                if let (Some(partition), Value::Counter(v)) = (partition, &sample.value) {
+                    entry.partitions.insert(partition, *v);
+                }
+                continue;
+            }
             match sample.value {
                 Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => {
                     entry.values.insert(series_key(name, &sample.labels), v);
@@ -210,9 +226,15 @@ impl NodeScrape {
                 Value::Summary(_) => {}
             }
         }
+        let family = format!("trove_{PARTITION_APPLIED_FAMILY}");
+        let counts_partitions = scrape
+            .docs
+            .keys()
+            .any(|name| name.strip_suffix("_total").unwrap_or(name) == family);
         Ok(NodeScrape {
             shards: shards.into_values().collect(),
             node_values,
+            counts_partitions,
         })
     }
 
@@ -280,7 +302,54 @@ mod tests {
     use super::*;
     use crate::metrics::exposition::{NodeInfo, ShardSeries, render};
     use crate::metrics::snapshot::tests::histogram_of;
-    use crate::metrics::snapshot::{ClassicHistogram, ShardSnapshot, Stage};
+    use crate::metrics::snapshot::{
+        ClassicHistogram, PartitionApplied, ShardReport, ShardSnapshot, Stage,
+    };
+
+    #[test]
+    fn partition_counts_parse_apart_and_a_node_without_them_is_told_apart() {
+        let snapshot = ShardSnapshot {
+            shard: 1,
+            ..ShardSnapshot::default()
+        };
+        let applied = |partition, events| PartitionApplied { partition, events };
+        let report = ShardReport {
+            snapshot,
+            partitions: vec![applied(3, 7), applied(17, 0)],
+        };
+        let info = NodeInfo {
+            node: "n1".into(),
+            shard_cpus: vec![0, 1],
+            ..NodeInfo::default()
+        };
+        let text = render(&info, &[ShardSeries::from_report(report)], None);
+        let scrape = NodeScrape::parse(&text).unwrap();
+        assert!(scrape.counts_partitions);
+        assert_eq!(
+            scrape.shards[0].partitions,
+            BTreeMap::from([(3, 7.0), (17, 0.0)])
+        );
+        assert!(
+            !scrape.shards[0]
+                .values
+                .keys()
+                .any(|key| key.starts_with(PARTITION_APPLIED_FAMILY)),
+            "{:?}",
+            scrape.shards[0].values
+        );
+        // A shard that owns nothing: the family is served all the same, with no series.
+        let owns_nothing = render(&info, &[ShardSeries::from_snapshot(&snapshot)], None);
+        let scrape = NodeScrape::parse(&owns_nothing).unwrap();
+        assert!(scrape.counts_partitions);
+        assert!(scrape.shards[0].partitions.is_empty());
+        // A node built before the family: nothing of it in the text.
+        let older: String = text
+            .lines()
+            .filter(|line| !line.contains(PARTITION_APPLIED_FAMILY))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert!(!NodeScrape::parse(&older).unwrap().counts_partitions);
+    }
 
     #[test]
     fn a_rendered_exposition_parses_back_to_the_same_numbers() {

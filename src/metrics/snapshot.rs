@@ -8,7 +8,7 @@
 
 use hdrhistogram::Histogram;
 
-use crate::constants::METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX;
+use crate::constants::{METRICS_PARTITION_ENTRY_BYTES, METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX};
 pub use crate::core::shard::EventTally;
 
 /// Monotonic counters of one shard since it started.
@@ -236,23 +236,44 @@ impl ShardSnapshot {
     }
 }
 
+/// Events a shard applied to one partition it owns, since it took the partition's state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionApplied {
+    pub partition: u32,
+    pub events: u64,
+}
+
+const _: () = assert!(size_of::<PartitionApplied>() <= METRICS_PARTITION_ENTRY_BYTES);
+
+/// What a shard hands the housekeeping thread about once a second: its fixed-size
+/// [`ShardSnapshot`], and the events applied to each partition it owns. The partitions are
+/// the one part on the heap: an entry per partition the shard owns, so at most the cluster's
+/// partition count (`PARTITIONS_MAX`), counted in the memory sum per partition
+/// (`METRICS_PARTITION_ENTRY_BYTES`).
+#[derive(Clone, Debug, Default)]
+pub struct ShardReport {
+    pub snapshot: ShardSnapshot,
+    /// In partition order.
+    pub partitions: Vec<PartitionApplied>,
+}
+
 /// A shard's end of the channel to the housekeeping thread. `Send`: one clone per shard.
 #[derive(Clone, Debug)]
 pub struct SnapshotSender {
-    sender: flume::Sender<ShardSnapshot>,
+    sender: flume::Sender<ShardReport>,
 }
 
 impl SnapshotSender {
-    /// Hands a snapshot over without waiting: `false` when the channel is full (the
-    /// housekeeping thread is behind) or gone (the node is stopping); the snapshot is dropped.
-    pub fn offer(&self, snapshot: ShardSnapshot) -> bool {
-        self.sender.try_send(snapshot).is_ok()
+    /// Hands a report over without waiting: `false` when the channel is full (the
+    /// housekeeping thread is behind) or gone (the node is stopping); the report is dropped.
+    pub fn offer(&self, report: ShardReport) -> bool {
+        self.sender.try_send(report).is_ok()
     }
 }
 
 /// The channel from `shards` shards to the housekeeping thread, bounded at
-/// `METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX` snapshots a shard.
-pub fn snapshot_channel(shards: usize) -> (SnapshotSender, flume::Receiver<ShardSnapshot>) {
+/// `METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX` reports a shard.
+pub fn snapshot_channel(shards: usize) -> (SnapshotSender, flume::Receiver<ShardReport>) {
     let (sender, receiver) = flume::bounded(shards.max(1) * METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX);
     (SnapshotSender { sender }, receiver)
 }
@@ -319,7 +340,7 @@ pub(crate) mod tests {
     fn a_full_channel_drops_instead_of_waiting() {
         let (sender, receiver) = snapshot_channel(1);
         let offered: Vec<bool> = (0..METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX + 1)
-            .map(|_| sender.offer(ShardSnapshot::default()))
+            .map(|_| sender.offer(ShardReport::default()))
             .collect();
         assert!(
             offered[..METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX]
@@ -329,7 +350,7 @@ pub(crate) mod tests {
         assert!(!offered[METRICS_SNAPSHOTS_QUEUED_PER_SHARD_MAX]);
         drop(receiver);
         assert!(
-            !sender.offer(ShardSnapshot::default()),
+            !sender.offer(ShardReport::default()),
             "no receiver: dropped"
         );
     }

@@ -1,20 +1,25 @@
 //! The node's bridge from a shard's own counters to the metrics layer: a task on each shard
 //! that, about once a second, copies the shard's counters and [`ShardLoad`] into a
-//! [`ShardSnapshot`] and offers it to the housekeeping thread.
+//! [`ShardSnapshot`], lists the events applied to each partition it owns, and offers both
+//! ([`ShardReport`]) to the housekeeping thread.
 //!
 //! Runs on the shard's executor. It never waits on the channel (a full one drops the snapshot
 //! and the next snapshot counts the drop), shares nothing with the shard's other tasks beyond
 //! a borrow between two awaits, and depends on no cross-thread wake: the housekeeping thread
 //! polls the channel. The snapshot is small and fixed in size: the stage HdrHistograms are
-//! read in place and only their classic buckets are copied.
+//! read in place and only their classic buckets are copied. The partition list is one entry
+//! per partition the shard owns (at most the cluster's partition count).
 
 use std::rc::Rc;
 use std::time::Duration;
 
 use crate::constants::METRICS_SNAPSHOT_MS_DEFAULT;
-use crate::core::shard::{ShardLoad, ShardStats, Stalls};
+use crate::core::shard::{ShardCore, ShardLoad, ShardStats, Stalls};
 use crate::metrics::snapshot::{ClassicHistogram, Stage};
-use crate::metrics::{CreditGauge, ShardCounters, ShardGauges, ShardSnapshot, SnapshotSender};
+use crate::metrics::{
+    CreditGauge, PartitionApplied, ShardCounters, ShardGauges, ShardReport, ShardSnapshot,
+    SnapshotSender,
+};
 use crate::runtime::shard::Shard;
 use crate::runtime::stall::spawn_timed;
 use crate::runtime::stall::stalls_on_this_thread;
@@ -38,11 +43,28 @@ async fn publish_snapshots(shard: Rc<Shard>, sender: SnapshotSender) {
         let load = shard.load();
         let mut snapshot = shard.with_counters(|stats| snapshot_of(stats, load, executor, dropped));
         snapshot.cpu = shard.cpu();
-        if !sender.offer(snapshot) {
+        let partitions = shard.with_core(partitions_applied);
+        if !sender.offer(ShardReport {
+            snapshot,
+            partitions,
+        }) {
             dropped += 1;
         }
         glommio::timer::sleep(period).await;
     }
+}
+
+/// The events applied to each partition the shard owns, in a vector of exactly their number.
+fn partitions_applied(core: &ShardCore) -> Vec<PartitionApplied> {
+    let mut partitions = Vec::with_capacity(core.applied_by_partition().count());
+    partitions.extend(
+        core.applied_by_partition()
+            .map(|(partition, events)| PartitionApplied {
+                partition: partition.0,
+                events,
+            }),
+    );
+    partitions
 }
 
 /// What the shell knows of a shard's executor, beside the core's counters.

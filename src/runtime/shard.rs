@@ -972,6 +972,12 @@ impl Shard {
         read(self.core.borrow().counters())
     }
 
+    /// Reads the shard's core where it is, between two awaits: for the metrics snapshot's
+    /// per-partition counts.
+    pub fn with_core<R>(&self, read: impl FnOnce(&ShardCore) -> R) -> R {
+        read(&self.core.borrow())
+    }
+
     /// The CPU the shard runs on.
     pub fn cpu(&self) -> usize {
         self.cpu

@@ -416,6 +416,21 @@ impl ShardCore {
         &self.stats
     }
 
+    /// Events applied to each partition this shard owns and holds the state of, in partition
+    /// order: (partition, events applied since the state was made here). A partition that
+    /// moved away is not listed (its state left with it), so the list is bounded by the
+    /// placement's partition count.
+    pub fn applied_by_partition(&self) -> impl Iterator<Item = (PartitionId, u64)> + '_ {
+        self.partitions
+            .iter()
+            .zip(self.placement.owners())
+            .filter_map(move |(state, owner)| {
+                let state = state.as_ref()?;
+                let owned = owner.node == self.node && owner.shard == self.shard;
+                owned.then(|| (state.partition(), state.applied()))
+            })
+    }
+
     /// Socket credit held now, by every connection together.
     pub fn credit_held(&self) -> Credit {
         self.credit.held()

@@ -233,7 +233,10 @@ impl ShardCore {
     pub fn apply(&mut self, local: LocalEvent, event: &ArchivedEvent) -> Reply {
         let index = local.partition().index();
         let outcome = match self.partitions[index].as_mut() {
-            Some(state) if matches!(self.routes[index], Route::Local(_)) => state.apply(event),
+            Some(state) if matches!(self.routes[index], Route::Local(_)) => {
+                state.count_applied();
+                state.apply(event)
+            }
             _ => self.moved(event),
         };
         reply_to(event, outcome)

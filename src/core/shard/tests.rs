@@ -307,6 +307,59 @@ fn the_mesh_share_stops_forwarding_until_the_owner_replies() {
 }
 
 #[test]
+fn each_partition_s_events_are_counted_by_its_owner_whichever_shard_received_them() {
+    let config = config(
+        2,
+        Credit::new(100, BIG),
+        Credit::new(100, BIG),
+        Credit::new(100, BIG),
+    );
+    let mut cores = cores(2, &config);
+    let conn = cores[0].handle_connect(0).unwrap();
+    let (here, there, there_too) = (
+        hunt_owned_by(2, 0, 0),
+        hunt_owned_by(2, 1, 0),
+        hunt_owned_by(2, 1, 1),
+    );
+    let events = [
+        create(0, here),
+        join(1, here),
+        join(2, here),
+        create(3, there),
+        join(4, there),
+        create(5, there_too),
+    ];
+    assert_eq!(
+        offer(&mut cores[0], conn, &frame(&events, 1)),
+        FrameProgress::Done
+    );
+    settle(&mut cores);
+    assert_eq!(write_all(&mut cores[0], conn).replies.len(), events.len());
+    let partitioner = placement(2).partitioner();
+    let partition = |hunt| partitioner.partition_of(hunt).0;
+    let mut expected: [BTreeMap<u32, u64>; 2] = Default::default();
+    for p in 0..64u32 {
+        expected[p as usize % 2].insert(p, 0);
+    }
+    *expected[0].get_mut(&partition(here)).unwrap() += 3;
+    *expected[1].get_mut(&partition(there)).unwrap() += 2;
+    *expected[1].get_mut(&partition(there_too)).unwrap() += 1;
+    for (shard, core) in cores.iter().enumerate() {
+        let counted: BTreeMap<u32, u64> = core
+            .applied_by_partition()
+            .map(|(p, applied)| (p.0, applied))
+            .collect();
+        assert_eq!(counted, expected[shard], "shard {shard}");
+        let stats = core.stats();
+        assert_eq!(
+            counted.values().sum::<u64>(),
+            stats.events_applied + stats.events_applied_for_peers,
+            "shard {shard}: the partitions' counts add up to the shard's"
+        );
+    }
+}
+
+#[test]
 fn fail_fast_answers_busy_instead_of_blocking() {
     let mut config = config(
         1,

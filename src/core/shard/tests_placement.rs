@@ -135,6 +135,57 @@ fn fenced_partitions_keep_their_state_and_serve_again_only_at_a_newer_partition_
 }
 
 #[test]
+fn a_partition_s_count_is_listed_while_this_shard_owns_it_and_restarts_when_it_comes_back() {
+    let mut core = cluster_shard(halves(10, 10));
+    assert_eq!(
+        core.applied_by_partition().count(),
+        0,
+        "fenced at start: no state, nothing listed"
+    );
+    core.handle_lease(
+        0,
+        NodeLease::Confirmed {
+            registered: Epoch(5),
+        },
+    );
+    let (hunt, other) = (hunt_in(2, 0), hunt_in(4, 0));
+    outcomes(
+        &mut core,
+        &[create(0, hunt), join(1, hunt), create(2, other)],
+    );
+    let listed = |core: &ShardCore| -> BTreeMap<u32, u64> {
+        core.applied_by_partition()
+            .map(|(p, applied)| (p.0, applied))
+            .collect()
+    };
+    let counts = listed(&core);
+    assert_eq!(
+        counts.len(),
+        PARTITIONS / 2,
+        "the even partitions: {counts:?}"
+    );
+    assert_eq!((counts[&2], counts[&4], counts[&0]), (2, 1, 0));
+    // Partition 2 goes to the other node: its count goes with its state.
+    let without_2 = |epoch| {
+        cluster_placement(epoch, move |p| {
+            let node = if p % 2 == 0 && p != 2 {
+                HERE
+            } else {
+                ELSEWHERE
+            };
+            owner(node, if p == 2 { epoch } else { 10 }, OwnerState::Serving)
+        })
+    };
+    core.handle_placement(0, without_2(11)).unwrap();
+    let counts = listed(&core);
+    assert!(!counts.contains_key(&2), "{counts:?}");
+    assert_eq!(counts[&4], 1);
+    // Back here, it starts again from a new state, and from 0.
+    core.handle_placement(0, halves(12, 12)).unwrap();
+    assert_eq!(listed(&core)[&2], 0);
+}
+
+#[test]
 fn offline_partitions_answer_unavailable_at_once_and_the_others_are_served() {
     let mut core = cluster_shard(halves(10, 10));
     core.handle_lease(
