@@ -2,9 +2,10 @@
 //! (`mesh_hop`, `link_hop`): wall-clock figures on a shared machine fall whenever another
 //! process takes one of the CPUs, while the CPU time each executor's thread spends per event
 //! (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`) is what the work costs that core, whatever
-//! else runs. The process's CPU time (`getrusage(RUSAGE_SELF)`) is reported beside it: it
-//! also counts what no executor thread is charged for (io_uring's kernel workers, criterion's
-//! thread), so it bounds the per-thread figures from above.
+//! else runs. The rest of the process's CPU time is reported beside it (`getrusage(RUSAGE_SELF)`
+//! less the CPU time of the thread that started and reports the meter, criterion's, which
+//! spends seconds on its statistics): what no executor thread is charged for, such as
+//! io_uring's kernel workers, shows there.
 //!
 //! A [`CpuMeter`] lives on criterion's thread; its [`CpuMeterTask`] runs on the executor it
 //! reads, answering each request with that thread's CPU time.
@@ -93,7 +94,9 @@ pub struct HopCpu {
     /// Printed before each report: the bench's group, such as `mesh_hop`.
     group: &'static str,
     sides: [(&'static str, CpuMeter, Duration); 2],
+    /// The process's CPU time, and the calling (criterion's) thread's, when counting began.
     process_started: Duration,
+    caller_started: Duration,
     events: Cell<u64>,
 }
 
@@ -107,6 +110,7 @@ impl HopCpu {
                 (name, meter, started)
             }),
             process_started: process_cpu_time(),
+            caller_started: thread_cpu_time(),
             events: Cell::new(0),
         }
     }
@@ -120,8 +124,8 @@ impl HopCpu {
         self.events.get()
     }
 
-    /// Says what each side (and the process) spent per event, unless the bench did not run
-    /// (filtered out).
+    /// Says what each side spent per event, and the process but the calling thread, unless
+    /// the bench did not run (filtered out). Call it on the thread that started the meter.
     pub fn report(&self, bench: &str) {
         if self.events.get() == 0 {
             return;
@@ -132,11 +136,13 @@ impl HopCpu {
             .iter()
             .map(|(_, meter, started)| (meter.read() - *started).as_nanos() as f64 / events)
             .collect();
-        let process = (process_cpu_time() - self.process_started).as_nanos() as f64 / events;
+        let caller = thread_cpu_time() - self.caller_started;
+        let process = (process_cpu_time() - self.process_started).saturating_sub(caller);
+        let process = process.as_nanos() as f64 / events;
         let busiest = per_event.iter().copied().fold(0.0, f64::max);
         eprintln!(
-            "{}/{bench}: CPU per event: {} {:.1} ns, {} {:.1} ns (the process {:.1} ns); the \
-             busier side could carry {:.2} M events/s",
+            "{}/{bench}: CPU per event: {} {:.1} ns, {} {:.1} ns (the process but criterion's \
+             thread {:.1} ns); the busier side could carry {:.2} M events/s",
             self.group,
             self.sides[0].0,
             per_event[0],
