@@ -337,7 +337,7 @@ fn report_link(a: &ShardStats, b: &ShardStats) {
     eprintln!(
         "link_hop/link: {} events crossed in {} batches ({:.1} a batch, {:.1} bytes an \
          event), replies in {} batches ({:.1} a batch); node A waited for link credit {} \
-         times; link round trip p50 {:.0} µs, p99 {:.0} µs",
+         times; link round trip mean {:.0} µs, p50 {:.0} µs, p99 {:.0} µs",
         sent.events_sent,
         sent.batches_sent,
         per_batch(sent.events_sent, sent.batches_sent),
@@ -345,6 +345,7 @@ fn report_link(a: &ShardStats, b: &ShardStats) {
         received.batches_sent,
         per_batch(received.events_received, received.batches_sent),
         a.link_credit_waits,
+        a.stages.link_round_trip_ns.mean() / 1e3,
         round_trip_us(0.5),
         round_trip_us(0.99),
     );
