@@ -35,31 +35,27 @@
 
 mod support;
 
-use std::cell::Cell;
 use std::hint::black_box;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use glommio::ExecutorJoinHandle;
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use rkyv::util::AlignedVec;
 use trove::bench::workload::Workload;
-use trove::constants::{MESH_BATCH_EVENTS_MAX, MESH_CHANNEL_BATCHES_MAX, SHARD_IO_MEMORY_BYTES};
-use trove::core::codec::{
-    Decoded, FrameBuilder, FrameKind, Records, ValidatedArchive, decode_frame,
-};
+use trove::constants::{MESH_BATCH_EVENTS_MAX, MESH_CHANNEL_BATCHES_MAX};
+use trove::core::codec::ValidatedArchive;
 use trove::core::credit::Credit;
 use trove::core::ids::{ConnectionId, ShardId};
 use trove::core::message::{ArchivedEvent, Event};
 use trove::core::partition::PartitionMap;
-use trove::core::shard::{CloseReason, FrameProgress, MeshBatch, Readable, ShardStats};
-use trove::host::affinity::allowed_cpus;
+use trove::core::shard::{MeshBatch, ShardStats};
 use trove::host::preflight::preflight;
 use trove::runtime::config::RuntimeConfig;
 use trove::runtime::executors::{Shards, spawn_shards};
-use trove::runtime::shard::{Shard, WriteStep};
-use trove::runtime::wait::WaitQueue;
+
+use support::cpu::{CpuMeter, CpuMeterTask, HopCpu, executor, hop_cpus};
+use support::driver::{DriverPayload, drive};
 
 /// Events drawn from the workload for the measured traffic.
 const EVENTS_DRAWN: usize = 16_384;
@@ -72,132 +68,12 @@ fn fail(what: &str, error: impl std::fmt::Display) -> ! {
     std::process::exit(1);
 }
 
-/// The two CPUs the hop runs between: the first two of the affinity mask.
-fn hop_cpus() -> [usize; 2] {
-    let cpus = allowed_cpus();
-    match cpus.as_slice() {
-        [] => fail("no CPU to run on", "the affinity mask is empty"),
-        [only] => {
-            eprintln!(
-                "mesh_hop: one CPU ({only}) in the affinity mask: both executors share it, so \
-                 this measures a hop between two executors taking turns on one core"
-            );
-            [*only, *only]
-        }
-        [first, second, ..] => {
-            eprintln!("mesh_hop: executors pinned to CPUs {first} and {second}");
-            [*first, *second]
-        }
-    }
-}
-
 /// The records of the frames, validated, one list a frame.
 fn validated_frames(frames: &[AlignedVec]) -> Vec<Vec<ValidatedArchive<'_, ArchivedEvent>>> {
     frames
         .iter()
         .map(|frame| support::validated_records(frame))
         .collect()
-}
-
-/// CPU time the calling thread has run, in user and kernel mode.
-fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec for clock_gettime to fill in.
-    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    assert_eq!(result, 0, "every Linux thread has a CPU-time clock");
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-}
-
-/// Reads, from criterion's thread, the CPU time of an executor's thread.
-struct CpuMeter {
-    requests: flume::Sender<()>,
-    readings: flume::Receiver<Duration>,
-}
-
-/// The executor's end of a [`CpuMeter`]: a task that answers each request.
-struct CpuMeterTask {
-    requests: flume::Receiver<()>,
-    readings: flume::Sender<Duration>,
-}
-
-impl CpuMeter {
-    fn new() -> (CpuMeter, CpuMeterTask) {
-        let (requests, requests_rx) = flume::unbounded();
-        let (readings_tx, readings) = flume::unbounded();
-        let task = CpuMeterTask {
-            requests: requests_rx,
-            readings: readings_tx,
-        };
-        (CpuMeter { requests, readings }, task)
-    }
-
-    fn read(&self) -> Duration {
-        self.requests.send(()).expect("the executor is running");
-        self.readings.recv().expect("the executor is running")
-    }
-}
-
-impl CpuMeterTask {
-    /// Spawns the task on the calling executor.
-    fn spawn(self) {
-        glommio::spawn_local(async move {
-            while self.requests.recv_async().await.is_ok() {
-                if self.readings.send(thread_cpu_time()).is_err() {
-                    break;
-                }
-            }
-        })
-        .detach();
-    }
-}
-
-/// The CPU time both executors of a bench spend on the events it moves.
-struct HopCpu {
-    sides: [(&'static str, CpuMeter, Duration); 2],
-    events: Cell<u64>,
-}
-
-impl HopCpu {
-    /// Starts counting from now; `sides` names each executor.
-    fn start(sides: [(&'static str, CpuMeter); 2]) -> HopCpu {
-        HopCpu {
-            sides: sides.map(|(name, meter)| {
-                let started = meter.read();
-                (name, meter, started)
-            }),
-            events: Cell::new(0),
-        }
-    }
-
-    fn add_events(&self, events: u64) {
-        self.events.set(self.events.get() + events);
-    }
-
-    /// Says what each side spent per event, unless the bench did not run (filtered out).
-    fn report(&self, bench: &str) {
-        if self.events.get() == 0 {
-            return;
-        }
-        let events = self.events.get() as f64;
-        let per_event: Vec<f64> = self
-            .sides
-            .iter()
-            .map(|(_, meter, started)| (meter.read() - *started).as_nanos() as f64 / events)
-            .collect();
-        let busiest = per_event.iter().copied().fold(0.0, f64::max);
-        eprintln!(
-            "mesh_hop/{bench}: CPU per event: {} {:.1} ns, {} {:.1} ns; the busier side could \
-             carry {:.2} M events/s",
-            self.sides[0].0,
-            per_event[0],
-            self.sides[1].0,
-            per_event[1],
-            1e3 / busiest
-        );
-    }
 }
 
 // ---- one way: the transport ---------------------------------------------------------------
@@ -211,12 +87,6 @@ struct OneWay {
     receive_finished: flume::Receiver<Instant>,
     executors: Vec<ExecutorJoinHandle<()>>,
     cpu: HopCpu,
-}
-
-fn executor(cpu: usize, name: &str) -> LocalExecutorBuilder {
-    LocalExecutorBuilder::new(Placement::Fixed(cpu))
-        .name(name)
-        .io_memory(SHARD_IO_MEMORY_BYTES)
 }
 
 impl OneWay {
@@ -258,7 +128,10 @@ impl OneWay {
             receive_armed,
             receive_finished,
             executors: vec![sending, receiving],
-            cpu: HopCpu::start([("sender", send_meter), ("receiver", receive_meter)]),
+            cpu: HopCpu::start(
+                "mesh_hop",
+                [("sender", send_meter), ("receiver", receive_meter)],
+            ),
         }
     }
 
@@ -346,128 +219,6 @@ async fn receive_batches(
 
 // ---- round trip: the runtime --------------------------------------------------------------
 
-/// What shard 0's driver gets: the frames it hands in and its line to criterion's thread.
-struct DriverPayload {
-    setup: Vec<AlignedVec>,
-    measured: Vec<AlignedVec>,
-    commands: flume::Receiver<u64>,
-    results: flume::Sender<Duration>,
-}
-
-/// The driver's connection, as its writer sees it: replies written so far, and whether the
-/// driver is done.
-#[derive(Default)]
-struct DriverConnection {
-    replies: Cell<u64>,
-    /// Woken when replies are written.
-    written: WaitQueue,
-}
-
-/// Takes the replies the core queues for the driver's connection and reports them written at
-/// once, as a connection's writer does after its socket took them; counts them.
-async fn write_replies(
-    shard: Rc<Shard>,
-    id: ConnectionId,
-    queue: Rc<WaitQueue>,
-    connection: Rc<DriverConnection>,
-) {
-    let mut out = FrameBuilder::new();
-    while let WriteStep::Write = shard.until_writable(id, &queue, &mut out).await {
-        connection
-            .replies
-            .set(connection.replies.get() + reply_count(out.bytes()));
-        shard.handle_written(id, out.len());
-        out.clear(64 * 1024);
-        connection.written.wake_all();
-    }
-    shard.handle_closed(id, CloseReason::Finished);
-}
-
-/// Replies in a buffer of whole reply frames.
-fn reply_count(mut frames: &[u8]) -> u64 {
-    let mut count = 0;
-    while let Ok(Decoded::Frame {
-        header,
-        body,
-        frame_len,
-    }) = decode_frame(frames)
-    {
-        if header.kind == FrameKind::Replies {
-            count += u64::from(Records::parse(header.kind, body).expect("replies").count());
-        }
-        frames = &frames[frame_len..];
-    }
-    count
-}
-
-/// Hands every frame to the shard as a connection's reader does (offering a frame again when
-/// it was admitted only in part, once the shard says so), yielding after each frame as a
-/// reader yields to read again, then waits for all their replies to be written.
-async fn dispatch_frames<'a>(
-    shard: &Shard,
-    connection: &DriverConnection,
-    id: ConnectionId,
-    frames: impl Iterator<Item = &'a AlignedVec>,
-) {
-    let mut replies_expected = connection.replies.get();
-    for frame in frames {
-        let Ok(Decoded::Frame { header, body, .. }) = decode_frame(frame) else {
-            panic!("a bench frame is one whole, valid frame");
-        };
-        replies_expected += u64::from(Records::parse(header.kind, body).expect("records").count());
-        while shard
-            .handle_frame(id, &header, body)
-            .expect("a valid frame")
-            == FrameProgress::Blocked
-        {
-            assert_eq!(
-                shard.until_readable(id).await,
-                Readable::Yes,
-                "the shard runs"
-            );
-        }
-        futures_lite::future::yield_now().await;
-    }
-    connection
-        .written
-        .until(|| (connection.replies.get() >= replies_expected).then_some(()))
-        .await;
-}
-
-/// Runs on shard 0: sets the owner's hunts up, then hands frames in on command and reports
-/// how long each command took, until criterion's thread hangs up.
-async fn drive(shard: Rc<Shard>, payload: DriverPayload) {
-    let connection = Rc::new(DriverConnection::default());
-    let (id, signals) = shard
-        .connect(None)
-        .expect("a new shard has room for a connection");
-    glommio::spawn_local(write_replies(
-        shard.clone(),
-        id,
-        signals.writer,
-        connection.clone(),
-    ))
-    .detach();
-    dispatch_frames(&shard, &connection, id, payload.setup.iter()).await;
-    let mut frames = payload.measured.iter().cycle();
-    if payload.results.send(Duration::ZERO).is_ok() {
-        while let Ok(count) = payload.commands.recv_async().await {
-            let started = Instant::now();
-            dispatch_frames(
-                &shard,
-                &connection,
-                id,
-                frames.by_ref().take(count as usize),
-            )
-            .await;
-            if payload.results.send(started.elapsed()).is_err() {
-                break;
-            }
-        }
-    }
-    shard.handle_read_closed(id, Ok(()));
-}
-
 /// What each shard gets: a CPU meter, and on shard 0 the driver's payload.
 struct ShardPayload {
     meter: CpuMeterTask,
@@ -521,12 +272,18 @@ impl RoundTrip {
             }
         })
         .unwrap_or_else(|error| fail("cannot start the shards", error));
+        commands
+            .send(0)
+            .expect("the driver waits for its first command");
         results.recv().expect("the driver sets the hunts up");
         RoundTrip {
             shards,
             commands,
             results,
-            cpu: HopCpu::start([("shard 0", origin_meter), ("shard 1", owner_meter)]),
+            cpu: HopCpu::start(
+                "mesh_hop",
+                [("shard 0", origin_meter), ("shard 1", owner_meter)],
+            ),
         }
     }
 
@@ -540,7 +297,7 @@ impl RoundTrip {
 
     /// Stops both shards and says what crossed the mesh, if the bench ran.
     fn stop(self) {
-        let measured = self.cpu.events.get() > 0;
+        let measured = self.cpu.events() > 0;
         self.cpu.report("round_trip");
         drop(self.commands);
         let stats = self.shards.stop();
@@ -568,7 +325,7 @@ fn bench_hop(c: &mut Criterion) {
     if let Err(error) = preflight(2) {
         fail("cannot run two executors", error);
     }
-    let cpus = hop_cpus();
+    let cpus = hop_cpus("mesh_hop");
     let mut group = c.benchmark_group("mesh_hop");
     group.throughput(Throughput::Elements(MESH_BATCH_EVENTS_MAX as u64));
 

@@ -5,6 +5,11 @@
 //! Everything here is set-up, done once before any measurement; a failure is a broken
 //! benchmark, not bad input, so it panics with what went wrong.
 
+#[allow(dead_code)] // only the benches on pinned executors measure CPU time
+pub mod cpu;
+#[allow(dead_code)] // only the benches that drive a real shard use a driver
+pub mod driver;
+
 use std::time::Duration;
 
 use criterion::Criterion;
