@@ -265,7 +265,7 @@ pub const MOVE_CHUNK_BYTES_MAX: usize = 64 * 1024;
 pub const MOVE_CHUNK_RECORD_BYTES_MAX: usize = MOVE_CHUNK_BYTES_MAX + 64;
 /// Largest `MoveAck` record: a few integers and a refusal of at most
 /// `ERROR_MESSAGE_BYTES_MAX` bytes.
-pub const MOVE_ACK_RECORD_BYTES_MAX: usize = ERROR_MESSAGE_BYTES_MAX + 64;
+pub const MOVE_ACK_RECORD_BYTES_MAX: usize = ERROR_MESSAGE_BYTES_MAX + 96;
 /// Move reports (`MoveReport`) a shard keeps for its control thread until taken; the runtime
 /// drains them every loop pass, and a move makes at most two.
 pub const MOVE_REPORTS_QUEUED_MAX: usize = 2 * MOVES_OUTGOING_MAX + 8;

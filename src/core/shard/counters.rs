@@ -156,6 +156,10 @@ pub struct MoveTally {
     pub events_held: u64,
     /// The most events held at once.
     pub held_peak: u64,
+    /// Replies a source kept back for its target's acknowledgement and answered
+    /// `OutcomeUnknown` instead, because the target could not confirm their events after the
+    /// flip (the link failed, or the target served without them when its source went away).
+    pub replies_unknown: u64,
 }
 
 /// What went over a shard's links to other nodes, each way: events forwarded (sent: handed to

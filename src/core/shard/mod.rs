@@ -357,7 +357,11 @@ impl ShardCore {
             let owner = *self.placement.owner(partition);
             let owner = &owner;
             let owned = owner.node == self.node && owner.shard == self.shard;
-            let serve = owned && self.lease.serves(owner);
+            // A partition moved here is served once its source sealed the tail.
+            let serve = owned
+                && self.lease.serves(owner)
+                && !(self.partitions[index].is_none()
+                    && self.awaits_seal(partition, owner.part_epoch));
             let staged = if serve && self.partitions[index].is_none() {
                 self.take_staged(partition, owner.part_epoch)
             } else {

@@ -145,7 +145,10 @@ impl ShardCore {
             self.node,
             partition,
             owner,
-            owned && self.lease.serves(owner),
+            owned
+                && self.lease.serves(owner)
+                && !(self.partitions[partition.index()].is_none()
+                    && self.awaits_seal(partition, owner.part_epoch)),
         )
     }
 
