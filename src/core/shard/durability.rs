@@ -790,7 +790,10 @@ impl ShardCore {
     /// tail events it logged): it still waits for the sync of the records logged so far where
     /// the mode asks, else it leaves now.
     pub(super) fn release_or_wait_for_sync(&mut self, now_ns: u64, held: HeldReply) {
-        if self.durability.logs() && self.durability.must_hold(true) {
+        let state = &self.durability;
+        // Records already durable are not synced again: nothing would release it.
+        let synced = state.last_lsn() <= state.durable_lsn && state.held.is_empty();
+        if state.logs() && state.must_hold(true) && !synced {
             let waits_for = self.durability.last_lsn();
             self.durability.held.push_back(HeldEntry {
                 waits_for,

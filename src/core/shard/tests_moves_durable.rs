@@ -375,3 +375,21 @@ fn a_target_whose_log_fails_refuses_the_move_before_staging_it() {
     offer(&mut a, conn, &frame(&moving_events(0..3), 3));
     assert_eq!(write_all(&mut a, conn).replies.len(), 3);
 }
+
+#[test]
+fn a_source_that_logs_answers_what_it_kept_back_once_the_target_has_it_and_its_log_is_durable() {
+    let (mut a, mut b) = (durable_shard(A), node_shard(B, big()));
+    let mut wire = Wire::new();
+    // Five events applied after the hand-off: logged at A, their replies kept back for B.
+    let (conn, _, _, events) = stream_to_handoff(&mut a, &mut b, &mut wire, 5);
+    let logged = take_records(&mut a);
+    assert_eq!(logged.len(), events.len(), "A logs every event it applies");
+    a.handle_durable(0, logged.last().unwrap().0);
+    let mut replies = write_all(&mut a, conn).replies;
+    assert_eq!(replies.len(), 60, "the five wait for B, not for A's log");
+    // B acknowledges them after A's log is durable: they leave at once (no sync is coming).
+    pump_all(&mut wire, &mut a, &mut b);
+    replies.extend(write_all(&mut a, conn).replies);
+    assert_eq!(by_seq(&replies), single_node_answers(&events));
+    a.check_credit().unwrap();
+}
