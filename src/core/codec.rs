@@ -90,8 +90,8 @@ pub enum FrameKind {
     MoveHandoff = 15,
     /// Back on a link: one archived `MoveAck` (how far the target got, or its refusal).
     MoveAck = 16,
-    /// On a link, a live move: one archived `MoveHead` saying the source saw the flip and
-    /// applies none of the partition's events any more (`seq`: how many it streamed in all).
+    /// On a link, a live move: one archived `MoveSeal` (the source saw the flip and applies
+    /// none of the partition's events any more).
     MoveSeal = 17,
 }
 

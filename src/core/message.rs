@@ -364,6 +364,18 @@ pub struct MoveHead {
     pub seq: u64,
 }
 
+/// The only record of a `MoveSeal` frame: the source of the move of `partition` named by
+/// `part_epoch` saw the controller flip it to the target at partition epoch `owner_epoch`,
+/// and applies none of its events any more; it streamed `seq` tail events in all.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MoveSeal {
+    pub partition: u32,
+    pub part_epoch: u32,
+    pub seq: u64,
+    pub owner_epoch: u32,
+}
+
 /// The target's answer on the link's reply direction (a `MoveAck` frame): how much of the
 /// move it has (the snapshot, then `events` tail events of `bytes` archived bytes), whether
 /// it has the hand-off, or why it refuses the move (`refusal` not empty). `sealed`: the target

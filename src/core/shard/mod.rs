@@ -354,7 +354,7 @@ impl ShardCore {
         self.routes.clear();
         for index in 0..partitions {
             let partition = PartitionId(index as u32);
-            let owner = *self.placement.owner(partition);
+            let owner = self.owner_here(partition);
             let owner = &owner;
             let owned = owner.node == self.node && owner.shard == self.shard;
             // A partition moved here is served once its source sealed the tail.

@@ -104,10 +104,10 @@ use crate::core::credit::Credit;
 use crate::core::hunt::PartitionState;
 use crate::core::ids::ConnectionId;
 use crate::core::message::{
-    ArchivedEvent, ArchivedMoveAck, ArchivedMoveChunk, ArchivedMoveHead, EventError, MoveAck,
-    MoveChunk, MoveHead, Outcome,
+    ArchivedEvent, ArchivedMoveAck, ArchivedMoveChunk, ArchivedMoveHead, ArchivedMoveSeal,
+    EventError, MoveAck, MoveChunk, MoveHead, MoveSeal, Outcome,
 };
-use crate::core::partition::OwnerState;
+use crate::core::partition::{Owner, OwnerState};
 use crate::core::shard::ShardCore;
 use crate::core::shard::durability::HeldReply;
 use crate::core::shard::links::{LinkAdmit, LinkDest};
@@ -306,6 +306,11 @@ pub(super) struct Moves {
     /// Moves installed here whose seal acknowledgement waits for their arriving events to be
     /// let go (it says how long the first of them waited).
     installed: Vec<IncomingMove>,
+    /// Partitions whose source sealed them to this shard at a partition epoch this shard's
+    /// placement has not reached yet: the flip is committed (the source saw it), so they are
+    /// served from the seal on, not from when this node's watch catches up. At most one per
+    /// staged move.
+    sealed_here: Vec<(PartitionId, Epoch)>,
     /// Socket credit of the client events held, summed (away from their connections).
     held_credit: Credit,
     held_now: u64,
@@ -423,6 +428,10 @@ impl ShardCore {
         for m in ended {
             self.abandon_move(now_ns, m);
         }
+        let placement = &self.placement;
+        self.moves
+            .sealed_here
+            .retain(|&(partition, part_epoch)| placement.owner(partition).part_epoch < part_epoch);
         self.settle_incoming();
         self.install_sealed();
         self.settle_arriving(now_ns);
@@ -605,6 +614,7 @@ impl ShardCore {
         self.moves.out[index]
             .gated
             .push_back(GatedReply { seq, reply });
+        self.stats.moves.replies_kept_back += 1;
     }
 
     /// Lets go of the replies of move `index` whose events the target acknowledged.
@@ -695,14 +705,15 @@ impl ShardCore {
             if m.stream.is_open() {
                 m.stream.finish(epoch);
             }
-            let head = MoveHead {
+            let seal = MoveSeal {
                 partition: m.partition.0,
                 part_epoch: m.part_epoch.get(),
                 seq: m.streamed,
+                owner_epoch: self.placement.owner(partition).part_epoch.get(),
             };
             m.stream
-                .single(FrameKind::MoveSeal, epoch, Some(&head))
-                .expect("a move head fits a frame");
+                .single(FrameKind::MoveSeal, epoch, Some(&seal))
+                .expect("a move seal fits a frame");
         }
         let (dest, hold) = (m.dest, m.hold.take());
         self.stats.moves.out_flipped += 1;
@@ -1400,13 +1411,13 @@ impl ShardCore {
         link: ConnectionId,
         body: &[u8],
     ) -> Result<(), MoveError> {
-        let (head, records) = Self::move_head(FrameKind::MoveSeal, body)?;
-        if records.count() != 1 {
-            return Err(protocol(
-                "a MoveSeal frame with more than its head".to_string(),
-            ));
-        }
-        let (partition, part_epoch) = (head.partition.to_native(), head.part_epoch.to_native());
+        let frame = ValidatedFrame::<ArchivedMoveSeal>::validate(FrameKind::MoveSeal, body)?;
+        let seal = frame
+            .first()
+            .ok_or_else(|| protocol("a MoveSeal frame without its record".to_string()))?
+            .get();
+        let (partition, part_epoch) = (seal.partition.to_native(), seal.part_epoch.to_native());
+        let (seq, owner_epoch) = (seal.seq.to_native(), seal.owner_epoch.to_native());
         self.check_partition(partition)?;
         let Some(index) = self.moves.incoming_index(partition, part_epoch) else {
             let refusal = format!(
@@ -1417,19 +1428,35 @@ impl ShardCore {
             return Ok(());
         };
         let m = &mut self.moves.incoming[index];
-        if !m.handed_off || m.sealed || head.seq.to_native() != m.events {
+        if !m.handed_off || m.sealed || seq != m.events || owner_epoch <= part_epoch {
             return Err(protocol(format!(
-                "partition {partition}: a seal at event {} after {} events (hand-off {}, sealed {})",
-                head.seq.to_native(),
-                m.events,
-                m.handed_off,
-                m.sealed
+                "partition {partition}: a seal at event {seq}, owner epoch {owner_epoch}, after {} events of the move at epoch {part_epoch} (hand-off {}, sealed {})",
+                m.events, m.handed_off, m.sealed
             )));
         }
         m.sealed = true;
+        let sealed = (PartitionId(partition), Epoch(owner_epoch));
+        self.moves.sealed_here.retain(|(p, _)| p.0 != partition);
+        self.moves.sealed_here.push(sealed);
         self.install_sealed();
         self.settle_arriving(now_ns);
         Ok(())
+    }
+
+    /// Who owns `partition` as this shard serves it: the placement's owner, unless a move's
+    /// source sealed the partition to this shard at a later partition epoch than the
+    /// placement has (see `Moves::sealed_here`).
+    pub(super) fn owner_here(&self, partition: PartitionId) -> Owner {
+        let owner = *self.placement.owner(partition);
+        match self.moves.sealed_here.iter().find(|(p, _)| *p == partition) {
+            Some(&(_, part_epoch)) if part_epoch > owner.part_epoch => Owner {
+                node: self.node,
+                shard: self.shard,
+                part_epoch,
+                state: OwnerState::Serving,
+            },
+            _ => owner,
+        }
     }
 
     /// Why this shard's log refuses events now, if it does.
@@ -1693,7 +1720,7 @@ impl ShardCore {
         while index < self.moves.incoming.len() {
             let m = &self.moves.incoming[index];
             let partition = m.partition;
-            let owner = *self.placement.owner(partition);
+            let owner = self.owner_here(partition);
             let here = owner.node == self.node
                 && owner.shard == self.shard
                 && self.lease.serves(&owner)
