@@ -2,6 +2,32 @@
 //! from the shard that owns it (the source) to a shard of another node (the target), over the
 //! node link between them, while the source keeps serving; then the controller flips ownership.
 //!
+//! # The hand-off
+//!
+//! 1. The source sends the partition's snapshot (`MoveSnapshot`), then every event it applies,
+//!    as the same bytes (`MoveEvents`); the target stages them and acknowledges (`MoveAck`).
+//! 2. Once the target is within `MOVE_CATCHUP_EVENTS_MAX` events, the source sends the
+//!    hand-off marker (`MoveHandoff`) and keeps serving, but keeps each of the partition's
+//!    replies back until the target acknowledges its event ([`ShardCore::gate_reply`]): what
+//!    the source answers, the target has. When the target acknowledges the marker, the source
+//!    reports the move `Ready` and the controller flips it (through etcd, which no client
+//!    waits on).
+//! 3. When the source sees the flip it stops applying the partition's events (they go to the
+//!    target now) and seals the tail (`MoveSeal`, with the flip's partition epoch). The
+//!    target serves the partition from the seal on, even before its own node's watch shows
+//!    the flip (`Moves::sealed_here`), and until then holds the partition's events in arrival
+//!    order ([`Arriving`]). If the link the move came on closes after the hand-off, what came
+//!    is all there is: the target serves it at its own flip, and the source answers the
+//!    replies it still kept back `OutcomeUnknown`. The target acknowledges the seal with the
+//!    events it held and how long the first waited: the flip pause, which the source reports.
+//! 4. If the controller abandons the move instead, the source answers the replies it kept back
+//!    (it applied their events and still owns the partition) and the target drops its copy.
+//!
+//! If the unacknowledged tail reaches `MOVE_TAIL_EVENTS_MAX` / `MOVE_TAIL_BYTES_MAX`, or the
+//! move is refused after its hand-off, the source holds the partition's new events (with
+//! their credit) instead of applying them, until the target catches up or the controller
+//! decides.
+//!
 //! The controller starts a move by writing the partition `Migrating { to, to_shard }` in the
 //! assignment; each shard learns it from its placement. What the source's shard has to tell
 //! the controller (the target has everything: flip now; or the move cannot go on) comes out of
@@ -13,10 +39,10 @@
 //! The flip must never go to a target whose copy a crash would lose, so a target that logs
 //! acknowledges the hand-off only once the staged partition is durable in its own store:
 //!
-//! 1. The snapshot and the tail arrive and are applied to the staged state as on any target
-//!    (nothing is logged: the partition is not this shard's yet, and its records would be
-//!    replayed into it at recovery). Before it stages anything, a target whose log refuses
-//!    events now (a disk fault, the disk bound) refuses the move.
+//! 1. The snapshot and the tail up to the hand-off arrive and are applied to the staged state
+//!    as on any target (nothing is logged: the install below covers them). Before it stages
+//!    anything, a target whose log refuses events now (a disk fault, the disk bound) refuses
+//!    the move.
 //! 2. At the hand-off (the last tail event is in) the target does not acknowledge it: the
 //!    install is queued for the shell ([`ShardCore::poll_move_install`]), which takes a copy
 //!    of the staged state with the LSN it covers (the last one given out: no record of this
@@ -24,11 +50,12 @@
 //!    writes the copy as an ordinary snapshot file of the partition through the store's
 //!    snapshot path (`.tmp`, `fdatasync`, rename, directory sync). Only then
 //!    ([`ShardCore::handle_move_installed`]) does the hand-off acknowledgement leave, and the
-//!    source reports the move `Ready`. Until then the source keeps holding the partition's
-//!    new events, so nothing it acknowledged can be lost.
-//! 3. After the flip the partition is this shard's like any other: its events are logged with
-//!    LSNs after the snapshot's, so recovery loads the snapshot and replays them, the way it
-//!    recovers any partition.
+//!    source reports the move `Ready`.
+//! 3. Tail events after the hand-off are logged as they arrive, as records of the partition
+//!    (after the install's LSN, or covered by it), and acknowledged once durable, so the
+//!    source answers nothing a crash here would lose; the partition is served only once every
+//!    tail event is durable. After the flip its events are logged like any other, so recovery
+//!    loads the snapshot and replays the records after it, the way it recovers any partition.
 //!
 //! A disk fault while an install is queued or written ([`ShardCore::handle_log_fault`]), or a
 //! failed snapshot write ([`ShardCore::handle_move_install_failed`]), refuses the move with the
@@ -68,8 +95,9 @@ pub struct MoveReport {
 /// How a move stands, as its source shard reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MoveStep {
-    /// The target has the partition's state and every event the source applied; the source
-    /// holds the partition's new events until the controller flips ownership (or abandons).
+    /// The target has the partition's state and acknowledged the hand-off; the source keeps
+    /// serving, answering the partition's events once the target has them, until the
+    /// controller flips ownership (or abandons).
     Ready {
         snapshot_bytes: u64,
         events_streamed: u64,
@@ -77,9 +105,11 @@ pub enum MoveStep {
     /// The move cannot go on (the target refused it, or the link to it failed): the
     /// controller should abandon it. The source keeps serving.
     Refused { reason: String },
-    /// The source let go of the events it held: the controller flipped ownership
-    /// (`flipped`), or abandoned the move and the source applied them itself. `pause_ns` is
-    /// how long the first of them waited (zero when none was held).
+    /// The move ended: the controller flipped ownership (`flipped`) and the target
+    /// acknowledged the seal, saying it held `events_held` of the partition's events until
+    /// then, the first for `pause_ns` (the flip pause; zero when none waited); or the
+    /// controller abandoned it, and the source applied what it held itself (`pause_ns` from
+    /// the first).
     Released {
         flipped: bool,
         events_held: u64,
