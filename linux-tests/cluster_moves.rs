@@ -659,7 +659,9 @@ fn bench_cluster_with_moves_reports_each_flip_pause() {
         "{text}"
     );
     assert!(
-        text.contains("flip pause (the source's hold, 5 moves reported): p50"),
+        text.contains(
+            "flip pause (events held for the partition at its target, 5 moves reported): p50"
+        ),
         "{text}"
     );
 }

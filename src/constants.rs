@@ -257,7 +257,8 @@ pub const MOVE_TAIL_EVENTS_MAX: u64 = 4_096;
 /// Tail bytes (archived events) streamed and not acknowledged, like [`MOVE_TAIL_EVENTS_MAX`].
 pub const MOVE_TAIL_BYTES_MAX: u64 = 1024 * 1024;
 /// The target is caught up when it acknowledged all but at most this many of the tail events
-/// the source applied: the source then holds the partition's new events and hands off.
+/// the source applied: the source then hands off, and answers the partition's next events only
+/// once the target acknowledges them.
 pub const MOVE_CATCHUP_EVENTS_MAX: u64 = 64;
 /// Bytes of a partition snapshot in one `MoveSnapshot` frame (the snapshot is split into as
 /// many frames as it needs; its whole size is bounded by `SNAPSHOT_ARCHIVE_BYTES_MAX`).
@@ -266,7 +267,7 @@ pub const MOVE_CHUNK_BYTES_MAX: usize = 64 * 1024;
 pub const MOVE_CHUNK_RECORD_BYTES_MAX: usize = MOVE_CHUNK_BYTES_MAX + 64;
 /// Largest `MoveAck` record: a few integers and a refusal of at most
 /// `ERROR_MESSAGE_BYTES_MAX` bytes.
-pub const MOVE_ACK_RECORD_BYTES_MAX: usize = ERROR_MESSAGE_BYTES_MAX + 64;
+pub const MOVE_ACK_RECORD_BYTES_MAX: usize = ERROR_MESSAGE_BYTES_MAX + 96;
 /// Move reports (`MoveReport`) a shard keeps for its control thread until taken; the runtime
 /// drains them every loop pass, and a move makes at most two.
 pub const MOVE_REPORTS_QUEUED_MAX: usize = 2 * MOVES_OUTGOING_MAX + 8;

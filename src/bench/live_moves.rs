@@ -23,7 +23,8 @@ use crate::core::rng::Rng;
 /// `--moves K`: live single-partition moves made while the load runs, one at a time, each to a
 /// random other node (and shard) of the bench's cluster, through etcd as `trove cluster move`
 /// does (a pin, then the controller's move). What a partition's clients wait at each flip is
-/// the source's hold, which the source measures and reports (`moves/<p>`, `released`).
+/// measured by the target (from the first event it held for the partition to the seal) and
+/// reported by the source (`moves/<p>`, `released`).
 pub struct MoveRun {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<Result<MoveFigures, String>>,
@@ -76,7 +77,7 @@ fn write_pauses(text: &mut String, sorted_ms: &[f64]) -> bool {
     };
     let _ = write!(
         text,
-        "\nflip pause (the source's hold, {} moves reported): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
+        "\nflip pause (events held for the partition at its target, {} moves reported): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
         sorted_ms.len()
     );
     true

@@ -90,6 +90,9 @@ pub enum FrameKind {
     MoveHandoff = 15,
     /// Back on a link: one archived `MoveAck` (how far the target got, or its refusal).
     MoveAck = 16,
+    /// On a link, a live move: one archived `MoveSeal` (the source saw the flip and applies
+    /// none of the partition's events any more).
+    MoveSeal = 17,
 }
 
 impl FrameKind {
@@ -111,6 +114,7 @@ impl FrameKind {
             14 => FrameKind::MoveEvents,
             15 => FrameKind::MoveHandoff,
             16 => FrameKind::MoveAck,
+            17 => FrameKind::MoveSeal,
             _ => return None,
         })
     }
@@ -130,7 +134,7 @@ impl FrameKind {
             FrameKind::LinkEvents => EVENT_BYTES_MAX.max(LINK_TOKENS_RECORD_BYTES_MAX),
             FrameKind::LinkReplies => REPLY_BYTES_MAX.max(LINK_TOKENS_RECORD_BYTES_MAX),
             FrameKind::MoveSnapshot => MOVE_CHUNK_RECORD_BYTES_MAX,
-            FrameKind::MoveEvents | FrameKind::MoveHandoff => EVENT_BYTES_MAX,
+            FrameKind::MoveEvents | FrameKind::MoveHandoff | FrameKind::MoveSeal => EVENT_BYTES_MAX,
             FrameKind::MoveAck => MOVE_ACK_RECORD_BYTES_MAX,
         }
     }
@@ -149,6 +153,7 @@ impl FrameKind {
             | FrameKind::LinkAccepted
             | FrameKind::MoveSnapshot
             | FrameKind::MoveHandoff
+            | FrameKind::MoveSeal
             | FrameKind::MoveAck => 1,
             // A move's head and a batch of its tail.
             FrameKind::MoveEvents => LINK_BATCH_EVENTS_MAX + 1,

@@ -378,9 +378,23 @@ pub struct MoveHead {
     pub seq: u64,
 }
 
+/// The only record of a `MoveSeal` frame: the source of the move of `partition` named by
+/// `part_epoch` saw the controller flip it to the target at partition epoch `owner_epoch`,
+/// and applies none of its events any more; it streamed `seq` tail events in all.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MoveSeal {
+    pub partition: u32,
+    pub part_epoch: u32,
+    pub seq: u64,
+    pub owner_epoch: u32,
+}
+
 /// The target's answer on the link's reply direction (a `MoveAck` frame): how much of the
 /// move it has (the snapshot, then `events` tail events of `bytes` archived bytes), whether
-/// it has the hand-off, or why it refuses the move (`refusal` not empty).
+/// it has the hand-off, or why it refuses the move (`refusal` not empty). `sealed`: the target
+/// had the source's seal and serves the partition now; it held `events_held` events for it
+/// meanwhile, the first for `pause_ns` (the pause the partition's clients saw at the flip).
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct MoveAck {
@@ -390,6 +404,9 @@ pub struct MoveAck {
     pub events: u64,
     pub bytes: u64,
     pub handed_off: bool,
+    pub sealed: bool,
+    pub events_held: u64,
+    pub pause_ns: u64,
     pub refusal: String,
 }
 

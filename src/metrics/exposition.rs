@@ -656,7 +656,7 @@ impl NodeCollector {
     fn histograms(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let mut family = encoder.encode_descriptor(
             "stage_latency_seconds",
-            "Latency of each stage of a shard's data path (frame_dispatch: arrival to dispatch of the frame's last event; mesh_round_trip: forward to reply back; log_sync: first write a log sync covers issued to its fdatasync done, no samples without a data dir; snapshot_pause: the shard stopped to copy one partition's state for a snapshot; link_round_trip: forward to a shard of another node to its reply back; move_pause: a moving partition's events held at its source, from the hold's start to the flip or abandon, no samples on a shard that moved nothing).",
+            "Latency of each stage of a shard's data path (frame_dispatch: arrival to dispatch of the frame's last event; mesh_round_trip: forward to reply back; log_sync: first write a log sync covers issued to its fdatasync done, no samples without a data dir; snapshot_pause: the shard stopped to copy one partition's state for a snapshot; link_round_trip: forward to a shard of another node to its reply back; move_pause: each flip's pause, the first event held for the partition at its target until the source's seal, reported to and recorded by the source, zero when none waited; also a source's hold of a tail past its bound until an abandon; no samples on a shard that moved nothing).",
             None,
             MetricType::Histogram,
         )?;

@@ -465,6 +465,7 @@ async fn read_events(
         FrameKind::MoveSnapshot,
         FrameKind::MoveEvents,
         FrameKind::MoveHandoff,
+        FrameKind::MoveSeal,
     ];
     read_frames(stream, &mut input, &kinds, done, |kind, body| {
         if kind == FrameKind::LinkEvents {

@@ -930,9 +930,8 @@ impl Shard {
     /// A handed-off partition's snapshot covering `lsn` is durable: the hand-off is
     /// acknowledged.
     pub fn handle_move_installed(&self, partition: PartitionId, part_epoch: Epoch, lsn: u64) {
-        let now = self.now_ns();
         self.core()
-            .handle_move_installed(now, partition, part_epoch, lsn);
+            .handle_move_installed(partition, part_epoch, lsn);
         self.wake();
     }
 

@@ -192,14 +192,14 @@ impl ShardCore {
                     self.stats.socket_credit_waits += 1;
                     return self.out_of_credit(id, event, credit, None);
                 }
-                self.apply_client_event(now_ns, id, local, archive, credit);
+                self.apply_client_event(id, local, archive, credit);
             }
             Route::Hold(partition) => {
                 if !self.try_take_socket_credit(id, credit) {
                     self.stats.socket_credit_waits += 1;
                     return self.out_of_credit(id, event, credit, None);
                 }
-                self.hold_client_event(id, partition, archive.bytes(), credit);
+                self.hold_client_event(now_ns, id, partition, archive.bytes(), credit);
             }
             Route::Shard(owner) => {
                 if !self.socket_credit_covers(id, credit) {
@@ -235,7 +235,6 @@ impl ShardCore {
     #[inline]
     pub(super) fn apply_client_event(
         &mut self,
-        now_ns: u64,
         id: ConnectionId,
         local: LocalEvent,
         archive: ValidatedArchive<'_, ArchivedEvent>,
@@ -246,7 +245,14 @@ impl ShardCore {
         self.stats.events_applied += 1;
         self.stats.events.count(&event.kind, &reply.outcome);
         if local.is_moving() {
-            self.capture_tail(now_ns, local, archive.bytes());
+            if let Some(seq) = self.capture_tail(local, archive.bytes()) {
+                if let Some(held) =
+                    self.gate_local_reply(id, local, archive.bytes(), &reply, credit)
+                {
+                    self.gate_reply(local.partition(), seq, held);
+                }
+                return;
+            }
         }
         self.reply_applied(id, local, archive.bytes(), &reply, credit);
     }

@@ -152,10 +152,19 @@ pub struct MoveTally {
     pub in_dropped: u64,
     /// Moves this shard refused as a target (its limits, its durability).
     pub in_refused: u64,
-    /// Events held at this shard during hand-offs (each counted once, when held).
+    /// Events held at this shard during hand-offs (each counted once, when held): at a
+    /// target, those that came before its move's seal; at a source, those past the tail's
+    /// bound, or after a refused hand-off.
     pub events_held: u64,
+    /// Replies a source kept back after its hand-off until the target acknowledged their
+    /// events.
+    pub replies_kept_back: u64,
     /// The most events held at once.
     pub held_peak: u64,
+    /// Replies a source kept back for its target's acknowledgement and answered
+    /// `OutcomeUnknown` instead, because the target could not confirm their events after the
+    /// flip (the link failed, or the target served without them when its source went away).
+    pub replies_unknown: u64,
 }
 
 /// What went over a shard's links to other nodes, each way: events forwarded (sent: handed to

@@ -55,7 +55,7 @@ use crate::constants::{
 use crate::core::codec::{FrameError, access_record};
 use crate::core::credit::Credit;
 use crate::core::hunt::PartitionState;
-use crate::core::ids::{ConnectionId, PartitionId, ShardId};
+use crate::core::ids::{ConnectionId, Epoch, PartitionId, ShardId};
 use crate::core::message::{ArchivedEvent, EventError, Outcome, Reply};
 use crate::core::shard::ShardCore;
 use crate::core::shard::mesh::BatchEntry;
@@ -185,8 +185,9 @@ fn retry_after_ms(attempt: u32) -> u64 {
         .min(LOG_FAULT_RETRY_MS_MAX)
 }
 
-/// A reply waiting for the record it (or an earlier reply) depends on.
-enum HeldReply {
+/// A reply waiting for the record it (or an earlier reply) depends on, or (at a move's
+/// source) for the move's target to have its event (`moves`).
+pub(super) enum HeldReply {
     /// To a connection of this shard, holding `credit` there.
     Local {
         id: ConnectionId,
@@ -207,14 +208,25 @@ enum HeldReply {
         reply: Reply,
         credit: Credit,
     },
+    /// At a move's target that logs: its acknowledgement of the tail's first `events` events
+    /// (`bytes` bytes) after the hand-off, once they are durable here (`moves`).
+    MoveAck {
+        link: ConnectionId,
+        partition: PartitionId,
+        part_epoch: Epoch,
+        events: u64,
+        bytes: u64,
+    },
 }
 
 impl HeldReply {
-    fn reply_mut(&mut self) -> &mut Reply {
+    /// The reply to a client's event, if this is one (not a move's acknowledgement).
+    pub(super) fn reply_mut(&mut self) -> Option<&mut Reply> {
         match self {
             HeldReply::Local { reply, .. }
             | HeldReply::Peer { reply, .. }
-            | HeldReply::Link { reply, .. } => reply,
+            | HeldReply::Link { reply, .. } => Some(reply),
+            HeldReply::MoveAck { .. } => None,
         }
     }
 }
@@ -600,9 +612,9 @@ impl ShardCore {
         let mut unknown = 0;
         while let Some(entry) = self.durability.held.pop_front() {
             let mut held = entry.reply;
-            if entry.logged {
+            if let Some(reply) = held.reply_mut().filter(|_| entry.logged) {
                 unknown += 1;
-                held.reply_mut().outcome = Outcome::Error {
+                reply.outcome = Outcome::Error {
                     error: EventError::OutcomeUnknown,
                 };
             }
@@ -719,10 +731,22 @@ impl ShardCore {
             self.queue_reply(id, reply, credit);
             return;
         }
-        let Some(connection) = self.connections.get_mut(id) else {
+        let Some(held) = self.held_local(id, reply, credit) else {
             return;
         };
-        // Away from the connection until released, like a forwarded event.
+        let waits_for = self.durability.last_lsn();
+        self.durability.held.push_back(HeldEntry {
+            waits_for,
+            logged,
+            reply: held,
+        });
+    }
+
+    /// A reply to connection `id` kept back (for a sync, or by a move), counted as away from
+    /// the connection like a forwarded event until [`Self::release_held`]; `None` when the
+    /// connection is gone.
+    fn held_local(&mut self, id: ConnectionId, reply: &Reply, credit: Credit) -> Option<HeldReply> {
+        let connection = self.connections.get_mut(id)?;
         connection.remote_inflight += 1;
         connection.remote_credit = connection.remote_credit.plus(credit);
         let state = &mut self.durability;
@@ -730,16 +754,55 @@ impl ShardCore {
         if credit == Credit::ZERO {
             state.held_uncredited += 1;
         }
-        let waits_for = state.last_lsn();
-        state.held.push_back(HeldEntry {
-            waits_for,
-            logged,
-            reply: HeldReply::Local {
-                id,
-                reply: reply.clone(),
-                credit,
-            },
-        });
+        Some(HeldReply::Local {
+            id,
+            reply: reply.clone(),
+            credit,
+        })
+    }
+
+    /// The reply to an event of connection `id` applied here, of a partition whose move gates
+    /// its replies: logged now (in order with the partition's other records), kept back
+    /// until the move lets it go ([`Self::release_or_wait_for_sync`]).
+    pub(super) fn gate_local_reply(
+        &mut self,
+        id: ConnectionId,
+        local: LocalEvent,
+        record: &[u8],
+        reply: &Reply,
+        credit: Credit,
+    ) -> Option<HeldReply> {
+        if self.durability.logs() {
+            self.durability.log(local.partition(), record);
+        }
+        self.held_local(id, reply, credit)
+    }
+
+    /// The record of an event another shard or node sent, applied here, whose reply a move
+    /// gates (see [`Self::gate_local_reply`]).
+    pub(super) fn log_gated(&mut self, partition: PartitionId, record: &[u8]) {
+        if self.durability.logs() {
+            self.durability.log(partition, record);
+        }
+    }
+
+    /// A reply a move kept back is let go (or, at a target that logs, the acknowledgement of
+    /// tail events it logged): it still waits for the sync of the records logged so far where
+    /// the mode asks, else it leaves now.
+    pub(super) fn release_or_wait_for_sync(&mut self, now_ns: u64, held: HeldReply) {
+        let state = &self.durability;
+        // Records already durable are not synced again: nothing would release it.
+        let synced = state.last_lsn() <= state.durable_lsn && state.held.is_empty();
+        if state.logs() && state.must_hold(true) && !synced {
+            let waits_for = self.durability.last_lsn();
+            self.durability.held.push_back(HeldEntry {
+                waits_for,
+                logged: true,
+                reply: held,
+            });
+        } else {
+            self.release_held(now_ns, held);
+        }
     }
 
     /// The reply to an event peer `from` forwarded: logged when it was applied here
@@ -832,6 +895,13 @@ impl ShardCore {
                 reply,
                 credit,
             } => self.queue_link_reply(now_ns, link, token, &reply, credit),
+            HeldReply::MoveAck {
+                link,
+                partition,
+                part_epoch,
+                events,
+                bytes,
+            } => self.ack_staged(now_ns, link, partition, part_epoch, events, bytes),
         }
     }
 }

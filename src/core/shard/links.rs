@@ -48,6 +48,7 @@ use crate::core::message::{
 };
 use crate::core::shard::ShardCore;
 use crate::core::shard::counters::KindIndex;
+use crate::core::shard::durability::HeldReply;
 use crate::core::shard::mesh::BatchEntry;
 use crate::core::shard::routing::{reply_to, unavailable};
 
@@ -573,7 +574,7 @@ impl ShardCore {
     /// events not yet handed out are answered `Unavailable { partition }`, events handed out and not
     /// answered `OutcomeUnknown`, in the order they were forwarded. Until
     /// [`Self::handle_link_retry`], new events for `dest` are answered `Unavailable`.
-    pub fn handle_link_failed(&mut self, _now_ns: u64, dest: LinkDest) {
+    pub fn handle_link_failed(&mut self, now_ns: u64, dest: LinkDest) {
         let Some(link) = self.links.out.get_mut(&dest) else {
             return;
         };
@@ -612,7 +613,7 @@ impl ShardCore {
             };
             self.deliver_reply_value(pending.entry.connection, &reply, pending.entry.credit);
         }
-        self.fail_moves_to(dest);
+        self.fail_moves_to(now_ns, dest);
         self.after_release();
         self.links.list_ready(dest);
     }
@@ -877,11 +878,22 @@ impl ShardCore {
         } else {
             match self.apply_for_peer(archive) {
                 Ok(answered) => answered,
-                Err(held) => return self.hold_link_event(held, archive.bytes(), link, token),
+                Err(held) => {
+                    return self.hold_link_event(now_ns, held, archive.bytes(), link, token);
+                }
             }
         };
         if let Some((local, bytes)) = applied.filter(|(local, _)| local.is_moving()) {
-            self.capture_tail(now_ns, local, bytes);
+            if let Some(seq) = self.capture_tail(local, bytes) {
+                self.log_gated(local.partition(), bytes);
+                let held = HeldReply::Link {
+                    link,
+                    token,
+                    reply,
+                    credit,
+                };
+                return self.gate_reply(local.partition(), seq, held);
+            }
         }
         if !self.hold_link_reply(link, token, credit, applied, &reply) {
             self.queue_link_reply(now_ns, link, token, &reply, credit);
@@ -950,13 +962,13 @@ impl ShardCore {
 
     /// Inbound link `link` closed (its peer went away, a protocol error, the shard stopped):
     /// replies not yet taken never will be; held ones are dropped when released.
-    pub fn handle_link_closed(&mut self, _now_ns: u64, link: ConnectionId) {
+    pub fn handle_link_closed(&mut self, now_ns: u64, link: ConnectionId) {
         if let Some(slot) = self.links.inbound.get_mut(link.slot()) {
             if slot.as_ref().is_some_and(|inbound| inbound.id == link) {
                 *slot = None;
             }
         }
-        self.drop_moves_of_link(link);
+        self.drop_moves_of_link(now_ns, link);
         self.after_release();
     }
 

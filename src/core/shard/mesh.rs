@@ -22,6 +22,7 @@ use crate::core::credit::{Credit, CreditPool};
 use crate::core::ids::{ConnectionId, ShardId};
 use crate::core::message::{ArchivedEvent, ArchivedReply, Reply};
 use crate::core::shard::ShardCore;
+use crate::core::shard::durability::HeldReply;
 
 /// What a batch keeps beside each archive: whose event it is, on its home shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,10 +272,18 @@ impl ShardCore {
     ) {
         let (reply, applied) = match self.apply_for_peer(archive) {
             Ok(answered) => answered,
-            Err(held) => return self.hold_peer_event(held, archive.bytes(), from, *entry),
+            Err(held) => return self.hold_peer_event(now_ns, held, archive.bytes(), from, *entry),
         };
         if let Some((local, bytes)) = applied.filter(|(local, _)| local.is_moving()) {
-            self.capture_tail(now_ns, local, bytes);
+            if let Some(seq) = self.capture_tail(local, bytes) {
+                self.log_gated(local.partition(), bytes);
+                let held = HeldReply::Peer {
+                    from,
+                    reply,
+                    entry: *entry,
+                };
+                return self.gate_reply(local.partition(), seq, held);
+            }
         }
         if !self.hold_peer_reply(from, applied, &reply, entry) {
             self.queue_peer_reply(now_ns, from, &reply, entry);

@@ -354,10 +354,14 @@ impl ShardCore {
         self.routes.clear();
         for index in 0..partitions {
             let partition = PartitionId(index as u32);
-            let owner = *self.placement.owner(partition);
+            let owner = self.owner_here(partition);
             let owner = &owner;
             let owned = owner.node == self.node && owner.shard == self.shard;
-            let serve = owned && self.lease.serves(owner);
+            // A partition moved here is served once its source sealed the tail.
+            let serve = owned
+                && self.lease.serves(owner)
+                && !(self.partitions[index].is_none()
+                    && self.awaits_seal(partition, owner.part_epoch));
             let staged = if serve && self.partitions[index].is_none() {
                 self.take_staged(partition, owner.part_epoch)
             } else {

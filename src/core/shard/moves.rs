@@ -2,6 +2,32 @@
 //! from the shard that owns it (the source) to a shard of another node (the target), over the
 //! node link between them, while the source keeps serving; then the controller flips ownership.
 //!
+//! # The hand-off
+//!
+//! 1. The source sends the partition's snapshot (`MoveSnapshot`), then every event it applies,
+//!    as the same bytes (`MoveEvents`); the target stages them and acknowledges (`MoveAck`).
+//! 2. Once the target is within `MOVE_CATCHUP_EVENTS_MAX` events, the source sends the
+//!    hand-off marker (`MoveHandoff`) and keeps serving, but keeps each of the partition's
+//!    replies back until the target acknowledges its event ([`ShardCore::gate_reply`]): what
+//!    the source answers, the target has. When the target acknowledges the marker, the source
+//!    reports the move `Ready` and the controller flips it (through etcd, which no client
+//!    waits on).
+//! 3. When the source sees the flip it stops applying the partition's events (they go to the
+//!    target now) and seals the tail (`MoveSeal`, with the flip's partition epoch). The
+//!    target serves the partition from the seal on, even before its own node's watch shows
+//!    the flip (`Moves::sealed_here`), and until then holds the partition's events in arrival
+//!    order ([`Arriving`]). If the link the move came on closes after the hand-off, what came
+//!    is all there is: the target serves it at its own flip, and the source answers the
+//!    replies it still kept back `OutcomeUnknown`. The target acknowledges the seal with the
+//!    events it held and how long the first waited: the flip pause, which the source reports.
+//! 4. If the controller abandons the move instead, the source answers the replies it kept back
+//!    (it applied their events and still owns the partition) and the target drops its copy.
+//!
+//! If the unacknowledged tail reaches `MOVE_TAIL_EVENTS_MAX` / `MOVE_TAIL_BYTES_MAX`, or the
+//! move is refused after its hand-off, the source holds the partition's new events (with
+//! their credit) instead of applying them, until the target catches up or the controller
+//! decides.
+//!
 //! The controller starts a move by writing the partition `Migrating { to, to_shard }` in the
 //! assignment; each shard learns it from its placement. What the source's shard has to tell
 //! the controller (the target has everything: flip now; or the move cannot go on) comes out of
@@ -13,10 +39,10 @@
 //! The flip must never go to a target whose copy a crash would lose, so a target that logs
 //! acknowledges the hand-off only once the staged partition is durable in its own store:
 //!
-//! 1. The snapshot and the tail arrive and are applied to the staged state as on any target
-//!    (nothing is logged: the partition is not this shard's yet, and its records would be
-//!    replayed into it at recovery). Before it stages anything, a target whose log refuses
-//!    events now (a disk fault, the disk bound) refuses the move.
+//! 1. The snapshot and the tail up to the hand-off arrive and are applied to the staged state
+//!    as on any target (nothing is logged: the install below covers them). Before it stages
+//!    anything, a target whose log refuses events now (a disk fault, the disk bound) refuses
+//!    the move.
 //! 2. At the hand-off (the last tail event is in) the target does not acknowledge it: the
 //!    install is queued for the shell ([`ShardCore::poll_move_install`]), which takes a copy
 //!    of the staged state with the LSN it covers (the last one given out: no record of this
@@ -24,11 +50,12 @@
 //!    writes the copy as an ordinary snapshot file of the partition through the store's
 //!    snapshot path (`.tmp`, `fdatasync`, rename, directory sync). Only then
 //!    ([`ShardCore::handle_move_installed`]) does the hand-off acknowledgement leave, and the
-//!    source reports the move `Ready`. Until then the source keeps holding the partition's
-//!    new events, so nothing it acknowledged can be lost.
-//! 3. After the flip the partition is this shard's like any other: its events are logged with
-//!    LSNs after the snapshot's, so recovery loads the snapshot and replays them, the way it
-//!    recovers any partition.
+//!    source reports the move `Ready`.
+//! 3. Tail events after the hand-off are logged as they arrive, as records of the partition
+//!    (after the install's LSN, or covered by it), and acknowledged once durable, so the
+//!    source answers nothing a crash here would lose; the partition is served only once every
+//!    tail event is durable. After the flip its events are logged like any other, so recovery
+//!    loads the snapshot and replays the records after it, the way it recovers any partition.
 //!
 //! A disk fault while an install is queued or written ([`ShardCore::handle_log_fault`]), or a
 //! failed snapshot write ([`ShardCore::handle_move_install_failed`]), refuses the move with the
@@ -68,8 +95,9 @@ pub struct MoveReport {
 /// How a move stands, as its source shard reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MoveStep {
-    /// The target has the partition's state and every event the source applied; the source
-    /// holds the partition's new events until the controller flips ownership (or abandons).
+    /// The target has the partition's state and acknowledged the hand-off; the source keeps
+    /// serving, answering the partition's events once the target has them, until the
+    /// controller flips ownership (or abandons).
     Ready {
         snapshot_bytes: u64,
         events_streamed: u64,
@@ -77,9 +105,11 @@ pub enum MoveStep {
     /// The move cannot go on (the target refused it, or the link to it failed): the
     /// controller should abandon it. The source keeps serving.
     Refused { reason: String },
-    /// The source let go of the events it held: the controller flipped ownership
-    /// (`flipped`), or abandoned the move and the source applied them itself. `pause_ns` is
-    /// how long the first of them waited (zero when none was held).
+    /// The move ended: the controller flipped ownership (`flipped`) and the target
+    /// acknowledged the seal, saying it held `events_held` of the partition's events until
+    /// then, the first for `pause_ns` (the flip pause; zero when none waited); or the
+    /// controller abandoned it, and the source applied what it held itself (`pause_ns` from
+    /// the first).
     Released {
         flipped: bool,
         events_held: u64,
@@ -104,11 +134,12 @@ use crate::core::credit::Credit;
 use crate::core::hunt::PartitionState;
 use crate::core::ids::ConnectionId;
 use crate::core::message::{
-    ArchivedEvent, ArchivedMoveAck, ArchivedMoveChunk, ArchivedMoveHead, MoveAck, MoveChunk,
-    MoveHead,
+    ArchivedEvent, ArchivedMoveAck, ArchivedMoveChunk, ArchivedMoveHead, ArchivedMoveSeal,
+    EventError, MoveAck, MoveChunk, MoveHead, MoveSeal, Outcome,
 };
-use crate::core::partition::OwnerState;
+use crate::core::partition::{Owner, OwnerState};
 use crate::core::shard::ShardCore;
+use crate::core::shard::durability::HeldReply;
 use crate::core::shard::links::{LinkAdmit, LinkDest};
 use crate::core::shard::mesh::BatchEntry;
 use crate::core::shard::routing::{LocalEvent, Route, reply_to};
@@ -165,11 +196,23 @@ struct HeldEvent {
     origin: HeldOrigin,
 }
 
-/// The source's hold: from when, and the events held.
+/// A hold: the events held, and when the first of them came (the pause its
+/// client sees is from then).
+#[derive(Default)]
 struct Hold {
-    since_ns: u64,
     events: VecDeque<HeldEvent>,
     count: u64,
+    first_held_ns: Option<u64>,
+}
+
+impl Hold {
+    /// The events held and how long the first of them waited, at `now_ns`.
+    fn pause(&self, now_ns: u64) -> (u64, u64) {
+        let waited = self
+            .first_held_ns
+            .map_or(0, |first| now_ns.saturating_sub(first));
+        (self.count, waited)
+    }
 }
 
 /// One partition this shard streams to its next owner.
@@ -187,9 +230,22 @@ struct OutgoingMove {
     acked: u64,
     acked_bytes: u64,
     hold: Option<Hold>,
+    /// The hand-off marker went out: from then on the replies to the partition's events wait
+    /// in `gated` until the target acknowledges having their events.
     handoff_sent: bool,
+    gated: VecDeque<GatedReply>,
     ready: bool,
     refused: bool,
+    /// The source saw the flip and sent its seal: it applies none of the partition's events
+    /// any more, and waits for the target's acknowledgement of the seal.
+    sealed: bool,
+}
+
+/// A reply the source keeps back until its target has the event: `seq` is the event's index
+/// in the move's tail.
+struct GatedReply {
+    seq: u64,
+    reply: HeldReply,
 }
 
 impl OutgoingMove {
@@ -239,8 +295,16 @@ struct IncomingMove {
     state: Option<PartitionState>,
     events: u64,
     bytes: u64,
-    /// The hand-off marker came (the tail is complete).
+    /// The hand-off marker came: the target has caught up, and its source answers each of
+    /// the partition's events only once this shard acknowledged it (logged, with a store).
     handed_off: bool,
+    /// The source's seal came (it saw the flip and applies nothing more), or the link the
+    /// move came on closed: the tail is complete.
+    sealed: bool,
+    /// The tail events (and their bytes) acknowledged to the source: all of them, except at
+    /// a target that logs, where those after the hand-off count once they are durable.
+    confirmed: u64,
+    confirmed_bytes: u64,
     install: Install,
 }
 
@@ -269,6 +333,14 @@ pub(super) struct Moves {
     incoming: Vec<IncomingMove>,
     arriving: Vec<Arriving>,
     reports: VecDeque<MoveReport>,
+    /// Moves installed here whose seal acknowledgement waits for their arriving events to be
+    /// let go (it says how long the first of them waited).
+    installed: Vec<IncomingMove>,
+    /// Partitions whose source sealed them to this shard at a partition epoch this shard's
+    /// placement has not reached yet: the flip is committed (the source saw it), so they are
+    /// served from the seal on, not from when this node's watch catches up. At most one per
+    /// staged move.
+    sealed_here: Vec<(PartitionId, Epoch)>,
     /// Socket credit of the client events held, summed (away from their connections).
     held_credit: Credit,
     held_now: u64,
@@ -343,43 +415,55 @@ impl ShardCore {
         self.moves.reports.push_back(report);
     }
 
-    /// After a new placement (or lease): moves whose partition is no longer `Migrating` from
-    /// this shard at their epoch end (flipped or abandoned), moves the placement asks for
-    /// start, and the routes of moving partitions say so. Held events are let go last, under
-    /// the new routes. On the target side, staged moves the placement left behind are dropped.
+    /// After a new placement (or lease): a move whose partition flipped to its target is
+    /// sealed (the source applies nothing more of it and says so to the target); one whose
+    /// partition is no longer `Migrating` from this shard at its epoch otherwise is abandoned;
+    /// moves the placement asks for start, and the routes of moving partitions say so. Held
+    /// events are let go last, under the new routes. On the target side, staged moves the
+    /// placement left behind are dropped, and sealed ones it flipped here are served.
     pub(super) fn settle_moves(&mut self, now_ns: u64) {
-        let mut ended = Vec::new();
-        let mut index = 0;
-        while index < self.moves.out.len() {
-            let m = &self.moves.out[index];
+        let mut flipped = Vec::new();
+        let mut abandoned = Vec::new();
+        for m in self.moves.out.iter().filter(|m| !m.sealed) {
             let owner = self.placement.owner(m.partition);
             let goes_on = owner.node == self.node
                 && owner.shard == self.shard
                 && owner.part_epoch == m.part_epoch
                 && owner.state.migrating_to() == Some((m.dest.node, m.dest.shard));
             if goes_on {
-                index += 1;
                 continue;
             }
-            let flipped = owner.node == m.dest.node
+            let to_target = owner.node == m.dest.node
                 && owner.shard == m.dest.shard
                 && owner.state == OwnerState::Serving
                 && owner.part_epoch > m.part_epoch;
-            ended.push((index, flipped));
-            index += 1;
+            if to_target {
+                flipped.push(m.partition);
+            } else {
+                abandoned.push(m.partition);
+            }
         }
-        let mut finished = Vec::new();
-        for (index, flipped) in ended.into_iter().rev() {
+        let mut ended = Vec::new();
+        for partition in abandoned {
+            let index = self.moves.out_index(partition).expect("listed above");
             let m = self.moves.out.remove(index);
             self.routes[m.partition.index()] = self.base_route(m.partition);
-            finished.push((m, flipped));
+            ended.push(m);
         }
         self.start_moves(now_ns);
         self.patch_move_routes();
-        for (m, flipped) in finished.into_iter().rev() {
-            self.finish_move(now_ns, m, flipped);
+        for partition in flipped {
+            self.seal_move(now_ns, partition);
         }
+        for m in ended {
+            self.abandon_move(now_ns, m);
+        }
+        let placement = &self.placement;
+        self.moves
+            .sealed_here
+            .retain(|&(partition, part_epoch)| placement.owner(partition).part_epoch < part_epoch);
         self.settle_incoming();
+        self.install_sealed();
         self.settle_arriving(now_ns);
     }
 
@@ -476,8 +560,10 @@ impl ShardCore {
             acked_bytes: 0,
             hold: None,
             handoff_sent: false,
+            gated: VecDeque::new(),
             ready: false,
             refused: false,
+            sealed: false,
         });
         self.stats.moves.out_started += 1;
         self.links.list_ready_dest(dest);
@@ -507,16 +593,16 @@ impl ShardCore {
 
     /// An event of a moving partition was applied here: it joins the tail, in order. Past
     /// the tail's bound the source holds the partition's next events instead of growing it.
+    /// Returns the event's index in the tail when its reply must wait for the target to have
+    /// it (the hand-off went out: see [`Self::gate_reply`]).
     #[cold]
     #[inline(never)]
-    pub(super) fn capture_tail(&mut self, now_ns: u64, local: LocalEvent, bytes: &[u8]) {
-        let Some(index) = self.moves.out_index(local.partition()) else {
-            return;
-        };
+    pub(super) fn capture_tail(&mut self, local: LocalEvent, bytes: &[u8]) -> Option<u64> {
+        let index = self.moves.out_index(local.partition())?;
         let epoch = self.placement.epoch().get();
         let m = &mut self.moves.out[index];
         if m.refused {
-            return;
+            return None;
         }
         if m.stream.is_open() && !room_for_event(&m.stream, bytes.len()) {
             m.stream.finish(epoch);
@@ -535,60 +621,181 @@ impl ShardCore {
         m.stream
             .push_archived(bytes)
             .expect("a validated event fits a move frame with room checked");
+        let seq = m.streamed;
         m.streamed += 1;
         m.streamed_bytes += bytes.len() as u64;
         let (events, bytes) = m.unacked();
-        let dest = m.dest;
+        let (dest, gates) = (m.dest, m.handoff_sent);
         self.links.list_ready_dest(dest);
         if events >= MOVE_TAIL_EVENTS_MAX || bytes >= MOVE_TAIL_BYTES_MAX {
-            self.start_hold(now_ns, index);
+            self.start_hold(index);
         }
+        gates.then_some(seq)
+    }
+
+    /// Keeps back the reply to tail event `seq` of `partition` until the target acknowledges
+    /// having it: a reply that leaves then is never lost with the source, whoever serves the
+    /// partition next.
+    pub(super) fn gate_reply(&mut self, partition: PartitionId, seq: u64, reply: HeldReply) {
+        let index = self
+            .moves
+            .out_index(partition)
+            .expect("a gated event's move streams it");
+        self.moves.out[index]
+            .gated
+            .push_back(GatedReply { seq, reply });
+        self.stats.moves.replies_kept_back += 1;
+    }
+
+    /// Lets go of the replies of move `index` whose events the target acknowledged.
+    fn release_acked(&mut self, now_ns: u64, index: usize) {
+        let acked = self.moves.out[index].acked;
+        while let Some(gated) = self.moves.out[index].gated.front() {
+            if gated.seq >= acked {
+                break;
+            }
+            let gated = self.moves.out[index].gated.pop_front().expect("checked");
+            self.release_or_wait_for_sync(now_ns, gated.reply);
+        }
+        self.after_release();
     }
 
     /// Stops applying the partition's events: new ones are held in arrival order.
-    fn start_hold(&mut self, now_ns: u64, index: usize) {
+    fn start_hold(&mut self, index: usize) {
         let m = &mut self.moves.out[index];
         if m.hold.is_some() {
             return;
         }
-        m.hold = Some(Hold {
-            since_ns: now_ns,
-            events: VecDeque::new(),
-            count: 0,
-        });
+        m.hold = Some(Hold::default());
         let partition = m.partition;
         if matches!(self.routes[partition.index()], Route::Local(_)) {
             self.routes[partition.index()] = Route::Hold(partition);
         }
     }
 
-    /// Holding, and the target is within `MOVE_CATCHUP_EVENTS_MAX` of the tail: the rest of
-    /// the tail and the hand-off marker go out.
+    /// The target is within `MOVE_CATCHUP_EVENTS_MAX` of the tail: the hand-off marker goes
+    /// out, and from then on the partition's replies wait for the target's acknowledgements
+    /// (the source keeps applying). Events held because the tail had outgrown its bound are
+    /// applied now, in order.
     fn catch_up(&mut self, now_ns: u64, index: usize) {
         let m = &self.moves.out[index];
-        if m.refused || !m.snapshot_acked || m.unacked().0 > MOVE_CATCHUP_EVENTS_MAX {
+        if m.refused || m.sealed || !m.snapshot_acked || m.unacked().0 > MOVE_CATCHUP_EVENTS_MAX {
             return;
         }
-        self.start_hold(now_ns, index);
         let epoch = self.placement.epoch().get();
         let m = &mut self.moves.out[index];
-        if m.handoff_sent {
+        if !m.handoff_sent {
+            if m.stream.is_open() {
+                m.stream.finish(epoch);
+            }
+            let head = MoveHead {
+                partition: m.partition.0,
+                part_epoch: m.part_epoch.get(),
+                seq: m.streamed,
+            };
+            m.stream
+                .single(FrameKind::MoveHandoff, epoch, Some(&head))
+                .expect("a move head fits a frame");
+            m.handoff_sent = true;
+            let dest = m.dest;
+            self.links.list_ready_dest(dest);
+        }
+        let Some(hold) = self.moves.out[index].hold.take() else {
             return;
-        }
-        if m.stream.is_open() {
-            m.stream.finish(epoch);
-        }
-        let head = MoveHead {
-            partition: m.partition.0,
-            part_epoch: m.part_epoch.get(),
-            seq: m.streamed,
         };
-        m.stream
-            .single(FrameKind::MoveHandoff, epoch, Some(&head))
-            .expect("a move head fits a frame");
-        m.handoff_sent = true;
-        let dest = m.dest;
+        let partition = self.moves.out[index].partition;
+        self.routes[partition.index()] = self.base_route(partition);
+        self.patch_move_routes();
+        self.release_hold(now_ns, hold);
+    }
+
+    /// Lets go of a hold's events, in order, under the routes as they are now.
+    fn release_hold(&mut self, now_ns: u64, hold: Hold) {
+        self.moves.held_now -= hold.events.len() as u64;
+        for event in hold.events {
+            self.release_held_event(now_ns, event);
+        }
+        self.after_release();
+    }
+
+    /// The controller flipped `partition` to the move's target: this shard stops applying
+    /// its events (they go to the target now, what it held first) and seals the tail, so the
+    /// target knows it has every event this shard applied. The move ends when the target
+    /// acknowledges the seal.
+    fn seal_move(&mut self, now_ns: u64, partition: PartitionId) {
+        let index = self
+            .moves
+            .out_index(partition)
+            .expect("listed by settle_moves");
+        let epoch = self.placement.epoch().get();
+        let m = &mut self.moves.out[index];
+        m.sealed = true;
+        let refused = m.refused;
+        if !refused {
+            if m.stream.is_open() {
+                m.stream.finish(epoch);
+            }
+            let seal = MoveSeal {
+                partition: m.partition.0,
+                part_epoch: m.part_epoch.get(),
+                seq: m.streamed,
+                owner_epoch: self.placement.owner(partition).part_epoch.get(),
+            };
+            m.stream
+                .single(FrameKind::MoveSeal, epoch, Some(&seal))
+                .expect("a move seal fits a frame");
+        }
+        let (dest, hold) = (m.dest, m.hold.take());
+        self.stats.moves.out_flipped += 1;
+        self.routes[partition.index()] = self.base_route(partition);
         self.links.list_ready_dest(dest);
+        if let Some(hold) = hold {
+            self.release_hold(now_ns, hold);
+        }
+        if refused {
+            // The target will not acknowledge anything more of this move.
+            let index = self.moves.out_index(partition).expect("still listed");
+            self.finish_flipped(now_ns, index, None);
+        }
+    }
+
+    /// A flipped move ends: the target acknowledged the seal (`seal_ack`: the events it held
+    /// for the partition meanwhile and how long the first waited), or never will (the link
+    /// failed, or the target no longer has the move). Replies still kept back are answered
+    /// `OutcomeUnknown`: their events were applied here, but may not be at the target, which
+    /// serves the partition now.
+    fn finish_flipped(&mut self, now_ns: u64, index: usize, seal_ack: Option<(u64, u64)>) {
+        let m = self.moves.out.remove(index);
+        for gated in m.gated {
+            let mut held = gated.reply;
+            if let Some(reply) = held.reply_mut() {
+                reply.outcome = Outcome::Error {
+                    error: EventError::OutcomeUnknown,
+                };
+            }
+            self.stats.moves.replies_unknown += 1;
+            self.release_or_wait_for_sync(now_ns, held);
+        }
+        let (events_held, pause_ns) = seal_ack.unwrap_or((0, 0));
+        if seal_ack.is_some() {
+            self.stats
+                .stages
+                .move_pause_ns
+                .get_or_insert_with(super::counters::stage_histogram)
+                .saturating_record(pause_ns.max(1));
+        }
+        self.push_report(MoveReport {
+            partition: m.partition,
+            part_epoch: m.part_epoch,
+            to: m.dest.node,
+            to_shard: m.dest.shard,
+            step: MoveStep::Released {
+                flipped: true,
+                events_held,
+                pause_ns,
+            },
+        });
+        self.after_release();
     }
 
     /// Appends the move frames for `dest` to `out` (the link's task writes them after its
@@ -626,6 +833,12 @@ impl ShardCore {
             return Ok(());
         };
         if !ack.refusal.is_empty() {
+            if self.moves.out[index].sealed {
+                // The target no longer has the move (it dropped it, or served the partition
+                // when the link it came on closed): it acknowledges nothing more.
+                self.finish_flipped(now_ns, index, None);
+                return Ok(());
+            }
             let reason = format!(
                 "node {} shard {} refused the move: {}",
                 dest.node.0,
@@ -641,16 +854,30 @@ impl ShardCore {
             || events > m.streamed
             || bytes > m.streamed_bytes
             || (ack.handed_off && !m.handoff_sent)
+            || (ack.sealed && (!m.sealed || events != m.streamed))
         {
             self.stats.links.protocol_errors += 1;
             return Err(protocol(format!(
-                "partition {}: the target acknowledged {events} events ({bytes} bytes, hand-off {}) of {} sent ({} bytes, hand-off {})",
-                m.partition.0, ack.handed_off, m.streamed, m.streamed_bytes, m.handoff_sent
+                "partition {}: the target acknowledged {events} events ({bytes} bytes, hand-off {}, seal {}) of {} sent ({} bytes, hand-off {}, seal {})",
+                m.partition.0,
+                ack.handed_off,
+                ack.sealed,
+                m.streamed,
+                m.streamed_bytes,
+                m.handoff_sent,
+                m.sealed
             )));
         }
         m.snapshot_acked |= ack.snapshot_done;
         m.acked = events;
         m.acked_bytes = bytes;
+        self.release_acked(now_ns, index);
+        if ack.sealed {
+            let seal_ack = (ack.events_held.to_native(), ack.pause_ns.to_native());
+            self.finish_flipped(now_ns, index, Some(seal_ack));
+            return Ok(());
+        }
+        let m = &mut self.moves.out[index];
         if ack.handed_off && !m.ready && !m.refused {
             m.ready = true;
             let step = MoveStep::Ready {
@@ -664,9 +891,10 @@ impl ShardCore {
         Ok(())
     }
 
-    /// The move cannot go on: reported once. A move not holding yet ends here (the source
-    /// keeps serving); one holding keeps holding until the controller decides, since it may
-    /// be flipping right now.
+    /// The move cannot go on: reported once. A move that has not handed off ends here (the
+    /// source keeps serving); one that has keeps its kept-back replies and holds the
+    /// partition's new events (they could not reach the target) until the controller decides,
+    /// since it may be flipping right now.
     fn refuse_move(&mut self, index: usize, reason: String) {
         let m = &mut self.moves.out[index];
         if m.refused {
@@ -676,44 +904,45 @@ impl ShardCore {
         m.stream.clear(0);
         self.stats.moves.out_refused += 1;
         self.report_move(index, MoveStep::Refused { reason });
-        if self.moves.out[index].hold.is_none() {
+        let m = &self.moves.out[index];
+        if m.handoff_sent || m.hold.is_some() {
+            self.start_hold(index);
+        } else {
             let m = self.moves.out.remove(index);
             self.routes[m.partition.index()] = self.base_route(m.partition);
         }
     }
 
-    /// The link to `dest` failed: every move to it is refused.
-    pub(super) fn fail_moves_to(&mut self, dest: LinkDest) {
+    /// The link to `dest` failed: every move to it is refused, and every sealed one ends.
+    pub(super) fn fail_moves_to(&mut self, now_ns: u64, dest: LinkDest) {
         let mut index = self.moves.out.len();
         while index > 0 {
             index -= 1;
-            if self.moves.out[index].dest == dest {
-                let reason = format!(
-                    "the link to node {} shard {} failed",
-                    dest.node.0, dest.shard.0
-                );
-                self.refuse_move(index, reason);
+            if self.moves.out[index].dest != dest {
+                continue;
             }
+            if self.moves.out[index].sealed {
+                self.finish_flipped(now_ns, index, None);
+                continue;
+            }
+            let reason = format!(
+                "the link to node {} shard {} failed",
+                dest.node.0, dest.shard.0
+            );
+            self.refuse_move(index, reason);
         }
     }
 
-    /// A move ended: reports how, and lets go of what it held, in order, under the new routes.
-    fn finish_move(&mut self, now_ns: u64, m: OutgoingMove, flipped: bool) {
-        if flipped {
-            self.stats.moves.out_flipped += 1;
-        } else {
-            self.stats.moves.out_abandoned += 1;
+    /// The controller abandoned a move: this shard stays the partition's owner. The replies
+    /// kept back leave (their events were applied here), what it held is applied, in order,
+    /// under the new routes, and the source reports the move released.
+    fn abandon_move(&mut self, now_ns: u64, m: OutgoingMove) {
+        self.stats.moves.out_abandoned += 1;
+        for gated in m.gated {
+            self.release_or_wait_for_sync(now_ns, gated.reply);
         }
-        let hold_started = m.hold.is_some();
-        let (events_held, pause_ns, held) = match m.hold {
-            Some(hold) => (
-                hold.count,
-                now_ns.saturating_sub(hold.since_ns),
-                hold.events,
-            ),
-            None => (0, 0, VecDeque::new()),
-        };
-        if hold_started {
+        let (events_held, pause_ns) = m.hold.as_ref().map_or((0, 0), |hold| hold.pause(now_ns));
+        if m.hold.is_some() {
             self.stats
                 .stages
                 .move_pause_ns
@@ -726,16 +955,15 @@ impl ShardCore {
             to: m.dest.node,
             to_shard: m.dest.shard,
             step: MoveStep::Released {
-                flipped,
+                flipped: false,
                 events_held,
                 pause_ns,
             },
         });
-        self.moves.held_now -= held.len() as u64;
-        for event in held {
-            self.release_held_event(now_ns, event);
+        match m.hold {
+            Some(hold) => self.release_hold(now_ns, hold),
+            None => self.after_release(),
         }
-        self.after_release();
     }
 
     /// Holds an event of connection `id` (its socket credit taken) for a held partition.
@@ -743,6 +971,7 @@ impl ShardCore {
     #[inline(never)]
     pub(super) fn hold_client_event(
         &mut self,
+        now_ns: u64,
         id: ConnectionId,
         partition: PartitionId,
         bytes: &[u8],
@@ -754,7 +983,7 @@ impl ShardCore {
             connection.remote_credit = connection.remote_credit.plus(credit);
         }
         self.moves.held_credit = self.moves.held_credit.plus(credit);
-        self.hold_event(partition, bytes, HeldOrigin::Client { id, credit });
+        self.hold_event(now_ns, partition, bytes, HeldOrigin::Client { id, credit });
     }
 
     /// Holds an event another shard of this node forwarded.
@@ -762,12 +991,13 @@ impl ShardCore {
     #[inline(never)]
     pub(super) fn hold_peer_event(
         &mut self,
+        now_ns: u64,
         partition: PartitionId,
         bytes: &[u8],
         from: ShardId,
         entry: BatchEntry,
     ) {
-        self.hold_event(partition, bytes, HeldOrigin::Peer { from, entry });
+        self.hold_event(now_ns, partition, bytes, HeldOrigin::Peer { from, entry });
     }
 
     /// Holds an event a shard of another node sent over inbound link `link`.
@@ -775,15 +1005,22 @@ impl ShardCore {
     #[inline(never)]
     pub(super) fn hold_link_event(
         &mut self,
+        now_ns: u64,
         partition: PartitionId,
         bytes: &[u8],
         link: ConnectionId,
         token: u64,
     ) {
-        self.hold_event(partition, bytes, HeldOrigin::Link { link, token });
+        self.hold_event(now_ns, partition, bytes, HeldOrigin::Link { link, token });
     }
 
-    fn hold_event(&mut self, partition: PartitionId, bytes: &[u8], origin: HeldOrigin) {
+    fn hold_event(
+        &mut self,
+        now_ns: u64,
+        partition: PartitionId,
+        bytes: &[u8],
+        origin: HeldOrigin,
+    ) {
         let hold = match self.moves.out_index(partition) {
             Some(index) => self.moves.out[index]
                 .hold
@@ -806,6 +1043,7 @@ impl ShardCore {
             origin,
         });
         hold.count += 1;
+        hold.first_held_ns.get_or_insert(now_ns);
         self.moves.held_now += 1;
         self.stats.moves.events_held += 1;
         self.stats.moves.held_peak = self.stats.moves.held_peak.max(self.moves.held_now);
@@ -861,11 +1099,11 @@ impl ShardCore {
         let event = archive.get();
         let outcome = match self.route_or_answer(event) {
             Ok(Route::Local(local)) => {
-                self.apply_client_event(now_ns, id, local, archive, credit);
+                self.apply_client_event(id, local, archive, credit);
                 return;
             }
             Ok(Route::Hold(partition)) => {
-                self.hold_client_event(id, partition, archive.bytes(), credit);
+                self.hold_client_event(now_ns, id, partition, archive.bytes(), credit);
                 return;
             }
             Ok(Route::Node(node, shard)) => {
@@ -910,8 +1148,9 @@ impl ShardCore {
         }
         let result = match kind {
             FrameKind::MoveSnapshot => self.handle_move_chunk(link, body),
-            FrameKind::MoveEvents => self.handle_move_events(link, body),
-            FrameKind::MoveHandoff => self.handle_move_handoff(now_ns, link, body),
+            FrameKind::MoveEvents => self.handle_move_events(now_ns, link, body),
+            FrameKind::MoveHandoff => self.handle_move_handoff(link, body),
+            FrameKind::MoveSeal => self.handle_move_seal(now_ns, link, body),
             kind => Err(MoveError::Frame(FrameError::UnexpectedKind { kind })),
         };
         if result.is_err() {
@@ -1014,6 +1253,9 @@ impl ShardCore {
                     events: 0,
                     bytes: 0,
                     handed_off: false,
+                    sealed: false,
+                    confirmed: 0,
+                    confirmed_bytes: 0,
                     install: Install::None,
                 });
                 self.moves.incoming.len() - 1
@@ -1066,7 +1308,8 @@ impl ShardCore {
     }
 
     /// The staged move a head names, if this shard stages it; a move it has no state for yet
-    /// (its snapshot is not all here) breaks the protocol.
+    /// (its snapshot is not all here), or whose tail is sealed, breaks the protocol, and so
+    /// does a head that does not continue the tail.
     fn staged_index(&self, head: &ArchivedMoveHead) -> Result<Option<usize>, MoveError> {
         let partition = head.partition.to_native();
         self.check_partition(partition)?;
@@ -1077,9 +1320,9 @@ impl ShardCore {
             return Ok(None);
         };
         let m = &self.moves.incoming[index];
-        if m.state.is_none() || m.handed_off || head.seq.to_native() != m.events {
+        if m.state.is_none() || m.sealed || head.seq.to_native() != m.events {
             return Err(protocol(format!(
-                "partition {partition}: tail frame at event {} after {} events (snapshot {}, hand-off {})",
+                "partition {partition}: tail frame at event {} after {} events (snapshot {}, sealed {})",
                 head.seq.to_native(),
                 m.events,
                 if m.state.is_some() {
@@ -1087,18 +1330,34 @@ impl ShardCore {
                 } else {
                     "incomplete"
                 },
-                m.handed_off
+                m.sealed
             )));
         }
         Ok(Some(index))
     }
 
-    fn handle_move_events(&mut self, _link: ConnectionId, body: &[u8]) -> Result<(), MoveError> {
+    /// Tail events: applied to the staged state in order. After the hand-off their source
+    /// answers them only once this shard acknowledges them, so a target that logs logs them
+    /// first (records of the partition after its installed snapshot's) and acknowledges them
+    /// once they are durable; one whose log refuses events now refuses the move.
+    fn handle_move_events(
+        &mut self,
+        now_ns: u64,
+        _link: ConnectionId,
+        body: &[u8],
+    ) -> Result<(), MoveError> {
         let (head, records) = Self::move_head(FrameKind::MoveEvents, body)?;
         let Some(index) = self.staged_index(head)? else {
             return Ok(());
         };
         let events = ValidatedFrame::<ArchivedEvent>::validate_from(records, 1)?;
+        let logged = self.moves.incoming[index].handed_off && self.logs();
+        if logged {
+            if let Some(error) = self.log_refusal_error() {
+                self.refuse_incoming(index, format!("its log refuses events now ({error:?})"));
+                return Ok(());
+            }
+        }
         let partitioner = self.placement.partitioner();
         let m = &mut self.moves.incoming[index];
         for archive in events.iter() {
@@ -1110,23 +1369,35 @@ impl ShardCore {
                     m.partition.0, routed.0
                 )));
             }
+        }
+        for archive in events.iter() {
             m.state
                 .as_mut()
                 .expect("staged_index checked the state")
-                .apply(event);
+                .apply(archive.get());
             m.events += 1;
             m.bytes += archive.bytes().len() as u64;
         }
-        self.ack_incoming(index);
+        if !logged {
+            self.ack_incoming(index);
+            return Ok(());
+        }
+        let partition = m.partition;
+        let ack = HeldReply::MoveAck {
+            link: m.link,
+            partition: m.partition,
+            part_epoch: m.part_epoch,
+            events: m.events,
+            bytes: m.bytes,
+        };
+        for archive in events.iter() {
+            self.log_gated(partition, archive.bytes());
+        }
+        self.release_or_wait_for_sync(now_ns, ack);
         Ok(())
     }
 
-    fn handle_move_handoff(
-        &mut self,
-        now_ns: u64,
-        _link: ConnectionId,
-        body: &[u8],
-    ) -> Result<(), MoveError> {
+    fn handle_move_handoff(&mut self, _link: ConnectionId, body: &[u8]) -> Result<(), MoveError> {
         let (head, records) = Self::move_head(FrameKind::MoveHandoff, body)?;
         if records.count() != 1 {
             return Err(protocol(
@@ -1136,6 +1407,12 @@ impl ShardCore {
         let Some(index) = self.staged_index(head)? else {
             return Ok(());
         };
+        if self.moves.incoming[index].handed_off {
+            return Err(protocol(format!(
+                "partition {}: a second hand-off",
+                head.partition.to_native()
+            )));
+        }
         self.moves.incoming[index].handed_off = true;
         if self.logs() {
             // Acknowledged once the staged state is durable (see the module documentation).
@@ -1149,8 +1426,67 @@ impl ShardCore {
         }
         let partition = self.moves.incoming[index].partition;
         self.ack_incoming(index);
-        self.hold_until_flip(now_ns, partition);
+        self.hold_until_flip(partition);
         Ok(())
+    }
+
+    /// The source's seal: it saw the flip and applies none of the partition's events any more,
+    /// and this shard has every one it applied. The partition is served here as soon as this
+    /// node's placement flips it here too. A seal of a move this shard no longer stages (it
+    /// dropped it, or served the partition when the link it came on closed) is answered with a
+    /// refusal, so the source stops waiting for it.
+    fn handle_move_seal(
+        &mut self,
+        now_ns: u64,
+        link: ConnectionId,
+        body: &[u8],
+    ) -> Result<(), MoveError> {
+        let frame = ValidatedFrame::<ArchivedMoveSeal>::validate(FrameKind::MoveSeal, body)?;
+        let seal = frame
+            .first()
+            .ok_or_else(|| protocol("a MoveSeal frame without its record".to_string()))?
+            .get();
+        let (partition, part_epoch) = (seal.partition.to_native(), seal.part_epoch.to_native());
+        let (seq, owner_epoch) = (seal.seq.to_native(), seal.owner_epoch.to_native());
+        self.check_partition(partition)?;
+        let Some(index) = self.moves.incoming_index(partition, part_epoch) else {
+            let refusal = format!(
+                "node {} shard {} no longer stages partition {partition}'s move",
+                self.node.0, self.shard.0
+            );
+            self.queue_move_refusal(link, partition, part_epoch, refusal);
+            return Ok(());
+        };
+        let m = &mut self.moves.incoming[index];
+        if !m.handed_off || m.sealed || seq != m.events || owner_epoch <= part_epoch {
+            return Err(protocol(format!(
+                "partition {partition}: a seal at event {seq}, owner epoch {owner_epoch}, after {} events of the move at epoch {part_epoch} (hand-off {}, sealed {})",
+                m.events, m.handed_off, m.sealed
+            )));
+        }
+        m.sealed = true;
+        let sealed = (PartitionId(partition), Epoch(owner_epoch));
+        self.moves.sealed_here.retain(|(p, _)| p.0 != partition);
+        self.moves.sealed_here.push(sealed);
+        self.install_sealed();
+        self.settle_arriving(now_ns);
+        Ok(())
+    }
+
+    /// Who owns `partition` as this shard serves it: the placement's owner, unless a move's
+    /// source sealed the partition to this shard at a later partition epoch than the
+    /// placement has (see `Moves::sealed_here`).
+    pub(super) fn owner_here(&self, partition: PartitionId) -> Owner {
+        let owner = *self.placement.owner(partition);
+        match self.moves.sealed_here.iter().find(|(p, _)| *p == partition) {
+            Some(&(_, part_epoch)) if part_epoch > owner.part_epoch => Owner {
+                node: self.node,
+                shard: self.shard,
+                part_epoch,
+                state: OwnerState::Serving,
+            },
+            _ => owner,
+        }
     }
 
     /// Why this shard's log refuses events now, if it does.
@@ -1203,20 +1539,14 @@ impl ShardCore {
     /// source reports the move ready) and the partition's events wait here for the flip.
     /// Nothing when the move ended meanwhile (refused, abandoned): the file it wrote is a
     /// stale copy recovery drops (see the module documentation).
-    pub fn handle_move_installed(
-        &mut self,
-        now_ns: u64,
-        partition: PartitionId,
-        part_epoch: Epoch,
-        lsn: u64,
-    ) {
+    pub fn handle_move_installed(&mut self, partition: PartitionId, part_epoch: Epoch, lsn: u64) {
         let Some(index) = self.writing_index(partition, part_epoch, lsn) else {
             return;
         };
         self.moves.incoming[index].install = Install::Done;
         self.stats.moves.in_durable += 1;
         self.ack_incoming(index);
-        self.hold_until_flip(now_ns, partition);
+        self.hold_until_flip(partition);
     }
 
     /// The shell could not write a handed-off partition's snapshot (`why`): the move is
@@ -1260,18 +1590,14 @@ impl ShardCore {
     }
 
     /// The partition was handed off here: its events wait for the flip (see [`Arriving`]).
-    fn hold_until_flip(&mut self, now_ns: u64, partition: PartitionId) {
+    fn hold_until_flip(&mut self, partition: PartitionId) {
         let waiting = self.moves.arriving.iter().any(|a| a.partition == partition);
         if waiting || matches!(self.routes[partition.index()], Route::Local(_)) {
             return;
         }
         self.moves.arriving.push(Arriving {
             partition,
-            hold: Hold {
-                since_ns: now_ns,
-                events: VecDeque::new(),
-                count: 0,
-            },
+            hold: Hold::default(),
         });
         self.routes[partition.index()] = Route::Hold(partition);
     }
@@ -1294,27 +1620,70 @@ impl ShardCore {
             let arriving = self.moves.arriving.swap_remove(index);
             self.routes[partition.index()] = self.base_route(partition);
             self.patch_move_routes();
+            self.ack_installed(now_ns, partition, Some(&arriving.hold));
             self.moves.held_now -= arriving.hold.events.len() as u64;
             for event in arriving.hold.events {
                 self.release_held_event(now_ns, event);
             }
             self.after_release();
         }
+        while let Some(partition) = self.moves.installed.first().map(|m| m.partition) {
+            self.ack_installed(now_ns, partition, None);
+        }
     }
 
+    /// Acknowledges what move `index` has: every tail event, except at a target that logs,
+    /// where the events after the hand-off wait for their sync ([`Self::ack_staged`]).
     fn ack_incoming(&mut self, index: usize) {
-        let m = &self.moves.incoming[index];
+        let logs = self.logs();
+        let m = &mut self.moves.incoming[index];
+        if !(logs && m.handed_off) {
+            m.confirmed = m.events;
+            m.confirmed_bytes = m.bytes;
+        }
         let ack = MoveAck {
             partition: m.partition.0,
             part_epoch: m.part_epoch.get(),
             snapshot_done: m.state.is_some(),
-            events: m.events,
-            bytes: m.bytes,
+            events: m.confirmed,
+            bytes: m.confirmed_bytes,
             handed_off: m.acked_handoff(),
+            sealed: false,
+            events_held: 0,
+            pause_ns: 0,
             refusal: String::new(),
         };
         let link = m.link;
         self.queue_move_frame(link, &ack);
+    }
+
+    /// The first `events` tail events (`bytes` bytes) of a staged move, logged after its
+    /// hand-off, are durable now: they are acknowledged, and a sealed move whose tail is all
+    /// durable is served if its flip came. Nothing when the move ended meanwhile.
+    pub(super) fn ack_staged(
+        &mut self,
+        now_ns: u64,
+        link: ConnectionId,
+        partition: PartitionId,
+        part_epoch: Epoch,
+        events: u64,
+        bytes: u64,
+    ) {
+        let Some(index) =
+            self.moves.incoming.iter().position(|m| {
+                m.partition == partition && m.part_epoch == part_epoch && m.link == link
+            })
+        else {
+            return;
+        };
+        let m = &mut self.moves.incoming[index];
+        m.confirmed = m.confirmed.max(events);
+        m.confirmed_bytes = m.confirmed_bytes.max(bytes);
+        self.ack_incoming(index);
+        if self.moves.incoming[index].sealed {
+            self.install_sealed();
+            self.settle_arriving(now_ns);
+        }
     }
 
     fn queue_move_refusal(
@@ -1331,24 +1700,98 @@ impl ShardCore {
             events: 0,
             bytes: 0,
             handed_off: false,
+            sealed: false,
+            events_held: 0,
+            pause_ns: 0,
             refusal: bounded(refusal),
         };
         self.queue_move_frame(link, &ack);
     }
 
+    /// Whether `m` may be served here once its flip comes: its hand-off was acknowledged,
+    /// its source applies nothing more of it (it sealed the tail, or the link the move came on
+    /// closed), and every tail event is confirmed (durable, at a target that logs).
+    fn tail_complete(m: &IncomingMove) -> bool {
+        m.acked_handoff() && m.sealed && m.confirmed == m.events
+    }
+
+    /// Whether `partition`, which the placement gives this shard at `part_epoch`, waits for
+    /// its move's tail to be complete before it is served (its events are held meanwhile).
+    pub(super) fn awaits_seal(&self, partition: PartitionId, part_epoch: Epoch) -> bool {
+        self.moves.incoming.iter().any(|m| {
+            m.partition == partition
+                && m.acked_handoff()
+                && m.part_epoch < part_epoch
+                && !Self::tail_complete(m)
+        })
+    }
+
     /// Staged state of `partition` for an owner epoch of `part_epoch`: the state of a move
-    /// handed off at an earlier epoch, which the flip makes this shard's.
+    /// handed off at an earlier epoch whose tail is complete, which the flip makes this
+    /// shard's. Its source hears so once the events held for it are let go.
     pub(super) fn take_staged(
         &mut self,
         partition: PartitionId,
         part_epoch: Epoch,
     ) -> Option<PartitionState> {
         let index = self.moves.incoming.iter().position(|m| {
-            m.partition == partition && m.acked_handoff() && m.part_epoch < part_epoch
+            m.partition == partition && m.part_epoch < part_epoch && Self::tail_complete(m)
         })?;
-        let m = self.moves.incoming.swap_remove(index);
+        let mut m = self.moves.incoming.swap_remove(index);
         self.stats.moves.in_installed += 1;
-        m.state
+        let state = m.state.take();
+        self.moves.installed.push(m);
+        state
+    }
+
+    /// Serves the sealed moves whose flip this node has seen already.
+    fn install_sealed(&mut self) {
+        let mut index = 0;
+        while index < self.moves.incoming.len() {
+            let m = &self.moves.incoming[index];
+            let partition = m.partition;
+            let owner = self.owner_here(partition);
+            let here = owner.node == self.node
+                && owner.shard == self.shard
+                && self.lease.serves(&owner)
+                && self.partitions[partition.index()].is_none();
+            if !here || m.part_epoch >= owner.part_epoch || !Self::tail_complete(m) {
+                index += 1;
+                continue;
+            }
+            let state = self.take_staged(partition, owner.part_epoch);
+            self.partitions[partition.index()] = state;
+            self.routes[partition.index()] = self.base_route(partition);
+        }
+        self.patch_move_routes();
+    }
+
+    /// Tells the sources of the moves installed here that their seal arrived, with the
+    /// events held for the partition meanwhile and how long the first waited.
+    fn ack_installed(&mut self, now_ns: u64, partition: PartitionId, held: Option<&Hold>) {
+        let Some(index) = self
+            .moves
+            .installed
+            .iter()
+            .position(|m| m.partition == partition)
+        else {
+            return;
+        };
+        let m = self.moves.installed.swap_remove(index);
+        let (events_held, pause_ns) = held.map_or((0, 0), |hold| hold.pause(now_ns));
+        let ack = MoveAck {
+            partition: m.partition.0,
+            part_epoch: m.part_epoch.get(),
+            snapshot_done: true,
+            events: m.events,
+            bytes: m.bytes,
+            handed_off: true,
+            sealed: true,
+            events_held,
+            pause_ns,
+            refusal: String::new(),
+        };
+        self.queue_move_frame(m.link, &ack);
     }
 
     /// Drops staged moves the placement went past without flipping them here.
@@ -1369,12 +1812,19 @@ impl ShardCore {
     }
 
     /// Inbound link `link` closed: moves whose hand-off it had not acknowledged are dropped
-    /// (their source reports the failure); acknowledged ones stay staged for their flip.
-    pub(super) fn drop_moves_of_link(&mut self, link: ConnectionId) {
+    /// (their source reports the failure); acknowledged ones are complete with what came
+    /// (their source can send nothing more, and answers nothing it could not confirm), and
+    /// are served at their flip.
+    pub(super) fn drop_moves_of_link(&mut self, now_ns: u64, link: ConnectionId) {
         let mut index = 0;
         while index < self.moves.incoming.len() {
-            let m = &self.moves.incoming[index];
-            if m.link != link || m.acked_handoff() {
+            let m = &mut self.moves.incoming[index];
+            if m.link != link {
+                index += 1;
+                continue;
+            }
+            if m.acked_handoff() {
+                m.sealed = true;
                 index += 1;
                 continue;
             }
@@ -1382,6 +1832,8 @@ impl ShardCore {
             self.stats.moves.in_dropped += 1;
             self.forget_staged(&m);
         }
+        self.install_sealed();
+        self.settle_arriving(now_ns);
     }
 
     /// A staged move was dropped: if its snapshot file is (or is being) written, the store

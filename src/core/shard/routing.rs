@@ -139,13 +139,16 @@ impl ShardCore {
 
     /// The route of `partition` by the placement and the lease alone, moves aside.
     pub(super) fn base_route(&self, partition: PartitionId) -> Route {
-        let owner = self.placement.owner(partition);
+        let owner = &self.owner_here(partition);
         let owned = owner.node == self.node && owner.shard == self.shard;
         route_of(
             self.node,
             partition,
             owner,
-            owned && self.lease.serves(owner),
+            owned
+                && self.lease.serves(owner)
+                && !(self.partitions[partition.index()].is_none()
+                    && self.awaits_seal(partition, owner.part_epoch)),
         )
     }
 

@@ -134,9 +134,15 @@ type Streamed = (
 );
 
 /// A streams the partition to B up to the hand-off (events applied before the move, during
-/// the snapshot's streaming and during the tail), then holds `held` more events.
-fn stream_to_handoff(a: &mut ShardCore, b: &mut ShardCore, wire: &mut Wire, held: u64) -> Streamed {
-    let events = moving_events(0..60 + held);
+/// the snapshot's streaming and during the tail), then applies `after` more events, whose
+/// replies wait for B's acknowledgement (not carried yet).
+fn stream_to_handoff(
+    a: &mut ShardCore,
+    b: &mut ShardCore,
+    wire: &mut Wire,
+    after: u64,
+) -> Streamed {
+    let events = moving_events(0..60 + after);
     let conn = a.handle_connect(0).unwrap();
     offer(a, conn, &frame(&events[..20], 2));
     let mut replies = write_all(a, conn).replies;
@@ -150,8 +156,12 @@ fn stream_to_handoff(a: &mut ShardCore, b: &mut ShardCore, wire: &mut Wire, held
     pump_all(wire, a, b);
     let at_handoff = a.partition(moving_partition()).unwrap().export();
     offer(a, conn, &frame(&events[60..], 3));
-    assert!(write_all(a, conn).replies.is_empty(), "held events wait");
-    assert_eq!(a.move_events_held(), held);
+    assert!(
+        write_all(a, conn).replies.is_empty(),
+        "answered once B has them"
+    );
+    assert!(a.serves(moving_partition()), "A keeps serving");
+    assert_eq!(a.move_events_held(), 0);
     (conn, replies, at_handoff, events)
 }
 
@@ -166,8 +176,8 @@ fn single_node_state(events: &[Event]) -> crate::core::snapshot::PartitionSnapsh
 
 /// [`stream_to_handoff`] to a target that keeps nothing on disk: A reports `Ready` once B
 /// acknowledged the hand-off, with the snapshot the move started from and the tail after it.
-fn move_to_handoff(a: &mut ShardCore, b: &mut ShardCore, wire: &mut Wire, held: u64) -> Streamed {
-    let streamed = stream_to_handoff(a, b, wire, held);
+fn move_to_handoff(a: &mut ShardCore, b: &mut ShardCore, wire: &mut Wire, after: u64) -> Streamed {
+    let streamed = stream_to_handoff(a, b, wire, after);
     assert_eq!(streamed.1.len(), 60, "A keeps serving while it streams");
     a.check_credit().unwrap();
     let at_start = single_node_state(&streamed.3[..20]);
@@ -184,47 +194,56 @@ fn move_to_handoff(a: &mut ShardCore, b: &mut ShardCore, wire: &mut Wire, held: 
     streamed
 }
 
+/// Events of the moving hunt after the first `after` (a frame of A's client after the flip).
+fn later_events(events: &[Event], count: u64) -> Vec<Event> {
+    let first = events.len() as u64;
+    moving_events(first..first + count)
+}
+
 #[test]
-fn a_move_under_load_flips_with_the_state_at_hand_off_and_every_event_answered_once() {
+fn a_source_serves_through_the_flip_and_the_target_serves_once_sealed_answering_each_event_once() {
     let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
     let mut wire = Wire::new();
-    let (conn, mut replies, at_handoff, events) = move_to_handoff(&mut a, &mut b, &mut wire, 15);
-    assert_eq!(b.moves_staged(), 1);
-    assert!(
-        !b.serves(moving_partition()),
-        "staged, not served, before B's flip"
-    );
+    let (conn, mut replies, _, mut events) = move_to_handoff(&mut a, &mut b, &mut wire, 15);
+    // B acknowledges the events applied after the hand-off: their replies leave.
+    pump_all(&mut wire, &mut a, &mut b);
+    replies.extend(write_all(&mut a, conn).replies);
+    assert_eq!(replies.len(), 75, "nothing held: every event answered");
+    let at_flip = a.partition(moving_partition()).unwrap().export();
 
-    // B learns the flip first and serves the staged state; then A lets go of what it held.
+    // B learns the flip first: it serves nothing of the partition until A's seal.
     b.handle_placement(0, flipped()).unwrap();
-    assert_eq!(
-        b.partition(moving_partition()).unwrap().export(),
-        at_handoff
-    );
+    assert!(!b.serves(moving_partition()), "waits for the seal");
     a.handle_placement(60, flipped()).unwrap();
     assert!(
         a.partition(moving_partition()).is_none(),
         "A dropped the state"
     );
+    pump_all(&mut wire, &mut a, &mut b);
+    assert!(b.serves(moving_partition()));
+    assert_eq!(b.partition(moving_partition()).unwrap().export(), at_flip);
     assert_eq!(
         reports(&mut a),
         vec![MoveStep::Released {
             flipped: true,
-            events_held: 15,
-            pause_ns: 60, // the hold began when the snapshot's ack came, at time 0
+            events_held: 0,
+            pause_ns: 0,
         }]
     );
+    // A's client goes on sending to A, which forwards to B.
+    let after = later_events(&events, 10);
+    offer(&mut a, conn, &frame(&after, 4));
     pump_all(&mut wire, &mut a, &mut b);
     replies.extend(write_all(&mut a, conn).replies);
+    events.extend(after);
 
-    // Every event answered once, as one node that owns everything answers them in order:
-    // the tail kept the source's order, and the held events were applied at B.
+    // Every event answered once, as one node that owns everything answers them in order.
     assert_eq!(by_seq(&replies), single_node_answers(&events));
-    assert_eq!(b.stats().events_applied_for_peers, 15);
+    assert_eq!(b.stats().events_applied_for_peers, 10);
     let (out, into) = (a.stats().moves, b.stats().moves);
     assert_eq!(
         (out.out_started, out.out_flipped, out.events_held),
-        (1, 1, 15)
+        (1, 1, 0)
     );
     assert_eq!(
         (into.in_staged, into.in_installed, into.in_dropped),
@@ -237,45 +256,65 @@ fn a_move_under_load_flips_with_the_state_at_hand_off_and_every_event_answered_o
 }
 
 #[test]
-fn a_target_that_learns_the_flip_last_holds_what_the_source_forwards_and_applies_it_at_its_flip() {
+fn a_target_serves_from_the_sources_seal_without_waiting_for_its_own_flip() {
     let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
     let mut wire = Wire::new();
-    let (conn, mut replies, _, events) = move_to_handoff(&mut a, &mut b, &mut wire, 15);
-    // A learns the flip first and forwards what it held; B, handed off but not flipped yet,
-    // holds them instead of answering `Moved` back to a source that no longer owns them.
-    a.handle_placement(60, flipped()).unwrap();
-    pump_all(&mut wire, &mut a, &mut b);
-    assert!(write_all(&mut a, conn).replies.is_empty(), "held at B");
-    assert_eq!(b.move_events_held(), 15);
-    b.check_credit().unwrap();
-    b.handle_placement(70, flipped()).unwrap();
-    assert_eq!(b.move_events_held(), 0);
+    let (conn, mut replies, _, mut events) = move_to_handoff(&mut a, &mut b, &mut wire, 15);
     pump_all(&mut wire, &mut a, &mut b);
     replies.extend(write_all(&mut a, conn).replies);
-    assert!(
-        replies
-            .iter()
-            .all(|reply| !matches!(reply.outcome, Outcome::Moved { .. })),
-        "nothing bounced"
+    // A learns the flip first, seals and forwards its client's next events (the link carries
+    // them ahead of the seal); B, which has not seen the flip, holds them until the seal and
+    // then serves: the flip is committed, since A saw it.
+    a.handle_placement(60, flipped()).unwrap();
+    let after = later_events(&events, 10);
+    offer(&mut a, conn, &frame(&after, 4));
+    events.extend(after);
+    pump_all(&mut wire, &mut a, &mut b);
+    assert!(b.serves(moving_partition()), "served from the seal");
+    assert_eq!(b.move_events_held(), 0);
+    replies.extend(write_all(&mut a, conn).replies);
+    assert_eq!(
+        reports(&mut a),
+        vec![MoveStep::Released {
+            flipped: true,
+            events_held: 10,
+            pause_ns: 0, // held and let go at the harness's time 0
+        }]
     );
     assert_eq!(by_seq(&replies), single_node_answers(&events));
-    assert_eq!(b.stats().events_applied_for_peers, 15);
+    assert_eq!(b.stats().events_applied_for_peers, 10);
+
+    // A placement of B's that is newer but still has the partition moving (another change
+    // came first) does not take it back; the one with the flip changes nothing either.
+    let state = b.partition(moving_partition()).unwrap().export();
+    let still_moving = OwnerState::Migrating {
+        to: B,
+        to_shard: ShardId(0),
+    };
+    b.handle_placement(0, with_owner(4, 2, A, still_moving))
+        .unwrap();
+    assert!(b.serves(moving_partition()));
+    b.handle_placement(0, with_owner(5, 3, B, OwnerState::Serving))
+        .unwrap();
+    assert!(b.serves(moving_partition()));
+    assert_eq!(b.partition(moving_partition()).unwrap().export(), state);
     a.check_credit().unwrap();
     b.check_credit().unwrap();
 }
 
 #[test]
-fn an_abandon_during_the_hold_applies_the_held_events_at_the_source_and_drops_the_staged_state() {
+fn an_abandon_after_the_hand_off_answers_what_the_source_kept_back_and_drops_the_staged_state() {
     let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
     let mut wire = Wire::new();
+    // Twelve events applied after the hand-off, unacknowledged: their replies wait.
     let (conn, mut replies, _, events) = move_to_handoff(&mut a, &mut b, &mut wire, 12);
     a.handle_placement(70, abandoned()).unwrap();
     assert_eq!(
         reports(&mut a),
         vec![MoveStep::Released {
             flipped: false,
-            events_held: 12,
-            pause_ns: 70,
+            events_held: 0,
+            pause_ns: 0,
         }]
     );
     assert!(a.serves(moving_partition()));
@@ -285,6 +324,32 @@ fn an_abandon_during_the_hold_applies_the_held_events_at_the_source_and_drops_th
     assert_eq!(b.moves_staged(), 0);
     assert_eq!(b.stats().moves.in_dropped, 1);
     assert_eq!(a.stats().moves.out_abandoned, 1);
+    a.check_credit().unwrap();
+}
+
+#[test]
+fn a_link_that_fails_after_the_flip_answers_what_the_target_never_confirmed_outcome_unknown() {
+    let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
+    let mut wire = Wire::new();
+    let (conn, mut replies, _, _) = move_to_handoff(&mut a, &mut b, &mut wire, 8);
+    a.handle_placement(60, flipped()).unwrap();
+    a.handle_link_failed(61, TO_B);
+    replies.extend(write_all(&mut a, conn).replies);
+    let unknown = replies
+        .iter()
+        .filter(|reply| {
+            reply.outcome
+                == Outcome::Error {
+                    error: EventError::OutcomeUnknown,
+                }
+        })
+        .count();
+    assert_eq!(unknown, 8, "applied at A, maybe not at B: {replies:?}");
+    assert_eq!(a.stats().moves.replies_unknown, 8);
+    assert!(matches!(
+        reports(&mut a)[..],
+        [MoveStep::Released { flipped: true, .. }]
+    ));
     a.check_credit().unwrap();
 }
 
@@ -339,15 +404,19 @@ fn a_target_that_falls_behind_makes_the_source_hold_instead_of_growing_the_tail(
     );
     assert_eq!(a.move_events_held(), extra, "the rest held, not streamed");
     assert!(!a.serves(moving_partition()));
-    // The target catches up: the hold turns into the hand-off.
+    // The target catches up: the hand-off goes out, and the held events are applied after
+    // it, answered once the target has them.
     pump_all(&mut wire, &mut a, &mut b);
     assert!(matches!(
         reports(&mut a)[..],
         [MoveStep::Ready {
-            events_streamed: MOVE_TAIL_EVENTS_MAX,
+            events_streamed,
             ..
-        }]
+        }] if events_streamed == total
     ));
+    assert_eq!(a.move_events_held(), 0);
+    assert_eq!(write_all(&mut a, conn).replies.len() as u64, extra);
+    a.check_credit().unwrap();
 }
 
 #[test]
@@ -401,6 +470,9 @@ fn malformed_move_frames_are_protocol_errors_not_panics() {
         events: 5,
         bytes: 500,
         handed_off: false,
+        sealed: false,
+        events_held: 0,
+        pause_ns: 0,
         refusal: String::new(),
     };
     let mut builder = FrameBuilder::new();
@@ -452,7 +524,7 @@ fn a_targets_own_clients_events_wait_for_its_flip_and_go_to_the_source_on_an_aba
         let mut wire = Wire::new();
         let (_, _, _, _) = move_to_handoff(&mut a, &mut b, &mut wire, 0);
         // A client of B sends events of the partition handed off to B: B holds them for its
-        // flip rather than forwarding them to A, which holds too.
+        // flip rather than forwarding them to A.
         let events = moving_events(100..106);
         let conn = b.handle_connect(0).unwrap();
         offer(&mut b, conn, &frame(&events, 3));
@@ -468,6 +540,7 @@ fn a_targets_own_clients_events_wait_for_its_flip_and_go_to_the_source_on_an_aba
         let placement = if flip { flipped() } else { abandoned() };
         a.handle_placement(80, placement.clone()).unwrap();
         b.handle_placement(80, placement).unwrap();
+        pump_all(&mut wire, &mut a, &mut b); // A's seal, if flipped
         pump_back(&mut back, &mut b, &mut a);
         let replies = write_all(&mut b, conn).replies;
         assert_eq!(replies.len(), 6, "each held event answered once");

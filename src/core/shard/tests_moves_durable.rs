@@ -1,5 +1,6 @@
 //! Moves to a target that logs (`--durability sync`): the hand-off is acknowledged only once
-//! the staged partition is written to the target's store, a disk fault refuses the move, the
+//! the staged partition is written to the target's store, the events after it only once they
+//! are logged and synced there, a disk fault refuses the move, the
 //! target's store recovers the partition as it was served, and a copy left behind (the
 //! source's, or an abandoned install's) is never served again. The store's I/O is played by
 //! the test: it takes the install and the log records and feeds them back at "recovery".
@@ -124,37 +125,40 @@ fn the_hand_off_is_acknowledged_only_once_the_staged_partition_is_durable_and_re
         "staged here: its store keeps what is written of it"
     );
     pump_all(&mut wire, &mut a, &mut b);
-    assert!(reports(&mut a).is_empty(), "still writing: A keeps holding");
-    assert_eq!(a.move_events_held(), 15);
+    assert!(reports(&mut a).is_empty(), "still writing: no Ready");
+    // The events A applied after the hand-off are logged at B as they come, after the
+    // install's LSN, and answered by A only once B synced them.
+    let tail = take_records(&mut b);
+    assert_eq!(tail.len(), 15);
+    assert!(
+        tail.iter()
+            .all(|(lsn, partition, _)| *partition == moving_partition() && *lsn > install.lsn)
+    );
+    assert!(write_all(&mut a, conn).replies.is_empty(), "B syncs first");
 
-    b.handle_move_installed(0, install.partition, install.part_epoch, install.lsn);
+    b.handle_move_installed(install.partition, install.part_epoch, install.lsn);
     pump_all(&mut wire, &mut a, &mut b);
     assert!(matches!(
         reports(&mut a)[..],
         [MoveStep::Ready {
-            events_streamed: 40,
+            events_streamed: 55,
             ..
         }]
     ));
     assert_eq!(b.stats().moves.in_durable, 1);
+    assert!(write_all(&mut a, conn).replies.is_empty(), "B syncs first");
+    b.handle_durable(0, tail.last().unwrap().0);
+    pump_all(&mut wire, &mut a, &mut b);
+    replies.extend(write_all(&mut a, conn).replies);
+    assert_eq!(replies.len(), 75);
 
-    // The flip: B serves the staged state and logs the events A held, like any of its own.
+    // The flip: B serves the staged state once A sealed the tail.
     b.handle_placement(0, flipped()).unwrap();
     a.handle_placement(60, flipped()).unwrap();
     pump_all(&mut wire, &mut a, &mut b);
-    let after_flip = take_records(&mut b);
-    assert_eq!(after_flip.len(), 15);
-    assert!(
-        after_flip
-            .iter()
-            .all(|(lsn, partition, _)| *partition == moving_partition() && *lsn > install.lsn)
-    );
-    assert!(write_all(&mut a, conn).replies.is_empty(), "B syncs first");
-    b.handle_durable(0, after_flip.last().unwrap().0);
-    pump_all(&mut wire, &mut a, &mut b);
-    replies.extend(write_all(&mut a, conn).replies);
+    assert!(b.serves(moving_partition()));
     assert_eq!(by_seq(&replies), single_node_answers(&events));
-    log.extend(after_flip);
+    log.extend(tail);
 
     // B crashes and starts again on its store: the partition comes back as it was served.
     let served = b.partition(moving_partition()).unwrap().export();
@@ -195,7 +199,7 @@ fn a_source_that_moved_the_partition_away_and_restarts_never_serves_its_old_copy
     );
     let (lsn, a_snapshot) = a.export_partition(moving_partition()).unwrap();
     let install = install(&mut b, &at_handoff, 0);
-    b.handle_move_installed(0, install.partition, install.part_epoch, install.lsn);
+    b.handle_move_installed(install.partition, install.part_epoch, install.lsn);
     pump_all(&mut wire, &mut a, &mut b);
     assert!(!a.partition_gone(moving_partition()), "A still serves it");
     a.handle_placement(0, flipped()).unwrap();
@@ -254,13 +258,13 @@ fn an_abandoned_install_leaves_nothing_that_recovery_serves() {
             stream_to_handoff(&mut a, &mut b, &mut wire, 5);
         let install = install(&mut b, &at_handoff, 1);
         if acknowledged {
-            b.handle_move_installed(0, install.partition, install.part_epoch, install.lsn);
+            b.handle_move_installed(install.partition, install.part_epoch, install.lsn);
             pump_all(&mut wire, &mut a, &mut b);
             assert!(matches!(reports(&mut a)[..], [MoveStep::Ready { .. }]));
         }
         a.handle_placement(70, abandoned()).unwrap();
         b.handle_placement(0, abandoned()).unwrap();
-        b.handle_move_installed(0, install.partition, install.part_epoch, install.lsn);
+        b.handle_move_installed(install.partition, install.part_epoch, install.lsn);
         pump_all(&mut wire, &mut a, &mut b);
         assert_eq!(b.moves_staged(), 0);
         assert!(b.partition(moving_partition()).is_none());
@@ -319,7 +323,7 @@ fn a_disk_fault_during_the_install_refuses_the_move_with_its_reason_and_it_never
             );
         }
         // The shell's write ends after all: nothing follows from it.
-        b.handle_move_installed(0, install.partition, install.part_epoch, install.lsn);
+        b.handle_move_installed(install.partition, install.part_epoch, install.lsn);
         pump_all(&mut wire, &mut a, &mut b);
         let steps = reports(&mut a);
         let [MoveStep::Refused { reason }] = &steps[..] else {
@@ -338,10 +342,9 @@ fn a_disk_fault_during_the_install_refuses_the_move_with_its_reason_and_it_never
         assert_eq!(b.moves_staged(), 0);
         assert_eq!(b.stats().moves.in_refused, 1);
         assert_eq!(b.stats().moves.in_durable, 0);
-        assert_eq!(
-            a.move_events_held(),
-            7,
-            "A holds until the controller decides"
+        assert!(
+            write_all(&mut a, conn).replies.is_empty(),
+            "A keeps the replies back until the controller decides"
         );
         a.handle_placement(90, abandoned()).unwrap();
         b.handle_placement(0, abandoned()).unwrap();
@@ -371,4 +374,22 @@ fn a_target_whose_log_fails_refuses_the_move_before_staging_it() {
     assert_eq!(b.moves_staged(), 0);
     offer(&mut a, conn, &frame(&moving_events(0..3), 3));
     assert_eq!(write_all(&mut a, conn).replies.len(), 3);
+}
+
+#[test]
+fn a_source_that_logs_answers_what_it_kept_back_once_the_target_has_it_and_its_log_is_durable() {
+    let (mut a, mut b) = (durable_shard(A), node_shard(B, big()));
+    let mut wire = Wire::new();
+    // Five events applied after the hand-off: logged at A, their replies kept back for B.
+    let (conn, _, _, events) = stream_to_handoff(&mut a, &mut b, &mut wire, 5);
+    let logged = take_records(&mut a);
+    assert_eq!(logged.len(), events.len(), "A logs every event it applies");
+    a.handle_durable(0, logged.last().unwrap().0);
+    let mut replies = write_all(&mut a, conn).replies;
+    assert_eq!(replies.len(), 60, "the five wait for B, not for A's log");
+    // B acknowledges them after A's log is durable: they leave at once (no sync is coming).
+    pump_all(&mut wire, &mut a, &mut b);
+    replies.extend(write_all(&mut a, conn).replies);
+    assert_eq!(by_seq(&replies), single_node_answers(&events));
+    a.check_credit().unwrap();
 }

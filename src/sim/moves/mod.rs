@@ -125,8 +125,10 @@ pub struct MovesRun {
     pub moves_abandoned: u64,
     /// Staged partitions the targets' cores installed at a flip (their own count).
     pub staged_installed: u64,
-    /// Events the sources' cores held at a hand-off (their own count).
+    /// Events the cores held at a hand-off (their own count).
     pub events_held: u64,
+    /// Replies the sources' cores kept back until their targets had the events.
+    pub replies_kept_back: u64,
     pub events_sent: u64,
     pub events_applied: u64,
     pub events_not_applied: u64,

@@ -58,16 +58,20 @@ fn busier_runs_with_more_moves_and_faults_sooner_keep_every_oracle() {
         ..MovesModel::default()
     };
     let mut failures = String::new();
-    let mut held = 0;
+    let (mut held, mut kept_back) = (0, 0);
     for seed in 1..=SEEDS {
         let run = run(&model, seed);
         held += run.events_held;
+        kept_back += run.replies_kept_back;
         if !run.failed().is_empty() {
             failures.push_str(&run.failure_report());
         }
     }
     assert!(failures.is_empty(), "{failures}");
-    assert!(held > 100, "only {held} events held at hand-offs");
+    // The runs went through both waits of a hand-off: replies kept back for the target's
+    // acknowledgement, and events held at a target until the seal.
+    assert!(kept_back > 1000, "only {kept_back} replies kept back");
+    assert!(held > 0, "no event held at a hand-off");
 }
 
 #[test]
@@ -93,10 +97,18 @@ fn a_run_is_a_function_of_its_seed() {
 /// The first of seeds 1.. whose run, without the bug, flipped a move of a loaded partition:
 /// the same seed with the bug must fail.
 fn seeds_with_flips(model: &MovesModel, count: usize) -> Vec<u64> {
+    seeds_with_flips_without(model, count, &["kill"])
+}
+
+/// The first `count` seeds whose run keeps every oracle with two flips or more and none of
+/// the node `faults`.
+fn seeds_with_flips_without(model: &MovesModel, count: usize, faults: &[&str]) -> Vec<u64> {
     (1..200)
         .filter(|&seed| {
             let run = run(model, seed);
-            run.failed().is_empty() && run.moves_flipped >= 2 && !run.faults.contains("kill")
+            run.failed().is_empty()
+                && run.moves_flipped >= 2
+                && !faults.iter().any(|fault| run.faults.contains(fault))
         })
         .take(count)
         .collect()
@@ -172,7 +184,9 @@ fn a_glue_that_drops_move_reports_never_flips_and_liveness_catches_it() {
         glue_fault: GlueFault::DropReports,
         ..MovesModel::default()
     };
-    for seed in seeds_with_flips(&model, 3) {
+    // Runs whose nodes all stay up: the liveness bound exempts a move whose ends were down
+    // or paused (the source keeps serving while its move waits, so no client stalls either).
+    for seed in seeds_with_flips_without(&model, 3, &["kill", "pause"]) {
         let run = run(&broken, seed);
         assert_eq!(run.moves_flipped, 0, "seed {seed}");
         assert!(

@@ -1685,6 +1685,7 @@ impl World {
         MovesRun {
             staged_installed: tallies.iter().map(|t| t.in_installed).sum(),
             events_held: tallies.iter().map(|t| t.events_held).sum(),
+            replies_kept_back: tallies.iter().map(|t| t.replies_kept_back).sum(),
             seed: self.seed,
             nodes: self.nodes.len(),
             faults: if self.faults.is_empty() {
