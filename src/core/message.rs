@@ -395,6 +395,8 @@ pub struct MoveSeal {
 /// it has the hand-off, or why it refuses the move (`refusal` not empty). `sealed`: the target
 /// had the source's seal and serves the partition now; it held `events_held` events for it
 /// meanwhile, the first for `pause_ns` (the pause the partition's clients saw at the flip).
+/// `flip_epoch` (not zero): the target's placement shows the partition flipped to it at this
+/// partition epoch, so the source seals at once instead of waiting for its own watch.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct MoveAck {
@@ -407,6 +409,7 @@ pub struct MoveAck {
     pub sealed: bool,
     pub events_held: u64,
     pub pause_ns: u64,
+    pub flip_epoch: u32,
     pub refusal: String,
 }
 

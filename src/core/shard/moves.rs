@@ -15,8 +15,10 @@
 //! 3. When the source sees the flip it stops applying the partition's events (they go to the
 //!    target now) and seals the tail (`MoveSeal`, with the flip's partition epoch). The
 //!    target serves the partition from the seal on, even before its own node's watch shows
-//!    the flip (`Moves::sealed_here`), and until then holds the partition's events in arrival
-//!    order ([`Arriving`]). If the link the move came on closes after the hand-off, what came
+//!    the flip (`Moves::flips_known`), and until then holds the partition's events in arrival
+//!    order ([`Arriving`]). A target whose watch shows the flip first says so to the source
+//!    (`MoveAck::flip_epoch`), which seals at once: the flip takes effect from whichever node
+//!    learns it first, a link hop later at the other. If the link the move came on closes after the hand-off, what came
 //!    is all there is: the target serves it at its own flip, and the source answers the
 //!    replies it still kept back `OutcomeUnknown`. The target acknowledges the seal with the
 //!    events it held and how long the first waited: the flip pause, which the source reports.
@@ -304,6 +306,8 @@ struct IncomingMove {
     /// The tail events (and their bytes) acknowledged to the source: all of them, except at
     /// a target that logs, where those after the hand-off count once they are durable.
     confirmed: u64,
+    /// The source was told that this node's placement shows the flip.
+    flip_notified: bool,
     confirmed_bytes: u64,
     install: Install,
 }
@@ -336,11 +340,13 @@ pub(super) struct Moves {
     /// Moves installed here whose seal acknowledgement waits for their arriving events to be
     /// let go (it says how long the first of them waited).
     installed: Vec<IncomingMove>,
-    /// Partitions whose source sealed them to this shard at a partition epoch this shard's
-    /// placement has not reached yet: the flip is committed (the source saw it), so they are
-    /// served from the seal on, not from when this node's watch catches up. At most one per
-    /// staged move.
-    sealed_here: Vec<(PartitionId, Epoch)>,
+    /// Flips this shard knows of before its placement shows them: a partition a move's source
+    /// sealed to this shard (the source saw the flip), or one whose target said its placement
+    /// shows the flip. Each names the partition, the flip's partition epoch and the new owner;
+    /// it stands for the placement's entry until the placement reaches that epoch, so a flip
+    /// takes effect from the first side to see it, not from each node's watch. At most one
+    /// per partition moving from or to this shard.
+    flips_known: Vec<(PartitionId, Epoch, LinkDest)>,
     /// Socket credit of the client events held, summed (away from their connections).
     held_credit: Credit,
     held_now: u64,
@@ -453,16 +459,20 @@ impl ShardCore {
         self.start_moves(now_ns);
         self.patch_move_routes();
         for partition in flipped {
-            self.seal_move(now_ns, partition);
+            let owner_epoch = self.placement.owner(partition).part_epoch;
+            self.seal_move(now_ns, partition, owner_epoch);
         }
         for m in ended {
             self.abandon_move(now_ns, m);
         }
         let placement = &self.placement;
         self.moves
-            .sealed_here
-            .retain(|&(partition, part_epoch)| placement.owner(partition).part_epoch < part_epoch);
+            .flips_known
+            .retain(|&(partition, part_epoch, _)| {
+                placement.owner(partition).part_epoch < part_epoch
+            });
         self.settle_incoming();
+        self.notify_flips();
         self.install_sealed();
         self.settle_arriving(now_ns);
     }
@@ -722,14 +732,15 @@ impl ShardCore {
     /// its events (they go to the target now, what it held first) and seals the tail, so the
     /// target knows it has every event this shard applied. The move ends when the target
     /// acknowledges the seal.
-    fn seal_move(&mut self, now_ns: u64, partition: PartitionId) {
+    fn seal_move(&mut self, now_ns: u64, partition: PartitionId, owner_epoch: Epoch) {
         let index = self
             .moves
             .out_index(partition)
-            .expect("listed by settle_moves");
+            .expect("a sealed partition's move is listed");
         let epoch = self.placement.epoch().get();
         let m = &mut self.moves.out[index];
         m.sealed = true;
+        let known = (partition, owner_epoch, m.dest);
         let refused = m.refused;
         if !refused {
             if m.stream.is_open() {
@@ -739,7 +750,7 @@ impl ShardCore {
                 partition: m.partition.0,
                 part_epoch: m.part_epoch.get(),
                 seq: m.streamed,
-                owner_epoch: self.placement.owner(partition).part_epoch.get(),
+                owner_epoch: owner_epoch.get(),
             };
             m.stream
                 .single(FrameKind::MoveSeal, epoch, Some(&seal))
@@ -747,6 +758,11 @@ impl ShardCore {
         }
         let (dest, hold) = (m.dest, m.hold.take());
         self.stats.moves.out_flipped += 1;
+        self.know_flip(known);
+        if self.partitions[partition.index()].take().is_some() && self.placed {
+            // Flipped by the target's notice, before this node's placement shows it.
+            self.note_departed(partition);
+        }
         self.routes[partition.index()] = self.base_route(partition);
         self.links.list_ready_dest(dest);
         if let Some(hold) = hold {
@@ -875,6 +891,13 @@ impl ShardCore {
         if ack.sealed {
             let seal_ack = (ack.events_held.to_native(), ack.pause_ns.to_native());
             self.finish_flipped(now_ns, index, Some(seal_ack));
+            return Ok(());
+        }
+        let flip_epoch = ack.flip_epoch.to_native();
+        if flip_epoch > self.moves.out[index].part_epoch.get() && !self.moves.out[index].sealed {
+            // The target's placement shows the flip: seal now, not at this node's own watch.
+            let partition = self.moves.out[index].partition;
+            self.seal_move(now_ns, partition, Epoch(flip_epoch));
             return Ok(());
         }
         let m = &mut self.moves.out[index];
@@ -1255,6 +1278,7 @@ impl ShardCore {
                     handed_off: false,
                     sealed: false,
                     confirmed: 0,
+                    flip_notified: false,
                     confirmed_bytes: 0,
                     install: Install::None,
                 });
@@ -1465,27 +1489,55 @@ impl ShardCore {
             )));
         }
         m.sealed = true;
-        let sealed = (PartitionId(partition), Epoch(owner_epoch));
-        self.moves.sealed_here.retain(|(p, _)| p.0 != partition);
-        self.moves.sealed_here.push(sealed);
+        let here = LinkDest {
+            node: self.node,
+            shard: self.shard,
+        };
+        self.know_flip((PartitionId(partition), Epoch(owner_epoch), here));
         self.install_sealed();
         self.settle_arriving(now_ns);
         Ok(())
     }
 
-    /// Who owns `partition` as this shard serves it: the placement's owner, unless a move's
-    /// source sealed the partition to this shard at a later partition epoch than the
-    /// placement has (see `Moves::sealed_here`).
+    /// Who owns `partition` as this shard serves it: the placement's owner, unless this
+    /// shard knows of a later flip than the placement has (see `Moves::flips_known`).
     pub(super) fn owner_here(&self, partition: PartitionId) -> Owner {
         let owner = *self.placement.owner(partition);
-        match self.moves.sealed_here.iter().find(|(p, _)| *p == partition) {
-            Some(&(_, part_epoch)) if part_epoch > owner.part_epoch => Owner {
-                node: self.node,
-                shard: self.shard,
+        match self
+            .moves
+            .flips_known
+            .iter()
+            .find(|(p, ..)| *p == partition)
+        {
+            Some(&(_, part_epoch, to)) if part_epoch > owner.part_epoch => Owner {
+                node: to.node,
+                shard: to.shard,
                 part_epoch,
                 state: OwnerState::Serving,
             },
             _ => owner,
+        }
+    }
+
+    fn know_flip(&mut self, flip: (PartitionId, Epoch, LinkDest)) {
+        self.moves.flips_known.retain(|(p, ..)| *p != flip.0);
+        self.moves.flips_known.push(flip);
+    }
+
+    /// Tells the source of each move whose flip this shard's placement shows, and whose seal
+    /// has not come, that it flipped: the source seals at once (`MoveAck::flip_epoch`).
+    fn notify_flips(&mut self) {
+        for index in 0..self.moves.incoming.len() {
+            let m = &self.moves.incoming[index];
+            let owner = self.placement.owner(m.partition);
+            let flipped_here = owner.node == self.node
+                && owner.shard == self.shard
+                && owner.part_epoch > m.part_epoch;
+            if flipped_here && m.acked_handoff() && !m.sealed && !m.flip_notified {
+                let flip_epoch = owner.part_epoch.get();
+                self.moves.incoming[index].flip_notified = true;
+                self.ack_incoming_with(index, flip_epoch);
+            }
         }
     }
 
@@ -1635,6 +1687,11 @@ impl ShardCore {
     /// Acknowledges what move `index` has: every tail event, except at a target that logs,
     /// where the events after the hand-off wait for their sync ([`Self::ack_staged`]).
     fn ack_incoming(&mut self, index: usize) {
+        self.ack_incoming_with(index, 0);
+    }
+
+    /// [`Self::ack_incoming`], telling the source the flip's partition epoch if not zero.
+    fn ack_incoming_with(&mut self, index: usize, flip_epoch: u32) {
         let logs = self.logs();
         let m = &mut self.moves.incoming[index];
         if !(logs && m.handed_off) {
@@ -1651,6 +1708,7 @@ impl ShardCore {
             sealed: false,
             events_held: 0,
             pause_ns: 0,
+            flip_epoch,
             refusal: String::new(),
         };
         let link = m.link;
@@ -1703,6 +1761,7 @@ impl ShardCore {
             sealed: false,
             events_held: 0,
             pause_ns: 0,
+            flip_epoch: 0,
             refusal: bounded(refusal),
         };
         self.queue_move_frame(link, &ack);
@@ -1789,6 +1848,7 @@ impl ShardCore {
             sealed: true,
             events_held,
             pause_ns,
+            flip_epoch: 0,
             refusal: String::new(),
         };
         self.queue_move_frame(m.link, &ack);

@@ -185,7 +185,7 @@ impl ShardCore {
 
     /// Whether nobody may apply `partition`'s events now, as far as this shard knows.
     fn unavailable(&self, partition: PartitionId) -> bool {
-        let owner = self.placement.owner(partition);
+        let owner = self.owner_here(partition);
         owner.state == OwnerState::Offline
             || self.lease == NodeLease::Fenced
             || (owner.node == self.node && owner.shard == self.shard)
@@ -198,7 +198,7 @@ impl ShardCore {
         if self.unavailable(partition) {
             return unavailable(partition);
         }
-        let owner = self.placement.owner(partition);
+        let owner = self.owner_here(partition);
         Outcome::Moved {
             node: owner.node.0,
             shard: owner.shard.0,

@@ -303,6 +303,52 @@ fn a_target_serves_from_the_sources_seal_without_waiting_for_its_own_flip() {
 }
 
 #[test]
+fn a_target_that_sees_the_flip_first_has_its_source_seal_at_once() {
+    let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
+    let mut wire = Wire::new();
+    let (conn, mut replies, _, mut events) = move_to_handoff(&mut a, &mut b, &mut wire, 5);
+    pump_all(&mut wire, &mut a, &mut b);
+    replies.extend(write_all(&mut a, conn).replies);
+    // B's placement shows the flip; A's does not yet. B tells A over the link, A seals, and
+    // B serves: neither waits for A's watch.
+    b.handle_placement(0, flipped()).unwrap();
+    assert!(!b.serves(moving_partition()));
+    pump_all(&mut wire, &mut a, &mut b);
+    assert!(b.serves(moving_partition()));
+    assert!(!a.serves(moving_partition()));
+    assert!(a.partition(moving_partition()).is_none(), "A let go of it");
+    assert_eq!(
+        reports(&mut a),
+        vec![MoveStep::Released {
+            flipped: true,
+            events_held: 0,
+            pause_ns: 0,
+        }]
+    );
+    // A's client goes on sending to A, which forwards to B; a placement of A's that is newer
+    // but does not show the flip yet does not make A serve the partition again.
+    let still_moving = OwnerState::Migrating {
+        to: B,
+        to_shard: ShardId(0),
+    };
+    a.handle_placement(70, with_owner(4, 2, A, still_moving))
+        .unwrap();
+    assert!(!a.serves(moving_partition()));
+    let after = later_events(&events, 6);
+    offer(&mut a, conn, &frame(&after, 4));
+    events.extend(after);
+    pump_all(&mut wire, &mut a, &mut b);
+    replies.extend(write_all(&mut a, conn).replies);
+    a.handle_placement(80, with_owner(5, 3, B, OwnerState::Serving))
+        .unwrap();
+    assert!(!a.serves(moving_partition()));
+    assert_eq!(by_seq(&replies), single_node_answers(&events));
+    assert_eq!(b.stats().events_applied_for_peers, 6);
+    a.check_credit().unwrap();
+    b.check_credit().unwrap();
+}
+
+#[test]
 fn an_abandon_after_the_hand_off_answers_what_the_source_kept_back_and_drops_the_staged_state() {
     let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
     let mut wire = Wire::new();
@@ -473,6 +519,7 @@ fn malformed_move_frames_are_protocol_errors_not_panics() {
         sealed: false,
         events_held: 0,
         pause_ns: 0,
+        flip_epoch: 0,
         refusal: String::new(),
     };
     let mut builder = FrameBuilder::new();
