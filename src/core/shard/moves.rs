@@ -781,8 +781,8 @@ impl ShardCore {
     /// `OutcomeUnknown`: their events were applied here, but may not be at the target, which
     /// serves the partition now.
     fn finish_flipped(&mut self, now_ns: u64, index: usize, seal_ack: Option<(u64, u64)>) {
-        let m = self.moves.out.remove(index);
-        for gated in m.gated {
+        let mut m = self.moves.out.remove(index);
+        for gated in std::mem::take(&mut m.gated) {
             let mut held = gated.reply;
             if let Some(reply) = held.reply_mut() {
                 reply.outcome = Outcome::Error {
@@ -792,8 +792,15 @@ impl ShardCore {
             self.stats.moves.replies_unknown += 1;
             self.release_or_wait_for_sync(now_ns, held);
         }
-        let (events_held, pause_ns) = seal_ack.unwrap_or((0, 0));
-        if seal_ack.is_some() {
+        self.report_released(&m, true, seal_ack);
+        self.after_release();
+    }
+
+    /// Reports move `m` released (flipped or abandoned), with the events held and how long the
+    /// first waited (`pause`, recorded as a `move_pause` sample when known).
+    fn report_released(&mut self, m: &OutgoingMove, flipped: bool, pause: Option<(u64, u64)>) {
+        let (events_held, pause_ns) = pause.unwrap_or((0, 0));
+        if pause.is_some() {
             self.stats
                 .stages
                 .move_pause_ns
@@ -806,12 +813,11 @@ impl ShardCore {
             to: m.dest.node,
             to_shard: m.dest.shard,
             step: MoveStep::Released {
-                flipped: true,
+                flipped,
                 events_held,
                 pause_ns,
             },
         });
-        self.after_release();
     }
 
     /// Appends the move frames for `dest` to `out` (the link's task writes them after its
@@ -959,30 +965,13 @@ impl ShardCore {
     /// The controller abandoned a move: this shard stays the partition's owner. The replies
     /// kept back leave (their events were applied here), what it held is applied, in order,
     /// under the new routes, and the source reports the move released.
-    fn abandon_move(&mut self, now_ns: u64, m: OutgoingMove) {
+    fn abandon_move(&mut self, now_ns: u64, mut m: OutgoingMove) {
         self.stats.moves.out_abandoned += 1;
-        for gated in m.gated {
+        for gated in std::mem::take(&mut m.gated) {
             self.release_or_wait_for_sync(now_ns, gated.reply);
         }
-        let (events_held, pause_ns) = m.hold.as_ref().map_or((0, 0), |hold| hold.pause(now_ns));
-        if m.hold.is_some() {
-            self.stats
-                .stages
-                .move_pause_ns
-                .get_or_insert_with(super::counters::stage_histogram)
-                .saturating_record(pause_ns.max(1));
-        }
-        self.push_report(MoveReport {
-            partition: m.partition,
-            part_epoch: m.part_epoch,
-            to: m.dest.node,
-            to_shard: m.dest.shard,
-            step: MoveStep::Released {
-                flipped: false,
-                events_held,
-                pause_ns,
-            },
-        });
+        let pause = m.hold.as_ref().map(|hold| hold.pause(now_ns));
+        self.report_released(&m, false, pause);
         match m.hold {
             Some(hold) => self.release_hold(now_ns, hold),
             None => self.after_release(),
