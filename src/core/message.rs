@@ -397,7 +397,7 @@ pub struct MoveSeal {
 /// meanwhile, the first for `pause_ns` (the pause the partition's clients saw at the flip).
 /// `flip_epoch` (not zero): the target's placement shows the partition flipped to it at this
 /// partition epoch, so the source seals at once instead of waiting for its own watch.
-#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct MoveAck {
     pub partition: u32,

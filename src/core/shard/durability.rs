@@ -772,9 +772,7 @@ impl ShardCore {
         reply: &Reply,
         credit: Credit,
     ) -> Option<HeldReply> {
-        if self.durability.logs() {
-            self.durability.log(local.partition(), record);
-        }
+        self.log_gated(local.partition(), record);
         self.held_local(id, reply, credit)
     }
 

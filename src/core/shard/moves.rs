@@ -1694,11 +1694,8 @@ impl ShardCore {
             events: m.confirmed,
             bytes: m.confirmed_bytes,
             handed_off: m.acked_handoff(),
-            sealed: false,
-            events_held: 0,
-            pause_ns: 0,
             flip_epoch,
-            refusal: String::new(),
+            ..MoveAck::default()
         };
         let link = m.link;
         self.queue_move_frame(link, &ack);
@@ -1743,15 +1740,8 @@ impl ShardCore {
         let ack = MoveAck {
             partition,
             part_epoch,
-            snapshot_done: false,
-            events: 0,
-            bytes: 0,
-            handed_off: false,
-            sealed: false,
-            events_held: 0,
-            pause_ns: 0,
-            flip_epoch: 0,
             refusal: bounded(refusal),
+            ..MoveAck::default()
         };
         self.queue_move_frame(link, &ack);
     }
@@ -1837,8 +1827,7 @@ impl ShardCore {
             sealed: true,
             events_held,
             pause_ns,
-            flip_epoch: 0,
-            refusal: String::new(),
+            ..MoveAck::default()
         };
         self.queue_move_frame(m.link, &ack);
     }

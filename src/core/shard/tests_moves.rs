@@ -515,12 +515,7 @@ fn malformed_move_frames_are_protocol_errors_not_panics() {
         snapshot_done: true,
         events: 5,
         bytes: 500,
-        handed_off: false,
-        sealed: false,
-        events_held: 0,
-        pause_ns: 0,
-        flip_epoch: 0,
-        refusal: String::new(),
+        ..Default::default()
     };
     let mut builder = FrameBuilder::new();
     builder.single(FrameKind::MoveAck, 3, Some(&ack)).unwrap();
