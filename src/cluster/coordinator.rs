@@ -510,6 +510,9 @@ pub struct Coordinator {
     watch_after: Option<u64>,
     /// When the watch's changes last made the view: a read sent before then may be older.
     watch_applied_ns: u64,
+    /// The revision the last probe found past the view's, which the watch is to have brought
+    /// by the next probe (`None`: the view was up to date).
+    probed_ahead: Option<u64>,
 }
 
 impl Coordinator {
@@ -540,6 +543,7 @@ impl Coordinator {
             move_records: VecDeque::new(),
             kvs: BTreeMap::new(),
             watch_after: None,
+            probed_ahead: None,
             watch_applied_ns: 0,
         }
     }
@@ -889,11 +893,7 @@ impl Coordinator {
                 true
             }
             (InFlight::Probe, Response::Revision { revision }) => {
-                if revision == self.view.revision {
-                    self.read_due_ns = now_ns + self.config.poll_ns;
-                } else {
-                    self.read_now(now_ns);
-                }
+                self.handle_probe(now_ns, revision);
                 true
             }
             (InFlight::Campaign, Response::Txn { .. }) => {
@@ -911,7 +911,12 @@ impl Coordinator {
                     self.install_written(&value, revision);
                     self.moves_written(now_ns, ends);
                 }
-                self.read_now(now_ns);
+                // A write that lost the compare-and-swap was based on an old view. One that
+                // won needs no read back when the watch covers the view: it brings the write
+                // like any other change, and the record in hand is already the new one.
+                if !succeeded || !self.watch_covers_view() {
+                    self.read_now(now_ns);
+                }
                 true
             }
             (InFlight::PutMove, Response::Put { .. }) => {
@@ -963,10 +968,7 @@ impl Coordinator {
     /// onto a view the watch covers (read at or after its start); otherwise, or when the keys
     /// would outgrow a read, they are read back whole instead.
     pub fn handle_watch_changes(&mut self, now_ns: u64, revision: u64, changes: Vec<WatchChange>) {
-        let covered = self
-            .watch_after
-            .is_some_and(|after| self.view.revision >= after);
-        if !covered {
+        if !self.watch_covers_view() {
             self.read_now(now_ns);
             return;
         }
@@ -997,6 +999,36 @@ impl Coordinator {
         let view = ClusterView::from_range(&self.config.keys, revision, &kvs);
         self.watch_applied_ns = now_ns;
         self.take_view(now_ns, view);
+    }
+
+    /// Whether the open watch reports every change after the view's revision (the view was
+    /// read at or after the watch opened), so that the view needs no reading back.
+    fn watch_covers_view(&self) -> bool {
+        self.watch_after
+            .is_some_and(|after| self.view.revision >= after)
+    }
+
+    /// The periodic probe found etcd at `revision`. A view behind it is read back whole,
+    /// unless the watch covers the view and is keeping up: the watch brings every change, so
+    /// the probe only checks that it does. It is keeping up when the view has reached what
+    /// the previous probe saw, one poll interval ago. (During a drain the revision moves
+    /// every few milliseconds: reading whole at each probe, every node ten times a second,
+    /// made most of etcd's work and took CPU from the shards.)
+    fn handle_probe(&mut self, now_ns: u64, revision: u64) {
+        let watch_keeping_up = self.watch_covers_view()
+            && self
+                .probed_ahead
+                .is_none_or(|seen| self.view.revision >= seen);
+        if revision <= self.view.revision {
+            self.probed_ahead = None;
+            self.read_due_ns = now_ns + self.config.poll_ns;
+        } else if watch_keeping_up {
+            self.probed_ahead = Some(revision);
+            self.read_due_ns = now_ns + self.config.poll_ns;
+        } else {
+            self.probed_ahead = None;
+            self.read_now(now_ns);
+        }
     }
 
     /// The cluster's keys are to be read back whole, now.
@@ -1174,6 +1206,7 @@ impl Coordinator {
         match decode_record(value, revision) {
             Ok(placement) => {
                 let key = self.config.keys.assignment();
+                self.keep_written(&key, value, revision);
                 let placement = Arc::new(self.view.with_addresses(&key, placement));
                 self.report_rejected();
                 self.view.assignment = Some(placement.clone());
@@ -1184,6 +1217,20 @@ impl Coordinator {
                 reason,
             }),
         }
+    }
+
+    /// The keys as of the view take this node's own write of `key`, so that watched changes
+    /// from before the write, applied onto them, do not bring the old value back.
+    fn keep_written(&mut self, key: &str, value: &[u8], revision: u64) {
+        let create_revision = self.kvs.get(key).map_or(revision, |kv| kv.create_revision);
+        let written = KeyValue {
+            key: key.to_owned(),
+            value: value.to_vec(),
+            create_revision,
+            mod_revision: revision,
+            lease: 0,
+        };
+        self.kvs.insert(key.to_owned(), written);
     }
 
     fn install(&mut self, placement: Arc<Placement>) {
@@ -2175,11 +2222,102 @@ mod tests {
     fn watched() -> Cluster {
         let mut cluster = Cluster::new(3);
         cluster.run_ms(2_000);
-        let (now_ns, revision) = (cluster.now_ns, cluster.etcd.revision());
-        cluster.nodes[0].handle_watch_started(now_ns, revision);
-        cluster.drive(0);
-        cluster.reads = vec![(0, 0); 3];
+        cluster.open_watch(0);
         cluster
+    }
+
+    impl Cluster {
+        /// Node `i` opens a watch from etcd's revision now and reads the keys back after it.
+        fn open_watch(&mut self, i: usize) {
+            let (now_ns, revision) = (self.now_ns, self.etcd.revision());
+            self.nodes[i].handle_watch_started(now_ns, revision);
+            self.drive(i);
+            self.reads = vec![(0, 0); self.nodes.len()];
+        }
+
+        /// Runs until node `i` has sent its next revision probe.
+        fn run_until_probed(&mut self, i: usize) {
+            let probes = self.reads[i].1;
+            while self.reads[i].1 == probes {
+                self.run_ms(STEP_MS);
+            }
+        }
+
+        /// The watch of node `i` reports the current value of `key`.
+        fn watch_brings(&mut self, i: usize, key: &str) {
+            let change = WatchChange::Put(kv_of(self, key));
+            let now_ns = self.now_ns;
+            self.nodes[i].handle_watch_changes(now_ns, change.revision(), vec![change]);
+        }
+    }
+
+    #[test]
+    fn a_watch_that_keeps_up_spares_whole_reads_and_one_that_falls_behind_is_read_around() {
+        let mut cluster = watched();
+        let prefix = ClusterKeys::new("test").unwrap().prefix().to_owned();
+        for round in 0..5 {
+            // A change the probe sees before the watch brings it, within a poll interval.
+            let key = format!("{prefix}note-{round}");
+            cluster.put(key.clone(), b"x".to_vec());
+            cluster.run_until_probed(0);
+            cluster.watch_brings(0, &key);
+            cluster.run_until_probed(0);
+        }
+        assert_eq!(
+            cluster.reads[0].0, 0,
+            "the watch kept up: nothing read whole"
+        );
+        // A change the watch never brings is read whole at the probe after the one that saw it.
+        cluster.put(format!("{prefix}lost"), b"x".to_vec());
+        cluster.run_until_probed(0);
+        assert_eq!(
+            cluster.reads[0].0, 0,
+            "one poll interval for the watch to bring it"
+        );
+        cluster.run_until_probed(0);
+        cluster.run_ms(STEP_MS);
+        assert_eq!(
+            cluster.reads[0].0, 1,
+            "read whole once the watch fell behind"
+        );
+        assert_eq!(cluster.nodes[0].view().revision, cluster.etcd.revision());
+    }
+
+    #[test]
+    fn a_controller_whose_watch_covers_its_view_does_not_read_back_its_own_write() {
+        let mut cluster = Cluster::new(3);
+        cluster.run_ms(2_000);
+        let c = cluster.controllers()[0];
+        cluster.open_watch(c);
+        let placement = cluster.placement(c);
+        let owner = placement.owner(PartitionId(5)).node.0;
+        let target = if owner == 1 { 2 } else { 1 };
+        let pin = pin_on(&mut cluster, 5, target);
+        let now_ns = cluster.now_ns;
+        cluster.nodes[c].handle_watch_changes(now_ns, pin.revision(), vec![pin]);
+        cluster.drive(c);
+        let assignment = ClusterKeys::new("test").unwrap().assignment();
+        let written = cluster.etcd.mod_revision(&assignment).unwrap();
+        assert!(
+            written > u64::from(placement.epoch().get()),
+            "the move was written"
+        );
+        let installed = cluster.nodes[c].view().assignment.clone().unwrap();
+        assert_eq!(u64::from(installed.epoch().get()), written);
+        assert!(
+            installed
+                .owner(PartitionId(5))
+                .state
+                .migrating_to()
+                .is_some()
+        );
+        assert_eq!(cluster.reads[c].0, 0, "its own write is not read back");
+        // The watch brings the write; the probes find the view up to date.
+        cluster.watch_brings(c, &assignment);
+        cluster.run_until_probed(c);
+        cluster.run_until_probed(c);
+        assert_eq!(cluster.reads[c].0, 0);
+        assert_eq!(cluster.nodes[c].view().revision, written);
     }
 
     fn pin_on(cluster: &mut Cluster, partition: u32, node: u32) -> WatchChange {
