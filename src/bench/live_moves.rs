@@ -17,6 +17,7 @@ use crate::bench::cluster::{ClusterSpec, LocalCluster};
 use crate::cluster::keys::{DrainRecord, PinRecord, Released};
 use crate::cluster::operator::{Follow, Goal, Operator, placement_of};
 use crate::cluster::placement::OwnerState;
+use crate::constants::MOVE_FOLLOW_POLL_MS_DEFAULT;
 use crate::core::ids::{NodeId, PartitionId};
 use crate::core::rng::Rng;
 
@@ -236,8 +237,11 @@ impl Mover {
 
 /// How long one etcd request of the drain's thread may take.
 const DRAIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often the drain's thread reads etcd while the drain is under way.
-const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// How often the drain's thread reads etcd while the drain is under way: as often as
+/// `trove cluster drain` does. The drain's times are known to this precision; a faster poll
+/// would only load etcd, whose CPU the cluster being measured needs (at 50 ms, the drain's
+/// reads were most of etcd's work).
+const DRAIN_POLL: Duration = Duration::from_millis(MOVE_FOLLOW_POLL_MS_DEFAULT);
 
 /// `--drain`: the cluster's last node drained a third of the way into the measured run, on a
 /// thread of its own, and followed until it owns nothing or the load ends.

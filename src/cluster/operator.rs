@@ -268,7 +268,7 @@ impl Follow {
             };
             let record = view.moves.get(&partition);
             let first_seen = *self.first_seen.entry(partition).or_insert(owner.part_epoch);
-            self.note_released(partition, record);
+            self.note_released(partition, first_seen, record);
             let standing = self.standing[&partition].clone();
             let next = match standing {
                 Standing::Moved | Standing::Failed(_) => continue,
@@ -322,10 +322,18 @@ impl Follow {
         lines
     }
 
-    fn note_released(&mut self, partition: u32, record: Option<&MoveRecord>) {
+    fn note_released(&mut self, partition: u32, first_seen: Epoch, record: Option<&MoveRecord>) {
         let Some(record) = record else {
             return;
         };
+        // A move that started after the follow began is ours, also one that started and
+        // flipped between two reads (a drain does several per read): its record says so.
+        if record.part_epoch > first_seen.get() {
+            self.epochs
+                .entry(partition)
+                .or_default()
+                .insert(Epoch(record.part_epoch));
+        }
         let ours = self
             .epochs
             .get(&partition)
@@ -670,6 +678,47 @@ mod tests {
             "{lines:?}"
         );
         assert!(follow.finished());
+    }
+
+    #[test]
+    fn a_move_that_started_and_flipped_between_two_reads_still_counts_its_pause() {
+        let mut follow = Follow::new([(0, Goal::OffNode(NodeId(1)))].into_iter().collect());
+        let start = view_with(vec![owner(1, 3, OwnerState::Serving)], 3, BTreeMap::new());
+        follow.observe(&start);
+        // Started at epoch 6 and flipped at 8, both unseen; the moved partition is seen first,
+        // then its source's released report.
+        let record = |released| MoveRecord {
+            part_epoch: 6,
+            from: (1, 0),
+            to: (2, 0),
+            state: MoveState::Released,
+            abandoned: None,
+            released,
+        };
+        let flipped = view_with(
+            vec![owner(2, 8, OwnerState::Serving)],
+            8,
+            [(0, record(None))].into_iter().collect(),
+        );
+        assert_eq!(
+            follow.observe(&flipped),
+            ["partition 0: moved to node 2 shard 0"]
+        );
+        assert!(follow.finished());
+        assert!(!follow.all_released(), "its released report is still due");
+        let released = Released {
+            flipped: true,
+            events_held: 4,
+            pause_ns: 2_000_000,
+        };
+        let reported = view_with(
+            vec![owner(2, 8, OwnerState::Serving)],
+            9,
+            [(0, record(Some(released)))].into_iter().collect(),
+        );
+        follow.observe(&reported);
+        assert!(follow.all_released());
+        assert_eq!(follow.released().collect::<Vec<_>>(), [(4, 2_000_000)]);
     }
 
     #[test]
