@@ -1050,6 +1050,10 @@ pub const CLUSTER_NAME_BYTES_MAX: usize = 64;
 /// Largest etcd reply a node reads: the assignment record of `PARTITIONS_MAX` partitions and
 /// `CLUSTER_NODES_MAX` node records fit well inside.
 pub const CLUSTER_REPLY_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Largest assignment record a node inflates (it is stored compressed): the record of
+/// `PARTITIONS_MAX` partitions, each entry at most 64 bytes of JSON (the widest, a `Migrating`
+/// one with every number at its largest, is 59), so a record that inflates past it is refused.
+pub const ASSIGNMENT_RECORD_JSON_BYTES_MAX: usize = 64 * PARTITIONS_MAX as usize + 1024;
 /// Most coordination events (placement changes, lease lost…) queued for a reader before the
 /// oldest are dropped; the latest placement is always kept apart from this queue.
 pub const CLUSTER_EVENTS_QUEUED_MAX: usize = 64;
