@@ -313,10 +313,13 @@ impl Link {
 }
 
 /// Events answered without being applied by their owner: by a failed or refused link, a
-/// fenced node, a placement not installed, a stopping shard.
+/// fenced node, a placement not installed, a refusing log, a stopping shard.
 fn unapplied(stats: &ShardStats) -> u64 {
     [
         OutcomeIndex::Unavailable,
+        OutcomeIndex::LogFull,
+        OutcomeIndex::DiskFull,
+        OutcomeIndex::DiskFailed,
         OutcomeIndex::Moved,
         OutcomeIndex::ShuttingDown,
         OutcomeIndex::OutcomeUnknown,

@@ -15,6 +15,7 @@
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +30,10 @@ use trove::core::message::{Event, Outcome, Reply};
 
 use support::cluster::{ClusterSpec, client_of, etcd_or_skip, kill_and_reap, poll_for};
 use support::hunts::{Model, Rng, World, leaderboard, seed_from_env};
-use support::{COMMAND_WAIT, disk_scratch_dir, one_at_a_time, run_bounded, stderr, stdout, trove};
+use support::{
+    COMMAND_WAIT, disk_scratch_dir, metric_sum, one_at_a_time, run_bounded, scrape_metrics, stderr,
+    stdout, trove,
+};
 
 const CLUSTER: ClusterSpec = ClusterSpec {
     name: "moves-durable",
@@ -67,6 +71,57 @@ fn start_node(etcd: &EtcdProcess, node_id: u32, data: &Path) -> NodeProcess {
         every_s,
     ];
     CLUSTER.start_node(etcd, node_id, &args)
+}
+
+/// The `/metrics` address `node` printed after its banner (read before the test reads its
+/// other lines).
+fn metrics_addr(node: &NodeProcess) -> SocketAddr {
+    const LINE: &str = "trove node: metrics at http://";
+    poll_for(SETTLE_WAIT, "the node's metrics address", || {
+        node.lines
+            .try_iter()
+            .find_map(|line| line.strip_prefix(LINE)?.split('/').next()?.parse().ok())
+    })
+}
+
+/// The sum over a scrape's shards of `trove_partition_moves_total` for `direction` and `step`.
+fn moves_at(scrape: &prometheus_parse::Scrape, direction: &str, step: &str) -> f64 {
+    let labels = [("direction", direction), ("step", step)];
+    metric_sum(scrape, "trove_partition_moves_total", &labels)
+}
+
+/// What node 1 (the source) and node 2 (the target) serve on `/metrics` about the moves, once
+/// node 2 has installed all `MOVED` of them: each was made durable at node 2 before it was
+/// installed, and each flipped at node 1 with no reply left unknown.
+fn check_moves_on_metrics(metrics: &HashMap<u32, SocketAddr>) {
+    let moved = MOVED as f64;
+    let target = support::wait_until("node 2's installs on /metrics", SETTLE_WAIT, || {
+        let scrape = scrape_metrics(metrics[&2]);
+        match moves_at(&scrape, "in", "installed") {
+            installed if installed == moved => Ok(scrape),
+            installed => Err(format!("{installed} installed")),
+        }
+    });
+    let staged = moves_at(&target, "in", "staged");
+    let durable = moves_at(&target, "in", "durable");
+    assert!(
+        staged >= durable && durable >= moved,
+        "node 2: {staged} staged, {durable} durable, {moved} installed"
+    );
+    let source = support::wait_until("node 1's flips on /metrics", SETTLE_WAIT, || {
+        let scrape = scrape_metrics(metrics[&1]);
+        match moves_at(&scrape, "out", "flipped") {
+            flipped if flipped == moved => Ok(scrape),
+            flipped => Err(format!("{flipped} flipped")),
+        }
+    });
+    let kept_back = metric_sum(&source, "trove_move_replies_kept_back_total", &[]);
+    let unknown = metric_sum(&source, "trove_move_replies_unknown_total", &[]);
+    println!("node 1 kept back {kept_back} replies for node 2's acknowledgements");
+    assert_eq!(
+        unknown, 0.0,
+        "node 2 acknowledged every kept-back reply's event"
+    );
 }
 
 /// The partitions node `node_id` has snapshot files of.
@@ -297,6 +352,10 @@ fn partitions_moved_to_a_durable_node_survive_its_kill_and_the_sources_restart()
             .settled_placement(&etcd, 2)
             .map(|(_, placement)| placement)
     });
+    let metrics: HashMap<u32, SocketAddr> = nodes
+        .iter()
+        .map(|(id, node)| (*id, metrics_addr(node)))
+        .collect();
     let hunts: Vec<u64> = WORLD.hunt_ids().collect();
     wait_served(&nodes[&1].addr, &hunts);
 
@@ -355,6 +414,7 @@ fn partitions_moved_to_a_durable_node_survive_its_kill_and_the_sources_restart()
         let after = placement(&etcd).unwrap();
         assert_eq!(after.owner(*partition).node, NodeId(2), "{text}");
     }
+    check_moves_on_metrics(&metrics);
     // Their events are applied and logged at node 2 after the flips, past a snapshot round.
     std::thread::sleep(Duration::from_millis(1_500));
     let (mut played, mut rng, mut seq) = player.finish();

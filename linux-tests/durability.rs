@@ -4,7 +4,8 @@
 //! within `--log-disk-max-mb` while everything answered survives a restart after truncation.
 //! On a small loop-mounted ext4 filesystem (root, `mkfs.ext4` and loop devices needed; skipped
 //! with a message otherwise), a full disk (a snapshot, the first segment or a later one finding
-//! no room) makes the shards answer `DiskFull` and say so once, answers waiting for records
+//! no room) makes the shards answer `DiskFull` and say so once (and `/metrics` count them
+//! `outcome="disk_full"`, not `unavailable`), answers waiting for records
 //! that could not be written leave once they are, the shards take events again by themselves
 //! when space returns, and everything answered survives `kill -9`.
 //!
@@ -17,8 +18,8 @@
 //! Data dirs live under the cargo target's tmp dir, on a real disk (not tmpfs), so O_DIRECT
 //! and fdatasync are the real thing.
 
-#[path = "support/hunts.rs"]
-mod hunts;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -37,7 +38,8 @@ use trove::core::message::{
 };
 use trove::store::format::{SegmentHeader, scan_segment};
 
-use hunts::{Model, Rng, World, seed_from_env, waypoint_position};
+use support::hunts::{Model, Rng, World, seed_from_env, waypoint_position};
+use support::{metric_sum, scrape_metrics, wait_until};
 
 const WORLD: World = World {
     first_hunt: 0,
@@ -78,6 +80,15 @@ impl Node {
             .cloned()
             .collect()
     }
+
+    /// The `/metrics` address it printed at start (started with `--metrics-listen`).
+    fn metrics(&self) -> SocketAddr {
+        const LINE: &str = "trove node: metrics at http://";
+        self.start_lines
+            .iter()
+            .find_map(|line| line.strip_prefix(LINE)?.split('/').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no metrics address in {:?}", self.start_lines))
+    }
 }
 
 impl Drop for Node {
@@ -87,9 +98,14 @@ impl Drop for Node {
     }
 }
 
-/// Starts a two-shard node on `dir`; `Err` holds its exit code and stderr when it refuses to
-/// start.
+/// Starts a two-shard node on `dir`, without `/metrics` unless `extra` has a
+/// `--metrics-listen`; `Err` holds its exit code and stderr when it refuses to start.
 fn start_node(dir: &Path, extra: &[&str]) -> Result<Node, (Option<i32>, String)> {
+    let metrics_off: &[&str] = if extra.contains(&"--metrics-listen") {
+        &[]
+    } else {
+        &["--metrics-listen", "off"]
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_trove"))
         .args([
             "node",
@@ -100,7 +116,8 @@ fn start_node(dir: &Path, extra: &[&str]) -> Result<Node, (Option<i32>, String)>
             "--partitions",
             PARTITIONS,
         ])
-        .args(["--metrics-listen", "off", "--data-dir"])
+        .args(metrics_off)
+        .arg("--data-dir")
         .arg(dir)
         .args(extra)
         .stdout(Stdio::piped())
@@ -1137,7 +1154,7 @@ fn a_node_whose_first_segment_finds_no_space_refuses_events_until_it_can_allocat
         }
     }
     let ballast = disk.fill();
-    let mut node = start_node(&dir, &[]).unwrap();
+    let mut node = start_node(&dir, &["--metrics-listen", "127.0.0.1:0"]).unwrap();
     // Events that came before a shard found out would be applied and wait for the log.
     wait_for_lines(&node, "cannot allocate a log segment", 2);
     let (mut model, mut seq) = (Model::new(&WORLD), 0);
@@ -1161,6 +1178,19 @@ fn a_node_whose_first_segment_finds_no_space_refuses_events_until_it_can_allocat
             .all(|event| is_disk_full(&replies[&event.client_seq].outcome)),
         "with no room for the log, every event is refused DiskFull: {replies:?}"
     );
+    // /metrics tells the full disk apart from a partition nobody serves here.
+    let disk_full = [("kind", "create_hunt"), ("outcome", "disk_full")];
+    let scrape = wait_until("the refusals on /metrics", WAIT, || {
+        let scrape = scrape_metrics(node.metrics());
+        match metric_sum(&scrape, "trove_events_total", &disk_full) {
+            counted if counted == HUNTS as f64 => Ok(scrape),
+            counted => Err(format!("{counted} counted disk_full")),
+        }
+    });
+    for elsewhere in ["unavailable", "log_full", "disk_failed", "accepted"] {
+        let counted = metric_sum(&scrape, "trove_events_total", &[("outcome", elsewhere)]);
+        assert_eq!(counted, 0.0, "refusals counted as {elsewhere}");
+    }
     assert_eq!(
         node.stderr_lines("cannot allocate a log segment").len(),
         2,

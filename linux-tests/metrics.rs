@@ -258,8 +258,41 @@ fn the_counters_add_up_to_what_the_bench_sent() {
         total(&after, "trove_events_rejected_total"),
         bench_count("rejected")
     );
-    for not_applied in ["busy", "unavailable", "moved", "shutting_down"] {
-        assert_eq!(outcome(not_applied), 0.0, "{not_applied}");
+    let not_applied = [
+        "busy",
+        "unavailable",
+        "log_full",
+        "disk_full",
+        "disk_failed",
+        "moved",
+        "shutting_down",
+        "outcome_unknown",
+        "duplicate",
+    ];
+    for outcome_label in not_applied {
+        assert_eq!(outcome(outcome_label), 0.0, "{outcome_label}");
+    }
+    // Every outcome of every kind is served, zeros included: 6 kinds of 11 outcomes a shard.
+    let events_series = after
+        .samples
+        .iter()
+        .filter(|s| s.metric == "trove_events_total")
+        .count();
+    assert_eq!(events_series, 2 * 6 * (2 + not_applied.len()));
+    // A node that moved nothing and logs nothing serves the moves' and the log's unknown
+    // replies as zeros, one series a shard.
+    for family in [
+        "trove_move_replies_kept_back_total",
+        "trove_move_replies_unknown_total",
+        "trove_log_replies_unknown_total",
+    ] {
+        let series: Vec<f64> = after
+            .samples
+            .iter()
+            .filter(|s| s.metric == family)
+            .map(value_of)
+            .collect();
+        assert_eq!(series, [0.0, 0.0], "{family}");
     }
     // Bytes each way: at least a frame header per frame in, something out.
     assert!(

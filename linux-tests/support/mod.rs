@@ -462,6 +462,36 @@ fn parse_banner(
     Some((banner.to_owned(), addr, metrics))
 }
 
+// ---- a node's /metrics ---------------------------------------------------------------------
+
+/// One scrape of the `/metrics` at `metrics`, read with a Prometheus text-format parser.
+pub fn scrape_metrics(metrics: SocketAddr) -> prometheus_parse::Scrape {
+    let body = trove::metrics::scrape::fetch(metrics).unwrap_or_else(|error| panic!("{error}"));
+    prometheus_parse::Scrape::parse(body.lines().map(|line| Ok(line.to_owned())))
+        .expect("the exposition parses as Prometheus text")
+}
+
+/// The sum of the samples of `name` (a counter or a gauge) whose labels include every pair of
+/// `labels`, over every shard of the scrape.
+pub fn metric_sum(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|sample| sample.metric == name)
+        .filter(|sample| {
+            labels
+                .iter()
+                .all(|(label, value)| sample.labels.get(label) == Some(*value))
+        })
+        .map(|sample| match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is a histogram: {sample:?}"),
+        })
+        .sum()
+}
+
 // ---- in-process nodes and clients ----------------------------------------------------------
 
 /// A node in this process on loopback, its `shards` on the CPUs this process may use (in

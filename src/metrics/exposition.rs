@@ -186,7 +186,7 @@ impl NodeCollector {
     }
 
     fn counters(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
-        let families: [ShardFamily<u64>; 22] = [
+        let families: [ShardFamily<u64>; 23] = [
             (
                 "events_applied",
                 "Events this shard applied as their partition's owner.",
@@ -286,6 +286,11 @@ impl NodeCollector {
                 |s| s.snapshot.counters.log_records,
             ),
             (
+                "log_replies_unknown",
+                "Replies of events applied here answered OutcomeUnknown because their log record could not be made durable (the disk failed for too long, or a stop gave up on the log); the events stay counted under their applied outcome in trove_events_total.",
+                |s| s.snapshot.counters.log_replies_unknown,
+            ),
+            (
                 "link_credit_waits",
                 "Times a forward to another node found no link credit at its owner and waited.",
                 |s| s.snapshot.counters.link_credit_waits,
@@ -332,22 +337,24 @@ impl NodeCollector {
     }
 
     /// Live partition moves: out of each shard (as the source) and into it (as the target),
-    /// by step, and the events sources held during hand-offs.
+    /// by step, the events held during hand-offs, and the replies a source kept back for its
+    /// target's acknowledgement.
     fn moves(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         type Step = (&'static str, &'static str, fn(&MoveTally) -> u64);
-        let steps: [Step; 8] = [
+        let steps: [Step; 9] = [
             ("out", "started", |t| t.out_started),
             ("out", "flipped", |t| t.out_flipped),
             ("out", "abandoned", |t| t.out_abandoned),
             ("out", "refused", |t| t.out_refused),
             ("in", "staged", |t| t.in_staged),
+            ("in", "durable", |t| t.in_durable),
             ("in", "installed", |t| t.in_installed),
             ("in", "dropped", |t| t.in_dropped),
             ("in", "refused", |t| t.in_refused),
         ];
         let mut family = encoder.encode_descriptor(
             "partition_moves",
-            "Live partition moves by direction and step: out (this shard the source) started, flipped to the target, abandoned, refused; in (this shard the target) staged, installed at the flip, dropped, refused.",
+            "Live partition moves by direction and step: out (this shard the source) started, flipped to the target, abandoned, refused; in (this shard the target) staged, made durable in its store before the hand-off was acknowledged (a target with a data dir), installed at the flip, dropped, refused.",
             None,
             MetricType::Counter,
         )?;
@@ -367,6 +374,18 @@ impl NodeCollector {
             "move_events_held",
             "Events a moving partition's source held during its hand-off (each counted once).",
             |s| s.snapshot.counters.moves.events_held,
+        )?;
+        self.counter(
+            encoder,
+            "move_replies_kept_back",
+            "Replies a moving partition's source kept back after its hand-off until the target acknowledged their events.",
+            |s| s.snapshot.counters.moves.replies_kept_back,
+        )?;
+        self.counter(
+            encoder,
+            "move_replies_unknown",
+            "Replies a source kept back and answered OutcomeUnknown instead, because the target could not confirm their events after the flip (the link failed, or the target served without them); the events stay counted under their applied outcome in trove_events_total.",
+            |s| s.snapshot.counters.moves.replies_unknown,
         )?;
         self.gauge(
             encoder,
@@ -484,7 +503,7 @@ impl NodeCollector {
     fn events(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let mut family = encoder.encode_descriptor(
             "events",
-            "Events answered, by kind and outcome, counted once by the shard that decided the outcome: accepted and rejected by the owner that applied them; busy, unavailable, moved and shutting_down by the shard that received them.",
+            "Events answered, by kind and outcome, counted once by the shard that decided the outcome: accepted and rejected by the owner that applied them; log_full (the log at its disk bound), disk_full and disk_failed by the owner whose log refused them; busy, unavailable (no owner serves the partition here now), moved and shutting_down by the shard that received them; outcome_unknown for a forward whose link failed; duplicate for a retry applied before.",
             None,
             MetricType::Counter,
         )?;
@@ -844,7 +863,9 @@ impl Collector for NodeCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::message::{ArchivedEvent, Event, EventKind, Outcome, RejectReason};
+    use crate::core::message::{
+        ArchivedEvent, Event, EventError, EventKind, Outcome, RejectReason,
+    };
 
     fn tally_of(kind: EventKind, outcomes: &[Outcome]) -> EventTally {
         let event = Event {
@@ -884,6 +905,10 @@ mod tests {
         snapshot.counters.links.batches_received = 2;
         snapshot.counters.moves.out_flipped = 3;
         snapshot.counters.moves.events_held = 17;
+        snapshot.counters.moves.in_durable = 4;
+        snapshot.counters.moves.replies_kept_back = 11;
+        snapshot.counters.moves.replies_unknown = 6;
+        snapshot.counters.log_replies_unknown = 8;
         snapshot.gauges.links_open = 2;
         snapshot.gauges.link_credit.events_held = 5;
         snapshot.gauges.connection_credit = CreditGauge {
@@ -895,16 +920,23 @@ mod tests {
         snapshot.gauges.connections_at_share = 1;
         snapshot.stages[Stage::LinkRoundTrip as usize] =
             ClassicHistogram::from_ns(&crate::metrics::snapshot::tests::histogram_of(&[200_000]));
-        snapshot.events = tally_of(
-            EventKind::Join,
-            &[
+        // Each refusal a different number of times, so that a mix-up of labels shows.
+        let refused = |error, times| vec![Outcome::Error { error }; times];
+        let outcomes = [
+            vec![
                 Outcome::Accepted { score: 0 },
                 Outcome::Rejected {
                     reason: RejectReason::AlreadyJoined,
                 },
                 Outcome::Busy,
+                Outcome::Unavailable { partition: 9 },
             ],
-        );
+            refused(EventError::LogFull, 2),
+            refused(EventError::DiskFull, 3),
+            refused(EventError::DiskFailed, 4),
+        ]
+        .concat();
+        snapshot.events = tally_of(EventKind::Join, &outcomes);
         snapshot.stages[Stage::FrameDispatch as usize] =
             ClassicHistogram::from_ns(&crate::metrics::snapshot::tests::histogram_of(&[1_000]));
         snapshot.stages[Stage::LogSync as usize] =
@@ -952,6 +984,15 @@ mod tests {
             format!("trove_shard_cpu{{{n},shard=\"1\"}} 3.0"),
             format!("trove_events_total{{{n},shard=\"1\",kind=\"join\",outcome=\"accepted\"}} 1"),
             format!("trove_events_total{{{n},shard=\"1\",kind=\"join\",outcome=\"busy\"}} 1"),
+            format!(
+                "trove_events_total{{{n},shard=\"1\",kind=\"join\",outcome=\"unavailable\"}} 1"
+            ),
+            format!("trove_events_total{{{n},shard=\"1\",kind=\"join\",outcome=\"log_full\"}} 2"),
+            format!("trove_events_total{{{n},shard=\"1\",kind=\"join\",outcome=\"disk_full\"}} 3"),
+            format!(
+                "trove_events_total{{{n},shard=\"1\",kind=\"join\",outcome=\"disk_failed\"}} 4"
+            ),
+            format!("trove_events_total{{{n},shard=\"1\",kind=\"claim\",outcome=\"disk_full\"}} 0"),
             format!("trove_events_total{{{n},shard=\"1\",kind=\"claim\",outcome=\"moved\"}} 0"),
             format!(
                 "trove_events_rejected_total{{{n},shard=\"1\",kind=\"join\",reason=\"already_joined\"}} 1"
@@ -980,6 +1021,15 @@ mod tests {
                 "trove_partition_moves_total{{{n},shard=\"1\",direction=\"out\",step=\"flipped\"}} 3"
             ),
             format!("trove_move_events_held_total{{{n},shard=\"1\"}} 17"),
+            format!(
+                "trove_partition_moves_total{{{n},shard=\"1\",direction=\"in\",step=\"durable\"}} 4"
+            ),
+            "# TYPE trove_move_replies_kept_back_total counter".to_owned(),
+            format!("trove_move_replies_kept_back_total{{{n},shard=\"1\"}} 11"),
+            "# TYPE trove_move_replies_unknown_total counter".to_owned(),
+            format!("trove_move_replies_unknown_total{{{n},shard=\"1\"}} 6"),
+            "# TYPE trove_log_replies_unknown_total counter".to_owned(),
+            format!("trove_log_replies_unknown_total{{{n},shard=\"1\"}} 8"),
             "# TYPE trove_partition_events_applied_total counter".to_owned(),
             format!("trove_partition_events_applied_total{{{n},shard=\"1\",partition=\"5\"}} 0"),
             format!("trove_partition_events_applied_total{{{n},shard=\"1\",partition=\"17\"}} 23"),
@@ -997,6 +1047,12 @@ mod tests {
                 .count(),
             2,
             "one series per partition the shard owns: {text}"
+        );
+        // Every kind with every outcome, zeros included.
+        assert_eq!(
+            text.matches("trove_events_total{").count(),
+            KindIndex::ALL.len() * OutcomeIndex::ALL.len(),
+            "{text}"
         );
         // Only rejections that happened are listed.
         assert_eq!(

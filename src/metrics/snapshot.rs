@@ -60,6 +60,9 @@ pub struct ShardCounters {
     pub log_syncs: u64,
     pub log_records: u64,
     pub log_bytes: u64,
+    /// Replies of events applied here answered `OutcomeUnknown` because their log record
+    /// could not be made durable (see `core::shard::LogTally::replies_unknown`).
+    pub log_replies_unknown: u64,
     /// What went over the links to other nodes, each way (see `core::shard::LinkTally`).
     pub links: crate::core::shard::LinkTally,
     /// Times a forward to another node found no link credit and waited.

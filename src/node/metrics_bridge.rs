@@ -111,6 +111,7 @@ pub fn snapshot_of(
         log_syncs: stats.log.syncs,
         log_records: stats.log.records,
         log_bytes: stats.log.bytes,
+        log_replies_unknown: stats.log.replies_unknown,
         links: stats.links,
         moves: stats.moves,
         link_credit_waits: stats.link_credit_waits,
@@ -170,5 +171,39 @@ pub fn snapshot_of(
         gauges,
         events: stats.events,
         stages,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::shard::{LogTally, MoveTally};
+
+    /// The counters the exposition serves come from the fields of the shard's own tally
+    /// that they name, each a different number here so that a mix-up shows.
+    #[test]
+    fn the_snapshot_carries_the_log_s_and_the_moves_unknown_replies_apart() {
+        let stats = ShardStats {
+            log: LogTally {
+                syncs: 1,
+                records: 2,
+                bytes: 3,
+                replies_unknown: 4,
+                ..LogTally::default()
+            },
+            moves: MoveTally {
+                in_durable: 5,
+                replies_kept_back: 6,
+                replies_unknown: 7,
+                ..MoveTally::default()
+            },
+            ..ShardStats::default()
+        };
+        let snapshot = snapshot_of(&stats, ShardLoad::default(), ExecutorFacts::default(), 0);
+        let counters = snapshot.counters;
+        let log = (counters.log_syncs, counters.log_records, counters.log_bytes);
+        assert_eq!(log, (1, 2, 3));
+        assert_eq!(counters.log_replies_unknown, 4);
+        assert_eq!(counters.moves, stats.moves);
     }
 }

@@ -231,17 +231,20 @@ impl NodeReport {
                     .as_ref()
                     .map_or_else(|| "none".to_string(), percentiles_us);
                 text.push_str(&format!(
-                    "  moves: out {} started, {} flipped, {} abandoned, {} refused; in {} staged, {} installed, {} dropped, {} refused; {} events held (peak {}); flip pause {}\n",
+                    "  moves: out {} started, {} flipped, {} abandoned, {} refused; in {} staged, {} durable, {} installed, {} dropped, {} refused; {} events held (peak {}); {} replies kept back ({} answered OutcomeUnknown); flip pause {}\n",
                     moves.out_started,
                     moves.out_flipped,
                     moves.out_abandoned,
                     moves.out_refused,
                     moves.in_staged,
+                    moves.in_durable,
                     moves.in_installed,
                     moves.in_dropped,
                     moves.in_refused,
                     moves.events_held,
                     moves.held_peak,
+                    moves.replies_kept_back,
+                    moves.replies_unknown,
                     pause,
                 ));
             }
@@ -542,7 +545,38 @@ fn serve_shard(shard: Rc<Shard>, sockets: ShardSockets) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::shard::{LogTally, StageLatencies};
+    use crate::core::shard::{LogTally, MoveTally, StageLatencies};
+
+    #[test]
+    fn the_stop_report_s_moves_line_counts_durable_installs_and_kept_back_replies() {
+        let moved = ShardStats {
+            moves: MoveTally {
+                out_started: 2,
+                out_flipped: 2,
+                in_staged: 3,
+                in_durable: 3,
+                in_installed: 1,
+                replies_kept_back: 40,
+                replies_unknown: 5,
+                ..MoveTally::default()
+            },
+            ..ShardStats::default()
+        };
+        let text = NodeReport {
+            shards: vec![moved, ShardStats::default()],
+        }
+        .describe();
+        let moves: Vec<&str> = text.lines().filter(|l| l.starts_with("  moves:")).collect();
+        assert_eq!(moves.len(), 1, "only the shard that moved: {text}");
+        assert!(
+            moves[0].contains("; in 3 staged, 3 durable, 1 installed, 0 dropped, 0 refused;"),
+            "{text}"
+        );
+        assert!(
+            moves[0].contains("; 40 replies kept back (5 answered OutcomeUnknown);"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn the_stop_report_shows_log_syncs_beside_frame_dispatch_only_when_the_shard_logged() {

@@ -306,9 +306,14 @@ pub enum OutcomeIndex {
     Rejected,
     /// Not applied: out of credit in fail-fast mode.
     Busy,
-    /// Not applied: nobody serves its partition now (`Unavailable { partition }`), or the
-    /// owner's log cannot take it (`LogFull`, `DiskFull`, `DiskFailed`).
+    /// Not applied: nobody serves its partition here now (`Unavailable { partition }`).
     Unavailable,
+    /// Not applied: the owner's log reached its disk bound (`Error { LogFull }`).
+    LogFull,
+    /// Not applied: the disk of the owner's log is full (`Error { DiskFull }`).
+    DiskFull,
+    /// Not applied: the disk of the owner's log failed (`Error { DiskFailed }`).
+    DiskFailed,
     /// Not applied: its partition is owned elsewhere.
     Moved,
     /// Not applied: the shard was stopping.
@@ -322,11 +327,14 @@ pub enum OutcomeIndex {
 }
 
 impl OutcomeIndex {
-    pub const ALL: [OutcomeIndex; 8] = [
+    pub const ALL: [OutcomeIndex; 11] = [
         OutcomeIndex::Accepted,
         OutcomeIndex::Rejected,
         OutcomeIndex::Busy,
         OutcomeIndex::Unavailable,
+        OutcomeIndex::LogFull,
+        OutcomeIndex::DiskFull,
+        OutcomeIndex::DiskFailed,
         OutcomeIndex::Moved,
         OutcomeIndex::ShuttingDown,
         OutcomeIndex::OutcomeUnknown,
@@ -341,10 +349,16 @@ impl OutcomeIndex {
             | Outcome::Leaderboard { .. } => OutcomeIndex::Accepted,
             Outcome::Rejected { .. } => OutcomeIndex::Rejected,
             Outcome::Busy => OutcomeIndex::Busy,
-            Outcome::Unavailable { .. }
-            | Outcome::Error {
-                error: EventError::LogFull | EventError::DiskFull | EventError::DiskFailed,
-            } => OutcomeIndex::Unavailable,
+            Outcome::Unavailable { .. } => OutcomeIndex::Unavailable,
+            Outcome::Error {
+                error: EventError::LogFull,
+            } => OutcomeIndex::LogFull,
+            Outcome::Error {
+                error: EventError::DiskFull,
+            } => OutcomeIndex::DiskFull,
+            Outcome::Error {
+                error: EventError::DiskFailed,
+            } => OutcomeIndex::DiskFailed,
             Outcome::Error {
                 error: EventError::ShuttingDown,
             } => OutcomeIndex::ShuttingDown,
@@ -362,6 +376,9 @@ impl OutcomeIndex {
             OutcomeIndex::Rejected => "rejected",
             OutcomeIndex::Busy => "busy",
             OutcomeIndex::Unavailable => "unavailable",
+            OutcomeIndex::LogFull => "log_full",
+            OutcomeIndex::DiskFull => "disk_full",
+            OutcomeIndex::DiskFailed => "disk_failed",
             OutcomeIndex::Moved => "moved",
             OutcomeIndex::ShuttingDown => "shutting_down",
             OutcomeIndex::OutcomeUnknown => "outcome_unknown",
@@ -400,7 +417,7 @@ pub fn reject_reason_label(index: usize) -> &'static str {
 /// arrays indexed on the hot path (no map, no atomic). Each event is counted once, by the
 /// shard that decided its outcome: the owner for an event it applied (forwarded or not), the
 /// receiving shard for one it answered without applying (`Busy`, `Moved`, `ShuttingDown`,
-/// unavailable).
+/// unavailable), the owner for one its log refused (`LogFull`, `DiskFull`, `DiskFailed`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventTally {
     pub by_outcome: [[u64; OutcomeIndex::ALL.len()]; KindIndex::ALL.len()],
@@ -499,6 +516,24 @@ mod tests {
                 })
                 .collect();
             assert_eq!(reject_reason_label(reason as usize - 1), name);
+        }
+    }
+
+    /// Operators tell a full or failed disk from a partition not served here.
+    #[test]
+    fn store_refusals_have_their_own_outcomes_and_unavailable_is_ownership_only() {
+        let refused = |error| OutcomeIndex::of(&Outcome::Error { error });
+        assert_eq!(refused(EventError::LogFull).label(), "log_full");
+        assert_eq!(refused(EventError::DiskFull).label(), "disk_full");
+        assert_eq!(refused(EventError::DiskFailed).label(), "disk_failed");
+        let unserved = OutcomeIndex::of(&Outcome::Unavailable { partition: 3 });
+        assert_eq!(unserved.label(), "unavailable");
+        let mut labels: Vec<&str> = OutcomeIndex::ALL.iter().map(|o| o.label()).collect();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), OutcomeIndex::ALL.len(), "one label each");
+        for (index, outcome) in OutcomeIndex::ALL.into_iter().enumerate() {
+            assert_eq!(outcome as usize, index, "ALL is in index order");
         }
     }
 

@@ -913,7 +913,7 @@ mod tests {
     use crate::core::ids::{HuntId, PlayerId};
     use crate::core::message::{ArchivedReply, Event, EventKind, HuntSpec, Outcome};
     use crate::core::partition::Placement;
-    use crate::core::shard::LogTally;
+    use crate::core::shard::{LogTally, OutcomeIndex};
     use crate::core::shard::{MeshOutput, ShardConfig};
 
     fn placement(shards: usize) -> Placement {
@@ -1414,9 +1414,17 @@ mod tests {
                 error: EventError::LogFull
             }
         );
-        let unavailable = crate::core::shard::OutcomeIndex::Unavailable as usize;
-        let tally = core.stats().events.by_outcome;
-        assert_eq!(tally.iter().map(|kind| kind[unavailable]).sum::<u64>(), 1);
+        let tally = core.stats().events;
+        assert_eq!(
+            tally.outcome_total(OutcomeIndex::LogFull),
+            1,
+            "counted as LogFull"
+        );
+        assert_eq!(
+            tally.outcome_total(OutcomeIndex::Unavailable),
+            0,
+            "not as unavailable"
+        );
         core.set_log_full(false);
         offer(&mut core, conn, &[event(3, hunt, EventKind::Join)]);
         assert_eq!(logged(&mut core).len(), 1, "room again: applied and logged");
@@ -1456,9 +1464,17 @@ mod tests {
         assert_eq!(logged(&mut core).len(), 1, "applied and logged again");
         core.handle_durable(0, 2);
         assert_eq!(seqs(&written(&mut core, conn)), [3]);
-        let unavailable = crate::core::shard::OutcomeIndex::Unavailable as usize;
-        let tally = core.stats().events.by_outcome;
-        assert_eq!(tally.iter().map(|kind| kind[unavailable]).sum::<u64>(), 1);
+        let tally = core.stats().events;
+        assert_eq!(
+            tally.outcome_total(OutcomeIndex::DiskFull),
+            1,
+            "counted as DiskFull"
+        );
+        assert_eq!(
+            tally.outcome_total(OutcomeIndex::Unavailable),
+            0,
+            "not as unavailable"
+        );
         core.check_credit().unwrap();
     }
 
