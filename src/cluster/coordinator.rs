@@ -167,6 +167,13 @@ pub enum WatchChange {
 }
 
 impl WatchChange {
+    pub fn key(&self) -> &str {
+        match self {
+            WatchChange::Put(kv) => &kv.key,
+            WatchChange::Delete { key, .. } => key,
+        }
+    }
+
     pub fn revision(&self) -> u64 {
         match self {
             WatchChange::Put(kv) => kv.mod_revision,
@@ -281,43 +288,106 @@ impl ClusterView {
             revision,
             ..ClusterView::default()
         };
+        let mut assignment = None;
         for kv in kvs {
-            let outcome = match keys.classify(&kv.key) {
-                KeyKind::Node(node) => view.add_node(node, kv),
-                KeyKind::Controller => serde_json::from_slice::<ControllerRecord>(&kv.value)
-                    .map(|record| {
-                        view.controller = Some(ControllerEntry {
-                            node: NodeId(record.node),
-                            lease: kv.lease,
-                            create_revision: kv.create_revision,
-                        })
-                    })
-                    .map_err(|error| format!("not a controller record: {error}")),
-                KeyKind::Assignment => decode_record(&kv.value, kv.mod_revision)
-                    .map(|placement| view.assignment = Some(Arc::new(placement))),
-                KeyKind::Pin(partition) => decode_json("pin", &kv.value).map(|pin| {
-                    view.pins.insert(partition, pin);
-                }),
-                KeyKind::Drain(node) => decode_json("drain", &kv.value).map(|drain| {
-                    view.drains.insert(node, drain);
-                }),
-                KeyKind::Move(partition) => decode_json("move", &kv.value).map(|record| {
-                    view.moves.insert(partition, record);
-                }),
-                KeyKind::Settings => decode_json("settings", &kv.value)
-                    .map(|settings| view.settings = Some(settings)),
-                KeyKind::Other => Ok(()),
-            };
-            if let Err(reason) = outcome {
-                view.rejected.push((kv.key.clone(), reason));
+            match keys.classify(&kv.key) {
+                // Decoded after the nodes, which give it their addresses.
+                KeyKind::Assignment => assignment = Some(kv),
+                kind => view.take_key(kind, kv),
             }
         }
-        if let Some(placement) = view.assignment.take() {
-            let placement =
-                view.with_addresses(&keys.assignment(), Arc::unwrap_or_clone(placement));
-            view.assignment = Some(Arc::new(placement));
+        if let Some(kv) = assignment {
+            view.take_assignment(keys, kv);
         }
         view
+    }
+
+    /// This view with `changes` (watched, in revision order, the last at `revision`) applied
+    /// key by key, decoding only the keys that changed: during a drain the prefix holds a
+    /// record per moved partition, and decoding all of them at every change was most of a
+    /// node's control thread. Not for a change of a node's registration: nodes give the
+    /// assignment its addresses, and their order decides which are over `CLUSTER_NODES_MAX`,
+    /// so such a change is made by reading the keys whole ([`ClusterView::from_range`]).
+    pub fn apply_changes(&mut self, keys: &ClusterKeys, revision: u64, changes: &[WatchChange]) {
+        for change in changes {
+            // The key's old value goes first, also when the new one cannot be read.
+            let key = change.key();
+            let kind = keys.classify(key);
+            self.rejected.retain(|(rejected, _)| rejected != key);
+            self.forget_key(kind);
+            match (change, kind) {
+                (WatchChange::Put(kv), KeyKind::Assignment) => self.take_assignment(keys, kv),
+                (WatchChange::Put(kv), kind) => self.take_key(kind, kv),
+                (WatchChange::Delete { .. }, _) => {}
+            }
+        }
+        self.revision = revision;
+    }
+
+    /// Takes one key's value (any but the assignment's), listing it in `rejected` if it
+    /// cannot be read.
+    fn take_key(&mut self, kind: KeyKind, kv: &KeyValue) {
+        let outcome = match kind {
+            KeyKind::Node(node) => self.add_node(node, kv),
+            KeyKind::Controller => serde_json::from_slice::<ControllerRecord>(&kv.value)
+                .map(|record| {
+                    self.controller = Some(ControllerEntry {
+                        node: NodeId(record.node),
+                        lease: kv.lease,
+                        create_revision: kv.create_revision,
+                    })
+                })
+                .map_err(|error| format!("not a controller record: {error}")),
+            KeyKind::Pin(partition) => decode_json("pin", &kv.value).map(|pin| {
+                self.pins.insert(partition, pin);
+            }),
+            KeyKind::Drain(node) => decode_json("drain", &kv.value).map(|drain| {
+                self.drains.insert(node, drain);
+            }),
+            KeyKind::Move(partition) => decode_json("move", &kv.value).map(|record| {
+                self.moves.insert(partition, record);
+            }),
+            KeyKind::Settings => {
+                decode_json("settings", &kv.value).map(|settings| self.settings = Some(settings))
+            }
+            KeyKind::Assignment | KeyKind::Other => Ok(()),
+        };
+        if let Err(reason) = outcome {
+            self.rejected.push((kv.key.clone(), reason));
+        }
+    }
+
+    /// Takes the assignment record, with the addresses of the nodes in this view.
+    fn take_assignment(&mut self, keys: &ClusterKeys, kv: &KeyValue) {
+        match decode_record(&kv.value, kv.mod_revision) {
+            Ok(placement) => {
+                let placement = self.with_addresses(&keys.assignment(), placement);
+                self.assignment = Some(Arc::new(placement));
+            }
+            Err(reason) => self.rejected.push((kv.key.clone(), reason)),
+        }
+    }
+
+    /// A key was deleted: its value leaves the view.
+    fn forget_key(&mut self, kind: KeyKind) {
+        match kind {
+            KeyKind::Node(node) => {
+                self.nodes.remove(&node);
+            }
+            KeyKind::Controller => self.controller = None,
+            KeyKind::Assignment => self.assignment = None,
+            KeyKind::Pin(partition) => {
+                self.pins.remove(&partition);
+            }
+            KeyKind::Drain(node) => {
+                self.drains.remove(&node);
+            }
+            KeyKind::Move(partition) => {
+                self.moves.remove(&partition);
+            }
+            KeyKind::Settings => self.settings = None,
+            KeyKind::Other => {}
+        }
     }
 
     /// `placement`, with the address of each of its nodes that is registered (a node whose
@@ -976,13 +1046,17 @@ impl Coordinator {
             return; // a read already showed them
         }
         let known = self.view.revision;
-        for change in changes.into_iter().filter(|c| c.revision() > known) {
+        let changes: Vec<WatchChange> = changes
+            .into_iter()
+            .filter(|change| change.revision() > known)
+            .collect();
+        for change in &changes {
             match change {
                 WatchChange::Put(kv) => {
-                    self.kvs.insert(kv.key.clone(), kv);
+                    self.kvs.insert(kv.key.clone(), kv.clone());
                 }
                 WatchChange::Delete { key, .. } => {
-                    self.kvs.remove(&key);
+                    self.kvs.remove(key);
                 }
             }
         }
@@ -995,10 +1069,19 @@ impl Coordinator {
             self.read_now(now_ns);
             return;
         }
-        let kvs: Vec<KeyValue> = self.kvs.values().cloned().collect();
-        let view = ClusterView::from_range(&self.config.keys, revision, &kvs);
         self.watch_applied_ns = now_ns;
-        self.take_view(now_ns, view);
+        let keys = &self.config.keys;
+        let registrations_changed = changes
+            .iter()
+            .any(|change| matches!(keys.classify(change.key()), KeyKind::Node(_)));
+        if registrations_changed {
+            let kvs: Vec<KeyValue> = self.kvs.values().cloned().collect();
+            let view = ClusterView::from_range(keys, revision, &kvs);
+            self.take_view(now_ns, view);
+        } else {
+            self.view.apply_changes(keys, revision, &changes);
+            self.view_changed(now_ns);
+        }
     }
 
     /// Whether the open watch reports every change after the view's revision (the view was
@@ -1147,6 +1230,11 @@ impl Coordinator {
             self.live_since_ns = now_ns;
         }
         self.view = view;
+        self.view_changed(now_ns);
+    }
+
+    /// Acts on the view just taken or brought up to date.
+    fn view_changed(&mut self, now_ns: u64) {
         self.read_due_ns = now_ns + self.config.poll_ns;
         self.read_whole = false;
         self.report_rejected();
@@ -2215,6 +2303,99 @@ mod tests {
             panic!("the model answers a range");
         };
         kvs.into_iter().find(|kv| kv.key == key).unwrap()
+    }
+
+    /// A change of one of the keys a view decodes one by one, made from `(op, n, valid)`:
+    /// a put of a pin, a move record, a drain, the settings, the controller or the
+    /// assignment (`valid`: a record that decodes; otherwise bytes that do not), or a delete.
+    fn arbitrary_change(
+        keys: &ClusterKeys,
+        assignment: &[u8],
+        (op, n, valid): (u8, u32, bool),
+        revision: u64,
+    ) -> WatchChange {
+        let key = match op % 6 {
+            0 => keys.pin(n),
+            1 => keys.moves(n),
+            2 => keys.drain(NodeId(n)),
+            3 => keys.settings(),
+            4 => keys.controller(),
+            _ => keys.assignment(),
+        };
+        if op >= 12 {
+            return WatchChange::Delete { key, revision };
+        }
+        let value = match (op % 6, valid) {
+            (_, false) => b"{not a record".to_vec(),
+            (0, true) => encode_json(&PinRecord {
+                node: n,
+                shard: None,
+            }),
+            (1, true) => encode_json(&MoveRecord {
+                part_epoch: n,
+                from: (1, 0),
+                to: (2, 1),
+                state: MoveState::Flipped,
+                abandoned: None,
+                released: None,
+            }),
+            (2, true) => encode_json(&DrainRecord {
+                registered_revision: u64::from(n),
+            }),
+            (3, true) => encode_json(&SettingsRecord { moves_max: n + 1 }),
+            (4, true) => encode_json(&ControllerRecord { node: n }),
+            (_, true) => assignment.to_vec(),
+        };
+        WatchChange::Put(KeyValue {
+            key,
+            value,
+            create_revision: revision,
+            mod_revision: revision,
+            lease: 0,
+        })
+    }
+
+    /// A view, printed with its rejected keys in order, to compare two views.
+    fn printed(view: &ClusterView) -> String {
+        let mut view = view.clone();
+        view.rejected.sort();
+        format!("{view:?}")
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Changes applied key by key make the view that reading the keys whole makes.
+        #[test]
+        fn changes_applied_key_by_key_make_the_view_a_whole_read_makes(
+            ops in proptest::collection::vec((0u8..18, 0u32..4, proptest::bool::ANY), 1..40)
+        ) {
+            let keys = ClusterKeys::new("test").unwrap();
+            let mut cluster = Cluster::new(2);
+            cluster.run_ms(1_000);
+            let assignment = kv_of(&mut cluster, &keys.assignment()).value;
+            let Ok(Response::Range { revision, kvs }) = cluster.etcd.handle(
+                cluster.now_ns,
+                &Request::RangePrefix { prefix: keys.prefix().to_owned() },
+            ) else {
+                panic!("the model answers a range");
+            };
+            let mut view = ClusterView::from_range(&keys, revision, &kvs);
+            let mut kvs: BTreeMap<String, KeyValue> =
+                kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+            let mut revision = revision;
+            for op in ops {
+                revision += 1;
+                let change = arbitrary_change(&keys, &assignment, op, revision);
+                match &change {
+                    WatchChange::Put(kv) => kvs.insert(kv.key.clone(), kv.clone()),
+                    WatchChange::Delete { key, .. } => kvs.remove(key),
+                };
+                view.apply_changes(&keys, revision, &[change]);
+            }
+            let kvs: Vec<KeyValue> = kvs.into_values().collect();
+            let whole = ClusterView::from_range(&keys, revision, &kvs);
+            proptest::prop_assert_eq!(printed(&view), printed(&whole));
+        }
     }
 
     /// A settled cluster of three whose node 0 has a watch open from etcd's revision now, and
