@@ -748,6 +748,36 @@ pub const SHARD_IO_BYTES_MAX: usize = CONNECTIONS_PER_SHARD_MAX * CONNECTION_STA
     + HUNT_GROWTH_SLACK_BYTES_MAX // a player table doubling
     + SHARD_IO_MEMORY_BYTES; // glommio's registered io_uring buffers
 
+/// One event held for its partition at a flip (`core::shard::moves::HeldEvent`), its archived
+/// bytes apart. `core::shard::moves` asserts the type fits.
+pub const MOVE_HELD_EVENT_BYTES: usize = 64;
+/// One reply a move's source keeps back until its target has the event
+/// (`core::shard::moves::GatedReply`), what the reply owns apart. `core::shard::moves` asserts
+/// the type fits.
+pub const MOVE_GATED_REPLY_BYTES: usize = 256;
+/// Events a shard may hold admitted at once, whoever sent them: its clients' (the shard
+/// budget), other shards' (the mesh budget) and other nodes' (each source's link share).
+pub const SHARD_EVENTS_ADMITTED_MAX: usize = SHARD_EVENTS_INFLIGHT_MAX as usize
+    + MESH_EVENTS_INFLIGHT_MAX as usize
+    + LINK_SOURCES_PER_SHARD_MAX * LINK_EVENTS_INFLIGHT_PER_SOURCE_MAX as usize;
+/// Their archived bytes, likewise.
+pub const SHARD_EVENT_BYTES_ADMITTED_MAX: usize = SHARD_BYTES_INFLIGHT_MAX as usize
+    + MESH_BYTES_INFLIGHT_MAX as usize
+    + LINK_SOURCES_PER_SHARD_MAX * LINK_BYTES_INFLIGHT_PER_SOURCE_MAX as usize;
+/// A partition's snapshot as move frames: its archive cut into `MOVE_CHUNK_BYTES_MAX` pieces,
+/// each in a frame of its own.
+pub const MOVE_SNAPSHOT_FRAMES_BYTES_MAX: usize = SNAPSHOT_ARCHIVE_BYTES_MAX
+    + SNAPSHOT_ARCHIVE_BYTES_MAX.div_ceil(MOVE_CHUNK_BYTES_MAX)
+        * (FRAME_HEADER_BYTES + MOVE_CHUNK_RECORD_BYTES_MAX - MOVE_CHUNK_BYTES_MAX);
+/// Worst-case bytes live moves hold at one shard of a cluster node, beyond the partitions'
+/// state (counted wherever a partition lives, staged copies included). A vector that doubles
+/// holds up to twice what it carries: counted as `2 *`.
+pub const SHARD_MOVES_BYTES_MAX: usize = 2 * SNAPSHOT_ARCHIVE_BYTES_MAX // the archive of a partition being cut into pieces (one at a time)
+    + MOVES_OUTGOING_MAX * 2 * 2 * (MOVE_SNAPSHOT_FRAMES_BYTES_MAX + MOVE_TAIL_BYTES_MAX as usize + FRAME_BODY_BYTES_MAX) // each outgoing move's frames not yet acknowledged (its snapshot, its tail up to the bound and a frame past it), in its stream and again in the link's write buffer
+    + MOVES_STAGED_MAX * 2 * SNAPSHOT_ARCHIVE_BYTES_MAX // each staged move's snapshot as its pieces arrive
+    + 2 * SHARD_EVENTS_ADMITTED_MAX * (MOVE_GATED_REPLY_BYTES + REPLY_BYTES_MAX) // every admitted event held at a flip (a copy, below) or its reply kept back, in doubling queues
+    + SHARD_EVENT_BYTES_ADMITTED_MAX + SHARD_EVENTS_ADMITTED_MAX * (ARCHIVE_ALIGN + ALLOCATION_OVERHEAD_BYTES); // the held copies of their archives
+
 /// One partition's entry in a shard's metrics report (`metrics::PartitionApplied`): the
 /// partition 4, padding 4, the events applied 8.
 pub const METRICS_PARTITION_ENTRY_BYTES: usize = 16;
@@ -786,6 +816,9 @@ pub struct NodeMemory {
     pub log_bytes: usize,
     /// Every connection's TLS buffers and session: 0 without TLS ([`NodeMemory::with_tls`]).
     pub tls_bytes: usize,
+    /// Every shard's live moves (snapshots streamed and staged, events held at flips, replies
+    /// kept back): 0 outside a cluster ([`NodeMemory::with_moves`]).
+    pub moves_bytes: usize,
 }
 
 impl NodeMemory {
@@ -798,6 +831,15 @@ impl NodeMemory {
             mesh_rings_bytes: shards * shards * MESH_CHANNEL_BATCHES_MAX * MESH_BATCH_BYTES,
             log_bytes: 0,
             tls_bytes: 0,
+            moves_bytes: 0,
+        }
+    }
+
+    /// Counts what live moves hold at `shards` shards (a cluster node).
+    pub const fn with_moves(self, shards: usize) -> NodeMemory {
+        NodeMemory {
+            moves_bytes: shards * SHARD_MOVES_BYTES_MAX,
+            ..self
         }
     }
 
@@ -829,6 +871,7 @@ impl NodeMemory {
             + self.mesh_rings_bytes
             + self.log_bytes
             + self.tls_bytes
+            + self.moves_bytes
     }
 }
 

@@ -422,6 +422,9 @@ pub fn run(args: &NodeArgs) -> i32 {
     if args.tls_cert.is_some() {
         memory = memory.with_tls(shards);
     }
+    if control.is_some() {
+        memory = memory.with_moves(shards);
+    }
     let _ = writeln!(stdout, "trove node: {}", describe_memory(&memory));
     let signal = wait_for_stop_signal(&signals);
     let _ = writeln!(stdout, "trove node: signal {signal} received, stopping");
@@ -509,6 +512,10 @@ fn describe_memory(memory: &NodeMemory) -> String {
         0 => absent.push("TLS (no --tls-cert)"),
         bytes => terms.push_str(&format!(", TLS {}", mib(bytes))),
     }
+    match memory.moves_bytes {
+        0 => absent.push("live moves (no --cluster)"),
+        bytes => terms.push_str(&format!(", live moves {}", mib(bytes))),
+    }
     if !absent.is_empty() {
         terms.push_str(&format!("; not counted: {}", absent.join(", ")));
     }
@@ -523,11 +530,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_memory_line_names_the_log_and_tls_terms_only_when_they_count() {
+    fn the_memory_line_names_the_log_tls_and_moves_terms_only_when_they_count() {
         let plain = NodeMemory::of(64, 2);
         let text = describe_memory(&plain);
         assert!(
-            text.ends_with("; not counted: log (no --data-dir), TLS (no --tls-cert))"),
+            text.ends_with(
+                "; not counted: log (no --data-dir), TLS (no --tls-cert), live moves (no --cluster))"
+            ),
             "{text}"
         );
         let logged = plain.with_log(2, 1024);
@@ -536,14 +545,19 @@ mod tests {
         let text = describe_memory(&logged);
         assert!(text.contains(", write-ahead log "), "{text}");
         assert!(
-            text.ends_with("; not counted: TLS (no --tls-cert))"),
+            text.ends_with("; not counted: TLS (no --tls-cert), live moves (no --cluster))"),
             "{text}"
         );
         let both = logged.with_tls(2);
         assert_eq!(both.tls_bytes, 2 * logged.with_tls(1).tls_bytes);
-        let text = describe_memory(&both);
+        let all = both.with_moves(2);
+        assert_eq!(all.moves_bytes, 2 * both.with_moves(1).moves_bytes);
+        assert_eq!(all.total_bytes(), both.total_bytes() + all.moves_bytes);
+        let text = describe_memory(&all);
         assert!(
-            text.contains(", TLS ") && !text.contains("not counted"),
+            text.contains(", TLS ")
+                && text.contains(", live moves ")
+                && !text.contains("not counted"),
             "{text}"
         );
     }

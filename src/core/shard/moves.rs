@@ -126,8 +126,9 @@ use rkyv::util::AlignedVec;
 
 use crate::constants::{
     ARCHIVE_ALIGN, ERROR_MESSAGE_BYTES_MAX, LINK_BATCH_EVENTS_MAX, MOVE_CATCHUP_EVENTS_MAX,
-    MOVE_CHUNK_BYTES_MAX, MOVE_REPORTS_QUEUED_MAX, MOVE_TAIL_BYTES_MAX, MOVE_TAIL_EVENTS_MAX,
-    MOVES_INCOMING_MAX, MOVES_OUTGOING_MAX, MOVES_STAGED_MAX, SNAPSHOT_ARCHIVE_BYTES_MAX,
+    MOVE_CHUNK_BYTES_MAX, MOVE_GATED_REPLY_BYTES, MOVE_HELD_EVENT_BYTES, MOVE_REPORTS_QUEUED_MAX,
+    MOVE_TAIL_BYTES_MAX, MOVE_TAIL_EVENTS_MAX, MOVES_INCOMING_MAX, MOVES_OUTGOING_MAX,
+    MOVES_STAGED_MAX, SNAPSHOT_ARCHIVE_BYTES_MAX,
 };
 use crate::core::codec::{
     FrameBuilder, FrameError, FrameKind, Records, ValidatedArchive, ValidatedFrame, access_record,
@@ -249,6 +250,11 @@ struct GatedReply {
     seq: u64,
     reply: HeldReply,
 }
+
+// What the memory sum counts for them (`SHARD_MOVES_BYTES_MAX`).
+const _: () = assert!(size_of::<HeldEvent>() <= MOVE_HELD_EVENT_BYTES);
+const _: () = assert!(size_of::<GatedReply>() <= MOVE_GATED_REPLY_BYTES);
+const _: () = assert!(MOVE_HELD_EVENT_BYTES <= MOVE_GATED_REPLY_BYTES);
 
 impl OutgoingMove {
     fn unacked(&self) -> (u64, u64) {
