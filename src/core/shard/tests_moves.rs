@@ -3,7 +3,9 @@
 //! placements the controller would write (`Migrating`, then a flip or an abandon).
 
 use super::*;
-use crate::constants::{MOVE_TAIL_EVENTS_MAX, MOVES_INCOMING_MAX};
+use crate::constants::{
+    MOVE_TAIL_EVENTS_MAX, MOVES_INCOMING_MAX, MOVES_OUTGOING_MAX, MOVES_STAGED_MAX,
+};
 use crate::core::shard::{MoveError, MoveReport, MoveStep};
 
 /// The partition the moves in these tests move: the one of `hunt_on(A, 0)`, node A's.
@@ -662,8 +664,8 @@ fn moves_handed_off_and_waiting_for_their_flip_leave_room_for_the_next_ones() {
 
 #[test]
 fn a_target_refuses_moves_past_what_it_may_receive_at_once_with_the_reason() {
-    // (MOVES_STAGED_MAX, the bound on moves staged with those handed off, takes more than
-    // one source to reach: a source streams at most MOVES_OUTGOING_MAX at once.)
+    // (MOVES_STAGED_MAX, the bound on moves staged with those handed off, takes three
+    // sources to reach: see the test below.)
     let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
     let mut wire = Wire::new();
     let too_many = moving_many(3, MOVES_INCOMING_MAX + 1);
@@ -686,6 +688,96 @@ fn a_target_refuses_moves_past_what_it_may_receive_at_once_with_the_reason() {
         "{reason}"
     );
     assert_eq!(b.moves_staged(), MOVES_INCOMING_MAX);
+}
+
+/// Node D: a third source for the staging bound.
+const D: NodeId = NodeId(4);
+
+/// Odd partitions on B; even ones shared by A, C and D (`p % 8`: 0 and 4 on A, 2 on C, 6 on
+/// D), each source's first `moving[i]` of them moving to B, named by partition epoch 2.
+fn three_sources_moving(epoch: u32, moving: [usize; 3]) -> Placement {
+    let sources = [A, C, D];
+    let mut left = moving;
+    let owners = (0..PARTITIONS)
+        .map(|p| {
+            let node = match p % 8 {
+                2 => C,
+                6 => D,
+                n if n % 2 == 0 => A,
+                _ => B,
+            };
+            let mut owner = Owner {
+                node,
+                shard: ShardId(0),
+                part_epoch: Epoch(1),
+                state: OwnerState::Serving,
+            };
+            if let Some(i) = sources.iter().position(|&source| source == node) {
+                if left[i] > 0 {
+                    left[i] -= 1;
+                    owner.part_epoch = Epoch(2);
+                    owner.state = OwnerState::Migrating {
+                        to: B,
+                        to_shard: ShardId(0),
+                    };
+                }
+            }
+            owner
+        })
+        .collect();
+    Placement::from_owners(Epoch(epoch), owners).unwrap()
+}
+
+#[test]
+fn a_target_stages_at_most_moves_staged_max_from_all_its_sources_and_says_so() {
+    // A source streams at most MOVES_OUTGOING_MAX at once, so reaching the bound on moves
+    // staged at B (handed off, waiting for their flip) takes three sources, and the
+    // controller starting the next moves as each batch is handed off (B receives at most
+    // MOVES_INCOMING_MAX at once).
+    const _: () = assert!(2 * MOVES_OUTGOING_MAX == MOVES_STAGED_MAX);
+    let mut sources = [A, C, D].map(|node| (node_shard(node, big()), Wire::new()));
+    let mut b = node_shard(B, big());
+    let mut moving = [0; 3];
+    let mut epoch = 3;
+    let mut reports = Vec::new();
+    while moving != [MOVES_OUTGOING_MAX, MOVES_OUTGOING_MAX, 1] {
+        // The next MOVES_INCOMING_MAX moves, from the sources in turn.
+        for _ in 0..MOVES_INCOMING_MAX {
+            if let Some(i) = (0..2).find(|&i| moving[i] < MOVES_OUTGOING_MAX) {
+                moving[i] += 1;
+            } else if moving[2] == 0 {
+                moving[2] = 1;
+            }
+        }
+        let placement = three_sources_moving(epoch, moving);
+        epoch += 1;
+        b.handle_placement(0, placement.clone()).unwrap();
+        for (source, wire) in &mut sources {
+            source.handle_placement(0, placement.clone()).unwrap();
+            pump_all(wire, source, &mut b);
+            reports.extend(steps_by_partition(source));
+        }
+    }
+    let refused: Vec<&String> = reports
+        .iter()
+        .filter_map(|(_, step)| match step {
+            MoveStep::Refused { reason } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    let ready = reports
+        .iter()
+        .filter(|(_, step)| matches!(step, MoveStep::Ready { .. }))
+        .count();
+    assert_eq!(ready, MOVES_STAGED_MAX, "{reports:?}");
+    let [reason] = &refused[..] else {
+        panic!("{reports:?}");
+    };
+    assert!(
+        reason.contains(&format!("already stages {MOVES_STAGED_MAX} moves")),
+        "{reason}"
+    );
+    assert_eq!(b.moves_staged(), MOVES_STAGED_MAX);
 }
 
 #[path = "tests_moves_durable.rs"]
