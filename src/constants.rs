@@ -222,8 +222,8 @@ pub const MESH_CHANNEL_BATCHES_MAX: usize = 64;
 /// checked again at the receiver, which closes a link whose sender goes past it. A link
 /// carries at most this many events per round trip: 1024 is four full batches, so that the
 /// receiver applies one while the next ones cross, and 2 M events/s over a link round trip of
-/// up to 500 µs (`benches/link_hop.rs` measured 280–380 µs at p50 with 384, where the credit
-/// held the link to about 1 M/s).
+/// up to 500 µs (`benches/link_hop.rs` measured 200–370 µs at p50 with 384, where the credit
+/// held the link to 0.5–1 M/s).
 pub const LINK_EVENTS_INFLIGHT_PER_SOURCE_MAX: u32 = 1024;
 /// Event bytes one shard may have in flight at one shard of another node, like
 /// [`LINK_EVENTS_INFLIGHT_PER_SOURCE_MAX`]: 256 bytes an event on average (the workload's
