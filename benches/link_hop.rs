@@ -86,6 +86,9 @@ const PLACED: Epoch = Epoch(3);
 const PLACED_WAIT: Duration = Duration::from_secs(10);
 /// How long the feeds say the nodes' leases stay valid: longer than any run of the bench.
 const LEASE: Duration = Duration::from_secs(24 * 3600);
+/// How long one measured run (one criterion sample's frames) may take before the bench
+/// gives up saying so, rather than hang: far longer than any sample takes (seconds at most).
+const RUN_WAIT: Duration = Duration::from_secs(120);
 /// `LinkEvents` frames the reference keeps in flight: enough that the socket, not the
 /// window, limits it.
 const ECHO_FRAMES_INFLIGHT: usize = 4;
@@ -291,7 +294,7 @@ impl Link {
     /// Sends `frames` frames of events across and waits for every reply; the time it took.
     fn run(&self, frames: u64) -> Duration {
         self.commands.send(frames).expect("driver alive");
-        let took = self.results.recv().expect("driver alive");
+        let took = wait_for_run(&self.results, "link");
         self.cpu.add_events(frames * MESH_BATCH_EVENTS_MAX as u64);
         took
     }
@@ -310,6 +313,20 @@ impl Link {
             report_link(&a_stats, &b_stats);
         }
     }
+}
+
+/// The time a run took, as its driver reports it, within [`RUN_WAIT`]; ends the bench saying
+/// which run did not finish otherwise.
+fn wait_for_run(results: &flume::Receiver<Duration>, bench: &str) -> Duration {
+    results.recv_timeout(RUN_WAIT).unwrap_or_else(|error| {
+        fail(
+            &format!(
+                "{bench}: a run did not finish within {} s",
+                RUN_WAIT.as_secs()
+            ),
+            error,
+        )
+    })
 }
 
 /// Events answered without being applied by their owner: by a failed or refused link, a
@@ -569,7 +586,7 @@ impl LoopbackEcho {
     /// Sends `frames` frames and reads every answer; the time it took.
     fn run(&self, frames: u64) -> Duration {
         self.commands.send(frames).expect("sender alive");
-        let took = self.results.recv().expect("sender alive");
+        let took = wait_for_run(&self.results, "loopback_echo");
         self.cpu.add_events(frames * LINK_BATCH_EVENTS_MAX as u64);
         took
     }

@@ -219,14 +219,24 @@ pub const MESH_CHANNEL_BATCHES_MAX: usize = 64;
 
 /// Events one shard may have in flight at one shard of another node: its share of that
 /// shard's link budget. Enforced at the sender (it waits for credit, as for the mesh) and
-/// checked again at the receiver, which closes a link whose sender goes past it.
-pub const LINK_EVENTS_INFLIGHT_PER_SOURCE_MAX: u32 = 384;
+/// checked again at the receiver, which closes a link whose sender goes past it. A link
+/// carries at most this many events per round trip: 1024 is four full batches, so that the
+/// receiver applies one while the next ones cross, and 2 M events/s over a link round trip of
+/// up to 500 µs (`benches/link_hop.rs` measured 200–370 µs at p50 with 384, where the credit
+/// held the link to 0.5–1 M/s).
+pub const LINK_EVENTS_INFLIGHT_PER_SOURCE_MAX: u32 = 1024;
 /// Event bytes one shard may have in flight at one shard of another node, like
-/// [`LINK_EVENTS_INFLIGHT_PER_SOURCE_MAX`].
-pub const LINK_BYTES_INFLIGHT_PER_SOURCE_MAX: u32 = 96 * 1024;
+/// [`LINK_EVENTS_INFLIGHT_PER_SOURCE_MAX`]: 256 bytes an event on average (the workload's
+/// events are 64 bytes archived), so the event count is what binds.
+pub const LINK_BYTES_INFLIGHT_PER_SOURCE_MAX: u32 = 256 * 1024;
 /// Events (or replies) in one link frame; a link's batch is handed to its writer when full or
 /// at the end of a loop pass.
 pub const LINK_BATCH_EVENTS_MAX: usize = 256;
+/// Capacity a link's frame buffer keeps once its frames are handed to the writer (the
+/// `LinkEvents` frames of an outgoing link, the `LinkReplies` of an inbound one), so that the
+/// next batch does not allocate and grow it again; a buffer grown larger is released. Within
+/// the memory sum's terms for links, which count each link's bytes in flight twice.
+pub const LINK_BUFFER_RETAINED_BYTES_MAX: usize = 64 * 1024;
 /// Outgoing links one shard keeps, one per shard of another node it forwards to (enough for
 /// a cluster of 16 one-shard nodes within the memory sum). Events for a shard past this many
 /// are answered `Moved` (the owner hint) instead of forwarded.
@@ -882,6 +892,9 @@ pub const fn node_memory_bytes_max(partitions: usize, shards: usize) -> usize {
 
 // A link's share carries at least one event of the largest size.
 const _: () = assert!(LINK_BYTES_INFLIGHT_PER_SOURCE_MAX as usize >= EVENT_BYTES_MAX);
+// A link's retained frame buffer fits in what the memory sum counts for it.
+const _: () =
+    assert!(LINK_BUFFER_RETAINED_BYTES_MAX <= LINK_BYTES_INFLIGHT_PER_SOURCE_MAX as usize);
 
 // The budgets must be able to carry at least one frame's worth of work, or a shard could wait
 // forever for credit it can never get.
@@ -917,9 +930,11 @@ const _: () = assert!(
     "at most half full"
 );
 const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
-// A default node (1024 partitions) on a 64-core machine stays inside 12 GiB even at its worst:
-// the sum with growth slack, stage histograms and single-event mesh batches counted.
-const _: () = assert!(node_memory_bytes_max(PARTITIONS_DEFAULT as usize, 64) < 12 << 30);
+// A default node (1024 partitions) on a 64-core machine stays inside 13 GiB even at its worst:
+// the sum with growth slack, stage histograms and single-event mesh batches counted. (It was
+// 12 GiB until the links' per-source credit grew from 384 to 1024 events, which adds 16 MiB
+// a shard at its worst: 15 outgoing and 15 inbound links each holding a full share.)
+const _: () = assert!(node_memory_bytes_max(PARTITIONS_DEFAULT as usize, 64) < 13 << 30);
 
 // ---------------------------------------------------------------------------------------------
 // Host checks (`trove tune`): what a host must offer a node, and bounds on what the checks read

@@ -32,8 +32,8 @@ use std::fmt;
 use std::hash::BuildHasherDefault;
 
 use crate::constants::{
-    ARCHIVE_ALIGN, LINK_BATCH_EVENTS_MAX, LINK_PENDING_ENTRY_BYTES, LINK_SOURCES_PER_SHARD_MAX,
-    LINK_TOKENS_RECORD_BYTES_MAX, LINKS_PER_SHARD_MAX, REPLY_BYTES_MAX,
+    ARCHIVE_ALIGN, LINK_BATCH_EVENTS_MAX, LINK_BUFFER_RETAINED_BYTES_MAX, LINK_PENDING_ENTRY_BYTES,
+    LINK_SOURCES_PER_SHARD_MAX, LINK_TOKENS_RECORD_BYTES_MAX, LINKS_PER_SHARD_MAX, REPLY_BYTES_MAX,
 };
 use crate::core::codec::{
     FrameBuilder, FrameError, FrameHeader, FrameKind, Records, ValidatedArchive, ValidatedFrame,
@@ -477,7 +477,7 @@ impl ShardCore {
                 let sealed = seal(&mut link.frames, &mut link.open_tokens, epoch);
                 let frames = std::mem::take(&mut link.frames_sealed) + u64::from(sealed);
                 out.extend_from_slice(link.frames.bytes());
-                link.frames.clear(0);
+                link.frames.clear(LINK_BUFFER_RETAINED_BYTES_MAX);
                 // Counted as sent once handed to the socket: events answered before that (a
                 // refused handshake, a link that failed while connecting) never left.
                 self.stats.links.events_sent += link.next_token - link.handed_through;
@@ -952,7 +952,7 @@ impl ShardCore {
         let sealed = seal(&mut inbound.out, &mut inbound.out_tokens, epoch);
         let frames = std::mem::take(&mut inbound.out_sealed) + u64::from(sealed);
         out.extend_from_slice(inbound.out.bytes());
-        inbound.out.clear(0);
+        inbound.out.clear(LINK_BUFFER_RETAINED_BYTES_MAX);
         let credit = std::mem::take(&mut inbound.out_credit);
         inbound.credit.release(credit);
         self.stats.links.batches_sent += frames;

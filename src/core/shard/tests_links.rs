@@ -796,3 +796,47 @@ fn a_full_token_record_fits_its_limit() {
 
 #[path = "tests_moves.rs"]
 mod move_tests;
+
+/// The default share lets a sender keep four full batches in flight before any reply comes
+/// back, so that the receiver applies one while the next cross (a share of fewer held the
+/// link to one and a half batches a round trip in `benches/link_hop.rs`); the event past the
+/// share waits for credit, and every event is answered once the replies return.
+#[test]
+fn a_default_share_keeps_four_full_batches_in_flight_before_any_reply() {
+    use crate::constants::LINK_BATCH_EVENTS_MAX;
+    let share = ShardConfig::defaults(1).link_budget_per_source;
+    let (mut a, mut b) = (node_shard(A, share), node_shard(B, share));
+    let in_flight = 4 * LINK_BATCH_EVENTS_MAX;
+    let events: Vec<Event> = (0..=in_flight as u64)
+        .map(|seq| event(seq, hunt_on(B, seq as usize % 7), EventKind::Join))
+        .collect();
+    let conn = a.handle_connect(0).unwrap();
+    let chunks: Vec<AlignedVec> = events.chunks(256).map(|chunk| frame(chunk, 2)).collect();
+    let (last, whole) = chunks.split_last().unwrap();
+    for chunk in whole {
+        assert_eq!(offer(&mut a, conn, chunk), FrameProgress::Done);
+    }
+    assert_eq!(offer(&mut a, conn, last), FrameProgress::Blocked);
+    assert_eq!(a.stats().link_credit_waits, 1);
+    assert_eq!(a.link_credit_held(TO_B).events as usize, in_flight);
+
+    let mut wire = Wire::new();
+    wire.send(&mut a, &mut b, TO_B);
+    let frames = frames_in_bytes(&wire.in_transit);
+    assert_eq!(frames.len(), 4, "four batches handed out before any reply");
+    for (_, body) in &frames {
+        let records = crate::core::codec::Records::parse(FrameKind::LinkEvents, body).unwrap();
+        assert_eq!(
+            records.count() as usize,
+            LINK_BATCH_EVENTS_MAX + 1,
+            "full, and its tokens"
+        );
+    }
+    wire.deliver(&mut a, &mut b, TO_B);
+    let mut answered = write_all(&mut a, conn).replies.len();
+    assert_eq!(offer(&mut a, conn, last), FrameProgress::Done);
+    wire.settle(&mut a, &mut b, TO_B);
+    answered += write_all(&mut a, conn).replies.len();
+    assert_eq!(answered, events.len());
+    a.check_credit().unwrap();
+}
