@@ -1152,6 +1152,9 @@ pub const MOVE_FOLLOW_S_DEFAULT: u64 = 300;
 pub const MOVE_FOLLOW_S_MAX: u64 = 86_400;
 /// How often those commands read the cluster back while following, in ms.
 pub const MOVE_FOLLOW_POLL_MS_DEFAULT: u64 = 200;
+/// Reads a finished follow of moves waits for their sources' released reports (the events
+/// held and the pause at each flip), which come within a few reads.
+pub const MOVE_FOLLOW_RELEASED_POLLS_MAX: u32 = 10;
 /// How long `trove cluster rebalance --by load` measures each partition's events/s, unless
 /// `--sample-s`, in s.
 pub const REBALANCE_SAMPLE_S_DEFAULT: u64 = 5;

@@ -17,7 +17,7 @@ use crate::bench::cluster::{ClusterSpec, LocalCluster};
 use crate::cluster::keys::{DrainRecord, PinRecord, Released};
 use crate::cluster::operator::{Follow, Goal, Operator, placement_of};
 use crate::cluster::placement::OwnerState;
-use crate::constants::MOVE_FOLLOW_POLL_MS_DEFAULT;
+use crate::constants::{MOVE_FOLLOW_POLL_MS_DEFAULT, MOVE_FOLLOW_RELEASED_POLLS_MAX};
 use crate::core::ids::{NodeId, PartitionId};
 use crate::core::rng::Rng;
 
@@ -364,14 +364,22 @@ impl Drainer {
                 .map(|&p| (p, Goal::OffNode(self.node)))
                 .collect(),
         );
+        // Followed until the drain is over and its sources reported what they held (or
+        // MOVE_FOLLOW_RELEASED_POLLS_MAX reads later), then left alone: reading the
+        // cluster's keys loads etcd, and the load's seconds after the drain count too.
+        let mut polls_since_finished = 0;
         while !self.stop.load(Ordering::Relaxed) {
             let view = self
                 .operator
                 .read()
                 .map_err(|error| error.message().to_owned())?;
             follow.observe(&view);
-            if follow.finished() && outcome.finished_unix_ms.is_none() {
-                outcome.finished_unix_ms = Some(unix_ms());
+            if follow.finished() {
+                outcome.finished_unix_ms.get_or_insert_with(unix_ms);
+                polls_since_finished += 1;
+                if follow.all_released() || polls_since_finished > MOVE_FOLLOW_RELEASED_POLLS_MAX {
+                    break;
+                }
             }
             std::thread::sleep(DRAIN_POLL);
         }

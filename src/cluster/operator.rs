@@ -15,7 +15,7 @@ use crate::cluster::keys::{
 };
 use crate::cluster::placement::{Owner, OwnerState, Placement};
 use crate::cluster::rebalance::{PlannedMove, Slot};
-use crate::constants::MOVE_FOLLOW_POLL_MS_DEFAULT;
+use crate::constants::{MOVE_FOLLOW_POLL_MS_DEFAULT, MOVE_FOLLOW_RELEASED_POLLS_MAX};
 use crate::core::ids::{Epoch, NodeId, ShardId};
 
 /// Why a command stopped early: a usage error (exit 2) or a failure (exit 1).
@@ -247,8 +247,8 @@ impl Follow {
             .all(|s| matches!(s, Standing::Moved | Standing::Failed(_)))
     }
 
-    /// Whether every move that flipped has its released report (or `released_wait` ran out).
-    fn all_released(&self) -> bool {
+    /// Whether every move that flipped has its released report.
+    pub fn all_released(&self) -> bool {
         self.standing
             .iter()
             .filter(|(_, s)| **s == Standing::Moved)
@@ -461,8 +461,7 @@ pub fn follow(
 ) -> Result<(Follow, Duration), OperatorError> {
     let start = Instant::now();
     let poll = Duration::from_millis(MOVE_FOLLOW_POLL_MS_DEFAULT);
-    // After the last flip, the sources' released reports come within a few polls.
-    let released_wait = poll * 10;
+    let released_wait = poll * MOVE_FOLLOW_RELEASED_POLLS_MAX;
     let mut finished_at: Option<Instant> = None;
     loop {
         let view = operator.read()?;
