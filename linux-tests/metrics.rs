@@ -83,17 +83,7 @@ fn scrape(metrics: SocketAddr) -> prometheus_parse::Scrape {
 
 /// A family summed over every shard.
 fn total(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|sample| sample.metric == name)
-        .map(|sample| match sample.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => panic!("{name} is a histogram"),
-        })
-        .sum()
+    support::metric_sum(scrape, name, &[])
 }
 
 /// Scrapes until `ready` holds (snapshots arrive about once a second), or panics with the
