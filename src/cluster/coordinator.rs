@@ -297,7 +297,7 @@ impl ClusterView {
             }
         }
         if let Some(kv) = assignment {
-            view.take_assignment(keys, kv);
+            view.take_key(KeyKind::Assignment, kv);
         }
         view
     }
@@ -315,17 +315,15 @@ impl ClusterView {
             let kind = keys.classify(key);
             self.rejected.retain(|(rejected, _)| rejected != key);
             self.forget_key(kind);
-            match (change, kind) {
-                (WatchChange::Put(kv), KeyKind::Assignment) => self.take_assignment(keys, kv),
-                (WatchChange::Put(kv), kind) => self.take_key(kind, kv),
-                (WatchChange::Delete { .. }, _) => {}
+            if let WatchChange::Put(kv) = change {
+                self.take_key(kind, kv);
             }
         }
         self.revision = revision;
     }
 
-    /// Takes one key's value (any but the assignment's), listing it in `rejected` if it
-    /// cannot be read.
+    /// Takes one key's value, listing it in `rejected` if it cannot be read. The assignment
+    /// gets the addresses of the nodes already in this view.
     fn take_key(&mut self, kind: KeyKind, kv: &KeyValue) {
         let outcome = match kind {
             KeyKind::Node(node) => self.add_node(node, kv),
@@ -350,21 +348,14 @@ impl ClusterView {
             KeyKind::Settings => {
                 decode_json("settings", &kv.value).map(|settings| self.settings = Some(settings))
             }
-            KeyKind::Assignment | KeyKind::Other => Ok(()),
+            KeyKind::Assignment => decode_record(&kv.value, kv.mod_revision).map(|placement| {
+                let placement = self.with_addresses(&kv.key, placement);
+                self.assignment = Some(Arc::new(placement));
+            }),
+            KeyKind::Other => Ok(()),
         };
         if let Err(reason) = outcome {
             self.rejected.push((kv.key.clone(), reason));
-        }
-    }
-
-    /// Takes the assignment record, with the addresses of the nodes in this view.
-    fn take_assignment(&mut self, keys: &ClusterKeys, kv: &KeyValue) {
-        match decode_record(&kv.value, kv.mod_revision) {
-            Ok(placement) => {
-                let placement = self.with_addresses(&keys.assignment(), placement);
-                self.assignment = Some(Arc::new(placement));
-            }
-            Err(reason) => self.rejected.push((kv.key.clone(), reason)),
         }
     }
 

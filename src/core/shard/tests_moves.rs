@@ -196,6 +196,26 @@ fn move_to_handoff(a: &mut ShardCore, b: &mut ShardCore, wire: &mut Wire, after:
     streamed
 }
 
+/// Nodes A and B with the partition handed off after `after` events and those events
+/// confirmed by B, their replies written: (A, B, the wire, A's client, its replies, its events).
+fn handed_off_and_confirmed(
+    after: u64,
+) -> (
+    ShardCore,
+    ShardCore,
+    Wire,
+    ConnectionId,
+    Vec<Reply>,
+    Vec<Event>,
+) {
+    let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
+    let mut wire = Wire::new();
+    let (conn, mut replies, _, events) = move_to_handoff(&mut a, &mut b, &mut wire, after);
+    pump_all(&mut wire, &mut a, &mut b);
+    replies.extend(write_all(&mut a, conn).replies);
+    (a, b, wire, conn, replies, events)
+}
+
 /// Events of the moving hunt after the first `after` (a frame of A's client after the flip).
 fn later_events(events: &[Event], count: u64) -> Vec<Event> {
     let first = events.len() as u64;
@@ -204,12 +224,8 @@ fn later_events(events: &[Event], count: u64) -> Vec<Event> {
 
 #[test]
 fn a_source_serves_through_the_flip_and_the_target_serves_once_sealed_answering_each_event_once() {
-    let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
-    let mut wire = Wire::new();
-    let (conn, mut replies, _, mut events) = move_to_handoff(&mut a, &mut b, &mut wire, 15);
     // B acknowledges the events applied after the hand-off: their replies leave.
-    pump_all(&mut wire, &mut a, &mut b);
-    replies.extend(write_all(&mut a, conn).replies);
+    let (mut a, mut b, mut wire, conn, mut replies, mut events) = handed_off_and_confirmed(15);
     assert_eq!(replies.len(), 75, "nothing held: every event answered");
     let at_flip = a.partition(moving_partition()).unwrap().export();
 
@@ -259,11 +275,7 @@ fn a_source_serves_through_the_flip_and_the_target_serves_once_sealed_answering_
 
 #[test]
 fn a_target_serves_from_the_sources_seal_without_waiting_for_its_own_flip() {
-    let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
-    let mut wire = Wire::new();
-    let (conn, mut replies, _, mut events) = move_to_handoff(&mut a, &mut b, &mut wire, 15);
-    pump_all(&mut wire, &mut a, &mut b);
-    replies.extend(write_all(&mut a, conn).replies);
+    let (mut a, mut b, mut wire, conn, mut replies, mut events) = handed_off_and_confirmed(15);
     // A learns the flip first, seals and forwards its client's next events (the link carries
     // them ahead of the seal); B, which has not seen the flip, holds them until the seal and
     // then serves: the flip is committed, since A saw it.
@@ -306,11 +318,7 @@ fn a_target_serves_from_the_sources_seal_without_waiting_for_its_own_flip() {
 
 #[test]
 fn a_target_that_sees_the_flip_first_has_its_source_seal_at_once() {
-    let (mut a, mut b) = (node_shard(A, big()), node_shard(B, big()));
-    let mut wire = Wire::new();
-    let (conn, mut replies, _, mut events) = move_to_handoff(&mut a, &mut b, &mut wire, 5);
-    pump_all(&mut wire, &mut a, &mut b);
-    replies.extend(write_all(&mut a, conn).replies);
+    let (mut a, mut b, mut wire, conn, mut replies, mut events) = handed_off_and_confirmed(5);
     // B's placement shows the flip; A's does not yet. B tells A over the link, A seals, and
     // B serves: neither waits for A's watch.
     b.handle_placement(0, flipped()).unwrap();
