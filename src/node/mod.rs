@@ -24,7 +24,7 @@ use crate::constants::NODE_MOVE_REPORTS_QUEUED_MAX;
 use crate::core::auth::AuthSecret;
 use crate::core::ids::NodeId;
 use crate::core::partition::Placement;
-use crate::core::shard::{MoveReport, ShardStats, Stalls};
+use crate::core::shard::{LogTally, MoveReport, ShardStats, Stalls};
 use crate::metrics::housekeeping::ClusterSource;
 use crate::metrics::{Housekeeping, MetricsListen, NodeInfo, SnapshotSender, snapshot_channel};
 use crate::net::listener::{listen, local_addr, probe_port_free, serve_listeners};
@@ -128,13 +128,32 @@ fn percentiles_us(histogram: &hdrhistogram::Histogram<u64>) -> String {
     )
 }
 
-/// " log sync p50 … (N syncs, R records, R/N a sync, B MiB);", or nothing for a shard that
-/// never synced a log (no data dir).
+/// " log sync p50 … (N syncs, R records, R/N a sync, B MiB);" and what the log gave up on, or
+/// nothing for a shard that never logged (no data dir).
 fn describe_log_sync(shard: &ShardStats) -> String {
-    let log = shard.log;
     let Some(log_sync_ns) = &shard.stages.log_sync_ns else {
         return String::new();
     };
+    let mut text = describe_syncs(shard, log_sync_ns);
+    text.push_str(&describe_log_given_up(&shard.log));
+    text
+}
+
+/// What a failed or hung disk cost: replies answered `OutcomeUnknown` (their records may or
+/// may not be on disk) and records never reported durable at stop; nothing when neither.
+fn describe_log_given_up(log: &LogTally) -> String {
+    if log.replies_unknown == 0 && log.records_abandoned == 0 {
+        return String::new();
+    }
+    format!(
+        " log gave up: {} replies answered OutcomeUnknown, {} records never made durable;",
+        log.replies_unknown, log.records_abandoned
+    )
+}
+
+/// The log's syncs and snapshots, or nothing before the first sync.
+fn describe_syncs(shard: &ShardStats, log_sync_ns: &hdrhistogram::Histogram<u64>) -> String {
+    let log = shard.log;
     if log.syncs == 0 {
         return String::new();
     }
@@ -610,5 +629,30 @@ mod tests {
             "{text}"
         );
         assert!(!stage_lines[1].contains("log sync"), "{text}");
+        assert!(!text.contains("log gave up"), "{text}");
+    }
+
+    #[test]
+    fn the_stop_report_says_what_a_failed_log_gave_up_even_before_its_first_sync() {
+        let failed = ShardStats {
+            log: LogTally {
+                replies_unknown: 3,
+                records_abandoned: 7,
+                ..LogTally::default()
+            },
+            stages: StageLatencies::new(true),
+            ..ShardStats::default()
+        };
+        let text = NodeReport {
+            shards: vec![failed],
+        }
+        .describe();
+        assert!(!text.contains("log sync p50"), "{text}");
+        assert!(
+            text.contains(
+                " log gave up: 3 replies answered OutcomeUnknown, 7 records never made durable;"
+            ),
+            "{text}"
+        );
     }
 }

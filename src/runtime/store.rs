@@ -62,7 +62,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
-use glommio::io::{DmaFile, OpenOptions};
+use glommio::io::{Directory, DmaFile, OpenOptions};
 use glommio::sync::Semaphore;
 use rkyv::util::AlignedVec;
 
@@ -767,7 +767,7 @@ async fn open_segment(dir: &Path, index: u64) -> std::io::Result<DmaFile> {
         }
         if !existed {
             // The new name must survive a crash too.
-            sync_dir(dir)?;
+            sync_dir(dir).await?;
         }
         std::io::Result::Ok(())
     };
@@ -775,7 +775,7 @@ async fn open_segment(dir: &Path, index: u64) -> std::io::Result<DmaFile> {
         let _ = file.close().await;
         if !existed {
             // Deleted, so that a retry creates it anew (and syncs its directory again).
-            let _ = std::fs::remove_file(&path);
+            let _ = glommio::io::remove(&path).await;
         }
         return Err(error);
     }
@@ -1016,15 +1016,15 @@ impl LogTasks {
         while let Some(partition) = self.shard.poll_departed() {
             let _slot = self.take_snapshot_slot().await;
             if self.shard.partition_gone(partition) {
-                self.forget(partition.0);
+                self.forget(partition.0).await;
             }
         }
     }
 
-    fn forget(&self, partition: u32) {
+    async fn forget(&self, partition: u32) {
         let files = self.retention.borrow_mut().forget(partition);
         for lsn in files {
-            self.delete_snapshot(partition, lsn);
+            self.delete_snapshot(partition, lsn).await;
         }
     }
 
@@ -1037,7 +1037,7 @@ impl LogTasks {
         let started = Instant::now();
         let Some((lsn, state)) = self.shard.export_partition(PartitionId(partition)) else {
             if self.shard.partition_gone(PartitionId(partition)) {
-                self.forget(partition);
+                self.forget(partition).await;
             }
             return None;
         };
@@ -1054,14 +1054,14 @@ impl LogTasks {
             let written = self.write_snapshot(&path, &bytes).await;
             if written.is_err() {
                 // Its space back for the log; the next try writes it anew.
-                let _ = std::fs::remove_file(path.with_extension("snap.tmp"));
+                let _ = glommio::io::remove(path.with_extension("snap.tmp")).await;
             }
             written
         })
         .await;
         let dropped = self.retention.borrow_mut().snapshot_written(file_bytes);
         if let Some((partition, old)) = dropped {
-            self.delete_snapshot(partition, old);
+            self.delete_snapshot(partition, old).await;
         }
         Some(pause_ns)
     }
@@ -1108,13 +1108,13 @@ impl LogTasks {
                             .borrow_mut()
                             .installed(partition.0, lsn, file_bytes);
                     if let Some(old) = dropped {
-                        self.delete_snapshot(partition.0, old);
+                        self.delete_snapshot(partition.0, old).await;
                     }
                     self.shard.handle_move_installed(partition, part_epoch, lsn);
                     self.update_blocked();
                 }
                 Err(error) => {
-                    let _ = std::fs::remove_file(path.with_extension("snap.tmp"));
+                    let _ = glommio::io::remove(path.with_extension("snap.tmp")).await;
                     eprintln!(
                         "trove node: shard {}: cannot write partition {}, moved here, to {} ({error}); the move is refused and its source keeps the partition",
                         self.shard.id().index(),
@@ -1130,10 +1130,13 @@ impl LogTasks {
     }
 
     /// Deletes partition `partition`'s snapshot covering `lsn`, which retention keeps no more.
-    fn delete_snapshot(&self, partition: u32, lsn: u64) {
+    async fn delete_snapshot(&self, partition: u32, lsn: u64) {
         let old = snapshot_path(&self.snapshot_dir, partition, lsn);
-        let removed = std::fs::remove_file(&old).and_then(|()| sync_dir(&self.snapshot_dir));
-        if let Err(error) = removed {
+        let removed = async {
+            glommio::io::remove(&old).await?;
+            sync_dir(&self.snapshot_dir).await
+        };
+        if let Err(error) = removed.await {
             fail_stop(&self.shard, "delete an old snapshot", error);
         }
     }
@@ -1170,8 +1173,8 @@ impl LogTasks {
         }
         file.fdatasync().await?;
         file.close().await?;
-        std::fs::rename(&tmp, path)?;
-        sync_dir(&self.snapshot_dir)?;
+        glommio::io::rename(&tmp, path).await?;
+        sync_dir(&self.snapshot_dir).await?;
         Ok(len as u64)
     }
 
@@ -1184,12 +1187,12 @@ impl LogTasks {
                 let _ = file.close_rc().await;
             }
             let path = segment_path(&self.dir, *index);
-            if let Err(error) = std::fs::remove_file(&path) {
+            if let Err(error) = glommio::io::remove(&path).await {
                 fail_stop(&self.shard, "delete an old log segment", error);
             }
         }
         if !doomed.is_empty() {
-            if let Err(error) = sync_dir(&self.dir) {
+            if let Err(error) = sync_dir(&self.dir).await {
                 fail_stop(&self.shard, "sync its log directory", error);
             }
         }
@@ -1197,6 +1200,13 @@ impl LogTasks {
     }
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+/// Syncs directory `dir`, so that a name created, renamed or removed in it survives a crash.
+/// On the shard's own ring, never as a blocking call: a directory sync waits for the
+/// filesystem's journal to commit (milliseconds on a busy disk), and a shard blocked that long
+/// applies nothing and reaps no completion, its log's syncs included.
+async fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let directory = Directory::open(dir).await?;
+    let synced = directory.sync().await;
+    directory.close().await?;
+    Ok(synced?)
 }
