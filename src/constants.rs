@@ -1144,6 +1144,9 @@ pub const BENCH_MOVES_MAX: u32 = 10_000;
 pub const NODE_MOVE_REPORTS_QUEUED_MAX: usize = 256;
 /// Most `moves/<p>` records a node has waiting to be put in etcd; the oldest are dropped first.
 pub const MOVE_RECORDS_QUEUED_MAX: usize = 1_024;
+/// Most `moves/<p>` records a node puts in one etcd transaction (etcd refuses a transaction of
+/// more than `--max-txn-ops` operations, 128 by default).
+pub const MOVE_RECORDS_PER_WRITE_MAX: usize = 64;
 /// Longest reason a `moves/<p>` record keeps, in bytes (longer ones are cut).
 pub const MOVE_REASON_BYTES_MAX: usize = 256;
 /// How long `trove cluster move|drain|rebalance` follow the moves unless `--timeout`, in s.
@@ -1175,6 +1178,7 @@ const _: () = assert!(CLUSTER_RETRY_MS_MIN <= CLUSTER_RETRY_MS_MAX);
 const _: () = assert!(CLUSTER_NODES_MAX <= u32::MAX as usize);
 const _: () = assert!(MOVES_INFLIGHT_DEFAULT >= 1 && MOVES_INFLIGHT_DEFAULT <= MOVES_INFLIGHT_MAX);
 const _: () = assert!(MOVES_INCOMING_MAX <= MOVES_STAGED_MAX);
+const _: () = assert!(MOVE_RECORDS_PER_WRITE_MAX >= 1 && MOVE_RECORDS_PER_WRITE_MAX <= 128);
 const _: () = assert!(MOVE_FOLLOW_S_DEFAULT <= MOVE_FOLLOW_S_MAX);
 const _: () = assert!(REBALANCE_SAMPLE_S_DEFAULT <= REBALANCE_SAMPLE_S_MAX);
 // Metrics: shard snapshots, the `/metrics` endpoint on the housekeeping thread, `trove top`.

@@ -196,11 +196,11 @@ impl Mover {
             .map_err(|error| error.message().to_owned())?;
         let deadline = Instant::now() + MOVE_WAIT;
         let mut flipped_at = None;
+        let mut view = view;
         while Instant::now() < deadline {
             std::thread::sleep(MOVE_POLL);
-            let view = self
-                .operator
-                .read()
+            self.operator
+                .read_changes(&mut view)
                 .map_err(|error| error.message().to_owned())?;
             let now_owner = view
                 .assignment
@@ -368,10 +368,10 @@ impl Drainer {
         // MOVE_FOLLOW_RELEASED_POLLS_MAX reads later), then left alone: reading the
         // cluster's keys loads etcd, and the load's seconds after the drain count too.
         let mut polls_since_finished = 0;
+        let mut view = view;
         while !self.stop.load(Ordering::Relaxed) {
-            let view = self
-                .operator
-                .read()
+            self.operator
+                .read_changes(&mut view)
                 .map_err(|error| error.message().to_owned())?;
             follow.observe(&view);
             if follow.finished() {

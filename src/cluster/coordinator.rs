@@ -18,14 +18,15 @@
 //!    to the lease, so it ends with the lease);
 //! 5. puts the `moves/<p>` records of its shards' move reports
 //!    ([`Coordinator::handle_move_report`]) and, as controller, of the moves it flipped or
-//!    abandoned;
+//!    abandoned, every record waiting in one transaction;
 //! 6. as controller, writes the next placement when it differs from the current one: one
 //!    assignment record, compare-and-swap on its revision, in a transaction that also checks
 //!    the controller key's create revision, so a controller paused past its lease cannot write.
 //!    Besides the sticky rule (`placement::next_owners`), it moves partitions live
 //!    (`placement::plan_moves`): to their pinned owner, off drained nodes, onto nodes that
 //!    joined (their rendezvous share), at most `moves_max` in flight, paced; it flips a move
-//!    once its source reported it ready, and abandons it (the source stays owner) when the
+//!    once its source reported it ready (while more moves wait for the next start's turn, in
+//!    the write that starts them, at most a start gap later), and abandons it (the source stays owner) when the
 //!    target is gone, the source refused, or no ready came within `MOVE_TIMEOUT_MS_MAX` of
 //!    when this controller first saw it.
 //!
@@ -42,13 +43,13 @@ use crate::cluster::keys::{
     PinRecord, Released, SettingsRecord, bounded_reason, decode_json, encode_json,
 };
 use crate::cluster::placement::{
-    LiveNode, MoveInputs, OwnerState, PART_EPOCH_THIS_RECORD, Placement, decode_record,
+    LiveNode, MoveInputs, MovePlan, OwnerState, PART_EPOCH_THIS_RECORD, Placement, decode_record,
     encode_record, next_owners, plan_moves,
 };
 use crate::constants::{
     CLUSTER_EVENTS_QUEUED_MAX, CLUSTER_NODES_MAX, CLUSTER_REPLY_BYTES_MAX, CLUSTER_RETRY_MS_MAX,
-    CLUSTER_RETRY_MS_MIN, MOVE_RECORDS_QUEUED_MAX, MOVE_RETRY_BACKOFF_MS_MAX,
-    MOVE_START_GAP_MS_DEFAULT, MOVE_TIMEOUT_MS_MAX, MOVES_INFLIGHT_MAX,
+    CLUSTER_RETRY_MS_MIN, MOVE_RECORDS_PER_WRITE_MAX, MOVE_RECORDS_QUEUED_MAX,
+    MOVE_RETRY_BACKOFF_MS_MAX, MOVE_START_GAP_MS_DEFAULT, MOVE_TIMEOUT_MS_MAX, MOVES_INFLIGHT_MAX,
 };
 use crate::core::ids::{Epoch, NodeId, PartitionId};
 use crate::core::partition::NodeAddress;
@@ -106,9 +107,20 @@ pub enum Request {
         value: Vec<u8>,
         lease: i64,
     },
+    /// A transaction with no condition: put every `(key, value)`, bound to no lease, at one
+    /// revision (so one request, and one message of each watch, for several records).
+    PutAll {
+        puts: Vec<(String, Vec<u8>)>,
+    },
     /// Every key starting with `prefix`.
     RangePrefix {
         prefix: String,
+    },
+    /// The keys starting with `prefix` put after `after_revision` (etcd's `min_mod_revision`);
+    /// keys deleted since are not in it.
+    RangePrefixChanged {
+        prefix: String,
+        after_revision: u64,
     },
     /// The store's revision only (a count-only range over `prefix`): cheap to ask often, and it
     /// changes whenever any key is put or deleted, a lease's expiry included.
@@ -513,8 +525,9 @@ enum InFlight {
     /// The record being written, to install once etcd says at which revision, with the
     /// moves it ends and whether it starts any.
     WriteAssignment(Vec<u8>, MoveEnds),
-    /// A `moves/<p>` record being put.
-    PutMove,
+    /// The `moves/<p>` records being put, as they were queued: those still queued unchanged
+    /// when etcd has them leave the queue.
+    PutMoves(Vec<(u32, MoveRecord)>),
 }
 
 /// The moves a placement write flips or abandons, and whether it starts some.
@@ -524,6 +537,20 @@ pub struct MoveEnds {
     ended: Vec<(u32, MoveRecord)>,
     abandoned: Vec<u32>,
     starts: bool,
+}
+
+/// Whether `plan`'s only changes to `current` are flips, made while no move may start: such
+/// a write can wait for the next start's turn and go with it. Anything else (an abandon, a
+/// partition going `Offline` or confirmed, a start) is written at once.
+fn flips_wait_for_starts(current: &[crate::cluster::placement::Owner], plan: &MovePlan) -> bool {
+    plan.started.is_empty()
+        && plan.abandoned.is_empty()
+        && !plan.flipped.is_empty()
+        && current
+            .iter()
+            .zip(&plan.owners)
+            .enumerate()
+            .all(|(p, (was, now))| was == now || plan.flipped.contains(&(p as u32)))
 }
 
 /// One node's coordination state. See the module doc.
@@ -647,13 +674,22 @@ impl Coordinator {
             };
             return Some((request, InFlight::Register));
         }
-        if let Some((partition, record)) = self.move_records.front() {
-            let request = Request::Put {
-                key: self.config.keys.moves(*partition),
-                value: encode_json(record),
-                lease: 0,
-            };
-            return Some((request, InFlight::PutMove));
+        if !self.move_records.is_empty() {
+            // Every record waiting goes in one transaction: a drain's source reports several
+            // moves at a time, and each request costs etcd far more than its few bytes.
+            let sent: Vec<(u32, MoveRecord)> = self
+                .move_records
+                .iter()
+                .take(MOVE_RECORDS_PER_WRITE_MAX)
+                .cloned()
+                .collect();
+            let puts = sent
+                .iter()
+                .map(|(partition, record)| {
+                    (self.config.keys.moves(*partition), encode_json(record))
+                })
+                .collect();
+            return Some((Request::PutAll { puts }, InFlight::PutMoves(sent)));
         }
         if now_ns >= self.read_due_ns {
             let prefix = self.config.keys.prefix().to_owned();
@@ -746,7 +782,26 @@ impl Coordinator {
             moves_max: self.view.moves_max(),
             may_start,
         };
-        let plan = plan_moves(current, base, &inputs);
+        let plan = plan_moves(current, base.clone(), &inputs);
+        if !may_start
+            && flips_wait_for_starts(current, &plan)
+            && !plan_moves(
+                current,
+                base,
+                &MoveInputs {
+                    may_start: true,
+                    ..inputs
+                },
+            )
+            .started
+            .is_empty()
+        {
+            // Moves are still to start at the next turn: the ready ones flip in the same
+            // write as those start, at most a start gap from now. During a drain that is one
+            // assignment write per batch instead of one per flip, and every write is sent
+            // to every node, decoded there and installed in every shard.
+            return (current.to_vec(), MoveEnds::default());
+        }
         let mut ends = MoveEnds {
             starts: !plan.started.is_empty(),
             ..MoveEnds::default()
@@ -980,8 +1035,9 @@ impl Coordinator {
                 }
                 true
             }
-            (InFlight::PutMove, Response::Put { .. }) => {
-                self.move_records.pop_front();
+            (InFlight::PutMoves(sent), Response::Txn { .. }) => {
+                // A record replaced while the put was under way stays queued, with its news.
+                self.move_records.retain(|queued| !sent.contains(queued));
                 true
             }
             _ => false,
@@ -1479,6 +1535,10 @@ mod tests {
         ready: Vec<bool>,
         /// Per node: the moves (partition, epoch) it reported ready and not yet released.
         reported: Vec<BTreeMap<u32, Epoch>>,
+        /// When each assignment write (a compare-and-swap) was asked of etcd, by any node.
+        assignment_writes_ns: Vec<u64>,
+        /// Per node: requests that put `moves/<p>` records, and the records they put.
+        move_record_puts: Vec<(usize, usize)>,
         now_ns: u64,
     }
 
@@ -1494,8 +1554,18 @@ mod tests {
                 reads: vec![(0, 0); nodes as usize],
                 ready: vec![false; nodes as usize],
                 reported: vec![BTreeMap::new(); nodes as usize],
+                assignment_writes_ns: Vec::new(),
+                move_record_puts: vec![(0, 0); nodes as usize],
                 now_ns: 0,
             }
+        }
+
+        /// Every node reads the cluster's keys back every `poll_ms`, instead of the config's.
+        fn with_poll_ms(mut self, poll_ms: u64) -> Cluster {
+            for node in &mut self.nodes {
+                node.config.poll_ns = poll_ms * NS_PER_MS;
+            }
+            self
         }
 
         /// Another node, paused or not.
@@ -1506,6 +1576,7 @@ mod tests {
             self.reads.push((0, 0));
             self.ready.push(false);
             self.reported.push(BTreeMap::new());
+            self.move_record_puts.push((0, 0));
         }
 
         fn run_ms(&mut self, ms: u64) {
@@ -1523,9 +1594,14 @@ mod tests {
         fn drive(&mut self, i: usize) {
             let node = &mut self.nodes[i];
             while let Some(request) = node.poll_request(self.now_ns) {
-                match request {
+                match &request {
                     Request::RangePrefix { .. } => self.reads[i].0 += 1,
                     Request::Revision { .. } => self.reads[i].1 += 1,
+                    Request::CompareAndSwap { .. } => self.assignment_writes_ns.push(self.now_ns),
+                    Request::PutAll { puts } => {
+                        self.move_record_puts[i].0 += 1;
+                        self.move_record_puts[i].1 += puts.len();
+                    }
                     _ => {}
                 }
                 match self.etcd.handle(self.now_ns, &request) {
@@ -2084,6 +2160,137 @@ mod tests {
     }
 
     const MOVES_INFLIGHT_DEFAULT_TEST: usize = crate::constants::MOVES_INFLIGHT_DEFAULT as usize;
+
+    #[test]
+    fn a_drain_flips_ready_moves_in_the_write_that_starts_the_next_ones() {
+        // Nodes that read back every 10 ms see a ready report well within a start gap.
+        let mut cluster = Cluster::new(3).with_poll_ms(STEP_MS);
+        cluster.ready = vec![true; 3];
+        cluster.run_ms(2_000);
+        let before = cluster.stored();
+        let draining: usize = before
+            .owners()
+            .iter()
+            .filter(|owner| owner.node == NodeId(2))
+            .count();
+        assert!(
+            draining > 3 * MOVES_INFLIGHT_DEFAULT_TEST,
+            "{draining} partitions"
+        );
+        let keys = ClusterKeys::new("test").unwrap();
+        let drain = DrainRecord {
+            registered_revision: cluster.registration(2),
+        };
+        cluster.put(keys.drain(NodeId(2)), encode_json(&drain));
+        cluster.assignment_writes_ns.clear();
+        cluster.run_checked_ms(20_000, MOVES_INFLIGHT_DEFAULT_TEST);
+        let drained = cluster.stored();
+        assert!(drained.owners().iter().all(|owner| owner.node != NodeId(2)));
+        // A write per batch of moves_max (its flips and the next batch's starts), and one for
+        // the last batch's flips: not one more per flip.
+        let batches = draining.div_ceil(MOVES_INFLIGHT_DEFAULT_TEST);
+        let writes = cluster.assignment_writes_ns.len();
+        assert!(
+            writes <= batches + 2,
+            "{writes} assignment writes for {draining} moves in batches of {MOVES_INFLIGHT_DEFAULT_TEST}"
+        );
+        // The writes keep the start gap: the flips waited for it, nothing went faster.
+        let gap_ns = MOVE_START_GAP_MS_DEFAULT * NS_PER_MS;
+        for pair in cluster.assignment_writes_ns[..writes - 1].windows(2) {
+            assert!(pair[1] - pair[0] >= gap_ns, "writes at {pair:?}");
+        }
+        // The source put several of its records per request.
+        let (requests, records) = cluster.move_record_puts[1];
+        assert!(
+            records >= 2 * draining,
+            "a ready and a released record per move"
+        );
+        assert!(
+            requests < records,
+            "{requests} requests for {records} records"
+        );
+    }
+
+    #[test]
+    fn a_lone_move_flips_as_soon_as_it_is_ready() {
+        let mut cluster = Cluster::new(3).with_poll_ms(STEP_MS);
+        cluster.ready = vec![true; 3];
+        cluster.run_ms(2_000);
+        let before = cluster.stored();
+        let owner = *before.owner(PartitionId(5));
+        let to = NodeId(owner.node.0 % 3 + 1);
+        let keys = ClusterKeys::new("test").unwrap();
+        let pin = PinRecord {
+            node: to.0,
+            shard: Some(1),
+        };
+        cluster.put(keys.pin(5), encode_json(&pin));
+        cluster.assignment_writes_ns.clear();
+        cluster.run_checked_ms(1_000, 1);
+        assert_eq!(
+            (
+                cluster.stored().owner(PartitionId(5)).node,
+                cluster.stored().owner(PartitionId(5)).state
+            ),
+            (to, OwnerState::Serving)
+        );
+        let [start, flip] = cluster.assignment_writes_ns[..] else {
+            panic!("a start and a flip: {:?}", cluster.assignment_writes_ns);
+        };
+        // Nothing else was to start: the flip did not wait for the next start's turn.
+        assert!(
+            flip - start < MOVE_START_GAP_MS_DEFAULT * NS_PER_MS,
+            "flipped {} ms after the start",
+            (flip - start) / NS_PER_MS
+        );
+    }
+
+    #[test]
+    fn a_move_record_replaced_while_being_put_is_put_again() {
+        let mut node = Coordinator::new(config(1, 2));
+        let keys = ClusterKeys::new("test").unwrap();
+        let mut etcd = ModelEtcd::new();
+        let mut now_ns = 0;
+        // Registered, and nothing else due until the next read.
+        while let Some(request) = node.poll_request(now_ns) {
+            let response = etcd.handle(now_ns, &request).unwrap();
+            node.handle_response(now_ns, response);
+        }
+        let report = |p: u32, step: MoveStep| MoveReport {
+            partition: PartitionId(p),
+            part_epoch: Epoch(9),
+            to: NodeId(2),
+            to_shard: ShardId(0),
+            step,
+        };
+        let ready = MoveStep::Ready {
+            snapshot_bytes: 1,
+            events_streamed: 2,
+        };
+        node.handle_move_report(report(3, ready.clone()));
+        node.handle_move_report(report(4, ready));
+        now_ns += NS_PER_MS;
+        let Some(Request::PutAll { puts }) = node.poll_request(now_ns) else {
+            panic!("both records in one put");
+        };
+        assert_eq!(puts.len(), 2);
+        // Partition 3's move is released while its ready record is on its way.
+        let released = MoveStep::Released {
+            flipped: true,
+            events_held: 7,
+            pause_ns: 1,
+        };
+        node.handle_move_report(report(3, released));
+        let response = etcd.handle(now_ns, &Request::PutAll { puts }).unwrap();
+        node.handle_response(now_ns, response);
+        let Some(Request::PutAll { puts }) = node.poll_request(now_ns) else {
+            panic!("the newer record is still to put");
+        };
+        assert_eq!(puts.len(), 1);
+        assert_eq!(puts[0].0, keys.moves(3));
+        let record: MoveRecord = decode_json("move", &puts[0].1).unwrap();
+        assert_eq!(record.released.map(|r| r.events_held), Some(7));
+    }
 
     #[test]
     fn pins_win_over_rendezvous() {

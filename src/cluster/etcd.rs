@@ -116,7 +116,18 @@ impl EtcdClient {
                     revision: revision(&reply)?,
                 })
             }
-            Request::RangePrefix { prefix } => self.range_prefix(prefix),
+            Request::PutAll { puts } => {
+                let puts = puts
+                    .iter()
+                    .map(|(key, value)| put_body(key, value, 0))
+                    .collect::<Vec<_>>();
+                self.txn(&[], &puts)
+            }
+            Request::RangePrefix { prefix } => self.range_prefix(prefix, None),
+            Request::RangePrefixChanged {
+                prefix,
+                after_revision,
+            } => self.range_prefix(prefix, Some(after_revision + 1)),
             Request::Revision { prefix } => {
                 let mut body = prefix_range(prefix);
                 body["count_only"] = Value::Bool(true);
@@ -127,7 +138,7 @@ impl EtcdClient {
             }
             Request::CreateIfAbsent { key, value, lease } => {
                 let compare = [compare(key, "CREATE", "create_revision", 0)];
-                self.txn(&compare, put_body(key, value, *lease))
+                self.txn(&compare, &[put_body(key, value, *lease)])
             }
             Request::CompareAndSwap {
                 key,
@@ -145,13 +156,22 @@ impl EtcdClient {
                         *guard_create_revision,
                     ),
                 ];
-                self.txn(&compare, put_body(key, value, 0))
+                self.txn(&compare, &[put_body(key, value, 0)])
             }
         }
     }
 
-    fn range_prefix(&mut self, prefix: &str) -> Result<Response, String> {
-        let reply = self.post("/v3/kv/range", prefix_range(prefix))?;
+    /// The keys under `prefix`, only those put at or after `min_mod_revision` if given.
+    fn range_prefix(
+        &mut self,
+        prefix: &str,
+        min_mod_revision: Option<u64>,
+    ) -> Result<Response, String> {
+        let mut body = prefix_range(prefix);
+        if let Some(min) = min_mod_revision {
+            body["min_mod_revision"] = Value::String(min.to_string());
+        }
+        let reply = self.post("/v3/kv/range", body)?;
         let kvs = match reply.get("kvs") {
             None => Vec::new(),
             Some(Value::Array(kvs)) => kvs.iter().map(key_value).collect::<Result<_, _>>()?,
@@ -163,8 +183,12 @@ impl EtcdClient {
         })
     }
 
-    fn txn(&mut self, compare: &[Value], put: Value) -> Result<Response, String> {
-        let body = json!({ "compare": compare, "success": [{ "request_put": put }] });
+    fn txn(&mut self, compare: &[Value], puts: &[Value]) -> Result<Response, String> {
+        let success: Vec<Value> = puts
+            .iter()
+            .map(|put| json!({ "request_put": put }))
+            .collect();
+        let body = json!({ "compare": compare, "success": success });
         let reply = self.post("/v3/kv/txn", body)?;
         Ok(Response::Txn {
             succeeded: reply.get("succeeded").and_then(Value::as_bool) == Some(true),

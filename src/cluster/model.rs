@@ -130,9 +130,31 @@ impl ModelEtcd {
                     revision: self.revision,
                 }
             }
+            Request::PutAll { puts } => {
+                // One transaction: every key takes the same new revision.
+                self.revision += 1;
+                for (key, value) in puts {
+                    self.put_at_revision(key, value, 0);
+                }
+                Response::Txn {
+                    succeeded: true,
+                    revision: self.revision,
+                }
+            }
             Request::RangePrefix { prefix } => Response::Range {
                 revision: self.revision,
                 kvs: self.range(prefix),
+            },
+            Request::RangePrefixChanged {
+                prefix,
+                after_revision,
+            } => Response::Range {
+                revision: self.revision,
+                kvs: self
+                    .range(prefix)
+                    .into_iter()
+                    .filter(|kv| kv.mod_revision > *after_revision)
+                    .collect(),
             },
             Request::Revision { .. } => Response::Revision {
                 revision: self.revision,
@@ -175,6 +197,11 @@ impl ModelEtcd {
 
     fn put(&mut self, key: &str, value: &[u8], lease: i64) {
         self.revision += 1;
+        self.put_at_revision(key, value, lease);
+    }
+
+    /// Puts `key` at the current revision (a transaction's puts share one).
+    fn put_at_revision(&mut self, key: &str, value: &[u8], lease: i64) {
         let create_revision = self
             .kvs
             .get(key)

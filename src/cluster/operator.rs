@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use crate::cluster::coordinator::{ClusterView, Request, Response};
+use crate::cluster::coordinator::{ClusterView, Request, Response, WatchChange};
 use crate::cluster::etcd::EtcdClient;
 use crate::cluster::keys::{
     ClusterKeys, DrainRecord, MoveRecord, MoveState, PinRecord, SettingsRecord, encode_json,
@@ -63,6 +63,32 @@ impl Operator {
         match self.client.execute(&request) {
             Ok(Response::Range { revision, kvs }) => {
                 Ok(ClusterView::from_range(&self.keys, revision, &kvs))
+            }
+            Ok(_) => Err(OperatorError::Failed(
+                "etcd answered a range with something else".into(),
+            )),
+            Err(reason) => Err(OperatorError::Failed(format!(
+                "{reason}; is etcd running there?"
+            ))),
+        }
+    }
+
+    /// `view` (an earlier read) brought up to now with the keys put since it was read, and
+    /// only those: a follow reads the cluster several times a second while a drain adds a
+    /// move record per partition, and reading every key each time made most of etcd's work
+    /// late in a drain. Keys deleted since are not seen (the nodes' registrations, which end
+    /// with their leases): what a follow needs, the assignment and the move records, is only
+    /// ever put.
+    pub fn read_changes(&mut self, view: &mut ClusterView) -> Result<(), OperatorError> {
+        let request = Request::RangePrefixChanged {
+            prefix: self.keys.prefix().to_owned(),
+            after_revision: view.revision,
+        };
+        match self.client.execute(&request) {
+            Ok(Response::Range { revision, kvs }) => {
+                let changes: Vec<WatchChange> = kvs.into_iter().map(WatchChange::Put).collect();
+                view.apply_changes(&self.keys, revision.max(view.revision), &changes);
+                Ok(())
             }
             Ok(_) => Err(OperatorError::Failed(
                 "etcd answered a range with something else".into(),
@@ -463,8 +489,8 @@ pub fn follow(
     let poll = Duration::from_millis(MOVE_FOLLOW_POLL_MS_DEFAULT);
     let released_wait = poll * MOVE_FOLLOW_RELEASED_POLLS_MAX;
     let mut finished_at: Option<Instant> = None;
+    let mut view = operator.read()?;
     loop {
-        let view = operator.read()?;
         for line in follow.observe(&view) {
             say(&line);
         }
@@ -479,6 +505,7 @@ pub fn follow(
             return Ok((follow, start.elapsed()));
         }
         std::thread::sleep(poll);
+        operator.read_changes(&mut view)?;
     }
 }
 
