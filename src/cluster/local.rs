@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::cluster::coordinator::Request;
 use crate::cluster::etcd::EtcdClient;
 use crate::constants::{CLUSTER_UP_START_MS_MAX, CLUSTER_UP_STOP_MS_MAX};
+use crate::host::affinity::allowed_cpus;
 
 /// The one sentence said when etcd is missing.
 pub const ETCD_MISSING: &str =
@@ -277,6 +278,24 @@ pub struct LocalNodeConfig {
     pub lease_ttl_s: u64,
 }
 
+/// The flags that place the shards of node `node_id` (numbered from 1) of a cluster on this
+/// machine: `--cpus` with the CPUs of `allowed` taken in turn from where the node before it
+/// stopped, so that the nodes spread over the machine (with `--shards` alone, every node puts
+/// its first shard on the first CPU, and three one-shard nodes share one CPU while the others
+/// idle); `--shards` when a node has more shards than there are CPUs, which cycles over them.
+fn shard_placement_flags(node_id: u32, shards: usize, allowed: &[usize]) -> [String; 2] {
+    if shards == 0 || shards > allowed.len() {
+        return ["--shards".into(), shards.to_string()];
+    }
+    let first = node_id.saturating_sub(1) as usize * shards;
+    let mut cpus: Vec<usize> = (first..first + shards)
+        .map(|turn| allowed[turn % allowed.len()])
+        .collect();
+    cpus.sort_unstable();
+    let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+    ["--cpus".into(), list.join(",")]
+}
+
 /// A `trove node` child joined to a cluster, its stdout read by a thread of its own that
 /// forwards each line (prefixed with the node id) to a channel.
 pub struct NodeProcess {
@@ -313,7 +332,11 @@ impl NodeProcess {
                 "--metrics-listen",
                 "127.0.0.1:0",
             ])
-            .args(["--shards", &config.shards.to_string()])
+            .args(shard_placement_flags(
+                config.node_id,
+                config.shards,
+                &allowed_cpus(),
+            ))
             .args(["--partitions", &config.partitions.to_string()])
             .args(["--cluster", &config.etcd])
             .args(["--cluster-name", &config.cluster_name])
@@ -397,5 +420,24 @@ mod tests {
     fn a_missing_program_is_not_found() {
         assert_eq!(find_on_path("trove-no-such-program-anywhere"), None);
         assert!(ETCD_MISSING.contains("apt-get install etcd-server"));
+    }
+
+    fn placement(node_id: u32, shards: usize, allowed: &[usize]) -> Vec<String> {
+        shard_placement_flags(node_id, shards, allowed).to_vec()
+    }
+
+    #[test]
+    fn the_nodes_of_a_local_cluster_spread_over_the_cpus() {
+        let two = [0, 1];
+        assert_eq!(placement(1, 1, &two), ["--cpus", "0"]);
+        assert_eq!(placement(2, 1, &two), ["--cpus", "1"]);
+        assert_eq!(placement(3, 1, &two), ["--cpus", "0"]);
+        assert_eq!(placement(2, 2, &two), ["--cpus", "0,1"]);
+        let four = [2, 3, 6, 7];
+        assert_eq!(placement(1, 2, &four), ["--cpus", "2,3"]);
+        assert_eq!(placement(2, 2, &four), ["--cpus", "6,7"]);
+        assert_eq!(placement(2, 3, &four), ["--cpus", "2,3,7"]);
+        // More shards than CPUs: `--shards` cycles over them, as for one node.
+        assert_eq!(placement(1, 3, &two), ["--shards", "3"]);
     }
 }
