@@ -512,23 +512,16 @@ pub fn check_stream_end(leftover: &[u8]) -> Result<(), FrameError> {
     })
 }
 
-/// Whether the padding in front of a trailer of `count` lengths is all zeros. The trailer
-/// starts 16-byte aligned and its padding (0, 4, 8 or 12 bytes) sits in its first 16 bytes, so
-/// one 16-byte word, masked to the padding, is the whole check: a byte loop here was a sixth
-/// of parsing a one-event frame. `body` holds the trailer (`Records::parse` checked its size).
-fn is_trailer_padding_zero(body: &[u8], count: u32) -> bool {
+/// Whether the first `padding_bytes` of `trailer` (the zero padding in front of its lengths:
+/// 0, 4, 8 or 12 bytes) are all zeros. The trailer starts 16-byte aligned, so the padding sits
+/// in its first 16-byte word, and that word, masked to the padding, is the whole check: a byte
+/// loop here was a sixth of parsing a one-event frame.
+fn is_padding_zero(trailer: &[u8], padding_bytes: usize) -> bool {
     const _: () = assert!(
         ARCHIVE_ALIGN == size_of::<u128>(),
         "one aligned word is a u128"
     );
-    let lengths_bytes = 4 * (count as usize + 1);
-    let trailer_start = body.len() - align_up(lengths_bytes);
-    let padding_bytes = align_up(lengths_bytes) - lengths_bytes;
-    let first_word = u128::from_le_bytes(
-        body[trailer_start..trailer_start + ARCHIVE_ALIGN]
-            .try_into()
-            .expect("16 bytes"),
-    );
+    let first_word = u128::from_le_bytes(trailer[..ARCHIVE_ALIGN].try_into().expect("16 bytes"));
     // Little-endian: the padding is the word's low `padding_bytes` bytes (at most 12, so the
     // shift stays below 128).
     let padding_mask = (1u128 << (8 * padding_bytes)) - 1;
@@ -553,11 +546,15 @@ impl<'a> Records<'a> {
         if count as usize > kind.records_max() {
             return Err(FrameError::TooManyRecords { kind, count });
         }
-        let trailer_len = align_up(4 * (count as usize + 1));
+        let lengths_bytes = 4 * (count as usize + 1);
+        let trailer_len = align_up(lengths_bytes);
         if trailer_len > body.len() {
             return Err(FrameError::BadTrailer);
         }
-        if !is_trailer_padding_zero(body, count) {
+        if !is_padding_zero(
+            &body[body.len() - trailer_len..],
+            trailer_len - lengths_bytes,
+        ) {
             return Err(FrameError::BadTrailer);
         }
         let records = Records::from_checked_layout(body, count);

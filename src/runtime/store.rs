@@ -62,7 +62,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
-use glommio::io::{Directory, DmaFile, OpenOptions};
+use glommio::io::{DmaFile, OpenOptions};
 use glommio::sync::Semaphore;
 use rkyv::util::AlignedVec;
 
@@ -1201,12 +1201,14 @@ impl LogTasks {
 }
 
 /// Syncs directory `dir`, so that a name created, renamed or removed in it survives a crash.
-/// On the shard's own ring, never as a blocking call: a directory sync waits for the
-/// filesystem's journal to commit (milliseconds on a busy disk), and a shard blocked that long
-/// applies nothing and reaps no completion, its log's syncs included.
+/// A full `fsync` (glommio's `Directory::sync` is an `fdatasync`, which a filesystem may take
+/// as leaving a directory's entries unsynced), on glommio's blocking-thread pool as its renames
+/// and removals run: a directory sync waits for the filesystem's journal to commit
+/// (milliseconds on a busy disk), and a shard blocked that long applies nothing and reaps no
+/// completion, its log's syncs included.
 async fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    let directory = Directory::open(dir).await?;
-    let synced = directory.sync().await;
-    directory.close().await?;
-    Ok(synced?)
+    let dir = dir.to_owned();
+    glommio::executor()
+        .spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+        .await
 }
