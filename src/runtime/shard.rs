@@ -37,7 +37,7 @@ use crate::core::snapshot::PartitionSnapshot;
 use crate::runtime::config::RuntimeConfig;
 use crate::runtime::mesh::ShardMesh;
 use crate::runtime::stall::spawn_timed;
-use crate::runtime::wait::{Latch, WaitQueue};
+use crate::runtime::wait::{Latch, OffThreadOps, WaitQueue};
 
 /// What a connection's writer does next.
 pub enum WriteStep {
@@ -88,6 +88,9 @@ pub struct Shard {
     /// Woken when a partition handed off here waits to be written to the store
     /// ([`Self::poll_move_install`]).
     move_installs: WaitQueue,
+    /// The store's file operations on glommio's blocking-thread pool: the shard does not end
+    /// under them ([`Self::run`]).
+    off_thread: OffThreadOps,
     /// Each outgoing link's task signals, by destination, once its task runs.
     link_tasks: RefCell<BTreeMap<LinkDest, Rc<LinkSignals>>>,
     /// Destinations the core listed that have no task yet, for the link supervisor.
@@ -167,6 +170,7 @@ impl Shard {
             drain_progress: WaitQueue::new(),
             log_queued: WaitQueue::new(),
             move_installs: WaitQueue::new(),
+            off_thread: OffThreadOps::new(),
             link_tasks: RefCell::default(),
             links_unstarted: RefCell::default(),
             link_supervisor: WaitQueue::new(),
@@ -527,7 +531,39 @@ impl Shard {
         for task in tasks {
             task.await;
         }
+        self.until_off_thread_ops_done().await;
         self.stats()
+    }
+
+    /// The store's file operations on glommio's blocking-thread pool, counted so that the
+    /// shard does not end under them.
+    pub fn off_thread_ops(&self) -> &OffThreadOps {
+        &self.off_thread
+    }
+
+    /// Waits, at most `LOG_STOP_WAIT_MS_MAX`, for the store's file operations in flight on
+    /// glommio's blocking-thread pool: a pool thread whose executor is gone panics when it
+    /// hands back its result. The store starts none once the shard is stopping.
+    async fn until_off_thread_ops_done(&self) {
+        let bound = Duration::from_millis(LOG_STOP_WAIT_MS_MAX);
+        let done = futures_lite::future::or(
+            async {
+                self.off_thread.until_idle().await;
+                true
+            },
+            async {
+                glommio::timer::sleep(bound).await;
+                false
+            },
+        )
+        .await;
+        if !done {
+            eprintln!(
+                "trove node: shard {}: a file operation of its log (a rename, removal or directory sync) still had not completed {} ms after the stop; stopping without it",
+                self.id().index(),
+                bound.as_millis()
+            );
+        }
     }
 
     /// Hands the core the time every `TIMEOUT_CHECK_INTERVAL_MS_MAX`, for its connection

@@ -752,7 +752,7 @@ where
 /// Opens (creating and pre-allocating when new) segment `index` of the log in `dir`. A new
 /// segment whose allocation (or directory sync) fails is deleted, so that no segment without
 /// its space is left for recovery to read, and a retry starts over.
-async fn open_segment(dir: &Path, index: u64) -> std::io::Result<DmaFile> {
+async fn open_segment(shard: &Shard, dir: &Path, index: u64) -> std::io::Result<DmaFile> {
     let path = segment_path(dir, index);
     let existed = path.exists();
     let file = OpenOptions::new()
@@ -767,7 +767,7 @@ async fn open_segment(dir: &Path, index: u64) -> std::io::Result<DmaFile> {
         }
         if !existed {
             // The new name must survive a crash too.
-            sync_dir(dir).await?;
+            sync_dir(shard, dir).await?;
         }
         std::io::Result::Ok(())
     };
@@ -775,7 +775,7 @@ async fn open_segment(dir: &Path, index: u64) -> std::io::Result<DmaFile> {
         let _ = file.close().await;
         if !existed {
             // Deleted, so that a retry creates it anew (and syncs its directory again).
-            let _ = glommio::io::remove(&path).await;
+            let _ = remove_file(shard, &path).await;
         }
         return Err(error);
     }
@@ -787,7 +787,7 @@ async fn open_segment(dir: &Path, index: u64) -> std::io::Result<DmaFile> {
 pub fn start_log_tasks(shard: Rc<Shard>, start: LogStart) {
     spawn_timed(async move {
         let first = retry_log_io(&shard, LogOp::Open, || {
-            open_segment(&start.dir, start.position.segment)
+            open_segment(&shard, &start.dir, start.position.segment)
         })
         .await;
         let block = first.alignment() as usize;
@@ -837,7 +837,7 @@ impl LogTasks {
         if let Some(file) = self.files.borrow().get(&segment) {
             return Ok(file.clone());
         }
-        let file = Rc::new(open_segment(&self.dir, segment).await?);
+        let file = Rc::new(open_segment(&self.shard, &self.dir, segment).await?);
         self.files.borrow_mut().insert(segment, file.clone());
         Ok(file)
     }
@@ -987,6 +987,10 @@ impl LogTasks {
     /// make unnecessary; looks again every `SNAPSHOT_CHECK_INTERVAL_MS_MAX` when none is due.
     async fn snapshot_loop(self: Rc<Self>) {
         loop {
+            if self.shard.is_stopping() {
+                // The shard waits for file operations in flight as it stops: start none.
+                return;
+            }
             self.forget_departed().await;
             let due = {
                 let urgent = self.blocked.get();
@@ -1054,7 +1058,7 @@ impl LogTasks {
             let written = self.write_snapshot(&path, &bytes).await;
             if written.is_err() {
                 // Its space back for the log; the next try writes it anew.
-                let _ = glommio::io::remove(path.with_extension("snap.tmp")).await;
+                let _ = remove_file(&self.shard, &path.with_extension("snap.tmp")).await;
             }
             written
         })
@@ -1084,6 +1088,11 @@ impl LogTasks {
                 .move_installs()
                 .until(|| self.shard.move_install_queued().then_some(()))
                 .await;
+            if self.shard.is_stopping() {
+                // The shard waits for file operations in flight as it stops: start none. A
+                // move not acknowledged is abandoned, and its source keeps the partition.
+                return;
+            }
             let _slot = self.take_snapshot_slot().await;
             let Some(install) = self.shard.poll_move_install() else {
                 continue;
@@ -1114,7 +1123,7 @@ impl LogTasks {
                     self.update_blocked();
                 }
                 Err(error) => {
-                    let _ = glommio::io::remove(path.with_extension("snap.tmp")).await;
+                    let _ = remove_file(&self.shard, &path.with_extension("snap.tmp")).await;
                     eprintln!(
                         "trove node: shard {}: cannot write partition {}, moved here, to {} ({error}); the move is refused and its source keeps the partition",
                         self.shard.id().index(),
@@ -1133,8 +1142,8 @@ impl LogTasks {
     async fn delete_snapshot(&self, partition: u32, lsn: u64) {
         let old = snapshot_path(&self.snapshot_dir, partition, lsn);
         let removed = async {
-            glommio::io::remove(&old).await?;
-            sync_dir(&self.snapshot_dir).await
+            remove_file(&self.shard, &old).await?;
+            sync_dir(&self.shard, &self.snapshot_dir).await
         };
         if let Err(error) = removed.await {
             fail_stop(&self.shard, "delete an old snapshot", error);
@@ -1173,8 +1182,8 @@ impl LogTasks {
         }
         file.fdatasync().await?;
         file.close().await?;
-        glommio::io::rename(&tmp, path).await?;
-        sync_dir(&self.snapshot_dir).await?;
+        rename_file(&self.shard, &tmp, path).await?;
+        sync_dir(&self.shard, &self.snapshot_dir).await?;
         Ok(len as u64)
     }
 
@@ -1187,12 +1196,12 @@ impl LogTasks {
                 let _ = file.close_rc().await;
             }
             let path = segment_path(&self.dir, *index);
-            if let Err(error) = glommio::io::remove(&path).await {
+            if let Err(error) = remove_file(&self.shard, &path).await {
                 fail_stop(&self.shard, "delete an old log segment", error);
             }
         }
         if !doomed.is_empty() {
-            if let Err(error) = sync_dir(&self.dir).await {
+            if let Err(error) = sync_dir(&self.shard, &self.dir).await {
                 fail_stop(&self.shard, "sync its log directory", error);
             }
         }
@@ -1206,9 +1215,27 @@ impl LogTasks {
 /// and removals run: a directory sync waits for the filesystem's journal to commit
 /// (milliseconds on a busy disk), and a shard blocked that long applies nothing and reaps no
 /// completion, its log's syncs included.
-async fn sync_dir(dir: &Path) -> std::io::Result<()> {
+async fn sync_dir(shard: &Shard, dir: &Path) -> std::io::Result<()> {
     let dir = dir.to_owned();
-    glommio::executor()
-        .spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
-        .await
+    let sync = glommio::executor().spawn_blocking(move || std::fs::File::open(dir)?.sync_all());
+    shard.off_thread_ops().track(sync).await
+}
+
+/// Removes file `path` (on glommio's blocking-thread pool, counted for the shard's stop).
+async fn remove_file(shard: &Shard, path: &Path) -> std::io::Result<()> {
+    let removed = shard
+        .off_thread_ops()
+        .track(glommio::io::remove(path))
+        .await;
+    Ok(removed?)
+}
+
+/// Renames file `from` to `to` (on glommio's blocking-thread pool, counted for the shard's
+/// stop).
+async fn rename_file(shard: &Shard, from: &Path, to: &Path) -> std::io::Result<()> {
+    let renamed = shard
+        .off_thread_ops()
+        .track(glommio::io::rename(from, to))
+        .await;
+    Ok(renamed?)
 }

@@ -98,6 +98,46 @@ impl<T, F: FnMut() -> Option<T> + Unpin> Future for Until<'_, F> {
     }
 }
 
+/// Operations this executor started on another thread (glommio's blocking-thread pool: file
+/// renames, removals, directory syncs), counted so that the executor does not end under them:
+/// a pool thread whose executor is gone panics when it hands back its result. Shard-local
+/// (`!Send`).
+#[derive(Default)]
+pub struct OffThreadOps {
+    in_flight: Cell<usize>,
+    idle: WaitQueue,
+}
+
+impl OffThreadOps {
+    pub fn new() -> OffThreadOps {
+        OffThreadOps::default()
+    }
+
+    /// Runs `op`, counted as in flight until it resolves.
+    pub async fn track<F: Future>(&self, op: F) -> F::Output {
+        self.in_flight.set(self.in_flight.get() + 1);
+        let _done = OffThreadDone(self);
+        op.await
+    }
+
+    /// Resolves once no operation is in flight.
+    pub async fn until_idle(&self) {
+        self.idle
+            .until(|| (self.in_flight.get() == 0).then_some(()))
+            .await
+    }
+}
+
+/// Counts a tracked operation as over when its future completes (or is dropped).
+struct OffThreadDone<'a>(&'a OffThreadOps);
+
+impl Drop for OffThreadDone<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.set(self.0.in_flight.get() - 1);
+        self.0.idle.wake_all();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +200,35 @@ mod tests {
             waiter.await;
             assert!(latch.is_set());
             assert_eq!(polls.get(), 2, "re-polled only when the latch was set");
+        });
+    }
+
+    #[test]
+    fn off_thread_ops_are_idle_only_once_every_tracked_one_is_over() {
+        let executor = glommio::LocalExecutor::default();
+        executor.run(async {
+            let ops = Rc::new(OffThreadOps::new());
+            let released = Rc::new(Latch::new());
+            let tracked = glommio::spawn_local({
+                let (ops, released) = (ops.clone(), released.clone());
+                async move { ops.track(released.wait()).await }
+            });
+            futures_lite::future::yield_now().await;
+            let idle = Rc::new(Latch::new());
+            let waiter = glommio::spawn_local({
+                let (ops, idle) = (ops.clone(), idle.clone());
+                async move {
+                    ops.until_idle().await;
+                    idle.set();
+                }
+            });
+            futures_lite::future::yield_now().await;
+            assert!(!idle.is_set(), "idle while an operation was in flight");
+            released.set();
+            tracked.await;
+            waiter.await;
+            assert!(idle.is_set());
+            assert_eq!(ops.in_flight.get(), 0);
         });
     }
 }
