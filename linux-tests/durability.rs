@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use trove::client::{self, ClientConfig, Incoming};
-use trove::constants::WAL_RECORD_HEADER_BYTES;
+use trove::constants::{SNAPSHOT_SPARE_FILES_MAX, WAL_RECORD_HEADER_BYTES};
 use trove::core::ids::{HuntId, PlayerId};
 use trove::core::message::{
     Event, EventError, EventKind, HuntSpec, Outcome, OutcomeClass, Reply, TreasureSpec,
@@ -794,9 +794,19 @@ fn the_data_dir_stays_within_its_bound_and_a_restart_after_truncation_recovers_e
         peak <= BOUND_MB << 20,
         "the data dir reached {peak} bytes, past --log-disk-max-mb {BOUND_MB}"
     );
+    assert_spares_bounded_and_empty(&dir);
     // kill -9, then everything answered must come back from snapshots and the log's tail.
     drop(node);
+    // What a crash can leave besides: a segment prepared ahead, a snapshot being written.
+    let prepared = dir.join("shard-0").join("00000000000000000099.wal.ready");
+    let scratch = dir.join("shard-1/snapshots/spare-planted.snap.tmp");
+    std::fs::write(&prepared, [0u8; 4096]).unwrap();
+    std::fs::write(&scratch, [7u8; 4096]).unwrap();
     let mut node = start_node(&dir, &flags).unwrap();
+    assert!(
+        !prepared.exists() && !scratch.exists(),
+        "recovery kept a prepared segment or an unfinished snapshot file"
+    );
     let (snapshots, replayed) = recovery(&node);
     println!("restart: {snapshots} snapshots loaded, {replayed} events replayed");
     assert!(snapshots > 0, "{:?}", node.start_lines);
@@ -813,6 +823,30 @@ fn the_data_dir_stays_within_its_bound_and_a_restart_after_truncation_recovers_e
     }
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Each shard keeps at most `SNAPSHOT_SPARE_FILES_MAX` replaced snapshot files to write the
+/// next ones into, emptied: only the one being written (if any) holds bytes.
+fn assert_spares_bounded_and_empty(dir: &Path) {
+    for shard in 0..2 {
+        let snapshots = dir.join(format!("shard-{shard}")).join("snapshots");
+        let sizes: Vec<u64> = std::fs::read_dir(&snapshots)
+            .unwrap()
+            .map_while(Result::ok)
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with("spare-"))
+            .filter_map(|entry| Some(entry.metadata().ok()?.len()))
+            .collect();
+        assert!(
+            sizes.len() <= SNAPSHOT_SPARE_FILES_MAX,
+            "shard {shard} keeps {} spare files",
+            sizes.len()
+        );
+        let holding = sizes.iter().filter(|&&size| size > 0).count();
+        assert!(
+            holding <= 1,
+            "shard {shard}'s spare files hold bytes: {sizes:?}"
+        );
+    }
 }
 
 /// Every snapshot file of the data dir, by (shard, partition), oldest first.

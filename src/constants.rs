@@ -385,6 +385,14 @@ pub const WAL_MAGIC: [u8; 8] = *b"TROVWAL\0";
 pub const WAL_FORMAT_VERSION: u32 = 2;
 /// Size of one pre-allocated log segment file.
 pub const WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// The next segment is prepared (zero-filled) once the current one holds this much: early
+/// enough that the writer rarely waits for it, late enough that the space it takes ahead is
+/// held for half a segment's worth of log at most.
+pub const WAL_PREPARE_AFTER_BYTES: u64 = WAL_SEGMENT_BYTES / 2;
+/// Size of each write that zero-fills a new segment before the log uses it (one in flight
+/// per shard, beside the log's own writes).
+pub const WAL_ZERO_FILL_WRITE_BYTES_MAX: usize = 1024 * 1024;
+const _: () = assert!(WAL_SEGMENT_BYTES % WAL_ZERO_FILL_WRITE_BYTES_MAX as u64 == 0);
 /// The segment header's share of a segment: one block of the largest alignment supported, so
 /// the first record starts aligned whatever the device's block size.
 pub const WAL_SEGMENT_HEADER_BYTES: usize = 4096;
@@ -433,6 +441,7 @@ pub const WAL_SHARD_BYTES_MAX: usize = 2 * WAL_UNSYNCED_PAYLOAD_BYTES_MAX // the
     + 2 * WAL_UNSYNCED_EVENTS_MAX * DURABILITY_QUEUED_RECORD_BYTES // its index of records, likewise
     + 2 * WAL_UNWRITTEN_BYTES_MAX // the group-commit tails: doubling Vecs, drained in place
     + WAL_UNWRITTEN_BYTES_MAX + WAL_BLOCK_BYTES_MAX // the aligned buffer of the one write in flight
+    + WAL_ZERO_FILL_WRITE_BYTES_MAX // the buffer of the zero-fill write in flight
     + 2 * (WAL_UNSYNCED_EVENTS_MAX + DURABILITY_HELD_UNCREDITED_MAX) // replies held for a sync: a doubling VecDeque
         * (DURABILITY_HELD_REPLY_BYTES_MAX + REPLY_BYTES_MAX)
     + LOG_STAGE_HISTOGRAMS_PER_SHARD_MAX * STAGE_HISTOGRAM_BYTES_MAX // the log-sync and snapshot-pause stage histograms, and a copy of each
@@ -533,6 +542,11 @@ pub const LOG_STOP_WAIT_MS_MAX: u64 = 2_000;
 /// One partition's retention state in a shard's log task (`store::retention::PartitionLog`:
 /// two generations and the last record seen); checked by a const assert there.
 pub const RETENTION_PARTITION_BYTES: usize = 80;
+/// Replaced snapshot files a shard keeps, emptied, to write its next snapshots into (an
+/// unfinished `.snap.tmp` to recovery, which deletes them). Creating a file costs more than
+/// writing it: on ext4 without a journal, a new inode is searched for past every one freed
+/// in the last seconds, and a shard replaces hundreds of snapshot files a second.
+pub const SNAPSHOT_SPARE_FILES_MAX: usize = 4;
 /// Snapshot files one shard writes at once (its own partitions' and the partitions moved to
 /// it, taking turns): `SNAPSHOT_IN_FLIGHT_BYTES_MAX` counts one.
 pub const SNAPSHOT_WRITES_INFLIGHT_MAX: u64 = 1;

@@ -37,7 +37,7 @@ use crate::core::snapshot::PartitionSnapshot;
 use crate::runtime::config::RuntimeConfig;
 use crate::runtime::mesh::ShardMesh;
 use crate::runtime::stall::spawn_timed;
-use crate::runtime::wait::{Latch, OffThreadOps, WaitQueue};
+use crate::runtime::wait::{FileOpsInFlight, Latch, WaitQueue};
 
 /// What a connection's writer does next.
 pub enum WriteStep {
@@ -88,9 +88,8 @@ pub struct Shard {
     /// Woken when a partition handed off here waits to be written to the store
     /// ([`Self::poll_move_install`]).
     move_installs: WaitQueue,
-    /// The store's file operations on glommio's blocking-thread pool: the shard does not end
-    /// under them ([`Self::run`]).
-    off_thread: OffThreadOps,
+    /// The store's file operations the shard does not end under ([`Self::run`]).
+    file_ops: FileOpsInFlight,
     /// Each outgoing link's task signals, by destination, once its task runs.
     link_tasks: RefCell<BTreeMap<LinkDest, Rc<LinkSignals>>>,
     /// Destinations the core listed that have no task yet, for the link supervisor.
@@ -170,7 +169,7 @@ impl Shard {
             drain_progress: WaitQueue::new(),
             log_queued: WaitQueue::new(),
             move_installs: WaitQueue::new(),
-            off_thread: OffThreadOps::new(),
+            file_ops: FileOpsInFlight::new(),
             link_tasks: RefCell::default(),
             links_unstarted: RefCell::default(),
             link_supervisor: WaitQueue::new(),
@@ -364,6 +363,11 @@ impl Shard {
     }
 
     /// True once the shard has started stopping.
+    /// How many shards the node runs (one flusher slot each).
+    pub fn shard_count(&self) -> usize {
+        self.flushers.len()
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.stop_started.is_set()
     }
@@ -531,24 +535,22 @@ impl Shard {
         for task in tasks {
             task.await;
         }
-        self.until_off_thread_ops_done().await;
+        self.until_file_ops_done().await;
         self.stats()
     }
 
-    /// The store's file operations on glommio's blocking-thread pool, counted so that the
-    /// shard does not end under them.
-    pub fn off_thread_ops(&self) -> &OffThreadOps {
-        &self.off_thread
+    /// The store's file operations, counted so that the shard does not end under them.
+    pub fn file_ops(&self) -> &FileOpsInFlight {
+        &self.file_ops
     }
 
-    /// Waits, at most `LOG_STOP_WAIT_MS_MAX`, for the store's file operations in flight on
-    /// glommio's blocking-thread pool: a pool thread whose executor is gone panics when it
-    /// hands back its result. The store starts none once the shard is stopping.
-    async fn until_off_thread_ops_done(&self) {
+    /// Waits, at most `LOG_STOP_WAIT_MS_MAX`, for the store's file operations in flight (see
+    /// [`FileOpsInFlight`]). The store starts none once the shard is stopping.
+    async fn until_file_ops_done(&self) {
         let bound = Duration::from_millis(LOG_STOP_WAIT_MS_MAX);
         let done = futures_lite::future::or(
             async {
-                self.off_thread.until_idle().await;
+                self.file_ops.until_idle().await;
                 true
             },
             async {

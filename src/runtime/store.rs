@@ -4,7 +4,15 @@
 //! Layout: `DATA_DIR/trove.id` names the node, shard count and partition count the data
 //! belongs to (a data dir of another layout is refused, never mixed); `DATA_DIR/shard-N/`
 //! holds shard N's segments, `00000000000000000000.wal` and on, each pre-allocated to
-//! `WAL_SEGMENT_BYTES`.
+//! `WAL_SEGMENT_BYTES` and zero-filled before the log writes to it: a fifth task, the
+//! preparer, makes the next segment so (as `.wal.ready`, renamed when the log reaches it)
+//! once the current one is half written, when the disk bound has room for it and the
+//! filesystem room for one more segment per shard besides.
+//!
+//! Snapshot files are written under a scratch name (`.snap.tmp`, deleted by recovery) and
+//! renamed. A replaced snapshot is kept, emptied, as the next one's scratch file (up to
+//! `SNAPSHOT_SPARE_FILES_MAX`): a shard replaces hundreds a second, and creating a file is
+//! the dear part.
 //!
 //! [`prepare_data_dir`] runs on the thread that starts the node. [`recover`] runs on each
 //! shard's executor before the shard serves anything: it reads the shard's segments in order
@@ -69,8 +77,9 @@ use rkyv::util::AlignedVec;
 use crate::constants::{
     LOG_DISK_MB_DEFAULT, LOG_FAULT_HOLD_MS_MAX, LOG_FAULT_RETRY_MS_MAX,
     SNAPSHOT_CHECK_INTERVAL_MS_MAX, SNAPSHOT_EVERY_MB_DEFAULT, SNAPSHOT_EVERY_S_DEFAULT,
-    SNAPSHOT_GENERATIONS_MAX, SNAPSHOT_WRITES_INFLIGHT_MAX, WAL_BLOCK_BYTES_MAX,
-    WAL_FORMAT_VERSION, WAL_SEGMENT_BYTES,
+    SNAPSHOT_GENERATIONS_MAX, SNAPSHOT_SPARE_FILES_MAX, SNAPSHOT_WRITES_INFLIGHT_MAX,
+    WAL_BLOCK_BYTES_MAX, WAL_FORMAT_VERSION, WAL_PREPARE_AFTER_BYTES, WAL_SEGMENT_BYTES,
+    WAL_ZERO_FILL_WRITE_BYTES_MAX,
 };
 use crate::core::ids::PartitionId;
 use crate::core::shard::{Durability, LogFaultKind, LogOp, LogSync, MoveInstall};
@@ -168,7 +177,13 @@ fn segment_path(dir: &Path, index: u64) -> PathBuf {
     dir.join(format!("{index:020}.wal"))
 }
 
-/// The shard's segment files, by index.
+/// Where segment `index` is prepared, zero-filled, before the log reaches it.
+fn prepared_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("{index:020}.wal.ready"))
+}
+
+/// The shard's segment files, by index. Segments prepared ahead and not yet used
+/// (`.wal.ready`) are deleted: they hold nothing, and the disk bound did not count them.
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, String> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -179,6 +194,11 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, String> {
     for entry in entries {
         let entry = entry.map_err(|error| format!("cannot list {}: {error}", dir.display()))?;
         let name = entry.file_name();
+        if name.to_string_lossy().ends_with(".wal.ready") {
+            std::fs::remove_file(entry.path())
+                .map_err(|error| format!("cannot delete {}: {error}", entry.path().display()))?;
+            continue;
+        }
         let Some(index) = name
             .to_str()
             .and_then(|name| name.strip_suffix(".wal"))
@@ -623,6 +643,26 @@ fn discard_after(files: &[(u64, PathBuf)], recovered: &mut Recovered) -> Result<
     Ok(())
 }
 
+/// Whether the filesystem of `dir` has room for a segment prepared ahead and still one more
+/// for every shard of the node: a segment taken ahead of need must never take the space
+/// another shard's log needs now (a nearly full disk gets no segment prepared ahead, and the
+/// writer makes each when it needs it, as it reports a full disk).
+fn headroom_to_prepare(dir: &Path, shards: usize) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statvfs fills the zeroed struct we own from a NUL-terminated path.
+    let free = unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(path.as_ptr(), &mut stat) != 0 {
+            return false;
+        }
+        stat.f_bavail as u64 * stat.f_frsize as u64
+    };
+    free >= (shards as u64 + 1) * WAL_SEGMENT_BYTES
+}
+
 /// Whether `dir` is on tmpfs, where O_DIRECT is off and a sync reaches no disk.
 pub fn on_tmpfs(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
@@ -657,6 +697,22 @@ struct LogTasks {
     /// Held while a snapshot file is written (a partition's own, or one moved here): one at
     /// a time, as `SNAPSHOT_IN_FLIGHT_BYTES_MAX` counts.
     snapshot_slot: Semaphore,
+    /// Replaced snapshot files, emptied, to write the next snapshots into
+    /// (`SNAPSHOT_SPARE_FILES_MAX`).
+    spares: RefCell<Vec<PathBuf>>,
+    /// The number in the next spare file's name.
+    scratch_names: Cell<u64>,
+    /// The segment after the log's current one, as the preparer has it.
+    next_segment: RefCell<NextSegment>,
+    /// Woken when the preparer finishes (or gives up) a segment: the writer may be waiting.
+    next_segment_changed: WaitQueue,
+}
+
+/// The preparer's segment, zero-filled ahead of the log (see [`create_segment`]).
+enum NextSegment {
+    None,
+    Preparing(u64),
+    Ready(u64, DmaFile),
 }
 
 /// Completed writes not yet covered by a sync, for the log-sync stage and counters.
@@ -749,37 +805,109 @@ where
     }
 }
 
-/// Opens (creating and pre-allocating when new) segment `index` of the log in `dir`. A new
-/// segment whose allocation (or directory sync) fails is deleted, so that no segment without
-/// its space is left for recovery to read, and a retry starts over.
+/// Opens segment `index` of the log in `dir`: the one recovery found on disk, or a new one,
+/// prepared now ([`create_segment`]).
 async fn open_segment(shard: &Shard, dir: &Path, index: u64) -> std::io::Result<DmaFile> {
-    let path = segment_path(dir, index);
-    let existed = path.exists();
+    if segment_path(dir, index).exists() {
+        open_existing_segment(dir, index).await
+    } else {
+        create_segment(shard, dir, index, None).await
+    }
+}
+
+/// Opens segment `index`, which recovery found on disk, pre-allocating it again if a crash
+/// cut its allocation short.
+async fn open_existing_segment(dir: &Path, index: u64) -> std::io::Result<DmaFile> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .dma_open(&path)
+        .dma_open(segment_path(dir, index))
         .await?;
     let allocated = async {
         if file.file_size().await? < WAL_SEGMENT_BYTES {
             file.pre_allocate(WAL_SEGMENT_BYTES, false).await?;
         }
-        if !existed {
-            // The new name must survive a crash too.
-            sync_dir(shard, dir).await?;
-        }
         std::io::Result::Ok(())
     };
     if let Err(error) = allocated.await {
         let _ = file.close().await;
-        if !existed {
-            // Deleted, so that a retry creates it anew (and syncs its directory again).
-            let _ = remove_file(shard, &path).await;
-        }
         return Err(error);
     }
     Ok(file)
+}
+
+/// Makes segment `index` from `prepared` (the preparer's file for it), or from a file
+/// prepared now: renamed to the segment's name, its directory synced. A segment that cannot
+/// be made is deleted under either name, so that no segment without its space is left for
+/// recovery to read, and a retry starts over.
+async fn create_segment(
+    shard: &Shard,
+    dir: &Path,
+    index: u64,
+    prepared: Option<DmaFile>,
+) -> std::io::Result<DmaFile> {
+    let file = match prepared {
+        Some(file) => file,
+        None => prepare_segment(shard, dir, index).await?,
+    };
+    let (ready, path) = (prepared_path(dir, index), segment_path(dir, index));
+    let installed = async {
+        rename_file(shard, &ready, &path).await?;
+        // The new name must survive a crash too.
+        sync_dir(shard, dir).await
+    };
+    if let Err(error) = installed.await {
+        let _ = file.close().await;
+        let _ = remove_file(shard, &path).await;
+        let _ = remove_file(shard, &ready).await;
+        return Err(error);
+    }
+    Ok(file)
+}
+
+/// Creates segment `index` under its prepared name (`.wal.ready`, which recovery deletes),
+/// pre-allocated and zero-filled, synced: the log's writes to it then change no file
+/// metadata. (An `fdatasync` after a write into pre-allocated space that was never written
+/// must also commit the extent's conversion to the filesystem's journal.) Deleted if it cannot
+/// be made whole.
+async fn prepare_segment(shard: &Shard, dir: &Path, index: u64) -> std::io::Result<DmaFile> {
+    let path = prepared_path(dir, index);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(&path)
+        .await?;
+    if let Err(error) = shard.file_ops().track(zero_fill(&file)).await {
+        let _ = file.close().await;
+        let _ = remove_file(shard, &path).await;
+        return Err(error);
+    }
+    Ok(file)
+}
+
+/// Pre-allocates `file` to a whole segment and writes zeros over it, one
+/// `WAL_ZERO_FILL_WRITE_BYTES_MAX` write at a time, then syncs it.
+async fn zero_fill(file: &DmaFile) -> std::io::Result<()> {
+    file.pre_allocate(WAL_SEGMENT_BYTES, false).await?;
+    let mut at = 0u64;
+    while at < WAL_SEGMENT_BYTES {
+        let len = (WAL_SEGMENT_BYTES - at).min(WAL_ZERO_FILL_WRITE_BYTES_MAX as u64);
+        let mut buffer = file.alloc_dma_buffer(len as usize);
+        buffer.as_bytes_mut().fill(0);
+        let written = file.write_at(buffer, at).await?;
+        let whole = file.align_down(written as u64);
+        if whole == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("zero-filling a new segment made no progress at byte {at}"),
+            ));
+        }
+        at += whole;
+    }
+    file.fdatasync().await?;
+    Ok(())
 }
 
 /// Starts the shard's log writer and syncer where recovery left the log. Records the core
@@ -821,25 +949,106 @@ pub fn start_log_tasks(shard: Rc<Shard>, start: LogStart) {
             clock: start.clock,
             blocked: Cell::new(false),
             snapshot_slot: Semaphore::new(SNAPSHOT_WRITES_INFLIGHT_MAX),
+            spares: RefCell::new(Vec::new()),
+            scratch_names: Cell::new(0),
+            next_segment: RefCell::new(NextSegment::None),
+            next_segment_changed: WaitQueue::new(),
         });
         tasks.update_blocked();
         spawn_timed(tasks.clone().sync_loop()).detach();
         spawn_timed(tasks.clone().snapshot_loop()).detach();
         spawn_timed(tasks.clone().install_loop()).detach();
+        spawn_timed(tasks.clone().prepare_loop()).detach();
         tasks.write_loop().await;
     })
     .detach();
 }
 
 impl LogTasks {
-    /// Segment `segment`'s file, opened (and pre-allocated when new) if it is not open.
+    /// Segment `segment`'s file, opened if it is not open, made (from the preparer's file
+    /// when it has one) if it is new.
     async fn file(&self, segment: u64) -> std::io::Result<Rc<DmaFile>> {
         if let Some(file) = self.files.borrow().get(&segment) {
             return Ok(file.clone());
         }
-        let file = Rc::new(open_segment(&self.shard, &self.dir, segment).await?);
+        let file = if segment_path(&self.dir, segment).exists() {
+            open_existing_segment(&self.dir, segment).await?
+        } else {
+            let prepared = self.take_prepared(segment).await;
+            create_segment(&self.shard, &self.dir, segment, prepared).await?
+        };
+        let file = Rc::new(file);
         self.files.borrow_mut().insert(segment, file.clone());
         Ok(file)
+    }
+
+    /// The preparer's file for segment `segment`, waited for while it is being made. One made
+    /// for a segment the log has passed is deleted; one for a later segment is kept.
+    async fn take_prepared(&self, segment: u64) -> Option<DmaFile> {
+        self.next_segment_changed
+            .until(|| {
+                let next = self.next_segment.borrow();
+                (!matches!(*next, NextSegment::Preparing(index) if index == segment)).then_some(())
+            })
+            .await;
+        let next = std::mem::replace(&mut *self.next_segment.borrow_mut(), NextSegment::None);
+        match next {
+            NextSegment::Ready(index, file) if index == segment => Some(file),
+            NextSegment::Ready(index, file) if index < segment => {
+                let _ = file.close().await;
+                let _ = remove_file(&self.shard, &prepared_path(&self.dir, index)).await;
+                None
+            }
+            later => {
+                *self.next_segment.borrow_mut() = later;
+                None
+            }
+        }
+    }
+
+    /// Prepares the segment after the log's current one ahead of the log, when the disk bound
+    /// has room for it, so that the writer rarely waits for a new segment's zero-fill.
+    async fn prepare_loop(self: Rc<Self>) {
+        loop {
+            let index = self.written.until(|| self.segment_to_prepare()).await;
+            self.retention.borrow_mut().set_prepared(Some(index));
+            *self.next_segment.borrow_mut() = NextSegment::Preparing(index);
+            let prepared = prepare_segment(&self.shard, &self.dir, index).await;
+            let failed = prepared.is_err();
+            *self.next_segment.borrow_mut() = match prepared {
+                Ok(file) => NextSegment::Ready(index, file),
+                Err(_) => {
+                    self.retention.borrow_mut().set_prepared(None);
+                    NextSegment::None
+                }
+            };
+            self.next_segment_changed.wake_all();
+            self.update_blocked();
+            if failed {
+                // The writer makes the segment itself when it needs it, and reports a disk
+                // that fails it then; until that, try again later.
+                glommio::timer::sleep(std::time::Duration::from_millis(LOG_FAULT_RETRY_MS_MAX))
+                    .await;
+            }
+        }
+    }
+
+    /// The segment to prepare now: the one after the log's current segment, once that holds
+    /// `WAL_PREPARE_AFTER_BYTES`, when none is prepared, the bound has room, and the shard is
+    /// not stopping.
+    fn segment_to_prepare(&self) -> Option<u64> {
+        let idle = matches!(*self.next_segment.borrow(), NextSegment::None);
+        if !idle || self.shard.is_stopping() {
+            return None;
+        }
+        let machine = self.machine.borrow();
+        if machine.append_offset() < WAL_PREPARE_AFTER_BYTES {
+            return None;
+        }
+        let index = machine.append_segment() + 1;
+        let room = self.retention.borrow().may_prepare(index)
+            && headroom_to_prepare(&self.dir, self.shard.shard_count());
+        room.then_some(index)
     }
 
     /// Feeds the core's records to the machine and issues its writes, one at a time.
@@ -1054,13 +1263,8 @@ impl LogTasks {
             .until(|| (self.shard.durable_lsn() >= lsn).then_some(()))
             .await;
         let path = snapshot_path(&self.snapshot_dir, partition, lsn);
-        let file_bytes = retry_log_io(&self.shard, LogOp::Snapshot, || async {
-            let written = self.write_snapshot(&path, &bytes).await;
-            if written.is_err() {
-                // Its space back for the log; the next try writes it anew.
-                let _ = remove_file(&self.shard, &path.with_extension("snap.tmp")).await;
-            }
-            written
+        let file_bytes = retry_log_io(&self.shard, LogOp::Snapshot, || {
+            self.write_snapshot(&path, &bytes)
         })
         .await;
         let dropped = self.retention.borrow_mut().snapshot_written(file_bytes);
@@ -1123,7 +1327,6 @@ impl LogTasks {
                     self.update_blocked();
                 }
                 Err(error) => {
-                    let _ = remove_file(&self.shard, &path.with_extension("snap.tmp")).await;
                     eprintln!(
                         "trove node: shard {}: cannot write partition {}, moved here, to {} ({error}); the move is refused and its source keeps the partition",
                         self.shard.id().index(),
@@ -1138,53 +1341,52 @@ impl LogTasks {
         }
     }
 
-    /// Deletes partition `partition`'s snapshot covering `lsn`, which retention keeps no more.
+    /// Deletes partition `partition`'s snapshot covering `lsn`, which retention keeps no more:
+    /// renamed to a spare and emptied while the shard keeps fewer than
+    /// `SNAPSHOT_SPARE_FILES_MAX`, removed otherwise.
     async fn delete_snapshot(&self, partition: u32, lsn: u64) {
         let old = snapshot_path(&self.snapshot_dir, partition, lsn);
+        let keep = self.spares.borrow().len() < SNAPSHOT_SPARE_FILES_MAX;
+        let spare = keep.then(|| self.new_scratch_path());
         let removed = async {
-            remove_file(&self.shard, &old).await?;
+            match &spare {
+                Some(spare) => empty_into(&self.shard, &old, spare).await?,
+                None => remove_file(&self.shard, &old).await?,
+            }
             sync_dir(&self.shard, &self.snapshot_dir).await
         };
         if let Err(error) = removed.await {
             fail_stop(&self.shard, "delete an old snapshot", error);
         }
+        self.spares.borrow_mut().extend(spare);
     }
 
-    /// Writes a snapshot file whole and durably: a `.tmp` file, synced, renamed, and the
-    /// directory synced. Returns the file's size (whole blocks).
+    /// A name for a snapshot file being written that recovery deletes as unfinished.
+    fn new_scratch_path(&self) -> PathBuf {
+        let number = self.scratch_names.get();
+        self.scratch_names.set(number + 1);
+        self.snapshot_dir
+            .join(format!("spare-{number:020}.snap.tmp"))
+    }
+
+    /// Writes a snapshot file whole and durably: into a spare file (or a new one), synced,
+    /// renamed to `path`, and the directory synced. Returns the file's size (whole blocks).
+    /// A file that could not be written is deleted, its space back for the log: the next try
+    /// writes it anew.
     async fn write_snapshot(&self, path: &Path, bytes: &[u8]) -> std::io::Result<u64> {
-        let tmp = path.with_extension("snap.tmp");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .dma_open(&tmp)
-            .await?;
-        let len = bytes.len().next_multiple_of(file.alignment() as usize);
-        let mut done = 0usize;
-        while done < len {
-            let mut buffer = file.alloc_dma_buffer(len - done);
-            let target = buffer.as_bytes_mut();
-            target.fill(0);
-            let rest = &bytes[done.min(bytes.len())..];
-            let copied = rest.len().min(target.len());
-            target[..copied].copy_from_slice(&rest[..copied]);
-            let written = file.write_at(buffer, done as u64).await?;
-            let whole = file.align_down(written as u64) as usize;
-            if whole == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::WriteZero,
-                    format!("a snapshot write at byte {done} made no progress"),
-                ));
-            }
-            done += whole;
+        let scratch = self.spares.borrow_mut().pop();
+        let scratch = scratch.unwrap_or_else(|| self.new_scratch_path());
+        let written = async {
+            let len = write_whole_file(&scratch, bytes).await?;
+            rename_file(&self.shard, &scratch, path).await?;
+            sync_dir(&self.shard, &self.snapshot_dir).await?;
+            std::io::Result::Ok(len)
+        };
+        let written = written.await;
+        if written.is_err() {
+            let _ = remove_file(&self.shard, &scratch).await;
         }
-        file.fdatasync().await?;
-        file.close().await?;
-        rename_file(&self.shard, &tmp, path).await?;
-        sync_dir(&self.shard, &self.snapshot_dir).await?;
-        Ok(len as u64)
+        written
     }
 
     /// Deletes the segments no snapshot needs any more; returns how many.
@@ -1209,6 +1411,54 @@ impl LogTasks {
     }
 }
 
+/// Writes `bytes` to the file at `path` (created, or an emptied spare) with direct I/O,
+/// padded with zeros to whole blocks, and syncs it. Returns the file's size.
+async fn write_whole_file(path: &Path, bytes: &[u8]) -> std::io::Result<u64> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(path)
+        .await?;
+    let len = bytes.len().next_multiple_of(file.alignment() as usize);
+    let mut done = 0usize;
+    while done < len {
+        let mut buffer = file.alloc_dma_buffer(len - done);
+        let target = buffer.as_bytes_mut();
+        target.fill(0);
+        let rest = &bytes[done.min(bytes.len())..];
+        let copied = rest.len().min(target.len());
+        target[..copied].copy_from_slice(&rest[..copied]);
+        let written = file.write_at(buffer, done as u64).await?;
+        let whole = file.align_down(written as u64) as usize;
+        if whole == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("a snapshot write at byte {done} made no progress"),
+            ));
+        }
+        done += whole;
+    }
+    file.fdatasync().await?;
+    file.close().await?;
+    Ok(len as u64)
+}
+
+/// Renames file `from` to `to` and empties it, in one trip to glommio's blocking-thread pool
+/// (counted for the shard's stop): a replaced snapshot kept to be written again.
+async fn empty_into(shard: &Shard, from: &Path, to: &Path) -> std::io::Result<()> {
+    let (from, to) = (from.to_owned(), to.to_owned());
+    let emptied = glommio::executor().spawn_blocking(move || {
+        std::fs::rename(&from, &to)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&to)?
+            .set_len(0)
+    });
+    shard.file_ops().track(emptied).await
+}
+
 /// Syncs directory `dir`, so that a name created, renamed or removed in it survives a crash.
 /// A full `fsync` (glommio's `Directory::sync` is an `fdatasync`, which a filesystem may take
 /// as leaving a directory's entries unsynced), on glommio's blocking-thread pool as its renames
@@ -1218,24 +1468,18 @@ impl LogTasks {
 async fn sync_dir(shard: &Shard, dir: &Path) -> std::io::Result<()> {
     let dir = dir.to_owned();
     let sync = glommio::executor().spawn_blocking(move || std::fs::File::open(dir)?.sync_all());
-    shard.off_thread_ops().track(sync).await
+    shard.file_ops().track(sync).await
 }
 
 /// Removes file `path` (on glommio's blocking-thread pool, counted for the shard's stop).
 async fn remove_file(shard: &Shard, path: &Path) -> std::io::Result<()> {
-    let removed = shard
-        .off_thread_ops()
-        .track(glommio::io::remove(path))
-        .await;
+    let removed = shard.file_ops().track(glommio::io::remove(path)).await;
     Ok(removed?)
 }
 
 /// Renames file `from` to `to` (on glommio's blocking-thread pool, counted for the shard's
 /// stop).
 async fn rename_file(shard: &Shard, from: &Path, to: &Path) -> std::io::Result<()> {
-    let renamed = shard
-        .off_thread_ops()
-        .track(glommio::io::rename(from, to))
-        .await;
+    let renamed = shard.file_ops().track(glommio::io::rename(from, to)).await;
     Ok(renamed?)
 }

@@ -98,25 +98,25 @@ impl<T, F: FnMut() -> Option<T> + Unpin> Future for Until<'_, F> {
     }
 }
 
-/// Operations this executor started on another thread (glommio's blocking-thread pool: file
-/// renames, removals, directory syncs), counted so that the executor does not end under them:
-/// a pool thread whose executor is gone panics when it hands back its result. Shard-local
-/// (`!Send`).
+/// File operations of this executor that it must not end under, counted: those on glommio's
+/// blocking-thread pool (renames, removals, directory syncs: a pool thread whose executor is
+/// gone panics when it hands back its result), and the zero-filling of a log segment ahead of
+/// use. Shard-local (`!Send`).
 #[derive(Default)]
-pub struct OffThreadOps {
+pub struct FileOpsInFlight {
     in_flight: Cell<usize>,
     idle: WaitQueue,
 }
 
-impl OffThreadOps {
-    pub fn new() -> OffThreadOps {
-        OffThreadOps::default()
+impl FileOpsInFlight {
+    pub fn new() -> FileOpsInFlight {
+        FileOpsInFlight::default()
     }
 
     /// Runs `op`, counted as in flight until it resolves.
     pub async fn track<F: Future>(&self, op: F) -> F::Output {
         self.in_flight.set(self.in_flight.get() + 1);
-        let _done = OffThreadDone(self);
+        let _done = FileOpDone(self);
         op.await
     }
 
@@ -129,9 +129,9 @@ impl OffThreadOps {
 }
 
 /// Counts a tracked operation as over when its future completes (or is dropped).
-struct OffThreadDone<'a>(&'a OffThreadOps);
+struct FileOpDone<'a>(&'a FileOpsInFlight);
 
-impl Drop for OffThreadDone<'_> {
+impl Drop for FileOpDone<'_> {
     fn drop(&mut self) {
         self.0.in_flight.set(self.0.in_flight.get() - 1);
         self.0.idle.wake_all();
@@ -204,10 +204,10 @@ mod tests {
     }
 
     #[test]
-    fn off_thread_ops_are_idle_only_once_every_tracked_one_is_over() {
+    fn file_ops_are_idle_only_once_every_tracked_one_is_over() {
         let executor = glommio::LocalExecutor::default();
         executor.run(async {
-            let ops = Rc::new(OffThreadOps::new());
+            let ops = Rc::new(FileOpsInFlight::new());
             let released = Rc::new(Latch::new());
             let tracked = glommio::spawn_local({
                 let (ops, released) = (ops.clone(), released.clone());

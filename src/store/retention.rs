@@ -19,11 +19,13 @@
 //!   so the log is kept from the first record the *older* one needs: a segment is deleted once
 //!   every partition's older generation covers all its records, and the next segment's start
 //!   is durable (a log always keeps a segment with a durable header).
-//! - **The bound.** Disk use is the segments (each pre-allocated whole) and the retained
-//!   snapshot files. The log is *blocked* when the next segment would not fit in
-//!   `disk_bytes_max` and the current one may fill up with the records that can still arrive
-//!   (`WAL_UNWRITTEN_BYTES_MAX`): blocking then, not at the segment's end, means every event
-//!   the core already applied still has room.
+//! - **The bound.** Disk use is the segments (each pre-allocated whole), the retained
+//!   snapshot files, and the next segment when it is prepared ahead (zero-filled before the
+//!   log reaches it, [`Self::may_prepare`]: only when it fits). The log is *blocked* when the
+//!   next segment is not prepared, would not fit in `disk_bytes_max`, and the current one may
+//!   fill up with the records that can still arrive (`WAL_UNWRITTEN_BYTES_MAX`): blocking
+//!   then, not at the segment's end, means every event the core already applied still has
+//!   room.
 //!
 //! Lives on its shard's core, in the shard's log tasks.
 
@@ -115,6 +117,8 @@ pub struct Retention {
     durable_lsn: u64,
     /// The last record seen, of any partition.
     last_lsn: u64,
+    /// The segment prepared ahead of the log, on disk but not yet written to.
+    prepared: Option<u64>,
 }
 
 impl Retention {
@@ -135,6 +139,7 @@ impl Retention {
             round_started_ns: now_ns,
             durable_lsn: 0,
             last_lsn: 0,
+            prepared: None,
         }
     }
 
@@ -171,6 +176,10 @@ impl Retention {
     pub fn observe(&mut self, lsn: u64, partition: u32, bytes: u64, segment: u64) {
         if self.segments.back().is_none_or(|&(last, _)| last < segment) {
             self.segments.push_back((segment, lsn));
+            if self.prepared.is_some_and(|prepared| prepared <= segment) {
+                // The prepared segment is now the log's.
+                self.prepared = None;
+            }
         }
         self.bytes_since_round += bytes;
         self.last_lsn = self.last_lsn.max(lsn);
@@ -354,18 +363,45 @@ impl Retention {
         doomed
     }
 
-    /// Bytes on disk: the segments, whole, and the snapshot files kept.
+    /// Bytes on disk: the segments, whole, the snapshot files kept, and the segment prepared
+    /// ahead.
     pub fn disk_bytes(&self) -> u64 {
-        self.segments.len() as u64 * self.config.segment_bytes + self.snapshot_bytes
+        self.segment_files() * self.config.segment_bytes + self.snapshot_bytes
     }
 
-    /// Whether the log must stop taking events: the next segment would break the bound, and
-    /// the current one, filled to `append_offset`, may fill up with what can still arrive.
+    /// The segment files on disk, the one being written counted even before its first record,
+    /// and the prepared one.
+    fn segment_files(&self) -> u64 {
+        self.segments.len().max(1) as u64 + u64::from(self.prepared.is_some())
+    }
+
+    /// Whether the log must stop taking events: the next segment is not prepared and would
+    /// break the bound, and the current one, filled to `append_offset`, may fill up with what
+    /// can still arrive.
     pub fn log_blocked(&self, append_offset: u64) -> bool {
-        let segments = self.segments.len().max(1) as u64;
-        let on_disk = segments * self.config.segment_bytes + self.snapshot_bytes;
-        on_disk + self.config.segment_bytes > self.config.disk_bytes_max
+        self.prepared.is_none()
+            && !self.next_segment_fits()
             && append_offset + WAL_UNWRITTEN_BYTES_MAX as u64 > self.config.segment_bytes
+    }
+
+    fn next_segment_fits(&self) -> bool {
+        self.disk_bytes() + self.config.segment_bytes <= self.config.disk_bytes_max
+    }
+
+    /// Whether segment `index`, the one after the log's current segment, may be prepared
+    /// ahead: none is, and it fits within the bound. Call [`Self::set_prepared`] once it is on
+    /// disk.
+    pub fn may_prepare(&self, index: u64) -> bool {
+        self.prepared.is_none()
+            && self.segments.back().is_none_or(|&(last, _)| last < index)
+            && self.next_segment_fits()
+    }
+
+    /// Segment `index` is being prepared ahead, its space taken (`Some`; ignored once the log
+    /// has reached it), or its preparation was given up and its file deleted (`None`).
+    pub fn set_prepared(&mut self, index: Option<u64>) {
+        let ahead = |index: &u64| self.segments.back().is_none_or(|&(last, _)| last < *index);
+        self.prepared = index.filter(ahead);
     }
 
     /// The shard's disk bound.
@@ -586,6 +622,43 @@ mod tests {
         retention.observe_durable(3);
         assert_eq!(retention.poll_truncate(), [0, 1]);
         assert!(!retention.log_blocked(late + 1), "truncation made room");
+    }
+
+    #[test]
+    fn a_segment_is_prepared_ahead_only_within_the_bound_and_counts_until_the_log_reaches_it() {
+        let mut retention = Retention::new(config(), 1, 0);
+        let late = SEGMENT - WAL_UNWRITTEN_BYTES_MAX as u64;
+        retention.observe(1, 0, 10, 0);
+        retention.observe(2, 0, 10, 1);
+        assert!(!retention.may_prepare(1), "segment 1 is the log's already");
+        assert!(retention.may_prepare(2), "two segments of four on disk");
+        retention.set_prepared(Some(2));
+        assert_eq!(retention.disk_bytes(), 3 * SEGMENT);
+        assert!(!retention.may_prepare(3), "one prepared at a time");
+        retention.observe(3, 0, 10, 2);
+        assert_eq!(
+            retention.disk_bytes(),
+            3 * SEGMENT,
+            "the prepared segment became the log's, counted once"
+        );
+        assert!(retention.may_prepare(3), "three of four");
+        retention.set_prepared(Some(3));
+        assert!(
+            !retention.log_blocked(late + 1),
+            "the next segment is on disk: the current may fill"
+        );
+        retention.observe(4, 0, 10, 3);
+        assert!(!retention.may_prepare(4), "four segments of four: no room");
+        assert!(
+            retention.log_blocked(late + 1),
+            "nor for the log's next one"
+        );
+        retention.set_prepared(Some(3));
+        assert_eq!(
+            retention.disk_bytes(),
+            4 * SEGMENT,
+            "a preparation the log overtook is not counted"
+        );
     }
 
     #[test]
