@@ -40,6 +40,18 @@ fn a_node_serves_until_sigterm_then_stops_cleanly() {
             other => panic!("unexpected {:?}", other.map(|_| ())),
         }
     }
+    // One thread per shard carries its name; its thread of glommio's blocking pool has its own.
+    let threads = thread_names(node.pid());
+    for shard in 0..2 {
+        let named = |prefix: &str| {
+            let prefix = format!("{prefix}{shard}");
+            let name_is =
+                |name: &&String| *name == &prefix || name.starts_with(&format!("{prefix}-"));
+            threads.iter().filter(name_is).count()
+        };
+        assert_eq!(named("trove-shard-"), 1, "{threads:?}");
+        assert_eq!(named("trove-files-"), 1, "{threads:?}");
+    }
     // SIGTERM; panics unless the node exits with success within its bound.
     let rest = node.stop();
     assert!(rest.contains("stopping"), "{rest}");
@@ -66,6 +78,16 @@ fn a_node_serves_until_sigterm_then_stops_cleanly() {
         applied, 50,
         "the shards' report does not add up to the events sent:\n{rest}"
     );
+}
+
+/// The names (`comm`) of process `pid`'s threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map_while(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
 }
 
 #[test]

@@ -127,6 +127,21 @@ fn shard_thread_name(index: usize) -> String {
 
 const SHARD_THREAD_PREFIX: &str = "trove-shard-";
 
+/// Names shard `index`'s thread of glommio's blocking-thread pool (where the store's renames,
+/// removals and directory syncs run) `trove-files-N`. It would otherwise carry the name it
+/// inherits from the shard's thread, and `top` or `perf` would show two threads of that name.
+async fn name_blocking_thread(index: usize) {
+    let name =
+        std::ffi::CString::new(format!("trove-files-{index}")).expect("a thread name without NUL");
+    glommio::executor()
+        .spawn_blocking(move || {
+            // SAFETY: PR_SET_NAME reads a NUL-terminated string we own (the kernel keeps its
+            // first 15 bytes).
+            unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+        })
+        .await;
+}
+
 /// Makes a panic on any shard thread end the process at once, with exit code
 /// [`EXIT_SHARD_DIED`] and one line on stderr naming the shard and the reason, so that a
 /// supervisor restarts the node. Panics on other threads keep the hook they had. Installed
@@ -223,6 +238,7 @@ where
                 // Every task this shard spawns is timed (`runtime::stall`), and so is this one.
                 set_threshold_on_this_thread(config.stall_threshold);
                 Timed::with_this_threads_threshold(async move {
+                    name_blocking_thread(index).await;
                     let mut stop = Box::pin(stop_signal(theirs));
                     // A node that fails to start a later shard stops the earlier ones, which may
                     // still be waiting for peers that will never connect.
