@@ -517,17 +517,7 @@ impl Shard {
             self.clone()
                 .give_up_on_the_log_after(Duration::from_millis(LOG_STOP_WAIT_MS_MAX)),
         );
-        let drained = futures_lite::future::or(
-            async {
-                self.until_connections_drained().await;
-                true
-            },
-            async {
-                glommio::timer::sleep(grace).await;
-                false
-            },
-        )
-        .await;
+        let drained = finished_within(grace, self.until_connections_drained()).await;
         if !drained {
             self.force_close.set();
             self.until_connections_drained().await;
@@ -548,18 +538,7 @@ impl Shard {
     /// [`FileOpsInFlight`]). The store starts none once the shard is stopping.
     async fn until_file_ops_done(&self) {
         let bound = Duration::from_millis(LOG_STOP_WAIT_MS_MAX);
-        let done = futures_lite::future::or(
-            async {
-                self.file_ops.until_idle().await;
-                true
-            },
-            async {
-                glommio::timer::sleep(bound).await;
-                false
-            },
-        )
-        .await;
-        if !done {
+        if !finished_within(bound, self.file_ops.until_idle()).await {
             eprintln!(
                 "trove node: shard {}: a file operation of its log (a rename, removal or directory sync) still had not completed {} ms after the stop; stopping without it",
                 self.id().index(),
@@ -1026,4 +1005,19 @@ impl Shard {
         stats.cpu = self.cpu;
         stats
     }
+}
+
+/// Runs `work` for at most `bound`; whether it finished.
+async fn finished_within(bound: Duration, work: impl std::future::Future<Output = ()>) -> bool {
+    futures_lite::future::or(
+        async {
+            work.await;
+            true
+        },
+        async {
+            glommio::timer::sleep(bound).await;
+            false
+        },
+    )
+    .await
 }

@@ -868,8 +868,8 @@ async fn create_segment(
 /// Creates segment `index` under its prepared name (`.wal.ready`, which recovery deletes),
 /// pre-allocated and zero-filled, synced: the log's writes to it then change no file
 /// metadata. (An `fdatasync` after a write into pre-allocated space that was never written
-/// must also commit the extent's conversion to the filesystem's journal.) Deleted if it cannot
-/// be made whole.
+/// must also make the extent's conversion to written blocks durable.) Deleted if it cannot be
+/// made whole.
 async fn prepare_segment(shard: &Shard, dir: &Path, index: u64) -> std::io::Result<DmaFile> {
     let path = prepared_path(dir, index);
     let file = OpenOptions::new()
@@ -891,22 +891,35 @@ async fn prepare_segment(shard: &Shard, dir: &Path, index: u64) -> std::io::Resu
 /// `WAL_ZERO_FILL_WRITE_BYTES_MAX` write at a time, then syncs it.
 async fn zero_fill(file: &DmaFile) -> std::io::Result<()> {
     file.pre_allocate(WAL_SEGMENT_BYTES, false).await?;
-    let mut at = 0u64;
-    while at < WAL_SEGMENT_BYTES {
-        let len = (WAL_SEGMENT_BYTES - at).min(WAL_ZERO_FILL_WRITE_BYTES_MAX as u64);
-        let mut buffer = file.alloc_dma_buffer(len as usize);
-        buffer.as_bytes_mut().fill(0);
-        let written = file.write_at(buffer, at).await?;
+    let chunk = WAL_ZERO_FILL_WRITE_BYTES_MAX as u64;
+    write_blocks(file, WAL_SEGMENT_BYTES, chunk, |_, buffer| buffer.fill(0)).await?;
+    file.fdatasync().await?;
+    Ok(())
+}
+
+/// Writes the first `len` bytes of `file` (a multiple of its alignment), at most `chunk` at
+/// a time, each buffer filled by `fill(offset, buffer)`; a short write goes on from its last
+/// whole block.
+async fn write_blocks(
+    file: &DmaFile,
+    len: u64,
+    chunk: u64,
+    fill: impl Fn(u64, &mut [u8]),
+) -> std::io::Result<()> {
+    let mut done = 0u64;
+    while done < len {
+        let mut buffer = file.alloc_dma_buffer((len - done).min(chunk) as usize);
+        fill(done, buffer.as_bytes_mut());
+        let written = file.write_at(buffer, done).await?;
         let whole = file.align_down(written as u64);
         if whole == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::WriteZero,
-                format!("zero-filling a new segment made no progress at byte {at}"),
+                format!("a write at byte {done} of {} made no progress", len),
             ));
         }
-        at += whole;
+        done += whole;
     }
-    file.fdatasync().await?;
     Ok(())
 }
 
@@ -1421,28 +1434,17 @@ async fn write_whole_file(path: &Path, bytes: &[u8]) -> std::io::Result<u64> {
         .truncate(true)
         .dma_open(path)
         .await?;
-    let len = bytes.len().next_multiple_of(file.alignment() as usize);
-    let mut done = 0usize;
-    while done < len {
-        let mut buffer = file.alloc_dma_buffer(len - done);
-        let target = buffer.as_bytes_mut();
+    let len = bytes.len().next_multiple_of(file.alignment() as usize) as u64;
+    write_blocks(&file, len, len, |done, target| {
         target.fill(0);
-        let rest = &bytes[done.min(bytes.len())..];
+        let rest = &bytes[(done as usize).min(bytes.len())..];
         let copied = rest.len().min(target.len());
         target[..copied].copy_from_slice(&rest[..copied]);
-        let written = file.write_at(buffer, done as u64).await?;
-        let whole = file.align_down(written as u64) as usize;
-        if whole == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                format!("a snapshot write at byte {done} made no progress"),
-            ));
-        }
-        done += whole;
-    }
+    })
+    .await?;
     file.fdatasync().await?;
     file.close().await?;
-    Ok(len as u64)
+    Ok(len)
 }
 
 /// Renames file `from` to `to` and empties it, in one trip to glommio's blocking-thread pool
