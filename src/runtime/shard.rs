@@ -362,12 +362,12 @@ impl Shard {
         self.core.borrow().close_notice(reason)
     }
 
-    /// True once the shard has started stopping.
     /// How many shards the node runs (one flusher slot each).
     pub fn shard_count(&self) -> usize {
         self.flushers.len()
     }
 
+    /// True once the shard has started stopping.
     pub fn is_stopping(&self) -> bool {
         self.stop_started.is_set()
     }

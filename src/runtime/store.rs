@@ -704,6 +704,9 @@ struct LogTasks {
     scratch_names: Cell<u64>,
     /// The segment after the log's current one, as the preparer has it.
     next_segment: RefCell<NextSegment>,
+    /// The last segment the filesystem had no headroom to prepare: not asked again (a
+    /// `statvfs` on every completed write), the writer makes it when it needs it.
+    no_headroom_for: Cell<Option<u64>>,
     /// Woken when the preparer finishes (or gives up) a segment: the writer may be waiting.
     next_segment_changed: WaitQueue,
 }
@@ -965,6 +968,7 @@ pub fn start_log_tasks(shard: Rc<Shard>, start: LogStart) {
             spares: RefCell::new(Vec::new()),
             scratch_names: Cell::new(0),
             next_segment: RefCell::new(NextSegment::None),
+            no_headroom_for: Cell::new(None),
             next_segment_changed: WaitQueue::new(),
         });
         tasks.update_blocked();
@@ -1047,8 +1051,8 @@ impl LogTasks {
     }
 
     /// The segment to prepare now: the one after the log's current segment, once that holds
-    /// `WAL_PREPARE_AFTER_BYTES`, when none is prepared, the bound has room, and the shard is
-    /// not stopping.
+    /// `WAL_PREPARE_AFTER_BYTES`, when none is prepared, the bound has room, the filesystem has
+    /// headroom (asked once per segment), and the shard is not stopping.
     fn segment_to_prepare(&self) -> Option<u64> {
         let idle = matches!(*self.next_segment.borrow(), NextSegment::None);
         if !idle || self.shard.is_stopping() {
@@ -1059,9 +1063,15 @@ impl LogTasks {
             return None;
         }
         let index = machine.append_segment() + 1;
-        let room = self.retention.borrow().may_prepare(index)
-            && headroom_to_prepare(&self.dir, self.shard.shard_count());
-        room.then_some(index)
+        if self.no_headroom_for.get() == Some(index) || !self.retention.borrow().may_prepare(index)
+        {
+            return None;
+        }
+        if !headroom_to_prepare(&self.dir, self.shard.shard_count()) {
+            self.no_headroom_for.set(Some(index));
+            return None;
+        }
+        Some(index)
     }
 
     /// Feeds the core's records to the machine and issues its writes, one at a time.
